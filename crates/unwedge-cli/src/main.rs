@@ -1,0 +1,2 @@
+//! The `unwedge` command (being built).
+fn main() {}

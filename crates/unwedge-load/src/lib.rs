@@ -1,0 +1,1 @@
+//! Load client (being built).

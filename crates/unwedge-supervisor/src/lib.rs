@@ -1,0 +1,1 @@
+//! The unwedge supervisor (being built).

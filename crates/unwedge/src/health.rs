@@ -1,0 +1,318 @@
+//! The process-wide health registry.
+//!
+//! One registry per process answers "can this process still do its job?":
+//!
+//! | state | meaning | `/livez` | `/readyz` |
+//! | --- | --- | --- | --- |
+//! | [`Healthy`](HealthState::Healthy) | serving normally | ok | ok once ready |
+//! | [`Draining`](HealthState::Draining) | shutting down, finishing requests in flight | ok | fails |
+//! | [`Tainted`](HealthState::Tainted) | state may be corrupt (a poisoned [`Mutex`](crate::Mutex)); a graceful crash is pending | fails | fails |
+//! | [`Wedged`](HealthState::Wedged) | runtime stalled, a lock wait over its limit, a deadlock, or no request progress | fails | fails |
+//!
+//! Tainted is sticky: only a new process is clean. Wedged clears when its cause does (a lock
+//! wait that finally succeeds, a runtime that schedules again).
+//!
+//! ```
+//! use unwedge::{health, HealthState};
+//! unwedge::health::set_ready(true);
+//! assert_eq!(health().state, HealthState::Healthy);
+//! unwedge::health::set_wedged("lock:db", "waiting for `db` for 12s");
+//! assert_eq!(health().state, HealthState::Wedged);
+//! unwedge::health::clear_wedged("lock:db");
+//! assert_eq!(health().state, HealthState::Healthy);
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::panic::PanicReport;
+
+/// How many recent panic reports the registry keeps.
+pub const RECENT_REPORTS: usize = 16;
+
+/// The health of this process. See the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Serving normally.
+    Healthy,
+    /// Shutting down gracefully: finishing requests in flight, taking no new ones.
+    Draining,
+    /// State may be corrupt; a graceful crash is pending.
+    Tainted,
+    /// The process cannot make progress (stall, lock wait, deadlock, stuck requests).
+    Wedged,
+}
+
+impl HealthState {
+    /// Lower-case name, as used in `STATUS=` and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Healthy => "healthy",
+            HealthState::Draining => "draining",
+            HealthState::Tainted => "tainted",
+            HealthState::Wedged => "wedged",
+        }
+    }
+
+    /// Whether `/livez` should pass: not tainted and not wedged.
+    pub fn is_live(self) -> bool {
+        matches!(self, HealthState::Healthy | HealthState::Draining)
+    }
+}
+
+impl fmt::Display for HealthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A snapshot of the registry, returned by [`health()`].
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Health {
+    /// The overall state.
+    pub state: HealthState,
+    /// Why the state is not Healthy (the first cause when several apply).
+    pub reason: Option<String>,
+    /// Whether the process said it is ready to take requests (see [`set_ready`]).
+    pub ready: bool,
+    /// Panics caught since the process started.
+    pub panics_total: u64,
+    /// Panics by route (`METHOD /path`, or `task NAME`).
+    pub panics_by_route: BTreeMap<String, u64>,
+    /// The last [`RECENT_REPORTS`] panic reports, oldest first.
+    pub recent_reports: Vec<PanicReport>,
+}
+
+impl Health {
+    /// Whether `/readyz` should pass: ready, and healthy.
+    pub fn is_ready(&self) -> bool {
+        self.ready && self.state == HealthState::Healthy
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    ready: bool,
+    draining: bool,
+    tainted: Option<String>,
+    wedged: BTreeMap<String, String>,
+    panics_total: u64,
+    panics_by_route: BTreeMap<String, u64>,
+    recent: VecDeque<PanicReport>,
+}
+
+impl Inner {
+    fn state(&self) -> (HealthState, Option<String>) {
+        if let Some(r) = &self.tainted {
+            (HealthState::Tainted, Some(r.clone()))
+        } else if let Some(r) = self.wedged.values().next() {
+            (HealthState::Wedged, Some(r.clone()))
+        } else if self.draining {
+            (HealthState::Draining, Some("shutting down".into()))
+        } else {
+            (HealthState::Healthy, None)
+        }
+    }
+}
+
+struct Registry {
+    inner: Mutex<Inner>,
+    state_tx: watch::Sender<(HealthState, Option<String>)>,
+    crash_tx: watch::Sender<Option<String>>,
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| Registry {
+        inner: Mutex::new(Inner::default()),
+        state_tx: watch::Sender::new((HealthState::Healthy, None)),
+        crash_tx: watch::Sender::new(None),
+    })
+}
+
+fn lock() -> MutexGuard<'static, Inner> {
+    // The registry's own critical sections cannot panic halfway; poison carries no meaning.
+    registry()
+        .inner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn change(f: impl FnOnce(&mut Inner)) {
+    let mut inner = lock();
+    f(&mut inner);
+    let now = inner.state();
+    drop(inner);
+    registry().state_tx.send_if_modified(|cur| {
+        if *cur != now {
+            match now.0 {
+                HealthState::Healthy => tracing::info!(state = %now.0, "health changed"),
+                _ => tracing::warn!(
+                    state = %now.0,
+                    reason = now.1.as_deref().unwrap_or(""),
+                    "health changed"
+                ),
+            }
+            *cur = now;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// A snapshot of this process's health.
+///
+/// ```
+/// let h = unwedge::health();
+/// println!("{} ({} panics so far)", h.state, h.panics_total);
+/// ```
+pub fn health() -> Health {
+    let inner = lock();
+    let (state, reason) = inner.state();
+    Health {
+        state,
+        reason,
+        ready: inner.ready,
+        panics_total: inner.panics_total,
+        panics_by_route: inner.panics_by_route.clone(),
+        recent_reports: inner.recent.iter().cloned().collect(),
+    }
+}
+
+/// Watches the overall state and its reason; the receiver sees every change.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let mut rx = unwedge::health::subscribe();
+/// let (state, _reason) = rx.borrow_and_update().clone();
+/// println!("now {state}");
+/// # }
+/// ```
+pub fn subscribe() -> watch::Receiver<(HealthState, Option<String>)> {
+    registry().state_tx.subscribe()
+}
+
+/// Marks the process ready (or not) to take requests; `/readyz` follows it.
+/// [`serve`](crate::serve) sets it once its listeners accept.
+pub fn set_ready(ready: bool) {
+    change(|i| i.ready = ready);
+}
+
+/// Marks the process as draining (graceful shutdown has started).
+///
+/// ```
+/// unwedge::health::set_draining();
+/// assert_eq!(unwedge::health().state, unwedge::HealthState::Draining);
+/// ```
+pub fn set_draining() {
+    change(|i| i.draining = true);
+}
+
+/// Marks the process tainted: some state may be corrupt. Sticky for the life of the process;
+/// the first reason is kept.
+///
+/// ```
+/// unwedge::health::set_tainted("mutex `cache` poisoned");
+/// assert!(!unwedge::health().state.is_live());
+/// ```
+pub fn set_tainted(reason: impl Into<String>) {
+    let reason = reason.into();
+    change(|i| {
+        i.tainted.get_or_insert(reason);
+    });
+}
+
+/// Marks the process wedged because of `source` (a key such as `"stall"` or `"lock:cache"`)
+/// with a human-readable reason. Each source is cleared on its own with [`clear_wedged`].
+///
+/// ```
+/// unwedge::health::set_wedged("stall", "runtime did not schedule for 2.4s");
+/// assert_eq!(unwedge::health().state, unwedge::HealthState::Wedged);
+/// # unwedge::health::clear_wedged("stall");
+/// ```
+pub fn set_wedged(source: impl Into<String>, reason: impl Into<String>) {
+    let (source, reason) = (source.into(), reason.into());
+    change(|i| {
+        i.wedged.insert(source, reason);
+    });
+}
+
+/// Clears the wedge recorded for `source`, if any.
+///
+/// ```
+/// unwedge::health::clear_wedged("never-set"); // clearing an unknown source is fine
+/// ```
+pub fn clear_wedged(source: &str) {
+    change(|i| {
+        i.wedged.remove(source);
+    });
+}
+
+/// Records a caught panic: counts it by route and keeps the report among the recent ones.
+/// Called by [`PanicLayer`](crate::PanicLayer) and [`spawn`](crate::spawn).
+///
+/// ```
+/// # let report: unwedge::PanicReport = serde_json::from_str(r#"{"time":"t","pid":1,
+/// #  "message":"m","location":null,"thread":null,"backtrace":null,"request":null,
+/// #  "task":null,"rolled_back":[],"poisoned":[],"decision":null}"#).unwrap();
+/// unwedge::health::record_panic("GET /x", report);
+/// assert_eq!(unwedge::health().panics_by_route["GET /x"], 1);
+/// ```
+pub fn record_panic(route: &str, report: PanicReport) {
+    let mut inner = lock();
+    inner.panics_total += 1;
+    *inner.panics_by_route.entry(route.to_owned()).or_default() += 1;
+    if inner.recent.len() == RECENT_REPORTS {
+        inner.recent.pop_front();
+    }
+    inner.recent.push_back(report);
+}
+
+/// Asks for a graceful crash: taints the process and wakes [`crash_requested`]. The first
+/// reason wins; later requests are no-ops.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// unwedge::health::request_crash("mutex `cache` poisoned");
+/// assert_eq!(unwedge::health::crash_requested().await, "mutex `cache` poisoned");
+/// # }
+/// ```
+pub fn request_crash(reason: impl Into<String>) {
+    let reason = reason.into();
+    set_tainted(reason.clone());
+    registry().crash_tx.send_if_modified(|cur| {
+        if cur.is_none() {
+            *cur = Some(reason);
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// The reason of the pending crash, if one was requested.
+pub fn crash_reason() -> Option<String> {
+    registry().crash_tx.borrow().clone()
+}
+
+/// Resolves (with the reason) once a graceful crash has been requested, at once if it already
+/// was. [`serve`](crate::serve) waits on this; without `serve()`, wait on it yourself, drain,
+/// and exit with code 70 (`EX_SOFTWARE`).
+///
+/// # Cancel safety
+/// Cancel safe: dropping the future loses nothing; a later call sees the same request.
+pub async fn crash_requested() -> String {
+    let mut rx = registry().crash_tx.subscribe();
+    let reason = rx
+        .wait_for(Option::is_some)
+        .await
+        .expect("the crash sender lives in a static and is never dropped");
+    reason.clone().expect("waited for Some")
+}

@@ -1,0 +1,139 @@
+//! Panic context that travels by thread.
+//!
+//! The panic hook runs on the panicking thread before unwinding starts; `Tx` and `Mutex`
+//! guards are dropped on that same thread while it unwinds; and the `catch_unwind` around a
+//! future's `poll` (in [`PanicLayer`](crate::PanicLayer) and [`spawn`](crate::spawn)) catches on
+//! that same thread too. A thread-local slot therefore carries the message, the location,
+//! the backtrace and "which `Tx` rolled back, which `Mutex` got poisoned" from the hook and
+//! the guards to whoever catches the panic.
+
+use std::backtrace::Backtrace;
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// What the hook and the state guards learned about the panic now unwinding on this thread.
+#[derive(Debug, Clone)]
+pub(crate) struct Captured {
+    pub(crate) message: String,
+    pub(crate) location: Option<String>,
+    pub(crate) thread: Option<String>,
+    pub(crate) backtrace: Option<Arc<Backtrace>>,
+    pub(crate) at: SystemTime,
+    /// Names of the `Tx`s whose update this panic rolled back.
+    pub(crate) rolled_back: Vec<Arc<str>>,
+    /// Names of the `Mutex`es this panic poisoned.
+    pub(crate) poisoned: Vec<Arc<str>>,
+    /// The request or task that was running when the panic started.
+    pub(crate) scope: Option<Arc<Scope>>,
+}
+
+impl Captured {
+    fn unknown() -> Self {
+        Captured {
+            message: "<panic not seen by the unwedge hook>".into(),
+            location: None,
+            thread: std::thread::current().name().map(str::to_owned),
+            backtrace: None,
+            at: SystemTime::now(),
+            rolled_back: Vec::new(),
+            poisoned: Vec::new(),
+            scope: current_scope(),
+        }
+    }
+}
+
+/// Who is running on this thread right now: a request (set by the panic layer around each
+/// poll) or a named background task (set by [`spawn`](crate::spawn)).
+#[derive(Debug)]
+pub(crate) struct Scope {
+    /// Human-readable owner, e.g. `GET /comments (request 3f2a…)` or `task cleanup`.
+    pub(crate) label: Arc<str>,
+}
+
+impl Scope {
+    pub(crate) fn new(label: impl Into<Arc<str>>) -> Arc<Self> {
+        Arc::new(Scope {
+            label: label.into(),
+        })
+    }
+}
+
+thread_local! {
+    static CAPTURE: RefCell<Option<Captured>> = const { RefCell::new(None) };
+    static SCOPE: RefCell<Option<Arc<Scope>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `scope` as this thread's current scope, restoring the previous one after
+/// (also when `f` panics).
+pub(crate) fn with_scope<R>(scope: &Arc<Scope>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Arc<Scope>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            let _ = SCOPE.try_with(|s| *s.borrow_mut() = prev);
+        }
+    }
+    let prev = SCOPE.with(|s| s.borrow_mut().replace(scope.clone()));
+    let _restore = Restore(prev);
+    f()
+}
+
+/// The scope running on this thread, if any.
+pub(crate) fn current_scope() -> Option<Arc<Scope>> {
+    SCOPE.try_with(|s| s.borrow().clone()).ok().flatten()
+}
+
+/// Called by the panic hook: starts a fresh capture for the panic that is starting.
+pub(crate) fn begin(captured: Captured) {
+    let _ = CAPTURE.try_with(|c| *c.borrow_mut() = Some(captured));
+}
+
+fn with_current(f: impl FnOnce(&mut Captured)) {
+    let _ = CAPTURE.try_with(|c| {
+        let mut slot = c.borrow_mut();
+        f(slot.get_or_insert_with(Captured::unknown))
+    });
+}
+
+/// Called by `Tx` when a panic unwinds out of an update: the update was discarded.
+pub(crate) fn record_rollback(name: &Arc<str>) {
+    with_current(|c| c.rolled_back.push(name.clone()));
+}
+
+/// Called by a `MutexGuard` dropped while its thread panics: the mutex is now poisoned.
+pub(crate) fn record_poison(name: &Arc<str>) {
+    with_current(|c| c.poisoned.push(name.clone()));
+}
+
+/// The message and location of the panic unwinding on this thread, if the hook saw it.
+pub(crate) fn peek_message() -> Option<(String, Option<String>)> {
+    CAPTURE
+        .try_with(|c| {
+            c.borrow()
+                .as_ref()
+                .map(|c| (c.message.clone(), c.location.clone()))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Takes what is known of the panic that was just caught on this thread.
+pub(crate) fn take() -> Captured {
+    CAPTURE
+        .try_with(|c| c.borrow_mut().take())
+        .ok()
+        .flatten()
+        .unwrap_or_else(Captured::unknown)
+}
+
+/// Extracts the message from a panic payload (`&str` or `String`; anything else is opaque).
+pub(crate) fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}

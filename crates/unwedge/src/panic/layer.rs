@@ -1,0 +1,4 @@
+//! STUB: replaced by the PanicLayer work.
+/// Tower middleware that catches panics (stub).
+#[derive(Debug, Clone, Default)]
+pub struct PanicLayer;

@@ -1,0 +1,256 @@
+//! [`Tx<T>`]: transactional state that a panic cannot leave half-updated.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::panic::context;
+
+/// Transactional state: readers get consistent snapshots, writers publish all or nothing.
+///
+/// # Which one should you use?
+///
+/// - **`Tx<T>`** when the state can be cloned (cheaply: small structs, or persistent
+///   collections such as [`imbl`](https://docs.rs/imbl)'s `HashMap` whose clone is O(1) and
+///   whose updates are O(log n)). A panic inside [`update`](Tx::update) drops the private copy:
+///   the state is exactly as before (copy-then-swap, C++'s *strong guarantee*), so the
+///   [`PanicLayer`](crate::PanicLayer) can keep serving.
+/// - **[`Mutex<T>`](crate::Mutex)** when the state cannot be copied (a connection, a file, a
+///   huge buffer). A panic inside the critical section poisons it and the process is crashed
+///   gracefully under the default policy, because the data may be half-updated.
+///
+/// # What it guarantees
+///
+/// - [`read`](Tx::read) is lock-free (an [`ArcSwap`] load): readers never wait for writers and
+///   always see a state that some `update` published completely.
+/// - [`update`](Tx::update) runs its closure on a private clone and publishes the clone only
+///   when the closure returns. If the closure (or `T::clone`) panics, nothing is published,
+///   the panic keeps unwinding, and the rollback is recorded in the panic's
+///   [`PanicReport`](crate::PanicReport) (`rolled_back`), which tells the policy the state is
+///   clean.
+/// - **Writers are serialized**: concurrent updates run one after another on a short internal
+///   lock, each on the latest state, so no update is ever lost and each closure runs exactly
+///   once. Side effects inside the closure (sending a message, writing a file) are therefore
+///   not repeated, but they are *not* rolled back either: keep them out of the closure, or do
+///   them after it returns. The closure is synchronous on purpose: no `.await`, so neither a
+///   cancelled future nor a slow client can stop it halfway. It blocks the calling thread
+///   while it runs, like a `std::sync::Mutex` critical section would: keep it short.
+///
+/// # Examples
+///
+/// The seed's ByteCache, whose invariant a panic can no longer break:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use unwedge::Tx;
+///
+/// #[derive(Clone, Default)]
+/// struct ByteCache { curr_size: usize, entries: HashMap<String, Vec<u8>> }
+///
+/// let cache = Tx::named("bytecache", ByteCache::default());
+/// let put = |key: &str, data: Vec<u8>| cache.update(|c| {
+///     c.curr_size += data.len();
+///     if key == "burn" { panic!("some programmers just want to watch the world burn") }
+///     c.entries.insert(key.to_owned(), data);
+/// });
+/// put("watch", vec![0]);
+/// put("it", vec![0]);
+/// let burned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| put("burn", vec![0; 3])));
+/// assert!(burned.is_err());
+///
+/// let snapshot = cache.read();
+/// assert_eq!(snapshot.curr_size, 2); // not 5, as in the Go original
+/// assert_eq!(snapshot.entries.len(), 2);
+/// ```
+///
+/// Large state with a persistent map, O(1) clone:
+///
+/// ```
+/// use unwedge::Tx;
+/// let sessions: Tx<imbl::HashMap<u64, String>> = Tx::named("sessions", imbl::HashMap::new());
+/// sessions.update(|m| { m.insert(1, "alice".into()); });
+/// assert_eq!(sessions.read().get(&1).map(String::as_str), Some("alice"));
+/// ```
+pub struct Tx<T> {
+    current: ArcSwap<T>,
+    writer: std::sync::Mutex<()>,
+    /// Id of the thread inside `update` right now (0: none), to turn a nested update on the
+    /// same `Tx` into a clear panic instead of a self-deadlock.
+    writer_thread: AtomicU64,
+    name: Arc<str>,
+    updates: AtomicU64,
+    rollbacks: AtomicU64,
+}
+
+fn thread_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! { static TOKEN: Cell<u64> = const { Cell::new(0) }; }
+    TOKEN.with(|t| {
+        if t.get() == 0 {
+            t.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        t.get()
+    })
+}
+
+impl<T> Tx<T> {
+    /// Creates transactional state named `"tx"`.
+    ///
+    /// ```
+    /// let counter = unwedge::Tx::new(0u64);
+    /// assert_eq!(*counter.read(), 0);
+    /// ```
+    pub fn new(value: T) -> Self {
+        Self::named("tx", value)
+    }
+
+    /// Creates transactional state with a name that appears in panic reports and metrics.
+    ///
+    /// ```
+    /// let cache = unwedge::Tx::named("cache", vec![1, 2, 3]);
+    /// assert_eq!(cache.name(), "cache");
+    /// ```
+    pub fn named(name: impl Into<Arc<str>>, value: T) -> Self {
+        Tx {
+            current: ArcSwap::from_pointee(value),
+            writer: std::sync::Mutex::new(()),
+            writer_thread: AtomicU64::new(0),
+            name: name.into(),
+            updates: AtomicU64::new(0),
+            rollbacks: AtomicU64::new(0),
+        }
+    }
+
+    /// The name given at construction.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A consistent snapshot of the state. Lock-free; the snapshot stays valid (and
+    /// unchanged) however long it is kept, while later updates publish new versions.
+    ///
+    /// ```
+    /// let tx = unwedge::Tx::new(vec![1]);
+    /// let before = tx.read();
+    /// tx.update(|v| v.push(2));
+    /// assert_eq!(*before, [1]);
+    /// assert_eq!(*tx.read(), [1, 2]);
+    /// ```
+    pub fn read(&self) -> Arc<T> {
+        self.current.load_full()
+    }
+
+    /// Number of updates published so far.
+    pub fn updates(&self) -> u64 {
+        self.updates.load(Ordering::Relaxed)
+    }
+
+    /// Number of updates discarded so far (by a panic or an `Err`).
+    pub fn rollbacks(&self) -> u64 {
+        self.rollbacks.load(Ordering::Relaxed)
+    }
+}
+
+impl<T: Clone> Tx<T> {
+    /// Runs `f` on a private copy of the state and publishes the copy when `f` returns.
+    ///
+    /// If `f` panics the copy is dropped, the state is untouched, the rollback is recorded for
+    /// the panic's report, and the panic continues to unwind.
+    ///
+    /// # Panics
+    ///
+    /// Panics (with a message naming the `Tx`) when called from inside another `update` of
+    /// the same `Tx` on the same thread: that would deadlock, and the inner update would be
+    /// overwritten by the outer one anyway. Re-raises any panic of `f` or of `T::clone`.
+    ///
+    /// ```
+    /// let tx = unwedge::Tx::new(1);
+    /// let doubled = tx.update(|n| { *n *= 2; *n });
+    /// assert_eq!(doubled, 2);
+    /// ```
+    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        match self.try_update(|state| Ok::<R, Infallible>(f(state))) {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`update`](Tx::update), but publishes only when `f` returns `Ok`; an `Err` rolls
+    /// the copy back like a panic would (and is returned).
+    ///
+    /// ```
+    /// let balance = unwedge::Tx::new(10i64);
+    /// let withdraw = |amount: i64| balance.try_update(|b| {
+    ///     *b -= amount;
+    ///     if *b < 0 { Err("insufficient funds") } else { Ok(*b) }
+    /// });
+    /// assert_eq!(withdraw(4), Ok(6));
+    /// assert_eq!(withdraw(7), Err("insufficient funds"));
+    /// assert_eq!(*balance.read(), 6);
+    /// ```
+    pub fn try_update<R, E>(&self, f: impl FnOnce(&mut T) -> Result<R, E>) -> Result<R, E> {
+        let me = thread_token();
+        if self.writer_thread.load(Ordering::Relaxed) == me {
+            panic!(
+                "nested Tx::update on `{}`: an update closure must not update the same Tx",
+                self.name
+            );
+        }
+        // The writer lock guards no data (the state is in `current`), so its poison means
+        // nothing: a panicking update published nothing.
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.writer_thread.store(me, Ordering::Relaxed);
+        let mut attempt = Attempt {
+            tx: self,
+            done: false,
+        };
+        let mut copy = T::clone(&self.current.load());
+        let out = f(&mut copy);
+        attempt.done = true;
+        match &out {
+            Ok(_) => {
+                self.current.store(Arc::new(copy));
+                self.updates.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.rollbacks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        out
+    }
+}
+
+/// Clears the writer mark, and records a rollback when an update unwinds.
+struct Attempt<'a, T> {
+    tx: &'a Tx<T>,
+    done: bool,
+}
+
+impl<T> Drop for Attempt<'_, T> {
+    fn drop(&mut self) {
+        self.tx.writer_thread.store(0, Ordering::Relaxed);
+        if !self.done {
+            self.tx.rollbacks.fetch_add(1, Ordering::Relaxed);
+            context::record_rollback(&self.tx.name);
+        }
+    }
+}
+
+impl<T: Default> Default for Tx<T> {
+    fn default() -> Self {
+        Tx::new(T::default())
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Tx<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tx")
+            .field("name", &self.name)
+            .field("value", &**self.current.load())
+            .finish()
+    }
+}
