@@ -49,5 +49,5 @@ pub use health::{health, Health, HealthState};
 pub use panic::{install, PanicLayer, PanicReport, Policy};
 pub use serve::{serve, Server};
 pub use state::Tx;
-pub use sync::{Mutex, MutexGuard, PoisonError};
+pub use sync::{CommitGuard, LockError, Mutex, MutexGuard, PoisonError};
 pub use task::spawn;
