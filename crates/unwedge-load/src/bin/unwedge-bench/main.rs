@@ -1,0 +1,2 @@
+//! `unwedge-bench` (being built).
+fn main() {}
