@@ -1,0 +1,554 @@
+//! [`Alerter`]: tells people when a worker crashed, hung or tainted its state, when the
+//! supervisor gave up, and when a reload failed, through a webhook and/or a command.
+//!
+//! Delivery runs on its own task behind a bounded queue: [`Alerter::send`] never waits, so a
+//! slow or dead webhook can never slow a restart. Events that do not fit the queue, repeat
+//! within the de-duplication window or exceed the rate limit are dropped and counted
+//! (`unwedge_alerts_dropped_total{reason}`); deliveries that fail after their retries are
+//! logged and counted (`unwedge_alerts_failed_total{sink}`).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::metrics::Metrics;
+use crate::status::rfc3339;
+
+/// What happened: the `kind` of an [`AlertEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AlertKind {
+    /// A worker exited abnormally (a fatal panic, a signal, a non-zero exit).
+    WorkerCrashed,
+    /// A worker stopped heartbeating or answering probes and was killed.
+    WorkerHung,
+    /// A worker reported poisoned state or a wedge and is being replaced.
+    StateTainted,
+    /// The restart intensity was exceeded: the supervisor stops every worker and exits.
+    GaveUp,
+    /// A reload's new generation did not become ready; the old one keeps serving.
+    ReloadFailed,
+}
+
+impl AlertKind {
+    /// The snake-case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::WorkerCrashed => "worker_crashed",
+            AlertKind::WorkerHung => "worker_hung",
+            AlertKind::StateTainted => "state_tainted",
+            AlertKind::GaveUp => "gave_up",
+            AlertKind::ReloadFailed => "reload_failed",
+        }
+    }
+
+    fn human(self) -> &'static str {
+        match self {
+            AlertKind::WorkerCrashed => "worker crashed",
+            AlertKind::WorkerHung => "worker hung",
+            AlertKind::StateTainted => "state tainted",
+            AlertKind::GaveUp => "gave up: restart intensity exceeded",
+            AlertKind::ReloadFailed => "reload failed",
+        }
+    }
+}
+
+impl fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One thing worth telling a person about.
+///
+/// Two events with the same [`key`](AlertEvent::key) within the de-duplication window make
+/// one alert. The key is the kind plus the summary unless set with
+/// [`with_key`](AlertEvent::with_key): keep pids and times out of the summary so that a
+/// crash loop makes one alert, not one per crash.
+///
+/// ```
+/// use unwedge_admin::{AlertEvent, AlertKind};
+///
+/// let a = AlertEvent::new(AlertKind::WorkerCrashed, "worker 0: exit 70 after panic \"boom\"")
+///     .with_worker(0, Some(4242));
+/// let b = AlertEvent::new(AlertKind::WorkerCrashed, "worker 0: exit 70 after panic \"boom\"")
+///     .with_worker(0, Some(4250));
+/// assert_eq!(a.key(), b.key());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AlertEvent {
+    /// What happened.
+    pub kind: AlertKind,
+    /// When, RFC 3339 UTC.
+    pub time: String,
+    /// One line for people.
+    pub summary: String,
+    /// The worker slot, if the event is about one.
+    pub worker: Option<u32>,
+    /// The worker's pid, if the event is about one.
+    pub pid: Option<u32>,
+    /// Anything structured: the panic report, the exit record, the reload error.
+    pub details: serde_json::Value,
+    /// De-duplication key override.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedupe_key: Option<String>,
+}
+
+impl AlertEvent {
+    /// An event of `kind` happening now.
+    pub fn new(kind: AlertKind, summary: impl Into<String>) -> Self {
+        AlertEvent {
+            kind,
+            time: rfc3339(SystemTime::now()),
+            summary: summary.into(),
+            worker: None,
+            pid: None,
+            details: serde_json::Value::Null,
+            dedupe_key: None,
+        }
+    }
+
+    /// Says which worker it is about.
+    pub fn with_worker(mut self, worker: u32, pid: Option<u32>) -> Self {
+        self.worker = Some(worker);
+        self.pid = pid;
+        self
+    }
+
+    /// Attaches structured details (a report, an exit record).
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// Sets the de-duplication key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.dedupe_key = Some(key.into());
+        self
+    }
+
+    /// The de-duplication key: the override, or `kind` plus `summary`.
+    pub fn key(&self) -> String {
+        match &self.dedupe_key {
+            Some(k) => k.clone(),
+            None => format!("{}\n{}", self.kind, self.summary),
+        }
+    }
+
+    /// The Slack-compatible one-line `text`.
+    pub fn text(&self) -> String {
+        format!("unwedge: {}: {}", self.kind.human(), self.summary)
+    }
+
+    /// The JSON body a webhook receives: `{"text": …, "event": {…}}`.
+    pub fn webhook_body(&self) -> serde_json::Value {
+        serde_json::json!({ "text": self.text(), "event": self })
+    }
+}
+
+/// Errors found when the alerter is built from its configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AlertError {
+    /// `--alert-webhook` is not a usable URL.
+    #[error("invalid --alert-webhook URL {url:?}: {reason}")]
+    BadWebhook {
+        /// What was given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--alert-exec` is empty.
+    #[error("invalid --alert-exec: the command is empty")]
+    EmptyExec,
+    /// Built outside a tokio runtime.
+    #[error("the alerter needs a tokio runtime to run its delivery task")]
+    NoRuntime,
+}
+
+/// Where alerts go and how hard to try.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AlertConfig {
+    /// `--alert-webhook URL`: POST the JSON event (`http://` only; see the crate docs).
+    pub webhook: Option<String>,
+    /// `--alert-exec CMD`: run with `sh -c`, the event JSON on stdin.
+    pub exec: Option<String>,
+    /// Events with the same key within this window make one alert (default 5 min).
+    pub dedupe_window: Duration,
+    /// At most this many alerts per [`rate_period`](Self::rate_period) (default 20).
+    pub rate_limit: u32,
+    /// See [`rate_limit`](Self::rate_limit) (default 60 s).
+    pub rate_period: Duration,
+    /// Webhook retries after the first attempt (default 3).
+    pub retries: u32,
+    /// Delay before the first retry, doubling each time (default 250 ms).
+    pub backoff: Duration,
+    /// Timeout of one webhook attempt, response included (default 5 s).
+    pub webhook_timeout: Duration,
+    /// The exec command is killed (its whole process group) after this (default 10 s).
+    pub exec_timeout: Duration,
+    /// Events waiting for delivery; more are dropped (default 64).
+    pub queue: usize,
+    /// Deliveries running at once (default 4).
+    pub max_in_flight: usize,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            webhook: None,
+            exec: None,
+            dedupe_window: Duration::from_secs(300),
+            rate_limit: 20,
+            rate_period: Duration::from_secs(60),
+            retries: 3,
+            backoff: Duration::from_millis(250),
+            webhook_timeout: Duration::from_secs(5),
+            exec_timeout: Duration::from_secs(10),
+            queue: 64,
+            max_in_flight: 4,
+        }
+    }
+}
+
+impl AlertConfig {
+    /// No sinks, default limits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `--alert-webhook`.
+    pub fn webhook(mut self, url: impl Into<String>) -> Self {
+        self.webhook = Some(url.into());
+        self
+    }
+
+    /// Sets `--alert-exec`.
+    pub fn exec(mut self, cmd: impl Into<String>) -> Self {
+        self.exec = Some(cmd.into());
+        self
+    }
+}
+
+/// Checks a webhook URL: `http://host[:port][/path]`.
+///
+/// ```
+/// assert!(unwedge_admin::parse_webhook_url("http://127.0.0.1:9000/hook").is_ok());
+/// let err = unwedge_admin::parse_webhook_url("not a url").unwrap_err();
+/// assert!(err.to_string().starts_with("invalid --alert-webhook URL"));
+/// ```
+pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
+    let bad = |reason: &str| AlertError::BadWebhook {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(bad(
+                "https is not supported yet: point it at an http relay on this host, \
+                 or use --alert-exec with curl",
+            ))
+        }
+        Some(other) => {
+            return Err(bad(&format!(
+                "unsupported scheme {other:?}, expected http://"
+            )))
+        }
+        None => return Err(bad("expected an absolute URL like http://host:port/path")),
+    }
+    match uri.host() {
+        Some(h) if !h.is_empty() => {}
+        _ => return Err(bad("no host")),
+    }
+    Ok(uri)
+}
+
+enum Msg {
+    Event(AlertEvent),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Sends [`AlertEvent`]s to the configured sinks from its own task.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), unwedge_admin::AlertError> {
+/// use std::sync::Arc;
+/// use unwedge_admin::{AlertConfig, AlertEvent, AlertKind, Alerter, Metrics};
+///
+/// let metrics = Arc::new(Metrics::new("0.1.0"));
+/// let alerter = Alerter::new(AlertConfig::new().webhook("http://127.0.0.1:9000/hook"), metrics)?;
+/// alerter.send(AlertEvent::new(AlertKind::WorkerHung, "worker 1 missed 3 heartbeats"));
+/// alerter.flush(std::time::Duration::from_secs(5)).await; // before exiting
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Alerter {
+    tx: mpsc::Sender<Msg>,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for Msg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Msg::Event(e) => f.debug_tuple("Event").field(&e.kind).finish(),
+            Msg::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+impl Alerter {
+    /// Checks the configuration and starts the delivery task on the current tokio runtime.
+    ///
+    /// With no sink configured, events are accepted and dropped.
+    pub fn new(config: AlertConfig, metrics: Arc<Metrics>) -> Result<Self, AlertError> {
+        let webhook = config
+            .webhook
+            .as_deref()
+            .map(parse_webhook_url)
+            .transpose()?;
+        if let Some(cmd) = &config.exec {
+            if cmd.trim().is_empty() {
+                return Err(AlertError::EmptyExec);
+            }
+        }
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| AlertError::NoRuntime)?;
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let sinks = Arc::new(Sinks {
+            webhook,
+            exec: config.exec.clone(),
+            client,
+            metrics: metrics.clone(),
+            config: config.clone(),
+        });
+        handle.spawn(dispatch(rx, sinks, config));
+        Ok(Alerter { tx, metrics })
+    }
+
+    /// Queues `event` for delivery and returns at once. Returns `false` (and counts
+    /// `queue_full`) when the queue is full or the delivery task is gone.
+    pub fn send(&self, event: AlertEvent) -> bool {
+        match self.tx.try_send(Msg::Event(event)) {
+            Ok(()) => true,
+            Err(e) => {
+                let reason = match e {
+                    mpsc::error::TrySendError::Full(_) => "queue_full",
+                    mpsc::error::TrySendError::Closed(_) => "closed",
+                };
+                tracing::warn!(reason, "alert dropped");
+                self.metrics.record_alert_dropped(reason);
+                false
+            }
+        }
+    }
+
+    /// Waits until every event sent before this call was delivered or failed, for at most
+    /// `timeout`. Returns `false` on timeout. Call it before the supervisor exits.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let (done_tx, done_rx) = oneshot::channel();
+        tokio::time::timeout(timeout, async {
+            if self.tx.send(Msg::Flush(done_tx)).await.is_err() {
+                return false;
+            }
+            done_rx.await.is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+struct Sinks {
+    webhook: Option<Uri>,
+    exec: Option<String>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    metrics: Arc<Metrics>,
+    config: AlertConfig,
+}
+
+async fn dispatch(mut rx: mpsc::Receiver<Msg>, sinks: Arc<Sinks>, config: AlertConfig) {
+    let permits = config.max_in_flight.clamp(1, u32::MAX as usize) as u32;
+    let in_flight = Arc::new(Semaphore::new(permits as usize));
+    let mut last_sent: HashMap<String, Instant> = HashMap::new();
+    let mut recent: VecDeque<Instant> = VecDeque::new();
+    while let Some(msg) = rx.recv().await {
+        let event = match msg {
+            Msg::Event(e) => e,
+            Msg::Flush(done) => {
+                // Holding every permit means every earlier delivery finished.
+                if let Ok(all) = in_flight.acquire_many(permits).await {
+                    drop(all);
+                }
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let now = Instant::now();
+        last_sent.retain(|_, t| now.duration_since(*t) < config.dedupe_window);
+        let key = event.key();
+        if last_sent.contains_key(&key) {
+            tracing::debug!(kind = %event.kind, "duplicate alert suppressed");
+            sinks.metrics.record_alert_dropped("duplicate");
+            continue;
+        }
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= config.rate_period)
+        {
+            recent.pop_front();
+        }
+        if recent.len() >= config.rate_limit as usize {
+            tracing::warn!(kind = %event.kind, summary = %event.summary, "alert rate limit reached, alert dropped");
+            sinks.metrics.record_alert_dropped("rate_limited");
+            continue;
+        }
+        last_sent.insert(key, now);
+        recent.push_back(now);
+        let event = Arc::new(event);
+        if sinks.webhook.is_some() {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let (sinks, event) = (sinks.clone(), event.clone());
+            tokio::spawn(async move {
+                sinks.deliver_webhook(&event).await;
+                drop(permit);
+            });
+        }
+        if sinks.exec.is_some() {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let (sinks, event) = (sinks.clone(), event.clone());
+            tokio::spawn(async move {
+                sinks.deliver_exec(&event).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+impl Sinks {
+    async fn deliver_webhook(&self, event: &AlertEvent) {
+        let uri = self.webhook.clone().expect("webhook configured");
+        let body =
+            Bytes::from(serde_json::to_vec(&event.webhook_body()).expect("event serializes"));
+        let mut delay = self.config.backoff;
+        let mut last_error = String::new();
+        for attempt in 0..=self.config.retries {
+            if attempt > 0 {
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+            let req = Request::post(uri.clone())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(
+                    http::header::USER_AGENT,
+                    concat!("unwedge/", env!("CARGO_PKG_VERSION")),
+                )
+                .body(Full::new(body.clone()))
+                .expect("a POST with a valid URI builds");
+            let attempt_result = tokio::time::timeout(self.config.webhook_timeout, async {
+                let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                // Read the body so the connection can be reused.
+                let _ = resp.into_body().collect().await;
+                Ok::<StatusCode, String>(status)
+            })
+            .await;
+            match attempt_result {
+                Ok(Ok(status)) if status.is_success() => {
+                    self.metrics.record_alert_sent("webhook");
+                    return;
+                }
+                Ok(Ok(status)) => {
+                    last_error = format!("HTTP {status}");
+                    // A 4xx other than 429 will not get better by retrying.
+                    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => last_error = e,
+                Err(_) => {
+                    last_error = format!("no answer within {:?}", self.config.webhook_timeout)
+                }
+            }
+        }
+        tracing::warn!(url = %uri, kind = %event.kind, error = %last_error, "alert webhook failed");
+        self.metrics.record_alert_failed("webhook");
+    }
+
+    async fn deliver_exec(&self, event: &AlertEvent) {
+        let cmd = self.exec.as_deref().expect("exec configured");
+        match run_exec(cmd, event, self.config.exec_timeout).await {
+            Ok(()) => self.metrics.record_alert_sent("exec"),
+            Err(e) => {
+                tracing::warn!(command = cmd, kind = %event.kind, error = %e, "alert command failed");
+                self.metrics.record_alert_failed("exec");
+            }
+        }
+    }
+}
+
+/// Runs `sh -c CMD` in its own process group with the event on stdin; kills the group on
+/// timeout.
+async fn run_exec(cmd: &str, event: &AlertEvent, timeout: Duration) -> Result<(), String> {
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("UNWEDGE_ALERT_KIND", event.kind.as_str())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start sh: {e}"))?;
+    let pid = child.id();
+    let json = serde_json::to_vec(event).expect("event serializes");
+    let mut stdin = child.stdin.take().expect("stdin piped");
+    let run = async move {
+        // A command that does not read its stdin is fine: ignore EPIPE.
+        let _ = stdin.write_all(&json).await;
+        drop(stdin);
+        child.wait_with_output().await
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            Err(format!(
+                "{}: {}",
+                out.status,
+                stderr.lines().last().unwrap_or("").trim()
+            ))
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => {
+            if let Some(pid) = pid
+                .and_then(|p| i32::try_from(p).ok())
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            Err(format!("timed out after {timeout:?}, killed"))
+        }
+    }
+}

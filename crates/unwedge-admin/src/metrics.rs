@@ -1,0 +1,289 @@
+//! [`Metrics`]: the supervisor's Prometheus metrics, every name prefixed `unwedge_`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::status::{RestartReason, StatusView, WorkerState};
+
+/// The content type of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus
+/// scrapes natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+/// A kind of hang detection: the `kind` label of `unwedge_hangs_detected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HangKind {
+    /// Missed `WATCHDOG=1` heartbeats.
+    Watchdog,
+    /// Failed HTTP probes.
+    Probe,
+    /// The worker reported its runtime stalled.
+    Stall,
+    /// The worker reported a lock wait over its limit.
+    Lock,
+    /// The worker reported a lock cycle.
+    Deadlock,
+}
+
+impl HangKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HangKind::Watchdog => "watchdog",
+            HangKind::Probe => "probe",
+            HangKind::Stall => "stall",
+            HangKind::Lock => "lock",
+            HangKind::Deadlock => "deadlock",
+        }
+    }
+}
+
+/// Every metric the supervisor exports.
+///
+/// Cheap to record from any thread (atomics behind the scenes); share it as `Arc<Metrics>`.
+/// Per-state and per-worker gauges and the uptime are refreshed from a [`StatusView`] with
+/// [`Metrics::observe_status`], which the admin server does on every scrape.
+///
+/// ```
+/// use unwedge_admin::{Metrics, RestartReason};
+///
+/// let metrics = Metrics::new("0.1.0");
+/// metrics.record_restart(RestartReason::Signal);
+/// metrics.record_panic("/cart");
+/// let text = metrics.encode();
+/// assert!(text.contains(r#"unwedge_restarts_total{reason="signal"} 1"#));
+/// assert!(text.contains(r#"unwedge_panics_total{route="/cart"} 1"#));
+/// assert!(text.contains(r#"unwedge_build_info{version="0.1.0"} 1"#));
+/// ```
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    workers: Family<Labels, Gauge>,
+    worker_uptime: Family<Labels, Gauge<f64, AtomicU64>>,
+    worker_restarts: Family<Labels, Gauge>,
+    restarts: Family<Labels, Counter>,
+    panics: Family<Labels, Counter>,
+    hangs: Family<Labels, Counter>,
+    crash_to_ready: Histogram,
+    uptime: Gauge<f64, AtomicU64>,
+    gave_up: Gauge,
+    notify_forged: Counter,
+    alerts_sent: Family<Labels, Counter>,
+    alerts_failed: Family<Labels, Counter>,
+    alerts_dropped: Family<Labels, Counter>,
+    reports_written: Counter,
+    reports_failed: Counter,
+}
+
+impl Metrics {
+    /// A registry with every metric at zero; `version` goes into `unwedge_build_info`.
+    pub fn new(version: &str) -> Self {
+        let mut registry = Registry::with_prefix("unwedge");
+        let m = Metrics {
+            registry: Registry::default(),
+            workers: Family::default(),
+            worker_uptime: Family::default(),
+            worker_restarts: Family::default(),
+            restarts: Family::default(),
+            panics: Family::default(),
+            hangs: Family::default(),
+            // 1 ms … ~33 s
+            crash_to_ready: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            uptime: Gauge::default(),
+            gave_up: Gauge::default(),
+            notify_forged: Counter::default(),
+            alerts_sent: Family::default(),
+            alerts_failed: Family::default(),
+            alerts_dropped: Family::default(),
+            reports_written: Counter::default(),
+            reports_failed: Counter::default(),
+        };
+        registry.register(
+            "build",
+            "unwedge build information",
+            Info::new(vec![("version", version.to_owned())]),
+        );
+        registry.register_with_unit(
+            "uptime",
+            "Seconds since the supervisor started",
+            Unit::Seconds,
+            m.uptime.clone(),
+        );
+        registry.register(
+            "gave_up",
+            "1 once the restart intensity was exceeded and the supervisor is giving up",
+            m.gave_up.clone(),
+        );
+        registry.register("workers", "Workers by state", m.workers.clone());
+        registry.register_with_unit(
+            "worker_uptime",
+            "Seconds since each worker's current process started",
+            Unit::Seconds,
+            m.worker_uptime.clone(),
+        );
+        registry.register(
+            "worker_restarts",
+            "Restarts of each worker slot",
+            m.worker_restarts.clone(),
+        );
+        registry.register("restarts", "Worker restarts by reason", m.restarts.clone());
+        registry.register(
+            "panics",
+            "Panic reports received from workers, by route",
+            m.panics.clone(),
+        );
+        registry.register(
+            "hangs_detected",
+            "Hung workers detected, by detection kind",
+            m.hangs.clone(),
+        );
+        registry.register_with_unit(
+            "crash_to_ready",
+            "Time from a worker's end to its replacement's READY",
+            Unit::Seconds,
+            m.crash_to_ready.clone(),
+        );
+        registry.register(
+            "notify_forged",
+            "Notify messages ignored because they came from a process that is not a worker",
+            m.notify_forged.clone(),
+        );
+        registry.register(
+            "alerts_sent",
+            "Alerts delivered, by sink",
+            m.alerts_sent.clone(),
+        );
+        registry.register(
+            "alerts_failed",
+            "Alerts that could not be delivered after retries, by sink",
+            m.alerts_failed.clone(),
+        );
+        registry.register(
+            "alerts_dropped",
+            "Alerts not sent: reason is duplicate, rate_limited or queue_full",
+            m.alerts_dropped.clone(),
+        );
+        registry.register(
+            "reports_written",
+            "Records appended to the report directory",
+            m.reports_written.clone(),
+        );
+        registry.register(
+            "reports_failed",
+            "Records that could not be written to the report directory",
+            m.reports_failed.clone(),
+        );
+        // Every state and reason shows up at 0 before it first happens, so rate() and
+        // absent() behave in alerting rules.
+        for state in WorkerState::ALL {
+            m.workers
+                .get_or_create(&vec![("state", state.as_str().to_owned())])
+                .set(0);
+        }
+        for reason in RestartReason::ALL {
+            m.restarts
+                .get_or_create(&vec![("reason", reason.as_str().to_owned())])
+                .inc_by(0);
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one restart.
+    pub fn record_restart(&self, reason: RestartReason) {
+        self.restarts
+            .get_or_create(&vec![("reason", reason.as_str().to_owned())])
+            .inc();
+    }
+
+    /// Counts one panic report; `route` is the request path (or `task:NAME`, or `unknown`).
+    pub fn record_panic(&self, route: &str) {
+        self.panics
+            .get_or_create(&vec![("route", route.to_owned())])
+            .inc();
+    }
+
+    /// Counts one hung worker.
+    pub fn record_hang(&self, kind: HangKind) {
+        self.hangs
+            .get_or_create(&vec![("kind", kind.as_str().to_owned())])
+            .inc();
+    }
+
+    /// Observes the time from a worker's end to its replacement's READY.
+    pub fn record_crash_to_ready(&self, elapsed: std::time::Duration) {
+        self.crash_to_ready.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one forged (ignored) notify message.
+    pub fn record_notify_forged(&self) {
+        self.notify_forged.inc();
+    }
+
+    /// Counts one alert delivered to `sink` (`webhook`, `exec`).
+    pub fn record_alert_sent(&self, sink: &str) {
+        self.alerts_sent
+            .get_or_create(&vec![("sink", sink.to_owned())])
+            .inc();
+    }
+
+    /// Counts one alert `sink` failed to deliver after its retries.
+    pub fn record_alert_failed(&self, sink: &str) {
+        self.alerts_failed
+            .get_or_create(&vec![("sink", sink.to_owned())])
+            .inc();
+    }
+
+    /// Counts one alert not sent at all (`duplicate`, `rate_limited`, `queue_full`).
+    pub fn record_alert_dropped(&self, reason: &str) {
+        self.alerts_dropped
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// Counts one record written to (`ok`) or lost by the report directory.
+    pub fn record_report_written(&self, ok: bool) {
+        if ok {
+            self.reports_written.inc();
+        } else {
+            self.reports_failed.inc();
+        }
+    }
+
+    /// Sets the workers-by-state, per-worker and uptime gauges from `view`.
+    pub fn observe_status(&self, view: &StatusView) {
+        for state in WorkerState::ALL {
+            let n = i64::try_from(view.count(state)).unwrap_or(i64::MAX);
+            self.workers
+                .get_or_create(&vec![("state", state.as_str().to_owned())])
+                .set(n);
+        }
+        // Workers come and go (scale down): drop the series of slots that are gone.
+        self.worker_uptime.clear();
+        self.worker_restarts.clear();
+        for w in &view.workers {
+            let labels = vec![("worker", w.id.to_string())];
+            self.worker_uptime.get_or_create(&labels).set(w.uptime_secs);
+            self.worker_restarts
+                .get_or_create(&labels)
+                .set(i64::try_from(w.restarts).unwrap_or(i64::MAX));
+        }
+        self.uptime.set(view.supervisor.uptime_secs);
+        self.gave_up.set(i64::from(view.supervisor.gave_up));
+    }
+
+    /// The OpenMetrics text exposition of every metric (see [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        encode(&mut out, &self.registry).expect("encoding metrics into a String");
+        out
+    }
+}

@@ -1,0 +1,446 @@
+//! The status page: one server-rendered HTML document, no JavaScript, no external assets.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use crate::status::{age, ExitRecord, PanicRecord, Record, StatusView, WorkerState};
+
+/// Header names whose values the page never shows, even if a worker forgot to redact them.
+pub const REDACTED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// The page stops adding reports once it is this large, so it stays under 50 KB.
+const PAGE_BUDGET: usize = 40 * 1024;
+/// Longest backtrace shown per report, in bytes.
+const BACKTRACE_MAX: usize = 4 * 1024;
+/// Longest single string shown (messages, header values, stderr lines), in bytes.
+const FIELD_MAX: usize = 1024;
+/// Most stderr lines shown per exit.
+const STDERR_LINES_MAX: usize = 20;
+/// The chart's window and bucket width.
+const CHART_WINDOW: Duration = Duration::from_secs(3600);
+const CHART_BUCKETS: usize = 60;
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}\
+h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.1em;margin:1.4em 0 .5em}\
+table{border-collapse:collapse}td,th{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}\
+.st{display:inline-block;padding:0 .5em;border-radius:3px;color:#fff;font-weight:600}\
+.ready{background:#2e7d32}.starting{background:#1565c0}.draining{background:#8d6e00}\
+.hung{background:#c62828}.tainted{background:#6a1b9a}.exited{background:#616161}\
+.badge{padding:.1em .6em;border-radius:3px;color:#fff;font-weight:600}.ok{background:#2e7d32}.bad{background:#c62828}\
+.report{background:#fff;border:1px solid #ddd;border-left:4px solid #c62828;padding:.5em .8em;margin:.6em 0}\
+.report.exit{border-left-color:#616161}.msg{font-weight:600;white-space:pre-wrap;word-break:break-word}\
+pre{background:#f3f3f3;padding:.5em;overflow-x:auto;font-size:12px}.meta{color:#555}\
+svg{background:#fff;border:1px solid #ddd}";
+
+/// Renders the status page for `view`.
+///
+/// Every string that came from a worker is HTML-escaped; values of [`REDACTED_HEADERS`] are
+/// never shown; long fields are truncated and old reports left off so the page stays under
+/// 50 KB. It refreshes itself every 5 s with `<meta http-equiv="refresh">`.
+///
+/// ```
+/// use unwedge_admin::{render_page, PanicRecord, Record, StatusView, SupervisorInfo};
+///
+/// let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+/// let report = serde_json::json!({"message": "<script>alert(1)</script>", "pid": 2});
+/// view.reports.push(Record::Panic(PanicRecord::new(Some(0), report)));
+/// let html = render_page(&view);
+/// assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+/// assert!(!html.contains("<script>"));
+/// ```
+pub fn render_page(view: &StatusView) -> String {
+    let now =
+        humantime::parse_rfc3339_weak(&view.generated_at).unwrap_or_else(|_| SystemTime::now());
+    let mut h = String::with_capacity(16 * 1024);
+    let sup = &view.supervisor;
+    let ready = view.ready_workers();
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"5\">\
+         <meta name=\"viewport\" content=\"width=device-width\">\
+         <title>unwedge: {ready}/{total} ready</title><style>{STYLE}</style></head><body>",
+        total = view.workers.len()
+    );
+    let (badge, class) = if sup.gave_up {
+        ("gave up", "bad")
+    } else if ready > 0 {
+        ("serving", "ok")
+    } else {
+        ("not ready", "bad")
+    };
+    let _ = write!(
+        h,
+        "<header><h1>unwedge <span class=\"badge {class}\" id=\"health\">{badge}</span></h1>\
+         <div class=\"meta\">version {} · supervisor pid {} · up {} · listening on {} · \
+         as of {}</div></header>",
+        esc(&sup.version),
+        sup.pid,
+        secs(sup.uptime_secs),
+        if sup.listen.is_empty() {
+            "nothing".to_owned()
+        } else {
+            esc(&sup.listen.join(", "))
+        },
+        esc(&view.generated_at),
+    );
+
+    workers_table(&mut h, view);
+    chart(&mut h, view, now);
+
+    let _ = write!(h, "<section id=\"reports\"><h2>Recent reports</h2>");
+    if view.reports.is_empty() {
+        h.push_str("<p>No panics or abnormal exits recorded.</p>");
+    }
+    for (shown, record) in view.reports.iter().rev().enumerate() {
+        if h.len() > PAGE_BUDGET {
+            let _ = write!(
+                h,
+                "<p class=\"meta\">{} older reports left off: see <a href=\"/status\">/status</a> \
+                 or <code>unwedge reports</code>.</p>",
+                view.reports.len() - shown
+            );
+            break;
+        }
+        match record {
+            Record::Panic(p) => panic_report(&mut h, p, now),
+            Record::Exit(e) => exit_report(&mut h, e, now),
+        }
+    }
+    h.push_str(
+        "</section><footer class=\"meta\"><p>JSON: <a href=\"/status\">/status</a> · \
+         Prometheus: <a href=\"/metrics\">/metrics</a> · <a href=\"/livez\">/livez</a> · \
+         <a href=\"/readyz\">/readyz</a></p></footer></body></html>\n",
+    );
+    h
+}
+
+fn workers_table(h: &mut String, view: &StatusView) {
+    h.push_str("<section id=\"workers\"><h2>Workers</h2>");
+    if view.workers.is_empty() {
+        h.push_str("<p>No workers.</p></section>");
+        return;
+    }
+    let counts: Vec<String> = WorkerState::ALL
+        .iter()
+        .filter_map(|&s| match view.count(s) {
+            0 => None,
+            n => Some(format!("{n} {s}")),
+        })
+        .collect();
+    let _ = write!(h, "<p class=\"meta\">{}</p>", counts.join(" · "));
+    h.push_str(
+        "<table><thead><tr><th>worker</th><th>pid</th><th>generation</th><th>state</th>\
+         <th>uptime</th><th>restarts</th><th>last exit</th><th>last report</th></tr></thead><tbody>",
+    );
+    for w in &view.workers {
+        let _ = write!(
+            h,
+            "<tr class=\"worker\"><td>{}</td><td>{}</td><td>{}</td>\
+             <td><span class=\"st {s}\">{s}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            w.id,
+            w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            w.generation,
+            secs(w.uptime_secs),
+            w.restarts,
+            w.last_exit.map_or_else(|| "-".to_owned(), |e| e.to_string()),
+            w.last_report.as_deref().map_or_else(|| "-".to_owned(), |r| esc(&trunc(r, 200))),
+            s = w.state.as_str(),
+        );
+    }
+    h.push_str("</tbody></table></section>");
+}
+
+/// Restarts per minute over the last hour, as an inline SVG line with a dot per busy minute.
+fn chart(h: &mut String, view: &StatusView, now: SystemTime) {
+    let bucket = CHART_WINDOW / CHART_BUCKETS as u32;
+    let mut counts = [0u32; CHART_BUCKETS];
+    for r in &view.restarts {
+        let Some(a) = age(&r.time, now) else { continue };
+        if a < CHART_WINDOW {
+            let i = CHART_BUCKETS - 1 - (a.as_secs() / bucket.as_secs()) as usize;
+            counts[i] += 1;
+        }
+    }
+    let total: u32 = counts.iter().sum();
+    let max = counts.iter().copied().max().unwrap_or(0).max(1);
+    let (w, ht, left, top, bottom) = (720.0, 160.0, 40.0, 10.0, 20.0);
+    let plot_w = w - left - 10.0;
+    let plot_h = ht - top - bottom;
+    let x = |i: usize| left + plot_w * (i as f64 + 0.5) / CHART_BUCKETS as f64;
+    let y = |c: u32| top + plot_h * (1.0 - f64::from(c) / f64::from(max));
+    let _ = write!(
+        h,
+        "<section id=\"restarts\"><h2>Restarts per minute, last hour</h2>\
+         <p class=\"meta\" id=\"restart-summary\">{total} restart{} in the last hour</p>\
+         <svg id=\"restart-chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" \
+         viewBox=\"0 0 {w} {ht}\" role=\"img\" aria-label=\"{total} restarts in the last hour\">\
+         <line x1=\"{left}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#999\"/>\
+         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{b}\" stroke=\"#999\"/>\
+         <text x=\"{tx}\" y=\"{ty}\" font-size=\"11\" text-anchor=\"end\">{max}</text>\
+         <text x=\"{tx}\" y=\"{b}\" font-size=\"11\" text-anchor=\"end\">0</text>\
+         <text x=\"{left}\" y=\"{lb}\" font-size=\"11\">-60 min</text>\
+         <text x=\"{mid}\" y=\"{lb}\" font-size=\"11\" text-anchor=\"middle\">-30 min</text>\
+         <text x=\"{r}\" y=\"{lb}\" font-size=\"11\" text-anchor=\"end\">now</text>",
+        if total == 1 { "" } else { "s" },
+        b = top + plot_h,
+        r = left + plot_w,
+        tx = left - 4.0,
+        ty = top + 8.0,
+        lb = ht - 4.0,
+        mid = left + plot_w / 2.0,
+    );
+    let points: Vec<String> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("{:.1},{:.1}", x(i), y(c)))
+        .collect();
+    let _ = write!(
+        h,
+        "<polyline fill=\"none\" stroke=\"#c62828\" stroke-width=\"1.5\" points=\"{}\"/>",
+        points.join(" ")
+    );
+    for (i, &c) in counts.iter().enumerate() {
+        if c > 0 {
+            let _ = write!(
+                h,
+                "<circle class=\"point\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#c62828\">\
+                 <title>{c} restart{} {} min ago</title></circle>",
+                x(i),
+                y(c),
+                if c == 1 { "" } else { "s" },
+                CHART_BUCKETS - 1 - i,
+            );
+        }
+    }
+    h.push_str("</svg></section>");
+}
+
+fn panic_report(h: &mut String, p: &PanicRecord, now: SystemTime) {
+    let r = &p.report;
+    let s = |name: &str| r.get(name).and_then(|v| v.as_str());
+    let _ =
+        write!(
+        h,
+        "<article class=\"report panic\"><div class=\"meta\">panic · {} · worker {} · pid {}</div>",
+        when(&p.time, now),
+        p.worker.map_or_else(|| "?".to_owned(), |w| w.to_string()),
+        r.get("pid").and_then(|v| v.as_u64()).map_or_else(|| "?".to_owned(), |v| v.to_string()),
+    );
+    if let Some(req) = r.get("request").and_then(|v| v.as_object()) {
+        let f = |name: &str| req.get(name).and_then(|v| v.as_str()).unwrap_or("?");
+        let _ = write!(
+            h,
+            "<div class=\"request\"><code>{} {}</code> <span class=\"meta\">request id {}</span></div>",
+            esc(&trunc(f("method"), 32)),
+            esc(&trunc(f("path"), FIELD_MAX)),
+            esc(&trunc(f("request_id"), 128)),
+        );
+    } else if let Some(task) = s("task") {
+        let _ = write!(
+            h,
+            "<div class=\"request\">task <code>{}</code></div>",
+            esc(&trunc(task, 256))
+        );
+    }
+    let _ = write!(
+        h,
+        "<div class=\"msg\">{}</div>",
+        esc(&trunc(s("message").unwrap_or("(no message)"), FIELD_MAX))
+    );
+    if let Some(loc) = s("location") {
+        let _ = write!(h, "<div>at <code>{}</code>", esc(&trunc(loc, 256)));
+        if let Some(thread) = s("thread") {
+            let _ = write!(h, " on thread <code>{}</code>", esc(&trunc(thread, 128)));
+        }
+        h.push_str("</div>");
+    }
+    let list = |name: &str| -> Vec<String> {
+        r.get(name)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str())
+                    .map(|s| esc(&trunc(s, 128)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (rolled, poisoned) = (list("rolled_back"), list("poisoned"));
+    if !rolled.is_empty() {
+        let _ = write!(h, "<div>rolled back: {}</div>", rolled.join(", "));
+    }
+    if !poisoned.is_empty() {
+        let _ = write!(
+            h,
+            "<div>poisoned: <strong>{}</strong></div>",
+            poisoned.join(", ")
+        );
+    }
+    if let Some(d) = r.get("decision").and_then(|v| v.as_object()) {
+        let f = |name: &str| d.get(name).and_then(|v| v.as_str()).unwrap_or("?");
+        let _ = write!(
+            h,
+            "<div>decision: <strong>{}</strong> ({})</div>",
+            esc(&trunc(f("action"), 32)),
+            esc(&trunc(f("reason"), 256))
+        );
+    }
+    if let Some(headers) = r
+        .get("request")
+        .and_then(|v| v.get("headers"))
+        .and_then(|v| v.as_object())
+        .filter(|m| !m.is_empty())
+    {
+        h.push_str("<details><summary>request headers</summary><table>");
+        for (name, value) in headers.iter().take(64) {
+            let value = if REDACTED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                "<redacted>".to_owned()
+            } else {
+                value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_owned)
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td></tr>",
+                esc(&trunc(name, 128)),
+                esc(&trunc(&value, 256))
+            );
+        }
+        h.push_str("</table></details>");
+    }
+    if let Some(bt) = s("backtrace") {
+        let _ = write!(
+            h,
+            "<details><summary>backtrace</summary><pre>{}</pre></details>",
+            esc(&trunc(bt, BACKTRACE_MAX))
+        );
+    }
+    h.push_str("</article>");
+}
+
+fn exit_report(h: &mut String, e: &ExitRecord, now: SystemTime) {
+    let _ = write!(
+        h,
+        "<article class=\"report exit\"><div class=\"meta\">abnormal exit · {} · worker {} · pid {}</div>\
+         <div class=\"msg\">{}</div>",
+        when(&e.time, now),
+        e.worker.map_or_else(|| "?".to_owned(), |w| w.to_string()),
+        e.pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+        e.status(),
+    );
+    if !e.last_stderr_lines.is_empty() {
+        let skip = e.last_stderr_lines.len().saturating_sub(STDERR_LINES_MAX);
+        let lines: Vec<String> = e.last_stderr_lines[skip..]
+            .iter()
+            .map(|l| esc(&trunc(l, 300)))
+            .collect();
+        let _ = write!(
+            h,
+            "<details><summary>last stderr lines</summary><pre>{}</pre></details>",
+            lines.join("\n")
+        );
+    }
+    h.push_str("</article>");
+}
+
+/// `2026-01-01T00:00:00.000Z (3m 2s ago)`.
+fn when(t: &str, now: SystemTime) -> String {
+    match age(t, now) {
+        Some(a) => format!(
+            "{} ({} ago)",
+            esc(t),
+            humantime::format_duration(Duration::from_secs(a.as_secs()))
+        ),
+        None => esc(t),
+    }
+}
+
+fn secs(s: f64) -> String {
+    let s = if s.is_finite() && s > 0.0 {
+        s as u64
+    } else {
+        0
+    };
+    humantime::format_duration(Duration::from_secs(s)).to_string()
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary, marking the cut.
+fn trunc(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes more)", &s[..end], s.len() - end)
+}
+
+/// Escapes text for HTML element content and double-quoted attribute values.
+pub(crate) fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{RestartEvent, RestartReason, SupervisorInfo};
+
+    #[test]
+    fn one_restart_draws_one_point() {
+        let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+        view.restarts
+            .push(RestartEvent::now(0, RestartReason::Signal));
+        let html = render_page(&view);
+        assert_eq!(html.matches("<circle").count(), 1);
+        assert!(html.contains("1 restart in the last hour"));
+    }
+
+    #[test]
+    fn sensitive_headers_are_redacted_again() {
+        let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+        let report = serde_json::json!({"message": "m", "request": {"method": "GET", "path": "/",
+            "request_id": "r", "headers": {"Cookie": "session=hunter2", "accept": "*/*"}}});
+        view.reports
+            .push(Record::Panic(PanicRecord::new(None, report)));
+        let html = render_page(&view);
+        assert!(!html.contains("hunter2"));
+        assert!(html.contains("&lt;redacted&gt;"));
+    }
+
+    #[test]
+    fn page_stays_under_50_kb_with_huge_reports() {
+        let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+        for _ in 0..200 {
+            let report = serde_json::json!({"message": "x".repeat(10_000), "backtrace": "y".repeat(100_000)});
+            view.reports
+                .push(Record::Panic(PanicRecord::new(Some(0), report)));
+        }
+        let html = render_page(&view);
+        assert!(html.len() < 50 * 1024, "{} bytes", html.len());
+        assert!(html.contains("older reports left off"));
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(trunc("héllo", 2), "h… (5 bytes more)");
+    }
+}

@@ -1,0 +1,331 @@
+//! [`ReportDir`]: crash reports that outlive the crash, as JSON lines on disk.
+//!
+//! Layout: the current file `reports.jsonl`, and rotated files `reports.1.jsonl` (newest)
+//! … `reports.N.jsonl` (oldest). Each line is one [`Record`].
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use crate::status::Record;
+
+const CURRENT: &str = "reports.jsonl";
+
+/// Errors of the report directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// The directory cannot be created or written.
+    #[error("cannot write crash reports to {}: {source}", dir.display())]
+    Unwritable {
+        /// The directory.
+        dir: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Reading or appending failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("append to", "read").
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+/// Where to keep reports and how much.
+#[derive(Debug, Clone)]
+pub struct ReportDirConfig {
+    /// The directory (created if missing).
+    pub dir: PathBuf,
+    /// Rotate the current file once it would grow past this many bytes (`--report-max-bytes`).
+    pub max_bytes: u64,
+    /// How many rotated files to keep besides the current one; older ones are deleted.
+    pub keep: usize,
+}
+
+impl ReportDirConfig {
+    /// `dir` with 10 MiB per file and 5 rotated files kept.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ReportDirConfig {
+            dir: dir.into(),
+            max_bytes: 10 * 1024 * 1024,
+            keep: 5,
+        }
+    }
+}
+
+/// An append-only, size-rotated log of [`Record`]s (`--report-dir`).
+///
+/// [`append`](ReportDir::append) returns only after the line is on disk (`fsync`), so an
+/// alert sent afterwards never points at a report that a power cut or a `SIGKILL` of the
+/// supervisor could still lose. Its I/O is blocking: from async code call it through
+/// `tokio::task::spawn_blocking` (or accept a millisecond on the caller's thread).
+///
+/// ```
+/// use unwedge_admin::{ExitRecord, ExitStatus, Record, ReportDir, ReportDirConfig};
+///
+/// let tmp = tempfile::tempdir().unwrap();
+/// let dir = ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
+/// let exit = ExitRecord::new(Some(0), Some(1234), ExitStatus { code: None, signal: Some(9) });
+/// dir.append(&Record::Exit(exit)).unwrap();
+///
+/// let back = unwedge_admin::read_reports(tmp.path(), None).unwrap();
+/// assert_eq!(back.len(), 1);
+/// assert_eq!(back[0].message(), "signal 9");
+/// ```
+#[derive(Debug)]
+pub struct ReportDir {
+    config: ReportDirConfig,
+    current: Mutex<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    file: File,
+    len: u64,
+}
+
+impl ReportDir {
+    /// Opens (creating if needed) the directory and its current file, and checks that it is
+    /// writable, so a bad `--report-dir` is reported at start-up.
+    pub fn open(config: ReportDirConfig) -> Result<Self, ReportError> {
+        let unwritable = |source| ReportError::Unwritable {
+            dir: config.dir.clone(),
+            source,
+        };
+        fs::create_dir_all(&config.dir).map_err(unwritable)?;
+        // Rotation creates files: check that we may, not only that the current file opens.
+        let probe = config
+            .dir
+            .join(format!(".unwedge-probe-{}", std::process::id()));
+        File::create(&probe).map_err(unwritable)?;
+        let _ = fs::remove_file(&probe);
+        let file = open_append(&config.dir.join(CURRENT)).map_err(unwritable)?;
+        let len = file.metadata().map_err(unwritable)?.len();
+        Ok(ReportDir {
+            config,
+            current: Mutex::new(Current { file, len }),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// Appends one record as a JSON line and fsyncs it, rotating first if the current file
+    /// would grow past `max_bytes`.
+    pub fn append(&self, record: &Record) -> Result<(), ReportError> {
+        let mut line = serde_json::to_vec(record).expect("a Record always serializes");
+        line.push(b'\n');
+        // A poisoned lock only means another append panicked; the file is still fine.
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.len > 0 && cur.len + line.len() as u64 > self.config.max_bytes {
+            self.rotate(&mut cur)?;
+        }
+        let path = self.config.dir.join(CURRENT);
+        let io = |source| ReportError::Io {
+            what: "cannot append to",
+            path: path.clone(),
+            source,
+        };
+        cur.file.write_all(&line).map_err(io)?;
+        cur.file.sync_data().map_err(io)?;
+        cur.len += line.len() as u64;
+        Ok(())
+    }
+
+    /// Shifts `reports.K` to `reports.K+1` (dropping the ones past `keep`) and starts a new
+    /// current file.
+    fn rotate(&self, cur: &mut Current) -> Result<(), ReportError> {
+        let dir = &self.config.dir;
+        let io = |path: PathBuf| {
+            move |source| ReportError::Io {
+                what: "cannot rotate",
+                path,
+                source,
+            }
+        };
+        if self.config.keep == 0 {
+            let _ = fs::remove_file(dir.join(CURRENT));
+        } else {
+            let _ = fs::remove_file(rotated(dir, self.config.keep));
+            for k in (1..self.config.keep).rev() {
+                let from = rotated(dir, k);
+                if from.exists() {
+                    fs::rename(&from, rotated(dir, k + 1)).map_err(io(from))?;
+                }
+            }
+            fs::rename(dir.join(CURRENT), rotated(dir, 1)).map_err(io(dir.join(CURRENT)))?;
+        }
+        cur.file = open_append(&dir.join(CURRENT)).map_err(io(dir.join(CURRENT)))?;
+        cur.len = 0;
+        // Make the renames durable too.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Every record still on disk, oldest first; with `since`, only those recorded within
+    /// that long before now.
+    pub fn list(&self, since: Option<Duration>) -> Result<Vec<Record>, ReportError> {
+        // Hold the lock so a rotation cannot move files under the reader.
+        let _cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        read_reports(&self.config.dir, since)
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn rotated(dir: &Path, k: usize) -> PathBuf {
+    dir.join(format!("reports.{k}.jsonl"))
+}
+
+/// Reads every record in `dir` (rotated files first, oldest first), without opening it for
+/// writing: what `unwedge reports` does. Lines that do not parse (a line torn by a crash of
+/// the supervisor mid-write) are skipped.
+pub fn read_reports(dir: &Path, since: Option<Duration>) -> Result<Vec<Record>, ReportError> {
+    let mut rotated_files: Vec<(usize, PathBuf)> = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|source| ReportError::Io {
+        what: "cannot read report directory",
+        path: dir.to_owned(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(k) = name
+            .strip_prefix("reports.")
+            .and_then(|r| r.strip_suffix(".jsonl"))
+            .and_then(|k| k.parse::<usize>().ok())
+        {
+            rotated_files.push((k, entry.path()));
+        }
+    }
+    // Highest number is oldest.
+    rotated_files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    let mut files: Vec<PathBuf> = rotated_files.into_iter().map(|(_, p)| p).collect();
+    files.push(dir.join(CURRENT));
+
+    let cutoff = since.and_then(|s| SystemTime::now().checked_sub(s));
+    let mut out = Vec::new();
+    for path in files {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(ReportError::Io {
+                    what: "cannot read",
+                    path,
+                    source,
+                })
+            }
+        };
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(|source| ReportError::Io {
+                what: "cannot read",
+                path: path.clone(),
+                source,
+            })?;
+            let Ok(record) = serde_json::from_str::<Record>(&line) else {
+                continue;
+            };
+            if let (Some(cutoff), Some(t)) = (cutoff, record.system_time()) {
+                if t < cutoff {
+                    continue;
+                }
+            }
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+/// What `unwedge reports [--dir DIR] [--since DUR] [--json]` prints: the records of `dir`
+/// as a table (or as JSON lines with `json`), oldest first.
+///
+/// ```
+/// use unwedge_admin::{print_reports, ExitRecord, ExitStatus, Record, ReportDir, ReportDirConfig};
+///
+/// let tmp = tempfile::tempdir().unwrap();
+/// let dir = ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
+/// let exit = ExitRecord::new(Some(1), Some(77), ExitStatus { code: Some(70), signal: None });
+/// dir.append(&Record::Exit(exit)).unwrap();
+///
+/// let mut out = Vec::new();
+/// print_reports(tmp.path(), None, false, &mut out).unwrap();
+/// let table = String::from_utf8(out).unwrap();
+/// assert!(table.starts_with("TIME"));
+/// assert!(table.contains("exit 70"));
+/// ```
+pub fn print_reports(
+    dir: &Path,
+    since: Option<Duration>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), ReportError> {
+    let records = read_reports(dir, since)?;
+    let io = |source| ReportError::Io {
+        what: "cannot write",
+        path: PathBuf::from("<stdout>"),
+        source,
+    };
+    if json {
+        for r in &records {
+            let line = serde_json::to_string(r).expect("a Record always serializes");
+            writeln!(out, "{line}").map_err(io)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<24}  {:<5}  {:>6}  {:>8}  {:<30}  WHAT",
+        "TIME", "KIND", "WORKER", "PID", "WHERE"
+    )
+    .map_err(io)?;
+    for r in &records {
+        let (kind, place) = match r {
+            Record::Panic(p) => (
+                "panic",
+                p.request_line()
+                    .or_else(|| p.str_field("task").map(|t| format!("task {t}")))
+                    .or_else(|| p.str_field("location").map(str::to_owned))
+                    .unwrap_or_default(),
+            ),
+            Record::Exit(_) => ("exit", String::new()),
+        };
+        let message = r.message().replace(['\n', '\r'], " ");
+        writeln!(
+            out,
+            "{:<24}  {:<5}  {:>6}  {:>8}  {:<30}  {}",
+            r.time(),
+            kind,
+            r.worker().map_or_else(|| "-".to_owned(), |w| w.to_string()),
+            r.pid().map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            cut(&place, 30),
+            cut(&message, 120),
+        )
+        .map_err(io)?;
+    }
+    if records.is_empty() {
+        writeln!(out, "(no reports in {})", dir.display()).map_err(io)?;
+    }
+    Ok(())
+}
+
+fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut t: String = s.chars().take(max - 1).collect();
+    t.push('…');
+    t
+}

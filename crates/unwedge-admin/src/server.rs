@@ -1,0 +1,295 @@
+//! [`AdminServer`]: `/metrics`, `/status`, `/livez`, `/readyz` and the status page on one
+//! address, loopback unless told otherwise.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::metrics::{Metrics, CONTENT_TYPE};
+use crate::page::render_page;
+use crate::status::StatusView;
+
+/// The admin address used when `--admin` is not given.
+pub const DEFAULT_ADMIN_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
+
+/// Errors of the admin endpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// `--admin` did not parse.
+    #[error("invalid --admin {given:?}: expected off, PORT, HOST:PORT or [IPv6]:PORT")]
+    BadAddr {
+        /// What was given.
+        given: String,
+    },
+    /// The address could not be bound.
+    #[error("cannot bind the admin endpoint on {addr}: {source} (choose another with --admin ADDR, or --admin off)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// Parses `--admin`: `off` (returns `None`), a port alone (bound on `127.0.0.1`),
+/// `HOST:PORT` or `[IPv6]:PORT`. Binding all interfaces needs an explicit `0.0.0.0:PORT`.
+///
+/// ```
+/// use unwedge_admin::parse_admin_addr;
+///
+/// assert_eq!(parse_admin_addr("off").unwrap(), None);
+/// assert_eq!(parse_admin_addr("9100").unwrap(), Some("127.0.0.1:9100".parse().unwrap()));
+/// assert_eq!(parse_admin_addr("0.0.0.0:9100").unwrap(), Some("0.0.0.0:9100".parse().unwrap()));
+/// assert!(parse_admin_addr("localhost:nope").is_err());
+/// ```
+pub fn parse_admin_addr(s: &str) -> Result<Option<SocketAddr>, AdminError> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    if let Ok(port) = t.parse::<u16>() {
+        return Ok(Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
+    }
+    if let Ok(addr) = t.parse::<SocketAddr>() {
+        return Ok(Some(addr));
+    }
+    if let Some(port) = t
+        .strip_prefix("localhost:")
+        .and_then(|p| p.parse::<u16>().ok())
+    {
+        return Ok(Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
+    }
+    Err(AdminError::BadAddr {
+        given: s.to_owned(),
+    })
+}
+
+/// Where the admin server gets the supervisor's current [`StatusView`] from.
+#[derive(Clone)]
+pub struct StatusSource(Arc<dyn Fn() -> StatusView + Send + Sync>);
+
+impl StatusSource {
+    /// Calls `f` on every request that needs the status (keep it cheap: clone a snapshot).
+    pub fn from_fn(f: impl Fn() -> StatusView + Send + Sync + 'static) -> Self {
+        StatusSource(Arc::new(f))
+    }
+
+    /// Serves whatever was last published on the channel.
+    pub fn from_watch(rx: watch::Receiver<StatusView>) -> Self {
+        StatusSource(Arc::new(move || rx.borrow().clone()))
+    }
+
+    /// The current status.
+    pub fn get(&self) -> StatusView {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for StatusSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StatusSource(..)")
+    }
+}
+
+impl From<watch::Receiver<StatusView>> for StatusSource {
+    fn from(rx: watch::Receiver<StatusView>) -> Self {
+        StatusSource::from_watch(rx)
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    status: StatusSource,
+    metrics: Arc<Metrics>,
+}
+
+/// The admin HTTP endpoint, bound and ready to serve.
+///
+/// | route | answer |
+/// |---|---|
+/// | `GET /metrics` | Prometheus (OpenMetrics text) |
+/// | `GET /status` | the [`StatusView`] as JSON |
+/// | `GET /livez` | 200, or 503 once the supervisor gave up |
+/// | `GET /readyz` | 200 while at least one worker is ready, else 503 |
+/// | `GET /` | the status page (HTML, refreshes every 5 s) |
+///
+/// ```no_run
+/// # async fn f() -> Result<(), unwedge_admin::AdminError> {
+/// use std::sync::Arc;
+/// use unwedge_admin::{AdminServer, Metrics, StatusSource, StatusView, SupervisorInfo};
+///
+/// let metrics = Arc::new(Metrics::new("0.1.0"));
+/// let source = StatusSource::from_fn(|| StatusView::new(SupervisorInfo::new("0.1.0", std::process::id())));
+/// let server = AdminServer::bind(unwedge_admin::DEFAULT_ADMIN_ADDR, source, metrics).await?;
+/// println!("admin on http://{}", server.local_addr());
+/// let handle = server.spawn();
+/// // … later
+/// handle.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct AdminServer {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppStateDebug,
+}
+
+struct AppStateDebug(AppState);
+
+impl fmt::Debug for AppStateDebug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AppState(..)")
+    }
+}
+
+impl AdminServer {
+    /// Binds `addr` (port 0 picks a free port; see [`local_addr`](Self::local_addr)).
+    pub async fn bind(
+        addr: SocketAddr,
+        status: StatusSource,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, AdminError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AdminError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| AdminError::Bind { addr, source })?;
+        Ok(AdminServer {
+            listener,
+            addr,
+            state: AppStateDebug(AppState { status, metrics }),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The routes, for embedding in another server or for tests with `tower::ServiceExt::oneshot`.
+    pub fn router(status: StatusSource, metrics: Arc<Metrics>) -> Router {
+        router(AppState { status, metrics })
+    }
+
+    /// Serves until the returned handle is shut down or dropped.
+    pub fn spawn(self) -> AdminHandle {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let app = router(self.state.0);
+        let listener = self.listener;
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin endpoint stopped");
+            }
+        });
+        AdminHandle {
+            addr: self.addr,
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+}
+
+/// A running [`AdminServer`]; dropping it stops the server.
+#[derive(Debug)]
+pub struct AdminHandle {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl AdminHandle {
+    /// The address served.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits for the server task.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for AdminHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    s.metrics.observe_status(&s.status.get());
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode()).into_response()
+}
+
+async fn status(State(s): State<AppState>) -> Json<StatusView> {
+    Json(s.status.get())
+}
+
+async fn livez(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if s.status.get().is_live() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gave up: restart intensity exceeded\n",
+        )
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    let view = s.status.get();
+    let ready = view.ready_workers();
+    let msg = format!("{ready} of {} workers ready\n", view.workers.len());
+    if ready > 0 {
+        (StatusCode::OK, msg)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, msg)
+    }
+}
+
+async fn page(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            // Defence in depth: even an escaping bug could not load or run anything.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        Html(render_page(&s.status.get())),
+    )
+}

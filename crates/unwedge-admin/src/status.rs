@@ -1,0 +1,438 @@
+//! [`StatusView`]: the supervisor's state as the admin endpoint shows it.
+//!
+//! The supervisor builds one of these whenever asked (or publishes one on a `watch` channel);
+//! `/status` serves it as JSON, `/` renders it as HTML, `/metrics` derives the per-state
+//! gauges from it, and `/livez` and `/readyz` answer from it.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the admin endpoint shows, at one instant.
+///
+/// ```
+/// use unwedge_admin::{StatusView, SupervisorInfo, WorkerState, WorkerView};
+///
+/// let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 42));
+/// view.workers.push(WorkerView::new(0, Some(43), WorkerState::Ready));
+/// assert!(view.is_ready());
+/// assert!(view.is_live());
+/// let json = serde_json::to_string(&view).unwrap();
+/// assert_eq!(serde_json::from_str::<StatusView>(&json).unwrap(), view);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StatusView {
+    /// When this view was taken, RFC 3339 UTC (see [`rfc3339`]); the page's chart ends here.
+    pub generated_at: String,
+    /// The supervisor process itself.
+    pub supervisor: SupervisorInfo,
+    /// Every worker slot, current generation first or in any order the supervisor likes.
+    pub workers: Vec<WorkerView>,
+    /// Recent restarts, oldest first (the page charts the last hour).
+    pub restarts: Vec<RestartEvent>,
+    /// Recent reports, oldest first: panic reports sent by workers and abnormal exits.
+    pub reports: Vec<Record>,
+}
+
+impl StatusView {
+    /// An empty view of a supervisor with no workers yet, taken now.
+    pub fn new(supervisor: SupervisorInfo) -> Self {
+        StatusView {
+            generated_at: rfc3339(SystemTime::now()),
+            supervisor,
+            workers: Vec::new(),
+            restarts: Vec::new(),
+            reports: Vec::new(),
+        }
+    }
+
+    /// `true` when at least one worker is [`WorkerState::Ready`]: what `/readyz` answers.
+    pub fn is_ready(&self) -> bool {
+        self.ready_workers() > 0
+    }
+
+    /// `false` only when the supervisor has given up: what `/livez` answers.
+    pub fn is_live(&self) -> bool {
+        !self.supervisor.gave_up
+    }
+
+    /// How many workers are ready.
+    pub fn ready_workers(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count()
+    }
+
+    /// How many workers are in `state`.
+    pub fn count(&self, state: WorkerState) -> usize {
+        self.workers.iter().filter(|w| w.state == state).count()
+    }
+}
+
+/// The supervisor process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SupervisorInfo {
+    /// unwedge's version.
+    pub version: String,
+    /// The supervisor's pid.
+    pub pid: u32,
+    /// Seconds since the supervisor started.
+    pub uptime_secs: f64,
+    /// `true` once the restart intensity was exceeded and the supervisor is stopping for good.
+    pub gave_up: bool,
+    /// The addresses it listens on for the workers (`127.0.0.1:8080`, `unix:/run/app.sock`).
+    pub listen: Vec<String>,
+}
+
+impl SupervisorInfo {
+    /// A supervisor that just started, has not given up and listens nowhere yet.
+    pub fn new(version: impl Into<String>, pid: u32) -> Self {
+        SupervisorInfo {
+            version: version.into(),
+            pid,
+            uptime_secs: 0.0,
+            gave_up: false,
+            listen: Vec::new(),
+        }
+    }
+}
+
+/// One worker slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkerView {
+    /// The slot number, stable across restarts (0-based).
+    pub id: u32,
+    /// The current process, if one is running.
+    pub pid: Option<u32>,
+    /// Reload generation this process belongs to (starts at 1, +1 per reload).
+    pub generation: u64,
+    /// Where the worker is in its life.
+    pub state: WorkerState,
+    /// Seconds since the current process started.
+    pub uptime_secs: f64,
+    /// How many times this slot was restarted.
+    pub restarts: u64,
+    /// How the previous process in this slot ended.
+    pub last_exit: Option<ExitStatus>,
+    /// One-line summary of the last report this slot sent (see `PanicReport::summary`).
+    pub last_report: Option<String>,
+}
+
+impl WorkerView {
+    /// A worker in `state`, generation 1, no restarts yet.
+    pub fn new(id: u32, pid: Option<u32>, state: WorkerState) -> Self {
+        WorkerView {
+            id,
+            pid,
+            generation: 1,
+            state,
+            uptime_secs: 0.0,
+            restarts: 0,
+            last_exit: None,
+            last_report: None,
+        }
+    }
+}
+
+/// Where a worker is in its life. Serialized in lower case (`"ready"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Started, not ready yet.
+    Starting,
+    /// Said `READY=1` (or passed its probe): serving.
+    Ready,
+    /// Told to stop (reload, shutdown, or its own graceful crash): finishing in-flight work.
+    Draining,
+    /// Missed heartbeats or probes: being dumped and killed.
+    Hung,
+    /// Reported poisoned state or a wedge: being replaced.
+    Tainted,
+    /// Gone, not restarted (yet).
+    Exited,
+}
+
+impl WorkerState {
+    /// Every state, in life order.
+    pub const ALL: [WorkerState; 6] = [
+        WorkerState::Starting,
+        WorkerState::Ready,
+        WorkerState::Draining,
+        WorkerState::Hung,
+        WorkerState::Tainted,
+        WorkerState::Exited,
+    ];
+
+    /// The lower-case name used in JSON, labels and CSS classes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Draining => "draining",
+            WorkerState::Hung => "hung",
+            WorkerState::Tainted => "tainted",
+            WorkerState::Exited => "exited",
+        }
+    }
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a process ended: an exit code or a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// The exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal number, when a signal killed it.
+    pub signal: Option<i32>,
+}
+
+impl fmt::Display for ExitStatus {
+    /// `exit 70`, `signal 9`, or `unknown`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (_, Some(sig)) => write!(f, "signal {sig}"),
+            (Some(code), None) => write!(f, "exit {code}"),
+            (None, None) => f.write_str("unknown"),
+        }
+    }
+}
+
+/// Why a worker was restarted: the `reason` label of `unwedge_restarts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartReason {
+    /// It exited by itself (code 70 after a fatal panic, or any other code).
+    ExitCode,
+    /// A signal killed it (OOM killer, `kill -9`, a segfault).
+    Signal,
+    /// It stopped heartbeating or answering probes and was killed.
+    Hang,
+    /// It reported poisoned state or a wedge and was replaced.
+    Tainted,
+    /// A reload replaced it with a new generation.
+    Reload,
+}
+
+impl RestartReason {
+    /// Every reason.
+    pub const ALL: [RestartReason; 5] = [
+        RestartReason::ExitCode,
+        RestartReason::Signal,
+        RestartReason::Hang,
+        RestartReason::Tainted,
+        RestartReason::Reload,
+    ];
+
+    /// The snake-case name used in JSON and labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::ExitCode => "exit_code",
+            RestartReason::Signal => "signal",
+            RestartReason::Hang => "hang",
+            RestartReason::Tainted => "tainted",
+            RestartReason::Reload => "reload",
+        }
+    }
+}
+
+impl fmt::Display for RestartReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One restart, for the restarts-over-time chart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartEvent {
+    /// When the replacement was started, RFC 3339 UTC.
+    pub time: String,
+    /// The worker slot.
+    pub worker: u32,
+    /// Why.
+    pub reason: RestartReason,
+}
+
+impl RestartEvent {
+    /// A restart of `worker` for `reason`, happening now.
+    pub fn now(worker: u32, reason: RestartReason) -> Self {
+        RestartEvent {
+            time: rfc3339(SystemTime::now()),
+            worker,
+            reason,
+        }
+    }
+}
+
+/// One line of the report directory, and one entry of [`StatusView::reports`].
+///
+/// Serialized with a `kind` tag: `{"kind":"panic",…}` or `{"kind":"exit",…}`.
+///
+/// ```
+/// use unwedge_admin::{Record, PanicRecord};
+///
+/// let report = serde_json::json!({"time": "2026-01-01T00:00:00.000Z", "pid": 7, "message": "boom"});
+/// let record = Record::Panic(PanicRecord::new(Some(0), report));
+/// let line = serde_json::to_string(&record).unwrap();
+/// assert!(line.starts_with(r#"{"kind":"panic""#));
+/// assert_eq!(record.message(), "boom");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Record {
+    /// A panic report a worker sent.
+    Panic(PanicRecord),
+    /// A worker that ended abnormally (non-zero exit, signal, killed as hung).
+    Exit(ExitRecord),
+}
+
+impl Record {
+    /// When the supervisor recorded it, RFC 3339 UTC.
+    pub fn time(&self) -> &str {
+        match self {
+            Record::Panic(p) => &p.time,
+            Record::Exit(e) => &e.time,
+        }
+    }
+
+    /// [`Record::time`] parsed, if it parses.
+    pub fn system_time(&self) -> Option<SystemTime> {
+        humantime::parse_rfc3339_weak(self.time()).ok()
+    }
+
+    /// The worker slot, if known.
+    pub fn worker(&self) -> Option<u32> {
+        match self {
+            Record::Panic(p) => p.worker,
+            Record::Exit(e) => e.worker,
+        }
+    }
+
+    /// The process id, if known.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Record::Panic(p) => p
+                .report
+                .get("pid")
+                .and_then(|v| v.as_u64())
+                .and_then(|v| u32::try_from(v).ok()),
+            Record::Exit(e) => e.pid,
+        }
+    }
+
+    /// The panic message, or `exit 70` / `signal 9` for an exit.
+    pub fn message(&self) -> String {
+        match self {
+            Record::Panic(p) => p.str_field("message").unwrap_or("").to_owned(),
+            Record::Exit(e) => e.status().to_string(),
+        }
+    }
+}
+
+/// A panic report a worker sent, as received.
+///
+/// `report` is the worker's `PanicReport` JSON, kept as a raw value so that workers of another
+/// unwedge version (or another language) are still shown: fields the page reads are `time`,
+/// `pid`, `message`, `location`, `thread`, `backtrace`, `request{method,path,request_id,headers}`,
+/// `task`, `rolled_back`, `poisoned`, `decision{action,reason}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PanicRecord {
+    /// When the supervisor received it, RFC 3339 UTC.
+    pub time: String,
+    /// The worker slot that sent it.
+    pub worker: Option<u32>,
+    /// The report itself.
+    pub report: serde_json::Value,
+}
+
+impl PanicRecord {
+    /// A report from `worker`, received now.
+    pub fn new(worker: Option<u32>, report: serde_json::Value) -> Self {
+        PanicRecord {
+            time: rfc3339(SystemTime::now()),
+            worker,
+            report,
+        }
+    }
+
+    /// A top-level string field of the report (`message`, `location`, …).
+    pub fn str_field(&self, name: &str) -> Option<&str> {
+        self.report.get(name).and_then(|v| v.as_str())
+    }
+
+    /// `GET /path` of the request the panic hit, if it hit one.
+    pub fn request_line(&self) -> Option<String> {
+        let req = self.report.get("request")?.as_object()?;
+        let method = req.get("method").and_then(|v| v.as_str()).unwrap_or("?");
+        let path = req.get("path").and_then(|v| v.as_str()).unwrap_or("?");
+        Some(format!("{method} {path}"))
+    }
+}
+
+/// A worker that ended abnormally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ExitRecord {
+    /// When the supervisor saw it end, RFC 3339 UTC.
+    pub time: String,
+    /// The worker slot.
+    pub worker: Option<u32>,
+    /// The process id.
+    pub pid: Option<u32>,
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal number, when a signal killed it.
+    pub signal: Option<i32>,
+    /// The last lines it wrote to stderr (the supervisor keeps a small ring of them).
+    pub last_stderr_lines: Vec<String>,
+}
+
+impl ExitRecord {
+    /// An exit of `pid` in slot `worker`, seen now.
+    pub fn new(worker: Option<u32>, pid: Option<u32>, status: ExitStatus) -> Self {
+        ExitRecord {
+            time: rfc3339(SystemTime::now()),
+            worker,
+            pid,
+            code: status.code,
+            signal: status.signal,
+            last_stderr_lines: Vec::new(),
+        }
+    }
+
+    /// Code and signal together.
+    pub fn status(&self) -> ExitStatus {
+        ExitStatus {
+            code: self.code,
+            signal: self.signal,
+        }
+    }
+}
+
+/// Formats a time as RFC 3339 in UTC with milliseconds, like `PanicReport::time`.
+///
+/// ```
+/// let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_500);
+/// assert_eq!(unwedge_admin::rfc3339(t), "1970-01-01T00:00:01.500Z");
+/// ```
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// How long before `now` the RFC 3339 time `t` was; `None` if `t` does not parse, zero if
+/// `t` is in the future.
+pub(crate) fn age(t: &str, now: SystemTime) -> Option<Duration> {
+    let t = humantime::parse_rfc3339_weak(t).ok()?;
+    Some(now.duration_since(t).unwrap_or(Duration::ZERO))
+}
