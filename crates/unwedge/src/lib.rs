@@ -39,6 +39,7 @@
 
 pub mod health;
 pub mod panic;
+pub mod probe;
 pub mod serve;
 pub mod state;
 pub mod sync;
@@ -50,4 +51,4 @@ pub use panic::{install, PanicLayer, PanicReport, Policy};
 pub use serve::{serve, Server};
 pub use state::Tx;
 pub use sync::{CommitGuard, LockError, Mutex, MutexGuard, PoisonError};
-pub use task::spawn;
+pub use task::{spawn, TaskHandle};

@@ -1,0 +1,183 @@
+//! Health probes as tower services: `/livez` and `/readyz`.
+//!
+//! | probe | `200` when | `503` when |
+//! | --- | --- | --- |
+//! | [`Livez`] | Healthy or Draining | Tainted or Wedged: restart this process |
+//! | [`Readyz`] | ready ([`set_ready`](crate::health::set_ready)) and Healthy | not ready, Draining, Tainted or Wedged: send no traffic |
+//!
+//! Both answer `application/json`: `{"status":"ok","state":"healthy"}` or
+//! `{"status":"fail","state":"tainted","reason":"…"}`, whatever the method and path (mount
+//! them where you like); [`Probes`] dispatches `/livez` and `/readyz` itself for hyper users,
+//! and [`router`] (feature `axum`) gives an axum `Router` with both.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use tower::ServiceExt;
+//! let res = unwedge::probe::Livez.oneshot(http::Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+use tower::Service;
+
+use crate::health::{health, HealthState};
+
+#[derive(Serialize)]
+struct Answer<'a> {
+    status: &'static str,
+    state: HealthState,
+    ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+fn answer(pass: bool, reason_if_fail: Option<&str>) -> Response<Full<Bytes>> {
+    let h = health();
+    let reason = if pass {
+        h.reason.as_deref()
+    } else {
+        reason_if_fail.or(h.reason.as_deref())
+    };
+    let body = serde_json::to_vec(&Answer {
+        status: if pass { "ok" } else { "fail" },
+        state: h.state,
+        ready: h.ready,
+        reason,
+    })
+    .expect("a struct of strings serializes");
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    if !pass {
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// The liveness probe: `503` when the process is Tainted or Wedged (the reason in the body),
+/// `200` otherwise.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tower::ServiceExt;
+/// unwedge::health::set_wedged("stall", "runtime did not schedule for 3s");
+/// let res = unwedge::probe::Livez.oneshot(http::Request::new(())).await.unwrap();
+/// assert_eq!(res.status(), 503);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Livez;
+
+/// The readiness probe: `200` when the process said it is ready and is Healthy, `503`
+/// otherwise (not ready yet, Draining, Tainted, Wedged).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tower::ServiceExt;
+/// let res = unwedge::probe::Readyz.oneshot(http::Request::new(())).await.unwrap();
+/// assert_eq!(res.status(), 503); // nobody called set_ready(true)
+/// unwedge::health::set_ready(true);
+/// let res = unwedge::probe::Readyz.oneshot(http::Request::new(())).await.unwrap();
+/// assert_eq!(res.status(), 200);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Readyz;
+
+/// Answers `/livez` with [`Livez`], `/readyz` with [`Readyz`], and `404` elsewhere: mount it
+/// on an admin listener of a hyper server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Probes;
+
+impl<B> Service<Request<B>> for Livez {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<B>) -> Self::Future {
+        ready(Ok(livez()))
+    }
+}
+
+impl<B> Service<Request<B>> for Readyz {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<B>) -> Self::Future {
+        ready(Ok(readyz()))
+    }
+}
+
+impl<B> Service<Request<B>> for Probes {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        ready(Ok(match req.uri().path() {
+            "/livez" => livez(),
+            "/readyz" => readyz(),
+            _ => {
+                let mut res = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+                *res.status_mut() = StatusCode::NOT_FOUND;
+                res
+            }
+        }))
+    }
+}
+
+/// The `/livez` answer for the current health.
+pub fn livez() -> Response<Full<Bytes>> {
+    let live = health().state.is_live();
+    answer(live, None)
+}
+
+/// The `/readyz` answer for the current health.
+pub fn readyz() -> Response<Full<Bytes>> {
+    let h = health();
+    let ready = h.is_ready();
+    let why = (!h.ready && h.state == HealthState::Healthy).then_some("not ready yet");
+    answer(ready, why)
+}
+
+/// An axum `Router` answering `GET /livez` and `GET /readyz`; merge it into your app (or an
+/// admin router). Generic over the state so it merges into any `Router<S>`.
+///
+/// ```
+/// let app: axum::Router = axum::Router::new().merge(unwedge::probe::router());
+/// # let _ = app;
+/// ```
+#[cfg(feature = "axum")]
+pub fn router<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    use axum::routing::get_service;
+    axum::Router::new()
+        .route("/livez", get_service(Livez))
+        .route("/readyz", get_service(Readyz))
+}

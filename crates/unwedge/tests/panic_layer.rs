@@ -1,0 +1,593 @@
+//! PanicLayer over a real socket: catching, answering, reporting, deciding.
+//!
+//! Each test runs in its own process under `cargo nextest run`, so the process-wide health
+//! registry and crash signal start clean in each.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use unwedge::panic::{Action, ReportSink};
+use unwedge::{PanicLayer, PanicReport, Policy, Tx};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs `f` with a hard timeout.
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("test took longer than its hard limit")
+}
+
+/// Serves `app` on 127.0.0.1:0; the listener is bound (accepting) when this returns.
+async fn start(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let res = client.request(req).await.expect("request failed");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body failed").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+/// A sink that keeps every report.
+#[derive(Default, Clone)]
+struct Keep(Arc<StdMutex<Vec<PanicReport>>>);
+
+impl ReportSink for Keep {
+    fn report(&self, report: &PanicReport) {
+        self.0.lock().unwrap().push(report.clone());
+    }
+}
+
+impl Keep {
+    fn all(&self) -> Vec<PanicReport> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn assert_problem(a: &Answer) -> serde_json::Value {
+    assert_eq!(
+        a.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "body: {}",
+        a.body
+    );
+    assert_eq!(
+        a.headers["content-type"], "application/problem+json",
+        "headers: {:?}",
+        a.headers
+    );
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(v["type"], "about:blank");
+    assert_eq!(v["title"], "Internal Server Error");
+    assert_eq!(v["status"], 500);
+    assert_eq!(
+        v["request_id"].as_str().unwrap(),
+        a.headers["x-request-id"].to_str().unwrap()
+    );
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// The seed's comments scenario, with the state on a Tx.
+
+fn comments_app(comments: Arc<Tx<Vec<String>>>, layer: PanicLayer) -> Router {
+    Router::new()
+        .route(
+            "/comments",
+            get(|State(c): State<Arc<Tx<Vec<String>>>>| async move { c.read().join(",") }).post(
+                |State(c): State<Arc<Tx<Vec<String>>>>, text: String| async move {
+                    c.update(|list| {
+                        if list.last() != Some(&text) {
+                            list.push(text);
+                        }
+                        list.len().to_string()
+                    })
+                },
+            ),
+        )
+        .route(
+            "/comments/buggy",
+            post(
+                |State(c): State<Arc<Tx<Vec<String>>>>, text: String| async move {
+                    c.update(|list| {
+                        list.push(text); // half of the change is made…
+                        let last = &list[list.len()]; // Oops... Happens to all of us.
+                        last.clone()
+                    })
+                },
+            ),
+        )
+        .with_state(comments)
+        .layer(layer)
+}
+
+#[tokio::test]
+async fn comments_out_of_range_panic_answers_500_and_rolls_back() {
+    within(async {
+        let comments = Arc::new(Tx::named("comments", vec!["first".to_owned()]));
+        let keep = Keep::default();
+        let app = comments_app(
+            comments.clone(),
+            PanicLayer::new().sink(Arc::new(keep.clone())),
+        );
+        let addr = start(app).await;
+
+        let a = send(addr, "POST", "/comments", &[], "second").await;
+        assert_eq!(a.status, 200);
+        let before = comments.read();
+
+        let a = send(addr, "POST", "/comments/buggy", &[], "third").await;
+        let problem = assert_problem(&a);
+        assert!(problem.get("detail").is_none(), "{}", a.body);
+        assert!(!a.body.contains("index out of bounds"), "{}", a.body);
+        assert!(!a.body.contains("third"), "{}", a.body);
+
+        // The state is exactly the pre-panic state: the half-made push was rolled back.
+        assert_eq!(*comments.read(), *before);
+        assert_eq!(*comments.read(), ["first", "second"]);
+        assert_eq!(comments.rollbacks(), 1);
+
+        // The next request works, and the service is still up and healthy.
+        let a = send(addr, "POST", "/comments", &[], "fourth").await;
+        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "3"));
+        let a = send(addr, "GET", "/comments", &[], "").await;
+        assert_eq!(a.body, "first,second,fourth");
+        assert_eq!(unwedge::health().state, unwedge::HealthState::Healthy);
+        assert_eq!(unwedge::health::crash_reason(), None);
+
+        let reports = keep.all();
+        assert_eq!(reports.len(), 1);
+        let r = &reports[0];
+        assert!(r.message.contains("index out of bounds"), "{}", r.message);
+        assert_eq!(r.rolled_back, ["comments"]);
+        assert!(r.poisoned.is_empty());
+        let d = r.decision.as_ref().unwrap();
+        assert_eq!(d.action, Action::Recover);
+        assert_eq!(d.reason, "state rolled back: `comments`");
+        let req = r.request.as_ref().unwrap();
+        assert_eq!(
+            (req.method.as_str(), req.path.as_str()),
+            ("POST", "/comments/buggy")
+        );
+        assert_eq!(unwedge::health().panics_by_route["POST /comments/buggy"], 1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn expose_details_puts_the_message_in_detail() {
+    within(async {
+        let comments = Arc::new(Tx::named("comments", vec!["a".to_owned()]));
+        let addr = start(comments_app(
+            comments,
+            PanicLayer::new().expose_details(true),
+        ))
+        .await;
+        let a = send(addr, "POST", "/comments/buggy", &[], "x").await;
+        let problem = assert_problem(&a);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("index out of bounds"), "{detail}");
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// The ByteCache "burn" scenario, on an unwedge Mutex.
+
+#[derive(Default)]
+struct ByteCache {
+    max_size: usize,
+    cache: HashMap<String, Bytes>,
+    curr_size: usize,
+}
+
+type Cache = Arc<unwedge::Mutex<ByteCache>>;
+
+async fn cache_put(State(c): State<Cache>, Path(key): Path<String>, data: Bytes) -> StatusCode {
+    let mut cache = match c.lock().await {
+        Ok(guard) => guard,
+        Err(_poisoned) => return StatusCode::CONFLICT,
+    };
+    if cache.cache.contains_key(&key) || cache.curr_size + data.len() > cache.max_size {
+        return StatusCode::FORBIDDEN;
+    }
+    cache.curr_size += data.len();
+    if key == "burn" {
+        panic!("some programmers just want to watch the world burn");
+    }
+    cache.cache.insert(key, data);
+    StatusCode::CREATED
+}
+
+fn cache_app(cache: Cache, layer: PanicLayer) -> Router {
+    Router::new()
+        .route("/cache/{key}", put(cache_put))
+        .route("/hello", get(|| async { "hello" }))
+        .with_state(cache)
+        .layer(layer)
+        .merge(unwedge::probe::router())
+}
+
+fn new_cache() -> Cache {
+    Arc::new(unwedge::Mutex::named(
+        "bytecache",
+        ByteCache {
+            max_size: 10,
+            ..ByteCache::default()
+        },
+    ))
+}
+
+#[tokio::test]
+async fn bytecache_burn_poisons_the_mutex_and_auto_requests_a_crash() {
+    within(async {
+        let keep = Keep::default();
+        let addr = start(cache_app(
+            new_cache(),
+            PanicLayer::new().sink(Arc::new(keep.clone())),
+        ))
+        .await;
+        assert_eq!(send(addr, "GET", "/livez", &[], "").await.status, 200);
+        assert_eq!(send(addr, "PUT", "/cache/a", &[], "12").await.status, 201);
+
+        let a = send(addr, "PUT", "/cache/burn", &[], "123").await;
+        assert_problem(&a);
+        assert!(!a.body.contains("burn"), "{}", a.body);
+
+        let reason = unwedge::health::crash_requested().await;
+        assert!(reason.contains("`bytecache` poisoned"), "{reason}");
+        assert_eq!(unwedge::health().state, unwedge::HealthState::Tainted);
+
+        let live = send(addr, "GET", "/livez", &[], "").await;
+        assert_eq!(live.status, 503, "{}", live.body);
+        assert!(live.body.contains("tainted"), "{}", live.body);
+        assert!(live.body.contains("bytecache"), "{}", live.body);
+
+        let r = &keep.all()[0];
+        assert_eq!(r.poisoned, ["bytecache"]);
+        assert_eq!(r.decision.as_ref().unwrap().action, Action::Crash);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn bytecache_burn_under_recover_keeps_serving_and_lock_reports_poison() {
+    within(async {
+        let cache = new_cache();
+        let addr = start(cache_app(
+            cache.clone(),
+            PanicLayer::with_policy(Policy::Recover),
+        ))
+        .await;
+        let a = send(addr, "PUT", "/cache/burn", &[], "123").await;
+        assert_problem(&a);
+
+        // Still serving…
+        assert_eq!(send(addr, "GET", "/hello", &[], "").await.body, "hello");
+        // …and the next lock() says the data may be half-updated instead of trusting it.
+        assert_eq!(send(addr, "PUT", "/cache/b", &[], "1").await.status, 409);
+        assert!(cache.is_poisoned());
+        let err = cache
+            .lock()
+            .await
+            .err()
+            .expect("lock() must report the poison");
+        assert!(err.to_string().contains("bytecache"), "{err}");
+        // The burn left curr_size counted with no entry: exactly what the poison warns of.
+        assert_eq!(err.get_ref().curr_size, 3);
+        assert!(err.get_ref().cache.is_empty());
+        assert_eq!(unwedge::health::crash_reason(), None);
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// The panic budget.
+
+#[tokio::test]
+async fn six_panics_in_ten_seconds_under_auto_request_a_crash() {
+    within(async {
+        // Untracked state: a std lock that unwedge cannot see.
+        let hits = Arc::new(StdMutex::new(0u64));
+        let app = Router::new()
+            .route(
+                "/hit",
+                post(|State(h): State<Arc<StdMutex<u64>>>| async move {
+                    let mut n = h.lock().unwrap_or_else(|p| p.into_inner());
+                    *n += 1;
+                    if *n > 0 {
+                        panic!("hit {n}");
+                    }
+                    "unreachable"
+                }),
+            )
+            .with_state(hits)
+            .layer(PanicLayer::new());
+        let addr = start(app).await;
+        for i in 1..=5 {
+            assert_problem(&send(addr, "POST", "/hit", &[], "").await);
+            assert_eq!(unwedge::health::crash_reason(), None, "after panic {i}");
+        }
+        assert_problem(&send(addr, "POST", "/hit", &[], "").await);
+        let reason = unwedge::health::crash_requested().await;
+        assert!(reason.contains("panic budget spent"), "{reason}");
+        assert_eq!(unwedge::health().panics_total, 6);
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Where the panic happens: call, future after an await, body.
+
+#[tokio::test]
+async fn panic_after_an_await_is_caught_like_one_in_call() {
+    within(async {
+        let keep = Keep::default();
+        let app = Router::new()
+            .route(
+                "/late",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::task::yield_now().await;
+                    if true {
+                        panic!("after the await");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(PanicLayer::new().sink(Arc::new(keep.clone())));
+        let addr = start(app).await;
+        assert_problem(&send(addr, "GET", "/late", &[], "").await);
+        let r = &keep.all()[0];
+        assert_eq!(r.message, "after the await");
+        assert!(r.location.as_deref().unwrap().contains("panic_layer.rs"));
+        assert_eq!(
+            r.decision.as_ref().unwrap().reason,
+            "no unwedge state touched"
+        );
+    })
+    .await
+}
+
+/// A hyper 1 server (no axum) whose service panics in `call`, before returning its future.
+#[tokio::test]
+async fn panic_in_call_is_caught_with_a_hyper_server() {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    use tower::Layer;
+
+    within(async {
+        let keep = Keep::default();
+        let layer = PanicLayer::new().sink(Arc::new(keep.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let svc = layer.layer(tower::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| {
+                        if req.uri().path() == "/boom" {
+                            panic!("in call");
+                        }
+                        async {
+                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+                        }
+                    },
+                ));
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc)),
+                );
+            }
+        });
+        let a = send(addr, "GET", "/boom", &[], "").await;
+        assert_problem(&a);
+        assert_eq!(keep.all()[0].message, "in call");
+        let a = send(addr, "GET", "/fine", &[("x-request-id", "hyper-1")], "").await;
+        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "ok"));
+        assert_eq!(a.headers["x-request-id"], "hyper-1");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn panic_inside_a_streaming_body_is_caught_and_reported() {
+    within(async {
+        let keep = Keep::default();
+        let app = Router::new()
+            .route(
+                "/stream",
+                get(|| async {
+                    // The pause lets hyper send the head and the first chunk before the panic.
+                    let chunks = futures_util::stream::iter(0..3).then(|i| async move {
+                        if i > 0 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        if i == 2 {
+                            panic!("in the body");
+                        }
+                        Ok::<_, Infallible>(Bytes::from(format!("chunk {i}\n")))
+                    });
+                    Body::from_stream(chunks)
+                }),
+            )
+            .route("/hello", get(|| async { "hello" }))
+            .layer(PanicLayer::new().sink(Arc::new(keep.clone())));
+        let addr = start(app).await;
+
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let res = client
+            .get(format!("http://{addr}/stream").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "the status line left before the panic");
+        let body = res.into_body().collect().await;
+        assert!(body.is_err(), "a body that panicked must not look complete");
+
+        let reports = keep.all();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].message, "in the body");
+        assert_eq!(reports[0].request.as_ref().unwrap().path, "/stream");
+        assert_eq!(send(addr, "GET", "/hello", &[], "").await.body, "hello");
+    })
+    .await
+}
+
+use futures_util::StreamExt as _;
+
+// ---------------------------------------------------------------------------------------
+// Reports: redaction, request ids.
+
+#[derive(Clone, Default)]
+struct LogBuf(Arc<StdMutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn authorization_and_cookies_never_reach_the_report_or_the_logs() {
+    let logs = LogBuf::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+    within(async {
+        let keep = Keep::default();
+        let app = Router::new()
+            .route(
+                "/private",
+                get(|| async {
+                    if true {
+                        panic!("denied");
+                    }
+                }),
+            )
+            .layer(PanicLayer::new().sink(Arc::new(keep.clone())));
+        let addr = start(app).await;
+        let a = send(
+            addr,
+            "GET",
+            "/private?token=querysecret",
+            &[
+                ("authorization", "Bearer s3cr3t-bearer"),
+                ("proxy-authorization", "Basic s3cr3t-proxy"),
+                ("cookie", "session=s3cr3t-cookie"),
+                ("x-request-id", "redaction-1"),
+            ],
+            "",
+        )
+        .await;
+        assert_problem(&a);
+
+        let report = &keep.all()[0];
+        let json = serde_json::to_string(report).unwrap();
+        let from_health = serde_json::to_string(&unwedge::health()).unwrap();
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged.contains("redaction-1"),
+            "the event must be logged: {logged}"
+        );
+        assert!(logged.contains("denied"), "{logged}");
+        for secret in ["s3cr3t", "querysecret"] {
+            assert!(!json.contains(secret), "{secret} in report {json}");
+            assert!(!from_health.contains(secret), "{secret} in health");
+            assert!(!logged.contains(secret), "{secret} in logs {logged}");
+            assert!(!a.body.contains(secret));
+        }
+        let headers = &report.request.as_ref().unwrap().headers;
+        assert_eq!(headers["authorization"], unwedge::panic::REDACTED);
+        assert_eq!(headers["cookie"], unwedge::panic::REDACTED);
+        assert_eq!(headers["proxy-authorization"], unwedge::panic::REDACTED);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn request_id_is_echoed_generated_or_replaced() {
+    within(async {
+        let comments = Arc::new(Tx::named("comments", vec!["a".to_owned()]));
+        let addr = start(comments_app(comments, PanicLayer::new())).await;
+
+        let a = send(addr, "GET", "/comments", &[("x-request-id", "abc-123")], "").await;
+        assert_eq!(
+            (a.status, &a.headers["x-request-id"]),
+            (StatusCode::OK, &"abc-123".parse().unwrap())
+        );
+
+        let a = send(
+            addr,
+            "POST",
+            "/comments/buggy",
+            &[("x-request-id", "abc-456")],
+            "b",
+        )
+        .await;
+        assert_eq!(assert_problem(&a)["request_id"], "abc-456");
+
+        let a = send(addr, "GET", "/comments", &[], "").await;
+        let generated = a.headers["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(generated.len(), 16, "{generated}");
+        let b = send(addr, "GET", "/comments", &[], "").await;
+        assert_ne!(b.headers["x-request-id"], generated.as_str());
+
+        let long = "x".repeat(unwedge::panic::MAX_REQUEST_ID_LEN + 1);
+        for bad in ["has spaces", "<script>", long.as_str()] {
+            let a = send(addr, "GET", "/comments", &[("x-request-id", bad)], "").await;
+            let got = a.headers["x-request-id"].to_str().unwrap();
+            assert_ne!(got, bad);
+            assert_eq!(got.len(), 16);
+        }
+    })
+    .await
+}
