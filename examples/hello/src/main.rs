@@ -1,1 +1,28 @@
-fn main() {}
+//! The smallest unwedge service: `GET /` answers `hello`.
+//!
+//! Run with:
+//!
+//! ```text
+//! UNWEDGE_LISTEN=127.0.0.1:3000 cargo run -p example-hello --release
+//! curl http://127.0.0.1:3000/        # hello
+//! curl http://127.0.0.1:3000/livez   # ok
+//! ```
+//!
+//! Without `UNWEDGE_LISTEN` it listens on 127.0.0.1:3000; under socket activation
+//! (`systemd-socket-activate -l 127.0.0.1:3000 target/release/example-hello`, or the unwedge
+//! supervisor) it serves on the inherited socket. SIGTERM drains and exits 0; a graceful crash
+//! exits 70.
+
+use axum::{routing::get, Router};
+
+fn app() -> Router {
+    Router::new().route("/", get(|| async { "hello" }))
+}
+
+#[tokio::main]
+async fn main() -> unwedge::serve::Outcome {
+    unwedge::Server::new()
+        .bind("127.0.0.1:3000")
+        .serve(app())
+        .await
+}

@@ -1,0 +1,165 @@
+//! The sockets `serve()` accepts on: inherited (`LISTEN_FDS`), or bound from an address.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use super::config::{Activation, ListenAddr};
+use super::ServeError;
+
+/// One listening socket.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// An accepted connection.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    pub(crate) async fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                // Small responses should not wait for Nagle.
+                let _ = s.set_nodelay(true);
+                Ok(Stream::Tcp(s))
+            }
+            Listener::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
+        }
+    }
+
+    /// The address, for logs and `STATUS=`.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "tcp:?".into()),
+            Listener::Unix(l) => match l.local_addr() {
+                Ok(a) => match a.as_pathname() {
+                    Some(p) => format!("unix:{}", p.display()),
+                    None => "unix:(unnamed)".into(),
+                },
+                Err(_) => "unix:?".into(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Takes the inherited sockets (fd 3, 4, …), TCP or Unix stream.
+pub(crate) fn inherited(act: &Activation) -> Result<Vec<Listener>, ServeError> {
+    // listenfd re-reads the same variables we validated and owns the fd-to-socket step
+    // (the only unsafe part), checking each fd really is a listening socket of that kind.
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() != act.count {
+        return Err(ServeError::Listen(format!(
+            "LISTEN_FDS={} but only {} inherited sockets are usable",
+            act.count,
+            fds.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(act.count);
+    for idx in 0..act.count {
+        let fd = 3 + idx;
+        let name = act.names.get(idx).map(String::as_str).unwrap_or("");
+        let listener =
+            match fds.take_tcp_listener(idx) {
+                Ok(Some(l)) => Listener::Tcp(tokio_tcp(l)?),
+                Ok(None) => continue,
+                Err(_) => match fds.take_unix_listener(idx) {
+                    Ok(Some(l)) => Listener::Unix(tokio_unix(l)?),
+                    Ok(None) => continue,
+                    Err(_) => {
+                        return Err(ServeError::Listen(format!(
+                        "inherited fd {fd} (LISTEN_FDS={}{}) is not a TCP or Unix stream socket",
+                        act.count,
+                        if name.is_empty() { String::new() } else { format!(", name {name}") }
+                    )))
+                    }
+                },
+            };
+        tracing::debug!(fd, name, addr = %listener, "using inherited socket");
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+fn tokio_tcp(l: std::net::TcpListener) -> Result<TcpListener, ServeError> {
+    l.set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(l))
+        .map_err(|e| ServeError::Listen(format!("cannot use inherited TCP socket: {e}")))
+}
+
+fn tokio_unix(l: std::os::unix::net::UnixListener) -> Result<UnixListener, ServeError> {
+    l.set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(l))
+        .map_err(|e| ServeError::Listen(format!("cannot use inherited Unix socket: {e}")))
+}
+
+/// Binds `addr`; `origin` says where the address came from, for the error message.
+pub(crate) async fn bind(addr: &ListenAddr, origin: &str) -> Result<Listener, ServeError> {
+    let fail = |e: io::Error| {
+        let what = match e.kind() {
+            io::ErrorKind::AddrInUse => "address already in use".to_owned(),
+            io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            _ => e.to_string(),
+        };
+        ServeError::Listen(format!("cannot listen on {addr} ({origin}): {what}"))
+    };
+    match addr {
+        ListenAddr::Tcp(a) => {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(a.as_str())
+                .await
+                .map_err(fail)?
+                .collect();
+            let first = addrs
+                .first()
+                .ok_or_else(|| fail(io::Error::other("the host resolved to no address")))?;
+            // SO_REUSEADDR (as std does) so a restart is not refused by TIME_WAIT; never
+            // SO_REUSEPORT: one socket, one accept queue.
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(*first),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )
+            .map_err(fail)?;
+            sock.set_reuse_address(true).map_err(fail)?;
+            sock.bind(&(*first).into()).map_err(fail)?;
+            sock.listen(1024).map_err(fail)?;
+            let std_listener: std::net::TcpListener = sock.into();
+            tokio_tcp(std_listener).map(Listener::Tcp)
+        }
+        ListenAddr::Unix(path) => {
+            remove_stale_socket(path);
+            UnixListener::bind(path).map(Listener::Unix).map_err(fail)
+        }
+    }
+}
+
+/// A socket file left by a dead process would make bind fail: remove it when nobody answers.
+fn remove_stale_socket(path: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.file_type().is_socket()
+        && std::os::unix::net::UnixStream::connect(path)
+            .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
+    {
+        tracing::debug!(path = %path.display(), "removing stale socket file");
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -1,0 +1,801 @@
+//! [`serve`]: the worker runtime. Runs any tower `Service` (an axum `Router` as it is) on
+//! hyper 1, HTTP/1.1 and HTTP/2, and speaks the protocols that systemd and the unwedge
+//! supervisor use.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//!
+//! #[tokio::main]
+//! async fn main() -> unwedge::serve::Outcome {
+//!     let app = Router::new().route("/", get(|| async { "hello" }));
+//!     unwedge::serve(app).await
+//! }
+//! ```
+//!
+//! # What it does
+//!
+//! - **Listeners**: the sockets inherited through `LISTEN_FDS` / `LISTEN_PID` /
+//!   `LISTEN_FDNAMES` (systemd socket activation, the unwedge supervisor); else the
+//!   comma-separated addresses of `UNWEDGE_LISTEN` (`127.0.0.1:8080`, `unix:/run/app.sock`);
+//!   else the builder's [`Server::bind`] addresses; else `127.0.0.1:8080`. A `LISTEN_PID`
+//!   naming another process means the sockets are not ours: they are ignored.
+//! - **Middleware**: [`PanicLayer`](crate::PanicLayer) with the builder's policy or
+//!   `UNWEDGE_POLICY` ([`Server::without_panic_layer`] turns it off), and `GET /livez`,
+//!   `GET /readyz` answered before the app ([`Server::without_health_routes`]); the
+//!   [`watchdog`](crate::watchdog) tracks every request.
+//! - **sd_notify** over `NOTIFY_SOCKET`: `READY=1` once accepting, `STATUS=` on every health
+//!   change, `WATCHDOG=1` every half of `WATCHDOG_USEC` only while Healthy or Draining,
+//!   `STOPPING=1`, and each panic report as `UNWEDGE_REPORT=<json>` ([`encode_report`]). A
+//!   socket that vanished is logged once; serving continues.
+//! - **Graceful shutdown** on SIGTERM or SIGINT: stop accepting, finish the requests in flight
+//!   within the shutdown timeout (default 30 s, [`Server::shutdown_timeout`],
+//!   `UNWEDGE_SHUTDOWN_TIMEOUT`), return [`Outcome::Stopped`] (exit code 0). A second signal
+//!   ends the drain at once.
+//! - **Graceful crash** when the panic policy asks for one
+//!   ([`health::request_crash`](crate::health::request_crash)): close this process's listeners
+//!   at once (sibling workers sharing the socket take the new connections), finish the
+//!   requests in flight within the crash timeout (default 5 s, [`Server::crash_timeout`],
+//!   `UNWEDGE_CRASH_TIMEOUT`), then **exit the process with code 70** (`EX_SOFTWARE`).
+//!
+//! # How the process exits
+//!
+//! `serve()` returns an [`Outcome`], which is a [`Termination`]: return it from `main`.
+//! A graceful shutdown returns [`Outcome::Stopped`] (exit 0); bad configuration returns
+//! [`Outcome::Failed`] (the error printed on stderr, exit 2 for a malformed environment
+//! variable, 1 for a socket that cannot be bound). A graceful crash does **not** return: after
+//! draining it calls [`std::process::exit`]`(70)` itself, because a tainted process must not
+//! go on and a thread blocked forever would keep the tokio runtime from shutting down.
+//! [`Server::exit_on_crash`]`(false)` returns [`Outcome::Crashed`] instead (exit code 70 when
+//! returned from `main`).
+//!
+//! # Environment
+//!
+//! The environment overrides the builder, the builder overrides the defaults. Every malformed
+//! value is an error naming the variable and the value ([`Outcome::Failed`], exit code 2).
+//!
+//! | variable | meaning |
+//! | --- | --- |
+//! | `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES` | inherited sockets (fd 3, 4, …) |
+//! | `UNWEDGE_LISTEN` | addresses to bind when no socket is inherited |
+//! | `NOTIFY_SOCKET` | the supervisor's notify socket (an absolute path) |
+//! | `WATCHDOG_USEC`, `WATCHDOG_PID` | heartbeat interval expected by the supervisor |
+//! | `UNWEDGE_POLICY` | `recover`, `crash` or `auto` |
+//! | `UNWEDGE_SHUTDOWN_TIMEOUT`, `UNWEDGE_CRASH_TIMEOUT` | drain deadlines (`30s`, `500ms`, or seconds) |
+//! | `UNWEDGE_STALL_LIMIT`, `UNWEDGE_HANG_LIMIT` | watchdog limits |
+//! | `UNWEDGE_ABORT_WHEN_WEDGED` | exit 70 after being wedged this long |
+//! | `UNWEDGE_HEALTH_ROUTES` | `0` to leave `/livez` `/readyz` to the app |
+//!
+//! The guide `docs/systemd-worker.md` shows unit files and the supervisor side.
+
+mod config;
+pub(crate) mod notify;
+
+mod listeners;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::io::Write;
+use std::process::{ExitCode, Termination};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::{self, Either};
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tower::{Layer, Service};
+
+pub use config::ListenAddr;
+pub use notify::{encode_report, MAX_REPORT_BYTES};
+
+use crate::health;
+use crate::watchdog::{self, Tracked, Tracker, Watchdog};
+use crate::{PanicLayer, Policy};
+use listeners::{Listener, Stream};
+use notify::Notifier;
+
+/// The boxed error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// The exit code of a graceful crash: `EX_SOFTWARE` from `sysexits.h`.
+pub const EXIT_CRASH: u8 = 70;
+/// The exit code for bad configuration (a malformed environment variable).
+pub const EXIT_USAGE: u8 = 2;
+
+/// The default deadline for finishing requests in flight on SIGTERM/SIGINT.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default deadline for finishing requests in flight in a graceful crash.
+pub const DEFAULT_CRASH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The address bound when nothing else says where to listen (loopback only).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+/// Why [`serve`] could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// An environment variable holds a value that cannot be used (exit code 2).
+    BadEnv {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A socket could not be bound or used (exit code 1).
+    Listen(String),
+}
+
+impl ServeError {
+    pub(crate) fn bad_env(
+        name: &'static str,
+        value: impl fmt::Display,
+        why: impl fmt::Display,
+    ) -> Self {
+        ServeError::BadEnv {
+            name,
+            value: value.to_string(),
+            why: why.to_string(),
+        }
+    }
+
+    /// The process exit code this error calls for: 2 for bad configuration, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::BadEnv { .. } => EXIT_USAGE,
+            ServeError::Listen(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::BadEnv { name, value, why } => write!(f, "invalid {name}={value:?}: {why}"),
+            ServeError::Listen(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// How [`serve`] ended. Return it from `main`: it is a [`Termination`] with the right exit
+/// code.
+#[derive(Debug)]
+#[must_use = "return the Outcome from main, or use exit_code(), so the supervisor sees why the process ended"]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Graceful shutdown after SIGTERM/SIGINT (exit code 0).
+    Stopped,
+    /// A graceful crash, returned only with [`Server::exit_on_crash`]`(false)` (exit code 70).
+    Crashed {
+        /// Why the crash was requested.
+        reason: String,
+    },
+    /// `serve` could not start (exit code 2 for bad configuration, 1 otherwise).
+    Failed(ServeError),
+}
+
+impl Outcome {
+    /// The process exit code for this outcome: 0, 70, 2 or 1.
+    ///
+    /// ```
+    /// assert_eq!(unwedge::serve::Outcome::Stopped.exit_code(), 0);
+    /// ```
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Stopped => 0,
+            Outcome::Crashed { .. } => EXIT_CRASH,
+            Outcome::Failed(e) => e.exit_code(),
+        }
+    }
+}
+
+impl Termination for Outcome {
+    fn report(self) -> ExitCode {
+        if let Outcome::Failed(e) = &self {
+            eprintln!("error: {e}");
+        }
+        ExitCode::from(self.exit_code())
+    }
+}
+
+/// Serves `app` with the defaults and the environment's configuration; see the
+/// [module docs](self). The same as `Server::new().serve(app)`.
+///
+/// ```no_run
+/// # async fn run() -> unwedge::serve::Outcome {
+/// let app = axum::Router::new();
+/// unwedge::serve(app).await
+/// # }
+/// ```
+pub async fn serve<S, B>(app: S) -> Outcome
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Server::new().serve(app).await
+}
+
+/// Builder for [`serve`]: addresses, policy, deadlines and watchdog limits.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # async fn run() -> unwedge::serve::Outcome {
+/// # let app = axum::Router::new();
+/// unwedge::Server::new()
+///     .bind("127.0.0.1:3000")
+///     .policy(unwedge::Policy::Auto)
+///     .shutdown_timeout(Duration::from_secs(10))
+///     .stall_limit(Duration::from_secs(1))
+///     .serve(app)
+///     .await
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Server {
+    addrs: Vec<ListenAddr>,
+    policy: Option<Policy>,
+    panic_layer: bool,
+    health_routes: bool,
+    shutdown_timeout: Duration,
+    crash_timeout: Duration,
+    stall_limit: Duration,
+    hang_limit: Duration,
+    abort_when_wedged: Option<Duration>,
+    exit_on_crash: bool,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Server {
+    /// The defaults: listen where the environment says (else `127.0.0.1:8080`), policy Auto,
+    /// health routes on, shutdown 30 s, crash 5 s, stall 2 s, hang 10 s.
+    pub fn new() -> Self {
+        Server {
+            addrs: Vec::new(),
+            policy: None,
+            panic_layer: true,
+            health_routes: true,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            crash_timeout: DEFAULT_CRASH_TIMEOUT,
+            stall_limit: watchdog::DEFAULT_STALL_LIMIT,
+            hang_limit: watchdog::DEFAULT_HANG_LIMIT,
+            abort_when_wedged: None,
+            exit_on_crash: true,
+        }
+    }
+
+    /// Adds an address to bind when no socket is inherited and `UNWEDGE_LISTEN` is unset.
+    ///
+    /// ```
+    /// let server = unwedge::Server::new().bind("127.0.0.1:3000").bind("unix:/tmp/app.sock");
+    /// # let _ = server;
+    /// ```
+    pub fn bind(mut self, addr: impl Into<ListenAddr>) -> Self {
+        self.addrs.push(addr.into());
+        self
+    }
+
+    /// The panic policy (`UNWEDGE_POLICY` overrides it; default [`Policy::Auto`]).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Serves the app without [`PanicLayer`] (bring your own).
+    pub fn without_panic_layer(mut self) -> Self {
+        self.panic_layer = false;
+        self
+    }
+
+    /// Leaves `/livez` and `/readyz` to the app.
+    pub fn without_health_routes(mut self) -> Self {
+        self.health_routes = false;
+        self
+    }
+
+    /// Deadline for finishing requests in flight after SIGTERM/SIGINT (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Deadline for finishing requests in flight in a graceful crash (default 5 s).
+    pub fn crash_timeout(mut self, timeout: Duration) -> Self {
+        self.crash_timeout = timeout;
+        self
+    }
+
+    /// Runtime stall limit of the [`watchdog`](crate::watchdog) (default 2 s).
+    pub fn stall_limit(mut self, limit: Duration) -> Self {
+        self.stall_limit = limit;
+        self
+    }
+
+    /// No-progress limit of the [`watchdog`](crate::watchdog) (default 10 s).
+    pub fn hang_limit(mut self, limit: Duration) -> Self {
+        self.hang_limit = limit;
+        self
+    }
+
+    /// Exit with code 70 once the process has been wedged for `after`: for deployments
+    /// without a supervisor that would kill it. Off by default.
+    pub fn abort_when_wedged(mut self, after: Duration) -> Self {
+        self.abort_when_wedged = Some(after);
+        self
+    }
+
+    /// Whether a graceful crash ends with [`std::process::exit`]`(70)` (the default) or returns
+    /// [`Outcome::Crashed`].
+    pub fn exit_on_crash(mut self, exit: bool) -> Self {
+        self.exit_on_crash = exit;
+        self
+    }
+
+    /// Serves `app` until SIGTERM/SIGINT or a graceful crash; see the [module docs](self).
+    pub async fn serve<S, B>(self, app: S) -> Outcome
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match self.run(app).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(error = %e, "serve: cannot start");
+                Outcome::Failed(e)
+            }
+        }
+    }
+
+    async fn run<S, B>(self, app: S) -> Result<Outcome, ServeError>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError> + Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        // Configuration first, so that a malformed variable fails before any side effect.
+        let activation = config::activation()?;
+        let notify_path = config::notify_socket()?;
+        let watchdog_usec = config::watchdog_usec()?;
+        let env_listen = config::listen()?;
+        let policy = config::policy()?.or(self.policy).unwrap_or(Policy::Auto);
+        let shutdown_timeout =
+            config::duration("UNWEDGE_SHUTDOWN_TIMEOUT")?.unwrap_or(self.shutdown_timeout);
+        let crash_timeout =
+            config::duration("UNWEDGE_CRASH_TIMEOUT")?.unwrap_or(self.crash_timeout);
+        let stall_limit = config::duration("UNWEDGE_STALL_LIMIT")?.unwrap_or(self.stall_limit);
+        let hang_limit = config::duration("UNWEDGE_HANG_LIMIT")?.unwrap_or(self.hang_limit);
+        let abort_after = config::duration("UNWEDGE_ABORT_WHEN_WEDGED")?.or(self.abort_when_wedged);
+        let health_routes = config::flag("UNWEDGE_HEALTH_ROUTES")?.unwrap_or(self.health_routes);
+
+        // Signals before anything can be ready, so an early SIGTERM is not lost.
+        let mut signals = Signals::new()?;
+
+        let listeners = if activation.count > 0 {
+            listeners::inherited(&activation)?
+        } else if !env_listen.is_empty() {
+            bind_all(&env_listen, "UNWEDGE_LISTEN").await?
+        } else if !self.addrs.is_empty() {
+            bind_all(&self.addrs, "Server::bind").await?
+        } else {
+            bind_all(&[ListenAddr::from(DEFAULT_ADDR)], "default address").await?
+        };
+        let serving_on = listeners
+            .iter()
+            .map(Listener::describe)
+            .collect::<Vec<_>>()
+            .join(", ");
+
+        let notifier = Arc::new(Notifier::new(notify_path));
+        register_report_sink(&notifier);
+
+        let tracker = Arc::new(Tracker::new());
+        let service = build_service(
+            app,
+            self.panic_layer.then_some(policy),
+            health_routes,
+            tracker.clone(),
+        );
+
+        let watchdog = Watchdog::start(
+            watchdog::Config {
+                stall_limit,
+                hang_limit,
+                abort_after,
+                heartbeat: watchdog_usec.map(|u| u / 2),
+                crash_backstop: crash_timeout + Duration::from_secs(1),
+                serving_on: serving_on.clone(),
+            },
+            tracker.clone(),
+            notifier.clone(),
+        );
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut accepting = tokio::task::JoinSet::new();
+        let builder = auto::Builder::new(TokioExecutor::new());
+        for listener in listeners {
+            accepting.spawn(accept_loop(
+                listener,
+                service.clone(),
+                builder.clone(),
+                graceful.clone(),
+                stop_rx.clone(),
+            ));
+        }
+
+        health::set_ready(true);
+        let status = watchdog::status_text(health::health().state, None, &serving_on);
+        notifier.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        tracing::info!(
+            addr = %serving_on,
+            policy = policy.as_str(),
+            pid = std::process::id(),
+            "serving"
+        );
+
+        // Run until a signal or a crash request.
+        let crash = tokio::select! {
+            name = signals.recv() => {
+                tracing::info!(signal = name, "graceful shutdown: finishing requests in flight (deadline {shutdown_timeout:?})");
+                None
+            }
+            reason = health::crash_requested() => {
+                tracing::error!(reason = %reason, "graceful crash: closing listeners, finishing requests in flight (deadline {crash_timeout:?})");
+                Some(reason)
+            }
+        };
+
+        // Stop accepting at once: each accept loop drops its listener (its copy of the fd).
+        let _ = stop_tx.send(true);
+        while accepting.join_next().await.is_some() {}
+        health::set_ready(false);
+        if crash.is_none() {
+            health::set_draining();
+        }
+        let stopping_status = match &crash {
+            None => "draining: graceful shutdown".to_owned(),
+            Some(r) => format!("crashing: {r}"),
+        };
+        notifier.send(&[
+            NotifyState::Stopping,
+            NotifyState::Status(&notify::one_line(&stopping_status)),
+        ]);
+
+        // Drain. A crash requested while shutting down shortens the deadline; a second
+        // signal ends the drain now.
+        let started = Instant::now();
+        let deadline = if crash.is_some() {
+            crash_timeout
+        } else {
+            shutdown_timeout
+        };
+        let graceful = Arc::try_unwrap(graceful)
+            .unwrap_or_else(|_| unreachable!("every accept loop has ended and dropped its handle"));
+        let drained = graceful.shutdown();
+        tokio::pin!(drained);
+        let mut crash = crash;
+        let mut deadline_at = tokio::time::Instant::now() + deadline;
+        loop {
+            tokio::select! {
+                () = &mut drained => {
+                    tracing::info!(elapsed = ?started.elapsed(), "all connections finished");
+                    break;
+                }
+                () = tokio::time::sleep_until(deadline_at) => {
+                    tracing::warn!(
+                        in_flight = tracker.in_flight(),
+                        "deadline of {deadline:?} reached: abandoning the requests still in flight"
+                    );
+                    break;
+                }
+                name = signals.recv() => {
+                    tracing::warn!(signal = name, in_flight = tracker.in_flight(), "second signal: stopping now");
+                    break;
+                }
+                reason = health::crash_requested(), if crash.is_none() => {
+                    tracing::error!(reason = %reason, "graceful crash requested while shutting down");
+                    deadline_at = deadline_at.min(tokio::time::Instant::now() + crash_timeout);
+                    crash = Some(reason);
+                }
+            }
+        }
+        watchdog.stop();
+
+        match crash {
+            Some(reason) if self.exit_on_crash => {
+                tracing::error!(reason = %reason, elapsed = ?started.elapsed(), "graceful crash: exiting with code 70");
+                exit_now(EXIT_CRASH)
+            }
+            Some(reason) => Ok(Outcome::Crashed { reason }),
+            None => {
+                tracing::info!("graceful shutdown complete");
+                Ok(Outcome::Stopped)
+            }
+        }
+    }
+}
+
+/// Flushes what can be flushed and exits the process.
+pub(crate) fn exit_now(code: u8) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(i32::from(code))
+}
+
+async fn bind_all(addrs: &[ListenAddr], origin: &str) -> Result<Vec<Listener>, ServeError> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        out.push(listeners::bind(a, origin).await?);
+    }
+    Ok(out)
+}
+
+/// SIGTERM and SIGINT as one stream.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, ServeError> {
+        let install = |kind| {
+            signal(kind)
+                .map_err(|e| ServeError::Listen(format!("cannot install signal handler: {e}")))
+        };
+        Ok(Signals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+fn register_report_sink(notifier: &Arc<Notifier>) {
+    static CURRENT: std::sync::OnceLock<std::sync::RwLock<Option<Arc<Notifier>>>> =
+        std::sync::OnceLock::new();
+    let mut first = false;
+    let slot = CURRENT.get_or_init(|| {
+        first = true;
+        std::sync::RwLock::new(None)
+    });
+    *slot.write().unwrap_or_else(|p| p.into_inner()) = Some(notifier.clone());
+    if first {
+        // One process-wide sink forwarding to the current serve()'s notifier.
+        crate::panic::add_sink(Arc::new(|report: &crate::PanicReport| {
+            let current = CURRENT
+                .get()
+                .and_then(|s| s.read().unwrap_or_else(|p| p.into_inner()).clone());
+            if let Some(n) = current {
+                n.report(report);
+            }
+        }));
+    }
+}
+
+/// The boxed-body app, with or without the panic layer.
+type Inner<S> = tower::util::Either<crate::panic::PanicService<Boxed<S>>, Boxed<S>>;
+
+/// The whole stack: request tracking, health routes, panic layer, the app.
+fn build_service<S, B>(
+    app: S,
+    policy: Option<Policy>,
+    health_routes: bool,
+    tracker: Arc<Tracker>,
+) -> Tracked<Entry<Inner<S>>>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let boxed = Boxed { inner: app };
+    let inner = match policy {
+        Some(p) => tower::util::Either::Left(PanicLayer::with_policy(p).layer(boxed)),
+        None => tower::util::Either::Right(boxed),
+    };
+    Tracked::new(
+        Entry {
+            inner,
+            health_routes,
+        },
+        tracker,
+    )
+}
+
+/// Boxes the app's response body.
+#[derive(Debug, Clone)]
+pub(crate) struct Boxed<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<Incoming>> for Boxed<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = future::BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match fut.await {
+                Ok(res) => Ok(res.map(|b| b.map_err(Into::into).boxed_unsync())),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+}
+
+/// Answers `/livez` and `/readyz`, passes everything else to the app.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry<S> {
+    inner: S,
+    health_routes: bool,
+}
+
+impl<S> Service<Request<Incoming>> for Entry<S>
+where
+    S: Service<Request<Incoming>, Response = Response<BoxBody>, Error = BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = Either<future::Ready<Result<Response<BoxBody>, BoxError>>, S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        if self.health_routes && matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+            match req.uri().path() {
+                "/livez" => return Either::Left(future::ready(Ok(probe(true)))),
+                "/readyz" => return Either::Left(future::ready(Ok(probe(false)))),
+                _ => {}
+            }
+        }
+        Either::Right(self.inner.call(req))
+    }
+}
+
+/// A probe answer: 200 `ok` or 503 `<state>: <reason>`, plain text.
+fn probe(live: bool) -> Response<BoxBody> {
+    let h = health::health();
+    let pass = if live {
+        h.state.is_live()
+    } else {
+        h.is_ready()
+    };
+    let (status, text) = if pass {
+        (StatusCode::OK, "ok\n".to_owned())
+    } else {
+        let reason = match (h.state, &h.reason) {
+            (health::HealthState::Healthy, _) => "not ready".to_owned(),
+            (s, Some(r)) => format!("{s}: {r}"),
+            (s, None) => s.to_string(),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"))
+    };
+    let body = Full::new(Bytes::from(text))
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync();
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
+async fn accept_loop<S>(
+    listener: Listener,
+    service: S,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    S: Service<Request<Incoming>, Response = Response<BoxBody>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut error_logged = false;
+    loop {
+        let stream = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            r = listener.accept() => r,
+        };
+        match stream {
+            Ok(stream) => {
+                error_logged = false;
+                let svc = hyper_util::service::TowerToHyperService::new(service.clone());
+                match stream {
+                    Stream::Tcp(s) => {
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                            .into_owned();
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                    Stream::Unix(s) => {
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                            .into_owned();
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                if !error_logged {
+                    tracing::warn!(addr = %listener, error = %e, "accept failed; retrying");
+                    error_logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    tracing::debug!(addr = %listener, "listener closed");
+    drop(listener);
+    drop(graceful);
+}
