@@ -25,7 +25,7 @@
 //! #[derive(Clone, Default)]
 //! struct Counter { hits: u64 }
 //!
-//! # async fn run() -> std::io::Result<()> {
+//! # async fn run() -> unwedge::serve::Outcome {
 //! let state = Arc::new(Tx::named("counter", Counter::default()));
 //! let app = Router::new().route("/hit", post({
 //!     let state = state.clone();
