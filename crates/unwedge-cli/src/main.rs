@@ -1,2 +1,204 @@
-//! The `unwedge` command (being built).
-fn main() {}
+//! The `unwedge` command: a supervisor that keeps HTTP servers serving.
+//!
+//! ```text
+//! $ unwedge run --listen 127.0.0.1:8080 --workers 2 --watchdog 2s -- ./my-server
+//! $ unwedge run --port-env PORT --probe / -- go run server.go
+//! $ unwedge check-config unwedge.toml
+//! $ unwedge reload --pidfile /run/unwedge.pid
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use miette::IntoDiagnostic;
+use unwedge_supervisor::{Config, LogFormat, Options, Supervisor};
+
+/// Keeps HTTP servers serving: sockets held across restarts, workers restarted in
+/// milliseconds, hung workers found and replaced.
+#[derive(Debug, Parser)]
+#[command(name = "unwedge", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run CMD as a pool of supervised workers.
+    ///
+    /// $ unwedge run --listen 127.0.0.1:8080 --workers 2 -- ./server --flag
+    ///
+    /// The sockets are bound once and passed to every worker as fd 3, 4, … with LISTEN_FDS,
+    /// LISTEN_FDNAMES and LISTEN_PID (systemd socket activation); workers report READY=1 and
+    /// WATCHDOG=1 over NOTIFY_SOCKET. SIGHUP reloads with zero downtime, SIGTERM/SIGINT stop.
+    /// Exit status: 0 stopped cleanly, 1 error or a worker had to be killed, 2 usage,
+    /// 3 restart intensity exceeded.
+    Run(Box<RunArgs>),
+    /// Validate a config file and print the effective configuration.
+    ///
+    /// $ unwedge check-config unwedge.toml
+    CheckConfig {
+        /// The TOML file (keys are the long flag names of `unwedge run`).
+        file: PathBuf,
+    },
+    /// Ask a running supervisor to reload (sends SIGHUP).
+    ///
+    /// $ unwedge reload --pidfile /run/unwedge.pid
+    Reload {
+        /// Pid of the supervisor.
+        #[arg(long, required_unless_present = "pidfile", conflicts_with = "pidfile")]
+        pid: Option<i32>,
+        /// File with the pid of the supervisor (see `unwedge run --pidfile`).
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
+    },
+    /// Internal: sets LISTEN_PID to its own pid and execs the command.
+    #[command(hide = true)]
+    ExecShim {
+        /// The command.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Config file (TOML); flags given on the command line override it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    options: Options,
+    /// The worker command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn main() -> miette::Result<ExitCode> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // The shim runs for every worker start: keep it first and minimal.
+    if args.get(1).is_some_and(|a| a == "exec-shim") {
+        let rest: Vec<String> = args[2..]
+            .iter()
+            .skip_while(|a| *a == "--")
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let err = unwedge_supervisor::shim::exec(&rest);
+        eprintln!("unwedge: {err}");
+        return Ok(ExitCode::from(127));
+    }
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = e.exit_code();
+            let _ = e.print();
+            return Ok(ExitCode::from(code as u8));
+        }
+    };
+    match cli.command {
+        Cmd::Run(a) => run(*a),
+        Cmd::CheckConfig { file } => check_config(file),
+        Cmd::Reload { pid, pidfile } => reload(pid, pidfile),
+        Cmd::ExecShim { .. } => Ok(ExitCode::from(2)),
+    }
+}
+
+fn fail(msg: impl std::fmt::Display, code: u8) -> miette::Result<ExitCode> {
+    eprintln!("unwedge: error: {msg}");
+    Ok(ExitCode::from(code))
+}
+
+fn run(a: RunArgs) -> miette::Result<ExitCode> {
+    let file = match &a.config {
+        Some(p) => match Options::from_file(p) {
+            Ok(o) => Some(o),
+            Err(e) => return fail(&e, e.exit_code()),
+        },
+        None => None,
+    };
+    let config = match Config::resolve(file, a.options, a.command) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, e.exit_code()),
+    };
+    init_logging(config.log_format);
+    // Before any thread exists: reads and removes systemd's variables, binds sockets.
+    let supervisor = match Supervisor::new(config) {
+        Ok(s) => s,
+        Err(e) => return fail(&e, e.exit_code()),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .into_diagnostic()?;
+    match rt.block_on(supervisor.run()) {
+        Ok(outcome) => Ok(ExitCode::from(outcome.exit_code())),
+        Err(e) => fail(&e, e.exit_code()),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("UNWEDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
+    let opts = match Options::from_file(&file) {
+        Ok(o) => o,
+        Err(e) => return fail(&e, e.exit_code()),
+    };
+    // The command may also be given to `unwedge run` after `--`.
+    let placeholder = opts.command.is_empty();
+    let command = if placeholder {
+        vec!["-".to_owned()]
+    } else {
+        Vec::new()
+    };
+    match Config::resolve(Some(opts), Options::default(), command) {
+        Ok(mut c) => {
+            if placeholder {
+                c.command.clear();
+                println!("# no `command`: give it to `unwedge run` after `--`");
+            }
+            print!("{}", c.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(format!("{}: {e}", file.display()), e.exit_code()),
+    }
+}
+
+fn reload(pid: Option<i32>, pidfile: Option<PathBuf>) -> miette::Result<ExitCode> {
+    let pid = match (pid, pidfile) {
+        (Some(p), _) => p,
+        (None, Some(f)) => match std::fs::read_to_string(&f) {
+            Ok(s) => match s.trim().parse::<i32>() {
+                Ok(p) if p > 0 => p,
+                _ => return fail(format!("{}: not a pid: {:?}", f.display(), s.trim()), 1),
+            },
+            Err(e) => return fail(format!("cannot read pid file {}: {e}", f.display()), 1),
+        },
+        (None, None) => return fail("give --pid or --pidfile", 2),
+    };
+    if pid <= 1 {
+        return fail(format!("refusing to signal pid {pid}"), 2);
+    }
+    match nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    ) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => fail(format!("cannot signal pid {pid}: {}", e.desc()), 1),
+    }
+}

@@ -1,0 +1,639 @@
+//! Configuration: every option of `unwedge run`, as command-line flags and as a TOML file.
+//!
+//! [`Options`] is both the clap argument group and the file format (every field optional);
+//! [`Config::resolve`] layers flags over the file over the defaults and validates the result.
+//!
+//! ```
+//! use unwedge_supervisor::config::{Config, Options};
+//!
+//! let file: Options = toml::from_str(r#"
+//!     workers = 2
+//!     restart-delay = "20ms"
+//!     command = ["my-server", "--flag"]
+//! "#).unwrap();
+//! let flags = Options { workers: Some(3), ..Options::default() };
+//! let config = Config::resolve(Some(file), flags, Vec::new()).unwrap();
+//! assert_eq!(config.workers, 3);
+//! assert_eq!(config.restart_delay, std::time::Duration::from_millis(20));
+//! assert_eq!(config.command, ["my-server", "--flag"]);
+//! ```
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// How the supervisor decides that a worker is ready to serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyMode {
+    /// `READY=1` over `NOTIFY_SOCKET`; in `--port-env` mode also the worker's port accepting a
+    /// connection; a worker that said neither within `--ready-timeout` but is still running
+    /// is then taken as ready (with a warning).
+    #[default]
+    Auto,
+    /// Only `READY=1` counts; no `READY=1` within `--ready-timeout` is a failed start.
+    Notify,
+    /// The first successful `--probe` (or `GET /`) answer.
+    Probe,
+    /// The worker's own port accepts a TCP connection (`--port-env` mode only).
+    Port,
+    /// Ready as soon as it is started.
+    None,
+}
+
+/// Format of the supervisor's log and of the worker output it passes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `[w1 pid 123] line` for worker output, human-readable supervisor lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every option of `unwedge run`, each optional: used for the flags and for the config file.
+///
+/// Field names are the long flag names; in the file they are written in kebab-case
+/// (`restart-delay = "10ms"`). Unknown keys in the file are an error.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Options {
+    /// Listening socket, bound once and passed to every worker (repeatable):
+    /// `host:port`, `:port` (all interfaces) or `unix:/path`.
+    #[arg(long, value_name = "ADDR", help_heading = "Sockets")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<String>,
+
+    /// Give each worker its own free port in this environment variable instead of passing
+    /// sockets (for servers that bind their own port; restarts are then not loss-free).
+    #[arg(long, value_name = "NAME", help_heading = "Sockets")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_env: Option<String>,
+
+    /// Number of worker processes [default: 1].
+    #[arg(long, short = 'w', value_name = "N", help_heading = "Workers",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+
+    /// Delay before the first restart of a worker; doubles on each crash [default: 10ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Restart policy")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub restart_delay: Option<Duration>,
+
+    /// Upper bound of the restart delay [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Restart policy")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub restart_delay_max: Option<Duration>,
+
+    /// Uptime after which a worker's restart delay is reset [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Restart policy")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stable_after: Option<Duration>,
+
+    /// Restart intensity: more than this many restarts within `--within` and the supervisor
+    /// stops every worker and exits with status 3 [default: 20].
+    #[arg(long, value_name = "R", help_heading = "Restart policy")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_restarts: Option<u32>,
+
+    /// Window of the restart intensity [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Restart policy")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub within: Option<Duration>,
+
+    /// Heartbeat deadline: a worker that sent `WATCHDOG=1` once and then stays silent this
+    /// long is hung. Passed to workers as `WATCHDOG_USEC`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Hang detection")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub watchdog: Option<Duration>,
+
+    /// HTTP path to GET periodically through the worker's port (`--port-env`) or the
+    /// shared socket; `--probe-failures` failures in a row mean hung.
+    #[arg(long, value_name = "PATH", help_heading = "Hang detection")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+
+    /// Time a probe may take [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Hang detection")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub probe_timeout: Option<Duration>,
+
+    /// Time between probes of one worker [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Hang detection")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub probe_interval: Option<Duration>,
+
+    /// Failed probes in a row that make a worker hung [default: 3].
+    #[arg(long, value_name = "N", help_heading = "Hang detection")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_failures: Option<u32>,
+
+    /// Signal sent to a hung worker first, so it can dump its state (SIGQUIT makes Go print
+    /// every goroutine; SIGABRT gives a core) [default: SIGQUIT].
+    #[arg(long, value_name = "SIGNAL", help_heading = "Hang detection")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump_signal: Option<String>,
+
+    /// Time between the dump signal and SIGKILL [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Hang detection")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dump_grace: Option<Duration>,
+
+    /// How readiness is decided [default: auto].
+    #[arg(long, value_enum, value_name = "MODE", help_heading = "Workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ReadyMode>,
+
+    /// Time a new worker has to become ready [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Workers")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ready_timeout: Option<Duration>,
+
+    /// Time workers have to exit after SIGTERM before SIGKILL [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Workers")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_timeout: Option<Duration>,
+
+    /// Log format [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT", help_heading = "Output")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+
+    /// Write the supervisor's pid to this file (for `unwedge reload --pidfile`).
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pidfile: Option<PathBuf>,
+
+    /// The worker command (file only; on the command line it follows `--`).
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+}
+
+impl Options {
+    /// Reads and parses a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            reason: e.message().to_owned(),
+        })
+    }
+
+    /// `self` with every field that `over` sets replaced by `over`'s value.
+    pub fn overlay(mut self, over: Options) -> Options {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
+        }
+        take!(
+            port_env,
+            workers,
+            restart_delay,
+            restart_delay_max,
+            stable_after,
+            max_restarts,
+            within,
+            watchdog,
+            probe,
+            probe_timeout,
+            probe_interval,
+            probe_failures,
+            dump_signal,
+            dump_grace,
+            ready,
+            ready_timeout,
+            stop_timeout,
+            log_format,
+            pidfile
+        );
+        if !over.listen.is_empty() {
+            self.listen = over.listen;
+        }
+        if !over.command.is_empty() {
+            self.command = over.command;
+        }
+        self
+    }
+}
+
+/// A `--listen` address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A unix stream socket path.
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a path, as in unix:/run/app.sock".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        let spec = if s.starts_with(':') {
+            format!("0.0.0.0{s}")
+        } else {
+            s.to_owned()
+        };
+        if let Ok(addr) = spec.parse::<SocketAddr>() {
+            return Ok(ListenAddr::Tcp(addr));
+        }
+        match spec.to_socket_addrs() {
+            Ok(mut addrs) => addrs
+                .next()
+                .map(ListenAddr::Tcp)
+                .ok_or_else(|| format!("`{s}` resolves to no address")),
+            Err(e) => Err(format!("`{s}` is not host:port or unix:/path ({e})")),
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The effective configuration of a supervisor: defaults, then the file, then the flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Sockets to bind and pass on (empty: none, unless systemd passed some).
+    pub listen: Vec<ListenAddr>,
+    /// `--port-env` variable name.
+    pub port_env: Option<String>,
+    /// Number of workers (at least 1).
+    pub workers: usize,
+    /// First restart delay.
+    pub restart_delay: Duration,
+    /// Restart delay bound.
+    pub restart_delay_max: Duration,
+    /// Uptime that resets the restart delay.
+    pub stable_after: Duration,
+    /// Restart intensity: at most this many restarts…
+    pub max_restarts: u32,
+    /// …within this window.
+    pub within: Duration,
+    /// Heartbeat deadline (`WATCHDOG_USEC`).
+    pub watchdog: Option<Duration>,
+    /// Probe path.
+    pub probe: Option<String>,
+    /// Probe timeout.
+    pub probe_timeout: Duration,
+    /// Probe interval.
+    pub probe_interval: Duration,
+    /// Failed probes in a row that mean hung.
+    pub probe_failures: u32,
+    /// Signal sent to a hung worker before SIGKILL.
+    pub dump_signal: Signal,
+    /// Time between dump signal and SIGKILL.
+    pub dump_grace: Duration,
+    /// Readiness mode.
+    pub ready: ReadyMode,
+    /// Time a worker has to become ready.
+    pub ready_timeout: Duration,
+    /// Time workers have to stop after SIGTERM.
+    pub stop_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Pid file to write.
+    pub pidfile: Option<PathBuf>,
+    /// The worker command and its arguments (never empty).
+    pub command: Vec<String>,
+}
+
+impl Config {
+    /// Layers `flags` over `file` over the defaults, with `command` (from after `--`)
+    /// replacing the file's command when not empty, and validates the result.
+    pub fn resolve(
+        file: Option<Options>,
+        flags: Options,
+        command: Vec<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut o = file.unwrap_or_default().overlay(flags);
+        if !command.is_empty() {
+            o.command = command;
+        }
+        Self::from_options(o)
+    }
+
+    fn from_options(o: Options) -> Result<Config, ConfigError> {
+        let usage = |m: String| ConfigError::Usage(m);
+        if o.command.is_empty() {
+            return Err(usage(
+                "no worker command: give it after `--`, as in `unwedge run -- ./server`".into(),
+            ));
+        }
+        if o.workers == Some(0) {
+            return Err(usage("--workers must be at least 1".into()));
+        }
+        if o.port_env.is_some() && !o.listen.is_empty() {
+            return Err(usage(
+                "--listen and --port-env cannot be used together".into(),
+            ));
+        }
+        if let Some(name) = &o.port_env {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                return Err(usage(format!("--port-env `{name}` is not a variable name")));
+            }
+        }
+        let listen = o
+            .listen
+            .iter()
+            .map(|s| {
+                s.parse::<ListenAddr>()
+                    .map_err(|e| usage(format!("--listen: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let dump_signal = match &o.dump_signal {
+            Some(s) => parse_signal(s).map_err(|e| usage(format!("--dump-signal: {e}")))?,
+            None => Signal::SIGQUIT,
+        };
+        if let Some(p) = &o.probe {
+            if !p.starts_with('/') {
+                return Err(usage(format!(
+                    "--probe `{p}` must be a path starting with `/`"
+                )));
+            }
+        }
+        let ready = o.ready.unwrap_or_default();
+        if ready == ReadyMode::Port && o.port_env.is_none() {
+            return Err(usage("--ready port needs --port-env".into()));
+        }
+        let restart_delay = o.restart_delay.unwrap_or(Duration::from_millis(10));
+        let restart_delay_max = o.restart_delay_max.unwrap_or(Duration::from_secs(5));
+        if restart_delay_max < restart_delay {
+            return Err(usage(
+                "--restart-delay-max is smaller than --restart-delay".into(),
+            ));
+        }
+        let nonzero = |d: Option<Duration>, def: Duration, name: &str| match d {
+            Some(d) if d.is_zero() => Err(usage(format!("--{name} must be more than 0"))),
+            Some(d) => Ok(d),
+            None => Ok(def),
+        };
+        let watchdog = match o.watchdog {
+            Some(d) if d.is_zero() => None,
+            d => d,
+        };
+        Ok(Config {
+            listen,
+            port_env: o.port_env,
+            workers: o.workers.unwrap_or(1) as usize,
+            restart_delay,
+            restart_delay_max,
+            stable_after: o.stable_after.unwrap_or(Duration::from_secs(30)),
+            max_restarts: o.max_restarts.unwrap_or(20),
+            within: nonzero(o.within, Duration::from_secs(60), "within")?,
+            watchdog,
+            probe: o.probe,
+            probe_timeout: nonzero(o.probe_timeout, Duration::from_secs(1), "probe-timeout")?,
+            probe_interval: nonzero(o.probe_interval, Duration::from_secs(1), "probe-interval")?,
+            probe_failures: o.probe_failures.unwrap_or(3).max(1),
+            dump_signal,
+            dump_grace: o.dump_grace.unwrap_or(Duration::from_secs(1)),
+            ready,
+            ready_timeout: nonzero(o.ready_timeout, Duration::from_secs(10), "ready-timeout")?,
+            stop_timeout: o.stop_timeout.unwrap_or(Duration::from_secs(30)),
+            log_format: o.log_format.unwrap_or_default(),
+            pidfile: o.pidfile,
+            command: o.command,
+        })
+    }
+
+    /// The effective configuration as a complete [`Options`] (every field set), e.g. to
+    /// print it as TOML.
+    pub fn to_options(&self) -> Options {
+        Options {
+            listen: self.listen.iter().map(ToString::to_string).collect(),
+            port_env: self.port_env.clone(),
+            workers: Some(self.workers as u32),
+            restart_delay: Some(self.restart_delay),
+            restart_delay_max: Some(self.restart_delay_max),
+            stable_after: Some(self.stable_after),
+            max_restarts: Some(self.max_restarts),
+            within: Some(self.within),
+            watchdog: self.watchdog,
+            probe: self.probe.clone(),
+            probe_timeout: Some(self.probe_timeout),
+            probe_interval: Some(self.probe_interval),
+            probe_failures: Some(self.probe_failures),
+            dump_signal: Some(self.dump_signal.as_str().to_owned()),
+            dump_grace: Some(self.dump_grace),
+            ready: Some(self.ready),
+            ready_timeout: Some(self.ready_timeout),
+            stop_timeout: Some(self.stop_timeout),
+            log_format: Some(self.log_format),
+            pidfile: self.pidfile.clone(),
+            command: self.command.clone(),
+        }
+    }
+
+    /// The effective configuration as TOML, as `unwedge check-config` prints it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.to_options()).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+/// Parses a duration such as `10ms`, `1.5s`, `2m 30s` (humantime syntax; a bare `0` is zero).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if let Some(secs) = t.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()) {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("`{s}` is not a duration such as 10ms, 2s, 1m ({e})"))
+}
+
+/// Parses a signal name (`SIGQUIT`, `QUIT`, `quit`) or number.
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("`{s}` is not a signal number"));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name).map_err(|_| format!("`{s}` is not a signal name such as SIGQUIT"))
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Secs(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) => super::parse_duration(&t)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            Raw::Secs(0) => Ok(Some(Duration::ZERO)),
+            Raw::Secs(_) => Err(serde::de::Error::custom(
+                "a duration needs a unit, as in \"10ms\" or \"2s\"",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file() {
+        let file: Options = toml::from_str(
+            "workers = 4\nwatchdog = \"2s\"\nlisten = [\"127.0.0.1:0\"]\ncommand = [\"a\"]",
+        )
+        .unwrap();
+        let flags = Options {
+            workers: Some(2),
+            ..Options::default()
+        };
+        let c = Config::resolve(Some(file), flags, vec!["b".into()]).unwrap();
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.watchdog, Some(Duration::from_secs(2)));
+        assert_eq!(c.command, ["b"]);
+        assert_eq!(c.listen.len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let e = toml::from_str::<Options>("wrokers = 2").unwrap_err();
+        assert!(e.message().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        let cmd = || vec!["x".to_string()];
+        for o in [
+            Options {
+                workers: Some(0),
+                ..Options::default()
+            },
+            Options {
+                dump_signal: Some("SIGNOPE".into()),
+                ..Options::default()
+            },
+            Options {
+                listen: vec!["nonsense".into()],
+                ..Options::default()
+            },
+            Options {
+                probe: Some("healthz".into()),
+                ..Options::default()
+            },
+            Options {
+                listen: vec!["127.0.0.1:1".into()],
+                port_env: Some("PORT".into()),
+                ..Options::default()
+            },
+        ] {
+            assert!(matches!(
+                Config::resolve(None, o, cmd()),
+                Err(ConfigError::Usage(_))
+            ));
+        }
+        assert!(matches!(
+            Config::resolve(None, Options::default(), vec![]),
+            Err(ConfigError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = Config::resolve(None, Options::default(), vec!["srv".into()]).unwrap();
+        let text = c.to_toml();
+        let back: Options = toml::from_str(&text).unwrap();
+        assert_eq!(back, c.to_options());
+        assert!(text.contains("restart-delay = \"10ms\""), "{text}");
+    }
+
+    #[test]
+    fn durations_and_signals_parse() {
+        assert_eq!(parse_duration("10ms").unwrap(), Duration::from_millis(10));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_signal("quit").unwrap(), Signal::SIGQUIT);
+        assert_eq!(parse_signal("SIGABRT").unwrap(), Signal::SIGABRT);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+    }
+}

@@ -1,0 +1,222 @@
+//! The private `NOTIFY_SOCKET`: an sd_notify datagram socket whose messages are attributed
+//! to a worker by the sender pid the kernel puts in `SCM_CREDENTIALS` (`SO_PASSCRED`).
+//!
+//! The socket lives in a fresh directory with mode 0700 and is itself 0600; a message whose
+//! pid is not a worker (or in a worker's process group) is ignored and counted as forged.
+//!
+//! ```
+//! use unwedge_supervisor::notify::{parse, NotifyMessage};
+//! let msgs = parse(b"READY=1\nSTATUS=serving 2 requests\nWATCHDOG=1").unwrap();
+//! assert_eq!(msgs, [NotifyMessage::Ready, NotifyMessage::Status("serving 2 requests".into()),
+//!                   NotifyMessage::Watchdog]);
+//! assert!(parse(b"not a message").is_err());
+//! ```
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt::PassCred, ControlMessageOwned, MsgFlags, UnixCredentials,
+};
+use tokio::io::Interest;
+use tokio::net::UnixDatagram;
+
+/// One sd_notify assignment the supervisor understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotifyMessage {
+    /// `READY=1`
+    Ready,
+    /// `WATCHDOG=1`
+    Watchdog,
+    /// `STATUS=…`
+    Status(String),
+    /// `STOPPING=1`
+    Stopping,
+    /// `RELOADING=1`
+    Reloading,
+    /// `UNWEDGE_REPORT=<json>`: a panic report from an `unwedge::serve` worker (raw JSON).
+    Report(String),
+    /// Any other `KEY=value` (ignored).
+    Other(String),
+}
+
+/// A datagram that is not an sd_notify message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed notify message: {0}")]
+pub struct Malformed(pub String);
+
+/// Parses one datagram: newline-separated `KEY=value` assignments.
+pub fn parse(datagram: &[u8]) -> Result<Vec<NotifyMessage>, Malformed> {
+    let text = std::str::from_utf8(datagram).map_err(|_| Malformed("not UTF-8".into()))?;
+    let mut out = Vec::new();
+    for line in text.split('\n').filter(|l| !l.is_empty()) {
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| Malformed(format!("no `=` in {line:.40}")))?;
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(Malformed(format!("bad key {key:.40}")));
+        }
+        out.push(match (key, value) {
+            ("READY", "1") => NotifyMessage::Ready,
+            ("WATCHDOG", "1") => NotifyMessage::Watchdog,
+            ("STOPPING", "1") => NotifyMessage::Stopping,
+            ("RELOADING", "1") => NotifyMessage::Reloading,
+            ("STATUS", s) => NotifyMessage::Status(s.to_owned()),
+            ("UNWEDGE_REPORT", json) => {
+                serde_json::from_str::<serde_json::Value>(json)
+                    .map_err(|e| Malformed(format!("UNWEDGE_REPORT is not JSON: {e}")))?;
+                NotifyMessage::Report(json.to_owned())
+            }
+            (k, _) => NotifyMessage::Other(k.to_owned()),
+        });
+    }
+    if out.is_empty() {
+        return Err(Malformed("empty".into()));
+    }
+    Ok(out)
+}
+
+/// The supervisor's private notify socket.
+#[derive(Debug)]
+pub struct NotifySocket {
+    sock: UnixDatagram,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// What one received datagram was.
+#[derive(Debug)]
+pub struct Datagram {
+    /// Sender pid from `SCM_CREDENTIALS` (`None`: no credentials, treated as forged).
+    pub pid: Option<i32>,
+    /// The bytes (`None` if truncated: larger than the receive buffer).
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl NotifySocket {
+    /// Creates the directory (0700) and the socket (0600) with `SO_PASSCRED` on.
+    /// Must be called inside a tokio runtime.
+    pub fn bind() -> io::Result<Self> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix("unwedge-")
+            .tempdir_in(base)?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        setsockopt(&sock, PassCred, &true)?;
+        Ok(NotifySocket {
+            sock,
+            path,
+            _dir: dir,
+        })
+    }
+
+    /// The socket path (the workers' `NOTIFY_SOCKET`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Receives one datagram with its sender's pid.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Datagram> {
+        loop {
+            self.sock.readable().await?;
+            match self.sock.try_io(Interest::READABLE, || {
+                recv_with_pid(self.sock.as_raw_fd(), buf)
+            }) {
+                Ok(d) => return Ok(d),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn recv_with_pid(fd: i32, buf: &mut [u8]) -> io::Result<Datagram> {
+    let mut cmsg = nix::cmsg_space!(UnixCredentials);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let mut pid = None;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmCredentials(cred) = c {
+            pid = Some(cred.pid());
+        }
+    }
+    let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
+    let len = msg.bytes;
+    Ok(Datagram {
+        pid,
+        bytes: (!truncated).then(|| buf[..len].to_vec()),
+    })
+}
+
+/// Whether a `STATUS=` text says the worker is tainted or wedged (as `unwedge::serve`
+/// workers report it), and which.
+pub fn unhealthy_status(status: &str) -> Option<&'static str> {
+    let s = status.to_ascii_lowercase();
+    if s.contains("wedged") {
+        Some("wedged")
+    } else if s.contains("tainted") {
+        Some("tainted")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_report_and_rejects_bad_json() {
+        let m = parse(b"UNWEDGE_REPORT={\"message\":\"boom\"}").unwrap();
+        assert_eq!(m, [NotifyMessage::Report("{\"message\":\"boom\"}".into())]);
+        assert!(parse(b"UNWEDGE_REPORT={nope").is_err());
+        assert!(parse(&[0xff, 0xfe]).is_err());
+        assert!(parse(b"").is_err());
+        assert!(parse(b"lower=1").is_err());
+    }
+
+    #[test]
+    fn status_words() {
+        assert_eq!(unhealthy_status("Tainted: mutex poisoned"), Some("tainted"));
+        assert_eq!(unhealthy_status("wedged: runtime stalled"), Some("wedged"));
+        assert_eq!(unhealthy_status("serving"), None);
+    }
+
+    #[tokio::test]
+    async fn attributes_sender_pid_and_permissions() {
+        let n = NotifySocket::bind().unwrap();
+        let mode = std::fs::metadata(n.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = std::fs::metadata(n.path().parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dmode, 0o700);
+        let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        c.send_to(b"READY=1", n.path()).unwrap();
+        let mut buf = vec![0; 1024];
+        let d = n.recv(&mut buf).await.unwrap();
+        assert_eq!(d.pid, Some(std::process::id() as i32));
+        assert_eq!(d.bytes.as_deref(), Some(&b"READY=1"[..]));
+    }
+}

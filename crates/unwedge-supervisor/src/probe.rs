@@ -1,0 +1,132 @@
+//! HTTP probes: one `GET PATH HTTP/1.1` with `Connection: close`, healthy on a 2xx or 3xx
+//! status within the timeout. Through `--port-env` the probe reaches one worker; through a
+//! shared socket it reaches whichever worker accepts.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::config::ListenAddr;
+
+/// Why a probe failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// No answer within the timeout.
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// Connecting, writing or reading failed.
+    #[error("{0}")]
+    Io(String),
+    /// The answer was not HTTP, or not 2xx/3xx.
+    #[error("bad answer: {0}")]
+    Status(String),
+}
+
+/// GETs `path` at `target`; `Ok(status)` for 2xx/3xx.
+pub async fn probe(target: &ListenAddr, path: &str, timeout: Duration) -> Result<u16, ProbeError> {
+    match tokio::time::timeout(timeout, probe_inner(target, path)).await {
+        Ok(r) => r,
+        Err(_) => Err(ProbeError::Timeout(timeout)),
+    }
+}
+
+/// Whether a TCP/unix connection to `target` succeeds within `timeout`.
+pub async fn connects(target: &ListenAddr, timeout: Duration) -> bool {
+    let fut = async {
+        match target {
+            ListenAddr::Tcp(a) => tokio::net::TcpStream::connect(a).await.map(drop),
+            ListenAddr::Unix(p) => tokio::net::UnixStream::connect(p).await.map(drop),
+        }
+    };
+    matches!(tokio::time::timeout(timeout, fut).await, Ok(Ok(())))
+}
+
+async fn probe_inner(target: &ListenAddr, path: &str) -> Result<u16, ProbeError> {
+    let io = |e: std::io::Error| ProbeError::Io(e.to_string());
+    match target {
+        ListenAddr::Tcp(a) => {
+            let s = tokio::net::TcpStream::connect(a).await.map_err(io)?;
+            exchange(s, &a.to_string(), path).await
+        }
+        ListenAddr::Unix(p) => {
+            let s = tokio::net::UnixStream::connect(p).await.map_err(io)?;
+            exchange(s, "localhost", path).await
+        }
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    host: &str,
+    path: &str,
+) -> Result<u16, ProbeError> {
+    let io = |e: std::io::Error| ProbeError::Io(e.to_string());
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: unwedge-probe\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.map_err(io)?;
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') {
+        let n = s.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > 4096 {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or("").trim().to_owned();
+    if line.is_empty() {
+        return Err(ProbeError::Io("connection closed without an answer".into()));
+    }
+    let status = line
+        .strip_prefix("HTTP/1.")
+        .and_then(|r| r.get(2..5))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| ProbeError::Status(format!("{line:.60}")))?;
+    if (200..400).contains(&status) {
+        Ok(status)
+    } else {
+        Err(ProbeError::Status(format!("{line:.60}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn one_shot(answer: &'static str) -> ListenAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 512];
+            let _ = s.read(&mut b).await;
+            if !answer.is_empty() {
+                s.write_all(answer.as_bytes()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            } else {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        ListenAddr::Tcp(a)
+    }
+
+    #[tokio::test]
+    async fn ok_error_and_timeout() {
+        let t = one_shot("HTTP/1.1 200 OK\r\n\r\n").await;
+        assert_eq!(probe(&t, "/", Duration::from_secs(2)).await, Ok(200));
+        let t = one_shot("HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
+        assert!(matches!(
+            probe(&t, "/", Duration::from_secs(2)).await,
+            Err(ProbeError::Status(_))
+        ));
+        let t = one_shot("").await;
+        assert!(matches!(
+            probe(&t, "/", Duration::from_millis(100)).await,
+            Err(ProbeError::Timeout(_))
+        ));
+    }
+}

@@ -1,0 +1,86 @@
+//! The exec shim: `unwedge exec-shim -- CMD ARGS…`, run by the supervisor as each worker.
+//!
+//! `LISTEN_PID` must equal the worker's own pid, which exists only after fork, and setting
+//! environment variables between fork and exec is not async-signal-safe. So the supervisor
+//! spawns its own binary as this shim (a plain `posix_spawn`, no `pre_exec`): the shim is a
+//! fresh single-threaded process that moves the inherited sockets to fds 3, 4, …, sets
+//! `LISTEN_FDS`, `LISTEN_FDNAMES` (already set by the supervisor) and `LISTEN_PID` to its own
+//! pid, and `exec`s the command, which keeps that pid.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::os::fd::{BorrowedFd, RawFd};
+
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::sys::signal::{signal, SigHandler, Signal};
+
+/// Environment variable with the inherited socket fds, comma-separated, in order.
+pub const SHIM_FDS_ENV: &str = "UNWEDGE_SHIM_FDS";
+
+/// Places the sockets, sets the variables and execs `command`. Returns only on failure,
+/// with a one-line message; the caller prints it and exits 127.
+///
+/// Must be called before any other thread exists (at the top of `main`).
+pub fn exec(command: &[String]) -> String {
+    let Some(program) = command.first() else {
+        return "exec-shim: no command".into();
+    };
+    let fds: Vec<RawFd> = match std::env::var(SHIM_FDS_ENV) {
+        Ok(s) if !s.is_empty() => match s.split(',').map(str::parse).collect() {
+            Ok(v) => v,
+            Err(_) => return format!("exec-shim: bad {SHIM_FDS_ENV}={s}"),
+        },
+        _ => Vec::new(),
+    };
+    std::env::remove_var(SHIM_FDS_ENV);
+    if let Err(e) = place_fds(&fds) {
+        return format!("exec-shim: cannot place sockets: {e}");
+    }
+    if !fds.is_empty() {
+        std::env::set_var("LISTEN_FDS", fds.len().to_string());
+        std::env::set_var("LISTEN_PID", std::process::id().to_string());
+    }
+    // The Rust runtime ignores SIGPIPE at startup; the worker must get the default back.
+    // SAFETY: single-threaded at this point; SIG_DFL installs no handler code.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    let args: Result<Vec<CString>, _> =
+        command.iter().map(|a| CString::new(a.as_bytes())).collect();
+    let Ok(args) = args else {
+        return "exec-shim: argument contains a NUL byte".into();
+    };
+    let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
+    format!("cannot execute `{program}`: {}", err.desc())
+}
+
+/// Moves `fds` to 3, 4, … with close-on-exec cleared, and closes the originals.
+fn place_fds(fds: &[RawFd]) -> nix::Result<()> {
+    let n = fds.len() as RawFd;
+    let top = 3 + n;
+    // First lift every source to >= top so that no dup2 below clobbers a later source.
+    let mut lifted = Vec::with_capacity(fds.len());
+    for &fd in fds {
+        // SAFETY: the supervisor passed these fds to us (they are open and ours); borrowing
+        // them for one fcntl call does not take ownership.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        lifted.push(fcntl(b, FcntlArg::F_DUPFD_CLOEXEC(top))?);
+    }
+    for &fd in fds {
+        if fd >= top {
+            // SAFETY: fd is one of our inherited sockets, already duplicated above, and no
+            // other code in this process refers to it.
+            let _ = unsafe { nix::libc::close(fd) };
+        }
+    }
+    for (i, &src) in lifted.iter().enumerate() {
+        let dst = 3 + i as RawFd;
+        // SAFETY: plain dup2 onto a fixed number in this single-threaded process; the
+        // target numbers 3..top are either our own inherited sockets or unused.
+        if unsafe { nix::libc::dup2(src, dst) } < 0 {
+            return Err(nix::errno::Errno::last());
+        }
+        // SAFETY: src is our own duplicate made above.
+        let _ = unsafe { nix::libc::close(src) };
+        // dup2 leaves FD_CLOEXEC clear on dst, so the command inherits it.
+    }
+    Ok(())
+}

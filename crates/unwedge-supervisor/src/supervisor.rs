@@ -1,0 +1,1325 @@
+//! The worker pool and its event loop: spawning, reaping, restarting, hang detection,
+//! reload and stop. Everything that changes state happens in one task, so no lock is held
+//! across decisions; the outside world sees [`Snapshot`]s and [`Event`]s.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::config::{Config, ListenAddr, ReadyMode};
+use crate::error::StartError;
+use crate::events::{
+    AlertHook, Counters, Event, ExitInfo, HangKind, RestartReason, Snapshot, WorkerInfo,
+    WorkerState,
+};
+use crate::notify::{self, NotifyMessage, NotifySocket};
+use crate::output::{self, Stream};
+use crate::policy::{Backoff, Intensity};
+use crate::probe;
+use crate::shim::SHIM_FDS_ENV;
+use crate::socket::{self, Listener};
+use crate::systemd::{Systemd, SYSTEMD_VARS};
+
+/// Exit status after the restart intensity was exceeded.
+pub const EXIT_GAVE_UP: u8 = 3;
+
+/// How [`Supervisor::run`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Stopped on request; `clean` is false when a worker had to be SIGKILLed.
+    Stopped {
+        /// Every worker exited within `--stop-timeout`.
+        clean: bool,
+    },
+    /// The restart intensity was exceeded.
+    GaveUp {
+        /// What was exceeded.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// The process exit status for this outcome: 0 clean stop, 1 forced stop, 3 gave up.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Stopped { clean: true } => 0,
+            Outcome::Stopped { clean: false } => 1,
+            Outcome::GaveUp { .. } => EXIT_GAVE_UP,
+        }
+    }
+}
+
+/// A request to a running supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Control {
+    /// Same as SIGHUP.
+    Reload,
+    /// Same as SIGTERM.
+    Stop,
+}
+
+/// A cloneable handle on a running (or about to run) supervisor.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    events: broadcast::Sender<Event>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl Handle {
+    /// Subscribes to events (a slow subscriber loses the oldest ones, see
+    /// [`broadcast`]; use an [`AlertHook`] to see every one).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Asks the supervisor to reload or stop; false if it has ended.
+    pub fn send(&self, c: Control) -> bool {
+        self.control.send(c).is_ok()
+    }
+}
+
+/// The supervisor: sockets bound, command checked, ready to [`run`](Supervisor::run).
+pub struct Supervisor {
+    config: Config,
+    listeners: Vec<Listener>,
+    shared_probe: Option<ListenAddr>,
+    shim: PathBuf,
+    systemd: Systemd,
+    hooks: Vec<Arc<dyn AlertHook>>,
+    handle: Handle,
+    control_rx: mpsc::UnboundedReceiver<Control>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Supervisor {
+    /// Checks the command, takes systemd's sockets or binds `--listen`, and registers as
+    /// child subreaper. Call it before starting any thread (it edits the environment).
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        let program = &config.command[0];
+        socket::check_command(program)?;
+        let systemd = Systemd::from_env();
+        let inherited = socket::from_systemd();
+        socket::forget_systemd_env();
+        let listeners = if !inherited.is_empty() {
+            if !config.listen.is_empty() {
+                tracing::warn!(
+                    "using the {} socket(s) passed by systemd; --listen is ignored",
+                    inherited.len()
+                );
+            }
+            inherited
+        } else {
+            socket::bind_all(&config.listen)?
+        };
+        if config.port_env.is_some() && !listeners.is_empty() {
+            return Err(StartError::Usage(
+                "--port-env cannot be used with passed sockets".into(),
+            ));
+        }
+        let shared_probe = listeners
+            .iter()
+            .find_map(|l| l.local.as_ref())
+            .map(socket::probe_target);
+        if config.probe.is_some() && shared_probe.is_none() && config.port_env.is_none() {
+            return Err(StartError::Usage(
+                "--probe needs --listen (a TCP or unix socket) or --port-env".into(),
+            ));
+        }
+        if matches!(config.ready, ReadyMode::Probe)
+            && shared_probe.is_none()
+            && config.port_env.is_none()
+        {
+            return Err(StartError::Usage(
+                "--ready probe needs --listen or --port-env".into(),
+            ));
+        }
+        let shim =
+            std::env::current_exe().map_err(|e| StartError::setup("find the unwedge binary", e))?;
+        if std::process::id() != 1 {
+            if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+                tracing::warn!(
+                    "cannot become child subreaper ({e}); orphans of workers go to init"
+                );
+            }
+        }
+        let (events, _) = broadcast::channel(1024);
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let snapshot = Arc::new(Mutex::new(Snapshot {
+            generation: 1,
+            ready: false,
+            reloading: false,
+            stopping: false,
+            workers: Vec::new(),
+            counters: Counters::default(),
+            started_at: SystemTime::now(),
+        }));
+        Ok(Supervisor {
+            config,
+            listeners,
+            shared_probe,
+            shim,
+            systemd,
+            hooks: Vec::new(),
+            handle: Handle {
+                events,
+                snapshot,
+                control,
+            },
+            control_rx,
+        })
+    }
+
+    /// Adds a hook that sees every event synchronously (alerts).
+    pub fn with_alert_hook(mut self, hook: impl AlertHook) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// A handle for events, snapshots and control.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// The addresses the supervisor listens on (after binding; port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<ListenAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local.clone())
+            .collect()
+    }
+
+    /// Runs until stopped (SIGTERM/SIGINT or [`Control::Stop`]) or the restart intensity is
+    /// exceeded. Must run inside a tokio runtime with signal handling.
+    pub async fn run(self) -> Result<Outcome, StartError> {
+        let notify =
+            NotifySocket::bind().map_err(|e| StartError::setup("create the notify socket", e))?;
+        let sig = |k: SignalKind, name: &str| {
+            signal(k).map_err(|e| StartError::setup(format!("handle {name}"), e))
+        };
+        let mut sigchld = sig(SignalKind::child(), "SIGCHLD")?;
+        let mut sigterm = sig(SignalKind::terminate(), "SIGTERM")?;
+        let mut sigint = sig(SignalKind::interrupt(), "SIGINT")?;
+        let mut sighup = sig(SignalKind::hangup(), "SIGHUP")?;
+        let mut sigusr1 = sig(SignalKind::user_defined1(), "SIGUSR1")?;
+        let mut sigusr2 = sig(SignalKind::user_defined2(), "SIGUSR2")?;
+        if let Some(p) = &self.config.pidfile {
+            std::fs::write(p, format!("{}\n", std::process::id()))
+                .map_err(|e| StartError::setup(format!("write pid file {}", p.display()), e))?;
+        }
+        let pidfile = self.config.pidfile.clone();
+        let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+        let mut control_rx = self.control_rx;
+        let now = Instant::now();
+        let n = self.config.workers;
+        let mut pool = Pool {
+            slots: (0..n)
+                .map(|_| Slot {
+                    backoff: Backoff::new(
+                        self.config.restart_delay,
+                        self.config.restart_delay_max,
+                        self.config.stable_after,
+                    ),
+                    restarts: 0,
+                    last_exit: None,
+                    pending: None,
+                })
+                .collect(),
+            intensity: Intensity::new(self.config.max_restarts, self.config.within),
+            config: self.config,
+            listeners: self.listeners,
+            shared_probe: self.shared_probe,
+            shim: self.shim,
+            notify_path: notify.path().to_owned(),
+            systemd: self.systemd,
+            hooks: self.hooks,
+            handle: self.handle,
+            workers: HashMap::new(),
+            counters: Counters::default(),
+            active_gen: 1,
+            next_gen: 1,
+            reload: None,
+            stopping: false,
+            stop_deadline: None,
+            forced: false,
+            gave_up: None,
+            first_ready: false,
+            probe_tx,
+            next_sd_watchdog: None,
+            last_sd_status: String::new(),
+        };
+        pool.next_sd_watchdog = pool.systemd.watchdog_interval().map(|i| now + i);
+        tracing::info!(
+            "starting {n} worker(s): {}{}",
+            pool.config.command.join(" "),
+            pool.describe_sockets()
+        );
+        for slot in 0..n {
+            pool.spawn(slot, 1, None);
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        let outcome = loop {
+            pool.publish();
+            if let Some(o) = pool.finished() {
+                break o;
+            }
+            let deadline = pool.next_deadline();
+            tokio::select! {
+                _ = sigchld.recv() => pool.reap(),
+                _ = sigterm.recv() => pool.begin_stop("SIGTERM"),
+                _ = sigint.recv() => pool.begin_stop("SIGINT"),
+                _ = sighup.recv() => pool.begin_reload("SIGHUP"),
+                _ = sigusr1.recv() => pool.forward(Signal::SIGUSR1),
+                _ = sigusr2.recv() => pool.forward(Signal::SIGUSR2),
+                Some(c) = control_rx.recv() => match c {
+                    Control::Reload => pool.begin_reload("request"),
+                    Control::Stop => pool.begin_stop("request"),
+                },
+                r = notify.recv(&mut buf) => match r {
+                    Ok(d) => pool.on_datagram(d),
+                    Err(e) => tracing::warn!("notify socket: {e}"),
+                },
+                Some(p) = probe_rx.recv() => pool.on_probe(p),
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            pool.reap();
+            pool.on_timers(Instant::now());
+        };
+        pool.publish();
+        if let Some(p) = pidfile {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(outcome)
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    at: Instant,
+    crash_at: Instant,
+}
+
+#[derive(Debug)]
+struct Slot {
+    backoff: Backoff,
+    restarts: u32,
+    last_exit: Option<ExitInfo>,
+    pending: Option<Pending>,
+}
+
+#[derive(Debug)]
+struct Worker {
+    slot: usize,
+    pid: i32,
+    generation: u64,
+    started: Instant,
+    started_wall: SystemTime,
+    ready_at: Option<Instant>,
+    state: WorkerState,
+    /// Its exit must not cause a restart (stop, reload, or already replaced).
+    stop_requested: bool,
+    /// It said STOPPING=1 on its own: replaced already, its restart reason is counted at exit.
+    leaving: bool,
+    last_watchdog: Option<Instant>,
+    probe_failures: u32,
+    next_probe: Instant,
+    probe_inflight: bool,
+    port: Option<u16>,
+    status: Option<String>,
+    last_report: Option<String>,
+    kill_at: Option<Instant>,
+    crash_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct ProbeResult {
+    pid: i32,
+    ready_check: bool,
+    outcome: Result<(), String>,
+}
+
+#[derive(Debug)]
+struct Reload {
+    generation: u64,
+}
+
+struct Pool {
+    config: Config,
+    listeners: Vec<Listener>,
+    shared_probe: Option<ListenAddr>,
+    shim: PathBuf,
+    notify_path: PathBuf,
+    systemd: Systemd,
+    hooks: Vec<Arc<dyn AlertHook>>,
+    handle: Handle,
+    slots: Vec<Slot>,
+    intensity: Intensity,
+    workers: HashMap<i32, Worker>,
+    counters: Counters,
+    active_gen: u64,
+    next_gen: u64,
+    reload: Option<Reload>,
+    stopping: bool,
+    stop_deadline: Option<Instant>,
+    forced: bool,
+    gave_up: Option<String>,
+    first_ready: bool,
+    probe_tx: mpsc::UnboundedSender<ProbeResult>,
+    next_sd_watchdog: Option<Instant>,
+    last_sd_status: String,
+}
+
+/// Fast polling of a starting worker's port or probe (readiness).
+const READY_POLL: Duration = Duration::from_millis(5);
+
+fn slot_id(slot: usize) -> String {
+    format!("w{}", slot + 1)
+}
+
+impl Pool {
+    fn describe_sockets(&self) -> String {
+        if let Some(v) = &self.config.port_env {
+            return format!(" (own port per worker in ${v})");
+        }
+        let addrs: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| l.local.as_ref().map_or(l.name.clone(), ToString::to_string))
+            .collect();
+        if addrs.is_empty() {
+            String::new()
+        } else {
+            format!(" (sockets: {})", addrs.join(", "))
+        }
+    }
+
+    fn emit(&self, e: Event) {
+        for h in &self.hooks {
+            h.on_event(&e);
+        }
+        let _ = self.handle.events.send(e);
+    }
+
+    fn ready_mode_needs_poll(&self) -> bool {
+        match self.config.ready {
+            ReadyMode::Probe => true,
+            ReadyMode::Port => true,
+            ReadyMode::Auto => self.config.port_env.is_some(),
+            ReadyMode::Notify | ReadyMode::None => false,
+        }
+    }
+
+    /// Starts a worker in `slot`; a failure to spawn counts as a failed start.
+    fn spawn(&mut self, slot: usize, generation: u64, crash_at: Option<Instant>) {
+        match self.try_spawn(slot, generation, crash_at) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!("{}: cannot start worker: {e}", slot_id(slot));
+                if self
+                    .reload
+                    .as_ref()
+                    .is_some_and(|r| r.generation == generation)
+                {
+                    self.reload_failed(format!("cannot start worker: {e}"));
+                } else {
+                    self.counters
+                        .restarts
+                        .entry(RestartReason::FailedStart)
+                        .and_modify(|c| *c += 1)
+                        .or_insert(1);
+                    self.schedule_restart(
+                        slot,
+                        RestartReason::FailedStart,
+                        Instant::now(),
+                        Duration::ZERO,
+                        "could not be started",
+                    );
+                }
+            }
+        }
+    }
+
+    fn try_spawn(
+        &mut self,
+        slot: usize,
+        generation: u64,
+        crash_at: Option<Instant>,
+    ) -> std::io::Result<()> {
+        let id = slot_id(slot);
+        let port = match &self.config.port_env {
+            Some(_) => Some(socket::free_port()?),
+            None => None,
+        };
+        let command = &self.config.command;
+        let mut cmd = if self.listeners.is_empty() {
+            let mut c = Command::new(&command[0]);
+            c.args(&command[1..]);
+            c
+        } else {
+            let mut c = Command::new(&self.shim);
+            c.arg("exec-shim").arg("--").args(command);
+            c.env(SHIM_FDS_ENV, socket::shim_fds(&self.listeners));
+            c
+        };
+        for v in SYSTEMD_VARS {
+            cmd.env_remove(v);
+        }
+        if !self.listeners.is_empty() {
+            cmd.env("LISTEN_FDNAMES", socket::fd_names(&self.listeners));
+        }
+        cmd.env("NOTIFY_SOCKET", &self.notify_path);
+        if let Some(w) = self.config.watchdog {
+            cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
+        }
+        if let (Some(var), Some(p)) = (&self.config.port_env, port) {
+            cmd.env(var, p.to_string());
+        }
+        cmd.env("UNWEDGE_WORKER", &id)
+            .env("UNWEDGE_GENERATION", generation.to_string());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        let fmt = self.config.log_format;
+        if let Some(out) = child.stdout.take() {
+            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(out))?;
+            output::forward(rx, id.clone(), pid, Stream::Stdout, fmt);
+        }
+        if let Some(err) = child.stderr.take() {
+            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(err))?;
+            output::forward(rx, id.clone(), pid, Stream::Stderr, fmt);
+        }
+        drop(child); // reaped by `reap` (waitpid), not by std
+        let now = Instant::now();
+        let ready_now = self.config.ready == ReadyMode::None;
+        self.workers.insert(
+            pid,
+            Worker {
+                slot,
+                pid,
+                generation,
+                started: now,
+                started_wall: SystemTime::now(),
+                ready_at: None,
+                state: WorkerState::Starting,
+                stop_requested: false,
+                leaving: false,
+                last_watchdog: None,
+                probe_failures: 0,
+                next_probe: now + READY_POLL,
+                probe_inflight: false,
+                port,
+                status: None,
+                last_report: None,
+                kill_at: None,
+                crash_at,
+            },
+        );
+        tracing::debug!("{id} pid {pid} started (generation {generation})");
+        self.emit(Event::WorkerStarted {
+            worker: id,
+            pid,
+            generation,
+        });
+        if ready_now {
+            self.mark_ready(pid);
+        }
+        Ok(())
+    }
+
+    fn mark_ready(&mut self, pid: i32) {
+        let now = Instant::now();
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        if w.ready_at.is_some() || w.stop_requested {
+            return;
+        }
+        w.ready_at = Some(now);
+        w.state = WorkerState::Ready;
+        w.next_probe = now + self.config.probe_interval;
+        w.probe_failures = 0;
+        let startup = now - w.started;
+        let crash_to_ready = w.crash_at.map(|c| now - c);
+        let (slot, generation) = (w.slot, w.generation);
+        if let Some(d) = crash_to_ready {
+            let v = &mut self.counters.crash_to_ready;
+            if v.len() >= 1024 {
+                v.remove(0);
+            }
+            v.push(d);
+        }
+        match crash_to_ready {
+            Some(c) => tracing::info!(
+                "{} pid {pid} ready in {} ({} after the crash)",
+                slot_id(slot),
+                fmt_dur(startup),
+                fmt_dur(c)
+            ),
+            None => tracing::info!("{} pid {pid} ready in {}", slot_id(slot), fmt_dur(startup)),
+        }
+        self.emit(Event::WorkerReady {
+            worker: slot_id(slot),
+            pid,
+            startup,
+            crash_to_ready,
+        });
+        if self
+            .reload
+            .as_ref()
+            .is_some_and(|r| r.generation == generation)
+        {
+            let ready = self
+                .workers
+                .values()
+                .filter(|w| w.generation == generation && w.ready_at.is_some())
+                .count();
+            if ready == self.config.workers {
+                self.complete_reload();
+            }
+        } else if !self.first_ready && generation == self.active_gen {
+            let ready = self
+                .workers
+                .values()
+                .filter(|w| w.generation == generation && w.ready_at.is_some())
+                .count();
+            if ready == self.config.workers {
+                self.first_ready = true;
+                tracing::info!("all {} worker(s) ready", self.config.workers);
+                self.systemd.ready(&self.status_line());
+                self.last_sd_status = self.status_line();
+            }
+        }
+    }
+
+    /// Schedules a replacement for `slot` (backoff, intensity).
+    fn schedule_restart(
+        &mut self,
+        slot: usize,
+        reason: RestartReason,
+        crash_at: Instant,
+        uptime: Duration,
+        why: &str,
+    ) {
+        if self.stopping {
+            return;
+        }
+        let now = Instant::now();
+        if let Err(e) = self.intensity.record(now) {
+            self.give_up(e.to_string());
+            return;
+        }
+        let s = &mut self.slots[slot];
+        let delay = s.backoff.next_delay(uptime);
+        s.restarts += 1;
+        let at = now + delay;
+        // A slot already waiting keeps the earlier start.
+        if s.pending.as_ref().map_or(true, |p| at < p.at) {
+            s.pending = Some(Pending { at, crash_at });
+        }
+        tracing::warn!("{} {why}; restarting in {}", slot_id(slot), fmt_dur(delay));
+        self.emit(Event::RestartScheduled {
+            worker: slot_id(slot),
+            reason,
+            delay,
+        });
+    }
+
+    fn count_restart(&mut self, reason: RestartReason) {
+        *self.counters.restarts.entry(reason).or_insert(0) += 1;
+    }
+
+    fn give_up(&mut self, reason: String) {
+        if self.stopping {
+            return;
+        }
+        tracing::error!(
+            "giving up: {reason} (--max-restarts {} --within {}); stopping all workers, exit status {EXIT_GAVE_UP}",
+            self.config.max_restarts,
+            fmt_dur(self.config.within)
+        );
+        self.emit(Event::GaveUp {
+            reason: reason.clone(),
+        });
+        self.gave_up = Some(reason);
+        self.begin_stop("restart intensity exceeded");
+    }
+
+    fn terminate(&mut self, pid: i32, timeout: Duration) {
+        let now = Instant::now();
+        if let Some(w) = self.workers.get_mut(&pid) {
+            w.stop_requested = true;
+            if w.state != WorkerState::Hung {
+                w.state = WorkerState::Stopping;
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+                let at = now + timeout;
+                w.kill_at = Some(w.kill_at.map_or(at, |k| k.min(at)));
+            }
+        }
+    }
+
+    fn begin_stop(&mut self, why: &str) {
+        if self.stopping {
+            tracing::warn!("{why} again: killing all workers now");
+            for pid in self.workers.keys() {
+                let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+            self.forced = true;
+            return;
+        }
+        tracing::info!("{why}: stopping {} worker(s)", self.workers.len());
+        self.stopping = true;
+        self.systemd.stopping();
+        for s in &mut self.slots {
+            s.pending = None;
+        }
+        self.reload = None;
+        let timeout = self.config.stop_timeout;
+        let pids: Vec<i32> = self.workers.keys().copied().collect();
+        for pid in pids {
+            self.terminate(pid, timeout);
+        }
+        self.stop_deadline = Some(Instant::now() + timeout);
+    }
+
+    fn forward(&self, sig: Signal) {
+        for pid in self.workers.keys() {
+            let _ = kill(Pid::from_raw(*pid), sig);
+        }
+    }
+
+    fn finished(&self) -> Option<Outcome> {
+        if !self.stopping || !self.workers.is_empty() {
+            return None;
+        }
+        Some(match &self.gave_up {
+            Some(r) => Outcome::GaveUp { reason: r.clone() },
+            None => {
+                tracing::info!("all workers stopped");
+                Outcome::Stopped {
+                    clean: !self.forced,
+                }
+            }
+        })
+    }
+
+    fn begin_reload(&mut self, why: &str) {
+        if self.stopping {
+            return;
+        }
+        if self.reload.is_some() {
+            tracing::warn!("{why}: a reload is already in progress");
+            return;
+        }
+        self.next_gen = self.next_gen.max(self.active_gen) + 1;
+        let generation = self.next_gen;
+        tracing::info!("{why}: reloading: starting generation {generation}");
+        self.systemd.reloading();
+        self.reload = Some(Reload { generation });
+        for slot in 0..self.config.workers {
+            if self.reload.is_none() {
+                break;
+            }
+            self.spawn(slot, generation, None);
+        }
+    }
+
+    fn complete_reload(&mut self) {
+        let Some(r) = self.reload.take() else { return };
+        let old: Vec<i32> = self
+            .workers
+            .values()
+            .filter(|w| w.generation != r.generation)
+            .map(|w| w.pid)
+            .collect();
+        self.active_gen = r.generation;
+        for s in &mut self.slots {
+            s.pending = None;
+        }
+        tracing::info!(
+            "generation {} ready; stopping {} old worker(s)",
+            r.generation,
+            old.len()
+        );
+        let timeout = self.config.stop_timeout;
+        for pid in old {
+            self.terminate(pid, timeout);
+        }
+        self.counters.reloads += 1;
+        self.first_ready = true;
+        self.emit(Event::Reloaded {
+            generation: r.generation,
+        });
+        self.systemd.ready(&self.status_line());
+    }
+
+    fn reload_failed(&mut self, reason: String) {
+        let Some(r) = self.reload.take() else { return };
+        tracing::error!(
+            "reload failed: generation {} {reason}; tearing it down, generation {} keeps serving",
+            r.generation,
+            self.active_gen
+        );
+        let new: Vec<i32> = self
+            .workers
+            .values()
+            .filter(|w| w.generation == r.generation)
+            .map(|w| w.pid)
+            .collect();
+        let timeout = self.config.stop_timeout.min(Duration::from_secs(5));
+        for pid in new {
+            self.terminate(pid, timeout);
+        }
+        self.counters.reloads_failed += 1;
+        self.emit(Event::ReloadFailed {
+            generation: r.generation,
+            reason,
+        });
+        self.systemd.ready(&self.status_line());
+    }
+
+    fn is_candidate(&self, generation: u64) -> bool {
+        self.reload
+            .as_ref()
+            .is_some_and(|r| r.generation == generation)
+    }
+
+    /// Reaps every exited child: workers are handled, other pids are orphans we adopted.
+    fn reap(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid.as_raw(), Some(code), None),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.on_exit(pid.as_raw(), None, Some(sig as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: i32, code: Option<i32>, signal: Option<i32>) {
+        let Some(w) = self.workers.remove(&pid) else {
+            self.counters.orphans_reaped += 1;
+            tracing::debug!("reaped orphan pid {pid}");
+            return;
+        };
+        let now = Instant::now();
+        let info = ExitInfo {
+            code,
+            signal,
+            at: SystemTime::now(),
+            requested: w.stop_requested,
+        };
+        let id = slot_id(w.slot);
+        let uptime = now - w.started;
+        self.slots[w.slot].last_exit = Some(info);
+        self.emit(Event::WorkerExited {
+            worker: id.clone(),
+            pid,
+            code,
+            signal,
+            requested: w.stop_requested,
+        });
+        let reason = if w.ready_at.is_none() {
+            RestartReason::FailedStart
+        } else {
+            match (code, signal) {
+                (Some(0), _) => RestartReason::Exit,
+                (Some(_), _) => RestartReason::Crash,
+                _ => RestartReason::Signal,
+            }
+        };
+        if w.stop_requested || self.stopping {
+            if w.leaving && !self.stopping {
+                self.count_restart(reason);
+                tracing::info!("{id} pid {pid} {info} (already replaced)");
+            } else {
+                tracing::info!("{id} pid {pid} {info}");
+            }
+            if self.is_candidate(w.generation) {
+                self.reload_failed(format!("worker {id} {info}"));
+            }
+            return;
+        }
+        if self.is_candidate(w.generation) {
+            tracing::warn!("{id} pid {pid} of the new generation {info} before it was ready");
+            self.reload_failed(format!("worker {id} {info}"));
+            return;
+        }
+        if w.generation < self.active_gen {
+            return;
+        }
+        self.count_restart(reason);
+        let why = if reason == RestartReason::FailedStart {
+            format!("pid {pid} {info} before it was ready (failed start)")
+        } else {
+            format!("pid {pid} {info} after {}", fmt_dur(uptime))
+        };
+        self.schedule_restart(w.slot, reason, now, uptime, &why);
+    }
+
+    fn worker_for_sender(&self, pid: i32) -> Option<i32> {
+        if self.workers.contains_key(&pid) {
+            return Some(pid);
+        }
+        // A worker's own children share its process group (the group id is the worker pid).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after = &stat[stat.rfind(')')? + 2..];
+        let pgid: i32 = after.split_whitespace().nth(2)?.parse().ok()?;
+        self.workers.contains_key(&pgid).then_some(pgid)
+    }
+
+    fn on_datagram(&mut self, d: notify::Datagram) {
+        let Some(bytes) = d.bytes else {
+            self.counters.malformed_notify += 1;
+            tracing::debug!("notify datagram too large; ignored");
+            return;
+        };
+        let Some(pid) = d.pid.and_then(|p| self.worker_for_sender(p)) else {
+            self.counters.forged_notify += 1;
+            tracing::debug!("notify message from pid {:?}, not a worker; ignored", d.pid);
+            return;
+        };
+        let msgs = match notify::parse(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.malformed_notify += 1;
+                tracing::debug!("from pid {pid}: {e}; ignored");
+                return;
+            }
+        };
+        for m in msgs {
+            self.on_message(pid, m);
+        }
+    }
+
+    fn on_message(&mut self, pid: i32, m: NotifyMessage) {
+        let now = Instant::now();
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let id = slot_id(w.slot);
+        match m {
+            NotifyMessage::Ready => self.mark_ready(pid),
+            NotifyMessage::Watchdog => w.last_watchdog = Some(now),
+            NotifyMessage::Status(s) => {
+                w.status = Some(s.clone());
+                match notify::unhealthy_status(&s) {
+                    Some("wedged") if !w.stop_requested => self.hung(pid, HangKind::Wedged, &s),
+                    Some(_) if !w.stop_requested => {
+                        let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
+                        self.count_restart(RestartReason::Tainted);
+                        tracing::warn!("{id} pid {pid} is tainted ({s}); replacing it");
+                        self.emit(Event::Tainted {
+                            worker: id,
+                            pid,
+                            status: s,
+                        });
+                        self.terminate(pid, self.config.stop_timeout);
+                        if self.is_candidate(generation) {
+                            self.reload_failed("a new worker is tainted".into());
+                        } else if generation == self.active_gen {
+                            self.schedule_restart(
+                                slot,
+                                RestartReason::Tainted,
+                                now,
+                                uptime,
+                                "is tainted",
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            NotifyMessage::Stopping => {
+                if !w.stop_requested && !self.stopping {
+                    // Leaving on its own (a graceful crash): start the replacement now,
+                    // while it drains; the reason is counted when it exits.
+                    let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
+                    w.stop_requested = true;
+                    w.leaving = true;
+                    tracing::info!(
+                        "{id} pid {pid} is stopping on its own; starting its replacement"
+                    );
+                    if self.is_candidate(generation) {
+                        self.reload_failed(format!(
+                            "worker {id} stopped before the reload completed"
+                        ));
+                    } else if generation == self.active_gen {
+                        self.schedule_restart(
+                            slot,
+                            RestartReason::Exit,
+                            now,
+                            uptime,
+                            "is stopping",
+                        );
+                    }
+                }
+            }
+            NotifyMessage::Report(json) => {
+                w.last_report = Some(json.clone());
+                self.counters.reports += 1;
+                self.emit(Event::Report {
+                    worker: id,
+                    pid,
+                    json,
+                });
+            }
+            NotifyMessage::Reloading | NotifyMessage::Other(_) => {}
+        }
+    }
+
+    /// A hung worker: dump signal now, SIGKILL after `--dump-grace`, replacement scheduled.
+    fn hung(&mut self, pid: i32, kind: HangKind, detail: &str) {
+        let now = Instant::now();
+        let grace = self.config.dump_grace;
+        let sig = self.config.dump_signal;
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        if w.state == WorkerState::Hung {
+            return;
+        }
+        let was_ready = w.ready_at.is_some();
+        w.state = WorkerState::Hung;
+        w.stop_requested = true;
+        w.kill_at = Some(now + grace);
+        let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
+        let id = slot_id(slot);
+        *self.counters.hangs.entry(kind).or_insert(0) += 1;
+        self.count_restart(if was_ready {
+            RestartReason::Hang
+        } else {
+            RestartReason::FailedStart
+        });
+        tracing::warn!(
+            "{id} pid {pid} is hung ({}: {detail}); sending {}, SIGKILL in {}",
+            kind.as_str(),
+            sig.as_str(),
+            fmt_dur(grace)
+        );
+        let _ = kill(Pid::from_raw(pid), sig);
+        self.emit(Event::Hung {
+            worker: id,
+            pid,
+            kind,
+        });
+        if self.is_candidate(generation) {
+            self.reload_failed(format!("worker {} hung ({})", slot_id(slot), kind.as_str()));
+        } else if generation == self.active_gen {
+            self.schedule_restart(slot, RestartReason::Hang, now, uptime, "hung");
+        }
+    }
+
+    fn on_probe(&mut self, p: ProbeResult) {
+        let failures = self.config.probe_failures;
+        let shared_many = self.config.port_env.is_none() && self.config.workers > 1;
+        let Some(w) = self.workers.get_mut(&p.pid) else {
+            return;
+        };
+        w.probe_inflight = false;
+        if w.stop_requested {
+            return;
+        }
+        if p.ready_check {
+            if p.outcome.is_ok() {
+                self.mark_ready(p.pid);
+            }
+            return;
+        }
+        match p.outcome {
+            Ok(()) => w.probe_failures = 0,
+            Err(e) => {
+                w.probe_failures += 1;
+                let (n, id) = (w.probe_failures, slot_id(w.slot));
+                tracing::warn!("{id} pid {}: probe failed ({n}/{failures}): {e}", p.pid);
+                if n >= failures {
+                    if shared_many {
+                        // Through a shared socket the probe cannot tell which worker failed.
+                        w.probe_failures = 0;
+                        tracing::error!(
+                            "probe through the shared socket failed {n} times in a row; cannot tell which \
+                             worker is hung (use --watchdog, or --port-env for per-worker probes)"
+                        );
+                    } else {
+                        self.hung(p.pid, HangKind::Probe, &e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn probe_target(&self, w: &Worker) -> Option<ListenAddr> {
+        match w.port {
+            Some(port) => Some(ListenAddr::Tcp(([127, 0, 0, 1], port).into())),
+            None => self.shared_probe.clone(),
+        }
+    }
+
+    fn start_probe(&self, w: &Worker, ready_check: bool) {
+        let Some(target) = self.probe_target(w) else {
+            return;
+        };
+        let tx = self.probe_tx.clone();
+        let pid = w.pid;
+        let timeout = self.config.probe_timeout;
+        let use_http =
+            !ready_check || self.config.ready == ReadyMode::Probe || self.config.probe.is_some();
+        let path = self.config.probe.clone().unwrap_or_else(|| "/".into());
+        let port_only =
+            ready_check && matches!(self.config.ready, ReadyMode::Port | ReadyMode::Auto);
+        tokio::spawn(async move {
+            let outcome = if port_only || !use_http {
+                if probe::connects(&target, timeout).await {
+                    Ok(())
+                } else {
+                    Err("not accepting connections".to_owned())
+                }
+            } else {
+                probe::probe(&target, &path, timeout)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            };
+            let _ = tx.send(ProbeResult {
+                pid,
+                ready_check,
+                outcome,
+            });
+        });
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        // Pending starts.
+        for slot in 0..self.slots.len() {
+            if self.slots[slot]
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.at <= now)
+            {
+                let p = self.slots[slot].pending.take().expect("checked");
+                let gen = self.active_gen;
+                self.spawn(slot, gen, Some(p.crash_at));
+            }
+        }
+        // Kill deadlines.
+        let stop_over = self.stop_deadline.is_some_and(|d| d <= now);
+        for w in self.workers.values_mut() {
+            if w.kill_at.is_some_and(|k| k <= now) || (stop_over && w.kill_at.is_some()) {
+                w.kill_at = None;
+                if self.stopping && w.state != WorkerState::Hung {
+                    self.forced = true;
+                }
+                tracing::warn!("{} pid {}: sending SIGKILL", slot_id(w.slot), w.pid);
+                let _ = killpg(Pid::from_raw(w.pid), Signal::SIGKILL);
+            }
+        }
+        if stop_over {
+            self.stop_deadline = None;
+        }
+        if self.stopping {
+            return;
+        }
+        // Readiness timeouts, heartbeats, probes.
+        let mut hung: Vec<(i32, HangKind, String)> = Vec::new();
+        let mut assume_ready = Vec::new();
+        let mut probes = Vec::new();
+        let poll = self.ready_mode_needs_poll();
+        for w in self.workers.values_mut() {
+            if w.stop_requested {
+                continue;
+            }
+            if w.ready_at.is_none() {
+                if now >= w.started + self.config.ready_timeout {
+                    let msg = format!("not ready after {}", fmt_dur(self.config.ready_timeout));
+                    if self.config.ready == ReadyMode::Auto && self.config.port_env.is_none() {
+                        assume_ready.push(w.pid);
+                    } else {
+                        hung.push((w.pid, HangKind::ReadyTimeout, msg));
+                    }
+                } else if poll && !w.probe_inflight && w.next_probe <= now {
+                    w.probe_inflight = true;
+                    w.next_probe = now + READY_POLL;
+                    probes.push((w.pid, true));
+                }
+                continue;
+            }
+            if let (Some(limit), Some(last)) = (self.config.watchdog, w.last_watchdog) {
+                if now >= last + limit {
+                    hung.push((
+                        w.pid,
+                        HangKind::Watchdog,
+                        format!("no WATCHDOG=1 for {}", fmt_dur(now - last)),
+                    ));
+                    continue;
+                }
+            }
+            if self.config.probe.is_some() && !w.probe_inflight && w.next_probe <= now {
+                w.probe_inflight = true;
+                w.next_probe = now + self.config.probe_interval;
+                probes.push((w.pid, false));
+            }
+        }
+        for pid in assume_ready {
+            tracing::warn!(
+                "pid {pid} sent no READY=1 within {}; taking it as ready (use --ready to choose)",
+                fmt_dur(self.config.ready_timeout)
+            );
+            self.mark_ready(pid);
+        }
+        for (pid, kind, msg) in hung {
+            self.hung(pid, kind, &msg);
+        }
+        for (pid, ready_check) in probes {
+            if let Some(w) = self.workers.get(&pid) {
+                self.start_probe(w, ready_check);
+            }
+        }
+        // systemd watchdog and status.
+        if let Some(at) = self.next_sd_watchdog {
+            if at <= now {
+                if self.workers.values().any(|w| w.state == WorkerState::Ready) {
+                    self.systemd.watchdog();
+                }
+                self.next_sd_watchdog = self.systemd.watchdog_interval().map(|i| now + i);
+            }
+        }
+        if self.systemd.enabled() && self.first_ready {
+            let s = self.status_line();
+            if s != self.last_sd_status {
+                self.systemd.status(&s);
+                self.last_sd_status = s;
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let mut d = now + Duration::from_secs(3600);
+        let mut at = |t: Instant| d = d.min(t);
+        for s in &self.slots {
+            if let Some(p) = &s.pending {
+                at(p.at);
+            }
+        }
+        if let Some(s) = self.stop_deadline {
+            at(s);
+        }
+        if let Some(s) = self.next_sd_watchdog {
+            at(s);
+        }
+        let poll = self.ready_mode_needs_poll();
+        for w in self.workers.values() {
+            if let Some(k) = w.kill_at {
+                at(k);
+            }
+            if w.stop_requested || self.stopping {
+                continue;
+            }
+            if w.ready_at.is_none() {
+                at(w.started + self.config.ready_timeout);
+                if poll && !w.probe_inflight {
+                    at(w.next_probe);
+                }
+                continue;
+            }
+            if let (Some(limit), Some(last)) = (self.config.watchdog, w.last_watchdog) {
+                at(last + limit);
+            }
+            if self.config.probe.is_some() && !w.probe_inflight {
+                at(w.next_probe);
+            }
+        }
+        d.max(now)
+    }
+
+    fn status_line(&self) -> String {
+        let ready = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count();
+        let restarts: u64 = self.counters.restarts.values().sum();
+        format!(
+            "{ready}/{} workers ready, generation {}, {restarts} restarts",
+            self.config.workers, self.active_gen
+        )
+    }
+
+    fn publish(&self) {
+        let mut workers: Vec<WorkerInfo> = self
+            .workers
+            .values()
+            .map(|w| WorkerInfo {
+                id: slot_id(w.slot),
+                pid: w.pid,
+                generation: w.generation,
+                state: w.state,
+                started_at: w.started_wall,
+                restarts: self.slots[w.slot].restarts,
+                last_exit: self.slots[w.slot].last_exit,
+                status: w.status.clone(),
+                last_report: w.last_report.clone(),
+                port: w.port,
+            })
+            .collect();
+        workers.sort_by(|a, b| (a.generation, &a.id, a.pid).cmp(&(b.generation, &b.id, b.pid)));
+        let snap = Snapshot {
+            generation: self.active_gen,
+            ready: self.first_ready,
+            reloading: self.reload.is_some(),
+            stopping: self.stopping,
+            workers,
+            counters: self.counters.clone(),
+            started_at: self
+                .handle
+                .snapshot
+                .lock()
+                .map(|s| s.started_at)
+                .unwrap_or_else(|_| SystemTime::now()),
+        };
+        *self
+            .handle
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = snap;
+    }
+}
+
+fn fmt_dur(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.1}ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2}s", d.as_secs_f64())
+    }
+}

@@ -1,0 +1,84 @@
+//! Talking to systemd when started by it (`Type=notify`): `READY=1` once the first
+//! generation is ready, `STATUS=` summaries, `WATCHDOG=1` while at least one worker is
+//! healthy, `RELOADING=1` (with `MONOTONIC_USEC`) and `READY=1` around reloads.
+//!
+//! Workers never see systemd's variables: the supervisor removes them from each worker's
+//! environment and gives it its own `NOTIFY_SOCKET`.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+/// Variables of systemd's that must not reach a worker.
+pub(crate) const SYSTEMD_VARS: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
+/// The supervisor's own link to systemd (inactive when `NOTIFY_SOCKET` is unset).
+#[derive(Debug, Clone)]
+pub struct Systemd {
+    enabled: bool,
+    watchdog: Option<Duration>,
+}
+
+impl Systemd {
+    /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC`/`WATCHDOG_PID` (left in the environment).
+    pub fn from_env() -> Self {
+        let enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
+        let mut usec = 0;
+        let watchdog = (enabled && sd_notify::watchdog_enabled(false, &mut usec))
+            .then(|| Duration::from_micros(usec));
+        Systemd { enabled, watchdog }
+    }
+
+    /// Whether systemd listens.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Interval at which to send `WATCHDOG=1` (half of systemd's `WatchdogSec`).
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.watchdog.map(|d| d / 2)
+    }
+
+    fn send(&self, states: &[NotifyState<'_>]) {
+        if self.enabled {
+            if let Err(e) = sd_notify::notify(false, states) {
+                tracing::debug!("sd_notify failed: {e}");
+            }
+        }
+    }
+
+    /// `READY=1` with a status.
+    pub fn ready(&self, status: &str) {
+        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    /// `RELOADING=1` with `MONOTONIC_USEC`.
+    pub fn reloading(&self) {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as i128 * 1_000_000 + t.tv_nsec() as i128 / 1000)
+            .unwrap_or(0);
+        self.send(&[NotifyState::Reloading, NotifyState::MonotonicUsec(now)]);
+    }
+
+    /// `STOPPING=1`.
+    pub fn stopping(&self) {
+        self.send(&[NotifyState::Stopping]);
+    }
+
+    /// `STATUS=…`.
+    pub fn status(&self, status: &str) {
+        self.send(&[NotifyState::Status(status)]);
+    }
+
+    /// `WATCHDOG=1`.
+    pub fn watchdog(&self) {
+        self.send(&[NotifyState::Watchdog]);
+    }
+}
