@@ -256,6 +256,9 @@ pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
+    if !url.contains("://") {
+        return Err(bad("expected an absolute URL like http://host:port/path"));
+    }
     let uri: Uri = url
         .parse()
         .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;

@@ -1,0 +1,304 @@
+//! Alerts to a real webhook receiver on 127.0.0.1 and to real commands.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::Router;
+use common::LIMIT;
+use tokio::sync::mpsc;
+use unwedge_admin::{AlertConfig, AlertError, AlertEvent, AlertKind, Alerter, Metrics};
+
+/// A webhook receiver answering `status` and handing every body to the test.
+async fn receiver(status: StatusCode) -> (String, mpsc::UnboundedReceiver<serde_json::Value>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State((tx, status)): State<(
+                    mpsc::UnboundedSender<serde_json::Value>,
+                    StatusCode,
+                )>,
+                 body: String| async move {
+                    let _ = tx.send(serde_json::from_str(&body).expect("JSON body"));
+                    status
+                },
+            ),
+        )
+        .with_state((tx, status));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+/// A webhook that accepts connections and never answers.
+async fn black_hole() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    url
+}
+
+/// The value of one sample line of the metrics text, 0 when absent.
+fn metric(metrics: &Metrics, series: &str) -> f64 {
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn crash(summary: &str) -> AlertEvent {
+    AlertEvent::new(AlertKind::WorkerCrashed, summary).with_worker(0, Some(1234))
+}
+
+#[tokio::test]
+async fn webhook_gets_exactly_one_alert_per_event() {
+    let (url, mut rx) = receiver(StatusCode::OK).await;
+    let metrics = Arc::new(Metrics::new("test"));
+    let alerter = Alerter::new(AlertConfig::new().webhook(url), metrics.clone()).unwrap();
+
+    assert!(alerter.send(crash("worker 0: exit 70 after panic \"boom\"")));
+    assert!(alerter.send(crash("worker 0: exit 70 after panic \"boom\""))); // duplicate
+    assert!(alerter.send(AlertEvent::new(
+        AlertKind::WorkerHung,
+        "worker 1 missed 3 heartbeats"
+    )));
+    assert!(alerter.send(crash("worker 0: exit 70 after panic \"boom\""))); // duplicate
+    assert!(alerter.flush(LIMIT).await, "deliveries finished");
+
+    let first = rx.try_recv().expect("first alert delivered");
+    let second = rx.try_recv().expect("second alert delivered");
+    assert!(rx.try_recv().is_err(), "duplicates were not suppressed");
+    assert_eq!(first["event"]["kind"], "worker_crashed");
+    assert_eq!(first["event"]["worker"], 0);
+    assert_eq!(first["event"]["pid"], 1234);
+    assert_eq!(
+        first["text"],
+        "unwedge: worker crashed: worker 0: exit 70 after panic \"boom\""
+    );
+    assert_eq!(second["event"]["kind"], "worker_hung");
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_sent_total{sink="webhook"}"#),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"unwedge_alerts_dropped_total{reason="duplicate"}"#
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_drops_the_excess() {
+    let (url, mut rx) = receiver(StatusCode::OK).await;
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut config = AlertConfig::new().webhook(url);
+    config.rate_limit = 3;
+    let alerter = Alerter::new(config, metrics.clone()).unwrap();
+    for i in 0..5 {
+        assert!(alerter.send(crash(&format!("worker {i} crashed"))));
+    }
+    assert!(alerter.flush(LIMIT).await);
+    let mut got = 0;
+    while rx.try_recv().is_ok() {
+        got += 1;
+    }
+    assert_eq!(got, 3);
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"unwedge_alerts_dropped_total{reason="rate_limited"}"#
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn webhook_answering_500_is_retried_then_counted_as_failed() {
+    let (url, mut rx) = receiver(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut config = AlertConfig::new().webhook(url);
+    config.retries = 2;
+    config.backoff = Duration::from_millis(10);
+    let alerter = Alerter::new(config, metrics.clone()).unwrap();
+
+    let t = Instant::now();
+    assert!(alerter.send(crash("worker 0 crashed")));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "send waited for the webhook"
+    );
+    assert!(alerter.flush(LIMIT).await);
+    let mut attempts = 0;
+    while rx.try_recv().is_ok() {
+        attempts += 1;
+    }
+    assert_eq!(attempts, 3, "one attempt and two retries");
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_failed_total{sink="webhook"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_sent_total{sink="webhook"}"#),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn hanging_webhook_never_blocks_send() {
+    let url = black_hole().await;
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut config = AlertConfig::new().webhook(url);
+    config.webhook_timeout = Duration::from_secs(600);
+    config.queue = 4;
+    config.max_in_flight = 1;
+    config.rate_limit = 10_000;
+    let alerter = Arc::new(Alerter::new(config, metrics.clone()).unwrap());
+
+    // Sends happen on a plain thread: if one blocked, the deadline below would catch it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let a = alerter.clone();
+    std::thread::spawn(move || {
+        let accepted = (0..100)
+            .filter(|i| a.send(crash(&format!("worker {i} crashed"))))
+            .count();
+        done_tx.send(accepted).unwrap();
+    });
+    let accepted = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("send() blocked behind a hanging webhook");
+    assert!(accepted < 100, "the queue is bounded");
+    assert!(accepted >= 4, "the queue accepted {accepted}");
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"unwedge_alerts_dropped_total{reason="queue_full"}"#
+        ),
+        (100 - accepted) as f64
+    );
+    // Flushing waits for the hanging delivery: it gives up at its own deadline.
+    assert!(!alerter.flush(Duration::from_millis(200)).await);
+}
+
+#[tokio::test]
+async fn exec_gets_the_event_on_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("event.json");
+    let metrics = Arc::new(Metrics::new("test"));
+    let cmd = format!(
+        "cat > '{}' && test \"$UNWEDGE_ALERT_KIND\" = gave_up",
+        out.display()
+    );
+    let alerter = Alerter::new(AlertConfig::new().exec(cmd), metrics.clone()).unwrap();
+    alerter.send(AlertEvent::new(AlertKind::GaveUp, "21 restarts in 60s"));
+    assert!(alerter.flush(LIMIT).await);
+    let event: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(event["kind"], "gave_up");
+    assert_eq!(event["summary"], "21 restarts in 60s");
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_sent_total{sink="exec"}"#),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn hanging_exec_is_killed_with_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("sleep.pid");
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut config = AlertConfig::new().exec(format!(
+        "sleep 600 & echo $! > '{}'; wait",
+        pidfile.display()
+    ));
+    config.exec_timeout = Duration::from_millis(300);
+    let alerter = Alerter::new(config, metrics.clone()).unwrap();
+    let t = Instant::now();
+    alerter.send(AlertEvent::new(
+        AlertKind::ReloadFailed,
+        "generation 3 never became ready",
+    ));
+    assert!(alerter.flush(LIMIT).await);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "the timeout was not applied"
+    );
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_failed_total{sink="exec"}"#),
+        1.0
+    );
+
+    // The grandchild went with its process group.
+    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+        if matches!(state, None | Some('Z') | Some('X')) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sleep {pid} survived: {stat}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn failing_exec_is_counted() {
+    let metrics = Arc::new(Metrics::new("test"));
+    let alerter = Alerter::new(
+        AlertConfig::new().exec("echo nope >&2; exit 3"),
+        metrics.clone(),
+    )
+    .unwrap();
+    alerter.send(AlertEvent::new(
+        AlertKind::StateTainted,
+        "worker 0 poisoned `cart`",
+    ));
+    assert!(alerter.flush(LIMIT).await);
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_failed_total{sink="exec"}"#),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn bad_configuration_is_a_clear_error() {
+    let metrics = Arc::new(Metrics::new("test"));
+    for (url, says) in [
+        ("not a url", "invalid --alert-webhook URL \"not a url\""),
+        ("ftp://example.test/hook", "unsupported scheme"),
+        ("127.0.0.1:9000/hook", "expected an absolute URL"),
+        ("https://hooks.example.test/x", "https is not supported"),
+    ] {
+        let err = Alerter::new(AlertConfig::new().webhook(url), metrics.clone()).unwrap_err();
+        assert!(matches!(err, AlertError::BadWebhook { .. }));
+        let msg = err.to_string();
+        assert!(msg.contains(says), "{url}: {msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+    let err = Alerter::new(AlertConfig::new().exec("  "), metrics).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid --alert-exec: the command is empty"
+    );
+}
+
+#[test]
+fn outside_a_runtime_is_an_error_not_a_panic() {
+    let err = Alerter::new(AlertConfig::new(), Arc::new(Metrics::new("test"))).unwrap_err();
+    assert!(matches!(err, AlertError::NoRuntime));
+}

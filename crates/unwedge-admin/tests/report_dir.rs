@@ -1,0 +1,224 @@
+//! The report directory on a real file system, including a writer killed with SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use unwedge_admin::{
+    print_reports, read_reports, ExitRecord, ExitStatus, PanicRecord, Record, ReportDir,
+    ReportDirConfig, ReportError,
+};
+
+fn exit_record(pid: u32) -> Record {
+    let mut e = ExitRecord::new(
+        Some(pid % 4),
+        Some(pid),
+        ExitStatus {
+            code: Some(70),
+            signal: None,
+        },
+    );
+    e.last_stderr_lines = vec![format!("worker {pid} panicked")];
+    Record::Exit(e)
+}
+
+fn panic_record(message: &str) -> Record {
+    Record::Panic(PanicRecord::new(
+        Some(0),
+        serde_json::json!({"pid": 99, "message": message, "location": "src/a.rs:1:1",
+            "request": {"method": "GET", "path": "/boom", "request_id": "r1", "headers": {}}}),
+    ))
+}
+
+#[test]
+fn records_survive_a_fresh_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let dir = ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
+        dir.append(&panic_record("boom")).unwrap();
+        dir.append(&exit_record(1234)).unwrap();
+    }
+    let dir = ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
+    dir.append(&exit_record(1235)).unwrap();
+    let back = dir.list(None).unwrap();
+    assert_eq!(back.len(), 3);
+    assert_eq!(back[0], read_reports(tmp.path(), None).unwrap()[0]);
+    assert_eq!(back[0].message(), "boom");
+    assert_eq!(back[1].pid(), Some(1234));
+    assert_eq!(back[2].pid(), Some(1235));
+}
+
+#[test]
+fn rotation_keeps_the_newest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let line_len = serde_json::to_string(&exit_record(10_000)).unwrap().len() as u64 + 1;
+    let dir = ReportDir::open(ReportDirConfig {
+        dir: tmp.path().to_owned(),
+        max_bytes: line_len * 3, // three records per file
+        keep: 2,
+    })
+    .unwrap();
+    for pid in 10_000..10_020 {
+        dir.append(&exit_record(pid)).unwrap();
+    }
+    let kept: Vec<u32> = dir
+        .list(None)
+        .unwrap()
+        .iter()
+        .filter_map(Record::pid)
+        .collect();
+    // 20 records, 3 per file, current + 2 rotated: the last 20 % 3 = 2 plus 2 × 3.
+    assert_eq!(kept, (10_012..10_020).collect::<Vec<_>>());
+    let mut files: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["reports.1.jsonl", "reports.2.jsonl", "reports.jsonl"]
+    );
+    for f in &files {
+        let len = std::fs::metadata(tmp.path().join(f)).unwrap().len();
+        assert!(len <= line_len * 3, "{f} is {len} bytes");
+    }
+}
+
+#[test]
+fn since_filters_by_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
+    let mut old = ExitRecord::new(
+        Some(0),
+        Some(1),
+        ExitStatus {
+            code: Some(1),
+            signal: None,
+        },
+    );
+    old.time = unwedge_admin::rfc3339(std::time::SystemTime::now() - Duration::from_secs(7200));
+    dir.append(&Record::Exit(old)).unwrap();
+    dir.append(&exit_record(2)).unwrap();
+    assert_eq!(dir.list(None).unwrap().len(), 2);
+    let recent = dir.list(Some(Duration::from_secs(3600))).unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].pid(), Some(2));
+}
+
+#[test]
+fn a_torn_last_line_is_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
+    dir.append(&exit_record(1)).unwrap();
+    drop(dir);
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(tmp.path().join("reports.jsonl"))
+        .unwrap();
+    f.write_all(br#"{"kind":"exit","time":"2026-"#).unwrap();
+    assert_eq!(read_reports(tmp.path(), None).unwrap().len(), 1);
+}
+
+#[test]
+fn table_and_json_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
+    dir.append(&panic_record("index out of bounds\nsecond line"))
+        .unwrap();
+    dir.append(&exit_record(4242)).unwrap();
+
+    let mut out = Vec::new();
+    print_reports(tmp.path(), None, false, &mut out).unwrap();
+    let table = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("TIME") && lines[0].contains("WHAT"));
+    assert!(lines[1].contains("panic") && lines[1].contains("GET /boom"));
+    assert!(
+        lines[1].contains("index out of bounds second line"),
+        "one line per record"
+    );
+    assert!(lines[2].contains("exit") && lines[2].contains("4242") && lines[2].contains("exit 70"));
+
+    let mut out = Vec::new();
+    print_reports(tmp.path(), None, true, &mut out).unwrap();
+    let json = String::from_utf8(out).unwrap();
+    let back: Vec<Record> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(back, read_reports(tmp.path(), None).unwrap());
+}
+
+#[test]
+fn unwritable_dir_is_a_clear_error_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Root ignores permission bits, so use a path under a regular file.
+    let file = tmp.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let bad = file.join("reports");
+    let err = ReportDir::open(ReportDirConfig::new(&bad)).unwrap_err();
+    assert!(matches!(err, ReportError::Unwritable { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "cannot write crash reports to {}: ",
+            bad.display()
+        )),
+        "{msg}"
+    );
+    assert!(msg.to_lowercase().contains("not a directory"), "{msg}");
+
+    // A read-only file system, when this machine has one to try.
+    if std::path::Path::new("/proc/sys").is_dir() {
+        let err = ReportDir::open(ReportDirConfig::new("/proc/sys/unwedge-reports")).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("cannot write crash reports to /proc/sys/unwedge-reports: "));
+    }
+}
+
+/// Child half of `records_are_on_disk_when_the_writer_is_killed`: appends one record, says
+/// so, then waits to be killed.
+#[test]
+fn child_writer() {
+    let Ok(dir) = std::env::var("UNWEDGE_TEST_REPORT_DIR") else {
+        return; // only meaningful when started by the test below
+    };
+    let dir = ReportDir::open(ReportDirConfig::new(dir)).unwrap();
+    dir.append(&panic_record("written before SIGKILL")).unwrap();
+    println!("APPENDED");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn records_are_on_disk_when_the_writer_is_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
+        .env("UNWEDGE_TEST_REPORT_DIR", tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "child exited early"
+        );
+        if line.contains("APPENDED") {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let back = read_reports(tmp.path(), None).unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].message(), "written before SIGKILL");
+}
