@@ -3,12 +3,63 @@
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
+use self::facade::{AtomicU64, Mutex, Published};
 use crate::panic::context;
+
+/// The concurrency primitives `Tx` is built on. Under `--cfg unwedge_loom` they are loom's, so
+/// that `tests/loom_tx.rs` model-checks the writer lock and the publish step (the published
+/// pointer is then a loom `RwLock<Arc<T>>`: loom cannot see inside arc-swap, whose lock-free
+/// load is checked by arc-swap's own tests). Not `--cfg loom`: tokio changes under that one.
+mod facade {
+    #[cfg(unwedge_loom)]
+    pub(super) use loom::sync::{atomic::AtomicU64, Mutex};
+    #[cfg(not(unwedge_loom))]
+    pub(super) use std::sync::{atomic::AtomicU64, Mutex};
+
+    use std::sync::Arc;
+
+    /// The current version of the state.
+    pub(super) struct Published<T>(
+        #[cfg(not(unwedge_loom))] arc_swap::ArcSwap<T>,
+        #[cfg(unwedge_loom)] loom::sync::RwLock<Arc<T>>,
+    );
+
+    #[cfg(not(unwedge_loom))]
+    impl<T> Published<T> {
+        pub(super) fn new(value: T) -> Self {
+            Published(arc_swap::ArcSwap::from_pointee(value))
+        }
+        pub(super) fn load_full(&self) -> Arc<T> {
+            self.0.load_full()
+        }
+        /// Borrows the current version without touching its reference count.
+        pub(super) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+            f(&self.0.load())
+        }
+        pub(super) fn store(&self, value: Arc<T>) {
+            self.0.store(value)
+        }
+    }
+
+    #[cfg(unwedge_loom)]
+    impl<T> Published<T> {
+        pub(super) fn new(value: T) -> Self {
+            Published(loom::sync::RwLock::new(Arc::new(value)))
+        }
+        pub(super) fn load_full(&self) -> Arc<T> {
+            self.0.read().expect("never poisoned").clone()
+        }
+        pub(super) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+            f(&self.load_full())
+        }
+        pub(super) fn store(&self, value: Arc<T>) {
+            *self.0.write().expect("never poisoned") = value;
+        }
+    }
+}
 
 /// Transactional state: readers get consistent snapshots, writers publish all or nothing.
 ///
@@ -25,7 +76,7 @@ use crate::panic::context;
 ///
 /// # What it guarantees
 ///
-/// - [`read`](Tx::read) is lock-free (an [`ArcSwap`] load): readers never wait for writers and
+/// - [`read`](Tx::read) is lock-free (an [`ArcSwap`](arc_swap::ArcSwap) load): readers never wait for writers and
 ///   always see a state that some `update` published completely.
 /// - [`update`](Tx::update) runs its closure on a private clone and publishes the clone only
 ///   when the closure returns. If the closure (or `T::clone`) panics, nothing is published,
@@ -76,8 +127,8 @@ use crate::panic::context;
 /// assert_eq!(sessions.read().get(&1).map(String::as_str), Some("alice"));
 /// ```
 pub struct Tx<T> {
-    current: ArcSwap<T>,
-    writer: std::sync::Mutex<()>,
+    current: Published<T>,
+    writer: Mutex<()>,
     /// Id of the thread inside `update` right now (0: none), to turn a nested update on the
     /// same `Tx` into a clear panic instead of a self-deadlock.
     writer_thread: AtomicU64,
@@ -87,8 +138,11 @@ pub struct Tx<T> {
 }
 
 fn thread_token() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    #[cfg(not(unwedge_loom))]
     thread_local! { static TOKEN: Cell<u64> = const { Cell::new(0) }; }
+    #[cfg(unwedge_loom)]
+    loom::thread_local! { static TOKEN: Cell<u64> = Cell::new(0); }
     TOKEN.with(|t| {
         if t.get() == 0 {
             t.set(NEXT.fetch_add(1, Ordering::Relaxed));
@@ -116,8 +170,8 @@ impl<T> Tx<T> {
     /// ```
     pub fn named(name: impl Into<Arc<str>>, value: T) -> Self {
         Tx {
-            current: ArcSwap::from_pointee(value),
-            writer: std::sync::Mutex::new(()),
+            current: Published::new(value),
+            writer: Mutex::new(()),
             writer_thread: AtomicU64::new(0),
             name: name.into(),
             updates: AtomicU64::new(0),
@@ -208,7 +262,7 @@ impl<T: Clone> Tx<T> {
             tx: self,
             done: false,
         };
-        let mut copy = T::clone(&self.current.load());
+        let mut copy = self.current.with(T::clone);
         let out = f(&mut copy);
         attempt.done = true;
         match &out {
@@ -250,7 +304,7 @@ impl<T: fmt::Debug> fmt::Debug for Tx<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tx")
             .field("name", &self.name)
-            .field("value", &**self.current.load())
+            .field("value", &*self.current.load_full())
             .finish()
     }
 }
