@@ -50,6 +50,8 @@ struct Demo {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 struct Counter {
     requests: u64,
+    /// `/slow` requests whose handler is running: tests await it instead of sleeping.
+    slow_in_flight: u64,
     tx_panics_rolled_back: u64,
 }
 
@@ -122,6 +124,7 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -140,9 +143,14 @@ async fn root(State(demo): State<Arc<Demo>>) -> &'static str {
     "ok\n"
 }
 
-async fn slow(Query(q): Query<HashMap<String, String>>) -> Result<String, (StatusCode, String)> {
+async fn slow(
+    State(demo): State<Arc<Demo>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<String, (StatusCode, String)> {
     let ms = millis(&q)?;
+    demo.counter.update(|c| c.slow_in_flight += 1);
     tokio::time::sleep(Duration::from_millis(ms)).await;
+    demo.counter.update(|c| c.slow_in_flight -= 1);
     Ok(format!("slept {ms} ms\n"))
 }
 

@@ -265,11 +265,12 @@ impl Watchdog {
         }
     }
 
-    /// Stops the canary and the thread, and waits for the thread (at most one tick).
+    /// Stops the canary and the thread, and waits for the thread.
     pub(crate) fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.canary.abort();
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -410,7 +411,8 @@ fn run(
             }
         }
 
-        std::thread::sleep(TICK);
+        // Parked rather than slept, so that `stop` does not wait for the tick.
+        std::thread::park_timeout(TICK);
     }
 }
 

@@ -81,9 +81,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::{self, Either};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -360,8 +360,9 @@ impl Server {
     {
         match self.run(app).await {
             Ok(outcome) => outcome,
+            // Reported once, by `Outcome`'s `Termination` (or the caller).
             Err(e) => {
-                tracing::error!(error = %e, "serve: cannot start");
+                tracing::debug!(error = %e, "serve: cannot start");
                 Outcome::Failed(e)
             }
         }
@@ -702,38 +703,14 @@ where
     }
 }
 
-/// A probe answer: 200 `ok` or 503 `<state>: <reason>`, plain text.
+/// The `/livez` or `/readyz` answer of [`probe`](crate::probe), boxed.
 fn probe(live: bool) -> Response<BoxBody> {
-    let h = health::health();
-    let pass = if live {
-        h.state.is_live()
+    let res = if live {
+        crate::probe::livez()
     } else {
-        h.is_ready()
+        crate::probe::readyz()
     };
-    let (status, text) = if pass {
-        (StatusCode::OK, "ok\n".to_owned())
-    } else {
-        let reason = match (h.state, &h.reason) {
-            (health::HealthState::Healthy, _) => "not ready".to_owned(),
-            (s, Some(r)) => format!("{s}: {r}"),
-            (s, None) => s.to_string(),
-        };
-        (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"))
-    };
-    let body = Full::new(Bytes::from(text))
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync();
-    let mut res = Response::new(body);
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    res.headers_mut().insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    res
+    res.map(|b| b.map_err(|never: Infallible| match never {}).boxed_unsync())
 }
 
 async fn accept_loop<S>(

@@ -1,0 +1,183 @@
+//! Hang detection seen from the supervisor: `STATUS=wedged: …`, heartbeats that stop, and
+//! `/livez` failing. Each test prints the detection latency (`FIGURE …`): the time from
+//! sending the request to the `STATUS=wedged` datagram, minus the configured limit.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use support::*;
+
+fn wedged(l: &str) -> bool {
+    l.starts_with("STATUS=wedged")
+}
+
+async fn start(env: &[(&str, &str)]) -> (tempfile::TempDir, Notify, Worker, std::net::SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut notify = Notify::bind(dir.path(), "notify.sock");
+    let (listener, addr) = loopback_listener();
+    let mut all = vec![
+        ("NOTIFY_SOCKET", notify.path.to_str().unwrap().to_owned()),
+        ("WATCHDOG_USEC", "200000".to_owned()),
+    ];
+    all.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let env: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let worker = spawn_worker(dir.path(), "w", Some(&listener), &env);
+    notify
+        .expect("READY=1", Duration::from_secs(20), line_is("READY=1"))
+        .await;
+    notify
+        .expect("WATCHDOG=1", Duration::from_secs(5), line_is("WATCHDOG=1"))
+        .await;
+    (dir, notify, worker, addr)
+}
+
+fn no_heartbeat(msgs: &[(Instant, String)]) -> bool {
+    !msgs
+        .iter()
+        .any(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1"))
+}
+
+#[test]
+fn blocked_runtime_thread_is_wedged_heartbeats_stop_livez_fails() {
+    run_test(Duration::from_secs(60), async {
+        let limit = Duration::from_secs(1);
+        let (_dir, mut notify, mut worker, addr) = start(&[("UNWEDGE_STALL_LIMIT", "1s")]).await;
+
+        let sent = Instant::now();
+        let block = tokio::spawn(async move { http(addr, "GET", "/block?ms=3000").await });
+        let (at, status) = notify
+            .expect("STATUS=wedged", limit + Duration::from_secs(1), wedged)
+            .await;
+        let latency = at - sent;
+        assert!(
+            status.contains("GET /block has blocked a runtime thread"),
+            "{status}"
+        );
+        eprintln!(
+            "FIGURE stall_detect_over_limit_ms={:.1}",
+            (latency.as_secs_f64() - limit.as_secs_f64()) * 1e3
+        );
+        assert!(latency >= limit, "wedged before the limit: {latency:?}");
+
+        // /livez, when the other runtime thread can answer, fails.
+        if let Ok(Ok((code, body))) =
+            tokio::time::timeout(Duration::from_secs(1), http(addr, "GET", "/livez")).await
+        {
+            assert_eq!(code, 503, "{body}");
+            assert!(body.contains("wedged"), "{body}");
+        }
+        let quiet = notify.collect_for(Duration::from_millis(600)).await;
+        assert!(no_heartbeat(&quiet), "heartbeats while wedged: {quiet:?}");
+
+        // The block ends: healthy again, heartbeats resume.
+        notify
+            .expect(
+                "STATUS=healthy",
+                Duration::from_secs(5),
+                line_is("STATUS=healthy"),
+            )
+            .await;
+        notify
+            .expect("WATCHDOG=1", Duration::from_secs(2), line_is("WATCHDOG=1"))
+            .await;
+        assert_eq!(block.await.unwrap().unwrap().0, 200);
+        worker.signal(Signal::TERM);
+        assert_eq!(
+            worker.wait_exit(Duration::from_secs(10)).await.code(),
+            Some(0)
+        );
+    });
+}
+
+#[test]
+fn request_stuck_on_a_lock_is_wedged_with_the_holder_named() {
+    run_test(Duration::from_secs(60), async {
+        let limit = Duration::from_secs(1);
+        let (_dir, mut notify, _worker, addr) = start(&[
+            ("UNWEDGE_LOCK_TIMEOUT", "1s"),
+            ("UNWEDGE_HANG_LIMIT", "30s"),
+        ])
+        .await;
+        let sent = Instant::now();
+        let _stuck = tokio::spawn(async move { http(addr, "GET", "/stuck-lock").await });
+        let (at, status) = notify
+            .expect("STATUS=wedged", limit + Duration::from_secs(1), wedged)
+            .await;
+        assert!(status.contains("demo-stuck"), "{status}");
+        assert!(
+            status.contains("held by task demo-stuck-holder"),
+            "{status}"
+        );
+        eprintln!(
+            "FIGURE lock_wait_detect_over_limit_ms={:.1}",
+            ((at - sent).as_secs_f64() - limit.as_secs_f64()) * 1e3
+        );
+        let quiet = notify.collect_for(Duration::from_millis(600)).await;
+        assert!(no_heartbeat(&quiet), "heartbeats while wedged: {quiet:?}");
+        let (code, body) = http(addr, "GET", "/livez").await.unwrap();
+        assert_eq!(code, 503, "{body}");
+    });
+}
+
+#[test]
+fn requests_making_no_progress_are_wedged_then_clear() {
+    run_test(Duration::from_secs(60), async {
+        let limit = Duration::from_secs(1);
+        let (_dir, mut notify, _worker, addr) = start(&[("UNWEDGE_HANG_LIMIT", "1s")]).await;
+        let sent = Instant::now();
+        let slow = tokio::spawn(async move { http(addr, "GET", "/slow?ms=2500").await });
+        let (at, status) = notify
+            .expect("STATUS=wedged", limit + Duration::from_secs(1), wedged)
+            .await;
+        assert!(status.contains("no progress"), "{status}");
+        assert!(status.contains("GET /slow"), "{status}");
+        eprintln!(
+            "FIGURE no_progress_detect_over_limit_ms={:.1}",
+            ((at - sent).as_secs_f64() - limit.as_secs_f64()) * 1e3
+        );
+        notify
+            .expect(
+                "STATUS=healthy",
+                Duration::from_secs(5),
+                line_is("STATUS=healthy"),
+            )
+            .await;
+        assert_eq!(slow.await.unwrap().unwrap().0, 200);
+    });
+}
+
+#[test]
+fn deadlock_between_two_mutexes_is_wedged_at_once() {
+    run_test(Duration::from_secs(60), async {
+        let (_dir, mut notify, _worker, addr) = start(&[("UNWEDGE_HANG_LIMIT", "30s")]).await;
+        let sent = Instant::now();
+        let _dl = tokio::spawn(async move { http(addr, "GET", "/deadlock").await });
+        let (at, status) = notify
+            .expect("STATUS=wedged", Duration::from_secs(5), wedged)
+            .await;
+        assert!(status.contains("deadlock"), "{status}");
+        eprintln!(
+            "FIGURE deadlock_detect_ms={:.1}",
+            (at - sent).as_secs_f64() * 1e3
+        );
+    });
+}
+
+#[test]
+fn abort_when_wedged_exits_70() {
+    run_test(Duration::from_secs(60), async {
+        let (_dir, _notify, mut worker, addr) = start(&[
+            ("UNWEDGE_STALL_LIMIT", "500ms"),
+            ("UNWEDGE_ABORT_WHEN_WEDGED", "500ms"),
+        ])
+        .await;
+        let sent = Instant::now();
+        let _block = tokio::spawn(async move { http(addr, "GET", "/block?ms=30000").await });
+        let status = worker.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(70), "stderr:\n{}", worker.stderr());
+        assert!(sent.elapsed() >= Duration::from_secs(1));
+        assert!(worker.stderr().contains("abort_when_wedged"));
+    });
+}
