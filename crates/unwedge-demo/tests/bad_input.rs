@@ -51,10 +51,13 @@ fn assert_usage_error(code: i32, stderr: &str, var: &str, value: &str) {
     );
 }
 
+/// The variable, its bad value, and the variables it needs to be read at all.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
 #[test]
 fn malformed_variables_are_usage_errors_naming_variable_and_value() {
     run_test(Duration::from_secs(60), async {
-        let cases: &[(&str, &str, &[(&str, &str)])] = &[
+        let cases: &[Case] = &[
             ("LISTEN_FDS", "two", &[]),
             ("LISTEN_PID", "self", &[("LISTEN_FDS", "1")]),
             ("LISTEN_FDNAMES", "a:b", &[("LISTEN_FDS", "1")]),
