@@ -11,9 +11,13 @@ use unwedge_admin::{AdminServer, Metrics, StatusSource};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// `chromium --headless --dump-dom URL`, killed if it takes longer than a minute.
-async fn dump_dom(url: &str) -> String {
+/// `chromium --headless --dump-dom URL`, killed if it takes longer than a minute: the DOM,
+/// and Chromium's network log (`--log-net-log`). Name resolution is disabled for every host
+/// but 127.0.0.1, so neither the page nor the browser's own background requests can leave
+/// the machine.
+async fn dump_dom(url: &str) -> (String, serde_json::Value) {
     let profile = tempfile::tempdir().unwrap();
+    let netlog = profile.path().join("netlog.json");
     let mut cmd = tokio::process::Command::new(CHROMIUM);
     cmd.args([
         "--headless",
@@ -25,8 +29,13 @@ async fn dump_dom(url: &str) -> String {
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .arg(format!(
+        "--user-data-dir={}",
+        profile.path().join("profile").display()
+    ))
+    .arg(format!("--log-net-log={}", netlog.display()))
     .args(["--dump-dom", url])
     .stdin(std::process::Stdio::null())
     .kill_on_drop(true);
@@ -39,7 +48,34 @@ async fn dump_dom(url: &str) -> String {
         "chromium failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    let log = std::fs::read_to_string(&netlog).expect("chromium wrote its network log");
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        serde_json::from_str(&log).expect("a complete network log"),
+    )
+}
+
+/// Every URL request the page itself started (its initiator is the page's origin), and
+/// every address Chromium opened a TCP connection to.
+fn page_requests(netlog: &serde_json::Value, origin: &str) -> (Vec<String>, Vec<String>) {
+    let types = netlog["constants"]["logEventTypes"].as_object().unwrap();
+    let id = |name: &str| types[name].as_u64().unwrap();
+    let (start_job, tcp_connect) = (id("URL_REQUEST_START_JOB"), id("TCP_CONNECT"));
+    let mut requests = Vec::new();
+    let mut addresses = Vec::new();
+    for e in netlog["events"].as_array().unwrap() {
+        let t = e["type"].as_u64().unwrap();
+        let p = &e["params"];
+        if t == start_job && p["initiator"].as_str() == Some(origin) {
+            requests.push(p["url"].as_str().unwrap_or("?").to_owned());
+        }
+        if t == tcp_connect {
+            for a in p["address_list"].as_array().into_iter().flatten() {
+                addresses.push(a.as_str().unwrap_or("?").to_owned());
+            }
+        }
+    }
+    (requests, addresses)
 }
 
 #[tokio::test]
@@ -73,7 +109,7 @@ async fn chromium_shows_the_report_and_the_restart_chart() {
         .unwrap()
         .contains("default-src 'none'"));
 
-    let dom = dump_dom(&url).await;
+    let (dom, netlog) = dump_dom(&url).await;
     // The crashed worker's report: request, message (as text), location, backtrace.
     assert!(dom.contains("POST /cart"), "request line missing:\n{dom}");
     assert!(dom.contains("req-7f3a"));
@@ -100,6 +136,14 @@ async fn chromium_shows_the_report_and_the_restart_chart() {
     assert!(svg.contains("1 restart 1 min ago"));
     // Self-refreshing, and nothing loaded from anywhere else.
     assert!(dom.contains("http-equiv=\"refresh\""));
+    let origin = format!("http://{}", server.local_addr());
+    let (requests, addresses) = page_requests(&netlog, &origin);
+    assert!(requests.is_empty(), "the page loaded {requests:?}");
+    assert!(!addresses.is_empty(), "the network log saw the page load");
+    assert!(
+        addresses.iter().all(|a| a.starts_with("127.0.0.1:")),
+        "connections left loopback: {addresses:?}"
+    );
     for (i, _) in dom.match_indices("http") {
         let rest = &dom[i..];
         assert!(
