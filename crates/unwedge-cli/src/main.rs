@@ -56,6 +56,9 @@ enum Cmd {
         #[arg(long)]
         pidfile: Option<PathBuf>,
     },
+    /// Internal: the demo worker (every way a request can panic or hang), for tests and demos.
+    #[command(hide = true)]
+    DemoService,
     /// Internal: sets LISTEN_PID to its own pid and execs the command.
     #[command(hide = true)]
     ExecShim {
@@ -102,6 +105,7 @@ fn main() -> miette::Result<ExitCode> {
         Cmd::Run(a) => run(*a),
         Cmd::CheckConfig { file } => check_config(file),
         Cmd::Reload { pid, pidfile } => reload(pid, pidfile),
+        Cmd::DemoService => demo_service(),
         Cmd::ExecShim { .. } => Ok(ExitCode::from(2)),
     }
 }
@@ -201,4 +205,17 @@ fn reload(pid: Option<i32>, pidfile: Option<PathBuf>) -> miette::Result<ExitCode
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => fail(format!("cannot signal pid {pid}: {}", e.desc()), 1),
     }
+}
+
+fn demo_service() -> miette::Result<ExitCode> {
+    unwedge_demo::init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .into_diagnostic()?;
+    let code = rt.block_on(unwedge_demo::run());
+    // A handler may still block a runtime thread (that is what /block is for): don't wait.
+    rt.shutdown_background();
+    Ok(code)
 }

@@ -167,16 +167,19 @@ fn recv_with_pid(fd: i32, buf: &mut [u8]) -> io::Result<Datagram> {
     })
 }
 
-/// Whether a `STATUS=` text says the worker is tainted or wedged (as `unwedge::serve`
-/// workers report it), and which.
+/// Whether a `STATUS=` text says the worker is tainted or wedged, and which. `unwedge::serve`
+/// workers send `STATUS=<state>[: reason]` with state `healthy`, `draining`, `tainted` or
+/// `wedged`; the first word decides (case-insensitive).
 pub fn unhealthy_status(status: &str) -> Option<&'static str> {
-    let s = status.to_ascii_lowercase();
-    if s.contains("wedged") {
-        Some("wedged")
-    } else if s.contains("tainted") {
-        Some("tainted")
-    } else {
-        None
+    let first = status
+        .trim_start()
+        .split([':', ' ', ',', ';'])
+        .next()
+        .unwrap_or("");
+    match first.to_ascii_lowercase().as_str() {
+        "wedged" => Some("wedged"),
+        "tainted" => Some("tainted"),
+        _ => None,
     }
 }
 
@@ -199,6 +202,10 @@ mod tests {
         assert_eq!(unhealthy_status("Tainted: mutex poisoned"), Some("tainted"));
         assert_eq!(unhealthy_status("wedged: runtime stalled"), Some("wedged"));
         assert_eq!(unhealthy_status("serving"), None);
+        assert_eq!(
+            unhealthy_status("healthy: serving on 127.0.0.1:1 (was wedged)"),
+            None
+        );
     }
 
     #[tokio::test]

@@ -545,6 +545,9 @@ impl Pool {
             },
         );
         tracing::debug!("{id} pid {pid} started (generation {generation})");
+        if generation > 1 && crash_at.is_none() {
+            tracing::info!("{id} pid {pid} started (generation {generation})");
+        }
         self.emit(Event::WorkerStarted {
             worker: id,
             pid,
@@ -578,14 +581,24 @@ impl Pool {
             }
             v.push(d);
         }
+        let port = w.port.map(|p| format!(", port {p}")).unwrap_or_default();
         match crash_to_ready {
             Some(c) => tracing::info!(
-                "{} pid {pid} ready in {} ({} after the crash)",
+                "{} pid {pid} ready in {} ({} after the crash{port})",
                 slot_id(slot),
                 fmt_dur(startup),
                 fmt_dur(c)
             ),
-            None => tracing::info!("{} pid {pid} ready in {}", slot_id(slot), fmt_dur(startup)),
+            None => tracing::info!(
+                "{} pid {pid} ready in {}{}",
+                slot_id(slot),
+                fmt_dur(startup),
+                if port.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", &port[2..])
+                }
+            ),
         }
         self.emit(Event::WorkerReady {
             worker: slot_id(slot),

@@ -1,0 +1,300 @@
+//! Test harness: the real `unwedge` binary as a child process, its log collected line by
+//! line, waits on log lines (never bare sleeps), a tiny HTTP/1.0 client.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The binary under test (also the demo worker: `unwedge demo-service`).
+pub const BIN: &str = env!("CARGO_BIN_EXE_unwedge");
+
+/// Hard limit for every wait.
+pub const LONG: Duration = Duration::from_secs(20);
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A running supervisor.
+pub struct Sup {
+    pub child: Child,
+    pub pid: i32,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sup {
+    pub fn start(args: &[&str]) -> Sup {
+        Self::start_env(args, &[])
+    }
+
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Sup {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .envs(env.iter().copied())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn unwedge");
+        let pid = child.id().expect("pid") as i32;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        for r in [
+            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(err),
+        ] {
+            let lines = lines.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(r).lines();
+                while let Ok(Some(l)) = r.next_line().await {
+                    if std::env::var_os("UNWEDGE_TEST_ECHO").is_some() {
+                        eprintln!("| {l}");
+                    }
+                    lines.lock().unwrap().push(l);
+                }
+            });
+        }
+        Sup { child, pid, lines }
+    }
+
+    /// Number of lines so far (a cursor for [`Sup::wait_line`]).
+    pub fn mark(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// The first line at index >= `from` containing every one of `needles`.
+    pub async fn wait_line(&self, from: usize, needles: &[&str]) -> String {
+        self.wait_line_within(from, needles, LONG).await
+    }
+
+    pub async fn wait_line_within(&self, from: usize, needles: &[&str], limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                if let Some(l) = lines
+                    .iter()
+                    .skip(from)
+                    .find(|l| needles.iter().all(|n| l.contains(n)))
+                {
+                    return l.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no log line with {needles:?} within {limit:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits for a line containing `needles` and returns (line, its index).
+    pub async fn wait_line_idx(&self, from: usize, needles: &[&str]) -> (String, usize) {
+        let l = self.wait_line(from, needles).await;
+        let idx = self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(from)
+            .position(|x| *x == l)
+            .unwrap()
+            + from;
+        (l, idx)
+    }
+
+    /// The shared socket address, from the start line.
+    pub async fn addr(&self) -> SocketAddr {
+        let l = self.wait_line(0, &["(sockets: "]).await;
+        let a = l.split("(sockets: ").nth(1).unwrap().trim_end_matches(')');
+        a.split(',').next().unwrap().trim().parse().unwrap()
+    }
+
+    /// Pids of ready workers seen in lines >= `from`, in order.
+    pub fn ready_pids(&self, from: usize) -> Vec<i32> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(from)
+            .filter(|l| l.contains(" ready in "))
+            .filter_map(|l| pid_in(l))
+            .collect()
+    }
+
+    /// Waits until `n` workers have logged ready in lines >= `from`; returns their pids.
+    pub async fn wait_ready(&self, from: usize, n: usize) -> Vec<i32> {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let p = self.ready_pids(from);
+            if p.len() >= n {
+                return p;
+            }
+            if Instant::now() > deadline {
+                panic!("{n} workers not ready; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid), sig).expect("signal supervisor");
+    }
+
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(s) => s.expect("wait"),
+            Err(_) => panic!(
+                "supervisor still running after {limit:?}; log:\n{}",
+                self.log()
+            ),
+        }
+    }
+}
+
+impl Drop for Sup {
+    fn drop(&mut self) {
+        // Workers live in their own process groups: kill them too, not only the supervisor.
+        let pids: Vec<i32> = self
+            .lines
+            .lock()
+            .map(|l| l.iter().filter_map(|x| pid_in(x)).collect())
+            .unwrap_or_default();
+        for p in pids {
+            let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+    }
+}
+
+/// The pid in a supervisor line such as `w1 pid 123 ready in …`.
+pub fn pid_in(line: &str) -> Option<i32> {
+    let i = line.find(" pid ")?;
+    line[i + 5..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The millisecond figure before `needle` in a line (`… (27.8ms after the crash)`).
+pub fn ms_before(line: &str, needle: &str) -> f64 {
+    let head = &line[..line.find(needle).expect("needle")];
+    let tok = head.rsplit(['(', ' ']).find(|t| !t.is_empty()).unwrap();
+    if let Some(ms) = tok.strip_suffix("ms") {
+        ms.parse().unwrap()
+    } else {
+        tok.strip_suffix('s').unwrap().parse::<f64>().unwrap() * 1000.0
+    }
+}
+
+/// The millisecond figure right after `needle` (`restarting in 20.0ms`).
+pub fn ms_after(line: &str, needle: &str) -> f64 {
+    let tail = &line[line.find(needle).expect("needle") + needle.len()..];
+    let tok = tail.split([' ', ')', ',', ';']).next().unwrap();
+    if let Some(ms) = tok.strip_suffix("ms") {
+        ms.parse().unwrap()
+    } else {
+        tok.strip_suffix('s').unwrap().parse::<f64>().unwrap() * 1000.0
+    }
+}
+
+/// One HTTP/1.0 request on a fresh connection: (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("{method} {path} HTTP/1.0\r\nHost: t\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text
+            .get(9..12)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("no response: {text:?}"),
+                )
+            })?;
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "http timeout",
+            ))
+        })
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// utime + stime of a process, from /proc (None once it is gone).
+pub fn cpu_time(pid: i32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Some(Duration::from_millis(ticks * 1000 / hz))
+}
+
+/// (state, ppid) of a process.
+pub fn proc_state(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let mut f = after.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Runs `unwedge ARGS` to completion: (exit code, stderr).
+pub async fn run_to_end(args: &[&str]) -> (i32, String) {
+    let out = tokio::time::timeout(
+        LONG,
+        Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("unwedge did not finish")
+    .expect("run unwedge");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
