@@ -1,0 +1,184 @@
+//! Bad input and the small subcommands: one clear line, exit 2 (usage) or 1, never a panic.
+
+mod common;
+
+use common::*;
+
+fn assert_clear(code: i32, want: i32, out: &str, needle: &str) {
+    assert_eq!(code, want, "exit code; output:\n{out}");
+    assert!(out.contains(needle), "{needle:?} not in:\n{out}");
+    assert!(!out.contains("panicked"), "panic:\n{out}");
+    assert!(!out.contains("RUST_BACKTRACE"), "panic:\n{out}");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["run", "--no-such-flag", "--", "true"],
+            "unexpected argument '--no-such-flag'",
+        ),
+        (
+            &["run", "--restart-delay", "soon", "--", "true"],
+            "is not a duration",
+        ),
+        (&["run", "--workers", "0", "--", "true"], "--workers"),
+        (&["run", "--listen", "127.0.0.1:0"], "no worker command"),
+        (
+            &["run", "--listen", "not-an-address", "--", "true"],
+            "--listen",
+        ),
+        (
+            &["run", "--dump-signal", "SIGNOPE", "--", "true"],
+            "--dump-signal",
+        ),
+        (&["run", "--probe", "/", "--", "true"], "--probe needs"),
+        (
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--port-env",
+                "PORT",
+                "--",
+                "true",
+            ],
+            "cannot be used together",
+        ),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let (code, out) = run_to_end(args).await;
+        assert_clear(code, 2, &out, needle);
+    }
+}
+
+#[tokio::test]
+async fn a_command_that_cannot_run_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_exec = dir.path().join("server.sh");
+    std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["run".into(), "--".into(), "no-such-command-xyz".into()],
+            "not found in PATH",
+        ),
+        (
+            vec!["run".into(), "--".into(), "/nonexistent/server".into()],
+            "No such file",
+        ),
+        (
+            vec!["run".into(), "--".into(), not_exec.display().to_string()],
+            "not executable",
+        ),
+        (
+            vec!["run".into(), "--".into(), dir.path().display().to_string()],
+            "not a regular file",
+        ),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out) = run_to_end(&args).await;
+        assert_clear(code, 1, &out, needle);
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+    }
+}
+
+#[tokio::test]
+async fn a_port_in_use_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, out) = run_to_end(&["run", "--listen", &addr, "--", "true"]).await;
+    assert_clear(
+        code,
+        1,
+        &out,
+        &format!("cannot listen on {addr}: Address already in use"),
+    );
+}
+
+#[tokio::test]
+async fn config_files_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "listen = [\"127.0.0.1:8080\"]\nworkers = 3\nwatchdog = \"2s\"\ncommand = [\"./server\", \"--flag\"]\n",
+    )
+    .unwrap();
+    let (code, out) = run_to_end(&["check-config", good.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "workers = 3",
+        "watchdog = \"2s\"",
+        "restart-delay = \"10ms\"",
+        "max-restarts = 20",
+        "dump-signal = \"SIGQUIT\"",
+    ] {
+        assert!(out.contains(line), "{line} not in:\n{out}");
+    }
+
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "wrokers = 3\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", unknown.to_str().unwrap()]).await;
+    assert_clear(code, 2, &out, "unknown field `wrokers`");
+    let (code, out) =
+        run_to_end(&["run", "--config", unknown.to_str().unwrap(), "--", "true"]).await;
+    assert_clear(code, 2, &out, "unknown field `wrokers`");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "restart-delay = \"fast\"\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", bad.to_str().unwrap()]).await;
+    assert_clear(code, 2, &out, "is not a duration");
+
+    let zero = dir.path().join("zero.toml");
+    std::fs::write(&zero, "workers = 0\ncommand = [\"true\"]\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", zero.to_str().unwrap()]).await;
+    assert_clear(code, 2, &out, "--workers must be at least 1");
+
+    let missing = dir.path().join("missing.toml");
+    let (code, out) =
+        run_to_end(&["run", "--config", missing.to_str().unwrap(), "--", "true"]).await;
+    assert_clear(code, 1, &out, "cannot read config file");
+}
+
+#[tokio::test]
+async fn flags_override_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    std::fs::write(&file, "workers = 3\nrestart-delay = \"5s\"\nmax-restarts = 0\ncommand = [\"sh\", \"-c\", \"exit 0\"]\n").unwrap();
+    // The file says 5 s delay and 0 restarts allowed; the flag lowers the delay, the file's
+    // intensity applies: the first restart gives up at once.
+    let (code, out) = run_to_end(&[
+        "run",
+        "--config",
+        file.to_str().unwrap(),
+        "--restart-delay",
+        "1ms",
+        "--workers",
+        "1",
+    ])
+    .await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("starting 1 worker(s): sh -c exit 0"), "{out}");
+    assert!(
+        out.contains("giving up: 1 restarts within 1m (limit 0)"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn reload_needs_a_live_pid() {
+    let (code, out) = run_to_end(&["reload"]).await;
+    assert_clear(code, 2, &out, "--pid");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = run_to_end(&[
+        "reload",
+        "--pidfile",
+        dir.path().join("none").to_str().unwrap(),
+    ])
+    .await;
+    assert_clear(code, 1, &out, "cannot read pid file");
+    let (code, out) = run_to_end(&["reload", "--pid", "999999999"]).await;
+    assert_clear(code, 1, &out, "cannot signal pid 999999999");
+}
