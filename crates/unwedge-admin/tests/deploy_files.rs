@@ -1,0 +1,218 @@
+//! deploy/: the Prometheus rules refer to metrics that exist and pass their promtool unit
+//! tests; the Kubernetes manifest's probes and grace period agree with the supervisor's flags.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::have;
+use unwedge_admin::{HangKind, Metrics, RestartReason};
+
+fn deploy(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(file)
+}
+
+/// Every YAML document of `file`, as JSON, read by PyYAML; `None` (after printing why)
+/// without python3 or PyYAML.
+fn yaml(file: &str) -> Option<Vec<serde_json::Value>> {
+    if !have("python3") {
+        println!("SKIP: python3 not found");
+        return None;
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json\ntry:\n import yaml\nexcept ImportError:\n sys.exit(3)\n\
+             print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(deploy(file))
+        .output()
+        .unwrap();
+    if out.status.code() == Some(3) {
+        println!("SKIP: python module yaml missing (pip install pyyaml)");
+        return None;
+    }
+    assert!(
+        out.status.success(),
+        "{file} is not valid YAML: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// The metric names a scrape can contain (with `_total`, `_bucket`, … suffixes).
+fn exported_names() -> BTreeSet<String> {
+    let m = Metrics::new("t");
+    m.record_restart(RestartReason::Hang);
+    m.record_panic("/");
+    m.record_hang(HangKind::Probe);
+    m.record_alert_failed("webhook");
+    m.record_alert_sent("webhook");
+    m.record_alert_dropped("duplicate");
+    m.record_crash_to_ready(Duration::from_millis(1));
+    m.record_report_written(false);
+    m.observe_status(&unwedge_admin::StatusView::new(
+        unwedge_admin::SupervisorInfo::new("t", 1),
+    ));
+    m.encode()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn prometheus_rules_use_real_metrics_and_pass_promtool() {
+    let Some(docs) = yaml("prometheus-rules.yml") else {
+        return;
+    };
+    let names = exported_names();
+    let rules = docs[0]["groups"][0]["rules"]
+        .as_array()
+        .expect("groups[0].rules");
+    assert!(rules.len() >= 5);
+    let mut seen = BTreeSet::new();
+    for rule in rules {
+        let alert = rule["alert"].as_str().expect("every rule is an alert");
+        assert!(seen.insert(alert), "duplicate alert {alert}");
+        let severity = rule["labels"]["severity"].as_str().unwrap_or("");
+        assert!(
+            ["warning", "critical"].contains(&severity),
+            "{alert}: severity {severity:?}"
+        );
+        assert!(
+            rule["annotations"]["summary"].is_string(),
+            "{alert}: no summary"
+        );
+        let expr = rule["expr"].as_str().unwrap();
+        for (i, _) in expr.match_indices("unwedge_") {
+            let name: String = expr[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                names.contains(&name),
+                "{alert} uses {name}, which is not exported: {names:?}"
+            );
+        }
+    }
+    for topic in ["CrashLoop", "Hung", "Tainted", "GaveUp"] {
+        assert!(
+            seen.iter().any(|a| a.contains(topic)),
+            "no alert about {topic}"
+        );
+    }
+
+    if !have("promtool") {
+        println!("SKIP: promtool not found (apt-get install prometheus): rules not unit-tested");
+        return;
+    }
+    let check = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(deploy("prometheus-rules.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let test = Command::new("promtool")
+        .args(["test", "rules", "prometheus-rules.test.yml"])
+        .current_dir(deploy(""))
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+}
+
+fn flag(args: &[serde_json::Value], name: &str) -> Option<String> {
+    args.iter()
+        .filter_map(|a| a.as_str())
+        .find_map(|a| a.strip_prefix(&format!("{name}=")).map(str::to_owned))
+}
+
+#[test]
+fn kubernetes_probes_and_grace_period_match_the_flags() {
+    let Some(docs) = yaml("kubernetes/deployment.yaml") else {
+        return;
+    };
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args = c["args"].as_array().unwrap();
+
+    let admin = flag(args, "--admin").expect("--admin set");
+    let port: u16 = admin.rsplit(':').next().unwrap().parse().unwrap();
+    let admin_port = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "admin")
+        .expect("a port named admin");
+    assert_eq!(admin_port["containerPort"], port);
+    assert!(
+        !admin.starts_with("127.") && !admin.starts_with("[::1]"),
+        "probes come from outside the pod: --admin must not be loopback"
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "admin");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "admin");
+
+    let stop =
+        humantime::parse_duration(&flag(args, "--stop-timeout").expect("--stop-timeout set"))
+            .unwrap();
+    let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .expect("preStop sleep");
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace > pre_stop + stop.as_secs(),
+        "terminationGracePeriodSeconds {grace} must exceed preStop {pre_stop}s + --stop-timeout {stop:?}"
+    );
+    assert!(
+        args.iter().any(|a| a == "--"),
+        "the worker command follows --"
+    );
+
+    // The Dockerfile's defaults agree with the manifest.
+    let dockerfile = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["/usr/local/bin/unwedge", "run"]"#));
+    assert!(dockerfile.contains(&format!(r#""--admin", "{admin}""#)));
+    assert!(dockerfile.contains(&format!(
+        r#""--stop-timeout", "{}""#,
+        flag(args, "--stop-timeout").unwrap()
+    )));
+
+    // Schema check against the Kubernetes API, when the validator is installed
+    // (pip install kubernetes-validate).
+    if have("kubernetes-validate") {
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "-k", "1.30.0"])
+            .arg(deploy("kubernetes/deployment.yaml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        println!("SKIP: kubernetes-validate not installed: schema not checked");
+    }
+}
