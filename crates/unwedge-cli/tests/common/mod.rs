@@ -40,9 +40,9 @@ impl Sup {
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Sup {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
-            .envs(env.iter().copied())
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
