@@ -1,0 +1,97 @@
+//! The three servers compared by `overhead`, each serving the same hello app.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use axum::routing::get;
+use axum::Router;
+use clap::Args;
+
+/// Which server stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `axum::serve`.
+    Bare,
+    /// `axum::serve` + tower-http's `CatchPanicLayer`.
+    CatchPanic,
+    /// `unwedge::serve` (PanicLayer, health routes, watchdog tracking).
+    Unwedge,
+}
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 3] = [Kind::Bare, Kind::CatchPanic, Kind::Unwedge];
+
+    /// The hidden subcommand that runs it.
+    pub(crate) fn subcommand(self) -> &'static str {
+        match self {
+            Kind::Bare => "serve-bare",
+            Kind::CatchPanic => "serve-catchpanic",
+            Kind::Unwedge => "serve-unwedge",
+        }
+    }
+
+    /// The row label in tables.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Kind::Bare => "axum::serve (bare)",
+            Kind::CatchPanic => "axum::serve + CatchPanicLayer",
+            Kind::Unwedge => "unwedge::serve",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Loopback address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Tokio worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// The app every server serves: the smallest possible handler.
+fn hello() -> Router {
+    Router::new().route("/", get(|| async { "Hello, World!" }))
+}
+
+pub(crate) fn main(kind: Kind, args: ServeArgs) -> ExitCode {
+    if !args.listen.ip().is_loopback() {
+        return crate::usage_error(format!("--listen {}: loopback addresses only", args.listen));
+    }
+    crate::runtime(args.threads).block_on(async move {
+        match kind {
+            Kind::Bare | Kind::CatchPanic => {
+                let listener = match tokio::net::TcpListener::bind(args.listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("error: cannot listen on {}: {e}", args.listen);
+                        return ExitCode::FAILURE;
+                    }
+                };
+                let app = if kind == Kind::CatchPanic {
+                    hello().layer(tower_http::catch_panic::CatchPanicLayer::new())
+                } else {
+                    hello()
+                };
+                match axum::serve(listener, app).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Kind::Unwedge => {
+                let outcome = unwedge::Server::new()
+                    .bind(args.listen)
+                    .serve(hello())
+                    .await;
+                if let unwedge::serve::Outcome::Failed(e) = &outcome {
+                    eprintln!("error: {e}");
+                }
+                ExitCode::from(outcome.exit_code())
+            }
+        }
+    })
+}
