@@ -30,9 +30,16 @@ impl Systemd {
     /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC`/`WATCHDOG_PID` (left in the environment).
     pub fn from_env() -> Self {
         let enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
-        let mut usec = 0;
-        let watchdog = (enabled && sd_notify::watchdog_enabled(false, &mut usec))
-            .then(|| Duration::from_micros(usec));
+        // As libsystemd's sd_watchdog_enabled: WATCHDOG_PID, when set, must be our pid.
+        let usec = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
+        let pid_ok = std::env::var("WATCHDOG_PID")
+            .ok()
+            .map_or(true, |p| p.parse::<u32>().ok() == Some(std::process::id()));
+        let watchdog = usec
+            .filter(|u| enabled && pid_ok && *u > 0)
+            .map(Duration::from_micros);
         Systemd { enabled, watchdog }
     }
 
