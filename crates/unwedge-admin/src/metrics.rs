@@ -34,6 +34,15 @@ pub enum HangKind {
 }
 
 impl HangKind {
+    /// Every kind.
+    pub const ALL: [HangKind; 5] = [
+        HangKind::Watchdog,
+        HangKind::Probe,
+        HangKind::Stall,
+        HangKind::Lock,
+        HangKind::Deadlock,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -181,8 +190,8 @@ impl Metrics {
             "Records that could not be written to the report directory",
             m.reports_failed.clone(),
         );
-        // Every state and reason shows up at 0 before it first happens, so rate() and
-        // absent() behave in alerting rules.
+        // Every known label value shows up at 0 before it first happens: increase() needs a
+        // sample before the first event, or the first crash or hang never alerts.
         for state in WorkerState::ALL {
             m.workers
                 .get_or_create(&vec![("state", state.as_str().to_owned())])
@@ -191,6 +200,21 @@ impl Metrics {
         for reason in RestartReason::ALL {
             m.restarts
                 .get_or_create(&vec![("reason", reason.as_str().to_owned())])
+                .inc_by(0);
+        }
+        for kind in HangKind::ALL {
+            m.hangs
+                .get_or_create(&vec![("kind", kind.as_str().to_owned())])
+                .inc_by(0);
+        }
+        for sink in ["webhook", "exec"] {
+            let labels = vec![("sink", sink.to_owned())];
+            m.alerts_sent.get_or_create(&labels).inc_by(0);
+            m.alerts_failed.get_or_create(&labels).inc_by(0);
+        }
+        for reason in ["duplicate", "rate_limited", "queue_full"] {
+            m.alerts_dropped
+                .get_or_create(&vec![("reason", reason.to_owned())])
                 .inc_by(0);
         }
         Metrics { registry, ..m }
