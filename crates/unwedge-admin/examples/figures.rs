@@ -104,10 +104,11 @@ async fn main() {
         percentiles(encode)
     );
 
-    let shared = view.clone();
+    // As the supervisor would: the view published on a watch channel, read in place.
+    let (_status_tx, status_rx) = tokio::sync::watch::channel(view.clone());
     let server = AdminServer::bind(
         "127.0.0.1:0".parse().unwrap(),
-        StatusSource::from_fn(move || shared.clone()),
+        StatusSource::from_watch(status_rx),
         metrics.clone(),
     )
     .await

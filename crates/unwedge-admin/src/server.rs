@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -76,22 +76,38 @@ pub fn parse_admin_addr(s: &str) -> Result<Option<SocketAddr>, AdminError> {
 
 /// Where the admin server gets the supervisor's current [`StatusView`] from.
 #[derive(Clone)]
-pub struct StatusSource(Arc<dyn Fn() -> StatusView + Send + Sync>);
+pub struct StatusSource(Source);
+
+#[derive(Clone)]
+enum Source {
+    Fn(Arc<dyn Fn() -> StatusView + Send + Sync>),
+    Watch(watch::Receiver<StatusView>),
+}
 
 impl StatusSource {
     /// Calls `f` on every request that needs the status (keep it cheap: clone a snapshot).
     pub fn from_fn(f: impl Fn() -> StatusView + Send + Sync + 'static) -> Self {
-        StatusSource(Arc::new(f))
+        StatusSource(Source::Fn(Arc::new(f)))
     }
 
-    /// Serves whatever was last published on the channel.
+    /// Serves whatever was last published on the channel (read in place, not cloned, for
+    /// `/metrics`, `/livez`, `/readyz` and the page).
     pub fn from_watch(rx: watch::Receiver<StatusView>) -> Self {
-        StatusSource(Arc::new(move || rx.borrow().clone()))
+        StatusSource(Source::Watch(rx))
     }
 
     /// The current status.
     pub fn get(&self) -> StatusView {
-        (self.0)()
+        self.with(StatusView::clone)
+    }
+
+    /// Runs `f` on the current status. With a `watch` channel the channel's read lock is held
+    /// meanwhile: keep `f` short.
+    pub fn with<R>(&self, f: impl FnOnce(&StatusView) -> R) -> R {
+        match &self.0 {
+            Source::Fn(get) => f(&get()),
+            Source::Watch(rx) => f(&rx.borrow()),
+        }
     }
 }
 
@@ -249,16 +265,20 @@ fn router(state: AppState) -> Router {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    s.metrics.observe_status(&s.status.get());
+    s.status.with(|view| s.metrics.observe_status(view));
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode()).into_response()
 }
 
-async fn status(State(s): State<AppState>) -> Json<StatusView> {
-    Json(s.status.get())
+async fn status(State(s): State<AppState>) -> Response {
+    let body = s
+        .status
+        .with(serde_json::to_vec)
+        .expect("a StatusView always serializes");
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn livez(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.status.get().is_live() {
+    if s.status.with(StatusView::is_live) {
         (StatusCode::OK, "ok\n")
     } else {
         (
@@ -269,9 +289,8 @@ async fn livez(State(s): State<AppState>) -> (StatusCode, &'static str) {
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
-    let view = s.status.get();
-    let ready = view.ready_workers();
-    let msg = format!("{ready} of {} workers ready\n", view.workers.len());
+    let (ready, total) = s.status.with(|v| (v.ready_workers(), v.workers.len()));
+    let msg = format!("{ready} of {total} workers ready\n");
     if ready > 0 {
         (StatusCode::OK, msg)
     } else {
@@ -290,6 +309,6 @@ async fn page(State(s): State<AppState>) -> impl IntoResponse {
             ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        Html(render_page(&s.status.get())),
+        Html(s.status.with(render_page)),
     )
 }
