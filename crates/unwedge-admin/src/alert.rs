@@ -174,6 +174,9 @@ pub enum AlertError {
     /// `--alert-exec` is empty.
     #[error("invalid --alert-exec: the command is empty")]
     EmptyExec,
+    /// An `https://` webhook, but the system's root certificates could not be loaded.
+    #[error("cannot load root certificates for the https --alert-webhook: {0}")]
+    Tls(String),
     /// Built outside a tokio runtime.
     #[error("the alerter needs a tokio runtime to run its delivery task")]
     NoRuntime,
@@ -183,7 +186,7 @@ pub enum AlertError {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct AlertConfig {
-    /// `--alert-webhook URL`: POST the JSON event (`http://` only; see the crate docs).
+    /// `--alert-webhook URL`: POST the JSON event (`https://` needs the `https` feature).
     pub webhook: Option<String>,
     /// `--alert-exec CMD`: run with `sh -c`, the event JSON on stdin.
     pub exec: Option<String>,
@@ -244,7 +247,7 @@ impl AlertConfig {
     }
 }
 
-/// Checks a webhook URL: `http://host[:port][/path]`.
+/// Checks a webhook URL: `http://` or (with the `https` feature) `https://host[:port][/path]`.
 ///
 /// ```
 /// assert!(unwedge_admin::parse_webhook_url("http://127.0.0.1:9000/hook").is_ok());
@@ -264,15 +267,18 @@ pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
         .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
     match uri.scheme_str() {
         Some("http") => {}
+        #[cfg(feature = "https")]
+        Some("https") => {}
+        #[cfg(not(feature = "https"))]
         Some("https") => {
             return Err(bad(
-                "https is not supported yet: point it at an http relay on this host, \
-                 or use --alert-exec with curl",
+                "https needs unwedge-admin's `https` feature: point it at an http relay on \
+                 this host, or use --alert-exec with curl",
             ))
         }
         Some(other) => {
             return Err(bad(&format!(
-                "unsupported scheme {other:?}, expected http://"
+                "unsupported scheme {other:?}, expected http:// or https://"
             )))
         }
         None => return Err(bad("expected an absolute URL like http://host:port/path")),
@@ -334,7 +340,7 @@ impl Alerter {
         }
         let handle = tokio::runtime::Handle::try_current().map_err(|_| AlertError::NoRuntime)?;
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let client = WebClient::new(webhook.as_ref())?;
         let sinks = Arc::new(Sinks {
             webhook,
             exec: config.exec.clone(),
@@ -381,9 +387,49 @@ impl Alerter {
 struct Sinks {
     webhook: Option<Uri>,
     exec: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: WebClient,
     metrics: Arc<Metrics>,
     config: AlertConfig,
+}
+
+/// A plain HTTP client, or (for `https://` webhooks) one with rustls and the system's roots.
+enum WebClient {
+    Http(Client<HttpConnector, Full<Bytes>>),
+    #[cfg(feature = "https")]
+    Https(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+impl WebClient {
+    fn new(webhook: Option<&Uri>) -> Result<Self, AlertError> {
+        let builder = Client::builder(TokioExecutor::new());
+        #[cfg(feature = "https")]
+        if webhook.is_some_and(|u| u.scheme_str() == Some("https")) {
+            // Name the provider: rustls cannot pick one by itself if another crate in the
+            // build enables a second one.
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            // The system's roots; SSL_CERT_FILE / SSL_CERT_DIR override them.
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(provider)
+                .map_err(|e| AlertError::Tls(e.to_string()))?
+                .https_only()
+                .enable_http1()
+                .build();
+            return Ok(WebClient::Https(builder.build(https)));
+        }
+        let _ = webhook;
+        Ok(WebClient::Http(builder.build(HttpConnector::new())))
+    }
+
+    async fn request(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            WebClient::Http(c) => c.request(req).await,
+            #[cfg(feature = "https")]
+            WebClient::Https(c) => c.request(req).await,
+        }
+    }
 }
 
 async fn dispatch(mut rx: mpsc::Receiver<Msg>, sinks: Arc<Sinks>, config: AlertConfig) {

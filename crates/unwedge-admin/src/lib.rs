@@ -33,8 +33,11 @@
 //! # drop((status_tx, admin)); Ok(()) }
 //! ```
 //!
-//! Webhooks are `http://` only for now (a TLS client is not built in): point
-//! `--alert-webhook` at a relay on the host, or use `--alert-exec` with `curl` for https.
+//! # Features
+//!
+//! - `https` (default): `https://` alert webhooks, with rustls (ring) and the system's root
+//!   certificates (`SSL_CERT_FILE` / `SSL_CERT_DIR` override them). Without it, an https
+//!   webhook URL is rejected at start-up.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 

@@ -282,7 +282,7 @@ async fn bad_configuration_is_a_clear_error() {
         ("not a url", "invalid --alert-webhook URL \"not a url\""),
         ("ftp://example.test/hook", "unsupported scheme"),
         ("127.0.0.1:9000/hook", "expected an absolute URL"),
-        ("https://hooks.example.test/x", "https is not supported"),
+        ("http://", "invalid --alert-webhook URL"),
     ] {
         let err = Alerter::new(AlertConfig::new().webhook(url), metrics.clone()).unwrap_err();
         assert!(matches!(err, AlertError::BadWebhook { .. }));
@@ -301,4 +301,117 @@ async fn bad_configuration_is_a_clear_error() {
 fn outside_a_runtime_is_an_error_not_a_panic() {
     let err = Alerter::new(AlertConfig::new(), Arc::new(Metrics::new("test"))).unwrap_err();
     assert!(matches!(err, AlertError::NoRuntime));
+}
+
+/// An https webhook receiver on 127.0.0.1 with a certificate from a fresh test CA; returns
+/// its URL, the CA in PEM, and the bodies it receives.
+#[cfg(feature = "https")]
+async fn tls_receiver() -> (String, String, mpsc::UnboundedReceiver<serde_json::Value>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    use tokio_rustls::rustls;
+
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let _ = tx.send(serde_json::from_slice(&body).expect("JSON body"));
+                            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from("ok"),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (url, ca.pem(), rx)
+}
+
+#[cfg(feature = "https")]
+#[tokio::test]
+async fn https_webhook_is_delivered_when_its_certificate_is_trusted() {
+    let (url, ca_pem, mut rx) = tls_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    // rustls-native-certs reads the roots from here instead of the system store. Each test
+    // runs in its own process under nextest, so this does not leak into other tests.
+    std::env::set_var("SSL_CERT_FILE", &ca_file);
+    std::env::remove_var("SSL_CERT_DIR");
+
+    let metrics = Arc::new(Metrics::new("test"));
+    let alerter = Alerter::new(AlertConfig::new().webhook(url), metrics.clone()).unwrap();
+    alerter.send(crash("worker 0 crashed"));
+    assert!(alerter.flush(LIMIT).await);
+    let got = rx.try_recv().expect("delivered over TLS");
+    assert_eq!(got["event"]["kind"], "worker_crashed");
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_sent_total{sink="webhook"}"#),
+        1.0
+    );
+}
+
+#[cfg(feature = "https")]
+#[tokio::test]
+async fn https_webhook_with_an_untrusted_certificate_fails() {
+    let (url, _ca_pem, mut rx) = tls_receiver().await;
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut config = AlertConfig::new().webhook(url);
+    config.retries = 1;
+    config.backoff = Duration::from_millis(10);
+    let alerter = match Alerter::new(config, metrics.clone()) {
+        Ok(a) => a,
+        Err(AlertError::Tls(e)) => {
+            println!("SKIP: this machine has no root certificates ({e})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    alerter.send(crash("worker 0 crashed"));
+    assert!(alerter.flush(LIMIT).await);
+    assert!(
+        rx.try_recv().is_err(),
+        "delivered despite an untrusted certificate"
+    );
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_failed_total{sink="webhook"}"#),
+        1.0
+    );
 }
