@@ -75,8 +75,8 @@ fn dechunk(mut s: &str) -> String {
     }
 }
 
-/// A supervisor with two workers (one ready, one starting after a crash), one restart a
-/// minute ago, a panic report and an abnormal exit.
+/// A supervisor with two workers (one ready, one starting after a crash), one restart 90 s
+/// ago, a panic report and an abnormal exit.
 pub fn sample_view(message: &str) -> StatusView {
     let mut sup = SupervisorInfo::new("0.1.0-test", std::process::id());
     sup.uptime_secs = 3725.0;
@@ -94,7 +94,9 @@ pub fn sample_view(message: &str) -> StatusView {
     let mut w1 = WorkerView::new(1, Some(4243), WorkerState::Starting);
     w1.uptime_secs = 0.2;
     view.workers = vec![w0, w1];
-    let a_minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
+    // 90 s before the view was taken: in the middle of the chart's "1 min ago" bucket.
+    let generated = humantime::parse_rfc3339_weak(&view.generated_at).unwrap();
+    let a_minute_ago = generated - Duration::from_secs(90);
     view.restarts.push(RestartEvent {
         time: unwedge_admin::rfc3339(a_minute_ago),
         worker: 0,
