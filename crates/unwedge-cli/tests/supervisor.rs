@@ -592,3 +592,30 @@ async fn port_env_mode_gives_each_worker_its_own_port_and_probes_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_format_wraps_worker_lines() {
+    within(Duration::from_secs(60), async {
+        let py = fixture("worker.py");
+        let sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--",
+            py.to_str().unwrap(),
+        ]);
+        let line = sup.wait_line(0, &["serving on fd 3 as pid"]).await;
+        let v: serde_json::Value = serde_json::from_str(&line).expect("worker line is JSON");
+        assert_eq!(v["worker"], "w1");
+        assert_eq!(v["stream"], "stdout");
+        assert!(v["pid"].as_i64().unwrap() > 0);
+        assert!(v["line"].as_str().unwrap().starts_with("serving on fd 3"));
+        // The supervisor's own lines are JSON too.
+        let own = sup.wait_line(0, &["ready in"]).await;
+        let v: serde_json::Value = serde_json::from_str(&own).expect("supervisor line is JSON");
+        assert_eq!(v["level"], "INFO");
+    })
+    .await;
+}

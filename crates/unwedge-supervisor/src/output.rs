@@ -2,9 +2,11 @@
 //! (`[w1 pid 123] …`) or as JSON lines (`--log-format json`).
 
 use std::io::Write;
+use std::sync::OnceLock;
 
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::mpsc;
 
 use crate::config::LogFormat;
 
@@ -51,11 +53,35 @@ pub(crate) fn format_line(
     }
 }
 
+/// The writer thread's queue: blocking writes to our stdout/stderr (a slow journal, a full
+/// pipe) happen on that thread, never on the supervisor's runtime; a full queue makes the
+/// forwarding task wait, which in turn makes the worker wait on its own pipe.
+fn writer() -> &'static mpsc::Sender<(Stream, String)> {
+    static WRITER: OnceLock<mpsc::Sender<(Stream, String)>> = OnceLock::new();
+    WRITER.get_or_init(|| {
+        let (tx, mut rx) = mpsc::channel::<(Stream, String)>(4096);
+        std::thread::Builder::new()
+            .name("unwedge-output".into())
+            .spawn(move || {
+                while let Some((stream, line)) = rx.blocking_recv() {
+                    // One write per line keeps lines of different workers whole.
+                    let _ = match stream {
+                        Stream::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+                        Stream::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+                    };
+                }
+            })
+            .expect("spawn the output thread");
+        tx
+    })
+}
+
 /// Copies `reader` to our stdout or stderr until EOF.
 pub(crate) fn forward<R>(reader: R, worker: String, pid: i32, stream: Stream, format: LogFormat)
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
+    let out = writer().clone();
     tokio::spawn(async move {
         let mut r = BufReader::new(reader);
         let mut buf = Vec::with_capacity(256);
@@ -68,12 +94,10 @@ where
                         buf.pop();
                     }
                     let text = String::from_utf8_lossy(&buf);
-                    let out = format_line(format, &worker, pid, stream, &text);
-                    // One write per line keeps lines of different workers whole.
-                    let _ = match stream {
-                        Stream::Stdout => std::io::stdout().lock().write_all(out.as_bytes()),
-                        Stream::Stderr => std::io::stderr().lock().write_all(out.as_bytes()),
-                    };
+                    let line = format_line(format, &worker, pid, stream, &text);
+                    if out.send((stream, line)).await.is_err() {
+                        break;
+                    }
                 }
             }
         }

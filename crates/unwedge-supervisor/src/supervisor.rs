@@ -981,6 +981,7 @@ impl Pool {
                     let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
                     w.stop_requested = true;
                     w.leaving = true;
+                    w.state = WorkerState::Stopping;
                     tracing::info!(
                         "{id} pid {pid} is stopping on its own; starting its replacement"
                     );
