@@ -1,6 +1,8 @@
 //! [`Metrics`]: the supervisor's Prometheus metrics, every name prefixed `unwedge_`.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -78,6 +80,7 @@ pub struct Metrics {
     workers: Family<Labels, Gauge>,
     worker_uptime: Family<Labels, Gauge<f64, AtomicU64>>,
     worker_restarts: Family<Labels, Gauge>,
+    worker_ids: Mutex<BTreeSet<u32>>,
     restarts: Family<Labels, Counter>,
     panics: Family<Labels, Counter>,
     hangs: Family<Labels, Counter>,
@@ -101,6 +104,7 @@ impl Metrics {
             workers: Family::default(),
             worker_uptime: Family::default(),
             worker_restarts: Family::default(),
+            worker_ids: Mutex::new(BTreeSet::new()),
             restarts: Family::default(),
             panics: Family::default(),
             hangs: Family::default(),
@@ -289,9 +293,17 @@ impl Metrics {
                 .get_or_create(&vec![("state", state.as_str().to_owned())])
                 .set(n);
         }
-        // Workers come and go (scale down): drop the series of slots that are gone.
-        self.worker_uptime.clear();
-        self.worker_restarts.clear();
+        // Workers come and go (scale down): drop the series of slots that are gone, without
+        // clearing the others (a concurrent scrape would miss them).
+        let current: BTreeSet<u32> = view.workers.iter().map(|w| w.id).collect();
+        let mut seen = self.worker_ids.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in seen.difference(&current) {
+            let labels = vec![("worker", gone.to_string())];
+            self.worker_uptime.remove(&labels);
+            self.worker_restarts.remove(&labels);
+        }
+        *seen = current;
+        drop(seen);
         for w in &view.workers {
             let labels = vec![("worker", w.id.to_string())];
             self.worker_uptime.get_or_create(&labels).set(w.uptime_secs);
@@ -309,5 +321,31 @@ impl Metrics {
         // Writing into a String cannot fail.
         encode(&mut out, &self.registry).expect("encoding metrics into a String");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{SupervisorInfo, WorkerView};
+
+    #[test]
+    fn per_worker_series_follow_the_workers() {
+        let m = Metrics::new("t");
+        let mut view = StatusView::new(SupervisorInfo::new("t", 1));
+        for id in 0..3 {
+            view.workers
+                .push(WorkerView::new(id, Some(10 + id), WorkerState::Ready));
+        }
+        m.observe_status(&view);
+        assert!(m
+            .encode()
+            .contains(r#"unwedge_worker_restarts{worker="2"} 0"#));
+        view.workers.truncate(1);
+        m.observe_status(&view);
+        let text = m.encode();
+        assert!(text.contains(r#"unwedge_worker_restarts{worker="0"} 0"#));
+        assert!(!text.contains(r#"worker="2""#), "{text}");
+        assert!(text.contains(r#"unwedge_workers{state="ready"} 1"#));
     }
 }

@@ -168,6 +168,21 @@ fn chart(h: &mut String, view: &StatusView, now: SystemTime) {
         }
     }
     let total: u32 = counts.iter().sum();
+    let mut by_reason: Vec<(crate::status::RestartReason, u32)> = Vec::new();
+    for r in &view.restarts {
+        if age(&r.time, now).is_some_and(|a| a < CHART_WINDOW) {
+            match by_reason.iter_mut().find(|(reason, _)| *reason == r.reason) {
+                Some((_, n)) => *n += 1,
+                None => by_reason.push((r.reason, 1)),
+            }
+        }
+    }
+    let reasons = if by_reason.is_empty() {
+        String::new()
+    } else {
+        let parts: Vec<String> = by_reason.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        format!(": {}", parts.join(", "))
+    };
     let max = counts.iter().copied().max().unwrap_or(0).max(1);
     let (w, ht, left, top, bottom) = (720.0, 160.0, 40.0, 10.0, 20.0);
     let plot_w = w - left - 10.0;
@@ -177,7 +192,7 @@ fn chart(h: &mut String, view: &StatusView, now: SystemTime) {
     let _ = write!(
         h,
         "<section id=\"restarts\"><h2>Restarts per minute, last hour</h2>\
-         <p class=\"meta\" id=\"restart-summary\">{total} restart{} in the last hour</p>\
+         <p class=\"meta\" id=\"restart-summary\">{total} restart{} in the last hour{reasons}</p>\
          <svg id=\"restart-chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\" \
          viewBox=\"0 0 {w} {ht}\" role=\"img\" aria-label=\"{total} restarts in the last hour\">\
          <line x1=\"{left}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#999\"/>\

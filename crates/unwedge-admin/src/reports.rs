@@ -107,6 +107,8 @@ impl ReportDir {
         let _ = fs::remove_file(&probe);
         let file = open_append(&config.dir.join(CURRENT)).map_err(unwritable)?;
         let len = file.metadata().map_err(unwritable)?.len();
+        // Make a newly created reports.jsonl's directory entry durable too.
+        sync_dir(&config.dir);
         Ok(ReportDir {
             config,
             current: Mutex::new(Current { file, len }),
@@ -166,9 +168,7 @@ impl ReportDir {
         cur.file = open_append(&dir.join(CURRENT)).map_err(io(dir.join(CURRENT)))?;
         cur.len = 0;
         // Make the renames durable too.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+        sync_dir(dir);
         Ok(())
     }
 
@@ -178,6 +178,12 @@ impl ReportDir {
         // Hold the lock so a rotation cannot move files under the reader.
         let _cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         read_reports(&self.config.dir, since)
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 
