@@ -91,3 +91,72 @@ async fn notifies_systemd_and_serves_its_socket() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_systemd_socket_activate_passes_its_socket_through() {
+    let Some(activate) = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).is_file()) else {
+        println!("SKIPPED: systemd-socket-activate not installed (apt-get install systemd)");
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let py = fixture("worker.py");
+        let mut cmd = tokio::process::Command::new(activate);
+        cmd.arg("-l")
+            .arg(addr.to_string())
+            .arg("--fdname=web")
+            .args([BIN, "run", "--workers", "2", "--", py.to_str().unwrap()])
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let sup_pid = child.id().unwrap() as i32; // it execs unwedge: same pid
+                                                  // Wait for systemd-socket-activate to bind; then the socket is systemd's, and the
+                                                  // first answer comes once a worker is up.
+        let deadline = Instant::now() + LONG;
+        let (status, body) = loop {
+            match http(addr, "GET", "/env").await {
+                Ok(r) => break r,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("GET /env: {e}"),
+            }
+        };
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("LISTEN_FDS=1 LISTEN_FDNAMES=web"), "{body}");
+        let pid: i32 = body
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .strip_prefix("pid=")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(body.contains(&format!("LISTEN_PID={pid} ")), "{body}");
+        assert_eq!(
+            proc_state(pid).map(|s| s.1),
+            Some(sup_pid),
+            "worker is a child of the supervisor"
+        );
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup_pid), Signal::SIGTERM).unwrap();
+        let status = child.wait().await.unwrap();
+        assert_eq!(status.code(), Some(0));
+    })
+    .await
+    .expect("test timed out");
+}
