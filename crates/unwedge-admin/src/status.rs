@@ -371,6 +371,32 @@ impl PanicRecord {
         self.report.get(name).and_then(|v| v.as_str())
     }
 
+    /// The `route` label for `unwedge_panics_total`: the request path, `task:NAME` for a
+    /// background task, or `unknown`.
+    ///
+    /// ```
+    /// use unwedge_admin::PanicRecord;
+    ///
+    /// let r = PanicRecord::new(None, serde_json::json!({"request": {"path": "/cart"}}));
+    /// assert_eq!(r.route(), "/cart");
+    /// let r = PanicRecord::new(None, serde_json::json!({"task": "cleanup"}));
+    /// assert_eq!(r.route(), "task:cleanup");
+    /// ```
+    pub fn route(&self) -> String {
+        if let Some(path) = self
+            .report
+            .get("request")
+            .and_then(|r| r.get("path"))
+            .and_then(|p| p.as_str())
+        {
+            return path.to_owned();
+        }
+        match self.str_field("task") {
+            Some(task) => format!("task:{task}"),
+            None => "unknown".to_owned(),
+        }
+    }
+
     /// `GET /path` of the request the panic hit, if it hit one.
     pub fn request_line(&self) -> Option<String> {
         let req = self.report.get("request")?.as_object()?;
