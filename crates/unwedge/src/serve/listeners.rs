@@ -13,7 +13,8 @@ use super::ServeError;
 #[derive(Debug)]
 pub(crate) enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener),
+    /// With the path to remove on close, for sockets this process bound itself.
+    Unix(UnixListener, Option<std::path::PathBuf>),
 }
 
 /// An accepted connection.
@@ -31,7 +32,7 @@ impl Listener {
                 let _ = s.set_nodelay(true);
                 Ok(Stream::Tcp(s))
             }
-            Listener::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
+            Listener::Unix(l, _) => Ok(Stream::Unix(l.accept().await?.0)),
         }
     }
 
@@ -42,13 +43,22 @@ impl Listener {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "tcp:?".into()),
-            Listener::Unix(l) => match l.local_addr() {
+            Listener::Unix(l, _) => match l.local_addr() {
                 Ok(a) => match a.as_pathname() {
                     Some(p) => format!("unix:{}", p.display()),
                     None => "unix:(unnamed)".into(),
                 },
                 Err(_) => "unix:?".into(),
             },
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // A socket file we created would make the next bind fail: remove it with the socket.
+        if let Listener::Unix(_, Some(path)) = self {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -80,7 +90,7 @@ pub(crate) fn inherited(act: &Activation) -> Result<Vec<Listener>, ServeError> {
                 Ok(Some(l)) => Listener::Tcp(tokio_tcp(l)?),
                 Ok(None) => continue,
                 Err(_) => match fds.take_unix_listener(idx) {
-                    Ok(Some(l)) => Listener::Unix(tokio_unix(l)?),
+                    Ok(Some(l)) => Listener::Unix(tokio_unix(l)?, None),
                     Ok(None) => continue,
                     Err(_) => {
                         return Err(ServeError::Listen(format!(
@@ -144,7 +154,9 @@ pub(crate) async fn bind(addr: &ListenAddr, origin: &str) -> Result<Listener, Se
         }
         ListenAddr::Unix(path) => {
             remove_stale_socket(path);
-            UnixListener::bind(path).map(Listener::Unix).map_err(fail)
+            UnixListener::bind(path)
+                .map(|l| Listener::Unix(l, Some(path.clone())))
+                .map_err(fail)
         }
     }
 }
