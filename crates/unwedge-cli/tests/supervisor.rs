@@ -619,3 +619,75 @@ async fn json_log_format_wraps_worker_lines() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reporting_wedged_is_replaced_even_while_heartbeating() {
+    within(Duration::from_secs(60), async {
+        // The demo's lock-wait watchdog marks the process wedged (STATUS=wedged: …) while its
+        // heartbeat thread would keep going: the supervisor replaces it on the status.
+        let sup = Sup::start_env(
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--watchdog",
+                "10s",
+                "--dump-grace",
+                "200ms",
+                "--",
+                BIN,
+                "demo-service",
+            ],
+            &[("UNWEDGE_LOCK_TIMEOUT", "300ms")],
+        );
+        let addr = sup.addr().await;
+        let pid = sup.wait_ready(0, 1).await[0];
+        let stuck = tokio::spawn(async move { http(addr, "GET", "/stuck-lock").await });
+        let hung = sup.wait_line(0, &["is hung (wedged"]).await;
+        assert_eq!(pid_in(&hung), Some(pid));
+        let ready = sup.wait_line(0, &["after the crash"]).await;
+        assert_ne!(pid_in(&ready), Some(pid));
+        assert_eq!(get(addr, "/").await.0, 200);
+        stuck.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_sockets_tcp_and_unix_reach_every_worker() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let unix = format!("unix:{}", path.display());
+        let sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            &unix,
+            "--workers",
+            "2",
+            "--",
+            BIN,
+            "demo-service",
+        ]);
+        let addr = sup.addr().await;
+        sup.wait_ready(0, 2).await;
+        assert_eq!(get(addr, "/").await.0, 200);
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+            "{out}"
+        );
+    })
+    .await;
+}
