@@ -182,6 +182,30 @@ async fn keep_alive_reuses_connections_and_fresh_does_not() {
 }
 
 #[tokio::test]
+async fn a_server_closing_each_connection_costs_no_request() {
+    within(async {
+        // Every response says `Connection: close`: the client must open a new connection for
+        // the next request instead of failing it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route(
+            "/",
+            get(|| async { ([(axum::http::header::CONNECTION, "close")], "bye") }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = LoadConfig::from_addr(addr)
+            .unwrap()
+            .concurrency(2)
+            .count(50);
+        let report = unwedge_load::run(config).await.unwrap();
+        assert_eq!(report.ok, 50, "{report}");
+        assert_eq!(report.unexpected_failures(), 0, "{report}");
+        assert_eq!(report.connections_opened, 50, "{report}");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn rate_model_keeps_its_schedule_and_reuses_connections() {
     within(async {
         let (addr, accepted) = server().await;
