@@ -5,10 +5,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
+use tokio::process::Command;
 
-use common::have;
+use common::{have, output};
 use unwedge_admin::{HangKind, Metrics, RestartReason};
 
 fn deploy(file: &str) -> PathBuf {
@@ -19,20 +19,19 @@ fn deploy(file: &str) -> PathBuf {
 
 /// Every YAML document of `file`, as JSON, read by PyYAML; `None` (after printing why)
 /// without python3 or PyYAML.
-fn yaml(file: &str) -> Option<Vec<serde_json::Value>> {
+async fn yaml(file: &str) -> Option<Vec<serde_json::Value>> {
     if !have("python3") {
         println!("SKIP: python3 not found");
         return None;
     }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, json\ntry:\n import yaml\nexcept ImportError:\n sys.exit(3)\n\
-             print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
-        ])
-        .arg(deploy(file))
-        .output()
-        .unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import sys, json\ntry:\n import yaml\nexcept ImportError:\n sys.exit(3)\n\
+         print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+    ])
+    .arg(deploy(file));
+    let out = output(cmd, None).await;
     if out.status.code() == Some(3) {
         println!("SKIP: python module yaml missing (pip install pyyaml)");
         return None;
@@ -67,9 +66,9 @@ fn exported_names() -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn prometheus_rules_use_real_metrics_and_pass_promtool() {
-    let Some(docs) = yaml("prometheus-rules.yml") else {
+#[tokio::test]
+async fn prometheus_rules_use_real_metrics_and_pass_promtool() {
+    let Some(docs) = yaml("prometheus-rules.yml").await else {
         return;
     };
     let names = exported_names();
@@ -113,21 +112,19 @@ fn prometheus_rules_use_real_metrics_and_pass_promtool() {
         println!("SKIP: promtool not found (apt-get install prometheus): rules not unit-tested");
         return;
     }
-    let check = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(deploy("prometheus-rules.yml"))
-        .output()
-        .unwrap();
+    let mut cmd = Command::new("promtool");
+    cmd.args(["check", "rules"])
+        .arg(deploy("prometheus-rules.yml"));
+    let check = output(cmd, None).await;
     assert!(
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stdout)
     );
-    let test = Command::new("promtool")
-        .args(["test", "rules", "prometheus-rules.test.yml"])
-        .current_dir(deploy(""))
-        .output()
-        .unwrap();
+    let mut cmd = Command::new("promtool");
+    cmd.args(["test", "rules", "prometheus-rules.test.yml"])
+        .current_dir(deploy(""));
+    let test = output(cmd, None).await;
     assert!(
         test.status.success(),
         "{}{}",
@@ -142,9 +139,9 @@ fn flag(args: &[serde_json::Value], name: &str) -> Option<String> {
         .find_map(|a| a.strip_prefix(&format!("{name}=")).map(str::to_owned))
 }
 
-#[test]
-fn kubernetes_probes_and_grace_period_match_the_flags() {
-    let Some(docs) = yaml("kubernetes/deployment.yaml") else {
+#[tokio::test]
+async fn kubernetes_probes_and_grace_period_match_the_flags() {
+    let Some(docs) = yaml("kubernetes/deployment.yaml").await else {
         return;
     };
     let deployment = docs
@@ -201,11 +198,10 @@ fn kubernetes_probes_and_grace_period_match_the_flags() {
     // Schema check against the Kubernetes API, when the validator is installed
     // (pip install kubernetes-validate).
     if have("kubernetes-validate") {
-        let out = Command::new("kubernetes-validate")
-            .args(["--strict", "-k", "1.30.0"])
-            .arg(deploy("kubernetes/deployment.yaml"))
-            .output()
-            .unwrap();
+        let mut cmd = Command::new("kubernetes-validate");
+        cmd.args(["--strict", "-k", "1.30.0"])
+            .arg(deploy("kubernetes/deployment.yaml"));
+        let out = output(cmd, None).await;
         assert!(
             out.status.success(),
             "{}{}",

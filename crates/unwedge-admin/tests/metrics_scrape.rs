@@ -3,11 +3,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use common::{get, have, sample_view};
+use common::{get, have, output, sample_view};
 use unwedge_admin::{
     AdminServer, HangKind, Metrics, RestartReason, StatusSource, StatusView, WorkerState,
 };
@@ -34,33 +32,20 @@ print(json.dumps(out))
 
 /// Parses an exposition with both the Prometheus text parser and the strict OpenMetrics
 /// parser; `None` (after printing why) when python3 or `prometheus_client` is missing.
-fn parse(text: &str) -> Option<Samples> {
+async fn parse(text: &str) -> Option<Samples> {
     if !have("python3") {
         println!("SKIP: python3 not found");
         return None;
     }
-    let probe = Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .status()
-        .unwrap();
-    if !probe.success() {
+    let mut probe = tokio::process::Command::new("python3");
+    probe.args(["-c", "import prometheus_client"]);
+    if !output(probe, None).await.status.success() {
         println!("SKIP: python module prometheus_client missing (pip install prometheus_client)");
         return None;
     }
-    let mut child = Command::new("python3")
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.args(["-c", PARSE]);
+    let out = output(cmd, Some(text.as_bytes())).await;
     assert!(
         out.status.success(),
         "prometheus_client rejected the exposition: {}\n{text}",
@@ -120,7 +105,7 @@ async fn counters_move_after_a_crash_and_a_hang() {
         "{}",
         before.head
     );
-    let Some(before) = parse(&before.body) else {
+    let Some(before) = parse(&before.body).await else {
         return;
     };
     assert_eq!(
@@ -144,7 +129,7 @@ async fn counters_move_after_a_crash_and_a_hang() {
     metrics.record_hang(HangKind::Watchdog);
     metrics.record_restart(RestartReason::Hang);
 
-    let after = parse(&get(addr, "/metrics").await.body).unwrap();
+    let after = parse(&get(addr, "/metrics").await.body).await.unwrap();
     assert_eq!(
         value(&after, "unwedge_restarts_total", &[("reason", "exit_code")]),
         1.0

@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use unwedge_admin::{
     print_reports, read_reports, ExitRecord, ExitStatus, PanicRecord, Record, ReportDir,
@@ -194,30 +194,41 @@ fn child_writer() {
 
 #[test]
 fn records_are_on_disk_when_the_writer_is_killed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
-        .env("UNWEDGE_TEST_REPORT_DIR", tmp.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "child exited early"
-        );
-        if line.contains("APPENDED") {
-            break;
+    /// Kills the child however the test ends.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
-        assert!(Instant::now() < deadline);
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
+            .env("UNWEDGE_TEST_REPORT_DIR", tmp.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait for "APPENDED" on a reader thread, so the wait itself has a deadline.
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("APPENDED") {
+                let _ = tx.send(());
+                break;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the child appended a record in time");
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
     let back = read_reports(tmp.path(), None).unwrap();
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].message(), "written before SIGKILL");

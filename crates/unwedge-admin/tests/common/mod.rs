@@ -140,3 +140,30 @@ pub fn have(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
+
+/// Runs `cmd` (stdin closed) and collects its output, killing it if it takes longer than
+/// [`LIMIT`].
+pub async fn output(
+    mut cmd: tokio::process::Command,
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    use std::process::Stdio;
+    cmd.kill_on_drop(true)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("command starts");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input).await.unwrap();
+        drop(pipe);
+    }
+    tokio::time::timeout(LIMIT, child.wait_with_output())
+        .await
+        .expect("command finished in time")
+        .unwrap()
+}
