@@ -13,6 +13,8 @@
 //! | `GET /stuck-lock` | waits on a `Mutex` that a task holds forever (watchdog: lock wait, names the holder) |
 //! | `GET /deadlock` | A then B here, B then A in a task: a deadlock between two `Mutex`es |
 //! | `GET /stats` | JSON: pid, counters, health |
+//! | `/bytecache/…` | `examples/bytecache`: the seed's ByteCache on [`Tx`] (`PUT /bytecache/cache/burn` panics mid-update) |
+//! | `/comments/…` | `examples/comments`: the seed's AddComment on [`unwedge::Mutex`] |
 //!
 //! Configuration is the environment's (see [`unwedge::serve`]); `UNWEDGE_LOCK_TIMEOUT` sets
 //! the lock wait limit (default 10 s).
@@ -81,6 +83,8 @@ pub fn app() -> Router {
         .route("/deadlock", get(deadlock))
         .route("/stats", get(stats))
         .with_state(demo)
+        .nest("/bytecache", example_bytecache::app())
+        .nest("/comments", example_comments::app())
 }
 
 /// Serves [`app`] with [`unwedge::serve`] and the environment's configuration; returns the

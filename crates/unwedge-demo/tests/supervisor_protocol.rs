@@ -31,6 +31,12 @@ fn notify_protocol_ready_heartbeats_report_stopping() {
             "{ready}"
         );
         assert_eq!(http(addr, "GET", "/").await.unwrap(), (200, "ok\n".into()));
+        // The examples are nested in the demo.
+        assert_eq!(http(addr, "GET", "/bytecache/stats").await.unwrap().0, 200);
+        assert_eq!(
+            http(addr, "GET", "/comments/comments").await.unwrap().0,
+            200
+        );
 
         for _ in 0..2 {
             notify

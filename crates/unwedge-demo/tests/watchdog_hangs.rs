@@ -46,7 +46,7 @@ fn blocked_runtime_thread_is_wedged_heartbeats_stop_livez_fails() {
         let (_dir, mut notify, mut worker, addr) = start(&[("UNWEDGE_STALL_LIMIT", "1s")]).await;
 
         let sent = Instant::now();
-        let block = tokio::spawn(async move { http(addr, "GET", "/block?ms=3000").await });
+        let block = tokio::spawn(async move { http(addr, "GET", "/block?ms=4000").await });
         let (at, status) = notify
             .expect("STATUS=wedged", limit + Duration::from_secs(1), wedged)
             .await;
