@@ -51,7 +51,9 @@ mod status;
 pub use alert::{parse_webhook_url, AlertConfig, AlertError, AlertEvent, AlertKind, Alerter};
 pub use metrics::{HangKind, Metrics, CONTENT_TYPE};
 pub use page::{render_page, REDACTED_HEADERS};
-pub use reports::{print_reports, read_reports, ReportDir, ReportDirConfig, ReportError};
+pub use reports::{
+    parse_size, print_reports, read_reports, ReportDir, ReportDirConfig, ReportError,
+};
 pub use server::{
     parse_admin_addr, AdminError, AdminHandle, AdminServer, StatusSource, DEFAULT_ADMIN_ADDR,
 };
