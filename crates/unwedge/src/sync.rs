@@ -6,7 +6,7 @@ use std::error::Error;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +14,7 @@ use crate::panic::context;
 
 mod waits;
 
-use waits::{check_limit, relock, Holder, LockInfo};
+use waits::{check_limit, relock, LockInfo};
 
 /// An async mutual-exclusion lock that a panic cannot wedge, and that tells when it is stuck.
 ///
@@ -147,11 +147,7 @@ impl<T> Mutex<T> {
     /// ```
     pub fn named(name: impl Into<Arc<str>>, value: T) -> Self {
         Mutex {
-            info: Arc::new(LockInfo {
-                name: name.into(),
-                holder: StdMutex::new(None),
-                wait_limit_nanos: AtomicU64::new(0),
-            }),
+            info: Arc::new(LockInfo::new(name.into())),
             poisoned: AtomicBool::new(false),
             poison: StdMutex::new(None),
             data: tokio::sync::Mutex::new(value),
@@ -232,12 +228,12 @@ impl<T: ?Sized> Mutex<T> {
     /// ```
     pub async fn lock(&self) -> LockResult<MutexGuard<'_, T>> {
         if let Ok(guard) = self.data.try_lock() {
-            return self.acquired(guard);
+            return self.acquired(guard, false);
         }
         let wait = waits::begin_wait(&self.info);
         let guard = self.data.lock().await;
         drop(wait);
-        self.acquired(guard)
+        self.acquired(guard, true)
     }
 
     /// Locks the mutex, giving up after `timeout` with an error that names the holder.
@@ -286,23 +282,21 @@ impl<T: ?Sized> Mutex<T> {
             }));
         }
         if let Ok(guard) = self.data.try_lock() {
-            return self.acquired(guard).map_err(LockError::Poisoned);
+            return self.acquired(guard, false).map_err(LockError::Poisoned);
         }
         let wait = waits::begin_wait(&self.info);
         let outcome = tokio::time::timeout(timeout, self.data.lock()).await;
         drop(wait);
         match outcome {
-            Ok(guard) => self.acquired(guard).map_err(LockError::Poisoned),
+            Ok(guard) => self.acquired(guard, true).map_err(LockError::Poisoned),
             Err(_) => {
-                let (holder, held_for) = match self.info.holder_now() {
-                    Some((holder, held)) => (Some(holder), Some(held)),
-                    None => (None, None),
-                };
+                let held = self.info.holder_now();
                 Err(LockError::TimedOut(TimedOut {
                     lock: self.info.name.clone(),
                     waited: timeout,
-                    holder,
-                    held_for,
+                    holder: held.as_ref().map(|h| h.label.clone()),
+                    held_for: held.as_ref().map(|h| h.held),
+                    held_exact: held.is_some_and(|h| h.exact),
                 }))
             }
         }
@@ -329,7 +323,7 @@ impl<T: ?Sized> Mutex<T> {
     /// ```
     pub fn try_lock(&self) -> Result<MutexGuard<'_, T>, TryLockError<MutexGuard<'_, T>>> {
         match self.data.try_lock() {
-            Ok(guard) => self.acquired(guard).map_err(TryLockError::Poisoned),
+            Ok(guard) => self.acquired(guard, false).map_err(TryLockError::Poisoned),
             Err(_) => Err(TryLockError::WouldBlock),
         }
     }
@@ -380,9 +374,14 @@ impl<T: ?Sized> Mutex<T> {
     fn acquired<'a>(
         &'a self,
         guard: tokio::sync::MutexGuard<'a, T>,
+        waited: bool,
     ) -> LockResult<MutexGuard<'a, T>> {
-        *relock(&self.info.holder) = Some(Holder::current());
-        let guard = MutexGuard { lock: self, guard };
+        let generation = self.info.acquired(waited);
+        let guard = MutexGuard {
+            lock: self,
+            guard,
+            generation,
+        };
         if self.poisoned.load(Ordering::Acquire) {
             let info = self.poison_info().unwrap_or_else(|| {
                 // Poisoned and cleared between the two loads: report it all the same.
@@ -433,6 +432,8 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for Mutex<T> {
 pub struct MutexGuard<'a, T: ?Sized> {
     lock: &'a Mutex<T>,
     guard: tokio::sync::MutexGuard<'a, T>,
+    /// Which acquisition of `lock` this is (see `LockInfo::acquired`).
+    generation: u64,
 }
 
 impl<'a, T: ?Sized> MutexGuard<'a, T> {
@@ -495,7 +496,6 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         // Everything here happens before the `guard` field is dropped, i.e. before the lock
         // is released: the next holder sees the poison.
-        let holder = relock(&self.lock.info.holder).take();
         if std::thread::panicking() {
             let (message, location) = match context::peek_message() {
                 Some((m, l)) => (Some(m), l),
@@ -503,7 +503,7 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
             };
             self.lock.poison(PoisonInfo {
                 lock: self.lock.info.name.clone(),
-                holder: holder.map(|h| h.label()),
+                holder: self.lock.info.holder_label(self.generation),
                 message,
                 location,
                 at: SystemTime::now(),
@@ -511,6 +511,7 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
             });
             context::record_poison(&self.lock.info.name);
         }
+        self.lock.info.released(self.generation);
     }
 }
 
@@ -580,7 +581,7 @@ impl<T: ?Sized> Drop for CommitGuard<'_, T> {
         if std::thread::panicking() {
             return; // the guard's own drop poisons, with the panic's message
         }
-        let holder = relock(&guard.lock.info.holder).as_ref().map(Holder::label);
+        let holder = guard.lock.info.holder_label(guard.generation);
         guard.lock.poison(PoisonInfo {
             lock: guard.lock.info.name.clone(),
             holder,
@@ -813,8 +814,12 @@ pub struct TimedOut {
     pub waited: Duration,
     /// Who held it when the call gave up (`None`: just released, handed to an earlier waiter).
     pub holder: Option<String>,
-    /// For how long the holder had held it.
+    /// For how long the holder had held it: exactly when `held_exact`, otherwise at least
+    /// (an uncontended acquisition does not read the clock; this counts from when a waiter
+    /// first found it held).
     pub held_for: Option<Duration>,
+    /// Whether `held_for` is exact.
+    pub held_exact: bool,
 }
 
 impl fmt::Display for TimedOut {
@@ -828,10 +833,9 @@ impl fmt::Display for TimedOut {
         match (&self.holder, self.held_for) {
             (Some(holder), Some(held)) => write!(
                 f,
-                ": held by {holder} for {}",
-                humantime::format_duration(Duration::from_millis(
-                    u64::try_from(held.as_millis()).unwrap_or(u64::MAX)
-                ))
+                ": held by {holder} for {}{}",
+                if self.held_exact { "" } else { "at least " },
+                humantime::format_duration(waits::round_ms(held))
             ),
             _ => write!(f, ": being handed to an earlier waiter"),
         }

@@ -93,15 +93,20 @@ pub(super) struct Holder {
     pub(super) owner: Owner,
     /// The request or named task running at lock time (set by the panic layer / `spawn`).
     pub(super) scope: Option<Arc<Scope>>,
-    pub(super) since: Instant,
+    /// When it was acquired, for locks that had to wait. An uncontended acquisition does not
+    /// read the clock (it would double the cost of a lock); the first waiter that finds the
+    /// holder there fills in `noticed` instead, and reports say "for at least".
+    pub(super) since: Option<Instant>,
+    pub(super) noticed: Option<Instant>,
 }
 
 impl Holder {
-    pub(super) fn current() -> Holder {
+    fn current(waited: bool) -> Holder {
         Holder {
             owner: Owner::current(),
             scope: context::current_scope(),
-            since: Instant::now(),
+            since: waited.then(Instant::now),
+            noticed: None,
         }
     }
 
@@ -118,16 +123,57 @@ fn label(owner: &Owner, scope: Option<&Scope>) -> String {
     }
 }
 
+/// The holder of a mutex as last recorded, and its generation (one per acquisition).
+#[derive(Debug, Default)]
+pub(super) struct HolderSlot {
+    generation: u64,
+    holder: Option<Holder>,
+}
+
 /// The per-mutex part that the graph reads: name and current holder.
 #[derive(Debug)]
 pub(super) struct LockInfo {
     pub(super) name: Arc<str>,
-    pub(super) holder: StdMutex<Option<Holder>>,
+    holder: StdMutex<HolderSlot>,
+    /// The generation of the last release: the slot's holder is current only while its
+    /// generation is newer. A release is then one atomic store, not a second lock.
+    released: AtomicU64,
     /// Wait limit in nanoseconds; 0: the process-wide default.
     pub(super) wait_limit_nanos: AtomicU64,
 }
 
+/// Who holds a mutex right now, as reports show it.
+#[derive(Debug, Clone)]
+pub(super) struct HeldBy {
+    pub(super) owner: OwnerKey,
+    pub(super) label: String,
+    pub(super) held: Duration,
+    /// `false`: acquired without waiting, `held` counts from when a waiter first noticed.
+    pub(super) exact: bool,
+}
+
+impl HeldBy {
+    /// `for 1.2s`, or `for at least 1.2s`.
+    pub(super) fn held_for(&self) -> String {
+        let d = humantime::format_duration(round_ms(self.held));
+        if self.exact {
+            format!("for {d}")
+        } else {
+            format!("for at least {d}")
+        }
+    }
+}
+
 impl LockInfo {
+    pub(super) fn new(name: Arc<str>) -> Self {
+        LockInfo {
+            name,
+            holder: StdMutex::new(HolderSlot::default()),
+            released: AtomicU64::new(0),
+            wait_limit_nanos: AtomicU64::new(0),
+        }
+    }
+
     pub(super) fn wait_limit(&self) -> Duration {
         match self.wait_limit_nanos.load(Ordering::Relaxed) {
             0 => default_wait_limit(),
@@ -135,11 +181,49 @@ impl LockInfo {
         }
     }
 
-    /// The holder's label and how long it has held the lock, if it is held.
-    pub(super) fn holder_now(&self) -> Option<(String, Duration)> {
-        relock(&self.holder)
-            .as_ref()
-            .map(|h| (h.label(), h.since.elapsed()))
+    /// Records the current task or thread as the holder; returns the acquisition's
+    /// generation, to hand to [`released`](Self::released).
+    pub(super) fn acquired(&self, waited: bool) -> u64 {
+        let holder = Holder::current(waited);
+        let mut slot = relock(&self.holder);
+        slot.generation += 1;
+        let previous = slot.holder.replace(holder);
+        let generation = slot.generation;
+        drop(slot);
+        drop(previous);
+        generation
+    }
+
+    /// Marks acquisition `generation` as released. Call before the lock itself is released.
+    pub(super) fn released(&self, generation: u64) {
+        self.released.store(generation, Ordering::Release);
+    }
+
+    /// The label of the holder of acquisition `generation`, while it still holds the lock.
+    pub(super) fn holder_label(&self, generation: u64) -> Option<String> {
+        let slot = relock(&self.holder);
+        (slot.generation == generation)
+            .then(|| slot.holder.as_ref().map(Holder::label))
+            .flatten()
+    }
+
+    /// Who holds the lock now, if anyone.
+    pub(super) fn holder_now(&self) -> Option<HeldBy> {
+        let mut slot = relock(&self.holder);
+        if self.released.load(Ordering::Acquire) >= slot.generation {
+            return None;
+        }
+        let holder = slot.holder.as_mut()?;
+        let (start, exact) = match holder.since {
+            Some(since) => (since, true),
+            None => (*holder.noticed.get_or_insert_with(Instant::now), false),
+        };
+        Some(HeldBy {
+            owner: holder.owner.key(),
+            label: holder.label(),
+            held: start.elapsed(),
+            exact,
+        })
     }
 }
 
@@ -255,11 +339,10 @@ impl Drop for WaitToken {
     }
 }
 
-/// One edge of a wait-for cycle: `lock`, held by `holder` for `held`.
+/// One edge of a wait-for cycle: `lock`, held by `holder`.
 struct Edge {
     lock: Arc<str>,
-    holder: String,
-    held: Duration,
+    holder: HeldBy,
 }
 
 /// Follows holder → that holder's waits → their holders … from `lock`; returns the path when
@@ -272,14 +355,13 @@ fn find_cycle(g: &Graph, start: OwnerKey, lock: &LockInfo) -> Option<Vec<Edge>> 
         seen: &mut HashSet<OwnerKey>,
         path: &mut Vec<Edge>,
     ) -> bool {
-        let Some(holder) = relock(&lock.holder).clone() else {
+        let Some(holder) = lock.holder_now() else {
             return false;
         };
-        let key = holder.owner.key();
+        let key = holder.owner;
         path.push(Edge {
             lock: lock.name.clone(),
-            holder: holder.label(),
-            held: holder.since.elapsed(),
+            holder,
         });
         if key == start {
             return true;
@@ -301,25 +383,23 @@ fn find_cycle(g: &Graph, start: OwnerKey, lock: &LockInfo) -> Option<Vec<Edge>> 
 fn describe_cycle(waiter: &str, cycle: &[Edge]) -> String {
     let mut out = format!("deadlock between unwedge mutexes: {waiter}");
     for (i, edge) in cycle.iter().enumerate() {
-        let holder = if i + 1 == cycle.len() {
-            format!("{} itself", edge.holder)
-        } else {
-            edge.holder.clone()
-        };
+        let last = i + 1 == cycle.len();
         out.push_str(&format!(
-            " waits for `{}`, held by {holder} for {};",
+            " waits for `{}`, held by {}{} {};",
             edge.lock,
-            humantime::format_duration(round_ms(edge.held))
+            edge.holder.label,
+            if last { " itself" } else { "" },
+            edge.holder.held_for()
         ));
-        if i + 1 < cycle.len() {
-            out.push_str(&format!(" {}", edge.holder));
+        if !last {
+            out.push_str(&format!(" {}", edge.holder.label));
         }
     }
     out.pop();
     out
 }
 
-fn round_ms(d: Duration) -> Duration {
+pub(super) fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
@@ -341,10 +421,7 @@ fn watchdog() {
                 continue;
             }
             let holder = match wait.lock.holder_now() {
-                Some((holder, held)) => format!(
-                    "held by {holder} for {}",
-                    humantime::format_duration(round_ms(held))
-                ),
+                Some(held) => format!("held by {} {}", held.label, held.held_for()),
                 None => "released, but the waiter has not run since (runtime stalled?)".into(),
             };
             let waited = humantime::format_duration(round_ms(now - wait.started));
