@@ -293,7 +293,9 @@ impl Server {
         self
     }
 
-    /// The panic policy (`UNWEDGE_POLICY` overrides it; default [`Policy::Auto`]).
+    /// The panic policy of the layer and of [`spawn`](crate::spawn)ed tasks
+    /// (`UNWEDGE_POLICY` overrides it; without either, the process-wide
+    /// [`policy`](crate::panic::policy), [`Policy::Auto`] by default).
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = Some(policy);
         self
@@ -381,7 +383,11 @@ impl Server {
         let notify_path = config::notify_socket()?;
         let watchdog_usec = config::watchdog_usec()?;
         let env_listen = config::listen()?;
-        let policy = config::policy()?.or(self.policy).unwrap_or(Policy::Auto);
+        // Environment, builder, then the process-wide policy; tasks follow the same.
+        let policy = config::policy()?
+            .or(self.policy)
+            .unwrap_or_else(crate::panic::policy);
+        crate::panic::set_policy(policy);
         let shutdown_timeout =
             config::duration("UNWEDGE_SHUTDOWN_TIMEOUT")?.unwrap_or(self.shutdown_timeout);
         let crash_timeout =
