@@ -160,7 +160,7 @@ async fn overhead_prints_a_table_with_three_servers() {
                 "--warmup",
                 "0s",
             ])
-            .args(["--no-wrk", "--json"])
+            .args(["--no-wrk", "--no-supervisor", "--json"])
             .output()
             .await
             .unwrap();

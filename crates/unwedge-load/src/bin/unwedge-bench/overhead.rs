@@ -42,6 +42,13 @@ pub(crate) struct OverheadArgs {
     /// Skip the wrk table even when wrk is installed.
     #[arg(long)]
     no_wrk: bool,
+    /// The `unwedge` supervisor binary for the "under unwedge run" row (default: `unwedge`
+    /// next to this binary, when it exists).
+    #[arg(long, value_name = "PATH")]
+    supervisor: Option<std::path::PathBuf>,
+    /// Skip the "under unwedge run" row.
+    #[arg(long, conflicts_with = "supervisor")]
+    no_supervisor: bool,
     /// Print the measurements as JSON after the tables.
     #[arg(long)]
     json: bool,
@@ -76,9 +83,34 @@ pub(crate) fn main(args: OverheadArgs) -> ExitCode {
 }
 
 async fn run(args: &OverheadArgs) -> Result<(), String> {
+    let supervisor = if args.no_supervisor {
+        None
+    } else if let Some(path) = &args.supervisor {
+        if !path.exists() {
+            return Err(format!("--supervisor {}: no such file", path.display()));
+        }
+        Some(path.clone())
+    } else {
+        let sibling = std::env::current_exe()
+            .ok()
+            .and_then(|p| Some(p.parent()?.join("unwedge")));
+        match sibling.filter(|p| p.exists()) {
+            Some(p) => Some(p),
+            None => {
+                eprintln!(
+                    "note: no `unwedge` binary next to this one (cargo build --release -p unwedge-cli): \
+                     skipping the \"under unwedge run\" row"
+                );
+                None
+            }
+        }
+    };
     let mut servers = Vec::new();
     for kind in Kind::ALL {
-        servers.push(ServerProcess::spawn(kind, args.server_threads).await?);
+        if kind == Kind::Supervised && supervisor.is_none() {
+            continue;
+        }
+        servers.push(ServerProcess::spawn(kind, args.server_threads, supervisor.as_deref()).await?);
     }
     let wrk = find_wrk().filter(|_| !args.no_wrk);
     let mut samples = Vec::new();
@@ -90,7 +122,8 @@ async fn run(args: &OverheadArgs) -> Result<(), String> {
         for tool in &tools {
             for i in 0..servers.len() {
                 // Rotate the order so no server always runs first or last.
-                let server = &mut servers[(i + round) % Kind::ALL.len()];
+                let n = servers.len();
+                let server = &mut servers[(i + round) % n];
                 server.check_alive()?;
                 let sample = match *tool {
                     "wrk" => {
@@ -130,12 +163,21 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Re-executes this binary with the hidden serve subcommand and waits until it accepts.
-    async fn spawn(kind: Kind, threads: usize) -> Result<Self, String> {
+    /// Re-executes this binary with the hidden serve subcommand (under the supervisor for
+    /// [`Kind::Supervised`]) and waits until it answers `GET /`.
+    async fn spawn(kind: Kind, threads: usize, supervisor: Option<&Path>) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
         let addr = free_port()?;
-        let mut child = Command::new(exe)
-            .arg(kind.subcommand())
+        let mut cmd = match (kind, supervisor) {
+            (Kind::Supervised, Some(sup)) => {
+                let mut cmd = Command::new(sup);
+                cmd.args(["run", "--listen", &addr.to_string(), "--workers", "1", "--"])
+                    .arg(exe);
+                cmd
+            }
+            _ => Command::new(exe),
+        };
+        cmd.arg(kind.subcommand())
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--threads")
@@ -143,32 +185,36 @@ impl ServerProcess {
             // unwedge::serve reads these; none must leak in from the caller's environment.
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("UNWEDGE_LISTEN")
             .env_remove("WATCHDOG_USEC")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", kind.subcommand()))?;
+            .map_err(|e| format!("cannot start {}: {e}", kind.label()))?;
+        // Ready = one `GET /` answered 200 (a bound socket alone may not have a worker yet).
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "{} exited before accepting: {status}",
-                    kind.label()
-                ));
+                return Err(format!("{} exited before serving: {status}", kind.label()));
             }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let probe = LoadConfig::from_addr(addr)
+                .map_err(|e| e.to_string())?
+                .count(1)
+                .timeout(Duration::from_secs(1));
+            if unwedge_load::run(probe).await.is_ok_and(|r| r.ok == 1) {
                 break;
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "{} did not accept on {addr} within 20 s",
+                    "{} did not serve on {addr} within 20 s",
                     kind.label()
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(ServerProcess { kind, addr, child })
     }
@@ -185,14 +231,71 @@ impl ServerProcess {
         }
     }
 
-    /// The server's CPU time so far (user + system), from /proc.
+    /// CPU time so far of the server process and its descendants (the supervisor's worker).
     fn cpu(&self) -> Option<Duration> {
-        cpu_time(self.pid()?)
+        let root = self.pid()?;
+        let mut total = Duration::ZERO;
+        for pid in process_tree(root) {
+            total += cpu_time(pid)?;
+        }
+        Some(total)
     }
 
+    /// SIGTERM (so a supervisor stops its worker too), then SIGKILL after 5 s.
     async fn stop(&mut self) {
+        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
         let _ = self.child.kill().await;
     }
+}
+
+/// `root` and every process descending from it, from the parent pids in `/proc/*/stat`.
+fn process_tree(root: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 2..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree
 }
 
 /// A loopback port that was free a moment ago.

@@ -16,17 +16,24 @@ pub(crate) enum Kind {
     CatchPanic,
     /// `unwedge::serve` (PanicLayer, health routes, watchdog tracking).
     Unwedge,
+    /// `unwedge::serve` as the one worker of the `unwedge run` supervisor (socket passed by fd).
+    Supervised,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 3] = [Kind::Bare, Kind::CatchPanic, Kind::Unwedge];
+    pub(crate) const ALL: [Kind; 4] = [
+        Kind::Bare,
+        Kind::CatchPanic,
+        Kind::Unwedge,
+        Kind::Supervised,
+    ];
 
-    /// The hidden subcommand that runs it.
+    /// The hidden subcommand that runs it (under the supervisor for `Supervised`).
     pub(crate) fn subcommand(self) -> &'static str {
         match self {
             Kind::Bare => "serve-bare",
             Kind::CatchPanic => "serve-catchpanic",
-            Kind::Unwedge => "serve-unwedge",
+            Kind::Unwedge | Kind::Supervised => "serve-unwedge",
         }
     }
 
@@ -36,6 +43,7 @@ impl Kind {
             Kind::Bare => "axum::serve (bare)",
             Kind::CatchPanic => "axum::serve + CatchPanicLayer",
             Kind::Unwedge => "unwedge::serve",
+            Kind::Supervised => "unwedge::serve under unwedge run",
         }
     }
 }
@@ -82,7 +90,8 @@ pub(crate) fn main(kind: Kind, args: ServeArgs) -> ExitCode {
                     }
                 }
             }
-            Kind::Unwedge => {
+            Kind::Unwedge | Kind::Supervised => {
+                // Under `unwedge run`, LISTEN_FDS takes precedence over this address.
                 let outcome = unwedge::Server::new()
                     .bind(args.listen)
                     .serve(hello())
