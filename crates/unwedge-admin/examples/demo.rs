@@ -32,7 +32,7 @@ fn view(started: SystemTime) -> StatusView {
         (WorkerState::Draining, 14.0, 1, Some((Some(70), None))),
     ];
     for (i, (state, up, restarts, exit)) in states.into_iter().enumerate() {
-        let mut w = WorkerView::new(i as u32, Some(31000 + i as u32 * 7), state);
+        let mut w = WorkerView::new(format!("w{}", i + 1), Some(31000 + i as u32 * 7), state);
         w.uptime_secs = up;
         w.restarts = restarts;
         w.generation = if state == WorkerState::Draining { 1 } else { 2 };
@@ -44,18 +44,18 @@ fn view(started: SystemTime) -> StatusView {
         v.workers.push(w);
     }
     for (s, worker, reason) in [
-        (3000, 1, RestartReason::ExitCode),
-        (2400, 2, RestartReason::Hang),
-        (1260, 1, RestartReason::ExitCode),
-        (900, 3, RestartReason::Reload),
-        (600, 2, RestartReason::Signal),
-        (590, 2, RestartReason::Signal),
-        (580, 2, RestartReason::Signal),
-        (30, 2, RestartReason::Tainted),
+        (3000, "w2", RestartReason::ExitCode),
+        (2400, "w3", RestartReason::Hang),
+        (1260, "w2", RestartReason::ExitCode),
+        (900, "w4", RestartReason::Reload),
+        (600, "w3", RestartReason::Signal),
+        (590, "w3", RestartReason::Signal),
+        (580, "w3", RestartReason::Signal),
+        (30, "w3", RestartReason::Tainted),
     ] {
         v.restarts.push(RestartEvent {
             time: ago(s),
-            worker,
+            worker: worker.into(),
             reason,
         });
     }
@@ -68,11 +68,11 @@ fn view(started: SystemTime) -> StatusView {
         "task": null, "rolled_back": [], "poisoned": ["cart"],
         "decision": {"action": "crash", "reason": "mutex `cart` poisoned"}
     });
-    let mut p = PanicRecord::new(Some(1), report);
+    let mut p = PanicRecord::new(Some("w2"), report);
     p.time = ago(1261);
     v.reports.push(Record::Panic(p));
     let mut e = ExitRecord::new(
-        Some(2),
+        Some("w3"),
         Some(31014),
         ExitStatus {
             code: None,
@@ -80,7 +80,7 @@ fn view(started: SystemTime) -> StatusView {
         },
     );
     e.time = ago(600);
-    e.last_stderr_lines = vec!["worker 2: allocating 2.1 GiB for report export".into()];
+    e.last_stderr_lines = vec!["allocating 2.1 GiB for report export".into()];
     v.reports.push(Record::Exit(e));
     let report = serde_json::json!({
         "time": ago(31), "pid": 31014, "message": "lock `sessions` held for 5.0s by GET /export (req 01J9Z4…)",
@@ -88,7 +88,7 @@ fn view(started: SystemTime) -> StatusView {
         "task": "watchdog", "rolled_back": [], "poisoned": [],
         "decision": {"action": "crash", "reason": "wedged: lock wait over limit"}
     });
-    let mut p = PanicRecord::new(Some(2), report);
+    let mut p = PanicRecord::new(Some("w3"), report);
     p.time = ago(31);
     v.reports.push(Record::Panic(p));
     v

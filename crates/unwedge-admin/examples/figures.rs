@@ -28,7 +28,7 @@ fn big_view() -> StatusView {
     let mut v = StatusView::new(sup);
     for i in 0..WORKERS {
         let state = WorkerState::ALL[i as usize % WorkerState::ALL.len()];
-        let mut w = WorkerView::new(i, Some(10_000 + i), state);
+        let mut w = WorkerView::new(format!("w{}", i + 1), Some(10_000 + i), state);
         w.uptime_secs = 100.0 + f64::from(i);
         w.restarts = u64::from(i % 7);
         w.last_exit = Some(ExitStatus {
@@ -41,7 +41,7 @@ fn big_view() -> StatusView {
     for i in 0..300u64 {
         v.restarts.push(RestartEvent {
             time: rfc3339(now - Duration::from_secs(i * 11)),
-            worker: (i % u64::from(WORKERS)) as u32,
+            worker: format!("w{}", i % u64::from(WORKERS) + 1),
             reason: RestartReason::ALL[i as usize % 5],
         });
     }
@@ -59,8 +59,10 @@ fn big_view() -> StatusView {
             "task": null, "rolled_back": ["cache"], "poisoned": [],
             "decision": {"action": "recover", "reason": "state rolled back"}
         });
-        v.reports
-            .push(Record::Panic(PanicRecord::new(Some(i % WORKERS), report)));
+        v.reports.push(Record::Panic(PanicRecord::new(
+            Some(&format!("w{}", i % WORKERS + 1)),
+            report,
+        )));
     }
     v
 }
@@ -183,7 +185,7 @@ async fn main() {
     let mut latency = Vec::new();
     for i in 0..500 {
         let event = AlertEvent::new(AlertKind::WorkerCrashed, format!("worker {i} crashed"))
-            .with_worker(i, Some(10_000 + i));
+            .with_worker(format!("w{i}"), Some(10_000 + i));
         let t = Instant::now();
         assert!(alerter.send(event));
         let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())

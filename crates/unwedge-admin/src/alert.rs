@@ -81,10 +81,10 @@ impl fmt::Display for AlertKind {
 /// ```
 /// use unwedge_admin::{AlertEvent, AlertKind};
 ///
-/// let a = AlertEvent::new(AlertKind::WorkerCrashed, "worker 0: exit 70 after panic \"boom\"")
-///     .with_worker(0, Some(4242));
-/// let b = AlertEvent::new(AlertKind::WorkerCrashed, "worker 0: exit 70 after panic \"boom\"")
-///     .with_worker(0, Some(4250));
+/// let a = AlertEvent::new(AlertKind::WorkerCrashed, "w1: exit 70 after panic \"boom\"")
+///     .with_worker("w1", Some(4242));
+/// let b = AlertEvent::new(AlertKind::WorkerCrashed, "w1: exit 70 after panic \"boom\"")
+///     .with_worker("w1", Some(4250));
 /// assert_eq!(a.key(), b.key());
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,7 +97,7 @@ pub struct AlertEvent {
     /// One line for people.
     pub summary: String,
     /// The worker slot, if the event is about one.
-    pub worker: Option<u32>,
+    pub worker: Option<String>,
     /// The worker's pid, if the event is about one.
     pub pid: Option<u32>,
     /// Anything structured: the panic report, the exit record, the reload error.
@@ -122,8 +122,8 @@ impl AlertEvent {
     }
 
     /// Says which worker it is about.
-    pub fn with_worker(mut self, worker: u32, pid: Option<u32>) -> Self {
-        self.worker = Some(worker);
+    pub fn with_worker(mut self, worker: impl Into<String>, pid: Option<u32>) -> Self {
+        self.worker = Some(worker.into());
         self.pid = pid;
         self
     }

@@ -26,10 +26,10 @@
 //! let alerter = Alerter::new(AlertConfig::new().webhook("http://127.0.0.1:9000/hook"), metrics.clone())?;
 //!
 //! // A worker died: make the report durable first, then count and alert.
-//! let exit = ExitRecord::new(Some(0), Some(4242), ExitStatus { code: None, signal: Some(9) });
+//! let exit = ExitRecord::new(Some("w1"), Some(4242), ExitStatus { code: None, signal: Some(9) });
 //! reports.append(&Record::Exit(exit.clone()))?;
 //! metrics.record_restart(RestartReason::Signal);
-//! alerter.send(AlertEvent::new(AlertKind::WorkerCrashed, "worker 0 killed by signal 9"));
+//! alerter.send(AlertEvent::new(AlertKind::WorkerCrashed, "w1 killed by signal 9"));
 //! # drop((status_tx, admin)); Ok(()) }
 //! ```
 //!

@@ -33,16 +33,22 @@ pub enum HangKind {
     Lock,
     /// The worker reported a lock cycle.
     Deadlock,
+    /// The worker reported itself wedged, cause unspecified (`STATUS=` said wedged).
+    Wedged,
+    /// The worker did not become ready within the ready timeout.
+    ReadyTimeout,
 }
 
 impl HangKind {
     /// Every kind.
-    pub const ALL: [HangKind; 5] = [
+    pub const ALL: [HangKind; 7] = [
         HangKind::Watchdog,
         HangKind::Probe,
         HangKind::Stall,
         HangKind::Lock,
         HangKind::Deadlock,
+        HangKind::Wedged,
+        HangKind::ReadyTimeout,
     ];
 
     /// The label value.
@@ -53,6 +59,8 @@ impl HangKind {
             HangKind::Stall => "stall",
             HangKind::Lock => "lock",
             HangKind::Deadlock => "deadlock",
+            HangKind::Wedged => "wedged",
+            HangKind::ReadyTimeout => "ready_timeout",
         }
     }
 }
@@ -80,7 +88,7 @@ pub struct Metrics {
     workers: Family<Labels, Gauge>,
     worker_uptime: Family<Labels, Gauge<f64, AtomicU64>>,
     worker_restarts: Family<Labels, Gauge>,
-    worker_ids: Mutex<BTreeSet<u32>>,
+    worker_ids: Mutex<BTreeSet<String>>,
     restarts: Family<Labels, Counter>,
     panics: Family<Labels, Counter>,
     hangs: Family<Labels, Counter>,
@@ -295,17 +303,17 @@ impl Metrics {
         }
         // Workers come and go (scale down): drop the series of slots that are gone, without
         // clearing the others (a concurrent scrape would miss them).
-        let current: BTreeSet<u32> = view.workers.iter().map(|w| w.id).collect();
+        let current: BTreeSet<String> = view.workers.iter().map(|w| w.id.clone()).collect();
         let mut seen = self.worker_ids.lock().unwrap_or_else(|e| e.into_inner());
         for gone in seen.difference(&current) {
-            let labels = vec![("worker", gone.to_string())];
+            let labels = vec![("worker", gone.clone())];
             self.worker_uptime.remove(&labels);
             self.worker_restarts.remove(&labels);
         }
         *seen = current;
         drop(seen);
         for w in &view.workers {
-            let labels = vec![("worker", w.id.to_string())];
+            let labels = vec![("worker", w.id.clone())];
             self.worker_uptime.get_or_create(&labels).set(w.uptime_secs);
             self.worker_restarts
                 .get_or_create(&labels)
@@ -333,19 +341,22 @@ mod tests {
     fn per_worker_series_follow_the_workers() {
         let m = Metrics::new("t");
         let mut view = StatusView::new(SupervisorInfo::new("t", 1));
-        for id in 0..3 {
-            view.workers
-                .push(WorkerView::new(id, Some(10 + id), WorkerState::Ready));
+        for id in 1..=3 {
+            view.workers.push(WorkerView::new(
+                format!("w{id}"),
+                Some(10 + id),
+                WorkerState::Ready,
+            ));
         }
         m.observe_status(&view);
         assert!(m
             .encode()
-            .contains(r#"unwedge_worker_restarts{worker="2"} 0"#));
+            .contains(r#"unwedge_worker_restarts{worker="w3"} 0"#));
         view.workers.truncate(1);
         m.observe_status(&view);
         let text = m.encode();
-        assert!(text.contains(r#"unwedge_worker_restarts{worker="0"} 0"#));
-        assert!(!text.contains(r#"worker="2""#), "{text}");
+        assert!(text.contains(r#"unwedge_worker_restarts{worker="w1"} 0"#));
+        assert!(!text.contains(r#"worker="w3""#), "{text}");
         assert!(text.contains(r#"unwedge_workers{state="ready"} 1"#));
     }
 }

@@ -48,7 +48,7 @@ svg{background:#fff;border:1px solid #ddd}";
 ///
 /// let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
 /// let report = serde_json::json!({"message": "<script>alert(1)</script>", "pid": 2});
-/// view.reports.push(Record::Panic(PanicRecord::new(Some(0), report)));
+/// view.reports.push(Record::Panic(PanicRecord::new(Some("w1"), report)));
 /// let html = render_page(&view);
 /// assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
 /// assert!(!html.contains("<script>"));
@@ -143,7 +143,7 @@ fn workers_table(h: &mut String, view: &StatusView) {
             h,
             "<tr class=\"worker\"><td>{}</td><td>{}</td><td>{}</td>\
              <td><span class=\"st {s}\">{s}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            w.id,
+            esc(&trunc(&w.id, 64)),
             w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
             w.generation,
             secs(w.uptime_secs),
@@ -244,7 +244,7 @@ fn panic_report(h: &mut String, p: &PanicRecord, now: SystemTime) {
         h,
         "<article class=\"report panic\"><div class=\"meta\">panic · {} · worker {} · pid {}</div>",
         when(&p.time, now),
-        p.worker.map_or_else(|| "?".to_owned(), |w| w.to_string()),
+        esc(p.worker.as_deref().unwrap_or("?")),
         r.get("pid").and_then(|v| v.as_u64()).map_or_else(|| "?".to_owned(), |v| v.to_string()),
     );
     if let Some(req) = r.get("request").and_then(|v| v.as_object()) {
@@ -346,7 +346,7 @@ fn exit_report(h: &mut String, e: &ExitRecord, now: SystemTime) {
         "<article class=\"report exit\"><div class=\"meta\">abnormal exit · {} · worker {} · pid {}</div>\
          <div class=\"msg\">{}</div>",
         when(&e.time, now),
-        e.worker.map_or_else(|| "?".to_owned(), |w| w.to_string()),
+        esc(e.worker.as_deref().unwrap_or("?")),
         e.pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
         e.status(),
     );
@@ -423,7 +423,7 @@ mod tests {
     fn one_restart_draws_one_point() {
         let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
         view.restarts
-            .push(RestartEvent::now(0, RestartReason::Signal));
+            .push(RestartEvent::now("w1", RestartReason::Signal));
         let html = render_page(&view);
         assert_eq!(html.matches("<circle").count(), 1);
         assert!(html.contains("1 restart in the last hour"));
@@ -447,7 +447,7 @@ mod tests {
         for _ in 0..200 {
             let report = serde_json::json!({"message": "x".repeat(10_000), "backtrace": "y".repeat(100_000)});
             view.reports
-                .push(Record::Panic(PanicRecord::new(Some(0), report)));
+                .push(Record::Panic(PanicRecord::new(Some("w1"), report)));
         }
         let html = render_page(&view);
         assert!(html.len() < 50 * 1024, "{} bytes", html.len());

@@ -71,7 +71,7 @@ impl ReportDirConfig {
 ///
 /// let tmp = tempfile::tempdir().unwrap();
 /// let dir = ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
-/// let exit = ExitRecord::new(Some(0), Some(1234), ExitStatus { code: None, signal: Some(9) });
+/// let exit = ExitRecord::new(Some("w1"), Some(1234), ExitStatus { code: None, signal: Some(9) });
 /// dir.append(&Record::Exit(exit)).unwrap();
 ///
 /// let back = unwedge_admin::read_reports(tmp.path(), None).unwrap();
@@ -296,7 +296,7 @@ pub fn read_reports(dir: &Path, since: Option<Duration>) -> Result<Vec<Record>, 
 ///
 /// let tmp = tempfile::tempdir().unwrap();
 /// let dir = ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
-/// let exit = ExitRecord::new(Some(1), Some(77), ExitStatus { code: Some(70), signal: None });
+/// let exit = ExitRecord::new(Some("w2"), Some(77), ExitStatus { code: Some(70), signal: None });
 /// dir.append(&Record::Exit(exit)).unwrap();
 ///
 /// let mut out = Vec::new();
@@ -347,7 +347,7 @@ pub fn print_reports(
             "{:<24}  {:<5}  {:>6}  {:>8}  {:<30}  {}",
             r.time(),
             kind,
-            r.worker().map_or_else(|| "-".to_owned(), |w| w.to_string()),
+            r.worker().unwrap_or("-"),
             r.pid().map_or_else(|| "-".to_owned(), |p| p.to_string()),
             cut(&place, 30),
             cut(&message, 120),

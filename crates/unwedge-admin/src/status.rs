@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// use unwedge_admin::{StatusView, SupervisorInfo, WorkerState, WorkerView};
 ///
 /// let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 42));
-/// view.workers.push(WorkerView::new(0, Some(43), WorkerState::Ready));
+/// view.workers.push(WorkerView::new("w1", Some(43), WorkerState::Ready));
 /// assert!(view.is_ready());
 /// assert!(view.is_live());
 /// let json = serde_json::to_string(&view).unwrap();
@@ -105,8 +105,8 @@ impl SupervisorInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct WorkerView {
-    /// The slot number, stable across restarts (0-based).
-    pub id: u32,
+    /// The slot's name, stable across restarts (the supervisor's `w1` … `wN`).
+    pub id: String,
     /// The current process, if one is running.
     pub pid: Option<u32>,
     /// Reload generation this process belongs to (starts at 1, +1 per reload).
@@ -125,9 +125,9 @@ pub struct WorkerView {
 
 impl WorkerView {
     /// A worker in `state`, generation 1, no restarts yet.
-    pub fn new(id: u32, pid: Option<u32>, state: WorkerState) -> Self {
+    pub fn new(id: impl Into<String>, pid: Option<u32>, state: WorkerState) -> Self {
         WorkerView {
-            id,
+            id: id.into(),
             pid,
             generation: 1,
             state,
@@ -257,17 +257,17 @@ pub struct RestartEvent {
     /// When the replacement was started, RFC 3339 UTC.
     pub time: String,
     /// The worker slot.
-    pub worker: u32,
+    pub worker: String,
     /// Why.
     pub reason: RestartReason,
 }
 
 impl RestartEvent {
     /// A restart of `worker` for `reason`, happening now.
-    pub fn now(worker: u32, reason: RestartReason) -> Self {
+    pub fn now(worker: impl Into<String>, reason: RestartReason) -> Self {
         RestartEvent {
             time: rfc3339(SystemTime::now()),
-            worker,
+            worker: worker.into(),
             reason,
         }
     }
@@ -281,7 +281,7 @@ impl RestartEvent {
 /// use unwedge_admin::{Record, PanicRecord};
 ///
 /// let report = serde_json::json!({"time": "2026-01-01T00:00:00.000Z", "pid": 7, "message": "boom"});
-/// let record = Record::Panic(PanicRecord::new(Some(0), report));
+/// let record = Record::Panic(PanicRecord::new(Some("w1"), report));
 /// let line = serde_json::to_string(&record).unwrap();
 /// assert!(line.starts_with(r#"{"kind":"panic""#));
 /// assert_eq!(record.message(), "boom");
@@ -311,10 +311,10 @@ impl Record {
     }
 
     /// The worker slot, if known.
-    pub fn worker(&self) -> Option<u32> {
+    pub fn worker(&self) -> Option<&str> {
         match self {
-            Record::Panic(p) => p.worker,
-            Record::Exit(e) => e.worker,
+            Record::Panic(p) => p.worker.as_deref(),
+            Record::Exit(e) => e.worker.as_deref(),
         }
     }
 
@@ -351,17 +351,17 @@ pub struct PanicRecord {
     /// When the supervisor received it, RFC 3339 UTC.
     pub time: String,
     /// The worker slot that sent it.
-    pub worker: Option<u32>,
+    pub worker: Option<String>,
     /// The report itself.
     pub report: serde_json::Value,
 }
 
 impl PanicRecord {
     /// A report from `worker`, received now.
-    pub fn new(worker: Option<u32>, report: serde_json::Value) -> Self {
+    pub fn new(worker: Option<&str>, report: serde_json::Value) -> Self {
         PanicRecord {
             time: rfc3339(SystemTime::now()),
-            worker,
+            worker: worker.map(str::to_owned),
             report,
         }
     }
@@ -413,7 +413,7 @@ pub struct ExitRecord {
     /// When the supervisor saw it end, RFC 3339 UTC.
     pub time: String,
     /// The worker slot.
-    pub worker: Option<u32>,
+    pub worker: Option<String>,
     /// The process id.
     pub pid: Option<u32>,
     /// Exit code, when it exited.
@@ -426,10 +426,10 @@ pub struct ExitRecord {
 
 impl ExitRecord {
     /// An exit of `pid` in slot `worker`, seen now.
-    pub fn new(worker: Option<u32>, pid: Option<u32>, status: ExitStatus) -> Self {
+    pub fn new(worker: Option<&str>, pid: Option<u32>, status: ExitStatus) -> Self {
         ExitRecord {
             time: rfc3339(SystemTime::now()),
-            worker,
+            worker: worker.map(str::to_owned),
             pid,
             code: status.code,
             signal: status.signal,

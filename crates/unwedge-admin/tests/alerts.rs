@@ -60,7 +60,7 @@ fn metric(metrics: &Metrics, series: &str) -> f64 {
 }
 
 fn crash(summary: &str) -> AlertEvent {
-    AlertEvent::new(AlertKind::WorkerCrashed, summary).with_worker(0, Some(1234))
+    AlertEvent::new(AlertKind::WorkerCrashed, summary).with_worker("w1", Some(1234))
 }
 
 #[tokio::test]
@@ -82,7 +82,7 @@ async fn webhook_gets_exactly_one_alert_per_event() {
     let second = rx.try_recv().expect("second alert delivered");
     assert!(rx.try_recv().is_err(), "duplicates were not suppressed");
     assert_eq!(first["event"]["kind"], "worker_crashed");
-    assert_eq!(first["event"]["worker"], 0);
+    assert_eq!(first["event"]["worker"], "w1");
     assert_eq!(first["event"]["pid"], 1234);
     assert_eq!(
         first["text"],

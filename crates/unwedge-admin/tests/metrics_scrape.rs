@@ -171,7 +171,7 @@ async fn counters_move_after_a_crash_and_a_hang() {
     assert_eq!(value(&after, "unwedge_workers", &[("state", "hung")]), 0.0);
     assert_eq!(value(&after, "unwedge_uptime_seconds", &[]), 3725.0);
     assert_eq!(
-        value(&after, "unwedge_worker_restarts", &[("worker", "0")]),
+        value(&after, "unwedge_worker_restarts", &[("worker", "w1")]),
         1.0
     );
     server.shutdown().await;

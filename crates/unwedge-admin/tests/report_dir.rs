@@ -10,8 +10,9 @@ use unwedge_admin::{
 };
 
 fn exit_record(pid: u32) -> Record {
+    let worker = format!("w{}", pid % 4 + 1);
     let mut e = ExitRecord::new(
-        Some(pid % 4),
+        Some(&worker),
         Some(pid),
         ExitStatus {
             code: Some(70),
@@ -24,7 +25,7 @@ fn exit_record(pid: u32) -> Record {
 
 fn panic_record(message: &str) -> Record {
     Record::Panic(PanicRecord::new(
-        Some(0),
+        Some("w1"),
         serde_json::json!({"pid": 99, "message": message, "location": "src/a.rs:1:1",
             "request": {"method": "GET", "path": "/boom", "request_id": "r1", "headers": {}}}),
     ))
@@ -89,7 +90,7 @@ fn since_filters_by_time() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
     let mut old = ExitRecord::new(
-        Some(0),
+        Some("w1"),
         Some(1),
         ExitStatus {
             code: Some(1),

@@ -126,6 +126,14 @@ async fn chromium_shows_the_report_and_the_restart_chart() {
     assert!(!dom.contains("leaked-token"));
     // Workers as rows with their states.
     assert_eq!(dom.matches("<tr class=\"worker\">").count(), 2);
+    assert!(
+        dom.contains("<tr class=\"worker\"><td>w1</td><td>4242</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("worker w1 · pid 4241"),
+        "report attributed to its worker"
+    );
     assert!(dom.contains("<span class=\"st ready\">ready</span>"));
     assert!(dom.contains("<span class=\"st starting\">starting</span>"));
     // The chart: one restart a minute ago is one point.

@@ -82,7 +82,7 @@ pub fn sample_view(message: &str) -> StatusView {
     sup.uptime_secs = 3725.0;
     sup.listen = vec!["127.0.0.1:8080".into()];
     let mut view = StatusView::new(sup);
-    let mut w0 = WorkerView::new(0, Some(4242), WorkerState::Ready);
+    let mut w0 = WorkerView::new("w1", Some(4242), WorkerState::Ready);
     w0.uptime_secs = 61.0;
     w0.restarts = 1;
     w0.generation = 1;
@@ -91,7 +91,7 @@ pub fn sample_view(message: &str) -> StatusView {
         signal: None,
     });
     w0.last_report = Some(format!("{message:?} at src/cart.rs:42:9 (POST /cart)"));
-    let mut w1 = WorkerView::new(1, Some(4243), WorkerState::Starting);
+    let mut w1 = WorkerView::new("w2", Some(4243), WorkerState::Starting);
     w1.uptime_secs = 0.2;
     view.workers = vec![w0, w1];
     // 90 s before the view was taken: in the middle of the chart's "1 min ago" bucket.
@@ -99,7 +99,7 @@ pub fn sample_view(message: &str) -> StatusView {
     let a_minute_ago = generated - Duration::from_secs(90);
     view.restarts.push(RestartEvent {
         time: unwedge_admin::rfc3339(a_minute_ago),
-        worker: 0,
+        worker: "w1".into(),
         reason: RestartReason::ExitCode,
     });
     let report = serde_json::json!({
@@ -117,9 +117,9 @@ pub fn sample_view(message: &str) -> StatusView {
         "decision": {"action": "crash", "reason": "mutex `cart` poisoned"}
     });
     view.reports
-        .push(Record::Panic(PanicRecord::new(Some(0), report)));
+        .push(Record::Panic(PanicRecord::new(Some("w1"), report)));
     let mut exit = ExitRecord::new(
-        Some(0),
+        Some("w1"),
         Some(4241),
         ExitStatus {
             code: Some(70),
