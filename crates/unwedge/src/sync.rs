@@ -694,17 +694,47 @@ impl<G> PoisonError<G> {
     ///
     /// # Examples
     ///
-    /// See [`Mutex::lock`].
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let m = unwedge::Mutex::new(vec![1, 2]);
+    /// m.lock().await.unwrap().commit_or_poison(); // dropped uncommitted: poisoned
+    /// let mut list = m.lock().await.unwrap_err().into_inner();
+    /// list.clear(); // repair
+    /// m.clear_poison();
+    /// # }
+    /// ```
     pub fn into_inner(self) -> G {
         self.guard
     }
 
     /// A reference to the guard.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let m = unwedge::Mutex::new(7);
+    /// m.lock().await.unwrap().commit_or_poison(); // dropped uncommitted: poisoned
+    /// let err = m.lock().await.unwrap_err();
+    /// assert_eq!(**err.get_ref(), 7);
+    /// # }
+    /// ```
     pub fn get_ref(&self) -> &G {
         &self.guard
     }
 
     /// A mutable reference to the guard.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let m = unwedge::Mutex::new(7);
+    /// m.lock().await.unwrap().commit_or_poison(); // dropped uncommitted: poisoned
+    /// let mut err = m.lock().await.unwrap_err();
+    /// **err.get_mut() = 0;
+    /// # }
+    /// ```
     pub fn get_mut(&mut self) -> &mut G {
         &mut self.guard
     }
