@@ -179,8 +179,12 @@ impl Drop for Sup {
             .lock()
             .map(|l| l.iter().filter_map(|x| pid_in(x)).collect())
             .unwrap_or_default();
+        // Only groups led by a live child of our supervisor: pids are reused quickly
+        // (pid_max is often 32768) and a stale one may now belong to another test.
         for p in pids {
-            let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
+            if proc_state(p).is_some_and(|(_, ppid)| ppid == self.pid) {
+                let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
+            }
         }
         let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
     }
