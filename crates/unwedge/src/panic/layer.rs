@@ -318,7 +318,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let ctx = RequestCtx::new(&self.config, &req);
+        let mut ctx = RequestCtx::new(&self.config, &req);
         let inner = &mut self.inner;
         let called = context::with_scope(&ctx.scope, || {
             catch_unwind(AssertUnwindSafe(move || inner.call(req)))
@@ -389,7 +389,7 @@ where
                         Poll::Ready(result.map(|res| ctx.finish(res)))
                     }
                     Err(payload) => {
-                        let ctx = this.ctx.take().expect("checked above");
+                        let mut ctx = this.ctx.take().expect("checked above");
                         // Report first: dropping the future must not overwrite the capture.
                         let res = ctx.panic_response(payload);
                         let mut state = this.state;
@@ -411,46 +411,51 @@ where
 }
 
 /// What the layer keeps of a request so that it can report a panic after the request itself
-/// has moved into the inner service.
+/// has moved into the inner service. Method, path and id live in one string, the scope's
+/// label `METHOD /path (request ID)`: one allocation per request instead of four.
 struct RequestCtx {
     config: Arc<Config>,
     scope: Arc<Scope>,
-    id: HeaderValue,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    /// `label[..method_end]` is the method.
+    method_end: usize,
+    /// `label[method_end + 1..path_end]` is the path.
+    path_end: usize,
+    /// The client's own id, echoed as it came; `None` when the id was generated (or taken).
+    echo: Option<HeaderValue>,
+    /// Boxed: the context is moved around with every response; most requests never panic.
+    headers: Option<Box<HeaderMap>>,
     #[cfg(feature = "axum")]
     matched: Option<axum::extract::MatchedPath>,
 }
 
+const ID_PREFIX: &str = " (request ";
+
 impl RequestCtx {
     fn new<B>(config: &Arc<Config>, req: &Request<B>) -> Self {
-        let id = req
+        let echo = req
             .headers()
             .get(X_REQUEST_ID)
             .filter(|v| is_sane_request_id(v.as_bytes()))
-            .cloned()
-            .unwrap_or_else(generate_request_id);
-        let id_str = id.to_str().unwrap_or("");
+            .cloned();
+        let generated;
+        let id = match &echo {
+            // Sane ids are ASCII.
+            Some(v) => v.to_str().unwrap_or(""),
+            None => {
+                generated = generate_request_id();
+                std::str::from_utf8(&generated).expect("hex digits")
+            }
+        };
         let (method, path) = (req.method().as_str(), req.uri().path());
-        let mut label = String::with_capacity(method.len() + path.len() + id_str.len() + 12);
-        label.push_str(method);
-        label.push(' ');
-        label.push_str(path);
-        label.push_str(" (request ");
-        label.push_str(id_str);
-        label.push(')');
+        let label = concat(&[method, " ", path, ID_PREFIX, id, ")"]);
         RequestCtx {
             config: config.clone(),
             scope: Scope::new(label),
-            id,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: if config.capture_headers {
-                req.headers().clone()
-            } else {
-                HeaderMap::new()
-            },
+            method_end: method.len(),
+            path_end: method.len() + 1 + path.len(),
+            echo,
+            headers: (config.capture_headers && !req.headers().is_empty())
+                .then(|| Box::new(req.headers().clone())),
             #[cfg(feature = "axum")]
             matched: req
                 .extensions()
@@ -459,8 +464,24 @@ impl RequestCtx {
         }
     }
 
+    fn method(&self) -> &str {
+        &self.scope.label[..self.method_end]
+    }
+
+    fn path(&self) -> &str {
+        &self.scope.label[self.method_end + 1..self.path_end]
+    }
+
     fn request_id(&self) -> &str {
-        self.id.to_str().unwrap_or("")
+        let label = &self.scope.label;
+        &label[self.path_end + ID_PREFIX.len()..label.len() - 1]
+    }
+
+    /// The `x-request-id` response header value.
+    fn id_header(&mut self) -> HeaderValue {
+        self.echo.take().unwrap_or_else(|| {
+            HeaderValue::from_str(self.request_id()).expect("request ids are valid header values")
+        })
     }
 
     /// `METHOD /route`: axum's matched route when there is one (bounded cardinality), the
@@ -468,18 +489,18 @@ impl RequestCtx {
     fn route(&self) -> String {
         #[cfg(feature = "axum")]
         if let Some(m) = &self.matched {
-            return format!("{} {}", self.method, m.as_str());
+            return format!("{} {}", self.method(), m.as_str());
         }
-        format!("{} {}", self.method, self.uri.path())
+        format!("{} {}", self.method(), self.path())
     }
 
-    fn finish<B>(self, res: Response<B>) -> Response<PanicBody>
+    fn finish<B>(mut self, res: Response<B>) -> Response<PanicBody>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let (mut parts, body) = res.into_parts();
-        parts.headers.insert(X_REQUEST_ID, self.id.clone());
+        parts.headers.insert(X_REQUEST_ID, self.id_header());
         let body = CatchBody {
             inner: body,
             ctx: Some(self),
@@ -507,9 +528,11 @@ impl RequestCtx {
             report.message = message;
         }
         let mut req = Request::new(());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
+        *req.method_mut() = Method::from_bytes(self.method().as_bytes()).unwrap_or_default();
+        *req.uri_mut() = Uri::try_from(self.path()).unwrap_or_default();
+        if let Some(headers) = &self.headers {
+            *req.headers_mut() = (**headers).clone();
+        }
         report.request = Some(RequestInfo::from_request(&req, self.request_id()));
         let decision = decide(
             self.config.policy,
@@ -527,7 +550,7 @@ impl RequestCtx {
         report
     }
 
-    fn panic_response(&self, payload: Box<dyn Any + Send>) -> Response<PanicBody> {
+    fn panic_response(&mut self, payload: Box<dyn Any + Send>) -> Response<PanicBody> {
         let report = self.report(payload);
         let rc = ResponseContext {
             request_id: self.request_id(),
@@ -541,10 +564,26 @@ impl RequestCtx {
             None => problem_response(&rc),
         };
         let (mut parts, body) = res.into_parts();
-        parts.headers.insert(X_REQUEST_ID, self.id.clone());
+        parts.headers.insert(X_REQUEST_ID, self.id_header());
         let body = Full::new(body).map_err(|never| match never {});
         Response::from_parts(parts, UnsyncBoxBody::new(body))
     }
+}
+
+/// Concatenates into an `Arc<str>` with one allocation (through a stack buffer when short).
+fn concat(parts: &[&str]) -> Arc<str> {
+    const STACK: usize = 192;
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    if total > STACK {
+        return Arc::from(parts.concat());
+    }
+    let mut buf = [0u8; STACK];
+    let mut n = 0;
+    for p in parts {
+        buf[n..n + p.len()].copy_from_slice(p.as_bytes());
+        n += p.len();
+    }
+    Arc::from(std::str::from_utf8(&buf[..n]).expect("str slices concatenate to UTF-8"))
 }
 
 fn is_sane_request_id(id: &[u8]) -> bool {
@@ -558,7 +597,7 @@ fn is_sane_request_id(id: &[u8]) -> bool {
 
 /// 16 hex digits: a per-process random seed mixed with a counter (unique within the process,
 /// unpredictable across processes).
-fn generate_request_id() -> HeaderValue {
+fn generate_request_id() -> [u8; 16] {
     static SEED: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = *SEED.get_or_init(|| {
@@ -578,7 +617,7 @@ fn generate_request_id() -> HeaderValue {
     for (i, b) in buf.iter_mut().enumerate() {
         *b = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+    buf
 }
 
 /// The error a response body ends with when polling it panicked.
@@ -672,8 +711,7 @@ mod tests {
         let a = generate_request_id();
         let b = generate_request_id();
         assert_ne!(a, b);
-        assert_eq!(a.len(), 16);
-        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert!(a.iter().all(u8::is_ascii_hexdigit));
     }
 
     #[test]
