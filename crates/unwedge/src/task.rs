@@ -178,7 +178,7 @@ where
         Ok(fut) => Box::pin(fut),
         Err(payload) => return Err((context::take(), payload)),
     };
-    poll_fn(|cx| {
+    let outcome = poll_fn(|cx| {
         let polled = context::with_scope(scope, || {
             catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
         });
@@ -189,7 +189,12 @@ where
             Err(payload) => Poll::Ready(Err((context::take(), payload))),
         }
     })
-    .await
+    .await;
+    // A panicking `Drop` must not take the supervisor down with it.
+    if context::with_scope(scope, || catch_unwind(AssertUnwindSafe(move || drop(fut)))).is_err() {
+        let _ = context::take();
+    }
+    outcome
 }
 
 /// Reports a task's panic and applies the process-wide policy; `Some(reason)` when it decided

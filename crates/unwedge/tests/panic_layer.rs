@@ -591,3 +591,44 @@ async fn request_id_is_echoed_generated_or_replaced() {
     })
     .await
 }
+
+#[tokio::test]
+async fn crash_policy_requests_a_crash_even_when_the_state_rolled_back() {
+    within(async {
+        let comments = Arc::new(Tx::named("comments", vec!["a".to_owned()]));
+        let layer = PanicLayer::with_policy(Policy::Crash);
+        let addr = start(comments_app(comments.clone(), layer)).await;
+        assert_problem(&send(addr, "POST", "/comments/buggy", &[], "b").await);
+        let reason = unwedge::health::crash_requested().await;
+        assert!(reason.contains("policy crash"), "{reason}");
+        assert_eq!(*comments.read(), ["a"]);
+        // The crash is the server's to carry out; until then, requests are still answered.
+        assert_eq!(send(addr, "GET", "/comments", &[], "").await.body, "a");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_custom_responder_replaces_the_answer_and_keeps_the_request_id() {
+    within(async {
+        let comments = Arc::new(Tx::named("comments", vec!["a".to_owned()]));
+        let layer = PanicLayer::new().respond_with(|ctx| {
+            let mut res = http::Response::new(Bytes::from(format!("oops {}", ctx.request_id)));
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            res
+        });
+        let addr = start(comments_app(comments, layer)).await;
+        let a = send(
+            addr,
+            "POST",
+            "/comments/buggy",
+            &[("x-request-id", "r-9")],
+            "b",
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(a.body, "oops r-9");
+        assert_eq!(a.headers["x-request-id"], "r-9");
+    })
+    .await
+}

@@ -393,9 +393,13 @@ where
                         // Report first: dropping the future must not overwrite the capture.
                         let res = ctx.panic_response(payload);
                         let mut state = this.state;
-                        let _ = context::with_scope(&ctx.scope, || {
+                        let dropped = context::with_scope(&ctx.scope, || {
                             catch_unwind(AssertUnwindSafe(|| state.set(State::Done)))
                         });
+                        if dropped.is_err() {
+                            // A panicking `Drop`: leave no stale capture for the next panic.
+                            let _ = context::take();
+                        }
                         Poll::Ready(Ok(res))
                     }
                 }
