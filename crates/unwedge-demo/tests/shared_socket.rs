@@ -1,6 +1,6 @@
-//! Two workers share one listening socket (the supervisor's setup); one crashes gracefully
-//! under load. The socket's accept queue outlives the crashing worker, so the only failed
-//! request is the one that panicked.
+//! Two workers share one listening socket (the supervisor's setup); one crashes gracefully,
+//! or is stopped with SIGTERM, under load. The socket's accept queue outlives the leaving
+//! worker, so the only failed request is the one that panicked.
 
 mod support;
 
@@ -12,6 +12,41 @@ use unwedge_load::{LoadConfig, RequestSpec};
 
 #[test]
 fn one_worker_crashes_under_load_and_no_connection_is_refused_or_reset() {
+    let report = one_of_two_leaves_under_load(false, Leave::Crash);
+    assert_eq!(report.unexpected_failures(), 0, "{report}");
+}
+
+/// Keep-alive clients: an idle connection gets 1 s for one more request before the leaving
+/// worker closes it; a pooled connection idle for longer can still race with the close (a
+/// reset the client may retry). Measured: 1 reset in 20 runs; the bound leaves room for that.
+const KEEP_ALIVE_RACES: u64 = 2;
+
+#[test]
+fn one_worker_crashes_under_keep_alive_load_and_the_other_keeps_serving() {
+    let report = one_of_two_leaves_under_load(true, Leave::Crash);
+    assert!(report.unexpected_failures() <= KEEP_ALIVE_RACES, "{report}");
+}
+
+#[test]
+fn one_worker_stops_under_load_and_no_connection_is_refused_or_reset() {
+    let report = one_of_two_leaves_under_load(false, Leave::Sigterm);
+    assert_eq!(report.unexpected_failures(), 0, "{report}");
+}
+
+#[test]
+fn one_worker_stops_under_keep_alive_load_and_the_other_keeps_serving() {
+    let report = one_of_two_leaves_under_load(true, Leave::Sigterm);
+    assert!(report.unexpected_failures() <= KEEP_ALIVE_RACES, "{report}");
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Leave {
+    Crash,
+    Sigterm,
+}
+
+fn one_of_two_leaves_under_load(keep_alive: bool, how: Leave) -> unwedge_load::LoadReport {
+    let mut out = None;
     run_test(Duration::from_secs(90), async {
         let dir = tempfile::tempdir().unwrap();
         let (listener, addr) = loopback_listener();
@@ -49,7 +84,7 @@ fn one_worker_crashes_under_load_and_no_connection_is_refused_or_reset() {
                 .request(RequestSpec::get("/slow?ms=2").weight(1))
                 .request(RequestSpec::get("/").weight(3))
                 .concurrency(8)
-                .keep_alive(false)
+                .keep_alive(keep_alive)
                 .timeout(Duration::from_secs(10))
                 .duration(Duration::from_secs(30)),
         )
@@ -60,8 +95,12 @@ fn one_worker_crashes_under_load_and_no_connection_is_refused_or_reset() {
             .await
             .expect("load is running");
 
-        let (status, _) = http(addr, "POST", "/poison").await.unwrap();
-        assert_eq!(status, 500);
+        if how == Leave::Crash {
+            let (status, _) = http(addr, "POST", "/poison").await.unwrap();
+            assert_eq!(status, 500);
+        } else {
+            w1.signal(Signal::TERM);
+        }
 
         // Whichever worker took the panic exits 70; the other keeps serving.
         let (mut w1, mut w2) = (w1, w2);
@@ -69,7 +108,8 @@ fn one_worker_crashes_under_load_and_no_connection_is_refused_or_reset() {
             s = w1.child.wait() => (("w1", s.unwrap()), w2),
             s = w2.child.wait() => (("w2", s.unwrap()), w1),
         };
-        assert_eq!(crashed.1.code(), Some(70), "{} exit", crashed.0);
+        let code = if how == Leave::Crash { 70 } else { 0 };
+        assert_eq!(crashed.1.code(), Some(code), "{} exit", crashed.0);
 
         // More load after the crash, all of it on the survivor.
         let at_crash = progress.borrow().total;
@@ -81,10 +121,9 @@ fn one_worker_crashes_under_load_and_no_connection_is_refused_or_reset() {
         let report = load.finish().await;
         eprintln!("{report}");
         eprintln!(
-            "FIGURE shared_socket_crash total={} refused={} reset={} timeout={} other={} unexpected_status={}",
+            "FIGURE shared_socket leave={how:?} keep_alive={keep_alive} total={} refused={} reset={} timeout={} other={} unexpected_status={}",
             report.total, report.refused, report.reset, report.timeout, report.other, report.unexpected_statuses
         );
-        assert_eq!(report.unexpected_failures(), 0, "{report}");
         assert!(report.ok >= 600, "{report}");
 
         survivor.signal(Signal::TERM);
@@ -93,5 +132,7 @@ fn one_worker_crashes_under_load_and_no_connection_is_refused_or_reset() {
             survivor.wait_exit(Duration::from_secs(10)).await.code(),
             Some(0)
         );
+        out = Some(report);
     });
+    out.expect("the run produced a report")
 }
