@@ -285,8 +285,12 @@ async fn bytecache_burn_poisons_the_mutex_and_auto_requests_a_crash() {
         assert!(live.body.contains("tainted"), "{}", live.body);
         assert!(live.body.contains("bytecache"), "{}", live.body);
 
+        // Counted by axum's matched route, not by the raw path.
+        assert_eq!(unwedge::health().panics_by_route["PUT /cache/{key}"], 1);
+        assert!(reason.starts_with("panic in PUT /cache/{key}"), "{reason}");
         let r = &keep.all()[0];
         assert_eq!(r.poisoned, ["bytecache"]);
+        assert_eq!(r.request.as_ref().unwrap().path, "/cache/burn");
         assert_eq!(r.decision.as_ref().unwrap().action, Action::Crash);
     })
     .await
