@@ -213,6 +213,38 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pidfile: Option<PathBuf>,
 
+    /// Admin endpoint (`/metrics`, `/status`, `/livez`, `/readyz` and the status page):
+    /// `HOST:PORT`, a port alone (bound on 127.0.0.1), or `off` [default: 127.0.0.1:9090;
+    /// if that default port is taken, a warning and no admin endpoint].
+    #[arg(long, value_name = "ADDR|off", help_heading = "Observability")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+
+    /// Directory where every panic report and abnormal worker exit is appended (fsynced JSON
+    /// lines; `unwedge reports` lists them), or `off` [default: `$STATE_DIRECTORY/reports`
+    /// when systemd sets `StateDirectory=`, else off].
+    #[arg(long, value_name = "DIR|off", help_heading = "Observability")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_dir: Option<PathBuf>,
+
+    /// Rotate the report file when it would grow past this size (`4096`, `512K`, `10M`)
+    /// [default: 10M].
+    #[arg(long, value_name = "SIZE", help_heading = "Observability")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_max_bytes: Option<String>,
+
+    /// POST every alert (worker crashed, hung or tainted, gave up, reload failed) as JSON
+    /// with a Slack-compatible `text` field to this `http://` or `https://` URL.
+    #[arg(long, value_name = "URL", help_heading = "Observability")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_webhook: Option<String>,
+
+    /// Run this command with `sh -c` for every alert, the event JSON on its stdin and the
+    /// kind in `$UNWEDGE_ALERT_KIND` (killed after 10s).
+    #[arg(long, value_name = "CMD", help_heading = "Observability")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_exec: Option<String>,
+
     /// The worker command (file only; on the command line it follows `--`).
     #[arg(skip)]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -256,7 +288,12 @@ impl Options {
             ready_timeout,
             stop_timeout,
             log_format,
-            pidfile
+            pidfile,
+            admin,
+            report_dir,
+            report_max_bytes,
+            alert_webhook,
+            alert_exec
         );
         if !over.listen.is_empty() {
             self.listen = over.listen;
@@ -356,6 +393,17 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Pid file to write.
     pub pidfile: Option<PathBuf>,
+    /// `--admin` as given (`None`: the default); the binary parses it with
+    /// `unwedge_admin::parse_admin_addr`.
+    pub admin: Option<String>,
+    /// `--report-dir` as given (`None`: the default, `off`: none).
+    pub report_dir: Option<PathBuf>,
+    /// `--report-max-bytes` as given; the binary parses it with `unwedge_admin::parse_size`.
+    pub report_max_bytes: Option<String>,
+    /// `--alert-webhook` URL.
+    pub alert_webhook: Option<String>,
+    /// `--alert-exec` command.
+    pub alert_exec: Option<String>,
     /// The worker command and its arguments (never empty).
     pub command: Vec<String>,
 }
@@ -455,6 +503,11 @@ impl Config {
             stop_timeout: o.stop_timeout.unwrap_or(Duration::from_secs(30)),
             log_format: o.log_format.unwrap_or_default(),
             pidfile: o.pidfile,
+            admin: o.admin,
+            report_dir: o.report_dir,
+            report_max_bytes: o.report_max_bytes,
+            alert_webhook: o.alert_webhook,
+            alert_exec: o.alert_exec,
             command: o.command,
         })
     }
@@ -483,6 +536,11 @@ impl Config {
             stop_timeout: Some(self.stop_timeout),
             log_format: Some(self.log_format),
             pidfile: self.pidfile.clone(),
+            admin: self.admin.clone(),
+            report_dir: self.report_dir.clone(),
+            report_max_bytes: self.report_max_bytes.clone(),
+            alert_webhook: self.alert_webhook.clone(),
+            alert_exec: self.alert_exec.clone(),
             command: self.command.clone(),
         }
     }
@@ -573,6 +631,27 @@ mod tests {
         assert_eq!(c.watchdog, Some(Duration::from_secs(2)));
         assert_eq!(c.command, ["b"]);
         assert_eq!(c.listen.len(), 1);
+    }
+
+    #[test]
+    fn observability_keys_in_the_file() {
+        let file: Options = toml::from_str(
+            "admin = \"off\"\nreport-dir = \"/tmp/r\"\nreport-max-bytes = \"1M\"\n\
+             alert-webhook = \"http://127.0.0.1:1/h\"\nalert-exec = \"true\"\ncommand = [\"a\"]",
+        )
+        .unwrap();
+        let flags = Options {
+            admin: Some("9100".into()),
+            ..Options::default()
+        };
+        let c = Config::resolve(Some(file), flags, vec![]).unwrap();
+        assert_eq!(c.admin.as_deref(), Some("9100"));
+        assert_eq!(c.report_dir, Some(PathBuf::from("/tmp/r")));
+        assert_eq!(c.report_max_bytes.as_deref(), Some("1M"));
+        assert_eq!(c.alert_webhook.as_deref(), Some("http://127.0.0.1:1/h"));
+        assert_eq!(c.alert_exec.as_deref(), Some("true"));
+        let back: Options = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c.to_options());
     }
 
     #[test]

@@ -45,4 +45,5 @@ pub use events::{
     AlertHook, Counters, Event, ExitInfo, HangKind, RestartReason, Snapshot, WorkerInfo,
     WorkerState,
 };
+pub use output::{last_stderr_lines, STDERR_TAIL_LINES};
 pub use supervisor::{Control, Handle, Outcome, Supervisor, EXIT_GAVE_UP};

@@ -1,12 +1,14 @@
 //! Worker output passed through line by line, prefixed with the worker id
 //! (`[w1 pid 123] …`) or as JSON lines (`--log-format json`).
 
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::LogFormat;
 
@@ -76,12 +78,85 @@ fn writer() -> &'static mpsc::Sender<(Stream, String)> {
     })
 }
 
-/// Copies `reader` to our stdout or stderr until EOF.
+/// How many of a worker's last stderr lines are kept for its crash report.
+pub const STDERR_TAIL_LINES: usize = 20;
+/// Longer stderr lines are cut to this many bytes in the tail.
+const TAIL_LINE_MAX: usize = 1024;
+/// A closed tail nobody asked for is forgotten after this long.
+const TAIL_KEEP: Duration = Duration::from_secs(60);
+
+/// The last stderr lines of one worker process, and whether its stderr has closed.
+struct Tail {
+    lines: Mutex<VecDeque<String>>,
+    closed: watch::Sender<Option<Instant>>,
+}
+
+type Tails = Mutex<HashMap<i32, Arc<Tail>>>;
+
+fn tails() -> &'static Tails {
+    static TAILS: OnceLock<Tails> = OnceLock::new();
+    TAILS.get_or_init(Tails::default)
+}
+
+fn new_tail(pid: i32) -> Arc<Tail> {
+    let tail = Arc::new(Tail {
+        lines: Mutex::new(VecDeque::with_capacity(STDERR_TAIL_LINES)),
+        closed: watch::channel(None).0,
+    });
+    let mut all = tails().lock().unwrap_or_else(|p| p.into_inner());
+    // Forget the tails of workers that ended long ago and were never asked for.
+    all.retain(|_, t| {
+        t.closed
+            .borrow()
+            .map_or(true, |at| at.elapsed() < TAIL_KEEP)
+    });
+    all.insert(pid, tail.clone());
+    tail
+}
+
+impl Tail {
+    fn push(&self, line: &str) {
+        let mut cut = line.len().min(TAIL_LINE_MAX);
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() == STDERR_TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line[..cut].to_owned());
+    }
+}
+
+/// The last (up to [`STDERR_TAIL_LINES`]) lines worker `pid` wrote to its stderr, for its
+/// crash report; waits up to `wait` for its stderr to close first, so that what it wrote just
+/// before it died is included. Forgets them: a second call returns nothing.
+pub async fn last_stderr_lines(pid: i32, wait: Duration) -> Vec<String> {
+    let tail = {
+        let all = tails().lock().unwrap_or_else(|p| p.into_inner());
+        all.get(&pid).cloned()
+    };
+    let Some(tail) = tail else {
+        return Vec::new();
+    };
+    let mut closed = tail.closed.subscribe();
+    // A grandchild may hold the pipe open: bounded.
+    let _ = tokio::time::timeout(wait, closed.wait_for(Option::is_some)).await;
+    tails()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&pid);
+    let lines = tail.lines.lock().unwrap_or_else(|p| p.into_inner());
+    lines.iter().cloned().collect()
+}
+
+/// Copies `reader` to our stdout or stderr until EOF (keeping the tail of stderr).
 pub(crate) fn forward<R>(reader: R, worker: String, pid: i32, stream: Stream, format: LogFormat)
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let out = writer().clone();
+    let tail = (stream == Stream::Stderr).then(|| new_tail(pid));
     tokio::spawn(async move {
         let mut r = BufReader::new(reader);
         let mut buf = Vec::with_capacity(256);
@@ -94,6 +169,9 @@ where
                         buf.pop();
                     }
                     let text = String::from_utf8_lossy(&buf);
+                    if let Some(t) = &tail {
+                        t.push(&text);
+                    }
                     let line = format_line(format, &worker, pid, stream, &text);
                     if out.send((stream, line)).await.is_err() {
                         break;
@@ -101,12 +179,37 @@ where
                 }
             }
         }
+        if let Some(t) = &tail {
+            t.closed.send_replace(Some(Instant::now()));
+        }
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stderr_tail_keeps_the_last_lines_until_asked() {
+        let (mut w, r) = tokio::io::duplex(64 * 1024);
+        forward(r, "w9".into(), -42, Stream::Stderr, LogFormat::Text);
+        let mut text = String::new();
+        for i in 0..(STDERR_TAIL_LINES + 5) {
+            text.push_str(&format!("line {i}\n"));
+        }
+        tokio::io::AsyncWriteExt::write_all(&mut w, text.as_bytes())
+            .await
+            .unwrap();
+        drop(w); // EOF: the worker's stderr closed
+        let lines = last_stderr_lines(-42, Duration::from_secs(10)).await;
+        assert_eq!(lines.len(), STDERR_TAIL_LINES);
+        assert_eq!(lines[0], "line 5");
+        assert_eq!(
+            lines.last().unwrap(),
+            &format!("line {}", STDERR_TAIL_LINES + 4)
+        );
+        assert!(last_stderr_lines(-42, Duration::ZERO).await.is_empty());
+    }
 
     #[test]
     fn text_and_json() {
