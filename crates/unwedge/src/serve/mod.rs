@@ -28,7 +28,8 @@
 //!   `STOPPING=1`, and each panic report as `UNWEDGE_REPORT=<json>` ([`encode_report`]). A
 //!   socket that vanished is logged once; serving continues.
 //! - **Graceful shutdown** on SIGTERM or SIGINT: stop accepting, finish the requests in flight
-//!   within the shutdown timeout (default 30 s, [`Server::shutdown_timeout`],
+//!   (a connection accepted but not read yet gets 500 ms for its request, an idle keep-alive
+//!   one 1 s for one more, answered with `Connection: close`) within the shutdown timeout (default 30 s, [`Server::shutdown_timeout`],
 //!   `UNWEDGE_SHUTDOWN_TIMEOUT`), return [`Outcome::Stopped`] (exit code 0). A second signal
 //!   ends the drain at once.
 //! - **Graceful crash** when the panic policy asks for one
