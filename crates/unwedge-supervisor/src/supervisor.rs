@@ -355,6 +355,8 @@ struct Worker {
     status: Option<String>,
     last_report: Option<String>,
     kill_at: Option<Instant>,
+    /// SIGTERM due (a tainted worker that has not left on its own by then).
+    term_at: Option<Instant>,
     crash_at: Option<Instant>,
 }
 
@@ -541,6 +543,7 @@ impl Pool {
                 status: None,
                 last_report: None,
                 kill_at: None,
+                term_at: None,
                 crash_at,
             },
         );
@@ -691,6 +694,7 @@ impl Pool {
         let now = Instant::now();
         if let Some(w) = self.workers.get_mut(&pid) {
             w.stop_requested = true;
+            w.term_at = None;
             if w.state != WorkerState::Hung {
                 w.state = WorkerState::Stopping;
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
@@ -951,6 +955,10 @@ impl Pool {
                     Some("wedged") if !w.stop_requested => self.hung(pid, HangKind::Wedged, &s),
                     Some(_) if !w.stop_requested => {
                         let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
+                        // An unwedge worker crashes gracefully by itself, and a signal would
+                        // cut its drain short: SIGTERM only if it is still there later.
+                        w.stop_requested = true;
+                        w.term_at = Some(now + self.config.dump_grace);
                         self.count_restart(RestartReason::Tainted);
                         tracing::warn!("{id} pid {pid} is tainted ({s}); replacing it");
                         self.emit(Event::Tainted {
@@ -958,7 +966,6 @@ impl Pool {
                             pid,
                             status: s,
                         });
-                        self.terminate(pid, self.config.stop_timeout);
                         if self.is_candidate(generation) {
                             self.reload_failed("a new worker is tainted".into());
                         } else if generation == self.active_gen {
@@ -1161,6 +1168,22 @@ impl Pool {
         if stop_over {
             self.stop_deadline = None;
         }
+        let stop_timeout = self.config.stop_timeout;
+        for w in self.workers.values_mut() {
+            if w.term_at.is_some_and(|t| t <= now) {
+                w.term_at = None;
+                if w.state != WorkerState::Hung && w.kill_at.is_none() {
+                    tracing::warn!(
+                        "{} pid {}: still running; sending SIGTERM",
+                        slot_id(w.slot),
+                        w.pid
+                    );
+                    w.state = WorkerState::Stopping;
+                    let _ = killpg(Pid::from_raw(w.pid), Signal::SIGTERM);
+                    w.kill_at = Some(now + stop_timeout);
+                }
+            }
+        }
         if self.stopping {
             return;
         }
@@ -1256,6 +1279,9 @@ impl Pool {
         for w in self.workers.values() {
             if let Some(k) = w.kill_at {
                 at(k);
+            }
+            if let Some(t) = w.term_at {
+                at(t);
             }
             if w.stop_requested || self.stopping {
                 continue;
