@@ -17,6 +17,8 @@ use clap::{Parser, Subcommand};
 use miette::IntoDiagnostic;
 use unwedge_supervisor::{Config, LogFormat, Options, Supervisor};
 
+mod observe;
+
 /// Keeps HTTP servers serving: sockets held across restarts, workers restarted in
 /// milliseconds, hung workers found and replaced.
 #[derive(Debug, Parser)]
@@ -55,6 +57,22 @@ enum Cmd {
         /// File with the pid of the supervisor (see `unwedge run --pidfile`).
         #[arg(long)]
         pidfile: Option<PathBuf>,
+    },
+    /// List the crash reports `unwedge run --report-dir DIR` wrote, oldest first.
+    ///
+    /// $ unwedge reports --dir /var/lib/unwedge/reports --since 1h
+    /// $ unwedge reports --json | jq -r 'select(.kind=="panic") | .report.backtrace'
+    Reports {
+        /// The report directory [default: $STATE_DIRECTORY/reports, as `unwedge run` uses
+        /// under systemd].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Only reports from the last DURATION (`10m`, `1h`, `2d`).
+        #[arg(long, value_name = "DURATION", value_parser = unwedge_supervisor::config::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Internal: the demo worker (every way a request can panic or hang), for tests and demos.
     #[command(hide = true)]
@@ -105,6 +123,7 @@ fn main() -> miette::Result<ExitCode> {
         Cmd::Run(a) => run(*a),
         Cmd::CheckConfig { file } => check_config(file),
         Cmd::Reload { pid, pidfile } => reload(pid, pidfile),
+        Cmd::Reports { dir, since, json } => reports(dir, since, json),
         Cmd::DemoService => demo_service(),
         Cmd::ExecShim { .. } => Ok(ExitCode::from(2)),
     }
@@ -127,6 +146,10 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
         Ok(c) => c,
         Err(e) => return fail(&e, e.exit_code()),
     };
+    let observe = match observe::Settings::from_config(&config) {
+        Ok(s) => s,
+        Err(e) => return fail(e, 2),
+    };
     init_logging(config.log_format);
     // Before any thread exists: reads and removes systemd's variables, binds sockets.
     let supervisor = match Supervisor::new(config) {
@@ -137,10 +160,21 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
         .enable_all()
         .build()
         .into_diagnostic()?;
-    match rt.block_on(supervisor.run()) {
-        Ok(outcome) => Ok(ExitCode::from(outcome.exit_code())),
-        Err(e) => fail(&e, e.exit_code()),
-    }
+    rt.block_on(async {
+        // Report directory, alerts and admin endpoint before any worker starts: a bad
+        // environment is one line and exit status 1.
+        let (supervisor, observer) = match observe::start(observe, supervisor).await {
+            Ok(s) => s,
+            Err(e) => return fail(e.message, e.code),
+        };
+        let outcome = supervisor.run().await;
+        // Bounded: the last reports written, the alerts (gave_up included) flushed.
+        observer.finish().await;
+        match outcome {
+            Ok(outcome) => Ok(ExitCode::from(outcome.exit_code())),
+            Err(e) => fail(&e, e.exit_code()),
+        }
+    })
 }
 
 fn init_logging(format: LogFormat) {
@@ -172,6 +206,9 @@ fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
     };
     match Config::resolve(Some(opts), Options::default(), command) {
         Ok(mut c) => {
+            if let Err(e) = observe::Settings::from_config(&c) {
+                return fail(format!("{}: {e}", file.display()), 2);
+            }
             if placeholder {
                 c.command.clear();
                 println!("# no `command`: give it to `unwedge run` after `--`");
@@ -204,6 +241,24 @@ fn reload(pid: Option<i32>, pidfile: Option<PathBuf>) -> miette::Result<ExitCode
     ) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => fail(format!("cannot signal pid {pid}: {}", e.desc()), 1),
+    }
+}
+
+fn reports(
+    dir: Option<PathBuf>,
+    since: Option<std::time::Duration>,
+    json: bool,
+) -> miette::Result<ExitCode> {
+    let Some(dir) = dir.or_else(observe::default_report_dir) else {
+        return fail(
+            "give --dir DIR (the directory `unwedge run --report-dir` writes to)",
+            2,
+        );
+    };
+    let mut out = std::io::stdout().lock();
+    match unwedge_admin::print_reports(&dir, since, json, &mut out) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => fail(e, 1),
     }
 }
 

@@ -1,0 +1,550 @@
+//! `unwedge run`'s observability: the supervisor's events and snapshots wired to
+//! `unwedge-admin` (admin endpoint, report directory, metrics, alerts).
+//!
+//! It lives in the binary, not in `unwedge-supervisor`, so the supervisor library stays free
+//! of the HTTP server and TLS stack: the library exposes what happened ([`Event`]s through an
+//! [`AlertHook`](unwedge_supervisor::AlertHook), which never lags) and what is
+//! ([`Snapshot`](unwedge_supervisor::Snapshot)s), and this module decides what to write, count
+//! and tell.
+//!
+//! The hook only copies each event into an unbounded channel, so the supervisor loop never
+//! waits on a disk or a webhook. One task takes the events in order and, per event:
+//! appends the record to the report directory (fsync, on a blocking thread), then updates the
+//! metrics, then queues the alert (which never waits either, see `Alerter::send`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use unwedge_admin::{
+    parse_admin_addr, parse_size, parse_webhook_url, AdminHandle, AdminServer, AlertConfig,
+    AlertEvent, AlertKind, Alerter, ExitRecord, ExitStatus, HangKind, Metrics, PanicRecord, Record,
+    ReportDir, ReportDirConfig, RestartEvent, RestartReason, StatusSource, StatusView,
+    SupervisorInfo, WorkerState, WorkerView, DEFAULT_ADMIN_ADDR,
+};
+use unwedge_supervisor::{self as sup, Config, Event, Handle, Supervisor};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// How long an abnormal exit's record waits for the worker's stderr to close, so that the
+/// lines it wrote just before dying are in it.
+const STDERR_WAIT: Duration = Duration::from_millis(100);
+/// Reports and restarts kept in memory for `/status` and the page.
+const KEEP_REPORTS: usize = 50;
+const KEEP_RESTARTS: usize = 2000;
+/// Bound on the wait for the last events and alerts when the supervisor ends.
+pub(crate) const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The observability options, checked: what `--admin`, `--report-dir`,
+/// `--report-max-bytes`, `--alert-webhook` and `--alert-exec` mean.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    admin: Option<SocketAddr>,
+    /// `--admin` was given: a port in use is an error, not a warning.
+    admin_explicit: bool,
+    reports: Option<ReportDirConfig>,
+    alerts: AlertConfig,
+}
+
+/// The default report directory: `$STATE_DIRECTORY/reports` (systemd's `StateDirectory=`,
+/// first entry), if set.
+pub(crate) fn default_report_dir() -> Option<PathBuf> {
+    let v = std::env::var_os("STATE_DIRECTORY")?;
+    let first = v.to_str()?.split(':').next()?.to_owned();
+    (!first.is_empty()).then(|| PathBuf::from(first).join("reports"))
+}
+
+impl Settings {
+    /// Parses the options; an error is a usage error (exit status 2).
+    pub(crate) fn from_config(c: &Config) -> Result<Settings, String> {
+        let (admin, admin_explicit) = match &c.admin {
+            None => (Some(DEFAULT_ADMIN_ADDR), false),
+            Some(s) => (parse_admin_addr(s).map_err(|e| e.to_string())?, true),
+        };
+        let dir = match &c.report_dir {
+            Some(p) if p.as_os_str() == "off" => None,
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err("--report-dir needs a directory (or `off`)".into())
+            }
+            Some(p) => Some(p.clone()),
+            None => default_report_dir(),
+        };
+        let max_bytes = match &c.report_max_bytes {
+            Some(s) => {
+                let n = parse_size(s).map_err(|e| format!("--report-max-bytes: {e}"))?;
+                if n == 0 {
+                    return Err("--report-max-bytes must be more than 0".into());
+                }
+                Some(n)
+            }
+            None => None,
+        };
+        let reports = dir.map(|d| {
+            let mut r = ReportDirConfig::new(d);
+            if let Some(n) = max_bytes {
+                r.max_bytes = n;
+            }
+            r
+        });
+        let mut alerts = AlertConfig::new();
+        if let Some(url) = &c.alert_webhook {
+            parse_webhook_url(url).map_err(|e| e.to_string())?;
+            alerts = alerts.webhook(url.clone());
+        }
+        if let Some(cmd) = &c.alert_exec {
+            if cmd.trim().is_empty() {
+                return Err("invalid --alert-exec: the command is empty".into());
+            }
+            alerts = alerts.exec(cmd.clone());
+        }
+        Ok(Settings {
+            admin,
+            admin_explicit,
+            reports,
+            alerts,
+        })
+    }
+}
+
+/// A start-up failure: the message and the exit status.
+#[derive(Debug)]
+pub(crate) struct StartFailure {
+    pub(crate) message: String,
+    pub(crate) code: u8,
+}
+
+/// The running observability side; [`Observer::finish`] it after `Supervisor::run`.
+pub(crate) struct Observer {
+    alerter: Arc<Alerter>,
+    admin: Option<AdminHandle>,
+    task: JoinHandle<()>,
+}
+
+/// What the event task learned, for the status view.
+#[derive(Default)]
+struct History {
+    restarts: VecDeque<RestartEvent>,
+    reports: VecDeque<Record>,
+    /// Slot id → one-line summary of its last panic report.
+    last_report: HashMap<String, String>,
+    /// Slot id → restarts seen (for slots with no process right now).
+    slot_restarts: HashMap<String, u64>,
+    /// Slot id → how its last process ended.
+    last_exit: HashMap<String, ExitStatus>,
+    /// Slot id → why its last process ended, for a failed start's restart reason.
+    last_cause: HashMap<String, RestartReason>,
+    /// Pids already alerted as hung or tainted: their exit is not a second alert.
+    hung: HashSet<i32>,
+    tainted: HashSet<i32>,
+    /// Pid → summary of the last panic it reported, for the crash alert.
+    last_panic: HashMap<i32, String>,
+}
+
+struct Shared {
+    gave_up: AtomicBool,
+    history: Mutex<History>,
+}
+
+impl Shared {
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Opens the report directory, starts the alerter, binds the admin endpoint and hooks the
+/// event task onto `supervisor`. Bad environment (unwritable directory, port in use) is
+/// exit status 1.
+pub(crate) async fn start(
+    settings: Settings,
+    supervisor: Supervisor,
+) -> Result<(Supervisor, Observer), StartFailure> {
+    let env_err = |message: String| StartFailure { message, code: 1 };
+    let metrics = Arc::new(Metrics::new(VERSION));
+    let reports = match settings.reports {
+        Some(cfg) => {
+            let dir = ReportDir::open(cfg).map_err(|e| env_err(e.to_string()))?;
+            tracing::info!("crash reports go to {}", dir.dir().display());
+            Some(Arc::new(dir))
+        }
+        None => None,
+    };
+    let alerter = Arc::new(
+        Alerter::new(settings.alerts, metrics.clone()).map_err(|e| env_err(e.to_string()))?,
+    );
+    let shared = Arc::new(Shared {
+        gave_up: AtomicBool::new(false),
+        history: Mutex::new(History::default()),
+    });
+    let handle = supervisor.handle();
+    let listen: Vec<String> = supervisor
+        .local_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let source = status_source(handle.clone(), shared.clone(), metrics.clone(), listen);
+    let admin = match settings.admin {
+        None => None,
+        Some(addr) => match AdminServer::bind(addr, source, metrics.clone()).await {
+            Ok(server) => {
+                tracing::info!("admin listening on http://{}", server.local_addr());
+                Some(server.spawn())
+            }
+            Err(e) if settings.admin_explicit => return Err(env_err(e.to_string())),
+            Err(e) => {
+                tracing::warn!("no admin endpoint: {e}");
+                None
+            }
+        },
+    };
+    let (tx, rx) = mpsc::unbounded_channel::<Event>();
+    let hook_shared = shared.clone();
+    let supervisor = supervisor.with_alert_hook(move |e: &Event| {
+        if matches!(e, Event::GaveUp { .. }) {
+            // /livez answers from this at once, not after the event task caught up.
+            hook_shared.gave_up.store(true, Ordering::Relaxed);
+        }
+        let _ = tx.send(e.clone());
+    });
+    let ctx = Ctx {
+        reports,
+        metrics,
+        alerter: alerter.clone(),
+        shared,
+        handle,
+    };
+    let task = tokio::spawn(ctx.run(rx));
+    Ok((
+        supervisor,
+        Observer {
+            alerter,
+            admin,
+            task,
+        },
+    ))
+}
+
+impl Observer {
+    /// After the supervisor ended: lets the event task write and send what is left, flushes
+    /// the alerts (the `gave_up` one included), stops the admin endpoint; all bounded.
+    pub(crate) async fn finish(self) {
+        let deadline = Instant::now() + FLUSH_DEADLINE;
+        // The hook (and its sender) went with the supervisor: the task ends once drained.
+        let mut task = self.task;
+        if tokio::time::timeout_at(deadline.into(), &mut task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("crash reports still being written at exit; giving up on them");
+            task.abort();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !self.alerter.flush(left).await {
+            tracing::warn!("alerts still being delivered at exit; giving up on them");
+        }
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
+    }
+}
+
+fn status_source(
+    handle: Handle,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    listen: Vec<String>,
+) -> StatusSource {
+    let started = Instant::now();
+    let forged_seen = AtomicU64::new(0);
+    StatusSource::from_fn(move || {
+        let snap = handle.snapshot();
+        // The supervisor counts forged notify messages; the metric follows on each look.
+        let forged = snap.counters.forged_notify;
+        let before = forged_seen.swap(forged, Ordering::Relaxed);
+        for _ in before..forged {
+            metrics.record_notify_forged();
+        }
+        let mut info = SupervisorInfo::new(VERSION, std::process::id());
+        info.uptime_secs = started.elapsed().as_secs_f64();
+        info.gave_up = shared.gave_up.load(Ordering::Relaxed);
+        info.listen = listen.clone();
+        let mut view = StatusView::new(info);
+        let h = shared.history();
+        let now = SystemTime::now();
+        for w in &snap.workers {
+            let state = match w.state {
+                sup::WorkerState::Starting => WorkerState::Starting,
+                sup::WorkerState::Ready => WorkerState::Ready,
+                sup::WorkerState::Hung => WorkerState::Hung,
+                _ if h.tainted.contains(&w.pid) => WorkerState::Tainted,
+                _ => WorkerState::Draining,
+            };
+            let mut v = WorkerView::new(w.id.clone(), u32::try_from(w.pid).ok(), state);
+            v.generation = w.generation;
+            v.uptime_secs = now
+                .duration_since(w.started_at)
+                .unwrap_or_default()
+                .as_secs_f64();
+            v.restarts = u64::from(w.restarts);
+            v.last_exit = w.last_exit.map(|e| ExitStatus {
+                code: e.code,
+                signal: e.signal,
+            });
+            v.last_report = h.last_report.get(&w.id).cloned();
+            view.workers.push(v);
+        }
+        // Slots waiting for their replacement still show, as exited.
+        let mut gone: Vec<&String> = h
+            .last_exit
+            .keys()
+            .filter(|id| !snap.workers.iter().any(|w| &&w.id == id))
+            .collect();
+        gone.sort();
+        for id in gone {
+            let mut v = WorkerView::new(id.clone(), None, WorkerState::Exited);
+            v.generation = snap.generation;
+            v.restarts = h.slot_restarts.get(id).copied().unwrap_or(0);
+            v.last_exit = h.last_exit.get(id).copied();
+            v.last_report = h.last_report.get(id).cloned();
+            view.workers.push(v);
+        }
+        view.restarts = h.restarts.iter().cloned().collect();
+        view.reports = h.reports.iter().cloned().collect();
+        view
+    })
+}
+
+struct Ctx {
+    reports: Option<Arc<ReportDir>>,
+    metrics: Arc<Metrics>,
+    alerter: Arc<Alerter>,
+    shared: Arc<Shared>,
+    handle: Handle,
+}
+
+impl Ctx {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        while let Some(e) = rx.recv().await {
+            self.on_event(e).await;
+        }
+    }
+
+    /// Appends to the report directory (durably) and keeps the record for the page.
+    async fn record(&self, record: Record) {
+        if let Some(dir) = &self.reports {
+            let dir = dir.clone();
+            let r = record.clone();
+            let written = tokio::task::spawn_blocking(move || dir.append(&r)).await;
+            let ok = match written {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::error!("crash report not written: {e}");
+                    false
+                }
+                Err(e) => {
+                    tracing::error!("crash report not written: {e}");
+                    false
+                }
+            };
+            self.metrics.record_report_written(ok);
+        }
+        let mut h = self.shared.history();
+        if h.reports.len() >= KEEP_REPORTS {
+            h.reports.pop_front();
+        }
+        h.reports.push_back(record);
+    }
+
+    fn alert(&self, event: AlertEvent) {
+        self.alerter.send(event);
+    }
+
+    async fn on_event(&self, e: Event) {
+        match e {
+            Event::Report { worker, pid, json } => {
+                let value = serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json));
+                let rec = PanicRecord::new(Some(&worker), value);
+                let route = rec.route();
+                let summary = panic_summary(&rec);
+                self.record(Record::Panic(rec)).await;
+                self.metrics.record_panic(&route);
+                let mut h = self.shared.history();
+                h.last_report.insert(worker, summary.clone());
+                h.last_panic.insert(pid, summary);
+            }
+            Event::WorkerExited {
+                worker,
+                pid,
+                code,
+                signal,
+                requested,
+            } => self.on_exit(worker, pid, code, signal, requested).await,
+            Event::Hung { worker, pid, kind } => {
+                let kind = match kind {
+                    sup::HangKind::Watchdog => HangKind::Watchdog,
+                    sup::HangKind::Probe => HangKind::Probe,
+                    sup::HangKind::ReadyTimeout => HangKind::ReadyTimeout,
+                    _ => HangKind::Wedged,
+                };
+                self.metrics.record_hang(kind);
+                {
+                    let mut h = self.shared.history();
+                    h.hung.insert(pid);
+                    h.last_cause.insert(worker.clone(), RestartReason::Hang);
+                }
+                let summary = match kind {
+                    HangKind::Watchdog => format!("{worker}: no heartbeat within --watchdog"),
+                    HangKind::Probe => format!("{worker}: probes failed"),
+                    HangKind::ReadyTimeout => format!("{worker}: not ready within --ready-timeout"),
+                    other => format!("{worker}: {}", other.as_str()),
+                };
+                self.alert(
+                    AlertEvent::new(AlertKind::WorkerHung, summary)
+                        .with_worker(&worker, u32::try_from(pid).ok())
+                        .with_details(serde_json::json!({ "kind": kind.as_str() })),
+                );
+            }
+            Event::Tainted {
+                worker,
+                pid,
+                status,
+            } => {
+                self.shared.history().tainted.insert(pid);
+                self.alert(
+                    AlertEvent::new(AlertKind::StateTainted, format!("{worker}: {status}"))
+                        .with_worker(&worker, u32::try_from(pid).ok())
+                        .with_details(serde_json::json!({ "status": status })),
+                );
+            }
+            Event::RestartScheduled { worker, reason, .. } => {
+                let mut h = self.shared.history();
+                let reason = match reason {
+                    sup::RestartReason::Exit | sup::RestartReason::Crash => RestartReason::ExitCode,
+                    sup::RestartReason::Signal => RestartReason::Signal,
+                    sup::RestartReason::Hang => RestartReason::Hang,
+                    sup::RestartReason::Tainted => RestartReason::Tainted,
+                    _ => h
+                        .last_cause
+                        .get(&worker)
+                        .copied()
+                        .unwrap_or(RestartReason::ExitCode),
+                };
+                self.metrics.record_restart(reason);
+                *h.slot_restarts.entry(worker.clone()).or_insert(0) += 1;
+                push_restart(&mut h, RestartEvent::now(worker, reason));
+            }
+            Event::Reloaded { generation } => {
+                let snap = self.handle.snapshot();
+                let mut h = self.shared.history();
+                for w in snap.workers.iter().filter(|w| w.generation == generation) {
+                    self.metrics.record_restart(RestartReason::Reload);
+                    push_restart(&mut h, RestartEvent::now(&w.id, RestartReason::Reload));
+                }
+            }
+            Event::WorkerReady {
+                crash_to_ready: Some(d),
+                ..
+            } => self.metrics.record_crash_to_ready(d),
+            Event::ReloadFailed { generation, reason } => self.alert(
+                AlertEvent::new(
+                    AlertKind::ReloadFailed,
+                    format!("generation {generation}: {reason}"),
+                )
+                .with_details(serde_json::json!({ "generation": generation, "reason": reason })),
+            ),
+            Event::GaveUp { reason } => self.alert(
+                AlertEvent::new(AlertKind::GaveUp, reason.clone())
+                    .with_details(serde_json::json!({ "reason": reason })),
+            ),
+            _ => {}
+        }
+    }
+
+    async fn on_exit(
+        &self,
+        worker: String,
+        pid: i32,
+        code: Option<i32>,
+        signal: Option<i32>,
+        requested: bool,
+    ) {
+        let status = ExitStatus { code, signal };
+        let stop_signal = matches!(signal, Some(15 | 2));
+        let abnormal = match (code, signal) {
+            (Some(0), _) => false,
+            (Some(_), _) => true,
+            // SIGTERM/SIGINT we sent ourselves is an ordinary stop.
+            (None, Some(_)) => !(requested && stop_signal),
+            (None, None) => false,
+        };
+        let (already_alerted, panic) = {
+            let mut h = self.shared.history();
+            h.last_exit.insert(worker.clone(), status);
+            h.last_cause.insert(
+                worker.clone(),
+                if signal.is_some() {
+                    RestartReason::Signal
+                } else {
+                    RestartReason::ExitCode
+                },
+            );
+            let alerted = h.hung.remove(&pid) | h.tainted.remove(&pid);
+            (alerted, h.last_panic.remove(&pid))
+        };
+        if !abnormal {
+            // Nobody will ask for its stderr: let it go.
+            let _ = sup::last_stderr_lines(pid, Duration::ZERO).await;
+            return;
+        }
+        let mut rec = ExitRecord::new(Some(&worker), u32::try_from(pid).ok(), status);
+        rec.last_stderr_lines = sup::last_stderr_lines(pid, STDERR_WAIT).await;
+        let details = serde_json::to_value(&rec).unwrap_or_default();
+        self.record(Record::Exit(rec)).await;
+        // A hung or tainted worker was alerted already; a signal after we asked it to stop
+        // (SIGKILL at the stop deadline) is no crash.
+        if already_alerted || (requested && signal.is_some()) {
+            return;
+        }
+        let how = match (code, signal) {
+            (Some(c), _) => format!("exit {c}"),
+            (_, Some(s)) => match nix::sys::signal::Signal::try_from(s) {
+                Ok(sig) => format!("killed by {}", sig.as_str()),
+                Err(_) => format!("killed by signal {s}"),
+            },
+            _ => "ended".to_owned(),
+        };
+        let summary = match &panic {
+            Some(p) => format!("{worker}: {how} after panic {p}"),
+            None => format!("{worker}: {how}"),
+        };
+        self.alert(
+            AlertEvent::new(AlertKind::WorkerCrashed, summary)
+                .with_worker(&worker, u32::try_from(pid).ok())
+                .with_details(details),
+        );
+    }
+}
+
+fn push_restart(h: &mut History, e: RestartEvent) {
+    if h.restarts.len() >= KEEP_RESTARTS {
+        h.restarts.pop_front();
+    }
+    h.restarts.push_back(e);
+}
+
+/// `"message" at location (METHOD /path)`, like `PanicReport::summary`.
+fn panic_summary(r: &PanicRecord) -> String {
+    let mut s = format!("{:?}", r.str_field("message").unwrap_or("?"));
+    if let Some(loc) = r.str_field("location") {
+        s.push_str(&format!(" at {loc}"));
+    }
+    if let Some(req) = r.request_line() {
+        s.push_str(&format!(" ({req})"));
+    } else if let Some(task) = r.str_field("task") {
+        s.push_str(&format!(" (task {task})"));
+    }
+    s
+}
