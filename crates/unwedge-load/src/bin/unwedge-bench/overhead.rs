@@ -65,6 +65,8 @@ struct Sample {
     p99_us: u64,
     /// Server CPU time (user + system) per request, microseconds.
     server_cpu_us_per_request: Option<f64>,
+    /// This process's CPU time per request (in-repo client only; `None` for wrk).
+    client_cpu_us_per_request: Option<f64>,
     unexpected_failures: u64,
 }
 
@@ -356,10 +358,12 @@ async fn measure_load(
             .map_err(|e| e.to_string())?;
     }
     let before = server.cpu();
+    let client_before = cpu_time(std::process::id());
     let report = unwedge_load::run(config(args.duration)?)
         .await
         .map_err(|e| e.to_string())?;
     let after = server.cpu();
+    let client_after = cpu_time(std::process::id());
     Ok(Sample {
         server: server.kind.label(),
         tool: "unwedge-load",
@@ -368,6 +372,7 @@ async fn measure_load(
         p50_us: report.latency.p50_us,
         p99_us: report.latency.p99_us,
         server_cpu_us_per_request: cpu_per_request(before, after, report.total),
+        client_cpu_us_per_request: cpu_per_request(client_before, client_after, report.total),
         unexpected_failures: report.unexpected_failures(),
     })
 }
@@ -427,6 +432,7 @@ async fn measure_wrk(
         p50_us: parsed.p50_us,
         p99_us: parsed.p99_us,
         server_cpu_us_per_request: cpu_per_request(before, after, parsed.requests),
+        client_cpu_us_per_request: None,
         unexpected_failures: parsed.errors,
     })
 }

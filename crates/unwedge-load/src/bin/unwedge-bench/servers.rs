@@ -56,6 +56,10 @@ pub(crate) struct ServeArgs {
     /// Tokio worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Set TCP_NODELAY on accepted connections (axum::serve servers; unwedge::serve always
+    /// does).
+    #[arg(long)]
+    nodelay: bool,
 }
 
 /// The app every server serves: the smallest possible handler.
@@ -82,7 +86,16 @@ pub(crate) fn main(kind: Kind, args: ServeArgs) -> ExitCode {
                 } else {
                     hello()
                 };
-                match axum::serve(listener, app).await {
+                use axum::serve::ListenerExt;
+                let result = if args.nodelay {
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    axum::serve(listener, app).await
+                } else {
+                    axum::serve(listener, app).await
+                };
+                match result {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e}");
