@@ -19,6 +19,8 @@ use unwedge_supervisor::{Config, LogFormat, Options, Supervisor};
 
 mod observe;
 
+mod demo;
+
 /// Keeps HTTP servers serving: sockets held across restarts, workers restarted in
 /// milliseconds, hung workers found and replaced.
 #[derive(Debug, Parser)]
@@ -58,6 +60,16 @@ enum Cmd {
         #[arg(long)]
         pidfile: Option<PathBuf>,
     },
+    /// See unwedge survive panics, a poisoned lock, a deadlock and kill -9 under load, next to
+    /// axum + CatchPanicLayer.
+    ///
+    /// $ unwedge demo                      # 20 s, then a table
+    /// $ unwedge demo --duration 3s --check
+    Demo(demo::DemoArgs),
+    /// Chaos soak: random panics, kill -9, SIGSTOP and reloads under continuous load.
+    ///
+    /// $ unwedge chaos --duration 10m --check
+    Chaos(demo::ChaosArgs),
     /// List the crash reports `unwedge run --report-dir DIR` wrote, oldest first.
     ///
     /// $ unwedge reports --dir /var/lib/unwedge/reports --since 1h
@@ -123,6 +135,8 @@ fn main() -> miette::Result<ExitCode> {
         Cmd::Run(a) => run(*a),
         Cmd::CheckConfig { file } => check_config(file),
         Cmd::Reload { pid, pidfile } => reload(pid, pidfile),
+        Cmd::Demo(a) => Ok(demo::demo(a)),
+        Cmd::Chaos(a) => Ok(demo::chaos(a)),
         Cmd::Reports { dir, since, json } => reports(dir, since, json),
         Cmd::DemoService => demo_service(),
         Cmd::ExecShim { .. } => Ok(ExitCode::from(2)),

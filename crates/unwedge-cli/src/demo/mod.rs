@@ -1,0 +1,417 @@
+//! `unwedge demo` and `unwedge chaos`: the supervisor (in-process, through the library) with
+//! workers of the built-in demo service (this binary, re-executed as `unwedge demo-service`),
+//! driven by the in-process load client while panics, a poisoning panic, a deadlock, `kill -9`,
+//! `SIGSTOP` and reloads are injected; the demo runs the same scenario against an axum +
+//! `CatchPanicLayer` service for comparison. See `docs/demo.md`.
+
+mod client;
+mod compare;
+mod scenario;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use unwedge_supervisor::{Config, Control, Event, Handle, ListenAddr, Options, Supervisor};
+
+/// Flags of `unwedge demo`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoArgs {
+    /// How long the traffic runs.
+    #[arg(long, default_value = "20s", value_parser = parse_demo_duration)]
+    duration: Duration,
+    /// Exit 1 unless the unwedge side had no unexpected failure, refused or reset connection
+    /// and no invariant violation, and the comparison side showed its corruption.
+    #[arg(long)]
+    check: bool,
+    /// Leave the supervisor and its workers running afterwards, until Ctrl-C.
+    #[arg(long)]
+    keep: bool,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    workers: u32,
+    /// Concurrent load clients per side.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    concurrency: u32,
+    /// Skip the axum + CatchPanicLayer comparison.
+    #[arg(long)]
+    no_compare: bool,
+}
+
+/// Flags of `unwedge chaos`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ChaosArgs {
+    /// How long the soak runs.
+    #[arg(long, default_value = "60s", value_parser = parse_demo_duration)]
+    duration: Duration,
+    /// Exit 1 unless: zero invariant violations, zero unexpected failures, zero refused, zero
+    /// lost reports, supervisor RSS growth under 5 MB.
+    #[arg(long)]
+    check: bool,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=16))]
+    workers: u32,
+    /// Concurrent load clients.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    concurrency: u32,
+    /// Mean time between injected faults.
+    #[arg(long, default_value = "1500ms", value_parser = parse_demo_duration)]
+    every: Duration,
+    /// Random seed (default: from the clock; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+fn parse_demo_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (e.g. 20s, 1m)"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(24 * 3600) {
+        return Err(format!("`{s}`: expected between 100ms and 24h"));
+    }
+    Ok(d)
+}
+
+/// Every supervisor event, with the instant it happened (an alert hook: never lags).
+pub(crate) type EventLog = Arc<Mutex<Vec<(Instant, Event)>>>;
+
+/// A supervisor built (sockets bound) but not yet running.
+struct Prepared {
+    supervisor: Supervisor,
+    handle: Handle,
+    addr: SocketAddr,
+    events: EventLog,
+    dir: PathBuf,
+}
+
+/// Binds and configures the supervisor. Runs before any thread exists.
+fn prepare(workers: u32, what: &str) -> Result<Prepared, String> {
+    let dir = std::env::temp_dir().join(format!("unwedge-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let worker_log = dir.join("workers.log");
+    let sup_log = dir.join("supervisor.log");
+    // The workers' output (panic messages, the deadlock dump) goes to a file, not the screen.
+    // `exec` keeps the pid that the exec shim gave LISTEN_PID.
+    let command = vec![
+        "/bin/sh".to_owned(),
+        "-c".to_owned(),
+        "UNWEDGE_LOCK_TIMEOUT=1s exec \"$0\" demo-service >>\"$1\" 2>&1".to_owned(),
+        exe.to_string_lossy().into_owned(),
+        worker_log.to_string_lossy().into_owned(),
+    ];
+    let options = Options {
+        listen: vec!["127.0.0.1:0".to_owned()],
+        workers: Some(workers),
+        watchdog: Some(Duration::from_secs(1)),
+        dump_grace: Some(Duration::from_millis(500)),
+        restart_delay_max: Some(Duration::from_millis(250)),
+        max_restarts: Some(10_000),
+        stop_timeout: Some(Duration::from_secs(5)),
+        ..Options::default()
+    };
+    let config = Config::resolve(None, options, command).map_err(|e| e.to_string())?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&sup_log)
+        .map_err(|e| format!("cannot open {}: {e}", sup_log.display()))?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UNWEDGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(Mutex::new(file))
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+    let events: EventLog = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    let supervisor = Supervisor::new(config)
+        .map_err(|e| e.to_string())?
+        .with_alert_hook(move |e: &Event| {
+            log.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((Instant::now(), e.clone()));
+        });
+    let addr = supervisor
+        .local_addrs()
+        .into_iter()
+        .find_map(|a| match a {
+            ListenAddr::Tcp(a) => Some(a),
+            ListenAddr::Unix(_) => None,
+        })
+        .ok_or("the supervisor has no TCP address")?;
+    let handle = supervisor.handle();
+    Ok(Prepared {
+        supervisor,
+        handle,
+        addr,
+        events,
+        dir,
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("unwedge: error: {msg}");
+    ExitCode::from(1)
+}
+
+/// Waits until `n` workers of the serving generation are ready.
+async fn wait_ready(handle: &Handle, n: usize, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = handle.snapshot();
+        let ready = s
+            .workers
+            .iter()
+            .filter(|w| {
+                w.generation == s.generation && w.state == unwedge_supervisor::WorkerState::Ready
+            })
+            .count();
+        if ready >= n {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Stops the supervisor and waits for it (bounded).
+async fn stop(
+    handle: &Handle,
+    task: tokio::task::JoinHandle<
+        Result<unwedge_supervisor::Outcome, unwedge_supervisor::StartError>,
+    >,
+) {
+    handle.send(Control::Stop);
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
+
+/// `unwedge demo`.
+pub(crate) fn demo(args: DemoArgs) -> ExitCode {
+    compare::install_quiet_panic_hook();
+    let prepared = match prepare(args.workers, "demo") {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    let code = rt.block_on(demo_main(args, prepared));
+    rt.shutdown_timeout(Duration::from_millis(200));
+    code
+}
+
+async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
+    let Prepared {
+        supervisor,
+        handle,
+        addr,
+        events,
+        dir,
+    } = p;
+    let task = tokio::spawn(supervisor.run());
+    if !wait_ready(&handle, args.workers as usize, Duration::from_secs(20)).await {
+        stop(&handle, task).await;
+        return fail(format!(
+            "the demo workers did not become ready within 20 s; see {}",
+            dir.display()
+        ));
+    }
+    println!(
+        "unwedge demo: {} workers of the demo service under the supervisor",
+        args.workers
+    );
+    println!("  service:     http://{addr}/");
+    println!("  status page: not wired into the demo yet (see `unwedge run --help`)");
+    println!(
+        "  logs:        {}/supervisor.log, workers.log",
+        dir.display()
+    );
+    let cmp_addr = if args.no_compare {
+        None
+    } else {
+        match compare::spawn().await {
+            Ok(a) => {
+                println!("  comparison:  http://{a}/ (axum + CatchPanicLayer, in this process)");
+                Some(a)
+            }
+            Err(e) => {
+                stop(&handle, task).await;
+                return fail(format!("cannot bind the comparison service: {e}"));
+            }
+        }
+    };
+    println!(
+        "running {} of mixed traffic ({} clients per side) with injected faults…\n",
+        humantime::format_duration(args.duration),
+        args.concurrency
+    );
+    let plan = scenario::demo_plan(args.duration);
+    let sides = scenario::run_demo(
+        scenario::Target {
+            addr,
+            handle: Some(handle.clone()),
+            events: events.clone(),
+        },
+        cmp_addr,
+        args.duration,
+        args.concurrency as usize,
+        plan,
+    )
+    .await;
+    let sides = match sides {
+        Ok(s) => s,
+        Err(e) => {
+            stop(&handle, task).await;
+            return fail(e);
+        }
+    };
+    let settled = wait_ready(&handle, args.workers as usize, Duration::from_secs(10)).await;
+    let snapshot = handle.snapshot();
+    let log = events.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let analysis = table::analyse(&sides.unwedge, &log, &snapshot);
+    let cmp_analysis = sides
+        .compare
+        .as_ref()
+        .map(|c| table::analyse(c, &[], &snapshot));
+    println!();
+    print!(
+        "{}",
+        table::render(&analysis, cmp_analysis.as_ref(), args.workers, settled)
+    );
+    let mut problems = table::problems(&analysis, settled);
+    if let Some(c) = &cmp_analysis {
+        problems.extend(table::comparison_problems(c));
+    }
+    if args.keep {
+        println!(
+            "\nstill running: http://{addr}/ — press Ctrl-C to stop the supervisor and its workers"
+        );
+        let _ = task.await;
+    } else {
+        stop(&handle, task).await;
+    }
+    if args.check {
+        if problems.is_empty() {
+            println!("\ncheck: passed");
+        } else {
+            for p in &problems {
+                println!("check failed: {p}");
+            }
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `unwedge chaos`.
+pub(crate) fn chaos(args: ChaosArgs) -> ExitCode {
+    compare::install_quiet_panic_hook();
+    let prepared = match prepare(args.workers, "chaos") {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    let code = rt.block_on(chaos_main(args, prepared));
+    rt.shutdown_timeout(Duration::from_millis(200));
+    code
+}
+
+async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
+    let Prepared {
+        supervisor,
+        handle,
+        addr,
+        events,
+        dir,
+    } = p;
+    let task = tokio::spawn(supervisor.run());
+    if !wait_ready(&handle, args.workers as usize, Duration::from_secs(20)).await {
+        stop(&handle, task).await;
+        return fail(format!(
+            "the workers did not become ready within 20 s; see {}",
+            dir.display()
+        ));
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    println!(
+        "unwedge chaos: {} workers on http://{addr}/, {} of load, a fault every ~{} (seed {seed})",
+        args.workers,
+        humantime::format_duration(args.duration),
+        humantime::format_duration(args.every),
+    );
+    println!("  logs: {}/supervisor.log, workers.log", dir.display());
+    // Memory: this whole process (supervisor, load client, bookkeeping), after a warm-up
+    // and at the end; the supervisor's own growth can only be smaller.
+    let warmup = (args.duration / 10).clamp(Duration::from_secs(2), args.duration / 2);
+    let rss_warm = tokio::spawn(async move {
+        tokio::time::sleep(warmup).await;
+        table::rss_kb()
+    });
+    let plan = scenario::chaos_plan(args.duration, args.every, seed);
+    let result = scenario::run_chaos(
+        scenario::Target {
+            addr,
+            handle: Some(handle.clone()),
+            events: events.clone(),
+        },
+        args.duration,
+        args.concurrency as usize,
+        plan,
+    )
+    .await;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            stop(&handle, task).await;
+            return fail(e);
+        }
+    };
+    let settled = wait_ready(&handle, args.workers as usize, Duration::from_secs(10)).await;
+    let rss_after = table::rss_kb();
+    let rss_before = rss_warm.await.ok().flatten();
+    let snapshot = handle.snapshot();
+    let log = events.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let analysis = table::analyse(&result, &log, &snapshot);
+    println!();
+    print!(
+        "{}",
+        table::render_chaos(&analysis, rss_before, rss_after, settled)
+    );
+    let mut problems = table::problems(&analysis, settled);
+    problems.extend(table::chaos_problems(&analysis, rss_before, rss_after));
+    stop(&handle, task).await;
+    if args.check {
+        if problems.is_empty() {
+            println!("\ncheck: passed");
+        } else {
+            for p in &problems {
+                println!("check failed: {p}");
+            }
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,728 @@
+//! The traffic and the faults: the load client's mix, a writer and an invariant sampler of
+//! our own, and the injected faults at planned times.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use unwedge_load::{LoadConfig, LoadReport, Progress, RequestSpec};
+use unwedge_supervisor::{Control, Event, Handle, WorkerState};
+
+use super::client::{request, Reply};
+use super::EventLog;
+
+/// The body of the `burn` PUT: the seed's cache bumps `curr_size` by its length before it
+/// panics; three of them fill the default 1024-byte cache with phantom bytes.
+const BURN_BODY: [u8; 300] = [b'b'; 300];
+
+/// A fault to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Action {
+    /// `POST /comments`: the seed's AddComment panics holding an `unwedge::Mutex` (poisons).
+    Comments,
+    /// `POST /poison`: a panic holding an `unwedge::Mutex` (poisons).
+    Poison,
+    /// `POST /tx-panic`: a panic inside a `Tx` update (rolled back).
+    TxPanic,
+    /// `PUT /bytecache/cache/burn`: the seed's ByteCache panic mid-update (rolled back).
+    Burn,
+    /// `GET /deadlock`: two `Mutex`es locked in opposite orders.
+    Deadlock,
+    /// `kill -9` of a ready worker.
+    Kill9,
+    /// `SIGSTOP` of a ready worker (frozen: only the heartbeat deadline can find it).
+    Stop,
+    /// SIGHUP-equivalent reload of the whole pool.
+    Reload,
+}
+
+impl Action {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Action::Comments => {
+                "POST /comments/comments (AddComment panics holding a Mutex: poisons)"
+            }
+            Action::Poison => "POST /poison (panic holding a Mutex: poisons)",
+            Action::TxPanic => "POST /tx-panic (panic inside a Tx update)",
+            Action::Burn => "PUT /bytecache/cache/burn (panic mid-update)",
+            Action::Deadlock => "GET /deadlock (two Mutexes, opposite order)",
+            Action::Kill9 => "kill -9 of a worker",
+            Action::Stop => "SIGSTOP of a worker",
+            Action::Reload => "reload (SIGHUP)",
+        }
+    }
+
+    pub(crate) fn short(self) -> &'static str {
+        match self {
+            Action::Comments => "comments-poison",
+            Action::Poison => "poison",
+            Action::TxPanic => "tx-panic",
+            Action::Burn => "burn",
+            Action::Deadlock => "deadlock",
+            Action::Kill9 => "kill -9",
+            Action::Stop => "SIGSTOP",
+            Action::Reload => "reload",
+        }
+    }
+
+    /// Whether the injected request panics in the worker (500 and a report expected).
+    pub(crate) fn panics(self) -> bool {
+        matches!(
+            self,
+            Action::Comments | Action::Poison | Action::TxPanic | Action::Burn
+        )
+    }
+}
+
+/// A fault at an offset from the start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Planned {
+    pub(crate) at: Duration,
+    pub(crate) action: Action,
+}
+
+/// The demo's faults, spread over the run: panics that roll back (the seed's `burn` key and a
+/// `Tx` panic, alternating, one per 2.5 s and at least three: under the default policy's
+/// panic budget of 5 per 10 s per worker, so they do not crash the worker), the seed's
+/// AddComment (poisons: graceful crash), a deadlock, and a `kill -9`.
+pub(crate) fn demo_plan(d: Duration) -> Vec<Planned> {
+    let mut plan = vec![
+        Planned {
+            at: d.mul_f64(0.2),
+            action: Action::Comments,
+        },
+        Planned {
+            at: d.mul_f64(0.4),
+            action: Action::Deadlock,
+        },
+        Planned {
+            at: d.mul_f64(0.6),
+            action: Action::Kill9,
+        },
+    ];
+    let k = ((d.as_secs_f64() / 2.5) as usize).max(3);
+    for i in 0..k {
+        plan.push(Planned {
+            at: d.mul_f64((i as f64 + 0.3) / k as f64 * 0.9),
+            action: if i % 2 == 0 {
+                Action::Burn
+            } else {
+                Action::TxPanic
+            },
+        });
+    }
+    plan.sort_by_key(|p| p.at);
+    plan
+}
+
+/// Random faults, a mean `every` apart, none in the last 3 s (or last fifth) of the run.
+pub(crate) fn chaos_plan(d: Duration, every: Duration, seed: u64) -> Vec<Planned> {
+    let mut rng = XorShift(seed | 1);
+    let quiet = Duration::from_secs(3).min(d / 5);
+    let end = d.saturating_sub(quiet);
+    let table: &[(Action, u64)] = &[
+        (Action::Poison, 2),
+        (Action::Comments, 1),
+        (Action::TxPanic, 2),
+        (Action::Burn, 2),
+        (Action::Kill9, 2),
+        (Action::Stop, 1),
+        (Action::Reload, 1),
+        (Action::Deadlock, 1),
+    ];
+    let total: u64 = table.iter().map(|(_, w)| w).sum();
+    let mut plan = Vec::new();
+    let mut t = Duration::from_millis(300);
+    loop {
+        t += every.mul_f64(0.5 + rng.unit());
+        if t >= end {
+            break;
+        }
+        let mut pick = rng.next() % total;
+        let action = table
+            .iter()
+            .find(|(_, w)| {
+                if pick < *w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .map(|(a, _)| *a)
+            .unwrap_or(Action::TxPanic);
+        plan.push(Planned { at: t, action });
+    }
+    plan
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Where the traffic goes.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    /// The supervisor (absent for the comparison service).
+    pub(crate) handle: Option<Handle>,
+    pub(crate) events: EventLog,
+}
+
+/// What an injected fault did.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) at: Instant,
+    pub(crate) action: Action,
+    /// The worker signalled, if any.
+    pub(crate) pid: Option<i32>,
+    /// The injected request's answer (`None`: no answer by the end of the run).
+    pub(crate) reply: Option<Reply>,
+    /// Not done (e.g. fewer than two workers ready, or no supervisor).
+    pub(crate) skipped: Option<&'static str>,
+}
+
+/// Tallies of our own requests: unique-key writes and invariant samples.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Own {
+    pub(crate) writes_ok: u64,
+    pub(crate) writes_full: u64,
+    pub(crate) writes_unexpected: u64,
+    pub(crate) samples: u64,
+    pub(crate) violations: u64,
+    pub(crate) max_phantom: u64,
+    pub(crate) first_violation: Option<Duration>,
+    pub(crate) sample_unexpected: u64,
+    /// Our requests that got no response, with when.
+    pub(crate) failures: Vec<(Instant, Reply)>,
+}
+
+/// Everything one side saw.
+#[derive(Debug, Clone)]
+pub(crate) struct SideResult {
+    pub(crate) load: LoadReport,
+    pub(crate) progress: Vec<(Instant, Progress)>,
+    pub(crate) own: Own,
+    pub(crate) injected: Vec<Record>,
+}
+
+/// Both columns of the demo.
+pub(crate) struct DemoSides {
+    pub(crate) unwedge: SideResult,
+    pub(crate) compare: Option<SideResult>,
+}
+
+fn load_config(addr: SocketAddr, d: Duration, concurrency: usize) -> Result<LoadConfig, String> {
+    Ok(LoadConfig::from_addr(addr)
+        .map_err(|e| e.to_string())?
+        .request(RequestSpec::get("/").weight(12))
+        .request(
+            RequestSpec::new(http::Method::PUT, "/bytecache/cache/k")
+                .body("v")
+                .ok_status(201)
+                .ok_status(409)
+                .weight(3),
+        )
+        .request(RequestSpec::get("/bytecache/stats").weight(3))
+        .concurrency(concurrency)
+        .keep_alive(false)
+        .timeout(Duration::from_secs(5))
+        .duration(d))
+}
+
+/// The live line and event lines on stdout.
+pub(crate) struct Screen {
+    live: bool,
+    start: Instant,
+    status: Mutex<String>,
+}
+
+impl Screen {
+    pub(crate) fn new(start: Instant) -> Arc<Screen> {
+        Arc::new(Screen {
+            live: std::io::stdout().is_terminal(),
+            start,
+            status: Mutex::new(String::new()),
+        })
+    }
+
+    /// Prints an event line (above the live line).
+    pub(crate) fn line(&self, text: &str) {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let t = self.start.elapsed().as_secs_f64();
+        let mut out = std::io::stdout().lock();
+        if self.live {
+            let _ = write!(out, "\r\x1b[2K[{t:6.2}s] {text}\n{status}");
+        } else {
+            let _ = writeln!(out, "[{t:6.2}s] {text}");
+        }
+        let _ = out.flush();
+    }
+
+    /// Redraws the live line (terminals only).
+    pub(crate) fn status(&self, text: String) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        *status = text;
+        if self.live {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "\r\x1b[2K{status}");
+            let _ = out.flush();
+        }
+    }
+
+    /// Ends the live line.
+    pub(crate) fn finish(&self) {
+        if self.live {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out);
+            let _ = out.flush();
+        }
+    }
+}
+
+struct Live {
+    progress: Arc<Mutex<Vec<(Instant, Progress)>>>,
+    own: Arc<Mutex<Own>>,
+}
+
+impl Live {
+    fn last(&self) -> (Progress, Own) {
+        let p = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default();
+        let o = self.own.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (p, o)
+    }
+}
+
+/// Runs the load, our writer and sampler, and the plan against one target.
+async fn run_side(
+    target: Target,
+    start: Instant,
+    d: Duration,
+    concurrency: usize,
+    plan: Vec<Planned>,
+    screen: Option<(Arc<Screen>, &'static str)>,
+    live: Live,
+) -> Result<SideResult, String> {
+    let running = unwedge_load::start(load_config(target.addr, d, concurrency)?)
+        .map_err(|e| e.to_string())?;
+    let end = start + d;
+    let rx = running.progress();
+    let recorder = {
+        let log = live.progress.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tick.tick().await;
+                let p = rx.borrow().clone();
+                let done = p.done;
+                log.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((Instant::now(), p));
+                if done {
+                    break;
+                }
+            }
+        })
+    };
+    let writer = tokio::spawn(writer(target.addr, end, live.own.clone()));
+    let sampler = tokio::spawn(sampler(target.addr, start, end, live.own.clone()));
+    let mut records = Vec::new();
+    let mut pending = Vec::new();
+    let mut next_victim = 0usize;
+    for p in plan {
+        tokio::time::sleep_until((start + p.at).into()).await;
+        let at = Instant::now();
+        let say = |s: &str| {
+            if let Some((screen, side)) = &screen {
+                screen.line(&format!("{side}: {s}"));
+            }
+        };
+        let mut rec = Record {
+            at,
+            action: p.action,
+            pid: None,
+            reply: None,
+            skipped: None,
+        };
+        match p.action {
+            Action::Comments | Action::Poison | Action::TxPanic | Action::Burn => {
+                let (method, path, body): (&str, &str, &[u8]) = match p.action {
+                    Action::Comments => ("POST", "/comments/comments", b"Happens to all of us"),
+                    Action::Poison => ("POST", "/poison", b""),
+                    Action::TxPanic => ("POST", "/tx-panic", b""),
+                    _ => ("PUT", "/bytecache/cache/burn", &BURN_BODY),
+                };
+                say(&format!("inject {}", p.action.label()));
+                let addr = target.addr;
+                let body = body.to_vec();
+                pending.push((
+                    records.len(),
+                    tokio::spawn(async move {
+                        request(addr, method, path, &body, Duration::from_secs(10)).await
+                    }),
+                ));
+            }
+            Action::Deadlock => {
+                say(&format!("inject {}", p.action.label()));
+                let addr = target.addr;
+                let limit = d + Duration::from_secs(5);
+                pending.push((
+                    records.len(),
+                    tokio::spawn(
+                        async move { request(addr, "GET", "/deadlock", b"", limit).await },
+                    ),
+                ));
+            }
+            Action::Kill9 | Action::Stop => match &target.handle {
+                None => rec.skipped = Some("no worker processes to signal (one process)"),
+                Some(h) => {
+                    let s = h.snapshot();
+                    let ready: Vec<_> = s
+                        .workers
+                        .iter()
+                        .filter(|w| w.state == WorkerState::Ready && w.generation == s.generation)
+                        .collect();
+                    if ready.len() < 2 {
+                        rec.skipped = Some("fewer than two workers ready");
+                        say(&format!(
+                            "skip {}: fewer than two workers ready",
+                            p.action.short()
+                        ));
+                    } else {
+                        let w = ready[next_victim % ready.len()];
+                        next_victim += 1;
+                        let sig = if p.action == Action::Kill9 {
+                            Signal::SIGKILL
+                        } else {
+                            Signal::SIGSTOP
+                        };
+                        rec.pid = Some(w.pid);
+                        let _ = kill(Pid::from_raw(w.pid), sig);
+                        say(&format!("{} {} (pid {})", p.action.short(), w.id, w.pid));
+                    }
+                }
+            },
+            Action::Reload => match &target.handle {
+                None => rec.skipped = Some("no supervisor"),
+                Some(h) => {
+                    h.send(Control::Reload);
+                    say("reload (SIGHUP)");
+                }
+            },
+        }
+        records.push(rec);
+    }
+    let report = running.finish().await;
+    let _ = recorder.await;
+    let _ = writer.await;
+    let _ = sampler.await;
+    // Injected requests: collect the answered ones; one still waiting (the comparison's
+    // deadlock) never will.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (i, task) in pending {
+        if task.is_finished() {
+            records[i].reply = task.await.ok();
+        } else {
+            task.abort();
+        }
+    }
+    let _ = &target.events;
+    let progress = std::mem::take(&mut *live.progress.lock().unwrap_or_else(|e| e.into_inner()));
+    let own = live.own.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(SideResult {
+        load: report,
+        progress,
+        own,
+        injected: records,
+    })
+}
+
+/// Unique-key writes of one byte, every 50 ms: a healthy cache accepts them all.
+async fn writer(addr: SocketAddr, end: Instant, own: Arc<Mutex<Own>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut n = 0u64;
+    while Instant::now() < end {
+        tick.tick().await;
+        n += 1;
+        let path = format!("/bytecache/cache/w{n}");
+        let r = request(addr, "PUT", &path, b"x", Duration::from_secs(5)).await;
+        let mut o = own.lock().unwrap_or_else(|e| e.into_inner());
+        match r.status() {
+            Some(201) => o.writes_ok += 1,
+            Some(507) => o.writes_full += 1,
+            Some(_) => o.writes_unexpected += 1,
+            None => o.failures.push((Instant::now(), r)),
+        }
+    }
+}
+
+/// `GET /bytecache/stats` every 50 ms: `curr_size` must equal the entries' sizes.
+async fn sampler(addr: SocketAddr, start: Instant, end: Instant, own: Arc<Mutex<Own>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while Instant::now() < end {
+        tick.tick().await;
+        let r = request(addr, "GET", "/bytecache/stats", b"", Duration::from_secs(5)).await;
+        let mut o = own.lock().unwrap_or_else(|e| e.into_inner());
+        match &r {
+            Reply::Status(200, body) => {
+                let v: serde_json::Value = match serde_json::from_str(body) {
+                    Ok(v) => v,
+                    Err(_) => {
+                        o.sample_unexpected += 1;
+                        continue;
+                    }
+                };
+                let curr = v["curr_size"].as_u64();
+                let actual = v["actual_size"].as_u64();
+                match (curr, actual) {
+                    (Some(c), Some(a)) => {
+                        o.samples += 1;
+                        if c != a {
+                            o.violations += 1;
+                            o.max_phantom = o.max_phantom.max(c.abs_diff(a));
+                            o.first_violation.get_or_insert(start.elapsed());
+                        }
+                    }
+                    _ => o.sample_unexpected += 1,
+                }
+            }
+            Reply::Status(..) => o.sample_unexpected += 1,
+            _ => o.failures.push((Instant::now(), r)),
+        }
+    }
+}
+
+fn fmt_progress(p: &Progress, o: &Own) -> String {
+    format!(
+        "{} ok, {} exp.500, {} unexp., {} refused, {} reset, cache {}",
+        p.ok,
+        p.expected_failures,
+        p.unexpected_statuses + p.timeout + p.other,
+        p.refused,
+        p.reset,
+        if o.violations > 0 {
+            format!("CORRUPT (+{} B)", o.max_phantom)
+        } else {
+            "ok".into()
+        }
+    )
+}
+
+/// Prints the supervisor's notable events as they happen.
+fn event_printer(handle: &Handle, screen: Arc<Screen>) -> tokio::task::JoinHandle<()> {
+    let mut rx = handle.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let e = match rx.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            };
+            let text = match e {
+                Event::Hung { worker, pid, kind } => {
+                    format!(
+                        "supervisor: {worker} (pid {pid}) hung ({}): dump, then SIGKILL",
+                        kind.as_str()
+                    )
+                }
+                Event::Tainted { worker, pid, .. } => {
+                    format!("supervisor: {worker} (pid {pid}) tainted: replacement started, old one drains")
+                }
+                Event::WorkerExited {
+                    worker,
+                    pid,
+                    code,
+                    signal,
+                    requested,
+                } => {
+                    let how = match (code, signal) {
+                        (Some(c), _) => format!("exit status {c}"),
+                        (_, Some(s)) => format!("signal {s}"),
+                        _ => "ended".into(),
+                    };
+                    format!(
+                        "supervisor: {worker} (pid {pid}) exited: {how}{}",
+                        if requested { " (asked to)" } else { "" }
+                    )
+                }
+                Event::WorkerReady {
+                    worker,
+                    pid,
+                    crash_to_ready: Some(c),
+                    ..
+                } => format!(
+                    "supervisor: {worker} (pid {pid}) replacement ready, {:.1} ms after the crash",
+                    c.as_secs_f64() * 1000.0
+                ),
+                Event::Reloaded { generation } => {
+                    format!("supervisor: reloaded, generation {generation} serves")
+                }
+                Event::GaveUp { reason } => format!("supervisor: GAVE UP: {reason}"),
+                _ => continue,
+            };
+            screen.line(&text);
+        }
+    })
+}
+
+fn live_parts() -> Live {
+    Live {
+        progress: Arc::new(Mutex::new(Vec::new())),
+        own: Arc::new(Mutex::new(Own::default())),
+    }
+}
+
+fn clone_live(l: &Live) -> Live {
+    Live {
+        progress: l.progress.clone(),
+        own: l.own.clone(),
+    }
+}
+
+/// The demo: both sides at once, the same plan (`kill -9` only where there are workers).
+pub(crate) async fn run_demo(
+    target: Target,
+    compare: Option<SocketAddr>,
+    d: Duration,
+    concurrency: usize,
+    plan: Vec<Planned>,
+) -> Result<DemoSides, String> {
+    let start = Instant::now();
+    let screen = Screen::new(start);
+    let printer = target
+        .handle
+        .as_ref()
+        .map(|h| event_printer(h, screen.clone()));
+    let (lu, lc) = (live_parts(), live_parts());
+    let drawer = {
+        let (lu, lc) = (clone_live(&lu), clone_live(&lc));
+        let screen = screen.clone();
+        let has_cmp = compare.is_some();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let (pu, ou) = lu.last();
+                let mut s = format!(
+                    "[{:5.1}s/{:.0}s] unwedge: {}",
+                    start.elapsed().as_secs_f64().min(d.as_secs_f64()),
+                    d.as_secs_f64(),
+                    fmt_progress(&pu, &ou)
+                );
+                if has_cmp {
+                    let (pc, oc) = lc.last();
+                    s.push_str(&format!(" | catch-panic: {}", fmt_progress(&pc, &oc)));
+                }
+                screen.status(s);
+            }
+        })
+    };
+    let cmp_plan: Vec<Planned> = plan.clone();
+    let u = run_side(
+        target.clone(),
+        start,
+        d,
+        concurrency,
+        plan,
+        Some((screen.clone(), "unwedge")),
+        lu,
+    );
+    let c = async {
+        match compare {
+            None => Ok(None),
+            Some(addr) => run_side(
+                Target {
+                    addr,
+                    handle: None,
+                    events: Arc::new(Mutex::new(Vec::new())),
+                },
+                start,
+                d,
+                concurrency,
+                cmp_plan,
+                Some((screen.clone(), "catch-panic")),
+                lc,
+            )
+            .await
+            .map(Some),
+        }
+    };
+    let (u, c) = tokio::join!(u, c);
+    drawer.abort();
+    screen.finish();
+    if let Some(p) = printer {
+        p.abort();
+    }
+    Ok(DemoSides {
+        unwedge: u?,
+        compare: c?,
+    })
+}
+
+/// The soak: one side, the random plan, live line on terminals.
+pub(crate) async fn run_chaos(
+    target: Target,
+    d: Duration,
+    concurrency: usize,
+    plan: Vec<Planned>,
+) -> Result<SideResult, String> {
+    let start = Instant::now();
+    let screen = Screen::new(start);
+    let printer = target
+        .handle
+        .as_ref()
+        .map(|h| event_printer(h, screen.clone()));
+    let lu = live_parts();
+    let drawer = {
+        let lu = clone_live(&lu);
+        let screen = screen.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let (pu, ou) = lu.last();
+                screen.status(format!(
+                    "[{:6.1}s/{:.0}s] {}",
+                    start.elapsed().as_secs_f64().min(d.as_secs_f64()),
+                    d.as_secs_f64(),
+                    fmt_progress(&pu, &ou)
+                ));
+            }
+        })
+    };
+    let r = run_side(
+        target,
+        start,
+        d,
+        concurrency,
+        plan,
+        Some((screen.clone(), "chaos")),
+        lu,
+    )
+    .await;
+    drawer.abort();
+    screen.finish();
+    if let Some(p) = printer {
+        p.abort();
+    }
+    r
+}

@@ -1,0 +1,668 @@
+//! What the run means: failures attributed, latencies from the supervisor's events, the
+//! final tables and the `--check` verdicts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use unwedge_load::{LoadReport, Progress};
+use unwedge_supervisor::{Event, Snapshot};
+
+use super::client::Reply;
+use super::scenario::{Action, Own, Record, SideResult};
+
+/// Requests in flight on a worker that is SIGKILLed (by `kill -9`, or by the supervisor after
+/// a hang) are lost: the margin after the worker's exit within which a failure counts so.
+const KILL_MARGIN: Duration = Duration::from_millis(300);
+
+/// One side's figures.
+#[derive(Debug, Clone)]
+pub(crate) struct Analysis {
+    pub(crate) load: LoadReport,
+    pub(crate) own: Own,
+    pub(crate) injected: Vec<Record>,
+    /// Failures without a response (reset, timeout, other) inside a kill window.
+    pub(crate) lost_to_kill: u64,
+    /// Failures without a response (reset, timeout, other) outside every kill window.
+    pub(crate) reset_unattributed: u64,
+    pub(crate) timeout_unattributed: u64,
+    pub(crate) other_unattributed: u64,
+    pub(crate) refused: u64,
+    pub(crate) restarts: BTreeMap<&'static str, u64>,
+    pub(crate) hang_latency: Vec<(Action, Duration)>,
+    pub(crate) crash_to_ready: Vec<Duration>,
+    pub(crate) reports: u64,
+    pub(crate) panics_answered: u64,
+    pub(crate) injected_panics_unanswered: u64,
+    pub(crate) reloads: u64,
+}
+
+fn fails(p: &Progress) -> (u64, u64, u64) {
+    (p.reset, p.timeout, p.other)
+}
+
+/// Attributes failures, reads latencies from the event log.
+pub(crate) fn analyse(
+    side: &SideResult,
+    log: &[(Instant, Event)],
+    snapshot: &Snapshot,
+) -> Analysis {
+    let supervised = !log.is_empty();
+    let exit_of = |pid: i32, after: Instant| {
+        log.iter().find_map(|(t, e)| match e {
+            Event::WorkerExited { pid: p, .. } if *p == pid && *t >= after => Some(*t),
+            _ => None,
+        })
+    };
+    // Kill windows: from the signal (or the supervisor's hang verdict) until the worker is
+    // gone, plus a margin.
+    let mut windows: Vec<(Instant, Instant)> = Vec::new();
+    for r in &side.injected {
+        if let (Action::Kill9 | Action::Stop, Some(pid)) = (r.action, r.pid) {
+            let end = exit_of(pid, r.at).unwrap_or(r.at + Duration::from_secs(5));
+            windows.push((r.at, end + KILL_MARGIN));
+        }
+    }
+    let mut hang_latency = Vec::new();
+    for (t, e) in log {
+        if let Event::Hung { pid, .. } = e {
+            let end = exit_of(*pid, *t).unwrap_or(*t + Duration::from_secs(5));
+            windows.push((*t, end + KILL_MARGIN));
+        }
+    }
+    for r in &side.injected {
+        let pid_match = |p: i32| r.pid.map_or(true, |x| x == p);
+        if matches!(r.action, Action::Deadlock | Action::Stop) && r.skipped.is_none() {
+            if let Some(t) = log.iter().find_map(|(t, e)| match e {
+                Event::Hung { pid, .. } if *t >= r.at && pid_match(*pid) => Some(*t),
+                _ => None,
+            }) {
+                hang_latency.push((r.action, t - r.at));
+            }
+        }
+    }
+    windows.sort();
+    let mut merged: Vec<(Instant, Instant)> = Vec::new();
+    for w in windows {
+        match merged.last_mut() {
+            Some(last) if w.0 <= last.1 => last.1 = last.1.max(w.1),
+            _ => merged.push(w),
+        }
+    }
+    let at = |t: Instant, before: bool| -> (u64, u64, u64) {
+        let p = if before {
+            side.progress.iter().rev().find(|(s, _)| *s <= t)
+        } else {
+            side.progress.iter().find(|(s, _)| *s >= t)
+        };
+        match p {
+            Some((_, p)) => fails(p),
+            None if before => (0, 0, 0),
+            None => (side.load.reset, side.load.timeout, side.load.other),
+        }
+    };
+    let (mut in_reset, mut in_timeout, mut in_other) = (0, 0, 0);
+    for (s, e) in &merged {
+        let (a, b) = (at(*s, true), at(*e, false));
+        in_reset += b.0.saturating_sub(a.0);
+        in_timeout += b.1.saturating_sub(a.1);
+        in_other += b.2.saturating_sub(a.2);
+    }
+    let in_window = |t: Instant| merged.iter().any(|(s, e)| t >= *s && t <= *e);
+    let mut own_lost = 0;
+    let (mut own_reset, mut own_timeout, mut own_other, mut own_refused) = (0, 0, 0, 0);
+    for (t, r) in &side.own.failures {
+        match r {
+            Reply::Refused => own_refused += 1,
+            _ if in_window(*t) => own_lost += 1,
+            Reply::Reset => own_reset += 1,
+            Reply::Timeout => own_timeout += 1,
+            _ => own_other += 1,
+        }
+    }
+    let crash_to_ready = log
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::WorkerReady {
+                crash_to_ready: Some(c),
+                ..
+            } => Some(*c),
+            _ => None,
+        })
+        .collect();
+    let injected_500 = side
+        .injected
+        .iter()
+        .filter(|r| r.action.panics() && r.reply.as_ref().and_then(Reply::status) == Some(500))
+        .count() as u64;
+    let injected_panics_unanswered = side
+        .injected
+        .iter()
+        .filter(|r| r.action.panics() && r.reply.as_ref().and_then(Reply::status) != Some(500))
+        .count() as u64;
+    let restarts = if supervised {
+        snapshot
+            .counters
+            .restarts
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    Analysis {
+        load: side.load.clone(),
+        own: side.own.clone(),
+        injected: side.injected.clone(),
+        lost_to_kill: in_reset + in_timeout + in_other + own_lost,
+        reset_unattributed: side.load.reset - in_reset + own_reset,
+        timeout_unattributed: side.load.timeout - in_timeout + own_timeout,
+        other_unattributed: side.load.other - in_other + own_other,
+        refused: side.load.refused + own_refused,
+        restarts,
+        hang_latency,
+        crash_to_ready,
+        reports: if supervised {
+            snapshot.counters.reports
+        } else {
+            0
+        },
+        panics_answered: side.load.expected_failures + injected_500,
+        injected_panics_unanswered,
+        reloads: if supervised {
+            snapshot.counters.reloads
+        } else {
+            0
+        },
+    }
+}
+
+fn n(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn median_max(v: &[Duration]) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
+    let mut v = v.to_vec();
+    v.sort();
+    if v.len() == 1 {
+        return ms(v[0]);
+    }
+    format!(
+        "{} median, {} max (n={})",
+        ms(v[v.len() / 2]),
+        ms(v[v.len() - 1]),
+        v.len()
+    )
+}
+
+fn unexpected_statuses(a: &Analysis) -> u64 {
+    a.load.unexpected_statuses + a.own.writes_unexpected + a.own.sample_unexpected
+}
+
+/// Every 5xx status, expected ones included.
+fn by_status_text(r: &LoadReport) -> String {
+    let parts: Vec<String> = r
+        .by_status
+        .iter()
+        .filter(|(s, _)| **s >= 500)
+        .map(|(s, c)| format!("{s}: {}", n(*c)))
+        .collect();
+    parts.join(", ")
+}
+
+fn restarts_text(a: &Analysis) -> String {
+    if a.restarts.is_empty() {
+        return "none".into();
+    }
+    a.restarts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn injected_text(a: &Analysis, action: Action) -> String {
+    let rs: Vec<&Record> = a.injected.iter().filter(|r| r.action == action).collect();
+    if rs.is_empty() {
+        return "–".into();
+    }
+    rs.iter()
+        .map(|r| {
+            if let Some(s) = r.skipped {
+                return format!("skipped ({s})");
+            }
+            match (&r.reply, action) {
+                (_, Action::Kill9 | Action::Stop | Action::Reload) => "done".into(),
+                (None, _) => "no answer, ever".into(),
+                (Some(rep), _) => rep.describe(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The demo's table: unwedge, and the comparison if it ran.
+pub(crate) fn render(a: &Analysis, c: Option<&Analysis>, workers: u32, settled: bool) -> String {
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let na = || "–".to_string();
+    let mut row = |k: &str, u: String, cmp: String| rows.push((k.to_owned(), u, cmp));
+    let cv = |f: &dyn Fn(&Analysis) -> String| c.map(f).unwrap_or_else(na);
+    row(
+        "requests (load client)",
+        n(a.load.total),
+        cv(&|c| n(c.load.total)),
+    );
+    row("ok", n(a.load.ok), cv(&|c| n(c.load.ok)));
+    row(
+        "expected 500s from injected panics",
+        n(a.panics_answered),
+        cv(&|c| n(c.panics_answered)),
+    );
+    row(
+        "unexpected failures (status)",
+        n(unexpected_statuses(a)),
+        cv(&|c| {
+            let s = by_status_text(&c.load);
+            if s.is_empty() {
+                n(unexpected_statuses(c))
+            } else {
+                format!("{} (5xx: {s})", n(unexpected_statuses(c)))
+            }
+        }),
+    );
+    row("refused", n(a.refused), cv(&|c| n(c.refused)));
+    row(
+        "reset",
+        n(a.reset_unattributed),
+        cv(&|c| n(c.reset_unattributed)),
+    );
+    row(
+        "timeout / other",
+        format!(
+            "{} / {}",
+            n(a.timeout_unattributed),
+            n(a.other_unattributed)
+        ),
+        cv(&|c| {
+            format!(
+                "{} / {}",
+                n(c.timeout_unattributed),
+                n(c.other_unattributed)
+            )
+        }),
+    );
+    row(
+        "lost with a killed worker",
+        n(a.lost_to_kill),
+        cv(&|_| "–".into()),
+    );
+    row(
+        "invariant samples / violations",
+        format!("{} / {}", n(a.own.samples), n(a.own.violations)),
+        cv(&|c| {
+            let first = c
+                .own
+                .first_violation
+                .map(|t| format!(", from {:.1}s", t.as_secs_f64()))
+                .unwrap_or_default();
+            format!(
+                "{} / {} (+{} phantom bytes{first})",
+                n(c.own.samples),
+                n(c.own.violations),
+                n(c.own.max_phantom)
+            )
+        }),
+    );
+    row(
+        "unique-key writes ok / refused (507)",
+        format!("{} / {}", n(a.own.writes_ok), n(a.own.writes_full)),
+        cv(&|c| format!("{} / {}", n(c.own.writes_ok), n(c.own.writes_full))),
+    );
+    row(
+        "poisoning panic (AddComment)",
+        injected_text(a, Action::Comments),
+        cv(&|c| injected_text(c, Action::Comments)),
+    );
+    row(
+        "GET / failed (any reason)",
+        n(a.load
+            .by_request
+            .get("GET /")
+            .map(|r| r.unexpected_failures)
+            .unwrap_or(0)),
+        cv(&|c| {
+            n(c.load
+                .by_request
+                .get("GET /")
+                .map(|r| r.unexpected_failures)
+                .unwrap_or(0))
+        }),
+    );
+    row(
+        "deadlock (GET /deadlock)",
+        match a.hang_latency.iter().find(|(k, _)| *k == Action::Deadlock) {
+            Some((_, d)) => format!("detected in {}, replaced", ms(*d)),
+            None => format!("not detected ({})", injected_text(a, Action::Deadlock)),
+        },
+        cv(&|c| format!("{} (nobody notices)", injected_text(c, Action::Deadlock))),
+    );
+    row(
+        "kill -9 of a worker",
+        injected_text(a, Action::Kill9),
+        cv(&|_| "n/a (one process: it would be down)".into()),
+    );
+    row(
+        "restarts by reason",
+        restarts_text(a),
+        cv(&|_| "n/a".into()),
+    );
+    row(
+        "crash-to-ready",
+        median_max(&a.crash_to_ready),
+        cv(&|_| "n/a".into()),
+    );
+    row(
+        "panic reports (supervisor)",
+        format!("{} for {} panics", n(a.reports), n(a.panics_answered)),
+        cv(&|_| "only a log line".into()),
+    );
+    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+    let w1 = rows
+        .iter()
+        .map(|r| r.1.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(28);
+    let mut out = String::new();
+    let h1 = format!("unwedge ({workers} workers)");
+    let _ = writeln!(
+        out,
+        "| {:w0$} | {:w1$} | {}",
+        "",
+        h1,
+        if c.is_some() {
+            "axum + CatchPanicLayer (tokio/std locks) |"
+        } else {
+            "|"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "| {} | {} | {}",
+        "-".repeat(w0),
+        "-".repeat(w1),
+        if c.is_some() { "--- |" } else { "|" }
+    );
+    for (k, u, cmp) in &rows {
+        if c.is_some() {
+            let _ = writeln!(out, "| {k:w0$} | {u:w1$} | {cmp} |");
+        } else {
+            let _ = writeln!(out, "| {k:w0$} | {u:w1$} |");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{:.1} s, {:.0} req/s per side; latency p50 {} p99 {} (unwedge side).{}",
+        a.load.elapsed.as_secs_f64(),
+        a.load.requests_per_sec,
+        unwedge_load::fmt_us(a.load.latency.p50_us),
+        unwedge_load::fmt_us(a.load.latency.p99_us),
+        if settled {
+            ""
+        } else {
+            " Workers were NOT all ready again 10 s after the run."
+        }
+    );
+    let _ = writeln!(
+        out,
+        "\"lost with a killed worker\": requests in flight on a worker at the moment it was \
+         SIGKILLed (kill -9, or the supervisor ending a hung worker); no server can answer those."
+    );
+    out
+}
+
+/// The soak's table.
+pub(crate) fn render_chaos(
+    a: &Analysis,
+    rss_before: Option<u64>,
+    rss_after: Option<u64>,
+    settled: bool,
+) -> String {
+    let mut out = String::new();
+    let count = |k: Action| {
+        a.injected
+            .iter()
+            .filter(|r| r.action == k && r.skipped.is_none())
+            .count()
+    };
+    let skipped = a.injected.iter().filter(|r| r.skipped.is_some()).count();
+    let faults: Vec<String> = [
+        Action::Poison,
+        Action::Comments,
+        Action::TxPanic,
+        Action::Burn,
+        Action::Deadlock,
+        Action::Kill9,
+        Action::Stop,
+        Action::Reload,
+    ]
+    .iter()
+    .map(|k| format!("{} {}", k.short(), count(*k)))
+    .collect();
+    let rows: Vec<(&str, String)> = vec![
+        ("duration", format!("{:.1} s", a.load.elapsed.as_secs_f64())),
+        (
+            "faults injected",
+            format!(
+                "{} ({} skipped: <2 workers ready)",
+                faults.join(", "),
+                skipped
+            ),
+        ),
+        (
+            "requests (load client)",
+            format!("{} ({:.0}/s)", n(a.load.total), a.load.requests_per_sec),
+        ),
+        ("ok", n(a.load.ok)),
+        ("expected 500s from injected panics", n(a.panics_answered)),
+        ("unexpected failures (status)", n(unexpected_statuses(a))),
+        ("refused", n(a.refused)),
+        ("reset (not a killed worker's)", n(a.reset_unattributed)),
+        (
+            "timeout / other",
+            format!(
+                "{} / {}",
+                n(a.timeout_unattributed),
+                n(a.other_unattributed)
+            ),
+        ),
+        ("lost with a killed worker", n(a.lost_to_kill)),
+        (
+            "invariant samples / violations",
+            format!("{} / {}", n(a.own.samples), n(a.own.violations)),
+        ),
+        (
+            "unique-key writes ok / refused",
+            format!("{} / {}", n(a.own.writes_ok), n(a.own.writes_full)),
+        ),
+        (
+            "injected panics not answered 500",
+            n(a.injected_panics_unanswered),
+        ),
+        (
+            "panic reports / panics answered 500",
+            format!("{} / {}", n(a.reports), n(a.panics_answered)),
+        ),
+        ("restarts by reason", restarts_text(a)),
+        ("reloads", n(a.reloads)),
+        (
+            "hang detection (deadlock)",
+            median_max(&lat(a, Action::Deadlock)),
+        ),
+        (
+            "hang detection (SIGSTOP)",
+            median_max(&lat(a, Action::Stop)),
+        ),
+        ("crash-to-ready", median_max(&a.crash_to_ready)),
+        (
+            "process RSS after warm-up / end",
+            match (rss_before, rss_after) {
+                (Some(b), Some(e)) => format!(
+                    "{:.1} MB / {:.1} MB ({:+.1} MB)",
+                    b as f64 / 1024.0,
+                    e as f64 / 1024.0,
+                    (e as f64 - b as f64) / 1024.0
+                ),
+                _ => "unknown".into(),
+            },
+        ),
+        (
+            "all workers ready at the end",
+            if settled { "yes".into() } else { "NO".into() },
+        ),
+    ];
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let _ = writeln!(out, "| {:w0$} | unwedge chaos |", "");
+    let _ = writeln!(out, "| {} | --- |", "-".repeat(w0));
+    for (k, v) in rows {
+        let _ = writeln!(out, "| {k:w0$} | {v} |");
+    }
+    out
+}
+
+fn lat(a: &Analysis, k: Action) -> Vec<Duration> {
+    a.hang_latency
+        .iter()
+        .filter(|(x, _)| *x == k)
+        .map(|(_, d)| *d)
+        .collect()
+}
+
+/// Why the unwedge side fails `--check` (empty: it passes).
+pub(crate) fn problems(a: &Analysis, settled: bool) -> Vec<String> {
+    let mut p = Vec::new();
+    let u = unexpected_statuses(a);
+    if u > 0 {
+        p.push(format!(
+            "{u} unexpected status(es) ({})",
+            by_status_text(&a.load)
+        ));
+    }
+    if a.refused > 0 {
+        p.push(format!("{} refused connection(s)", a.refused));
+    }
+    if a.reset_unattributed > 0 {
+        p.push(format!(
+            "{} reset connection(s) outside any kill window",
+            a.reset_unattributed
+        ));
+    }
+    if a.timeout_unattributed + a.other_unattributed > 0 {
+        p.push(format!(
+            "{} timeout(s) and {} other failure(s)",
+            a.timeout_unattributed, a.other_unattributed
+        ));
+    }
+    if a.own.violations > 0 {
+        p.push(format!("{} invariant violation(s)", a.own.violations));
+    }
+    if a.own.writes_full > 0 {
+        p.push(format!(
+            "{} unique-key write(s) refused (507)",
+            a.own.writes_full
+        ));
+    }
+    if a.own.samples == 0 {
+        p.push("no invariant sample was taken".into());
+    }
+    if !settled {
+        p.push("the workers were not all ready again after the run".into());
+    }
+    for r in &a.injected {
+        if r.skipped.is_some() {
+            continue;
+        }
+        match r.action {
+            Action::Deadlock if !a.hang_latency.iter().any(|(k, _)| *k == Action::Deadlock) => {
+                p.push("the deadlock was not detected".into())
+            }
+            _ => {}
+        }
+    }
+    p.dedup();
+    p
+}
+
+/// Why the comparison fails to make the demo's point.
+pub(crate) fn comparison_problems(c: &Analysis) -> Vec<String> {
+    let mut p = Vec::new();
+    if c.own.violations == 0 {
+        p.push(
+            "the comparison service showed no corruption (curr_size == actual_size throughout)"
+                .into(),
+        );
+    }
+    let cascade = c
+        .load
+        .by_request
+        .get("GET /")
+        .map(|r| r.unexpected_failures)
+        .unwrap_or(0);
+    if cascade == 0 {
+        p.push("the comparison service showed no poison cascade (GET / never failed)".into());
+    }
+    p
+}
+
+/// The soak's extra checks.
+pub(crate) fn chaos_problems(
+    a: &Analysis,
+    rss_before: Option<u64>,
+    rss_after: Option<u64>,
+) -> Vec<String> {
+    let mut p = Vec::new();
+    if a.reports < a.panics_answered {
+        p.push(format!(
+            "{} lost report(s): {} reports for {} panics answered 500",
+            a.panics_answered - a.reports,
+            a.reports,
+            a.panics_answered
+        ));
+    }
+    if a.injected_panics_unanswered > 0 {
+        p.push(format!(
+            "{} injected panic request(s) not answered 500",
+            a.injected_panics_unanswered
+        ));
+    }
+    if let (Some(b), Some(e)) = (rss_before, rss_after) {
+        if e > b + 5 * 1024 {
+            p.push(format!("RSS grew by {} kB (limit 5 MB)", e - b));
+        }
+    }
+    p
+}
+
+/// This process's resident set size, in kB (`VmRSS` of `/proc/self/status`).
+pub(crate) fn rss_kb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}

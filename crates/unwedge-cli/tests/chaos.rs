@@ -1,0 +1,45 @@
+//! The chaos soak's short version: random panics inside `Tx` updates and `Mutex` sections,
+//! `kill -9`, `SIGSTOP` and reloads under continuous load, for 12 s; `--check` asserts zero
+//! invariant violations, zero unexpected failures, zero refused, zero lost reports and bounded
+//! memory. The long one: `unwedge chaos --duration 10m --check`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_unwedge");
+
+#[tokio::test]
+async fn chaos_short_soak_has_no_unexpected_failure() {
+    let child = Command::new(BIN)
+        .args(["chaos", "--duration", "12s", "--every", "800ms", "--check"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn unwedge");
+    let pid = child.id().expect("pid") as i32;
+    let out = match tokio::time::timeout(Duration::from_secs(50), child.wait_with_output()).await {
+        Ok(o) => o.expect("wait"),
+        Err(_) => {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("`unwedge chaos` did not finish within 50 s");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("check: passed"), "{stdout}");
+    // Faults really happened: at least one worker was killed and replaced.
+    assert!(stdout.contains("replacement ready"), "{stdout}");
+}
