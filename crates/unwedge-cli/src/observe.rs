@@ -228,6 +228,11 @@ pub(crate) async fn start(
 }
 
 impl Observer {
+    /// The admin endpoint's address, if it is up (`unwedge demo` prints it).
+    pub(crate) fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminHandle::local_addr)
+    }
+
     /// After the supervisor ended: lets the event task write and send what is left, flushes
     /// the alerts (the `gave_up` one included), stops the admin endpoint; all bounded.
     pub(crate) async fn finish(self) {

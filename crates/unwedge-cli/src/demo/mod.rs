@@ -4,6 +4,22 @@
 //! `SIGSTOP` and reloads are injected; the demo runs the same scenario against an axum +
 //! `CatchPanicLayer` service for comparison. See `docs/demo.md`.
 
+/// `println!` that ignores a closed stdout (`unwedge demo | head`) instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! outp {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 mod client;
 mod compare;
 mod scenario;
@@ -79,6 +95,7 @@ pub(crate) type EventLog = Arc<Mutex<Vec<(Instant, Event)>>>;
 /// A supervisor built (sockets bound) but not yet running.
 struct Prepared {
     supervisor: Supervisor,
+    observe: crate::observe::Settings,
     handle: Handle,
     addr: SocketAddr,
     events: EventLog,
@@ -109,9 +126,12 @@ fn prepare(workers: u32, what: &str) -> Result<Prepared, String> {
         restart_delay_max: Some(Duration::from_millis(250)),
         max_restarts: Some(10_000),
         stop_timeout: Some(Duration::from_secs(5)),
+        admin: Some("127.0.0.1:0".to_owned()),
+        report_dir: Some(dir.join("reports")),
         ..Options::default()
     };
     let config = Config::resolve(None, options, command).map_err(|e| e.to_string())?;
+    let observe = crate::observe::Settings::from_config(&config)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -146,6 +166,7 @@ fn prepare(workers: u32, what: &str) -> Result<Prepared, String> {
     let handle = supervisor.handle();
     Ok(Prepared {
         supervisor,
+        observe,
         handle,
         addr,
         events,
@@ -188,15 +209,17 @@ async fn wait_ready(handle: &Handle, n: usize, limit: Duration) -> bool {
     }
 }
 
-/// Stops the supervisor and waits for it (bounded).
+/// Stops the supervisor and waits for it, then for the last reports (bounded).
 async fn stop(
     handle: &Handle,
     task: tokio::task::JoinHandle<
         Result<unwedge_supervisor::Outcome, unwedge_supervisor::StartError>,
     >,
+    observer: crate::observe::Observer,
 ) {
     handle.send(Control::Stop);
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    observer.finish().await;
 }
 
 /// `unwedge demo`.
@@ -218,26 +241,43 @@ pub(crate) fn demo(args: DemoArgs) -> ExitCode {
 async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
     let Prepared {
         supervisor,
+        observe,
         handle,
         addr,
         events,
         dir,
     } = p;
+    // The admin endpoint (status page) and the report directory, as `unwedge run` has them.
+    let (supervisor, observer) = match crate::observe::start(observe, supervisor).await {
+        Ok(s) => s,
+        Err(e) => return fail(e.message),
+    };
+    let admin = observer.admin_addr();
     let task = tokio::spawn(supervisor.run());
     if !wait_ready(&handle, args.workers as usize, Duration::from_secs(20)).await {
-        stop(&handle, task).await;
+        stop(&handle, task, observer).await;
         return fail(format!(
             "the demo workers did not become ready within 20 s; see {}",
             dir.display()
         ));
     }
-    println!(
+    out!(
         "unwedge demo: {} workers of the demo service under the supervisor",
         args.workers
     );
-    println!("  service:     http://{addr}/");
-    println!("  status page: not wired into the demo yet (see `unwedge run --help`)");
-    println!(
+    out!("  service:     http://{addr}/");
+    match admin {
+        Some(a) => out!("  status page: http://{a}/"),
+        None => out!(
+            "  status page: unavailable (see {}/supervisor.log)",
+            dir.display()
+        ),
+    }
+    out!(
+        "  reports:     {}/reports (`unwedge reports --dir …`)",
+        dir.display()
+    );
+    out!(
         "  logs:        {}/supervisor.log, workers.log",
         dir.display()
     );
@@ -246,16 +286,16 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
     } else {
         match compare::spawn().await {
             Ok(a) => {
-                println!("  comparison:  http://{a}/ (axum + CatchPanicLayer, in this process)");
+                out!("  comparison:  http://{a}/ (axum + CatchPanicLayer, in this process)");
                 Some(a)
             }
             Err(e) => {
-                stop(&handle, task).await;
+                stop(&handle, task, observer).await;
                 return fail(format!("cannot bind the comparison service: {e}"));
             }
         }
     };
-    println!(
+    out!(
         "running {} of mixed traffic ({} clients per side) with injected faults…\n",
         humantime::format_duration(args.duration),
         args.concurrency
@@ -276,7 +316,7 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
     let sides = match sides {
         Ok(s) => s,
         Err(e) => {
-            stop(&handle, task).await;
+            stop(&handle, task, observer).await;
             return fail(e);
         }
     };
@@ -288,8 +328,8 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
         .compare
         .as_ref()
         .map(|c| table::analyse(c, &[], &snapshot));
-    println!();
-    print!(
+    out!();
+    outp!(
         "{}",
         table::render(&analysis, cmp_analysis.as_ref(), args.workers, settled)
     );
@@ -298,19 +338,20 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
         problems.extend(table::comparison_problems(c));
     }
     if args.keep {
-        println!(
+        out!(
             "\nstill running: http://{addr}/ — press Ctrl-C to stop the supervisor and its workers"
         );
         let _ = task.await;
+        observer.finish().await;
     } else {
-        stop(&handle, task).await;
+        stop(&handle, task, observer).await;
     }
     if args.check {
         if problems.is_empty() {
-            println!("\ncheck: passed");
+            out!("\ncheck: passed");
         } else {
             for p in &problems {
-                println!("check failed: {p}");
+                out!("check failed: {p}");
             }
             return ExitCode::from(1);
         }
@@ -337,14 +378,21 @@ pub(crate) fn chaos(args: ChaosArgs) -> ExitCode {
 async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
     let Prepared {
         supervisor,
+        observe,
         handle,
         addr,
         events,
         dir,
     } = p;
+    // The admin endpoint (status page) and the report directory, as `unwedge run` has them.
+    let (supervisor, observer) = match crate::observe::start(observe, supervisor).await {
+        Ok(s) => s,
+        Err(e) => return fail(e.message),
+    };
+    let admin = observer.admin_addr();
     let task = tokio::spawn(supervisor.run());
     if !wait_ready(&handle, args.workers as usize, Duration::from_secs(20)).await {
-        stop(&handle, task).await;
+        stop(&handle, task, observer).await;
         return fail(format!(
             "the workers did not become ready within 20 s; see {}",
             dir.display()
@@ -356,13 +404,16 @@ async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
-    println!(
+    out!(
         "unwedge chaos: {} workers on http://{addr}/, {} of load, a fault every ~{} (seed {seed})",
         args.workers,
         humantime::format_duration(args.duration),
         humantime::format_duration(args.every),
     );
-    println!("  logs: {}/supervisor.log, workers.log", dir.display());
+    out!("  logs: {}/supervisor.log, workers.log", dir.display());
+    if let Some(a) = admin {
+        out!("  status page: http://{a}/");
+    }
     // Memory: this whole process (supervisor, load client, bookkeeping), after a warm-up
     // and at the end; the supervisor's own growth can only be smaller.
     let warmup = (args.duration / 10).clamp(Duration::from_secs(2), args.duration / 2);
@@ -385,7 +436,7 @@ async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
     let result = match result {
         Ok(r) => r,
         Err(e) => {
-            stop(&handle, task).await;
+            stop(&handle, task, observer).await;
             return fail(e);
         }
     };
@@ -395,20 +446,30 @@ async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
     let snapshot = handle.snapshot();
     let log = events.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let analysis = table::analyse(&result, &log, &snapshot);
-    println!();
-    print!(
-        "{}",
-        table::render_chaos(&analysis, rss_before, rss_after, settled)
-    );
+    stop(&handle, task, observer).await;
+    // Every panic answered 500 must have its report on disk.
+    let on_disk = unwedge_admin::read_reports(&dir.join("reports"), None)
+        .map(|records| {
+            records
+                .iter()
+                .filter(|r| matches!(r, unwedge_admin::Record::Panic(_)))
+                .count() as u64
+        })
+        .ok();
+    let mem = table::Memory {
+        warm: rss_before,
+        end: rss_after,
+    };
+    out!();
+    outp!("{}", table::render_chaos(&analysis, &mem, on_disk, settled));
     let mut problems = table::problems(&analysis, settled);
-    problems.extend(table::chaos_problems(&analysis, rss_before, rss_after));
-    stop(&handle, task).await;
+    problems.extend(table::chaos_problems(&analysis, &mem, on_disk));
     if args.check {
         if problems.is_empty() {
-            println!("\ncheck: passed");
+            out!("\ncheck: passed");
         } else {
             for p in &problems {
-                println!("check failed: {p}");
+                out!("check failed: {p}");
             }
             return ExitCode::from(1);
         }

@@ -193,6 +193,8 @@ pub(crate) struct Record {
     pub(crate) pid: Option<i32>,
     /// The injected request's answer (`None`: no answer by the end of the run).
     pub(crate) reply: Option<Reply>,
+    /// When the answer (or the failure) came.
+    pub(crate) done_at: Option<Instant>,
     /// Not done (e.g. fewer than two workers ready, or no supervisor).
     pub(crate) skipped: Option<&'static str>,
 }
@@ -215,6 +217,7 @@ pub(crate) struct Own {
 /// Everything one side saw.
 #[derive(Debug, Clone)]
 pub(crate) struct SideResult {
+    pub(crate) start: Instant,
     pub(crate) load: LoadReport,
     pub(crate) progress: Vec<(Instant, Progress)>,
     pub(crate) own: Own,
@@ -363,6 +366,7 @@ async fn run_side(
             action: p.action,
             pid: None,
             reply: None,
+            done_at: None,
             skipped: None,
         };
         match p.action {
@@ -379,7 +383,8 @@ async fn run_side(
                 pending.push((
                     records.len(),
                     tokio::spawn(async move {
-                        request(addr, method, path, &body, Duration::from_secs(10)).await
+                        let r = request(addr, method, path, &body, Duration::from_secs(10)).await;
+                        (r, Instant::now())
                     }),
                 ));
             }
@@ -389,9 +394,10 @@ async fn run_side(
                 let limit = d + Duration::from_secs(5);
                 pending.push((
                     records.len(),
-                    tokio::spawn(
-                        async move { request(addr, "GET", "/deadlock", b"", limit).await },
-                    ),
+                    tokio::spawn(async move {
+                        let r = request(addr, "GET", "/deadlock", b"", limit).await;
+                        (r, Instant::now())
+                    }),
                 ));
             }
             Action::Kill9 | Action::Stop => match &target.handle {
@@ -442,7 +448,10 @@ async fn run_side(
     tokio::time::sleep(Duration::from_millis(100)).await;
     for (i, task) in pending {
         if task.is_finished() {
-            records[i].reply = task.await.ok();
+            if let Ok((r, t)) = task.await {
+                records[i].reply = Some(r);
+                records[i].done_at = Some(t);
+            }
         } else {
             task.abort();
         }
@@ -451,6 +460,7 @@ async fn run_side(
     let progress = std::mem::take(&mut *live.progress.lock().unwrap_or_else(|e| e.into_inner()));
     let own = live.own.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(SideResult {
+        start,
         load: report,
         progress,
         own,

@@ -34,6 +34,8 @@ pub(crate) struct Analysis {
     pub(crate) reports: u64,
     pub(crate) panics_answered: u64,
     pub(crate) injected_panics_unanswered: u64,
+    /// The injected panics not answered 500 (outside kill windows), described.
+    pub(crate) unanswered: Vec<String>,
     pub(crate) reloads: u64,
 }
 
@@ -135,11 +137,25 @@ pub(crate) fn analyse(
         .iter()
         .filter(|r| r.action.panics() && r.reply.as_ref().and_then(Reply::status) == Some(500))
         .count() as u64;
-    let injected_panics_unanswered = side
-        .injected
-        .iter()
-        .filter(|r| r.action.panics() && r.reply.as_ref().and_then(Reply::status) != Some(500))
-        .count() as u64;
+    // An injected panic whose request died with a killed worker is lost like any other
+    // request in flight there; any other answer than 500 is a problem.
+    let mut injected_lost = 0;
+    let mut unanswered = Vec::new();
+    for r in side.injected.iter().filter(|r| r.action.panics()) {
+        match (&r.reply, r.done_at) {
+            (Some(rep), _) if rep.status() == Some(500) => {}
+            (Some(rep), Some(t)) if rep.status().is_none() && in_window(t) => injected_lost += 1,
+            (rep, _) => unanswered.push(format!(
+                "{} at {:.2}s: {}",
+                r.action.short(),
+                (r.at - side.start).as_secs_f64(),
+                rep.as_ref()
+                    .map(Reply::describe)
+                    .unwrap_or_else(|| "no answer".into())
+            )),
+        }
+    }
+    let injected_panics_unanswered = unanswered.len() as u64;
     let restarts = if supervised {
         snapshot
             .counters
@@ -154,7 +170,8 @@ pub(crate) fn analyse(
         load: side.load.clone(),
         own: side.own.clone(),
         injected: side.injected.clone(),
-        lost_to_kill: in_reset + in_timeout + in_other + own_lost,
+        lost_to_kill: in_reset + in_timeout + in_other + own_lost + injected_lost,
+        unanswered,
         reset_unattributed: side.load.reset - in_reset + own_reset,
         timeout_unattributed: side.load.timeout - in_timeout + own_timeout,
         other_unattributed: side.load.other - in_other + own_other,
@@ -436,13 +453,21 @@ pub(crate) fn render(a: &Analysis, c: Option<&Analysis>, workers: u32, settled: 
     out
 }
 
+/// This process's RSS in kB after the warm-up and at the end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Memory {
+    pub(crate) warm: Option<u64>,
+    pub(crate) end: Option<u64>,
+}
+
 /// The soak's table.
 pub(crate) fn render_chaos(
     a: &Analysis,
-    rss_before: Option<u64>,
-    rss_after: Option<u64>,
+    mem: &Memory,
+    on_disk: Option<u64>,
     settled: bool,
 ) -> String {
+    let (rss_before, rss_after) = (mem.warm, mem.end);
     let mut out = String::new();
     let count = |k: Action| {
         a.injected
@@ -505,8 +530,13 @@ pub(crate) fn render_chaos(
             n(a.injected_panics_unanswered),
         ),
         (
-            "panic reports / panics answered 500",
-            format!("{} / {}", n(a.reports), n(a.panics_answered)),
+            "panics answered 500 / reports received / on disk",
+            format!(
+                "{} / {} / {}",
+                n(a.panics_answered),
+                n(a.reports),
+                on_disk.map(n).unwrap_or_else(|| "unreadable".into())
+            ),
         ),
         ("restarts by reason", restarts_text(a)),
         ("reloads", n(a.reloads)),
@@ -587,6 +617,13 @@ pub(crate) fn problems(a: &Analysis, settled: bool) -> Vec<String> {
             a.own.writes_full
         ));
     }
+    if a.injected_panics_unanswered > 0 {
+        p.push(format!(
+            "{} injected panic request(s) not answered 500: {}",
+            a.injected_panics_unanswered,
+            a.unanswered.join("; ")
+        ));
+    }
     if a.own.samples == 0 {
         p.push("no invariant sample was taken".into());
     }
@@ -630,24 +667,24 @@ pub(crate) fn comparison_problems(c: &Analysis) -> Vec<String> {
 }
 
 /// The soak's extra checks.
-pub(crate) fn chaos_problems(
-    a: &Analysis,
-    rss_before: Option<u64>,
-    rss_after: Option<u64>,
-) -> Vec<String> {
+pub(crate) fn chaos_problems(a: &Analysis, mem: &Memory, on_disk: Option<u64>) -> Vec<String> {
+    let (rss_before, rss_after) = (mem.warm, mem.end);
     let mut p = Vec::new();
+    match on_disk {
+        None => p.push("cannot read the report directory".into()),
+        Some(d) if d < a.panics_answered => p.push(format!(
+            "{} report(s) missing on disk: {d} for {} panics answered 500",
+            a.panics_answered - d,
+            a.panics_answered
+        )),
+        Some(_) => {}
+    }
     if a.reports < a.panics_answered {
         p.push(format!(
             "{} lost report(s): {} reports for {} panics answered 500",
             a.panics_answered - a.reports,
             a.reports,
             a.panics_answered
-        ));
-    }
-    if a.injected_panics_unanswered > 0 {
-        p.push(format!(
-            "{} injected panic request(s) not answered 500",
-            a.injected_panics_unanswered
         ));
     }
     if let (Some(b), Some(e)) = (rss_before, rss_after) {
