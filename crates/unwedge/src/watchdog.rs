@@ -440,3 +440,65 @@ pub(crate) fn status_text(state: HealthState, reason: Option<&str>, serving_on: 
         (s, None) => s.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn tracked_requests_are_in_flight_until_they_complete() {
+        let tracker = Arc::new(Tracker::new());
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let svc = Tracked::new(
+            tower::service_fn(move |_req: Request<()>| {
+                let released = released.clone();
+                async move {
+                    if let Some(rx) = released.lock().await.take() {
+                        let _ = rx.await;
+                    }
+                    Ok::<_, std::convert::Infallible>("done")
+                }
+            }),
+            tracker.clone(),
+        );
+        let call = tokio::spawn(svc.oneshot(Request::get("/wait").body(()).unwrap()));
+        while tracker.in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(tracker.completed.load(Ordering::Relaxed), 0);
+        release.send(()).unwrap();
+        assert_eq!(call.await.unwrap().unwrap(), "done");
+        assert_eq!(tracker.in_flight(), 0);
+        assert_eq!(tracker.completed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_request_leaves_the_tracker_without_counting_as_progress() {
+        let tracker = Arc::new(Tracker::new());
+        let svc = Tracked::new(
+            tower::service_fn(|_req: Request<()>| async {
+                std::future::pending::<Result<(), std::convert::Infallible>>().await
+            }),
+            tracker.clone(),
+        );
+        let fut = svc.oneshot(Request::get("/never").body(()).unwrap());
+        let timed_out = tokio::time::timeout(Duration::from_millis(10), fut).await;
+        assert!(timed_out.is_err());
+        assert_eq!(tracker.in_flight(), 0);
+        assert_eq!(tracker.completed.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn status_text_is_one_line() {
+        assert_eq!(
+            status_text(HealthState::Healthy, None, "127.0.0.1:1"),
+            "healthy: serving on 127.0.0.1:1"
+        );
+        assert_eq!(
+            status_text(HealthState::Wedged, Some("a\nb"), "x"),
+            "wedged: a b"
+        );
+    }
+}
