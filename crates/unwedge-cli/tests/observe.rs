@@ -1,0 +1,742 @@
+//! `unwedge run` with its admin endpoint, report directory and alerts, end to end: the real
+//! binary, real `unwedge demo-service` workers, real sockets on 127.0.0.1, real signals.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{get, http, proc_state, run_to_end, Sup, BIN, LONG};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// Hard limit of every test.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+async fn limited<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(TEST_LIMIT, f)
+        .await
+        .expect("test took longer than its hard limit");
+}
+
+/// `unwedge run … --admin 127.0.0.1:0 … -- unwedge demo-service`.
+fn start(workers: &str, extra: &[&str]) -> Sup {
+    let mut args = vec![
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        workers,
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", BIN, "demo-service"]);
+    Sup::start(&args)
+}
+
+/// The admin address, from the supervisor's `admin listening on http://ADDR` line.
+async fn admin_addr(sup: &Sup) -> SocketAddr {
+    let l = sup.wait_line(0, &["admin listening on http://"]).await;
+    l.split("http://").nth(1).unwrap().trim().parse().unwrap()
+}
+
+async fn status(admin: SocketAddr) -> Value {
+    let (code, body) = get(admin, "/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
+}
+
+/// Waits until `/status` satisfies `ok`; returns that status.
+async fn status_until(admin: SocketAddr, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let s = status(admin).await;
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/status never showed {what}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn ready_pids(s: &Value) -> Vec<i32> {
+    s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "ready")
+        .map(|w| w["pid"].as_i64().unwrap() as i32)
+        .collect()
+}
+
+/// Kills leftover workers (reparented after the supervisor was SIGKILLed).
+fn kill_workers(pids: &[i32]) {
+    for &p in pids {
+        let is_demo = std::fs::read(format!("/proc/{p}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("demo-service"))
+            .unwrap_or(false);
+        if is_demo {
+            let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
+        }
+    }
+}
+
+// ---- a webhook receiver on 127.0.0.1 ----
+
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    body: Value,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<Mutex<usize>>,
+    notify: Arc<Notify>,
+}
+
+impl Receiver {
+    /// `hang`: read each request and never answer.
+    async fn start(hang: bool) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let r = Receiver {
+            addr: listener.local_addr().unwrap(),
+            got: Arc::default(),
+            connections: Arc::default(),
+            notify: Arc::default(),
+        };
+        let rx = r.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                *rx.connections.lock().unwrap() += 1;
+                rx.notify.notify_waiters();
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // One request: headers, then Content-Length bytes of body.
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map(|v| v.trim().parse().unwrap())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + len {
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Value =
+                            serde_json::from_slice(&buf[head_end..head_end + len]).unwrap();
+                        buf.drain(..head_end + len);
+                        rx.got.lock().unwrap().push(Received {
+                            at: Instant::now(),
+                            body,
+                        });
+                        rx.notify.notify_waiters();
+                        if hang {
+                            // Hold the connection, answer nothing.
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            return;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn kinds(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.body["event"]["kind"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    }
+
+    /// Waits for the first alert `ok` accepts.
+    async fn wait_for(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Received {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let notified = self.notify.notified();
+            if let Some(r) = self.got.lock().unwrap().iter().find(|r| ok(&r.body)) {
+                return r.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no alert {what}; got {:?}", self.kinds());
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+        }
+    }
+
+    /// Waits for the `n`-th (1-based) alert of `kind`.
+    async fn wait_kind(&self, kind: &str, n: usize) -> Received {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let notified = self.notify.notified();
+            {
+                let got = self.got.lock().unwrap();
+                if let Some(r) = got
+                    .iter()
+                    .filter(|r| r.body["event"]["kind"] == kind)
+                    .nth(n - 1)
+                {
+                    return r.clone();
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {kind} alert #{n}; got {:?}",
+                self.kinds()
+            );
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+        }
+    }
+}
+
+// ---- /status ----
+
+#[tokio::test]
+async fn status_json_matches_the_real_workers() {
+    limited(async {
+        let sup = start("2", &[]);
+        let admin = admin_addr(&sup).await;
+        let logged = sup.wait_ready(0, 2).await;
+        let s = status_until(admin, "2 ready workers", |s| ready_pids(s).len() == 2).await;
+        assert_eq!(s["supervisor"]["pid"], sup.pid);
+        assert_eq!(s["supervisor"]["gave_up"], false);
+        let mut pids = ready_pids(&s);
+        pids.sort();
+        let mut logged_sorted = logged.clone();
+        logged_sorted.sort();
+        assert_eq!(pids, logged_sorted, "{s}");
+        let mut ids: Vec<&str> = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["w1", "w2"]);
+        for pid in &pids {
+            // A live child of this supervisor, running the demo service.
+            let (_, ppid) = proc_state(*pid).expect("worker pid is alive");
+            assert_eq!(ppid, sup.pid, "pid {pid} is not the supervisor's child");
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            assert!(
+                String::from_utf8_lossy(&cmdline).contains("demo-service"),
+                "pid {pid} runs {:?}",
+                String::from_utf8_lossy(&cmdline)
+            );
+        }
+        assert_eq!(get(admin, "/readyz").await.0, 200);
+        assert_eq!(get(admin, "/livez").await.0, 200);
+
+        // A crash shows as a new pid in the same slot, the old one's exit and its report.
+        let from = sup.mark();
+        let addr = sup.addr().await;
+        let _ = http(addr, "POST", "/poison").await;
+        sup.wait_line(from, &["exit status 70"]).await;
+        let exit_pid = |s: &Value| {
+            s["reports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["kind"] == "exit")
+                .map(|r| r["pid"].as_i64().unwrap() as i32)
+        };
+        let s = status_until(admin, "the replacement ready and the exit recorded", |s| {
+            exit_pid(s).is_some_and(|p| !ready_pids(s).contains(&p)) && ready_pids(s).len() == 2
+        })
+        .await;
+        let poisoned = exit_pid(&s).unwrap();
+        assert!(pids.contains(&poisoned), "{s}");
+        let exit = s["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == "exit")
+            .unwrap();
+        assert_eq!(exit["pid"], poisoned);
+        assert_eq!(exit["code"], 70);
+        let slot = exit["worker"].as_str().unwrap();
+        let w = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] == slot && w["state"] == "ready")
+            .unwrap();
+        assert_eq!(w["restarts"], 1, "{s}");
+        assert_eq!(w["last_exit"]["code"], 70, "{s}");
+        assert!(
+            w["last_report"]
+                .as_str()
+                .is_some_and(|r| r.contains("POST /poison")),
+            "{s}"
+        );
+        assert!(s["restarts"].as_array().unwrap().len() == 1, "{s}");
+    })
+    .await;
+}
+
+// ---- /metrics, parsed by Prometheus' own Python parser ----
+
+const PARSE_METRICS: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        out[f"{s.name}{{{labels}}}"] = s.value
+print(json.dumps(out))
+"#;
+
+fn have_prometheus_client() -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `/metrics`, parsed: `name{label=value,…}` → value.
+async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
+    let (code, text) = get(admin, "/metrics").await;
+    assert_eq!(code, 200);
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", PARSE_METRICS])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(LONG, child.wait_with_output())
+        .await
+        .expect("parser hung")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejects /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn scrape_until(
+    admin: SocketAddr,
+    what: &str,
+    ok: impl Fn(&HashMap<String, f64>) -> bool,
+) -> HashMap<String, f64> {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let m = scrape(admin).await;
+        if ok(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics never showed {what}: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn val(m: &HashMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in {m:?}"))
+}
+
+#[tokio::test]
+async fn metrics_counters_move_after_a_crash_and_a_hang() {
+    if !have_prometheus_client() {
+        eprintln!("SKIPPED: python3 with prometheus_client is not installed (pip install prometheus-client)");
+        return;
+    }
+    limited(async {
+        let sup = start("2", &["--watchdog", "1s", "--dump-grace", "100ms"]);
+        let admin = admin_addr(&sup).await;
+        sup.wait_ready(0, 2).await;
+        let m = scrape_until(admin, "2 ready workers", |m| {
+            m.get("unwedge_workers{state=ready}") == Some(&2.0)
+        })
+        .await;
+        assert_eq!(val(&m, "unwedge_restarts_total{reason=exit_code}"), 0.0);
+        assert_eq!(val(&m, "unwedge_hangs_detected_total{kind=watchdog}"), 0.0);
+        assert_eq!(val(&m, "unwedge_build_info{version=0.1.0}"), 1.0);
+
+        // A crash: a poisoned lock, a graceful crash with exit 70, a replacement.
+        let from = sup.mark();
+        let _ = http(sup.addr().await, "POST", "/poison").await;
+        sup.wait_line(from, &["exit status 70"]).await;
+        let crash_restarts = |m: &HashMap<String, f64>| {
+            // exit_code, or tainted when the supervisor saw STATUS=tainted first.
+            m.get("unwedge_restarts_total{reason=exit_code}")
+                .unwrap_or(&0.0)
+                + m.get("unwedge_restarts_total{reason=tainted}")
+                    .unwrap_or(&0.0)
+        };
+        let m = scrape_until(admin, "the crash counted", |m| {
+            crash_restarts(m) == 1.0
+                && m.get("unwedge_crash_to_ready_seconds_count{}") == Some(&1.0)
+                && m.get("unwedge_workers{state=ready}") == Some(&2.0)
+        })
+        .await;
+        assert_eq!(val(&m, "unwedge_panics_total{route=/poison}"), 1.0);
+        assert_eq!(
+            val(&m, "unwedge_reports_written_total{}"),
+            0.0,
+            "no report dir"
+        );
+
+        // A hang: SIGSTOP a worker; no heartbeat within 1 s.
+        let stopped = ready_pids(&status(admin).await)[0];
+        let from = sup.mark();
+        kill(Pid::from_raw(stopped), Signal::SIGSTOP).unwrap();
+        sup.wait_line(from, &[&format!("pid {stopped} is hung")])
+            .await;
+        let m = scrape_until(admin, "the hang counted", |m| {
+            m.get("unwedge_hangs_detected_total{kind=watchdog}") == Some(&1.0)
+                && m.get("unwedge_restarts_total{reason=hang}") == Some(&1.0)
+                && m.get("unwedge_crash_to_ready_seconds_count{}") == Some(&2.0)
+        })
+        .await;
+        assert_eq!(crash_restarts(&m), 1.0);
+        assert_eq!(val(&m, "unwedge_alerts_sent_total{sink=webhook}"), 0.0);
+    })
+    .await;
+}
+
+// ---- alerts ----
+
+#[tokio::test]
+async fn webhook_gets_exactly_one_alert_per_event() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let mut sup = start(
+            "2",
+            &[
+                "--watchdog",
+                "1s",
+                "--dump-grace",
+                "100ms",
+                "--alert-webhook",
+                &url,
+            ],
+        );
+        let admin = admin_addr(&sup).await;
+        sup.wait_ready(0, 2).await;
+        let pids = ready_pids(&status_until(admin, "2 ready", |s| ready_pids(s).len() == 2).await);
+
+        // A poisoned lock: the worker says it is tainted and crashes with exit 70. One
+        // alert: `state_tainted` if the supervisor saw the STATUS=tainted before the worker
+        // left, else `worker_crashed`; never both.
+        let _ = http(sup.addr().await, "POST", "/poison").await;
+        let first = hook.wait_for("about the poisoned worker", |_| true).await;
+        let ev = &first.body["event"];
+        let first_kind = ev["kind"].as_str().unwrap().to_owned();
+        assert!(pids.contains(&(ev["pid"].as_i64().unwrap() as i32)), "{ev}");
+        let text = first.body["text"].as_str().unwrap();
+        match first_kind.as_str() {
+            "worker_crashed" => {
+                assert_eq!(ev["details"]["code"], 70, "{ev}");
+                assert!(text.contains("exit 70 after panic"), "{text}");
+            }
+            "state_tainted" => assert!(text.contains("poisoned"), "{text}"),
+            other => panic!("unexpected alert {other}: {ev}"),
+        }
+        status_until(admin, "2 ready again", |s| ready_pids(s).len() == 2).await;
+
+        // A hang: one worker_hung, and its SIGKILL is no second (crash) alert.
+        let stopped = ready_pids(&status(admin).await)[0];
+        let from = sup.mark();
+        kill(Pid::from_raw(stopped), Signal::SIGSTOP).unwrap();
+        let hung = hook.wait_kind("worker_hung", 1).await;
+        assert_eq!(hung.body["event"]["pid"], stopped);
+        sup.wait_line(from, &[&format!("pid {stopped} killed by SIGKILL")])
+            .await;
+        status_until(admin, "2 ready again", |s| {
+            ready_pids(s).len() == 2 && !ready_pids(s).contains(&stopped)
+        })
+        .await;
+
+        // Stopping flushes every queued alert: after the exit, nothing more can arrive.
+        sup.signal(Signal::SIGTERM);
+        let st = sup.wait_exit(LONG).await;
+        assert_eq!(st.code(), Some(0), "{}", sup.log());
+        assert_eq!(
+            hook.kinds(),
+            [first_kind.as_str(), "worker_hung"],
+            "{}",
+            sup.log()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hanging_webhook_does_not_delay_the_replacement() {
+    limited(async {
+        let hook = Receiver::start(true).await;
+        let url = hook.url();
+        let sup = start("2", &["--alert-webhook", &url]);
+        let admin = admin_addr(&sup).await;
+        let pids = sup.wait_ready(0, 2).await;
+        for (i, pid) in pids.iter().enumerate() {
+            let from = sup.mark();
+            kill(Pid::from_raw(*pid), Signal::SIGKILL).unwrap();
+            let line = sup
+                .wait_line(from, &[" ready in ", "after the crash"])
+                .await;
+            let ms = common::ms_before(&line, " after the crash");
+            // The usual bound for a replacement (restart delay 10 ms, then its start-up).
+            assert!(ms < 2000.0, "replacement took {ms} ms: {line}");
+            // The alert did go out, and is stuck in the receiver that never answers.
+            hook.wait_kind("worker_crashed", i + 1).await;
+        }
+        assert!(*hook.connections.lock().unwrap() >= 1);
+        assert_eq!(ready_pids(&status(admin).await).len(), 2, "{}", sup.log());
+    })
+    .await;
+}
+
+/// Crash → webhook delivery through the real supervisor: SIGKILL a worker, time until the
+/// receiver has the `worker_crashed` alert. Printed, not asserted (figures go in docs).
+#[tokio::test]
+async fn alert_latency_crash_to_webhook() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let dir = tempfile::tempdir().unwrap();
+        let dir_s = dir.path().to_str().unwrap().to_owned();
+        let sup = start(
+            "4",
+            &["--alert-webhook", &url, "--report-dir", &dir_s],
+        );
+        let pids = sup.wait_ready(0, 4).await;
+        let mut ms = Vec::new();
+        for (i, pid) in pids.iter().enumerate() {
+            let from = sup.mark();
+            let t0 = Instant::now();
+            kill(Pid::from_raw(*pid), Signal::SIGKILL).unwrap();
+            let r = hook.wait_kind("worker_crashed", i + 1).await;
+            assert_eq!(r.body["event"]["pid"], *pid);
+            ms.push((r.at - t0).as_secs_f64() * 1000.0);
+            sup.wait_line(from, &[" ready in ", "after the crash"]).await;
+        }
+        eprintln!(
+            "alert latency, SIGKILL of a worker -> webhook received (report fsynced first), ms: {ms:.2?}"
+        );
+    })
+    .await;
+}
+
+// ---- report directory ----
+
+#[tokio::test]
+async fn report_is_on_disk_when_the_supervisor_is_killed_right_after_a_crash() {
+    limited(async {
+        let hook = Receiver::start(true).await;
+        let url = hook.url();
+        let dir = tempfile::tempdir().unwrap();
+        let dir_s = dir.path().to_str().unwrap().to_owned();
+        let mut sup = start("2", &["--alert-webhook", &url, "--report-dir", &dir_s]);
+        let admin = admin_addr(&sup).await;
+        let pids = sup.wait_ready(0, 2).await;
+        let _ = status_until(admin, "2 ready", |s| ready_pids(s).len() == 2).await;
+        // A worker killed: its exit record is durable before its alert goes out.
+        let killed = pids[0];
+        kill(Pid::from_raw(killed), Signal::SIGKILL).unwrap();
+        hook.wait_for("about the killed worker", |b| b["event"]["pid"] == killed)
+            .await;
+        // A poisoned lock: its panic report is durable before any alert about it.
+        let _ = http(sup.addr().await, "POST", "/poison").await;
+        let alert = hook
+            .wait_for("about the poisoned worker", |b| b["event"]["pid"] != killed)
+            .await;
+        // The moment that alert is out, the supervisor dies without any chance to flush.
+        sup.signal(Signal::SIGKILL);
+        let st = sup.wait_exit(LONG).await;
+        assert_eq!(st.code(), None, "killed");
+        let crashed = alert.body["event"]["pid"].as_i64().unwrap() as i32;
+        let mut all = pids.clone();
+        all.extend(sup.ready_pids(0));
+        kill_workers(&all);
+
+        let (code, out) = run_to_end(&["reports", "--dir", &dir_s, "--json"]).await;
+        assert_eq!(code, 0, "{out}");
+        let records: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let panic = records
+            .iter()
+            .find(|r| r["kind"] == "panic")
+            .unwrap_or_else(|| panic!("no panic record: {out}"));
+        assert_eq!(panic["report"]["request"]["path"], "/poison");
+        assert_eq!(panic["report"]["pid"], crashed);
+        let exit = |pid: i32| {
+            records
+                .iter()
+                .find(|r| r["kind"] == "exit" && r["pid"] == pid)
+        };
+        let killed_exit =
+            exit(killed).unwrap_or_else(|| panic!("no exit record of {killed}: {out}"));
+        assert_eq!(killed_exit["signal"], 9);
+        if alert.body["event"]["kind"] == "worker_crashed" {
+            let e = exit(crashed).unwrap_or_else(|| panic!("no exit record of {crashed}: {out}"));
+            assert_eq!(e["code"], 70);
+            let stderr = e["last_stderr_lines"].as_array().unwrap();
+            assert!(
+                stderr
+                    .iter()
+                    .any(|l| l.as_str().unwrap().contains("graceful crash")),
+                "the worker's last stderr lines: {stderr:?}"
+            );
+        }
+        // The table too.
+        let (code, table) = run_to_end(&["reports", "--dir", &dir_s]).await;
+        assert_eq!(code, 0);
+        assert!(table.starts_with("TIME"), "{table}");
+        assert!(
+            table.contains("POST /poison") && table.contains("signal 9"),
+            "{table}"
+        );
+    })
+    .await;
+}
+
+// ---- loopback by default ----
+
+#[tokio::test]
+async fn admin_binds_loopback_unless_told() {
+    limited(async {
+        // A bare port is bound on 127.0.0.1 only.
+        let sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "0",
+            "--",
+            BIN,
+            "demo-service",
+        ]);
+        let admin = admin_addr(&sup).await;
+        assert_eq!(admin.ip().to_string(), "127.0.0.1");
+        assert_eq!(get(admin, "/livez").await.0, 200);
+        let other: SocketAddr = format!("127.0.0.2:{}", admin.port()).parse().unwrap();
+        let e = tokio::net::TcpStream::connect(other).await;
+        assert!(e.is_err(), "admin answered on {other}");
+        drop(sup);
+
+        // No --admin at all: the default 127.0.0.1:9090 (which another supervisor on this
+        // machine may hold: then a warning, not a failure).
+        let sup = Sup::start(&["run", "--listen", "127.0.0.1:0", "--", BIN, "demo-service"]);
+        let line = tokio::select! {
+            l = sup.wait_line(0, &["admin listening on http://"]) => l,
+            l = sup.wait_line(0, &["no admin endpoint"]) => l,
+        };
+        assert!(line.contains("127.0.0.1:9090"), "{line}");
+        if line.contains("listening") {
+            let e = tokio::net::TcpStream::connect("127.0.0.2:9090").await;
+            assert!(e.is_err(), "the default admin answered on 127.0.0.2");
+        }
+        sup.wait_ready(0, 1).await;
+    })
+    .await;
+}
+
+// ---- bad input ----
+
+#[tokio::test]
+async fn bad_observability_options_are_one_line_errors() {
+    limited(async {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy_addr = busy.local_addr().unwrap().to_string();
+        let cases: [(&[&str], i32, &str); 6] = [
+            (
+                &["--alert-webhook", "hooks.example.com/x"],
+                2,
+                "invalid --alert-webhook URL \"hooks.example.com/x\"",
+            ),
+            (&["--alert-webhook", "ftp://h/x"], 2, "unsupported scheme"),
+            (&["--admin", "nonsense"], 2, "invalid --admin \"nonsense\""),
+            (&["--report-max-bytes", "ten"], 2, "invalid size \"ten\""),
+            (
+                &["--report-dir", "/proc/unwedge-reports"],
+                1,
+                "cannot write crash reports to /proc/unwedge-reports",
+            ),
+            (
+                &["--admin", &busy_addr],
+                1,
+                "cannot bind the admin endpoint on",
+            ),
+        ];
+        for (flags, want_code, want) in cases {
+            let mut args = vec!["run", "--listen", "127.0.0.1:0"];
+            args.extend_from_slice(flags);
+            args.extend_from_slice(&["--", BIN, "demo-service"]);
+            let (code, out) = run_to_end(&args).await;
+            assert_eq!(code, want_code, "{flags:?}: {out}");
+            let errors: Vec<&str> = out.lines().filter(|l| l.contains("error")).collect();
+            assert_eq!(errors.len(), 1, "{flags:?}: one error line: {out}");
+            assert!(errors[0].contains(want), "{flags:?}: {out}");
+            assert!(!out.contains("panicked"), "{flags:?}: {out}");
+            assert!(
+                !out.contains(" ready in "),
+                "{flags:?}: a worker started: {out}"
+            );
+        }
+        drop(busy);
+        // `unwedge reports` without a directory to read.
+        let (code, out) = run_to_end(&["reports", "--dir", "/nonexistent/unwedge"]).await;
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("/nonexistent/unwedge"), "{out}");
+    })
+    .await;
+}
