@@ -25,6 +25,7 @@ async fn chaos_short_soak_has_no_unexpected_failure() {
     let out = match tokio::time::timeout(Duration::from_secs(50), child.wait_with_output()).await {
         Ok(o) => o.expect("wait"),
         Err(_) => {
+            kill_children(pid);
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -42,4 +43,31 @@ async fn chaos_short_soak_has_no_unexpected_failure() {
     assert!(stdout.contains("check: passed"), "{stdout}");
     // Faults really happened: at least one worker was killed and replaced.
     assert!(stdout.contains("replacement ready"), "{stdout}");
+}
+
+/// SIGKILLs the process groups of `parent`'s children: the demo's workers, which run in
+/// their own process groups.
+fn kill_children(parent: i32) {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …; comm may contain spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(parent) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }

@@ -32,6 +32,7 @@ async fn run(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
         }
         Err(_) => {
             // The demo and its workers share the process group.
+            kill_children(pid);
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -69,4 +70,31 @@ async fn demo_rejects_bad_flags_with_usage_exit() {
     assert!(err.contains("--duration"), "{err}");
     let (code, _, err) = run(&["demo", "--workers", "0"], Duration::from_secs(10)).await;
     assert_eq!(code, Some(2), "{err}");
+}
+
+/// SIGKILLs the process groups of `parent`'s children: the demo's workers, which run in
+/// their own process groups.
+fn kill_children(parent: i32) {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …; comm may contain spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(parent) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }

@@ -209,6 +209,21 @@ async fn wait_ready(handle: &Handle, n: usize, limit: Duration) -> bool {
     }
 }
 
+/// On drop (the demo panicked or returned early without [`stop`]), SIGKILLs every worker's
+/// process group, so that no worker outlives the in-process supervisor.
+struct KillWorkersOnDrop(Handle);
+
+impl Drop for KillWorkersOnDrop {
+    fn drop(&mut self) {
+        for w in self.0.snapshot().workers {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(w.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Stops the supervisor and waits for it, then for the last reports (bounded).
 async fn stop(
     handle: &Handle,
@@ -253,6 +268,7 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
         Err(e) => return fail(e.message),
     };
     let admin = observer.admin_addr();
+    let _guard = KillWorkersOnDrop(handle.clone());
     let task = tokio::spawn(supervisor.run());
     if !wait_ready(&handle, args.workers as usize, Duration::from_secs(20)).await {
         stop(&handle, task, observer).await;
@@ -390,6 +406,7 @@ async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
         Err(e) => return fail(e.message),
     };
     let admin = observer.admin_addr();
+    let _guard = KillWorkersOnDrop(handle.clone());
     let task = tokio::spawn(supervisor.run());
     if !wait_ready(&handle, args.workers as usize, Duration::from_secs(20)).await {
         stop(&handle, task, observer).await;
