@@ -558,20 +558,42 @@ async fn alert_latency_crash_to_webhook() {
         );
         let pids = sup.wait_ready(0, 4).await;
         let mut ms = Vec::new();
+        let mut split = Vec::new();
         for (i, pid) in pids.iter().enumerate() {
             let from = sup.mark();
             let t0 = Instant::now();
+            let wall0 = std::time::SystemTime::now();
             kill(Pid::from_raw(*pid), Signal::SIGKILL).unwrap();
             let r = hook.wait_kind("worker_crashed", i + 1).await;
             assert_eq!(r.body["event"]["pid"], *pid);
             ms.push((r.at - t0).as_secs_f64() * 1000.0);
+            // Where the time went (millisecond clock): reaped + stderr closed, then fsynced.
+            let since = |t: &Value| {
+                let t = rfc3339(t.as_str().unwrap());
+                t.duration_since(wall0).unwrap_or_default().as_millis()
+            };
+            split.push((
+                since(&r.body["event"]["details"]["time"]),
+                since(&r.body["event"]["time"]),
+            ));
             sup.wait_line(from, &[" ready in ", "after the crash"]).await;
         }
         eprintln!(
-            "alert latency, SIGKILL of a worker -> webhook received (report fsynced first), ms: {ms:.2?}"
+            "alert latency, SIGKILL of a worker -> webhook received (report fsynced first), ms: {ms:.2?}; \
+             (exit recorded, alert queued) at ms: {split:?}"
         );
     })
     .await;
+}
+
+/// Parses an RFC 3339 time as the supervisor writes them (through `unwedge_admin::Record`).
+fn rfc3339(t: &str) -> std::time::SystemTime {
+    let r: unwedge_admin::Record = serde_json::from_value(serde_json::json!({
+        "kind": "exit", "time": t, "worker": null, "pid": null, "code": null, "signal": null,
+        "last_stderr_lines": []
+    }))
+    .unwrap();
+    r.system_time().unwrap()
 }
 
 // ---- report directory ----
