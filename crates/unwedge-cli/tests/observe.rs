@@ -762,3 +762,86 @@ async fn bad_observability_options_are_one_line_errors() {
     })
     .await;
 }
+
+// ---- giving up ----
+
+#[tokio::test]
+async fn gave_up_alert_is_delivered_before_the_supervisor_exits() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let mut sup = start("1", &["--max-restarts", "0", "--alert-webhook", &url]);
+        let pids = sup.wait_ready(0, 1).await;
+        kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+        let st = sup.wait_exit(LONG).await;
+        assert_eq!(st.code(), Some(3), "{}", sup.log());
+        // No waiting: the supervisor flushed its alerts before it exited.
+        let kinds = hook.kinds();
+        assert!(
+            kinds.contains(&"gave_up".to_owned()),
+            "{kinds:?}\n{}",
+            sup.log()
+        );
+        assert!(kinds.contains(&"worker_crashed".to_owned()), "{kinds:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn giving_up_with_a_hanging_webhook_still_exits_in_bounded_time() {
+    limited(async {
+        let hook = Receiver::start(true).await;
+        let url = hook.url();
+        let mut sup = start("1", &["--max-restarts", "0", "--alert-webhook", &url]);
+        let pids = sup.wait_ready(0, 1).await;
+        let t0 = Instant::now();
+        kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+        // The flush waits 5 s at most; generous bound on top.
+        let st = sup.wait_exit(Duration::from_secs(15)).await;
+        assert_eq!(st.code(), Some(3), "{}", sup.log());
+        assert!(t0.elapsed() < Duration::from_secs(15));
+        hook.wait_kind("gave_up", 1).await;
+    })
+    .await;
+}
+
+// ---- the config file ----
+
+#[tokio::test]
+async fn config_file_takes_the_observability_keys() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let dir = tempfile::tempdir().unwrap();
+        let reports = dir.path().join("reports");
+        let file = dir.path().join("unwedge.toml");
+        let toml = format!(
+            "listen = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nreport-dir = {:?}\n\
+             report-max-bytes = \"1M\"\nalert-webhook = {:?}\ncommand = [{:?}, \"demo-service\"]\n",
+            reports.to_str().unwrap(),
+            hook.url(),
+            BIN
+        );
+        std::fs::write(&file, &toml).unwrap();
+        let (code, out) = run_to_end(&["check-config", file.to_str().unwrap()]).await;
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("admin = \"127.0.0.1:0\""), "{out}");
+
+        let sup = Sup::start(&["run", "--config", file.to_str().unwrap()]);
+        let admin = admin_addr(&sup).await;
+        let pids = sup.wait_ready(0, 1).await;
+        kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+        hook.wait_kind("worker_crashed", 1).await;
+        let (code, out) =
+            run_to_end(&["reports", "--dir", reports.to_str().unwrap(), "--json"]).await;
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("\"signal\":9"), "{out}");
+        assert_eq!(get(admin, "/livez").await.0, 200);
+
+        // A bad value in the file is a usage error for check-config too.
+        std::fs::write(&file, toml.replace(&hook.url(), "hooks.example.com")).unwrap();
+        let (code, out) = run_to_end(&["check-config", file.to_str().unwrap()]).await;
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains("invalid --alert-webhook URL"), "{out}");
+    })
+    .await;
+}
