@@ -15,8 +15,8 @@ use super::client::{request, Reply};
 use super::EventLog;
 
 /// The body of the `burn` PUT: the seed's cache bumps `curr_size` by its length before it
-/// panics; three of them fill the default 1024-byte cache with phantom bytes.
-const BURN_BODY: [u8; 300] = [b'b'; 300];
+/// panics; two of them fill 900 of the default 1024 bytes with phantom entries.
+const BURN_BODY: [u8; 450] = [b'b'; 450];
 
 /// A fault to inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -348,7 +348,7 @@ async fn run_side(
             }
         })
     };
-    let writer = tokio::spawn(writer(target.addr, end, live.own.clone()));
+    let writer = tokio::spawn(writer(target.addr, d, end, live.own.clone()));
     let sampler = tokio::spawn(sampler(target.addr, start, end, live.own.clone()));
     let mut records = Vec::new();
     let mut pending = Vec::new();
@@ -468,9 +468,12 @@ async fn run_side(
     })
 }
 
-/// Unique-key writes of one byte, every 50 ms: a healthy cache accepts them all.
-async fn writer(addr: SocketAddr, end: Instant, own: Arc<Mutex<Own>>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+/// Unique-key writes of one byte, every 50 ms or slower: at most 500 in a run, so that a
+/// healthy cache (1024 bytes per worker) accepts them all, and still has room for a `burn`
+/// (450 bytes) to reach its panic.
+async fn writer(addr: SocketAddr, d: Duration, end: Instant, own: Arc<Mutex<Own>>) {
+    let every = (d / 500).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(every);
     let mut n = 0u64;
     while Instant::now() < end {
         tick.tick().await;
