@@ -281,10 +281,11 @@ fn status_source(
         let now = SystemTime::now();
         for w in &snap.workers {
             let state = match w.state {
+                sup::WorkerState::Hung => WorkerState::Hung,
+                // Said STATUS=tainted: leaving, whatever it still answers.
+                _ if h.tainted.contains(&w.pid) => WorkerState::Tainted,
                 sup::WorkerState::Starting => WorkerState::Starting,
                 sup::WorkerState::Ready => WorkerState::Ready,
-                sup::WorkerState::Hung => WorkerState::Hung,
-                _ if h.tainted.contains(&w.pid) => WorkerState::Tainted,
                 _ => WorkerState::Draining,
             };
             let mut v = WorkerView::new(w.id.clone(), u32::try_from(w.pid).ok(), state);
