@@ -33,11 +33,15 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn load(addr: std::net::SocketAddr) -> unwedge_load::Running {
+    load_with(addr, false)
+}
+
+fn load_with(addr: std::net::SocketAddr, keep_alive: bool) -> unwedge_load::Running {
     let cfg = LoadConfig::from_addr(addr)
         .unwrap()
         .request(RequestSpec::get("/"))
         .concurrency(8)
-        .keep_alive(false)
+        .keep_alive(keep_alive)
         .duration(Duration::from_secs(300))
         .timeout(Duration::from_secs(5));
     unwedge_load::start(cfg).unwrap()
@@ -120,6 +124,79 @@ async fn figures() {
             r.reset,
             r.unexpected_failures() - r.refused - r.reset,
             r.unexpected_failures() as f64 / crashes as f64
+        );
+        drop(sup);
+    }
+    {
+        let sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--stable-after",
+            "0s",
+            "--max-restarts",
+            "1000",
+            "--",
+            BIN,
+            "demo-service",
+        ]);
+        let addr = sup.addr().await;
+        sup.wait_ready(0, 2).await;
+        let l = load_with(addr, true);
+        let mut crashes = 0;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(250)).await; // load runs meanwhile
+            if let Ok((500, _)) = http(addr, "POST", "/poison").await {
+                crashes += 1;
+            }
+        }
+        l.stop();
+        let r = l.finish().await;
+        println!(
+            "| unwedge run --workers 2, keep-alive clients | {crashes} | {} | {} ({} / {} / {}) | {:.2} |",
+            r.total, r.unexpected_failures(), r.refused, r.reset, r.unexpected_failures() - r.refused - r.reset,
+            r.unexpected_failures() as f64 / crashes as f64
+        );
+        drop(sup);
+    }
+    for workers in ["1", "2"] {
+        // kill -9: requests in flight in the killed worker are lost; nothing is refused.
+        let sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            workers,
+            "--stable-after",
+            "0s",
+            "--max-restarts",
+            "1000",
+            "--",
+            BIN,
+            "demo-service",
+        ]);
+        let addr = sup.addr().await;
+        sup.wait_ready(0, workers.parse().unwrap()).await;
+        let l = load(addr);
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(250)).await; // load runs meanwhile
+            let m = sup.mark();
+            let victim = *sup.ready_pids(0).last().unwrap();
+            kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+            sup.wait_line(m, &["after the crash"]).await;
+        }
+        l.stop();
+        let r = l.finish().await;
+        println!(
+            "| kill -9, unwedge run --workers {workers} | 20 | {} | {} ({} / {} / {}) | {:.2} |",
+            r.total,
+            r.unexpected_failures(),
+            r.refused,
+            r.reset,
+            r.unexpected_failures() - r.refused - r.reset,
+            r.unexpected_failures() as f64 / 20.0
         );
         drop(sup);
     }
