@@ -695,3 +695,60 @@ async fn several_sockets_tcp_and_unix_reach_every_worker() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_modes_for_a_worker_that_never_says_ready() {
+    within(Duration::from_secs(60), async {
+        let py = fixture("worker.py");
+        // auto: with a shared socket, a silent worker is taken as ready after --ready-timeout.
+        let sup = Sup::start_env(
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--ready-timeout",
+                "300ms",
+                "--",
+                py.to_str().unwrap(),
+            ],
+            &[("FIXTURE_NO_READY", "1")],
+        );
+        let addr = sup.addr().await;
+        sup.wait_line(0, &["sent no READY=1 within 300.0ms; taking it as ready"])
+            .await;
+        sup.wait_line(0, &["all 1 worker(s) ready"]).await;
+        assert_eq!(get(addr, "/").await.0, 200);
+        drop(sup);
+
+        // notify: no READY=1 in time is a failed start, backed off and limited like a crash.
+        let mut sup = Sup::start_env(
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--ready",
+                "notify",
+                "--ready-timeout",
+                "300ms",
+                "--dump-grace",
+                "100ms",
+                "--max-restarts",
+                "1",
+                "--",
+                py.to_str().unwrap(),
+            ],
+            &[("FIXTURE_NO_READY", "1")],
+        );
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(3), "{}", sup.log());
+        let log = sup.log();
+        assert!(
+            log.contains("is hung (ready_timeout: not ready after 300.0ms)"),
+            "{log}"
+        );
+        assert!(
+            log.contains("giving up: 2 restarts within 1m (limit 1)"),
+            "{log}"
+        );
+    })
+    .await;
+}
