@@ -290,7 +290,7 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
         ),
     }
     out!(
-        "  reports:     {}/reports (`unwedge reports --dir …`)",
+        "  reports:     unwedge reports --dir {}/reports",
         dir.display()
     );
     out!(

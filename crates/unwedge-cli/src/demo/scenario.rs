@@ -545,6 +545,7 @@ fn fmt_progress(p: &Progress, o: &Own) -> String {
 /// Prints the supervisor's notable events as they happen.
 fn event_printer(handle: &Handle, screen: Arc<Screen>) -> tokio::task::JoinHandle<()> {
     let mut rx = handle.subscribe();
+    let handle_for_status = handle.clone();
     tokio::spawn(async move {
         loop {
             let e = match rx.recv().await {
@@ -554,8 +555,21 @@ fn event_printer(handle: &Handle, screen: Arc<Screen>) -> tokio::task::JoinHandl
             };
             let text = match e {
                 Event::Hung { worker, pid, kind } => {
+                    // The worker's own STATUS= line says why (a deadlock names both tasks).
+                    let why = handle_for_status
+                        .snapshot()
+                        .workers
+                        .into_iter()
+                        .find(|w| w.pid == pid)
+                        .and_then(|w| w.status)
+                        .map(|s| {
+                            let s = s.strip_prefix("wedged: ").unwrap_or(&s);
+                            let s: String = s.chars().take(160).collect();
+                            format!(": {s}")
+                        })
+                        .unwrap_or_default();
                     format!(
-                        "supervisor: {worker} (pid {pid}) hung ({}): dump, then SIGKILL",
+                        "supervisor: {worker} (pid {pid}) hung ({}){why}; replacing it (SIGQUIT, SIGKILL after the grace)",
                         kind.as_str()
                     )
                 }
