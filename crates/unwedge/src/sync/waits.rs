@@ -11,9 +11,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex as StdMutex, MutexGuard as StdGuard, OnceLock};
-use std::thread::{Thread, ThreadId};
 use std::time::{Duration, Instant};
 
 use crate::health;
@@ -45,99 +45,128 @@ pub(super) fn check_limit(d: Duration) -> Result<(), String> {
     }
 }
 
-/// Who runs the code that locks: a tokio task, or (outside tasks, e.g. in `block_on`) a thread.
-#[derive(Clone, Debug)]
-pub(super) enum Owner {
-    Task(tokio::task::Id),
-    Thread(Thread),
-}
-
-/// The identity of an [`Owner`] in the wait-for graph.
+/// Who runs the code that locks: a tokio task, or (outside tasks, e.g. in `block_on`) a
+/// thread, as one `u64` so that a lock can record its holder with plain atomic stores.
+/// Tasks are their tokio id; threads have the top bit set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) enum OwnerKey {
-    Task(tokio::task::Id),
-    Thread(ThreadId),
+pub(super) struct OwnerKey(u64);
+
+const THREAD_BIT: u64 = 1 << 63;
+
+/// The number inside a tokio task id or a `ThreadId` (both hash as one `u64`; neither gives
+/// it out on stable Rust).
+fn raw_id(id: &impl Hash) -> u64 {
+    #[derive(Default)]
+    struct Capture(u64);
+    impl Hasher for Capture {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+            }
+        }
+        fn write_u64(&mut self, n: u64) {
+            self.0 = n;
+        }
+    }
+    let mut c = Capture::default();
+    id.hash(&mut c);
+    c.0
 }
 
-impl Owner {
-    pub(super) fn current() -> Owner {
+/// Names of the threads that have locked an unwedge mutex, for reports (a `ThreadId` alone
+/// does not give the name to another thread).
+fn thread_names() -> &'static StdMutex<HashMap<u64, String>> {
+    static NAMES: OnceLock<StdMutex<HashMap<u64, String>>> = OnceLock::new();
+    NAMES.get_or_init(Default::default)
+}
+
+struct ThreadKey(u64);
+
+impl ThreadKey {
+    fn register() -> ThreadKey {
+        let me = std::thread::current();
+        let key = THREAD_BIT | raw_id(&me.id());
+        if let Some(name) = me.name() {
+            relock(thread_names()).insert(key, name.to_owned());
+        }
+        ThreadKey(key)
+    }
+}
+
+impl Drop for ThreadKey {
+    fn drop(&mut self) {
+        relock(thread_names()).remove(&self.0);
+    }
+}
+
+impl OwnerKey {
+    pub(super) fn current() -> OwnerKey {
+        thread_local! { static THREAD: ThreadKey = ThreadKey::register(); }
         match tokio::task::try_id() {
-            Some(id) => Owner::Task(id),
-            None => Owner::Thread(std::thread::current()),
-        }
-    }
-
-    pub(super) fn key(&self) -> OwnerKey {
-        match self {
-            Owner::Task(id) => OwnerKey::Task(*id),
-            Owner::Thread(t) => OwnerKey::Thread(t.id()),
+            Some(id) => OwnerKey(raw_id(&id) & !THREAD_BIT),
+            None => OwnerKey(
+                THREAD
+                    .try_with(|t| t.0)
+                    .unwrap_or_else(|_| THREAD_BIT | raw_id(&std::thread::current().id())),
+            ),
         }
     }
 }
 
-impl fmt::Display for Owner {
+impl fmt::Display for OwnerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Owner::Task(id) => write!(f, "task {id}"),
-            Owner::Thread(t) => match t.name() {
-                Some(name) => write!(f, "thread '{name}'"),
-                None => write!(f, "thread {:?}", t.id()),
-            },
+        if self.0 & THREAD_BIT == 0 {
+            return write!(f, "task {}", self.0);
+        }
+        match relock(thread_names()).get(&self.0) {
+            Some(name) => write!(f, "thread '{name}'"),
+            None => write!(f, "thread {}", self.0 & !THREAD_BIT),
         }
     }
 }
 
-/// Who holds a mutex, recorded when it is acquired.
-#[derive(Clone, Debug)]
-pub(super) struct Holder {
-    pub(super) owner: Owner,
-    /// The request or named task running at lock time (set by the panic layer / `spawn`).
-    pub(super) scope: Option<Arc<Scope>>,
-    /// When it was acquired, for locks that had to wait. An uncontended acquisition does not
-    /// read the clock (it would double the cost of a lock); the first waiter that finds the
-    /// holder there fills in `noticed` instead, and reports say "for at least".
-    pub(super) since: Option<Instant>,
-    pub(super) noticed: Option<Instant>,
-}
-
-impl Holder {
-    fn current(waited: bool) -> Holder {
-        Holder {
-            owner: Owner::current(),
-            scope: context::current_scope(),
-            since: waited.then(Instant::now),
-            noticed: None,
-        }
-    }
-
-    /// `GET /comments (request 3f2a…)`, or `task 12`, or `thread 'main'`.
-    pub(super) fn label(&self) -> String {
-        label(&self.owner, self.scope.as_deref())
-    }
-}
-
-fn label(owner: &Owner, scope: Option<&Scope>) -> String {
+/// `GET /comments (request 3f2a…) (task 12)`, or `task 12`, or `thread 'main'`.
+fn label(owner: OwnerKey, scope: Option<&Scope>) -> String {
     match scope {
         Some(scope) => format!("{} ({owner})", scope.label),
         None => owner.to_string(),
     }
 }
 
-/// The holder of a mutex as last recorded, and its generation (one per acquisition).
-#[derive(Debug, Default)]
-pub(super) struct HolderSlot {
-    generation: u64,
-    holder: Option<Holder>,
+/// Nanoseconds since the first call: an `Instant` that fits in an atomic. Never 0.
+fn now_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) | 1
 }
 
 /// The per-mutex part that the graph reads: name and current holder.
+///
+/// The holder is recorded with atomic stores only (no lock) on each acquisition: its owner,
+/// and its scope (request or named task) only when that differs from the last one recorded.
+/// Acquisitions are serialized by the mutex itself, so there is one writer at a time; readers
+/// (waiters, the watchdog) may see a mix of two holders at the instant of a hand-over, which
+/// is good enough for a report.
 #[derive(Debug)]
 pub(super) struct LockInfo {
     pub(super) name: Arc<str>,
-    holder: StdMutex<HolderSlot>,
-    /// The generation of the last release: the slot's holder is current only while its
-    /// generation is newer. A release is then one atomic store, not a second lock.
+    /// Acquisitions so far; the holder fields belong to acquisition `generation`.
+    generation: AtomicU64,
+    /// The generation of the last release: the lock is held while `generation` is newer.
     released: AtomicU64,
+    owner: AtomicU64,
+    /// When it was acquired (`now_nanos`), for locks that had to wait; 0 otherwise: an
+    /// uncontended acquisition does not read the clock (that would double the cost of a
+    /// lock). The first waiter that finds the lock held fills in `noticed` instead, and
+    /// reports say "for at least".
+    since: AtomicU64,
+    noticed: AtomicU64,
+    /// Address of the scope in `scope` (0: none), to skip the lock when it is unchanged.
+    scope_addr: AtomicUsize,
+    scope: StdMutex<Option<Arc<Scope>>>,
     /// Wait limit in nanoseconds; 0: the process-wide default.
     pub(super) wait_limit_nanos: AtomicU64,
 }
@@ -168,8 +197,13 @@ impl LockInfo {
     pub(super) fn new(name: Arc<str>) -> Self {
         LockInfo {
             name,
-            holder: StdMutex::new(HolderSlot::default()),
+            generation: AtomicU64::new(0),
             released: AtomicU64::new(0),
+            owner: AtomicU64::new(0),
+            since: AtomicU64::new(0),
+            noticed: AtomicU64::new(0),
+            scope_addr: AtomicUsize::new(0),
+            scope: StdMutex::new(None),
             wait_limit_nanos: AtomicU64::new(0),
         }
     }
@@ -182,15 +216,24 @@ impl LockInfo {
     }
 
     /// Records the current task or thread as the holder; returns the acquisition's
-    /// generation, to hand to [`released`](Self::released).
+    /// generation, to hand to [`released`](Self::released). Call only while holding the lock.
     pub(super) fn acquired(&self, waited: bool) -> u64 {
-        let holder = Holder::current(waited);
-        let mut slot = relock(&self.holder);
-        slot.generation += 1;
-        let previous = slot.holder.replace(holder);
-        let generation = slot.generation;
-        drop(slot);
-        drop(previous);
+        let owner = OwnerKey::current();
+        let scope = context::current_scope();
+        let addr = scope.as_ref().map_or(0, |s| Arc::as_ptr(s) as usize);
+        if self.scope_addr.load(Ordering::Relaxed) != addr {
+            // The slot keeps its scope alive, so an equal address is the same scope.
+            let previous = std::mem::replace(&mut *relock(&self.scope), scope);
+            self.scope_addr.store(addr, Ordering::Relaxed);
+            drop(previous);
+        }
+        self.owner.store(owner.0, Ordering::Relaxed);
+        self.since
+            .store(if waited { now_nanos() } else { 0 }, Ordering::Relaxed);
+        self.noticed.store(0, Ordering::Relaxed);
+        // One writer at a time (the lock's holder): no read-modify-write needed.
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        self.generation.store(generation, Ordering::Release);
         generation
     }
 
@@ -199,29 +242,39 @@ impl LockInfo {
         self.released.store(generation, Ordering::Release);
     }
 
+    fn current_label(&self) -> String {
+        let owner = OwnerKey(self.owner.load(Ordering::Relaxed));
+        label(owner, relock(&self.scope).as_deref())
+    }
+
     /// The label of the holder of acquisition `generation`, while it still holds the lock.
     pub(super) fn holder_label(&self, generation: u64) -> Option<String> {
-        let slot = relock(&self.holder);
-        (slot.generation == generation)
-            .then(|| slot.holder.as_ref().map(Holder::label))
-            .flatten()
+        (self.generation.load(Ordering::Acquire) == generation).then(|| self.current_label())
     }
 
     /// Who holds the lock now, if anyone.
     pub(super) fn holder_now(&self) -> Option<HeldBy> {
-        let mut slot = relock(&self.holder);
-        if self.released.load(Ordering::Acquire) >= slot.generation {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.released.load(Ordering::Acquire) >= generation {
             return None;
         }
-        let holder = slot.holder.as_mut()?;
-        let (start, exact) = match holder.since {
-            Some(since) => (since, true),
-            None => (*holder.noticed.get_or_insert_with(Instant::now), false),
+        let (start, exact) = match self.since.load(Ordering::Relaxed) {
+            0 => {
+                let now = now_nanos();
+                match self
+                    .noticed
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+                {
+                    Ok(_) => (now, false),
+                    Err(earlier) => (earlier, false),
+                }
+            }
+            since => (since, true),
         };
         Some(HeldBy {
-            owner: holder.owner.key(),
-            label: holder.label(),
-            held: start.elapsed(),
+            owner: OwnerKey(self.owner.load(Ordering::Relaxed)),
+            label: self.current_label(),
+            held: Duration::from_nanos(now_nanos().saturating_sub(start)),
             exact,
         })
     }
@@ -284,9 +337,8 @@ pub(super) struct WaitToken {
 /// when this wait closes a wait-for cycle.
 pub(super) fn begin_wait(lock: &Arc<LockInfo>) -> WaitToken {
     ensure_watchdog();
-    let owner = Owner::current();
-    let key = owner.key();
-    let waiter = label(&owner, context::current_scope().as_deref());
+    let key = OwnerKey::current();
+    let waiter = label(key, context::current_scope().as_deref());
     let (mutex, wake) = graph();
     let mut g = relock(mutex);
     let id = g.next_id;
