@@ -845,3 +845,49 @@ async fn config_file_takes_the_observability_keys() {
     })
     .await;
 }
+
+// ---- de-duplication and the exec sink ----
+
+#[tokio::test]
+async fn a_crash_loop_alerts_once_and_alert_exec_gets_the_event() {
+    if !have_prometheus_client() {
+        eprintln!("SKIPPED: python3 with prometheus_client is not installed (pip install prometheus-client)");
+        return;
+    }
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("alerts.jsonl");
+        // One JSON event per line: the event on stdin, then a newline.
+        let exec = format!("cat >> '{}' && echo >> '{}'", out.display(), out.display());
+        let mut sup = start("1", &["--alert-webhook", &url, "--alert-exec", &exec]);
+        let admin = admin_addr(&sup).await;
+        for round in 0..2 {
+            let pid = *sup.wait_ready(0, round + 1).await.last().unwrap();
+            let from = sup.mark();
+            kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+            sup.wait_line(from, &[" ready in ", "after the crash"])
+                .await;
+        }
+        // The same event twice (`w1: killed by SIGKILL`) within the window: one alert.
+        scrape_until(admin, "the second crash de-duplicated", |m| {
+            m.get("unwedge_alerts_dropped_total{reason=duplicate}") == Some(&1.0)
+        })
+        .await;
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+        assert_eq!(hook.kinds(), ["worker_crashed"]);
+        let lines = std::fs::read_to_string(&out).unwrap();
+        let events: Vec<Value> = lines
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(events.len(), 1, "{lines}");
+        assert_eq!(events[0]["kind"], "worker_crashed");
+        assert_eq!(events[0]["worker"], "w1");
+        assert_eq!(events[0]["details"]["signal"], 9);
+    })
+    .await;
+}
