@@ -891,3 +891,90 @@ async fn a_crash_loop_alerts_once_and_alert_exec_gets_the_event() {
     })
     .await;
 }
+
+// ---- the status page of a real supervisor, in a real browser ----
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// `chromium --headless --dump-dom URL` (bounded), host resolution off but for 127.0.0.1.
+async fn dump_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(["--dump-dom", url])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finished within a minute")
+    .expect("chromium ran");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn chromium_shows_the_real_crash_on_the_status_page() {
+    if !std::path::Path::new(CHROMIUM).exists() {
+        eprintln!("SKIPPED: {CHROMIUM} not installed (apt-get install chromium)");
+        return;
+    }
+    limited(async {
+        let sup = start("2", &[]);
+        let admin = admin_addr(&sup).await;
+        sup.wait_ready(0, 2).await;
+        let from = sup.mark();
+        let _ = http(sup.addr().await, "POST", "/poison").await;
+        sup.wait_line(from, &["exit status 70"]).await;
+        let s = status_until(admin, "the replacement ready and the exit recorded", |s| {
+            ready_pids(s).len() == 2
+                && s["reports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["kind"] == "exit")
+        })
+        .await;
+        let dom = dump_dom(&format!("http://{admin}/")).await;
+        // Workers as rows, with their real pids.
+        assert_eq!(dom.matches("<tr class=\"worker\">").count(), 2, "{dom}");
+        for pid in ready_pids(&s) {
+            assert!(
+                dom.contains(&format!("<td>{pid}</td>")),
+                "pid {pid}:\n{dom}"
+            );
+        }
+        // The crashed worker's report: request, message, location, backtrace.
+        assert!(dom.contains("POST /poison"), "{dom}");
+        assert!(dom.contains("demo-poisonable"), "{dom}");
+        assert!(dom.contains("crates/unwedge-demo/src/lib.rs"), "{dom}");
+        assert!(
+            dom.contains("<details><summary>backtrace</summary>"),
+            "{dom}"
+        );
+        assert!(dom.contains("exit 70"), "{dom}");
+        // The restart chart has its point.
+        assert!(dom.contains("1 restart in the last hour"), "{dom}");
+        let svg_start = dom.find("<svg").expect("an inline svg chart");
+        let svg = &dom[svg_start..dom[svg_start..].find("</svg>").unwrap() + svg_start];
+        assert_eq!(svg.matches("<circle").count(), 1, "{svg}");
+    })
+    .await;
+}
