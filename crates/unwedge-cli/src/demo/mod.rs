@@ -140,7 +140,7 @@ fn prepare(workers: u32, what: &str) -> Result<Prepared, String> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UNWEDGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=off")),
         )
         .with_writer(Mutex::new(file))
         .with_ansi(false)
@@ -321,7 +321,7 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
         scenario::Target {
             addr,
             handle: Some(handle.clone()),
-            events: events.clone(),
+            workers: args.workers as usize,
         },
         cmp_addr,
         args.duration,
@@ -443,7 +443,7 @@ async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
         scenario::Target {
             addr,
             handle: Some(handle.clone()),
-            events: events.clone(),
+            workers: args.workers as usize,
         },
         args.duration,
         args.concurrency as usize,

@@ -12,7 +12,6 @@ use unwedge_load::{LoadConfig, LoadReport, Progress, RequestSpec};
 use unwedge_supervisor::{Control, Event, Handle, WorkerState};
 
 use super::client::{request, Reply};
-use super::EventLog;
 
 /// The body of the `burn` PUT: the seed's cache bumps `curr_size` by its length before it
 /// panics; two of them fill 900 of the default 1024 bytes with phantom entries.
@@ -181,7 +180,31 @@ pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
     /// The supervisor (absent for the comparison service).
     pub(crate) handle: Option<Handle>,
-    pub(crate) events: EventLog,
+    /// Configured worker count.
+    pub(crate) workers: usize,
+}
+
+/// Waits (at most `limit`) until the pool is whole again: every slot ready, nobody draining
+/// or hung. A fault aimed at a worker is injected then, so that it does not land on a
+/// worker that is already on its way out (a deadlock on a draining worker is never
+/// detected: that worker is being replaced anyway).
+async fn settled(handle: &Handle, workers: usize, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = handle.snapshot();
+        let whole = s.workers.len() == workers
+            && s.workers
+                .iter()
+                .all(|w| w.state == WorkerState::Ready && w.generation == s.generation)
+            && !s.reloading;
+        if whole {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// What an injected fault did.
@@ -355,6 +378,11 @@ async fn run_side(
     let mut next_victim = 0usize;
     for p in plan {
         tokio::time::sleep_until((start + p.at).into()).await;
+        if let (Some(h), Action::Deadlock | Action::Kill9 | Action::Stop) =
+            (&target.handle, p.action)
+        {
+            settled(h, target.workers, Duration::from_secs(3)).await;
+        }
         let at = Instant::now();
         let say = |s: &str| {
             if let Some((screen, side)) = &screen {
@@ -443,20 +471,24 @@ async fn run_side(
     let _ = recorder.await;
     let _ = writer.await;
     let _ = sampler.await;
-    // Injected requests: collect the answered ones; one still waiting (the comparison's
-    // deadlock) never will.
+    // Injected requests: the panics are answered (each has its own 10 s timeout); a deadlock
+    // still waiting after a moment (the comparison's) never will be.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    for (i, task) in pending {
-        if task.is_finished() {
-            if let Ok((r, t)) = task.await {
+    for (i, mut task) in pending {
+        let wait = if records[i].action == Action::Deadlock {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(11)
+        };
+        match tokio::time::timeout(wait, &mut task).await {
+            Ok(Ok((r, t))) => {
                 records[i].reply = Some(r);
                 records[i].done_at = Some(t);
             }
-        } else {
-            task.abort();
+            Ok(Err(_)) => {}
+            Err(_) => task.abort(),
         }
     }
-    let _ = &target.events;
     let progress = std::mem::take(&mut *live.progress.lock().unwrap_or_else(|e| e.into_inner()));
     let own = live.own.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(SideResult {
@@ -681,7 +713,7 @@ pub(crate) async fn run_demo(
                 Target {
                     addr,
                     handle: None,
-                    events: Arc::new(Mutex::new(Vec::new())),
+                    workers: 1,
                 },
                 start,
                 d,
