@@ -978,3 +978,42 @@ async fn chromium_shows_the_real_crash_on_the_status_page() {
     })
     .await;
 }
+
+// ---- reload ----
+
+#[tokio::test]
+async fn reload_shows_the_new_generation_and_counts_its_restarts() {
+    if !have_prometheus_client() {
+        eprintln!("SKIPPED: python3 with prometheus_client is not installed (pip install prometheus-client)");
+        return;
+    }
+    limited(async {
+        let sup = start("2", &[]);
+        let admin = admin_addr(&sup).await;
+        let old = sup.wait_ready(0, 2).await;
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(from, &["generation 2 ready"]).await;
+        let s = status_until(admin, "only generation 2", |s| {
+            let w = s["workers"].as_array().unwrap();
+            w.len() == 2
+                && w.iter()
+                    .all(|w| w["generation"] == 2 && w["state"] == "ready")
+        })
+        .await;
+        for pid in ready_pids(&s) {
+            assert!(!old.contains(&pid), "old pid {pid} still listed: {s}");
+        }
+        let m = scrape_until(admin, "two reload restarts", |m| {
+            m.get("unwedge_restarts_total{reason=reload}") == Some(&2.0)
+        })
+        .await;
+        assert_eq!(val(&m, "unwedge_restarts_total{reason=exit_code}"), 0.0);
+        assert_eq!(
+            s["reports"].as_array().unwrap().len(),
+            0,
+            "a reload is no crash: {s}"
+        );
+    })
+    .await;
+}
