@@ -1017,3 +1017,71 @@ async fn reload_shows_the_new_generation_and_counts_its_restarts() {
     })
     .await;
 }
+
+// ---- the default report directory under systemd ----
+
+#[tokio::test]
+async fn reports_default_to_the_systemd_state_directory() {
+    limited(async {
+        let state = tempfile::tempdir().unwrap();
+        let state_s = state.path().to_str().unwrap().to_owned();
+        let sup = Sup::start_env(
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "off",
+                "--",
+                BIN,
+                "demo-service",
+            ],
+            &[("STATE_DIRECTORY", &state_s)],
+        );
+        let expected = state.path().join("reports");
+        sup.wait_line(0, &[&format!("crash reports go to {}", expected.display())])
+            .await;
+        let pid = sup.wait_ready(0, 1).await[0];
+        let from = sup.mark();
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        sup.wait_line(from, &[" ready in ", "after the crash"])
+            .await;
+        // `unwedge reports` finds the same directory; the record may still be on its way
+        // (it is written after the restart is scheduled), so ask until it is there.
+        let deadline = Instant::now() + LONG;
+        loop {
+            let out = tokio::time::timeout(
+                LONG,
+                tokio::process::Command::new(BIN)
+                    .args(["reports", "--json"])
+                    .env("STATE_DIRECTORY", &state_s)
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.contains(&format!("\"pid\":{pid}")) {
+                assert!(text.contains("\"signal\":9"), "{text}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no record of {pid}: {text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Without it and without --dir: a usage error.
+        let out = tokio::process::Command::new(BIN)
+            .arg("reports")
+            .env_remove("STATE_DIRECTORY")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("give --dir DIR"));
+        // `--admin off`: no admin endpoint at all.
+        assert!(!sup.log().contains("admin listening"), "{}", sup.log());
+    })
+    .await;
+}
