@@ -258,6 +258,8 @@ async fn figures() {
     let (mut det, mut rep) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         let m = sup.mark();
+        sup.wait_line(0, &[&format!("pid {pid} sends heartbeats")])
+            .await;
         let t = Instant::now();
         kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
         sup.wait_line(m, &["is hung (watchdog"]).await;

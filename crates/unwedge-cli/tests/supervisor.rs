@@ -242,7 +242,9 @@ async fn a_frozen_worker_is_replaced_within_the_watchdog_plus_one_second() {
         ]);
         let addr = sup.addr().await;
         let pid = sup.wait_ready(0, 1).await[0];
-        // Heartbeats flow: a few watchdog periods pass without a hang.
+        // Only a worker that has sent a heartbeat is watched: wait for the first one.
+        sup.wait_line(0, &[&format!("pid {pid} sends heartbeats")])
+            .await;
         let m = sup.mark();
         kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
         let stopped = Instant::now();
@@ -617,7 +619,7 @@ async fn json_log_format_wraps_worker_lines() {
         assert!(v["pid"].as_i64().unwrap() > 0);
         assert!(v["line"].as_str().unwrap().starts_with("serving on fd 3"));
         // The supervisor's own lines are JSON too.
-        let own = sup.wait_line(0, &["ready in"]).await;
+        let own = sup.wait_line(0, &["w1 pid", " ready in "]).await;
         let v: serde_json::Value = serde_json::from_str(&own).expect("supervisor line is JSON");
         assert_eq!(v["level"], "INFO");
     })

@@ -948,7 +948,17 @@ impl Pool {
         let id = slot_id(w.slot);
         match m {
             NotifyMessage::Ready => self.mark_ready(pid),
-            NotifyMessage::Watchdog => w.last_watchdog = Some(now),
+            NotifyMessage::Watchdog => {
+                if w.last_watchdog.is_none() {
+                    if let Some(limit) = self.config.watchdog {
+                        tracing::info!(
+                            "{id} pid {pid} sends heartbeats: hung if silent for {}",
+                            fmt_dur(limit)
+                        );
+                    }
+                }
+                w.last_watchdog = Some(now);
+            }
             NotifyMessage::Status(s) => {
                 w.status = Some(s.clone());
                 match notify::unhealthy_status(&s) {

@@ -136,7 +136,7 @@ impl Sup {
             .unwrap()
             .iter()
             .skip(from)
-            .filter(|l| l.contains(" ready in "))
+            .filter(|l| !l.starts_with('[') && l.contains(" pid ") && l.contains(" ready in "))
             .filter_map(|l| pid_in(l))
             .collect()
     }
