@@ -321,6 +321,7 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
         scenario::Target {
             addr,
             handle: Some(handle.clone()),
+            events: events.clone(),
             workers: args.workers as usize,
         },
         cmp_addr,
@@ -443,6 +444,7 @@ async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
         scenario::Target {
             addr,
             handle: Some(handle.clone()),
+            events: events.clone(),
             workers: args.workers as usize,
         },
         args.duration,

@@ -12,6 +12,7 @@ use unwedge_load::{LoadConfig, LoadReport, Progress, RequestSpec};
 use unwedge_supervisor::{Control, Event, Handle, WorkerState};
 
 use super::client::{request, Reply};
+use super::EventLog;
 
 /// The body of the `burn` PUT: the seed's cache bumps `curr_size` by its length before it
 /// panics; two of them fill 900 of the default 1024 bytes with phantom entries.
@@ -180,19 +181,38 @@ pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
     /// The supervisor (absent for the comparison service).
     pub(crate) handle: Option<Handle>,
+    /// The supervisor's events (empty for the comparison service).
+    pub(crate) events: EventLog,
     /// Configured worker count.
     pub(crate) workers: usize,
 }
 
-/// Waits (at most `limit`) until the pool is whole again: every slot ready, nobody draining
-/// or hung. A fault aimed at a worker is injected then, so that it does not land on a
-/// worker that is already on its way out (a deadlock on a draining worker is never
-/// detected: that worker is being replaced anyway).
-async fn settled(handle: &Handle, workers: usize, limit: Duration) -> bool {
+/// Waits (at most `limit`) until the pool is whole again: every poisoning panic sent so far
+/// has made its worker leave (tainted, or exit 70), every slot is ready, nobody is draining
+/// or hung. A fault aimed at a worker is injected then, so that it does not land on a worker
+/// already on its way out (a deadlock on a tainted worker is not reported as a hang: that
+/// worker is being replaced anyway).
+async fn settled(target: &Target, handle: &Handle, poisons: usize, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
+        let gone: std::collections::HashSet<i32> = target
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Tainted { pid, .. } => Some(*pid),
+                Event::WorkerExited {
+                    pid,
+                    code: Some(70),
+                    ..
+                } => Some(*pid),
+                _ => None,
+            })
+            .collect();
         let s = handle.snapshot();
-        let whole = s.workers.len() == workers
+        let whole = gone.len() >= poisons
+            && s.workers.len() == target.workers
             && s.workers
                 .iter()
                 .all(|w| w.state == WorkerState::Ready && w.generation == s.generation)
@@ -376,12 +396,18 @@ async fn run_side(
     let mut records = Vec::new();
     let mut pending = Vec::new();
     let mut next_victim = 0usize;
+    // Poisoning panics sent, and those that ended otherwise than with a 500: each of the
+    // others takes its worker out (its 500 and its STATUS=tainted may take a while to come).
+    let mut poison_sent = 0usize;
+    let poison_excused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for p in plan {
         tokio::time::sleep_until((start + p.at).into()).await;
         if let (Some(h), Action::Deadlock | Action::Kill9 | Action::Stop) =
             (&target.handle, p.action)
         {
-            settled(h, target.workers, Duration::from_secs(3)).await;
+            let poisons = poison_sent
+                .saturating_sub(poison_excused.load(std::sync::atomic::Ordering::SeqCst));
+            settled(&target, h, poisons, Duration::from_secs(3)).await;
         }
         let at = Instant::now();
         let say = |s: &str| {
@@ -408,10 +434,18 @@ async fn run_side(
                 say(&format!("inject {}", p.action.label()));
                 let addr = target.addr;
                 let body = body.to_vec();
+                let poisons = matches!(p.action, Action::Comments | Action::Poison)
+                    .then(|| poison_excused.clone());
+                if poisons.is_some() {
+                    poison_sent += 1;
+                }
                 pending.push((
                     records.len(),
                     tokio::spawn(async move {
                         let r = request(addr, method, path, &body, Duration::from_secs(10)).await;
+                        if let Some(n) = poisons.filter(|_| r.status() != Some(500)) {
+                            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         (r, Instant::now())
                     }),
                 ));
@@ -713,6 +747,7 @@ pub(crate) async fn run_demo(
                 Target {
                     addr,
                     handle: None,
+                    events: Arc::new(Mutex::new(Vec::new())),
                     workers: 1,
                 },
                 start,
