@@ -1,7 +1,7 @@
 //! Who holds which [`Mutex`](crate::Mutex), who waits for which: the process-wide wait-for
 //! graph, the lock-wait watchdog thread, and deadlock detection.
 //!
-//! Holders are recorded on each mutex (a short std lock, taken on acquire and release only);
+//! Holders are recorded on each mutex (atomic stores on acquire and release, see [`LockInfo`]);
 //! waits are recorded here, in one global graph, only by `lock()` calls that had to wait. The
 //! wait that closes a cycle (A holds X and waits for Y, B holds Y and waits for X) finds it
 //! when it registers, so a deadlock is reported at once, not after a timeout.
