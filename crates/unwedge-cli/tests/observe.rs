@@ -55,7 +55,12 @@ async fn status(admin: SocketAddr) -> Value {
 }
 
 /// Waits until `/status` satisfies `ok`; returns that status.
-async fn status_until(admin: SocketAddr, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+async fn status_until(
+    sup: &Sup,
+    admin: SocketAddr,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + LONG;
     loop {
         let s = status(admin).await;
@@ -64,7 +69,8 @@ async fn status_until(admin: SocketAddr, what: &str, ok: impl Fn(&Value) -> bool
         }
         assert!(
             Instant::now() < deadline,
-            "/status never showed {what}: {s}"
+            "/status never showed {what}: {s}\nlog:\n{}",
+            sup.log()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -239,7 +245,7 @@ async fn status_json_matches_the_real_workers() {
         let sup = start("2", &[]);
         let admin = admin_addr(&sup).await;
         let logged = sup.wait_ready(0, 2).await;
-        let s = status_until(admin, "2 ready workers", |s| ready_pids(s).len() == 2).await;
+        let s = status_until(&sup, admin, "2 ready workers", |s| ready_pids(s).len() == 2).await;
         assert_eq!(s["supervisor"]["pid"], sup.pid);
         assert_eq!(s["supervisor"]["gave_up"], false);
         let mut pids = ready_pids(&s);
@@ -282,9 +288,14 @@ async fn status_json_matches_the_real_workers() {
                 .find(|r| r["kind"] == "exit")
                 .map(|r| r["pid"].as_i64().unwrap() as i32)
         };
-        let s = status_until(admin, "the replacement ready and the exit recorded", |s| {
-            exit_pid(s).is_some_and(|p| !ready_pids(s).contains(&p)) && ready_pids(s).len() == 2
-        })
+        let s = status_until(
+            &sup,
+            admin,
+            "the replacement ready and the exit recorded",
+            |s| {
+                exit_pid(s).is_some_and(|p| !ready_pids(s).contains(&p)) && ready_pids(s).len() == 2
+            },
+        )
         .await;
         let poisoned = exit_pid(&s).unwrap();
         assert!(pids.contains(&poisoned), "{s}");
@@ -469,7 +480,8 @@ async fn webhook_gets_exactly_one_alert_per_event() {
         );
         let admin = admin_addr(&sup).await;
         sup.wait_ready(0, 2).await;
-        let pids = ready_pids(&status_until(admin, "2 ready", |s| ready_pids(s).len() == 2).await);
+        let pids =
+            ready_pids(&status_until(&sup, admin, "2 ready", |s| ready_pids(s).len() == 2).await);
 
         // A poisoned lock: the worker says it is tainted and crashes with exit 70. One
         // alert: `state_tainted` if the supervisor saw the STATUS=tainted before the worker
@@ -488,7 +500,7 @@ async fn webhook_gets_exactly_one_alert_per_event() {
             "state_tainted" => assert!(text.contains("poisoned"), "{text}"),
             other => panic!("unexpected alert {other}: {ev}"),
         }
-        status_until(admin, "2 ready again", |s| ready_pids(s).len() == 2).await;
+        status_until(&sup, admin, "2 ready again", |s| ready_pids(s).len() == 2).await;
 
         // A hang: one worker_hung, and its SIGKILL is no second (crash) alert.
         let stopped = ready_pids(&status(admin).await)[0];
@@ -498,7 +510,7 @@ async fn webhook_gets_exactly_one_alert_per_event() {
         assert_eq!(hung.body["event"]["pid"], stopped);
         sup.wait_line(from, &[&format!("pid {stopped} killed by SIGKILL")])
             .await;
-        status_until(admin, "2 ready again", |s| {
+        status_until(&sup, admin, "2 ready again", |s| {
             ready_pids(s).len() == 2 && !ready_pids(s).contains(&stopped)
         })
         .await;
@@ -608,7 +620,7 @@ async fn report_is_on_disk_when_the_supervisor_is_killed_right_after_a_crash() {
         let mut sup = start("2", &["--alert-webhook", &url, "--report-dir", &dir_s]);
         let admin = admin_addr(&sup).await;
         let pids = sup.wait_ready(0, 2).await;
-        let _ = status_until(admin, "2 ready", |s| ready_pids(s).len() == 2).await;
+        let _ = status_until(&sup, admin, "2 ready", |s| ready_pids(s).len() == 2).await;
         // A worker killed: its exit record is durable before its alert goes out.
         let killed = pids[0];
         kill(Pid::from_raw(killed), Signal::SIGKILL).unwrap();
@@ -943,14 +955,19 @@ async fn chromium_shows_the_real_crash_on_the_status_page() {
         let from = sup.mark();
         let _ = http(sup.addr().await, "POST", "/poison").await;
         sup.wait_line(from, &["exit status 70"]).await;
-        let s = status_until(admin, "the replacement ready and the exit recorded", |s| {
-            ready_pids(s).len() == 2
-                && s["reports"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|r| r["kind"] == "exit")
-        })
+        let s = status_until(
+            &sup,
+            admin,
+            "the replacement ready and the exit recorded",
+            |s| {
+                ready_pids(s).len() == 2
+                    && s["reports"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|r| r["kind"] == "exit")
+            },
+        )
         .await;
         let dom = dump_dom(&format!("http://{admin}/")).await;
         // Workers as rows, with their real pids.
@@ -994,7 +1011,7 @@ async fn reload_shows_the_new_generation_and_counts_its_restarts() {
         let from = sup.mark();
         sup.signal(Signal::SIGHUP);
         sup.wait_line(from, &["generation 2 ready"]).await;
-        let s = status_until(admin, "only generation 2", |s| {
+        let s = status_until(&sup, admin, "only generation 2", |s| {
             let w = s["workers"].as_array().unwrap();
             w.len() == 2
                 && w.iter()
