@@ -21,7 +21,10 @@ static CAPTURE_BACKTRACE: AtomicBool = AtomicBool::new(true);
 /// installed before (by default, std's printing hook) runs as well, so nothing is lost.
 ///
 /// Backtraces are captured with [`Backtrace::force_capture`] unless `UNWEDGE_BACKTRACE=0` is
-/// set in the environment when the hook is installed.
+/// set in the environment when the hook is installed. Turning a backtrace into text means
+/// loading the binary's debug line tables, which takes 100 ms or more the first time; so
+/// `install()` does it once on a background thread, and the first real panic's report (and a
+/// graceful crash that waits for it) does not pay for it.
 ///
 /// ```
 /// unwedge::install();
@@ -31,6 +34,9 @@ pub fn install() {
     INSTALLED.get_or_init(|| {
         if std::env::var_os("UNWEDGE_BACKTRACE").is_some_and(|v| v == "0") {
             CAPTURE_BACKTRACE.store(false, Ordering::Relaxed);
+        }
+        if CAPTURE_BACKTRACE.load(Ordering::Relaxed) {
+            warm_up_symbolizer();
         }
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
@@ -55,4 +61,17 @@ pub fn install() {
             }
         }));
     });
+}
+
+/// Symbolizes one backtrace on a low-priority background thread so that std's symbol cache
+/// (debug line tables, loaded once per process) is ready before the first panic needs it.
+fn warm_up_symbolizer() {
+    let spawned = std::thread::Builder::new()
+        .name("unwedge-symbols".into())
+        .spawn(|| {
+            let _ = Backtrace::force_capture().to_string();
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "could not start the backtrace warm-up thread");
+    }
 }
