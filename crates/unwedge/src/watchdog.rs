@@ -23,11 +23,11 @@
 //! A request counts as completed when its response head is ready (a streaming body is not
 //! watched).
 
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -63,85 +63,340 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
-/// The requests in flight, for the no-progress and blocked-poll checks.
-#[derive(Debug)]
-pub(crate) struct Tracker {
-    next_id: AtomicU64,
-    inflight: Mutex<HashMap<u64, Arc<Slot>>>,
-    completed: AtomicU64,
-    last_completion: AtomicU64,
+/// Critical sections here are a few field or slab operations: poison carries no meaning.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The requests in flight, for the no-progress and blocked-poll checks.
+///
+/// The per-request path takes no shared lock, allocates nothing and reads no clock:
+///
+/// - every runtime thread that touches a request gets its own [`ThreadSlot`] (registered once
+///   per thread), whose counters only that thread writes (`begun`, `finished`, `completed`,
+///   the last completion): the watchdog sums them;
+/// - timestamps come from a coarse clock the watchdog thread publishes in each slot every tick
+///   (10 ms): durations it measures are too long by at most a tick, against limits of seconds;
+/// - while a request is polled, the thread's slot holds its label and when the poll began
+///   (the blocked-poll check);
+/// - a request whose first poll did not complete (it waits for something) is entered in its
+///   thread's slab of pending requests until it ends, so the no-progress check can find and
+///   name the oldest. A request answered in its first poll never is.
 #[derive(Debug)]
-struct Slot {
-    started: u64,
-    /// When the current poll began; 0 when not being polled.
-    polling_since: AtomicU64,
+pub(crate) struct Tracker {
+    /// Tells this tracker's slots apart in a thread's list (several `serve()` in a process).
+    id: u64,
+    /// The coarse clock, for slots registered later.
+    clock: AtomicU64,
+    /// When the tracker was created: the "last completion" before any.
+    created: u64,
+    threads: Mutex<Vec<Arc<ThreadSlot>>>,
+}
+
+/// Method and URI of a request, for reason texts.
+#[derive(Debug, Clone)]
+struct Label {
     method: Method,
     uri: Uri,
 }
 
-impl Slot {
-    fn label(&self) -> String {
+impl Label {
+    fn text(&self) -> String {
         format!("{} {}", self.method, self.uri.path())
     }
 }
 
-impl Tracker {
-    pub(crate) fn new() -> Self {
-        Tracker {
-            next_id: AtomicU64::new(0),
-            inflight: Mutex::new(HashMap::new()),
+/// One runtime thread's share of a [`Tracker`]. The counters are written only by the owning
+/// thread (plain load and store, no read-modify-write); `clock` only by the watchdog thread.
+#[derive(Debug)]
+struct ThreadSlot {
+    /// Request ids of requests begun on this thread: `ids + begun` (unique per process).
+    ids: u64,
+    /// The coarse clock (nanoseconds, [`now_ns`]), stored by the watchdog every tick.
+    clock: AtomicU64,
+    /// Requests that began (`call`) on this thread.
+    begun: AtomicU64,
+    /// Requests that ended (completed or dropped) on this thread.
+    finished: AtomicU64,
+    /// Requests that completed on this thread.
+    completed: AtomicU64,
+    /// Coarse time of the last completion on this thread.
+    last_completion: AtomicU64,
+    /// When the poll running on this thread now began; 0 when none is.
+    polling_since: AtomicU64,
+    /// When the request being polled now began.
+    polled_started: AtomicU64,
+    /// The request whose label `polled` holds.
+    polled_id: AtomicU64,
+    polled: Mutex<Option<Label>>,
+    /// Requests that began waiting on this thread (their first poll returned `Pending`).
+    pending: Mutex<Slab>,
+}
+
+impl ThreadSlot {
+    fn new(clock: u64, ids: u64) -> Self {
+        ThreadSlot {
+            ids,
+            clock: AtomicU64::new(clock),
+            begun: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
             completed: AtomicU64::new(0),
-            last_completion: AtomicU64::new(now_ns()),
+            last_completion: AtomicU64::new(0),
+            polling_since: AtomicU64::new(0),
+            polled_started: AtomicU64::new(0),
+            polled_id: AtomicU64::new(u64::MAX),
+            polled: Mutex::new(None),
+            pending: Mutex::new(Slab::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
-        // Critical sections here are single map operations: poison carries no meaning.
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    /// Adds one to a counter only this thread writes.
+    fn bump(counter: &AtomicU64) -> u64 {
+        let n = counter.load(Ordering::Relaxed) + 1;
+        counter.store(n, Ordering::Relaxed);
+        n
+    }
+}
+
+/// A pending request: when it began and what it is.
+#[derive(Debug)]
+struct Entry {
+    started: u64,
+    label: Label,
+}
+
+/// A slab of pending requests: stable keys, no allocation once warm.
+#[derive(Debug, Default)]
+struct Slab {
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+}
+
+impl Slab {
+    fn insert(&mut self, e: Entry) -> usize {
+        match self.free.pop() {
+            Some(k) => {
+                self.entries[k] = Some(e);
+                k
+            }
+            None => {
+                self.entries.push(Some(e));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        if let Some(e) = self.entries.get_mut(key) {
+            if e.take().is_some() {
+                self.free.push(key);
+            }
+        }
+    }
+
+    fn oldest(&self) -> Option<&Entry> {
+        self.entries.iter().flatten().min_by_key(|e| e.started)
+    }
+}
+
+/// The live trackers, so that a thread polling a request for the first time can register its
+/// slot without each request holding an `Arc<Tracker>`.
+static TRACKERS: Mutex<Vec<Weak<Tracker>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// This thread's slot in each tracker it has served requests of: (tracker id, slot).
+    static SLOTS: RefCell<Vec<(u64, Arc<ThreadSlot>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's slot of the tracker `id`, registering the slot on first use.
+/// `None` when the tracker is gone (or the thread is exiting).
+fn with_slot<R>(id: u64, f: impl FnOnce(&ThreadSlot) -> R) -> Option<R> {
+    SLOTS
+        .try_with(|slots| {
+            if let Some((_, s)) = slots.borrow().iter().find(|(i, _)| *i == id) {
+                return Some(f(s));
+            }
+            let slot = register(id)?;
+            let mut slots = slots.borrow_mut();
+            // Forget the slots of trackers that are gone.
+            slots.retain(|(_, s)| Arc::strong_count(s) > 1);
+            slots.push((id, slot.clone()));
+            drop(slots);
+            Some(f(&slot))
+        })
+        .ok()
+        .flatten()
+}
+
+/// A new slot for this thread in the tracker `id`, if it is alive.
+fn register(id: u64) -> Option<Arc<ThreadSlot>> {
+    static NEXT_SLOT: AtomicU64 = AtomicU64::new(1);
+    let tracker = lock(&TRACKERS)
+        .iter()
+        .filter_map(Weak::upgrade)
+        .find(|t| t.id == id)?;
+    let slot = Arc::new(ThreadSlot::new(
+        tracker.clock.load(Ordering::Relaxed),
+        NEXT_SLOT.fetch_add(1, Ordering::Relaxed) << 40,
+    ));
+    lock(&tracker.threads).push(slot.clone());
+    Some(slot)
+}
+
+impl Tracker {
+    pub(crate) fn new() -> Arc<Self> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let now = now_ns();
+        let tracker = Arc::new(Tracker {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            clock: AtomicU64::new(now),
+            created: now,
+            threads: Mutex::new(Vec::new()),
+        });
+        let mut all = lock(&TRACKERS);
+        all.retain(|t| t.strong_count() > 0);
+        all.push(Arc::downgrade(&tracker));
+        tracker
+    }
+
+    /// Publishes the coarse clock to every thread's slot (the watchdog, every tick).
+    fn tick(&self, now: u64) {
+        self.clock.store(now, Ordering::Relaxed);
+        for s in lock(&self.threads).iter() {
+            s.clock.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// (finished, begun, completed, last completion) summed over the threads.
+    fn counts(&self) -> (u64, u64, u64, u64) {
+        let threads = lock(&self.threads);
+        // Finished first: a request counted there was counted as begun before.
+        let finished: u64 = threads
+            .iter()
+            .map(|s| s.finished.load(Ordering::Relaxed))
+            .sum();
+        let begun: u64 = threads
+            .iter()
+            .map(|s| s.begun.load(Ordering::Relaxed))
+            .sum();
+        let completed = threads
+            .iter()
+            .map(|s| s.completed.load(Ordering::Relaxed))
+            .sum();
+        let last = threads
+            .iter()
+            .map(|s| s.last_completion.load(Ordering::Relaxed))
+            .fold(self.created, u64::max);
+        (finished, begun, completed, last)
     }
 
     /// Requests in flight now.
     pub(crate) fn in_flight(&self) -> usize {
-        self.lock().len()
+        let (finished, begun, _, _) = self.counts();
+        begun.saturating_sub(finished) as usize
     }
 
-    fn begin<B>(self: &Arc<Self>, req: &Request<B>) -> Guard {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Slot {
-            started: now_ns(),
-            polling_since: AtomicU64::new(0),
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-        });
-        self.lock().insert(id, slot.clone());
-        Guard {
-            tracker: self.clone(),
+    /// Requests completed so far.
+    #[cfg(test)]
+    fn completed(&self) -> u64 {
+        self.counts().2
+    }
+
+    fn begin<B>(&self, req: &Request<B>) -> Req {
+        let (started, id) = with_slot(self.id, |s| {
+            let n = ThreadSlot::bump(&s.begun);
+            (s.clock.load(Ordering::Relaxed), s.ids | n)
+        })
+        .unwrap_or((0, 0));
+        Req {
+            tracker: self.id,
             id,
-            slot,
+            tracked: started != 0,
+            started,
+            label: Label {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+            },
+            waiting: None,
+            completed: false,
         }
     }
 }
 
-struct Guard {
-    tracker: Arc<Tracker>,
+/// One tracked request, owned by its response future.
+struct Req {
+    tracker: u64,
     id: u64,
-    slot: Arc<Slot>,
+    /// Counted as begun (the tracker was alive); ends are counted only then.
+    tracked: bool,
+    started: u64,
+    label: Label,
+    /// Where it is entered as pending: its thread's slot and key.
+    waiting: Option<(Arc<ThreadSlot>, usize)>,
+    completed: bool,
 }
 
-impl Guard {
-    fn complete(self) {
-        self.tracker.completed.fetch_add(1, Ordering::Relaxed);
-        self.tracker
-            .last_completion
-            .store(now_ns(), Ordering::Relaxed);
+impl Req {
+    /// Before a poll: this thread is polling this request since now.
+    fn poll_begins(&self) {
+        with_slot(self.tracker, |s| {
+            if s.polled_id.load(Ordering::Relaxed) != self.id {
+                *lock(&s.polled) = Some(self.label.clone());
+                s.polled_id.store(self.id, Ordering::Relaxed);
+            }
+            s.polled_started.store(self.started, Ordering::Relaxed);
+            s.polling_since
+                .store(s.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+        });
+    }
+
+    /// After a poll that returned `Pending`: enter the request as pending (once).
+    fn wait(&mut self) {
+        if self.waiting.is_some() || !self.tracked {
+            return;
+        }
+        let entry = Entry {
+            started: self.started,
+            label: self.label.clone(),
+        };
+        self.waiting = SLOTS
+            .try_with(|slots| {
+                let slots = slots.borrow();
+                let (_, slot) = slots.iter().find(|(i, _)| *i == self.tracker)?;
+                let key = lock(&slot.pending).insert(entry);
+                Some((slot.clone(), key))
+            })
+            .ok()
+            .flatten();
     }
 }
 
-impl Drop for Guard {
+impl Drop for Req {
     fn drop(&mut self) {
-        self.tracker.lock().remove(&self.id);
+        if let Some((slot, key)) = self.waiting.take() {
+            lock(&slot.pending).remove(key);
+        }
+        if !self.tracked {
+            return;
+        }
+        let completed = self.completed;
+        with_slot(self.tracker, |s| {
+            ThreadSlot::bump(&s.finished);
+            if completed {
+                ThreadSlot::bump(&s.completed);
+                s.last_completion
+                    .store(s.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+/// Clears the thread's "polling" mark after a poll, also when the poll unwinds.
+struct PollEnds(u64);
+
+impl Drop for PollEnds {
+    fn drop(&mut self) {
+        with_slot(self.0, |s| s.polling_since.store(0, Ordering::Relaxed));
     }
 }
 
@@ -171,10 +426,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let guard = self.tracker.begin(&req);
+        let tracked = self.tracker.begin(&req);
         TrackedFuture {
             inner: self.inner.call(req),
-            guard: Some(guard),
+            req: Some(tracked),
         }
     }
 }
@@ -184,7 +439,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct TrackedFuture<F> {
         #[pin]
         inner: F,
-        guard: Option<Guard>,
+        req: Option<Req>,
     }
 }
 
@@ -193,19 +448,87 @@ impl<F: Future> Future for TrackedFuture<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let guard = this
-            .guard
-            .as_ref()
-            .expect("TrackedFuture polled after completion");
-        guard.slot.polling_since.store(now_ns(), Ordering::Relaxed);
-        let out = this.inner.poll(cx);
-        guard.slot.polling_since.store(0, Ordering::Relaxed);
+        let Some(req) = this.req.as_mut() else {
+            return this.inner.poll(cx);
+        };
+        let out = if req.tracked {
+            req.poll_begins();
+            let _ends = PollEnds(req.tracker);
+            this.inner.poll(cx)
+        } else {
+            this.inner.poll(cx)
+        };
         if out.is_ready() {
-            if let Some(g) = this.guard.take() {
-                g.complete();
+            if let Some(mut req) = this.req.take() {
+                req.completed = true;
             }
+        } else {
+            req.wait();
         }
         out
+    }
+}
+
+/// What the watchdog finds in the requests in flight.
+#[derive(Debug, Default)]
+struct Scan {
+    /// The longest poll running now over the stall limit: its duration and request.
+    blocked: Option<(u64, Label)>,
+    in_flight: u64,
+    /// Nanoseconds since the last completion.
+    idle: u64,
+    /// The oldest request in flight, when looked for: its age and label.
+    oldest: Option<(u64, Label)>,
+}
+
+impl Tracker {
+    /// Looks at the requests in flight; the oldest only when none completed for `hang_ns`.
+    fn scan(&self, now: u64, stall_ns: u64, hang_ns: u64) -> Scan {
+        let (finished, begun, _, last) = self.counts();
+        let mut scan = Scan {
+            in_flight: begun.saturating_sub(finished),
+            idle: now.saturating_sub(last),
+            ..Scan::default()
+        };
+        let threads = lock(&self.threads);
+        let look_for_oldest = scan.in_flight > 0 && scan.idle > hang_ns;
+        let mut oldest: Option<(u64, Label)> = None;
+        for s in threads.iter() {
+            let since = s.polling_since.load(Ordering::Relaxed);
+            if since == 0 {
+                continue;
+            }
+            let d = now.saturating_sub(since);
+            let started = s.polled_started.load(Ordering::Relaxed);
+            let want_blocked = d > stall_ns && scan.blocked.as_ref().map_or(true, |(b, _)| d > *b);
+            let want_oldest =
+                look_for_oldest && oldest.as_ref().map_or(true, |(o, _)| started < *o);
+            if want_blocked || want_oldest {
+                let label = lock(&s.polled).clone();
+                // The same poll still runs: the label is its request's.
+                if let (Some(label), true) =
+                    (label, s.polling_since.load(Ordering::Relaxed) == since)
+                {
+                    if want_blocked {
+                        scan.blocked = Some((d, label.clone()));
+                    }
+                    if want_oldest {
+                        oldest = Some((started, label));
+                    }
+                }
+            }
+        }
+        if look_for_oldest {
+            for s in threads.iter() {
+                if let Some(e) = lock(&s.pending).oldest() {
+                    if oldest.as_ref().map_or(true, |(o, _)| e.started < *o) {
+                        oldest = Some((e.started, e.label.clone()));
+                    }
+                }
+            }
+            scan.oldest = oldest.map(|(started, l)| (now.saturating_sub(started), l));
+        }
+        scan
     }
 }
 
@@ -311,46 +634,28 @@ fn run(
         );
 
         // 2 and 3. Blocked polls and no progress, from the requests in flight.
-        let (blocked, stuck) = {
-            let map = tracker.lock();
-            let mut blocked: Option<(u64, &Arc<Slot>)> = None;
-            let mut oldest: Option<&Arc<Slot>> = None;
-            for slot in map.values() {
-                let since = slot.polling_since.load(Ordering::Relaxed);
-                if since != 0 {
-                    let d = now.saturating_sub(since);
-                    if d > stall_ns && blocked.map_or(true, |(b, _)| d > b) {
-                        blocked = Some((d, slot));
-                    }
-                }
-                if oldest.map_or(true, |o| slot.started < o.started) {
-                    oldest = Some(slot);
-                }
-            }
-            let blocked = blocked.map(|(d, slot)| {
+        tracker.tick(now);
+        let scan = tracker.scan(now, stall_ns, hang_ns);
+        let blocked = scan.blocked.map(|(d, label)| {
+            format!(
+                "{} has blocked a runtime thread for {:.1}s (limit {:?}): blocking code in async",
+                label.text(),
+                secs(d),
+                cfg.stall_limit
+            )
+        });
+        let stuck = scan.oldest.and_then(|(age, label)| {
+            (age > hang_ns && scan.idle > hang_ns).then(|| {
                 format!(
-                    "{} has blocked a runtime thread for {:.1}s (limit {:?}): blocking code in async",
-                    slot.label(),
-                    secs(d),
-                    cfg.stall_limit
+                    "no progress: {} requests in flight, none completed for {:.1}s (limit {:?}); oldest {} for {:.1}s",
+                    scan.in_flight,
+                    secs(scan.idle),
+                    cfg.hang_limit,
+                    label.text(),
+                    secs(age)
                 )
-            });
-            let idle = now.saturating_sub(tracker.last_completion.load(Ordering::Relaxed));
-            let stuck = oldest.and_then(|o| {
-                let age = now.saturating_sub(o.started);
-                (age > hang_ns && idle > hang_ns).then(|| {
-                    format!(
-                        "no progress: {} requests in flight, none completed for {:.1}s (limit {:?}); oldest {} for {:.1}s",
-                        map.len(),
-                        secs(idle),
-                        cfg.hang_limit,
-                        o.label(),
-                        secs(age)
-                    )
-                })
-            });
-            (blocked, stuck)
-        };
+            })
+        });
         set(&mut flags[1], SRC_BLOCKED, blocked);
         set(&mut flags[2], SRC_NO_PROGRESS, stuck);
 
@@ -448,7 +753,7 @@ mod tests {
 
     #[tokio::test]
     async fn tracked_requests_are_in_flight_until_they_complete() {
-        let tracker = Arc::new(Tracker::new());
+        let tracker = Tracker::new();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
         let svc = Tracked::new(
@@ -467,16 +772,16 @@ mod tests {
         while tracker.in_flight() == 0 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(tracker.completed.load(Ordering::Relaxed), 0);
+        assert_eq!(tracker.completed(), 0);
         release.send(()).unwrap();
         assert_eq!(call.await.unwrap().unwrap(), "done");
         assert_eq!(tracker.in_flight(), 0);
-        assert_eq!(tracker.completed.load(Ordering::Relaxed), 1);
+        assert_eq!(tracker.completed(), 1);
     }
 
     #[tokio::test]
     async fn a_cancelled_request_leaves_the_tracker_without_counting_as_progress() {
-        let tracker = Arc::new(Tracker::new());
+        let tracker = Tracker::new();
         let svc = Tracked::new(
             tower::service_fn(|_req: Request<()>| async {
                 std::future::pending::<Result<(), std::convert::Infallible>>().await
@@ -487,7 +792,98 @@ mod tests {
         let timed_out = tokio::time::timeout(Duration::from_millis(10), fut).await;
         assert!(timed_out.is_err());
         assert_eq!(tracker.in_flight(), 0);
-        assert_eq!(tracker.completed.load(Ordering::Relaxed), 0);
+        assert_eq!(tracker.completed(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_is_found_as_the_oldest_once_nothing_completes() {
+        let tracker = Tracker::new();
+        let svc = Tracked::new(
+            tower::service_fn(|_req: Request<()>| async {
+                std::future::pending::<Result<(), std::convert::Infallible>>().await
+            }),
+            tracker.clone(),
+        );
+        let call = tokio::spawn(svc.oneshot(Request::get("/slow?x=1").body(()).unwrap()));
+        while tracker.in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Its first poll returned Pending: it is entered as waiting.
+        let waiting = || {
+            lock(&tracker.threads)
+                .iter()
+                .any(|s| lock(&s.pending).oldest().is_some())
+        };
+        while !waiting() {
+            tokio::task::yield_now().await;
+        }
+        let hang = Duration::from_secs(10).as_nanos() as u64;
+        let stall = Duration::from_secs(2).as_nanos() as u64;
+        // Now: nothing is old yet.
+        let scan = tracker.scan(now_ns(), stall, hang);
+        assert_eq!(scan.in_flight, 1);
+        assert!(scan.oldest.is_none() && scan.blocked.is_none());
+        // 11 s later (as the watchdog would see it): the request is the oldest, named.
+        let later = now_ns() + 11 * 1_000_000_000;
+        let scan = tracker.scan(later, stall, hang);
+        let (age, label) = scan.oldest.expect("the waiting request");
+        assert!(age > hang, "{age}");
+        assert_eq!(label.text(), "GET /slow");
+        assert!(scan.idle > hang);
+        // Cancelled: gone from the tracker, and not progress.
+        call.abort();
+        let _ = call.await;
+        assert_eq!(tracker.in_flight(), 0);
+        assert!(!waiting());
+        assert_eq!(tracker.completed(), 0);
+        assert!(tracker.scan(later, stall, hang).oldest.is_none());
+    }
+
+    #[test]
+    fn a_blocked_poll_is_named() {
+        let tracker = Tracker::new();
+        let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(std::sync::Mutex::new(Some(released)));
+        let svc = Tracked::new(
+            tower::service_fn(move |_req: Request<()>| {
+                let entered_tx = entered_tx.clone();
+                let released = released.clone();
+                async move {
+                    entered_tx.send(()).unwrap();
+                    // Blocking code in async: the poll does not return until released.
+                    let rx = released.lock().unwrap().take();
+                    if let Some(rx) = rx {
+                        let _ = rx.recv();
+                    }
+                    Ok::<_, std::convert::Infallible>("done")
+                }
+            }),
+            tracker.clone(),
+        );
+        let t = tracker.clone();
+        let poller = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(svc.oneshot(Request::post("/block").body(()).unwrap()))
+        });
+        entered.recv().unwrap();
+        let stall = Duration::from_secs(2).as_nanos() as u64;
+        let hang = Duration::from_secs(10).as_nanos() as u64;
+        assert!(t.scan(now_ns(), stall, hang).blocked.is_none());
+        let scan = t.scan(now_ns() + 3 * 1_000_000_000, stall, hang);
+        let (d, label) = scan.blocked.expect("the blocked poll");
+        assert!(d > stall);
+        assert_eq!(label.text(), "POST /block");
+        release.send(()).unwrap();
+        assert_eq!(poller.join().unwrap().unwrap(), "done");
+        assert!(t
+            .scan(now_ns() + 3 * 1_000_000_000, stall, hang)
+            .blocked
+            .is_none());
+        assert_eq!(t.completed(), 1);
+        assert_eq!(t.in_flight(), 0);
     }
 
     #[test]

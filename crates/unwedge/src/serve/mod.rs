@@ -418,7 +418,7 @@ impl Server {
         let notifier = Arc::new(Notifier::new(notify_path));
         register_report_sink(&notifier);
 
-        let tracker = Arc::new(Tracker::new());
+        let tracker = Tracker::new();
         let service = build_service(
             app,
             self.panic_layer.then_some(policy),
