@@ -63,8 +63,9 @@ enum Cmd {
     /// See unwedge survive panics, a poisoned lock, a deadlock and kill -9 under load, next to
     /// axum + CatchPanicLayer.
     ///
-    /// $ unwedge demo                      # 20 s, then a table
-    /// $ unwedge demo --duration 3s --check
+    /// $ unwedge demo                          # 20 s, then a table
+    ///
+    /// $ unwedge demo --duration 3s --check    # what CI runs
     Demo(demo::DemoArgs),
     /// Chaos soak: random panics, kill -9, SIGSTOP and reloads under continuous load.
     ///
