@@ -878,6 +878,7 @@ fn spawn_connection<I, S>(
         let result = match stopping {
             Err(finished) => finished,
             Ok(keep_alive_grace) => {
+                calls.start_draining();
                 let at_stop = calls.count();
                 let grace = if at_stop == 0 {
                     FIRST_REQUEST_GRACE
@@ -908,22 +909,34 @@ fn spawn_connection<I, S>(
     });
 }
 
-/// How many requests a connection has delivered, with a wake-up for each.
+/// How many requests a connection has delivered, with a wake-up for each once the connection
+/// is draining (none before: a request costs one counter increment and one load).
 #[derive(Debug, Default)]
 struct Calls {
     count: std::sync::atomic::AtomicU64,
+    draining: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
 }
 
 impl Calls {
     fn count(&self) -> u64 {
-        self.count.load(std::sync::atomic::Ordering::Acquire)
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// From now on, each request wakes the drain.
+    fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn mark(&self) {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        // notify_one stores a permit when nobody waits yet: a waiter cannot miss it.
-        self.notify.notify_one();
+        // SeqCst on both sides (count then flag here, flag then count in the drain): either
+        // this sees the flag and notifies, or the drain sees the new count.
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            // notify_one stores a permit when nobody waits yet: a waiter cannot miss it.
+            self.notify.notify_one();
+        }
     }
 }
 
