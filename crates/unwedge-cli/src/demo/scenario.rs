@@ -383,9 +383,18 @@ async fn run_side(
                 tick.tick().await;
                 let p = rx.borrow().clone();
                 let done = p.done;
-                log.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((Instant::now(), p));
+                // Failures only change around faults: a plateau of equal failure counts is
+                // kept as its first and its latest sample (the step function the kill-window
+                // attribution reads is the same), so a long soak's log stays small.
+                let key = |p: &Progress| (p.refused, p.reset, p.timeout, p.other);
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                let n = log.len();
+                if n >= 2 && key(&log[n - 1].1) == key(&p) && key(&log[n - 2].1) == key(&p) {
+                    log[n - 1] = (Instant::now(), p);
+                } else {
+                    log.push((Instant::now(), p));
+                }
+                drop(log);
                 if done {
                     break;
                 }
