@@ -8,9 +8,12 @@
 //! the guards to whoever catches the panic.
 
 use std::backtrace::Backtrace;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+use super::layer::RequestScope;
 
 /// What the hook and the state guards learned about the panic now unwinding on this thread.
 #[derive(Debug, Clone)]
@@ -47,41 +50,102 @@ impl Captured {
 /// poll) or a named background task (set by [`spawn`](crate::spawn)).
 #[derive(Debug)]
 pub(crate) struct Scope {
-    /// Human-readable owner, e.g. `GET /comments (request 3f2a…)` or `task cleanup`.
-    pub(crate) label: Arc<str>,
+    /// Human-readable owner, e.g. `GET /comments (request 3f2a…)` or `task cleanup`; a
+    /// request's label is formatted only when it is displayed.
+    pub(crate) label: Label,
+}
+
+/// A [`Scope`]'s label: the text itself, or the parts of a request it is made of.
+#[derive(Debug)]
+pub(crate) enum Label {
+    /// Fixed text, e.g. `task cleanup`.
+    Text(Arc<str>),
+    /// A request: `METHOD /path (request ID)`.
+    Request(RequestScope),
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Label::Text(text) => f.write_str(text),
+            Label::Request(r) => fmt::Display::fmt(r, f),
+        }
+    }
 }
 
 impl Scope {
     pub(crate) fn new(label: impl Into<Arc<str>>) -> Arc<Self> {
         Arc::new(Scope {
-            label: label.into(),
+            label: Label::Text(label.into()),
         })
+    }
+
+    pub(crate) fn request(request: RequestScope) -> Arc<Self> {
+        Arc::new(Scope {
+            label: Label::Request(request),
+        })
+    }
+
+    /// The request this scope runs, if it is one.
+    pub(crate) fn as_request(&self) -> Option<&RequestScope> {
+        match &self.label {
+            Label::Request(r) => Some(r),
+            Label::Text(_) => None,
+        }
     }
 }
 
 thread_local! {
     static CAPTURE: RefCell<Option<Captured>> = const { RefCell::new(None) };
-    static SCOPE: RefCell<Option<Arc<Scope>>> = const { RefCell::new(None) };
+    // A `Cell` (replace, take) rather than a `RefCell`: no borrow flag on the per-poll path.
+    static SCOPE: Cell<Option<Arc<Scope>>> = const { Cell::new(None) };
 }
 
 /// Runs `f` with `scope` as this thread's current scope, restoring the previous one after
 /// (also when `f` panics).
 pub(crate) fn with_scope<R>(scope: &Arc<Scope>, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Arc<Scope>>);
-    impl Drop for Restore {
+    let mut slot = Some(scope.clone());
+    with_scope_in(&mut slot, f)
+}
+
+/// Like [`with_scope`], but moves the scope out of `slot` into the thread-local and back
+/// (also when `f` panics) instead of cloning it: no reference count is touched. `slot` is
+/// `None` while `f` runs; an empty `slot` runs `f` with no scope.
+pub(crate) fn with_scope_in<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -> R) -> R {
+    struct Restore<'a> {
+        slot: &'a mut Option<Arc<Scope>>,
+        prev: Option<Arc<Scope>>,
+    }
+    impl Drop for Restore<'_> {
         fn drop(&mut self) {
-            let prev = self.0.take();
-            let _ = SCOPE.try_with(|s| *s.borrow_mut() = prev);
+            let prev = self.prev.take();
+            if let Ok(ours) = SCOPE.try_with(|s| s.replace(prev)) {
+                *self.slot = ours;
+            }
         }
     }
-    let prev = SCOPE.with(|s| s.borrow_mut().replace(scope.clone()));
-    let _restore = Restore(prev);
-    f()
+    // The closure runs (and takes the scope out of `slot`) only while the thread-local lives.
+    match SCOPE.try_with(|s| s.replace(slot.take())) {
+        Ok(prev) => {
+            let _restore = Restore { slot, prev };
+            f()
+        }
+        // The thread is exiting: run without a scope.
+        Err(_) => f(),
+    }
 }
 
 /// The scope running on this thread, if any.
 pub(crate) fn current_scope() -> Option<Arc<Scope>> {
-    SCOPE.try_with(|s| s.borrow().clone()).ok().flatten()
+    SCOPE
+        .try_with(|s| {
+            let scope = s.take();
+            let copy = scope.clone();
+            s.set(scope);
+            copy
+        })
+        .ok()
+        .flatten()
 }
 
 /// Called by the panic hook: starts a fresh capture for the panic that is starting.

@@ -22,6 +22,8 @@ pub use layer::{
 };
 pub(crate) use policy::decide;
 pub use policy::{policy, set_policy, ParsePolicyError, Policy, POLICY_ENV};
-pub use report::{Action, Decision, PanicReport, RequestInfo, REDACTED, REDACTED_HEADERS};
+pub use report::{
+    Action, Decision, PanicReport, RequestInfo, REDACTED, REDACTED_HEADERS, REPORTED_HEADERS,
+};
 pub(crate) use sink::emit;
 pub use sink::{add_sink, ReportSink};

@@ -3,12 +3,40 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use http::header::{
+    HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST,
+    PROXY_AUTHORIZATION, REFERER, SET_COOKIE, USER_AGENT,
+};
+use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::context::Captured;
 
 /// Header names whose values never appear in a report, whatever the configuration says.
-pub const REDACTED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "set-cookie"];
+pub const REDACTED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// [`REDACTED_HEADERS`] as header names, in the same order.
+static REDACTED_NAMES: [HeaderName; 4] = [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE];
+
+/// The request headers whose values a [`PanicLayer`](crate::PanicLayer) report shows by
+/// default (see [`PanicLayer::report_headers`](crate::PanicLayer::report_headers)):
+/// `host`, `user-agent`, `content-type`, `content-length`, `accept`, `referer` and
+/// `x-forwarded-for`. Whatever the list, the [`REDACTED_HEADERS`] a request carries are
+/// always listed, with the value [`REDACTED`].
+pub static REPORTED_HEADERS: [HeaderName; 7] = [
+    HOST,
+    USER_AGENT,
+    CONTENT_TYPE,
+    CONTENT_LENGTH,
+    ACCEPT,
+    REFERER,
+    HeaderName::from_static("x-forwarded-for"),
+];
 
 /// The text that replaces a redacted header value.
 pub const REDACTED: &str = "<redacted>";
@@ -102,6 +130,61 @@ impl RequestInfo {
             request_id: request_id.to_owned(),
             headers,
         }
+    }
+}
+
+/// The request headers a layer keeps for a report, taken before the request moves into the
+/// handler: clones of the wanted values (a reference count each, no copy) and which
+/// [`REDACTED_HEADERS`] were present. Turned into text only when a panic is reported.
+#[derive(Debug, Default)]
+pub(crate) struct CapturedHeaders {
+    /// Bit `i` set: `REDACTED_NAMES[i]` was present.
+    redacted: u8,
+    /// `(i, value)`: the first value of `wanted[i]`.
+    values: Vec<(usize, HeaderValue)>,
+}
+
+impl CapturedHeaders {
+    /// Keeps the first value of each of the `wanted` headers `headers` has, and notes the
+    /// redacted ones present (a redacted name in `wanted` is still redacted).
+    pub(crate) fn capture(headers: &HeaderMap, wanted: &[HeaderName]) -> Self {
+        let mut captured = CapturedHeaders::default();
+        // One pass over the request's headers, comparing names (a byte compare for the
+        // standard ones), is cheaper than a hash lookup for each wanted name.
+        for (name, value) in headers {
+            if let Some(i) = REDACTED_NAMES.iter().position(|r| r == name) {
+                captured.redacted |= 1 << i;
+            } else if let Some(i) = wanted.iter().position(|w| w == name) {
+                if captured.values.iter().any(|(j, _)| *j == i) {
+                    continue; // a repeated header: keep the first value
+                }
+                if captured.values.capacity() == 0 {
+                    captured
+                        .values
+                        .reserve_exact(wanted.len().min(headers.keys_len()));
+                }
+                captured.values.push((i, value.clone()));
+            }
+        }
+        captured
+    }
+
+    /// The headers as a report shows them: redacted ones as [`REDACTED`], non-UTF-8 values
+    /// as `<binary>`. `wanted` is the list given to [`capture`](Self::capture).
+    pub(crate) fn to_map(&self, wanted: &[HeaderName]) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::new();
+        for (i, name) in REDACTED_NAMES.iter().enumerate() {
+            if self.redacted & (1 << i) != 0 {
+                map.insert(name.as_str().to_owned(), REDACTED.to_owned());
+            }
+        }
+        for (i, value) in &self.values {
+            if let Some(name) = wanted.get(*i) {
+                let shown = value.to_str().unwrap_or("<binary>");
+                map.insert(name.as_str().to_owned(), shown.to_owned());
+            }
+        }
+        map
     }
 }
 
