@@ -1,7 +1,8 @@
 //! Hang detection inside the process, on its own OS thread so that a blocked runtime cannot
 //! silence it.
 //!
-//! [`serve`](crate::serve) starts the watchdog. It checks, every 10 ms:
+//! [`serve`](crate::serve) starts the watchdog. It checks, every twentieth of the shortest
+//! limit (between 5 and 50 ms; 50 ms with the defaults):
 //!
 //! | kind | condition | health source |
 //! | --- | --- | --- |
@@ -45,8 +46,20 @@ pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(2);
 /// The default hang limit: requests in flight, none completed for this long, is wedged.
 pub const DEFAULT_HANG_LIMIT: Duration = Duration::from_secs(10);
 
-/// How often the watchdog thread looks.
-const TICK: Duration = Duration::from_millis(10);
+/// How often the watchdog thread looks, at most and at least: a twentieth of the shortest
+/// limit (and an eighth of the heartbeat interval) within these bounds. Each look wakes a
+/// thread, which on a busy machine can cost a runtime thread its turn on a core.
+const MAX_TICK: Duration = Duration::from_millis(50);
+const MIN_TICK: Duration = Duration::from_millis(5);
+
+/// The watchdog's period for these limits.
+fn tick_for(cfg: &Config) -> Duration {
+    let mut t = cfg.stall_limit.min(cfg.hang_limit) / 20;
+    if let Some(h) = cfg.heartbeat {
+        t = t.min(h / 8);
+    }
+    t.clamp(MIN_TICK, MAX_TICK)
+}
 
 const SRC_STALL: &str = "watchdog:stall";
 const SRC_BLOCKED: &str = "watchdog:blocked";
@@ -76,7 +89,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 ///   per thread), whose counters only that thread writes (`begun`, `finished`, `completed`,
 ///   the last completion): the watchdog sums them;
 /// - timestamps come from a coarse clock the watchdog thread publishes in each slot every tick
-///   (10 ms): durations it measures are too long by at most a tick, against limits of seconds;
+///   (5-50 ms, see [`tick_for`]); it measures durations from one tick ago, so that a limit is
+///   reported at most a tick late, never early;
 /// - while a request is polled, the thread's slot holds its label and when the poll began
 ///   (the blocked-poll check);
 /// - a request whose first poll did not complete (it waits for something) is entered in its
@@ -608,6 +622,8 @@ fn run(
 ) {
     let stall_ns = cfg.stall_limit.as_nanos() as u64;
     let hang_ns = cfg.hang_limit.as_nanos() as u64;
+    let tick = tick_for(&cfg);
+    let tick_ns = tick.as_nanos() as u64;
     let mut health_rx = health::subscribe();
     let mut last_status: Option<(HealthState, Option<String>)> = None;
     let mut next_beat = Instant::now();
@@ -635,7 +651,10 @@ fn run(
 
         // 2 and 3. Blocked polls and no progress, from the requests in flight.
         tracker.tick(now);
-        let scan = tracker.scan(now, stall_ns, hang_ns);
+        // The requests' timestamps are the coarse clock, up to a tick before the real time:
+        // measured against one tick ago, a duration is never longer than the real one, so a
+        // limit is never reported early (at worst a tick late).
+        let scan = tracker.scan(now.saturating_sub(tick_ns), stall_ns, hang_ns);
         let blocked = scan.blocked.map(|(d, label)| {
             format!(
                 "{} has blocked a runtime thread for {:.1}s (limit {:?}): blocking code in async",
@@ -717,7 +736,7 @@ fn run(
         }
 
         // Parked rather than slept, so that `stop` does not wait for the tick.
-        std::thread::park_timeout(TICK);
+        std::thread::park_timeout(tick);
     }
 }
 
