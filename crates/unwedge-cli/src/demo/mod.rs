@@ -151,9 +151,19 @@ fn prepare(workers: u32, what: &str) -> Result<Prepared, String> {
     let supervisor = Supervisor::new(config)
         .map_err(|e| e.to_string())?
         .with_alert_hook(move |e: &Event| {
+            // The report itself (a few kB with its backtrace) is the report directory's
+            // business: the analysis only needs that it happened.
+            let e = match e {
+                Event::Report { worker, pid, .. } => Event::Report {
+                    worker: worker.clone(),
+                    pid: *pid,
+                    json: String::new(),
+                },
+                e => e.clone(),
+            };
             log.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((Instant::now(), e.clone()));
+                .push((Instant::now(), e));
         });
     let addr = supervisor
         .local_addrs()
@@ -439,6 +449,18 @@ async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
         tokio::time::sleep(warmup).await;
         table::rss_kb()
     });
+    // And every tenth of the run, to tell a leak (steady growth) from a plateau.
+    let rss_trend = {
+        let every = args.duration / 10;
+        tokio::spawn(async move {
+            let mut v = Vec::new();
+            for _ in 0..10 {
+                tokio::time::sleep(every).await;
+                v.push(table::rss_kb().unwrap_or(0));
+            }
+            v
+        })
+    };
     let plan = scenario::chaos_plan(args.duration, args.every, seed);
     let result = scenario::run_chaos(
         scenario::Target {
@@ -475,9 +497,16 @@ async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
                 .count() as u64
         })
         .ok();
+    let trend = if rss_trend.is_finished() {
+        rss_trend.await.unwrap_or_default()
+    } else {
+        rss_trend.abort();
+        Vec::new()
+    };
     let mem = table::Memory {
         warm: rss_before,
         end: rss_after,
+        trend,
     };
     out!();
     outp!("{}", table::render_chaos(&analysis, &mem, on_disk, settled));

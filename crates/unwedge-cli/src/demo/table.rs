@@ -454,10 +454,12 @@ pub(crate) fn render(a: &Analysis, c: Option<&Analysis>, workers: u32, settled: 
 }
 
 /// This process's RSS in kB after the warm-up and at the end.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Memory {
     pub(crate) warm: Option<u64>,
     pub(crate) end: Option<u64>,
+    /// kB at each tenth of the run.
+    pub(crate) trend: Vec<u64>,
 }
 
 /// The soak's table.
@@ -560,6 +562,15 @@ pub(crate) fn render_chaos(
                 ),
                 _ => "unknown".into(),
             },
+        ),
+        (
+            "process RSS at each tenth of the run",
+            mem.trend
+                .iter()
+                .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+                + " MB",
         ),
         (
             "all workers ready at the end",
