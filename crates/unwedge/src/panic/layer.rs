@@ -557,15 +557,15 @@ struct RequestCtx {
 
 impl RequestCtx {
     fn new<B>(config: &Arc<Config>, req: &Request<B>) -> Self {
-        let headers = req.headers();
-        let id = match headers.get(X_REQUEST_ID) {
+        let all = req.headers();
+        let (headers, client_id) = if config.capture_headers {
+            CapturedHeaders::capture(all, &config.report_headers, &X_REQUEST_ID)
+        } else {
+            (CapturedHeaders::default(), all.get(X_REQUEST_ID))
+        };
+        let id = match client_id {
             Some(v) if is_sane_request_id(v.as_bytes()) => RequestId::Client(v.clone()),
             _ => RequestId::Generated(generate_request_id()),
-        };
-        let headers = if config.capture_headers {
-            CapturedHeaders::capture(headers, &config.report_headers)
-        } else {
-            CapturedHeaders::default()
         };
         let scope = Scope::request(RequestScope {
             method: req.method().clone(),

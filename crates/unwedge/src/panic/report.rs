@@ -146,14 +146,22 @@ pub(crate) struct CapturedHeaders {
 
 impl CapturedHeaders {
     /// Keeps the first value of each of the `wanted` headers `headers` has, and notes the
-    /// redacted ones present (a redacted name in `wanted` is still redacted).
-    pub(crate) fn capture(headers: &HeaderMap, wanted: &[HeaderName]) -> Self {
+    /// redacted ones present (a redacted name in `wanted` is still redacted). Also returns
+    /// the first value of `also` (the request id header), found in the same pass.
+    pub(crate) fn capture<'h>(
+        headers: &'h HeaderMap,
+        wanted: &[HeaderName],
+        also: &HeaderName,
+    ) -> (Self, Option<&'h HeaderValue>) {
         let mut captured = CapturedHeaders::default();
+        let mut found = None;
         // One pass over the request's headers, comparing names (a byte compare for the
         // standard ones), is cheaper than a hash lookup for each wanted name.
         for (name, value) in headers {
             if let Some(i) = REDACTED_NAMES.iter().position(|r| r == name) {
                 captured.redacted |= 1 << i;
+            } else if name == also {
+                found = found.or(Some(value));
             } else if let Some(i) = wanted.iter().position(|w| w == name) {
                 if captured.values.iter().any(|(j, _)| *j == i) {
                     continue; // a repeated header: keep the first value
@@ -166,7 +174,7 @@ impl CapturedHeaders {
                 captured.values.push((i, value.clone()));
             }
         }
-        captured
+        (captured, found)
     }
 
     /// The headers as a report shows them: redacted ones as [`REDACTED`], non-UTF-8 values
