@@ -636,6 +636,8 @@ fn event_printer(handle: &Handle, screen: Arc<Screen>) -> tokio::task::JoinHandl
                         .into_iter()
                         .find(|w| w.pid == pid)
                         .and_then(|w| w.status)
+                        // A frozen worker's last STATUS= is stale (it said it was healthy).
+                        .filter(|_| kind == unwedge_supervisor::HangKind::Wedged)
                         .map(|s| {
                             let s = s.strip_prefix("wedged: ").unwrap_or(&s);
                             let s: String = s.chars().take(160).collect();
