@@ -189,7 +189,14 @@ fn abort_when_wedged_exits_70() {
         let _block = tokio::spawn(async move { http(addr, "GET", "/block?ms=30000").await });
         let status = worker.wait_exit(Duration::from_secs(10)).await;
         assert_eq!(status.code(), Some(70), "stderr:\n{}", worker.stderr());
-        assert!(sent.elapsed() >= Duration::from_secs(1));
+        // No lower bound on the elapsed time: on a starved CI machine the canary itself can be
+        // late before /block arrives, which is a real (if load-made) stall.
+        let _ = sent;
         assert!(worker.stderr().contains("abort_when_wedged"));
+        assert!(
+            worker.stderr().contains("wedged for 500ms"),
+            "{}",
+            worker.stderr()
+        );
     });
 }
