@@ -29,6 +29,7 @@ echo "building (release)…" >&2
 cargo build --release --quiet -p unwedge-cli --bin unwedge -p example-hello
 cargo build --release --quiet -p unwedge-load --features bench --bin unwedge-bench
 
+touch "$tmp/start"
 echo "criterion: state…" >&2
 cargo bench --quiet -p unwedge --bench state -- "${crit[@]}" >"$tmp/state.log" 2>&1
 echo "criterion: layer…" >&2
@@ -36,11 +37,11 @@ cargo bench --quiet -p unwedge --bench layer -- "${crit[@]}" >"$tmp/layer.log" 2
 echo "request overhead…" >&2
 bench/overhead.sh "${overhead[@]}" >"$tmp/overhead.md" 2>"$tmp/overhead.log"
 echo "worker runtime figures…" >&2
-cargo nextest run --release --quiet -p unwedge-demo --no-capture \
+cargo nextest run --release -p unwedge-demo --no-capture \
   -E 'test(graceful_crash_with_nothing_in_flight_exits_promptly) | binary(watchdog_hangs)' \
   >"$tmp/serve.log" 2>&1 || true
 echo "supervisor figures…" >&2
-cargo nextest run --release --quiet -p unwedge-cli --test figures --run-ignored only --no-capture \
+cargo nextest run --release -p unwedge-cli --test figures --run-ignored only --no-capture \
   >"$tmp/supervisor.md" 2>"$tmp/supervisor.log" || true
 echo "admin figures…" >&2
 cargo run --release --quiet -p unwedge-admin --example figures >"$tmp/admin.md" 2>"$tmp/admin.log" || true
@@ -71,7 +72,7 @@ reads under a busy writer ≤ 2× slower than idle; \`Tx::update\` on a 100k-ent
 the operation on the same state at once.)
 
 HEADER
-  python3 bench/criterion_table.py target/criterion read update "mutex uncontended lock+unlock" "read while a writer updates"
+  python3 bench/criterion_table.py --newer "$tmp/start" target/criterion '^read' '^update$' '^mutex uncontended' 
   cat <<SECTION
 
 ## 2. Panic layer overhead, in process (criterion, \`tower::ServiceExt::oneshot\`)
@@ -83,7 +84,7 @@ CatchPanicLayer on the no-panic path. The panic rows are the cost of one caught 
 report, 500).
 
 SECTION
-  python3 bench/criterion_table.py target/criterion $(ls target/criterion | grep -iE 'layer|panic|bare' | tr '\n' ' ')
+  python3 bench/criterion_table.py --newer "$tmp/start" target/criterion '^no_panic' '^panic_' 
   cat <<SECTION
 
 ## 3. Request overhead over HTTP (bare axum vs CatchPanicLayer vs unwedge::serve vs under the supervisor)

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Prints a Markdown table of criterion medians for the benchmark groups given as arguments.
+"""Prints a Markdown table of criterion medians for the benchmark groups whose directory name
+matches one of the regular expressions given as arguments.
 
-    bench/criterion_table.py target/criterion state-read state-update ...
+    bench/criterion_table.py [--newer FILE] target/criterion '^read$' '^update$' ...
+
+With --newer, results older than FILE (left by earlier runs) are skipped.
 
 Reads target/criterion/<group>/<bench>[/<param>]/new/estimates.json (criterion 0.5 layout).
 """
 import json
 import os
+import re
 import sys
 
 
@@ -19,15 +23,22 @@ def fmt(ns):
 
 
 def main():
-    root = sys.argv[1]
-    wanted = sys.argv[2:]
+    args = sys.argv[1:]
+    newer = 0.0
+    if args[:1] == ["--newer"]:
+        newer = os.path.getmtime(args[1])
+        args = args[2:]
+    root = args[0]
+    wanted = [re.compile(p) for p in args[1:]]
     rows = []
     for dirpath, _dirs, files in os.walk(root):
         if "estimates.json" not in files or not dirpath.endswith(os.sep + "new"):
             continue
         rel = os.path.relpath(os.path.dirname(dirpath), root)
         group = rel.split(os.sep)[0]
-        if wanted and group not in wanted:
+        if wanted and not any(p.search(group) for p in wanted):
+            continue
+        if os.path.getmtime(os.path.join(dirpath, "estimates.json")) < newer:
             continue
         with open(os.path.join(dirpath, "estimates.json")) as f:
             est = json.load(f)
