@@ -247,10 +247,14 @@ async fn stop(
     observer.finish().await;
 }
 
-/// `unwedge demo`.
-pub(crate) fn demo(args: DemoArgs) -> ExitCode {
+/// Prepares the supervisor, then runs `main` on a fresh runtime and shuts it down promptly.
+fn run_in_runtime<F, Fut>(workers: u32, what: &str, main: F) -> ExitCode
+where
+    F: FnOnce(Prepared) -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
     compare::install_quiet_panic_hook();
-    let prepared = match prepare(args.workers, "demo") {
+    let prepared = match prepare(workers, what) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -258,12 +262,29 @@ pub(crate) fn demo(args: DemoArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };
-    let code = rt.block_on(demo_main(args, prepared));
+    let code = rt.block_on(main(prepared));
     rt.shutdown_timeout(Duration::from_millis(200));
     code
 }
 
-async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
+/// A supervisor running in this process, its workers ready.
+struct Running {
+    handle: Handle,
+    addr: SocketAddr,
+    events: EventLog,
+    dir: PathBuf,
+    admin: Option<SocketAddr>,
+    observer: crate::observe::Observer,
+    task: tokio::task::JoinHandle<
+        Result<unwedge_supervisor::Outcome, unwedge_supervisor::StartError>,
+    >,
+    _guard: KillWorkersOnDrop,
+}
+
+/// Starts the admin endpoint and report directory (as `unwedge run` has them), runs the
+/// supervisor and waits (20 s at most) for `workers` ready workers; `who` names them in the
+/// error.
+async fn launch(p: Prepared, workers: u32, who: &str) -> Result<Running, ExitCode> {
     let Prepared {
         supervisor,
         observe,
@@ -272,21 +293,51 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
         events,
         dir,
     } = p;
-    // The admin endpoint (status page) and the report directory, as `unwedge run` has them.
-    let (supervisor, observer) = match crate::observe::start(observe, supervisor).await {
-        Ok(s) => s,
-        Err(e) => return fail(e.message),
-    };
+    let (supervisor, observer) = crate::observe::start(observe, supervisor)
+        .await
+        .map_err(|e| fail(e.message))?;
     let admin = observer.admin_addr();
     let _guard = KillWorkersOnDrop(handle.clone());
     let task = tokio::spawn(supervisor.run());
-    if !wait_ready(&handle, args.workers as usize, Duration::from_secs(20)).await {
+    if !wait_ready(&handle, workers as usize, Duration::from_secs(20)).await {
         stop(&handle, task, observer).await;
-        return fail(format!(
-            "the demo workers did not become ready within 20 s; see {}",
+        return Err(fail(format!(
+            "{who} did not become ready within 20 s; see {}",
             dir.display()
-        ));
+        )));
     }
+    Ok(Running {
+        handle,
+        addr,
+        events,
+        dir,
+        admin,
+        observer,
+        task,
+        _guard,
+    })
+}
+
+/// `unwedge demo`.
+pub(crate) fn demo(args: DemoArgs) -> ExitCode {
+    let workers = args.workers;
+    run_in_runtime(workers, "demo", |p| demo_main(args, p))
+}
+
+async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
+    let Running {
+        handle,
+        addr,
+        events,
+        dir,
+        admin,
+        observer,
+        task,
+        _guard,
+    } = match launch(p, args.workers, "the demo workers").await {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
     out!(
         "unwedge demo: {} workers of the demo service under the supervisor",
         args.workers
@@ -388,44 +439,24 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
 
 /// `unwedge chaos`.
 pub(crate) fn chaos(args: ChaosArgs) -> ExitCode {
-    compare::install_quiet_panic_hook();
-    let prepared = match prepare(args.workers, "chaos") {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => return fail(e),
-    };
-    let code = rt.block_on(chaos_main(args, prepared));
-    rt.shutdown_timeout(Duration::from_millis(200));
-    code
+    let workers = args.workers;
+    run_in_runtime(workers, "chaos", |p| chaos_main(args, p))
 }
 
 async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
-    let Prepared {
-        supervisor,
-        observe,
+    let Running {
         handle,
         addr,
         events,
         dir,
-    } = p;
-    // The admin endpoint (status page) and the report directory, as `unwedge run` has them.
-    let (supervisor, observer) = match crate::observe::start(observe, supervisor).await {
-        Ok(s) => s,
-        Err(e) => return fail(e.message),
+        admin,
+        observer,
+        task,
+        _guard,
+    } = match launch(p, args.workers, "the workers").await {
+        Ok(r) => r,
+        Err(code) => return code,
     };
-    let admin = observer.admin_addr();
-    let _guard = KillWorkersOnDrop(handle.clone());
-    let task = tokio::spawn(supervisor.run());
-    if !wait_ready(&handle, args.workers as usize, Duration::from_secs(20)).await {
-        stop(&handle, task, observer).await;
-        return fail(format!(
-            "the workers did not become ready within 20 s; see {}",
-            dir.display()
-        ));
-    }
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
