@@ -61,6 +61,94 @@ async fn demo_short_check_passes_and_shows_the_comparison_corruption() {
     assert!(out.contains("detected in"), "{out}");
     assert!(out.contains("hung (wedged)"), "{out}");
     assert!(out.contains("exited: signal 9"), "{out}");
+    // Piped: the progress bar is hidden, the event lines are there, nothing meant for a
+    // terminal (escape sequences, carriage returns) leaks.
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with('[') && l.contains("s] unwedge: inject")),
+        "{out}"
+    );
+    assert!(
+        !out.contains('\x1b'),
+        "escape sequence in piped output:\n{out:?}"
+    );
+    assert!(
+        !out.contains('\r'),
+        "carriage return in piped output:\n{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn demo_ctrl_c_stops_it_early_with_status_130_and_no_worker_left() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = Command::new(BIN)
+        .args(["demo", "--duration", "60s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn unwedge");
+    let pid = child.id().expect("pid") as i32;
+    let test = async {
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut out = String::new();
+        // The run has started once the first event line is out.
+        while let Some(l) = lines.next_line().await.expect("read stdout") {
+            out.push_str(&l);
+            out.push('\n');
+            if l.starts_with('[') {
+                break;
+            }
+        }
+        let workers = children(pid);
+        assert!(!workers.is_empty(), "no worker processes found\n{out}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .expect("SIGINT");
+        while let Some(l) = lines.next_line().await.expect("read stdout") {
+            out.push_str(&l);
+            out.push('\n');
+        }
+        let status = child.wait().await.expect("wait");
+        (status.code(), out, workers)
+    };
+    let (code, out, workers) = match tokio::time::timeout(Duration::from_secs(40), test).await {
+        Ok(r) => r,
+        Err(_) => {
+            kill_children(pid);
+            panic!("`unwedge demo` did not stop within 40 s of the start and Ctrl-C");
+        }
+    };
+    assert_eq!(code, Some(130), "{out}");
+    assert!(out.contains("interrupted"), "{out}");
+    // No table: the run was cut short.
+    assert!(!out.contains("invariant samples"), "{out}");
+    // The workers went with it (a zombie waiting for init counts as gone).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let alive = |p: &i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            == Some(false)
+    };
+    while workers.iter().any(alive) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<_> = workers.iter().filter(|p| alive(p)).collect();
+    for p in &left {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(**p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(left.is_empty(), "workers still running: {left:?}\n{out}");
 }
 
 #[tokio::test]
@@ -75,8 +163,19 @@ async fn demo_rejects_bad_flags_with_usage_exit() {
 /// SIGKILLs the process groups of `parent`'s children: the demo's workers, which run in
 /// their own process groups.
 fn kill_children(parent: i32) {
+    for pid in children(parent) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The pids of `parent`'s children.
+fn children(parent: i32) -> Vec<i32> {
+    let mut found = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
+        return found;
     };
     for e in dir.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -91,10 +190,8 @@ fn kill_children(parent: i32) {
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|p| p.parse::<i32>().ok());
         if ppid == Some(parent) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            found.push(pid);
         }
     }
+    found
 }

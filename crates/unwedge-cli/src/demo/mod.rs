@@ -247,6 +247,27 @@ async fn stop(
     observer.finish().await;
 }
 
+/// The run ended early: stops the supervisor; exit status 130 after Ctrl-C, else 1 with the
+/// error.
+async fn interrupted_or_fail(
+    e: String,
+    handle: &Handle,
+    task: tokio::task::JoinHandle<
+        Result<unwedge_supervisor::Outcome, unwedge_supervisor::StartError>,
+    >,
+    observer: crate::observe::Observer,
+) -> ExitCode {
+    if e == scenario::INTERRUPTED {
+        out!("\ninterrupted: stopping the supervisor and its workers");
+    }
+    stop(handle, task, observer).await;
+    if e == scenario::INTERRUPTED {
+        ExitCode::from(130)
+    } else {
+        fail(e)
+    }
+}
+
 /// Prepares the supervisor, then runs `main` on a fresh runtime and shuts it down promptly.
 fn run_in_runtime<F, Fut>(workers: u32, what: &str, main: F) -> ExitCode
 where
@@ -393,10 +414,7 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
     .await;
     let sides = match sides {
         Ok(s) => s,
-        Err(e) => {
-            stop(&handle, task, observer).await;
-            return fail(e);
-        }
+        Err(e) => return interrupted_or_fail(e, &handle, task, observer).await,
     };
     let settled = wait_ready(&handle, args.workers as usize, Duration::from_secs(10)).await;
     let snapshot = handle.snapshot();
@@ -507,10 +525,7 @@ async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
     .await;
     let result = match result {
         Ok(r) => r,
-        Err(e) => {
-            stop(&handle, task, observer).await;
-            return fail(e);
-        }
+        Err(e) => return interrupted_or_fail(e, &handle, task, observer).await,
     };
     let settled = wait_ready(&handle, args.workers as usize, Duration::from_secs(10)).await;
     let rss_after = table::rss_kb();

@@ -1,17 +1,19 @@
 //! The traffic and the faults: the load client's mix, a writer and an invariant sampler of
 //! our own, and the injected faults at planned times.
 
-use std::io::{IsTerminal, Write};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use unwedge_load::{LoadConfig, LoadReport, Progress, RequestSpec};
 use unwedge_supervisor::{Control, Event, Handle, WorkerState};
 
 use super::client::{request, Reply};
+use super::table::n;
 use super::EventLog;
 
 /// The body of the `burn` PUT: the seed's cache bumps `curr_size` by its length before it
@@ -291,54 +293,123 @@ fn load_config(addr: SocketAddr, d: Duration, concurrency: usize) -> Result<Load
         .duration(d))
 }
 
-/// The live line and event lines on stdout.
+/// What `run_demo` and `run_chaos` return when Ctrl-C stopped the run.
+pub(crate) const INTERRUPTED: &str = "interrupted (Ctrl-C)";
+
+/// The live display on stdout: a bar over the run's duration and one status line per side
+/// (indicatif; drawn only when stdout is a terminal), and the event lines printed above it
+/// (always, terminal or not: they are part of the demo's output).
 pub(crate) struct Screen {
-    live: bool,
     start: Instant,
-    status: Mutex<String>,
+    multi: MultiProgress,
+    clock: ProgressBar,
+    sides: Vec<ProgressBar>,
+    /// Set by [`Screen::finish`]: no more updates (the drawer may still be running).
+    finished: Mutex<bool>,
 }
 
 impl Screen {
-    pub(crate) fn new(start: Instant) -> Arc<Screen> {
+    /// A bar for a run of `d`, and a status line for each of `sides` (their names).
+    pub(crate) fn new(start: Instant, d: Duration, sides: &[&str]) -> Arc<Screen> {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+        let total = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        let clock = multi.add(ProgressBar::new(total).with_style(clock_style()));
+        clock.enable_steady_tick(Duration::from_millis(100));
+        let width = sides.iter().map(|s| s.len()).max().unwrap_or(0);
+        let sides = sides
+            .iter()
+            .map(|name| {
+                multi.add(
+                    ProgressBar::new(0)
+                        .with_style(side_style())
+                        .with_prefix(format!("{name:<width$}")),
+                )
+            })
+            .collect();
         Arc::new(Screen {
-            live: std::io::stdout().is_terminal(),
             start,
-            status: Mutex::new(String::new()),
+            multi,
+            clock,
+            sides,
+            finished: Mutex::new(false),
         })
     }
 
-    /// Prints an event line (above the live line).
+    /// Prints an event line (above the bar, when there is one).
     pub(crate) fn line(&self, text: &str) {
-        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let t = self.start.elapsed().as_secs_f64();
-        let mut out = std::io::stdout().lock();
-        if self.live {
-            let _ = write!(out, "\r\x1b[2K[{t:6.2}s] {text}\n{status}");
-        } else {
-            let _ = writeln!(out, "[{t:6.2}s] {text}");
-        }
-        let _ = out.flush();
+        // `suspend` runs the closure whether the bars are drawn or hidden (`println` would
+        // print nothing when stdout is not a terminal).
+        self.multi.suspend(|| out!("[{t:6.2}s] {text}"));
     }
 
-    /// Redraws the live line (terminals only), cut to 100 columns so that it never wraps
-    /// (a wrapped line cannot be redrawn in place).
-    pub(crate) fn status(&self, text: String) {
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        *status = text.chars().take(100).collect();
-        if self.live {
-            let mut out = std::io::stdout().lock();
-            let _ = write!(out, "\r\x1b[2K{status}");
-            let _ = out.flush();
+    /// Moves the bar to the time elapsed and sets each side's status line.
+    pub(crate) fn update(&self, statuses: Vec<String>) {
+        let finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        if *finished {
+            return;
+        }
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.clock
+            .set_position(elapsed.min(self.clock.length().unwrap_or(0)));
+        for (bar, status) in self.sides.iter().zip(statuses) {
+            bar.set_message(status);
         }
     }
 
-    /// Ends the live line.
+    /// Takes the bar and the status lines off the screen (the table follows).
     pub(crate) fn finish(&self) {
-        if self.live {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out);
-            let _ = out.flush();
+        let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        if std::mem::replace(&mut *finished, true) {
+            return;
         }
+        for bar in self.sides.iter().chain([&self.clock]) {
+            bar.finish_and_clear();
+        }
+        let _ = self.multi.clear();
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// `⠹ [████████░░░░░░░░] 3.4s / 5s`.
+fn clock_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner:.cyan} [{bar:40.cyan/blue}] {time}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key("time", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(
+                w,
+                "{:.1}s / {:.0}s",
+                s.pos() as f64 / 1000.0,
+                s.len().unwrap_or(0) as f64 / 1000.0
+            );
+        })
+        .progress_chars("█▉▊▋▌▍▎▏ ")
+}
+
+/// `  unwedge      19,507 ok · 0 errors · …`, cut to the terminal's width.
+fn side_style() -> ProgressStyle {
+    ProgressStyle::with_template("  {prefix:.bold} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// Stops the task when dropped (the run ended early: an error or Ctrl-C).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Resolves on Ctrl-C (never, if SIGINT cannot be watched).
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -602,18 +673,29 @@ async fn sampler(addr: SocketAddr, start: Instant, end: Instant, own: Arc<Mutex<
     }
 }
 
-/// One side on the live line, short enough that both fit in 100 columns.
-fn fmt_progress(p: &Progress, o: &Own) -> String {
-    format!(
-        "{} ok, {} failed, cache {}",
-        p.ok,
-        p.unexpected_statuses + p.refused + p.reset + p.timeout + p.other,
-        if o.violations > 0 {
-            format!("CORRUPT +{}B", o.max_phantom)
-        } else {
-            "ok".into()
-        }
-    )
+/// One side's status line: the load client's answers so far, the restarts (supervised
+/// side) and whether the invariant held.
+fn fmt_progress(p: &Progress, o: &Own, restarts: Option<u64>) -> String {
+    let mut s = format!(
+        "{} ok · {} errors · {} no reply",
+        n(p.ok),
+        n(p.unexpected_statuses),
+        n(p.refused + p.reset + p.timeout + p.other),
+    );
+    if let Some(r) = restarts {
+        let _ = write!(s, " · {} restart{}", n(r), if r == 1 { "" } else { "s" });
+    }
+    if o.violations > 0 {
+        let _ = write!(s, " · cache CORRUPT (+{} B)", n(o.max_phantom));
+    } else {
+        s.push_str(" · cache consistent");
+    }
+    s
+}
+
+/// Restarts so far, every reason.
+fn restarts(handle: &Handle) -> u64 {
+    handle.snapshot().counters.restarts.values().sum()
 }
 
 /// Prints the supervisor's notable events as they happen.
@@ -704,6 +786,7 @@ fn clone_live(l: &Live) -> Live {
 }
 
 /// The demo: both sides at once, the same plan (`kill -9` only where there are workers).
+/// Ctrl-C ends it early with [`INTERRUPTED`].
 pub(crate) async fn run_demo(
     target: Target,
     compare: Option<SocketAddr>,
@@ -712,33 +795,34 @@ pub(crate) async fn run_demo(
     plan: Vec<Planned>,
 ) -> Result<DemoSides, String> {
     let start = Instant::now();
-    let screen = Screen::new(start);
-    let printer = target
+    let names: &[&str] = if compare.is_some() {
+        &["unwedge", "catch-panic"]
+    } else {
+        &["unwedge"]
+    };
+    let screen = Screen::new(start, d, names);
+    let _printer = target
         .handle
         .as_ref()
-        .map(|h| event_printer(h, screen.clone()));
+        .map(|h| AbortOnDrop(event_printer(h, screen.clone())));
     let (lu, lc) = (live_parts(), live_parts());
-    let drawer = {
+    let _drawer = {
         let (lu, lc) = (clone_live(&lu), clone_live(&lc));
         let screen = screen.clone();
+        let handle = target.handle.clone();
         let has_cmp = compare.is_some();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
                 let (pu, ou) = lu.last();
-                let mut s = format!(
-                    "[{:4.1}s/{:.0}s] unwedge: {}",
-                    start.elapsed().as_secs_f64().min(d.as_secs_f64()),
-                    d.as_secs_f64(),
-                    fmt_progress(&pu, &ou)
-                );
+                let mut lines = vec![fmt_progress(&pu, &ou, handle.as_ref().map(restarts))];
                 if has_cmp {
                     let (pc, oc) = lc.last();
-                    s.push_str(&format!(" | catch-panic: {}", fmt_progress(&pc, &oc)));
+                    lines.push(fmt_progress(&pc, &oc, None));
                 }
-                screen.status(s);
+                screen.update(lines);
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-        })
+        }))
     };
     let cmp_plan: Vec<Planned> = plan.clone();
     let u = run_side(
@@ -771,19 +855,23 @@ pub(crate) async fn run_demo(
             .map(Some),
         }
     };
-    let (u, c) = tokio::join!(u, c);
-    drawer.abort();
+    let both = async { tokio::join!(u, c) };
+    let (u, c) = tokio::select! {
+        r = both => r,
+        () = ctrl_c() => {
+            screen.finish();
+            return Err(INTERRUPTED.into());
+        }
+    };
     screen.finish();
-    if let Some(p) = printer {
-        p.abort();
-    }
     Ok(DemoSides {
         unwedge: u?,
         compare: c?,
     })
 }
 
-/// The soak: one side, the random plan, live line on terminals.
+/// The soak: one side, the random plan, the bar on terminals. Ctrl-C ends it early with
+/// [`INTERRUPTED`].
 pub(crate) async fn run_chaos(
     target: Target,
     d: Duration,
@@ -791,29 +879,25 @@ pub(crate) async fn run_chaos(
     plan: Vec<Planned>,
 ) -> Result<SideResult, String> {
     let start = Instant::now();
-    let screen = Screen::new(start);
-    let printer = target
+    let screen = Screen::new(start, d, &["chaos"]);
+    let _printer = target
         .handle
         .as_ref()
-        .map(|h| event_printer(h, screen.clone()));
+        .map(|h| AbortOnDrop(event_printer(h, screen.clone())));
     let lu = live_parts();
-    let drawer = {
+    let _drawer = {
         let lu = clone_live(&lu);
         let screen = screen.clone();
-        tokio::spawn(async move {
+        let handle = target.handle.clone();
+        AbortOnDrop(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
                 let (pu, ou) = lu.last();
-                screen.status(format!(
-                    "[{:6.1}s/{:.0}s] {}",
-                    start.elapsed().as_secs_f64().min(d.as_secs_f64()),
-                    d.as_secs_f64(),
-                    fmt_progress(&pu, &ou)
-                ));
+                screen.update(vec![fmt_progress(&pu, &ou, handle.as_ref().map(restarts))]);
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-        })
+        }))
     };
-    let r = run_side(
+    let side = run_side(
         target,
         start,
         d,
@@ -821,12 +905,11 @@ pub(crate) async fn run_chaos(
         plan,
         Some((screen.clone(), "chaos")),
         lu,
-    )
-    .await;
-    drawer.abort();
+    );
+    let r = tokio::select! {
+        r = side => r,
+        () = ctrl_c() => Err(INTERRUPTED.into()),
+    };
     screen.finish();
-    if let Some(p) = printer {
-        p.abort();
-    }
     r
 }

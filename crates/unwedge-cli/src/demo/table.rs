@@ -194,7 +194,7 @@ pub(crate) fn analyse(
     }
 }
 
-fn n(v: u64) -> String {
+pub(crate) fn n(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
