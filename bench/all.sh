@@ -66,13 +66,20 @@ numbers, not by the script.
 
 \`cargo bench -p unwedge --bench state -- ${crit[*]}\`
 
-Targets: \`Tx::read\` within 1.5× of \`ArcSwap::load\` and ≥ 3× faster than tokio's Mutex;
-reads under a busy writer ≤ 2× slower than idle; \`Tx::update\` on a 100k-entry imbl map
-< 2 µs; \`unwedge::Mutex\` uncontended within 1.5× of tokio's. ("2 threads": both threads run
-the operation on the same state at once.)
+Targets: reads within 1.5× of \`ArcSwap::load\` and ≥ 3× faster than tokio's Mutex (also
+with 2 threads); reads under a busy writer ≤ 2× slower than idle; \`Tx::update\` on a
+100k-entry imbl map < 2 µs; \`unwedge::Mutex\` uncontended within 1.5× of tokio's. The read
+targets are about \`Tx::load\` (a borrowed \`Snapshot\`, like \`ArcSwap::load\`'s guard);
+\`Tx::read\` hands out an owned \`Arc\` and compares with \`ArcSwap::load_full\`. ("2 threads":
+both threads run the operation on the same state at once. A "busy" writer updates back to
+back, a "paced" one sleeps 10 µs between updates; the rate each reached is listed below.)
 
 HEADER
-  python3 bench/criterion_table.py --newer "$tmp/start" target/criterion '^read' '^update$' '^mutex uncontended' 
+  python3 bench/criterion_table.py --newer "$tmp/start" --ratios state target/criterion '^read' '^update$' '^mutex uncontended'
+  echo
+  echo '```text'
+  grep -h 'the writer published' "$tmp/state.log" || echo "(no writer rates: see the bench log)"
+  echo '```'
   cat <<SECTION
 
 ## 2. Panic layer overhead, in process (criterion, \`tower::ServiceExt::oneshot\`)

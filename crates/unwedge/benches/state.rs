@@ -8,9 +8,15 @@
 //!
 //! With 2 threads, both run the same operation at once on the same state and the time of one
 //! of them is reported (per operation), so contention shows up as a slower operation.
+//!
+//! "read while a writer updates": a "busy" writer updates back to back (the worst case; on
+//! 2 cores it competes with the reader for CPU as well as for cache lines), a "paced" one
+//! sleeps 10 µs between updates. Each such row prints the rate at which the writer actually
+//! published during the timed reads.
 
+use std::cell::Cell;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, RwLock};
 use std::time::{Duration, Instant};
 
@@ -94,6 +100,16 @@ fn reads(c: &mut Criterion) {
                 parallel(n, iters, |k| {
                     timed(k, |_| {
                         black_box(tx.read().hits);
+                    })
+                })
+            })
+        });
+        // The borrowing read: a `Snapshot` (arc-swap's guard), no reference count touched.
+        g.bench_with_input(BenchmarkId::new("Tx::load", threads), &threads, |b, &n| {
+            b.iter_custom(|iters| {
+                parallel(n, iters, |k| {
+                    timed(k, |_| {
+                        black_box(tx.load().hits);
                     })
                 })
             })
@@ -249,41 +265,114 @@ fn mutex_uncontended(c: &mut Criterion) {
     g.finish();
 }
 
-/// Runs `f` while another thread updates `tx` back to back.
-fn with_busy_writer<R>(tx: &Tx<Small>, f: impl FnOnce() -> R) -> R {
+/// How the writer thread of `reads_under_writer` publishes.
+#[derive(Clone, Copy)]
+enum Writer {
+    /// Updates back to back: on 2 cores it takes a core, and the state's cache lines move
+    /// between the cores on every update (the worst case, not a typical service).
+    BackToBack,
+    /// Sleeps this long between updates (the OS makes it longer: tens of µs), leaving the
+    /// CPU to the reader: a busy but realistic writer.
+    Paced(Duration),
+}
+
+/// Times `iters` calls of `read` while another thread calls `write` as `writer` says. The
+/// clock starts only once the writer has published (so it is measured running), and the
+/// writer's publishes during the timed reads are added to `published`.
+fn timed_under_writer(
+    iters: u64,
+    writer: Writer,
+    write: impl Fn() + Sync,
+    read: impl Fn(),
+    published: &Cell<(u64, Duration)>,
+) -> Duration {
     let stop = AtomicBool::new(false);
+    let count = AtomicU64::new(0);
     std::thread::scope(|s| {
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                tx.update(|s| s.hits += 1);
+                write();
+                count.fetch_add(1, Ordering::Relaxed);
+                if let Writer::Paced(pause) = writer {
+                    std::thread::sleep(pause);
+                }
             }
         });
-        let r = f();
+        while count.load(Ordering::Relaxed) == 0 {
+            std::hint::spin_loop();
+        }
+        let before = count.load(Ordering::Relaxed);
+        let elapsed = timed(iters, |_| read());
+        let during = count.load(Ordering::Relaxed) - before;
         stop.store(true, Ordering::Relaxed);
-        r
+        let (n, t) = published.get();
+        published.set((n + during, t + elapsed));
+        elapsed
     })
+}
+
+/// Benchmarks `read` under a writer, then prints how fast the writer actually published
+/// during the timed reads (on a loaded 2-core machine a back-to-back writer may get little
+/// CPU, or take the reader's: the rate tells which).
+fn bench_under_writer(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    writer: Writer,
+    write: impl Fn() + Sync,
+    read: impl Fn(),
+) {
+    let published = Cell::new((0u64, Duration::ZERO));
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| timed_under_writer(iters, writer, &write, &read, &published))
+    });
+    let (n, t) = published.get();
+    if !t.is_zero() {
+        eprintln!(
+            "{name}: the writer published {:.0} updates/ms during the reads",
+            n as f64 / t.as_secs_f64() / 1e3
+        );
+    }
 }
 
 fn reads_under_writer(c: &mut Criterion) {
     let mut g = c.benchmark_group("read while a writer updates");
     let tx = Tx::new(Small::default());
+    let update = || tx.update(|s| s.hits += 1);
+    let paced = Writer::Paced(Duration::from_micros(10));
     g.bench_function("Tx::read, idle", |b| b.iter(|| black_box(tx.read().hits)));
-    g.bench_function("Tx::read, busy writer", |b| {
-        with_busy_writer(&tx, || b.iter(|| black_box(tx.read().hits)))
-    });
+    let read = || {
+        black_box(tx.read().hits);
+    };
+    bench_under_writer(
+        &mut g,
+        "Tx::read, busy writer",
+        Writer::BackToBack,
+        update,
+        read,
+    );
+    bench_under_writer(&mut g, "Tx::read, paced writer", paced, update, read);
+    g.bench_function("Tx::load, idle", |b| b.iter(|| black_box(tx.load().hits)));
+    let load = || {
+        black_box(tx.load().hits);
+    };
+    bench_under_writer(
+        &mut g,
+        "Tx::load, busy writer",
+        Writer::BackToBack,
+        update,
+        load,
+    );
+    bench_under_writer(&mut g, "Tx::load, paced writer", paced, update, load);
     let rw = RwLock::new(Small::default());
-    g.bench_function("std RwLock read, busy writer", |b| {
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    rw.write().unwrap().hits += 1;
-                }
-            });
-            b.iter(|| black_box(rw.read().unwrap().hits));
-            stop.store(true, Ordering::Relaxed);
-        })
-    });
+    bench_under_writer(
+        &mut g,
+        "std RwLock read, busy writer",
+        Writer::BackToBack,
+        || rw.write().unwrap().hits += 1,
+        || {
+            black_box(rw.read().unwrap().hits);
+        },
+    );
     g.finish();
 }
 

@@ -49,6 +49,6 @@ pub mod watchdog;
 pub use health::{health, Health, HealthState};
 pub use panic::{install, PanicLayer, PanicReport, Policy};
 pub use serve::{serve, Server};
-pub use state::Tx;
+pub use state::{Snapshot, Tx};
 pub use sync::{CommitGuard, LockError, Mutex, MutexGuard, PoisonError};
 pub use task::{spawn, TaskHandle};

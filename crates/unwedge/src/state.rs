@@ -21,6 +21,22 @@ mod facade {
 
     use std::sync::Arc;
 
+    /// A borrowed version, as [`Snapshot`](super::Snapshot) holds it: arc-swap's guard (a
+    /// debt slot, no reference count touched), or under loom a plain `Arc`.
+    #[cfg(not(unwedge_loom))]
+    pub(super) type Loaned<T> = arc_swap::Guard<Arc<T>>;
+    #[cfg(unwedge_loom)]
+    pub(super) type Loaned<T> = Arc<T>;
+
+    #[cfg(not(unwedge_loom))]
+    pub(super) fn into_arc<T>(loaned: Loaned<T>) -> Arc<T> {
+        arc_swap::Guard::into_inner(loaned)
+    }
+    #[cfg(unwedge_loom)]
+    pub(super) fn into_arc<T>(loaned: Loaned<T>) -> Arc<T> {
+        loaned
+    }
+
     /// The current version of the state.
     pub(super) struct Published<T>(
         #[cfg(not(unwedge_loom))] arc_swap::ArcSwap<T>,
@@ -34,6 +50,9 @@ mod facade {
         }
         pub(super) fn load_full(&self) -> Arc<T> {
             self.0.load_full()
+        }
+        pub(super) fn load(&self) -> Loaned<T> {
+            self.0.load()
         }
         /// Borrows the current version without touching its reference count.
         pub(super) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
@@ -51,6 +70,9 @@ mod facade {
         }
         pub(super) fn load_full(&self) -> Arc<T> {
             self.0.read().expect("never poisoned").clone()
+        }
+        pub(super) fn load(&self) -> Loaned<T> {
+            self.load_full()
         }
         pub(super) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
             f(&self.load_full())
@@ -76,8 +98,10 @@ mod facade {
 ///
 /// # What it guarantees
 ///
-/// - [`read`](Tx::read) is lock-free (an [`ArcSwap`](arc_swap::ArcSwap) load): readers never wait for writers and
-///   always see a state that some `update` published completely.
+/// - [`load`](Tx::load) and [`read`](Tx::read) are lock-free (an
+///   [`ArcSwap`](arc_swap::ArcSwap) load): readers never wait for writers and always see a
+///   state that some `update` published completely. What a reader got stays unchanged
+///   however many updates follow; it is the version that was current when it read.
 /// - [`update`](Tx::update) runs its closure on a private clone and publishes the clone only
 ///   when the closure returns. If the closure (or `T::clone`) panics, nothing is published,
 ///   the panic keeps unwinding, and the rollback is recorded in the panic's
@@ -90,6 +114,19 @@ mod facade {
 ///   them after it returns. The closure is synchronous on purpose: no `.await`, so neither a
 ///   cancelled future nor a slow client can stop it halfway. It blocks the calling thread
 ///   while it runs, like a `std::sync::Mutex` critical section would: keep it short.
+///
+/// # Reading: `load()` or `read()`?
+///
+/// Both give the same consistent view; they differ in what they hand out.
+///
+/// - **[`load`](Tx::load)** lends a [`Snapshot`]: no reference count is touched, so it costs
+///   about what [`ArcSwap::load`](arc_swap::ArcSwap::load) costs and does not slow down when
+///   many threads read at once. Use it on the hot path for **short reads**: a handler that
+///   reads a field or two and drops the snapshot.
+/// - **[`read`](Tx::read)** returns an owned `Arc<T>`: one increment of a reference count
+///   that all readers share (a few nanoseconds alone, tens when threads read at once). Use it
+///   for **a snapshot you keep**: stored in a struct, held across a long `.await`, handed to
+///   another task. (A snapshot becomes an `Arc` with [`Snapshot::into_arc`].)
 ///
 /// # Examples
 ///
@@ -113,7 +150,7 @@ mod facade {
 /// let burned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| put("burn", vec![0; 3])));
 /// assert!(burned.is_err());
 ///
-/// let snapshot = cache.read();
+/// let snapshot = cache.load();
 /// assert_eq!(snapshot.curr_size, 2); // not 5, as in the Go original
 /// assert_eq!(snapshot.entries.len(), 2);
 /// ```
@@ -184,8 +221,12 @@ impl<T> Tx<T> {
         &self.name
     }
 
-    /// A consistent snapshot of the state. Lock-free; the snapshot stays valid (and
+    /// A consistent snapshot of the state, owned. Lock-free; the snapshot stays valid (and
     /// unchanged) however long it is kept, while later updates publish new versions.
+    ///
+    /// It costs one increment (and later decrement) of a reference count that all readers
+    /// share. For a short read on the hot path, [`load`](Tx::load) avoids it; use `read` for a
+    /// snapshot you keep.
     ///
     /// ```
     /// let tx = unwedge::Tx::new(vec![1]);
@@ -196,6 +237,28 @@ impl<T> Tx<T> {
     /// ```
     pub fn read(&self) -> Arc<T> {
         self.current.load_full()
+    }
+
+    /// A consistent snapshot of the state, borrowed: the fast path for short reads.
+    ///
+    /// Lock-free and consistent like [`read`](Tx::read), but it touches no reference count
+    /// (the [`Snapshot`] takes one of the few debt slots arc-swap gives each thread), so it
+    /// costs about what [`ArcSwap::load`](arc_swap::ArcSwap::load) costs, with one thread or
+    /// many. Read what you need and drop it; for a snapshot you keep, use
+    /// [`read`](Tx::read) (see [`Snapshot`] for why).
+    ///
+    /// ```
+    /// #[derive(Clone, Default)]
+    /// struct Config { limit: u32, name: String }
+    ///
+    /// let config = unwedge::Tx::new(Config { limit: 10, ..Default::default() });
+    /// let allowed = |n: u32| n <= config.load().limit; // borrowed, dropped at once
+    /// assert!(allowed(10));
+    /// config.update(|c| c.limit = 5);
+    /// assert!(!allowed(10));
+    /// ```
+    pub fn load(&self) -> Snapshot<T> {
+        Snapshot(self.current.load())
     }
 
     /// Number of updates published so far.
@@ -278,6 +341,84 @@ impl<T: Clone> Tx<T> {
     }
 }
 
+/// A borrowed, consistent version of a [`Tx`]'s state, returned by [`Tx::load`].
+///
+/// It dereferences to `T` and shows the version that was current when `load` ran: later
+/// updates publish new versions and leave this one unchanged, as with the `Arc` of
+/// [`Tx::read`]. Its `Debug` output is the value's.
+///
+/// # Keep it short
+///
+/// Instead of incrementing the reference count that all readers share, a snapshot takes one
+/// of a few *debt slots* that arc-swap gives each thread (currently 8), and gives it
+/// back when dropped. That is what makes `load` cheap, and why a snapshot is meant for short
+/// reads:
+///
+/// - While a thread holds more snapshots than it has slots (of any `Tx` or `ArcSwap`), its
+///   further loads fall back to a reference count increment: still correct, just no faster
+///   than `read`.
+/// - An update that replaces the version a snapshot shows pays that snapshot's debt (one
+///   reference count increment) on the writer's side.
+///
+/// So load, read a field or two, drop. For a snapshot you keep (stored in a struct, held
+/// across a long `.await`, handed to another task), use [`Tx::read`], or turn the snapshot
+/// into an owned `Arc` with [`into_arc`](Snapshot::into_arc).
+///
+/// # Threads and `.await`
+///
+/// `Snapshot<T>` is `Send` and `Sync` when `T` is `Send + Sync`, like `Arc<T>` (arc-swap's
+/// `Guard` is; its debt slot is an atomic that any thread may release). A future that holds
+/// one across an `.await` therefore stays `Send`, and the snapshot stays valid when the task
+/// resumes on another worker thread. It occupies a slot of the thread that loaded it until
+/// it is dropped, though, and other tasks on that thread then lose the fast path: across an
+/// `.await` that may take long (a network call, a client's upload), hold an `Arc` from
+/// [`Tx::read`] instead.
+///
+/// ```
+/// use unwedge::{Snapshot, Tx};
+///
+/// let tx = Tx::new(vec![1, 2]);
+/// let before: Snapshot<Vec<i32>> = tx.load();
+/// tx.update(|v| v.push(3));
+/// assert_eq!(*before, [1, 2]); // the version it was taken from
+/// assert_eq!(before.len(), 2); // `Deref<Target = T>`
+/// assert_eq!(format!("{before:?}"), "[1, 2]");
+/// assert_eq!(*tx.load(), [1, 2, 3]);
+/// ```
+pub struct Snapshot<T>(facade::Loaned<T>);
+
+impl<T> Snapshot<T> {
+    /// Turns the snapshot into an owned `Arc<T>` (giving its debt slot back), for keeping it
+    /// beyond a short read. Costs about what [`Tx::read`] costs (one reference count
+    /// increment).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let tx = unwedge::Tx::new(String::from("v1"));
+    /// let kept: Arc<String> = tx.load().into_arc();
+    /// tx.update(|s| *s = "v2".into());
+    /// assert_eq!(*kept, "v1");
+    /// ```
+    pub fn into_arc(self) -> Arc<T> {
+        facade::into_arc(self.0)
+    }
+}
+
+impl<T> std::ops::Deref for Snapshot<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Snapshot<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
 /// Clears the writer mark, and records a rollback when an update unwinds.
 struct Attempt<'a, T> {
     tx: &'a Tx<T>,
@@ -304,7 +445,7 @@ impl<T: fmt::Debug> fmt::Debug for Tx<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tx")
             .field("name", &self.name)
-            .field("value", &*self.current.load_full())
+            .field("value", &*self.current.load())
             .finish()
     }
 }

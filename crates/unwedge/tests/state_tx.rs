@@ -1,14 +1,16 @@
 //! `unwedge::Tx`: the seed's ByteCache invariant under random panics (proptest), no lost
-//! updates under concurrency, imbl maps, panicking `Clone`, nested updates, `try_update`.
+//! updates under concurrency, imbl maps, panicking `Clone`, nested updates, `try_update`,
+//! and the borrowed read path `Tx::load` / `Snapshot`.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use unwedge::Tx;
+use unwedge::{Snapshot, Tx};
 
 /// The seed's ByteCache (Go original in shared/seed), as plain data behind a `Tx`.
 #[derive(Clone, Debug, Default)]
@@ -305,4 +307,259 @@ fn try_update_err_rolls_back() {
     );
     assert_eq!(*balance.read(), [5]);
     assert_eq!(balance.updates(), 1);
+}
+
+// ---- `Tx::load` and `Snapshot`: the borrowed read path -------------------------------------
+
+#[test]
+fn load_sees_each_published_update_and_no_rolled_back_one() {
+    let tx = Tx::named("counter", 0u64);
+    assert_eq!(*tx.load(), 0);
+    for i in 1..=1_000u64 {
+        tx.update(|n| *n = i);
+        assert_eq!(*tx.load(), i, "load missed update {i}");
+        let r: Result<(), ()> = tx.try_update(|n| {
+            *n = u64::MAX;
+            Err(())
+        });
+        assert!(r.is_err());
+        assert_eq!(*tx.load(), i, "load saw a rolled-back update");
+    }
+    assert_eq!(tx.updates(), 1_000);
+}
+
+#[test]
+fn a_snapshot_taken_before_an_update_keeps_the_old_value() {
+    let tx = Tx::named("list", vec![1, 2]);
+    let before: Snapshot<Vec<i32>> = tx.load();
+    tx.update(|v| v.push(3));
+    tx.update(|v| v[0] = 10);
+    assert_eq!(*before, [1, 2]);
+    assert_eq!(format!("{before:?}"), "[1, 2]");
+    assert_eq!(*tx.load(), [10, 2, 3]);
+    assert_eq!(*tx.read(), [10, 2, 3]);
+}
+
+/// A value that counts its live instances, so that a leaked or early-freed version shows.
+#[derive(Debug)]
+struct Tracked {
+    version: u64,
+    live: Arc<AtomicI64>,
+}
+
+impl Tracked {
+    fn new(live: &Arc<AtomicI64>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        Tracked {
+            version: 0,
+            live: live.clone(),
+        }
+    }
+}
+
+impl Clone for Tracked {
+    fn clone(&self) -> Self {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        Tracked {
+            version: self.version,
+            live: self.live.clone(),
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_hundred_live_snapshots_of_a_hundred_versions_stay_correct() {
+    // arc-swap gives each thread a few debt slots (8 today); the other snapshots fall back to
+    // a reference count. Every one must keep its own version alive and unchanged.
+    const N: u64 = 100;
+    let live = Arc::new(AtomicI64::new(0));
+    let tx = Tx::named("versions", Tracked::new(&live));
+    let mut snapshots = Vec::new();
+    for v in 1..=N {
+        tx.update(|t| t.version = v);
+        snapshots.push(tx.load());
+    }
+    tx.update(|t| t.version = N + 1); // the writer pays the debts of the last versions
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        N as i64 + 1,
+        "a version was freed early or leaked"
+    );
+    for (i, s) in snapshots.iter().enumerate() {
+        assert_eq!(s.version, i as u64 + 1, "snapshot {i} changed");
+    }
+    // Drop every other one, then check the rest again (slots reused, fallbacks released).
+    let mut kept = Vec::new();
+    for (i, s) in snapshots.into_iter().enumerate() {
+        if i % 2 == 1 {
+            kept.push((i as u64 + 1, s));
+        }
+    }
+    for _ in 0..20 {
+        assert_eq!(tx.load().version, N + 1);
+    }
+    for (v, s) in &kept {
+        assert_eq!(s.version, *v);
+    }
+    assert_eq!(live.load(Ordering::SeqCst), kept.len() as i64 + 1);
+    drop(kept);
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        1,
+        "a dropped snapshot leaked its version"
+    );
+    drop(tx);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn into_arc_outlives_later_updates() {
+    let tx = Tx::named("name", String::from("v1"));
+    let kept = tx.load().into_arc();
+    assert_eq!(Arc::strong_count(&kept), 2, "the Tx and the kept Arc");
+    for i in 2..=50 {
+        tx.update(|s| *s = format!("v{i}"));
+    }
+    assert_eq!(*kept, "v1");
+    assert_eq!(
+        Arc::strong_count(&kept),
+        1,
+        "only the kept Arc holds v1 now"
+    );
+    // Many at once, beyond the debt slots, each an independent owner.
+    let guards: Vec<_> = (0..20).map(|_| tx.load()).collect();
+    let owned: Vec<Arc<String>> = guards.into_iter().map(Snapshot::into_arc).collect();
+    tx.update(|s| *s = "last".into());
+    assert!(owned.iter().all(|s| **s == "v50"));
+    assert_eq!(Arc::strong_count(&owned[0]), owned.len());
+}
+
+/// Every update changes all fields together; a snapshot in which they disagree is torn.
+#[derive(Clone, Debug, Default)]
+struct Ledger {
+    version: u64,
+    total: u64,
+    entries: Vec<u64>,
+}
+
+impl Ledger {
+    fn check(&self) {
+        assert_eq!(self.entries.len() as u64, self.version, "torn: {self:?}");
+        assert_eq!(
+            self.entries.iter().sum::<u64>(),
+            self.total,
+            "torn: {self:?}"
+        );
+    }
+}
+
+#[test]
+fn load_is_consistent_under_a_concurrent_writer() {
+    const UPDATES: u64 = 20_000;
+    let tx = Arc::new(Tx::named("ledger", Ledger::default()));
+    let writer = {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for i in 1..=UPDATES {
+                tx.update(|l| {
+                    l.version += 1;
+                    l.entries.push(i);
+                    l.total += i;
+                    if l.entries.len() > 64 {
+                        // Keep the clone cheap: fold the oldest entry into the next one.
+                        let first = l.entries.remove(0);
+                        l.entries[0] += first;
+                        l.version -= 1;
+                    }
+                });
+            }
+        })
+    };
+    let (done_tx, done_rx) = mpsc::channel();
+    let reader = {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            // Hold the last 12 snapshots (more than the debt slots) and re-check them: a
+            // version must not change while held, whichever path the load took.
+            let mut held: VecDeque<(Snapshot<Ledger>, u64, u64)> = VecDeque::new();
+            let mut loads = 0u64;
+            let mut last_total = 0;
+            loop {
+                let s = tx.load();
+                s.check();
+                assert!(s.total >= last_total, "went back in time");
+                last_total = s.total;
+                loads += 1;
+                let done = s.total == UPDATES * (UPDATES + 1) / 2;
+                let (v, t) = (s.version, s.total);
+                held.push_back((s, v, t));
+                if held.len() > 12 {
+                    held.pop_front();
+                }
+                for (s, v, t) in &held {
+                    assert_eq!((s.version, s.total), (*v, *t), "a held snapshot changed");
+                }
+                if done {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the writer did not finish in 60 s"
+                );
+            }
+            let _ = done_tx.send(loads);
+        })
+    };
+    let loads = done_rx
+        .recv_timeout(Duration::from_secs(90))
+        .expect("reader finished (a failed assertion shows in its panic)");
+    reader.join().unwrap();
+    writer.join().unwrap();
+    assert!(loads > 1);
+    tx.load().check();
+    assert_eq!(tx.updates(), UPDATES);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_held_across_await_stays_valid_on_any_worker() {
+    fn send_and_sync<T: Send + Sync>(_: &T) {}
+    let tx = Arc::new(Tx::named("config", 1u64));
+    let s = tx.load();
+    send_and_sync(&s);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let tx = tx.clone();
+            // tokio::spawn requires a Send future: this one holds a Snapshot across `.await`.
+            tokio::spawn(async move {
+                let s = tx.load();
+                let seen = *s;
+                for _ in 0..50 {
+                    tokio::task::yield_now().await;
+                    assert_eq!(*s, seen, "a held snapshot changed");
+                }
+                drop(s);
+                *tx.load()
+            })
+        })
+        .collect();
+    for i in 2..=100 {
+        tx.update(|n| *n = i);
+        tokio::task::yield_now().await;
+    }
+    for t in tasks {
+        let last = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("task finished")
+            .unwrap();
+        assert!((1..=100).contains(&last));
+    }
+    assert_eq!(*s, 1);
+    assert_eq!(*tx.load(), 100);
 }
