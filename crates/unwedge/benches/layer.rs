@@ -115,6 +115,15 @@ fn no_panic(c: &mut Criterion) {
         lean,
         true,
     );
+    let echo = PanicLayer::new()
+        .echo_request_id(true)
+        .layer(tower::service_fn(ok_typed));
+    run(
+        c,
+        "no_panic/typical/panic_layer_echo_request_id",
+        echo,
+        true,
+    );
 }
 
 fn one_panic(c: &mut Criterion) {
@@ -193,6 +202,10 @@ fn min_of_batches() {
         .capture_headers(false)
         .layer(tower::service_fn(ok_typed));
     best("no_panic/typical/panic_layer_no_header_capture", lean, true);
+    let echo = PanicLayer::new()
+        .echo_request_id(true)
+        .layer(tower::service_fn(ok_typed));
+    best("no_panic/typical/panic_layer_echo_request_id", echo, true);
 }
 
 fn main() {

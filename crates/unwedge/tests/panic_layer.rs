@@ -431,7 +431,8 @@ async fn panic_in_call_is_caught_with_a_hyper_server() {
         assert_eq!(keep.all()[0].message, "in call");
         let a = send(addr, "GET", "/fine", &[("x-request-id", "hyper-1")], "").await;
         assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "ok"));
-        assert_eq!(a.headers["x-request-id"], "hyper-1");
+        // Successful responses pass through untouched by default.
+        assert!(!a.headers.contains_key("x-request-id"), "{:?}", a.headers);
     })
     .await
 }
@@ -558,10 +559,31 @@ async fn authorization_and_cookies_never_reach_the_report_or_the_logs() {
 }
 
 #[tokio::test]
-async fn request_id_is_echoed_generated_or_replaced() {
+async fn request_id_is_set_on_the_500_and_only_echoed_on_success_when_asked() {
     within(async {
         let comments = Arc::new(Tx::named("comments", vec!["a".to_owned()]));
         let addr = start(comments_app(comments, PanicLayer::new())).await;
+        let a = send(addr, "GET", "/comments", &[("x-request-id", "abc-1")], "").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert!(!a.headers.contains_key("x-request-id"), "{:?}", a.headers);
+        // A panic without a client id: a generated one, in the header and the problem.
+        let a = send(addr, "POST", "/comments/buggy", &[], "b").await;
+        let id = a.headers["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(id.len(), 16, "{id}");
+        assert_eq!(assert_problem(&a)["request_id"], id.as_str());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn request_id_is_echoed_generated_or_replaced() {
+    within(async {
+        let comments = Arc::new(Tx::named("comments", vec!["a".to_owned()]));
+        let addr = start(comments_app(
+            comments,
+            PanicLayer::new().echo_request_id(true),
+        ))
+        .await;
 
         let a = send(addr, "GET", "/comments", &[("x-request-id", "abc-123")], "").await;
         assert_eq!(

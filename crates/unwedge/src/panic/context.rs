@@ -57,6 +57,9 @@ pub(crate) struct Scope {
 
 /// A [`Scope`]'s label: the text itself, or the parts of a request it is made of.
 #[derive(Debug)]
+// A request's parts are inline: each request's scope is one allocation, and the rare task
+// scopes pay the size instead.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Label {
     /// Fixed text, e.g. `task cleanup`.
     Text(Arc<str>),
@@ -84,6 +87,14 @@ impl Scope {
         Arc::new(Scope {
             label: Label::Request(request),
         })
+    }
+
+    /// The request this scope runs, if it is one, to fill in.
+    pub(crate) fn as_request_mut(&mut self) -> Option<&mut RequestScope> {
+        match &mut self.label {
+            Label::Request(r) => Some(r),
+            Label::Text(_) => None,
+        }
     }
 
     /// The request this scope runs, if it is one.

@@ -25,8 +25,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use pin_project_lite::pin_project;
 use serde::Serialize;
 use tower::{Layer, Service};
@@ -34,16 +33,14 @@ use tower::{Layer, Service};
 use super::context::{self, Scope};
 use super::policy::{decide, Budget, Policy};
 use super::report::{Action, PanicReport, RequestInfo};
-use super::report::{CapturedHeaders, REPORTED_HEADERS};
+use super::report::{CapturedHeaders, HeaderClasses, REPORTED_HEADERS};
 use super::sink::{emit, ReportSink};
 
 /// The error type of the boxed response body: the inner body's error, or [`BodyPanicked`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The response body [`PanicService`] answers with.
-pub type PanicBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// The request id header, read from requests and echoed on every response.
+/// The request id header: read from requests, set on the `500` answering a panic (and on every
+/// response with [`PanicLayer::echo_request_id`]).
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest `x-request-id` taken from a client; longer ones are replaced by a generated id.
@@ -55,8 +52,11 @@ type Responder = Arc<dyn Fn(&ResponseContext<'_>) -> Response<Bytes> + Send + Sy
 struct Config {
     policy: Policy,
     expose_details: bool,
+    echo_request_id: bool,
     capture_headers: bool,
     report_headers: Vec<HeaderName>,
+    /// `report_headers`, the redacted names and `x-request-id`, prepared for lookups.
+    header_classes: HeaderClasses,
     budget: Arc<Budget>,
     sinks: Vec<Arc<dyn ReportSink>>,
     responder: Option<Responder>,
@@ -72,8 +72,10 @@ struct Config {
 ///   `{"type":"about:blank","title":"Internal Server Error","status":500,"request_id":"…"}`.
 ///   The panic message is added as `"detail"` only with [`expose_details(true)`](Self::expose_details);
 ///   [`respond_with`](Self::respond_with) replaces the answer entirely.
-/// - Every response carries `x-request-id`: the client's, when it sent a sane one (at most
-///   [`MAX_REQUEST_ID_LEN`] bytes of `A-Z a-z 0-9 - _ . : / + = @`), a generated one otherwise.
+/// - The `500` carries `x-request-id` (and the problem its `request_id`): the client's, when
+///   it sent a sane one (at most [`MAX_REQUEST_ID_LEN`] bytes of `A-Z a-z 0-9 - _ . : / + = @`),
+///   a generated one otherwise; the same id is in the report. Other responses pass through
+///   untouched unless [`echo_request_id(true)`](Self::echo_request_id).
 /// - Every report goes to a `tracing` event (target `unwedge::panic`, level error; the
 ///   backtrace at debug), to this layer's [sinks](Self::sink), to the
 ///   [process-wide sinks](crate::panic::add_sink) and to [`health`](crate::health).
@@ -108,6 +110,7 @@ impl fmt::Debug for PanicLayer {
         f.debug_struct("PanicLayer")
             .field("policy", &self.config.policy)
             .field("expose_details", &self.config.expose_details)
+            .field("echo_request_id", &self.config.echo_request_id)
             .field("capture_headers", &self.config.capture_headers)
             .field("report_headers", &self.config.report_headers)
             .field("budget_max_panics", &self.config.budget.max)
@@ -147,8 +150,10 @@ impl PanicLayer {
             config: Arc::new(Config {
                 policy,
                 expose_details: false,
+                echo_request_id: false,
                 capture_headers: true,
                 report_headers: REPORTED_HEADERS.to_vec(),
+                header_classes: HeaderClasses::new(&REPORTED_HEADERS, &X_REQUEST_ID),
                 budget: Arc::new(Budget::new(5, Duration::from_secs(10))),
                 sinks: Vec::new(),
                 responder: None,
@@ -175,6 +180,22 @@ impl PanicLayer {
     /// ```
     pub fn expose_details(self, expose: bool) -> Self {
         self.edit(|c| c.expose_details = expose)
+    }
+
+    /// Whether every response carries `x-request-id`, not only the `500` answering a panic
+    /// (default: false). On: the client's id is echoed, or a generated one is set, on every
+    /// response, which costs a header insert (and, without a client id, a small allocation)
+    /// per request. Off, successful responses pass through untouched, as with tower-http's
+    /// `CatchPanicLayer`; to give every request an id anyway, put tower-http's
+    /// `SetRequestIdLayer` outside this layer (this layer then reads and reports that id)
+    /// and its `PropagateRequestIdLayer` to echo it.
+    ///
+    /// ```
+    /// let layer = unwedge::PanicLayer::new().echo_request_id(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn echo_request_id(self, echo: bool) -> Self {
+        self.edit(|c| c.echo_request_id = echo)
     }
 
     /// The panic budget of [`Policy::Auto`]: more than `max_panics` panics within `window`
@@ -225,7 +246,10 @@ impl PanicLayer {
     /// ```
     pub fn report_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         let names: Vec<HeaderName> = names.into_iter().collect();
-        self.edit(|c| c.report_headers = names)
+        self.edit(|c| {
+            c.header_classes = HeaderClasses::new(&names, &X_REQUEST_ID);
+            c.report_headers = names;
+        })
     }
 
     /// Replaces the `500` answer. `f` gets the request id and the report (with the decision)
@@ -338,9 +362,9 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    type Response = Response<PanicBody>;
+    type Response = Response<PanicBody<ResB>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -359,7 +383,7 @@ where
             },
             Err(payload) => ResponseFuture {
                 state: State::Panicked {
-                    res: Some(ctx.panic_response(payload)),
+                    res: Some(Box::new(ctx.panic_response(payload))),
                 },
                 ctx: None,
             },
@@ -369,35 +393,36 @@ where
 
 pin_project! {
     /// The response future of [`PanicService`].
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<F, B> {
         #[pin]
-        state: State<F>,
+        state: State<F, B>,
         ctx: Option<RequestCtx>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<F, B> {
         Polling { #[pin] fut: F },
-        Panicked { res: Option<Response<PanicBody>> },
+        // Boxed: the rare path must not make every request's future larger.
+        Panicked { res: Option<Box<Response<PanicBody<B>>>> },
         Done,
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<F, B> fmt::Debug for ResponseFuture<F, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, ResB, E> Future for ResponseFuture<F>
+impl<F, ResB, E> Future for ResponseFuture<F, ResB>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    type Output = Result<Response<PanicBody>, E>;
+    type Output = Result<Response<PanicBody<ResB>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -436,7 +461,7 @@ where
             StateProj::Panicked { res } => {
                 let res = res.take().expect("ResponseFuture polled after completion");
                 this.state.set(State::Done);
-                Poll::Ready(Ok(res))
+                Poll::Ready(Ok(*res))
             }
             StateProj::Done => panic!("ResponseFuture polled after completion"),
         }
@@ -457,11 +482,11 @@ pub(crate) struct RequestScope {
 }
 
 impl RequestScope {
-    fn request_id(&self) -> &str {
+    fn request_id(&self) -> IdText<'_> {
         match &self.id {
             // Sane ids are ASCII.
-            RequestId::Client(v) => v.to_str().unwrap_or_default(),
-            RequestId::Generated(hex) => std::str::from_utf8(hex).unwrap_or_default(),
+            RequestId::Client(v) => IdText::Client(v.to_str().unwrap_or_default()),
+            RequestId::Generated(n) => IdText::Generated(request_id_text(*n)),
         }
     }
 
@@ -469,7 +494,7 @@ impl RequestScope {
     fn id_header(&self) -> HeaderValue {
         match &self.id {
             RequestId::Client(v) => v.clone(),
-            RequestId::Generated(hex) => generated_id_value(hex),
+            RequestId::Generated(n) => generated_id_value(&request_id_text(*n)),
         }
     }
 
@@ -487,7 +512,7 @@ impl RequestScope {
         RequestInfo {
             method: self.method.as_str().to_owned(),
             path: self.path.as_str().to_owned(),
-            request_id: self.request_id().to_owned(),
+            request_id: self.request_id().as_str().to_owned(),
             headers: self.headers.to_map(&config.report_headers),
         }
     }
@@ -501,7 +526,7 @@ impl fmt::Display for RequestScope {
             "{} {} (request {})",
             self.method,
             self.path.as_str(),
-            self.request_id()
+            self.request_id().as_str()
         )
     }
 }
@@ -510,7 +535,24 @@ impl fmt::Display for RequestScope {
 enum RequestId {
     /// The client's own id, echoed as it came.
     Client(HeaderValue),
+    /// A number from [`next_request_number`], turned into text only when read.
+    Generated(u64),
+}
+
+/// A request id as text: borrowed from the client's header, or formatted from a number.
+enum IdText<'a> {
+    Client(&'a str),
     Generated([u8; 16]),
+}
+
+impl IdText<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            IdText::Client(s) => s,
+            // Hex digits.
+            IdText::Generated(hex) => std::str::from_utf8(hex).unwrap_or_default(),
+        }
+    }
 }
 
 /// The request path (no query), inline when short: no allocation for most requests.
@@ -557,27 +599,30 @@ struct RequestCtx {
 
 impl RequestCtx {
     fn new<B>(config: &Arc<Config>, req: &Request<B>) -> Self {
-        let all = req.headers();
-        let (headers, client_id) = if config.capture_headers {
-            CapturedHeaders::capture(all, &config.report_headers, &X_REQUEST_ID)
-        } else {
-            (CapturedHeaders::default(), all.get(X_REQUEST_ID))
-        };
-        let id = match client_id {
-            Some(v) if is_sane_request_id(v.as_bytes()) => RequestId::Client(v.clone()),
-            _ => RequestId::Generated(generate_request_id()),
-        };
-        let scope = Scope::request(RequestScope {
+        let mut scope = Scope::request(RequestScope {
             method: req.method().clone(),
             path: RequestPath::new(req.uri().path()),
-            id,
-            headers,
+            id: RequestId::Generated(0),
+            headers: CapturedHeaders::default(),
             #[cfg(feature = "axum")]
             matched: req
                 .extensions()
                 .get::<axum::extract::MatchedPath>()
                 .cloned(),
         });
+        // Filled in place: the headers are copied straight into the scope's allocation.
+        if let Some(r) = Arc::get_mut(&mut scope).and_then(Scope::as_request_mut) {
+            let all = req.headers();
+            let client_id = if config.capture_headers {
+                r.headers.capture(all, &config.header_classes)
+            } else {
+                all.get(X_REQUEST_ID)
+            };
+            r.id = match client_id {
+                Some(v) if is_sane_request_id(v.as_bytes()) => RequestId::Client(v.clone()),
+                _ => RequestId::Generated(next_request_number()),
+            };
+        }
         RequestCtx {
             config: config.clone(),
             scope: Some(scope),
@@ -588,8 +633,9 @@ impl RequestCtx {
         self.scope.as_deref().and_then(Scope::as_request)
     }
 
-    fn request_id(&self) -> &str {
-        self.request().map_or("", RequestScope::request_id)
+    fn request_id(&self) -> IdText<'_> {
+        self.request()
+            .map_or(IdText::Client(""), RequestScope::request_id)
     }
 
     fn id_header(&self) -> HeaderValue {
@@ -600,18 +646,21 @@ impl RequestCtx {
         }
     }
 
-    fn finish<B>(self, res: Response<B>) -> Response<PanicBody>
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    fn finish<B>(self, res: Response<B>) -> Response<PanicBody<B>> {
         let (mut parts, body) = res.into_parts();
-        parts.headers.insert(X_REQUEST_ID, self.id_header());
+        if self.config.echo_request_id {
+            parts.headers.insert(X_REQUEST_ID, self.id_header());
+        }
         let body = CatchBody {
             inner: body,
             ctx: Some(self),
         };
-        Response::from_parts(parts, UnsyncBoxBody::new(body))
+        Response::from_parts(
+            parts,
+            PanicBody {
+                kind: Kind::Inner { body },
+            },
+        )
     }
 
     /// Reports the panic just caught on this thread and applies the policy.
@@ -623,7 +672,7 @@ impl RequestCtx {
         };
         if !ours {
             // Only possible when the hook did not see this panic: the capture is a stub.
-            tracing::debug!(target: "unwedge::panic", request_id = self.request_id(), "panic capture from another scope");
+            tracing::debug!(target: "unwedge::panic", request_id = self.request_id().as_str(), "panic capture from another scope");
         }
         let message = context::payload_message(&*payload);
         // Dropping a payload runs arbitrary code; it must not unwind out of the layer.
@@ -653,10 +702,11 @@ impl RequestCtx {
         report
     }
 
-    fn panic_response(&mut self, payload: Box<dyn Any + Send>) -> Response<PanicBody> {
+    fn panic_response<B>(&mut self, payload: Box<dyn Any + Send>) -> Response<PanicBody<B>> {
         let report = self.report(payload);
+        let id = self.request_id();
         let rc = ResponseContext {
-            request_id: self.request_id(),
+            request_id: id.as_str(),
             report: &report,
             expose_details: self.config.expose_details,
         };
@@ -668,8 +718,14 @@ impl RequestCtx {
         };
         let (mut parts, body) = res.into_parts();
         parts.headers.insert(X_REQUEST_ID, self.id_header());
-        let body = Full::new(body).map_err(|never| match never {});
-        Response::from_parts(parts, UnsyncBoxBody::new(body))
+        Response::from_parts(
+            parts,
+            PanicBody {
+                kind: Kind::Answer {
+                    body: Full::new(body),
+                },
+            },
+        )
     }
 }
 
@@ -682,39 +738,46 @@ fn is_sane_request_id(id: &[u8]) -> bool {
         })
 }
 
-/// 16 hex digits: a per-process random seed mixed with a counter (unique within the process,
-/// unpredictable across processes). Each thread takes counters from the process-wide one in
-/// blocks, so threads do not contend on one cache line for every request.
+/// A fresh generated id: see [`next_request_number`] and [`request_id_text`].
 fn generate_request_id() -> [u8; 16] {
-    static SEED: OnceLock<u64> = OnceLock::new();
+    request_id_text(next_request_number())
+}
+
+/// A number unique within the process, for a request that came without an id. Each thread
+/// takes numbers from the process-wide counter in blocks, so threads do not contend on one
+/// cache line for every request; the text is made only when the id is read.
+fn next_request_number() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     const BLOCK: u64 = 1024;
     thread_local! {
-        /// `(next, end, seed)`: this thread's block of counters, and the process's seed.
-        static LOCAL: Cell<(u64, u64, u64)> = const { Cell::new((0, 0, 0)) };
+        /// `(next, end)`: this thread's block of numbers.
+        static LOCAL: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
     }
-    let seed = || {
-        *SEED.get_or_init(|| {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u32(std::process::id());
-            h.finish()
-        })
-    };
-    let (n, seed) = LOCAL
+    LOCAL
         .try_with(|local| {
-            let (mut next, mut end, mut s) = local.get();
+            let (mut next, mut end) = local.get();
             if next == end {
                 next = COUNTER.fetch_add(BLOCK, Ordering::Relaxed);
                 end = next + BLOCK;
-                s = seed();
             }
-            local.set((next + 1, end, s));
-            (next, s)
+            local.set((next + 1, end));
+            next
         })
         // A block of one: still disjoint from every other block.
-        .unwrap_or_else(|_| (COUNTER.fetch_add(1, Ordering::Relaxed), seed()));
-    // splitmix64: a bijection, so distinct counters give distinct ids.
+        .unwrap_or_else(|_| COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// 16 hex digits: a per-process random seed mixed with the request's number (unique within
+/// the process, unpredictable across processes).
+fn request_id_text(n: u64) -> [u8; 16] {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    // splitmix64: a bijection, so distinct numbers give distinct ids.
     let mut z = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -766,6 +829,73 @@ impl fmt::Display for BodyPanicked {
 impl std::error::Error for BodyPanicked {}
 
 pin_project! {
+    /// The response body [`PanicService`] answers with: the inner service's body, whose
+    /// polling is guarded like the handler (a panic ends it with [`BodyPanicked`]), or the
+    /// layer's own answer to a panic. Not boxed: wrap it in a box yourself when a single type
+    /// is needed (e.g. `http_body_util::BodyExt::boxed_unsync`).
+    pub struct PanicBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Inner { #[pin] body: CatchBody<B> },
+        Answer { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl<B> fmt::Debug for PanicBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Inner { .. } => "inner",
+            Kind::Answer { .. } => "panic answer",
+        };
+        f.debug_struct("PanicBody").field("kind", &kind).finish()
+    }
+}
+
+impl<B> Body for PanicBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Answer { body } => body
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(|never| match never {}))),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Answer { body } => body.is_end_stream(),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Answer { body } => body.size_hint(),
+        }
+    }
+}
+
+pin_project! {
     struct CatchBody<B> {
         #[pin]
         inner: B,
@@ -803,7 +933,7 @@ where
                 let ctx = this.ctx.take().expect("checked above");
                 ctx.report(payload);
                 Poll::Ready(Some(Err(Box::new(BodyPanicked {
-                    request_id: ctx.request_id().to_owned(),
+                    request_id: ctx.request_id().as_str().to_owned(),
                 }))))
             }
         }

@@ -134,51 +134,159 @@ impl RequestInfo {
 }
 
 /// The request headers a layer keeps for a report, taken before the request moves into the
-/// handler: clones of the wanted values (a reference count each, no copy) and which
-/// [`REDACTED_HEADERS`] were present. Turned into text only when a panic is reported.
-#[derive(Debug, Default)]
+/// handler: the wanted values copied into one buffer (one allocation, no reference count per
+/// value: header values share hyper's read buffer, whose count every clone would hit) and
+/// which [`REDACTED_HEADERS`] were present. Turned into text only when a panic is reported.
+#[derive(Debug)]
 pub(crate) struct CapturedHeaders {
     /// Bit `i` set: `REDACTED_NAMES[i]` was present.
     redacted: u8,
-    /// `(i, value)`: the first value of `wanted[i]`.
-    values: Vec<(usize, HeaderValue)>,
+    /// Records of `[i as u8, len as u16 (le), value bytes…]`: the first value of `wanted[i]`,
+    /// at most [`MAX_CAPTURED_VALUE`] bytes of it; in `inline` while they fit, then in
+    /// `spilled` (no allocation for the usual few short headers).
+    inline: [u8; INLINE_HEADERS],
+    inline_len: u8,
+    spilled: Vec<u8>,
+}
+
+/// Bytes of header records kept without an allocation.
+const INLINE_HEADERS: usize = 200;
+
+impl Default for CapturedHeaders {
+    fn default() -> Self {
+        CapturedHeaders {
+            redacted: 0,
+            inline: [0; INLINE_HEADERS],
+            inline_len: 0,
+            spilled: Vec::new(),
+        }
+    }
+}
+
+/// Longest header value a report keeps (longer ones are cut, with `…` appended).
+pub(crate) const MAX_CAPTURED_VALUE: usize = 1024;
+
+/// What a request header is to the layer, found by [`HeaderClasses::classify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// `REDACTED_NAMES[i]`.
+    Redacted(u8),
+    /// The request id header.
+    Id,
+    /// `wanted[i]`.
+    Wanted(u8),
+}
+
+/// The header names a layer looks for, prepared once per configuration so that classifying a
+/// request header costs a bit test (by name length) and, for the few names of a wanted
+/// length, a short byte compare, instead of a `HeaderName` comparison with every name.
+#[derive(Debug, Clone)]
+pub(crate) struct HeaderClasses {
+    /// Bit `n` set: some name of length `n` (names of 64 bytes and more: bit 63).
+    lengths: u64,
+    /// In priority order: redacted names, the id header, then the wanted ones (first wins).
+    names: Vec<(Box<str>, Class)>,
+}
+
+impl HeaderClasses {
+    /// Classes for the redacted names, `also` (the request id header) and `wanted` (at most
+    /// the first 255 of them).
+    pub(crate) fn new(wanted: &[HeaderName], also: &HeaderName) -> Self {
+        let redacted = REDACTED_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n, Class::Redacted(i as u8)));
+        let wanted = wanted
+            .iter()
+            .take(255)
+            .enumerate()
+            .map(|(i, n)| (n, Class::Wanted(i as u8)));
+        let mut names: Vec<(Box<str>, Class)> = Vec::new();
+        for (name, class) in redacted.chain([(also, Class::Id)]).chain(wanted) {
+            if !names.iter().any(|(n, _)| **n == *name.as_str()) {
+                names.push((name.as_str().into(), class));
+            }
+        }
+        let lengths = names
+            .iter()
+            .fold(0u64, |m, (n, _)| m | 1 << n.len().min(63));
+        HeaderClasses { lengths, names }
+    }
+
+    #[inline]
+    fn classify(&self, name: &HeaderName) -> Option<Class> {
+        let name = name.as_str();
+        if self.lengths & (1 << name.len().min(63)) == 0 {
+            return None;
+        }
+        self.names
+            .iter()
+            .find(|(n, _)| n.len() == name.len() && **n == *name)
+            .map(|&(_, class)| class)
+    }
 }
 
 impl CapturedHeaders {
-    /// Keeps the first value of each of the `wanted` headers `headers` has, and notes the
-    /// redacted ones present (a redacted name in `wanted` is still redacted). Also returns
-    /// the first value of `also` (the request id header), found in the same pass.
+    /// Keeps the first value of each wanted header `headers` has, and notes the redacted
+    /// ones present (a redacted name among the wanted ones is still redacted). Also returns
+    /// the first value of the id header, found in the same pass.
     pub(crate) fn capture<'h>(
+        &mut self,
         headers: &'h HeaderMap,
-        wanted: &[HeaderName],
-        also: &HeaderName,
-    ) -> (Self, Option<&'h HeaderValue>) {
-        let mut captured = CapturedHeaders::default();
+        classes: &HeaderClasses,
+    ) -> Option<&'h HeaderValue> {
         let mut found = None;
-        // One pass over the request's headers, comparing names (a byte compare for the
-        // standard ones), is cheaper than a hash lookup for each wanted name.
+        let mut seen = [0u64; 4]; // bit i: wanted[i] already kept
         for (name, value) in headers {
-            if let Some(i) = REDACTED_NAMES.iter().position(|r| r == name) {
-                captured.redacted |= 1 << i;
-            } else if name == also {
-                found = found.or(Some(value));
-            } else if let Some(i) = wanted.iter().position(|w| w == name) {
-                if captured.values.iter().any(|(j, _)| *j == i) {
-                    continue; // a repeated header: keep the first value
+            match classes.classify(name) {
+                None => {}
+                Some(Class::Redacted(i)) => self.redacted |= 1 << i,
+                Some(Class::Id) => found = found.or(Some(value)),
+                Some(Class::Wanted(i)) => {
+                    let (word, bit) = (usize::from(i / 64), 1u64 << (i % 64));
+                    if seen[word] & bit != 0 {
+                        continue; // a repeated header: keep the first value
+                    }
+                    seen[word] |= bit;
+                    let bytes = value.as_bytes();
+                    self.push(i, &bytes[..bytes.len().min(MAX_CAPTURED_VALUE + 1)]);
                 }
-                if captured.values.capacity() == 0 {
-                    captured
-                        .values
-                        .reserve_exact(wanted.len().min(headers.keys_len()));
-                }
-                captured.values.push((i, value.clone()));
             }
         }
-        (captured, found)
+        found
     }
 
-    /// The headers as a report shows them: redacted ones as [`REDACTED`], non-UTF-8 values
-    /// as `<binary>`. `wanted` is the list given to [`capture`](Self::capture).
+    fn push(&mut self, i: u8, value: &[u8]) {
+        let [lo, hi] = (value.len() as u16).to_le_bytes();
+        let at = usize::from(self.inline_len);
+        let end = at + 3 + value.len();
+        if self.spilled.is_empty() && end <= INLINE_HEADERS {
+            self.inline[at..at + 3].copy_from_slice(&[i, lo, hi]);
+            self.inline[at + 3..end].copy_from_slice(value);
+            self.inline_len = end as u8;
+        } else {
+            self.spilled.extend_from_slice(&[i, lo, hi]);
+            self.spilled.extend_from_slice(value);
+        }
+    }
+
+    /// The kept `(i, value)` records.
+    fn records(&self) -> impl Iterator<Item = (usize, &[u8])> {
+        fn parse(mut rest: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+            std::iter::from_fn(move || {
+                let (&[i, lo, hi], tail) = rest.split_first_chunk::<3>()?;
+                let len = usize::from(u16::from_le_bytes([lo, hi])).min(tail.len());
+                let (value, tail) = tail.split_at(len);
+                rest = tail;
+                Some((usize::from(i), value))
+            })
+        }
+        parse(&self.inline[..usize::from(self.inline_len)]).chain(parse(&self.spilled))
+    }
+
+    /// The headers as a report shows them: redacted ones as [`REDACTED`], values that are
+    /// not visible ASCII (what `HeaderValue::to_str` accepts) as `<binary>`. `wanted` is the
+    /// list given to [`capture`](Self::capture).
     pub(crate) fn to_map(&self, wanted: &[HeaderName]) -> BTreeMap<String, String> {
         let mut map = BTreeMap::new();
         for (i, name) in REDACTED_NAMES.iter().enumerate() {
@@ -186,13 +294,92 @@ impl CapturedHeaders {
                 map.insert(name.as_str().to_owned(), REDACTED.to_owned());
             }
         }
-        for (i, value) in &self.values {
-            if let Some(name) = wanted.get(*i) {
-                let shown = value.to_str().unwrap_or("<binary>");
-                map.insert(name.as_str().to_owned(), shown.to_owned());
+        for (i, value) in self.records() {
+            if let Some(name) = wanted.get(i) {
+                let (value, cut) = match value.len() > MAX_CAPTURED_VALUE {
+                    true => (&value[..MAX_CAPTURED_VALUE], "…"),
+                    false => (value, ""),
+                };
+                let visible = value
+                    .iter()
+                    .all(|&b| b == b'\t' || (b' '..0x7f).contains(&b));
+                let shown = match std::str::from_utf8(value) {
+                    Ok(text) if visible => format!("{text}{cut}"),
+                    _ => "<binary>".to_owned(),
+                };
+                map.insert(name.as_str().to_owned(), shown);
             }
         }
         map
+    }
+}
+
+#[cfg(test)]
+mod captured_tests {
+    use super::*;
+
+    #[test]
+    fn keeps_first_values_of_wanted_headers_and_notes_redacted_ones() {
+        let mut h = HeaderMap::new();
+        h.append("host", HeaderValue::from_static("example.com"));
+        h.append("accept", HeaderValue::from_static("a/b"));
+        h.append("accept", HeaderValue::from_static("second"));
+        h.append("cookie", HeaderValue::from_static("secret=1"));
+        h.append("x-request-id", HeaderValue::from_static("id-1"));
+        h.append("user-agent", HeaderValue::from_bytes(b"\xffbin").unwrap());
+        let long = "v".repeat(MAX_CAPTURED_VALUE + 10);
+        h.append("referer", HeaderValue::from_str(&long).unwrap());
+        let wanted = [HOST, ACCEPT, USER_AGENT, REFERER, COOKIE];
+        let classes = HeaderClasses::new(&wanted, &HeaderName::from_static("x-request-id"));
+        let mut c = CapturedHeaders::default();
+        let id = c.capture(&h, &classes);
+        assert_eq!(id.unwrap(), "id-1");
+        assert!(!c.spilled.is_empty(), "the long referer spills");
+        let map = c.to_map(&wanted);
+        assert_eq!(map["host"], "example.com");
+        assert_eq!(map["accept"], "a/b");
+        assert_eq!(map["cookie"], REDACTED);
+        assert_eq!(map["user-agent"], "<binary>");
+        assert_eq!(map["referer"], format!("{}…", &long[..MAX_CAPTURED_VALUE]));
+        assert!(!map.values().any(|v| v.contains("secret")));
+        assert_eq!(map.len(), 5);
+    }
+
+    #[test]
+    fn classify_by_name_not_by_length_alone() {
+        let wanted = [HOST, HeaderName::from_static("x-forwarded-for")];
+        let classes = HeaderClasses::new(&wanted, &HeaderName::from_static("x-request-id"));
+        assert_eq!(classes.classify(&HOST), Some(Class::Wanted(0)));
+        // Same length as x-forwarded-for, not wanted.
+        assert_eq!(classes.classify(&http::header::ACCEPT_ENCODING), None);
+        assert_eq!(classes.classify(&COOKIE), Some(Class::Redacted(2)));
+        // A redacted name in the wanted list stays redacted.
+        let classes = HeaderClasses::new(&[COOKIE], &HeaderName::from_static("x-request-id"));
+        assert_eq!(classes.classify(&COOKIE), Some(Class::Redacted(2)));
+        let long = HeaderName::try_from("x-".repeat(40)).unwrap();
+        let classes = HeaderClasses::new(
+            std::slice::from_ref(&long),
+            &HeaderName::from_static("x-request-id"),
+        );
+        assert_eq!(classes.classify(&long), Some(Class::Wanted(0)));
+        assert_eq!(
+            classes.classify(&HeaderName::try_from("y-".repeat(40)).unwrap()),
+            None
+        );
+    }
+
+    #[test]
+    fn more_than_64_wanted_names_still_keep_only_first_values() {
+        let wanted: Vec<HeaderName> = (0..80)
+            .map(|i| HeaderName::try_from(format!("x-h{i}")).unwrap())
+            .collect();
+        let mut h = HeaderMap::new();
+        h.append("x-h70", HeaderValue::from_static("first"));
+        h.append("x-h70", HeaderValue::from_static("second"));
+        let classes = HeaderClasses::new(&wanted, &HeaderName::from_static("x-request-id"));
+        let mut c = CapturedHeaders::default();
+        let _ = c.capture(&h, &classes);
+        assert_eq!(c.to_map(&wanted)["x-h70"], "first");
     }
 }
 

