@@ -7,7 +7,6 @@
 //! the backtrace and "which `Tx` rolled back, which `Mutex` got poisoned" from the hook and
 //! the guards to whoever catches the panic.
 
-use std::backtrace::Backtrace;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::Arc;
@@ -21,7 +20,7 @@ pub(crate) struct Captured {
     pub(crate) message: String,
     pub(crate) location: Option<String>,
     pub(crate) thread: Option<String>,
-    pub(crate) backtrace: Option<Arc<Backtrace>>,
+    pub(crate) backtrace: Option<super::trace::Trace>,
     pub(crate) at: SystemTime,
     /// Names of the `Tx`s whose update this panic rolled back.
     pub(crate) rolled_back: Vec<Arc<str>>,

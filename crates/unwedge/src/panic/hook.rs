@@ -1,14 +1,19 @@
 //! The process-wide panic hook.
 
-use std::backtrace::Backtrace;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use super::context::{self, Captured};
 
+use super::trace::{self, Mode, Trace};
+
 static INSTALLED: OnceLock<()> = OnceLock::new();
-static CAPTURE_BACKTRACE: AtomicBool = AtomicBool::new(true);
+static MODE: OnceLock<Mode> = OnceLock::new();
+
+/// How backtraces are captured, fixed when the hook is installed.
+pub(crate) fn backtrace_mode() -> Mode {
+    *MODE.get_or_init(Mode::from_env)
+}
 
 /// Installs unwedge's panic hook. Idempotent; [`PanicLayer`](crate::PanicLayer) and
 /// [`spawn`](crate::spawn) call it on first use, so calling it yourself is only needed to
@@ -20,11 +25,16 @@ static CAPTURE_BACKTRACE: AtomicBool = AtomicBool::new(true);
 /// replaces the bare `thread 'x' panicked at` line on stderr; anywhere else the hook that was
 /// installed before (by default, std's printing hook) runs as well, so nothing is lost.
 ///
-/// Backtraces are captured with [`Backtrace::force_capture`] unless `UNWEDGE_BACKTRACE=0` is
-/// set in the environment when the hook is installed. Turning a backtrace into text means
-/// loading the binary's debug line tables, which takes 100 ms or more the first time; so
-/// `install()` does it once on a background thread, and the first real panic's report (and a
-/// graceful crash that waits for it) does not pay for it.
+/// Backtraces: the hook only walks the stack (microseconds). Turning the frames into function
+/// names and lines takes milliseconds per cold part of the binary (15–100 ms for a request's
+/// stack in a fresh process), so it happens on a background thread (`unwedge-symbols`,
+/// warmed up by `install()`), and a report waits for it at most 2 ms: a backtrace not ready
+/// by then is reported as raw frames (`N: 0xADDR binary+0xOFFSET`, which
+/// `addr2line -Cfipe <binary> <offsets>` resolves with the same binary), and the symbolized
+/// one follows in the log (`tracing`, target `unwedge::panic`, level info) when ready. So a
+/// panic never holds its request, and a graceful crash never holds the exit, for symbols.
+/// `UNWEDGE_BACKTRACE` (read when the hook is installed): `0` captures none, `full` always
+/// waits for symbols, anything else (or unset) is the 2 ms budget.
 ///
 /// ```
 /// unwedge::install();
@@ -32,18 +42,14 @@ static CAPTURE_BACKTRACE: AtomicBool = AtomicBool::new(true);
 /// ```
 pub fn install() {
     INSTALLED.get_or_init(|| {
-        if std::env::var_os("UNWEDGE_BACKTRACE").is_some_and(|v| v == "0") {
-            CAPTURE_BACKTRACE.store(false, Ordering::Relaxed);
-        }
-        if CAPTURE_BACKTRACE.load(Ordering::Relaxed) {
-            warm_up_symbolizer();
+        let mode = backtrace_mode();
+        if mode != Mode::Off {
+            trace::warm_up();
         }
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let scope = context::current_scope();
-            let backtrace = CAPTURE_BACKTRACE
-                .load(Ordering::Relaxed)
-                .then(|| Arc::new(Backtrace::force_capture()));
+            let backtrace = (mode != Mode::Off).then(Trace::capture);
             context::begin(Captured {
                 message: context::payload_message(info.payload()),
                 location: info
@@ -61,17 +67,4 @@ pub fn install() {
             }
         }));
     });
-}
-
-/// Symbolizes one backtrace on a low-priority background thread so that std's symbol cache
-/// (debug line tables, loaded once per process) is ready before the first panic needs it.
-fn warm_up_symbolizer() {
-    let spawned = std::thread::Builder::new()
-        .name("unwedge-symbols".into())
-        .spawn(|| {
-            let _ = Backtrace::force_capture().to_string();
-        });
-    if let Err(e) = spawned {
-        tracing::debug!(error = %e, "could not start the backtrace warm-up thread");
-    }
 }

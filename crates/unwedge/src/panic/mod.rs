@@ -14,6 +14,7 @@ mod layer;
 mod policy;
 mod report;
 mod sink;
+mod trace;
 
 pub use hook::install;
 pub use layer::{

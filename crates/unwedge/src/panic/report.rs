@@ -406,13 +406,21 @@ pub enum Action {
 
 impl PanicReport {
     pub(crate) fn from_captured(c: Captured) -> Self {
+        let backtrace = c.backtrace.as_ref().map(|t| {
+            let label = format!(
+                "{:?} at {}",
+                c.message,
+                c.location.as_deref().unwrap_or("?")
+            );
+            t.render(super::hook::backtrace_mode(), &label)
+        });
         PanicReport {
             time: rfc3339(c.at),
             pid: std::process::id(),
             message: c.message,
             location: c.location,
             thread: c.thread,
-            backtrace: c.backtrace.map(|b| b.to_string()),
+            backtrace,
             request: None,
             task: None,
             rolled_back: c.rolled_back.iter().map(|n| n.to_string()).collect(),
