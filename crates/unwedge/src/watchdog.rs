@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Method, Request, Uri};
+use http::{Method, Request};
 use sd_notify::NotifyState;
 use tower::Service;
 
@@ -107,16 +107,44 @@ pub(crate) struct Tracker {
     threads: Mutex<Vec<Arc<ThreadSlot>>>,
 }
 
-/// Method and URI of a request, for reason texts.
+/// Method and path of a request, for reason texts: copied inline (a standard method is a
+/// tag; the path is cut at [`LABEL_PATH`] bytes), so that publishing it for every request's
+/// first poll touches no reference count.
 #[derive(Debug, Clone)]
 struct Label {
     method: Method,
-    uri: Uri,
+    len: u8,
+    path: [u8; LABEL_PATH],
 }
 
+/// Longest path a label keeps (longer ones end with `…`).
+const LABEL_PATH: usize = 62;
+
 impl Label {
+    fn new(method: &Method, path: &str) -> Self {
+        let mut end = path.len().min(LABEL_PATH);
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut buf = [0; LABEL_PATH];
+        buf[..end].copy_from_slice(&path.as_bytes()[..end]);
+        Label {
+            method: method.clone(),
+            len: if end < path.len() {
+                end as u8 | 0x80
+            } else {
+                end as u8
+            },
+            path: buf,
+        }
+    }
+
     fn text(&self) -> String {
-        format!("{} {}", self.method, self.uri.path())
+        let len = usize::from(self.len & 0x7f);
+        // Cut at a character boundary above.
+        let path = std::str::from_utf8(&self.path[..len]).unwrap_or_default();
+        let cut = if self.len & 0x80 != 0 { "…" } else { "" };
+        format!("{} {path}{cut}", self.method)
     }
 }
 
@@ -327,10 +355,7 @@ impl Tracker {
             id,
             tracked: started != 0,
             started,
-            label: Label {
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-            },
+            label: Label::new(req.method(), req.uri().path()),
             waiting: None,
             completed: false,
         }
@@ -768,6 +793,15 @@ pub(crate) fn status_text(state: HealthState, reason: Option<&str>, serving_on: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_cut_long_paths_at_a_character_boundary() {
+        assert_eq!(Label::new(&Method::GET, "/a").text(), "GET /a");
+        let long = format!("/{}", "é".repeat(40));
+        let text = Label::new(&Method::POST, &long).text();
+        assert!(text.starts_with("POST /é") && text.ends_with('…'), "{text}");
+        assert!(text.len() <= "POST ".len() + LABEL_PATH + '…'.len_utf8());
+    }
     use tower::ServiceExt;
 
     #[tokio::test]

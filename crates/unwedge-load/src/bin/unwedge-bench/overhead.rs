@@ -184,6 +184,7 @@ impl ServerProcess {
             .arg(addr.to_string())
             .arg("--threads")
             .arg(threads.to_string())
+            .args((kind == Kind::BareNodelay).then_some("--nodelay"))
             // unwedge::serve reads these; none must leak in from the caller's environment.
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")

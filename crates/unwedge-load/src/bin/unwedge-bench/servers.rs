@@ -12,6 +12,8 @@ use clap::Args;
 pub(crate) enum Kind {
     /// `axum::serve`.
     Bare,
+    /// `axum::serve` with `TCP_NODELAY` on each connection, as `unwedge::serve` sets it.
+    BareNodelay,
     /// `axum::serve` + tower-http's `CatchPanicLayer`.
     CatchPanic,
     /// `unwedge::serve` (PanicLayer, health routes, watchdog tracking).
@@ -21,8 +23,9 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 4] = [
+    pub(crate) const ALL: [Kind; 5] = [
         Kind::Bare,
+        Kind::BareNodelay,
         Kind::CatchPanic,
         Kind::Unwedge,
         Kind::Supervised,
@@ -31,7 +34,7 @@ impl Kind {
     /// The hidden subcommand that runs it (under the supervisor for `Supervised`).
     pub(crate) fn subcommand(self) -> &'static str {
         match self {
-            Kind::Bare => "serve-bare",
+            Kind::Bare | Kind::BareNodelay => "serve-bare",
             Kind::CatchPanic => "serve-catchpanic",
             Kind::Unwedge | Kind::Supervised => "serve-unwedge",
         }
@@ -41,6 +44,7 @@ impl Kind {
     pub(crate) fn label(self) -> &'static str {
         match self {
             Kind::Bare => "axum::serve (bare)",
+            Kind::BareNodelay => "axum::serve (bare) + TCP_NODELAY",
             Kind::CatchPanic => "axum::serve + CatchPanicLayer",
             Kind::Unwedge => "unwedge::serve",
             Kind::Supervised => "unwedge::serve under unwedge run",
@@ -73,7 +77,7 @@ pub(crate) fn main(kind: Kind, args: ServeArgs) -> ExitCode {
     }
     crate::runtime(args.threads).block_on(async move {
         match kind {
-            Kind::Bare | Kind::CatchPanic => {
+            Kind::Bare | Kind::BareNodelay | Kind::CatchPanic => {
                 let listener = match tokio::net::TcpListener::bind(args.listen).await {
                     Ok(l) => l,
                     Err(e) => {
