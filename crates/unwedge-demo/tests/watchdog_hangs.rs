@@ -200,3 +200,42 @@ fn abort_when_wedged_exits_70() {
         );
     });
 }
+
+/// What `unwedge run` does to a hung worker before SIGKILL: SIGQUIT. The worker writes its
+/// state (health, requests in flight, the blocking poll, the oldest request) to stderr from
+/// its own thread, even with a runtime thread blocked, then dies of SIGQUIT (closing its copy
+/// of the socket at once, as before the handler existed).
+#[test]
+fn sigquit_dumps_the_state_then_dies_of_sigquit() {
+    use std::os::unix::process::ExitStatusExt;
+    run_test(Duration::from_secs(60), async {
+        let (_dir, mut notify, mut worker, addr) = start(&[("UNWEDGE_STALL_LIMIT", "1s")]).await;
+        let _block = tokio::spawn(async move { http(addr, "GET", "/block?ms=20000").await });
+        notify
+            .expect("STATUS=wedged", Duration::from_secs(5), |l| {
+                wedged(l) && l.contains("GET /block")
+            })
+            .await;
+        worker.signal(Signal::QUIT);
+        let status = worker.wait_exit(Duration::from_secs(10)).await;
+        let stderr = worker.stderr();
+        assert_eq!(
+            status.signal(),
+            Some(Signal::QUIT.as_raw()),
+            "{status:?}\n{stderr}"
+        );
+        let dump: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("unwedge dump: "))
+            .collect();
+        let text = dump.join("\n");
+        assert!(text.contains("SIGQUIT: state of pid"), "{stderr}");
+        assert!(text.contains("health: wedged: "), "{text}");
+        assert!(text.contains("requests in flight: 1;"), "{text}");
+        assert!(
+            text.contains("polling now for") && text.contains("s: GET /block"),
+            "{text}"
+        );
+        assert!(text.contains("oldest request: GET /block for"), "{text}");
+    });
+}

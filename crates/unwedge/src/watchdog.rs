@@ -521,6 +521,32 @@ struct Scan {
 }
 
 impl Tracker {
+    /// The requests in flight, for a state dump: how many, since when none completed, the
+    /// longest poll running now and the oldest request (any duration).
+    pub(crate) fn describe(&self) -> Vec<String> {
+        let scan = self.scan(now_ns(), 0, 0);
+        let mut lines = vec![format!(
+            "requests in flight: {}; last completion {:.1}s ago",
+            scan.in_flight,
+            secs(scan.idle)
+        )];
+        if let Some((d, label)) = scan.blocked {
+            lines.push(format!(
+                "polling now for {:.1}s: {} (a poll this long blocks a runtime thread)",
+                secs(d),
+                label.text()
+            ));
+        }
+        if let Some((age, label)) = scan.oldest {
+            lines.push(format!(
+                "oldest request: {} for {:.1}s",
+                label.text(),
+                secs(age)
+            ));
+        }
+        lines
+    }
+
     /// Looks at the requests in flight; the oldest only when none completed for `hang_ns`.
     fn scan(&self, now: u64, stall_ns: u64, hang_ns: u64) -> Scan {
         let (finished, begun, _, last) = self.counts();

@@ -37,6 +37,11 @@
 //!   at once (sibling workers sharing the socket take the new connections), finish the
 //!   requests in flight within the crash timeout (default 5 s, [`Server::crash_timeout`],
 //!   `UNWEDGE_CRASH_TIMEOUT`), then **exit the process with code 70** (`EX_SOFTWARE`).
+//! - **State dump on SIGQUIT**, the signal `unwedge run` sends a worker it found hung before
+//!   it kills it: from its own thread (a stalled runtime cannot stop it), the health state and
+//!   reason, the requests in flight, the poll blocking a runtime thread and the oldest
+//!   request go to stderr as `unwedge dump: …` lines; then the process dies of SIGQUIT, as
+//!   without the handler.
 //!
 //! # How the process exits
 //!
@@ -69,6 +74,7 @@
 //! The guide `docs/systemd-worker.md` shows unit files and the supervisor side.
 
 mod config;
+mod dump;
 pub(crate) mod notify;
 
 mod listeners;
@@ -419,6 +425,7 @@ impl Server {
         register_report_sink(&notifier);
 
         let tracker = Tracker::new();
+        let _dump_on_quit = dump::DumpOnQuit::install(tracker.clone());
         let service = build_service(
             app,
             self.panic_layer.then_some(policy),
