@@ -11,7 +11,7 @@
 //!
 //! "read while a writer updates": a "busy" writer updates back to back (the worst case; on
 //! 2 cores it competes with the reader for CPU as well as for cache lines), a "paced" one
-//! sleeps 10 µs between updates. Each such row prints the rate at which the writer actually
+//! sleeps 10 µs between updates, a "1 µs" one spins 1 µs between updates. Each such row prints the rate at which the writer actually
 //! published during the timed reads.
 
 use std::cell::Cell;
@@ -274,6 +274,9 @@ enum Writer {
     /// Sleeps this long between updates (the OS makes it longer: tens of µs), leaving the
     /// CPU to the reader: a busy but realistic writer.
     Paced(Duration),
+    /// Spins this long between updates: a precise rate (about 1 M updates/s for 1 µs) from a
+    /// writer that keeps its core busy.
+    Spaced(Duration),
 }
 
 /// Times `iters` calls of `read` while another thread calls `write` as `writer` says. The
@@ -293,8 +296,15 @@ fn timed_under_writer(
             while !stop.load(Ordering::Relaxed) {
                 write();
                 count.fetch_add(1, Ordering::Relaxed);
-                if let Writer::Paced(pause) = writer {
-                    std::thread::sleep(pause);
+                match writer {
+                    Writer::BackToBack => {}
+                    Writer::Paced(pause) => std::thread::sleep(pause),
+                    Writer::Spaced(gap) => {
+                        let until = Instant::now() + gap;
+                        while Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                    }
                 }
             }
         });
@@ -339,6 +349,7 @@ fn reads_under_writer(c: &mut Criterion) {
     let tx = Tx::new(Small::default());
     let update = || tx.update(|s| s.hits += 1);
     let paced = Writer::Paced(Duration::from_micros(10));
+    let spaced = Writer::Spaced(Duration::from_micros(1));
     g.bench_function("Tx::read, idle", |b| b.iter(|| black_box(tx.read().hits)));
     let read = || {
         black_box(tx.read().hits);
@@ -351,6 +362,7 @@ fn reads_under_writer(c: &mut Criterion) {
         read,
     );
     bench_under_writer(&mut g, "Tx::read, paced writer", paced, update, read);
+    bench_under_writer(&mut g, "Tx::read, writer every 1us", spaced, update, read);
     g.bench_function("Tx::load, idle", |b| b.iter(|| black_box(tx.load().hits)));
     let load = || {
         black_box(tx.load().hits);
@@ -363,6 +375,7 @@ fn reads_under_writer(c: &mut Criterion) {
         load,
     );
     bench_under_writer(&mut g, "Tx::load, paced writer", paced, update, load);
+    bench_under_writer(&mut g, "Tx::load, writer every 1us", spaced, update, load);
     let rw = RwLock::new(Small::default());
     bench_under_writer(
         &mut g,
