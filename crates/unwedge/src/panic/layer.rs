@@ -833,6 +833,20 @@ pin_project! {
     /// polling is guarded like the handler (a panic ends it with [`BodyPanicked`]), or the
     /// layer's own answer to a panic. Not boxed: wrap it in a box yourself when a single type
     /// is needed (e.g. `http_body_util::BodyExt::boxed_unsync`).
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use futures_util::FutureExt;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// let svc = unwedge::PanicLayer::new().layer(tower::service_fn(|_req: http::Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+    /// }));
+    /// let res = svc.oneshot(http::Request::new(())).now_or_never().unwrap().unwrap();
+    /// let body = res.into_body().collect().now_or_never().unwrap().unwrap().to_bytes();
+    /// assert_eq!(body, "ok");
+    /// ```
     pub struct PanicBody<B> {
         #[pin]
         kind: Kind<B>,
