@@ -722,8 +722,11 @@ fn event_printer(handle: &Handle, screen: Arc<Screen>) -> tokio::task::JoinHandl
                         .filter(|_| kind == unwedge_supervisor::HangKind::Wedged)
                         .map(|s| {
                             let s = s.strip_prefix("wedged: ").unwrap_or(&s);
-                            let s: String = s.chars().take(160).collect();
-                            format!(": {s}")
+                            let mut cut: String = s.chars().take(160).collect();
+                            if cut.len() < s.len() {
+                                cut.push('…');
+                            }
+                            format!(": {cut}")
                         })
                         .unwrap_or_default();
                     format!(
