@@ -1,5 +1,5 @@
 //! The built-in demo and test worker for unwedge: every way a request can panic or hang, on
-//! purpose, served by [`unwedge::serve`]. The `unwedge` CLI re-executes it as
+//! purpose, served by [`unwedge::serve()`]. The `unwedge` CLI re-executes it as
 //! `unwedge demo-service`, and the supervisor's tests use it as their worker.
 //!
 //! | route | what it does |
@@ -16,7 +16,7 @@
 //! | `/bytecache/…` | `examples/bytecache`: the seed's ByteCache on [`Tx`] (`PUT /bytecache/cache/burn` panics mid-update) |
 //! | `/comments/…` | `examples/comments`: the seed's AddComment on [`unwedge::Mutex`] |
 //!
-//! Configuration is the environment's (see [`unwedge::serve`]); `UNWEDGE_LOCK_TIMEOUT` sets
+//! Configuration is the environment's (see [`unwedge::serve()`]); `UNWEDGE_LOCK_TIMEOUT` sets
 //! the lock wait limit (default 10 s).
 //!
 //! ```no_run
@@ -87,7 +87,7 @@ pub fn app() -> Router {
         .nest("/comments", example_comments::app())
 }
 
-/// Serves [`app`] with [`unwedge::serve`] and the environment's configuration; returns the
+/// Serves [`app`] with [`unwedge::serve()`] and the environment's configuration; returns the
 /// exit code (0 after a graceful shutdown, 2 for bad configuration; a graceful crash exits
 /// the process with 70 from inside `serve`).
 pub async fn run() -> ExitCode {

@@ -200,7 +200,7 @@ pub fn subscribe() -> watch::Receiver<(HealthState, Option<String>)> {
 }
 
 /// Marks the process ready (or not) to take requests; `/readyz` follows it.
-/// [`serve`](crate::serve) sets it once its listeners accept.
+/// [`serve`](crate::serve()) sets it once its listeners accept.
 pub fn set_ready(ready: bool) {
     change(|i| i.ready = ready);
 }
@@ -303,7 +303,7 @@ pub fn crash_reason() -> Option<String> {
 }
 
 /// Resolves (with the reason) once a graceful crash has been requested, at once if it already
-/// was. [`serve`](crate::serve) waits on this; without `serve()`, wait on it yourself, drain,
+/// was. [`serve`](crate::serve()) waits on this; without `serve()`, wait on it yourself, drain,
 /// and exit with code 70 (`EX_SOFTWARE`).
 ///
 /// # Cancel safety

@@ -62,9 +62,9 @@ struct Stats {
 /// outside, e.g. in a [`Tx`](crate::Tx)). When the future panics:
 ///
 /// 1. a [`PanicReport`] with `task: Some(name)` goes to the `tracing` event, the
-///    [process-wide sinks](crate::panic::add_sink) and [`health`](crate::health) (route
+///    [process-wide sinks](crate::panic::add_sink) and [`health`](crate::health()) (route
 ///    `task NAME`);
-/// 2. the process-wide [`policy`](crate::panic::policy) decides: under `Recover` and `Auto`
+/// 2. the process-wide [`policy`] decides: under `Recover` and `Auto`
 ///    the task is restarted after a delay ([`MIN_BACKOFF`] doubling up to [`MAX_BACKOFF`],
 ///    reset after a run of [`STABLE_RUN`]); under `Crash`, or under `Auto` when the panic
 ///    poisoned a [`Mutex`](crate::Mutex), a crash is requested and the task ends with

@@ -1,7 +1,7 @@
 //! Hang detection inside the process, on its own OS thread so that a blocked runtime cannot
 //! silence it.
 //!
-//! [`serve`](crate::serve) starts the watchdog. It checks, every twentieth of the shortest
+//! [`serve`](crate::serve()) starts the watchdog. It checks, every twentieth of the shortest
 //! limit (between 5 and 50 ms; 50 ms with the defaults):
 //!
 //! | kind | condition | health source |

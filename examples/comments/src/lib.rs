@@ -9,7 +9,7 @@
 //! - every later request gets a quick `503` with `Retry-After`, not a hang: the comments may
 //!   be half-updated, so they are not served;
 //! - the default [`Policy::Auto`](unwedge::Policy) sees the poisoning and asks for a graceful
-//!   crash: under [`unwedge::serve`] the process drains and exits 70, and its supervisor
+//!   crash: under [`unwedge::serve()`] the process drains and exits 70, and its supervisor
 //!   starts a clean one.
 //!
 //! | route | does |
@@ -52,7 +52,7 @@ impl Thing {
 
 type Shared = Arc<Mutex<Thing>>;
 
-/// The app. Wrap it in [`PanicLayer`](unwedge::PanicLayer) (as [`unwedge::serve`] does) to
+/// The app. Wrap it in [`PanicLayer`](unwedge::PanicLayer) (as [`unwedge::serve()`] does) to
 /// turn the panic into a `500`.
 ///
 /// ```

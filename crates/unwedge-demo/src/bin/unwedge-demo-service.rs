@@ -1,5 +1,5 @@
 //! The unwedge demo worker: every way a request can panic or hang, served by
-//! [`unwedge::serve`]. See the `unwedge_demo` crate docs for the routes.
+//! [`unwedge::serve()`]. See the `unwedge_demo` crate docs for the routes.
 //!
 //! Run with:
 //!

@@ -78,11 +78,11 @@ struct Config {
 ///   untouched unless [`echo_request_id(true)`](Self::echo_request_id).
 /// - Every report goes to a `tracing` event (target `unwedge::panic`, level error; the
 ///   backtrace at debug), to this layer's [sinks](Self::sink), to the
-///   [process-wide sinks](crate::panic::add_sink) and to [`health`](crate::health).
+///   [process-wide sinks](crate::panic::add_sink) and to [`health`](crate::health()).
 /// - [`Policy::Crash`], or [`Policy::Auto`] when a [`Mutex`](crate::Mutex) was poisoned or the
 ///   [budget](Self::budget) is spent, calls [`request_crash`](crate::health::request_crash):
 ///   the panicking request still gets its 500, and the process turns Tainted.
-///   [`serve`](crate::serve) then drains and exits with code 70; without `serve()`, await
+///   [`serve`](crate::serve()) then drains and exits with code 70; without `serve()`, await
 ///   [`crash_requested`](crate::health::crash_requested) yourself.
 ///
 /// The layer installs unwedge's [panic hook](crate::install) when it is built.

@@ -19,7 +19,7 @@ use super::report::{Action, Decision};
 ///
 /// "Crash" here means [`health::request_crash`](crate::health::request_crash): the process
 /// turns Tainted and [`health::crash_requested`](crate::health::crash_requested) resolves;
-/// [`serve`](crate::serve) then stops accepting, drains and exits with code 70. Without
+/// [`serve`](crate::serve()) then stops accepting, drains and exits with code 70. Without
 /// `serve()`, wait on `crash_requested()` yourself.
 ///
 /// Parsed case-insensitively from `recover`, `crash` or `auto` (the values of
@@ -128,7 +128,7 @@ impl std::error::Error for ParsePolicyError {}
 static PROCESS_POLICY: AtomicU8 = AtomicU8::new(2);
 
 /// Sets the process-wide policy, used by [`spawn`](crate::spawn) for background tasks (and by
-/// [`serve`](crate::serve) for the layer it installs). [`PanicLayer`](crate::PanicLayer)s built
+/// [`serve`](crate::serve()) for the layer it installs). [`PanicLayer`](crate::PanicLayer)s built
 /// by hand carry their own policy.
 ///
 /// ```

@@ -47,7 +47,7 @@ fn global() -> &'static RwLock<Vec<Arc<dyn ReportSink>>> {
 
 /// Adds a process-wide sink: it receives every report, from every
 /// [`PanicLayer`](crate::PanicLayer) and every [`spawn`](crate::spawn)ed task.
-/// [`serve`](crate::serve) adds one that forwards reports to the supervisor.
+/// [`serve`](crate::serve()) adds one that forwards reports to the supervisor.
 ///
 /// ```
 /// use std::sync::Arc;

@@ -96,13 +96,18 @@ struct Job {
 }
 
 struct Symbolizer {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<Option<SyncSender<Job>>>,
 }
 
+/// Backtraces waiting for the symbolizer at most; more (a storm of panics) get raw frames
+/// at once, so that memory stays bounded.
+const QUEUE: usize = 32;
+
 impl Symbolizer {
+    /// Queues `job`; false when the queue is full or the thread is gone.
     fn submit(&self, job: Job) -> bool {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+        jobs.as_ref().is_some_and(|tx| tx.try_send(job).is_ok())
     }
 }
 
@@ -110,7 +115,7 @@ impl Symbolizer {
 fn symbolizer() -> &'static Symbolizer {
     static SYMBOLIZER: OnceLock<Symbolizer> = OnceLock::new();
     SYMBOLIZER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let spawned = std::thread::Builder::new()
             .name("unwedge-symbols".into())
             .spawn(move || symbolize_forever(rx));
@@ -376,6 +381,30 @@ mod tests {
             text.contains("full_mode_symbolizes_and_names_this_function"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_a_full_queue_refuses_at_once() {
+        // A storm: far more backtraces than the queue holds, offered faster than any can be
+        // symbolized. Some are refused (their reports get raw frames), none blocks the caller.
+        let t = Trace::capture();
+        let start = std::time::Instant::now();
+        let refused = (0..QUEUE * 30)
+            .filter(|_| {
+                let (reply, _answer) = mpsc::sync_channel(1);
+                let job = Job {
+                    trace: t.0.clone(),
+                    reply,
+                    label: None,
+                };
+                !symbolizer().submit(job)
+            })
+            .count();
+        assert!(refused > 0, "a queue of {QUEUE} took {} jobs", QUEUE * 30);
+        assert!(start.elapsed() < Duration::from_secs(5));
+        // And a refused trace still renders, raw and at once.
+        let text = t.render(Mode::Budgeted(Duration::ZERO), "storm");
+        assert!(text.starts_with("not symbolized in time"), "{text}");
     }
 
     #[test]

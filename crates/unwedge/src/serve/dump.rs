@@ -9,37 +9,41 @@
 //! the handler, so that it stops holding its copy of the listening socket at once.
 
 use std::io::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use signal_hook::consts::SIGQUIT;
-use signal_hook::iterator::{Handle, Signals};
+use signal_hook::iterator::Signals;
 
 use crate::watchdog::Tracker;
 
-/// The dump thread of one [`serve`](crate::serve) call; dropping it ends the thread and
-/// restores SIGQUIT's default action for later calls.
-#[derive(Debug)]
-pub(crate) struct DumpOnQuit {
-    handle: Handle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// The requests of the `serve()` running now, for the dump (none once it returned).
+static CURRENT: Mutex<Option<Weak<Tracker>>> = Mutex::new(None);
 
-impl DumpOnQuit {
-    /// Installs the handler; `None` (logged) when the thread or handler cannot be set up.
-    pub(crate) fn install(tracker: Arc<Tracker>) -> Option<Self> {
+/// Makes SIGQUIT dump this `serve()`'s state. The handler thread is started once per process
+/// and stays: a signal handler cannot be taken back (signal-hook would leave SIGQUIT ignored),
+/// so after `serve()` returns, SIGQUIT still dumps (the health part) and kills the process,
+/// as its default action would.
+pub(crate) fn install(tracker: &Arc<Tracker>) {
+    *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(tracker));
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
         let mut signals = match Signals::new([SIGQUIT]) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot handle SIGQUIT: no state dump on SIGQUIT");
-                return None;
+                return;
             }
         };
-        let handle = signals.handle();
-        let thread = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("unwedge-dump".into())
             .spawn(move || {
                 if signals.forever().next().is_some() {
-                    let text = dump(&tracker);
+                    let tracker = CURRENT
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_ref()
+                        .and_then(Weak::upgrade);
+                    let text = dump(tracker.as_deref());
                     let mut err = std::io::stderr().lock();
                     let _ = err.write_all(text.as_bytes());
                     let _ = err.flush();
@@ -49,31 +53,15 @@ impl DumpOnQuit {
                     std::process::exit(128 + SIGQUIT);
                 }
             });
-        match thread {
-            Ok(thread) => Some(DumpOnQuit {
-                handle,
-                thread: Some(thread),
-            }),
-            Err(e) => {
-                handle.close();
-                tracing::warn!(error = %e, "cannot start the SIGQUIT dump thread");
-                None
-            }
+        if let Err(e) = spawned {
+            // The handler is registered: without its thread SIGQUIT would be ignored.
+            tracing::error!(error = %e, "cannot start the SIGQUIT dump thread; SIGQUIT now does nothing");
         }
-    }
-}
-
-impl Drop for DumpOnQuit {
-    fn drop(&mut self) {
-        self.handle.close();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    });
 }
 
 /// The dump's text: one block of lines, each starting with `unwedge dump:`.
-pub(crate) fn dump(tracker: &Tracker) -> String {
+pub(crate) fn dump(tracker: Option<&Tracker>) -> String {
     let h = crate::health();
     let mut lines = vec![format!("SIGQUIT: state of pid {}", std::process::id())];
     lines.push(format!(
@@ -83,7 +71,10 @@ pub(crate) fn dump(tracker: &Tracker) -> String {
         h.ready,
         h.panics_total
     ));
-    lines.extend(tracker.describe());
+    match tracker {
+        Some(t) => lines.extend(t.describe()),
+        None => lines.push("not serving: no requests in flight".into()),
+    }
     let mut out = String::new();
     for line in lines {
         out.push_str("unwedge dump: ");

@@ -19,10 +19,10 @@
 //!   comma-separated addresses of `UNWEDGE_LISTEN` (`127.0.0.1:8080`, `unix:/run/app.sock`);
 //!   else the builder's [`Server::bind`] addresses; else `127.0.0.1:8080`. A `LISTEN_PID`
 //!   naming another process means the sockets are not ours: they are ignored.
-//! - **Middleware**: [`PanicLayer`](crate::PanicLayer) with the builder's policy or
+//! - **Middleware**: [`PanicLayer`] with the builder's policy or
 //!   `UNWEDGE_POLICY` ([`Server::without_panic_layer`] turns it off), and `GET /livez`,
 //!   `GET /readyz` answered before the app ([`Server::without_health_routes`]); the
-//!   [`watchdog`](crate::watchdog) tracks every request.
+//!   [`watchdog`] tracks every request.
 //! - **sd_notify** over `NOTIFY_SOCKET`: `READY=1` once accepting, `STATUS=` on every health
 //!   change, `WATCHDOG=1` every half of `WATCHDOG_USEC` only while Healthy or Draining,
 //!   `STOPPING=1`, and each panic report as `UNWEDGE_REPORT=<json>` ([`encode_report`]). A
@@ -33,7 +33,7 @@
 //!   `UNWEDGE_SHUTDOWN_TIMEOUT`), return [`Outcome::Stopped`] (exit code 0). A second signal
 //!   ends the drain at once.
 //! - **Graceful crash** when the panic policy asks for one
-//!   ([`health::request_crash`](crate::health::request_crash)): close this process's listeners
+//!   ([`health::request_crash`]): close this process's listeners
 //!   at once (sibling workers sharing the socket take the new connections), finish the
 //!   requests in flight within the crash timeout (default 5 s, [`Server::crash_timeout`],
 //!   `UNWEDGE_CRASH_TIMEOUT`), then **exit the process with code 70** (`EX_SOFTWARE`).
@@ -41,7 +41,7 @@
 //!   it kills it: from its own thread (a stalled runtime cannot stop it), the health state and
 //!   reason, the requests in flight, the poll blocking a runtime thread and the oldest
 //!   request go to stderr as `unwedge dump: …` lines; then the process dies of SIGQUIT, as
-//!   without the handler.
+//!   without the handler (also after `serve()` returned: the handler stays installed).
 //!
 //! # How the process exits
 //!
@@ -331,13 +331,13 @@ impl Server {
         self
     }
 
-    /// Runtime stall limit of the [`watchdog`](crate::watchdog) (default 2 s).
+    /// Runtime stall limit of the [`watchdog`] (default 2 s).
     pub fn stall_limit(mut self, limit: Duration) -> Self {
         self.stall_limit = limit;
         self
     }
 
-    /// No-progress limit of the [`watchdog`](crate::watchdog) (default 10 s).
+    /// No-progress limit of the [`watchdog`] (default 10 s).
     pub fn hang_limit(mut self, limit: Duration) -> Self {
         self.hang_limit = limit;
         self
@@ -425,7 +425,7 @@ impl Server {
         register_report_sink(&notifier);
 
         let tracker = Tracker::new();
-        let _dump_on_quit = dump::DumpOnQuit::install(tracker.clone());
+        dump::install(&tracker);
         let service = build_service(
             app,
             self.panic_layer.then_some(policy),
