@@ -450,6 +450,11 @@ impl<S> Tracked<S> {
     pub(crate) fn new(inner: S, tracker: Arc<Tracker>) -> Self {
         Tracked { inner, tracker }
     }
+
+    /// The tracked service and the tracker, for an adapter that tracks requests itself.
+    pub(crate) fn into_parts(self) -> (S, Arc<Tracker>) {
+        (self.inner, self.tracker)
+    }
 }
 
 impl<S, B> Service<Request<B>> for Tracked<S>
@@ -465,9 +470,22 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let tracked = self.tracker.begin(&req);
+        let inner = &mut self.inner;
+        self.tracker.track(req, |req| inner.call(req))
+    }
+}
+
+impl Tracker {
+    /// Records `req` as begun and turns it into its response future with `call`; the future
+    /// records its polls and its end.
+    pub(crate) fn track<B, F>(
+        &self,
+        req: Request<B>,
+        call: impl FnOnce(Request<B>) -> F,
+    ) -> TrackedFuture<F> {
+        let tracked = self.begin(&req);
         TrackedFuture {
-            inner: self.inner.call(req),
+            inner: call(req),
             req: Some(tracked),
         }
     }

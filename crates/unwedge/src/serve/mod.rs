@@ -102,7 +102,7 @@ pub use config::ListenAddr;
 pub use notify::{encode_report, MAX_REPORT_BYTES};
 
 use crate::health;
-use crate::watchdog::{self, Tracked, Tracker, Watchdog};
+use crate::watchdog::{self, Tracked, TrackedFuture, Tracker, Watchdog};
 use crate::{PanicLayer, Policy};
 use listeners::{Listener, Stream};
 use notify::Notifier;
@@ -807,7 +807,7 @@ const KEEP_ALIVE_GRACE: Duration = Duration::from_millis(1000);
 
 async fn accept_loop<S>(
     listener: Listener,
-    service: S,
+    service: Tracked<S>,
     builder: auto::Builder<TokioExecutor>,
     alive: tokio::sync::mpsc::Sender<()>,
     mut stop: tokio::sync::watch::Receiver<Option<Duration>>,
@@ -854,7 +854,7 @@ async fn accept_loop<S>(
 /// progress (HTTP/1.1 with `Connection: close`, HTTP/2 with GOAWAY) and closes.
 fn spawn_connection<I, S>(
     io: I,
-    service: S,
+    service: Tracked<S>,
     builder: &auto::Builder<TokioExecutor>,
     mut stop: tokio::sync::watch::Receiver<Option<Duration>>,
     alive: tokio::sync::mpsc::Sender<()>,
@@ -867,10 +867,12 @@ fn spawn_connection<I, S>(
     S::Future: Send + 'static,
 {
     let calls = Arc::new(Calls::default());
-    let svc = hyper_util::service::TowerToHyperService::new(Counted {
-        inner: service,
+    let (svc, tracker) = service.into_parts();
+    let svc = Conn {
+        svc,
+        tracker,
         calls: calls.clone(),
-    });
+    };
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
@@ -946,30 +948,28 @@ impl Calls {
     }
 }
 
-/// Counts the connection's requests in its [`Calls`].
-#[derive(Debug, Clone)]
-struct Counted<S> {
-    inner: S,
+/// The connection's hyper service: counts the connection's requests in its [`Calls`], tracks
+/// each one for the watchdog, and calls a clone of the app stack. The counter and the tracker
+/// are borrowed, not cloned per request (hyper-util's `TowerToHyperService` clones the whole
+/// tower stack, every layer's handles included, for each request).
+struct Conn<S> {
+    svc: S,
+    tracker: Arc<Tracker>,
     calls: Arc<Calls>,
 }
 
-impl<S> Service<Request<Incoming>> for Counted<S>
+impl<S> hyper::service::Service<Request<Incoming>> for Conn<S>
 where
-    S: Service<Request<Incoming>>,
+    S: Service<Request<Incoming>> + Clone,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = TrackedFuture<tower::util::Oneshot<S, Request<Incoming>>>;
 
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> S::Future {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.calls.mark();
-        self.inner.call(req)
+        let svc = self.svc.clone();
+        self.tracker
+            .track(req, |req| tower::ServiceExt::oneshot(svc, req))
     }
 }
