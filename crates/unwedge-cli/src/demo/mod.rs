@@ -442,17 +442,22 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
     } else {
         stop(&handle, task, observer).await;
     }
-    if args.check {
-        if problems.is_empty() {
-            out!("\ncheck: passed");
-        } else {
-            for p in &problems {
-                out!("check failed: {p}");
-            }
-            return ExitCode::from(1);
-        }
+    check_outcome(args.check, &problems)
+}
+
+/// With `--check`: prints the verdict and fails (exit 1) on any problem; without, succeeds.
+fn check_outcome(check: bool, problems: &[String]) -> ExitCode {
+    if !check {
+        return ExitCode::SUCCESS;
     }
-    ExitCode::SUCCESS
+    if problems.is_empty() {
+        out!("\ncheck: passed");
+        return ExitCode::SUCCESS;
+    }
+    for p in problems {
+        out!("check failed: {p}");
+    }
+    ExitCode::from(1)
 }
 
 /// `unwedge chaos`.
@@ -558,15 +563,5 @@ async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
     outp!("{}", table::render_chaos(&analysis, &mem, on_disk, settled));
     let mut problems = table::problems(&analysis, settled);
     problems.extend(table::chaos_problems(&analysis, &mem, on_disk));
-    if args.check {
-        if problems.is_empty() {
-            out!("\ncheck: passed");
-        } else {
-            for p in &problems {
-                out!("check failed: {p}");
-            }
-            return ExitCode::from(1);
-        }
-    }
-    ExitCode::SUCCESS
+    check_outcome(args.check, &problems)
 }

@@ -54,8 +54,7 @@ struct Config {
     expose_details: bool,
     echo_request_id: bool,
     capture_headers: bool,
-    report_headers: Vec<HeaderName>,
-    /// `report_headers`, the redacted names and `x-request-id`, prepared for lookups.
+    /// The report headers (with the redacted names and `x-request-id`), prepared for lookups.
     header_classes: HeaderClasses,
     budget: Arc<Budget>,
     sinks: Vec<Arc<dyn ReportSink>>,
@@ -112,7 +111,7 @@ impl fmt::Debug for PanicLayer {
             .field("expose_details", &self.config.expose_details)
             .field("echo_request_id", &self.config.echo_request_id)
             .field("capture_headers", &self.config.capture_headers)
-            .field("report_headers", &self.config.report_headers)
+            .field("report_headers", &self.config.header_classes.wanted())
             .field("budget_max_panics", &self.config.budget.max)
             .field("budget_window", &self.config.budget.window)
             .field("sinks", &self.config.sinks.len())
@@ -152,7 +151,6 @@ impl PanicLayer {
                 expose_details: false,
                 echo_request_id: false,
                 capture_headers: true,
-                report_headers: REPORTED_HEADERS.to_vec(),
                 header_classes: HeaderClasses::new(&REPORTED_HEADERS, &X_REQUEST_ID),
                 budget: Arc::new(Budget::new(5, Duration::from_secs(10))),
                 sinks: Vec::new(),
@@ -246,10 +244,7 @@ impl PanicLayer {
     /// ```
     pub fn report_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         let names: Vec<HeaderName> = names.into_iter().collect();
-        self.edit(|c| {
-            c.header_classes = HeaderClasses::new(&names, &X_REQUEST_ID);
-            c.report_headers = names;
-        })
+        self.edit(|c| c.header_classes = HeaderClasses::new(&names, &X_REQUEST_ID))
     }
 
     /// Replaces the `500` answer. `f` gets the request id and the report (with the decision)
@@ -513,7 +508,7 @@ impl RequestScope {
             method: self.method.as_str().to_owned(),
             path: self.path.as_str().to_owned(),
             request_id: self.request_id().as_str().to_owned(),
-            headers: self.headers.to_map(&config.report_headers),
+            headers: self.headers.to_map(config.header_classes.wanted()),
         }
     }
 }

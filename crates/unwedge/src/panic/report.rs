@@ -186,6 +186,8 @@ pub(crate) struct HeaderClasses {
     lengths: u64,
     /// In priority order: redacted names, the id header, then the wanted ones (first wins).
     names: Vec<(Box<str>, Class)>,
+    /// The wanted names, in the order `Class::Wanted` indexes.
+    wanted: Vec<HeaderName>,
 }
 
 impl HeaderClasses {
@@ -196,13 +198,13 @@ impl HeaderClasses {
             .iter()
             .enumerate()
             .map(|(i, n)| (n, Class::Redacted(i as u8)));
-        let wanted = wanted
+        let wanted: Vec<HeaderName> = wanted.iter().take(255).cloned().collect();
+        let wanted_classes = wanted
             .iter()
-            .take(255)
             .enumerate()
             .map(|(i, n)| (n, Class::Wanted(i as u8)));
         let mut names: Vec<(Box<str>, Class)> = Vec::new();
-        for (name, class) in redacted.chain([(also, Class::Id)]).chain(wanted) {
+        for (name, class) in redacted.chain([(also, Class::Id)]).chain(wanted_classes) {
             if !names.iter().any(|(n, _)| **n == *name.as_str()) {
                 names.push((name.as_str().into(), class));
             }
@@ -210,7 +212,16 @@ impl HeaderClasses {
         let lengths = names
             .iter()
             .fold(0u64, |m, (n, _)| m | 1 << n.len().min(63));
-        HeaderClasses { lengths, names }
+        HeaderClasses {
+            lengths,
+            names,
+            wanted,
+        }
+    }
+
+    /// The wanted names given to [`new`](Self::new) (at most 255).
+    pub(crate) fn wanted(&self) -> &[HeaderName] {
+        &self.wanted
     }
 
     #[inline]

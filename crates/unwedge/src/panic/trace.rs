@@ -219,6 +219,14 @@ impl Loaders {
                 lines.push((format!("{ip:#x} {module}+{probe:#x}"), None));
                 continue;
             };
+            // The symbol table's name of the real function (the outermost of an address's
+            // frames): the full path, where inlined frames only have short DWARF names.
+            let symbol = loader.find_symbol(probe).map(demangle);
+            let fallback = || {
+                symbol
+                    .clone()
+                    .unwrap_or_else(|| format!("{module}+{probe:#x}"))
+            };
             let before = lines.len();
             if let Ok(mut frames) = loader.find_frames(probe) {
                 while let Ok(Some(frame)) = frames.next() {
@@ -234,26 +242,13 @@ impl Loaders {
                             _ => file.to_owned(),
                         })
                     });
-                    let name = name
-                        .or_else(|| loader.find_symbol(probe).map(demangle))
-                        .unwrap_or_else(|| format!("{module}+{probe:#x}"));
-                    lines.push((name, at));
+                    lines.push((name.unwrap_or_else(fallback), at));
                 }
             }
-            // The outermost of an address's frames is the real function: its symbol-table
-            // name is the full path (inlined frames only have short DWARF names).
-            if lines.len() > before {
-                if let Some(symbol) = loader.find_symbol(probe) {
-                    let last = lines.len() - 1;
-                    lines[last].0 = demangle(symbol);
-                }
-            }
-            if lines.len() == before {
-                let name = loader
-                    .find_symbol(probe)
-                    .map(demangle)
-                    .unwrap_or_else(|| format!("{module}+{probe:#x}"));
-                lines.push((name, None));
+            match (lines.len() > before, &symbol) {
+                (true, Some(symbol)) => lines.last_mut().expect("pushed above").0 = symbol.clone(),
+                (true, None) => {}
+                (false, _) => lines.push((fallback(), None)),
             }
         }
         let start = lines
