@@ -344,21 +344,29 @@ impl Tracker {
         self.counts().2
     }
 
+    /// Counts `req` as begun and marks this thread as polling it (the caller ends the mark
+    /// with a [`PollEnds`] when the request is tracked).
     fn begin<B>(&self, req: &Request<B>) -> Req {
-        let (started, id) = with_slot(self.id, |s| {
-            let n = ThreadSlot::bump(&s.begun);
-            (s.clock.load(Ordering::Relaxed), s.ids | n)
-        })
-        .unwrap_or((0, 0));
-        Req {
+        let mut r = Req {
             tracker: self.id,
-            id,
-            tracked: started != 0,
-            started,
+            id: 0,
+            tracked: false,
+            started: 0,
             label: Label::new(req.method(), req.uri().path()),
             waiting: None,
             completed: false,
-        }
+        };
+        with_slot(self.id, |s| {
+            let n = ThreadSlot::bump(&s.begun);
+            let now = s.clock.load(Ordering::Relaxed);
+            r.id = s.ids | n;
+            r.started = now;
+            r.tracked = now != 0;
+            if r.tracked {
+                r.publish(s);
+            }
+        });
+        r
     }
 }
 
@@ -378,15 +386,18 @@ struct Req {
 impl Req {
     /// Before a poll: this thread is polling this request since now.
     fn poll_begins(&self) {
-        with_slot(self.tracker, |s| {
-            if s.polled_id.load(Ordering::Relaxed) != self.id {
-                *lock(&s.polled) = Some(self.label.clone());
-                s.polled_id.store(self.id, Ordering::Relaxed);
-            }
-            s.polled_started.store(self.started, Ordering::Relaxed);
-            s.polling_since
-                .store(s.clock.load(Ordering::Relaxed), Ordering::Relaxed);
-        });
+        with_slot(self.tracker, |s| self.publish(s));
+    }
+
+    /// Marks `s`'s thread as polling this request since now.
+    fn publish(&self, s: &ThreadSlot) {
+        if s.polled_id.load(Ordering::Relaxed) != self.id {
+            *lock(&s.polled) = Some(self.label.clone());
+            s.polled_id.store(self.id, Ordering::Relaxed);
+        }
+        s.polled_started.store(self.started, Ordering::Relaxed);
+        s.polling_since
+            .store(s.clock.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// After a poll that returned `Pending`: enter the request as pending (once).
@@ -478,14 +489,22 @@ where
 impl Tracker {
     /// Records `req` as begun and turns it into its response future with `call`; the future
     /// records its polls and its end.
+    #[inline(always)]
     pub(crate) fn track<B, F>(
         &self,
         req: Request<B>,
         call: impl FnOnce(Request<B>) -> F,
     ) -> TrackedFuture<F> {
+        // The call runs the service's synchronous part: it counts as a poll of the request.
         let tracked = self.begin(&req);
+        let inner = if tracked.tracked {
+            let _ends = PollEnds(tracked.tracker);
+            call(req)
+        } else {
+            call(req)
+        };
         TrackedFuture {
-            inner: call(req),
+            inner,
             req: Some(tracked),
         }
     }

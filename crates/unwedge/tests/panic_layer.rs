@@ -658,3 +658,78 @@ async fn a_custom_responder_replaces_the_answer_and_keeps_the_request_id() {
     })
     .await
 }
+
+/// The layer reuses a finished request's scope for the next request on the same thread: a
+/// report must describe its own request only (no id, header, redaction mark or path of an
+/// earlier one).
+#[tokio::test]
+async fn a_report_carries_nothing_of_an_earlier_request() {
+    within(async {
+        let keep = Keep::default();
+        let long_ok = format!("/ok/{}", "a".repeat(100));
+        let app = Router::new()
+            .route("/ok/{rest}", get(|| async { "ok" }))
+            .route(
+                "/boom",
+                get(|| async {
+                    if true {
+                        panic!("boom");
+                    }
+                }),
+            )
+            .layer(PanicLayer::with_policy(Policy::Recover).sink(Arc::new(keep.clone())));
+        let addr = start(app).await;
+        // Earlier requests, one with a long path, with an id, a reported header and a
+        // redacted one.
+        for path in [long_ok.as_str(), "/ok/short"] {
+            let a = send(
+                addr,
+                "GET",
+                path,
+                &[
+                    ("x-request-id", "earlier-id"),
+                    ("user-agent", "earlier-agent"),
+                    ("referer", "http://earlier.example/"),
+                    ("authorization", "Bearer earlier-secret"),
+                ],
+                "",
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::OK);
+        }
+        let a = send(addr, "GET", "/boom", &[("accept", "text/plain")], "").await;
+        assert_problem(&a);
+
+        let reports = keep.all();
+        assert_eq!(reports.len(), 1);
+        let request = reports[0].request.as_ref().expect("a request report");
+        assert_eq!(request.method, "GET");
+        assert_eq!(request.path, "/boom");
+        assert_ne!(request.request_id, "earlier-id");
+        assert_eq!(
+            request.request_id,
+            a.headers["x-request-id"].to_str().unwrap()
+        );
+        assert_eq!(
+            request.headers.get("accept").map(String::as_str),
+            Some("text/plain")
+        );
+        for gone in ["user-agent", "referer", "authorization"] {
+            assert!(
+                !request.headers.contains_key(gone),
+                "{gone} of an earlier request in {:?}",
+                request.headers
+            );
+        }
+        let json = serde_json::to_string(&reports[0]).unwrap();
+        for earlier in [
+            "earlier-id",
+            "earlier-agent",
+            "earlier.example",
+            "earlier-secret",
+        ] {
+            assert!(!json.contains(earlier), "{earlier} in {json}");
+        }
+    })
+    .await
+}

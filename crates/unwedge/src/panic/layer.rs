@@ -573,6 +573,17 @@ impl RequestPath {
         }
     }
 
+    /// Refills it with `path` (in place when both are short).
+    fn set(&mut self, path: &str) {
+        match self {
+            RequestPath::Inline { len, buf } if path.len() <= INLINE_PATH => {
+                buf[..path.len()].copy_from_slice(path.as_bytes());
+                *len = path.len() as u8;
+            }
+            _ => *self = RequestPath::new(path),
+        }
+    }
+
     fn as_str(&self) -> &str {
         match self {
             // Copied from a `str` whole.
@@ -592,21 +603,72 @@ struct RequestCtx {
     scope: Option<Arc<Scope>>,
 }
 
+thread_local! {
+    /// Scopes of requests that ended on this thread, nobody else holding them, emptied and
+    /// kept for the next requests: a request's scope then costs no allocation.
+    static SPARE_SCOPES: std::cell::RefCell<Vec<Arc<Scope>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Spare scopes kept per thread (a burst of concurrent requests beyond it allocates).
+const MAX_SPARE_SCOPES: usize = 64;
+
+/// Gives the request's scope back for reuse when nothing else holds it (a lock holder, a
+/// report); it keeps no reference into the request (its id header, its matched route).
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        let Some(mut scope) = self.scope.take() else {
+            return;
+        };
+        let Some(r) = Arc::get_mut(&mut scope).and_then(Scope::as_request_mut) else {
+            return;
+        };
+        r.id = RequestId::Generated(0);
+        r.headers.clear();
+        #[cfg(feature = "axum")]
+        {
+            r.matched = None;
+        }
+        let _ = SPARE_SCOPES.try_with(|s| {
+            if let Ok(mut spare) = s.try_borrow_mut() {
+                if spare.len() < MAX_SPARE_SCOPES {
+                    spare.push(scope);
+                }
+            }
+        });
+    }
+}
+
 impl RequestCtx {
     fn new<B>(config: &Arc<Config>, req: &Request<B>) -> Self {
-        let mut scope = Scope::request(RequestScope {
-            method: req.method().clone(),
-            path: RequestPath::new(req.uri().path()),
-            id: RequestId::Generated(0),
-            headers: CapturedHeaders::default(),
-            #[cfg(feature = "axum")]
-            matched: req
-                .extensions()
-                .get::<axum::extract::MatchedPath>()
-                .cloned(),
-        });
-        // Filled in place: the headers are copied straight into the scope's allocation.
+        #[cfg(feature = "axum")]
+        let matched = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .cloned();
+        // A spare scope of an earlier request is refilled in place; a new one is filled in
+        // its allocation: the headers are copied straight into the scope either way.
+        let mut scope = match SPARE_SCOPES.try_with(|s| s.try_borrow_mut().ok()?.pop()) {
+            Ok(Some(scope)) => scope,
+            _ => Scope::request(RequestScope {
+                method: Method::GET,
+                path: RequestPath::Inline {
+                    len: 0,
+                    buf: [0; INLINE_PATH],
+                },
+                id: RequestId::Generated(0),
+                headers: CapturedHeaders::default(),
+                #[cfg(feature = "axum")]
+                matched: None,
+            }),
+        };
         if let Some(r) = Arc::get_mut(&mut scope).and_then(Scope::as_request_mut) {
+            r.method = req.method().clone();
+            r.path.set(req.uri().path());
+            #[cfg(feature = "axum")]
+            {
+                r.matched = matched;
+            }
             let all = req.headers();
             let client_id = if config.capture_headers {
                 r.headers.capture(all, &config.header_classes)

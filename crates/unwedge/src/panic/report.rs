@@ -267,6 +267,13 @@ impl CapturedHeaders {
         found
     }
 
+    /// Forgets every captured header, keeping the spill buffer's allocation for reuse.
+    pub(crate) fn clear(&mut self) {
+        self.redacted = 0;
+        self.inline_len = 0;
+        self.spilled.clear();
+    }
+
     fn push(&mut self, i: u8, value: &[u8]) {
         let [lo, hi] = (value.len() as u16).to_le_bytes();
         let at = usize::from(self.inline_len);

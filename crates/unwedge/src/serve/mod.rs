@@ -19,7 +19,7 @@
 //!   comma-separated addresses of `UNWEDGE_LISTEN` (`127.0.0.1:8080`, `unix:/run/app.sock`);
 //!   else the builder's [`Server::bind`] addresses; else `127.0.0.1:8080`. A `LISTEN_PID`
 //!   naming another process means the sockets are not ours: they are ignored.
-//! - **Middleware**: [`PanicLayer`] with the builder's policy or
+//! - **Middleware**: [`PanicLayer`](crate::PanicLayer) with the builder's policy or
 //!   `UNWEDGE_POLICY` ([`Server::without_panic_layer`] turns it off), and `GET /livez`,
 //!   `GET /readyz` answered before the app ([`Server::without_health_routes`]); the
 //!   [`watchdog`] tracks every request.
@@ -75,13 +75,14 @@
 
 mod config;
 mod dump;
+mod front;
 pub(crate) mod notify;
 
 mod listeners;
 
-use std::convert::Infallible;
 use std::fmt;
 use std::io::Write;
+use std::pin::Pin;
 use std::process::{ExitCode, Termination};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,27 +91,25 @@ use bytes::Bytes;
 use futures_util::future::{self, Either};
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tower::{Layer, Service};
+use tower::Service;
 
 pub use config::ListenAddr;
 pub use notify::{encode_report, MAX_REPORT_BYTES};
 
 use crate::health;
 use crate::watchdog::{self, Tracked, TrackedFuture, Tracker, Watchdog};
-use crate::{PanicLayer, Policy};
+use crate::Policy;
+use front::Front;
 use listeners::{Listener, Stream};
 use notify::Notifier;
 
 /// The boxed error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// The exit code of a graceful crash: `EX_SOFTWARE` from `sysexits.h`.
 pub const EXIT_CRASH: u8 = 70;
@@ -307,7 +306,7 @@ impl Server {
         self
     }
 
-    /// Serves the app without [`PanicLayer`] (bring your own).
+    /// Serves the app without [`PanicLayer`](crate::PanicLayer) (bring your own).
     pub fn without_panic_layer(mut self) -> Self {
         self.panic_layer = false;
         self
@@ -617,181 +616,14 @@ fn register_report_sink(notifier: &Arc<Notifier>) {
     }
 }
 
-/// The boxed-body app, with or without the panic layer.
-type Inner<S> = tower::util::Either<Boxed<crate::panic::PanicService<S>>, Boxed<S>>;
-
-/// The whole stack: request tracking, health routes, panic layer, the app.
-fn build_service<S, B>(
+/// The whole stack: request tracking, then [`Front`] (health routes, panic layer, the app).
+fn build_service<S>(
     app: S,
     policy: Option<Policy>,
     health_routes: bool,
     tracker: Arc<Tracker>,
-) -> Tracked<Entry<Inner<S>>>
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    // The panic layer wraps the app itself (its body type is not boxed), and the result is
-    // boxed once, to share one type with the probes.
-    let inner = match policy {
-        Some(p) => tower::util::Either::Left(Boxed {
-            inner: PanicLayer::with_policy(p).layer(app),
-        }),
-        None => tower::util::Either::Right(Boxed { inner: app }),
-    };
-    Tracked::new(
-        Entry {
-            inner,
-            health_routes,
-        },
-        tracker,
-    )
-}
-
-/// Boxes the app's response body.
-#[derive(Debug, Clone)]
-pub(crate) struct Boxed<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<Incoming>> for Boxed<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>>,
-    S::Error: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<BoxBody>;
-    type Error = BoxError;
-    type Future = BoxedFuture<S::Future>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        BoxedFuture {
-            inner: self.inner.call(req),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response future of [`Boxed`].
-    pub(crate) struct BoxedFuture<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F, B, E> std::future::Future for BoxedFuture<F>
-where
-    F: std::future::Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Output = Result<Response<BoxBody>, BoxError>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        self.project().inner.poll(cx).map(|out| match out {
-            Ok(res) => Ok(res.map(|b| b.map_err(Into::into).boxed_unsync())),
-            Err(e) => Err(e.into()),
-        })
-    }
-}
-
-/// Answers `/livez` and `/readyz`, passes everything else to the app.
-#[derive(Debug, Clone)]
-pub(crate) struct Entry<S> {
-    inner: S,
-    health_routes: bool,
-}
-
-impl<S> Service<Request<Incoming>> for Entry<S>
-where
-    S: Service<Request<Incoming>, Response = Response<BoxBody>, Error = BoxError>,
-{
-    type Response = Response<BoxBody>;
-    type Error = BoxError;
-    type Future =
-        Either<future::Ready<Result<Response<BoxBody>, BoxError>>, CloseIfCrashing<S::Future>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        if self.health_routes && matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
-            match req.uri().path() {
-                "/livez" => return Either::Left(future::ready(Ok(probe(true)))),
-                "/readyz" => return Either::Left(future::ready(Ok(probe(false)))),
-                _ => {}
-            }
-        }
-        let http1 = req.version() <= http::Version::HTTP_11;
-        Either::Right(CloseIfCrashing {
-            inner: self.inner.call(req),
-            http1,
-        })
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Adds `Connection: close` to an HTTP/1 error response once a crash is requested (the
-    /// panicking request's `500`), so the client does not reuse a connection that is about
-    /// to close.
-    pub(crate) struct CloseIfCrashing<F> {
-        #[pin]
-        inner: F,
-        http1: bool,
-    }
-}
-
-impl<F> std::future::Future for CloseIfCrashing<F>
-where
-    F: std::future::Future<Output = Result<Response<BoxBody>, BoxError>>,
-{
-    type Output = F::Output;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let this = self.project();
-        let mut out = std::task::ready!(this.inner.poll(cx));
-        if let Ok(res) = &mut out {
-            if *this.http1 && res.status().is_server_error() && health::crash_reason().is_some() {
-                res.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-        }
-        std::task::Poll::Ready(out)
-    }
-}
-
-/// The `/livez` or `/readyz` answer of [`probe`](crate::probe), boxed.
-fn probe(live: bool) -> Response<BoxBody> {
-    let res = if live {
-        crate::probe::livez()
-    } else {
-        crate::probe::readyz()
-    };
-    res.map(|b| b.map_err(|never: Infallible| match never {}).boxed_unsync())
+) -> Tracked<Front<S>> {
+    Tracked::new(Front::new(app, policy, health_routes), tracker)
 }
 
 /// How long a connection that has not sent its first request yet is still read after
@@ -805,18 +637,20 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 /// connections on a loaded machine, 1 s none.
 const KEEP_ALIVE_GRACE: Duration = Duration::from_millis(1000);
 
-async fn accept_loop<S>(
+async fn accept_loop<S, RB>(
     listener: Listener,
     service: Tracked<S>,
     builder: auto::Builder<TokioExecutor>,
     alive: tokio::sync::mpsc::Sender<()>,
     mut stop: tokio::sync::watch::Receiver<Option<Duration>>,
 ) where
-    S: Service<Request<Incoming>, Response = Response<BoxBody>, Error = BoxError>
+    S: Service<Request<Incoming>, Response = Response<RB>, Error = BoxError>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
     let mut error_logged = false;
     loop {
@@ -852,7 +686,7 @@ async fn accept_loop<S>(
 /// sent its first request gets [`FIRST_REQUEST_GRACE`] to send it, an idle keep-alive one the
 /// grace carried by `stop` for one more; then hyper's graceful shutdown answers the request in
 /// progress (HTTP/1.1 with `Connection: close`, HTTP/2 with GOAWAY) and closes.
-fn spawn_connection<I, S>(
+fn spawn_connection<I, S, RB>(
     io: I,
     service: Tracked<S>,
     builder: &auto::Builder<TokioExecutor>,
@@ -860,11 +694,13 @@ fn spawn_connection<I, S>(
     alive: tokio::sync::mpsc::Sender<()>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<BoxBody>, Error = BoxError>
+    S: Service<Request<Incoming>, Response = Response<RB>, Error = BoxError>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
 {
     let calls = Arc::new(Calls::default());
     let (svc, tracker) = service.into_parts();
@@ -964,12 +800,33 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = TrackedFuture<tower::util::Oneshot<S, Request<Incoming>>>;
+    type Future = TrackedFuture<Called<S, Request<Incoming>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.calls.mark();
-        let svc = self.svc.clone();
-        self.tracker
-            .track(req, |req| tower::ServiceExt::oneshot(svc, req))
+        let mut svc = self.svc.clone();
+        self.tracker.track(req, |req| {
+            // A stack that is ready at once (axum's Router and the layers here are) is called
+            // right away; any other waits for readiness in a `Oneshot`.
+            let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+            match svc.poll_ready(&mut cx) {
+                std::task::Poll::Ready(Ok(())) => Either::Left(svc.call(req)),
+                std::task::Poll::Ready(Err(e)) => Either::Right(Either::Left(future::err(e))),
+                // Boxed: the rare path must not make every request's future larger.
+                std::task::Poll::Pending => Either::Right(Either::Right(Box::pin(
+                    tower::ServiceExt::oneshot(svc, req),
+                ))),
+            }
+        })
     }
 }
+
+/// The response future of a [`Conn`]'s call: the stack's own future when it was ready at once,
+/// its readiness error, or a `Oneshot` waiting for readiness.
+type Called<S, R> = Either<
+    <S as Service<R>>::Future,
+    Either<
+        future::Ready<Result<<S as Service<R>>::Response, <S as Service<R>>::Error>>,
+        Pin<Box<tower::util::Oneshot<S, R>>>,
+    >,
+>;
