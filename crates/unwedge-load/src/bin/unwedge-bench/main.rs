@@ -11,6 +11,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod overhead;
+mod pin;
 mod servers;
 
 use std::io::{IsTerminal, Write};

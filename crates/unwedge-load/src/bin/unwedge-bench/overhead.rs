@@ -52,6 +52,10 @@ pub(crate) struct OverheadArgs {
     /// Print the measurements as JSON after the tables.
     #[arg(long)]
     json: bool,
+    /// Leave placement to the scheduler instead of pinning the servers to one CPU and the
+    /// client (this process and wrk) to another.
+    #[arg(long)]
+    no_pin: bool,
 }
 
 /// One measurement of one server.
@@ -107,12 +111,30 @@ async fn run(args: &OverheadArgs) -> Result<(), String> {
             }
         }
     };
+    let placement = if args.no_pin {
+        None
+    } else {
+        let p = crate::pin::placement();
+        if p.is_none() {
+            eprintln!("note: fewer than two CPUs allowed: not pinning");
+        }
+        p
+    };
+    // The client first, before any server exists: its runtime's threads, and wrk, which
+    // inherits from them, run on the client CPU.
+    if let Some(p) = placement {
+        crate::pin::pin_tree(std::process::id(), p.client)?;
+    }
     let mut servers = Vec::new();
     for kind in Kind::ALL {
         if kind == Kind::Supervised && supervisor.is_none() {
             continue;
         }
-        servers.push(ServerProcess::spawn(kind, args.server_threads, supervisor.as_deref()).await?);
+        let server = ServerProcess::spawn(kind, args.server_threads, supervisor.as_deref()).await?;
+        if let (Some(p), Some(pid)) = (placement, server.pid()) {
+            crate::pin::pin_tree(pid, p.server)?;
+        }
+        servers.push(server);
     }
     let wrk = find_wrk().filter(|_| !args.no_wrk);
     let mut samples = Vec::new();
@@ -150,7 +172,7 @@ async fn run(args: &OverheadArgs) -> Result<(), String> {
         server.stop().await;
     }
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", markdown(args, &tools, &samples));
+    let _ = writeln!(out, "{}", markdown(args, placement, &tools, &samples));
     if args.json {
         let json = serde_json::to_string_pretty(&samples).expect("samples serialize");
         let _ = writeln!(out, "{json}");
@@ -509,7 +531,12 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Online CPUs (this process may be pinned to one by now).
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().filter(|l| l.starts_with("processor")).count())
+        .ok()
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(0, |n| n.get()));
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -528,7 +555,12 @@ fn machine() -> String {
     format!("{cpus} × {model}, Linux {kernel}, load average at the end {load}")
 }
 
-fn markdown(args: &OverheadArgs, tools: &[&str], samples: &[Sample]) -> String {
+fn markdown(
+    args: &OverheadArgs,
+    placement: Option<crate::pin::Placement>,
+    tools: &[&str],
+    samples: &[Sample],
+) -> String {
     let mut out = String::new();
     let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     let _ = writeln!(
@@ -542,10 +574,17 @@ fn markdown(args: &OverheadArgs, tools: &[&str], samples: &[Sample]) -> String {
     );
     let _ = writeln!(
         out,
-        "Machine: {}. Servers: child processes with {} tokio worker thread(s); client: {} thread(s).",
+        "Machine: {}. Servers: child processes with {} tokio worker thread(s); client: {} thread(s). {}",
         machine(),
         args.server_threads,
-        args.client_threads
+        args.client_threads,
+        match placement {
+            Some(p) => format!(
+                "Pinned: the servers on CPU {}, the client (and wrk) on CPU {}.",
+                p.server, p.client
+            ),
+            None => "Not pinned.".to_owned(),
+        }
     );
     let _ = writeln!(
         out,
@@ -555,11 +594,11 @@ fn markdown(args: &OverheadArgs, tools: &[&str], samples: &[Sample]) -> String {
         let _ = writeln!(out, "Load from **{tool}**:\n");
         let _ = writeln!(
             out,
-            "| server | requests/s (median) | range | vs bare | p99 (median) | p99 range | server CPU per request (median) | CPU vs bare | unexpected failures |"
+            "| server | requests/s (median) | range | vs bare | vs bare, paired | p99 (median) | p99 range | server CPU per request (median) | CPU vs bare | unexpected failures |"
         );
         let _ = writeln!(
             out,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         let of = |kind: Kind| -> Vec<&Sample> {
             samples
@@ -591,15 +630,32 @@ fn markdown(args: &OverheadArgs, tools: &[&str], samples: &[Sample]) -> String {
                 (Some(c), _) => (format!("{c:.2} µs"), "n/a".to_owned()),
                 _ => ("n/a".to_owned(), "n/a".to_owned()),
             };
+            // Each round's ratio to bare in the same round, then the median: a slow patch of
+            // the machine hits both sides of a pair alike.
+            let bare_rows = of(Kind::Bare);
+            let paired: Vec<f64> = rows
+                .iter()
+                .filter_map(|s| {
+                    let b = bare_rows.iter().find(|b| b.round == s.round)?;
+                    (b.requests_per_sec > 0.0).then(|| s.requests_per_sec / b.requests_per_sec)
+                })
+                .collect();
+            let paired_text = if paired.is_empty() {
+                "n/a".to_owned()
+            } else {
+                let (m, lo, hi) = median(paired);
+                format!("{:.1} % ({:.0}–{:.0})", 100.0 * m, 100.0 * lo, 100.0 * hi)
+            };
             let failures: u64 = rows.iter().map(|s| s.unexpected_failures).sum();
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.0}–{:.0} | {:.1} % | {} | {}–{} | {} | {} | {} |",
+                "| {} | {:.0} | {:.0}–{:.0} | {:.1} % | {} | {} | {}–{} | {} | {} | {} |",
                 kind.label(),
                 rps,
                 rps_lo,
                 rps_hi,
                 100.0 * rps / bare_rps,
+                paired_text,
                 fmt_us(p99 as u64),
                 fmt_us(p99_lo as u64),
                 fmt_us(p99_hi as u64),
@@ -611,7 +667,9 @@ fn markdown(args: &OverheadArgs, tools: &[&str], samples: &[Sample]) -> String {
         let _ = writeln!(out);
     }
     out.push_str(
-        "Target: unwedge::serve ≥ 97 % of bare axum's requests/s. Server CPU per request: the \
+        "Target: unwedge::serve ≥ 97 % of bare axum's requests/s. \"vs bare, paired\": the \
+         median, over the rounds, of the server's requests/s divided by bare axum's in the same \
+         round (range in brackets). Server CPU per request: the \
          server process's CPU time during the measurement (sum of its threads' \
          /proc/PID/task/*/schedstat) divided by the requests served; on a shared or small \
          machine it is steadier than requests/s, which also depends on what else runs.\n",
