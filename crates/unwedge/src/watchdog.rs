@@ -107,44 +107,113 @@ pub(crate) struct Tracker {
     threads: Mutex<Vec<Arc<ThreadSlot>>>,
 }
 
-/// Method and path of a request, for reason texts: copied inline (a standard method is a
+/// Method and path of a request, for reason texts, as plain words (a standard method is a
 /// tag; the path is cut at [`LABEL_PATH`] bytes), so that publishing it for every request's
-/// first poll touches no reference count.
-#[derive(Debug, Clone)]
-struct Label {
-    method: Method,
-    len: u8,
-    path: [u8; LABEL_PATH],
-}
+/// first poll is a few stores: no lock, no reference count. Byte 0: the method's index in
+/// [`METHODS`], or [`OTHER_METHOD`] when the text starts with the method itself; byte 1: the
+/// text's length (bit 7: cut); then the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Label([u64; LABEL_WORDS]);
 
-/// Longest path a label keeps (longer ones end with `…`).
-const LABEL_PATH: usize = 62;
+const LABEL_WORDS: usize = 8;
+/// Longest text a label keeps (longer ones end with `…`).
+const LABEL_PATH: usize = LABEL_WORDS * 8 - 2;
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::PATCH,
+    Method::TRACE,
+];
+const OTHER_METHOD: u8 = u8::MAX;
 
 impl Label {
     fn new(method: &Method, path: &str) -> Self {
-        let mut end = path.len().min(LABEL_PATH);
+        let mut bytes = [0u8; LABEL_WORDS * 8];
+        let code = METHODS.iter().position(|m| m == method);
+        let mut at = 2;
+        if code.is_none() {
+            // An extension method: its name (a token, ASCII) leads the text.
+            let name = method.as_str().as_bytes();
+            let name = &name[..name.len().min(LABEL_PATH / 2)];
+            bytes[at..at + name.len()].copy_from_slice(name);
+            bytes[at + name.len()] = b' ';
+            at += name.len() + 1;
+        }
+        let room = bytes.len() - at;
+        let mut end = path.len().min(room);
         while !path.is_char_boundary(end) {
             end -= 1;
         }
-        let mut buf = [0; LABEL_PATH];
-        buf[..end].copy_from_slice(&path.as_bytes()[..end]);
-        Label {
-            method: method.clone(),
-            len: if end < path.len() {
-                end as u8 | 0x80
-            } else {
-                end as u8
-            },
-            path: buf,
+        bytes[at..at + end].copy_from_slice(&path.as_bytes()[..end]);
+        let len = (at - 2 + end) as u8;
+        bytes[0] = code.map_or(OTHER_METHOD, |c| c as u8);
+        bytes[1] = if end < path.len() { len | 0x80 } else { len };
+        let mut words = [0u64; LABEL_WORDS];
+        for (w, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         }
+        Label(words)
     }
 
     fn text(&self) -> String {
-        let len = usize::from(self.len & 0x7f);
-        // Cut at a character boundary above.
-        let path = std::str::from_utf8(&self.path[..len]).unwrap_or_default();
-        let cut = if self.len & 0x80 != 0 { "…" } else { "" };
-        format!("{} {path}{cut}", self.method)
+        let mut bytes = [0u8; LABEL_WORDS * 8];
+        for (chunk, w) in bytes.chunks_exact_mut(8).zip(self.0) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        let len = usize::from(bytes[1] & 0x7f).min(LABEL_PATH);
+        // Cut at a character boundary by `new`.
+        let text = std::str::from_utf8(&bytes[2..2 + len]).unwrap_or_default();
+        let cut = if bytes[1] & 0x80 != 0 { "…" } else { "" };
+        match METHODS.get(usize::from(bytes[0])) {
+            Some(method) => format!("{method} {text}{cut}"),
+            None => format!("{text}{cut}"),
+        }
+    }
+}
+
+/// A [`Label`] one thread publishes and the watchdog reads: a sequence lock over atomic
+/// words (odd sequence: a store is in progress).
+#[derive(Debug, Default)]
+struct SharedLabel {
+    seq: AtomicU64,
+    words: [AtomicU64; LABEL_WORDS],
+}
+
+impl SharedLabel {
+    /// Only the owning thread stores.
+    fn store(&self, label: &Label) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        for (w, v) in self.words.iter().zip(label.0) {
+            w.store(v, Ordering::Relaxed);
+        }
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// The label last stored, or `None` when stores kept racing with the read.
+    fn load(&self) -> Option<Label> {
+        for _ in 0..64 {
+            let before = self.seq.load(Ordering::Acquire);
+            if before & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut words = [0u64; LABEL_WORDS];
+            for (v, w) in words.iter_mut().zip(&self.words) {
+                *v = w.load(Ordering::Relaxed);
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == before {
+                return Some(Label(words));
+            }
+        }
+        None
     }
 }
 
@@ -170,7 +239,7 @@ struct ThreadSlot {
     polled_started: AtomicU64,
     /// The request whose label `polled` holds.
     polled_id: AtomicU64,
-    polled: Mutex<Option<Label>>,
+    polled: SharedLabel,
     /// Requests that began waiting on this thread (their first poll returned `Pending`).
     pending: Mutex<Slab>,
 }
@@ -187,7 +256,7 @@ impl ThreadSlot {
             polling_since: AtomicU64::new(0),
             polled_started: AtomicU64::new(0),
             polled_id: AtomicU64::new(u64::MAX),
-            polled: Mutex::new(None),
+            polled: SharedLabel::default(),
             pending: Mutex::new(Slab::default()),
         }
     }
@@ -392,12 +461,13 @@ impl Req {
     /// Marks `s`'s thread as polling this request since now.
     fn publish(&self, s: &ThreadSlot) {
         if s.polled_id.load(Ordering::Relaxed) != self.id {
-            *lock(&s.polled) = Some(self.label.clone());
+            s.polled.store(&self.label);
             s.polled_id.store(self.id, Ordering::Relaxed);
         }
         s.polled_started.store(self.started, Ordering::Relaxed);
+        // Release: a watchdog that reads this mark also sees the label stored above.
         s.polling_since
-            .store(s.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+            .store(s.clock.load(Ordering::Relaxed), Ordering::Release);
     }
 
     /// After a poll that returned `Pending`: enter the request as pending (once).
@@ -407,7 +477,7 @@ impl Req {
         }
         let entry = Entry {
             started: self.started,
-            label: self.label.clone(),
+            label: self.label,
         };
         self.waiting = SLOTS
             .try_with(|slots| {
@@ -596,7 +666,7 @@ impl Tracker {
         let look_for_oldest = scan.in_flight > 0 && scan.idle > hang_ns;
         let mut oldest: Option<(u64, Label)> = None;
         for s in threads.iter() {
-            let since = s.polling_since.load(Ordering::Relaxed);
+            let since = s.polling_since.load(Ordering::Acquire);
             if since == 0 {
                 continue;
             }
@@ -606,13 +676,15 @@ impl Tracker {
             let want_oldest =
                 look_for_oldest && oldest.as_ref().map_or(true, |(o, _)| started < *o);
             if want_blocked || want_oldest {
-                let label = lock(&s.polled).clone();
+                // Stored before `polling_since` (release/acquire): this poll's label or a
+                // later one, which the check of `polling_since` below rejects.
+                let label = s.polled.load();
                 // The same poll still runs: the label is its request's.
                 if let (Some(label), true) =
                     (label, s.polling_since.load(Ordering::Relaxed) == since)
                 {
                     if want_blocked {
-                        scan.blocked = Some((d, label.clone()));
+                        scan.blocked = Some((d, label));
                     }
                     if want_oldest {
                         oldest = Some((started, label));
@@ -624,7 +696,7 @@ impl Tracker {
             for s in threads.iter() {
                 if let Some(e) = lock(&s.pending).oldest() {
                     if oldest.as_ref().map_or(true, |(o, _)| e.started < *o) {
-                        oldest = Some((e.started, e.label.clone()));
+                        oldest = Some((e.started, e.label));
                     }
                 }
             }
@@ -864,6 +936,47 @@ mod tests {
         let text = Label::new(&Method::POST, &long).text();
         assert!(text.starts_with("POST /é") && text.ends_with('…'), "{text}");
         assert!(text.len() <= "POST ".len() + LABEL_PATH + '…'.len_utf8());
+    }
+
+    #[test]
+    fn labels_keep_extension_methods_and_exact_fits() {
+        let propfind = Method::from_bytes(b"PROPFIND").unwrap();
+        assert_eq!(Label::new(&propfind, "/dav/x").text(), "PROPFIND /dav/x");
+        let fits = format!("/{}", "a".repeat(LABEL_PATH - 1));
+        assert_eq!(Label::new(&Method::DELETE, &fits).text(), format!("DELETE {fits}"));
+        let over = format!("{fits}b");
+        assert_eq!(Label::new(&Method::DELETE, &over).text(), format!("DELETE {fits}…"));
+    }
+
+    /// A reader racing with a writer sees one whole label or the other, never a mix.
+    #[test]
+    fn shared_label_reads_are_never_torn() {
+        let shared = Arc::new(SharedLabel::default());
+        let a = Label::new(&Method::GET, &format!("/{}", "a".repeat(60)));
+        let b = Label::new(&Method::POST, &format!("/{}", "b".repeat(60)));
+        shared.store(&a);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    shared.store(if n % 2 == 0 { &b } else { &a });
+                    n += 1;
+                }
+            })
+        };
+        let mut seen = 0;
+        for _ in 0..200_000 {
+            if let Some(l) = shared.load() {
+                assert!(l == a || l == b, "torn label: {}", l.text());
+                seen += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(seen > 0, "no read ever completed");
+        assert_eq!(shared.load(), Some(shared.load().unwrap()));
     }
     use tower::ServiceExt;
 
