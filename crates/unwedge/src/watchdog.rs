@@ -943,9 +943,15 @@ mod tests {
         let propfind = Method::from_bytes(b"PROPFIND").unwrap();
         assert_eq!(Label::new(&propfind, "/dav/x").text(), "PROPFIND /dav/x");
         let fits = format!("/{}", "a".repeat(LABEL_PATH - 1));
-        assert_eq!(Label::new(&Method::DELETE, &fits).text(), format!("DELETE {fits}"));
+        assert_eq!(
+            Label::new(&Method::DELETE, &fits).text(),
+            format!("DELETE {fits}")
+        );
         let over = format!("{fits}b");
-        assert_eq!(Label::new(&Method::DELETE, &over).text(), format!("DELETE {fits}…"));
+        assert_eq!(
+            Label::new(&Method::DELETE, &over).text(),
+            format!("DELETE {fits}…")
+        );
     }
 
     /// A reader racing with a writer sees one whole label or the other, never a mix.
