@@ -36,6 +36,12 @@ echo "criterion: layer…" >&2
 cargo bench --quiet -p unwedge --bench layer -- "${crit[@]}" >"$tmp/layer.log" 2>&1
 echo "request overhead…" >&2
 bench/overhead.sh "${overhead[@]}" >"$tmp/overhead.md" 2>"$tmp/overhead.log"
+if command -v valgrind >/dev/null; then
+  echo "instructions per request (callgrind)…" >&2
+  bench/instructions.sh >"$tmp/instructions.md" 2>"$tmp/instructions.log" || true
+else
+  echo "(valgrind not installed: apt-get install valgrind)" >"$tmp/instructions.md"
+fi
 echo "worker runtime figures…" >&2
 cargo nextest run --release -p unwedge-demo --no-capture \
   -E 'test(graceful_crash_with_nothing_in_flight_exits_promptly) | binary(watchdog_hangs)' \
@@ -106,6 +112,17 @@ Target: \`unwedge::serve\` ≥ 97 % of bare axum's requests/s.
 
 SECTION
   cat "$tmp/overhead.md"
+  cat <<SECTION
+
+### Instructions per request (callgrind)
+
+\`bench/instructions.sh\`: the same servers under \`valgrind --tool=callgrind\`, 3 000
+unmeasured requests, then 20 000 counted (8 keep-alive connections). User-space instructions
+only (most of a request's CPU time is the kernel's TCP work, which this does not count), but
+the figure does not move with other load on the machine, unlike the tables above.
+
+SECTION
+  cat "$tmp/instructions.md"
   cat <<SECTION
 
 ## 4. Worker runtime: graceful crash and hang detection

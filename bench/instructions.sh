@@ -38,9 +38,9 @@ for kind in "${servers[@]}"; do
     sleep 0.2
   done
   "$bench" load --url "http://127.0.0.1:$port/" -c 8 --count 3000 >/dev/null
-  callgrind_control -z $pid >/dev/null
+  callgrind_control -z $pid >/dev/null 2>&1
   "$bench" load --url "http://127.0.0.1:$port/" -c 8 --count $n >/dev/null
-  callgrind_control -d $pid >/dev/null
+  callgrind_control -d $pid >/dev/null 2>&1
   kill $pid; wait $pid 2>/dev/null || true
   dump=$(ls -t "$tmp/$kind.out".* | head -1)
   total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')

@@ -617,13 +617,26 @@ fn register_report_sink(notifier: &Arc<Notifier>) {
 }
 
 /// The whole stack: request tracking, then [`Front`] (health routes, panic layer, the app).
-fn build_service<S>(
-    app: S,
+fn build_service<S: 'static>(
+    #[allow(unused_mut)] mut app: S,
     policy: Option<Policy>,
     health_routes: bool,
     tracker: Arc<Tracker>,
 ) -> Tracked<Front<S>> {
+    #[cfg(feature = "axum")]
+    prepare_router(&mut app);
     Tracked::new(Front::new(app, policy, health_routes), tracker)
+}
+
+/// Prepares an axum `Router` for serving once, as `axum::serve` does (`with_state(())`):
+/// unprepared, a `Router` turns a handler into a route again for every request it routes to
+/// that handler (a clone of the boxed handler and an allocation each time).
+#[cfg(feature = "axum")]
+fn prepare_router<S: 'static>(app: &mut S) {
+    if let Some(router) = (app as &mut dyn std::any::Any).downcast_mut::<axum::Router>() {
+        let unprepared = std::mem::replace(router, axum::Router::new());
+        *router = unprepared.with_state(());
+    }
 }
 
 /// How long a connection that has not sent its first request yet is still read after
