@@ -1,7 +1,9 @@
 //! PanicLayer over a real socket: catching, answering, reporting, deciding.
 //!
 //! Each test runs in its own process under `cargo nextest run`, so the process-wide health
-//! registry and crash signal start clean in each.
+//! registry and crash signal start clean in each. The apps are axum routers that mount
+//! `unwedge::probe::router`: the file needs the (default) `axum` feature.
+#![cfg(feature = "axum")]
 
 use std::collections::HashMap;
 use std::convert::Infallible;

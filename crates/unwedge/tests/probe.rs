@@ -29,6 +29,8 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     (status, serde_json::from_slice(&body).unwrap())
 }
 
+// `probe::router` is behind the (default) `axum` feature.
+#[cfg(feature = "axum")]
 #[tokio::test]
 async fn axum_router_follows_health() {
     within(async {
