@@ -559,7 +559,6 @@ where
 impl Tracker {
     /// Records `req` as begun and turns it into its response future with `call`; the future
     /// records its polls and its end.
-    #[inline(always)]
     pub(crate) fn track<B, F>(
         &self,
         req: Request<B>,

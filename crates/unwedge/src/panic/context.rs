@@ -82,7 +82,6 @@ impl Scope {
         })
     }
 
-    #[inline(always)]
     pub(crate) fn request(request: RequestScope) -> Arc<Self> {
         Arc::new(Scope {
             label: Label::Request(request),
@@ -122,7 +121,6 @@ pub(crate) fn with_scope<R>(scope: &Arc<Scope>, f: impl FnOnce() -> R) -> R {
 /// Like [`with_scope`], but moves the scope out of `slot` into the thread-local and back
 /// (also when `f` panics) instead of cloning it: no reference count is touched. `slot` is
 /// `None` while `f` runs; an empty `slot` runs `f` with no scope.
-#[inline(always)]
 pub(crate) fn with_scope_in<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -> R) -> R {
     struct Restore<'a> {
         slot: &'a mut Option<Arc<Scope>>,

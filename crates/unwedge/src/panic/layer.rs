@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use serde::Serialize;
 use tower::{Layer, Service};
@@ -715,7 +715,7 @@ impl RequestCtx {
         Response::from_parts(
             parts,
             PanicBody {
-                kind: Kind::Inner { body },
+                kind: Either::Left(body),
             },
         )
     }
@@ -778,9 +778,7 @@ impl RequestCtx {
         Response::from_parts(
             parts,
             PanicBody {
-                kind: Kind::Answer {
-                    body: Full::new(body),
-                },
+                kind: Either::Right(Full::new(body)),
             },
         )
     }
@@ -905,24 +903,17 @@ pin_project! {
     /// assert_eq!(body, "ok");
     /// ```
     pub struct PanicBody<B> {
+        // The inner body, guarded; or the layer's answer to a panic.
         #[pin]
-        kind: Kind<B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<B> {
-        Inner { #[pin] body: CatchBody<B> },
-        Answer { #[pin] body: Full<Bytes> },
+        kind: Either<CatchBody<B>, Full<Bytes>>,
     }
 }
 
 impl<B> fmt::Debug for PanicBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
-            Kind::Inner { .. } => "inner",
-            Kind::Answer { .. } => "panic answer",
+            Either::Left(_) => "inner",
+            Either::Right(_) => "panic answer",
         };
         f.debug_struct("PanicBody").field("kind", &kind).finish()
     }
@@ -941,28 +932,17 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project().kind.project() {
-            KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Answer { body } => body
-                .poll_frame(cx)
-                .map(|f| f.map(|f| f.map_err(|never| match never {}))),
-        }
+        self.project().kind.poll_frame(cx)
     }
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Inner { body } => body.is_end_stream(),
-            Kind::Answer { body } => body.is_end_stream(),
-        }
+        self.kind.is_end_stream()
     }
 
     #[inline]
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Inner { body } => body.size_hint(),
-            Kind::Answer { body } => body.size_hint(),
-        }
+        self.kind.size_hint()
     }
 }
 

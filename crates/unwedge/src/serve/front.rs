@@ -2,17 +2,17 @@
 //! the app (behind the panic layer unless it is disabled), and marks the panicking request's
 //! `500` `Connection: close` once a crash is requested.
 //!
-//! One service, one future and one body type for all of it, so a request pays for no boxed
-//! body and no chain of wrapper futures moved into one another.
+//! One service, one future and one body type (nested `http_body_util::Either`) for all of
+//! it, so a request pays for no boxed body and no chain of wrapper futures moved into one
+//! another.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
+use http_body::Body;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -114,16 +114,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (res, http1) = match self.project() {
             FrontProj::Guarded { fut, http1 } => match std::task::ready!(fut.poll(cx)) {
-                Ok(res) => (res.map(|body| ServeBody::Guarded { body }), *http1),
+                Ok(res) => (res.map(Either::Left), *http1),
                 Err(e) => return Poll::Ready(Err(e.into())),
             },
             FrontProj::Plain { fut, http1 } => match std::task::ready!(fut.poll(cx)) {
-                Ok(res) => (res.map(|body| ServeBody::Plain { body }), *http1),
+                Ok(res) => (res.map(|body| Either::Right(Either::Left(body))), *http1),
                 Err(e) => return Poll::Ready(Err(e.into())),
             },
             FrontProj::Probe { res } => {
                 let res = res.take().expect("FrontFuture polled after completion");
-                return Poll::Ready(Ok(res.map(|body| ServeBody::Probe { body })));
+                return Poll::Ready(Ok(res.map(|body| Either::Right(Either::Right(body)))));
             }
         };
         Poll::Ready(Ok(close_if_crashing(res, http1)))
@@ -143,50 +143,6 @@ fn close_if_crashing<B>(mut res: Response<B>, http1: bool) -> Response<B> {
     res
 }
 
-pin_project! {
-    /// The response body of [`Front`]: the app's (through the panic layer or not) or a probe's.
-    #[project = ServeBodyProj]
-    pub(crate) enum ServeBody<B> {
-        Guarded { #[pin] body: PanicBody<B> },
-        Plain { #[pin] body: B },
-        Probe { #[pin] body: Full<Bytes> },
-    }
-}
-
-impl<B> Body for ServeBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            ServeBodyProj::Guarded { body } => body.poll_frame(cx),
-            ServeBodyProj::Plain { body } => body.poll_frame(cx).map_err(Into::into),
-            ServeBodyProj::Probe { body } => body
-                .poll_frame(cx)
-                .map_err(|never: Infallible| match never {}),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ServeBody::Guarded { body } => body.is_end_stream(),
-            ServeBody::Plain { body } => body.is_end_stream(),
-            ServeBody::Probe { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ServeBody::Guarded { body } => body.size_hint(),
-            ServeBody::Plain { body } => body.size_hint(),
-            ServeBody::Probe { body } => body.size_hint(),
-        }
-    }
-}
+/// The response body of [`Front`]: the app's through the panic layer, the app's own (no
+/// panic layer), or a probe's.
+pub(crate) type ServeBody<B> = Either<PanicBody<B>, Either<B, Full<Bytes>>>;

@@ -285,7 +285,7 @@ impl ServerProcess {
 }
 
 /// `root` and every process descending from it, from the parent pids in `/proc/*/stat`.
-fn process_tree(root: u32) -> Vec<u32> {
+pub(crate) fn process_tree(root: u32) -> Vec<u32> {
     let mut parents = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {

@@ -3,8 +3,6 @@
 //! one-thread server and the client on the same CPU in some rounds and not in others, and
 //! requests/s jumps by 10–20 % between rounds for no reason in the code measured.
 
-use std::collections::HashSet;
-
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
@@ -29,12 +27,7 @@ pub(crate) fn placement() -> Option<Placement> {
 pub(crate) fn pin_tree(pid: u32, cpu: usize) -> Result<(), String> {
     let mut set = CpuSet::new();
     set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
-    let mut seen = HashSet::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        if !seen.insert(p) {
-            continue;
-        }
+    for p in crate::overhead::process_tree(pid) {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
             continue; // gone meanwhile
         };
@@ -50,13 +43,6 @@ pub(crate) fn pin_tree(pid: u32, cpu: usize) -> Result<(), String> {
             match sched_setaffinity(Pid::from_raw(tid), &set) {
                 Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
                 Err(e) => return Err(format!("cannot pin thread {tid} of {p} to cpu {cpu}: {e}")),
-            }
-            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
-                todo.extend(
-                    children
-                        .split_whitespace()
-                        .filter_map(|c| c.parse::<u32>().ok()),
-                );
             }
         }
     }
