@@ -160,6 +160,40 @@ fn requests_making_no_progress_are_wedged_then_clear() {
     });
 }
 
+/// The seed's server2 answers a health probe while every request that needs the state hangs:
+/// probes answered meanwhile are no progress of the app, or a prober (a supervisor, a
+/// kubelet) would hide the hang it is there to find.
+#[test]
+fn health_probes_answered_meanwhile_are_no_progress() {
+    run_test(Duration::from_secs(60), async {
+        let limit = Duration::from_secs(1);
+        let (_dir, mut notify, _worker, addr) = start(&[("UNWEDGE_HANG_LIMIT", "1s")]).await;
+        let slow = tokio::spawn(async move { http(addr, "GET", "/slow?ms=3000").await });
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let probing = tokio::spawn({
+            let answered = answered.clone();
+            async move {
+                loop {
+                    if matches!(http(addr, "GET", "/readyz").await, Ok((200, _))) {
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    // Pacing, not waiting for anything: a probe every 50 ms.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        let (_, status) = notify
+            .expect("STATUS=wedged", limit + Duration::from_secs(1), wedged)
+            .await;
+        assert!(status.contains("no progress"), "{status}");
+        assert!(status.contains("GET /slow"), "{status}");
+        let answered = answered.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(answered >= 3, "only {answered} probes answered meanwhile");
+        probing.abort();
+        assert_eq!(slow.await.unwrap().unwrap().0, 200);
+    });
+}
+
 #[test]
 fn deadlock_between_two_mutexes_is_wedged_at_once() {
     run_test(Duration::from_secs(60), async {

@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 
 use http::{Method, Request};
 use sd_notify::NotifyState;
-use tower::Service;
 
 use crate::health::{self, HealthState};
 use crate::serve::notify::{one_line, Notifier};
@@ -413,9 +412,10 @@ impl Tracker {
         self.counts().2
     }
 
-    /// Counts `req` as begun and marks this thread as polling it (the caller ends the mark
-    /// with a [`PollEnds`] when the request is tracked).
-    fn begin<B>(&self, req: &Request<B>) -> Req {
+    /// Counts `req` as begun and marks this thread as polling it: the caller runs the
+    /// service's `call` under [`Req::call_begins`], which ends the mark, and polls the
+    /// response future with [`poll_tracked`].
+    pub(crate) fn begin<B>(&self, req: &Request<B>) -> Req {
         let mut r = Req {
             tracker: self.id,
             id: 0,
@@ -440,7 +440,7 @@ impl Tracker {
 }
 
 /// One tracked request, owned by its response future.
-struct Req {
+pub(crate) struct Req {
     tracker: u64,
     id: u64,
     /// Counted as begun (the tracker was alive); ends are counted only then.
@@ -453,6 +453,14 @@ struct Req {
 }
 
 impl Req {
+    /// For the synchronous `call` of the service, which counts as a poll of the request (a
+    /// handler blocking in it is attributed): the mark [`Tracker::begin`] set ends when the
+    /// returned guard drops.
+    #[must_use]
+    pub(crate) fn call_begins(&self) -> Option<PollEnds> {
+        self.tracked.then_some(PollEnds(self.tracker))
+    }
+
     /// Before a poll: this thread is polling this request since now.
     fn poll_begins(&self) {
         with_slot(self.tracker, |s| self.publish(s));
@@ -512,7 +520,7 @@ impl Drop for Req {
 }
 
 /// Clears the thread's "polling" mark after a poll, also when the poll unwinds.
-struct PollEnds(u64);
+pub(crate) struct PollEnds(u64);
 
 impl Drop for PollEnds {
     fn drop(&mut self) {
@@ -520,98 +528,33 @@ impl Drop for PollEnds {
     }
 }
 
-/// Tower middleware recording each request in the [`Tracker`].
-#[derive(Debug, Clone)]
-pub(crate) struct Tracked<S> {
-    inner: S,
-    tracker: Arc<Tracker>,
-}
-
-impl<S> Tracked<S> {
-    pub(crate) fn new(inner: S, tracker: Arc<Tracker>) -> Self {
-        Tracked { inner, tracker }
-    }
-
-    /// The tracked service and the tracker, for an adapter that tracks requests itself.
-    pub(crate) fn into_parts(self) -> (S, Arc<Tracker>) {
-        (self.inner, self.tracker)
-    }
-}
-
-impl<S, B> Service<Request<B>> for Tracked<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = TrackedFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let inner = &mut self.inner;
-        self.tracker.track(req, |req| inner.call(req))
-    }
-}
-
-impl Tracker {
-    /// Records `req` as begun and turns it into its response future with `call`; the future
-    /// records its polls and its end.
-    pub(crate) fn track<B, F>(
-        &self,
-        req: Request<B>,
-        call: impl FnOnce(Request<B>) -> F,
-    ) -> TrackedFuture<F> {
-        // The call runs the service's synchronous part: it counts as a poll of the request.
-        let tracked = self.begin(&req);
-        let inner = if tracked.tracked {
-            let _ends = PollEnds(tracked.tracker);
-            call(req)
-        } else {
-            call(req)
-        };
-        TrackedFuture {
-            inner,
-            req: Some(tracked),
+/// Polls a tracked request's future: marks this thread as polling it for the duration, and
+/// counts the request as completed when it is ready (`req` is then `None`) or enters it as
+/// pending when it is not.
+#[inline]
+pub(crate) fn poll_tracked<F: Future>(
+    req: &mut Option<Req>,
+    fut: Pin<&mut F>,
+    cx: &mut Context<'_>,
+) -> Poll<F::Output> {
+    let Some(r) = req.as_mut() else {
+        return fut.poll(cx);
+    };
+    let out = if r.tracked {
+        r.poll_begins();
+        let _ends = PollEnds(r.tracker);
+        fut.poll(cx)
+    } else {
+        fut.poll(cx)
+    };
+    if out.is_ready() {
+        if let Some(mut r) = req.take() {
+            r.completed = true;
         }
+    } else {
+        r.wait();
     }
-}
-
-pin_project_lite::pin_project! {
-    /// The response future of [`Tracked`].
-    pub(crate) struct TrackedFuture<F> {
-        #[pin]
-        inner: F,
-        req: Option<Req>,
-    }
-}
-
-impl<F: Future> Future for TrackedFuture<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let Some(req) = this.req.as_mut() else {
-            return this.inner.poll(cx);
-        };
-        let out = if req.tracked {
-            req.poll_begins();
-            let _ends = PollEnds(req.tracker);
-            this.inner.poll(cx)
-        } else {
-            this.inner.poll(cx)
-        };
-        if out.is_ready() {
-            if let Some(mut req) = this.req.take() {
-                req.completed = true;
-            }
-        } else {
-            req.wait();
-        }
-        out
-    }
+    out
 }
 
 /// What the watchdog finds in the requests in flight.
@@ -983,7 +926,64 @@ mod tests {
         assert!(seen > 0, "no read ever completed");
         assert_eq!(shared.load(), Some(shared.load().unwrap()));
     }
-    use tower::ServiceExt;
+
+    use tower::{Service, ServiceExt};
+
+    /// Tower middleware recording each request in the [`Tracker`] the way `serve()` does
+    /// ([`Tracker::begin`], [`Req::call_begins`], [`poll_tracked`]), for services in tests.
+    #[derive(Clone)]
+    struct Tracked<S> {
+        inner: S,
+        tracker: Arc<Tracker>,
+    }
+
+    impl<S> Tracked<S> {
+        fn new(inner: S, tracker: Arc<Tracker>) -> Self {
+            Tracked { inner, tracker }
+        }
+    }
+
+    impl<S, B> Service<Request<B>> for Tracked<S>
+    where
+        S: Service<Request<B>>,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = TrackedFuture<S::Future>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, req: Request<B>) -> Self::Future {
+            let tracked = self.tracker.begin(&req);
+            let inner = {
+                let _ends = tracked.call_begins();
+                self.inner.call(req)
+            };
+            TrackedFuture {
+                inner,
+                req: Some(tracked),
+            }
+        }
+    }
+
+    pin_project_lite::pin_project! {
+        struct TrackedFuture<F> {
+            #[pin]
+            inner: F,
+            req: Option<Req>,
+        }
+    }
+
+    impl<F: Future> Future for TrackedFuture<F> {
+        type Output = F::Output;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            let this = self.project();
+            poll_tracked(this.req, this.inner, cx)
+        }
+    }
 
     #[tokio::test]
     async fn tracked_requests_are_in_flight_until_they_complete() {

@@ -366,23 +366,48 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let mut ctx = RequestCtx::new(&self.config, &req);
         let inner = &mut self.inner;
-        let called = context::with_scope_in(&mut ctx.scope, || {
-            catch_unwind(AssertUnwindSafe(move || inner.call(req)))
-        });
-        match called {
-            Ok(fut) => ResponseFuture {
-                state: State::Polling { fut },
-                ctx: Some(ctx),
+        guarded_call(&self.config, req, |req| inner.call(req))
+    }
+}
+
+impl PanicLayer {
+    /// For `serve()`, which guards its app without wrapping it in a [`PanicService`] (one
+    /// future less per request): `call` (the app's `call`) runs in a new scope for `req`,
+    /// its panic caught, and the future it returns is polled as [`PanicService`]'s is.
+    #[inline]
+    pub(crate) fn guard_call<ReqB, F, ResB>(
+        &self,
+        req: Request<ReqB>,
+        call: impl FnOnce(Request<ReqB>) -> F,
+    ) -> ResponseFuture<F, ResB> {
+        guarded_call(&self.config, req, call)
+    }
+}
+
+/// Opens the request's scope, runs `call` in it with its panic caught, and returns the
+/// future that polls the result the same way.
+#[inline]
+fn guarded_call<ReqB, F, ResB>(
+    config: &Arc<Config>,
+    req: Request<ReqB>,
+    call: impl FnOnce(Request<ReqB>) -> F,
+) -> ResponseFuture<F, ResB> {
+    let mut ctx = RequestCtx::new(config, &req);
+    let called = context::with_scope_in(&mut ctx.scope, || {
+        catch_unwind(AssertUnwindSafe(move || call(req)))
+    });
+    match called {
+        Ok(fut) => ResponseFuture {
+            state: State::Polling { fut },
+            ctx: Some(ctx),
+        },
+        Err(payload) => ResponseFuture {
+            state: State::Panicked {
+                res: Some(Box::new(ctx.panic_response(payload))),
             },
-            Err(payload) => ResponseFuture {
-                state: State::Panicked {
-                    res: Some(Box::new(ctx.panic_response(payload))),
-                },
-                ctx: None,
-            },
-        }
+            ctx: None,
+        },
     }
 }
 

@@ -1,85 +1,154 @@
-//! The front of `serve()`'s stack: answers `/livez` and `/readyz`, passes everything else to
-//! the app (behind the panic layer unless it is disabled), and marks the panicking request's
-//! `500` `Connection: close` once a crash is requested.
+//! The front of `serve()`'s stack, in one service adapter and one future: answers `/livez`
+//! and `/readyz`, tracks every other request for the [watchdog](crate::watchdog), guards the
+//! app with the panic layer (unless it is disabled) and marks the panicking request's `500`
+//! `Connection: close` once a crash is requested.
 //!
-//! One service, one future and one body type (nested `http_body_util::Either`) for all of
-//! it, so a request pays for no boxed body and no chain of wrapper futures moved into one
-//! another.
+//! Not a chain of tower layers: each layer would move the request (264 bytes) and the app's
+//! response future (a few hundred bytes for axum's) into its own, and those copies were the
+//! largest part of `serve()`'s cost over `axum::serve`. Here the request is looked at by
+//! reference and moved once, into the app; the app's future is moved into this one.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::future::{self, Either as FutEither};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::BoxError;
-use crate::panic::{PanicBody, PanicService, ResponseFuture as PanicFuture};
+use crate::panic::{PanicBody, ResponseFuture as PanicFuture};
+use crate::watchdog::{poll_tracked, Req, Tracker};
 use crate::{health, PanicLayer, Policy};
 
-/// The app, behind the panic layer or not.
+/// What every connection serves: the app, its panic guard and the health routes, and the
+/// tracker that counts requests for the watchdog. Cloned for each connection.
 #[derive(Debug, Clone)]
-enum App<S> {
-    Guarded(PanicService<S>),
-    Plain(S),
-}
-
-/// See the module docs.
-#[derive(Debug, Clone)]
-pub(crate) struct Front<S> {
-    app: App<S>,
+pub(crate) struct Stack<S> {
+    app: S,
+    /// `None` when the panic layer is disabled.
+    guard: Option<PanicLayer>,
     health_routes: bool,
+    tracker: Arc<Tracker>,
 }
 
-impl<S> Front<S> {
-    /// `app` behind a [`PanicLayer`] with `policy`, or bare when `policy` is `None`.
-    pub(crate) fn new(app: S, policy: Option<Policy>, health_routes: bool) -> Self {
-        let app = match policy {
-            Some(p) => App::Guarded(PanicLayer::with_policy(p).layer(app)),
-            None => App::Plain(app),
-        };
-        Front { app, health_routes }
+impl<S> Stack<S> {
+    /// `app` guarded with `policy` (bare when `policy` is `None`).
+    pub(crate) fn new(
+        app: S,
+        policy: Option<Policy>,
+        health_routes: bool,
+        tracker: Arc<Tracker>,
+    ) -> Self {
+        Stack {
+            app,
+            guard: policy.map(PanicLayer::with_policy),
+            health_routes,
+            tracker,
+        }
+    }
+
+    /// The connection's service, counting its requests in `calls`.
+    pub(crate) fn connection(self, calls: Arc<super::Calls>) -> Conn<S> {
+        Conn {
+            app: RefCell::new(self.app),
+            guard: self.guard,
+            health_routes: self.health_routes,
+            tracker: self.tracker,
+            calls,
+        }
     }
 }
 
-impl<S, B> Service<Request<Incoming>> for Front<S>
+/// A connection's hyper service. hyper calls it from the connection's task, one call at a
+/// time (also for HTTP/2, whose streams' futures then run apart from it), so it keeps one
+/// instance of the app behind a `RefCell` and calls it in place: no clone of the app per
+/// request (hyper-util's `TowerToHyperService` clones the whole tower stack, every layer's
+/// handles included, for each request).
+pub(crate) struct Conn<S> {
+    app: RefCell<S>,
+    guard: Option<PanicLayer>,
+    health_routes: bool,
+    tracker: Arc<Tracker>,
+    calls: Arc<super::Calls>,
+}
+
+/// The app's response future: its own when it was ready at once (axum's `Router` always is),
+/// its readiness error, or a `Oneshot` waiting for readiness.
+type Called<S, R> = FutEither<
+    <S as Service<R>>::Future,
+    FutEither<
+        future::Ready<Result<<S as Service<R>>::Response, <S as Service<R>>::Error>>,
+        // Boxed: the rare path must not make every request's future larger.
+        Pin<Box<tower::util::Oneshot<S, R>>>,
+    >,
+>;
+
+/// Calls `app` now when it is ready at once, else leaves the call to a `Oneshot` (with a clone
+/// of it) that waits for readiness.
+#[inline]
+fn call_app<S, R>(app: &mut S, req: R) -> Called<S, R>
 where
-    S: Service<Request<Incoming>, Response = Response<B>>,
+    S: Service<R> + Clone,
+{
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    match app.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => FutEither::Left(app.call(req)),
+        Poll::Ready(Err(e)) => FutEither::Right(FutEither::Left(future::err(e))),
+        Poll::Pending => FutEither::Right(FutEither::Right(Box::pin(tower::ServiceExt::oneshot(
+            app.clone(),
+            req,
+        )))),
+    }
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Conn<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<ServeBody<B>>;
     type Error = BoxError;
-    type Future = FrontFuture<S::Future, B>;
+    type Future = ServeFuture<Called<S, Request<Incoming>>, B>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match &mut self.app {
-            App::Guarded(s) => s.poll_ready(cx).map_err(Into::into),
-            App::Plain(s) => s.poll_ready(cx).map_err(Into::into),
-        }
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.calls.mark();
         if self.health_routes && matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+            // Not tracked: a probe answered is no progress of the app.
             match req.uri().path() {
-                "/livez" => return FrontFuture::probe(crate::probe::livez()),
-                "/readyz" => return FrontFuture::probe(crate::probe::readyz()),
+                "/livez" => return ServeFuture::probe(crate::probe::livez()),
+                "/readyz" => return ServeFuture::probe(crate::probe::readyz()),
                 _ => {}
             }
         }
         let http1 = req.version() <= http::Version::HTTP_11;
-        match &mut self.app {
-            App::Guarded(s) => FrontFuture::Guarded {
-                fut: s.call(req),
+        let tracked = self.tracker.begin(&req);
+        let _call_ends = tracked.call_begins();
+        // Only this call borrows the app: hyper does not call again before it returns.
+        let mut app = self.app.borrow_mut();
+        let app = &mut *app;
+        match &self.guard {
+            Some(guard) => ServeFuture {
+                kind: Kind::Guarded {
+                    fut: guard.guard_call(req, |req| call_app(app, req)),
+                },
+                req: Some(tracked),
                 http1,
             },
-            App::Plain(s) => FrontFuture::Plain {
-                fut: s.call(req),
+            None => ServeFuture {
+                kind: Kind::Plain {
+                    fut: call_app(app, req),
+                },
+                req: Some(tracked),
                 http1,
             },
         }
@@ -87,24 +156,38 @@ where
 }
 
 pin_project! {
-    /// The response future of [`Front`].
-    #[project = FrontProj]
-    pub(crate) enum FrontFuture<F, B> {
-        Guarded { #[pin] fut: PanicFuture<F, B>, http1: bool },
-        Plain { #[pin] fut: F, http1: bool },
+    /// The response future of a [`Conn`].
+    pub(crate) struct ServeFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+        // The request as the watchdog tracks it; `None` for a probe and once completed.
+        req: Option<Req>,
+        http1: bool,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Guarded { #[pin] fut: PanicFuture<F, B> },
+        Plain { #[pin] fut: F },
         Probe { res: Option<Response<Full<Bytes>>> },
     }
 }
 
-impl<F, B> FrontFuture<F, B> {
+impl<F, B> ServeFuture<F, B> {
     fn probe(res: Response<Full<Bytes>>) -> Self {
-        FrontFuture::Probe { res: Some(res) }
+        ServeFuture {
+            kind: Kind::Probe { res: Some(res) },
+            req: None,
+            http1: true,
+        }
     }
 }
 
-impl<F, B, E> std::future::Future for FrontFuture<F, B>
+impl<F, B, E> Future for ServeFuture<F, B>
 where
-    F: std::future::Future<Output = Result<Response<B>, E>>,
+    F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -112,21 +195,22 @@ where
     type Output = Result<Response<ServeBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (res, http1) = match self.project() {
-            FrontProj::Guarded { fut, http1 } => match std::task::ready!(fut.poll(cx)) {
-                Ok(res) => (res.map(Either::Left), *http1),
+        let this = self.project();
+        let res = match this.kind.project() {
+            KindProj::Guarded { fut } => match std::task::ready!(poll_tracked(this.req, fut, cx)) {
+                Ok(res) => res.map(Either::Left),
                 Err(e) => return Poll::Ready(Err(e.into())),
             },
-            FrontProj::Plain { fut, http1 } => match std::task::ready!(fut.poll(cx)) {
-                Ok(res) => (res.map(|body| Either::Right(Either::Left(body))), *http1),
+            KindProj::Plain { fut } => match std::task::ready!(poll_tracked(this.req, fut, cx)) {
+                Ok(res) => res.map(|body| Either::Right(Either::Left(body))),
                 Err(e) => return Poll::Ready(Err(e.into())),
             },
-            FrontProj::Probe { res } => {
-                let res = res.take().expect("FrontFuture polled after completion");
+            KindProj::Probe { res } => {
+                let res = res.take().expect("ServeFuture polled after completion");
                 return Poll::Ready(Ok(res.map(|body| Either::Right(Either::Right(body)))));
             }
         };
-        Poll::Ready(Ok(close_if_crashing(res, http1)))
+        Poll::Ready(Ok(close_if_crashing(res, *this.http1)))
     }
 }
 
@@ -143,6 +227,6 @@ fn close_if_crashing<B>(mut res: Response<B>, http1: bool) -> Response<B> {
     res
 }
 
-/// The response body of [`Front`]: the app's through the panic layer, the app's own (no
+/// The response body of `serve()`: the app's through the panic layer, the app's own (no
 /// panic layer), or a probe's.
 pub(crate) type ServeBody<B> = Either<PanicBody<B>, Either<B, Full<Bytes>>>;

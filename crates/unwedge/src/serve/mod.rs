@@ -22,7 +22,8 @@
 //! - **Middleware**: [`PanicLayer`](crate::PanicLayer) with the builder's policy or
 //!   `UNWEDGE_POLICY` ([`Server::without_panic_layer`] turns it off), and `GET /livez`,
 //!   `GET /readyz` answered before the app ([`Server::without_health_routes`]); the
-//!   [`watchdog`] tracks every request.
+//!   [`watchdog`] tracks every other request (a probe answered is no progress of the app:
+//!   probes must not hide a hang).
 //! - **sd_notify** over `NOTIFY_SOCKET`: `READY=1` once accepting, `STATUS=` on every health
 //!   change, `WATCHDOG=1` every half of `WATCHDOG_USEC` only while Healthy or Draining,
 //!   `STOPPING=1`, and each panic report as `UNWEDGE_REPORT=<json>` ([`encode_report`]). A
@@ -82,13 +83,12 @@ mod listeners;
 
 use std::fmt;
 use std::io::Write;
-use std::pin::Pin;
 use std::process::{ExitCode, Termination};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::future::{self, Either};
+
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -102,9 +102,9 @@ pub use config::ListenAddr;
 pub use notify::{encode_report, MAX_REPORT_BYTES};
 
 use crate::health;
-use crate::watchdog::{self, Tracked, TrackedFuture, Tracker, Watchdog};
+use crate::watchdog::{self, Tracker, Watchdog};
 use crate::Policy;
-use front::Front;
+use front::Stack;
 use listeners::{Listener, Stream};
 use notify::Notifier;
 
@@ -616,16 +616,16 @@ fn register_report_sink(notifier: &Arc<Notifier>) {
     }
 }
 
-/// The whole stack: request tracking, then [`Front`] (health routes, panic layer, the app).
+/// The whole stack: health routes, request tracking, the panic guard, the app.
 fn build_service<S: 'static>(
     #[allow(unused_mut)] mut app: S,
     policy: Option<Policy>,
     health_routes: bool,
     tracker: Arc<Tracker>,
-) -> Tracked<Front<S>> {
+) -> Stack<S> {
     #[cfg(feature = "axum")]
     prepare_router(&mut app);
-    Tracked::new(Front::new(app, policy, health_routes), tracker)
+    Stack::new(app, policy, health_routes, tracker)
 }
 
 /// Prepares an axum `Router` for serving once, as `axum::serve` does (`with_state(())`):
@@ -652,16 +652,14 @@ const KEEP_ALIVE_GRACE: Duration = Duration::from_millis(1000);
 
 async fn accept_loop<S, RB>(
     listener: Listener,
-    service: Tracked<S>,
+    service: Stack<S>,
     builder: auto::Builder<TokioExecutor>,
     alive: tokio::sync::mpsc::Sender<()>,
     mut stop: tokio::sync::watch::Receiver<Option<Duration>>,
 ) where
-    S: Service<Request<Incoming>, Response = Response<RB>, Error = BoxError>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Incoming>, Response = Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
     RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
 {
@@ -701,27 +699,20 @@ async fn accept_loop<S, RB>(
 /// progress (HTTP/1.1 with `Connection: close`, HTTP/2 with GOAWAY) and closes.
 fn spawn_connection<I, S, RB>(
     io: I,
-    service: Tracked<S>,
+    service: Stack<S>,
     builder: &auto::Builder<TokioExecutor>,
     mut stop: tokio::sync::watch::Receiver<Option<Duration>>,
     alive: tokio::sync::mpsc::Sender<()>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<RB>, Error = BoxError>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Incoming>, Response = Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
     RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
 {
     let calls = Arc::new(Calls::default());
-    let (svc, tracker) = service.into_parts();
-    let svc = Conn {
-        svc,
-        tracker,
-        calls: calls.clone(),
-    };
+    let svc = service.connection(calls.clone());
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
@@ -796,50 +787,3 @@ impl Calls {
         }
     }
 }
-
-/// The connection's hyper service: counts the connection's requests in its [`Calls`], tracks
-/// each one for the watchdog, and calls a clone of the app stack. The counter and the tracker
-/// are borrowed, not cloned per request (hyper-util's `TowerToHyperService` clones the whole
-/// tower stack, every layer's handles included, for each request).
-struct Conn<S> {
-    svc: S,
-    tracker: Arc<Tracker>,
-    calls: Arc<Calls>,
-}
-
-impl<S> hyper::service::Service<Request<Incoming>> for Conn<S>
-where
-    S: Service<Request<Incoming>> + Clone,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = TrackedFuture<Called<S, Request<Incoming>>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.calls.mark();
-        let mut svc = self.svc.clone();
-        self.tracker.track(req, |req| {
-            // A stack that is ready at once (axum's Router and the layers here are) is called
-            // right away; any other waits for readiness in a `Oneshot`.
-            let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
-            match svc.poll_ready(&mut cx) {
-                std::task::Poll::Ready(Ok(())) => Either::Left(svc.call(req)),
-                std::task::Poll::Ready(Err(e)) => Either::Right(Either::Left(future::err(e))),
-                // Boxed: the rare path must not make every request's future larger.
-                std::task::Poll::Pending => Either::Right(Either::Right(Box::pin(
-                    tower::ServiceExt::oneshot(svc, req),
-                ))),
-            }
-        })
-    }
-}
-
-/// The response future of a [`Conn`]'s call: the stack's own future when it was ready at once,
-/// its readiness error, or a `Oneshot` waiting for readiness.
-type Called<S, R> = Either<
-    <S as Service<R>>::Future,
-    Either<
-        future::Ready<Result<<S as Service<R>>::Response, <S as Service<R>>::Error>>,
-        Pin<Box<tower::util::Oneshot<S, R>>>,
-    >,
->;
