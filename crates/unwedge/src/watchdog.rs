@@ -423,7 +423,6 @@ impl Tracker {
             started: 0,
             label: Label::new(req.method(), req.uri().path()),
             waiting: None,
-            completed: false,
         };
         with_slot(self.id, |s| {
             let n = ThreadSlot::bump(&s.begun);
@@ -443,13 +442,12 @@ impl Tracker {
 pub(crate) struct Req {
     tracker: u64,
     id: u64,
-    /// Counted as begun (the tracker was alive); ends are counted only then.
+    /// Counted as begun (the tracker was alive) and its end not counted yet.
     tracked: bool,
     started: u64,
     label: Label,
     /// Where it is entered as pending: its thread's slot and key.
     waiting: Option<(Arc<ThreadSlot>, usize)>,
-    completed: bool,
 }
 
 impl Req {
@@ -476,6 +474,16 @@ impl Req {
         // Release: a watchdog that reads this mark also sees the label stored above.
         s.polling_since
             .store(s.clock.load(Ordering::Relaxed), Ordering::Release);
+    }
+
+    /// Counts the request as finished in `s`, and as completed when it was.
+    fn count_end(&self, s: &ThreadSlot, completed: bool) {
+        ThreadSlot::bump(&s.finished);
+        if completed {
+            ThreadSlot::bump(&s.completed);
+            s.last_completion
+                .store(s.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 
     /// After a poll that returned `Pending`: enter the request as pending (once).
@@ -507,15 +515,8 @@ impl Drop for Req {
         if !self.tracked {
             return;
         }
-        let completed = self.completed;
-        with_slot(self.tracker, |s| {
-            ThreadSlot::bump(&s.finished);
-            if completed {
-                ThreadSlot::bump(&s.completed);
-                s.last_completion
-                    .store(s.clock.load(Ordering::Relaxed), Ordering::Relaxed);
-            }
-        });
+        // Dropped before it completed (cancelled, or its connection closed).
+        with_slot(self.tracker, |s| self.count_end(s, false));
     }
 }
 
@@ -540,18 +541,27 @@ pub(crate) fn poll_tracked<F: Future>(
     let Some(r) = req.as_mut() else {
         return fut.poll(cx);
     };
-    let out = if r.tracked {
-        r.poll_begins();
-        let _ends = PollEnds(r.tracker);
-        fut.poll(cx)
-    } else {
-        fut.poll(cx)
-    };
-    if out.is_ready() {
-        if let Some(mut r) = req.take() {
-            r.completed = true;
+    if !r.tracked {
+        let out = fut.poll(cx);
+        if out.is_ready() {
+            *req = None;
         }
+        return out;
+    }
+    r.poll_begins();
+    let ends = PollEnds(r.tracker);
+    let out = fut.poll(cx);
+    if out.is_ready() {
+        // The end of the poll and of the request in one visit of the slot.
+        std::mem::forget(ends);
+        with_slot(r.tracker, |s| {
+            s.polling_since.store(0, Ordering::Relaxed);
+            r.count_end(s, true);
+        });
+        r.tracked = false; // counted: its drop only leaves the pending list
+        *req = None;
     } else {
+        drop(ends);
         r.wait();
     }
     out
