@@ -366,8 +366,20 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        // As `guarded_call`, with the inner `call` in the closure itself and the match here:
+        // measured, the request or the future is moved once less.
+        let mut ctx = RequestCtx::new(&self.config, &req);
         let inner = &mut self.inner;
-        guarded_call(&self.config, req, |req| inner.call(req))
+        let called = context::with_scope_in(&mut ctx.scope, || {
+            catch_unwind(AssertUnwindSafe(move || inner.call(req)))
+        });
+        match called {
+            Ok(fut) => ResponseFuture {
+                state: State::Polling { fut },
+                ctx: Some(ctx),
+            },
+            Err(payload) => ResponseFuture::panicked(ctx, payload),
+        }
     }
 }
 
@@ -402,12 +414,7 @@ fn guarded_call<ReqB, F, ResB>(
             state: State::Polling { fut },
             ctx: Some(ctx),
         },
-        Err(payload) => ResponseFuture {
-            state: State::Panicked {
-                res: Some(Box::new(ctx.panic_response(payload))),
-            },
-            ctx: None,
-        },
+        Err(payload) => ResponseFuture::panicked(ctx, payload),
     }
 }
 
@@ -427,6 +434,18 @@ pin_project! {
         // Boxed: the rare path must not make every request's future larger.
         Panicked { res: Option<Box<Response<PanicBody<B>>>> },
         Done,
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    /// The future of a request whose `call` panicked: it answers the panic.
+    fn panicked(mut ctx: RequestCtx, payload: Box<dyn Any + Send>) -> Self {
+        ResponseFuture {
+            state: State::Panicked {
+                res: Some(Box::new(ctx.panic_response(payload))),
+            },
+            ctx: None,
+        }
     }
 }
 
