@@ -80,6 +80,7 @@ mod front;
 pub(crate) mod notify;
 
 mod listeners;
+mod stop;
 
 use std::fmt;
 use std::io::Write;
@@ -445,7 +446,7 @@ impl Server {
             notifier.clone(),
         );
 
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel::<Option<Duration>>(None);
+        let stop = stop::Stop::default();
         // Every connection task holds a clone of `alive`: the drain is over when all are gone.
         let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
         let mut accepting = tokio::task::JoinSet::new();
@@ -456,7 +457,7 @@ impl Server {
                 service.clone(),
                 builder.clone(),
                 alive.clone(),
-                stop_rx.clone(),
+                stop.clone(),
             ));
         }
 
@@ -485,7 +486,7 @@ impl Server {
         // Stop accepting at once: each accept loop drops its listener (its copy of the fd).
         // Idle keep-alive connections may still bring one request each (answered with
         // `Connection: close`): closing them at once would race with a client reusing them.
-        let _ = stop_tx.send(Some(KEEP_ALIVE_GRACE));
+        stop.stop(KEEP_ALIVE_GRACE);
         while accepting.join_next().await.is_some() {}
         health::set_ready(false);
         if crash.is_none() {
@@ -655,7 +656,7 @@ async fn accept_loop<S, RB>(
     service: Stack<S>,
     builder: auto::Builder<TokioExecutor>,
     alive: tokio::sync::mpsc::Sender<()>,
-    mut stop: tokio::sync::watch::Receiver<Option<Duration>>,
+    stop: stop::Stop,
 ) where
     S: Service<Request<Incoming>, Response = Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -664,20 +665,21 @@ async fn accept_loop<S, RB>(
     RB::Error: Into<BoxError>,
 {
     let mut error_logged = false;
+    let mut stopped = std::pin::pin!(stop.stopped());
     loop {
         let stream = tokio::select! {
             biased;
-            _ = stop.wait_for(Option::is_some) => break,
+            _ = stopped.as_mut() => break,
             r = listener.accept() => r,
         };
         match stream {
             Ok(Stream::Tcp(s)) => {
                 error_logged = false;
-                spawn_connection(s, service.clone(), &builder, stop.clone(), alive.clone());
+                spawn_connection(s, service.clone(), &builder, stop.stopped(), alive.clone());
             }
             Ok(Stream::Unix(s)) => {
                 error_logged = false;
-                spawn_connection(s, service.clone(), &builder, stop.clone(), alive.clone());
+                spawn_connection(s, service.clone(), &builder, stop.stopped(), alive.clone());
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -695,13 +697,13 @@ async fn accept_loop<S, RB>(
 
 /// Serves one connection; on shutdown, lets it finish gracefully: a connection that has not
 /// sent its first request gets [`FIRST_REQUEST_GRACE`] to send it, an idle keep-alive one the
-/// grace carried by `stop` for one more; then hyper's graceful shutdown answers the request in
+/// grace carried by the stop signal for one more; then hyper's graceful shutdown answers the request in
 /// progress (HTTP/1.1 with `Connection: close`, HTTP/2 with GOAWAY) and closes.
 fn spawn_connection<I, S, RB>(
     io: I,
     service: Stack<S>,
     builder: &auto::Builder<TokioExecutor>,
-    mut stop: tokio::sync::watch::Receiver<Option<Duration>>,
+    mut stopped: stop::Stopped,
     alive: tokio::sync::mpsc::Sender<()>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -721,7 +723,7 @@ fn spawn_connection<I, S, RB>(
         tokio::pin!(conn);
         let stopping = tokio::select! {
             r = conn.as_mut() => Err(r),
-            r = stop.wait_for(Option::is_some) => Ok(r.ok().and_then(|g| *g).unwrap_or_default()),
+            grace = &mut stopped => Ok(grace),
         };
         let result = match stopping {
             Err(finished) => finished,
