@@ -133,7 +133,19 @@ const OTHER_METHOD: u8 = u8::MAX;
 impl Label {
     fn new(method: &Method, path: &str) -> Self {
         let mut bytes = [0u8; LABEL_WORDS * 8];
-        let code = METHODS.iter().position(|m| m == method);
+        // A match on the method's tag, not a comparison with each of `METHODS` (in its order).
+        let code = match *method {
+            Method::GET => Some(0),
+            Method::POST => Some(1),
+            Method::PUT => Some(2),
+            Method::DELETE => Some(3),
+            Method::HEAD => Some(4),
+            Method::OPTIONS => Some(5),
+            Method::CONNECT => Some(6),
+            Method::PATCH => Some(7),
+            Method::TRACE => Some(8),
+            _ => None,
+        };
         let mut at = 2;
         if code.is_none() {
             // An extension method: its name (a token, ASCII) leads the text.
@@ -892,6 +904,9 @@ mod tests {
 
     #[test]
     fn labels_keep_extension_methods_and_exact_fits() {
+        for method in METHODS {
+            assert_eq!(Label::new(&method, "/x").text(), format!("{method} /x"));
+        }
         let propfind = Method::from_bytes(b"PROPFIND").unwrap();
         assert_eq!(Label::new(&propfind, "/dav/x").text(), "PROPFIND /dav/x");
         let fits = format!("/{}", "a".repeat(LABEL_PATH - 1));
