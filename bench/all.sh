@@ -96,7 +96,8 @@ HEADER
 Targets: PanicLayer adds < 150 ns per request over bare and is within 1.2× of
 CatchPanicLayer on the no-panic path. "plain": no request headers; "typical": 6 request
 headers (host, user-agent, accept, accept-encoding, authorization, x-forwarded-for) and a
-content type on the response. The default layer leaves successful responses untouched;
+content type on the response; each request's time includes dropping its response, as a
+server does once the response is written. The default layer leaves successful responses untouched;
 \`echo_request_id\` stamps \`x-request-id\` on every response, \`no_header_capture\` keeps no
 headers for reports. The panic rows are the cost of one caught panic (hook, report with a
 backtrace symbolized within its 2 ms budget, 500).

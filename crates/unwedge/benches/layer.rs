@@ -10,7 +10,8 @@
 //! ```
 //!
 //! The services answer synchronously, so each request is driven with `now_or_never`: no
-//! runtime, no waker, only the layers' own cost. Requests are built outside the timed part.
+//! runtime, no waker, only the layers' own cost. Requests are built outside the timed part;
+//! each response is dropped inside it.
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -82,11 +83,17 @@ where
     c.bench_function(name, |b| {
         b.iter_batched(
             || request(with_headers),
+            // The response is dropped inside the measurement, as a server drops it once
+            // written: a request's whole cost. (Returned, criterion would drop the batch's
+            // responses together after it: a batch of requests in flight at once, so that
+            // `PanicLayer` allocates each one's scope instead of reusing the last one's.)
             |req| {
-                svc.clone()
+                let res = svc
+                    .clone()
                     .oneshot(req)
                     .now_or_never()
-                    .expect("the service answers synchronously")
+                    .expect("the service answers synchronously");
+                drop(res);
             },
             BatchSize::SmallInput,
         )
