@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates docs/BENCHMARKS.md: every figure of the project, side by side in one run, with the
-# machine noted and the command that made each table. Takes about 10 minutes on 2 cores.
+# machine noted and the command that made each table. Takes about 20 minutes on 2 cores.
 #
 #   bench/all.sh                 # writes docs/BENCHMARKS.md
 #   bench/all.sh --quick         # shorter measurements (for checking the script itself)
@@ -17,8 +17,10 @@ if [ $quick = 1 ]; then
   demo_duration=8s
 else
   crit=(--warm-up-time 1 --measurement-time 3)
-  # 11 rounds: single rounds on a shared 2-vCPU VM swing by ±10 %; the medians need many.
-  overhead=(--rounds 11 --duration 2s --warmup 500ms)
+  # Many short rounds: on a shared 2-vCPU VM the machine's speed drifts by ±10 % over seconds
+  # to minutes; each round measures every server within a few seconds, and the median of
+  # the per-round ratios ("paired") needs many rounds.
+  overhead=(--rounds 21 --duration 1s --warmup 250ms)
   demo_duration=20s
 fi
 
