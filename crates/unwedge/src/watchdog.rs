@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, Request};
 use sd_notify::NotifyState;
+use slab::Slab;
 
 use crate::health::{self, HealthState};
 use crate::serve::notify::{one_line, Notifier};
@@ -252,7 +253,8 @@ struct ThreadSlot {
     polled_id: AtomicU64,
     polled: SharedLabel,
     /// Requests that began waiting on this thread (their first poll returned `Pending`).
-    pending: Mutex<Slab>,
+    /// Stable keys, no allocation once warm.
+    pending: Mutex<Slab<Entry>>,
 }
 
 impl ThreadSlot {
@@ -268,7 +270,7 @@ impl ThreadSlot {
             polled_started: AtomicU64::new(0),
             polled_id: AtomicU64::new(u64::MAX),
             polled: SharedLabel::default(),
-            pending: Mutex::new(Slab::default()),
+            pending: Mutex::new(Slab::new()),
         }
     }
 
@@ -287,38 +289,9 @@ struct Entry {
     label: Label,
 }
 
-/// A slab of pending requests: stable keys, no allocation once warm.
-#[derive(Debug, Default)]
-struct Slab {
-    entries: Vec<Option<Entry>>,
-    free: Vec<usize>,
-}
-
-impl Slab {
-    fn insert(&mut self, e: Entry) -> usize {
-        match self.free.pop() {
-            Some(k) => {
-                self.entries[k] = Some(e);
-                k
-            }
-            None => {
-                self.entries.push(Some(e));
-                self.entries.len() - 1
-            }
-        }
-    }
-
-    fn remove(&mut self, key: usize) {
-        if let Some(e) = self.entries.get_mut(key) {
-            if e.take().is_some() {
-                self.free.push(key);
-            }
-        }
-    }
-
-    fn oldest(&self) -> Option<&Entry> {
-        self.entries.iter().flatten().min_by_key(|e| e.started)
-    }
+/// The pending request that began first.
+fn first_pending(pending: &Slab<Entry>) -> Option<&Entry> {
+    pending.iter().map(|(_, e)| e).min_by_key(|e| e.started)
 }
 
 /// The live trackers, so that a thread polling a request for the first time can register its
@@ -522,7 +495,7 @@ impl Req {
 impl Drop for Req {
     fn drop(&mut self) {
         if let Some((slot, key)) = self.waiting.take() {
-            lock(&slot.pending).remove(key);
+            lock(&slot.pending).try_remove(key);
         }
         if !self.tracked {
             return;
@@ -658,7 +631,7 @@ impl Tracker {
         }
         if look_for_oldest {
             for s in threads.iter() {
-                if let Some(e) = lock(&s.pending).oldest() {
+                if let Some(e) = first_pending(&lock(&s.pending)) {
                     if oldest.as_ref().map_or(true, |(o, _)| e.started < *o) {
                         oldest = Some((e.started, e.label));
                     }
@@ -1071,7 +1044,7 @@ mod tests {
         let waiting = || {
             lock(&tracker.threads)
                 .iter()
-                .any(|s| lock(&s.pending).oldest().is_some())
+                .any(|s| !lock(&s.pending).is_empty())
         };
         while !waiting() {
             tokio::task::yield_now().await;

@@ -366,8 +366,8 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // As `guarded_call`, with the inner `call` in the closure itself and the match here:
-        // measured, the request or the future is moved once less.
+        // As `PanicLayer::guard_call`, with the inner `call` in the closure itself: measured,
+        // going through `guard_call` moves the future once more.
         let mut ctx = RequestCtx::new(&self.config, &req);
         let inner = &mut self.inner;
         let called = context::with_scope_in(&mut ctx.scope, || {
@@ -393,28 +393,17 @@ impl PanicLayer {
         req: Request<ReqB>,
         call: impl FnOnce(Request<ReqB>) -> F,
     ) -> ResponseFuture<F, ResB> {
-        guarded_call(&self.config, req, call)
-    }
-}
-
-/// Opens the request's scope, runs `call` in it with its panic caught, and returns the
-/// future that polls the result the same way.
-#[inline]
-fn guarded_call<ReqB, F, ResB>(
-    config: &Arc<Config>,
-    req: Request<ReqB>,
-    call: impl FnOnce(Request<ReqB>) -> F,
-) -> ResponseFuture<F, ResB> {
-    let mut ctx = RequestCtx::new(config, &req);
-    let called = context::with_scope_in(&mut ctx.scope, || {
-        catch_unwind(AssertUnwindSafe(move || call(req)))
-    });
-    match called {
-        Ok(fut) => ResponseFuture {
-            state: State::Polling { fut },
-            ctx: Some(ctx),
-        },
-        Err(payload) => ResponseFuture::panicked(ctx, payload),
+        let mut ctx = RequestCtx::new(&self.config, &req);
+        let called = context::with_scope_in(&mut ctx.scope, || {
+            catch_unwind(AssertUnwindSafe(move || call(req)))
+        });
+        match called {
+            Ok(fut) => ResponseFuture {
+                state: State::Polling { fut },
+                ctx: Some(ctx),
+            },
+            Err(payload) => ResponseFuture::panicked(ctx, payload),
+        }
     }
 }
 

@@ -89,7 +89,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -697,8 +696,8 @@ async fn accept_loop<S, RB>(
 
 /// Serves one connection; on shutdown, lets it finish gracefully: a connection that has not
 /// sent its first request gets [`FIRST_REQUEST_GRACE`] to send it, an idle keep-alive one the
-/// grace carried by the stop signal for one more; then hyper's graceful shutdown answers the request in
-/// progress (HTTP/1.1 with `Connection: close`, HTTP/2 with GOAWAY) and closes.
+/// grace carried by the stop signal for one more; then hyper's graceful shutdown answers the
+/// request in progress (HTTP/1.1 with `Connection: close`, HTTP/2 with GOAWAY) and closes.
 fn spawn_connection<I, S, RB>(
     io: I,
     service: Stack<S>,

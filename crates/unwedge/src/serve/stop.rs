@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use slab::Slab;
+
 /// The sending side: [`stop`](Self::stop) wakes every [`Stopped`] future.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Stop {
@@ -29,8 +31,7 @@ struct Inner {
 /// The wakers of the futures waiting, with stable keys; and the grace the stop carries.
 #[derive(Debug, Default)]
 struct Waiting {
-    wakers: Vec<Option<Waker>>,
-    free: Vec<usize>,
+    wakers: Slab<Waker>,
     grace: Duration,
 }
 
@@ -51,7 +52,8 @@ impl Stop {
         }
         wait.grace = grace;
         self.inner.stopped.store(true, Ordering::SeqCst);
-        for waker in wait.wakers.iter_mut().filter_map(Option::take) {
+        // No future registers after this (it sees the flag under the lock first).
+        for waker in wait.wakers.drain() {
             waker.wake();
         }
     }
@@ -95,21 +97,10 @@ impl Future for Stopped {
             return Poll::Ready(wait.grace);
         }
         let waker = cx.waker().clone();
-        let key = match this.key {
-            Some(key) => key,
-            None => {
-                let key = match wait.free.pop() {
-                    Some(k) => k,
-                    None => {
-                        wait.wakers.push(None);
-                        wait.wakers.len() - 1
-                    }
-                };
-                this.key = Some(key);
-                key
-            }
-        };
-        wait.wakers[key] = Some(waker.clone());
+        match this.key {
+            Some(key) => wait.wakers[key] = waker.clone(),
+            None => this.key = Some(wait.wakers.insert(waker.clone())),
+        }
         drop(wait);
         this.waker = Some(waker);
         Poll::Pending
@@ -119,9 +110,8 @@ impl Future for Stopped {
 impl Drop for Stopped {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let mut wait = self.inner.wait();
-            wait.wakers[key] = None;
-            wait.free.push(key);
+            // Gone already when the stop woke it.
+            self.inner.wait().wakers.try_remove(key);
         }
     }
 }
@@ -142,7 +132,7 @@ mod tests {
         let _ = dropped.await;
         // Wait until the three are registered: the stop must wake them.
         tokio::time::timeout(Duration::from_secs(5), async {
-            while stop.inner.wait().wakers.iter().flatten().count() < 3 {
+            while stop.inner.wait().wakers.len() < 3 {
                 tokio::task::yield_now().await;
             }
         })
@@ -183,7 +173,8 @@ mod tests {
         for _ in 0..100 {
             let mut fut = stop.stopped();
             assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+            assert_eq!(fut.key, Some(0));
         }
-        assert_eq!(stop.inner.wait().wakers.len(), 1);
+        assert_eq!(stop.inner.wait().wakers.len(), 0);
     }
 }

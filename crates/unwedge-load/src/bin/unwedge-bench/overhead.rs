@@ -284,28 +284,34 @@ impl ServerProcess {
     }
 }
 
+/// The entries of `dir` named by a number (processes in `/proc`, threads in
+/// `/proc/PID/task`), with their paths; none when `dir` cannot be read (a process gone).
+pub(crate) fn numbered_entries(dir: impl AsRef<std::path::Path>) -> Vec<(u32, std::path::PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((n, e.path()))
+        })
+        .collect()
+}
+
 /// `root` and every process descending from it, from the parent pids in `/proc/*/stat`.
 pub(crate) fn process_tree(root: u32) -> Vec<u32> {
     let mut parents = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            let ppid = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 2..].split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if let Some(ppid) = ppid {
-                parents.push((pid, ppid));
-            }
+    for (pid, path) in numbered_entries("/proc") {
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 2..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
         }
     }
     let mut tree = vec![root];

@@ -28,19 +28,10 @@ pub(crate) fn pin_tree(pid: u32, cpu: usize) -> Result<(), String> {
     let mut set = CpuSet::new();
     set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
     for p in crate::overhead::process_tree(pid) {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
-            continue; // gone meanwhile
-        };
-        for task in tasks.flatten() {
-            let Some(tid) = task
-                .file_name()
-                .to_str()
-                .and_then(|t| t.parse::<i32>().ok())
-            else {
-                continue;
-            };
+        // A process gone meanwhile has no tasks left to pin.
+        for (tid, _) in crate::overhead::numbered_entries(format!("/proc/{p}/task")) {
             // A thread that ended meanwhile is fine; any other failure is not.
-            match sched_setaffinity(Pid::from_raw(tid), &set) {
+            match sched_setaffinity(Pid::from_raw(tid as i32), &set) {
                 Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
                 Err(e) => return Err(format!("cannot pin thread {tid} of {p} to cpu {cpu}: {e}")),
             }
