@@ -37,7 +37,10 @@ mod facade {
         loaned
     }
 
-    /// The current version of the state.
+    /// The current version of the state, alone in its cache lines (128 bytes: adjacent-line
+    /// prefetchers pair lines): the writer's own bookkeeping (its lock, counters) then does not
+    /// take the readers' line away from them on every update.
+    #[repr(align(128))]
     pub(super) struct Published<T>(
         #[cfg(not(unwedge_loom))] arc_swap::ArcSwap<T>,
         #[cfg(unwedge_loom)] loom::sync::RwLock<Arc<T>>,
