@@ -182,3 +182,31 @@ async fn reload_needs_a_live_pid() {
     let (code, out) = run_to_end(&["reload", "--pid", "999999999"]).await;
     assert_clear(code, 1, &out, "cannot signal pid 999999999");
 }
+
+/// The exec shim refuses to start a worker whose supervisor is already gone (it would never be
+/// killed with it), and says what is wrong with a bad parent pid; 127 as for a failed exec.
+#[test]
+fn the_exec_shim_starts_no_worker_for_a_gone_supervisor() {
+    let shim = |parent: &str| {
+        let out = std::process::Command::new(BIN)
+            .args(["exec-shim", "--", "sh", "-c", "echo started"])
+            .env("UNWEDGE_SHIM_PARENT", parent)
+            .output()
+            .expect("run the shim");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    };
+    // The shim's parent is this test process, not pid 1.
+    let (code, out) = shim("1");
+    assert_clear(code, 127, &out, "exited before the worker started");
+    assert!(!out.lines().any(|l| l == "started"), "the worker ran: {out}");
+    let (code, out) = shim("not-a-pid");
+    assert_clear(code, 127, &out, "bad UNWEDGE_SHIM_PARENT=not-a-pid");
+    // With its real parent it runs the command.
+    let (code, out) = shim(&std::process::id().to_string());
+    assert_eq!((code, out.as_str()), (0, "started\n"));
+}

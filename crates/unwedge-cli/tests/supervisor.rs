@@ -754,3 +754,70 @@ async fn readiness_modes_for_a_worker_that_never_says_ready() {
     })
     .await;
 }
+
+/// Whether process `pid` exists and is not a zombie.
+fn running(pid: i32) -> bool {
+    matches!(proc_state(pid), Some((state, _)) if state != 'Z')
+}
+
+/// Waits until process `pid` is gone (or a zombie nobody reaps yet); false after `limit`.
+async fn gone_within(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if !running(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A supervisor killed outright (SIGKILL: none of its code runs, as with the OOM killer) takes
+/// its workers with it, whether they hold its sockets or bind their own ports: no worker lives
+/// on unsupervised, holding the port a restarted supervisor needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_die_with_a_killed_supervisor() {
+    within(Duration::from_secs(60), async {
+        let port_env_worker =
+            format!("UNWEDGE_LISTEN=127.0.0.1:$UNWEDGE_LISTEN_PORT exec {BIN} demo-service");
+        let modes: [&[&str]; 2] = [
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+                "--",
+                BIN,
+                "demo-service",
+            ],
+            &[
+                "run",
+                "--port-env",
+                "UNWEDGE_LISTEN_PORT",
+                "--workers",
+                "2",
+                "--",
+                "sh",
+                "-c",
+                &port_env_worker,
+            ],
+        ];
+        for args in modes {
+            let sup = Sup::start(args);
+            let pids = sup.wait_ready(0, 2).await;
+            for &p in &pids {
+                assert!(running(p), "worker {p} not running");
+            }
+            sup.signal(Signal::SIGKILL);
+            for p in pids {
+                assert!(
+                    gone_within(p, Duration::from_secs(10)).await,
+                    "worker {p} outlived its supervisor ({args:?}): {:?}",
+                    proc_state(p)
+                );
+            }
+        }
+    })
+    .await;
+}

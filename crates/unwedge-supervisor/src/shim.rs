@@ -6,6 +6,10 @@
 //! fresh single-threaded process that moves the inherited sockets to fds 3, 4, …, sets
 //! `LISTEN_FDS`, `LISTEN_FDNAMES` (already set by the supervisor) and `LISTEN_PID` to its own
 //! pid, and `exec`s the command, which keeps that pid.
+//!
+//! It also makes the worker die with the supervisor (`PR_SET_PDEATHSIG`, kept across `exec`):
+//! a supervisor killed with SIGKILL, or by the OOM killer, must not leave workers running
+//! unsupervised with copies of its sockets.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -16,6 +20,9 @@ use nix::sys::signal::{signal, SigHandler, Signal};
 
 /// Environment variable with the inherited socket fds, comma-separated, in order.
 pub const SHIM_FDS_ENV: &str = "UNWEDGE_SHIM_FDS";
+
+/// Environment variable with the supervisor's pid: the worker is killed when it dies.
+pub const SHIM_PARENT_ENV: &str = "UNWEDGE_SHIM_PARENT";
 
 /// Places the sockets, sets the variables and execs `command`. Returns only on failure,
 /// with a one-line message; the caller prints it and exits 127.
@@ -33,6 +40,9 @@ pub fn exec(command: &[String]) -> String {
         _ => Vec::new(),
     };
     std::env::remove_var(SHIM_FDS_ENV);
+    if let Err(e) = die_with_parent() {
+        return format!("exec-shim: {e}");
+    }
     if let Err(e) = place_fds(&fds) {
         return format!("exec-shim: cannot place sockets: {e}");
     }
@@ -50,6 +60,29 @@ pub fn exec(command: &[String]) -> String {
     };
     let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
     format!("cannot execute `{program}`: {}", err.desc())
+}
+
+/// Asks for SIGKILL when the supervisor (the parent, named by [`SHIM_PARENT_ENV`]) dies, and
+/// gives up if it already has. SIGKILL rather than SIGTERM: a stopped or hung worker must go
+/// too, and an orphan that drains slowly would hold the port a restarted supervisor needs.
+fn die_with_parent() -> Result<(), String> {
+    let parent = std::env::var(SHIM_PARENT_ENV).ok();
+    std::env::remove_var(SHIM_PARENT_ENV);
+    let Some(parent) = parent else {
+        return Ok(()); // run by hand: no supervisor to follow
+    };
+    let parent: i32 = parent
+        .parse()
+        .map_err(|_| format!("bad {SHIM_PARENT_ENV}={parent}"))?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| format!("cannot follow the supervisor's death: {}", e.desc()))?;
+    // The supervisor may have died before the request above: then nothing will signal us.
+    if nix::unistd::getppid().as_raw() != parent {
+        return Err(format!(
+            "the supervisor (pid {parent}) exited before the worker started"
+        ));
+    }
+    Ok(())
 }
 
 /// Moves `fds` to 3, 4, … with close-on-exec cleared, and closes the originals.

@@ -26,7 +26,7 @@ use crate::notify::{self, NotifyMessage, NotifySocket};
 use crate::output::{self, Stream};
 use crate::policy::{Backoff, Intensity};
 use crate::probe;
-use crate::shim::SHIM_FDS_ENV;
+use crate::shim::{SHIM_FDS_ENV, SHIM_PARENT_ENV};
 use crate::socket::{self, Listener};
 use crate::systemd::{Systemd, SYSTEMD_VARS};
 
@@ -218,6 +218,11 @@ impl Supervisor {
 
     /// Runs until stopped (SIGTERM/SIGINT or [`Control::Stop`]) or the restart intensity is
     /// exceeded. Must run inside a tokio runtime with signal handling.
+    ///
+    /// Workers are killed (SIGKILL) when the thread that started them exits (Linux's
+    /// `PR_SET_PDEATHSIG` follows the parent thread): run it on the main thread or on a
+    /// runtime's worker threads, which live as long as the supervisor, not inside
+    /// `spawn_blocking` (those threads end when idle).
     pub async fn run(self) -> Result<Outcome, StartError> {
         let notify =
             NotifySocket::bind().map_err(|e| StartError::setup("create the notify socket", e))?;
@@ -480,16 +485,14 @@ impl Pool {
             None => None,
         };
         let command = &self.config.command;
-        let mut cmd = if self.listeners.is_empty() {
-            let mut c = Command::new(&command[0]);
-            c.args(&command[1..]);
-            c
-        } else {
-            let mut c = Command::new(&self.shim);
-            c.arg("exec-shim").arg("--").args(command);
-            c.env(SHIM_FDS_ENV, socket::shim_fds(&self.listeners));
-            c
-        };
+        // Every worker starts through the shim: it places the sockets and ties the worker's
+        // life to ours.
+        let mut cmd = Command::new(&self.shim);
+        cmd.arg("exec-shim")
+            .arg("--")
+            .args(command)
+            .env(SHIM_FDS_ENV, socket::shim_fds(&self.listeners))
+            .env(SHIM_PARENT_ENV, std::process::id().to_string());
         for v in SYSTEMD_VARS {
             cmd.env_remove(v);
         }
