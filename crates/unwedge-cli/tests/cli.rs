@@ -203,7 +203,10 @@ fn the_exec_shim_starts_no_worker_for_a_gone_supervisor() {
     // The shim's parent is this test process, not pid 1.
     let (code, out) = shim("1");
     assert_clear(code, 127, &out, "exited before the worker started");
-    assert!(!out.lines().any(|l| l == "started"), "the worker ran: {out}");
+    assert!(
+        !out.lines().any(|l| l == "started"),
+        "the worker ran: {out}"
+    );
     let (code, out) = shim("not-a-pid");
     assert_clear(code, 127, &out, "bad UNWEDGE_SHIM_PARENT=not-a-pid");
     // With its real parent it runs the command.

@@ -210,3 +210,73 @@ fn graceful_crash_with_nothing_in_flight_exits_promptly() {
         assert!(took < Duration::from_secs(2), "crash took {took:?}");
     });
 }
+
+/// A keep-alive connection idle when shutdown begins may still bring one request (closing it
+/// at once would reset a request already on its way): that request is answered with
+/// `Connection: close`, so the client does not send another one into the closing connection.
+/// The same goes for a `/readyz` probe on it.
+#[test]
+fn after_sigterm_a_kept_alive_connection_gets_its_answer_with_connection_close() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+
+    run_test(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut notify = Notify::bind(dir.path(), "notify.sock");
+        let (listener, addr) = loopback_listener();
+        let mut worker = spawn_worker(
+            dir.path(),
+            "w",
+            Some(&listener),
+            &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
+        );
+        drop(listener);
+        notify
+            .expect("READY=1", Duration::from_secs(20), line_is("READY=1"))
+            .await;
+
+        // Two keep-alive connections: one for an app request, one for a probe.
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (send, conn) = hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            conns.push(send);
+        }
+        let get = |path: &str| {
+            http::Request::get(path)
+                .header("host", addr.to_string())
+                .body(Empty::new())
+                .unwrap()
+        };
+        for send in &mut conns {
+            let res = send.send_request(get("/")).await.unwrap();
+            assert_eq!(res.status(), 200);
+            assert!(res.headers().get("connection").is_none(), "{res:?}");
+            res.into_body().collect().await.unwrap();
+        }
+
+        worker.signal(Signal::TERM);
+        notify
+            .expect("STOPPING=1", Duration::from_secs(5), line_is("STOPPING=1"))
+            .await;
+        for (send, path) in conns.iter_mut().zip(["/", "/readyz"]) {
+            let res = send.send_request(get(path)).await.unwrap();
+            assert_eq!(
+                res.headers().get("connection").map(|v| v.as_bytes()),
+                Some(&b"close"[..]),
+                "{path} after SIGTERM: {res:?}"
+            );
+            res.into_body().collect().await.unwrap();
+            // The server closes it after that answer.
+            tokio::time::timeout(Duration::from_secs(5), send.ready())
+                .await
+                .expect("the connection closes")
+                .expect_err("no further request on it");
+        }
+        let status = worker.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(0), "stderr:\n{}", worker.stderr());
+    });
+}

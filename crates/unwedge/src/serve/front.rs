@@ -121,16 +121,17 @@ where
     type Future = ServeFuture<Called<S, Request<Incoming>>, B>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.calls.mark();
+        let draining = self.calls.mark();
+        let http1 = req.version() <= http::Version::HTTP_11;
         if self.health_routes && matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
             // Not tracked: a probe answered is no progress of the app.
+            let close = http1 && draining;
             match req.uri().path() {
-                "/livez" => return ServeFuture::probe(crate::probe::livez()),
-                "/readyz" => return ServeFuture::probe(crate::probe::readyz()),
+                "/livez" => return ServeFuture::probe(crate::probe::livez(), close),
+                "/readyz" => return ServeFuture::probe(crate::probe::readyz(), close),
                 _ => {}
             }
         }
-        let http1 = req.version() <= http::Version::HTTP_11;
         let tracked = self.tracker.begin(&req);
         let _call_ends = tracked.call_begins();
         // Only this call borrows the app: hyper does not call again before it returns.
@@ -143,6 +144,7 @@ where
                 },
                 req: Some(tracked),
                 http1,
+                draining,
             },
             None => ServeFuture {
                 kind: Kind::Plain {
@@ -150,6 +152,7 @@ where
                 },
                 req: Some(tracked),
                 http1,
+                draining,
             },
         }
     }
@@ -163,6 +166,8 @@ pin_project! {
         // The request as the watchdog tracks it; `None` for a probe and once completed.
         req: Option<Req>,
         http1: bool,
+        // The connection was draining when the request came: the answer closes it.
+        draining: bool,
     }
 }
 
@@ -176,11 +181,12 @@ pin_project! {
 }
 
 impl<F, B> ServeFuture<F, B> {
-    fn probe(res: Response<Full<Bytes>>) -> Self {
+    fn probe(res: Response<Full<Bytes>>, close: bool) -> Self {
         ServeFuture {
             kind: Kind::Probe { res: Some(res) },
             req: None,
-            http1: true,
+            http1: close,
+            draining: close,
         }
     }
 }
@@ -207,18 +213,21 @@ where
             },
             KindProj::Probe { res } => {
                 let res = res.take().expect("ServeFuture polled after completion");
-                return Poll::Ready(Ok(res.map(|body| Either::Right(Either::Right(body)))));
+                res.map(|body| Either::Right(Either::Right(body)))
             }
         };
-        Poll::Ready(Ok(close_if_crashing(res, *this.http1)))
+        Poll::Ready(Ok(close_if_leaving(res, *this.http1, *this.draining)))
     }
 }
 
-/// Adds `Connection: close` to an HTTP/1 error response once a crash is requested (the
-/// panicking request's `500`), so the client does not reuse a connection that is about to
-/// close.
-fn close_if_crashing<B>(mut res: Response<B>, http1: bool) -> Response<B> {
-    if http1 && res.status().is_server_error() && health::crash_reason().is_some() {
+/// Adds `Connection: close` to an HTTP/1 answer when the connection is about to close: it
+/// was draining when the request came (shutdown or a crash began; a later drain is hyper's
+/// graceful shutdown's to mark), or this is an error answer once a crash is requested (the
+/// panicking request's `500`). The client then does not reuse the connection. Without it, an
+/// answer written in the same poll that delivered the request goes out keep-alive, hyper
+/// closes the connection as idle right after, and the client's next request on it is reset.
+fn close_if_leaving<B>(mut res: Response<B>, http1: bool, draining: bool) -> Response<B> {
+    if http1 && (draining || (res.status().is_server_error() && health::crash_reason().is_some())) {
         res.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),

@@ -674,11 +674,11 @@ async fn accept_loop<S, RB>(
         match stream {
             Ok(Stream::Tcp(s)) => {
                 error_logged = false;
-                spawn_connection(s, service.clone(), &builder, stop.stopped(), alive.clone());
+                spawn_connection(s, service.clone(), &builder, &stop, alive.clone());
             }
             Ok(Stream::Unix(s)) => {
                 error_logged = false;
-                spawn_connection(s, service.clone(), &builder, stop.stopped(), alive.clone());
+                spawn_connection(s, service.clone(), &builder, &stop, alive.clone());
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -702,7 +702,7 @@ fn spawn_connection<I, S, RB>(
     io: I,
     service: Stack<S>,
     builder: &auto::Builder<TokioExecutor>,
-    mut stopped: stop::Stopped,
+    stop: &stop::Stop,
     alive: tokio::sync::mpsc::Sender<()>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -712,7 +712,8 @@ fn spawn_connection<I, S, RB>(
     RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
 {
-    let calls = Arc::new(Calls::default());
+    let mut stopped = stop.stopped();
+    let calls = Arc::new(Calls::new(stop.flag()));
     let svc = service.connection(calls.clone());
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
@@ -759,15 +760,27 @@ fn spawn_connection<I, S, RB>(
 }
 
 /// How many requests a connection has delivered, with a wake-up for each once the connection
-/// is draining (none before: a request costs one counter increment and one load).
-#[derive(Debug, Default)]
+/// is draining (none before: a request costs one counter increment and two loads).
+#[derive(Debug)]
 struct Calls {
     count: std::sync::atomic::AtomicU64,
     draining: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
+    /// Set (by `serve()`) as soon as shutdown or a crash begins, before the connection's
+    /// task gets to [`start_draining`](Self::start_draining).
+    stop: stop::StopFlag,
 }
 
 impl Calls {
+    fn new(stop: stop::StopFlag) -> Self {
+        Calls {
+            count: Default::default(),
+            draining: Default::default(),
+            notify: Default::default(),
+            stop,
+        }
+    }
+
     fn count(&self) -> u64 {
         self.count.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -778,13 +791,17 @@ impl Calls {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn mark(&self) {
+    /// Counts a request; returns whether `serve()` is stopping (the answer must then close
+    /// the connection).
+    fn mark(&self) -> bool {
         // SeqCst on both sides (count then flag here, flag then count in the drain): either
         // this sees the flag and notifies, or the drain sees the new count.
         self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
             // notify_one stores a permit when nobody waits yet: a waiter cannot miss it.
             self.notify.notify_one();
+            return true;
         }
+        self.stop.is_set()
     }
 }

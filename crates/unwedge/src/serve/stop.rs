@@ -58,6 +58,13 @@ impl Stop {
         }
     }
 
+    /// A flag set by [`stop`](Self::stop).
+    pub(crate) fn flag(&self) -> StopFlag {
+        StopFlag {
+            inner: self.inner.clone(),
+        }
+    }
+
     /// A future ready once [`stop`](Self::stop) was called, with its grace.
     pub(crate) fn stopped(&self) -> Stopped {
         Stopped {
@@ -65,6 +72,19 @@ impl Stop {
             key: None,
             waker: None,
         }
+    }
+}
+
+/// Tells, without waiting, whether [`Stop::stop`] was called.
+#[derive(Debug, Clone)]
+pub(crate) struct StopFlag {
+    inner: Arc<Inner>,
+}
+
+impl StopFlag {
+    /// Whether [`Stop::stop`] was called (a load).
+    pub(crate) fn is_set(&self) -> bool {
+        self.inner.stopped.load(Ordering::SeqCst)
     }
 }
 
