@@ -11,6 +11,18 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use unwedge_load::{LoadConfig, RequestSpec};
 
+/// `unwedge run` with 2 demo workers on a fresh loopback port.
+const DEMO_2_WORKERS: [&str; 8] = [
+    "run",
+    "--listen",
+    "127.0.0.1:0",
+    "--workers",
+    "2",
+    "--",
+    BIN,
+    "demo-service",
+];
+
 /// Every test body runs under a hard timeout.
 async fn within<F: Future<Output = ()>>(limit: Duration, f: F) {
     tokio::time::timeout(limit, f)
@@ -87,16 +99,7 @@ async fn passes_the_socket_with_listen_pid_of_the_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poisoned_worker_is_replaced_with_no_refused_or_reset_connections() {
     within(Duration::from_secs(90), async {
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--",
-            BIN,
-            "demo-service",
-        ]);
+        let sup = Sup::start(&DEMO_2_WORKERS);
         let addr = sup.addr().await;
         sup.wait_ready(0, 2).await;
         let l = load(addr, 8);
@@ -362,16 +365,7 @@ async fn sighup_reload_under_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reload_of_the_demo_fails_no_request() {
     within(Duration::from_secs(90), async {
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--",
-            BIN,
-            "demo-service",
-        ]);
+        let sup = Sup::start(&DEMO_2_WORKERS);
         let addr = sup.addr().await;
         let l = load(addr, 8);
         reload_rounds(&sup, &l, 2).await;
@@ -513,16 +507,7 @@ async fn forged_and_malformed_notify_messages_are_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_cleanly_and_a_stubborn_worker_is_killed() {
     within(Duration::from_secs(60), async {
-        let mut sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--",
-            BIN,
-            "demo-service",
-        ]);
+        let mut sup = Sup::start(&DEMO_2_WORKERS);
         let pids = sup.wait_ready(0, 2).await;
         sup.signal(Signal::SIGTERM);
         assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
@@ -781,16 +766,7 @@ async fn workers_die_with_a_killed_supervisor() {
         let port_env_worker =
             format!("UNWEDGE_LISTEN=127.0.0.1:$UNWEDGE_LISTEN_PORT exec {BIN} demo-service");
         let modes: [&[&str]; 2] = [
-            &[
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                "2",
-                "--",
-                BIN,
-                "demo-service",
-            ],
+            &DEMO_2_WORKERS,
             &[
                 "run",
                 "--port-env",

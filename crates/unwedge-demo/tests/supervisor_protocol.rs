@@ -82,19 +82,7 @@ fn notify_protocol_ready_heartbeats_report_stopping() {
 fn sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0() {
     run_test(Duration::from_secs(60), async {
         let dir = tempfile::tempdir().unwrap();
-        let mut notify = Notify::bind(dir.path(), "notify.sock");
-        let (listener, addr) = loopback_listener();
-        let mut worker = spawn_worker(
-            dir.path(),
-            "w",
-            Some(&listener),
-            &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
-        );
-        // The worker holds the only copy: once it closes it, connections are refused.
-        drop(listener);
-        notify
-            .expect("READY=1", Duration::from_secs(20), line_is("READY=1"))
-            .await;
+        let (mut worker, mut notify, addr) = sole_worker(dir.path()).await;
 
         let slow = tokio::spawn(async move { http(addr, "GET", "/slow?ms=1500").await });
         wait_stats(addr, "a /slow request in flight", |v| {
@@ -222,18 +210,7 @@ fn after_sigterm_a_kept_alive_connection_gets_its_answer_with_connection_close()
 
     run_test(Duration::from_secs(60), async {
         let dir = tempfile::tempdir().unwrap();
-        let mut notify = Notify::bind(dir.path(), "notify.sock");
-        let (listener, addr) = loopback_listener();
-        let mut worker = spawn_worker(
-            dir.path(),
-            "w",
-            Some(&listener),
-            &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
-        );
-        drop(listener);
-        notify
-            .expect("READY=1", Duration::from_secs(20), line_is("READY=1"))
-            .await;
+        let (mut worker, mut notify, addr) = sole_worker(dir.path()).await;
 
         // Two keep-alive connections: one for an app request, one for a probe.
         let mut conns = Vec::new();

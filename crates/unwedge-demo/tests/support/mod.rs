@@ -112,6 +112,24 @@ pub struct Worker {
     pub stderr_path: PathBuf,
 }
 
+/// A demo worker holding the only copy of a fresh loopback listener (once it closes it,
+/// connections are refused), with its notify socket in `dir`, after its `READY=1`.
+pub async fn sole_worker(dir: &Path) -> (Worker, Notify, SocketAddr) {
+    let mut notify = Notify::bind(dir, "notify.sock");
+    let (listener, addr) = loopback_listener();
+    let worker = spawn_worker(
+        dir,
+        "w",
+        Some(&listener),
+        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
+    );
+    drop(listener);
+    notify
+        .expect("READY=1", Duration::from_secs(20), line_is("READY=1"))
+        .await;
+    (worker, notify, addr)
+}
+
 /// Starts the demo service. `listener`: passed as fd 3 with `LISTEN_FDS=1` and the child's
 /// own `LISTEN_PID`. `env`: extra variables (e.g. `NOTIFY_SOCKET`).
 pub fn spawn_worker(
