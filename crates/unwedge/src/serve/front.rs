@@ -166,7 +166,7 @@ pin_project! {
         // The request as the watchdog tracks it; `None` for a probe and once completed.
         req: Option<Req>,
         http1: bool,
-        // The connection was draining when the request came: the answer closes it.
+        // `serve()` was stopping when the request came: the answer closes the connection.
         draining: bool,
     }
 }
@@ -185,6 +185,7 @@ impl<F, B> ServeFuture<F, B> {
         ServeFuture {
             kind: Kind::Probe { res: Some(res) },
             req: None,
+            // For a probe only this matters: whether its answer closes the connection.
             http1: close,
             draining: close,
         }
