@@ -121,11 +121,20 @@ where
     type Future = ServeFuture<Called<S, Request<Incoming>>, B>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let draining = self.calls.mark();
-        let http1 = req.version() <= http::Version::HTTP_11;
+        let stopping = self.calls.mark();
+        let close = match (req.version() <= http::Version::HTTP_11, stopping) {
+            (false, _) => Close::Never, // HTTP/2: hyper's GOAWAY does it
+            (true, true) => Close::Always,
+            (true, false) => Close::OnCrashError,
+        };
         if self.health_routes && matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
-            // Not tracked: a probe answered is no progress of the app.
-            let close = http1 && draining;
+            // Not tracked: a probe answered is no progress of the app (nor the panicking
+            // request's answer).
+            let close = if close == Close::Always {
+                Close::Always
+            } else {
+                Close::Never
+            };
             match req.uri().path() {
                 "/livez" => return ServeFuture::probe(crate::probe::livez(), close),
                 "/readyz" => return ServeFuture::probe(crate::probe::readyz(), close),
@@ -143,16 +152,14 @@ where
                     fut: guard.guard_call(req, |req| call_app(app, req)),
                 },
                 req: Some(tracked),
-                http1,
-                draining,
+                close,
             },
             None => ServeFuture {
                 kind: Kind::Plain {
                     fut: call_app(app, req),
                 },
                 req: Some(tracked),
-                http1,
-                draining,
+                close,
             },
         }
     }
@@ -165,9 +172,7 @@ pin_project! {
         kind: Kind<F, B>,
         // The request as the watchdog tracks it; `None` for a probe and once completed.
         req: Option<Req>,
-        http1: bool,
-        // `serve()` was stopping when the request came: the answer closes the connection.
-        draining: bool,
+        close: Close,
     }
 }
 
@@ -181,13 +186,11 @@ pin_project! {
 }
 
 impl<F, B> ServeFuture<F, B> {
-    fn probe(res: Response<Full<Bytes>>, close: bool) -> Self {
+    fn probe(res: Response<Full<Bytes>>, close: Close) -> Self {
         ServeFuture {
             kind: Kind::Probe { res: Some(res) },
             req: None,
-            // For a probe only this matters: whether its answer closes the connection.
-            http1: close,
-            draining: close,
+            close,
         }
     }
 }
@@ -217,24 +220,43 @@ where
                 res.map(|body| Either::Right(Either::Right(body)))
             }
         };
-        Poll::Ready(Ok(close_if_leaving(res, *this.http1, *this.draining)))
+        Poll::Ready(Ok(this.close.apply(res)))
     }
 }
 
-/// Adds `Connection: close` to an HTTP/1 answer when the connection is about to close: it
-/// was draining when the request came (shutdown or a crash began; a later drain is hyper's
-/// graceful shutdown's to mark), or this is an error answer once a crash is requested (the
-/// panicking request's `500`). The client then does not reuse the connection. Without it, an
-/// answer written in the same poll that delivered the request goes out keep-alive, hyper
-/// closes the connection as idle right after, and the client's next request on it is reset.
-fn close_if_leaving<B>(mut res: Response<B>, http1: bool, draining: bool) -> Response<B> {
-    if http1 && (draining || (res.status().is_server_error() && health::crash_reason().is_some())) {
-        res.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
+/// Whether an answer says `Connection: close`, so that the client does not reuse a connection
+/// about to close. Without it, an answer written in the same poll that delivered the request
+/// goes out keep-alive, hyper closes the connection as idle right after, and the client's next
+/// request on it is reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// HTTP/2 (GOAWAY is hyper's), or a probe while `serve()` is not stopping.
+    Never,
+    /// An HTTP/1 request that came while `serve()` was stopping (shutdown or a crash began;
+    /// a drain beginning later is hyper's graceful shutdown's to mark).
+    Always,
+    /// An HTTP/1 request: close if it is answered with an error once a crash is requested
+    /// (the panicking request's `500`).
+    OnCrashError,
+}
+
+impl Close {
+    fn apply<B>(self, mut res: Response<B>) -> Response<B> {
+        let close = match self {
+            Close::Never => false,
+            Close::Always => true,
+            Close::OnCrashError => {
+                res.status().is_server_error() && health::crash_reason().is_some()
+            }
+        };
+        if close {
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        res
     }
-    res
 }
 
 /// The response body of `serve()`: the app's through the panic layer, the app's own (no

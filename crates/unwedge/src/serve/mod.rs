@@ -728,7 +728,6 @@ fn spawn_connection<I, S, RB>(
         let result = match stopping {
             Err(finished) => finished,
             Ok(keep_alive_grace) => {
-                calls.start_draining();
                 let at_stop = calls.count();
                 let grace = if at_stop == 0 {
                     FIRST_REQUEST_GRACE
@@ -759,15 +758,13 @@ fn spawn_connection<I, S, RB>(
     });
 }
 
-/// How many requests a connection has delivered, with a wake-up for each once the connection
-/// is draining (none before: a request costs one counter increment and two loads).
+/// How many requests a connection has delivered, with a wake-up for each once `serve()` is
+/// stopping (none before: a request costs one counter increment and one load).
 #[derive(Debug)]
 struct Calls {
     count: std::sync::atomic::AtomicU64,
-    draining: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
-    /// Set (by `serve()`) as soon as shutdown or a crash begins, before the connection's
-    /// task gets to [`start_draining`](Self::start_draining).
+    /// `serve()`'s stop signal, set before any connection task sees it.
     stop: stop::StopFlag,
 }
 
@@ -775,7 +772,6 @@ impl Calls {
     fn new(stop: stop::StopFlag) -> Self {
         Calls {
             count: Default::default(),
-            draining: Default::default(),
             notify: Default::default(),
             stop,
         }
@@ -785,23 +781,19 @@ impl Calls {
         self.count.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// From now on, each request wakes the drain.
-    fn start_draining(&self) {
-        self.draining
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
     /// Counts a request; returns whether `serve()` is stopping (the answer must then close
     /// the connection).
     fn mark(&self) -> bool {
-        // SeqCst on both sides (count then flag here, flag then count in the drain): either
-        // this sees the flag and notifies, or the drain sees the new count.
+        // SeqCst on both sides (count then stop flag here; the drain reads the count only
+        // after its `Stopped` saw the flag): either this sees the flag and notifies, or the
+        // drain sees the new count.
         self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
-            // notify_one stores a permit when nobody waits yet: a waiter cannot miss it.
+        let stopping = self.stop.is_set();
+        if stopping {
+            // notify_one stores a permit when nobody waits yet: a waiter cannot miss it (a
+            // stale permit only wakes the drain to check the count again).
             self.notify.notify_one();
-            return true;
         }
-        self.stop.is_set()
+        stopping
     }
 }
