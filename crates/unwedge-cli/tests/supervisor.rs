@@ -757,6 +757,60 @@ async fn gone_within(pid: i32, limit: Duration) -> bool {
     false
 }
 
+/// A SIGKILLed supervisor cannot remove its private notify socket directory; the next
+/// supervisor started in the same runtime directory does, and leaves a live one's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_supervisors_notify_directory_is_removed_by_the_next_one() {
+    within(Duration::from_secs(60), async {
+        let runtime = tempfile::tempdir().unwrap();
+        let env = [("XDG_RUNTIME_DIR", runtime.path().to_str().unwrap())];
+        let dirs = || {
+            let mut d: Vec<_> = std::fs::read_dir(runtime.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            d.sort();
+            d
+        };
+        let live = Sup::start_env(&DEMO_2_WORKERS, &env);
+        live.wait_ready(0, 2).await;
+        let live_dir = dirs();
+        assert_eq!(live_dir.len(), 1, "{live_dir:?}");
+
+        let mut killed = Sup::start_env(&DEMO_2_WORKERS, &env);
+        killed.wait_ready(0, 2).await;
+        killed.signal(Signal::SIGKILL);
+        killed.wait_exit(LONG).await;
+        let left = dirs();
+        assert_eq!(left.len(), 2, "the killed supervisor's directory: {left:?}");
+
+        let mut next = Sup::start_env(&DEMO_2_WORKERS, &env);
+        next.wait_ready(0, 2).await;
+        let now = dirs();
+        assert_eq!(now.len(), 2, "{now:?}\n{}", next.log());
+        assert!(now.contains(&live_dir[0]), "{now:?}");
+        assert!(
+            !now.iter()
+                .any(|d| left.contains(d) && !live_dir.contains(d)),
+            "the killed supervisor's directory is still there: {now:?}"
+        );
+        assert!(
+            next.log().contains("removed 1 notify socket directory"),
+            "{}",
+            next.log()
+        );
+
+        // The live supervisor still hears its workers: a killed worker is replaced, READY seen.
+        let from = live.mark();
+        let victim = live.ready_pids(0)[0];
+        kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+        live.wait_ready(from, 1).await;
+        next.signal(Signal::SIGTERM);
+        assert_eq!(next.wait_exit(LONG).await.code(), Some(0));
+    })
+    .await;
+}
+
 /// A supervisor killed outright (SIGKILL: none of its code runs, as with the OOM killer) takes
 /// its workers with it, whether they hold its sockets or bind their own ports: no worker lives
 /// on unsupervised, holding the port a restarted supervisor needs.

@@ -3,6 +3,9 @@
 //!
 //! The socket lives in a fresh directory with mode 0700 and is itself 0600; a message whose
 //! pid is not a worker (or in a worker's process group) is ignored and counted as forged.
+//! A supervisor that stops removes its directory; one that is killed (SIGKILL, the OOM killer)
+//! cannot, and the next supervisor started with the same base directory removes it (see
+//! [`NotifySocket::bind`]).
 //!
 //! ```
 //! use unwedge_supervisor::notify::{parse, NotifyMessage};
@@ -14,7 +17,8 @@
 
 use std::io::{self, IoSliceMut};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{
@@ -22,6 +26,60 @@ use nix::sys::socket::{
 };
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
+
+/// The name of every notify socket directory begins with it.
+const DIR_PREFIX: &str = "unwedge-";
+
+/// The socket's name in its directory.
+const SOCKET_NAME: &str = "notify.sock";
+
+/// Removes the notify socket directories in `base` that no supervisor serves any more, and
+/// returns how many it removed.
+///
+/// A directory is removed only when all of these hold: its name begins with `unwedge-`, it is
+/// a directory (not a symbolic link) owned by `uid` with mode 0700, and its `notify.sock` is a
+/// socket that refuses a connection (`ECONNREFUSED`: nobody has it bound). The test asks the
+/// socket itself, not a pid, so a live supervisor is never swept, also one in another pid
+/// namespace sharing the directory; and nothing is sent to it (a datagram `connect` sends
+/// nothing). A directory without its socket (a supervisor between creating it and binding)
+/// is left alone, as is anything that cannot be read. Errors are ignored: sweeping is
+/// housekeeping, never a reason not to start.
+fn sweep_stale(base: &Path, uid: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .as_bytes()
+            .starts_with(DIR_PREFIX.as_bytes())
+        {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o777 != 0o700 {
+            continue;
+        }
+        let sock = dir.join(SOCKET_NAME);
+        let Ok(smeta) = std::fs::symlink_metadata(&sock) else {
+            continue;
+        };
+        if !smeta.file_type().is_socket() {
+            continue;
+        }
+        let refused = std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|c| c.connect(&sock))
+            .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused);
+        if refused && std::fs::remove_dir_all(&dir).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
 
 /// One sd_notify assignment the supervisor understands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,18 +159,36 @@ pub struct Datagram {
 }
 
 impl NotifySocket {
-    /// Creates the directory (0700) and the socket (0600) with `SO_PASSCRED` on.
-    /// Must be called inside a tokio runtime.
+    /// Creates the directory (0700) and the socket (0600) with `SO_PASSCRED` on, in
+    /// `$XDG_RUNTIME_DIR` when set, else the temporary directory. Must be called inside a
+    /// tokio runtime.
+    ///
+    /// It also removes the directories that killed supervisors left there: those named
+    /// `unwedge-*`, owned by this user with mode 0700, whose `notify.sock` refuses a
+    /// connection (nobody has it bound; a live supervisor's socket is never touched).
     pub fn bind() -> io::Result<Self> {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        Self::bind_in(&base)
+    }
+
+    fn bind_in(base: &Path) -> io::Result<Self> {
         let dir = tempfile::Builder::new()
-            .prefix("unwedge-")
+            .prefix(DIR_PREFIX)
             .tempdir_in(base)?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-        let path = dir.path().join("notify.sock");
+        let uid = std::fs::metadata(dir.path())?.uid();
+        let removed = sweep_stale(base, uid);
+        if removed > 0 {
+            tracing::info!(
+                "removed {removed} notify socket director{} left by killed supervisors in {}",
+                if removed == 1 { "y" } else { "ies" },
+                base.display()
+            );
+        }
+        let path = dir.path().join(SOCKET_NAME);
         let sock = UnixDatagram::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         setsockopt(&sock, PassCred, &true)?;
@@ -225,5 +301,58 @@ mod tests {
         let d = n.recv(&mut buf).await.unwrap();
         assert_eq!(d.pid, Some(std::process::id() as i32));
         assert_eq!(d.bytes.as_deref(), Some(&b"READY=1"[..]));
+    }
+
+    #[tokio::test]
+    async fn sweeps_only_directories_of_sockets_nobody_has_bound() {
+        let base = tempfile::tempdir().unwrap();
+        let live = NotifySocket::bind_in(base.path()).unwrap();
+        // A killed supervisor: its directory and socket file stay, the socket is closed.
+        let stale = base.path().join("unwedge-killed");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o700)).unwrap();
+        drop(std::os::unix::net::UnixDatagram::bind(stale.join(SOCKET_NAME)).unwrap());
+        // Not ours to remove: a plain file named like the socket, a directory with no socket
+        // yet, a name without the prefix, a world-readable directory.
+        let not_socket = base.path().join("unwedge-file");
+        std::fs::create_dir(&not_socket).unwrap();
+        std::fs::set_permissions(&not_socket, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(not_socket.join(SOCKET_NAME), b"").unwrap();
+        let starting = base.path().join("unwedge-starting");
+        std::fs::create_dir(&starting).unwrap();
+        std::fs::set_permissions(&starting, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let other = base.path().join("other-killed");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o700)).unwrap();
+        drop(std::os::unix::net::UnixDatagram::bind(other.join(SOCKET_NAME)).unwrap());
+        let open = base.path().join("unwedge-open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(std::os::unix::net::UnixDatagram::bind(open.join(SOCKET_NAME)).unwrap());
+
+        // The next supervisor's bind removes the killed one's directory only.
+        let next = NotifySocket::bind_in(base.path()).unwrap();
+        assert!(!stale.exists());
+        for kept in [&not_socket, &starting, &other, &open] {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
+        // Both live sockets are still there and still receive.
+        for n in [&live, &next] {
+            let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
+            c.send_to(b"READY=1", n.path()).unwrap();
+            let mut buf = vec![0; 64];
+            let d = n.recv(&mut buf).await.unwrap();
+            assert_eq!(d.bytes.as_deref(), Some(&b"READY=1"[..]));
+        }
+        // Another user's killed supervisor: not this one's to remove.
+        let stale = base.path().join("unwedge-killed-again");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o700)).unwrap();
+        drop(std::os::unix::net::UnixDatagram::bind(stale.join(SOCKET_NAME)).unwrap());
+        let uid = std::fs::metadata(&stale).unwrap().uid();
+        assert_eq!(sweep_stale(base.path(), uid.wrapping_add(1)), 0);
+        assert!(stale.exists());
+        assert_eq!(sweep_stale(base.path(), uid), 1);
+        assert!(!stale.exists());
     }
 }
