@@ -490,7 +490,8 @@ async fn webhook_gets_exactly_one_alert_per_event() {
         let first = hook.wait_for("about the poisoned worker", |_| true).await;
         let ev = &first.body["event"];
         let first_kind = ev["kind"].as_str().unwrap().to_owned();
-        assert!(pids.contains(&(ev["pid"].as_i64().unwrap() as i32)), "{ev}");
+        let poisoned = ev["pid"].as_i64().unwrap() as i32;
+        assert!(pids.contains(&poisoned), "{ev}");
         let text = first.body["text"].as_str().unwrap();
         match first_kind.as_str() {
             "worker_crashed" => {
@@ -500,6 +501,10 @@ async fn webhook_gets_exactly_one_alert_per_event() {
             "state_tainted" => assert!(text.contains("poisoned"), "{text}"),
             other => panic!("unexpected alert {other}: {ev}"),
         }
+        // The tainted worker is no longer listed as ready as soon as it said so (it used to be
+        // until its STOPPING=1, and this test then froze a leaving worker, never found hung).
+        let s = status(admin).await;
+        assert!(!ready_pids(&s).contains(&poisoned), "{s}");
         status_until(&sup, admin, "2 ready again", |s| ready_pids(s).len() == 2).await;
 
         // A hang: one worker_hung, and its SIGKILL is no second (crash) alert.

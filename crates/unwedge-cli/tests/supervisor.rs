@@ -174,6 +174,133 @@ async fn tainted_worker_drains_and_is_replaced_with_zero_failed_requests() {
     .await;
 }
 
+/// A worker that says it is tainted and then leaves on its own is left to finish its drain:
+/// `--dump-grace` (the SIGTERM for a tainted worker that stays) no longer applies once it says
+/// `STOPPING=1`, so the requests it is finishing are not cut short by a second signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tainted_worker_finishes_its_slow_requests_before_it_exits() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--dump-grace",
+            "300ms",
+            "--",
+            BIN,
+            "demo-service",
+        ]);
+        let addr = sup.addr().await;
+        let pid = sup.wait_ready(0, 1).await[0];
+        let slow = tokio::spawn(http(addr, "GET", "/slow?ms=2000"));
+        // In its handler (the demo counts it) before the poisoning crash begins.
+        let deadline = Instant::now() + LONG;
+        loop {
+            let (_, stats) = get(addr, "/stats").await;
+            let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+            if stats["state"]["slow_in_flight"] == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slow request not in flight: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let m = sup.mark();
+        let (status, _) = http(addr, "POST", "/poison").await.unwrap();
+        assert_eq!(status, 500);
+        // It says STATUS=tainted and STOPPING=1, in either order.
+        let (status, body) = slow.await.unwrap().expect("the slow request is answered");
+        assert_eq!((status, body.as_str()), (200, "slept 2000 ms\n"));
+        sup.wait_line(m, &[&format!("pid {pid} exit status 70")])
+            .await;
+        assert!(
+            !sup.log()
+                .contains(&format!("pid {pid}: still running; sending SIGTERM")),
+            "{}",
+            sup.log()
+        );
+    })
+    .await;
+}
+
+/// The same with the order fixed (STATUS=tainted, then STOPPING=1): the supervisor sends no
+/// signal to the tainted worker while it drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tainted_worker_that_says_stopping_gets_no_signal_while_it_drains() {
+    within(Duration::from_secs(60), async {
+        let py = fixture("worker.py");
+        let sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--dump-grace",
+            "100ms",
+            "--",
+            py.to_str().unwrap(),
+        ]);
+        let addr = sup.addr().await;
+        let pid = sup.wait_ready(0, 1).await[0];
+        let m = sup.mark();
+        let slow = tokio::spawn(http(addr, "GET", "/slow?ms=1500"));
+        sup.wait_line(
+            m,
+            &[&format!("pid {pid}]"), "slow request of 1500 ms begins"],
+        )
+        .await;
+        let (status, _) = http(addr, "GET", "/poison").await.unwrap();
+        assert_eq!(status, 500);
+        sup.wait_line(m, &[&format!("pid {pid} is tainted")]).await;
+        let (status, _) = slow.await.unwrap().expect("the slow request is answered");
+        assert_eq!(status, 200);
+        sup.wait_line(m, &[&format!("pid {pid} exit status 70")])
+            .await;
+        assert!(
+            !sup.log()
+                .contains(&format!("pid {pid}: still running; sending SIGTERM")),
+            "{}",
+            sup.log()
+        );
+    })
+    .await;
+}
+
+/// A worker that says `STOPPING=1` on its own is replaced at once, and bounded: still there
+/// `--stop-timeout` later, it gets SIGTERM, and SIGKILL after another `--stop-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_leaves_on_its_own_but_never_exits_is_killed() {
+    within(Duration::from_secs(60), async {
+        let py = fixture("worker.py");
+        let sup = Sup::start_env(
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--stop-timeout",
+                "300ms",
+                "--",
+                py.to_str().unwrap(),
+            ],
+            &[("FIXTURE_IGNORE_TERM", "1")],
+        );
+        let addr = sup.addr().await;
+        let pid = sup.wait_ready(0, 1).await[0];
+        let m = sup.mark();
+        let (status, _) = http(addr, "GET", "/leave-and-hang").await.unwrap();
+        assert_eq!(status, 200);
+        let new = sup.wait_ready(m, 1).await;
+        assert!(!new.contains(&pid), "{}", sup.log());
+        sup.wait_line(m, &[&format!("pid {pid}: still running; sending SIGTERM")])
+            .await;
+        sup.wait_line(m, &[&format!("pid {pid} killed by SIGKILL")])
+            .await;
+        // Its replacement serves.
+        assert_eq!(get(addr, "/").await.0, 200);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_refuses_nothing_and_honours_the_restart_delay() {
     within(Duration::from_secs(90), async {
@@ -423,7 +550,7 @@ async fn a_broken_new_generation_leaves_the_old_one_serving() {
             assert!(old.contains(&(v["pid"].as_i64().unwrap() as i32)), "{body}");
         }
         assert!(
-            !sup.log()[..].contains("restarting in"),
+            !sup.log().contains("restarting in"),
             "old workers were not touched:\n{}",
             sup.log()
         );

@@ -171,7 +171,8 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dump_signal: Option<String>,
 
-    /// Time between the dump signal and SIGKILL [default: 1s].
+    /// Time between the dump signal and SIGKILL; also the time a worker that said it is
+    /// tainted, and not that it is stopping, has before SIGTERM [default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Hang detection")]
     #[serde(
         default,
@@ -194,7 +195,8 @@ pub struct Options {
     )]
     pub ready_timeout: Option<Duration>,
 
-    /// Time workers have to exit after SIGTERM before SIGKILL [default: 30s].
+    /// Time workers have to exit after SIGTERM before SIGKILL; also the time a worker that
+    /// said STOPPING=1 on its own has to finish before SIGTERM [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Workers")]
     #[serde(
         default,
@@ -381,13 +383,14 @@ pub struct Config {
     pub probe_failures: u32,
     /// Signal sent to a hung worker before SIGKILL.
     pub dump_signal: Signal,
-    /// Time between dump signal and SIGKILL.
+    /// Time between dump signal and SIGKILL; a tainted worker's time before SIGTERM.
     pub dump_grace: Duration,
     /// Readiness mode.
     pub ready: ReadyMode,
     /// Time a worker has to become ready.
     pub ready_timeout: Duration,
-    /// Time workers have to stop after SIGTERM.
+    /// Time workers have to stop after SIGTERM; a worker leaving on its own
+    /// (`STOPPING=1`) has it before SIGTERM too.
     pub stop_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,

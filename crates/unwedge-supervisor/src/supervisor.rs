@@ -970,7 +970,9 @@ impl Pool {
                         let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
                         // An unwedge worker crashes gracefully by itself, and a signal would
                         // cut its drain short: SIGTERM only if it is still there later.
+                        // It is leaving: no longer counted or shown as ready.
                         w.stop_requested = true;
+                        w.state = WorkerState::Stopping;
                         w.term_at = Some(now + self.config.dump_grace);
                         self.count_restart(RestartReason::Tainted);
                         tracing::warn!("{id} pid {pid} is tainted ({s}); replacing it");
@@ -994,30 +996,31 @@ impl Pool {
                     _ => {}
                 }
             }
+            NotifyMessage::Stopping if self.stopping => {}
+            NotifyMessage::Stopping if w.stop_requested => {
+                // Said tainted, now leaving on its own: its drain gets `--stop-timeout`, not
+                // the `--dump-grace` meant for a tainted worker that does not leave (a signal
+                // would cut an `unwedge::serve` worker's drain short).
+                let tainted_only =
+                    w.state != WorkerState::Hung && w.kill_at.is_none() && w.term_at.is_some();
+                if tainted_only {
+                    w.term_at = Some(now + self.config.stop_timeout);
+                }
+            }
             NotifyMessage::Stopping => {
-                if !w.stop_requested && !self.stopping {
-                    // Leaving on its own (a graceful crash): start the replacement now,
-                    // while it drains; the reason is counted when it exits.
-                    let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
-                    w.stop_requested = true;
-                    w.leaving = true;
-                    w.state = WorkerState::Stopping;
-                    tracing::info!(
-                        "{id} pid {pid} is stopping on its own; starting its replacement"
-                    );
-                    if self.is_candidate(generation) {
-                        self.reload_failed(format!(
-                            "worker {id} stopped before the reload completed"
-                        ));
-                    } else if generation == self.active_gen {
-                        self.schedule_restart(
-                            slot,
-                            RestartReason::Exit,
-                            now,
-                            uptime,
-                            "is stopping",
-                        );
-                    }
+                // Leaving on its own (a graceful crash): start the replacement now,
+                // while it drains; the reason is counted when it exits. It has
+                // `--stop-timeout` to go, then SIGTERM, then SIGKILL after another.
+                let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
+                w.stop_requested = true;
+                w.leaving = true;
+                w.state = WorkerState::Stopping;
+                w.term_at = Some(now + self.config.stop_timeout);
+                tracing::info!("{id} pid {pid} is stopping on its own; starting its replacement");
+                if self.is_candidate(generation) {
+                    self.reload_failed(format!("worker {id} stopped before the reload completed"));
+                } else if generation == self.active_gen {
+                    self.schedule_restart(slot, RestartReason::Exit, now, uptime, "is stopping");
                 }
             }
             NotifyMessage::Report(json) => {
