@@ -491,14 +491,19 @@ impl Server {
         if crash.is_none() {
             health::set_draining();
         }
+        // A crash says `tainted` (a crash request taints the health) *before* STOPPING=1, in
+        // the same datagram: a supervisor then always learns why the worker leaves first,
+        // whichever of this and the health watcher's own STATUS= it reads first.
         let stopping_status = match &crash {
             None => "draining: graceful shutdown".to_owned(),
-            Some(r) => format!("crashing: {r}"),
+            Some(r) => watchdog::status_text(health::HealthState::Tainted, Some(r), &serving_on),
         };
-        notifier.send(&[
-            NotifyState::Stopping,
-            NotifyState::Status(&notify::one_line(&stopping_status)),
-        ]);
+        let stopping_status = notify::one_line(&stopping_status);
+        let (first, second) = match &crash {
+            None => (NotifyState::Stopping, NotifyState::Status(&stopping_status)),
+            Some(_) => (NotifyState::Status(&stopping_status), NotifyState::Stopping),
+        };
+        notifier.send(&[first, second]);
 
         // Drain. A crash requested while shutting down shortens the deadline; a second
         // signal ends the drain now.
