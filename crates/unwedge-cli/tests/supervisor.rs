@@ -210,7 +210,7 @@ async fn a_tainted_worker_finishes_its_slow_requests_before_it_exits() {
         let m = sup.mark();
         let (status, _) = http(addr, "POST", "/poison").await.unwrap();
         assert_eq!(status, 500);
-        // It says STATUS=tainted and STOPPING=1, in either order.
+        // It says STATUS=tainted, then STOPPING=1 (one datagram).
         let (status, body) = slow.await.unwrap().expect("the slow request is answered");
         assert_eq!((status, body.as_str()), (200, "slept 2000 ms\n"));
         sup.wait_line(m, &[&format!("pid {pid} exit status 70")])
