@@ -23,6 +23,24 @@ async fn usage_errors_exit_2() {
             "is not a duration",
         ),
         (&["run", "--workers", "0", "--", "true"], "--workers"),
+        (
+            &["run", "--workers", "100000", "--", "true"],
+            "--workers 100000 is more than 1024",
+        ),
+        (
+            &[
+                "run",
+                "--stop-timeout",
+                "18446744073709551615s",
+                "--",
+                "true",
+            ],
+            "is longer than a year",
+        ),
+        (
+            &["run", "--restart-delay-max", "1000000000d", "--", "true"],
+            "is longer than a year",
+        ),
         (&["run", "--listen", "127.0.0.1:0"], "no worker command"),
         (
             &["run", "--listen", "not-an-address", "--", "true"],
@@ -130,6 +148,11 @@ async fn config_files_are_checked() {
     std::fs::write(&bad, "restart-delay = \"fast\"\n").unwrap();
     let (code, out) = run_to_end(&["check-config", bad.to_str().unwrap()]).await;
     assert_clear(code, 2, &out, "is not a duration");
+
+    let long = dir.path().join("long.toml");
+    std::fs::write(&long, "stop-timeout = \"99999999999999999999s\"\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", long.to_str().unwrap()]).await;
+    assert_clear(code, 2, &out, "is longer than a year");
 
     let zero = dir.path().join("zero.toml");
     std::fs::write(&zero, "workers = 0\ncommand = [\"true\"]\n").unwrap();

@@ -69,6 +69,9 @@ fn malformed_variables_are_usage_errors_naming_variable_and_value() {
             ("UNWEDGE_LISTEN", "127.0.0.1:http", &[]),
             ("UNWEDGE_POLICY", "sometimes", &[]),
             ("UNWEDGE_SHUTDOWN_TIMEOUT", "soon", &[]),
+            ("UNWEDGE_CRASH_TIMEOUT", "1e300", &[]),
+            ("UNWEDGE_STALL_LIMIT", "18446744073709551615s", &[]),
+            ("WATCHDOG_USEC", "18446744073709551615", &[]),
         ];
         for (var, value, extra) in cases {
             let mut env: Vec<(&str, &str)> = extra.to_vec();

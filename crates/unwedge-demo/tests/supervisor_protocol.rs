@@ -162,6 +162,56 @@ fn poisoned_mutex_under_auto_drains_then_exits_70() {
     });
 }
 
+/// A SIGTERM during a graceful crash (a supervisor or systemd asking for the stop that is
+/// already under way) does not cut the drain; a second signal does.
+#[test]
+fn one_sigterm_during_a_graceful_crash_lets_the_drain_finish_a_second_ends_it() {
+    run_test(Duration::from_secs(60), async {
+        for signals in [1, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut worker, mut notify, addr) = sole_worker(dir.path()).await;
+            let ms = if signals == 1 { 1500 } else { 30_000 };
+            let slow =
+                tokio::spawn(async move { http(addr, "GET", &format!("/slow?ms={ms}")).await });
+            wait_stats(addr, "a /slow request in flight", |v| {
+                v["state"]["slow_in_flight"] == 1
+            })
+            .await;
+            let (status, _) = http(addr, "POST", "/poison").await.unwrap();
+            assert_eq!(status, 500);
+            notify
+                .expect("STOPPING=1", Duration::from_secs(5), line_is("STOPPING=1"))
+                .await;
+            let signalled = Instant::now();
+            worker.signal(Signal::TERM);
+            if signals == 2 {
+                // Signals are not queued: the second only once the first was taken.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !worker.stderr().contains("already crashing gracefully") {
+                    assert!(Instant::now() < deadline, "{}", worker.stderr());
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                worker.signal(Signal::TERM);
+            }
+            let answer = slow.await.unwrap();
+            let status = worker.wait_exit(Duration::from_secs(10)).await;
+            assert_eq!(status.code(), Some(70), "stderr:\n{}", worker.stderr());
+            if signals == 1 {
+                let (status, body) = answer.expect("the slow request completes");
+                assert_eq!((status, body.as_str()), (200, "slept 1500 ms\n"));
+            } else {
+                assert!(answer.is_err(), "{answer:?}");
+                // Well before the 30 s request or the 5 s crash deadline.
+                let took = signalled.elapsed();
+                assert!(
+                    took < Duration::from_secs(4),
+                    "exit {took:?} after the signals"
+                );
+            }
+        }
+    });
+}
+
 /// Figure: time from the panic to the exit of a graceful crash with no other request in
 /// flight (target under 10 ms). Measured from sending the request (an upper bound: it also
 /// covers connecting and routing) to the reaped exit.

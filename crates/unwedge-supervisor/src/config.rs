@@ -78,7 +78,7 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port_env: Option<String>,
 
-    /// Number of worker processes [default: 1].
+    /// Number of worker processes, at most 1024 [default: 1].
     #[arg(long, short = 'w', value_name = "N", help_heading = "Workers",
           value_parser = clap::value_parser!(u32).range(1..))]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -436,6 +436,11 @@ impl Config {
         if o.workers == Some(0) {
             return Err(usage("--workers must be at least 1".into()));
         }
+        if let Some(n) = o.workers.filter(|&n| n > MAX_WORKERS) {
+            return Err(usage(format!(
+                "--workers {n} is more than {MAX_WORKERS}, the most one supervisor runs"
+            )));
+        }
         if o.port_env.is_some() && !o.listen.is_empty() {
             return Err(usage(
                 "--listen and --port-env cannot be used together".into(),
@@ -554,20 +559,46 @@ impl Config {
     }
 }
 
-/// Parses a duration such as `10ms`, `1.5s`, `2m 30s` (humantime syntax; a bare `0` is zero).
+/// Parses a duration such as `10ms`, `1.5s`, `2m 30s` (humantime syntax; a bare `0` is zero),
+/// at most [`MAX_DURATION`] (a year).
+///
+/// ```
+/// use std::time::Duration;
+/// use unwedge_supervisor::config::parse_duration;
+/// assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+/// assert_eq!(parse_duration("2m 30s"), Ok(Duration::from_secs(150)));
+/// assert!(parse_duration("soon").unwrap_err().contains("is not a duration"));
+/// assert!(parse_duration("18446744073709551615s").unwrap_err().contains("longer than a year"));
+/// ```
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t == "0" {
         return Ok(Duration::ZERO);
     }
+    let too_long = || format!("`{s}` is longer than a year: a duration such as 10ms, 2s, 1m");
     if let Some(secs) = t.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()) {
         if secs.is_finite() && secs >= 0.0 {
+            if secs > MAX_DURATION.as_secs_f64() {
+                return Err(too_long());
+            }
             return Ok(Duration::from_secs_f64(secs));
         }
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("`{s}` is not a duration such as 10ms, 2s, 1m ({e})"))
+    let d = humantime::parse_duration(t)
+        .map_err(|e| format!("`{s}` is not a duration such as 10ms, 2s, 1m ({e})"))?;
+    if d > MAX_DURATION {
+        return Err(too_long());
+    }
+    Ok(d)
 }
+
+/// The longest duration [`parse_duration`] takes: a longer one is a typo, not a timeout
+/// (and would overflow the clock's deadlines).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The most workers one supervisor runs: `--workers` above it is a usage error (a typo such
+/// as `--workers 10000` would otherwise fork that many processes).
+pub const MAX_WORKERS: u32 = 1024;
 
 /// Parses a signal name (`SIGQUIT`, `QUIT`, `quit`) or number.
 pub fn parse_signal(s: &str) -> Result<Signal, String> {

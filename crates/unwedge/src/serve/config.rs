@@ -91,21 +91,33 @@ pub(crate) fn var(name: &'static str) -> Result<Option<String>, ServeError> {
     }
 }
 
-/// A duration from the environment: `30s`, `500ms`, `1m 30s` (humantime), or bare seconds.
+/// The longest duration taken from the environment: a longer one is a typo, not a deadline.
+pub(crate) const MAX_ENV_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration from the environment: `30s`, `500ms`, `1m 30s` (humantime), or bare seconds;
+/// at most [`MAX_ENV_DURATION`] (a year).
 pub(crate) fn duration(name: &'static str) -> Result<Option<Duration>, ServeError> {
     let Some(v) = var(name)? else { return Ok(None) };
+    let too_long = || ServeError::bad_env(name, &v, "longer than a year; try `30s` or `500ms`");
     if let Ok(secs) = v.trim().parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
+            if secs > MAX_ENV_DURATION.as_secs_f64() {
+                return Err(too_long());
+            }
             return Ok(Some(Duration::from_secs_f64(secs)));
         }
     }
-    humantime::parse_duration(v.trim()).map(Some).map_err(|e| {
+    let d = humantime::parse_duration(v.trim()).map_err(|e| {
         ServeError::bad_env(
             name,
             &v,
             format!("not a duration ({e}); try `30s` or `500ms`"),
         )
-    })
+    })?;
+    if d > MAX_ENV_DURATION {
+        return Err(too_long());
+    }
+    Ok(Some(d))
 }
 
 /// The inherited-socket protocol: `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`.
@@ -199,6 +211,14 @@ pub(crate) fn watchdog_usec() -> Result<Option<Duration>, ServeError> {
     let usec: u64 = v.trim().parse().ok().filter(|u| *u > 0).ok_or_else(|| {
         ServeError::bad_env("WATCHDOG_USEC", &v, "not a positive number of microseconds")
     })?;
+    if Duration::from_micros(usec) > MAX_ENV_DURATION {
+        // systemd's "infinity" (u64::MAX) included: `sd_watchdog_enabled` refuses it too.
+        return Err(ServeError::bad_env(
+            "WATCHDOG_USEC",
+            &v,
+            "longer than a year of microseconds",
+        ));
+    }
     if let Some(pid) = var("WATCHDOG_PID")? {
         let pid_num: u32 = pid
             .trim()

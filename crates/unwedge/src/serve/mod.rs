@@ -37,7 +37,9 @@
 //!   ([`health::request_crash`]): close this process's listeners
 //!   at once (sibling workers sharing the socket take the new connections), finish the
 //!   requests in flight within the crash timeout (default 5 s, [`Server::crash_timeout`],
-//!   `UNWEDGE_CRASH_TIMEOUT`), then **exit the process with code 70** (`EX_SOFTWARE`).
+//!   `UNWEDGE_CRASH_TIMEOUT`), then **exit the process with code 70** (`EX_SOFTWARE`). It says
+//!   `STATUS=tainted: <reason>` then `STOPPING=1`; a SIGTERM during its drain lets the drain
+//!   go on, a second signal ends it.
 //! - **State dump on SIGQUIT**, the signal `unwedge run` sends a worker it found hung before
 //!   it kills it: from its own thread (a stalled runtime cannot stop it), the health state and
 //!   reason, the requests in flight, the poll blocking a runtime thread and the oldest
@@ -438,7 +440,7 @@ impl Server {
                 hang_limit,
                 abort_after,
                 heartbeat: watchdog_usec.map(|u| u / 2),
-                crash_backstop: crash_timeout + Duration::from_secs(1),
+                crash_backstop: crash_timeout.saturating_add(Duration::from_secs(1)),
                 serving_on: serving_on.clone(),
             },
             tracker.clone(),
@@ -516,8 +518,12 @@ impl Server {
         drop(alive);
         let drained = all_closed.recv();
         tokio::pin!(drained);
+        // A crash's drain began without a signal: the first signal during it (a supervisor's
+        // or systemd's SIGTERM, asking for what is already happening) lets it go on; a second
+        // one ends it, as after a SIGTERM-initiated drain.
+        let mut signals_to_end = if crash.is_some() { 2 } else { 1 };
         let mut crash = crash;
-        let mut deadline_at = tokio::time::Instant::now() + deadline;
+        let mut deadline_at = deadline_in(deadline);
         loop {
             tokio::select! {
                 _ = &mut drained => {
@@ -532,12 +538,17 @@ impl Server {
                     break;
                 }
                 name = signals.recv() => {
+                    signals_to_end -= 1;
+                    if signals_to_end > 0 {
+                        tracing::info!(signal = name, in_flight = tracker.in_flight(), "already crashing gracefully: the drain goes on (a second signal ends it now)");
+                        continue;
+                    }
                     tracing::warn!(signal = name, in_flight = tracker.in_flight(), "second signal: stopping now");
                     break;
                 }
                 reason = health::crash_requested(), if crash.is_none() => {
                     tracing::error!(reason = %reason, "graceful crash requested while shutting down");
-                    deadline_at = deadline_at.min(tokio::time::Instant::now() + crash_timeout);
+                    deadline_at = deadline_at.min(deadline_in(crash_timeout));
                     crash = Some(reason);
                 }
             }
@@ -556,6 +567,14 @@ impl Server {
             }
         }
     }
+}
+
+/// `d` from now; a duration too long for the clock (`Duration::MAX` as "no deadline") is
+/// about thirty years from now instead of a panic.
+fn deadline_in(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
 }
 
 /// Flushes what can be flushed and exits the process.
@@ -800,5 +819,18 @@ impl Calls {
             self.notify.notify_one();
         }
         stopping
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_deadline_too_far_for_the_clock_saturates() {
+        let now = tokio::time::Instant::now();
+        assert!(deadline_in(Duration::MAX) > now + Duration::from_secs(20 * 365 * 24 * 3600));
+        let soon = deadline_in(Duration::from_secs(5));
+        assert!(soon >= now + Duration::from_secs(5) && soon < now + Duration::from_secs(60));
     }
 }
