@@ -171,6 +171,8 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
         Ok(s) => s,
         Err(e) => return fail(&e, e.exit_code()),
     };
+    // Kept to the end: dropping it flushes the queued log lines (for at most a second).
+    let _log_flush = log_off_thread();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -192,13 +194,44 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
     })
 }
 
+/// Where the supervisor's own log lines go once [`log_off_thread`] ran: a queue written to
+/// stderr by a thread of its own.
+static LOG_QUEUE: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> =
+    std::sync::OnceLock::new();
+
+/// The supervisor's log writer: straight to stderr until [`log_off_thread`], then the queue.
+fn log_writer() -> tracing_subscriber::fmt::writer::EitherWriter<
+    tracing_appender::non_blocking::NonBlocking,
+    std::io::Stderr,
+> {
+    use tracing_subscriber::fmt::writer::EitherWriter;
+    match LOG_QUEUE.get() {
+        Some(queue) => EitherWriter::A(queue.clone()),
+        None => EitherWriter::B(std::io::stderr()),
+    }
+}
+
+/// From now on, log lines are queued and written to stderr by a thread of their own: a stalled
+/// stderr (a full pipe, a journal that does not read) must never stop the supervisor's event
+/// loop, which restarts workers and detects hangs. When more than 128 000 lines wait, new
+/// ones are dropped. Starts a thread: call it after [`Supervisor::new`] (which edits the
+/// environment, before any thread may exist).
+fn log_off_thread() -> tracing_appender::non_blocking::WorkerGuard {
+    let (queue, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("unwedge-log")
+        .finish(std::io::stderr());
+    let _ = LOG_QUEUE.set(queue);
+    guard
+}
+
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("UNWEDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     match format {

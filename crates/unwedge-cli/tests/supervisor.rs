@@ -884,6 +884,70 @@ async fn gone_within(pid: i32, limit: Duration) -> bool {
     false
 }
 
+/// The supervisor's own log lines never block it: with its stdout and stderr pipes nobody
+/// reads (a stalled journal), a killed worker is still replaced. (Its log lines used to be
+/// written from its event loop: once the pipe was full, the loop stopped, and with it every
+/// restart and hang check.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_pipe_does_not_stop_the_supervisor() {
+    within(Duration::from_secs(90), async {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("flooded");
+        // The first worker writes ~150 KB to its stderr (more than the pipe holds), then serves.
+        let script = format!(
+            "if [ ! -e {m} ]; then touch {m}; yes {line} | head -n 1500 >&2; fi; exec {BIN} demo-service",
+            m = marker.display(),
+            line = "x".repeat(100),
+        );
+        let listen = addr.to_string();
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["run", "--listen", &listen, "--admin", "off", "--", "sh", "-c", &script])
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stats_pid = || async {
+            let (code, body) = http(addr, "GET", "/stats").await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (code == 200).then(|| v["pid"].as_i64()).flatten()
+        };
+        let until = |deadline: Instant, what: &'static str| {
+            assert!(Instant::now() < deadline, "{what}");
+        };
+        let deadline = Instant::now() + LONG;
+        let first = loop {
+            if let Some(p) = stats_pid().await {
+                break p;
+            }
+            until(deadline, "the first worker never served");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+        let deadline = Instant::now() + LONG;
+        loop {
+            match stats_pid().await {
+                Some(p) if p != first => break,
+                _ => until(deadline, "no replacement: the supervisor is blocked on its log"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(child.try_wait().unwrap(), None, "the supervisor exited");
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+    })
+    .await;
+}
+
 /// A SIGKILLed supervisor cannot remove its private notify socket directory; the next
 /// supervisor started in the same runtime directory does, and leaves a live one's alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
