@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-use socket2::{Domain, SockAddr, Socket, Type};
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
 use crate::config::ListenAddr;
 use crate::error::StartError;
@@ -130,7 +130,7 @@ pub fn from_systemd() -> Vec<Listener> {
             // fds 3..3+LISTEN_FDS (checked above: LISTEN_PID is our pid); nothing else in
             // this process has opened or taken them, and each is wrapped exactly once.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            let local = Socket::from(fd.try_clone().expect("dup of a systemd socket"))
+            let local = SockRef::from(&fd)
                 .local_addr()
                 .ok()
                 .and_then(|a| {
