@@ -53,16 +53,7 @@ async fn load_progress(l: &unwedge_load::Running, n: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_the_socket_with_listen_pid_of_the_worker() {
     within(Duration::from_secs(60), async {
-        let py = fixture("worker.py");
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--",
-            py.to_str().unwrap(),
-        ]);
+        let sup = Sup::python(&["--workers", "2"], &[]);
         let addr = sup.addr().await;
         let pids = sup.wait_ready(0, 2).await;
         for _ in 0..10 {
@@ -138,16 +129,7 @@ async fn poisoned_worker_is_replaced_with_no_refused_or_reset_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tainted_worker_drains_and_is_replaced_with_zero_failed_requests() {
     within(Duration::from_secs(90), async {
-        let py = fixture("worker.py");
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--",
-            py.to_str().unwrap(),
-        ]);
+        let sup = Sup::python(&["--workers", "2"], &[]);
         let addr = sup.addr().await;
         sup.wait_ready(0, 2).await;
         let l = load(addr, 8);
@@ -180,16 +162,7 @@ async fn tainted_worker_drains_and_is_replaced_with_zero_failed_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tainted_worker_finishes_its_slow_requests_before_it_exits() {
     within(Duration::from_secs(60), async {
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--dump-grace",
-            "300ms",
-            "--",
-            BIN,
-            "demo-service",
-        ]);
+        let sup = Sup::demo(&["--dump-grace", "300ms"]);
         let addr = sup.addr().await;
         let pid = sup.wait_ready(0, 1).await[0];
         let slow = tokio::spawn(http(addr, "GET", "/slow?ms=2000"));
@@ -213,16 +186,21 @@ async fn a_tainted_worker_finishes_its_slow_requests_before_it_exits() {
         // It says STATUS=tainted, then STOPPING=1 (one datagram).
         let (status, body) = slow.await.unwrap().expect("the slow request is answered");
         assert_eq!((status, body.as_str()), (200, "slept 2000 ms\n"));
-        sup.wait_line(m, &[&format!("pid {pid} exit status 70")])
-            .await;
-        assert!(
-            !sup.log()
-                .contains(&format!("pid {pid}: still running; sending SIGTERM")),
-            "{}",
-            sup.log()
-        );
+        exits_70_unsignalled(&sup, m, pid).await;
     })
     .await;
+}
+
+/// Waits for worker `pid` to exit with 70 (its graceful crash) and checks that the
+/// supervisor sent it no SIGTERM on the way.
+async fn exits_70_unsignalled(sup: &Sup, from: usize, pid: i32) {
+    sup.wait_line(from, &[&format!("pid {pid} exit status 70")])
+        .await;
+    let log = sup.log();
+    assert!(
+        !log.contains(&format!("pid {pid}: still running; sending SIGTERM")),
+        "{log}"
+    );
 }
 
 /// The same with the order fixed (STATUS=tainted, then STOPPING=1): the supervisor sends no
@@ -230,16 +208,7 @@ async fn a_tainted_worker_finishes_its_slow_requests_before_it_exits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tainted_worker_that_says_stopping_gets_no_signal_while_it_drains() {
     within(Duration::from_secs(60), async {
-        let py = fixture("worker.py");
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--dump-grace",
-            "100ms",
-            "--",
-            py.to_str().unwrap(),
-        ]);
+        let sup = Sup::python(&["--dump-grace", "100ms"], &[]);
         let addr = sup.addr().await;
         let pid = sup.wait_ready(0, 1).await[0];
         let m = sup.mark();
@@ -254,14 +223,7 @@ async fn a_tainted_worker_that_says_stopping_gets_no_signal_while_it_drains() {
         sup.wait_line(m, &[&format!("pid {pid} is tainted")]).await;
         let (status, _) = slow.await.unwrap().expect("the slow request is answered");
         assert_eq!(status, 200);
-        sup.wait_line(m, &[&format!("pid {pid} exit status 70")])
-            .await;
-        assert!(
-            !sup.log()
-                .contains(&format!("pid {pid}: still running; sending SIGTERM")),
-            "{}",
-            sup.log()
-        );
+        exits_70_unsignalled(&sup, m, pid).await;
     })
     .await;
 }
@@ -271,17 +233,8 @@ async fn a_tainted_worker_that_says_stopping_gets_no_signal_while_it_drains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_leaves_on_its_own_but_never_exits_is_killed() {
     within(Duration::from_secs(60), async {
-        let py = fixture("worker.py");
-        let sup = Sup::start_env(
-            &[
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--stop-timeout",
-                "300ms",
-                "--",
-                py.to_str().unwrap(),
-            ],
+        let sup = Sup::python(
+            &["--stop-timeout", "300ms"],
             &[("FIXTURE_IGNORE_TERM", "1")],
         );
         let addr = sup.addr().await;
@@ -304,16 +257,7 @@ async fn a_worker_that_leaves_on_its_own_but_never_exits_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_refuses_nothing_and_honours_the_restart_delay() {
     within(Duration::from_secs(90), async {
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--restart-delay",
-            "100ms",
-            "--",
-            BIN,
-            "demo-service",
-        ]);
+        let sup = Sup::demo(&["--restart-delay", "100ms"]);
         let addr = sup.addr().await;
         let mut pid = sup.wait_ready(0, 1).await[0];
         let l = load(addr, 4);
@@ -358,18 +302,7 @@ async fn kill_9_under_load_refuses_nothing_and_honours_the_restart_delay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_worker_is_replaced_within_the_watchdog_plus_one_second() {
     within(Duration::from_secs(60), async {
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--watchdog",
-            "1s",
-            "--dump-grace",
-            "300ms",
-            "--",
-            BIN,
-            "demo-service",
-        ]);
+        let sup = Sup::demo(&["--watchdog", "1s", "--dump-grace", "300ms"]);
         let addr = sup.addr().await;
         let pid = sup.wait_ready(0, 1).await[0];
         // Only a worker that has sent a heartbeat is watched: wait for the first one.
@@ -468,16 +401,7 @@ async fn reload_rounds(sup: &Sup, l: &unwedge_load::Running, rounds: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reload_under_load_fails_no_request() {
     within(Duration::from_secs(90), async {
-        let py = fixture("worker.py");
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--",
-            py.to_str().unwrap(),
-        ]);
+        let sup = Sup::python(&["--workers", "2"], &[]);
         let addr = sup.addr().await;
         let l = load(addr, 8);
         reload_rounds(&sup, &l, 2).await;
@@ -561,8 +485,7 @@ async fn a_broken_new_generation_leaves_the_old_one_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orphaned_grandchild_is_reaped() {
     within(Duration::from_secs(60), async {
-        let py = fixture("worker.py");
-        let sup = Sup::start(&["run", "--listen", "127.0.0.1:0", "--", py.to_str().unwrap()]);
+        let sup = Sup::python(&[], &[]);
         let addr = sup.addr().await;
         let worker = sup.wait_ready(0, 1).await[0];
         let dir = tempfile::tempdir().unwrap();
@@ -600,11 +523,7 @@ async fn an_orphaned_grandchild_is_reaped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_malformed_notify_messages_are_ignored() {
     within(Duration::from_secs(60), async {
-        let py = fixture("worker.py");
-        let sup = Sup::start_env(
-            &["run", "--listen", "127.0.0.1:0", "--", py.to_str().unwrap()],
-            &[("UNWEDGE_LOG", "debug")],
-        );
+        let sup = Sup::python(&[], &[("UNWEDGE_LOG", "debug")]);
         let addr = sup.addr().await;
         sup.wait_ready(0, 1).await;
         let (_, env) = get(addr, "/env").await;
@@ -642,17 +561,8 @@ async fn sigterm_stops_cleanly_and_a_stubborn_worker_is_killed() {
             assert!(proc_state(p).is_none(), "worker {p} left behind");
         }
 
-        let py = fixture("worker.py");
-        let mut sup = Sup::start_env(
-            &[
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--stop-timeout",
-                "300ms",
-                "--",
-                py.to_str().unwrap(),
-            ],
+        let mut sup = Sup::python(
+            &["--stop-timeout", "300ms"],
             &[("FIXTURE_IGNORE_TERM", "1")],
         );
         let pid = sup.wait_ready(0, 1).await[0];
@@ -714,16 +624,7 @@ async fn port_env_mode_gives_each_worker_its_own_port_and_probes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_format_wraps_worker_lines() {
     within(Duration::from_secs(60), async {
-        let py = fixture("worker.py");
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--",
-            py.to_str().unwrap(),
-        ]);
+        let sup = Sup::python(&["--log-format", "json"], &[]);
         let line = sup.wait_line(0, &["serving on fd 3 as pid"]).await;
         let v: serde_json::Value = serde_json::from_str(&line).expect("worker line is JSON");
         assert_eq!(v["worker"], "w1");
@@ -813,20 +714,8 @@ async fn several_sockets_tcp_and_unix_reach_every_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_modes_for_a_worker_that_never_says_ready() {
     within(Duration::from_secs(60), async {
-        let py = fixture("worker.py");
         // auto: with a shared socket, a silent worker is taken as ready after --ready-timeout.
-        let sup = Sup::start_env(
-            &[
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--ready-timeout",
-                "300ms",
-                "--",
-                py.to_str().unwrap(),
-            ],
-            &[("FIXTURE_NO_READY", "1")],
-        );
+        let sup = Sup::python(&["--ready-timeout", "300ms"], &[("FIXTURE_NO_READY", "1")]);
         let addr = sup.addr().await;
         sup.wait_line(0, &["sent no READY=1 within 300.0ms; taking it as ready"])
             .await;
@@ -835,11 +724,8 @@ async fn readiness_modes_for_a_worker_that_never_says_ready() {
         drop(sup);
 
         // notify: no READY=1 in time is a failed start, backed off and limited like a crash.
-        let mut sup = Sup::start_env(
+        let mut sup = Sup::python(
             &[
-                "run",
-                "--listen",
-                "127.0.0.1:0",
                 "--ready",
                 "notify",
                 "--ready-timeout",
@@ -848,8 +734,6 @@ async fn readiness_modes_for_a_worker_that_never_says_ready() {
                 "100ms",
                 "--max-restarts",
                 "1",
-                "--",
-                py.to_str().unwrap(),
             ],
             &[("FIXTURE_NO_READY", "1")],
         );
@@ -891,12 +775,7 @@ async fn gone_within(pid: i32, limit: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_log_pipe_does_not_stop_the_supervisor() {
     within(Duration::from_secs(90), async {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let addr = free_loopback_addr();
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("flooded");
         // The first worker writes ~150 KB to its stderr (more than the pipe holds), then serves.

@@ -104,12 +104,7 @@ async fn real_systemd_socket_activate_passes_its_socket_through() {
         return;
     };
     tokio::time::timeout(Duration::from_secs(60), async {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let addr = free_loopback_addr();
         let py = fixture("worker.py");
         let mut cmd = tokio::process::Command::new(activate);
         cmd.arg("-l")

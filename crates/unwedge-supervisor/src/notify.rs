@@ -306,35 +306,43 @@ mod tests {
     #[tokio::test]
     async fn sweeps_only_directories_of_sockets_nobody_has_bound() {
         let base = tempfile::tempdir().unwrap();
+        // A directory under `base` with `mode`, and in it a socket nobody has bound (as a
+        // killed supervisor leaves it), a plain file, or nothing.
+        enum Inside {
+            ClosedSocket,
+            PlainFile,
+            Nothing,
+        }
+        let left = |name: &str, mode: u32, inside: Inside| {
+            let dir = base.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let sock = dir.join(SOCKET_NAME);
+            match inside {
+                Inside::ClosedSocket => {
+                    drop(std::os::unix::net::UnixDatagram::bind(&sock).unwrap())
+                }
+                Inside::PlainFile => std::fs::write(&sock, b"").unwrap(),
+                Inside::Nothing => {}
+            }
+            dir
+        };
         let live = NotifySocket::bind_in(base.path()).unwrap();
-        // A killed supervisor: its directory and socket file stay, the socket is closed.
-        let stale = base.path().join("unwedge-killed");
-        std::fs::create_dir(&stale).unwrap();
-        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o700)).unwrap();
-        drop(std::os::unix::net::UnixDatagram::bind(stale.join(SOCKET_NAME)).unwrap());
+        let stale = left("unwedge-killed", 0o700, Inside::ClosedSocket);
         // Not ours to remove: a plain file named like the socket, a directory with no socket
         // yet, a name without the prefix, a world-readable directory.
-        let not_socket = base.path().join("unwedge-file");
-        std::fs::create_dir(&not_socket).unwrap();
-        std::fs::set_permissions(&not_socket, std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::write(not_socket.join(SOCKET_NAME), b"").unwrap();
-        let starting = base.path().join("unwedge-starting");
-        std::fs::create_dir(&starting).unwrap();
-        std::fs::set_permissions(&starting, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let other = base.path().join("other-killed");
-        std::fs::create_dir(&other).unwrap();
-        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o700)).unwrap();
-        drop(std::os::unix::net::UnixDatagram::bind(other.join(SOCKET_NAME)).unwrap());
-        let open = base.path().join("unwedge-open");
-        std::fs::create_dir(&open).unwrap();
-        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
-        drop(std::os::unix::net::UnixDatagram::bind(open.join(SOCKET_NAME)).unwrap());
+        let kept = [
+            left("unwedge-file", 0o700, Inside::PlainFile),
+            left("unwedge-starting", 0o700, Inside::Nothing),
+            left("other-killed", 0o700, Inside::ClosedSocket),
+            left("unwedge-open", 0o755, Inside::ClosedSocket),
+        ];
 
         // The next supervisor's bind removes the killed one's directory only.
         let next = NotifySocket::bind_in(base.path()).unwrap();
         assert!(!stale.exists());
-        for kept in [&not_socket, &starting, &other, &open] {
-            assert!(kept.exists(), "{} was removed", kept.display());
+        for k in &kept {
+            assert!(k.exists(), "{} was removed", k.display());
         }
         // Both live sockets are still there and still receive.
         for n in [&live, &next] {
@@ -345,10 +353,7 @@ mod tests {
             assert_eq!(d.bytes.as_deref(), Some(&b"READY=1"[..]));
         }
         // Another user's killed supervisor: not this one's to remove.
-        let stale = base.path().join("unwedge-killed-again");
-        std::fs::create_dir(&stale).unwrap();
-        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o700)).unwrap();
-        drop(std::os::unix::net::UnixDatagram::bind(stale.join(SOCKET_NAME)).unwrap());
+        let stale = left("unwedge-killed-again", 0o700, Inside::ClosedSocket);
         let uid = std::fs::metadata(&stale).unwrap().uid();
         assert_eq!(sweep_stale(base.path(), uid.wrapping_add(1)), 0);
         assert!(stale.exists());

@@ -130,14 +130,11 @@ pub fn from_systemd() -> Vec<Listener> {
             // fds 3..3+LISTEN_FDS (checked above: LISTEN_PID is our pid); nothing else in
             // this process has opened or taken them, and each is wrapped exactly once.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            let local = SockRef::from(&fd)
-                .local_addr()
-                .ok()
-                .and_then(|a| {
-                    a.as_socket()
-                        .map(ListenAddr::Tcp)
-                        .or_else(|| a.as_pathname().map(|p| ListenAddr::Unix(p.to_owned())))
-                });
+            let local = SockRef::from(&fd).local_addr().ok().and_then(|a| {
+                a.as_socket()
+                    .map(ListenAddr::Tcp)
+                    .or_else(|| a.as_pathname().map(|p| ListenAddr::Unix(p.to_owned())))
+            });
             let _ = inheritable(&fd);
             let name = names
                 .get(i as usize)

@@ -19,6 +19,14 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_unwedge");
 /// Hard limit for every wait.
 pub const LONG: Duration = Duration::from_secs(20);
 
+/// A loopback address whose port was free a moment ago (for a child that must be told its
+/// port before it starts).
+pub fn free_loopback_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -35,6 +43,24 @@ pub struct Sup {
 impl Sup {
     pub fn start(args: &[&str]) -> Sup {
         Self::start_env(args, &[])
+    }
+
+    /// `unwedge run --listen 127.0.0.1:0 <flags> -- tests/fixtures/worker.py` with `env` added:
+    /// the Python test worker (see the fixture's header for its routes and switches).
+    pub fn python(flags: &[&str], env: &[(&str, &str)]) -> Sup {
+        let py = fixture("worker.py");
+        let mut args = vec!["run", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        args.extend(["--", py.to_str().expect("a UTF-8 path")]);
+        Self::start_env(&args, env)
+    }
+
+    /// `unwedge run --listen 127.0.0.1:0 <flags> -- unwedge demo-service`.
+    pub fn demo(flags: &[&str]) -> Sup {
+        let mut args = vec!["run", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        args.extend(["--", BIN, "demo-service"]);
+        Self::start(&args)
     }
 
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Sup {
