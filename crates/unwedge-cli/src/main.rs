@@ -194,6 +194,9 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
     })
 }
 
+/// The most log lines waiting to be written; beyond, new ones are dropped.
+const LOG_QUEUE_LINES: usize = 8192;
+
 /// Where the supervisor's own log lines go once [`log_off_thread`] ran: a queue written to
 /// stderr by a thread of its own.
 static LOG_QUEUE: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> =
@@ -213,11 +216,14 @@ fn log_writer() -> tracing_subscriber::fmt::writer::EitherWriter<
 
 /// From now on, log lines are queued and written to stderr by a thread of their own: a stalled
 /// stderr (a full pipe, a journal that does not read) must never stop the supervisor's event
-/// loop, which restarts workers and detects hangs. When more than 128 000 lines wait, new
-/// ones are dropped. Starts a thread: call it after [`Supervisor::new`] (which edits the
+/// loop, which restarts workers and detects hangs. When more than [`LOG_QUEUE_LINES`] lines
+/// wait, new ones are dropped. Starts a thread: call it after [`Supervisor::new`] (which edits the
 /// environment, before any thread may exist).
 fn log_off_thread() -> tracing_appender::non_blocking::WorkerGuard {
     let (queue, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        // Its queue is allocated (and touched) whole: the default 128 000 lines cost ~4 MB of
+        // RSS. A supervisor logs a few lines per event; 8 192 waiting lines are plenty.
+        .buffered_lines_limit(LOG_QUEUE_LINES)
         .lossy(true)
         .thread_name("unwedge-log")
         .finish(std::io::stderr());
