@@ -228,6 +228,47 @@ async fn a_tainted_worker_that_says_stopping_gets_no_signal_while_it_drains() {
     .await;
 }
 
+/// What a worker says just before it exits is heard: `STATUS=tainted` sent right before
+/// `exit(70)` is read before the exit is reaped, every time (the exit and the datagram used to
+/// race; read after the reap, the message came from no worker and was dropped as forged, and
+/// the poisoning counted as an ordinary crash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_last_message_before_exit_is_not_lost() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::python(&["--restart-delay", "1ms"], &[]);
+        let addr = sup.addr().await;
+        let mut pid = sup.wait_ready(0, 1).await[0];
+        for _ in 0..8 {
+            let m = sup.mark();
+            // The supervisor stopped while the worker speaks and exits: when it resumes, the
+            // datagram and SIGCHLD wait together, and the order it takes them in is its own.
+            sup.signal(Signal::SIGSTOP);
+            let (status, _) = http(addr, "GET", "/taint-and-exit").await.unwrap();
+            assert_eq!(status, 500);
+            let deadline = Instant::now() + LONG;
+            while proc_state(pid).is_some_and(|(s, _)| s != 'Z') {
+                assert!(Instant::now() < deadline, "worker {pid} did not exit");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sup.signal(Signal::SIGCONT);
+            let (exit, at) = sup
+                .wait_line_idx(m, &[&format!("pid {pid} exit status 70")])
+                .await;
+            let log = sup.log();
+            assert!(
+                log.lines()
+                    .skip(m)
+                    .take(at + 1 - m)
+                    .any(|l| l.contains(&format!("pid {pid} is tainted"))),
+                "no `is tainted` before `{exit}`:\n{log}"
+            );
+            let next = sup.wait_ready(m, 1).await;
+            pid = next[0];
+        }
+    })
+    .await;
+}
+
 /// A worker that says `STOPPING=1` on its own is replaced at once, and bounded: still there
 /// `--stop-timeout` later, it gets SIGTERM, and SIGKILL after another `--stop-timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -204,6 +204,23 @@ impl NotifySocket {
         &self.path
     }
 
+    /// Receives, without waiting, the datagrams already queued (at most `max`), in order.
+    /// The supervisor calls it before it reaps exited workers: what a worker said just before
+    /// it exited (`STATUS=tainted`, `STOPPING=1`, its last report) is then read while its pid
+    /// still names a worker, not after, when it would be dropped as coming from no worker.
+    pub fn drain_queued(&self, buf: &mut [u8], max: usize) -> Vec<Datagram> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            // MSG_DONTWAIT: an empty queue is `WouldBlock`; any other error is the async
+            // `recv`'s to report.
+            match recv_with_pid(self.sock.as_raw_fd(), buf) {
+                Ok(d) => out.push(d),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
     /// Receives one datagram with its sender's pid.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Datagram> {
         loop {

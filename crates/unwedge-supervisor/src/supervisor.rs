@@ -297,7 +297,14 @@ impl Supervisor {
             }
             let deadline = pool.next_deadline();
             tokio::select! {
-                _ = sigchld.recv() => pool.reap(),
+                _ = sigchld.recv() => {
+                    // A worker's last words first: sent before it exited, they are in the
+                    // queue by now, and after the reap its pid would name no worker.
+                    for d in notify.drain_queued(&mut buf, MAX_DRAINED) {
+                        pool.on_datagram(d);
+                    }
+                    pool.reap();
+                }
                 _ = sigterm.recv() => pool.begin_stop("SIGTERM"),
                 _ = sigint.recv() => pool.begin_stop("SIGINT"),
                 _ = sighup.recv() => pool.begin_reload("SIGHUP"),
@@ -405,6 +412,9 @@ struct Pool {
 
 /// Fast polling of a starting worker's port or probe (readiness).
 const READY_POLL: Duration = Duration::from_millis(5);
+
+/// The most queued notify datagrams read before a reap (a flood must not delay it long).
+const MAX_DRAINED: usize = 256;
 
 fn slot_id(slot: usize) -> String {
     format!("w{}", slot + 1)
