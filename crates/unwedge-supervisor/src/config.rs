@@ -575,19 +575,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t == "0" {
         return Ok(Duration::ZERO);
     }
-    let too_long = || format!("`{s}` is longer than a year: a duration such as 10ms, 2s, 1m");
-    if let Some(secs) = t.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()) {
-        if secs.is_finite() && secs >= 0.0 {
-            if secs > MAX_DURATION.as_secs_f64() {
-                return Err(too_long());
-            }
-            return Ok(Duration::from_secs_f64(secs));
+    // `1.5s` directly, else humantime; a value too large for a `Duration` is too long as well.
+    let d = match t.strip_suffix('s').and_then(|n| n.parse::<f64>().ok()) {
+        Some(secs) if secs.is_finite() && secs >= 0.0 => {
+            Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
         }
-    }
-    let d = humantime::parse_duration(t)
-        .map_err(|e| format!("`{s}` is not a duration such as 10ms, 2s, 1m ({e})"))?;
+        _ => humantime::parse_duration(t)
+            .map_err(|e| format!("`{s}` is not a duration such as 10ms, 2s, 1m ({e})"))?,
+    };
     if d > MAX_DURATION {
-        return Err(too_long());
+        return Err(format!(
+            "`{s}` is longer than a year: a duration such as 10ms, 2s, 1m"
+        ));
     }
     Ok(d)
 }

@@ -1011,9 +1011,9 @@ impl Pool {
                 // Said tainted, now leaving on its own: its drain gets `--stop-timeout`, not
                 // the `--dump-grace` meant for a tainted worker that does not leave (a signal
                 // would cut an `unwedge::serve` worker's drain short).
-                let tainted_only =
-                    w.state != WorkerState::Hung && w.kill_at.is_none() && w.term_at.is_some();
-                if tainted_only {
+                // A pending SIGTERM is the tainted one: a hung or SIGTERMed worker has a
+                // SIGKILL deadline instead (`kill_at`), and keeps it.
+                if w.term_at.is_some() {
                     w.term_at = Some(now + self.config.stop_timeout);
                 }
             }

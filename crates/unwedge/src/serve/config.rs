@@ -98,24 +98,25 @@ pub(crate) const MAX_ENV_DURATION: Duration = Duration::from_secs(365 * 24 * 360
 /// at most [`MAX_ENV_DURATION`] (a year).
 pub(crate) fn duration(name: &'static str) -> Result<Option<Duration>, ServeError> {
     let Some(v) = var(name)? else { return Ok(None) };
-    let too_long = || ServeError::bad_env(name, &v, "longer than a year; try `30s` or `500ms`");
-    if let Ok(secs) = v.trim().parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            if secs > MAX_ENV_DURATION.as_secs_f64() {
-                return Err(too_long());
-            }
-            return Ok(Some(Duration::from_secs_f64(secs)));
+    // Bare seconds, else humantime; a value too large for a `Duration` is too long as well.
+    let d = match v.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
         }
-    }
-    let d = humantime::parse_duration(v.trim()).map_err(|e| {
-        ServeError::bad_env(
+        _ => humantime::parse_duration(v.trim()).map_err(|e| {
+            ServeError::bad_env(
+                name,
+                &v,
+                format!("not a duration ({e}); try `30s` or `500ms`"),
+            )
+        })?,
+    };
+    if d > MAX_ENV_DURATION {
+        return Err(ServeError::bad_env(
             name,
             &v,
-            format!("not a duration ({e}); try `30s` or `500ms`"),
-        )
-    })?;
-    if d > MAX_ENV_DURATION {
-        return Err(too_long());
+            "longer than a year; try `30s` or `500ms`",
+        ));
     }
     Ok(Some(d))
 }

@@ -496,16 +496,19 @@ impl Server {
         // A crash says `tainted` (a crash request taints the health) *before* STOPPING=1, in
         // the same datagram: a supervisor then always learns why the worker leaves first,
         // whichever of this and the health watcher's own STATUS= it reads first.
-        let stopping_status = match &crash {
-            None => "draining: graceful shutdown".to_owned(),
-            Some(r) => watchdog::status_text(health::HealthState::Tainted, Some(r), &serving_on),
-        };
-        let stopping_status = notify::one_line(&stopping_status);
-        let (first, second) = match &crash {
-            None => (NotifyState::Stopping, NotifyState::Status(&stopping_status)),
-            Some(_) => (NotifyState::Status(&stopping_status), NotifyState::Stopping),
-        };
-        notifier.send(&[first, second]);
+        match &crash {
+            None => {
+                notifier.send(&[
+                    NotifyState::Stopping,
+                    NotifyState::Status("draining: graceful shutdown"),
+                ]);
+            }
+            Some(r) => {
+                let tainted =
+                    watchdog::status_text(health::HealthState::Tainted, Some(r), &serving_on);
+                notifier.send(&[NotifyState::Status(&tainted), NotifyState::Stopping]);
+            }
+        }
 
         // Drain. A crash requested while shutting down shortens the deadline; a second
         // signal ends the drain now.
