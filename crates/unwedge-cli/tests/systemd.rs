@@ -155,3 +155,126 @@ async fn real_systemd_socket_activate_passes_its_socket_through() {
     .await
     .expect("test timed out");
 }
+
+/// Runs `prefix… unwedge run --admin none -- true` with `env`: (exit code, stderr).
+async fn run_activated(prefix: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let argv: Vec<&str> = prefix
+        .iter()
+        .copied()
+        .chain([BIN, "run", "--admin", "none", "--", "true"])
+        .collect();
+    let mut cmd = tokio::process::Command::new(argv[0]);
+    cmd.args(&argv[1..])
+        .env_remove("NOTIFY_SOCKET")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(LONG, cmd.output())
+        .await
+        .expect("unwedge did not finish")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn assert_one_line_error(code: i32, want: i32, err: &str, needle: &str) {
+    assert_eq!(code, want, "exit code; stderr:\n{err}");
+    assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line:\n{err}");
+    assert!(!err.contains("panicked"), "panic:\n{err}");
+}
+
+/// Bad socket activation (a unit file's mistake, a wrapper passing the wrong fds) is a
+/// one-line error before any worker starts, never a panic, and never an fd this process does
+/// not own taken and closed as a socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_socket_activation_is_a_clear_error() {
+    // Bad variables: usage errors.
+    for (env, needle) in [
+        (
+            &[("LISTEN_FDS", "abc")][..],
+            "invalid LISTEN_FDS=\"abc\": not a number of sockets",
+        ),
+        (
+            &[("LISTEN_FDS", "100000000000")][..],
+            "invalid LISTEN_FDS=\"100000000000\"",
+        ),
+        (
+            &[("LISTEN_FDS", "1"), ("LISTEN_PID", "me")][..],
+            "invalid LISTEN_PID=\"me\": not a process id",
+        ),
+        (
+            &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "web:admin")][..],
+            "names 2 sockets but LISTEN_FDS=1",
+        ),
+    ] {
+        let (code, err) = run_activated(&[], env).await;
+        assert_one_line_error(code, 2, &err, needle);
+    }
+
+    // fd 3 closed (by the shell, whatever the test harness leaves open).
+    let (code, err) = run_activated(
+        &["/bin/sh", "-c", "exec 3<&-; exec \"$@\"", "sh"],
+        &[("LISTEN_FDS", "1")],
+    )
+    .await;
+    assert_one_line_error(
+        code,
+        1,
+        &err,
+        "cannot use inherited fd 3 (LISTEN_FDS=1, name listen0): not open",
+    );
+
+    // fd 3 a file, then a connected (not listening) socket: the exec shim places them at 3
+    // and sets LISTEN_FDS=1 and LISTEN_PID, as systemd would.
+    let file = tempfile::tempfile().unwrap();
+    let (stream, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    fcntl(&file, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+    fcntl(&stream, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+    for (fd, needle) in [
+        (file.as_raw_fd(), "(LISTEN_FDS=1, name web): not a socket"),
+        (
+            stream.as_raw_fd(),
+            "(LISTEN_FDS=1, name web): a stream socket that is not listening",
+        ),
+    ] {
+        let fd = fd.to_string();
+        let (code, err) = run_activated(
+            &[BIN, "exec-shim", "--"],
+            &[("UNWEDGE_SHIM_FDS", fd.as_str()), ("LISTEN_FDNAMES", "web")],
+        )
+        .await;
+        assert_one_line_error(code, 1, &err, needle);
+    }
+}
+
+/// `LISTEN_FDS` with a `LISTEN_PID` naming another process (variables a parent forgot to
+/// remove) are not ours: the supervisor binds `--listen` and takes no fd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_fds_meant_for_another_process_are_ignored() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let sup = Sup::start_env(
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "none",
+                "--",
+                BIN,
+                "demo-service",
+            ],
+            &[("LISTEN_FDS", "1"), ("LISTEN_PID", "1")],
+        );
+        let line = sup.wait_line(0, &["starting 1 worker(s)"]).await;
+        assert!(line.contains("(sockets: 127.0.0.1:"), "{line}");
+        sup.wait_ready(0, 1).await;
+        assert_eq!(get(sup.addr().await, "/").await.0, 200);
+        assert!(!sup.log().contains("inherited fd"), "{}", sup.log());
+    })
+    .await
+    .expect("test timed out");
+}

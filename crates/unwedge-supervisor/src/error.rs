@@ -58,6 +58,15 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// A socket passed by systemd (`LISTEN_FDS`) cannot be used.
+    #[error("cannot use {socket}: {reason}")]
+    #[diagnostic(code(unwedge::inherited))]
+    Inherited {
+        /// Which fd, e.g. `inherited fd 4 (LISTEN_FDS=2, name web)`.
+        socket: String,
+        /// Why.
+        reason: String,
+    },
     /// The worker command cannot be run.
     #[error("cannot run worker command `{command}`: {reason}")]
     #[diagnostic(code(unwedge::command))]

@@ -6,7 +6,7 @@
 //! ([`crate::shim`]) moves them to fds 3, 4, … and sets `LISTEN_FDS`/`LISTEN_PID`.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
@@ -105,44 +105,137 @@ fn inheritable(fd: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The sockets systemd passed to this process (`LISTEN_PID` = our pid), if any. The
-/// variables are removed from the environment either way, so workers never see them.
-#[allow(unsafe_code)]
-pub fn from_systemd() -> Vec<Listener> {
-    let pid_ok = std::env::var("LISTEN_PID")
+/// Most sockets taken from `LISTEN_FDS` (as `serve()` takes at most).
+pub const MAX_INHERITED: usize = 4096;
+
+/// The sockets systemd (or a tool speaking its protocol, e.g. `systemfd`) passed to this
+/// process, if any: `LISTEN_FDS` fds from 3, named by `LISTEN_FDNAMES`. A `LISTEN_PID` naming
+/// another process means they were meant for it: none are taken. Each fd must be open and a
+/// socket, and a stream socket must be listening; otherwise a one-line error (a bad variable
+/// is a usage error) and nothing is taken, so no fd this process does not own is ever
+/// closed. The variables stay in the environment: [`forget_systemd_env`] removes them.
+pub fn from_systemd() -> Result<Vec<Listener>, StartError> {
+    let var = |name: &str| match std::env::var(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(v)) => Err(StartError::Usage(format!(
+            "invalid {name}={v:?}: not UTF-8"
+        ))),
+    };
+    let bad = |name: &str, value: &str, why: String| {
+        StartError::Usage(format!("invalid {name}={value:?}: {why}"))
+    };
+    let Some(fds) = var("LISTEN_FDS")? else {
+        return Ok(Vec::new());
+    };
+    let count: usize = fds
+        .trim()
+        .parse()
         .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
-    let n = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<RawFd>().ok())
-        .unwrap_or(0);
-    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
-        .map(|s| s.split(':').map(str::to_owned).collect())
-        .unwrap_or_default();
-    if !pid_ok || n <= 0 {
-        return Vec::new();
+        .filter(|n| *n <= MAX_INHERITED)
+        .ok_or_else(|| {
+            bad(
+                "LISTEN_FDS",
+                &fds,
+                format!("not a number of sockets (0 to {MAX_INHERITED})"),
+            )
+        })?;
+    // systemd always sets it; tools such as systemfd may leave it out: accept that too.
+    if let Some(pid) = var("LISTEN_PID")? {
+        let pid_num: u32 = pid
+            .trim()
+            .parse()
+            .map_err(|_| bad("LISTEN_PID", &pid, "not a process id".into()))?;
+        if pid_num != std::process::id() {
+            tracing::info!(
+                "LISTEN_PID={pid_num} names another process: ignoring LISTEN_FDS (they were meant for it)"
+            );
+            return Ok(Vec::new());
+        }
     }
-    (0..n)
-        .map(|i| {
-            let raw = 3 + i;
-            // SAFETY: systemd's socket-activation protocol hands this process ownership of
-            // fds 3..3+LISTEN_FDS (checked above: LISTEN_PID is our pid); nothing else in
-            // this process has opened or taken them, and each is wrapped exactly once.
+    let names: Vec<String> = match var("LISTEN_FDNAMES")? {
+        None => (0..count).map(|i| format!("listen{i}")).collect(),
+        Some(n) => {
+            let names: Vec<String> = n.split(':').map(str::to_owned).collect();
+            if names.len() != count {
+                return Err(bad(
+                    "LISTEN_FDNAMES",
+                    &n,
+                    format!("names {} sockets but LISTEN_FDS={count}", names.len()),
+                ));
+            }
+            names
+        }
+    };
+    // Every fd is checked before any is taken: an error leaves them all alone.
+    for (i, name) in names.iter().enumerate() {
+        check_inherited(3 + i as RawFd, count, name)?;
+    }
+    let listeners = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let raw = 3 + i as RawFd;
+            #[allow(unsafe_code)]
+            // SAFETY: the socket-activation protocol hands this process fds 3..3+LISTEN_FDS
+            // (LISTEN_PID, when set, is our pid); `check_inherited` found each one open and a
+            // socket; this runs before the supervisor opens anything of its own, and each fd
+            // is wrapped exactly once.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
             let local = SockRef::from(&fd).local_addr().ok().and_then(|a| {
                 a.as_socket()
                     .map(ListenAddr::Tcp)
                     .or_else(|| a.as_pathname().map(|p| ListenAddr::Unix(p.to_owned())))
             });
-            let _ = inheritable(&fd);
-            let name = names
-                .get(i as usize)
-                .cloned()
-                .unwrap_or_else(|| format!("listen{i}"));
-            Listener { fd, name, local }
+            inheritable(&fd).map_err(|e| StartError::Inherited {
+                socket: inherited_name(raw, count, &name),
+                reason: e.to_string(),
+            })?;
+            Ok(Listener { fd, name, local })
         })
-        .collect()
+        .collect::<Result<Vec<_>, StartError>>()?;
+    Ok(listeners)
+}
+
+/// `inherited fd 4 (LISTEN_FDS=2, name web)`, for error messages.
+fn inherited_name(fd: RawFd, count: usize, name: &str) -> String {
+    format!("inherited fd {fd} (LISTEN_FDS={count}, name {name})")
+}
+
+/// Checks, without taking it, that inherited `fd` is open and a socket, and listening when it
+/// is a stream socket: `/proc/self/fd` answers for any fd without a system call on it.
+fn check_inherited(fd: RawFd, count: usize, name: &str) -> Result<(), StartError> {
+    use std::os::unix::fs::FileTypeExt;
+    let fail = |reason: String| StartError::Inherited {
+        socket: inherited_name(fd, count, name),
+        reason,
+    };
+    let meta = match std::fs::metadata(format!("/proc/self/fd/{fd}")) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail("not open in this process".into()))
+        }
+        Err(e) => return Err(fail(format!("cannot inspect it: {e}"))),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(fail("not a socket".into()));
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: `fd` is open (just seen in /proc/self/fd) and nothing closes it while it is
+    // borrowed: only this function uses it, before any thread of the supervisor exists.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let sock = SockRef::from(&borrowed);
+    match sock.r#type() {
+        Ok(Type::STREAM) | Ok(Type::SEQPACKET) => match sock.is_listener() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(fail(
+                "a stream socket that is not listening (systemd passes those only with Accept=yes, which unwedge does not support)".into(),
+            )),
+            Err(e) => Err(fail(format!("cannot inspect it: {e}"))),
+        },
+        Ok(_) => Ok(()),
+        Err(e) => Err(fail(format!("cannot inspect it: {e}"))),
+    }
 }
 
 /// Removes systemd's socket-activation and notify variables from our environment after

@@ -128,6 +128,7 @@ impl Supervisor {
         let systemd = Systemd::from_env();
         let inherited = socket::from_systemd();
         socket::forget_systemd_env();
+        let inherited = inherited?;
         let listeners = if !inherited.is_empty() {
             if !config.listen.is_empty() {
                 tracing::warn!(
