@@ -40,6 +40,9 @@ pub enum AlertKind {
     GaveUp,
     /// A reload's new generation did not become ready; the old one keeps serving.
     ReloadFailed,
+    /// A worker asked to stop did not exit within `--stop-timeout` and was killed: the
+    /// requests it was still serving were cut off.
+    StopTimedOut,
 }
 
 impl AlertKind {
@@ -51,6 +54,7 @@ impl AlertKind {
             AlertKind::StateTainted => "state_tainted",
             AlertKind::GaveUp => "gave_up",
             AlertKind::ReloadFailed => "reload_failed",
+            AlertKind::StopTimedOut => "stop_timed_out",
         }
     }
 
@@ -61,6 +65,7 @@ impl AlertKind {
             AlertKind::StateTainted => "state tainted",
             AlertKind::GaveUp => "gave up: restart intensity exceeded",
             AlertKind::ReloadFailed => "reload failed",
+            AlertKind::StopTimedOut => "stop timed out, worker killed",
         }
     }
 }

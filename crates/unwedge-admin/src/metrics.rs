@@ -101,6 +101,8 @@ pub struct Metrics {
     alerts_dropped: Family<Labels, Counter>,
     reports_written: Counter,
     reports_failed: Counter,
+    stop_timeouts: Counter,
+    log_lines_dropped: Counter,
 }
 
 impl Metrics {
@@ -126,6 +128,8 @@ impl Metrics {
             alerts_dropped: Family::default(),
             reports_written: Counter::default(),
             reports_failed: Counter::default(),
+            stop_timeouts: Counter::default(),
+            log_lines_dropped: Counter::default(),
         };
         registry.register(
             "build",
@@ -201,6 +205,16 @@ impl Metrics {
             "reports_failed",
             "Records that could not be written to the report directory",
             m.reports_failed.clone(),
+        );
+        registry.register(
+            "stop_timeouts",
+            "Workers sent SIGKILL because they did not stop within --stop-timeout (their requests in flight were cut off)",
+            m.stop_timeouts.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Supervisor log lines dropped because stderr did not keep up",
+            m.log_lines_dropped.clone(),
         );
         // Every known label value shows up at 0 before it first happens: increase() needs a
         // sample before the first event, or the first crash or hang never alerts.
@@ -291,6 +305,16 @@ impl Metrics {
         } else {
             self.reports_failed.inc();
         }
+    }
+
+    /// Counts one worker killed because it did not stop within `--stop-timeout`.
+    pub fn record_stop_timeout(&self) {
+        self.stop_timeouts.inc();
+    }
+
+    /// Counts `n` more supervisor log lines dropped (its log queue was full).
+    pub fn record_log_lines_dropped(&self, n: u64) {
+        self.log_lines_dropped.inc_by(n);
     }
 
     /// Sets the workers-by-state, per-worker and uptime gauges from `view`.

@@ -180,10 +180,11 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
     rt.block_on(async {
         // Report directory, alerts and admin endpoint before any worker starts: a bad
         // environment is one line and exit status 1.
-        let (supervisor, observer) = match observe::start(observe, supervisor).await {
-            Ok(s) => s,
-            Err(e) => return fail(e.message, e.code),
-        };
+        let (supervisor, observer) =
+            match observe::start(observe, supervisor, log_lines_dropped).await {
+                Ok(s) => s,
+                Err(e) => return fail(e.message, e.code),
+            };
         let outcome = supervisor.run().await;
         // Bounded: the last reports written, the alerts (gave_up included) flushed.
         observer.finish().await;
@@ -201,6 +202,13 @@ const LOG_QUEUE_LINES: usize = 8192;
 /// stderr by a thread of its own.
 static LOG_QUEUE: std::sync::OnceLock<tracing_appender::non_blocking::NonBlocking> =
     std::sync::OnceLock::new();
+
+/// Log lines dropped so far because the queue was full (0 before [`log_off_thread`]).
+pub(crate) fn log_lines_dropped() -> u64 {
+    LOG_QUEUE
+        .get()
+        .map_or(0, |q| q.error_counter().dropped_lines() as u64)
+}
 
 /// The supervisor's log writer: straight to stderr until [`log_off_thread`], then the queue.
 fn log_writer() -> tracing_subscriber::fmt::writer::EitherWriter<

@@ -158,9 +158,13 @@ impl Shared {
 /// Opens the report directory, starts the alerter, binds the admin endpoint and hooks the
 /// event task onto `supervisor`. Bad environment (unwritable directory, port in use) is
 /// exit status 1.
+///
+/// `log_lines_dropped` tells how many of the supervisor's own log lines were dropped so far
+/// (its log queue was full); the metric follows it on each look.
 pub(crate) async fn start(
     settings: Settings,
     supervisor: Supervisor,
+    log_lines_dropped: impl Fn() -> u64 + Send + Sync + 'static,
 ) -> Result<(Supervisor, Observer), StartFailure> {
     let env_err = |message: String| StartFailure { message, code: 1 };
     let metrics = Arc::new(Metrics::new(VERSION));
@@ -185,7 +189,13 @@ pub(crate) async fn start(
         .iter()
         .map(ToString::to_string)
         .collect();
-    let source = status_source(handle.clone(), shared.clone(), metrics.clone(), listen);
+    let source = status_source(
+        handle.clone(),
+        shared.clone(),
+        metrics.clone(),
+        listen,
+        Box::new(log_lines_dropped),
+    );
     let admin = match settings.admin {
         None => None,
         Some(addr) => match AdminServer::bind(addr, source, metrics.clone()).await {
@@ -261,9 +271,11 @@ fn status_source(
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     listen: Vec<String>,
+    log_lines_dropped: Box<dyn Fn() -> u64 + Send + Sync>,
 ) -> StatusSource {
     let started = Instant::now();
     let forged_seen = AtomicU64::new(0);
+    let dropped_seen = AtomicU64::new(0);
     StatusSource::from_fn(move || {
         let snap = handle.snapshot();
         // The supervisor counts forged notify messages; the metric follows on each look.
@@ -272,6 +284,9 @@ fn status_source(
         for _ in before..forged {
             metrics.record_notify_forged();
         }
+        let dropped = log_lines_dropped();
+        let before = dropped_seen.fetch_max(dropped, Ordering::Relaxed);
+        metrics.record_log_lines_dropped(dropped.saturating_sub(before));
         let mut info = SupervisorInfo::new(VERSION, std::process::id());
         info.uptime_secs = started.elapsed().as_secs_f64();
         info.gave_up = shared.gave_up.load(Ordering::Relaxed);
@@ -461,6 +476,21 @@ impl Ctx {
                 )
                 .with_details(serde_json::json!({ "generation": generation, "reason": reason })),
             ),
+            Event::StopTimedOut {
+                worker,
+                pid,
+                waited,
+            } => {
+                self.metrics.record_stop_timeout();
+                self.alert(
+                    AlertEvent::new(
+                        AlertKind::StopTimedOut,
+                        format!("{worker}: did not exit within --stop-timeout; killed, its requests in flight were cut off"),
+                    )
+                    .with_worker(&worker, u32::try_from(pid).ok())
+                    .with_details(serde_json::json!({ "waited_secs": waited.as_secs_f64() })),
+                );
+            }
             Event::GaveUp { reason } => self.alert(
                 AlertEvent::new(AlertKind::GaveUp, reason.clone())
                     .with_details(serde_json::json!({ "reason": reason })),

@@ -1103,3 +1103,56 @@ async fn reports_default_to_the_systemd_state_directory() {
     })
     .await;
 }
+
+// ---- a worker that does not stop in time ----
+
+/// A worker that ignores SIGTERM during a reload is SIGKILLed after `--stop-timeout`, and
+/// that is not silent: one `stop_timed_out` alert naming it, and the metric counts it
+/// (its requests in flight were cut off; an operator needs to know).
+#[tokio::test]
+async fn a_worker_killed_at_the_stop_timeout_is_alerted_and_counted() {
+    if !have_prometheus_client() {
+        eprintln!("SKIPPED: python3 with prometheus_client is not installed (pip install prometheus-client)");
+        return;
+    }
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let sup = Sup::python(
+            &[
+                "--admin",
+                "127.0.0.1:0",
+                "--stop-timeout",
+                "300ms",
+                "--alert-webhook",
+                &url,
+            ],
+            &[("FIXTURE_IGNORE_TERM", "1")],
+        );
+        let admin = admin_addr(&sup).await;
+        let old = sup.wait_ready(0, 1).await;
+        let m = scrape(admin).await;
+        assert_eq!(val(&m, "unwedge_stop_timeouts_total{}"), 0.0);
+
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        let alert = hook.wait_kind("stop_timed_out", 1).await;
+        let event = &alert.body["event"];
+        assert_eq!(event["worker"], "w1", "{event}");
+        assert_eq!(event["pid"], old[0], "{event}");
+        let waited = event["details"]["waited_secs"].as_f64().unwrap();
+        assert!((0.29..10.0).contains(&waited), "{event}");
+        let line = sup
+            .wait_line(from, &["did not stop within", "--stop-timeout"])
+            .await;
+        assert!(line.contains(&format!("pid {}", old[0])), "{line}");
+        scrape_until(admin, "the stop timeout counted", |m| {
+            m.get("unwedge_stop_timeouts_total{}") == Some(&1.0)
+        })
+        .await;
+        // The new generation serves; the alert was the only one.
+        sup.wait_line(from, &["generation 2 ready"]).await;
+        assert_eq!(hook.kinds(), vec!["stop_timed_out".to_owned()]);
+    })
+    .await;
+}

@@ -868,6 +868,65 @@ async fn a_stalled_log_pipe_does_not_stop_the_supervisor() {
     .await;
 }
 
+/// Log lines the supervisor had to drop (its stderr stalled and its queue full) are not lost
+/// silently: `unwedge_log_lines_dropped_total` counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_log_lines_are_counted() {
+    within(Duration::from_secs(90), async {
+        let addr = free_loopback_addr();
+        let admin = free_loopback_addr();
+        // The worker's child floods the notify socket with 20 000 malformed datagrams: one
+        // debug line each in the supervisor's log, far more than its stderr pipe (never read)
+        // and its queue of 8 192 lines hold.
+        let spam = "import os, socket\n\
+            p = os.environ['NOTIFY_SOCKET']\n\
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+            for _ in range(20000): s.sendto(b'\\xff\\xfe', p)\n";
+        let script = format!("python3 -c \"$SPAM\"; exec {BIN} demo-service");
+        let listen = addr.to_string();
+        let admin_flag = admin.to_string();
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["run", "--listen", &listen, "--admin", &admin_flag, "--"])
+            .args(["sh", "-c", &script])
+            .env("SPAM", spam)
+            .env("UNWEDGE_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + LONG;
+        let dropped = loop {
+            if let Ok((200, text)) = http(admin, "GET", "/metrics").await {
+                let n: f64 = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("unwedge_log_lines_dropped_total "))
+                    .expect("the metric is exported")
+                    .trim()
+                    .parse()
+                    .unwrap();
+                if n > 0.0 {
+                    break n;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no dropped log line counted (is the worker's spam reaching the supervisor?)"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // At most what was sent, and no more than that beyond what the pipe and queue held.
+        assert!(dropped <= 20_000.0, "{dropped}");
+        assert_eq!(child.try_wait().unwrap(), None, "the supervisor exited");
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+    })
+    .await;
+}
+
 /// A SIGKILLed supervisor cannot remove its private notify socket directory; the next
 /// supervisor started in the same runtime directory does, and leaves a live one's alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,6 +147,9 @@ pub struct Counters {
     pub malformed_notify: u64,
     /// Orphaned descendants reaped.
     pub orphans_reaped: u64,
+    /// Workers sent SIGKILL because they did not stop within `--stop-timeout`
+    /// ([`Event::StopTimedOut`]).
+    pub stop_timeouts: u64,
     /// Reloads that completed.
     pub reloads: u64,
     /// Reloads whose new generation failed (old one kept serving).
@@ -262,6 +265,18 @@ pub enum Event {
         generation: u64,
         /// Why.
         reason: String,
+    },
+    /// A worker asked to stop (a reload, a replacement, a shutdown, its own graceful crash)
+    /// did not exit within `--stop-timeout` and was sent SIGKILL: whatever it was still
+    /// serving was cut off. (Not sent for a hung worker: its SIGKILL is part of
+    /// [`Event::Hung`].)
+    StopTimedOut {
+        /// Slot id.
+        worker: String,
+        /// Pid.
+        pid: i32,
+        /// Time since it was asked to stop (or said it was stopping).
+        waited: Duration,
     },
     /// The restart intensity was exceeded: every worker is being stopped and the
     /// supervisor will exit with status 3.

@@ -358,6 +358,8 @@ struct Worker {
     state: WorkerState,
     /// Its exit must not cause a restart (stop, reload, or already replaced).
     stop_requested: bool,
+    /// When it was first asked to stop, found hung, or said it was leaving.
+    stop_since: Option<Instant>,
     /// It said STOPPING=1 on its own: replaced already, its restart reason is counted at exit.
     leaving: bool,
     last_watchdog: Option<Instant>,
@@ -548,6 +550,7 @@ impl Pool {
                 ready_at: None,
                 state: WorkerState::Starting,
                 stop_requested: false,
+                stop_since: None,
                 leaving: false,
                 last_watchdog: None,
                 probe_failures: 0,
@@ -708,6 +711,7 @@ impl Pool {
         let now = Instant::now();
         if let Some(w) = self.workers.get_mut(&pid) {
             w.stop_requested = true;
+            w.stop_since.get_or_insert(now);
             w.term_at = None;
             if w.state != WorkerState::Hung {
                 w.state = WorkerState::Stopping;
@@ -983,6 +987,7 @@ impl Pool {
                         // cut its drain short: SIGTERM only if it is still there later.
                         // It is leaving: no longer counted or shown as ready.
                         w.stop_requested = true;
+                        w.stop_since.get_or_insert(now);
                         w.state = WorkerState::Stopping;
                         w.term_at = Some(now + self.config.dump_grace);
                         self.count_restart(RestartReason::Tainted);
@@ -1024,6 +1029,7 @@ impl Pool {
                 // `--stop-timeout` to go, then SIGTERM, then SIGKILL after another.
                 let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
                 w.stop_requested = true;
+                w.stop_since.get_or_insert(now);
                 w.leaving = true;
                 w.state = WorkerState::Stopping;
                 w.term_at = Some(now + self.config.stop_timeout);
@@ -1061,6 +1067,7 @@ impl Pool {
         let was_ready = w.ready_at.is_some();
         w.state = WorkerState::Hung;
         w.stop_requested = true;
+        w.stop_since.get_or_insert(now);
         w.kill_at = Some(now + grace);
         let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
         let id = slot_id(slot);
@@ -1182,15 +1189,35 @@ impl Pool {
         }
         // Kill deadlines.
         let stop_over = self.stop_deadline.is_some_and(|d| d <= now);
+        let mut timed_out = Vec::new();
         for w in self.workers.values_mut() {
             if w.kill_at.is_some_and(|k| k <= now) || (stop_over && w.kill_at.is_some()) {
                 w.kill_at = None;
-                if self.stopping && w.state != WorkerState::Hung {
-                    self.forced = true;
+                let id = slot_id(w.slot);
+                if w.state == WorkerState::Hung {
+                    tracing::warn!("{id} pid {}: sending SIGKILL", w.pid);
+                } else {
+                    if self.stopping {
+                        self.forced = true;
+                    }
+                    let waited = now - w.stop_since.unwrap_or(now);
+                    tracing::warn!(
+                        "{id} pid {}: did not stop within {} (--stop-timeout); sending SIGKILL",
+                        w.pid,
+                        fmt_dur(waited)
+                    );
+                    timed_out.push((id, w.pid, waited));
                 }
-                tracing::warn!("{} pid {}: sending SIGKILL", slot_id(w.slot), w.pid);
                 let _ = killpg(Pid::from_raw(w.pid), Signal::SIGKILL);
             }
+        }
+        for (worker, pid, waited) in timed_out {
+            self.counters.stop_timeouts += 1;
+            self.emit(Event::StopTimedOut {
+                worker,
+                pid,
+                waited,
+            });
         }
         if stop_over {
             self.stop_deadline = None;

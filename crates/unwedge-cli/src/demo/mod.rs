@@ -314,9 +314,10 @@ async fn launch(p: Prepared, workers: u32, who: &str) -> Result<Running, ExitCod
         events,
         dir,
     } = p;
-    let (supervisor, observer) = crate::observe::start(observe, supervisor)
-        .await
-        .map_err(|e| fail(e.message))?;
+    let (supervisor, observer) =
+        crate::observe::start(observe, supervisor, crate::log_lines_dropped)
+            .await
+            .map_err(|e| fail(e.message))?;
     let admin = observer.admin_addr();
     let _guard = KillWorkersOnDrop(handle.clone());
     let task = tokio::spawn(supervisor.run());
