@@ -157,6 +157,8 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
         },
         None => None,
     };
+    // Kept for reloads: the file is read again, under the same flags and command.
+    let (flags, command) = (a.options.clone(), a.command.clone());
     let config = match Config::resolve(file, a.options, a.command) {
         Ok(c) => c,
         Err(e) => return fail(&e, e.exit_code()),
@@ -167,10 +169,17 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
     };
     init_logging(config.log_format);
     // Before any thread exists: reads and removes systemd's variables, binds sockets.
-    let supervisor = match Supervisor::new(config) {
+    let mut supervisor = match Supervisor::new(config) {
         Ok(s) => s,
         Err(e) => return fail(&e, e.exit_code()),
     };
+    if let Some(path) = a.config {
+        // SIGHUP reads the file again: the new generation runs with what it says now.
+        supervisor = supervisor.reload_config_with(move || {
+            let file = Options::from_file(&path).map_err(|e| e.to_string())?;
+            Config::resolve(Some(file), flags.clone(), command.clone()).map_err(|e| e.to_string())
+        });
+    }
     // Kept to the end: dropping it flushes the queued log lines (for at most a second).
     let _log_flush = log_off_thread();
     let rt = tokio::runtime::Builder::new_current_thread()

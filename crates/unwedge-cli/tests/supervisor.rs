@@ -1021,3 +1021,91 @@ async fn workers_die_with_a_killed_supervisor() {
     })
     .await;
 }
+
+/// SIGHUP reads `--config FILE` again: the new generation runs with the file's new worker
+/// settings (here the number of workers and the heartbeat deadline); a file that became
+/// invalid refuses the reload and the running workers go on; settings bound to the
+/// supervisor's process (its admin endpoint here) are kept, with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_config_file() {
+    within(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let py = fixture("worker.py");
+        let write = |extra: &str| {
+            std::fs::write(
+                &file,
+                format!("admin = \"off\"\n{extra}command = [{:?}]\n", py.display()),
+            )
+            .unwrap()
+        };
+        write("workers = 1\n");
+        let path = file.to_str().unwrap();
+        let sup = Sup::start(&["run", "-c", path, "--listen", "127.0.0.1:0"]);
+        let first = sup.wait_ready(0, 1).await;
+        let addr = sup.addr().await;
+        let (_, env) = get(addr, "/env").await;
+        assert!(env.contains("WATCHDOG_USEC=None"), "{env}");
+
+        // More workers, and heartbeats.
+        write("workers = 3\nwatchdog = \"3s\"\n");
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        let line = sup.wait_line(from, &["reload: new configuration:"]).await;
+        assert!(line.contains("workers, watchdog"), "{line}");
+        let (_, at) = sup.wait_line_idx(from, &["generation 2 ready"]).await;
+        // Promoted once all three were ready, not when as many as before were.
+        let ready_before = sup.ready_pids(from).len() - sup.ready_pids(at).len();
+        assert_eq!(ready_before, 3, "{}", sup.log());
+        let second = sup.wait_ready(from, 3).await;
+        assert!(second.iter().all(|p| !first.contains(p)), "{second:?}");
+        let (code, env) = get(addr, "/env").await;
+        assert_eq!(code, 200, "{env}");
+        assert!(env.contains("WATCHDOG_USEC=3000000"), "{env}");
+        sup.wait_line(from, &["sends heartbeats: hung if silent for 3.00s"])
+            .await;
+
+        // A broken file: refused, the three workers keep serving.
+        std::fs::write(&file, "workers = \"many\"\n").unwrap();
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        let line = sup.wait_line(from, &["reload refused:"]).await;
+        assert!(line.contains("invalid config file"), "{line}");
+        assert!(line.contains("generation 2 keeps serving"), "{line}");
+        for _ in 0..6 {
+            let (code, body) = get(addr, "/").await;
+            assert_eq!(code, 200, "{body}");
+        }
+        for pid in &second {
+            assert!(
+                proc_state(*pid).is_some_and(|(s, _)| s != 'Z'),
+                "worker {pid} was stopped"
+            );
+        }
+
+        // Back to two workers; the admin setting changes too, but only a restart applies it.
+        write("workers = 2\nwatchdog = \"3s\"\n");
+        std::fs::write(
+            &file,
+            std::fs::read_to_string(&file)
+                .unwrap()
+                .replace("admin = \"off\"", "admin = \"127.0.0.1:0\""),
+        )
+        .unwrap();
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(
+            from,
+            &["`admin` changed; it applies only when the supervisor restarts"],
+        )
+        .await;
+        sup.wait_line(from, &["generation 3 ready; stopping 3 old worker(s)"])
+            .await;
+        let third = sup.wait_ready(from, 2).await;
+        assert_eq!(third.len(), 2, "{}", sup.log());
+        assert!(!sup.log()[..].contains("admin listening"), "admin started");
+        let (code, _) = get(addr, "/").await;
+        assert_eq!(code, 200);
+    })
+    .await;
+}

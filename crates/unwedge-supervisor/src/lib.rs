@@ -34,6 +34,7 @@ pub mod notify;
 mod output;
 pub mod policy;
 pub mod probe;
+pub mod reconfig;
 pub mod shim;
 pub mod socket;
 mod supervisor;
@@ -46,4 +47,5 @@ pub use events::{
     WorkerState,
 };
 pub use output::{last_stderr_lines, STDERR_TAIL_LINES};
+pub use reconfig::ConfigSource;
 pub use supervisor::{Control, Handle, Outcome, Supervisor, EXIT_GAVE_UP};

@@ -26,6 +26,7 @@ use crate::notify::{self, NotifyMessage, NotifySocket};
 use crate::output::{self, Stream};
 use crate::policy::{Backoff, Intensity};
 use crate::probe;
+use crate::reconfig::{self, ConfigSource};
 use crate::shim::{SHIM_FDS_ENV, SHIM_PARENT_ENV};
 use crate::socket::{self, Listener};
 use crate::systemd::{Systemd, SYSTEMD_VARS};
@@ -109,6 +110,7 @@ pub struct Supervisor {
     hooks: Vec<Arc<dyn AlertHook>>,
     handle: Handle,
     control_rx: mpsc::UnboundedReceiver<Control>,
+    reload_source: Option<ConfigSource>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -195,12 +197,36 @@ impl Supervisor {
                 control,
             },
             control_rx,
+            reload_source: None,
         })
     }
 
     /// Adds a hook that sees every event synchronously (alerts).
     pub fn with_alert_hook(mut self, hook: impl AlertHook) -> Self {
         self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Where each reload gets the new generation's configuration (e.g. the config file read
+    /// again). Without one, a reload restarts the workers as they are. What a reload can
+    /// change and what it keeps: [`reconfig`](crate::reconfig). An `Err` refuses the reload
+    /// (logged, [`Event::ReloadFailed`]); the running workers go on.
+    ///
+    /// ```no_run
+    /// # fn f(config: unwedge_supervisor::Config) -> Result<(), unwedge_supervisor::StartError> {
+    /// use unwedge_supervisor::{Config, Options, Supervisor};
+    /// let file = std::path::PathBuf::from("/etc/unwedge.toml");
+    /// let supervisor = Supervisor::new(config)?.reload_config_with(move || {
+    ///     let options = Options::from_file(&file).map_err(|e| e.to_string())?;
+    ///     Config::resolve(Some(options), Options::default(), Vec::new()).map_err(|e| e.to_string())
+    /// });
+    /// # let _ = supervisor; Ok(()) }
+    /// ```
+    pub fn reload_config_with(
+        mut self,
+        source: impl FnMut() -> Result<Config, String> + Send + 'static,
+    ) -> Self {
+        self.reload_source = Some(Box::new(source));
         self
     }
 
@@ -246,20 +272,10 @@ impl Supervisor {
         let now = Instant::now();
         let n = self.config.workers;
         let mut pool = Pool {
-            slots: (0..n)
-                .map(|_| Slot {
-                    backoff: Backoff::new(
-                        self.config.restart_delay,
-                        self.config.restart_delay_max,
-                        self.config.stable_after,
-                    ),
-                    restarts: 0,
-                    last_exit: None,
-                    pending: None,
-                })
-                .collect(),
+            slots: (0..n).map(|_| Slot::new(&self.config)).collect(),
             intensity: Intensity::new(self.config.max_restarts, self.config.within),
-            config: self.config,
+            config: Arc::new(self.config),
+            reload_source: self.reload_source,
             listeners: self.listeners,
             shared_probe: self.shared_probe,
             shim: self.shim,
@@ -347,10 +363,23 @@ struct Slot {
     pending: Option<Pending>,
 }
 
+impl Slot {
+    fn new(c: &Config) -> Slot {
+        Slot {
+            backoff: Backoff::new(c.restart_delay, c.restart_delay_max, c.stable_after),
+            restarts: 0,
+            last_exit: None,
+            pending: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Worker {
     slot: usize,
     pid: i32,
+    /// The configuration it was started with: its readiness, heartbeat and probe settings.
+    config: Arc<Config>,
     generation: u64,
     started: Instant,
     started_wall: SystemTime,
@@ -385,10 +414,14 @@ struct ProbeResult {
 #[derive(Debug)]
 struct Reload {
     generation: u64,
+    /// The new generation's configuration, when it changed.
+    config: Option<Arc<Config>>,
 }
 
 struct Pool {
-    config: Config,
+    /// The serving generation's configuration (a reload's candidates have their own).
+    config: Arc<Config>,
+    reload_source: Option<ConfigSource>,
     listeners: Vec<Listener>,
     shared_probe: Option<ListenAddr>,
     shim: PathBuf,
@@ -419,6 +452,16 @@ const READY_POLL: Duration = Duration::from_millis(5);
 /// The most queued notify datagrams read before a reap (a flood must not delay it long).
 const MAX_DRAINED: usize = 256;
 
+/// Whether readiness under `c` is found by polling (a port, a probe) rather than told.
+fn needs_poll(c: &Config) -> bool {
+    match c.ready {
+        ReadyMode::Probe => true,
+        ReadyMode::Port => true,
+        ReadyMode::Auto => c.port_env.is_some(),
+        ReadyMode::Notify | ReadyMode::None => false,
+    }
+}
+
 fn slot_id(slot: usize) -> String {
     format!("w{}", slot + 1)
 }
@@ -445,15 +488,6 @@ impl Pool {
             h.on_event(&e);
         }
         let _ = self.handle.events.send(e);
-    }
-
-    fn ready_mode_needs_poll(&self) -> bool {
-        match self.config.ready {
-            ReadyMode::Probe => true,
-            ReadyMode::Port => true,
-            ReadyMode::Auto => self.config.port_env.is_some(),
-            ReadyMode::Notify | ReadyMode::None => false,
-        }
     }
 
     /// Starts a worker in `slot`; a failure to spawn counts as a failed start.
@@ -493,11 +527,18 @@ impl Pool {
         crash_at: Option<Instant>,
     ) -> std::io::Result<()> {
         let id = slot_id(slot);
-        let port = match &self.config.port_env {
+        let config = match &self.reload {
+            Some(Reload {
+                generation: g,
+                config: Some(c),
+            }) if *g == generation => c.clone(),
+            _ => self.config.clone(),
+        };
+        let port = match &config.port_env {
             Some(_) => Some(socket::free_port()?),
             None => None,
         };
-        let command = &self.config.command;
+        let command = &config.command;
         // Every worker starts through the shim: it places the sockets and ties the worker's
         // life to ours.
         let mut cmd = Command::new(&self.shim);
@@ -513,10 +554,10 @@ impl Pool {
             cmd.env("LISTEN_FDNAMES", socket::fd_names(&self.listeners));
         }
         cmd.env("NOTIFY_SOCKET", &self.notify_path);
-        if let Some(w) = self.config.watchdog {
+        if let Some(w) = config.watchdog {
             cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
         }
-        if let (Some(var), Some(p)) = (&self.config.port_env, port) {
+        if let (Some(var), Some(p)) = (&config.port_env, port) {
             cmd.env(var, p.to_string());
         }
         cmd.env("UNWEDGE_WORKER", &id)
@@ -538,12 +579,13 @@ impl Pool {
         }
         drop(child); // reaped by `reap` (waitpid), not by std
         let now = Instant::now();
-        let ready_now = self.config.ready == ReadyMode::None;
+        let ready_now = config.ready == ReadyMode::None;
         self.workers.insert(
             pid,
             Worker {
                 slot,
                 pid,
+                config,
                 generation,
                 started: now,
                 started_wall: SystemTime::now(),
@@ -589,7 +631,7 @@ impl Pool {
         }
         w.ready_at = Some(now);
         w.state = WorkerState::Ready;
-        w.next_probe = now + self.config.probe_interval;
+        w.next_probe = now + w.config.probe_interval;
         w.probe_failures = 0;
         let startup = now - w.started;
         let crash_to_ready = w.crash_at.map(|c| now - c);
@@ -626,17 +668,14 @@ impl Pool {
             startup,
             crash_to_ready,
         });
-        if self
-            .reload
-            .as_ref()
-            .is_some_and(|r| r.generation == generation)
-        {
+        if let Some(r) = self.reload.as_ref().filter(|r| r.generation == generation) {
+            let wanted = r.config.as_ref().unwrap_or(&self.config).workers;
             let ready = self
                 .workers
                 .values()
                 .filter(|w| w.generation == generation && w.ready_at.is_some())
                 .count();
-            if ready == self.config.workers {
+            if ready == wanted {
                 self.complete_reload();
             }
         } else if !self.first_ready && generation == self.active_gen {
@@ -775,12 +814,39 @@ impl Pool {
             tracing::warn!("{why}: a reload is already in progress");
             return;
         }
+        self.systemd.reloading();
+        let new_config = match self.new_config() {
+            Ok(c) => c,
+            Err(reason) => {
+                let generation = self.next_gen.max(self.active_gen) + 1;
+                tracing::error!(
+                    "{why}: reload refused: {reason}; generation {} keeps serving",
+                    self.active_gen
+                );
+                self.counters.reloads_failed += 1;
+                self.emit(Event::ReloadFailed {
+                    generation,
+                    reason: format!("refused: {reason}"),
+                });
+                self.systemd.ready(&self.status_line());
+                return;
+            }
+        };
         self.next_gen = self.next_gen.max(self.active_gen) + 1;
         let generation = self.next_gen;
+        let workers = new_config
+            .as_ref()
+            .map_or(self.config.workers, |c| c.workers);
         tracing::info!("{why}: reloading: starting generation {generation}");
-        self.systemd.reloading();
-        self.reload = Some(Reload { generation });
-        for slot in 0..self.config.workers {
+        while self.slots.len() < workers {
+            let c = new_config.as_deref().unwrap_or(&self.config);
+            self.slots.push(Slot::new(c));
+        }
+        self.reload = Some(Reload {
+            generation,
+            config: new_config,
+        });
+        for slot in 0..workers {
             if self.reload.is_none() {
                 break;
             }
@@ -788,8 +854,33 @@ impl Pool {
         }
     }
 
+    /// The next generation's configuration from the reload source: `None` when there is no
+    /// source or nothing a reload applies changed.
+    fn new_config(&mut self) -> Result<Option<Arc<Config>>, String> {
+        let Some(source) = self.reload_source.as_mut() else {
+            return Ok(None);
+        };
+        let (new, changes) =
+            reconfig::prepare(&self.config, source()?, self.shared_probe.as_ref())?;
+        if changes.is_empty() {
+            tracing::info!("reload: configuration unchanged");
+            return Ok(None);
+        }
+        tracing::info!("reload: new configuration: {}", changes.join(", "));
+        Ok(Some(Arc::new(new)))
+    }
+
     fn complete_reload(&mut self) {
         let Some(r) = self.reload.take() else { return };
+        if let Some(c) = r.config {
+            // The new generation's settings become the supervisor's: its restart policy and
+            // timeouts, the number of workers replaced on a crash.
+            for s in &mut self.slots {
+                s.backoff = Backoff::new(c.restart_delay, c.restart_delay_max, c.stable_after);
+            }
+            self.intensity = Intensity::new(c.max_restarts, c.within);
+            self.config = c;
+        }
         let old: Vec<i32> = self
             .workers
             .values()
@@ -968,7 +1059,7 @@ impl Pool {
             NotifyMessage::Ready => self.mark_ready(pid),
             NotifyMessage::Watchdog => {
                 if w.last_watchdog.is_none() {
-                    if let Some(limit) = self.config.watchdog {
+                    if let Some(limit) = w.config.watchdog {
                         tracing::info!(
                             "{id} pid {pid} sends heartbeats: hung if silent for {}",
                             fmt_dur(limit)
@@ -989,7 +1080,7 @@ impl Pool {
                         w.stop_requested = true;
                         w.stop_since.get_or_insert(now);
                         w.state = WorkerState::Stopping;
-                        w.term_at = Some(now + self.config.dump_grace);
+                        w.term_at = Some(now + w.config.dump_grace);
                         self.count_restart(RestartReason::Tainted);
                         tracing::warn!("{id} pid {pid} is tainted ({s}); replacing it");
                         self.emit(Event::Tainted {
@@ -1056,14 +1147,13 @@ impl Pool {
     /// A hung worker: dump signal now, SIGKILL after `--dump-grace`, replacement scheduled.
     fn hung(&mut self, pid: i32, kind: HangKind, detail: &str) {
         let now = Instant::now();
-        let grace = self.config.dump_grace;
-        let sig = self.config.dump_signal;
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
         };
         if w.state == WorkerState::Hung {
             return;
         }
+        let (grace, sig) = (w.config.dump_grace, w.config.dump_signal);
         let was_ready = w.ready_at.is_some();
         w.state = WorkerState::Hung;
         w.stop_requested = true;
@@ -1097,11 +1187,11 @@ impl Pool {
     }
 
     fn on_probe(&mut self, p: ProbeResult) {
-        let failures = self.config.probe_failures;
         let shared_many = self.config.port_env.is_none() && self.config.workers > 1;
         let Some(w) = self.workers.get_mut(&p.pid) else {
             return;
         };
+        let failures = w.config.probe_failures;
         w.probe_inflight = false;
         if w.stop_requested {
             return;
@@ -1147,12 +1237,11 @@ impl Pool {
         };
         let tx = self.probe_tx.clone();
         let pid = w.pid;
-        let timeout = self.config.probe_timeout;
-        let use_http =
-            !ready_check || self.config.ready == ReadyMode::Probe || self.config.probe.is_some();
-        let path = self.config.probe.clone().unwrap_or_else(|| "/".into());
-        let port_only =
-            ready_check && matches!(self.config.ready, ReadyMode::Port | ReadyMode::Auto);
+        let c = &w.config;
+        let timeout = c.probe_timeout;
+        let use_http = !ready_check || c.ready == ReadyMode::Probe || c.probe.is_some();
+        let path = c.probe.clone().unwrap_or_else(|| "/".into());
+        let port_only = ready_check && matches!(c.ready, ReadyMode::Port | ReadyMode::Auto);
         tokio::spawn(async move {
             let outcome = if port_only || !use_http {
                 if probe::connects(&target, timeout).await {
@@ -1245,27 +1334,27 @@ impl Pool {
         let mut hung: Vec<(i32, HangKind, String)> = Vec::new();
         let mut assume_ready = Vec::new();
         let mut probes = Vec::new();
-        let poll = self.ready_mode_needs_poll();
         for w in self.workers.values_mut() {
             if w.stop_requested {
                 continue;
             }
+            let c = &w.config;
             if w.ready_at.is_none() {
-                if now >= w.started + self.config.ready_timeout {
-                    let msg = format!("not ready after {}", fmt_dur(self.config.ready_timeout));
-                    if self.config.ready == ReadyMode::Auto && self.config.port_env.is_none() {
-                        assume_ready.push(w.pid);
+                if now >= w.started + c.ready_timeout {
+                    let msg = format!("not ready after {}", fmt_dur(c.ready_timeout));
+                    if c.ready == ReadyMode::Auto && c.port_env.is_none() {
+                        assume_ready.push((w.pid, c.ready_timeout));
                     } else {
                         hung.push((w.pid, HangKind::ReadyTimeout, msg));
                     }
-                } else if poll && !w.probe_inflight && w.next_probe <= now {
+                } else if needs_poll(c) && !w.probe_inflight && w.next_probe <= now {
                     w.probe_inflight = true;
                     w.next_probe = now + READY_POLL;
                     probes.push((w.pid, true));
                 }
                 continue;
             }
-            if let (Some(limit), Some(last)) = (self.config.watchdog, w.last_watchdog) {
+            if let (Some(limit), Some(last)) = (c.watchdog, w.last_watchdog) {
                 if now >= last + limit {
                     hung.push((
                         w.pid,
@@ -1275,16 +1364,16 @@ impl Pool {
                     continue;
                 }
             }
-            if self.config.probe.is_some() && !w.probe_inflight && w.next_probe <= now {
+            if c.probe.is_some() && !w.probe_inflight && w.next_probe <= now {
                 w.probe_inflight = true;
-                w.next_probe = now + self.config.probe_interval;
+                w.next_probe = now + c.probe_interval;
                 probes.push((w.pid, false));
             }
         }
-        for pid in assume_ready {
+        for (pid, limit) in assume_ready {
             tracing::warn!(
                 "pid {pid} sent no READY=1 within {}; taking it as ready (use --ready to choose)",
-                fmt_dur(self.config.ready_timeout)
+                fmt_dur(limit)
             );
             self.mark_ready(pid);
         }
@@ -1329,7 +1418,6 @@ impl Pool {
         if let Some(s) = self.next_sd_watchdog {
             at(s);
         }
-        let poll = self.ready_mode_needs_poll();
         for w in self.workers.values() {
             if let Some(k) = w.kill_at {
                 at(k);
@@ -1340,17 +1428,18 @@ impl Pool {
             if w.stop_requested || self.stopping {
                 continue;
             }
+            let c = &w.config;
             if w.ready_at.is_none() {
-                at(w.started + self.config.ready_timeout);
-                if poll && !w.probe_inflight {
+                at(w.started + c.ready_timeout);
+                if needs_poll(c) && !w.probe_inflight {
                     at(w.next_probe);
                 }
                 continue;
             }
-            if let (Some(limit), Some(last)) = (self.config.watchdog, w.last_watchdog) {
+            if let (Some(limit), Some(last)) = (c.watchdog, w.last_watchdog) {
                 at(last + limit);
             }
-            if self.config.probe.is_some() && !w.probe_inflight {
+            if c.probe.is_some() && !w.probe_inflight {
                 at(w.next_probe);
             }
         }

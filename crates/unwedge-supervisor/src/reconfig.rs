@@ -1,0 +1,137 @@
+//! A reload's new configuration: where it comes from ([`ConfigSource`]), what of it a running
+//! supervisor can take, and what only a restart of the supervisor applies.
+//!
+//! Worker settings (the command, the number of workers, readiness, hang detection, timeouts,
+//! the restart policy) change with the new generation. Settings bound to the supervisor's
+//! process (its sockets, its pid file, its log format, its admin endpoint, report directory
+//! and alerts) keep their running values, with a warning.
+
+use crate::config::{Config, ListenAddr, ReadyMode};
+use crate::socket;
+
+/// Where a reload gets the new generation's configuration: typically the config file read
+/// again, under the same command-line flags. An `Err` (one line) refuses the reload: the
+/// workers keep running as they are.
+pub type ConfigSource = Box<dyn FnMut() -> Result<Config, String> + Send>;
+
+/// The worker settings a reload applies, by name as in the config file.
+fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    macro_rules! cmp {
+        ($($field:ident => $name:literal),* $(,)?) => {
+            $(if old.$field != new.$field { out.push($name); })*
+        };
+    }
+    cmp!(
+        command => "command",
+        workers => "workers",
+        ready => "ready",
+        ready_timeout => "ready-timeout",
+        stop_timeout => "stop-timeout",
+        restart_delay => "restart-delay",
+        restart_delay_max => "restart-delay-max",
+        stable_after => "stable-after",
+        max_restarts => "max-restarts",
+        within => "within",
+        watchdog => "watchdog",
+        probe => "probe",
+        probe_timeout => "probe-timeout",
+        probe_interval => "probe-interval",
+        probe_failures => "probe-failures",
+        dump_signal => "dump-signal",
+        dump_grace => "dump-grace",
+    );
+    out
+}
+
+/// Settings a running supervisor cannot change: put back to their running values, and named.
+fn keep_fixed(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($($field:ident => $name:literal),* $(,)?) => {
+            $(if old.$field != new.$field {
+                new.$field = old.$field.clone();
+                kept.push($name);
+            })*
+        };
+    }
+    keep!(
+        listen => "listen",
+        port_env => "port-env",
+        pidfile => "pidfile",
+        log_format => "log-format",
+        admin => "admin",
+        report_dir => "report-dir",
+        report_max_bytes => "report-max-bytes",
+        alert_webhook => "alert-webhook",
+        alert_exec => "alert-exec",
+    );
+    kept
+}
+
+/// The new configuration, checked against the running one: its command must be runnable and
+/// a probe must have somewhere to go (`probe_target`: the shared socket probes reach). Returns
+/// it with the fixed settings put back, and the names of the settings that change.
+pub(crate) fn prepare(
+    old: &Config,
+    mut new: Config,
+    probe_target: Option<&ListenAddr>,
+) -> Result<(Config, Vec<&'static str>), String> {
+    for name in keep_fixed(old, &mut new) {
+        tracing::warn!(
+            "reload: `{name}` changed; it applies only when the supervisor restarts (kept as it is)"
+        );
+    }
+    socket::check_command(&new.command[0]).map_err(|e| e.to_string())?;
+    let no_target = probe_target.is_none() && new.port_env.is_none();
+    if no_target && new.probe.is_some() {
+        return Err("--probe needs --listen (a TCP or unix socket) or --port-env".into());
+    }
+    if no_target && new.ready == ReadyMode::Probe {
+        return Err("--ready probe needs --listen or --port-env".into());
+    }
+    let changes = changed(old, &new);
+    Ok((new, changes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Options;
+
+    fn config(toml: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let file = Options::from_file(&path).unwrap();
+        Config::resolve(Some(file), Options::default(), Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn worker_settings_change_and_process_settings_are_kept() {
+        let old = config(
+            "listen = [\"127.0.0.1:8080\"]\nworkers = 2\ncommand = [\"/bin/sh\", \"-c\", \"a\"]\n",
+        );
+        let new = config(
+            "listen = [\"127.0.0.1:9090\"]\nworkers = 4\nwatchdog = \"2s\"\nadmin = \"off\"\n\
+             command = [\"/bin/sh\", \"-c\", \"b\"]\n",
+        );
+        let target = old.listen[0].clone();
+        let (applied, changes) = prepare(&old, new, Some(&target)).unwrap();
+        assert_eq!(changes, vec!["command", "workers", "watchdog"]);
+        assert_eq!(applied.workers, 4);
+        assert_eq!(applied.listen, old.listen, "sockets stay");
+        assert_eq!(applied.admin, old.admin, "the admin endpoint stays");
+    }
+
+    #[test]
+    fn a_command_that_cannot_run_or_a_probe_without_a_target_is_refused() {
+        let old = config("command = [\"/bin/sh\"]\n");
+        let missing = config("command = [\"/nonexistent/server\"]\n");
+        let e = prepare(&old, missing, None).unwrap_err();
+        assert!(e.contains("/nonexistent/server"), "{e}");
+        let probe = config("probe = \"/livez\"\ncommand = [\"/bin/sh\"]\n");
+        let e = prepare(&old, probe, None).unwrap_err();
+        assert!(e.contains("--probe needs"), "{e}");
+    }
+}
