@@ -71,6 +71,7 @@ fn malformed_variables_are_usage_errors_naming_variable_and_value() {
             ("UNWEDGE_SHUTDOWN_TIMEOUT", "soon", &[]),
             ("UNWEDGE_CRASH_TIMEOUT", "1e300", &[]),
             ("UNWEDGE_STALL_LIMIT", "18446744073709551615s", &[]),
+            ("UNWEDGE_IDLE_TIMEOUT", "forever", &[]),
             ("WATCHDOG_USEC", "18446744073709551615", &[]),
         ];
         for (var, value, extra) in cases {

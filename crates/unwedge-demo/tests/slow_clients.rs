@@ -1,0 +1,180 @@
+//! Connections that send nothing, trickle a request head (slowloris) or sit idle are closed
+//! after one to two idle periods instead of holding a task and a file descriptor forever; `0`
+//! turns the idle timeout off.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A demo worker on a fresh loopback socket with `UNWEDGE_IDLE_TIMEOUT=timeout`.
+async fn worker(dir: &std::path::Path, timeout: &str) -> (Worker, SocketAddr) {
+    let mut notify = Notify::bind(dir, "notify.sock");
+    let (listener, addr) = loopback_listener();
+    let worker = spawn_worker(
+        dir,
+        "w",
+        Some(&listener),
+        &[
+            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("UNWEDGE_IDLE_TIMEOUT", timeout),
+        ],
+    );
+    drop(listener);
+    notify
+        .expect("READY=1", Duration::from_secs(20), line_is("READY=1"))
+        .await;
+    (worker, addr)
+}
+
+/// Reads until the server closes the connection (EOF or reset), at most `limit`; returns
+/// what it sent and when it closed, or `None` if it was still open at `limit`.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<(Instant, Vec<u8>)> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some((Instant::now(), got)),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn silent_trickling_and_idle_connections_are_closed_after_the_idle_timeout() {
+    run_test(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (_worker, addr) = worker(dir.path(), "300ms").await;
+
+        // Connects and sends nothing.
+        let start = Instant::now();
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let (at, _) = closed_within(&mut silent, Duration::from_secs(10))
+            .await
+            .expect("a silent connection stayed open");
+        assert!(at - start >= Duration::from_millis(250), "{:?}", at - start);
+
+        // Trickles a request head, one byte every 50 ms, never finishing it.
+        let start = Instant::now();
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let mut cut = false;
+        for b in head.iter() {
+            if slow.write_all(&[*b]).await.is_err() {
+                cut = true;
+                break;
+            }
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(50), slow.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    cut = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(cut, "a trickled head of {} bytes was never cut", head.len());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+
+        // After one request, a trickled second head is cut as well.
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let mut cut = false;
+        for b in head.iter() {
+            if client.write_all(&[*b]).await.is_err() {
+                cut = true;
+                break;
+            }
+            let mut buf = [0u8; 1024];
+            match tokio::time::timeout(Duration::from_millis(50), client.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    cut = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(cut, "a trickled second head was never cut");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+
+        // A prompt client is served, and its idle keep-alive connection closed later.
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (_, got) = closed_within(&mut client, Duration::from_secs(10))
+            .await
+            .expect("the idle keep-alive connection stayed open");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    });
+}
+
+#[test]
+fn zero_turns_the_idle_timeout_off() {
+    run_test(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (_worker, addr) = worker(dir.path(), "0").await;
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut silent, Duration::from_millis(1500))
+                .await
+                .is_none(),
+            "closed without a timeout"
+        );
+        // And it is still served when it finally speaks.
+        silent
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let (_, got) = closed_within(&mut silent, Duration::from_secs(10))
+            .await
+            .expect("no answer");
+        assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    });
+}
+
+/// A request that takes longer than several idle periods is answered in full: the idle timeout
+/// closes connections that deliver nothing, not slow requests.
+#[test]
+fn a_slow_request_outlives_the_idle_timeout() {
+    run_test(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (_worker, addr) = worker(dir.path(), "200ms").await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (_, got) = closed_within(&mut client, Duration::from_secs(20))
+            .await
+            .expect("the connection stayed open");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.ends_with("slept 1500 ms\n"), "{text}");
+        // The connection closed after its answer: no keep-alive after an idle period passed.
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{text}"
+        );
+    });
+}
