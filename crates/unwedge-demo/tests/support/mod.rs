@@ -142,6 +142,12 @@ pub fn spawn_worker(
     let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
     let mut cmd = tokio::process::Command::new("/usr/bin/bash");
     cmd.arg("-c");
+    // `UNWEDGE_TEST_ULIMIT=N` in `env`: the worker starts with a soft open-file limit of N.
+    let ulimit = if env.iter().any(|(k, _)| *k == "UNWEDGE_TEST_ULIMIT") {
+        "ulimit -Sn \"$UNWEDGE_TEST_ULIMIT\" && "
+    } else {
+        ""
+    };
     match listener {
         Some(l) => {
             let fd = l.as_raw_fd();
@@ -151,11 +157,11 @@ pub fn spawn_worker(
             } else {
                 format!("exec 3<&{fd} {fd}<&-; ")
             };
-            cmd.arg(format!("{moves}export LISTEN_PID=$$; exec \"$0\""));
+            cmd.arg(format!("{moves}{ulimit}export LISTEN_PID=$$; exec \"$0\""));
             cmd.env("LISTEN_FDS", "1");
         }
         None => {
-            cmd.arg("exec \"$0\"");
+            cmd.arg(format!("{ulimit}exec \"$0\""));
             cmd.env_remove("LISTEN_FDS");
         }
     }

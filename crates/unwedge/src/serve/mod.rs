@@ -50,6 +50,8 @@
 //!   down gracefully (at once when idle, after its request in progress otherwise), so clients
 //!   that connect and send nothing, trickle a request head (slowloris) or keep idle keep-alive
 //!   connections hold them for one to two periods, not forever.
+//! - **Open-file limit**: the soft `RLIMIT_NOFILE` is raised to the hard one at start, as Go's
+//!   runtime does ([`Server::raise_fd_limit`]): the usual 1024 is too few connections.
 //!
 //! # How the process exits
 //!
@@ -87,6 +89,7 @@ mod dump;
 mod front;
 pub(crate) mod notify;
 
+mod limits;
 mod listeners;
 mod stop;
 
@@ -272,6 +275,7 @@ pub struct Server {
     abort_when_wedged: Option<Duration>,
     exit_on_crash: bool,
     idle_timeout: Option<Duration>,
+    raise_fd_limit: bool,
 }
 
 impl Default for Server {
@@ -296,6 +300,7 @@ impl Server {
             abort_when_wedged: None,
             exit_on_crash: true,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            raise_fd_limit: true,
         }
     }
 
@@ -379,6 +384,21 @@ impl Server {
         self
     }
 
+    /// Whether `serve()` raises the process's soft open-file limit (`RLIMIT_NOFILE`) to its
+    /// hard limit at start, as Go's runtime does (default: true). Every connection is a file
+    /// descriptor, and the usual soft limit of 1024 fails `accept` long before the machine is
+    /// short of anything. Child processes inherit the raised limit: turn this off if the
+    /// service runs programs that use `select()`.
+    ///
+    /// ```
+    /// let server = unwedge::Server::new().raise_fd_limit(false);
+    /// # let _ = server;
+    /// ```
+    pub fn raise_fd_limit(mut self, raise: bool) -> Self {
+        self.raise_fd_limit = raise;
+        self
+    }
+
     /// Whether a graceful crash ends with [`std::process::exit`]`(70)` (the default) or returns
     /// [`Outcome::Crashed`].
     pub fn exit_on_crash(mut self, exit: bool) -> Self {
@@ -436,6 +456,12 @@ impl Server {
             None => self.idle_timeout,
         }
         .filter(|d| !d.is_zero());
+
+        if self.raise_fd_limit {
+            if let Some((from, to)) = limits::raise_nofile() {
+                tracing::debug!(from, to, "raised the open-file limit");
+            }
+        }
 
         // Signals before anything can be ready, so an early SIGTERM is not lost.
         let mut signals = Signals::new()?;

@@ -1,0 +1,57 @@
+//! The open-file limit: raised from its soft to its hard value at start, as Go's runtime does
+//! (since Go 1.19): every connection is a file descriptor, and the usual soft limit (1024)
+//! makes a busy server fail `accept` with EMFILE long before the machine is short of anything.
+
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (at most [`MAX_NOFILE`]). Returns the soft
+/// limit before and after, or `None` when unchanged (already there, or the kernel refused).
+pub(crate) fn raise_nofile() -> Option<(u64, u64)> {
+    let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
+    let current = current?;
+    // No hard limit: a bound that a `Vec` of pollers or a select() user can still live with.
+    let target = maximum.unwrap_or(MAX_NOFILE).min(MAX_NOFILE);
+    if current >= target {
+        return None;
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(target),
+            maximum,
+        },
+    )
+    .ok()?;
+    Some((current, target))
+}
+
+/// The highest soft limit set (the kernel's default `fs.nr_open` is 1 048 576).
+pub(crate) const MAX_NOFILE: u64 = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_limit_ends_at_the_hard_one() {
+        // Lower it first (always allowed), then raise it back.
+        let before = getrlimit(Resource::Nofile);
+        let hard = before.maximum.unwrap_or(MAX_NOFILE);
+        if hard <= 64 {
+            return;
+        }
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(64),
+                maximum: before.maximum,
+            },
+        )
+        .unwrap();
+        let raised = raise_nofile();
+        let after = getrlimit(Resource::Nofile);
+        assert_eq!(raised, Some((64, hard.min(MAX_NOFILE))));
+        assert_eq!(after.current, Some(hard.min(MAX_NOFILE)));
+        assert_eq!(raise_nofile(), None, "a second call changes nothing");
+    }
+}
