@@ -58,6 +58,6 @@ pub use server::{
     parse_admin_addr, AdminError, AdminHandle, AdminServer, StatusSource, DEFAULT_ADMIN_ADDR,
 };
 pub use status::{
-    rfc3339, ExitRecord, ExitStatus, PanicRecord, Record, RestartEvent, RestartReason, StatusView,
-    SupervisorInfo, WorkerState, WorkerView,
+    rfc3339, ExitRecord, ExitStatus, PanicRecord, Record, ReloadOutcome, RestartEvent,
+    RestartReason, StatusView, SupervisorInfo, WorkerState, WorkerView,
 };

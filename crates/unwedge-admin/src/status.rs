@@ -86,6 +86,49 @@ pub struct SupervisorInfo {
     pub gave_up: bool,
     /// The addresses it listens on for the workers (`127.0.0.1:8080`, `unix:/run/app.sock`).
     pub listen: Vec<String>,
+    /// The generation serving (1 at start, +1 per reload that completed).
+    #[serde(default)]
+    pub generation: u64,
+    /// Whether a reload is in progress.
+    #[serde(default)]
+    pub reloading: bool,
+    /// How the last reload ended, if there was one (`unwedge reload --wait` waits for it to
+    /// change).
+    #[serde(default)]
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+/// How a reload ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ReloadOutcome {
+    /// The generation it started (serving now when `ok`, torn down otherwise).
+    pub generation: u64,
+    /// Whether the new generation became ready and serves.
+    pub ok: bool,
+    /// Why it failed (or was refused: a config file that does not parse).
+    pub reason: Option<String>,
+    /// When it ended, RFC 3339 UTC.
+    pub at: String,
+}
+
+impl ReloadOutcome {
+    /// A reload that ended now: `reason` is `None` when it succeeded.
+    ///
+    /// ```
+    /// let ok = unwedge_admin::ReloadOutcome::now(2, None);
+    /// assert!(ok.ok);
+    /// let failed = unwedge_admin::ReloadOutcome::now(3, Some("worker w1 exit status 1".into()));
+    /// assert!(!failed.ok);
+    /// ```
+    pub fn now(generation: u64, reason: Option<String>) -> Self {
+        ReloadOutcome {
+            generation,
+            ok: reason.is_none(),
+            reason,
+            at: rfc3339(SystemTime::now()),
+        }
+    }
 }
 
 impl SupervisorInfo {
@@ -97,6 +140,9 @@ impl SupervisorInfo {
             uptime_secs: 0.0,
             gave_up: false,
             listen: Vec::new(),
+            generation: 1,
+            reloading: false,
+            last_reload: None,
         }
     }
 }

@@ -20,6 +20,7 @@ use unwedge_supervisor::{Config, LogFormat, Options, Supervisor};
 mod observe;
 
 mod demo;
+mod reload;
 
 /// Keeps HTTP servers serving: sockets held across restarts, workers restarted in
 /// milliseconds, hung workers found and replaced.
@@ -49,9 +50,10 @@ enum Cmd {
         /// The TOML file (keys are the long flag names of `unwedge run`).
         file: PathBuf,
     },
-    /// Ask a running supervisor to reload (sends SIGHUP).
+    /// Ask a running supervisor to reload (sends SIGHUP); with --wait, wait for the outcome.
     ///
     /// $ unwedge reload --pidfile /run/unwedge.pid
+    /// $ unwedge reload --pidfile /run/unwedge.pid --wait    # exit 1 if the reload failed
     Reload {
         /// Pid of the supervisor.
         #[arg(long, required_unless_present = "pidfile", conflicts_with = "pidfile")]
@@ -59,6 +61,16 @@ enum Cmd {
         /// File with the pid of the supervisor (see `unwedge run --pidfile`).
         #[arg(long)]
         pidfile: Option<PathBuf>,
+        /// Wait until the new generation serves (exit 0) or the reload failed or was refused
+        /// (exit 1, with the reason), as the supervisor's admin endpoint reports it.
+        #[arg(long)]
+        wait: bool,
+        /// The supervisor's admin endpoint, for --wait.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+        /// How long --wait waits.
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = unwedge_supervisor::config::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// See unwedge survive panics, a poisoned lock, a deadlock and kill -9 under load, next to
     /// axum + CatchPanicLayer.
@@ -135,7 +147,13 @@ fn main() -> miette::Result<ExitCode> {
     match cli.command {
         Cmd::Run(a) => run(*a),
         Cmd::CheckConfig { file } => check_config(file),
-        Cmd::Reload { pid, pidfile } => reload(pid, pidfile),
+        Cmd::Reload {
+            pid,
+            pidfile,
+            wait,
+            admin,
+            timeout,
+        } => Ok(reload::reload(pid, pidfile, wait, admin, timeout)),
         Cmd::Demo(a) => Ok(demo::demo(a)),
         Cmd::Chaos(a) => Ok(demo::chaos(a)),
         Cmd::Reports { dir, since, json } => reports(dir, since, json),
@@ -288,30 +306,6 @@ fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => fail(format!("{}: {e}", file.display()), e.exit_code()),
-    }
-}
-
-fn reload(pid: Option<i32>, pidfile: Option<PathBuf>) -> miette::Result<ExitCode> {
-    let pid = match (pid, pidfile) {
-        (Some(p), _) => p,
-        (None, Some(f)) => match std::fs::read_to_string(&f) {
-            Ok(s) => match s.trim().parse::<i32>() {
-                Ok(p) if p > 0 => p,
-                _ => return fail(format!("{}: not a pid: {:?}", f.display(), s.trim()), 1),
-            },
-            Err(e) => return fail(format!("cannot read pid file {}: {e}", f.display()), 1),
-        },
-        (None, None) => return fail("give --pid or --pidfile", 2),
-    };
-    if pid <= 1 {
-        return fail(format!("refusing to signal pid {pid}"), 2);
-    }
-    match nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    ) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) => fail(format!("cannot signal pid {pid}: {}", e.desc()), 1),
     }
 }
 

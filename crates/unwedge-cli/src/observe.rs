@@ -142,6 +142,8 @@ struct History {
     tainted: HashSet<i32>,
     /// Pid → summary of the last panic it reported, for the crash alert.
     last_panic: HashMap<i32, String>,
+    /// How the last reload ended.
+    last_reload: Option<unwedge_admin::ReloadOutcome>,
 }
 
 struct Shared {
@@ -291,8 +293,11 @@ fn status_source(
         info.uptime_secs = started.elapsed().as_secs_f64();
         info.gave_up = shared.gave_up.load(Ordering::Relaxed);
         info.listen = listen.clone();
-        let mut view = StatusView::new(info);
+        info.generation = snap.generation;
+        info.reloading = snap.reloading;
         let h = shared.history();
+        info.last_reload = h.last_reload.clone();
+        let mut view = StatusView::new(info);
         let now = SystemTime::now();
         for w in &snap.workers {
             let state = match w.state {
@@ -460,6 +465,7 @@ impl Ctx {
             Event::Reloaded { generation } => {
                 let snap = self.handle.snapshot();
                 let mut h = self.shared.history();
+                h.last_reload = Some(unwedge_admin::ReloadOutcome::now(generation, None));
                 for w in snap.workers.iter().filter(|w| w.generation == generation) {
                     self.metrics.record_restart(RestartReason::Reload);
                     push_restart(&mut h, RestartEvent::now(&w.id, RestartReason::Reload));
@@ -469,13 +475,21 @@ impl Ctx {
                 crash_to_ready: Some(d),
                 ..
             } => self.metrics.record_crash_to_ready(d),
-            Event::ReloadFailed { generation, reason } => self.alert(
-                AlertEvent::new(
-                    AlertKind::ReloadFailed,
-                    format!("generation {generation}: {reason}"),
+            Event::ReloadFailed { generation, reason } => {
+                self.shared.history().last_reload = Some(unwedge_admin::ReloadOutcome::now(
+                    generation,
+                    Some(reason.clone()),
+                ));
+                self.alert(
+                    AlertEvent::new(
+                        AlertKind::ReloadFailed,
+                        format!("generation {generation}: {reason}"),
+                    )
+                    .with_details(
+                        serde_json::json!({ "generation": generation, "reason": reason }),
+                    ),
                 )
-                .with_details(serde_json::json!({ "generation": generation, "reason": reason })),
-            ),
+            }
             Event::StopTimedOut {
                 worker,
                 pid,

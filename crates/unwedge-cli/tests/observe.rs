@@ -1156,3 +1156,115 @@ async fn a_worker_killed_at_the_stop_timeout_is_alerted_and_counted() {
     })
     .await;
 }
+
+// ---- unwedge reload --wait ----
+
+/// `unwedge reload --wait` tells a deploy script whether the reload worked: exit 0 once the new
+/// generation serves, exit 1 with the reason when the file is broken or the new workers fail.
+#[tokio::test]
+async fn reload_wait_reports_the_outcome() {
+    limited(async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let demo = format!("command = [{BIN:?}, \"demo-service\"]\n");
+        std::fs::write(&file, format!("workers = 1\n{demo}")).unwrap();
+        let sup = Sup::start(&[
+            "run",
+            "-c",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ]);
+        let admin = admin_addr(&sup).await;
+        sup.wait_ready(0, 1).await;
+        let pid = sup.pid.to_string();
+        let admin_flag = admin.to_string();
+        let reload = |extra: &'static [&'static str]| {
+            let mut args = vec!["reload", "--pid", &pid, "--wait", "--admin", &admin_flag];
+            args.extend_from_slice(extra);
+            let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+            async move {
+                let out = tokio::process::Command::new(BIN)
+                    .args(&args)
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                    .unwrap();
+                (
+                    out.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            }
+        };
+
+        // Two workers now: succeeds once both serve.
+        std::fs::write(&file, format!("workers = 2\n{demo}")).unwrap();
+        let (code, out, err) = reload(&[]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(out.trim(), "reloaded: generation 2 serves");
+        let s = status(admin).await;
+        assert_eq!(s["supervisor"]["generation"], 2, "{s}");
+        assert_eq!(
+            s["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["generation"] == 2)
+                .count(),
+            2,
+            "{s}"
+        );
+
+        // A broken file: refused, exit 1 with the reason.
+        std::fs::write(&file, "workers = \"many\"\n").unwrap();
+        let (code, out, err) = reload(&[]).await;
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            err.contains("reload failed: generation 3: refused: invalid config file"),
+            "{err}"
+        );
+        assert!(err.contains("generation 2 keeps serving"), "{err}");
+
+        // New workers that exit at once: the reload fails, the old ones serve.
+        std::fs::write(&file, "command = [\"/bin/false\"]\n").unwrap();
+        let (code, out, err) = reload(&[]).await;
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(err.contains("reload failed: generation"), "{err}");
+        assert!(err.contains("exit status 1"), "{err}");
+        assert_eq!(status(admin).await["supervisor"]["generation"], 2);
+
+        // Another process's pid: refused before any signal is sent.
+        let mut other = tokio::process::Command::new("sleep")
+            .arg("30")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let other_pid = other.id().unwrap().to_string();
+        let out = tokio::process::Command::new(BIN)
+            .args([
+                "reload",
+                "--pid",
+                &other_pid,
+                "--wait",
+                "--admin",
+                &admin_flag,
+            ])
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("belongs to pid {}, not {other_pid}", sup.pid)),
+            "{err}"
+        );
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "the other process got SIGHUP"
+        );
+    })
+    .await;
+}

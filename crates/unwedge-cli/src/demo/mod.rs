@@ -20,7 +20,7 @@ macro_rules! outp {
     }};
 }
 
-mod client;
+pub(crate) mod client;
 mod compare;
 mod scenario;
 mod table;

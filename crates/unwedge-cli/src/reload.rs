@@ -1,0 +1,151 @@
+//! `unwedge reload`: SIGHUP to a running supervisor, and with `--wait`, its outcome read from
+//! the supervisor's admin endpoint (`/status`'s `supervisor.last_reload`), for deploy scripts
+//! that must know whether the new version serves.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::demo::client::{request, Reply};
+
+/// How often `--wait` looks at `/status`.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The supervisor's pid, from `--pid` or `--pidfile`: (pid) or (message, exit code).
+fn target(pid: Option<i32>, pidfile: Option<PathBuf>) -> Result<i32, (String, u8)> {
+    let pid = match (pid, pidfile) {
+        (Some(p), _) => p,
+        (None, Some(f)) => match std::fs::read_to_string(&f) {
+            Ok(s) => match s.trim().parse::<i32>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err((format!("{}: not a pid: {:?}", f.display(), s.trim()), 1)),
+            },
+            Err(e) => return Err((format!("cannot read pid file {}: {e}", f.display()), 1)),
+        },
+        (None, None) => return Err(("give --pid or --pidfile".into(), 2)),
+    };
+    if pid <= 1 {
+        return Err((format!("refusing to signal pid {pid}"), 2));
+    }
+    Ok(pid)
+}
+
+fn sighup(pid: i32) -> Result<(), (String, u8)> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|e| (format!("cannot signal pid {pid}: {}", e.desc()), 1))
+}
+
+/// `supervisor` of the admin endpoint's `/status`.
+async fn supervisor_status(admin: SocketAddr) -> Result<Value, String> {
+    match request(admin, "GET", "/status", b"", Duration::from_secs(5)).await {
+        Reply::Status(200, body) => {
+            let v: Value = serde_json::from_str(&body)
+                .map_err(|e| format!("{admin}/status is not the status JSON ({e})"))?;
+            Ok(v["supervisor"].clone())
+        }
+        Reply::Status(code, _) => Err(format!("{admin}/status answered {code}")),
+        other => Err(format!(
+            "cannot reach the admin endpoint at {admin} ({}); give the address `unwedge run --admin` uses",
+            other.describe()
+        )),
+    }
+}
+
+/// Sends SIGHUP; with `wait`, waits up to `timeout` for the reload's outcome on `admin` and
+/// exits 0 when the new generation serves, 1 when it failed or was refused.
+pub(crate) fn reload(
+    pid: Option<i32>,
+    pidfile: Option<PathBuf>,
+    wait: bool,
+    admin: SocketAddr,
+    timeout: Duration,
+) -> ExitCode {
+    let fail = |(msg, code): (String, u8)| {
+        eprintln!("unwedge: error: {msg}");
+        ExitCode::from(code)
+    };
+    let pid = match target(pid, pidfile) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    if !wait {
+        return match sighup(pid) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail((format!("cannot start a runtime: {e}"), 1)),
+    };
+    match rt.block_on(reload_and_wait(pid, admin, timeout)) {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn reload_and_wait(
+    pid: i32,
+    admin: SocketAddr,
+    timeout: Duration,
+) -> Result<String, (String, u8)> {
+    let before = supervisor_status(admin).await.map_err(|e| (e, 1))?;
+    if before["pid"].as_i64() != Some(i64::from(pid)) {
+        return Err((
+            format!(
+                "the admin endpoint at {admin} belongs to pid {}, not {pid}",
+                before["pid"]
+            ),
+            1,
+        ));
+    }
+    let last = before["last_reload"].clone();
+    sighup(pid)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        tokio::time::sleep(POLL).await;
+        match supervisor_status(admin).await {
+            Ok(now) if now["last_reload"] != last && !now["last_reload"].is_null() => {
+                let r = &now["last_reload"];
+                let generation = &r["generation"];
+                return if r["ok"] == true {
+                    Ok(format!("reloaded: generation {generation} serves"))
+                } else {
+                    let reason = r["reason"].as_str().unwrap_or("unknown");
+                    Err((
+                        format!(
+                            "reload failed: generation {generation}: {reason}; generation {} keeps serving",
+                            now["generation"]
+                        ),
+                        1,
+                    ))
+                };
+            }
+            Ok(_) => {}
+            // The supervisor exited, or is too busy to answer for now.
+            Err(e) if Instant::now() >= deadline => return Err((e, 1)),
+            Err(_) => {}
+        }
+        if Instant::now() >= deadline {
+            return Err((
+                format!(
+                    "no reload outcome within {}; the reload may still be in progress",
+                    humantime::format_duration(timeout)
+                ),
+                1,
+            ));
+        }
+    }
+}
