@@ -809,6 +809,21 @@ async fn gone_within(pid: i32, limit: Duration) -> bool {
     false
 }
 
+/// `unwedge ARGS` with `env`, its stdout and stderr pipes never read (a stalled journal).
+fn unread_supervisor(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// The supervisor's own log lines never block it: with its stdout and stderr pipes nobody
 /// reads (a stalled journal), a killed worker is still replaced. (Its log lines used to be
 /// written from its event loop: once the pipe was full, the loop stopped, and with it every
@@ -826,16 +841,10 @@ async fn a_stalled_log_pipe_does_not_stop_the_supervisor() {
             line = "x".repeat(100),
         );
         let listen = addr.to_string();
-        let mut child = tokio::process::Command::new(BIN)
-            .args(["run", "--listen", &listen, "--admin", "off", "--", "sh", "-c", &script])
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = unread_supervisor(
+            &["run", "--listen", &listen, "--admin", "off", "--", "sh", "-c", &script],
+            &[],
+        );
         let stats_pid = || async {
             let (code, body) = http(addr, "GET", "/stats").await.ok()?;
             let v: serde_json::Value = serde_json::from_str(&body).ok()?;
@@ -885,19 +894,20 @@ async fn dropped_log_lines_are_counted() {
         let script = format!("python3 -c \"$SPAM\"; exec {BIN} demo-service");
         let listen = addr.to_string();
         let admin_flag = admin.to_string();
-        let mut child = tokio::process::Command::new(BIN)
-            .args(["run", "--listen", &listen, "--admin", &admin_flag, "--"])
-            .args(["sh", "-c", &script])
-            .env("SPAM", spam)
-            .env("UNWEDGE_LOG", "debug")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = unread_supervisor(
+            &[
+                "run",
+                "--listen",
+                &listen,
+                "--admin",
+                &admin_flag,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+            &[("SPAM", spam), ("UNWEDGE_LOG", "debug")],
+        );
         let deadline = Instant::now() + LONG;
         let dropped = loop {
             if let Ok((200, text)) = http(admin, "GET", "/metrics").await {

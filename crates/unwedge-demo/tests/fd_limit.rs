@@ -23,21 +23,9 @@ fn nofile(pid: u32) -> (Option<u64>, Option<u64>) {
 fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
     run_test(Duration::from_secs(30), async {
         let dir = tempfile::tempdir().unwrap();
-        let mut notify = Notify::bind(dir.path(), "notify.sock");
-        let (listener, _addr) = loopback_listener();
         // The shell lowers the soft limit, then runs the worker in its place.
-        let worker = spawn_worker(
-            dir.path(),
-            "w",
-            Some(&listener),
-            &[
-                ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
-                ("UNWEDGE_TEST_ULIMIT", "256"),
-            ],
-        );
-        notify
-            .expect("READY=1", Duration::from_secs(20), line_is("READY=1"))
-            .await;
+        let (worker, _notify, _addr) =
+            sole_worker_with(dir.path(), &[("UNWEDGE_TEST_ULIMIT", "256")]).await;
         let (soft, hard) = nofile(worker.pid);
         assert_eq!(
             soft,

@@ -13,21 +13,7 @@ use tokio::net::TcpStream;
 
 /// A demo worker on a fresh loopback socket with `UNWEDGE_IDLE_TIMEOUT=timeout`.
 async fn worker(dir: &std::path::Path, timeout: &str) -> (Worker, SocketAddr) {
-    let mut notify = Notify::bind(dir, "notify.sock");
-    let (listener, addr) = loopback_listener();
-    let worker = spawn_worker(
-        dir,
-        "w",
-        Some(&listener),
-        &[
-            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
-            ("UNWEDGE_IDLE_TIMEOUT", timeout),
-        ],
-    );
-    drop(listener);
-    notify
-        .expect("READY=1", Duration::from_secs(20), line_is("READY=1"))
-        .await;
+    let (worker, _notify, addr) = sole_worker_with(dir, &[("UNWEDGE_IDLE_TIMEOUT", timeout)]).await;
     (worker, addr)
 }
 
@@ -46,6 +32,36 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<(Instant, V
     }
 }
 
+/// Sends `head` one byte every 50 ms (reading whatever comes back) and asserts that the
+/// server closes the connection before the last byte, within 5 s.
+async fn assert_trickle_cut(s: &mut TcpStream, head: &[u8], what: &str) {
+    let start = Instant::now();
+    for b in head {
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await
+        {
+            let took = start.elapsed();
+            assert!(took < Duration::from_secs(5), "{what} cut after {took:?}");
+            return;
+        }
+    }
+    panic!("{what} of {} bytes was never cut", head.len());
+}
+
+/// A connection that sent one complete request (its answer is left unread).
+async fn served_once(addr: SocketAddr) -> TcpStream {
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    client
+}
+
 #[test]
 fn silent_trickling_and_idle_connections_are_closed_after_the_idle_timeout() {
     run_test(Duration::from_secs(60), async {
@@ -61,66 +77,16 @@ fn silent_trickling_and_idle_connections_are_closed_after_the_idle_timeout() {
         assert!(at - start >= Duration::from_millis(250), "{:?}", at - start);
 
         // Trickles a request head, one byte every 50 ms, never finishing it.
-        let start = Instant::now();
-        let mut slow = TcpStream::connect(addr).await.unwrap();
         let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-        let mut cut = false;
-        for b in head.iter() {
-            if slow.write_all(&[*b]).await.is_err() {
-                cut = true;
-                break;
-            }
-            let mut buf = [0u8; 64];
-            match tokio::time::timeout(Duration::from_millis(50), slow.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    cut = true;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        assert!(cut, "a trickled head of {} bytes was never cut", head.len());
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            start.elapsed()
-        );
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        assert_trickle_cut(&mut slow, head, "a trickled first head").await;
 
         // After one request, a trickled second head is cut as well.
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let start = Instant::now();
-        let mut cut = false;
-        for b in head.iter() {
-            if client.write_all(&[*b]).await.is_err() {
-                cut = true;
-                break;
-            }
-            let mut buf = [0u8; 1024];
-            match tokio::time::timeout(Duration::from_millis(50), client.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    cut = true;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        assert!(cut, "a trickled second head was never cut");
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            start.elapsed()
-        );
+        let mut client = served_once(addr).await;
+        assert_trickle_cut(&mut client, head, "a trickled second head").await;
 
         // A prompt client is served, and its idle keep-alive connection closed later.
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
+        let mut client = served_once(addr).await;
         let (_, got) = closed_within(&mut client, Duration::from_secs(10))
             .await
             .expect("the idle keep-alive connection stayed open");

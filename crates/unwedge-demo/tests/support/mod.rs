@@ -115,14 +115,16 @@ pub struct Worker {
 /// A demo worker holding the only copy of a fresh loopback listener (once it closes it,
 /// connections are refused), with its notify socket in `dir`, after its `READY=1`.
 pub async fn sole_worker(dir: &Path) -> (Worker, Notify, SocketAddr) {
+    sole_worker_with(dir, &[]).await
+}
+
+/// [`sole_worker`] with `env` added.
+pub async fn sole_worker_with(dir: &Path, env: &[(&str, &str)]) -> (Worker, Notify, SocketAddr) {
     let mut notify = Notify::bind(dir, "notify.sock");
     let (listener, addr) = loopback_listener();
-    let worker = spawn_worker(
-        dir,
-        "w",
-        Some(&listener),
-        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
-    );
+    let mut vars = vec![("NOTIFY_SOCKET", notify.path.to_str().unwrap())];
+    vars.extend_from_slice(env);
+    let worker = spawn_worker(dir, "w", Some(&listener), &vars);
     drop(listener);
     notify
         .expect("READY=1", Duration::from_secs(20), line_is("READY=1"))
