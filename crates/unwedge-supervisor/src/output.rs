@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::LogFormat;
@@ -151,6 +151,11 @@ pub async fn last_stderr_lines(pid: i32, wait: Duration) -> Vec<String> {
 }
 
 /// Copies `reader` to our stdout or stderr until EOF (keeping the tail of stderr).
+/// Longest line passed on whole; a longer one (a worker writing a blob without newlines) is
+/// passed on in pieces of this size, so the supervisor's memory does not grow with it.
+/// (journald's own limit, `LineMax=`, is 48 KiB.)
+pub const MAX_LINE: usize = 16 * 1024;
+
 pub(crate) fn forward<R>(reader: R, worker: String, pid: i32, stream: Stream, format: LogFormat)
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -162,7 +167,11 @@ where
         let mut buf = Vec::with_capacity(256);
         loop {
             buf.clear();
-            match r.read_until(b'\n', &mut buf).await {
+            match (&mut r)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut buf)
+                .await
+            {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -209,6 +218,28 @@ mod tests {
             &format!("line {}", STDERR_TAIL_LINES + 4)
         );
         assert!(last_stderr_lines(-42, Duration::ZERO).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_line_without_end_is_passed_on_in_bounded_pieces() {
+        let (mut w, r) = tokio::io::duplex(64 * 1024);
+        forward(r, "w9".into(), -43, Stream::Stderr, LogFormat::Text);
+        let blob = "x".repeat(5 * MAX_LINE + 100);
+        let writer = tokio::spawn(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut w, format!("{blob}\nend\n").as_bytes())
+                .await
+                .unwrap();
+        });
+        writer.await.unwrap();
+        let lines = last_stderr_lines(-43, Duration::from_secs(10)).await;
+        assert_eq!(lines.len(), 7, "5 whole pieces, the rest, and `end`");
+        // (The tail keeps the first TAIL_LINE_MAX bytes of each.)
+        let kept = MAX_LINE.min(TAIL_LINE_MAX);
+        assert!(lines[..5]
+            .iter()
+            .all(|l| l.len() == kept && !l.contains('\n')));
+        assert_eq!(lines[5].len(), 100);
+        assert_eq!(lines[6], "end");
     }
 
     #[test]
