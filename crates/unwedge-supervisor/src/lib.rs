@@ -46,6 +46,6 @@ pub use events::{
     AlertHook, Counters, Event, ExitInfo, HangKind, RestartReason, Snapshot, WorkerInfo,
     WorkerState,
 };
-pub use output::{last_stderr_lines, STDERR_TAIL_LINES};
+pub use output::{last_stderr_lines, MAX_LINE, STDERR_TAIL_LINES};
 pub use reconfig::ConfigSource;
 pub use supervisor::{Control, Handle, Outcome, Supervisor, EXIT_GAVE_UP};
