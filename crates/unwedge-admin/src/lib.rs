@@ -49,7 +49,7 @@ mod server;
 mod status;
 
 pub use alert::{parse_webhook_url, AlertConfig, AlertError, AlertEvent, AlertKind, Alerter};
-pub use metrics::{HangKind, Metrics, CONTENT_TYPE};
+pub use metrics::{HangKind, Metrics, CONTENT_TYPE, MAX_ROUTE_LABELS};
 pub use page::{render_page, REDACTED_HEADERS};
 pub use reports::{
     parse_size, print_reports, read_reports, ReportDir, ReportDirConfig, ReportError,

@@ -20,6 +20,9 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Most distinct `route` labels of `unwedge_panics_total`; the rest count as `other`.
+pub const MAX_ROUTE_LABELS: usize = 100;
+
 /// A kind of hang detection: the `kind` label of `unwedge_hangs_detected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HangKind {
@@ -89,6 +92,8 @@ pub struct Metrics {
     worker_uptime: Family<Labels, Gauge<f64, AtomicU64>>,
     worker_restarts: Family<Labels, Gauge>,
     worker_ids: Mutex<BTreeSet<String>>,
+    /// Route labels of `panics` so far (at most [`MAX_ROUTE_LABELS`]).
+    panic_routes: Mutex<BTreeSet<String>>,
     restarts: Family<Labels, Counter>,
     panics: Family<Labels, Counter>,
     hangs: Family<Labels, Counter>,
@@ -115,6 +120,7 @@ impl Metrics {
             worker_uptime: Family::default(),
             worker_restarts: Family::default(),
             worker_ids: Mutex::new(BTreeSet::new()),
+            panic_routes: Mutex::new(BTreeSet::new()),
             restarts: Family::default(),
             panics: Family::default(),
             hangs: Family::default(),
@@ -254,7 +260,19 @@ impl Metrics {
     }
 
     /// Counts one panic report; `route` is the request path (or `task:NAME`, or `unknown`).
+    /// At most [`MAX_ROUTE_LABELS`] routes get a series of their own; panics on further routes
+    /// count under `route="other"` (a raw path is the client's choice, and every label value is
+    /// a series Prometheus keeps).
     pub fn record_panic(&self, route: &str) {
+        let route = {
+            let mut seen = self.panic_routes.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.contains(route) || seen.len() < MAX_ROUTE_LABELS {
+                seen.insert(route.to_owned());
+                route
+            } else {
+                "other"
+            }
+        };
         self.panics
             .get_or_create(&vec![("route", route.to_owned())])
             .inc();
@@ -360,6 +378,29 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::status::{SupervisorInfo, WorkerView};
+
+    #[test]
+    fn panic_route_labels_are_bounded() {
+        let m = Metrics::new("t");
+        for i in 0..MAX_ROUTE_LABELS + 20 {
+            m.record_panic(&format!("/items/{i}"));
+        }
+        m.record_panic("/items/0");
+        let text = m.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("unwedge_panics_total{"))
+            .count();
+        assert_eq!(series, MAX_ROUTE_LABELS + 1, "{text}");
+        assert!(
+            text.contains(r#"unwedge_panics_total{route="other"} 20"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"unwedge_panics_total{route="/items/0"} 2"#),
+            "{text}"
+        );
+    }
 
     #[test]
     fn per_worker_series_follow_the_workers() {

@@ -34,6 +34,14 @@ use crate::panic::PanicReport;
 /// How many recent panic reports the registry keeps.
 pub const RECENT_REPORTS: usize = 16;
 
+/// How many routes [`Health::panics_by_route`] counts apart; panics on further routes are
+/// counted under [`OTHER_ROUTES`] (a path that is not a matched route, e.g. outside axum, is
+/// the client's choice: the map must not grow with it).
+pub const MAX_PANIC_ROUTES: usize = 256;
+
+/// The key of [`Health::panics_by_route`] for routes beyond [`MAX_PANIC_ROUTES`].
+pub const OTHER_ROUTES: &str = "other";
+
 /// The health of this process. See the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,7 +91,8 @@ pub struct Health {
     pub ready: bool,
     /// Panics caught since the process started.
     pub panics_total: u64,
-    /// Panics by route (`METHOD /path`, or `task NAME`).
+    /// Panics by route (`METHOD /path`, or `task NAME`); at most [`MAX_PANIC_ROUTES`] routes,
+    /// the rest under [`OTHER_ROUTES`].
     pub panics_by_route: BTreeMap<String, u64>,
     /// The last [`RECENT_REPORTS`] panic reports, oldest first.
     pub recent_reports: Vec<PanicReport>,
@@ -268,7 +277,13 @@ pub fn clear_wedged(source: &str) {
 pub fn record_panic(route: &str, report: PanicReport) {
     let mut inner = lock();
     inner.panics_total += 1;
-    *inner.panics_by_route.entry(route.to_owned()).or_default() += 1;
+    let routes = &mut inner.panics_by_route;
+    let key = if routes.contains_key(route) || routes.len() < MAX_PANIC_ROUTES {
+        route
+    } else {
+        OTHER_ROUTES
+    };
+    *routes.entry(key.to_owned()).or_default() += 1;
     if inner.recent.len() == RECENT_REPORTS {
         inner.recent.pop_front();
     }
@@ -315,4 +330,30 @@ pub async fn crash_requested() -> String {
         .await
         .expect("the crash sender lives in a static and is never dropped");
     reason.clone().expect("waited for Some")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_by_route_stays_bounded_whatever_the_paths() {
+        let report: PanicReport = serde_json::from_str(
+            r#"{"time":"t","pid":1,"message":"m","location":null,"thread":null,
+                "backtrace":null,"request":null,"task":null,"rolled_back":[],
+                "poisoned":[],"decision":null}"#,
+        )
+        .unwrap();
+        for i in 0..MAX_PANIC_ROUTES + 100 {
+            record_panic(&format!("GET /items/{i}"), report.clone());
+        }
+        // A route counted apart keeps counting apart.
+        record_panic("GET /items/0", report.clone());
+        let h = health();
+        assert_eq!(h.panics_total, MAX_PANIC_ROUTES as u64 + 101);
+        assert_eq!(h.panics_by_route.len(), MAX_PANIC_ROUTES + 1);
+        assert_eq!(h.panics_by_route[OTHER_ROUTES], 100);
+        assert_eq!(h.panics_by_route["GET /items/0"], 2);
+        assert_eq!(h.recent_reports.len(), RECENT_REPORTS);
+    }
 }
