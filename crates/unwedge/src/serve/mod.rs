@@ -882,7 +882,8 @@ fn spawn_connection<I, S, RB>(
 /// Polled at every wake-up of its connection's task (each request, each chunk), so it polls
 /// its timer only to arm it: after that, a wake-up costs one load of the timer's state (polling
 /// the timer cost ~120 instructions per request). The timer keeps the task's waker it got
-/// when armed (a task's waker does not change), so the deadline still wakes the task.
+/// when armed (a task's waker does not change), so the deadline still wakes the task. The
+/// arming poll is exempt from tokio's task budget (see inside).
 async fn idle_check(calls: &Calls, period: Option<Duration>) -> u64 {
     let Some(period) = period else {
         return std::future::pending().await;
@@ -893,7 +894,10 @@ async fn idle_check(calls: &Calls, period: Option<Duration>) -> u64 {
     let mut seen = calls.count();
     std::future::poll_fn(|cx| loop {
         if !armed {
-            if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+            // Out of the task's budget: a budget-exhausted poll would return Pending without
+            // creating the timer, and then nothing would ever wake this connection for it.
+            let mut arm = std::pin::pin!(tokio::task::coop::unconstrained(sleep.as_mut()));
+            if std::future::Future::poll(arm.as_mut(), cx).is_pending() {
                 armed = true;
                 return std::task::Poll::Pending;
             }
