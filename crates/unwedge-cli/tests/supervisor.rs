@@ -1119,3 +1119,41 @@ async fn sighup_rereads_the_config_file() {
     })
     .await;
 }
+
+/// (soft, hard) "Max open files" of a process, from /proc (`None`: unlimited).
+fn nofile(pid: i32) -> (Option<u64>, Option<u64>) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .expect("a Max open files line");
+    let mut f = line.split_whitespace().map(|v| v.parse().ok());
+    (f.next().flatten(), f.next().flatten())
+}
+
+/// The supervisor raises its own soft open-file limit (two pipes per worker: a few hundred
+/// workers need more than 1024) and gives its workers the limit it was started with, as Go's
+/// runtime does for the processes it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_raises_its_open_file_limit_and_workers_keep_the_original() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    within(Duration::from_secs(60), async {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        if hard <= 512 {
+            println!("SKIPPED: hard open-file limit {hard} leaves nothing to raise");
+            return;
+        }
+        // This test's own process (nextest runs each test alone): inherited by the supervisor.
+        setrlimit(Resource::RLIMIT_NOFILE, 512, hard).unwrap();
+        let sup = Sup::python(&["--admin", "off"], &[]);
+        let workers = sup.wait_ready(0, 1).await;
+        let (sup_soft, sup_hard) = nofile(sup.pid);
+        assert_eq!(sup_soft, sup_hard.map(|h| h.min(1 << 20)).or(Some(1 << 20)));
+        assert_eq!(
+            nofile(workers[0]).0,
+            Some(512),
+            "the worker's limit was not restored"
+        );
+    })
+    .await;
+}

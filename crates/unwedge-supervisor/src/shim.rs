@@ -24,6 +24,43 @@ pub const SHIM_FDS_ENV: &str = "UNWEDGE_SHIM_FDS";
 /// Environment variable with the supervisor's pid: the worker is killed when it dies.
 pub const SHIM_PARENT_ENV: &str = "UNWEDGE_SHIM_PARENT";
 
+/// Environment variable with the soft open-file limit the supervisor was started with: the
+/// supervisor raises its own (it holds two pipes per worker), the worker gets this one back.
+pub const SHIM_NOFILE_ENV: &str = "UNWEDGE_SHIM_NOFILE";
+
+/// Raises this process's soft `RLIMIT_NOFILE` to the hard limit (at most 2^20), as Go's
+/// runtime does; returns the soft limit it had, for [`SHIM_NOFILE_ENV`], when it changed.
+pub fn raise_nofile() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let target = if hard == RLIM_INFINITY {
+        1 << 20
+    } else {
+        hard.min(1 << 20)
+    };
+    if soft >= target {
+        return None;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, target, hard).ok()?;
+    Some(soft)
+}
+
+/// Gives the worker the open-file limit the supervisor was started with (see
+/// [`SHIM_NOFILE_ENV`]).
+fn restore_nofile() -> Result<(), String> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok(v) = std::env::var(SHIM_NOFILE_ENV) else {
+        return Ok(());
+    };
+    std::env::remove_var(SHIM_NOFILE_ENV);
+    let soft: u64 = v
+        .parse()
+        .map_err(|_| format!("bad {SHIM_NOFILE_ENV}={v}"))?;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| e.desc().to_string())?;
+    setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)
+        .map_err(|e| format!("cannot restore the open-file limit: {}", e.desc()))
+}
+
 /// Places the sockets, sets the variables and execs `command`. Returns only on failure,
 /// with a one-line message; the caller prints it and exits 127.
 ///
@@ -45,6 +82,9 @@ pub fn exec(command: &[String]) -> String {
     }
     if let Err(e) = place_fds(&fds) {
         return format!("exec-shim: cannot place sockets: {e}");
+    }
+    if let Err(e) = restore_nofile() {
+        return format!("exec-shim: {e}");
     }
     if !fds.is_empty() {
         std::env::set_var("LISTEN_FDS", fds.len().to_string());

@@ -27,7 +27,7 @@ use crate::output::{self, Stream};
 use crate::policy::{Backoff, Intensity};
 use crate::probe;
 use crate::reconfig::{self, ConfigSource};
-use crate::shim::{SHIM_FDS_ENV, SHIM_PARENT_ENV};
+use crate::shim::{SHIM_FDS_ENV, SHIM_NOFILE_ENV, SHIM_PARENT_ENV};
 use crate::socket::{self, Listener};
 use crate::systemd::{Systemd, SYSTEMD_VARS};
 
@@ -111,6 +111,8 @@ pub struct Supervisor {
     handle: Handle,
     control_rx: mpsc::UnboundedReceiver<Control>,
     reload_source: Option<ConfigSource>,
+    /// The soft open-file limit the supervisor was started with, when it raised its own.
+    nofile: Option<u64>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -166,6 +168,9 @@ impl Supervisor {
         }
         let shim =
             std::env::current_exe().map_err(|e| StartError::setup("find the unwedge binary", e))?;
+        // Two pipes per worker, the sockets, the admin's connections: more than the usual
+        // 1024 with a few hundred workers. Workers get the original limit back (the shim).
+        let nofile = crate::shim::raise_nofile();
         if std::process::id() != 1 {
             if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
                 tracing::warn!(
@@ -198,6 +203,7 @@ impl Supervisor {
             },
             control_rx,
             reload_source: None,
+            nofile,
         })
     }
 
@@ -276,6 +282,7 @@ impl Supervisor {
             intensity: Intensity::new(self.config.max_restarts, self.config.within),
             config: Arc::new(self.config),
             reload_source: self.reload_source,
+            nofile: self.nofile,
             listeners: self.listeners,
             shared_probe: self.shared_probe,
             shim: self.shim,
@@ -422,6 +429,8 @@ struct Pool {
     /// The serving generation's configuration (a reload's candidates have their own).
     config: Arc<Config>,
     reload_source: Option<ConfigSource>,
+    /// See [`Supervisor`]'s field.
+    nofile: Option<u64>,
     listeners: Vec<Listener>,
     shared_probe: Option<ListenAddr>,
     shim: PathBuf,
@@ -547,6 +556,9 @@ impl Pool {
             .args(command)
             .env(SHIM_FDS_ENV, socket::shim_fds(&self.listeners))
             .env(SHIM_PARENT_ENV, std::process::id().to_string());
+        if let Some(n) = self.nofile {
+            cmd.env(SHIM_NOFILE_ENV, n.to_string());
+        }
         for v in SYSTEMD_VARS {
             cmd.env_remove(v);
         }
