@@ -89,6 +89,7 @@ pub fn render_page(view: &StatusView) -> String {
         },
         esc(&view.generated_at),
     );
+    reload_line(&mut h, sup);
 
     workers_table(&mut h, view);
     chart(&mut h, view, now);
@@ -118,6 +119,35 @@ pub fn render_page(view: &StatusView) -> String {
          <a href=\"/readyz\">/readyz</a></p></footer></body></html>\n",
     );
     h
+}
+
+/// The serving generation, and how the last reload ended (a failed one stands out: the
+/// deploy did not happen).
+fn reload_line(h: &mut String, sup: &crate::status::SupervisorInfo) {
+    let _ = write!(
+        h,
+        "<div class=\"meta\" id=\"reload\">generation {}",
+        sup.generation
+    );
+    if sup.reloading {
+        h.push_str(" · reload in progress");
+    }
+    match &sup.last_reload {
+        Some(r) if r.ok => {
+            let _ = write!(h, " · last reload ok ({})", esc(&r.at));
+        }
+        Some(r) => {
+            let _ = write!(
+                h,
+                " · <span class=\"badge bad\">last reload failed</span> generation {} at {}: {}",
+                r.generation,
+                esc(&r.at),
+                esc(r.reason.as_deref().unwrap_or("unknown"))
+            );
+        }
+        None => {}
+    }
+    h.push_str("</div>");
 }
 
 fn workers_table(h: &mut String, view: &StatusView) {
@@ -427,6 +457,26 @@ mod tests {
         let html = render_page(&view);
         assert_eq!(html.matches("<circle").count(), 1);
         assert!(html.contains("1 restart in the last hour"));
+    }
+
+    #[test]
+    fn a_failed_reload_is_shown_with_its_reason() {
+        let mut info = SupervisorInfo::new("0.1.0", 1);
+        info.generation = 2;
+        info.last_reload = Some(crate::status::ReloadOutcome::now(
+            3,
+            Some("worker w1 exit status 1 <boom>".into()),
+        ));
+        let html = render_page(&StatusView::new(info));
+        assert!(html.contains("generation 2"), "{html}");
+        assert!(
+            html.contains("last reload failed</span> generation 3"),
+            "{html}"
+        );
+        assert!(
+            html.contains("worker w1 exit status 1 &lt;boom&gt;"),
+            "escaped: {html}"
+        );
     }
 
     #[test]
