@@ -41,6 +41,17 @@ fn sighup(pid: i32) -> Result<(), (String, u8)> {
     .map_err(|e| (format!("cannot signal pid {pid}: {}", e.desc()), 1))
 }
 
+/// Whether process `pid` still exists (a zombie counts as gone).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 /// `supervisor` of the admin endpoint's `/status`.
 async fn supervisor_status(admin: SocketAddr) -> Result<Value, String> {
     match request(admin, "GET", "/status", b"", Duration::from_secs(5)).await {
@@ -134,9 +145,15 @@ async fn reload_and_wait(
                 };
             }
             Ok(_) => {}
-            // The supervisor exited, or is too busy to answer for now.
+            // Too busy to answer for now, or gone (checked below).
             Err(e) if Instant::now() >= deadline => return Err((e, 1)),
             Err(_) => {}
+        }
+        if !alive(pid) {
+            return Err((
+                format!("the supervisor (pid {pid}) exited before the reload finished"),
+                1,
+            ));
         }
         if Instant::now() >= deadline {
             return Err((

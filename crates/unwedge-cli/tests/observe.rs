@@ -1268,3 +1268,54 @@ async fn reload_wait_reports_the_outcome() {
     })
     .await;
 }
+
+/// `unwedge reload --wait` does not wait out its timeout for a supervisor that died meanwhile.
+#[tokio::test]
+async fn reload_wait_ends_when_the_supervisor_dies() {
+    limited(async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        std::fs::write(&file, format!("command = [{BIN:?}, \"demo-service\"]\n")).unwrap();
+        let mut sup = Sup::start(&[
+            "run",
+            "-c",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ]);
+        let admin = admin_addr(&sup).await;
+        sup.wait_ready(0, 1).await;
+        // The new generation never says READY=1: the reload stays in progress.
+        std::fs::write(
+            &file,
+            "ready = \"notify\"\nready-timeout = \"60s\"\ncommand = [\"/bin/sleep\", \"600\"]\n",
+        )
+        .unwrap();
+        let from = sup.mark();
+        let started = Instant::now();
+        let wait = tokio::process::Command::new(BIN)
+            .args(["reload", "--pid", &sup.pid.to_string(), "--wait"])
+            .args(["--admin", &admin.to_string()])
+            .kill_on_drop(true)
+            .output();
+        let kill_it = async {
+            sup.wait_line(from, &["reloading: starting generation 2"])
+                .await;
+            sup.signal(Signal::SIGKILL);
+            sup.wait_exit(LONG).await;
+        };
+        let (out, ()) = tokio::join!(wait, kill_it);
+        let out = out.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("exited before the reload finished"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
