@@ -1159,6 +1159,40 @@ async fn a_worker_killed_at_the_stop_timeout_is_alerted_and_counted() {
 
 // ---- unwedge reload --wait ----
 
+/// `unwedge run -c FILE` (FILE holding `config`) on a fresh socket with an admin endpoint, once
+/// its first worker is ready: the supervisor and the admin address.
+async fn supervisor_with_config(file: &std::path::Path, config: &str) -> (Sup, SocketAddr) {
+    std::fs::write(file, config).unwrap();
+    let sup = Sup::start(&[
+        "run",
+        "-c",
+        file.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = admin_addr(&sup).await;
+    sup.wait_ready(0, 1).await;
+    (sup, admin)
+}
+
+/// `unwedge reload --pid PID --wait --admin ADMIN`: (exit code, stdout, stderr).
+async fn reload_wait(pid: i32, admin: SocketAddr) -> (i32, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(["reload", "--pid", &pid.to_string(), "--wait"])
+        .args(["--admin", &admin.to_string()])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `unwedge reload --wait` tells a deploy script whether the reload worked: exit 0 once the new
 /// generation serves, exit 1 with the reason when the file is broken or the new workers fail.
 #[tokio::test]
@@ -1167,42 +1201,11 @@ async fn reload_wait_reports_the_outcome() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("unwedge.toml");
         let demo = format!("command = [{BIN:?}, \"demo-service\"]\n");
-        std::fs::write(&file, format!("workers = 1\n{demo}")).unwrap();
-        let sup = Sup::start(&[
-            "run",
-            "-c",
-            file.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ]);
-        let admin = admin_addr(&sup).await;
-        sup.wait_ready(0, 1).await;
-        let pid = sup.pid.to_string();
-        let admin_flag = admin.to_string();
-        let reload = |extra: &'static [&'static str]| {
-            let mut args = vec!["reload", "--pid", &pid, "--wait", "--admin", &admin_flag];
-            args.extend_from_slice(extra);
-            let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
-            async move {
-                let out = tokio::process::Command::new(BIN)
-                    .args(&args)
-                    .kill_on_drop(true)
-                    .output()
-                    .await
-                    .unwrap();
-                (
-                    out.status.code().unwrap_or(-1),
-                    String::from_utf8_lossy(&out.stdout).into_owned(),
-                    String::from_utf8_lossy(&out.stderr).into_owned(),
-                )
-            }
-        };
+        let (sup, admin) = supervisor_with_config(&file, &format!("workers = 1\n{demo}")).await;
 
         // Two workers now: succeeds once both serve.
         std::fs::write(&file, format!("workers = 2\n{demo}")).unwrap();
-        let (code, out, err) = reload(&[]).await;
+        let (code, out, err) = reload_wait(sup.pid, admin).await;
         assert_eq!(code, 0, "{out}{err}");
         assert_eq!(out.trim(), "reloaded: generation 2 serves");
         let s = status(admin).await;
@@ -1220,7 +1223,7 @@ async fn reload_wait_reports_the_outcome() {
 
         // A broken file: refused, exit 1 with the reason.
         std::fs::write(&file, "workers = \"many\"\n").unwrap();
-        let (code, out, err) = reload(&[]).await;
+        let (code, out, err) = reload_wait(sup.pid, admin).await;
         assert_eq!(code, 1, "{out}{err}");
         assert!(
             err.contains("reload failed: generation 3: refused: invalid config file"),
@@ -1230,7 +1233,7 @@ async fn reload_wait_reports_the_outcome() {
 
         // New workers that exit at once: the reload fails, the old ones serve.
         std::fs::write(&file, "command = [\"/bin/false\"]\n").unwrap();
-        let (code, out, err) = reload(&[]).await;
+        let (code, out, err) = reload_wait(sup.pid, admin).await;
         assert_eq!(code, 1, "{out}{err}");
         assert!(err.contains("reload failed: generation"), "{err}");
         assert!(err.contains("exit status 1"), "{err}");
@@ -1242,21 +1245,9 @@ async fn reload_wait_reports_the_outcome() {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let other_pid = other.id().unwrap().to_string();
-        let out = tokio::process::Command::new(BIN)
-            .args([
-                "reload",
-                "--pid",
-                &other_pid,
-                "--wait",
-                "--admin",
-                &admin_flag,
-            ])
-            .output()
-            .await
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        let other_pid = other.id().unwrap();
+        let (code, _, err) = reload_wait(other_pid as i32, admin).await;
+        assert_eq!(code, 1, "{err}");
         assert!(
             err.contains(&format!("belongs to pid {}, not {other_pid}", sup.pid)),
             "{err}"
@@ -1275,18 +1266,9 @@ async fn reload_wait_ends_when_the_supervisor_dies() {
     limited(async {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("unwedge.toml");
-        std::fs::write(&file, format!("command = [{BIN:?}, \"demo-service\"]\n")).unwrap();
-        let mut sup = Sup::start(&[
-            "run",
-            "-c",
-            file.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ]);
-        let admin = admin_addr(&sup).await;
-        sup.wait_ready(0, 1).await;
+        let (mut sup, admin) =
+            supervisor_with_config(&file, &format!("command = [{BIN:?}, \"demo-service\"]\n"))
+                .await;
         // The new generation never says READY=1: the reload stays in progress.
         std::fs::write(
             &file,
@@ -1295,21 +1277,15 @@ async fn reload_wait_ends_when_the_supervisor_dies() {
         .unwrap();
         let from = sup.mark();
         let started = Instant::now();
-        let wait = tokio::process::Command::new(BIN)
-            .args(["reload", "--pid", &sup.pid.to_string(), "--wait"])
-            .args(["--admin", &admin.to_string()])
-            .kill_on_drop(true)
-            .output();
+        let wait = reload_wait(sup.pid, admin);
         let kill_it = async {
             sup.wait_line(from, &["reloading: starting generation 2"])
                 .await;
             sup.signal(Signal::SIGKILL);
             sup.wait_exit(LONG).await;
         };
-        let (out, ()) = tokio::join!(wait, kill_it);
-        let out = out.unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        let ((code, _, err), ()) = tokio::join!(wait, kill_it);
+        assert_eq!(code, 1, "{err}");
         assert!(err.contains("exited before the reload finished"), "{err}");
         assert!(
             started.elapsed() < Duration::from_secs(30),

@@ -69,6 +69,22 @@ fn keep_fixed(old: &Config, new: &mut Config) -> Vec<&'static str> {
     kept
 }
 
+/// Probes (`--probe`, `--ready probe`) need somewhere to go: the shared socket probes reach
+/// (`probe_target`), or each worker's own port (`--port-env`). Checked at start and on reload.
+pub(crate) fn check_probe_target(
+    c: &Config,
+    probe_target: Option<&ListenAddr>,
+) -> Result<(), String> {
+    let no_target = probe_target.is_none() && c.port_env.is_none();
+    if no_target && c.probe.is_some() {
+        return Err("--probe needs --listen (a TCP or unix socket) or --port-env".into());
+    }
+    if no_target && c.ready == ReadyMode::Probe {
+        return Err("--ready probe needs --listen or --port-env".into());
+    }
+    Ok(())
+}
+
 /// The new configuration, checked against the running one: its command must be runnable and
 /// a probe must have somewhere to go (`probe_target`: the shared socket probes reach). Returns
 /// it with the fixed settings put back, and the names of the settings that change.
@@ -83,13 +99,7 @@ pub(crate) fn prepare(
         );
     }
     socket::check_command(&new.command[0]).map_err(|e| e.to_string())?;
-    let no_target = probe_target.is_none() && new.port_env.is_none();
-    if no_target && new.probe.is_some() {
-        return Err("--probe needs --listen (a TCP or unix socket) or --port-env".into());
-    }
-    if no_target && new.ready == ReadyMode::Probe {
-        return Err("--ready probe needs --listen or --port-env".into());
-    }
+    check_probe_target(&new, probe_target)?;
     let changes = changed(old, &new);
     Ok((new, changes))
 }

@@ -153,19 +153,7 @@ impl Supervisor {
             .iter()
             .find_map(|l| l.local.as_ref())
             .map(socket::probe_target);
-        if config.probe.is_some() && shared_probe.is_none() && config.port_env.is_none() {
-            return Err(StartError::Usage(
-                "--probe needs --listen (a TCP or unix socket) or --port-env".into(),
-            ));
-        }
-        if matches!(config.ready, ReadyMode::Probe)
-            && shared_probe.is_none()
-            && config.port_env.is_none()
-        {
-            return Err(StartError::Usage(
-                "--ready probe needs --listen or --port-env".into(),
-            ));
-        }
+        reconfig::check_probe_target(&config, shared_probe.as_ref()).map_err(StartError::Usage)?;
         let shim =
             std::env::current_exe().map_err(|e| StartError::setup("find the unwedge binary", e))?;
         // Two pipes per worker, the sockets, the admin's connections: more than the usual
