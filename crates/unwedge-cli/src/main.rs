@@ -302,6 +302,12 @@ fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
                 c.command.clear();
                 println!("# no `command`: give it to `unwedge run` after `--`");
             }
+            if c.workers_auto {
+                println!(
+                    "# workers = \"auto\": {} here (one per CPU this process may use)",
+                    c.workers
+                );
+            }
             print!("{}", c.to_toml());
             Ok(ExitCode::SUCCESS)
         }

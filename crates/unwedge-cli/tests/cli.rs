@@ -22,7 +22,14 @@ async fn usage_errors_exit_2() {
             &["run", "--restart-delay", "soon", "--", "true"],
             "is not a duration",
         ),
-        (&["run", "--workers", "0", "--", "true"], "--workers"),
+        (
+            &["run", "--workers", "0", "--", "true"],
+            "--workers must be at least 1",
+        ),
+        (
+            &["run", "--workers", "lots", "--", "true"],
+            "--workers `lots` is not a number of workers or `auto`",
+        ),
         (
             &["run", "--workers", "100000", "--", "true"],
             "--workers 100000 is more than 1024",
@@ -158,6 +165,23 @@ async fn config_files_are_checked() {
     std::fs::write(&zero, "workers = 0\ncommand = [\"true\"]\n").unwrap();
     let (code, out) = run_to_end(&["check-config", zero.to_str().unwrap()]).await;
     assert_clear(code, 2, &out, "--workers must be at least 1");
+
+    let many = dir.path().join("many.toml");
+    std::fs::write(&many, "workers = \"many\"\ncommand = [\"true\"]\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", many.to_str().unwrap()]).await;
+    assert_clear(code, 2, &out, "not a number of workers or `auto`");
+
+    let auto = dir.path().join("auto.toml");
+    std::fs::write(&auto, "workers = \"auto\"\ncommand = [\"true\"]\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", auto.to_str().unwrap()]).await;
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        format!("workers = {cpus}\n"),
+        format!("# workers = \"auto\": {cpus} here"),
+    ] {
+        assert!(out.contains(&line), "{line} not in:\n{out}");
+    }
 
     let missing = dir.path().join("missing.toml");
     let (code, out) =

@@ -792,6 +792,48 @@ async fn readiness_modes_for_a_worker_that_never_says_ready() {
     .await;
 }
 
+/// `--workers auto` starts one worker per CPU the supervisor may use: all of this machine's,
+/// then one when it is started pinned to a single CPU (as a cgroup CPU limit would).
+#[tokio::test]
+async fn workers_auto_runs_one_worker_per_available_cpu() {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    within(Duration::from_secs(60), async {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        let sup = Sup::python(&["--workers", "auto"], &[]);
+        sup.wait_line(
+            0,
+            &[&format!(
+                "starting {cpus} worker(s) (--workers auto: one per available CPU)"
+            )],
+        )
+        .await;
+        let addr = sup.addr().await;
+        assert_eq!(sup.wait_ready(0, cpus).await.len(), cpus);
+        sup.wait_line(0, &[&format!("all {cpus} worker(s) ready")])
+            .await;
+        assert_eq!(get(addr, "/").await.0, 200);
+        drop(sup);
+
+        // A child inherits the affinity of the thread that forks it: this (current-thread
+        // runtime's) thread, pinned to its first allowed CPU while the supervisor is spawned.
+        let here = Pid::from_raw(0);
+        let all = sched_getaffinity(here).unwrap();
+        let first = (0..CpuSet::count())
+            .find(|&c| all.is_set(c).unwrap())
+            .unwrap();
+        let mut one = CpuSet::new();
+        one.set(first).unwrap();
+        sched_setaffinity(here, &one).unwrap();
+        let sup = Sup::python(&["--workers", "auto"], &[]);
+        sched_setaffinity(here, &all).unwrap();
+        sup.wait_line(0, &["starting 1 worker(s) (--workers auto"])
+            .await;
+        sup.wait_line(0, &["all 1 worker(s) ready"]).await;
+        assert_eq!(get(sup.addr().await, "/").await.0, 200);
+    })
+    .await;
+}
+
 /// Whether process `pid` exists and is not a zombie.
 fn running(pid: i32) -> bool {
     matches!(proc_state(pid), Some((state, _)) if state != 'Z')

@@ -4,14 +4,14 @@
 //! [`Config::resolve`] layers flags over the file over the defaults and validates the result.
 //!
 //! ```
-//! use unwedge_supervisor::config::{Config, Options};
+//! use unwedge_supervisor::config::{Config, Options, Workers};
 //!
 //! let file: Options = toml::from_str(r#"
 //!     workers = 2
 //!     restart-delay = "20ms"
 //!     command = ["my-server", "--flag"]
 //! "#).unwrap();
-//! let flags = Options { workers: Some(3), ..Options::default() };
+//! let flags = Options { workers: Some(Workers::Count(3)), ..Options::default() };
 //! let config = Config::resolve(Some(file), flags, Vec::new()).unwrap();
 //! assert_eq!(config.workers, 3);
 //! assert_eq!(config.restart_delay, std::time::Duration::from_millis(20));
@@ -48,6 +48,105 @@ pub enum ReadyMode {
     None,
 }
 
+/// How many workers to run: `--workers 4`, `--workers auto`; in the file `workers = 4` or
+/// `workers = "auto"`.
+///
+/// ```
+/// use unwedge_supervisor::config::Workers;
+///
+/// assert_eq!("4".parse::<Workers>(), Ok(Workers::Count(4)));
+/// assert_eq!("auto".parse::<Workers>(), Ok(Workers::Auto));
+/// assert!("0".parse::<Workers>().is_err());
+/// assert!(Workers::Auto.count() >= 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// This many (at least 1).
+    Count(u32),
+    /// One per CPU this process may run on: [`std::thread::available_parallelism`], which
+    /// honours the CPU affinity mask and a cgroup CPU quota (a Kubernetes CPU limit of `2`
+    /// gives 2), at most [`MAX_WORKERS`].
+    Auto,
+}
+
+impl Workers {
+    /// The number of workers this stands for, resolved now (`Auto` asks the kernel each time:
+    /// a reload picks up a changed CPU quota).
+    pub fn count(self) -> u32 {
+        match self {
+            Workers::Count(n) => n,
+            Workers::Auto => std::thread::available_parallelism()
+                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(MAX_WORKERS))
+                .min(MAX_WORKERS),
+        }
+    }
+}
+
+impl FromStr for Workers {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Workers::Auto);
+        }
+        match s.parse::<u32>() {
+            Ok(0) => Err("--workers must be at least 1".into()),
+            Ok(n) => Ok(Workers::Count(n)),
+            Err(_) => Err(format!(
+                "--workers `{s}` is not a number of workers or `auto`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Workers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workers::Count(n) => write!(f, "{n}"),
+            Workers::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Count(n) => s.serialize_u32(*n),
+            Workers::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Workers;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of workers or \"auto\"")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Workers, E> {
+                if n < 1 {
+                    return Err(E::custom("--workers must be at least 1"));
+                }
+                // Above `MAX_WORKERS` is refused by `Config::resolve`, with the number.
+                Ok(Workers::Count(u32::try_from(n).unwrap_or(u32::MAX)))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Workers, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Workers, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// Format of the supervisor's log and of the worker output it passes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -78,11 +177,11 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port_env: Option<String>,
 
-    /// Number of worker processes, at most 1024 [default: 1].
-    #[arg(long, short = 'w', value_name = "N", help_heading = "Workers",
-          value_parser = clap::value_parser!(u32).range(1..))]
+    /// Number of worker processes, at most 1024, or `auto`: one per CPU this process may use
+    /// (its CPU affinity and cgroup CPU quota, e.g. a Kubernetes CPU limit) [default: 1].
+    #[arg(long, short = 'w', value_name = "N|auto", help_heading = "Workers")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub workers: Option<u32>,
+    pub workers: Option<Workers>,
 
     /// Delay before the first restart of a worker; doubles on each crash [default: 10ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Restart policy")]
@@ -359,8 +458,10 @@ pub struct Config {
     pub listen: Vec<ListenAddr>,
     /// `--port-env` variable name.
     pub port_env: Option<String>,
-    /// Number of workers (at least 1).
+    /// Number of workers (at least 1; `--workers auto` resolved when the configuration was).
     pub workers: usize,
+    /// Whether [`workers`](Self::workers) came from `--workers auto`.
+    pub workers_auto: bool,
     /// First restart delay.
     pub restart_delay: Duration,
     /// Restart delay bound.
@@ -433,10 +534,10 @@ impl Config {
                 "no worker command: give it after `--`, as in `unwedge run -- ./server`".into(),
             ));
         }
-        if o.workers == Some(0) {
+        if o.workers == Some(Workers::Count(0)) {
             return Err(usage("--workers must be at least 1".into()));
         }
-        if let Some(n) = o.workers.filter(|&n| n > MAX_WORKERS) {
+        if let Some(n) = o.workers.map(Workers::count).filter(|&n| n > MAX_WORKERS) {
             return Err(usage(format!(
                 "--workers {n} is more than {MAX_WORKERS}, the most one supervisor runs"
             )));
@@ -493,7 +594,8 @@ impl Config {
         Ok(Config {
             listen,
             port_env: o.port_env,
-            workers: o.workers.unwrap_or(1) as usize,
+            workers: o.workers.map_or(1, Workers::count) as usize,
+            workers_auto: o.workers == Some(Workers::Auto),
             restart_delay,
             restart_delay_max,
             stable_after: o.stable_after.unwrap_or(Duration::from_secs(30)),
@@ -526,7 +628,7 @@ impl Config {
         Options {
             listen: self.listen.iter().map(ToString::to_string).collect(),
             port_env: self.port_env.clone(),
-            workers: Some(self.workers as u32),
+            workers: Some(Workers::Count(self.workers as u32)),
             restart_delay: Some(self.restart_delay),
             restart_delay_max: Some(self.restart_delay_max),
             stable_after: Some(self.stable_after),
@@ -656,7 +758,7 @@ mod tests {
         )
         .unwrap();
         let flags = Options {
-            workers: Some(2),
+            workers: Some(Workers::Count(2)),
             ..Options::default()
         };
         let c = Config::resolve(Some(file), flags, vec!["b".into()]).unwrap();
@@ -688,6 +790,54 @@ mod tests {
     }
 
     #[test]
+    fn workers_auto_is_one_per_available_cpu() {
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        for (file, flag) in [
+            ("workers = \"auto\"\ncommand = [\"a\"]", None),
+            ("workers = 7\ncommand = [\"a\"]", Some("auto")),
+        ] {
+            let file: Options = toml::from_str(file).unwrap();
+            let flags = Options {
+                workers: flag.map(|f| f.parse().unwrap()),
+                ..Options::default()
+            };
+            let c = Config::resolve(Some(file), flags, vec![]).unwrap();
+            assert_eq!(c.workers, cpus.min(MAX_WORKERS as usize));
+            assert!(c.workers_auto);
+            // The effective configuration names the number it resolved to.
+            assert!(c.to_toml().contains(&format!("workers = {}\n", c.workers)));
+        }
+        let c = Config::resolve(None, Options::default(), vec!["a".into()]).unwrap();
+        assert_eq!((c.workers, c.workers_auto), (1, false));
+    }
+
+    #[test]
+    fn bad_worker_counts_are_clear() {
+        for (text, needle) in [
+            ("0", "at least 1"),
+            ("-3", "not a number of workers or `auto`"),
+            ("many", "not a number of workers or `auto`"),
+            ("", "not a number of workers or `auto`"),
+        ] {
+            let e = text.parse::<Workers>().unwrap_err();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+        assert_eq!("AUTO".parse::<Workers>(), Ok(Workers::Auto));
+        for (file, needle) in [
+            ("workers = 0", "at least 1"),
+            ("workers = -1", "at least 1"),
+            ("workers = \"many\"", "not a number of workers or `auto`"),
+            ("workers = 1.5", "a number of workers or \"auto\""),
+        ] {
+            let e = toml::from_str::<Options>(file).unwrap_err();
+            assert!(e.message().contains(needle), "{file}: {e}");
+        }
+        let huge: Options = toml::from_str("workers = 99999999999\ncommand = [\"a\"]").unwrap();
+        let e = Config::resolve(Some(huge), Options::default(), vec![]).unwrap_err();
+        assert!(e.to_string().contains("more than 1024"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_is_rejected() {
         let e = toml::from_str::<Options>("wrokers = 2").unwrap_err();
         assert!(e.message().contains("unknown field"), "{e}");
@@ -698,7 +848,7 @@ mod tests {
         let cmd = || vec!["x".to_string()];
         for o in [
             Options {
-                workers: Some(0),
+                workers: Some(Workers::Count(0)),
                 ..Options::default()
             },
             Options {

@@ -6,10 +6,10 @@
 //! `docs/supervisor.md` for the behaviour and the trade-offs.
 //!
 //! ```no_run
-//! use unwedge_supervisor::{Config, Options, Supervisor};
+//! use unwedge_supervisor::{config::Workers, Config, Options, Supervisor};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let flags = Options { listen: vec!["127.0.0.1:8080".into()], workers: Some(2), ..Options::default() };
+//! let flags = Options { listen: vec!["127.0.0.1:8080".into()], workers: Some(Workers::Count(2)), ..Options::default() };
 //! let config = Config::resolve(None, flags, vec!["./my-server".into()])?;
 //! let supervisor = Supervisor::new(config)?
 //!     .with_alert_hook(|e: &unwedge_supervisor::Event| eprintln!("event: {e:?}"));

@@ -294,7 +294,12 @@ impl Supervisor {
         };
         pool.next_sd_watchdog = pool.systemd.watchdog_interval().map(|i| now + i);
         tracing::info!(
-            "starting {n} worker(s): {}{}",
+            "starting {n} worker(s){}: {}{}",
+            if pool.config.workers_auto {
+                " (--workers auto: one per available CPU)"
+            } else {
+                ""
+            },
             pool.config.command.join(" "),
             pool.describe_sockets()
         );

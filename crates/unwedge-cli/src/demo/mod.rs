@@ -120,7 +120,7 @@ fn prepare(workers: u32, what: &str) -> Result<Prepared, String> {
     ];
     let options = Options {
         listen: vec!["127.0.0.1:0".to_owned()],
-        workers: Some(workers),
+        workers: Some(unwedge_supervisor::config::Workers::Count(workers)),
         watchdog: Some(Duration::from_secs(1)),
         dump_grace: Some(Duration::from_millis(500)),
         restart_delay_max: Some(Duration::from_millis(250)),
