@@ -92,10 +92,13 @@ pub struct SupervisorInfo {
     /// Whether a reload is in progress.
     #[serde(default)]
     pub reloading: bool,
-    /// How the last reload ended, if there was one (`unwedge reload --wait` waits for it to
-    /// change).
+    /// How the last reload ended, if there was one.
     #[serde(default)]
     pub last_reload: Option<ReloadOutcome>,
+    /// Reload requests received (SIGHUP). `unwedge reload --wait` reads it before its signal
+    /// and waits for a `last_reload` whose [`requests`](ReloadOutcome::requests) is above it.
+    #[serde(default)]
+    pub reload_requests: u64,
 }
 
 /// How a reload ended.
@@ -110,6 +113,10 @@ pub struct ReloadOutcome {
     pub reason: Option<String>,
     /// When it ended, RFC 3339 UTC.
     pub at: String,
+    /// It answers every reload request up to this number (a request made during a reload
+    /// is answered by the next one).
+    #[serde(default)]
+    pub requests: u64,
 }
 
 impl ReloadOutcome {
@@ -127,7 +134,19 @@ impl ReloadOutcome {
             ok: reason.is_none(),
             reason,
             at: rfc3339(SystemTime::now()),
+            requests: 0,
         }
+    }
+
+    /// The outcome, answering the reload requests up to `requests`.
+    ///
+    /// ```
+    /// let ok = unwedge_admin::ReloadOutcome::now(2, None).answering(3);
+    /// assert_eq!(ok.requests, 3);
+    /// ```
+    pub fn answering(mut self, requests: u64) -> Self {
+        self.requests = requests;
+        self
     }
 }
 
@@ -143,6 +162,7 @@ impl SupervisorInfo {
             generation: 1,
             reloading: false,
             last_reload: None,
+            reload_requests: 0,
         }
     }
 }

@@ -295,6 +295,7 @@ fn status_source(
         info.listen = listen.clone();
         info.generation = snap.generation;
         info.reloading = snap.reloading;
+        info.reload_requests = snap.reload_requests;
         let h = shared.history();
         info.last_reload = h.last_reload.clone();
         let mut view = StatusView::new(info);
@@ -462,10 +463,15 @@ impl Ctx {
                 *h.slot_restarts.entry(worker.clone()).or_insert(0) += 1;
                 push_restart(&mut h, RestartEvent::now(worker, reason));
             }
-            Event::Reloaded { generation } => {
+            Event::Reloaded {
+                generation,
+                requests,
+                ..
+            } => {
                 let snap = self.handle.snapshot();
                 let mut h = self.shared.history();
-                h.last_reload = Some(unwedge_admin::ReloadOutcome::now(generation, None));
+                h.last_reload =
+                    Some(unwedge_admin::ReloadOutcome::now(generation, None).answering(requests));
                 for w in snap.workers.iter().filter(|w| w.generation == generation) {
                     self.metrics.record_restart(RestartReason::Reload);
                     push_restart(&mut h, RestartEvent::now(&w.id, RestartReason::Reload));
@@ -475,11 +481,16 @@ impl Ctx {
                 crash_to_ready: Some(d),
                 ..
             } => self.metrics.record_crash_to_ready(d),
-            Event::ReloadFailed { generation, reason } => {
-                self.shared.history().last_reload = Some(unwedge_admin::ReloadOutcome::now(
-                    generation,
-                    Some(reason.clone()),
-                ));
+            Event::ReloadFailed {
+                generation,
+                reason,
+                requests,
+                ..
+            } => {
+                self.shared.history().last_reload = Some(
+                    unwedge_admin::ReloadOutcome::now(generation, Some(reason.clone()))
+                        .answering(requests),
+                );
                 self.alert(
                     AlertEvent::new(
                         AlertKind::ReloadFailed,

@@ -122,13 +122,24 @@ async fn reload_and_wait(
             1,
         ));
     }
-    let last = before["last_reload"].clone();
+    // The outcome to wait for: that of the first reload that started after this signal. A
+    // reload already in progress may run an older command or configuration; the supervisor
+    // follows it with another, which answers every request made meanwhile.
+    let answers_ours: Box<dyn Fn(&Value) -> bool> = match before["reload_requests"].as_u64() {
+        Some(seen) => Box::new(move |r: &Value| r["requests"].as_u64() > Some(seen)),
+        // A supervisor of an older version (a newer binary on disk, the old one running):
+        // any outcome that was not there before.
+        None => {
+            let last = before["last_reload"].clone();
+            Box::new(move |r: &Value| *r != last)
+        }
+    };
     sighup(pid)?;
     let deadline = Instant::now() + timeout;
     loop {
         tokio::time::sleep(POLL).await;
         match supervisor_status(admin).await {
-            Ok(now) if now["last_reload"] != last && !now["last_reload"].is_null() => {
+            Ok(now) if !now["last_reload"].is_null() && answers_ours(&now["last_reload"]) => {
                 let r = &now["last_reload"];
                 let generation = &r["generation"];
                 return if r["ok"] == true {

@@ -1260,6 +1260,54 @@ async fn reload_wait_reports_the_outcome() {
     .await;
 }
 
+/// A reload requested while another is still starting is not lost: one more reload follows
+/// the first, with the configuration as it is then, and `reload --wait` reports that one, not
+/// the outcome of the reload that started before its signal (which runs the older settings).
+#[tokio::test]
+async fn a_reload_requested_during_a_reload_follows_it() {
+    limited(async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let demo = format!("command = [{BIN:?}, \"demo-service\"]\n");
+        let (sup, admin) = supervisor_with_config(&file, &demo).await;
+
+        // Deploy 1: a version that takes 2 s to start.
+        std::fs::write(
+            &file,
+            format!(
+                "command = [\"/bin/sh\", \"-c\", \"sleep 2; exec \\\"$0\\\" demo-service\", {BIN:?}]\n"
+            ),
+        )
+        .unwrap();
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(from, &["reloading: starting generation 2"])
+            .await;
+
+        // Deploy 2, while generation 2 is still starting: two workers of the plain demo.
+        std::fs::write(&file, format!("workers = 2\n{demo}")).unwrap();
+        let (code, out, err) = reload_wait(sup.pid, admin).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(out.trim(), "reloaded: generation 3 serves", "{}", sup.log());
+        sup.wait_line(from, &["another reload follows it"]).await;
+        sup.wait_line(from, &["generation 2 ready"]).await;
+        sup.wait_line(from, &["queued reload: reloading: starting generation 3"])
+            .await;
+        let s = status(admin).await;
+        assert_eq!(s["supervisor"]["generation"], 3, "{s}");
+        assert_eq!(s["supervisor"]["reload_requests"], 2, "{s}");
+        assert_eq!(s["supervisor"]["last_reload"]["requests"], 2, "{s}");
+        let gen3 = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["generation"] == 3)
+            .count();
+        assert_eq!(gen3, 2, "{s}");
+    })
+    .await;
+}
+
 /// `unwedge reload --wait` does not wait out its timeout for a supervisor that died meanwhile.
 #[tokio::test]
 async fn reload_wait_ends_when_the_supervisor_dies() {

@@ -170,6 +170,13 @@ pub struct Snapshot {
     pub ready: bool,
     /// Whether a reload is in progress.
     pub reloading: bool,
+    /// Reload requests received so far (SIGHUP, [`SupervisorHandle::reload`]). A request that
+    /// arrives during a reload is answered by one more reload after it (several such
+    /// requests share it), so that it sees the command and configuration as they are after
+    /// the request; each outcome says up to which request it answers.
+    ///
+    /// [`SupervisorHandle::reload`]: crate::SupervisorHandle::reload
+    pub reload_requests: u64,
     /// Whether the supervisor is stopping.
     pub stopping: bool,
     /// Live workers (including ones being stopped).
@@ -258,6 +265,9 @@ pub enum Event {
     Reloaded {
         /// The new generation.
         generation: u64,
+        /// The reload requests it answers: every one up to this number (see
+        /// [`Snapshot::reload_requests`]).
+        requests: u64,
     },
     /// A reload failed: its generation was torn down, the old one keeps serving.
     ReloadFailed {
@@ -265,6 +275,9 @@ pub enum Event {
         generation: u64,
         /// Why.
         reason: String,
+        /// The reload requests it answers: every one up to this number (see
+        /// [`Snapshot::reload_requests`]).
+        requests: u64,
     },
     /// A worker asked to stop (a reload, a replacement, a shutdown, its own graceful crash)
     /// did not exit within `--stop-timeout` and was sent SIGKILL: whatever it was still

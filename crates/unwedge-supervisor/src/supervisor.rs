@@ -172,6 +172,7 @@ impl Supervisor {
             generation: 1,
             ready: false,
             reloading: false,
+            reload_requests: 0,
             stopping: false,
             workers: Vec::new(),
             counters: Counters::default(),
@@ -283,6 +284,8 @@ impl Supervisor {
             active_gen: 1,
             next_gen: 1,
             reload: None,
+            reload_requests: 0,
+            reload_pending: false,
             stopping: false,
             stop_deadline: None,
             forced: false,
@@ -414,6 +417,8 @@ struct ProbeResult {
 #[derive(Debug)]
 struct Reload {
     generation: u64,
+    /// It answers the reload requests up to this number.
+    requests: u64,
     /// The new generation's configuration, when it changed.
     config: Option<Arc<Config>>,
 }
@@ -438,6 +443,10 @@ struct Pool {
     active_gen: u64,
     next_gen: u64,
     reload: Option<Reload>,
+    /// Reload requests received (see [`Snapshot::reload_requests`]).
+    reload_requests: u64,
+    /// A reload was requested while one was in progress: another follows it.
+    reload_pending: bool,
     stopping: bool,
     stop_deadline: Option<Instant>,
     forced: bool,
@@ -533,6 +542,7 @@ impl Pool {
             Some(Reload {
                 generation: g,
                 config: Some(c),
+                ..
             }) if *g == generation => c.clone(),
             _ => self.config.clone(),
         };
@@ -782,6 +792,7 @@ impl Pool {
             s.pending = None;
         }
         self.reload = None;
+        self.reload_pending = false;
         let timeout = self.config.stop_timeout;
         let pids: Vec<i32> = self.workers.keys().copied().collect();
         for pid in pids {
@@ -811,14 +822,36 @@ impl Pool {
         })
     }
 
+    /// A reload request: a reload now, or, during one, another one right after it.
     fn begin_reload(&mut self, why: &str) {
         if self.stopping {
             return;
         }
-        if self.reload.is_some() {
-            tracing::warn!("{why}: a reload is already in progress");
+        self.reload_requests += 1;
+        if let Some(r) = &self.reload {
+            // Started before this request, it may run an older command or configuration
+            // than the one this request is about: one more reload follows it.
+            if !self.reload_pending {
+                tracing::info!(
+                    "{why}: generation {} is still starting; another reload follows it",
+                    r.generation
+                );
+            }
+            self.reload_pending = true;
             return;
         }
+        self.start_reload(why);
+    }
+
+    /// After a reload ended: the reload requested meanwhile, if any.
+    fn start_pending_reload(&mut self) {
+        if std::mem::take(&mut self.reload_pending) && !self.stopping {
+            self.start_reload("queued reload");
+        }
+    }
+
+    fn start_reload(&mut self, why: &str) {
+        let requests = self.reload_requests;
         self.systemd.reloading();
         let new_config = match self.new_config() {
             Ok(c) => c,
@@ -832,6 +865,7 @@ impl Pool {
                 self.emit(Event::ReloadFailed {
                     generation,
                     reason: format!("refused: {reason}"),
+                    requests,
                 });
                 self.systemd.ready(&self.status_line());
                 return;
@@ -849,6 +883,7 @@ impl Pool {
         }
         self.reload = Some(Reload {
             generation,
+            requests,
             config: new_config,
         });
         for slot in 0..workers {
@@ -909,8 +944,10 @@ impl Pool {
         self.first_ready = true;
         self.emit(Event::Reloaded {
             generation: r.generation,
+            requests: r.requests,
         });
         self.systemd.ready(&self.status_line());
+        self.start_pending_reload();
     }
 
     fn reload_failed(&mut self, reason: String) {
@@ -934,8 +971,10 @@ impl Pool {
         self.emit(Event::ReloadFailed {
             generation: r.generation,
             reason,
+            requests: r.requests,
         });
         self.systemd.ready(&self.status_line());
+        self.start_pending_reload();
     }
 
     fn is_candidate(&self, generation: u64) -> bool {
@@ -1486,6 +1525,7 @@ impl Pool {
             generation: self.active_gen,
             ready: self.first_ready,
             reloading: self.reload.is_some(),
+            reload_requests: self.reload_requests,
             stopping: self.stopping,
             workers,
             counters: self.counters.clone(),

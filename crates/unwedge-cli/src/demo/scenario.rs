@@ -763,7 +763,7 @@ fn event_printer(handle: &Handle, screen: Arc<Screen>) -> tokio::task::JoinHandl
                     "supervisor: {worker} (pid {pid}) replacement ready, {:.1} ms after the crash",
                     c.as_secs_f64() * 1000.0
                 ),
-                Event::Reloaded { generation } => {
+                Event::Reloaded { generation, .. } => {
                     format!("supervisor: reloaded, generation {generation} serves")
                 }
                 Event::GaveUp { reason } => format!("supervisor: GAVE UP: {reason}"),
