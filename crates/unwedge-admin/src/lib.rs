@@ -55,7 +55,8 @@ pub use reports::{
     parse_size, print_reports, read_reports, ReportDir, ReportDirConfig, ReportError,
 };
 pub use server::{
-    parse_admin_addr, AdminError, AdminHandle, AdminServer, StatusSource, DEFAULT_ADMIN_ADDR,
+    parse_admin_addr, AdminError, AdminHandle, AdminServer, StatusSource, ADMIN_HEADER_TIMEOUT,
+    DEFAULT_ADMIN_ADDR, MAX_ADMIN_CONNECTIONS,
 };
 pub use status::{
     rfc3339, ExitRecord, ExitStatus, PanicRecord, Record, ReloadOutcome, RestartEvent,

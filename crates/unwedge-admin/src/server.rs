@@ -4,14 +4,18 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::metrics::{Metrics, CONTENT_TYPE};
@@ -158,7 +162,21 @@ pub struct AdminServer {
     listener: TcpListener,
     addr: SocketAddr,
     state: AppStateDebug,
+    max_connections: usize,
+    header_timeout: Duration,
 }
+
+/// Connections the admin endpoint serves at once by default; more wait in the listen queue
+/// until one ends. See [`AdminServer::connection_limits`].
+pub const MAX_ADMIN_CONNECTIONS: usize = 256;
+
+/// Time a connection to the admin endpoint has by default to send a whole request head, from
+/// its start and after each response on a kept-alive connection; it is closed otherwise. See
+/// [`AdminServer::connection_limits`].
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time in-flight admin requests get to finish once the server is shut down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 struct AppStateDebug(AppState);
 
@@ -185,7 +203,34 @@ impl AdminServer {
             listener,
             addr,
             state: AppStateDebug(AppState { status, metrics }),
+            max_connections: MAX_ADMIN_CONNECTIONS,
+            header_timeout: ADMIN_HEADER_TIMEOUT,
         })
+    }
+
+    /// At most `max_connections` connections at once (more wait in the listen queue), each
+    /// closed when it does not send a whole request head within `header_timeout` (counted
+    /// from its start, and after each response on a kept-alive one). The supervisor's file
+    /// descriptors are shared with its workers' pipes: clients that connect and send nothing,
+    /// or trickle a request (slowloris), must not exhaust them when the endpoint is reachable
+    /// from other hosts (as in a Kubernetes pod). Defaults: [`MAX_ADMIN_CONNECTIONS`] and
+    /// [`ADMIN_HEADER_TIMEOUT`]; zero values are taken as 1 connection and 1 ms.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use unwedge_admin::{AdminServer, Metrics, StatusSource, StatusView, SupervisorInfo};
+    /// # async fn demo() -> Result<(), unwedge_admin::AdminError> {
+    /// # let status = StatusSource::from_fn(|| StatusView::new(SupervisorInfo::new("0.1.0", 1)));
+    /// let server = AdminServer::bind("127.0.0.1:0".parse().unwrap(), status, Arc::new(Metrics::new("0.1.0")))
+    ///     .await?
+    ///     .connection_limits(64, Duration::from_secs(5));
+    /// # let _ = server; Ok(()) }
+    /// ```
+    pub fn connection_limits(mut self, max_connections: usize, header_timeout: Duration) -> Self {
+        self.max_connections = max_connections.max(1);
+        self.header_timeout = header_timeout.max(Duration::from_millis(1));
+        self
     }
 
     /// The address actually bound.
@@ -202,17 +247,8 @@ impl AdminServer {
     pub fn spawn(self) -> AdminHandle {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let app = router(self.state.0);
-        let listener = self.listener;
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "admin endpoint stopped");
-            }
-        });
+        let limits = (self.max_connections, self.header_timeout);
+        let task = tokio::spawn(serve(self.listener, app, limits, stop_rx));
         AdminHandle {
             addr: self.addr,
             stop: Some(stop_tx),
@@ -251,6 +287,72 @@ impl Drop for AdminHandle {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+/// Serves `app` on `listener` over HTTP/1.1 until `stop`: at most `max` connections at once,
+/// each closed when a request head takes longer than `header_timeout` (hyper's timer starts
+/// when it waits for a head: at the start and between kept-alive requests).
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    (max, header_timeout): (usize, Duration),
+    stop: oneshot::Receiver<()>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(max));
+    let mut stop = std::pin::pin!(stop);
+    let mut error_logged = false;
+    loop {
+        // A permit first: beyond `max`, connections wait in the kernel's queue, not as open
+        // descriptors of this process.
+        let permit = tokio::select! {
+            _ = stop.as_mut() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = stop.as_mut() => break,
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                error_logged = false;
+                stream
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                if !error_logged {
+                    tracing::warn!(error = %e, "admin endpoint: accept failed; retrying");
+                    error_logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Idle connections close at once, requests in flight get a bounded time to finish.
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("admin endpoint: connections still open after the shutdown grace");
     }
 }
 

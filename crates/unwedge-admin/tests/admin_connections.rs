@@ -1,0 +1,137 @@
+//! The admin endpoint's connections are bounded: clients that connect and send nothing,
+//! trickle a request or idle on keep-alive are closed, and beyond the connection limit new
+//! connections wait in the listen queue instead of holding the supervisor's descriptors.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{get, sample_view};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use unwedge_admin::{AdminHandle, AdminServer, Metrics, StatusSource};
+
+/// Far above every wait below: a loaded machine is slow, not stuck.
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn admin(max: usize, header_timeout: Duration) -> AdminHandle {
+    let view = sample_view("boom");
+    let server = AdminServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        StatusSource::from_fn(move || view.clone()),
+        Arc::new(Metrics::new("0.1.0")),
+    )
+    .await
+    .unwrap()
+    .connection_limits(max, header_timeout);
+    server.spawn()
+}
+
+/// Waits until the server closes `s` (end of file or reset); returns what it sent before.
+async fn closed_by_server(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the admin endpoint never closed the connection");
+    got
+}
+
+#[tokio::test]
+async fn silent_trickling_and_idle_connections_are_closed() {
+    let handle = admin(64, Duration::from_millis(300)).await;
+    let addr = handle.local_addr();
+
+    // Connects and sends nothing.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_by_server(&mut silent).await.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Trickles a request head, one byte every 50 ms, past the timeout.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let trickle = async {
+        for b in b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if slow.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(LIMIT, trickle).await.unwrap();
+    let head = String::from_utf8(closed_by_server(&mut slow).await).unwrap();
+    assert!(!head.contains("200 OK"), "{head}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the trickled head was read for {:?}",
+        started.elapsed()
+    );
+
+    // Asks once on a kept-alive connection, then idles.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = String::from_utf8(closed_by_server(&mut idle).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+
+    // The endpoint still serves.
+    assert_eq!(get(addr, "/livez").await.status, 200);
+    handle.shutdown().await;
+}
+
+/// Sockets open in this process (client and server ends alike).
+fn open_sockets() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_in_the_queue() {
+    const MAX: usize = 4;
+    const SILENT: usize = 20;
+    let handle = admin(MAX, Duration::from_millis(400)).await;
+    let addr: SocketAddr = handle.local_addr();
+    let baseline = open_sockets();
+
+    let mut silent = Vec::new();
+    for _ in 0..SILENT {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // A real request behind them: it is served once silent ones time out and free a place.
+    let request = tokio::spawn(get(addr, "/livez"));
+    let mut most_accepted = 0;
+    while !request.is_finished() {
+        // Ours: the silent ones and the request's; the rest were accepted by the server.
+        let accepted = open_sockets().saturating_sub(baseline + SILENT + 1);
+        most_accepted = most_accepted.max(accepted);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(request.await.unwrap().status, 200);
+    assert!(
+        most_accepted <= MAX,
+        "{most_accepted} connections open at once, limit {MAX}"
+    );
+    // Every silent one was closed by the server in its turn.
+    for s in &mut silent {
+        assert!(closed_by_server(s).await.is_empty());
+    }
+    handle.shutdown().await;
+}
