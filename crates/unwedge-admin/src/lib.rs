@@ -1,7 +1,8 @@
 //! The admin side of the unwedge supervisor: what operators see and hear.
 //!
 //! - [`Metrics`]: Prometheus metrics (`unwedge_*`), encoded with `prometheus-client`.
-//! - [`StatusView`]: the supervisor's state (workers, restarts, recent reports) as JSON.
+//! - [`StatusView`]: the supervisor's state (workers, restarts, recent reports) as JSON;
+//!   [`render_text`] prints it for a terminal (`unwedge status`).
 //! - [`AdminServer`]: `GET /metrics`, `/status`, `/livez`, `/readyz` and a status page at `/`,
 //!   on a loopback address unless told otherwise ([`parse_admin_addr`]).
 //! - [`ReportDir`]: panic reports and abnormal exits appended as fsynced JSON lines, rotated
@@ -47,6 +48,7 @@ mod page;
 mod reports;
 mod server;
 mod status;
+mod text;
 
 pub use alert::{parse_webhook_url, AlertConfig, AlertError, AlertEvent, AlertKind, Alerter};
 pub use metrics::{HangKind, Metrics, CONTENT_TYPE, MAX_ROUTE_LABELS};
@@ -62,3 +64,4 @@ pub use status::{
     rfc3339, ExitRecord, ExitStatus, PanicRecord, Record, ReloadOutcome, RestartEvent,
     RestartReason, StatusView, SupervisorInfo, WorkerState, WorkerView,
 };
+pub use text::render_text;

@@ -324,13 +324,22 @@ pub fn print_reports(
         }
         return Ok(());
     }
+    write_records(&records, out).map_err(io)?;
+    if records.is_empty() {
+        writeln!(out, "(no reports in {})", dir.display()).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// The table of `records` that `unwedge reports` and `unwedge status` print: a header line,
+/// then one line per record.
+pub(crate) fn write_records(records: &[Record], out: &mut impl Write) -> std::io::Result<()> {
     writeln!(
         out,
         "{:<24}  {:<5}  {:>6}  {:>8}  {:<30}  WHAT",
         "TIME", "KIND", "WORKER", "PID", "WHERE"
-    )
-    .map_err(io)?;
-    for r in &records {
+    )?;
+    for r in records {
         let (kind, place) = match r {
             Record::Panic(p) => (
                 "panic",
@@ -351,16 +360,12 @@ pub fn print_reports(
             r.pid().map_or_else(|| "-".to_owned(), |p| p.to_string()),
             cut(&place, 30),
             cut(&message, 120),
-        )
-        .map_err(io)?;
-    }
-    if records.is_empty() {
-        writeln!(out, "(no reports in {})", dir.display()).map_err(io)?;
+        )?;
     }
     Ok(())
 }
 
-fn cut(s: &str, max: usize) -> String {
+pub(crate) fn cut(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();
     }

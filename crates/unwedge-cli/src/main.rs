@@ -21,6 +21,7 @@ mod observe;
 
 mod demo;
 mod reload;
+mod status;
 
 /// Keeps HTTP servers serving: sockets held across restarts, workers restarted in
 /// milliseconds, hung workers found and replaced.
@@ -71,6 +72,19 @@ enum Cmd {
         /// How long --wait waits.
         #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = unwedge_supervisor::config::parse_duration)]
         timeout: std::time::Duration,
+    },
+    /// Show a running supervisor's workers, reloads, restarts and latest reports, from its
+    /// admin endpoint. Exit 0 when it serves (a worker ready), 1 otherwise.
+    ///
+    /// $ unwedge status
+    /// $ unwedge status --admin 127.0.0.1:9100 --json
+    Status {
+        /// The supervisor's admin endpoint (`unwedge run --admin`).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+        /// Print `/status` as JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// See unwedge survive panics, a poisoned lock, a deadlock and kill -9 under load, next to
     /// axum + CatchPanicLayer.
@@ -156,6 +170,7 @@ fn main() -> miette::Result<ExitCode> {
         } => Ok(reload::reload(pid, pidfile, wait, admin, timeout)),
         Cmd::Demo(a) => Ok(demo::demo(a)),
         Cmd::Chaos(a) => Ok(demo::chaos(a)),
+        Cmd::Status { admin, json } => Ok(status::status(admin, json)),
         Cmd::Reports { dir, since, json } => reports(dir, since, json),
         Cmd::DemoService => demo_service(),
         Cmd::ExecShim { .. } => Ok(ExitCode::from(2)),

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::demo::client::{request, Reply};
-
 /// How often `--wait` looks at `/status`.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -54,18 +52,9 @@ fn alive(pid: i32) -> bool {
 
 /// `supervisor` of the admin endpoint's `/status`.
 async fn supervisor_status(admin: SocketAddr) -> Result<Value, String> {
-    match request(admin, "GET", "/status", b"", Duration::from_secs(5)).await {
-        Reply::Status(200, body) => {
-            let v: Value = serde_json::from_str(&body)
-                .map_err(|e| format!("{admin}/status is not the status JSON ({e})"))?;
-            Ok(v["supervisor"].clone())
-        }
-        Reply::Status(code, _) => Err(format!("{admin}/status answered {code}")),
-        other => Err(format!(
-            "cannot reach the admin endpoint at {admin} ({}); give the address `unwedge run --admin` uses",
-            other.describe()
-        )),
-    }
+    crate::status::status_json(admin)
+        .await
+        .map(|v| v["supervisor"].clone())
 }
 
 /// Sends SIGHUP; with `wait`, waits up to `timeout` for the reload's outcome on `admin` and

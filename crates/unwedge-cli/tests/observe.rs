@@ -1177,6 +1177,103 @@ async fn supervisor_with_config(file: &std::path::Path, config: &str) -> (Sup, S
     (sup, admin)
 }
 
+/// `unwedge status --admin ADMIN [extra]`: (exit code, stdout, stderr).
+async fn unwedge_status(admin: SocketAddr, extra: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(["status", "--admin", &admin.to_string()])
+        .args(extra)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `unwedge status` prints what an operator on the host needs: the real workers, then a crash
+/// with its restart and report; it exits 0 while the supervisor serves and 1 when it cannot be
+/// reached.
+#[tokio::test]
+async fn unwedge_status_shows_the_workers_and_a_crash() {
+    limited(async {
+        let sup = start("2", &[]);
+        let admin = admin_addr(&sup).await;
+        let pids = sup.wait_ready(0, 2).await;
+        status_until(&sup, admin, "2 ready workers", |s| ready_pids(s).len() == 2).await;
+        let (code, out, err) = unwedge_status(admin, &[]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.starts_with(&format!(
+                "unwedge {}, pid {}, up ",
+                env!("CARGO_PKG_VERSION"),
+                sup.pid
+            )),
+            "{out}"
+        );
+        assert!(out.contains("\ngeneration 1 serving\n"), "{out}");
+        assert!(out.contains("\nworkers: 2 ready of 2\n"), "{out}");
+        for pid in &pids {
+            assert!(
+                out.contains(&format!(" {pid}    1  ready ")),
+                "{pid}: {out}"
+            );
+        }
+        assert!(out.contains("\nrecent restarts: none\n"), "{out}");
+
+        let from = sup.mark();
+        let _ = http(sup.addr().await, "POST", "/poison").await;
+        sup.wait_line(from, &["exit status 70"]).await;
+        status_until(
+            &sup,
+            admin,
+            "the replacement ready and the exit recorded",
+            |s| {
+                ready_pids(s).len() == 2
+                    && s["reports"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|r| r["kind"] == "exit")
+            },
+        )
+        .await;
+        let (code, out, err) = unwedge_status(admin, &[]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.contains("recent restarts: 1 (tainted 1); the last: w"),
+            "{out}"
+        );
+        assert!(out.contains("  exit 70  "), "the slot's last exit: {out}");
+        assert!(out.contains("recent reports ("), "{out}");
+        assert!(out.contains("exit 70\n"), "the exit record: {out}");
+
+        // The JSON is /status itself.
+        let (code, out, _) = unwedge_status(admin, &["--json"]).await;
+        assert_eq!(code, 0);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["supervisor"]["pid"], sup.pid);
+
+        // Nobody there: exit 1 with one clear line.
+        drop(sup);
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nobody = closed.local_addr().unwrap();
+        drop(closed);
+        let (code, out, err) = unwedge_status(nobody, &[]).await;
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            err.starts_with(&format!(
+                "unwedge: error: cannot reach the admin endpoint at {nobody}"
+            )),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    })
+    .await;
+}
+
 /// `unwedge reload --pid PID --wait --admin ADMIN`: (exit code, stdout, stderr).
 async fn reload_wait(pid: i32, admin: SocketAddr) -> (i32, String, String) {
     let out = tokio::process::Command::new(BIN)

@@ -1,0 +1,296 @@
+//! [`render_text`]: the status as a terminal shows it (`unwedge status`), for an operator on the
+//! host who has no browser at hand.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::reports::{cut, write_records};
+use crate::status::{StatusView, WorkerState};
+
+/// Reports listed at the end, the most recent ones.
+const REPORTS_SHOWN: usize = 5;
+
+/// `view` as plain text: the supervisor, the serving generation and the last reload, one line
+/// per worker, the restarts by reason and the latest reports.
+///
+/// ```
+/// use unwedge_admin::{render_text, StatusView, SupervisorInfo, WorkerState, WorkerView};
+///
+/// let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 42));
+/// view.supervisor.listen = vec!["127.0.0.1:8080".into()];
+/// view.workers.push(WorkerView::new("w1", Some(43), WorkerState::Ready));
+/// let text = render_text(&view);
+/// assert!(text.starts_with("unwedge 0.1.0, pid 42, up 0s, listening on 127.0.0.1:8080\n"));
+/// assert!(text.contains("workers: 1 ready of 1\n"));
+/// assert!(text.contains("w1      43    1  ready"));
+/// ```
+pub fn render_text(view: &StatusView) -> String {
+    let mut t = String::new();
+    let s = &view.supervisor;
+    let listen = if s.listen.is_empty() {
+        "no sockets of its own".to_owned()
+    } else {
+        format!("listening on {}", s.listen.join(", "))
+    };
+    let _ = writeln!(
+        t,
+        "unwedge {}, pid {}, up {}, {listen}",
+        s.version,
+        s.pid,
+        secs(s.uptime_secs)
+    );
+    if s.gave_up {
+        let _ = writeln!(
+            t,
+            "GAVE UP: too many restarts; the supervisor is stopping every worker and exits 3"
+        );
+    }
+    let _ = write!(t, "generation {} serving", s.generation);
+    if s.reloading {
+        let _ = write!(t, "; a reload is starting generation {}", s.generation + 1);
+    }
+    match &s.last_reload {
+        Some(r) if r.ok => {
+            let _ = write!(t, "; last reload: generation {} at {}", r.generation, r.at);
+        }
+        Some(r) => {
+            let _ = write!(
+                t,
+                "; LAST RELOAD FAILED: generation {} at {}: {}",
+                r.generation,
+                r.at,
+                r.reason.as_deref().unwrap_or("unknown")
+            );
+        }
+        None => {}
+    }
+    t.push('\n');
+
+    let mut counts: Vec<String> = WorkerState::ALL
+        .iter()
+        .filter(|&&st| st != WorkerState::Ready)
+        .filter_map(|&st| match view.count(st) {
+            0 => None,
+            n => Some(format!("{n} {st}")),
+        })
+        .collect();
+    counts.insert(
+        0,
+        format!("{} ready of {}", view.ready_workers(), view.workers.len()),
+    );
+    let _ = writeln!(t, "workers: {}", counts.join(", "));
+    if !view.workers.is_empty() {
+        let _ = writeln!(
+            t,
+            "{:<6}  {:>8}  {:>3}  {:<8}  {:>10}  {:>8}  {:<9}  LAST REPORT",
+            "ID", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "LAST EXIT"
+        );
+        for w in &view.workers {
+            let _ = writeln!(
+                t,
+                "{:<6}  {:>8}  {:>3}  {:<8}  {:>10}  {:>8}  {:<9}  {}",
+                w.id,
+                w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                w.generation,
+                w.state.as_str(),
+                secs(w.uptime_secs),
+                w.restarts,
+                w.last_exit
+                    .map_or_else(|| "-".to_owned(), |e| e.to_string()),
+                w.last_report.as_deref().map_or_else(
+                    || "-".to_owned(),
+                    |r| cut(&r.replace(['\n', '\r'], " "), 100)
+                ),
+            );
+        }
+    }
+
+    if let Some(last) = view.restarts.last() {
+        let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &view.restarts {
+            *by_reason.entry(r.reason.as_str()).or_default() += 1;
+        }
+        let reasons: Vec<String> = by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let _ = writeln!(
+            t,
+            "recent restarts: {} ({}); the last: {} {} at {}",
+            view.restarts.len(),
+            reasons.join(", "),
+            last.worker,
+            last.reason,
+            last.time
+        );
+    } else {
+        let _ = writeln!(t, "recent restarts: none");
+    }
+
+    if view.reports.is_empty() {
+        let _ = writeln!(t, "recent reports: none");
+    } else {
+        let shown = &view.reports[view.reports.len().saturating_sub(REPORTS_SHOWN)..];
+        let _ = writeln!(
+            t,
+            "recent reports ({} of {}, oldest first):",
+            shown.len(),
+            view.reports.len()
+        );
+        let mut table = Vec::new();
+        if write_records(shown, &mut table).is_ok() {
+            t.push_str(&String::from_utf8_lossy(&table));
+        }
+    }
+    t
+}
+
+/// Whole seconds, as `1h 2m 3s`.
+fn secs(s: f64) -> String {
+    let whole = if s.is_finite() && s > 0.0 {
+        s as u64
+    } else {
+        0
+    };
+    humantime::format_duration(Duration::from_secs(whole)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{
+        ExitRecord, ExitStatus, PanicRecord, Record, ReloadOutcome, RestartEvent, RestartReason,
+        SupervisorInfo, WorkerView,
+    };
+
+    fn view() -> StatusView {
+        let mut v = StatusView::new(SupervisorInfo::new("0.1.0", 4000));
+        v.supervisor.uptime_secs = 3725.9;
+        v.supervisor.listen = vec!["0.0.0.0:8080".into(), "unix:/run/app.sock".into()];
+        v.supervisor.generation = 2;
+        let mut w1 = WorkerView::new("w1", Some(4001), WorkerState::Ready);
+        w1.generation = 2;
+        w1.uptime_secs = 61.0;
+        let mut w2 = WorkerView::new("w2", Some(4002), WorkerState::Draining);
+        w2.restarts = 3;
+        w2.last_exit = Some(ExitStatus {
+            code: Some(70),
+            signal: None,
+        });
+        w2.last_report = Some("\"cart total overflowed\"\nat src/cart.rs:88:17".into());
+        v.workers = vec![w1, w2];
+        v.restarts = vec![
+            RestartEvent::now("w2", RestartReason::ExitCode),
+            RestartEvent::now("w2", RestartReason::Signal),
+            RestartEvent::now("w1", RestartReason::ExitCode),
+        ];
+        let report = serde_json::json!({
+            "time": "2026-11-29T01:00:00.000Z", "pid": 4002, "message": "cart total overflowed",
+            "request": {"method": "POST", "path": "/cart/items", "request_id": "r1"},
+        });
+        v.reports = vec![
+            Record::Panic(PanicRecord::new(Some("w2"), report)),
+            Record::Exit(ExitRecord::new(
+                Some("w2"),
+                Some(4002),
+                ExitStatus {
+                    code: None,
+                    signal: Some(9),
+                },
+            )),
+        ];
+        v
+    }
+
+    #[test]
+    fn shows_the_supervisor_the_workers_the_restarts_and_the_reports() {
+        let text = render_text(&view());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "unwedge 0.1.0, pid 4000, up 1h 2m 5s, listening on 0.0.0.0:8080, unix:/run/app.sock"
+        );
+        assert_eq!(lines[1], "generation 2 serving");
+        assert_eq!(lines[2], "workers: 1 ready of 2, 1 draining");
+        assert!(lines[3].starts_with("ID"), "{text}");
+        assert!(
+            lines[4].starts_with("w1          4001    2  ready"),
+            "{text}"
+        );
+        assert!(lines[4].ends_with("  -"), "{text}");
+        // The report summary stays on its worker's line.
+        assert!(
+            lines[5].ends_with("exit 70    \"cart total overflowed\" at src/cart.rs:88:17"),
+            "{text}"
+        );
+        assert!(lines[5].contains("       3  "), "{text}");
+        assert!(
+            lines[6].starts_with(
+                "recent restarts: 3 (exit_code 2, signal 1); the last: w1 exit_code at "
+            ),
+            "{text}"
+        );
+        assert_eq!(lines[7], "recent reports (2 of 2, oldest first):");
+        assert!(lines[8].starts_with("TIME"), "{text}");
+        assert!(lines[9].contains("POST /cart/items"), "{text}");
+        assert!(lines[9].ends_with("cart total overflowed"), "{text}");
+        assert!(lines[10].ends_with("signal 9"), "{text}");
+        assert_eq!(lines.len(), 11, "{text}");
+    }
+
+    #[test]
+    fn flags_what_needs_attention() {
+        let mut v = view();
+        v.supervisor.gave_up = true;
+        v.supervisor.reloading = true;
+        v.supervisor.last_reload = Some(ReloadOutcome::now(
+            2,
+            Some("worker w1 exit status 1".into()),
+        ));
+        let text = render_text(&v);
+        assert!(text.contains("\nGAVE UP: too many restarts"), "{text}");
+        assert!(
+            text.contains("generation 2 serving; a reload is starting generation 3; LAST RELOAD FAILED: generation 2 at "),
+            "{text}"
+        );
+        assert!(text.contains(": worker w1 exit status 1\n"), "{text}");
+    }
+
+    #[test]
+    fn an_empty_supervisor_says_so() {
+        let v = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+        let text = render_text(&v);
+        assert_eq!(
+            text,
+            "unwedge 0.1.0, pid 1, up 0s, no sockets of its own\n\
+             generation 1 serving\n\
+             workers: 0 ready of 0\n\
+             recent restarts: none\n\
+             recent reports: none\n"
+        );
+    }
+
+    #[test]
+    fn only_the_latest_reports_are_listed() {
+        let mut v = view();
+        let exit = |n: i32| {
+            Record::Exit(ExitRecord::new(
+                Some("w1"),
+                Some(5000),
+                ExitStatus {
+                    code: Some(n),
+                    signal: None,
+                },
+            ))
+        };
+        v.reports = (1..=8).map(exit).collect();
+        let text = render_text(&v);
+        assert!(
+            text.contains("recent reports (5 of 8, oldest first):"),
+            "{text}"
+        );
+        assert!(!text.contains("exit 3\n"), "{text}");
+        assert!(
+            text.contains("exit 4\n") && text.contains("exit 8\n"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,61 @@
+//! `unwedge status`: a running supervisor's state from its admin endpoint (`/status`), as
+//! text for an operator's terminal or as the JSON itself.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::demo::client::{request, Reply};
+
+/// `/status` of the admin endpoint at `admin`, parsed.
+pub(crate) async fn status_json(admin: SocketAddr) -> Result<Value, String> {
+    match request(admin, "GET", "/status", b"", Duration::from_secs(5)).await {
+        Reply::Status(200, body) => serde_json::from_str(&body)
+            .map_err(|e| format!("{admin}/status is not the status JSON ({e})")),
+        Reply::Status(code, _) => Err(format!("{admin}/status answered {code}")),
+        other => Err(format!(
+            "cannot reach the admin endpoint at {admin} ({}); give the address `unwedge run --admin` uses",
+            other.describe()
+        )),
+    }
+}
+
+/// Prints the status of the supervisor whose admin endpoint is `admin`. Exit 0 when it
+/// serves (a worker is ready and it has not given up), 1 otherwise or when it cannot be
+/// reached, so that scripts can test it.
+pub(crate) fn status(admin: SocketAddr, json: bool) -> ExitCode {
+    let fetched = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))
+        .and_then(|rt| rt.block_on(status_json(admin)));
+    let value = match fetched {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("unwedge: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let view: unwedge_admin::StatusView = match serde_json::from_value(value.clone()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("unwedge: error: {admin}/status is not the status JSON ({e})");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("a JSON value serializes")
+        );
+    } else {
+        print!("{}", unwedge_admin::render_text(&view));
+    }
+    if view.is_ready() && view.is_live() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
