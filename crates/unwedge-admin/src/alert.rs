@@ -43,6 +43,9 @@ pub enum AlertKind {
     /// A worker asked to stop did not exit within `--stop-timeout` and was killed: the
     /// requests it was still serving were cut off.
     StopTimedOut,
+    /// A worker's resident memory grew above `--max-memory` and it is being replaced (a
+    /// leak, or a limit set too low).
+    MemoryLimit,
 }
 
 impl AlertKind {
@@ -55,6 +58,7 @@ impl AlertKind {
             AlertKind::GaveUp => "gave_up",
             AlertKind::ReloadFailed => "reload_failed",
             AlertKind::StopTimedOut => "stop_timed_out",
+            AlertKind::MemoryLimit => "memory_limit",
         }
     }
 
@@ -66,6 +70,7 @@ impl AlertKind {
             AlertKind::GaveUp => "gave up: restart intensity exceeded",
             AlertKind::ReloadFailed => "reload failed",
             AlertKind::StopTimedOut => "stop timed out, worker killed",
+            AlertKind::MemoryLimit => "worker over its memory limit, replaced",
         }
     }
 }

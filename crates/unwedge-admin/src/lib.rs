@@ -53,9 +53,7 @@ mod text;
 pub use alert::{parse_webhook_url, AlertConfig, AlertError, AlertEvent, AlertKind, Alerter};
 pub use metrics::{HangKind, Metrics, CONTENT_TYPE, MAX_ROUTE_LABELS};
 pub use page::{render_page, REDACTED_HEADERS};
-pub use reports::{
-    parse_size, print_reports, read_reports, ReportDir, ReportDirConfig, ReportError,
-};
+pub use reports::{print_reports, read_reports, ReportDir, ReportDirConfig, ReportError};
 pub use server::{
     parse_admin_addr, AdminError, AdminHandle, AdminServer, StatusSource, ADMIN_HEADER_TIMEOUT,
     DEFAULT_ADMIN_ADDR, MAX_ADMIN_CONNECTIONS,

@@ -195,39 +195,6 @@ fn rotated(dir: &Path, k: usize) -> PathBuf {
     dir.join(format!("reports.{k}.jsonl"))
 }
 
-/// Parses a size for `--report-max-bytes`: a number of bytes, optionally followed by `K`,
-/// `M` or `G` (powers of 1024; `KiB`, `MB`, … are accepted too).
-///
-/// ```
-/// use unwedge_admin::parse_size;
-///
-/// assert_eq!(parse_size("4096"), Ok(4096));
-/// assert_eq!(parse_size("10M"), Ok(10 * 1024 * 1024));
-/// assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
-/// assert!(parse_size("ten").is_err());
-/// ```
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected a number of bytes like 10M"))?;
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "invalid size {s:?}: unknown unit {other:?} (use K, M or G)"
-            ))
-        }
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("invalid size {s:?}: too large"))
-}
-
 /// Reads every record in `dir` (rotated files first, oldest first), without opening it for
 /// writing: what `unwedge reports` does. Lines that do not parse (a line torn by a crash of
 /// the supervisor mid-write) are skipped.

@@ -287,16 +287,19 @@ pub enum RestartReason {
     Tainted,
     /// A reload replaced it with a new generation.
     Reload,
+    /// Its resident memory grew above `--max-memory`; it was replaced gracefully.
+    Memory,
 }
 
 impl RestartReason {
     /// Every reason.
-    pub const ALL: [RestartReason; 5] = [
+    pub const ALL: [RestartReason; 6] = [
         RestartReason::ExitCode,
         RestartReason::Signal,
         RestartReason::Hang,
         RestartReason::Tainted,
         RestartReason::Reload,
+        RestartReason::Memory,
     ];
 
     /// The snake-case name used in JSON and labels.
@@ -307,6 +310,7 @@ impl RestartReason {
             RestartReason::Hang => "hang",
             RestartReason::Tainted => "tainted",
             RestartReason::Reload => "reload",
+            RestartReason::Memory => "memory",
         }
     }
 }

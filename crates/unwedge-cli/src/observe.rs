@@ -22,10 +22,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use unwedge_admin::{
-    parse_admin_addr, parse_size, parse_webhook_url, AdminHandle, AdminServer, AlertConfig,
-    AlertEvent, AlertKind, Alerter, ExitRecord, ExitStatus, HangKind, Metrics, PanicRecord, Record,
-    ReportDir, ReportDirConfig, RestartEvent, RestartReason, StatusSource, StatusView,
-    SupervisorInfo, WorkerState, WorkerView, DEFAULT_ADMIN_ADDR,
+    parse_admin_addr, parse_webhook_url, AdminHandle, AdminServer, AlertConfig, AlertEvent,
+    AlertKind, Alerter, ExitRecord, ExitStatus, HangKind, Metrics, PanicRecord, Record, ReportDir,
+    ReportDirConfig, RestartEvent, RestartReason, StatusSource, StatusView, SupervisorInfo,
+    WorkerState, WorkerView, DEFAULT_ADMIN_ADDR,
 };
 use unwedge_supervisor::{self as sup, Config, Event, Handle, Supervisor};
 
@@ -75,7 +75,8 @@ impl Settings {
         };
         let max_bytes = match &c.report_max_bytes {
             Some(s) => {
-                let n = parse_size(s).map_err(|e| format!("--report-max-bytes: {e}"))?;
+                let n = unwedge_supervisor::config::parse_size(s)
+                    .map_err(|e| format!("--report-max-bytes: {e}"))?;
                 if n == 0 {
                     return Err("--report-max-bytes must be more than 0".into());
                 }
@@ -446,6 +447,25 @@ impl Ctx {
                         .with_details(serde_json::json!({ "status": status })),
                 );
             }
+            Event::MemoryLimit {
+                worker,
+                pid,
+                rss,
+                limit,
+            } => {
+                let summary = format!(
+                    "{worker}: {} of memory, over --max-memory {}; replaced",
+                    sup::config::human_size(rss),
+                    sup::config::format_size(limit)
+                );
+                self.alert(
+                    AlertEvent::new(AlertKind::MemoryLimit, summary)
+                        .with_worker(&worker, u32::try_from(pid).ok())
+                        .with_details(
+                            serde_json::json!({ "rss_bytes": rss, "limit_bytes": limit }),
+                        ),
+                );
+            }
             Event::RestartScheduled { worker, reason, .. } => {
                 let mut h = self.shared.history();
                 let reason = match reason {
@@ -453,6 +473,7 @@ impl Ctx {
                     sup::RestartReason::Signal => RestartReason::Signal,
                     sup::RestartReason::Hang => RestartReason::Hang,
                     sup::RestartReason::Tainted => RestartReason::Tainted,
+                    sup::RestartReason::Memory => RestartReason::Memory,
                     _ => h
                         .last_cause
                         .get(&worker)

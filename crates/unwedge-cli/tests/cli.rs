@@ -27,6 +27,14 @@ async fn usage_errors_exit_2() {
             "--workers must be at least 1",
         ),
         (
+            &["run", "--max-memory", "ten", "--", "true"],
+            "invalid size \"ten\"",
+        ),
+        (
+            &["run", "--max-memory", "0", "--", "true"],
+            "--max-memory must be more than 0",
+        ),
+        (
             &["run", "--workers", "lots", "--", "true"],
             "--workers `lots` is not a number of workers or `auto`",
         ),

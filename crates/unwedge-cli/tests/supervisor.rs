@@ -834,6 +834,98 @@ async fn workers_auto_runs_one_worker_per_available_cpu() {
     .await;
 }
 
+/// A worker whose memory grows above `--max-memory` serves until its replacement is ready,
+/// then drains: under load, not one request fails or is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_over_its_memory_limit_is_replaced_with_no_failed_request() {
+    within(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let alerts = dir.path().join("alerts");
+        let exec = format!("cat >> {}", alerts.display());
+        let sup = Sup::python(
+            &[
+                "--max-memory",
+                "100M",
+                "--admin",
+                "127.0.0.1:0",
+                "--alert-exec",
+                &exec,
+            ],
+            &[],
+        );
+        let addr = sup.addr().await;
+        let old = sup.wait_ready(0, 1).await[0];
+        let l = load(addr, 4);
+        load_progress(&l, 50).await;
+
+        let m = sup.mark();
+        let (status, body) = http(addr, "GET", "/grow?mb=150").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let over = sup
+            .wait_line(
+                m,
+                &[&format!("w1 pid {old} uses "), "over --max-memory 100M"],
+            )
+            .await;
+        let rss: f64 = over
+            .split(" uses ")
+            .nth(1)
+            .and_then(|r| r.split('M').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0);
+        assert!(rss > 100.0, "{over}");
+        let (ready, ready_at) = sup.wait_line_idx(m, &["after the crash"]).await;
+        let new = pid_in(&ready).unwrap();
+        assert_ne!(new, old);
+        // Stopped only once its replacement serves.
+        let (_, stopped_at) = sup
+            .wait_line_idx(
+                m,
+                &[&format!("pid {old}: replaced by pid {new}; stopping it")],
+            )
+            .await;
+        assert!(stopped_at > ready_at, "{}", sup.log());
+        assert!(gone_within(old, LONG).await, "pid {old} still running");
+        load_progress(&l, 100).await;
+        l.stop();
+        let r = l.finish().await;
+        assert_eq!(r.refused, 0, "{r}");
+        assert_eq!(r.unexpected_failures(), 0, "{r}");
+        assert_eq!(
+            sup.log().matches("of memory, over --max-memory").count(),
+            1,
+            "{}",
+            sup.log()
+        );
+
+        // Counted and alerted as such.
+        let admin_line = sup.wait_line(0, &["admin listening on http://"]).await;
+        let admin: std::net::SocketAddr = admin_line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let (_, metrics) = get(admin, "/metrics").await;
+        assert!(
+            metrics.contains("unwedge_restarts_total{reason=\"memory\"} 1"),
+            "{metrics}"
+        );
+        let deadline = Instant::now() + LONG;
+        loop {
+            let got = std::fs::read_to_string(&alerts).unwrap_or_default();
+            if got.contains("\"kind\":\"memory_limit\"") {
+                assert!(got.contains("\"limit_bytes\":104857600"), "{got}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no memory_limit alert: {got:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 /// Whether process `pid` exists and is not a zombie.
 fn running(pid: i32) -> bool {
     matches!(proc_state(pid), Some((state, _)) if state != 'Z')

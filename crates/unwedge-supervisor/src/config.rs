@@ -304,6 +304,14 @@ pub struct Options {
     )]
     pub stop_timeout: Option<Duration>,
 
+    /// Memory limit of a worker: a worker whose resident memory (its process's RSS) grows
+    /// above SIZE (`512M`, `2G`) is replaced gracefully: its replacement starts, and once it is
+    /// ready the old worker gets SIGTERM and drains, before the kernel's OOM killer cuts its
+    /// requests [default: none].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Workers")]
+    #[serde(default, with = "opt_size", skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<u64>,
+
     /// Log format [default: text].
     #[arg(long, value_enum, value_name = "FORMAT", help_heading = "Output")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -388,6 +396,7 @@ impl Options {
             ready,
             ready_timeout,
             stop_timeout,
+            max_memory,
             log_format,
             pidfile,
             admin,
@@ -493,6 +502,8 @@ pub struct Config {
     /// Time workers have to stop after SIGTERM; a worker leaving on its own
     /// (`STOPPING=1`) has it before SIGTERM too.
     pub stop_timeout: Duration,
+    /// A worker using more resident memory than this many bytes is replaced gracefully.
+    pub max_memory: Option<u64>,
     /// Log format.
     pub log_format: LogFormat,
     /// Pid file to write.
@@ -502,7 +513,7 @@ pub struct Config {
     pub admin: Option<String>,
     /// `--report-dir` as given (`None`: the default, `off`: none).
     pub report_dir: Option<PathBuf>,
-    /// `--report-max-bytes` as given; the binary parses it with `unwedge_admin::parse_size`.
+    /// `--report-max-bytes` as given; the binary parses it with [`parse_size`].
     pub report_max_bytes: Option<String>,
     /// `--alert-webhook` URL.
     pub alert_webhook: Option<String>,
@@ -611,6 +622,10 @@ impl Config {
             ready,
             ready_timeout: nonzero(o.ready_timeout, Duration::from_secs(10), "ready-timeout")?,
             stop_timeout: o.stop_timeout.unwrap_or(Duration::from_secs(30)),
+            max_memory: match o.max_memory {
+                Some(0) => return Err(usage("--max-memory must be more than 0".into())),
+                m => m,
+            },
             log_format: o.log_format.unwrap_or_default(),
             pidfile: o.pidfile,
             admin: o.admin,
@@ -644,6 +659,7 @@ impl Config {
             ready: Some(self.ready),
             ready_timeout: Some(self.ready_timeout),
             stop_timeout: Some(self.stop_timeout),
+            max_memory: self.max_memory,
             log_format: Some(self.log_format),
             pidfile: self.pidfile.clone(),
             admin: self.admin.clone(),
@@ -713,6 +729,89 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
         format!("SIG{upper}")
     };
     Signal::from_str(&name).map_err(|_| format!("`{s}` is not a signal name such as SIGQUIT"))
+}
+
+/// Parses a size: a number of bytes, optionally followed by `K`, `M` or `G` (powers of 1024;
+/// `KiB`, `MB`, … are accepted too). For `--max-memory` and `--report-max-bytes`.
+///
+/// ```
+/// use unwedge_supervisor::config::parse_size;
+///
+/// assert_eq!(parse_size("4096"), Ok(4096));
+/// assert_eq!(parse_size("10M"), Ok(10 * 1024 * 1024));
+/// assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+/// assert!(parse_size("ten").is_err());
+/// ```
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number of bytes like 10M"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {other:?} (use K, M or G)"
+            ))
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+/// `bytes` as [`parse_size`] reads it back, in the largest unit that divides it (`512M`).
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("G", 30), ("M", 20), ("K", 10)] {
+        if bytes != 0 && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// `bytes` for people, to one decimal in the largest unit that fits: `170.4M`, `2.0G`, `512B`.
+///
+/// ```
+/// assert_eq!(unwedge_supervisor::config::human_size(178_675_712), "170.4M");
+/// ```
+pub fn human_size(bytes: u64) -> String {
+    for (unit, shift) in [("G", 30), ("M", 20), ("K", 10)] {
+        if bytes >= 1 << shift {
+            return format!("{:.1}{unit}", bytes as f64 / (1u64 << shift) as f64);
+        }
+    }
+    format!("{bytes}B")
+}
+
+mod opt_size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(n: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            Some(n) => s.serialize_str(&super::format_size(*n)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Bytes(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) => super::parse_size(&t)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            Raw::Bytes(n) => Ok(Some(n)),
+        }
+    }
 }
 
 mod opt_duration {
@@ -835,6 +934,33 @@ mod tests {
         let huge: Options = toml::from_str("workers = 99999999999\ncommand = [\"a\"]").unwrap();
         let e = Config::resolve(Some(huge), Options::default(), vec![]).unwrap_err();
         assert!(e.to_string().contains("more than 1024"), "{e}");
+    }
+
+    #[test]
+    fn max_memory_from_flags_and_file() {
+        let file: Options = toml::from_str("max-memory = \"512M\"\ncommand = [\"a\"]").unwrap();
+        let c = Config::resolve(Some(file), Options::default(), vec![]).unwrap();
+        assert_eq!(c.max_memory, Some(512 << 20));
+        assert!(
+            c.to_toml().contains("max-memory = \"512M\"\n"),
+            "{}",
+            c.to_toml()
+        );
+        let bytes: Options = toml::from_str("max-memory = 1000000\ncommand = [\"a\"]").unwrap();
+        let c = Config::resolve(Some(bytes), Options::default(), vec![]).unwrap();
+        assert_eq!(c.max_memory, Some(1_000_000));
+        assert_eq!(format_size(1_000_000), "1000000");
+        assert_eq!(parse_size(&format_size(3 << 30)), Ok(3 << 30));
+        let zero = Options {
+            max_memory: Some(0),
+            ..Options::default()
+        };
+        assert!(matches!(
+            Config::resolve(None, zero, vec!["a".into()]),
+            Err(ConfigError::Usage(m)) if m.contains("--max-memory must be more than 0")
+        ));
+        let e = toml::from_str::<Options>("max-memory = \"lots\"").unwrap_err();
+        assert!(e.message().contains("invalid size \"lots\""), "{e}");
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub enum RestartReason {
     Hang,
     /// It said it is tainted (a poisoned lock; it will crash).
     Tainted,
+    /// Its resident memory grew above `--max-memory`.
+    Memory,
 }
 
 impl RestartReason {
@@ -64,6 +66,7 @@ impl RestartReason {
             RestartReason::FailedStart => "failed_start",
             RestartReason::Hang => "hang",
             RestartReason::Tainted => "tainted",
+            RestartReason::Memory => "memory",
         }
     }
 }
@@ -242,6 +245,18 @@ pub enum Event {
         pid: i32,
         /// Its `STATUS=` text.
         status: String,
+    },
+    /// A worker's resident memory grew above `--max-memory`: its replacement is starting,
+    /// and it gets SIGTERM once the replacement is ready.
+    MemoryLimit {
+        /// Slot id.
+        worker: String,
+        /// Pid.
+        pid: i32,
+        /// Its resident memory, in bytes.
+        rss: u64,
+        /// `--max-memory`, in bytes.
+        limit: u64,
     },
     /// A worker sent a panic report.
     Report {

@@ -40,6 +40,7 @@ fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         probe_failures => "probe-failures",
         dump_signal => "dump-signal",
         dump_grace => "dump-grace",
+        max_memory => "max-memory",
     );
     out
 }

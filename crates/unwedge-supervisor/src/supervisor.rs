@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, killpg, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc};
@@ -286,6 +286,7 @@ impl Supervisor {
             reload: None,
             reload_requests: 0,
             reload_pending: false,
+            next_memory_check: now + MEMORY_CHECK_INTERVAL,
             stopping: false,
             stop_deadline: None,
             forced: false,
@@ -317,14 +318,8 @@ impl Supervisor {
             }
             let deadline = pool.next_deadline();
             tokio::select! {
-                _ = sigchld.recv() => {
-                    // A worker's last words first: sent before it exited, they are in the
-                    // queue by now, and after the reap its pid would name no worker.
-                    for d in notify.drain_queued(&mut buf, MAX_DRAINED) {
-                        pool.on_datagram(d);
-                    }
-                    pool.reap();
-                }
+                // Reaped below, whichever branch ran.
+                _ = sigchld.recv() => {}
                 _ = sigterm.recv() => pool.begin_stop("SIGTERM"),
                 _ = sigint.recv() => pool.begin_stop("SIGINT"),
                 _ = sighup.recv() => pool.begin_reload("SIGHUP"),
@@ -341,7 +336,9 @@ impl Supervisor {
                 Some(p) = probe_rx.recv() => pool.on_probe(p),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
-            pool.reap();
+            // Whichever branch woke the loop: a worker may exit while a timer or another
+            // datagram is handled.
+            pool.reap(&notify, &mut buf);
             pool.on_timers(Instant::now());
         };
         pool.publish();
@@ -402,8 +399,12 @@ struct Worker {
     status: Option<String>,
     last_report: Option<String>,
     kill_at: Option<Instant>,
-    /// SIGTERM due (a tainted worker that has not left on its own by then).
+    /// SIGTERM due (a tainted worker that has not left on its own by then, a worker over
+    /// `--max-memory` whose replacement is not ready by then).
     term_at: Option<Instant>,
+    /// Over `--max-memory`: it serves on until its slot's replacement is ready, then gets
+    /// SIGTERM.
+    retire_when_replaced: bool,
     crash_at: Option<Instant>,
 }
 
@@ -447,6 +448,8 @@ struct Pool {
     reload_requests: u64,
     /// A reload was requested while one was in progress: another follows it.
     reload_pending: bool,
+    /// When the workers' resident memory is next compared with their `--max-memory`.
+    next_memory_check: Instant,
     stopping: bool,
     stop_deadline: Option<Instant>,
     forced: bool,
@@ -460,6 +463,9 @@ struct Pool {
 /// Fast polling of a starting worker's port or probe (readiness).
 const READY_POLL: Duration = Duration::from_millis(5);
 
+/// How often the workers' resident memory is compared with `--max-memory`.
+const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The most queued notify datagrams read before a reap (a flood must not delay it long).
 const MAX_DRAINED: usize = 256;
 
@@ -471,6 +477,20 @@ fn needs_poll(c: &Config) -> bool {
         ReadyMode::Auto => c.port_env.is_some(),
         ReadyMode::Notify | ReadyMode::None => false,
     }
+}
+
+/// The resident memory of process `pid` (`VmRSS`), in bytes; `None` when it is gone.
+fn resident_bytes(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 fn slot_id(slot: usize) -> String {
@@ -618,6 +638,7 @@ impl Pool {
                 last_report: None,
                 kill_at: None,
                 term_at: None,
+                retire_when_replaced: false,
                 crash_at,
             },
         );
@@ -683,6 +704,20 @@ impl Pool {
             startup,
             crash_to_ready,
         });
+        // Workers of this slot over their memory limit served until now: they go.
+        let retiring: Vec<(i32, Duration)> = self
+            .workers
+            .values()
+            .filter(|o| o.slot == slot && o.pid != pid && o.retire_when_replaced)
+            .map(|o| (o.pid, o.config.stop_timeout))
+            .collect();
+        for (old, stop_timeout) in retiring {
+            tracing::info!(
+                "{} pid {old}: replaced by pid {pid}; stopping it",
+                slot_id(slot)
+            );
+            self.terminate(old, stop_timeout);
+        }
         if let Some(r) = self.reload.as_ref().filter(|r| r.generation == generation) {
             let wanted = r.config.as_ref().unwrap_or(&self.config).workers;
             let ready = self
@@ -984,15 +1019,29 @@ impl Pool {
     }
 
     /// Reaps every exited child: workers are handled, other pids are orphans we adopted.
-    fn reap(&mut self) {
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+    ///
+    /// A worker's last words come first: each exited child is found without being reaped
+    /// (`WNOWAIT`), the notify queue is read, and only then is the child reaped. Everything it
+    /// sent before it exited is in the queue by then (a datagram is queued before `sendto`
+    /// returns), so none of it is read after the reap, when its pid names no worker. (Reading
+    /// the queue before looking for exits would miss a worker that sends and exits in
+    /// between.)
+    fn reap(&mut self, notify: &notify::NotifySocket, buf: &mut [u8]) {
+        let exited = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        while let Ok(found) = waitid(Id::All, exited) {
+            let Some(pid) = found.pid() else {
+                break; // none exited
+            };
+            for d in notify.drain_queued(buf, MAX_DRAINED) {
+                self.on_datagram(d);
+            }
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid.as_raw(), Some(code), None),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
                     self.on_exit(pid.as_raw(), None, Some(sig as i32))
                 }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue,
+                // Seen exited a moment ago: not expected; do not spin on it.
+                _ => break,
             }
         }
     }
@@ -1230,6 +1279,62 @@ impl Pool {
         }
     }
 
+    /// Replaces the serving workers whose resident memory is above their `--max-memory`.
+    /// Not during a reload, which replaces them all anyway.
+    fn check_memory(&mut self, now: Instant) {
+        if self.reload.is_some() {
+            return;
+        }
+        let over: Vec<(i32, u64, u64)> = self
+            .workers
+            .values()
+            .filter(|w| !w.stop_requested && w.ready_at.is_some())
+            .filter(|w| w.generation == self.active_gen)
+            .filter_map(|w| {
+                let limit = w.config.max_memory?;
+                let rss = resident_bytes(w.pid)?;
+                (rss > limit).then_some((w.pid, rss, limit))
+            })
+            .collect();
+        for (pid, rss, limit) in over {
+            self.over_memory(pid, rss, limit, now);
+        }
+    }
+
+    /// A worker over its memory limit: its replacement starts now; it serves on until the
+    /// replacement is ready (SIGTERM then), or until the replacement had time enough to be.
+    fn over_memory(&mut self, pid: i32, rss: u64, limit: u64, now: Instant) {
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let (slot, uptime) = (w.slot, now - w.started);
+        let id = slot_id(slot);
+        w.stop_requested = true;
+        w.stop_since.get_or_insert(now);
+        w.retire_when_replaced = true;
+        w.term_at = Some(now + w.config.restart_delay_max + w.config.ready_timeout);
+        tracing::warn!(
+            "{id} pid {pid} uses {} of memory, over --max-memory {}; starting its replacement, \
+             then stopping it",
+            crate::config::human_size(rss),
+            crate::config::format_size(limit)
+        );
+        self.count_restart(RestartReason::Memory);
+        self.emit(Event::MemoryLimit {
+            worker: id,
+            pid,
+            rss,
+            limit,
+        });
+        self.schedule_restart(
+            slot,
+            RestartReason::Memory,
+            now,
+            uptime,
+            "is over --max-memory",
+        );
+    }
+
     fn on_probe(&mut self, p: ProbeResult) {
         let shared_many = self.config.port_env.is_none() && self.config.workers > 1;
         let Some(w) = self.workers.get_mut(&p.pid) else {
@@ -1374,6 +1479,10 @@ impl Pool {
         if self.stopping {
             return;
         }
+        if now >= self.next_memory_check {
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL;
+            self.check_memory(now);
+        }
         // Readiness timeouts, heartbeats, probes.
         let mut hung: Vec<(i32, HangKind, String)> = Vec::new();
         let mut assume_ready = Vec::new();
@@ -1461,6 +1570,9 @@ impl Pool {
         }
         if let Some(s) = self.next_sd_watchdog {
             at(s);
+        }
+        if self.workers.values().any(|w| w.config.max_memory.is_some()) {
+            at(self.next_memory_check);
         }
         for w in self.workers.values() {
             if let Some(k) = w.kill_at {
