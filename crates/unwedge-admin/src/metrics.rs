@@ -91,6 +91,7 @@ pub struct Metrics {
     workers: Family<Labels, Gauge>,
     worker_uptime: Family<Labels, Gauge<f64, AtomicU64>>,
     worker_restarts: Family<Labels, Gauge>,
+    worker_memory: Family<Labels, Gauge>,
     worker_ids: Mutex<BTreeSet<String>>,
     /// Route labels of `panics` so far (at most [`MAX_ROUTE_LABELS`]).
     panic_routes: Mutex<BTreeSet<String>>,
@@ -119,6 +120,7 @@ impl Metrics {
             workers: Family::default(),
             worker_uptime: Family::default(),
             worker_restarts: Family::default(),
+            worker_memory: Family::default(),
             worker_ids: Mutex::new(BTreeSet::new()),
             panic_routes: Mutex::new(BTreeSet::new()),
             restarts: Family::default(),
@@ -164,6 +166,12 @@ impl Metrics {
             "worker_restarts",
             "Restarts of each worker slot",
             m.worker_restarts.clone(),
+        );
+        registry.register_with_unit(
+            "worker_resident",
+            "Resident memory of each worker's current process",
+            Unit::Bytes,
+            m.worker_memory.clone(),
         );
         registry.register("restarts", "Worker restarts by reason", m.restarts.clone());
         registry.register(
@@ -351,6 +359,7 @@ impl Metrics {
             let labels = vec![("worker", gone.clone())];
             self.worker_uptime.remove(&labels);
             self.worker_restarts.remove(&labels);
+            self.worker_memory.remove(&labels);
         }
         *seen = current;
         drop(seen);
@@ -360,6 +369,16 @@ impl Metrics {
             self.worker_restarts
                 .get_or_create(&labels)
                 .set(i64::try_from(w.restarts).unwrap_or(i64::MAX));
+            match w.memory_bytes {
+                Some(b) => {
+                    self.worker_memory
+                        .get_or_create(&labels)
+                        .set(i64::try_from(b).unwrap_or(i64::MAX));
+                }
+                None => {
+                    self.worker_memory.remove(&labels);
+                }
+            }
         }
         self.uptime.set(view.supervisor.uptime_secs);
         self.gave_up.set(i64::from(view.supervisor.gave_up));
@@ -407,21 +426,25 @@ mod tests {
         let m = Metrics::new("t");
         let mut view = StatusView::new(SupervisorInfo::new("t", 1));
         for id in 1..=3 {
-            view.workers.push(WorkerView::new(
-                format!("w{id}"),
-                Some(10 + id),
-                WorkerState::Ready,
-            ));
+            let mut w = WorkerView::new(format!("w{id}"), Some(10 + id), WorkerState::Ready);
+            w.memory_bytes = Some(u64::from(id) << 20);
+            view.workers.push(w);
         }
         m.observe_status(&view);
-        assert!(m
-            .encode()
-            .contains(r#"unwedge_worker_restarts{worker="w3"} 0"#));
+        let text = m.encode();
+        assert!(text.contains(r#"unwedge_worker_restarts{worker="w3"} 0"#));
+        assert!(
+            text.contains(r#"unwedge_worker_resident_bytes{worker="w3"} 3145728"#),
+            "{text}"
+        );
         view.workers.truncate(1);
+        view.workers[0].memory_bytes = None;
         m.observe_status(&view);
         let text = m.encode();
         assert!(text.contains(r#"unwedge_worker_restarts{worker="w1"} 0"#));
         assert!(!text.contains(r#"worker="w3""#), "{text}");
+        // A process whose memory could not be read has no value, not a stale one.
+        assert!(!text.contains("unwedge_worker_resident_bytes{"), "{text}");
         assert!(text.contains(r#"unwedge_workers{state="ready"} 1"#));
     }
 }

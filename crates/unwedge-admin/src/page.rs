@@ -166,17 +166,18 @@ fn workers_table(h: &mut String, view: &StatusView) {
     let _ = write!(h, "<p class=\"meta\">{}</p>", counts.join(" · "));
     h.push_str(
         "<table><thead><tr><th>worker</th><th>pid</th><th>generation</th><th>state</th>\
-         <th>uptime</th><th>restarts</th><th>last exit</th><th>last report</th></tr></thead><tbody>",
+         <th>uptime</th><th>memory</th><th>restarts</th><th>last exit</th><th>last report</th></tr></thead><tbody>",
     );
     for w in &view.workers {
         let _ = write!(
             h,
             "<tr class=\"worker\"><td>{}</td><td>{}</td><td>{}</td>\
-             <td><span class=\"st {s}\">{s}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td><span class=\"st {s}\">{s}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&trunc(&w.id, 64)),
             w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
             w.generation,
             secs(w.uptime_secs),
+            crate::status::mib(w.memory_bytes),
             w.restarts,
             w.last_exit.map_or_else(|| "-".to_owned(), |e| e.to_string()),
             w.last_report.as_deref().map_or_else(|| "-".to_owned(), |r| esc(&trunc(r, 200))),

@@ -187,6 +187,9 @@ pub struct WorkerView {
     pub last_exit: Option<ExitStatus>,
     /// One-line summary of the last report this slot sent (see `PanicReport::summary`).
     pub last_report: Option<String>,
+    /// Resident memory of the current process, in bytes, when it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 impl WorkerView {
@@ -201,8 +204,17 @@ impl WorkerView {
             restarts: 0,
             last_exit: None,
             last_report: None,
+            memory_bytes: None,
         }
     }
+}
+
+/// Memory as the status page and `unwedge status` show it: `170.4 MiB`, or `-` when unknown.
+pub(crate) fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(
+        || "-".to_owned(),
+        |b| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+    )
 }
 
 /// Where a worker is in its life. Serialized in lower case (`"ready"`).

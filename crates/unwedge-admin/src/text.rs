@@ -83,18 +83,19 @@ pub fn render_text(view: &StatusView) -> String {
     if !view.workers.is_empty() {
         let _ = writeln!(
             t,
-            "{:<6}  {:>8}  {:>3}  {:<8}  {:>10}  {:>8}  {:<9}  LAST REPORT",
-            "ID", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "LAST EXIT"
+            "{:<6}  {:>8}  {:>3}  {:<8}  {:>10}  {:>11}  {:>8}  {:<9}  LAST REPORT",
+            "ID", "PID", "GEN", "STATE", "UPTIME", "MEMORY", "RESTARTS", "LAST EXIT"
         );
         for w in &view.workers {
             let _ = writeln!(
                 t,
-                "{:<6}  {:>8}  {:>3}  {:<8}  {:>10}  {:>8}  {:<9}  {}",
+                "{:<6}  {:>8}  {:>3}  {:<8}  {:>10}  {:>11}  {:>8}  {:<9}  {}",
                 w.id,
                 w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
                 w.generation,
                 w.state.as_str(),
                 secs(w.uptime_secs),
+                crate::status::mib(w.memory_bytes),
                 w.restarts,
                 w.last_exit
                     .map_or_else(|| "-".to_owned(), |e| e.to_string()),
@@ -169,6 +170,7 @@ mod tests {
         let mut w1 = WorkerView::new("w1", Some(4001), WorkerState::Ready);
         w1.generation = 2;
         w1.uptime_secs = 61.0;
+        w1.memory_bytes = Some(178_675_712);
         let mut w2 = WorkerView::new("w2", Some(4002), WorkerState::Draining);
         w2.restarts = 3;
         w2.last_exit = Some(ExitStatus {
@@ -216,6 +218,11 @@ mod tests {
             "{text}"
         );
         assert!(lines[4].ends_with("  -"), "{text}");
+        assert!(lines[4].contains("1m 1s    170.4 MiB  "), "{text}");
+        assert!(
+            lines[5].contains("0s            -  "),
+            "unknown memory: {text}"
+        );
         // The report summary stays on its worker's line.
         assert!(
             lines[5].ends_with("exit 70    \"cart total overflowed\" at src/cart.rs:88:17"),

@@ -261,6 +261,19 @@ async fn status_json_matches_the_real_workers() {
             .collect();
         ids.sort();
         assert_eq!(ids, ["w1", "w2"]);
+        // Each worker's resident memory, as the kernel counts it.
+        for w in s["workers"].as_array().unwrap() {
+            let pid = w["pid"].as_i64().unwrap() as i32;
+            let rss = w["memory_bytes"].as_u64().unwrap_or(0);
+            let now = unwedge_supervisor::memory::resident_bytes(pid).unwrap();
+            assert!(rss > 1 << 20, "{w}");
+            assert!(rss.abs_diff(now) < 64 << 20, "{rss} vs {now} now: {w}");
+        }
+        let (_, metrics) = get(admin, "/metrics").await;
+        assert!(
+            metrics.contains("unwedge_worker_resident_bytes{worker=\"w1\"} "),
+            "{metrics}"
+        );
         for pid in &pids {
             // A live child of this supervisor, running the demo service.
             let (_, ppid) = proc_state(*pid).expect("worker pid is alive");

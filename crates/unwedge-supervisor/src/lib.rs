@@ -30,6 +30,7 @@
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod memory;
 pub mod notify;
 mod output;
 pub mod policy;

@@ -479,20 +479,6 @@ fn needs_poll(c: &Config) -> bool {
     }
 }
 
-/// The resident memory of process `pid` (`VmRSS`), in bytes; `None` when it is gone.
-fn resident_bytes(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
 fn slot_id(slot: usize) -> String {
     format!("w{}", slot + 1)
 }
@@ -1292,7 +1278,7 @@ impl Pool {
             .filter(|w| w.generation == self.active_gen)
             .filter_map(|w| {
                 let limit = w.config.max_memory?;
-                let rss = resident_bytes(w.pid)?;
+                let rss = crate::memory::resident_bytes(w.pid)?;
                 (rss > limit).then_some((w.pid, rss, limit))
             })
             .collect();
