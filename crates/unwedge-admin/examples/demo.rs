@@ -37,6 +37,7 @@ fn view(started: SystemTime) -> StatusView {
         w.restarts = restarts;
         w.generation = if state == WorkerState::Draining { 1 } else { 2 };
         w.last_exit = exit.map(|(code, signal)| ExitStatus { code, signal });
+        w.memory_bytes = (state != WorkerState::Starting).then_some((40 + 3 * i as u64) << 20);
         if i == 1 {
             w.last_report =
                 Some(r#""cart total overflowed" at src/cart.rs:88:17 (POST /cart/items)"#.into());
