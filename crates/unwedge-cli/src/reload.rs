@@ -28,7 +28,55 @@ fn target(pid: Option<i32>, pidfile: Option<PathBuf>) -> Result<i32, (String, u8
     if pid <= 1 {
         return Err((format!("refusing to signal pid {pid}"), 2));
     }
+    if let Some(cmdline) = foreign_process(pid) {
+        // SIGHUP ends most programs: a stale pid file (a supervisor killed with SIGKILL, its
+        // pid reused) must not make this kill an unrelated process.
+        return Err((
+            format!(
+                "pid {pid} is not an unwedge supervisor (it runs `{cmdline}`); is the pid file stale?"
+            ),
+            1,
+        ));
+    }
     Ok(pid)
+}
+
+/// The command line of process `pid` when it is not `unwedge run …` (a program whose name or
+/// binary contains `unwedge`, with `run` as its first argument); `None` when it is, or when
+/// there is no such process (the signal then reports that).
+fn foreign_process(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let named = |path: &str| {
+        std::path::Path::new(path)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("unwedge"))
+    };
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| {
+            p.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    let ours = args.get(1).is_some_and(|a| a == "run")
+        && (args.first().is_some_and(|a| named(a)) || named(&exe));
+    if ours {
+        return None;
+    }
+    let mut shown = args.join(" ");
+    if shown.chars().count() > 80 {
+        shown = shown.chars().take(79).collect::<String>() + "…";
+    }
+    Some(if shown.is_empty() {
+        "no command line: a kernel thread or a zombie".to_owned()
+    } else {
+        shown
+    })
 }
 
 fn sighup(pid: i32) -> Result<(), (String, u8)> {

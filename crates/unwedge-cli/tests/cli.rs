@@ -236,6 +236,27 @@ async fn reload_needs_a_live_pid() {
     assert_clear(code, 1, &out, "cannot read pid file");
     let (code, out) = run_to_end(&["reload", "--pid", "999999999"]).await;
     assert_clear(code, 1, &out, "cannot signal pid 999999999");
+
+    // A stale pid file naming another program: SIGHUP would end it; it is left alone.
+    let mut other = tokio::process::Command::new("sleep")
+        .arg("30")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stale = dir.path().join("stale.pid");
+    std::fs::write(&stale, format!("{}\n", other.id().unwrap())).unwrap();
+    let (code, out) = run_to_end(&["reload", "--pidfile", stale.to_str().unwrap()]).await;
+    assert_clear(
+        code,
+        1,
+        &out,
+        "is not an unwedge supervisor (it runs `sleep 30`)",
+    );
+    assert!(out.contains("is the pid file stale?"), "{out}");
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "sleep got SIGHUP: {out}"
+    );
 }
 
 /// The exec shim refuses to start a worker whose supervisor is already gone (it would never be

@@ -1359,8 +1359,27 @@ async fn reload_wait_reports_the_outcome() {
         let (code, _, err) = reload_wait(other_pid as i32, admin).await;
         assert_eq!(code, 1, "{err}");
         assert!(
-            err.contains(&format!("belongs to pid {}, not {other_pid}", sup.pid)),
+            err.contains(&format!("pid {other_pid} is not an unwedge supervisor")),
             "{err}"
+        );
+        // Another supervisor's pid with this one's admin address: refused too, unsignalled.
+        let second = start("1", &[]);
+        second.wait_ready(0, 1).await;
+        let mark = second.mark();
+        let (code, _, err) = reload_wait(second.pid, admin).await;
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!("belongs to pid {}, not {}", sup.pid, second.pid)),
+            "{err}"
+        );
+        assert_eq!(
+            second
+                .log()
+                .lines()
+                .skip(mark)
+                .filter(|l| l.contains("SIGHUP"))
+                .count(),
+            0
         );
         assert!(
             other.try_wait().unwrap().is_none(),
