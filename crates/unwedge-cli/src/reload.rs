@@ -16,19 +16,13 @@ const POLL: Duration = Duration::from_millis(50);
 fn target(pid: Option<i32>, pidfile: Option<PathBuf>) -> Result<i32, (String, u8)> {
     let pid = match (pid, pidfile) {
         (Some(p), _) => p,
-        (None, Some(f)) => match std::fs::read_to_string(&f) {
-            Ok(s) => match s.trim().parse::<i32>() {
-                Ok(p) if p > 0 => p,
-                _ => return Err((format!("{}: not a pid: {:?}", f.display(), s.trim()), 1)),
-            },
-            Err(e) => return Err((format!("cannot read pid file {}: {e}", f.display()), 1)),
-        },
+        (None, Some(f)) => unwedge_supervisor::pidfile::read(&f).map_err(|e| (e, 1))?,
         (None, None) => return Err(("give --pid or --pidfile".into(), 2)),
     };
     if pid <= 1 {
         return Err((format!("refusing to signal pid {pid}"), 2));
     }
-    if let Some(cmdline) = foreign_process(pid) {
+    if let Some(cmdline) = unwedge_supervisor::pidfile::not_a_supervisor(pid) {
         // SIGHUP ends most programs: a stale pid file (a supervisor killed with SIGKILL, its
         // pid reused) must not make this kill an unrelated process.
         return Err((
@@ -39,44 +33,6 @@ fn target(pid: Option<i32>, pidfile: Option<PathBuf>) -> Result<i32, (String, u8
         ));
     }
     Ok(pid)
-}
-
-/// The command line of process `pid` when it is not `unwedge run …` (a program whose name or
-/// binary contains `unwedge`, with `run` as its first argument); `None` when it is, or when
-/// there is no such process (the signal then reports that).
-fn foreign_process(pid: i32) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> = raw
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let named = |path: &str| {
-        std::path::Path::new(path)
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().contains("unwedge"))
-    };
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| {
-            p.to_string_lossy()
-                .trim_end_matches(" (deleted)")
-                .to_owned()
-        })
-        .unwrap_or_default();
-    let ours = args.get(1).is_some_and(|a| a == "run")
-        && (args.first().is_some_and(|a| named(a)) || named(&exe));
-    if ours {
-        return None;
-    }
-    let mut shown = args.join(" ");
-    if shown.chars().count() > 80 {
-        shown = shown.chars().take(79).collect::<String>() + "…";
-    }
-    Some(if shown.is_empty() {
-        "no command line: a kernel thread or a zombie".to_owned()
-    } else {
-        shown
-    })
 }
 
 fn sighup(pid: i32) -> Result<(), (String, u8)> {

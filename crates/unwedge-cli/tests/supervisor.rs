@@ -523,6 +523,66 @@ async fn a_broken_new_generation_leaves_the_old_one_serving() {
     .await;
 }
 
+/// The pid file belongs to one supervisor: a second one started with it refuses to start
+/// (and leaves it alone); a stale one naming another program is taken over; it is removed
+/// when its supervisor stops, and only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pid_file_belongs_to_one_supervisor() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.pid");
+        let path = file.to_str().unwrap();
+
+        // Stale: a pid reused by another program.
+        let mut other = tokio::process::Command::new("sleep")
+            .arg("30")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        std::fs::write(&file, format!("{}\n", other.id().unwrap())).unwrap();
+        let mut first = Sup::python(&["--pidfile", path], &[]);
+        first.wait_ready(0, 1).await;
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!("{}\n", first.pid)
+        );
+
+        // A second supervisor with the same pid file.
+        let (code, out) = run_to_end(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--pidfile",
+            path,
+            "--",
+            "true",
+        ])
+        .await;
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains(&format!("supervisor pid {} is running with it", first.pid)),
+            "{out}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!("{}\n", first.pid)
+        );
+
+        first.signal(Signal::SIGTERM);
+        assert_eq!(
+            first.wait_exit(LONG).await.code(),
+            Some(0),
+            "{}",
+            first.log()
+        );
+        assert!(!file.exists(), "the pid file outlived its supervisor");
+        assert!(other.try_wait().unwrap().is_none());
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orphaned_grandchild_is_reaped() {
     within(Duration::from_secs(60), async {

@@ -33,6 +33,7 @@ pub mod events;
 pub mod memory;
 pub mod notify;
 mod output;
+pub mod pidfile;
 pub mod policy;
 pub mod probe;
 pub mod reconfig;

@@ -258,8 +258,7 @@ impl Supervisor {
         let mut sigusr1 = sig(SignalKind::user_defined1(), "SIGUSR1")?;
         let mut sigusr2 = sig(SignalKind::user_defined2(), "SIGUSR2")?;
         if let Some(p) = &self.config.pidfile {
-            std::fs::write(p, format!("{}\n", std::process::id()))
-                .map_err(|e| StartError::setup(format!("write pid file {}", p.display()), e))?;
+            crate::pidfile::claim(p)?;
         }
         let pidfile = self.config.pidfile.clone();
         let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
@@ -343,7 +342,7 @@ impl Supervisor {
         };
         pool.publish();
         if let Some(p) = pidfile {
-            let _ = std::fs::remove_file(p);
+            crate::pidfile::release(&p);
         }
         Ok(outcome)
     }
