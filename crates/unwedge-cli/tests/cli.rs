@@ -238,11 +238,7 @@ async fn reload_needs_a_live_pid() {
     assert_clear(code, 1, &out, "cannot signal pid 999999999");
 
     // A stale pid file naming another program: SIGHUP would end it; it is left alone.
-    let mut other = tokio::process::Command::new("sleep")
-        .arg("30")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut other = another_program().await;
     let stale = dir.path().join("stale.pid");
     std::fs::write(&stale, format!("{}\n", other.id().unwrap())).unwrap();
     let (code, out) = run_to_end(&["reload", "--pidfile", stale.to_str().unwrap()]).await;

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{get, http, proc_state, run_to_end, Sup, BIN, LONG};
+use common::{another_program, get, http, proc_state, run_to_end, Sup, BIN, LONG};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -1350,11 +1350,7 @@ async fn reload_wait_reports_the_outcome() {
         assert_eq!(status(admin).await["supervisor"]["generation"], 2);
 
         // Another process's pid: refused before any signal is sent.
-        let mut other = tokio::process::Command::new("sleep")
-            .arg("30")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut other = another_program().await;
         let other_pid = other.id().unwrap();
         let (code, _, err) = reload_wait(other_pid as i32, admin).await;
         assert_eq!(code, 1, "{err}");

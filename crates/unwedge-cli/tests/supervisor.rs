@@ -534,11 +534,7 @@ async fn the_pid_file_belongs_to_one_supervisor() {
         let path = file.to_str().unwrap();
 
         // Stale: a pid reused by another program.
-        let mut other = tokio::process::Command::new("sleep")
-            .arg("30")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut other = another_program().await;
         std::fs::write(&file, format!("{}\n", other.id().unwrap())).unwrap();
         let mut first = Sup::python(&["--pidfile", path], &[]);
         first.wait_ready(0, 1).await;

@@ -328,3 +328,22 @@ pub async fn run_to_end(args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
     )
 }
+
+/// `sleep 30`, another program, once it runs as such: right after the spawn returns, the
+/// kernel may still be setting up its command line (`/proc/PID/cmdline` is empty for that
+/// moment).
+#[allow(dead_code)] // Not every test binary uses it.
+pub async fn another_program() -> tokio::process::Child {
+    let child = Command::new("sleep")
+        .arg("30")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sleep");
+    let pid = child.id().expect("pid");
+    let deadline = Instant::now() + LONG;
+    while !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep")) {
+        assert!(Instant::now() < deadline, "sleep never ran");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    child
+}
