@@ -527,15 +527,17 @@ impl Server {
             ));
         }
 
-        health::set_ready(true);
-        let status = watchdog::status_text(health::health().state, None, &serving_on);
-        notifier.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        // The log line first: whoever acts on READY=1 (a supervisor that may kill this
+        // process a moment later) finds it already written.
         tracing::info!(
             addr = %serving_on,
             policy = policy.as_str(),
             pid = std::process::id(),
             "serving"
         );
+        health::set_ready(true);
+        let status = watchdog::status_text(health::health().state, None, &serving_on);
+        notifier.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
 
         // Run until a signal or a crash request.
         let crash = tokio::select! {
