@@ -38,6 +38,8 @@ pub struct Sup {
     pub child: Child,
     pub pid: i32,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The tasks reading its stdout and stderr, until they end.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Sup {
@@ -78,12 +80,13 @@ impl Sup {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().expect("stdout");
         let err = child.stderr.take().expect("stderr");
+        let mut readers = Vec::new();
         for r in [
             Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
             Box::new(err),
         ] {
             let lines = lines.clone();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut r = BufReader::new(r).lines();
                 while let Ok(Some(l)) = r.next_line().await {
                     if std::env::var_os("UNWEDGE_TEST_ECHO").is_some() {
@@ -91,9 +94,14 @@ impl Sup {
                     }
                     lines.lock().unwrap().push(l);
                 }
-            });
+            }));
         }
-        Sup { child, pid, lines }
+        Sup {
+            child,
+            pid,
+            lines,
+            readers,
+        }
     }
 
     /// Number of lines so far (a cursor for [`Sup::wait_line`]).
@@ -186,14 +194,21 @@ impl Sup {
         kill(Pid::from_raw(self.pid), sig).expect("signal supervisor");
     }
 
+    /// Waits for the supervisor to exit, and for its last lines to be read (its output is
+    /// read by tasks that may lag behind the exit).
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        match tokio::time::timeout(limit, self.child.wait()).await {
+        let status = match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(s) => s.expect("wait"),
             Err(_) => panic!(
                 "supervisor still running after {limit:?}; log:\n{}",
                 self.log()
             ),
+        };
+        for r in self.readers.drain(..) {
+            // A worker left behind may hold the pipes open: do not wait for it for long.
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
         }
+        status
     }
 }
 
