@@ -930,9 +930,11 @@ async fn a_worker_over_its_memory_limit_is_replaced_with_no_failed_request() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0.0);
         assert!(rss > 100.0, "{over}");
-        let (ready, ready_at) = sup.wait_line_idx(m, &["after the crash"]).await;
+        let (ready, ready_at) = sup.wait_line_idx(m, &["w1 pid ", " ready in "]).await;
         let new = pid_in(&ready).unwrap();
         assert_ne!(new, old);
+        // A planned replacement, not a crash: no crash-to-ready time.
+        assert!(!ready.contains("after the crash"), "{ready}");
         // Stopped only once its replacement serves.
         let (_, stopped_at) = sup
             .wait_line_idx(

@@ -732,7 +732,8 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
 }
 
 /// Parses a size: a number of bytes, optionally followed by `K`, `M` or `G` (powers of 1024;
-/// `KiB`, `MB`, … are accepted too). For `--max-memory` and `--report-max-bytes`.
+/// `KiB`, `MB`, and Kubernetes' `Mi`, … are accepted too). For `--max-memory` and
+/// `--report-max-bytes`.
 ///
 /// ```
 /// use unwedge_supervisor::config::parse_size;
@@ -740,6 +741,7 @@ pub fn parse_signal(s: &str) -> Result<Signal, String> {
 /// assert_eq!(parse_size("4096"), Ok(4096));
 /// assert_eq!(parse_size("10M"), Ok(10 * 1024 * 1024));
 /// assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+/// assert_eq!(parse_size("200Mi"), Ok(200 << 20)); // as in a Kubernetes memory limit
 /// assert!(parse_size("ten").is_err());
 /// ```
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -751,9 +753,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("invalid size {s:?}: expected a number of bytes like 10M"))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
+        "k" | "kb" | "kib" | "ki" => 1 << 10,
+        "m" | "mb" | "mib" | "mi" => 1 << 20,
+        "g" | "gb" | "gib" | "gi" => 1 << 30,
         other => {
             return Err(format!(
                 "invalid size {s:?}: unknown unit {other:?} (use K, M or G)"

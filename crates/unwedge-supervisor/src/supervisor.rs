@@ -351,7 +351,8 @@ impl Supervisor {
 #[derive(Debug)]
 struct Pending {
     at: Instant,
-    crash_at: Instant,
+    /// The crash it replaces (for crash-to-ready); `None` for a planned replacement.
+    crash_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -527,7 +528,7 @@ impl Pool {
                     self.schedule_restart(
                         slot,
                         RestartReason::FailedStart,
-                        Instant::now(),
+                        Some(Instant::now()),
                         Duration::ZERO,
                         "could not be started",
                     );
@@ -733,7 +734,7 @@ impl Pool {
         &mut self,
         slot: usize,
         reason: RestartReason,
-        crash_at: Instant,
+        crash_at: Option<Instant>,
         uptime: Duration,
         why: &str,
     ) {
@@ -1089,7 +1090,7 @@ impl Pool {
         } else {
             format!("pid {pid} {info} after {}", fmt_dur(uptime))
         };
-        self.schedule_restart(w.slot, reason, now, uptime, &why);
+        self.schedule_restart(w.slot, reason, Some(now), uptime, &why);
     }
 
     fn worker_for_sender(&self, pid: i32) -> Option<i32> {
@@ -1172,7 +1173,7 @@ impl Pool {
                             self.schedule_restart(
                                 slot,
                                 RestartReason::Tainted,
-                                now,
+                                Some(now),
                                 uptime,
                                 "is tainted",
                             );
@@ -1206,7 +1207,13 @@ impl Pool {
                 if self.is_candidate(generation) {
                     self.reload_failed(format!("worker {id} stopped before the reload completed"));
                 } else if generation == self.active_gen {
-                    self.schedule_restart(slot, RestartReason::Exit, now, uptime, "is stopping");
+                    self.schedule_restart(
+                        slot,
+                        RestartReason::Exit,
+                        Some(now),
+                        uptime,
+                        "is stopping",
+                    );
                 }
             }
             NotifyMessage::Report(json) => {
@@ -1260,7 +1267,7 @@ impl Pool {
         if self.is_candidate(generation) {
             self.reload_failed(format!("worker {} hung ({})", slot_id(slot), kind.as_str()));
         } else if generation == self.active_gen {
-            self.schedule_restart(slot, RestartReason::Hang, now, uptime, "hung");
+            self.schedule_restart(slot, RestartReason::Hang, Some(now), uptime, "hung");
         }
     }
 
@@ -1314,7 +1321,8 @@ impl Pool {
         self.schedule_restart(
             slot,
             RestartReason::Memory,
-            now,
+            // Planned, not a crash: no crash-to-ready time.
+            None,
             uptime,
             "is over --max-memory",
         );
@@ -1407,7 +1415,7 @@ impl Pool {
             {
                 let p = self.slots[slot].pending.take().expect("checked");
                 let gen = self.active_gen;
-                self.spawn(slot, gen, Some(p.crash_at));
+                self.spawn(slot, gen, p.crash_at);
             }
         }
         // Kill deadlines.
