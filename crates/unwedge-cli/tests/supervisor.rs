@@ -984,6 +984,41 @@ async fn a_worker_over_its_memory_limit_is_replaced_with_no_failed_request() {
     .await;
 }
 
+/// A temporary-file cleaner that removes the notify socket (with its directory) does not cut
+/// the workers off: the supervisor binds it again, private as before, and a replacement's
+/// READY=1 still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_notify_socket_is_bound_again() {
+    use std::os::unix::fs::PermissionsExt;
+    within(Duration::from_secs(60), async {
+        let sup = Sup::python(&["--ready", "notify"], &[]);
+        let addr = sup.addr().await;
+        let pid = sup.wait_ready(0, 1).await[0];
+        let (_, env) = get(addr, "/env").await;
+        let socket = std::path::PathBuf::from(
+            env.split("NOTIFY_SOCKET=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap(),
+        );
+        let dir = socket.parent().unwrap().to_owned();
+        let m = sup.mark();
+        std::fs::remove_dir_all(&dir).unwrap();
+        sup.wait_line(m, &["notify socket", "was removed", "bound it again"])
+            .await;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&socket), 0o600);
+
+        // Only READY=1 counts (--ready notify): the replacement's must arrive.
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        let ready = sup.wait_line(m, &["after the crash"]).await;
+        assert_ne!(pid_in(&ready), Some(pid));
+        assert_eq!(get(addr, "/").await.0, 200);
+    })
+    .await;
+}
+
 /// Whether process `pid` exists and is not a zombie.
 fn running(pid: i32) -> bool {
     matches!(proc_state(pid), Some((state, _)) if state != 'Z')

@@ -141,12 +141,40 @@ pub fn parse(datagram: &[u8]) -> Result<Vec<NotifyMessage>, Malformed> {
     Ok(out)
 }
 
+/// The first of `candidates` (values of `$RUNTIME_DIRECTORY`, `$XDG_RUNTIME_DIR`) that is a
+/// directory, else the temporary directory. systemd's `RUNTIME_DIRECTORY` may list several
+/// directories separated by colons: the first is taken.
+fn base_dir(candidates: &[Option<std::ffi::OsString>]) -> PathBuf {
+    candidates
+        .iter()
+        .flatten()
+        .filter_map(|v| {
+            v.to_str()
+                .and_then(|v| v.split(':').next())
+                .map(PathBuf::from)
+        })
+        .find(|p| !p.as_os_str().is_empty() && p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Binds a datagram socket at `path`, readable and writable by this user only, with
+/// `SO_PASSCRED` on; returns it with its file's inode.
+fn bind_private(path: &Path) -> io::Result<(UnixDatagram, u64)> {
+    let sock = UnixDatagram::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    setsockopt(&sock, PassCred, &true)?;
+    let inode = std::fs::symlink_metadata(path)?.ino();
+    Ok((sock, inode))
+}
+
 /// The supervisor's private notify socket.
 #[derive(Debug)]
 pub struct NotifySocket {
     sock: UnixDatagram,
     path: PathBuf,
     _dir: tempfile::TempDir,
+    /// The socket file's inode, to notice it was removed or replaced.
+    inode: u64,
 }
 
 /// What one received datagram was.
@@ -160,17 +188,17 @@ pub struct Datagram {
 
 impl NotifySocket {
     /// Creates the directory (0700) and the socket (0600) with `SO_PASSCRED` on, in
-    /// `$XDG_RUNTIME_DIR` when set, else the temporary directory. Must be called inside a
-    /// tokio runtime.
+    /// `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`) when set, else `$XDG_RUNTIME_DIR`,
+    /// else the temporary directory. Must be called inside a tokio runtime.
     ///
     /// It also removes the directories that killed supervisors left there: those named
     /// `unwedge-*`, owned by this user with mode 0700, whose `notify.sock` refuses a
     /// connection (nobody has it bound; a live supervisor's socket is never touched).
     pub fn bind() -> io::Result<Self> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
+        let base = base_dir(&[
+            std::env::var_os("RUNTIME_DIRECTORY"),
+            std::env::var_os("XDG_RUNTIME_DIR"),
+        ]);
         Self::bind_in(&base)
     }
 
@@ -189,14 +217,49 @@ impl NotifySocket {
             );
         }
         let path = dir.path().join(SOCKET_NAME);
-        let sock = UnixDatagram::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        setsockopt(&sock, PassCred, &true)?;
+        let (sock, inode) = bind_private(&path)?;
         Ok(NotifySocket {
             sock,
             path,
             _dir: dir,
+            inode,
         })
+    }
+
+    /// Binds the socket again if its file is gone or is not ours any more: a temporary
+    /// directory cleaner (`tmpwatch`, `tmpreaper`, a hand-run `rm`) that removed it would
+    /// otherwise cut every worker off (no heartbeat arrives: all of them hung, and no
+    /// replacement could ever say it is ready). Returns the datagrams still queued on the old
+    /// socket, to be handled before anything the new one receives; `Ok(None)` when the file
+    /// is fine. Cheap: one `lstat`.
+    pub fn heal(&mut self) -> io::Result<Option<Vec<Datagram>>> {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.ino() == self.inode && m.file_type().is_socket() => return Ok(None),
+            Ok(_) => std::fs::remove_file(&self.path)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        if let Err(e) = std::fs::create_dir(dir) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+        }
+        // Ours and private again, whoever recreated it.
+        let meta = std::fs::symlink_metadata(dir)?;
+        if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(io::Error::other(format!(
+                "{} is no longer this user's directory",
+                dir.display()
+            )));
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let (sock, inode) = bind_private(&self.path)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let queued = self.drain_queued(&mut buf, usize::MAX);
+        self.sock = sock;
+        self.inode = inode;
+        Ok(Some(queued))
     }
 
     /// The socket path (the workers' `NOTIFY_SOCKET`).
@@ -279,6 +342,21 @@ pub fn unhealthy_status(status: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_socket_directory_prefers_systemds_runtime_directory() {
+        let run = tempfile::tempdir().unwrap();
+        let xdg = tempfile::tempdir().unwrap();
+        let os = |p: &Path| Some(p.as_os_str().to_owned());
+        let both = format!("{}:{}", run.path().display(), xdg.path().display());
+        assert_eq!(base_dir(&[os(run.path()), os(xdg.path())]), run.path());
+        assert_eq!(base_dir(&[Some(both.into()), None]), run.path());
+        assert_eq!(base_dir(&[None, os(xdg.path())]), xdg.path());
+        let gone = run.path().join("gone");
+        assert_eq!(base_dir(&[os(&gone), os(xdg.path())]), xdg.path());
+        assert_eq!(base_dir(&[Some("".into()), None]), std::env::temp_dir());
+        assert_eq!(base_dir(&[None, None]), std::env::temp_dir());
+    }
 
     #[test]
     fn parses_report_and_rejects_bad_json() {

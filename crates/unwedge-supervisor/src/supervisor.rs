@@ -246,7 +246,7 @@ impl Supervisor {
     /// runtime's worker threads, which live as long as the supervisor, not inside
     /// `spawn_blocking` (those threads end when idle).
     pub async fn run(self) -> Result<Outcome, StartError> {
-        let notify =
+        let mut notify =
             NotifySocket::bind().map_err(|e| StartError::setup("create the notify socket", e))?;
         let sig = |k: SignalKind, name: &str| {
             signal(k).map_err(|e| StartError::setup(format!("handle {name}"), e))
@@ -310,12 +310,14 @@ impl Supervisor {
             pool.spawn(slot, 1, None);
         }
         let mut buf = vec![0u8; 256 * 1024];
+        let mut next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
+        let mut notify_broken = false;
         let outcome = loop {
             pool.publish();
             if let Some(o) = pool.finished() {
                 break o;
             }
-            let deadline = pool.next_deadline();
+            let deadline = pool.next_deadline().min(next_notify_check);
             tokio::select! {
                 // Reaped below, whichever branch ran.
                 _ = sigchld.recv() => {}
@@ -334,6 +336,31 @@ impl Supervisor {
                 },
                 Some(p) = probe_rx.recv() => pool.on_probe(p),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            if Instant::now() >= next_notify_check {
+                next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
+                match notify.heal() {
+                    Ok(None) => notify_broken = false,
+                    Ok(Some(queued)) => {
+                        notify_broken = false;
+                        tracing::warn!(
+                            "the notify socket {} was removed (a temporary file cleaner?); bound it again",
+                            notify.path().display()
+                        );
+                        for d in queued {
+                            pool.on_datagram(d);
+                        }
+                    }
+                    Err(e) if !notify_broken => {
+                        notify_broken = true;
+                        tracing::error!(
+                            "the notify socket {} was removed and cannot be bound again: {e}; \
+                             workers cannot report readiness or heartbeats",
+                            notify.path().display()
+                        );
+                    }
+                    Err(_) => {}
+                }
             }
             // Whichever branch woke the loop: a worker may exit while a timer or another
             // datagram is handled.
@@ -462,6 +489,9 @@ struct Pool {
 
 /// Fast polling of a starting worker's port or probe (readiness).
 const READY_POLL: Duration = Duration::from_millis(5);
+
+/// How often the notify socket's file is checked (and bound again if it was removed).
+const NOTIFY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the workers' resident memory is compared with `--max-memory`.
 const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
