@@ -1019,6 +1019,128 @@ async fn a_removed_notify_socket_is_bound_again() {
     .await;
 }
 
+/// The live workers `/status` lists (any state but exited).
+async fn live_workers(admin: std::net::SocketAddr) -> usize {
+    let (_, body) = get(admin, "/status").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] != "exited")
+        .count()
+}
+
+/// `--reload-mode rolling` replaces one slot at a time, never running more than one worker
+/// above the usual count, without failing a request; a new worker that fails puts the old
+/// generation back in the slots already switched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_reload_replaces_one_worker_at_a_time() {
+    within(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("break-w2");
+        let script = format!(
+            "if [ \"$UNWEDGE_WORKER\" = w2 ] && [ -e {} ]; then echo broken; exit 1; fi; exec {}",
+            marker.display(),
+            fixture("worker.py").display()
+        );
+        let sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "3",
+            "--reload-mode",
+            "rolling",
+            "--admin",
+            "127.0.0.1:0",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        let addr = sup.addr().await;
+        let admin_line = sup.wait_line(0, &["admin listening on http://"]).await;
+        let admin: std::net::SocketAddr = admin_line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let old = sup.wait_ready(0, 3).await;
+        let l = load(addr, 4);
+        load_progress(&l, 50).await;
+
+        let m = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(
+            m,
+            &["reloading: starting generation 2 (rolling: one worker at a time)"],
+        )
+        .await;
+        let mut most = 0;
+        while !sup
+            .log()
+            .lines()
+            .skip(m)
+            .any(|l| l.contains("generation 2 ready"))
+        {
+            most = most.max(live_workers(admin).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            most <= 4,
+            "{most} workers at once during a rolling reload of 3"
+        );
+        // Slot by slot: each old worker stopped once its slot's new one is ready.
+        let mut last = m;
+        for k in 1..=3 {
+            let (line, at) = sup
+                .wait_line_idx(m, &[&format!("w{k} pid "), "of generation 2; stopping it"])
+                .await;
+            assert!(at > last, "w{k} out of order:\n{}", sup.log());
+            assert!(old.contains(&pid_in(&line).unwrap()), "{line}");
+            last = at;
+        }
+        load_progress(&l, 50).await;
+
+        // Generation 3 breaks in slot w2: w1 switched already, so it gets generation 2 back.
+        std::fs::write(&marker, "").unwrap();
+        let m = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(m, &["reload failed: generation 3"]).await;
+        sup.wait_line(m, &["w1: starting generation 2 again in it"])
+            .await;
+        let deadline = Instant::now() + LONG;
+        loop {
+            let (_, body) = get(admin, "/status").await;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let serving: Vec<u64> = v["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["state"] == "ready")
+                .map(|w| w["generation"].as_u64().unwrap())
+                .collect();
+            if serving == [2, 2, 2] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not back to 3 of generation 2: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        load_progress(&l, 50).await;
+        l.stop();
+        let r = l.finish().await;
+        assert_eq!(r.refused, 0, "{r}");
+        assert_eq!(r.unexpected_failures(), 0, "{r}");
+    })
+    .await;
+}
+
 /// Whether process `pid` exists and is not a zombie.
 fn running(pid: i32) -> bool {
     matches!(proc_state(pid), Some((state, _)) if state != 'Z')

@@ -147,6 +147,22 @@ impl<'de> Deserialize<'de> for Workers {
     }
 }
 
+/// How a reload replaces the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadMode {
+    /// The whole new generation starts next to the old one; the old one is stopped once every
+    /// new worker is ready. The fastest, and an all-or-nothing switch; needs room for both
+    /// generations at once.
+    #[default]
+    All,
+    /// One slot at a time: a new worker starts, and once it is ready the old one of its slot
+    /// is stopped and the next slot's new worker starts. At most one worker more than usual
+    /// runs (for workers too big to run twice); generations are mixed while it lasts, and a
+    /// failure puts the old generation back in the slots already switched.
+    Rolling,
+}
+
 /// Format of the supervisor's log and of the worker output it passes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -285,6 +301,11 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready: Option<ReadyMode>,
 
+    /// How a reload replaces the workers [default: all].
+    #[arg(long, value_enum, value_name = "MODE", help_heading = "Workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload_mode: Option<ReloadMode>,
+
     /// Time a new worker has to become ready [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Workers")]
     #[serde(
@@ -394,6 +415,7 @@ impl Options {
             dump_signal,
             dump_grace,
             ready,
+            reload_mode,
             ready_timeout,
             stop_timeout,
             max_memory,
@@ -497,6 +519,8 @@ pub struct Config {
     pub dump_grace: Duration,
     /// Readiness mode.
     pub ready: ReadyMode,
+    /// How a reload replaces the workers.
+    pub reload_mode: ReloadMode,
     /// Time a worker has to become ready.
     pub ready_timeout: Duration,
     /// Time workers have to stop after SIGTERM; a worker leaving on its own
@@ -620,6 +644,7 @@ impl Config {
             dump_signal,
             dump_grace: o.dump_grace.unwrap_or(Duration::from_secs(1)),
             ready,
+            reload_mode: o.reload_mode.unwrap_or_default(),
             ready_timeout: nonzero(o.ready_timeout, Duration::from_secs(10), "ready-timeout")?,
             stop_timeout: o.stop_timeout.unwrap_or(Duration::from_secs(30)),
             max_memory: match o.max_memory {
@@ -657,6 +682,7 @@ impl Config {
             dump_signal: Some(self.dump_signal.as_str().to_owned()),
             dump_grace: Some(self.dump_grace),
             ready: Some(self.ready),
+            reload_mode: Some(self.reload_mode),
             ready_timeout: Some(self.ready_timeout),
             stop_timeout: Some(self.stop_timeout),
             max_memory: self.max_memory,

@@ -42,7 +42,7 @@ pub mod socket;
 mod supervisor;
 pub mod systemd;
 
-pub use config::{Config, ListenAddr, LogFormat, Options, ReadyMode};
+pub use config::{Config, ListenAddr, LogFormat, Options, ReadyMode, ReloadMode};
 pub use error::{ConfigError, StartError};
 pub use events::{
     AlertHook, Counters, Event, ExitInfo, HangKind, RestartReason, Snapshot, WorkerInfo,

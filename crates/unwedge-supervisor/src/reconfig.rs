@@ -26,6 +26,7 @@ fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         command => "command",
         workers => "workers",
         ready => "ready",
+        reload_mode => "reload-mode",
         ready_timeout => "ready-timeout",
         stop_timeout => "stop-timeout",
         restart_delay => "restart-delay",

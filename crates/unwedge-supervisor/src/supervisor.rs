@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::config::{Config, ListenAddr, ReadyMode};
+use crate::config::{Config, ListenAddr, ReadyMode, ReloadMode};
 use crate::error::StartError;
 use crate::events::{
     AlertHook, Counters, Event, ExitInfo, HangKind, RestartReason, Snapshot, WorkerInfo,
@@ -447,6 +447,12 @@ struct Reload {
     generation: u64,
     /// It answers the reload requests up to this number.
     requests: u64,
+    /// One slot at a time (`--reload-mode rolling`).
+    rolling: bool,
+    /// The next slot to start a new worker in.
+    next_slot: usize,
+    /// The old worker whose exit the next slot waits for.
+    waiting_for: Option<i32>,
     /// The new generation's configuration, when it changed.
     config: Option<Arc<Config>>,
 }
@@ -736,6 +742,9 @@ impl Pool {
         }
         if let Some(r) = self.reload.as_ref().filter(|r| r.generation == generation) {
             let wanted = r.config.as_ref().unwrap_or(&self.config).workers;
+            if r.rolling {
+                self.roll_on(slot, pid, generation);
+            }
             let ready = self
                 .workers
                 .values()
@@ -927,21 +936,80 @@ impl Pool {
         let workers = new_config
             .as_ref()
             .map_or(self.config.workers, |c| c.workers);
-        tracing::info!("{why}: reloading: starting generation {generation}");
+        let rolling =
+            new_config.as_deref().unwrap_or(&self.config).reload_mode == ReloadMode::Rolling;
+        tracing::info!(
+            "{why}: reloading: starting generation {generation}{}",
+            if rolling {
+                " (rolling: one worker at a time)"
+            } else {
+                ""
+            }
+        );
         while self.slots.len() < workers {
             let c = new_config.as_deref().unwrap_or(&self.config);
             self.slots.push(Slot::new(c));
         }
+        // Rolling: the first slot now, each next one once the one before is ready.
+        let first = if rolling { workers.min(1) } else { workers };
         self.reload = Some(Reload {
             generation,
             requests,
             config: new_config,
+            rolling,
+            next_slot: first,
+            waiting_for: None,
         });
-        for slot in 0..workers {
+        for slot in 0..first {
             if self.reload.is_none() {
                 break;
             }
             self.spawn(slot, generation, None);
+        }
+    }
+
+    /// A rolling reload's worker in `slot` is ready: the slot's old worker goes, and once it
+    /// has exited (so that at most one worker more than usual runs), the next slot's new
+    /// worker starts.
+    fn roll_on(&mut self, slot: usize, pid: i32, generation: u64) {
+        let old: Vec<(i32, Duration)> = self
+            .workers
+            .values()
+            .filter(|o| o.slot == slot && o.generation != generation && !o.stop_requested)
+            .map(|o| (o.pid, o.config.stop_timeout))
+            .collect();
+        for &(old, stop_timeout) in &old {
+            tracing::info!(
+                "{} pid {old}: replaced by pid {pid} of generation {generation}; stopping it",
+                slot_id(slot)
+            );
+            self.terminate(old, stop_timeout);
+        }
+        match (old.first(), self.reload.as_mut()) {
+            (Some(&(old, _)), Some(r)) => r.waiting_for = Some(old),
+            _ => self.roll_next(),
+        }
+    }
+
+    /// A rolling reload's next slot: its new worker starts, if slots remain.
+    fn roll_next(&mut self) {
+        let Some(r) = self.reload.as_mut().filter(|r| r.rolling) else {
+            return;
+        };
+        let generation = r.generation;
+        let wanted = r.config.as_ref().unwrap_or(&self.config).workers;
+        let next = r.next_slot;
+        if next < wanted {
+            r.next_slot += 1;
+            self.spawn(next, generation, None);
+        }
+    }
+
+    /// `pid` exited: if a rolling reload waited for it, the next slot's turn.
+    fn roll_after_exit(&mut self, pid: i32) {
+        if let Some(r) = self.reload.as_mut().filter(|r| r.waiting_for == Some(pid)) {
+            r.waiting_for = None;
+            self.roll_next();
         }
     }
 
@@ -1018,6 +1086,22 @@ impl Pool {
         for pid in new {
             self.terminate(pid, timeout);
         }
+        if r.rolling {
+            // The slots already switched lost their old worker: the serving generation again.
+            for slot in 0..self.config.workers {
+                let serving = self.workers.values().any(|w| {
+                    w.slot == slot && w.generation == self.active_gen && !w.stop_requested
+                });
+                if !serving && self.slots[slot].pending.is_none() {
+                    tracing::info!(
+                        "{}: starting generation {} again in it",
+                        slot_id(slot),
+                        self.active_gen
+                    );
+                    self.spawn(slot, self.active_gen, None);
+                }
+            }
+        }
         self.counters.reloads_failed += 1;
         self.emit(Event::ReloadFailed {
             generation: r.generation,
@@ -1059,6 +1143,7 @@ impl Pool {
                 // Seen exited a moment ago: not expected; do not spin on it.
                 _ => break,
             }
+            self.roll_after_exit(pid.as_raw());
         }
     }
 
