@@ -9,7 +9,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{another_program, get, http, proc_state, run_to_end, Sup, BIN, LONG};
+use common::{
+    admin_addr, another_program, get, http, proc_state, run_split, run_to_end, Sup, BIN, LONG,
+};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -40,12 +42,6 @@ fn start(workers: &str, extra: &[&str]) -> Sup {
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", BIN, "demo-service"]);
     Sup::start(&args)
-}
-
-/// The admin address, from the supervisor's `admin listening on http://ADDR` line.
-async fn admin_addr(sup: &Sup) -> SocketAddr {
-    let l = sup.wait_line(0, &["admin listening on http://"]).await;
-    l.split("http://").nth(1).unwrap().trim().parse().unwrap()
 }
 
 async fn status(admin: SocketAddr) -> Value {
@@ -966,23 +962,7 @@ async fn chromium_shows_the_real_crash_on_the_status_page() {
         let sup = start("2", &[]);
         let admin = admin_addr(&sup).await;
         sup.wait_ready(0, 2).await;
-        let from = sup.mark();
-        let _ = http(sup.addr().await, "POST", "/poison").await;
-        sup.wait_line(from, &["exit status 70"]).await;
-        let s = status_until(
-            &sup,
-            admin,
-            "the replacement ready and the exit recorded",
-            |s| {
-                ready_pids(s).len() == 2
-                    && s["reports"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|r| r["kind"] == "exit")
-            },
-        )
-        .await;
+        let s = poison_and_wait_for_the_replacement(&sup, admin).await;
         let dom = dump_dom(&format!("http://{admin}/")).await;
         // Workers as rows, with their real pids.
         assert_eq!(dom.matches("<tr class=\"worker\">").count(), 2, "{dom}");
@@ -1190,20 +1170,34 @@ async fn supervisor_with_config(file: &std::path::Path, config: &str) -> (Sup, S
     (sup, admin)
 }
 
+/// Poisons one of the 2 demo workers of `sup` (`POST /poison`: exit 70) and waits until its
+/// replacement is ready and the exit is in `/status`; returns that status.
+async fn poison_and_wait_for_the_replacement(sup: &Sup, admin: SocketAddr) -> Value {
+    let from = sup.mark();
+    let _ = http(sup.addr().await, "POST", "/poison").await;
+    sup.wait_line(from, &["exit status 70"]).await;
+    status_until(
+        sup,
+        admin,
+        "the replacement ready and the exit recorded",
+        |s| {
+            ready_pids(s).len() == 2
+                && s["reports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["kind"] == "exit")
+        },
+    )
+    .await
+}
+
 /// `unwedge status --admin ADMIN [extra]`: (exit code, stdout, stderr).
 async fn unwedge_status(admin: SocketAddr, extra: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(BIN)
-        .args(["status", "--admin", &admin.to_string()])
-        .args(extra)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let admin = admin.to_string();
+    let mut args = vec!["status", "--admin", &admin];
+    args.extend_from_slice(extra);
+    run_split(&args).await
 }
 
 /// `unwedge status` prints what an operator on the host needs: the real workers, then a crash
@@ -1236,23 +1230,7 @@ async fn unwedge_status_shows_the_workers_and_a_crash() {
         }
         assert!(out.contains("\nrecent restarts: none\n"), "{out}");
 
-        let from = sup.mark();
-        let _ = http(sup.addr().await, "POST", "/poison").await;
-        sup.wait_line(from, &["exit status 70"]).await;
-        status_until(
-            &sup,
-            admin,
-            "the replacement ready and the exit recorded",
-            |s| {
-                ready_pids(s).len() == 2
-                    && s["reports"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|r| r["kind"] == "exit")
-            },
-        )
-        .await;
+        poison_and_wait_for_the_replacement(&sup, admin).await;
         let (code, out, err) = unwedge_status(admin, &[]).await;
         assert_eq!(code, 0, "{out}{err}");
         assert!(
@@ -1289,18 +1267,8 @@ async fn unwedge_status_shows_the_workers_and_a_crash() {
 
 /// `unwedge reload --pid PID --wait --admin ADMIN`: (exit code, stdout, stderr).
 async fn reload_wait(pid: i32, admin: SocketAddr) -> (i32, String, String) {
-    let out = tokio::process::Command::new(BIN)
-        .args(["reload", "--pid", &pid.to_string(), "--wait"])
-        .args(["--admin", &admin.to_string()])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (pid, admin) = (pid.to_string(), admin.to_string());
+    run_split(&["reload", "--pid", &pid, "--wait", "--admin", &admin]).await
 }
 
 /// `unwedge reload --wait` tells a deploy script whether the reload worked: exit 0 once the new

@@ -957,14 +957,7 @@ async fn a_worker_over_its_memory_limit_is_replaced_with_no_failed_request() {
         );
 
         // Counted and alerted as such.
-        let admin_line = sup.wait_line(0, &["admin listening on http://"]).await;
-        let admin: std::net::SocketAddr = admin_line
-            .split("http://")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let admin = admin_addr(&sup).await;
         let (_, metrics) = get(admin, "/metrics").await;
         assert!(
             metrics.contains("unwedge_restarts_total{reason=\"memory\"} 1"),
@@ -1060,14 +1053,7 @@ async fn a_rolling_reload_replaces_one_worker_at_a_time() {
             &script,
         ]);
         let addr = sup.addr().await;
-        let admin_line = sup.wait_line(0, &["admin listening on http://"]).await;
-        let admin: std::net::SocketAddr = admin_line
-            .split("http://")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let admin = admin_addr(&sup).await;
         let old = sup.wait_ready(0, 3).await;
         let l = load(addr, 4);
         load_progress(&l, 50).await;

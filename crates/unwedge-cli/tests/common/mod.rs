@@ -325,23 +325,10 @@ pub fn proc_state(pid: i32) -> Option<(char, i32)> {
     Some((state, ppid))
 }
 
-/// Runs `unwedge ARGS` to completion: (exit code, stderr).
+/// Runs `unwedge ARGS` to completion: (exit code, stderr then stdout).
 pub async fn run_to_end(args: &[&str]) -> (i32, String) {
-    let out = tokio::time::timeout(
-        LONG,
-        Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("unwedge did not finish")
-    .expect("run unwedge");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
-    )
+    let (code, out, err) = run_split(args).await;
+    (code, err + &out)
 }
 
 /// `sleep 30`, another program, once it runs as such: right after the spawn returns, the
@@ -361,4 +348,31 @@ pub async fn another_program() -> tokio::process::Child {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     child
+}
+
+/// Runs `unwedge ARGS` to completion: (exit code, stdout, stderr).
+pub async fn run_split(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::time::timeout(
+        LONG,
+        Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("unwedge did not finish")
+    .expect("run unwedge");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The admin address, from the supervisor's `admin listening on http://ADDR` line.
+#[allow(dead_code)] // Not every test binary uses it.
+pub async fn admin_addr(sup: &Sup) -> SocketAddr {
+    let l = sup.wait_line(0, &["admin listening on http://"]).await;
+    l.split("http://").nth(1).unwrap().trim().parse().unwrap()
 }
