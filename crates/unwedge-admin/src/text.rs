@@ -23,7 +23,7 @@ const REPORTS_SHOWN: usize = 5;
 /// let text = render_text(&view);
 /// assert!(text.starts_with("unwedge 0.1.0, pid 42, up 0s, listening on 127.0.0.1:8080\n"));
 /// assert!(text.contains("workers: 1 ready of 1\n"));
-/// assert!(text.contains("w1      43    1  ready"));
+/// assert!(text.contains("\nw1            43    1  ready "));
 /// ```
 pub fn render_text(view: &StatusView) -> String {
     let mut t = String::new();

@@ -147,7 +147,15 @@ impl<'de> Deserialize<'de> for Workers {
     }
 }
 
-/// How a reload replaces the workers.
+/// How a reload replaces the workers: `--reload-mode rolling`, `reload-mode = "rolling"`.
+///
+/// ```
+/// use unwedge_supervisor::config::{Config, Options, ReloadMode};
+///
+/// let file: Options = toml::from_str("reload-mode = \"rolling\"\ncommand = [\"srv\"]").unwrap();
+/// let config = Config::resolve(Some(file), Options::default(), Vec::new()).unwrap();
+/// assert_eq!(config.reload_mode, ReloadMode::Rolling);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ReloadMode {
@@ -793,6 +801,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// `bytes` as [`parse_size`] reads it back, in the largest unit that divides it (`512M`).
+///
+/// ```
+/// use unwedge_supervisor::config::{format_size, parse_size};
+///
+/// assert_eq!(format_size(512 << 20), "512M");
+/// assert_eq!(format_size(1000), "1000");
+/// assert_eq!(parse_size(&format_size(3 << 30)), Ok(3 << 30));
+/// ```
 pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("G", 30), ("M", 20), ("K", 10)] {
         if bytes != 0 && bytes % (1 << shift) == 0 {
