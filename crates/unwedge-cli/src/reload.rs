@@ -43,17 +43,6 @@ fn sighup(pid: i32) -> Result<(), (String, u8)> {
     .map_err(|e| (format!("cannot signal pid {pid}: {}", e.desc()), 1))
 }
 
-/// Whether process `pid` still exists (a zombie counts as gone).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
 /// `supervisor` of the admin endpoint's `/status`.
 async fn supervisor_status(admin: SocketAddr) -> Result<Value, String> {
     crate::status::status_json(admin)
@@ -153,7 +142,7 @@ async fn reload_and_wait(
             Err(e) if Instant::now() >= deadline => return Err((e, 1)),
             Err(_) => {}
         }
-        if !alive(pid) {
+        if !unwedge_supervisor::pidfile::running(pid) {
             return Err((
                 format!("the supervisor (pid {pid}) exited before the reload finished"),
                 1,

@@ -230,9 +230,10 @@ impl NotifySocket {
     /// directory cleaner (`tmpwatch`, `tmpreaper`, a hand-run `rm`) that removed it would
     /// otherwise cut every worker off (no heartbeat arrives: all of them hung, and no
     /// replacement could ever say it is ready). Returns the datagrams still queued on the old
-    /// socket, to be handled before anything the new one receives; `Ok(None)` when the file
-    /// is fine. Cheap: one `lstat`.
-    pub fn heal(&mut self) -> io::Result<Option<Vec<Datagram>>> {
+    /// socket (read into `buf`, as [`drain_queued`](Self::drain_queued) does), to be handled
+    /// before anything the new one receives; `Ok(None)` when the file is fine. Cheap: one
+    /// `lstat`.
+    pub fn heal(&mut self, buf: &mut [u8]) -> io::Result<Option<Vec<Datagram>>> {
         match std::fs::symlink_metadata(&self.path) {
             Ok(m) if m.ino() == self.inode && m.file_type().is_socket() => return Ok(None),
             Ok(_) => std::fs::remove_file(&self.path)?,
@@ -255,8 +256,7 @@ impl NotifySocket {
         }
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         let (sock, inode) = bind_private(&self.path)?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let queued = self.drain_queued(&mut buf, usize::MAX);
+        let queued = self.drain_queued(buf, usize::MAX);
         self.sock = sock;
         self.inode = inode;
         Ok(Some(queued))

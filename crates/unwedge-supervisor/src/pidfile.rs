@@ -24,6 +24,22 @@ pub fn read(path: &Path) -> Result<i32, String> {
     }
 }
 
+/// Whether process `pid` still runs (a zombie counts as gone).
+///
+/// ```
+/// assert!(unwedge_supervisor::pidfile::running(std::process::id() as i32));
+/// assert!(!unwedge_supervisor::pidfile::running(i32::MAX));
+/// ```
+pub fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 /// `None` when process `pid` is an unwedge supervisor (`unwedge run …`: a program whose name
 /// or binary contains `unwedge`, with `run` as its first argument) or does not exist; its
 /// command line (shortened) when it is another program.
@@ -75,8 +91,7 @@ pub fn not_a_supervisor(pid: i32) -> Option<String> {
 pub(crate) fn claim(path: &Path) -> Result<(), StartError> {
     let me = std::process::id() as i32;
     if let Ok(pid) = read(path) {
-        let alive = Path::new(&format!("/proc/{pid}")).exists();
-        if pid != me && alive && not_a_supervisor(pid).is_none() {
+        if pid != me && running(pid) && not_a_supervisor(pid).is_none() {
             return Err(StartError::setup(
                 format!("write pid file {}", path.display()),
                 format!("supervisor pid {pid} is running with it; stop it first, or give this one another --pidfile"),

@@ -339,7 +339,7 @@ impl Supervisor {
             }
             if Instant::now() >= next_notify_check {
                 next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
-                match notify.heal() {
+                match notify.heal(&mut buf) {
                     Ok(None) => notify_broken = false,
                     Ok(Some(queued)) => {
                         notify_broken = false;
@@ -727,19 +727,7 @@ impl Pool {
             crash_to_ready,
         });
         // Workers of this slot over their memory limit served until now: they go.
-        let retiring: Vec<(i32, Duration)> = self
-            .workers
-            .values()
-            .filter(|o| o.slot == slot && o.pid != pid && o.retire_when_replaced)
-            .map(|o| (o.pid, o.config.stop_timeout))
-            .collect();
-        for (old, stop_timeout) in retiring {
-            tracing::info!(
-                "{} pid {old}: replaced by pid {pid}; stopping it",
-                slot_id(slot)
-            );
-            self.terminate(old, stop_timeout);
-        }
+        self.stop_replaced(slot, pid, "", |o| o.retire_when_replaced);
         if let Some(r) = self.reload.as_ref().filter(|r| r.generation == generation) {
             let wanted = r.config.as_ref().unwrap_or(&self.config).workers;
             if r.rolling {
@@ -972,23 +960,38 @@ impl Pool {
     /// has exited (so that at most one worker more than usual runs), the next slot's new
     /// worker starts.
     fn roll_on(&mut self, slot: usize, pid: i32, generation: u64) {
+        let old = self.stop_replaced(slot, pid, &format!(" of generation {generation}"), |o| {
+            o.generation != generation && !o.stop_requested
+        });
+        match (old.first(), self.reload.as_mut()) {
+            (Some(&old), Some(r)) => r.waiting_for = Some(old),
+            _ => self.roll_next(),
+        }
+    }
+
+    /// The other workers of `slot` that `which` picks are replaced by `pid`, ready now: each
+    /// gets SIGTERM (and SIGKILL after its `--stop-timeout`). Returns their pids.
+    fn stop_replaced(
+        &mut self,
+        slot: usize,
+        pid: i32,
+        by: &str,
+        which: impl Fn(&Worker) -> bool,
+    ) -> Vec<i32> {
         let old: Vec<(i32, Duration)> = self
             .workers
             .values()
-            .filter(|o| o.slot == slot && o.generation != generation && !o.stop_requested)
+            .filter(|o| o.slot == slot && o.pid != pid && which(o))
             .map(|o| (o.pid, o.config.stop_timeout))
             .collect();
         for &(old, stop_timeout) in &old {
             tracing::info!(
-                "{} pid {old}: replaced by pid {pid} of generation {generation}; stopping it",
+                "{} pid {old}: replaced by pid {pid}{by}; stopping it",
                 slot_id(slot)
             );
             self.terminate(old, stop_timeout);
         }
-        match (old.first(), self.reload.as_mut()) {
-            (Some(&(old, _)), Some(r)) => r.waiting_for = Some(old),
-            _ => self.roll_next(),
-        }
+        old.into_iter().map(|(old, _)| old).collect()
     }
 
     /// A rolling reload's next slot: its new worker starts, if slots remain.
