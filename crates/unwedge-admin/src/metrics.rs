@@ -108,6 +108,7 @@ pub struct Metrics {
     reports_written: Counter,
     reports_failed: Counter,
     stop_timeouts: Counter,
+    leftover_processes: Counter,
     log_lines_dropped: Counter,
 }
 
@@ -137,6 +138,7 @@ impl Metrics {
             reports_written: Counter::default(),
             reports_failed: Counter::default(),
             stop_timeouts: Counter::default(),
+            leftover_processes: Counter::default(),
             log_lines_dropped: Counter::default(),
         };
         registry.register(
@@ -224,6 +226,11 @@ impl Metrics {
             "stop_timeouts",
             "Workers sent SIGKILL because they did not stop within --stop-timeout (their requests in flight were cut off)",
             m.stop_timeouts.clone(),
+        );
+        registry.register(
+            "leftover_processes",
+            "Processes found still running in the process group of a worker that exited, and stopped (SIGTERM, then SIGKILL after --stop-timeout)",
+            m.leftover_processes.clone(),
         );
         registry.register(
             "log_lines_dropped",
@@ -336,6 +343,11 @@ impl Metrics {
     /// Counts one worker killed because it did not stop within `--stop-timeout`.
     pub fn record_stop_timeout(&self) {
         self.stop_timeouts.inc();
+    }
+
+    /// Counts `n` processes a worker left running in its process group when it exited.
+    pub fn record_leftover_processes(&self, n: u64) {
+        self.leftover_processes.inc_by(n);
     }
 
     /// Counts `n` more supervisor log lines dropped (its log queue was full).

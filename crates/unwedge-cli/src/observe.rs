@@ -538,6 +538,9 @@ impl Ctx {
                     .with_details(serde_json::json!({ "waited_secs": waited.as_secs_f64() })),
                 );
             }
+            Event::LeftoverProcesses { pids, .. } => {
+                self.metrics.record_leftover_processes(pids.len() as u64)
+            }
             Event::GaveUp { reason } => self.alert(
                 AlertEvent::new(AlertKind::GaveUp, reason.clone())
                     .with_details(serde_json::json!({ "reason": reason })),

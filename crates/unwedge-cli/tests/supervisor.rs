@@ -1492,3 +1492,125 @@ async fn the_supervisor_raises_its_open_file_limit_and_workers_keep_the_original
     })
     .await;
 }
+
+/// The pid a worker printed as `[w1 pid N] <label> PID` in lines >= `from`.
+async fn printed_pid(sup: &Sup, from: usize, label: &str) -> i32 {
+    let l = sup.wait_line(from, &[&format!("] {label} ")]).await;
+    l.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Waits until process `pid` is gone (reaped, or a zombie about to be).
+async fn gone(pid: i32, sup: &Sup) {
+    let deadline = Instant::now() + LONG;
+    while proc_state(pid).is_some_and(|(s, _)| s != 'Z') {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} still runs; log:\n{}",
+            sup.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A worker that forks a child which obeys SIGTERM and one which ignores it (both in its
+/// process group, both holding the listening socket), then becomes the server.
+const FORKING_WORKER: &str = r#"
+sleep 1000 &
+echo "obedient $!"
+sh -c 'trap "" TERM; echo "stubborn $$"; while :; do sleep 1; done' &
+exec sleep 1000
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_a_killed_worker_leaves_behind_are_stopped() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--ready",
+            "none",
+            "--stop-timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            FORKING_WORKER,
+        ]);
+        let worker = sup.wait_ready(0, 1).await[0];
+        let obedient = printed_pid(&sup, 0, "obedient").await;
+        let stubborn = printed_pid(&sup, 0, "stubborn").await;
+        let m = sup.mark();
+        // The OOM killer's way: the worker dies at once, its children are not told.
+        kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+        let line = sup
+            .wait_line(m, &[&format!("w1 pid {worker} exited and left")])
+            .await;
+        assert!(line.contains(&obedient.to_string()), "{line}");
+        assert!(line.contains(&stubborn.to_string()), "{line}");
+        gone(obedient, &sup).await;
+        // The one that ignores SIGTERM is killed once --stop-timeout has passed.
+        sup.wait_line(
+            m,
+            &[
+                "did not stop after SIGTERM",
+                &stubborn.to_string(),
+                "SIGKILL",
+            ],
+        )
+        .await;
+        gone(stubborn, &sup).await;
+        let admin = admin_addr(&sup).await;
+        let (_, metrics) = get(admin, "/metrics").await;
+        let found: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("unwedge_leftover_processes_total "))
+            .unwrap_or_else(|| panic!("no leftover counter:\n{metrics}"))
+            .parse()
+            .unwrap();
+        assert!(found >= 2, "{found}");
+        // The slot itself was restarted as for any crash.
+        sup.wait_ready(m, 1).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_stops_leftover_processes_before_it_exits_and_frees_the_port() {
+    within(Duration::from_secs(60), async {
+        let listen = free_loopback_addr().to_string();
+        let mut sup = Sup::start(&[
+            "run",
+            "--listen",
+            &listen,
+            "--admin",
+            "off",
+            "--ready",
+            "none",
+            "--stop-timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            FORKING_WORKER,
+        ]);
+        sup.wait_ready(0, 1).await;
+        let stubborn = printed_pid(&sup, 0, "stubborn").await;
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_exit(LONG).await;
+        let log = sup.log();
+        assert!(
+            log.contains("did not stop after SIGTERM") && log.contains(&stubborn.to_string()),
+            "{log}"
+        );
+        // A process had to be killed: not a clean stop.
+        assert_eq!(status.code(), Some(1), "{log}");
+        gone(stubborn, &sup).await;
+        // Nothing holds the listening socket any more: a new supervisor could bind it.
+        std::net::TcpListener::bind(&listen)
+            .unwrap_or_else(|e| panic!("{listen} still bound after the stop: {e}\n{log}"));
+    })
+    .await;
+}

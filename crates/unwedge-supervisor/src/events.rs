@@ -153,6 +153,9 @@ pub struct Counters {
     /// Workers sent SIGKILL because they did not stop within `--stop-timeout`
     /// ([`Event::StopTimedOut`]).
     pub stop_timeouts: u64,
+    /// Processes found still running in the group of a worker that exited, and stopped
+    /// ([`Event::LeftoverProcesses`]).
+    pub leftover_processes: u64,
     /// Reloads that completed.
     pub reloads: u64,
     /// Reloads whose new generation failed (old one kept serving).
@@ -305,6 +308,17 @@ pub enum Event {
         pid: i32,
         /// Time since it was asked to stop (or said it was stopping).
         waited: Duration,
+    },
+    /// A worker exited and left processes of its process group running (children it forked
+    /// and did not stop): they were sent SIGTERM, and get SIGKILL if they still run after
+    /// `--stop-timeout`. They hold copies of the listening sockets.
+    LeftoverProcesses {
+        /// Slot id.
+        worker: String,
+        /// The exited worker's pid (the group's id).
+        pid: i32,
+        /// The processes found running in its group.
+        pids: Vec<i32>,
     },
     /// The restart intensity was exceeded: every worker is being stopped and the
     /// supervisor will exit with status 3.

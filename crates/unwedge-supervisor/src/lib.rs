@@ -36,6 +36,7 @@ mod output;
 pub mod pidfile;
 pub mod policy;
 pub mod probe;
+pub mod procfs;
 pub mod reconfig;
 pub mod shim;
 pub mod socket;

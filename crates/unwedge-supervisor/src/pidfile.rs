@@ -31,13 +31,7 @@ pub fn read(path: &Path) -> Result<i32, String> {
 /// assert!(!unwedge_supervisor::pidfile::running(i32::MAX));
 /// ```
 pub fn running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    crate::procfs::stat(pid).is_some_and(|s| s.alive())
 }
 
 /// `None` when process `pid` is an unwedge supervisor (`unwedge run …`: a program whose name

@@ -287,6 +287,7 @@ impl Supervisor {
             reload_pending: false,
             next_memory_check: now + MEMORY_CHECK_INTERVAL,
             stopping: false,
+            leftovers: Vec::new(),
             stop_deadline: None,
             forced: false,
             gave_up: None,
@@ -457,6 +458,19 @@ struct Reload {
     config: Option<Arc<Config>>,
 }
 
+/// The process group of a worker that exited and left processes of it running (forked
+/// children, a preforking server's workers): they hold copies of the listening sockets, so
+/// they may still accept connections with the exited worker's code and state, and would keep
+/// the port bound after the supervisor stops.
+#[derive(Debug)]
+struct Leftover {
+    worker: String,
+    /// The group id: the exited worker's pid.
+    pgid: i32,
+    /// When the group gets SIGKILL if anything of it still runs.
+    kill_at: Instant,
+}
+
 struct Pool {
     /// The serving generation's configuration (a reload's candidates have their own).
     config: Arc<Config>,
@@ -483,6 +497,9 @@ struct Pool {
     reload_pending: bool,
     /// When the workers' resident memory is next compared with their `--max-memory`.
     next_memory_check: Instant,
+    /// Process groups of exited workers that still had processes running: sent SIGTERM,
+    /// SIGKILL at their deadline.
+    leftovers: Vec<Leftover>,
     stopping: bool,
     stop_deadline: Option<Instant>,
     forced: bool,
@@ -513,6 +530,15 @@ fn needs_poll(c: &Config) -> bool {
         ReadyMode::Auto => c.port_env.is_some(),
         ReadyMode::Notify | ReadyMode::None => false,
     }
+}
+
+/// `12, 13, 14` (the first 8, then `…`).
+fn list_pids(pids: &[i32]) -> String {
+    let mut text: Vec<String> = pids.iter().take(8).map(i32::to_string).collect();
+    if pids.len() > 8 {
+        text.push("…".to_owned());
+    }
+    text.join(", ")
 }
 
 fn slot_id(slot: usize) -> String {
@@ -830,6 +856,9 @@ impl Pool {
             for pid in self.workers.keys() {
                 let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
             }
+            for l in self.leftovers.drain(..) {
+                let _ = killpg(Pid::from_raw(l.pgid), Signal::SIGKILL);
+            }
             self.forced = true;
             return;
         }
@@ -846,7 +875,82 @@ impl Pool {
         for pid in pids {
             self.terminate(pid, timeout);
         }
-        self.stop_deadline = Some(Instant::now() + timeout);
+        let deadline = Instant::now() + timeout;
+        for l in &mut self.leftovers {
+            l.kill_at = l.kill_at.min(deadline);
+        }
+        self.stop_deadline = Some(deadline);
+    }
+
+    /// After worker `pid` (the leader of its process group) exited: processes of its group
+    /// still running get SIGTERM now and SIGKILL after `--stop-timeout` (at the stop deadline
+    /// when the supervisor is stopping), as systemd does with a unit's processes. They would
+    /// otherwise hold the listening sockets (accepting with the exited worker's code and state,
+    /// keeping the port bound after the supervisor stops) and their memory.
+    fn end_group(&mut self, id: &str, pid: i32) {
+        // No group left (the common case) costs one syscall; only a group that still has
+        // members, perhaps only zombies, costs a look at every process.
+        if killpg(Pid::from_raw(pid), None::<Signal>).is_err() {
+            return;
+        }
+        let members = crate::procfs::group_members(pid);
+        if members.is_empty() {
+            return;
+        }
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+        let now = Instant::now();
+        let mut kill_at = now + self.config.stop_timeout;
+        if let Some(d) = self.stop_deadline {
+            kill_at = kill_at.min(d);
+        }
+        tracing::warn!(
+            "{id} pid {pid} exited and left {} process(es) of its group running (pid {}); \
+             sending them SIGTERM, SIGKILL in {}",
+            members.len(),
+            list_pids(&members),
+            fmt_dur(kill_at - now)
+        );
+        self.counters.leftover_processes += members.len() as u64;
+        self.emit(Event::LeftoverProcesses {
+            worker: id.to_owned(),
+            pid,
+            pids: members,
+        });
+        self.leftovers.push(Leftover {
+            worker: id.to_owned(),
+            pgid: pid,
+            kill_at,
+        });
+    }
+
+    /// SIGKILL to the leftover groups whose deadline passed, if anything of them still runs.
+    fn kill_leftovers(&mut self, now: Instant) {
+        let (due, waiting): (Vec<Leftover>, Vec<Leftover>) = std::mem::take(&mut self.leftovers)
+            .into_iter()
+            .partition(|l| l.kill_at <= now);
+        // Groups whose last process was reaped meanwhile (by us or another member) are gone.
+        self.leftovers = waiting
+            .into_iter()
+            .filter(|l| killpg(Pid::from_raw(l.pgid), None::<Signal>).is_ok())
+            .collect();
+        for l in due {
+            // Only a group with live members exists, so its id cannot name another one yet.
+            let members = crate::procfs::group_members(l.pgid);
+            if members.is_empty() {
+                continue;
+            }
+            tracing::warn!(
+                "{} pid {}: {} leftover process(es) did not stop after SIGTERM (pid {}); sending SIGKILL",
+                l.worker,
+                l.pgid,
+                members.len(),
+                list_pids(&members)
+            );
+            let _ = killpg(Pid::from_raw(l.pgid), Signal::SIGKILL);
+            if self.stopping {
+                self.forced = true;
+            }
+        }
     }
 
     fn forward(&self, sig: Signal) {
@@ -856,7 +960,7 @@ impl Pool {
     }
 
     fn finished(&self) -> Option<Outcome> {
-        if !self.stopping || !self.workers.is_empty() {
+        if !self.stopping || !self.workers.is_empty() || !self.leftovers.is_empty() {
             return None;
         }
         Some(match &self.gave_up {
@@ -1154,8 +1258,17 @@ impl Pool {
         let Some(w) = self.workers.remove(&pid) else {
             self.counters.orphans_reaped += 1;
             tracing::debug!("reaped orphan pid {pid}");
+            // The last of a leftover group? (`killpg` with no signal: does the group exist.)
+            self.leftovers
+                .retain(|l| killpg(Pid::from_raw(l.pgid), None::<Signal>).is_ok());
             return;
         };
+        let id = slot_id(w.slot);
+        self.worker_exited(w, pid, code, signal);
+        self.end_group(&id, pid);
+    }
+
+    fn worker_exited(&mut self, w: Worker, pid: i32, code: Option<i32>, signal: Option<i32>) {
         let now = Instant::now();
         let info = ExitInfo {
             code,
@@ -1216,9 +1329,7 @@ impl Pool {
             return Some(pid);
         }
         // A worker's own children share its process group (the group id is the worker pid).
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let after = &stat[stat.rfind(')')? + 2..];
-        let pgid: i32 = after.split_whitespace().nth(2)?.parse().ok()?;
+        let pgid = crate::procfs::stat(pid)?.pgid;
         self.workers.contains_key(&pgid).then_some(pgid)
     }
 
@@ -1571,6 +1682,7 @@ impl Pool {
         if stop_over {
             self.stop_deadline = None;
         }
+        self.kill_leftovers(now);
         let stop_timeout = self.config.stop_timeout;
         for w in self.workers.values_mut() {
             if w.term_at.is_some_and(|t| t <= now) {
@@ -1678,6 +1790,9 @@ impl Pool {
         }
         if let Some(s) = self.stop_deadline {
             at(s);
+        }
+        for l in &self.leftovers {
+            at(l.kill_at);
         }
         if let Some(s) = self.next_sd_watchdog {
             at(s);

@@ -1,0 +1,200 @@
+//! What `/proc` says about processes: a process's state, parent and process group; the live
+//! members of a process group; a process and its descendants.
+//!
+//! A worker is started as the leader of its own process group, and the processes it forks
+//! stay in that group unless they leave it (`setsid`, `setpgid`): the supervisor signals a
+//! worker's group, attributes notify messages by group, and looks for processes a worker left
+//! running when it exited.
+
+/// The fields of `/proc/PID/stat` the supervisor uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// The state letter: `R` running, `S` sleeping, `D` in uninterruptible sleep, `T`
+    /// stopped, `Z` zombie (exited, not yet reaped), …
+    pub state: char,
+    /// The parent's pid.
+    pub ppid: i32,
+    /// The process group id.
+    pub pgid: i32,
+}
+
+impl Stat {
+    /// Whether it still runs: neither a zombie nor dead.
+    pub fn alive(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Process `pid`'s [`Stat`]; `None` when it does not exist (or `/proc` cannot be read).
+///
+/// ```
+/// let me = unwedge_supervisor::procfs::stat(std::process::id() as i32).unwrap();
+/// assert!(me.alive());
+/// assert_eq!(unwedge_supervisor::procfs::stat(i32::MAX), None);
+/// ```
+pub fn stat(pid: i32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// `pid (comm) state ppid pgrp …`: `comm` may hold spaces and parentheses, so the fields
+/// start after the *last* `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    Some(Stat { state, ppid, pgid })
+}
+
+/// Every pid in `/proc`.
+fn all_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+}
+
+/// The live processes (zombies left out) of process group `pgid`, in pid order. Reads the
+/// `stat` of every process on the machine: for rare events (a worker's exit), not for a
+/// periodic check.
+///
+/// ```
+/// use std::os::unix::process::CommandExt;
+/// let mut child = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+/// let pid = child.id() as i32;
+/// assert_eq!(unwedge_supervisor::procfs::group_members(pid), vec![pid]);
+/// child.kill().unwrap();
+/// child.wait().unwrap();
+/// assert!(unwedge_supervisor::procfs::group_members(pid).is_empty());
+/// ```
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut pids: Vec<i32> = all_pids()
+        .filter(|&p| stat(p).is_some_and(|s| s.pgid == pgid && s.alive()))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// `pid` followed by its live descendants (children, their children, …), at most `limit`
+/// pids in all; empty when `pid` is gone. Children are read from the kernel's
+/// `/proc/PID/task/TID/children` lists (one small read per thread: no scan of the machine's
+/// processes); on a kernel without them (`CONFIG_PROC_CHILDREN`), from the parent pid of
+/// every process. A descendant that was reparented (a daemon that double-forked) is no
+/// longer one.
+///
+/// ```
+/// let me = std::process::id() as i32;
+/// let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+/// let tree = unwedge_supervisor::procfs::descendants(me, 1000);
+/// assert_eq!(tree[0], me);
+/// assert!(tree.contains(&(child.id() as i32)));
+/// child.kill().unwrap();
+/// child.wait().unwrap();
+/// ```
+pub fn descendants(pid: i32, limit: usize) -> Vec<i32> {
+    if !stat(pid).is_some_and(|s| s.alive()) || limit == 0 {
+        return Vec::new();
+    }
+    let mut tree = vec![pid];
+    let by_parent = if children_lists_exist(pid) {
+        None
+    } else {
+        // Built once, on kernels without the children lists.
+        let mut map: std::collections::HashMap<i32, Vec<i32>> = std::collections::HashMap::new();
+        for p in all_pids() {
+            if let Some(s) = stat(p).filter(Stat::alive) {
+                map.entry(s.ppid).or_default().push(p);
+            }
+        }
+        Some(map)
+    };
+    let mut next = 0;
+    while next < tree.len() && tree.len() < limit {
+        let parent = tree[next];
+        next += 1;
+        let children = match &by_parent {
+            Some(map) => map.get(&parent).cloned().unwrap_or_default(),
+            None => children_of(parent),
+        };
+        for c in children {
+            // A pid reused while we walk could close a cycle: never list one twice.
+            if tree.len() < limit && !tree.contains(&c) {
+                tree.push(c);
+            }
+        }
+    }
+    tree
+}
+
+fn children_lists_exist(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}/task/{pid}/children")).exists()
+}
+
+/// The children of every thread of `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        children.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    children
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_come_after_the_last_parenthesis() {
+        let s = parse_stat("42 (we(i)rd ) name) S 7 42 42 0 -1").unwrap();
+        assert_eq!(
+            s,
+            Stat {
+                state: 'S',
+                ppid: 7,
+                pgid: 42
+            }
+        );
+        assert!(s.alive());
+        assert!(!parse_stat("43 (x) Z 1 43 43").unwrap().alive());
+        assert_eq!(parse_stat("44 (x) S"), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn descendants_follow_grandchildren_and_respect_the_limit() {
+        // sh forks sleep (a grandchild of this test): both are found.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo started; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let sh = child.id() as i32;
+        let tree = descendants(sh, 100);
+        assert_eq!(tree.len(), 2, "{tree:?}");
+        assert_eq!(tree[0], sh);
+        assert_eq!(descendants(sh, 1), vec![sh]);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(tree[1]),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        child.wait().unwrap();
+        assert!(descendants(sh, 100).is_empty());
+    }
+}
