@@ -171,7 +171,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "worker_resident",
-            "Resident memory of each worker's current process",
+            "Memory of each worker's current process as --max-memory counts it (RSS; with child processes, the PSS of its process tree)",
             Unit::Bytes,
             m.worker_memory.clone(),
         );

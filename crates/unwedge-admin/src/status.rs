@@ -187,7 +187,8 @@ pub struct WorkerView {
     pub last_exit: Option<ExitStatus>,
     /// One-line summary of the last report this slot sent (see `PanicReport::summary`).
     pub last_report: Option<String>,
-    /// Resident memory of the current process, in bytes, when it was read.
+    /// Memory of the current process as `--max-memory` counts it (its RSS; with child
+    /// processes, the PSS of its process tree), in bytes, when it was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
 }

@@ -322,7 +322,7 @@ fn status_source(
                 signal: e.signal,
             });
             v.last_report = h.last_report.get(&w.id).cloned();
-            v.memory_bytes = sup::memory::resident_bytes(w.pid);
+            v.memory_bytes = sup::memory::worker_bytes(w.pid);
             view.workers.push(v);
         }
         // Slots waiting for their replacement still show, as exited.

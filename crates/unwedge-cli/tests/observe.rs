@@ -261,7 +261,7 @@ async fn status_json_matches_the_real_workers() {
         for w in s["workers"].as_array().unwrap() {
             let pid = w["pid"].as_i64().unwrap() as i32;
             let rss = w["memory_bytes"].as_u64().unwrap_or(0);
-            let now = unwedge_supervisor::memory::resident_bytes(pid).unwrap();
+            let now = unwedge_supervisor::memory::worker_bytes(pid).unwrap();
             assert!(rss > 1 << 20, "{w}");
             assert!(rss.abs_diff(now) < 64 << 20, "{rss} vs {now} now: {w}");
         }

@@ -1499,19 +1499,6 @@ async fn printed_pid(sup: &Sup, from: usize, label: &str) -> i32 {
     l.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-/// Waits until process `pid` is gone (reaped, or a zombie about to be).
-async fn gone(pid: i32, sup: &Sup) {
-    let deadline = Instant::now() + LONG;
-    while proc_state(pid).is_some_and(|(s, _)| s != 'Z') {
-        assert!(
-            Instant::now() < deadline,
-            "pid {pid} still runs; log:\n{}",
-            sup.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// A worker that forks a child which obeys SIGTERM and one which ignores it (both in its
 /// process group, both holding the listening socket), then becomes the server.
 const FORKING_WORKER: &str = r#"
@@ -1550,7 +1537,7 @@ async fn processes_a_killed_worker_leaves_behind_are_stopped() {
             .await;
         assert!(line.contains(&obedient.to_string()), "{line}");
         assert!(line.contains(&stubborn.to_string()), "{line}");
-        gone(obedient, &sup).await;
+        assert!(gone_within(obedient, LONG).await, "{}", sup.log());
         // The one that ignores SIGTERM is killed once --stop-timeout has passed.
         sup.wait_line(
             m,
@@ -1561,7 +1548,7 @@ async fn processes_a_killed_worker_leaves_behind_are_stopped() {
             ],
         )
         .await;
-        gone(stubborn, &sup).await;
+        assert!(gone_within(stubborn, LONG).await, "{}", sup.log());
         let admin = admin_addr(&sup).await;
         let (_, metrics) = get(admin, "/metrics").await;
         let found: u64 = metrics
@@ -1607,10 +1594,84 @@ async fn the_supervisor_stops_leftover_processes_before_it_exits_and_frees_the_p
         );
         // A process had to be killed: not a clean stop.
         assert_eq!(status.code(), Some(1), "{log}");
-        gone(stubborn, &sup).await;
+        assert!(gone_within(stubborn, LONG).await, "{}", sup.log());
         // Nothing holds the listening socket any more: a new supervisor could bind it.
         std::net::TcpListener::bind(&listen)
             .unwrap_or_else(|e| panic!("{listen} still bound after the stop: {e}\n{log}"));
+    })
+    .await;
+}
+
+/// `--max-memory` counts what a worker's children use: a worker whose own process stays
+/// tiny, but whose child grows past the limit, is replaced (once: the replacement's child
+/// does not grow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_child_grows_over_the_memory_limit_is_replaced() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!(
+            r#"
+if [ ! -e {dir}/grown ]; then
+  touch {dir}/grown
+  python3 -c 'import time; b = b"x" * (150 << 20); print("grown", flush=True); time.sleep(1000)' &
+fi
+exec sleep 1000
+"#,
+            dir = dir.path().display()
+        );
+        let sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--ready",
+            "none",
+            "--max-memory",
+            "100M",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        let old = sup.wait_ready(0, 1).await[0];
+        sup.wait_line(0, &["] grown"]).await;
+        assert!(
+            unwedge_supervisor::memory::resident_bytes(old).unwrap() < 10 << 20,
+            "the worker's own process is small"
+        );
+        let over = sup
+            .wait_line(
+                0,
+                &[&format!("w1 pid {old} uses "), "over --max-memory 100M"],
+            )
+            .await;
+        let mib: f64 = over
+            .split(" uses ")
+            .nth(1)
+            .and_then(|r| r.split('M').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0);
+        assert!(mib > 140.0, "{over}");
+        let new = sup.wait_ready(0, 2).await[1];
+        sup.wait_line(
+            0,
+            &[&format!("pid {old}: replaced by pid {new}; stopping it")],
+        )
+        .await;
+        assert!(gone_within(old, LONG).await, "pid {old} still running");
+        // The replacement's tree is measured the same way, and is small.
+        let admin = admin_addr(&sup).await;
+        let (_, status) = get(admin, "/status").await;
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let worker = status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["pid"] == new)
+            .unwrap_or_else(|| panic!("no worker {new}: {status}"));
+        let bytes = worker["memory_bytes"].as_u64().unwrap();
+        assert!(bytes < 10 << 20, "{worker}");
     })
     .await;
 }

@@ -333,8 +333,9 @@ pub struct Options {
     )]
     pub stop_timeout: Option<Duration>,
 
-    /// Memory limit of a worker: a worker whose resident memory (its process's RSS) grows
-    /// above SIZE (`512M`, `2G`) is replaced gracefully: its replacement starts, and once it is
+    /// Memory limit of a worker: a worker whose resident memory (its process's RSS; with child
+    /// processes, the PSS of its process tree) grows above SIZE (`512M`, `2G`) is replaced
+    /// gracefully: its replacement starts, and once it is
     /// ready the old worker gets SIGTERM and drains, before the kernel's OOM killer cuts its
     /// requests [default: none].
     #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Workers")]

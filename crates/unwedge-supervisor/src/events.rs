@@ -256,7 +256,7 @@ pub enum Event {
         worker: String,
         /// Pid.
         pid: i32,
-        /// Its resident memory, in bytes.
+        /// Its memory as `--max-memory` counts it ([`memory::worker_bytes`](crate::memory::worker_bytes)), in bytes.
         rss: u64,
         /// `--max-memory`, in bytes.
         limit: u64,

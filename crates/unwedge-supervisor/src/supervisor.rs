@@ -1513,7 +1513,7 @@ impl Pool {
             .filter(|w| w.generation == self.active_gen)
             .filter_map(|w| {
                 let limit = w.config.max_memory?;
-                let rss = crate::memory::resident_bytes(w.pid)?;
+                let rss = crate::memory::worker_bytes(w.pid)?;
                 (rss > limit).then_some((w.pid, rss, limit))
             })
             .collect();
