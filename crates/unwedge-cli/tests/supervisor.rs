@@ -1675,3 +1675,60 @@ exec sleep 1000
     })
     .await;
 }
+
+/// A command that daemonizes (its server goes into a session of its own and the command
+/// exits) is named plainly, and its daemon is stopped with the supervisor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_daemonizes_is_named_and_its_daemon_stopped_with_the_supervisor() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        // The first start daemonizes (and exits 0 at once); later ones stay in the foreground.
+        let script = format!(
+            r#"
+if [ ! -e {dir}/daemonized ]; then
+  touch {dir}/daemonized
+  setsid sleep 1000 &
+  # As a daemon's parent waits for its child to be on its own (sleep runs after setsid).
+  while [ "$(cat /proc/$!/comm)" != sleep ]; do :; done
+  echo "daemon $!"
+  exit 0
+fi
+exec sleep 1000
+"#,
+            dir = dir.path().display()
+        );
+        let mut sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--ready",
+            "none",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        let daemon = printed_pid(&sup, 0, "daemon").await;
+        let line = sup
+            .wait_line(0, &[&format!("pid {daemon} "), "went into the background"])
+            .await;
+        assert!(line.contains("run it in the foreground"), "{line}");
+        assert!(line.contains("sleep 1000"), "{line}");
+        // Said once, though the next worker exits and restarts are looked at too.
+        sup.wait_ready(0, 2).await;
+        assert!(running(daemon));
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_exit(LONG).await;
+        assert_eq!(status.code(), Some(0), "{}", sup.log());
+        assert!(gone_within(daemon, LONG).await, "{}", sup.log());
+        assert_eq!(
+            sup.log().matches("went into the background").count(),
+            1,
+            "{}",
+            sup.log()
+        );
+    })
+    .await;
+}

@@ -45,12 +45,7 @@ pub fn running(pid: i32) -> bool {
 /// assert_eq!(unwedge_supervisor::pidfile::not_a_supervisor(i32::MAX), None);
 /// ```
 pub fn not_a_supervisor(pid: i32) -> Option<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> = raw
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let args = crate::procfs::arguments(pid)?;
     let named = |path: &str| {
         Path::new(path)
             .file_name()
@@ -68,10 +63,7 @@ pub fn not_a_supervisor(pid: i32) -> Option<String> {
     if ours {
         return None;
     }
-    let mut shown = args.join(" ");
-    if shown.chars().count() > 80 {
-        shown = shown.chars().take(79).collect::<String>() + "…";
-    }
+    let shown = crate::procfs::command_line(pid)?;
     Some(if shown.is_empty() {
         "no command line: a kernel thread or a zombie".to_owned()
     } else {

@@ -16,6 +16,8 @@ pub struct Stat {
     pub ppid: i32,
     /// The process group id.
     pub pgid: i32,
+    /// The session id (a daemon has one of its own: `setsid`).
+    pub sid: i32,
 }
 
 impl Stat {
@@ -37,7 +39,7 @@ pub fn stat(pid: i32) -> Option<Stat> {
     parse_stat(&text)
 }
 
-/// `pid (comm) state ppid pgrp …`: `comm` may hold spaces and parentheses, so the fields
+/// `pid (comm) state ppid pgrp session …`: `comm` may hold spaces and parentheses, so the fields
 /// start after the *last* `)`.
 fn parse_stat(text: &str) -> Option<Stat> {
     let rest = text.get(text.rfind(')')? + 1..)?;
@@ -45,7 +47,13 @@ fn parse_stat(text: &str) -> Option<Stat> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     let pgid = fields.next()?.parse().ok()?;
-    Some(Stat { state, ppid, pgid })
+    let sid = fields.next()?.parse().ok()?;
+    Some(Stat {
+        state,
+        ppid,
+        pgid,
+        sid,
+    })
 }
 
 /// Every pid in `/proc`.
@@ -116,7 +124,10 @@ pub fn descendants(pid: i32, limit: usize) -> Vec<i32> {
         next += 1;
         let children = match &by_parent {
             Some(map) => map.get(&parent).cloned().unwrap_or_default(),
-            None => children_of(parent),
+            None => children_of(parent)
+                .into_iter()
+                .filter(|&c| stat(c).is_some_and(|s| s.alive()))
+                .collect(),
         };
         for c in children {
             // A pid reused while we walk could close a cycle: never list one twice.
@@ -126,6 +137,58 @@ pub fn descendants(pid: i32, limit: usize) -> Vec<i32> {
         }
     }
     tree
+}
+
+/// The children of `pid` (zombies not yet reaped included), from the kernel's children lists
+/// of its threads (or, on a kernel without them, from the parent pid of every process).
+///
+/// ```
+/// let me = std::process::id() as i32;
+/// let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+/// assert!(unwedge_supervisor::procfs::children(me).contains(&(child.id() as i32)));
+/// child.kill().unwrap();
+/// child.wait().unwrap();
+/// ```
+pub fn children(pid: i32) -> Vec<i32> {
+    if children_lists_exist(pid) {
+        children_of(pid)
+    } else {
+        all_pids()
+            .filter(|&p| stat(p).is_some_and(|s| s.ppid == pid))
+            .collect()
+    }
+}
+
+/// The command line of process `pid` (arguments joined by spaces, shortened to 80
+/// characters); `None` when it is gone, empty for a kernel thread or a zombie.
+///
+/// ```
+/// let me = unwedge_supervisor::procfs::command_line(std::process::id() as i32).unwrap();
+/// assert!(!me.is_empty());
+/// ```
+pub fn command_line(pid: i32) -> Option<String> {
+    let mut shown = arguments(pid)?.join(" ");
+    if shown.chars().count() > 80 {
+        shown = shown.chars().take(79).collect::<String>() + "…";
+    }
+    Some(shown)
+}
+
+/// The arguments of process `pid` (`/proc/PID/cmdline`); `None` when it is gone, empty for
+/// a kernel thread or a zombie.
+///
+/// ```
+/// let me = unwedge_supervisor::procfs::arguments(std::process::id() as i32).unwrap();
+/// assert!(!me.is_empty());
+/// ```
+pub fn arguments(pid: i32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
 }
 
 fn children_lists_exist(pid: i32) -> bool {
@@ -156,18 +219,19 @@ mod tests {
 
     #[test]
     fn stat_fields_come_after_the_last_parenthesis() {
-        let s = parse_stat("42 (we(i)rd ) name) S 7 42 42 0 -1").unwrap();
+        let s = parse_stat("42 (we(i)rd ) name) S 7 42 40 0 -1").unwrap();
         assert_eq!(
             s,
             Stat {
                 state: 'S',
                 ppid: 7,
-                pgid: 42
+                pgid: 42,
+                sid: 40,
             }
         );
         assert!(s.alive());
-        assert!(!parse_stat("43 (x) Z 1 43 43").unwrap().alive());
-        assert_eq!(parse_stat("44 (x) S"), None);
+        assert!(!parse_stat("43 (x) Z 1 43 43 0").unwrap().alive());
+        assert_eq!(parse_stat("44 (x) S 1 44"), None);
         assert_eq!(parse_stat("garbage"), None);
     }
 

@@ -288,6 +288,7 @@ impl Supervisor {
             next_memory_check: now + MEMORY_CHECK_INTERVAL,
             stopping: false,
             leftovers: Vec::new(),
+            daemons: Vec::new(),
             stop_deadline: None,
             forced: false,
             gave_up: None,
@@ -340,6 +341,7 @@ impl Supervisor {
             }
             if Instant::now() >= next_notify_check {
                 next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
+                pool.find_daemons();
                 match notify.heal(&mut buf) {
                     Ok(None) => notify_broken = false,
                     Ok(Some(queued)) => {
@@ -500,6 +502,9 @@ struct Pool {
     /// Process groups of exited workers that still had processes running: sent SIGTERM,
     /// SIGKILL at their deadline.
     leftovers: Vec<Leftover>,
+    /// Processes that went into the background out of a worker (a session of their own, now
+    /// children of the supervisor): stopped with the supervisor.
+    daemons: Vec<i32>,
     stopping: bool,
     stop_deadline: Option<Instant>,
     forced: bool,
@@ -859,6 +864,9 @@ impl Pool {
             for l in self.leftovers.drain(..) {
                 let _ = killpg(Pid::from_raw(l.pgid), Signal::SIGKILL);
             }
+            for d in &self.daemons {
+                let _ = kill(Pid::from_raw(*d), Signal::SIGKILL);
+            }
             self.forced = true;
             return;
         }
@@ -878,6 +886,10 @@ impl Pool {
         let deadline = Instant::now() + timeout;
         for l in &mut self.leftovers {
             l.kill_at = l.kill_at.min(deadline);
+        }
+        // Our children (adopted), so their pids cannot be reused before we reap them.
+        for d in &self.daemons {
+            let _ = kill(Pid::from_raw(*d), Signal::SIGTERM);
         }
         self.stop_deadline = Some(deadline);
     }
@@ -960,7 +972,11 @@ impl Pool {
     }
 
     fn finished(&self) -> Option<Outcome> {
-        if !self.stopping || !self.workers.is_empty() || !self.leftovers.is_empty() {
+        if !self.stopping
+            || !self.workers.is_empty()
+            || !self.leftovers.is_empty()
+            || !self.daemons.is_empty()
+        {
             return None;
         }
         Some(match &self.gave_up {
@@ -1261,11 +1277,44 @@ impl Pool {
             // The last of a leftover group? (`killpg` with no signal: does the group exist.)
             self.leftovers
                 .retain(|l| killpg(Pid::from_raw(l.pgid), None::<Signal>).is_ok());
+            self.daemons.retain(|&d| d != pid);
             return;
         };
         let id = slot_id(w.slot);
         self.worker_exited(w, pid, code, signal);
         self.end_group(&id, pid);
+        self.find_daemons();
+    }
+
+    /// Processes that went into the background out of a worker. A daemon forks, starts a
+    /// session of its own (`setsid`) and lets its parent exit: out of the worker's process
+    /// group, it is re-parented to the supervisor (the subreaper). Such a command cannot be
+    /// supervised (its "worker" exits at once, the server runs on unseen), so say it plainly,
+    /// once per process; they are stopped with the supervisor. Looked for at each worker's
+    /// exit and every second (a daemon may call `setsid` only after its parent exited):
+    /// one read of the supervisor's children lists.
+    fn find_daemons(&mut self) {
+        let me = std::process::id() as i32;
+        let Some(session) = crate::procfs::stat(me).map(|s| s.sid) else {
+            return;
+        };
+        for child in crate::procfs::children(me) {
+            if self.workers.contains_key(&child) || self.daemons.contains(&child) {
+                continue;
+            }
+            if !crate::procfs::stat(child).is_some_and(|s| s.alive() && s.sid != session) {
+                continue;
+            }
+            let command = crate::procfs::command_line(child).unwrap_or_default();
+            tracing::warn!(
+                "pid {child} (`{command}`) went into the background out of a worker (a session \
+                 of its own, adopted by the supervisor): a command that daemonizes cannot be \
+                 supervised; run it in the foreground (e.g. \
+                 nginx's `daemon off;`, redis's `--daemonize no`). It is stopped with the \
+                 supervisor"
+            );
+            self.daemons.push(child);
+        }
     }
 
     fn worker_exited(&mut self, w: Worker, pid: i32, code: Option<i32>, signal: Option<i32>) {
@@ -1681,6 +1730,11 @@ impl Pool {
         }
         if stop_over {
             self.stop_deadline = None;
+            for d in &self.daemons {
+                tracing::warn!("pid {d} (went into the background): did not stop within --stop-timeout; sending SIGKILL");
+                let _ = kill(Pid::from_raw(*d), Signal::SIGKILL);
+                self.forced = true;
+            }
         }
         self.kill_leftovers(now);
         let stop_timeout = self.config.stop_timeout;
