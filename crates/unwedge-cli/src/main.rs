@@ -69,7 +69,9 @@ enum Cmd {
         /// The supervisor's admin endpoint, for --wait.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
         admin: std::net::SocketAddr,
-        /// How long --wait waits.
+        /// How long --wait waits without a sign of progress (a reload starting, a worker of
+        /// the new generation starting or becoming ready, an old one stopping): a rolling
+        /// reload of many slots may take longer in all.
         #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = unwedge_supervisor::config::parse_duration)]
         timeout: std::time::Duration,
     },

@@ -44,10 +44,9 @@ fn sighup(pid: i32) -> Result<(), (String, u8)> {
 }
 
 /// `supervisor` of the admin endpoint's `/status`.
-async fn supervisor_status(admin: SocketAddr) -> Result<Value, String> {
-    crate::status::status_json(admin)
-        .await
-        .map(|v| v["supervisor"].clone())
+/// `/status`: `supervisor` (generation, reloads) and `workers`.
+async fn status(admin: SocketAddr) -> Result<Value, String> {
+    crate::status::status_json(admin).await
 }
 
 /// Sends SIGHUP; with `wait`, waits up to `timeout` for the reload's outcome on `admin` and
@@ -94,7 +93,8 @@ async fn reload_and_wait(
     admin: SocketAddr,
     timeout: Duration,
 ) -> Result<String, (String, u8)> {
-    let before = supervisor_status(admin).await.map_err(|e| (e, 1))?;
+    let full = status(admin).await.map_err(|e| (e, 1))?;
+    let before = &full["supervisor"];
     if before["pid"].as_i64() != Some(i64::from(pid)) {
         return Err((
             format!(
@@ -117,10 +117,22 @@ async fn reload_and_wait(
         }
     };
     sighup(pid)?;
-    let deadline = Instant::now() + timeout;
+    // The timeout counts from the last sign of progress: a rolling reload of many slots, or
+    // one queued behind another, may take longer than any fixed time, while each step is
+    // bounded by the supervisor's own timeouts (--ready-timeout, --stop-timeout).
+    let mut deadline = Instant::now() + timeout;
+    let mut seen = progress(&full);
     loop {
         tokio::time::sleep(POLL).await;
-        match supervisor_status(admin).await {
+        let now = status(admin).await;
+        if let Ok(full) = &now {
+            let p = progress(full);
+            if p != seen {
+                seen = p;
+                deadline = Instant::now() + timeout;
+            }
+        }
+        match now.map(|full| full["supervisor"].clone()) {
             Ok(now) if !now["last_reload"].is_null() && answers_ours(&now["last_reload"]) => {
                 let r = &now["last_reload"];
                 let generation = &r["generation"];
@@ -151,11 +163,27 @@ async fn reload_and_wait(
         if Instant::now() >= deadline {
             return Err((
                 format!(
-                    "no reload outcome within {}; the reload may still be in progress",
+                    "no reload outcome, and no progress of it, for {}; the reload may still be in progress",
                     humantime::format_duration(timeout)
                 ),
                 1,
             ));
         }
     }
+}
+
+/// What changes as a reload advances (in `/status`): whether one is in progress, the serving
+/// generation, and each worker's pid, generation and state (a rolling reload switches one
+/// slot at a time).
+fn progress(status: &Value) -> Value {
+    let workers: Vec<Value> = status["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| serde_json::json!([w["id"], w["pid"], w["generation"], w["state"]]))
+                .collect()
+        })
+        .unwrap_or_default();
+    let sup = &status["supervisor"];
+    serde_json::json!([sup["reloading"], sup["generation"], workers])
 }

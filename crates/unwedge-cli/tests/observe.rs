@@ -1267,8 +1267,23 @@ async fn unwedge_status_shows_the_workers_and_a_crash() {
 
 /// `unwedge reload --pid PID --wait --admin ADMIN`: (exit code, stdout, stderr).
 async fn reload_wait(pid: i32, admin: SocketAddr) -> (i32, String, String) {
+    reload_wait_timeout(pid, admin, "2m").await
+}
+
+/// `reload_wait` with `--timeout TIMEOUT`.
+async fn reload_wait_timeout(pid: i32, admin: SocketAddr, timeout: &str) -> (i32, String, String) {
     let (pid, admin) = (pid.to_string(), admin.to_string());
-    run_split(&["reload", "--pid", &pid, "--wait", "--admin", &admin]).await
+    run_split(&[
+        "reload",
+        "--pid",
+        &pid,
+        "--wait",
+        "--admin",
+        &admin,
+        "--timeout",
+        timeout,
+    ])
+    .await
 }
 
 /// `unwedge reload --wait` tells a deploy script whether the reload worked: exit 0 once the new
@@ -1433,6 +1448,48 @@ async fn reload_wait_ends_when_the_supervisor_dies() {
             "{:?}",
             started.elapsed()
         );
+    })
+    .await;
+}
+
+/// `reload --wait --timeout` counts from the last sign of progress: a rolling reload of 4 slots
+/// whose workers take 1 s each to start lasts over 4 s, twice the timeout, and is waited for;
+/// one whose new worker never gets ready is given up after the timeout.
+#[tokio::test]
+async fn reload_wait_follows_a_long_rolling_reload_and_gives_up_on_a_stuck_one() {
+    limited(async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let plain = format!(
+            "workers = 4\nreload-mode = \"rolling\"\ncommand = [{BIN:?}, \"demo-service\"]\n"
+        );
+        let (sup, admin) = supervisor_with_config(&file, &plain).await;
+        sup.wait_ready(0, 4).await;
+        std::fs::write(
+            &file,
+            format!(
+                "workers = 4\nreload-mode = \"rolling\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 1; exec \\\"$0\\\" demo-service\", {BIN:?}]\n"
+            ),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let (code, out, err) = reload_wait_timeout(sup.pid, admin, "2500ms").await;
+        let took = started.elapsed();
+        assert_eq!(code, 0, "{out}{err}\n{}", sup.log());
+        assert_eq!(out.trim(), "reloaded: generation 2 serves");
+        assert!(took > Duration::from_millis(2500), "{took:?}: not longer than the timeout");
+
+        // Generation 3 never says READY=1 (and has a minute to): nothing moves after it starts.
+        std::fs::write(
+            &file,
+            "workers = 4\nreload-mode = \"rolling\"\nready = \"notify\"\nready-timeout = \"60s\"\ncommand = [\"/bin/sleep\", \"600\"]\n",
+        )
+        .unwrap();
+        let started = Instant::now();
+        let (code, _, err) = reload_wait_timeout(sup.pid, admin, "1s").await;
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("no progress of it, for 1s"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
     })
     .await;
 }
