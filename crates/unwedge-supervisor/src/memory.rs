@@ -92,20 +92,9 @@ mod tests {
     #[test]
     fn a_child_s_memory_counts_for_its_parent_and_shared_pages_count_once() {
         // sh (tiny) runs python, which fills 64 MiB of its own and says so.
-        let mut child = std::process::Command::new("sh")
-            .args([
-                "-c",
-                "python3 -c 'import sys,time; b = b\"x\" * (64 << 20); print(\"grown\", flush=True); time.sleep(60)'; :",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
+        let (mut child, line) = crate::procfs::sh_until_first_line(
+            "python3 -c 'import time; b = b\"x\" * (64 << 20); print(\"grown\", flush=True); time.sleep(60)'; :",
+        );
         assert_eq!(line.trim(), "grown");
         let sh = child.id() as i32;
         let alone = resident_bytes(sh).unwrap();

@@ -213,6 +213,23 @@ fn children_of(pid: i32) -> Vec<i32> {
     children
 }
 
+/// For tests: `sh -c SCRIPT` started, and the first line it printed.
+#[cfg(test)]
+pub(crate) fn sh_until_first_line(script: &str) -> (std::process::Child, String) {
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    (child, line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,17 +255,7 @@ mod tests {
     #[test]
     fn descendants_follow_grandchildren_and_respect_the_limit() {
         // sh forks sleep (a grandchild of this test): both are found.
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 30 & echo started; wait"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
+        let (mut child, _) = sh_until_first_line("sleep 30 & echo started; wait");
         let sh = child.id() as i32;
         let tree = descendants(sh, 100);
         assert_eq!(tree.len(), 2, "{tree:?}");
