@@ -1714,6 +1714,7 @@ exec sleep 1000
         let line = sup
             .wait_line(0, &[&format!("pid {daemon} "), "went into the background"])
             .await;
+        assert!(line.contains("daemonizes"), "{line}");
         assert!(line.contains("run it in the foreground"), "{line}");
         assert!(line.contains("sleep 1000"), "{line}");
         // Said once, though the next worker exits and restarts are looked at too.

@@ -1292,7 +1292,9 @@ impl Pool {
     /// supervised (its "worker" exits at once, the server runs on unseen), so say it plainly,
     /// once per process; they are stopped with the supervisor. Looked for at each worker's
     /// exit and every second (a daemon may call `setsid` only after its parent exited):
-    /// one read of the supervisor's children lists.
+    /// one read of the supervisor's children lists. (As PID 1 in a container, a background
+    /// process left by a `kubectl exec` is adopted too: named the same way, and stopped with
+    /// the container as it would be anyway.)
     fn find_daemons(&mut self) {
         let me = std::process::id() as i32;
         let Some(session) = crate::procfs::stat(me).map(|s| s.sid) else {
@@ -1307,11 +1309,10 @@ impl Pool {
             }
             let command = crate::procfs::command_line(child).unwrap_or_default();
             tracing::warn!(
-                "pid {child} (`{command}`) went into the background out of a worker (a session \
-                 of its own, adopted by the supervisor): a command that daemonizes cannot be \
-                 supervised; run it in the foreground (e.g. \
-                 nginx's `daemon off;`, redis's `--daemonize no`). It is stopped with the \
-                 supervisor"
+                "pid {child} (`{command}`) went into the background (a session of its own, \
+                 adopted by the supervisor): if a worker's command daemonizes, it cannot be \
+                 supervised; run it in the foreground (e.g. nginx's `daemon off;`, redis's \
+                 `--daemonize no`). It is stopped with the supervisor"
             );
             self.daemons.push(child);
         }
