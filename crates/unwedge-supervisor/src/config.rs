@@ -250,7 +250,8 @@ pub struct Options {
     pub within: Option<Duration>,
 
     /// Heartbeat deadline: a worker that sent `WATCHDOG=1` once and then stays silent this
-    /// long is hung. Passed to workers as `WATCHDOG_USEC`.
+    /// long is hung. Passed to workers as `WATCHDOG_USEC`. `0` turns it off, as systemd's
+    /// `WatchdogSec=0` [default: off].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Hang detection")]
     #[serde(
         default,
