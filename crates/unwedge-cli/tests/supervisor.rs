@@ -1733,3 +1733,59 @@ exec sleep 1000
     })
     .await;
 }
+
+/// A rolling reload waits for what an old worker left running: a shell wrapper without `exec`
+/// dies at SIGTERM at once while its server drains on; the next slot starts only once that
+/// server is gone too (at most one worker more than usual, servers included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_reload_waits_for_the_server_a_shell_wrapper_left_draining() {
+    within(Duration::from_secs(60), async {
+        // The "server" takes 1.5 s to drain after SIGTERM; the shell around it does not wait.
+        let script = r#"
+sh -c 'trap "sleep 1.5; exit 0" TERM; echo "server $$"; while :; do sleep 0.1; done' &
+wait
+"#;
+        let sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--ready",
+            "none",
+            "--workers",
+            "2",
+            "--reload-mode",
+            "rolling",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        let old = sup.wait_ready(0, 2).await;
+        // Both servers have set their SIGTERM trap.
+        for pid in &old {
+            sup.wait_line(0, &[&format!("pid {pid}] server ")]).await;
+        }
+        let m = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        let first_old = old[0];
+        let (_, drained_at) = sup
+            .wait_line_idx(
+                m,
+                &[&format!(
+                    "pid {first_old}: its leftover processes have exited"
+                )],
+            )
+            .await;
+        sup.wait_line(m, &["generation 2 ready"]).await;
+        let new = sup.ready_pids(m);
+        assert_eq!(new.len(), 2, "{}", sup.log());
+        // The second slot's new worker started after the first slot's old server was gone.
+        let (_, second_ready_at) = sup
+            .wait_line_idx(m, &[&format!("w2 pid {} ready in", new[1])])
+            .await;
+        assert!(second_ready_at > drained_at, "{}", sup.log());
+    })
+    .await;
+}

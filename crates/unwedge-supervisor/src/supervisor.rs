@@ -937,18 +937,16 @@ impl Pool {
 
     /// SIGKILL to the leftover groups whose deadline passed, if anything of them still runs.
     fn kill_leftovers(&mut self, now: Instant) {
+        self.forget_ended_leftovers();
         let (due, waiting): (Vec<Leftover>, Vec<Leftover>) = std::mem::take(&mut self.leftovers)
             .into_iter()
             .partition(|l| l.kill_at <= now);
-        // Groups whose last process was reaped meanwhile (by us or another member) are gone.
-        self.leftovers = waiting
-            .into_iter()
-            .filter(|l| killpg(Pid::from_raw(l.pgid), None::<Signal>).is_ok())
-            .collect();
+        self.leftovers = waiting;
         for l in due {
             // Only a group with live members exists, so its id cannot name another one yet.
             let members = crate::procfs::group_members(l.pgid);
             if members.is_empty() {
+                self.leftover_ended(&l);
                 continue;
             }
             tracing::warn!(
@@ -962,7 +960,34 @@ impl Pool {
             if self.stopping {
                 self.forced = true;
             }
+            // Dying now: a rolling reload need not wait for the reap.
+            self.roll_after_exit(l.pgid);
         }
+    }
+
+    /// Drops the leftover groups whose last process is gone (reaped by us, or by another
+    /// member of the group): `killpg` with no signal finds no process of the group.
+    fn forget_ended_leftovers(&mut self) {
+        if self.leftovers.is_empty() {
+            return;
+        }
+        let (live, ended): (Vec<Leftover>, Vec<Leftover>) = std::mem::take(&mut self.leftovers)
+            .into_iter()
+            .partition(|l| killpg(Pid::from_raw(l.pgid), None::<Signal>).is_ok());
+        self.leftovers = live;
+        for l in ended {
+            self.leftover_ended(&l);
+        }
+    }
+
+    fn leftover_ended(&mut self, l: &Leftover) {
+        tracing::info!(
+            "{} pid {}: its leftover processes have exited",
+            l.worker,
+            l.pgid
+        );
+        // The slot's old worker is only now entirely gone: a rolling reload's next step.
+        self.roll_after_exit(l.pgid);
     }
 
     fn forward(&self, sig: Signal) {
@@ -1128,8 +1153,14 @@ impl Pool {
         }
     }
 
-    /// `pid` exited: if a rolling reload waited for it, the next slot's turn.
+    /// `pid` exited: if a rolling reload waited for it, the next slot's turn, once the
+    /// processes it left in its group are gone too (a shell wrapper without `exec` exits at
+    /// SIGTERM while its server still drains: at most one worker more than usual means the
+    /// server too).
     fn roll_after_exit(&mut self, pid: i32) {
+        if self.leftovers.iter().any(|l| l.pgid == pid) {
+            return;
+        }
         if let Some(r) = self.reload.as_mut().filter(|r| r.waiting_for == Some(pid)) {
             r.waiting_for = None;
             self.roll_next();
@@ -1274,9 +1305,8 @@ impl Pool {
         let Some(w) = self.workers.remove(&pid) else {
             self.counters.orphans_reaped += 1;
             tracing::debug!("reaped orphan pid {pid}");
-            // The last of a leftover group? (`killpg` with no signal: does the group exist.)
-            self.leftovers
-                .retain(|l| killpg(Pid::from_raw(l.pgid), None::<Signal>).is_ok());
+            // The last of a leftover group?
+            self.forget_ended_leftovers();
             self.daemons.retain(|&d| d != pid);
             return;
         };
