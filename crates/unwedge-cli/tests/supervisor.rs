@@ -1789,3 +1789,43 @@ wait
     })
     .await;
 }
+
+/// A daemon that appears during the stop (a worker's SIGTERM handler starts one) is stopped
+/// with the rest, not left for the stop deadline's SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_while_stopping_is_stopped_too() {
+    within(Duration::from_secs(60), async {
+        let script = r#"
+trap 'setsid sleep 1000 & while [ "$(cat /proc/$!/comm)" != sleep ]; do :; done; echo "daemon $!"; exit 0' TERM
+echo armed
+while :; do sleep 0.1; done
+"#;
+        let mut sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--ready",
+            "none",
+            "--stop-timeout",
+            "20s",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        sup.wait_line(0, &["] armed"]).await;
+        let started = Instant::now();
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_exit(LONG).await;
+        let log = sup.log();
+        let daemon = printed_pid(&sup, 0, "daemon").await;
+        assert!(log.contains("went into the background"), "{log}");
+        // Stopped with SIGTERM, not waited for until the 20 s deadline's SIGKILL.
+        assert_eq!(status.code(), Some(0), "{log}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{log}");
+        assert!(gone_within(daemon, LONG).await, "{log}");
+    })
+    .await;
+}

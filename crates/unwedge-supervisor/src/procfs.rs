@@ -1,5 +1,6 @@
-//! What `/proc` says about processes: a process's state, parent and process group; the live
-//! members of a process group; a process and its descendants.
+//! What `/proc` says about processes: a process's state, parent, process group and session;
+//! the live members of a process group; a process's children and descendants; its command
+//! line.
 //!
 //! A worker is started as the leader of its own process group, and the processes it forks
 //! stay in that group unless they leave it (`setsid`, `setpgid`): the supervisor signals a

@@ -502,8 +502,8 @@ struct Pool {
     /// Process groups of exited workers that still had processes running: sent SIGTERM,
     /// SIGKILL at their deadline.
     leftovers: Vec<Leftover>,
-    /// Processes that went into the background out of a worker (a session of their own, now
-    /// children of the supervisor): stopped with the supervisor.
+    /// Processes that went into the background (a session of their own, adopted by the
+    /// supervisor: a worker's daemon): stopped with the supervisor.
     daemons: Vec<i32>,
     stopping: bool,
     stop_deadline: Option<Instant>,
@@ -1344,6 +1344,16 @@ impl Pool {
                  supervised; run it in the foreground (e.g. nginx's `daemon off;`, redis's \
                  `--daemonize no`). It is stopped with the supervisor"
             );
+            if self.stopping {
+                // Found during the stop (the stop must not wait for it forever): SIGTERM
+                // until the stop deadline, SIGKILL once it has passed.
+                let sig = if self.stop_deadline.is_some() {
+                    Signal::SIGTERM
+                } else {
+                    Signal::SIGKILL
+                };
+                let _ = kill(Pid::from_raw(child), sig);
+            }
             self.daemons.push(child);
         }
     }
