@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::status::status_json;
+
 /// How often `--wait` looks at `/status`.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -43,14 +45,9 @@ fn sighup(pid: i32) -> Result<(), (String, u8)> {
     .map_err(|e| (format!("cannot signal pid {pid}: {}", e.desc()), 1))
 }
 
-/// `supervisor` of the admin endpoint's `/status`.
-/// `/status`: `supervisor` (generation, reloads) and `workers`.
-async fn status(admin: SocketAddr) -> Result<Value, String> {
-    crate::status::status_json(admin).await
-}
-
-/// Sends SIGHUP; with `wait`, waits up to `timeout` for the reload's outcome on `admin` and
-/// exits 0 when the new generation serves, 1 when it failed or was refused.
+/// Sends SIGHUP; with `wait`, waits for the reload's outcome on `admin` (giving up once
+/// nothing moved for `timeout`) and exits 0 when the new generation serves, 1 when it failed
+/// or was refused.
 pub(crate) fn reload(
     pid: Option<i32>,
     pidfile: Option<PathBuf>,
@@ -93,7 +90,7 @@ async fn reload_and_wait(
     admin: SocketAddr,
     timeout: Duration,
 ) -> Result<String, (String, u8)> {
-    let full = status(admin).await.map_err(|e| (e, 1))?;
+    let full = status_json(admin).await.map_err(|e| (e, 1))?;
     let before = &full["supervisor"];
     if before["pid"].as_i64() != Some(i64::from(pid)) {
         return Err((
@@ -124,7 +121,7 @@ async fn reload_and_wait(
     let mut seen = progress(&full);
     loop {
         tokio::time::sleep(POLL).await;
-        let now = status(admin).await;
+        let now = status_json(admin).await;
         if let Ok(full) = &now {
             let p = progress(full);
             if p != seen {

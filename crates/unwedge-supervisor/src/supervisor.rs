@@ -911,10 +911,12 @@ impl Pool {
         }
         let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
         let now = Instant::now();
-        let mut kill_at = now + self.config.stop_timeout;
-        if let Some(d) = self.stop_deadline {
-            kill_at = kill_at.min(d);
-        }
+        let kill_at = match self.stop_deadline {
+            Some(d) => d.min(now + self.config.stop_timeout),
+            // The stop's deadline has passed: no more time for anyone.
+            None if self.stopping => now,
+            None => now + self.config.stop_timeout,
+        };
         tracing::warn!(
             "{id} pid {pid} exited and left {} process(es) of its group running (pid {}); \
              sending them SIGTERM, SIGKILL in {}",
