@@ -1127,23 +1127,6 @@ async fn a_rolling_reload_replaces_one_worker_at_a_time() {
     .await;
 }
 
-/// Whether process `pid` exists and is not a zombie.
-fn running(pid: i32) -> bool {
-    matches!(proc_state(pid), Some((state, _)) if state != 'Z')
-}
-
-/// Waits until process `pid` is gone (or a zombie nobody reaps yet); false after `limit`.
-async fn gone_within(pid: i32, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if !running(pid) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
-}
-
 /// `unwedge ARGS` with `env`, its stdout and stderr pipes never read (a stalled journal).
 fn unread_supervisor(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
     tokio::process::Command::new(BIN)

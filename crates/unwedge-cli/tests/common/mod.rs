@@ -376,3 +376,22 @@ pub async fn admin_addr(sup: &Sup) -> SocketAddr {
     let l = sup.wait_line(0, &["admin listening on http://"]).await;
     l.split("http://").nth(1).unwrap().trim().parse().unwrap()
 }
+
+/// Whether process `pid` exists and is not a zombie.
+#[allow(dead_code)] // Not every test binary uses it.
+pub fn running(pid: i32) -> bool {
+    matches!(proc_state(pid), Some((state, _)) if state != 'Z')
+}
+
+/// Waits until process `pid` is gone (or a zombie nobody reaps yet); false after `limit`.
+#[allow(dead_code)] // Not every test binary uses it.
+pub async fn gone_within(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if !running(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
