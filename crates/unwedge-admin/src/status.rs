@@ -99,6 +99,14 @@ pub struct SupervisorInfo {
     /// and waits for a `last_reload` whose [`requests`](ReloadOutcome::requests) is above it.
     #[serde(default)]
     pub reload_requests: u64,
+    /// Workers SIGKILLed because they did not exit within `--stop-timeout` of being asked to
+    /// stop: their requests in flight were cut off.
+    #[serde(default)]
+    pub stop_timeouts: u64,
+    /// Processes found still running in the process group of a worker that exited (its
+    /// forked children), and stopped by the supervisor.
+    #[serde(default)]
+    pub leftover_processes: u64,
 }
 
 /// How a reload ended.
@@ -163,6 +171,8 @@ impl SupervisorInfo {
             reloading: false,
             last_reload: None,
             reload_requests: 0,
+            stop_timeouts: 0,
+            leftover_processes: 0,
         }
     }
 }

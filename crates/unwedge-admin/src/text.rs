@@ -80,6 +80,22 @@ pub fn render_text(view: &StatusView) -> String {
         format!("{} ready of {}", view.ready_workers(), view.workers.len()),
     );
     let _ = writeln!(t, "workers: {}", counts.join(", "));
+    let mut stopped_hard = Vec::new();
+    if s.stop_timeouts > 0 {
+        stopped_hard.push(format!(
+            "{} worker(s) SIGKILLed at --stop-timeout",
+            s.stop_timeouts
+        ));
+    }
+    if s.leftover_processes > 0 {
+        stopped_hard.push(format!(
+            "{} leftover process(es) of exited workers stopped",
+            s.leftover_processes
+        ));
+    }
+    if !stopped_hard.is_empty() {
+        let _ = writeln!(t, "since the start: {}", stopped_hard.join("; "));
+    }
     if !view.workers.is_empty() {
         let _ = writeln!(
             t,
@@ -259,6 +275,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(": worker w1 exit status 1\n"), "{text}");
+        assert!(!text.contains("since the start"), "{text}");
+        v.supervisor.stop_timeouts = 1;
+        v.supervisor.leftover_processes = 3;
+        let text = render_text(&v);
+        assert!(
+            text.contains("\nsince the start: 1 worker(s) SIGKILLed at --stop-timeout; 3 leftover process(es) of exited workers stopped\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -297,6 +297,8 @@ fn status_source(
         info.generation = snap.generation;
         info.reloading = snap.reloading;
         info.reload_requests = snap.reload_requests;
+        info.stop_timeouts = snap.counters.stop_timeouts;
+        info.leftover_processes = snap.counters.leftover_processes;
         let h = shared.history();
         info.last_reload = h.last_reload.clone();
         let mut view = StatusView::new(info);

@@ -1541,6 +1541,13 @@ async fn processes_a_killed_worker_leaves_behind_are_stopped() {
             .parse()
             .unwrap();
         assert!(found >= 2, "{found}");
+        let (_, status) = get(admin, "/status").await;
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(
+            status["supervisor"]["leftover_processes"].as_u64(),
+            Some(found),
+            "{status}"
+        );
         // The slot itself was restarted as for any crash.
         sup.wait_ready(m, 1).await;
     })
