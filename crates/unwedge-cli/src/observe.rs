@@ -269,6 +269,42 @@ impl Observer {
     }
 }
 
+/// Each worker's memory for the views (`/status`, `/metrics`, the page), as `--max-memory`
+/// counts it ([`sup::memory::worker_bytes`]), measured again at most once per second, and
+/// at most once per 20 times its last measurement took: the PSS of a process tree is a walk of
+/// its page tables (~12 ms per GiB), which a page refreshing itself or a scraper must not
+/// repeat at will.
+#[derive(Default)]
+struct MemoryGauge {
+    /// pid → (bytes, when it may be measured again).
+    by_pid: Mutex<HashMap<i32, (Option<u64>, Instant)>>,
+}
+
+impl MemoryGauge {
+    fn bytes(&self, pid: i32) -> Option<u64> {
+        let now = Instant::now();
+        if let Some((bytes, until)) = self.lock().get(&pid) {
+            if now < *until {
+                return *bytes;
+            }
+        }
+        // Measured without the lock: two views at once may both measure, neither waits.
+        let bytes = sup::memory::worker_bytes(pid);
+        let until = now + (now.elapsed() * 20).max(Duration::from_secs(1));
+        self.lock().insert(pid, (bytes, until));
+        bytes
+    }
+
+    /// Forgets the pids that are no longer workers.
+    fn keep(&self, pids: &HashSet<i32>) {
+        self.lock().retain(|pid, _| pids.contains(pid));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, (Option<u64>, Instant)>> {
+        self.by_pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 fn status_source(
     handle: Handle,
     shared: Arc<Shared>,
@@ -279,8 +315,16 @@ fn status_source(
     let started = Instant::now();
     let forged_seen = AtomicU64::new(0);
     let dropped_seen = AtomicU64::new(0);
+    let memory = MemoryGauge::default();
     StatusSource::from_fn(move || {
         let snap = handle.snapshot();
+        // Before the history's lock: alerts must not wait for a measurement.
+        let memory_of: HashMap<i32, Option<u64>> = snap
+            .workers
+            .iter()
+            .map(|w| (w.pid, memory.bytes(w.pid)))
+            .collect();
+        memory.keep(&memory_of.keys().copied().collect());
         // The supervisor counts forged notify messages; the metric follows on each look.
         let forged = snap.counters.forged_notify;
         let before = forged_seen.swap(forged, Ordering::Relaxed);
@@ -324,7 +368,7 @@ fn status_source(
                 signal: e.signal,
             });
             v.last_report = h.last_report.get(&w.id).cloned();
-            v.memory_bytes = sup::memory::worker_bytes(w.pid);
+            v.memory_bytes = memory_of.get(&w.pid).copied().flatten();
             view.workers.push(v);
         }
         // Slots waiting for their replacement still show, as exited.
