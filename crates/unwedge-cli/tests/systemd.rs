@@ -106,6 +106,8 @@ async fn real_systemd_socket_activate_passes_its_socket_through() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let addr = free_loopback_addr();
         let py = fixture("worker.py");
+        // The supervisor's log, for the failure messages.
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = tokio::process::Command::new(activate);
         cmd.arg("-l")
             .arg(addr.to_string())
@@ -113,9 +115,11 @@ async fn real_systemd_socket_activate_passes_its_socket_through() {
             .args([BIN, "run", "--workers", "2", "--", py.to_str().unwrap()])
             .env_remove("NOTIFY_SOCKET")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log.reopen().unwrap())
             .kill_on_drop(true);
         let mut child = cmd.spawn().unwrap();
+        let _show = ShowLogOnFailure(log.path().to_owned());
+        let log = || std::fs::read_to_string(log.path()).unwrap_or_default();
         let sup_pid = child.id().unwrap() as i32; // it execs unwedge: same pid
                                                   // Wait for systemd-socket-activate to bind; then the socket is systemd's, and the
                                                   // first answer comes once a worker is up.
@@ -150,7 +154,7 @@ async fn real_systemd_socket_activate_passes_its_socket_through() {
         );
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup_pid), Signal::SIGTERM).unwrap();
         let status = child.wait().await.unwrap();
-        assert_eq!(status.code(), Some(0));
+        assert_eq!(status.code(), Some(0), "{}", log());
     })
     .await
     .expect("test timed out");
@@ -277,4 +281,16 @@ async fn listen_fds_meant_for_another_process_are_ignored() {
     })
     .await
     .expect("test timed out");
+}
+
+/// Prints the supervisor's log file when the test fails (any assertion, any timeout).
+struct ShowLogOnFailure(std::path::PathBuf);
+
+impl Drop for ShowLogOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            eprintln!("supervisor log:\n{log}");
+        }
+    }
 }
