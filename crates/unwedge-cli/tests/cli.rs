@@ -118,7 +118,7 @@ async fn a_command_that_cannot_run_exits_1() {
 }
 
 #[tokio::test]
-async fn a_port_in_use_exits_1() {
+async fn a_port_in_use_exits_1_and_names_what_holds_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let (code, out) = run_to_end(&["run", "--listen", &addr, "--", "true"]).await;
@@ -128,6 +128,42 @@ async fn a_port_in_use_exits_1() {
         &out,
         &format!("cannot listen on {addr}: Address already in use"),
     );
+    // This test's own process holds it (often, in real life, one a previous run left).
+    let me = std::process::id();
+    assert!(
+        out.contains(&format!("; pid {me} (`")) && out.contains("`) listens on it"),
+        "{out}"
+    );
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+}
+
+/// A unix socket a server still accepts on is in use, not replaced (replacing it would take
+/// that server's new connections); one nothing listens on any more is replaced.
+#[tokio::test]
+async fn a_unix_socket_in_use_is_not_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.sock");
+    let listen = format!("unix:{}", path.display());
+    let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let (code, out) = run_to_end(&["run", "--listen", &listen, "--", "true"]).await;
+    assert_clear(
+        code,
+        1,
+        &out,
+        &format!("cannot listen on {listen}: a server accepts connections on it; pid "),
+    );
+    // Still the test's socket: a client reaches it.
+    std::os::unix::net::UnixStream::connect(&path).unwrap();
+    live.accept().unwrap();
+
+    // Left behind by a server that ended: replaced.
+    drop(live);
+    let mut sup = Sup::start(&[
+        "run", "--admin", "off", "--ready", "none", "--listen", &listen, "--", "sleep", "30",
+    ]);
+    sup.wait_ready(0, 1).await;
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
 }
 
 #[tokio::test]

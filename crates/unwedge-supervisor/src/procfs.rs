@@ -160,15 +160,20 @@ pub fn children(pid: i32) -> Vec<i32> {
     }
 }
 
-/// The command line of process `pid` (arguments joined by spaces, shortened to 80
-/// characters); `None` when it is gone, empty for a kernel thread or a zombie.
+/// The command line of process `pid` on one line (arguments joined by spaces, control
+/// characters such as newlines as spaces, shortened to 80 characters); `None` when it is
+/// gone, empty for a kernel thread or a zombie.
 ///
 /// ```
 /// let me = unwedge_supervisor::procfs::command_line(std::process::id() as i32).unwrap();
 /// assert!(!me.is_empty());
 /// ```
 pub fn command_line(pid: i32) -> Option<String> {
-    let mut shown = arguments(pid)?.join(" ");
+    let mut shown: String = arguments(pid)?
+        .join(" ")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if shown.chars().count() > 80 {
         shown = shown.chars().take(79).collect::<String>() + "…";
     }
@@ -190,6 +195,105 @@ pub fn arguments(pid: i32) -> Option<Vec<String>> {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect(),
     )
+}
+
+/// The processes with a TCP socket listening on `port` (any address, IPv4 or IPv6), in pid
+/// order: for naming what holds a port a `--listen` could not bind. Reads `/proc/net/tcp{,6}`
+/// and the descriptors of every process (a process of another user shows only to root).
+///
+/// ```
+/// let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let port = l.local_addr().unwrap().port();
+/// let me = std::process::id() as i32;
+/// assert_eq!(unwedge_supervisor::procfs::tcp_listeners(port), vec![me]);
+/// ```
+pub fn tcp_listeners(port: u16) -> Vec<i32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let listening = *state == "0A";
+            let on_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                == Some(port);
+            if listening && on_port {
+                inodes.push((*inode).to_owned());
+            }
+        }
+    }
+    socket_holders(&inodes)
+}
+
+/// The processes with the unix stream socket bound at `path` open, in pid order (see
+/// [`tcp_listeners`]).
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("app.sock");
+/// let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+/// let me = std::process::id() as i32;
+/// assert_eq!(unwedge_supervisor::procfs::unix_listeners(&path), vec![me]);
+/// ```
+pub fn unix_listeners(path: &std::path::Path) -> Vec<i32> {
+    let Ok(text) = std::fs::read_to_string("/proc/net/unix") else {
+        return Vec::new();
+    };
+    let wanted = path.to_string_lossy();
+    let inodes: Vec<String> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // Num RefCount Protocol Flags Type St Inode Path
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(7) == Some(&wanted.as_ref())).then(|| f.get(6).map(|i| (*i).to_owned()))?
+        })
+        .collect();
+    socket_holders(&inodes)
+}
+
+/// The processes with a descriptor on one of the sockets `inodes`.
+fn socket_holders(inodes: &[String]) -> Vec<i32> {
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let targets: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let mut pids: Vec<i32> = all_pids()
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|t| targets.iter().any(|s| t.as_os_str() == s.as_str()))
+                })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// `pid 4242 (`python3 app.py`)`, or `pids 4242 (`…`), 4243 (`…`)`: for error messages.
+pub(crate) fn describe(pids: &[i32]) -> String {
+    let each: Vec<String> = pids
+        .iter()
+        .take(3)
+        .map(|p| format!("{p} (`{}`)", command_line(*p).unwrap_or_default()))
+        .collect();
+    let more = if pids.len() > 3 { ", …" } else { "" };
+    match pids.len() {
+        1 => format!("pid {}", each[0]),
+        _ => format!("pids {}{more}", each.join(", ")),
+    }
 }
 
 fn children_lists_exist(pid: i32) -> bool {

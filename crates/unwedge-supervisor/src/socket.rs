@@ -37,7 +37,7 @@ pub fn bind_all(addrs: &[ListenAddr]) -> Result<Vec<Listener>, StartError> {
         .map(|(i, addr)| {
             let fd = bind(addr).map_err(|e| StartError::Listen {
                 addr: addr.to_string(),
-                reason: e.to_string(),
+                reason: in_use_by(addr, e),
             })?;
             let local = match addr {
                 ListenAddr::Tcp(_) => {
@@ -65,6 +65,22 @@ pub fn bind_all(addrs: &[ListenAddr]) -> Result<Vec<Listener>, StartError> {
         .collect()
 }
 
+/// `e`, and for an address in use, what holds it (`Address already in use (os error 98);
+/// pid 4242 (`python3 app.py`) listens on it`): often a process a previous run left behind.
+fn in_use_by(addr: &ListenAddr, e: std::io::Error) -> String {
+    if e.kind() != std::io::ErrorKind::AddrInUse {
+        return e.to_string();
+    }
+    let holders = match addr {
+        ListenAddr::Tcp(a) => crate::procfs::tcp_listeners(a.port()),
+        ListenAddr::Unix(path) => crate::procfs::unix_listeners(path),
+    };
+    if holders.is_empty() {
+        return e.to_string();
+    }
+    format!("{e}; {} listens on it", crate::procfs::describe(&holders))
+}
+
 fn bind(addr: &ListenAddr) -> std::io::Result<OwnedFd> {
     let sock = match addr {
         ListenAddr::Tcp(a) => {
@@ -87,10 +103,33 @@ fn bind(addr: &ListenAddr) -> std::io::Result<OwnedFd> {
     Ok(sock.into())
 }
 
+fn in_use() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "a server accepts connections on it",
+    )
+}
+
+/// Removes a socket file nothing listens on any more (left by a process that ended); one a
+/// server still accepts on is in use, not replaced (that would take its new connections).
 fn remove_stale_socket(path: &PathBuf) -> std::io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(m) if m.file_type().is_socket() => {
+            // Non-blocking: a server with a full backlog makes a connect wait, not fail.
+            let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            probe.set_nonblocking(true)?;
+            match probe.connect(&SockAddr::unix(path)?) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                // Accepted, or its backlog full: a server is there.
+                Ok(()) => Err(in_use()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(in_use()),
+                Err(e) => Err(e),
+            }
+        }
         Ok(_) => Err(std::io::Error::new(
             std::io::ErrorKind::AlreadyExists,
             "path exists and is not a socket",
