@@ -36,26 +36,26 @@ async fn gunicorn_is_supervised_with_the_processes_it_forks() {
     }
     tokio::time::timeout(Duration::from_secs(120), async {
         let fixtures = fixture("");
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-            "--ready",
-            "notify",
-            "--max-memory",
-            "100M",
-            "--",
-            "python3",
-            "-m",
-            "gunicorn",
-            "--workers",
-            "2",
-            "--chdir",
-            fixtures.to_str().unwrap(),
-            "wsgi_app:app",
-        ]);
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--ready",
+                "notify",
+                "--max-memory",
+                "100M",
+            ],
+            &[
+                "python3",
+                "-m",
+                "gunicorn",
+                "--workers",
+                "2",
+                "--chdir",
+                fixtures.to_str().unwrap(),
+                "wsgi_app:app",
+            ],
+        );
         let addr = sup.addr().await;
         let master = sup.wait_ready(0, 1).await[0];
         // Served by one of the master's forked workers, from the shared socket.

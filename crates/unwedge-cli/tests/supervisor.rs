@@ -1494,21 +1494,17 @@ exec sleep 1000
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_a_killed_worker_leaves_behind_are_stopped() {
     within(Duration::from_secs(60), async {
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--ready",
-            "none",
-            "--stop-timeout",
-            "1s",
-            "--",
-            "sh",
-            "-c",
-            FORKING_WORKER,
-        ]);
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "127.0.0.1:0",
+                "--ready",
+                "none",
+                "--stop-timeout",
+                "1s",
+            ],
+            &["sh", "-c", FORKING_WORKER],
+        );
         let worker = sup.wait_ready(0, 1).await[0];
         let obedient = printed_pid(&sup, 0, "obedient").await;
         let stubborn = printed_pid(&sup, 0, "stubborn").await;
@@ -1609,21 +1605,17 @@ exec sleep 1000
 "#,
             dir = dir.path().display()
         );
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--ready",
-            "none",
-            "--max-memory",
-            "100M",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ]);
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "127.0.0.1:0",
+                "--ready",
+                "none",
+                "--max-memory",
+                "100M",
+            ],
+            &["sh", "-c", &script],
+        );
         let old = sup.wait_ready(0, 1).await[0];
         sup.wait_line(0, &["] grown"]).await;
         assert!(
@@ -1687,19 +1679,10 @@ exec sleep 1000
 "#,
             dir = dir.path().display()
         );
-        let mut sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-            "--ready",
-            "none",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ]);
+        let mut sup = Sup::run(
+            &["--admin", "off", "--ready", "none"],
+            &["sh", "-c", &script],
+        );
         let daemon = printed_pid(&sup, 0, "daemon").await;
         let line = sup
             .wait_line(0, &[&format!("pid {daemon} "), "went into the background"])
@@ -1735,23 +1718,19 @@ async fn a_rolling_reload_waits_for_the_server_a_shell_wrapper_left_draining() {
 sh -c 'trap "sleep 1.5; exit 0" TERM; echo "server $$"; while :; do sleep 0.1; done' &
 wait
 "#;
-        let sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-            "--ready",
-            "none",
-            "--workers",
-            "2",
-            "--reload-mode",
-            "rolling",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ]);
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--ready",
+                "none",
+                "--workers",
+                "2",
+                "--reload-mode",
+                "rolling",
+            ],
+            &["sh", "-c", script],
+        );
         let old = sup.wait_ready(0, 2).await;
         // Both servers have set their SIGTERM trap.
         for pid in &old {
@@ -1790,21 +1769,7 @@ trap 'setsid sleep 1000 & while [ "$(cat /proc/$!/comm)" != sleep ]; do :; done;
 echo armed
 while :; do sleep 0.1; done
 "#;
-        let mut sup = Sup::start(&[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-            "--ready",
-            "none",
-            "--stop-timeout",
-            "20s",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ]);
+        let mut sup = Sup::run(&["--admin", "off", "--ready", "none", "--stop-timeout", "20s"], &["sh", "-c", script]);
         sup.wait_line(0, &["] armed"]).await;
         let started = Instant::now();
         sup.signal(Signal::SIGTERM);

@@ -155,18 +155,11 @@ mod tests {
             \x20       time.sleep(60); os._exit(0)\n\
             print('forked', flush=True)\n\
             time.sleep(60)\n";
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", script])
-            .stdout(std::process::Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
+        let (mut child, line) = crate::procfs::until_first_line(
+            std::process::Command::new("python3")
+                .args(["-c", script])
+                .process_group(0),
+        );
         assert_eq!(line.trim(), "forked");
         let pid = child.id() as i32;
         let limit = 150 << 20;

@@ -321,11 +321,13 @@ fn children_of(pid: i32) -> Vec<i32> {
 /// For tests: `sh -c SCRIPT` started, and the first line it printed.
 #[cfg(test)]
 pub(crate) fn sh_until_first_line(script: &str) -> (std::process::Child, String) {
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", script])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    until_first_line(std::process::Command::new("sh").args(["-c", script]))
+}
+
+/// For tests: `cmd` started, and the first line it printed.
+#[cfg(test)]
+pub(crate) fn until_first_line(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),

@@ -57,6 +57,16 @@ impl Sup {
         Self::start_env(&args, env)
     }
 
+    /// `unwedge run --listen 127.0.0.1:0 <flags> -- <cmd>`.
+    #[allow(dead_code)] // Not every test binary uses it.
+    pub fn run(flags: &[&str], cmd: &[&str]) -> Sup {
+        let mut args = vec!["run", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        args.push("--");
+        args.extend_from_slice(cmd);
+        Self::start(&args)
+    }
+
     /// `unwedge run --listen 127.0.0.1:0 <flags> -- unwedge demo-service`.
     pub fn demo(flags: &[&str]) -> Sup {
         let mut args = vec!["run", "--listen", "127.0.0.1:0"];
