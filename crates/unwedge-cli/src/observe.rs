@@ -290,7 +290,7 @@ impl MemoryGauge {
         }
         // Measured without the lock: two views at once may both measure, neither waits.
         let bytes = sup::memory::worker_bytes(pid);
-        let until = now + (now.elapsed() * 20).max(Duration::from_secs(1));
+        let until = sup::memory::next_measurement(now, now.elapsed());
         self.lock().insert(pid, (bytes, until));
         bytes
     }

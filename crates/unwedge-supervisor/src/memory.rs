@@ -21,16 +21,8 @@ pub const MAX_TREE: usize = 1024;
 /// assert_eq!(worker_bytes(i32::MAX), None);
 /// ```
 pub fn worker_bytes(pid: i32) -> Option<u64> {
-    let tree = crate::procfs::descendants(pid, MAX_TREE);
-    match tree.len() {
-        0 => None,
-        1 => resident_bytes(pid),
-        _ => Some(
-            tree.iter()
-                .filter_map(|&p| proportional_bytes(p).or_else(|| resident_bytes(p)))
-                .sum(),
-        ),
-    }
+    // Any tree is over a limit of 0: always the precise figure.
+    worker_bytes_against(pid, 0, true).map(|(bytes, _)| bytes)
 }
 
 /// [`worker_bytes`] as compared with a limit, at the least cost: the worker's resident memory
@@ -64,6 +56,20 @@ pub fn worker_bytes_against(pid: i32, limit: u64, precise: bool) -> Option<(u64,
             Some((pss, true))
         }
     }
+}
+
+/// When a worker's memory may be measured again after a measurement that took `cost`: at
+/// most once per second, and at most once per 20 times its cost (a tree's PSS walks page
+/// tables: ~12 ms per GiB), so measuring takes at most ~5 % of the time of whoever measures.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// let now = Instant::now();
+/// let next = unwedge_supervisor::memory::next_measurement(now, Duration::from_millis(100));
+/// assert_eq!(next - now, Duration::from_secs(2));
+/// ```
+pub fn next_measurement(now: std::time::Instant, cost: std::time::Duration) -> std::time::Instant {
+    now + (cost * 20).max(std::time::Duration::from_secs(1))
 }
 
 /// The resident memory of process `pid` (`VmRSS` in `/proc/PID/status`: its own pages in RAM,

@@ -553,7 +553,7 @@ fn worker_memory(w: &mut Worker, limit: u64, now: Instant) -> Option<u64> {
     let started = Instant::now();
     let (bytes, is_precise) = crate::memory::worker_bytes_against(w.pid, limit, precise)?;
     if is_precise && precise {
-        w.next_pss = now + (started.elapsed() * 20).max(MEMORY_CHECK_INTERVAL);
+        w.next_pss = crate::memory::next_measurement(now, started.elapsed());
         w.last_pss = Some(bytes);
     } else if !is_precise && bytes > limit {
         // Over by the RSS sum, not measured precisely this time: the last PSS stands.

@@ -327,12 +327,7 @@ pub fn cpu_time(pid: i32) -> Option<Duration> {
 
 /// (state, ppid) of a process.
 pub fn proc_state(pid: i32) -> Option<(char, i32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    let mut f = after.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let ppid = f.next()?.parse().ok()?;
-    Some((state, ppid))
+    unwedge_supervisor::procfs::stat(pid).map(|s| (s.state, s.ppid))
 }
 
 /// Runs `unwedge ARGS` to completion: (exit code, stderr then stdout).
@@ -390,7 +385,7 @@ pub async fn admin_addr(sup: &Sup) -> SocketAddr {
 /// Whether process `pid` exists and is not a zombie.
 #[allow(dead_code)] // Not every test binary uses it.
 pub fn running(pid: i32) -> bool {
-    matches!(proc_state(pid), Some((state, _)) if state != 'Z')
+    unwedge_supervisor::pidfile::running(pid)
 }
 
 /// Waits until process `pid` is gone (or a zombie nobody reaps yet); false after `limit`.
