@@ -770,6 +770,61 @@ async fn a_worker_reporting_wedged_is_replaced_even_while_heartbeating() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_wedged_while_a_reload_drains_it_is_dumped_and_killed_not_waited_for() {
+    within(Duration::from_secs(60), async {
+        // A request stuck on a lock keeps the old worker's drain from ever ending; the lock-wait
+        // watchdog says so (STATUS=wedged) after the reload asked it to stop. It used to be
+        // ignored then: the wedge went unreported and the worker was SIGKILLed at its
+        // 30 s --stop-timeout.
+        let sup = Sup::start_env(
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--stop-timeout",
+                "30s",
+                "--dump-grace",
+                "200ms",
+                "--",
+                BIN,
+                "demo-service",
+            ],
+            &[("UNWEDGE_LOCK_TIMEOUT", "3s")],
+        );
+        let addr = sup.addr().await;
+        let old = sup.wait_ready(0, 1).await[0];
+        // Sent to, and accepted by, the only worker, before the reload starts another.
+        use tokio::io::AsyncWriteExt;
+        let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stuck
+            .write_all(b"GET /stuck-lock HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(accepted_within(addr.port(), Duration::from_secs(10)).await);
+        let mark = sup.mark();
+        let started = Instant::now();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(mark, &["generation 2 ready; stopping 1 old worker"])
+            .await;
+        let hung = sup
+            .wait_line(mark, &["is hung (wedged", "while stopping"])
+            .await;
+        assert_eq!(pid_in(&hung), Some(old), "{hung}");
+        assert!(
+            gone_within(old, Duration::from_secs(10)).await,
+            "the wedged worker was left to its 30 s stop-timeout"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+        // Retired, not replaced: the reload's worker serves alone, no restart counted.
+        assert_eq!(get(addr, "/").await.0, 200);
+        let log = sup.log();
+        assert!(!log.contains("restarting in"), "{log}");
+        assert_eq!(sup.ready_pids(mark).len(), 1, "{log}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_sockets_tcp_and_unix_reach_every_worker() {
     within(Duration::from_secs(60), async {
         let dir = tempfile::tempdir().unwrap();

@@ -231,7 +231,9 @@ pub enum Event {
         /// Whether the supervisor had asked it to stop.
         requested: bool,
     },
-    /// A worker was found hung and is being replaced.
+    /// A worker was found hung and is being replaced (dump signal, then SIGKILL after
+    /// `--dump-grace`); one found hung while it stopped is killed the same way, sooner than its
+    /// stop deadline, and not replaced again.
     Hung {
         /// Slot id.
         worker: String,

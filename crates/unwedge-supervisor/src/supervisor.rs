@@ -1498,7 +1498,9 @@ impl Pool {
             NotifyMessage::Status(s) => {
                 w.status = Some(s.clone());
                 match notify::unhealthy_status(&s) {
-                    Some("wedged") if !w.stop_requested => self.hung(pid, HangKind::Wedged, &s),
+                    // Also while it stops: a wedged worker will not finish its drain, and the
+                    // wedge (dumped, reported) is worth more than a silent `--stop-timeout`.
+                    Some("wedged") => self.hung(pid, HangKind::Wedged, &s),
                     Some(_) if !w.stop_requested => {
                         let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
                         // An unwedge worker crashes gracefully by itself, and a signal would
@@ -1578,6 +1580,10 @@ impl Pool {
     }
 
     /// A hung worker: dump signal now, SIGKILL after `--dump-grace`, replacement scheduled.
+    ///
+    /// A worker already stopping (drained by a reload or a stop, leaving on its own, replaced)
+    /// is dumped and killed the same way, sooner than its stop deadline, but is not restarted
+    /// (what replaces it is already decided) nor counted as a restart.
     fn hung(&mut self, pid: i32, kind: HangKind, detail: &str) {
         let now = Instant::now();
         let Some(w) = self.workers.get_mut(&pid) else {
@@ -1588,23 +1594,29 @@ impl Pool {
         }
         let (grace, sig) = (w.config.dump_grace, w.config.dump_signal);
         let was_ready = w.ready_at.is_some();
+        let retiring = w.stop_requested;
         w.state = WorkerState::Hung;
         w.stop_requested = true;
         w.stop_since.get_or_insert(now);
-        w.kill_at = Some(now + grace);
+        // A stop deadline already sooner than the dump's grace stays.
+        let kill_at = w.kill_at.map_or(now + grace, |k| k.min(now + grace));
+        w.kill_at = Some(kill_at);
         let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
         let id = slot_id(slot);
         *self.counters.hangs.entry(kind).or_insert(0) += 1;
-        self.count_restart(if was_ready {
-            RestartReason::Hang
-        } else {
-            RestartReason::FailedStart
-        });
+        if !retiring {
+            self.count_restart(if was_ready {
+                RestartReason::Hang
+            } else {
+                RestartReason::FailedStart
+            });
+        }
         tracing::warn!(
-            "{id} pid {pid} is hung ({}: {detail}); sending {}, SIGKILL in {}",
+            "{id} pid {pid} is hung ({}: {detail}){}; sending {}, SIGKILL in {}",
             kind.as_str(),
+            if retiring { " while stopping" } else { "" },
             sig.as_str(),
-            fmt_dur(grace)
+            fmt_dur(kill_at.saturating_duration_since(now))
         );
         let _ = kill(Pid::from_raw(pid), sig);
         self.emit(Event::Hung {
@@ -1612,6 +1624,9 @@ impl Pool {
             pid,
             kind,
         });
+        if retiring {
+            return;
+        }
         if self.is_candidate(generation) {
             self.reload_failed(format!("worker {} hung ({})", slot_id(slot), kind.as_str()));
         } else if generation == self.active_gen {

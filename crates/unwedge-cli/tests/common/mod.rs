@@ -400,3 +400,35 @@ pub async fn gone_within(pid: i32, limit: Duration) -> bool {
     }
     false
 }
+
+/// Waits until no connection waits in the accept queue of the TCP listener on `port` (the
+/// `rx_queue` `/proc/net/tcp` shows for a listening socket): a connection made before is then
+/// in the hands of a process that accepted it. False after `limit`.
+#[allow(dead_code)] // Not every test binary uses it.
+pub async fn accepted_within(port: u16, limit: Duration) -> bool {
+    let backlog = || -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        text.lines().skip(1).find_map(|line| {
+            // sl local_address rem_address st tx_queue:rx_queue …
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let on_port = f
+                .get(1)?
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                == Some(port);
+            if !on_port || *f.get(3)? != "0A" {
+                return None;
+            }
+            u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()
+        })
+    };
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if backlog() == Some(0) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
