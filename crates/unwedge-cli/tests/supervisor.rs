@@ -1537,6 +1537,47 @@ async fn printed_pid(sup: &Sup, from: usize, label: &str) -> i32 {
     l.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
+/// A server that accepts with a blocking `accept()` and ends its loop on a flag its SIGTERM
+/// handler sets.
+const BLOCKING_ACCEPT_WORKER: &str = r#"
+import signal, socket
+stop = False
+def term(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, term)
+listener = socket.socket(fileno=3)
+while not stop:
+    conn, _ = listener.accept()
+    conn.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_deaf_to_sigterm_in_a_blocking_accept_is_named_as_such() {
+    within(Duration::from_secs(60), async {
+        let mut sup = Sup::run(
+            &["--ready", "none", "--stop-timeout", "1s"],
+            &["python3", "-c", BLOCKING_ACCEPT_WORKER],
+        );
+        let pid = sup.wait_ready(0, 1).await[0];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while unwedge_supervisor::procfs::wchan(pid).as_deref() != Some("inet_csk_accept") {
+            assert!(
+                Instant::now() < deadline,
+                "the worker never blocked in accept()"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sup.signal(Signal::SIGTERM);
+        let line = sup.wait_line(0, &["did not stop within"]).await;
+        assert_eq!(pid_in(&line), Some(pid), "{line}");
+        assert!(line.contains("waits in a blocking accept()"), "{line}");
+        assert!(line.contains("non-blocking"), "{line}");
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(1));
+    })
+    .await;
+}
+
 /// A worker that forks a child which obeys SIGTERM and one which ignores it (both in its
 /// process group, both holding the listening socket), then becomes the server.
 const FORKING_WORKER: &str = r#"

@@ -180,6 +180,32 @@ pub fn command_line(pid: i32) -> Option<String> {
     Some(shown)
 }
 
+/// Where the main thread of process `pid` sleeps in the kernel (`/proc/PID/wchan`), e.g.
+/// `inet_csk_accept` for a blocking TCP `accept()` or `do_epoll_wait`; `None` when it is gone
+/// or running, or when the kernel does not say.
+///
+/// ```
+/// let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let mut child = std::process::Command::new("python3")
+///     .args(["-c", "import socket; socket.socket(fileno=0).accept()"])
+///     .stdin(std::os::fd::OwnedFd::from(l))
+///     .spawn()
+///     .unwrap();
+/// let pid = child.id() as i32;
+/// let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+/// while unwedge_supervisor::procfs::wchan(pid).as_deref() != Some("inet_csk_accept") {
+///     assert!(std::time::Instant::now() < deadline, "never blocked in accept()");
+///     std::thread::sleep(std::time::Duration::from_millis(10));
+/// }
+/// child.kill().unwrap();
+/// child.wait().unwrap();
+/// ```
+pub fn wchan(pid: i32) -> Option<String> {
+    let w = std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok()?;
+    let w = w.trim();
+    (!w.is_empty() && w != "0").then(|| w.to_owned())
+}
+
 /// The arguments of process `pid` (`/proc/PID/cmdline`); `None` when it is gone, empty for
 /// a kernel thread or a zombie.
 ///

@@ -571,6 +571,21 @@ fn list_pids(pids: &[i32]) -> String {
     text.join(", ")
 }
 
+/// Why a worker that ignored its SIGTERM may have, when `/proc` shows a known cause.
+fn stuck_hint(pid: i32) -> &'static str {
+    match crate::procfs::wchan(pid).as_deref() {
+        // A blocking accept() goes on after a signal handler ran (Python retries it), so a
+        // handler that sets a flag is seen at the next connection. Workers sharing a socket
+        // get there easily: each is woken for a connection only one of them gets.
+        Some("inet_csk_accept") => {
+            "; it waits in a blocking accept(), so a SIGTERM handler that sets a flag is seen \
+             only when a connection comes: set the listening socket non-blocking (see Sockets \
+             in docs/supervisor.md)"
+        }
+        _ => "",
+    }
+}
+
 fn slot_id(slot: usize) -> String {
     format!("w{}", slot + 1)
 }
@@ -1797,9 +1812,10 @@ impl Pool {
                     }
                     let waited = now - w.stop_since.unwrap_or(now);
                     tracing::warn!(
-                        "{id} pid {}: did not stop within {} (--stop-timeout); sending SIGKILL",
+                        "{id} pid {}: did not stop within {} (--stop-timeout); sending SIGKILL{}",
                         w.pid,
-                        fmt_dur(waited)
+                        fmt_dur(waited),
+                        stuck_hint(w.pid)
                     );
                     timed_out.push((id, w.pid, waited));
                 }
