@@ -1537,6 +1537,40 @@ async fn printed_pid(sup: &Sup, from: usize, label: &str) -> i32 {
     l.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_binds_the_address_itself_is_told_to_take_the_socket() {
+    within(Duration::from_secs(60), async {
+        // The newcomer's mistake: the server binds the --listen address the supervisor holds.
+        let addr = free_loopback_addr().to_string();
+        let port = addr.rsplit(':').next().unwrap().to_owned();
+        let mut sup = Sup::start(&[
+            "run",
+            "--listen",
+            &addr,
+            "--max-restarts",
+            "3",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port,
+        ]);
+        let line = sup
+            .wait_line(0, &["it seems to bind its address itself"])
+            .await;
+        assert!(line.contains("Address already in use"), "{line}");
+        assert!(line.contains(&format!("holds {addr} ")), "{line}");
+        assert!(line.contains("--port-env"), "{line}");
+        // It fails again until the restart intensity gives up; said once.
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(3));
+        let log = sup.log();
+        assert_eq!(log.matches("it seems to bind").count(), 1, "{log}");
+    })
+    .await;
+}
+
 /// A server that accepts with a blocking `accept()` and ends its loop on a flag its SIGTERM
 /// handler sets.
 const BLOCKING_ACCEPT_WORKER: &str = r#"

@@ -132,22 +132,47 @@ impl Tail {
 /// crash report; waits up to `wait` for its stderr to close first, so that what it wrote just
 /// before it died is included. Forgets them: a second call returns nothing.
 pub async fn last_stderr_lines(pid: i32, wait: Duration) -> Vec<String> {
-    let tail = {
-        let all = tails().lock().unwrap_or_else(|p| p.into_inner());
-        all.get(&pid).cloned()
-    };
-    let Some(tail) = tail else {
-        return Vec::new();
-    };
-    let mut closed = tail.closed.subscribe();
-    // A grandchild may hold the pipe open: bounded.
-    let _ = tokio::time::timeout(wait, closed.wait_for(Option::is_some)).await;
+    let lines = stderr_tail(pid, wait).await;
     tails()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&pid);
-    let lines = tail.lines.lock().unwrap_or_else(|p| p.into_inner());
-    lines.iter().cloned().collect()
+    lines
+}
+
+/// As [`last_stderr_lines`], but leaves them for it.
+async fn stderr_tail(pid: i32, wait: Duration) -> Vec<String> {
+    match StderrTail::of(pid) {
+        Some(tail) => tail.lines(wait).await,
+        None => Vec::new(),
+    }
+}
+
+/// A hold on the stderr tail of a worker, for reading it later even if
+/// [`last_stderr_lines`] took it first.
+pub(crate) struct StderrTail(Arc<Tail>);
+
+impl StderrTail {
+    /// Worker `pid`'s tail, if it is kept.
+    pub(crate) fn of(pid: i32) -> Option<Self> {
+        let all = tails().lock().unwrap_or_else(|p| p.into_inner());
+        all.get(&pid).cloned().map(StderrTail)
+    }
+
+    /// Its lines, once the stderr closed (waiting up to `wait`).
+    pub(crate) async fn lines(&self, wait: Duration) -> Vec<String> {
+        let mut closed = self.0.closed.subscribe();
+        // A grandchild may hold the pipe open: bounded.
+        let _ = tokio::time::timeout(wait, closed.wait_for(Option::is_some)).await;
+        let lines = self.0.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines.iter().cloned().collect()
+    }
+}
+
+/// Whether a line of a server's output says that an address it tried to bind is in use
+/// (`bind: address already in use`, `[Errno 98] Address already in use`, `EADDRINUSE`, …).
+pub(crate) fn says_address_in_use(line: &str) -> bool {
+    line.contains("EADDRINUSE") || line.to_ascii_lowercase().contains("address already in use")
 }
 
 /// Copies `reader` to our stdout or stderr until EOF (keeping the tail of stderr).
@@ -240,6 +265,22 @@ mod tests {
             .all(|l| l.len() == kept && !l.contains('\n')));
         assert_eq!(lines[5].len(), 100);
         assert_eq!(lines[6], "end");
+    }
+
+    #[test]
+    fn address_in_use_as_servers_say_it() {
+        for line in [
+            "listen tcp 127.0.0.1:8080: bind: address already in use",
+            "OSError: [Errno 98] Address already in use",
+            "Error: listen EADDRINUSE: address already in use :::3000",
+            "java.net.BindException: Address already in use",
+            "Error: Address already in use (os error 98)",
+            "nginx: [emerg] bind() to 0.0.0.0:80 failed (98: Address already in use)",
+        ] {
+            assert!(says_address_in_use(line), "{line}");
+        }
+        assert!(!says_address_in_use("listening on 127.0.0.1:8080"));
+        assert!(!says_address_in_use("GET /address 200"));
     }
 
     #[test]

@@ -296,6 +296,7 @@ impl Supervisor {
             probe_tx,
             next_sd_watchdog: None,
             last_sd_status: String::new(),
+            bind_hint_given: Default::default(),
         };
         pool.next_sd_watchdog = pool.systemd.watchdog_interval().map(|i| now + i);
         tracing::info!(
@@ -518,6 +519,8 @@ struct Pool {
     probe_tx: mpsc::UnboundedSender<ProbeResult>,
     next_sd_watchdog: Option<Instant>,
     last_sd_status: String,
+    /// A worker that failed to start was found binding an address itself (said once).
+    bind_hint_given: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Fast polling of a starting worker's port or probe (readiness).
@@ -591,15 +594,19 @@ fn slot_id(slot: usize) -> String {
 }
 
 impl Pool {
+    /// The addresses of the sockets the workers are passed.
+    fn socket_addrs(&self) -> Vec<String> {
+        self.listeners
+            .iter()
+            .map(|l| l.local.as_ref().map_or(l.name.clone(), ToString::to_string))
+            .collect()
+    }
+
     fn describe_sockets(&self) -> String {
         if let Some(v) = &self.config.port_env {
             return format!(" (own port per worker in ${v})");
         }
-        let addrs: Vec<String> = self
-            .listeners
-            .iter()
-            .map(|l| l.local.as_ref().map_or(l.name.clone(), ToString::to_string))
-            .collect();
+        let addrs = self.socket_addrs();
         if addrs.is_empty() {
             String::new()
         } else {
@@ -1413,6 +1420,10 @@ impl Pool {
         let id = slot_id(w.slot);
         let uptime = now - w.started;
         self.slots[w.slot].last_exit = Some(info);
+        // Held before the event: an observer may take the tail for a crash report.
+        let failed_start_tail = (w.ready_at.is_none() && !w.stop_requested && !self.stopping)
+            .then(|| output::StderrTail::of(pid))
+            .flatten();
         self.emit(Event::WorkerExited {
             worker: id.clone(),
             pid,
@@ -1451,11 +1462,46 @@ impl Pool {
         }
         self.count_restart(reason);
         let why = if reason == RestartReason::FailedStart {
+            if let Some(tail) = failed_start_tail {
+                self.hint_if_it_binds_itself(&w, pid, tail);
+            }
             format!("pid {pid} {info} before it was ready (failed start)")
         } else {
             format!("pid {pid} {info} after {}", fmt_dur(uptime))
         };
         self.schedule_restart(w.slot, reason, Some(now), uptime, &why);
+    }
+
+    /// A worker that failed to start and said an address is in use most likely binds the
+    /// address the supervisor holds for it, instead of taking the socket it was passed: says
+    /// so, once, when its stderr shows it (read off the loop, the lines may still come).
+    fn hint_if_it_binds_itself(&self, w: &Worker, pid: i32, tail: output::StderrTail) {
+        let given = &self.bind_hint_given;
+        if w.config.port_env.is_some()
+            || self.listeners.is_empty()
+            || given.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let given = given.clone();
+        let id = slot_id(w.slot);
+        let held = self.socket_addrs().join(", ");
+        tokio::spawn(async move {
+            let lines = tail.lines(Duration::from_millis(500)).await;
+            let Some(line) = lines.iter().find(|l| output::says_address_in_use(l)) else {
+                return;
+            };
+            if given.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            tracing::warn!(
+                "{id} pid {pid} said `{}`: it seems to bind its address itself, while the \
+                 supervisor holds {held} and passes it as fd 3 (LISTEN_FDS); make the command \
+                 take the passed socket (see \"Taking the socket in your server\" in \
+                 docs/supervisor.md), or give each worker a port of its own with --port-env",
+                line.trim()
+            );
+        });
     }
 
     fn worker_for_sender(&self, pid: i32) -> Option<i32> {
