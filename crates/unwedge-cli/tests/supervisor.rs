@@ -1571,6 +1571,39 @@ async fn a_worker_that_binds_the_address_itself_is_told_to_take_the_socket() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_worker_listening_on_an_address_of_its_own_is_named() {
+    within(Duration::from_secs(60), async {
+        // It serves, but on a port it bound, not on the socket it was passed: the supervisor's
+        // address accepts connections that nobody answers.
+        let own = free_loopback_addr();
+        let port = own.port().to_string();
+        let sup = Sup::run(
+            &["--ready-timeout", "1s"],
+            &["python3", "-m", "http.server", "--bind", "127.0.0.1", &port],
+        );
+        let addr = sup.addr().await;
+        let line = sup
+            .wait_line(0, &["itself, not on the socket it was passed"])
+            .await;
+        assert!(line.contains(&format!("listens on {own} itself")), "{line}");
+        assert!(
+            line.contains(&format!("connections to {addr} wait")),
+            "{line}"
+        );
+        // One that serves on the passed socket without a READY=1 is taken as ready quietly.
+        let sup = Sup::run(
+            &["--ready-timeout", "1s"],
+            &["python3", "-c", BLOCKING_ACCEPT_WORKER],
+        );
+        sup.wait_ready(0, 1).await;
+        let log = sup.log();
+        assert!(log.contains("taking it as ready"), "{log}");
+        assert!(!log.contains("itself, not on the socket"), "{log}");
+    })
+    .await;
+}
+
 /// A server that accepts with a blocking `accept()` and ends its loop on a flag its SIGTERM
 /// handler sets.
 const BLOCKING_ACCEPT_WORKER: &str = r#"

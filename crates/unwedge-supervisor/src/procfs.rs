@@ -286,6 +286,74 @@ pub fn unix_listeners(path: &std::path::Path) -> Vec<i32> {
     socket_holders(&inodes)
 }
 
+/// The listening TCP sockets that processes `pids` have open, as (inode, local address), each
+/// once, in address order: to tell a worker that listens on an address of its own from one
+/// that serves on the socket it was passed.
+///
+/// ```
+/// let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let me = std::process::id() as i32;
+/// let found = unwedge_supervisor::procfs::tcp_listening(&[me]);
+/// assert!(found.iter().any(|(_, a)| *a == l.local_addr().unwrap()));
+/// ```
+pub fn tcp_listening(pids: &[i32]) -> Vec<(u64, std::net::SocketAddr)> {
+    let mut listening = std::collections::HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&"0A"), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            if let (Some(addr), Ok(inode)) = (parse_proc_addr(local), inode.parse::<u64>()) {
+                listening.insert(inode, addr);
+            }
+        }
+    }
+    let mut found: Vec<(u64, std::net::SocketAddr)> = pids
+        .iter()
+        .flat_map(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let inode = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
+            Some((inode, *listening.get(&inode)?))
+        })
+        .collect();
+    found.sort_unstable_by_key(|(inode, addr)| (*addr, *inode));
+    found.dedup();
+    found
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6), as `/proc/net/tcp{,6}` write
+/// them: each 32-bit word of the address in the machine's byte order.
+fn parse_proc_addr(text: &str) -> Option<std::net::SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
 /// The processes with a descriptor on one of the sockets `inodes`.
 fn socket_holders(inodes: &[String]) -> Vec<i32> {
     if inodes.is_empty() {
@@ -383,6 +451,21 @@ mod tests {
         assert!(!parse_stat("43 (x) Z 1 43 43 0").unwrap().alive());
         assert_eq!(parse_stat("44 (x) S 1 44"), None);
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn proc_net_tcp_addresses() {
+        let a = |s| parse_proc_addr(s).map(|a| a.to_string());
+        assert_eq!(a("0100007F:1F90").as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(a("00000000:0050").as_deref(), Some("0.0.0.0:80"));
+        assert_eq!(
+            a("00000000000000000000000001000000:0050").as_deref(),
+            Some("[::1]:80")
+        );
+        assert_eq!(a("0100007F"), None);
+        assert_eq!(a("0100007G:1F90"), None);
+        assert_eq!(a("01007F:1F90"), None);
     }
 
     #[test]

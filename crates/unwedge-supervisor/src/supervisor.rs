@@ -1504,6 +1504,45 @@ impl Pool {
         });
     }
 
+    /// A worker taken as ready without a word, with sockets of its own listening, most likely
+    /// ignores the socket it was passed: nothing accepts the connections queued on it. Says
+    /// so (one look at `/proc` per worker taken as ready this way).
+    fn warn_if_it_listens_elsewhere(&self, pid: i32) {
+        if self.listeners.is_empty() {
+            return;
+        }
+        let ours: Vec<u64> = self
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&l.fd);
+                std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()
+            })
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .collect();
+        let tree = crate::procfs::descendants(pid, 64);
+        let own: Vec<String> = crate::procfs::tcp_listening(&tree)
+            .into_iter()
+            .filter(|(inode, _)| !ours.contains(inode))
+            .map(|(_, addr)| addr.to_string())
+            .collect();
+        if own.is_empty() {
+            return;
+        }
+        let id = self
+            .workers
+            .get(&pid)
+            .map_or_else(String::new, |w| slot_id(w.slot));
+        tracing::warn!(
+            "{id} pid {pid} listens on {} itself, not on the socket it was passed: \
+             connections to {} wait unanswered; make the command take the passed socket (see \
+             \"Taking the socket in your server\" in docs/supervisor.md), or give each worker \
+             a port of its own with --port-env",
+            own.join(", "),
+            self.socket_addrs().join(", ")
+        );
+    }
+
     fn worker_for_sender(&self, pid: i32) -> Option<i32> {
         if self.workers.contains_key(&pid) {
             return Some(pid);
@@ -1953,6 +1992,7 @@ impl Pool {
                 "pid {pid} sent no READY=1 within {}; taking it as ready (use --ready to choose)",
                 fmt_dur(limit)
             );
+            self.warn_if_it_listens_elsewhere(pid);
             self.mark_ready(pid);
         }
         for (pid, kind, msg) in hung {
