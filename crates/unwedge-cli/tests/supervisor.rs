@@ -1591,6 +1591,18 @@ async fn a_silent_worker_listening_on_an_address_of_its_own_is_named() {
             line.contains(&format!("connections to {addr} wait")),
             "{line}"
         );
+        drop(sup);
+        // Under --ready notify it is not ready in time: named too, with its failed start.
+        let sup = Sup::run(
+            &["--ready", "notify", "--ready-timeout", "1s"],
+            &["python3", "-m", "http.server", "--bind", "127.0.0.1", &port],
+        );
+        let line = sup
+            .wait_line(0, &["itself, not on the socket it was passed"])
+            .await;
+        assert!(line.contains(&format!("listens on {own} itself")), "{line}");
+        sup.wait_line(0, &["is hung (ready_timeout"]).await;
+        drop(sup);
         // One that serves on the passed socket without a READY=1 is taken as ready quietly.
         let sup = Sup::run(
             &["--ready-timeout", "1s"],

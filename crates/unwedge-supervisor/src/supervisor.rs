@@ -1504,9 +1504,9 @@ impl Pool {
         });
     }
 
-    /// A worker taken as ready without a word, with sockets of its own listening, most likely
-    /// ignores the socket it was passed: nothing accepts the connections queued on it. Says
-    /// so (one look at `/proc` per worker taken as ready this way).
+    /// A worker taken as ready without a word (or not ready in time), with sockets of its own
+    /// listening, most likely ignores the socket it was passed: nothing accepts the
+    /// connections queued on it. Says so (one look at `/proc` per such worker).
     fn warn_if_it_listens_elsewhere(&self, pid: i32) {
         if self.listeners.is_empty() {
             return;
@@ -1996,6 +1996,9 @@ impl Pool {
             self.mark_ready(pid);
         }
         for (pid, kind, msg) in hung {
+            if kind == HangKind::ReadyTimeout {
+                self.warn_if_it_listens_elsewhere(pid);
+            }
             self.hung(pid, kind, &msg);
         }
         for (pid, ready_check) in probes {
