@@ -1036,19 +1036,7 @@ async fn reports_default_to_the_systemd_state_directory() {
     limited(async {
         let state = tempfile::tempdir().unwrap();
         let state_s = state.path().to_str().unwrap().to_owned();
-        let sup = Sup::start_env(
-            &[
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "off",
-                "--",
-                BIN,
-                "demo-service",
-            ],
-            &[("STATE_DIRECTORY", &state_s)],
-        );
+        let sup = Sup::demo_env(&["--admin", "off"], &[("STATE_DIRECTORY", &state_s)]);
         let expected = state.path().join("reports");
         sup.wait_line(0, &[&format!("crash reports go to {}", expected.display())])
             .await;

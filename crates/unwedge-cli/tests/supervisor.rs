@@ -741,19 +741,8 @@ async fn a_worker_reporting_wedged_is_replaced_even_while_heartbeating() {
     within(Duration::from_secs(60), async {
         // The demo's lock-wait watchdog marks the process wedged (STATUS=wedged: …) while its
         // heartbeat thread would keep going: the supervisor replaces it on the status.
-        let sup = Sup::start_env(
-            &[
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--watchdog",
-                "10s",
-                "--dump-grace",
-                "200ms",
-                "--",
-                BIN,
-                "demo-service",
-            ],
+        let sup = Sup::demo_env(
+            &["--watchdog", "10s", "--dump-grace", "200ms"],
             &[("UNWEDGE_LOCK_TIMEOUT", "300ms")],
         );
         let addr = sup.addr().await;
@@ -776,19 +765,8 @@ async fn a_worker_wedged_while_a_reload_drains_it_is_dumped_and_killed_not_waite
         // watchdog says so (STATUS=wedged) after the reload asked it to stop. It used to be
         // ignored then: the wedge went unreported and the worker was SIGKILLed at its
         // 30 s --stop-timeout.
-        let sup = Sup::start_env(
-            &[
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--stop-timeout",
-                "30s",
-                "--dump-grace",
-                "200ms",
-                "--",
-                BIN,
-                "demo-service",
-            ],
+        let sup = Sup::demo_env(
+            &["--stop-timeout", "30s", "--dump-grace", "200ms"],
             &[("UNWEDGE_LOCK_TIMEOUT", "3s")],
         );
         let addr = sup.addr().await;

@@ -260,17 +260,8 @@ async fn bad_socket_activation_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_fds_meant_for_another_process_are_ignored() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let sup = Sup::start_env(
-            &[
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "none",
-                "--",
-                BIN,
-                "demo-service",
-            ],
+        let sup = Sup::demo_env(
+            &["--admin", "none"],
             &[("LISTEN_FDS", "1"), ("LISTEN_PID", "1")],
         );
         let line = sup.wait_line(0, &["starting 1 worker(s)"]).await;

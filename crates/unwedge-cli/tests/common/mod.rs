@@ -69,10 +69,15 @@ impl Sup {
 
     /// `unwedge run --listen 127.0.0.1:0 <flags> -- unwedge demo-service`.
     pub fn demo(flags: &[&str]) -> Sup {
+        Self::demo_env(flags, &[])
+    }
+
+    /// [`Sup::demo`] with `env` set for the supervisor and its workers.
+    pub fn demo_env(flags: &[&str], env: &[(&str, &str)]) -> Sup {
         let mut args = vec!["run", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(flags);
         args.extend(["--", BIN, "demo-service"]);
-        Self::start(&args)
+        Self::start_env(&args, env)
     }
 
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Sup {
