@@ -456,7 +456,11 @@ impl Ctx {
                 code,
                 signal,
                 requested,
-            } => self.on_exit(worker, pid, code, signal, requested).await,
+                by_stop_signal,
+            } => {
+                self.on_exit(worker, pid, code, signal, requested, by_stop_signal)
+                    .await
+            }
             Event::Hung { worker, pid, kind } => {
                 let kind = match kind {
                     sup::HangKind::Watchdog => HangKind::Watchdog,
@@ -602,13 +606,15 @@ impl Ctx {
         code: Option<i32>,
         signal: Option<i32>,
         requested: bool,
+        by_stop_signal: bool,
     ) {
         let status = ExitStatus { code, signal };
-        let stop_signal = matches!(signal, Some(15 | 2));
+        let stop_signal = by_stop_signal || matches!(signal, Some(15 | 2));
         let abnormal = match (code, signal) {
             (Some(0), _) => false,
             (Some(_), _) => true,
-            // SIGTERM/SIGINT we sent ourselves is an ordinary stop.
+            // The stop signal (or SIGTERM/SIGINT) after we asked it to stop is an ordinary
+            // stop.
             (None, Some(_)) => !(requested && stop_signal),
             (None, None) => false,
         };

@@ -1594,6 +1594,34 @@ async fn a_silent_worker_listening_on_an_address_of_its_own_is_named() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_signal_lets_a_server_whose_sigterm_is_a_fast_stop_drain() {
+    within(Duration::from_secs(60), async {
+        // As nginx or php-fpm: SIGQUIT drains, SIGTERM drops the requests in flight.
+        let mut sup = Sup::python(
+            &["--stop-signal", "quit"],
+            &[("FIXTURE_STOP_SIGNAL", "QUIT")],
+        );
+        let addr = sup.addr().await;
+        let pid = sup.wait_ready(0, 1).await[0];
+        let slow = tokio::spawn(async move { http(addr, "GET", "/slow?ms=1000").await });
+        sup.wait_line(0, &["slow request of 1000 ms begins"]).await;
+        sup.signal(Signal::SIGTERM);
+        let (status, body) = slow
+            .await
+            .unwrap()
+            .expect("the request in flight is answered");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0));
+        let log = sup.log();
+        assert!(
+            log.contains(&format!("w1 pid {pid} exit status 0")),
+            "{log}"
+        );
+    })
+    .await;
+}
+
 /// A server that accepts with a blocking `accept()` and ends its loop on a flag its SIGTERM
 /// handler sets.
 const BLOCKING_ACCEPT_WORKER: &str = r#"

@@ -324,8 +324,16 @@ pub struct Options {
     )]
     pub ready_timeout: Option<Duration>,
 
-    /// Time workers have to exit after SIGTERM before SIGKILL; also the time a worker that
-    /// said STOPPING=1 on its own has to finish before SIGTERM [default: 30s].
+    /// Signal that asks a worker to stop gracefully (finish its requests and exit), sent to
+    /// its process group: SIGTERM suits most servers; SIGQUIT for nginx, php-fpm and unicorn
+    /// (their SIGTERM is a fast stop that drops the requests in flight), SIGWINCH for Apache
+    /// httpd (graceful-stop). As systemd's `KillSignal=` [default: SIGTERM].
+    #[arg(long, value_name = "SIGNAL", help_heading = "Workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+
+    /// Time workers have to exit after the stop signal before SIGKILL; also the time a worker
+    /// that said STOPPING=1 on its own has to finish before the stop signal [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Workers")]
     #[serde(
         default,
@@ -427,6 +435,7 @@ impl Options {
             ready,
             reload_mode,
             ready_timeout,
+            stop_signal,
             stop_timeout,
             max_memory,
             log_format,
@@ -533,8 +542,10 @@ pub struct Config {
     pub reload_mode: ReloadMode,
     /// Time a worker has to become ready.
     pub ready_timeout: Duration,
-    /// Time workers have to stop after SIGTERM; a worker leaving on its own
-    /// (`STOPPING=1`) has it before SIGTERM too.
+    /// Signal that asks a worker to stop gracefully (`--stop-signal`).
+    pub stop_signal: Signal,
+    /// Time workers have to stop after the stop signal; a worker leaving on its own
+    /// (`STOPPING=1`) has it before the stop signal too.
     pub stop_timeout: Duration,
     /// A worker using more resident memory than this many bytes is replaced gracefully.
     pub max_memory: Option<u64>,
@@ -609,6 +620,22 @@ impl Config {
             Some(s) => parse_signal(s).map_err(|e| usage(format!("--dump-signal: {e}")))?,
             None => Signal::SIGQUIT,
         };
+        let stop_signal = match &o.stop_signal {
+            Some(s) => match parse_signal(s).map_err(|e| usage(format!("--stop-signal: {e}")))? {
+                sig @ (Signal::SIGSTOP
+                | Signal::SIGTSTP
+                | Signal::SIGTTIN
+                | Signal::SIGTTOU
+                | Signal::SIGCONT) => {
+                    return Err(usage(format!(
+                        "--stop-signal {}: pauses or resumes a process, never stops it",
+                        sig.as_str()
+                    )))
+                }
+                sig => sig,
+            },
+            None => Signal::SIGTERM,
+        };
         if let Some(p) = &o.probe {
             if !p.starts_with('/') {
                 return Err(usage(format!(
@@ -656,6 +683,7 @@ impl Config {
             ready,
             reload_mode: o.reload_mode.unwrap_or_default(),
             ready_timeout: nonzero(o.ready_timeout, Duration::from_secs(10), "ready-timeout")?,
+            stop_signal,
             stop_timeout: o.stop_timeout.unwrap_or(Duration::from_secs(30)),
             max_memory: match o.max_memory {
                 Some(0) => return Err(usage("--max-memory must be more than 0".into())),
@@ -694,6 +722,7 @@ impl Config {
             ready: Some(self.ready),
             reload_mode: Some(self.reload_mode),
             ready_timeout: Some(self.ready_timeout),
+            stop_signal: Some(self.stop_signal.as_str().to_owned()),
             stop_timeout: Some(self.stop_timeout),
             max_memory: self.max_memory,
             log_format: Some(self.log_format),
@@ -1050,6 +1079,35 @@ mod tests {
             Config::resolve(None, Options::default(), vec![]),
             Err(ConfigError::Usage(_))
         ));
+    }
+
+    #[test]
+    fn stop_signal_is_a_signal_that_stops() {
+        let with = |s: &str| {
+            let o = Options {
+                stop_signal: Some(s.into()),
+                ..Options::default()
+            };
+            Config::resolve(None, o, vec!["x".into()])
+        };
+        assert_eq!(
+            Config::resolve(None, Options::default(), vec!["x".into()])
+                .unwrap()
+                .stop_signal,
+            Signal::SIGTERM
+        );
+        assert_eq!(with("quit").unwrap().stop_signal, Signal::SIGQUIT);
+        assert_eq!(with("SIGWINCH").unwrap().stop_signal, Signal::SIGWINCH);
+        assert!(matches!(
+            with("SIGSTOP"),
+            Err(ConfigError::Usage(m)) if m == "--stop-signal SIGSTOP: pauses or resumes a process, never stops it"
+        ));
+        assert!(matches!(
+            with("SIGNOPE"),
+            Err(ConfigError::Usage(m)) if m.starts_with("--stop-signal: `SIGNOPE` is not a signal name")
+        ));
+        let text = with("SIGQUIT").unwrap().to_toml();
+        assert!(text.contains("stop-signal = \"SIGQUIT\""), "{text}");
     }
 
     #[test]

@@ -230,6 +230,9 @@ pub enum Event {
         signal: Option<i32>,
         /// Whether the supervisor had asked it to stop.
         requested: bool,
+        /// Whether it was killed by the stop signal (`--stop-signal`) the supervisor sent it:
+        /// an ordinary stop, for a worker that does not handle the signal.
+        by_stop_signal: bool,
     },
     /// A worker was found hung and is being replaced (dump signal, then SIGKILL after
     /// `--dump-grace`); one found hung while it stopped is killed the same way, sooner than its

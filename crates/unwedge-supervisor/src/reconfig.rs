@@ -28,6 +28,7 @@ fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         ready => "ready",
         reload_mode => "reload-mode",
         ready_timeout => "ready-timeout",
+        stop_signal => "stop-signal",
         stop_timeout => "stop-timeout",
         restart_delay => "restart-delay",
         restart_delay_max => "restart-delay-max",

@@ -430,11 +430,11 @@ struct Worker {
     status: Option<String>,
     last_report: Option<String>,
     kill_at: Option<Instant>,
-    /// SIGTERM due (a tainted worker that has not left on its own by then, a worker over
+    /// Stop signal due (a tainted worker that has not left on its own by then, a worker over
     /// `--max-memory` whose replacement is not ready by then).
     term_at: Option<Instant>,
     /// Over `--max-memory`: it serves on until its slot's replacement is ready, then gets
-    /// SIGTERM.
+    /// the stop signal.
     retire_when_replaced: bool,
     crash_at: Option<Instant>,
     /// With children and `--max-memory`: when their PSS may be measured again (a page-table
@@ -505,7 +505,7 @@ struct Pool {
     reload_pending: bool,
     /// When the workers' resident memory is next compared with their `--max-memory`.
     next_memory_check: Instant,
-    /// Process groups of exited workers that still had processes running: sent SIGTERM,
+    /// Process groups of exited workers that still had processes running: sent the stop signal,
     /// SIGKILL at their deadline.
     leftovers: Vec<Leftover>,
     /// Processes that went into the background (a session of their own, adopted by the
@@ -897,7 +897,7 @@ impl Pool {
             w.term_at = None;
             if w.state != WorkerState::Hung {
                 w.state = WorkerState::Stopping;
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+                let _ = killpg(Pid::from_raw(pid), w.config.stop_signal);
                 let at = now + timeout;
                 w.kill_at = Some(w.kill_at.map_or(at, |k| k.min(at)));
             }
@@ -938,13 +938,13 @@ impl Pool {
         }
         // Our children (adopted), so their pids cannot be reused before we reap them.
         for d in &self.daemons {
-            let _ = kill(Pid::from_raw(*d), Signal::SIGTERM);
+            let _ = kill(Pid::from_raw(*d), self.config.stop_signal);
         }
         self.stop_deadline = Some(deadline);
     }
 
     /// After worker `pid` (the leader of its process group) exited: processes of its group
-    /// still running get SIGTERM now and SIGKILL after `--stop-timeout` (at the stop deadline
+    /// still running get the stop signal now and SIGKILL after `--stop-timeout` (at the stop deadline
     /// when the supervisor is stopping), as systemd does with a unit's processes. They would
     /// otherwise hold the listening sockets (accepting with the exited worker's code and state,
     /// keeping the port bound after the supervisor stops) and their memory.
@@ -958,7 +958,8 @@ impl Pool {
         if members.is_empty() {
             return;
         }
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+        let stop_signal = self.config.stop_signal;
+        let _ = killpg(Pid::from_raw(pid), stop_signal);
         let now = Instant::now();
         let kill_at = match self.stop_deadline {
             Some(d) => d.min(now + self.config.stop_timeout),
@@ -968,9 +969,10 @@ impl Pool {
         };
         tracing::warn!(
             "{id} pid {pid} exited and left {} process(es) of its group running (pid {}); \
-             sending them SIGTERM, SIGKILL in {}",
+             sending them {}, SIGKILL in {}",
             members.len(),
             list_pids(&members),
+            stop_signal.as_str(),
             fmt_dur(kill_at - now)
         );
         self.counters.leftover_processes += members.len() as u64;
@@ -1001,10 +1003,11 @@ impl Pool {
                 continue;
             }
             tracing::warn!(
-                "{} pid {}: {} leftover process(es) did not stop after SIGTERM (pid {}); sending SIGKILL",
+                "{} pid {}: {} leftover process(es) did not stop after {} (pid {}); sending SIGKILL",
                 l.worker,
                 l.pgid,
                 members.len(),
+                self.config.stop_signal.as_str(),
                 list_pids(&members)
             );
             let _ = killpg(Pid::from_raw(l.pgid), Signal::SIGKILL);
@@ -1166,7 +1169,7 @@ impl Pool {
     }
 
     /// The other workers of `slot` that `which` picks are replaced by `pid`, ready now: each
-    /// gets SIGTERM (and SIGKILL after its `--stop-timeout`). Returns their pids.
+    /// gets the stop signal (and SIGKILL after its `--stop-timeout`). Returns their pids.
     fn stop_replaced(
         &mut self,
         slot: usize,
@@ -1396,10 +1399,10 @@ impl Pool {
                  `--daemonize no`). It is stopped with the supervisor"
             );
             if self.stopping {
-                // Found during the stop (the stop must not wait for it forever): SIGTERM
-                // until the stop deadline, SIGKILL once it has passed.
+                // Found during the stop (the stop must not wait for it forever): the stop
+                // signal until the stop deadline, SIGKILL once it has passed.
                 let sig = if self.stop_deadline.is_some() {
-                    Signal::SIGTERM
+                    self.config.stop_signal
                 } else {
                     Signal::SIGKILL
                 };
@@ -1430,6 +1433,7 @@ impl Pool {
             code,
             signal,
             requested: w.stop_requested,
+            by_stop_signal: w.stop_requested && signal == Some(w.config.stop_signal as i32),
         });
         let reason = if w.ready_at.is_none() {
             RestartReason::FailedStart
@@ -1930,12 +1934,13 @@ impl Pool {
                 w.term_at = None;
                 if w.state != WorkerState::Hung && w.kill_at.is_none() {
                     tracing::warn!(
-                        "{} pid {}: still running; sending SIGTERM",
+                        "{} pid {}: still running; sending {}",
                         slot_id(w.slot),
-                        w.pid
+                        w.pid,
+                        w.config.stop_signal.as_str()
                     );
                     w.state = WorkerState::Stopping;
-                    let _ = killpg(Pid::from_raw(w.pid), Signal::SIGTERM);
+                    let _ = killpg(Pid::from_raw(w.pid), w.config.stop_signal);
                     w.kill_at = Some(now + stop_timeout);
                 }
             }

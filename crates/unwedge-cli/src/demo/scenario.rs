@@ -743,6 +743,7 @@ fn event_printer(handle: &Handle, screen: Arc<Screen>) -> tokio::task::JoinHandl
                     code,
                     signal,
                     requested,
+                    ..
                 } => {
                     let how = match (code, signal) {
                         (Some(c), _) => format!("exit status {c}"),
