@@ -487,6 +487,11 @@ impl FromStr for ListenAddr {
                 .next()
                 .map(ListenAddr::Tcp)
                 .ok_or_else(|| format!("`{s}` resolves to no address")),
+            // A bare port: the usual slip, answered with what was probably meant.
+            Err(_) if s.parse::<u16>().is_ok() => Err(format!(
+                "`{s}` is not host:port or unix:/path: `127.0.0.1:{s}` for this machine only, \
+                 `:{s}` for every interface"
+            )),
             Err(e) => Err(format!("`{s}` is not host:port or unix:/path ({e})")),
         }
     }
@@ -1079,6 +1084,22 @@ mod tests {
             Config::resolve(None, Options::default(), vec![]),
             Err(ConfigError::Usage(_))
         ));
+    }
+
+    #[test]
+    fn a_bare_port_is_answered_with_the_addresses_meant() {
+        let e = "8080".parse::<ListenAddr>().unwrap_err();
+        assert_eq!(
+            e,
+            "`8080` is not host:port or unix:/path: `127.0.0.1:8080` for this machine only, \
+             `:8080` for every interface"
+        );
+        assert!(":8080".parse::<ListenAddr>().is_ok());
+        let e = "nonsense".parse::<ListenAddr>().unwrap_err();
+        assert!(
+            e.starts_with("`nonsense` is not host:port or unix:/path ("),
+            "{e}"
+        );
     }
 
     #[test]

@@ -505,8 +505,8 @@ struct Pool {
     reload_pending: bool,
     /// When the workers' resident memory is next compared with their `--max-memory`.
     next_memory_check: Instant,
-    /// Process groups of exited workers that still had processes running: sent the stop signal,
-    /// SIGKILL at their deadline.
+    /// Process groups of exited workers that still had processes running: sent the stop
+    /// signal, SIGKILL at their deadline.
     leftovers: Vec<Leftover>,
     /// Processes that went into the background (a session of their own, adopted by the
     /// supervisor: a worker's daemon): stopped with the supervisor.
@@ -944,8 +944,8 @@ impl Pool {
     }
 
     /// After worker `pid` (the leader of its process group) exited: processes of its group
-    /// still running get the stop signal now and SIGKILL after `--stop-timeout` (at the stop deadline
-    /// when the supervisor is stopping), as systemd does with a unit's processes. They would
+    /// still running get the stop signal now and SIGKILL after `--stop-timeout` (at the stop
+    /// deadline when the supervisor is stopping), as systemd does with a unit's processes. They would
     /// otherwise hold the listening sockets (accepting with the exited worker's code and state,
     /// keeping the port bound after the supervisor stops) and their memory.
     fn end_group(&mut self, id: &str, pid: i32) {
