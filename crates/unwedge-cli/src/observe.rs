@@ -461,7 +461,12 @@ impl Ctx {
                 self.on_exit(worker, pid, code, signal, requested, by_stop_signal)
                     .await
             }
-            Event::Hung { worker, pid, kind } => {
+            Event::Hung {
+                worker,
+                pid,
+                kind,
+                stopping,
+            } => {
                 let kind = match kind {
                     sup::HangKind::Watchdog => HangKind::Watchdog,
                     sup::HangKind::Probe => HangKind::Probe,
@@ -483,7 +488,9 @@ impl Ctx {
                 self.alert(
                     AlertEvent::new(AlertKind::WorkerHung, summary)
                         .with_worker(&worker, u32::try_from(pid).ok())
-                        .with_details(serde_json::json!({ "kind": kind.as_str() })),
+                        .with_details(
+                            serde_json::json!({ "kind": kind.as_str(), "while_stopping": stopping }),
+                        ),
                 );
             }
             Event::Tainted {

@@ -765,8 +765,19 @@ async fn a_worker_wedged_while_a_reload_drains_it_is_dumped_and_killed_not_waite
         // watchdog says so (STATUS=wedged) after the reload asked it to stop. It used to be
         // ignored then: the wedge went unreported and the worker was SIGKILLed at its
         // 30 s --stop-timeout.
+        let dir = tempfile::tempdir().unwrap();
+        let alerts = dir.path().join("alerts.jsonl");
+        // One JSON event per line: the event on stdin, then a newline.
+        let exec = format!("cat >> '{0}' && echo >> '{0}'", alerts.display());
         let sup = Sup::demo_env(
-            &["--stop-timeout", "30s", "--dump-grace", "200ms"],
+            &[
+                "--stop-timeout",
+                "30s",
+                "--dump-grace",
+                "200ms",
+                "--alert-exec",
+                &exec,
+            ],
             &[("UNWEDGE_LOCK_TIMEOUT", "3s")],
         );
         let addr = sup.addr().await;
@@ -798,6 +809,19 @@ async fn a_worker_wedged_while_a_reload_drains_it_is_dumped_and_killed_not_waite
         let log = sup.log();
         assert!(!log.contains("restarting in"), "{log}");
         assert_eq!(sup.ready_pids(mark).len(), 1, "{log}");
+        // Alerted as a hang of a worker that was stopping.
+        let deadline = Instant::now() + LONG;
+        let event = loop {
+            let text = std::fs::read_to_string(&alerts).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains("worker_hung")) {
+                break serde_json::from_str::<serde_json::Value>(l).unwrap();
+            }
+            assert!(Instant::now() < deadline, "no worker_hung alert: {text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(event["pid"], old, "{event}");
+        assert_eq!(event["details"]["kind"], "wedged", "{event}");
+        assert_eq!(event["details"]["while_stopping"], true, "{event}");
     })
     .await;
 }

@@ -244,6 +244,9 @@ pub enum Event {
         pid: i32,
         /// How it was found.
         kind: HangKind,
+        /// It was stopping already (drained by a reload or a stop, or replaced): killed, not
+        /// replaced again.
+        stopping: bool,
     },
     /// A worker said it is tainted (poisoned state) and is being replaced.
     Tainted {

@@ -1727,6 +1727,7 @@ impl Pool {
             worker: id,
             pid,
             kind,
+            stopping: retiring,
         });
         if retiring {
             return;

@@ -710,7 +710,12 @@ fn event_printer(handle: &Handle, screen: Arc<Screen>) -> tokio::task::JoinHandl
                 Err(_) => break,
             };
             let text = match e {
-                Event::Hung { worker, pid, kind } => {
+                Event::Hung {
+                    worker,
+                    pid,
+                    kind,
+                    stopping,
+                } => {
                     // The worker's own STATUS= line says why (a deadlock names both tasks).
                     let why = handle_for_status
                         .snapshot()
@@ -729,8 +734,13 @@ fn event_printer(handle: &Handle, screen: Arc<Screen>) -> tokio::task::JoinHandl
                             format!(": {cut}")
                         })
                         .unwrap_or_default();
+                    let what = if stopping {
+                        "while stopping; killing it"
+                    } else {
+                        "replacing it"
+                    };
                     format!(
-                        "supervisor: {worker} (pid {pid}) hung ({}){why}; replacing it (SIGQUIT, SIGKILL after the grace)",
+                        "supervisor: {worker} (pid {pid}) hung ({}){why}; {what} (SIGQUIT, SIGKILL after the grace)",
                         kind.as_str()
                     )
                 }
