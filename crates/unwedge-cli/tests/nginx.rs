@@ -67,7 +67,8 @@ fn site(port: u16) -> tempfile::TempDir {
     dir
 }
 
-/// `unwedge run` of nginx on `addr`'s socket, ready on its first answer to `GET /`.
+/// `unwedge run` of nginx on `addr`'s socket, ready when its event loop waits on it
+/// (`--ready accept`: nginx does not speak sd_notify).
 fn supervise(nginx: &Path, site: &Path, addr: &str, stop_signal: Option<&str>) -> Sup {
     let conf = site.join("nginx.conf").display().to_string();
     let mut args = vec![
@@ -75,9 +76,7 @@ fn supervise(nginx: &Path, site: &Path, addr: &str, stop_signal: Option<&str>) -
         "--listen",
         addr,
         "--ready",
-        "probe",
-        "--probe",
-        "/",
+        "accept",
         "--stop-timeout",
         "20s",
     ];
@@ -140,7 +139,14 @@ async fn nginx_takes_the_socket_and_drains_across_a_reload_with_stop_signal_sigq
 
         let mut sup = supervise(&nginx, dir.path(), &addr, Some("SIGQUIT"));
         sup.wait_line(0, &["using inherited sockets from"]).await;
-        let old = sup.wait_ready(0, 1).await[0];
+        // Ready once its worker process waits on the socket.
+        let ready = sup
+            .wait_line(
+                0,
+                &["ready in", "it waits for connections on the passed socket"],
+            )
+            .await;
+        let old = pid_in(&ready).unwrap();
         let (status, body) = http(addr.parse().unwrap(), "GET", "/").await.unwrap();
         assert_eq!((status, body.as_str()), (200, "hello from nginx\n"));
         // The old nginx gets SIGQUIT and finishes the download before it exits.

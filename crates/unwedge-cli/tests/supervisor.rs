@@ -868,13 +868,44 @@ async fn several_sockets_tcp_and_unix_reach_every_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_modes_for_a_worker_that_never_says_ready() {
     within(Duration::from_secs(60), async {
-        // auto: with a shared socket, a silent worker is taken as ready after --ready-timeout.
+        // auto: with a shared socket, a silent worker is taken as ready after --ready-timeout
+        // (one that waits on the socket with epoll, as this one, is told of --ready accept).
         let sup = Sup::python(&["--ready-timeout", "300ms"], &[("FIXTURE_NO_READY", "1")]);
         let addr = sup.addr().await;
-        sup.wait_line(0, &["sent no READY=1 within 300.0ms; taking it as ready"])
+        let line = sup
+            .wait_line(0, &["sent no READY=1 within 300.0ms; taking it as ready"])
             .await;
+        assert!(
+            line.contains("--ready accept would have found it ready"),
+            "{line}"
+        );
         sup.wait_line(0, &["all 1 worker(s) ready"]).await;
         assert_eq!(get(addr, "/").await.0, 200);
+        drop(sup);
+
+        // accept: ready once its event loop waits for connections on the socket, long before
+        // --ready-timeout...
+        let sup = Sup::python(
+            &["--ready", "accept", "--ready-timeout", "20s"],
+            &[("FIXTURE_NO_READY", "1")],
+        );
+        let addr = sup.addr().await;
+        sup.wait_line(
+            0,
+            &[
+                "ready in",
+                "(it waits for connections on the passed socket)",
+            ],
+        )
+        .await;
+        assert_eq!(get(addr, "/").await.0, 200);
+        drop(sup);
+        // ...and one that never does (a blocking accept) is a failed start.
+        let sup = Sup::run(
+            &["--ready", "accept", "--ready-timeout", "300ms"],
+            &["python3", "-c", BLOCKING_ACCEPT_WORKER],
+        );
+        sup.wait_line(0, &["is hung (ready_timeout"]).await;
         drop(sup);
 
         // notify: no READY=1 in time is a failed start, backed off and limited like a crash.

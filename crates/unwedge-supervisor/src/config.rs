@@ -44,6 +44,10 @@ pub enum ReadyMode {
     Probe,
     /// The worker's own port accepts a TCP connection (`--port-env` mode only).
     Port,
+    /// The worker (or a process it forked) waits for connections on a passed socket in an
+    /// event loop: the socket is in one of its `epoll` sets, as nginx, Go, Node, asyncio and
+    /// tokio servers have it (shared sockets only). For servers without sd_notify.
+    Accept,
     /// Ready as soon as it is started.
     None,
 }
@@ -651,6 +655,12 @@ impl Config {
         let ready = o.ready.unwrap_or_default();
         if ready == ReadyMode::Port && o.port_env.is_none() {
             return Err(usage("--ready port needs --port-env".into()));
+        }
+        if ready == ReadyMode::Accept && o.port_env.is_some() {
+            return Err(usage(
+                "--ready accept watches the shared sockets; with --port-env use --ready port"
+                    .into(),
+            ));
         }
         let restart_delay = o.restart_delay.unwrap_or(Duration::from_millis(10));
         let restart_delay_max = o.restart_delay_max.unwrap_or(Duration::from_secs(5));

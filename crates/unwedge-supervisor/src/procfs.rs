@@ -337,6 +337,62 @@ pub fn tcp_listening(pids: &[i32]) -> Vec<(u64, std::net::SocketAddr)> {
     found
 }
 
+/// Whether one of processes `pids` has one of the sockets `inodes` in an epoll set: an event
+/// loop (nginx, Go, Node, asyncio, tokio) waiting for connections on it. Reads the
+/// `/proc/PID/fdinfo` of each epoll descriptor, which lists the inode of every file watched.
+///
+/// ```
+/// use std::os::unix::fs::MetadataExt;
+/// let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let inode = std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&l)))
+///     .unwrap()
+///     .ino();
+/// let mut child = std::process::Command::new("python3")
+///     .args(["-c", "import selectors, socket, sys\n\
+///         s = socket.socket(fileno=0); sel = selectors.EpollSelector()\n\
+///         sel.register(s, selectors.EVENT_READ); print(flush=True); sys.stdin.read()"])
+///     .stdin(std::os::fd::OwnedFd::from(l))
+///     .stdout(std::process::Stdio::piped())
+///     .spawn()
+///     .unwrap();
+/// let pid = child.id() as i32;
+/// let mut line = String::new();
+/// std::io::BufRead::read_line(
+///     &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+///     &mut line,
+/// )
+/// .unwrap();
+/// assert!(unwedge_supervisor::procfs::epoll_watches_any(&[pid], &[inode]));
+/// assert!(!unwedge_supervisor::procfs::epoll_watches_any(&[pid], &[inode + 1]));
+/// child.kill().unwrap();
+/// child.wait().unwrap();
+/// ```
+pub fn epoll_watches_any(pids: &[i32], inodes: &[u64]) -> bool {
+    if inodes.is_empty() {
+        return false;
+    }
+    pids.iter().any(|pid| {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
+        fds.flatten().any(|fd| {
+            let is_epoll = std::fs::read_link(fd.path())
+                .is_ok_and(|t| t.as_os_str() == "anon_inode:[eventpoll]");
+            if !is_epoll {
+                return false;
+            }
+            let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+            std::fs::read_to_string(info).is_ok_and(|text| {
+                text.lines()
+                    .filter(|l| l.starts_with("tfd:"))
+                    .filter_map(|l| l.split_whitespace().find_map(|t| t.strip_prefix("ino:")))
+                    .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+                    .any(|ino| inodes.contains(&ino))
+            })
+        })
+    })
+}
+
 /// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6), as `/proc/net/tcp{,6}` write
 /// them: each 32-bit word of the address in the machine's byte order.
 fn parse_proc_addr(text: &str) -> Option<std::net::SocketAddr> {

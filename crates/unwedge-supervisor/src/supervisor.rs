@@ -297,7 +297,17 @@ impl Supervisor {
             next_sd_watchdog: None,
             last_sd_status: String::new(),
             bind_hint_given: Default::default(),
+            listener_inodes: Vec::new(),
         };
+        pool.listener_inodes = pool
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&l.fd);
+                std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()
+            })
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .collect();
         pool.next_sd_watchdog = pool.systemd.watchdog_interval().map(|i| now + i);
         tracing::info!(
             "starting {n} worker(s){}: {}{}",
@@ -521,10 +531,16 @@ struct Pool {
     last_sd_status: String,
     /// A worker that failed to start was found binding an address itself (said once).
     bind_hint_given: Arc<std::sync::atomic::AtomicBool>,
+    /// The inodes of `listeners`, as a worker's `/proc` shows them.
+    listener_inodes: Vec<u64>,
 }
 
 /// Fast polling of a starting worker's port or probe (readiness).
 const READY_POLL: Duration = Duration::from_millis(5);
+
+/// Polling of a starting worker's event loop for the passed socket (`--ready accept`): a look
+/// at `/proc` for each of its processes.
+const ACCEPT_POLL: Duration = Duration::from_millis(20);
 
 /// How often the notify socket's file is checked (and bound again if it was removed).
 const NOTIFY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -535,13 +551,19 @@ const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The most queued notify datagrams read before a reap (a flood must not delay it long).
 const MAX_DRAINED: usize = 256;
 
+/// Whether a starting worker under `c` is watched for waiting on the passed sockets (their
+/// `inodes`): `--ready accept`.
+fn watches_for_accept(c: &Config, inodes: &[u64]) -> bool {
+    c.ready == ReadyMode::Accept && !inodes.is_empty()
+}
+
 /// Whether readiness under `c` is found by polling (a port, a probe) rather than told.
 fn needs_poll(c: &Config) -> bool {
     match c.ready {
         ReadyMode::Probe => true,
         ReadyMode::Port => true,
         ReadyMode::Auto => c.port_env.is_some(),
-        ReadyMode::Notify | ReadyMode::None => false,
+        ReadyMode::Notify | ReadyMode::None | ReadyMode::Accept => false,
     }
 }
 
@@ -594,6 +616,11 @@ fn slot_id(slot: usize) -> String {
 }
 
 impl Pool {
+    /// The inodes of the sockets the workers are passed (to find them in a worker's `/proc`).
+    fn socket_inodes(&self) -> Vec<u64> {
+        self.listener_inodes.clone()
+    }
+
     /// The addresses of the sockets the workers are passed.
     fn socket_addrs(&self) -> Vec<String> {
         self.listeners
@@ -760,6 +787,11 @@ impl Pool {
     }
 
     fn mark_ready(&mut self, pid: i32) {
+        self.mark_ready_because(pid, "");
+    }
+
+    /// [`Self::mark_ready`], saying `why` (`" (…)"`) in its log line.
+    fn mark_ready_because(&mut self, pid: i32, why: &str) {
         let now = Instant::now();
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
@@ -784,13 +816,13 @@ impl Pool {
         let port = w.port.map(|p| format!(", port {p}")).unwrap_or_default();
         match crash_to_ready {
             Some(c) => tracing::info!(
-                "{} pid {pid} ready in {} ({} after the crash{port})",
+                "{} pid {pid} ready in {} ({} after the crash{port}){why}",
                 slot_id(slot),
                 fmt_dur(startup),
                 fmt_dur(c)
             ),
             None => tracing::info!(
-                "{} pid {pid} ready in {}{}",
+                "{} pid {pid} ready in {}{}{why}",
                 slot_id(slot),
                 fmt_dur(startup),
                 if port.is_empty() {
@@ -1515,15 +1547,7 @@ impl Pool {
         if self.listeners.is_empty() {
             return;
         }
-        let ours: Vec<u64> = self
-            .listeners
-            .iter()
-            .filter_map(|l| {
-                let fd = std::os::fd::AsRawFd::as_raw_fd(&l.fd);
-                std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()
-            })
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .collect();
+        let ours = self.socket_inodes();
         let tree = crate::procfs::descendants(pid, 64);
         let own: Vec<String> = crate::procfs::tcp_listening(&tree)
             .into_iter()
@@ -1956,7 +1980,9 @@ impl Pool {
         // Readiness timeouts, heartbeats, probes.
         let mut hung: Vec<(i32, HangKind, String)> = Vec::new();
         let mut assume_ready = Vec::new();
+        let mut accepting = Vec::new();
         let mut probes = Vec::new();
+        let inodes = self.socket_inodes();
         for w in self.workers.values_mut() {
             if w.stop_requested {
                 continue;
@@ -1974,6 +2000,12 @@ impl Pool {
                     w.probe_inflight = true;
                     w.next_probe = now + READY_POLL;
                     probes.push((w.pid, true));
+                } else if watches_for_accept(c, &inodes) && w.next_probe <= now {
+                    w.next_probe = now + ACCEPT_POLL;
+                    let tree = crate::procfs::descendants(w.pid, 64);
+                    if crate::procfs::epoll_watches_any(&tree, &inodes) {
+                        accepting.push(w.pid);
+                    }
                 }
                 continue;
             }
@@ -1993,11 +2025,25 @@ impl Pool {
                 probes.push((w.pid, false));
             }
         }
+        for pid in accepting {
+            self.mark_ready_because(pid, " (it waits for connections on the passed socket)");
+        }
         for (pid, limit) in assume_ready {
-            tracing::warn!(
-                "pid {pid} sent no READY=1 within {}; taking it as ready (use --ready to choose)",
-                fmt_dur(limit)
-            );
+            let tree = crate::procfs::descendants(pid, 64);
+            if crate::procfs::epoll_watches_any(&tree, &inodes) {
+                tracing::warn!(
+                    "pid {pid} sent no READY=1 within {}; taking it as ready: it waits for \
+                     connections on the passed socket, so --ready accept would have found it \
+                     ready then, without this wait",
+                    fmt_dur(limit)
+                );
+            } else {
+                tracing::warn!(
+                    "pid {pid} sent no READY=1 within {}; taking it as ready (use --ready to \
+                     choose)",
+                    fmt_dur(limit)
+                );
+            }
             self.warn_if_it_listens_elsewhere(pid);
             self.mark_ready(pid);
         }
@@ -2032,6 +2078,7 @@ impl Pool {
 
     fn next_deadline(&self) -> Instant {
         let now = Instant::now();
+        let inodes = &self.listener_inodes;
         let mut d = now + Duration::from_secs(3600);
         let mut at = |t: Instant| d = d.min(t);
         for s in &self.slots {
@@ -2064,7 +2111,7 @@ impl Pool {
             let c = &w.config;
             if w.ready_at.is_none() {
                 at(w.started + c.ready_timeout);
-                if needs_poll(c) && !w.probe_inflight {
+                if (needs_poll(c) && !w.probe_inflight) || watches_for_accept(c, inodes) {
                     at(w.next_probe);
                 }
                 continue;
