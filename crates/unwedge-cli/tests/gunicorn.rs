@@ -10,14 +10,6 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Whether `python3 -m gunicorn` runs here.
-fn have_gunicorn() -> bool {
-    std::process::Command::new("python3")
-        .args(["-c", "import gunicorn"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// The gunicorn worker process that answered `GET path` ("ok <pid>").
 async fn answering_pid(addr: std::net::SocketAddr, path: &str) -> i32 {
     let (status, body) = get(addr, path).await;
@@ -30,7 +22,7 @@ async fn answering_pid(addr: std::net::SocketAddr, path: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gunicorn_is_supervised_with_the_processes_it_forks() {
-    if !have_gunicorn() {
+    if !python_has("gunicorn") {
         println!("SKIPPED: gunicorn not installed (pip install gunicorn)");
         return;
     }

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    admin_addr, another_program, get, http, proc_state, run_split, run_to_end, Sup, BIN, LONG,
+    admin_addr, another_program, get, http, proc_state, python_has, run_split, run_to_end, Sup,
+    BIN, LONG,
 };
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -350,12 +351,7 @@ print(json.dumps(out))
 "#;
 
 fn have_prometheus_client() -> bool {
-    std::process::Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    python_has("prometheus_client")
 }
 
 /// `/metrics`, parsed: `name{label=value,…}` → value.

@@ -9,17 +9,9 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::Signal;
 
-/// Whether `python3 -m uvicorn` runs here.
-fn have_uvicorn() -> bool {
-    std::process::Command::new("python3")
-        .args(["-c", "import uvicorn"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uvicorn_takes_the_socket_and_is_found_ready_by_its_event_loop() {
-    if !have_uvicorn() {
+    if !python_has("uvicorn") {
         println!("SKIPPED: uvicorn not installed (pip install uvicorn)");
         return;
     }

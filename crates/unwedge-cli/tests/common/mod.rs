@@ -437,3 +437,15 @@ pub async fn accepted_within(port: u16, limit: Duration) -> bool {
     }
     false
 }
+
+/// Whether `python3` here can import `module` (a peer some tests drive: gunicorn, uvicorn,
+/// prometheus_client).
+#[allow(dead_code)] // Not every test binary uses it.
+pub fn python_has(module: &str) -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
