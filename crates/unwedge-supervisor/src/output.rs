@@ -132,20 +132,15 @@ impl Tail {
 /// crash report; waits up to `wait` for its stderr to close first, so that what it wrote just
 /// before it died is included. Forgets them: a second call returns nothing.
 pub async fn last_stderr_lines(pid: i32, wait: Duration) -> Vec<String> {
-    let lines = stderr_tail(pid, wait).await;
+    let Some(tail) = StderrTail::of(pid) else {
+        return Vec::new();
+    };
+    let lines = tail.lines(wait).await;
     tails()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&pid);
     lines
-}
-
-/// As [`last_stderr_lines`], but leaves them for it.
-async fn stderr_tail(pid: i32, wait: Duration) -> Vec<String> {
-    match StderrTail::of(pid) {
-        Some(tail) => tail.lines(wait).await,
-        None => Vec::new(),
-    }
 }
 
 /// A hold on the stderr tail of a worker, for reading it later even if

@@ -234,28 +234,11 @@ pub fn arguments(pid: i32) -> Option<Vec<String>> {
 /// assert_eq!(unwedge_supervisor::procfs::tcp_listeners(port), vec![me]);
 /// ```
 pub fn tcp_listeners(port: u16) -> Vec<i32> {
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                continue;
-            };
-            let listening = *state == "0A";
-            let on_port = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-                == Some(port);
-            if listening && on_port {
-                inodes.push((*inode).to_owned());
-            }
-        }
-    }
+    let inodes: Vec<u64> = tcp_listen_table()
+        .into_iter()
+        .filter(|(_, addr)| addr.port() == port)
+        .map(|(inode, _)| inode)
+        .collect();
     socket_holders(&inodes)
 }
 
@@ -274,13 +257,13 @@ pub fn unix_listeners(path: &std::path::Path) -> Vec<i32> {
         return Vec::new();
     };
     let wanted = path.to_string_lossy();
-    let inodes: Vec<String> = text
+    let inodes: Vec<u64> = text
         .lines()
         .skip(1)
         .filter_map(|line| {
             // Num RefCount Protocol Flags Type St Inode Path
             let f: Vec<&str> = line.split_whitespace().collect();
-            (f.get(7) == Some(&wanted.as_ref())).then(|| f.get(6).map(|i| (*i).to_owned()))?
+            (f.get(7) == Some(&wanted.as_ref())).then(|| f.get(6)?.parse().ok())?
         })
         .collect();
     socket_holders(&inodes)
@@ -297,38 +280,12 @@ pub fn unix_listeners(path: &std::path::Path) -> Vec<i32> {
 /// assert!(found.iter().any(|(_, a)| *a == l.local_addr().unwrap()));
 /// ```
 pub fn tcp_listening(pids: &[i32]) -> Vec<(u64, std::net::SocketAddr)> {
-    let mut listening = std::collections::HashMap::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(&"0A"), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                continue;
-            };
-            if let (Some(addr), Ok(inode)) = (parse_proc_addr(local), inode.parse::<u64>()) {
-                listening.insert(inode, addr);
-            }
-        }
-    }
+    let listening = tcp_listen_table();
     let mut found: Vec<(u64, std::net::SocketAddr)> = pids
         .iter()
-        .flat_map(|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .filter_map(|fd| {
-            let target = std::fs::read_link(fd.path()).ok()?;
-            let inode = target
-                .to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()?;
+        .flat_map(|&pid| fd_targets(pid))
+        .filter_map(|(_, target)| {
+            let inode = socket_inode(&target)?;
             Some((inode, *listening.get(&inode)?))
         })
         .collect();
@@ -371,17 +328,12 @@ pub fn epoll_watches_any(pids: &[i32], inodes: &[u64]) -> bool {
     if inodes.is_empty() {
         return false;
     }
-    pids.iter().any(|pid| {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            return false;
-        };
-        fds.flatten().any(|fd| {
-            let is_epoll = std::fs::read_link(fd.path())
-                .is_ok_and(|t| t.as_os_str() == "anon_inode:[eventpoll]");
-            if !is_epoll {
+    pids.iter().any(|&pid| {
+        fd_targets(pid).any(|(fd, target)| {
+            if target.as_os_str() != "anon_inode:[eventpoll]" {
                 return false;
             }
-            let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+            let info = format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy());
             std::fs::read_to_string(info).is_ok_and(|text| {
                 text.lines()
                     .filter(|l| l.starts_with("tfd:"))
@@ -410,22 +362,54 @@ fn parse_proc_addr(text: &str) -> Option<std::net::SocketAddr> {
     Some(std::net::SocketAddr::new(ip, port))
 }
 
+/// The listening TCP sockets of this network namespace (`/proc/net/tcp{,6}`), by inode.
+fn tcp_listen_table() -> std::collections::HashMap<u64, std::net::SocketAddr> {
+    let mut listening = std::collections::HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&"0A"), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            if let (Some(addr), Ok(inode)) = (parse_proc_addr(local), inode.parse::<u64>()) {
+                listening.insert(inode, addr);
+            }
+        }
+    }
+    listening
+}
+
+/// The open descriptors of process `pid`: (fd number, what `/proc/PID/fd/N` links to).
+fn fd_targets(pid: i32) -> impl Iterator<Item = (std::ffi::OsString, std::path::PathBuf)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| Some((fd.file_name(), std::fs::read_link(fd.path()).ok()?)))
+}
+
+/// The inode of a descriptor's target `socket:[N]`; `None` for anything but a socket.
+fn socket_inode(target: &std::path::Path) -> Option<u64> {
+    target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
 /// The processes with a descriptor on one of the sockets `inodes`.
-fn socket_holders(inodes: &[String]) -> Vec<i32> {
+fn socket_holders(inodes: &[u64]) -> Vec<i32> {
     if inodes.is_empty() {
         return Vec::new();
     }
-    let targets: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
     let mut pids: Vec<i32> = all_pids()
-        .filter(|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|fd| {
-                    std::fs::read_link(fd.path())
-                        .is_ok_and(|t| targets.iter().any(|s| t.as_os_str() == s.as_str()))
-                })
+        .filter(|&pid| {
+            fd_targets(pid).any(|(_, t)| socket_inode(&t).is_some_and(|i| inodes.contains(&i)))
         })
         .collect();
     pids.sort_unstable();

@@ -616,11 +616,6 @@ fn slot_id(slot: usize) -> String {
 }
 
 impl Pool {
-    /// The inodes of the sockets the workers are passed (to find them in a worker's `/proc`).
-    fn socket_inodes(&self) -> Vec<u64> {
-        self.listener_inodes.clone()
-    }
-
     /// The addresses of the sockets the workers are passed.
     fn socket_addrs(&self) -> Vec<String> {
         self.listeners
@@ -1542,16 +1537,15 @@ impl Pool {
 
     /// A worker taken as ready without a word (or not ready in time), with sockets of its own
     /// listening, most likely ignores the socket it was passed: nothing accepts the
-    /// connections queued on it. Says so (one look at `/proc` per such worker).
-    fn warn_if_it_listens_elsewhere(&self, pid: i32) {
+    /// connections queued on it. Says so (one look at `/proc` per such worker). `tree` is the
+    /// worker and its descendants.
+    fn warn_if_it_listens_elsewhere(&self, pid: i32, tree: &[i32]) {
         if self.listeners.is_empty() {
             return;
         }
-        let ours = self.socket_inodes();
-        let tree = crate::procfs::descendants(pid, 64);
-        let own: Vec<String> = crate::procfs::tcp_listening(&tree)
+        let own: Vec<String> = crate::procfs::tcp_listening(tree)
             .into_iter()
-            .filter(|(inode, _)| !ours.contains(inode))
+            .filter(|(inode, _)| !self.listener_inodes.contains(inode))
             .map(|(_, addr)| addr.to_string())
             .collect();
         if own.is_empty() {
@@ -1982,7 +1976,7 @@ impl Pool {
         let mut assume_ready = Vec::new();
         let mut accepting = Vec::new();
         let mut probes = Vec::new();
-        let inodes = self.socket_inodes();
+        let inodes = &self.listener_inodes;
         for w in self.workers.values_mut() {
             if w.stop_requested {
                 continue;
@@ -2000,10 +1994,10 @@ impl Pool {
                     w.probe_inflight = true;
                     w.next_probe = now + READY_POLL;
                     probes.push((w.pid, true));
-                } else if watches_for_accept(c, &inodes) && w.next_probe <= now {
+                } else if watches_for_accept(c, inodes) && w.next_probe <= now {
                     w.next_probe = now + ACCEPT_POLL;
                     let tree = crate::procfs::descendants(w.pid, 64);
-                    if crate::procfs::epoll_watches_any(&tree, &inodes) {
+                    if crate::procfs::epoll_watches_any(&tree, inodes) {
                         accepting.push(w.pid);
                     }
                 }
@@ -2030,7 +2024,7 @@ impl Pool {
         }
         for (pid, limit) in assume_ready {
             let tree = crate::procfs::descendants(pid, 64);
-            if crate::procfs::epoll_watches_any(&tree, &inodes) {
+            if crate::procfs::epoll_watches_any(&tree, &self.listener_inodes) {
                 tracing::warn!(
                     "pid {pid} sent no READY=1 within {}; taking it as ready: it waits for \
                      connections on the passed socket, so --ready accept would have found it \
@@ -2044,12 +2038,13 @@ impl Pool {
                     fmt_dur(limit)
                 );
             }
-            self.warn_if_it_listens_elsewhere(pid);
+            self.warn_if_it_listens_elsewhere(pid, &tree);
             self.mark_ready(pid);
         }
         for (pid, kind, msg) in hung {
             if kind == HangKind::ReadyTimeout {
-                self.warn_if_it_listens_elsewhere(pid);
+                let tree = crate::procfs::descendants(pid, 64);
+                self.warn_if_it_listens_elsewhere(pid, &tree);
             }
             self.hung(pid, kind, &msg);
         }
