@@ -1408,7 +1408,7 @@ impl Pool {
     /// the container as it would be anyway.)
     fn find_daemons(&mut self) {
         let me = std::process::id() as i32;
-        let Some(session) = crate::procfs::stat(me).map(|s| s.sid) else {
+        let Ok(session) = nix::unistd::getsid(None).map(Pid::as_raw) else {
             return;
         };
         for child in crate::procfs::children(me) {
