@@ -28,6 +28,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::run_as::RunAs;
 
 /// How the supervisor decides that a worker is ready to serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -346,6 +347,19 @@ pub struct Options {
     )]
     pub stop_timeout: Option<Duration>,
 
+    /// Run the workers as this user (a name or a uid), with its groups, `HOME`, `USER` and
+    /// `SHELL`; the supervisor itself stays root (it needs to be root for it). As systemd's
+    /// `User=` [default: the supervisor's user].
+    #[arg(long, value_name = "USER", help_heading = "Workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+
+    /// Run the workers with this group (a name or a gid) instead of the user's primary group.
+    /// As systemd's `Group=`.
+    #[arg(long, value_name = "GROUP", help_heading = "Workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+
     /// Memory limit of a worker: a worker whose resident memory (its process's RSS; with child
     /// processes, the PSS of its process tree) grows above SIZE (`512M`, `2G`) is replaced
     /// gracefully: its replacement starts, and once it is
@@ -441,6 +455,8 @@ impl Options {
             ready_timeout,
             stop_signal,
             stop_timeout,
+            user,
+            group,
             max_memory,
             log_format,
             pidfile,
@@ -556,6 +572,8 @@ pub struct Config {
     /// Time workers have to stop after the stop signal; a worker leaving on its own
     /// (`STOPPING=1`) has it before the stop signal too.
     pub stop_timeout: Duration,
+    /// Who the workers run as (`--user`, `--group`; `None`: the supervisor's user).
+    pub run_as: Option<RunAs>,
     /// A worker using more resident memory than this many bytes is replaced gracefully.
     pub max_memory: Option<u64>,
     /// Log format.
@@ -700,6 +718,7 @@ impl Config {
             ready_timeout: nonzero(o.ready_timeout, Duration::from_secs(10), "ready-timeout")?,
             stop_signal,
             stop_timeout: o.stop_timeout.unwrap_or(Duration::from_secs(30)),
+            run_as: RunAs::resolve(o.user.as_deref(), o.group.as_deref()).map_err(usage)?,
             max_memory: match o.max_memory {
                 Some(0) => return Err(usage("--max-memory must be more than 0".into())),
                 m => m,
@@ -739,6 +758,8 @@ impl Config {
             ready_timeout: Some(self.ready_timeout),
             stop_signal: Some(self.stop_signal.as_str().to_owned()),
             stop_timeout: Some(self.stop_timeout),
+            user: self.run_as.as_ref().and_then(|r| r.user.clone()),
+            group: self.run_as.as_ref().and_then(|r| r.group.clone()),
             max_memory: self.max_memory,
             log_format: Some(self.log_format),
             pidfile: self.pidfile.clone(),
@@ -1139,6 +1160,28 @@ mod tests {
         ));
         let text = with("SIGQUIT").unwrap().to_toml();
         assert!(text.contains("stop-signal = \"SIGQUIT\""), "{text}");
+    }
+
+    #[test]
+    fn user_and_group_are_looked_up_and_printed_as_given() {
+        let o = Options {
+            user: Some("nobody".into()),
+            group: Some("0".into()),
+            ..Options::default()
+        };
+        let c = Config::resolve(None, o, vec!["x".into()]).unwrap();
+        let r = c.run_as.as_ref().unwrap();
+        assert_eq!((r.uid.is_some(), r.gid), (true, 0));
+        let text = c.to_toml();
+        assert!(text.contains("user = \"nobody\"\ngroup = \"0\""), "{text}");
+        let o = Options {
+            user: Some("no-such-user-here".into()),
+            ..Options::default()
+        };
+        assert!(matches!(
+            Config::resolve(None, o, vec!["x".into()]),
+            Err(ConfigError::Usage(m)) if m == "--user no-such-user-here: no such user"
+        ));
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod policy;
 pub mod probe;
 pub mod procfs;
 pub mod reconfig;
+pub mod run_as;
 pub mod shim;
 pub mod socket;
 mod supervisor;

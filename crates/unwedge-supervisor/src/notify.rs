@@ -175,6 +175,16 @@ pub struct NotifySocket {
     _dir: tempfile::TempDir,
     /// The socket file's inode, to notice it was removed or replaced.
     inode: u64,
+    /// Who the directory and the socket were given to (`--user`), if not this process's user.
+    owner: Option<(u32, u32)>,
+}
+
+/// Gives `path` to `owner` (uid, gid), if any.
+fn give(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    match owner {
+        Some((uid, gid)) => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
+        None => Ok(()),
+    }
 }
 
 /// What one received datagram was.
@@ -195,18 +205,30 @@ impl NotifySocket {
     /// `unwedge-*`, owned by this user with mode 0700, whose `notify.sock` refuses a
     /// connection (nobody has it bound; a live supervisor's socket is never touched).
     pub fn bind() -> io::Result<Self> {
-        let base = base_dir(&[
-            std::env::var_os("RUNTIME_DIRECTORY"),
-            std::env::var_os("XDG_RUNTIME_DIR"),
-        ]);
-        Self::bind_in(&base)
+        Self::bind_for(None)
     }
 
-    fn bind_in(base: &Path) -> io::Result<Self> {
+    /// As [`bind`](Self::bind), for workers that run as another user (`--user`): the
+    /// directory and the socket are given to `owner` (uid, gid), still 0700 and 0600, so that
+    /// only that user (and root) can reach them. `$XDG_RUNTIME_DIR` is then passed over: it
+    /// is the supervisor's user's own directory, which no other user can enter.
+    pub fn bind_for(owner: Option<(u32, u32)>) -> io::Result<Self> {
+        let base = base_dir(&[
+            std::env::var_os("RUNTIME_DIRECTORY"),
+            owner
+                .is_none()
+                .then(|| std::env::var_os("XDG_RUNTIME_DIR"))
+                .flatten(),
+        ]);
+        Self::bind_in(&base, owner)
+    }
+
+    fn bind_in(base: &Path, owner: Option<(u32, u32)>) -> io::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
             .tempdir_in(base)?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        give(dir.path(), owner)?;
         let uid = std::fs::metadata(dir.path())?.uid();
         let removed = sweep_stale(base, uid);
         if removed > 0 {
@@ -218,11 +240,13 @@ impl NotifySocket {
         }
         let path = dir.path().join(SOCKET_NAME);
         let (sock, inode) = bind_private(&path)?;
+        give(&path, owner)?;
         Ok(NotifySocket {
             sock,
             path,
             _dir: dir,
             inode,
+            owner,
         })
     }
 
@@ -246,16 +270,20 @@ impl NotifySocket {
                 return Err(e);
             }
         }
-        // Ours and private again, whoever recreated it.
+        // Ours (or the workers' user's) and private again, whoever recreated it.
         let meta = std::fs::symlink_metadata(dir)?;
-        if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        let me = nix::unistd::geteuid().as_raw();
+        let owner_uid = self.owner.map(|(uid, _)| uid);
+        if !meta.is_dir() || (meta.uid() != me && Some(meta.uid()) != owner_uid) {
             return Err(io::Error::other(format!(
                 "{} is no longer this user's directory",
                 dir.display()
             )));
         }
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        give(dir, self.owner)?;
         let (sock, inode) = bind_private(&self.path)?;
+        give(&self.path, self.owner)?;
         let queued = self.drain_queued(buf, usize::MAX);
         self.sock = sock;
         self.inode = inode;
@@ -422,7 +450,7 @@ mod tests {
             }
             dir
         };
-        let live = NotifySocket::bind_in(base.path()).unwrap();
+        let live = NotifySocket::bind_in(base.path(), None).unwrap();
         let stale = left("unwedge-killed", 0o700, Inside::ClosedSocket);
         // Not ours to remove: a plain file named like the socket, a directory with no socket
         // yet, a name without the prefix, a world-readable directory.
@@ -434,7 +462,7 @@ mod tests {
         ];
 
         // The next supervisor's bind removes the killed one's directory only.
-        let next = NotifySocket::bind_in(base.path()).unwrap();
+        let next = NotifySocket::bind_in(base.path(), None).unwrap();
         assert!(!stale.exists());
         for k in &kept {
             assert!(k.exists(), "{} was removed", k.display());

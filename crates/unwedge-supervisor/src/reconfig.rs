@@ -61,6 +61,7 @@ fn keep_fixed(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!(
         listen => "listen",
         port_env => "port-env",
+        run_as => "user",
         pidfile => "pidfile",
         log_format => "log-format",
         admin => "admin",
@@ -127,7 +128,7 @@ mod tests {
         );
         let new = config(
             "listen = [\"127.0.0.1:9090\"]\nworkers = 4\nwatchdog = \"2s\"\nadmin = \"off\"\n\
-             command = [\"/bin/sh\", \"-c\", \"b\"]\n",
+             user = \"nobody\"\ncommand = [\"/bin/sh\", \"-c\", \"b\"]\n",
         );
         let target = old.listen[0].clone();
         let (applied, changes) = prepare(&old, new, Some(&target)).unwrap();
@@ -135,6 +136,8 @@ mod tests {
         assert_eq!(applied.workers, 4);
         assert_eq!(applied.listen, old.listen, "sockets stay");
         assert_eq!(applied.admin, old.admin, "the admin endpoint stays");
+        // The notify socket was given to the workers' user at start.
+        assert_eq!(applied.run_as, None, "the workers' user stays");
     }
 
     #[test]

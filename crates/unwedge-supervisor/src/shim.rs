@@ -13,10 +13,12 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::signal::{signal, SigHandler, Signal};
+
+use crate::run_as::{Credentials, SHIM_CREDENTIALS_ENV};
 
 /// Environment variable with the inherited socket fds, comma-separated, in order.
 pub const SHIM_FDS_ENV: &str = "UNWEDGE_SHIM_FDS";
@@ -77,13 +79,17 @@ pub fn exec(command: &[String]) -> String {
         _ => Vec::new(),
     };
     std::env::remove_var(SHIM_FDS_ENV);
-    if let Err(e) = die_with_parent() {
-        return format!("exec-shim: {e}");
-    }
     if let Err(e) = place_fds(&fds) {
         return format!("exec-shim: cannot place sockets: {e}");
     }
     if let Err(e) = restore_nofile() {
+        return format!("exec-shim: {e}");
+    }
+    if let Err(e) = switch_user() {
+        return format!("exec-shim: {e}");
+    }
+    // After the switch: a change of user clears the parent-death signal.
+    if let Err(e) = die_with_parent() {
         return format!("exec-shim: {e}");
     }
     if !fds.is_empty() {
@@ -100,6 +106,41 @@ pub fn exec(command: &[String]) -> String {
     };
     let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
     format!("cannot execute `{program}`: {}", err.desc())
+}
+
+/// Runs the worker as the user and groups in [`SHIM_CREDENTIALS_ENV`] (`--user`, `--group`),
+/// if set: gives it its stdout and stderr pipes first (a pipe belongs to its creator, mode
+/// 0600, so the worker could not open `/dev/stdout` again), then switches, then checks that
+/// the worker can reach the notify socket.
+fn switch_user() -> Result<(), String> {
+    let Ok(value) = std::env::var(SHIM_CREDENTIALS_ENV) else {
+        return Ok(());
+    };
+    std::env::remove_var(SHIM_CREDENTIALS_ENV);
+    let creds =
+        Credentials::parse(&value).ok_or_else(|| format!("bad {SHIM_CREDENTIALS_ENV}={value}"))?;
+    for fd in [std::io::stdout().as_fd(), std::io::stderr().as_fd()] {
+        let is_pipe = nix::sys::stat::fstat(fd)
+            .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFIFO);
+        if is_pipe {
+            let uid = creds.uid.map(nix::unistd::Uid::from_raw);
+            let gid = Some(nix::unistd::Gid::from_raw(creds.gid));
+            let _ = nix::unistd::fchown(fd, uid, gid);
+        }
+    }
+    creds.switch()?;
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Err(e) = std::fs::metadata(&path) {
+            return Err(format!(
+                "as uid {} the notify socket {} is out of reach ({e}): a directory above it \
+                 is private; set RUNTIME_DIRECTORY or TMPDIR for the supervisor to a directory \
+                 the worker's user can enter",
+                nix::unistd::getuid(),
+                std::path::Path::new(&path).display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Asks for SIGKILL when the supervisor (the parent, named by [`SHIM_PARENT_ENV`]) dies, and

@@ -27,6 +27,7 @@ use crate::output::{self, Stream};
 use crate::policy::{Backoff, Intensity};
 use crate::probe;
 use crate::reconfig::{self, ConfigSource};
+use crate::run_as::{RunAs, SHIM_CREDENTIALS_ENV};
 use crate::shim::{SHIM_FDS_ENV, SHIM_NOFILE_ENV, SHIM_PARENT_ENV};
 use crate::socket::{self, Listener};
 use crate::systemd::{Systemd, SYSTEMD_VARS};
@@ -129,6 +130,9 @@ impl Supervisor {
     pub fn new(config: Config) -> Result<Self, StartError> {
         let program = &config.command[0];
         socket::check_command(program)?;
+        if let Some(r) = &config.run_as {
+            r.check_permitted().map_err(StartError::Usage)?;
+        }
         let systemd = Systemd::from_env();
         let inherited = socket::from_systemd();
         socket::forget_systemd_env();
@@ -246,8 +250,9 @@ impl Supervisor {
     /// runtime's worker threads, which live as long as the supervisor, not inside
     /// `spawn_blocking` (those threads end when idle).
     pub async fn run(self) -> Result<Outcome, StartError> {
-        let mut notify =
-            NotifySocket::bind().map_err(|e| StartError::setup("create the notify socket", e))?;
+        let owner = self.config.run_as.as_ref().and_then(RunAs::socket_owner);
+        let mut notify = NotifySocket::bind_for(owner)
+            .map_err(|e| StartError::setup("create the notify socket", e))?;
         let sig = |k: SignalKind, name: &str| {
             signal(k).map_err(|e| StartError::setup(format!("handle {name}"), e))
         };
@@ -310,11 +315,15 @@ impl Supervisor {
             .collect();
         pool.next_sd_watchdog = pool.systemd.watchdog_interval().map(|i| now + i);
         tracing::info!(
-            "starting {n} worker(s){}: {}{}",
+            "starting {n} worker(s){}{}: {}{}",
             if pool.config.workers_auto {
                 " (--workers auto: one per available CPU)"
             } else {
                 ""
+            },
+            match pool.config.run_as.as_ref().filter(|r| r.switches()) {
+                Some(r) => format!(" as {}", r.describe()),
+                None => String::new(),
             },
             pool.config.command.join(" "),
             pool.describe_sockets()
@@ -716,6 +725,12 @@ impl Pool {
         }
         if let (Some(var), Some(p)) = (&config.port_env, port) {
             cmd.env(var, p.to_string());
+        }
+        if let Some(r) = config.run_as.as_ref().filter(|r| r.switches()) {
+            cmd.env(SHIM_CREDENTIALS_ENV, r.shim_value());
+            for (k, v) in r.env() {
+                cmd.env(k, v);
+            }
         }
         cmd.env("UNWEDGE_WORKER", &id)
             .env("UNWEDGE_GENERATION", generation.to_string());

@@ -1,0 +1,201 @@
+//! `--user` and `--group`: a root supervisor runs its workers as an unprivileged user, who can
+//! still say `READY=1` and open `/dev/stderr`; a supervisor that is not root is refused the
+//! switch. These tests need root (CI runs as root); elsewhere they say so and pass.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use nix::unistd::{Uid, User};
+
+fn root() -> bool {
+    if Uid::effective().is_root() {
+        return true;
+    }
+    println!("SKIPPED: switching users needs the tests to run as root");
+    false
+}
+
+/// A directory everybody can enter, with `files` copied in (the checkout may be private to
+/// the user running the tests).
+fn open_dir(files: &[&Path]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in files {
+        let to = dir.path().join(f.file_name().unwrap());
+        std::fs::copy(f, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+/// `key=value` out of a `/whoami` or `/env` answer.
+fn field<'a>(body: &'a str, key: &str) -> &'a str {
+    body.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_run_as_the_given_user_and_still_reach_the_supervisor() {
+    if !root() {
+        return;
+    }
+    let nobody = User::from_name("nobody").unwrap().expect("a `nobody` user");
+    let dir = open_dir(&[&fixture("worker.py")]);
+    let worker = dir.path().join("worker.py");
+    let mut sup = Sup::run(
+        &["--user", "nobody", "--ready", "notify", "--workers", "2"],
+        &[worker.to_str().unwrap()],
+    );
+    // READY=1 arrives: the worker can reach the notify socket as `nobody`.
+    sup.wait_line(0, &["starting 2 worker(s) as user nobody (uid "])
+        .await;
+    sup.wait_ready(0, 2).await;
+    let addr = sup.addr().await;
+
+    let (status, who) = get(addr, "/whoami").await;
+    assert_eq!(status, 200, "{who}");
+    let uid = nobody.uid.to_string();
+    let gid = nobody.gid.to_string();
+    assert_eq!(field(&who, "uid"), uid, "{who}");
+    assert_eq!(field(&who, "euid"), uid, "{who}");
+    assert_eq!(field(&who, "gid"), gid, "{who}");
+    // Root's supplementary groups are gone: only the user's own.
+    assert!(field(&who, "groups").split(',').all(|g| g != "0"), "{who}");
+    assert_eq!(field(&who, "USER"), "nobody", "{who}");
+    assert_eq!(Path::new(field(&who, "HOME")), nobody.dir, "{who}");
+    // Its stdout and stderr pipes are its own: /dev/stderr opens, and what it writes there
+    // reaches the supervisor's log.
+    assert_eq!(field(&who, "devstderr"), "ok", "{who}");
+    sup.wait_line(0, &[&format!("/dev/stderr opened by uid {uid}")])
+        .await;
+
+    // The notify socket is still private, to that user: 0600 in a 0700 directory.
+    let (_, env) = get(addr, "/env").await;
+    let sock = Path::new(field(&env, "NOTIFY_SOCKET")).to_owned();
+    let sock_meta = std::fs::metadata(&sock).unwrap();
+    let dir_meta = std::fs::metadata(sock.parent().unwrap()).unwrap();
+    assert_eq!(sock_meta.mode() & 0o777, 0o600, "{}", sock.display());
+    assert_eq!(dir_meta.mode() & 0o777, 0o700);
+    assert_eq!(
+        (sock_meta.uid(), dir_meta.uid()),
+        (nobody.uid.as_raw(), nobody.uid.as_raw())
+    );
+
+    // A reload starts the new generation as the same user; then a clean stop.
+    let mark = sup.mark();
+    sup.signal(Signal::SIGHUP);
+    sup.wait_line(mark, &["generation 2 ready"]).await;
+    let (_, who2) = get(addr, "/whoami").await;
+    assert_eq!(field(&who2, "uid"), uid, "{who2}");
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    assert!(
+        !sock.parent().unwrap().exists(),
+        "the notify directory is removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_that_cannot_be_switched_to_is_a_usage_error() {
+    let (code, out) = run_to_end(&[
+        "run",
+        "--user",
+        "no-such-user-here",
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        "/bin/true",
+    ])
+    .await;
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    assert!(
+        out.contains("--user no-such-user-here: no such user"),
+        "{out}"
+    );
+
+    let (code, out) =
+        run_to_end(&["run", "--group", "no-such-group-here", "--", "/bin/true"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--group no-such-group-here: no such group"),
+        "{out}"
+    );
+
+    if !root() {
+        return;
+    }
+    // A supervisor that is not root cannot switch: it says so before starting anything.
+    let nobody = User::from_name("nobody").unwrap().expect("a `nobody` user");
+    let dir = open_dir(&[Path::new(BIN)]);
+    let out = tokio::time::timeout(
+        LONG,
+        tokio::process::Command::new(dir.path().join("unwedge"))
+            .args(["run", "--user", "root", "--admin", "off", "--", "/bin/true"])
+            .current_dir(dir.path())
+            .uid(nobody.uid.as_raw())
+            .gid(nobody.gid.as_raw())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("it ends")
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--user root: running workers as another user needs the supervisor to run as root \
+             (it runs as uid {})",
+            nobody.uid
+        )),
+        "{err}"
+    );
+
+    // Switching to itself is no switch: allowed.
+    let mut sup = tokio::process::Command::new(dir.path().join("unwedge"))
+        .args([
+            "run", "--user", "nobody", "--admin", "off", "--ready", "none",
+        ])
+        .args(["--", "sleep", "30"])
+        .current_dir(dir.path())
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = sup.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let started = tokio::time::timeout(LONG, async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.contains("all 1 worker(s) ready") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("it starts");
+    assert!(started);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup.id().unwrap() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), sup.wait())
+        .await
+        .expect("it stops")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
