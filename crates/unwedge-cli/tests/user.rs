@@ -199,3 +199,95 @@ async fn a_user_that_cannot_be_switched_to_is_a_usage_error() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Connects to unix socket `path` as `uid:gid` (a real process of that user) and sends a
+/// `GET /`: the status line, or the error.
+async fn get_as(uid: u32, gid: u32, path: &Path) -> String {
+    let script = "import socket, sys\n\
+        s = socket.socket(socket.AF_UNIX)\n\
+        try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print(e.strerror); sys.exit(0)\n\
+        s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n\
+        print(s.makefile('rb').readline().decode().strip())\n";
+    let out = tokio::time::timeout(
+        LONG,
+        tokio::process::Command::new("python3")
+            .args(["-c", script, path.to_str().unwrap()])
+            .current_dir("/")
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the client ends")
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_sockets_are_open_to_the_users_their_mode_and_group_allow() {
+    // Bad modes and groups first: usage errors.
+    for (flags, says) in [
+        (
+            ["--socket-mode", "0999"],
+            "--socket-mode 0999: not an octal mode such as 0660",
+        ),
+        (
+            ["--socket-mode", "4755"],
+            "--socket-mode 4755: only permission bits (at most 0777)",
+        ),
+        (
+            ["--socket-group", "no-such-group-here"],
+            "--socket-group no-such-group-here: no such group",
+        ),
+    ] {
+        let mut args = vec!["run", "--listen", "unix:/nonexistent/x.sock"];
+        args.extend(flags);
+        args.extend(["--", "/bin/true"]);
+        let (code, out) = run_to_end(&args).await;
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains(says), "{out}");
+    }
+    if !root() {
+        return;
+    }
+    let nobody = User::from_name("nobody").unwrap().expect("a `nobody` user");
+    let daemon = User::from_name("daemon").unwrap().expect("a `daemon` user");
+    let dir = open_dir(&[&fixture("worker.py")]);
+    let worker = dir.path().join("worker.py");
+    let sock = dir.path().join("app.sock");
+    let listen = format!("unix:{}", sock.display());
+    let serve = |flags: &[&str]| {
+        let mut args = vec!["run", "--listen", &listen, "--admin", "off"];
+        args.extend_from_slice(flags);
+        args.extend(["--", worker.to_str().unwrap()]);
+        Sup::start(&args)
+    };
+
+    // The default, 0666: a proxy running as another user (nginx as www-data) connects.
+    let mut sup = serve(&[]);
+    sup.wait_ready(0, 1).await;
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o666);
+    let as_nobody = get_as(nobody.uid.as_raw(), nobody.gid.as_raw(), &sock).await;
+    assert_eq!(as_nobody, "HTTP/1.0 200 OK", "{}", sup.log());
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+
+    // 0660 and nobody's group: nobody connects, another user is refused.
+    let group = nobody.gid.to_string();
+    let mut sup = serve(&["--socket-mode", "0660", "--socket-group", &group]);
+    sup.wait_ready(0, 1).await;
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o777, meta.gid()),
+        (0o660, nobody.gid.as_raw())
+    );
+    let as_nobody = get_as(nobody.uid.as_raw(), nobody.gid.as_raw(), &sock).await;
+    assert_eq!(as_nobody, "HTTP/1.0 200 OK", "{}", sup.log());
+    let as_daemon = get_as(daemon.uid.as_raw(), daemon.gid.as_raw(), &sock).await;
+    assert_eq!(as_daemon, "Permission denied");
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}

@@ -206,6 +206,20 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port_env: Option<String>,
 
+    /// Permissions of the `unix:` sockets the supervisor binds, in octal: who may connect
+    /// (connecting needs write permission). As systemd's `SocketMode=` [default: 0666, access
+    /// left to the directory].
+    #[arg(long, value_name = "MODE", help_heading = "Sockets")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_mode: Option<String>,
+
+    /// Group of the `unix:` sockets the supervisor binds (a name or a gid), e.g. the web
+    /// server's with `--socket-mode 0660`. As systemd's `SocketGroup=` [default: the
+    /// supervisor's].
+    #[arg(long, value_name = "GROUP", help_heading = "Sockets")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+
     /// Number of worker processes, at most 1024, or `auto`: one per CPU this process may use
     /// (its CPU affinity and cgroup CPU quota, e.g. a Kubernetes CPU limit) [default: 1].
     #[arg(long, short = 'w', value_name = "N|auto", help_heading = "Workers")]
@@ -437,6 +451,8 @@ impl Options {
         }
         take!(
             port_env,
+            socket_mode,
+            socket_group,
             workers,
             restart_delay,
             restart_delay_max,
@@ -533,6 +549,10 @@ pub struct Config {
     pub listen: Vec<ListenAddr>,
     /// `--port-env` variable name.
     pub port_env: Option<String>,
+    /// Mode of the `unix:` sockets bound (`--socket-mode`).
+    pub socket_mode: u32,
+    /// Group of the `unix:` sockets bound (`--socket-group` as given, and its gid).
+    pub socket_group: Option<(String, u32)>,
     /// Number of workers (at least 1; `--workers auto` resolved when the configuration was).
     pub workers: usize,
     /// Whether [`workers`](Self::workers) came from `--workers auto`.
@@ -699,6 +719,18 @@ impl Config {
         Ok(Config {
             listen,
             port_env: o.port_env,
+            socket_mode: match &o.socket_mode {
+                Some(m) => parse_mode(m).map_err(|e| usage(format!("--socket-mode {m}: {e}")))?,
+                None => DEFAULT_SOCKET_MODE,
+            },
+            socket_group: match o.socket_group {
+                Some(g) => {
+                    let gid = crate::run_as::lookup_group(&g)
+                        .map_err(|e| usage(e.replacen("--group", "--socket-group", 1)))?;
+                    Some((g, gid))
+                }
+                None => None,
+            },
             workers: o.workers.map_or(1, Workers::count) as usize,
             workers_auto: o.workers == Some(Workers::Auto),
             restart_delay,
@@ -740,6 +772,8 @@ impl Config {
         Options {
             listen: self.listen.iter().map(ToString::to_string).collect(),
             port_env: self.port_env.clone(),
+            socket_mode: Some(format!("{:04o}", self.socket_mode)),
+            socket_group: self.socket_group.as_ref().map(|(g, _)| g.clone()),
             workers: Some(Workers::Count(self.workers as u32)),
             restart_delay: Some(self.restart_delay),
             restart_delay_max: Some(self.restart_delay_max),
@@ -817,6 +851,30 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The most workers one supervisor runs: `--workers` above it is a usage error (a typo such
 /// as `--workers 10000` would otherwise fork that many processes).
 pub const MAX_WORKERS: u32 = 1024;
+
+/// The default `--socket-mode`: anyone may connect, as systemd's `SocketMode=` default; the
+/// directory the socket is in decides who reaches it.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o666;
+
+/// Parses a file mode in octal (`0660`, `660`, `0o660`), permission bits only.
+///
+/// ```
+/// use unwedge_supervisor::config::parse_mode;
+/// assert_eq!(parse_mode("0660"), Ok(0o660));
+/// assert!(parse_mode("0999").is_err());
+/// assert!(parse_mode("4755").is_err()); // setuid and friends mean nothing on a socket
+/// ```
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode = u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|_| !digits.is_empty() && digits.len() <= 4)
+        .ok_or_else(|| "not an octal mode such as 0660".to_owned())?;
+    if mode > 0o777 {
+        return Err("only permission bits (at most 0777)".into());
+    }
+    Ok(mode)
+}
 
 /// Parses a signal name (`SIGQUIT`, `QUIT`, `quit`) or number.
 pub fn parse_signal(s: &str) -> Result<Signal, String> {

@@ -61,6 +61,8 @@ fn keep_fixed(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!(
         listen => "listen",
         port_env => "port-env",
+        socket_mode => "socket-mode",
+        socket_group => "socket-group",
         run_as => "user",
         pidfile => "pidfile",
         log_format => "log-format",

@@ -201,7 +201,8 @@ fn lookup_user(name: &str) -> Result<Option<User>, String> {
     found.map_err(|e| format!("--user {name}: cannot read the user database: {}", e.desc()))
 }
 
-fn lookup_group(name: &str) -> Result<u32, String> {
+/// The gid of group `name` (a name or a number), or a one-line message naming `--group`.
+pub(crate) fn lookup_group(name: &str) -> Result<u32, String> {
     if let Ok(n) = name.parse::<u32>() {
         return Ok(n);
     }

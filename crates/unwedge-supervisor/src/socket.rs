@@ -29,13 +29,33 @@ pub struct Listener {
     pub local: Option<ListenAddr>,
 }
 
-/// Binds every address. A unix socket path that exists and is a socket is replaced.
-pub fn bind_all(addrs: &[ListenAddr]) -> Result<Vec<Listener>, StartError> {
+/// Who may connect to the `unix:` sockets [`bind_all`] binds: their mode and group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnixAccess {
+    /// Permission bits (`--socket-mode`; connecting needs write permission).
+    pub mode: u32,
+    /// Group (`--socket-group`), if not the supervisor's.
+    pub gid: Option<u32>,
+}
+
+impl Default for UnixAccess {
+    /// Anyone may connect, as systemd's `SocketMode=` default.
+    fn default() -> Self {
+        UnixAccess {
+            mode: crate::config::DEFAULT_SOCKET_MODE,
+            gid: None,
+        }
+    }
+}
+
+/// Binds every address. A unix socket path that exists and is a socket is replaced; a new
+/// one gets `unix`'s mode and group.
+pub fn bind_all(addrs: &[ListenAddr], unix: UnixAccess) -> Result<Vec<Listener>, StartError> {
     addrs
         .iter()
         .enumerate()
         .map(|(i, addr)| {
-            let fd = bind(addr).map_err(|e| StartError::Listen {
+            let fd = bind(addr, unix).map_err(|e| StartError::Listen {
                 addr: addr.to_string(),
                 reason: in_use_by(addr, e),
             })?;
@@ -81,7 +101,7 @@ fn in_use_by(addr: &ListenAddr, e: std::io::Error) -> String {
     format!("{e}; {} listens on it", crate::procfs::describe(&holders))
 }
 
-fn bind(addr: &ListenAddr) -> std::io::Result<OwnedFd> {
+fn bind(addr: &ListenAddr, unix: UnixAccess) -> std::io::Result<OwnedFd> {
     let sock = match addr {
         ListenAddr::Tcp(a) => {
             let sock = Socket::new(Domain::for_address(*a), Type::STREAM, None)?;
@@ -96,6 +116,21 @@ fn bind(addr: &ListenAddr) -> std::io::Result<OwnedFd> {
             remove_stale_socket(path)?;
             let sock = Socket::new(Domain::UNIX, Type::STREAM, None)?;
             sock.bind(&SockAddr::unix(path)?)?;
+            // Bound with the umask's mode (no more open than either): then the one asked for.
+            let set = || -> std::io::Result<()> {
+                if let Some(gid) = unix.gid {
+                    std::os::unix::fs::lchown(path, None, Some(gid))?;
+                }
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix.mode))
+            };
+            if let Err(e) = set() {
+                let _ = std::fs::remove_file(path);
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot set its mode {:04o} or group: {e}", unix.mode),
+                ));
+            }
             sock
         }
     };

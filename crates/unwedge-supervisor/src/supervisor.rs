@@ -146,7 +146,11 @@ impl Supervisor {
             }
             inherited
         } else {
-            socket::bind_all(&config.listen)?
+            let unix = socket::UnixAccess {
+                mode: config.socket_mode,
+                gid: config.socket_group.as_ref().map(|&(_, gid)| gid),
+            };
+            socket::bind_all(&config.listen, unix)?
         };
         if config.port_env.is_some() && !listeners.is_empty() {
             return Err(StartError::Usage(
