@@ -72,6 +72,11 @@ impl RunAs {
         if user.is_none() && group.is_none() {
             return Ok(None);
         }
+        for (flag, value) in [("--user", user), ("--group", group)] {
+            if value.is_some_and(|v| v.trim().is_empty()) {
+                return Err(format!("{flag} is empty: give a name or a number"));
+            }
+        }
         let mut uid = None;
         let mut account = None;
         let mut user_gid = None;
@@ -203,6 +208,9 @@ fn lookup_user(name: &str) -> Result<Option<User>, String> {
 
 /// The gid of group `name` (a name or a number), or a one-line message naming `--group`.
 pub(crate) fn lookup_group(name: &str) -> Result<u32, String> {
+    if name.trim().is_empty() {
+        return Err("--group is empty: give a name or a number".into());
+    }
     if let Ok(n) = name.parse::<u32>() {
         return Ok(n);
     }
@@ -312,6 +320,8 @@ mod tests {
 
         let err = RunAs::resolve(Some("no-such-user-here"), None).unwrap_err();
         assert_eq!(err, "--user no-such-user-here: no such user");
+        let err = RunAs::resolve(Some(""), None).unwrap_err();
+        assert_eq!(err, "--user is empty: give a name or a number");
         let err = RunAs::resolve(Some("root"), Some("no-such-group-here")).unwrap_err();
         assert_eq!(err, "--group no-such-group-here: no such group");
     }
