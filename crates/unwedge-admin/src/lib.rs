@@ -45,6 +45,7 @@
 mod alert;
 mod metrics;
 mod page;
+mod process;
 mod reports;
 mod server;
 mod status;

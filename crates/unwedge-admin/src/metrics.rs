@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::process::{ProcessCollector, WorkerCpu};
 use crate::status::{RestartReason, StatusView, WorkerState};
 
 /// The content type of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus
@@ -110,12 +111,16 @@ pub struct Metrics {
     stop_timeouts: Counter,
     leftover_processes: Counter,
     log_lines_dropped: Counter,
+    worker_cpu: WorkerCpu,
 }
 
 impl Metrics {
     /// A registry with every metric at zero; `version` goes into `unwedge_build_info`.
     pub fn new(version: &str) -> Self {
-        let mut registry = Registry::with_prefix("unwedge");
+        // The standard `process_*` names have no prefix; everything else is `unwedge_…`.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("unwedge");
         let m = Metrics {
             registry: Registry::default(),
             workers: Family::default(),
@@ -140,7 +145,9 @@ impl Metrics {
             stop_timeouts: Counter::default(),
             leftover_processes: Counter::default(),
             log_lines_dropped: Counter::default(),
+            worker_cpu: WorkerCpu::default(),
         };
+        registry.register_collector(Box::new(m.worker_cpu.clone()));
         registry.register(
             "build",
             "unwedge build information",
@@ -264,7 +271,10 @@ impl Metrics {
                 .get_or_create(&vec![("reason", reason.to_owned())])
                 .inc_by(0);
         }
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
     /// Counts one restart.
@@ -392,6 +402,12 @@ impl Metrics {
                 }
             }
         }
+        self.worker_cpu.observe(
+            view.workers
+                .iter()
+                .filter_map(|w| Some((w.id.clone(), w.pid?)))
+                .collect(),
+        );
         self.uptime.set(view.supervisor.uptime_secs);
         self.gave_up.set(i64::from(view.supervisor.gave_up));
     }
@@ -431,6 +447,71 @@ mod tests {
             text.contains(r#"unwedge_panics_total{route="/items/0"} 2"#),
             "{text}"
         );
+    }
+
+    /// The value of the sample line that starts with `series ` in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn the_supervisor_and_each_worker_group_report_their_cpu_and_memory() {
+        use std::os::unix::process::CommandExt;
+        let m = Metrics::new("t");
+        // The standard process collector's names, unprefixed.
+        let text = m.encode();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            let v = sample(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"));
+            // A fresh test process may not have used a clock tick of CPU yet.
+            assert!(v > 0.0 || name == "process_cpu_seconds_total", "{name} {v}");
+        }
+        assert!(
+            text.contains("# TYPE process_cpu_seconds counter"),
+            "{text}"
+        );
+
+        // A worker whose group burns CPU in a child: the group's time is counted.
+        let mut worker = std::process::Command::new("sh")
+            .args(["-c", "sh -c 'while :; do :; done' & wait"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = worker.id();
+        let mut view = StatusView::new(SupervisorInfo::new("t", 1));
+        view.workers
+            .push(WorkerView::new("w1", Some(pid), WorkerState::Ready));
+        let series = r#"unwedge_worker_cpu_seconds_total{worker="w1"}"#;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let seconds = loop {
+            m.observe_status(&view);
+            let v = sample(&m.encode(), series).expect("a series for w1");
+            if v >= 0.2 || std::time::Instant::now() > deadline {
+                break v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let _ = killpg(pid);
+        let _ = worker.wait();
+        assert!(seconds >= 0.2, "{seconds}");
+        // Gone from the view: gone from the scrape.
+        view.workers.clear();
+        m.observe_status(&view);
+        assert_eq!(sample(&m.encode(), series), None);
+    }
+
+    /// SIGKILL to process group `pgid`.
+    fn killpg(pgid: u32) -> std::io::Result<()> {
+        let group = rustix::process::Pid::from_raw(pgid as i32).expect("a pid");
+        rustix::process::kill_process_group(group, rustix::process::Signal::KILL)?;
+        Ok(())
     }
 
     #[test]

@@ -1,0 +1,237 @@
+//! CPU and memory from `/proc`, read at each scrape: the supervisor's own standard `process_*`
+//! metrics (the names every Prometheus client library's process collector exports, so the
+//! usual dashboards and alerts work as they are), and `unwedge_worker_cpu_seconds_total`, the
+//! CPU time of each worker's process group.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Unit;
+
+/// The fields of `/proc/PID/stat` used here.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Stat {
+    pgid: i32,
+    /// utime + stime + cutime + cstime, in clock ticks: its own CPU time and that of its
+    /// children it waited for.
+    cpu_ticks: u64,
+    /// Start time, in clock ticks after boot.
+    start_ticks: u64,
+    vsize: u64,
+    rss_pages: u64,
+}
+
+/// `pid (comm) state ppid pgrp …`: `comm` may hold spaces and parentheses, so the fields are
+/// counted after the last `)` (field 3, `state`, is the first there).
+fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 of proc(5): field n is f[n - 3].
+    let num = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
+    Some(Stat {
+        pgid: f.get(5 - 3)?.parse().ok()?,
+        cpu_ticks: num(14)? + num(15)? + num(16)? + num(17)?,
+        start_ticks: num(22)?,
+        vsize: num(23)?,
+        rss_pages: num(24)?,
+    })
+}
+
+fn read_stat(pid: &str) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn ticks_per_second() -> f64 {
+    rustix::param::clock_ticks_per_second() as f64
+}
+
+/// Seconds since the epoch at boot (`btime` in `/proc/stat`).
+fn boot_time() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The supervisor's own `process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds` and
+/// `process_start_time_seconds`. A value that cannot be read is left out of that scrape.
+#[derive(Debug)]
+pub(crate) struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(stat) = read_stat("self") else {
+            return Ok(());
+        };
+        let ticks = ticks_per_second();
+        let page = rustix::param::page_size() as u64;
+        let cpu = ConstCounter::new(stat.cpu_ticks as f64 / ticks);
+        let e = encoder.encode_descriptor(
+            "process_cpu",
+            "Total user and system CPU time spent in seconds",
+            Some(&Unit::Seconds),
+            cpu.metric_type(),
+        )?;
+        cpu.encode(e)?;
+        let gauges: [(&str, &str, Option<u64>); 4] = [
+            (
+                "process_resident_memory",
+                "Resident memory size in bytes",
+                Some(stat.rss_pages * page),
+            ),
+            (
+                "process_virtual_memory",
+                "Virtual memory size in bytes",
+                Some(stat.vsize),
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                std::fs::read_dir("/proc/self/fd")
+                    .ok()
+                    .map(|d| d.count() as u64),
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let Some(v) = value else { continue };
+            let unit = name.ends_with("memory").then_some(Unit::Bytes);
+            let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+            let e = encoder.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?;
+            g.encode(e)?;
+        }
+        if let Some(boot) = boot_time() {
+            let start = ConstGauge::new(boot as f64 + stat.start_ticks as f64 / ticks);
+            let e = encoder.encode_descriptor(
+                "process_start_time",
+                "Start time of the process since unix epoch in seconds",
+                Some(&Unit::Seconds),
+                start.metric_type(),
+            )?;
+            start.encode(e)?;
+        }
+        Ok(())
+    }
+}
+
+/// `unwedge_worker_cpu_seconds_total{worker}`: the CPU time of each slot's current worker and
+/// the processes in its process group (what it forked and did not move elsewhere), with the
+/// children they waited for. Restarts start a slot's count again (a counter reset).
+/// Clones share their state: one is registered, the other kept to [`observe`](Self::observe).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct WorkerCpu {
+    /// Slot → its current worker's pid, from the last status observed.
+    pids: Arc<Mutex<Vec<(String, u32)>>>,
+    /// Slot → (pid, seconds last exported): a group's sum drops when one of its processes
+    /// exits and another process reaps it; the count then stays where it was, so that
+    /// Prometheus does not see a reset.
+    last: Arc<Mutex<HashMap<String, (u32, f64)>>>,
+}
+
+impl WorkerCpu {
+    /// The workers to report at the next scrape: (slot, pid).
+    pub(crate) fn observe(&self, workers: Vec<(String, u32)>) {
+        *self.pids.lock().unwrap_or_else(|p| p.into_inner()) = workers;
+    }
+
+    /// Seconds of CPU per process group, for the groups in `pgids`, from one pass over `/proc`.
+    fn group_seconds(pgids: &[u32]) -> HashMap<u32, f64> {
+        let mut ticks: HashMap<u32, u64> = HashMap::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return HashMap::new();
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Some(stat) = read_stat(pid) else { continue };
+            let Ok(pgid) = u32::try_from(stat.pgid) else {
+                continue;
+            };
+            if pgids.contains(&pgid) {
+                *ticks.entry(pgid).or_default() += stat.cpu_ticks;
+            }
+        }
+        let per_second = ticks_per_second();
+        ticks
+            .into_iter()
+            .map(|(g, t)| (g, t as f64 / per_second))
+            .collect()
+    }
+}
+
+impl Collector for WorkerCpu {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let pids = self.pids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let groups: Vec<u32> = pids.iter().map(|&(_, pid)| pid).collect();
+        let seconds = Self::group_seconds(&groups);
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.retain(|slot, _| pids.iter().any(|(s, _)| s == slot));
+        let mut e = encoder.encode_descriptor(
+            "worker_cpu",
+            "CPU time of each worker's process group (user and system, with the children it waited for)",
+            Some(&Unit::Seconds),
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (slot, pid) in pids {
+            let Some(&now) = seconds.get(&pid) else {
+                continue;
+            };
+            let value = match last.get(&slot) {
+                Some(&(p, before)) if p == pid => now.max(before),
+                _ => now,
+            };
+            last.insert(slot.clone(), (pid, value));
+            let labels = [("worker", slot)];
+            ConstCounter::new(value).encode(e.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        // A command name with spaces and a parenthesis, as a process may set it.
+        let line = "4242 (my (odd) srv) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                    250 50 7 3 20 0 1 0 12345 104857600 2560 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.pgid, 4242);
+        assert_eq!(s.cpu_ticks, 250 + 50 + 7 + 3);
+        assert_eq!(s.start_ticks, 12345);
+        assert_eq!(s.vsize, 104_857_600);
+        assert_eq!(s.rss_pages, 2560);
+        assert_eq!(parse_stat("4242 (cut short) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_reads_its_own_figures() {
+        let s = read_stat("self").unwrap();
+        assert!(s.rss_pages > 0 && s.vsize > 0);
+        let boot = boot_time().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let started = boot as f64 + s.start_ticks as f64 / ticks_per_second();
+        assert!(started <= now as f64 + 1.0 && started > now as f64 - 3600.0);
+    }
+}
