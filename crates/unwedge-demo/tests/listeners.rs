@@ -71,6 +71,10 @@ fn serves_on_a_unix_socket_from_unwedge_listen_and_removes_it() {
             .expect("READY=1", Duration::from_secs(20), line_is("READY=1"))
             .await;
         assert!(ready.contains(&format!("serving on {listen}")), "{ready}");
+        // Open to a proxy running as another user (connecting needs write permission).
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o666);
         let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await

@@ -154,12 +154,20 @@ pub(crate) async fn bind(addr: &ListenAddr, origin: &str) -> Result<Listener, Se
         }
         ListenAddr::Unix(path) => {
             remove_stale_socket(path);
-            UnixListener::bind(path)
-                .map(|l| Listener::Unix(l, Some(path.clone())))
-                .map_err(fail)
+            let l = UnixListener::bind(path).map_err(fail)?;
+            // Connecting needs write permission: open to every user, as systemd's
+            // `SocketMode=` default (a proxy such as nginx runs as another user); the
+            // directory decides who reaches it.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(UNIX_SOCKET_MODE))
+                .map_err(fail)?;
+            Ok(Listener::Unix(l, Some(path.clone())))
         }
     }
 }
+
+/// The mode of the Unix sockets `serve()` binds itself.
+pub(crate) const UNIX_SOCKET_MODE: u32 = 0o666;
 
 /// A socket file left by a dead process would make bind fail: remove it when nobody answers.
 fn remove_stale_socket(path: &Path) {
