@@ -312,17 +312,20 @@ pub enum RestartReason {
     Reload,
     /// Its resident memory grew above `--max-memory`; it was replaced gracefully.
     Memory,
+    /// The kernel's OOM killer killed it: its cgroup's (or the machine's) memory ran out.
+    Oom,
 }
 
 impl RestartReason {
     /// Every reason.
-    pub const ALL: [RestartReason; 6] = [
+    pub const ALL: [RestartReason; 7] = [
         RestartReason::ExitCode,
         RestartReason::Signal,
         RestartReason::Hang,
         RestartReason::Tainted,
         RestartReason::Reload,
         RestartReason::Memory,
+        RestartReason::Oom,
     ];
 
     /// The snake-case name used in JSON and labels.
@@ -334,6 +337,7 @@ impl RestartReason {
             RestartReason::Tainted => "tainted",
             RestartReason::Reload => "reload",
             RestartReason::Memory => "memory",
+            RestartReason::Oom => "oom",
         }
     }
 }
@@ -427,6 +431,7 @@ impl Record {
     pub fn message(&self) -> String {
         match self {
             Record::Panic(p) => p.str_field("message").unwrap_or("").to_owned(),
+            Record::Exit(e) if e.oom_killed => format!("{} (out of memory)", e.status()),
             Record::Exit(e) => e.status().to_string(),
         }
     }
@@ -515,6 +520,9 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     /// The last lines it wrote to stderr (the supervisor keeps a small ring of them).
     pub last_stderr_lines: Vec<String>,
+    /// The kernel's OOM killer killed it (out of memory).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
 }
 
 impl ExitRecord {
@@ -527,6 +535,7 @@ impl ExitRecord {
             code: status.code,
             signal: status.signal,
             last_stderr_lines: Vec::new(),
+            oom_killed: false,
         }
     }
 

@@ -457,9 +457,16 @@ impl Ctx {
                 signal,
                 requested,
                 by_stop_signal,
+                oom_killed,
             } => {
-                self.on_exit(worker, pid, code, signal, requested, by_stop_signal)
-                    .await
+                let how = Ended {
+                    code,
+                    signal,
+                    requested,
+                    by_stop_signal,
+                    oom_killed,
+                };
+                self.on_exit(worker, pid, how).await
             }
             Event::Hung {
                 worker,
@@ -532,6 +539,7 @@ impl Ctx {
                     sup::RestartReason::Hang => RestartReason::Hang,
                     sup::RestartReason::Tainted => RestartReason::Tainted,
                     sup::RestartReason::Memory => RestartReason::Memory,
+                    sup::RestartReason::Oom => RestartReason::Oom,
                     _ => h
                         .last_cause
                         .get(&worker)
@@ -606,15 +614,14 @@ impl Ctx {
         }
     }
 
-    async fn on_exit(
-        &self,
-        worker: String,
-        pid: i32,
-        code: Option<i32>,
-        signal: Option<i32>,
-        requested: bool,
-        by_stop_signal: bool,
-    ) {
+    async fn on_exit(&self, worker: String, pid: i32, ended: Ended) {
+        let Ended {
+            code,
+            signal,
+            requested,
+            by_stop_signal,
+            oom_killed,
+        } = ended;
         let status = ExitStatus { code, signal };
         let stop_signal = by_stop_signal || matches!(signal, Some(15 | 2));
         let abnormal = match (code, signal) {
@@ -646,6 +653,7 @@ impl Ctx {
         }
         let mut rec = ExitRecord::new(Some(&worker), u32::try_from(pid).ok(), status);
         rec.last_stderr_lines = sup::last_stderr_lines(pid, STDERR_WAIT).await;
+        rec.oom_killed = oom_killed;
         let details = serde_json::to_value(&rec).unwrap_or_default();
         self.record(Record::Exit(rec)).await;
         // A hung or tainted worker was alerted already; a signal after we asked it to stop
@@ -655,6 +663,9 @@ impl Ctx {
         }
         let how = match (code, signal) {
             (Some(c), _) => format!("exit {c}"),
+            (_, Some(_)) if oom_killed => {
+                "killed by the kernel's OOM killer (out of memory)".into()
+            }
             (_, Some(s)) => match nix::sys::signal::Signal::try_from(s) {
                 Ok(sig) => format!("killed by {}", sig.as_str()),
                 Err(_) => format!("killed by signal {s}"),
@@ -671,6 +682,15 @@ impl Ctx {
                 .with_details(details),
         );
     }
+}
+
+/// How a worker ended, from [`Event::WorkerExited`].
+struct Ended {
+    code: Option<i32>,
+    signal: Option<i32>,
+    requested: bool,
+    by_stop_signal: bool,
+    oom_killed: bool,
 }
 
 fn push_restart(h: &mut History, e: RestartEvent) {

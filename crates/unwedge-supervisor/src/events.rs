@@ -54,6 +54,9 @@ pub enum RestartReason {
     Tainted,
     /// Its resident memory grew above `--max-memory`.
     Memory,
+    /// The kernel's OOM killer killed it (its cgroup's memory limit, or the machine's memory,
+    /// ran out; see [`oom`](crate::oom)).
+    Oom,
 }
 
 impl RestartReason {
@@ -67,6 +70,7 @@ impl RestartReason {
             RestartReason::Hang => "hang",
             RestartReason::Tainted => "tainted",
             RestartReason::Memory => "memory",
+            RestartReason::Oom => "oom",
         }
     }
 }
@@ -97,16 +101,25 @@ pub struct ExitInfo {
     pub at: SystemTime,
     /// Whether the supervisor had asked it to stop.
     pub requested: bool,
+    /// Whether the kernel's OOM killer killed it (see [`oom`](crate::oom)).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
 }
 
 impl std::fmt::Display for ExitInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.code, self.signal) {
             (Some(c), _) => write!(f, "exit status {c}"),
-            (_, Some(s)) => match nix::sys::signal::Signal::try_from(s) {
-                Ok(sig) => write!(f, "killed by {}", sig.as_str()),
-                Err(_) => write!(f, "killed by signal {s}"),
-            },
+            (_, Some(s)) => {
+                match nix::sys::signal::Signal::try_from(s) {
+                    Ok(sig) => write!(f, "killed by {}", sig.as_str())?,
+                    Err(_) => write!(f, "killed by signal {s}")?,
+                }
+                if self.oom_killed {
+                    f.write_str(" (out of memory: the kernel's OOM killer)")?;
+                }
+                Ok(())
+            }
             _ => write!(f, "ended"),
         }
     }
@@ -233,6 +246,8 @@ pub enum Event {
         /// Whether it was killed by the stop signal (`--stop-signal`) the supervisor sent it:
         /// an ordinary stop, for a worker that does not handle the signal.
         by_stop_signal: bool,
+        /// Whether the kernel's OOM killer killed it (see [`oom`](crate::oom)).
+        oom_killed: bool,
     },
     /// A worker was found hung and is being replaced (dump signal, then SIGKILL after
     /// `--dump-grace`); one found hung while it stopped is killed the same way, sooner than its

@@ -32,6 +32,7 @@ pub mod error;
 pub mod events;
 pub mod memory;
 pub mod notify;
+pub mod oom;
 mod output;
 pub mod pidfile;
 pub mod policy;

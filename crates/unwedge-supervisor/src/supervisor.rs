@@ -307,6 +307,7 @@ impl Supervisor {
             last_sd_status: String::new(),
             bind_hint_given: Default::default(),
             listener_inodes: Vec::new(),
+            oom: crate::oom::OomCounter::for_this_process().and_then(crate::oom::OomWatch::new),
         };
         pool.listener_inodes = pool
             .listeners
@@ -366,6 +367,9 @@ impl Supervisor {
             if Instant::now() >= next_notify_check {
                 next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
                 pool.find_daemons();
+                if let Some(oom) = &mut pool.oom {
+                    oom.tick(Instant::now());
+                }
                 match notify.heal(&mut buf) {
                     Ok(None) => notify_broken = false,
                     Ok(Some(queued)) => {
@@ -546,6 +550,9 @@ struct Pool {
     bind_hint_given: Arc<std::sync::atomic::AtomicBool>,
     /// The inodes of `listeners`, as a worker's `/proc` shows them.
     listener_inodes: Vec<u64>,
+    /// The kernel's count of OOM kills in the workers' cgroup, to tell why a worker got a
+    /// SIGKILL nobody here sent.
+    oom: Option<crate::oom::OomWatch>,
 }
 
 /// Fast polling of a starting worker's port or probe (readiness).
@@ -1460,11 +1467,16 @@ impl Pool {
 
     fn worker_exited(&mut self, w: Worker, pid: i32, code: Option<i32>, signal: Option<i32>) {
         let now = Instant::now();
+        // A SIGKILL nobody here sent (not a stop, not a hang): the OOM killer's, most often.
+        let oom = (signal == Some(Signal::SIGKILL as i32) && !w.stop_requested)
+            .then(|| self.oom.as_mut()?.explain_sigkill(now))
+            .flatten();
         let info = ExitInfo {
             code,
             signal,
             at: SystemTime::now(),
             requested: w.stop_requested,
+            oom_killed: oom.is_some(),
         };
         let id = slot_id(w.slot);
         let uptime = now - w.started;
@@ -1480,6 +1492,7 @@ impl Pool {
             signal,
             requested: w.stop_requested,
             by_stop_signal: w.stop_requested && signal == Some(w.config.stop_signal as i32),
+            oom_killed: oom.is_some(),
         });
         let reason = if w.ready_at.is_none() {
             RestartReason::FailedStart
@@ -1487,9 +1500,13 @@ impl Pool {
             match (code, signal) {
                 (Some(0), _) => RestartReason::Exit,
                 (Some(_), _) => RestartReason::Crash,
+                _ if oom.is_some() => RestartReason::Oom,
                 _ => RestartReason::Signal,
             }
         };
+        if let Some(k) = &oom {
+            self.explain_oom(&w, pid, k);
+        }
         if w.stop_requested || self.stopping {
             if w.leaving && !self.stopping {
                 self.count_restart(reason);
@@ -1520,6 +1537,36 @@ impl Pool {
             format!("pid {pid} {info} after {}", fmt_dur(uptime))
         };
         self.schedule_restart(w.slot, reason, Some(now), uptime, &why);
+    }
+
+    /// Says what the OOM killer's count showed, the limit that ran out, and what to do.
+    fn explain_oom(&self, w: &Worker, pid: i32, k: &crate::oom::OomKill) {
+        let id = slot_id(w.slot);
+        let limit = match k.limit {
+            Some(l) => format!(
+                "; the memory limit of the supervisor's cgroup is {}",
+                crate::config::human_size(l)
+            ),
+            None => String::new(),
+        };
+        let advice = match (w.config.max_memory, k.limit) {
+            (None, Some(_)) => {
+                "; --max-memory below that limit (leaving room for the other workers) replaces \
+                 a growing worker gracefully, before the kernel cuts its requests"
+            }
+            (None, None) => {
+                "; --max-memory replaces a growing worker gracefully, before the kernel cuts \
+                 its requests"
+            }
+            (Some(_), _) => "",
+        };
+        tracing::warn!(
+            "{id} pid {pid} was killed by the kernel's OOM killer: out of memory (oom_kill {} \
+             -> {} in {}){limit}{advice}",
+            k.count.0,
+            k.count.1,
+            k.file.display()
+        );
     }
 
     /// A worker that failed to start and said an address is in use most likely binds the

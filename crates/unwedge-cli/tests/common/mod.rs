@@ -81,7 +81,13 @@ impl Sup {
     }
 
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Sup {
-        let mut cmd = Command::new(BIN);
+        Self::start_program(BIN, args, env)
+    }
+
+    /// `program args…` (which must exec the supervisor in the end, keeping its pid), its
+    /// output collected as the supervisor's.
+    pub fn start_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> Sup {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")

@@ -1,0 +1,199 @@
+//! A worker killed by the kernel's OOM killer is named as such: the supervisor runs in a
+//! memory cgroup with a 200 MiB limit and a worker allocates 400 MiB. Needs root and a
+//! writable memory cgroup (v1 `memory` controller or v2 with it enabled); elsewhere it says so
+//! and passes.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use unwedge_supervisor::oom::OomCounter;
+
+/// A child memory cgroup of this process's, removed (its processes killed) when dropped.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    /// A new cgroup with `limit` bytes of memory, or why there cannot be one here.
+    fn new(limit: u64) -> Result<Cgroup, String> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err("needs root".into());
+        }
+        let counter = OomCounter::for_this_process().ok_or("no OOM counter")?;
+        let parent = counter
+            .file()
+            .parent()
+            .filter(|d| d.starts_with("/sys/fs/cgroup"))
+            .ok_or("no memory cgroup (only the machine's count)")?;
+        let v2 = counter.file().ends_with("memory.events");
+        let dir = parent.join(format!("unwedge-oom-test-{}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let cg = Cgroup(dir);
+        let file = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::write(cg.0.join(file), limit.to_string())
+            .map_err(|e| format!("cannot set {file}: {e}"))?;
+        if v2 {
+            // No swap to escape to.
+            let _ = std::fs::write(cg.0.join("memory.swap.max"), "0");
+        } else {
+            let _ = std::fs::write(cg.0.join("memory.memsw.limit_in_bytes"), limit.to_string());
+        }
+        Ok(cg)
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.0.join("cgroup.procs")
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            let pids = std::fs::read_to_string(self.procs()).unwrap_or_default();
+            for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_the_oom_killer_kills_is_named_and_counted_apart_from_a_kill_9() {
+    let cg = match Cgroup::new(200 << 20) {
+        Ok(cg) => cg,
+        Err(why) => {
+            println!("SKIPPED: no memory cgroup to limit here ({why})");
+            return;
+        }
+    };
+    let py = fixture("worker.py");
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = dir.path().join("alerts.jsonl");
+    // One JSON event per line: the event on stdin, then a newline.
+    let exec = format!("cat >> '{0}' && echo >> '{0}'", alerts.display());
+    let join = format!("echo $$ > {} && exec \"$@\"", cg.procs().display());
+    let mut sup = Sup::start_program(
+        "sh",
+        &[
+            "-c",
+            &join,
+            "sh",
+            BIN,
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--alert-exec",
+            &exec,
+            "--",
+            py.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let pids = sup.wait_ready(0, 2).await;
+    let addr = sup.addr().await;
+    let admin = admin_addr(&sup).await;
+    let in_cgroup = std::fs::read_to_string(cg.procs()).unwrap();
+    assert!(
+        in_cgroup.lines().any(|l| l.trim() == pids[0].to_string()),
+        "the workers run in the limited cgroup: {in_cgroup}"
+    );
+
+    // An ordinary kill -9: a signal, not the OOM killer.
+    let mark = sup.mark();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+    let line = sup
+        .wait_line(mark, &[&format!("pid {} killed by SIGKILL after", pids[0])])
+        .await;
+    assert!(!line.contains("out of memory"), "{line}");
+    sup.wait_ready(mark, 1).await;
+
+    // A worker that grows past the cgroup's limit: killed by the kernel, and said so.
+    let mark = sup.mark();
+    let grown = get_raw(addr, "/grow?mb=400").await;
+    assert!(
+        grown.is_err() || !grown.as_ref().unwrap().starts_with("HTTP/1.0 200"),
+        "{grown:?}"
+    );
+    let named = sup
+        .wait_line(
+            mark,
+            &["was killed by the kernel's OOM killer: out of memory"],
+        )
+        .await;
+    assert!(
+        named.contains("the memory limit of the supervisor's cgroup is 200.0M"),
+        "{named}"
+    );
+    assert!(named.contains("--max-memory below that limit"), "{named}");
+    let victim = pid_in(&named).unwrap();
+    sup.wait_line(
+        mark,
+        &[
+            &format!("pid {victim} killed by SIGKILL (out of memory: the kernel's OOM killer)"),
+            "restarting in",
+        ],
+    )
+    .await;
+    sup.wait_ready(mark, 1).await;
+    assert_eq!(get(addr, "/").await.0, 200);
+
+    // The crash alert says it, and carries the flag.
+    let deadline = std::time::Instant::now() + LONG;
+    let event = loop {
+        let text = std::fs::read_to_string(&alerts).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["pid"] == victim);
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no alert: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(event["kind"], "worker_crashed", "{event}");
+    assert_eq!(event["details"]["oom_killed"], true, "{event}");
+    let summary = event["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("OOM killer"), "{event}");
+
+    let (_, text) = get(admin, "/metrics").await;
+    assert_eq!(
+        metric(&text, r#"unwedge_restarts_total{reason="oom"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"unwedge_restarts_total{reason="signal"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    drop(cg);
+}
+
+/// `GET path` as raw text, or the error (a worker killed mid-request resets the connection).
+async fn get_raw(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    http(addr, "GET", path)
+        .await
+        .map(|(status, body)| format!("HTTP/1.0 {status} {body}"))
+}
