@@ -76,17 +76,16 @@ async fn workers_run_as_the_given_user_and_still_reach_the_supervisor() {
     sup.wait_line(0, &[&format!("/dev/stderr opened by uid {uid}")])
         .await;
 
-    // The notify socket is still private, to that user: 0600 in a 0700 directory.
+    // The notify socket is still private, to that user: theirs with 0600, in a directory that
+    // stays root's (nobody can replace the socket) and lets their group in (0710).
     let (_, env) = get(addr, "/env").await;
     let sock = Path::new(field(&env, "NOTIFY_SOCKET")).to_owned();
     let sock_meta = std::fs::metadata(&sock).unwrap();
     let dir_meta = std::fs::metadata(sock.parent().unwrap()).unwrap();
     assert_eq!(sock_meta.mode() & 0o777, 0o600, "{}", sock.display());
-    assert_eq!(dir_meta.mode() & 0o777, 0o700);
-    assert_eq!(
-        (sock_meta.uid(), dir_meta.uid()),
-        (nobody.uid.as_raw(), nobody.uid.as_raw())
-    );
+    assert_eq!(sock_meta.uid(), nobody.uid.as_raw());
+    assert_eq!(dir_meta.mode() & 0o777, 0o710);
+    assert_eq!((dir_meta.uid(), dir_meta.gid()), (0, nobody.gid.as_raw()));
 
     // A reload starts the new generation as the same user; then a clean stop.
     let mark = sup.mark();

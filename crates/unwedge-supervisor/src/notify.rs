@@ -1,7 +1,9 @@
 //! The private `NOTIFY_SOCKET`: an sd_notify datagram socket whose messages are attributed
 //! to a worker by the sender pid the kernel puts in `SCM_CREDENTIALS` (`SO_PASSCRED`).
 //!
-//! The socket lives in a fresh directory with mode 0700 and is itself 0600; a message whose
+//! The socket lives in a fresh directory with mode 0700 and is itself 0600 (for workers that
+//! run as another user, `--user`: the socket is theirs, and the directory, still the
+//! supervisor's, 0710 with their group); a message whose
 //! pid is not a worker (or in a worker's process group) is ignored and counted as forged.
 //! A supervisor that stops removes its directory; one that is killed (SIGKILL, the OOM killer)
 //! cannot, and the next supervisor started with the same base directory removes it (see
@@ -37,7 +39,8 @@ const SOCKET_NAME: &str = "notify.sock";
 /// returns how many it removed.
 ///
 /// A directory is removed only when all of these hold: its name begins with `unwedge-`, it is
-/// a directory (not a symbolic link) owned by `uid` with mode 0700, and its `notify.sock` is a
+/// a directory (not a symbolic link) owned by `uid` with mode 0700 (or 0710, for workers of
+/// another user), and its `notify.sock` is a
 /// socket that refuses a connection (`ECONNREFUSED`: nobody has it bound). The test asks the
 /// socket itself, not a pid, so a live supervisor is never swept, also one in another pid
 /// namespace sharing the directory; and nothing is sent to it (a datagram `connect` sends
@@ -61,7 +64,8 @@ fn sweep_stale(base: &Path, uid: u32) -> usize {
         let Ok(meta) = std::fs::symlink_metadata(&dir) else {
             continue;
         };
-        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o777 != 0o700 {
+        let private = matches!(meta.mode() & 0o777, 0o700 | 0o710);
+        if !meta.is_dir() || meta.uid() != uid || !private {
             continue;
         }
         let sock = dir.join(SOCKET_NAME);
@@ -179,12 +183,26 @@ pub struct NotifySocket {
     owner: Option<(u32, u32)>,
 }
 
-/// Gives `path` to `owner` (uid, gid), if any.
+/// Gives the socket file `path` to `owner` (uid, gid), if any. The directory it is in is ours
+/// and closed to writes, so the file cannot have been replaced meanwhile.
 fn give(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
     match owner {
         Some((uid, gid)) => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
         None => Ok(()),
     }
+}
+
+/// Makes `dir` (ours) private: 0700, or 0710 with `owner`'s group, so that workers running
+/// as `owner` may enter it (to reach the socket) but not list or change it.
+fn open_dir_to(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    let mode = match owner {
+        Some((_, gid)) => {
+            std::os::unix::fs::lchown(dir, None, Some(gid))?;
+            0o710
+        }
+        None => 0o700,
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
 /// What one received datagram was.
@@ -208,10 +226,11 @@ impl NotifySocket {
         Self::bind_for(None)
     }
 
-    /// As [`bind`](Self::bind), for workers that run as another user (`--user`): the
-    /// directory and the socket are given to `owner` (uid, gid), still 0700 and 0600, so that
-    /// only that user (and root) can reach them. `$XDG_RUNTIME_DIR` is then passed over: it
-    /// is the supervisor's user's own directory, which no other user can enter.
+    /// As [`bind`](Self::bind), for workers that run as another user (`--user`): the socket
+    /// is given to `owner` (uid, gid), still 0600, and the directory, still this user's, lets
+    /// `owner`'s group in (0710: enter, not list or change), so that only that user (and root)
+    /// can reach the socket and nobody else can replace it. `$XDG_RUNTIME_DIR` is then passed
+    /// over: it is the supervisor's user's own directory, which no other user can enter.
     pub fn bind_for(owner: Option<(u32, u32)>) -> io::Result<Self> {
         let base = base_dir(&[
             std::env::var_os("RUNTIME_DIRECTORY"),
@@ -227,8 +246,7 @@ impl NotifySocket {
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
             .tempdir_in(base)?;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-        give(dir.path(), owner)?;
+        open_dir_to(dir.path(), owner)?;
         let uid = std::fs::metadata(dir.path())?.uid();
         let removed = sweep_stale(base, uid);
         if removed > 0 {
@@ -270,18 +288,15 @@ impl NotifySocket {
                 return Err(e);
             }
         }
-        // Ours (or the workers' user's) and private again, whoever recreated it.
+        // Ours and private again, whoever recreated it.
         let meta = std::fs::symlink_metadata(dir)?;
-        let me = nix::unistd::geteuid().as_raw();
-        let owner_uid = self.owner.map(|(uid, _)| uid);
-        if !meta.is_dir() || (meta.uid() != me && Some(meta.uid()) != owner_uid) {
+        if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
             return Err(io::Error::other(format!(
                 "{} is no longer this user's directory",
                 dir.display()
             )));
         }
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        give(dir, self.owner)?;
+        open_dir_to(dir, self.owner)?;
         let (sock, inode) = bind_private(&self.path)?;
         give(&self.path, self.owner)?;
         let queued = self.drain_queued(buf, usize::MAX);
