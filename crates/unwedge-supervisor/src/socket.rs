@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
@@ -117,14 +117,7 @@ fn bind(addr: &ListenAddr, unix: UnixAccess) -> std::io::Result<OwnedFd> {
             let sock = Socket::new(Domain::UNIX, Type::STREAM, None)?;
             sock.bind(&SockAddr::unix(path)?)?;
             // Bound with the umask's mode (no more open than either): then the one asked for.
-            let set = || -> std::io::Result<()> {
-                if let Some(gid) = unix.gid {
-                    std::os::unix::fs::lchown(path, None, Some(gid))?;
-                }
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix.mode))
-            };
-            if let Err(e) = set() {
+            if let Err(e) = set_socket_access(path, unix) {
                 let _ = std::fs::remove_file(path);
                 return Err(std::io::Error::new(
                     e.kind(),
@@ -136,6 +129,28 @@ fn bind(addr: &ListenAddr, unix: UnixAccess) -> std::io::Result<OwnedFd> {
     };
     sock.listen(BACKLOG)?;
     Ok(sock.into())
+}
+
+/// Sets the mode and group of the socket file just bound at `path`, through a descriptor of
+/// that very file (`O_PATH | O_NOFOLLOW`, then `/proc/self/fd/N`): had someone who may write
+/// to its directory swapped it for a symbolic link or another file meanwhile, a `chmod` by
+/// path would change that file's mode instead (as root, any file's).
+fn set_socket_access(path: &Path, unix: UnixAccess) -> std::io::Result<()> {
+    use nix::fcntl::{open, OFlag};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = open(path, flags, nix::sys::stat::Mode::empty())?;
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    if !std::fs::metadata(&by_fd)?.file_type().is_socket() {
+        return Err(std::io::Error::other(
+            "replaced by something that is not a socket",
+        ));
+    }
+    if let Some(gid) = unix.gid {
+        std::os::unix::fs::chown(&by_fd, None, Some(gid))?;
+    }
+    std::fs::set_permissions(&by_fd, std::fs::Permissions::from_mode(unix.mode))
 }
 
 fn in_use() -> std::io::Error {
@@ -385,4 +400,40 @@ pub fn check_command(command: &str) -> Result<PathBuf, StartError> {
         .map(|d| d.join(command))
         .find(|p| executable(p))
         .ok_or_else(|| err("not found in PATH"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_socket_swapped_for_a_link_to_another_file_leaves_that_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock_path = dir.path().join("app.sock");
+        let _sock = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+        let open = UnixAccess {
+            mode: 0o666,
+            gid: None,
+        };
+        set_socket_access(&sock_path, open).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&sock_path), 0o666);
+
+        // What a chmod by path would have opened up: a private file behind a symbolic link.
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "x").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        assert!(set_socket_access(&link, open).is_err());
+        assert_eq!(
+            mode(&secret),
+            0o600,
+            "the file behind the link is untouched"
+        );
+        // Nor a plain file in the socket's place.
+        assert!(set_socket_access(&secret, open).is_err());
+        assert_eq!(mode(&secret), 0o600);
+    }
 }

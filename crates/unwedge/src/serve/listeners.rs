@@ -158,9 +158,7 @@ pub(crate) async fn bind(addr: &ListenAddr, origin: &str) -> Result<Listener, Se
             // Connecting needs write permission: open to every user, as systemd's
             // `SocketMode=` default (a proxy such as nginx runs as another user); the
             // directory decides who reaches it.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(UNIX_SOCKET_MODE))
-                .map_err(fail)?;
+            set_socket_mode(path, UNIX_SOCKET_MODE).map_err(fail)?;
             Ok(Listener::Unix(l, Some(path.clone())))
         }
     }
@@ -168,6 +166,24 @@ pub(crate) async fn bind(addr: &ListenAddr, origin: &str) -> Result<Listener, Se
 
 /// The mode of the Unix sockets `serve()` binds itself.
 pub(crate) const UNIX_SOCKET_MODE: u32 = 0o666;
+
+/// Sets the mode of the socket file just bound at `path` through a descriptor of that very
+/// file (`O_PATH | O_NOFOLLOW`, then `/proc/self/fd/N`): a `chmod` by path would change the
+/// mode of whatever someone who may write to the directory put there meanwhile.
+fn set_socket_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use rustix::fs::{openat, Mode, OFlags, CWD};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = openat(CWD, path, flags, Mode::empty())?;
+    let by_fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    if !std::fs::metadata(&by_fd)?.file_type().is_socket() {
+        return Err(io::Error::other(
+            "replaced by something that is not a socket",
+        ));
+    }
+    std::fs::set_permissions(&by_fd, std::fs::Permissions::from_mode(mode))
+}
 
 /// A socket file left by a dead process would make bind fail: remove it when nobody answers.
 fn remove_stale_socket(path: &Path) {
