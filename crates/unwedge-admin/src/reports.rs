@@ -103,7 +103,11 @@ impl ReportDir {
         let probe = config
             .dir
             .join(format!(".unwedge-probe-{}", std::process::id()));
-        File::create(&probe).map_err(unwritable)?;
+        no_follow()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(unwritable)?;
         let _ = fs::remove_file(&probe);
         let file = open_append(&config.dir.join(CURRENT)).map_err(unwritable)?;
         let len = file.metadata().map_err(unwritable)?.len();
@@ -188,7 +192,17 @@ fn sync_dir(dir: &Path) {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    no_follow().create(true).append(true).open(path)
+}
+
+/// Opens never through a symbolic link (`O_NOFOLLOW`): the supervisor often runs as root,
+/// and a link planted in a report directory others may write to would make it append to, or
+/// create, any file.
+fn no_follow() -> OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = OpenOptions::new();
+    o.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    o
 }
 
 fn rotated(dir: &Path, k: usize) -> PathBuf {

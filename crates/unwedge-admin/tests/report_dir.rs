@@ -234,3 +234,18 @@ fn records_are_on_disk_when_the_writer_is_killed() {
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].message(), "written before SIGKILL");
 }
+
+/// The supervisor often runs as root: a link planted in a report directory others may write
+/// to must not make it append to another file.
+#[test]
+fn a_link_planted_as_the_report_file_is_refused_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "keep me\n").unwrap();
+    let dir = tmp.path().join("reports");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::symlink(&secret, dir.join("reports.jsonl")).unwrap();
+    let err = ReportDir::open(ReportDirConfig::new(&dir)).unwrap_err();
+    assert!(matches!(err, ReportError::Unwritable { .. }), "{err}");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep me\n");
+}

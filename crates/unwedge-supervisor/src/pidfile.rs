@@ -84,19 +84,28 @@ pub(crate) fn claim(path: &Path) -> Result<(), StartError> {
             ));
         }
     }
-    let name = path
-        .file_name()
-        .map_or_else(|| "pid".into(), |n| n.to_string_lossy().into_owned());
-    let aside = path.with_file_name(format!(".{name}.{me}.tmp"));
-    let written =
-        std::fs::write(&aside, format!("{me}\n")).and_then(|()| std::fs::rename(&aside, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&aside);
-        return Err(StartError::setup(
-            format!("write pid file {}", path.display()),
-            e,
-        ));
-    }
+    write_whole(path, &format!("{me}\n"))
+        .map_err(|e| StartError::setup(format!("write pid file {}", path.display()), e))
+}
+
+/// Writes `text` to a new file with a random name beside `path` (created exclusively: never
+/// through a symbolic link someone put there, which a name known in advance would allow in a
+/// directory others may write to, such as `/tmp`), readable by all, then renames it over
+/// `path`.
+fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut file = tempfile::Builder::new()
+        .prefix(".unwedge-pid.")
+        .tempfile_in(dir)?;
+    file.write_all(text.as_bytes())?;
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    file.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 
@@ -105,5 +114,42 @@ pub(crate) fn claim(path: &Path) -> Result<(), StartError> {
 pub(crate) fn release(path: &Path) {
     if read(path) == Ok(std::process::id() as i32) {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_pid_file_is_written_whole_and_never_through_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "keep me\n").unwrap();
+        let file = dir.path().join("unwedge.pid");
+        // Links planted where a writer with names known in advance would write: the pid file
+        // itself, and the name the file used to be written aside under.
+        std::os::unix::fs::symlink(&secret, &file).unwrap();
+        let me = std::process::id();
+        let aside = dir.path().join(format!(".unwedge.pid.{me}.tmp"));
+        std::os::unix::fs::symlink(&secret, &aside).unwrap();
+
+        claim(&file).unwrap();
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep me\n");
+        let meta = std::fs::symlink_metadata(&file).unwrap();
+        assert!(meta.is_file(), "the link itself was replaced by the file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(read(&file), Ok(me as i32));
+        // Nothing else left behind but the planted link.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+
+        release(&file);
+        assert!(!file.exists());
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep me\n");
     }
 }
