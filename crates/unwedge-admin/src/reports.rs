@@ -105,7 +105,8 @@ impl ReportDir {
             .join(format!(".unwedge-probe-{}", std::process::id()));
         no_follow()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .open(&probe)
             .map_err(unwritable)?;
         let _ = fs::remove_file(&probe);
