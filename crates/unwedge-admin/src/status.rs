@@ -314,11 +314,13 @@ pub enum RestartReason {
     Memory,
     /// The kernel's OOM killer killed it: its cgroup's (or the machine's) memory ran out.
     Oom,
+    /// It reached `--max-lifetime` and was replaced gracefully.
+    Lifetime,
 }
 
 impl RestartReason {
     /// Every reason.
-    pub const ALL: [RestartReason; 7] = [
+    pub const ALL: [RestartReason; 8] = [
         RestartReason::ExitCode,
         RestartReason::Signal,
         RestartReason::Hang,
@@ -326,6 +328,7 @@ impl RestartReason {
         RestartReason::Reload,
         RestartReason::Memory,
         RestartReason::Oom,
+        RestartReason::Lifetime,
     ];
 
     /// The snake-case name used in JSON and labels.
@@ -338,6 +341,7 @@ impl RestartReason {
             RestartReason::Reload => "reload",
             RestartReason::Memory => "memory",
             RestartReason::Oom => "oom",
+            RestartReason::Lifetime => "lifetime",
         }
     }
 }

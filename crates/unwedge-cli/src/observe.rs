@@ -540,6 +540,7 @@ impl Ctx {
                     sup::RestartReason::Tainted => RestartReason::Tainted,
                     sup::RestartReason::Memory => RestartReason::Memory,
                     sup::RestartReason::Oom => RestartReason::Oom,
+                    sup::RestartReason::Lifetime => RestartReason::Lifetime,
                     _ => h
                         .last_cause
                         .get(&worker)

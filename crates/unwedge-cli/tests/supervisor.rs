@@ -1065,6 +1065,78 @@ async fn a_worker_over_its_memory_limit_is_replaced_with_no_failed_request() {
     .await;
 }
 
+/// `--max-lifetime`: every worker is replaced once it has run its time, its replacement ready
+/// before it stops, under load with no failed or refused request; planned, so no restart
+/// delay, no alert and nothing against the restart intensity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_past_their_max_lifetime_are_replaced_with_no_failed_request() {
+    within(Duration::from_secs(90), async {
+        let sup = Sup::python(
+            &[
+                "--workers",
+                "2",
+                "--max-lifetime",
+                "2s",
+                // Four replacements in ~4 s: over this intensity, were they counted.
+                "--max-restarts",
+                "1",
+                "--admin",
+                "127.0.0.1:0",
+            ],
+            &[],
+        );
+        let addr = sup.addr().await;
+        let first = sup.wait_ready(0, 2).await;
+        let l = load(addr, 4);
+        load_progress(&l, 20).await;
+        // Each first-generation worker runs out its time (1.8 to 2 s) and is replaced.
+        let mut replacements = Vec::new();
+        for old in &first {
+            let (line, at) = sup
+                .wait_line_idx(0, &[&format!("pid {old} has run "), "(--max-lifetime 2s)"])
+                .await;
+            let ran = line.split(" has run ").nth(1).unwrap_or_default();
+            assert!(!ran.starts_with("1.0") && !ran.starts_with("0."), "{line}");
+            let (stopped, stopped_at) = sup
+                .wait_line_idx(at, &[&format!("pid {old}: replaced by pid ")])
+                .await;
+            let new = stopped
+                .split("replaced by pid ")
+                .nth(1)
+                .and_then(|p| p.split(';').next())
+                .and_then(|p| p.parse::<i32>().ok())
+                .unwrap();
+            let (_, ready_at) = sup
+                .wait_line_idx(at, &[&format!("pid {new} ready in ")])
+                .await;
+            assert!(ready_at < stopped_at, "{}", sup.log());
+            assert!(gone_within(*old, LONG).await, "pid {old} still running");
+            replacements.push(new);
+        }
+        // The replacements' turn comes too.
+        for new in &replacements {
+            sup.wait_line(0, &[&format!("pid {new} has run ")]).await;
+        }
+        load_progress(&l, 20).await;
+        l.stop();
+        let r = l.finish().await;
+        assert_eq!(r.refused, 0, "{r}");
+        assert_eq!(r.unexpected_failures(), 0, "{r}");
+        let log = sup.log();
+        assert!(!log.contains("restarting in"), "{log}");
+        assert!(!log.contains("giving up"), "{log}");
+        let admin = admin_addr(&sup).await;
+        let (_, metrics) = get(admin, "/metrics").await;
+        let lifetime: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("unwedge_restarts_total{reason=\"lifetime\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(lifetime >= 4.0, "{metrics}");
+    })
+    .await;
+}
+
 /// A temporary-file cleaner that removes the notify socket (with its directory) does not cut
 /// the workers off: the supervisor binds it again, private as before, and a replacement's
 /// READY=1 still arrives.

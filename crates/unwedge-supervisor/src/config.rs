@@ -383,6 +383,20 @@ pub struct Options {
     #[serde(default, with = "opt_size", skip_serializing_if = "Option::is_none")]
     pub max_memory: Option<u64>,
 
+    /// Replace each worker gracefully once it has run this long (`1h`, `30m`; at least 1s;
+    /// `0` for never), as gunicorn's `--max-requests`, uWSGI's `max-worker-lifetime` or
+    /// php-fpm's `pm.max_requests`: a slow leak or fragmentation never builds up. Its
+    /// replacement starts first; the worker stops once the replacement is ready. Each worker's
+    /// lifetime is up to 10 % shorter, at random, so that workers started together are not
+    /// replaced together [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Workers")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_lifetime: Option<Duration>,
+
     /// Log format [default: text].
     #[arg(long, value_enum, value_name = "FORMAT", help_heading = "Output")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -474,6 +488,7 @@ impl Options {
             user,
             group,
             max_memory,
+            max_lifetime,
             log_format,
             pidfile,
             admin,
@@ -596,6 +611,8 @@ pub struct Config {
     pub run_as: Option<RunAs>,
     /// A worker using more resident memory than this many bytes is replaced gracefully.
     pub max_memory: Option<u64>,
+    /// A worker that has run this long is replaced gracefully (`--max-lifetime`).
+    pub max_lifetime: Option<Duration>,
     /// Log format.
     pub log_format: LogFormat,
     /// Pid file to write.
@@ -755,6 +772,17 @@ impl Config {
                 Some(0) => return Err(usage("--max-memory must be more than 0".into())),
                 m => m,
             },
+            max_lifetime: match o.max_lifetime {
+                Some(d) if d.is_zero() => None,
+                Some(d) if d < MIN_LIFETIME => {
+                    return Err(usage(format!(
+                        "--max-lifetime {}: too short (at least 1s): workers would be replaced \
+                         as fast as they start",
+                        humantime::format_duration(d)
+                    )))
+                }
+                d => d,
+            },
             log_format: o.log_format.unwrap_or_default(),
             pidfile: o.pidfile,
             admin: o.admin,
@@ -795,6 +823,7 @@ impl Config {
             user: self.run_as.as_ref().and_then(|r| r.user.clone()),
             group: self.run_as.as_ref().and_then(|r| r.group.clone()),
             max_memory: self.max_memory,
+            max_lifetime: self.max_lifetime,
             log_format: Some(self.log_format),
             pidfile: self.pidfile.clone(),
             admin: self.admin.clone(),
@@ -851,6 +880,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The most workers one supervisor runs: `--workers` above it is a usage error (a typo such
 /// as `--workers 10000` would otherwise fork that many processes).
 pub const MAX_WORKERS: u32 = 1024;
+
+/// The shortest `--max-lifetime`.
+pub const MIN_LIFETIME: Duration = Duration::from_secs(1);
 
 /// The default `--socket-mode`: anyone may connect, as systemd's `SocketMode=` default; the
 /// directory the socket is in decides who reaches it.
@@ -1218,6 +1250,25 @@ mod tests {
         ));
         let text = with("SIGQUIT").unwrap().to_toml();
         assert!(text.contains("stop-signal = \"SIGQUIT\""), "{text}");
+    }
+
+    #[test]
+    fn max_lifetime_is_off_at_zero_and_at_least_a_second() {
+        let with = |d: Duration| {
+            let o = Options {
+                max_lifetime: Some(d),
+                ..Options::default()
+            };
+            Config::resolve(None, o, vec!["x".into()])
+        };
+        assert_eq!(with(Duration::ZERO).unwrap().max_lifetime, None);
+        let hour = with(Duration::from_secs(3600)).unwrap();
+        assert_eq!(hour.max_lifetime, Some(Duration::from_secs(3600)));
+        assert!(hour.to_toml().contains("max-lifetime = \"1h\""));
+        assert!(matches!(
+            with(Duration::from_millis(10)),
+            Err(ConfigError::Usage(m)) if m.starts_with("--max-lifetime 10ms: too short (at least 1s)")
+        ));
     }
 
     #[test]

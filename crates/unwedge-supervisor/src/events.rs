@@ -57,6 +57,8 @@ pub enum RestartReason {
     /// The kernel's OOM killer killed it (its cgroup's memory limit, or the machine's memory,
     /// ran out; see [`oom`](crate::oom)).
     Oom,
+    /// It reached `--max-lifetime` and was replaced gracefully.
+    Lifetime,
 }
 
 impl RestartReason {
@@ -71,6 +73,7 @@ impl RestartReason {
             RestartReason::Tainted => "tainted",
             RestartReason::Memory => "memory",
             RestartReason::Oom => "oom",
+            RestartReason::Lifetime => "lifetime",
         }
     }
 }

@@ -43,6 +43,7 @@ fn changed(old: &Config, new: &Config) -> Vec<&'static str> {
         dump_signal => "dump-signal",
         dump_grace => "dump-grace",
         max_memory => "max-memory",
+        max_lifetime => "max-lifetime",
     );
     out
 }

@@ -469,6 +469,8 @@ struct Worker {
     next_pss: Instant,
     /// The last PSS measured, used until the next one.
     last_pss: Option<u64>,
+    /// When it has run its `--max-lifetime` (less up to 10 %, at random).
+    retire_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -567,6 +569,17 @@ const NOTIFY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the workers' resident memory is compared with `--max-memory`.
 const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `lifetime` less up to 10 % of it, at random: workers started together (at start, at a
+/// reload) are not all replaced at once.
+fn jittered(lifetime: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A randomly keyed hash: random enough to spread restarts, no dependency.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    let fraction = (h.finish() % 1_000) as f64 / 10_000.0; // 0 … 0.0999
+    lifetime.mul_f64(1.0 - fraction)
+}
 
 /// The most queued notify datagrams read before a reap (a flood must not delay it long).
 const MAX_DRAINED: usize = 256;
@@ -763,6 +776,7 @@ impl Pool {
         drop(child); // reaped by `reap` (waitpid), not by std
         let now = Instant::now();
         let ready_now = config.ready == ReadyMode::None;
+        let retire_at = config.max_lifetime.map(|l| now + jittered(l));
         self.workers.insert(
             pid,
             Worker {
@@ -790,6 +804,7 @@ impl Pool {
                 crash_at,
                 next_pss: now,
                 last_pss: None,
+                retire_at,
             },
         );
         tracing::debug!("{id} pid {pid} started (generation {generation})");
@@ -1881,6 +1896,51 @@ impl Pool {
         );
     }
 
+    /// Whether `w` may be replaced for its age now: a ready worker of the serving generation,
+    /// with no reload under way (a reload replaces it anyway) and its slot not starting
+    /// another already.
+    fn may_retire(&self, w: &Worker) -> bool {
+        w.ready_at.is_some()
+            && w.generation == self.active_gen
+            && self.reload.is_none()
+            && self.slots[w.slot].pending.is_none()
+    }
+
+    /// A worker that ran its `--max-lifetime`: replaced as one over `--max-memory` is (its
+    /// replacement starts now; it serves on until the replacement is ready), but planned: not
+    /// against the restart intensity, no backoff, no alert.
+    fn past_lifetime(&mut self, pid: i32, now: Instant) {
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let (slot, uptime) = (w.slot, now - w.started);
+        let limit = w.config.max_lifetime.unwrap_or_default();
+        w.stop_requested = true;
+        w.stop_since.get_or_insert(now);
+        w.retire_when_replaced = true;
+        w.retire_at = None;
+        w.term_at = Some(now + w.config.restart_delay_max + w.config.ready_timeout);
+        let id = slot_id(slot);
+        tracing::info!(
+            "{id} pid {pid} has run {} (--max-lifetime {}); starting its replacement, then \
+             stopping it",
+            fmt_dur(uptime),
+            humantime::format_duration(limit)
+        );
+        self.count_restart(RestartReason::Lifetime);
+        let s = &mut self.slots[slot];
+        s.restarts += 1;
+        s.pending = Some(Pending {
+            at: now,
+            crash_at: None,
+        });
+        self.emit(Event::RestartScheduled {
+            worker: id,
+            reason: RestartReason::Lifetime,
+            delay: Duration::ZERO,
+        });
+    }
+
     fn on_probe(&mut self, p: ProbeResult) {
         let shared_many = self.config.port_env.is_none() && self.config.workers > 1;
         let Some(w) = self.workers.get_mut(&p.pid) else {
@@ -1959,6 +2019,17 @@ impl Pool {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        // Workers that ran their --max-lifetime.
+        let due: Vec<i32> = self
+            .workers
+            .values()
+            .filter(|w| !w.stop_requested && !self.stopping && self.may_retire(w))
+            .filter(|w| w.retire_at.is_some_and(|t| t <= now))
+            .map(|w| w.pid)
+            .collect();
+        for pid in due {
+            self.past_lifetime(pid, now);
+        }
         // Pending starts.
         for slot in 0..self.slots.len() {
             if self.slots[slot]
@@ -2168,6 +2239,9 @@ impl Pool {
             }
             if w.stop_requested || self.stopping {
                 continue;
+            }
+            if let Some(t) = w.retire_at.filter(|_| self.may_retire(w)) {
+                at(t);
             }
             let c = &w.config;
             if w.ready_at.is_none() {
