@@ -197,3 +197,61 @@ async fn get_raw(addr: std::net::SocketAddr, path: &str) -> std::io::Result<Stri
         .await
         .map(|(status, body)| format!("HTTP/1.0 {status} {body}"))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_memory_the_cgroup_cannot_hold_is_pointed_out() {
+    let cg = match Cgroup::new(200 << 20) {
+        Ok(cg) => cg,
+        Err(why) => {
+            println!("SKIPPED: no memory cgroup to limit here ({why})");
+            return;
+        }
+    };
+    let py = fixture("worker.py");
+    let join = format!("echo $$ > {} && exec \"$@\"", cg.procs().display());
+    let start = |max: &str| {
+        Sup::start_program(
+            "sh",
+            &[
+                "-c",
+                &join,
+                "sh",
+                BIN,
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "off",
+                "--workers",
+                "2",
+                "--max-memory",
+                max,
+                "--",
+                py.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    // 3 × 100M (two workers, one more during a replacement) > 200M: said at start.
+    let mut sup = start("100M");
+    let line = sup
+        .wait_line(0, &["--max-memory 100M for 2 worker(s), and one more"])
+        .await;
+    assert!(line.contains("adds up to 300.0M"), "{line}");
+    assert!(
+        line.contains("limit of the supervisor's cgroup (200.0M)"),
+        "{line}"
+    );
+    assert!(line.contains("set --max-memory at most 66.7M"), "{line}");
+    sup.wait_ready(0, 2).await;
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+
+    // 3 × 60M fits: nothing said.
+    let mut sup = start("60M");
+    sup.wait_ready(0, 2).await;
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    assert!(!sup.log().contains("adds up to"), "{}", sup.log());
+    drop(cg);
+}

@@ -185,6 +185,11 @@ impl OomWatch {
         }
     }
 
+    /// The memory limit of the cgroup watched, if it has one.
+    pub fn limit(&self) -> Option<u64> {
+        self.counter.limit()
+    }
+
     /// A worker just died of a SIGKILL nobody here sent: an OOM kill, if the counter grew
     /// within the window by a kill no other worker's death took already.
     pub fn explain_sigkill(&mut self, now: Instant) -> Option<OomKill> {

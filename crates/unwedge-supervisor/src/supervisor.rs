@@ -319,6 +319,9 @@ impl Supervisor {
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .collect();
         pool.next_sd_watchdog = pool.systemd.watchdog_interval().map(|i| now + i);
+        if let Some(oom) = &pool.oom {
+            warn_if_over_cgroup_limit(&pool.config, oom.limit());
+        }
         tracing::info!(
             "starting {n} worker(s){}{}: {}{}",
             if pool.config.workers_auto {
@@ -569,6 +572,31 @@ const NOTIFY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the workers' resident memory is compared with `--max-memory`.
 const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Warns when `--max-memory` cannot act before the OOM killer: the workers, each allowed up
+/// to it, and one more while a replacement overlaps, would need more than the memory limit of
+/// the supervisor's cgroup (`limit`), so the kernel would kill a worker (cutting its requests)
+/// before any of them reached the limit that replaces it gracefully.
+fn warn_if_over_cgroup_limit(config: &Config, limit: Option<u64>) {
+    let (Some(each), Some(limit)) = (config.max_memory, limit) else {
+        return;
+    };
+    let n = config.workers as u64 + 1;
+    let total = each.saturating_mul(n);
+    if total > limit {
+        tracing::warn!(
+            "--max-memory {} for {} worker(s), and one more during a replacement, adds up to {}, \
+             over the memory limit of the supervisor's cgroup ({}): the kernel's OOM killer \
+             would kill a worker before --max-memory replaces it gracefully; set --max-memory \
+             at most {}",
+            crate::config::format_size(each),
+            config.workers,
+            crate::config::human_size(total),
+            crate::config::human_size(limit),
+            crate::config::human_size(limit / n)
+        );
+    }
+}
 
 /// `lifetime` less up to 10 % of it, at random: workers started together (at start, at a
 /// reload) are not all replaced at once.
@@ -1302,6 +1330,9 @@ impl Pool {
             return Ok(None);
         }
         tracing::info!("reload: new configuration: {}", changes.join(", "));
+        if let Some(oom) = &self.oom {
+            warn_if_over_cgroup_limit(&new, oom.limit());
+        }
         Ok(Some(Arc::new(new)))
     }
 
