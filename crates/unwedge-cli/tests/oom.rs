@@ -67,6 +67,18 @@ impl Drop for Cgroup {
     }
 }
 
+/// `unwedge run --listen 127.0.0.1:0 --workers 2 <flags> -- worker.py`, started inside `cg`
+/// (its shell joins the cgroup, then execs the supervisor: every worker is in it too).
+fn start_in(cg: &Cgroup, flags: &[&str]) -> Sup {
+    let py = fixture("worker.py");
+    let join = format!("echo $$ > {} && exec \"$@\"", cg.procs().display());
+    let mut args = vec!["-c", &join, "sh", BIN, "run", "--listen", "127.0.0.1:0"];
+    args.extend(["--workers", "2"]);
+    args.extend_from_slice(flags);
+    args.extend(["--", py.to_str().unwrap()]);
+    Sup::start_program("sh", &args, &[])
+}
+
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -81,33 +93,11 @@ async fn a_worker_the_oom_killer_kills_is_named_and_counted_apart_from_a_kill_9(
             return;
         }
     };
-    let py = fixture("worker.py");
     let dir = tempfile::tempdir().unwrap();
     let alerts = dir.path().join("alerts.jsonl");
     // One JSON event per line: the event on stdin, then a newline.
     let exec = format!("cat >> '{0}' && echo >> '{0}'", alerts.display());
-    let join = format!("echo $$ > {} && exec \"$@\"", cg.procs().display());
-    let mut sup = Sup::start_program(
-        "sh",
-        &[
-            "-c",
-            &join,
-            "sh",
-            BIN,
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--alert-exec",
-            &exec,
-            "--",
-            py.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let mut sup = start_in(&cg, &["--admin", "127.0.0.1:0", "--alert-exec", &exec]);
     let pids = sup.wait_ready(0, 2).await;
     let addr = sup.addr().await;
     let admin = admin_addr(&sup).await;
@@ -207,31 +197,7 @@ async fn a_max_memory_the_cgroup_cannot_hold_is_pointed_out() {
             return;
         }
     };
-    let py = fixture("worker.py");
-    let join = format!("echo $$ > {} && exec \"$@\"", cg.procs().display());
-    let start = |max: &str| {
-        Sup::start_program(
-            "sh",
-            &[
-                "-c",
-                &join,
-                "sh",
-                BIN,
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "off",
-                "--workers",
-                "2",
-                "--max-memory",
-                max,
-                "--",
-                py.to_str().unwrap(),
-            ],
-            &[],
-        )
-    };
+    let start = |max: &str| start_in(&cg, &["--admin", "off", "--max-memory", max]);
     // 3 × 100M (two workers, one more during a replacement) > 200M: said at start.
     let mut sup = start("100M");
     let line = sup

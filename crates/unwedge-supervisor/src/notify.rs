@@ -179,7 +179,8 @@ pub struct NotifySocket {
     _dir: tempfile::TempDir,
     /// The socket file's inode, to notice it was removed or replaced.
     inode: u64,
-    /// Who the directory and the socket were given to (`--user`), if not this process's user.
+    /// Who the socket was given to, and whose group may enter the directory (`--user`), if
+    /// not this process's user.
     owner: Option<(u32, u32)>,
 }
 
