@@ -58,12 +58,34 @@ fn exported_names() -> BTreeSet<String> {
     m.observe_status(&unwedge_admin::StatusView::new(
         unwedge_admin::SupervisorInfo::new("t", 1),
     ));
-    m.encode()
+    let text = m.encode();
+    let mut names: BTreeSet<String> = text
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .map(str::to_owned)
-        .collect()
+        .collect();
+    // Families with no sample in this scrape (per-worker series without workers) are declared
+    // by their `# TYPE` line.
+    for l in text.lines() {
+        let mut w = l.split(' ').skip(2);
+        let (Some(family), Some(kind)) = (w.next(), w.next()) else {
+            continue;
+        };
+        if !l.starts_with("# TYPE ") {
+            continue;
+        }
+        match kind {
+            "counter" => names.insert(format!("{family}_total")),
+            "histogram" => ["_bucket", "_sum", "_count"]
+                .iter()
+                .map(|s| names.insert(format!("{family}{s}")))
+                .fold(false, |a, b| a | b),
+            "info" => names.insert(format!("{family}_info")),
+            _ => names.insert(family.to_owned()),
+        };
+    }
+    names
 }
 
 #[tokio::test]
@@ -211,4 +233,91 @@ async fn kubernetes_probes_and_grace_period_match_the_flags() {
     } else {
         println!("SKIP: kubernetes-validate not installed: schema not checked");
     }
+}
+
+/// deploy/grafana/unwedge-dashboard.json: valid JSON Grafana can import, every query on
+/// metrics the supervisor exports, every query valid PromQL (checked by promtool as recording
+/// rules, when installed).
+#[tokio::test]
+async fn grafana_dashboard_queries_real_metrics_in_valid_promql() {
+    let text = std::fs::read_to_string(deploy("grafana/unwedge-dashboard.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(dash["uid"], "unwedge-supervisor");
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(vars, ["datasource", "job", "instance"]);
+    let names = exported_names();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    let mut ids = BTreeSet::new();
+    let mut exprs = Vec::new();
+    for p in panels {
+        let title = p["title"].as_str().expect("a title");
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "duplicate id: {title}"
+        );
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        for k in ["x", "y", "w", "h"] {
+            assert!(p["gridPos"][k].is_u64(), "{title}: gridPos.{k}");
+        }
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            for prefix in ["unwedge_", "process_"] {
+                for (i, _) in expr.match_indices(prefix) {
+                    let name: String = expr[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    assert!(names.contains(&name), "{title}: {name} is not exported");
+                }
+            }
+            for var in expr.split('$').skip(1) {
+                let var: String = var
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    vars.contains(&var.as_str()) || var == "__rate_interval",
+                    "{title}: ${var} is not defined"
+                );
+            }
+            exprs.push(
+                expr.replace("$__rate_interval", "5m")
+                    .replace("$job", "unwedge")
+                    .replace("$instance", ".*"),
+            );
+        }
+    }
+
+    if !have("promtool") {
+        println!("SKIP: promtool not found (apt-get install prometheus): PromQL not checked");
+        return;
+    }
+    // Each query as a recording rule: `promtool check rules` parses it.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(e).unwrap()
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let mut cmd = Command::new("promtool");
+    cmd.args(["check", "rules"]).arg(&file);
+    let check = output(cmd, None).await;
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 }
