@@ -1,4 +1,5 @@
-//! [`Metrics`]: the supervisor's Prometheus metrics, every name prefixed `unwedge_`.
+//! [`Metrics`]: the supervisor's Prometheus metrics, every name prefixed `unwedge_` but the
+//! standard `process_*` ones of the supervisor's own process.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
@@ -479,12 +480,21 @@ mod tests {
         );
 
         // A worker whose group burns CPU in a child: the group's time is counted.
-        let mut worker = std::process::Command::new("sh")
+        let worker = std::process::Command::new("sh")
             .args(["-c", "sh -c 'while :; do :; done' & wait"])
             .process_group(0)
             .spawn()
             .unwrap();
         let pid = worker.id();
+        // Stopped whatever happens below: a spinning process must not outlive the test.
+        struct Group(std::process::Child);
+        impl Drop for Group {
+            fn drop(&mut self) {
+                let _ = killpg(self.0.id());
+                let _ = self.0.wait();
+            }
+        }
+        let worker = Group(worker);
         let mut view = StatusView::new(SupervisorInfo::new("t", 1));
         view.workers
             .push(WorkerView::new("w1", Some(pid), WorkerState::Ready));
@@ -498,8 +508,7 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        let _ = killpg(pid);
-        let _ = worker.wait();
+        drop(worker);
         assert!(seconds >= 0.2, "{seconds}");
         // Gone from the view: gone from the scrape.
         view.workers.clear();
