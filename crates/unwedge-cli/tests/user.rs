@@ -159,6 +159,25 @@ async fn a_user_that_cannot_be_switched_to_is_a_usage_error() {
         "{err}"
     );
 
+    // A command the user may not run: the failed start says as whom.
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let srv = private.path().join("srv");
+    std::fs::copy("/bin/true", &srv).unwrap();
+    let mut sup = Sup::run(
+        &["--user", "nobody", "--admin", "off", "--max-restarts", "1"],
+        &[srv.to_str().unwrap()],
+    );
+    sup.wait_line(
+        0,
+        &[
+            &format!("cannot execute `{}` as uid {}", srv.display(), nobody.uid),
+            "(--user): Permission denied",
+        ],
+    )
+    .await;
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(3), "{}", sup.log());
+
     // Switching to itself is no switch: allowed.
     let mut sup = tokio::process::Command::new(dir.path().join("unwedge"))
         .args([

@@ -85,9 +85,10 @@ pub fn exec(command: &[String]) -> String {
     if let Err(e) = restore_nofile() {
         return format!("exec-shim: {e}");
     }
-    if let Err(e) = switch_user() {
-        return format!("exec-shim: {e}");
-    }
+    let switched = match switch_user() {
+        Ok(s) => s,
+        Err(e) => return format!("exec-shim: {e}"),
+    };
     // After the switch: a change of user clears the parent-death signal.
     if let Err(e) = die_with_parent() {
         return format!("exec-shim: {e}");
@@ -105,16 +106,24 @@ pub fn exec(command: &[String]) -> String {
         return "exec-shim: argument contains a NUL byte".into();
     };
     let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
-    format!("cannot execute `{program}`: {}", err.desc())
+    match switched {
+        // The command, or a directory on its way, may be open to root only.
+        true => format!(
+            "cannot execute `{program}` as uid {} (--user): {}",
+            nix::unistd::getuid(),
+            err.desc()
+        ),
+        false => format!("cannot execute `{program}`: {}", err.desc()),
+    }
 }
 
 /// Runs the worker as the user and groups in [`SHIM_CREDENTIALS_ENV`] (`--user`, `--group`),
 /// if set: gives it its stdout and stderr pipes first (a pipe belongs to its creator, mode
 /// 0600, so the worker could not open `/dev/stdout` again), then switches, then checks that
-/// the worker can reach the notify socket.
-fn switch_user() -> Result<(), String> {
+/// the worker can reach the notify socket. Returns whether it switched.
+fn switch_user() -> Result<bool, String> {
     let Ok(value) = std::env::var(SHIM_CREDENTIALS_ENV) else {
-        return Ok(());
+        return Ok(false);
     };
     std::env::remove_var(SHIM_CREDENTIALS_ENV);
     let creds =
@@ -140,7 +149,7 @@ fn switch_user() -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Asks for SIGKILL when the supervisor (the parent, named by [`SHIM_PARENT_ENV`]) dies, and
