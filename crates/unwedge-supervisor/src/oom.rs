@@ -79,6 +79,18 @@ impl OomCounter {
     pub fn file(&self) -> &Path {
         &self.file
     }
+
+    /// Whether the cgroup (v2) has `memory.oom.group` set: an OOM kill of any process in it
+    /// kills all of them, the supervisor included. Kubernetes 1.28 and later sets it on every
+    /// container's cgroup on cgroup v2 nodes (unless the kubelet has `singleProcessOOMKill`),
+    /// and systemd with `OOMPolicy=kill`.
+    pub fn kills_as_a_group(&self) -> bool {
+        if !self.file.ends_with("memory.events") {
+            return false;
+        }
+        let group = self.file.with_file_name("memory.oom.group");
+        std::fs::read_to_string(group).is_ok_and(|v| v.trim() == "1")
+    }
 }
 
 /// The memory cgroup directory of the process whose `/proc/PID/cgroup` and
@@ -190,6 +202,11 @@ impl OomWatch {
         self.counter.limit()
     }
 
+    /// See [`OomCounter::kills_as_a_group`].
+    pub fn kills_as_a_group(&self) -> bool {
+        self.counter.kills_as_a_group()
+    }
+
     /// A worker just died of a SIGKILL nobody here sent: an OOM kill, if the counter grew
     /// within the window by a kill no other worker's death took already.
     pub fn explain_sigkill(&mut self, now: Instant) -> Option<OomKill> {
@@ -243,6 +260,25 @@ mod tests {
         let cgroups = "4:memory:/other\n";
         let mounts = "30 25 0:27 /mine /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
         assert_eq!(memory_cgroup_dir(cgroups, mounts), None);
+    }
+
+    #[test]
+    fn memory_oom_group_is_read_on_cgroup_v2_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = OomCounter {
+            file: dir.path().join("memory.events"),
+            limit_file: None,
+        };
+        assert!(!v2.kills_as_a_group(), "no file: not set");
+        std::fs::write(dir.path().join("memory.oom.group"), "0\n").unwrap();
+        assert!(!v2.kills_as_a_group());
+        std::fs::write(dir.path().join("memory.oom.group"), "1\n").unwrap();
+        assert!(v2.kills_as_a_group());
+        let v1 = OomCounter {
+            file: dir.path().join("memory.oom_control"),
+            limit_file: None,
+        };
+        assert!(!v1.kills_as_a_group());
     }
 
     #[test]

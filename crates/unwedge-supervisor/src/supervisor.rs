@@ -321,6 +321,16 @@ impl Supervisor {
         pool.next_sd_watchdog = pool.systemd.watchdog_interval().map(|i| now + i);
         if let Some(oom) = &pool.oom {
             warn_if_over_cgroup_limit(&pool.config, oom.limit());
+            if oom.kills_as_a_group() {
+                tracing::warn!(
+                    "this cgroup has memory.oom.group set (Kubernetes 1.28 and later on cgroup \
+                     v2, systemd's OOMPolicy=kill): an OOM kill of any worker kills every \
+                     process here, the supervisor included, and connections are refused until \
+                     it is restarted; keep workers under the memory limit with --max-memory, or \
+                     have single processes killed (the kubelet's singleProcessOOMKill, \
+                     OOMPolicy=continue)"
+                );
+            }
         }
         tracing::info!(
             "starting {n} worker(s){}{}: {}{}",
