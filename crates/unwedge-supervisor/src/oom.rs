@@ -1,7 +1,8 @@
 //! Was it the OOM killer? A worker killed by a SIGKILL nobody asked for was, most of the time,
 //! killed by the kernel for memory: a container's or a unit's memory limit (its cgroup's), or
-//! the machine's. In a container the orchestrator does not see it (its main process, the
-//! supervisor, lives on), so the supervisor says it.
+//! the machine's. Where the kernel kills that process alone (cgroup v1, a cgroup v2 without
+//! `memory.oom.group`), the orchestrator does not see it (its main process, the supervisor,
+//! lives on), so the supervisor says it.
 //!
 //! The kernel counts the processes it kills for memory in each memory cgroup (`oom_kill` in
 //! `memory.events` with cgroup v2, in `memory.oom_control` with v1; any OOM kill of a process
