@@ -221,3 +221,64 @@ async fn a_max_memory_the_cgroup_cannot_hold_is_pointed_out() {
     assert!(!sup.log().contains("adds up to"), "{}", sup.log());
     drop(cg);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_memory_auto_shares_the_cgroup_limit_among_the_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unwedge.toml");
+    std::fs::write(
+        &file,
+        "workers = 2\nmax-memory = \"auto\"\ncommand = [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    // Here, outside a limited cgroup: either this process has a limit to share, or auto is an
+    // error that says there is none.
+    let (code, out) = run_to_end(&["check-config", file]).await;
+    match OomCounter::for_this_process().and_then(|c| c.limit()) {
+        None => {
+            assert_eq!(code, 2, "{out}");
+            assert!(
+                out.contains("--max-memory auto: this process has no memory limit"),
+                "{out}"
+            );
+        }
+        Some(_) => assert_eq!(code, 0, "{out}"),
+    }
+
+    let cg = match Cgroup::new(200 << 20) {
+        Ok(cg) => cg,
+        Err(why) => {
+            println!("SKIPPED: no memory cgroup to limit here ({why})");
+            return;
+        }
+    };
+    // In a 200 MiB cgroup: 90 % of it for 2 workers and one replacement.
+    let join = format!("echo $$ > {} && exec \"$@\"", cg.procs().display());
+    let out = tokio::time::timeout(
+        LONG,
+        tokio::process::Command::new("sh")
+            .args(["-c", &join, "sh", BIN, "check-config", file])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("check-config ends")
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("max-memory = \"60M\""), "{text}");
+
+    let mut sup = start_in(&cg, &["--admin", "off", "--max-memory", "auto"]);
+    sup.wait_line(0, &["--max-memory auto: 60.0M per worker"])
+        .await;
+    sup.wait_ready(0, 2).await;
+    assert!(!sup.log().contains("adds up to"), "{}", sup.log());
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    drop(cg);
+}

@@ -378,10 +378,11 @@ pub struct Options {
     /// processes, the PSS of its process tree) grows above SIZE (`512M`, `2G`) is replaced
     /// gracefully: its replacement starts, and once it is
     /// ready the old worker gets SIGTERM and drains, before the kernel's OOM killer cuts its
-    /// requests [default: none].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = "Workers")]
-    #[serde(default, with = "opt_size", skip_serializing_if = "Option::is_none")]
-    pub max_memory: Option<u64>,
+    /// requests. `auto`: 90 % of this process's cgroup memory limit (a container's, a unit's
+    /// `MemoryMax=`) shared by the workers and one more for a replacement [default: none].
+    #[arg(long, value_name = "SIZE|auto", help_heading = "Workers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<MemoryLimit>,
 
     /// Replace each worker gracefully once it has run this long (`1h`, `30m`; at least 1s;
     /// `0` for never), as gunicorn's `--max-requests`, uWSGI's `max-worker-lifetime` or
@@ -611,6 +612,8 @@ pub struct Config {
     pub run_as: Option<RunAs>,
     /// A worker using more resident memory than this many bytes is replaced gracefully.
     pub max_memory: Option<u64>,
+    /// Whether [`max_memory`](Self::max_memory) came from `--max-memory auto`.
+    pub max_memory_auto: bool,
     /// A worker that has run this long is replaced gracefully (`--max-lifetime`).
     pub max_lifetime: Option<Duration>,
     /// Log format.
@@ -769,9 +772,18 @@ impl Config {
             stop_timeout: o.stop_timeout.unwrap_or(Duration::from_secs(30)),
             run_as: RunAs::resolve(o.user.as_deref(), o.group.as_deref()).map_err(usage)?,
             max_memory: match o.max_memory {
-                Some(0) => return Err(usage("--max-memory must be more than 0".into())),
-                m => m,
+                Some(MemoryLimit::Bytes(0)) => {
+                    return Err(usage("--max-memory must be more than 0".into()))
+                }
+                Some(MemoryLimit::Bytes(b)) => Some(b),
+                Some(MemoryLimit::Auto) => {
+                    let limit = crate::oom::OomCounter::for_this_process().and_then(|c| c.limit());
+                    let workers = o.workers.map_or(1, Workers::count);
+                    Some(auto_memory(limit, workers).map_err(usage)?)
+                }
+                None => None,
             },
+            max_memory_auto: o.max_memory == Some(MemoryLimit::Auto),
             max_lifetime: match o.max_lifetime {
                 Some(d) if d.is_zero() => None,
                 Some(d) if d < MIN_LIFETIME => {
@@ -822,7 +834,7 @@ impl Config {
             stop_timeout: Some(self.stop_timeout),
             user: self.run_as.as_ref().and_then(|r| r.user.clone()),
             group: self.run_as.as_ref().and_then(|r| r.group.clone()),
-            max_memory: self.max_memory,
+            max_memory: self.max_memory.map(MemoryLimit::Bytes),
             max_lifetime: self.max_lifetime,
             log_format: Some(self.log_format),
             pidfile: self.pidfile.clone(),
@@ -880,6 +892,83 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The most workers one supervisor runs: `--workers` above it is a usage error (a typo such
 /// as `--workers 10000` would otherwise fork that many processes).
 pub const MAX_WORKERS: u32 = 1024;
+
+/// `--max-memory`: a size, or `auto` (a share of the cgroup's memory limit).
+///
+/// ```
+/// use unwedge_supervisor::config::MemoryLimit;
+/// assert_eq!("512M".parse::<MemoryLimit>(), Ok(MemoryLimit::Bytes(512 << 20)));
+/// assert_eq!("auto".parse::<MemoryLimit>(), Ok(MemoryLimit::Auto));
+/// assert!("lots".parse::<MemoryLimit>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLimit {
+    /// This many bytes per worker.
+    Bytes(u64),
+    /// 90 % of this process's cgroup memory limit, shared by the workers and one more (a
+    /// replacement overlaps its predecessor): see [`auto_memory`].
+    Auto,
+}
+
+impl FromStr for MemoryLimit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(MemoryLimit::Auto);
+        }
+        parse_size(s).map(MemoryLimit::Bytes)
+    }
+}
+
+impl Serialize for MemoryLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MemoryLimit::Bytes(n) => s.serialize_str(&format_size(*n)),
+            MemoryLimit::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MemoryLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Bytes(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+            Raw::Bytes(n) => Ok(MemoryLimit::Bytes(n)),
+        }
+    }
+}
+
+/// The share of a cgroup memory limit `--max-memory auto` gives each of `workers` workers: 90 %
+/// of it (the rest for the supervisor and the page cache) divided by `workers + 1` (a
+/// replacement runs next to its predecessor until it is ready). An error without a limit.
+///
+/// ```
+/// use unwedge_supervisor::config::auto_memory;
+/// assert_eq!(auto_memory(Some(200 << 20), 2), Ok(60 << 20));
+/// assert!(auto_memory(None, 2).unwrap_err().contains("no memory limit"));
+/// ```
+pub fn auto_memory(limit: Option<u64>, workers: u32) -> Result<u64, String> {
+    let limit = limit.ok_or_else(|| {
+        "--max-memory auto: this process has no memory limit to share (no cgroup memory.max or \
+         memory.limit_in_bytes: a container or unit without a memory limit); give a size"
+            .to_owned()
+    })?;
+    let each = limit / 10 * 9 / (u64::from(workers) + 1);
+    if each < 1 << 20 {
+        return Err(format!(
+            "--max-memory auto: the memory limit ({}) leaves less than 1M per worker",
+            human_size(limit)
+        ));
+    }
+    Ok(each)
+}
 
 /// The shortest `--max-lifetime`.
 pub const MIN_LIFETIME: Duration = Duration::from_secs(1);
@@ -987,32 +1076,6 @@ pub fn human_size(bytes: u64) -> String {
         }
     }
     format!("{bytes}B")
-}
-
-mod opt_size {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(n: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
-        match n {
-            Some(n) => s.serialize_str(&super::format_size(*n)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Bytes(u64),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Text(t) => super::parse_size(&t)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-            Raw::Bytes(n) => Ok(Some(n)),
-        }
-    }
 }
 
 mod opt_duration {
@@ -1153,7 +1216,7 @@ mod tests {
         assert_eq!(format_size(1_000_000), "1000000");
         assert_eq!(parse_size(&format_size(3 << 30)), Ok(3 << 30));
         let zero = Options {
-            max_memory: Some(0),
+            max_memory: Some(MemoryLimit::Bytes(0)),
             ..Options::default()
         };
         assert!(matches!(

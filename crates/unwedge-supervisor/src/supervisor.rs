@@ -319,6 +319,13 @@ impl Supervisor {
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .collect();
         pool.next_sd_watchdog = pool.systemd.watchdog_interval().map(|i| now + i);
+        if let (true, Some(each)) = (pool.config.max_memory_auto, pool.config.max_memory) {
+            tracing::info!(
+                "--max-memory auto: {} per worker (90 % of this cgroup's memory limit, shared by \
+                 {n} worker(s) and one replacement)",
+                crate::config::human_size(each)
+            );
+        }
         if let Some(oom) = &pool.oom {
             warn_if_over_cgroup_limit(&pool.config, oom.limit());
             if oom.kills_as_a_group() {
