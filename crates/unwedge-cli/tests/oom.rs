@@ -52,6 +52,17 @@ impl Cgroup {
     }
 }
 
+/// A cgroup limited to 200 MiB, or `None` (after saying why) where none can be made.
+fn limited_cgroup() -> Option<Cgroup> {
+    match Cgroup::new(200 << 20) {
+        Ok(cg) => Some(cg),
+        Err(why) => {
+            println!("SKIPPED: no memory cgroup to limit here ({why})");
+            None
+        }
+    }
+}
+
 impl Drop for Cgroup {
     fn drop(&mut self) {
         for _ in 0..100 {
@@ -86,12 +97,8 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_the_oom_killer_kills_is_named_and_counted_apart_from_a_kill_9() {
-    let cg = match Cgroup::new(200 << 20) {
-        Ok(cg) => cg,
-        Err(why) => {
-            println!("SKIPPED: no memory cgroup to limit here ({why})");
-            return;
-        }
+    let Some(cg) = limited_cgroup() else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let alerts = dir.path().join("alerts.jsonl");
@@ -190,12 +197,8 @@ async fn get_raw(addr: std::net::SocketAddr, path: &str) -> std::io::Result<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_max_memory_the_cgroup_cannot_hold_is_pointed_out() {
-    let cg = match Cgroup::new(200 << 20) {
-        Ok(cg) => cg,
-        Err(why) => {
-            println!("SKIPPED: no memory cgroup to limit here ({why})");
-            return;
-        }
+    let Some(cg) = limited_cgroup() else {
+        return;
     };
     let start = |max: &str| start_in(&cg, &["--admin", "off", "--max-memory", max]);
     // 3 × 100M (two workers, one more during a replacement) > 200M: said at start.
@@ -246,12 +249,8 @@ async fn max_memory_auto_shares_the_cgroup_limit_among_the_workers() {
         Some(_) => assert_eq!(code, 0, "{out}"),
     }
 
-    let cg = match Cgroup::new(200 << 20) {
-        Ok(cg) => cg,
-        Err(why) => {
-            println!("SKIPPED: no memory cgroup to limit here ({why})");
-            return;
-        }
+    let Some(cg) = limited_cgroup() else {
+        return;
     };
     // In a 200 MiB cgroup: 90 % of it for 2 workers and one replacement.
     let join = format!("echo $$ > {} && exec \"$@\"", cg.procs().display());
