@@ -152,6 +152,16 @@ fn memory_cgroup_dir(cgroups: &str, mountinfo: &str) -> Option<(PathBuf, bool)> 
 const WINDOW: Duration = Duration::from_secs(2);
 
 /// The counter sampled once a second, and the kills already put down to workers.
+///
+/// ```
+/// use std::time::Instant;
+/// use unwedge_supervisor::oom::{OomCounter, OomWatch};
+///
+/// let mut watch = OomWatch::new(OomCounter::for_this_process().unwrap()).unwrap();
+/// watch.tick(Instant::now());
+/// // No OOM kill counted meanwhile: a SIGKILL now would be somebody's `kill -9`.
+/// assert_eq!(watch.explain_sigkill(Instant::now()), None);
+/// ```
 #[derive(Debug)]
 pub struct OomWatch {
     counter: OomCounter,

@@ -52,6 +52,12 @@ pub struct RunAs {
 
 /// What the user database says of the user: the workers' `USER`, `LOGNAME`, `HOME` and
 /// `SHELL`.
+///
+/// ```
+/// let root = unwedge_supervisor::run_as::RunAs::resolve(Some("root"), None).unwrap().unwrap();
+/// let account = root.account.unwrap();
+/// assert_eq!((account.name.as_str(), account.home.to_str()), ("root", Some("/root")));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     /// The login name.

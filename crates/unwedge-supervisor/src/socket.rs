@@ -30,6 +30,18 @@ pub struct Listener {
 }
 
 /// Who may connect to the `unix:` sockets [`bind_all`] binds: their mode and group.
+///
+/// ```
+/// use std::os::unix::fs::PermissionsExt;
+/// use unwedge_supervisor::{socket::{bind_all, UnixAccess}, ListenAddr};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("app.sock");
+/// let group_only = UnixAccess { mode: 0o660, gid: None };
+/// let _listeners = bind_all(&[ListenAddr::Unix(path.clone())], group_only).unwrap();
+/// let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+/// assert_eq!(mode & 0o777, 0o660);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnixAccess {
     /// Permission bits (`--socket-mode`; connecting needs write permission).
