@@ -159,6 +159,43 @@ async fn a_user_that_cannot_be_switched_to_is_a_usage_error() {
         "{err}"
     );
 
+    // Root without the capabilities a switch takes (a container that dropped them): refused
+    // at start, naming them, instead of every worker failing.
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let out = tokio::time::timeout(
+            LONG,
+            tokio::process::Command::new("setpriv")
+                .args(["--bounding-set=-setuid,-setgid", BIN])
+                .args([
+                    "run",
+                    "--user",
+                    "nobody",
+                    "--admin",
+                    "off",
+                    "--",
+                    "/bin/true",
+                ])
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("it ends")
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("needs CAP_SETGID, CAP_SETUID, which this root process lacks"),
+            "{err}"
+        );
+    } else {
+        println!("setpriv not found: the dropped-capabilities case is not run");
+    }
+
     // A command the user may not run: the failed start says as whom.
     let private = tempfile::tempdir().unwrap();
     std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();

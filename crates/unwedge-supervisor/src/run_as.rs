@@ -144,12 +144,28 @@ impl RunAs {
     /// Refuses a switch this process cannot make: changing user or group needs root (a
     /// process with only `CAP_SETUID` could switch, but then neither signal its workers nor
     /// read their `/proc` files).
+    ///
+    /// Root without the capabilities the switch takes (a container started with its
+    /// capabilities dropped) is refused too, naming them, rather than every worker failing to
+    /// start.
     pub fn check_permitted(&self) -> Result<(), String> {
-        if self.switches() && !Uid::effective().is_root() {
+        if !self.switches() {
+            return Ok(());
+        }
+        if !Uid::effective().is_root() {
             return Err(format!(
                 "{self}: running workers as another user needs the supervisor to run as root \
                  (it runs as uid {})",
                 Uid::effective()
+            ));
+        }
+        let missing = missing_capabilities(effective_capabilities());
+        if !missing.is_empty() {
+            return Err(format!(
+                "{self}: running workers as another user needs {}, which this root process \
+                 lacks (a container with its capabilities dropped?): add them back, or run the \
+                 whole container as that user instead",
+                missing.join(", ")
             ));
         }
         Ok(())
@@ -202,6 +218,30 @@ impl fmt::Display for RunAs {
             (None, None) => Ok(()),
         }
     }
+}
+
+/// The capabilities a switch takes: the groups and the user (in the shim), and the ownership
+/// of the notify socket and the workers' pipes (in the supervisor and the shim).
+const NEEDED_CAPABILITIES: [(u32, &str); 3] =
+    [(0, "CAP_CHOWN"), (6, "CAP_SETGID"), (7, "CAP_SETUID")];
+
+/// This process's effective capability set (`CapEff` in `/proc/self/status`).
+fn effective_capabilities() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// The names of the [`NEEDED_CAPABILITIES`] missing from `caps` (none when unknown).
+fn missing_capabilities(caps: Option<u64>) -> Vec<&'static str> {
+    let Some(caps) = caps else {
+        return Vec::new();
+    };
+    NEEDED_CAPABILITIES
+        .iter()
+        .filter(|(bit, _)| caps & (1 << bit) == 0)
+        .map(|&(_, name)| name)
+        .collect()
 }
 
 fn lookup_user(name: &str) -> Result<Option<User>, String> {
@@ -330,6 +370,24 @@ mod tests {
         assert_eq!(err, "--user is empty: give a name or a number");
         let err = RunAs::resolve(Some("root"), Some("no-such-group-here")).unwrap_err();
         assert_eq!(err, "--group no-such-group-here: no such group");
+    }
+
+    #[test]
+    fn the_capabilities_a_switch_needs_are_named_when_missing() {
+        assert!(missing_capabilities(Some(0x3f_ffff_ffff)).is_empty());
+        assert!(
+            missing_capabilities(None).is_empty(),
+            "unknown: not refused"
+        );
+        // CAP_SETUID (bit 7) dropped.
+        assert_eq!(
+            missing_capabilities(Some(0x3f_ffff_ffff & !(1 << 7))),
+            ["CAP_SETUID"]
+        );
+        assert_eq!(
+            missing_capabilities(Some(0)),
+            ["CAP_CHOWN", "CAP_SETGID", "CAP_SETUID"]
+        );
     }
 
     #[test]
