@@ -111,6 +111,7 @@ pub struct Metrics {
     reports_failed: Counter,
     stop_timeouts: Counter,
     leftover_processes: Counter,
+    oom_killed_other: Counter,
     log_lines_dropped: Counter,
     worker_cpu: WorkerCpu,
 }
@@ -145,6 +146,7 @@ impl Metrics {
             reports_failed: Counter::default(),
             stop_timeouts: Counter::default(),
             leftover_processes: Counter::default(),
+            oom_killed_other: Counter::default(),
             log_lines_dropped: Counter::default(),
             worker_cpu: WorkerCpu::default(),
         };
@@ -239,6 +241,11 @@ impl Metrics {
             "leftover_processes",
             "Processes found still running in the process group of a worker that exited, and stopped (SIGTERM, then SIGKILL after --stop-timeout)",
             m.leftover_processes.clone(),
+        );
+        registry.register(
+            "oom_killed_other",
+            "Processes of the supervisor's cgroup that were not workers (a worker's own children) killed by the kernel's OOM killer",
+            m.oom_killed_other.clone(),
         );
         registry.register(
             "log_lines_dropped",
@@ -359,6 +366,12 @@ impl Metrics {
     /// Counts `n` processes a worker left running in its process group when it exited.
     pub fn record_leftover_processes(&self, n: u64) {
         self.leftover_processes.inc_by(n);
+    }
+
+    /// Counts processes of the supervisor's cgroup that were not workers, killed by the OOM
+    /// killer.
+    pub fn record_oom_killed_other(&self, n: u64) {
+        self.oom_killed_other.inc_by(n);
     }
 
     /// Counts `n` more supervisor log lines dropped (its log queue was full).

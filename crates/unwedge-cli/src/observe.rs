@@ -607,6 +607,7 @@ impl Ctx {
             Event::LeftoverProcesses { pids, .. } => {
                 self.metrics.record_leftover_processes(pids.len() as u64)
             }
+            Event::OomKilledOther { count } => self.metrics.record_oom_killed_other(count),
             Event::GaveUp { reason } => self.alert(
                 AlertEvent::new(AlertKind::GaveUp, reason.clone())
                     .with_details(serde_json::json!({ "reason": reason })),

@@ -82,11 +82,17 @@ impl Drop for Cgroup {
 /// (its shell joins the cgroup, then execs the supervisor: every worker is in it too).
 fn start_in(cg: &Cgroup, flags: &[&str]) -> Sup {
     let py = fixture("worker.py");
+    start_command_in(cg, flags, &[py.to_str().unwrap()])
+}
+
+/// [`start_in`] with another worker command.
+fn start_command_in(cg: &Cgroup, flags: &[&str], command: &[&str]) -> Sup {
     let join = format!("echo $$ > {} && exec \"$@\"", cg.procs().display());
     let mut args = vec!["-c", &join, "sh", BIN, "run", "--listen", "127.0.0.1:0"];
     args.extend(["--workers", "2"]);
     args.extend_from_slice(flags);
-    args.extend(["--", py.to_str().unwrap()]);
+    args.push("--");
+    args.extend_from_slice(command);
     Sup::start_program("sh", &args, &[])
 }
 
@@ -277,6 +283,59 @@ async fn max_memory_auto_shares_the_cgroup_limit_among_the_workers() {
         .await;
     sup.wait_ready(0, 2).await;
     assert!(!sup.log().contains("adds up to"), "{}", sup.log());
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    drop(cg);
+}
+
+/// A preforking server's own process killed for memory: the worker lives on, so no restart,
+/// but the supervisor says it and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_kill_of_a_workers_child_is_said_and_counted() {
+    let Some(cg) = limited_cgroup() else {
+        return;
+    };
+    let py = fixture("worker.py");
+    // Worker w1 starts a child that outgrows the cgroup, then serves; w2 just serves.
+    let script = format!(
+        "if [ \"$UNWEDGE_WORKER\" = w1 ]; then python3 -c 'b = bytearray(400 << 20)'; fi; \
+         exec {}",
+        py.display()
+    );
+    let mut sup = start_command_in(
+        &cg,
+        &["--admin", "127.0.0.1:0", "--ready", "notify"],
+        &["sh", "-c", &script],
+    );
+    let admin = admin_addr(&sup).await;
+    let line = sup
+        .wait_line(
+            0,
+            &["the kernel's OOM killer killed 1 process(es) of the supervisor's cgroup that was not a worker"],
+        )
+        .await;
+    assert!(
+        line.contains("the cgroup's memory limit is 200.0M"),
+        "{line}"
+    );
+    sup.wait_ready(0, 2).await;
+    let log = sup.log();
+    assert!(!log.contains("restarting in"), "{log}");
+    assert!(
+        !log.contains("was killed by the kernel's OOM killer"),
+        "{log}"
+    );
+    let (_, text) = get(admin, "/metrics").await;
+    assert_eq!(
+        metric(&text, "unwedge_oom_killed_other_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"unwedge_restarts_total{reason="oom"}"#),
+        Some(0.0),
+        "{text}"
+    );
     sup.signal(Signal::SIGTERM);
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
     drop(cg);

@@ -172,6 +172,9 @@ pub struct Counters {
     /// Processes found still running in the group of a worker that exited, and stopped
     /// ([`Event::LeftoverProcesses`]).
     pub leftover_processes: u64,
+    /// Processes of the supervisor's cgroup that were not workers, killed by the kernel's OOM
+    /// killer ([`Event::OomKilledOther`]).
+    pub oom_killed_other: u64,
     /// Reloads that completed.
     pub reloads: u64,
     /// Reloads whose new generation failed (old one kept serving).
@@ -345,6 +348,13 @@ pub enum Event {
         pid: i32,
         /// The processes found running in its group.
         pids: Vec<i32>,
+    },
+    /// The kernel's OOM killer killed processes of the supervisor's cgroup that were not
+    /// workers (a worker's own children, or another process sharing the cgroup): the worker
+    /// lives on, but whatever that process was doing is lost.
+    OomKilledOther {
+        /// How many.
+        count: u64,
     },
     /// The restart intensity was exceeded: every worker is being stopped and the
     /// supervisor will exit with status 3.

@@ -10,7 +10,9 @@
 //! `/proc/vmstat`). The workers are in the supervisor's cgroup (they inherit it), so its
 //! counter is read once a second ([`OomWatch::tick`]); a worker that dies by an unexplained
 //! SIGKILL is taken as OOM-killed when the counter grew in the last two seconds by a kill not
-//! already put down to another worker.
+//! already put down to another worker. A kill no worker's death takes within those two seconds
+//! was of another process of the cgroup, most often a worker's own child (a preforking
+//! server's process): [`OomWatch::tick`] returns those, once each.
 //!
 //! ```
 //! use unwedge_supervisor::oom::OomCounter;
@@ -169,6 +171,8 @@ pub struct OomWatch {
     samples: VecDeque<(Instant, u64)>,
     /// Kills up to this count are explained (put down to a worker, or older than the window).
     explained: u64,
+    /// Kills up to this count were reported as not a worker's ([`OomWatch::tick`]).
+    reported: u64,
 }
 
 /// A worker's death put down to the OOM killer.
@@ -190,11 +194,15 @@ impl OomWatch {
             counter,
             samples: VecDeque::from([(Instant::now(), now)]),
             explained: now,
+            reported: now,
         })
     }
 
-    /// Samples the counter (call it about once a second).
-    pub fn tick(&mut self, now: Instant) {
+    /// Samples the counter (call it about once a second). Returns the OOM kills counted more
+    /// than the window ago that no worker's death took: processes of the cgroup that are not
+    /// workers (a worker's own children, as a preforking server's, or another process sharing
+    /// the cgroup), each returned once.
+    pub fn tick(&mut self, now: Instant) -> u64 {
         if let Some(v) = self.counter.read() {
             self.samples.push_back((now, v));
         }
@@ -206,6 +214,20 @@ impl OomWatch {
         {
             self.samples.pop_front();
         }
+        // Settled: counted at least WINDOW ago, so no worker death still to come can take it.
+        let Some(settled) = self
+            .samples
+            .iter()
+            .rev()
+            .find(|&&(t, _)| now.duration_since(t) >= WINDOW)
+            .map(|&(_, v)| v)
+        else {
+            return 0;
+        };
+        // Claims take the oldest unexplained kills first: up to `explained`, all are a worker's.
+        let from = self.reported.max(self.explained.min(settled));
+        self.reported = self.reported.max(settled);
+        settled.saturating_sub(from)
     }
 
     /// The memory limit of the cgroup watched, if it has one.
@@ -313,11 +335,18 @@ mod tests {
         let k = w.explain_sigkill(t0 + Duration::from_millis(1600)).unwrap();
         assert_eq!(k.count, (3, 4));
         assert_eq!(w.explain_sigkill(t0 + Duration::from_millis(1700)), None);
-        // A kill counted long before (another process in the cgroup) explains nothing later.
+        // A kill counted long before (another process in the cgroup) explains nothing later,
+        // and is reported once as not a worker's, after the window.
         write(5);
-        for s in 2..10 {
-            w.tick(t0 + Duration::from_secs(s));
-        }
+        let others: Vec<u64> = (2..10)
+            .map(|s| w.tick(t0 + Duration::from_secs(s)))
+            .collect();
+        assert_eq!(others.iter().sum::<u64>(), 1, "{others:?}");
         assert_eq!(w.explain_sigkill(t0 + Duration::from_secs(10)), None);
+        // The kill a worker's death took (4) was never reported as another's.
+        write(7);
+        let _ = w.explain_sigkill(t0 + Duration::from_millis(10_100));
+        let others: u64 = (11..15).map(|s| w.tick(t0 + Duration::from_secs(s))).sum();
+        assert_eq!(others, 1, "two kills, one a worker's");
     }
 }

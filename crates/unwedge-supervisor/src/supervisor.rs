@@ -387,9 +387,7 @@ impl Supervisor {
             if Instant::now() >= next_notify_check {
                 next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
                 pool.find_daemons();
-                if let Some(oom) = &mut pool.oom {
-                    oom.tick(Instant::now());
-                }
+                pool.tick_oom(Instant::now());
                 match notify.heal(&mut buf) {
                     Ok(None) => notify_broken = false,
                     Ok(Some(queued)) => {
@@ -1600,6 +1598,34 @@ impl Pool {
             format!("pid {pid} {info} after {}", fmt_dur(uptime))
         };
         self.schedule_restart(w.slot, reason, Some(now), uptime, &why);
+    }
+
+    /// Samples the OOM kill count; says so when the kernel killed processes that were not
+    /// workers (a worker's children: a preforking server's own workers, which it replaces
+    /// itself, unseen otherwise).
+    fn tick_oom(&mut self, now: Instant) {
+        let Some(oom) = &mut self.oom else {
+            return;
+        };
+        let count = oom.tick(now);
+        if count == 0 {
+            return;
+        }
+        let limit = match oom.limit() {
+            Some(l) => format!(
+                " (the cgroup's memory limit is {})",
+                crate::config::human_size(l)
+            ),
+            None => String::new(),
+        };
+        tracing::warn!(
+            "the kernel's OOM killer killed {count} process(es) of the supervisor's cgroup that \
+             {} not a worker: a worker's own child (a preforking server's process) or another \
+             process sharing the cgroup; see the kernel log (`dmesg`) for which{limit}",
+            if count == 1 { "was" } else { "were" }
+        );
+        self.counters.oom_killed_other += count;
+        self.emit(Event::OomKilledOther { count });
     }
 
     /// Says what the OOM killer's count showed, the limit that ran out, and what to do.
