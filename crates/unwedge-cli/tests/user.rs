@@ -134,20 +134,13 @@ async fn a_user_that_cannot_be_switched_to_is_a_usage_error() {
     // A supervisor that is not root cannot switch: it says so before starting anything.
     let nobody = User::from_name("nobody").unwrap().expect("a `nobody` user");
     let dir = open_dir(&[Path::new(BIN)]);
-    let out = tokio::time::timeout(
-        LONG,
-        tokio::process::Command::new(dir.path().join("unwedge"))
-            .args(["run", "--user", "root", "--admin", "off", "--", "/bin/true"])
-            .current_dir(dir.path())
-            .uid(nobody.uid.as_raw())
-            .gid(nobody.gid.as_raw())
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("it ends")
-    .unwrap();
+    let mut as_nobody = tokio::process::Command::new(dir.path().join("unwedge"));
+    as_nobody
+        .args(["run", "--user", "root", "--admin", "off", "--", "/bin/true"])
+        .current_dir(dir.path())
+        .uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw());
+    let out = output_of(as_nobody).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -166,26 +159,19 @@ async fn a_user_that_cannot_be_switched_to_is_a_usage_error() {
         .output()
         .is_ok_and(|o| o.status.success())
     {
-        let out = tokio::time::timeout(
-            LONG,
-            tokio::process::Command::new("setpriv")
-                .args(["--bounding-set=-setuid,-setgid", BIN])
-                .args([
-                    "run",
-                    "--user",
-                    "nobody",
-                    "--admin",
-                    "off",
-                    "--",
-                    "/bin/true",
-                ])
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .expect("it ends")
-        .unwrap();
+        let mut without_caps = tokio::process::Command::new("setpriv");
+        without_caps
+            .args(["--bounding-set=-setuid,-setgid", BIN])
+            .args([
+                "run",
+                "--user",
+                "nobody",
+                "--admin",
+                "off",
+                "--",
+                "/bin/true",
+            ]);
+        let out = output_of(without_caps).await;
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(
@@ -263,20 +249,13 @@ async fn get_as(uid: u32, gid: u32, path: &Path) -> String {
         try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print(e.strerror); sys.exit(0)\n\
         s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n\
         print(s.makefile('rb').readline().decode().strip())\n";
-    let out = tokio::time::timeout(
-        LONG,
-        tokio::process::Command::new("python3")
-            .args(["-c", script, path.to_str().unwrap()])
-            .current_dir("/")
-            .uid(uid)
-            .gid(gid)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the client ends")
-    .unwrap();
+    let mut client = tokio::process::Command::new("python3");
+    client
+        .args(["-c", script, path.to_str().unwrap()])
+        .current_dir("/")
+        .uid(uid)
+        .gid(gid);
+    let out = output_of(client).await;
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 

@@ -366,19 +366,21 @@ pub async fn another_program() -> tokio::process::Child {
     child
 }
 
+/// Runs `cmd` to completion (stdin empty, [`LONG`] at most, killed if dropped) and returns
+/// its output.
+pub async fn output_of(mut cmd: Command) -> std::process::Output {
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    tokio::time::timeout(LONG, cmd.stdin(Stdio::null()).kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{program} did not finish"))
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
 /// Runs `unwedge ARGS` to completion: (exit code, stdout, stderr).
 pub async fn run_split(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::time::timeout(
-        LONG,
-        Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("unwedge did not finish")
-    .expect("run unwedge");
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    let out = output_of(cmd).await;
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
