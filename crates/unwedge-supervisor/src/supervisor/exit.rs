@@ -1,0 +1,291 @@
+//! Reaping: a worker's exit, what it says about the worker (a crash, an OOM kill, a daemon left behind, a server binding its own port), and its restart.
+
+use super::*;
+
+impl Pool {
+    /// Reaps every exited child: workers are handled, other pids are orphans we adopted.
+    ///
+    /// A worker's last words come first: each exited child is found without being reaped
+    /// (`WNOWAIT`), the notify queue is read, and only then is the child reaped. Everything it
+    /// sent before it exited is in the queue by then (a datagram is queued before `sendto`
+    /// returns), so none of it is read after the reap, when its pid names no worker. (Reading
+    /// the queue before looking for exits would miss a worker that sends and exits in
+    /// between.)
+    pub(super) fn reap(&mut self, notify: &notify::NotifySocket, buf: &mut [u8]) {
+        let exited = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        while let Ok(found) = waitid(Id::All, exited) {
+            let Some(pid) = found.pid() else {
+                break; // none exited
+            };
+            for d in notify.drain_queued(buf, MAX_DRAINED) {
+                self.on_datagram(d);
+            }
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid.as_raw(), Some(code), None),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.on_exit(pid.as_raw(), None, Some(sig as i32))
+                }
+                // Seen exited a moment ago: not expected; do not spin on it.
+                _ => break,
+            }
+            self.roll_after_exit(pid.as_raw());
+        }
+    }
+
+    pub(super) fn on_exit(&mut self, pid: i32, code: Option<i32>, signal: Option<i32>) {
+        let Some(w) = self.workers.remove(&pid) else {
+            self.counters.orphans_reaped += 1;
+            tracing::debug!("reaped orphan pid {pid}");
+            // The last of a leftover group?
+            self.forget_ended_leftovers();
+            self.daemons.retain(|&d| d != pid);
+            return;
+        };
+        let id = slot_id(w.slot);
+        self.worker_exited(w, pid, code, signal);
+        self.end_group(&id, pid);
+        self.find_daemons();
+    }
+
+    /// Processes that went into the background out of a worker. A daemon forks, starts a
+    /// session of its own (`setsid`) and lets its parent exit: out of the worker's process
+    /// group, it is re-parented to the supervisor (the subreaper). Such a command cannot be
+    /// supervised (its "worker" exits at once, the server runs on unseen), so say it plainly,
+    /// once per process; they are stopped with the supervisor. Looked for at each worker's
+    /// exit and every second (a daemon may call `setsid` only after its parent exited):
+    /// one read of the supervisor's children lists. (As PID 1 in a container, a background
+    /// process left by a `kubectl exec` is adopted too: named the same way, and stopped with
+    /// the container as it would be anyway.)
+    pub(super) fn find_daemons(&mut self) {
+        let me = std::process::id() as i32;
+        let Ok(session) = nix::unistd::getsid(None).map(Pid::as_raw) else {
+            return;
+        };
+        for child in crate::procfs::children(me) {
+            if self.workers.contains_key(&child) || self.daemons.contains(&child) {
+                continue;
+            }
+            if !crate::procfs::stat(child).is_some_and(|s| s.alive() && s.sid != session) {
+                continue;
+            }
+            let command = crate::procfs::command_line(child).unwrap_or_default();
+            tracing::warn!(
+                "pid {child} (`{command}`) went into the background (a session of its own, \
+                 adopted by the supervisor): if a worker's command daemonizes, it cannot be \
+                 supervised; run it in the foreground (e.g. nginx's `daemon off;`, redis's \
+                 `--daemonize no`). It is stopped with the supervisor"
+            );
+            if self.stopping {
+                // Found during the stop (the stop must not wait for it forever): the stop
+                // signal until the stop deadline, SIGKILL once it has passed.
+                let sig = if self.stop_deadline.is_some() {
+                    self.config.stop_signal
+                } else {
+                    Signal::SIGKILL
+                };
+                let _ = kill(Pid::from_raw(child), sig);
+            }
+            self.daemons.push(child);
+        }
+    }
+
+    pub(super) fn worker_exited(
+        &mut self,
+        w: Worker,
+        pid: i32,
+        code: Option<i32>,
+        signal: Option<i32>,
+    ) {
+        let now = Instant::now();
+        // A SIGKILL nobody here sent (not a stop, not a hang): the OOM killer's, most often.
+        let oom = (signal == Some(Signal::SIGKILL as i32) && !w.stop_requested)
+            .then(|| self.oom.as_mut()?.explain_sigkill(now))
+            .flatten();
+        let info = ExitInfo {
+            code,
+            signal,
+            at: SystemTime::now(),
+            requested: w.stop_requested,
+            oom_killed: oom.is_some(),
+        };
+        let id = slot_id(w.slot);
+        let uptime = now - w.started;
+        self.slots[w.slot].last_exit = Some(info);
+        // Held before the event: an observer may take the tail for a crash report.
+        let failed_start_tail = (w.ready_at.is_none() && !w.stop_requested && !self.stopping)
+            .then(|| output::StderrTail::of(pid))
+            .flatten();
+        self.emit(Event::WorkerExited {
+            worker: id.clone(),
+            pid,
+            code,
+            signal,
+            requested: w.stop_requested,
+            by_stop_signal: w.stop_requested && signal == Some(w.config.stop_signal as i32),
+            oom_killed: oom.is_some(),
+        });
+        let reason = if w.ready_at.is_none() {
+            RestartReason::FailedStart
+        } else {
+            match (code, signal) {
+                (Some(0), _) => RestartReason::Exit,
+                (Some(_), _) => RestartReason::Crash,
+                _ if oom.is_some() => RestartReason::Oom,
+                _ => RestartReason::Signal,
+            }
+        };
+        if let Some(k) = &oom {
+            self.explain_oom(&w, pid, k);
+        }
+        if w.stop_requested || self.stopping {
+            if w.leaving && !self.stopping {
+                self.count_restart(reason);
+                tracing::info!("{id} pid {pid} {info} (already replaced)");
+            } else {
+                tracing::info!("{id} pid {pid} {info}");
+            }
+            if self.is_candidate(w.generation) {
+                self.reload_failed(format!("worker {id} {info}"));
+            }
+            return;
+        }
+        if self.is_candidate(w.generation) {
+            tracing::warn!("{id} pid {pid} of the new generation {info} before it was ready");
+            self.reload_failed(format!("worker {id} {info}"));
+            return;
+        }
+        if w.generation < self.active_gen {
+            return;
+        }
+        self.count_restart(reason);
+        let why = if reason == RestartReason::FailedStart {
+            if let Some(tail) = failed_start_tail {
+                self.hint_if_it_binds_itself(&w, pid, tail);
+            }
+            format!("pid {pid} {info} before it was ready (failed start)")
+        } else {
+            format!("pid {pid} {info} after {}", fmt_dur(uptime))
+        };
+        self.schedule_restart(w.slot, reason, Some(now), uptime, &why);
+    }
+
+    /// Samples the OOM kill count; says so when the kernel killed processes that were not
+    /// workers (a worker's children: a preforking server's own workers, which it replaces
+    /// itself, unseen otherwise).
+    pub(super) fn tick_oom(&mut self, now: Instant) {
+        let Some(oom) = &mut self.oom else {
+            return;
+        };
+        let count = oom.tick(now);
+        if count == 0 {
+            return;
+        }
+        let limit = match oom.limit() {
+            Some(l) => format!(
+                " (the cgroup's memory limit is {})",
+                crate::config::human_size(l)
+            ),
+            None => String::new(),
+        };
+        tracing::warn!(
+            "the kernel's OOM killer killed {count} process(es) of the supervisor's cgroup that \
+             {} not a worker: a worker's own child (a preforking server's process) or another \
+             process sharing the cgroup; see the kernel log (`dmesg`) for which{limit}",
+            if count == 1 { "was" } else { "were" }
+        );
+        self.counters.oom_killed_other += count;
+        self.emit(Event::OomKilledOther { count });
+    }
+
+    /// Says what the OOM killer's count showed, the limit that ran out, and what to do.
+    pub(super) fn explain_oom(&self, w: &Worker, pid: i32, k: &crate::oom::OomKill) {
+        let id = slot_id(w.slot);
+        let limit = match k.limit {
+            Some(l) => format!(
+                "; the memory limit of the supervisor's cgroup is {}",
+                crate::config::human_size(l)
+            ),
+            None => String::new(),
+        };
+        let advice = match (w.config.max_memory, k.limit) {
+            (None, Some(_)) => {
+                "; --max-memory below that limit (leaving room for the other workers) replaces \
+                 a growing worker gracefully, before the kernel cuts its requests"
+            }
+            (None, None) => {
+                "; --max-memory replaces a growing worker gracefully, before the kernel cuts \
+                 its requests"
+            }
+            (Some(_), _) => "",
+        };
+        tracing::warn!(
+            "{id} pid {pid} was killed by the kernel's OOM killer: out of memory (oom_kill {} \
+             -> {} in {}){limit}{advice}",
+            k.count.0,
+            k.count.1,
+            k.file.display()
+        );
+    }
+
+    /// A worker that failed to start and said an address is in use most likely binds the
+    /// address the supervisor holds for it, instead of taking the socket it was passed: says
+    /// so, once, when its stderr shows it (read off the loop, the lines may still come).
+    pub(super) fn hint_if_it_binds_itself(&self, w: &Worker, pid: i32, tail: output::StderrTail) {
+        let given = &self.bind_hint_given;
+        if w.config.port_env.is_some()
+            || self.listeners.is_empty()
+            || given.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let given = given.clone();
+        let id = slot_id(w.slot);
+        let held = self.socket_addrs().join(", ");
+        tokio::spawn(async move {
+            let lines = tail.lines(Duration::from_millis(500)).await;
+            let Some(line) = lines.iter().find(|l| output::says_address_in_use(l)) else {
+                return;
+            };
+            if given.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            tracing::warn!(
+                "{id} pid {pid} said `{}`: it seems to bind its address itself, while the \
+                 supervisor holds {held} and passes it as fd 3 (LISTEN_FDS); make the command \
+                 take the passed socket (see \"Taking the socket in your server\" in \
+                 docs/supervisor.md), or give each worker a port of its own with --port-env",
+                line.trim()
+            );
+        });
+    }
+
+    /// A worker taken as ready without a word (or not ready in time), with sockets of its own
+    /// listening, most likely ignores the socket it was passed: nothing accepts the
+    /// connections queued on it. Says so (one look at `/proc` per such worker). `tree` is the
+    /// worker and its descendants.
+    pub(super) fn warn_if_it_listens_elsewhere(&self, pid: i32, tree: &[i32]) {
+        if self.listeners.is_empty() {
+            return;
+        }
+        let own: Vec<String> = crate::procfs::tcp_listening(tree)
+            .into_iter()
+            .filter(|(inode, _)| !self.listener_inodes.contains(inode))
+            .map(|(_, addr)| addr.to_string())
+            .collect();
+        if own.is_empty() {
+            return;
+        }
+        let id = self
+            .workers
+            .get(&pid)
+            .map_or_else(String::new, |w| slot_id(w.slot));
+        tracing::warn!(
+            "{id} pid {pid} listens on {} itself, not on the socket it was passed: \
+             connections to {} wait unanswered; make the command take the passed socket (see \
+             \"Taking the socket in your server\" in docs/supervisor.md), or give each worker \
+             a port of its own with --port-env",
+            own.join(", "),
+            self.socket_addrs().join(", ")
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! The notify socket's messages (`READY=1`, `WATCHDOG=1`, `STOPPING=1`, `STATUS=`, reports), attributed to a worker by the sender's pid.
+
+use super::*;
+
+impl Pool {
+    pub(super) fn worker_for_sender(&self, pid: i32) -> Option<i32> {
+        if self.workers.contains_key(&pid) {
+            return Some(pid);
+        }
+        // A worker's own children share its process group (the group id is the worker pid).
+        let pgid = crate::procfs::stat(pid)?.pgid;
+        self.workers.contains_key(&pgid).then_some(pgid)
+    }
+
+    pub(super) fn on_datagram(&mut self, d: notify::Datagram) {
+        let Some(bytes) = d.bytes else {
+            self.counters.malformed_notify += 1;
+            tracing::debug!("notify datagram too large; ignored");
+            return;
+        };
+        let Some(pid) = d.pid.and_then(|p| self.worker_for_sender(p)) else {
+            self.counters.forged_notify += 1;
+            tracing::debug!("notify message from pid {:?}, not a worker; ignored", d.pid);
+            return;
+        };
+        let msgs = match notify::parse(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.malformed_notify += 1;
+                tracing::debug!("from pid {pid}: {e}; ignored");
+                return;
+            }
+        };
+        for m in msgs {
+            self.on_message(pid, m);
+        }
+    }
+
+    pub(super) fn on_message(&mut self, pid: i32, m: NotifyMessage) {
+        let now = Instant::now();
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let id = slot_id(w.slot);
+        match m {
+            NotifyMessage::Ready => self.mark_ready(pid),
+            NotifyMessage::Watchdog => {
+                if w.last_watchdog.is_none() {
+                    if let Some(limit) = w.config.watchdog {
+                        tracing::info!(
+                            "{id} pid {pid} sends heartbeats: hung if silent for {}",
+                            fmt_dur(limit)
+                        );
+                    }
+                }
+                w.last_watchdog = Some(now);
+            }
+            NotifyMessage::Status(s) => {
+                w.status = Some(s.clone());
+                match notify::unhealthy_status(&s) {
+                    // Also while it stops: a wedged worker will not finish its drain, and the
+                    // wedge (dumped, reported) is worth more than a silent `--stop-timeout`.
+                    Some("wedged") => self.hung(pid, HangKind::Wedged, &s),
+                    Some(_) if !w.stop_requested => {
+                        let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
+                        // An unwedge worker crashes gracefully by itself, and a signal would
+                        // cut its drain short: SIGTERM only if it is still there later.
+                        // It is leaving: no longer counted or shown as ready.
+                        w.stop_requested = true;
+                        w.stop_since.get_or_insert(now);
+                        w.state = WorkerState::Stopping;
+                        w.term_at = Some(now + w.config.dump_grace);
+                        self.count_restart(RestartReason::Tainted);
+                        tracing::warn!("{id} pid {pid} is tainted ({s}); replacing it");
+                        self.emit(Event::Tainted {
+                            worker: id,
+                            pid,
+                            status: s,
+                        });
+                        if self.is_candidate(generation) {
+                            self.reload_failed("a new worker is tainted".into());
+                        } else if generation == self.active_gen {
+                            self.schedule_restart(
+                                slot,
+                                RestartReason::Tainted,
+                                Some(now),
+                                uptime,
+                                "is tainted",
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            NotifyMessage::Stopping if self.stopping => {}
+            NotifyMessage::Stopping if w.stop_requested => {
+                // Said tainted, now leaving on its own: its drain gets `--stop-timeout`, not
+                // the `--dump-grace` meant for a tainted worker that does not leave (a signal
+                // would cut an `unwedge::serve` worker's drain short).
+                // A pending SIGTERM is the tainted one: a hung or SIGTERMed worker has a
+                // SIGKILL deadline instead (`kill_at`), and keeps it.
+                if w.term_at.is_some() {
+                    w.term_at = Some(now + self.config.stop_timeout);
+                }
+            }
+            NotifyMessage::Stopping => {
+                // Leaving on its own (a graceful crash): start the replacement now,
+                // while it drains; the reason is counted when it exits. It has
+                // `--stop-timeout` to go, then SIGTERM, then SIGKILL after another.
+                let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
+                w.stop_requested = true;
+                w.stop_since.get_or_insert(now);
+                w.leaving = true;
+                w.state = WorkerState::Stopping;
+                w.term_at = Some(now + self.config.stop_timeout);
+                tracing::info!("{id} pid {pid} is stopping on its own; starting its replacement");
+                if self.is_candidate(generation) {
+                    self.reload_failed(format!("worker {id} stopped before the reload completed"));
+                } else if generation == self.active_gen {
+                    self.schedule_restart(
+                        slot,
+                        RestartReason::Exit,
+                        Some(now),
+                        uptime,
+                        "is stopping",
+                    );
+                }
+            }
+            NotifyMessage::Report(json) => {
+                w.last_report = Some(json.clone());
+                self.counters.reports += 1;
+                self.emit(Event::Report {
+                    worker: id,
+                    pid,
+                    json,
+                });
+            }
+            NotifyMessage::Reloading | NotifyMessage::Other(_) => {}
+        }
+    }
+}

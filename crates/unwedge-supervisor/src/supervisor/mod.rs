@@ -1,0 +1,742 @@
+//! The worker pool and its event loop: spawning, reaping, restarting, hang detection,
+//! reload and stop. Everything that changes state happens in one task, so no lock is held
+//! across decisions; the outside world sees [`Snapshot`]s and [`Event`]s.
+//!
+//! This module holds the [`Supervisor`], the pool's state and its event loop; the pool's
+//! work is in one submodule per concern: `spawn` (starting workers, readiness, restarts),
+//! `exit` (reaping and what an exit means), `messages` (the notify socket), `checks` (hangs,
+//! memory, lifetime), `reload`, `stop`, and `timers` (deadlines and what is published).
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::config::{Config, ListenAddr, ReadyMode, ReloadMode};
+use crate::error::StartError;
+use crate::events::{
+    AlertHook, Counters, Event, ExitInfo, HangKind, RestartReason, Snapshot, WorkerInfo,
+    WorkerState,
+};
+use crate::notify::{self, NotifyMessage, NotifySocket};
+use crate::output::{self, Stream};
+use crate::policy::{Backoff, Intensity};
+use crate::probe;
+use crate::reconfig::{self, ConfigSource};
+use crate::run_as::{RunAs, SHIM_CREDENTIALS_ENV};
+use crate::shim::{SHIM_FDS_ENV, SHIM_NOFILE_ENV, SHIM_PARENT_ENV};
+use crate::socket::{self, Listener};
+use crate::systemd::{Systemd, SYSTEMD_VARS};
+
+mod checks;
+mod exit;
+mod messages;
+mod reload;
+mod spawn;
+mod stop;
+mod timers;
+
+/// Exit status after the restart intensity was exceeded.
+pub const EXIT_GAVE_UP: u8 = 3;
+
+/// How [`Supervisor::run`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Stopped on request; `clean` is false when a worker had to be SIGKILLed.
+    Stopped {
+        /// Every worker exited within `--stop-timeout`.
+        clean: bool,
+    },
+    /// The restart intensity was exceeded.
+    GaveUp {
+        /// What was exceeded.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// The process exit status for this outcome: 0 clean stop, 1 forced stop, 3 gave up.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Stopped { clean: true } => 0,
+            Outcome::Stopped { clean: false } => 1,
+            Outcome::GaveUp { .. } => EXIT_GAVE_UP,
+        }
+    }
+}
+
+/// A request to a running supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Control {
+    /// Same as SIGHUP.
+    Reload,
+    /// Same as SIGTERM.
+    Stop,
+}
+
+/// A cloneable handle on a running (or about to run) supervisor.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    events: broadcast::Sender<Event>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl Handle {
+    /// Subscribes to events (a slow subscriber loses the oldest ones, see
+    /// [`broadcast`]; use an [`AlertHook`] to see every one).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Asks the supervisor to reload or stop; false if it has ended.
+    pub fn send(&self, c: Control) -> bool {
+        self.control.send(c).is_ok()
+    }
+}
+
+/// The supervisor: sockets bound, command checked, ready to [`run`](Supervisor::run).
+pub struct Supervisor {
+    config: Config,
+    listeners: Vec<Listener>,
+    shared_probe: Option<ListenAddr>,
+    shim: PathBuf,
+    systemd: Systemd,
+    hooks: Vec<Arc<dyn AlertHook>>,
+    handle: Handle,
+    control_rx: mpsc::UnboundedReceiver<Control>,
+    reload_source: Option<ConfigSource>,
+    /// The soft open-file limit the supervisor was started with, when it raised its own.
+    nofile: Option<u64>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Supervisor {
+    /// Checks the command, takes systemd's sockets or binds `--listen`, and registers as
+    /// child subreaper. Call it before starting any thread (it edits the environment).
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        let program = &config.command[0];
+        socket::check_command(program)?;
+        if let Some(r) = &config.run_as {
+            r.check_permitted().map_err(StartError::Usage)?;
+        }
+        let systemd = Systemd::from_env();
+        let inherited = socket::from_systemd();
+        socket::forget_systemd_env();
+        let inherited = inherited?;
+        let listeners = if !inherited.is_empty() {
+            if !config.listen.is_empty() {
+                tracing::warn!(
+                    "using the {} socket(s) passed by systemd; --listen is ignored",
+                    inherited.len()
+                );
+            }
+            inherited
+        } else {
+            let unix = socket::UnixAccess {
+                mode: config.socket_mode,
+                gid: config.socket_group.as_ref().map(|&(_, gid)| gid),
+            };
+            socket::bind_all(&config.listen, unix)?
+        };
+        if config.port_env.is_some() && !listeners.is_empty() {
+            return Err(StartError::Usage(
+                "--port-env cannot be used with passed sockets".into(),
+            ));
+        }
+        let shared_probe = listeners
+            .iter()
+            .find_map(|l| l.local.as_ref())
+            .map(socket::probe_target);
+        reconfig::check_probe_target(&config, shared_probe.as_ref()).map_err(StartError::Usage)?;
+        let shim =
+            std::env::current_exe().map_err(|e| StartError::setup("find the unwedge binary", e))?;
+        // Two pipes per worker, the sockets, the admin's connections: more than the usual
+        // 1024 with a few hundred workers. Workers get the original limit back (the shim).
+        let nofile = crate::shim::raise_nofile();
+        if std::process::id() != 1 {
+            if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+                tracing::warn!(
+                    "cannot become child subreaper ({e}); orphans of workers go to init"
+                );
+            }
+        }
+        let (events, _) = broadcast::channel(1024);
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let snapshot = Arc::new(Mutex::new(Snapshot {
+            generation: 1,
+            ready: false,
+            reloading: false,
+            reload_requests: 0,
+            stopping: false,
+            workers: Vec::new(),
+            counters: Counters::default(),
+            started_at: SystemTime::now(),
+        }));
+        Ok(Supervisor {
+            config,
+            listeners,
+            shared_probe,
+            shim,
+            systemd,
+            hooks: Vec::new(),
+            handle: Handle {
+                events,
+                snapshot,
+                control,
+            },
+            control_rx,
+            reload_source: None,
+            nofile,
+        })
+    }
+
+    /// Adds a hook that sees every event synchronously (alerts).
+    pub fn with_alert_hook(mut self, hook: impl AlertHook) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Where each reload gets the new generation's configuration (e.g. the config file read
+    /// again). Without one, a reload restarts the workers as they are. What a reload can
+    /// change and what it keeps: [`reconfig`](crate::reconfig). An `Err` refuses the reload
+    /// (logged, [`Event::ReloadFailed`]); the running workers go on.
+    ///
+    /// ```no_run
+    /// # fn f(config: unwedge_supervisor::Config) -> Result<(), unwedge_supervisor::StartError> {
+    /// use unwedge_supervisor::{Config, Options, Supervisor};
+    /// let file = std::path::PathBuf::from("/etc/unwedge.toml");
+    /// let supervisor = Supervisor::new(config)?.reload_config_with(move || {
+    ///     let options = Options::from_file(&file).map_err(|e| e.to_string())?;
+    ///     Config::resolve(Some(options), Options::default(), Vec::new()).map_err(|e| e.to_string())
+    /// });
+    /// # let _ = supervisor; Ok(()) }
+    /// ```
+    pub fn reload_config_with(
+        mut self,
+        source: impl FnMut() -> Result<Config, String> + Send + 'static,
+    ) -> Self {
+        self.reload_source = Some(Box::new(source));
+        self
+    }
+
+    /// A handle for events, snapshots and control.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// The addresses the supervisor listens on (after binding; port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<ListenAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local.clone())
+            .collect()
+    }
+
+    /// Runs until stopped (SIGTERM/SIGINT or [`Control::Stop`]) or the restart intensity is
+    /// exceeded. Must run inside a tokio runtime with signal handling.
+    ///
+    /// Workers are killed (SIGKILL) when the thread that started them exits (Linux's
+    /// `PR_SET_PDEATHSIG` follows the parent thread): run it on the main thread or on a
+    /// runtime's worker threads, which live as long as the supervisor, not inside
+    /// `spawn_blocking` (those threads end when idle).
+    pub async fn run(self) -> Result<Outcome, StartError> {
+        let owner = self.config.run_as.as_ref().and_then(RunAs::socket_owner);
+        let mut notify = NotifySocket::bind_for(owner)
+            .map_err(|e| StartError::setup("create the notify socket", e))?;
+        let sig = |k: SignalKind, name: &str| {
+            signal(k).map_err(|e| StartError::setup(format!("handle {name}"), e))
+        };
+        let mut sigchld = sig(SignalKind::child(), "SIGCHLD")?;
+        let mut sigterm = sig(SignalKind::terminate(), "SIGTERM")?;
+        let mut sigint = sig(SignalKind::interrupt(), "SIGINT")?;
+        let mut sighup = sig(SignalKind::hangup(), "SIGHUP")?;
+        let mut sigusr1 = sig(SignalKind::user_defined1(), "SIGUSR1")?;
+        let mut sigusr2 = sig(SignalKind::user_defined2(), "SIGUSR2")?;
+        if let Some(p) = &self.config.pidfile {
+            crate::pidfile::claim(p)?;
+        }
+        let pidfile = self.config.pidfile.clone();
+        let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+        let mut control_rx = self.control_rx;
+        let now = Instant::now();
+        let n = self.config.workers;
+        let mut pool = Pool {
+            slots: (0..n).map(|_| Slot::new(&self.config)).collect(),
+            intensity: Intensity::new(self.config.max_restarts, self.config.within),
+            config: Arc::new(self.config),
+            reload_source: self.reload_source,
+            nofile: self.nofile,
+            listeners: self.listeners,
+            shared_probe: self.shared_probe,
+            shim: self.shim,
+            notify_path: notify.path().to_owned(),
+            systemd: self.systemd,
+            hooks: self.hooks,
+            handle: self.handle,
+            workers: HashMap::new(),
+            counters: Counters::default(),
+            active_gen: 1,
+            next_gen: 1,
+            reload: None,
+            reload_requests: 0,
+            reload_pending: false,
+            next_memory_check: now + MEMORY_CHECK_INTERVAL,
+            stopping: false,
+            leftovers: Vec::new(),
+            daemons: Vec::new(),
+            stop_deadline: None,
+            forced: false,
+            gave_up: None,
+            first_ready: false,
+            probe_tx,
+            next_sd_watchdog: None,
+            last_sd_status: String::new(),
+            bind_hint_given: Default::default(),
+            listener_inodes: Vec::new(),
+            oom: crate::oom::OomCounter::for_this_process().and_then(crate::oom::OomWatch::new),
+        };
+        pool.listener_inodes = pool
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&l.fd);
+                std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()
+            })
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .collect();
+        pool.next_sd_watchdog = pool.systemd.watchdog_interval().map(|i| now + i);
+        if let (true, Some(each)) = (pool.config.max_memory_auto, pool.config.max_memory) {
+            tracing::info!(
+                "--max-memory auto: {} per worker (90 % of this cgroup's memory limit, shared by \
+                 {n} worker(s) and one replacement)",
+                crate::config::human_size(each)
+            );
+        }
+        if let Some(oom) = &pool.oom {
+            warn_if_over_cgroup_limit(&pool.config, oom.limit());
+            if oom.kills_as_a_group() {
+                tracing::warn!(
+                    "this cgroup has memory.oom.group set (Kubernetes 1.28 and later on cgroup \
+                     v2, systemd's OOMPolicy=kill): an OOM kill of any worker kills every \
+                     process here, the supervisor included, and connections are refused until \
+                     it is restarted; keep workers under the memory limit with --max-memory, or \
+                     have single processes killed (the kubelet's singleProcessOOMKill, \
+                     OOMPolicy=continue)"
+                );
+            }
+        }
+        tracing::info!(
+            "starting {n} worker(s){}{}: {}{}",
+            if pool.config.workers_auto {
+                " (--workers auto: one per available CPU)"
+            } else {
+                ""
+            },
+            match pool.config.run_as.as_ref().filter(|r| r.switches()) {
+                Some(r) => format!(" as {}", r.describe()),
+                None => String::new(),
+            },
+            pool.config.command.join(" "),
+            pool.describe_sockets()
+        );
+        for slot in 0..n {
+            pool.spawn(slot, 1, None);
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
+        let mut notify_broken = false;
+        let outcome = loop {
+            pool.publish();
+            if let Some(o) = pool.finished() {
+                break o;
+            }
+            let deadline = pool.next_deadline().min(next_notify_check);
+            tokio::select! {
+                // Reaped below, whichever branch ran.
+                _ = sigchld.recv() => {}
+                _ = sigterm.recv() => pool.begin_stop("SIGTERM"),
+                _ = sigint.recv() => pool.begin_stop("SIGINT"),
+                _ = sighup.recv() => pool.begin_reload("SIGHUP"),
+                _ = sigusr1.recv() => pool.forward(Signal::SIGUSR1),
+                _ = sigusr2.recv() => pool.forward(Signal::SIGUSR2),
+                Some(c) = control_rx.recv() => match c {
+                    Control::Reload => pool.begin_reload("request"),
+                    Control::Stop => pool.begin_stop("request"),
+                },
+                r = notify.recv(&mut buf) => match r {
+                    Ok(d) => pool.on_datagram(d),
+                    Err(e) => tracing::warn!("notify socket: {e}"),
+                },
+                Some(p) = probe_rx.recv() => pool.on_probe(p),
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            if Instant::now() >= next_notify_check {
+                next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
+                pool.find_daemons();
+                pool.tick_oom(Instant::now());
+                match notify.heal(&mut buf) {
+                    Ok(None) => notify_broken = false,
+                    Ok(Some(queued)) => {
+                        notify_broken = false;
+                        tracing::warn!(
+                            "the notify socket {} was removed (a temporary file cleaner?); bound it again",
+                            notify.path().display()
+                        );
+                        for d in queued {
+                            pool.on_datagram(d);
+                        }
+                    }
+                    Err(e) if !notify_broken => {
+                        notify_broken = true;
+                        tracing::error!(
+                            "the notify socket {} was removed and cannot be bound again: {e}; \
+                             workers cannot report readiness or heartbeats",
+                            notify.path().display()
+                        );
+                    }
+                    Err(_) => {}
+                }
+            }
+            // Whichever branch woke the loop: a worker may exit while a timer or another
+            // datagram is handled.
+            pool.reap(&notify, &mut buf);
+            pool.on_timers(Instant::now());
+        };
+        pool.publish();
+        if let Some(p) = pidfile {
+            crate::pidfile::release(&p);
+        }
+        Ok(outcome)
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    at: Instant,
+    /// The crash it replaces (for crash-to-ready); `None` for a planned replacement.
+    crash_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    backoff: Backoff,
+    restarts: u32,
+    last_exit: Option<ExitInfo>,
+    pending: Option<Pending>,
+}
+
+impl Slot {
+    fn new(c: &Config) -> Slot {
+        Slot {
+            backoff: Backoff::new(c.restart_delay, c.restart_delay_max, c.stable_after),
+            restarts: 0,
+            last_exit: None,
+            pending: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Worker {
+    slot: usize,
+    pid: i32,
+    /// The configuration it was started with: its readiness, heartbeat and probe settings.
+    config: Arc<Config>,
+    generation: u64,
+    started: Instant,
+    started_wall: SystemTime,
+    ready_at: Option<Instant>,
+    state: WorkerState,
+    /// Its exit must not cause a restart (stop, reload, or already replaced).
+    stop_requested: bool,
+    /// When it was first asked to stop, found hung, or said it was leaving.
+    stop_since: Option<Instant>,
+    /// It said STOPPING=1 on its own: replaced already, its restart reason is counted at exit.
+    leaving: bool,
+    last_watchdog: Option<Instant>,
+    probe_failures: u32,
+    next_probe: Instant,
+    probe_inflight: bool,
+    port: Option<u16>,
+    status: Option<String>,
+    last_report: Option<String>,
+    kill_at: Option<Instant>,
+    /// Stop signal due (a tainted worker that has not left on its own by then, a worker over
+    /// `--max-memory` whose replacement is not ready by then).
+    term_at: Option<Instant>,
+    /// Over `--max-memory`: it serves on until its slot's replacement is ready, then gets
+    /// the stop signal.
+    retire_when_replaced: bool,
+    crash_at: Option<Instant>,
+    /// With children and `--max-memory`: when their PSS may be measured again (a page-table
+    /// walk of the whole tree, so its cost sets the pace; see [`Pool::check_memory`]).
+    next_pss: Instant,
+    /// The last PSS measured, used until the next one.
+    last_pss: Option<u64>,
+    /// When it has run its `--max-lifetime` (less up to 10 %, at random).
+    retire_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct ProbeResult {
+    pid: i32,
+    ready_check: bool,
+    outcome: Result<(), String>,
+}
+
+#[derive(Debug)]
+struct Reload {
+    generation: u64,
+    /// It answers the reload requests up to this number.
+    requests: u64,
+    /// One slot at a time (`--reload-mode rolling`).
+    rolling: bool,
+    /// The next slot to start a new worker in.
+    next_slot: usize,
+    /// The old worker whose exit the next slot waits for.
+    waiting_for: Option<i32>,
+    /// The new generation's configuration, when it changed.
+    config: Option<Arc<Config>>,
+}
+
+/// The process group of a worker that exited and left processes of it running (forked
+/// children, a preforking server's workers): they hold copies of the listening sockets, so
+/// they may still accept connections with the exited worker's code and state, and would keep
+/// the port bound after the supervisor stops.
+#[derive(Debug)]
+struct Leftover {
+    worker: String,
+    /// The group id: the exited worker's pid.
+    pgid: i32,
+    /// When the group gets SIGKILL if anything of it still runs.
+    kill_at: Instant,
+}
+
+struct Pool {
+    /// The serving generation's configuration (a reload's candidates have their own).
+    config: Arc<Config>,
+    reload_source: Option<ConfigSource>,
+    /// See [`Supervisor`]'s field.
+    nofile: Option<u64>,
+    listeners: Vec<Listener>,
+    shared_probe: Option<ListenAddr>,
+    shim: PathBuf,
+    notify_path: PathBuf,
+    systemd: Systemd,
+    hooks: Vec<Arc<dyn AlertHook>>,
+    handle: Handle,
+    slots: Vec<Slot>,
+    intensity: Intensity,
+    workers: HashMap<i32, Worker>,
+    counters: Counters,
+    active_gen: u64,
+    next_gen: u64,
+    reload: Option<Reload>,
+    /// Reload requests received (see [`Snapshot::reload_requests`]).
+    reload_requests: u64,
+    /// A reload was requested while one was in progress: another follows it.
+    reload_pending: bool,
+    /// When the workers' resident memory is next compared with their `--max-memory`.
+    next_memory_check: Instant,
+    /// Process groups of exited workers that still had processes running: sent the stop
+    /// signal, SIGKILL at their deadline.
+    leftovers: Vec<Leftover>,
+    /// Processes that went into the background (a session of their own, adopted by the
+    /// supervisor: a worker's daemon): stopped with the supervisor.
+    daemons: Vec<i32>,
+    stopping: bool,
+    stop_deadline: Option<Instant>,
+    forced: bool,
+    gave_up: Option<String>,
+    first_ready: bool,
+    probe_tx: mpsc::UnboundedSender<ProbeResult>,
+    next_sd_watchdog: Option<Instant>,
+    last_sd_status: String,
+    /// A worker that failed to start was found binding an address itself (said once).
+    bind_hint_given: Arc<std::sync::atomic::AtomicBool>,
+    /// The inodes of `listeners`, as a worker's `/proc` shows them.
+    listener_inodes: Vec<u64>,
+    /// The kernel's count of OOM kills in the workers' cgroup, to tell why a worker got a
+    /// SIGKILL nobody here sent.
+    oom: Option<crate::oom::OomWatch>,
+}
+
+/// Fast polling of a starting worker's port or probe (readiness).
+const READY_POLL: Duration = Duration::from_millis(5);
+
+/// Polling of a starting worker's event loop for the passed socket (`--ready accept`): a look
+/// at `/proc` for each of its processes.
+const ACCEPT_POLL: Duration = Duration::from_millis(20);
+
+/// How often the notify socket's file is checked (and bound again if it was removed).
+const NOTIFY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the workers' resident memory is compared with `--max-memory`.
+const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Warns when `--max-memory` cannot act before the OOM killer: the workers, each allowed up
+/// to it, and one more while a replacement overlaps, would need more than the memory limit of
+/// the supervisor's cgroup (`limit`), so the kernel would kill a worker (cutting its requests)
+/// before any of them reached the limit that replaces it gracefully.
+fn warn_if_over_cgroup_limit(config: &Config, limit: Option<u64>) {
+    let (Some(each), Some(limit)) = (config.max_memory, limit) else {
+        return;
+    };
+    let n = config.workers as u64 + 1;
+    let total = each.saturating_mul(n);
+    if total > limit {
+        tracing::warn!(
+            "--max-memory {} for {} worker(s), and one more during a replacement, adds up to {}, \
+             over the memory limit of the supervisor's cgroup ({}): the kernel's OOM killer \
+             would kill a worker before --max-memory replaces it gracefully; set --max-memory \
+             at most {}",
+            crate::config::format_size(each),
+            config.workers,
+            crate::config::human_size(total),
+            crate::config::human_size(limit),
+            crate::config::human_size(limit / n)
+        );
+    }
+}
+
+/// `lifetime` less up to 10 % of it, at random: workers started together (at start, at a
+/// reload) are not all replaced at once.
+fn jittered(lifetime: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A randomly keyed hash: random enough to spread restarts, no dependency.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    let fraction = (h.finish() % 1_000) as f64 / 10_000.0; // 0 … 0.0999
+    lifetime.mul_f64(1.0 - fraction)
+}
+
+/// The most queued notify datagrams read before a reap (a flood must not delay it long).
+const MAX_DRAINED: usize = 256;
+
+/// Whether a starting worker under `c` is watched for waiting on the passed sockets (their
+/// `inodes`): `--ready accept`.
+fn watches_for_accept(c: &Config, inodes: &[u64]) -> bool {
+    c.ready == ReadyMode::Accept && !inodes.is_empty()
+}
+
+/// Whether readiness under `c` is found by polling (a port, a probe) rather than told.
+fn needs_poll(c: &Config) -> bool {
+    match c.ready {
+        ReadyMode::Probe => true,
+        ReadyMode::Port => true,
+        ReadyMode::Auto => c.port_env.is_some(),
+        ReadyMode::Notify | ReadyMode::None | ReadyMode::Accept => false,
+    }
+}
+
+/// Worker `w`'s memory as `--max-memory` compares it with `limit`
+/// ([`memory::worker_bytes_against`](crate::memory::worker_bytes_against)): the PSS of a tree
+/// is measured only when the cheap RSS sum is over the limit, and at most once per 20 times
+/// its last measurement took (at least 1 s apart), so the walk of a big tree's page tables
+/// (~12 ms per GiB) costs the supervisor's loop at most ~5 % of its time; in between, the last
+/// PSS stands.
+fn worker_memory(w: &mut Worker, limit: u64, now: Instant) -> Option<u64> {
+    let precise = now >= w.next_pss;
+    let started = Instant::now();
+    let (bytes, is_precise) = crate::memory::worker_bytes_against(w.pid, limit, precise)?;
+    if is_precise && precise {
+        w.next_pss = crate::memory::next_measurement(now, started.elapsed());
+        w.last_pss = Some(bytes);
+    } else if !is_precise && bytes > limit {
+        // Over by the RSS sum, not measured precisely this time: the last PSS stands.
+        return w.last_pss;
+    }
+    Some(bytes)
+}
+
+/// `12, 13, 14` (the first 8, then `…`).
+fn list_pids(pids: &[i32]) -> String {
+    let mut text: Vec<String> = pids.iter().take(8).map(i32::to_string).collect();
+    if pids.len() > 8 {
+        text.push("…".to_owned());
+    }
+    text.join(", ")
+}
+
+/// Why a worker that ignored its SIGTERM may have, when `/proc` shows a known cause.
+fn stuck_hint(pid: i32) -> &'static str {
+    match crate::procfs::wchan(pid).as_deref() {
+        // A blocking accept() goes on after a signal handler ran (Python retries it), so a
+        // handler that sets a flag is seen at the next connection. Workers sharing a socket
+        // get there easily: each is woken for a connection only one of them gets.
+        Some("inet_csk_accept") => {
+            "; it waits in a blocking accept(), so a SIGTERM handler that sets a flag is seen \
+             only when a connection comes: set the listening socket non-blocking (see Sockets \
+             in docs/supervisor.md)"
+        }
+        _ => "",
+    }
+}
+
+fn slot_id(slot: usize) -> String {
+    format!("w{}", slot + 1)
+}
+
+impl Pool {
+    /// The addresses of the sockets the workers are passed.
+    fn socket_addrs(&self) -> Vec<String> {
+        self.listeners
+            .iter()
+            .map(|l| l.local.as_ref().map_or(l.name.clone(), ToString::to_string))
+            .collect()
+    }
+
+    fn describe_sockets(&self) -> String {
+        if let Some(v) = &self.config.port_env {
+            return format!(" (own port per worker in ${v})");
+        }
+        let addrs = self.socket_addrs();
+        if addrs.is_empty() {
+            String::new()
+        } else {
+            format!(" (sockets: {})", addrs.join(", "))
+        }
+    }
+
+    fn emit(&self, e: Event) {
+        for h in &self.hooks {
+            h.on_event(&e);
+        }
+        let _ = self.handle.events.send(e);
+    }
+}
+
+fn fmt_dur(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.1}ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2}s", d.as_secs_f64())
+    }
+}

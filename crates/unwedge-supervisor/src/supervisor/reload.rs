@@ -1,0 +1,265 @@
+//! Reload with zero downtime: a new generation (all at once or one slot at a time), its completion, and its failure (the old generation stays).
+
+use super::*;
+
+impl Pool {
+    /// A reload request: a reload now, or, during one, another one right after it.
+    pub(super) fn begin_reload(&mut self, why: &str) {
+        if self.stopping {
+            return;
+        }
+        self.reload_requests += 1;
+        if let Some(r) = &self.reload {
+            // Started before this request, it may run an older command or configuration
+            // than the one this request is about: one more reload follows it.
+            if !self.reload_pending {
+                tracing::info!(
+                    "{why}: generation {} is still starting; another reload follows it",
+                    r.generation
+                );
+            }
+            self.reload_pending = true;
+            return;
+        }
+        self.start_reload(why);
+    }
+
+    /// After a reload ended: the reload requested meanwhile, if any.
+    pub(super) fn start_pending_reload(&mut self) {
+        if std::mem::take(&mut self.reload_pending) && !self.stopping {
+            self.start_reload("queued reload");
+        }
+    }
+
+    pub(super) fn start_reload(&mut self, why: &str) {
+        let requests = self.reload_requests;
+        self.systemd.reloading();
+        let new_config = match self.new_config() {
+            Ok(c) => c,
+            Err(reason) => {
+                let generation = self.next_gen.max(self.active_gen) + 1;
+                tracing::error!(
+                    "{why}: reload refused: {reason}; generation {} keeps serving",
+                    self.active_gen
+                );
+                self.counters.reloads_failed += 1;
+                self.emit(Event::ReloadFailed {
+                    generation,
+                    reason: format!("refused: {reason}"),
+                    requests,
+                });
+                self.systemd.ready(&self.status_line());
+                return;
+            }
+        };
+        self.next_gen = self.next_gen.max(self.active_gen) + 1;
+        let generation = self.next_gen;
+        let workers = new_config
+            .as_ref()
+            .map_or(self.config.workers, |c| c.workers);
+        let rolling =
+            new_config.as_deref().unwrap_or(&self.config).reload_mode == ReloadMode::Rolling;
+        tracing::info!(
+            "{why}: reloading: starting generation {generation}{}",
+            if rolling {
+                " (rolling: one worker at a time)"
+            } else {
+                ""
+            }
+        );
+        while self.slots.len() < workers {
+            let c = new_config.as_deref().unwrap_or(&self.config);
+            self.slots.push(Slot::new(c));
+        }
+        // Rolling: the first slot now, each next one once the one before is ready.
+        let first = if rolling { workers.min(1) } else { workers };
+        self.reload = Some(Reload {
+            generation,
+            requests,
+            config: new_config,
+            rolling,
+            next_slot: first,
+            waiting_for: None,
+        });
+        for slot in 0..first {
+            if self.reload.is_none() {
+                break;
+            }
+            self.spawn(slot, generation, None);
+        }
+    }
+
+    /// A rolling reload's worker in `slot` is ready: the slot's old worker goes, and once it
+    /// has exited (so that at most one worker more than usual runs), the next slot's new
+    /// worker starts.
+    pub(super) fn roll_on(&mut self, slot: usize, pid: i32, generation: u64) {
+        let old = self.stop_replaced(slot, pid, &format!(" of generation {generation}"), |o| {
+            o.generation != generation && !o.stop_requested
+        });
+        match (old.first(), self.reload.as_mut()) {
+            (Some(&old), Some(r)) => r.waiting_for = Some(old),
+            _ => self.roll_next(),
+        }
+    }
+
+    /// The other workers of `slot` that `which` picks are replaced by `pid`, ready now: each
+    /// gets the stop signal (and SIGKILL after its `--stop-timeout`). Returns their pids.
+    pub(super) fn stop_replaced(
+        &mut self,
+        slot: usize,
+        pid: i32,
+        by: &str,
+        which: impl Fn(&Worker) -> bool,
+    ) -> Vec<i32> {
+        let old: Vec<(i32, Duration)> = self
+            .workers
+            .values()
+            .filter(|o| o.slot == slot && o.pid != pid && which(o))
+            .map(|o| (o.pid, o.config.stop_timeout))
+            .collect();
+        for &(old, stop_timeout) in &old {
+            tracing::info!(
+                "{} pid {old}: replaced by pid {pid}{by}; stopping it",
+                slot_id(slot)
+            );
+            self.terminate(old, stop_timeout);
+        }
+        old.into_iter().map(|(old, _)| old).collect()
+    }
+
+    /// A rolling reload's next slot: its new worker starts, if slots remain.
+    pub(super) fn roll_next(&mut self) {
+        let Some(r) = self.reload.as_mut().filter(|r| r.rolling) else {
+            return;
+        };
+        let generation = r.generation;
+        let wanted = r.config.as_ref().unwrap_or(&self.config).workers;
+        let next = r.next_slot;
+        if next < wanted {
+            r.next_slot += 1;
+            self.spawn(next, generation, None);
+        }
+    }
+
+    /// `pid` exited: if a rolling reload waited for it, the next slot's turn, once the
+    /// processes it left in its group are gone too (a shell wrapper without `exec` exits at
+    /// SIGTERM while its server still drains: at most one worker more than usual means the
+    /// server too).
+    pub(super) fn roll_after_exit(&mut self, pid: i32) {
+        if self.leftovers.iter().any(|l| l.pgid == pid) {
+            return;
+        }
+        if let Some(r) = self.reload.as_mut().filter(|r| r.waiting_for == Some(pid)) {
+            r.waiting_for = None;
+            self.roll_next();
+        }
+    }
+
+    /// The next generation's configuration from the reload source: `None` when there is no
+    /// source or nothing a reload applies changed.
+    pub(super) fn new_config(&mut self) -> Result<Option<Arc<Config>>, String> {
+        let Some(source) = self.reload_source.as_mut() else {
+            return Ok(None);
+        };
+        let (new, changes) =
+            reconfig::prepare(&self.config, source()?, self.shared_probe.as_ref())?;
+        if changes.is_empty() {
+            tracing::info!("reload: configuration unchanged");
+            return Ok(None);
+        }
+        tracing::info!("reload: new configuration: {}", changes.join(", "));
+        if let Some(oom) = &self.oom {
+            warn_if_over_cgroup_limit(&new, oom.limit());
+        }
+        Ok(Some(Arc::new(new)))
+    }
+
+    pub(super) fn complete_reload(&mut self) {
+        let Some(r) = self.reload.take() else { return };
+        if let Some(c) = r.config {
+            // The new generation's settings become the supervisor's: its restart policy and
+            // timeouts, the number of workers replaced on a crash.
+            for s in &mut self.slots {
+                s.backoff = Backoff::new(c.restart_delay, c.restart_delay_max, c.stable_after);
+            }
+            self.intensity = Intensity::new(c.max_restarts, c.within);
+            self.config = c;
+        }
+        let old: Vec<i32> = self
+            .workers
+            .values()
+            .filter(|w| w.generation != r.generation)
+            .map(|w| w.pid)
+            .collect();
+        self.active_gen = r.generation;
+        for s in &mut self.slots {
+            s.pending = None;
+        }
+        tracing::info!(
+            "generation {} ready; stopping {} old worker(s)",
+            r.generation,
+            old.len()
+        );
+        let timeout = self.config.stop_timeout;
+        for pid in old {
+            self.terminate(pid, timeout);
+        }
+        self.counters.reloads += 1;
+        self.first_ready = true;
+        self.emit(Event::Reloaded {
+            generation: r.generation,
+            requests: r.requests,
+        });
+        self.systemd.ready(&self.status_line());
+        self.start_pending_reload();
+    }
+
+    pub(super) fn reload_failed(&mut self, reason: String) {
+        let Some(r) = self.reload.take() else { return };
+        tracing::error!(
+            "reload failed: generation {} {reason}; tearing it down, generation {} keeps serving",
+            r.generation,
+            self.active_gen
+        );
+        let new: Vec<i32> = self
+            .workers
+            .values()
+            .filter(|w| w.generation == r.generation)
+            .map(|w| w.pid)
+            .collect();
+        let timeout = self.config.stop_timeout.min(Duration::from_secs(5));
+        for pid in new {
+            self.terminate(pid, timeout);
+        }
+        if r.rolling {
+            // The slots already switched lost their old worker: the serving generation again.
+            for slot in 0..self.config.workers {
+                let serving = self.workers.values().any(|w| {
+                    w.slot == slot && w.generation == self.active_gen && !w.stop_requested
+                });
+                if !serving && self.slots[slot].pending.is_none() {
+                    tracing::info!(
+                        "{}: starting generation {} again in it",
+                        slot_id(slot),
+                        self.active_gen
+                    );
+                    self.spawn(slot, self.active_gen, None);
+                }
+            }
+        }
+        self.counters.reloads_failed += 1;
+        self.emit(Event::ReloadFailed {
+            generation: r.generation,
+            reason,
+            requests: r.requests,
+        });
+        self.systemd.ready(&self.status_line());
+        self.start_pending_reload();
+    }
+
+    pub(super) fn is_candidate(&self, generation: u64) -> bool {
+        self.reload
+            .as_ref()
+            .is_some_and(|r| r.generation == generation)
+    }
+}

@@ -1,0 +1,286 @@
+//! Starting workers: spawning a worker in a slot, readiness, restarts with backoff, and giving up when the restart intensity is exceeded.
+
+use super::*;
+
+impl Pool {
+    /// Starts a worker in `slot`; a failure to spawn counts as a failed start.
+    pub(super) fn spawn(&mut self, slot: usize, generation: u64, crash_at: Option<Instant>) {
+        match self.try_spawn(slot, generation, crash_at) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!("{}: cannot start worker: {e}", slot_id(slot));
+                if self
+                    .reload
+                    .as_ref()
+                    .is_some_and(|r| r.generation == generation)
+                {
+                    self.reload_failed(format!("cannot start worker: {e}"));
+                } else {
+                    self.counters
+                        .restarts
+                        .entry(RestartReason::FailedStart)
+                        .and_modify(|c| *c += 1)
+                        .or_insert(1);
+                    self.schedule_restart(
+                        slot,
+                        RestartReason::FailedStart,
+                        Some(Instant::now()),
+                        Duration::ZERO,
+                        "could not be started",
+                    );
+                }
+            }
+        }
+    }
+
+    pub(super) fn try_spawn(
+        &mut self,
+        slot: usize,
+        generation: u64,
+        crash_at: Option<Instant>,
+    ) -> std::io::Result<()> {
+        let id = slot_id(slot);
+        let config = match &self.reload {
+            Some(Reload {
+                generation: g,
+                config: Some(c),
+                ..
+            }) if *g == generation => c.clone(),
+            _ => self.config.clone(),
+        };
+        let port = match &config.port_env {
+            Some(_) => Some(socket::free_port()?),
+            None => None,
+        };
+        let command = &config.command;
+        // Every worker starts through the shim: it places the sockets and ties the worker's
+        // life to ours.
+        let mut cmd = Command::new(&self.shim);
+        cmd.arg("exec-shim")
+            .arg("--")
+            .args(command)
+            .env(SHIM_FDS_ENV, socket::shim_fds(&self.listeners))
+            .env(SHIM_PARENT_ENV, std::process::id().to_string());
+        if let Some(n) = self.nofile {
+            cmd.env(SHIM_NOFILE_ENV, n.to_string());
+        }
+        for v in SYSTEMD_VARS {
+            cmd.env_remove(v);
+        }
+        if !self.listeners.is_empty() {
+            cmd.env("LISTEN_FDNAMES", socket::fd_names(&self.listeners));
+        }
+        cmd.env("NOTIFY_SOCKET", &self.notify_path);
+        if let Some(w) = config.watchdog {
+            cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
+        }
+        if let (Some(var), Some(p)) = (&config.port_env, port) {
+            cmd.env(var, p.to_string());
+        }
+        if let Some(r) = config.run_as.as_ref().filter(|r| r.switches()) {
+            cmd.env(SHIM_CREDENTIALS_ENV, r.shim_value());
+            for (k, v) in r.env() {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("UNWEDGE_WORKER", &id)
+            .env("UNWEDGE_GENERATION", generation.to_string());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        let fmt = self.config.log_format;
+        if let Some(out) = child.stdout.take() {
+            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(out))?;
+            output::forward(rx, id.clone(), pid, Stream::Stdout, fmt);
+        }
+        if let Some(err) = child.stderr.take() {
+            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(err))?;
+            output::forward(rx, id.clone(), pid, Stream::Stderr, fmt);
+        }
+        drop(child); // reaped by `reap` (waitpid), not by std
+        let now = Instant::now();
+        let ready_now = config.ready == ReadyMode::None;
+        let retire_at = config.max_lifetime.map(|l| now + jittered(l));
+        self.workers.insert(
+            pid,
+            Worker {
+                slot,
+                pid,
+                config,
+                generation,
+                started: now,
+                started_wall: SystemTime::now(),
+                ready_at: None,
+                state: WorkerState::Starting,
+                stop_requested: false,
+                stop_since: None,
+                leaving: false,
+                last_watchdog: None,
+                probe_failures: 0,
+                next_probe: now + READY_POLL,
+                probe_inflight: false,
+                port,
+                status: None,
+                last_report: None,
+                kill_at: None,
+                term_at: None,
+                retire_when_replaced: false,
+                crash_at,
+                next_pss: now,
+                last_pss: None,
+                retire_at,
+            },
+        );
+        tracing::debug!("{id} pid {pid} started (generation {generation})");
+        if generation > 1 && crash_at.is_none() {
+            tracing::info!("{id} pid {pid} started (generation {generation})");
+        }
+        self.emit(Event::WorkerStarted {
+            worker: id,
+            pid,
+            generation,
+        });
+        if ready_now {
+            self.mark_ready(pid);
+        }
+        Ok(())
+    }
+
+    pub(super) fn mark_ready(&mut self, pid: i32) {
+        self.mark_ready_because(pid, "");
+    }
+
+    /// [`Self::mark_ready`], saying `why` (`" (…)"`) in its log line.
+    pub(super) fn mark_ready_because(&mut self, pid: i32, why: &str) {
+        let now = Instant::now();
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        if w.ready_at.is_some() || w.stop_requested {
+            return;
+        }
+        w.ready_at = Some(now);
+        w.state = WorkerState::Ready;
+        w.next_probe = now + w.config.probe_interval;
+        w.probe_failures = 0;
+        let startup = now - w.started;
+        let crash_to_ready = w.crash_at.map(|c| now - c);
+        let (slot, generation) = (w.slot, w.generation);
+        if let Some(d) = crash_to_ready {
+            let v = &mut self.counters.crash_to_ready;
+            if v.len() >= 1024 {
+                v.remove(0);
+            }
+            v.push(d);
+        }
+        let port = w.port.map(|p| format!(", port {p}")).unwrap_or_default();
+        match crash_to_ready {
+            Some(c) => tracing::info!(
+                "{} pid {pid} ready in {} ({} after the crash{port}){why}",
+                slot_id(slot),
+                fmt_dur(startup),
+                fmt_dur(c)
+            ),
+            None => tracing::info!(
+                "{} pid {pid} ready in {}{}{why}",
+                slot_id(slot),
+                fmt_dur(startup),
+                if port.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", &port[2..])
+                }
+            ),
+        }
+        self.emit(Event::WorkerReady {
+            worker: slot_id(slot),
+            pid,
+            startup,
+            crash_to_ready,
+        });
+        // Workers of this slot over their memory limit served until now: they go.
+        self.stop_replaced(slot, pid, "", |o| o.retire_when_replaced);
+        if let Some(r) = self.reload.as_ref().filter(|r| r.generation == generation) {
+            let wanted = r.config.as_ref().unwrap_or(&self.config).workers;
+            if r.rolling {
+                self.roll_on(slot, pid, generation);
+            }
+            let ready = self
+                .workers
+                .values()
+                .filter(|w| w.generation == generation && w.ready_at.is_some())
+                .count();
+            if ready == wanted {
+                self.complete_reload();
+            }
+        } else if !self.first_ready && generation == self.active_gen {
+            let ready = self
+                .workers
+                .values()
+                .filter(|w| w.generation == generation && w.ready_at.is_some())
+                .count();
+            if ready == self.config.workers {
+                self.first_ready = true;
+                tracing::info!("all {} worker(s) ready", self.config.workers);
+                self.systemd.ready(&self.status_line());
+                self.last_sd_status = self.status_line();
+            }
+        }
+    }
+
+    /// Schedules a replacement for `slot` (backoff, intensity).
+    pub(super) fn schedule_restart(
+        &mut self,
+        slot: usize,
+        reason: RestartReason,
+        crash_at: Option<Instant>,
+        uptime: Duration,
+        why: &str,
+    ) {
+        if self.stopping {
+            return;
+        }
+        let now = Instant::now();
+        if let Err(e) = self.intensity.record(now) {
+            self.give_up(e.to_string());
+            return;
+        }
+        let s = &mut self.slots[slot];
+        let delay = s.backoff.next_delay(uptime);
+        s.restarts += 1;
+        let at = now + delay;
+        // A slot already waiting keeps the earlier start.
+        if s.pending.as_ref().map_or(true, |p| at < p.at) {
+            s.pending = Some(Pending { at, crash_at });
+        }
+        tracing::warn!("{} {why}; restarting in {}", slot_id(slot), fmt_dur(delay));
+        self.emit(Event::RestartScheduled {
+            worker: slot_id(slot),
+            reason,
+            delay,
+        });
+    }
+
+    pub(super) fn count_restart(&mut self, reason: RestartReason) {
+        *self.counters.restarts.entry(reason).or_insert(0) += 1;
+    }
+
+    pub(super) fn give_up(&mut self, reason: String) {
+        if self.stopping {
+            return;
+        }
+        tracing::error!(
+            "giving up: {reason} (--max-restarts {} --within {}); stopping all workers, exit status {EXIT_GAVE_UP}",
+            self.config.max_restarts,
+            fmt_dur(self.config.within)
+        );
+        self.emit(Event::GaveUp {
+            reason: reason.clone(),
+        });
+        self.gave_up = Some(reason);
+        self.begin_stop("restart intensity exceeded");
+    }
+}

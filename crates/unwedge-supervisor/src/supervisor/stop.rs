@@ -1,0 +1,185 @@
+//! Stopping: the stop signal and its deadline, the supervisor's own stop, process groups a worker left behind, signals forwarded to the workers.
+
+use super::*;
+
+impl Pool {
+    pub(super) fn terminate(&mut self, pid: i32, timeout: Duration) {
+        let now = Instant::now();
+        if let Some(w) = self.workers.get_mut(&pid) {
+            w.stop_requested = true;
+            w.stop_since.get_or_insert(now);
+            w.term_at = None;
+            if w.state != WorkerState::Hung {
+                w.state = WorkerState::Stopping;
+                let _ = killpg(Pid::from_raw(pid), w.config.stop_signal);
+                let at = now + timeout;
+                w.kill_at = Some(w.kill_at.map_or(at, |k| k.min(at)));
+            }
+        }
+    }
+
+    pub(super) fn begin_stop(&mut self, why: &str) {
+        if self.stopping {
+            tracing::warn!("{why} again: killing all workers now");
+            for pid in self.workers.keys() {
+                let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+            for l in self.leftovers.drain(..) {
+                let _ = killpg(Pid::from_raw(l.pgid), Signal::SIGKILL);
+            }
+            for d in &self.daemons {
+                let _ = kill(Pid::from_raw(*d), Signal::SIGKILL);
+            }
+            self.forced = true;
+            return;
+        }
+        tracing::info!("{why}: stopping {} worker(s)", self.workers.len());
+        self.stopping = true;
+        self.systemd.stopping();
+        for s in &mut self.slots {
+            s.pending = None;
+        }
+        self.reload = None;
+        self.reload_pending = false;
+        let timeout = self.config.stop_timeout;
+        let pids: Vec<i32> = self.workers.keys().copied().collect();
+        for pid in pids {
+            self.terminate(pid, timeout);
+        }
+        let deadline = Instant::now() + timeout;
+        for l in &mut self.leftovers {
+            l.kill_at = l.kill_at.min(deadline);
+        }
+        // Our children (adopted), so their pids cannot be reused before we reap them.
+        for d in &self.daemons {
+            let _ = kill(Pid::from_raw(*d), self.config.stop_signal);
+        }
+        self.stop_deadline = Some(deadline);
+    }
+
+    /// After worker `pid` (the leader of its process group) exited: processes of its group
+    /// still running get the stop signal now and SIGKILL after `--stop-timeout` (at the stop
+    /// deadline when the supervisor is stopping), as systemd does with a unit's processes. They would
+    /// otherwise hold the listening sockets (accepting with the exited worker's code and state,
+    /// keeping the port bound after the supervisor stops) and their memory.
+    pub(super) fn end_group(&mut self, id: &str, pid: i32) {
+        // No group left (the common case) costs one syscall; only a group that still has
+        // members, perhaps only zombies, costs a look at every process.
+        if killpg(Pid::from_raw(pid), None::<Signal>).is_err() {
+            return;
+        }
+        let members = crate::procfs::group_members(pid);
+        if members.is_empty() {
+            return;
+        }
+        let stop_signal = self.config.stop_signal;
+        let _ = killpg(Pid::from_raw(pid), stop_signal);
+        let now = Instant::now();
+        let kill_at = match self.stop_deadline {
+            Some(d) => d.min(now + self.config.stop_timeout),
+            // The stop's deadline has passed: no more time for anyone.
+            None if self.stopping => now,
+            None => now + self.config.stop_timeout,
+        };
+        tracing::warn!(
+            "{id} pid {pid} exited and left {} process(es) of its group running (pid {}); \
+             sending them {}, SIGKILL in {}",
+            members.len(),
+            list_pids(&members),
+            stop_signal.as_str(),
+            fmt_dur(kill_at - now)
+        );
+        self.counters.leftover_processes += members.len() as u64;
+        self.emit(Event::LeftoverProcesses {
+            worker: id.to_owned(),
+            pid,
+            pids: members,
+        });
+        self.leftovers.push(Leftover {
+            worker: id.to_owned(),
+            pgid: pid,
+            kill_at,
+        });
+    }
+
+    /// SIGKILL to the leftover groups whose deadline passed, if anything of them still runs.
+    pub(super) fn kill_leftovers(&mut self, now: Instant) {
+        self.forget_ended_leftovers();
+        let (due, waiting): (Vec<Leftover>, Vec<Leftover>) = std::mem::take(&mut self.leftovers)
+            .into_iter()
+            .partition(|l| l.kill_at <= now);
+        self.leftovers = waiting;
+        for l in due {
+            // Only a group with live members exists, so its id cannot name another one yet.
+            let members = crate::procfs::group_members(l.pgid);
+            if members.is_empty() {
+                self.leftover_ended(&l);
+                continue;
+            }
+            tracing::warn!(
+                "{} pid {}: {} leftover process(es) did not stop after {} (pid {}); sending SIGKILL",
+                l.worker,
+                l.pgid,
+                members.len(),
+                self.config.stop_signal.as_str(),
+                list_pids(&members)
+            );
+            let _ = killpg(Pid::from_raw(l.pgid), Signal::SIGKILL);
+            if self.stopping {
+                self.forced = true;
+            }
+            // Dying now: a rolling reload need not wait for the reap.
+            self.roll_after_exit(l.pgid);
+        }
+    }
+
+    /// Drops the leftover groups whose last process is gone (reaped by us, or by another
+    /// member of the group): `killpg` with no signal finds no process of the group.
+    pub(super) fn forget_ended_leftovers(&mut self) {
+        if self.leftovers.is_empty() {
+            return;
+        }
+        let (live, ended): (Vec<Leftover>, Vec<Leftover>) = std::mem::take(&mut self.leftovers)
+            .into_iter()
+            .partition(|l| killpg(Pid::from_raw(l.pgid), None::<Signal>).is_ok());
+        self.leftovers = live;
+        for l in ended {
+            self.leftover_ended(&l);
+        }
+    }
+
+    pub(super) fn leftover_ended(&mut self, l: &Leftover) {
+        tracing::info!(
+            "{} pid {}: its leftover processes have exited",
+            l.worker,
+            l.pgid
+        );
+        // The slot's old worker is only now entirely gone: a rolling reload's next step.
+        self.roll_after_exit(l.pgid);
+    }
+
+    pub(super) fn forward(&self, sig: Signal) {
+        for pid in self.workers.keys() {
+            let _ = kill(Pid::from_raw(*pid), sig);
+        }
+    }
+
+    pub(super) fn finished(&self) -> Option<Outcome> {
+        if !self.stopping
+            || !self.workers.is_empty()
+            || !self.leftovers.is_empty()
+            || !self.daemons.is_empty()
+        {
+            return None;
+        }
+        Some(match &self.gave_up {
+            Some(r) => Outcome::GaveUp { reason: r.clone() },
+            None => {
+                tracing::info!("all workers stopped");
+                Outcome::Stopped {
+                    clean: !self.forced,
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,301 @@
+//! The event loop's deadlines, and what it publishes: the snapshot, the status line, systemd's `STATUS=`.
+
+use super::*;
+
+impl Pool {
+    pub(super) fn on_timers(&mut self, now: Instant) {
+        // Workers that ran their --max-lifetime.
+        let due: Vec<i32> = self
+            .workers
+            .values()
+            .filter(|w| !w.stop_requested && !self.stopping && self.may_retire(w))
+            .filter(|w| w.retire_at.is_some_and(|t| t <= now))
+            .map(|w| w.pid)
+            .collect();
+        for pid in due {
+            self.past_lifetime(pid, now);
+        }
+        // Pending starts.
+        for slot in 0..self.slots.len() {
+            if self.slots[slot]
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.at <= now)
+            {
+                let p = self.slots[slot].pending.take().expect("checked");
+                let gen = self.active_gen;
+                self.spawn(slot, gen, p.crash_at);
+            }
+        }
+        // Kill deadlines.
+        let stop_over = self.stop_deadline.is_some_and(|d| d <= now);
+        let mut timed_out = Vec::new();
+        for w in self.workers.values_mut() {
+            if w.kill_at.is_some_and(|k| k <= now) || (stop_over && w.kill_at.is_some()) {
+                w.kill_at = None;
+                let id = slot_id(w.slot);
+                if w.state == WorkerState::Hung {
+                    tracing::warn!("{id} pid {}: sending SIGKILL", w.pid);
+                } else {
+                    if self.stopping {
+                        self.forced = true;
+                    }
+                    let waited = now - w.stop_since.unwrap_or(now);
+                    tracing::warn!(
+                        "{id} pid {}: did not stop within {} (--stop-timeout); sending SIGKILL{}",
+                        w.pid,
+                        fmt_dur(waited),
+                        stuck_hint(w.pid)
+                    );
+                    timed_out.push((id, w.pid, waited));
+                }
+                let _ = killpg(Pid::from_raw(w.pid), Signal::SIGKILL);
+            }
+        }
+        for (worker, pid, waited) in timed_out {
+            self.counters.stop_timeouts += 1;
+            self.emit(Event::StopTimedOut {
+                worker,
+                pid,
+                waited,
+            });
+        }
+        if stop_over {
+            self.stop_deadline = None;
+            for d in &self.daemons {
+                tracing::warn!("pid {d} (went into the background): did not stop within --stop-timeout; sending SIGKILL");
+                let _ = kill(Pid::from_raw(*d), Signal::SIGKILL);
+                self.forced = true;
+            }
+        }
+        self.kill_leftovers(now);
+        let stop_timeout = self.config.stop_timeout;
+        for w in self.workers.values_mut() {
+            if w.term_at.is_some_and(|t| t <= now) {
+                w.term_at = None;
+                if w.state != WorkerState::Hung && w.kill_at.is_none() {
+                    tracing::warn!(
+                        "{} pid {}: still running; sending {}",
+                        slot_id(w.slot),
+                        w.pid,
+                        w.config.stop_signal.as_str()
+                    );
+                    w.state = WorkerState::Stopping;
+                    let _ = killpg(Pid::from_raw(w.pid), w.config.stop_signal);
+                    w.kill_at = Some(now + stop_timeout);
+                }
+            }
+        }
+        if self.stopping {
+            return;
+        }
+        if now >= self.next_memory_check {
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL;
+            self.check_memory(now);
+        }
+        // Readiness timeouts, heartbeats, probes.
+        let mut hung: Vec<(i32, HangKind, String)> = Vec::new();
+        let mut assume_ready = Vec::new();
+        let mut accepting = Vec::new();
+        let mut probes = Vec::new();
+        let inodes = &self.listener_inodes;
+        for w in self.workers.values_mut() {
+            if w.stop_requested {
+                continue;
+            }
+            let c = &w.config;
+            if w.ready_at.is_none() {
+                if now >= w.started + c.ready_timeout {
+                    let msg = format!("not ready after {}", fmt_dur(c.ready_timeout));
+                    if c.ready == ReadyMode::Auto && c.port_env.is_none() {
+                        assume_ready.push((w.pid, c.ready_timeout));
+                    } else {
+                        hung.push((w.pid, HangKind::ReadyTimeout, msg));
+                    }
+                } else if needs_poll(c) && !w.probe_inflight && w.next_probe <= now {
+                    w.probe_inflight = true;
+                    w.next_probe = now + READY_POLL;
+                    probes.push((w.pid, true));
+                } else if watches_for_accept(c, inodes) && w.next_probe <= now {
+                    w.next_probe = now + ACCEPT_POLL;
+                    let tree = crate::procfs::descendants(w.pid, 64);
+                    if crate::procfs::epoll_watches_any(&tree, inodes) {
+                        accepting.push(w.pid);
+                    }
+                }
+                continue;
+            }
+            if let (Some(limit), Some(last)) = (c.watchdog, w.last_watchdog) {
+                if now >= last + limit {
+                    hung.push((
+                        w.pid,
+                        HangKind::Watchdog,
+                        format!("no WATCHDOG=1 for {}", fmt_dur(now - last)),
+                    ));
+                    continue;
+                }
+            }
+            if c.probe.is_some() && !w.probe_inflight && w.next_probe <= now {
+                w.probe_inflight = true;
+                w.next_probe = now + c.probe_interval;
+                probes.push((w.pid, false));
+            }
+        }
+        for pid in accepting {
+            self.mark_ready_because(pid, " (it waits for connections on the passed socket)");
+        }
+        for (pid, limit) in assume_ready {
+            let tree = crate::procfs::descendants(pid, 64);
+            if crate::procfs::epoll_watches_any(&tree, &self.listener_inodes) {
+                tracing::warn!(
+                    "pid {pid} sent no READY=1 within {}; taking it as ready: it waits for \
+                     connections on the passed socket, so --ready accept would have found it \
+                     ready then, without this wait",
+                    fmt_dur(limit)
+                );
+            } else {
+                tracing::warn!(
+                    "pid {pid} sent no READY=1 within {}; taking it as ready (use --ready to \
+                     choose)",
+                    fmt_dur(limit)
+                );
+            }
+            self.warn_if_it_listens_elsewhere(pid, &tree);
+            self.mark_ready(pid);
+        }
+        for (pid, kind, msg) in hung {
+            if kind == HangKind::ReadyTimeout {
+                let tree = crate::procfs::descendants(pid, 64);
+                self.warn_if_it_listens_elsewhere(pid, &tree);
+            }
+            self.hung(pid, kind, &msg);
+        }
+        for (pid, ready_check) in probes {
+            if let Some(w) = self.workers.get(&pid) {
+                self.start_probe(w, ready_check);
+            }
+        }
+        // systemd watchdog and status.
+        if let Some(at) = self.next_sd_watchdog {
+            if at <= now {
+                if self.workers.values().any(|w| w.state == WorkerState::Ready) {
+                    self.systemd.watchdog();
+                }
+                self.next_sd_watchdog = self.systemd.watchdog_interval().map(|i| now + i);
+            }
+        }
+        if self.systemd.enabled() && self.first_ready {
+            let s = self.status_line();
+            if s != self.last_sd_status {
+                self.systemd.status(&s);
+                self.last_sd_status = s;
+            }
+        }
+    }
+
+    pub(super) fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let inodes = &self.listener_inodes;
+        let mut d = now + Duration::from_secs(3600);
+        let mut at = |t: Instant| d = d.min(t);
+        for s in &self.slots {
+            if let Some(p) = &s.pending {
+                at(p.at);
+            }
+        }
+        if let Some(s) = self.stop_deadline {
+            at(s);
+        }
+        for l in &self.leftovers {
+            at(l.kill_at);
+        }
+        if let Some(s) = self.next_sd_watchdog {
+            at(s);
+        }
+        if self.workers.values().any(|w| w.config.max_memory.is_some()) {
+            at(self.next_memory_check);
+        }
+        for w in self.workers.values() {
+            if let Some(k) = w.kill_at {
+                at(k);
+            }
+            if let Some(t) = w.term_at {
+                at(t);
+            }
+            if w.stop_requested || self.stopping {
+                continue;
+            }
+            if let Some(t) = w.retire_at.filter(|_| self.may_retire(w)) {
+                at(t);
+            }
+            let c = &w.config;
+            if w.ready_at.is_none() {
+                at(w.started + c.ready_timeout);
+                if (needs_poll(c) && !w.probe_inflight) || watches_for_accept(c, inodes) {
+                    at(w.next_probe);
+                }
+                continue;
+            }
+            if let (Some(limit), Some(last)) = (c.watchdog, w.last_watchdog) {
+                at(last + limit);
+            }
+            if c.probe.is_some() && !w.probe_inflight {
+                at(w.next_probe);
+            }
+        }
+        d.max(now)
+    }
+
+    pub(super) fn status_line(&self) -> String {
+        let ready = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count();
+        let restarts: u64 = self.counters.restarts.values().sum();
+        format!(
+            "{ready}/{} workers ready, generation {}, {restarts} restarts",
+            self.config.workers, self.active_gen
+        )
+    }
+
+    pub(super) fn publish(&self) {
+        let mut workers: Vec<WorkerInfo> = self
+            .workers
+            .values()
+            .map(|w| WorkerInfo {
+                id: slot_id(w.slot),
+                pid: w.pid,
+                generation: w.generation,
+                state: w.state,
+                started_at: w.started_wall,
+                restarts: self.slots[w.slot].restarts,
+                last_exit: self.slots[w.slot].last_exit,
+                status: w.status.clone(),
+                last_report: w.last_report.clone(),
+                port: w.port,
+            })
+            .collect();
+        workers.sort_by(|a, b| (a.generation, &a.id, a.pid).cmp(&(b.generation, &b.id, b.pid)));
+        let snap = Snapshot {
+            generation: self.active_gen,
+            ready: self.first_ready,
+            reloading: self.reload.is_some(),
+            reload_requests: self.reload_requests,
+            stopping: self.stopping,
+            workers,
+            counters: self.counters.clone(),
+            started_at: self
+                .handle
+                .snapshot
+                .lock()
+                .map(|s| s.started_at)
+                .unwrap_or_else(|_| SystemTime::now()),
+        };
+        *self
+            .handle
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = snap;
+    }
+}
