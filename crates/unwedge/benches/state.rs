@@ -6,8 +6,10 @@
 //! cargo bench -p unwedge --bench state -- --warm-up-time 1 --measurement-time 3
 //! ```
 //!
-//! With 2 threads, both run the same operation at once on the same state and the time of one
-//! of them is reported (per operation), so contention shows up as a slower operation.
+//! With 2 threads, both run the same operation at once on the same state, the same number of
+//! times, and the time of the slower one is reported (per operation): contention shows up as a
+//! slower operation, also for a lock under which one thread runs while the other waits (the
+//! faster thread's time alone would leave out what the waiting thread paid).
 //!
 //! "read while a writer updates": a "busy" writer updates back to back (the worst case; on
 //! 2 cores it competes with the reader for CPU as well as for cache lines), a "paced" one
@@ -35,33 +37,30 @@ fn big_map() -> imbl::HashMap<u64, u64> {
     (0..100_000u64).map(|i| (i, i)).collect()
 }
 
-/// Runs `body(iters)` on `threads` threads at once (released together by a barrier) and
-/// returns the time thread 0 measured for its `iters` operations.
+/// Runs `body(iters, start)` on `threads` threads at once (each sets itself up, then waits on
+/// `start` to begin with the others, e.g. with [`timed`]) and returns the longest time one of them measured for its `iters` operations: with a lock, a
+/// thread that got it back to back while the other slept in the queue measures only its own
+/// uncontended operations.
 fn parallel<F>(threads: usize, iters: u64, body: F) -> Duration
 where
-    F: Fn(u64) -> Duration + Sync,
+    F: Fn(u64, &Barrier) -> Duration + Sync,
 {
     let start = Barrier::new(threads);
     std::thread::scope(|s| {
         let others: Vec<_> = (1..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    start.wait();
-                    body(iters)
-                })
-            })
+            .map(|_| s.spawn(|| body(iters, &start)))
             .collect();
-        start.wait();
-        let mine = body(iters);
-        for other in others {
-            other.join().expect("bench thread panicked");
-        }
-        mine
+        let mine = body(iters, &start);
+        others
+            .into_iter()
+            .map(|other| other.join().expect("bench thread panicked"))
+            .fold(mine, Duration::max)
     })
 }
 
-/// Times a synchronous loop of `iters` calls to `op`.
-fn timed(iters: u64, mut op: impl FnMut(u64)) -> Duration {
+/// Times a synchronous loop of `iters` calls to `op`, once every thread passed `start`.
+fn timed(iters: u64, start: &Barrier, mut op: impl FnMut(u64)) -> Duration {
+    start.wait();
     let t = Instant::now();
     for i in 0..iters {
         op(i);
@@ -69,13 +68,15 @@ fn timed(iters: u64, mut op: impl FnMut(u64)) -> Duration {
     t.elapsed()
 }
 
-/// Times an async loop of `iters` operations on a current-thread runtime of this thread.
+/// Times an async loop of `iters` operations on a current-thread runtime of this thread,
+/// built before waiting on `start` (the other threads' loops begin only once it is built).
 macro_rules! timed_async {
-    ($iters:expr, |$i:ident| $op:expr) => {{
+    ($iters:expr, $start:expr, |$i:ident| $op:expr) => {{
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
+        $start.wait();
         rt.block_on(async {
             let t = Instant::now();
             for $i in 0..$iters {
@@ -97,8 +98,8 @@ fn reads(c: &mut Criterion) {
     for threads in THREADS {
         g.bench_with_input(BenchmarkId::new("Tx::read", threads), &threads, |b, &n| {
             b.iter_custom(|iters| {
-                parallel(n, iters, |k| {
-                    timed(k, |_| {
+                parallel(n, iters, |k, start| {
+                    timed(k, start, |_| {
                         black_box(tx.read().hits);
                     })
                 })
@@ -107,8 +108,8 @@ fn reads(c: &mut Criterion) {
         // The borrowing read: a `Snapshot` (arc-swap's guard), no reference count touched.
         g.bench_with_input(BenchmarkId::new("Tx::load", threads), &threads, |b, &n| {
             b.iter_custom(|iters| {
-                parallel(n, iters, |k| {
-                    timed(k, |_| {
+                parallel(n, iters, |k, start| {
+                    timed(k, start, |_| {
                         black_box(tx.load().hits);
                     })
                 })
@@ -119,8 +120,8 @@ fn reads(c: &mut Criterion) {
             &threads,
             |b, &n| {
                 b.iter_custom(|iters| {
-                    parallel(n, iters, |k| {
-                        timed(k, |_| {
+                    parallel(n, iters, |k, start| {
+                        timed(k, start, |_| {
                             black_box(swap.load().hits);
                         })
                     })
@@ -133,8 +134,8 @@ fn reads(c: &mut Criterion) {
             &threads,
             |b, &n| {
                 b.iter_custom(|iters| {
-                    parallel(n, iters, |k| {
-                        timed(k, |_| {
+                    parallel(n, iters, |k, start| {
+                        timed(k, start, |_| {
                             black_box(swap.load_full().hits);
                         })
                     })
@@ -146,8 +147,8 @@ fn reads(c: &mut Criterion) {
             &threads,
             |b, &n| {
                 b.iter_custom(|iters| {
-                    parallel(n, iters, |k| {
-                        timed(k, |_| {
+                    parallel(n, iters, |k, start| {
+                        timed(k, start, |_| {
                             black_box(rw.read().unwrap().hits);
                         })
                     })
@@ -159,8 +160,8 @@ fn reads(c: &mut Criterion) {
             &threads,
             |b, &n| {
                 b.iter_custom(|iters| {
-                    parallel(n, iters, |k| {
-                        timed_async!(k, |_i| black_box(tm.lock().await.hits))
+                    parallel(n, iters, |k, start| {
+                        timed_async!(k, start, |_i| black_box(tm.lock().await.hits))
                     })
                 })
             },
@@ -181,8 +182,8 @@ fn updates(c: &mut Criterion) {
             &threads,
             |b, &n| {
                 b.iter_custom(|iters| {
-                    parallel(n, iters, |k| {
-                        timed(k, |i| {
+                    parallel(n, iters, |k, start| {
+                        timed(k, start, |i| {
                             tx.update(|s| {
                                 s.hits += 1;
                                 s.bytes += i;
@@ -198,8 +199,8 @@ fn updates(c: &mut Criterion) {
             &threads,
             |b, &n| {
                 b.iter_custom(|iters| {
-                    parallel(n, iters, |k| {
-                        timed_async!(k, |i| {
+                    parallel(n, iters, |k, start| {
+                        timed_async!(k, start, |i| {
                             let mut s = tm.lock().await;
                             s.hits += 1;
                             s.bytes += i;
@@ -214,8 +215,8 @@ fn updates(c: &mut Criterion) {
             &threads,
             |b, &n| {
                 b.iter_custom(|iters| {
-                    parallel(n, iters, |k| {
-                        timed(k, |i| {
+                    parallel(n, iters, |k, start| {
+                        timed(k, start, |i| {
                             tx_map.update(|m| {
                                 m.insert(i.wrapping_mul(7919) % 100_000, i);
                             })
@@ -229,8 +230,8 @@ fn updates(c: &mut Criterion) {
             &threads,
             |b, &n| {
                 b.iter_custom(|iters| {
-                    parallel(n, iters, |k| {
-                        timed_async!(k, |i| {
+                    parallel(n, iters, |k, start| {
+                        timed_async!(k, start, |i| {
                             tm_map
                                 .lock()
                                 .await
@@ -250,14 +251,14 @@ fn mutex_uncontended(c: &mut Criterion) {
     let tm = tokio::sync::Mutex::new(0u64);
     g.bench_function("unwedge::Mutex", |b| {
         b.iter_custom(|iters| {
-            timed_async!(iters, |_i| {
+            timed_async!(iters, &Barrier::new(1), |_i| {
                 *um.lock().await.expect("never poisoned") += 1;
             })
         })
     });
     g.bench_function("tokio::sync::Mutex", |b| {
         b.iter_custom(|iters| {
-            timed_async!(iters, |_i| {
+            timed_async!(iters, &Barrier::new(1), |_i| {
                 *tm.lock().await += 1;
             })
         })
@@ -312,7 +313,7 @@ fn timed_under_writer(
             std::hint::spin_loop();
         }
         let before = count.load(Ordering::Relaxed);
-        let elapsed = timed(iters, |_| read());
+        let elapsed = timed(iters, &Barrier::new(1), |_| read());
         let during = count.load(Ordering::Relaxed) - before;
         stop.store(true, Ordering::Relaxed);
         let (n, t) = published.get();
