@@ -1,4 +1,5 @@
-//! Reaping: a worker's exit, what it says about the worker (a crash, an OOM kill, a daemon left behind, a server binding its own port), and its restart.
+//! Reaping: a worker's exit, what it says about the worker (a crash, an OOM kill, a daemon left
+//! behind, a server binding its own port), and its restart.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! The notify socket's messages (`READY=1`, `WATCHDOG=1`, `STOPPING=1`, `STATUS=`, reports), attributed to a worker by the sender's pid.
+//! The notify socket's messages (`READY=1`, `WATCHDOG=1`, `STOPPING=1`, `STATUS=`, reports),
+//! attributed to a worker by the sender's pid.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Reload with zero downtime: a new generation (all at once or one slot at a time), its completion, and its failure (the old generation stays).
+//! Reload with zero downtime: a new generation (all at once or one slot at a time), its completion,
+//! and its failure (the old generation stays).
 
 use super::*;
 

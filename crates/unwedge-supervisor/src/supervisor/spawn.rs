@@ -1,4 +1,5 @@
-//! Starting workers: spawning a worker in a slot, readiness, restarts with backoff, and giving up when the restart intensity is exceeded.
+//! Starting workers: spawning a worker in a slot, readiness, restarts with backoff, and giving up
+//! when the restart intensity is exceeded.
 
 use super::*;
 

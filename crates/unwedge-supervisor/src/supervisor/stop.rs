@@ -1,4 +1,5 @@
-//! Stopping: the stop signal and its deadline, the supervisor's own stop, process groups a worker left behind, signals forwarded to the workers.
+//! Stopping: the stop signal and its deadline, the supervisor's own stop, process groups a worker
+//! left behind, signals forwarded to the workers.
 
 use super::*;
 

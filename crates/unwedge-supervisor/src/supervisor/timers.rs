@@ -1,4 +1,5 @@
-//! The event loop's deadlines, and what it publishes: the snapshot, the status line, systemd's `STATUS=`.
+//! The event loop's deadlines, and what it publishes: the snapshot, the status line, systemd's
+//! `STATUS=`.
 
 use super::*;
 
