@@ -80,12 +80,12 @@ with 2 threads); reads under a busy writer ≤ 2× slower than idle; \`Tx::updat
 100k-entry imbl map < 2 µs; \`unwedge::Mutex\` uncontended within 1.5× of tokio's. The read
 targets are about \`Tx::load\` (a borrowed \`Snapshot\`, like \`ArcSwap::load\`'s guard);
 \`Tx::read\` hands out an owned \`Arc\` and compares with \`ArcSwap::load_full\`. ("2 threads":
-both threads run the operation on the same state at once, as many times each, and the slower
-thread's time is reported. Under that contention tokio's Mutex forms a convoy on 2 cores: a
-waiter parks, the holder's release hands it the lock, and each hand-over costs a wake-up of
-microseconds; how often that happens varies from run to run, hence its wide interval. A
-"busy" writer updates back to back, a "paced" one sleeps 10 µs between updates; the rate each
-reached is listed below.)
+both threads run the operation on the same state at once, as many times each, pinned to
+different CPUs, and the slower thread's time is reported. Under that contention tokio's Mutex
+forms a convoy: a waiter parks, the holder's release hands it the lock, and each hand-over
+costs a wake-up of microseconds. The writer of "read while a writer updates" runs on the
+other CPU: a "busy" one updates back to back, a "paced" one sleeps 10 µs between updates, a
+"1 µs" one spins 1 µs between them; the rate each reached is listed below.)
 
 HEADER
   python3 bench/criterion_table.py --newer "$tmp/start" --ratios state target/criterion '^read' '^update$' '^mutex uncontended'

@@ -7,14 +7,16 @@
 //! ```
 //!
 //! With 2 threads, both run the same operation at once on the same state, the same number of
-//! times, and the time of the slower one is reported (per operation): contention shows up as a
-//! slower operation, also for a lock under which one thread runs while the other waits (the
-//! faster thread's time alone would leave out what the waiting thread paid).
+//! times, each pinned to a CPU of its own, and the time of the slower one is reported (per
+//! operation): contention shows up as a slower operation, also for a lock under which one
+//! thread runs while the other waits (the faster thread's time alone would leave out what the
+//! waiting thread paid).
 //!
-//! "read while a writer updates": a "busy" writer updates back to back (the worst case; on
-//! 2 cores it competes with the reader for CPU as well as for cache lines), a "paced" one
-//! sleeps 10 µs between updates, a "1 µs" one spins 1 µs between updates. Each such row prints the rate at which the writer actually
-//! published during the timed reads.
+//! "read while a writer updates": the reader and the writer are pinned to different CPUs; a
+//! "busy" writer updates back to back (the worst case: the state's cache lines move between
+//! the cores on every update), a "paced" one sleeps 10 µs between updates, a "1 µs" one spins
+//! 1 µs between updates. Each such row prints the rate at which the writer actually published
+//! during the timed reads.
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -37,6 +39,44 @@ fn big_map() -> imbl::HashMap<u64, u64> {
     (0..100_000u64).map(|i| (i, i)).collect()
 }
 
+/// Pins the calling thread to the `nth` CPU this process may use (wrapping around) until
+/// dropped, then gives it back the CPUs it had. The threads of a 2-thread run are pinned to
+/// different CPUs: left to the scheduler, a thread spawned for a short sample often starts on
+/// its spawner's CPU, and the two then take turns instead of running at once (a lock's
+/// contention, or a writer's, would go unmeasured). Where the affinity cannot be read or set
+/// it pins nothing.
+struct Pinned(Option<rustix::thread::CpuSet>);
+
+impl Pinned {
+    fn to(nth: usize) -> Pinned {
+        use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+        let Ok(before) = sched_getaffinity(None) else {
+            return Pinned(None);
+        };
+        // The process's CPUs as first seen (a thread spawned by a pinned one inherits its pin).
+        static CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+        let cpus =
+            CPUS.get_or_init(|| (0..CpuSet::MAX_CPU).filter(|&c| before.is_set(c)).collect());
+        if cpus.is_empty() {
+            return Pinned(None);
+        }
+        let mut one = CpuSet::new();
+        one.set(cpus[nth % cpus.len()]);
+        match sched_setaffinity(None, &one) {
+            Ok(()) => Pinned(Some(before)),
+            Err(_) => Pinned(None),
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Some(before) = &self.0 {
+            let _ = rustix::thread::sched_setaffinity(None, before);
+        }
+    }
+}
+
 /// Runs `body(iters, start)` on `threads` threads at once (each sets itself up, then waits on
 /// `start` to begin with the others, e.g. with [`timed`]) and returns the longest time one of them measured for its `iters` operations: with a lock, a
 /// thread that got it back to back while the other slept in the queue measures only its own
@@ -46,9 +86,16 @@ where
     F: Fn(u64, &Barrier) -> Duration + Sync,
 {
     let start = Barrier::new(threads);
+    let _pinned = (threads > 1).then(|| Pinned::to(0));
     std::thread::scope(|s| {
         let others: Vec<_> = (1..threads)
-            .map(|_| s.spawn(|| body(iters, &start)))
+            .map(|n| {
+                let (start, body) = (&start, &body);
+                s.spawn(move || {
+                    let _pinned = Pinned::to(n);
+                    body(iters, start)
+                })
+            })
             .collect();
         let mine = body(iters, &start);
         others
@@ -269,8 +316,8 @@ fn mutex_uncontended(c: &mut Criterion) {
 /// How the writer thread of `reads_under_writer` publishes.
 #[derive(Clone, Copy)]
 enum Writer {
-    /// Updates back to back: on 2 cores it takes a core, and the state's cache lines move
-    /// between the cores on every update (the worst case, not a typical service).
+    /// Updates back to back on its own core: the state's cache lines move between the cores
+    /// on every update (the worst case, not a typical service).
     BackToBack,
     /// Sleeps this long between updates (the OS makes it longer: tens of µs), leaving the
     /// CPU to the reader: a busy but realistic writer.
@@ -292,8 +339,12 @@ fn timed_under_writer(
 ) -> Duration {
     let stop = AtomicBool::new(false);
     let count = AtomicU64::new(0);
+    // The reader on one CPU, the writer on another: a writer on the same CPU would take
+    // turns with the reader instead of publishing while it reads.
+    let _pinned = Pinned::to(0);
     std::thread::scope(|s| {
         s.spawn(|| {
+            let _pinned = Pinned::to(1);
             while !stop.load(Ordering::Relaxed) {
                 write();
                 count.fetch_add(1, Ordering::Relaxed);
