@@ -77,8 +77,9 @@ impl Drop for Pinned {
     }
 }
 
-/// Runs `body(iters, start)` on `threads` threads at once (each sets itself up, then waits on
-/// `start` to begin with the others, e.g. with [`timed`]) and returns the longest time one of them measured for its `iters` operations: with a lock, a
+/// Runs `body(iters, start)` on `threads` threads at once, each on a CPU of its own (each
+/// sets itself up, then waits on `start` to begin with the others, e.g. in [`timed`]), and
+/// returns the longest time one of them measured for its `iters` operations: with a lock, a
 /// thread that got it back to back while the other slept in the queue measures only its own
 /// uncontended operations.
 fn parallel<F>(threads: usize, iters: u64, body: F) -> Duration
