@@ -1598,6 +1598,82 @@ async fn sighup_rereads_the_config_file() {
     .await;
 }
 
+/// Reading `--config FILE` at a reload never holds up the supervisor: with the file a FIFO
+/// nobody writes to yet (as a hung network mount, or a user database that does not answer
+/// `--user`'s lookup), a worker killed meanwhile is replaced as always and a second SIGHUP is
+/// queued; the reload goes on once the file can be read; and a supervisor asked to stop while
+/// a reload still waits for its file exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_waiting_for_its_config_file_holds_nothing_up() {
+    within(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("unwedge.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let toml = |workers: u32| {
+            format!("admin = \"off\"\nworkers = {workers}\ncommand = [{BIN:?}, \"demo-service\"]\n")
+        };
+        // Each write waits for a reader to open the FIFO.
+        let feed = |text: String| {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(fifo, text).unwrap())
+        };
+        let start = feed(toml(1));
+        let mut sup = Sup::start(&[
+            "run",
+            "-c",
+            fifo.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        let first = sup.wait_ready(0, 1).await;
+        start.join().unwrap();
+        let addr = sup.addr().await;
+
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        kill(Pid::from_raw(first[0]), Signal::SIGKILL).unwrap();
+        let line = sup.wait_line(from, &["after the crash"]).await;
+        assert!(!line.contains(&first[0].to_string()), "{line}");
+        assert_eq!(get(addr, "/").await.0, 200);
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(from, &["is still being read"]).await;
+
+        // The file can be read now: the reload goes on with what it says.
+        let reread = feed(toml(2));
+        let line = sup.wait_line(from, &["reload: new configuration:"]).await;
+        assert!(line.contains("workers"), "{line}");
+        reread.join().unwrap();
+        sup.wait_line(from, &["generation 2 ready"]).await;
+        assert_eq!(get(addr, "/").await.0, 200);
+
+        // The queued reload now waits for the file in turn, on its thread; a stop does not
+        // wait for it.
+        let reading = || {
+            std::fs::read_dir(format!("/proc/{}/task", sup.pid))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "unwedge-reload")
+                })
+        };
+        let since = Instant::now();
+        while !reading() {
+            assert!(
+                since.elapsed() < LONG,
+                "no thread reads the file: {}",
+                sup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_exit(LONG).await;
+        assert_eq!(status.code(), Some(0), "{}", sup.log());
+    })
+    .await;
+}
+
 /// (soft, hard) "Max open files" of a process, from /proc (`None`: unlimited).
 fn nofile(pid: i32) -> (Option<u64>, Option<u64>) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();

@@ -124,7 +124,7 @@ pub struct Supervisor {
     hooks: Vec<Arc<dyn AlertHook>>,
     handle: Handle,
     control_rx: mpsc::UnboundedReceiver<Control>,
-    reload_source: Option<ConfigSource>,
+    reload_source: Option<Arc<Mutex<ConfigSource>>>,
     /// The soft open-file limit the supervisor was started with, when it raised its own.
     nofile: Option<u64>,
 }
@@ -242,7 +242,7 @@ impl Supervisor {
         mut self,
         source: impl FnMut() -> Result<Config, String> + Send + 'static,
     ) -> Self {
-        self.reload_source = Some(Box::new(source));
+        self.reload_source = Some(Arc::new(Mutex::new(Box::new(source))));
         self
     }
 
@@ -284,6 +284,7 @@ impl Supervisor {
         }
         let pidfile = self.config.pidfile.clone();
         let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+        let (prepared_tx, mut prepared_rx) = mpsc::unbounded_channel();
         let mut control_rx = self.control_rx;
         let now = Instant::now();
         let n = self.config.workers;
@@ -305,6 +306,8 @@ impl Supervisor {
             active_gen: 1,
             next_gen: 1,
             reload: None,
+            preparing: None,
+            prepared_tx,
             reload_requests: 0,
             reload_pending: false,
             next_memory_check: now + MEMORY_CHECK_INTERVAL,
@@ -395,6 +398,7 @@ impl Supervisor {
                     Err(e) => tracing::warn!("notify socket: {e}"),
                 },
                 Some(p) = probe_rx.recv() => pool.on_probe(p),
+                Some(p) = prepared_rx.recv() => pool.on_prepared(p),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             if Instant::now() >= next_notify_check {
@@ -504,6 +508,18 @@ struct Worker {
     retire_at: Option<Instant>,
 }
 
+/// A reload's configuration being read on a thread of its own (see [`Pool::start_reload`]).
+#[derive(Debug)]
+struct Preparing {
+    why: String,
+    /// It answers the reload requests up to this number.
+    requests: u64,
+    since: Instant,
+}
+
+/// The new configuration a reload's thread read and checked, or why it could not.
+type Prepared = Result<(Config, Vec<&'static str>), String>;
+
 #[derive(Debug)]
 struct ProbeResult {
     pid: i32,
@@ -542,7 +558,8 @@ struct Leftover {
 struct Pool {
     /// The serving generation's configuration (a reload's candidates have their own).
     config: Arc<Config>,
-    reload_source: Option<ConfigSource>,
+    /// Shared with the thread that reads it at a reload.
+    reload_source: Option<Arc<Mutex<ConfigSource>>>,
     /// See [`Supervisor`]'s field.
     nofile: Option<u64>,
     listeners: Vec<Listener>,
@@ -559,6 +576,9 @@ struct Pool {
     active_gen: u64,
     next_gen: u64,
     reload: Option<Reload>,
+    /// A reload waiting for its configuration to be read.
+    preparing: Option<Preparing>,
+    prepared_tx: mpsc::UnboundedSender<Prepared>,
     /// Reload requests received (see [`Snapshot::reload_requests`]).
     reload_requests: u64,
     /// A reload was requested while one was in progress: another follows it.

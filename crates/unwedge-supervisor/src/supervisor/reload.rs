@@ -10,14 +10,22 @@ impl Pool {
             return;
         }
         self.reload_requests += 1;
-        if let Some(r) = &self.reload {
+        if self.reload.is_some() || self.preparing.is_some() {
             // Started before this request, it may run an older command or configuration
             // than the one this request is about: one more reload follows it.
             if !self.reload_pending {
-                tracing::info!(
-                    "{why}: generation {} is still starting; another reload follows it",
-                    r.generation
-                );
+                match (&self.reload, &self.preparing) {
+                    (Some(r), _) => tracing::info!(
+                        "{why}: generation {} is still starting; another reload follows it",
+                        r.generation
+                    ),
+                    (None, Some(p)) => tracing::info!(
+                        "{why}: the configuration of the reload before it is still being read \
+                         (for {}); another reload follows it",
+                        fmt_dur(p.since.elapsed())
+                    ),
+                    (None, None) => {}
+                }
             }
             self.reload_pending = true;
             return;
@@ -32,27 +40,94 @@ impl Pool {
         }
     }
 
+    /// Starts a reload: with a configuration source (`--config`), once the source has been
+    /// read and checked on a thread of its own ([`Pool::on_prepared`]); without one, now. The
+    /// event loop never waits for it: a config file on a network mount that hangs, a FIFO, or
+    /// a user database that does not answer (`--user` names are looked up again) must not stop
+    /// restarts, hang detection and the admin endpoint. A plain thread rather than tokio's
+    /// blocking pool: one that never returns must not keep the supervisor from exiting.
     pub(super) fn start_reload(&mut self, why: &str) {
         let requests = self.reload_requests;
         self.systemd.reloading();
-        let new_config = match self.new_config() {
-            Ok(c) => c,
-            Err(reason) => {
-                let generation = self.next_gen.max(self.active_gen) + 1;
-                tracing::error!(
-                    "{why}: reload refused: {reason}; generation {} keeps serving",
-                    self.active_gen
-                );
-                self.counters.reloads_failed += 1;
-                self.emit(Event::ReloadFailed {
-                    generation,
-                    reason: format!("refused: {reason}"),
-                    requests,
-                });
-                self.systemd.ready(&self.status_line());
-                return;
-            }
+        let Some(source) = self.reload_source.clone() else {
+            self.launch_reload(why, requests, None);
+            return;
         };
+        let old = self.config.clone();
+        let probe = self.shared_probe.clone();
+        let tx = self.prepared_tx.clone();
+        let read = move || {
+            let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
+            let prepared = (*source)().and_then(|new| reconfig::prepare(&old, new, probe.as_ref()));
+            let _ = tx.send(prepared);
+        };
+        match std::thread::Builder::new()
+            .name("unwedge-reload".into())
+            .spawn(read)
+        {
+            Ok(_) => {
+                self.preparing = Some(Preparing {
+                    why: why.to_owned(),
+                    requests,
+                    since: Instant::now(),
+                });
+            }
+            Err(e) => self.refuse_reload(
+                why,
+                requests,
+                format!("cannot start a thread to read the configuration: {e}"),
+            ),
+        }
+    }
+
+    /// The configuration a reload's thread read and checked (see [`Pool::start_reload`]).
+    pub(super) fn on_prepared(&mut self, prepared: Prepared) {
+        // Gone when the supervisor began to stop meanwhile.
+        let Some(p) = self.preparing.take() else {
+            return;
+        };
+        match prepared {
+            Ok((new, changes)) => {
+                let new_config = self.adopt_config(new, changes);
+                self.launch_reload(&p.why, p.requests, new_config);
+            }
+            Err(reason) => {
+                self.refuse_reload(&p.why, p.requests, reason);
+                self.start_pending_reload();
+            }
+        }
+    }
+
+    /// The new configuration, or `None` when nothing a reload applies changed.
+    fn adopt_config(&self, new: Config, changes: Vec<&'static str>) -> Option<Arc<Config>> {
+        if changes.is_empty() {
+            tracing::info!("reload: configuration unchanged");
+            return None;
+        }
+        tracing::info!("reload: new configuration: {}", changes.join(", "));
+        if let Some(oom) = &self.oom {
+            warn_if_over_cgroup_limit(&new, oom.limit());
+        }
+        Some(Arc::new(new))
+    }
+
+    fn refuse_reload(&mut self, why: &str, requests: u64, reason: String) {
+        let generation = self.next_gen.max(self.active_gen) + 1;
+        tracing::error!(
+            "{why}: reload refused: {reason}; generation {} keeps serving",
+            self.active_gen
+        );
+        self.counters.reloads_failed += 1;
+        self.emit(Event::ReloadFailed {
+            generation,
+            reason: format!("refused: {reason}"),
+            requests,
+        });
+        self.systemd.ready(&self.status_line());
+    }
+
+    /// Starts the new generation (with `new_config`, or the running configuration).
+    fn launch_reload(&mut self, why: &str, requests: u64, new_config: Option<Arc<Config>>) {
         self.next_gen = self.next_gen.max(self.active_gen) + 1;
         let generation = self.next_gen;
         let workers = new_config
@@ -154,25 +229,6 @@ impl Pool {
             r.waiting_for = None;
             self.roll_next();
         }
-    }
-
-    /// The next generation's configuration from the reload source: `None` when there is no
-    /// source or nothing a reload applies changed.
-    pub(super) fn new_config(&mut self) -> Result<Option<Arc<Config>>, String> {
-        let Some(source) = self.reload_source.as_mut() else {
-            return Ok(None);
-        };
-        let (new, changes) =
-            reconfig::prepare(&self.config, source()?, self.shared_probe.as_ref())?;
-        if changes.is_empty() {
-            tracing::info!("reload: configuration unchanged");
-            return Ok(None);
-        }
-        tracing::info!("reload: new configuration: {}", changes.join(", "));
-        if let Some(oom) = &self.oom {
-            warn_if_over_cgroup_limit(&new, oom.limit());
-        }
-        Ok(Some(Arc::new(new)))
     }
 
     pub(super) fn complete_reload(&mut self) {

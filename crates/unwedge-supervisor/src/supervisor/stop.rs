@@ -41,6 +41,8 @@ impl Pool {
             s.pending = None;
         }
         self.reload = None;
+        // A configuration still being read is dropped when it arrives.
+        self.preparing = None;
         self.reload_pending = false;
         let timeout = self.config.stop_timeout;
         let pids: Vec<i32> = self.workers.keys().copied().collect();

@@ -281,7 +281,7 @@ impl Pool {
         let snap = Snapshot {
             generation: self.active_gen,
             ready: self.first_ready,
-            reloading: self.reload.is_some(),
+            reloading: self.reload.is_some() || self.preparing.is_some(),
             reload_requests: self.reload_requests,
             stopping: self.stopping,
             workers,
