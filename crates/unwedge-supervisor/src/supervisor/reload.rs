@@ -57,8 +57,12 @@ impl Pool {
         let probe = self.shared_probe.clone();
         let tx = self.prepared_tx.clone();
         let read = move || {
-            let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-            let prepared = (*source)().and_then(|new| reconfig::prepare(&old, new, probe.as_ref()));
+            // A panic must still answer, or every later reload would queue behind this one.
+            let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
+                (*source)().and_then(|new| reconfig::prepare(&old, new, probe.as_ref()))
+            }))
+            .unwrap_or_else(|_| Err("reading the configuration panicked".to_owned()));
             let _ = tx.send(prepared);
         };
         match std::thread::Builder::new()
