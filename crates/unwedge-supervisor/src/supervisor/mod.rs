@@ -225,8 +225,10 @@ impl Supervisor {
 
     /// Where each reload gets the new generation's configuration (e.g. the config file read
     /// again). Without one, a reload restarts the workers as they are. What a reload can
-    /// change and what it keeps: [`reconfig`](crate::reconfig). An `Err` refuses the reload
-    /// (logged, [`Event::ReloadFailed`]); the running workers go on.
+    /// change and what it keeps: [`reconfig`](crate::reconfig). An `Err` (or a panic) refuses
+    /// the reload (logged, [`Event::ReloadFailed`]); the running workers go on. It runs on a
+    /// thread of its own, never on the supervisor's event loop: it may block (a slow file
+    /// system, a user database) without holding up restarts, hang detection or a stop.
     ///
     /// ```no_run
     /// # fn f(config: unwedge_supervisor::Config) -> Result<(), unwedge_supervisor::StartError> {
