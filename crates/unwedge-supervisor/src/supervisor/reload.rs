@@ -95,10 +95,7 @@ impl Pool {
                 let new_config = self.adopt_config(new, changes);
                 self.launch_reload(&p.why, p.requests, new_config);
             }
-            Err(reason) => {
-                self.refuse_reload(&p.why, p.requests, reason);
-                self.start_pending_reload();
-            }
+            Err(reason) => self.refuse_reload(&p.why, p.requests, reason),
         }
     }
 
@@ -121,13 +118,20 @@ impl Pool {
             "{why}: reload refused: {reason}; generation {} keeps serving",
             self.active_gen
         );
+        self.count_failed_reload(generation, format!("refused: {reason}"), requests);
+    }
+
+    /// A reload that failed or was refused: counted, told (event, systemd), and the reload
+    /// requested meanwhile, if any, follows.
+    fn count_failed_reload(&mut self, generation: u64, reason: String, requests: u64) {
         self.counters.reloads_failed += 1;
         self.emit(Event::ReloadFailed {
             generation,
-            reason: format!("refused: {reason}"),
+            reason,
             requests,
         });
         self.systemd.ready(&self.status_line());
+        self.start_pending_reload();
     }
 
     /// Starts the new generation (with `new_config`, or the running configuration).
@@ -308,14 +312,7 @@ impl Pool {
                 }
             }
         }
-        self.counters.reloads_failed += 1;
-        self.emit(Event::ReloadFailed {
-            generation: r.generation,
-            reason,
-            requests: r.requests,
-        });
-        self.systemd.ready(&self.status_line());
-        self.start_pending_reload();
+        self.count_failed_reload(r.generation, reason, r.requests);
     }
 
     pub(super) fn is_candidate(&self, generation: u64) -> bool {
