@@ -307,3 +307,92 @@ fn after_sigterm_a_kept_alive_connection_gets_its_answer_with_connection_close()
         assert_eq!(status.code(), Some(0), "stderr:\n{}", worker.stderr());
     });
 }
+
+/// A supervisor that stops reading its notify socket must not freeze the worker: the kernel
+/// queues only `net.unix.max_dgram_qlen` datagrams (10 by default) and a blocking send into a
+/// full queue would stop the panicking request's thread (its report) and the watchdog thread
+/// (heartbeats). Requests go on being answered; once the socket is read, the messages come.
+#[test]
+fn a_notify_socket_nobody_reads_does_not_freeze_the_worker() {
+    run_test(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unread.sock");
+        let unread = tokio::net::UnixDatagram::bind(&path).unwrap();
+        let (listener, addr) = loopback_listener();
+        let mut worker = spawn_worker(
+            dir.path(),
+            "w",
+            Some(&listener),
+            &[
+                ("NOTIFY_SOCKET", path.to_str().unwrap()),
+                ("WATCHDOG_USEC", "20000"),
+                ("UNWEDGE_POLICY", "recover"),
+            ],
+        );
+        let answer = |method: &'static str, path: &'static str| async move {
+            tokio::time::timeout(Duration::from_secs(10), http(addr, method, path))
+                .await
+                .unwrap_or_else(|_| panic!("{method} {path}: no answer within 10 s"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while answer("GET", "/").await.map(|r| r.0).ok() != Some(200) {
+            assert!(Instant::now() < deadline, "{}", worker.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Far more reports than the kernel queues (heartbeats every 10 ms fill it too).
+        for i in 0..30 {
+            let (status, _) = answer("POST", "/panic").await.unwrap();
+            assert_eq!(status, 500, "panic #{i}:\n{}", worker.stderr());
+        }
+        assert_eq!(
+            answer("GET", "/livez").await.unwrap().0,
+            200,
+            "{}",
+            worker.stderr()
+        );
+        assert_eq!(answer("GET", "/").await.unwrap().0, 200);
+
+        // Reading at last: what was queued arrives, reports included, then STOPPING=1.
+        let mut notify = Notify::reading(unread, path);
+        notify
+            .expect(
+                "UNWEDGE_REPORT=",
+                Duration::from_secs(20),
+                line_is("UNWEDGE_REPORT="),
+            )
+            .await;
+        worker.signal(Signal::TERM);
+        notify
+            .expect("STOPPING=1", Duration::from_secs(20), line_is("STOPPING=1"))
+            .await;
+        let status = worker.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(0), "stderr:\n{}", worker.stderr());
+    });
+}
+
+/// `NOTIFY_SOCKET=@name` is an abstract socket (sd_notify(3)): the worker talks to it.
+#[test]
+fn an_abstract_notify_socket_gets_ready_and_stopping() {
+    run_test(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("unwedge-test-{}-{}", std::process::id(), line!());
+        let mut notify = Notify::bind_abstract(&name);
+        let (listener, addr) = loopback_listener();
+        let mut worker = spawn_worker(
+            dir.path(),
+            "w",
+            Some(&listener),
+            &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
+        );
+        notify
+            .expect("READY=1", Duration::from_secs(20), line_is("READY=1"))
+            .await;
+        assert_eq!(http(addr, "GET", "/").await.unwrap().0, 200);
+        worker.signal(Signal::TERM);
+        notify
+            .expect("STOPPING=1", Duration::from_secs(5), line_is("STOPPING=1"))
+            .await;
+        let status = worker.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(0), "stderr:\n{}", worker.stderr());
+    });
+}

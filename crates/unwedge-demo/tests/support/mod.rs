@@ -46,6 +46,21 @@ impl Notify {
     pub fn bind(dir: &Path, name: &str) -> Notify {
         let path = dir.join(name);
         let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        Notify::reading(sock, path)
+    }
+
+    /// An abstract socket (`NOTIFY_SOCKET=@name`); `path` is then `@name`.
+    pub fn bind_abstract(name: &str) -> Notify {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).expect("name");
+        let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr).expect("bind abstract");
+        sock.set_nonblocking(true).expect("nonblocking");
+        let sock = UnixDatagram::from_std(sock).expect("tokio socket");
+        Notify::reading(sock, PathBuf::from(format!("@{name}")))
+    }
+
+    /// Starts reading `sock` (e.g. one left unread until now).
+    pub fn reading(sock: UnixDatagram, path: PathBuf) -> Notify {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 128 * 1024];

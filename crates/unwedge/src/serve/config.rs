@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::notify::Target;
 use super::ServeError;
 
 /// Where to listen: a TCP address or a Unix socket path.
@@ -174,34 +175,37 @@ pub(crate) fn activation() -> Result<Activation, ServeError> {
     Ok(Activation { count, names })
 }
 
-/// `NOTIFY_SOCKET`: an absolute path (abstract sockets, `@name`, are not supported).
-pub(crate) fn notify_socket() -> Result<Option<PathBuf>, ServeError> {
+/// `NOTIFY_SOCKET`: an absolute socket path, or `@name` for an abstract socket (sd_notify(3)).
+/// `vsock:` addresses are refused: this crate does not speak AF_VSOCK.
+pub(crate) fn notify_socket() -> Result<Option<Target>, ServeError> {
     let Some(v) = var("NOTIFY_SOCKET")? else {
         return Ok(None);
     };
-    if v.starts_with('@') {
-        return Err(ServeError::bad_env(
-            "NOTIFY_SOCKET",
-            &v,
-            "abstract notify sockets are not supported; use a socket path",
+    let bad = |why: &str| ServeError::bad_env("NOTIFY_SOCKET", &v, why);
+    if let Some(name) = v.strip_prefix('@') {
+        // sockaddr_un.sun_path: 108 bytes, the first one the NUL that marks it abstract.
+        if name.is_empty() || name.len() > 107 {
+            return Err(bad(
+                "an abstract socket name must be 1 to 107 bytes after the @",
+            ));
+        }
+        return Target::abstract_name(name)
+            .map(Some)
+            .map_err(|e| bad(&e.to_string()));
+    }
+    if v.starts_with("vsock") {
+        return Err(bad(
+            "AF_VSOCK notify sockets are not supported; use a socket path or @name",
         ));
     }
     if !v.starts_with('/') {
-        return Err(ServeError::bad_env(
-            "NOTIFY_SOCKET",
-            &v,
-            "not an absolute socket path",
-        ));
+        return Err(bad("not an absolute socket path (nor an abstract @name)"));
     }
     // sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
     if v.len() > 107 {
-        return Err(ServeError::bad_env(
-            "NOTIFY_SOCKET",
-            &v,
-            "path longer than 107 bytes",
-        ));
+        return Err(bad("path longer than 107 bytes"));
     }
-    Ok(Some(PathBuf::from(v)))
+    Target::path(&v).map(Some).map_err(|e| bad(&e.to_string()))
 }
 
 /// `WATCHDOG_USEC` (and `WATCHDOG_PID`): the heartbeat interval the supervisor expects.

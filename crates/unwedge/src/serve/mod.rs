@@ -435,7 +435,7 @@ impl Server {
     {
         // Configuration first, so that a malformed variable fails before any side effect.
         let activation = config::activation()?;
-        let notify_path = config::notify_socket()?;
+        let notify_target = config::notify_socket()?;
         let watchdog_usec = config::watchdog_usec()?;
         let env_listen = config::listen()?;
         // Environment, builder, then the process-wide policy; tasks follow the same.
@@ -481,8 +481,8 @@ impl Server {
             .collect::<Vec<_>>()
             .join(", ");
 
-        let notifier = Arc::new(Notifier::new(notify_path));
-        register_report_sink(&notifier);
+        let notifier = Arc::new(Notifier::new(notify_target));
+        notify::set_current(&notifier);
 
         let tracker = Tracker::new();
         dump::install(&tracker);
@@ -630,9 +630,13 @@ impl Server {
                 tracing::error!(reason = %reason, elapsed = ?started.elapsed(), "graceful crash: exiting with code 70");
                 exit_now(EXIT_CRASH)
             }
-            Some(reason) => Ok(Outcome::Crashed { reason }),
+            Some(reason) => {
+                notifier.flush(NOTIFY_FLUSH);
+                Ok(Outcome::Crashed { reason })
+            }
             None => {
                 tracing::info!("graceful shutdown complete");
+                notifier.flush(NOTIFY_FLUSH);
                 Ok(Outcome::Stopped)
             }
         }
@@ -647,8 +651,14 @@ fn deadline_in(d: Duration) -> tokio::time::Instant {
         .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
 }
 
-/// Flushes what can be flushed and exits the process.
+/// How long an exit waits for the notify messages still queued (a report, `STOPPING=1`).
+const NOTIFY_FLUSH: Duration = Duration::from_secs(1);
+
+/// Flushes what can be flushed (the notify queue, stdout, stderr) and exits the process.
 pub(crate) fn exit_now(code: u8) -> ! {
+    if let Some(n) = notify::current() {
+        n.flush(NOTIFY_FLUSH);
+    }
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(i32::from(code))
@@ -685,28 +695,6 @@ impl Signals {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
         }
-    }
-}
-
-fn register_report_sink(notifier: &Arc<Notifier>) {
-    static CURRENT: std::sync::OnceLock<std::sync::RwLock<Option<Arc<Notifier>>>> =
-        std::sync::OnceLock::new();
-    let mut first = false;
-    let slot = CURRENT.get_or_init(|| {
-        first = true;
-        std::sync::RwLock::new(None)
-    });
-    *slot.write().unwrap_or_else(|p| p.into_inner()) = Some(notifier.clone());
-    if first {
-        // One process-wide sink forwarding to the current serve()'s notifier.
-        crate::panic::add_sink(Arc::new(|report: &crate::PanicReport| {
-            let current = CURRENT
-                .get()
-                .and_then(|s| s.read().unwrap_or_else(|p| p.into_inner()).clone());
-            if let Some(n) = current {
-                n.report(report);
-            }
-        }));
     }
 }
 

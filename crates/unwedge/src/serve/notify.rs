@@ -9,9 +9,17 @@
 //! | `WATCHDOG=1` | every half of `WATCHDOG_USEC`, only while Healthy or Draining |
 //! | `STOPPING=1` | graceful shutdown or graceful crash begins |
 //! | `UNWEDGE_REPORT=<json>` | a panic was caught (see [`encode_report`]) |
+//!
+//! `NOTIFY_SOCKET` may be a socket path or an abstract name (`@name`), as sd_notify(3) says.
+//! Messages are sent by one thread, in order, from a bounded queue: a receiver that stops
+//! reading never blocks a request or the watchdog (see [`Notifier`]).
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::fmt::Write as _;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
@@ -21,46 +29,128 @@ use crate::PanicReport;
 /// receiver's buffer may not be; 60 KB leaves room under the common 64 KiB limits.
 pub const MAX_REPORT_BYTES: usize = 60_000;
 
-/// Sends notify messages; a socket that vanished is logged once per outage, never fatal.
+/// How many messages may wait for the socket before new ones are dropped.
+const QUEUE: usize = 256;
+
+/// How long one datagram may wait for room in the receiver's queue.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where `NOTIFY_SOCKET` points: a path, or an abstract name (`@name`).
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    addr: SocketAddr,
+    shown: String,
+}
+
+impl Target {
+    /// A socket path (absolute).
+    pub(crate) fn path(path: &str) -> std::io::Result<Self> {
+        Ok(Target {
+            addr: SocketAddr::from_pathname(path)?,
+            shown: path.to_owned(),
+        })
+    }
+
+    /// An abstract socket: `name` without the leading `@`.
+    pub(crate) fn abstract_name(name: &str) -> std::io::Result<Self> {
+        use std::os::linux::net::SocketAddrExt;
+        Ok(Target {
+            addr: SocketAddr::from_abstract_name(name.as_bytes())?,
+            shown: format!("@{name}"),
+        })
+    }
+}
+
+/// Sends notify messages without ever blocking the thread that has something to say.
+///
+/// A datagram to a receiver whose queue is full blocks the sender (Linux queues at most
+/// `net.unix.max_dgram_qlen` datagrams, 10 by default, per receiver). A supervisor that stops
+/// reading must not freeze a request thread sending a panic report, nor the watchdog thread
+/// sending `WATCHDOG=1`: so every message goes into a bounded queue (in order) and one thread,
+/// `unwedge-notify`, sends them, each waiting at most [`SEND_TIMEOUT`] for room. A full queue
+/// drops the new message (counted, logged once per outage). A socket that vanished is logged
+/// once per outage, never fatal.
 #[derive(Debug)]
 pub(crate) struct Notifier {
-    path: Option<PathBuf>,
+    target: Option<Target>,
+    queue: Option<SyncSender<Vec<u8>>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Queued or being sent.
+    pending: AtomicUsize,
+    dropped: AtomicU64,
+    /// A drop was logged and no message was sent since.
+    dropping: AtomicBool,
     failing: AtomicBool,
 }
 
 impl Notifier {
-    pub(crate) fn new(path: Option<PathBuf>) -> Self {
+    /// A notifier sending to `target` (`None`: sends nothing). Starts the sending thread.
+    pub(crate) fn new(target: Option<Target>) -> Self {
+        let shared = Arc::new(Shared::default());
+        let queue = target.as_ref().and_then(|t| start_sender(t, &shared));
         Notifier {
-            path,
-            failing: AtomicBool::new(false),
+            target,
+            queue,
+            shared,
         }
     }
 
     pub(crate) fn enabled(&self) -> bool {
-        self.path.is_some()
+        self.queue.is_some()
     }
 
-    /// Sends one datagram; returns whether it was delivered.
+    /// Queues one datagram; returns whether it was queued (not whether it was delivered).
     pub(crate) fn send(&self, states: &[NotifyState<'_>]) -> bool {
-        let Some(path) = &self.path else { return false };
-        match sd_notify::notify(false, states) {
-            Ok(()) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(socket = %path.display(), "notify socket reachable again");
-                }
-                true
-            }
+        let mut msg = String::new();
+        for s in states {
+            let _ = writeln!(msg, "{s}");
+        }
+        self.queue_bytes(msg.into_bytes())
+    }
+
+    fn queue_bytes(&self, msg: Vec<u8>) -> bool {
+        let Some(queue) = &self.queue else {
+            return false;
+        };
+        self.shared.pending.fetch_add(1, Ordering::SeqCst);
+        match queue.try_send(msg) {
+            Ok(()) => true,
             Err(e) => {
-                if !self.failing.swap(true, Ordering::Relaxed) {
+                self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+                let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if matches!(e, TrySendError::Full(_))
+                    && !self.shared.dropping.swap(true, Ordering::Relaxed)
+                {
                     tracing::warn!(
-                        socket = %path.display(),
-                        error = %e,
-                        "cannot send to NOTIFY_SOCKET; serving continues without it (logged once)"
+                        socket = %self.shown(),
+                        dropped,
+                        "NOTIFY_SOCKET is not being read: {QUEUE} messages wait; dropping new ones (logged once until it reads again)"
                     );
                 }
                 false
             }
         }
+    }
+
+    fn shown(&self) -> &str {
+        self.target.as_ref().map_or("", |t| t.shown.as_str())
+    }
+
+    /// Waits until every queued message was sent (or given up on), at most `limit`; returns
+    /// whether the queue is empty.
+    pub(crate) fn flush(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while self.shared.pending.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     pub(crate) fn status(&self, status: &str) -> bool {
@@ -71,9 +161,106 @@ impl Notifier {
         if !self.enabled() {
             return false;
         }
-        let line = encode_report(report);
-        self.send(&[NotifyState::Custom(&line)])
+        self.queue_bytes(encode_report(report).into_bytes())
     }
+}
+
+/// The socket and the thread that sends the queued messages; `None` (logged) if either
+/// cannot be made.
+fn start_sender(target: &Target, shared: &Arc<Shared>) -> Option<SyncSender<Vec<u8>>> {
+    let sock = match UnixDatagram::unbound().and_then(|s| {
+        s.set_write_timeout(Some(SEND_TIMEOUT))?;
+        Ok(s)
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(socket = %target.shown, error = %e, "cannot create a socket for NOTIFY_SOCKET; serving continues without it");
+            return None;
+        }
+    };
+    let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
+    let (to, shared) = (target.clone(), shared.clone());
+    let spawned = std::thread::Builder::new()
+        .name("unwedge-notify".into())
+        .spawn(move || {
+            // Ends when the notifier (the only sender) is dropped and the queue is empty.
+            for msg in rx {
+                deliver(&sock, &to, &shared, &msg);
+                shared.pending.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::warn!(socket = %target.shown, error = %e, "cannot start the notify thread; serving continues without NOTIFY_SOCKET");
+            None
+        }
+    }
+}
+
+fn deliver(sock: &UnixDatagram, target: &Target, shared: &Shared, msg: &[u8]) {
+    match sock.send_to_addr(msg, &target.addr) {
+        Ok(_) => {
+            if shared.failing.swap(false, Ordering::Relaxed) {
+                tracing::info!(socket = %target.shown, "notify socket reachable again");
+            }
+            // Drops end once the queue has drained (this message was the last one).
+            if shared.pending.load(Ordering::SeqCst) <= 1
+                && shared.dropping.swap(false, Ordering::Relaxed)
+            {
+                tracing::info!(
+                    socket = %target.shown,
+                    dropped = shared.dropped.load(Ordering::Relaxed),
+                    "NOTIFY_SOCKET is being read again"
+                );
+            }
+        }
+        Err(e) => {
+            if !shared.failing.swap(true, Ordering::Relaxed) {
+                let why = if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    format!("its queue stayed full for {SEND_TIMEOUT:?}")
+                } else {
+                    e.to_string()
+                };
+                tracing::warn!(
+                    socket = %target.shown,
+                    error = %why,
+                    "cannot send to NOTIFY_SOCKET; serving continues without it (logged once)"
+                );
+            }
+        }
+    }
+}
+
+/// The notifier of the current (latest) `serve()`: panic reports go there, and
+/// [`exit_now`](super::exit_now) flushes it.
+static CURRENT: OnceLock<RwLock<Option<Arc<Notifier>>>> = OnceLock::new();
+
+/// Makes `notifier` the current one; the first call also registers the panic-report sink
+/// that forwards to whichever is current.
+pub(crate) fn set_current(notifier: &Arc<Notifier>) {
+    let mut first = false;
+    let slot = CURRENT.get_or_init(|| {
+        first = true;
+        RwLock::new(None)
+    });
+    *slot.write().unwrap_or_else(|p| p.into_inner()) = Some(notifier.clone());
+    if first {
+        crate::panic::add_sink(Arc::new(|report: &PanicReport| {
+            if let Some(n) = current() {
+                n.report(report);
+            }
+        }));
+    }
+}
+
+pub(crate) fn current() -> Option<Arc<Notifier>> {
+    CURRENT
+        .get()
+        .and_then(|s| s.read().unwrap_or_else(|p| p.into_inner()).clone())
 }
 
 /// Notify messages are newline-separated `KEY=value` lines: a value must be one line.
