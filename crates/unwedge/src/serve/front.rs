@@ -91,8 +91,14 @@ type Called<S, R> = FutEither<
     >,
 >;
 
-/// Calls `app` now when it is ready at once, else leaves the call to a `Oneshot` (with a clone
-/// of it) that waits for readiness.
+/// Calls `app` now when it is ready at once, else leaves the call to a `Oneshot` that waits
+/// for readiness.
+///
+/// The `Oneshot` gets *this* instance, and the connection keeps a fresh clone: a `poll_ready`
+/// that returned `Pending` may have reserved capacity in the instance (tower's
+/// `ConcurrencyLimit` queues for a semaphore permit, `Buffer` for a channel slot). A clone
+/// starts over and queues behind it, while the permit goes to the reservation nobody polls
+/// again: the request would wait forever.
 #[inline]
 fn call_app<S, R>(app: &mut S, req: R) -> Called<S, R>
 where
@@ -102,10 +108,12 @@ where
     match app.poll_ready(&mut cx) {
         Poll::Ready(Ok(())) => FutEither::Left(app.call(req)),
         Poll::Ready(Err(e)) => FutEither::Right(FutEither::Left(future::err(e))),
-        Poll::Pending => FutEither::Right(FutEither::Right(Box::pin(tower::ServiceExt::oneshot(
-            app.clone(),
-            req,
-        )))),
+        Poll::Pending => {
+            let reserved = std::mem::replace(app, app.clone());
+            FutEither::Right(FutEither::Right(Box::pin(tower::ServiceExt::oneshot(
+                reserved, req,
+            ))))
+        }
     }
 }
 
