@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::os::fd::AsFd;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -97,6 +98,29 @@ fn address_in_use_is_a_clear_error() {
             )),
             "{stderr}"
         );
+    });
+}
+
+/// systemd's `Accept=yes` passes a connected socket: `serve()` says so and exits, instead of
+/// reporting ready and failing every `accept` forever.
+#[test]
+fn an_inherited_socket_that_does_not_listen_is_a_clear_error() {
+    run_test(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (listener, addr) = loopback_listener();
+        let connected = std::net::TcpStream::connect(addr).unwrap();
+        let mut worker = spawn_worker_fd(dir.path(), "w", Some(connected.as_fd()), &[]);
+        let status = worker.wait_exit(Duration::from_secs(20)).await;
+        let stderr = worker.stderr();
+        assert_eq!(status.code(), Some(1), "stderr:\n{stderr}");
+        assert!(
+            stderr.contains(
+                "inherited fd 3 (LISTEN_FDS=1) is a connected socket, not a listening one"
+            ),
+            "{stderr}"
+        );
+        assert!(stderr.contains("Accept=no"), "{stderr}");
+        drop(listener);
     });
 }
 

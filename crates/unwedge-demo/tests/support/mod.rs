@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -153,6 +153,16 @@ pub fn spawn_worker(
     dir: &Path,
     tag: &str,
     listener: Option<&TcpListener>,
+    env: &[(&str, &str)],
+) -> Worker {
+    spawn_worker_fd(dir, tag, listener.map(|l| l.as_fd()), env)
+}
+
+/// [`spawn_worker`] with any socket as fd 3 (e.g. one that does not listen).
+pub fn spawn_worker_fd(
+    dir: &Path,
+    tag: &str,
+    listener: Option<BorrowedFd<'_>>,
     env: &[(&str, &str)],
 ) -> Worker {
     let stderr_path = dir.join(format!("{tag}.stderr"));

@@ -101,6 +101,25 @@ pub(crate) fn inherited(act: &Activation) -> Result<Vec<Listener>, ServeError> {
                     }
                 },
             };
+        // listenfd checks the family and the type, not that the socket listens: systemd's
+        // `Accept=yes` passes a *connected* socket, on which accept fails forever (EINVAL).
+        let listening = match &listener {
+            Listener::Tcp(l) => rustix::net::sockopt::socket_acceptconn(l),
+            Listener::Unix(l, _) => rustix::net::sockopt::socket_acceptconn(l),
+        };
+        if !listening.unwrap_or(false) {
+            return Err(ServeError::Listen(format!(
+                "inherited fd {fd} (LISTEN_FDS={}{}) is a connected socket, not a listening one \
+                 (a systemd socket unit with Accept=yes passes one connection per process; \
+                 serve() needs Accept=no)",
+                act.count,
+                if name.is_empty() {
+                    String::new()
+                } else {
+                    format!(", name {name}")
+                }
+            )));
+        }
         tracing::debug!(fd, name, addr = %listener, "using inherited socket");
         out.push(listener);
     }
@@ -135,21 +154,7 @@ pub(crate) async fn bind(addr: &ListenAddr, origin: &str) -> Result<Listener, Se
                 .await
                 .map_err(fail)?
                 .collect();
-            let first = addrs
-                .first()
-                .ok_or_else(|| fail(io::Error::other("the host resolved to no address")))?;
-            // SO_REUSEADDR (as std does) so a restart is not refused by TIME_WAIT; never
-            // SO_REUSEPORT: one socket, one accept queue.
-            let sock = socket2::Socket::new(
-                socket2::Domain::for_address(*first),
-                socket2::Type::STREAM,
-                Some(socket2::Protocol::TCP),
-            )
-            .map_err(fail)?;
-            sock.set_reuse_address(true).map_err(fail)?;
-            sock.bind(&(*first).into()).map_err(fail)?;
-            sock.listen(1024).map_err(fail)?;
-            let std_listener: std::net::TcpListener = sock.into();
+            let std_listener = bind_first(&addrs).map_err(fail)?;
             tokio_tcp(std_listener).map(Listener::Tcp)
         }
         ListenAddr::Unix(path) => {
@@ -162,6 +167,37 @@ pub(crate) async fn bind(addr: &ListenAddr, origin: &str) -> Result<Listener, Se
             Ok(Listener::Unix(l, Some(path.clone())))
         }
     }
+}
+
+/// A listening socket on the first of `addrs` that can be bound, trying each in turn as std's
+/// and tokio's `bind` do (`localhost` may resolve to `::1` first on a host or container
+/// without IPv6); the last error when none can.
+fn bind_first(addrs: &[std::net::SocketAddr]) -> io::Result<std::net::TcpListener> {
+    let mut last = io::Error::other("the host resolved to no address");
+    for a in addrs {
+        match bind_tcp(*a) {
+            Ok(l) => return Ok(l),
+            Err(e) => {
+                tracing::debug!(addr = %a, error = %e, "cannot bind; trying the next address");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// One TCP listening socket on `addr`: SO_REUSEADDR (as std does) so a restart is not refused
+/// by TIME_WAIT; never SO_REUSEPORT: one socket, one accept queue.
+fn bind_tcp(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    Ok(sock.into())
 }
 
 /// The mode of the Unix sockets `serve()` binds itself.
@@ -197,5 +233,27 @@ fn remove_stale_socket(path: &Path) {
     {
         tracing::debug!(path = %path.display(), "removing stale socket file");
         let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_tries_each_resolved_address_in_turn() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let free_addr = free.local_addr().unwrap();
+        drop(free);
+        let l = bind_first(&[taken.local_addr().unwrap(), free_addr]).unwrap();
+        assert_eq!(l.local_addr().unwrap(), free_addr);
+
+        let e = bind_first(&[taken.local_addr().unwrap()]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "the last error: {e}");
+        assert!(bind_first(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("no address"));
     }
 }
