@@ -509,7 +509,14 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
                 at: SystemTime::now(),
                 cause: PoisonCause::Panic,
             });
-            context::record_poison(&self.lock.info.name);
+            if context::current_scope().is_some() {
+                // The panic layer or `spawn` catching this panic decides (its own policy).
+                context::record_poison(&self.lock.info.name);
+            } else {
+                // A panic nobody of ours will catch (a plain `tokio::spawn` task, a thread):
+                // the process-wide policy decides here.
+                escalate_poison(&self.lock.info.name, "a panic outside any request or task");
+            }
         }
         self.lock.info.released(self.generation);
     }
@@ -597,6 +604,22 @@ impl<T: ?Sized> Drop for CommitGuard<'_, T> {
             at: SystemTime::now(),
             cause: PoisonCause::Uncommitted,
         });
+        escalate_poison(&guard.lock.info.name, "a section dropped before commit()");
+    }
+}
+
+/// A mutex poisoned where no panic layer or [`spawn`](crate::spawn) decides (a section left
+/// uncommitted, a panic in a plain thread or `tokio::spawn` task): the process-wide
+/// [`policy`](crate::panic::policy) decides as it would for a caught panic. Auto and Crash ask
+/// for a graceful crash (the health turns Tainted, `/livez` fails, `serve()` drains and exits
+/// 70); Recover leaves the mutex poisoned for the next `lock()` to repair.
+fn escalate_poison(name: &str, by: &str) {
+    use crate::Policy;
+    match crate::panic::policy() {
+        Policy::Recover => {}
+        Policy::Auto | Policy::Crash => {
+            crate::health::request_crash(format!("mutex `{name}` poisoned by {by}"));
+        }
     }
 }
 

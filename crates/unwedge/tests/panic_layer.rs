@@ -735,3 +735,92 @@ async fn a_report_carries_nothing_of_an_earlier_request() {
     })
     .await
 }
+
+/// A panic caught by someone else earlier on this thread (here a `catch_unwind` outside any
+/// request, after rolling back a `Tx`) must not lend its location, time or rolled-back state
+/// to a later request's panic that the hook does not see (`resume_unwind`, as tokio's
+/// `JoinError::into_panic` idiom and rayon re-raise panics).
+#[tokio::test]
+async fn a_resumed_panic_is_not_reported_with_an_earlier_caught_panics_details() {
+    use tower::ServiceExt;
+    within(async {
+        let stale = Tx::named("stale-tx", 0u32);
+        let earlier = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            stale.update(|_| panic!("earlier, caught elsewhere"));
+        }));
+        assert!(earlier.is_err());
+
+        let keep = Keep::default();
+        let app = Router::new()
+            .route(
+                "/resume",
+                get(|| async {
+                    if true {
+                        std::panic::resume_unwind(Box::new("resumed"));
+                    }
+                }),
+            )
+            .layer(PanicLayer::new().sink(Arc::new(keep.clone())));
+        // Polled on this very thread (a current-thread runtime): where the stale capture is.
+        let res = app
+            .oneshot(http::Request::get("/resume").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let reports = keep.all();
+        assert_eq!(reports.len(), 1);
+        let r = &reports[0];
+        assert_eq!(r.message, "resumed");
+        assert!(r.rolled_back.is_empty(), "{:?}", r.rolled_back);
+        assert!(
+            !r.location
+                .as_deref()
+                .unwrap_or("")
+                .contains("panic_layer.rs"),
+            "the earlier panic's location: {:?}",
+            r.location
+        );
+        assert_eq!(r.decision.as_ref().unwrap().action, Action::Recover);
+        assert_eq!(
+            r.decision.as_ref().unwrap().reason,
+            "no unwedge state touched"
+        );
+    })
+    .await
+}
+
+/// With no `tracing` subscriber the report (a `tracing` event) would reach nobody: the hook
+/// installed before unwedge's (std's printing one by default) still sees a request's panic.
+#[tokio::test]
+async fn without_a_tracing_subscriber_the_previous_hook_still_sees_a_request_panic() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+    within(async {
+        assert!(
+            !tracing::dispatcher::has_been_set(),
+            "this test needs no subscriber"
+        );
+        std::panic::set_hook(Box::new(|_| {
+            SEEN.fetch_add(1, Ordering::SeqCst);
+        }));
+        unwedge::install();
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if true {
+                        panic!("boom");
+                    }
+                }),
+            )
+            .layer(PanicLayer::with_policy(Policy::Recover));
+        let res = app
+            .oneshot(http::Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(SEEN.load(Ordering::SeqCst), 1);
+    })
+    .await
+}

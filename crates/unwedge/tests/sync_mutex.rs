@@ -329,6 +329,17 @@ async fn commit_guard_poisons_when_dropped_uncommitted() {
             .unwrap()
             .contains("sync_mutex.rs"));
         assert_eq!(*err.into_inner(), [90, 0]);
+        // No panic layer saw it: the process-wide policy (Auto) asks for a graceful crash,
+        // so /livez fails and `serve()` restarts the process instead of answering "poisoned"
+        // forever behind green probes.
+        let reason = tokio::time::timeout(Duration::from_secs(5), health::crash_requested())
+            .await
+            .expect("a crash is requested");
+        assert_eq!(
+            reason,
+            "mutex `accounts` poisoned by a section dropped before commit()"
+        );
+        assert_eq!(health::health().state, HealthState::Tainted);
         m.clear_poison();
 
         // Committed: no poison.
@@ -376,4 +387,49 @@ fn bounds() {
         let g = m.lock().await;
         drop(g);
     });
+}
+
+/// Under Recover, a mutex poisoned where no layer decides stays poisoned for the next `lock()`
+/// to repair; the process stays healthy.
+#[tokio::test]
+async fn under_recover_an_uncommitted_section_only_poisons() {
+    bounded(async {
+        unwedge::panic::set_policy(unwedge::Policy::Recover);
+        let m = Mutex::named("ledger", 0);
+        drop(m.lock().await.unwrap().commit_or_poison());
+        assert!(m.is_poisoned());
+        assert_eq!(health::health().state, HealthState::Healthy);
+        assert!(health::crash_reason().is_none());
+    })
+    .await;
+}
+
+/// A panic in a plain thread (no panic layer, no `unwedge::spawn`) that poisons a mutex: the
+/// process-wide policy (Auto) asks for a graceful crash.
+#[tokio::test]
+async fn a_mutex_poisoned_by_a_panic_outside_any_request_requests_a_crash() {
+    bounded(async {
+        let m = Arc::new(Mutex::named("outside", 0));
+        let m2 = m.clone();
+        let joined = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let _g = m2.lock().await.unwrap();
+                panic!("boom outside");
+            })
+        })
+        .join();
+        assert!(joined.is_err());
+        assert!(m.is_poisoned());
+        let reason = tokio::time::timeout(Duration::from_secs(5), health::crash_requested())
+            .await
+            .expect("a crash is requested");
+        assert_eq!(
+            reason,
+            "mutex `outside` poisoned by a panic outside any request or task"
+        );
+    })
+    .await;
 }

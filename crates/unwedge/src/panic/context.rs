@@ -134,6 +134,10 @@ pub(crate) fn with_scope_in<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -
             }
         }
     }
+    // A capture left on this thread is stale: its panic was caught by someone else (tokio's
+    // `JoinHandle`, a `catch_unwind` of the app's). A panic re-raised later with
+    // `resume_unwind` skips the hook, and would otherwise be reported with that capture.
+    clear_stale();
     // The closure runs (and takes the scope out of `slot`) only while the thread-local lives.
     match SCOPE.try_with(|s| s.replace(slot.take())) {
         Ok(prev) => {
@@ -143,6 +147,18 @@ pub(crate) fn with_scope_in<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -
         // The thread is exiting: run without a scope.
         Err(_) => f(),
     }
+}
+
+/// Drops a capture nobody took (see [`with_scope_in`]).
+#[inline]
+fn clear_stale() {
+    let _ = CAPTURE.try_with(|c| {
+        if let Ok(mut slot) = c.try_borrow_mut() {
+            if slot.is_some() {
+                *slot = None;
+            }
+        }
+    });
 }
 
 /// The scope running on this thread, if any.

@@ -22,8 +22,11 @@ pub(crate) fn backtrace_mode() -> Mode {
 /// The hook records the message, location, thread name and a backtrace on the panicking
 /// thread, where the layer that catches the panic turns them into a
 /// [`PanicReport`](crate::PanicReport). Inside a request or a task run by unwedge the report
-/// replaces the bare `thread 'x' panicked at` line on stderr; anywhere else the hook that was
-/// installed before (by default, std's printing hook) runs as well, so nothing is lost.
+/// (a `tracing` event) replaces the bare `thread 'x' panicked at` line on stderr; anywhere
+/// else the hook that was installed before (by default, std's printing hook) runs as well, so
+/// nothing is lost. It also runs inside requests when no `tracing` subscriber is set (the
+/// report would be seen by nobody) and when the binary is built with `panic = "abort"` (no
+/// report follows: the process aborts).
 ///
 /// Backtraces: the hook only walks the stack (microseconds). Turning the frames into function
 /// names and lines takes milliseconds per cold part of the binary (15–100 ms for a request's
@@ -62,7 +65,10 @@ pub fn install() {
                 poisoned: Vec::new(),
                 scope: scope.clone(),
             });
-            if scope.is_none() {
+            // Inside a request or task the report replaces std's line, unless it could not
+            // be seen: the process aborts on panic (nothing catches it), or no `tracing`
+            // subscriber is set (the report would go nowhere but the sinks).
+            if scope.is_none() || cfg!(panic = "abort") || !tracing::dispatcher::has_been_set() {
                 previous(info);
             }
         }));
