@@ -98,32 +98,33 @@ pub struct RequestInfo {
 }
 
 impl RequestInfo {
-    /// Describes a request for a report: the path without its query, and the headers with
-    /// [`REDACTED_HEADERS`] redacted and non-UTF-8 values shown as `<binary>`.
+    /// Describes a request for a report as a [`PanicLayer`](crate::PanicLayer) does by
+    /// default: the path without its query; of the headers, the first value of each of
+    /// [`REPORTED_HEADERS`] (a URL's query and fragment cut off, e.g. a `Referer`'s
+    /// `?token=…`) and the [`REDACTED_HEADERS`] present, shown as [`REDACTED`]. Other headers
+    /// (`x-api-key`, `x-csrf-token`, …) are left out: their values may be credentials.
     ///
     /// ```
     /// # use unwedge::panic::RequestInfo;
     /// let req = http::Request::get("/cart?card=4111")
     ///     .header("authorization", "Bearer secret")
+    ///     .header("referer", "https://shop.example/reset?token=abc")
+    ///     .header("x-api-key", "k-123")
     ///     .body(())
     ///     .unwrap();
     /// let info = RequestInfo::from_request(&req, "req-1");
     /// assert_eq!(info.path, "/cart");
     /// assert_eq!(info.headers["authorization"], "<redacted>");
+    /// assert_eq!(info.headers["referer"], "https://shop.example/reset");
+    /// assert!(!info.headers.contains_key("x-api-key"));
     /// ```
     pub fn from_request<B>(req: &http::Request<B>, request_id: &str) -> Self {
-        let headers = req
-            .headers()
-            .iter()
-            .map(|(name, value)| {
-                let shown = if REDACTED_HEADERS.contains(&name.as_str()) {
-                    REDACTED.to_owned()
-                } else {
-                    value.to_str().unwrap_or("<binary>").to_owned()
-                };
-                (name.as_str().to_owned(), shown)
-            })
-            .collect();
+        let mut captured = CapturedHeaders::default();
+        captured.capture(
+            req.headers(),
+            &HeaderClasses::new(&REPORTED_HEADERS, &HeaderName::from_static("x-request-id")),
+        );
+        let headers = captured.to_map(&REPORTED_HEADERS);
         RequestInfo {
             method: req.method().to_string(),
             path: req.uri().path().to_owned(),
@@ -322,7 +323,10 @@ impl CapturedHeaders {
                     .iter()
                     .all(|&b| b == b'\t' || (b' '..0x7f).contains(&b));
                 let shown = match std::str::from_utf8(value) {
-                    Ok(text) if visible => format!("{text}{cut}"),
+                    Ok(text) if visible => match is_url(name, text).then(|| without_query(text)) {
+                        Some(base) if base.len() < text.len() => base.to_owned(),
+                        _ => format!("{text}{cut}"),
+                    },
                     _ => "<binary>".to_owned(),
                 };
                 map.insert(name.as_str().to_owned(), shown);
@@ -332,9 +336,56 @@ impl CapturedHeaders {
     }
 }
 
+/// A header value that is a URL: the `Referer`, or any value starting with a scheme.
+fn is_url(name: &HeaderName, value: &str) -> bool {
+    name == REFERER || value.starts_with("https://") || value.starts_with("http://")
+}
+
+/// A URL without its query and fragment (where tokens, codes and session ids travel): the
+/// report keeps the request's path without its query, and a URL header the same way.
+fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or("")
+}
+
 #[cfg(test)]
 mod captured_tests {
     use super::*;
+
+    #[test]
+    fn a_url_header_keeps_no_query_or_fragment() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "referer",
+            HeaderValue::from_static("https://app.example/reset?token=s3cret#frag"),
+        );
+        h.append("host", HeaderValue::from_static("app.example"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        let wanted = [REFERER, HOST, HeaderName::from_static("x-forwarded-for")];
+        let classes = HeaderClasses::new(&wanted, &HeaderName::from_static("x-request-id"));
+        let mut c = CapturedHeaders::default();
+        c.capture(&h, &classes);
+        let map = c.to_map(classes.wanted());
+        assert_eq!(map["referer"], "https://app.example/reset");
+        assert_eq!(map["host"], "app.example");
+        assert_eq!(map["x-forwarded-for"], "10.0.0.1");
+        // A relative Referer, and a custom header holding a URL.
+        let mut h = HeaderMap::new();
+        h.append(
+            "referer",
+            HeaderValue::from_static("/login?code=oauth-code"),
+        );
+        h.append(
+            "x-return-to",
+            HeaderValue::from_static("http://a/b?session=s"),
+        );
+        let wanted = [REFERER, HeaderName::from_static("x-return-to")];
+        let classes = HeaderClasses::new(&wanted, &HeaderName::from_static("x-request-id"));
+        let mut c = CapturedHeaders::default();
+        c.capture(&h, &classes);
+        let map = c.to_map(classes.wanted());
+        assert_eq!(map["referer"], "/login");
+        assert_eq!(map["x-return-to"], "http://a/b");
+    }
 
     #[test]
     fn keeps_first_values_of_wanted_headers_and_notes_redacted_ones() {
