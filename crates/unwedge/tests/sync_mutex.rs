@@ -433,3 +433,34 @@ async fn a_mutex_poisoned_by_a_panic_outside_any_request_requests_a_crash() {
     })
     .await;
 }
+
+/// Two futures joined in one task taking turns with a mutex: the second waits for a lock its
+/// own task holds, which is no deadlock (the first goes on and releases it). The process
+/// stays healthy, and the second gets the lock.
+#[tokio::test]
+async fn joined_futures_of_one_task_taking_turns_are_not_a_deadlock() {
+    bounded(async {
+        let m = Mutex::named("turns", 0);
+        let (tx, rx) = oneshot::channel::<()>();
+        let first = async {
+            let mut g = m.lock().await.unwrap();
+            *g += 1;
+            rx.await.unwrap();
+        };
+        let second = async {
+            let mut g = m.lock().await.unwrap();
+            *g += 10;
+        };
+        let check = async {
+            // `first` holds the lock and `second` waits for it by the time this runs again.
+            tokio::task::yield_now().await;
+            let state = health::health().state;
+            tx.send(()).unwrap();
+            state
+        };
+        let ((), (), state) = tokio::join!(first, second, check);
+        assert_eq!(state, HealthState::Healthy);
+        assert_eq!(*m.lock().await.unwrap(), 11);
+    })
+    .await;
+}

@@ -352,7 +352,19 @@ pub(super) fn begin_wait(lock: &Arc<LockInfo>) -> WaitToken {
         over_limit: None,
         deadlock: None,
     };
-    if let Some(cycle) = cycle {
+    if let Some(cycle) = cycle.as_ref().filter(|c| c.len() == 1) {
+        // The waiter's own task (or thread) holds the lock. Either the same future locks it
+        // twice (a deadlock), or two futures joined in one task (`join!`, `select!`,
+        // `FuturesUnordered`) take turns with it (no deadlock: the holder goes on and
+        // releases it). Holders are known by task, not by future, so the two look the same:
+        // warn now, and leave "wedged" to the wait limit, which a real self-deadlock reaches.
+        tracing::warn!(
+            lock = %lock.name,
+            waiter = %wait.waiter,
+            "{} (a deadlock if the same future holds it; fine if another future of the same task does and goes on; reported as wedged if the wait passes its limit)",
+            describe_cycle(&wait.waiter, cycle)
+        );
+    } else if let Some(cycle) = cycle {
         let source = format!("deadlock:{}:{id}", lock.name);
         let reason = describe_cycle(&wait.waiter, &cycle);
         tracing::error!(
