@@ -591,6 +591,16 @@ impl Tracker {
         lines
     }
 
+    /// The longest poll running now, when it has run for more than `d`: how long, and its
+    /// request. (With the watchdog stopped the coarse clock no longer moves, so a poll may
+    /// look older than it is, never younger.)
+    pub(crate) fn polling_longer_than(&self, d: Duration) -> Option<(Duration, String)> {
+        let d_ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.scan(now_ns(), d_ns, u64::MAX)
+            .blocked
+            .map(|(ns, label)| (Duration::from_nanos(ns), label.text()))
+    }
+
     /// Looks at the requests in flight; the oldest only when none completed for `hang_ns`.
     fn scan(&self, now: u64, stall_ns: u64, hang_ns: u64) -> Scan {
         let (finished, begun, _, last) = self.counts();
@@ -655,6 +665,12 @@ pub(crate) struct Config {
     /// A requested crash that has not exited after this long is forced (the runtime may be
     /// unable to finish it).
     pub(crate) crash_backstop: Duration,
+    /// A graceful shutdown that has not finished this long after its signal (SIGTERM or
+    /// SIGINT, seen in `stop_signal`) is forced with exit code 0: every runtime thread may be
+    /// blocked, so that `serve()` cannot even see the signal, let alone its drain deadline.
+    pub(crate) stop_backstop: Duration,
+    /// Set by a SIGTERM or SIGINT handler (besides the runtime's own).
+    pub(crate) stop_signal: Arc<AtomicBool>,
     /// `STATUS=` text while healthy.
     pub(crate) serving_on: String,
 }
@@ -727,6 +743,7 @@ fn run(
     let mut beats_paused = false;
     let mut wedged_since: Option<Instant> = None;
     let mut crash_since: Option<Instant> = None;
+    let mut stop_since: Option<Instant> = None;
     let mut flags = [false; 3];
 
     while !stop.load(Ordering::Relaxed) {
@@ -829,6 +846,18 @@ fn run(
                     cfg.crash_backstop
                 );
                 crate::serve::exit_now(70);
+            }
+        }
+
+        // A graceful shutdown that the runtime cannot carry out (all its threads blocked).
+        if cfg.stop_signal.load(Ordering::Relaxed) {
+            let since = *stop_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= cfg.stop_backstop {
+                tracing::error!(
+                    "graceful shutdown did not finish in {:?} after the signal (runtime threads blocked?): exiting with code 0",
+                    cfg.stop_backstop
+                );
+                crate::serve::exit_now(0);
             }
         }
 

@@ -32,7 +32,10 @@
 //!   (a connection accepted but not read yet gets 500 ms for its request, an idle keep-alive
 //!   one 1 s for one more, answered with `Connection: close`) within the shutdown timeout (default 30 s, [`Server::shutdown_timeout`],
 //!   `UNWEDGE_SHUTDOWN_TIMEOUT`), return [`Outcome::Stopped`] (exit code 0). A second signal
-//!   ends the drain at once.
+//!   ends the drain at once. A request that blocks its thread cannot stop the stop: if one is
+//!   still inside one poll 2 s after `serve()` returned (dropping the runtime would wait for it
+//!   for ever), or if `serve()` cannot even run (every runtime thread blocked) one second past
+//!   the shutdown timeout, the process exits with 0 from a thread of its own.
 //! - **Graceful crash** when the panic policy asks for one
 //!   ([`health::request_crash`]): close this process's listeners
 //!   at once (sibling workers sharing the socket take the new connections), finish the
@@ -493,6 +496,8 @@ impl Server {
             tracker.clone(),
         );
 
+        // Seen by the watchdog thread even when no runtime thread is free to see the signal.
+        let stop_signal = StopSignalFlag::register();
         let watchdog = Watchdog::start(
             watchdog::Config {
                 stall_limit,
@@ -500,6 +505,8 @@ impl Server {
                 abort_after,
                 heartbeat: watchdog_usec.map(|u| u / 2),
                 crash_backstop: crash_timeout.saturating_add(Duration::from_secs(1)),
+                stop_backstop: shutdown_timeout.saturating_add(Duration::from_secs(1)),
+                stop_signal: stop_signal.flag.clone(),
                 serving_on: serving_on.clone(),
             },
             tracker.clone(),
@@ -624,6 +631,9 @@ impl Server {
             }
         }
         watchdog.stop();
+        if tracker.in_flight() > 0 {
+            exit_backstop(tracker.clone(), crash.is_some() && self.exit_on_crash);
+        }
 
         match crash {
             Some(reason) if self.exit_on_crash => {
@@ -651,6 +661,38 @@ fn deadline_in(d: Duration) -> tokio::time::Instant {
         .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
 }
 
+/// How long a request abandoned at the drain deadline may go on blocking its thread after
+/// `serve()` returns before the process exits: see [`exit_backstop`].
+const EXIT_BACKSTOP: Duration = Duration::from_secs(2);
+
+/// Requests were abandoned at the drain deadline. Those that yield are cancelled when the
+/// runtime is dropped; one that blocks its thread (a lock, a sleep, a loop) cannot be, and
+/// dropping a runtime waits for its threads, for ever: `#[tokio::main]` would never return,
+/// and its signal handlers would swallow every later SIGTERM. So a thread watches: if a
+/// request is still inside one poll [`EXIT_BACKSTOP`] after `serve()` returned, it says so
+/// and exits the process (0 after a stop, 70 after a crash). A process that exits normally
+/// meanwhile ends the thread with it.
+fn exit_backstop(tracker: Arc<Tracker>, crashing: bool) {
+    let spawned = std::thread::Builder::new()
+        .name("unwedge-exit-backstop".into())
+        .spawn(move || {
+            let returned = Instant::now();
+            std::thread::sleep(EXIT_BACKSTOP);
+            if let Some((d, label)) = tracker.polling_longer_than(returned.elapsed()) {
+                let code = if crashing { EXIT_CRASH } else { 0 };
+                tracing::error!(
+                    request = %label,
+                    "{label} has blocked its thread for {:.1}s, past the drain deadline: the runtime cannot shut down; exiting with code {code}",
+                    d.as_secs_f64()
+                );
+                exit_now(code);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the exit backstop thread");
+    }
+}
+
 /// How long an exit waits for the notify messages still queued (a report, `STOPPING=1`).
 const NOTIFY_FLUSH: Duration = Duration::from_secs(1);
 
@@ -670,6 +712,38 @@ async fn bind_all(addrs: &[ListenAddr], origin: &str) -> Result<Vec<Listener>, S
         out.push(listeners::bind(a, origin).await?);
     }
     Ok(out)
+}
+
+/// A flag set by SIGTERM and SIGINT, besides tokio's handlers (signal-hook chains them);
+/// unregistered when dropped (when `serve()` returns).
+struct StopSignalFlag {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl StopSignalFlag {
+    fn register() -> Self {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ids = [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]
+            .into_iter()
+            .filter_map(|sig| match signal_hook::flag::register(sig, flag.clone()) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::warn!(signal = sig, error = %e, "cannot watch the signal from the watchdog thread");
+                    None
+                }
+            })
+            .collect();
+        StopSignalFlag { flag, ids }
+    }
+}
+
+impl Drop for StopSignalFlag {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
 }
 
 /// SIGTERM and SIGINT as one stream.

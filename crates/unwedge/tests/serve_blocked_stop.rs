@@ -1,0 +1,218 @@
+//! A stop while a request handler blocks its thread (blocking code in async: a lock, a
+//! `std::thread::sleep`, a loop). The process must still exit: after the drain deadline when
+//! the runtime can run `serve()`, and even when every runtime thread is blocked.
+//!
+//! Each test re-runs this test binary as the worker (`UNWEDGE_TEST_WORKER` selects the mode):
+//! a real process, a real SIGTERM, a real `#[tokio::main]`-style runtime that is dropped (and
+//! waits for its threads) when `serve()` returns.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::Router;
+
+const MODE: &str = "UNWEDGE_TEST_WORKER";
+
+/// The worker: serves `/block` (blocks a thread for two minutes) on `UNWEDGE_LISTEN`, on a
+/// runtime with `threads` worker threads (0: current-thread), and drops the runtime normally
+/// when `serve()` returns, as `#[tokio::main]` does.
+fn worker(threads: usize) -> ! {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let rt = if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    }
+    .enable_all()
+    .build()
+    .unwrap();
+    let app = Router::new().route(
+        "/block",
+        get(move || async move {
+            eprintln!("TEST: blocking now");
+            if threads == 0 {
+                // The only runtime thread: nothing of the runtime runs any more.
+                std::thread::sleep(Duration::from_secs(120));
+            } else {
+                // The worker thread hands its work to another and blocks, as a synchronous
+                // call wrapped for async does: the runtime goes on (and `serve()` with it),
+                // but the request cannot be cancelled, and dropping the runtime waits for it.
+                tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(120)));
+            }
+            "done"
+        }),
+    );
+    let outcome = rt.block_on(unwedge::Server::new().serve(app));
+    eprintln!("TEST: serve returned {outcome:?}");
+    drop(rt);
+    eprintln!("TEST: runtime dropped");
+    std::process::exit(i32::from(outcome.exit_code()))
+}
+
+fn maybe_worker() {
+    if let Ok(mode) = std::env::var(MODE) {
+        worker(mode.parse().unwrap());
+    }
+}
+
+struct Worker {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Worker {
+    fn start(test: &str, threads: usize, sock: &Path) -> Worker {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(MODE, threads.to_string())
+            .env("UNWEDGE_LISTEN", sock)
+            .env("UNWEDGE_SHUTDOWN_TIMEOUT", "1s")
+            .env("RUST_LOG", "info")
+            .env_remove("LISTEN_FDS")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Worker {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `what`.
+    fn expect(&mut self, what: &str, limit: Duration) {
+        let until = Instant::now() + limit;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(what);
+                    self.seen.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {what:?} within {limit:?}; stderr:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+                    self.seen.push(line);
+                }
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < until,
+                "still running {limit:?} after SIGTERM; stderr:\n{}",
+                self.seen.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn sigterm(&self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    }
+}
+
+/// Sends `GET /block` on a connection kept open (its answer never comes).
+fn block_a_thread(sock: &Path) -> std::os::unix::net::UnixStream {
+    use std::io::Write;
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut s = loop {
+        match std::os::unix::net::UnixStream::connect(sock) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < until, "the worker never listened: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    s.write_all(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    s
+}
+
+/// A request blocking its thread inside `block_in_place`: `serve()` sees the signal, drains
+/// until its deadline (1 s) and returns; the request cannot be cancelled, so dropping the
+/// runtime would wait for ever. The exit backstop ends the process with the stop's code, 0.
+#[test]
+fn a_stop_with_a_handler_blocking_its_thread_still_exits() {
+    maybe_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("w.sock");
+    let mut w = Worker::start(
+        "a_stop_with_a_handler_blocking_its_thread_still_exits",
+        2,
+        &sock,
+    );
+    let _conn = block_a_thread(&sock);
+    w.expect("TEST: blocking now", Duration::from_secs(20));
+    w.sigterm();
+    let code = w.wait_exit(Duration::from_secs(30));
+    let log = w.seen.join("\n");
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("TEST: serve returned Stopped"), "{log}");
+    assert!(log.contains("has blocked its thread for"), "{log}");
+    assert!(!log.contains("TEST: runtime dropped"), "{log}");
+}
+
+/// The only runtime thread blocked: `serve()` never even sees the signal. The watchdog
+/// thread, which saw it, ends the process once the drain deadline (1 s) and a second have
+/// passed.
+#[test]
+fn a_stop_with_every_runtime_thread_blocked_still_exits() {
+    maybe_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("w.sock");
+    let mut w = Worker::start(
+        "a_stop_with_every_runtime_thread_blocked_still_exits",
+        0,
+        &sock,
+    );
+    let _conn = block_a_thread(&sock);
+    w.expect("TEST: blocking now", Duration::from_secs(20));
+    w.sigterm();
+    let code = w.wait_exit(Duration::from_secs(30));
+    let log = w.seen.join("\n");
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("graceful shutdown did not finish"), "{log}");
+}
