@@ -849,8 +849,9 @@ fn run(
             }
         }
 
-        // A graceful shutdown that the runtime cannot carry out (all its threads blocked).
-        if cfg.stop_signal.load(Ordering::Relaxed) {
+        // A graceful shutdown that the runtime cannot carry out (all its threads blocked). A
+        // crash under way has its own deadline, above, and exit code.
+        if cfg.stop_signal.load(Ordering::Relaxed) && health::crash_reason().is_none() {
             let since = *stop_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= cfg.stop_backstop {
                 tracing::error!(
