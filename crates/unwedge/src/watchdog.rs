@@ -105,6 +105,18 @@ pub(crate) struct Tracker {
     /// When the tracker was created: the "last completion" before any.
     created: u64,
     threads: Mutex<Vec<Arc<ThreadSlot>>>,
+    /// The counts of slots whose thread has exited, folded in by [`tick`](Self::tick) when
+    /// it drops those slots (changed and read only with `threads` locked).
+    retired: Retired,
+}
+
+/// Counters of exited threads' slots (see [`Tracker::retired`]).
+#[derive(Debug, Default)]
+struct Retired {
+    begun: AtomicU64,
+    finished: AtomicU64,
+    completed: AtomicU64,
+    last_completion: AtomicU64,
 }
 
 /// Method and path of a request, for reason texts, as plain words (a standard method is a
@@ -347,6 +359,7 @@ impl Tracker {
             clock: AtomicU64::new(now),
             created: now,
             threads: Mutex::new(Vec::new()),
+            retired: Retired::default(),
         });
         let mut all = lock(&TRACKERS);
         all.retain(|t| t.strong_count() > 0);
@@ -354,34 +367,60 @@ impl Tracker {
         tracker
     }
 
-    /// Publishes the coarse clock to every thread's slot (the watchdog, every tick).
+    /// Publishes the coarse clock to every thread's slot (the watchdog, every tick), and drops
+    /// the slots of threads that have exited (`block_in_place` replaces runtime threads, idle
+    /// blocking-pool threads exit after 10 s): their counts are folded into `retired` first,
+    /// so that requests begun on one thread and finished on another still add up.
     fn tick(&self, now: u64) {
         self.clock.store(now, Ordering::Relaxed);
-        for s in lock(&self.threads).iter() {
+        let mut threads = lock(&self.threads);
+        threads.retain(|s| {
+            // Only this list holds the slot: its thread's list is gone (the thread exited),
+            // and no request waits in it (a waiting request holds its slot).
+            if Arc::strong_count(s) == 1 {
+                let r = &self.retired;
+                let add = |total: &AtomicU64, c: &AtomicU64| {
+                    total.fetch_add(c.load(Ordering::Relaxed), Ordering::Relaxed);
+                };
+                add(&r.begun, &s.begun);
+                add(&r.finished, &s.finished);
+                add(&r.completed, &s.completed);
+                r.last_completion
+                    .fetch_max(s.last_completion.load(Ordering::Relaxed), Ordering::Relaxed);
+                return false;
+            }
             s.clock.store(now, Ordering::Relaxed);
-        }
+            true
+        });
     }
 
     /// (finished, begun, completed, last completion) summed over the threads.
     fn counts(&self) -> (u64, u64, u64, u64) {
         let threads = lock(&self.threads);
+        let r = &self.retired;
         // Finished first: a request counted there was counted as begun before.
         let finished: u64 = threads
             .iter()
             .map(|s| s.finished.load(Ordering::Relaxed))
-            .sum();
+            .sum::<u64>()
+            + r.finished.load(Ordering::Relaxed);
         let begun: u64 = threads
             .iter()
             .map(|s| s.begun.load(Ordering::Relaxed))
-            .sum();
+            .sum::<u64>()
+            + r.begun.load(Ordering::Relaxed);
         let completed = threads
             .iter()
             .map(|s| s.completed.load(Ordering::Relaxed))
-            .sum();
+            .sum::<u64>()
+            + r.completed.load(Ordering::Relaxed);
         let last = threads
             .iter()
             .map(|s| s.last_completion.load(Ordering::Relaxed))
-            .fold(self.created, u64::max);
+            .fold(
+                self.created.max(r.last_completion.load(Ordering::Relaxed)),
+                u64::max,
+            );
         (finished, begun, completed, last)
     }
 
@@ -1039,6 +1078,72 @@ mod tests {
         assert_eq!(call.await.unwrap().unwrap(), "done");
         assert_eq!(tracker.in_flight(), 0);
         assert_eq!(tracker.completed(), 1);
+    }
+
+    /// Threads come and go (`block_in_place`, the blocking pool): their slots must not pile
+    /// up in the tracker, and the counts they carried must stay, also for a request begun on
+    /// a thread that exited and finished on another.
+    #[test]
+    fn slots_of_exited_threads_are_dropped_and_their_counts_kept() {
+        let tracker = Tracker::new();
+        let svc = |release: Option<tokio::sync::oneshot::Receiver<()>>| {
+            let release = std::sync::Mutex::new(release);
+            Tracked::new(
+                tower::service_fn(move |_req: Request<()>| {
+                    let release = release.lock().unwrap().take();
+                    async move {
+                        if let Some(rx) = release {
+                            let _ = rx.await;
+                        }
+                        Ok::<_, std::convert::Infallible>("done")
+                    }
+                }),
+                tracker.clone(),
+            )
+        };
+        let get = || Request::get("/x").body(()).unwrap();
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+
+        for _ in 0..20 {
+            let call = svc(None).oneshot(get());
+            std::thread::spawn(move || {
+                let mut call = Box::pin(call);
+                let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+                assert!(call.as_mut().poll(&mut cx).is_ready());
+            })
+            .join()
+            .unwrap();
+        }
+        // Begun on a thread that then exits, still waiting.
+        let (release, rx) = tokio::sync::oneshot::channel();
+        let call = svc(Some(rx)).oneshot(get());
+        let mut waiting = std::thread::spawn(move || {
+            let mut call = Box::pin(call);
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            assert!(call.as_mut().poll(&mut cx).is_pending());
+            call
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lock(&tracker.threads).len(), 21);
+
+        tracker.tick(now_ns());
+        assert_eq!(
+            lock(&tracker.threads).len(),
+            1,
+            "the waiting request's slot stays"
+        );
+        assert_eq!(tracker.in_flight(), 1);
+        assert_eq!(tracker.completed(), 20);
+
+        release.send(()).unwrap();
+        assert!(waiting.as_mut().poll(&mut cx).is_ready());
+        drop(waiting);
+        tracker.tick(now_ns());
+        // This thread's slot (it finished the request) stays while this thread lives.
+        assert_eq!(lock(&tracker.threads).len(), 1);
+        assert_eq!(tracker.in_flight(), 0);
+        assert_eq!(tracker.completed(), 21);
     }
 
     #[tokio::test]
