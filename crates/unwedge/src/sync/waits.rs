@@ -308,6 +308,39 @@ struct Wait {
 struct Graph {
     next_id: u64,
     waits: HashMap<u64, Wait>,
+    /// The waits of each owner (most owners wait for one lock at a time), so that following
+    /// a wait-for chain costs the chain's length, not a scan of every wait per step.
+    by_owner: HashMap<OwnerKey, Vec<u64>>,
+    /// When the watchdog will next look (the earliest limit of the waits it saw): a new wait
+    /// wakes it only when its own limit comes earlier.
+    next_due: Option<Instant>,
+}
+
+impl Graph {
+    fn insert(&mut self, id: u64, wait: Wait) {
+        self.by_owner.entry(wait.owner).or_default().push(id);
+        self.waits.insert(id, wait);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Wait> {
+        let wait = self.waits.remove(&id)?;
+        if let Some(ids) = self.by_owner.get_mut(&wait.owner) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_owner.remove(&wait.owner);
+            }
+        }
+        Some(wait)
+    }
+
+    /// The locks `owner` waits for.
+    fn waits_of(&self, owner: OwnerKey) -> impl Iterator<Item = &Wait> {
+        self.by_owner
+            .get(&owner)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.waits.get(id))
+    }
 }
 
 fn graph() -> &'static (StdMutex<Graph>, Condvar) {
@@ -376,16 +409,25 @@ pub(super) fn begin_wait(lock: &Arc<LockInfo>) -> WaitToken {
         health::set_wedged(source.clone(), reason);
         wait.deadlock = Some(source);
     }
-    g.waits.insert(id, wait);
+    let due = wait.started + lock.wait_limit();
+    g.insert(id, wait);
+    // The watchdog sleeps until the earliest limit it knows of: wake it only for an earlier one
+    // (not once per contended lock, which made each wait cost a scan of all of them).
+    let sooner = g.next_due.map_or(true, |next| due < next);
+    if sooner {
+        g.next_due = Some(due);
+    }
     drop(g);
-    wake.notify_all();
+    if sooner {
+        wake.notify_all();
+    }
     WaitToken { id }
 }
 
 impl Drop for WaitToken {
     fn drop(&mut self) {
         let mut g = relock(&graph().0);
-        let Some(wait) = g.waits.remove(&self.id) else {
+        let Some(wait) = g.remove(self.id) else {
             return;
         };
         if let Some(source) = &wait.over_limit {
@@ -431,7 +473,7 @@ fn find_cycle(g: &Graph, start: OwnerKey, lock: &LockInfo) -> Option<Vec<Edge>> 
             return true;
         }
         if seen.insert(key) {
-            for wait in g.waits.values().filter(|w| w.owner == key) {
+            for wait in g.waits_of(key) {
                 if walk(g, start, &wait.lock, seen, path) {
                     return true;
                 }
@@ -501,6 +543,7 @@ fn watchdog() {
             health::set_wedged(source.clone(), reason);
             wait.over_limit = Some(source);
         }
+        g.next_due = next;
         g = match next {
             Some(due) => {
                 wake.wait_timeout(g, due.saturating_duration_since(now))
