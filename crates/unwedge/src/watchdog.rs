@@ -66,7 +66,7 @@ const SRC_BLOCKED: &str = "watchdog:blocked";
 const SRC_NO_PROGRESS: &str = "watchdog:no-progress";
 
 /// Nanoseconds since a process-wide base instant; never 0 (0 means "not set").
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     let base = *BASE.get_or_init(Instant::now);
     base.elapsed().as_nanos() as u64 + 1
@@ -371,7 +371,7 @@ impl Tracker {
     /// the slots of threads that have exited (`block_in_place` replaces runtime threads, idle
     /// blocking-pool threads exit after 10 s): their counts are folded into `retired` first,
     /// so that requests begun on one thread and finished on another still add up.
-    fn tick(&self, now: u64) {
+    pub(crate) fn tick(&self, now: u64) {
         self.clock.store(now, Ordering::Relaxed);
         let mut threads = lock(&self.threads);
         threads.retain(|s| {
@@ -631,8 +631,8 @@ impl Tracker {
     }
 
     /// The longest poll running now, when it has run for more than `d`: how long, and its
-    /// request. (With the watchdog stopped the coarse clock no longer moves, so a poll may
-    /// look older than it is, never younger.)
+    /// request. (Polls are timed with the coarse clock of the last [`tick`](Self::tick): a
+    /// poll that began after it looks as old as the tick.)
     pub(crate) fn polling_longer_than(&self, d: Duration) -> Option<(Duration, String)> {
         let d_ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.scan(now_ns(), d_ns, u64::MAX)

@@ -676,9 +676,15 @@ fn exit_backstop(tracker: Arc<Tracker>, crashing: bool) {
     let spawned = std::thread::Builder::new()
         .name("unwedge-exit-backstop".into())
         .spawn(move || {
-            let returned = Instant::now();
-            std::thread::sleep(EXIT_BACKSTOP);
-            if let Some((d, label)) = tracker.polling_longer_than(returned.elapsed()) {
+            // The watchdog has stopped: keep the requests' coarse clock moving, so that a poll
+            // begun meanwhile (the runtime may go on serving) is timed from when it began.
+            let until = Instant::now() + EXIT_BACKSTOP;
+            while Instant::now() < until {
+                tracker.tick(crate::watchdog::now_ns());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let blocked_for = EXIT_BACKSTOP - Duration::from_millis(100);
+            if let Some((d, label)) = tracker.polling_longer_than(blocked_for) {
                 let code = if crashing { EXIT_CRASH } else { 0 };
                 tracing::error!(
                     request = %label,
