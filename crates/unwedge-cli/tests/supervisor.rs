@@ -674,6 +674,76 @@ async fn sigterm_stops_cleanly_and_a_stubborn_worker_is_killed() {
     .await;
 }
 
+/// Context switches of a process's main thread (the supervisor's event loop runs there):
+/// each wake-up of the loop is at least one.
+fn main_thread_switches(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// While a stop waits for a worker deaf to SIGTERM, the supervisor sleeps until the stop
+/// deadline: with `--max-memory` set, a memory-check deadline left in the past once made its
+/// loop wake ~1000 times a second for the whole `--stop-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waiting_for_a_stubborn_worker_sleeps() {
+    within(Duration::from_secs(60), async {
+        let mut sup = Sup::run(
+            &[
+                "--ready",
+                "none",
+                "--admin",
+                "off",
+                "--stop-timeout",
+                "5s",
+                "--max-memory",
+                "1G",
+            ],
+            &[
+                "bash",
+                "-c",
+                "trap '' TERM; echo deaf to SIGTERM; exec sleep 1000",
+            ],
+        );
+        // The worker's own line (the command line in the start line says it too).
+        sup.wait_line(0, &["[w1 pid", "deaf to SIGTERM"]).await;
+        let m = sup.mark();
+        sup.signal(Signal::SIGTERM);
+        sup.wait_line(m, &["SIGTERM: stopping 1 worker(s)"]).await;
+        let (cpu0, woken0) = (cpu_time(sup.pid).unwrap(), main_thread_switches(sup.pid));
+        let window = Instant::now();
+        // A measurement window within the stop, not a wait for readiness.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (cpu1, woken1) = (cpu_time(sup.pid).unwrap(), main_thread_switches(sup.pid));
+        assert!(
+            window.elapsed() < Duration::from_secs(5),
+            "the window outlasted the stop"
+        );
+        let (cpu, woken) = (cpu1 - cpu0, woken1 - woken0);
+        // Idle, it wakes a few times a second (the notify socket's check, the stop signal's
+        // exits); spinning, thousands of times.
+        assert!(
+            woken < 300,
+            "woke {woken} times in 3 s of stop:\n{}",
+            sup.log()
+        );
+        assert!(
+            cpu < Duration::from_millis(150),
+            "{cpu:?} of CPU in 3 s of stop"
+        );
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(1), "{}", sup.log());
+        assert!(
+            sup.log().contains("did not stop within 5.00s"),
+            "{}",
+            sup.log()
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_env_mode_gives_each_worker_its_own_port_and_probes_it() {
     within(Duration::from_secs(60), async {

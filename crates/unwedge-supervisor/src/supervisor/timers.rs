@@ -87,6 +87,9 @@ impl Pool {
                 }
             }
         }
+        // Stopping: no health checks, no heartbeat to systemd (its watchdog is off once we
+        // said STOPPING=1). Their deadlines are left out of `next_deadline` too, or the loop
+        // would wake at a deadline in the past again and again until the stop ends.
         if self.stopping {
             return;
         }
@@ -210,11 +213,15 @@ impl Pool {
         for l in &self.leftovers {
             at(l.kill_at);
         }
-        if let Some(s) = self.next_sd_watchdog {
-            at(s);
-        }
-        if self.workers.values().any(|w| w.config.max_memory.is_some()) {
-            at(self.next_memory_check);
+        // Not while stopping: `on_timers` neither checks memory nor heartbeats then, so these
+        // deadlines do not move on.
+        if !self.stopping {
+            if let Some(s) = self.next_sd_watchdog {
+                at(s);
+            }
+            if self.workers.values().any(|w| w.config.max_memory.is_some()) {
+                at(self.next_memory_check);
+            }
         }
         for w in self.workers.values() {
             if let Some(k) = w.kill_at {
