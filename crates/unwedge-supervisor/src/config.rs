@@ -47,7 +47,8 @@ pub enum ReadyMode {
     Port,
     /// The worker (or a process it forked) waits for connections on a passed socket in an
     /// event loop: the socket is in one of its `epoll` sets, as nginx, Go, Node, asyncio and
-    /// tokio servers have it (shared sockets only). For servers without sd_notify.
+    /// tokio servers have it (shared sockets only: without `--listen` or sockets from systemd
+    /// it is a usage error). For servers without sd_notify.
     Accept,
     /// Ready as soon as it is started.
     None,

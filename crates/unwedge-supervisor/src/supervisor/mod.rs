@@ -175,6 +175,7 @@ impl Supervisor {
             .find_map(|l| l.local.as_ref())
             .map(socket::probe_target);
         reconfig::check_probe_target(&config, shared_probe.as_ref()).map_err(StartError::Usage)?;
+        reconfig::check_ready_accept(&config, !listeners.is_empty()).map_err(StartError::Usage)?;
         let shim =
             std::env::current_exe().map_err(|e| StartError::setup("find the unwedge binary", e))?;
         // Two pipes per worker, the sockets, the admin's connections: more than the usual

@@ -55,12 +55,13 @@ impl Pool {
         };
         let old = self.config.clone();
         let probe = self.shared_probe.clone();
+        let sockets = !self.listeners.is_empty();
         let tx = self.prepared_tx.clone();
         let read = move || {
             // A panic must still answer, or every later reload would queue behind this one.
             let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-                (*source)().and_then(|new| reconfig::prepare(&old, new, probe.as_ref()))
+                (*source)().and_then(|new| reconfig::prepare(&old, new, probe.as_ref(), sockets))
             }))
             .unwrap_or_else(|_| Err("reading the configuration panicked".to_owned()));
             let _ = tx.send(prepared);
