@@ -1668,6 +1668,69 @@ async fn sighup_rereads_the_config_file() {
     .await;
 }
 
+/// A reload that lowers `stop-timeout` leaves the old generation its own: its slow request in
+/// flight completes (under the new 300 ms it was SIGKILLed); and the restarts counted before a
+/// reload that changes the restart policy stay counted, so a crash loop mixed with reloads still
+/// gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_workers_keep_their_settings_across_a_reload_and_restarts_stay_counted() {
+    within(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let py = fixture("worker.py");
+        let write = |extra: &str| {
+            std::fs::write(
+                &file,
+                format!(
+                    "admin = \"off\"\nmax-restarts = 3\n{extra}command = [{:?}]\n",
+                    py.display()
+                ),
+            )
+            .unwrap()
+        };
+        write("stop-timeout = \"30s\"\n");
+        let path = file.to_str().unwrap();
+        let mut sup = Sup::start(&["run", "-c", path, "--listen", "127.0.0.1:0"]);
+        let old = sup.wait_ready(0, 1).await[0];
+        let addr = sup.addr().await;
+        let m = sup.mark();
+        let slow = tokio::spawn(http(addr, "GET", "/slow?ms=3000"));
+        sup.wait_line(m, &["slow request of 3000 ms begins"]).await;
+        write("stop-timeout = \"300ms\"\n");
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(m, &["generation 2 ready; stopping 1 old worker(s)"])
+            .await;
+        let (code, body) = slow.await.unwrap().expect("the slow request completes");
+        assert_eq!((code, body.trim()), (200, &*format!("slow {old}")));
+        sup.wait_line(m, &[&format!("pid {old} exit status 0")])
+            .await;
+        assert!(!sup.log().contains("did not stop within"), "{}", sup.log());
+
+        // Two crashes, a reload that changes the restart window, two more: over the 3 allowed.
+        for _ in 0..2 {
+            let m = sup.mark();
+            let _ = http(addr, "GET", "/exit?code=1").await;
+            sup.wait_ready(m, 1).await;
+        }
+        write("stop-timeout = \"300ms\"\nwithin = \"2m\"\n");
+        let m = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(m, &["generation 3 ready"]).await;
+        let m = sup.mark();
+        let _ = http(addr, "GET", "/exit?code=1").await;
+        sup.wait_ready(m, 1).await;
+        let _ = http(addr, "GET", "/exit?code=1").await;
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(3), "{}", sup.log());
+        assert!(
+            sup.log()
+                .contains("giving up: 4 restarts within 2m (limit 3)"),
+            "{}",
+            sup.log()
+        );
+    })
+    .await;
+}
+
 /// Reading `--config FILE` at a reload never holds up the supervisor: with the file a FIFO
 /// nobody writes to yet (as a hung network mount, or a user database that does not answer
 /// `--user`'s lookup), a worker killed meanwhile is replaced as always and a second SIGHUP is

@@ -43,8 +43,9 @@ impl Pool {
             return;
         };
         let id = slot_id(w.slot);
+        let config = w.config.clone();
         self.worker_exited(w, pid, code, signal);
-        self.end_group(&id, pid);
+        self.end_group(&id, pid, &config);
         self.find_daemons();
     }
 

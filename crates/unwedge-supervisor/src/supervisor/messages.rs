@@ -101,7 +101,7 @@ impl Pool {
                 // A pending SIGTERM is the tainted one: a hung or SIGTERMed worker has a
                 // SIGKILL deadline instead (`kill_at`), and keeps it.
                 if w.term_at.is_some() {
-                    w.term_at = Some(now + self.config.stop_timeout);
+                    w.term_at = Some(now + w.config.stop_timeout);
                 }
             }
             NotifyMessage::Stopping => {
@@ -113,7 +113,7 @@ impl Pool {
                 w.stop_since.get_or_insert(now);
                 w.leaving = true;
                 w.state = WorkerState::Stopping;
-                w.term_at = Some(now + self.config.stop_timeout);
+                w.term_at = Some(now + w.config.stop_timeout);
                 tracing::info!("{id} pid {pid} is stopping on its own; starting its replacement");
                 if self.is_candidate(generation) {
                     self.reload_failed(format!("worker {id} stopped before the reload completed"));

@@ -64,8 +64,9 @@ impl Pool {
     /// still running get the stop signal now and SIGKILL after `--stop-timeout` (at the stop
     /// deadline when the supervisor is stopping), as systemd does with a unit's processes. They would
     /// otherwise hold the listening sockets (accepting with the exited worker's code and state,
-    /// keeping the port bound after the supervisor stops) and their memory.
-    pub(super) fn end_group(&mut self, id: &str, pid: i32) {
+    /// keeping the port bound after the supervisor stops) and their memory. The signal and the
+    /// timeout are the worker's own (`config`, the settings it was started with).
+    pub(super) fn end_group(&mut self, id: &str, pid: i32, config: &Config) {
         // No group left (the common case) costs one syscall; only a group that still has
         // members, perhaps only zombies, costs a look at every process.
         if killpg(Pid::from_raw(pid), None::<Signal>).is_err() {
@@ -75,14 +76,14 @@ impl Pool {
         if members.is_empty() {
             return;
         }
-        let stop_signal = self.config.stop_signal;
+        let stop_signal = config.stop_signal;
         let _ = killpg(Pid::from_raw(pid), stop_signal);
         let now = Instant::now();
         let kill_at = match self.stop_deadline {
-            Some(d) => d.min(now + self.config.stop_timeout),
+            Some(d) => d.min(now + config.stop_timeout),
             // The stop's deadline has passed: no more time for anyone.
             None if self.stopping => now,
-            None => now + self.config.stop_timeout,
+            None => now + config.stop_timeout,
         };
         tracing::warn!(
             "{id} pid {pid} exited and left {} process(es) of its group running (pid {}); \

@@ -70,7 +70,6 @@ impl Pool {
             }
         }
         self.kill_leftovers(now);
-        let stop_timeout = self.config.stop_timeout;
         for w in self.workers.values_mut() {
             if w.term_at.is_some_and(|t| t <= now) {
                 w.term_at = None;
@@ -83,7 +82,7 @@ impl Pool {
                     );
                     w.state = WorkerState::Stopping;
                     let _ = killpg(Pid::from_raw(w.pid), w.config.stop_signal);
-                    w.kill_at = Some(now + stop_timeout);
+                    w.kill_at = Some(now + w.config.stop_timeout);
                 }
             }
         }
