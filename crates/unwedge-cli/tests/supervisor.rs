@@ -421,6 +421,49 @@ async fn a_command_that_exits_at_once_backs_off_then_gives_up_idle() {
     .await;
 }
 
+/// A command that can never start gives up even when the backoff spreads its restarts too
+/// thin for the restart intensity (here never more than 2 within `--within`): after
+/// `--max-restarts` failed starts in a row, exit 3 and the `gave_up` alert, as a broken
+/// deploy must hand over to systemd or Kubernetes. (Before, it was retried forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_never_starts_gives_up_however_slow_its_backoff() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let alerts = dir.path().join("alerts");
+        let hook = format!("cat >> {}", alerts.display());
+        let mut sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--restart-delay",
+            "100ms",
+            "--restart-delay-max",
+            "100ms",
+            "--within",
+            "150ms",
+            "--max-restarts",
+            "3",
+            "--alert-exec",
+            &hook,
+            "--",
+            "/bin/false",
+        ]);
+        let status = sup.wait_exit(LONG).await;
+        let log = sup.log();
+        assert_eq!(status.code(), Some(3), "{log}");
+        assert!(
+            log.contains("giving up: w1 failed to start 4 times in a row (limit 3)"),
+            "{log}"
+        );
+        assert_eq!(log.matches("(failed start)").count(), 4, "{log}");
+        let sent = std::fs::read_to_string(&alerts).unwrap_or_default();
+        assert!(sent.contains("gave_up"), "no gave_up alert: {sent}");
+    })
+    .await;
+}
+
 async fn reload_rounds(sup: &Sup, l: &unwedge_load::Running, rounds: u64) {
     let mut old = sup.wait_ready(0, 2).await;
     load_progress(l, 100).await;

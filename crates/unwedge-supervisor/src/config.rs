@@ -254,8 +254,10 @@ pub struct Options {
     )]
     pub stable_after: Option<Duration>,
 
-    /// Restart intensity: more than this many restarts within `--within` and the supervisor
-    /// stops every worker and exits with status 3 [default: 20].
+    /// Restart intensity: more than this many restarts within `--within`, or a worker that
+    /// failed to start (exited or was killed before it was ready) more than this many times
+    /// in a row in one slot, however long that took, and the supervisor stops every worker and
+    /// exits with status 3 [default: 20].
     #[arg(long, value_name = "R", help_heading = "Restart policy")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_restarts: Option<u32>,

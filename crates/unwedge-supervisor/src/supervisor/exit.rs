@@ -160,6 +160,9 @@ impl Pool {
             return;
         }
         self.count_restart(reason);
+        if reason == RestartReason::FailedStart {
+            self.slots[w.slot].failed_starts += 1;
+        }
         let why = if reason == RestartReason::FailedStart {
             if let Some(tail) = failed_start_tail {
                 self.hint_if_it_binds_itself(&w, pid, tail);

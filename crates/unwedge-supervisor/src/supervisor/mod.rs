@@ -45,7 +45,8 @@ mod spawn;
 mod stop;
 mod timers;
 
-/// Exit status after the restart intensity was exceeded.
+/// Exit status after giving up: the restart intensity was exceeded, or a worker failed to
+/// start more than `--max-restarts` times in a row.
 pub const EXIT_GAVE_UP: u8 = 3;
 
 /// How [`Supervisor::run`] ended.
@@ -57,7 +58,8 @@ pub enum Outcome {
         /// Every worker exited within `--stop-timeout`.
         clean: bool,
     },
-    /// The restart intensity was exceeded.
+    /// The restart intensity was exceeded, or a worker failed to start more than
+    /// `--max-restarts` times in a row.
     GaveUp {
         /// What was exceeded.
         reason: String,
@@ -455,6 +457,10 @@ struct Pending {
 struct Slot {
     backoff: Backoff,
     restarts: u32,
+    /// Workers of this slot that exited (or were killed, or could not be spawned) before they
+    /// were ready, in a row: a command that can never start gives up after `--max-restarts` of
+    /// them, however slowly the backoff spreads them out.
+    failed_starts: u32,
     last_exit: Option<ExitInfo>,
     pending: Option<Pending>,
 }
@@ -464,6 +470,7 @@ impl Slot {
         Slot {
             backoff: Backoff::new(c.restart_delay, c.restart_delay_max, c.stable_after),
             restarts: 0,
+            failed_starts: 0,
             last_exit: None,
             pending: None,
         }
