@@ -87,6 +87,74 @@ async fn passes_the_socket_with_listen_pid_of_the_worker() {
     .await;
 }
 
+/// The targets of a process's open fds, by number.
+fn open_fds(pid: i32) -> std::collections::BTreeMap<i32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd list")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((fd, target.display().to_string()))
+        })
+        .collect()
+}
+
+/// A worker gets stdin, stdout, stderr and the sockets, nothing else the supervisor inherited:
+/// neither a file its shell left open (`exec 7>file`) nor fds systemd's variables announced
+/// for another process (`LISTEN_PID` not the supervisor's), which the supervisor also marks
+/// close-on-exec for whatever else it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_inherits_no_fd_but_its_sockets() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (stray, meant) = (
+            dir.path().join("stray"),
+            dir.path().join("meant-for-another"),
+        );
+        let script = format!(
+            "exec 3</dev/null 4>{} 7>{}; exec {BIN} run --listen 127.0.0.1:0 --ready none \
+             --admin off -- sleep 1000",
+            meant.display(),
+            stray.display()
+        );
+        let sup = Sup::start_program(
+            "bash",
+            &["-c", &script],
+            &[("LISTEN_FDS", "2"), ("LISTEN_PID", "1")],
+        );
+        let pid = sup.wait_ready(0, 1).await[0];
+        let deadline = Instant::now() + LONG;
+        while !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+        {
+            assert!(Instant::now() < deadline, "the worker never ran sleep");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let fds = open_fds(pid);
+        assert_eq!(
+            fds.keys().copied().collect::<Vec<_>>(),
+            [0, 1, 2, 3],
+            "{fds:?}"
+        );
+        assert!(fds[&3].starts_with("socket:"), "{fds:?}");
+        // The supervisor keeps them open (not its own to close), but close-on-exec.
+        let sup_fds = open_fds(sup.pid);
+        assert_eq!(
+            sup_fds.get(&4),
+            Some(&meant.display().to_string()),
+            "{sup_fds:?}"
+        );
+        let info = std::fs::read_to_string(format!("/proc/{}/fdinfo/4", sup.pid)).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .expect("flags");
+        assert_ne!(flags & 0o2000000, 0, "fd 4 is not close-on-exec: {info}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poisoned_worker_is_replaced_with_no_refused_or_reset_connections() {
     within(Duration::from_secs(90), async {

@@ -82,6 +82,11 @@ pub fn exec(command: &[String]) -> String {
     if let Err(e) = place_fds(&fds) {
         return format!("exec-shim: cannot place sockets: {e}");
     }
+    // Nothing else the supervisor inherited (a shell's `exec 7>file`, fds meant for another
+    // process) goes on to the worker. Here, before a change of user may hide /proc/self/fd.
+    if let Err(e) = cloexec_from(3 + fds.len() as RawFd) {
+        return format!("exec-shim: cannot close the inherited files: {e}");
+    }
     if let Err(e) = restore_nofile() {
         return format!("exec-shim: {e}");
     }
@@ -171,6 +176,37 @@ fn die_with_parent() -> Result<(), String> {
         return Err(format!(
             "the supervisor (pid {parent}) exited before the worker started"
         ));
+    }
+    Ok(())
+}
+
+/// Marks every fd from `first` up close-on-exec, so that `exec` closes them: the worker gets
+/// its stdin, stdout, stderr and the sockets below `first`, nothing else. One
+/// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)` (Linux 5.11); on older kernels, each fd
+/// `/proc/self/fd` lists.
+fn cloexec_from(first: RawFd) -> std::io::Result<()> {
+    use nix::libc;
+    // SAFETY: a plain system call on numbers; it only sets a flag on this process's fds.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if done {
+        return Ok(());
+    }
+    // The listing's own fd is close-on-exec already; marking it too is harmless.
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd >= first)
+        .collect();
+    for fd in open {
+        // SAFETY: fcntl on a number, no memory involved; an fd closed meanwhile (the
+        // listing's own) makes it fail with EBADF, which is ignored.
+        let _ = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     Ok(())
 }
