@@ -758,6 +758,56 @@ async fn forged_and_malformed_notify_messages_are_ignored() {
     .await;
 }
 
+/// A worker sends `READY=1` and `FDSTORE=1` with an fd attached (`sd_notify_with_fds`): the
+/// message is read (the worker is ready) and the fd closed, since the supervisor keeps no fd
+/// store. (The control buffer once had room for the credentials only: the whole datagram
+/// failed with ENOBUFS and the worker was never ready.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_message_with_an_fd_is_read_and_the_fd_closed() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("stored-fd");
+        let worker = format!(
+            "import os, socket, time\n\
+             f = open({:?}, 'w')\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             s.connect(os.environ['NOTIFY_SOCKET'])\n\
+             socket.send_fds(s, [b'READY=1\\nFDSTORE=1'], [f.fileno()])\n\
+             time.sleep(1000)\n",
+            marker.display().to_string()
+        );
+        let sup = Sup::run(
+            &[
+                "--ready",
+                "notify",
+                "--ready-timeout",
+                "3s",
+                "--admin",
+                "off",
+            ],
+            &["python3", "-c", &worker],
+        );
+        sup.wait_ready(0, 1).await;
+        sup.wait_line(
+            0,
+            &["sent 1 file descriptor(s) with a notify message", "closed"],
+        )
+        .await;
+        let held: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", sup.pid))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|t| t.display().to_string())
+            .collect();
+        let marker = marker.display().to_string();
+        assert!(
+            !held.contains(&marker),
+            "the supervisor kept the fd: {held:?}"
+        );
+        assert!(!sup.log().contains("is hung"), "{}", sup.log());
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_cleanly_and_a_stubborn_worker_is_killed() {
     within(Duration::from_secs(60), async {
