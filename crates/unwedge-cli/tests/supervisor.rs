@@ -2266,6 +2266,58 @@ async fn the_supervisor_stops_leftover_processes_before_it_exits_and_frees_the_p
     .await;
 }
 
+/// A worker's child that moved to a process group of its own (a shell's background job, same
+/// session) is stopped too: when the worker exits, and when the supervisor stops, which then
+/// leaves the port free. (Only the worker's own group was signalled: the job ran on, holding
+/// the listening socket.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_child_in_a_group_of_its_own_is_stopped_with_it() {
+    within(Duration::from_secs(60), async {
+        let listen = free_loopback_addr().to_string();
+        let mut sup = Sup::start(&[
+            "run",
+            "--listen",
+            &listen,
+            "--admin",
+            "off",
+            "--ready",
+            "none",
+            "--stop-timeout",
+            "5s",
+            "--",
+            "bash",
+            "-c",
+            "set -m; sleep 313 & set +m; echo \"background job $!\"; exec sleep 1000",
+        ]);
+        let worker = sup.wait_ready(0, 1).await[0];
+        let job = printed_pid(&sup, 0, "background job").await;
+        let s = unwedge_supervisor::procfs::stat(job).expect("the job runs");
+        assert_ne!(s.pgid, worker, "the job is in a group of its own");
+
+        // The worker dies: its job gets the stop signal.
+        let m = sup.mark();
+        kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+        let line = sup
+            .wait_line(m, &["exited and left 1 process(es) of its session running"])
+            .await;
+        assert!(line.contains(&job.to_string()), "{line}");
+        assert!(gone_within(job, LONG).await, "{}", sup.log());
+        sup.wait_line(m, &["its leftover processes have exited"])
+            .await;
+
+        // The supervisor stops: the replacement's job goes too, before it exits.
+        let job = printed_pid(&sup, m, "background job").await;
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_exit(LONG).await;
+        let log = sup.log();
+        assert_eq!(status.code(), Some(0), "{log}");
+        assert!(gone_within(job, Duration::from_secs(2)).await, "{log}");
+        std::net::TcpListener::bind(&listen)
+            .unwrap_or_else(|e| panic!("{listen} still bound after the stop: {e}\n{log}"));
+    })
+    .await;
+}
+
 /// `--max-memory` counts what a worker's children use: a worker whose own process stays
 /// tiny, but whose child grows past the limit, is replaced (once: the replacement's child
 /// does not grow).

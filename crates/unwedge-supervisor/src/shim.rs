@@ -9,7 +9,9 @@
 //!
 //! It also makes the worker die with the supervisor (`PR_SET_PDEATHSIG`, kept across `exec`):
 //! a supervisor killed with SIGKILL, or by the OOM killer, must not leave workers running
-//! unsupervised with copies of its sockets.
+//! unsupervised with copies of its sockets; makes it the leader of a session of its own
+//! (`setsid`), so that whatever it leaves running when it exits is found and stopped; and
+//! passes on no fd but stdio and the sockets.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -71,6 +73,16 @@ pub fn exec(command: &[String]) -> String {
     let Some(program) = command.first() else {
         return "exec-shim: no command".into();
     };
+    // A session of its own (and a process group: both ids are the worker's pid): every process
+    // the worker starts stays in it, also in another group (a shell's background job), unless
+    // it starts a session itself (a daemon). The supervisor stops what is left of the session
+    // when the worker exits. Run by hand from a shell, the shim may lead its group already and
+    // cannot: then it keeps the session it has.
+    if let Err(e) = nix::unistd::setsid() {
+        if std::env::var_os(SHIM_PARENT_ENV).is_some() {
+            return format!("exec-shim: cannot start a session: {}", e.desc());
+        }
+    }
     let fds: Vec<RawFd> = match std::env::var(SHIM_FDS_ENV) {
         Ok(s) if !s.is_empty() => match s.split(',').map(str::parse).collect() {
             Ok(v) => v,

@@ -67,7 +67,14 @@ impl Pool {
             if self.workers.contains_key(&child) || self.daemons.contains(&child) {
                 continue;
             }
-            if !crate::procfs::stat(child).is_some_and(|s| s.alive() && s.sid != session) {
+            // A session of its own: not the supervisor's, nor a worker's (each worker leads
+            // one), nor that of a worker that exited and left processes running.
+            let own_session = |sid: i32| {
+                sid != session
+                    && !self.workers.contains_key(&sid)
+                    && !self.leftovers.iter().any(|l| l.sid == sid)
+            };
+            if !crate::procfs::stat(child).is_some_and(|s| s.alive() && own_session(s.sid)) {
                 continue;
             }
             let command = crate::procfs::command_line(child).unwrap_or_default();

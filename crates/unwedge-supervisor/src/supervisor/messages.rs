@@ -8,9 +8,12 @@ impl Pool {
         if self.workers.contains_key(&pid) {
             return Some(pid);
         }
-        // A worker's own children share its process group (the group id is the worker pid).
-        let pgid = crate::procfs::stat(pid)?.pgid;
-        self.workers.contains_key(&pgid).then_some(pgid)
+        // A worker's own children share its process group, or at least its session, also in
+        // a group of their own (both ids are the worker pid).
+        let s = crate::procfs::stat(pid)?;
+        [s.pgid, s.sid]
+            .into_iter()
+            .find(|id| self.workers.contains_key(id))
     }
 
     pub(super) fn on_datagram(&mut self, d: notify::Datagram) {

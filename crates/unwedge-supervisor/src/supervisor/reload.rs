@@ -231,7 +231,7 @@ impl Pool {
     /// SIGTERM while its server still drains: at most one worker more than usual means the
     /// server too).
     pub(super) fn roll_after_exit(&mut self, pid: i32) {
-        if self.leftovers.iter().any(|l| l.pgid == pid) {
+        if self.leftovers.iter().any(|l| l.sid == pid) {
             return;
         }
         if let Some(r) = self.reload.as_mut().filter(|r| r.waiting_for == Some(pid)) {

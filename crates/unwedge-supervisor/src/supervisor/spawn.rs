@@ -87,10 +87,12 @@ impl Pool {
         }
         cmd.env("UNWEDGE_WORKER", &id)
             .env("UNWEDGE_GENERATION", generation.to_string());
+        // No process group here: the shim calls setsid(), which a group leader may not, and
+        // becomes the leader of a new session and group (see `signal_worker` for the moment
+        // before).
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
         let fmt = self.config.log_format;

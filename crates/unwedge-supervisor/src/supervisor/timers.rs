@@ -50,7 +50,7 @@ impl Pool {
                     );
                     timed_out.push((id, w.pid, waited));
                 }
-                let _ = killpg(Pid::from_raw(w.pid), Signal::SIGKILL);
+                let _ = signal_worker(w.pid, Signal::SIGKILL);
             }
         }
         for (worker, pid, waited) in timed_out {
@@ -81,7 +81,7 @@ impl Pool {
                         w.config.stop_signal.as_str()
                     );
                     w.state = WorkerState::Stopping;
-                    let _ = killpg(Pid::from_raw(w.pid), w.config.stop_signal);
+                    let _ = signal_worker(w.pid, w.config.stop_signal);
                     w.kill_at = Some(now + w.config.stop_timeout);
                 }
             }
