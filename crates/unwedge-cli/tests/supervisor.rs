@@ -1101,10 +1101,12 @@ async fn readiness_modes_for_a_worker_that_never_says_ready() {
     within(Duration::from_secs(60), async {
         // auto: with a shared socket, a silent worker is taken as ready after --ready-timeout
         // (one that waits on the socket with epoll, as this one, is told of --ready accept).
-        let sup = Sup::python(&["--ready-timeout", "300ms"], &[("FIXTURE_NO_READY", "1")]);
+        // 2 s: the python worker must reach its event loop first (~0.2 s idle, over 0.3 s on
+        // a loaded machine).
+        let sup = Sup::python(&["--ready-timeout", "2s"], &[("FIXTURE_NO_READY", "1")]);
         let addr = sup.addr().await;
         let line = sup
-            .wait_line(0, &["sent no READY=1 within 300.0ms; taking it as ready"])
+            .wait_line(0, &["sent no READY=1 within 2.00s; taking it as ready"])
             .await;
         assert!(
             line.contains("--ready accept would have found it ready"),
@@ -2053,8 +2055,9 @@ async fn a_silent_worker_listening_on_an_address_of_its_own_is_named() {
         // address accepts connections that nobody answers.
         let own = free_loopback_addr();
         let port = own.port().to_string();
+        // 3 s: python must have bound its port by then (over 1 s on a loaded machine).
         let sup = Sup::run(
-            &["--ready-timeout", "1s"],
+            &["--ready-timeout", "3s"],
             &["python3", "-m", "http.server", "--bind", "127.0.0.1", &port],
         );
         let addr = sup.addr().await;
@@ -2069,7 +2072,7 @@ async fn a_silent_worker_listening_on_an_address_of_its_own_is_named() {
         drop(sup);
         // Under --ready notify it is not ready in time: named too, with its failed start.
         let sup = Sup::run(
-            &["--ready", "notify", "--ready-timeout", "1s"],
+            &["--ready", "notify", "--ready-timeout", "3s"],
             &["python3", "-m", "http.server", "--bind", "127.0.0.1", &port],
         );
         let line = sup
