@@ -847,62 +847,79 @@ fn main_thread_switches(pid: i32) -> u64 {
 }
 
 /// While a stop waits for a worker deaf to SIGTERM, the supervisor sleeps until the stop
-/// deadline: with `--max-memory` set, a memory-check deadline left in the past once made its
-/// loop wake ~1000 times a second for the whole `--stop-timeout`.
+/// deadline: with `--max-memory` set, or systemd's watchdog (`WATCHDOG_USEC`), a deadline left
+/// in the past once made its loop wake ~1000 times a second for the whole `--stop-timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_waiting_for_a_stubborn_worker_sleeps() {
     within(Duration::from_secs(60), async {
-        let mut sup = Sup::run(
-            &[
-                "--ready",
-                "none",
-                "--admin",
-                "off",
-                "--stop-timeout",
-                "5s",
-                "--max-memory",
-                "1G",
-            ],
-            &[
-                "bash",
-                "-c",
-                "trap '' TERM; echo deaf to SIGTERM; exec sleep 1000",
-            ],
-        );
-        // The worker's own line (the command line in the start line says it too).
-        sup.wait_line(0, &["[w1 pid", "deaf to SIGTERM"]).await;
-        let m = sup.mark();
-        sup.signal(Signal::SIGTERM);
-        sup.wait_line(m, &["SIGTERM: stopping 1 worker(s)"]).await;
-        let (cpu0, woken0) = (cpu_time(sup.pid).unwrap(), main_thread_switches(sup.pid));
-        let window = Instant::now();
-        // A measurement window within the stop, not a wait for readiness.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let (cpu1, woken1) = (cpu_time(sup.pid).unwrap(), main_thread_switches(sup.pid));
-        assert!(
-            window.elapsed() < Duration::from_secs(5),
-            "the window outlasted the stop"
-        );
-        let (cpu, woken) = (cpu1 - cpu0, woken1 - woken0);
-        // Idle, it wakes a few times a second (the notify socket's check, the stop signal's
-        // exits); spinning, thousands of times.
-        assert!(
-            woken < 300,
-            "woke {woken} times in 3 s of stop:\n{}",
-            sup.log()
-        );
-        assert!(
-            cpu < Duration::from_millis(150),
-            "{cpu:?} of CPU in 3 s of stop"
-        );
-        assert_eq!(sup.wait_exit(LONG).await.code(), Some(1), "{}", sup.log());
-        assert!(
-            sup.log().contains("did not stop within 5.00s"),
-            "{}",
-            sup.log()
-        );
+        stop_sleeps(&["--max-memory", "1G"], &[]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("systemd.sock");
+        let _systemd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let notify = path.to_str().unwrap();
+        stop_sleeps(
+            &[],
+            &[("NOTIFY_SOCKET", notify), ("WATCHDOG_USEC", "200000")],
+        )
+        .await;
     })
     .await;
+}
+
+/// A supervisor with `flags` and `env` stops a worker that ignores SIGTERM: asserts that it
+/// sleeps meanwhile (few wake-ups, little CPU).
+async fn stop_sleeps(flags: &[&str], env: &[(&str, &str)]) {
+    let mut args = vec![
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready",
+        "none",
+        "--admin",
+        "off",
+        "--stop-timeout",
+        "5s",
+    ];
+    args.extend_from_slice(flags);
+    args.extend([
+        "--",
+        "bash",
+        "-c",
+        "trap '' TERM; echo deaf to SIGTERM; exec sleep 1000",
+    ]);
+    let mut sup = Sup::start_env(&args, env);
+    // The worker's own line (the command line in the start line says it too).
+    sup.wait_line(0, &["[w1 pid", "deaf to SIGTERM"]).await;
+    let m = sup.mark();
+    sup.signal(Signal::SIGTERM);
+    sup.wait_line(m, &["SIGTERM: stopping 1 worker(s)"]).await;
+    let (cpu0, woken0) = (cpu_time(sup.pid).unwrap(), main_thread_switches(sup.pid));
+    let window = Instant::now();
+    // A measurement window within the stop, not a wait for readiness.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (cpu1, woken1) = (cpu_time(sup.pid).unwrap(), main_thread_switches(sup.pid));
+    assert!(
+        window.elapsed() < Duration::from_secs(5),
+        "the window outlasted the stop"
+    );
+    let (cpu, woken) = (cpu1 - cpu0, woken1 - woken0);
+    // Idle, it wakes a few times a second (the notify socket's check, the stop signal's
+    // exits); spinning, thousands of times.
+    assert!(
+        woken < 300,
+        "{flags:?} {env:?}: woke {woken} times in 3 s of stop:\n{}",
+        sup.log()
+    );
+    assert!(
+        cpu < Duration::from_millis(150),
+        "{flags:?} {env:?}: {cpu:?} of CPU in 3 s of stop"
+    );
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(1), "{}", sup.log());
+    assert!(
+        sup.log().contains("did not stop within 5.00s"),
+        "{}",
+        sup.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
