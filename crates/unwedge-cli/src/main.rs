@@ -42,7 +42,8 @@ enum Cmd {
     /// LISTEN_FDNAMES and LISTEN_PID (systemd socket activation); workers report READY=1 and
     /// WATCHDOG=1 over NOTIFY_SOCKET. SIGHUP reloads with zero downtime, SIGTERM/SIGINT stop.
     /// Exit status: 0 stopped cleanly, 1 error or a worker had to be killed, 2 usage,
-    /// 3 restart intensity exceeded.
+    /// 3 gave up (restart intensity exceeded, or a worker failed to start more than
+    /// --max-restarts times in a row).
     Run(Box<RunArgs>),
     /// Validate a config file and print the effective configuration.
     ///

@@ -86,6 +86,36 @@ async fn usage_errors_exit_2() {
     }
 }
 
+/// `--ready accept` watches the sockets passed to the workers: with none (no `--listen`, no
+/// systemd sockets) every worker was "hung (ready_timeout)" and replaced, forever. Refused at
+/// start (one line, exit 2), and by a reload that asks for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_accept_without_sockets_is_refused() {
+    let (code, out, err) = run_split(&["run", "--ready", "accept", "--", "sleep", "100"]).await;
+    let needle = "--ready accept needs sockets to watch (--listen, or sockets passed by systemd)";
+    assert_clear(code, 2, &err, needle);
+    assert_eq!(err.trim().lines().count(), 1, "one line:\n{err}");
+    assert!(out.is_empty(), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unwedge.toml");
+    let write = |ready: &str| {
+        let c = format!("admin = \"off\"\nready = \"{ready}\"\ncommand = [\"sleep\", \"100\"]\n");
+        std::fs::write(&file, c).unwrap();
+    };
+    write("none");
+    let mut sup = Sup::start(&["run", "-c", file.to_str().unwrap()]);
+    let pid = sup.wait_ready(0, 1).await[0];
+    write("accept");
+    let m = sup.mark();
+    sup.signal(nix::sys::signal::Signal::SIGHUP);
+    let line = sup.wait_line(m, &["reload refused:"]).await;
+    assert!(line.contains(needle), "{line}");
+    assert!(running(pid), "the worker was stopped:\n{}", sup.log());
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}
+
 #[tokio::test]
 async fn a_command_that_cannot_run_exits_1() {
     let dir = tempfile::tempdir().unwrap();

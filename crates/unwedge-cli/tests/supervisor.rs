@@ -87,6 +87,74 @@ async fn passes_the_socket_with_listen_pid_of_the_worker() {
     .await;
 }
 
+/// The targets of a process's open fds, by number.
+fn open_fds(pid: i32) -> std::collections::BTreeMap<i32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd list")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((fd, target.display().to_string()))
+        })
+        .collect()
+}
+
+/// A worker gets stdin, stdout, stderr and the sockets, nothing else the supervisor inherited:
+/// neither a file its shell left open (`exec 7>file`) nor fds systemd's variables announced
+/// for another process (`LISTEN_PID` not the supervisor's), which the supervisor also marks
+/// close-on-exec for whatever else it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_inherits_no_fd_but_its_sockets() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (stray, meant) = (
+            dir.path().join("stray"),
+            dir.path().join("meant-for-another"),
+        );
+        let script = format!(
+            "exec 3</dev/null 4>{} 7>{}; exec {BIN} run --listen 127.0.0.1:0 --ready none \
+             --admin off -- sleep 1000",
+            meant.display(),
+            stray.display()
+        );
+        let sup = Sup::start_program(
+            "bash",
+            &["-c", &script],
+            &[("LISTEN_FDS", "2"), ("LISTEN_PID", "1")],
+        );
+        let pid = sup.wait_ready(0, 1).await[0];
+        let deadline = Instant::now() + LONG;
+        while !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+        {
+            assert!(Instant::now() < deadline, "the worker never ran sleep");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let fds = open_fds(pid);
+        assert_eq!(
+            fds.keys().copied().collect::<Vec<_>>(),
+            [0, 1, 2, 3],
+            "{fds:?}"
+        );
+        assert!(fds[&3].starts_with("socket:"), "{fds:?}");
+        // The supervisor keeps them open (not its own to close), but close-on-exec.
+        let sup_fds = open_fds(sup.pid);
+        assert_eq!(
+            sup_fds.get(&4),
+            Some(&meant.display().to_string()),
+            "{sup_fds:?}"
+        );
+        let info = std::fs::read_to_string(format!("/proc/{}/fdinfo/4", sup.pid)).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .expect("flags");
+        assert_ne!(flags & 0o2000000, 0, "fd 4 is not close-on-exec: {info}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poisoned_worker_is_replaced_with_no_refused_or_reset_connections() {
     within(Duration::from_secs(90), async {
@@ -421,6 +489,49 @@ async fn a_command_that_exits_at_once_backs_off_then_gives_up_idle() {
     .await;
 }
 
+/// A command that can never start gives up even when the backoff spreads its restarts too
+/// thin for the restart intensity (here never more than 2 within `--within`): after
+/// `--max-restarts` failed starts in a row, exit 3 and the `gave_up` alert, as a broken
+/// deploy must hand over to systemd or Kubernetes. (Before, it was retried forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_never_starts_gives_up_however_slow_its_backoff() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let alerts = dir.path().join("alerts");
+        let hook = format!("cat >> {}", alerts.display());
+        let mut sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--restart-delay",
+            "100ms",
+            "--restart-delay-max",
+            "100ms",
+            "--within",
+            "150ms",
+            "--max-restarts",
+            "3",
+            "--alert-exec",
+            &hook,
+            "--",
+            "/bin/false",
+        ]);
+        let status = sup.wait_exit(LONG).await;
+        let log = sup.log();
+        assert_eq!(status.code(), Some(3), "{log}");
+        assert!(
+            log.contains("giving up: w1 failed to start 4 times in a row (limit 3)"),
+            "{log}"
+        );
+        assert_eq!(log.matches("(failed start)").count(), 4, "{log}");
+        let sent = std::fs::read_to_string(&alerts).unwrap_or_default();
+        assert!(sent.contains("gave_up"), "no gave_up alert: {sent}");
+    })
+    .await;
+}
+
 async fn reload_rounds(sup: &Sup, l: &unwedge_load::Running, rounds: u64) {
     let mut old = sup.wait_ready(0, 2).await;
     load_progress(l, 100).await;
@@ -647,6 +758,56 @@ async fn forged_and_malformed_notify_messages_are_ignored() {
     .await;
 }
 
+/// A worker sends `READY=1` and `FDSTORE=1` with an fd attached (`sd_notify_with_fds`): the
+/// message is read (the worker is ready) and the fd closed, since the supervisor keeps no fd
+/// store. (The control buffer once had room for the credentials only: the whole datagram
+/// failed with ENOBUFS and the worker was never ready.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_message_with_an_fd_is_read_and_the_fd_closed() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("stored-fd");
+        let worker = format!(
+            "import os, socket, time\n\
+             f = open({:?}, 'w')\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             s.connect(os.environ['NOTIFY_SOCKET'])\n\
+             socket.send_fds(s, [b'READY=1\\nFDSTORE=1'], [f.fileno()])\n\
+             time.sleep(1000)\n",
+            marker.display().to_string()
+        );
+        let sup = Sup::run(
+            &[
+                "--ready",
+                "notify",
+                "--ready-timeout",
+                "3s",
+                "--admin",
+                "off",
+            ],
+            &["python3", "-c", &worker],
+        );
+        sup.wait_ready(0, 1).await;
+        sup.wait_line(
+            0,
+            &["sent 1 file descriptor(s) with a notify message", "closed"],
+        )
+        .await;
+        let held: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", sup.pid))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|t| t.display().to_string())
+            .collect();
+        let marker = marker.display().to_string();
+        assert!(
+            !held.contains(&marker),
+            "the supervisor kept the fd: {held:?}"
+        );
+        assert!(!sup.log().contains("is hung"), "{}", sup.log());
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_cleanly_and_a_stubborn_worker_is_killed() {
     within(Duration::from_secs(60), async {
@@ -672,6 +833,93 @@ async fn sigterm_stops_cleanly_and_a_stubborn_worker_is_killed() {
         );
     })
     .await;
+}
+
+/// Context switches of a process's main thread (the supervisor's event loop runs there):
+/// each wake-up of the loop is at least one.
+fn main_thread_switches(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// While a stop waits for a worker deaf to SIGTERM, the supervisor sleeps until the stop
+/// deadline: with `--max-memory` set, or systemd's watchdog (`WATCHDOG_USEC`), a deadline left
+/// in the past once made its loop wake ~1000 times a second for the whole `--stop-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waiting_for_a_stubborn_worker_sleeps() {
+    within(Duration::from_secs(60), async {
+        stop_sleeps(&["--max-memory", "1G"], &[]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("systemd.sock");
+        let _systemd = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let notify = path.to_str().unwrap();
+        stop_sleeps(
+            &[],
+            &[("NOTIFY_SOCKET", notify), ("WATCHDOG_USEC", "200000")],
+        )
+        .await;
+    })
+    .await;
+}
+
+/// A supervisor with `flags` and `env` stops a worker that ignores SIGTERM: asserts that it
+/// sleeps meanwhile (few wake-ups, little CPU).
+async fn stop_sleeps(flags: &[&str], env: &[(&str, &str)]) {
+    let mut args = vec![
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready",
+        "none",
+        "--admin",
+        "off",
+        "--stop-timeout",
+        "5s",
+    ];
+    args.extend_from_slice(flags);
+    args.extend([
+        "--",
+        "bash",
+        "-c",
+        "trap '' TERM; echo deaf to SIGTERM; exec sleep 1000",
+    ]);
+    let mut sup = Sup::start_env(&args, env);
+    // The worker's own line (the command line in the start line says it too).
+    sup.wait_line(0, &["[w1 pid", "deaf to SIGTERM"]).await;
+    let m = sup.mark();
+    sup.signal(Signal::SIGTERM);
+    sup.wait_line(m, &["SIGTERM: stopping 1 worker(s)"]).await;
+    let (cpu0, woken0) = (cpu_time(sup.pid).unwrap(), main_thread_switches(sup.pid));
+    let window = Instant::now();
+    // A measurement window within the stop, not a wait for readiness.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (cpu1, woken1) = (cpu_time(sup.pid).unwrap(), main_thread_switches(sup.pid));
+    assert!(
+        window.elapsed() < Duration::from_secs(5),
+        "the window outlasted the stop"
+    );
+    let (cpu, woken) = (cpu1 - cpu0, woken1 - woken0);
+    // Idle, it wakes a few times a second (the notify socket's check, the stop signal's
+    // exits); spinning, thousands of times.
+    assert!(
+        woken < 300,
+        "{flags:?} {env:?}: woke {woken} times in 3 s of stop:\n{}",
+        sup.log()
+    );
+    assert!(
+        cpu < Duration::from_millis(150),
+        "{flags:?} {env:?}: {cpu:?} of CPU in 3 s of stop"
+    );
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(1), "{}", sup.log());
+    assert!(
+        sup.log().contains("did not stop within 5.00s"),
+        "{}",
+        sup.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -870,10 +1118,12 @@ async fn readiness_modes_for_a_worker_that_never_says_ready() {
     within(Duration::from_secs(60), async {
         // auto: with a shared socket, a silent worker is taken as ready after --ready-timeout
         // (one that waits on the socket with epoll, as this one, is told of --ready accept).
-        let sup = Sup::python(&["--ready-timeout", "300ms"], &[("FIXTURE_NO_READY", "1")]);
+        // 2 s: the python worker must reach its event loop first (~0.2 s idle, over 0.3 s on
+        // a loaded machine).
+        let sup = Sup::python(&["--ready-timeout", "2s"], &[("FIXTURE_NO_READY", "1")]);
         let addr = sup.addr().await;
         let line = sup
-            .wait_line(0, &["sent no READY=1 within 300.0ms; taking it as ready"])
+            .wait_line(0, &["sent no READY=1 within 2.00s; taking it as ready"])
             .await;
         assert!(
             line.contains("--ready accept would have found it ready"),
@@ -1598,6 +1848,69 @@ async fn sighup_rereads_the_config_file() {
     .await;
 }
 
+/// A reload that lowers `stop-timeout` leaves the old generation its own: its slow request in
+/// flight completes (under the new 300 ms it was SIGKILLed); and the restarts counted before a
+/// reload that changes the restart policy stay counted, so a crash loop mixed with reloads still
+/// gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_workers_keep_their_settings_across_a_reload_and_restarts_stay_counted() {
+    within(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let py = fixture("worker.py");
+        let write = |extra: &str| {
+            std::fs::write(
+                &file,
+                format!(
+                    "admin = \"off\"\nmax-restarts = 3\n{extra}command = [{:?}]\n",
+                    py.display()
+                ),
+            )
+            .unwrap()
+        };
+        write("stop-timeout = \"30s\"\n");
+        let path = file.to_str().unwrap();
+        let mut sup = Sup::start(&["run", "-c", path, "--listen", "127.0.0.1:0"]);
+        let old = sup.wait_ready(0, 1).await[0];
+        let addr = sup.addr().await;
+        let m = sup.mark();
+        let slow = tokio::spawn(http(addr, "GET", "/slow?ms=3000"));
+        sup.wait_line(m, &["slow request of 3000 ms begins"]).await;
+        write("stop-timeout = \"300ms\"\n");
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(m, &["generation 2 ready; stopping 1 old worker(s)"])
+            .await;
+        let (code, body) = slow.await.unwrap().expect("the slow request completes");
+        assert_eq!((code, body.trim()), (200, &*format!("slow {old}")));
+        sup.wait_line(m, &[&format!("pid {old} exit status 0")])
+            .await;
+        assert!(!sup.log().contains("did not stop within"), "{}", sup.log());
+
+        // Two crashes, a reload that changes the restart window, two more: over the 3 allowed.
+        for _ in 0..2 {
+            let m = sup.mark();
+            let _ = http(addr, "GET", "/exit?code=1").await;
+            sup.wait_ready(m, 1).await;
+        }
+        write("stop-timeout = \"300ms\"\nwithin = \"2m\"\n");
+        let m = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(m, &["generation 3 ready"]).await;
+        let m = sup.mark();
+        let _ = http(addr, "GET", "/exit?code=1").await;
+        sup.wait_ready(m, 1).await;
+        let _ = http(addr, "GET", "/exit?code=1").await;
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(3), "{}", sup.log());
+        assert!(
+            sup.log()
+                .contains("giving up: 4 restarts within 2m (limit 3)"),
+            "{}",
+            sup.log()
+        );
+    })
+    .await;
+}
+
 /// Reading `--config FILE` at a reload never holds up the supervisor: with the file a FIFO
 /// nobody writes to yet (as a hung network mount, or a user database that does not answer
 /// `--user`'s lookup), a worker killed meanwhile is replaced as always and a second SIGHUP is
@@ -1759,8 +2072,9 @@ async fn a_silent_worker_listening_on_an_address_of_its_own_is_named() {
         // address accepts connections that nobody answers.
         let own = free_loopback_addr();
         let port = own.port().to_string();
+        // 3 s: python must have bound its port by then (over 1 s on a loaded machine).
         let sup = Sup::run(
-            &["--ready-timeout", "1s"],
+            &["--ready-timeout", "3s"],
             &["python3", "-m", "http.server", "--bind", "127.0.0.1", &port],
         );
         let addr = sup.addr().await;
@@ -1775,7 +2089,7 @@ async fn a_silent_worker_listening_on_an_address_of_its_own_is_named() {
         drop(sup);
         // Under --ready notify it is not ready in time: named too, with its failed start.
         let sup = Sup::run(
-            &["--ready", "notify", "--ready-timeout", "1s"],
+            &["--ready", "notify", "--ready-timeout", "3s"],
             &["python3", "-m", "http.server", "--bind", "127.0.0.1", &port],
         );
         let line = sup
@@ -1966,6 +2280,58 @@ async fn the_supervisor_stops_leftover_processes_before_it_exits_and_frees_the_p
         assert_eq!(status.code(), Some(1), "{log}");
         assert!(gone_within(stubborn, LONG).await, "{}", sup.log());
         // Nothing holds the listening socket any more: a new supervisor could bind it.
+        std::net::TcpListener::bind(&listen)
+            .unwrap_or_else(|e| panic!("{listen} still bound after the stop: {e}\n{log}"));
+    })
+    .await;
+}
+
+/// A worker's child that moved to a process group of its own (a shell's background job, same
+/// session) is stopped too: when the worker exits, and when the supervisor stops, which then
+/// leaves the port free. (Only the worker's own group was signalled: the job ran on, holding
+/// the listening socket.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_child_in_a_group_of_its_own_is_stopped_with_it() {
+    within(Duration::from_secs(60), async {
+        let listen = free_loopback_addr().to_string();
+        let mut sup = Sup::start(&[
+            "run",
+            "--listen",
+            &listen,
+            "--admin",
+            "off",
+            "--ready",
+            "none",
+            "--stop-timeout",
+            "5s",
+            "--",
+            "bash",
+            "-c",
+            "set -m; sleep 313 & set +m; echo \"background job $!\"; exec sleep 1000",
+        ]);
+        let worker = sup.wait_ready(0, 1).await[0];
+        let job = printed_pid(&sup, 0, "background job").await;
+        let s = unwedge_supervisor::procfs::stat(job).expect("the job runs");
+        assert_ne!(s.pgid, worker, "the job is in a group of its own");
+
+        // The worker dies: its job gets the stop signal.
+        let m = sup.mark();
+        kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+        let line = sup
+            .wait_line(m, &["exited and left 1 process(es) of its session running"])
+            .await;
+        assert!(line.contains(&job.to_string()), "{line}");
+        assert!(gone_within(job, LONG).await, "{}", sup.log());
+        sup.wait_line(m, &["its leftover processes have exited"])
+            .await;
+
+        // The supervisor stops: the replacement's job goes too, before it exits.
+        let job = printed_pid(&sup, m, "background job").await;
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_exit(LONG).await;
+        let log = sup.log();
+        assert_eq!(status.code(), Some(0), "{log}");
+        assert!(gone_within(job, Duration::from_secs(2)).await, "{log}");
         std::net::TcpListener::bind(&listen)
             .unwrap_or_else(|e| panic!("{listen} still bound after the stop: {e}\n{log}"));
     })

@@ -47,7 +47,8 @@ pub enum ReadyMode {
     Port,
     /// The worker (or a process it forked) waits for connections on a passed socket in an
     /// event loop: the socket is in one of its `epoll` sets, as nginx, Go, Node, asyncio and
-    /// tokio servers have it (shared sockets only). For servers without sd_notify.
+    /// tokio servers have it (shared sockets only: without `--listen` or sockets from systemd
+    /// it is a usage error). For servers without sd_notify.
     Accept,
     /// Ready as soon as it is started.
     None,
@@ -253,8 +254,10 @@ pub struct Options {
     )]
     pub stable_after: Option<Duration>,
 
-    /// Restart intensity: more than this many restarts within `--within` and the supervisor
-    /// stops every worker and exits with status 3 [default: 20].
+    /// Restart intensity: more than this many restarts within `--within`, or a worker that
+    /// failed to start (exited or was killed before it was ready) more than this many times
+    /// in a row in one slot, however long that took, and the supervisor stops every worker and
+    /// exits with status 3 [default: 20].
     #[arg(long, value_name = "R", help_heading = "Restart policy")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_restarts: Option<u32>,

@@ -169,7 +169,7 @@ pub struct Counters {
     /// Workers sent SIGKILL because they did not stop within `--stop-timeout`
     /// ([`Event::StopTimedOut`]).
     pub stop_timeouts: u64,
-    /// Processes found still running in the group of a worker that exited, and stopped
+    /// Processes found still running in the session of a worker that exited, and stopped
     /// ([`Event::LeftoverProcesses`]).
     pub leftover_processes: u64,
     /// Processes of the supervisor's cgroup that were not workers, killed by the kernel's OOM
@@ -338,15 +338,16 @@ pub enum Event {
         /// Time since it was asked to stop (or said it was stopping).
         waited: Duration,
     },
-    /// A worker exited and left processes of its process group running (children it forked
-    /// and did not stop): they were sent SIGTERM, and get SIGKILL if they still run after
-    /// `--stop-timeout`. They hold copies of the listening sockets.
+    /// A worker exited and left processes of its session running (children it forked and did
+    /// not stop, in its process group or in groups of their own): they were sent the stop
+    /// signal, and get SIGKILL if they still run after `--stop-timeout`. They hold copies of
+    /// the listening sockets.
     LeftoverProcesses {
         /// Slot id.
         worker: String,
-        /// The exited worker's pid (the group's id).
+        /// The exited worker's pid (its session's and group's id).
         pid: i32,
-        /// The processes found running in its group.
+        /// The processes found running in its session.
         pids: Vec<i32>,
     },
     /// The kernel's OOM killer killed processes of the supervisor's cgroup that were not

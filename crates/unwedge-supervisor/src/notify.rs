@@ -18,7 +18,7 @@
 //! ```
 
 use std::io::{self, IoSliceMut};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -315,14 +315,29 @@ impl NotifySocket {
     /// The supervisor calls it before it reaps exited workers: what a worker said just before
     /// it exited (`STATUS=tainted`, `STOPPING=1`, its last report) is then read while its pid
     /// still names a worker, not after, when it would be dropped as coming from no worker.
+    ///
+    /// Only an empty queue ends it early: an error on one datagram (an interrupted call, a
+    /// momentary lack of kernel memory) goes on to the next, so that a worker's last words
+    /// behind it are still read before its exit is handled. (At most a few such errors in a
+    /// row: one that repeats is the async `recv`'s to report.)
     pub fn drain_queued(&self, buf: &mut [u8], max: usize) -> Vec<Datagram> {
         let mut out = Vec::new();
+        let mut errors = 0;
         while out.len() < max {
-            // MSG_DONTWAIT: an empty queue is `WouldBlock`; any other error is the async
-            // `recv`'s to report.
+            // MSG_DONTWAIT: an empty queue is `WouldBlock`.
             match recv_with_pid(self.sock.as_raw_fd(), buf) {
-                Ok(d) => out.push(d),
-                Err(_) => break,
+                Ok(d) => {
+                    out.push(d);
+                    errors = 0;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    errors += 1;
+                    if errors > MAX_DRAIN_ERRORS {
+                        break;
+                    }
+                    tracing::debug!("notify socket: {e}; reading on");
+                }
             }
         }
         out
@@ -343,8 +358,21 @@ impl NotifySocket {
     }
 }
 
+/// Errors in a row after which [`NotifySocket::drain_queued`] stops.
+const MAX_DRAIN_ERRORS: u32 = 8;
+
+/// The most fds one datagram can carry (the kernel's `SCM_MAX_FD`).
+const SCM_MAX_FD: usize = 253;
+
+/// Whether the log said already that fds sent with a message are closed.
+static FDS_TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn recv_with_pid(fd: i32, buf: &mut [u8]) -> io::Result<Datagram> {
-    let mut cmsg = nix::cmsg_space!(UnixCredentials);
+    // Room for the credentials and for as many fds as a datagram can carry
+    // (`sd_notify_with_fds`, `FDSTORE=1`): with room for the credentials only, the kernel
+    // cut the control data short (MSG_CTRUNC) and the whole message, its READY=1 too, was
+    // lost.
+    let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; SCM_MAX_FD]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         fd,
@@ -354,10 +382,34 @@ fn recv_with_pid(fd: i32, buf: &mut [u8]) -> io::Result<Datagram> {
     )
     .map_err(io::Error::from)?;
     let mut pid = None;
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmCredentials(cred) = c {
-            pid = Some(cred.pid());
+    let mut fds = 0;
+    // Cut short all the same (control data of another kind): not safe to read, so no sender
+    // pid, and the message is ignored as forged, but the rest of the queue is read.
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+                ControlMessageOwned::ScmRights(received) => {
+                    for raw in received {
+                        fds += 1;
+                        #[allow(unsafe_code)]
+                        // SAFETY: the kernel just installed this fd for us (SCM_RIGHTS) and
+                        // nothing else knows of it: owning it once, to close it, is sound.
+                        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                        drop(owned);
+                    }
+                }
+                _ => {}
+            }
         }
+    }
+    if fds > 0 && !FDS_TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(
+            "pid {} sent {fds} file descriptor(s) with a notify message (sd_notify_with_fds, \
+             FDSTORE=1): unwedge keeps no file descriptor store, so they are closed; the \
+             message itself is read as usual (said once)",
+            pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
+        );
     }
     let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
     let len = msg.bytes;

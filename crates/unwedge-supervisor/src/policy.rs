@@ -88,6 +88,16 @@ impl Intensity {
         }
     }
 
+    /// The same restarts counted against a new limit and window (a reload that changed
+    /// `--max-restarts` or `--within`): a crash loop that spans reloads still gives up.
+    pub fn reconfigured(&self, limit: u32, within: Duration) -> Self {
+        Intensity {
+            limit,
+            within,
+            times: self.times.clone(),
+        }
+    }
+
     /// Records a restart at `now`; an error when it is one too many.
     pub fn record(&mut self, now: Instant) -> Result<(), IntensityExceeded> {
         while self
@@ -122,6 +132,16 @@ mod tests {
         assert!(i.record(t).is_ok());
         assert!(i.record(t + Duration::from_millis(1500)).is_ok());
         assert!(i.record(t + Duration::from_millis(1600)).is_err());
+    }
+
+    #[test]
+    fn a_new_limit_keeps_the_restarts_recorded() {
+        let t = Instant::now();
+        let mut i = Intensity::new(5, Duration::from_secs(60));
+        assert!(i.record(t).is_ok());
+        assert!(i.record(t).is_ok());
+        let mut i = i.reconfigured(2, Duration::from_secs(30));
+        assert!(i.record(t).is_err(), "the two before count");
     }
 
     #[test]

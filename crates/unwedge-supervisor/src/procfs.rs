@@ -2,10 +2,11 @@
 //! the live members of a process group; a process's children and descendants; its command
 //! line.
 //!
-//! A worker is started as the leader of its own process group, and the processes it forks
-//! stay in that group unless they leave it (`setsid`, `setpgid`): the supervisor signals a
-//! worker's group, attributes notify messages by group, and looks for processes a worker left
-//! running when it exited.
+//! A worker is started as the leader of its own session and process group, and the processes
+//! it forks stay in that session unless they start one of their own (`setsid`: a daemon),
+//! also when they move to another group (`setpgid`, a shell's job control): the supervisor
+//! signals a worker's group, attributes notify messages by group and session, and looks for
+//! the processes of its session a worker left running when it exited.
 
 /// The fields of `/proc/PID/stat` the supervisor uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,18 @@ fn all_pids() -> impl Iterator<Item = i32> {
 pub fn group_members(pgid: i32) -> Vec<i32> {
     let mut pids: Vec<i32> = all_pids()
         .filter(|&p| stat(p).is_some_and(|s| s.pgid == pgid && s.alive()))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The live processes (zombies left out) of session `sid`, in pid order: a worker's session
+/// (the exec shim makes each worker a session leader) holds every process it started, in
+/// whichever process group, unless one started a session of its own (a daemon). Reads the
+/// `stat` of every process on the machine, as [`group_members`].
+pub fn session_members(sid: i32) -> Vec<i32> {
+    let mut pids: Vec<i32> = all_pids()
+        .filter(|&p| stat(p).is_some_and(|s| s.sid == sid && s.alive()))
         .collect();
     pids.sort_unstable();
     pids

@@ -92,13 +92,30 @@ pub(crate) fn check_probe_target(
     Ok(())
 }
 
-/// The new configuration, checked against the running one: its command must be runnable and
-/// a probe must have somewhere to go (`probe_target`: the shared socket probes reach). Returns
+/// `--ready accept` watches the passed sockets: without any (no `--listen`, no sockets from
+/// systemd) no worker would ever be found ready, each one "hung" at `--ready-timeout` and
+/// replaced, forever. `sockets`: whether the supervisor passes any. Checked at start and on
+/// reload.
+pub(crate) fn check_ready_accept(c: &Config, sockets: bool) -> Result<(), String> {
+    if c.ready == ReadyMode::Accept && !sockets {
+        return Err(
+            "--ready accept needs sockets to watch (--listen, or sockets passed by systemd); \
+             without them no worker would ever be ready"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The new configuration, checked against the running one: its command must be runnable, a
+/// probe must have somewhere to go (`probe_target`: the shared socket probes reach) and
+/// `--ready accept` sockets to watch (`sockets`: whether the supervisor passes any). Returns
 /// it with the fixed settings put back, and the names of the settings that change.
 pub(crate) fn prepare(
     old: &Config,
     mut new: Config,
     probe_target: Option<&ListenAddr>,
+    sockets: bool,
 ) -> Result<(Config, Vec<&'static str>), String> {
     for name in keep_fixed(old, &mut new) {
         tracing::warn!(
@@ -107,6 +124,7 @@ pub(crate) fn prepare(
     }
     socket::check_command(&new.command[0]).map_err(|e| e.to_string())?;
     check_probe_target(&new, probe_target)?;
+    check_ready_accept(&new, sockets)?;
     let changes = changed(old, &new);
     Ok((new, changes))
 }
@@ -134,7 +152,7 @@ mod tests {
              user = \"nobody\"\ncommand = [\"/bin/sh\", \"-c\", \"b\"]\n",
         );
         let target = old.listen[0].clone();
-        let (applied, changes) = prepare(&old, new, Some(&target)).unwrap();
+        let (applied, changes) = prepare(&old, new, Some(&target), true).unwrap();
         assert_eq!(changes, vec!["command", "workers", "watchdog"]);
         assert_eq!(applied.workers, 4);
         assert_eq!(applied.listen, old.listen, "sockets stay");
@@ -147,10 +165,14 @@ mod tests {
     fn a_command_that_cannot_run_or_a_probe_without_a_target_is_refused() {
         let old = config("command = [\"/bin/sh\"]\n");
         let missing = config("command = [\"/nonexistent/server\"]\n");
-        let e = prepare(&old, missing, None).unwrap_err();
+        let e = prepare(&old, missing, None, false).unwrap_err();
         assert!(e.contains("/nonexistent/server"), "{e}");
         let probe = config("probe = \"/livez\"\ncommand = [\"/bin/sh\"]\n");
-        let e = prepare(&old, probe, None).unwrap_err();
+        let e = prepare(&old, probe, None, false).unwrap_err();
         assert!(e.contains("--probe needs"), "{e}");
+        let accept = config("ready = \"accept\"\ncommand = [\"/bin/sh\"]\n");
+        let e = prepare(&old, accept.clone(), None, false).unwrap_err();
+        assert!(e.contains("--ready accept needs sockets"), "{e}");
+        assert!(prepare(&old, accept, None, true).is_ok());
     }
 }

@@ -9,7 +9,9 @@
 //!
 //! It also makes the worker die with the supervisor (`PR_SET_PDEATHSIG`, kept across `exec`):
 //! a supervisor killed with SIGKILL, or by the OOM killer, must not leave workers running
-//! unsupervised with copies of its sockets.
+//! unsupervised with copies of its sockets; makes it the leader of a session of its own
+//! (`setsid`), so that whatever it leaves running when it exits is found and stopped; and
+//! passes on no fd but stdio and the sockets.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -71,6 +73,16 @@ pub fn exec(command: &[String]) -> String {
     let Some(program) = command.first() else {
         return "exec-shim: no command".into();
     };
+    // A session of its own (and a process group: both ids are the worker's pid): every process
+    // the worker starts stays in it, also in another group (a shell's background job), unless
+    // it starts a session itself (a daemon). The supervisor stops what is left of the session
+    // when the worker exits. Run by hand from a shell, the shim may lead its group already and
+    // cannot: then it keeps the session it has.
+    if let Err(e) = nix::unistd::setsid() {
+        if std::env::var_os(SHIM_PARENT_ENV).is_some() {
+            return format!("exec-shim: cannot start a session: {}", e.desc());
+        }
+    }
     let fds: Vec<RawFd> = match std::env::var(SHIM_FDS_ENV) {
         Ok(s) if !s.is_empty() => match s.split(',').map(str::parse).collect() {
             Ok(v) => v,
@@ -82,6 +94,9 @@ pub fn exec(command: &[String]) -> String {
     if let Err(e) = place_fds(&fds) {
         return format!("exec-shim: cannot place sockets: {e}");
     }
+    // Nothing else the supervisor inherited (a shell's `exec 7>file`, fds meant for another
+    // process) goes on to the worker. Here, before a change of user may hide /proc/self/fd.
+    cloexec_from(3 + fds.len() as RawFd);
     if let Err(e) = restore_nofile() {
         return format!("exec-shim: {e}");
     }
@@ -173,6 +188,44 @@ fn die_with_parent() -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Marks every fd from `first` up close-on-exec, so that `exec` closes them: the worker gets
+/// its stdin, stdout, stderr and the sockets below `first`, nothing else. One
+/// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)` (Linux 5.11); on older kernels, each fd
+/// `/proc/self/fd` lists, or without `/proc`, each number up to the open-file limit (at most
+/// 65 536).
+fn cloexec_from(first: RawFd) {
+    use nix::libc;
+    // SAFETY: a plain system call on numbers; it only sets a flag on this process's fds.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if done {
+        return;
+    }
+    // The listing's own fd is close-on-exec already; marking it too is harmless.
+    let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(list) => list
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd >= first)
+            .collect(),
+        Err(_) => {
+            let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(soft, _)| soft.min(1 << 16)) as RawFd;
+            (first..limit).collect()
+        }
+    };
+    for fd in open {
+        // SAFETY: fcntl on a number, no memory involved; an fd that is not open (closed
+        // meanwhile, or never opened) makes it fail with EBADF, which is ignored.
+        let _ = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
 }
 
 /// Moves `fds` to 3, 4, … with close-on-exec cleared, and closes the originals.

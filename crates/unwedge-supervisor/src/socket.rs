@@ -206,6 +206,18 @@ fn inheritable(fd: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The fds 3..3+`count` that `LISTEN_FDS` announced for another process: those open are
+/// marked close-on-exec (not closed: they are not ours to close, something else in this
+/// process may use them), so that no process the supervisor starts inherits them.
+fn not_inherited(count: usize) {
+    for fd in 3..3 + count as RawFd {
+        #[allow(unsafe_code)]
+        // SAFETY: fcntl on a number, no memory involved; an fd that is not open makes it
+        // fail with EBADF, which is ignored.
+        let _ = unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC) };
+    }
+}
+
 /// Most sockets taken from `LISTEN_FDS` (as `serve()` takes at most).
 pub const MAX_INHERITED: usize = 4096;
 
@@ -251,6 +263,7 @@ pub fn from_systemd() -> Result<Vec<Listener>, StartError> {
             tracing::info!(
                 "LISTEN_PID={pid_num} names another process: ignoring LISTEN_FDS (they were meant for it)"
             );
+            not_inherited(count);
             return Ok(Vec::new());
         }
     }

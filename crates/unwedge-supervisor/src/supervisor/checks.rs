@@ -34,6 +34,9 @@ impl Pool {
             } else {
                 RestartReason::FailedStart
             });
+            if !was_ready && generation == self.active_gen {
+                self.slots[slot].failed_starts += 1;
+            }
         }
         tracing::warn!(
             "{id} pid {pid} is hung ({}: {detail}){}; sending {}, SIGKILL in {}",

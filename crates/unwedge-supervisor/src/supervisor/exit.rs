@@ -43,8 +43,9 @@ impl Pool {
             return;
         };
         let id = slot_id(w.slot);
+        let config = w.config.clone();
         self.worker_exited(w, pid, code, signal);
-        self.end_group(&id, pid);
+        self.end_group(&id, pid, &config);
         self.find_daemons();
     }
 
@@ -66,7 +67,14 @@ impl Pool {
             if self.workers.contains_key(&child) || self.daemons.contains(&child) {
                 continue;
             }
-            if !crate::procfs::stat(child).is_some_and(|s| s.alive() && s.sid != session) {
+            // A session of its own: not the supervisor's, nor a worker's (each worker leads
+            // one), nor that of a worker that exited and left processes running.
+            let own_session = |sid: i32| {
+                sid != session
+                    && !self.workers.contains_key(&sid)
+                    && !self.leftovers.iter().any(|l| l.sid == sid)
+            };
+            if !crate::procfs::stat(child).is_some_and(|s| s.alive() && own_session(s.sid)) {
                 continue;
             }
             let command = crate::procfs::command_line(child).unwrap_or_default();
@@ -159,6 +167,9 @@ impl Pool {
             return;
         }
         self.count_restart(reason);
+        if reason == RestartReason::FailedStart {
+            self.slots[w.slot].failed_starts += 1;
+        }
         let why = if reason == RestartReason::FailedStart {
             if let Some(tail) = failed_start_tail {
                 self.hint_if_it_binds_itself(&w, pid, tail);

@@ -8,9 +8,12 @@ impl Pool {
         if self.workers.contains_key(&pid) {
             return Some(pid);
         }
-        // A worker's own children share its process group (the group id is the worker pid).
-        let pgid = crate::procfs::stat(pid)?.pgid;
-        self.workers.contains_key(&pgid).then_some(pgid)
+        // A worker's own children share its process group, or at least its session, also in
+        // a group of their own (both ids are the worker pid).
+        let s = crate::procfs::stat(pid)?;
+        [s.pgid, s.sid]
+            .into_iter()
+            .find(|id| self.workers.contains_key(id))
     }
 
     pub(super) fn on_datagram(&mut self, d: notify::Datagram) {
@@ -101,7 +104,7 @@ impl Pool {
                 // A pending SIGTERM is the tainted one: a hung or SIGTERMed worker has a
                 // SIGKILL deadline instead (`kill_at`), and keeps it.
                 if w.term_at.is_some() {
-                    w.term_at = Some(now + self.config.stop_timeout);
+                    w.term_at = Some(now + w.config.stop_timeout);
                 }
             }
             NotifyMessage::Stopping => {
@@ -113,7 +116,7 @@ impl Pool {
                 w.stop_since.get_or_insert(now);
                 w.leaving = true;
                 w.state = WorkerState::Stopping;
-                w.term_at = Some(now + self.config.stop_timeout);
+                w.term_at = Some(now + w.config.stop_timeout);
                 tracing::info!("{id} pid {pid} is stopping on its own; starting its replacement");
                 if self.is_candidate(generation) {
                     self.reload_failed(format!("worker {id} stopped before the reload completed"));

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -45,7 +44,8 @@ mod spawn;
 mod stop;
 mod timers;
 
-/// Exit status after the restart intensity was exceeded.
+/// Exit status after giving up: the restart intensity was exceeded, or a worker failed to
+/// start more than `--max-restarts` times in a row.
 pub const EXIT_GAVE_UP: u8 = 3;
 
 /// How [`Supervisor::run`] ended.
@@ -57,7 +57,8 @@ pub enum Outcome {
         /// Every worker exited within `--stop-timeout`.
         clean: bool,
     },
-    /// The restart intensity was exceeded.
+    /// The restart intensity was exceeded, or a worker failed to start more than
+    /// `--max-restarts` times in a row.
     GaveUp {
         /// What was exceeded.
         reason: String,
@@ -175,6 +176,7 @@ impl Supervisor {
             .find_map(|l| l.local.as_ref())
             .map(socket::probe_target);
         reconfig::check_probe_target(&config, shared_probe.as_ref()).map_err(StartError::Usage)?;
+        reconfig::check_ready_accept(&config, !listeners.is_empty()).map_err(StartError::Usage)?;
         let shim =
             std::env::current_exe().map_err(|e| StartError::setup("find the unwedge binary", e))?;
         // Two pipes per worker, the sockets, the admin's connections: more than the usual
@@ -454,6 +456,10 @@ struct Pending {
 struct Slot {
     backoff: Backoff,
     restarts: u32,
+    /// Workers of this slot that exited (or were killed, or could not be spawned) before they
+    /// were ready, in a row: a command that can never start gives up after `--max-restarts` of
+    /// them, however slowly the backoff spreads them out.
+    failed_starts: u32,
     last_exit: Option<ExitInfo>,
     pending: Option<Pending>,
 }
@@ -463,6 +469,7 @@ impl Slot {
         Slot {
             backoff: Backoff::new(c.restart_delay, c.restart_delay_max, c.stable_after),
             restarts: 0,
+            failed_starts: 0,
             last_exit: None,
             pending: None,
         }
@@ -544,17 +551,53 @@ struct Reload {
     config: Option<Arc<Config>>,
 }
 
-/// The process group of a worker that exited and left processes of it running (forked
-/// children, a preforking server's workers): they hold copies of the listening sockets, so
-/// they may still accept connections with the exited worker's code and state, and would keep
-/// the port bound after the supervisor stops.
+/// The session of a worker that exited and left processes of it running (forked children, a
+/// preforking server's workers, a shell's background jobs in groups of their own): they hold
+/// copies of the listening sockets, so they may still accept connections with the exited
+/// worker's code and state, and would keep the port bound after the supervisor stops.
 #[derive(Debug)]
 struct Leftover {
     worker: String,
-    /// The group id: the exited worker's pid.
-    pgid: i32,
-    /// When the group gets SIGKILL if anything of it still runs.
+    /// The session id: the exited worker's pid (also its process group's id).
+    sid: i32,
+    /// When the session's processes get SIGKILL if any still runs.
     kill_at: Instant,
+}
+
+/// Sends `sig` to worker `pid`'s process group; to the worker alone while it has no group of
+/// its own yet (the exec shim makes it a session and group leader a moment after the spawn).
+fn signal_worker(pid: i32, sig: Signal) -> nix::Result<()> {
+    match killpg(Pid::from_raw(pid), sig) {
+        Err(nix::errno::Errno::ESRCH) => kill(Pid::from_raw(pid), sig),
+        r => r,
+    }
+}
+
+/// Sends `sig` to every live process of session `sid`, group by group (a group lies in one
+/// session); returns their pids.
+fn signal_session(sid: i32, sig: Signal) -> Vec<i32> {
+    let members = crate::procfs::session_members(sid);
+    let mut groups: Vec<i32> = members
+        .iter()
+        .filter_map(|&p| crate::procfs::stat(p).map(|s| s.pgid))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for g in groups {
+        let _ = killpg(Pid::from_raw(g), sig);
+    }
+    members
+}
+
+/// Whether anything of session `sid` (a worker that exited) may still run, cheaply: its
+/// worker's process group, or a child of the supervisor in it (a process whose parent exited
+/// is the supervisor's child, the subreaper's, so every process of the session is one of those
+/// or below one). A zombie not yet reaped counts, until it is.
+fn session_may_live(sid: i32) -> bool {
+    killpg(Pid::from_raw(sid), None::<Signal>).is_ok()
+        || crate::procfs::children(std::process::id() as i32)
+            .into_iter()
+            .any(|c| crate::procfs::stat(c).is_some_and(|s| s.sid == sid))
 }
 
 struct Pool {

@@ -55,12 +55,13 @@ impl Pool {
         };
         let old = self.config.clone();
         let probe = self.shared_probe.clone();
+        let sockets = !self.listeners.is_empty();
         let tx = self.prepared_tx.clone();
         let read = move || {
             // A panic must still answer, or every later reload would queue behind this one.
             let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
-                (*source)().and_then(|new| reconfig::prepare(&old, new, probe.as_ref()))
+                (*source)().and_then(|new| reconfig::prepare(&old, new, probe.as_ref(), sockets))
             }))
             .unwrap_or_else(|_| Err("reading the configuration panicked".to_owned()));
             let _ = tx.send(prepared);
@@ -230,7 +231,7 @@ impl Pool {
     /// SIGTERM while its server still drains: at most one worker more than usual means the
     /// server too).
     pub(super) fn roll_after_exit(&mut self, pid: i32) {
-        if self.leftovers.iter().any(|l| l.pgid == pid) {
+        if self.leftovers.iter().any(|l| l.sid == pid) {
             return;
         }
         if let Some(r) = self.reload.as_mut().filter(|r| r.waiting_for == Some(pid)) {
@@ -247,14 +248,18 @@ impl Pool {
             for s in &mut self.slots {
                 s.backoff = Backoff::new(c.restart_delay, c.restart_delay_max, c.stable_after);
             }
-            self.intensity = Intensity::new(c.max_restarts, c.within);
+            // The restarts already counted stay counted: a crash loop mixed with reloads
+            // must still give up.
+            self.intensity = self.intensity.reconfigured(c.max_restarts, c.within);
             self.config = c;
         }
-        let old: Vec<i32> = self
+        // Each old worker drains under its own settings (its --stop-timeout), not the new
+        // generation's.
+        let old: Vec<(i32, Duration)> = self
             .workers
             .values()
             .filter(|w| w.generation != r.generation)
-            .map(|w| w.pid)
+            .map(|w| (w.pid, w.config.stop_timeout))
             .collect();
         self.active_gen = r.generation;
         for s in &mut self.slots {
@@ -265,8 +270,7 @@ impl Pool {
             r.generation,
             old.len()
         );
-        let timeout = self.config.stop_timeout;
-        for pid in old {
+        for (pid, timeout) in old {
             self.terminate(pid, timeout);
         }
         self.counters.reloads += 1;
@@ -286,14 +290,13 @@ impl Pool {
             r.generation,
             self.active_gen
         );
-        let new: Vec<i32> = self
+        let new: Vec<(i32, Duration)> = self
             .workers
             .values()
             .filter(|w| w.generation == r.generation)
-            .map(|w| w.pid)
+            .map(|w| (w.pid, w.config.stop_timeout.min(Duration::from_secs(5))))
             .collect();
-        let timeout = self.config.stop_timeout.min(Duration::from_secs(5));
-        for pid in new {
+        for (pid, timeout) in new {
             self.terminate(pid, timeout);
         }
         if r.rolling {

@@ -22,6 +22,7 @@ impl Pool {
                         .entry(RestartReason::FailedStart)
                         .and_modify(|c| *c += 1)
                         .or_insert(1);
+                    self.slots[slot].failed_starts += 1;
                     self.schedule_restart(
                         slot,
                         RestartReason::FailedStart,
@@ -86,10 +87,12 @@ impl Pool {
         }
         cmd.env("UNWEDGE_WORKER", &id)
             .env("UNWEDGE_GENERATION", generation.to_string());
+        // No process group here: the shim calls setsid(), which a group leader may not, and
+        // becomes the leader of a new session and group (see `signal_worker` for the moment
+        // before).
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
         let fmt = self.config.log_format;
@@ -165,6 +168,7 @@ impl Pool {
         }
         w.ready_at = Some(now);
         w.state = WorkerState::Ready;
+        self.slots[w.slot].failed_starts = 0;
         w.next_probe = now + w.config.probe_interval;
         w.probe_failures = 0;
         let startup = now - w.started;
@@ -246,7 +250,29 @@ impl Pool {
         }
         let now = Instant::now();
         if let Err(e) = self.intensity.record(now) {
-            self.give_up(e.to_string());
+            let limits = format!(
+                "--max-restarts {} --within {}",
+                self.config.max_restarts,
+                fmt_dur(self.config.within)
+            );
+            self.give_up(e.to_string(), &limits);
+            return;
+        }
+        // Restarts spread out by the backoff may never exceed the intensity (at most 12 a
+        // minute once at the default 5 s cap): a command that cannot start must still give up.
+        let failed = self.slots[slot].failed_starts;
+        if failed > self.config.max_restarts {
+            self.give_up(
+                format!(
+                    "{} failed to start {failed} times in a row (limit {}); the last: {why}",
+                    slot_id(slot),
+                    self.config.max_restarts
+                ),
+                &format!(
+                    "--max-restarts {}: a worker that never became ready",
+                    self.config.max_restarts
+                ),
+            );
             return;
         }
         let s = &mut self.slots[slot];
@@ -269,19 +295,19 @@ impl Pool {
         *self.counters.restarts.entry(reason).or_insert(0) += 1;
     }
 
-    pub(super) fn give_up(&mut self, reason: String) {
+    /// Stops every worker and ends with [`EXIT_GAVE_UP`]: `reason` says what was exceeded,
+    /// `limits` the settings that allowed it (logged only).
+    pub(super) fn give_up(&mut self, reason: String, limits: &str) {
         if self.stopping {
             return;
         }
         tracing::error!(
-            "giving up: {reason} (--max-restarts {} --within {}); stopping all workers, exit status {EXIT_GAVE_UP}",
-            self.config.max_restarts,
-            fmt_dur(self.config.within)
+            "giving up: {reason} ({limits}); stopping all workers, exit status {EXIT_GAVE_UP}"
         );
         self.emit(Event::GaveUp {
             reason: reason.clone(),
         });
         self.gave_up = Some(reason);
-        self.begin_stop("restart intensity exceeded");
+        self.begin_stop("giving up");
     }
 }

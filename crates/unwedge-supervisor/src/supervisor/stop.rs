@@ -12,7 +12,7 @@ impl Pool {
             w.term_at = None;
             if w.state != WorkerState::Hung {
                 w.state = WorkerState::Stopping;
-                let _ = killpg(Pid::from_raw(pid), w.config.stop_signal);
+                let _ = signal_worker(pid, w.config.stop_signal);
                 let at = now + timeout;
                 w.kill_at = Some(w.kill_at.map_or(at, |k| k.min(at)));
             }
@@ -23,10 +23,10 @@ impl Pool {
         if self.stopping {
             tracing::warn!("{why} again: killing all workers now");
             for pid in self.workers.keys() {
-                let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
+                let _ = signal_worker(*pid, Signal::SIGKILL);
             }
             for l in self.leftovers.drain(..) {
-                let _ = killpg(Pid::from_raw(l.pgid), Signal::SIGKILL);
+                signal_session(l.sid, Signal::SIGKILL);
             }
             for d in &self.daemons {
                 let _ = kill(Pid::from_raw(*d), Signal::SIGKILL);
@@ -60,32 +60,33 @@ impl Pool {
         self.stop_deadline = Some(deadline);
     }
 
-    /// After worker `pid` (the leader of its process group) exited: processes of its group
-    /// still running get the stop signal now and SIGKILL after `--stop-timeout` (at the stop
-    /// deadline when the supervisor is stopping), as systemd does with a unit's processes. They would
+    /// After worker `pid` (the leader of its session and process group) exited: processes of
+    /// its session still running, in its group or in groups of their own (a shell's background
+    /// job), get the stop signal now and SIGKILL after `--stop-timeout` (at the stop deadline
+    /// when the supervisor is stopping), as systemd does with a unit's processes. They would
     /// otherwise hold the listening sockets (accepting with the exited worker's code and state,
-    /// keeping the port bound after the supervisor stops) and their memory.
-    pub(super) fn end_group(&mut self, id: &str, pid: i32) {
-        // No group left (the common case) costs one syscall; only a group that still has
-        // members, perhaps only zombies, costs a look at every process.
-        if killpg(Pid::from_raw(pid), None::<Signal>).is_err() {
+    /// keeping the port bound after the supervisor stops) and their memory. The signal and the
+    /// timeout are the worker's own (`config`, the settings it was started with).
+    pub(super) fn end_group(&mut self, id: &str, pid: i32, config: &Config) {
+        // Nothing left (the common case) costs a look at the supervisor's children; only a
+        // session that may still have members costs a look at every process.
+        if !session_may_live(pid) {
             return;
         }
-        let members = crate::procfs::group_members(pid);
+        let stop_signal = config.stop_signal;
+        let members = signal_session(pid, stop_signal);
         if members.is_empty() {
             return;
         }
-        let stop_signal = self.config.stop_signal;
-        let _ = killpg(Pid::from_raw(pid), stop_signal);
         let now = Instant::now();
         let kill_at = match self.stop_deadline {
-            Some(d) => d.min(now + self.config.stop_timeout),
+            Some(d) => d.min(now + config.stop_timeout),
             // The stop's deadline has passed: no more time for anyone.
             None if self.stopping => now,
-            None => now + self.config.stop_timeout,
+            None => now + config.stop_timeout,
         };
         tracing::warn!(
-            "{id} pid {pid} exited and left {} process(es) of its group running (pid {}); \
+            "{id} pid {pid} exited and left {} process(es) of its session running (pid {}); \
              sending them {}, SIGKILL in {}",
             members.len(),
             list_pids(&members),
@@ -100,12 +101,12 @@ impl Pool {
         });
         self.leftovers.push(Leftover {
             worker: id.to_owned(),
-            pgid: pid,
+            sid: pid,
             kill_at,
         });
     }
 
-    /// SIGKILL to the leftover groups whose deadline passed, if anything of them still runs.
+    /// SIGKILL to the leftover sessions whose deadline passed, if anything of them still runs.
     pub(super) fn kill_leftovers(&mut self, now: Instant) {
         self.forget_ended_leftovers();
         let (due, waiting): (Vec<Leftover>, Vec<Leftover>) = std::mem::take(&mut self.leftovers)
@@ -113,38 +114,38 @@ impl Pool {
             .partition(|l| l.kill_at <= now);
         self.leftovers = waiting;
         for l in due {
-            // Only a group with live members exists, so its id cannot name another one yet.
-            let members = crate::procfs::group_members(l.pgid);
+            // A session id stays taken while a process of the session lives: it cannot name
+            // another one yet.
+            let members = signal_session(l.sid, Signal::SIGKILL);
             if members.is_empty() {
                 self.leftover_ended(&l);
                 continue;
             }
             tracing::warn!(
-                "{} pid {}: {} leftover process(es) did not stop after {} (pid {}); sending SIGKILL",
+                "{} pid {}: {} leftover process(es) did not stop after {} (pid {}); sent SIGKILL",
                 l.worker,
-                l.pgid,
+                l.sid,
                 members.len(),
                 self.config.stop_signal.as_str(),
                 list_pids(&members)
             );
-            let _ = killpg(Pid::from_raw(l.pgid), Signal::SIGKILL);
             if self.stopping {
                 self.forced = true;
             }
             // Dying now: a rolling reload need not wait for the reap.
-            self.roll_after_exit(l.pgid);
+            self.roll_after_exit(l.sid);
         }
     }
 
-    /// Drops the leftover groups whose last process is gone (reaped by us, or by another
-    /// member of the group): `killpg` with no signal finds no process of the group.
+    /// Drops the leftover sessions whose last process is gone (reaped by us, or by another
+    /// process of the session): see `session_may_live`.
     pub(super) fn forget_ended_leftovers(&mut self) {
         if self.leftovers.is_empty() {
             return;
         }
         let (live, ended): (Vec<Leftover>, Vec<Leftover>) = std::mem::take(&mut self.leftovers)
             .into_iter()
-            .partition(|l| killpg(Pid::from_raw(l.pgid), None::<Signal>).is_ok());
+            .partition(|l| session_may_live(l.sid));
         self.leftovers = live;
         for l in ended {
             self.leftover_ended(&l);
@@ -155,10 +156,10 @@ impl Pool {
         tracing::info!(
             "{} pid {}: its leftover processes have exited",
             l.worker,
-            l.pgid
+            l.sid
         );
         // The slot's old worker is only now entirely gone: a rolling reload's next step.
-        self.roll_after_exit(l.pgid);
+        self.roll_after_exit(l.sid);
     }
 
     pub(super) fn forward(&self, sig: Signal) {

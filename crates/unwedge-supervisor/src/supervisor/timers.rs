@@ -50,7 +50,7 @@ impl Pool {
                     );
                     timed_out.push((id, w.pid, waited));
                 }
-                let _ = killpg(Pid::from_raw(w.pid), Signal::SIGKILL);
+                let _ = signal_worker(w.pid, Signal::SIGKILL);
             }
         }
         for (worker, pid, waited) in timed_out {
@@ -70,7 +70,6 @@ impl Pool {
             }
         }
         self.kill_leftovers(now);
-        let stop_timeout = self.config.stop_timeout;
         for w in self.workers.values_mut() {
             if w.term_at.is_some_and(|t| t <= now) {
                 w.term_at = None;
@@ -82,11 +81,14 @@ impl Pool {
                         w.config.stop_signal.as_str()
                     );
                     w.state = WorkerState::Stopping;
-                    let _ = killpg(Pid::from_raw(w.pid), w.config.stop_signal);
-                    w.kill_at = Some(now + stop_timeout);
+                    let _ = signal_worker(w.pid, w.config.stop_signal);
+                    w.kill_at = Some(now + w.config.stop_timeout);
                 }
             }
         }
+        // Stopping: no health checks, no heartbeat to systemd (its watchdog is off once we
+        // said STOPPING=1). Their deadlines are left out of `next_deadline` too, or the loop
+        // would wake at a deadline in the past again and again until the stop ends.
         if self.stopping {
             return;
         }
@@ -210,11 +212,15 @@ impl Pool {
         for l in &self.leftovers {
             at(l.kill_at);
         }
-        if let Some(s) = self.next_sd_watchdog {
-            at(s);
-        }
-        if self.workers.values().any(|w| w.config.max_memory.is_some()) {
-            at(self.next_memory_check);
+        // Not while stopping: `on_timers` neither checks memory nor heartbeats then, so these
+        // deadlines do not move on.
+        if !self.stopping {
+            if let Some(s) = self.next_sd_watchdog {
+                at(s);
+            }
+            if self.workers.values().any(|w| w.config.max_memory.is_some()) {
+                at(self.next_memory_check);
+            }
         }
         for w in self.workers.values() {
             if let Some(k) = w.kill_at {
