@@ -52,7 +52,7 @@ mod status;
 mod text;
 
 pub use alert::{parse_webhook_url, AlertConfig, AlertError, AlertEvent, AlertKind, Alerter};
-pub use metrics::{HangKind, Metrics, CONTENT_TYPE, MAX_ROUTE_LABELS};
+pub use metrics::{HangKind, Metrics, CONTENT_TYPE, MAX_ROUTE_LABELS, MAX_ROUTE_LABEL_BYTES};
 pub use page::{render_page, REDACTED_HEADERS};
 pub use reports::{print_reports, read_reports, ReportDir, ReportDirConfig, ReportError};
 pub use server::{

@@ -1477,3 +1477,115 @@ async fn reload_wait_follows_a_long_rolling_reload_and_gives_up_on_a_stuck_one()
     })
     .await;
 }
+
+// ---- what a worker sends is not trusted ----
+
+/// `unwedge run --workers 1 --admin 127.0.0.1:0 <flags> -- tests/fixtures/worker.py`, once its
+/// worker is ready: (supervisor, shared socket, admin address).
+async fn python_worker(flags: &[&str]) -> (Sup, SocketAddr, SocketAddr) {
+    let mut all = vec!["--workers", "1", "--admin", "127.0.0.1:0"];
+    all.extend_from_slice(flags);
+    let sup = Sup::python(&all, &[]);
+    let admin = admin_addr(&sup).await;
+    let addr = sup.addr().await;
+    sup.wait_ready(0, 1).await;
+    (sup, addr, admin)
+}
+
+/// Makes the Python worker send `report` as its `UNWEDGE_REPORT=` (as any worker may, redacted
+/// or not), and waits until `/status` lists it (by its `request_id`).
+async fn send_report(sup: &Sup, addr: SocketAddr, admin: SocketAddr, report: &Value) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.json");
+    std::fs::write(&file, serde_json::to_string(report).unwrap()).unwrap();
+    let (code, body) = get(addr, &format!("/report?file={}", file.display())).await;
+    assert_eq!(code, 200, "{body}");
+    let id = report["request"]["request_id"].clone();
+    status_until(sup, admin, "the report", |s| {
+        s["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["report"]["request"]["request_id"] == id)
+    })
+    .await
+}
+
+/// `promtool check metrics` on `text`: it must parse (lint findings, exit status 3, are fine:
+/// promtool reads the Prometheus text format, whose family names differ from OpenMetrics').
+/// That format has no `info` type: the `unwedge_build` family is left out of what it reads.
+/// `false` (after saying why) when promtool is not installed.
+async fn promtool_parses(text: &str) -> bool {
+    let text: String = text
+        .lines()
+        .filter(|l| !l.contains("unwedge_build"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut cmd = tokio::process::Command::new("promtool");
+    cmd.args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let Ok(mut child) = cmd.spawn() else {
+        eprintln!("SKIPPED: promtool not found (apt-get install prometheus)");
+        return false;
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(LONG, child.wait_with_output())
+        .await
+        .expect("promtool hung")
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)) && !said.contains("parsing error"),
+        "promtool cannot parse /metrics ({:?}): {said}\n{text}",
+        out.status
+    );
+    true
+}
+
+/// A panic report whose request path holds `"`, `\`, a line break and an escape sequence (the
+/// http crate accepts `"` and `\` in paths): `/metrics` still parses for promtool and for the
+/// strict OpenMetrics parser, then and at the next scrape, and the route is counted under a
+/// percent-encoded label.
+#[tokio::test]
+async fn a_panic_on_a_hostile_path_leaves_metrics_parseable() {
+    limited(async {
+        let (sup, addr, admin) = python_worker(&[]).await;
+        let path = "/files/a\"b\\c\nd\u{1b}[2J";
+        let report = serde_json::json!({
+            "message": "boom", "location": "src/files.rs:1:2",
+            "request": {"method": "GET", "path": path, "request_id": "hostile-1", "headers": {}},
+        });
+        send_report(&sup, addr, admin, &report).await;
+        for _ in 0..2 {
+            let (code, text) = get(admin, "/metrics").await;
+            assert_eq!(code, 200);
+            let checked = promtool_parses(&text).await;
+            assert!(
+                text.contains(r#"unwedge_panics_total{route="/files/a%22b%5Cc%0Ad%1B[2J"} 1"#),
+                "{text}"
+            );
+            if have_prometheus_client() {
+                // Both of prometheus_client's parsers, the strict OpenMetrics one included.
+                let m = scrape(admin).await;
+                assert_eq!(
+                    m.get("unwedge_panics_total{route=/files/a%22b%5Cc%0Ad%1B[2J}"),
+                    Some(&1.0),
+                    "{m:?}"
+                );
+            } else if !checked {
+                eprintln!("SKIPPED: neither promtool nor prometheus_client to parse /metrics");
+                return;
+            }
+        }
+    })
+    .await;
+}
