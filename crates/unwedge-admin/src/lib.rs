@@ -61,6 +61,6 @@ pub use server::{
 };
 pub use status::{
     rfc3339, ExitRecord, ExitStatus, PanicRecord, Record, ReloadOutcome, RestartEvent,
-    RestartReason, StatusView, SupervisorInfo, WorkerState, WorkerView,
+    RestartReason, StatusView, SupervisorInfo, WorkerState, WorkerView, REDACTED,
 };
 pub use text::render_text;

@@ -5,6 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -40,7 +41,8 @@ pub enum ReportError {
 /// Where to keep reports and how much.
 #[derive(Debug, Clone)]
 pub struct ReportDirConfig {
-    /// The directory (created if missing).
+    /// The directory (created if missing, readable by the supervisor's user only: `0700`;
+    /// the files in it are created `0600`).
     pub dir: PathBuf,
     /// Rotate the current file once it would grow past this many bytes (`--report-max-bytes`).
     pub max_bytes: u64,
@@ -98,12 +100,18 @@ impl ReportDir {
             dir: config.dir.clone(),
             source,
         };
-        fs::create_dir_all(&config.dir).map_err(unwritable)?;
+        // Reports hold request data: only the supervisor's user may read them.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.dir)
+            .map_err(unwritable)?;
         // Rotation creates files: check that we may, not only that the current file opens.
         let probe = config
             .dir
             .join(format!(".unwedge-probe-{}", std::process::id()));
         no_follow()
+            .mode(0o600)
             .write(true)
             .create(true)
             .truncate(true)
@@ -192,15 +200,16 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Opens `path` to append, creating it readable and writable by its owner only (`0600`):
+/// reports hold request paths, messages and headers.
 fn open_append(path: &Path) -> io::Result<File> {
-    no_follow().create(true).append(true).open(path)
+    no_follow().mode(0o600).create(true).append(true).open(path)
 }
 
 /// Opens never through a symbolic link (`O_NOFOLLOW`): the supervisor often runs as root,
 /// and a link planted in a report directory others may write to would make it append to, or
 /// create, any file.
 fn no_follow() -> OpenOptions {
-    use std::os::unix::fs::OpenOptionsExt;
     let mut o = OpenOptions::new();
     o.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
     o
@@ -256,9 +265,13 @@ pub fn read_reports(dir: &Path, since: Option<Duration>) -> Result<Vec<Record>, 
                 path: path.clone(),
                 source,
             })?;
-            let Ok(record) = serde_json::from_str::<Record>(&line) else {
+            let Ok(mut record) = serde_json::from_str::<Record>(&line) else {
                 continue;
             };
+            // Written by a version that stored reports as received: never show credentials.
+            if let Record::Panic(p) = &mut record {
+                p.redact();
+            }
             if let (Some(cutoff), Some(t)) = (cutoff, record.system_time()) {
                 if t < cutoff {
                     continue;

@@ -249,3 +249,29 @@ fn a_link_planted_as_the_report_file_is_refused_not_followed() {
     assert!(matches!(err, ReportError::Unwritable { .. }), "{err}");
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep me\n");
 }
+
+/// Credentials never come back out: a report file written before reports were redacted (or by
+/// hand) lists with `<redacted>` values, names in any case, object or `[name, value]` list.
+#[test]
+fn credentials_in_an_old_report_file_are_not_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let line = serde_json::json!({"kind": "panic", "time": "2026-11-29T01:00:00.000Z",
+        "worker": "w1", "report": {"message": "boom", "request": {"method": "GET",
+        "path": "/a", "request_id": "r1", "headers": {"COOKIE": "s=SECRET-1",
+        "Authorization": "Bearer SECRET-2", "accept": "*/*"}}}});
+    let pairs = serde_json::json!({"kind": "panic", "time": "2026-11-29T01:00:01.000Z",
+        "worker": "w1", "report": {"message": "boom", "request": {"method": "GET",
+        "path": "/b", "request_id": "r2", "headers": [["set-cookie", "id=SECRET-3"],
+        ["Proxy-Authorization", "Basic SECRET-4"], ["accept", "*/*"]]}}});
+    std::fs::write(
+        tmp.path().join("reports.jsonl"),
+        format!("{line}\n{pairs}\n"),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    print_reports(tmp.path(), None, true, &mut out).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains("SECRET"), "{out}");
+    assert_eq!(out.matches("<redacted>").count(), 4, "{out}");
+    assert_eq!(out.matches("*/*").count(), 2, "{out}");
+}

@@ -441,6 +441,8 @@ impl Ctx {
         match e {
             Event::Report { worker, pid, json } => {
                 let value = serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json));
+                // Redacts the credential headers (any worker may send a report, and not every
+                // one redacts): before the report directory, the history and /status see it.
                 let rec = PanicRecord::new(Some(&worker), value);
                 let route = rec.route();
                 let summary = panic_summary(&rec);

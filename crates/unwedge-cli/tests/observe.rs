@@ -1589,3 +1589,66 @@ async fn a_panic_on_a_hostile_path_leaves_metrics_parseable() {
     })
     .await;
 }
+
+/// A worker that does not redact sends `Cookie`, `authorization`, `Proxy-Authorization` and
+/// `SET-COOKIE` headers in its report: their values show nowhere (`/status`, the report file,
+/// `unwedge reports --json`), the report file is `0600` and the directory the supervisor
+/// created `0700`.
+#[tokio::test]
+async fn credentials_a_worker_sends_are_redacted_everywhere() {
+    use std::os::unix::fs::PermissionsExt;
+    limited(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("reports");
+        let dir_s = dir.to_str().unwrap().to_owned();
+        let (sup, addr, admin) = python_worker(&["--report-dir", &dir_s]).await;
+        let report = serde_json::json!({
+            "message": "boom", "location": "src/x.rs:1:2",
+            "request": {"method": "GET", "path": "/account", "request_id": "creds-1", "headers": {
+                "Cookie": "session=SECRET-COOKIE",
+                "authorization": "Bearer SECRET-AUTH",
+                "Proxy-Authorization": "Basic SECRET-PROXY",
+                "SET-COOKIE": "id=SECRET-SET",
+                "User-Agent": "curl/8",
+            }},
+        });
+        let s = send_report(&sup, addr, admin, &report).await;
+        let (_, raw_status) = get(admin, "/status").await;
+        let file = std::fs::read_to_string(dir.join("reports.jsonl")).unwrap();
+        let (code, listed, err) = run_split(&["reports", "--dir", &dir_s, "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        for (what, text) in [
+            ("/status", &raw_status),
+            ("reports.jsonl", &file),
+            ("unwedge reports --json", &listed),
+        ] {
+            assert!(
+                !text.contains("SECRET"),
+                "{what} shows a credential: {text}"
+            );
+            assert!(
+                text.contains("curl/8"),
+                "{what} lost the other headers: {text}"
+            );
+        }
+        let headers = s["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["report"]["request"]["request_id"] == "creds-1")
+            .unwrap()["report"]["request"]["headers"]
+            .clone();
+        for name in [
+            "Cookie",
+            "authorization",
+            "Proxy-Authorization",
+            "SET-COOKIE",
+        ] {
+            assert_eq!(headers[name], "<redacted>", "{headers}");
+        }
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join("reports.jsonl")), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+    })
+    .await;
+}
