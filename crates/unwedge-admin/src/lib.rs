@@ -51,7 +51,10 @@ mod server;
 mod status;
 mod text;
 
-pub use alert::{parse_webhook_url, AlertConfig, AlertError, AlertEvent, AlertKind, Alerter};
+pub use alert::{
+    parse_webhook_url, AlertConfig, AlertError, AlertEvent, AlertKind, Alerter,
+    RESERVED_ALERT_SLOTS,
+};
 pub use metrics::{HangKind, Metrics, CONTENT_TYPE, MAX_ROUTE_LABELS, MAX_ROUTE_LABEL_BYTES};
 pub use page::{render_page, REDACTED_HEADERS};
 pub use reports::{print_reports, read_reports, ReportDir, ReportDirConfig, ReportError};

@@ -1652,3 +1652,50 @@ async fn credentials_a_worker_sends_are_redacted_everywhere() {
     })
     .await;
 }
+
+/// A crash loop whose every crash is a distinct alert (exit 1, 2, 3, …) spends the rate limit
+/// (20 a minute) before the supervisor gives up: the `gave_up` alert still reaches the webhook.
+#[tokio::test]
+async fn gave_up_alert_survives_a_crash_loop_that_spent_the_rate_limit() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let tmp = tempfile::tempdir().unwrap();
+        let count = tmp.path().join("count");
+        let crash = format!(
+            "n=$(cat {f} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {f}; exit $n",
+            f = count.display()
+        );
+        let mut sup = Sup::run(
+            &[
+                "--workers",
+                "1",
+                "--admin",
+                "off",
+                "--restart-delay",
+                "1ms",
+                "--restart-delay-max",
+                "5ms",
+                "--max-restarts",
+                "25",
+                "--within",
+                "60s",
+                "--alert-webhook",
+                &url,
+            ],
+            &["sh", "-c", &crash],
+        );
+        let st = sup.wait_exit(LONG).await;
+        assert_eq!(st.code(), Some(3), "{}", sup.log());
+        // The supervisor flushed its alerts before it exited.
+        let kinds = hook.kinds();
+        let crashes = kinds.iter().filter(|k| *k == "worker_crashed").count();
+        assert_eq!(crashes, 20, "the rate limit was spent: {kinds:?}");
+        assert!(
+            kinds.contains(&"gave_up".to_owned()),
+            "{kinds:?}\n{}",
+            sup.log()
+        );
+    })
+    .await;
+}
