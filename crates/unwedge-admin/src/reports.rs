@@ -3,6 +3,7 @@
 //! Layout: the current file `reports.jsonl`, and rotated files `reports.1.jsonl` (newest)
 //! … `reports.N.jsonl` (oldest). Each line is one [`Record`].
 
+use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -345,19 +346,45 @@ pub(crate) fn write_records(records: &[Record], out: &mut impl Write) -> std::io
             ),
             Record::Exit(_) => ("exit", String::new()),
         };
-        let message = r.message().replace(['\n', '\r'], " ");
+        // Everything here came from a worker (or a file): nothing reaches the terminal raw.
         writeln!(
             out,
             "{:<24}  {:<5}  {:>6}  {:>8}  {:<30}  {}",
-            r.time(),
+            visible(r.time()),
             kind,
-            r.worker().unwrap_or("-"),
+            visible(r.worker().unwrap_or("-")),
             r.pid().map_or_else(|| "-".to_owned(), |p| p.to_string()),
-            cut(&place, 30),
-            cut(&message, 120),
+            cut(&visible(&place), 30),
+            cut(&visible(&r.message()), 120),
         )?;
     }
     Ok(())
+}
+
+/// `s` made safe to print on a terminal, on one line: a line break or a tab becomes a space,
+/// and every other control character (C0, DEL, C1: `ESC` starts the sequences that move the
+/// cursor, clear the screen or set the window title) and the bidirectional-text controls
+/// (which reorder what is shown) become a visible escape: `\x1b`, `\x9b`, `\u{202e}`.
+pub(crate) fn visible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\r' | '\t' => out.push(' '),
+            // Cc: U+0000..=U+001F, U+007F..=U+009F.
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            '\u{061c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}' => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub(crate) fn cut(s: &str, max: usize) -> String {
@@ -367,4 +394,40 @@ pub(crate) fn cut(s: &str, max: usize) -> String {
     let mut t: String = s.chars().take(max - 1).collect();
     t.push('…');
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::PanicRecord;
+
+    #[test]
+    fn control_characters_become_visible_escapes() {
+        assert_eq!(visible("a\u{1b}[31mb"), r"a\x1b[31mb");
+        assert_eq!(
+            visible("\u{0}\u{7}\u{7f}\u{85}\u{9b}"),
+            r"\x00\x07\x7f\x85\x9b"
+        );
+        assert_eq!(visible("l1\r\nl2\tx"), "l1  l2 x");
+        assert_eq!(visible("\u{202e}\u{2066}"), r"\u{202e}\u{2066}");
+        assert_eq!(visible("héllo → ✓"), "héllo → ✓");
+    }
+
+    /// `unwedge reports`: the table shows a worker's escape sequences as text.
+    #[test]
+    fn the_reports_table_never_prints_a_control_character() {
+        let evil = "x\u{1b}]52;c;cm0gLXJm\u{7}\u{1b}[2J\u{9b}H";
+        let report = serde_json::json!({"time": evil, "message": evil,
+            "request": {"method": evil, "path": evil, "request_id": "r1"}});
+        let records = [Record::Panic(PanicRecord::new(Some(evil), report))];
+        let mut out = Vec::new();
+        write_records(&records, &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.chars().any(|c| c != '\n' && c.is_control()), "{out:?}");
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(
+            out.contains(r"x\x1b]52;c;cm0gLXJm\x07\x1b[2J\x9bH"),
+            "{out}"
+        );
+    }
 }
