@@ -1699,3 +1699,33 @@ async fn gave_up_alert_survives_a_crash_loop_that_spent_the_rate_limit() {
     })
     .await;
 }
+
+/// `unwedge reports` over a file with a line that is not UTF-8 and a torn one: the records
+/// are listed, and the skipped lines are said (on stderr with `--json`, whose stdout stays
+/// JSON lines).
+#[tokio::test]
+async fn unwedge_reports_lists_around_unreadable_lines() {
+    limited(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let exit = r#"{"kind":"exit","time":"2026-11-29T01:00:00.000Z","worker":"w1","pid":41,"code":70,"signal":null,"last_stderr_lines":[]}"#;
+        let mut bytes = format!("{exit}\n").into_bytes();
+        bytes.extend_from_slice(b"\xff\xfe not a record\n");
+        bytes.extend_from_slice(exit.replace("41", "42").as_bytes());
+        bytes.extend_from_slice(b"\n{\"kind\":\"exit\",\"ti");
+        std::fs::write(tmp.path().join("reports.jsonl"), bytes).unwrap();
+        let dir = tmp.path().to_str().unwrap();
+        let (code, out, err) = run_split(&["reports", "--dir", dir, "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let pids: Vec<i64> = out
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["pid"].as_i64().unwrap())
+            .collect();
+        assert_eq!(pids, [41, 42]);
+        assert!(err.contains("2 unreadable line(s)"), "{err}");
+        let (code, out, err) = run_split(&["reports", "--dir", dir]).await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.lines().count(), 4, "{out}");
+        assert!(out.contains("(2 unreadable line(s) skipped"), "{out}");
+    })
+    .await;
+}
