@@ -665,7 +665,11 @@ impl Sinks {
                 .body(Full::new(body.clone()))
                 .expect("a POST with a valid URI builds");
             let attempt_result = tokio::time::timeout(self.config.webhook_timeout, async {
-                let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+                let resp = self
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| error_chain(&e, &uri))?;
                 let status = resp.status();
                 // Read the body so the connection can be reused.
                 let _ = resp.into_body().collect().await;
@@ -690,7 +694,8 @@ impl Sinks {
                 }
             }
         }
-        tracing::warn!(url = %uri, kind = %event.kind, error = %last_error, "alert webhook failed");
+        // Never the path: for Slack-style hooks it is the credential.
+        tracing::warn!(webhook = %origin(&uri), kind = %event.kind, error = %last_error, "alert webhook failed");
         self.metrics.record_alert_failed("webhook");
     }
 
@@ -703,6 +708,38 @@ impl Sinks {
                 self.metrics.record_alert_failed("exec");
             }
         }
+    }
+}
+
+/// `scheme://host:port` of a webhook URL, what logs may show of it: its path and query (for
+/// Slack-style hooks, the credential) and any user info are left out.
+fn origin(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let host = uri.host().unwrap_or("?");
+    format!("{scheme}://{host}:{port}")
+}
+
+/// `error` with its causes, `outer: inner: innermost` (hyper's own message alone, `client
+/// error (Connect)`, does not say what went wrong), the webhook's path and query replaced
+/// by `/…` should a cause quote them.
+fn error_chain(error: &(dyn std::error::Error + 'static), uri: &Uri) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        // Some errors repeat their cause in their own message.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    match uri.path_and_query().map(|p| p.as_str()) {
+        Some(secret) if secret.len() > 1 => text.replace(secret, "/…"),
+        _ => text,
     }
 }
 
@@ -749,5 +786,45 @@ async fn run_exec(cmd: &str, event: &AlertEvent, timeout: Duration) -> Result<()
             }
             Err(format!("timed out after {timeout:?}, killed"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_show_only_the_webhooks_origin() {
+        let uri: Uri = "https://hooks.example.com/services/T0/B0/s3cr3t?token=x"
+            .parse()
+            .unwrap();
+        assert_eq!(origin(&uri), "https://hooks.example.com:443");
+        let uri: Uri = "http://127.0.0.1:9000/hook/s3cr3t".parse().unwrap();
+        assert_eq!(origin(&uri), "http://127.0.0.1:9000");
+        let uri: Uri = "http://[::1]/x".parse().unwrap();
+        assert_eq!(origin(&uri), "http://[::1]:80");
+    }
+
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl fmt::Display for Quoting {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("cannot reach http://h:1/hook/s3cr3t")
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn the_error_chain_is_logged_without_the_path() {
+        let uri: Uri = "http://h:1/hook/s3cr3t".parse().unwrap();
+        let e = Quoting(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let text = error_chain(&e, &uri);
+        assert_eq!(text, "cannot reach http://h:1/…: connection refused");
     }
 }

@@ -1729,3 +1729,26 @@ async fn unwedge_reports_lists_around_unreadable_lines() {
     })
     .await;
 }
+
+/// A webhook that cannot be reached: the failure is logged with the webhook's origin and the
+/// cause (the connection was refused), never with its path, which for Slack-style hooks is
+/// the credential.
+#[tokio::test]
+async fn a_failing_webhook_is_logged_without_its_secret_path() {
+    limited(async {
+        // A port nothing listens on.
+        let closed = common::free_loopback_addr();
+        let url = format!("http://{closed}/services/T000/B000/SECRETTOKEN");
+        let (sup, addr, _admin) = python_worker(&["--alert-webhook", &url]).await;
+        let mark = sup.mark();
+        let _ = http(addr, "GET", "/exit?code=3").await;
+        let line = sup.wait_line(mark, &["alert webhook failed"]).await;
+        assert!(line.contains(&format!("http://{closed}")), "{line}");
+        assert!(
+            line.to_ascii_lowercase().contains("connection refused"),
+            "{line}"
+        );
+        assert!(!sup.log().contains("SECRETTOKEN"), "{}", sup.log());
+    })
+    .await;
+}
