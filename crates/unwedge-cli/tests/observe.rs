@@ -1752,3 +1752,75 @@ async fn a_failing_webhook_is_logged_without_its_secret_path() {
     })
     .await;
 }
+
+/// A reload from 3 workers to 1: once the old generation has drained and exited, the removed
+/// slots leave `/status`, `/readyz` and the per-worker metrics (they are not waiting for a
+/// replacement, as a crashed slot is); so do the slots of a reload that failed.
+#[tokio::test]
+async fn slots_a_reload_removed_leave_the_status_and_the_metrics() {
+    limited(async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let worker = format!("command = [{:?}]\n", common::fixture("worker.py"));
+        let (sup, admin) = supervisor_with_config(&file, &format!("workers = 3\n{worker}")).await;
+        let s = status_until(&sup, admin, "3 ready workers", |s| ready_pids(s).len() == 3).await;
+        let old = ready_pids(&s);
+
+        std::fs::write(&file, format!("workers = 1\n{worker}")).unwrap();
+        let (code, out, err) = reload_wait(sup.pid, admin).await;
+        assert_eq!(code, 0, "{out}{err}\n{}", sup.log());
+        // The old workers exit (drained), and the supervisor sees each exit.
+        for pid in &old {
+            sup.wait_line(0, &[&format!(" pid {pid} "), "exit"]).await;
+        }
+        // Events are handled in order: once a report sent after those exits shows, the exits
+        // have been taken into account.
+        let addr = sup.addr().await;
+        let report = serde_json::json!({
+            "message": "after the reload", "location": "src/x.rs:1:2",
+            "request": {"method": "GET", "path": "/", "request_id": "after-reload", "headers": {}},
+        });
+        let s = send_report(&sup, addr, admin, &report).await;
+        let workers = s["workers"].as_array().unwrap();
+        assert_eq!(workers.len(), 1, "{s}");
+        assert_eq!(
+            (&workers[0]["id"], &workers[0]["state"]),
+            (&"w1".into(), &"ready".into()),
+            "{s}"
+        );
+        let (code, body) = get(admin, "/readyz").await;
+        assert_eq!((code, body.as_str()), (200, "1 of 1 workers ready\n"));
+        let (_, metrics) = get(admin, "/metrics").await;
+        assert!(
+            metrics.contains(r#"unwedge_worker_restarts{worker="w1"}"#),
+            "{metrics}"
+        );
+        assert!(
+            !metrics.contains(r#"worker="w2""#) && !metrics.contains(r#"worker="w3""#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"unwedge_workers{state="exited"} 0"#),
+            "{metrics}"
+        );
+
+        // A reload to 3 workers that exit at once fails: its slots w2 and w3 never served and
+        // leave with their generation.
+        std::fs::write(&file, "workers = 3\ncommand = [\"/bin/false\"]\n").unwrap();
+        let (code, out, err) = reload_wait(sup.pid, admin).await;
+        assert_eq!(code, 1, "{out}{err}");
+        let report = serde_json::json!({
+            "message": "after the failed reload", "location": "src/x.rs:1:2",
+            "request": {"method": "GET", "path": "/", "request_id": "after-failure", "headers": {}},
+        });
+        let s = send_report(&sup, addr, admin, &report).await;
+        let ids: Vec<&str> = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["w1"], "{s}");
+    })
+    .await;
+}
