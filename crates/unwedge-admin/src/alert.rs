@@ -5,7 +5,10 @@
 //! slow or dead webhook can never slow a restart. Events that do not fit the queue, repeat
 //! within the de-duplication window or exceed the rate limit are dropped and counted
 //! (`unwedge_alerts_dropped_total{reason}`); deliveries that fail after their retries are
-//! logged and counted (`unwedge_alerts_failed_total{sink}`).
+//! logged and counted (`unwedge_alerts_failed_total{sink}`). The alerts that must not be lost
+//! ([`AlertKind::is_urgent`]: `gave_up`, `reload_failed`) are never de-duplicated or rate
+//! limited, have room of their own in the queue ([`RESERVED_ALERT_SLOTS`]) and do not wait for
+//! routine deliveries in flight.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -20,7 +23,8 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
 use crate::status::rfc3339;
@@ -60,6 +64,22 @@ impl AlertKind {
             AlertKind::StopTimedOut => "stop_timed_out",
             AlertKind::MemoryLimit => "memory_limit",
         }
+    }
+
+    /// Whether an alert of this kind must get through whatever came before it: `gave_up` (the
+    /// last thing the supervisor says, often after a crash loop spent the rate limit) and
+    /// `reload_failed` (an operator waits for it). These bypass de-duplication and the rate
+    /// limit, have [`RESERVED_ALERT_SLOTS`] in the queue that other alerts cannot fill, and are
+    /// delivered without waiting for routine deliveries in flight.
+    ///
+    /// ```
+    /// use unwedge_admin::AlertKind;
+    ///
+    /// assert!(AlertKind::GaveUp.is_urgent());
+    /// assert!(!AlertKind::WorkerCrashed.is_urgent());
+    /// ```
+    pub fn is_urgent(self) -> bool {
+        matches!(self, AlertKind::GaveUp | AlertKind::ReloadFailed)
     }
 
     fn human(self) -> &'static str {
@@ -214,7 +234,8 @@ pub struct AlertConfig {
     pub webhook_timeout: Duration,
     /// The exec command is killed (its whole process group) after this (default 10 s).
     pub exec_timeout: Duration,
-    /// Events waiting for delivery; more are dropped (default 64).
+    /// Events waiting for delivery; more are dropped (default 64). Urgent events
+    /// ([`AlertKind::is_urgent`]) have [`RESERVED_ALERT_SLOTS`] more of their own.
     pub queue: usize,
     /// Deliveries running at once (default 4).
     pub max_in_flight: usize,
@@ -300,6 +321,10 @@ pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
     Ok(uri)
 }
 
+/// Places in the alert queue kept for urgent alerts ([`AlertKind::is_urgent`]): routine
+/// alerts filling [`AlertConfig::queue`] cannot take them.
+pub const RESERVED_ALERT_SLOTS: usize = 4;
+
 enum Msg {
     Event(AlertEvent),
     Flush(oneshot::Sender<()>),
@@ -321,6 +346,8 @@ enum Msg {
 #[derive(Debug)]
 pub struct Alerter {
     tx: mpsc::Sender<Msg>,
+    /// Urgent events: a queue of their own, taken first.
+    urgent: mpsc::Sender<AlertEvent>,
     metrics: Arc<Metrics>,
 }
 
@@ -350,6 +377,7 @@ impl Alerter {
         }
         let handle = tokio::runtime::Handle::try_current().map_err(|_| AlertError::NoRuntime)?;
         let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let (urgent, urgent_rx) = mpsc::channel(RESERVED_ALERT_SLOTS);
         let client = WebClient::new(webhook.as_ref())?;
         let sinks = Arc::new(Sinks {
             webhook,
@@ -358,25 +386,34 @@ impl Alerter {
             metrics: metrics.clone(),
             config: config.clone(),
         });
-        handle.spawn(dispatch(rx, sinks, config));
-        Ok(Alerter { tx, metrics })
+        handle.spawn(Dispatcher::new(sinks, config).run(rx, urgent_rx));
+        Ok(Alerter {
+            tx,
+            urgent,
+            metrics,
+        })
     }
 
     /// Queues `event` for delivery and returns at once. Returns `false` (and counts
-    /// `queue_full`) when the queue is full or the delivery task is gone.
+    /// `queue_full`) when the queue is full or the delivery task is gone. Urgent events
+    /// ([`AlertKind::is_urgent`]) have [`RESERVED_ALERT_SLOTS`] of their own.
     pub fn send(&self, event: AlertEvent) -> bool {
-        match self.tx.try_send(Msg::Event(event)) {
-            Ok(()) => true,
-            Err(e) => {
-                let reason = match e {
-                    mpsc::error::TrySendError::Full(_) => "queue_full",
-                    mpsc::error::TrySendError::Closed(_) => "closed",
-                };
-                tracing::warn!(reason, "alert dropped");
-                self.metrics.record_alert_dropped(reason);
-                false
-            }
+        fn full<T>(e: mpsc::error::TrySendError<T>) -> bool {
+            matches!(e, mpsc::error::TrySendError::Full(_))
         }
+        let kind = event.kind;
+        let sent = if kind.is_urgent() {
+            self.urgent.try_send(event).map_err(full)
+        } else {
+            self.tx.try_send(Msg::Event(event)).map_err(full)
+        };
+        let Err(full) = sent else {
+            return true;
+        };
+        let reason = if full { "queue_full" } else { "closed" };
+        tracing::warn!(reason, %kind, "alert dropped");
+        self.metrics.record_alert_dropped(reason);
+        false
     }
 
     /// Waits until every event sent before this call was delivered or failed, for at most
@@ -442,69 +479,172 @@ impl WebClient {
     }
 }
 
-async fn dispatch(mut rx: mpsc::Receiver<Msg>, sinks: Arc<Sinks>, config: AlertConfig) {
-    let permits = config.max_in_flight.clamp(1, u32::MAX as usize) as u32;
-    let in_flight = Arc::new(Semaphore::new(permits as usize));
-    let mut last_sent: HashMap<String, Instant> = HashMap::new();
-    let mut recent: VecDeque<Instant> = VecDeque::new();
-    while let Some(msg) = rx.recv().await {
-        let event = match msg {
-            Msg::Event(e) => e,
-            Msg::Flush(done) => {
-                // Holding every permit means every earlier delivery finished.
-                if let Ok(all) = in_flight.acquire_many(permits).await {
-                    drop(all);
+/// Urgent deliveries running at once besides the routine ones.
+const URGENT_IN_FLIGHT: usize = 2;
+
+/// The delivery task: takes events in order (urgent ones first), drops duplicates and the
+/// excess over the rate limit, and starts deliveries, at most `max_in_flight` routine ones at
+/// once.
+struct Dispatcher {
+    sinks: Arc<Sinks>,
+    config: AlertConfig,
+    permits: u32,
+    in_flight: Arc<Semaphore>,
+    /// Urgent deliveries, apart: routine ones hanging on a dead webhook cannot hold them up.
+    urgent_in_flight: Arc<Semaphore>,
+    urgent_tasks: JoinSet<()>,
+    last_sent: HashMap<String, Instant>,
+    recent: VecDeque<Instant>,
+}
+
+impl Dispatcher {
+    fn new(sinks: Arc<Sinks>, config: AlertConfig) -> Self {
+        let permits = config.max_in_flight.clamp(1, u32::MAX as usize) as u32;
+        Dispatcher {
+            sinks,
+            permits,
+            in_flight: Arc::new(Semaphore::new(permits as usize)),
+            urgent_in_flight: Arc::new(Semaphore::new(URGENT_IN_FLIGHT)),
+            urgent_tasks: JoinSet::new(),
+            last_sent: HashMap::new(),
+            recent: VecDeque::new(),
+            config,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut urgent_rx: mpsc::Receiver<AlertEvent>) {
+        loop {
+            let msg = tokio::select! {
+                biased;
+                Some(event) = urgent_rx.recv() => {
+                    self.start_urgent(event);
+                    continue;
                 }
-                let _ = done.send(());
-                continue;
-            }
-        };
-        let now = Instant::now();
-        last_sent.retain(|_, t| now.duration_since(*t) < config.dedupe_window);
-        let key = event.key();
-        if last_sent.contains_key(&key) {
-            tracing::debug!(kind = %event.kind, "duplicate alert suppressed");
-            sinks.metrics.record_alert_dropped("duplicate");
-            continue;
-        }
-        while recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= config.rate_period)
-        {
-            recent.pop_front();
-        }
-        if recent.len() >= config.rate_limit as usize {
-            tracing::warn!(kind = %event.kind, summary = %event.summary, "alert rate limit reached, alert dropped");
-            sinks.metrics.record_alert_dropped("rate_limited");
-            continue;
-        }
-        last_sent.insert(key, now);
-        recent.push_back(now);
-        let event = Arc::new(event);
-        if sinks.webhook.is_some() {
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return;
+                msg = rx.recv() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
             };
-            let (sinks, event) = (sinks.clone(), event.clone());
-            tokio::spawn(async move {
-                sinks.deliver_webhook(&event).await;
-                drop(permit);
+            match msg {
+                Msg::Event(event) => self.routine(event, &mut urgent_rx).await,
+                Msg::Flush(done) => {
+                    // Holding every permit means every earlier routine delivery finished.
+                    if let Ok(all) = self.in_flight.acquire_many(self.permits).await {
+                        drop(all);
+                    }
+                    while self.urgent_tasks.join_next().await.is_some() {}
+                    let _ = done.send(());
+                }
+            }
+        }
+        // The alerter is gone: let urgent deliveries already started finish.
+        while self.urgent_tasks.join_next().await.is_some() {}
+    }
+
+    /// Forgets the alerts sent before the rate limit's window ending `now`.
+    fn prune(&mut self, now: Instant) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.config.rate_period)
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Delivers an urgent event at once: no de-duplication, no rate limit, no waiting for
+    /// routine deliveries.
+    fn start_urgent(&mut self, event: AlertEvent) {
+        // Outside the rate limit: neither refused nor counted against routine alerts.
+        while self.urgent_tasks.try_join_next().is_some() {}
+        let event = Arc::new(event);
+        for sink in self.sinks.for_event() {
+            let (sinks, event) = (self.sinks.clone(), event.clone());
+            let slots = self.urgent_in_flight.clone();
+            self.urgent_tasks.spawn(async move {
+                let Ok(_permit) = slots.acquire_owned().await else {
+                    return;
+                };
+                sinks.deliver(sink, &event).await;
             });
         }
-        if sinks.exec.is_some() {
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+    }
+
+    async fn routine(&mut self, event: AlertEvent, urgent_rx: &mut mpsc::Receiver<AlertEvent>) {
+        let now = Instant::now();
+        let window = self.config.dedupe_window;
+        self.last_sent
+            .retain(|_, t| now.duration_since(*t) < window);
+        let key = event.key();
+        if self.last_sent.contains_key(&key) {
+            tracing::debug!(kind = %event.kind, "duplicate alert suppressed");
+            self.sinks.metrics.record_alert_dropped("duplicate");
+            return;
+        }
+        self.prune(now);
+        if self.recent.len() >= self.config.rate_limit as usize {
+            tracing::warn!(kind = %event.kind, summary = %event.summary, "alert rate limit reached, alert dropped");
+            self.sinks.metrics.record_alert_dropped("rate_limited");
+            return;
+        }
+        self.last_sent.insert(key, now);
+        self.recent.push_back(now);
+        let event = Arc::new(event);
+        for sink in self.sinks.for_event() {
+            let Some(permit) = self.routine_permit(urgent_rx).await else {
                 return;
             };
-            let (sinks, event) = (sinks.clone(), event.clone());
+            let (sinks, event) = (self.sinks.clone(), event.clone());
             tokio::spawn(async move {
-                sinks.deliver_exec(&event).await;
+                sinks.deliver(sink, &event).await;
                 drop(permit);
             });
         }
     }
+
+    /// A place for one more routine delivery; urgent events that come meanwhile go out at once.
+    async fn routine_permit(
+        &mut self,
+        urgent_rx: &mut mpsc::Receiver<AlertEvent>,
+    ) -> Option<OwnedSemaphorePermit> {
+        loop {
+            let in_flight = self.in_flight.clone();
+            tokio::select! {
+                biased;
+                Some(event) = urgent_rx.recv() => self.start_urgent(event),
+                permit = in_flight.acquire_owned() => return permit.ok(),
+            }
+        }
+    }
+}
+
+/// Where an alert goes.
+#[derive(Debug, Clone, Copy)]
+enum Sink {
+    Webhook,
+    Exec,
 }
 
 impl Sinks {
+    /// The sinks configured.
+    fn for_event(&self) -> Vec<Sink> {
+        let mut sinks = Vec::with_capacity(2);
+        if self.webhook.is_some() {
+            sinks.push(Sink::Webhook);
+        }
+        if self.exec.is_some() {
+            sinks.push(Sink::Exec);
+        }
+        sinks
+    }
+
+    async fn deliver(&self, sink: Sink, event: &AlertEvent) {
+        match sink {
+            Sink::Webhook => self.deliver_webhook(event).await,
+            Sink::Exec => self.deliver_exec(event).await,
+        }
+    }
+
     async fn deliver_webhook(&self, event: &AlertEvent) {
         let uri = self.webhook.clone().expect("webhook configured");
         let body =
@@ -525,7 +665,11 @@ impl Sinks {
                 .body(Full::new(body.clone()))
                 .expect("a POST with a valid URI builds");
             let attempt_result = tokio::time::timeout(self.config.webhook_timeout, async {
-                let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+                let resp = self
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| error_chain(&e, &uri))?;
                 let status = resp.status();
                 // Read the body so the connection can be reused.
                 let _ = resp.into_body().collect().await;
@@ -550,7 +694,8 @@ impl Sinks {
                 }
             }
         }
-        tracing::warn!(url = %uri, kind = %event.kind, error = %last_error, "alert webhook failed");
+        // Never the path: for Slack-style hooks it is the credential.
+        tracing::warn!(webhook = %origin(&uri), kind = %event.kind, error = %last_error, "alert webhook failed");
         self.metrics.record_alert_failed("webhook");
     }
 
@@ -563,6 +708,38 @@ impl Sinks {
                 self.metrics.record_alert_failed("exec");
             }
         }
+    }
+}
+
+/// `scheme://host:port` of a webhook URL, what logs may show of it: its path and query (for
+/// Slack-style hooks, the credential) and any user info are left out.
+fn origin(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let host = uri.host().unwrap_or("?");
+    format!("{scheme}://{host}:{port}")
+}
+
+/// `error` with its causes, `outer: inner: innermost` (hyper's own message alone, `client
+/// error (Connect)`, does not say what went wrong), the webhook's path and query replaced
+/// by `/…` should a cause quote them.
+fn error_chain(error: &(dyn std::error::Error + 'static), uri: &Uri) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        // Some errors repeat their cause in their own message.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    match uri.path_and_query().map(|p| p.as_str()) {
+        Some(secret) if secret.len() > 1 => text.replace(secret, "/…"),
+        _ => text,
     }
 }
 
@@ -609,5 +786,45 @@ async fn run_exec(cmd: &str, event: &AlertEvent, timeout: Duration) -> Result<()
             }
             Err(format!("timed out after {timeout:?}, killed"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_show_only_the_webhooks_origin() {
+        let uri: Uri = "https://hooks.example.com/services/T0/B0/s3cr3t?token=x"
+            .parse()
+            .unwrap();
+        assert_eq!(origin(&uri), "https://hooks.example.com:443");
+        let uri: Uri = "http://127.0.0.1:9000/hook/s3cr3t".parse().unwrap();
+        assert_eq!(origin(&uri), "http://127.0.0.1:9000");
+        let uri: Uri = "http://[::1]/x".parse().unwrap();
+        assert_eq!(origin(&uri), "http://[::1]:80");
+    }
+
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl fmt::Display for Quoting {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("cannot reach http://h:1/hook/s3cr3t")
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn the_error_chain_is_logged_without_the_path() {
+        let uri: Uri = "http://h:1/hook/s3cr3t".parse().unwrap();
+        let e = Quoting(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let text = error_chain(&e, &uri);
+        assert_eq!(text, "cannot reach http://h:1/…: connection refused");
     }
 }

@@ -51,16 +51,20 @@ mod server;
 mod status;
 mod text;
 
-pub use alert::{parse_webhook_url, AlertConfig, AlertError, AlertEvent, AlertKind, Alerter};
-pub use metrics::{HangKind, Metrics, CONTENT_TYPE, MAX_ROUTE_LABELS};
+pub use alert::{
+    parse_webhook_url, AlertConfig, AlertError, AlertEvent, AlertKind, Alerter,
+    RESERVED_ALERT_SLOTS,
+};
+pub use metrics::{HangKind, Metrics, CONTENT_TYPE, MAX_ROUTE_LABELS, MAX_ROUTE_LABEL_BYTES};
 pub use page::{render_page, REDACTED_HEADERS};
 pub use reports::{print_reports, read_reports, ReportDir, ReportDirConfig, ReportError};
 pub use server::{
-    parse_admin_addr, AdminError, AdminHandle, AdminServer, StatusSource, ADMIN_HEADER_TIMEOUT,
+    parse_admin_addr, AdminError, AdminHandle, AdminServer, StatusSource,
+    ADMIN_CONNECTION_LIFETIME, ADMIN_HEADER_TIMEOUT, ADMIN_MAX_REQUESTS_PER_CONNECTION,
     DEFAULT_ADMIN_ADDR, MAX_ADMIN_CONNECTIONS,
 };
 pub use status::{
     rfc3339, ExitRecord, ExitStatus, PanicRecord, Record, ReloadOutcome, RestartEvent,
-    RestartReason, StatusView, SupervisorInfo, WorkerState, WorkerView,
+    RestartReason, StatusView, SupervisorInfo, WorkerState, WorkerView, REDACTED,
 };
 pub use text::render_text;

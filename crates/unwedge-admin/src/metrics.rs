@@ -25,6 +25,41 @@ type Labels = Vec<(&'static str, String)>;
 /// Most distinct `route` labels of `unwedge_panics_total`; the rest count as `other`.
 pub const MAX_ROUTE_LABELS: usize = 100;
 
+/// Longest `route` label value of `unwedge_panics_total`, in bytes; a longer route is cut
+/// (and ends with `…`).
+pub const MAX_ROUTE_LABEL_BYTES: usize = 200;
+
+/// `route` made safe as a label value: `prometheus-client` writes label values as they are,
+/// so a `"`, a `\` or a line break in a request path (the http crate accepts `"` and `\`)
+/// would end the value early and break every later scrape. Those, `%`-style, become
+/// `%22`, `%5C`, and `%XX` for each byte of any control character (C0, DEL, C1); the result
+/// is cut to [`MAX_ROUTE_LABEL_BYTES`] on a character boundary.
+fn route_label(route: &str) -> String {
+    const ELLIPSIS: char = '…';
+    let mut out = String::with_capacity(route.len().min(MAX_ROUTE_LABEL_BYTES));
+    // Where `out` may be cut so that the ellipsis fits: never inside an escape.
+    let mut fits = 0;
+    for c in route.chars() {
+        if c == '"' || c == '\\' || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+        if out.len() > MAX_ROUTE_LABEL_BYTES {
+            out.truncate(fits);
+            out.push(ELLIPSIS);
+            return out;
+        }
+        if out.len() + ELLIPSIS.len_utf8() <= MAX_ROUTE_LABEL_BYTES {
+            fits = out.len();
+        }
+    }
+    out
+}
+
 /// A kind of hang detection: the `kind` label of `unwedge_hangs_detected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HangKind {
@@ -295,20 +330,21 @@ impl Metrics {
     /// Counts one panic report; `route` is the request path (or `task:NAME`, or `unknown`).
     /// At most [`MAX_ROUTE_LABELS`] routes get a series of their own; panics on further routes
     /// count under `route="other"` (a raw path is the client's choice, and every label value is
-    /// a series Prometheus keeps).
+    /// a series Prometheus keeps). The label value is made safe first: `"`, `\` and control
+    /// characters are percent-encoded (`%22`, `%5C`, `%0A`, …), and a route longer than
+    /// [`MAX_ROUTE_LABEL_BYTES`] is cut, so no request path can break the exposition.
     pub fn record_panic(&self, route: &str) {
+        let route = route_label(route);
         let route = {
             let mut seen = self.panic_routes.lock().unwrap_or_else(|p| p.into_inner());
-            if seen.contains(route) || seen.len() < MAX_ROUTE_LABELS {
-                seen.insert(route.to_owned());
+            if seen.contains(&route) || seen.len() < MAX_ROUTE_LABELS {
+                seen.insert(route.clone());
                 route
             } else {
-                "other"
+                "other".to_owned()
             }
         };
-        self.panics
-            .get_or_create(&vec![("route", route.to_owned())])
-            .inc();
+        self.panics.get_or_create(&vec![("route", route)]).inc();
     }
 
     /// Counts one hung worker.
@@ -461,6 +497,53 @@ mod tests {
             text.contains(r#"unwedge_panics_total{route="/items/0"} 2"#),
             "{text}"
         );
+    }
+
+    /// Every `unwedge_panics_total` sample's label value, read strictly: `{route="` … `"} N`
+    /// with no `"`, `\\` or line break inside, so no escape handling is needed to read it.
+    fn route_values(text: &str) -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("unwedge_panics_total{route=\""))
+            .map(|rest| {
+                let (value, after) = rest.split_once('"').expect("a closed label value");
+                assert!(after.starts_with("} "), "label value ends early: {rest}");
+                assert!(!value.contains('\\'), "{value}");
+                value.to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hostile_routes_cannot_break_the_exposition() {
+        let m = Metrics::new("t");
+        m.record_panic("/files/a\"b\\c");
+        m.record_panic("/x\ny\r\u{1b}[2J\u{7f}\u{85}é");
+        m.record_panic(&"/long/\"".repeat(1000));
+        m.record_panic(&"/long/\"".repeat(1000));
+        let text = m.encode();
+        let mut values = route_values(&text);
+        values.sort();
+        assert_eq!(values.len(), 3, "{text}");
+        assert_eq!(values[0], "/files/a%22b%5Cc");
+        assert!(values[1].starts_with("/long/%22/long/%22"), "{values:?}");
+        let cut = values[1].strip_suffix('…').expect("cut and marked");
+        assert!(
+            cut.ends_with("/long/%22") || cut.ends_with("/long/"),
+            "cut in an escape: {values:?}"
+        );
+        assert!(values[1].len() <= MAX_ROUTE_LABEL_BYTES, "{values:?}");
+        assert_eq!(values[2], "/x%0Ay%0D%1B[2J%7F%C2%85é");
+        assert!(text.contains("…\"} 2\n"), "{text}");
+        // No line of the exposition but its own kinds: every line a comment or a sample.
+        for line in text.lines() {
+            assert!(
+                line.starts_with('#')
+                    || line
+                        .rsplit_once(' ')
+                        .is_some_and(|(_, v)| v.parse::<f64>().is_ok()),
+                "{line:?}"
+            );
+        }
     }
 
     /// The value of the sample line that starts with `series ` in `text`.

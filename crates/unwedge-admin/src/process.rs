@@ -16,6 +16,8 @@ use prometheus_client::registry::Unit;
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Stat {
     pgid: i32,
+    /// utime + stime, in clock ticks: its own CPU time.
+    own_ticks: u64,
     /// utime + stime + cutime + cstime, in clock ticks: its own CPU time and that of its
     /// children it waited for.
     cpu_ticks: u64,
@@ -34,6 +36,7 @@ fn parse_stat(text: &str) -> Option<Stat> {
     let num = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
     Some(Stat {
         pgid: f.get(5 - 3)?.parse().ok()?,
+        own_ticks: num(14)? + num(15)?,
         cpu_ticks: num(14)? + num(15)? + num(16)? + num(17)?,
         start_ticks: num(22)?,
         vsize: num(23)?,
@@ -72,7 +75,9 @@ impl Collector for ProcessCollector {
         };
         let ticks = ticks_per_second();
         let page = rustix::param::page_size() as u64;
-        let cpu = ConstCounter::new(stat.cpu_ticks as f64 / ticks);
+        // Its own time only, as every client library's process collector: the workers it
+        // reaped (cutime, cstime) are theirs, counted in `unwedge_worker_cpu_seconds_total`.
+        let cpu = ConstCounter::new(stat.own_ticks as f64 / ticks);
         let e = encoder.encode_descriptor(
             "process_cpu",
             "Total user and system CPU time spent in seconds",
@@ -215,11 +220,54 @@ mod tests {
                     250 50 7 3 20 0 1 0 12345 104857600 2560 18446744073709551615";
         let s = parse_stat(line).unwrap();
         assert_eq!(s.pgid, 4242);
+        assert_eq!(s.own_ticks, 250 + 50);
         assert_eq!(s.cpu_ticks, 250 + 50 + 7 + 3);
         assert_eq!(s.start_ticks, 12345);
         assert_eq!(s.vsize, 104_857_600);
         assert_eq!(s.rss_pages, 2560);
         assert_eq!(parse_stat("4242 (cut short) S 1"), None);
+    }
+
+    /// `process_cpu_seconds_total` of this process, as the collector exports it.
+    fn exported_cpu_seconds() -> f64 {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(ProcessCollector));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("process_cpu_seconds_total ")?.parse().ok())
+            .unwrap_or_else(|| panic!("no process_cpu_seconds_total in {text}"))
+    }
+
+    /// A supervisor reaps its workers: their CPU time lands in its cutime and cstime. It is
+    /// theirs, not the supervisor's own.
+    #[test]
+    fn the_supervisors_cpu_leaves_out_the_children_it_reaped() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        let ticks = ticks_per_second();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Until the child has burnt 0.3 s of CPU (a loaded machine takes longer).
+        while read_stat(&pid).is_some_and(|s| (s.own_ticks as f64) < 0.3 * ticks)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let exported = exported_cpu_seconds();
+        let me = read_stat("self").unwrap();
+        let children = (me.cpu_ticks - me.own_ticks) as f64 / ticks;
+        assert!(children >= 0.3, "the child was reaped: {children} s");
+        // Read after the export: this process's own time can only have grown since.
+        let own = me.own_ticks as f64 / ticks;
+        assert!(
+            exported <= own,
+            "exported {exported} s, own {own} s, children {children} s"
+        );
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! Layout: the current file `reports.jsonl`, and rotated files `reports.1.jsonl` (newest)
 //! … `reports.N.jsonl` (oldest). Each line is one [`Record`].
 
+use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -40,7 +42,8 @@ pub enum ReportError {
 /// Where to keep reports and how much.
 #[derive(Debug, Clone)]
 pub struct ReportDirConfig {
-    /// The directory (created if missing).
+    /// The directory (created if missing, readable by the supervisor's user only: `0700`;
+    /// the files in it are created `0600`).
     pub dir: PathBuf,
     /// Rotate the current file once it would grow past this many bytes (`--report-max-bytes`).
     pub max_bytes: u64,
@@ -88,6 +91,9 @@ pub struct ReportDir {
 struct Current {
     file: File,
     len: u64,
+    /// The file may not end with a line break (a write failed halfway): the next record
+    /// starts on a new line.
+    torn: bool,
 }
 
 impl ReportDir {
@@ -98,12 +104,18 @@ impl ReportDir {
             dir: config.dir.clone(),
             source,
         };
-        fs::create_dir_all(&config.dir).map_err(unwritable)?;
+        // Reports hold request data: only the supervisor's user may read them.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.dir)
+            .map_err(unwritable)?;
         // Rotation creates files: check that we may, not only that the current file opens.
         let probe = config
             .dir
             .join(format!(".unwedge-probe-{}", std::process::id()));
         no_follow()
+            .mode(0o600)
             .write(true)
             .create(true)
             .truncate(true)
@@ -112,11 +124,18 @@ impl ReportDir {
         let _ = fs::remove_file(&probe);
         let file = open_append(&config.dir.join(CURRENT)).map_err(unwritable)?;
         let len = file.metadata().map_err(unwritable)?.len();
+        // A supervisor that died mid-write left a torn last line: the next record must not
+        // be glued to it.
+        let torn = len > 0 && {
+            let mut last = [0u8; 1];
+            file.read_exact_at(&mut last, len - 1).map_err(unwritable)?;
+            last[0] != b'\n'
+        };
         // Make a newly created reports.jsonl's directory entry durable too.
         sync_dir(&config.dir);
         Ok(ReportDir {
             config,
-            current: Mutex::new(Current { file, len }),
+            current: Mutex::new(Current { file, len, torn }),
         })
     }
 
@@ -135,15 +154,21 @@ impl ReportDir {
         if cur.len > 0 && cur.len + line.len() as u64 > self.config.max_bytes {
             self.rotate(&mut cur)?;
         }
+        if cur.torn {
+            line.insert(0, b'\n');
+        }
         let path = self.config.dir.join(CURRENT);
         let io = |source| ReportError::Io {
             what: "cannot append to",
             path: path.clone(),
             source,
         };
+        // Until this line is whole, the file may end inside it.
+        cur.torn = true;
         cur.file.write_all(&line).map_err(io)?;
-        cur.file.sync_data().map_err(io)?;
+        cur.torn = false;
         cur.len += line.len() as u64;
+        cur.file.sync_data().map_err(io)?;
         Ok(())
     }
 
@@ -172,6 +197,7 @@ impl ReportDir {
         }
         cur.file = open_append(&dir.join(CURRENT)).map_err(io(dir.join(CURRENT)))?;
         cur.len = 0;
+        cur.torn = false;
         // Make the renames durable too.
         sync_dir(dir);
         Ok(())
@@ -192,15 +218,22 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Opens `path` to append, creating it readable and writable by its owner only (`0600`):
+/// reports hold request paths, messages and headers.
 fn open_append(path: &Path) -> io::Result<File> {
-    no_follow().create(true).append(true).open(path)
+    // Readable too: `open` looks at the last byte.
+    no_follow()
+        .mode(0o600)
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
 }
 
 /// Opens never through a symbolic link (`O_NOFOLLOW`): the supervisor often runs as root,
 /// and a link planted in a report directory others may write to would make it append to, or
 /// create, any file.
 fn no_follow() -> OpenOptions {
-    use std::os::unix::fs::OpenOptionsExt;
     let mut o = OpenOptions::new();
     o.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
     o
@@ -212,8 +245,17 @@ fn rotated(dir: &Path, k: usize) -> PathBuf {
 
 /// Reads every record in `dir` (rotated files first, oldest first), without opening it for
 /// writing: what `unwedge reports` does. Lines that do not parse (a line torn by a crash of
-/// the supervisor mid-write) are skipped.
+/// the supervisor mid-write, bytes that are not UTF-8) are skipped, and their number logged.
 pub fn read_reports(dir: &Path, since: Option<Duration>) -> Result<Vec<Record>, ReportError> {
+    let (records, skipped) = scan(dir, since)?;
+    if skipped > 0 {
+        tracing::warn!(skipped, dir = %dir.display(), "unreadable report lines skipped");
+    }
+    Ok(records)
+}
+
+/// [`read_reports`], and the number of lines skipped.
+fn scan(dir: &Path, since: Option<Duration>) -> Result<(Vec<Record>, usize), ReportError> {
     let mut rotated_files: Vec<(usize, PathBuf)> = Vec::new();
     let entries = fs::read_dir(dir).map_err(|source| ReportError::Io {
         what: "cannot read report directory",
@@ -238,6 +280,7 @@ pub fn read_reports(dir: &Path, since: Option<Duration>) -> Result<Vec<Record>, 
 
     let cutoff = since.and_then(|s| SystemTime::now().checked_sub(s));
     let mut out = Vec::new();
+    let mut skipped = 0;
     for path in files {
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -250,15 +293,24 @@ pub fn read_reports(dir: &Path, since: Option<Duration>) -> Result<Vec<Record>, 
                 })
             }
         };
-        for line in BufReader::new(file).lines() {
+        // Raw bytes: a torn line may end inside a UTF-8 sequence, and must not fail the rest.
+        for line in BufReader::new(file).split(b'\n') {
             let line = line.map_err(|source| ReportError::Io {
                 what: "cannot read",
                 path: path.clone(),
                 source,
             })?;
-            let Ok(record) = serde_json::from_str::<Record>(&line) else {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let Some(mut record) = parse_line(&line) else {
+                skipped += 1;
                 continue;
             };
+            // Written by a version that stored reports as received: never show credentials.
+            if let Record::Panic(p) = &mut record {
+                p.redact();
+            }
             if let (Some(cutoff), Some(t)) = (cutoff, record.system_time()) {
                 if t < cutoff {
                     continue;
@@ -267,11 +319,28 @@ pub fn read_reports(dir: &Path, since: Option<Duration>) -> Result<Vec<Record>, 
             out.push(record);
         }
     }
-    Ok(out)
+    Ok((out, skipped))
+}
+
+/// One line of a report file as a record. A line an older version glued to a torn one
+/// (`{"kind":"exit","ti{"kind":"panic",…}`) still gives its whole record: the last
+/// `{"kind":` that starts a record parses (that text cannot occur inside a JSON string,
+/// where its quotes would be escaped).
+fn parse_line(line: &[u8]) -> Option<Record> {
+    if let Ok(record) = serde_json::from_slice(line) {
+        return Some(record);
+    }
+    const START: &[u8] = b"{\"kind\":";
+    (1..line.len())
+        .rev()
+        .filter(|&i| line[i..].starts_with(START))
+        .find_map(|i| serde_json::from_slice(&line[i..]).ok())
 }
 
 /// What `unwedge reports [--dir DIR] [--since DUR] [--json]` prints: the records of `dir`
-/// as a table (or as JSON lines with `json`), oldest first.
+/// as a table (or as JSON lines with `json`), oldest first. Returns the number of lines that
+/// could not be read and were skipped (torn by a crash mid-write, or not records), for the
+/// caller to mention: the table says it in a last line, the JSON output cannot.
 ///
 /// ```
 /// use unwedge_admin::{print_reports, ExitRecord, ExitStatus, Record, ReportDir, ReportDirConfig};
@@ -292,8 +361,8 @@ pub fn print_reports(
     since: Option<Duration>,
     json: bool,
     out: &mut impl Write,
-) -> Result<(), ReportError> {
-    let records = read_reports(dir, since)?;
+) -> Result<usize, ReportError> {
+    let (records, skipped) = scan(dir, since)?;
     let io = |source| ReportError::Io {
         what: "cannot write",
         path: PathBuf::from("<stdout>"),
@@ -304,13 +373,25 @@ pub fn print_reports(
             let line = serde_json::to_string(r).expect("a Record always serializes");
             writeln!(out, "{line}").map_err(io)?;
         }
-        return Ok(());
+        return Ok(skipped);
     }
     write_records(&records, out).map_err(io)?;
     if records.is_empty() {
-        writeln!(out, "(no reports in {})", dir.display()).map_err(io)?;
+        writeln!(
+            out,
+            "(no reports in {})",
+            visible(&dir.display().to_string())
+        )
+        .map_err(io)?;
     }
-    Ok(())
+    if skipped > 0 {
+        writeln!(
+            out,
+            "({skipped} unreadable line(s) skipped: torn by a crash mid-write, or not records)"
+        )
+        .map_err(io)?;
+    }
+    Ok(skipped)
 }
 
 /// The table of `records` that `unwedge reports` and `unwedge status` print: a header line,
@@ -332,19 +413,45 @@ pub(crate) fn write_records(records: &[Record], out: &mut impl Write) -> std::io
             ),
             Record::Exit(_) => ("exit", String::new()),
         };
-        let message = r.message().replace(['\n', '\r'], " ");
+        // Everything here came from a worker (or a file): nothing reaches the terminal raw.
         writeln!(
             out,
             "{:<24}  {:<5}  {:>6}  {:>8}  {:<30}  {}",
-            r.time(),
+            visible(r.time()),
             kind,
-            r.worker().unwrap_or("-"),
+            visible(r.worker().unwrap_or("-")),
             r.pid().map_or_else(|| "-".to_owned(), |p| p.to_string()),
-            cut(&place, 30),
-            cut(&message, 120),
+            cut(&visible(&place), 30),
+            cut(&visible(&r.message()), 120),
         )?;
     }
     Ok(())
+}
+
+/// `s` made safe to print on a terminal, on one line: a line break or a tab becomes a space,
+/// and every other control character (C0, DEL, C1: `ESC` starts the sequences that move the
+/// cursor, clear the screen or set the window title) and the bidirectional-text controls
+/// (which reorder what is shown) become a visible escape: `\x1b`, `\x9b`, `\u{202e}`.
+pub(crate) fn visible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\r' | '\t' => out.push(' '),
+            // Cc: U+0000..=U+001F, U+007F..=U+009F.
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            '\u{061c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}' => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub(crate) fn cut(s: &str, max: usize) -> String {
@@ -354,4 +461,40 @@ pub(crate) fn cut(s: &str, max: usize) -> String {
     let mut t: String = s.chars().take(max - 1).collect();
     t.push('…');
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::PanicRecord;
+
+    #[test]
+    fn control_characters_become_visible_escapes() {
+        assert_eq!(visible("a\u{1b}[31mb"), r"a\x1b[31mb");
+        assert_eq!(
+            visible("\u{0}\u{7}\u{7f}\u{85}\u{9b}"),
+            r"\x00\x07\x7f\x85\x9b"
+        );
+        assert_eq!(visible("l1\r\nl2\tx"), "l1  l2 x");
+        assert_eq!(visible("\u{202e}\u{2066}"), r"\u{202e}\u{2066}");
+        assert_eq!(visible("héllo → ✓"), "héllo → ✓");
+    }
+
+    /// `unwedge reports`: the table shows a worker's escape sequences as text.
+    #[test]
+    fn the_reports_table_never_prints_a_control_character() {
+        let evil = "x\u{1b}]52;c;cm0gLXJm\u{7}\u{1b}[2J\u{9b}H";
+        let report = serde_json::json!({"time": evil, "message": evil,
+            "request": {"method": evil, "path": evil, "request_id": "r1"}});
+        let records = [Record::Panic(PanicRecord::new(Some(evil), report))];
+        let mut out = Vec::new();
+        write_records(&records, &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.chars().any(|c| c != '\n' && c.is_control()), "{out:?}");
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(
+            out.contains(r"x\x1b]52;c;cm0gLXJm\x07\x1b[2J\x9bH"),
+            "{out}"
+        );
+    }
 }

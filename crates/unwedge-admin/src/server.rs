@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
@@ -162,13 +162,34 @@ pub struct AdminServer {
     listener: TcpListener,
     addr: SocketAddr,
     state: AppStateDebug,
+    limits: Limits,
+}
+
+/// How long and how much one admin connection may take.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
     max_connections: usize,
     header_timeout: Duration,
+    lifetime: Duration,
+    max_requests: usize,
 }
 
 /// Connections the admin endpoint serves at once by default; more wait in the listen queue
 /// until one ends. See [`AdminServer::connection_limits`].
 pub const MAX_ADMIN_CONNECTIONS: usize = 256;
+
+/// Longest life of one admin connection by default, whatever it does: then it is asked to
+/// close (the response being written may finish within a second) and is closed. A client that
+/// pipelines requests and never reads the answers frees its place this way. See
+/// [`AdminServer::connection_lifetime`].
+pub const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Requests one admin connection may make by default; the last answer says
+/// `Connection: close`. See [`AdminServer::connection_lifetime`].
+pub const ADMIN_MAX_REQUESTS_PER_CONNECTION: usize = 100;
+
+/// Time the response being written gets to finish once a connection's lifetime is over.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Time a connection to the admin endpoint has by default to send a whole request head, from
 /// its start and after each response on a kept-alive connection; it is closed otherwise. See
@@ -203,8 +224,12 @@ impl AdminServer {
             listener,
             addr,
             state: AppStateDebug(AppState { status, metrics }),
-            max_connections: MAX_ADMIN_CONNECTIONS,
-            header_timeout: ADMIN_HEADER_TIMEOUT,
+            limits: Limits {
+                max_connections: MAX_ADMIN_CONNECTIONS,
+                header_timeout: ADMIN_HEADER_TIMEOUT,
+                lifetime: ADMIN_CONNECTION_LIFETIME,
+                max_requests: ADMIN_MAX_REQUESTS_PER_CONNECTION,
+            },
         })
     }
 
@@ -228,8 +253,33 @@ impl AdminServer {
     /// # let _ = server; Ok(()) }
     /// ```
     pub fn connection_limits(mut self, max_connections: usize, header_timeout: Duration) -> Self {
-        self.max_connections = max_connections.max(1);
-        self.header_timeout = header_timeout.max(Duration::from_millis(1));
+        self.limits.max_connections = max_connections.max(1);
+        self.limits.header_timeout = header_timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Each connection lives at most `lifetime` and makes at most `max_requests` requests,
+    /// whatever it does. Once its lifetime is over it is asked to close, and closed a second
+    /// later if the response being written has not gone out by then (a client that pipelines
+    /// requests and never reads the answers would otherwise hold its place, one of
+    /// [`connection_limits`](Self::connection_limits)'s, for ever); its last allowed request is
+    /// answered with `Connection: close`. Defaults: [`ADMIN_CONNECTION_LIFETIME`] and
+    /// [`ADMIN_MAX_REQUESTS_PER_CONNECTION`]; zero values are taken as 1 ms and 1 request.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use std::time::Duration;
+    /// # use unwedge_admin::{AdminServer, Metrics, StatusSource, StatusView, SupervisorInfo};
+    /// # async fn demo() -> Result<(), unwedge_admin::AdminError> {
+    /// # let status = StatusSource::from_fn(|| StatusView::new(SupervisorInfo::new("0.1.0", 1)));
+    /// let server = AdminServer::bind("127.0.0.1:0".parse().unwrap(), status, Arc::new(Metrics::new("0.1.0")))
+    ///     .await?
+    ///     .connection_lifetime(Duration::from_secs(10), 50);
+    /// # let _ = server; Ok(()) }
+    /// ```
+    pub fn connection_lifetime(mut self, lifetime: Duration, max_requests: usize) -> Self {
+        self.limits.lifetime = lifetime.max(Duration::from_millis(1));
+        self.limits.max_requests = max_requests.max(1);
         self
     }
 
@@ -247,8 +297,7 @@ impl AdminServer {
     pub fn spawn(self) -> AdminHandle {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let app = router(self.state.0);
-        let limits = (self.max_connections, self.header_timeout);
-        let task = tokio::spawn(serve(self.listener, app, limits, stop_rx));
+        let task = tokio::spawn(serve(self.listener, app, self.limits, stop_rx));
         AdminHandle {
             addr: self.addr,
             stop: Some(stop_tx),
@@ -290,20 +339,18 @@ impl Drop for AdminHandle {
     }
 }
 
-/// Serves `app` on `listener` over HTTP/1.1 until `stop`: at most `max` connections at once,
+/// Serves `app` on `listener` over HTTP/1.1 until `stop`: at most `max_connections` at once,
 /// each closed when a request head takes longer than `header_timeout` (hyper's timer starts
-/// when it waits for a head: at the start and between kept-alive requests).
-async fn serve(
-    listener: TcpListener,
-    app: Router,
-    (max, header_timeout): (usize, Duration),
-    stop: oneshot::Receiver<()>,
-) {
+/// when it waits for a head: at the start and between kept-alive requests), when its
+/// `lifetime` is over, or after `max_requests` answers.
+async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: oneshot::Receiver<()>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let graceful = GracefulShutdown::new();
+        .header_read_timeout(limits.header_timeout);
+    let max = limits.max_connections;
     let permits = Arc::new(Semaphore::new(max));
+    // Tells every connection to finish: the server is shutting down.
+    let (closing_tx, closing_rx) = watch::channel(false);
     let mut stop = std::pin::pin!(stop);
     let mut error_logged = false;
     loop {
@@ -336,23 +383,73 @@ async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
+        let service = Counted {
+            inner: TowerToHyperService::new(app.clone()),
+            served: AtomicUsize::new(0),
+            max: limits.max_requests,
+        };
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let mut closing = closing_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
+            let mut conn = std::pin::pin!(conn);
+            let grace = tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "admin connection ended with an error");
+                    }
+                    return;
+                }
+                _ = tokio::time::sleep(limits.lifetime) => CLOSE_GRACE,
+                _ = closing.wait_for(|c| *c) => SHUTDOWN_GRACE,
+            };
+            // Idle: closes at once; answering: finishes that answer, within the grace.
+            conn.as_mut().graceful_shutdown();
+            if tokio::time::timeout(grace, conn).await.is_err() {
+                tracing::debug!("admin connection closed: its answer was not read in time");
             }
         });
     }
     drop(listener);
-    // Idle connections close at once, requests in flight get a bounded time to finish.
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    // Idle connections close at once, requests in flight get a bounded time to finish: every
+    // permit back means every connection is gone.
+    let _ = closing_tx.send(true);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(SHUTDOWN_GRACE + CLOSE_GRACE, permits.acquire_many(all))
         .await
         .is_err()
     {
         tracing::debug!("admin endpoint: connections still open after the shutdown grace");
+    }
+}
+
+/// The app, counting the requests of one connection: the last one allowed is answered with
+/// `Connection: close`, which makes hyper close the connection after it.
+struct Counted {
+    inner: TowerToHyperService<Router>,
+    served: AtomicUsize,
+    max: usize,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Counted {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let last = self.served.fetch_add(1, Ordering::Relaxed) + 1 >= self.max;
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = answer.await?;
+            if last {
+                resp.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(resp)
+        })
     }
 }
 

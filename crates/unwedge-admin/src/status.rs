@@ -441,12 +441,21 @@ impl Record {
     }
 }
 
-/// A panic report a worker sent, as received.
+/// The text that replaces the value of a credential header (as the `unwedge` library
+/// writes it).
+pub const REDACTED: &str = "<redacted>";
+
+/// A panic report a worker sent, as received but for its credentials.
 ///
 /// `report` is the worker's `PanicReport` JSON, kept as a raw value so that workers of another
 /// unwedge version (or another language) are still shown: fields the page reads are `time`,
 /// `pid`, `message`, `location`, `thread`, `backtrace`, `request{method,path,request_id,headers}`,
 /// `task`, `rolled_back`, `poisoned`, `decision{action,reason}`.
+///
+/// Any worker may send a report, and not every one redacts: [`new`](Self::new) replaces the
+/// values of the [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) in `request.headers` (names in
+/// any case) with [`REDACTED`], so that `/status`, the report directory and alerts never hold
+/// them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PanicRecord {
@@ -459,13 +468,69 @@ pub struct PanicRecord {
 }
 
 impl PanicRecord {
-    /// A report from `worker`, received now.
+    /// A report from `worker`, received now, its credential headers redacted (see
+    /// [`redact`](Self::redact)).
+    ///
+    /// ```
+    /// use unwedge_admin::PanicRecord;
+    ///
+    /// let report = serde_json::json!({"request": {"path": "/", "headers": {
+    ///     "Cookie": "session=s3cret", "user-agent": "curl/8"}}});
+    /// let r = PanicRecord::new(Some("w1"), report);
+    /// assert_eq!(r.report["request"]["headers"]["Cookie"], "<redacted>");
+    /// assert_eq!(r.report["request"]["headers"]["user-agent"], "curl/8");
+    /// ```
     pub fn new(worker: Option<&str>, report: serde_json::Value) -> Self {
-        PanicRecord {
+        let mut r = PanicRecord {
             time: rfc3339(SystemTime::now()),
             worker: worker.map(str::to_owned),
             report,
+        };
+        r.redact();
+        r
+    }
+
+    /// Replaces the value of every [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) header in
+    /// `request.headers` with [`REDACTED`], whatever the case of its name: in a JSON object
+    /// (`{"Cookie": "…"}`, the `unwedge` library's form) or a list of `[name, value]` pairs.
+    /// Returns whether anything was redacted.
+    pub fn redact(&mut self) -> bool {
+        let secret = |name: &str| {
+            crate::page::REDACTED_HEADERS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name.trim()))
+        };
+        let redacted = || serde_json::Value::String(REDACTED.to_owned());
+        let mut changed = false;
+        let Some(headers) = self
+            .report
+            .get_mut("request")
+            .and_then(|r| r.get_mut("headers"))
+        else {
+            return false;
+        };
+        match headers {
+            serde_json::Value::Object(map) => {
+                for (name, value) in map.iter_mut() {
+                    if secret(name) && value.as_str() != Some(REDACTED) {
+                        *value = redacted();
+                        changed = true;
+                    }
+                }
+            }
+            serde_json::Value::Array(pairs) => {
+                for pair in pairs.iter_mut() {
+                    if let Some([name, value, ..]) = pair.as_array_mut().map(Vec::as_mut_slice) {
+                        if name.as_str().is_some_and(secret) && value.as_str() != Some(REDACTED) {
+                            *value = redacted();
+                            changed = true;
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
+        changed
     }
 
     /// A top-level string field of the report (`message`, `location`, …).

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::reports::{cut, write_records};
+use crate::reports::{cut, visible, write_records};
 use crate::status::{StatusView, WorkerState};
 
 /// Reports listed at the end, the most recent ones.
@@ -31,12 +31,12 @@ pub fn render_text(view: &StatusView) -> String {
     let listen = if s.listen.is_empty() {
         "no sockets of its own".to_owned()
     } else {
-        format!("listening on {}", s.listen.join(", "))
+        format!("listening on {}", visible(&s.listen.join(", ")))
     };
     let _ = writeln!(
         t,
         "unwedge {}, pid {}, up {}, {listen}",
-        s.version,
+        visible(&s.version),
         s.pid,
         secs(s.uptime_secs)
     );
@@ -52,15 +52,20 @@ pub fn render_text(view: &StatusView) -> String {
     }
     match &s.last_reload {
         Some(r) if r.ok => {
-            let _ = write!(t, "; last reload: generation {} at {}", r.generation, r.at);
+            let _ = write!(
+                t,
+                "; last reload: generation {} at {}",
+                r.generation,
+                visible(&r.at)
+            );
         }
         Some(r) => {
             let _ = write!(
                 t,
                 "; LAST RELOAD FAILED: generation {} at {}: {}",
                 r.generation,
-                r.at,
-                r.reason.as_deref().unwrap_or("unknown")
+                visible(&r.at),
+                visible(r.reason.as_deref().unwrap_or("unknown"))
             );
         }
         None => {}
@@ -106,7 +111,7 @@ pub fn render_text(view: &StatusView) -> String {
             let _ = writeln!(
                 t,
                 "{:<6}  {:>8}  {:>3}  {:<8}  {:>10}  {:>11}  {:>8}  {:<9}  {}",
-                w.id,
+                visible(&w.id),
                 w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
                 w.generation,
                 w.state.as_str(),
@@ -115,10 +120,9 @@ pub fn render_text(view: &StatusView) -> String {
                 w.restarts,
                 w.last_exit
                     .map_or_else(|| "-".to_owned(), |e| e.to_string()),
-                w.last_report.as_deref().map_or_else(
-                    || "-".to_owned(),
-                    |r| cut(&r.replace(['\n', '\r'], " "), 100)
-                ),
+                w.last_report
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), |r| cut(&visible(r), 100)),
             );
         }
     }
@@ -134,9 +138,9 @@ pub fn render_text(view: &StatusView) -> String {
             "recent restarts: {} ({}); the last: {} {} at {}",
             view.restarts.len(),
             reasons.join(", "),
-            last.worker,
+            visible(&last.worker),
             last.reason,
-            last.time
+            visible(&last.time)
         );
     } else {
         let _ = writeln!(t, "recent restarts: none");
@@ -157,7 +161,9 @@ pub fn render_text(view: &StatusView) -> String {
             t.push_str(&String::from_utf8_lossy(&table));
         }
     }
-    t
+    // The fields a worker chose are made visible above; this catches any other string of a
+    // /status that reached us (an endpoint is not necessarily ours): one line per line.
+    t.split('\n').map(visible).collect::<Vec<_>>().join("\n")
 }
 
 /// Whole seconds, as `1h 2m 3s`.
@@ -296,6 +302,41 @@ mod tests {
              workers: 0 ready of 0\n\
              recent restarts: none\n\
              recent reports: none\n"
+        );
+    }
+
+    /// Escape sequences a worker put in a panic message, a path, its STATUS or a reload
+    /// reason: retitle the terminal (OSC), clear the screen (CSI, and its one-byte C1 form),
+    /// reorder the text (RLO). None reaches the terminal; each shows as an escape.
+    #[test]
+    fn escape_sequences_from_workers_never_reach_the_terminal() {
+        let evil = "pwn\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}2J\u{7f}\u{202e}txt.exe\r\nnext";
+        let mut v = view();
+        v.workers[1].last_report = Some(evil.into());
+        v.workers[1].id = format!("w{evil}");
+        v.supervisor.last_reload = Some(ReloadOutcome::now(2, Some(evil.into())));
+        let report = serde_json::json!({
+            "time": evil, "pid": 4002, "message": evil,
+            "request": {"method": "GET", "path": format!("/{evil}"), "request_id": "r1"},
+        });
+        v.reports
+            .push(Record::Panic(PanicRecord::new(Some(evil), report)));
+        let text = render_text(&v);
+        assert!(
+            !text
+                .chars()
+                .any(|c| c != '\n' && (c.is_control() || c == '\u{202e}')),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(r"pwn\x1b]0;owned\x07\x1b[2J\x9b2J\x7f\u{202e}txt.exe  next"),
+            "{text}"
+        );
+        // The lines are the view's own: none was added by a line break in a field.
+        assert_eq!(
+            text.lines().count(),
+            render_text(&view()).lines().count() + 1,
+            "{text}"
         );
     }
 

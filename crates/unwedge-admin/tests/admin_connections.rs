@@ -17,6 +17,15 @@ use unwedge_admin::{AdminHandle, AdminServer, Metrics, StatusSource};
 const LIMIT: Duration = Duration::from_secs(30);
 
 async fn admin(max: usize, header_timeout: Duration) -> AdminHandle {
+    admin_with(max, header_timeout, |s| s).await
+}
+
+/// [`admin`], with `more` applied to the server before it starts.
+async fn admin_with(
+    max: usize,
+    header_timeout: Duration,
+    more: impl FnOnce(AdminServer) -> AdminServer,
+) -> AdminHandle {
     let view = sample_view("boom");
     let server = AdminServer::bind(
         "127.0.0.1:0".parse().unwrap(),
@@ -26,7 +35,7 @@ async fn admin(max: usize, header_timeout: Duration) -> AdminHandle {
     .await
     .unwrap()
     .connection_limits(max, header_timeout);
-    server.spawn()
+    more(server).spawn()
 }
 
 /// Waits until the server closes `s` (end of file or reset); returns what it sent before.
@@ -133,5 +142,70 @@ async fn connections_beyond_the_limit_wait_in_the_queue() {
     for s in &mut silent {
         assert!(closed_by_server(s).await.is_empty());
     }
+    handle.shutdown().await;
+}
+
+/// Connections that pipeline requests for the status page (16 KB each) and never read an
+/// answer: hyper's writes stall once the socket buffers are full, and the header timeout no
+/// longer applies. They fill every place; each is closed at its lifetime, and `/livez` is then
+/// answered.
+#[tokio::test]
+async fn clients_that_never_read_free_their_places_at_the_connection_lifetime() {
+    const MAX: usize = 4;
+    const LIFETIME: Duration = Duration::from_secs(2);
+    let handle = admin_with(MAX, Duration::from_secs(600), |s| {
+        s.connection_lifetime(LIFETIME, 1_000_000)
+    })
+    .await;
+    let addr = handle.local_addr();
+    let pipelined = "GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4000);
+    let started = Instant::now();
+    let mut stuck = Vec::new();
+    for _ in 0..MAX {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small receive window: the server's writes stall sooner.
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        tokio::time::timeout(LIMIT, s.write_all(pipelined.as_bytes()))
+            .await
+            .expect("the requests were sent")
+            .unwrap();
+        stuck.push(s);
+    }
+    let live = get(addr, "/livez").await;
+    assert_eq!(live.status, 200);
+    // It waited for a place: the stuck clients held them all until their lifetime was over.
+    assert!(
+        started.elapsed() >= LIFETIME / 2,
+        "answered after {:?}: the places were not all held",
+        started.elapsed()
+    );
+    for s in &mut stuck {
+        let got = closed_by_server(s).await;
+        assert!(got.starts_with(b"HTTP/1.1 200 OK"));
+    }
+    handle.shutdown().await;
+}
+
+/// A kept-alive connection makes at most the configured number of requests: the last answer
+/// says `Connection: close` and the connection ends, pipelined requests after it unanswered.
+#[tokio::test]
+async fn a_connection_ends_after_its_last_allowed_request() {
+    let handle = admin_with(8, Duration::from_secs(10), |s| {
+        s.connection_lifetime(Duration::from_secs(600), 3)
+    })
+    .await;
+    let mut s = TcpStream::connect(handle.local_addr()).await.unwrap();
+    s.write_all(
+        "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"
+            .repeat(5)
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let got = String::from_utf8(closed_by_server(&mut s).await).unwrap();
+    assert_eq!(got.matches("HTTP/1.1 200 OK").count(), 3, "{got}");
+    let last = got.rsplit("HTTP/1.1 ").next().unwrap().to_ascii_lowercase();
+    assert!(last.contains("connection: close"), "{got}");
     handle.shutdown().await;
 }

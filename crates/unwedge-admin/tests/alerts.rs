@@ -415,3 +415,99 @@ async fn https_webhook_with_an_untrusted_certificate_fails() {
         1.0
     );
 }
+
+/// A webhook receiver that hangs on `worker_crashed` alerts (reads them, never answers) and
+/// answers every other one with 200, handing its body to the test.
+async fn hangs_on_crashes() -> (String, mpsc::UnboundedReceiver<serde_json::Value>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(tx): State<mpsc::UnboundedSender<serde_json::Value>>,
+                 body: String| async move {
+                    let event: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+                    if event["event"]["kind"] == "worker_crashed" {
+                        std::future::pending::<()>().await;
+                    }
+                    let _ = tx.send(event);
+                    StatusCode::OK
+                },
+            ),
+        )
+        .with_state(tx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+/// `gave_up` and `reload_failed` get through what routine alerts exhausted: the rate limit,
+/// the de-duplication window, a full queue and every delivery slot held by a hanging webhook.
+#[tokio::test]
+async fn urgent_alerts_get_through_a_spent_rate_limit_and_a_full_queue() {
+    let (url, mut rx) = receiver(StatusCode::OK).await;
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut config = AlertConfig::new().webhook(url);
+    config.rate_limit = 3;
+    let alerter = Alerter::new(config, metrics.clone()).unwrap();
+    for i in 0..5 {
+        assert!(alerter.send(crash(&format!("worker {i}: exit {i}"))));
+    }
+    for _ in 0..2 {
+        assert!(alerter.send(AlertEvent::new(
+            AlertKind::ReloadFailed,
+            "generation 2: w1 exit 1"
+        )));
+    }
+    assert!(alerter.send(AlertEvent::new(
+        AlertKind::GaveUp,
+        "restart intensity exceeded"
+    )));
+    assert!(alerter.flush(LIMIT).await);
+    let mut kinds = Vec::new();
+    while let Ok(body) = rx.try_recv() {
+        kinds.push(body["event"]["kind"].as_str().unwrap().to_owned());
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "gave_up",
+            "reload_failed",
+            "reload_failed",
+            "worker_crashed",
+            "worker_crashed",
+            "worker_crashed"
+        ]
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"unwedge_alerts_dropped_total{reason="rate_limited"}"#
+        ),
+        2.0
+    );
+
+    // A webhook hanging on every crash alert: the only delivery slot is held, the queue fills.
+    let (url, mut rx) = hangs_on_crashes().await;
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut config = AlertConfig::new().webhook(url);
+    config.queue = 2;
+    config.max_in_flight = 1;
+    config.webhook_timeout = Duration::from_secs(600);
+    let alerter = Alerter::new(config, metrics.clone()).unwrap();
+    let accepted = (0..20)
+        .filter(|i| alerter.send(crash(&format!("worker {i}: exit {i}"))))
+        .count();
+    assert!(accepted < 20, "the queue is bounded: {accepted}");
+    assert!(alerter.send(AlertEvent::new(
+        AlertKind::GaveUp,
+        "restart intensity exceeded"
+    )));
+    let got = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .expect("gave_up delivered while crash alerts hang")
+        .unwrap();
+    assert_eq!(got["event"]["kind"], "gave_up");
+}

@@ -249,3 +249,109 @@ fn a_link_planted_as_the_report_file_is_refused_not_followed() {
     assert!(matches!(err, ReportError::Unwritable { .. }), "{err}");
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep me\n");
 }
+
+/// Credentials never come back out: a report file written before reports were redacted (or by
+/// hand) lists with `<redacted>` values, names in any case, object or `[name, value]` list.
+#[test]
+fn credentials_in_an_old_report_file_are_not_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let line = serde_json::json!({"kind": "panic", "time": "2026-11-29T01:00:00.000Z",
+        "worker": "w1", "report": {"message": "boom", "request": {"method": "GET",
+        "path": "/a", "request_id": "r1", "headers": {"COOKIE": "s=SECRET-1",
+        "Authorization": "Bearer SECRET-2", "accept": "*/*"}}}});
+    let pairs = serde_json::json!({"kind": "panic", "time": "2026-11-29T01:00:01.000Z",
+        "worker": "w1", "report": {"message": "boom", "request": {"method": "GET",
+        "path": "/b", "request_id": "r2", "headers": [["set-cookie", "id=SECRET-3"],
+        ["Proxy-Authorization", "Basic SECRET-4"], ["accept", "*/*"]]}}});
+    std::fs::write(
+        tmp.path().join("reports.jsonl"),
+        format!("{line}\n{pairs}\n"),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    print_reports(tmp.path(), None, true, &mut out).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains("SECRET"), "{out}");
+    assert_eq!(out.matches("<redacted>").count(), 4, "{out}");
+    assert_eq!(out.matches("*/*").count(), 2, "{out}");
+}
+
+/// A line that is not UTF-8 (a torn multi-byte character, or garbage) costs that line, not
+/// the listing: the records around it are listed and the line is counted as skipped.
+#[test]
+fn a_line_that_is_not_utf8_is_skipped_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = |pid| serde_json::to_string(&exit_record(pid)).unwrap();
+    let mut bytes = format!("{}\n", good(1)).into_bytes();
+    bytes.extend_from_slice(b"{\"kind\":\"panic\",\"message\":\"caf\xc3\n\xff\xfe garbage\n");
+    bytes.extend_from_slice(format!("{}\n", good(2)).as_bytes());
+    std::fs::write(tmp.path().join("reports.jsonl"), bytes).unwrap();
+
+    let back = read_reports(tmp.path(), None).unwrap();
+    assert_eq!(
+        back.iter().map(Record::pid).collect::<Vec<_>>(),
+        [Some(1), Some(2)]
+    );
+    let mut out = Vec::new();
+    assert_eq!(print_reports(tmp.path(), None, false, &mut out).unwrap(), 2);
+    let table = String::from_utf8(out).unwrap();
+    assert!(
+        table.ends_with(
+            "(2 unreadable line(s) skipped: torn by a crash mid-write, or not records)\n"
+        ),
+        "{table}"
+    );
+}
+
+/// A supervisor killed mid-write leaves a last line without its line break: the next one to
+/// open the directory starts its first record on a line of its own, so that line reads back
+/// (here and for any tool reading JSON lines), and only the torn one is skipped.
+#[test]
+fn a_record_appended_after_a_torn_line_is_on_a_line_of_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("reports.jsonl");
+    {
+        let dir = ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
+        dir.append(&exit_record(1)).unwrap();
+    }
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(br#"{"kind":"exit","time":"2026-"#)
+        .unwrap();
+    let dir = ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
+    dir.append(&exit_record(3)).unwrap();
+    dir.append(&exit_record(4)).unwrap();
+    drop(dir);
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines[1], r#"{"kind":"exit","time":"2026-"#);
+    for line in [lines[0], lines[2], lines[3]] {
+        serde_json::from_str::<Record>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    let pids: Vec<_> = read_reports(tmp.path(), None)
+        .unwrap()
+        .iter()
+        .map(Record::pid)
+        .collect();
+    assert_eq!(pids, [Some(1), Some(3), Some(4)]);
+    let mut out = Vec::new();
+    assert_eq!(print_reports(tmp.path(), None, true, &mut out).unwrap(), 1);
+}
+
+/// A file an older version wrote, with a record glued to a torn line: the record is read.
+#[test]
+fn a_record_glued_to_a_torn_line_is_still_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let glued = format!(
+        "{{\"kind\":\"exit\",\"time\":\"2026-{}\n",
+        serde_json::to_string(&exit_record(7)).unwrap()
+    );
+    std::fs::write(tmp.path().join("reports.jsonl"), glued).unwrap();
+    let back = read_reports(tmp.path(), None).unwrap();
+    assert_eq!(back.iter().map(Record::pid).collect::<Vec<_>>(), [Some(7)]);
+}

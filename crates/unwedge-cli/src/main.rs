@@ -346,7 +346,17 @@ fn reports(
     };
     let mut out = std::io::stdout().lock();
     match unwedge_admin::print_reports(&dir, since, json, &mut out) {
-        Ok(()) => Ok(ExitCode::SUCCESS),
+        Ok(0) => Ok(ExitCode::SUCCESS),
+        Ok(skipped) => {
+            if json {
+                // The table says it on stdout; JSON lines cannot.
+                eprintln!(
+                    "unwedge: {skipped} unreadable line(s) in {} skipped (torn by a crash mid-write, or not records)",
+                    dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Err(e) => fail(e, 1),
     }
 }

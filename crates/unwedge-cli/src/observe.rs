@@ -145,6 +145,13 @@ struct History {
     last_panic: HashMap<i32, String>,
     /// How the last reload ended.
     last_reload: Option<unwedge_admin::ReloadOutcome>,
+    /// Slot id → the generations its latest processes were started for (a few). A slot a
+    /// reload removed (fewer workers) was last started for an older generation than the one
+    /// serving, or only for a generation whose reload failed: it is gone, not waiting for a
+    /// replacement.
+    started_for: HashMap<String, Vec<u64>>,
+    /// Generations whose reload failed: their slots were torn down with them.
+    failed_generations: HashSet<u64>,
 }
 
 struct Shared {
@@ -371,11 +378,18 @@ fn status_source(
             v.memory_bytes = memory_of.get(&w.pid).copied().flatten();
             view.workers.push(v);
         }
-        // Slots waiting for their replacement still show, as exited.
+        // Slots waiting for their replacement still show, as exited; slots a reload removed
+        // (or that only a failed reload had) do not.
         let mut gone: Vec<&String> = h
             .last_exit
             .keys()
             .filter(|id| !snap.workers.iter().any(|w| &&w.id == id))
+            .filter(|id| {
+                h.started_for.get(*id).map_or(true, |gens| {
+                    gens.iter()
+                        .any(|g| *g >= snap.generation && !h.failed_generations.contains(g))
+                })
+            })
             .collect();
         gone.sort();
         for id in gone {
@@ -441,6 +455,8 @@ impl Ctx {
         match e {
             Event::Report { worker, pid, json } => {
                 let value = serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json));
+                // Redacts the credential headers (any worker may send a report, and not every
+                // one redacts): before the report directory, the history and /status see it.
                 let rec = PanicRecord::new(Some(&worker), value);
                 let route = rec.route();
                 let summary = panic_summary(&rec);
@@ -565,6 +581,19 @@ impl Ctx {
                     push_restart(&mut h, RestartEvent::now(&w.id, RestartReason::Reload));
                 }
             }
+            Event::WorkerStarted {
+                worker, generation, ..
+            } => {
+                let mut h = self.shared.history();
+                let gens = h.started_for.entry(worker).or_default();
+                if !gens.contains(&generation) {
+                    // The serving generation and a reload's or two are all that matter.
+                    if gens.len() >= 4 {
+                        gens.remove(0);
+                    }
+                    gens.push(generation);
+                }
+            }
             Event::WorkerReady {
                 crash_to_ready: Some(d),
                 ..
@@ -575,10 +604,14 @@ impl Ctx {
                 requests,
                 ..
             } => {
-                self.shared.history().last_reload = Some(
-                    unwedge_admin::ReloadOutcome::now(generation, Some(reason.clone()))
-                        .answering(requests),
-                );
+                {
+                    let mut h = self.shared.history();
+                    h.last_reload = Some(
+                        unwedge_admin::ReloadOutcome::now(generation, Some(reason.clone()))
+                            .answering(requests),
+                    );
+                    h.failed_generations.insert(generation);
+                }
                 self.alert(
                     AlertEvent::new(
                         AlertKind::ReloadFailed,

@@ -1477,3 +1477,350 @@ async fn reload_wait_follows_a_long_rolling_reload_and_gives_up_on_a_stuck_one()
     })
     .await;
 }
+
+// ---- what a worker sends is not trusted ----
+
+/// `unwedge run --workers 1 --admin 127.0.0.1:0 <flags> -- tests/fixtures/worker.py`, once its
+/// worker is ready: (supervisor, shared socket, admin address).
+async fn python_worker(flags: &[&str]) -> (Sup, SocketAddr, SocketAddr) {
+    let mut all = vec!["--workers", "1", "--admin", "127.0.0.1:0"];
+    all.extend_from_slice(flags);
+    let sup = Sup::python(&all, &[]);
+    let admin = admin_addr(&sup).await;
+    let addr = sup.addr().await;
+    sup.wait_ready(0, 1).await;
+    (sup, addr, admin)
+}
+
+/// Makes the Python worker send `report` as its `UNWEDGE_REPORT=` (as any worker may, redacted
+/// or not), and waits until `/status` lists it (by its `request_id`).
+async fn send_report(sup: &Sup, addr: SocketAddr, admin: SocketAddr, report: &Value) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report.json");
+    std::fs::write(&file, serde_json::to_string(report).unwrap()).unwrap();
+    let (code, body) = get(addr, &format!("/report?file={}", file.display())).await;
+    assert_eq!(code, 200, "{body}");
+    let id = report["request"]["request_id"].clone();
+    status_until(sup, admin, "the report", |s| {
+        s["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["report"]["request"]["request_id"] == id)
+    })
+    .await
+}
+
+/// `promtool check metrics` on `text`: it must parse (lint findings, exit status 3, are fine:
+/// promtool reads the Prometheus text format, whose family names differ from OpenMetrics').
+/// That format has no `info` type: the `unwedge_build` family is left out of what it reads.
+/// `false` (after saying why) when promtool is not installed.
+async fn promtool_parses(text: &str) -> bool {
+    let text: String = text
+        .lines()
+        .filter(|l| !l.contains("unwedge_build"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut cmd = tokio::process::Command::new("promtool");
+    cmd.args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let Ok(mut child) = cmd.spawn() else {
+        eprintln!("SKIPPED: promtool not found (apt-get install prometheus)");
+        return false;
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(LONG, child.wait_with_output())
+        .await
+        .expect("promtool hung")
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)) && !said.contains("parsing error"),
+        "promtool cannot parse /metrics ({:?}): {said}\n{text}",
+        out.status
+    );
+    true
+}
+
+/// A panic report whose request path holds `"`, `\`, a line break and an escape sequence (the
+/// http crate accepts `"` and `\` in paths): `/metrics` still parses for promtool and for the
+/// strict OpenMetrics parser, then and at the next scrape, and the route is counted under a
+/// percent-encoded label.
+#[tokio::test]
+async fn a_panic_on_a_hostile_path_leaves_metrics_parseable() {
+    limited(async {
+        let (sup, addr, admin) = python_worker(&[]).await;
+        let path = "/files/a\"b\\c\nd\u{1b}[2J";
+        let report = serde_json::json!({
+            "message": "boom", "location": "src/files.rs:1:2",
+            "request": {"method": "GET", "path": path, "request_id": "hostile-1", "headers": {}},
+        });
+        send_report(&sup, addr, admin, &report).await;
+        for _ in 0..2 {
+            let (code, text) = get(admin, "/metrics").await;
+            assert_eq!(code, 200);
+            let checked = promtool_parses(&text).await;
+            assert!(
+                text.contains(r#"unwedge_panics_total{route="/files/a%22b%5Cc%0Ad%1B[2J"} 1"#),
+                "{text}"
+            );
+            if have_prometheus_client() {
+                // Both of prometheus_client's parsers, the strict OpenMetrics one included.
+                let m = scrape(admin).await;
+                assert_eq!(
+                    m.get("unwedge_panics_total{route=/files/a%22b%5Cc%0Ad%1B[2J}"),
+                    Some(&1.0),
+                    "{m:?}"
+                );
+            } else if !checked {
+                eprintln!("SKIPPED: neither promtool nor prometheus_client to parse /metrics");
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// A worker that does not redact sends `Cookie`, `authorization`, `Proxy-Authorization` and
+/// `SET-COOKIE` headers in its report: their values show nowhere (`/status`, the report file,
+/// `unwedge reports --json`), the report file is `0600` and the directory the supervisor
+/// created `0700`.
+#[tokio::test]
+async fn credentials_a_worker_sends_are_redacted_everywhere() {
+    use std::os::unix::fs::PermissionsExt;
+    limited(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("reports");
+        let dir_s = dir.to_str().unwrap().to_owned();
+        let (sup, addr, admin) = python_worker(&["--report-dir", &dir_s]).await;
+        let report = serde_json::json!({
+            "message": "boom", "location": "src/x.rs:1:2",
+            "request": {"method": "GET", "path": "/account", "request_id": "creds-1", "headers": {
+                "Cookie": "session=SECRET-COOKIE",
+                "authorization": "Bearer SECRET-AUTH",
+                "Proxy-Authorization": "Basic SECRET-PROXY",
+                "SET-COOKIE": "id=SECRET-SET",
+                "User-Agent": "curl/8",
+            }},
+        });
+        let s = send_report(&sup, addr, admin, &report).await;
+        let (_, raw_status) = get(admin, "/status").await;
+        let file = std::fs::read_to_string(dir.join("reports.jsonl")).unwrap();
+        let (code, listed, err) = run_split(&["reports", "--dir", &dir_s, "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        for (what, text) in [
+            ("/status", &raw_status),
+            ("reports.jsonl", &file),
+            ("unwedge reports --json", &listed),
+        ] {
+            assert!(
+                !text.contains("SECRET"),
+                "{what} shows a credential: {text}"
+            );
+            assert!(
+                text.contains("curl/8"),
+                "{what} lost the other headers: {text}"
+            );
+        }
+        let headers = s["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["report"]["request"]["request_id"] == "creds-1")
+            .unwrap()["report"]["request"]["headers"]
+            .clone();
+        for name in [
+            "Cookie",
+            "authorization",
+            "Proxy-Authorization",
+            "SET-COOKIE",
+        ] {
+            assert_eq!(headers[name], "<redacted>", "{headers}");
+        }
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join("reports.jsonl")), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+    })
+    .await;
+}
+
+/// A crash loop whose every crash is a distinct alert (exit 1, 2, 3, …) spends the rate limit
+/// (20 a minute) before the supervisor gives up: the `gave_up` alert still reaches the webhook.
+#[tokio::test]
+async fn gave_up_alert_survives_a_crash_loop_that_spent_the_rate_limit() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let tmp = tempfile::tempdir().unwrap();
+        let count = tmp.path().join("count");
+        let crash = format!(
+            "n=$(cat {f} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {f}; exit $n",
+            f = count.display()
+        );
+        let mut sup = Sup::run(
+            &[
+                "--workers",
+                "1",
+                "--admin",
+                "off",
+                "--restart-delay",
+                "1ms",
+                "--restart-delay-max",
+                "5ms",
+                "--max-restarts",
+                "25",
+                "--within",
+                "60s",
+                "--alert-webhook",
+                &url,
+            ],
+            &["sh", "-c", &crash],
+        );
+        let st = sup.wait_exit(LONG).await;
+        assert_eq!(st.code(), Some(3), "{}", sup.log());
+        // The supervisor flushed its alerts before it exited.
+        let kinds = hook.kinds();
+        let crashes = kinds.iter().filter(|k| *k == "worker_crashed").count();
+        assert_eq!(crashes, 20, "the rate limit was spent: {kinds:?}");
+        assert!(
+            kinds.contains(&"gave_up".to_owned()),
+            "{kinds:?}\n{}",
+            sup.log()
+        );
+    })
+    .await;
+}
+
+/// `unwedge reports` over a file with a line that is not UTF-8 and a torn one: the records
+/// are listed, and the skipped lines are said (on stderr with `--json`, whose stdout stays
+/// JSON lines).
+#[tokio::test]
+async fn unwedge_reports_lists_around_unreadable_lines() {
+    limited(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let exit = r#"{"kind":"exit","time":"2026-11-29T01:00:00.000Z","worker":"w1","pid":41,"code":70,"signal":null,"last_stderr_lines":[]}"#;
+        let mut bytes = format!("{exit}\n").into_bytes();
+        bytes.extend_from_slice(b"\xff\xfe not a record\n");
+        bytes.extend_from_slice(exit.replace("41", "42").as_bytes());
+        bytes.extend_from_slice(b"\n{\"kind\":\"exit\",\"ti");
+        std::fs::write(tmp.path().join("reports.jsonl"), bytes).unwrap();
+        let dir = tmp.path().to_str().unwrap();
+        let (code, out, err) = run_split(&["reports", "--dir", dir, "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let pids: Vec<i64> = out
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["pid"].as_i64().unwrap())
+            .collect();
+        assert_eq!(pids, [41, 42]);
+        assert!(err.contains("2 unreadable line(s)"), "{err}");
+        let (code, out, err) = run_split(&["reports", "--dir", dir]).await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.lines().count(), 4, "{out}");
+        assert!(out.contains("(2 unreadable line(s) skipped"), "{out}");
+    })
+    .await;
+}
+
+/// A webhook that cannot be reached: the failure is logged with the webhook's origin and the
+/// cause (the connection was refused), never with its path, which for Slack-style hooks is
+/// the credential.
+#[tokio::test]
+async fn a_failing_webhook_is_logged_without_its_secret_path() {
+    limited(async {
+        // A port nothing listens on.
+        let closed = common::free_loopback_addr();
+        let url = format!("http://{closed}/services/T000/B000/SECRETTOKEN");
+        let (sup, addr, _admin) = python_worker(&["--alert-webhook", &url]).await;
+        let mark = sup.mark();
+        let _ = http(addr, "GET", "/exit?code=3").await;
+        let line = sup.wait_line(mark, &["alert webhook failed"]).await;
+        assert!(line.contains(&format!("http://{closed}")), "{line}");
+        assert!(
+            line.to_ascii_lowercase().contains("connection refused"),
+            "{line}"
+        );
+        assert!(!sup.log().contains("SECRETTOKEN"), "{}", sup.log());
+    })
+    .await;
+}
+
+/// A reload from 3 workers to 1: once the old generation has drained and exited, the removed
+/// slots leave `/status`, `/readyz` and the per-worker metrics (they are not waiting for a
+/// replacement, as a crashed slot is); so do the slots of a reload that failed.
+#[tokio::test]
+async fn slots_a_reload_removed_leave_the_status_and_the_metrics() {
+    limited(async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let worker = format!("command = [{:?}]\n", common::fixture("worker.py"));
+        let (sup, admin) = supervisor_with_config(&file, &format!("workers = 3\n{worker}")).await;
+        let s = status_until(&sup, admin, "3 ready workers", |s| ready_pids(s).len() == 3).await;
+        let old = ready_pids(&s);
+
+        std::fs::write(&file, format!("workers = 1\n{worker}")).unwrap();
+        let (code, out, err) = reload_wait(sup.pid, admin).await;
+        assert_eq!(code, 0, "{out}{err}\n{}", sup.log());
+        // The old workers exit (drained), and the supervisor sees each exit.
+        for pid in &old {
+            sup.wait_line(0, &[&format!(" pid {pid} "), "exit"]).await;
+        }
+        // Events are handled in order: once a report sent after those exits shows, the exits
+        // have been taken into account.
+        let addr = sup.addr().await;
+        let report = serde_json::json!({
+            "message": "after the reload", "location": "src/x.rs:1:2",
+            "request": {"method": "GET", "path": "/", "request_id": "after-reload", "headers": {}},
+        });
+        let s = send_report(&sup, addr, admin, &report).await;
+        let workers = s["workers"].as_array().unwrap();
+        assert_eq!(workers.len(), 1, "{s}");
+        assert_eq!(
+            (&workers[0]["id"], &workers[0]["state"]),
+            (&"w1".into(), &"ready".into()),
+            "{s}"
+        );
+        let (code, body) = get(admin, "/readyz").await;
+        assert_eq!((code, body.as_str()), (200, "1 of 1 workers ready\n"));
+        let (_, metrics) = get(admin, "/metrics").await;
+        assert!(
+            metrics.contains(r#"unwedge_worker_restarts{worker="w1"}"#),
+            "{metrics}"
+        );
+        assert!(
+            !metrics.contains(r#"worker="w2""#) && !metrics.contains(r#"worker="w3""#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"unwedge_workers{state="exited"} 0"#),
+            "{metrics}"
+        );
+
+        // A reload to 3 workers that exit at once fails: its slots w2 and w3 never served and
+        // leave with their generation.
+        std::fs::write(&file, "workers = 3\ncommand = [\"/bin/false\"]\n").unwrap();
+        let (code, out, err) = reload_wait(sup.pid, admin).await;
+        assert_eq!(code, 1, "{out}{err}");
+        let report = serde_json::json!({
+            "message": "after the failed reload", "location": "src/x.rs:1:2",
+            "request": {"method": "GET", "path": "/", "request_id": "after-failure", "headers": {}},
+        });
+        let s = send_report(&sup, addr, admin, &report).await;
+        let ids: Vec<&str> = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["w1"], "{s}");
+    })
+    .await;
+}
