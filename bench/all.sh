@@ -29,7 +29,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 echo "building (release)…" >&2
-cargo build --release --quiet -p unwedge-cli --bin unwedge -p example-hello
+cargo build --release --quiet -p unwedge-cli --bin unwedge
+# Its own command: `--bin unwedge` above would leave example-hello's binary unbuilt.
+cargo build --release --quiet -p example-hello
 cargo build --release --quiet -p unwedge-load --features bench --bin unwedge-bench
 
 touch "$tmp/start"

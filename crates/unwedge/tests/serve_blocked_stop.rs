@@ -171,24 +171,27 @@ fn block_a_thread(sock: &Path) -> std::os::unix::net::UnixStream {
     s
 }
 
+/// Runs the worker of `test` with `threads`, blocks a thread with `GET /block`, sends SIGTERM
+/// and waits for the exit: its code and everything it logged.
+fn stop_while_blocked(test: &str, threads: usize) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("w.sock");
+    let mut w = Worker::start(test, threads, &sock);
+    let _conn = block_a_thread(&sock);
+    w.expect("TEST: blocking now", Duration::from_secs(20));
+    w.sigterm();
+    let code = w.wait_exit(Duration::from_secs(30));
+    (code, w.seen.join("\n"))
+}
+
 /// A request blocking its thread inside `block_in_place`: `serve()` sees the signal, drains
 /// until its deadline (1 s) and returns; the request cannot be cancelled, so dropping the
 /// runtime would wait for ever. The exit backstop ends the process with the stop's code, 0.
 #[test]
 fn a_stop_with_a_handler_blocking_its_thread_still_exits() {
     maybe_worker();
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("w.sock");
-    let mut w = Worker::start(
-        "a_stop_with_a_handler_blocking_its_thread_still_exits",
-        2,
-        &sock,
-    );
-    let _conn = block_a_thread(&sock);
-    w.expect("TEST: blocking now", Duration::from_secs(20));
-    w.sigterm();
-    let code = w.wait_exit(Duration::from_secs(30));
-    let log = w.seen.join("\n");
+    let (code, log) =
+        stop_while_blocked("a_stop_with_a_handler_blocking_its_thread_still_exits", 2);
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("TEST: serve returned Stopped"), "{log}");
     assert!(log.contains("has blocked its thread for"), "{log}");
@@ -201,18 +204,7 @@ fn a_stop_with_a_handler_blocking_its_thread_still_exits() {
 #[test]
 fn a_stop_with_every_runtime_thread_blocked_still_exits() {
     maybe_worker();
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("w.sock");
-    let mut w = Worker::start(
-        "a_stop_with_every_runtime_thread_blocked_still_exits",
-        0,
-        &sock,
-    );
-    let _conn = block_a_thread(&sock);
-    w.expect("TEST: blocking now", Duration::from_secs(20));
-    w.sigterm();
-    let code = w.wait_exit(Duration::from_secs(30));
-    let log = w.seen.join("\n");
+    let (code, log) = stop_while_blocked("a_stop_with_every_runtime_thread_blocked_still_exits", 0);
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("graceful shutdown did not finish"), "{log}");
 }
