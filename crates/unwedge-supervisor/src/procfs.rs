@@ -66,37 +66,26 @@ fn all_pids() -> impl Iterator<Item = i32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
 }
 
-/// The live processes (zombies left out) of process group `pgid`, in pid order. Reads the
-/// `stat` of every process on the machine: for rare events (a worker's exit), not for a
-/// periodic check.
+/// The live processes (zombies left out) of session `sid`, in pid order, each with its
+/// [`Stat`] (its process group, to signal them group by group): a worker's session (the exec
+/// shim makes each worker a session leader) holds every process it started, in whichever
+/// process group, unless one started a session of its own (a daemon). Reads the `stat` of
+/// every process on the machine: for rare events (a worker's exit), not for a periodic check.
 ///
 /// ```
-/// use std::os::unix::process::CommandExt;
-/// let mut child = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
-/// let pid = child.id() as i32;
-/// assert_eq!(unwedge_supervisor::procfs::group_members(pid), vec![pid]);
-/// child.kill().unwrap();
-/// child.wait().unwrap();
-/// assert!(unwedge_supervisor::procfs::group_members(pid).is_empty());
+/// use unwedge_supervisor::procfs::{session_members, stat};
+/// let me = std::process::id() as i32;
+/// let sid = stat(me).unwrap().sid;
+/// assert!(session_members(sid).iter().any(|(pid, s)| *pid == me && s.sid == sid));
+/// assert!(session_members(i32::MAX).is_empty());
 /// ```
-pub fn group_members(pgid: i32) -> Vec<i32> {
-    let mut pids: Vec<i32> = all_pids()
-        .filter(|&p| stat(p).is_some_and(|s| s.pgid == pgid && s.alive()))
+pub fn session_members(sid: i32) -> Vec<(i32, Stat)> {
+    let mut members: Vec<(i32, Stat)> = all_pids()
+        .filter_map(|p| Some((p, stat(p)?)))
+        .filter(|(_, s)| s.sid == sid && s.alive())
         .collect();
-    pids.sort_unstable();
-    pids
-}
-
-/// The live processes (zombies left out) of session `sid`, in pid order: a worker's session
-/// (the exec shim makes each worker a session leader) holds every process it started, in
-/// whichever process group, unless one started a session of its own (a daemon). Reads the
-/// `stat` of every process on the machine, as [`group_members`].
-pub fn session_members(sid: i32) -> Vec<i32> {
-    let mut pids: Vec<i32> = all_pids()
-        .filter(|&p| stat(p).is_some_and(|s| s.sid == sid && s.alive()))
-        .collect();
-    pids.sort_unstable();
-    pids
+    members.sort_unstable_by_key(|(p, _)| *p);
+    members
 }
 
 /// `pid` followed by its live descendants (children, their children, …), at most `limit`

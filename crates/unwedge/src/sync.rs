@@ -614,12 +614,10 @@ impl<T: ?Sized> Drop for CommitGuard<'_, T> {
 /// for a graceful crash (the health turns Tainted, `/livez` fails, `serve()` drains and exits
 /// 70); Recover leaves the mutex poisoned for the next `lock()` to repair.
 fn escalate_poison(name: &str, by: &str) {
-    use crate::Policy;
-    match crate::panic::policy() {
-        Policy::Recover => {}
-        Policy::Auto | Policy::Crash => {
-            crate::health::request_crash(format!("mutex `{name}` poisoned by {by}"));
-        }
+    let poisoned = [name.to_owned()];
+    let decision = crate::panic::decide(crate::panic::policy(), &[], &poisoned, None);
+    if decision.action == crate::panic::Action::Crash {
+        crate::health::request_crash(format!("mutex `{name}` poisoned by {by}"));
     }
 }
 

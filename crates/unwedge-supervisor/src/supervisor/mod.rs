@@ -577,16 +577,13 @@ fn signal_worker(pid: i32, sig: Signal) -> nix::Result<()> {
 /// session); returns their pids.
 fn signal_session(sid: i32, sig: Signal) -> Vec<i32> {
     let members = crate::procfs::session_members(sid);
-    let mut groups: Vec<i32> = members
-        .iter()
-        .filter_map(|&p| crate::procfs::stat(p).map(|s| s.pgid))
-        .collect();
+    let mut groups: Vec<i32> = members.iter().map(|(_, s)| s.pgid).collect();
     groups.sort_unstable();
     groups.dedup();
     for g in groups {
         let _ = killpg(Pid::from_raw(g), sig);
     }
-    members
+    members.into_iter().map(|(pid, _)| pid).collect()
 }
 
 /// Whether anything of session `sid` (a worker that exited) may still run, cheaply: its
