@@ -553,8 +553,7 @@ mod tests {
     }
 
     #[test]
-    fn the_supervisor_and_each_worker_group_report_their_cpu_and_memory() {
-        use std::os::unix::process::CommandExt;
+    fn the_supervisor_and_each_worker_session_report_their_cpu_and_memory() {
         let m = Metrics::new("t");
         // The standard process collector's names, unprefixed.
         let text = m.encode();
@@ -575,22 +574,27 @@ mod tests {
             "{text}"
         );
 
-        // A worker whose group burns CPU in a child: the group's time is counted.
-        let worker = std::process::Command::new("sh")
-            .args(["-c", "sh -c 'while :; do :; done' & wait"])
-            .process_group(0)
+        // A worker (leading its session, as the shim makes every worker) whose child burns
+        // CPU in a process group of its own (a shell's background job with job control): the
+        // session's time is counted.
+        let worker = std::process::Command::new("setsid")
+            .args([
+                "sh",
+                "-c",
+                "python3 -c 'import os; os.setpgid(0, 0); any(iter(int, 1))' & wait",
+            ])
             .spawn()
             .unwrap();
         let pid = worker.id();
         // Stopped whatever happens below: a spinning process must not outlive the test.
-        struct Group(std::process::Child);
-        impl Drop for Group {
+        struct Session(std::process::Child);
+        impl Drop for Session {
             fn drop(&mut self) {
-                let _ = killpg(self.0.id());
+                kill_session(self.0.id());
                 let _ = self.0.wait();
             }
         }
-        let worker = Group(worker);
+        let worker = Session(worker);
         let mut view = StatusView::new(SupervisorInfo::new("t", 1));
         view.workers
             .push(WorkerView::new("w1", Some(pid), WorkerState::Ready));
@@ -604,19 +608,42 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        drop(worker);
         assert!(seconds >= 0.2, "{seconds}");
+        // Scrapes closer together than CPU_SCAN_INTERVAL share one pass over /proc: the same
+        // sum, though the child spins on (5 clock ticks in 50 ms).
+        let t = std::time::Instant::now();
+        let first = sample(&m.encode(), series).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let second = sample(&m.encode(), series).unwrap();
+        if t.elapsed() < crate::process::CPU_SCAN_INTERVAL {
+            assert_eq!(first, second);
+        }
+        drop(worker);
         // Gone from the view: gone from the scrape.
         view.workers.clear();
         m.observe_status(&view);
         assert_eq!(sample(&m.encode(), series), None);
     }
 
-    /// SIGKILL to process group `pgid`.
-    fn killpg(pgid: u32) -> std::io::Result<()> {
-        let group = rustix::process::Pid::from_raw(pgid as i32).expect("a pid");
-        rustix::process::kill_process_group(group, rustix::process::Signal::KILL)?;
-        Ok(())
+    /// SIGKILL to every process of session `sid`.
+    fn kill_session(sid: u32) {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            // Field 6 of proc(5), the fourth after the command name.
+            if rest.split_whitespace().nth(3) == Some(&sid.to_string()) {
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+        }
     }
 
     #[test]

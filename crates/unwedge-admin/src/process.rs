@@ -1,10 +1,12 @@
 //! CPU and memory from `/proc`, read at each scrape: the supervisor's own standard `process_*`
 //! metrics (the names every Prometheus client library's process collector exports, so the
 //! usual dashboards and alerts work as they are), and `unwedge_worker_cpu_seconds_total`, the
-//! CPU time of each worker's process group.
+//! CPU time of each worker's session (a pass over every process, so at most once per
+//! [`CPU_SCAN_INTERVAL`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -15,7 +17,8 @@ use prometheus_client::registry::Unit;
 /// The fields of `/proc/PID/stat` used here.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Stat {
-    pgid: i32,
+    /// The session id (a worker leads its own: its pid).
+    sid: i32,
     /// utime + stime, in clock ticks: its own CPU time.
     own_ticks: u64,
     /// utime + stime + cutime + cstime, in clock ticks: its own CPU time and that of its
@@ -35,7 +38,7 @@ fn parse_stat(text: &str) -> Option<Stat> {
     // f[0] is field 3 of proc(5): field n is f[n - 3].
     let num = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
     Some(Stat {
-        pgid: f.get(5 - 3)?.parse().ok()?,
+        sid: f.get(6 - 3)?.parse().ok()?,
         own_ticks: num(14)? + num(15)?,
         cpu_ticks: num(14)? + num(15)? + num(16)? + num(17)?,
         start_ticks: num(22)?,
@@ -130,18 +133,34 @@ impl Collector for ProcessCollector {
     }
 }
 
+/// Shortest time between two passes over `/proc` for `unwedge_worker_cpu_seconds_total`:
+/// scrapes in between get the sums of the last pass. A pass reads every process's `stat`
+/// (~15 µs each), which a scraper calling `/metrics` in a loop, on a host with thousands of
+/// processes, must not repeat at will; no scrape interval is this short.
+pub(crate) const CPU_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// `unwedge_worker_cpu_seconds_total{worker}`: the CPU time of each slot's current worker and
-/// the processes in its process group (what it forked and did not move elsewhere), with the
-/// children they waited for. Restarts start a slot's count again (a counter reset).
+/// the processes in its session (every worker leads one: what it forked, in its process group
+/// or in groups of their own, unless they started a session themselves), with the children
+/// they waited for. Restarts start a slot's count again (a counter reset).
 /// Clones share their state: one is registered, the other kept to [`observe`](Self::observe).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct WorkerCpu {
     /// Slot → its current worker's pid, from the last status observed.
     pids: Arc<Mutex<Vec<(String, u32)>>>,
-    /// Slot → (pid, seconds last exported): a group's sum drops when one of its processes
+    /// Slot → (pid, seconds last exported): a session's sum drops when one of its processes
     /// exits and another process reaps it; the count then stays where it was, so that
     /// Prometheus does not see a reset.
     last: Arc<Mutex<HashMap<String, (u32, f64)>>>,
+    /// The last pass over `/proc`: when, for which sessions, and their sums.
+    scanned: Arc<Mutex<Option<Scan>>>,
+}
+
+#[derive(Debug)]
+struct Scan {
+    at: Instant,
+    sids: Vec<u32>,
+    seconds: HashMap<u32, f64>,
 }
 
 impl WorkerCpu {
@@ -150,8 +169,27 @@ impl WorkerCpu {
         *self.pids.lock().unwrap_or_else(|p| p.into_inner()) = workers;
     }
 
-    /// Seconds of CPU per process group, for the groups in `pgids`, from one pass over `/proc`.
-    fn group_seconds(pgids: &[u32]) -> HashMap<u32, f64> {
+    /// Seconds of CPU per session, for the sessions in `sids`: from the last pass over `/proc`
+    /// if it was for the same sessions less than [`CPU_SCAN_INTERVAL`] ago, else from a new
+    /// one.
+    fn seconds(&self, sids: &[u32]) -> HashMap<u32, f64> {
+        let mut scanned = self.scanned.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = scanned.as_ref() {
+            if s.sids == sids && s.at.elapsed() < CPU_SCAN_INTERVAL {
+                return s.seconds.clone();
+            }
+        }
+        let seconds = Self::session_seconds(sids);
+        *scanned = Some(Scan {
+            at: Instant::now(),
+            sids: sids.to_vec(),
+            seconds: seconds.clone(),
+        });
+        seconds
+    }
+
+    /// Seconds of CPU per session, for the sessions in `sids`, from one pass over `/proc`.
+    fn session_seconds(sids: &[u32]) -> HashMap<u32, f64> {
         let mut ticks: HashMap<u32, u64> = HashMap::new();
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return HashMap::new();
@@ -165,11 +203,11 @@ impl WorkerCpu {
                 continue;
             };
             let Some(stat) = read_stat(pid) else { continue };
-            let Ok(pgid) = u32::try_from(stat.pgid) else {
+            let Ok(sid) = u32::try_from(stat.sid) else {
                 continue;
             };
-            if pgids.contains(&pgid) {
-                *ticks.entry(pgid).or_default() += stat.cpu_ticks;
+            if sids.contains(&sid) {
+                *ticks.entry(sid).or_default() += stat.cpu_ticks;
             }
         }
         let per_second = ticks_per_second();
@@ -183,13 +221,13 @@ impl WorkerCpu {
 impl Collector for WorkerCpu {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let pids = self.pids.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let groups: Vec<u32> = pids.iter().map(|&(_, pid)| pid).collect();
-        let seconds = Self::group_seconds(&groups);
+        let sessions: Vec<u32> = pids.iter().map(|&(_, pid)| pid).collect();
+        let seconds = self.seconds(&sessions);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         last.retain(|slot, _| pids.iter().any(|(s, _)| s == slot));
         let mut e = encoder.encode_descriptor(
             "worker_cpu",
-            "CPU time of each worker's process group (user and system, with the children it waited for)",
+            "CPU time of each worker's session (user and system, with the children it waited for)",
             Some(&Unit::Seconds),
             prometheus_client::metrics::MetricType::Counter,
         )?;
@@ -219,7 +257,7 @@ mod tests {
         let line = "4242 (my (odd) srv) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
                     250 50 7 3 20 0 1 0 12345 104857600 2560 18446744073709551615";
         let s = parse_stat(line).unwrap();
-        assert_eq!(s.pgid, 4242);
+        assert_eq!(s.sid, 4242);
         assert_eq!(s.own_ticks, 250 + 50);
         assert_eq!(s.cpu_ticks, 250 + 50 + 7 + 3);
         assert_eq!(s.start_ticks, 12345);
