@@ -159,7 +159,7 @@ struct AppState {
 /// ```
 #[derive(Debug)]
 pub struct AdminServer {
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     addr: SocketAddr,
     state: AppStateDebug,
     limits: Limits,
@@ -214,8 +214,10 @@ impl AdminServer {
         status: StatusSource,
         metrics: Arc<Metrics>,
     ) -> Result<Self, AdminError> {
-        let listener = TcpListener::bind(addr)
-            .await
+        // A std socket: it is registered with a runtime only where it is served (this task's
+        // runtime, or the thread of its own of `spawn_thread`).
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| AdminError::Bind { addr, source })?;
         let addr = listener
             .local_addr()
@@ -293,16 +295,94 @@ impl AdminServer {
         router(AppState { status, metrics })
     }
 
-    /// Serves until the returned handle is shut down or dropped.
+    /// Serves on the current tokio runtime until the returned handle is shut down or dropped.
+    ///
+    /// The requests then share the runtime with whatever else it runs: a scraper calling
+    /// `/metrics` in a loop takes turns with it. A supervisor serves it on
+    /// [`spawn_thread`](Self::spawn_thread) instead.
     pub fn spawn(self) -> AdminHandle {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let app = router(self.state.0);
-        let task = tokio::spawn(serve(self.listener, app, self.limits, stop_rx));
+        let (listener, limits) = (self.listener, self.limits);
+        let task = tokio::spawn(async move {
+            match TcpListener::from_std(listener) {
+                Ok(l) => serve(l, app, limits, stop_rx).await,
+                Err(e) => tracing::error!(error = %e, "admin endpoint: cannot serve its socket"),
+            }
+        });
         AdminHandle {
             addr: self.addr,
             stop: Some(stop_tx),
-            task: Some(task),
+            running: Some(Running::Task(task)),
         }
+    }
+
+    /// Serves on a thread of its own (`unwedge-admin`, with a single-threaded tokio runtime)
+    /// until the returned handle is shut down or dropped: however hard the endpoint is scraped,
+    /// and however long the status source takes (it measures the workers' memory, reads
+    /// `/proc`), the caller's runtime does not wait for it. The supervisor's event loop, which
+    /// reaps and restarts workers, must not.
+    ///
+    /// Returns once the thread serves (or could not start: no thread or runtime could be made,
+    /// the socket could not be registered).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use unwedge_admin::{AdminServer, Metrics, StatusSource, StatusView, SupervisorInfo};
+    ///
+    /// let metrics = Arc::new(Metrics::new("0.1.0"));
+    /// let source = StatusSource::from_fn(|| StatusView::new(SupervisorInfo::new("0.1.0", std::process::id())));
+    /// let server = AdminServer::bind("127.0.0.1:0".parse()?, source, metrics).await?;
+    /// let handle = server.spawn_thread()?;
+    /// // … the caller's runtime goes on with its own work; later:
+    /// handle.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn spawn_thread(self) -> std::io::Result<AdminHandle> {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let app = router(self.state.0);
+        let (listener, limits) = (self.listener, self.limits);
+        std::thread::Builder::new()
+            .name("unwedge-admin".into())
+            .spawn(move || {
+                // Dropped last, when the runtime is gone: `shutdown` waits for it.
+                let _done = done_tx;
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => {
+                            let _ = started_tx.send(Ok(()));
+                            serve(l, app, limits, stop_rx).await;
+                        }
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+        // Microseconds: a runtime is built and the socket registered.
+        started_rx.recv().unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "the admin thread ended before it served",
+            ))
+        })?;
+        Ok(AdminHandle {
+            addr: self.addr,
+            stop: Some(stop_tx),
+            running: Some(Running::Thread(done_rx)),
+        })
     }
 }
 
@@ -311,7 +391,16 @@ impl AdminServer {
 pub struct AdminHandle {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    running: Option<Running>,
+}
+
+/// Where an [`AdminHandle`]'s server runs.
+#[derive(Debug)]
+enum Running {
+    /// A task of the runtime that called [`AdminServer::spawn`].
+    Task(JoinHandle<()>),
+    /// Its own thread ([`AdminServer::spawn_thread`]): the channel closes when it ended.
+    Thread(oneshot::Receiver<()>),
 }
 
 impl AdminHandle {
@@ -325,15 +414,23 @@ impl AdminHandle {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        match self.running.take() {
+            Some(Running::Task(task)) => {
+                let _ = task.await;
+            }
+            Some(Running::Thread(done)) => {
+                let _ = done.await;
+            }
+            None => {}
         }
     }
 }
 
 impl Drop for AdminHandle {
+    /// Stops the server without waiting: a task is aborted, a thread told to finish (its
+    /// stop channel closes) and left to end by itself.
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        if let Some(Running::Task(task)) = self.running.take() {
             task.abort();
         }
     }

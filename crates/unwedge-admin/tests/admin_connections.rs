@@ -209,3 +209,61 @@ async fn a_connection_ends_after_its_last_allowed_request() {
     assert!(last.contains("connection: close"), "{got}");
     handle.shutdown().await;
 }
+
+/// `spawn_thread` serves on a thread of its own: it answers while the runtime that started it
+/// runs nothing at all (as a supervisor's event loop busy reaping and restarting workers), and
+/// `shutdown` ends it. Served with `spawn` instead, the request below is never answered.
+#[test]
+fn a_server_on_its_own_thread_answers_while_the_callers_runtime_is_idle() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let view = sample_view("boom");
+    let handle = rt.block_on(async {
+        AdminServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            StatusSource::from_fn(move || view.clone()),
+            Arc::new(Metrics::new("0.1.0")),
+        )
+        .await
+        .unwrap()
+        .spawn_thread()
+        .unwrap()
+    });
+    let addr = handle.local_addr();
+    // Outside `block_on`: this runtime's tasks do not run until the answer is here.
+    let ask = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(LIMIT))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )?;
+        let mut got = String::new();
+        s.read_to_string(&mut got)?;
+        Ok::<_, std::io::Error>(got)
+    };
+    let livez = ask("/livez").expect("an answer from the admin thread");
+    assert!(livez.starts_with("HTTP/1.1 200"), "{livez}");
+    let metrics = ask("/metrics").unwrap();
+    assert!(metrics.contains("unwedge_build_info"), "{metrics}");
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .collect();
+    assert!(
+        threads.iter().any(|c| c.trim() == "unwedge-admin"),
+        "{threads:?}"
+    );
+
+    rt.block_on(async {
+        tokio::time::timeout(LIMIT, handle.shutdown())
+            .await
+            .expect("the admin thread ends at shutdown")
+    });
+    // The socket closed with it.
+    assert!(ask("/livez").is_err());
+}

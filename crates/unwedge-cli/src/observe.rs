@@ -209,9 +209,21 @@ pub(crate) async fn start(
     let admin = match settings.admin {
         None => None,
         Some(addr) => match AdminServer::bind(addr, source, metrics.clone()).await {
+            // On a thread of its own: a scraper, a refreshing page or a slow measurement of
+            // a worker's memory never delays the event loop that reaps and restarts workers.
             Ok(server) => {
-                tracing::info!("admin listening on http://{}", server.local_addr());
-                Some(server.spawn())
+                let addr = server.local_addr();
+                match server.spawn_thread() {
+                    Ok(admin) => {
+                        tracing::info!("admin listening on http://{addr}");
+                        Some(admin)
+                    }
+                    Err(e) => {
+                        return Err(env_err(format!(
+                            "cannot start the admin endpoint's thread: {e}"
+                        )))
+                    }
+                }
             }
             Err(e) if settings.admin_explicit => return Err(env_err(e.to_string())),
             Err(e) => {

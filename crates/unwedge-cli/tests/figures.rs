@@ -96,6 +96,56 @@ async fn figures() {
     }
     drop(sup);
 
+    println!("\n## crash-to-ready while the admin endpoint is scraped flat out (kill -9 of one of 4 examples/hello workers; GET /metrics on 8 keep-alive connections meanwhile)");
+    let sup = Sup::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "4",
+        "--stable-after",
+        "0s",
+        "--max-restarts",
+        "1000",
+        "--",
+        h.to_str().unwrap(),
+    ]);
+    let admin = admin_addr(&sup).await;
+    sup.wait_ready(0, 4).await;
+    let idle = crash_to_ready(&sup, 30).await;
+    let scraper = unwedge_load::start(
+        LoadConfig::from_addr(admin)
+            .unwrap()
+            .request(RequestSpec::get("/metrics"))
+            .concurrency(8)
+            .keep_alive(true)
+            .duration(Duration::from_secs(300))
+            .timeout(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let scraped = crash_to_ready(&sup, 30).await;
+    scraper.stop();
+    let r = scraper.finish().await;
+    println!("| admin endpoint | crash-to-ready median | p99 | max | scrapes answered |\n| --- | --- | --- | --- | --- |");
+    for (name, mut v, scrapes) in [
+        ("idle", idle, String::from("-")),
+        (
+            "scraped flat out",
+            scraped,
+            format!("{} ({:.0}/s)", r.ok, r.ok as f64 / r.elapsed.as_secs_f64()),
+        ),
+    ] {
+        println!(
+            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {scrapes} |",
+            pct(&mut v, 0.5),
+            pct(&mut v, 0.99),
+            pct(&mut v, 1.0)
+        );
+    }
+    drop(sup);
+
     println!("\n## requests failed per crash (demo /poison every 250 ms, GET / load: 8 concurrent, fresh connections)");
     println!("| setup | crashes | requests | failed (refused / reset / other) | failed per crash |\n| --- | --- | --- | --- | --- |");
     for workers in ["1", "2"] {
@@ -320,6 +370,20 @@ async fn figures() {
         cpu.as_millis(),
         t.elapsed().as_secs_f64()
     );
+}
+
+/// `n` times: kill -9 one ready worker, wait for its replacement; the supervisor's
+/// reaped → READY=1 times (ms).
+async fn crash_to_ready(sup: &Sup, n: usize) -> Vec<f64> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let m = sup.mark();
+        let victim = *sup.ready_pids(0).last().unwrap();
+        kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+        let ready = sup.wait_line(m, &["after the crash"]).await;
+        v.push(ms_before(&ready, " after the crash"));
+    }
+    v
 }
 
 /// Load on GET / while POST /poison crashes a worker `n` times; (crashes, report).
