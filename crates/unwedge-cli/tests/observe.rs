@@ -509,7 +509,14 @@ async fn webhook_gets_exactly_one_alert_per_event() {
         let stopped = ready_pids(&status(admin).await)[0];
         let from = sup.mark();
         kill(Pid::from_raw(stopped), Signal::SIGSTOP).unwrap();
-        let hung = hook.wait_kind("worker_hung", 1).await;
+        let Ok(hung) = tokio::time::timeout(
+            LONG - Duration::from_secs(2),
+            hook.wait_kind("worker_hung", 1),
+        )
+        .await
+        else {
+            panic!("pid {stopped} frozen, no worker_hung alert\n{}", sup.log());
+        };
         assert_eq!(hung.body["event"]["pid"], stopped);
         sup.wait_line(from, &[&format!("pid {stopped} killed by SIGKILL")])
             .await;
