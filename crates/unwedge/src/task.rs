@@ -176,7 +176,7 @@ where
     let made = context::with_scope(scope, || catch_unwind(AssertUnwindSafe(&mut *make)));
     let mut fut = match made {
         Ok(fut) => Box::pin(fut),
-        Err(payload) => return Err((context::take(), payload)),
+        Err(payload) => return Err((context::take_for(&*payload), payload)),
     };
     let outcome = poll_fn(|cx| {
         let polled = context::with_scope(scope, || {
@@ -186,13 +186,13 @@ where
             Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
             Ok(Poll::Pending) => Poll::Pending,
             // Take the capture now, before dropping the future can run more code.
-            Err(payload) => Poll::Ready(Err((context::take(), payload))),
+            Err(payload) => Poll::Ready(Err((context::take_for(&*payload), payload))),
         }
     })
     .await;
     // A panicking `Drop` must not take the supervisor down with it.
     if context::with_scope(scope, || catch_unwind(AssertUnwindSafe(move || drop(fut)))).is_err() {
-        let _ = context::take();
+        context::discard();
     }
     outcome
 }

@@ -824,3 +824,59 @@ async fn without_a_tracing_subscriber_the_previous_hook_still_sees_a_request_pan
     })
     .await
 }
+
+/// A value whose `Drop` runs code that panics and catches its own panic (a logging or cleanup
+/// library guarding itself): while the handler's panic unwinds, that second panic starts a
+/// capture of its own. The report is still the handler's panic, with the mutex it poisoned,
+/// so `Auto` still crashes.
+#[tokio::test]
+async fn a_panic_caught_inside_a_drop_while_unwinding_keeps_the_first_panics_report() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tower::ServiceExt;
+    static PANIC_LINE: AtomicU32 = AtomicU32::new(0);
+    struct GuardedCleanup;
+    impl Drop for GuardedCleanup {
+        fn drop(&mut self) {
+            let _ = std::panic::catch_unwind(|| panic!("cleanup failed, and caught"));
+        }
+    }
+    within(async {
+        let keep = Keep::default();
+        let cache = new_cache();
+        let app = Router::new()
+            .route(
+                "/burn",
+                get(|State(c): State<Cache>| async move {
+                    // Dropped last: after the guard below poisoned the mutex.
+                    let _cleanup = GuardedCleanup;
+                    let mut guard = c.lock().await.unwrap();
+                    guard.curr_size += 1;
+                    if guard.curr_size > 0 {
+                        PANIC_LINE.store(line!() + 1, Ordering::Relaxed);
+                        panic!("the handler's own panic");
+                    }
+                }),
+            )
+            .with_state(cache.clone())
+            .layer(PanicLayer::new().sink(Arc::new(keep.clone())));
+        // Polled on this very thread (a current-thread runtime): hook, guards and catch.
+        let res = app
+            .oneshot(http::Request::get("/burn").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(cache.is_poisoned());
+        let reports = keep.all();
+        assert_eq!(reports.len(), 1);
+        let r = &reports[0];
+        assert_eq!(r.message, "the handler's own panic");
+        assert_eq!(r.poisoned, ["bytecache"]);
+        let at = r.location.as_deref().unwrap_or("");
+        let line = format!("panic_layer.rs:{}:", PANIC_LINE.load(Ordering::Relaxed));
+        assert!(at.contains(&line), "{at}, not {line}");
+        assert_eq!(r.decision.as_ref().unwrap().action, Action::Crash);
+        let reason = unwedge::health::crash_requested().await;
+        assert!(reason.contains("`bytecache` poisoned"), "{reason}");
+    })
+    .await
+}

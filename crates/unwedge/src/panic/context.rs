@@ -6,6 +6,11 @@
 //! that same thread too. A thread-local slot therefore carries the message, the location,
 //! the backtrace and "which `Tx` rolled back, which `Mutex` got poisoned" from the hook and
 //! the guards to whoever catches the panic.
+//!
+//! The slot is a short stack: code run while a panic unwinds (a `Drop`) may panic and catch
+//! that second panic itself, which starts a capture of its own on top. Whoever catches the
+//! first panic gets the capture that matches its payload, with every `Tx` rolled back and
+//! `Mutex` poisoned meanwhile (a mutex poisoned by the inner panic is poisoned all the same).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -105,8 +110,12 @@ impl Scope {
     }
 }
 
+/// Most captures kept on one thread at once (panics nested in `Drop`s while one unwinds);
+/// beyond, the oldest but the first are dropped.
+const MAX_NESTED: usize = 8;
+
 thread_local! {
-    static CAPTURE: RefCell<Option<Captured>> = const { RefCell::new(None) };
+    static CAPTURE: RefCell<Vec<Captured>> = const { RefCell::new(Vec::new()) };
     // A `Cell` (replace, take) rather than a `RefCell`: no borrow flag on the per-poll path.
     static SCOPE: Cell<Option<Arc<Scope>>> = const { Cell::new(None) };
 }
@@ -154,8 +163,8 @@ pub(crate) fn with_scope_in<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -
 fn clear_stale() {
     let _ = CAPTURE.try_with(|c| {
         if let Ok(mut slot) = c.try_borrow_mut() {
-            if slot.is_some() {
-                *slot = None;
+            if !slot.is_empty() {
+                slot.clear();
             }
         }
     });
@@ -174,15 +183,28 @@ pub(crate) fn current_scope() -> Option<Arc<Scope>> {
         .flatten()
 }
 
-/// Called by the panic hook: starts a fresh capture for the panic that is starting.
+/// Called by the panic hook: starts a capture for the panic that is starting, on top of the
+/// one of a panic still unwinding, if any.
 pub(crate) fn begin(captured: Captured) {
-    let _ = CAPTURE.try_with(|c| *c.borrow_mut() = Some(captured));
+    let _ = CAPTURE.try_with(|c| {
+        let mut stack = c.borrow_mut();
+        if stack.len() >= MAX_NESTED {
+            stack.remove(1);
+        }
+        stack.push(captured);
+    });
 }
 
+/// Runs `f` on the capture of the innermost panic unwinding on this thread.
 fn with_current(f: impl FnOnce(&mut Captured)) {
     let _ = CAPTURE.try_with(|c| {
-        let mut slot = c.borrow_mut();
-        f(slot.get_or_insert_with(Captured::unknown))
+        let mut stack = c.borrow_mut();
+        if stack.is_empty() {
+            stack.push(Captured::unknown());
+        }
+        if let Some(top) = stack.last_mut() {
+            f(top);
+        }
     });
 }
 
@@ -201,20 +223,49 @@ pub(crate) fn peek_message() -> Option<(String, Option<String>)> {
     CAPTURE
         .try_with(|c| {
             c.borrow()
-                .as_ref()
+                .last()
                 .map(|c| (c.message.clone(), c.location.clone()))
         })
         .ok()
         .flatten()
 }
 
-/// Takes what is known of the panic that was just caught on this thread.
-pub(crate) fn take() -> Captured {
-    CAPTURE
-        .try_with(|c| c.borrow_mut().take())
-        .ok()
-        .flatten()
-        .unwrap_or_else(Captured::unknown)
+/// Forgets what is known of the panics on this thread (one was caught and is not reported).
+pub(crate) fn discard() {
+    let _ = CAPTURE.try_with(|c| c.borrow_mut().clear());
+}
+
+/// Takes what is known of the panic that was just caught on this thread, whose payload is
+/// `payload`: the innermost capture with its message (the innermost if none has it, a stub if
+/// the hook saw none), with the `Tx`s rolled back and `Mutex`es poisoned by every panic of
+/// the stack (a panic caught inside a `Drop` while this one unwound poisoned them just the
+/// same). The stack is left empty.
+pub(crate) fn take_for(payload: &(dyn std::any::Any + Send)) -> Captured {
+    let mut stack = CAPTURE
+        .try_with(|c| std::mem::take(&mut *c.borrow_mut()))
+        .unwrap_or_default();
+    if stack.len() <= 1 {
+        return stack.pop().unwrap_or_else(Captured::unknown);
+    }
+    let message = payload_message(payload);
+    let at = stack
+        .iter()
+        .rposition(|c| c.message == message)
+        .unwrap_or(stack.len() - 1);
+    let mut chosen = stack.remove(at);
+    for other in stack {
+        for name in other.rolled_back {
+            if !chosen.rolled_back.contains(&name) {
+                chosen.rolled_back.push(name);
+            }
+        }
+        for name in other.poisoned {
+            if !chosen.poisoned.contains(&name) {
+                chosen.poisoned.push(name);
+            }
+        }
+    }
+    chosen
 }
 
 /// Extracts the message from a panic payload (`&str` or `String`; anything else is opaque).

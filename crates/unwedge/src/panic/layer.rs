@@ -480,7 +480,7 @@ where
                         });
                         if dropped.is_err() {
                             // A panicking `Drop`: leave no stale capture for the next panic.
-                            let _ = context::take();
+                            context::discard();
                         }
                         Poll::Ready(Ok(res))
                     }
@@ -755,7 +755,7 @@ impl RequestCtx {
 
     /// Reports the panic just caught on this thread and applies the policy.
     fn report(&self, payload: Box<dyn Any + Send>) -> PanicReport {
-        let captured = context::take();
+        let captured = context::take_for(&*payload);
         let ours = match (&captured.scope, &self.scope) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
