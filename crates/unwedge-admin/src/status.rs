@@ -445,6 +445,21 @@ impl Record {
 /// writes it).
 pub const REDACTED: &str = "<redacted>";
 
+/// Cuts a string value at its first `?` or `#`: a URL's query and fragment may carry tokens.
+/// Returns whether it did.
+fn cut_query(value: &mut serde_json::Value) -> bool {
+    let Some(s) = value.as_str() else {
+        return false;
+    };
+    match s.find(['?', '#']) {
+        Some(at) => {
+            *value = serde_json::Value::String(s[..at].to_owned());
+            true
+        }
+        None => false,
+    }
+}
+
 /// A panic report a worker sent, as received but for its credentials.
 ///
 /// `report` is the worker's `PanicReport` JSON, kept as a raw value so that workers of another
@@ -454,8 +469,9 @@ pub const REDACTED: &str = "<redacted>";
 ///
 /// Any worker may send a report, and not every one redacts: [`new`](Self::new) replaces the
 /// values of the [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) in `request.headers` (names in
-/// any case) with [`REDACTED`], so that `/status`, the report directory and alerts never hold
-/// them.
+/// any case) with [`REDACTED`], and cuts the query and fragment off `request.path` and a
+/// `Referer` header (`?token=…`), so that `/status`, the report directory, alerts and the
+/// `route` label of `/metrics` never hold them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PanicRecord {
@@ -479,6 +495,9 @@ impl PanicRecord {
     /// let r = PanicRecord::new(Some("w1"), report);
     /// assert_eq!(r.report["request"]["headers"]["Cookie"], "<redacted>");
     /// assert_eq!(r.report["request"]["headers"]["user-agent"], "curl/8");
+    ///
+    /// let report = serde_json::json!({"request": {"path": "/reset?token=s3cret"}});
+    /// assert_eq!(PanicRecord::new(None, report).report["request"]["path"], "/reset");
     /// ```
     pub fn new(worker: Option<&str>, report: serde_json::Value) -> Self {
         let mut r = PanicRecord {
@@ -492,38 +511,46 @@ impl PanicRecord {
 
     /// Replaces the value of every [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) header in
     /// `request.headers` with [`REDACTED`], whatever the case of its name: in a JSON object
-    /// (`{"Cookie": "…"}`, the `unwedge` library's form) or a list of `[name, value]` pairs.
-    /// Returns whether anything was redacted.
+    /// (`{"Cookie": "…"}`, the `unwedge` library's form) or a list of `[name, value]` pairs;
+    /// and cuts the query and fragment off `request.path` and a `Referer` header's value, as
+    /// the `unwedge` library reports them. Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
         let secret = |name: &str| {
             crate::page::REDACTED_HEADERS
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case(name.trim()))
         };
+        let is_url = |name: &str| name.trim().eq_ignore_ascii_case("referer");
         let redacted = || serde_json::Value::String(REDACTED.to_owned());
         let mut changed = false;
-        let Some(headers) = self
-            .report
-            .get_mut("request")
-            .and_then(|r| r.get_mut("headers"))
-        else {
+        let Some(request) = self.report.get_mut("request") else {
             return false;
+        };
+        if let Some(path) = request.get_mut("path") {
+            changed |= cut_query(path);
+        }
+        let Some(headers) = request.get_mut("headers") else {
+            return changed;
+        };
+        let mut one = |name: &str, value: &mut serde_json::Value| {
+            if secret(name) && value.as_str() != Some(REDACTED) {
+                *value = redacted();
+                changed = true;
+            } else if is_url(name) {
+                changed |= cut_query(value);
+            }
         };
         match headers {
             serde_json::Value::Object(map) => {
                 for (name, value) in map.iter_mut() {
-                    if secret(name) && value.as_str() != Some(REDACTED) {
-                        *value = redacted();
-                        changed = true;
-                    }
+                    one(name, value);
                 }
             }
             serde_json::Value::Array(pairs) => {
                 for pair in pairs.iter_mut() {
                     if let Some([name, value, ..]) = pair.as_array_mut().map(Vec::as_mut_slice) {
-                        if name.as_str().is_some_and(secret) && value.as_str() != Some(REDACTED) {
-                            *value = redacted();
-                            changed = true;
+                        if let Some(name) = name.as_str() {
+                            one(name, value);
                         }
                     }
                 }

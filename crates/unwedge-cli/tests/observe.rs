@@ -1598,9 +1598,9 @@ async fn a_panic_on_a_hostile_path_leaves_metrics_parseable() {
 }
 
 /// A worker that does not redact sends `Cookie`, `authorization`, `Proxy-Authorization` and
-/// `SET-COOKIE` headers in its report: their values show nowhere (`/status`, the report file,
-/// `unwedge reports --json`), the report file is `0600` and the directory the supervisor
-/// created `0700`.
+/// `SET-COOKIE` headers in its report, and a path and a `Referer` with a token in their query:
+/// none shows anywhere (`/status`, `/metrics`, the report file, `unwedge reports --json`), the
+/// report file is `0600` and the directory the supervisor created `0700`.
 #[tokio::test]
 async fn credentials_a_worker_sends_are_redacted_everywhere() {
     use std::os::unix::fs::PermissionsExt;
@@ -1611,8 +1611,10 @@ async fn credentials_a_worker_sends_are_redacted_everywhere() {
         let (sup, addr, admin) = python_worker(&["--report-dir", &dir_s]).await;
         let report = serde_json::json!({
             "message": "boom", "location": "src/x.rs:1:2",
-            "request": {"method": "GET", "path": "/account", "request_id": "creds-1", "headers": {
+            "request": {"method": "GET", "path": "/account?token=SECRET-QUERY#SECRET-FRAGMENT",
+                "request_id": "creds-1", "headers": {
                 "Cookie": "session=SECRET-COOKIE",
+                "Referer": "https://shop.example/reset?token=SECRET-REFERER",
                 "authorization": "Bearer SECRET-AUTH",
                 "Proxy-Authorization": "Basic SECRET-PROXY",
                 "SET-COOKIE": "id=SECRET-SET",
@@ -1621,6 +1623,7 @@ async fn credentials_a_worker_sends_are_redacted_everywhere() {
         });
         let s = send_report(&sup, addr, admin, &report).await;
         let (_, raw_status) = get(admin, "/status").await;
+        let (_, metrics) = get(admin, "/metrics").await;
         let file = std::fs::read_to_string(dir.join("reports.jsonl")).unwrap();
         let (code, listed, err) = run_split(&["reports", "--dir", &dir_s, "--json"]).await;
         assert_eq!(code, 0, "{err}");
@@ -1634,10 +1637,12 @@ async fn credentials_a_worker_sends_are_redacted_everywhere() {
                 "{what} shows a credential: {text}"
             );
             assert!(
-                text.contains("curl/8"),
+                text.contains("curl/8") && text.contains("https://shop.example/reset"),
                 "{what} lost the other headers: {text}"
             );
         }
+        assert!(!metrics.contains("SECRET"), "{metrics}");
+        assert!(metrics.contains(r#"route="/account""#), "{metrics}");
         let headers = s["reports"]
             .as_array()
             .unwrap()
