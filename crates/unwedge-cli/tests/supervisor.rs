@@ -2248,6 +2248,53 @@ async fn processes_a_killed_worker_leaves_behind_are_stopped() {
     .await;
 }
 
+/// The processes an old-generation worker leaves behind get *its* stop signal (SIGINT here),
+/// not the one a reload has since configured for the new generation (SIGTERM), and the SIGKILL
+/// that follows names the signal they were really sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_an_old_generation_get_and_are_logged_with_its_own_stop_signal() {
+    within(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        // The stubborn child ignores both signals; the worker itself dies of SIGINT.
+        let worker = FORKING_WORKER.replace("trap \"\" TERM", "trap \"\" TERM INT");
+        let write = |signal: &str| {
+            std::fs::write(
+                &file,
+                format!(
+                    "admin = \"off\"\nready = \"none\"\nstop-timeout = \"1s\"\n\
+                     stop-signal = \"{signal}\"\ncommand = [\"sh\", \"-c\", {worker:?}]\n"
+                ),
+            )
+            .unwrap()
+        };
+        write("SIGINT");
+        let sup = Sup::start(&[
+            "run",
+            "-c",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        let first = sup.wait_ready(0, 1).await[0];
+        let stubborn = printed_pid(&sup, 0, "stubborn").await;
+        write("SIGTERM");
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(from, &["generation 2 ready"]).await;
+        let line = sup
+            .wait_line(from, &[&format!("pid {first} exited and left")])
+            .await;
+        assert!(line.contains("sending them SIGINT"), "{line}");
+        let line = sup
+            .wait_line(from, &[&stubborn.to_string(), "sent SIGKILL"])
+            .await;
+        assert!(line.contains("did not stop after SIGINT"), "{line}");
+        assert!(gone_within(stubborn, LONG).await, "{}", sup.log());
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_supervisor_stops_leftover_processes_before_it_exits_and_frees_the_port() {
     within(Duration::from_secs(60), async {

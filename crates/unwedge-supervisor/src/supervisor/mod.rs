@@ -562,6 +562,9 @@ struct Leftover {
     sid: i32,
     /// When the session's processes get SIGKILL if any still runs.
     kill_at: Instant,
+    /// The stop signal they were sent first (the exited worker's own, which a reload may
+    /// since have changed for the others).
+    signal: Signal,
 }
 
 /// Sends `sig` to worker `pid`'s process group; to the worker alone while it has no group of

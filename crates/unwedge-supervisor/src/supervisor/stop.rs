@@ -103,6 +103,7 @@ impl Pool {
             worker: id.to_owned(),
             sid: pid,
             kill_at,
+            signal: stop_signal,
         });
     }
 
@@ -126,7 +127,7 @@ impl Pool {
                 l.worker,
                 l.sid,
                 members.len(),
-                self.config.stop_signal.as_str(),
+                l.signal.as_str(),
                 list_pids(&members)
             );
             if self.stopping {
