@@ -30,6 +30,9 @@ fn notify_protocol_ready_heartbeats_report_stopping() {
             ready.contains("STATUS=healthy: serving on 127.0.0.1:"),
             "{ready}"
         );
+        // The first heartbeat rides with READY=1: a supervisor watching from the first one
+        // watches from readiness on.
+        assert!(ready.lines().any(|l| l == "WATCHDOG=1"), "{ready}");
         assert_eq!(http(addr, "GET", "/").await.unwrap(), (200, "ok\n".into()));
         // The examples are nested in the demo.
         assert_eq!(http(addr, "GET", "/bytecache/stats").await.unwrap().0, 200);

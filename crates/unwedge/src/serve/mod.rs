@@ -25,7 +25,8 @@
 //!   [`watchdog`] tracks every other request (a probe answered is no progress of the app:
 //!   probes must not hide a hang).
 //! - **sd_notify** over `NOTIFY_SOCKET`: `READY=1` once accepting, `STATUS=` on every health
-//!   change, `WATCHDOG=1` every half of `WATCHDOG_USEC` only while Healthy or Draining,
+//!   change, `WATCHDOG=1` with `READY=1` and then every half of `WATCHDOG_USEC` only while
+//!   Healthy or Draining,
 //!   `STOPPING=1`, and each panic report as `UNWEDGE_REPORT=<json>` ([`encode_report`]). A
 //!   socket that vanished is logged once; serving continues.
 //! - **Graceful shutdown** on SIGTERM or SIGINT: stop accepting, finish the requests in flight
@@ -543,8 +544,21 @@ impl Server {
             "serving"
         );
         health::set_ready(true);
-        let status = watchdog::status_text(health::health().state, None, &serving_on);
-        notifier.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        let state = health::health().state;
+        let status = watchdog::status_text(state, None, &serving_on);
+        // With heartbeats expected, the first goes with READY=1 (the watchdog thread's first
+        // may come a moment before or after): a supervisor that watches heartbeats only from a
+        // worker's first one then watches this worker from the moment it is ready, and one
+        // that freezes right after READY=1 is still found hung.
+        if watchdog_usec.is_some() && state.is_live() {
+            notifier.send(&[
+                NotifyState::Ready,
+                NotifyState::Status(&status),
+                NotifyState::Watchdog,
+            ]);
+        } else {
+            notifier.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        }
 
         // Run until a signal or a crash request.
         let crash = tokio::select! {

@@ -4,7 +4,7 @@
 //!
 //! | message | when |
 //! | --- | --- |
-//! | `READY=1` + `STATUS=serving on …` | the listeners accept |
+//! | `READY=1` + `STATUS=serving on …` (+ `WATCHDOG=1` with `WATCHDOG_USEC`) | the listeners accept |
 //! | `STATUS=<state>[: reason]` | the health registry changes state |
 //! | `WATCHDOG=1` | every half of `WATCHDOG_USEC`, only while Healthy or Draining |
 //! | `STOPPING=1` | graceful shutdown or graceful crash begins |
