@@ -2180,6 +2180,50 @@ async fn a_worker_deaf_to_sigterm_in_a_blocking_accept_is_named_as_such() {
     .await;
 }
 
+/// A hung worker's dump signal reaches its whole process group: a wrapper that does not pass
+/// it on (`go run`, `npm start`, a shell without `exec`) no longer keeps it from the server
+/// below it, which dumps its state (here: says so on stdout) before it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dump_signal_reaches_the_server_behind_a_wrapper() {
+    // The wrapper handles SIGQUIT itself and never passes it on; the server (Python, which
+    // may take back a signal the shell ignores for its background jobs) "dumps" at SIGQUIT.
+    const WRAPPED: &str = r#"
+trap 'echo wrapper-got-quit' QUIT
+python3 -c '
+import signal, sys, time
+def dump(*_):
+    print("server-dumped", flush=True)
+    sys.exit(2)
+signal.signal(signal.SIGQUIT, dump)
+time.sleep(60)
+' &
+wait
+wait
+"#;
+    within(Duration::from_secs(60), async {
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--ready",
+                "notify",
+                "--ready-timeout",
+                "500ms",
+                "--dump-grace",
+                "5s",
+                "--max-restarts",
+                "100",
+            ],
+            &["sh", "-c", WRAPPED],
+        );
+        let (_, at) = sup
+            .wait_line_idx(0, &["is hung (ready_timeout", "sending SIGQUIT"])
+            .await;
+        sup.wait_line(at, &["server-dumped"]).await;
+    })
+    .await;
+}
+
 /// A worker that forks a child which obeys SIGTERM and one which ignores it (both in its
 /// process group, both holding the listening socket), then becomes the server.
 const FORKING_WORKER: &str = r#"

@@ -45,7 +45,9 @@ impl Pool {
             sig.as_str(),
             fmt_dur(kill_at.saturating_duration_since(now))
         );
-        let _ = kill(Pid::from_raw(pid), sig);
+        // To its process group, as the stop signal: a wrapper that does not pass it on (`go
+        // run`, `npm start`, a shell without `exec`) would keep it from the server that dumps.
+        let _ = signal_worker(pid, sig);
         self.emit(Event::Hung {
             worker: id,
             pid,
