@@ -93,6 +93,7 @@ impl Pool {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        inherit_sockets(&mut cmd, &self.listeners);
         let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
         let fmt = self.config.log_format;
@@ -309,5 +310,43 @@ impl Pool {
         });
         self.gave_up = Some(reason);
         self.begin_stop("giving up");
+    }
+}
+
+/// Makes `listeners` inherited by the process `cmd` starts (the shim, then the worker) and by
+/// no other: the supervisor's copies are close-on-exec, so that nothing else it starts (an
+/// `--alert-exec` hook, and whatever that leaves running) holds the port open once the
+/// supervisor is gone; the flag is cleared in the child, between fork and exec.
+///
+/// `cmd` then forks instead of using `posix_spawn` (std runs code between the two only so);
+/// with no listeners (`--port-env`) it is left as it is.
+fn inherit_sockets(cmd: &mut Command, listeners: &[Listener]) {
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::os::unix::process::CommandExt;
+    if listeners.is_empty() {
+        return;
+    }
+    // Built before the fork: the child only reads it.
+    let fds: Vec<RawFd> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+    let clear_cloexec = move || {
+        for &fd in &fds {
+            #[allow(unsafe_code)]
+            // SAFETY: fcntl on a number, no memory involved.
+            let set = unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) };
+            if set == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: `clear_cloexec` runs in the child between fork and exec, where (the supervisor
+    // has other threads) only async-signal-safe calls are allowed: one fcntl(2) per fd, which
+    // is async-signal-safe; it reads a Vec allocated before the fork and allocates nothing (an
+    // `io::Error` made from errno holds the number only). The fds are the supervisor's
+    // listeners, open for its whole life, so they are open in the child, whose copies they
+    // are: the parent's stay close-on-exec. An error fails the spawn.
+    unsafe {
+        cmd.pre_exec(clear_cloexec);
     }
 }
