@@ -2,13 +2,15 @@
 //! supervisor gave up, and when a reload failed, through a webhook and/or a command.
 //!
 //! Delivery runs on its own task behind a bounded queue: [`Alerter::send`] never waits, so a
-//! slow or dead webhook can never slow a restart. Events that do not fit the queue, repeat
-//! within the de-duplication window or exceed the rate limit are dropped and counted
-//! (`unwedge_alerts_dropped_total{reason}`); deliveries that fail after their retries are
-//! logged and counted (`unwedge_alerts_failed_total{sink}`). The alerts that must not be lost
-//! ([`AlertKind::is_urgent`]: `gave_up`, `reload_failed`) are never de-duplicated or rate
-//! limited, have room of their own in the queue ([`RESERVED_ALERT_SLOTS`]) and do not wait for
-//! routine deliveries in flight.
+//! slow or dead webhook can never slow a restart. Each sink (the webhook, the command) then
+//! has a backlog and delivery slots of its own, so a webhook that never answers cannot hold
+//! back the command, nor a command that never exits the webhook. Events that do not fit the
+//! queue or a sink's backlog, repeat within the de-duplication window or exceed the rate
+//! limit are dropped and counted (`unwedge_alerts_dropped_total{reason}`); deliveries that fail
+//! after their retries are logged and counted (`unwedge_alerts_failed_total{sink}`). The alerts
+//! that must not be lost ([`AlertKind::is_urgent`]: `gave_up`, `reload_failed`) are never
+//! de-duplicated or rate limited, have room of their own in the queue
+//! ([`RESERVED_ALERT_SLOTS`]) and do not wait for routine deliveries in flight.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -234,10 +236,12 @@ pub struct AlertConfig {
     pub webhook_timeout: Duration,
     /// The exec command is killed (its whole process group) after this (default 10 s).
     pub exec_timeout: Duration,
-    /// Events waiting for delivery; more are dropped (default 64). Urgent events
+    /// Events waiting for delivery, in the queue [`Alerter::send`] fills and then in each
+    /// sink's backlog; more are dropped (default 64). Urgent events
     /// ([`AlertKind::is_urgent`]) have [`RESERVED_ALERT_SLOTS`] more of their own.
     pub queue: usize,
-    /// Deliveries running at once (default 4).
+    /// Deliveries running at once for each sink (default 4): a webhook that never answers
+    /// holds the webhook's only, never the command's, and the other way round.
     pub max_in_flight: usize,
 }
 
@@ -386,7 +390,7 @@ impl Alerter {
             metrics: metrics.clone(),
             config: config.clone(),
         });
-        handle.spawn(Dispatcher::new(sinks, config).run(rx, urgent_rx));
+        handle.spawn(Dispatcher::new(&handle, sinks, config).run(rx, urgent_rx));
         Ok(Alerter {
             tx,
             urgent,
@@ -479,32 +483,115 @@ impl WebClient {
     }
 }
 
-/// Urgent deliveries running at once besides the routine ones.
+/// Urgent deliveries running at once for each sink besides its routine ones.
 const URGENT_IN_FLIGHT: usize = 2;
 
 /// The delivery task: takes events in order (urgent ones first), drops duplicates and the
-/// excess over the rate limit, and starts deliveries, at most `max_in_flight` routine ones at
-/// once.
+/// excess over the rate limit, and hands each event to every sink's [`Lane`].
+///
+/// It never waits for a delivery: each sink has its own backlog and its own delivery slots,
+/// so a sink that hangs (a webhook that never answers, a command that never exits) holds up
+/// its own alerts only, never the other sink's.
 struct Dispatcher {
+    lanes: Vec<Lane>,
     sinks: Arc<Sinks>,
     config: AlertConfig,
-    permits: u32,
-    in_flight: Arc<Semaphore>,
-    /// Urgent deliveries, apart: routine ones hanging on a dead webhook cannot hold them up.
-    urgent_in_flight: Arc<Semaphore>,
     urgent_tasks: JoinSet<()>,
     last_sent: HashMap<String, Instant>,
     recent: VecDeque<Instant>,
 }
 
-impl Dispatcher {
-    fn new(sinks: Arc<Sinks>, config: AlertConfig) -> Self {
+/// One sink's routine deliveries: a backlog of at most [`AlertConfig::queue`] events, taken
+/// in order by a task of its own that runs at most [`AlertConfig::max_in_flight`] deliveries
+/// at once; and [`URGENT_IN_FLIGHT`] places of its own for urgent deliveries.
+struct Lane {
+    sink: Sink,
+    tx: mpsc::UnboundedSender<LaneMsg>,
+    /// Places in the backlog (an event holds one until its delivery starts): an event that
+    /// finds none is dropped for this sink.
+    backlog: Arc<Semaphore>,
+    urgent_in_flight: Arc<Semaphore>,
+}
+
+enum LaneMsg {
+    Event(Arc<AlertEvent>, OwnedSemaphorePermit),
+    /// Answered once every event before it was delivered or failed.
+    Flush(oneshot::Sender<()>),
+}
+
+impl Lane {
+    /// Starts the lane's task.
+    fn start(
+        handle: &tokio::runtime::Handle,
+        sinks: Arc<Sinks>,
+        sink: Sink,
+        config: &AlertConfig,
+    ) -> Lane {
+        let (tx, rx) = mpsc::unbounded_channel();
         let permits = config.max_in_flight.clamp(1, u32::MAX as usize) as u32;
-        Dispatcher {
-            sinks,
-            permits,
-            in_flight: Arc::new(Semaphore::new(permits as usize)),
+        handle.spawn(Lane::run(sinks, sink, permits, rx));
+        Lane {
+            sink,
+            tx,
+            backlog: Arc::new(Semaphore::new(
+                config.queue.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             urgent_in_flight: Arc::new(Semaphore::new(URGENT_IN_FLIGHT)),
+        }
+    }
+
+    async fn run(
+        sinks: Arc<Sinks>,
+        sink: Sink,
+        permits: u32,
+        mut rx: mpsc::UnboundedReceiver<LaneMsg>,
+    ) {
+        let in_flight = Arc::new(Semaphore::new(permits as usize));
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                LaneMsg::Event(event, place) => {
+                    let Ok(slot) = in_flight.clone().acquire_owned().await else {
+                        return;
+                    };
+                    drop(place);
+                    let sinks = sinks.clone();
+                    tokio::spawn(async move {
+                        sinks.deliver(sink, &event).await;
+                        drop(slot);
+                    });
+                }
+                LaneMsg::Flush(done) => {
+                    // Holding every slot means every earlier delivery finished.
+                    if let Ok(all) = in_flight.acquire_many(permits).await {
+                        drop(all);
+                    }
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// Queues a routine delivery of `event`; `false` when the backlog is full.
+    fn push(&self, event: &Arc<AlertEvent>) -> bool {
+        let Ok(place) = self.backlog.clone().try_acquire_owned() else {
+            return false;
+        };
+        // The task ends only with the dispatcher, which owns `tx`.
+        let _ = self.tx.send(LaneMsg::Event(event.clone(), place));
+        true
+    }
+}
+
+impl Dispatcher {
+    fn new(handle: &tokio::runtime::Handle, sinks: Arc<Sinks>, config: AlertConfig) -> Self {
+        let lanes = sinks
+            .for_event()
+            .into_iter()
+            .map(|sink| Lane::start(handle, sinks.clone(), sink, &config))
+            .collect();
+        Dispatcher {
+            lanes,
+            sinks,
             urgent_tasks: JoinSet::new(),
             last_sent: HashMap::new(),
             recent: VecDeque::new(),
@@ -526,11 +613,17 @@ impl Dispatcher {
                 },
             };
             match msg {
-                Msg::Event(event) => self.routine(event, &mut urgent_rx).await,
+                Msg::Event(event) => self.routine(event),
                 Msg::Flush(done) => {
-                    // Holding every permit means every earlier routine delivery finished.
-                    if let Ok(all) = self.in_flight.acquire_many(self.permits).await {
-                        drop(all);
+                    let mut answers = Vec::with_capacity(self.lanes.len());
+                    for lane in &self.lanes {
+                        let (tx, rx) = oneshot::channel();
+                        if lane.tx.send(LaneMsg::Flush(tx)).is_ok() {
+                            answers.push(rx);
+                        }
+                    }
+                    for answer in answers {
+                        let _ = answer.await;
                     }
                     while self.urgent_tasks.join_next().await.is_some() {}
                     let _ = done.send(());
@@ -558,9 +651,9 @@ impl Dispatcher {
         // Outside the rate limit: neither refused nor counted against routine alerts.
         while self.urgent_tasks.try_join_next().is_some() {}
         let event = Arc::new(event);
-        for sink in self.sinks.for_event() {
-            let (sinks, event) = (self.sinks.clone(), event.clone());
-            let slots = self.urgent_in_flight.clone();
+        for lane in &self.lanes {
+            let (sinks, event, sink) = (self.sinks.clone(), event.clone(), lane.sink);
+            let slots = lane.urgent_in_flight.clone();
             self.urgent_tasks.spawn(async move {
                 let Ok(_permit) = slots.acquire_owned().await else {
                     return;
@@ -570,7 +663,7 @@ impl Dispatcher {
         }
     }
 
-    async fn routine(&mut self, event: AlertEvent, urgent_rx: &mut mpsc::Receiver<AlertEvent>) {
+    fn routine(&mut self, event: AlertEvent) {
         let now = Instant::now();
         let window = self.config.dedupe_window;
         self.last_sent
@@ -590,29 +683,10 @@ impl Dispatcher {
         self.last_sent.insert(key, now);
         self.recent.push_back(now);
         let event = Arc::new(event);
-        for sink in self.sinks.for_event() {
-            let Some(permit) = self.routine_permit(urgent_rx).await else {
-                return;
-            };
-            let (sinks, event) = (self.sinks.clone(), event.clone());
-            tokio::spawn(async move {
-                sinks.deliver(sink, &event).await;
-                drop(permit);
-            });
-        }
-    }
-
-    /// A place for one more routine delivery; urgent events that come meanwhile go out at once.
-    async fn routine_permit(
-        &mut self,
-        urgent_rx: &mut mpsc::Receiver<AlertEvent>,
-    ) -> Option<OwnedSemaphorePermit> {
-        loop {
-            let in_flight = self.in_flight.clone();
-            tokio::select! {
-                biased;
-                Some(event) = urgent_rx.recv() => self.start_urgent(event),
-                permit = in_flight.acquire_owned() => return permit.ok(),
+        for lane in &self.lanes {
+            if !lane.push(&event) {
+                tracing::warn!(sink = lane.sink.as_str(), kind = %event.kind, "alert dropped: this sink's deliveries are backed up");
+                self.sinks.metrics.record_alert_dropped("queue_full");
             }
         }
     }
@@ -623,6 +697,16 @@ impl Dispatcher {
 enum Sink {
     Webhook,
     Exec,
+}
+
+impl Sink {
+    /// Its name in metrics and logs.
+    fn as_str(self) -> &'static str {
+        match self {
+            Sink::Webhook => "webhook",
+            Sink::Exec => "exec",
+        }
+    }
 }
 
 impl Sinks {

@@ -560,6 +560,158 @@ async fn hanging_webhook_does_not_delay_the_replacement() {
 
 /// Crash → webhook delivery through the real supervisor: SIGKILL a worker, time until the
 /// receiver has the `worker_crashed` alert. Printed, not asserted (figures go in docs).
+/// Crashes of the crash loop [`crash_loop`] runs: more than a sink's delivery slots (4).
+const CRASHES: usize = 8;
+
+/// `unwedge run` (its admin endpoint on port 0) with `flags`, of a worker that exits with 1,
+/// 2, … [`CRASHES`] (one distinct alert each: none is de-duplicated), then serves no more but
+/// stays; and its admin address.
+async fn crash_loop(flags: &[&str], dir: &std::path::Path) -> (Sup, SocketAddr) {
+    let script = format!(
+        "n=$(cat {f} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {f}; \
+         if [ $n -le {CRASHES} ]; then exit $n; fi; exec sleep 1000",
+        f = dir.join("count").display()
+    );
+    let mut args = vec![
+        "--admin",
+        "127.0.0.1:0",
+        "--ready",
+        "none",
+        "--restart-delay",
+        "1ms",
+        "--restart-delay-max",
+        "5ms",
+    ];
+    args.extend_from_slice(flags);
+    let sup = Sup::run(&args, &["sh", "-c", &script]);
+    let admin = admin_addr(&sup).await;
+    (sup, admin)
+}
+
+/// The value of `series` (`name{label="value"}`) in `/metrics`, 0 when absent.
+async fn sample(admin: SocketAddr, series: &str) -> f64 {
+    let (code, text) = get(admin, "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A webhook that accepts and never answers holds its own delivery slots only: every crash of
+/// a crash loop reaches `--alert-exec` at once, while the webhook's first deliveries are still
+/// waiting for an answer (they fail only after 4 attempts of 5 s).
+#[tokio::test]
+async fn a_hanging_webhook_does_not_hold_back_alert_exec() {
+    limited(async {
+        let hook = Receiver::start(true).await;
+        let url = hook.url();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("alerts");
+        std::fs::create_dir(&out).unwrap();
+        // Each command writes its event to a file of its own (several run at once).
+        let exec = format!(
+            "cat > \"{o}/$$.tmp\" && mv \"{o}/$$.tmp\" \"{o}/$$.json\"",
+            o = out.display()
+        );
+        let (sup, admin) = crash_loop(
+            &["--alert-webhook", &url, "--alert-exec", &exec],
+            dir.path(),
+        )
+        .await;
+        let summaries = || -> Vec<String> {
+            std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .map(|p| {
+                    let event: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                    event["summary"].to_string()
+                })
+                .collect()
+        };
+        let deadline = Instant::now() + LONG;
+        while summaries().len() < CRASHES {
+            assert!(
+                Instant::now() < deadline,
+                "--alert-exec got {:?} of {CRASHES} crashes; log:\n{}",
+                summaries(),
+                sup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // ... while the webhook still hangs: not one of its deliveries ended yet.
+        let webhook_failed = sample(admin, r#"unwedge_alerts_failed_total{sink="webhook"}"#).await;
+        assert_eq!(
+            webhook_failed, 0.0,
+            "the webhook's deliveries gave up already"
+        );
+        assert!(hook.got.lock().unwrap().len() >= 4, "{:?}", hook.kinds());
+        let last = format!("\"w1: exit {CRASHES}\"");
+        assert!(summaries().contains(&last), "{:?}", summaries());
+    })
+    .await;
+}
+
+/// SIGKILLs, when dropped, the `sleep`s whose pids a file lists (one a line).
+struct SleepsListedIn(std::path::PathBuf);
+
+impl Drop for SleepsListedIn {
+    fn drop(&mut self) {
+        let listed = std::fs::read_to_string(&self.0).unwrap_or_default();
+        for pid in listed.lines().filter_map(|l| l.trim().parse().ok()) {
+            drop(common::Stray {
+                pid,
+                program: b"sleep",
+            });
+        }
+    }
+}
+
+/// And the other way round: an `--alert-exec` command that never exits holds its own delivery
+/// slots only; every crash reaches the webhook while the first commands still run (they are
+/// killed after 10 s).
+#[tokio::test]
+async fn a_hanging_alert_exec_does_not_hold_back_the_webhook() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        // Dropped after the supervisor: whatever it left running goes.
+        let _commands = SleepsListedIn(pids.clone());
+        let exec = format!("echo $$ >> '{}'; exec sleep 600", pids.display());
+        let (mut sup, admin) = crash_loop(
+            &["--alert-webhook", &url, "--alert-exec", &exec],
+            dir.path(),
+        )
+        .await;
+        hook.wait_kind("worker_crashed", CRASHES).await;
+        // ... while the commands still run: not one of them ended yet.
+        let exec_failed = sample(admin, r#"unwedge_alerts_failed_total{sink="exec"}"#).await;
+        assert_eq!(exec_failed, 0.0, "the commands were killed already");
+        assert_eq!(
+            sample(admin, r#"unwedge_alerts_sent_total{sink="webhook"}"#).await,
+            CRASHES as f64
+        );
+        // A supervisor that stops ends the commands still running.
+        sup.signal(Signal::SIGTERM);
+        sup.wait_exit(LONG).await;
+        let listed = std::fs::read_to_string(&pids).unwrap();
+        for pid in listed.lines().filter_map(|l| l.trim().parse().ok()) {
+            let command = common::Stray {
+                pid,
+                program: b"sleep",
+            };
+            assert!(
+                !command.runs_program(),
+                "pid {pid} still runs:\n{}",
+                sup.log()
+            );
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn alert_latency_crash_to_webhook() {
     limited(async {

@@ -155,28 +155,6 @@ async fn a_worker_inherits_no_fd_but_its_sockets() {
     .await;
 }
 
-/// A process left running by a test, SIGKILLed when dropped (if it still runs `program`: its
-/// pid may have been reused by then).
-struct Stray {
-    pid: i32,
-    program: &'static [u8],
-}
-
-impl Stray {
-    fn runs_program(&self) -> bool {
-        std::fs::read(format!("/proc/{}/cmdline", self.pid))
-            .is_ok_and(|c| c.starts_with(self.program))
-    }
-}
-
-impl Drop for Stray {
-    fn drop(&mut self) {
-        if self.runs_program() {
-            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-        }
-    }
-}
-
 /// Only workers get the listening sockets: a process the supervisor starts for itself (an
 /// `--alert-exec` hook, and whatever the hook leaves running in the background) inherits
 /// none, so it cannot keep the port open after the supervisor is gone (the next supervisor
