@@ -198,7 +198,8 @@ pub enum AlertError {
     /// `--alert-webhook` is not a usable URL.
     #[error("invalid --alert-webhook URL {url:?}: {reason}")]
     BadWebhook {
-        /// What was given.
+        /// What was given, without anything that may be a credential: user info, path, query
+        /// and fragment are each shown as `…` (`https://…@hooks.example.com/…`).
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -284,14 +285,22 @@ impl AlertConfig {
 
 /// Checks a webhook URL: `http://` or (with the `https` feature) `https://host[:port][/path]`.
 ///
+/// The error quotes the URL without anything that may be a credential (the user info, and
+/// the path and query, where Slack-style hooks and many others carry their secret): a
+/// one-line usage error ends up in logs and journals.
+///
 /// ```
 /// assert!(unwedge_admin::parse_webhook_url("http://127.0.0.1:9000/hook").is_ok());
-/// let err = unwedge_admin::parse_webhook_url("not a url").unwrap_err();
-/// assert!(err.to_string().starts_with("invalid --alert-webhook URL"));
+/// let err = unwedge_admin::parse_webhook_url("ftp://bob:s3cr3t@h/s3cr3t?token=s3cr3t");
+/// assert_eq!(
+///     err.unwrap_err().to_string(),
+///     "invalid --alert-webhook URL \"ftp://…@h/…\": unsupported scheme \"ftp\", \
+///      expected http:// or https://"
+/// );
 /// ```
 pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
     let bad = |reason: &str| AlertError::BadWebhook {
-        url: url.to_owned(),
+        url: shown_url(url),
         reason: reason.to_owned(),
     };
     if !url.contains("://") {
@@ -322,7 +331,46 @@ pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
         Some(h) if !h.is_empty() => {}
         _ => return Err(bad("no host")),
     }
+    // `http` takes any text for a port (`host:99999`, or `alice:s3` of `alice:s3/cr3t@host`, a
+    // password with a slash in it), then sees no port at all: the request would go to port 80.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    if let Some((_, port)) = host_port
+        .rsplit_once(':')
+        .filter(|_| !host_port.ends_with(']'))
+    {
+        if !port.is_empty() && port.parse::<u16>().is_err() {
+            return Err(bad("invalid port"));
+        }
+    }
     Ok(uri)
+}
+
+/// What an error may quote of webhook URL `url`, which may not parse: its scheme, host and
+/// port; user info, path, query and fragment are each replaced by `…`. In a URL that does not
+/// parse, user info may hold any character (`/`, `?`, `@`): everything up to the last `@` is
+/// taken for it.
+fn shown_url(url: &str) -> String {
+    let is_scheme = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    };
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, rest)) if is_scheme(s) => (&url[..s.len() + 3], rest),
+        _ => ("", url),
+    };
+    let (user, rest) = match rest.rfind('@') {
+        Some(at) => ("…@", &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, tail) = rest.split_at(end);
+    let tail = tail
+        .chars()
+        .next()
+        .map_or(String::new(), |c| format!("{c}…"));
+    format!("{scheme}{user}{host}{tail}")
 }
 
 /// Places in the alert queue kept for urgent alerts ([`AlertKind::is_urgent`]): routine
@@ -876,6 +924,46 @@ async fn run_exec(cmd: &str, event: &AlertEvent, timeout: Duration) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_quote_no_part_of_a_webhook_url_that_may_be_a_credential() {
+        for (url, shown) in [
+            ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+            ("http://h/", "http://h/…"),
+            ("https://u:p@h:1/a/b?t=x#f", "https://…@h:1/…"),
+            ("http://h?t=x", "http://h?…"),
+            ("http://h#f", "http://h#…"),
+            ("http://u:p/a?b#c@h/x", "http://…@h/…"),
+            ("u:p@h/x", "…@h/…"),
+            ("not a url", "not a url"),
+            ("x?u=http://u:p@h/", "…@h/…"),
+            ("", ""),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_port_that_is_no_port_is_refused() {
+        for ok in [
+            "http://h:8080/x",
+            "http://h/x",
+            "http://h:/x",
+            "http://[::1]:8080/x",
+            "http://[::1]/x",
+            "http://u:p@h:1/x",
+        ] {
+            assert!(parse_webhook_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://h:99999/x",
+            "http://h:8o/x",
+            "http://alice:s3/cr3t@h/x",
+        ] {
+            let err = parse_webhook_url(bad).unwrap_err().to_string();
+            assert!(err.ends_with(": invalid port"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn logs_show_only_the_webhooks_origin() {

@@ -893,7 +893,7 @@ async fn bad_observability_options_are_one_line_errors() {
             (
                 &["--alert-webhook", "hooks.example.com/x"],
                 2,
-                "invalid --alert-webhook URL \"hooks.example.com/x\"",
+                "invalid --alert-webhook URL \"hooks.example.com/…\"",
             ),
             (&["--alert-webhook", "ftp://h/x"], 2, "unsupported scheme"),
             (&["--admin", "nonsense"], 2, "invalid --admin \"nonsense\""),
@@ -929,6 +929,94 @@ async fn bad_observability_options_are_one_line_errors() {
         let (code, out) = run_to_end(&["reports", "--dir", "/nonexistent/unwedge"]).await;
         assert_eq!(code, 1, "{out}");
         assert!(out.contains("/nonexistent/unwedge"), "{out}");
+    })
+    .await;
+}
+
+/// An unusable `--alert-webhook` URL is refused with one line that says what is wrong and
+/// where, without quoting what may be a credential: user info, the path (a Slack-style hook's
+/// secret) or the query (`?token=`), whatever made the URL unusable. Also through a config
+/// file (`check-config`).
+#[tokio::test]
+async fn an_unusable_webhook_url_is_refused_without_quoting_its_credentials() {
+    limited(async {
+        // (URL, what the error must say); every secret has "s3" or "t0k3n" in it.
+        let cases = [
+            // Does not parse: a space in the host.
+            (
+                "https://alice:s3cr3t@hooks example.com/services/T0/B0/s3cr3t?token=t0k3n",
+                "\"https://…@hooks example.com/…\": invalid uri character",
+            ),
+            // Parses, but its port is out of range.
+            (
+                "https://alice:s3cr3t@hooks.example.com:99999/services/T0/B0/s3cr3t?token=t0k3n",
+                "\"https://…@hooks.example.com:99999/…\": invalid port",
+            ),
+            // Does not parse: a space in the query.
+            (
+                "http://hooks.example.com/hook?token=t0k3n t0k3n",
+                "\"http://hooks.example.com/…\": invalid uri character",
+            ),
+            // A password with a slash and a question mark in it: it parses as host `alice`,
+            // port `s3`.
+            (
+                "http://alice:s3/cr?3t@hooks.example.com/x?token=t0k3n",
+                "\"http://…@hooks.example.com/…\": invalid port",
+            ),
+            // Parses, but an unsupported scheme.
+            (
+                "ftp://alice:s3cr3t@files.example.com/s3cr3t?token=t0k3n",
+                "\"ftp://…@files.example.com/…\": unsupported scheme \"ftp\"",
+            ),
+            // No host.
+            (
+                "http://alice:s3cr3t@/hook?token=t0k3n",
+                "\"http://…@/…\": invalid authority",
+            ),
+            // No scheme.
+            (
+                "alice:s3cr3t@hooks.example.com/hook?token=t0k3n",
+                "\"…@hooks.example.com/…\": expected an absolute URL",
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        for (url, want) in cases {
+            let args = [
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--alert-webhook",
+                url,
+                "--",
+                BIN,
+                "demo-service",
+            ];
+            let (code, out, err) = run_split(&args).await;
+            assert_eq!(code, 2, "{url}: {err}{out}");
+            assert_eq!(err.trim().lines().count(), 1, "{url}: one line: {err}");
+            assert!(
+                err.contains(&format!("invalid --alert-webhook URL {want}")),
+                "{url}: {err}"
+            );
+            for secret in ["alice", "s3", "t0k3n", "T0", "hook?", "token"] {
+                assert!(!err.contains(secret), "{url}: {secret:?} quoted: {err}");
+            }
+            assert!(
+                !out.contains("s3") && !out.contains("t0k3n"),
+                "{url}: {out}"
+            );
+
+            let toml = format!("alert-webhook = {url:?}\ncommand = [{BIN:?}, \"demo-service\"]\n");
+            std::fs::write(&file, toml).unwrap();
+            let (code, out, err) = run_split(&["check-config", file.to_str().unwrap()]).await;
+            assert_eq!(code, 2, "{url}: {err}{out}");
+            assert!(err.contains(want), "{url}: {err}");
+            assert!(
+                !err.contains("s3") && !err.contains("t0k3n"),
+                "{url}: {err}"
+            );
+        }
     })
     .await;
 }
