@@ -42,7 +42,9 @@ pub enum AlertKind {
     WorkerHung,
     /// A worker reported poisoned state or a wedge and is being replaced.
     StateTainted,
-    /// The restart intensity was exceeded: the supervisor stops every worker and exits.
+    /// The supervisor gave up (a worker failed to start more than `--max-restarts` times in a
+    /// row, or the restart intensity was exceeded: the summary says which): it stops every
+    /// worker and exits.
     GaveUp,
     /// A reload's new generation did not become ready; the old one keeps serving.
     ReloadFailed,
@@ -89,7 +91,8 @@ impl AlertKind {
             AlertKind::WorkerCrashed => "worker crashed",
             AlertKind::WorkerHung => "worker hung",
             AlertKind::StateTainted => "state tainted",
-            AlertKind::GaveUp => "gave up: restart intensity exceeded",
+            // What it gave up on is the summary.
+            AlertKind::GaveUp => "gave up",
             AlertKind::ReloadFailed => "reload failed",
             AlertKind::StopTimedOut => "stop timed out, worker killed",
             AlertKind::MemoryLimit => "worker over its memory limit, replaced",

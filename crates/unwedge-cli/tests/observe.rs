@@ -1063,6 +1063,100 @@ async fn giving_up_with_a_hanging_webhook_still_exits_in_bounded_time() {
     .await;
 }
 
+/// A worker that never starts (it exits before it is ready, again and again) makes the
+/// supervisor give up after `--max-restarts` failed starts in a row, and everything that says
+/// why (the log line, the `gave_up` alert, `/status`, `/livez`, `unwedge status`) says that,
+/// not that a restart intensity was exceeded.
+#[tokio::test]
+async fn giving_up_after_failed_starts_says_so_everywhere() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        // w1 exits at once; w2 starts fine and ignores SIGTERM, so the supervisor stays (for
+        // --stop-timeout) after giving up and its endpoint can be asked.
+        let script = "if [ \"$UNWEDGE_WORKER\" = w1 ]; then echo cannot start >&2; exit 1; fi; \
+                      trap '' TERM; exec sleep 1000";
+        let mut sup = Sup::run(
+            &[
+                "--workers",
+                "2",
+                "--admin",
+                "127.0.0.1:0",
+                "--max-restarts",
+                "3",
+                "--restart-delay",
+                "1ms",
+                "--restart-delay-max",
+                "5ms",
+                "--stop-timeout",
+                "30s",
+                "--alert-webhook",
+                &url,
+            ],
+            &["sh", "-c", script],
+        );
+        let admin = admin_addr(&sup).await;
+        let why = "worker w1 failed to start 4 times in a row (limit 3)";
+        let misleading = ["intensity", "restarts within", "too many restarts"];
+
+        let s = status_until(&sup, admin, "gave_up", |s| {
+            s["supervisor"]["gave_up"] == true
+        })
+        .await;
+        let reason = s["supervisor"]["gave_up_reason"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(reason.starts_with(why), "{s}");
+        let (code, body) = get(admin, "/livez").await;
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains(why), "{body}");
+        let (code, out, err) = unwedge_status(admin, &[]).await;
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains(&format!("GAVE UP: {why}")), "{out}");
+        for text in [reason, &body, &out] {
+            for m in misleading {
+                assert!(!text.contains(m), "{m:?} in {text}");
+            }
+        }
+
+        // The rest once w2 is gone.
+        let w2 = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] == "w2")
+            .and_then(|w| w["pid"].as_i64())
+            .unwrap_or_else(|| panic!("no w2 in {s}"));
+        kill(Pid::from_raw(w2 as i32), Signal::SIGKILL).unwrap();
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(3), "{}", sup.log());
+        let log = sup.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("giving up: "))
+            .unwrap_or_else(|| panic!("no giving up line: {log}"));
+        assert!(
+            line.contains(&format!("giving up: {why}; the last: ")),
+            "{line}"
+        );
+        let alert = hook.wait_kind("gave_up", 1).await.body;
+        let text = alert["text"].as_str().unwrap();
+        assert!(
+            text.starts_with(&format!("unwedge: gave up: {why}")),
+            "{alert}"
+        );
+        assert!(
+            alert["event"]["summary"].as_str().unwrap().starts_with(why),
+            "{alert}"
+        );
+        for text in [line, text] {
+            for m in misleading {
+                assert!(!text.contains(m), "{m:?} in {text}");
+            }
+        }
+    })
+    .await;
+}
+
 // ---- the config file ----
 
 #[tokio::test]

@@ -600,7 +600,7 @@ async fn a_command_that_exits_at_once_backs_off_then_gives_up_idle() {
         }
         assert!(log.contains("failed start"), "{log}");
         assert!(
-            log.contains("giving up: 6 restarts within 1m (limit 5)"),
+            log.contains("giving up: worker w1 failed to start 6 times in a row (limit 5)"),
             "{log}"
         );
         // 1.55 s of backoff: the supervisor sleeps through it.
@@ -646,7 +646,7 @@ async fn a_command_that_never_starts_gives_up_however_slow_its_backoff() {
         let log = sup.log();
         assert_eq!(status.code(), Some(3), "{log}");
         assert!(
-            log.contains("giving up: w1 failed to start 4 times in a row (limit 3)"),
+            log.contains("giving up: worker w1 failed to start 4 times in a row (limit 3)"),
             "{log}"
         );
         assert_eq!(log.matches("(failed start)").count(), 4, "{log}");
@@ -1303,7 +1303,7 @@ async fn readiness_modes_for_a_worker_that_never_says_ready() {
             "{log}"
         );
         assert!(
-            log.contains("giving up: 2 restarts within 1m (limit 1)"),
+            log.contains("giving up: worker w1 failed to start 2 times in a row (limit 1)"),
             "{log}"
         );
     })

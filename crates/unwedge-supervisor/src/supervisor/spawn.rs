@@ -1,5 +1,5 @@
 //! Starting workers: spawning a worker in a slot, readiness, restarts with backoff, and giving up
-//! when the restart intensity is exceeded.
+//! when a worker failed to start too many times in a row or the restart intensity is exceeded.
 
 use super::*;
 
@@ -250,30 +250,30 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        if let Err(e) = self.intensity.record(now) {
-            let limits = format!(
-                "--max-restarts {} --within {}",
-                self.config.max_restarts,
-                fmt_dur(self.config.within)
-            );
-            self.give_up(e.to_string(), &limits);
-            return;
-        }
+        let limit = self.config.max_restarts;
         // Restarts spread out by the backoff may never exceed the intensity (at most 12 a
         // minute once at the default 5 s cap): a command that cannot start must still give up.
+        // Looked at first: one whose failed starts come fast exceeds the intensity at the same
+        // restart, and the reason must say that it never started.
         let failed = self.slots[slot].failed_starts;
-        if failed > self.config.max_restarts {
-            self.give_up(
-                format!(
-                    "{} failed to start {failed} times in a row (limit {}); the last: {why}",
-                    slot_id(slot),
-                    self.config.max_restarts
+        if failed > limit {
+            let id = slot_id(slot);
+            let reason = match failed {
+                1 => format!("worker {id} failed to start (limit 0): {why}"),
+                n => format!(
+                    "worker {id} failed to start {n} times in a row (limit {limit}); the last: {why}"
                 ),
-                &format!(
-                    "--max-restarts {}: a worker that never became ready",
-                    self.config.max_restarts
-                ),
+            };
+            let limits = format!("--max-restarts {limit}: a worker that never became ready");
+            self.give_up(reason, &limits);
+            return;
+        }
+        if let Err(e) = self.intensity.record(now) {
+            let limits = format!(
+                "--max-restarts {limit} --within {}",
+                fmt_dur(self.config.within)
             );
+            self.give_up(format!("{e}; the last: {} {why}", slot_id(slot)), &limits);
             return;
         }
         let s = &mut self.slots[slot];
@@ -296,8 +296,9 @@ impl Pool {
         *self.counters.restarts.entry(reason).or_insert(0) += 1;
     }
 
-    /// Stops every worker and ends with [`EXIT_GAVE_UP`]: `reason` says what was exceeded,
-    /// `limits` the settings that allowed it (logged only).
+    /// Stops every worker and ends with [`EXIT_GAVE_UP`]: `reason` says what happened (a
+    /// worker that failed to start too many times in a row, or too many restarts), `limits`
+    /// the settings that allowed it (logged only).
     pub(super) fn give_up(&mut self, reason: String, limits: &str) {
         if self.stopping {
             return;
