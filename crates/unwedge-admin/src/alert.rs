@@ -2,13 +2,15 @@
 //! supervisor gave up, and when a reload failed, through a webhook and/or a command.
 //!
 //! Delivery runs on its own task behind a bounded queue: [`Alerter::send`] never waits, so a
-//! slow or dead webhook can never slow a restart. Events that do not fit the queue, repeat
-//! within the de-duplication window or exceed the rate limit are dropped and counted
-//! (`unwedge_alerts_dropped_total{reason}`); deliveries that fail after their retries are
-//! logged and counted (`unwedge_alerts_failed_total{sink}`). The alerts that must not be lost
-//! ([`AlertKind::is_urgent`]: `gave_up`, `reload_failed`) are never de-duplicated or rate
-//! limited, have room of their own in the queue ([`RESERVED_ALERT_SLOTS`]) and do not wait for
-//! routine deliveries in flight.
+//! slow or dead webhook can never slow a restart. Each sink (the webhook, the command) then
+//! has a backlog and delivery slots of its own, so a webhook that never answers cannot hold
+//! back the command, nor a command that never exits the webhook. Events that do not fit the
+//! queue or a sink's backlog, repeat within the de-duplication window or exceed the rate
+//! limit are dropped and counted (`unwedge_alerts_dropped_total{reason}`); deliveries that fail
+//! after their retries are logged and counted (`unwedge_alerts_failed_total{sink}`). The alerts
+//! that must not be lost ([`AlertKind::is_urgent`]: `gave_up`, `reload_failed`) are never
+//! de-duplicated or rate limited, have room of their own in the queue
+//! ([`RESERVED_ALERT_SLOTS`]) and do not wait for routine deliveries in flight.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -40,7 +42,9 @@ pub enum AlertKind {
     WorkerHung,
     /// A worker reported poisoned state or a wedge and is being replaced.
     StateTainted,
-    /// The restart intensity was exceeded: the supervisor stops every worker and exits.
+    /// The supervisor gave up (a worker failed to start more than `--max-restarts` times in a
+    /// row, or the restart intensity was exceeded: the summary says which): it stops every
+    /// worker and exits.
     GaveUp,
     /// A reload's new generation did not become ready; the old one keeps serving.
     ReloadFailed,
@@ -87,7 +91,8 @@ impl AlertKind {
             AlertKind::WorkerCrashed => "worker crashed",
             AlertKind::WorkerHung => "worker hung",
             AlertKind::StateTainted => "state tainted",
-            AlertKind::GaveUp => "gave up: restart intensity exceeded",
+            // What it gave up on is the summary.
+            AlertKind::GaveUp => "gave up",
             AlertKind::ReloadFailed => "reload failed",
             AlertKind::StopTimedOut => "stop timed out, worker killed",
             AlertKind::MemoryLimit => "worker over its memory limit, replaced",
@@ -196,7 +201,8 @@ pub enum AlertError {
     /// `--alert-webhook` is not a usable URL.
     #[error("invalid --alert-webhook URL {url:?}: {reason}")]
     BadWebhook {
-        /// What was given.
+        /// What was given, without anything that may be a credential: user info, path, query
+        /// and fragment are each shown as `…` (`https://…@hooks.example.com/…`).
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -234,10 +240,12 @@ pub struct AlertConfig {
     pub webhook_timeout: Duration,
     /// The exec command is killed (its whole process group) after this (default 10 s).
     pub exec_timeout: Duration,
-    /// Events waiting for delivery; more are dropped (default 64). Urgent events
+    /// Events waiting for delivery, in the queue [`Alerter::send`] fills and then in each
+    /// sink's backlog; more are dropped (default 64). Urgent events
     /// ([`AlertKind::is_urgent`]) have [`RESERVED_ALERT_SLOTS`] more of their own.
     pub queue: usize,
-    /// Deliveries running at once (default 4).
+    /// Deliveries running at once for each sink (default 4): a webhook that never answers
+    /// holds the webhook's only, never the command's, and the other way round.
     pub max_in_flight: usize,
 }
 
@@ -280,14 +288,22 @@ impl AlertConfig {
 
 /// Checks a webhook URL: `http://` or (with the `https` feature) `https://host[:port][/path]`.
 ///
+/// The error quotes the URL without anything that may be a credential (the user info, and
+/// the path and query, where Slack-style hooks and many others carry their secret): a
+/// one-line usage error ends up in logs and journals.
+///
 /// ```
 /// assert!(unwedge_admin::parse_webhook_url("http://127.0.0.1:9000/hook").is_ok());
-/// let err = unwedge_admin::parse_webhook_url("not a url").unwrap_err();
-/// assert!(err.to_string().starts_with("invalid --alert-webhook URL"));
+/// let err = unwedge_admin::parse_webhook_url("ftp://bob:s3cr3t@h/s3cr3t?token=s3cr3t");
+/// assert_eq!(
+///     err.unwrap_err().to_string(),
+///     "invalid --alert-webhook URL \"ftp://…@h/…\": unsupported scheme \"ftp\", \
+///      expected http:// or https://"
+/// );
 /// ```
 pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
     let bad = |reason: &str| AlertError::BadWebhook {
-        url: url.to_owned(),
+        url: shown_url(url),
         reason: reason.to_owned(),
     };
     if !url.contains("://") {
@@ -318,7 +334,46 @@ pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
         Some(h) if !h.is_empty() => {}
         _ => return Err(bad("no host")),
     }
+    // `http` takes any text for a port (`host:99999`, or `alice:s3` of `alice:s3/cr3t@host`, a
+    // password with a slash in it), then sees no port at all: the request would go to port 80.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    if let Some((_, port)) = host_port
+        .rsplit_once(':')
+        .filter(|_| !host_port.ends_with(']'))
+    {
+        if !port.is_empty() && port.parse::<u16>().is_err() {
+            return Err(bad("invalid port"));
+        }
+    }
     Ok(uri)
+}
+
+/// What an error may quote of webhook URL `url`, which may not parse: its scheme, host and
+/// port; user info, path, query and fragment are each replaced by `…`. In a URL that does not
+/// parse, user info may hold any character (`/`, `?`, `@`): everything up to the last `@` is
+/// taken for it.
+fn shown_url(url: &str) -> String {
+    let is_scheme = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    };
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, rest)) if is_scheme(s) => (&url[..s.len() + 3], rest),
+        _ => ("", url),
+    };
+    let (user, rest) = match rest.rfind('@') {
+        Some(at) => ("…@", &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, tail) = rest.split_at(end);
+    let tail = tail
+        .chars()
+        .next()
+        .map_or(String::new(), |c| format!("{c}…"));
+    format!("{scheme}{user}{host}{tail}")
 }
 
 /// Places in the alert queue kept for urgent alerts ([`AlertKind::is_urgent`]): routine
@@ -386,7 +441,7 @@ impl Alerter {
             metrics: metrics.clone(),
             config: config.clone(),
         });
-        handle.spawn(Dispatcher::new(sinks, config).run(rx, urgent_rx));
+        handle.spawn(Dispatcher::new(&handle, sinks, config).run(rx, urgent_rx));
         Ok(Alerter {
             tx,
             urgent,
@@ -479,32 +534,115 @@ impl WebClient {
     }
 }
 
-/// Urgent deliveries running at once besides the routine ones.
+/// Urgent deliveries running at once for each sink besides its routine ones.
 const URGENT_IN_FLIGHT: usize = 2;
 
 /// The delivery task: takes events in order (urgent ones first), drops duplicates and the
-/// excess over the rate limit, and starts deliveries, at most `max_in_flight` routine ones at
-/// once.
+/// excess over the rate limit, and hands each event to every sink's [`Lane`].
+///
+/// It never waits for a delivery: each sink has its own backlog and its own delivery slots,
+/// so a sink that hangs (a webhook that never answers, a command that never exits) holds up
+/// its own alerts only, never the other sink's.
 struct Dispatcher {
+    lanes: Vec<Lane>,
     sinks: Arc<Sinks>,
     config: AlertConfig,
-    permits: u32,
-    in_flight: Arc<Semaphore>,
-    /// Urgent deliveries, apart: routine ones hanging on a dead webhook cannot hold them up.
-    urgent_in_flight: Arc<Semaphore>,
     urgent_tasks: JoinSet<()>,
     last_sent: HashMap<String, Instant>,
     recent: VecDeque<Instant>,
 }
 
-impl Dispatcher {
-    fn new(sinks: Arc<Sinks>, config: AlertConfig) -> Self {
+/// One sink's routine deliveries: a backlog of at most [`AlertConfig::queue`] events, taken
+/// in order by a task of its own that runs at most [`AlertConfig::max_in_flight`] deliveries
+/// at once; and [`URGENT_IN_FLIGHT`] places of its own for urgent deliveries.
+struct Lane {
+    sink: Sink,
+    tx: mpsc::UnboundedSender<LaneMsg>,
+    /// Places in the backlog (an event holds one until its delivery starts): an event that
+    /// finds none is dropped for this sink.
+    backlog: Arc<Semaphore>,
+    urgent_in_flight: Arc<Semaphore>,
+}
+
+enum LaneMsg {
+    Event(Arc<AlertEvent>, OwnedSemaphorePermit),
+    /// Answered once every event before it was delivered or failed.
+    Flush(oneshot::Sender<()>),
+}
+
+impl Lane {
+    /// Starts the lane's task.
+    fn start(
+        handle: &tokio::runtime::Handle,
+        sinks: Arc<Sinks>,
+        sink: Sink,
+        config: &AlertConfig,
+    ) -> Lane {
+        let (tx, rx) = mpsc::unbounded_channel();
         let permits = config.max_in_flight.clamp(1, u32::MAX as usize) as u32;
-        Dispatcher {
-            sinks,
-            permits,
-            in_flight: Arc::new(Semaphore::new(permits as usize)),
+        handle.spawn(Lane::run(sinks, sink, permits, rx));
+        Lane {
+            sink,
+            tx,
+            backlog: Arc::new(Semaphore::new(
+                config.queue.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             urgent_in_flight: Arc::new(Semaphore::new(URGENT_IN_FLIGHT)),
+        }
+    }
+
+    async fn run(
+        sinks: Arc<Sinks>,
+        sink: Sink,
+        permits: u32,
+        mut rx: mpsc::UnboundedReceiver<LaneMsg>,
+    ) {
+        let in_flight = Arc::new(Semaphore::new(permits as usize));
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                LaneMsg::Event(event, place) => {
+                    let Ok(slot) = in_flight.clone().acquire_owned().await else {
+                        return;
+                    };
+                    drop(place);
+                    let sinks = sinks.clone();
+                    tokio::spawn(async move {
+                        sinks.deliver(sink, &event).await;
+                        drop(slot);
+                    });
+                }
+                LaneMsg::Flush(done) => {
+                    // Holding every slot means every earlier delivery finished.
+                    if let Ok(all) = in_flight.acquire_many(permits).await {
+                        drop(all);
+                    }
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// Queues a routine delivery of `event`; `false` when the backlog is full.
+    fn push(&self, event: &Arc<AlertEvent>) -> bool {
+        let Ok(place) = self.backlog.clone().try_acquire_owned() else {
+            return false;
+        };
+        // The task ends only with the dispatcher, which owns `tx`.
+        let _ = self.tx.send(LaneMsg::Event(event.clone(), place));
+        true
+    }
+}
+
+impl Dispatcher {
+    fn new(handle: &tokio::runtime::Handle, sinks: Arc<Sinks>, config: AlertConfig) -> Self {
+        let lanes = sinks
+            .for_event()
+            .into_iter()
+            .map(|sink| Lane::start(handle, sinks.clone(), sink, &config))
+            .collect();
+        Dispatcher {
+            lanes,
+            sinks,
             urgent_tasks: JoinSet::new(),
             last_sent: HashMap::new(),
             recent: VecDeque::new(),
@@ -526,11 +664,17 @@ impl Dispatcher {
                 },
             };
             match msg {
-                Msg::Event(event) => self.routine(event, &mut urgent_rx).await,
+                Msg::Event(event) => self.routine(event),
                 Msg::Flush(done) => {
-                    // Holding every permit means every earlier routine delivery finished.
-                    if let Ok(all) = self.in_flight.acquire_many(self.permits).await {
-                        drop(all);
+                    let mut answers = Vec::with_capacity(self.lanes.len());
+                    for lane in &self.lanes {
+                        let (tx, rx) = oneshot::channel();
+                        if lane.tx.send(LaneMsg::Flush(tx)).is_ok() {
+                            answers.push(rx);
+                        }
+                    }
+                    for answer in answers {
+                        let _ = answer.await;
                     }
                     while self.urgent_tasks.join_next().await.is_some() {}
                     let _ = done.send(());
@@ -558,9 +702,9 @@ impl Dispatcher {
         // Outside the rate limit: neither refused nor counted against routine alerts.
         while self.urgent_tasks.try_join_next().is_some() {}
         let event = Arc::new(event);
-        for sink in self.sinks.for_event() {
-            let (sinks, event) = (self.sinks.clone(), event.clone());
-            let slots = self.urgent_in_flight.clone();
+        for lane in &self.lanes {
+            let (sinks, event, sink) = (self.sinks.clone(), event.clone(), lane.sink);
+            let slots = lane.urgent_in_flight.clone();
             self.urgent_tasks.spawn(async move {
                 let Ok(_permit) = slots.acquire_owned().await else {
                     return;
@@ -570,7 +714,7 @@ impl Dispatcher {
         }
     }
 
-    async fn routine(&mut self, event: AlertEvent, urgent_rx: &mut mpsc::Receiver<AlertEvent>) {
+    fn routine(&mut self, event: AlertEvent) {
         let now = Instant::now();
         let window = self.config.dedupe_window;
         self.last_sent
@@ -590,29 +734,10 @@ impl Dispatcher {
         self.last_sent.insert(key, now);
         self.recent.push_back(now);
         let event = Arc::new(event);
-        for sink in self.sinks.for_event() {
-            let Some(permit) = self.routine_permit(urgent_rx).await else {
-                return;
-            };
-            let (sinks, event) = (self.sinks.clone(), event.clone());
-            tokio::spawn(async move {
-                sinks.deliver(sink, &event).await;
-                drop(permit);
-            });
-        }
-    }
-
-    /// A place for one more routine delivery; urgent events that come meanwhile go out at once.
-    async fn routine_permit(
-        &mut self,
-        urgent_rx: &mut mpsc::Receiver<AlertEvent>,
-    ) -> Option<OwnedSemaphorePermit> {
-        loop {
-            let in_flight = self.in_flight.clone();
-            tokio::select! {
-                biased;
-                Some(event) = urgent_rx.recv() => self.start_urgent(event),
-                permit = in_flight.acquire_owned() => return permit.ok(),
+        for lane in &self.lanes {
+            if !lane.push(&event) {
+                tracing::warn!(sink = lane.sink.as_str(), kind = %event.kind, "alert dropped: this sink's deliveries are backed up");
+                self.sinks.metrics.record_alert_dropped("queue_full");
             }
         }
     }
@@ -623,6 +748,16 @@ impl Dispatcher {
 enum Sink {
     Webhook,
     Exec,
+}
+
+impl Sink {
+    /// Its name in metrics and logs.
+    fn as_str(self) -> &'static str {
+        match self {
+            Sink::Webhook => "webhook",
+            Sink::Exec => "exec",
+        }
+    }
 }
 
 impl Sinks {
@@ -792,6 +927,46 @@ async fn run_exec(cmd: &str, event: &AlertEvent, timeout: Duration) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_quote_no_part_of_a_webhook_url_that_may_be_a_credential() {
+        for (url, shown) in [
+            ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+            ("http://h/", "http://h/…"),
+            ("https://u:p@h:1/a/b?t=x#f", "https://…@h:1/…"),
+            ("http://h?t=x", "http://h?…"),
+            ("http://h#f", "http://h#…"),
+            ("http://u:p/a?b#c@h/x", "http://…@h/…"),
+            ("u:p@h/x", "…@h/…"),
+            ("not a url", "not a url"),
+            ("x?u=http://u:p@h/", "…@h/…"),
+            ("", ""),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_port_that_is_no_port_is_refused() {
+        for ok in [
+            "http://h:8080/x",
+            "http://h/x",
+            "http://h:/x",
+            "http://[::1]:8080/x",
+            "http://[::1]/x",
+            "http://u:p@h:1/x",
+        ] {
+            assert!(parse_webhook_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://h:99999/x",
+            "http://h:8o/x",
+            "http://alice:s3/cr3t@h/x",
+        ] {
+            let err = parse_webhook_url(bad).unwrap_err().to_string();
+            assert!(err.ends_with(": invalid port"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn logs_show_only_the_webhooks_origin() {

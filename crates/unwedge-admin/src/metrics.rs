@@ -199,7 +199,7 @@ impl Metrics {
         );
         registry.register(
             "gave_up",
-            "1 once the restart intensity was exceeded and the supervisor is giving up",
+            "1 once the supervisor gave up (a worker failed to start more than --max-restarts times in a row, or the restart intensity was exceeded)",
             m.gave_up.clone(),
         );
         registry.register("workers", "Workers by state", m.workers.clone());

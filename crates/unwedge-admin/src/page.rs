@@ -89,6 +89,14 @@ pub fn render_page(view: &StatusView) -> String {
         },
         esc(&view.generated_at),
     );
+    if let Some(reason) = sup.gave_up_reason.as_deref().filter(|_| sup.gave_up) {
+        let _ = write!(
+            h,
+            "<p id=\"gave-up\">Gave up: {}; every worker is being stopped and the supervisor \
+             exits with status 3.</p>",
+            esc(reason)
+        );
+    }
     reload_line(&mut h, sup);
 
     workers_table(&mut h, view);
@@ -477,6 +485,19 @@ mod tests {
         assert!(
             html.contains("worker w1 exit status 1 &lt;boom&gt;"),
             "escaped: {html}"
+        );
+    }
+
+    #[test]
+    fn giving_up_is_shown_with_its_reason() {
+        let mut info = SupervisorInfo::new("0.1.0", 1);
+        info.gave_up = true;
+        info.gave_up_reason = Some("worker w1 failed to start 4 times in a row <x>".into());
+        let html = render_page(&StatusView::new(info));
+        assert!(html.contains(">gave up</span>"), "{html}");
+        assert!(
+            html.contains("Gave up: worker w1 failed to start 4 times in a row &lt;x&gt;;"),
+            "{html}"
         );
     }
 

@@ -573,14 +573,17 @@ async fn status(State(s): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn livez(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.status.with(StatusView::is_live) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (
+async fn livez(State(s): State<AppState>) -> (StatusCode, String) {
+    let (live, reason) = s
+        .status
+        .with(|v| (v.is_live(), v.supervisor.gave_up_reason.clone()));
+    match (live, reason) {
+        (true, _) => (StatusCode::OK, "ok\n".into()),
+        (false, Some(reason)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "gave up: restart intensity exceeded\n",
-        )
+            format!("gave up: {reason}\n"),
+        ),
+        (false, None) => (StatusCode::SERVICE_UNAVAILABLE, "gave up\n".into()),
     }
 }
 

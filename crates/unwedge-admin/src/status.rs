@@ -82,8 +82,12 @@ pub struct SupervisorInfo {
     pub pid: u32,
     /// Seconds since the supervisor started.
     pub uptime_secs: f64,
-    /// `true` once the restart intensity was exceeded and the supervisor is stopping for good.
+    /// `true` once the supervisor gave up and is stopping for good.
     pub gave_up: bool,
+    /// Why it gave up, once it did: `worker w1 failed to start 21 times in a row (limit 20);
+    /// the last: …`, or `21 restarts within 1m (limit 20); the last: …`.
+    #[serde(default)]
+    pub gave_up_reason: Option<String>,
     /// The addresses it listens on for the workers (`127.0.0.1:8080`, `unix:/run/app.sock`).
     pub listen: Vec<String>,
     /// The generation serving (1 at start, +1 per reload that completed).
@@ -166,6 +170,7 @@ impl SupervisorInfo {
             pid,
             uptime_secs: 0.0,
             gave_up: false,
+            gave_up_reason: None,
             listen: Vec::new(),
             generation: 1,
             reloading: false,

@@ -41,9 +41,14 @@ pub fn render_text(view: &StatusView) -> String {
         secs(s.uptime_secs)
     );
     if s.gave_up {
+        let why = s
+            .gave_up_reason
+            .as_deref()
+            .map(|r| format!("{}; ", visible(r)))
+            .unwrap_or_default();
         let _ = writeln!(
             t,
-            "GAVE UP: too many restarts; the supervisor is stopping every worker and exits 3"
+            "GAVE UP: {why}the supervisor is stopping every worker and exits 3"
         );
     }
     let _ = write!(t, "generation {} serving", s.generation);
@@ -269,13 +274,17 @@ mod tests {
     fn flags_what_needs_attention() {
         let mut v = view();
         v.supervisor.gave_up = true;
+        v.supervisor.gave_up_reason = Some("worker w1 failed to start 21 times in a row".into());
         v.supervisor.reloading = true;
         v.supervisor.last_reload = Some(ReloadOutcome::now(
             2,
             Some("worker w1 exit status 1".into()),
         ));
         let text = render_text(&v);
-        assert!(text.contains("\nGAVE UP: too many restarts"), "{text}");
+        assert!(
+            text.contains("\nGAVE UP: worker w1 failed to start 21 times in a row; the supervisor"),
+            "{text}"
+        );
         assert!(
             text.contains("generation 2 serving; a reload is starting generation 3; LAST RELOAD FAILED: generation 2 at "),
             "{text}"

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -155,13 +155,18 @@ struct History {
 }
 
 struct Shared {
-    gave_up: AtomicBool,
+    /// Why the supervisor gave up, once it did.
+    gave_up: Mutex<Option<String>>,
     history: Mutex<History>,
 }
 
 impl Shared {
     fn history(&self) -> std::sync::MutexGuard<'_, History> {
         self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn gave_up(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.gave_up.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -190,7 +195,7 @@ pub(crate) async fn start(
         Alerter::new(settings.alerts, metrics.clone()).map_err(|e| env_err(e.to_string()))?,
     );
     let shared = Arc::new(Shared {
-        gave_up: AtomicBool::new(false),
+        gave_up: Mutex::new(None),
         history: Mutex::new(History::default()),
     });
     let handle = supervisor.handle();
@@ -235,9 +240,9 @@ pub(crate) async fn start(
     let (tx, rx) = mpsc::unbounded_channel::<Event>();
     let hook_shared = shared.clone();
     let supervisor = supervisor.with_alert_hook(move |e: &Event| {
-        if matches!(e, Event::GaveUp { .. }) {
+        if let Event::GaveUp { reason } = e {
             // /livez answers from this at once, not after the event task caught up.
-            hook_shared.gave_up.store(true, Ordering::Relaxed);
+            *hook_shared.gave_up() = Some(reason.clone());
         }
         let _ = tx.send(e.clone());
     });
@@ -355,7 +360,8 @@ fn status_source(
         metrics.record_log_lines_dropped(dropped.saturating_sub(before));
         let mut info = SupervisorInfo::new(VERSION, std::process::id());
         info.uptime_secs = started.elapsed().as_secs_f64();
-        info.gave_up = shared.gave_up.load(Ordering::Relaxed);
+        info.gave_up_reason = shared.gave_up().clone();
+        info.gave_up = info.gave_up_reason.is_some();
         info.listen = listen.clone();
         info.generation = snap.generation;
         info.reloading = snap.reloading;

@@ -269,7 +269,7 @@ async fn flags_override_the_config_file() {
     let file = dir.path().join("u.toml");
     std::fs::write(&file, "workers = 3\nrestart-delay = \"5s\"\nmax-restarts = 0\ncommand = [\"sh\", \"-c\", \"exit 0\"]\n").unwrap();
     // The file says 5 s delay and 0 restarts allowed; the flag lowers the delay, the file's
-    // intensity applies: the first restart gives up at once.
+    // limit applies: the first failed start gives up at once.
     let (code, out) = run_to_end(&[
         "run",
         "--config",
@@ -283,7 +283,7 @@ async fn flags_override_the_config_file() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("starting 1 worker(s): sh -c exit 0"), "{out}");
     assert!(
-        out.contains("giving up: 1 restarts within 1m (limit 0)"),
+        out.contains("giving up: worker w1 failed to start (limit 0): pid "),
         "{out}"
     );
 }

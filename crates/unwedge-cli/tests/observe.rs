@@ -567,6 +567,158 @@ async fn hanging_webhook_does_not_delay_the_replacement() {
 
 /// Crash → webhook delivery through the real supervisor: SIGKILL a worker, time until the
 /// receiver has the `worker_crashed` alert. Printed, not asserted (figures go in docs).
+/// Crashes of the crash loop [`crash_loop`] runs: more than a sink's delivery slots (4).
+const CRASHES: usize = 8;
+
+/// `unwedge run` (its admin endpoint on port 0) with `flags`, of a worker that exits with 1,
+/// 2, … [`CRASHES`] (one distinct alert each: none is de-duplicated), then serves no more but
+/// stays; and its admin address.
+async fn crash_loop(flags: &[&str], dir: &std::path::Path) -> (Sup, SocketAddr) {
+    let script = format!(
+        "n=$(cat {f} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {f}; \
+         if [ $n -le {CRASHES} ]; then exit $n; fi; exec sleep 1000",
+        f = dir.join("count").display()
+    );
+    let mut args = vec![
+        "--admin",
+        "127.0.0.1:0",
+        "--ready",
+        "none",
+        "--restart-delay",
+        "1ms",
+        "--restart-delay-max",
+        "5ms",
+    ];
+    args.extend_from_slice(flags);
+    let sup = Sup::run(&args, &["sh", "-c", &script]);
+    let admin = admin_addr(&sup).await;
+    (sup, admin)
+}
+
+/// The value of `series` (`name{label="value"}`) in `/metrics`, 0 when absent.
+async fn sample(admin: SocketAddr, series: &str) -> f64 {
+    let (code, text) = get(admin, "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A webhook that accepts and never answers holds its own delivery slots only: every crash of
+/// a crash loop reaches `--alert-exec` at once, while the webhook's first deliveries are still
+/// waiting for an answer (they fail only after 4 attempts of 5 s).
+#[tokio::test]
+async fn a_hanging_webhook_does_not_hold_back_alert_exec() {
+    limited(async {
+        let hook = Receiver::start(true).await;
+        let url = hook.url();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("alerts");
+        std::fs::create_dir(&out).unwrap();
+        // Each command writes its event to a file of its own (several run at once).
+        let exec = format!(
+            "cat > \"{o}/$$.tmp\" && mv \"{o}/$$.tmp\" \"{o}/$$.json\"",
+            o = out.display()
+        );
+        let (sup, admin) = crash_loop(
+            &["--alert-webhook", &url, "--alert-exec", &exec],
+            dir.path(),
+        )
+        .await;
+        let summaries = || -> Vec<String> {
+            std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .map(|p| {
+                    let event: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                    event["summary"].to_string()
+                })
+                .collect()
+        };
+        let deadline = Instant::now() + LONG;
+        while summaries().len() < CRASHES {
+            assert!(
+                Instant::now() < deadline,
+                "--alert-exec got {:?} of {CRASHES} crashes; log:\n{}",
+                summaries(),
+                sup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // ... while the webhook still hangs: not one of its deliveries ended yet.
+        let webhook_failed = sample(admin, r#"unwedge_alerts_failed_total{sink="webhook"}"#).await;
+        assert_eq!(
+            webhook_failed, 0.0,
+            "the webhook's deliveries gave up already"
+        );
+        assert!(hook.got.lock().unwrap().len() >= 4, "{:?}", hook.kinds());
+        let last = format!("\"w1: exit {CRASHES}\"");
+        assert!(summaries().contains(&last), "{:?}", summaries());
+    })
+    .await;
+}
+
+/// SIGKILLs, when dropped, the `sleep`s whose pids a file lists (one a line).
+struct SleepsListedIn(std::path::PathBuf);
+
+impl Drop for SleepsListedIn {
+    fn drop(&mut self) {
+        let listed = std::fs::read_to_string(&self.0).unwrap_or_default();
+        for pid in listed.lines().filter_map(|l| l.trim().parse().ok()) {
+            drop(common::Stray {
+                pid,
+                program: b"sleep",
+            });
+        }
+    }
+}
+
+/// And the other way round: an `--alert-exec` command that never exits holds its own delivery
+/// slots only; every crash reaches the webhook while the first commands still run (they are
+/// killed after 10 s).
+#[tokio::test]
+async fn a_hanging_alert_exec_does_not_hold_back_the_webhook() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        // Dropped after the supervisor: whatever it left running goes.
+        let _commands = SleepsListedIn(pids.clone());
+        let exec = format!("echo $$ >> '{}'; exec sleep 600", pids.display());
+        let (mut sup, admin) = crash_loop(
+            &["--alert-webhook", &url, "--alert-exec", &exec],
+            dir.path(),
+        )
+        .await;
+        hook.wait_kind("worker_crashed", CRASHES).await;
+        // ... while the commands still run: not one of them ended yet.
+        let exec_failed = sample(admin, r#"unwedge_alerts_failed_total{sink="exec"}"#).await;
+        assert_eq!(exec_failed, 0.0, "the commands were killed already");
+        assert_eq!(
+            sample(admin, r#"unwedge_alerts_sent_total{sink="webhook"}"#).await,
+            CRASHES as f64
+        );
+        // A supervisor that stops ends the commands still running.
+        sup.signal(Signal::SIGTERM);
+        sup.wait_exit(LONG).await;
+        let listed = std::fs::read_to_string(&pids).unwrap();
+        for pid in listed.lines().filter_map(|l| l.trim().parse().ok()) {
+            let command = common::Stray {
+                pid,
+                program: b"sleep",
+            };
+            assert!(
+                !command.runs_program(),
+                "pid {pid} still runs:\n{}",
+                sup.log()
+            );
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn alert_latency_crash_to_webhook() {
     limited(async {
@@ -748,7 +900,7 @@ async fn bad_observability_options_are_one_line_errors() {
             (
                 &["--alert-webhook", "hooks.example.com/x"],
                 2,
-                "invalid --alert-webhook URL \"hooks.example.com/x\"",
+                "invalid --alert-webhook URL \"hooks.example.com/…\"",
             ),
             (&["--alert-webhook", "ftp://h/x"], 2, "unsupported scheme"),
             (&["--admin", "nonsense"], 2, "invalid --admin \"nonsense\""),
@@ -784,6 +936,94 @@ async fn bad_observability_options_are_one_line_errors() {
         let (code, out) = run_to_end(&["reports", "--dir", "/nonexistent/unwedge"]).await;
         assert_eq!(code, 1, "{out}");
         assert!(out.contains("/nonexistent/unwedge"), "{out}");
+    })
+    .await;
+}
+
+/// An unusable `--alert-webhook` URL is refused with one line that says what is wrong and
+/// where, without quoting what may be a credential: user info, the path (a Slack-style hook's
+/// secret) or the query (`?token=`), whatever made the URL unusable. Also through a config
+/// file (`check-config`).
+#[tokio::test]
+async fn an_unusable_webhook_url_is_refused_without_quoting_its_credentials() {
+    limited(async {
+        // (URL, what the error must say); every secret has "s3" or "t0k3n" in it.
+        let cases = [
+            // Does not parse: a space in the host.
+            (
+                "https://alice:s3cr3t@hooks example.com/services/T0/B0/s3cr3t?token=t0k3n",
+                "\"https://…@hooks example.com/…\": invalid uri character",
+            ),
+            // Parses, but its port is out of range.
+            (
+                "https://alice:s3cr3t@hooks.example.com:99999/services/T0/B0/s3cr3t?token=t0k3n",
+                "\"https://…@hooks.example.com:99999/…\": invalid port",
+            ),
+            // Does not parse: a space in the query.
+            (
+                "http://hooks.example.com/hook?token=t0k3n t0k3n",
+                "\"http://hooks.example.com/…\": invalid uri character",
+            ),
+            // A password with a slash and a question mark in it: it parses as host `alice`,
+            // port `s3`.
+            (
+                "http://alice:s3/cr?3t@hooks.example.com/x?token=t0k3n",
+                "\"http://…@hooks.example.com/…\": invalid port",
+            ),
+            // Parses, but an unsupported scheme.
+            (
+                "ftp://alice:s3cr3t@files.example.com/s3cr3t?token=t0k3n",
+                "\"ftp://…@files.example.com/…\": unsupported scheme \"ftp\"",
+            ),
+            // No host.
+            (
+                "http://alice:s3cr3t@/hook?token=t0k3n",
+                "\"http://…@/…\": invalid authority",
+            ),
+            // No scheme.
+            (
+                "alice:s3cr3t@hooks.example.com/hook?token=t0k3n",
+                "\"…@hooks.example.com/…\": expected an absolute URL",
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        for (url, want) in cases {
+            let args = [
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--alert-webhook",
+                url,
+                "--",
+                BIN,
+                "demo-service",
+            ];
+            let (code, out, err) = run_split(&args).await;
+            assert_eq!(code, 2, "{url}: {err}{out}");
+            assert_eq!(err.trim().lines().count(), 1, "{url}: one line: {err}");
+            assert!(
+                err.contains(&format!("invalid --alert-webhook URL {want}")),
+                "{url}: {err}"
+            );
+            for secret in ["alice", "s3", "t0k3n", "T0", "hook?", "token"] {
+                assert!(!err.contains(secret), "{url}: {secret:?} quoted: {err}");
+            }
+            assert!(
+                !out.contains("s3") && !out.contains("t0k3n"),
+                "{url}: {out}"
+            );
+
+            let toml = format!("alert-webhook = {url:?}\ncommand = [{BIN:?}, \"demo-service\"]\n");
+            std::fs::write(&file, toml).unwrap();
+            let (code, out, err) = run_split(&["check-config", file.to_str().unwrap()]).await;
+            assert_eq!(code, 2, "{url}: {err}{out}");
+            assert!(err.contains(want), "{url}: {err}");
+            assert!(
+                !err.contains("s3") && !err.contains("t0k3n"),
+                "{url}: {err}"
+            );
+        }
     })
     .await;
 }
@@ -826,6 +1066,100 @@ async fn giving_up_with_a_hanging_webhook_still_exits_in_bounded_time() {
         assert_eq!(st.code(), Some(3), "{}", sup.log());
         assert!(t0.elapsed() < Duration::from_secs(15));
         hook.wait_kind("gave_up", 1).await;
+    })
+    .await;
+}
+
+/// A worker that never starts (it exits before it is ready, again and again) makes the
+/// supervisor give up after `--max-restarts` failed starts in a row, and everything that says
+/// why (the log line, the `gave_up` alert, `/status`, `/livez`, `unwedge status`) says that,
+/// not that a restart intensity was exceeded.
+#[tokio::test]
+async fn giving_up_after_failed_starts_says_so_everywhere() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        // w1 exits at once; w2 starts fine and ignores SIGTERM, so the supervisor stays (for
+        // --stop-timeout) after giving up and its endpoint can be asked.
+        let script = "if [ \"$UNWEDGE_WORKER\" = w1 ]; then echo cannot start >&2; exit 1; fi; \
+                      trap '' TERM; exec sleep 1000";
+        let mut sup = Sup::run(
+            &[
+                "--workers",
+                "2",
+                "--admin",
+                "127.0.0.1:0",
+                "--max-restarts",
+                "3",
+                "--restart-delay",
+                "1ms",
+                "--restart-delay-max",
+                "5ms",
+                "--stop-timeout",
+                "30s",
+                "--alert-webhook",
+                &url,
+            ],
+            &["sh", "-c", script],
+        );
+        let admin = admin_addr(&sup).await;
+        let why = "worker w1 failed to start 4 times in a row (limit 3)";
+        let misleading = ["intensity", "restarts within", "too many restarts"];
+
+        let s = status_until(&sup, admin, "gave_up", |s| {
+            s["supervisor"]["gave_up"] == true
+        })
+        .await;
+        let reason = s["supervisor"]["gave_up_reason"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(reason.starts_with(why), "{s}");
+        let (code, body) = get(admin, "/livez").await;
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains(why), "{body}");
+        let (code, out, err) = unwedge_status(admin, &[]).await;
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.contains(&format!("GAVE UP: {why}")), "{out}");
+        for text in [reason, &body, &out] {
+            for m in misleading {
+                assert!(!text.contains(m), "{m:?} in {text}");
+            }
+        }
+
+        // The rest once w2 is gone.
+        let w2 = s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] == "w2")
+            .and_then(|w| w["pid"].as_i64())
+            .unwrap_or_else(|| panic!("no w2 in {s}"));
+        kill(Pid::from_raw(w2 as i32), Signal::SIGKILL).unwrap();
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(3), "{}", sup.log());
+        let log = sup.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("giving up: "))
+            .unwrap_or_else(|| panic!("no giving up line: {log}"));
+        assert!(
+            line.contains(&format!("giving up: {why}; the last: ")),
+            "{line}"
+        );
+        let alert = hook.wait_kind("gave_up", 1).await.body;
+        let text = alert["text"].as_str().unwrap();
+        assert!(
+            text.starts_with(&format!("unwedge: gave up: {why}")),
+            "{alert}"
+        );
+        assert!(
+            alert["event"]["summary"].as_str().unwrap().starts_with(why),
+            "{alert}"
+        );
+        for text in [line, text] {
+            for m in misleading {
+                assert!(!text.contains(m), "{m:?} in {text}");
+            }
+        }
     })
     .await;
 }

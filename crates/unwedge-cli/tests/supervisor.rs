@@ -155,6 +155,130 @@ async fn a_worker_inherits_no_fd_but_its_sockets() {
     .await;
 }
 
+/// Only workers get the listening sockets: a process the supervisor starts for itself (an
+/// `--alert-exec` hook, and whatever the hook leaves running in the background) inherits
+/// none, so it cannot keep the port open after the supervisor is gone (the next supervisor
+/// would fail with `Address already in use`, connections would queue on a socket nobody
+/// accepts on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_hook_and_what_it_leaves_running_inherit_no_listening_socket() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("hook-child");
+        let hook = background_sleep_hook(&pidfile);
+        let sup = Sup::demo(&["--admin", "off", "--alert-exec", &hook]);
+        let addr = sup.addr().await;
+        a_hooks_child_holds_no_socket(sup, addr, &pidfile).await;
+    })
+    .await;
+}
+
+/// The same with the sockets passed by systemd (`LISTEN_FDS`) instead of bound: the exec shim
+/// plays the part of systemd's fork and exec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_hook_inherits_no_socket_passed_by_systemd_either() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("hook-child");
+        let hook = background_sleep_hook(&pidfile);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        fcntl(&listener, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener).to_string();
+        let sup = Sup::start_env(
+            &[
+                "exec-shim",
+                "--",
+                BIN,
+                "run",
+                "--admin",
+                "off",
+                "--alert-exec",
+                &hook,
+                "--",
+                BIN,
+                "demo-service",
+            ],
+            &[("UNWEDGE_SHIM_FDS", fd.as_str()), ("LISTEN_FDNAMES", "web")],
+        );
+        // The socket is the supervisor's now.
+        drop(listener);
+        assert_eq!(sup.addr().await, addr);
+        a_hooks_child_holds_no_socket(sup, addr, &pidfile).await;
+    })
+    .await;
+}
+
+/// An `--alert-exec` hook that leaves `sleep 300` running in the background, its output
+/// away from the hook's pipes (so the hook itself ends at once), and writes its pid to
+/// `pidfile`.
+fn background_sleep_hook(pidfile: &std::path::Path) -> String {
+    format!(
+        "sleep 300 </dev/null >/dev/null 2>&1 & echo $! > {p}.tmp && mv {p}.tmp {p}",
+        p = pidfile.display()
+    )
+}
+
+/// Crashes the worker of `sup` (serving `addr`, with [`background_sleep_hook`] writing to
+/// `pidfile`) so that the hook runs; checks that what the hook left running holds no socket
+/// and that, once the supervisor stopped, `addr` can be bound again while it still runs.
+async fn a_hooks_child_holds_no_socket(
+    mut sup: Sup,
+    addr: std::net::SocketAddr,
+    pidfile: &std::path::Path,
+) {
+    let worker = sup.wait_ready(0, 1).await[0];
+    kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + LONG;
+    let pid: i32 = loop {
+        if let Ok(text) = std::fs::read_to_string(pidfile) {
+            break text.trim().parse().expect("a pid");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hook never ran; log:\n{}",
+            sup.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let hook_child = Stray {
+        pid,
+        program: b"sleep",
+    };
+    while !hook_child.runs_program() {
+        assert!(
+            Instant::now() < deadline,
+            "the hook's child never ran sleep"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let sockets: Vec<String> = open_fds(pid)
+        .into_values()
+        .filter(|t| t.starts_with("socket:"))
+        .collect();
+    assert_eq!(
+        sockets,
+        Vec::<String>::new(),
+        "the hook's child has sockets"
+    );
+    // The workers still get theirs.
+    let worker = *sup.wait_ready(0, 2).await.last().unwrap();
+    let theirs = unwedge_supervisor::procfs::tcp_listening(&[worker]);
+    assert!(theirs.iter().any(|(_, a)| *a == addr), "{theirs:?}");
+
+    // With the supervisor gone, the port is free while the hook's child lives on.
+    sup.signal(Signal::SIGTERM);
+    sup.wait_exit(LONG).await;
+    assert!(hook_child.runs_program(), "the hook's child is gone");
+    let again = std::net::TcpListener::bind(addr);
+    assert!(
+        again.is_ok(),
+        "{addr} still held: {again:?}, by pids {:?}",
+        unwedge_supervisor::procfs::tcp_listeners(addr.port())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poisoned_worker_is_replaced_with_no_refused_or_reset_connections() {
     within(Duration::from_secs(90), async {
@@ -476,7 +600,7 @@ async fn a_command_that_exits_at_once_backs_off_then_gives_up_idle() {
         }
         assert!(log.contains("failed start"), "{log}");
         assert!(
-            log.contains("giving up: 6 restarts within 1m (limit 5)"),
+            log.contains("giving up: worker w1 failed to start 6 times in a row (limit 5)"),
             "{log}"
         );
         // 1.55 s of backoff: the supervisor sleeps through it.
@@ -522,7 +646,7 @@ async fn a_command_that_never_starts_gives_up_however_slow_its_backoff() {
         let log = sup.log();
         assert_eq!(status.code(), Some(3), "{log}");
         assert!(
-            log.contains("giving up: w1 failed to start 4 times in a row (limit 3)"),
+            log.contains("giving up: worker w1 failed to start 4 times in a row (limit 3)"),
             "{log}"
         );
         assert_eq!(log.matches("(failed start)").count(), 4, "{log}");
@@ -1179,7 +1303,7 @@ async fn readiness_modes_for_a_worker_that_never_says_ready() {
             "{log}"
         );
         assert!(
-            log.contains("giving up: 2 restarts within 1m (limit 1)"),
+            log.contains("giving up: worker w1 failed to start 2 times in a row (limit 1)"),
             "{log}"
         );
     })

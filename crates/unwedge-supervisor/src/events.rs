@@ -357,10 +357,13 @@ pub enum Event {
         /// How many.
         count: u64,
     },
-    /// The restart intensity was exceeded: every worker is being stopped and the
+    /// The supervisor gave up: a worker failed to start more than `--max-restarts` times in a
+    /// row, or the restart intensity was exceeded. Every worker is being stopped and the
     /// supervisor will exit with status 3.
     GaveUp {
-        /// What was exceeded.
+        /// What happened, one line: `worker w1 failed to start 21 times in a row (limit 20);
+        /// the last: pid 4242 exit status 1 before it was ready (failed start)`, or `21
+        /// restarts within 1m (limit 20); the last: w2 pid 4250 exit status 70 after 2.1s`.
         reason: String,
     },
 }

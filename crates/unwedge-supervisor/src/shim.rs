@@ -2,10 +2,12 @@
 //!
 //! `LISTEN_PID` must equal the worker's own pid, which exists only after fork, and setting
 //! environment variables between fork and exec is not async-signal-safe. So the supervisor
-//! spawns its own binary as this shim (a plain `posix_spawn`, no `pre_exec`): the shim is a
-//! fresh single-threaded process that moves the inherited sockets to fds 3, 4, …, sets
-//! `LISTEN_FDS`, `LISTEN_FDNAMES` (already set by the supervisor) and `LISTEN_PID` to its own
-//! pid, and `exec`s the command, which keeps that pid.
+//! spawns its own binary as this shim, with no code between fork and exec but one `fcntl`
+//! per listening socket to clear its close-on-exec flag (the supervisor's copies keep it, so
+//! that nothing else it starts inherits them): the shim is a fresh single-threaded process
+//! that moves the inherited sockets to fds 3, 4, …, sets `LISTEN_FDS`, `LISTEN_FDNAMES`
+//! (already set by the supervisor) and `LISTEN_PID` to its own pid, and `exec`s the command,
+//! which keeps that pid.
 //!
 //! It also makes the worker die with the supervisor (`PR_SET_PDEATHSIG`, kept across `exec`):
 //! a supervisor killed with SIGKILL, or by the OOM killer, must not leave workers running

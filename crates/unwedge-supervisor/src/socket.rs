@@ -2,8 +2,11 @@
 //!
 //! Each socket is bound with a large backlog, so connections that arrive while no worker
 //! accepts (one crashed, its replacement is starting) wait in the kernel queue instead of
-//! being refused. The supervisor's copies are kept *without* close-on-exec; the exec shim
-//! ([`crate::shim`]) moves them to fds 3, 4, … and sets `LISTEN_FDS`/`LISTEN_PID`.
+//! being refused. The supervisor's copies are close-on-exec, so that no process it starts
+//! for itself (an `--alert-exec` hook, and whatever that leaves running) holds the port open
+//! behind its back: only a worker's process clears the flag, between fork and exec, and the
+//! exec shim ([`crate::shim`]) it runs moves the sockets to fds 3, 4, … and sets
+//! `LISTEN_FDS`/`LISTEN_PID`.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -21,7 +24,7 @@ pub const BACKLOG: i32 = 4096;
 /// One listening socket held by the supervisor.
 #[derive(Debug)]
 pub struct Listener {
-    /// The socket (inheritable: close-on-exec is cleared).
+    /// The socket (close-on-exec: only a worker's process clears the flag, after its fork).
     pub fd: OwnedFd,
     /// Its name in `LISTEN_FDNAMES`.
     pub name: String,
@@ -84,10 +87,7 @@ pub fn bind_all(addrs: &[ListenAddr], unix: UnixAccess) -> Result<Vec<Listener>,
                 }
                 ListenAddr::Unix(p) => Some(ListenAddr::Unix(p.clone())),
             };
-            inheritable(&fd).map_err(|e| StartError::Listen {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?;
+            // Close-on-exec already: socket2 creates every socket with SOCK_CLOEXEC.
             Ok(Listener {
                 fd,
                 name: format!("listen{i}"),
@@ -200,9 +200,11 @@ fn remove_stale_socket(path: &PathBuf) -> std::io::Result<()> {
     }
 }
 
-/// Clears close-on-exec so that workers inherit the socket.
-fn inheritable(fd: &OwnedFd) -> std::io::Result<()> {
-    fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::empty()))?;
+/// Sets close-on-exec on a socket systemd passed (passed sockets come without it), so that
+/// no process the supervisor starts inherits it but the workers, whose process clears the
+/// flag after its fork.
+fn close_on_exec(fd: &OwnedFd) -> std::io::Result<()> {
+    fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     Ok(())
 }
 
@@ -301,7 +303,7 @@ pub fn from_systemd() -> Result<Vec<Listener>, StartError> {
                     .map(ListenAddr::Tcp)
                     .or_else(|| a.as_pathname().map(|p| ListenAddr::Unix(p.to_owned())))
             });
-            inheritable(&fd).map_err(|e| StartError::Inherited {
+            close_on_exec(&fd).map_err(|e| StartError::Inherited {
                 socket: inherited_name(raw, count, &name),
                 reason: e.to_string(),
             })?;

@@ -457,3 +457,25 @@ pub fn python_has(module: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// A process left running by a test, SIGKILLed when dropped (if it still runs `program`: its
+/// pid may have been reused by then).
+pub struct Stray {
+    pub pid: i32,
+    pub program: &'static [u8],
+}
+
+impl Stray {
+    pub fn runs_program(&self) -> bool {
+        std::fs::read(format!("/proc/{}/cmdline", self.pid))
+            .is_ok_and(|c| c.starts_with(self.program))
+    }
+}
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        if self.runs_program() {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+    }
+}

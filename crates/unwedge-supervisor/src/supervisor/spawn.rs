@@ -1,5 +1,5 @@
 //! Starting workers: spawning a worker in a slot, readiness, restarts with backoff, and giving up
-//! when the restart intensity is exceeded.
+//! when a worker failed to start too many times in a row or the restart intensity is exceeded.
 
 use super::*;
 
@@ -93,6 +93,7 @@ impl Pool {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        inherit_sockets(&mut cmd, &self.listeners);
         let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
         let fmt = self.config.log_format;
@@ -249,30 +250,30 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        if let Err(e) = self.intensity.record(now) {
-            let limits = format!(
-                "--max-restarts {} --within {}",
-                self.config.max_restarts,
-                fmt_dur(self.config.within)
-            );
-            self.give_up(e.to_string(), &limits);
-            return;
-        }
+        let limit = self.config.max_restarts;
         // Restarts spread out by the backoff may never exceed the intensity (at most 12 a
         // minute once at the default 5 s cap): a command that cannot start must still give up.
+        // Looked at first: one whose failed starts come fast exceeds the intensity at the same
+        // restart, and the reason must say that it never started.
         let failed = self.slots[slot].failed_starts;
-        if failed > self.config.max_restarts {
-            self.give_up(
-                format!(
-                    "{} failed to start {failed} times in a row (limit {}); the last: {why}",
-                    slot_id(slot),
-                    self.config.max_restarts
+        if failed > limit {
+            let id = slot_id(slot);
+            let reason = match failed {
+                1 => format!("worker {id} failed to start (limit 0): {why}"),
+                n => format!(
+                    "worker {id} failed to start {n} times in a row (limit {limit}); the last: {why}"
                 ),
-                &format!(
-                    "--max-restarts {}: a worker that never became ready",
-                    self.config.max_restarts
-                ),
+            };
+            let limits = format!("--max-restarts {limit}: a worker that never became ready");
+            self.give_up(reason, &limits);
+            return;
+        }
+        if let Err(e) = self.intensity.record(now) {
+            let limits = format!(
+                "--max-restarts {limit} --within {}",
+                fmt_dur(self.config.within)
             );
+            self.give_up(format!("{e}; the last: {} {why}", slot_id(slot)), &limits);
             return;
         }
         let s = &mut self.slots[slot];
@@ -295,8 +296,9 @@ impl Pool {
         *self.counters.restarts.entry(reason).or_insert(0) += 1;
     }
 
-    /// Stops every worker and ends with [`EXIT_GAVE_UP`]: `reason` says what was exceeded,
-    /// `limits` the settings that allowed it (logged only).
+    /// Stops every worker and ends with [`EXIT_GAVE_UP`]: `reason` says what happened (a
+    /// worker that failed to start too many times in a row, or too many restarts), `limits`
+    /// the settings that allowed it (logged only).
     pub(super) fn give_up(&mut self, reason: String, limits: &str) {
         if self.stopping {
             return;
@@ -309,5 +311,43 @@ impl Pool {
         });
         self.gave_up = Some(reason);
         self.begin_stop("giving up");
+    }
+}
+
+/// Makes `listeners` inherited by the process `cmd` starts (the shim, then the worker) and by
+/// no other: the supervisor's copies are close-on-exec, so that nothing else it starts (an
+/// `--alert-exec` hook, and whatever that leaves running) holds the port open once the
+/// supervisor is gone; the flag is cleared in the child, between fork and exec.
+///
+/// `cmd` then forks instead of using `posix_spawn` (std runs code between the two only so);
+/// with no listeners (`--port-env`) it is left as it is.
+fn inherit_sockets(cmd: &mut Command, listeners: &[Listener]) {
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::os::unix::process::CommandExt;
+    if listeners.is_empty() {
+        return;
+    }
+    // Built before the fork: the child only reads it.
+    let fds: Vec<RawFd> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+    let clear_cloexec = move || {
+        for &fd in &fds {
+            #[allow(unsafe_code)]
+            // SAFETY: fcntl on a number, no memory involved.
+            let set = unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) };
+            if set == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: `clear_cloexec` runs in the child between fork and exec, where (the supervisor
+    // has other threads) only async-signal-safe calls are allowed: one fcntl(2) per fd, which
+    // is async-signal-safe; it reads a Vec allocated before the fork and allocates nothing (an
+    // `io::Error` made from errno holds the number only). The fds are the supervisor's
+    // listeners, open for its whole life, so they are open in the child, whose copies they
+    // are: the parent's stay close-on-exec. An error fails the spawn.
+    unsafe {
+        cmd.pre_exec(clear_cloexec);
     }
 }
