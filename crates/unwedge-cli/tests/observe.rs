@@ -1251,6 +1251,84 @@ async fn a_crash_loop_alerts_once_and_alert_exec_gets_the_event() {
     .await;
 }
 
+/// The supervisor reaps orphans of its workers (it is their subreaper), but an `--alert-exec`
+/// command is waited for by the alerter: it used to be reaped first, so that delivered alerts
+/// were counted as failed ("No child processes"). A process such a command leaves running is
+/// an orphan of the supervisor's own session: reaped once it exits, not left a zombie.
+#[tokio::test]
+async fn alert_exec_commands_keep_their_exit_status_and_leave_no_zombie() {
+    if !have_prometheus_client() {
+        eprintln!("SKIPPED: python3 with prometheus_client is not installed (pip install prometheus-client)");
+        return;
+    }
+    limited(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let count = tmp.path().join("count");
+        // Six distinct crashes (exit 1 … 6: six alerts, no duplicates), then it serves.
+        let worker = format!(
+            "n=$(cat {f} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {f}; \
+             [ $n -le 6 ] && exit $n; exec sleep 1000",
+            f = count.display()
+        );
+        // Delivered (exit 0), leaving a short-lived process behind.
+        let exec = "cat > /dev/null; sleep 0.3 &";
+        let mut sup = Sup::run(
+            &[
+                "--admin",
+                "127.0.0.1:0",
+                "--ready",
+                "none",
+                "--restart-delay",
+                "1ms",
+                "--alert-exec",
+                exec,
+            ],
+            &["sh", "-c", &worker],
+        );
+        let admin = admin_addr(&sup).await;
+        let m = scrape_until(admin, "six alerts delivered", |m| {
+            m.get("unwedge_alerts_sent_total{sink=exec}") == Some(&6.0)
+        })
+        .await;
+        assert_eq!(
+            m.get("unwedge_alerts_failed_total{sink=exec}"),
+            Some(&0.0),
+            "{}",
+            sup.log()
+        );
+        // The `sleep 0.3` each left: exited by now (or soon), and reaped.
+        let deadline = Instant::now() + LONG;
+        loop {
+            let zombies: Vec<i32> = unwedge_supervisor::procfs::children(sup.pid)
+                .into_iter()
+                .filter(|&c| unwedge_supervisor::procfs::stat(c).is_some_and(|s| !s.alive()))
+                .collect();
+            let sleeping = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .any(|p| {
+                    unwedge_supervisor::procfs::stat(p).is_some_and(|s| s.ppid == sup.pid)
+                        && unwedge_supervisor::procfs::command_line(p)
+                            .is_some_and(|c| c == "sleep 0.3")
+                });
+            if zombies.is_empty() && !sleeping {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zombies of the supervisor: {zombies:?}\n{}",
+                sup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!sup.log().contains("No child processes"), "{}", sup.log());
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    })
+    .await;
+}
+
 // ---- the status page of a real supervisor, in a real browser ----
 
 const CHROMIUM: &str = "/usr/bin/chromium";

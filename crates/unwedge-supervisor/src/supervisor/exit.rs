@@ -12,25 +12,89 @@ impl Pool {
     /// returns), so none of it is read after the reap, when its pid names no worker. (Reading
     /// the queue before looking for exits would miss a worker that sends and exits in
     /// between.)
+    ///
+    /// A child this process started other than a worker (an `--alert-exec` command, in the
+    /// supervisor's own session) is not reaped here: its `Child` waits for it, and would
+    /// otherwise get no status ("No child processes": a delivered alert counted as failed)
+    /// while still holding a pid the kernel may give to another process.
     pub(super) fn reap(&mut self, notify: &notify::NotifySocket, buf: &mut [u8]) {
         let exited = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
         while let Ok(found) = waitid(Id::All, exited) {
             let Some(pid) = found.pid() else {
                 break; // none exited
             };
-            for d in notify.drain_queued(buf, MAX_DRAINED) {
-                self.on_datagram(d);
+            if self.started_here(pid.as_raw()) && !self.unclaimed_too_long(pid.as_raw()) {
+                // `waitid` would name it again and again: the others, one by one.
+                self.reap_each(notify, buf);
+                break;
             }
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid.as_raw(), Some(code), None),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    self.on_exit(pid.as_raw(), None, Some(sig as i32))
-                }
-                // Seen exited a moment ago: not expected; do not spin on it.
-                _ => break,
+            if !self.reap_one(pid, notify, buf) {
+                break;
             }
-            self.roll_after_exit(pid.as_raw());
         }
+    }
+
+    /// Reaps the exited children but those [`started_here`](Self::started_here), each by its
+    /// pid (from the children lists of `/proc`).
+    fn reap_each(&mut self, notify: &notify::NotifySocket, buf: &mut [u8]) {
+        let exited = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        let children = crate::procfs::children(std::process::id() as i32);
+        // Claimed meanwhile (reaped by their `Child`): forgotten.
+        self.unclaimed.retain(|pid, _| children.contains(pid));
+        for child in children {
+            let pid = Pid::from_raw(child);
+            if !waitid(Id::Pid(pid), exited).is_ok_and(|f| f.pid().is_some()) {
+                continue;
+            }
+            if self.started_here(child) && !self.unclaimed_too_long(child) {
+                continue;
+            }
+            self.reap_one(pid, notify, buf);
+        }
+    }
+
+    /// Whether exited child `pid`, [`started_here`](Self::started_here), has waited for its
+    /// `Child` longer than [`UNCLAIMED_GRACE`]: then it is nobody's (a process an
+    /// `--alert-exec` command left running, adopted when the command exited) and is reaped
+    /// here. Starts its clock when first asked.
+    fn unclaimed_too_long(&mut self, pid: i32) -> bool {
+        let now = Instant::now();
+        let since = *self.unclaimed.entry(pid).or_insert(now);
+        if now.duration_since(since) < UNCLAIMED_GRACE {
+            return false;
+        }
+        self.unclaimed.remove(&pid);
+        true
+    }
+
+    /// Whether exited child `pid` is one the supervisor's runtime started itself (not a worker,
+    /// in the supervisor's own session: workers lead sessions of their own, and orphans adopted
+    /// from them keep theirs).
+    fn started_here(&self, pid: i32) -> bool {
+        if self.workers.contains_key(&pid) {
+            return false;
+        }
+        let Ok(session) = nix::unistd::getsid(None) else {
+            return false;
+        };
+        crate::procfs::stat(pid).is_some_and(|s| s.sid == session.as_raw())
+    }
+
+    /// Reaps exited child `pid`, its notify messages read first; false if it could not be.
+    fn reap_one(&mut self, pid: Pid, notify: &notify::NotifySocket, buf: &mut [u8]) -> bool {
+        for d in notify.drain_queued(buf, MAX_DRAINED) {
+            self.on_datagram(d);
+        }
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid.as_raw(), Some(code), None),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                self.on_exit(pid.as_raw(), None, Some(sig as i32))
+            }
+            // Seen exited a moment ago: not expected; do not spin on it.
+            _ => return false,
+        }
+        self.roll_after_exit(pid.as_raw());
+        true
     }
 
     pub(super) fn on_exit(&mut self, pid: i32, code: Option<i32>, signal: Option<i32>) {

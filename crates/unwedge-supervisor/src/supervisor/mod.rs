@@ -318,6 +318,7 @@ impl Supervisor {
             stopping: false,
             leftovers: Vec::new(),
             daemons: Vec::new(),
+            unclaimed: HashMap::new(),
             stop_deadline: None,
             forced: false,
             gave_up: None,
@@ -636,6 +637,11 @@ struct Pool {
     /// Processes that went into the background (a session of their own, adopted by the
     /// supervisor: a worker's daemon): stopped with the supervisor.
     daemons: Vec<i32>,
+    /// Exited children of the supervisor's own session left to whoever started them (an
+    /// `--alert-exec` command's `Child`), with when they were first seen exited: one nobody
+    /// claims within [`UNCLAIMED_GRACE`] is an orphan (a process such a command left running)
+    /// and is reaped.
+    unclaimed: HashMap<i32, Instant>,
     stopping: bool,
     stop_deadline: Option<Instant>,
     forced: bool,
@@ -701,6 +707,10 @@ fn jittered(lifetime: Duration) -> Duration {
     let fraction = (h.finish() % 1_000) as f64 / 10_000.0; // 0 … 0.0999
     lifetime.mul_f64(1.0 - fraction)
 }
+
+/// How long an exited child of the supervisor's own session is left to whoever started it
+/// (see `Pool::unclaimed`): a tokio `Child` reaps its process within moments of the exit.
+const UNCLAIMED_GRACE: Duration = Duration::from_secs(2);
 
 /// The most queued notify datagrams read before a reap (a flood must not delay it long).
 const MAX_DRAINED: usize = 256;
