@@ -82,6 +82,23 @@ async fn notifies_systemd_and_serves_its_socket() {
         assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
         recv_until(&sd, "READY=1", &mut got);
         assert_eq!(get(addr, "/").await.0, 200);
+        // Each generation's ready workers are counted apart: never more ready than it runs
+        // (old and new both ready for a moment used to read `3/2 workers ready`).
+        for status in got
+            .iter()
+            .flat_map(|m| m.lines())
+            .filter_map(|l| l.strip_prefix("STATUS="))
+        {
+            for part in status.split("; ") {
+                let counts = part
+                    .split_whitespace()
+                    .find(|w| w.contains('/'))
+                    .unwrap_or("0/0");
+                let (ready, of) = counts.split_once('/').unwrap();
+                let (ready, of): (u32, u32) = (ready.parse().unwrap(), of.parse().unwrap());
+                assert!(ready <= of, "STATUS={status}");
+            }
+        }
 
         sup.signal(Signal::SIGTERM);
         recv_until(&sd, "STOPPING=1", &mut got);

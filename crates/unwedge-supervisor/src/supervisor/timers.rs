@@ -253,17 +253,32 @@ impl Pool {
         d.max(now)
     }
 
+    /// systemd's `STATUS=`: the serving generation's ready workers of how many it runs, and
+    /// during a reload the new one's (each counted apart: old and new both ready for a moment
+    /// would read `3/2`).
     pub(super) fn status_line(&self) -> String {
-        let ready = self
-            .workers
-            .values()
-            .filter(|w| w.state == WorkerState::Ready)
-            .count();
+        let ready = |generation: u64| {
+            self.workers
+                .values()
+                .filter(|w| w.state == WorkerState::Ready && w.generation == generation)
+                .count()
+        };
         let restarts: u64 = self.counters.restarts.values().sum();
-        format!(
-            "{ready}/{} workers ready, generation {}, {restarts} restarts",
-            self.config.workers, self.active_gen
-        )
+        let mut line = format!(
+            "{}/{} workers ready, generation {}, {restarts} restarts",
+            ready(self.active_gen),
+            self.config.workers,
+            self.active_gen
+        );
+        if let Some(r) = &self.reload {
+            let workers = r.config.as_ref().map_or(self.config.workers, |c| c.workers);
+            line.push_str(&format!(
+                "; reloading: generation {} {}/{workers} ready",
+                r.generation,
+                ready(r.generation)
+            ));
+        }
+        line
     }
 
     pub(super) fn publish(&self) {
