@@ -2245,6 +2245,11 @@ async fn slots_a_reload_removed_leave_the_status_and_the_metrics() {
             .map(|w| w["id"].as_str().unwrap())
             .collect();
         assert_eq!(ids, ["w1"], "{s}");
+        // The serving w1's row does not show the failed generation's `exit 1` as its last exit
+        // (that was another process, of a generation that never served).
+        let w1 = &s["workers"][0];
+        assert_eq!(w1["state"], "ready", "{s}");
+        assert_ne!(w1["last_exit"]["code"], 1, "{s}");
     })
     .await;
 }

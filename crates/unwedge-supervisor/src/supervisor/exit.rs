@@ -183,7 +183,12 @@ impl Pool {
         };
         let id = slot_id(w.slot);
         let uptime = now - w.started;
-        self.slots[w.slot].last_exit = Some(info);
+        // A new generation's worker that exits before its reload promoted it is no predecessor
+        // of the worker serving in the slot (whose row would show its exit: a failed reload's
+        // `exit 1` read as the serving worker's); the reload's failure says what happened.
+        if w.generation <= self.active_gen {
+            self.slots[w.slot].last_exit = Some(info);
+        }
         // Held before the event: an observer may take the tail for a crash report.
         let failed_start_tail = (w.ready_at.is_none() && !w.stop_requested && !self.stopping)
             .then(|| output::StderrTail::of(pid))
