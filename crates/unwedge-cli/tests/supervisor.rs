@@ -2304,6 +2304,38 @@ async fn a_worker_deaf_to_sigterm_in_a_blocking_accept_is_named_as_such() {
     .await;
 }
 
+/// Several workers and no socket to share (no `--listen`, no `--port-env`, none from systemd):
+/// a warning says what will happen if they all bind one port, and what to give instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_without_a_socket_to_share_are_warned_about() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::start(&[
+            "run",
+            "--admin",
+            "off",
+            "--ready",
+            "none",
+            "--workers",
+            "2",
+            "--",
+            "sleep",
+            "100",
+        ]);
+        let line = sup.wait_line(0, &["no socket to share"]).await;
+        assert!(line.contains("--listen ADDR"), "{line}");
+        sup.wait_ready(0, 2).await;
+        drop(sup);
+        // With a socket to share: no warning.
+        let sup = Sup::run(
+            &["--admin", "off", "--ready", "none", "--workers", "2"],
+            &["sleep", "100"],
+        );
+        sup.wait_ready(0, 2).await;
+        assert!(!sup.log().contains("no socket to share"), "{}", sup.log());
+    })
+    .await;
+}
+
 /// A hung worker's dump signal reaches its whole process group: a wrapper that does not pass
 /// it on (`go run`, `npm start`, a shell without `exec`) no longer keeps it from the server
 /// below it, which dumps its state (here: says so on stdout) before it is killed.

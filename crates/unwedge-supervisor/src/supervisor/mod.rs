@@ -374,6 +374,14 @@ impl Supervisor {
             pool.config.command.join(" "),
             pool.describe_sockets()
         );
+        if pool.config.port_env.is_none() && pool.socket_addrs().is_empty() && n > 1 {
+            tracing::warn!(
+                "no socket to share (no --listen, no --port-env, none from systemd): each of the \
+                 {n} workers binds whatever its command binds, and if that is one port, all \
+                 but one fail with \"address already in use\"; give --listen ADDR for one \
+                 socket all workers serve, or --port-env VAR for a port each"
+            );
+        }
         for slot in 0..n {
             pool.spawn(slot, 1, None);
         }
