@@ -195,12 +195,12 @@ pub struct Snapshot {
     pub ready: bool,
     /// Whether a reload is in progress.
     pub reloading: bool,
-    /// Reload requests received so far (SIGHUP, [`SupervisorHandle::reload`]). A request that
+    /// Reload requests received so far (SIGHUP, [`Control::Reload`]). A request that
     /// arrives during a reload is answered by one more reload after it (several such
     /// requests share it), so that it sees the command and configuration as they are after
     /// the request; each outcome says up to which request it answers.
     ///
-    /// [`SupervisorHandle::reload`]: crate::SupervisorHandle::reload
+    /// [`Control::Reload`]: crate::Control::Reload
     pub reload_requests: u64,
     /// Whether the supervisor is stopping.
     pub stopping: bool,

@@ -60,7 +60,7 @@ impl Backoff {
 
 /// The restart intensity was exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{count} restarts within {} (limit {limit})", humantime::format_duration(*within))]
+#[error("{count} {} within {} (limit {limit})", if *count == 1 { "restart" } else { "restarts" }, humantime::format_duration(*within))]
 pub struct IntensityExceeded {
     /// Restarts counted in the window, this one included.
     pub count: u32,
