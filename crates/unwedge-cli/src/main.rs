@@ -67,8 +67,9 @@ enum Cmd {
         /// (exit 1, with the reason), as the supervisor's admin endpoint reports it.
         #[arg(long)]
         wait: bool,
-        /// The supervisor's admin endpoint, for --wait.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        /// The supervisor's admin endpoint, for --wait (as `unwedge run --admin` takes it: a
+        /// port alone is on 127.0.0.1).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090", value_parser = status::parse_admin_target)]
         admin: std::net::SocketAddr,
         /// How long --wait waits without a sign of progress (a reload starting, a worker of
         /// the new generation starting or becoming ready, an old one stopping): a rolling
@@ -82,8 +83,9 @@ enum Cmd {
     /// $ unwedge status
     /// $ unwedge status --admin 127.0.0.1:9100 --json
     Status {
-        /// The supervisor's admin endpoint (`unwedge run --admin`).
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        /// The supervisor's admin endpoint, as `unwedge run --admin` takes it (a port alone is
+        /// on 127.0.0.1).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090", value_parser = status::parse_admin_target)]
         admin: std::net::SocketAddr,
         /// Print `/status` as JSON instead of text.
         #[arg(long)]

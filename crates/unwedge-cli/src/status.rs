@@ -9,6 +9,20 @@ use serde_json::Value;
 
 use crate::demo::client::{request, Reply};
 
+/// Parses the `--admin` of `unwedge status` and `unwedge reload --wait`: the forms
+/// `unwedge run --admin` takes (a port alone is on 127.0.0.1, `localhost:PORT`, `HOST:PORT`,
+/// `[IPv6]:PORT`), except `off`, which names no endpoint to reach.
+pub(crate) fn parse_admin_target(s: &str) -> Result<SocketAddr, String> {
+    const FORMS: &str = "PORT, HOST:PORT or [IPv6]:PORT, as given to `unwedge run --admin`";
+    match unwedge_admin::parse_admin_addr(s) {
+        Ok(Some(addr)) => Ok(addr),
+        Ok(None) => Err(format!(
+            "`{s}` names no admin endpoint to reach; give its address: {FORMS}"
+        )),
+        Err(_) => Err(format!("expected {FORMS}")),
+    }
+}
+
 /// `/status` of the admin endpoint at `admin`, parsed.
 pub(crate) async fn status_json(admin: SocketAddr) -> Result<Value, String> {
     match request(admin, "GET", "/status", b"", Duration::from_secs(5)).await {

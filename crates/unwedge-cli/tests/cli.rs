@@ -351,3 +351,45 @@ fn the_exec_shim_starts_no_worker_for_a_gone_supervisor() {
     let (code, out) = shim(&std::process::id().to_string());
     assert_eq!((code, out.as_str()), (0, "started\n"));
 }
+
+/// `unwedge status --admin` and `unwedge reload --wait --admin` take the address in the forms
+/// `unwedge run --admin` does (a port alone, `localhost:PORT`), not only `IP:PORT`; `off`
+/// names nothing to reach: a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_reload_take_the_admin_address_as_run_does() {
+    let mut sup = Sup::start(&[
+        "run",
+        "--admin",
+        "127.0.0.1:0",
+        "--ready",
+        "none",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    sup.wait_ready(0, 1).await;
+    let port = admin_addr(&sup).await.port().to_string();
+    let header = format!("pid {}, up ", sup.pid);
+    for admin in [port.clone(), format!("localhost:{port}")] {
+        let (code, out, err) = run_split(&["status", "--admin", &admin]).await;
+        assert!(
+            out.starts_with("unwedge ") && out.contains(&header),
+            "--admin {admin}: exit {code}\n{out}{err}"
+        );
+        assert!(err.is_empty(), "--admin {admin}: {err}");
+    }
+    let pid = sup.pid.to_string();
+    let (code, out, err) = run_split(&["reload", "--pid", &pid, "--wait", "--admin", &port]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "reloaded: generation 2 serves");
+
+    for args in [
+        &["status", "--admin", "off"][..],
+        &["reload", "--pid", &pid, "--wait", "--admin", "off"],
+    ] {
+        let (code, out) = run_to_end(args).await;
+        assert_clear(code, 2, &out, "`off` names no admin endpoint to reach");
+    }
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}
