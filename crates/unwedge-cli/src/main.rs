@@ -32,6 +32,7 @@ struct Cli {
     command: Cmd,
 }
 
+// Each `$ unwedge …` example is a paragraph of its own: clap joins the lines of a paragraph.
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run CMD as a pool of supervised workers.
@@ -55,6 +56,7 @@ enum Cmd {
     /// Ask a running supervisor to reload (sends SIGHUP); with --wait, wait for the outcome.
     ///
     /// $ unwedge reload --pidfile /run/unwedge.pid
+    ///
     /// $ unwedge reload --pidfile /run/unwedge.pid --wait    # exit 1 if the reload failed
     Reload {
         /// Pid of the supervisor.
@@ -81,6 +83,7 @@ enum Cmd {
     /// admin endpoint. Exit 0 when it serves (a worker ready), 1 otherwise.
     ///
     /// $ unwedge status
+    ///
     /// $ unwedge status --admin 127.0.0.1:9100 --json
     Status {
         /// The supervisor's admin endpoint, as `unwedge run --admin` takes it (a port alone is
@@ -105,6 +108,7 @@ enum Cmd {
     /// List the crash reports `unwedge run --report-dir DIR` wrote, oldest first.
     ///
     /// $ unwedge reports --dir /var/lib/unwedge/reports --since 1h
+    ///
     /// $ unwedge reports --json | jq -r 'select(.kind=="panic") | .report.backtrace'
     Reports {
         /// The report directory [default: $STATE_DIRECTORY/reports, as `unwedge run` uses

@@ -393,3 +393,39 @@ async fn status_and_reload_take_the_admin_address_as_run_does() {
     sup.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
 }
+
+/// Each `$ unwedge …` example of a subcommand's `--help` is a line of its own (clap joined the
+/// lines of one doc-comment paragraph: `$ unwedge status $ unwedge status --admin …`).
+#[tokio::test]
+async fn help_examples_are_one_per_line() {
+    for sub in [
+        "run",
+        "check-config",
+        "reload",
+        "status",
+        "demo",
+        "chaos",
+        "reports",
+    ] {
+        let (code, out, err) = run_split(&[sub, "--help"]).await;
+        assert_eq!(code, 0, "{sub} --help: {err}");
+        let examples: Vec<&str> = out.lines().filter(|l| l.contains("$ unwedge")).collect();
+        assert!(!examples.is_empty(), "{sub} --help has no example:\n{out}");
+        for line in examples {
+            assert!(
+                line.starts_with(&format!("$ unwedge {sub}")) && line.matches("$ ").count() == 1,
+                "{sub} --help: not one example at the start of a line: {line:?}\n{out}"
+            );
+        }
+    }
+    let (_, out, _) = run_split(&["status", "--help"]).await;
+    for example in [
+        "$ unwedge status",
+        "$ unwedge status --admin 127.0.0.1:9100 --json",
+    ] {
+        assert!(
+            out.lines().any(|l| l == example),
+            "{example:?} not in:\n{out}"
+        );
+    }
+}
