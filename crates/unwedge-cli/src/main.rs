@@ -13,7 +13,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use miette::IntoDiagnostic;
 use unwedge_supervisor::{Config, LogFormat, Options, Supervisor};
 
@@ -22,6 +22,7 @@ mod observe;
 mod demo;
 mod reload;
 mod status;
+mod usage;
 
 /// Keeps HTTP servers serving: sockets held across restarts, workers restarted in
 /// milliseconds, hung workers found and replaced.
@@ -159,13 +160,14 @@ fn main() -> miette::Result<ExitCode> {
         eprintln!("unwedge: {err}");
         return Ok(ExitCode::from(127));
     }
-    let cli = match Cli::try_parse_from(args) {
+    let mut cmd = Cli::command();
+    let args = usage::attach_negative_values(&cmd, args);
+    let cli = match cmd
+        .try_get_matches_from_mut(&args)
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(c) => c,
-        Err(e) => {
-            let code = e.exit_code();
-            let _ = e.print();
-            return Ok(ExitCode::from(code as u8));
-        }
+        Err(e) => return Ok(usage::report(&e, &cmd, &args)),
     };
     match cli.command {
         Cmd::Run(a) => run(*a),

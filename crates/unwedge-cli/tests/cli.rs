@@ -11,12 +11,56 @@ fn assert_clear(code: i32, want: i32, out: &str, needle: &str) {
     assert!(!out.contains("RUST_BACKTRACE"), "panic:\n{out}");
 }
 
+/// Usage errors are one line on stderr, exit 2: clap's too (no tip, usage line or pointer
+/// to `--help` on lines of their own; its tip `use '-- --bogus'` would start the worker
+/// command of `unwedge run`), and a negative value is the option's invalid value, not an
+/// unknown flag.
 #[tokio::test]
 async fn usage_errors_exit_2() {
     let cases: &[(&[&str], &str)] = &[
         (
             &["run", "--no-such-flag", "--", "true"],
-            "unexpected argument '--no-such-flag'",
+            "unwedge: error: unexpected argument '--no-such-flag' (see unwedge run --help)",
+        ),
+        (
+            &["run", "--listen", "127.0.0.1:0", "--bogus", "--", "true"],
+            "unwedge: error: unexpected argument '--bogus' (see unwedge run --help)",
+        ),
+        (
+            &["run", "--worker", "2", "--", "true"],
+            "unexpected argument '--worker' (did you mean '--workers'? see unwedge run --help)",
+        ),
+        (
+            &["run", "--watchdog", "-1s", "--", "true"],
+            "invalid value '-1s' for '--watchdog <DURATION>': `-1s` is not a duration",
+        ),
+        (
+            &["run", "--workers", "-1", "--", "true"],
+            "--workers `-1` is not a number of workers or `auto`",
+        ),
+        (
+            &["run", "-w", "-1", "--", "true"],
+            "--workers `-1` is not a number of workers or `auto`",
+        ),
+        (
+            &["run", "--watchdog", "--", "true"],
+            "a value is required for '--watchdog <DURATION>' but none was supplied",
+        ),
+        (
+            &["reports", "--since", "-1h"],
+            "invalid value '-1h' for '--since <DURATION>'",
+        ),
+        (
+            &["demo", "--workers", "99"],
+            "99 is not in 1..=16 (see unwedge demo --help)",
+        ),
+        (
+            &["reload", "--pid", "5", "--pidfile", "x"],
+            "the argument '--pid <PID>' cannot be used with '--pidfile <PIDFILE>'",
+        ),
+        (
+            &["staus"],
+            "unrecognized subcommand 'staus' (did you mean 'status'? see unwedge --help)",
         ),
         (
             &["run", "--restart-delay", "soon", "--", "true"],
@@ -81,9 +125,27 @@ async fn usage_errors_exit_2() {
         (&["frobnicate"], "unrecognized subcommand"),
     ];
     for (args, needle) in cases {
-        let (code, out) = run_to_end(args).await;
-        assert_clear(code, 2, &out, needle);
+        let (code, out, err) = run_split(args).await;
+        assert_clear(code, 2, &err, needle);
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line:\n{err}");
+        assert!(err.starts_with("unwedge: error: "), "{args:?}: {err}");
+        assert!(!err.contains("tip:"), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
     }
+    // Help and version are printed as clap has them, on stdout, exit 0.
+    let (code, out, err) = run_split(&["run", "--help"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("Run CMD as a pool of supervised workers."),
+        "{out}"
+    );
+    assert!(
+        out.contains("\nUsage: unwedge run [OPTIONS] [-- <CMD>...]\n"),
+        "{out}"
+    );
+    let (code, out, _) = run_split(&["--version"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out, format!("unwedge {}\n", env!("CARGO_PKG_VERSION")));
 }
 
 /// `--ready accept` watches the sockets passed to the workers: with none (no `--listen`, no
