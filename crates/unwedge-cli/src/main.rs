@@ -20,6 +20,7 @@ use unwedge_supervisor::{Config, LogFormat, Options, Supervisor};
 mod observe;
 
 mod demo;
+mod out;
 mod reload;
 mod status;
 mod usage;
@@ -324,18 +325,22 @@ fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
             if let Err(e) = observe::Settings::from_config(&c) {
                 return fail(format!("{}: {e}", file.display()), 2);
             }
+            let mut text = String::new();
             if placeholder {
                 c.command.clear();
-                println!("# no `command`: give it to `unwedge run` after `--`");
+                text += "# no `command`: give it to `unwedge run` after `--`\n";
             }
             if c.workers_auto {
-                println!(
-                    "# workers = \"auto\": {} here (one per CPU this process may use)",
+                text += &format!(
+                    "# workers = \"auto\": {} here (one per CPU this process may use)\n",
                     c.workers
                 );
             }
-            print!("{}", c.to_toml());
-            Ok(ExitCode::SUCCESS)
+            text += &c.to_toml();
+            match out::print(text) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => fail(e, 1),
+            }
         }
         Err(e) => fail(format!("{}: {e}", file.display()), e.exit_code()),
     }

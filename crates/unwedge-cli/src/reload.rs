@@ -77,10 +77,11 @@ pub(crate) fn reload(
         Err(e) => return fail((format!("cannot start a runtime: {e}"), 1)),
     };
     match rt.block_on(reload_and_wait(pid, admin, timeout)) {
-        Ok(msg) => {
-            println!("{msg}");
-            ExitCode::SUCCESS
-        }
+        // The reload is done; a closed stdout only loses the line saying so.
+        Ok(msg) => match crate::out::print(format_args!("{msg}\n")) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail((e, 1)),
+        },
         Err(e) => fail(e),
     }
 }

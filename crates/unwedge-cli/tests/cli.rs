@@ -491,3 +491,70 @@ async fn help_examples_are_one_per_line() {
         );
     }
 }
+
+/// `unwedge ARGS` with stdout a pipe nobody reads any more (its read end closed before the
+/// start, as `unwedge status | true` can have it): (exit code, stderr).
+async fn run_with_closed_stdout(args: &[&str]) -> (i32, String) {
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("a pipe for stdout");
+    drop(read);
+    let child = tokio::process::Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn unwedge");
+    let out = tokio::time::timeout(LONG, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("unwedge {args:?} did not finish"))
+        .expect("wait for unwedge");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A closed stdout is one line on stderr and exit status 1 for every subcommand that prints
+/// (`status`, `check-config`, `reload --wait`, `reports`), never a panic; help and version
+/// have nothing to say about it (exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_is_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("unwedge.toml");
+    std::fs::write(&config, "workers = 2\ncommand = [\"./server\"]\n").unwrap();
+    let mut sup = Sup::start(&[
+        "run",
+        "--admin",
+        "127.0.0.1:0",
+        "--ready",
+        "none",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    sup.wait_ready(0, 1).await;
+    let admin = admin_addr(&sup).await.to_string();
+    let pid = sup.pid.to_string();
+    let closed = "unwedge: error: cannot write <stdout>: Broken pipe (os error 32)\n";
+    let cases: &[&[&str]] = &[
+        &["status", "--admin", &admin],
+        &["status", "--admin", &admin, "--json"],
+        &["check-config", config.to_str().unwrap()],
+        &["reload", "--pid", &pid, "--wait", "--admin", &admin],
+        &["reports", "--dir", dir.path().to_str().unwrap()],
+    ];
+    for args in cases {
+        let (code, err) = run_with_closed_stdout(args).await;
+        assert_eq!((code, err.as_str()), (1, closed), "{args:?}");
+    }
+    // The reload itself was done: only its report was lost.
+    sup.wait_line(0, &["generation 2"]).await;
+    for args in [&["run", "--help"][..], &["--version"]] {
+        let (code, err) = run_with_closed_stdout(args).await;
+        assert_eq!((code, err.as_str()), (0, ""), "{args:?}");
+    }
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}
