@@ -60,12 +60,17 @@ enum Cmd {
     /// $ unwedge reload --pidfile /run/unwedge.pid
     ///
     /// $ unwedge reload --pidfile /run/unwedge.pid --wait    # exit 1 if the reload failed
+    ///
+    /// $ unwedge reload    # in a container whose pid 1 is `unwedge run`
+    ///
+    /// Only an `unwedge run` process is signalled: without --pid or --pidfile, pid 1 when it is
+    /// one (exit 2 otherwise); a pid that is another program is refused (exit 1).
     Reload {
-        /// Pid of the supervisor.
-        #[arg(long, required_unless_present = "pidfile", conflicts_with = "pidfile")]
+        /// Pid of the supervisor [default: 1, when pid 1 is an unwedge supervisor].
+        #[arg(long, conflicts_with = "pidfile")]
         pid: Option<i32>,
         /// File with the pid of the supervisor (see `unwedge run --pidfile`).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         pidfile: Option<PathBuf>,
         /// Wait until the new generation serves (exit 0) or the reload failed or was refused
         /// (exit 1, with the reason), as the supervisor's admin endpoint reports it.
@@ -73,12 +78,12 @@ enum Cmd {
         wait: bool,
         /// The supervisor's admin endpoint, for --wait (as `unwedge run --admin` takes it: a
         /// port alone is on 127.0.0.1).
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090", value_parser = status::parse_admin_target)]
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090", value_parser = status::parse_admin_target, requires = "wait")]
         admin: std::net::SocketAddr,
         /// How long --wait waits without a sign of progress (a reload starting, a worker of
         /// the new generation starting or becoming ready, an old one stopping): a rolling
         /// reload of many slots may take longer in all.
-        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = unwedge_supervisor::config::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = unwedge_supervisor::config::parse_duration, requires = "wait")]
         timeout: std::time::Duration,
     },
     /// Show a running supervisor's workers, reloads, restarts and latest reports, from its

@@ -56,7 +56,7 @@ async fn usage_errors_exit_2() {
         ),
         (
             &["reload", "--pid", "5", "--pidfile", "x"],
-            "the argument '--pid <PID>' cannot be used with '--pidfile <PIDFILE>'",
+            "the argument '--pid <PID>' cannot be used with '--pidfile <FILE>'",
         ),
         (
             &["staus"],
@@ -352,8 +352,6 @@ async fn flags_override_the_config_file() {
 
 #[tokio::test]
 async fn reload_needs_a_live_pid() {
-    let (code, out) = run_to_end(&["reload"]).await;
-    assert_clear(code, 2, &out, "--pid");
     let dir = tempfile::tempdir().unwrap();
     let (code, out) = run_to_end(&[
         "reload",
@@ -555,6 +553,130 @@ async fn a_closed_stdout_is_one_line_and_exit_1() {
         let (code, err) = run_with_closed_stdout(args).await;
         assert_eq!((code, err.as_str()), (0, ""), "{args:?}");
     }
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}
+
+/// `unwedge reload` signals pid 1 when it is an unwedge supervisor, as in a container whose
+/// ENTRYPOINT is `unwedge run` (`kubectl exec POD -- unwedge reload --pid 1`, or without
+/// `--pid`): here the supervisor runs as pid 1 of a new pid namespace (`unshare`), and its
+/// first worker runs `unwedge reload --pid 1`, the next one `unwedge reload`. Skipped where
+/// unprivileged namespaces are not allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_signals_pid_1_when_it_is_a_supervisor() {
+    let mut probe = tokio::process::Command::new("unshare");
+    probe.args(["-Urpf", "--kill-child", "--mount-proc", "true"]);
+    let can = tokio::time::timeout(LONG, probe.stderr(std::process::Stdio::null()).status())
+        .await
+        .is_ok_and(|s| s.is_ok_and(|s| s.success()));
+    if !can {
+        println!("SKIPPED: `unshare -Urpf --mount-proc` is not allowed here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("1"), dir.path().join("2"));
+    let (first, second) = (first.display(), second.display());
+    let script = format!(
+        "if [ ! -e {first} ]; then : > {first}; {BIN} reload --pid 1; echo \"reload --pid 1: exit $?\"; \
+         elif [ ! -e {second} ]; then : > {second}; {BIN} reload; echo \"reload: exit $?\"; fi; \
+         exec sleep 30"
+    );
+    let sup = Sup::start_program(
+        "unshare",
+        &[
+            "-Urpf",
+            "--kill-child",
+            "--mount-proc",
+            BIN,
+            "run",
+            "--admin",
+            "off",
+            "--ready",
+            "none",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[],
+    );
+    sup.wait_line(0, &["SIGHUP: reloading: starting generation 2"])
+        .await;
+    // The second reload, by `unwedge reload` alone.
+    sup.wait_line(0, &["generation 3 ready"]).await;
+    let log = sup.log();
+    assert!(!log.contains("unwedge: error"), "{log}");
+}
+
+/// What `unwedge reload` signals is decided by [`is_supervisor`] for pid 1: true for a real
+/// `unwedge run`, false for another program (and its workers), a pid that is gone, and pid 1
+/// of this machine unless it is `unwedge run`; a pid 1 that is not is refused (exit 1, nothing
+/// sent), as are pid 0 and negative pids (exit 2), and `unwedge reload` without a pid is a
+/// usage error naming both ways to give it.
+///
+/// [`is_supervisor`]: unwedge_supervisor::pidfile::is_supervisor
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_signals_pid_1_only_when_it_is_a_supervisor() {
+    use unwedge_supervisor::pidfile::is_supervisor;
+    let mut sup = Sup::start(&[
+        "run", "--admin", "off", "--ready", "none", "--", "sleep", "30",
+    ]);
+    let worker = sup.wait_ready(0, 1).await[0];
+    assert!(is_supervisor(sup.pid), "{}", sup.log());
+    let other = another_program().await;
+    assert!(!is_supervisor(other.id().unwrap() as i32));
+    assert!(!is_supervisor(worker), "its worker, `sleep 30`");
+    assert!(!is_supervisor(i32::MAX), "gone");
+
+    let init = unwedge_supervisor::procfs::command_line(1).unwrap_or_default();
+    if is_supervisor(1) {
+        println!("SKIPPED the refusal of pid 1: it is `{init}`");
+    } else {
+        for args in [
+            &["reload", "--pid", "1"][..],
+            &["reload", "--pid", "1", "--wait"],
+        ] {
+            let (code, out, err) = run_split(args).await;
+            assert_clear(
+                code,
+                1,
+                &err,
+                "unwedge: error: pid 1 is not an unwedge supervisor (",
+            );
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(!err.contains("stale"), "no pid file was given: {err}");
+            assert!(out.is_empty(), "{out}");
+        }
+        let (code, out, err) = run_split(&["reload"]).await;
+        assert_clear(
+            code,
+            2,
+            &err,
+            "unwedge: error: give --pid PID or --pidfile FILE",
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(out.is_empty(), "{out}");
+    }
+    for pid in ["0", "-1", "-42"] {
+        let (code, out) = run_to_end(&["reload", "--pid", pid]).await;
+        assert_clear(
+            code,
+            2,
+            &out,
+            &format!("unwedge: error: refusing to signal pid {pid}: not a process"),
+        );
+    }
+    // --timeout and --admin are for --wait.
+    let pid = sup.pid.to_string();
+    for flag in [["--timeout", "5s"], ["--admin", "9100"]] {
+        let (code, out) = run_to_end(&["reload", "--pid", &pid, flag[0], flag[1]]).await;
+        assert_clear(code, 2, &out, "--wait");
+    }
+    assert!(
+        !sup.log().contains("SIGHUP"),
+        "nothing was sent:\n{}",
+        sup.log()
+    );
     sup.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
 }
