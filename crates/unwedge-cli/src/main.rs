@@ -13,15 +13,17 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use miette::IntoDiagnostic;
 use unwedge_supervisor::{Config, LogFormat, Options, Supervisor};
 
 mod observe;
 
 mod demo;
+mod out;
 mod reload;
 mod status;
+mod usage;
 
 /// Keeps HTTP servers serving: sockets held across restarts, workers restarted in
 /// milliseconds, hung workers found and replaced.
@@ -32,6 +34,7 @@ struct Cli {
     command: Cmd,
 }
 
+// Each `$ unwedge …` example is a paragraph of its own: clap joins the lines of a paragraph.
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run CMD as a pool of supervised workers.
@@ -55,35 +58,44 @@ enum Cmd {
     /// Ask a running supervisor to reload (sends SIGHUP); with --wait, wait for the outcome.
     ///
     /// $ unwedge reload --pidfile /run/unwedge.pid
+    ///
     /// $ unwedge reload --pidfile /run/unwedge.pid --wait    # exit 1 if the reload failed
+    ///
+    /// $ unwedge reload    # in a container whose pid 1 is `unwedge run`
+    ///
+    /// Only an `unwedge run` process is signalled: without --pid or --pidfile, pid 1 when it is
+    /// one (exit 2 otherwise); a pid that is another program is refused (exit 1).
     Reload {
-        /// Pid of the supervisor.
-        #[arg(long, required_unless_present = "pidfile", conflicts_with = "pidfile")]
+        /// Pid of the supervisor [default: 1, when pid 1 is an unwedge supervisor].
+        #[arg(long, conflicts_with = "pidfile")]
         pid: Option<i32>,
         /// File with the pid of the supervisor (see `unwedge run --pidfile`).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         pidfile: Option<PathBuf>,
         /// Wait until the new generation serves (exit 0) or the reload failed or was refused
         /// (exit 1, with the reason), as the supervisor's admin endpoint reports it.
         #[arg(long)]
         wait: bool,
-        /// The supervisor's admin endpoint, for --wait.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        /// The supervisor's admin endpoint, for --wait (as `unwedge run --admin` takes it: a
+        /// port alone is on 127.0.0.1).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090", value_parser = status::parse_admin_target, requires = "wait")]
         admin: std::net::SocketAddr,
         /// How long --wait waits without a sign of progress (a reload starting, a worker of
         /// the new generation starting or becoming ready, an old one stopping): a rolling
         /// reload of many slots may take longer in all.
-        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = unwedge_supervisor::config::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = unwedge_supervisor::config::parse_duration, requires = "wait")]
         timeout: std::time::Duration,
     },
     /// Show a running supervisor's workers, reloads, restarts and latest reports, from its
     /// admin endpoint. Exit 0 when it serves (a worker ready), 1 otherwise.
     ///
     /// $ unwedge status
+    ///
     /// $ unwedge status --admin 127.0.0.1:9100 --json
     Status {
-        /// The supervisor's admin endpoint (`unwedge run --admin`).
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        /// The supervisor's admin endpoint, as `unwedge run --admin` takes it (a port alone is
+        /// on 127.0.0.1).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090", value_parser = status::parse_admin_target)]
         admin: std::net::SocketAddr,
         /// Print `/status` as JSON instead of text.
         #[arg(long)]
@@ -103,6 +115,7 @@ enum Cmd {
     /// List the crash reports `unwedge run --report-dir DIR` wrote, oldest first.
     ///
     /// $ unwedge reports --dir /var/lib/unwedge/reports --since 1h
+    ///
     /// $ unwedge reports --json | jq -r 'select(.kind=="panic") | .report.backtrace'
     Reports {
         /// The report directory [default: $STATE_DIRECTORY/reports, as `unwedge run` uses
@@ -153,13 +166,14 @@ fn main() -> miette::Result<ExitCode> {
         eprintln!("unwedge: {err}");
         return Ok(ExitCode::from(127));
     }
-    let cli = match Cli::try_parse_from(args) {
+    let mut cmd = Cli::command();
+    let args = usage::attach_negative_values(&cmd, args);
+    let cli = match cmd
+        .try_get_matches_from_mut(&args)
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(c) => c,
-        Err(e) => {
-            let code = e.exit_code();
-            let _ = e.print();
-            return Ok(ExitCode::from(code as u8));
-        }
+        Err(e) => return Ok(usage::report(&e, &cmd, &args)),
     };
     match cli.command {
         Cmd::Run(a) => run(*a),
@@ -316,18 +330,22 @@ fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
             if let Err(e) = observe::Settings::from_config(&c) {
                 return fail(format!("{}: {e}", file.display()), 2);
             }
+            let mut text = String::new();
             if placeholder {
                 c.command.clear();
-                println!("# no `command`: give it to `unwedge run` after `--`");
+                text += "# no `command`: give it to `unwedge run` after `--`\n";
             }
             if c.workers_auto {
-                println!(
-                    "# workers = \"auto\": {} here (one per CPU this process may use)",
+                text += &format!(
+                    "# workers = \"auto\": {} here (one per CPU this process may use)\n",
                     c.workers
                 );
             }
-            print!("{}", c.to_toml());
-            Ok(ExitCode::SUCCESS)
+            text += &c.to_toml();
+            match out::print(text) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => fail(e, 1),
+            }
         }
         Err(e) => fail(format!("{}: {e}", file.display()), e.exit_code()),
     }

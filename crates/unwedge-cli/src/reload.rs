@@ -14,23 +14,44 @@ use crate::status::status_json;
 /// How often `--wait` looks at `/status`.
 const POLL: Duration = Duration::from_millis(50);
 
-/// The supervisor's pid, from `--pid` or `--pidfile`: (pid) or (message, exit code).
+/// The supervisor's pid, from `--pid` or `--pidfile`; without either, pid 1 when it is an
+/// unwedge supervisor (a container's, as in `kubectl exec POD -- unwedge reload`). Err:
+/// (message, exit code).
 fn target(pid: Option<i32>, pidfile: Option<PathBuf>) -> Result<i32, (String, u8)> {
-    let pid = match (pid, pidfile) {
-        (Some(p), _) => p,
-        (None, Some(f)) => unwedge_supervisor::pidfile::read(&f).map_err(|e| (e, 1))?,
-        (None, None) => return Err(("give --pid or --pidfile".into(), 2)),
-    };
-    if pid <= 1 {
-        return Err((format!("refusing to signal pid {pid}"), 2));
+    use unwedge_supervisor::pidfile::{is_supervisor, not_a_supervisor};
+    let from_file = pidfile.is_some();
+    let pid =
+        match (pid, pidfile) {
+            (Some(p), _) => p,
+            (None, Some(f)) => unwedge_supervisor::pidfile::read(&f).map_err(|e| (e, 1))?,
+            (None, None) if is_supervisor(1) => 1,
+            (None, None) => return Err((
+                "give --pid PID or --pidfile FILE: the supervisor to reload (without them, pid 1 \
+                 when it is an unwedge supervisor, as in a container)"
+                    .into(),
+                2,
+            )),
+        };
+    if pid <= 0 {
+        // kill() would signal a process group (0: ours) or every process it may (-1).
+        return Err((format!("refusing to signal pid {pid}: not a process"), 2));
     }
-    if let Some(cmdline) = unwedge_supervisor::pidfile::not_a_supervisor(pid) {
-        // SIGHUP ends most programs: a stale pid file (a supervisor killed with SIGKILL, its
-        // pid reused) must not make this kill an unrelated process.
+    // SIGHUP ends most programs: a stale pid file (a supervisor killed with SIGKILL, its pid
+    // reused) must not make this kill an unrelated process. Pid 1 always exists and is most
+    // often an init system: signalled only when proven to be a supervisor.
+    let other = match not_a_supervisor(pid) {
+        Some(cmdline) => Some(format!("it runs `{cmdline}`")),
+        None if pid == 1 && !is_supervisor(1) => Some("its command line cannot be read".into()),
+        None => None,
+    };
+    if let Some(other) = other {
+        let hint = if from_file {
+            "; is the pid file stale?"
+        } else {
+            ""
+        };
         return Err((
-            format!(
-                "pid {pid} is not an unwedge supervisor (it runs `{cmdline}`); is the pid file stale?"
-            ),
+            format!("pid {pid} is not an unwedge supervisor ({other}){hint}"),
             1,
         ));
     }
@@ -77,10 +98,11 @@ pub(crate) fn reload(
         Err(e) => return fail((format!("cannot start a runtime: {e}"), 1)),
     };
     match rt.block_on(reload_and_wait(pid, admin, timeout)) {
-        Ok(msg) => {
-            println!("{msg}");
-            ExitCode::SUCCESS
-        }
+        // The reload is done; a closed stdout only loses the line saying so.
+        Ok(msg) => match crate::out::print(format_args!("{msg}\n")) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail((e, 1)),
+        },
         Err(e) => fail(e),
     }
 }

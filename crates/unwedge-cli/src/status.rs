@@ -9,6 +9,20 @@ use serde_json::Value;
 
 use crate::demo::client::{request, Reply};
 
+/// Parses the `--admin` of `unwedge status` and `unwedge reload --wait`: the forms
+/// `unwedge run --admin` takes (a port alone is on 127.0.0.1, `localhost:PORT`, `HOST:PORT`,
+/// `[IPv6]:PORT`), except `off`, which names no endpoint to reach.
+pub(crate) fn parse_admin_target(s: &str) -> Result<SocketAddr, String> {
+    const FORMS: &str = "PORT, HOST:PORT or [IPv6]:PORT, as given to `unwedge run --admin`";
+    match unwedge_admin::parse_admin_addr(s) {
+        Ok(Some(addr)) => Ok(addr),
+        Ok(None) => Err(format!(
+            "`{s}` names no admin endpoint to reach; give its address: {FORMS}"
+        )),
+        Err(_) => Err(format!("expected {FORMS}")),
+    }
+}
+
 /// `/status` of the admin endpoint at `admin`, parsed.
 pub(crate) async fn status_json(admin: SocketAddr) -> Result<Value, String> {
     match request(admin, "GET", "/status", b"", Duration::from_secs(5)).await {
@@ -23,8 +37,8 @@ pub(crate) async fn status_json(admin: SocketAddr) -> Result<Value, String> {
 }
 
 /// Prints the status of the supervisor whose admin endpoint is `admin`. Exit 0 when it
-/// serves (a worker is ready and it has not given up), 1 otherwise or when it cannot be
-/// reached, so that scripts can test it.
+/// serves (a worker is ready and it has not given up), 1 otherwise, when it cannot be
+/// reached or when stdout is closed, so that scripts can test it.
 pub(crate) fn status(admin: SocketAddr, json: bool) -> ExitCode {
     let fetched = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -45,13 +59,15 @@ pub(crate) fn status(admin: SocketAddr, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("a JSON value serializes")
-        );
+    let text = if json {
+        let pretty = serde_json::to_string_pretty(&value).expect("a JSON value serializes");
+        pretty + "\n"
     } else {
-        print!("{}", unwedge_admin::render_text(&view));
+        unwedge_admin::render_text(&view)
+    };
+    if let Err(e) = crate::out::print(text) {
+        eprintln!("unwedge: error: {e}");
+        return ExitCode::FAILURE;
     }
     if view.is_ready() && view.is_live() {
         ExitCode::SUCCESS

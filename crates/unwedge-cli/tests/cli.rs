@@ -11,12 +11,56 @@ fn assert_clear(code: i32, want: i32, out: &str, needle: &str) {
     assert!(!out.contains("RUST_BACKTRACE"), "panic:\n{out}");
 }
 
+/// Usage errors are one line on stderr, exit 2: clap's too (no tip, usage line or pointer
+/// to `--help` on lines of their own; its tip `use '-- --bogus'` would start the worker
+/// command of `unwedge run`), and a negative value is the option's invalid value, not an
+/// unknown flag.
 #[tokio::test]
 async fn usage_errors_exit_2() {
     let cases: &[(&[&str], &str)] = &[
         (
             &["run", "--no-such-flag", "--", "true"],
-            "unexpected argument '--no-such-flag'",
+            "unwedge: error: unexpected argument '--no-such-flag' (see unwedge run --help)",
+        ),
+        (
+            &["run", "--listen", "127.0.0.1:0", "--bogus", "--", "true"],
+            "unwedge: error: unexpected argument '--bogus' (see unwedge run --help)",
+        ),
+        (
+            &["run", "--worker", "2", "--", "true"],
+            "unexpected argument '--worker' (did you mean '--workers'? see unwedge run --help)",
+        ),
+        (
+            &["run", "--watchdog", "-1s", "--", "true"],
+            "invalid value '-1s' for '--watchdog <DURATION>': `-1s` is not a duration",
+        ),
+        (
+            &["run", "--workers", "-1", "--", "true"],
+            "--workers `-1` is not a number of workers or `auto`",
+        ),
+        (
+            &["run", "-w", "-1", "--", "true"],
+            "--workers `-1` is not a number of workers or `auto`",
+        ),
+        (
+            &["run", "--watchdog", "--", "true"],
+            "a value is required for '--watchdog <DURATION>' but none was supplied",
+        ),
+        (
+            &["reports", "--since", "-1h"],
+            "invalid value '-1h' for '--since <DURATION>'",
+        ),
+        (
+            &["demo", "--workers", "99"],
+            "99 is not in 1..=16 (see unwedge demo --help)",
+        ),
+        (
+            &["reload", "--pid", "5", "--pidfile", "x"],
+            "the argument '--pid <PID>' cannot be used with '--pidfile <FILE>'",
+        ),
+        (
+            &["staus"],
+            "unrecognized subcommand 'staus' (did you mean 'status'? see unwedge --help)",
         ),
         (
             &["run", "--restart-delay", "soon", "--", "true"],
@@ -81,9 +125,27 @@ async fn usage_errors_exit_2() {
         (&["frobnicate"], "unrecognized subcommand"),
     ];
     for (args, needle) in cases {
-        let (code, out) = run_to_end(args).await;
-        assert_clear(code, 2, &out, needle);
+        let (code, out, err) = run_split(args).await;
+        assert_clear(code, 2, &err, needle);
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line:\n{err}");
+        assert!(err.starts_with("unwedge: error: "), "{args:?}: {err}");
+        assert!(!err.contains("tip:"), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
     }
+    // Help and version are printed as clap has them, on stdout, exit 0.
+    let (code, out, err) = run_split(&["run", "--help"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("Run CMD as a pool of supervised workers."),
+        "{out}"
+    );
+    assert!(
+        out.contains("\nUsage: unwedge run [OPTIONS] [-- <CMD>...]\n"),
+        "{out}"
+    );
+    let (code, out, _) = run_split(&["--version"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out, format!("unwedge {}\n", env!("CARGO_PKG_VERSION")));
 }
 
 /// `--ready accept` watches the sockets passed to the workers: with none (no `--listen`, no
@@ -290,8 +352,6 @@ async fn flags_override_the_config_file() {
 
 #[tokio::test]
 async fn reload_needs_a_live_pid() {
-    let (code, out) = run_to_end(&["reload"]).await;
-    assert_clear(code, 2, &out, "--pid");
     let dir = tempfile::tempdir().unwrap();
     let (code, out) = run_to_end(&[
         "reload",
@@ -350,4 +410,273 @@ fn the_exec_shim_starts_no_worker_for_a_gone_supervisor() {
     // With its real parent it runs the command.
     let (code, out) = shim(&std::process::id().to_string());
     assert_eq!((code, out.as_str()), (0, "started\n"));
+}
+
+/// `unwedge status --admin` and `unwedge reload --wait --admin` take the address in the forms
+/// `unwedge run --admin` does (a port alone, `localhost:PORT`), not only `IP:PORT`; `off`
+/// names nothing to reach: a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_reload_take_the_admin_address_as_run_does() {
+    let mut sup = Sup::start(&[
+        "run",
+        "--admin",
+        "127.0.0.1:0",
+        "--ready",
+        "none",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    sup.wait_ready(0, 1).await;
+    let port = admin_addr(&sup).await.port().to_string();
+    let header = format!("pid {}, up ", sup.pid);
+    for admin in [port.clone(), format!("localhost:{port}")] {
+        let (code, out, err) = run_split(&["status", "--admin", &admin]).await;
+        assert!(
+            out.starts_with("unwedge ") && out.contains(&header),
+            "--admin {admin}: exit {code}\n{out}{err}"
+        );
+        assert!(err.is_empty(), "--admin {admin}: {err}");
+    }
+    let pid = sup.pid.to_string();
+    let (code, out, err) = run_split(&["reload", "--pid", &pid, "--wait", "--admin", &port]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "reloaded: generation 2 serves");
+
+    for args in [
+        &["status", "--admin", "off"][..],
+        &["reload", "--pid", &pid, "--wait", "--admin", "off"],
+    ] {
+        let (code, out) = run_to_end(args).await;
+        assert_clear(code, 2, &out, "`off` names no admin endpoint to reach");
+    }
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}
+
+/// Each `$ unwedge …` example of a subcommand's `--help` is a line of its own (clap joined the
+/// lines of one doc-comment paragraph: `$ unwedge status $ unwedge status --admin …`).
+#[tokio::test]
+async fn help_examples_are_one_per_line() {
+    for sub in [
+        "run",
+        "check-config",
+        "reload",
+        "status",
+        "demo",
+        "chaos",
+        "reports",
+    ] {
+        let (code, out, err) = run_split(&[sub, "--help"]).await;
+        assert_eq!(code, 0, "{sub} --help: {err}");
+        let examples: Vec<&str> = out.lines().filter(|l| l.contains("$ unwedge")).collect();
+        assert!(!examples.is_empty(), "{sub} --help has no example:\n{out}");
+        for line in examples {
+            assert!(
+                line.starts_with(&format!("$ unwedge {sub}")) && line.matches("$ ").count() == 1,
+                "{sub} --help: not one example at the start of a line: {line:?}\n{out}"
+            );
+        }
+    }
+    let (_, out, _) = run_split(&["status", "--help"]).await;
+    for example in [
+        "$ unwedge status",
+        "$ unwedge status --admin 127.0.0.1:9100 --json",
+    ] {
+        assert!(
+            out.lines().any(|l| l == example),
+            "{example:?} not in:\n{out}"
+        );
+    }
+}
+
+/// `unwedge ARGS` with stdout a pipe nobody reads any more (its read end closed before the
+/// start, as `unwedge status | true` can have it): (exit code, stderr).
+async fn run_with_closed_stdout(args: &[&str]) -> (i32, String) {
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("a pipe for stdout");
+    drop(read);
+    let child = tokio::process::Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn unwedge");
+    let out = tokio::time::timeout(LONG, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("unwedge {args:?} did not finish"))
+        .expect("wait for unwedge");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A closed stdout is one line on stderr and exit status 1 for every subcommand that prints
+/// (`status`, `check-config`, `reload --wait`, `reports`), never a panic; help and version
+/// have nothing to say about it (exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_is_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("unwedge.toml");
+    std::fs::write(&config, "workers = 2\ncommand = [\"./server\"]\n").unwrap();
+    let mut sup = Sup::start(&[
+        "run",
+        "--admin",
+        "127.0.0.1:0",
+        "--ready",
+        "none",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    sup.wait_ready(0, 1).await;
+    let admin = admin_addr(&sup).await.to_string();
+    let pid = sup.pid.to_string();
+    let closed = "unwedge: error: cannot write <stdout>: Broken pipe (os error 32)\n";
+    let cases: &[&[&str]] = &[
+        &["status", "--admin", &admin],
+        &["status", "--admin", &admin, "--json"],
+        &["check-config", config.to_str().unwrap()],
+        &["reload", "--pid", &pid, "--wait", "--admin", &admin],
+        &["reports", "--dir", dir.path().to_str().unwrap()],
+    ];
+    for args in cases {
+        let (code, err) = run_with_closed_stdout(args).await;
+        assert_eq!((code, err.as_str()), (1, closed), "{args:?}");
+    }
+    // The reload itself was done: only its report was lost.
+    sup.wait_line(0, &["generation 2"]).await;
+    for args in [&["run", "--help"][..], &["--version"]] {
+        let (code, err) = run_with_closed_stdout(args).await;
+        assert_eq!((code, err.as_str()), (0, ""), "{args:?}");
+    }
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}
+
+/// `unwedge reload` signals pid 1 when it is an unwedge supervisor, as in a container whose
+/// ENTRYPOINT is `unwedge run` (`kubectl exec POD -- unwedge reload --pid 1`, or without
+/// `--pid`): here the supervisor runs as pid 1 of a new pid namespace (`unshare`), and its
+/// first worker runs `unwedge reload --pid 1`, the next one `unwedge reload`. Skipped where
+/// unprivileged namespaces are not allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_signals_pid_1_when_it_is_a_supervisor() {
+    let mut probe = tokio::process::Command::new("unshare");
+    probe.args(["-Urpf", "--kill-child", "--mount-proc", "true"]);
+    let can = tokio::time::timeout(LONG, probe.stderr(std::process::Stdio::null()).status())
+        .await
+        .is_ok_and(|s| s.is_ok_and(|s| s.success()));
+    if !can {
+        println!("SKIPPED: `unshare -Urpf --mount-proc` is not allowed here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("1"), dir.path().join("2"));
+    let (first, second) = (first.display(), second.display());
+    let script = format!(
+        "if [ ! -e {first} ]; then : > {first}; {BIN} reload --pid 1; echo \"reload --pid 1: exit $?\"; \
+         elif [ ! -e {second} ]; then : > {second}; {BIN} reload; echo \"reload: exit $?\"; fi; \
+         exec sleep 30"
+    );
+    let sup = Sup::start_program(
+        "unshare",
+        &[
+            "-Urpf",
+            "--kill-child",
+            "--mount-proc",
+            BIN,
+            "run",
+            "--admin",
+            "off",
+            "--ready",
+            "none",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        &[],
+    );
+    sup.wait_line(0, &["SIGHUP: reloading: starting generation 2"])
+        .await;
+    // The second reload, by `unwedge reload` alone.
+    sup.wait_line(0, &["generation 3 ready"]).await;
+    let log = sup.log();
+    assert!(!log.contains("unwedge: error"), "{log}");
+}
+
+/// What `unwedge reload` signals is decided by [`is_supervisor`] for pid 1: true for a real
+/// `unwedge run`, false for another program (and its workers), a pid that is gone, and pid 1
+/// of this machine unless it is `unwedge run`; a pid 1 that is not is refused (exit 1, nothing
+/// sent), as are pid 0 and negative pids (exit 2), and `unwedge reload` without a pid is a
+/// usage error naming both ways to give it.
+///
+/// [`is_supervisor`]: unwedge_supervisor::pidfile::is_supervisor
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_signals_pid_1_only_when_it_is_a_supervisor() {
+    use unwedge_supervisor::pidfile::is_supervisor;
+    let mut sup = Sup::start(&[
+        "run", "--admin", "off", "--ready", "none", "--", "sleep", "30",
+    ]);
+    let worker = sup.wait_ready(0, 1).await[0];
+    assert!(is_supervisor(sup.pid), "{}", sup.log());
+    let other = another_program().await;
+    assert!(!is_supervisor(other.id().unwrap() as i32));
+    assert!(!is_supervisor(worker), "its worker, `sleep 30`");
+    assert!(!is_supervisor(i32::MAX), "gone");
+
+    let init = unwedge_supervisor::procfs::command_line(1).unwrap_or_default();
+    if is_supervisor(1) {
+        println!("SKIPPED the refusal of pid 1: it is `{init}`");
+    } else {
+        for args in [
+            &["reload", "--pid", "1"][..],
+            &["reload", "--pid", "1", "--wait"],
+        ] {
+            let (code, out, err) = run_split(args).await;
+            assert_clear(
+                code,
+                1,
+                &err,
+                "unwedge: error: pid 1 is not an unwedge supervisor (",
+            );
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(!err.contains("stale"), "no pid file was given: {err}");
+            assert!(out.is_empty(), "{out}");
+        }
+        let (code, out, err) = run_split(&["reload"]).await;
+        assert_clear(
+            code,
+            2,
+            &err,
+            "unwedge: error: give --pid PID or --pidfile FILE",
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(out.is_empty(), "{out}");
+    }
+    for pid in ["0", "-1", "-42"] {
+        let (code, out) = run_to_end(&["reload", "--pid", pid]).await;
+        assert_clear(
+            code,
+            2,
+            &out,
+            &format!("unwedge: error: refusing to signal pid {pid}: not a process"),
+        );
+    }
+    // --timeout and --admin are for --wait.
+    let pid = sup.pid.to_string();
+    for flag in [["--timeout", "5s"], ["--admin", "9100"]] {
+        let (code, out) = run_to_end(&["reload", "--pid", &pid, flag[0], flag[1]]).await;
+        assert_clear(code, 2, &out, "--wait");
+    }
+    assert!(
+        !sup.log().contains("SIGHUP"),
+        "nothing was sent:\n{}",
+        sup.log()
+    );
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
 }

@@ -46,21 +46,7 @@ pub fn running(pid: i32) -> bool {
 /// ```
 pub fn not_a_supervisor(pid: i32) -> Option<String> {
     let args = crate::procfs::arguments(pid)?;
-    let named = |path: &str| {
-        Path::new(path)
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().contains("unwedge"))
-    };
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| {
-            p.to_string_lossy()
-                .trim_end_matches(" (deleted)")
-                .to_owned()
-        })
-        .unwrap_or_default();
-    let ours = args.get(1).is_some_and(|a| a == "run")
-        && (args.first().is_some_and(|a| named(a)) || named(&exe));
-    if ours {
+    if runs_unwedge_run(pid, &args) {
         return None;
     }
     let shown = crate::procfs::command_line(pid)?;
@@ -69,6 +55,45 @@ pub fn not_a_supervisor(pid: i32) -> Option<String> {
     } else {
         shown
     })
+}
+
+/// Whether process `pid` is an unwedge supervisor (`unwedge run …`, as for
+/// [`not_a_supervisor`]), proven by its command line: false when it runs another program,
+/// does not exist, or its command line cannot be read. `unwedge reload` signals pid 1 (the
+/// supervisor of a container) only when this holds: pid 1 always exists, and is most often
+/// an init system that a signal would make do something else.
+///
+/// ```
+/// let me = std::process::id() as i32;
+/// assert!(!unwedge_supervisor::pidfile::is_supervisor(me));
+/// assert!(!unwedge_supervisor::pidfile::is_supervisor(i32::MAX));
+/// ```
+pub fn is_supervisor(pid: i32) -> bool {
+    crate::procfs::arguments(pid).is_some_and(|args| runs_unwedge_run(pid, &args))
+}
+
+/// Whether `args`, the arguments of process `pid`, are `unwedge run …`: `run` first, after a
+/// program whose name (or the binary it runs) contains `unwedge`.
+fn runs_unwedge_run(pid: i32, args: &[String]) -> bool {
+    let named = |path: &str| {
+        Path::new(path)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("unwedge"))
+    };
+    if args.get(1).map(String::as_str) != Some("run") {
+        return false;
+    }
+    if args.first().is_some_and(|a| named(a)) {
+        return true;
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| {
+            p.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    named(&exe)
 }
 
 /// Writes this process's pid to `path`, unless a live supervisor's pid is there already (two
