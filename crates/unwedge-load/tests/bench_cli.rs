@@ -99,12 +99,17 @@ async fn bad_input_exits_2_with_one_line() {
             vec!["load", "--url", "http://127.0.0.1:1/", "-c", "0", "-n", "1"],
             vec!["load", "--url", "http://127.0.0.1:1/", "--duration", "soon"],
             vec!["serve-bare", "--listen", "0.0.0.0:0"],
+            // The flag parser's own errors too.
+            vec!["load", "--bogus"],
+            vec!["load", "--url", "http://127.0.0.1:1/", "-c", "x"],
+            vec!["no-such-command"],
         ] {
             let out = bench().args(&args).output().await.unwrap();
             assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(err.starts_with("error"), "{args:?}: {err}");
             assert!(!err.contains("panicked"), "{args:?}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         }
     })
     .await;

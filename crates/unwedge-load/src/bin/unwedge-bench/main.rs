@@ -99,7 +99,10 @@ struct LoadArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(&e),
+    };
     match cli.command {
         Command::Load(args) => runtime(None).block_on(load(args)),
         Command::Overhead(args) => overhead::main(args),
@@ -119,6 +122,25 @@ fn runtime(threads: Option<usize>) -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("cannot build the tokio runtime")
+}
+
+/// Help and version as clap prints them; any other error of the flag parser as one line
+/// (clap's first, without its usage line and pointer to `--help`), exit code 2.
+fn clap_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    usage_error(format_args!("{first} (see unwedge-bench --help)"))
 }
 
 /// Prints `error: …` and returns exit code 2 (usage).
