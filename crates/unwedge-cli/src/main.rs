@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 use miette::IntoDiagnostic;
 use unwedge_supervisor::{Config, LogFormat, Options, Supervisor};
 
+mod check_config;
 mod observe;
 
 mod demo;
@@ -163,7 +164,7 @@ fn main() -> miette::Result<ExitCode> {
     };
     match cli.command {
         Cmd::Run(a) => run(*a),
-        Cmd::CheckConfig { file } => check_config(file),
+        Cmd::CheckConfig { file } => check_config::check_config(file),
         Cmd::Reload {
             pid,
             pidfile,
@@ -296,40 +297,6 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
-    }
-}
-
-fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
-    let opts = match Options::from_file(&file) {
-        Ok(o) => o,
-        Err(e) => return fail(&e, e.exit_code()),
-    };
-    // The command may also be given to `unwedge run` after `--`.
-    let placeholder = opts.command.is_empty();
-    let command = if placeholder {
-        vec!["-".to_owned()]
-    } else {
-        Vec::new()
-    };
-    match Config::resolve(Some(opts), Options::default(), command) {
-        Ok(mut c) => {
-            if let Err(e) = observe::Settings::from_config(&c) {
-                return fail(format!("{}: {e}", file.display()), 2);
-            }
-            if placeholder {
-                c.command.clear();
-                println!("# no `command`: give it to `unwedge run` after `--`");
-            }
-            if c.workers_auto {
-                println!(
-                    "# workers = \"auto\": {} here (one per CPU this process may use)",
-                    c.workers
-                );
-            }
-            print!("{}", c.to_toml());
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => fail(format!("{}: {e}", file.display()), e.exit_code()),
     }
 }
 
