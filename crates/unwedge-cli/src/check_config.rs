@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use unwedge_supervisor::{Config, Options};
+use unwedge_supervisor::{Config, Options, Supervisor};
 
 use crate::{fail, observe};
 
-/// Reads `file`, checks it as `unwedge run --config FILE` would, and prints the effective
-/// configuration; an error is one line, with `run`'s exit status.
+/// Reads `file`, checks it as `unwedge run --config FILE` would (everything but binding the
+/// sockets and the admin address), and prints the effective configuration; an error is one
+/// line, with `run`'s exit status (2 usage, 1 environment).
 pub(crate) fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
     let opts = match Options::from_file(&file) {
         Ok(o) => o,
@@ -24,11 +25,22 @@ pub(crate) fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
     };
     match Config::resolve(Some(opts), Options::default(), command) {
         Ok(mut c) => {
-            if let Err(e) = observe::Settings::from_config(&c) {
-                return fail(format!("{}: {e}", file.display()), 2);
-            }
+            let settings = match observe::Settings::from_config(&c) {
+                Ok(s) => s,
+                Err(e) => return fail(format!("{}: {e}", file.display()), 2),
+            };
             if placeholder {
                 c.command.clear();
+            }
+            // What `run` and a reload refuse before they bind or start anything; the sockets
+            // and the admin address are not bound (a running supervisor holds them).
+            if let Err(e) = Supervisor::preflight(&c) {
+                return fail(format!("{}: {e}", file.display()), e.exit_code());
+            }
+            if let Err(e) = settings.check_environment() {
+                return fail(format!("{}: {e}", file.display()), 1);
+            }
+            if placeholder {
                 println!("# no `command`: give it to `unwedge run` after `--`");
             }
             if c.workers_auto {

@@ -111,6 +111,18 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// What [`start`] would find wrong in the environment, without binding or leaving
+    /// anything: the report directory can be created and written. An error is exit status 1.
+    /// The admin address is not bound: a running supervisor may hold it.
+    pub(crate) fn check_environment(&self) -> Result<(), String> {
+        if let Some(cfg) = &self.reports {
+            ReportDir::check(cfg).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 /// A start-up failure: the message and the exit status.
 #[derive(Debug)]
 pub(crate) struct StartFailure {

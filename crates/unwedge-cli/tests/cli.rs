@@ -202,7 +202,7 @@ async fn config_files_are_checked() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "listen = [\"127.0.0.1:8080\"]\nworkers = 3\nwatchdog = \"2s\"\ncommand = [\"./server\", \"--flag\"]\n",
+        "listen = [\"127.0.0.1:8080\"]\nworkers = 3\nwatchdog = \"2s\"\ncommand = [\"/bin/sh\", \"--flag\"]\n",
     )
     .unwrap();
     let (code, out) = run_to_end(&["check-config", good.to_str().unwrap()]).await;
@@ -261,6 +261,70 @@ async fn config_files_are_checked() {
     let (code, out) =
         run_to_end(&["run", "--config", missing.to_str().unwrap(), "--", "true"]).await;
     assert_clear(code, 1, &out, "cannot read config file");
+}
+
+/// `check-config` refuses what `run` (and a reload) refuses before binding or starting
+/// anything: a command that cannot run, a report directory that cannot be written; with
+/// `run`'s line and exit status 1. It binds nothing (a running supervisor holds the addresses)
+/// and leaves nothing behind.
+#[tokio::test]
+async fn check_config_refuses_what_a_start_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    let f = file.to_str().unwrap();
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "").unwrap();
+    let cases = [
+        (
+            "command = [\"/nonexistent/server\"]\n".to_owned(),
+            "cannot run worker command `/nonexistent/server`: No such file",
+        ),
+        (
+            format!(
+                "report-dir = {:?}\ncommand = [\"/bin/true\"]\n",
+                a_file.join("reports")
+            ),
+            "cannot write crash reports to ",
+        ),
+    ];
+    for (text, needle) in cases {
+        std::fs::write(&file, text).unwrap();
+        let (code, out) = run_to_end(&["check-config", f]).await;
+        assert_clear(code, 1, &out, needle);
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+        let (code, run_out) = run_to_end(&["run", "--admin", "off", "-c", f]).await;
+        assert_clear(code, 1, &run_out, needle);
+        let refused = run_out.lines().find(|l| l.contains(needle)).unwrap();
+        let refused = refused.trim_start_matches("unwedge: error: ");
+        assert_eq!(
+            out.trim(),
+            format!("unwedge: error: {f}: {refused}"),
+            "run's error, after the file"
+        );
+    }
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let reports = dir.path().join("state/reports");
+    let text = format!(
+        "listen = [\"{}\"]\nadmin = \"{}\"\nreport-dir = {:?}\ncommand = [\"/bin/true\"]\n",
+        taken.local_addr().unwrap(),
+        admin.local_addr().unwrap(),
+        reports
+    );
+    std::fs::write(&file, text).unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "addresses in use are not bound:\n{out}");
+    assert!(!dir.path().join("state").exists(), "nothing left behind");
+    std::fs::create_dir_all(&reports).unwrap();
+    std::fs::write(reports.join("reports.jsonl"), "{}\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "{out}");
+    let left: Vec<_> = std::fs::read_dir(&reports)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["reports.jsonl"], "nothing left behind");
 }
 
 #[tokio::test]
