@@ -327,6 +327,55 @@ async fn check_config_refuses_what_a_start_refuses() {
     assert_eq!(left, ["reports.jsonl"], "nothing left behind");
 }
 
+/// A config file's error is one line naming the file, the line, the column and the key, for
+/// `check-config`, `run --config` and a refused reload alike; `listen` takes one address too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_errors_name_the_line_column_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.toml");
+    let f = file.to_str().unwrap();
+    let bad = "workers = 2\nwatchdog = \"2s\"\nstop-timeout = 30\ncommand = [\"sleep\", \"100\"]\n";
+    std::fs::write(&file, bad).unwrap();
+    let want = format!(
+        "invalid config file {f}, line 3, column 16, key stop-timeout: a duration needs a unit, \
+         as in \"10ms\" or \"2s\""
+    );
+    for args in [vec!["check-config", f], vec!["run", "-c", f]] {
+        let (code, out) = run_to_end(&args).await;
+        assert_clear(code, 2, &out, &want);
+        assert_eq!(out.trim(), format!("unwedge: error: {want}"), "{args:?}");
+    }
+    std::fs::write(&file, "workers = 2\ncommand = [\"sleep\",\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    let truncated = format!(
+        "unwedge: error: invalid config file {f}, line 3, column 1, key command: invalid array, \
+         expected `]`"
+    );
+    assert_eq!((code, out.trim()), (2, truncated.as_str()));
+
+    // One address without the brackets.
+    std::fs::write(
+        &file,
+        "admin = \"off\"\nready = \"none\"\nlisten = \"127.0.0.1:0\"\ncommand = [\"sleep\", \"100\"]\n",
+    )
+    .unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("listen = [\"127.0.0.1:0\"]\n"), "{out}");
+
+    // A reload refused for it logs the same line.
+    let mut sup = Sup::start(&["run", "-c", f]);
+    let pid = sup.wait_ready(0, 1).await[0];
+    std::fs::write(&file, bad).unwrap();
+    let m = sup.mark();
+    sup.signal(nix::sys::signal::Signal::SIGHUP);
+    let line = sup.wait_line(m, &["reload refused:"]).await;
+    assert!(line.contains(&want), "{line}");
+    assert!(running(pid), "the worker was stopped:\n{}", sup.log());
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}
+
 #[tokio::test]
 async fn flags_override_the_config_file() {
     let dir = tempfile::tempdir().unwrap();

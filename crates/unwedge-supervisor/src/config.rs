@@ -27,7 +27,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, FilePosition};
 use crate::run_as::RunAs;
 
 /// How the supervisor decides that a worker is ready to serve.
@@ -198,7 +198,11 @@ pub struct Options {
     /// Listening socket, bound once and passed to every worker (repeatable):
     /// `host:port`, `:port` (all interfaces) or `unix:/path`.
     #[arg(long, value_name = "ADDR", help_heading = "Sockets")]
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub listen: Vec<String>,
 
     /// Give each worker its own free port in this environment variable instead of passing
@@ -456,9 +460,28 @@ impl Options {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        Self::from_toml(&text).map_err(|(at, reason)| ConfigError::Invalid {
             path: path.to_owned(),
-            reason: e.message().to_owned(),
+            at,
+            reason,
+        })
+    }
+
+    /// Parses a config file's text; an error is one line, with where it is when known.
+    ///
+    /// ```
+    /// use unwedge_supervisor::Options;
+    ///
+    /// let (at, reason) = Options::from_toml("workers = 2\nstop-timeout = 30\n").unwrap_err();
+    /// assert_eq!(at.unwrap().to_string(), "line 2, column 16, key stop-timeout");
+    /// assert_eq!(reason, "a duration needs a unit, as in \"10ms\" or \"2s\"");
+    /// ```
+    pub fn from_toml(text: &str) -> Result<Self, (Option<FilePosition>, String)> {
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| FilePosition::of(text, span.start));
+            // Syntax errors come as two lines: `invalid array` and `expected `]``.
+            let reason = e.message().trim().lines().collect::<Vec<_>>().join(", ");
+            (at, reason)
         })
     }
 
@@ -1081,6 +1104,34 @@ pub fn human_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// `listen = "127.0.0.1:8080"` as well as `listen = ["127.0.0.1:8080", "unix:/run/a.sock"]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an address such as \"127.0.0.1:8080\", or a list of them")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Vec<String>, E> {
+            Ok(vec![s.to_owned()])
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(s) = seq.next_element()? {
+                out.push(s);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
 mod opt_duration {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
@@ -1228,6 +1279,57 @@ mod tests {
         ));
         let e = toml::from_str::<Options>("max-memory = \"lots\"").unwrap_err();
         assert!(e.message().contains("invalid size \"lots\""), "{e}");
+    }
+
+    #[test]
+    fn file_errors_name_the_line_column_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        let error = |text: &str| {
+            std::fs::write(&big, text).unwrap();
+            let e = Options::from_file(&big).unwrap_err().to_string();
+            let prefix = format!("invalid config file {}, ", big.display());
+            assert!(e.starts_with(&prefix), "{e}");
+            assert_eq!(e.lines().count(), 1, "one line: {e}");
+            e[prefix.len()..].to_owned()
+        };
+        assert_eq!(
+            error("workers = 2\nwatchdog = \"2s\"\nstop-timeout = 30\n"),
+            "line 3, column 16, key stop-timeout: a duration needs a unit, as in \"10ms\" or \"2s\""
+        );
+        assert_eq!(
+            error("listen = 8080\n"),
+            "line 1, column 10, key listen: invalid type: integer `8080`, expected an address \
+             such as \"127.0.0.1:8080\", or a list of them"
+        );
+        // A truncated array: where the file ends, the key that opened it.
+        assert_eq!(
+            error("workers = 2\ncommand = [\"a\",\n"),
+            "line 3, column 1, key command: invalid array, expected `]`"
+        );
+        // Inside an array over several lines: the key that opened it.
+        assert_eq!(
+            error("command = [\n  \"a\",\n  5,\n]\n"),
+            "line 3, column 3, key command: invalid type: integer `5`, expected a string"
+        );
+        assert!(error("\n  wrokers = 2\n")
+            .starts_with("line 2, column 3, key wrokers: unknown field `wrokers`"));
+        assert!(
+            error("\"stop-timeout\" = 30\n").starts_with("line 1, column 18, key stop-timeout: ")
+        );
+        assert!(error("[server]\nport = 1\n")
+            .starts_with("line 1, column 2, key server: unknown field `server`"));
+    }
+
+    #[test]
+    fn listen_takes_one_address_or_a_list() {
+        let one: Options = toml::from_str("listen = \"127.0.0.1:8080\"").unwrap();
+        assert_eq!(one.listen, ["127.0.0.1:8080"]);
+        let many: Options = toml::from_str("listen = [\":80\", \"unix:/run/a.sock\"]").unwrap();
+        assert_eq!(many.listen, [":80", "unix:/run/a.sock"]);
+        let c = Config::resolve(Some(one), Options::default(), vec!["a".into()]).unwrap();
+        let back: Options = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c.to_options());
     }
 
     #[test]
