@@ -86,6 +86,35 @@ async fn usage_errors_exit_2() {
     }
 }
 
+/// `--stop-timeout 0` SIGKILLed every worker at once on every stop (exit 1, a `stop_timed_out`
+/// alert each time), though `--watchdog 0` and `--max-lifetime 0` mean off: a usage error,
+/// saying what to give, from a flag and from the file.
+#[tokio::test]
+async fn a_stop_timeout_of_0_is_a_usage_error() {
+    let needle =
+        "--stop-timeout 0 would SIGKILL every worker as soon as it is asked to stop: give \
+                  the time workers have to finish their requests, as `--stop-timeout 30s` \
+                  (`stop-timeout = \"30s\"` in the config file)";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    let f = file.to_str().unwrap();
+    for zero in ["0", "0s", "0ms"] {
+        let (code, out) = run_to_end(&["run", "--stop-timeout", zero, "--", "sleep", "100"]).await;
+        assert_clear(code, 2, &out, needle);
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+        std::fs::write(
+            &file,
+            format!("stop-timeout = \"{zero}\"\ncommand = [\"sleep\"]\n"),
+        )
+        .unwrap();
+        let (code, out) = run_to_end(&["check-config", f]).await;
+        assert_clear(code, 2, &out, needle);
+    }
+    std::fs::write(&file, "stop-timeout = 0\ncommand = [\"sleep\"]\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_clear(code, 2, &out, needle);
+}
+
 /// `--ready accept` watches the sockets passed to the workers: with none (no `--listen`, no
 /// systemd sockets) every worker was "hung (ready_timeout)" and replaced, forever. Refused at
 /// start (one line, exit 2), and by a reload that asks for it.

@@ -359,7 +359,8 @@ pub struct Options {
     pub stop_signal: Option<String>,
 
     /// Time workers have to exit after the stop signal before SIGKILL; also the time a worker
-    /// that said STOPPING=1 on its own has to finish before the stop signal [default: 30s].
+    /// that said STOPPING=1 on its own has to finish before the stop signal; more than 0
+    /// [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Workers")]
     #[serde(
         default,
@@ -758,6 +759,15 @@ impl Config {
             Some(d) => Ok(d),
             None => Ok(def),
         };
+        if o.stop_timeout.is_some_and(|d| d.is_zero()) {
+            // Not "off", as `--watchdog 0`: 0 would SIGKILL every worker on every stop.
+            return Err(usage(
+                "--stop-timeout 0 would SIGKILL every worker as soon as it is asked to stop: give \
+                 the time workers have to finish their requests, as `--stop-timeout 30s` \
+                 (`stop-timeout = \"30s\"` in the config file)"
+                    .into(),
+            ));
+        }
         let watchdog = match o.watchdog {
             Some(d) if d.is_zero() => None,
             d => d,
