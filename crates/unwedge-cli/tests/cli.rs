@@ -115,6 +115,33 @@ async fn a_stop_timeout_of_0_is_a_usage_error() {
     assert_clear(code, 2, &out, needle);
 }
 
+/// `--probe-failures 0` was accepted and acted as 1: a usage error, from a flag and the file.
+#[tokio::test]
+async fn probe_failures_of_0_is_a_usage_error() {
+    let needle = "--probe-failures 0: give the number of failed probes in a row that make a \
+                  worker hung, at least 1 (`probe-failures = 3` in the config file)";
+    let flags = [
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--probe",
+        "/",
+        "--probe-failures",
+        "0",
+        "--",
+        "sleep",
+        "100",
+    ];
+    let (code, out) = run_to_end(&flags).await;
+    assert_clear(code, 2, &out, needle);
+    assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    std::fs::write(&file, "probe-failures = 0\ncommand = [\"sleep\"]\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", file.to_str().unwrap()]).await;
+    assert_clear(code, 2, &out, needle);
+}
+
 /// `--ready accept` watches the sockets passed to the workers: with none (no `--listen`, no
 /// systemd sockets) every worker was "hung (ready_timeout)" and replaced, forever. Refused at
 /// start (one line, exit 2), and by a reload that asks for it.

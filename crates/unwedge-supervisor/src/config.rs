@@ -310,7 +310,7 @@ pub struct Options {
     )]
     pub probe_interval: Option<Duration>,
 
-    /// Failed probes in a row that make a worker hung [default: 3].
+    /// Failed probes in a row that make a worker hung, at least 1 [default: 3].
     #[arg(long, value_name = "N", help_heading = "Hang detection")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_failures: Option<u32>,
@@ -798,7 +798,16 @@ impl Config {
             probe: o.probe,
             probe_timeout: nonzero(o.probe_timeout, Duration::from_secs(1), "probe-timeout")?,
             probe_interval: nonzero(o.probe_interval, Duration::from_secs(1), "probe-interval")?,
-            probe_failures: o.probe_failures.unwrap_or(3).max(1),
+            probe_failures: match o.probe_failures {
+                Some(0) => {
+                    return Err(usage(
+                        "--probe-failures 0: give the number of failed probes in a row that make \
+                         a worker hung, at least 1 (`probe-failures = 3` in the config file)"
+                            .into(),
+                    ))
+                }
+                n => n.unwrap_or(3),
+            },
             dump_signal,
             dump_grace: o.dump_grace.unwrap_or(Duration::from_secs(1)),
             ready,
