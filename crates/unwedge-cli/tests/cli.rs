@@ -142,6 +142,55 @@ async fn probe_failures_of_0_is_a_usage_error() {
     assert_clear(code, 2, &out, needle);
 }
 
+/// `--probe '/ü bad'` was accepted, every probe got 400 and healthy workers were killed every
+/// ~3 s: a path that cannot go into a request line is a usage error that gives the
+/// percent-encoded path, from a flag and from the file.
+#[tokio::test]
+async fn a_probe_path_that_cannot_go_in_a_request_line_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    let f = file.to_str().unwrap();
+    for (path, needle) in [
+        (
+            "/ü bad",
+            "--probe `/ü bad` cannot go into an HTTP request line (spaces, control and non-ASCII \
+             characters must be percent-encoded): give `/%C3%BC%20bad`",
+        ),
+        ("/a\tb", "give `/a%09b`"),
+        ("/100%", "give `/100%25`"),
+        ("/x<y>", "give `/x%3Cy%3E`"),
+        (
+            "/livez#top",
+            "a `#top` is never sent to a server; leave it out",
+        ),
+    ] {
+        let args = [
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--probe",
+            path,
+            "--",
+            "sleep",
+            "100",
+        ];
+        let (code, out) = run_to_end(&args).await;
+        assert_clear(code, 2, &out, needle);
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+        let toml = format!("probe = {path:?}\ncommand = [\"sleep\"]\n");
+        std::fs::write(&file, toml).unwrap();
+        let (code, out) = run_to_end(&["check-config", f]).await;
+        assert_clear(code, 2, &out, needle);
+    }
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:0\"\nprobe = \"/caf%C3%A9?full=1&x={}\"\ncommand = [\"sleep\"]\n",
+    )
+    .unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "{out}");
+}
+
 /// `--ready accept` watches the sockets passed to the workers: with none (no `--listen`, no
 /// systemd sockets) every worker was "hung (ready_timeout)" and replaced, forever. Refused at
 /// start (one line, exit 2), and by a reload that asks for it.

@@ -287,7 +287,8 @@ pub struct Options {
     pub watchdog: Option<Duration>,
 
     /// HTTP path to GET periodically through the worker's port (`--port-env`) or the
-    /// shared socket; `--probe-failures` failures in a row mean hung.
+    /// shared socket (percent-encoded, as in a request line: `/caf%C3%A9`);
+    /// `--probe-failures` failures in a row mean hung.
     #[arg(long, value_name = "PATH", help_heading = "Hang detection")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe: Option<String>,
@@ -731,11 +732,7 @@ impl Config {
             None => Signal::SIGTERM,
         };
         if let Some(p) = &o.probe {
-            if !p.starts_with('/') {
-                return Err(usage(format!(
-                    "--probe `{p}` must be a path starting with `/`"
-                )));
-            }
+            check_probe_path(p).map_err(usage)?;
         }
         let ready = o.ready.unwrap_or_default();
         if ready == ReadyMode::Port && o.port_env.is_none() {
@@ -896,6 +893,60 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(&self.to_options()).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
+}
+
+/// Checks a `--probe` path, which goes as it is into the request line `GET PATH HTTP/1.1`: it
+/// starts with `/`, and holds only what a request line may carry (no spaces, control or
+/// non-ASCII characters: those are percent-encoded; a `%` starts an escape such as `%20`),
+/// and no `#fragment`, which is never sent. The error suggests the percent-encoded path.
+///
+/// ```
+/// use unwedge_supervisor::config::check_probe_path;
+///
+/// assert!(check_probe_path("/healthz?full=1").is_ok());
+/// assert!(check_probe_path("/caf%C3%A9").is_ok());
+/// let e = check_probe_path("/ü bad").unwrap_err();
+/// assert!(e.contains("give `/%C3%BC%20bad`"), "{e}");
+/// assert!(check_probe_path("healthz").unwrap_err().contains("starting with `/`"));
+/// ```
+pub fn check_probe_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("--probe `{p}` must be a path starting with `/`"));
+    }
+    if let Some((_, fragment)) = p.split_once('#') {
+        return Err(format!(
+            "--probe `{p}`: a `#{fragment}` is never sent to a server; leave it out"
+        ));
+    }
+    let bytes = p.as_bytes();
+    let bad_escape = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if p.is_ascii() && !bad_escape && p.parse::<http::uri::PathAndQuery>().is_ok() {
+        return Ok(());
+    }
+    let mut encoded = String::with_capacity(p.len() * 3);
+    for (i, &b) in bytes.iter().enumerate() {
+        let keep = b.is_ascii_alphanumeric()
+            || b"-._~!$&'()*+,;=:@/?".contains(&b)
+            || (b == b'%'
+                && bytes
+                    .get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)));
+        if keep {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Err(format!(
+        "--probe `{}` cannot go into an HTTP request line (spaces, control and non-ASCII \
+         characters must be percent-encoded): give `{encoded}`",
+        p.escape_debug()
+    ))
 }
 
 /// Parses a duration such as `10ms`, `1.5s`, `2m 30s` (humantime syntax; a bare `0` is zero),
