@@ -18,6 +18,7 @@ use miette::IntoDiagnostic;
 use unwedge_supervisor::{Config, LogFormat, Options, Supervisor};
 
 mod check_config;
+mod log_filter;
 mod observe;
 
 mod demo;
@@ -285,9 +286,10 @@ fn log_off_thread() -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
+/// The supervisor's logger, filtered by `UNWEDGE_LOG` (see [`log_filter`]: its warnings and
+/// errors are kept unless the filter names them).
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("UNWEDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, warning) = log_filter::log_filter(std::env::var_os(log_filter::LOG_ENV));
     use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -297,6 +299,9 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
+    }
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
     }
 }
 

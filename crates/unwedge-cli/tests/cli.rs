@@ -506,6 +506,54 @@ async fn flags_override_the_config_file() {
     );
 }
 
+/// `EnvFilter` takes any word as a target: `UNWEDGE_LOG=bogus` (or empty) silenced every line
+/// of the supervisor, `giving up` included. An empty value is the default; a filter that says
+/// nothing of the supervisor keeps its warnings and errors, and says so.
+#[tokio::test]
+async fn a_log_filter_that_names_nothing_of_the_supervisor_keeps_its_errors() {
+    let args = [
+        "run",
+        "--admin",
+        "off",
+        "--max-restarts",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "exit 1",
+    ];
+    for (value, info) in [
+        ("bogus", false),
+        ("hyper=debug", false),
+        ("", true),
+        ("  ", true),
+    ] {
+        let (code, out) = run_to_end_env(&args, &[("UNWEDGE_LOG", value)]).await;
+        assert_eq!(code, 3, "UNWEDGE_LOG={value:?}:\n{out}");
+        assert!(
+            out.contains("ERROR giving up: 2 restarts"),
+            "UNWEDGE_LOG={value:?}:\n{out}"
+        );
+        assert!(
+            out.contains("failed start"),
+            "UNWEDGE_LOG={value:?}:\n{out}"
+        );
+        assert_eq!(
+            out.contains("INFO starting 1 worker(s)"),
+            info,
+            "{value:?}:\n{out}"
+        );
+        let said = format!(
+            "UNWEDGE_LOG={value:?} enables nothing of the supervisor's own log (targets \
+             `unwedge…`): its warnings and errors are kept"
+        );
+        assert_eq!(out.contains(&said), !info, "{value:?}:\n{out}");
+    }
+    // A filter that names the supervisor is followed as written.
+    let (code, out) = run_to_end_env(&args, &[("UNWEDGE_LOG", "unwedge=off")]).await;
+    assert_eq!((code, out.as_str()), (3, ""));
+}
+
 #[tokio::test]
 async fn reload_needs_a_live_pid() {
     let (code, out) = run_to_end(&["reload"]).await;
