@@ -554,6 +554,27 @@ async fn a_log_filter_that_names_nothing_of_the_supervisor_keeps_its_errors() {
     assert_eq!((code, out.as_str()), (3, ""));
 }
 
+/// `--ready auto`'s help said a silent worker still running after `--ready-timeout` is taken
+/// as ready; with `--port-env` it is a failed start.
+#[tokio::test]
+async fn run_help_says_what_ready_auto_does_with_a_silent_worker() {
+    let (code, out) = run_to_end(&["run", "--help"]).await;
+    assert_eq!(code, 0, "{out}");
+    let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    let auto = text
+        .split("- auto:")
+        .nth(1)
+        .and_then(|t| t.split("- notify:").next())
+        .unwrap_or_else(|| panic!("no `auto` value in:\n{out}"));
+    assert!(
+        auto.contains(
+            "A worker that said neither within `--ready-timeout`: with `--port-env`, a failed \
+             start; with shared sockets, if still running, taken as ready (with a warning)"
+        ),
+        "{auto}"
+    );
+}
+
 #[tokio::test]
 async fn reload_needs_a_live_pid() {
     let (code, out) = run_to_end(&["reload"]).await;

@@ -35,8 +35,8 @@ use crate::run_as::RunAs;
 #[serde(rename_all = "lowercase")]
 pub enum ReadyMode {
     /// `READY=1` over `NOTIFY_SOCKET`; in `--port-env` mode also the worker's port accepting a
-    /// connection; a worker that said neither within `--ready-timeout` but is still running
-    /// is then taken as ready (with a warning).
+    /// connection. A worker that said neither within `--ready-timeout`: with `--port-env`, a
+    /// failed start; with shared sockets, if still running, taken as ready (with a warning).
     #[default]
     Auto,
     /// Only `READY=1` counts; no `READY=1` within `--ready-timeout` is a failed start.
