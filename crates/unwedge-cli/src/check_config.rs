@@ -40,9 +40,7 @@ pub(crate) fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
             if let Err(e) = settings.check_environment() {
                 return fail(format!("{}: {e}", file.display()), 1);
             }
-            if placeholder {
-                println!("# no `command`: give it to `unwedge run` after `--`");
-            }
+            settings.show_in(&mut c);
             if c.workers_auto {
                 println!(
                     "# workers = \"auto\": {} here (one per CPU this process may use)",

@@ -481,6 +481,87 @@ async fn config_file_errors_name_the_line_column_and_key() {
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
 }
 
+/// `check-config` prints every setting of `unwedge run` with its effective value, normalised
+/// (`admin`, `report-dir`, `report-max-bytes`, `max-memory`, `max-lifetime`, `pidfile`, `user`
+/// were missing; `report-max-bytes = "10Mi"` was echoed as written), the unset ones as a
+/// comment saying what that means; read back, it prints the same.
+#[tokio::test]
+async fn check_config_prints_every_setting_and_reads_back_the_same() {
+    let (_, help) = run_to_end(&["run", "--help"]).await;
+    let keys: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("-w, ").or(Some(l.trim_start())))
+        .filter_map(|l| l.strip_prefix("--"))
+        .filter_map(|l| l.split([' ', '=']).next())
+        .filter(|k| !["config", "help"].contains(k))
+        .chain(["command"])
+        .collect();
+    assert!(keys.len() > 30, "{keys:?} from:\n{help}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (file, again) = (dir.path().join("u.toml"), dir.path().join("again.toml"));
+    let minimal = "report-max-bytes = \"10Mi\"\ncommand = [\"/bin/true\"]\n".to_owned();
+    let full = format!(
+        "listen = \":8080\"\nworkers = 2\nwatchdog = \"2s\"\nprobe = \"/livez\"\n\
+         max-memory = \"1024Mi\"\nmax-lifetime = \"1h\"\nuser = \"{uid}\"\ngroup = \"{gid}\"\n\
+         pidfile = {:?}\nadmin = \"9100\"\nreport-dir = {:?}\nreport-max-bytes = \"1024K\"\n\
+         alert-exec = \"logger\"\ncommand = [\"/bin/true\"]\n",
+        dir.path().join("u.pid"),
+        dir.path().join("reports"),
+        // This process's own user: no switch, allowed whoever runs the test.
+        uid = nix::unistd::getuid(),
+        gid = nix::unistd::getgid(),
+    );
+    let expect_minimal = [
+        "# admin: 127.0.0.1:9090, the default (if that port is taken: a warning and no admin \
+         endpoint)\n",
+        &format!("report-dir = {:?}\n", state.join("reports")),
+        "report-max-bytes = \"10M\"\n",
+        "# max-memory: none\n",
+        "max-lifetime = \"0\"  # off\n",
+        "watchdog = \"0\"  # off\n",
+        "# pidfile: none\n",
+        "# user: the supervisor's\n",
+        "# alert-webhook: none\n",
+    ]
+    .map(str::to_owned);
+    let expect_full = [
+        "admin = \"127.0.0.1:9100\"\n".to_owned(),
+        format!("report-dir = {:?}\n", dir.path().join("reports")),
+        "report-max-bytes = \"1M\"\n".to_owned(),
+        "max-memory = \"1G\"\n".to_owned(),
+        "max-lifetime = \"1h\"\n".to_owned(),
+        format!("pidfile = {:?}\n", dir.path().join("u.pid")),
+        format!("user = \"{}\"\n", nix::unistd::getuid()),
+        "listen = [\"0.0.0.0:8080\"]\n".to_owned(),
+    ];
+    let env = [("STATE_DIRECTORY", state.to_str().unwrap())];
+    for (text, expect) in [
+        (minimal, expect_minimal.to_vec()),
+        (full, expect_full.to_vec()),
+    ] {
+        std::fs::write(&file, &text).unwrap();
+        let (code, out) = run_to_end_env(&["check-config", file.to_str().unwrap()], &env).await;
+        assert_eq!(code, 0, "{text}\n{out}");
+        for line in &expect {
+            assert!(out.contains(line.as_str()), "{line:?} not in:\n{out}");
+        }
+        for key in &keys {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with(&format!("{key} = "))
+                        || l.starts_with(&format!("# {key}: "))),
+                "{key} not in:\n{out}"
+            );
+        }
+        std::fs::write(&again, &out).unwrap();
+        let (code, back) = run_to_end_env(&["check-config", again.to_str().unwrap()], &env).await;
+        assert_eq!((code, back.as_str()), (0, out.as_str()), "read back");
+    }
+    assert!(!state.exists(), "nothing left behind");
+}
+
 #[tokio::test]
 async fn flags_override_the_config_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -487,6 +487,56 @@ impl Options {
         })
     }
 
+    /// This as a config file that names every setting, in the order of `unwedge run --help`:
+    /// each one set as `key = value` (`  # off` after a `0` that means off), each unset one as
+    /// a comment saying what that means (`# pidfile: none`). Read back, it gives `self`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use unwedge_supervisor::Options;
+    ///
+    /// let o = Options { watchdog: Some(Duration::ZERO), command: vec!["srv".into()], ..Options::default() };
+    /// let text = o.to_toml();
+    /// assert!(text.contains("watchdog = \"0\"  # off\n"), "{text}");
+    /// assert!(text.contains("# pidfile: none\n"), "{text}");
+    /// assert_eq!(toml::from_str::<Options>(&text).unwrap(), o);
+    /// ```
+    pub fn to_toml(&self) -> String {
+        let table = match toml::Table::try_from(self) {
+            Ok(t) => t,
+            Err(e) => return format!("# cannot print: {e}\n"),
+        };
+        let flags = <Options as clap::Args>::augment_args(clap::Command::new("unwedge"));
+        let mut keys: Vec<&str> = flags.get_arguments().filter_map(|a| a.get_long()).collect();
+        keys.push("command");
+        // Any key the flags do not name (none today) still gets printed, last.
+        keys.extend(
+            table
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !keys.contains(k))
+                .collect::<Vec<_>>(),
+        );
+        let mut out = String::new();
+        for key in keys {
+            let Some(value) = table.get(key) else {
+                out.push_str(&format!("# {key}: {}\n", unset_means(key)));
+                continue;
+            };
+            let mut one = toml::Table::new();
+            one.insert(key.to_owned(), value.clone());
+            match toml::to_string(&one) {
+                Ok(line) => out.push_str(line.trim_end()),
+                Err(e) => out.push_str(&format!("# {key}: cannot print: {e}")),
+            }
+            if ["watchdog", "max-lifetime"].contains(&key) && value.as_str() == Some("0") {
+                out.push_str("  # off");
+            }
+            out.push('\n');
+        }
+        out
+    }
+
     /// `self` with every field that `over` sets replaced by `over`'s value.
     pub fn overlay(mut self, over: Options) -> Options {
         macro_rules! take {
@@ -533,6 +583,26 @@ impl Options {
             self.command = over.command;
         }
         self
+    }
+}
+
+/// What an unset key of the config file means, for [`Options::to_toml`].
+fn unset_means(key: &str) -> &'static str {
+    match key {
+        "listen" => "none (sockets only if systemd passes some)",
+        "port-env" | "probe" | "max-memory" | "pidfile" | "alert-webhook" | "alert-exec" => "none",
+        "socket-group" => "the supervisor's group",
+        "user" => "the supervisor's",
+        "group" => "the user's primary group (without `user`, the supervisor's)",
+        "admin" => {
+            "127.0.0.1:9090, the default (if that port is taken: a warning and no admin endpoint)"
+        }
+        "report-dir" => {
+            "the default: $STATE_DIRECTORY/reports when systemd sets StateDirectory=, else off"
+        }
+        "report-max-bytes" => "10M, the default",
+        "command" => "none: give it to `unwedge run` after `--`",
+        _ => "the default",
     }
 }
 
@@ -848,8 +918,10 @@ impl Config {
         })
     }
 
-    /// The effective configuration as a complete [`Options`] (every field set), e.g. to
-    /// print it as TOML.
+    /// The effective configuration as a complete [`Options`], e.g. to print it as TOML: every
+    /// field set, normalised (`report-max-bytes = "10Mi"` gives `10M`), `0` for what is off
+    /// (`watchdog`, `max-lifetime`), except the ones with no value that says off or the default
+    /// (`pidfile`, `user`, `max-memory`, `admin`, …), which stay unset.
     pub fn to_options(&self) -> Options {
         Options {
             listen: self.listen.iter().map(ToString::to_string).collect(),
@@ -862,7 +934,7 @@ impl Config {
             stable_after: Some(self.stable_after),
             max_restarts: Some(self.max_restarts),
             within: Some(self.within),
-            watchdog: self.watchdog,
+            watchdog: Some(self.watchdog.unwrap_or(Duration::ZERO)),
             probe: self.probe.clone(),
             probe_timeout: Some(self.probe_timeout),
             probe_interval: Some(self.probe_interval),
@@ -877,21 +949,26 @@ impl Config {
             user: self.run_as.as_ref().and_then(|r| r.user.clone()),
             group: self.run_as.as_ref().and_then(|r| r.group.clone()),
             max_memory: self.max_memory.map(MemoryLimit::Bytes),
-            max_lifetime: self.max_lifetime,
+            max_lifetime: Some(self.max_lifetime.unwrap_or(Duration::ZERO)),
             log_format: Some(self.log_format),
             pidfile: self.pidfile.clone(),
             admin: self.admin.clone(),
             report_dir: self.report_dir.clone(),
-            report_max_bytes: self.report_max_bytes.clone(),
+            report_max_bytes: self
+                .report_max_bytes
+                .as_ref()
+                .map(|s| parse_size(s).map_or_else(|_| s.clone(), format_size)),
             alert_webhook: self.alert_webhook.clone(),
             alert_exec: self.alert_exec.clone(),
             command: self.command.clone(),
         }
     }
 
-    /// The effective configuration as TOML, as `unwedge check-config` prints it.
+    /// The effective configuration as TOML, as `unwedge check-config` prints it: every
+    /// setting, those left unset as a comment saying what that means (see
+    /// [`Options::to_toml`]).
     pub fn to_toml(&self) -> String {
-        toml::to_string(&self.to_options()).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+        self.to_options().to_toml()
     }
 }
 
@@ -1208,6 +1285,8 @@ mod opt_duration {
 
     pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
+            // `0`, as the flags take it (humantime would say `0s`).
+            Some(d) if d.is_zero() => s.serialize_str("0"),
             Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
             None => s.serialize_none(),
         }
@@ -1538,6 +1617,47 @@ mod tests {
         let back: Options = toml::from_str(&text).unwrap();
         assert_eq!(back, c.to_options());
         assert!(text.contains("restart-delay = \"10ms\""), "{text}");
+    }
+
+    #[test]
+    fn the_effective_config_names_every_setting_and_reads_back_the_same() {
+        let full: Options = toml::from_str(
+            "listen = \":8080\"\nworkers = 2\nwatchdog = \"2s\"\nprobe = \"/livez\"\n\
+             max-memory = \"1024Mi\"\nmax-lifetime = \"1h\"\npidfile = \"/run/u.pid\"\n\
+             admin = \"off\"\nreport-dir = \"/r\"\nreport-max-bytes = \"10Mi\"\n\
+             alert-exec = \"logger\"\ncommand = [\"srv\", \"a\\nb\"]\n",
+        )
+        .unwrap();
+        for file in [Options::default(), full] {
+            let c = Config::resolve(Some(file), Options::default(), vec!["srv".into()]).unwrap();
+            let text = c.to_toml();
+            let flags = <Options as clap::Args>::augment_args(clap::Command::new("t"));
+            for key in flags.get_arguments().filter_map(|a| a.get_long()) {
+                let set = format!("\n{key} = ");
+                let unset = format!("\n# {key}: ");
+                let text = format!("\n{text}");
+                assert!(text.contains(&set) || text.contains(&unset), "{key}:{text}");
+            }
+            let back: Options = toml::from_str(&text).unwrap();
+            assert_eq!(back, c.to_options());
+            let again = Config::resolve(Some(back), Options::default(), vec![]).unwrap();
+            assert_eq!(again.to_toml(), text);
+        }
+        let c = Config::resolve(None, Options::default(), vec!["srv".into()]).unwrap();
+        let text = c.to_toml();
+        for line in [
+            "watchdog = \"0\"  # off\n",
+            "# pidfile: none\n",
+            "# max-memory: none\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
+        let o = Options {
+            report_max_bytes: Some("10Mi".into()),
+            ..Options::default()
+        };
+        let c = Config::resolve(None, o, vec!["srv".into()]).unwrap();
+        assert!(c.to_toml().contains("report-max-bytes = \"10M\"\n"));
     }
 
     #[test]
