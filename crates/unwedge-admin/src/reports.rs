@@ -104,24 +104,7 @@ impl ReportDir {
             dir: config.dir.clone(),
             source,
         };
-        // Reports hold request data: only the supervisor's user may read them.
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&config.dir)
-            .map_err(unwritable)?;
-        // Rotation creates files: check that we may, not only that the current file opens.
-        let probe = config
-            .dir
-            .join(format!(".unwedge-probe-{}", std::process::id()));
-        no_follow()
-            .mode(0o600)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&probe)
-            .map_err(unwritable)?;
-        let _ = fs::remove_file(&probe);
+        create_dir_and_probe(&config.dir).map_err(unwritable)?;
         let file = open_append(&config.dir.join(CURRENT)).map_err(unwritable)?;
         let len = file.metadata().map_err(unwritable)?.len();
         // A supervisor that died mid-write left a torn last line: the next record must not
@@ -136,6 +119,53 @@ impl ReportDir {
         Ok(ReportDir {
             config,
             current: Mutex::new(Current { file, len, torn }),
+        })
+    }
+
+    /// Checks what [`open`](ReportDir::open) needs, and leaves nothing behind: that the
+    /// directory can be created (or is there), that a file can be created in it, and that its
+    /// current file, if there is one, opens for appending. The directories it had to create to
+    /// find out are removed again; the error is the one `open` would return. For checking a
+    /// configuration (`unwedge check-config`) while a supervisor may be writing there.
+    ///
+    /// ```
+    /// use unwedge_admin::{ReportDir, ReportDirConfig};
+    ///
+    /// let tmp = tempfile::tempdir().unwrap();
+    /// let dir = tmp.path().join("state/reports");
+    /// ReportDir::check(&ReportDirConfig::new(&dir)).unwrap();
+    /// assert!(!tmp.path().join("state").exists(), "nothing left behind");
+    ///
+    /// let file = tmp.path().join("a-file");
+    /// std::fs::write(&file, "").unwrap();
+    /// let e = ReportDir::check(&ReportDirConfig::new(file.join("reports"))).unwrap_err();
+    /// assert!(e.to_string().starts_with("cannot write crash reports to "), "{e}");
+    /// ```
+    pub fn check(config: &ReportDirConfig) -> Result<(), ReportError> {
+        // The directories that are not there yet, innermost first.
+        let mut missing = Vec::new();
+        let mut dir = config.dir.as_path();
+        while fs::symlink_metadata(dir).is_err() {
+            missing.push(dir);
+            match dir.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => dir = parent,
+                _ => break,
+            }
+        }
+        let checked = create_dir_and_probe(&config.dir).and_then(|()| {
+            let current = config.dir.join(CURRENT);
+            match fs::symlink_metadata(&current) {
+                Ok(_) => no_follow().read(true).append(true).open(&current).map(drop),
+                Err(_) => Ok(()),
+            }
+        });
+        for dir in missing {
+            // Only if still empty: a supervisor starting meanwhile may have written there.
+            let _ = fs::remove_dir(dir);
+        }
+        checked.map_err(|source| ReportError::Unwritable {
+            dir: config.dir.clone(),
+            source,
         })
     }
 
@@ -216,6 +246,25 @@ fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
+}
+
+/// Creates `dir` if needed (`0700`: reports hold request data, only the supervisor's user may
+/// read them), and checks that a file can be created in it (rotation creates files), with a
+/// probe file removed at once.
+fn create_dir_and_probe(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let probe = dir.join(format!(".unwedge-probe-{}", std::process::id()));
+    no_follow()
+        .mode(0o600)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Opens `path` to append, creating it readable and writable by its owner only (`0600`):

@@ -17,6 +17,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use miette::IntoDiagnostic;
 use unwedge_supervisor::{Config, LogFormat, Options, Supervisor};
 
+mod check_config;
+mod log_filter;
 mod observe;
 
 mod demo;
@@ -177,7 +179,7 @@ fn main() -> miette::Result<ExitCode> {
     };
     match cli.command {
         Cmd::Run(a) => run(*a),
-        Cmd::CheckConfig { file } => check_config(file),
+        Cmd::CheckConfig { file } => check_config::check_config(file),
         Cmd::Reload {
             pid,
             pidfile,
@@ -298,9 +300,10 @@ fn log_off_thread() -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
+/// The supervisor's logger, filtered by `UNWEDGE_LOG` (see [`log_filter`]: its warnings and
+/// errors are kept unless the filter names them).
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("UNWEDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, warning) = log_filter::log_filter(std::env::var_os(log_filter::LOG_ENV));
     use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -311,43 +314,8 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
     }
-}
-
-fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
-    let opts = match Options::from_file(&file) {
-        Ok(o) => o,
-        Err(e) => return fail(&e, e.exit_code()),
-    };
-    // The command may also be given to `unwedge run` after `--`.
-    let placeholder = opts.command.is_empty();
-    let command = if placeholder {
-        vec!["-".to_owned()]
-    } else {
-        Vec::new()
-    };
-    match Config::resolve(Some(opts), Options::default(), command) {
-        Ok(mut c) => {
-            if let Err(e) = observe::Settings::from_config(&c) {
-                return fail(format!("{}: {e}", file.display()), 2);
-            }
-            let mut text = String::new();
-            if placeholder {
-                c.command.clear();
-                text += "# no `command`: give it to `unwedge run` after `--`\n";
-            }
-            if c.workers_auto {
-                text += &format!(
-                    "# workers = \"auto\": {} here (one per CPU this process may use)\n",
-                    c.workers
-                );
-            }
-            text += &c.to_toml();
-            match out::print(text) {
-                Ok(()) => Ok(ExitCode::SUCCESS),
-                Err(e) => fail(e, 1),
-            }
-        }
-        Err(e) => fail(format!("{}: {e}", file.display()), e.exit_code()),
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
     }
 }
 

@@ -47,6 +47,8 @@ pub(crate) struct Settings {
     /// `--admin` was given: a port in use is an error, not a warning.
     admin_explicit: bool,
     reports: Option<ReportDirConfig>,
+    /// `--report-max-bytes`, or its default.
+    report_max_bytes: u64,
     alerts: AlertConfig,
 }
 
@@ -84,11 +86,11 @@ impl Settings {
             }
             None => None,
         };
+        let report_max_bytes =
+            max_bytes.unwrap_or_else(|| ReportDirConfig::new(PathBuf::new()).max_bytes);
         let reports = dir.map(|d| {
             let mut r = ReportDirConfig::new(d);
-            if let Some(n) = max_bytes {
-                r.max_bytes = n;
-            }
+            r.max_bytes = report_max_bytes;
             r
         });
         let mut alerts = AlertConfig::new();
@@ -106,8 +108,40 @@ impl Settings {
             admin,
             admin_explicit,
             reports,
+            report_max_bytes,
             alerts,
         })
+    }
+}
+
+impl Settings {
+    /// Puts what these settings resolved to into `c`, for `check-config` to print: the report
+    /// directory (the default one under systemd, or `off`) and its file size, normalised, and
+    /// the admin address when given (`9100` is `127.0.0.1:9100`). The default admin address is
+    /// left unset: given, a port in use would stop the start instead of being a warning.
+    pub(crate) fn show_in(&self, c: &mut Config) {
+        if self.admin_explicit {
+            c.admin = Some(
+                self.admin
+                    .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            );
+        }
+        c.report_dir = Some(
+            self.reports
+                .as_ref()
+                .map_or_else(|| PathBuf::from("off"), |r| r.dir.clone()),
+        );
+        c.report_max_bytes = Some(sup::config::format_size(self.report_max_bytes));
+    }
+
+    /// What [`start`] would find wrong in the environment, without binding or leaving
+    /// anything: the report directory can be created and written. An error is exit status 1.
+    /// The admin address is not bound: a running supervisor may hold it.
+    pub(crate) fn check_environment(&self) -> Result<(), String> {
+        if let Some(cfg) = &self.reports {
+            ReportDir::check(cfg).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }
 

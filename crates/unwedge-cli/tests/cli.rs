@@ -148,6 +148,111 @@ async fn usage_errors_exit_2() {
     assert_eq!(out, format!("unwedge {}\n", env!("CARGO_PKG_VERSION")));
 }
 
+/// `--stop-timeout 0` SIGKILLed every worker at once on every stop (exit 1, a `stop_timed_out`
+/// alert each time), though `--watchdog 0` and `--max-lifetime 0` mean off: a usage error,
+/// saying what to give, from a flag and from the file.
+#[tokio::test]
+async fn a_stop_timeout_of_0_is_a_usage_error() {
+    let needle =
+        "--stop-timeout 0 would SIGKILL every worker as soon as it is asked to stop: give \
+                  the time workers have to finish their requests, as `--stop-timeout 30s` \
+                  (`stop-timeout = \"30s\"` in the config file)";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    let f = file.to_str().unwrap();
+    for zero in ["0", "0s", "0ms"] {
+        let (code, out) = run_to_end(&["run", "--stop-timeout", zero, "--", "sleep", "100"]).await;
+        assert_clear(code, 2, &out, needle);
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+        std::fs::write(
+            &file,
+            format!("stop-timeout = \"{zero}\"\ncommand = [\"sleep\"]\n"),
+        )
+        .unwrap();
+        let (code, out) = run_to_end(&["check-config", f]).await;
+        assert_clear(code, 2, &out, needle);
+    }
+    std::fs::write(&file, "stop-timeout = 0\ncommand = [\"sleep\"]\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_clear(code, 2, &out, needle);
+}
+
+/// `--probe-failures 0` was accepted and acted as 1: a usage error, from a flag and the file.
+#[tokio::test]
+async fn probe_failures_of_0_is_a_usage_error() {
+    let needle = "--probe-failures 0: give the number of failed probes in a row that make a \
+                  worker hung, at least 1 (`probe-failures = 3` in the config file)";
+    let flags = [
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--probe",
+        "/",
+        "--probe-failures",
+        "0",
+        "--",
+        "sleep",
+        "100",
+    ];
+    let (code, out) = run_to_end(&flags).await;
+    assert_clear(code, 2, &out, needle);
+    assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    std::fs::write(&file, "probe-failures = 0\ncommand = [\"sleep\"]\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", file.to_str().unwrap()]).await;
+    assert_clear(code, 2, &out, needle);
+}
+
+/// `--probe '/ü bad'` was accepted, every probe got 400 and healthy workers were killed every
+/// ~3 s: a path that cannot go into a request line is a usage error that gives the
+/// percent-encoded path, from a flag and from the file.
+#[tokio::test]
+async fn a_probe_path_that_cannot_go_in_a_request_line_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    let f = file.to_str().unwrap();
+    for (path, needle) in [
+        (
+            "/ü bad",
+            "--probe `/ü bad` cannot go into an HTTP request line (spaces, control and non-ASCII \
+             characters must be percent-encoded): give `/%C3%BC%20bad`",
+        ),
+        ("/a\tb", "give `/a%09b`"),
+        ("/100%", "give `/100%25`"),
+        ("/x<y>", "give `/x%3Cy%3E`"),
+        (
+            "/livez#top",
+            "a `#top` is never sent to a server; leave it out",
+        ),
+    ] {
+        let args = [
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--probe",
+            path,
+            "--",
+            "sleep",
+            "100",
+        ];
+        let (code, out) = run_to_end(&args).await;
+        assert_clear(code, 2, &out, needle);
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+        let toml = format!("probe = {path:?}\ncommand = [\"sleep\"]\n");
+        std::fs::write(&file, toml).unwrap();
+        let (code, out) = run_to_end(&["check-config", f]).await;
+        assert_clear(code, 2, &out, needle);
+    }
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:0\"\nprobe = \"/caf%C3%A9?full=1&x={}\"\ncommand = [\"sleep\"]\n",
+    )
+    .unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "{out}");
+}
+
 /// `--ready accept` watches the sockets passed to the workers: with none (no `--listen`, no
 /// systemd sockets) every worker was "hung (ready_timeout)" and replaced, forever. Refused at
 /// start (one line, exit 2), and by a reload that asks for it.
@@ -264,7 +369,7 @@ async fn config_files_are_checked() {
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,
-        "listen = [\"127.0.0.1:8080\"]\nworkers = 3\nwatchdog = \"2s\"\ncommand = [\"./server\", \"--flag\"]\n",
+        "listen = [\"127.0.0.1:8080\"]\nworkers = 3\nwatchdog = \"2s\"\ncommand = [\"/bin/sh\", \"--flag\"]\n",
     )
     .unwrap();
     let (code, out) = run_to_end(&["check-config", good.to_str().unwrap()]).await;
@@ -325,6 +430,200 @@ async fn config_files_are_checked() {
     assert_clear(code, 1, &out, "cannot read config file");
 }
 
+/// `check-config` refuses what `run` (and a reload) refuses before binding or starting
+/// anything: a command that cannot run, a report directory that cannot be written; with
+/// `run`'s line and exit status 1. It binds nothing (a running supervisor holds the addresses)
+/// and leaves nothing behind.
+#[tokio::test]
+async fn check_config_refuses_what_a_start_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    let f = file.to_str().unwrap();
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "").unwrap();
+    let cases = [
+        (
+            "command = [\"/nonexistent/server\"]\n".to_owned(),
+            "cannot run worker command `/nonexistent/server`: No such file",
+        ),
+        (
+            format!(
+                "report-dir = {:?}\ncommand = [\"/bin/true\"]\n",
+                a_file.join("reports")
+            ),
+            "cannot write crash reports to ",
+        ),
+    ];
+    for (text, needle) in cases {
+        std::fs::write(&file, text).unwrap();
+        let (code, out) = run_to_end(&["check-config", f]).await;
+        assert_clear(code, 1, &out, needle);
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+        let (code, run_out) = run_to_end(&["run", "--admin", "off", "-c", f]).await;
+        assert_clear(code, 1, &run_out, needle);
+        let refused = run_out.lines().find(|l| l.contains(needle)).unwrap();
+        let refused = refused.trim_start_matches("unwedge: error: ");
+        assert_eq!(
+            out.trim(),
+            format!("unwedge: error: {f}: {refused}"),
+            "run's error, after the file"
+        );
+    }
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let reports = dir.path().join("state/reports");
+    let text = format!(
+        "listen = [\"{}\"]\nadmin = \"{}\"\nreport-dir = {:?}\ncommand = [\"/bin/true\"]\n",
+        taken.local_addr().unwrap(),
+        admin.local_addr().unwrap(),
+        reports
+    );
+    std::fs::write(&file, text).unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "addresses in use are not bound:\n{out}");
+    assert!(!dir.path().join("state").exists(), "nothing left behind");
+    std::fs::create_dir_all(&reports).unwrap();
+    std::fs::write(reports.join("reports.jsonl"), "{}\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "{out}");
+    let left: Vec<_> = std::fs::read_dir(&reports)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["reports.jsonl"], "nothing left behind");
+}
+
+/// A config file's error is one line naming the file, the line, the column and the key, for
+/// `check-config`, `run --config` and a refused reload alike; `listen` takes one address too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_errors_name_the_line_column_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.toml");
+    let f = file.to_str().unwrap();
+    let bad = "workers = 2\nwatchdog = \"2s\"\nstop-timeout = 30\ncommand = [\"sleep\", \"100\"]\n";
+    std::fs::write(&file, bad).unwrap();
+    let want = format!(
+        "invalid config file {f}, line 3, column 16, key stop-timeout: a duration needs a unit, \
+         as in \"10ms\" or \"2s\""
+    );
+    for args in [vec!["check-config", f], vec!["run", "-c", f]] {
+        let (code, out) = run_to_end(&args).await;
+        assert_clear(code, 2, &out, &want);
+        assert_eq!(out.trim(), format!("unwedge: error: {want}"), "{args:?}");
+    }
+    std::fs::write(&file, "workers = 2\ncommand = [\"sleep\",\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    let truncated = format!(
+        "unwedge: error: invalid config file {f}, line 3, column 1, key command: invalid array, \
+         expected `]`"
+    );
+    assert_eq!((code, out.trim()), (2, truncated.as_str()));
+
+    // One address without the brackets.
+    std::fs::write(
+        &file,
+        "admin = \"off\"\nready = \"none\"\nlisten = \"127.0.0.1:0\"\ncommand = [\"sleep\", \"100\"]\n",
+    )
+    .unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("listen = [\"127.0.0.1:0\"]\n"), "{out}");
+
+    // A reload refused for it logs the same line.
+    let mut sup = Sup::start(&["run", "-c", f]);
+    let pid = sup.wait_ready(0, 1).await[0];
+    std::fs::write(&file, bad).unwrap();
+    let m = sup.mark();
+    sup.signal(nix::sys::signal::Signal::SIGHUP);
+    let line = sup.wait_line(m, &["reload refused:"]).await;
+    assert!(line.contains(&want), "{line}");
+    assert!(running(pid), "the worker was stopped:\n{}", sup.log());
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}
+
+/// `check-config` prints every setting of `unwedge run` with its effective value, normalised
+/// (`admin`, `report-dir`, `report-max-bytes`, `max-memory`, `max-lifetime`, `pidfile`, `user`
+/// were missing; `report-max-bytes = "10Mi"` was echoed as written), the unset ones as a
+/// comment saying what that means; read back, it prints the same.
+#[tokio::test]
+async fn check_config_prints_every_setting_and_reads_back_the_same() {
+    let (_, help) = run_to_end(&["run", "--help"]).await;
+    let keys: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("-w, ").or(Some(l.trim_start())))
+        .filter_map(|l| l.strip_prefix("--"))
+        .filter_map(|l| l.split([' ', '=']).next())
+        .filter(|k| !["config", "help"].contains(k))
+        .chain(["command"])
+        .collect();
+    assert!(keys.len() > 30, "{keys:?} from:\n{help}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (file, again) = (dir.path().join("u.toml"), dir.path().join("again.toml"));
+    let minimal = "report-max-bytes = \"10Mi\"\ncommand = [\"/bin/true\"]\n".to_owned();
+    let full = format!(
+        "listen = \":8080\"\nworkers = 2\nwatchdog = \"2s\"\nprobe = \"/livez\"\n\
+         max-memory = \"1024Mi\"\nmax-lifetime = \"1h\"\nuser = \"{uid}\"\ngroup = \"{gid}\"\n\
+         pidfile = {:?}\nadmin = \"9100\"\nreport-dir = {:?}\nreport-max-bytes = \"1024K\"\n\
+         alert-exec = \"logger\"\ncommand = [\"/bin/true\"]\n",
+        dir.path().join("u.pid"),
+        dir.path().join("reports"),
+        // This process's own user: no switch, allowed whoever runs the test.
+        uid = nix::unistd::getuid(),
+        gid = nix::unistd::getgid(),
+    );
+    let expect_minimal = [
+        "# admin: 127.0.0.1:9090, the default (if that port is taken: a warning and no admin \
+         endpoint)\n",
+        &format!("report-dir = {:?}\n", state.join("reports")),
+        "report-max-bytes = \"10M\"\n",
+        "# max-memory: none\n",
+        "max-lifetime = \"0\"  # off\n",
+        "watchdog = \"0\"  # off\n",
+        "# pidfile: none\n",
+        "# user: the supervisor's\n",
+        "# alert-webhook: none\n",
+    ]
+    .map(str::to_owned);
+    let expect_full = [
+        "admin = \"127.0.0.1:9100\"\n".to_owned(),
+        format!("report-dir = {:?}\n", dir.path().join("reports")),
+        "report-max-bytes = \"1M\"\n".to_owned(),
+        "max-memory = \"1G\"\n".to_owned(),
+        "max-lifetime = \"1h\"\n".to_owned(),
+        format!("pidfile = {:?}\n", dir.path().join("u.pid")),
+        format!("user = \"{}\"\n", nix::unistd::getuid()),
+        "listen = [\"0.0.0.0:8080\"]\n".to_owned(),
+    ];
+    let env = [("STATE_DIRECTORY", state.to_str().unwrap())];
+    for (text, expect) in [
+        (minimal, expect_minimal.to_vec()),
+        (full, expect_full.to_vec()),
+    ] {
+        std::fs::write(&file, &text).unwrap();
+        let (code, out) = run_to_end_env(&["check-config", file.to_str().unwrap()], &env).await;
+        assert_eq!(code, 0, "{text}\n{out}");
+        for line in &expect {
+            assert!(out.contains(line.as_str()), "{line:?} not in:\n{out}");
+        }
+        for key in &keys {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with(&format!("{key} = "))
+                        || l.starts_with(&format!("# {key}: "))),
+                "{key} not in:\n{out}"
+            );
+        }
+        std::fs::write(&again, &out).unwrap();
+        let (code, back) = run_to_end_env(&["check-config", again.to_str().unwrap()], &env).await;
+        assert_eq!((code, back.as_str()), (0, out.as_str()), "read back");
+    }
+    assert!(!state.exists(), "nothing left behind");
+}
+
 #[tokio::test]
 async fn flags_override_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -347,6 +646,75 @@ async fn flags_override_the_config_file() {
     assert!(
         out.contains("giving up: worker w1 failed to start (limit 0): pid "),
         "{out}"
+    );
+}
+
+/// `EnvFilter` takes any word as a target: `UNWEDGE_LOG=bogus` (or empty) silenced every line
+/// of the supervisor, `giving up` included. An empty value is the default; a filter that says
+/// nothing of the supervisor keeps its warnings and errors, and says so.
+#[tokio::test]
+async fn a_log_filter_that_names_nothing_of_the_supervisor_keeps_its_errors() {
+    let args = [
+        "run",
+        "--admin",
+        "off",
+        "--max-restarts",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "exit 1",
+    ];
+    for (value, info) in [
+        ("bogus", false),
+        ("hyper=debug", false),
+        ("", true),
+        ("  ", true),
+    ] {
+        let (code, out) = run_to_end_env(&args, &[("UNWEDGE_LOG", value)]).await;
+        assert_eq!(code, 3, "UNWEDGE_LOG={value:?}:\n{out}");
+        assert!(
+            out.contains("ERROR giving up: 2 restarts"),
+            "UNWEDGE_LOG={value:?}:\n{out}"
+        );
+        assert!(
+            out.contains("failed start"),
+            "UNWEDGE_LOG={value:?}:\n{out}"
+        );
+        assert_eq!(
+            out.contains("INFO starting 1 worker(s)"),
+            info,
+            "{value:?}:\n{out}"
+        );
+        let said = format!(
+            "UNWEDGE_LOG={value:?} enables nothing of the supervisor's own log (targets \
+             `unwedge…`): its warnings and errors are kept"
+        );
+        assert_eq!(out.contains(&said), !info, "{value:?}:\n{out}");
+    }
+    // A filter that names the supervisor is followed as written.
+    let (code, out) = run_to_end_env(&args, &[("UNWEDGE_LOG", "unwedge=off")]).await;
+    assert_eq!((code, out.as_str()), (3, ""));
+}
+
+/// `--ready auto`'s help said a silent worker still running after `--ready-timeout` is taken
+/// as ready; with `--port-env` it is a failed start.
+#[tokio::test]
+async fn run_help_says_what_ready_auto_does_with_a_silent_worker() {
+    let (code, out) = run_to_end(&["run", "--help"]).await;
+    assert_eq!(code, 0, "{out}");
+    let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    let auto = text
+        .split("- auto:")
+        .nth(1)
+        .and_then(|t| t.split("- notify:").next())
+        .unwrap_or_else(|| panic!("no `auto` value in:\n{out}"));
+    assert!(
+        auto.contains(
+            "A worker that said neither within `--ready-timeout`: with `--port-env`, a failed \
+             start; with shared sockets, if still running, taken as ready (with a warning)"
+        ),
+        "{auto}"
     );
 }
 

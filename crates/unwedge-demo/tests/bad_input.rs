@@ -75,6 +75,7 @@ fn malformed_variables_are_usage_errors_naming_variable_and_value() {
             ("UNWEDGE_STALL_LIMIT", "18446744073709551615s", &[]),
             ("UNWEDGE_IDLE_TIMEOUT", "forever", &[]),
             ("WATCHDOG_USEC", "18446744073709551615", &[]),
+            ("UNWEDGE_BACKTRACE", "yes", &[]),
         ];
         for (var, value, extra) in cases {
             let mut env: Vec<(&str, &str)> = extra.to_vec();

@@ -27,7 +27,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, FilePosition};
 use crate::run_as::RunAs;
 
 /// How the supervisor decides that a worker is ready to serve.
@@ -35,8 +35,8 @@ use crate::run_as::RunAs;
 #[serde(rename_all = "lowercase")]
 pub enum ReadyMode {
     /// `READY=1` over `NOTIFY_SOCKET`; in `--port-env` mode also the worker's port accepting a
-    /// connection; a worker that said neither within `--ready-timeout` but is still running
-    /// is then taken as ready (with a warning).
+    /// connection. A worker that said neither within `--ready-timeout`: with `--port-env`, a
+    /// failed start; with shared sockets, if still running, taken as ready (with a warning).
     #[default]
     Auto,
     /// Only `READY=1` counts; no `READY=1` within `--ready-timeout` is a failed start.
@@ -198,7 +198,11 @@ pub struct Options {
     /// Listening socket, bound once and passed to every worker (repeatable):
     /// `host:port`, `:port` (all interfaces) or `unix:/path`.
     #[arg(long, value_name = "ADDR", help_heading = "Sockets")]
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub listen: Vec<String>,
 
     /// Give each worker its own free port in this environment variable instead of passing
@@ -283,7 +287,8 @@ pub struct Options {
     pub watchdog: Option<Duration>,
 
     /// HTTP path to GET periodically through the worker's port (`--port-env`) or the
-    /// shared socket; `--probe-failures` failures in a row mean hung.
+    /// shared socket (percent-encoded, as in a request line: `/caf%C3%A9`);
+    /// `--probe-failures` failures in a row mean hung.
     #[arg(long, value_name = "PATH", help_heading = "Hang detection")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe: Option<String>,
@@ -306,7 +311,7 @@ pub struct Options {
     )]
     pub probe_interval: Option<Duration>,
 
-    /// Failed probes in a row that make a worker hung [default: 3].
+    /// Failed probes in a row that make a worker hung, at least 1 [default: 3].
     #[arg(long, value_name = "N", help_heading = "Hang detection")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_failures: Option<u32>,
@@ -355,7 +360,8 @@ pub struct Options {
     pub stop_signal: Option<String>,
 
     /// Time workers have to exit after the stop signal before SIGKILL; also the time a worker
-    /// that said STOPPING=1 on its own has to finish before the stop signal [default: 30s].
+    /// that said STOPPING=1 on its own has to finish before the stop signal; more than 0
+    /// [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Workers")]
     #[serde(
         default,
@@ -456,10 +462,91 @@ impl Options {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        Self::from_toml(&text).map_err(|(at, reason)| ConfigError::Invalid {
             path: path.to_owned(),
-            reason: e.message().to_owned(),
+            at,
+            reason,
         })
+    }
+
+    /// Parses a config file's text; an error is one line, with where it is when known.
+    ///
+    /// ```
+    /// use unwedge_supervisor::Options;
+    ///
+    /// let (at, reason) = Options::from_toml("workers = 2\nstop-timeout = 30\n").unwrap_err();
+    /// assert_eq!(at.unwrap().to_string(), "line 2, column 16, key stop-timeout");
+    /// assert_eq!(reason, "a duration needs a unit, as in \"10ms\" or \"2s\"");
+    /// ```
+    pub fn from_toml(text: &str) -> Result<Self, (Option<FilePosition>, String)> {
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| FilePosition::of(text, span.start));
+            // Syntax errors come as two lines: `invalid array` and `expected `]``.
+            let reason = e.message().trim().lines().collect::<Vec<_>>().join(", ");
+            (at, reason)
+        })
+    }
+
+    /// This as a config file that names every setting, in the order of `unwedge run --help`:
+    /// each one set as `key = value` (`  # off` after a `0` that means off), each unset one as
+    /// a comment saying what that means (`# pidfile: none`). Read back, it gives `self`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use unwedge_supervisor::Options;
+    ///
+    /// let o = Options { watchdog: Some(Duration::ZERO), command: vec!["srv".into()], ..Options::default() };
+    /// let text = o.to_toml();
+    /// assert!(text.contains("watchdog = \"0\"  # off\n"), "{text}");
+    /// assert!(text.contains("# pidfile: none\n"), "{text}");
+    /// assert_eq!(toml::from_str::<Options>(&text).unwrap(), o);
+    /// ```
+    pub fn to_toml(&self) -> String {
+        let table = match toml::Table::try_from(self) {
+            Ok(t) => t,
+            Err(e) => return format!("# cannot print: {e}\n"),
+        };
+        let flags = <Options as clap::Args>::augment_args(clap::Command::new("unwedge"));
+        let mut keys: Vec<&str> = flags.get_arguments().filter_map(|a| a.get_long()).collect();
+        keys.push("command");
+        // Any key the flags do not name (none today) still gets printed, last.
+        keys.extend(
+            table
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !keys.contains(k))
+                .collect::<Vec<_>>(),
+        );
+        let mut out = String::new();
+        for key in keys {
+            let Some(value) = table.get(key) else {
+                out.push_str(&format!("# {key}: {}\n", unset_means(key)));
+                continue;
+            };
+            // `check-config` runs in `ExecStartPre=` and deploy pipelines: its output goes to
+            // journals and CI logs, where a webhook's token must not.
+            if let Some(shown) = (key == "alert-webhook")
+                .then(|| value.as_str().and_then(secret_url_shown))
+                .flatten()
+            {
+                out.push_str(&format!(
+                    "# alert-webhook: {shown} (set; not printed whole: the user part, path or \
+                     query of a webhook URL is often its secret)\n"
+                ));
+                continue;
+            }
+            let mut one = toml::Table::new();
+            one.insert(key.to_owned(), value.clone());
+            match toml::to_string(&one) {
+                Ok(line) => out.push_str(line.trim_end()),
+                Err(e) => out.push_str(&format!("# {key}: cannot print: {e}")),
+            }
+            if ["watchdog", "max-lifetime"].contains(&key) && value.as_str() == Some("0") {
+                out.push_str("  # off");
+            }
+            out.push('\n');
+        }
+        out
     }
 
     /// `self` with every field that `over` sets replaced by `over`'s value.
@@ -508,6 +595,48 @@ impl Options {
             self.command = over.command;
         }
         self
+    }
+}
+
+/// `url` as `scheme://host[:port]/…` when it has a user part, a path or a query (where a
+/// webhook keeps its token); `None` when it has none of them, or does not parse.
+fn secret_url_shown(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let authority = uri.authority()?;
+    let user = authority.as_str().contains('@');
+    let path = !matches!(uri.path(), "" | "/");
+    if !(user || path || uri.query().is_some()) {
+        return None;
+    }
+    let port = authority
+        .port()
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    Some(format!(
+        "{}://{}{}{port}/…",
+        uri.scheme_str().unwrap_or("http"),
+        if user { "…@" } else { "" },
+        authority.host()
+    ))
+}
+
+/// What an unset key of the config file means, for [`Options::to_toml`].
+fn unset_means(key: &str) -> &'static str {
+    match key {
+        "listen" => "none (sockets only if systemd passes some)",
+        "port-env" | "probe" | "max-memory" | "pidfile" | "alert-webhook" | "alert-exec" => "none",
+        "socket-group" => "the supervisor's group",
+        "user" => "the supervisor's",
+        "group" => "the user's primary group (without `user`, the supervisor's)",
+        "admin" => {
+            "127.0.0.1:9090, the default (if that port is taken: a warning and no admin endpoint)"
+        }
+        "report-dir" => {
+            "the default: $STATE_DIRECTORY/reports when systemd sets StateDirectory=, else off"
+        }
+        "report-max-bytes" => "10M, the default",
+        "command" => "none: give it to `unwedge run` after `--`",
+        _ => "the default",
     }
 }
 
@@ -707,11 +836,7 @@ impl Config {
             None => Signal::SIGTERM,
         };
         if let Some(p) = &o.probe {
-            if !p.starts_with('/') {
-                return Err(usage(format!(
-                    "--probe `{p}` must be a path starting with `/`"
-                )));
-            }
+            check_probe_path(p).map_err(usage)?;
         }
         let ready = o.ready.unwrap_or_default();
         if ready == ReadyMode::Port && o.port_env.is_none() {
@@ -735,6 +860,15 @@ impl Config {
             Some(d) => Ok(d),
             None => Ok(def),
         };
+        if o.stop_timeout.is_some_and(|d| d.is_zero()) {
+            // Not "off", as `--watchdog 0`: 0 would SIGKILL every worker on every stop.
+            return Err(usage(
+                "--stop-timeout 0 would SIGKILL every worker as soon as it is asked to stop: give \
+                 the time workers have to finish their requests, as `--stop-timeout 30s` \
+                 (`stop-timeout = \"30s\"` in the config file)"
+                    .into(),
+            ));
+        }
         let watchdog = match o.watchdog {
             Some(d) if d.is_zero() => None,
             d => d,
@@ -765,7 +899,16 @@ impl Config {
             probe: o.probe,
             probe_timeout: nonzero(o.probe_timeout, Duration::from_secs(1), "probe-timeout")?,
             probe_interval: nonzero(o.probe_interval, Duration::from_secs(1), "probe-interval")?,
-            probe_failures: o.probe_failures.unwrap_or(3).max(1),
+            probe_failures: match o.probe_failures {
+                Some(0) => {
+                    return Err(usage(
+                        "--probe-failures 0: give the number of failed probes in a row that make \
+                         a worker hung, at least 1 (`probe-failures = 3` in the config file)"
+                            .into(),
+                    ))
+                }
+                n => n.unwrap_or(3),
+            },
             dump_signal,
             dump_grace: o.dump_grace.unwrap_or(Duration::from_secs(1)),
             ready,
@@ -809,8 +952,10 @@ impl Config {
         })
     }
 
-    /// The effective configuration as a complete [`Options`] (every field set), e.g. to
-    /// print it as TOML.
+    /// The effective configuration as a complete [`Options`], e.g. to print it as TOML: every
+    /// field set, normalised (`report-max-bytes = "10Mi"` gives `10M`), `0` for what is off
+    /// (`watchdog`, `max-lifetime`), except the ones with no value that says off or the default
+    /// (`pidfile`, `user`, `max-memory`, `admin`, …), which stay unset.
     pub fn to_options(&self) -> Options {
         Options {
             listen: self.listen.iter().map(ToString::to_string).collect(),
@@ -823,7 +968,7 @@ impl Config {
             stable_after: Some(self.stable_after),
             max_restarts: Some(self.max_restarts),
             within: Some(self.within),
-            watchdog: self.watchdog,
+            watchdog: Some(self.watchdog.unwrap_or(Duration::ZERO)),
             probe: self.probe.clone(),
             probe_timeout: Some(self.probe_timeout),
             probe_interval: Some(self.probe_interval),
@@ -838,22 +983,81 @@ impl Config {
             user: self.run_as.as_ref().and_then(|r| r.user.clone()),
             group: self.run_as.as_ref().and_then(|r| r.group.clone()),
             max_memory: self.max_memory.map(MemoryLimit::Bytes),
-            max_lifetime: self.max_lifetime,
+            max_lifetime: Some(self.max_lifetime.unwrap_or(Duration::ZERO)),
             log_format: Some(self.log_format),
             pidfile: self.pidfile.clone(),
             admin: self.admin.clone(),
             report_dir: self.report_dir.clone(),
-            report_max_bytes: self.report_max_bytes.clone(),
+            report_max_bytes: self
+                .report_max_bytes
+                .as_ref()
+                .map(|s| parse_size(s).map_or_else(|_| s.clone(), format_size)),
             alert_webhook: self.alert_webhook.clone(),
             alert_exec: self.alert_exec.clone(),
             command: self.command.clone(),
         }
     }
 
-    /// The effective configuration as TOML, as `unwedge check-config` prints it.
+    /// The effective configuration as TOML, as `unwedge check-config` prints it: every
+    /// setting, those left unset as a comment saying what that means (see
+    /// [`Options::to_toml`]).
     pub fn to_toml(&self) -> String {
-        toml::to_string(&self.to_options()).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+        self.to_options().to_toml()
     }
+}
+
+/// Checks a `--probe` path, which goes as it is into the request line `GET PATH HTTP/1.1`: it
+/// starts with `/`, and holds only what a request line may carry (no spaces, control or
+/// non-ASCII characters: those are percent-encoded; a `%` starts an escape such as `%20`),
+/// and no `#fragment`, which is never sent. The error suggests the percent-encoded path.
+///
+/// ```
+/// use unwedge_supervisor::config::check_probe_path;
+///
+/// assert!(check_probe_path("/healthz?full=1").is_ok());
+/// assert!(check_probe_path("/caf%C3%A9").is_ok());
+/// let e = check_probe_path("/ü bad").unwrap_err();
+/// assert!(e.contains("give `/%C3%BC%20bad`"), "{e}");
+/// assert!(check_probe_path("healthz").unwrap_err().contains("starting with `/`"));
+/// ```
+pub fn check_probe_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("--probe `{p}` must be a path starting with `/`"));
+    }
+    if let Some((_, fragment)) = p.split_once('#') {
+        return Err(format!(
+            "--probe `{p}`: a `#{fragment}` is never sent to a server; leave it out"
+        ));
+    }
+    let bytes = p.as_bytes();
+    let bad_escape = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if p.is_ascii() && !bad_escape && p.parse::<http::uri::PathAndQuery>().is_ok() {
+        return Ok(());
+    }
+    let mut encoded = String::with_capacity(p.len() * 3);
+    for (i, &b) in bytes.iter().enumerate() {
+        let keep = b.is_ascii_alphanumeric()
+            || b"-._~!$&'()*+,;=:@/?".contains(&b)
+            || (b == b'%'
+                && bytes
+                    .get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)));
+        if keep {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Err(format!(
+        "--probe `{}` cannot go into an HTTP request line (spaces, control and non-ASCII \
+         characters must be percent-encoded): give `{encoded}`",
+        p.escape_debug()
+    ))
 }
 
 /// Parses a duration such as `10ms`, `1.5s`, `2m 30s` (humantime syntax; a bare `0` is zero),
@@ -1081,12 +1285,42 @@ pub fn human_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// `listen = "127.0.0.1:8080"` as well as `listen = ["127.0.0.1:8080", "unix:/run/a.sock"]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an address such as \"127.0.0.1:8080\", or a list of them")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Vec<String>, E> {
+            Ok(vec![s.to_owned()])
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(s) = seq.next_element()? {
+                out.push(s);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
 mod opt_duration {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
     pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
+            // `0`, as the flags take it (humantime would say `0s`).
+            Some(d) if d.is_zero() => s.serialize_str("0"),
             Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
             None => s.serialize_none(),
         }
@@ -1151,8 +1385,33 @@ mod tests {
         assert_eq!(c.report_max_bytes.as_deref(), Some("1M"));
         assert_eq!(c.alert_webhook.as_deref(), Some("http://127.0.0.1:1/h"));
         assert_eq!(c.alert_exec.as_deref(), Some("true"));
-        let back: Options = toml::from_str(&c.to_toml()).unwrap();
-        assert_eq!(back, c.to_options());
+        // Printed without the webhook's path (its secret, often): read back, all but it.
+        let text = c.to_toml();
+        assert!(
+            text.contains("# alert-webhook: http://127.0.0.1:1/… (set; not printed whole"),
+            "{text}"
+        );
+        assert!(!text.contains("/h\""), "{text}");
+        let back: Options = toml::from_str(&text).unwrap();
+        let mut without = c.to_options();
+        without.alert_webhook = None;
+        assert_eq!(back, without);
+    }
+
+    #[test]
+    fn a_webhook_url_is_printed_without_its_secrets() {
+        let shown = |url: &str| secret_url_shown(url);
+        assert_eq!(
+            shown("https://alice:s3cr3t@hooks.example.com:8443/services/T0/B0/x?token=t"),
+            Some("https://…@hooks.example.com:8443/…".into())
+        );
+        assert_eq!(
+            shown("https://hooks.slack.com/services/T0/B0/secret"),
+            Some("https://hooks.slack.com/…".into())
+        );
+        // Nothing secret to hide: printed as it is.
+        assert_eq!(shown("http://127.0.0.1:9000/"), None);
+        assert_eq!(shown("http://alerts.internal"), None);
     }
 
     #[test]
@@ -1228,6 +1487,57 @@ mod tests {
         ));
         let e = toml::from_str::<Options>("max-memory = \"lots\"").unwrap_err();
         assert!(e.message().contains("invalid size \"lots\""), "{e}");
+    }
+
+    #[test]
+    fn file_errors_name_the_line_column_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        let error = |text: &str| {
+            std::fs::write(&big, text).unwrap();
+            let e = Options::from_file(&big).unwrap_err().to_string();
+            let prefix = format!("invalid config file {}, ", big.display());
+            assert!(e.starts_with(&prefix), "{e}");
+            assert_eq!(e.lines().count(), 1, "one line: {e}");
+            e[prefix.len()..].to_owned()
+        };
+        assert_eq!(
+            error("workers = 2\nwatchdog = \"2s\"\nstop-timeout = 30\n"),
+            "line 3, column 16, key stop-timeout: a duration needs a unit, as in \"10ms\" or \"2s\""
+        );
+        assert_eq!(
+            error("listen = 8080\n"),
+            "line 1, column 10, key listen: invalid type: integer `8080`, expected an address \
+             such as \"127.0.0.1:8080\", or a list of them"
+        );
+        // A truncated array: where the file ends, the key that opened it.
+        assert_eq!(
+            error("workers = 2\ncommand = [\"a\",\n"),
+            "line 3, column 1, key command: invalid array, expected `]`"
+        );
+        // Inside an array over several lines: the key that opened it.
+        assert_eq!(
+            error("command = [\n  \"a\",\n  5,\n]\n"),
+            "line 3, column 3, key command: invalid type: integer `5`, expected a string"
+        );
+        assert!(error("\n  wrokers = 2\n")
+            .starts_with("line 2, column 3, key wrokers: unknown field `wrokers`"));
+        assert!(
+            error("\"stop-timeout\" = 30\n").starts_with("line 1, column 18, key stop-timeout: ")
+        );
+        assert!(error("[server]\nport = 1\n")
+            .starts_with("line 1, column 2, key server: unknown field `server`"));
+    }
+
+    #[test]
+    fn listen_takes_one_address_or_a_list() {
+        let one: Options = toml::from_str("listen = \"127.0.0.1:8080\"").unwrap();
+        assert_eq!(one.listen, ["127.0.0.1:8080"]);
+        let many: Options = toml::from_str("listen = [\":80\", \"unix:/run/a.sock\"]").unwrap();
+        assert_eq!(many.listen, [":80", "unix:/run/a.sock"]);
+        let c = Config::resolve(Some(one), Options::default(), vec!["a".into()]).unwrap();
+        let back: Options = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c.to_options());
     }
 
     #[test]
@@ -1366,6 +1676,47 @@ mod tests {
         let back: Options = toml::from_str(&text).unwrap();
         assert_eq!(back, c.to_options());
         assert!(text.contains("restart-delay = \"10ms\""), "{text}");
+    }
+
+    #[test]
+    fn the_effective_config_names_every_setting_and_reads_back_the_same() {
+        let full: Options = toml::from_str(
+            "listen = \":8080\"\nworkers = 2\nwatchdog = \"2s\"\nprobe = \"/livez\"\n\
+             max-memory = \"1024Mi\"\nmax-lifetime = \"1h\"\npidfile = \"/run/u.pid\"\n\
+             admin = \"off\"\nreport-dir = \"/r\"\nreport-max-bytes = \"10Mi\"\n\
+             alert-exec = \"logger\"\ncommand = [\"srv\", \"a\\nb\"]\n",
+        )
+        .unwrap();
+        for file in [Options::default(), full] {
+            let c = Config::resolve(Some(file), Options::default(), vec!["srv".into()]).unwrap();
+            let text = c.to_toml();
+            let flags = <Options as clap::Args>::augment_args(clap::Command::new("t"));
+            for key in flags.get_arguments().filter_map(|a| a.get_long()) {
+                let set = format!("\n{key} = ");
+                let unset = format!("\n# {key}: ");
+                let text = format!("\n{text}");
+                assert!(text.contains(&set) || text.contains(&unset), "{key}:{text}");
+            }
+            let back: Options = toml::from_str(&text).unwrap();
+            assert_eq!(back, c.to_options());
+            let again = Config::resolve(Some(back), Options::default(), vec![]).unwrap();
+            assert_eq!(again.to_toml(), text);
+        }
+        let c = Config::resolve(None, Options::default(), vec!["srv".into()]).unwrap();
+        let text = c.to_toml();
+        for line in [
+            "watchdog = \"0\"  # off\n",
+            "# pidfile: none\n",
+            "# max-memory: none\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
+        let o = Options {
+            report_max_bytes: Some("10Mi".into()),
+            ..Options::default()
+        };
+        let c = Config::resolve(None, o, vec!["srv".into()]).unwrap();
+        assert!(c.to_toml().contains("report-max-bytes = \"10M\"\n"));
     }
 
     #[test]

@@ -20,15 +20,95 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
-    /// The config file is not valid TOML or has an unknown key or a bad value.
-    #[error("invalid config file {}: {reason}", path.display())]
+    /// The config file is not valid TOML or has an unknown key or a bad value: `invalid config
+    /// file big.toml, line 3, column 16, key stop-timeout: a duration needs a unit, …`.
+    #[error(
+        "invalid config file {}{}: {reason}",
+        path.display(),
+        at.as_ref().map(|at| format!(", {at}")).unwrap_or_default()
+    )]
     #[diagnostic(code(unwedge::config::invalid))]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
+        /// Where in the file, when known.
+        at: Option<FilePosition>,
+        /// What is wrong (one line).
         reason: String,
     },
+}
+
+/// Where in a config file an error is: the line and column (from 1) and the key it belongs
+/// to, when one can be told.
+///
+/// ```
+/// use unwedge_supervisor::error::FilePosition;
+///
+/// let text = "workers = 2\n\nstop-timeout = 30\n";
+/// let at = FilePosition::of(text, text.find("30").unwrap());
+/// assert_eq!(at.to_string(), "line 3, column 16, key stop-timeout");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePosition {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column in characters, from 1.
+    pub column: usize,
+    /// The key being set there (or the table opened there), if any.
+    pub key: Option<String>,
+}
+
+impl FilePosition {
+    /// The position of byte `offset` of `text` (clamped to its length), and the key of the
+    /// nearest line at or before it that sets one: an error inside a value that spans lines
+    /// (an array) belongs to the key that opened it.
+    pub fn of(text: &str, offset: usize) -> FilePosition {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+        FilePosition {
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+            key: text[..line_end].lines().rev().find_map(key_of_line),
+        }
+    }
+}
+
+impl std::fmt::Display for FilePosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}, column {}", self.line, self.column)?;
+        match &self.key {
+            Some(key) => write!(f, ", key {key}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The key a TOML line sets (`key = …`, `"key" = …`) or the table it opens (`[key]`).
+fn key_of_line(line: &str) -> Option<String> {
+    let t = line.trim_start();
+    if let Some(header) = t.strip_prefix('[') {
+        let header = header.trim_start_matches('[');
+        let end = header.find(']')?;
+        return Some(header[..end].trim().to_owned());
+    }
+    let (key, rest) = match t.chars().next()? {
+        q @ ('"' | '\'') => {
+            let end = t[1..].find(q)? + 1;
+            (&t[1..end], &t[end + 1..])
+        }
+        _ => {
+            let end = t
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                .unwrap_or(t.len());
+            (&t[..end], &t[end..])
+        }
+    };
+    (!key.is_empty() && rest.trim_start().starts_with('=')).then(|| key.to_owned())
 }
 
 impl ConfigError {

@@ -378,8 +378,20 @@ pub async fn output_of(mut cmd: Command) -> std::process::Output {
 
 /// Runs `unwedge ARGS` to completion: (exit code, stdout, stderr).
 pub async fn run_split(args: &[&str]) -> (i32, String, String) {
+    run_split_env(args, &[]).await
+}
+
+/// [`run_to_end`] with `env` added.
+#[allow(dead_code)] // Not every test binary uses it.
+pub async fn run_to_end_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let (code, out, err) = run_split_env(args, env).await;
+    (code, err + &out)
+}
+
+/// [`run_split`] with `env` added.
+pub async fn run_split_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
-    cmd.args(args);
+    cmd.args(args).envs(env.iter().copied());
     let out = output_of(cmd).await;
     (
         out.status.code().unwrap_or(-1),

@@ -142,11 +142,7 @@ impl Supervisor {
     /// Checks the command, takes systemd's sockets or binds `--listen`, and registers as
     /// child subreaper. Call it before starting any thread (it edits the environment).
     pub fn new(config: Config) -> Result<Self, StartError> {
-        let program = &config.command[0];
-        socket::check_command(program)?;
-        if let Some(r) = &config.run_as {
-            r.check_permitted().map_err(StartError::Usage)?;
-        }
+        Self::preflight(&config)?;
         let systemd = Systemd::from_env();
         let inherited = socket::from_systemd();
         socket::forget_systemd_env();
@@ -217,6 +213,33 @@ impl Supervisor {
             reload_source: None,
             nofile,
         })
+    }
+
+    /// The checks of [`Supervisor::new`] that bind, start and change nothing: the worker
+    /// command can be run (found, a regular file, executable), and the workers' user can be
+    /// switched to. The error is the one `new` would return; `unwedge check-config` runs them.
+    /// A `command` left empty (a config file that leaves it to `unwedge run … -- CMD`) is not
+    /// checked.
+    ///
+    /// ```
+    /// use unwedge_supervisor::{Config, Options, Supervisor};
+    ///
+    /// let config = Config::resolve(None, Options::default(), vec!["/bin/sh".into()]).unwrap();
+    /// assert!(Supervisor::preflight(&config).is_ok());
+    /// let missing = vec!["/nonexistent/server".into()];
+    /// let config = Config::resolve(None, Options::default(), missing).unwrap();
+    /// let e = Supervisor::preflight(&config).unwrap_err();
+    /// assert_eq!(e.exit_code(), 1);
+    /// assert!(e.to_string().starts_with("cannot run worker command `/nonexistent/server`"));
+    /// ```
+    pub fn preflight(config: &Config) -> Result<(), StartError> {
+        if let Some(program) = config.command.first() {
+            socket::check_command(program)?;
+        }
+        if let Some(r) = &config.run_as {
+            r.check_permitted().map_err(StartError::Usage)?;
+        }
+        Ok(())
     }
 
     /// Adds a hook that sees every event synchronously (alerts).

@@ -37,7 +37,8 @@ pub(crate) fn backtrace_mode() -> Mode {
 /// one follows in the log (`tracing`, target `unwedge::panic`, level info) when ready. So a
 /// panic never holds its request, and a graceful crash never holds the exit, for symbols.
 /// `UNWEDGE_BACKTRACE` (read when the hook is installed): `0` captures none, `full` always
-/// waits for symbols, anything else (or unset) is the 2 ms budget.
+/// waits for symbols, `1` (or unset) is the 2 ms budget; the hook takes any other value as
+/// unset, [`serve`](crate::serve()) refuses it.
 ///
 /// ```
 /// unwedge::install();

@@ -28,3 +28,4 @@ pub use report::{
 };
 pub(crate) use sink::emit;
 pub use sink::{add_sink, ReportSink};
+pub(crate) use trace::{Mode as BacktraceMode, BACKTRACE_ENV};

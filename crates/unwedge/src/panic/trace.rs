@@ -22,8 +22,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// How backtraces are captured and rendered, from `UNWEDGE_BACKTRACE` when the hook is
-/// installed: `0` (off), `full` (wait for symbols however long it takes), anything else or
-/// unset (budgeted).
+/// installed: `0` (off), `full` (wait for symbols however long it takes), `1` or unset
+/// (budgeted). The hook cannot fail, so it takes anything else as unset; `serve()` refuses it
+/// (`serve::config::backtrace`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     Off,
@@ -38,12 +39,25 @@ const MAX_FRAMES: usize = 256;
 /// How long a report waits for symbols by default.
 pub(crate) const DEFAULT_BUDGET: Duration = Duration::from_millis(2);
 
+/// The variable that sets the [`Mode`].
+pub(crate) const BACKTRACE_ENV: &str = "UNWEDGE_BACKTRACE";
+
 impl Mode {
     pub(crate) fn from_env() -> Mode {
-        match std::env::var("UNWEDGE_BACKTRACE").as_deref() {
-            Ok("0") | Ok("off") => Mode::Off,
-            Ok("full") => Mode::Full,
-            _ => Mode::Budgeted(DEFAULT_BUDGET),
+        std::env::var(BACKTRACE_ENV)
+            .ok()
+            .and_then(|v| Mode::parse(&v))
+            .unwrap_or(Mode::Budgeted(DEFAULT_BUDGET))
+    }
+
+    /// A value of [`BACKTRACE_ENV`]: `0` or `off`, `1` or empty (the default budget), `full`;
+    /// `None` for anything else.
+    pub(crate) fn parse(value: &str) -> Option<Mode> {
+        match value.trim() {
+            "0" | "off" => Some(Mode::Off),
+            "" | "1" => Some(Mode::Budgeted(DEFAULT_BUDGET)),
+            "full" => Some(Mode::Full),
+            _ => None,
         }
     }
 }

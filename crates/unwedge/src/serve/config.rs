@@ -261,6 +261,17 @@ pub(crate) fn policy() -> Result<Option<crate::Policy>, ServeError> {
         .map_err(|_| ServeError::bad_env("UNWEDGE_POLICY", &v, "expected recover, crash or auto"))
 }
 
+/// `UNWEDGE_BACKTRACE`: `1` (the default, symbols within 2 ms), `full` or `0`. The panic hook
+/// reads it itself (and cannot fail); checked here so that a typo is an error, not the
+/// default.
+pub(crate) fn backtrace() -> Result<(), ServeError> {
+    let name = crate::panic::BACKTRACE_ENV;
+    let Some(v) = var(name)? else { return Ok(()) };
+    crate::panic::BacktraceMode::parse(&v)
+        .map(drop)
+        .ok_or_else(|| ServeError::bad_env(name, &v, "expected 1 (symbols within 2 ms), full or 0"))
+}
+
 /// `UNWEDGE_HEALTH_ROUTES=0` turns the `/livez` `/readyz` routes off.
 pub(crate) fn flag(name: &'static str) -> Result<Option<bool>, ServeError> {
     let Some(v) = var(name)? else { return Ok(None) };

@@ -85,6 +85,7 @@
 //! | `UNWEDGE_ABORT_WHEN_WEDGED` | exit 70 after being wedged this long |
 //! | `UNWEDGE_HEALTH_ROUTES` | `0` to leave `/livez` `/readyz` to the app |
 //! | `UNWEDGE_IDLE_TIMEOUT` | idle period after which a connection without requests is closed; `0` for none |
+//! | `UNWEDGE_BACKTRACE` | `1` (default: symbols within 2 ms, else raw frames), `full` or `0` (none) |
 //!
 //! The guide `docs/systemd-worker.md` shows unit files and the supervisor side.
 
@@ -455,6 +456,7 @@ impl Server {
         let hang_limit = config::duration("UNWEDGE_HANG_LIMIT")?.unwrap_or(self.hang_limit);
         let abort_after = config::duration("UNWEDGE_ABORT_WHEN_WEDGED")?.or(self.abort_when_wedged);
         let health_routes = config::flag("UNWEDGE_HEALTH_ROUTES")?.unwrap_or(self.health_routes);
+        config::backtrace()?;
         let idle_timeout = match config::duration("UNWEDGE_IDLE_TIMEOUT")? {
             Some(d) => Some(d),
             None => self.idle_timeout,

@@ -1,0 +1,60 @@
+//! `unwedge check-config FILE`: validates a config file and prints the effective
+//! configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use unwedge_supervisor::{Config, Options, Supervisor};
+
+use crate::{fail, observe};
+
+/// Reads `file`, checks it as `unwedge run --config FILE` would (everything but binding the
+/// sockets and the admin address), and prints the effective configuration; an error is one
+/// line, with `run`'s exit status (2 usage, 1 environment).
+pub(crate) fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
+    let opts = match Options::from_file(&file) {
+        Ok(o) => o,
+        Err(e) => return fail(&e, e.exit_code()),
+    };
+    // The command may also be given to `unwedge run` after `--`.
+    let placeholder = opts.command.is_empty();
+    let command = if placeholder {
+        vec!["-".to_owned()]
+    } else {
+        Vec::new()
+    };
+    match Config::resolve(Some(opts), Options::default(), command) {
+        Ok(mut c) => {
+            let settings = match observe::Settings::from_config(&c) {
+                Ok(s) => s,
+                Err(e) => return fail(format!("{}: {e}", file.display()), 2),
+            };
+            if placeholder {
+                c.command.clear();
+            }
+            // What `run` and a reload refuse before they bind or start anything; the sockets
+            // and the admin address are not bound (a running supervisor holds them).
+            if let Err(e) = Supervisor::preflight(&c) {
+                return fail(format!("{}: {e}", file.display()), e.exit_code());
+            }
+            if let Err(e) = settings.check_environment() {
+                return fail(format!("{}: {e}", file.display()), 1);
+            }
+            settings.show_in(&mut c);
+            let mut text = String::new();
+            if c.workers_auto {
+                text += &format!(
+                    "# workers = \"auto\": {} here (one per CPU this process may use)\n",
+                    c.workers
+                );
+            }
+            text += &c.to_toml();
+            // A closed stdout (`| head`) is one line and exit 1, not a panic.
+            match crate::out::print(text) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => fail(e, 1),
+            }
+        }
+        Err(e) => fail(format!("{}: {e}", file.display()), e.exit_code()),
+    }
+}
