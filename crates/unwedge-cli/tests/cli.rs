@@ -674,7 +674,7 @@ async fn a_log_filter_that_names_nothing_of_the_supervisor_keeps_its_errors() {
         let (code, out) = run_to_end_env(&args, &[("UNWEDGE_LOG", value)]).await;
         assert_eq!(code, 3, "UNWEDGE_LOG={value:?}:\n{out}");
         assert!(
-            out.contains("ERROR giving up: 2 restarts"),
+            out.contains("ERROR giving up: worker w1 failed to start 2 times in a row"),
             "UNWEDGE_LOG={value:?}:\n{out}"
         );
         assert!(
@@ -889,7 +889,7 @@ async fn run_with_closed_stdout(args: &[&str]) -> (i32, String) {
 async fn a_closed_stdout_is_one_line_and_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("unwedge.toml");
-    std::fs::write(&config, "workers = 2\ncommand = [\"./server\"]\n").unwrap();
+    std::fs::write(&config, "workers = 2\ncommand = [\"/bin/sh\"]\n").unwrap();
     let mut sup = Sup::start(&[
         "run",
         "--admin",
