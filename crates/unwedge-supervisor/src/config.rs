@@ -434,7 +434,11 @@ pub struct Options {
     /// Rotate the report file when it would grow past this size (`4096`, `512K`, `10M`)
     /// [default: 10M].
     #[arg(long, value_name = "SIZE", help_heading = "Observability")]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "size_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub report_max_bytes: Option<String>,
 
     /// POST every alert (worker crashed, hung or tainted, gave up, reload failed) as JSON
@@ -1139,16 +1143,49 @@ impl Serialize for MemoryLimit {
 
 impl<'de> Deserialize<'de> for MemoryLimit {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Bytes(u64),
+        match d.deserialize_any(SizeVisitor { auto: true })? {
+            SizeRaw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+            SizeRaw::Bytes(n) => Ok(MemoryLimit::Bytes(n)),
         }
-        match Raw::deserialize(d)? {
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
-            Raw::Bytes(n) => Ok(MemoryLimit::Bytes(n)),
+    }
+}
+
+/// A size in the config file: text (`"10M"`, `"auto"`) or a number of bytes.
+enum SizeRaw {
+    Text(String),
+    Bytes(u64),
+}
+
+/// Reads a [`SizeRaw`]; anything else (a negative number, a boolean) is an error that says
+/// what a size looks like.
+struct SizeVisitor {
+    /// Whether `"auto"` is a size here (`max-memory`).
+    auto: bool,
+}
+
+impl serde::de::Visitor<'_> for SizeVisitor {
+    type Value = SizeRaw;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a size such as \"512K\" or \"10M\", or a number of bytes")?;
+        if self.auto {
+            f.write_str(", or \"auto\"")?;
         }
+        Ok(())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<SizeRaw, E> {
+        Ok(SizeRaw::Text(s.to_owned()))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<SizeRaw, E> {
+        Ok(SizeRaw::Bytes(n))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<SizeRaw, E> {
+        u64::try_from(n)
+            .map(SizeRaw::Bytes)
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
     }
 }
 
@@ -1286,6 +1323,17 @@ pub fn human_size(bytes: u64) -> String {
 }
 
 /// `listen = "127.0.0.1:8080"` as well as `listen = ["127.0.0.1:8080", "unix:/run/a.sock"]`.
+/// A size in the file as text (`"10M"`) or a number of bytes (`1048576`), as `max-memory`
+/// takes it; kept as text, parsed where the flag's value is.
+fn size_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Some(
+        match d.deserialize_any(SizeVisitor { auto: false })? {
+            SizeRaw::Text(t) => t,
+            SizeRaw::Bytes(n) => n.to_string(),
+        },
+    ))
+}
+
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     struct Visitor;
     impl<'de> serde::de::Visitor<'de> for Visitor {
@@ -1396,6 +1444,25 @@ mod tests {
         let mut without = c.to_options();
         without.alert_webhook = None;
         assert_eq!(back, without);
+    }
+
+    #[test]
+    fn report_max_bytes_in_the_file_is_a_size_or_a_number_of_bytes() {
+        let read = |text: &str| toml::from_str::<Options>(text).map(|o| o.report_max_bytes);
+        assert_eq!(
+            read("report-max-bytes = 1048576"),
+            Ok(Some("1048576".into()))
+        );
+        assert_eq!(read("report-max-bytes = \"10M\""), Ok(Some("10M".into())));
+        assert_eq!(read(""), Ok(None));
+        for bad in ["report-max-bytes = -1", "report-max-bytes = true"] {
+            let e = read(bad).unwrap_err().to_string();
+            assert!(e.contains("a size such as \"512K\""), "{bad}: {e}");
+        }
+        let e = toml::from_str::<Options>("max-memory = -1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("or \"auto\""), "{e}");
     }
 
     #[test]

@@ -137,15 +137,24 @@ fn prepare(workers: u32, what: &str) -> Result<Prepared, String> {
         .append(true)
         .open(&sup_log)
         .map_err(|e| format!("cannot open {}: {e}", sup_log.display()))?;
+    // As `unwedge run`'s (a filter that names nothing of the supervisor keeps its warnings
+    // and errors), but tower-http's lines off by default: the demo's own server logs them.
+    let (filter, warning) = match std::env::var_os(crate::log_filter::LOG_ENV) {
+        None => (
+            tracing_subscriber::EnvFilter::new("info,tower_http=off"),
+            None,
+        ),
+        value => crate::log_filter::log_filter(value),
+    };
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("UNWEDGE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=off")),
-        )
+        .with_env_filter(filter)
         .with_writer(Mutex::new(file))
         .with_ansi(false)
         .with_target(false)
         .try_init();
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
     let events: EventLog = Arc::new(Mutex::new(Vec::new()));
     let log = events.clone();
     let supervisor = Supervisor::new(config)
