@@ -74,10 +74,10 @@ impl Pool {
         if self.workers.contains_key(&pid) {
             return false;
         }
-        let Ok(session) = nix::unistd::getsid(None) else {
+        let Some(session) = self.own_session else {
             return false;
         };
-        crate::procfs::stat(pid).is_some_and(|s| s.sid == session.as_raw())
+        crate::procfs::stat(pid).is_some_and(|s| s.sid == session)
     }
 
     /// Reaps exited child `pid`, its notify messages read first; false if it could not be.
@@ -124,7 +124,7 @@ impl Pool {
     /// the container as it would be anyway.)
     pub(super) fn find_daemons(&mut self) {
         let me = std::process::id() as i32;
-        let Ok(session) = nix::unistd::getsid(None).map(Pid::as_raw) else {
+        let Some(session) = self.own_session else {
             return;
         };
         for child in crate::procfs::children(me) {

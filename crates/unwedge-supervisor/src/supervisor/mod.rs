@@ -342,6 +342,7 @@ impl Supervisor {
             leftovers: Vec::new(),
             daemons: Vec::new(),
             unclaimed: HashMap::new(),
+            own_session: nix::unistd::getsid(None).ok().map(Pid::as_raw),
             stop_deadline: None,
             forced: false,
             gave_up: None,
@@ -673,6 +674,9 @@ struct Pool {
     /// claims within [`UNCLAIMED_GRACE`] is an orphan (a process such a command left running)
     /// and is reaped.
     unclaimed: HashMap<i32, Instant>,
+    /// The supervisor's own session (it never changes): workers lead sessions of their own,
+    /// so a process of this one is a child the supervisor started itself, or one of theirs.
+    own_session: Option<i32>,
     stopping: bool,
     stop_deadline: Option<Instant>,
     forced: bool,
