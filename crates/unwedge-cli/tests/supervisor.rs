@@ -2783,3 +2783,44 @@ while :; do sleep 0.1; done
     })
     .await;
 }
+
+/// A moment when the supervisor cannot start a process (its open-file limit reached: no pipe
+/// for the worker's output) costs that slot a few retries, named with the system's reason, and
+/// never the workers still serving: once the limit is back the slot is refilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_be_spawned_for_a_while_is_retried_while_the_others_serve() {
+    within(Duration::from_secs(90), async {
+        let sup = Sup::python(&["--workers", "2", "--admin", "off"], &[]);
+        let pids = sup.wait_ready(0, 2).await;
+        let addr = sup.addr().await;
+        let (soft, _) = nofile(sup.pid);
+        let soft = soft.expect("a numeric soft limit").to_string();
+        let prlimit = |limit: &str| {
+            let st = std::process::Command::new("prlimit")
+                .args(["--pid", &sup.pid.to_string(), &format!("--nofile={limit}:")])
+                .status()
+                .expect("prlimit");
+            assert!(st.success(), "prlimit --nofile={limit}: {st}");
+        };
+        // No new fd for the supervisor (its open ones stay open).
+        prlimit("3");
+        let from = sup.mark();
+        kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+        sup.wait_line(from, &["cannot start worker", "Too many open files"])
+            .await;
+        let retry = sup
+            .wait_line(from, &["could not be started: ", "restarting in"])
+            .await;
+        assert!(retry.contains("Too many open files"), "{retry}");
+        // The other worker still answers on the shared socket.
+        for _ in 0..5 {
+            assert_eq!(get(addr, "/").await.0, 200, "log:\n{}", sup.log());
+        }
+        prlimit(&soft);
+        let back = sup.wait_ready(from, 1).await;
+        assert_ne!(back[0], pids[1]);
+        assert!(running(pids[1]), "the serving worker was stopped");
+        assert!(!sup.log().contains("giving up"), "{}", sup.log());
+    })
+    .await;
+}

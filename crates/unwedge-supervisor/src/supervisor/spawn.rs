@@ -28,7 +28,7 @@ impl Pool {
                         RestartReason::FailedStart,
                         Some(Instant::now()),
                         Duration::ZERO,
-                        "could not be started",
+                        &format!("could not be started: {e}"),
                     );
                 }
             }
