@@ -437,7 +437,7 @@ fn status_source(
             .keys()
             .filter(|id| !snap.workers.iter().any(|w| &&w.id == id))
             .filter(|id| {
-                h.started_for.get(*id).map_or(true, |gens| {
+                h.started_for.get(*id).is_none_or(|gens| {
                     gens.iter()
                         .any(|g| *g >= snap.generation && !h.failed_generations.contains(g))
                 })

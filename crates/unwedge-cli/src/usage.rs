@@ -42,7 +42,7 @@ pub(crate) fn attach_negative_values(cmd: &Command, mut args: Vec<OsString>) -> 
             };
             named
                 && a.get_action().takes_values()
-                && a.get_num_args().map_or(true, |n| n.min_values() > 0)
+                && a.get_num_args().is_none_or(|n| n.min_values() > 0)
         })
     };
     let negative = |value: &OsString| {

@@ -105,11 +105,7 @@ fn new_tail(pid: i32) -> Arc<Tail> {
     });
     let mut all = tails().lock().unwrap_or_else(|p| p.into_inner());
     // Forget the tails of workers that ended long ago and were never asked for.
-    all.retain(|_, t| {
-        t.closed
-            .borrow()
-            .map_or(true, |at| at.elapsed() < TAIL_KEEP)
-    });
+    all.retain(|_, t| t.closed.borrow().is_none_or(|at| at.elapsed() < TAIL_KEEP));
     all.insert(pid, tail.clone());
     tail
 }

@@ -36,7 +36,7 @@ impl Systemd {
             .and_then(|v| v.parse::<u64>().ok());
         let pid_ok = std::env::var("WATCHDOG_PID")
             .ok()
-            .map_or(true, |p| p.parse::<u32>().ok() == Some(std::process::id()));
+            .is_none_or(|p| p.parse::<u32>().ok() == Some(std::process::id()));
         let watchdog = usec
             .filter(|u| enabled && pid_ok && *u > 0)
             .map(Duration::from_micros);

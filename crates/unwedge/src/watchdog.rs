@@ -658,9 +658,8 @@ impl Tracker {
             }
             let d = now.saturating_sub(since);
             let started = s.polled_started.load(Ordering::Relaxed);
-            let want_blocked = d > stall_ns && scan.blocked.as_ref().map_or(true, |(b, _)| d > *b);
-            let want_oldest =
-                look_for_oldest && oldest.as_ref().map_or(true, |(o, _)| started < *o);
+            let want_blocked = d > stall_ns && scan.blocked.as_ref().is_none_or(|(b, _)| d > *b);
+            let want_oldest = look_for_oldest && oldest.as_ref().is_none_or(|(o, _)| started < *o);
             if want_blocked || want_oldest {
                 // Stored before `polling_since` (release/acquire): this poll's label or a
                 // later one, which the check of `polling_since` below rejects.
@@ -681,7 +680,7 @@ impl Tracker {
         if look_for_oldest {
             for s in threads.iter() {
                 if let Some(e) = first_pending(&lock(&s.pending)) {
-                    if oldest.as_ref().map_or(true, |(o, _)| e.started < *o) {
+                    if oldest.as_ref().is_none_or(|(o, _)| e.started < *o) {
                         oldest = Some((e.started, e.label));
                     }
                 }
@@ -976,7 +975,7 @@ mod tests {
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    shared.store(if n % 2 == 0 { &b } else { &a });
+                    shared.store(if n.is_multiple_of(2) { &b } else { &a });
                     n += 1;
                 }
             })

@@ -73,7 +73,7 @@ pub(crate) fn analyse(
         }
     }
     for r in &side.injected {
-        let pid_match = |p: i32| r.pid.map_or(true, |x| x == p);
+        let pid_match = |p: i32| r.pid.is_none_or(|x| x == p);
         if matches!(r.action, Action::Deadlock | Action::Stop) && r.skipped.is_none() {
             if let Some(t) = log.iter().find_map(|(t, e)| match e {
                 Event::Hung { pid, .. } if *t >= r.at && pid_match(*pid) => Some(*t),
@@ -198,7 +198,7 @@ pub(crate) fn n(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -281,7 +281,7 @@ impl Pool {
         s.restarts += 1;
         let at = now + delay;
         // A slot already waiting keeps the earlier start.
-        if s.pending.as_ref().map_or(true, |p| at < p.at) {
+        if s.pending.as_ref().is_none_or(|p| at < p.at) {
             s.pending = Some(Pending { at, crash_at });
         }
         tracing::warn!("{} {why}; restarting in {}", slot_id(slot), fmt_dur(delay));

@@ -413,7 +413,7 @@ pub(super) fn begin_wait(lock: &Arc<LockInfo>) -> WaitToken {
     g.insert(id, wait);
     // The watchdog sleeps until the earliest limit it knows of: wake it only for an earlier one
     // (not once per contended lock, which made each wait cost a scan of all of them).
-    let sooner = g.next_due.map_or(true, |next| due < next);
+    let sooner = g.next_due.is_none_or(|next| due < next);
     if sooner {
         g.next_due = Some(due);
     }
