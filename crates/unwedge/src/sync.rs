@@ -442,6 +442,15 @@ impl<'a, T: ?Sized> MutexGuard<'a, T> {
     /// example because the request's future was dropped at an `.await` while the data was
     /// half-updated.
     ///
+    /// A poisoned mutex is decided by the process-wide [policy](crate::panic::policy) as a
+    /// panic would be: under the default `Auto` (and `Crash`) it is a graceful restart of the
+    /// process. A section left uncommitted therefore costs the process, not only the request:
+    /// a client that disconnects while its request is inside the section, or a `?` that returns
+    /// between the first write and `commit()`, restarts the worker. Keep the section short,
+    /// do what can fail before `lock()` when the order allows, and prefer
+    /// [`Tx::update`](crate::Tx::update) for updates that need no `.await`. Under `Recover` the
+    /// mutex stays poisoned for the next `lock()` to repair.
+    ///
     /// # Examples
     ///
     /// ```
@@ -662,6 +671,9 @@ pub struct PoisonInfo {
     pub cause: PoisonCause,
 }
 
+/// `PoisonInfo` is the `'static` error of a poisoned lock ([`PoisonError::into_info`]).
+impl Error for PoisonInfo {}
+
 impl PoisonInfo {
     fn unknown(lock: Arc<str>) -> Self {
         PoisonInfo {
@@ -774,6 +786,38 @@ impl<G> PoisonError<G> {
     /// ```
     pub fn info(&self) -> &PoisonInfo {
         &self.info
+    }
+
+    /// What poisoned the mutex, without the guard (the lock is released): an error that
+    /// borrows nothing, for `?` in a function returning `Box<dyn Error + Send + Sync>`,
+    /// `anyhow::Result` or any error type built from a `'static` error. A `PoisonError` itself
+    /// borrows the mutex through its guard, so it cannot leave a function that holds the mutex
+    /// only by a local `Arc`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use unwedge::PoisonError;
+    ///
+    /// async fn add(
+    ///     comments: Arc<unwedge::Mutex<Vec<String>>>,
+    ///     text: String,
+    /// ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ///     let mut list = comments.lock().await.map_err(PoisonError::into_info)?;
+    ///     list.push(text);
+    ///     Ok(())
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let comments = Arc::new(unwedge::Mutex::named("comments", Vec::new()));
+    /// add(comments.clone(), "first".into()).await.unwrap();
+    /// comments.lock().await.unwrap().commit_or_poison(); // dropped uncommitted: poisoned
+    /// let err = add(comments, "second".into()).await.unwrap_err();
+    /// assert!(err.to_string().starts_with("mutex `comments` poisoned"), "{err}");
+    /// # }
+    /// ```
+    pub fn into_info(self) -> Arc<PoisonInfo> {
+        self.info
     }
 }
 
