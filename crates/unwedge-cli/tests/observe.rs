@@ -2253,3 +2253,35 @@ async fn slots_a_reload_removed_leave_the_status_and_the_metrics() {
     })
     .await;
 }
+
+/// A request its handler marks long on purpose (`unwedge::watchdog::long_request`, the demo's
+/// `/slow?long=1`) leaves a quiet worker live past the hang limit; the same request unmarked
+/// makes it Wedged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_marked_long_does_not_wedge_a_quiet_worker() {
+    limited(async {
+        let sup = Sup::demo_env(
+            &["--workers", "1", "--admin", "off"],
+            &[("UNWEDGE_HANG_LIMIT", "1s")],
+        );
+        sup.wait_ready(0, 1).await;
+        let addr = sup.addr().await;
+        let long = tokio::spawn(get(addr, "/slow?ms=4000&long=1"));
+        // Twice the limit and more: live all along.
+        let until = Instant::now() + Duration::from_millis(2500);
+        while Instant::now() < until {
+            let (code, body) = get(addr, "/livez").await;
+            assert_eq!(code, 200, "{body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(long.await.unwrap().0, 200);
+        assert!(!sup.log().contains("state=wedged"), "{}", sup.log());
+        // Unmarked, the same wait is a hang once older than the limit: the worker says it is
+        // wedged and the supervisor replaces it.
+        let from = sup.mark();
+        let _plain = tokio::spawn(http(addr, "GET", "/slow?ms=8000"));
+        sup.wait_line(from, &["is hung", "no progress", "oldest GET /slow"])
+            .await;
+    })
+    .await;
+}

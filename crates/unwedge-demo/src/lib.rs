@@ -5,7 +5,7 @@
 //! | route | what it does |
 //! | --- | --- |
 //! | `GET /` | `ok` |
-//! | `GET /slow?ms=N` | sleeps N ms (asynchronously), then answers |
+//! | `GET /slow?ms=N` | sleeps N ms (asynchronously), then answers; with `&long=1` it is marked [long on purpose](unwedge::watchdog::long_request) |
 //! | `POST /panic` | panics, touching no state: recovered under `Auto` |
 //! | `POST /tx-panic` | panics inside a [`Tx`] update: rolled back, recovered under `Auto` |
 //! | `POST /poison` | panics while holding an [`unwedge::Mutex`]: poisoned, graceful crash under `Auto` |
@@ -152,6 +152,9 @@ async fn slow(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<String, (StatusCode, String)> {
     let ms = millis(&q)?;
+    if q.contains_key("long") {
+        unwedge::watchdog::long_request();
+    }
     demo.counter.update(|c| c.slow_in_flight += 1);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     demo.counter.update(|c| c.slow_in_flight -= 1);

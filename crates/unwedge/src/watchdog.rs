@@ -22,7 +22,8 @@
 //! `UNWEDGE_HANG_LIMIT` (`2s`, `500ms`, or seconds); the environment wins.
 //!
 //! A request counts as completed when its response head is ready (a streaming body is not
-//! watched).
+//! watched). A request long on purpose (a long poll) calls [`long_request`]: the no-progress
+//! check leaves it out.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -263,6 +264,8 @@ struct ThreadSlot {
     polled_started: AtomicU64,
     /// The request whose label `polled` holds.
     polled_id: AtomicU64,
+    /// The request polled on this thread that called [`long_request`] (`u64::MAX`: none).
+    let_go: AtomicU64,
     polled: SharedLabel,
     /// Requests that began waiting on this thread (their first poll returned `Pending`).
     /// Stable keys, no allocation once warm.
@@ -281,6 +284,7 @@ impl ThreadSlot {
             polling_since: AtomicU64::new(0),
             polled_started: AtomicU64::new(0),
             polled_id: AtomicU64::new(u64::MAX),
+            let_go: AtomicU64::new(u64::MAX),
             polled: SharedLabel::default(),
             pending: Mutex::new(Slab::new()),
         }
@@ -447,6 +451,7 @@ impl Tracker {
             started: 0,
             label: Label::new(req.method(), req.uri().path()),
             waiting: None,
+            let_go: false,
         };
         with_slot(self.id, |s| {
             let n = ThreadSlot::bump(&s.begun);
@@ -472,6 +477,8 @@ pub(crate) struct Req {
     label: Label,
     /// Where it is entered as pending: its thread's slot and key.
     waiting: Option<(Arc<ThreadSlot>, usize)>,
+    /// It called [`long_request`]: never the oldest for the no-progress check.
+    let_go: bool,
 }
 
 impl Req {
@@ -494,7 +501,9 @@ impl Req {
             s.polled.store(&self.label);
             s.polled_id.store(self.id, Ordering::Relaxed);
         }
-        s.polled_started.store(self.started, Ordering::Relaxed);
+        // A request let go is never older than another (see `Tracker::scan`).
+        let started = if self.let_go { u64::MAX } else { self.started };
+        s.polled_started.store(started, Ordering::Relaxed);
         // Release: a watchdog that reads this mark also sees the label stored above.
         s.polling_since
             .store(s.clock.load(Ordering::Relaxed), Ordering::Release);
@@ -585,10 +594,73 @@ pub(crate) fn poll_tracked<F: Future>(
         r.tracked = false; // counted: its drop only leaves the pending list
         *req = None;
     } else {
-        drop(ends);
-        r.wait();
+        // The end of the poll, and whether the handler called `long_request` in it.
+        std::mem::forget(ends);
+        let asked = with_slot(r.tracker, |s| {
+            s.polling_since.store(0, Ordering::Relaxed);
+            s.let_go.load(Ordering::Relaxed) == r.id
+        });
+        if asked == Some(true) && !r.let_go {
+            r.let_go = true;
+            if let Some((slot, key)) = r.waiting.take() {
+                lock(&slot.pending).try_remove(key);
+            }
+        }
+        if !r.let_go {
+            r.wait();
+        }
     }
     out
+}
+
+/// Marks the request being handled as long on purpose (a long poll, an export, a slow
+/// upstream call waited for on purpose): the watchdog's no-progress check leaves it out, so
+/// that one such request on a quiet process does not turn it Wedged (and stop its
+/// `WATCHDOG=1` heartbeats) once it is older than the hang limit. Call it in the handler,
+/// before its first long `.await`; it lasts until the request ends.
+///
+/// The other checks still apply: a poll of it that blocks its thread is reported (blocking
+/// code in async is never fine), and so is a runtime that stalls. Requests that are not
+/// marked still make the process Wedged when none of them completes within the limit.
+///
+/// Returns `false`, and does nothing, outside a request that [`serve`](crate::serve()) tracks
+/// (another server, a task of its own, a test calling the handler directly).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// // An axum handler that waits up to 30 s for news (a long poll).
+/// async fn poll_news(news: tokio::sync::watch::Receiver<String>) -> String {
+///     unwedge::watchdog::long_request();
+///     let mut news = news;
+///     match tokio::time::timeout(Duration::from_secs(30), news.changed()).await {
+///         Ok(Ok(())) => news.borrow().clone(),
+///         _ => String::new(),
+///     }
+/// }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // Outside serve() it only says that it did nothing.
+/// assert!(!unwedge::watchdog::long_request());
+/// # let (tx, rx) = tokio::sync::watch::channel(String::new());
+/// # tx.send("hi".into()).unwrap();
+/// # let _ = poll_news;
+/// # }
+/// ```
+pub fn long_request() -> bool {
+    SLOTS
+        .try_with(|slots| {
+            slots.borrow().iter().any(|(_, s)| {
+                if s.polling_since.load(Ordering::Relaxed) == 0 {
+                    return false;
+                }
+                s.let_go
+                    .store(s.polled_id.load(Ordering::Relaxed), Ordering::Relaxed);
+                true
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// What the watchdog finds in the requests in flight.
@@ -1203,6 +1275,75 @@ mod tests {
         assert!(!waiting());
         assert_eq!(tracker.completed(), 0);
         assert!(tracker.scan(later, stall, hang).oldest.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_request_marked_long_is_never_the_oldest_but_still_in_flight() {
+        let tracker = Tracker::new();
+        let svc = tower::service_fn(|req: Request<()>| async move {
+            let long = req.uri().path() == "/long";
+            if long {
+                assert!(long_request(), "a tracked request is found");
+            }
+            // One poll returns Pending before and one after the mark, as a handler that
+            // awaits something first would.
+            tokio::task::yield_now().await;
+            if req.uri().path() == "/late" {
+                assert!(long_request());
+            }
+            std::future::pending::<Result<(), std::convert::Infallible>>().await
+        });
+        let hang = Duration::from_secs(10).as_nanos() as u64;
+        let stall = Duration::from_secs(2).as_nanos() as u64;
+        let later = || now_ns() + 11 * 1_000_000_000;
+        let pending = |t: &Tracker| {
+            lock(&t.threads)
+                .iter()
+                .map(|s| lock(&s.pending).len())
+                .sum::<usize>()
+        };
+        let mut calls = Vec::new();
+        for path in ["/long", "/late"] {
+            let svc = Tracked::new(svc, tracker.clone());
+            calls.push(tokio::spawn(
+                svc.oneshot(Request::get(path).body(()).unwrap()),
+            ));
+        }
+        // Both in flight, both past their second poll, neither waiting in the list.
+        while tracker.in_flight() < 2 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pending(&tracker), 0);
+        let scan = tracker.scan(later(), stall, hang);
+        assert_eq!(scan.in_flight, 2);
+        assert!(
+            scan.oldest.is_none(),
+            "{:?}",
+            scan.oldest.map(|o| o.1.text())
+        );
+        // One request that did not ask is found as before, the long ones do not hide it.
+        let svc = Tracked::new(svc, tracker.clone());
+        calls.push(tokio::spawn(
+            svc.oneshot(Request::get("/plain").body(()).unwrap()),
+        ));
+        while pending(&tracker) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let (_, label) = tracker.scan(later(), stall, hang).oldest.expect("/plain");
+        assert_eq!(label.text(), "GET /plain");
+        for c in calls {
+            c.abort();
+            let _ = c.await;
+        }
+        assert_eq!(tracker.in_flight(), 0);
+    }
+
+    #[test]
+    fn long_request_outside_a_tracked_request_does_nothing() {
+        assert!(!long_request());
     }
 
     #[test]
