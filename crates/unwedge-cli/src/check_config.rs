@@ -4,13 +4,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use unwedge_supervisor::{Config, Options, Supervisor};
+use unwedge_supervisor::socket::check_bindable;
+use unwedge_supervisor::{Config, ListenAddr, Options, Supervisor};
 
 use crate::{fail, observe};
 
-/// Reads `file`, checks it as `unwedge run --config FILE` would (everything but binding the
-/// sockets and the admin address), and prints the effective configuration; an error is one
-/// line, with `run`'s exit status (2 usage, 1 environment).
+/// Reads `file`, checks it as `unwedge run --config FILE` would (the sockets and the admin
+/// address are bound and released at once: one in use is only a note, as a running supervisor
+/// holds its own), and prints the effective configuration; an error is one line, with `run`'s
+/// exit status (2 usage, 1 environment).
 pub(crate) fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
     let opts = match Options::from_file(&file) {
         Ok(o) => o,
@@ -39,6 +41,17 @@ pub(crate) fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
             }
             if let Err(e) = settings.check_environment() {
                 return fail(format!("{}: {e}", file.display()), 1);
+            }
+            // The addresses, bound and released at once: one of no interface here, a port
+            // this user may not bind, a missing directory fail as `run` would; one in use is a
+            // note (before a reload, the running supervisor holds them).
+            let admin = settings.explicit_admin().map(ListenAddr::Tcp);
+            for addr in c.listen.iter().chain(admin.as_ref()) {
+                match check_bindable(addr) {
+                    Ok(None) => {}
+                    Ok(Some(note)) => eprintln!("unwedge: note: {note}"),
+                    Err(e) => return fail(format!("{}: {e}", file.display()), e.exit_code()),
+                }
             }
             settings.show_in(&mut c);
             let mut text = String::new();

@@ -50,7 +50,8 @@ enum Cmd {
     /// 3 gave up (restart intensity exceeded, or a worker failed to start more than
     /// --max-restarts times in a row).
     Run(Box<RunArgs>),
-    /// Validate a config file and print the effective configuration.
+    /// Validate a config file (as a start would: the command, the report directory, the
+    /// addresses bound and released at once) and print the effective configuration.
     ///
     /// $ unwedge check-config unwedge.toml
     CheckConfig {

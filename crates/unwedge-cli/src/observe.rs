@@ -61,6 +61,11 @@ pub(crate) fn default_report_dir() -> Option<PathBuf> {
 }
 
 impl Settings {
+    /// The admin address `--admin` asked for (the default one in use is only a warning).
+    pub(crate) fn explicit_admin(&self) -> Option<SocketAddr> {
+        self.admin.filter(|_| self.admin_explicit)
+    }
+
     /// Parses the options; an error is a usage error (exit status 2).
     pub(crate) fn from_config(c: &Config) -> Result<Settings, String> {
         let (admin, admin_explicit) = match &c.admin {

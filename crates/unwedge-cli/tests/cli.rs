@@ -1048,3 +1048,60 @@ async fn reload_signals_pid_1_only_when_it_is_a_supervisor() {
     sup.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
 }
+
+/// `check-config` binds what `run` would bind, and releases it: an address of no interface
+/// here or a missing socket directory fails as `run` would (exit 1, one line); an address in
+/// use (the running supervisor's, before a reload) is a note, exit 0.
+#[tokio::test]
+async fn check_config_tries_the_addresses_run_would_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        f.to_str().unwrap().to_owned()
+    };
+    // TEST-NET-1 (RFC 5737): no interface has it.
+    let elsewhere = write(
+        "elsewhere.toml",
+        "listen = [\"192.0.2.1:8080\"]\ncommand = [\"true\"]\n".into(),
+    );
+    let (code, out) = run_to_end(&["check-config", &elsewhere]).await;
+    assert_clear(code, 1, &out, "cannot listen on 192.0.2.1:8080");
+    let (code, out) = run_to_end(&["run", "--config", &elsewhere]).await;
+    assert_clear(code, 1, &out, "cannot listen on 192.0.2.1:8080");
+
+    let missing = dir.path().join("no-such-dir/app.sock");
+    let nodir = write(
+        "nodir.toml",
+        format!(
+            "listen = [\"unix:{}\"]\ncommand = [\"true\"]\n",
+            missing.display()
+        ),
+    );
+    let (code, out) = run_to_end(&["check-config", &nodir]).await;
+    assert_clear(code, 1, &out, "no directory");
+    assert!(!missing.parent().unwrap().exists());
+
+    let admin_elsewhere = write(
+        "admin.toml",
+        "listen = [\"127.0.0.1:0\"]\nadmin = \"192.0.2.1:9100\"\ncommand = [\"true\"]\n".into(),
+    );
+    let (code, out) = run_to_end(&["check-config", &admin_elsewhere]).await;
+    assert_clear(code, 1, &out, "192.0.2.1:9100");
+
+    // In use: a note naming it, the config still printed, and the port still this holder's.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let busy = write(
+        "busy.toml",
+        format!("listen = [\"{addr}\"]\nadmin = \"off\"\ncommand = [\"true\"]\n"),
+    );
+    let (code, out, err) = run_split(&["check-config", &busy]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(&format!("note: {addr} is in use now")),
+        "{err}"
+    );
+    assert!(out.contains(&addr.to_string()), "{out}");
+    let _ = std::net::TcpStream::connect(addr).expect("the holder still listens");
+}

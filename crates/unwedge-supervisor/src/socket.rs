@@ -97,6 +97,87 @@ pub fn bind_all(addrs: &[ListenAddr], unix: UnixAccess) -> Result<Vec<Listener>,
         .collect()
 }
 
+/// Whether `unwedge run` could bind `addr` now, without binding it for good: for
+/// `unwedge check-config`. A TCP address is bound and released at once; for a `unix:` path the
+/// directory must exist and the path be free, a socket, or a socket nothing listens on (left
+/// as it is: `run` replaces it). `Ok(Some(note))` when it is in use: by a running
+/// supervisor, whose config this may be (before a reload), or by another program, which would
+/// make `run` fail; `Err` when `run` would fail whatever else runs.
+///
+/// ```
+/// use unwedge_supervisor::{socket::check_bindable, ListenAddr};
+///
+/// let free = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
+/// assert_eq!(check_bindable(&free).unwrap(), None);
+/// let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let taken = ListenAddr::Tcp(held.local_addr().unwrap());
+/// assert!(check_bindable(&taken).unwrap().unwrap().contains("in use"));
+/// // TEST-NET-1: an address of no interface here.
+/// let elsewhere = ListenAddr::Tcp("192.0.2.1:8080".parse().unwrap());
+/// assert!(check_bindable(&elsewhere).is_err());
+/// ```
+pub fn check_bindable(addr: &ListenAddr) -> Result<Option<String>, StartError> {
+    let fail = |reason: String| StartError::Listen {
+        addr: addr.to_string(),
+        reason,
+    };
+    let result = match addr {
+        ListenAddr::Tcp(a) => {
+            Socket::new(Domain::for_address(*a), Type::STREAM, None).and_then(|sock| {
+                sock.set_reuse_address(true)?;
+                if a.is_ipv6() {
+                    sock.set_only_v6(false).ok();
+                }
+                sock.bind(&SockAddr::from(*a))
+            })
+        }
+        ListenAddr::Unix(path) => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if !dir.is_dir() {
+                return Err(fail(format!("no directory {}", dir.display())));
+            }
+            check_unix_path(path)
+        }
+    };
+    match result {
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(Some(format!(
+            "{addr} is in use now ({}): fine if it is the running supervisor's, whose config \
+             this is; otherwise `unwedge run` would fail to bind it",
+            in_use_by(addr, e)
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(fail(format!(
+            "{e} (a port below 1024 needs root or CAP_NET_BIND_SERVICE; a unix: path, write \
+             permission on its directory)"
+        ))),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// [`remove_stale_socket`]'s checks without the removal.
+fn check_unix_path(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            probe.set_nonblocking(true)?;
+            match probe.connect(&SockAddr::unix(path)?) {
+                Ok(()) => Err(in_use()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(in_use()),
+                Err(_) => Ok(()),
+            }
+        }
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "path exists and is not a socket",
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
 /// `e`, and for an address in use, what holds it (`Address already in use (os error 98);
 /// pid 4242 (`python3 app.py`) listens on it`): often a process a previous run left behind.
 fn in_use_by(addr: &ListenAddr, e: std::io::Error) -> String {
