@@ -159,23 +159,7 @@ pub fn check_bindable(addr: &ListenAddr) -> Result<Option<String>, StartError> {
 
 /// [`remove_stale_socket`]'s checks without the removal.
 fn check_unix_path(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-            probe.set_nonblocking(true)?;
-            match probe.connect(&SockAddr::unix(path)?) {
-                Ok(()) => Err(in_use()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(in_use()),
-                Err(_) => Ok(()),
-            }
-        }
-        Ok(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            "path exists and is not a socket",
-        )),
-        Err(_) => Ok(()),
-    }
+    unix_path_state(path).map(|_| ())
 }
 
 /// `e`, and for an address in use, what holds it (`Address already in use (os error 98);
@@ -256,6 +240,20 @@ fn in_use() -> std::io::Error {
 /// Removes a socket file nothing listens on any more (left by a process that ended); one a
 /// server still accepts on is in use, not replaced (that would take its new connections).
 fn remove_stale_socket(path: &PathBuf) -> std::io::Result<()> {
+    match unix_path_state(path)? {
+        UnixPath::Stale => std::fs::remove_file(path),
+        UnixPath::Free => Ok(()),
+    }
+}
+
+/// A `unix:` path that can be bound: nothing there, or a socket file nothing listens on.
+enum UnixPath {
+    Free,
+    Stale,
+}
+
+/// What is at `path`: an error when a server accepts on it (in use) or it is not a socket.
+fn unix_path_state(path: &Path) -> std::io::Result<UnixPath> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
@@ -263,10 +261,8 @@ fn remove_stale_socket(path: &PathBuf) -> std::io::Result<()> {
             let probe = Socket::new(Domain::UNIX, Type::STREAM, None)?;
             probe.set_nonblocking(true)?;
             match probe.connect(&SockAddr::unix(path)?) {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    std::fs::remove_file(path)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(UnixPath::Stale),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UnixPath::Free),
                 // Accepted, or its backlog full: a server is there.
                 Ok(()) => Err(in_use()),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(in_use()),
@@ -277,7 +273,7 @@ fn remove_stale_socket(path: &PathBuf) -> std::io::Result<()> {
             std::io::ErrorKind::AlreadyExists,
             "path exists and is not a socket",
         )),
-        Err(_) => Ok(()),
+        Err(_) => Ok(UnixPath::Free),
     }
 }
 
