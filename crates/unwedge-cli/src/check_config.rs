@@ -49,7 +49,9 @@ pub(crate) fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
             for addr in c.listen.iter().chain(admin.as_ref()) {
                 match check_bindable(addr) {
                     Ok(None) => {}
-                    Ok(Some(note)) => eprintln!("unwedge: note: {note}"),
+                    Ok(Some(note)) => {
+                        crate::out::eprint_line(format_args!("unwedge: note: {note}"))
+                    }
                     Err(e) => return fail(format!("{}: {e}", file.display()), e.exit_code()),
                 }
             }

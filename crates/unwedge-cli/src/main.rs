@@ -166,7 +166,7 @@ fn main() -> miette::Result<ExitCode> {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let err = unwedge_supervisor::shim::exec(&rest);
-        eprintln!("unwedge: {err}");
+        crate::out::eprint_line(format_args!("unwedge: {err}"));
         return Ok(ExitCode::from(127));
     }
     let mut cmd = Cli::command();
@@ -198,7 +198,7 @@ fn main() -> miette::Result<ExitCode> {
 }
 
 fn fail(msg: impl std::fmt::Display, code: u8) -> miette::Result<ExitCode> {
-    eprintln!("unwedge: error: {msg}");
+    crate::out::eprint_line(format_args!("unwedge: error: {msg}"));
     Ok(ExitCode::from(code))
 }
 
@@ -337,10 +337,10 @@ fn reports(
         Ok(skipped) => {
             if json {
                 // The table says it on stdout; JSON lines cannot.
-                eprintln!(
+                crate::out::eprint_line(format_args!(
                     "unwedge: {skipped} unreadable line(s) in {} skipped (torn by a crash mid-write, or not records)",
                     dir.display()
-                );
+                ));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -12,3 +12,10 @@ pub(crate) fn print(text: impl std::fmt::Display) -> Result<(), String> {
         .and_then(|()| out.flush())
         .map_err(|e| format!("cannot write <stdout>: {e}"))
 }
+
+/// Writes one line to stderr. A stderr that cannot be written (a pipe whose reader exited)
+/// loses the line, not the exit status: `eprintln!` would panic (exit status 101, whatever the
+/// command meant to say with its own).
+pub(crate) fn eprint_line(line: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}

@@ -77,7 +77,7 @@ pub(crate) fn reload(
     timeout: Duration,
 ) -> ExitCode {
     let fail = |(msg, code): (String, u8)| {
-        eprintln!("unwedge: error: {msg}");
+        crate::out::eprint_line(format_args!("unwedge: error: {msg}"));
         ExitCode::from(code)
     };
     let pid = match target(pid, pidfile) {

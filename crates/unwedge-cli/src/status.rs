@@ -48,14 +48,16 @@ pub(crate) fn status(admin: SocketAddr, json: bool) -> ExitCode {
     let value = match fetched {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("unwedge: error: {e}");
+            crate::out::eprint_line(format_args!("unwedge: error: {e}"));
             return ExitCode::FAILURE;
         }
     };
     let view: unwedge_admin::StatusView = match serde_json::from_value(value.clone()) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("unwedge: error: {admin}/status is not the status JSON ({e})");
+            crate::out::eprint_line(format_args!(
+                "unwedge: error: {admin}/status is not the status JSON ({e})"
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -66,7 +68,7 @@ pub(crate) fn status(admin: SocketAddr, json: bool) -> ExitCode {
         unwedge_admin::render_text(&view)
     };
     if let Err(e) = crate::out::print(text) {
-        eprintln!("unwedge: error: {e}");
+        crate::out::eprint_line(format_args!("unwedge: error: {e}"));
         return ExitCode::FAILURE;
     }
     if view.is_ready() && view.is_live() {

@@ -75,7 +75,7 @@ pub(crate) fn report(e: &clap::Error, cmd: &Command, args: &[OsString]) -> ExitC
         let _ = e.print();
         return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
     }
-    eprintln!("unwedge: error: {}", one_line(e, cmd, args));
+    crate::out::eprint_line(format_args!("unwedge: error: {}", one_line(e, cmd, args)));
     ExitCode::from(USAGE)
 }
 

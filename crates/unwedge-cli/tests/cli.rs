@@ -1105,3 +1105,24 @@ async fn check_config_tries_the_addresses_run_would_bind() {
     assert!(out.contains(&addr.to_string()), "{out}");
     let _ = std::net::TcpStream::connect(addr).expect("the holder still listens");
 }
+
+/// An error line that cannot be written (stderr is a pipe whose reader exited, as in
+/// `unwedge … 2>&1 | head -0`) does not change the exit status: no panic, no 101.
+#[test]
+fn a_closed_stderr_keeps_the_exit_status() {
+    for (args, want) in [
+        (&["run", "--bogus"][..], 2),
+        (&["status", "--admin", "127.0.0.1:1"][..], 1),
+        (&["reports", "--dir", "/nonexistent/unwedge-reports"][..], 1),
+    ] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let status = std::process::Command::new(BIN)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(write))
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(want), "unwedge {args:?}");
+    }
+}

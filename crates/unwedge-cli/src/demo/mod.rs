@@ -202,7 +202,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("unwedge: error: {msg}");
+    crate::out::eprint_line(format_args!("unwedge: error: {msg}"));
     ExitCode::from(1)
 }
 
