@@ -81,8 +81,9 @@
 //! | `WATCHDOG_USEC`, `WATCHDOG_PID` | heartbeat interval expected by the supervisor |
 //! | `UNWEDGE_POLICY` | `recover`, `crash` or `auto` |
 //! | `UNWEDGE_SHUTDOWN_TIMEOUT`, `UNWEDGE_CRASH_TIMEOUT` | drain deadlines (`30s`, `500ms`, or seconds) |
-//! | `UNWEDGE_STALL_LIMIT`, `UNWEDGE_HANG_LIMIT` | watchdog limits |
-//! | `UNWEDGE_ABORT_WHEN_WEDGED` | exit 70 after being wedged this long |
+//! | `UNWEDGE_STALL_LIMIT` | runtime-stall and blocked-poll limit of the [`watchdog`] (default 2 s); `0` turns both checks off |
+//! | `UNWEDGE_HANG_LIMIT` | no-progress limit of the [`watchdog`] (default 10 s); `0` turns the check off (requests that legitimately run longer) |
+//! | `UNWEDGE_ABORT_WHEN_WEDGED` | exit 70 after being wedged this long; `0` (or unset) for never |
 //! | `UNWEDGE_HEALTH_ROUTES` | `0` to leave `/livez` `/readyz` to the app |
 //! | `UNWEDGE_IDLE_TIMEOUT` | idle period after which a connection without requests is closed; `0` for none |
 //! | `UNWEDGE_BACKTRACE` | `1` (default: symbols within 2 ms, else raw frames), `full` or `0` (none) |
@@ -275,8 +276,8 @@ pub struct Server {
     health_routes: bool,
     shutdown_timeout: Duration,
     crash_timeout: Duration,
-    stall_limit: Duration,
-    hang_limit: Duration,
+    stall_limit: Option<Duration>,
+    hang_limit: Option<Duration>,
     abort_when_wedged: Option<Duration>,
     exit_on_crash: bool,
     idle_timeout: Option<Duration>,
@@ -300,8 +301,8 @@ impl Server {
             health_routes: true,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             crash_timeout: DEFAULT_CRASH_TIMEOUT,
-            stall_limit: watchdog::DEFAULT_STALL_LIMIT,
-            hang_limit: watchdog::DEFAULT_HANG_LIMIT,
+            stall_limit: Some(watchdog::DEFAULT_STALL_LIMIT),
+            hang_limit: Some(watchdog::DEFAULT_HANG_LIMIT),
             abort_when_wedged: None,
             exit_on_crash: true,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
@@ -352,22 +353,49 @@ impl Server {
         self
     }
 
-    /// Runtime stall limit of the [`watchdog`] (default 2 s).
-    pub fn stall_limit(mut self, limit: Duration) -> Self {
-        self.stall_limit = limit;
+    /// Runtime-stall and blocked-poll limit of the [`watchdog`] (default 2 s): the process is
+    /// Wedged when the runtime does not run a canary task, or one poll of a request does not
+    /// return, for this long. `None` or zero turns both checks off (`UNWEDGE_STALL_LIMIT=0`
+    /// does the same and wins over the builder).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = unwedge::Server::new().stall_limit(Duration::from_millis(500));
+    /// let unwatched = unwedge::Server::new().stall_limit(None); // or Duration::ZERO
+    /// # let _ = (server, unwatched);
+    /// ```
+    pub fn stall_limit(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.stall_limit = limit.into().filter(|d| !d.is_zero());
         self
     }
 
-    /// No-progress limit of the [`watchdog`] (default 10 s).
-    pub fn hang_limit(mut self, limit: Duration) -> Self {
-        self.hang_limit = limit;
+    /// No-progress limit of the [`watchdog`] (default 10 s): the process is Wedged when
+    /// requests are in flight, the oldest for longer than this, and none completed within it.
+    /// `None` or zero turns the check off, for services whose requests legitimately run
+    /// longer (`UNWEDGE_HANG_LIMIT=0` does the same and wins over the builder).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let reports = unwedge::Server::new().hang_limit(Duration::from_secs(120));
+    /// let long_polls = unwedge::Server::new().hang_limit(None); // or Duration::ZERO
+    /// # let _ = (reports, long_polls);
+    /// ```
+    pub fn hang_limit(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.hang_limit = limit.into().filter(|d| !d.is_zero());
         self
     }
 
     /// Exit with code 70 once the process has been wedged for `after`: for deployments
-    /// without a supervisor that would kill it. Off by default.
-    pub fn abort_when_wedged(mut self, after: Duration) -> Self {
-        self.abort_when_wedged = Some(after);
+    /// without a supervisor that would kill it. Off by default; `None` or zero keeps it off
+    /// (`UNWEDGE_ABORT_WHEN_WEDGED=0` turns it off and wins over the builder).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = unwedge::Server::new().abort_when_wedged(Duration::from_secs(30));
+    /// # let _ = server;
+    /// ```
+    pub fn abort_when_wedged(mut self, after: impl Into<Option<Duration>>) -> Self {
+        self.abort_when_wedged = after.into().filter(|d| !d.is_zero());
         self
     }
 
@@ -452,16 +480,18 @@ impl Server {
             config::duration("UNWEDGE_SHUTDOWN_TIMEOUT")?.unwrap_or(self.shutdown_timeout);
         let crash_timeout =
             config::duration("UNWEDGE_CRASH_TIMEOUT")?.unwrap_or(self.crash_timeout);
-        let stall_limit = config::duration("UNWEDGE_STALL_LIMIT")?.unwrap_or(self.stall_limit);
-        let hang_limit = config::duration("UNWEDGE_HANG_LIMIT")?.unwrap_or(self.hang_limit);
-        let abort_after = config::duration("UNWEDGE_ABORT_WHEN_WEDGED")?.or(self.abort_when_wedged);
+        // Zero is off, for these as for the idle timeout: a zero limit would be reached at
+        // once (Wedged from the start, or exit 70 at the first wedge).
+        let stall_limit = off_when_zero(config::duration("UNWEDGE_STALL_LIMIT")?, self.stall_limit);
+        let hang_limit = off_when_zero(config::duration("UNWEDGE_HANG_LIMIT")?, self.hang_limit);
+        let abort_after = off_when_zero(
+            config::duration("UNWEDGE_ABORT_WHEN_WEDGED")?,
+            self.abort_when_wedged,
+        );
         let health_routes = config::flag("UNWEDGE_HEALTH_ROUTES")?.unwrap_or(self.health_routes);
         config::backtrace()?;
-        let idle_timeout = match config::duration("UNWEDGE_IDLE_TIMEOUT")? {
-            Some(d) => Some(d),
-            None => self.idle_timeout,
-        }
-        .filter(|d| !d.is_zero());
+        let idle_timeout =
+            off_when_zero(config::duration("UNWEDGE_IDLE_TIMEOUT")?, self.idle_timeout);
 
         if self.raise_fd_limit {
             if let Some((from, to)) = limits::raise_nofile() {
@@ -499,6 +529,14 @@ impl Server {
             tracker.clone(),
         );
 
+        if stall_limit.is_none() {
+            tracing::info!(
+                "stall limit 0: the watchdog's runtime-stall and blocked-poll checks are off"
+            );
+        }
+        if hang_limit.is_none() {
+            tracing::info!("hang limit 0: the watchdog's no-progress check is off");
+        }
         // Seen by the watchdog thread even when no runtime thread is free to see the signal.
         let stop_signal = StopSignalFlag::register();
         let watchdog = Watchdog::start(
@@ -667,6 +705,11 @@ impl Server {
             }
         }
     }
+}
+
+/// The environment's value when set (zero: off), else the builder's; zero is off either way.
+fn off_when_zero(env: Option<Duration>, builder: Option<Duration>) -> Option<Duration> {
+    env.map_or(builder, Some).filter(|d| !d.is_zero())
 }
 
 /// `d` from now; a duration too long for the clock (`Duration::MAX` as "no deadline") is
