@@ -19,8 +19,9 @@
 //!   comma-separated addresses of `UNWEDGE_LISTEN` (`127.0.0.1:8080`, `unix:/run/app.sock`);
 //!   else the builder's [`Server::bind`] addresses; else `127.0.0.1:8080`. A `LISTEN_PID`
 //!   naming another process means the sockets are not ours: they are ignored.
-//! - **Middleware**: [`PanicLayer`](crate::PanicLayer) with the builder's policy or
-//!   `UNWEDGE_POLICY` ([`Server::without_panic_layer`] turns it off), and `GET /livez`,
+//! - **Middleware**: [`PanicLayer`](crate::PanicLayer) ([`Server::panic_layer`] configures
+//!   it, [`Server::without_panic_layer`] turns it off; its policy: `UNWEDGE_POLICY`, else
+//!   [`Server::policy`], else the given layer's, else the process-wide one), and `GET /livez`,
 //!   `GET /readyz` answered before the app ([`Server::without_health_routes`]); the
 //!   [`watchdog`] tracks every other request (a probe answered is no progress of the app:
 //!   probes must not hide a hang).
@@ -273,6 +274,8 @@ pub struct Server {
     addrs: Vec<ListenAddr>,
     policy: Option<Policy>,
     panic_layer: bool,
+    /// The layer given to [`Server::panic_layer`].
+    layer: Option<crate::PanicLayer>,
     health_routes: bool,
     shutdown_timeout: Duration,
     crash_timeout: Duration,
@@ -298,6 +301,7 @@ impl Server {
             addrs: Vec::new(),
             policy: None,
             panic_layer: true,
+            layer: None,
             health_routes: true,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             crash_timeout: DEFAULT_CRASH_TIMEOUT,
@@ -321,15 +325,65 @@ impl Server {
         self
     }
 
-    /// The panic policy of the layer and of [`spawn`](crate::spawn)ed tasks
-    /// (`UNWEDGE_POLICY` overrides it; without either, the process-wide
-    /// [`policy`](crate::panic::policy), [`Policy::Auto`] by default).
+    /// The panic policy of the layer and of [`spawn`](crate::spawn)ed tasks. The first of
+    /// these that is set decides: `UNWEDGE_POLICY`, this, the policy of the layer given to
+    /// [`Server::panic_layer`], the process-wide [`policy`](crate::panic::policy)
+    /// ([`Policy::Auto`] by default).
+    ///
+    /// ```
+    /// let server = unwedge::Server::new().policy(unwedge::Policy::Recover);
+    /// # let _ = server;
+    /// ```
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = Some(policy);
         self
     }
 
-    /// Serves the app without [`PanicLayer`](crate::PanicLayer) (bring your own).
+    /// The [`PanicLayer`](crate::PanicLayer) `serve()` guards the app with, configured as you
+    /// like (budget, sinks, [`respond_with`](crate::PanicLayer::respond_with),
+    /// [`expose_details`](crate::PanicLayer::expose_details), report headers, …). Its policy
+    /// applies unless `UNWEDGE_POLICY` or [`Server::policy`] says otherwise (see there).
+    ///
+    /// Give the layer here, **not** also to the app (`Router::layer`): a `PanicLayer` inside
+    /// the app catches the panics first and decides with its own policy, and `serve()`'s
+    /// never sees them (it logs a warning at the first such panic). To keep a layer inside
+    /// the app (it reports axum's route templates, `GET /users/{id}`, where `serve()`'s
+    /// layer, outside the router, sees paths), use [`Server::without_panic_layer`] instead.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use unwedge::{PanicLayer, Policy};
+    /// let layer = PanicLayer::with_policy(Policy::Auto)
+    ///     .budget(2, Duration::from_secs(60))
+    ///     .echo_request_id(true);
+    /// let server = unwedge::Server::new().panic_layer(layer);
+    /// # let _ = server;
+    /// ```
+    pub fn panic_layer(mut self, layer: crate::PanicLayer) -> Self {
+        self.panic_layer = true;
+        self.layer = Some(layer);
+        self
+    }
+
+    /// Serves the app without `serve()`'s [`PanicLayer`](crate::PanicLayer): bring your own
+    /// inside the app, e.g. `Router::layer` for route templates in reports and metrics.
+    /// `UNWEDGE_POLICY` then still sets the process-wide policy (tasks), not your layer's:
+    /// build it with [`Policy::from_env`] to follow the variable.
+    ///
+    /// ```no_run
+    /// use axum::{routing::get, Router};
+    /// use unwedge::{PanicLayer, Policy};
+    /// # async fn run() -> unwedge::serve::Outcome {
+    /// let policy = match Policy::from_env() {
+    ///     Ok(p) => p.unwrap_or_default(),
+    ///     Err(e) => { eprintln!("error: {e}"); std::process::exit(2) }
+    /// };
+    /// let app = Router::new()
+    ///     .route("/users/{id}", get(|| async { "user" }))
+    ///     .layer(PanicLayer::with_policy(policy)); // reports say `GET /users/{id}`
+    /// unwedge::Server::new().without_panic_layer().serve(app).await
+    /// # }
+    /// ```
     pub fn without_panic_layer(mut self) -> Self {
         self.panic_layer = false;
         self
@@ -471,9 +525,11 @@ impl Server {
         let notify_target = config::notify_socket()?;
         let watchdog_usec = config::watchdog_usec()?;
         let env_listen = config::listen()?;
-        // Environment, builder, then the process-wide policy; tasks follow the same.
+        // Environment, builder, the given layer's, then the process-wide policy; tasks follow
+        // the same.
         let policy = config::policy()?
             .or(self.policy)
+            .or(self.layer.as_ref().map(crate::PanicLayer::policy))
             .unwrap_or_else(crate::panic::policy);
         crate::panic::set_policy(policy);
         let shutdown_timeout =
@@ -522,12 +578,14 @@ impl Server {
 
         let tracker = Tracker::new();
         dump::install(&tracker);
-        let service = build_service(
-            app,
-            self.panic_layer.then_some(policy),
-            health_routes,
-            tracker.clone(),
-        );
+        let guard = self.panic_layer.then(|| {
+            self.layer
+                .clone()
+                .unwrap_or_default()
+                .replace_policy(policy)
+                .on_inner_panic(front::inner_layer_handled_a_panic)
+        });
+        let service = build_service(app, guard, health_routes, tracker.clone());
 
         if stall_limit.is_none() {
             tracing::info!(
@@ -840,13 +898,13 @@ impl Signals {
 /// The whole stack: health routes, request tracking, the panic guard, the app.
 fn build_service<S: 'static>(
     #[allow(unused_mut)] mut app: S,
-    policy: Option<Policy>,
+    guard: Option<crate::PanicLayer>,
     health_routes: bool,
     tracker: Arc<Tracker>,
 ) -> Stack<S> {
     #[cfg(feature = "axum")]
     prepare_router(&mut app);
-    Stack::new(app, policy, health_routes, tracker)
+    Stack::new(app, guard, health_routes, tracker)
 }
 
 /// Prepares an axum `Router` for serving once, as `axum::serve` does (`with_state(())`):
