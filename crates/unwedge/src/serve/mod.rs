@@ -63,7 +63,7 @@
 //! `serve()` returns an [`Outcome`], which is a [`Termination`]: return it from `main`.
 //! A graceful shutdown returns [`Outcome::Stopped`] (exit 0); bad configuration returns
 //! [`Outcome::Failed`] (the error printed on stderr, exit 2 for a malformed environment
-//! variable, 1 for a socket that cannot be bound). A graceful crash does **not** return: after
+//! variable or [`Server::bind`] address, 1 for a socket that cannot be bound). A graceful crash does **not** return: after
 //! draining it calls [`std::process::exit`]`(70)` itself, because a tainted process must not
 //! go on and a thread blocked forever would keep the tokio runtime from shutting down.
 //! [`Server::exit_on_crash`]`(false)` returns [`Outcome::Crashed`] instead (exit code 70 when
@@ -131,7 +131,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The exit code of a graceful crash: `EX_SOFTWARE` from `sysexits.h`.
 pub const EXIT_CRASH: u8 = 70;
-/// The exit code for bad configuration (a malformed environment variable).
+/// The exit code for bad configuration (a malformed environment variable or builder setting).
 pub const EXIT_USAGE: u8 = 2;
 
 /// The default deadline for finishing requests in flight on SIGTERM/SIGINT.
@@ -158,6 +158,9 @@ pub enum ServeError {
     },
     /// A socket could not be bound or used (exit code 1).
     Listen(String),
+    /// A setting given to the builder cannot be used, e.g. an address
+    /// [`Server::bind`] cannot parse (exit code 2).
+    Usage(String),
 }
 
 impl ServeError {
@@ -176,7 +179,7 @@ impl ServeError {
     /// The process exit code this error calls for: 2 for bad configuration, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ServeError::BadEnv { .. } => EXIT_USAGE,
+            ServeError::BadEnv { .. } | ServeError::Usage(_) => EXIT_USAGE,
             ServeError::Listen(_) => 1,
         }
     }
@@ -186,7 +189,7 @@ impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServeError::BadEnv { name, value, why } => write!(f, "invalid {name}={value:?}: {why}"),
-            ServeError::Listen(msg) => f.write_str(msg),
+            ServeError::Listen(msg) | ServeError::Usage(msg) => f.write_str(msg),
         }
     }
 }
@@ -315,6 +318,9 @@ impl Server {
     }
 
     /// Adds an address to bind when no socket is inherited and `UNWEDGE_LISTEN` is unset.
+    /// A string that is no address (`"unix:"`, `"8080"`) makes `serve()` fail at start, with
+    /// [`ServeError::Usage`] (exit code 2): `invalid Server::bind("unix:"): `unix:` needs a
+    /// path`.
     ///
     /// ```
     /// let server = unwedge::Server::new().bind("127.0.0.1:3000").bind("unix:/tmp/app.sock");
@@ -525,6 +531,17 @@ impl Server {
         let notify_target = config::notify_socket()?;
         let watchdog_usec = config::watchdog_usec()?;
         let env_listen = config::listen()?;
+        // `From<&str>` keeps an address it cannot parse as it was: say why, in the parser's
+        // words, whether or not it would be bound.
+        for addr in &self.addrs {
+            if let ListenAddr::Tcp(a) = addr {
+                if let Err(why) = a.parse::<ListenAddr>() {
+                    return Err(ServeError::Usage(format!(
+                        "invalid Server::bind({a:?}): {why}"
+                    )));
+                }
+            }
+        }
         // Environment, builder, the given layer's, then the process-wide policy; tasks follow
         // the same.
         let policy = config::policy()?

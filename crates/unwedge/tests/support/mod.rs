@@ -20,7 +20,8 @@ pub fn worker_mode() -> Option<String> {
 }
 
 /// Worker side: logs to stderr (no colours), runs `serve` on a runtime with two worker
-/// threads, drops the runtime as `#[tokio::main]` would, and exits with the outcome's code.
+/// threads, drops the runtime and reports the outcome as `#[tokio::main]` returning it from
+/// `main` would (its `Termination` prints a failure's one line), and exits with its code.
 pub fn run_worker<F>(serve: impl FnOnce() -> F) -> !
 where
     F: std::future::Future<Output = unwedge::serve::Outcome>,
@@ -37,7 +38,9 @@ where
     let outcome = rt.block_on(serve());
     eprintln!("TEST: serve returned {outcome:?}");
     drop(rt);
-    std::process::exit(i32::from(outcome.exit_code()))
+    let code = outcome.exit_code();
+    let _ = std::process::Termination::report(outcome);
+    std::process::exit(i32::from(code))
 }
 
 /// A worker process and its stderr, line by line.
@@ -59,6 +62,18 @@ impl Worker {
     /// Runs the test `test` of this binary as a worker in `mode`, listening on
     /// `127.0.0.1:0`, with `env` added; waits for its `serving` line (20 s at most).
     pub fn start(test: &str, mode: &str, env: &[(&str, &str)]) -> Worker {
+        let mut w = Worker::spawn(test, mode, env);
+        let line = w.expect(" serving ", Duration::from_secs(20));
+        let addr = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"));
+        w.addr = Some(addr.parse().unwrap());
+        w
+    }
+
+    /// As [`Worker::start`], without waiting for anything.
+    pub fn spawn(test: &str, mode: &str, env: &[(&str, &str)]) -> Worker {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
             .env(MODE, mode)
@@ -96,19 +111,12 @@ impl Worker {
                 }
             }
         });
-        let mut w = Worker {
+        Worker {
             child,
             lines,
             seen: Vec::new(),
             addr: None,
-        };
-        let line = w.expect(" serving ", Duration::from_secs(20));
-        let addr = line
-            .split_whitespace()
-            .find_map(|field| field.strip_prefix("addr="))
-            .unwrap_or_else(|| panic!("no addr= in {line:?}"));
-        w.addr = Some(addr.parse().unwrap());
-        w
+        }
     }
 
     /// Waits for a stderr line containing `what`, and returns it.
