@@ -69,6 +69,26 @@
 //! [`Server::exit_on_crash`]`(false)` returns [`Outcome::Crashed`] instead (exit code 70 when
 //! returned from `main`).
 //!
+//! **Buffered logs.** [`std::process::exit`] runs no destructors: a log writer that buffers
+//! and flushes when its guard drops (`tracing_appender::non_blocking`'s `WorkerGuard`, a
+//! `BufWriter`, an OpenTelemetry exporter) loses its last lines, the panic report among
+//! them, when `serve()` exits the process itself. Either register the flush with
+//! [`Server::before_exit`] (run before every exit `serve()` makes: crash, `abort_when_wedged`,
+//! the backstops), or use [`Server::exit_on_crash`]`(false)` and return the [`Outcome`] from
+//! `main`, so that the guard drops first:
+//!
+//! ```no_run
+//! # async fn run() -> unwedge::serve::Outcome {
+//! # let app = axum::Router::new();
+//! let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+//! tracing_subscriber::fmt().with_writer(writer).init();
+//! unwedge::Server::new()
+//!     .before_exit(move || drop(guard)) // flushes the queued lines
+//!     .serve(app)
+//!     .await
+//! # }
+//! ```
+//!
 //! # Environment
 //!
 //! The environment overrides the builder, the builder overrides the defaults. Every malformed
@@ -288,6 +308,20 @@ pub struct Server {
     exit_on_crash: bool,
     idle_timeout: Option<Duration>,
     raise_fd_limit: bool,
+    before_exit: Option<BeforeExit>,
+}
+
+/// The hook given to [`Server::before_exit`] (shared by the builder's clones; run once).
+#[derive(Clone)]
+struct BeforeExit(Arc<std::sync::Mutex<Option<ExitHook>>>);
+
+/// A hook run before `serve()` exits the process itself.
+type ExitHook = Box<dyn FnOnce() + Send>;
+
+impl fmt::Debug for BeforeExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BeforeExit(..)")
+    }
 }
 
 impl Default for Server {
@@ -314,6 +348,7 @@ impl Server {
             exit_on_crash: true,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             raise_fd_limit: true,
+            before_exit: None,
         }
     }
 
@@ -494,8 +529,56 @@ impl Server {
 
     /// Whether a graceful crash ends with [`std::process::exit`]`(70)` (the default) or returns
     /// [`Outcome::Crashed`].
+    ///
+    /// `process::exit` runs no destructors: a log writer flushed by its guard's drop
+    /// (`tracing_appender::non_blocking`) loses its last lines, the panic report among them.
+    /// Flush it in [`Server::before_exit`], or turn this off and return the [`Outcome`] from
+    /// `main` (the guard, held in `main`, drops before the process exits with 70):
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() -> unwedge::serve::Outcome {
+    ///     let (writer, _guard) = tracing_appender::non_blocking(std::io::stderr());
+    ///     tracing_subscriber::fmt().with_writer(writer).init();
+    ///     let app = axum::Router::new();
+    ///     unwedge::Server::new().exit_on_crash(false).serve(app).await
+    /// }
+    /// ```
+    ///
+    /// A request still blocking its thread 2 s after `serve()` returned makes `serve()`'s
+    /// backstop exit the process anyway (see the [module docs](self)); `before_exit` covers
+    /// that exit too.
     pub fn exit_on_crash(mut self, exit: bool) -> Self {
         self.exit_on_crash = exit;
+        self
+    }
+
+    /// Runs `hook` before `serve()` ends the process itself with [`std::process::exit`],
+    /// which runs no destructors: after a graceful crash's drain (exit 70), when wedged for
+    /// [`abort_when_wedged`](Self::abort_when_wedged) (70), and in the backstops that end a
+    /// stop or a crash the runtime cannot finish (0 or 70). Flush buffered logs or telemetry
+    /// here (drop a `tracing_appender` `WorkerGuard`). It is not run when `serve()` returns:
+    /// then `main`'s own drops do that.
+    ///
+    /// It runs once, on its own thread (the exit may come from the watchdog's thread while
+    /// runtime threads are blocked); the exit waits for it at most 5 s, so a hook that blocks
+    /// cannot keep a crashed process alive. A panic in it is logged and the exit goes on.
+    ///
+    /// ```no_run
+    /// # async fn run() -> unwedge::serve::Outcome {
+    /// # let app = axum::Router::new();
+    /// let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    /// tracing_subscriber::fmt().with_writer(writer).init();
+    /// unwedge::Server::new()
+    ///     .before_exit(move || drop(guard))
+    ///     .serve(app)
+    ///     .await
+    /// # }
+    /// ```
+    pub fn before_exit(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
+        self.before_exit = Some(BeforeExit(Arc::new(std::sync::Mutex::new(Some(Box::new(
+            hook,
+        ))))));
         self
     }
 
@@ -565,6 +648,12 @@ impl Server {
         config::backtrace()?;
         let idle_timeout =
             off_when_zero(config::duration("UNWEDGE_IDLE_TIMEOUT")?, self.idle_timeout);
+
+        if let Some(hook) = &self.before_exit {
+            if let Some(hook) = hook.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                set_before_exit(hook);
+            }
+        }
 
         if self.raise_fd_limit {
             if let Some((from, to)) = limits::raise_nofile() {
@@ -836,11 +925,55 @@ fn exit_backstop(tracker: Arc<Tracker>, crashing: bool) {
 /// How long an exit waits for the notify messages still queued (a report, `STOPPING=1`).
 const NOTIFY_FLUSH: Duration = Duration::from_secs(1);
 
-/// Flushes what can be flushed (the notify queue, stdout, stderr) and exits the process.
+/// How long an exit waits for the [`Server::before_exit`] hook.
+const BEFORE_EXIT_LIMIT: Duration = Duration::from_secs(5);
+
+/// The hook of [`Server::before_exit`], for whichever thread exits.
+static BEFORE_EXIT: std::sync::Mutex<Option<ExitHook>> = std::sync::Mutex::new(None);
+
+fn set_before_exit(hook: ExitHook) {
+    *BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+}
+
+/// Runs the [`Server::before_exit`] hook once, on its own thread, waiting for it at most
+/// [`BEFORE_EXIT_LIMIT`]; a second exit (another thread's) waits for the first one's run.
+fn run_before_exit() {
+    static RUN: std::sync::Once = std::sync::Once::new();
+    RUN.call_once(|| {
+        let Some(hook) = BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("unwedge-before-exit".into())
+            .spawn(move || {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook)).is_err() {
+                    tracing::error!("the before_exit hook panicked");
+                }
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(BEFORE_EXIT_LIMIT)
+                {
+                    tracing::error!(
+                        "the before_exit hook has not returned after {BEFORE_EXIT_LIMIT:?}: exiting without it"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the before_exit hook's thread"),
+        }
+    });
+}
+
+/// Flushes what can be flushed (the notify queue, the [`Server::before_exit`] hook, stdout,
+/// stderr) and exits the process.
 pub(crate) fn exit_now(code: u8) -> ! {
     if let Some(n) = notify::current() {
         n.flush(NOTIFY_FLUSH);
     }
+    run_before_exit();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(i32::from(code))
