@@ -19,7 +19,9 @@
 //!
 //! Limits: the builder ([`Server::stall_limit`](crate::Server::stall_limit),
 //! [`Server::hang_limit`](crate::Server::hang_limit)) or `UNWEDGE_STALL_LIMIT`,
-//! `UNWEDGE_HANG_LIMIT` (`2s`, `500ms`, or seconds); the environment wins.
+//! `UNWEDGE_HANG_LIMIT` (`2s`, `500ms`, or seconds); the environment wins. Zero turns a check
+//! off: a stall limit of zero turns off the runtime-stall and blocked-poll checks, a hang
+//! limit of zero the no-progress check (for services whose requests legitimately run long).
 //!
 //! A request counts as completed when its response head is ready (a streaming body is not
 //! watched). A request long on purpose (a long poll) calls [`long_request`]: the no-progress
@@ -53,9 +55,14 @@ pub const DEFAULT_HANG_LIMIT: Duration = Duration::from_secs(10);
 const MAX_TICK: Duration = Duration::from_millis(50);
 const MIN_TICK: Duration = Duration::from_millis(5);
 
-/// The watchdog's period for these limits.
+/// The watchdog's period for these limits (the longest without any: the backstops and
+/// `STATUS=` still need a look now and then).
 fn tick_for(cfg: &Config) -> Duration {
-    let mut t = cfg.stall_limit.min(cfg.hang_limit) / 20;
+    let shortest = [cfg.stall_limit, cfg.hang_limit]
+        .into_iter()
+        .flatten()
+        .min();
+    let mut t = shortest.map_or(MAX_TICK, |l| l / 20);
     if let Some(h) = cfg.heartbeat {
         t = t.min(h / 8);
     }
@@ -766,8 +773,10 @@ impl Tracker {
 /// What the watchdog thread watches and how.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    pub(crate) stall_limit: Duration,
-    pub(crate) hang_limit: Duration,
+    /// `None`: no runtime-stall or blocked-poll check.
+    pub(crate) stall_limit: Option<Duration>,
+    /// `None`: no no-progress check.
+    pub(crate) hang_limit: Option<Duration>,
     /// Exit with 70 after being wedged this long.
     pub(crate) abort_after: Option<Duration>,
     /// Send `WATCHDOG=1` this often (half of `WATCHDOG_USEC`).
@@ -789,26 +798,27 @@ pub(crate) struct Config {
 #[derive(Debug)]
 pub(crate) struct Watchdog {
     stop: Arc<AtomicBool>,
-    canary: tokio::task::JoinHandle<()>,
+    /// `None` without a stall limit.
+    canary: Option<tokio::task::JoinHandle<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watchdog {
-    /// Starts the canary task (on the current runtime) and the watchdog thread.
+    /// Starts the canary task (on the current runtime; only with a stall limit) and the
+    /// watchdog thread.
     pub(crate) fn start(cfg: Config, tracker: Arc<Tracker>, notifier: Arc<Notifier>) -> Self {
         let beat = Arc::new(AtomicU64::new(now_ns()));
-        let period =
-            (cfg.stall_limit / 8).clamp(Duration::from_millis(1), Duration::from_millis(20));
-        let canary = tokio::spawn({
+        let canary = cfg.stall_limit.map(|limit| {
+            let period = (limit / 8).clamp(Duration::from_millis(1), Duration::from_millis(20));
             let beat = beat.clone();
-            async move {
+            tokio::spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
                     beat.store(now_ns(), Ordering::Relaxed);
                 }
-            }
+            })
         });
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
@@ -828,7 +838,9 @@ impl Watchdog {
     /// Stops the canary and the thread, and waits for the thread.
     pub(crate) fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.canary.abort();
+        if let Some(canary) = &self.canary {
+            canary.abort();
+        }
         if let Some(t) = self.thread.take() {
             t.thread().unpark();
             let _ = t.join();
@@ -843,8 +855,16 @@ fn run(
     beat: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) {
-    let stall_ns = cfg.stall_limit.as_nanos() as u64;
-    let hang_ns = cfg.hang_limit.as_nanos() as u64;
+    // An absent limit is never reached.
+    let as_ns = |d: Option<Duration>| {
+        d.map_or(u64::MAX, |d| {
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+        })
+    };
+    let stall_ns = as_ns(cfg.stall_limit);
+    let hang_ns = as_ns(cfg.hang_limit);
+    let stall_limit = cfg.stall_limit.unwrap_or_default();
+    let hang_limit = cfg.hang_limit.unwrap_or_default();
     let tick = tick_for(&cfg);
     let tick_ns = tick.as_nanos() as u64;
     let mut health_rx = health::subscribe();
@@ -868,7 +888,7 @@ fn run(
                 format!(
                     "runtime stalled: the canary task has not run for {:.1}s (limit {:?})",
                     secs(silent),
-                    cfg.stall_limit
+                    stall_limit
                 )
             }),
         );
@@ -884,7 +904,7 @@ fn run(
                 "{} has blocked a runtime thread for {:.1}s (limit {:?}): blocking code in async",
                 label.text(),
                 secs(d),
-                cfg.stall_limit
+                stall_limit
             )
         });
         let stuck = scan.oldest.and_then(|(age, label)| {
@@ -893,7 +913,7 @@ fn run(
                     "no progress: {} requests in flight, none completed for {:.1}s (limit {:?}); oldest {} for {:.1}s",
                     scan.in_flight,
                     secs(scan.idle),
-                    cfg.hang_limit,
+                    hang_limit,
                     label.text(),
                     secs(age)
                 )

@@ -59,6 +59,18 @@ struct Config {
     budget: Arc<Budget>,
     sinks: Vec<Arc<dyn ReportSink>>,
     responder: Option<Responder>,
+    /// Called when a response this layer passes through answers a panic another `PanicLayer`
+    /// inside it handled (see [`Handled`]): with this layer's policy and the inner one's.
+    /// Set by `serve()` for its own layer.
+    on_inner_panic: Option<fn(outer: Policy, inner: Policy)>,
+}
+
+/// Marks the `500` a [`PanicLayer`] answered a panic with, in the response's extensions: a
+/// layer outside it learns that the panic was handled (and decided) inside.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Handled {
+    /// The policy of the layer that handled it.
+    pub(crate) policy: Policy,
 }
 
 /// Tower middleware that catches a handler's panic, answers `500`, records a
@@ -155,6 +167,7 @@ impl PanicLayer {
                 budget: Arc::new(Budget::new(5, Duration::from_secs(10))),
                 sinks: Vec::new(),
                 responder: None,
+                on_inner_panic: None,
             }),
         }
     }
@@ -265,6 +278,18 @@ impl PanicLayer {
         F: Fn(&ResponseContext<'_>) -> Response<Bytes> + Send + Sync + 'static,
     {
         self.edit(|c| c.responder = Some(Arc::new(f)))
+    }
+}
+
+impl PanicLayer {
+    /// The same layer with `policy` (for `serve()`, whose environment can override it).
+    pub(crate) fn replace_policy(self, policy: Policy) -> Self {
+        self.edit(|c| c.policy = policy)
+    }
+
+    /// Calls `f` when a panic answered by another `PanicLayer` inside this one passes through.
+    pub(crate) fn on_inner_panic(self, f: fn(outer: Policy, inner: Policy)) -> Self {
+        self.edit(|c| c.on_inner_panic = Some(f))
     }
 }
 
@@ -738,6 +763,11 @@ impl RequestCtx {
 
     fn finish<B>(self, res: Response<B>) -> Response<PanicBody<B>> {
         let (mut parts, body) = res.into_parts();
+        if let Some(f) = self.config.on_inner_panic {
+            if let Some(inner) = parts.extensions.get::<Handled>() {
+                f(self.config.policy, inner.policy);
+            }
+        }
         if self.config.echo_request_id {
             parts.headers.insert(X_REQUEST_ID, self.id_header());
         }
@@ -808,6 +838,9 @@ impl RequestCtx {
         };
         let (mut parts, body) = res.into_parts();
         parts.headers.insert(X_REQUEST_ID, self.id_header());
+        parts.extensions.insert(Handled {
+            policy: self.config.policy,
+        });
         Response::from_parts(
             parts,
             PanicBody {

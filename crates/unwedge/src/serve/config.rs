@@ -73,8 +73,14 @@ impl From<std::net::SocketAddr> for ListenAddr {
 }
 
 impl From<&str> for ListenAddr {
-    /// Parses the address; an unparsable one is kept as a TCP address and fails at bind time
-    /// with a clear error.
+    /// Parses the address; an unparsable one is kept as it is and fails when `serve()` starts,
+    /// with the parser's message ([`ServeError::Usage`](super::ServeError::Usage), exit code 2).
+    ///
+    /// ```
+    /// use unwedge::serve::ListenAddr;
+    /// assert_eq!(ListenAddr::from("unix:/run/app.sock"), ListenAddr::Unix("/run/app.sock".into()));
+    /// assert_eq!("unix:".parse::<ListenAddr>(), Err("`unix:` needs a path".to_owned()));
+    /// ```
     fn from(s: &str) -> Self {
         s.parse().unwrap_or_else(|_| ListenAddr::Tcp(s.to_owned()))
     }

@@ -40,16 +40,16 @@ pub(crate) struct Stack<S> {
 }
 
 impl<S> Stack<S> {
-    /// `app` guarded with `policy` (bare when `policy` is `None`).
+    /// `app` guarded with `guard` (bare when `None`).
     pub(crate) fn new(
         app: S,
-        policy: Option<Policy>,
+        guard: Option<PanicLayer>,
         health_routes: bool,
         tracker: Arc<Tracker>,
     ) -> Self {
         Stack {
             app,
-            guard: policy.map(PanicLayer::with_policy),
+            guard,
             health_routes,
             tracker,
         }
@@ -265,6 +265,21 @@ impl Close {
         }
         res
     }
+}
+
+/// Called by `serve()`'s panic layer when the app answered a panic itself: a `PanicLayer`
+/// inside the app caught it and decided with its own policy, and `serve()`'s (the policy the
+/// startup line names, `UNWEDGE_POLICY`'s) never sees the app's panics. Said once.
+pub(crate) fn inner_layer_handled_a_panic(outer: Policy, inner: Policy) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    tracing::warn!(
+        app_policy = inner.as_str(),
+        serve_policy = outer.as_str(),
+        "a PanicLayer inside the app (policy {inner}) handled a panic: it decides, not serve()'s own PanicLayer (policy {outer}, the one UNWEDGE_POLICY and Server::policy set), which never sees the app's panics; either remove the app's layer and configure serve()'s with Server::panic_layer(..), or keep the app's and turn serve()'s off with Server::without_panic_layer()"
+    );
 }
 
 /// The response body of `serve()`: the app's through the panic layer, the app's own (no

@@ -19,8 +19,9 @@
 //!   comma-separated addresses of `UNWEDGE_LISTEN` (`127.0.0.1:8080`, `unix:/run/app.sock`);
 //!   else the builder's [`Server::bind`] addresses; else `127.0.0.1:8080`. A `LISTEN_PID`
 //!   naming another process means the sockets are not ours: they are ignored.
-//! - **Middleware**: [`PanicLayer`](crate::PanicLayer) with the builder's policy or
-//!   `UNWEDGE_POLICY` ([`Server::without_panic_layer`] turns it off), and `GET /livez`,
+//! - **Middleware**: [`PanicLayer`](crate::PanicLayer) ([`Server::panic_layer`] configures
+//!   it, [`Server::without_panic_layer`] turns it off; its policy: `UNWEDGE_POLICY`, else
+//!   [`Server::policy`], else the given layer's, else the process-wide one), and `GET /livez`,
 //!   `GET /readyz` answered before the app ([`Server::without_health_routes`]); the
 //!   [`watchdog`] tracks every other request (a probe answered is no progress of the app:
 //!   probes must not hide a hang).
@@ -62,11 +63,31 @@
 //! `serve()` returns an [`Outcome`], which is a [`Termination`]: return it from `main`.
 //! A graceful shutdown returns [`Outcome::Stopped`] (exit 0); bad configuration returns
 //! [`Outcome::Failed`] (the error printed on stderr, exit 2 for a malformed environment
-//! variable, 1 for a socket that cannot be bound). A graceful crash does **not** return: after
+//! variable or [`Server::bind`] address, 1 for a socket that cannot be bound). A graceful crash does **not** return: after
 //! draining it calls [`std::process::exit`]`(70)` itself, because a tainted process must not
 //! go on and a thread blocked forever would keep the tokio runtime from shutting down.
 //! [`Server::exit_on_crash`]`(false)` returns [`Outcome::Crashed`] instead (exit code 70 when
 //! returned from `main`).
+//!
+//! **Buffered logs.** [`std::process::exit`] runs no destructors: a log writer that buffers
+//! and flushes when its guard drops (`tracing_appender::non_blocking`'s `WorkerGuard`, a
+//! `BufWriter`, an OpenTelemetry exporter) loses its last lines, the panic report among
+//! them, when `serve()` exits the process itself. Either register the flush with
+//! [`Server::before_exit`] (run before every exit `serve()` makes: crash, `abort_when_wedged`,
+//! the backstops), or use [`Server::exit_on_crash`]`(false)` and return the [`Outcome`] from
+//! `main`, so that the guard drops first:
+//!
+//! ```no_run
+//! # async fn run() -> unwedge::serve::Outcome {
+//! # let app = axum::Router::new();
+//! let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+//! tracing_subscriber::fmt().with_writer(writer).init();
+//! unwedge::Server::new()
+//!     .before_exit(move || drop(guard)) // flushes the queued lines
+//!     .serve(app)
+//!     .await
+//! # }
+//! ```
 //!
 //! # Environment
 //!
@@ -81,8 +102,9 @@
 //! | `WATCHDOG_USEC`, `WATCHDOG_PID` | heartbeat interval expected by the supervisor |
 //! | `UNWEDGE_POLICY` | `recover`, `crash` or `auto` |
 //! | `UNWEDGE_SHUTDOWN_TIMEOUT`, `UNWEDGE_CRASH_TIMEOUT` | drain deadlines (`30s`, `500ms`, or seconds) |
-//! | `UNWEDGE_STALL_LIMIT`, `UNWEDGE_HANG_LIMIT` | watchdog limits |
-//! | `UNWEDGE_ABORT_WHEN_WEDGED` | exit 70 after being wedged this long |
+//! | `UNWEDGE_STALL_LIMIT` | runtime-stall and blocked-poll limit of the [`watchdog`] (default 2 s); `0` turns both checks off |
+//! | `UNWEDGE_HANG_LIMIT` | no-progress limit of the [`watchdog`] (default 10 s); `0` turns the check off (requests that legitimately run longer) |
+//! | `UNWEDGE_ABORT_WHEN_WEDGED` | exit 70 after being wedged this long; `0` (or unset) for never |
 //! | `UNWEDGE_HEALTH_ROUTES` | `0` to leave `/livez` `/readyz` to the app |
 //! | `UNWEDGE_IDLE_TIMEOUT` | idle period after which a connection without requests is closed; `0` for none |
 //! | `UNWEDGE_BACKTRACE` | `1` (default: symbols within 2 ms, else raw frames), `full` or `0` (none) |
@@ -129,7 +151,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The exit code of a graceful crash: `EX_SOFTWARE` from `sysexits.h`.
 pub const EXIT_CRASH: u8 = 70;
-/// The exit code for bad configuration (a malformed environment variable).
+/// The exit code for bad configuration (a malformed environment variable or builder setting).
 pub const EXIT_USAGE: u8 = 2;
 
 /// The default deadline for finishing requests in flight on SIGTERM/SIGINT.
@@ -156,6 +178,9 @@ pub enum ServeError {
     },
     /// A socket could not be bound or used (exit code 1).
     Listen(String),
+    /// A setting given to the builder cannot be used, e.g. an address
+    /// [`Server::bind`] cannot parse (exit code 2).
+    Usage(String),
 }
 
 impl ServeError {
@@ -174,7 +199,7 @@ impl ServeError {
     /// The process exit code this error calls for: 2 for bad configuration, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ServeError::BadEnv { .. } => EXIT_USAGE,
+            ServeError::BadEnv { .. } | ServeError::Usage(_) => EXIT_USAGE,
             ServeError::Listen(_) => 1,
         }
     }
@@ -184,7 +209,7 @@ impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServeError::BadEnv { name, value, why } => write!(f, "invalid {name}={value:?}: {why}"),
-            ServeError::Listen(msg) => f.write_str(msg),
+            ServeError::Listen(msg) | ServeError::Usage(msg) => f.write_str(msg),
         }
     }
 }
@@ -272,15 +297,31 @@ pub struct Server {
     addrs: Vec<ListenAddr>,
     policy: Option<Policy>,
     panic_layer: bool,
+    /// The layer given to [`Server::panic_layer`].
+    layer: Option<crate::PanicLayer>,
     health_routes: bool,
     shutdown_timeout: Duration,
     crash_timeout: Duration,
-    stall_limit: Duration,
-    hang_limit: Duration,
+    stall_limit: Option<Duration>,
+    hang_limit: Option<Duration>,
     abort_when_wedged: Option<Duration>,
     exit_on_crash: bool,
     idle_timeout: Option<Duration>,
     raise_fd_limit: bool,
+    before_exit: Option<BeforeExit>,
+}
+
+/// The hook given to [`Server::before_exit`] (shared by the builder's clones; run once).
+#[derive(Clone)]
+struct BeforeExit(Arc<std::sync::Mutex<Option<ExitHook>>>);
+
+/// A hook run before `serve()` exits the process itself.
+type ExitHook = Box<dyn FnOnce() + Send>;
+
+impl fmt::Debug for BeforeExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BeforeExit(..)")
+    }
 }
 
 impl Default for Server {
@@ -297,19 +338,24 @@ impl Server {
             addrs: Vec::new(),
             policy: None,
             panic_layer: true,
+            layer: None,
             health_routes: true,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             crash_timeout: DEFAULT_CRASH_TIMEOUT,
-            stall_limit: watchdog::DEFAULT_STALL_LIMIT,
-            hang_limit: watchdog::DEFAULT_HANG_LIMIT,
+            stall_limit: Some(watchdog::DEFAULT_STALL_LIMIT),
+            hang_limit: Some(watchdog::DEFAULT_HANG_LIMIT),
             abort_when_wedged: None,
             exit_on_crash: true,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             raise_fd_limit: true,
+            before_exit: None,
         }
     }
 
     /// Adds an address to bind when no socket is inherited and `UNWEDGE_LISTEN` is unset.
+    /// A string that is no address (`"unix:"`, `"8080"`) makes `serve()` fail at start, with
+    /// [`ServeError::Usage`] (exit code 2): `invalid Server::bind("unix:"): `unix:` needs a
+    /// path`.
     ///
     /// ```
     /// let server = unwedge::Server::new().bind("127.0.0.1:3000").bind("unix:/tmp/app.sock");
@@ -320,15 +366,65 @@ impl Server {
         self
     }
 
-    /// The panic policy of the layer and of [`spawn`](crate::spawn)ed tasks
-    /// (`UNWEDGE_POLICY` overrides it; without either, the process-wide
-    /// [`policy`](crate::panic::policy), [`Policy::Auto`] by default).
+    /// The panic policy of the layer and of [`spawn`](crate::spawn)ed tasks. The first of
+    /// these that is set decides: `UNWEDGE_POLICY`, this, the policy of the layer given to
+    /// [`Server::panic_layer`], the process-wide [`policy`](crate::panic::policy)
+    /// ([`Policy::Auto`] by default).
+    ///
+    /// ```
+    /// let server = unwedge::Server::new().policy(unwedge::Policy::Recover);
+    /// # let _ = server;
+    /// ```
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = Some(policy);
         self
     }
 
-    /// Serves the app without [`PanicLayer`](crate::PanicLayer) (bring your own).
+    /// The [`PanicLayer`](crate::PanicLayer) `serve()` guards the app with, configured as you
+    /// like (budget, sinks, [`respond_with`](crate::PanicLayer::respond_with),
+    /// [`expose_details`](crate::PanicLayer::expose_details), report headers, …). Its policy
+    /// applies unless `UNWEDGE_POLICY` or [`Server::policy`] says otherwise (see there).
+    ///
+    /// Give the layer here, **not** also to the app (`Router::layer`): a `PanicLayer` inside
+    /// the app catches the panics first and decides with its own policy, and `serve()`'s
+    /// never sees them (it logs a warning at the first such panic). To keep a layer inside
+    /// the app (it reports axum's route templates, `GET /users/{id}`, where `serve()`'s
+    /// layer, outside the router, sees paths), use [`Server::without_panic_layer`] instead.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use unwedge::{PanicLayer, Policy};
+    /// let layer = PanicLayer::with_policy(Policy::Auto)
+    ///     .budget(2, Duration::from_secs(60))
+    ///     .echo_request_id(true);
+    /// let server = unwedge::Server::new().panic_layer(layer);
+    /// # let _ = server;
+    /// ```
+    pub fn panic_layer(mut self, layer: crate::PanicLayer) -> Self {
+        self.panic_layer = true;
+        self.layer = Some(layer);
+        self
+    }
+
+    /// Serves the app without `serve()`'s [`PanicLayer`](crate::PanicLayer): bring your own
+    /// inside the app, e.g. `Router::layer` for route templates in reports and metrics.
+    /// `UNWEDGE_POLICY` then still sets the process-wide policy (tasks), not your layer's:
+    /// build it with [`Policy::from_env`] to follow the variable.
+    ///
+    /// ```no_run
+    /// use axum::{routing::get, Router};
+    /// use unwedge::{PanicLayer, Policy};
+    /// # async fn run() -> unwedge::serve::Outcome {
+    /// let policy = match Policy::from_env() {
+    ///     Ok(p) => p.unwrap_or_default(),
+    ///     Err(e) => { eprintln!("error: {e}"); std::process::exit(2) }
+    /// };
+    /// let app = Router::new()
+    ///     .route("/users/{id}", get(|| async { "user" }))
+    ///     .layer(PanicLayer::with_policy(policy)); // reports say `GET /users/{id}`
+    /// unwedge::Server::new().without_panic_layer().serve(app).await
+    /// # }
+    /// ```
     pub fn without_panic_layer(mut self) -> Self {
         self.panic_layer = false;
         self
@@ -352,22 +448,49 @@ impl Server {
         self
     }
 
-    /// Runtime stall limit of the [`watchdog`] (default 2 s).
-    pub fn stall_limit(mut self, limit: Duration) -> Self {
-        self.stall_limit = limit;
+    /// Runtime-stall and blocked-poll limit of the [`watchdog`] (default 2 s): the process is
+    /// Wedged when the runtime does not run a canary task, or one poll of a request does not
+    /// return, for this long. `None` or zero turns both checks off (`UNWEDGE_STALL_LIMIT=0`
+    /// does the same and wins over the builder).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = unwedge::Server::new().stall_limit(Duration::from_millis(500));
+    /// let unwatched = unwedge::Server::new().stall_limit(None); // or Duration::ZERO
+    /// # let _ = (server, unwatched);
+    /// ```
+    pub fn stall_limit(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.stall_limit = limit.into().filter(|d| !d.is_zero());
         self
     }
 
-    /// No-progress limit of the [`watchdog`] (default 10 s).
-    pub fn hang_limit(mut self, limit: Duration) -> Self {
-        self.hang_limit = limit;
+    /// No-progress limit of the [`watchdog`] (default 10 s): the process is Wedged when
+    /// requests are in flight, the oldest for longer than this, and none completed within it.
+    /// `None` or zero turns the check off, for services whose requests legitimately run
+    /// longer (`UNWEDGE_HANG_LIMIT=0` does the same and wins over the builder).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let reports = unwedge::Server::new().hang_limit(Duration::from_secs(120));
+    /// let long_polls = unwedge::Server::new().hang_limit(None); // or Duration::ZERO
+    /// # let _ = (reports, long_polls);
+    /// ```
+    pub fn hang_limit(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.hang_limit = limit.into().filter(|d| !d.is_zero());
         self
     }
 
     /// Exit with code 70 once the process has been wedged for `after`: for deployments
-    /// without a supervisor that would kill it. Off by default.
-    pub fn abort_when_wedged(mut self, after: Duration) -> Self {
-        self.abort_when_wedged = Some(after);
+    /// without a supervisor that would kill it. Off by default; `None` or zero keeps it off
+    /// (`UNWEDGE_ABORT_WHEN_WEDGED=0` turns it off and wins over the builder).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = unwedge::Server::new().abort_when_wedged(Duration::from_secs(30));
+    /// # let _ = server;
+    /// ```
+    pub fn abort_when_wedged(mut self, after: impl Into<Option<Duration>>) -> Self {
+        self.abort_when_wedged = after.into().filter(|d| !d.is_zero());
         self
     }
 
@@ -406,8 +529,56 @@ impl Server {
 
     /// Whether a graceful crash ends with [`std::process::exit`]`(70)` (the default) or returns
     /// [`Outcome::Crashed`].
+    ///
+    /// `process::exit` runs no destructors: a log writer flushed by its guard's drop
+    /// (`tracing_appender::non_blocking`) loses its last lines, the panic report among them.
+    /// Flush it in [`Server::before_exit`], or turn this off and return the [`Outcome`] from
+    /// `main` (the guard, held in `main`, drops before the process exits with 70):
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() -> unwedge::serve::Outcome {
+    ///     let (writer, _guard) = tracing_appender::non_blocking(std::io::stderr());
+    ///     tracing_subscriber::fmt().with_writer(writer).init();
+    ///     let app = axum::Router::new();
+    ///     unwedge::Server::new().exit_on_crash(false).serve(app).await
+    /// }
+    /// ```
+    ///
+    /// A request still blocking its thread 2 s after `serve()` returned makes `serve()`'s
+    /// backstop exit the process anyway (see the [module docs](self)); `before_exit` covers
+    /// that exit too.
     pub fn exit_on_crash(mut self, exit: bool) -> Self {
         self.exit_on_crash = exit;
+        self
+    }
+
+    /// Runs `hook` before `serve()` ends the process itself with [`std::process::exit`],
+    /// which runs no destructors: after a graceful crash's drain (exit 70), when wedged for
+    /// [`abort_when_wedged`](Self::abort_when_wedged) (70), and in the backstops that end a
+    /// stop or a crash the runtime cannot finish (0 or 70). Flush buffered logs or telemetry
+    /// here (drop a `tracing_appender` `WorkerGuard`). It is not run when `serve()` returns:
+    /// then `main`'s own drops do that.
+    ///
+    /// It runs once, on its own thread (the exit may come from the watchdog's thread while
+    /// runtime threads are blocked); the exit waits for it at most 5 s, so a hook that blocks
+    /// cannot keep a crashed process alive. A panic in it is logged and the exit goes on.
+    ///
+    /// ```no_run
+    /// # async fn run() -> unwedge::serve::Outcome {
+    /// # let app = axum::Router::new();
+    /// let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    /// tracing_subscriber::fmt().with_writer(writer).init();
+    /// unwedge::Server::new()
+    ///     .before_exit(move || drop(guard))
+    ///     .serve(app)
+    ///     .await
+    /// # }
+    /// ```
+    pub fn before_exit(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
+        self.before_exit = Some(BeforeExit(Arc::new(std::sync::Mutex::new(Some(Box::new(
+            hook,
+        ))))));
         self
     }
 
@@ -443,25 +614,46 @@ impl Server {
         let notify_target = config::notify_socket()?;
         let watchdog_usec = config::watchdog_usec()?;
         let env_listen = config::listen()?;
-        // Environment, builder, then the process-wide policy; tasks follow the same.
+        // `From<&str>` keeps an address it cannot parse as it was: say why, in the parser's
+        // words, whether or not it would be bound.
+        for addr in &self.addrs {
+            if let ListenAddr::Tcp(a) = addr {
+                if let Err(why) = a.parse::<ListenAddr>() {
+                    return Err(ServeError::Usage(format!(
+                        "invalid Server::bind({a:?}): {why}"
+                    )));
+                }
+            }
+        }
+        // Environment, builder, the given layer's, then the process-wide policy; tasks follow
+        // the same.
         let policy = config::policy()?
             .or(self.policy)
+            .or(self.layer.as_ref().map(crate::PanicLayer::policy))
             .unwrap_or_else(crate::panic::policy);
         crate::panic::set_policy(policy);
         let shutdown_timeout =
             config::duration("UNWEDGE_SHUTDOWN_TIMEOUT")?.unwrap_or(self.shutdown_timeout);
         let crash_timeout =
             config::duration("UNWEDGE_CRASH_TIMEOUT")?.unwrap_or(self.crash_timeout);
-        let stall_limit = config::duration("UNWEDGE_STALL_LIMIT")?.unwrap_or(self.stall_limit);
-        let hang_limit = config::duration("UNWEDGE_HANG_LIMIT")?.unwrap_or(self.hang_limit);
-        let abort_after = config::duration("UNWEDGE_ABORT_WHEN_WEDGED")?.or(self.abort_when_wedged);
+        // Zero is off, for these as for the idle timeout: a zero limit would be reached at
+        // once (Wedged from the start, or exit 70 at the first wedge).
+        let stall_limit = off_when_zero(config::duration("UNWEDGE_STALL_LIMIT")?, self.stall_limit);
+        let hang_limit = off_when_zero(config::duration("UNWEDGE_HANG_LIMIT")?, self.hang_limit);
+        let abort_after = off_when_zero(
+            config::duration("UNWEDGE_ABORT_WHEN_WEDGED")?,
+            self.abort_when_wedged,
+        );
         let health_routes = config::flag("UNWEDGE_HEALTH_ROUTES")?.unwrap_or(self.health_routes);
         config::backtrace()?;
-        let idle_timeout = match config::duration("UNWEDGE_IDLE_TIMEOUT")? {
-            Some(d) => Some(d),
-            None => self.idle_timeout,
+        let idle_timeout =
+            off_when_zero(config::duration("UNWEDGE_IDLE_TIMEOUT")?, self.idle_timeout);
+
+        if let Some(hook) = &self.before_exit {
+            if let Some(hook) = hook.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                set_before_exit(hook);
+            }
         }
-        .filter(|d| !d.is_zero());
 
         if self.raise_fd_limit {
             if let Some((from, to)) = limits::raise_nofile() {
@@ -492,13 +684,23 @@ impl Server {
 
         let tracker = Tracker::new();
         dump::install(&tracker);
-        let service = build_service(
-            app,
-            self.panic_layer.then_some(policy),
-            health_routes,
-            tracker.clone(),
-        );
+        let guard = self.panic_layer.then(|| {
+            self.layer
+                .clone()
+                .unwrap_or_default()
+                .replace_policy(policy)
+                .on_inner_panic(front::inner_layer_handled_a_panic)
+        });
+        let service = build_service(app, guard, health_routes, tracker.clone());
 
+        if stall_limit.is_none() {
+            tracing::info!(
+                "stall limit 0: the watchdog's runtime-stall and blocked-poll checks are off"
+            );
+        }
+        if hang_limit.is_none() {
+            tracing::info!("hang limit 0: the watchdog's no-progress check is off");
+        }
         // Seen by the watchdog thread even when no runtime thread is free to see the signal.
         let stop_signal = StopSignalFlag::register();
         let watchdog = Watchdog::start(
@@ -669,6 +871,11 @@ impl Server {
     }
 }
 
+/// The environment's value when set (zero: off), else the builder's; zero is off either way.
+fn off_when_zero(env: Option<Duration>, builder: Option<Duration>) -> Option<Duration> {
+    env.map_or(builder, Some).filter(|d| !d.is_zero())
+}
+
 /// `d` from now; a duration too long for the clock (`Duration::MAX` as "no deadline") is
 /// about thirty years from now instead of a panic.
 fn deadline_in(d: Duration) -> tokio::time::Instant {
@@ -718,11 +925,55 @@ fn exit_backstop(tracker: Arc<Tracker>, crashing: bool) {
 /// How long an exit waits for the notify messages still queued (a report, `STOPPING=1`).
 const NOTIFY_FLUSH: Duration = Duration::from_secs(1);
 
-/// Flushes what can be flushed (the notify queue, stdout, stderr) and exits the process.
+/// How long an exit waits for the [`Server::before_exit`] hook.
+const BEFORE_EXIT_LIMIT: Duration = Duration::from_secs(5);
+
+/// The hook of [`Server::before_exit`], for whichever thread exits.
+static BEFORE_EXIT: std::sync::Mutex<Option<ExitHook>> = std::sync::Mutex::new(None);
+
+fn set_before_exit(hook: ExitHook) {
+    *BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+}
+
+/// Runs the [`Server::before_exit`] hook once, on its own thread, waiting for it at most
+/// [`BEFORE_EXIT_LIMIT`]; a second exit (another thread's) waits for the first one's run.
+fn run_before_exit() {
+    static RUN: std::sync::Once = std::sync::Once::new();
+    RUN.call_once(|| {
+        let Some(hook) = BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("unwedge-before-exit".into())
+            .spawn(move || {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook)).is_err() {
+                    tracing::error!("the before_exit hook panicked");
+                }
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(BEFORE_EXIT_LIMIT)
+                {
+                    tracing::error!(
+                        "the before_exit hook has not returned after {BEFORE_EXIT_LIMIT:?}: exiting without it"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the before_exit hook's thread"),
+        }
+    });
+}
+
+/// Flushes what can be flushed (the notify queue, the [`Server::before_exit`] hook, stdout,
+/// stderr) and exits the process.
 pub(crate) fn exit_now(code: u8) -> ! {
     if let Some(n) = notify::current() {
         n.flush(NOTIFY_FLUSH);
     }
+    run_before_exit();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(i32::from(code))
@@ -797,13 +1048,13 @@ impl Signals {
 /// The whole stack: health routes, request tracking, the panic guard, the app.
 fn build_service<S: 'static>(
     #[allow(unused_mut)] mut app: S,
-    policy: Option<Policy>,
+    guard: Option<crate::PanicLayer>,
     health_routes: bool,
     tracker: Arc<Tracker>,
 ) -> Stack<S> {
     #[cfg(feature = "axum")]
     prepare_router(&mut app);
-    Stack::new(app, policy, health_routes, tracker)
+    Stack::new(app, guard, health_routes, tracker)
 }
 
 /// Prepares an axum `Router` for serving once, as `axum::serve` does (`with_state(())`):

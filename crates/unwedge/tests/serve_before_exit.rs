@@ -1,0 +1,126 @@
+//! `Server::before_exit`: `serve()` ends a crashed process with `process::exit(70)`, which runs
+//! no destructors, so a buffered log writer (`tracing_appender::non_blocking`) would lose its
+//! last lines; the hook runs first.
+//!
+//! Each test runs this test binary as a real worker process (see `support`) on
+//! `127.0.0.1:0`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::Router;
+use support::Worker;
+use unwedge::{Policy, Server};
+
+const MARK: &str = "UNWEDGE_TEST_MARK";
+const LOG: &str = "UNWEDGE_TEST_LOG";
+
+fn app() -> Router {
+    Router::new().route(
+        "/panic",
+        get(|| async {
+            panic!("boom before exit");
+            #[allow(unreachable_code)]
+            ""
+        }),
+    )
+}
+
+/// Mode `flush`: logs through `tracing_appender::non_blocking` into `$UNWEDGE_TEST_LOG` and
+/// drops its guard in the hook, which then writes `$UNWEDGE_TEST_MARK`. Mode `hang`: a hook
+/// that never returns. Both crash on any panic.
+fn maybe_worker() {
+    let Some(mode) = support::worker_mode() else {
+        return;
+    };
+    let mark = PathBuf::from(std::env::var_os(MARK).unwrap());
+    let server = Server::new().policy(Policy::Crash);
+    match mode.as_str() {
+        "flush" => {
+            let file = std::fs::File::create(std::env::var_os(LOG).unwrap()).unwrap();
+            let (writer, guard) = tracing_appender::non_blocking(file);
+            tracing_subscriber::fmt()
+                .with_writer(writer)
+                .with_ansi(false)
+                .init();
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let server = server.before_exit(move || {
+                drop(guard);
+                std::fs::write(&mark, "hook ran").unwrap();
+            });
+            let outcome = rt.block_on(server.serve(app()));
+            panic!("serve() returned {outcome:?} instead of exiting");
+        }
+        "hang" => support::run_worker(|| {
+            server
+                .before_exit(move || {
+                    std::fs::write(&mark, "hook began").unwrap();
+                    std::thread::sleep(Duration::from_secs(3600));
+                })
+                .serve(app())
+        }),
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+/// The worker crashes (exit 70); the hook ran before the exit, and the lines queued in the
+/// non-blocking writer, the panic report and the exit line among them, reached the file.
+#[test]
+fn a_graceful_crash_runs_the_before_exit_hook_first() {
+    maybe_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let (mark, log) = (dir.path().join("mark"), dir.path().join("log"));
+    let mut w = Worker::spawn(
+        "a_graceful_crash_runs_the_before_exit_hook_first",
+        "flush",
+        &[(MARK, mark.to_str().unwrap()), (LOG, log.to_str().unwrap())],
+    );
+    // The port is in the log file, written off-thread: wait for the line.
+    let until = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(addr) = text
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("addr="))
+        {
+            break addr.parse().unwrap();
+        }
+        assert!(Instant::now() < until, "no serving line: {text}");
+        assert_eq!(w.exited(), None, "{}", w.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(support::get(addr, "/panic").0, 500);
+    assert_eq!(w.wait_exit(Duration::from_secs(30)), 70, "{}", w.log());
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "hook ran");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("boom before exit"), "{text}");
+    assert!(
+        text.contains("graceful crash: exiting with code 70"),
+        "{text}"
+    );
+}
+
+/// A hook that never returns cannot keep a crashed worker alive: it exits 70 about 5 s
+/// later, saying why.
+#[test]
+fn a_before_exit_hook_that_hangs_does_not_stop_the_exit() {
+    maybe_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("mark");
+    let mut w = Worker::start(
+        "a_before_exit_hook_that_hangs_does_not_stop_the_exit",
+        "hang",
+        &[(MARK, mark.to_str().unwrap())],
+    );
+    assert_eq!(w.get("/panic").0, 500);
+    assert_eq!(w.wait_exit(Duration::from_secs(30)), 70, "{}", w.log());
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "hook began");
+    let log = w.log();
+    assert!(
+        log.contains("before_exit hook has not returned after 5s"),
+        "{log}"
+    );
+}

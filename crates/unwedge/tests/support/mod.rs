@@ -1,0 +1,208 @@
+//! Running `serve()` in a real child process: the test binary re-runs itself with
+//! `UNWEDGE_TEST_WORKER` set, and the child serves on `127.0.0.1:0`; the parent reads the
+//! port from the `serving` log line and talks HTTP/1.1 over real TCP.
+//!
+//! Each test file includes this with `mod support;` and uses the parts it needs.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The variable that turns the test binary into a worker; its value selects the mode.
+pub const MODE: &str = "UNWEDGE_TEST_WORKER";
+
+/// The worker's mode when this process is a worker.
+pub fn worker_mode() -> Option<String> {
+    std::env::var(MODE).ok()
+}
+
+/// Worker side: logs to stderr (no colours), runs `serve` on a runtime with two worker
+/// threads, drops the runtime and reports the outcome as `#[tokio::main]` returning it from
+/// `main` would (its `Termination` prints a failure's one line), and exits with its code.
+pub fn run_worker<F>(serve: impl FnOnce() -> F) -> !
+where
+    F: std::future::Future<Output = unwedge::serve::Outcome>,
+{
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = rt.block_on(serve());
+    eprintln!("TEST: serve returned {outcome:?}");
+    drop(rt);
+    let code = outcome.exit_code();
+    let _ = std::process::Termination::report(outcome);
+    std::process::exit(i32::from(code))
+}
+
+/// A worker process and its stderr, line by line.
+pub struct Worker {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+    pub addr: Option<SocketAddr>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Worker {
+    /// Runs the test `test` of this binary as a worker in `mode`, listening on
+    /// `127.0.0.1:0`, with `env` added; waits for its `serving` line (20 s at most).
+    pub fn start(test: &str, mode: &str, env: &[(&str, &str)]) -> Worker {
+        let mut w = Worker::spawn(test, mode, env);
+        let line = w.expect(" serving ", Duration::from_secs(20));
+        let addr = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"));
+        w.addr = Some(addr.parse().unwrap());
+        w
+    }
+
+    /// As [`Worker::start`], without waiting for anything.
+    pub fn spawn(test: &str, mode: &str, env: &[(&str, &str)]) -> Worker {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(MODE, mode)
+            .env("UNWEDGE_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC");
+        for var in [
+            "UNWEDGE_POLICY",
+            "UNWEDGE_STALL_LIMIT",
+            "UNWEDGE_HANG_LIMIT",
+            "UNWEDGE_ABORT_WHEN_WEDGED",
+            "UNWEDGE_SHUTDOWN_TIMEOUT",
+            "UNWEDGE_CRASH_TIMEOUT",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Worker {
+            child,
+            lines,
+            seen: Vec::new(),
+            addr: None,
+        }
+    }
+
+    /// Waits for a stderr line containing `what`, and returns it.
+    pub fn expect(&mut self, what: &str, limit: Duration) -> String {
+        let until = Instant::now() + limit;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(what) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no {what:?} within {limit:?}; stderr:\n{}", self.log()),
+            }
+        }
+    }
+
+    /// Everything logged so far (what has arrived is read first).
+    pub fn log(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+
+    /// The exit code, if the worker has exited.
+    pub fn exited(&mut self) -> Option<i32> {
+        self.child
+            .try_wait()
+            .unwrap()
+            .map(|s| s.code().unwrap_or(-1))
+    }
+
+    /// Waits for the exit (at most `limit`); its code (-1 for a signal).
+    pub fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(code) = self.exited() {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+                    self.seen.push(line);
+                }
+                return code;
+            }
+            assert!(
+                Instant::now() < until,
+                "still running after {limit:?}; stderr:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn sigterm(&self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    }
+
+    /// `GET path` on a new connection: the status and the whole response.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        get(self.addr.expect("listening"), path)
+    }
+
+    /// `GET path` on a new connection, answered on another thread.
+    pub fn get_in_background(&self, path: &str) -> std::thread::JoinHandle<(u16, String)> {
+        let addr = self.addr.expect("listening");
+        let path = path.to_owned();
+        std::thread::spawn(move || get(addr, &path))
+    }
+}
+
+/// `GET path` over a new TCP connection (`Connection: close`, 30 s at most): the status (0
+/// when the connection ended without an answer) and the whole response.
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = out
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
