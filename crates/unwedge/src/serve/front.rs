@@ -37,6 +37,8 @@ pub(crate) struct Stack<S> {
     guard: Option<PanicLayer>,
     health_routes: bool,
     tracker: Arc<Tracker>,
+    /// [`Server::connect_info`](super::Server::connect_info).
+    connect_info: bool,
 }
 
 impl<S> Stack<S> {
@@ -52,17 +54,31 @@ impl<S> Stack<S> {
             guard,
             health_routes,
             tracker,
+            connect_info: false,
         }
     }
 
-    /// The connection's service, counting its requests in `calls`.
-    pub(crate) fn connection(self, calls: Arc<super::Calls>) -> Conn<S> {
+    /// Gives each request the client's address ([`super::ClientAddr`], axum's
+    /// `ConnectInfo`) when `on`.
+    pub(crate) fn with_connect_info(mut self, on: bool) -> Self {
+        self.connect_info = on;
+        self
+    }
+
+    /// The connection's service, counting its requests in `calls`; `peer` is the client's
+    /// address (TCP).
+    pub(crate) fn connection(
+        self,
+        calls: Arc<super::Calls>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Conn<S> {
         Conn {
             app: RefCell::new(self.app),
             guard: self.guard,
             health_routes: self.health_routes,
             tracker: self.tracker,
             calls,
+            peer: peer.filter(|_| self.connect_info),
         }
     }
 }
@@ -78,6 +94,8 @@ pub(crate) struct Conn<S> {
     health_routes: bool,
     tracker: Arc<Tracker>,
     calls: Arc<super::Calls>,
+    /// The client's address, given to each request (`None` unless asked for).
+    peer: Option<std::net::SocketAddr>,
 }
 
 /// The app's response future: its own when it was ready at once (axum's `Router` always is),
@@ -128,7 +146,7 @@ where
     type Error = BoxError;
     type Future = ServeFuture<Called<S, Request<Incoming>>, B>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let stopping = self.calls.mark();
         let close = match (req.version() <= http::Version::HTTP_11, stopping) {
             (false, _) => Close::Never, // HTTP/2: hyper's GOAWAY does it
@@ -148,6 +166,12 @@ where
                 "/readyz" => return ServeFuture::probe(crate::probe::readyz(), close),
                 _ => {}
             }
+        }
+        if let Some(peer) = self.peer {
+            let ext = req.extensions_mut();
+            ext.insert(super::ClientAddr(peer));
+            #[cfg(feature = "axum")]
+            ext.insert(axum::extract::ConnectInfo(peer));
         }
         let tracked = self.tracker.begin(&req);
         let _call_ends = tracked.call_begins();

@@ -19,7 +19,8 @@ pub(crate) enum Listener {
 
 /// An accepted connection.
 pub(crate) enum Stream {
-    Tcp(TcpStream),
+    /// With the client's address.
+    Tcp(TcpStream, std::net::SocketAddr),
     Unix(UnixStream),
 }
 
@@ -27,10 +28,10 @@ impl Listener {
     pub(crate) async fn accept(&self) -> io::Result<Stream> {
         match self {
             Listener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
+                let (s, peer) = l.accept().await?;
                 // Small responses should not wait for Nagle.
                 let _ = s.set_nodelay(true);
-                Ok(Stream::Tcp(s))
+                Ok(Stream::Tcp(s, peer))
             }
             Listener::Unix(l, _) => Ok(Stream::Unix(l.accept().await?.0)),
         }

@@ -137,6 +137,26 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tower::Service;
 
 pub use config::ListenAddr;
+
+/// The client's address, in the extensions of each request of a TCP connection when
+/// [`Server::connect_info`] is on (with the `axum` feature, so is
+/// `axum::extract::ConnectInfo<SocketAddr>`, for its extractor).
+///
+/// # Examples
+///
+/// ```
+/// use unwedge::serve::ClientAddr;
+///
+/// // A tower/hyper service reads it from the request:
+/// fn client(req: &http::Request<()>) -> Option<std::net::SocketAddr> {
+///     req.extensions().get::<ClientAddr>().map(|c| c.0)
+/// }
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(ClientAddr("127.0.0.1:50000".parse().unwrap()));
+/// assert_eq!(client(&req).unwrap().port(), 50000);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub std::net::SocketAddr);
 pub use notify::{encode_report, MAX_REPORT_BYTES};
 
 use crate::health;
@@ -309,6 +329,7 @@ pub struct Server {
     idle_timeout: Option<Duration>,
     raise_fd_limit: bool,
     before_exit: Option<BeforeExit>,
+    connect_info: bool,
 }
 
 /// The hook given to [`Server::before_exit`] (shared by the builder's clones; run once).
@@ -349,6 +370,7 @@ impl Server {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             raise_fd_limit: true,
             before_exit: None,
+            connect_info: false,
         }
     }
 
@@ -427,6 +449,33 @@ impl Server {
     /// ```
     pub fn without_panic_layer(mut self) -> Self {
         self.panic_layer = false;
+        self
+    }
+
+    /// Gives each request of a TCP connection the client's address, as `axum::serve` does
+    /// for an app made with `into_make_service_with_connect_info`: the extension
+    /// [`ClientAddr`], and with the `axum` feature `axum::extract::ConnectInfo<SocketAddr>`,
+    /// so that the `ConnectInfo` extractor works (without this it answers 500, "Missing
+    /// request extension"). Off by default: it costs each request a small allocation. Behind
+    /// a reverse proxy the address is the proxy's (read `X-Forwarded-For` or `Forwarded`
+    /// from the proxy you trust instead); a `unix:` socket's connections get none.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::net::SocketAddr;
+    /// use axum::{extract::ConnectInfo, routing::get, Router};
+    ///
+    /// async fn whoami(ConnectInfo(client): ConnectInfo<SocketAddr>) -> String {
+    ///     format!("you are {client}\n")
+    /// }
+    /// # async fn run() -> unwedge::serve::Outcome {
+    /// let app = Router::new().route("/whoami", get(whoami));
+    /// unwedge::Server::new().connect_info().serve(app).await
+    /// # }
+    /// ```
+    pub fn connect_info(mut self) -> Self {
+        self.connect_info = true;
         self
     }
 
@@ -691,7 +740,8 @@ impl Server {
                 .replace_policy(policy)
                 .on_inner_panic(front::inner_layer_handled_a_panic)
         });
-        let service = build_service(app, guard, health_routes, tracker.clone());
+        let service = build_service(app, guard, health_routes, tracker.clone())
+            .with_connect_info(self.connect_info);
 
         if stall_limit.is_none() {
             tracing::info!(
@@ -1109,13 +1159,13 @@ async fn accept_loop<S, RB>(
             r = listener.accept() => r,
         };
         match stream {
-            Ok(Stream::Tcp(s)) => {
+            Ok(Stream::Tcp(s, peer)) => {
                 error_logged = false;
-                spawn_connection(s, service.clone(), &conn, &stop, alive.clone());
+                spawn_connection(s, Some(peer), service.clone(), &conn, &stop, alive.clone());
             }
             Ok(Stream::Unix(s)) => {
                 error_logged = false;
-                spawn_connection(s, service.clone(), &conn, &stop, alive.clone());
+                spawn_connection(s, None, service.clone(), &conn, &stop, alive.clone());
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -1137,6 +1187,7 @@ async fn accept_loop<S, RB>(
 /// request in progress (HTTP/1.1 with `Connection: close`, HTTP/2 with GOAWAY) and closes.
 fn spawn_connection<I, S, RB>(
     io: I,
+    peer: Option<std::net::SocketAddr>,
     service: Stack<S>,
     how: &Conn,
     stop: &stop::Stop,
@@ -1151,7 +1202,7 @@ fn spawn_connection<I, S, RB>(
 {
     let mut stopped = stop.stopped();
     let calls = Arc::new(Calls::new(stop.flag()));
-    let svc = service.connection(calls.clone());
+    let svc = service.connection(calls.clone(), peer);
     let conn = how
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
