@@ -1060,15 +1060,15 @@ async fn check_config_tries_the_addresses_run_would_bind() {
         std::fs::write(&f, text).unwrap();
         f.to_str().unwrap().to_owned()
     };
-    // TEST-NET-1 (RFC 5737): no interface has it.
+    // TEST-NET-3 (RFC 5737): no interface has it.
     let elsewhere = write(
         "elsewhere.toml",
-        "listen = [\"192.0.2.1:8080\"]\ncommand = [\"true\"]\n".into(),
+        "listen = [\"203.0.113.7:8080\"]\ncommand = [\"true\"]\n".into(),
     );
     let (code, out) = run_to_end(&["check-config", &elsewhere]).await;
-    assert_clear(code, 1, &out, "cannot listen on 192.0.2.1:8080");
+    assert_clear(code, 1, &out, "cannot listen on 203.0.113.7:8080");
     let (code, out) = run_to_end(&["run", "--config", &elsewhere]).await;
-    assert_clear(code, 1, &out, "cannot listen on 192.0.2.1:8080");
+    assert_clear(code, 1, &out, "cannot listen on 203.0.113.7:8080");
 
     let missing = dir.path().join("no-such-dir/app.sock");
     let nodir = write(
@@ -1084,10 +1084,10 @@ async fn check_config_tries_the_addresses_run_would_bind() {
 
     let admin_elsewhere = write(
         "admin.toml",
-        "listen = [\"127.0.0.1:0\"]\nadmin = \"192.0.2.1:9100\"\ncommand = [\"true\"]\n".into(),
+        "listen = [\"127.0.0.1:0\"]\nadmin = \"203.0.113.7:9100\"\ncommand = [\"true\"]\n".into(),
     );
     let (code, out) = run_to_end(&["check-config", &admin_elsewhere]).await;
-    assert_clear(code, 1, &out, "192.0.2.1:9100");
+    assert_clear(code, 1, &out, "203.0.113.7:9100");
 
     // In use: a note naming it, the config still printed, and the port still this holder's.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -112,8 +112,8 @@ pub fn bind_all(addrs: &[ListenAddr], unix: UnixAccess) -> Result<Vec<Listener>,
 /// let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
 /// let taken = ListenAddr::Tcp(held.local_addr().unwrap());
 /// assert!(check_bindable(&taken).unwrap().unwrap().contains("in use"));
-/// // TEST-NET-1: an address of no interface here.
-/// let elsewhere = ListenAddr::Tcp("192.0.2.1:8080".parse().unwrap());
+/// // TEST-NET-3: an address of no interface here.
+/// let elsewhere = ListenAddr::Tcp("203.0.113.7:8080".parse().unwrap());
 /// assert!(check_bindable(&elsewhere).is_err());
 /// ```
 pub fn check_bindable(addr: &ListenAddr) -> Result<Option<String>, StartError> {

@@ -10,6 +10,11 @@
 //! them where you like); [`Probes`] dispatches `/livez` and `/readyz` itself for hyper users,
 //! and [`router`] (feature `axum`) gives an axum `Router` with both.
 //!
+//! The reason names requests (method and path) and locks. The health routes of
+//! [`serve`](crate::serve()) give it to clients on this host only (loopback, `unix:`
+//! sockets); a client on another host reads that it is withheld. These services, mounted by
+//! you, give it to whoever reaches them: mount them where only your probes do.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use tower::ServiceExt;
@@ -40,12 +45,21 @@ struct Answer<'a> {
     reason: Option<&'a str>,
 }
 
-fn answer(pass: bool, reason_if_fail: Option<&str>) -> Response<Full<Bytes>> {
+/// What a client not on this host reads instead of the health's reason (see [`livez_for`]).
+pub(crate) const WITHHELD: &str =
+    "withheld from clients on other hosts: ask from this host, or see the log and STATUS=";
+
+fn answer(pass: bool, reason_if_fail: Option<&str>, local: bool) -> Response<Full<Bytes>> {
     let h = health();
+    // The health's reason names requests (method and path) and locks: for this host only.
+    let state_reason = h
+        .reason
+        .as_deref()
+        .map(|r| if local { r } else { WITHHELD });
     let reason = if pass {
-        h.reason.as_deref()
+        state_reason
     } else {
-        reason_if_fail.or(h.reason.as_deref())
+        reason_if_fail.or(state_reason)
     };
     let body = serde_json::to_vec(&Answer {
         status: if pass { "ok" } else { "fail" },
@@ -152,16 +166,29 @@ impl<B> Service<Request<B>> for Probes {
 
 /// The `/livez` answer for the current health.
 pub fn livez() -> Response<Full<Bytes>> {
-    let live = health().state.is_live();
-    answer(live, None)
+    livez_for(true)
 }
 
 /// The `/readyz` answer for the current health.
 pub fn readyz() -> Response<Full<Bytes>> {
+    readyz_for(true)
+}
+
+/// [`livez`] for a client on this host (`local`), or on another, which gets the state without
+/// the reason: the reason names other clients' requests (`no progress: … oldest GET
+/// /users/…`), the mutex a request poisoned, who holds a lock. `serve()`'s health routes
+/// answer so on its public port.
+pub(crate) fn livez_for(local: bool) -> Response<Full<Bytes>> {
+    let live = health().state.is_live();
+    answer(live, None, local)
+}
+
+/// [`readyz`] for a client on this host or not (see [`livez_for`]).
+pub(crate) fn readyz_for(local: bool) -> Response<Full<Bytes>> {
     let h = health();
     let ready = h.is_ready();
     let why = (!h.ready && h.state == HealthState::Healthy).then_some("not ready yet");
-    answer(ready, why)
+    answer(ready, why, local)
 }
 
 /// An axum `Router` answering `GET /livez` and `GET /readyz`; merge it into your app (or an

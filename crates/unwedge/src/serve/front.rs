@@ -78,6 +78,7 @@ impl<S> Stack<S> {
             health_routes: self.health_routes,
             tracker: self.tracker,
             calls,
+            local_client: peer.is_none_or(|p| is_loopback(p.ip())),
             peer: peer.filter(|_| self.connect_info),
         }
     }
@@ -96,6 +97,19 @@ pub(crate) struct Conn<S> {
     calls: Arc<super::Calls>,
     /// The client's address, given to each request (`None` unless asked for).
     peer: Option<std::net::SocketAddr>,
+    /// The client is on this host (loopback, or a `unix:` socket): the health routes say
+    /// why they fail.
+    local_client: bool,
+}
+
+/// `127.0.0.0/8`, `::1`, and `::ffff:127.x.y.z` (a dual-stack socket's IPv4 client).
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+    }
 }
 
 /// The app's response future: its own when it was ready at once (axum's `Router` always is),
@@ -162,8 +176,14 @@ where
                 Close::Never
             };
             match req.uri().path() {
-                "/livez" => return ServeFuture::probe(crate::probe::livez(), close),
-                "/readyz" => return ServeFuture::probe(crate::probe::readyz(), close),
+                "/livez" => {
+                    let res = crate::probe::livez_for(self.local_client);
+                    return ServeFuture::probe(res, close);
+                }
+                "/readyz" => {
+                    let res = crate::probe::readyz_for(self.local_client);
+                    return ServeFuture::probe(res, close);
+                }
                 _ => {}
             }
         }

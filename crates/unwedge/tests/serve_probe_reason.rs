@@ -1,0 +1,89 @@
+//! `serve()`'s `/livez` tells a client on this host why it fails, and a client on another
+//! host only that it does: the reason names other clients' requests (method and path).
+//!
+//! The worker is a real process (see `support`) listening on `0.0.0.0:0`; the "other host" is
+//! this machine's own non-loopback address, which the worker sees as the client's.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use axum::routing;
+use axum::Router;
+use support::{get, Worker};
+use unwedge::Server;
+
+fn maybe_worker() {
+    if support::worker_mode().is_none() {
+        return;
+    }
+    let app = Router::new().route(
+        "/orders/{who}",
+        routing::get(|| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "late"
+        }),
+    );
+    support::run_worker(|| Server::new().serve(app))
+}
+
+/// This machine's address on the interface of its default route, if it has one.
+fn own_non_loopback_ip() -> Option<IpAddr> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    // TEST-NET-3: only picks the route; nothing is sent.
+    s.connect("203.0.113.7:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[test]
+fn livez_withholds_the_reason_from_clients_on_other_hosts() {
+    maybe_worker();
+    let Some(ip) = own_non_loopback_ip() else {
+        println!("SKIPPED: this machine has no non-loopback address");
+        return;
+    };
+    let mut w = Worker::start(
+        "livez_withholds_the_reason_from_clients_on_other_hosts",
+        "wedge",
+        &[
+            ("UNWEDGE_LISTEN", "0.0.0.0:0"),
+            ("UNWEDGE_HANG_LIMIT", "1s"),
+        ],
+    );
+    let port = w.addr.unwrap().port();
+    let (local, remote) = (
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        SocketAddr::new(ip, port),
+    );
+    let _slow = std::thread::spawn(move || get(local, "/orders/alice@example.com"));
+    // Wedged once the request is older than the hang limit.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let here = loop {
+        let (status, res) = get(local, "/livez");
+        if status == 503 {
+            break res;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never wedged: {res}\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        here.contains("oldest GET /orders/alice@example.com"),
+        "{here}"
+    );
+    for path in ["/livez", "/readyz"] {
+        let (status, there) = get(remote, path);
+        assert_eq!(status, 503, "{there}");
+        assert!(there.contains("\"state\":\"wedged\""), "{there}");
+        assert!(there.contains("withheld"), "{there}");
+        assert!(
+            !there.contains("alice"),
+            "{path} told another host: {there}"
+        );
+    }
+}
