@@ -24,6 +24,24 @@ pub(crate) enum Stream {
     Unix(UnixStream),
 }
 
+/// Sockets bound by the caller ([`Server::listener`](crate::Server::listener)).
+pub(crate) fn from_std(given: Vec<std::net::TcpListener>) -> Result<Vec<Listener>, ServeError> {
+    given
+        .into_iter()
+        .map(|l| {
+            let addr = l
+                .local_addr()
+                .map_or_else(|_| "the given listener".to_owned(), |a| a.to_string());
+            l.set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(l))
+                .map(Listener::Tcp)
+                .map_err(|e| {
+                    ServeError::Listen(format!("cannot listen on {addr} (Server::listener): {e}"))
+                })
+        })
+        .collect()
+}
+
 impl Listener {
     pub(crate) async fn accept(&self) -> io::Result<Stream> {
         match self {

@@ -330,6 +330,22 @@ pub struct Server {
     raise_fd_limit: bool,
     before_exit: Option<BeforeExit>,
     connect_info: bool,
+    /// [`Server::listener`]'s sockets, taken by the first `serve()` (shared by clones).
+    listeners: Arc<std::sync::Mutex<Vec<std::net::TcpListener>>>,
+    /// [`Server::shutdown_on`]'s future, taken by the first `serve()` (shared by clones).
+    shutdown: Option<ShutdownOn>,
+}
+
+/// The future given to [`Server::shutdown_on`].
+#[derive(Clone)]
+struct ShutdownOn(Arc<std::sync::Mutex<Option<ShutdownFuture>>>);
+
+type ShutdownFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl fmt::Debug for ShutdownOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ShutdownOn(..)")
+    }
 }
 
 /// The hook given to [`Server::before_exit`] (shared by the builder's clones; run once).
@@ -371,7 +387,79 @@ impl Server {
             raise_fd_limit: true,
             before_exit: None,
             connect_info: false,
+            listeners: Arc::default(),
+            shutdown: None,
         }
+    }
+
+    /// Serves on `listener`, a socket already bound, instead of any address (inherited
+    /// sockets, `UNWEDGE_LISTEN` and [`Server::bind`] are then not used). With
+    /// [`Server::shutdown_on`] it runs `serve()` inside a test: bind `127.0.0.1:0`, read the
+    /// port, serve, stop. A `serve()` takes the listeners of its builder (and of its clones):
+    /// closed when it stops accepting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use axum::{routing::get, Router};
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let addr = listener.local_addr().unwrap();
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let app = Router::new().route("/", get(|| async { "hello" }));
+    /// let server = tokio::spawn(
+    ///     unwedge::Server::new()
+    ///         .listener(listener)
+    ///         .shutdown_on(async { let _ = stopped.await; })
+    ///         .exit_on_crash(false) // a test process must not exit
+    ///         .serve(app),
+    /// );
+    /// let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    /// conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    /// let mut res = String::new();
+    /// conn.read_to_string(&mut res).await.unwrap();
+    /// assert!(res.starts_with("HTTP/1.1 200") && res.ends_with("hello"), "{res}");
+    /// stop.send(()).unwrap();
+    /// assert!(matches!(server.await.unwrap(), unwedge::serve::Outcome::Stopped));
+    /// # }
+    /// ```
+    pub fn listener(self, listener: std::net::TcpListener) -> Self {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
+        self
+    }
+
+    /// Starts the graceful shutdown when `signal` completes, as SIGTERM does (stop accepting,
+    /// finish the requests in flight within the shutdown timeout, return
+    /// [`Outcome::Stopped`]); SIGTERM and SIGINT still work too. For a server embedded in a
+    /// larger program, or a test (see [`Server::listener`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> unwedge::serve::Outcome {
+    /// # let app = axum::Router::new();
+    /// let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    /// let stopper = stop.clone(); // `stopper.notify_one()` from elsewhere stops it
+    /// # let _ = stopper;
+    /// unwedge::Server::new()
+    ///     .shutdown_on(async move { stop.notified().await })
+    ///     .serve(app)
+    ///     .await
+    /// # }
+    /// ```
+    pub fn shutdown_on(
+        mut self,
+        signal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.shutdown = Some(ShutdownOn(Arc::new(std::sync::Mutex::new(Some(Box::pin(
+            signal,
+        ))))));
+        self
     }
 
     /// Adds an address to bind when no socket is inherited and `UNWEDGE_LISTEN` is unset.
@@ -713,7 +801,10 @@ impl Server {
         // Signals before anything can be ready, so an early SIGTERM is not lost.
         let mut signals = Signals::new()?;
 
-        let listeners = if activation.count > 0 {
+        let given = std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()));
+        let listeners = if !given.is_empty() {
+            listeners::from_std(given)?
+        } else if activation.count > 0 {
             listeners::inherited(&activation)?
         } else if !env_listen.is_empty() {
             bind_all(&env_listen, "UNWEDGE_LISTEN").await?
@@ -814,10 +905,24 @@ impl Server {
             notifier.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
         }
 
-        // Run until a signal or a crash request.
+        // Run until a signal, the `shutdown_on` future, or a crash request.
+        let mut shutdown = self
+            .shutdown
+            .as_ref()
+            .and_then(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let asked = async {
+            match shutdown.as_mut() {
+                Some(f) => f.await,
+                None => std::future::pending().await,
+            }
+        };
         let crash = tokio::select! {
             name = signals.recv() => {
                 tracing::info!(signal = name, "graceful shutdown: finishing requests in flight (deadline {shutdown_timeout:?})");
+                None
+            }
+            () = asked => {
+                tracing::info!("graceful shutdown (Server::shutdown_on): finishing requests in flight (deadline {shutdown_timeout:?})");
                 None
             }
             reason = health::crash_requested() => {
