@@ -104,21 +104,10 @@ impl ReportDir {
             dir: config.dir.clone(),
             source,
         };
-        create_dir_and_probe(&config.dir).map_err(unwritable)?;
-        let file = open_append(&config.dir.join(CURRENT)).map_err(unwritable)?;
-        let len = file.metadata().map_err(unwritable)?.len();
-        // A supervisor that died mid-write left a torn last line: the next record must not
-        // be glued to it.
-        let torn = len > 0 && {
-            let mut last = [0u8; 1];
-            file.read_exact_at(&mut last, len - 1).map_err(unwritable)?;
-            last[0] != b'\n'
-        };
-        // Make a newly created reports.jsonl's directory entry durable too.
-        sync_dir(&config.dir);
+        let current = open_current(&config.dir).map_err(unwritable)?;
         Ok(ReportDir {
             config,
-            current: Mutex::new(Current { file, len, torn }),
+            current: Mutex::new(current),
         })
     }
 
@@ -181,6 +170,7 @@ impl ReportDir {
         line.push(b'\n');
         // A poisoned lock only means another append panicked; the file is still fine.
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        self.reopen_if_moved(&mut cur)?;
         if cur.len > 0 && cur.len + line.len() as u64 > self.config.max_bytes {
             self.rotate(&mut cur)?;
         }
@@ -199,6 +189,33 @@ impl ReportDir {
         cur.torn = false;
         cur.len += line.len() as u64;
         cur.file.sync_data().map_err(io)?;
+        Ok(())
+    }
+
+    /// The open file is no longer the directory's current file (the directory was removed or
+    /// replaced, the file deleted or moved by hand, a cleaner ran): appending to it would
+    /// write records nobody can read, counted as written. Opens the current file again,
+    /// creating the directory as at start-up; an error (the path is now a file, say) fails
+    /// this append, so that the record counts as not written.
+    fn reopen_if_moved(&self, cur: &mut Current) -> Result<(), ReportError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.config.dir.join(CURRENT);
+        let same = match (fs::symlink_metadata(&path), cur.file.metadata()) {
+            (Ok(on_disk), Ok(open)) => on_disk.dev() == open.dev() && on_disk.ino() == open.ino(),
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        *cur = open_current(&self.config.dir).map_err(|source| ReportError::Io {
+            what: "cannot open again (moved or removed while open)",
+            path: path.clone(),
+            source,
+        })?;
+        tracing::warn!(
+            file = %path.display(),
+            "the crash report file was moved or removed while open: writing to a new one"
+        );
         Ok(())
     }
 
@@ -240,6 +257,24 @@ impl ReportDir {
         let _cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         read_reports(&self.config.dir, since)
     }
+}
+
+/// Creates `dir` if needed and opens its current file to append, noting whether it ends in
+/// the middle of a line.
+fn open_current(dir: &Path) -> io::Result<Current> {
+    create_dir_and_probe(dir)?;
+    let file = open_append(&dir.join(CURRENT))?;
+    let len = file.metadata()?.len();
+    // A supervisor that died mid-write left a torn last line: the next record must not be
+    // glued to it.
+    let torn = len > 0 && {
+        let mut last = [0u8; 1];
+        file.read_exact_at(&mut last, len - 1)?;
+        last[0] != b'\n'
+    };
+    // Make a newly created reports.jsonl's directory entry durable too.
+    sync_dir(dir);
+    Ok(Current { file, len, torn })
 }
 
 fn sync_dir(dir: &Path) {

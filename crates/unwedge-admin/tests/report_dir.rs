@@ -355,3 +355,39 @@ fn a_record_glued_to_a_torn_line_is_still_read() {
     let back = read_reports(tmp.path(), None).unwrap();
     assert_eq!(back.iter().map(Record::pid).collect::<Vec<_>>(), [Some(7)]);
 }
+
+/// The directory removed (and made again, or not) or the file deleted while the supervisor
+/// runs: the next records go to a file `unwedge reports` reads, not to the deleted one; the
+/// path become a file fails the append (the record counts as not written).
+#[test]
+fn records_after_the_directory_was_removed_or_replaced_are_still_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("state/reports");
+    let dir = ReportDir::open(ReportDirConfig::new(&path)).unwrap();
+    dir.append(&exit_record(1)).unwrap();
+
+    // rm -rf and mkdir again, as an operator cleaning up would.
+    std::fs::remove_dir_all(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    dir.append(&exit_record(2)).unwrap();
+    let back = read_reports(&path, None).unwrap();
+    assert_eq!(back.iter().map(Record::pid).collect::<Vec<_>>(), [Some(2)]);
+
+    // rm -rf of the whole state directory: made again as at start-up.
+    std::fs::remove_dir_all(tmp.path().join("state")).unwrap();
+    dir.append(&exit_record(3)).unwrap();
+    assert_eq!(read_reports(&path, None).unwrap()[0].pid(), Some(3));
+
+    // Only the file deleted.
+    std::fs::remove_file(path.join("reports.jsonl")).unwrap();
+    dir.append(&exit_record(4)).unwrap();
+    dir.append(&exit_record(5)).unwrap();
+    let pids: Vec<_> = dir.list(None).unwrap().iter().map(Record::pid).collect();
+    assert_eq!(pids, [Some(4), Some(5)]);
+
+    // The directory replaced by a file: the append fails (counted as not written).
+    std::fs::remove_dir_all(&path).unwrap();
+    std::fs::write(&path, "not a directory").unwrap();
+    let e = dir.append(&exit_record(6)).unwrap_err();
+    assert!(e.to_string().contains("moved or removed while open"), "{e}");
+}
