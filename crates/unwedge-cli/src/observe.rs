@@ -36,6 +36,10 @@ const STDERR_WAIT: Duration = Duration::from_millis(100);
 /// Reports and restarts kept in memory for `/status` and the page.
 const KEEP_REPORTS: usize = 50;
 const KEEP_RESTARTS: usize = 2000;
+/// Panic reports waiting for the event task (each up to 60 000 bytes, written one fsync at a
+/// time): past this, a worker panicking faster than the disk takes the reports has them
+/// dropped, counted as not written, instead of growing the supervisor's memory without bound.
+const MAX_QUEUED_REPORTS: usize = 256;
 /// Bound on the wait for the last events and alerts when the supervisor ends.
 pub(crate) const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -278,15 +282,25 @@ pub(crate) async fn start(
     };
     let (tx, rx) = mpsc::unbounded_channel::<Event>();
     let hook_shared = shared.clone();
+    let gate = Arc::new(ReportGate::new(MAX_QUEUED_REPORTS));
+    let hook_gate = gate.clone();
+    let (hook_metrics, writes_reports) = (metrics.clone(), reports.is_some());
     let supervisor = supervisor.with_alert_hook(move |e: &Event| {
         if let Event::GaveUp { reason } = e {
             // /livez answers from this at once, not after the event task caught up.
             *hook_shared.gave_up() = Some(reason.clone());
         }
+        if matches!(e, Event::Report { .. }) && !hook_gate.admit() {
+            if writes_reports {
+                hook_metrics.record_report_written(false);
+            }
+            return;
+        }
         let _ = tx.send(e.clone());
     });
     let ctx = Ctx {
         reports,
+        gate,
         metrics,
         alerter: alerter.clone(),
         shared,
@@ -463,8 +477,45 @@ fn status_source(
     })
 }
 
+/// Counts the panic reports queued for the event task, and those dropped because too many
+/// were (see [`MAX_QUEUED_REPORTS`]).
+#[derive(Debug)]
+struct ReportGate {
+    limit: usize,
+    queued: std::sync::atomic::AtomicUsize,
+    dropped: AtomicU64,
+}
+
+impl ReportGate {
+    fn new(limit: usize) -> Self {
+        ReportGate {
+            limit,
+            queued: std::sync::atomic::AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// One more report to queue: `false` (counted as dropped) when `limit` wait already.
+    /// Called by the supervisor's hook only, so load-then-add does not race with itself.
+    fn admit(&self) -> bool {
+        if self.queued.load(Ordering::Acquire) >= self.limit {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// A queued report was taken; returns the reports dropped since the last call.
+    fn taken(&self) -> u64 {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
+}
+
 struct Ctx {
     reports: Option<Arc<ReportDir>>,
+    gate: Arc<ReportGate>,
     metrics: Arc<Metrics>,
     alerter: Arc<Alerter>,
     shared: Arc<Shared>,
@@ -511,6 +562,13 @@ impl Ctx {
     async fn on_event(&self, e: Event) {
         match e {
             Event::Report { worker, pid, json } => {
+                let dropped = self.gate.taken();
+                if dropped > 0 {
+                    tracing::error!(
+                        "{dropped} crash report(s) dropped: {MAX_QUEUED_REPORTS} were waiting to be \
+                         written (workers panic faster than the report directory takes them)"
+                    );
+                }
                 let value = serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json));
                 // Redacts the credential headers (any worker may send a report, and not every
                 // one redacts): before the report directory, the history and /status see it.
@@ -804,4 +862,25 @@ fn panic_summary(r: &PanicRecord) -> String {
         s.push_str(&format!(" (task {task})"));
     }
     s
+}
+
+#[cfg(test)]
+mod report_gate_tests {
+    use super::ReportGate;
+
+    #[test]
+    fn reports_past_the_limit_are_dropped_and_counted_until_the_queue_drains() {
+        let gate = ReportGate::new(3);
+        assert!((0..3).all(|_| gate.admit()));
+        assert!(!gate.admit());
+        assert!(!gate.admit());
+        // The first taken says two were dropped, once.
+        assert_eq!(gate.taken(), 2);
+        assert_eq!(gate.taken(), 0);
+        // Room again: admitted.
+        assert!(gate.admit());
+        assert!(gate.admit());
+        assert!(!gate.admit());
+        assert_eq!(gate.taken(), 1);
+    }
 }
