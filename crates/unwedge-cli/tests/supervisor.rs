@@ -2824,3 +2824,53 @@ async fn a_worker_that_cannot_be_spawned_for_a_while_is_retried_while_the_others
     })
     .await;
 }
+
+/// A supervisor that was stopped (SIGSTOP, a debugger, a paused VM) for longer than
+/// `--watchdog` does not take its own pause for its workers' hang: the heartbeats they sent
+/// meanwhile, queued on the notify socket, are read before any deadline is judged, and the
+/// stall itself is named in one line and gives every worker fresh deadlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_supervisor_does_not_take_its_pause_for_hung_workers() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::python(
+            &["--workers", "2", "--watchdog", "1s", "--admin", "off"],
+            &[],
+        );
+        let addr = sup.addr().await;
+        let pids = sup.wait_ready(0, 2).await;
+        for pid in &pids {
+            sup.wait_line(0, &[&format!("pid {pid} sends heartbeats")])
+                .await;
+        }
+        let m = sup.mark();
+        sup.signal(Signal::SIGSTOP);
+        // The pause itself (three watchdog periods), not a wait for readiness.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        sup.signal(Signal::SIGCONT);
+        let stall = sup
+            .wait_line(m, &["the supervisor's own loop did not run for"])
+            .await;
+        // Measured from when it meant to wake (within 1 s of the pause: the notify check).
+        assert!(ms_after(&stall, "did not run for ") >= 1800.0, "{stall}");
+        // Two more watchdog periods: the workers keep beating, nothing is judged hung.
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            let (status, body) = get(addr, "/").await;
+            assert_eq!(status, 200, "{}", sup.log());
+            let pid: i32 = body.trim().strip_prefix("ok ").unwrap().parse().unwrap();
+            assert!(
+                pids.contains(&pid),
+                "served by {pid}, not {pids:?}:\n{}",
+                sup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = sup.log();
+        assert!(!log.contains("is hung"), "{log}");
+        assert!(!log.contains("restarting in"), "{log}");
+        assert_eq!(sup.ready_pids(m), Vec::<i32>::new(), "{log}");
+        assert!(pids.iter().all(|&p| running(p)), "{log}");
+        assert_eq!(log.matches("did not run for").count(), 1, "{log}");
+    })
+    .await;
+}

@@ -353,6 +353,7 @@ impl Supervisor {
             bind_hint_given: Default::default(),
             listener_inodes: Vec::new(),
             oom: crate::oom::OomCounter::for_this_process().and_then(crate::oom::OomWatch::new),
+            stalled_until: None,
         };
         pool.listener_inodes = pool
             .listeners
@@ -438,6 +439,7 @@ impl Supervisor {
                 Some(p) = prepared_rx.recv() => pool.on_prepared(p),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
+            let woke = Instant::now();
             if Instant::now() >= next_notify_check {
                 next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
                 pool.find_daemons();
@@ -468,7 +470,20 @@ impl Supervisor {
             // Whichever branch woke the loop: a worker may exit while a timer or another
             // datagram is handled.
             pool.reap(&notify, &mut buf);
-            pool.on_timers(Instant::now());
+            // What the workers said while the loop did not run (heartbeats, READY=1) is read
+            // before their deadlines are judged: one datagram per pass left a queue of them
+            // unread, and their senders hung.
+            for d in notify.drain_queued(&mut buf, MAX_DRAINED) {
+                pool.on_datagram(d);
+            }
+            let now = Instant::now();
+            // Behind since the planned wake-up (or since it woke, if earlier): the process was
+            // stopped or starved, not its workers.
+            let late = now.saturating_duration_since(woke.min(deadline));
+            if late >= STALL {
+                pool.after_stall(late, now);
+            }
+            pool.on_timers(now);
         };
         pool.publish();
         if let Some(p) = pidfile {
@@ -530,6 +545,8 @@ struct Worker {
     probe_failures: u32,
     next_probe: Instant,
     probe_inflight: bool,
+    /// When its `--ready-timeout` began: its start, or the end of a stall of the supervisor.
+    ready_from: Instant,
     port: Option<u16>,
     status: Option<String>,
     last_report: Option<String>,
@@ -565,6 +582,9 @@ type Prepared = Result<(Config, Vec<&'static str>), String>;
 #[derive(Debug)]
 struct ProbeResult {
     pid: i32,
+    /// When it was started: a failure of one started before a stall of the supervisor is not
+    /// the worker's.
+    started: Instant,
     ready_check: bool,
     outcome: Result<(), String>,
 }
@@ -692,6 +712,8 @@ struct Pool {
     /// The kernel's count of OOM kills in the workers' cgroup, to tell why a worker got a
     /// SIGKILL nobody here sent.
     oom: Option<crate::oom::OomWatch>,
+    /// When the event loop last found itself stalled (see [`STALL`]).
+    stalled_until: Option<Instant>,
 }
 
 /// Fast polling of a starting worker's port or probe (readiness).
@@ -703,6 +725,11 @@ const ACCEPT_POLL: Duration = Duration::from_millis(20);
 
 /// How often the notify socket's file is checked (and bound again if it was removed).
 const NOTIFY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How far behind its own schedule the event loop may fall before it takes itself for stalled
+/// (stopped with SIGSTOP, a debugger, a paused VM or frozen cgroup, starved by swapping) and
+/// gives the workers fresh deadlines: normally it is a few milliseconds late at most.
+const STALL: Duration = Duration::from_secs(1);
 
 /// How often the workers' resident memory is compared with `--max-memory`.
 const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);

@@ -127,6 +127,7 @@ impl Pool {
                 probe_failures: 0,
                 next_probe: now + READY_POLL,
                 probe_inflight: false,
+                ready_from: now,
                 port,
                 status: None,
                 last_report: None,
