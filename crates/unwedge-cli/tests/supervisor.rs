@@ -2874,3 +2874,45 @@ async fn a_paused_supervisor_does_not_take_its_pause_for_hung_workers() {
     })
     .await;
 }
+
+/// A notify socket removed (a temporary-file cleaner) and bound again costs no worker its
+/// life: the heartbeats sent while it was gone went nowhere, so every worker's watchdog starts
+/// again at the re-bind, and with a short `--watchdog` the socket is looked at sooner than
+/// once a second. (Removed ten times: checked once a second, about every other removal ended
+/// in every worker declared hung.) Demo workers: their heartbeats go on after a failed send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_socket_bound_again_does_not_make_the_workers_hung() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::demo(&["--workers", "2", "--watchdog", "600ms", "--admin", "off"]);
+        let addr = sup.addr().await;
+        let pids = sup.wait_ready(0, 2).await;
+        for pid in &pids {
+            sup.wait_line(0, &[&format!("pid {pid} sends heartbeats")])
+                .await;
+        }
+        let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
+        let socket = environ
+            .split(|&b| b == 0)
+            .find_map(|v| v.strip_prefix(b"NOTIFY_SOCKET="))
+            .map(|p| std::path::PathBuf::from(String::from_utf8(p.to_vec()).unwrap()))
+            .expect("NOTIFY_SOCKET in the worker's environment");
+        for _ in 0..10 {
+            let m = sup.mark();
+            std::fs::remove_file(&socket).unwrap();
+            sup.wait_line(m, &["notify socket", "was removed", "bound it again"])
+                .await;
+            assert!(!sup.log().contains("is hung"), "{}", sup.log());
+        }
+        // Two more watchdog periods after the last re-bind: the heartbeats arrive again.
+        let until = Instant::now() + Duration::from_millis(1200);
+        while Instant::now() < until {
+            assert_eq!(get(addr, "/").await.0, 200, "{}", sup.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = sup.log();
+        assert!(!log.contains("is hung"), "{log}");
+        assert!(!log.contains("restarting in"), "{log}");
+        assert!(pids.iter().all(|&p| running(p)), "{log}");
+    })
+    .await;
+}

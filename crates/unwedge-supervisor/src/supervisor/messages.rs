@@ -16,6 +16,32 @@ impl Pool {
             .find(|id| self.workers.contains_key(id))
     }
 
+    /// How often the notify socket's file is checked: every [`NOTIFY_CHECK_INTERVAL`], or a
+    /// quarter of the shortest `--watchdog` if sooner (no less than 10 ms; one `lstat` each),
+    /// so that a socket removed and bound again costs a worker less than its watchdog's
+    /// worth of heartbeats.
+    pub(super) fn notify_check_interval(&self) -> Duration {
+        self.workers
+            .values()
+            .filter_map(|w| w.config.watchdog)
+            .chain(self.config.watchdog)
+            .map(|limit| limit / 4)
+            .min()
+            .map_or(NOTIFY_CHECK_INTERVAL, |q| {
+                q.clamp(Duration::from_millis(10), NOTIFY_CHECK_INTERVAL)
+            })
+    }
+
+    /// The notify socket was bound again: the heartbeats sent while it was gone went nowhere,
+    /// so every watched worker's `--watchdog` starts again from `now`.
+    pub(super) fn heartbeats_from_now(&mut self, now: Instant) {
+        for w in self.workers.values_mut() {
+            if w.last_watchdog.is_some() {
+                w.last_watchdog = Some(now);
+            }
+        }
+    }
+
     pub(super) fn on_datagram(&mut self, d: notify::Datagram) {
         let Some(bytes) = d.bytes else {
             self.counters.malformed_notify += 1;

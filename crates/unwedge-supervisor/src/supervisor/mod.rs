@@ -411,14 +411,18 @@ impl Supervisor {
             pool.spawn(slot, 1, None);
         }
         let mut buf = vec![0u8; 256 * 1024];
-        let mut next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
+        let mut next_notify_check = Instant::now() + pool.notify_check_interval();
         let mut notify_broken = false;
         let outcome = loop {
             pool.publish();
             if let Some(o) = pool.finished() {
                 break o;
             }
-            let deadline = pool.next_deadline().min(next_notify_check);
+            let deadline = pool
+                .next_deadline()
+                .min(next_notify_check)
+                .min(next_housekeeping);
             tokio::select! {
                 // Reaped below, whichever branch ran.
                 _ = sigchld.recv() => {}
@@ -440,10 +444,13 @@ impl Supervisor {
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             let woke = Instant::now();
-            if Instant::now() >= next_notify_check {
-                next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
+            if Instant::now() >= next_housekeeping {
+                next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
                 pool.find_daemons();
                 pool.tick_oom(Instant::now());
+            }
+            if Instant::now() >= next_notify_check {
+                next_notify_check = Instant::now() + pool.notify_check_interval();
                 match notify.heal(&mut buf) {
                     Ok(None) => notify_broken = false,
                     Ok(Some(queued)) => {
@@ -455,6 +462,7 @@ impl Supervisor {
                         for d in queued {
                             pool.on_datagram(d);
                         }
+                        pool.heartbeats_from_now(Instant::now());
                     }
                     Err(e) if !notify_broken => {
                         notify_broken = true;
@@ -723,8 +731,12 @@ const READY_POLL: Duration = Duration::from_millis(5);
 /// at `/proc` for each of its processes.
 const ACCEPT_POLL: Duration = Duration::from_millis(20);
 
-/// How often the notify socket's file is checked (and bound again if it was removed).
+/// How often the notify socket's file is checked (and bound again if it was removed), at
+/// most: sooner with a short `--watchdog` (see [`Pool::notify_check_interval`]).
 const NOTIFY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often daemons and the OOM kill count are looked for.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How far behind its own schedule the event loop may fall before it takes itself for stalled
 /// (stopped with SIGSTOP, a debugger, a paused VM or frozen cgroup, starved by swapping) and
