@@ -2916,3 +2916,44 @@ async fn a_notify_socket_bound_again_does_not_make_the_workers_hung() {
     })
     .await;
 }
+
+/// SIGUSR1 to the supervisor is forwarded to every worker; workers that do not handle it die
+/// of it. That is the supervisor's doing, not a crash: each slot is refilled at once, named as
+/// such, and none of it counts toward `--max-restarts` (three such deaths with a limit of two
+/// used to make it give up and take the service down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_by_a_forwarded_signal_are_restarted_without_counting_as_crashes() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::python(
+            &["--workers", "3", "--max-restarts", "2", "--admin", "off"],
+            &[],
+        );
+        let addr = sup.addr().await;
+        let old = sup.wait_ready(0, 3).await;
+        let m = sup.mark();
+        sup.signal(Signal::SIGUSR1);
+        for pid in &old {
+            let line = sup
+                .wait_line(
+                    m,
+                    &[&format!(
+                        "pid {pid} was killed by SIGUSR1, which the supervisor forwarded"
+                    )],
+                )
+                .await;
+            assert!(line.contains("it does not handle it"), "{line}");
+        }
+        let new = sup.wait_ready(m, 3).await;
+        assert!(new.iter().all(|p| !old.contains(p)), "{}", sup.log());
+        assert_eq!(get(addr, "/").await.0, 200, "{}", sup.log());
+        let log = sup.log();
+        assert!(!log.contains("giving up"), "{log}");
+        assert_eq!(log.matches("handle or ignore SIGUSR1").count(), 1, "{log}");
+        // The limit still holds for real crashes: three more exits give up.
+        for pid in &new {
+            kill(Pid::from_raw(*pid), Signal::SIGKILL).unwrap();
+        }
+        sup.wait_line(m, &["giving up"]).await;
+    })
+    .await;
+}

@@ -354,6 +354,8 @@ impl Supervisor {
             listener_inodes: Vec::new(),
             oom: crate::oom::OomCounter::for_this_process().and_then(crate::oom::OomWatch::new),
             stalled_until: None,
+            forwarded: Vec::new(),
+            forwarded_fatal: Vec::new(),
         };
         pool.listener_inodes = pool
             .listeners
@@ -722,6 +724,10 @@ struct Pool {
     oom: Option<crate::oom::OomWatch>,
     /// When the event loop last found itself stalled (see [`STALL`]).
     stalled_until: Option<Instant>,
+    /// The signals last forwarded to the workers (SIGUSR1, SIGUSR2), with when.
+    forwarded: Vec<(Signal, Instant)>,
+    /// The forwarded signals workers were found to die of (said once each).
+    forwarded_fatal: Vec<Signal>,
 }
 
 /// Fast polling of a starting worker's port or probe (readiness).
@@ -734,6 +740,10 @@ const ACCEPT_POLL: Duration = Duration::from_millis(20);
 /// How often the notify socket's file is checked (and bound again if it was removed), at
 /// most: sooner with a short `--watchdog` (see [`Pool::notify_check_interval`]).
 const NOTIFY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A worker killed by a signal the supervisor forwarded to it this recently died of it (it
+/// does not handle it), rather than crashed.
+const FORWARDED_WINDOW: Duration = Duration::from_secs(2);
 
 /// How often daemons and the OOM kill count are looked for.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
