@@ -2957,3 +2957,43 @@ async fn workers_killed_by_a_forwarded_signal_are_restarted_without_counting_as_
     })
     .await;
 }
+
+/// Signals whose default action ends a process (SIGALRM, SIGVTALRM, SIGPROF, SIGXFSZ) do not
+/// end the supervisor without a word, its workers with it: each is logged and ignored, and the
+/// workers keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_fatal_signals_are_logged_and_ignored() {
+    within(Duration::from_secs(60), async {
+        let mut sup = Sup::python(&["--workers", "2", "--admin", "off"], &[]);
+        let addr = sup.addr().await;
+        let pids = sup.wait_ready(0, 2).await;
+        for (sig, needle) in [
+            (
+                Signal::SIGALRM,
+                "received SIGALRM, which the supervisor does not use; ignored",
+            ),
+            (Signal::SIGVTALRM, "received SIGVTALRM"),
+            (Signal::SIGPROF, "received SIGPROF"),
+            (Signal::SIGXFSZ, "received SIGXFSZ"),
+        ] {
+            let m = sup.mark();
+            sup.signal(sig);
+            sup.wait_line(m, &[needle]).await;
+            assert_eq!(get(addr, "/").await.0, 200, "{}", sup.log());
+        }
+        let m = sup.mark();
+        sup.signal(Signal::SIGALRM);
+        sup.wait_line(m, &["received SIGALRM"]).await;
+        assert!(pids.iter().all(|&p| running(p)), "{}", sup.log());
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_exit(LONG).await;
+        assert_eq!(status.code(), Some(0), "{}", sup.log());
+        assert_eq!(
+            sup.log().matches("received SIGALRM").count(),
+            2,
+            "{}",
+            sup.log()
+        );
+    })
+    .await;
+}

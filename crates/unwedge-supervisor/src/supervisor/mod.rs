@@ -306,6 +306,7 @@ impl Supervisor {
         let mut sighup = sig(SignalKind::hangup(), "SIGHUP")?;
         let mut sigusr1 = sig(SignalKind::user_defined1(), "SIGUSR1")?;
         let mut sigusr2 = sig(SignalKind::user_defined2(), "SIGUSR2")?;
+        let quiet_signals = ignore_fatal_signals()?;
         if let Some(p) = &self.config.pidfile {
             crate::pidfile::claim(p)?;
         }
@@ -496,6 +497,9 @@ impl Supervisor {
             pool.on_timers(now);
         };
         pool.publish();
+        for t in quiet_signals {
+            t.abort();
+        }
         if let Some(p) = pidfile {
             crate::pidfile::release(&p);
         }
@@ -833,6 +837,54 @@ fn worker_memory(w: &mut Worker, limit: u64, now: Instant) -> Option<u64> {
         return w.last_pss;
     }
     Some(bytes)
+}
+
+/// Handles the signals whose default action would end the supervisor without a word (and its
+/// workers with it): timer signals nobody here asked for (SIGALRM, SIGVTALRM, SIGPROF: a stray
+/// `kill`, a library's timer) are logged and ignored; SIGXFSZ (a write over the file size
+/// limit, `RLIMIT_FSIZE`) and SIGXCPU (the CPU time limit's soft part, `RLIMIT_CPU`) are
+/// logged once and ignored, so the write fails with `EFBIG` where it is reported. Caught by
+/// tokio's handlers (never `SIG_IGN`: workers would inherit that), each read by a task of its
+/// own, aborted when the supervisor ends.
+fn ignore_fatal_signals() -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
+    let signals = [
+        (Signal::SIGALRM, false),
+        (Signal::SIGVTALRM, false),
+        (Signal::SIGPROF, false),
+        (Signal::SIGXFSZ, true),
+        (Signal::SIGXCPU, true),
+    ];
+    let mut tasks = Vec::new();
+    for (sig, once) in signals {
+        let name = sig.as_str();
+        let mut stream = signal(SignalKind::from_raw(sig as i32))
+            .map_err(|e| StartError::setup(format!("handle {name}"), e))?;
+        tasks.push(tokio::spawn(async move {
+            let mut told = false;
+            while stream.recv().await.is_some() {
+                if once && told {
+                    continue;
+                }
+                told = true;
+                match name {
+                    "SIGXFSZ" => tracing::warn!(
+                        "received SIGXFSZ: a write went over the file size limit (RLIMIT_FSIZE, \
+                         `ulimit -f`); ignored: such writes fail instead (said once)"
+                    ),
+                    "SIGXCPU" => tracing::warn!(
+                        "received SIGXCPU: the supervisor used up its soft CPU time limit \
+                         (RLIMIT_CPU, `ulimit -t`); ignored, but the kernel kills it at the hard \
+                         limit (said once)"
+                    ),
+                    _ => tracing::warn!(
+                        "received {name}, which the supervisor does not use; ignored (its \
+                         default action would have ended the supervisor and its workers)"
+                    ),
+                }
+            }
+        }));
+    }
+    Ok(tasks)
 }
 
 /// `12, 13, 14` (the first 8, then `…`).
