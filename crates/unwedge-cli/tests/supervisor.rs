@@ -2997,3 +2997,55 @@ async fn stray_fatal_signals_are_logged_and_ignored() {
     })
     .await;
 }
+
+/// A notify datagram with one line that is not a `KEY=value` assignment (`Status-Detail=…`)
+/// still says `READY=1`: as systemd, the supervisor takes the assignments and leaves the other
+/// lines out, saying so once per worker (the whole datagram used to be dropped: the worker
+/// was never ready, and was replaced at `--ready-timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_line_in_a_notify_message_does_not_cost_its_ready() {
+    within(Duration::from_secs(60), async {
+        // Its last message, STOPPING=1, is logged once the two before it were read.
+        let worker = "import os, socket, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             to = os.environ['NOTIFY_SOCKET']\n\
+             s.sendto(b'READY=1\\nStatus-Detail=warming done', to)\n\
+             s.sendto(b'STATUS=serving\\nstill not an assignment', to)\n\
+             s.sendto(b'STOPPING=1', to)\n\
+             time.sleep(1000)\n";
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--ready",
+                "notify",
+                "--ready-timeout",
+                "10s",
+            ],
+            &["python3", "-c", worker],
+        );
+        let pid = sup.wait_ready(0, 1).await[0];
+        let warned = sup
+            .wait_line(
+                0,
+                &[&format!(
+                    "pid {pid} sent a notify line that is not a KEY=value assignment"
+                )],
+            )
+            .await;
+        assert!(warned.contains("Status-Detail"), "{warned}");
+        let (_, stopping) = sup
+            .wait_line_idx(0, &[&format!("pid {pid} is stopping on its own")])
+            .await;
+        // The second bad line was read, and not said again.
+        let log = sup.log();
+        let before: Vec<&str> = log.lines().take(stopping).collect();
+        let told = before
+            .iter()
+            .filter(|l| l.contains("is not a KEY=value assignment"))
+            .count();
+        assert_eq!(told, 1, "{log}");
+        assert!(!log.contains("not ready after"), "{log}");
+    })
+    .await;
+}

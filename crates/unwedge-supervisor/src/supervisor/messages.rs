@@ -53,14 +53,30 @@ impl Pool {
             tracing::debug!("notify message from pid {:?}, not a worker; ignored", d.pid);
             return;
         };
-        let msgs = match notify::parse(&bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                self.counters.malformed_notify += 1;
-                tracing::debug!("from pid {pid}: {e}; ignored");
+        // As systemd: the assignments are taken, the lines that are not are left out (one bad
+        // line used to cost the whole datagram, its READY=1 too).
+        let (msgs, bad) = notify::parse_lines(&bytes);
+        if msgs.is_empty() && bad.is_empty() {
+            self.counters.malformed_notify += 1;
+            tracing::debug!("from pid {pid}: an empty notify message; ignored");
+        }
+        if let Some(first) = bad.first() {
+            self.counters.malformed_notify += bad.len() as u64;
+            let Some(w) = self.workers.get_mut(&pid) else {
                 return;
+            };
+            if w.malformed_told {
+                tracing::debug!("from pid {pid}: {first}; that line ignored");
+            } else {
+                w.malformed_told = true;
+                tracing::warn!(
+                    "{} pid {pid} sent a notify line that is not a KEY=value assignment \
+                     ({first}); the line is ignored, the message's other lines are read \
+                     (said once for this worker)",
+                    slot_id(w.slot)
+                );
             }
-        };
+        }
         for m in msgs {
             self.on_message(pid, m);
         }

@@ -561,6 +561,8 @@ struct Worker {
     probe_inflight: bool,
     /// When its `--ready-timeout` began: its start, or the end of a stall of the supervisor.
     ready_from: Instant,
+    /// The log said it sent a malformed notify line.
+    malformed_told: bool,
     port: Option<u16>,
     status: Option<String>,
     last_report: Option<String>,

@@ -128,6 +128,7 @@ impl Pool {
                 next_probe: now + READY_POLL,
                 probe_inflight: false,
                 ready_from: now,
+                malformed_told: false,
                 port,
                 status: None,
                 last_report: None,
