@@ -2824,3 +2824,228 @@ async fn a_worker_that_cannot_be_spawned_for_a_while_is_retried_while_the_others
     })
     .await;
 }
+
+/// A supervisor that was stopped (SIGSTOP, a debugger, a paused VM) for longer than
+/// `--watchdog` does not take its own pause for its workers' hang: the heartbeats they sent
+/// meanwhile, queued on the notify socket, are read before any deadline is judged, and the
+/// stall itself is named in one line and gives every worker fresh deadlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_supervisor_does_not_take_its_pause_for_hung_workers() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::python(
+            &["--workers", "2", "--watchdog", "1s", "--admin", "off"],
+            &[],
+        );
+        let addr = sup.addr().await;
+        let pids = sup.wait_ready(0, 2).await;
+        for pid in &pids {
+            sup.wait_line(0, &[&format!("pid {pid} sends heartbeats")])
+                .await;
+        }
+        let m = sup.mark();
+        sup.signal(Signal::SIGSTOP);
+        // The pause itself (three watchdog periods), not a wait for readiness.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        sup.signal(Signal::SIGCONT);
+        let stall = sup
+            .wait_line(m, &["the supervisor's own loop did not run for"])
+            .await;
+        // Measured from when it meant to wake (within 1 s of the pause: the notify check).
+        assert!(ms_after(&stall, "did not run for ") >= 1800.0, "{stall}");
+        // Two more watchdog periods: the workers keep beating, nothing is judged hung.
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            let (status, body) = get(addr, "/").await;
+            assert_eq!(status, 200, "{}", sup.log());
+            let pid: i32 = body.trim().strip_prefix("ok ").unwrap().parse().unwrap();
+            assert!(
+                pids.contains(&pid),
+                "served by {pid}, not {pids:?}:\n{}",
+                sup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = sup.log();
+        assert!(!log.contains("is hung"), "{log}");
+        assert!(!log.contains("restarting in"), "{log}");
+        assert_eq!(sup.ready_pids(m), Vec::<i32>::new(), "{log}");
+        assert!(pids.iter().all(|&p| running(p)), "{log}");
+        assert_eq!(log.matches("did not run for").count(), 1, "{log}");
+    })
+    .await;
+}
+
+/// A notify socket removed (a temporary-file cleaner) and bound again costs no worker its
+/// life: the heartbeats sent while it was gone went nowhere, so every worker's watchdog starts
+/// again at the re-bind, and with a short `--watchdog` the socket is looked at sooner than
+/// once a second. (Removed ten times: checked once a second, about every other removal ended
+/// in every worker declared hung.) Demo workers: their heartbeats go on after a failed send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_socket_bound_again_does_not_make_the_workers_hung() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::demo(&["--workers", "2", "--watchdog", "600ms", "--admin", "off"]);
+        let addr = sup.addr().await;
+        let pids = sup.wait_ready(0, 2).await;
+        for pid in &pids {
+            sup.wait_line(0, &[&format!("pid {pid} sends heartbeats")])
+                .await;
+        }
+        let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
+        let socket = environ
+            .split(|&b| b == 0)
+            .find_map(|v| v.strip_prefix(b"NOTIFY_SOCKET="))
+            .map(|p| std::path::PathBuf::from(String::from_utf8(p.to_vec()).unwrap()))
+            .expect("NOTIFY_SOCKET in the worker's environment");
+        for _ in 0..10 {
+            let m = sup.mark();
+            std::fs::remove_file(&socket).unwrap();
+            sup.wait_line(m, &["notify socket", "was removed", "bound it again"])
+                .await;
+            assert!(!sup.log().contains("is hung"), "{}", sup.log());
+        }
+        // Two more watchdog periods after the last re-bind: the heartbeats arrive again.
+        let until = Instant::now() + Duration::from_millis(1200);
+        while Instant::now() < until {
+            assert_eq!(get(addr, "/").await.0, 200, "{}", sup.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = sup.log();
+        assert!(!log.contains("is hung"), "{log}");
+        assert!(!log.contains("restarting in"), "{log}");
+        assert!(pids.iter().all(|&p| running(p)), "{log}");
+    })
+    .await;
+}
+
+/// SIGUSR1 to the supervisor is forwarded to every worker; workers that do not handle it die
+/// of it. That is the supervisor's doing, not a crash: each slot is refilled at once, named as
+/// such, and none of it counts toward `--max-restarts` (three such deaths with a limit of two
+/// used to make it give up and take the service down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_by_a_forwarded_signal_are_restarted_without_counting_as_crashes() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::python(
+            &["--workers", "3", "--max-restarts", "2", "--admin", "off"],
+            &[],
+        );
+        let addr = sup.addr().await;
+        let old = sup.wait_ready(0, 3).await;
+        let m = sup.mark();
+        sup.signal(Signal::SIGUSR1);
+        for pid in &old {
+            let line = sup
+                .wait_line(
+                    m,
+                    &[&format!(
+                        "pid {pid} was killed by SIGUSR1, which the supervisor forwarded"
+                    )],
+                )
+                .await;
+            assert!(line.contains("it does not handle it"), "{line}");
+        }
+        let new = sup.wait_ready(m, 3).await;
+        assert!(new.iter().all(|p| !old.contains(p)), "{}", sup.log());
+        assert_eq!(get(addr, "/").await.0, 200, "{}", sup.log());
+        let log = sup.log();
+        assert!(!log.contains("giving up"), "{log}");
+        assert_eq!(log.matches("handle or ignore SIGUSR1").count(), 1, "{log}");
+        // The limit still holds for real crashes: three more exits give up.
+        for pid in &new {
+            kill(Pid::from_raw(*pid), Signal::SIGKILL).unwrap();
+        }
+        sup.wait_line(m, &["giving up"]).await;
+    })
+    .await;
+}
+
+/// Signals whose default action ends a process (SIGALRM, SIGVTALRM, SIGPROF, SIGXFSZ) do not
+/// end the supervisor without a word, its workers with it: each is logged and ignored, and the
+/// workers keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_fatal_signals_are_logged_and_ignored() {
+    within(Duration::from_secs(60), async {
+        let mut sup = Sup::python(&["--workers", "2", "--admin", "off"], &[]);
+        let addr = sup.addr().await;
+        let pids = sup.wait_ready(0, 2).await;
+        for (sig, needle) in [
+            (
+                Signal::SIGALRM,
+                "received SIGALRM, which the supervisor does not use; ignored",
+            ),
+            (Signal::SIGVTALRM, "received SIGVTALRM"),
+            (Signal::SIGPROF, "received SIGPROF"),
+            (Signal::SIGXFSZ, "received SIGXFSZ"),
+        ] {
+            let m = sup.mark();
+            sup.signal(sig);
+            sup.wait_line(m, &[needle]).await;
+            assert_eq!(get(addr, "/").await.0, 200, "{}", sup.log());
+        }
+        let m = sup.mark();
+        sup.signal(Signal::SIGALRM);
+        sup.wait_line(m, &["received SIGALRM"]).await;
+        assert!(pids.iter().all(|&p| running(p)), "{}", sup.log());
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_exit(LONG).await;
+        assert_eq!(status.code(), Some(0), "{}", sup.log());
+        assert_eq!(
+            sup.log().matches("received SIGALRM").count(),
+            2,
+            "{}",
+            sup.log()
+        );
+    })
+    .await;
+}
+
+/// A notify datagram with one line that is not a `KEY=value` assignment (`Status-Detail=…`)
+/// still says `READY=1`: as systemd, the supervisor takes the assignments and leaves the other
+/// lines out, saying so once per worker (the whole datagram used to be dropped: the worker
+/// was never ready, and was replaced at `--ready-timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_line_in_a_notify_message_does_not_cost_its_ready() {
+    within(Duration::from_secs(60), async {
+        // Its last message, STOPPING=1, is logged once the two before it were read.
+        let worker = "import os, socket, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             to = os.environ['NOTIFY_SOCKET']\n\
+             s.sendto(b'READY=1\\nStatus-Detail=warming done', to)\n\
+             s.sendto(b'STATUS=serving\\nstill not an assignment', to)\n\
+             s.sendto(b'STOPPING=1', to)\n\
+             time.sleep(1000)\n";
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--ready",
+                "notify",
+                "--ready-timeout",
+                "10s",
+            ],
+            &["python3", "-c", worker],
+        );
+        let pid = sup.wait_ready(0, 1).await[0];
+        let warned = sup
+            .wait_line(
+                0,
+                &[&format!(
+                    "pid {pid} sent a notify line that is not a KEY=value assignment"
+                )],
+            )
+            .await;
+        assert!(warned.contains("Status-Detail"), "{warned}");
+        let (_, stopping) = sup
+            .wait_line_idx(0, &[&format!("pid {pid} is stopping on its own")])
+            .await;
+        // The second bad line was read, and not said again.
+        let log = sup.log();
+        let before: Vec<&str> = log.lines().take(stopping).collect();
+        let told = before
+            .iter()
+            .filter(|l| l.contains("is not a KEY=value assignment"))
+            .count();
+        assert_eq!(told, 1, "{log}");
+        assert!(!log.contains("not ready after"), "{log}");
+    })
+    .await;
+}

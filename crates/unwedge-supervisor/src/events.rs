@@ -102,7 +102,8 @@ pub struct ExitInfo {
     pub signal: Option<i32>,
     /// When.
     pub at: SystemTime,
-    /// Whether the supervisor had asked it to stop.
+    /// Whether the supervisor had asked it to stop, or it died of a signal the supervisor had
+    /// just forwarded to it (SIGUSR1/SIGUSR2, which it does not handle).
     pub requested: bool,
     /// Whether the kernel's OOM killer killed it (see [`oom`](crate::oom)).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -247,7 +248,8 @@ pub enum Event {
         code: Option<i32>,
         /// Signal, if killed by one.
         signal: Option<i32>,
-        /// Whether the supervisor had asked it to stop.
+        /// Whether the supervisor had asked it to stop, or it died of a signal the supervisor
+        /// had just forwarded to it (SIGUSR1/SIGUSR2, which it does not handle).
         requested: bool,
         /// Whether it was killed by the stop signal (`--stop-signal`) the supervisor sent it:
         /// an ordinary stop, for a worker that does not handle the signal.

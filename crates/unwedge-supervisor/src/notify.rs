@@ -110,39 +110,65 @@ pub enum NotifyMessage {
 #[error("malformed notify message: {0}")]
 pub struct Malformed(pub String);
 
-/// Parses one datagram: newline-separated `KEY=value` assignments.
+/// Parses one datagram: newline-separated `KEY=value` assignments. As systemd does, a line
+/// that is not one (no `=`, a key other than `A-Z`, `0-9` and `_`, not UTF-8, an
+/// `UNWEDGE_REPORT` that is not JSON) is left out and the others are taken: one bad line never
+/// costs a worker its `READY=1`. An error only when no line is an assignment (see
+/// [`parse_lines`] for the lines left out).
 pub fn parse(datagram: &[u8]) -> Result<Vec<NotifyMessage>, Malformed> {
-    let text = std::str::from_utf8(datagram).map_err(|_| Malformed("not UTF-8".into()))?;
+    let (messages, mut bad) = parse_lines(datagram);
+    if messages.is_empty() {
+        return Err(bad.drain(..).next().unwrap_or(Malformed("empty".into())));
+    }
+    Ok(messages)
+}
+
+/// Parses one datagram line by line: the assignments, and why each other non-empty line was
+/// left out.
+///
+/// ```
+/// use unwedge_supervisor::notify::{parse_lines, NotifyMessage};
+/// let (msgs, bad) = parse_lines(b"READY=1\nStatus-Detail=warming done");
+/// assert_eq!(msgs, [NotifyMessage::Ready]);
+/// assert_eq!(bad.len(), 1);
+/// ```
+pub fn parse_lines(datagram: &[u8]) -> (Vec<NotifyMessage>, Vec<Malformed>) {
     let mut out = Vec::new();
-    for line in text.split('\n').filter(|l| !l.is_empty()) {
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| Malformed(format!("no `=` in {line:.40}")))?;
-        if key.is_empty()
-            || !key
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(Malformed(format!("bad key {key:.40}")));
+    let mut bad = Vec::new();
+    for line in datagram.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        match parse_line(line) {
+            Ok(m) => out.push(m),
+            Err(e) => bad.push(e),
         }
-        out.push(match (key, value) {
-            ("READY", "1") => NotifyMessage::Ready,
-            ("WATCHDOG", "1") => NotifyMessage::Watchdog,
-            ("STOPPING", "1") => NotifyMessage::Stopping,
-            ("RELOADING", "1") => NotifyMessage::Reloading,
-            ("STATUS", s) => NotifyMessage::Status(s.to_owned()),
-            ("UNWEDGE_REPORT", json) => {
-                serde_json::from_str::<serde_json::Value>(json)
-                    .map_err(|e| Malformed(format!("UNWEDGE_REPORT is not JSON: {e}")))?;
-                NotifyMessage::Report(json.to_owned())
-            }
-            (k, _) => NotifyMessage::Other(k.to_owned()),
-        });
     }
-    if out.is_empty() {
-        return Err(Malformed("empty".into()));
+    (out, bad)
+}
+
+fn parse_line(line: &[u8]) -> Result<NotifyMessage, Malformed> {
+    let line = std::str::from_utf8(line).map_err(|_| Malformed("not UTF-8".into()))?;
+    let (key, value) = line
+        .split_once('=')
+        .ok_or_else(|| Malformed(format!("no `=` in {line:.40}")))?;
+    if key.is_empty()
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(Malformed(format!("bad key {key:.40}")));
     }
-    Ok(out)
+    Ok(match (key, value) {
+        ("READY", "1") => NotifyMessage::Ready,
+        ("WATCHDOG", "1") => NotifyMessage::Watchdog,
+        ("STOPPING", "1") => NotifyMessage::Stopping,
+        ("RELOADING", "1") => NotifyMessage::Reloading,
+        ("STATUS", s) => NotifyMessage::Status(s.to_owned()),
+        ("UNWEDGE_REPORT", json) => {
+            serde_json::from_str::<serde_json::Value>(json)
+                .map_err(|e| Malformed(format!("UNWEDGE_REPORT is not JSON: {e}")))?;
+            NotifyMessage::Report(json.to_owned())
+        }
+        (k, _) => NotifyMessage::Other(k.to_owned()),
+    })
 }
 
 /// The first of `candidates` (values of `$RUNTIME_DIRECTORY`, `$XDG_RUNTIME_DIR`) that is a
@@ -462,6 +488,18 @@ mod tests {
         assert!(parse(&[0xff, 0xfe]).is_err());
         assert!(parse(b"").is_err());
         assert!(parse(b"lower=1").is_err());
+    }
+
+    #[test]
+    fn a_bad_line_leaves_the_others_of_its_datagram() {
+        let (m, bad) =
+            parse_lines(b"READY=1\nStatus-Detail=warming done\nno equals\n\xff=1\nWATCHDOG=1");
+        assert_eq!(m, [NotifyMessage::Ready, NotifyMessage::Watchdog]);
+        assert_eq!(bad.len(), 3);
+        let (m, bad) = parse_lines(b"UNWEDGE_REPORT={nope\nSTATUS=ok");
+        assert_eq!(m, [NotifyMessage::Status("ok".into())]);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(parse(b"READY=1\nlower=1").unwrap(), [NotifyMessage::Ready]);
     }
 
     #[test]

@@ -169,12 +169,21 @@ impl Pool {
 
     pub(super) fn on_probe(&mut self, p: ProbeResult) {
         let shared_many = self.config.port_env.is_none() && self.config.workers > 1;
+        let before_stall = self.stalled_until.is_some_and(|s| p.started < s);
         let Some(w) = self.workers.get_mut(&p.pid) else {
             return;
         };
         let failures = w.config.probe_failures;
         w.probe_inflight = false;
         if w.stop_requested {
+            return;
+        }
+        if before_stall && p.outcome.is_err() {
+            // Its timeout may have run out while the supervisor was stopped.
+            tracing::debug!(
+                "pid {}: a probe started before the stall failed; not counted",
+                p.pid
+            );
             return;
         }
         if p.ready_check {
@@ -218,6 +227,7 @@ impl Pool {
         };
         let tx = self.probe_tx.clone();
         let pid = w.pid;
+        let started = Instant::now();
         let c = &w.config;
         let timeout = c.probe_timeout;
         let use_http = !ready_check || c.ready == ReadyMode::Probe || c.probe.is_some();
@@ -238,6 +248,7 @@ impl Pool {
             };
             let _ = tx.send(ProbeResult {
                 pid,
+                started,
                 ready_check,
                 outcome,
             });

@@ -174,11 +174,16 @@ impl Pool {
         let oom = (signal == Some(Signal::SIGKILL as i32) && !w.stop_requested)
             .then(|| self.oom.as_mut()?.explain_sigkill(now))
             .flatten();
+        // Died of the SIGUSR1/SIGUSR2 the supervisor just passed on: the supervisor's doing
+        // (on its operator's request), not a crash.
+        let forwarded = (!w.stop_requested && !self.stopping)
+            .then(|| self.died_of_forwarded(w.started, signal, now))
+            .flatten();
         let info = ExitInfo {
             code,
             signal,
             at: SystemTime::now(),
-            requested: w.stop_requested,
+            requested: w.stop_requested || forwarded.is_some(),
             oom_killed: oom.is_some(),
         };
         let id = slot_id(w.slot);
@@ -198,7 +203,7 @@ impl Pool {
             pid,
             code,
             signal,
-            requested: w.stop_requested,
+            requested: info.requested,
             by_stop_signal: w.stop_requested && signal == Some(w.config.stop_signal as i32),
             oom_killed: oom.is_some(),
         });
@@ -235,6 +240,10 @@ impl Pool {
         if w.generation < self.active_gen {
             return;
         }
+        if let Some(sig) = forwarded {
+            self.restart_after_forwarded(w.slot, pid, sig, now);
+            return;
+        }
         self.count_restart(reason);
         if reason == RestartReason::FailedStart {
             self.slots[w.slot].failed_starts += 1;
@@ -248,6 +257,42 @@ impl Pool {
             format!("pid {pid} {info} after {}", fmt_dur(uptime))
         };
         self.schedule_restart(w.slot, reason, Some(now), uptime, &why);
+    }
+
+    /// Restarts `slot` at once after its worker `pid` died of `sig`, which the supervisor had
+    /// just forwarded to it: the worker does not handle the signal (its default action ends
+    /// it). Counted as a restart by signal, but not as a crash: it does not count toward
+    /// `--max-restarts` (an operator's `kill -USR1` must not make the supervisor give up), nor
+    /// as a failed start, and it takes no backoff.
+    fn restart_after_forwarded(&mut self, slot: usize, pid: i32, sig: Signal, now: Instant) {
+        let id = slot_id(slot);
+        let name = sig.as_str();
+        self.count_restart(RestartReason::Signal);
+        let s = &mut self.slots[slot];
+        s.restarts += 1;
+        if s.pending.as_ref().is_none_or(|p| now < p.at) {
+            s.pending = Some(Pending {
+                at: now,
+                crash_at: Some(now),
+            });
+        }
+        tracing::warn!(
+            "{id} pid {pid} was killed by {name}, which the supervisor forwarded: it does not \
+             handle it; restarting it now (not counted as a crash nor toward --max-restarts)"
+        );
+        if !self.forwarded_fatal.contains(&sig) {
+            self.forwarded_fatal.push(sig);
+            tracing::warn!(
+                "{name} sent to the supervisor is forwarded to every worker, and a worker that \
+                 does not handle it dies of it (its default action): handle or ignore {name} \
+                 in the worker, or do not send it to the supervisor (said once)"
+            );
+        }
+        self.emit(Event::RestartScheduled {
+            worker: id,
+            reason: RestartReason::Signal,
+            delay: Duration::ZERO,
+        });
     }
 
     /// Samples the OOM kill count; says so when the kernel killed processes that were not

@@ -16,6 +16,32 @@ impl Pool {
             .find(|id| self.workers.contains_key(id))
     }
 
+    /// How often the notify socket's file is checked: every [`NOTIFY_CHECK_INTERVAL`], or a
+    /// quarter of the shortest `--watchdog` if sooner (no less than 10 ms; one `lstat` each),
+    /// so that a socket removed and bound again costs a worker less than its watchdog's
+    /// worth of heartbeats.
+    pub(super) fn notify_check_interval(&self) -> Duration {
+        self.workers
+            .values()
+            .filter_map(|w| w.config.watchdog)
+            .chain(self.config.watchdog)
+            .map(|limit| limit / 4)
+            .min()
+            .map_or(NOTIFY_CHECK_INTERVAL, |q| {
+                q.clamp(Duration::from_millis(10), NOTIFY_CHECK_INTERVAL)
+            })
+    }
+
+    /// The notify socket was bound again: the heartbeats sent while it was gone went nowhere,
+    /// so every watched worker's `--watchdog` starts again from `now`.
+    pub(super) fn heartbeats_from_now(&mut self, now: Instant) {
+        for w in self.workers.values_mut() {
+            if w.last_watchdog.is_some() {
+                w.last_watchdog = Some(now);
+            }
+        }
+    }
+
     pub(super) fn on_datagram(&mut self, d: notify::Datagram) {
         let Some(bytes) = d.bytes else {
             self.counters.malformed_notify += 1;
@@ -27,14 +53,30 @@ impl Pool {
             tracing::debug!("notify message from pid {:?}, not a worker; ignored", d.pid);
             return;
         };
-        let msgs = match notify::parse(&bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                self.counters.malformed_notify += 1;
-                tracing::debug!("from pid {pid}: {e}; ignored");
+        // As systemd: the assignments are taken, the lines that are not are left out (one bad
+        // line used to cost the whole datagram, its READY=1 too).
+        let (msgs, bad) = notify::parse_lines(&bytes);
+        if msgs.is_empty() && bad.is_empty() {
+            self.counters.malformed_notify += 1;
+            tracing::debug!("from pid {pid}: an empty notify message; ignored");
+        }
+        if let Some(first) = bad.first() {
+            self.counters.malformed_notify += bad.len() as u64;
+            let Some(w) = self.workers.get_mut(&pid) else {
                 return;
+            };
+            if w.malformed_told {
+                tracing::debug!("from pid {pid}: {first}; that line ignored");
+            } else {
+                w.malformed_told = true;
+                tracing::warn!(
+                    "{} pid {pid} sent a notify line that is not a KEY=value assignment \
+                     ({first}); the line is ignored, the message's other lines are read \
+                     (said once for this worker)",
+                    slot_id(w.slot)
+                );
             }
-        };
+        }
         for m in msgs {
             self.on_message(pid, m);
         }

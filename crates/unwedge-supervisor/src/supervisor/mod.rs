@@ -306,6 +306,7 @@ impl Supervisor {
         let mut sighup = sig(SignalKind::hangup(), "SIGHUP")?;
         let mut sigusr1 = sig(SignalKind::user_defined1(), "SIGUSR1")?;
         let mut sigusr2 = sig(SignalKind::user_defined2(), "SIGUSR2")?;
+        let quiet_signals = ignore_fatal_signals()?;
         if let Some(p) = &self.config.pidfile {
             crate::pidfile::claim(p)?;
         }
@@ -353,6 +354,9 @@ impl Supervisor {
             bind_hint_given: Default::default(),
             listener_inodes: Vec::new(),
             oom: crate::oom::OomCounter::for_this_process().and_then(crate::oom::OomWatch::new),
+            stalled_until: None,
+            forwarded: Vec::new(),
+            forwarded_fatal: Vec::new(),
         };
         pool.listener_inodes = pool
             .listeners
@@ -410,14 +414,18 @@ impl Supervisor {
             pool.spawn(slot, 1, None);
         }
         let mut buf = vec![0u8; 256 * 1024];
-        let mut next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
+        let mut next_notify_check = Instant::now() + pool.notify_check_interval();
         let mut notify_broken = false;
         let outcome = loop {
             pool.publish();
             if let Some(o) = pool.finished() {
                 break o;
             }
-            let deadline = pool.next_deadline().min(next_notify_check);
+            let deadline = pool
+                .next_deadline()
+                .min(next_notify_check)
+                .min(next_housekeeping);
             tokio::select! {
                 // Reaped below, whichever branch ran.
                 _ = sigchld.recv() => {}
@@ -438,10 +446,14 @@ impl Supervisor {
                 Some(p) = prepared_rx.recv() => pool.on_prepared(p),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
-            if Instant::now() >= next_notify_check {
-                next_notify_check = Instant::now() + NOTIFY_CHECK_INTERVAL;
+            let woke = Instant::now();
+            if Instant::now() >= next_housekeeping {
+                next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
                 pool.find_daemons();
                 pool.tick_oom(Instant::now());
+            }
+            if Instant::now() >= next_notify_check {
+                next_notify_check = Instant::now() + pool.notify_check_interval();
                 match notify.heal(&mut buf) {
                     Ok(None) => notify_broken = false,
                     Ok(Some(queued)) => {
@@ -453,6 +465,7 @@ impl Supervisor {
                         for d in queued {
                             pool.on_datagram(d);
                         }
+                        pool.heartbeats_from_now(Instant::now());
                     }
                     Err(e) if !notify_broken => {
                         notify_broken = true;
@@ -468,9 +481,25 @@ impl Supervisor {
             // Whichever branch woke the loop: a worker may exit while a timer or another
             // datagram is handled.
             pool.reap(&notify, &mut buf);
-            pool.on_timers(Instant::now());
+            // What the workers said while the loop did not run (heartbeats, READY=1) is read
+            // before their deadlines are judged: one datagram per pass left a queue of them
+            // unread, and their senders hung.
+            for d in notify.drain_queued(&mut buf, MAX_DRAINED) {
+                pool.on_datagram(d);
+            }
+            let now = Instant::now();
+            // Behind since the planned wake-up (or since it woke, if earlier): the process was
+            // stopped or starved, not its workers.
+            let late = now.saturating_duration_since(woke.min(deadline));
+            if late >= STALL {
+                pool.after_stall(late, now);
+            }
+            pool.on_timers(now);
         };
         pool.publish();
+        for t in quiet_signals {
+            t.abort();
+        }
         if let Some(p) = pidfile {
             crate::pidfile::release(&p);
         }
@@ -530,6 +559,10 @@ struct Worker {
     probe_failures: u32,
     next_probe: Instant,
     probe_inflight: bool,
+    /// When its `--ready-timeout` began: its start, or the end of a stall of the supervisor.
+    ready_from: Instant,
+    /// The log said it sent a malformed notify line.
+    malformed_told: bool,
     port: Option<u16>,
     status: Option<String>,
     last_report: Option<String>,
@@ -565,6 +598,9 @@ type Prepared = Result<(Config, Vec<&'static str>), String>;
 #[derive(Debug)]
 struct ProbeResult {
     pid: i32,
+    /// When it was started: a failure of one started before a stall of the supervisor is not
+    /// the worker's.
+    started: Instant,
     ready_check: bool,
     outcome: Result<(), String>,
 }
@@ -692,6 +728,12 @@ struct Pool {
     /// The kernel's count of OOM kills in the workers' cgroup, to tell why a worker got a
     /// SIGKILL nobody here sent.
     oom: Option<crate::oom::OomWatch>,
+    /// When the event loop last found itself stalled (see [`STALL`]).
+    stalled_until: Option<Instant>,
+    /// The signals last forwarded to the workers (SIGUSR1, SIGUSR2), with when.
+    forwarded: Vec<(Signal, Instant)>,
+    /// The forwarded signals workers were found to die of (said once each).
+    forwarded_fatal: Vec<Signal>,
 }
 
 /// Fast polling of a starting worker's port or probe (readiness).
@@ -701,8 +743,21 @@ const READY_POLL: Duration = Duration::from_millis(5);
 /// at `/proc` for each of its processes.
 const ACCEPT_POLL: Duration = Duration::from_millis(20);
 
-/// How often the notify socket's file is checked (and bound again if it was removed).
+/// How often the notify socket's file is checked (and bound again if it was removed), at
+/// most: sooner with a short `--watchdog` (see [`Pool::notify_check_interval`]).
 const NOTIFY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A worker killed by a signal the supervisor forwarded to it this recently died of it (it
+/// does not handle it), rather than crashed.
+const FORWARDED_WINDOW: Duration = Duration::from_secs(2);
+
+/// How often daemons and the OOM kill count are looked for.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How far behind its own schedule the event loop may fall before it takes itself for stalled
+/// (stopped with SIGSTOP, a debugger, a paused VM or frozen cgroup, starved by swapping) and
+/// gives the workers fresh deadlines: normally it is a few milliseconds late at most.
+const STALL: Duration = Duration::from_secs(1);
 
 /// How often the workers' resident memory is compared with `--max-memory`.
 const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -784,6 +839,54 @@ fn worker_memory(w: &mut Worker, limit: u64, now: Instant) -> Option<u64> {
         return w.last_pss;
     }
     Some(bytes)
+}
+
+/// Handles the signals whose default action would end the supervisor without a word (and its
+/// workers with it): timer signals nobody here asked for (SIGALRM, SIGVTALRM, SIGPROF: a stray
+/// `kill`, a library's timer) are logged and ignored; SIGXFSZ (a write over the file size
+/// limit, `RLIMIT_FSIZE`) and SIGXCPU (the CPU time limit's soft part, `RLIMIT_CPU`) are
+/// logged once and ignored, so the write fails with `EFBIG` where it is reported. Caught by
+/// tokio's handlers (never `SIG_IGN`: workers would inherit that), each read by a task of its
+/// own, aborted when the supervisor ends.
+fn ignore_fatal_signals() -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
+    let signals = [
+        (Signal::SIGALRM, false),
+        (Signal::SIGVTALRM, false),
+        (Signal::SIGPROF, false),
+        (Signal::SIGXFSZ, true),
+        (Signal::SIGXCPU, true),
+    ];
+    let mut tasks = Vec::new();
+    for (sig, once) in signals {
+        let name = sig.as_str();
+        let mut stream = signal(SignalKind::from_raw(sig as i32))
+            .map_err(|e| StartError::setup(format!("handle {name}"), e))?;
+        tasks.push(tokio::spawn(async move {
+            let mut told = false;
+            while stream.recv().await.is_some() {
+                if once && told {
+                    continue;
+                }
+                told = true;
+                match name {
+                    "SIGXFSZ" => tracing::warn!(
+                        "received SIGXFSZ: a write went over the file size limit (RLIMIT_FSIZE, \
+                         `ulimit -f`); ignored: such writes fail instead (said once)"
+                    ),
+                    "SIGXCPU" => tracing::warn!(
+                        "received SIGXCPU: the supervisor used up its soft CPU time limit \
+                         (RLIMIT_CPU, `ulimit -t`); ignored, but the kernel kills it at the hard \
+                         limit (said once)"
+                    ),
+                    _ => tracing::warn!(
+                        "received {name}, which the supervisor does not use; ignored (its \
+                         default action would have ended the supervisor and its workers)"
+                    ),
+                }
+            }
+        }));
+    }
+    Ok(tasks)
 }
 
 /// `12, 13, 14` (the first 8, then `…`).

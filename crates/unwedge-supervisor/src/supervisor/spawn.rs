@@ -127,6 +127,8 @@ impl Pool {
                 probe_failures: 0,
                 next_probe: now + READY_POLL,
                 probe_inflight: false,
+                ready_from: now,
+                malformed_told: false,
                 port,
                 status: None,
                 last_report: None,

@@ -163,10 +163,31 @@ impl Pool {
         self.roll_after_exit(l.sid);
     }
 
-    pub(super) fn forward(&self, sig: Signal) {
+    /// Passes `sig` (SIGUSR1, SIGUSR2) on to every worker, and remembers when: a worker that
+    /// dies of it right after does not handle it (see [`Pool::died_of_forwarded`]).
+    pub(super) fn forward(&mut self, sig: Signal) {
+        self.forwarded.retain(|(s, _)| *s != sig);
+        self.forwarded.push((sig, Instant::now()));
         for pid in self.workers.keys() {
             let _ = kill(Pid::from_raw(*pid), sig);
         }
+    }
+
+    /// The signal a worker that started at `started` and was killed by `signal` at `now` died
+    /// of, if the supervisor forwarded it that signal within [`FORWARDED_WINDOW`].
+    pub(super) fn died_of_forwarded(
+        &self,
+        started: Instant,
+        signal: Option<i32>,
+        now: Instant,
+    ) -> Option<Signal> {
+        let signal = signal?;
+        self.forwarded
+            .iter()
+            .find(|(s, at)| {
+                *s as i32 == signal && started <= *at && now.duration_since(*at) < FORWARDED_WINDOW
+            })
+            .map(|(s, _)| *s)
     }
 
     pub(super) fn finished(&self) -> Option<Outcome> {

@@ -108,7 +108,7 @@ impl Pool {
             }
             let c = &w.config;
             if w.ready_at.is_none() {
-                if now >= w.started + c.ready_timeout {
+                if now >= w.ready_from + c.ready_timeout {
                     let msg = format!("not ready after {}", fmt_dur(c.ready_timeout));
                     if c.ready == ReadyMode::Auto && c.port_env.is_none() {
                         assume_ready.push((w.pid, c.ready_timeout));
@@ -196,6 +196,31 @@ impl Pool {
         }
     }
 
+    /// The event loop did not run for `gap` (the supervisor was stopped or starved): every
+    /// worker's heartbeat, probe and readiness deadline starts again from `now`, and probes
+    /// already running then cannot fail it. What the workers sent meanwhile was read already;
+    /// what they could not send (a full queue) or what timed out while nobody read it is the
+    /// supervisor's stall, not their hang.
+    pub(super) fn after_stall(&mut self, gap: Duration, now: Instant) {
+        self.stalled_until = Some(now);
+        for w in self.workers.values_mut() {
+            if w.last_watchdog.is_some() {
+                w.last_watchdog = Some(now);
+            }
+            if w.ready_at.is_none() {
+                w.ready_from = now;
+            }
+            w.probe_failures = 0;
+            w.next_probe = w.next_probe.max(now);
+        }
+        tracing::warn!(
+            "the supervisor's own loop did not run for {} (the process was stopped or starved: \
+             SIGSTOP, a debugger, a paused VM, a frozen cgroup, swapping); the workers' \
+             heartbeat, probe and readiness deadlines start again from now",
+            fmt_dur(gap)
+        );
+    }
+
     pub(super) fn next_deadline(&self) -> Instant {
         let now = Instant::now();
         let inodes = &self.listener_inodes;
@@ -237,7 +262,7 @@ impl Pool {
             }
             let c = &w.config;
             if w.ready_at.is_none() {
-                at(w.started + c.ready_timeout);
+                at(w.ready_from + c.ready_timeout);
                 if (needs_poll(c) && !w.probe_inflight) || watches_for_accept(c, inodes) {
                     at(w.next_probe);
                 }
