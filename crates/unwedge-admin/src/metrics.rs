@@ -139,6 +139,7 @@ pub struct Metrics {
     uptime: Gauge<f64, AtomicU64>,
     gave_up: Gauge,
     notify_forged: Counter,
+    notify_malformed: Counter,
     alerts_sent: Family<Labels, Counter>,
     alerts_failed: Family<Labels, Counter>,
     alerts_dropped: Family<Labels, Counter>,
@@ -174,6 +175,7 @@ impl Metrics {
             uptime: Gauge::default(),
             gave_up: Gauge::default(),
             notify_forged: Counter::default(),
+            notify_malformed: Counter::default(),
             alerts_sent: Family::default(),
             alerts_failed: Family::default(),
             alerts_dropped: Family::default(),
@@ -241,6 +243,12 @@ impl Metrics {
             "notify_forged",
             "Notify messages ignored because they came from a process that is not a worker",
             m.notify_forged.clone(),
+        );
+        registry.register(
+            "notify_malformed",
+            "Notify lines ignored because they are not KEY=value assignments (the rest of their \
+             message is used)",
+            m.notify_malformed.clone(),
         );
         registry.register(
             "alerts_sent",
@@ -362,6 +370,17 @@ impl Metrics {
     /// Counts one forged (ignored) notify message.
     pub fn record_notify_forged(&self) {
         self.notify_forged.inc();
+    }
+
+    /// Counts `n` notify lines that were not assignments (ignored).
+    ///
+    /// ```
+    /// let m = unwedge_admin::Metrics::new("0.1.0");
+    /// m.record_notify_malformed(2);
+    /// assert!(m.encode().contains("unwedge_notify_malformed_total 2"));
+    /// ```
+    pub fn record_notify_malformed(&self, n: u64) {
+        self.notify_malformed.inc_by(n);
     }
 
     /// Counts one alert delivered to `sink` (`webhook`, `exec`).

@@ -391,6 +391,7 @@ fn status_source(
 ) -> StatusSource {
     let started = Instant::now();
     let forged_seen = AtomicU64::new(0);
+    let malformed_seen = AtomicU64::new(0);
     let dropped_seen = AtomicU64::new(0);
     let memory = MemoryGauge::default();
     StatusSource::from_fn(move || {
@@ -408,6 +409,9 @@ fn status_source(
         for _ in before..forged {
             metrics.record_notify_forged();
         }
+        let malformed = snap.counters.malformed_notify;
+        let before = malformed_seen.swap(malformed, Ordering::Relaxed);
+        metrics.record_notify_malformed(malformed.saturating_sub(before));
         let dropped = log_lines_dropped();
         let before = dropped_seen.fetch_max(dropped, Ordering::Relaxed);
         metrics.record_log_lines_dropped(dropped.saturating_sub(before));

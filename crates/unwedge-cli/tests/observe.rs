@@ -2285,3 +2285,41 @@ async fn a_request_marked_long_does_not_wedge_a_quiet_worker() {
     })
     .await;
 }
+
+/// Notify lines that are not `KEY=value` (ignored, the rest of their message used) are counted
+/// on `/metrics` as `unwedge_notify_malformed_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_notify_lines_are_counted_on_metrics() {
+    limited(async {
+        let worker = "import os, socket, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             to = os.environ['NOTIFY_SOCKET']\n\
+             s.sendto(b'READY=1\\nStatus-Detail=warming done', to)\n\
+             s.sendto(b'STATUS=serving\\nnot an assignment\\nnor this', to)\n\
+             time.sleep(1000)\n";
+        let sup = Sup::start(&[
+            "run",
+            "--admin",
+            "127.0.0.1:0",
+            "--ready",
+            "notify",
+            "--",
+            "python3",
+            "-c",
+            worker,
+        ]);
+        let admin = admin_addr(&sup).await;
+        sup.wait_ready(0, 1).await;
+        let deadline = Instant::now() + LONG;
+        loop {
+            let (code, body) = get(admin, "/metrics").await;
+            assert_eq!(code, 200, "{body}");
+            if body.contains("unwedge_notify_malformed_total 3") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
