@@ -3049,3 +3049,36 @@ async fn a_bad_line_in_a_notify_message_does_not_cost_its_ready() {
     })
     .await;
 }
+
+/// The default restart intensity grows with the pool: one event that ends every one of 21
+/// workers once (a request that crashes each) is 21 restarts, more than the 20 a small pool
+/// allows, and must not make the supervisor give up and stop the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_of_a_large_pool_ending_once_does_not_give_up() {
+    within(Duration::from_secs(90), async {
+        let sup = Sup::start(&[
+            "run",
+            "--workers",
+            "21",
+            "--ready",
+            "none",
+            "--admin",
+            "off",
+            "--",
+            "sleep",
+            "1000",
+        ]);
+        let pids = sup.wait_ready(0, 21).await;
+        let from = sup.mark();
+        for &pid in &pids[..21] {
+            kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        }
+        let again = sup.wait_ready(from, 21).await;
+        assert!(
+            again.iter().all(|p| !pids.contains(p)),
+            "{again:?} {pids:?}"
+        );
+        assert!(!sup.log().contains("giving up"), "{}", sup.log());
+    })
+    .await;
+}

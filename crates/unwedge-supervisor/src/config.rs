@@ -261,7 +261,8 @@ pub struct Options {
     /// Restart intensity: more than this many restarts within `--within`, or a worker that
     /// failed to start (exited or was killed before it was ready) more than this many times
     /// in a row in one slot, however long that took, and the supervisor stops every worker and
-    /// exits with status 3 [default: 20].
+    /// exits with status 3 [default: 20, or twice --workers when that is more: one event that
+    /// ends every worker once, such as a request that crashes each, must not end the service].
     #[arg(long, value_name = "R", help_heading = "Restart policy")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_restarts: Option<u32>,
@@ -624,6 +625,21 @@ fn secret_url_shown(url: &str) -> Option<String> {
     ))
 }
 
+/// `--max-restarts` when not given: 20, or twice the number of workers when that is more, so
+/// that one event that ends every worker once (a request that crashes each of them, the OOM
+/// killer taking the whole group) is not enough to give up and stop the service.
+///
+/// ```
+/// use unwedge_supervisor::config::default_max_restarts;
+/// assert_eq!(default_max_restarts(4), 20);
+/// assert_eq!(default_max_restarts(24), 48);
+/// ```
+pub fn default_max_restarts(workers: usize) -> u32 {
+    u32::try_from(workers.saturating_mul(2))
+        .unwrap_or(u32::MAX)
+        .max(20)
+}
+
 /// What an unset key of the config file means, for [`Options::to_toml`].
 fn unset_means(key: &str) -> &'static str {
     match key {
@@ -897,7 +913,9 @@ impl Config {
             restart_delay,
             restart_delay_max,
             stable_after: o.stable_after.unwrap_or(Duration::from_secs(30)),
-            max_restarts: o.max_restarts.unwrap_or(20),
+            max_restarts: o.max_restarts.unwrap_or_else(|| {
+                default_max_restarts(o.workers.map_or(1, Workers::count) as usize)
+            }),
             within: nonzero(o.within, Duration::from_secs(60), "within")?,
             watchdog,
             probe: o.probe,
