@@ -54,6 +54,24 @@ fn maybe_worker() {
             let outcome = rt.block_on(server.serve(app()));
             panic!("serve() returned {outcome:?} instead of exiting");
         }
+        // As `flush`, but a SIGTERM's shutdown: serve() returns and the process ends as
+        // `main` returning would (statics are not dropped).
+        "stop" => {
+            let file = std::fs::File::create(std::env::var_os(LOG).unwrap()).unwrap();
+            let (writer, guard) = tracing_appender::non_blocking(file);
+            tracing_subscriber::fmt()
+                .with_writer(writer)
+                .with_ansi(false)
+                .init();
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let server = server.before_exit(move || {
+                drop(guard);
+                std::fs::write(&mark, "hook ran").unwrap();
+            });
+            let outcome = rt.block_on(server.serve(app()));
+            drop(rt);
+            std::process::exit(i32::from(outcome.exit_code()))
+        }
         "hang" => support::run_worker(|| {
             server
                 .before_exit(move || {
@@ -123,4 +141,32 @@ fn a_before_exit_hook_that_hangs_does_not_stop_the_exit() {
         log.contains("before_exit hook has not returned after 5s"),
         "{log}"
     );
+}
+
+/// A SIGTERM's graceful shutdown: `serve()` returns `Stopped`, and the hook (which holds the
+/// log writer's guard) ran before it did, so the last lines reached the file.
+#[test]
+fn a_graceful_shutdown_runs_the_before_exit_hook_before_serve_returns() {
+    maybe_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let (mark, log) = (dir.path().join("mark"), dir.path().join("log"));
+    let mut w = Worker::spawn(
+        "a_graceful_shutdown_runs_the_before_exit_hook_before_serve_returns",
+        "stop",
+        &[(MARK, mark.to_str().unwrap()), (LOG, log.to_str().unwrap())],
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(" serving ")
+    {
+        assert!(Instant::now() < until, "no serving line");
+        assert_eq!(w.exited(), None, "{}", w.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w.sigterm();
+    assert_eq!(w.wait_exit(Duration::from_secs(30)), 0, "{}", w.log());
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "hook ran");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("graceful shutdown complete"), "{text}");
 }

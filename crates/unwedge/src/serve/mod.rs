@@ -694,10 +694,11 @@ impl Server {
     /// which runs no destructors: after a graceful crash's drain (exit 70), when wedged for
     /// [`abort_when_wedged`](Self::abort_when_wedged) (70), and in the backstops that end a
     /// stop or a crash the runtime cannot finish (0 or 70). Flush buffered logs or telemetry
-    /// here (drop a `tracing_appender` `WorkerGuard`). It is not run when `serve()` returns:
-    /// then `main`'s own drops do that.
+    /// here (drop a `tracing_appender` `WorkerGuard`). When `serve()` returns instead (a
+    /// SIGTERM's graceful shutdown, [`exit_on_crash(false)`](Self::exit_on_crash), a start
+    /// that failed) it runs just before: what it holds would otherwise never be dropped.
     ///
-    /// It runs once, on its own thread (the exit may come from the watchdog's thread while
+    /// It runs once per process, on its own thread (the exit may come from the watchdog's thread while
     /// runtime threads are blocked); the exit waits for it at most 5 s, so a hook that blocks
     /// cannot keep a crashed process alive. A panic in it is logged and the exit goes on.
     ///
@@ -728,14 +729,18 @@ impl Server {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        match self.run(app).await {
+        let outcome = match self.run(app).await {
             Ok(outcome) => outcome,
             // Reported once, by `Outcome`'s `Termination` (or the caller).
             Err(e) => {
                 tracing::debug!(error = %e, "serve: cannot start");
                 Outcome::Failed(e)
             }
-        }
+        };
+        // The hook holds what `main` would have dropped (a log writer's guard): it runs now,
+        // not never (a static is not dropped when `main` returns).
+        run_before_exit();
+        outcome
     }
 
     async fn run<S, B>(self, app: S) -> Result<Outcome, ServeError>
