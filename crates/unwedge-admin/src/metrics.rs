@@ -247,7 +247,7 @@ impl Metrics {
         registry.register(
             "notify_malformed",
             "Notify lines ignored because they are not KEY=value assignments (the rest of their \
-             message is used)",
+             message is used), and empty or unreadable notify datagrams",
             m.notify_malformed.clone(),
         );
         registry.register(

@@ -405,12 +405,13 @@ fn status_source(
         memory.keep(&memory_of.keys().copied().collect());
         // The supervisor counts forged notify messages; the metric follows on each look.
         let forged = snap.counters.forged_notify;
-        let before = forged_seen.swap(forged, Ordering::Relaxed);
+        // fetch_max: two looks at once must not move the mark back (and count twice).
+        let before = forged_seen.fetch_max(forged, Ordering::Relaxed);
         for _ in before..forged {
             metrics.record_notify_forged();
         }
         let malformed = snap.counters.malformed_notify;
-        let before = malformed_seen.swap(malformed, Ordering::Relaxed);
+        let before = malformed_seen.fetch_max(malformed, Ordering::Relaxed);
         metrics.record_notify_malformed(malformed.saturating_sub(before));
         let dropped = log_lines_dropped();
         let before = dropped_seen.fetch_max(dropped, Ordering::Relaxed);

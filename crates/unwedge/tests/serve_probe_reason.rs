@@ -86,4 +86,29 @@ fn livez_withholds_the_reason_from_clients_on_other_hosts() {
             "{path} told another host: {there}"
         );
     }
+    // A proxy on this host connects from loopback for a client anywhere: what it forwarded
+    // is not local.
+    for header in [
+        "X-Forwarded-For: 198.51.100.7",
+        "Forwarded: for=198.51.100.7",
+        "X-Real-IP: 198.51.100.7",
+        "Via: 1.1 proxy",
+    ] {
+        let proxied = get_with(local, "/livez", header);
+        assert!(proxied.starts_with("HTTP/1.1 503"), "{proxied}");
+        assert!(proxied.contains("withheld"), "{header}: {proxied}");
+        assert!(!proxied.contains("alice"), "{header}: {proxied}");
+    }
+}
+
+/// `GET path` with one more header line, over a new connection: the whole response.
+fn get_with(addr: SocketAddr, path: &str, header: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{header}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }

@@ -102,6 +102,17 @@ pub(crate) struct Conn<S> {
     local_client: bool,
 }
 
+/// The request came through a proxy (it says so in `Forwarded`, `X-Forwarded-For`,
+/// `X-Real-IP` or `Via`): its client may be anywhere, whatever address the proxy connects
+/// from.
+fn forwarded<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    h.contains_key(http::header::FORWARDED)
+        || h.contains_key("x-forwarded-for")
+        || h.contains_key("x-real-ip")
+        || h.contains_key(http::header::VIA)
+}
+
 /// `127.0.0.0/8`, `::1`, and `::ffff:127.x.y.z` (a dual-stack socket's IPv4 client).
 fn is_loopback(ip: std::net::IpAddr) -> bool {
     match ip {
@@ -168,6 +179,9 @@ where
             (true, false) => Close::OnCrashError,
         };
         if self.health_routes && matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
+            // A proxy on this host connects from loopback for clients anywhere: a request it
+            // forwarded is not local.
+            let local = self.local_client && !forwarded(&req);
             // Not tracked: a probe answered is no progress of the app (nor the panicking
             // request's answer).
             let close = if close == Close::Always {
@@ -177,11 +191,11 @@ where
             };
             match req.uri().path() {
                 "/livez" => {
-                    let res = crate::probe::livez_for(self.local_client);
+                    let res = crate::probe::livez_for(local);
                     return ServeFuture::probe(res, close);
                 }
                 "/readyz" => {
-                    let res = crate::probe::readyz_for(self.local_client);
+                    let res = crate::probe::readyz_for(local);
                     return ServeFuture::probe(res, close);
                 }
                 _ => {}
