@@ -197,26 +197,28 @@ impl Pool {
     }
 
     /// The event loop did not run for `gap` (the supervisor was stopped or starved): every
-    /// worker's heartbeat, probe and readiness deadline starts again from `now`, and probes
-    /// already running then cannot fail it. What the workers sent meanwhile was read already;
-    /// what they could not send (a full queue) or what timed out while nobody read it is the
-    /// supervisor's stall, not their hang.
+    /// worker's heartbeat and readiness deadline moves `gap` later, and probes already running
+    /// then cannot fail it. What the workers sent meanwhile was read already; what they could
+    /// not send (a full queue) or what timed out while nobody read it is the supervisor's
+    /// stall, not their hang. Moved, not restarted: the silence outside the stalls still adds
+    /// up, so a worker that really hangs is found even while the supervisor stalls again and
+    /// again (a swapping host).
     pub(super) fn after_stall(&mut self, gap: Duration, now: Instant) {
         self.stalled_until = Some(now);
+        let later = |t: Instant| (t + gap).min(now);
         for w in self.workers.values_mut() {
-            if w.last_watchdog.is_some() {
-                w.last_watchdog = Some(now);
+            if let Some(last) = w.last_watchdog {
+                w.last_watchdog = Some(later(last));
             }
             if w.ready_at.is_none() {
-                w.ready_from = now;
+                w.ready_from = later(w.ready_from);
             }
-            w.probe_failures = 0;
             w.next_probe = w.next_probe.max(now);
         }
         tracing::warn!(
             "the supervisor's own loop did not run for {} (the process was stopped or starved: \
              SIGSTOP, a debugger, a paused VM, a frozen cgroup, swapping); the workers' \
-             heartbeat, probe and readiness deadlines start again from now",
+             heartbeat and readiness deadlines move that much later",
             fmt_dur(gap)
         );
     }
