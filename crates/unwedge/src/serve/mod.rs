@@ -436,7 +436,8 @@ impl Server {
     /// Starts the graceful shutdown when `signal` completes, as SIGTERM does (stop accepting,
     /// finish the requests in flight within the shutdown timeout, return
     /// [`Outcome::Stopped`]); SIGTERM and SIGINT still work too. For a server embedded in a
-    /// larger program, or a test (see [`Server::listener`]).
+    /// larger program, or a test (see [`Server::listener`]). Clones of this builder share the
+    /// future (as they share [`Server::listener`]'s sockets): the first `serve()` takes it.
     ///
     /// # Examples
     ///
