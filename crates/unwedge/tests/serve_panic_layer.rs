@@ -66,6 +66,12 @@ fn maybe_worker() {
                 .echo_request_id(true);
             support::run_worker(|| Server::new().panic_layer(layer).serve(routes()))
         }
+        // A layer configured but given no policy (`new()`), under a process-wide Crash.
+        "unset" => {
+            unwedge::panic::set_policy(Policy::Crash);
+            let layer = PanicLayer::new().echo_request_id(true);
+            support::run_worker(|| Server::new().panic_layer(layer).serve(routes()))
+        }
         // The documented mistake: a layer in the app and serve()'s own.
         "nested" => support::run_worker(|| Server::new().serve(routes().layer(PanicLayer::new()))),
         // The documented way to route templates: the app's layer only, following
@@ -162,4 +168,19 @@ fn the_apps_own_layer_reports_route_templates_and_follows_the_variable() {
     let log = w.log();
     assert!(log.contains("GET /users/{id}"), "{log}");
     assert!(!log.contains(NESTED_WARNING), "{log}");
+}
+
+/// A layer made with `PanicLayer::new()` sets no policy: the process-wide one (`Crash` here)
+/// decides, and a plain panic ends the worker with 70 (`new()`'s `Auto` would have recovered).
+#[test]
+fn a_layer_made_with_new_leaves_the_policy_to_the_process() {
+    maybe_worker();
+    let mut w = Worker::start(
+        "a_layer_made_with_new_leaves_the_policy_to_the_process",
+        "unset",
+        &[],
+    );
+    assert!(w.log().contains("policy=\"crash\""), "{}", w.log());
+    assert_eq!(w.get("/panic").0, 500);
+    assert_eq!(w.wait_exit(Duration::from_secs(30)), 70, "{}", w.log());
 }

@@ -63,6 +63,8 @@ struct Config {
     /// inside it handled (see [`Handled`]): with this layer's policy and the inner one's.
     /// Set by `serve()` for its own layer.
     on_inner_panic: Option<fn(outer: Policy, inner: Policy)>,
+    /// The policy was chosen ([`PanicLayer::with_policy`]), not `new()`'s default.
+    policy_given: bool,
 }
 
 /// Marks the `500` a [`PanicLayer`] answered a panic with, in the response's extensions: a
@@ -146,7 +148,7 @@ impl PanicLayer {
     /// # let _ = layer;
     /// ```
     pub fn new() -> Self {
-        Self::with_policy(Policy::Auto)
+        Self::with_policy(Policy::Auto).edit(|c| c.policy_given = false)
     }
 
     /// A layer with the given policy.
@@ -168,6 +170,7 @@ impl PanicLayer {
                 sinks: Vec::new(),
                 responder: None,
                 on_inner_panic: None,
+                policy_given: true,
             }),
         }
     }
@@ -180,6 +183,12 @@ impl PanicLayer {
     /// The policy this layer applies.
     pub fn policy(&self) -> Policy {
         self.config.policy
+    }
+
+    /// The policy given to [`with_policy`](Self::with_policy); `None` for `new()`'s default
+    /// (`serve()` then applies the process-wide one).
+    pub(crate) fn given_policy(&self) -> Option<Policy> {
+        self.config.policy_given.then_some(self.config.policy)
     }
 
     /// Whether the panic message goes to the client as the problem's `"detail"` (default:

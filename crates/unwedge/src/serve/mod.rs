@@ -21,7 +21,8 @@
 //!   naming another process means the sockets are not ours: they are ignored.
 //! - **Middleware**: [`PanicLayer`](crate::PanicLayer) ([`Server::panic_layer`] configures
 //!   it, [`Server::without_panic_layer`] turns it off; its policy: `UNWEDGE_POLICY`, else
-//!   [`Server::policy`], else the given layer's, else the process-wide one), and `GET /livez`,
+//!   [`Server::policy`], else the one given to the layer's `PanicLayer::with_policy`, else the
+//!   process-wide one), and `GET /livez`,
 //!   `GET /readyz` answered before the app ([`Server::without_health_routes`]); the
 //!   [`watchdog`] tracks every other request (a probe answered is no progress of the app:
 //!   probes must not hide a hang).
@@ -493,8 +494,9 @@ impl Server {
 
     /// The [`PanicLayer`](crate::PanicLayer) `serve()` guards the app with, configured as you
     /// like (budget, sinks, [`respond_with`](crate::PanicLayer::respond_with),
-    /// [`expose_details`](crate::PanicLayer::expose_details), report headers, …). Its policy
-    /// applies unless `UNWEDGE_POLICY` or [`Server::policy`] says otherwise (see there).
+    /// [`expose_details`](crate::PanicLayer::expose_details), report headers, …). A policy given
+    /// with `PanicLayer::with_policy` applies unless `UNWEDGE_POLICY` or [`Server::policy`] says
+    /// otherwise; a `PanicLayer::new()` leaves the choice to them and the process-wide policy.
     ///
     /// Give the layer here, **not** also to the app (`Router::layer`): a `PanicLayer` inside
     /// the app catches the panics first and decides with its own policy, and `serve()`'s
@@ -772,7 +774,10 @@ impl Server {
         // the same.
         let policy = config::policy()?
             .or(self.policy)
-            .or(self.layer.as_ref().map(crate::PanicLayer::policy))
+            .or(self
+                .layer
+                .as_ref()
+                .and_then(crate::PanicLayer::given_policy))
             .unwrap_or_else(crate::panic::policy);
         crate::panic::set_policy(policy);
         let shutdown_timeout =
