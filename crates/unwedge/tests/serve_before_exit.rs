@@ -40,34 +40,14 @@ fn maybe_worker() {
     let server = Server::new().policy(Policy::Crash);
     match mode.as_str() {
         "flush" => {
-            let file = std::fs::File::create(std::env::var_os(LOG).unwrap()).unwrap();
-            let (writer, guard) = tracing_appender::non_blocking(file);
-            tracing_subscriber::fmt()
-                .with_writer(writer)
-                .with_ansi(false)
-                .init();
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            let server = server.before_exit(move || {
-                drop(guard);
-                std::fs::write(&mark, "hook ran").unwrap();
-            });
+            let (rt, server) = logging_to_file(server, mark);
             let outcome = rt.block_on(server.serve(app()));
             panic!("serve() returned {outcome:?} instead of exiting");
         }
         // As `flush`, but a SIGTERM's shutdown: serve() returns and the process ends as
         // `main` returning would (statics are not dropped).
         "stop" => {
-            let file = std::fs::File::create(std::env::var_os(LOG).unwrap()).unwrap();
-            let (writer, guard) = tracing_appender::non_blocking(file);
-            tracing_subscriber::fmt()
-                .with_writer(writer)
-                .with_ansi(false)
-                .init();
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            let server = server.before_exit(move || {
-                drop(guard);
-                std::fs::write(&mark, "hook ran").unwrap();
-            });
+            let (rt, server) = logging_to_file(server, mark);
             let outcome = rt.block_on(server.serve(app()));
             drop(rt);
             std::process::exit(i32::from(outcome.exit_code()))
@@ -82,6 +62,22 @@ fn maybe_worker() {
         }),
         other => panic!("unknown mode {other}"),
     }
+}
+
+/// Logs through `tracing_appender::non_blocking` into `$UNWEDGE_TEST_LOG`; `server`'s hook
+/// drops the writer's guard, then writes "hook ran" into `mark`.
+fn logging_to_file(server: Server, mark: PathBuf) -> (tokio::runtime::Runtime, Server) {
+    let file = std::fs::File::create(std::env::var_os(LOG).unwrap()).unwrap();
+    let (writer, guard) = tracing_appender::non_blocking(file);
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .init();
+    let server = server.before_exit(move || {
+        drop(guard);
+        std::fs::write(&mark, "hook ran").unwrap();
+    });
+    (tokio::runtime::Runtime::new().unwrap(), server)
 }
 
 /// The worker crashes (exit 70); the hook ran before the exit, and the lines queued in the
