@@ -6,16 +6,14 @@
 //! a real process, a real SIGTERM, a real `#[tokio::main]`-style runtime that is dropped (and
 //! waits for its threads) when `serve()` returns.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::Router;
-
-const MODE: &str = "UNWEDGE_TEST_WORKER";
+use support::Worker;
 
 /// The worker: serves `/block` (blocks a thread for two minutes) on `UNWEDGE_LISTEN`, on a
 /// runtime with `threads` worker threads (0: current-thread), and drops the runtime normally
@@ -59,97 +57,8 @@ fn worker(threads: usize) -> ! {
 }
 
 fn maybe_worker() {
-    if let Ok(mode) = std::env::var(MODE) {
+    if let Some(mode) = support::worker_mode() {
         worker(mode.parse().unwrap());
-    }
-}
-
-struct Worker {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Worker {
-    fn start(test: &str, threads: usize, sock: &Path) -> Worker {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env(MODE, threads.to_string())
-            .env("UNWEDGE_LISTEN", sock)
-            .env("UNWEDGE_SHUTDOWN_TIMEOUT", "1s")
-            .env("RUST_LOG", "info")
-            .env_remove("LISTEN_FDS")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Worker {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a stderr line containing `what`.
-    fn expect(&mut self, what: &str, limit: Duration) {
-        let until = Instant::now() + limit;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let hit = line.contains(what);
-                    self.seen.push(line);
-                    if hit {
-                        return;
-                    }
-                }
-                Err(_) => panic!(
-                    "no {what:?} within {limit:?}; stderr:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> i32 {
-        let until = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
-                    self.seen.push(line);
-                }
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < until,
-                "still running {limit:?} after SIGTERM; stderr:\n{}",
-                self.seen.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn sigterm(&self) {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     }
 }
 
@@ -176,7 +85,15 @@ fn block_a_thread(sock: &Path) -> std::os::unix::net::UnixStream {
 fn stop_while_blocked(test: &str, threads: usize) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("w.sock");
-    let mut w = Worker::start(test, threads, &sock);
+    let sock_text = sock.to_str().expect("a UTF-8 path");
+    let mut w = Worker::spawn(
+        test,
+        &threads.to_string(),
+        &[
+            ("UNWEDGE_LISTEN", sock_text),
+            ("UNWEDGE_SHUTDOWN_TIMEOUT", "1s"),
+        ],
+    );
     let _conn = block_a_thread(&sock);
     w.expect("TEST: blocking now", Duration::from_secs(20));
     w.sigterm();
