@@ -367,9 +367,9 @@ impl Metrics {
         self.crash_to_ready.observe(elapsed.as_secs_f64());
     }
 
-    /// Counts one forged (ignored) notify message.
-    pub fn record_notify_forged(&self) {
-        self.notify_forged.inc();
+    /// Counts `n` forged (ignored) notify messages.
+    pub fn record_notify_forged(&self, n: u64) {
+        self.notify_forged.inc_by(n);
     }
 
     /// Counts `n` notify lines that were not assignments (ignored).

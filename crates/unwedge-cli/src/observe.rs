@@ -403,19 +403,11 @@ fn status_source(
             .map(|w| (w.pid, memory.bytes(w.pid)))
             .collect();
         memory.keep(&memory_of.keys().copied().collect());
-        // The supervisor counts forged notify messages; the metric follows on each look.
-        let forged = snap.counters.forged_notify;
-        // fetch_max: two looks at once must not move the mark back (and count twice).
-        let before = forged_seen.fetch_max(forged, Ordering::Relaxed);
-        for _ in before..forged {
-            metrics.record_notify_forged();
-        }
-        let malformed = snap.counters.malformed_notify;
-        let before = malformed_seen.fetch_max(malformed, Ordering::Relaxed);
-        metrics.record_notify_malformed(malformed.saturating_sub(before));
-        let dropped = log_lines_dropped();
-        let before = dropped_seen.fetch_max(dropped, Ordering::Relaxed);
-        metrics.record_log_lines_dropped(dropped.saturating_sub(before));
+        // The supervisor counts forged and malformed notify messages, the log queue its
+        // dropped lines; the metrics follow on each look.
+        metrics.record_notify_forged(grown(&forged_seen, snap.counters.forged_notify));
+        metrics.record_notify_malformed(grown(&malformed_seen, snap.counters.malformed_notify));
+        metrics.record_log_lines_dropped(grown(&dropped_seen, log_lines_dropped()));
         let mut info = SupervisorInfo::new(VERSION, std::process::id());
         info.uptime_secs = started.elapsed().as_secs_f64();
         info.gave_up_reason = shared.gave_up().clone();
@@ -516,6 +508,12 @@ impl ReportGate {
         self.queued.fetch_sub(1, Ordering::AcqRel);
         self.dropped.swap(0, Ordering::Relaxed)
     }
+}
+
+/// How far `total`, a count that only grows, moved since `seen` last saw it. `fetch_max`: two
+/// looks at once never move the mark back, so nothing is counted twice.
+fn grown(seen: &AtomicU64, total: u64) -> u64 {
+    total.saturating_sub(seen.fetch_max(total, Ordering::Relaxed))
 }
 
 struct Ctx {

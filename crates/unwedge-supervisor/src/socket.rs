@@ -122,15 +122,7 @@ pub fn check_bindable(addr: &ListenAddr) -> Result<Option<String>, StartError> {
         reason,
     };
     let result = match addr {
-        ListenAddr::Tcp(a) => {
-            Socket::new(Domain::for_address(*a), Type::STREAM, None).and_then(|sock| {
-                sock.set_reuse_address(true)?;
-                if a.is_ipv6() {
-                    sock.set_only_v6(false).ok();
-                }
-                sock.bind(&SockAddr::from(*a))
-            })
-        }
+        ListenAddr::Tcp(a) => bound_tcp(*a).map(drop),
         ListenAddr::Unix(path) => {
             let dir = match path.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,
@@ -139,7 +131,7 @@ pub fn check_bindable(addr: &ListenAddr) -> Result<Option<String>, StartError> {
             if !dir.is_dir() {
                 return Err(fail(format!("no directory {}", dir.display())));
             }
-            check_unix_path(path)
+            unix_path_state(path).map(|_| ())
         }
     };
     match result {
@@ -155,11 +147,6 @@ pub fn check_bindable(addr: &ListenAddr) -> Result<Option<String>, StartError> {
         ))),
         Err(e) => Err(fail(e.to_string())),
     }
-}
-
-/// [`remove_stale_socket`]'s checks without the removal.
-fn check_unix_path(path: &Path) -> std::io::Result<()> {
-    unix_path_state(path).map(|_| ())
 }
 
 /// `e`, and for an address in use, what holds it (`Address already in use (os error 98);
@@ -180,15 +167,7 @@ fn in_use_by(addr: &ListenAddr, e: std::io::Error) -> String {
 
 fn bind(addr: &ListenAddr, unix: UnixAccess) -> std::io::Result<OwnedFd> {
     let sock = match addr {
-        ListenAddr::Tcp(a) => {
-            let sock = Socket::new(Domain::for_address(*a), Type::STREAM, None)?;
-            sock.set_reuse_address(true)?;
-            if a.is_ipv6() {
-                sock.set_only_v6(false).ok();
-            }
-            sock.bind(&SockAddr::from(*a))?;
-            sock
-        }
+        ListenAddr::Tcp(a) => bound_tcp(*a)?,
         ListenAddr::Unix(path) => {
             remove_stale_socket(path)?;
             let sock = Socket::new(Domain::UNIX, Type::STREAM, None)?;
@@ -206,6 +185,18 @@ fn bind(addr: &ListenAddr, unix: UnixAccess) -> std::io::Result<OwnedFd> {
     };
     sock.listen(BACKLOG)?;
     Ok(sock.into())
+}
+
+/// A TCP socket bound to `a`, not listening yet: `SO_REUSEADDR` (a restart is not refused by
+/// the last run's TIME_WAIT), dual-stack for an IPv6 address.
+fn bound_tcp(a: SocketAddr) -> std::io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(a), Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    if a.is_ipv6() {
+        sock.set_only_v6(false).ok();
+    }
+    sock.bind(&SockAddr::from(a))?;
+    Ok(sock)
 }
 
 /// Sets the mode and group of the socket file just bound at `path`, through a descriptor of

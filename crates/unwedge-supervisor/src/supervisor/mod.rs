@@ -447,13 +447,13 @@ impl Supervisor {
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             let woke = Instant::now();
-            if Instant::now() >= next_housekeeping {
-                next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
+            if woke >= next_housekeeping {
+                next_housekeeping = woke + HOUSEKEEPING_INTERVAL;
                 pool.find_daemons();
                 pool.tick_oom(Instant::now());
             }
-            if Instant::now() >= next_notify_check {
-                next_notify_check = Instant::now() + pool.notify_check_interval();
+            if woke >= next_notify_check {
+                next_notify_check = woke + pool.notify_check_interval();
                 match notify.heal(&mut buf) {
                     Ok(None) => notify_broken = false,
                     Ok(Some(queued)) => {

@@ -329,38 +329,59 @@ pub struct Server {
     exit_on_crash: bool,
     idle_timeout: Option<Duration>,
     raise_fd_limit: bool,
-    before_exit: Option<BeforeExit>,
+    /// [`Server::before_exit`]'s hook.
+    before_exit: Shared<ExitHook>,
     connect_info: bool,
-    /// [`Server::listener`]'s sockets, taken by the first `serve()` (shared by clones).
-    listeners: Arc<std::sync::Mutex<Vec<std::net::TcpListener>>>,
-    /// [`Server::shutdown_on`]'s future, taken by the first `serve()` (shared by clones).
-    shutdown: Option<ShutdownOn>,
+    /// [`Server::listener`]'s sockets.
+    listeners: Shared<Vec<std::net::TcpListener>>,
+    /// [`Server::shutdown_on`]'s future.
+    shutdown: Shared<ShutdownFuture>,
 }
 
-/// The future given to [`Server::shutdown_on`].
-#[derive(Clone)]
-struct ShutdownOn(Arc<std::sync::Mutex<Option<ShutdownFuture>>>);
+/// What the builder's clones share and the first `serve()` takes: what cannot be cloned (a
+/// socket, a future, a hook run once).
+struct Shared<T>(Arc<std::sync::Mutex<Option<T>>>);
+
+impl<T> Shared<T> {
+    fn set(&mut self, value: T) {
+        *self = Shared(Arc::new(std::sync::Mutex::new(Some(value))));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<T>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self) -> Option<T> {
+        self.lock().take()
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+impl<T> Default for Shared<T> {
+    fn default() -> Self {
+        Shared(Arc::default())
+    }
+}
+
+impl<T> fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.lock().is_some() {
+            "Some(..)"
+        } else {
+            "None"
+        })
+    }
+}
 
 type ShutdownFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-impl fmt::Debug for ShutdownOn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ShutdownOn(..)")
-    }
-}
-
-/// The hook given to [`Server::before_exit`] (shared by the builder's clones; run once).
-#[derive(Clone)]
-struct BeforeExit(Arc<std::sync::Mutex<Option<ExitHook>>>);
-
 /// A hook run before `serve()` exits the process itself.
 type ExitHook = Box<dyn FnOnce() + Send>;
-
-impl fmt::Debug for BeforeExit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BeforeExit(..)")
-    }
-}
 
 impl Default for Server {
     fn default() -> Self {
@@ -386,10 +407,10 @@ impl Server {
             exit_on_crash: true,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             raise_fd_limit: true,
-            before_exit: None,
+            before_exit: Shared::default(),
             connect_info: false,
-            listeners: Arc::default(),
-            shutdown: None,
+            listeners: Shared::default(),
+            shutdown: Shared::default(),
         }
     }
 
@@ -429,7 +450,7 @@ impl Server {
     pub fn listener(self, listener: std::net::TcpListener) -> Self {
         self.listeners
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Vec::new)
             .push(listener);
         self
     }
@@ -458,9 +479,7 @@ impl Server {
         mut self,
         signal: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Self {
-        self.shutdown = Some(ShutdownOn(Arc::new(std::sync::Mutex::new(Some(Box::pin(
-            signal,
-        ))))));
+        self.shutdown.set(Box::pin(signal));
         self
     }
 
@@ -717,9 +736,7 @@ impl Server {
     /// # }
     /// ```
     pub fn before_exit(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
-        self.before_exit = Some(BeforeExit(Arc::new(std::sync::Mutex::new(Some(Box::new(
-            hook,
-        ))))));
+        self.before_exit.set(Box::new(hook));
         self
     }
 
@@ -797,10 +814,8 @@ impl Server {
         let idle_timeout =
             off_when_zero(config::duration("UNWEDGE_IDLE_TIMEOUT")?, self.idle_timeout);
 
-        if let Some(hook) = &self.before_exit {
-            if let Some(hook) = hook.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                set_before_exit(hook);
-            }
+        if let Some(hook) = self.before_exit.take() {
+            set_before_exit(hook);
         }
 
         if self.raise_fd_limit {
@@ -812,7 +827,7 @@ impl Server {
         // Signals before anything can be ready, so an early SIGTERM is not lost.
         let mut signals = Signals::new()?;
 
-        let given = std::mem::take(&mut *self.listeners.lock().unwrap_or_else(|p| p.into_inner()));
+        let given = self.listeners.take().unwrap_or_default();
         let listeners = if !given.is_empty() {
             listeners::from_std(given)?
         } else if activation.count > 0 {
@@ -917,10 +932,7 @@ impl Server {
         }
 
         // Run until a signal, the `shutdown_on` future, or a crash request.
-        let mut shutdown = self
-            .shutdown
-            .as_ref()
-            .and_then(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let mut shutdown = self.shutdown.take();
         let asked = async {
             match shutdown.as_mut() {
                 Some(f) => f.await,
