@@ -1041,8 +1041,9 @@ async fn stop_sleeps(flags: &[&str], env: &[(&str, &str)]) {
         "{flags:?} {env:?}: {cpu:?} of CPU in 3 s of stop"
     );
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(1), "{}", sup.log());
+    // The time it waited: the 5 s timeout, and the moment the loop took to wake for it.
     assert!(
-        sup.log().contains("did not stop within 5.00s"),
+        sup.log().contains("did not stop within 5."),
         "{}",
         sup.log()
     );
