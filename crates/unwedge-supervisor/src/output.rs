@@ -66,10 +66,16 @@ fn writer() -> &'static mpsc::Sender<(Stream, String)> {
             .name("unwedge-output".into())
             .spawn(move || {
                 while let Some((stream, line)) = rx.blocking_recv() {
-                    // One write per line keeps lines of different workers whole.
+                    // One write per line keeps lines of different workers whole. Our stdout
+                    // and stderr are often one pipe (a journal stream, `2>&1`), where a long
+                    // line is written in pieces as the reader frees room: stderr's lock, which
+                    // the supervisor's own log writer takes for each of its lines, is held
+                    // for stdout's lines too, so that no log line lands inside one of them.
+                    let err = std::io::stderr();
+                    let mut err = err.lock();
                     let _ = match stream {
                         Stream::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
-                        Stream::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+                        Stream::Stderr => err.write_all(line.as_bytes()),
                     };
                 }
             })

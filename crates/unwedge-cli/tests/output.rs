@@ -1,0 +1,104 @@
+//! Worker output passed on by the real supervisor, read back the way a journal reads it:
+//! the supervisor's stdout and stderr on one pipe.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::BIN;
+
+/// A worker line this long is written by the supervisor in pieces once the pipe is full.
+const BIG: usize = 12_000;
+
+/// With stdout and stderr on one slow pipe (journald's stream, `2>&1 | logger`), a long line of
+/// a worker's stdout is never cut by one of the supervisor's own log lines: each comes out
+/// whole, on a line of its own.
+#[test]
+fn long_worker_lines_and_the_supervisors_log_lines_stay_whole_on_one_pipe() {
+    // The worker writes long lines to its stdout while sending junk to the notify socket, one
+    // datagram at a time: each is one debug line of the supervisor's own log (on stderr).
+    let worker = format!(
+        r#"
+import os, socket, sys, threading
+def junk():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for i in range(3000):
+        s.sendto(b"junk line %d" % i, os.environ["NOTIFY_SOCKET"])
+threading.Thread(target=junk, daemon=True).start()
+line = "x" * {BIG} + "\n"
+for _ in range(300):
+    sys.stdout.write(line)
+    sys.stdout.flush()
+sys.stdout.write("worker-%s\n" % "done")  # not in the logged command line
+sys.stdout.flush()
+threading.Event().wait(60)
+"#
+    );
+    let (mut reader, writer) = std::io::pipe().expect("a pipe");
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--", "python3", "-c"])
+        .arg(&worker)
+        .env("UNWEDGE_LOG", "debug")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone().expect("dup the pipe"))
+        .stderr(writer)
+        .spawn()
+        .expect("spawn unwedge");
+
+    // A slow reader: the pipe stays full, so the long lines are written in pieces.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let done = |out: &[u8]| {
+        out[out.len().saturating_sub(4096 + 11)..]
+            .windows(11)
+            .any(|w| w == b"worker-done")
+    };
+    while !done(&out) && Instant::now() < deadline {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    // Read on to the end: a supervisor blocked on a full pipe cannot exit.
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    let _ = child.wait();
+
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("worker-done"),
+        "the worker's output did not all arrive within 60 s"
+    );
+    let xs = "x".repeat(BIG);
+    let (mut whole, mut junk_lines) = (0, 0);
+    for line in text.lines() {
+        if line.contains("xxxxxxxx") {
+            let (prefix, rest) = line.split_once("] ").unwrap_or(("", line));
+            assert!(
+                prefix.starts_with("[w1 pid ") && rest == xs,
+                "a worker line was cut or mixed with another line ({} bytes): {}…{}",
+                line.len(),
+                &line[..line.len().min(120)],
+                &line[line.len().saturating_sub(200)..]
+            );
+            whole += 1;
+        } else if line.contains("junk line") {
+            junk_lines += 1;
+        }
+    }
+    assert_eq!(whole, 300, "every long line arrives, whole");
+    assert!(
+        junk_lines > 0,
+        "the supervisor logged while the worker wrote (else this test checks nothing)"
+    );
+}
