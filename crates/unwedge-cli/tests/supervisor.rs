@@ -2876,6 +2876,46 @@ async fn a_paused_supervisor_does_not_take_its_pause_for_hung_workers() {
     .await;
 }
 
+/// A worker that really hangs is still found on a host that stalls the supervisor again and
+/// again (swapping, a throttled cgroup): each stall moves the heartbeat deadline by its own
+/// length only, so the worker's silence between the stalls adds up. (Deadlines started afresh
+/// after each stall would never be reached when the stalls come more often than `--watchdog`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_is_found_while_the_supervisor_stalls_again_and_again() {
+    within(Duration::from_secs(90), async {
+        let sup = Sup::demo(&["--watchdog", "2s", "--admin", "off"]);
+        let pid = sup.wait_ready(0, 1).await[0];
+        sup.wait_line(0, &[&format!("pid {pid} sends heartbeats")])
+            .await;
+        let m = sup.mark();
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+        // The stalling host: stopped 2.5 s (each stall seen: the loop meant to wake within
+        // 1 s), running 0.6 s, for at most 45 s (the worker's silence outside the stalls
+        // reaches 2 s within about 4 rounds).
+        let until = Instant::now() + Duration::from_secs(45);
+        let mut rounds = 0;
+        while Instant::now() < until && !sup.log_since(m).contains("is hung (watchdog") {
+            sup.signal(Signal::SIGSTOP);
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            sup.signal(Signal::SIGCONT);
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            rounds += 1;
+        }
+        sup.signal(Signal::SIGCONT);
+        let hung = sup
+            .wait_line_within(m, &["is hung (watchdog"], Duration::from_secs(1))
+            .await;
+        assert_eq!(pid_in(&hung), Some(pid));
+        let log = sup.log_since(m);
+        assert!(
+            log.contains("the supervisor's own loop did not run for"),
+            "the stalls were seen: {log}"
+        );
+        eprintln!("found hung after {rounds} stalls");
+    })
+    .await;
+}
+
 /// A notify socket removed (a temporary-file cleaner) and bound again costs no worker its
 /// life: the heartbeats sent while it was gone went nowhere, so every worker's watchdog starts
 /// again at the re-bind, and with a short `--watchdog` the socket is looked at sooner than

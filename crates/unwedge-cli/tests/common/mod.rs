@@ -130,6 +130,12 @@ impl Sup {
         self.lines.lock().unwrap().len()
     }
 
+    /// The lines from `from` (a [`Sup::mark`]) on.
+    pub fn log_since(&self, from: usize) -> String {
+        let lines = self.lines.lock().unwrap();
+        lines.get(from..).unwrap_or_default().join("\n")
+    }
+
     pub fn log(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
