@@ -195,3 +195,54 @@ fn children(parent: i32) -> Vec<i32> {
     }
     found
 }
+
+/// The demo's working directory is a new one of a random name, private to its user: a
+/// directory another local user made first at the name the demo's pid would give
+/// (`unwedge-demo-PID`), with links to the user's files in it, is left alone, and no file
+/// the links point to is written.
+#[tokio::test]
+async fn the_demo_writes_to_a_new_private_directory_not_to_one_planted_at_its_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, "ORIGINAL\n").unwrap();
+    // `exec` keeps the shell's pid: the planted directory has the demo's pid in its name.
+    let plant = r#"d="$TMPDIR/unwedge-demo-$$"; mkdir -m 755 "$d" &&
+        ln -s "$TMPDIR/victim" "$d/supervisor.log" && ln -s "$TMPDIR/victim" "$d/workers.log" &&
+        exec "$0" demo --duration 1s --no-compare"#;
+    let out = tokio::time::timeout(
+        Duration::from_secs(50),
+        Command::new("sh")
+            .args(["-c", plant, BIN])
+            .env("TMPDIR", tmp.path())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the demo finishes within 50 s")
+    .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "ORIGINAL\n");
+    // The directory it used is the one it named, a new one, 0700.
+    let logs = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("logs:"))
+        .expect("the demo names its logs");
+    let dir = std::path::Path::new(logs.trim().split("/supervisor.log").next().unwrap());
+    assert_eq!(dir.parent(), Some(tmp.path()), "{stdout}");
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    assert!(
+        std::fs::symlink_metadata(dir.join("supervisor.log"))
+            .unwrap()
+            .is_file(),
+        "{}",
+        dir.display()
+    );
+}

@@ -104,8 +104,17 @@ struct Prepared {
 
 /// Binds and configures the supervisor. Runs before any thread exists.
 fn prepare(workers: u32, what: &str) -> Result<Prepared, String> {
-    let dir = std::env::temp_dir().join(format!("unwedge-{what}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // A new directory of a random name, ours only (0700), kept for the user to read: never
+    // one another local user could have made first, with links to files of ours in it.
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("unwedge-{what}-"))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| {
+            let tmp = std::env::temp_dir();
+            format!("cannot create a directory in {}: {e}", tmp.display())
+        })?
+        .keep();
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     let worker_log = dir.join("workers.log");
     let sup_log = dir.join("supervisor.log");
@@ -133,7 +142,7 @@ fn prepare(workers: u32, what: &str) -> Result<Prepared, String> {
     let config = Config::resolve(None, options, command).map_err(|e| e.to_string())?;
     let observe = crate::observe::Settings::from_config(&config)?;
     let file = std::fs::OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .append(true)
         .open(&sup_log)
         .map_err(|e| format!("cannot open {}: {e}", sup_log.display()))?;
