@@ -101,7 +101,7 @@ impl RequestInfo {
     /// Describes a request for a report as a [`PanicLayer`](crate::PanicLayer) does by
     /// default: the path without its query; of the headers, the first value of each of
     /// [`REPORTED_HEADERS`] (a URL's query and fragment cut off, e.g. a `Referer`'s
-    /// `?token=…`) and the [`REDACTED_HEADERS`] present, shown as [`REDACTED`]. Other headers
+    /// `?token=…`, and its `user:password@` shown `…@`) and the [`REDACTED_HEADERS`] present, shown as [`REDACTED`]. Other headers
     /// (`x-api-key`, `x-csrf-token`, …) are left out: their values may be credentials.
     ///
     /// ```
@@ -323,8 +323,8 @@ impl CapturedHeaders {
                     .iter()
                     .all(|&b| b == b'\t' || (b' '..0x7f).contains(&b));
                 let shown = match std::str::from_utf8(value) {
-                    Ok(text) if visible => match is_url(name, text).then(|| without_query(text)) {
-                        Some(base) if base.len() < text.len() => base.to_owned(),
+                    Ok(text) if visible => match is_url(name, text).then(|| url_shown(text)) {
+                        Some(shown) if shown != text => shown.into_owned(),
                         _ => format!("{text}{cut}"),
                     },
                     _ => "<binary>".to_owned(),
@@ -341,10 +341,19 @@ fn is_url(name: &HeaderName, value: &str) -> bool {
     name == REFERER || value.starts_with("https://") || value.starts_with("http://")
 }
 
-/// A URL without its query and fragment (where tokens, codes and session ids travel): the
-/// report keeps the request's path without its query, and a URL header the same way.
-fn without_query(url: &str) -> &str {
-    url.split(['?', '#']).next().unwrap_or("")
+/// A URL as a report shows it: without its query and fragment (where tokens, codes and
+/// session ids travel), as the report keeps the request's path, and without the user and
+/// password of a `scheme://user:password@host` (shown `scheme://…@host`).
+fn url_shown(url: &str) -> std::borrow::Cow<'_, str> {
+    let base = url.split(['?', '#']).next().unwrap_or("");
+    let Some((scheme, rest)) = base.split_once("://") else {
+        return base.into();
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]).into(),
+        None => base.into(),
+    }
 }
 
 #[cfg(test)]
@@ -385,6 +394,18 @@ mod captured_tests {
         let map = c.to_map(classes.wanted());
         assert_eq!(map["referer"], "/login");
         assert_eq!(map["x-return-to"], "http://a/b");
+        // A user and password in the URL.
+        let mut h = HeaderMap::new();
+        h.append(
+            "referer",
+            HeaderValue::from_static("https://user:hunter2@app.example/x@y?t=1"),
+        );
+        h.append("x-return-to", HeaderValue::from_static("http://u:p@h"));
+        let mut c = CapturedHeaders::default();
+        c.capture(&h, &classes);
+        let map = c.to_map(classes.wanted());
+        assert_eq!(map["referer"], "https://…@app.example/x@y");
+        assert_eq!(map["x-return-to"], "http://…@h");
     }
 
     #[test]
