@@ -570,7 +570,8 @@ impl PanicRecord {
         self.report.get(name).and_then(|v| v.as_str())
     }
 
-    /// The `route` label for `unwedge_panics_total`: the request path, `task:NAME` for a
+    /// The `route` label for `unwedge_panics_total`: the request's route template (`route`,
+    /// sent by a `PanicLayer` inside an axum `Router`), else its path; `task:NAME` for a
     /// background task, or `unknown`.
     ///
     /// ```
@@ -578,17 +579,19 @@ impl PanicRecord {
     ///
     /// let r = PanicRecord::new(None, serde_json::json!({"request": {"path": "/cart"}}));
     /// assert_eq!(r.route(), "/cart");
+    /// let request = serde_json::json!({"path": "/users/42", "route": "/users/{id}"});
+    /// let r = PanicRecord::new(None, serde_json::json!({ "request": request }));
+    /// assert_eq!(r.route(), "/users/{id}");
     /// let r = PanicRecord::new(None, serde_json::json!({"task": "cleanup"}));
     /// assert_eq!(r.route(), "task:cleanup");
     /// ```
     pub fn route(&self) -> String {
-        if let Some(path) = self
-            .report
-            .get("request")
-            .and_then(|r| r.get("path"))
-            .and_then(|p| p.as_str())
-        {
-            return path.to_owned();
+        let request = self.report.get("request");
+        // The route template a layer inside an axum `Router` saw (bounded), else the path.
+        for field in ["route", "path"] {
+            if let Some(s) = request.and_then(|r| r.get(field)).and_then(|p| p.as_str()) {
+                return s.to_owned();
+            }
         }
         match self.str_field("task") {
             Some(task) => format!("task:{task}"),

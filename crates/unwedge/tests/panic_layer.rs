@@ -293,6 +293,11 @@ async fn bytecache_burn_poisons_the_mutex_and_auto_requests_a_crash() {
         let r = &keep.all()[0];
         assert_eq!(r.poisoned, ["bytecache"]);
         assert_eq!(r.request.as_ref().unwrap().path, "/cache/burn");
+        // The report carries the template too: the supervisor counts panics by it.
+        assert_eq!(
+            r.request.as_ref().unwrap().route.as_deref(),
+            Some("/cache/{key}")
+        );
         assert_eq!(r.decision.as_ref().unwrap().action, Action::Crash);
     })
     .await

@@ -576,6 +576,10 @@ impl RequestScope {
             path: self.path.as_str().to_owned(),
             request_id: self.request_id().as_str().to_owned(),
             headers: self.headers.to_map(config.header_classes.wanted()),
+            #[cfg(feature = "axum")]
+            route: self.matched.as_ref().map(|m| m.as_str().to_owned()),
+            #[cfg(not(feature = "axum"))]
+            route: None,
         }
     }
 }

@@ -95,6 +95,12 @@ pub struct RequestInfo {
     pub request_id: String,
     /// Request headers, sensitive values redacted.
     pub headers: BTreeMap<String, String>,
+    /// The route the request matched, as its template (`/users/{id}`): axum's
+    /// `MatchedPath`, when the layer that caught the panic sat inside the `Router`
+    /// (`Router::layer`; the feature `axum`). Bounded where paths are not: the supervisor
+    /// counts panics by it (`unwedge_panics_total{route}`) when present, by `path` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 impl RequestInfo {
@@ -125,11 +131,19 @@ impl RequestInfo {
             &HeaderClasses::new(&REPORTED_HEADERS, &HeaderName::from_static("x-request-id")),
         );
         let headers = captured.to_map(&REPORTED_HEADERS);
+        #[cfg(feature = "axum")]
+        let route = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|m| m.as_str().to_owned());
+        #[cfg(not(feature = "axum"))]
+        let route = None;
         RequestInfo {
             method: req.method().to_string(),
             path: req.uri().path().to_owned(),
             request_id: request_id.to_owned(),
             headers,
+            route,
         }
     }
 }
