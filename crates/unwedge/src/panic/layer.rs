@@ -32,8 +32,8 @@ use tower::{Layer, Service};
 
 use super::context::{self, Scope};
 use super::policy::{decide, Budget, Policy};
+use super::report::{is_grpc, CapturedHeaders, HeaderClasses, REPORTED_HEADERS};
 use super::report::{Action, PanicReport, RequestInfo};
-use super::report::{CapturedHeaders, HeaderClasses, REPORTED_HEADERS};
 use super::sink::{emit, ReportSink};
 
 /// The error type of the boxed response body: the inner body's error, or [`BodyPanicked`].
@@ -324,6 +324,10 @@ pub struct ResponseContext<'a> {
     pub report: &'a PanicReport,
     /// The layer's [`expose_details`](PanicLayer::expose_details) setting.
     pub expose_details: bool,
+    /// The request was gRPC (`content-type: application/grpc…`, not gRPC-Web): its client
+    /// reads the outcome from `grpc-status`, not from the HTTP status (see
+    /// [`grpc_error_response`]).
+    pub grpc: bool,
 }
 
 #[derive(Serialize)]
@@ -367,6 +371,60 @@ pub fn problem_response(ctx: &ResponseContext<'_>) -> Response<Bytes> {
     res.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
+}
+
+/// The default answer to a panic in a gRPC request ([`ResponseContext::grpc`]): gRPC's own
+/// error, `grpc-status: 13` (INTERNAL) with a `grpc-message` naming the request id (and the
+/// panic message only when `ctx.expose_details`), as a trailers-only response (HTTP `200`,
+/// `content-type: application/grpc`, no body), which every gRPC client reads as a failed call
+/// with that status. (An HTTP `500` would reach it as `UNKNOWN`, "grpc-status header
+/// missing".)
+///
+/// ```
+/// let layer = unwedge::PanicLayer::new().respond_with(|ctx| {
+///     if ctx.grpc {
+///         return unwedge::panic::grpc_error_response(ctx);
+///     }
+///     http::Response::builder()
+///         .status(500)
+///         .body("sorry".into())
+///         .unwrap()
+/// });
+/// # let _ = layer;
+/// ```
+pub fn grpc_error_response(ctx: &ResponseContext<'_>) -> Response<Bytes> {
+    let mut res = Response::new(Bytes::new());
+    let h = res.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.extend(grpc_status(
+        ctx.request_id,
+        ctx.expose_details.then_some(&*ctx.report.message),
+    ));
+    res
+}
+
+/// `grpc-status: 13` (INTERNAL) and its `grpc-message`: `Internal Server Error (request ID)`,
+/// then `: DETAIL` if given, percent-encoded as gRPC wants (bytes outside printable ASCII, and
+/// `%`).
+fn grpc_status(request_id: &str, detail: Option<&str>) -> http::HeaderMap {
+    let mut text = format!("Internal Server Error (request {request_id})");
+    if let Some(d) = detail {
+        text.push_str(": ");
+        text.push_str(d);
+    }
+    let mut encoded = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b' '..=b'~' if b != b'%' => encoded.push(char::from(b)),
+            _ => encoded.push_str(&format!("%{b:02X}")),
+        }
+    }
+    let mut h = http::HeaderMap::with_capacity(2);
+    h.insert("grpc-status", HeaderValue::from_static("13"));
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
+    }
+    h
 }
 
 /// The service [`PanicLayer`] wraps around an inner service. See [`PanicLayer`].
@@ -560,6 +618,10 @@ impl RequestScope {
         }
     }
 
+    fn grpc(&self) -> bool {
+        self.headers.grpc
+    }
+
     /// `METHOD /route`: axum's matched route when there is one (bounded cardinality), the
     /// path otherwise.
     fn route(&self) -> String {
@@ -744,6 +806,7 @@ impl RequestCtx {
             let client_id = if config.capture_headers {
                 r.headers.capture(all, &config.header_classes)
             } else {
+                r.headers.grpc = all.get(CONTENT_TYPE).is_some_and(|v| is_grpc(v.as_bytes()));
                 all.get(X_REQUEST_ID)
             };
             r.id = match client_id {
@@ -842,12 +905,15 @@ impl RequestCtx {
             request_id: id.as_str(),
             report: &report,
             expose_details: self.config.expose_details,
+            grpc: self.request().is_some_and(RequestScope::grpc),
+        };
+        let default = |rc: &ResponseContext<'_>| match rc.grpc {
+            true => grpc_error_response(rc),
+            false => problem_response(rc),
         };
         let res = match &self.config.responder {
-            Some(f) => {
-                catch_unwind(AssertUnwindSafe(|| f(&rc))).unwrap_or_else(|_| problem_response(&rc))
-            }
-            None => problem_response(&rc),
+            Some(f) => catch_unwind(AssertUnwindSafe(|| f(&rc))).unwrap_or_else(|_| default(&rc)),
+            None => default(&rc),
         };
         let (mut parts, body) = res.into_parts();
         parts.headers.insert(X_REQUEST_ID, self.id_header());
@@ -1061,9 +1127,17 @@ where
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => {
                 let ctx = this.ctx.take().expect("checked above");
-                ctx.report(payload);
+                let report = ctx.report(payload);
+                let request_id = ctx.request_id();
+                if ctx.request().is_some_and(RequestScope::grpc) {
+                    // gRPC ends a call with its status in the trailers: the client gets
+                    // INTERNAL after the messages it had, not a broken stream.
+                    let detail = ctx.config.expose_details.then_some(&*report.message);
+                    let trailers = grpc_status(request_id.as_str(), detail);
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
                 Poll::Ready(Some(Err(Box::new(BodyPanicked {
-                    request_id: ctx.request_id().as_str().to_owned(),
+                    request_id: request_id.as_str().to_owned(),
                 }))))
             }
         }

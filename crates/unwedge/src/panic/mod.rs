@@ -18,8 +18,8 @@ mod trace;
 
 pub use hook::install;
 pub use layer::{
-    problem_response, BodyPanicked, BoxError, PanicBody, PanicLayer, PanicService, ResponseContext,
-    ResponseFuture, MAX_REQUEST_ID_LEN, X_REQUEST_ID,
+    grpc_error_response, problem_response, BodyPanicked, BoxError, PanicBody, PanicLayer,
+    PanicService, ResponseContext, ResponseFuture, MAX_REQUEST_ID_LEN, X_REQUEST_ID,
 };
 pub(crate) use policy::decide;
 pub use policy::{policy, set_policy, ParsePolicyError, Policy, POLICY_ENV};

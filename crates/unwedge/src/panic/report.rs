@@ -162,6 +162,8 @@ pub(crate) struct CapturedHeaders {
     inline: [u8; INLINE_HEADERS],
     inline_len: u8,
     spilled: Vec<u8>,
+    /// The request is gRPC (see [`is_grpc`]): a panic is answered in gRPC's terms.
+    pub(crate) grpc: bool,
 }
 
 /// Bytes of header records kept without an allocation.
@@ -174,6 +176,7 @@ impl Default for CapturedHeaders {
             inline: [0; INLINE_HEADERS],
             inline_len: 0,
             spilled: Vec::new(),
+            grpc: false,
         }
     }
 }
@@ -190,6 +193,8 @@ pub(crate) enum Class {
     Id,
     /// `wanted[i]`.
     Wanted(u8),
+    /// `content-type`, when it is not wanted: looked at only to know a gRPC request.
+    ContentType,
 }
 
 /// The header names a layer looks for, prepared once per configuration so that classifying a
@@ -203,6 +208,8 @@ pub(crate) struct HeaderClasses {
     names: Vec<(Box<str>, Class)>,
     /// The wanted names, in the order `Class::Wanted` indexes.
     wanted: Vec<HeaderName>,
+    /// `content-type`'s index in `wanted`, if it is wanted (else it is `Class::ContentType`).
+    content_type: Option<u8>,
 }
 
 impl HeaderClasses {
@@ -224,6 +231,13 @@ impl HeaderClasses {
                 names.push((name.as_str().into(), class));
             }
         }
+        let content_type = match names.iter().find(|(n, _)| **n == *"content-type") {
+            Some(&(_, Class::Wanted(i))) => Some(i),
+            _ => {
+                names.push(("content-type".into(), Class::ContentType));
+                None
+            }
+        };
         let lengths = names
             .iter()
             .fold(0u64, |m, (n, _)| m | 1 << n.len().min(63));
@@ -231,6 +245,7 @@ impl HeaderClasses {
             lengths,
             names,
             wanted,
+            content_type,
         }
     }
 
@@ -263,28 +278,35 @@ impl CapturedHeaders {
     ) -> Option<&'h HeaderValue> {
         let mut found = None;
         let mut seen = [0u64; 4]; // bit i: wanted[i] already kept
+        let mut content_type = None;
         for (name, value) in headers {
             match classes.classify(name) {
                 None => {}
                 Some(Class::Redacted(i)) => self.redacted |= 1 << i,
                 Some(Class::Id) => found = found.or(Some(value)),
+                Some(Class::ContentType) => content_type = content_type.or(Some(value)),
                 Some(Class::Wanted(i)) => {
                     let (word, bit) = (usize::from(i / 64), 1u64 << (i % 64));
                     if seen[word] & bit != 0 {
                         continue; // a repeated header: keep the first value
                     }
                     seen[word] |= bit;
+                    if Some(i) == classes.content_type {
+                        content_type = Some(value);
+                    }
                     let bytes = value.as_bytes();
                     self.push(i, &bytes[..bytes.len().min(MAX_CAPTURED_VALUE + 1)]);
                 }
             }
         }
+        self.grpc = content_type.is_some_and(|v| is_grpc(v.as_bytes()));
         found
     }
 
     /// Forgets every captured header, keeping the spill buffer's allocation for reuse.
     pub(crate) fn clear(&mut self) {
         self.redacted = 0;
+        self.grpc = false;
         self.inline_len = 0;
         self.spilled.clear();
     }
@@ -348,6 +370,15 @@ impl CapturedHeaders {
         }
         map
     }
+}
+
+/// Whether a request's `content-type` is gRPC's: `application/grpc`, `application/grpc+proto`
+/// (any `+format`) or with parameters; not gRPC-Web (`application/grpc-web…`), whose status
+/// travels in the body.
+pub(crate) fn is_grpc(content_type: &[u8]) -> bool {
+    content_type
+        .strip_prefix(b"application/grpc")
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
 }
 
 /// A header value that is a URL: the `Referer`, or any value starting with a scheme.
