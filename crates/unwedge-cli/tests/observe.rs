@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    admin_addr, another_program, get, http, proc_state, python_has, run_split, run_to_end, Sup,
-    BIN, LONG,
+    admin_addr, another_program, get, http, http_as, proc_state, python_has, run_split, run_to_end,
+    Sup, BIN, LONG,
 };
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -885,6 +885,38 @@ async fn admin_binds_loopback_unless_told() {
             assert!(e.is_err(), "the default admin answered on 127.0.0.2");
         }
         sup.wait_ready(0, 1).await;
+    })
+    .await;
+}
+
+/// DNS rebinding, through the real supervisor: a page whose name an attacker resolves to
+/// 127.0.0.1 makes a browser on this machine ask the loopback admin for `/status` with that
+/// name as `Host`; it is refused with 421 on `/`, `/status` and `/metrics`, while requests for
+/// 127.0.0.1, localhost or [::1] are answered and `unwedge status` reads the endpoint as before.
+#[tokio::test]
+async fn the_loopback_admin_refuses_a_name_rebound_to_it() {
+    limited(async {
+        let sup = start("1", &[]);
+        let admin = admin_addr(&sup).await;
+        sup.wait_ready(0, 1).await;
+        let port = admin.port();
+        for path in ["/", "/status", "/metrics"] {
+            let rebound = format!("rebind.attacker.example:{port}");
+            let (code, body) = http_as(admin, &rebound, "GET", path).await.unwrap();
+            assert_eq!(code, 421, "{path}: {body}");
+            assert!(!body.contains("w1"), "{path}: {body}");
+            for host in [
+                format!("127.0.0.1:{port}"),
+                format!("localhost:{port}"),
+                format!("[::1]:{port}"),
+            ] {
+                let (code, body) = http_as(admin, &host, "GET", path).await.unwrap();
+                assert_eq!(code, 200, "{host} {path}: {body}");
+            }
+        }
+        let (code, out, err) = unwedge_status(admin, &[]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("workers: 1 ready of 1"), "{out}");
     })
     .await;
 }
