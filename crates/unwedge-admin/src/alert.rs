@@ -183,12 +183,27 @@ impl AlertEvent {
         }
     }
 
-    /// The Slack-compatible one-line `text`.
+    /// The Slack-compatible one-line `text`, with `&`, `<` and `>` escaped as Slack's markup
+    /// asks (`&amp;`, `&lt;`, `&gt;`): a summary quotes panic messages and paths, often the
+    /// client's choice, and `<!channel>` or `<https://evil.example|Runbook>` in it must not
+    /// notify a channel or make a link.
+    ///
+    /// ```
+    /// use unwedge_admin::{AlertEvent, AlertKind};
+    ///
+    /// let e = AlertEvent::new(AlertKind::WorkerCrashed, "w1: panic \"<!channel> & co\"");
+    /// assert_eq!(e.text(), "unwedge: worker crashed: w1: panic \"&lt;!channel&gt; &amp; co\"");
+    /// assert_eq!(e.summary, "w1: panic \"<!channel> & co\"");
+    /// ```
     pub fn text(&self) -> String {
-        format!("unwedge: {}: {}", self.kind.human(), self.summary)
+        let text = format!("unwedge: {}: {}", self.kind.human(), self.summary);
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
     }
 
-    /// The JSON body a webhook receives: `{"text": …, "event": {…}}`.
+    /// The JSON body a webhook receives: `{"text": …, "event": {…}}`: the `text` escaped for
+    /// Slack (see [`text`](Self::text)), the `event` as it is.
     pub fn webhook_body(&self) -> serde_json::Value {
         serde_json::json!({ "text": self.text(), "event": self })
     }

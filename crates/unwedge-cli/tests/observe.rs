@@ -2109,6 +2109,37 @@ async fn credentials_a_worker_sends_are_redacted_everywhere() {
     .await;
 }
 
+/// A panic message is often the client's choice: in the webhook's Slack-style `text`,
+/// `<!channel>` and `<https://…|Runbook>` arrive escaped (`&lt;!channel&gt;`), so Slack neither
+/// notifies the channel nor shows a link; the structured `event` keeps the summary as it is.
+#[tokio::test]
+async fn slack_markup_in_a_panic_message_reaches_the_webhook_escaped() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let (sup, addr, admin) = python_worker(&["--alert-webhook", &url]).await;
+        let message = "<!channel> see <https://evil.example/x|Runbook> & retry";
+        let report = serde_json::json!({
+            "message": message, "location": "src/x.rs:1:2",
+            "request": {"method": "GET", "path": "/x", "request_id": "slack-1", "headers": {}},
+        });
+        send_report(&sup, addr, admin, &report).await;
+        let _ = http(addr, "GET", "/exit?code=70").await;
+        let got = hook.wait_kind("worker_crashed", 1).await;
+        let text = got.body["text"].as_str().unwrap();
+        assert!(
+            text.contains(
+                "&lt;!channel&gt; see &lt;https://evil.example/x|Runbook&gt; &amp; retry"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains(['<', '>']), "{text}");
+        let summary = got.body["event"]["summary"].as_str().unwrap();
+        assert!(summary.contains(message), "{summary}");
+    })
+    .await;
+}
+
 /// A crash loop whose every crash is a distinct alert (exit 1, 2, 3, …) spends the rate limit
 /// (20 a minute) before the supervisor gives up: the `gave_up` alert still reaches the webhook.
 #[tokio::test]
