@@ -854,10 +854,26 @@ impl Sinks {
         match run_exec(cmd, event, self.config.exec_timeout).await {
             Ok(()) => self.metrics.record_alert_sent("exec"),
             Err(e) => {
-                tracing::warn!(command = cmd, kind = %event.kind, error = %e, "alert command failed");
+                // Never the whole command: its arguments may hold a token.
+                tracing::warn!(command = %shown_command(cmd), kind = %event.kind, error = %e, "alert command failed");
                 self.metrics.record_alert_failed("exec");
             }
         }
+    }
+}
+
+/// What logs may show of an `--alert-exec` command: its first word, followed by ` …` when
+/// there is more (`curl …`), since the arguments may hold a token
+/// (`-H "Authorization: Bearer …"`); a first word that sets a variable (`TOKEN=… notify`) is
+/// shown as `…`.
+fn shown_command(cmd: &str) -> String {
+    let mut words = cmd.split_whitespace();
+    let first = words.next().unwrap_or("");
+    let more = if words.next().is_some() { " …" } else { "" };
+    if first.contains('=') {
+        "…".to_owned()
+    } else {
+        format!("{first}{more}")
     }
 }
 
@@ -980,6 +996,24 @@ mod tests {
         ] {
             let err = parse_webhook_url(bad).unwrap_err().to_string();
             assert!(err.ends_with(": invalid port"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn logs_show_only_the_first_word_of_a_command() {
+        for (cmd, shown) in [
+            (
+                "curl -fsS -H \"Authorization: Bearer s3cr3t\" https://h/x",
+                "curl …",
+            ),
+            (
+                "  /usr/local/bin/page-oncall  ",
+                "/usr/local/bin/page-oncall",
+            ),
+            ("TOKEN=s3cr3t notify", "…"),
+            ("TOKEN=s3cr3t", "…"),
+        ] {
+            assert_eq!(shown_command(cmd), shown, "{cmd}");
         }
     }
 

@@ -2240,6 +2240,36 @@ async fn a_failing_webhook_is_logged_without_its_secret_path() {
     .await;
 }
 
+/// An `--alert-exec` command that fails is logged by its first word only (`false …`): its
+/// arguments may hold a token, which appears nowhere in the supervisor's log, nor in what
+/// `check-config` prints of the same setting in a config file.
+#[tokio::test]
+async fn a_failing_alert_command_is_logged_without_its_arguments() {
+    limited(async {
+        let exec = "false --header 'Authorization: Bearer SECRET-EXEC-TOKEN'";
+        let (sup, addr, _admin) = python_worker(&["--alert-exec", exec]).await;
+        let mark = sup.mark();
+        let _ = http(addr, "GET", "/exit?code=3").await;
+        let line = sup.wait_line(mark, &["alert command failed"]).await;
+        assert!(line.contains("command=false …"), "{line}");
+        assert!(line.contains("exit status: 1"), "{line}");
+        assert!(!sup.log().contains("SECRET"), "{}", sup.log());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let toml = format!("alert-exec = {exec:?}\ncommand = [{BIN:?}, \"demo-service\"]\n");
+        std::fs::write(&file, toml).unwrap();
+        let (code, out, err) = run_split(&["check-config", file.to_str().unwrap()]).await;
+        assert_eq!(code, 0, "{err}{out}");
+        assert!(out.contains("\n# alert-exec: false … (set; "), "{out}");
+        assert!(
+            !out.contains("SECRET") && !err.contains("SECRET"),
+            "{err}{out}"
+        );
+    })
+    .await;
+}
+
 /// A reload from 3 workers to 1: once the old generation has drained and exited, the removed
 /// slots leave `/status`, `/readyz` and the per-worker metrics (they are not waiting for a
 /// replacement, as a crashed slot is); so do the slots of a reload that failed.
