@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
-use crate::status::rfc3339;
+use crate::status::{rfc3339, split_userinfo, UserInfoEnd};
 
 /// What happened: the `kind` of an [`AlertEvent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -369,19 +369,8 @@ pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
 /// parse, user info may hold any character (`/`, `?`, `@`): everything up to the last `@` is
 /// taken for it.
 fn shown_url(url: &str) -> String {
-    let is_scheme = |s: &str| {
-        s.starts_with(|c: char| c.is_ascii_alphabetic())
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-    };
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, rest)) if is_scheme(s) => (&url[..s.len() + 3], rest),
-        _ => ("", url),
-    };
-    let (user, rest) = match rest.rfind('@') {
-        Some(at) => ("…@", &rest[at + 1..]),
-        None => ("", rest),
-    };
+    let (scheme, user, rest) = split_userinfo(url, UserInfoEnd::LastAt);
+    let user = if user.is_some() { "…@" } else { "" };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (host, tail) = rest.split_at(end);
     let tail = tail

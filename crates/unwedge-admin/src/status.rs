@@ -450,18 +450,56 @@ impl Record {
 /// writes it).
 pub const REDACTED: &str = "<redacted>";
 
-/// Cuts a string value at its first `?` or `#`: a URL's query and fragment may carry tokens.
-/// Returns whether it did.
-fn cut_query(value: &mut serde_json::Value) -> bool {
+/// Cleans a string value that is a URL or a path of what may carry a credential: its user info
+/// (`https://user:pw@host/x` becomes `https://…@host/x`), its query and its fragment
+/// (`?token=…`, `#access_token=…`). Returns whether it changed anything.
+fn clean_url(value: &mut serde_json::Value) -> bool {
     let Some(s) = value.as_str() else {
         return false;
     };
-    match s.find(['?', '#']) {
-        Some(at) => {
-            *value = serde_json::Value::String(s[..at].to_owned());
-            true
-        }
-        None => false,
+    let (scheme, user, rest) = split_userinfo(s, UserInfoEnd::Authority);
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    if user.is_none() && end == rest.len() {
+        return false;
+    }
+    let user = if user.is_some() { "…@" } else { "" };
+    *value = serde_json::Value::String(format!("{scheme}{user}{}", &rest[..end]));
+    true
+}
+
+/// Where [`split_userinfo`] looks for the end of a URL's user info.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum UserInfoEnd {
+    /// The last `@` before the first `/`, `?` or `#`, where the authority of a URL that parses
+    /// ends: an `@` in the path or query (`/@alice`, `?next=a@b`) is left alone.
+    Authority,
+    /// The last `@` anywhere: in a URL that may not parse, a password may hold `/`, `?` or
+    /// `@`, so everything before it is taken for user info.
+    LastAt,
+}
+
+/// Splits `url` into its `scheme://` (empty without one), its user info without the `@`
+/// (`None` without one) and the rest, which starts with the host.
+///
+/// One rule for what quotes a URL: the errors and logs about a webhook, and the cleaning of
+/// the URLs a worker's report holds.
+pub(crate) fn split_userinfo(url: &str, end: UserInfoEnd) -> (&str, Option<&str>, &str) {
+    let is_scheme = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    };
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, rest)) if is_scheme(s) => (&url[..s.len() + 3], rest),
+        _ => ("", url),
+    };
+    let searched = match end {
+        UserInfoEnd::Authority => &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())],
+        UserInfoEnd::LastAt => rest,
+    };
+    match searched.rfind('@') {
+        Some(at) => (scheme, Some(&rest[..at]), &rest[at + 1..]),
+        None => (scheme, None, rest),
     }
 }
 
@@ -474,9 +512,10 @@ fn cut_query(value: &mut serde_json::Value) -> bool {
 ///
 /// Any worker may send a report, and not every one redacts: [`new`](Self::new) replaces the
 /// values of the [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) in `request.headers` (names in
-/// any case) with [`REDACTED`], and cuts the query and fragment off `request.path` and a
-/// `Referer` header (`?token=…`), so that `/status`, the report directory, alerts and the
-/// `route` label of `/metrics` never hold them.
+/// any case) with [`REDACTED`], and cuts the user info, query and fragment off `request.path`
+/// and URL headers (`https://user:pw@host/x?token=…` becomes `https://…@host/x`), so
+/// that `/status`, the report directory, alerts and the `route` label of `/metrics` never hold
+/// them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PanicRecord {
@@ -503,6 +542,11 @@ impl PanicRecord {
     ///
     /// let report = serde_json::json!({"request": {"path": "/reset?token=s3cret"}});
     /// assert_eq!(PanicRecord::new(None, report).report["request"]["path"], "/reset");
+    ///
+    /// let report = serde_json::json!({"request": {"path": "/", "headers": {
+    ///     "Referer": "https://alice:s3cret@shop.example/cart?token=s3cret"}}});
+    /// let r = PanicRecord::new(None, report);
+    /// assert_eq!(r.report["request"]["headers"]["Referer"], "https://…@shop.example/cart");
     /// ```
     pub fn new(worker: Option<&str>, report: serde_json::Value) -> Self {
         let mut r = PanicRecord {
@@ -517,22 +561,30 @@ impl PanicRecord {
     /// Replaces the value of every [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) header in
     /// `request.headers` with [`REDACTED`], whatever the case of its name: in a JSON object
     /// (`{"Cookie": "…"}`, the `unwedge` library's form) or a list of `[name, value]` pairs;
-    /// and cuts the query and fragment off `request.path` and a `Referer` header's value, as
-    /// the `unwedge` library reports them. Returns whether anything was changed.
+    /// and cuts the user info (everything between `scheme://` and the last `@` before the
+    /// first `/`, `?` or `#`, shown as `…@`), the query and the fragment off `request.path`,
+    /// a `Referer` header's value and any header value starting with `http://` or `https://`,
+    /// as the `unwedge` library reports them. Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
         let secret = |name: &str| {
             crate::page::REDACTED_HEADERS
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case(name.trim()))
         };
-        let is_url = |name: &str| name.trim().eq_ignore_ascii_case("referer");
+        // As the `unwedge` library tells a URL header: the `Referer`, or a value with a scheme.
+        let is_url = |name: &str, value: &serde_json::Value| {
+            name.trim().eq_ignore_ascii_case("referer")
+                || value
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("https://") || v.starts_with("http://"))
+        };
         let redacted = || serde_json::Value::String(REDACTED.to_owned());
         let mut changed = false;
         let Some(request) = self.report.get_mut("request") else {
             return false;
         };
         if let Some(path) = request.get_mut("path") {
-            changed |= cut_query(path);
+            changed |= clean_url(path);
         }
         let Some(headers) = request.get_mut("headers") else {
             return changed;
@@ -541,8 +593,8 @@ impl PanicRecord {
             if secret(name) && value.as_str() != Some(REDACTED) {
                 *value = redacted();
                 changed = true;
-            } else if is_url(name) {
-                changed |= cut_query(value);
+            } else if is_url(name, value) {
+                changed |= clean_url(value);
             }
         };
         match headers {
@@ -664,4 +716,42 @@ pub fn rfc3339(t: SystemTime) -> String {
 pub(crate) fn age(t: &str, now: SystemTime) -> Option<Duration> {
     let t = humantime::parse_rfc3339_weak(t).ok()?;
     Some(now.duration_since(t).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_url;
+
+    #[test]
+    fn urls_lose_their_user_info_query_and_fragment() {
+        for (url, cleaned) in [
+            (
+                "https://user:hunter2@example.com/x",
+                "https://…@example.com/x",
+            ),
+            ("https://user@example.com#f", "https://…@example.com"),
+            ("http://u:p@a@h:8080/x?t=1", "http://…@h:8080/x"),
+            ("u:hunter2@example.com/x", "…@example.com/x"),
+            ("/reset?token=x#y", "/reset"),
+            // An `@` past the authority is no user info.
+            (
+                "https://example.com/@alice?next=a@b",
+                "https://example.com/@alice",
+            ),
+        ] {
+            let mut v = serde_json::Value::from(url);
+            assert!(clean_url(&mut v), "{url}");
+            assert_eq!(v, cleaned, "{url}");
+        }
+        for clean in [
+            "https://example.com/x",
+            "/cart",
+            "https://example.com/@alice",
+            "",
+        ] {
+            let mut v = serde_json::Value::from(clean);
+            assert!(!clean_url(&mut v), "{clean}");
+            assert_eq!(v, clean);
+        }
+    }
 }

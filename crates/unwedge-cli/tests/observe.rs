@@ -2109,6 +2109,43 @@ async fn credentials_a_worker_sends_are_redacted_everywhere() {
     .await;
 }
 
+/// A worker that does not clean URLs sends a `Referer` with user info
+/// (`https://user:hunter2@example.com/x`), and another URL header with some: the password
+/// shows neither in `/status`, the page nor the report file, where the URL is
+/// `https://…@example.com/x`.
+#[tokio::test]
+async fn credentials_in_a_referers_user_info_are_cut_everywhere() {
+    limited(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("reports");
+        let dir_s = dir.to_str().unwrap().to_owned();
+        let (sup, addr, admin) = python_worker(&["--report-dir", &dir_s]).await;
+        let report = serde_json::json!({
+            "message": "boom", "location": "src/x.rs:1:2",
+            "request": {"method": "GET", "path": "/account", "request_id": "userinfo-1",
+                "headers": {"Referer": "https://user:hunter2@example.com/x?y=1",
+                            "X-Original-URL": "http://admin:hunter2@intranet.example/"}},
+        });
+        send_report(&sup, addr, admin, &report).await;
+        let (_, raw_status) = get(admin, "/status").await;
+        let (_, page) = get(admin, "/").await;
+        let file = std::fs::read_to_string(dir.join("reports.jsonl")).unwrap();
+        for (what, text) in [
+            ("/status", &raw_status),
+            ("reports.jsonl", &file),
+            ("/", &page),
+        ] {
+            assert!(
+                !text.contains("hunter2"),
+                "{what} shows the password: {text}"
+            );
+            assert!(!text.contains("user:"), "{what} shows the user: {text}");
+            assert!(text.contains("https://…@example.com/x"), "{what}: {text}");
+        }
+    })
+    .await;
+}
+
 /// A panic message is often the client's choice: in the webhook's Slack-style `text`,
 /// `<!channel>` and `<https://…|Runbook>` arrive escaped (`&lt;!channel&gt;`), so Slack neither
 /// notifies the channel nor shows a link; the structured `event` keeps the summary as it is.
