@@ -2146,6 +2146,94 @@ async fn credentials_in_a_referers_user_info_are_cut_everywhere() {
     .await;
 }
 
+/// A worker that logs a request's credentials to stderr just before it dies (a JSON log line
+/// with an `authorization`, a `Cookie:` header line, a `cookie=` key-value log): its exit
+/// record keeps its last stderr lines but with those values `[redacted]`, in `/status`, the
+/// report file and the `worker_crashed` alert alike; the other lines are as written.
+#[tokio::test]
+async fn credentials_a_dying_worker_wrote_to_stderr_are_not_reported() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("reports");
+        let dir_s = dir.to_str().unwrap().to_owned();
+        let count = tmp.path().join("count");
+        // The first run logs and exits 1; its replacement serves.
+        let worker = format!(
+            r#"n=$(cat {f} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {f}
+            if [ $n -eq 1 ]; then
+              echo '{{"level":"error","authorization": "Bearer sk_live_SECRET1","path":"/pay"}}' >&2
+              echo 'Cookie: session=SECRET2; theme=dark' >&2
+              echo 'request failed cookie=SECRET3 user=bob' >&2
+              echo 'connection reset by peer' >&2
+              exit 1
+            fi
+            exec sleep 1000"#,
+            f = count.display()
+        );
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "127.0.0.1:0",
+                "--ready",
+                "none",
+                "--restart-delay",
+                "1ms",
+                "--report-dir",
+                &dir_s,
+                "--alert-webhook",
+                &url,
+            ],
+            &["sh", "-c", &worker],
+        );
+        let admin = admin_addr(&sup).await;
+        let s = status_until(&sup, admin, "the exit record", |s| {
+            s["reports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["kind"] == "exit" && r["code"] == 1)
+        })
+        .await;
+        let exit = s["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == "exit")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            exit["last_stderr_lines"],
+            serde_json::json!([
+                r#"{"level":"error","authorization": "[redacted]","path":"/pay"}"#,
+                "Cookie: [redacted]",
+                "request failed cookie=[redacted]",
+                "connection reset by peer",
+            ]),
+            "{exit}"
+        );
+        let alert = hook.wait_kind("worker_crashed", 1).await;
+        let (_, raw_status) = get(admin, "/status").await;
+        let (_, page) = get(admin, "/").await;
+        let file = std::fs::read_to_string(dir.join("reports.jsonl")).unwrap();
+        let alert = alert.body.to_string();
+        for (what, text) in [
+            ("/status", &raw_status),
+            ("/", &page),
+            ("reports.jsonl", &file),
+            ("the alert", &alert),
+        ] {
+            assert!(
+                !text.contains("SECRET"),
+                "{what} shows a credential: {text}"
+            );
+            assert!(text.contains("connection reset by peer"), "{what}: {text}");
+        }
+    })
+    .await;
+}
+
 /// A panic message is often the client's choice: in the webhook's Slack-style `text`,
 /// `<!channel>` and `<https://…|Runbook>` arrive escaped (`&lt;!channel&gt;`), so Slack neither
 /// notifies the channel nor shows a link; the structured `event` keeps the summary as it is.
