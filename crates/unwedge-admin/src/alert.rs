@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
-use crate::status::rfc3339;
+use crate::status::{rfc3339, split_userinfo, UserInfoEnd};
 
 /// What happened: the `kind` of an [`AlertEvent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -183,12 +183,27 @@ impl AlertEvent {
         }
     }
 
-    /// The Slack-compatible one-line `text`.
+    /// The Slack-compatible one-line `text`, with `&`, `<` and `>` escaped as Slack's markup
+    /// asks (`&amp;`, `&lt;`, `&gt;`): a summary quotes panic messages and paths, often the
+    /// client's choice, and `<!channel>` or `<https://evil.example|Runbook>` in it must not
+    /// notify a channel or make a link.
+    ///
+    /// ```
+    /// use unwedge_admin::{AlertEvent, AlertKind};
+    ///
+    /// let e = AlertEvent::new(AlertKind::WorkerCrashed, "w1: panic \"<!channel> & co\"");
+    /// assert_eq!(e.text(), "unwedge: worker crashed: w1: panic \"&lt;!channel&gt; &amp; co\"");
+    /// assert_eq!(e.summary, "w1: panic \"<!channel> & co\"");
+    /// ```
     pub fn text(&self) -> String {
-        format!("unwedge: {}: {}", self.kind.human(), self.summary)
+        let text = format!("unwedge: {}: {}", self.kind.human(), self.summary);
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
     }
 
-    /// The JSON body a webhook receives: `{"text": …, "event": {…}}`.
+    /// The JSON body a webhook receives: `{"text": …, "event": {…}}`: the `text` escaped for
+    /// Slack (see [`text`](Self::text)), the `event` as it is.
     pub fn webhook_body(&self) -> serde_json::Value {
         serde_json::json!({ "text": self.text(), "event": self })
     }
@@ -354,19 +369,8 @@ pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
 /// parse, user info may hold any character (`/`, `?`, `@`): everything up to the last `@` is
 /// taken for it.
 fn shown_url(url: &str) -> String {
-    let is_scheme = |s: &str| {
-        s.starts_with(|c: char| c.is_ascii_alphabetic())
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-    };
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, rest)) if is_scheme(s) => (&url[..s.len() + 3], rest),
-        _ => ("", url),
-    };
-    let (user, rest) = match rest.rfind('@') {
-        Some(at) => ("…@", &rest[at + 1..]),
-        None => ("", rest),
-    };
+    let (scheme, user, rest) = split_userinfo(url, UserInfoEnd::LastAt);
+    let user = if user.is_some() { "…@" } else { "" };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (host, tail) = rest.split_at(end);
     let tail = tail
@@ -839,10 +843,26 @@ impl Sinks {
         match run_exec(cmd, event, self.config.exec_timeout).await {
             Ok(()) => self.metrics.record_alert_sent("exec"),
             Err(e) => {
-                tracing::warn!(command = cmd, kind = %event.kind, error = %e, "alert command failed");
+                // Never the whole command: its arguments may hold a token.
+                tracing::warn!(command = %shown_command(cmd), kind = %event.kind, error = %e, "alert command failed");
                 self.metrics.record_alert_failed("exec");
             }
         }
+    }
+}
+
+/// What logs may show of an `--alert-exec` command: its first word, followed by ` …` when
+/// there is more (`curl …`), since the arguments may hold a token
+/// (`-H "Authorization: Bearer …"`); a first word that sets a variable (`TOKEN=… notify`) is
+/// shown as `…`.
+fn shown_command(cmd: &str) -> String {
+    let mut words = cmd.split_whitespace();
+    let first = words.next().unwrap_or("");
+    let more = if words.next().is_some() { " …" } else { "" };
+    if first.contains('=') {
+        "…".to_owned()
+    } else {
+        format!("{first}{more}")
     }
 }
 
@@ -965,6 +985,24 @@ mod tests {
         ] {
             let err = parse_webhook_url(bad).unwrap_err().to_string();
             assert!(err.ends_with(": invalid port"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn logs_show_only_the_first_word_of_a_command() {
+        for (cmd, shown) in [
+            (
+                "curl -fsS -H \"Authorization: Bearer s3cr3t\" https://h/x",
+                "curl …",
+            ),
+            (
+                "  /usr/local/bin/page-oncall  ",
+                "/usr/local/bin/page-oncall",
+            ),
+            ("TOKEN=s3cr3t notify", "…"),
+            ("TOKEN=s3cr3t", "…"),
+        ] {
+            assert_eq!(shown_command(cmd), shown, "{cmd}");
         }
     }
 

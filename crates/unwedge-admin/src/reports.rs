@@ -392,9 +392,7 @@ fn scan(dir: &Path, since: Option<Duration>) -> Result<(Vec<Record>, usize), Rep
                 continue;
             };
             // Written by a version that stored reports as received: never show credentials.
-            if let Record::Panic(p) = &mut record {
-                p.redact();
-            }
+            record.redact();
             if let (Some(cutoff), Some(t)) = (cutoff, record.system_time()) {
                 if t < cutoff {
                     continue;

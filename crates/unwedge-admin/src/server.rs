@@ -1,14 +1,16 @@
 //! [`AdminServer`]: `/metrics`, `/status`, `/livez`, `/readyz` and the status page on one
-//! address, loopback unless told otherwise.
+//! address, loopback unless told otherwise; on loopback, only to requests addressed to this
+//! machine (a DNS rebinding guard).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -142,6 +144,12 @@ struct AppState {
 /// | `GET /livez` | 200, or 503 once the supervisor gave up |
 /// | `GET /readyz` | 200 while at least one worker is ready, else 503 |
 /// | `GET /` | the status page (HTML, refreshes every 5 s) |
+///
+/// Bound to a loopback address, it answers `421 Misdirected Request` to a request whose `Host`
+/// is neither an IP address nor `localhost` (or a name under `.localhost`): a web page whose
+/// name an attacker rebinds to 127.0.0.1 (DNS rebinding) cannot have a browser on this machine
+/// read the status. Bound to any other address (`0.0.0.0` in a container, where Prometheus
+/// scrapes the pod's IP and anything may name it), any `Host` is answered: fence that port.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), unwedge_admin::AdminError> {
@@ -291,6 +299,8 @@ impl AdminServer {
     }
 
     /// The routes, for embedding in another server or for tests with `tower::ServiceExt::oneshot`.
+    /// They answer any `Host`: the check a loopback [`AdminServer`] makes depends on the address
+    /// it is bound to, which the embedding server knows.
     pub fn router(status: StatusSource, metrics: Arc<Metrics>) -> Router {
         router(AppState { status, metrics })
     }
@@ -302,7 +312,7 @@ impl AdminServer {
     /// [`spawn_thread`](Self::spawn_thread) instead.
     pub fn spawn(self) -> AdminHandle {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let app = router(self.state.0);
+        let app = served_app(self.addr, self.state.0);
         let (listener, limits) = (self.listener, self.limits);
         let task = tokio::spawn(async move {
             match TcpListener::from_std(listener) {
@@ -343,7 +353,7 @@ impl AdminServer {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
         let (done_tx, done_rx) = oneshot::channel::<()>();
-        let app = router(self.state.0);
+        let app = served_app(self.addr, self.state.0);
         let (listener, limits) = (self.listener, self.limits);
         std::thread::Builder::new()
             .name("unwedge-admin".into())
@@ -560,9 +570,77 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// [`router`] as a server bound to `addr` serves it: on a loopback address, only to requests
+/// addressed to this machine ([`loopback_host_only`]).
+fn served_app(addr: SocketAddr, state: AppState) -> Router {
+    let app = router(state);
+    if addr.ip().to_canonical().is_loopback() {
+        app.layer(axum::middleware::from_fn(loopback_host_only))
+    } else {
+        app
+    }
+}
+
+/// Answers `421 Misdirected Request` to a request with a `Host` that [`names_this_machine`]
+/// refuses. A page on `rebind.attacker.example` whose name is made to resolve to 127.0.0.1
+/// reaches a loopback admin from the operator's browser, but its requests still say
+/// `Host: rebind.attacker.example`. A request without `Host` (HTTP/1.0) is answered.
+async fn loopback_host_only(req: Request, next: Next) -> Response {
+    let hosts = req.headers().get_all(header::HOST);
+    if hosts
+        .iter()
+        .all(|h| h.to_str().is_ok_and(names_this_machine))
+    {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        [(header::CACHE_CONTROL, "no-store")],
+        "misdirected request: this admin endpoint listens on loopback and answers only requests \
+         for an IP address or localhost (a guard against DNS rebinding)\n",
+    )
+        .into_response()
+}
+
+/// Whether a `Host` header's value can only be this machine's, as a browser here would send
+/// it: an IP address (`127.0.0.1`, `[::1]`), `localhost` or a name under `.localhost` (which
+/// RFC 6761 reserves for loopback), in any case, with or without a port. Any other name may be
+/// one an attacker controls the DNS of.
+fn names_this_machine(host: &str) -> bool {
+    let is_port = |p: &str| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(bracketed) = host.strip_prefix('[') {
+        let Some((v6, rest)) = bracketed.split_once(']') else {
+            return false;
+        };
+        let port_ok = rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port);
+        return port_ok && v6.parse::<Ipv6Addr>().is_ok();
+    }
+    // No port, or an empty one (`localhost:`), is valid in a URL's authority.
+    let (name, port) = host.rsplit_once(':').unwrap_or((host, ""));
+    let name = name.to_ascii_lowercase();
+    is_port(port)
+        && (name.parse::<Ipv4Addr>().is_ok()
+            || name == "localhost"
+            || name
+                .strip_suffix(".localhost")
+                .is_some_and(|sub| !sub.is_empty() && !sub.ends_with('.')))
+}
+
+/// Never cached by a browser or a proxy, never sniffed into another type: the status holds
+/// panic messages and request paths.
+const PRIVATE: [(header::HeaderName, &str); 2] = [
+    (header::CACHE_CONTROL, "no-store"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+];
+
 async fn metrics(State(s): State<AppState>) -> Response {
     s.status.with(|view| s.metrics.observe_status(view));
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode()).into_response()
+    (
+        PRIVATE,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        s.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn status(State(s): State<AppState>) -> Response {
@@ -570,7 +648,7 @@ async fn status(State(s): State<AppState>) -> Response {
         .status
         .with(serde_json::to_vec)
         .expect("a StatusView always serializes");
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    (PRIVATE, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn livez(State(s): State<AppState>) -> (StatusCode, String) {
@@ -599,15 +677,54 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
 
 async fn page(State(s): State<AppState>) -> impl IntoResponse {
     (
-        [
-            (header::CACHE_CONTROL, "no-store"),
-            // Defence in depth: even an escaping bug could not load or run anything.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'",
-            ),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
+        PRIVATE,
+        // Defence in depth: even an escaping bug could not load or run anything.
+        [(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'",
+        )],
         Html(s.status.with(render_page)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_this_machine;
+
+    #[test]
+    fn only_addresses_and_localhost_name_this_machine() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:9090",
+            "10.0.0.7:9090",
+            "[::1]",
+            "[::1]:9090",
+            "[::ffff:127.0.0.1]:1",
+            "localhost",
+            "LocalHost:9090",
+            "app.localhost:9090",
+            "localhost:",
+        ] {
+            assert!(names_this_machine(ok), "{ok}");
+        }
+        for bad in [
+            "rebind.attacker.example",
+            "rebind.attacker.example:9090",
+            "localhost.attacker.example",
+            "127.0.0.1.attacker.example",
+            "attacker.example:127.0.0.1",
+            "localhost.",
+            ".localhost",
+            "a..localhost",
+            "127.0.0.1:99999x",
+            "127.0.0.1:1:2",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[evil]:1",
+            "",
+        ] {
+            assert!(!names_this_machine(bad), "{bad}");
+        }
+    }
 }

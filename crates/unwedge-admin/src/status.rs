@@ -436,6 +436,15 @@ impl Record {
         }
     }
 
+    /// Redacts the credentials it may hold (see [`PanicRecord::redact`] and
+    /// [`ExitRecord::redact`]); returns whether anything was changed.
+    pub fn redact(&mut self) -> bool {
+        match self {
+            Record::Panic(p) => p.redact(),
+            Record::Exit(e) => e.redact(),
+        }
+    }
+
     /// The panic message, or `exit 70` / `signal 9` for an exit.
     pub fn message(&self) -> String {
         match self {
@@ -450,18 +459,56 @@ impl Record {
 /// writes it).
 pub const REDACTED: &str = "<redacted>";
 
-/// Cuts a string value at its first `?` or `#`: a URL's query and fragment may carry tokens.
-/// Returns whether it did.
-fn cut_query(value: &mut serde_json::Value) -> bool {
+/// Cleans a string value that is a URL or a path of what may carry a credential: its user info
+/// (`https://user:pw@host/x` becomes `https://…@host/x`), its query and its fragment
+/// (`?token=…`, `#access_token=…`). Returns whether it changed anything.
+fn clean_url(value: &mut serde_json::Value) -> bool {
     let Some(s) = value.as_str() else {
         return false;
     };
-    match s.find(['?', '#']) {
-        Some(at) => {
-            *value = serde_json::Value::String(s[..at].to_owned());
-            true
-        }
-        None => false,
+    let (scheme, user, rest) = split_userinfo(s, UserInfoEnd::Authority);
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    if user.is_none() && end == rest.len() {
+        return false;
+    }
+    let user = if user.is_some() { "…@" } else { "" };
+    *value = serde_json::Value::String(format!("{scheme}{user}{}", &rest[..end]));
+    true
+}
+
+/// Where [`split_userinfo`] looks for the end of a URL's user info.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum UserInfoEnd {
+    /// The last `@` before the first `/`, `?` or `#`, where the authority of a URL that parses
+    /// ends: an `@` in the path or query (`/@alice`, `?next=a@b`) is left alone.
+    Authority,
+    /// The last `@` anywhere: in a URL that may not parse, a password may hold `/`, `?` or
+    /// `@`, so everything before it is taken for user info.
+    LastAt,
+}
+
+/// Splits `url` into its `scheme://` (empty without one), its user info without the `@`
+/// (`None` without one) and the rest, which starts with the host.
+///
+/// One rule for what quotes a URL: the errors and logs about a webhook, and the cleaning of
+/// the URLs a worker's report holds.
+pub(crate) fn split_userinfo(url: &str, end: UserInfoEnd) -> (&str, Option<&str>, &str) {
+    let is_scheme = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    };
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, rest)) if is_scheme(s) => (&url[..s.len() + 3], rest),
+        _ => ("", url),
+    };
+    let searched = match end {
+        UserInfoEnd::Authority => &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())],
+        UserInfoEnd::LastAt => rest,
+    };
+    match searched.rfind('@') {
+        Some(at) => (scheme, Some(&rest[..at]), &rest[at + 1..]),
+        None => (scheme, None, rest),
     }
 }
 
@@ -474,9 +521,10 @@ fn cut_query(value: &mut serde_json::Value) -> bool {
 ///
 /// Any worker may send a report, and not every one redacts: [`new`](Self::new) replaces the
 /// values of the [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) in `request.headers` (names in
-/// any case) with [`REDACTED`], and cuts the query and fragment off `request.path` and a
-/// `Referer` header (`?token=…`), so that `/status`, the report directory, alerts and the
-/// `route` label of `/metrics` never hold them.
+/// any case) with [`REDACTED`], and cuts the user info, query and fragment off `request.path`
+/// and URL headers (`https://user:pw@host/x?token=…` becomes `https://…@host/x`), so
+/// that `/status`, the report directory, alerts and the `route` label of `/metrics` never hold
+/// them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PanicRecord {
@@ -503,6 +551,11 @@ impl PanicRecord {
     ///
     /// let report = serde_json::json!({"request": {"path": "/reset?token=s3cret"}});
     /// assert_eq!(PanicRecord::new(None, report).report["request"]["path"], "/reset");
+    ///
+    /// let report = serde_json::json!({"request": {"path": "/", "headers": {
+    ///     "Referer": "https://alice:s3cret@shop.example/cart?token=s3cret"}}});
+    /// let r = PanicRecord::new(None, report);
+    /// assert_eq!(r.report["request"]["headers"]["Referer"], "https://…@shop.example/cart");
     /// ```
     pub fn new(worker: Option<&str>, report: serde_json::Value) -> Self {
         let mut r = PanicRecord {
@@ -517,22 +570,30 @@ impl PanicRecord {
     /// Replaces the value of every [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) header in
     /// `request.headers` with [`REDACTED`], whatever the case of its name: in a JSON object
     /// (`{"Cookie": "…"}`, the `unwedge` library's form) or a list of `[name, value]` pairs;
-    /// and cuts the query and fragment off `request.path` and a `Referer` header's value, as
-    /// the `unwedge` library reports them. Returns whether anything was changed.
+    /// and cuts the user info (everything between `scheme://` and the last `@` before the
+    /// first `/`, `?` or `#`, shown as `…@`), the query and the fragment off `request.path`,
+    /// a `Referer` header's value and any header value starting with `http://` or `https://`,
+    /// as the `unwedge` library reports them. Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
         let secret = |name: &str| {
             crate::page::REDACTED_HEADERS
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case(name.trim()))
         };
-        let is_url = |name: &str| name.trim().eq_ignore_ascii_case("referer");
+        // As the `unwedge` library tells a URL header: the `Referer`, or a value with a scheme.
+        let is_url = |name: &str, value: &serde_json::Value| {
+            name.trim().eq_ignore_ascii_case("referer")
+                || value
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("https://") || v.starts_with("http://"))
+        };
         let redacted = || serde_json::Value::String(REDACTED.to_owned());
         let mut changed = false;
         let Some(request) = self.report.get_mut("request") else {
             return false;
         };
         if let Some(path) = request.get_mut("path") {
-            changed |= cut_query(path);
+            changed |= clean_url(path);
         }
         let Some(headers) = request.get_mut("headers") else {
             return changed;
@@ -541,8 +602,8 @@ impl PanicRecord {
             if secret(name) && value.as_str() != Some(REDACTED) {
                 *value = redacted();
                 changed = true;
-            } else if is_url(name) {
-                changed |= cut_query(value);
+            } else if is_url(name, value) {
+                changed |= clean_url(value);
             }
         };
         match headers {
@@ -622,7 +683,8 @@ pub struct ExitRecord {
     pub code: Option<i32>,
     /// Signal number, when a signal killed it.
     pub signal: Option<i32>,
-    /// The last lines it wrote to stderr (the supervisor keeps a small ring of them).
+    /// The last lines it wrote to stderr (the supervisor keeps a small ring of them), as
+    /// written but for credentials (see [`redact`](Self::redact)).
     pub last_stderr_lines: Vec<String>,
     /// The kernel's OOM killer killed it (out of memory).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -643,6 +705,44 @@ impl ExitRecord {
         }
     }
 
+    /// Replaces, in each of [`last_stderr_lines`](Self::last_stderr_lines), the value that
+    /// follows an `Authorization`, `Proxy-Authorization`, `Cookie` or `Set-Cookie` name with
+    /// `[redacted]`; returns whether anything was changed. A worker that logs a request's
+    /// headers just before it dies must not put them in reports, `/status` and alerts.
+    ///
+    /// A name counts in any case, not inside a longer word (`xcookie`), optionally quoted, when
+    /// `:` or `=` follows it (spaces and a closing quote allowed before and spaces after). Its
+    /// value is the quoted string that follows (`"…"`, `'…'`, or `\"…\"` inside a JSON string),
+    /// or else everything up to the next `"` or the end of the line: `,` and `;` do not end
+    /// it, since cookies and some schemes hold them. Nothing else in the line is changed.
+    ///
+    /// ```
+    /// use unwedge_admin::{ExitRecord, ExitStatus};
+    ///
+    /// let mut exit = ExitRecord::new(Some("w1"), Some(7), ExitStatus { code: Some(1), signal: None });
+    /// exit.last_stderr_lines = vec![
+    ///     r#"{"level":"error","authorization": "Bearer sk_live_abc","path":"/pay"}"#.into(),
+    ///     "Cookie: session=abc; theme=dark".into(),
+    ///     "connection reset by peer".into(),
+    /// ];
+    /// assert!(exit.redact());
+    /// assert_eq!(exit.last_stderr_lines, [
+    ///     r#"{"level":"error","authorization": "[redacted]","path":"/pay"}"#,
+    ///     "Cookie: [redacted]",
+    ///     "connection reset by peer",
+    /// ]);
+    /// ```
+    pub fn redact(&mut self) -> bool {
+        let mut changed = false;
+        for line in &mut self.last_stderr_lines {
+            if let Some(scrubbed) = scrub_credentials(line) {
+                *line = scrubbed;
+                changed = true;
+            }
+        }
+        changed
+    }
+
     /// Code and signal together.
     pub fn status(&self) -> ExitStatus {
         ExitStatus {
@@ -650,6 +750,95 @@ impl ExitRecord {
             signal: self.signal,
         }
     }
+}
+
+/// What replaces a credential found in a line of text (a worker's stderr).
+const REDACTED_IN_TEXT: &str = "[redacted]";
+
+/// `line` with the value after each credential name replaced by [`REDACTED_IN_TEXT`] (the
+/// rules: [`ExitRecord::redact`]); `None` when it has none.
+fn scrub_credentials(line: &str) -> Option<String> {
+    let lower = line.to_ascii_lowercase();
+    let (bytes, lower) = (line.as_bytes(), lower.as_bytes());
+    let mut out = String::new();
+    let (mut copied, mut at) = (0, 0);
+    while at < bytes.len() {
+        let name = crate::page::REDACTED_HEADERS
+            .iter()
+            .find(|n| lower[at..].starts_with(n.as_bytes()));
+        let inside_a_word = at > 0 && bytes[at - 1].is_ascii_alphanumeric();
+        let value = match name {
+            Some(n) if !inside_a_word => {
+                let after = at + n.len();
+                value_after(&bytes[after..]).map(|(start, end)| (after + start, after + end))
+            }
+            _ => None,
+        };
+        let Some((start, end)) = value else {
+            at += 1;
+            continue;
+        };
+        // Names, quotes and separators are ASCII: these are character boundaries.
+        out.push_str(&line[copied..start]);
+        out.push_str(REDACTED_IN_TEXT);
+        (copied, at) = (end, end);
+    }
+    (copied > 0).then(|| out + &line[copied..])
+}
+
+/// Where the value after a credential name is in `rest`, what follows the name: an optional
+/// closing quote, `:` or `=`, then a quoted string or the text up to the next `"`. `None`
+/// when no `:` or `=` follows, or the value is empty.
+fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
+    let skip_blanks = |mut i: usize| {
+        while rest.get(i).is_some_and(|b| matches!(b, b' ' | b'\t')) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = 0;
+    if rest.starts_with(b"\\\"") {
+        i += 2;
+    } else if matches!(rest.first(), Some(b'"' | b'\'')) {
+        i += 1;
+    }
+    i = skip_blanks(i);
+    if !matches!(rest.get(i), Some(b':' | b'=')) {
+        return None;
+    }
+    i = skip_blanks(i + 1);
+    let (start, end) = if rest[i..].starts_with(b"\\\"") {
+        let start = i + 2;
+        let end = find(&rest[start..], b"\\\"").map_or(rest.len(), |e| start + e);
+        (start, end)
+    } else if let Some(&quote @ (b'"' | b'\'')) = rest.get(i) {
+        let start = i + 1;
+        (
+            start,
+            closing_quote(&rest[start..], quote).map_or(rest.len(), |e| start + e),
+        )
+    } else {
+        (i, find(&rest[i..], b"\"").map_or(rest.len(), |e| i + e))
+    };
+    (end > start).then_some((start, end))
+}
+
+/// The index of the first `quote` not escaped by a backslash.
+fn closing_quote(s: &[u8], quote: u8) -> Option<usize> {
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'\\' => i += 2,
+            b if b == quote => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The index of the first `needle` in `s`.
+fn find(s: &[u8], needle: &[u8]) -> Option<usize> {
+    s.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Formats a time as RFC 3339 in UTC with milliseconds, like `PanicReport::time`.
@@ -667,4 +856,120 @@ pub fn rfc3339(t: SystemTime) -> String {
 pub(crate) fn age(t: &str, now: SystemTime) -> Option<Duration> {
     let t = humantime::parse_rfc3339_weak(t).ok()?;
     Some(now.duration_since(t).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_url;
+
+    #[test]
+    fn urls_lose_their_user_info_query_and_fragment() {
+        for (url, cleaned) in [
+            (
+                "https://user:hunter2@example.com/x",
+                "https://…@example.com/x",
+            ),
+            ("https://user@example.com#f", "https://…@example.com"),
+            ("http://u:p@a@h:8080/x?t=1", "http://…@h:8080/x"),
+            ("u:hunter2@example.com/x", "…@example.com/x"),
+            ("/reset?token=x#y", "/reset"),
+            // An `@` past the authority is no user info.
+            (
+                "https://example.com/@alice?next=a@b",
+                "https://example.com/@alice",
+            ),
+        ] {
+            let mut v = serde_json::Value::from(url);
+            assert!(clean_url(&mut v), "{url}");
+            assert_eq!(v, cleaned, "{url}");
+        }
+        for clean in [
+            "https://example.com/x",
+            "/cart",
+            "https://example.com/@alice",
+            "",
+        ] {
+            let mut v = serde_json::Value::from(clean);
+            assert!(!clean_url(&mut v), "{clean}");
+            assert_eq!(v, clean);
+        }
+    }
+
+    use super::scrub_credentials;
+
+    fn scrubbed(line: &str) -> String {
+        scrub_credentials(line).unwrap_or_else(|| line.to_owned())
+    }
+
+    #[test]
+    fn credentials_in_json_ish_lines_are_scrubbed() {
+        for (line, want) in [
+            (
+                r#"{"authorization": "Bearer sk_live_abc", "path": "/pay"}"#,
+                r#"{"authorization": "[redacted]", "path": "/pay"}"#,
+            ),
+            (
+                r#"{"headers":{"Cookie":"a=1; b=2","Set-Cookie":"id=3"}}"#,
+                r#"{"headers":{"Cookie":"[redacted]","Set-Cookie":"[redacted]"}}"#,
+            ),
+            // A quote escaped inside the value does not end it.
+            (
+                r#"{"proxy-authorization": "Basic a\"b", "x": 1}"#,
+                r#"{"proxy-authorization": "[redacted]", "x": 1}"#,
+            ),
+            // Python's repr of a dict.
+            (
+                "{'Authorization': 'Bearer x', 'Host': 'h'}",
+                "{'Authorization': '[redacted]', 'Host': 'h'}",
+            ),
+            // JSON inside a JSON string (a log line's message).
+            (
+                r#"{"msg":"headers {\"authorization\":\"Bearer x\"}"}"#,
+                r#"{"msg":"headers {\"authorization\":\"[redacted]\"}"}"#,
+            ),
+        ] {
+            assert_eq!(scrubbed(line), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_header_lines_and_key_value_logs_are_scrubbed() {
+        for (line, want) in [
+            (
+                "Authorization: Bearer sk_live_abc",
+                "Authorization: [redacted]",
+            ),
+            ("cookie: session=abc; theme=dark", "cookie: [redacted]"),
+            ("  SET-COOKIE:id=3, Path=/", "  SET-COOKIE:[redacted]"),
+            (
+                "request failed cookie=session-abc user=bob",
+                "request failed cookie=[redacted]",
+            ),
+            (
+                "level=error authorization=\"Bearer x\" took=3ms",
+                "level=error authorization=\"[redacted]\" took=3ms",
+            ),
+            (
+                "msg=\"got Authorization: Bearer x\" level=warn",
+                "msg=\"got Authorization: [redacted]\" level=warn",
+            ),
+            ("map[Cookie:[a=1] Accept:[*/*]]", "map[Cookie:[redacted]"),
+        ] {
+            assert_eq!(scrubbed(line), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn lines_without_credentials_are_left_as_written() {
+        for line in [
+            "thread 'main' panicked at src/main.rs:4:5: boom",
+            "connection reset by peer (authorization server unreachable)",
+            "cookies=3 xcookie=1 cookie_jar: full",
+            "Authorization:",
+            "naïve café: ünïcode, cookie",
+            "",
+        ] {
+            assert_eq!(scrub_credentials(line), None, "{line}");
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{get, sample_view};
+use common::{get, get_as, sample_view};
 use unwedge_admin::{
     parse_admin_addr, AdminError, AdminServer, Metrics, StatusSource, DEFAULT_ADMIN_ADDR,
 };
@@ -92,4 +92,106 @@ async fn port_in_use_is_a_clear_error() {
     );
     assert!(msg.contains("in use"), "{msg}");
     assert!(msg.contains("--admin off"), "{msg}");
+}
+
+/// DNS rebinding: a page on `rebind.attacker.example`, whose name the attacker then resolves to
+/// 127.0.0.1, makes the operator's browser send requests to the loopback admin with that
+/// `Host`. They are refused with 421 on every route; requests for an IP address or localhost
+/// (what a browser, curl or `unwedge status` on this machine send) are answered, and so is one
+/// without `Host` (HTTP/1.0).
+#[tokio::test]
+async fn a_loopback_admin_answers_only_requests_for_this_machine() {
+    let server = AdminServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        source(),
+        Arc::new(Metrics::new("t")),
+    )
+    .await
+    .unwrap()
+    .spawn_thread()
+    .unwrap();
+    let addr = server.local_addr();
+    let port = addr.port();
+    for path in ["/", "/status", "/metrics", "/livez"] {
+        for host in [
+            format!("rebind.attacker.example:{port}"),
+            "rebind.attacker.example".to_owned(),
+            format!("localhost.attacker.example:{port}"),
+        ] {
+            let r = get_as(addr, &host, path).await;
+            assert_eq!(r.status, 421, "{host} {path}: {}", r.head);
+            assert!(r.body.contains("DNS rebinding"), "{}", r.body);
+            assert!(!r.body.contains("boom"), "{}", r.body);
+        }
+        for host in [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("LOCALHOST:{port}"),
+            format!("[::1]:{port}"),
+            "app.localhost".to_owned(),
+        ] {
+            let r = get_as(addr, &host, path).await;
+            assert_eq!(r.status, 200, "{host} {path}: {}", r.head);
+        }
+    }
+    // HTTP/1.0 without a Host header.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /status HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut got = String::new();
+    tokio::time::timeout(common::LIMIT, s.read_to_string(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+    server.shutdown().await;
+}
+
+/// An admin the operator bound to every interface (a container, where Prometheus scrapes the
+/// pod's IP, or a Service's DNS name) answers whatever `Host` it is asked for.
+#[tokio::test]
+async fn an_admin_on_every_interface_answers_any_host() {
+    let server = AdminServer::bind(
+        "0.0.0.0:0".parse().unwrap(),
+        source(),
+        Arc::new(Metrics::new("t")),
+    )
+    .await
+    .unwrap()
+    .spawn();
+    let addr: SocketAddr = ([127, 0, 0, 1], server.local_addr().port()).into();
+    for path in ["/", "/status", "/metrics"] {
+        let r = get_as(addr, "unwedge-admin.monitoring.svc:9090", path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.head);
+    }
+    server.shutdown().await;
+}
+
+/// `/status`, `/metrics` and the page hold panic messages and request paths: no cache keeps
+/// them and no browser sniffs them into another type.
+#[tokio::test]
+async fn status_metrics_and_page_are_neither_cached_nor_sniffed() {
+    let server = AdminServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        source(),
+        Arc::new(Metrics::new("t")),
+    )
+    .await
+    .unwrap()
+    .spawn();
+    for path in ["/", "/status", "/metrics"] {
+        let r = get(server.local_addr(), path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            r.header("cache-control").as_deref(),
+            Some("no-store"),
+            "{path}"
+        );
+        assert_eq!(
+            r.header("x-content-type-options").as_deref(),
+            Some("nosniff"),
+            "{path}"
+        );
+    }
+    server.shutdown().await;
 }

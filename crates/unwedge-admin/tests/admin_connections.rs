@@ -74,7 +74,9 @@ async fn silent_trickling_and_idle_connections_are_closed() {
     let mut slow = TcpStream::connect(addr).await.unwrap();
     let started = Instant::now();
     let trickle = async {
-        for b in b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        for b in
+            b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        {
             if slow.write_all(&[*b]).await.is_err() {
                 return;
             }
@@ -92,7 +94,7 @@ async fn silent_trickling_and_idle_connections_are_closed() {
 
     // Asks once on a kept-alive connection, then idles.
     let mut idle = TcpStream::connect(addr).await.unwrap();
-    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let answer = String::from_utf8(closed_by_server(&mut idle).await).unwrap();
@@ -158,7 +160,7 @@ async fn clients_that_never_read_free_their_places_at_the_connection_lifetime() 
     })
     .await;
     let addr = handle.local_addr();
-    let pipelined = "GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4000);
+    let pipelined = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(4000);
     let started = Instant::now();
     let mut stuck = Vec::new();
     for _ in 0..MAX {
@@ -197,7 +199,7 @@ async fn a_connection_ends_after_its_last_allowed_request() {
     .await;
     let mut s = TcpStream::connect(handle.local_addr()).await.unwrap();
     s.write_all(
-        "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"
+        "GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
             .repeat(5)
             .as_bytes(),
     )
@@ -239,7 +241,7 @@ fn a_server_on_its_own_thread_answers_while_the_callers_runtime_is_idle() {
         s.set_read_timeout(Some(LIMIT))?;
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
         )?;
         let mut got = String::new();
         s.read_to_string(&mut got)?;

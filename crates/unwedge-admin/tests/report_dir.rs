@@ -251,7 +251,8 @@ fn a_link_planted_as_the_report_file_is_refused_not_followed() {
 }
 
 /// Credentials never come back out: a report file written before reports were redacted (or by
-/// hand) lists with `<redacted>` values, names in any case, object or `[name, value]` list.
+/// hand) lists with `<redacted>` values, names in any case, object or `[name, value]` list, and
+/// an exit record's stderr lines scrubbed (`Authorization: [redacted]`).
 #[test]
 fn credentials_in_an_old_report_file_are_not_listed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -263,9 +264,12 @@ fn credentials_in_an_old_report_file_are_not_listed() {
         "worker": "w1", "report": {"message": "boom", "request": {"method": "GET",
         "path": "/b", "request_id": "r2", "headers": [["set-cookie", "id=SECRET-3"],
         ["Proxy-Authorization", "Basic SECRET-4"], ["accept", "*/*"]]}}});
+    let exit = serde_json::json!({"kind": "exit", "time": "2026-11-29T01:00:02.000Z",
+        "worker": "w1", "pid": 7, "code": 1, "signal": null,
+        "last_stderr_lines": ["Authorization: Bearer SECRET-5", "bye */*"]});
     std::fs::write(
         tmp.path().join("reports.jsonl"),
-        format!("{line}\n{pairs}\n"),
+        format!("{line}\n{pairs}\n{exit}\n"),
     )
     .unwrap();
     let mut out = Vec::new();
@@ -273,7 +277,8 @@ fn credentials_in_an_old_report_file_are_not_listed() {
     let out = String::from_utf8(out).unwrap();
     assert!(!out.contains("SECRET"), "{out}");
     assert_eq!(out.matches("<redacted>").count(), 4, "{out}");
-    assert_eq!(out.matches("*/*").count(), 2, "{out}");
+    assert!(out.contains("Authorization: [redacted]"), "{out}");
+    assert_eq!(out.matches("*/*").count(), 3, "{out}");
 }
 
 /// A line that is not UTF-8 (a torn multi-byte character, or garbage) costs that line, not

@@ -806,6 +806,9 @@ impl Ctx {
         }
         let mut rec = ExitRecord::new(Some(&worker), u32::try_from(pid).ok(), status);
         rec.last_stderr_lines = sup::last_stderr_lines(pid, STDERR_WAIT).await;
+        // A worker may log a request's headers just before it dies: before the report
+        // directory, the history and the alert see its lines.
+        rec.redact();
         rec.oom_killed = oom_killed;
         let details = serde_json::to_value(&rec).unwrap_or_default();
         self.record(Record::Exit(rec)).await;

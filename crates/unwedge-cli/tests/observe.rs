@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    admin_addr, another_program, get, http, proc_state, python_has, run_split, run_to_end, Sup,
-    BIN, LONG,
+    admin_addr, another_program, get, http, http_as, proc_state, python_has, run_split, run_to_end,
+    Sup, BIN, LONG,
 };
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -885,6 +885,38 @@ async fn admin_binds_loopback_unless_told() {
             assert!(e.is_err(), "the default admin answered on 127.0.0.2");
         }
         sup.wait_ready(0, 1).await;
+    })
+    .await;
+}
+
+/// DNS rebinding, through the real supervisor: a page whose name an attacker resolves to
+/// 127.0.0.1 makes a browser on this machine ask the loopback admin for `/status` with that
+/// name as `Host`; it is refused with 421 on `/`, `/status` and `/metrics`, while requests for
+/// 127.0.0.1, localhost or [::1] are answered and `unwedge status` reads the endpoint as before.
+#[tokio::test]
+async fn the_loopback_admin_refuses_a_name_rebound_to_it() {
+    limited(async {
+        let sup = start("1", &[]);
+        let admin = admin_addr(&sup).await;
+        sup.wait_ready(0, 1).await;
+        let port = admin.port();
+        for path in ["/", "/status", "/metrics"] {
+            let rebound = format!("rebind.attacker.example:{port}");
+            let (code, body) = http_as(admin, &rebound, "GET", path).await.unwrap();
+            assert_eq!(code, 421, "{path}: {body}");
+            assert!(!body.contains("w1"), "{path}: {body}");
+            for host in [
+                format!("127.0.0.1:{port}"),
+                format!("localhost:{port}"),
+                format!("[::1]:{port}"),
+            ] {
+                let (code, body) = http_as(admin, &host, "GET", path).await.unwrap();
+                assert_eq!(code, 200, "{host} {path}: {body}");
+            }
+        }
+        let (code, out, err) = unwedge_status(admin, &[]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("workers: 1 ready of 1"), "{out}");
     })
     .await;
 }
@@ -2077,6 +2109,162 @@ async fn credentials_a_worker_sends_are_redacted_everywhere() {
     .await;
 }
 
+/// A worker that does not clean URLs sends a `Referer` with user info
+/// (`https://user:hunter2@example.com/x`), and another URL header with some: the password
+/// shows neither in `/status`, the page nor the report file, where the URL is
+/// `https://…@example.com/x`.
+#[tokio::test]
+async fn credentials_in_a_referers_user_info_are_cut_everywhere() {
+    limited(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("reports");
+        let dir_s = dir.to_str().unwrap().to_owned();
+        let (sup, addr, admin) = python_worker(&["--report-dir", &dir_s]).await;
+        let report = serde_json::json!({
+            "message": "boom", "location": "src/x.rs:1:2",
+            "request": {"method": "GET", "path": "/account", "request_id": "userinfo-1",
+                "headers": {"Referer": "https://user:hunter2@example.com/x?y=1",
+                            "X-Original-URL": "http://admin:hunter2@intranet.example/"}},
+        });
+        send_report(&sup, addr, admin, &report).await;
+        let (_, raw_status) = get(admin, "/status").await;
+        let (_, page) = get(admin, "/").await;
+        let file = std::fs::read_to_string(dir.join("reports.jsonl")).unwrap();
+        for (what, text) in [
+            ("/status", &raw_status),
+            ("reports.jsonl", &file),
+            ("/", &page),
+        ] {
+            assert!(
+                !text.contains("hunter2"),
+                "{what} shows the password: {text}"
+            );
+            assert!(!text.contains("user:"), "{what} shows the user: {text}");
+            assert!(text.contains("https://…@example.com/x"), "{what}: {text}");
+        }
+    })
+    .await;
+}
+
+/// A worker that logs a request's credentials to stderr just before it dies (a JSON log line
+/// with an `authorization`, a `Cookie:` header line, a `cookie=` key-value log): its exit
+/// record keeps its last stderr lines but with those values `[redacted]`, in `/status`, the
+/// report file and the `worker_crashed` alert alike; the other lines are as written.
+#[tokio::test]
+async fn credentials_a_dying_worker_wrote_to_stderr_are_not_reported() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("reports");
+        let dir_s = dir.to_str().unwrap().to_owned();
+        let count = tmp.path().join("count");
+        // The first run logs and exits 1; its replacement serves.
+        let worker = format!(
+            r#"n=$(cat {f} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {f}
+            if [ $n -eq 1 ]; then
+              echo '{{"level":"error","authorization": "Bearer sk_live_SECRET1","path":"/pay"}}' >&2
+              echo 'Cookie: session=SECRET2; theme=dark' >&2
+              echo 'request failed cookie=SECRET3 user=bob' >&2
+              echo 'connection reset by peer' >&2
+              exit 1
+            fi
+            exec sleep 1000"#,
+            f = count.display()
+        );
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "127.0.0.1:0",
+                "--ready",
+                "none",
+                "--restart-delay",
+                "1ms",
+                "--report-dir",
+                &dir_s,
+                "--alert-webhook",
+                &url,
+            ],
+            &["sh", "-c", &worker],
+        );
+        let admin = admin_addr(&sup).await;
+        let s = status_until(&sup, admin, "the exit record", |s| {
+            s["reports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["kind"] == "exit" && r["code"] == 1)
+        })
+        .await;
+        let exit = s["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == "exit")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            exit["last_stderr_lines"],
+            serde_json::json!([
+                r#"{"level":"error","authorization": "[redacted]","path":"/pay"}"#,
+                "Cookie: [redacted]",
+                "request failed cookie=[redacted]",
+                "connection reset by peer",
+            ]),
+            "{exit}"
+        );
+        let alert = hook.wait_kind("worker_crashed", 1).await;
+        let (_, raw_status) = get(admin, "/status").await;
+        let (_, page) = get(admin, "/").await;
+        let file = std::fs::read_to_string(dir.join("reports.jsonl")).unwrap();
+        let alert = alert.body.to_string();
+        for (what, text) in [
+            ("/status", &raw_status),
+            ("/", &page),
+            ("reports.jsonl", &file),
+            ("the alert", &alert),
+        ] {
+            assert!(
+                !text.contains("SECRET"),
+                "{what} shows a credential: {text}"
+            );
+            assert!(text.contains("connection reset by peer"), "{what}: {text}");
+        }
+    })
+    .await;
+}
+
+/// A panic message is often the client's choice: in the webhook's Slack-style `text`,
+/// `<!channel>` and `<https://…|Runbook>` arrive escaped (`&lt;!channel&gt;`), so Slack neither
+/// notifies the channel nor shows a link; the structured `event` keeps the summary as it is.
+#[tokio::test]
+async fn slack_markup_in_a_panic_message_reaches_the_webhook_escaped() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let (sup, addr, admin) = python_worker(&["--alert-webhook", &url]).await;
+        let message = "<!channel> see <https://evil.example/x|Runbook> & retry";
+        let report = serde_json::json!({
+            "message": message, "location": "src/x.rs:1:2",
+            "request": {"method": "GET", "path": "/x", "request_id": "slack-1", "headers": {}},
+        });
+        send_report(&sup, addr, admin, &report).await;
+        let _ = http(addr, "GET", "/exit?code=70").await;
+        let got = hook.wait_kind("worker_crashed", 1).await;
+        let text = got.body["text"].as_str().unwrap();
+        assert!(
+            text.contains(
+                "&lt;!channel&gt; see &lt;https://evil.example/x|Runbook&gt; &amp; retry"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains(['<', '>']), "{text}");
+        let summary = got.body["event"]["summary"].as_str().unwrap();
+        assert!(summary.contains(message), "{summary}");
+    })
+    .await;
+}
+
 /// A crash loop whose every crash is a distinct alert (exit 1, 2, 3, …) spends the rate limit
 /// (20 a minute) before the supervisor gives up: the `gave_up` alert still reaches the webhook.
 #[tokio::test]
@@ -2173,6 +2361,36 @@ async fn a_failing_webhook_is_logged_without_its_secret_path() {
             "{line}"
         );
         assert!(!sup.log().contains("SECRETTOKEN"), "{}", sup.log());
+    })
+    .await;
+}
+
+/// An `--alert-exec` command that fails is logged by its first word only (`false …`): its
+/// arguments may hold a token, which appears nowhere in the supervisor's log, nor in what
+/// `check-config` prints of the same setting in a config file.
+#[tokio::test]
+async fn a_failing_alert_command_is_logged_without_its_arguments() {
+    limited(async {
+        let exec = "false --header 'Authorization: Bearer SECRET-EXEC-TOKEN'";
+        let (sup, addr, _admin) = python_worker(&["--alert-exec", exec]).await;
+        let mark = sup.mark();
+        let _ = http(addr, "GET", "/exit?code=3").await;
+        let line = sup.wait_line(mark, &["alert command failed"]).await;
+        assert!(line.contains("command=false …"), "{line}");
+        assert!(line.contains("exit status: 1"), "{line}");
+        assert!(!sup.log().contains("SECRET"), "{}", sup.log());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let toml = format!("alert-exec = {exec:?}\ncommand = [{BIN:?}, \"demo-service\"]\n");
+        std::fs::write(&file, toml).unwrap();
+        let (code, out, err) = run_split(&["check-config", file.to_str().unwrap()]).await;
+        assert_eq!(code, 0, "{err}{out}");
+        assert!(out.contains("\n# alert-exec: false … (set; "), "{out}");
+        assert!(
+            !out.contains("SECRET") && !err.contains("SECRET"),
+            "{err}{out}"
+        );
     })
     .await;
 }

@@ -540,6 +540,16 @@ impl Options {
                 ));
                 continue;
             }
+            if let Some(shown) = (key == "alert-exec")
+                .then(|| value.as_str().and_then(secret_command_shown))
+                .flatten()
+            {
+                out.push_str(&format!(
+                    "# alert-exec: {shown} (set; not printed whole: a command's arguments may \
+                     hold a token)\n"
+                ));
+                continue;
+            }
             let mut one = toml::Table::new();
             one.insert(key.to_owned(), value.clone());
             match toml::to_string(&one) {
@@ -623,6 +633,18 @@ fn secret_url_shown(url: &str) -> Option<String> {
         if user { "…@" } else { "" },
         authority.host()
     ))
+}
+
+/// An `--alert-exec` command as its first word and `…` (`curl …`) when it has more, whose
+/// arguments may hold a token; `…` alone when its first word sets a variable (`TOKEN=… cmd`);
+/// `None` for one word, which is printed as it is. The supervisor's log shows it the same way.
+fn secret_command_shown(cmd: &str) -> Option<String> {
+    let mut words = cmd.split_whitespace();
+    let first = words.next()?;
+    if first.contains('=') {
+        return Some("…".to_owned());
+    }
+    words.next().map(|_| format!("{first} …"))
 }
 
 /// `--max-restarts` when not given: 20, or twice the number of workers when that is more, so
@@ -1462,6 +1484,28 @@ mod tests {
         let mut without = c.to_options();
         without.alert_webhook = None;
         assert_eq!(back, without);
+    }
+
+    #[test]
+    fn an_alert_command_is_printed_without_its_arguments() {
+        let file: Options = toml::from_str(
+            "alert-exec = 'curl -H \"Authorization: Bearer s3cr3t\" https://h/x'\n\
+             command = [\"a\"]",
+        )
+        .unwrap();
+        let c = Config::resolve(Some(file), Options::default(), vec![]).unwrap();
+        let text = c.to_toml();
+        assert!(
+            text.contains("\n# alert-exec: curl … (set; not printed whole"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert_eq!(
+            secret_command_shown("TOKEN=s3cr3t notify").as_deref(),
+            Some("…")
+        );
+        // Nothing to hide: printed as it is.
+        assert_eq!(secret_command_shown("/usr/local/bin/page-oncall"), None);
     }
 
     #[test]

@@ -33,11 +33,16 @@ impl Resp {
 
 /// `GET path` with `Connection: close`, the whole response read, within [`LIMIT`].
 pub async fn get(addr: SocketAddr, path: &str) -> Resp {
+    get_as(addr, &addr.to_string(), path).await
+}
+
+/// [`get`] with `Host: host`.
+pub async fn get_as(addr: SocketAddr, host: &str, path: &str) -> Resp {
     tokio::time::timeout(LIMIT, async {
         let mut s = TcpStream::connect(addr)
             .await
             .expect("connect to admin endpoint");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.unwrap();

@@ -290,12 +290,24 @@ pub fn ms_after(line: &str, needle: &str) -> f64 {
     }
 }
 
-/// One HTTP/1.0 request on a fresh connection: (status, body).
+/// One HTTP/1.0 request on a fresh connection, `Host: addr` (as curl sends it; a loopback
+/// admin endpoint refuses a name that is not this machine's): (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_as(addr, &addr.to_string(), method, path).await
+}
+
+/// [`http`] with `Host: host`.
+pub async fn http_as(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         s.write_all(
-            format!("{method} {path} HTTP/1.0\r\nHost: t\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+            format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
         )
         .await?;
         let mut buf = Vec::new();
