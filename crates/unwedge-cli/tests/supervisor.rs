@@ -2759,6 +2759,107 @@ wait
     .await;
 }
 
+/// The live children of process `pid` (neither zombies nor dead): a supervisor's workers,
+/// whatever the supervisor itself takes them for.
+fn live_children(pid: i32) -> Vec<i32> {
+    let mut live: Vec<i32> = unwedge_supervisor::procfs::children(pid)
+        .into_iter()
+        .filter(|&c| unwedge_supervisor::procfs::stat(c).is_some_and(|s| s.alive()))
+        .collect();
+    live.sort_unstable();
+    live
+}
+
+/// A reload requested during a rolling reload follows it, and its first new worker waits for
+/// the old worker the reload before left draining: never more than one worker above the usual
+/// count, counting the worker processes alive (new, old draining, ready or not), and the
+/// last generation serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_queued_behind_a_rolling_reload_waits_for_the_old_workers_draining() {
+    within(Duration::from_secs(120), async {
+        // Each worker takes 3 s to exit once it stops accepting (a slow drain).
+        let sup = Sup::python(
+            &[
+                "--workers",
+                "2",
+                "--reload-mode",
+                "rolling",
+                "--admin",
+                "off",
+            ],
+            &[("FIXTURE_DRAIN_MS", "3000")],
+        );
+        let addr = sup.addr().await;
+        sup.wait_ready(0, 2).await;
+        let supervisor = sup.pid;
+        let (done, mut stop_sampling) = tokio::sync::oneshot::channel::<()>();
+        let sampler = tokio::spawn(async move {
+            let mut most: Vec<i32> = Vec::new();
+            loop {
+                let live = live_children(supervisor);
+                if live.len() > most.len() {
+                    most = live;
+                }
+                tokio::select! {
+                    _ = &mut stop_sampling => return most,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        });
+
+        let m = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(m, &["reloading: starting generation 2 (rolling"])
+            .await;
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(
+            m,
+            &["generation 2 is still starting; another reload follows it"],
+        )
+        .await;
+        let (_, queued) = sup
+            .wait_line_idx(m, &["queued reload: reloading: starting generation 3"])
+            .await;
+        sup.wait_line_within(queued, &["generation 3 ready"], Duration::from_secs(60))
+            .await;
+        let mut new = sup.ready_pids(queued);
+        new.sort_unstable();
+        assert_eq!(new.len(), 2, "{}", sup.log());
+        // The last old worker drains; then only generation 3 runs.
+        let deadline = Instant::now() + LONG;
+        while live_children(supervisor) != new {
+            assert!(
+                Instant::now() < deadline,
+                "still running: {:?}, generation 3 is {new:?}; log:\n{}",
+                live_children(supervisor),
+                sup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        done.send(()).unwrap();
+        let most = sampler.await.unwrap();
+        assert!(
+            most.len() <= 3,
+            "{} workers alive at once ({most:?}) for 2 during rolling reloads; log:\n{}",
+            most.len(),
+            sup.log()
+        );
+        sup.wait_line(
+            queued,
+            &["generation 3: w1 starts once the 1 worker(s) still stopping have exited"],
+        )
+        .await;
+        let (status, body) = get(addr, "/").await;
+        assert_eq!(status, 200);
+        let serving: i32 = body.trim().trim_start_matches("ok ").parse().unwrap();
+        assert!(
+            new.contains(&serving),
+            "{body} is not generation 3 ({new:?})"
+        );
+    })
+    .await;
+}
+
 /// A daemon that appears during the stop (a worker's SIGTERM handler starts one) is stopped
 /// with the rest, not left for the stop deadline's SIGKILL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,9 +171,11 @@ pub enum ReloadMode {
     #[default]
     All,
     /// One slot at a time: a new worker starts, and once it is ready the old one of its slot
-    /// is stopped and the next slot's new worker starts. At most one worker more than usual
-    /// runs (for workers too big to run twice); generations are mixed while it lasts, and a
-    /// failure puts the old generation back in the slots already switched.
+    /// is stopped and, once that one has exited, the next slot's new worker starts. At most one
+    /// worker more than usual runs, draining ones included: each new worker waits until no
+    /// worker is stopping (also the old ones a reload just before left draining). For workers
+    /// too big to run twice; generations are mixed while it lasts, and a failure puts the old
+    /// generation back in the slots already switched.
     Rolling,
 }
 

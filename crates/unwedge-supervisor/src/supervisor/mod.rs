@@ -614,8 +614,9 @@ struct Reload {
     rolling: bool,
     /// The next slot to start a new worker in.
     next_slot: usize,
-    /// The old worker whose exit the next slot waits for.
-    waiting_for: Option<i32>,
+    /// The workers still stopping (pids; for one that exited and left processes running, its
+    /// session's id) whose exit the next slot waits for (rolling).
+    waiting_for: Vec<i32>,
     /// The new generation's configuration, when it changed.
     config: Option<Arc<Config>>,
 }

@@ -156,17 +156,30 @@ impl Pool {
             let c = new_config.as_deref().unwrap_or(&self.config);
             self.slots.push(Slot::new(c));
         }
-        // Rolling: the first slot now, each next one once the one before is ready.
-        let first = if rolling { workers.min(1) } else { workers };
         self.reload = Some(Reload {
             generation,
             requests,
             config: new_config,
             rolling,
-            next_slot: first,
-            waiting_for: None,
+            next_slot: if rolling { 0 } else { workers },
+            waiting_for: Vec::new(),
         });
-        for slot in 0..first {
+        if rolling {
+            // The first slot once no worker is stopping, each next one once the one before is
+            // ready and the old worker it replaced has exited.
+            self.roll_next();
+            if let Some(r) = self.reload.as_ref().filter(|r| !r.waiting_for.is_empty()) {
+                tracing::info!(
+                    "generation {generation}: {} starts once the {} worker(s) still stopping \
+                     have exited (pid {}): at most one worker more than usual runs",
+                    slot_id(r.next_slot),
+                    r.waiting_for.len(),
+                    list_pids(&r.waiting_for)
+                );
+            }
+            return;
+        }
+        for slot in 0..workers {
             if self.reload.is_none() {
                 break;
             }
@@ -175,67 +188,78 @@ impl Pool {
     }
 
     /// A rolling reload's worker in `slot` is ready: the slot's old worker goes, and once it
-    /// has exited (so that at most one worker more than usual runs), the next slot's new
-    /// worker starts.
+    /// has exited, the next slot's new worker starts (see [`Pool::roll_next`]).
     pub(super) fn roll_on(&mut self, slot: usize, pid: i32, generation: u64) {
-        let old = self.stop_replaced(slot, pid, &format!(" of generation {generation}"), |o| {
+        self.stop_replaced(slot, pid, &format!(" of generation {generation}"), |o| {
             o.generation != generation && !o.stop_requested
         });
-        match (old.first(), self.reload.as_mut()) {
-            (Some(&old), Some(r)) => r.waiting_for = Some(old),
-            _ => self.roll_next(),
-        }
+        self.roll_next();
     }
 
     /// The other workers of `slot` that `which` picks are replaced by `pid`, ready now: each
-    /// gets the stop signal (and SIGKILL after its `--stop-timeout`). Returns their pids.
+    /// gets the stop signal (and SIGKILL after its `--stop-timeout`).
     pub(super) fn stop_replaced(
         &mut self,
         slot: usize,
         pid: i32,
         by: &str,
         which: impl Fn(&Worker) -> bool,
-    ) -> Vec<i32> {
+    ) {
         let old: Vec<(i32, Duration)> = self
             .workers
             .values()
             .filter(|o| o.slot == slot && o.pid != pid && which(o))
             .map(|o| (o.pid, o.config.stop_timeout))
             .collect();
-        for &(old, stop_timeout) in &old {
+        for (old, stop_timeout) in old {
             tracing::info!(
                 "{} pid {old}: replaced by pid {pid}{by}; stopping it",
                 slot_id(slot)
             );
             self.terminate(old, stop_timeout);
         }
-        old.into_iter().map(|(old, _)| old).collect()
     }
 
-    /// A rolling reload's next slot: its new worker starts, if slots remain.
+    /// A rolling reload's next slot: its new worker starts, if slots remain, once no worker is
+    /// stopping: none asked to stop still runs (the old worker the slot before replaced, those
+    /// a reload just before left draining, a hung or replaced one), nor anything an exited one
+    /// left running in its session (a shell wrapper without `exec` exits at SIGTERM while its
+    /// server still drains). Whatever came before the reload, at most one worker more than
+    /// usual runs, draining ones and their servers included. Until then the reload waits for
+    /// them ([`Pool::roll_after_exit`]); each is bounded by its SIGKILL deadline.
     pub(super) fn roll_next(&mut self) {
+        let stopping: Vec<i32> = self
+            .workers
+            .values()
+            .filter(|w| w.stop_requested)
+            .map(|w| w.pid)
+            .chain(self.leftovers.iter().map(|l| l.sid))
+            .collect();
         let Some(r) = self.reload.as_mut().filter(|r| r.rolling) else {
             return;
         };
         let generation = r.generation;
         let wanted = r.config.as_ref().unwrap_or(&self.config).workers;
         let next = r.next_slot;
-        if next < wanted {
+        if next >= wanted {
+            return;
+        }
+        r.waiting_for = stopping;
+        if r.waiting_for.is_empty() {
             r.next_slot += 1;
             self.spawn(next, generation, None);
         }
     }
 
-    /// `pid` exited: if a rolling reload waited for it, the next slot's turn, once the
-    /// processes it left in its group are gone too (a shell wrapper without `exec` exits at
-    /// SIGTERM while its server still drains: at most one worker more than usual means the
-    /// server too).
+    /// `pid` (a worker, or the session an exited one left running) is gone: if a rolling
+    /// reload waited for it, the next slot's turn, unless other workers are still stopping
+    /// (see [`Pool::roll_next`]).
     pub(super) fn roll_after_exit(&mut self, pid: i32) {
-        if self.leftovers.iter().any(|l| l.sid == pid) {
-            return;
-        }
-        if let Some(r) = self.reload.as_mut().filter(|r| r.waiting_for == Some(pid)) {
-            r.waiting_for = None;
+        if self
+            .reload
+            .as_ref()
+            .is_some_and(|r| r.waiting_for.contains(&pid))
+        {
             self.roll_next();
         }
     }
