@@ -1,6 +1,7 @@
 //! The admin side of the unwedge supervisor: what operators see and hear.
 //!
-//! - [`Metrics`]: Prometheus metrics (`unwedge_*`), encoded with `prometheus-client`.
+//! - [`Metrics`]: Prometheus metrics (`unwedge_*`), encoded with `prometheus-client`, served in
+//!   both exposition formats ([`exposition`]).
 //! - [`StatusView`]: the supervisor's state (workers, restarts, recent reports) as JSON;
 //!   [`render_text`] prints it for a terminal (`unwedge status`).
 //! - [`AdminServer`]: `GET /metrics`, `/status`, `/livez`, `/readyz` and a status page at `/`,
@@ -43,6 +44,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod alert;
+pub mod exposition;
 mod metrics;
 mod page;
 mod process;

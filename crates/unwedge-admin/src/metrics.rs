@@ -17,8 +17,9 @@ use crate::process::{ProcessCollector, WorkerCpu};
 use crate::status::{RestartReason, StatusView, WorkerState};
 
 /// The content type of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus
-/// scrapes natively).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// scrapes natively); [`Metrics::encode_text`]'s is
+/// [`TEXT_CONTENT_TYPE`](crate::exposition::TEXT_CONTENT_TYPE).
+pub const CONTENT_TYPE: &str = crate::exposition::OPENMETRICS_CONTENT_TYPE;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -487,6 +488,20 @@ impl Metrics {
         // Writing into a String cannot fail.
         encode(&mut out, &self.registry).expect("encoding metrics into a String");
         out
+    }
+
+    /// The same metrics in the Prometheus text format (`text/plain; version=0.0.4`), for
+    /// scrapers that do not ask for OpenMetrics (see [`crate::exposition`]).
+    ///
+    /// ```
+    /// let m = unwedge_admin::Metrics::new("1.2.3");
+    /// let text = m.encode_text();
+    /// assert!(text.contains("# TYPE unwedge_build_info gauge\n"));
+    /// assert!(text.contains("# TYPE unwedge_restarts_total counter\n"));
+    /// assert!(!text.contains("# EOF"));
+    /// ```
+    pub fn encode_text(&self) -> String {
+        crate::exposition::openmetrics_to_text(&self.encode())
     }
 }
 

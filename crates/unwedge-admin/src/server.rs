@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::exposition::TEXT_CONTENT_TYPE;
 use crate::metrics::{Metrics, CONTENT_TYPE};
 use crate::page::render_page;
 use crate::status::StatusView;
@@ -139,7 +140,7 @@ struct AppState {
 ///
 /// | route | answer |
 /// |---|---|
-/// | `GET /metrics` | Prometheus (OpenMetrics text) |
+/// | `GET /metrics` | Prometheus: OpenMetrics text when asked (`Accept`), else the text format 0.0.4 |
 /// | `GET /status` | the [`StatusView`] as JSON |
 /// | `GET /livez` | 200, or 503 once the supervisor gave up |
 /// | `GET /readyz` | 200 while at least one worker is ready, else 503 |
@@ -633,12 +634,18 @@ const PRIVATE: [(header::HeaderName, &str); 2] = [
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
 ];
 
-async fn metrics(State(s): State<AppState>) -> Response {
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the Prometheus text format.
+async fn metrics(State(s): State<AppState>, headers: header::HeaderMap) -> Response {
     s.status.with(|view| s.metrics.observe_status(view));
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (kind, body) = match crate::exposition::wants_openmetrics(accept) {
+        true => (CONTENT_TYPE, s.metrics.encode()),
+        false => (TEXT_CONTENT_TYPE, s.metrics.encode_text()),
+    };
     (
         PRIVATE,
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        s.metrics.encode(),
+        [(header::CONTENT_TYPE, kind), (header::VARY, "accept")],
+        body,
     )
         .into_response()
 }

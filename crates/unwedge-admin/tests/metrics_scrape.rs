@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::{get, have, output, sample_view};
+use common::{get, get_with, have, output, sample_view};
 use unwedge_admin::{
     AdminServer, HangKind, Metrics, RestartReason, StatusSource, StatusView, WorkerState,
 };
@@ -15,24 +15,55 @@ type Samples = HashMap<(String, Vec<(String, String)>), f64>;
 /// One sample as the Python script prints it: `[name, [[label, value], …], value]`.
 type RawSample = (String, Vec<(String, String)>, f64);
 
+/// Reads `{"text": …, "openmetrics": …}`: each exposition with its own parser, the
+/// Prometheus text one and the strict OpenMetrics one.
 const PARSE: &str = r#"
 import json, sys
 from prometheus_client.parser import text_string_to_metric_families as prom
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
-text = sys.stdin.read()
+given = json.load(sys.stdin)
 out = {}
-for parser in (prom, om):
+for key, parser in (("text", prom), ("openmetrics", om)):
     samples = []
-    for family in parser(text):
+    for family in parser(given[key]):
         for s in family.samples:
             samples.append([s.name, sorted(s.labels.items()), s.value])
-    out[parser.__module__] = samples
+    out[key] = samples
 print(json.dumps(out))
 "#;
 
-/// Parses an exposition with both the Prometheus text parser and the strict OpenMetrics
-/// parser; `None` (after printing why) when python3 or `prometheus_client` is missing.
-async fn parse(text: &str) -> Option<Samples> {
+/// What Prometheus sends.
+const PROMETHEUS_ACCEPT: &str = "Accept: application/openmetrics-text;version=1.0.0,\
+    application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+
+/// `/metrics` in both formats: as a plain client (`curl`, promtool, most agents) gets it,
+/// the Prometheus text format, and as Prometheus gets it, OpenMetrics; each with the
+/// content type that names it.
+async fn scrape(addr: std::net::SocketAddr) -> (String, String) {
+    let text = get(addr, "/metrics").await;
+    assert_eq!(text.status, 200);
+    assert_eq!(
+        text.header("content-type").as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8"),
+        "{}",
+        text.head
+    );
+    let om = get_with(addr, &addr.to_string(), "/metrics", PROMETHEUS_ACCEPT).await;
+    assert_eq!(om.status, 200);
+    assert!(
+        om.header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{}",
+        om.head
+    );
+    (text.body, om.body)
+}
+
+/// Parses the two expositions of [`scrape`], each with its own parser (both must accept
+/// it, and agree on every sample); `None` (after printing why) when python3 or
+/// `prometheus_client` is missing.
+async fn parse((text, openmetrics): (String, String)) -> Option<Samples> {
     if !have("python3") {
         println!("SKIP: python3 not found");
         return None;
@@ -45,10 +76,11 @@ async fn parse(text: &str) -> Option<Samples> {
     }
     let mut cmd = tokio::process::Command::new("python3");
     cmd.args(["-c", PARSE]);
-    let out = output(cmd, Some(text.as_bytes())).await;
+    let given = serde_json::json!({"text": text, "openmetrics": openmetrics}).to_string();
+    let out = output(cmd, Some(given.as_bytes())).await;
     assert!(
         out.status.success(),
-        "prometheus_client rejected the exposition: {}\n{text}",
+        "prometheus_client rejected an exposition: {}\n{text}\n{openmetrics}",
         String::from_utf8_lossy(&out.stderr)
     );
     let parsed: HashMap<String, Vec<RawSample>> = serde_json::from_slice(&out.stdout).unwrap();
@@ -61,12 +93,18 @@ async fn parse(text: &str) -> Option<Samples> {
     });
     let a = by_parser.next().unwrap();
     let b = by_parser.next().unwrap();
-    for (k, v) in &a {
-        if k.0.ends_with("_created") {
-            continue;
-        }
-        assert_eq!(b.get(k), Some(v), "parsers disagree on {k:?}");
+    // The two scrapes are moments apart: the supervisor's own process_* series (its CPU
+    // time) may move between them; the unwedge_* ones only when something is recorded.
+    for (k, v) in a.iter().filter(|(k, _)| k.0.starts_with("unwedge_")) {
+        assert_eq!(b.get(k), Some(v), "the two formats disagree on {k:?}");
     }
+    assert_eq!(
+        a.keys().collect::<std::collections::BTreeSet<_>>(),
+        b.keys()
+            .filter(|k| !k.0.ends_with("_created"))
+            .collect::<std::collections::BTreeSet<_>>(),
+        "the same series in both formats"
+    );
     Some(a)
 }
 
@@ -95,17 +133,7 @@ async fn counters_move_after_a_crash_and_a_hang() {
     .spawn();
     let addr = server.local_addr();
 
-    let before = get(addr, "/metrics").await;
-    assert_eq!(before.status, 200);
-    assert!(
-        before
-            .header("content-type")
-            .unwrap()
-            .starts_with("application/openmetrics-text"),
-        "{}",
-        before.head
-    );
-    let Some(before) = parse(&before.body).await else {
+    let Some(before) = parse(scrape(addr).await).await else {
         return;
     };
     assert_eq!(
@@ -123,13 +151,15 @@ async fn counters_move_after_a_crash_and_a_hang() {
 
     // A crash: the panic report, the restart, the replacement's READY after 12 ms.
     metrics.record_panic("/cart");
+    // A client's hostile path: still one well-formed label in both formats.
+    metrics.record_panic("/files/a\"b\\c\nd\u{1b}[2J");
     metrics.record_restart(RestartReason::ExitCode);
     metrics.record_crash_to_ready(std::time::Duration::from_millis(12));
     // A hang: missed heartbeats, killed, replaced.
     metrics.record_hang(HangKind::Watchdog);
     metrics.record_restart(RestartReason::Hang);
 
-    let after = parse(&get(addr, "/metrics").await.body).await.unwrap();
+    let after = parse(scrape(addr).await).await.unwrap();
     assert_eq!(
         value(&after, "unwedge_restarts_total", &[("reason", "exit_code")]),
         1.0
@@ -140,6 +170,14 @@ async fn counters_move_after_a_crash_and_a_hang() {
     );
     assert_eq!(
         value(&after, "unwedge_panics_total", &[("route", "/cart")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "unwedge_panics_total",
+            &[("route", "/files/a%22b%5Cc%0Ad%1B[2J")]
+        ),
         1.0
     );
     assert_eq!(

@@ -38,11 +38,17 @@ pub async fn get(addr: SocketAddr, path: &str) -> Resp {
 
 /// [`get`] with `Host: host`.
 pub async fn get_as(addr: SocketAddr, host: &str, path: &str) -> Resp {
+    get_with(addr, host, path, "").await
+}
+
+/// [`get_as`] with more header lines (`"Accept: …\r\n"`).
+pub async fn get_with(addr: SocketAddr, host: &str, path: &str, headers: &str) -> Resp {
     tokio::time::timeout(LIMIT, async {
         let mut s = TcpStream::connect(addr)
             .await
             .expect("connect to admin endpoint");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await.unwrap();
