@@ -9,6 +9,25 @@ use std::time::{Duration, Instant};
 
 use common::BIN;
 
+/// Stops the supervisor when the test ends, passed or failed: SIGTERM, SIGKILL after 10 s.
+struct StopOnDrop(std::process::Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A worker line this long is written by the supervisor in pieces once the pipe is full.
 const BIG: usize = 12_000;
 
@@ -37,7 +56,7 @@ threading.Event().wait(60)
 "#
     );
     let (mut reader, writer) = std::io::pipe().expect("a pipe");
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["run", "--listen", "127.0.0.1:0", "--", "python3", "-c"])
         .arg(&worker)
         .env("UNWEDGE_LOG", "debug")
@@ -48,31 +67,33 @@ threading.Event().wait(60)
         .stderr(writer)
         .spawn()
         .expect("spawn unwedge");
+    let _stop = StopOnDrop(child);
 
-    // A slow reader: the pipe stays full, so the long lines are written in pieces.
+    // A slow reader, on a thread of its own (a read may block): the pipe stays full, so the
+    // long lines are written in pieces. It reads on to the end after the test has what it
+    // needs: a supervisor blocked on a full pipe could not stop.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            let _ = tx.send(buf[..n].to_vec());
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
     let done = |out: &[u8]| {
         out[out.len().saturating_sub(4096 + 11)..]
             .windows(11)
             .any(|w| w == b"worker-done")
     };
-    while !done(&out) && Instant::now() < deadline {
-        match reader.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
+    while !done(&out) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => out.extend_from_slice(&chunk),
+            Err(_) => break, // the deadline, or the supervisor's output ended
         }
-        std::thread::sleep(Duration::from_micros(300));
     }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    // Read on to the end: a supervisor blocked on a full pipe cannot exit.
-    let mut rest = Vec::new();
-    let _ = reader.read_to_end(&mut rest);
-    let _ = child.wait();
 
     let text = String::from_utf8_lossy(&out);
     assert!(
