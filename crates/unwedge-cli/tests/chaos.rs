@@ -1,7 +1,8 @@
 //! The chaos soak's short version: random panics inside `Tx` updates and `Mutex` sections,
 //! `kill -9`, `SIGSTOP` and reloads under continuous load, for 12 s; `--check` asserts zero
 //! invariant violations, zero unexpected failures, zero refused, zero lost reports and bounded
-//! memory. The long one: `unwedge chaos --duration 10m --check`.
+//! memory (its verdict logic has unit tests of its own: `demo::table::tests`), and this test
+//! checks that panics were answered and their reports arrived. The long one: `unwedge chaos --duration 10m --check`.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -43,6 +44,25 @@ async fn chaos_short_soak_has_no_unexpected_failure() {
     assert!(stdout.contains("check: passed"), "{stdout}");
     // Faults really happened: at least one worker was killed and replaced.
     assert!(stdout.contains("replacement ready"), "{stdout}");
+    // Panics were answered, and each has its report, received and on disk: the verdict's
+    // report checks had something to check.
+    let row = stdout
+        .lines()
+        .find_map(|l| l.split_once("panics answered 500 / reports received / on disk"))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no report row:\n{stdout}"));
+    let [answered, received, on_disk] = <[u64; 3]>::try_from(
+        row.split('/')
+            .map(|v| v.chars().filter(char::is_ascii_digit).collect::<String>())
+            .map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{row}")))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap_or_else(|_| panic!("{row}"));
+    assert!(answered > 0, "no panic answered 500:\n{stdout}");
+    assert!(
+        received >= answered && on_disk >= answered,
+        "reports missing: {row}\n{stdout}"
+    );
 }
 
 /// SIGKILLs the process groups of `parent`'s children: the demo's workers, which run in

@@ -438,11 +438,11 @@ async fn demo_main(args: DemoArgs, p: Prepared) -> ExitCode {
     let settled = wait_ready(&handle, args.workers as usize, Duration::from_secs(10)).await;
     let snapshot = handle.snapshot();
     let log = events.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let analysis = table::analyse(&sides.unwedge, &log, &snapshot);
+    let analysis = table::analyse(&sides.unwedge, &log, &snapshot.counters);
     let cmp_analysis = sides
         .compare
         .as_ref()
-        .map(|c| table::analyse(c, &[], &snapshot));
+        .map(|c| table::analyse(c, &[], &snapshot.counters));
     out!();
     outp!(
         "{}",
@@ -556,7 +556,7 @@ async fn chaos_main(args: ChaosArgs, p: Prepared) -> ExitCode {
     let rss_before = rss_warm.await.ok().flatten();
     let snapshot = handle.snapshot();
     let log = events.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let analysis = table::analyse(&result, &log, &snapshot);
+    let analysis = table::analyse(&result, &log, &snapshot.counters);
     stop(&handle, task, observer).await;
     // Every panic answered 500 must have its report on disk.
     let on_disk = unwedge_admin::read_reports(&dir.join("reports"), None)

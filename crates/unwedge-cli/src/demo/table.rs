@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use unwedge_load::{LoadReport, Progress};
-use unwedge_supervisor::{Event, Snapshot};
+use unwedge_supervisor::{Counters, Event};
 
 use super::client::Reply;
 use super::scenario::{Action, Own, Record, SideResult};
@@ -47,7 +47,7 @@ fn fails(p: &Progress) -> (u64, u64, u64) {
 pub(crate) fn analyse(
     side: &SideResult,
     log: &[(Instant, Event)],
-    snapshot: &Snapshot,
+    counters: &Counters,
 ) -> Analysis {
     let supervised = !log.is_empty();
     let exit_of = |pid: i32, after: Instant| {
@@ -157,8 +157,7 @@ pub(crate) fn analyse(
     }
     let injected_panics_unanswered = unanswered.len() as u64;
     let restarts = if supervised {
-        snapshot
-            .counters
+        counters
             .restarts
             .iter()
             .map(|(k, v)| (k.as_str(), *v))
@@ -179,18 +178,10 @@ pub(crate) fn analyse(
         restarts,
         hang_latency,
         crash_to_ready,
-        reports: if supervised {
-            snapshot.counters.reports
-        } else {
-            0
-        },
+        reports: if supervised { counters.reports } else { 0 },
         panics_answered: side.load.expected_failures + injected_500,
         injected_panics_unanswered,
-        reloads: if supervised {
-            snapshot.counters.reloads
-        } else {
-            0
-        },
+        reloads: if supervised { counters.reloads } else { 0 },
     }
 }
 
@@ -681,6 +672,9 @@ pub(crate) fn comparison_problems(c: &Analysis) -> Vec<String> {
 pub(crate) fn chaos_problems(a: &Analysis, mem: &Memory, on_disk: Option<u64>) -> Vec<String> {
     let (rss_before, rss_after) = (mem.warm, mem.end);
     let mut p = Vec::new();
+    if a.panics_answered == 0 {
+        p.push("no panic was answered 500: the report checks tested nothing (run longer)".into());
+    }
     match on_disk {
         None => p.push("cannot read the report directory".into()),
         Some(d) if d < a.panics_answered => p.push(format!(
@@ -713,4 +707,204 @@ pub(crate) fn rss_kb() -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unwedge_load::LatencySummary;
+
+    /// A load report with these failure counts (and nothing else).
+    fn load(reset: u64) -> LoadReport {
+        serde_json::from_value(serde_json::json!({
+            "target": "http://127.0.0.1:1", "model": "concurrency 1",
+            "connections": "keep-alive", "elapsed": 10.0,
+            "total": 1000 + reset, "ok": 1000, "expected_failures": 0,
+            "unexpected_statuses": 0, "refused": 0, "reset": reset, "timeout": 0, "other": 0,
+            "by_status": {}, "by_request": {}, "connections_opened": 1,
+            "requests_per_sec": 100.0,
+            "latency": serde_json::to_value(LatencySummary::default()).unwrap(),
+            "samples": [],
+        }))
+        .expect("a LoadReport")
+    }
+
+    /// A run of 10 s that started at `t0`: progress samples every 100 ms, the resets counted
+    /// by the sample after each of `resets_at` (seconds from the start).
+    fn side(t0: Instant, resets_at: &[f64], injected: Vec<Record>) -> SideResult {
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let progress = (0..=100)
+            .map(|i| {
+                let t = f64::from(i) / 10.0;
+                let reset = resets_at.iter().filter(|r| **r <= t).count() as u64;
+                (
+                    at(t),
+                    Progress {
+                        reset,
+                        ..Progress::default()
+                    },
+                )
+            })
+            .collect();
+        SideResult {
+            start: t0,
+            load: load(resets_at.len() as u64),
+            progress,
+            own: Own {
+                samples: 100,
+                ..Own::default()
+            },
+            injected,
+        }
+    }
+
+    fn kill9(t0: Instant, at: f64, pid: i32) -> Record {
+        Record {
+            at: t0 + Duration::from_secs_f64(at),
+            action: Action::Kill9,
+            pid: Some(pid),
+            reply: None,
+            done_at: None,
+            skipped: None,
+        }
+    }
+
+    fn panic(t0: Instant, at: f64, status: u16) -> Record {
+        let at = t0 + Duration::from_secs_f64(at);
+        Record {
+            at,
+            action: Action::Burn,
+            pid: None,
+            reply: Some(Reply::Status(status, String::new())),
+            done_at: Some(at + Duration::from_millis(5)),
+            skipped: None,
+        }
+    }
+
+    fn exited(t0: Instant, at: f64, pid: i32) -> (Instant, Event) {
+        let e = Event::WorkerExited {
+            worker: "w1".into(),
+            pid,
+            code: None,
+            signal: Some(9),
+            requested: false,
+            by_stop_signal: false,
+            oom_killed: false,
+        };
+        (t0 + Duration::from_secs_f64(at), e)
+    }
+
+    #[test]
+    fn a_reset_while_a_killed_worker_dies_is_excused_one_outside_is_a_problem() {
+        let t0 = Instant::now();
+        // kill -9 at 2.0 s, the worker gone at 2.1 s: its window ends at 2.4 s.
+        let log = [exited(t0, 2.1, 42)];
+        let inside = side(t0, &[2.05], vec![kill9(t0, 2.0, 42)]);
+        let a = analyse(&inside, &log, &Counters::default());
+        assert_eq!((a.lost_to_kill, a.reset_unattributed), (1, 0));
+        assert!(problems(&a, true).is_empty(), "{:?}", problems(&a, true));
+
+        // The same reset a second after the worker's exit: nothing excuses it.
+        let outside = side(t0, &[3.1], vec![kill9(t0, 2.0, 42)]);
+        let a = analyse(&outside, &log, &Counters::default());
+        assert_eq!((a.lost_to_kill, a.reset_unattributed), (0, 1));
+        let p = problems(&a, true);
+        assert!(
+            p.iter()
+                .any(|m| m.contains("1 reset connection(s) outside any kill window")),
+            "{p:?}"
+        );
+
+        // No kill at all.
+        let a = analyse(&side(t0, &[5.0], vec![]), &log, &Counters::default());
+        assert_eq!(a.reset_unattributed, 1);
+    }
+
+    #[test]
+    fn a_kill_whose_exit_was_never_seen_excuses_five_seconds_only() {
+        let t0 = Instant::now();
+        let early = side(t0, &[6.0], vec![kill9(t0, 2.0, 42)]);
+        let a = analyse(&early, &[], &Counters::default());
+        assert_eq!((a.lost_to_kill, a.reset_unattributed), (1, 0));
+        let late = side(t0, &[8.0], vec![kill9(t0, 2.0, 42)]);
+        let a = analyse(&late, &[], &Counters::default());
+        assert_eq!((a.lost_to_kill, a.reset_unattributed), (0, 1));
+    }
+
+    #[test]
+    fn an_injected_panic_not_answered_500_is_a_problem() {
+        let t0 = Instant::now();
+        let run = side(t0, &[], vec![panic(t0, 1.0, 500), panic(t0, 2.0, 200)]);
+        let a = analyse(&run, &[], &Counters::default());
+        assert_eq!((a.panics_answered, a.injected_panics_unanswered), (1, 1));
+        let p = problems(&a, true);
+        assert!(
+            p.iter()
+                .any(|m| m.contains("1 injected panic request(s) not answered 500: burn at 2.00s")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn the_soak_fails_on_a_missing_report_and_when_no_panic_was_answered() {
+        let t0 = Instant::now();
+        let mem = Memory {
+            warm: Some(10_000),
+            end: Some(10_100),
+            trend: Vec::new(),
+        };
+        let run = side(t0, &[], vec![panic(t0, 1.0, 500), panic(t0, 2.0, 500)]);
+        let counters = Counters {
+            reports: 2,
+            ..Counters::default()
+        };
+        let a = analyse(&run, &[exited(t0, 9.0, 1)], &counters);
+        assert_eq!(a.panics_answered, 2);
+        assert!(chaos_problems(&a, &mem, Some(2)).is_empty());
+        // One report on disk short.
+        let p = chaos_problems(&a, &mem, Some(1));
+        assert_eq!(
+            p,
+            ["1 report(s) missing on disk: 1 for 2 panics answered 500"]
+        );
+        assert_eq!(
+            chaos_problems(&a, &mem, None),
+            ["cannot read the report directory"]
+        );
+        // One report short on the supervisor's side.
+        let counters = Counters {
+            reports: 1,
+            ..Counters::default()
+        };
+        let a = analyse(&run, &[exited(t0, 9.0, 1)], &counters);
+        let p = chaos_problems(&a, &mem, Some(2));
+        assert_eq!(p, ["1 lost report(s): 1 reports for 2 panics answered 500"]);
+        // Nothing panicked: the report checks would pass for nothing.
+        let a = analyse(
+            &side(t0, &[], vec![]),
+            &[exited(t0, 9.0, 1)],
+            &Counters::default(),
+        );
+        let p = chaos_problems(&a, &mem, Some(0));
+        assert!(
+            p.iter().any(|m| m.contains("no panic was answered")),
+            "{p:?}"
+        );
+        // Memory that grew by more than 5 MB.
+        let grown = Memory {
+            warm: Some(10_000),
+            end: Some(16_000),
+            trend: Vec::new(),
+        };
+        let a = analyse(
+            &run,
+            &[exited(t0, 9.0, 1)],
+            &Counters {
+                reports: 2,
+                ..Counters::default()
+            },
+        );
+        let p = chaos_problems(&a, &grown, Some(2));
+        assert_eq!(p, ["RSS grew by 6000 kB (limit 5 MB)"]);
+    }
 }
