@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::{get, get_with, have, output, sample_view};
+use common::{get, get_with, have, output, sample_view, skip};
 use unwedge_admin::{
     AdminServer, HangKind, Metrics, RestartReason, StatusSource, StatusView, WorkerState,
 };
@@ -65,13 +65,13 @@ async fn scrape(addr: std::net::SocketAddr) -> (String, String) {
 /// `prometheus_client` is missing.
 async fn parse((text, openmetrics): (String, String)) -> Option<Samples> {
     if !have("python3") {
-        println!("SKIP: python3 not found");
+        skip("python3 not found (apt-get install python3)");
         return None;
     }
     let mut probe = tokio::process::Command::new("python3");
     probe.args(["-c", "import prometheus_client"]);
     if !output(probe, None).await.status.success() {
-        println!("SKIP: python module prometheus_client missing (pip install prometheus_client)");
+        skip("python3 cannot import prometheus_client (pip install prometheus-client)");
         return None;
     }
     let mut cmd = tokio::process::Command::new("python3");

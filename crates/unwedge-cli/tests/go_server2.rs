@@ -10,7 +10,7 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_deadlock_is_detected_dumped_and_replaced() {
     let Ok(go) = which_go() else {
-        println!("SKIPPED: go not installed (apt-get install golang-go)");
+        skip("go not installed (apt-get install golang-go)");
         return;
     };
     tokio::time::timeout(Duration::from_secs(120), async {
