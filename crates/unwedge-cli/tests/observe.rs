@@ -571,8 +571,10 @@ async fn hanging_webhook_does_not_delay_the_replacement() {
                 .wait_line(from, &[" ready in ", "after the crash"])
                 .await;
             let ms = common::ms_before(&line, " after the crash");
-            // The usual bound for a replacement (restart delay 10 ms, then its start-up).
-            assert!(ms < 2000.0, "replacement took {ms} ms: {line}");
+            // Not held by the alert: a delivery attempt to this webhook blocks 5 s, and the
+            // replacement (restart delay 10 ms, then its start-up) needs far less than 4 s,
+            // even on a loaded box.
+            assert!(ms < 4000.0, "replacement took {ms} ms: {line}");
             // The alert did go out, and is stuck in the receiver that never answers.
             hook.wait_kind("worker_crashed", i + 1).await;
         }
