@@ -423,7 +423,9 @@ async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
 #[tokio::test]
 async fn metrics_counters_move_after_a_crash_and_a_hang() {
     limited(async {
-        let sup = start("2", &["--watchdog", "1s", "--dump-grace", "100ms"]);
+        // 3 s: heartbeats every 1.5 s leave a loaded box room, so that the one hang counted
+        // is the one this test makes (how soon it is found is not the point here).
+        let sup = start("2", &["--watchdog", "3s", "--dump-grace", "100ms"]);
         let admin = admin_addr(&sup).await;
         sup.wait_ready(0, 2).await;
         let m = samples_until(admin, "2 ready workers", |m| {
@@ -464,7 +466,7 @@ async fn metrics_counters_move_after_a_crash_and_a_hang() {
             "no report dir"
         );
 
-        // A hang: SIGSTOP a worker; no heartbeat within 1 s.
+        // A hang: SIGSTOP a worker; no heartbeat within 3 s.
         let stopped = ready_pids(&status(admin).await)[0];
         let from = sup.mark();
         kill(Pid::from_raw(stopped), Signal::SIGSTOP).unwrap();
@@ -489,11 +491,13 @@ async fn webhook_gets_exactly_one_alert_per_event() {
     limited(async {
         let hook = Receiver::start(false).await;
         let url = hook.url();
+        // 3 s: heartbeats every 1.5 s leave a loaded box room, so that the only worker_hung
+        // is the one this test makes (how soon it is found is not the point here).
         let mut sup = start(
             "2",
             &[
                 "--watchdog",
-                "1s",
+                "3s",
                 "--dump-grace",
                 "100ms",
                 "--alert-webhook",
