@@ -119,8 +119,12 @@ fn value(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
 }
 
+/// The admin server's `/metrics`, in each exposition format read by its own parser, with
+/// samples recorded through [`Metrics`] directly (as the supervisor records a crash and a
+/// hang): both formats parse, and the recorded series move. A real supervisor's counters are
+/// unwedge-cli's `observe::metrics_counters_move_after_a_crash_and_a_hang`.
 #[tokio::test]
-async fn counters_move_after_a_crash_and_a_hang() {
+async fn both_exposition_formats_parse_and_the_recorded_series_move() {
     let metrics = Arc::new(Metrics::new("0.1.0-test"));
     let view = sample_view("boom");
     let server = AdminServer::bind(
