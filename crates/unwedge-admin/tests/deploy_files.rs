@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::process::Command;
 
-use common::{have, output};
+use common::{have, output, skip};
 use unwedge_admin::{HangKind, Metrics, RestartReason};
 
 fn deploy(file: &str) -> PathBuf {
@@ -21,7 +21,7 @@ fn deploy(file: &str) -> PathBuf {
 /// without python3 or PyYAML.
 async fn yaml(file: &str) -> Option<Vec<serde_json::Value>> {
     if !have("python3") {
-        println!("SKIP: python3 not found");
+        skip("python3 not found (apt-get install python3)");
         return None;
     }
     let mut cmd = Command::new("python3");
@@ -33,7 +33,7 @@ async fn yaml(file: &str) -> Option<Vec<serde_json::Value>> {
     .arg(deploy(file));
     let out = output(cmd, None).await;
     if out.status.code() == Some(3) {
-        println!("SKIP: python module yaml missing (pip install pyyaml)");
+        skip("python3 cannot import yaml (pip install pyyaml)");
         return None;
     }
     assert!(
@@ -133,7 +133,7 @@ async fn prometheus_rules_use_real_metrics_and_pass_promtool() {
     }
 
     if !have("promtool") {
-        println!("SKIP: promtool not found (apt-get install prometheus): rules not unit-tested");
+        skip("promtool not found (apt-get install prometheus): rules not unit-tested");
         return;
     }
     let mut cmd = Command::new("promtool");
@@ -235,7 +235,7 @@ async fn kubernetes_probes_and_grace_period_match_the_flags() {
             String::from_utf8_lossy(&out.stderr)
         );
     } else {
-        println!("SKIP: kubernetes-validate not installed: schema not checked");
+        skip("kubernetes-validate not installed (pip install kubernetes-validate): schema not checked");
     }
 }
 
@@ -301,7 +301,7 @@ async fn grafana_dashboard_queries_real_metrics_in_valid_promql() {
     }
 
     if !have("promtool") {
-        println!("SKIP: promtool not found (apt-get install prometheus): PromQL not checked");
+        skip("promtool not found (apt-get install prometheus): PromQL not checked");
         return;
     }
     // Each query as a recording rule: `promtool check rules` parses it.

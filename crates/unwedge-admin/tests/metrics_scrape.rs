@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::{get, get_with, have, output, sample_view};
+use common::{get, get_with, have, output, sample_view, skip};
 use unwedge_admin::{
     AdminServer, HangKind, Metrics, RestartReason, StatusSource, StatusView, WorkerState,
 };
@@ -65,13 +65,13 @@ async fn scrape(addr: std::net::SocketAddr) -> (String, String) {
 /// `prometheus_client` is missing.
 async fn parse((text, openmetrics): (String, String)) -> Option<Samples> {
     if !have("python3") {
-        println!("SKIP: python3 not found");
+        skip("python3 not found (apt-get install python3)");
         return None;
     }
     let mut probe = tokio::process::Command::new("python3");
     probe.args(["-c", "import prometheus_client"]);
     if !output(probe, None).await.status.success() {
-        println!("SKIP: python module prometheus_client missing (pip install prometheus_client)");
+        skip("python3 cannot import prometheus_client (pip install prometheus-client)");
         return None;
     }
     let mut cmd = tokio::process::Command::new("python3");
@@ -119,8 +119,12 @@ fn value(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
 }
 
+/// The admin server's `/metrics`, in each exposition format read by its own parser, with
+/// samples recorded through [`Metrics`] directly (as the supervisor records a crash and a
+/// hang): both formats parse, and the recorded series move. A real supervisor's counters are
+/// unwedge-cli's `observe::metrics_counters_move_after_a_crash_and_a_hang`.
 #[tokio::test]
-async fn counters_move_after_a_crash_and_a_hang() {
+async fn both_exposition_formats_parse_and_the_recorded_series_move() {
     let metrics = Arc::new(Metrics::new("0.1.0-test"));
     let view = sample_view("boom");
     let server = AdminServer::bind(

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{get, have, sample_view};
+use common::{get, have, sample_view, skip};
 use unwedge_admin::{AdminServer, Metrics, StatusSource};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -81,7 +81,9 @@ fn page_requests(netlog: &serde_json::Value, origin: &str) -> (Vec<String>, Vec<
 #[tokio::test]
 async fn chromium_shows_the_report_and_the_restart_chart() {
     if !have(CHROMIUM) {
-        println!("SKIP: {CHROMIUM} not installed (apt-get install chromium)");
+        skip(&format!(
+            "{CHROMIUM} not installed (apt-get install chromium)"
+        ));
         return;
     }
     // The message is attacker-influenced (it may echo request data): it must show as text.

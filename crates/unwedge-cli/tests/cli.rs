@@ -938,7 +938,10 @@ async fn reload_signals_pid_1_when_it_is_a_supervisor() {
         .await
         .is_ok_and(|s| s.is_ok_and(|s| s.success()));
     if !can {
-        println!("SKIPPED: `unshare -Urpf --mount-proc` is not allowed here");
+        skip(
+            "`unshare -Urpf --mount-proc` is not allowed here (apt-get install util-linux; \
+             run as root, or allow unprivileged user namespaces)",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -998,7 +1001,7 @@ async fn reload_signals_pid_1_only_when_it_is_a_supervisor() {
 
     let init = unwedge_supervisor::procfs::command_line(1).unwrap_or_default();
     if is_supervisor(1) {
-        println!("SKIPPED the refusal of pid 1: it is `{init}`");
+        skip_env(&format!("the refusal of pid 1: it is `{init}`"));
     } else {
         for args in [
             &["reload", "--pid", "1"][..],

@@ -10,7 +10,7 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_deadlock_is_detected_dumped_and_replaced() {
     let Ok(go) = which_go() else {
-        println!("SKIPPED: go not installed (apt-get install golang-go)");
+        skip("go not installed (apt-get install golang-go)");
         return;
     };
     tokio::time::timeout(Duration::from_secs(120), async {
@@ -78,11 +78,12 @@ async fn go_deadlock_is_detected_dumped_and_replaced() {
             .parse()
             .unwrap();
         // It answers again (server2 answers every request by panicking: the connection is
-        // closed at once instead of hanging).
+        // closed at once instead of hanging). A hanging one holds the request until `http`
+        // gives up after 5 s: 4 s leaves a loaded box room and still tells them apart.
         let t = std::time::Instant::now();
         let r = http(([127, 0, 0, 1], port).into(), "GET", "/").await;
         assert!(
-            t.elapsed() < Duration::from_secs(2),
+            t.elapsed() < Duration::from_secs(4),
             "replacement hangs: {r:?}"
         );
     })

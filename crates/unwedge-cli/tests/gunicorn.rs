@@ -23,7 +23,7 @@ async fn answering_pid(addr: std::net::SocketAddr, path: &str) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gunicorn_is_supervised_with_the_processes_it_forks() {
     if !python_has("gunicorn") {
-        println!("SKIPPED: gunicorn not installed (pip install gunicorn)");
+        skip("python3 cannot import gunicorn (pip install gunicorn)");
         return;
     }
     tokio::time::timeout(Duration::from_secs(120), async {

@@ -128,7 +128,7 @@ async fn download_across_a_reload(sup: &Sup, addr: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_takes_the_socket_and_drains_across_a_reload_with_stop_signal_sigquit() {
     let Some(nginx) = nginx() else {
-        println!("SKIPPED: nginx not installed (apt-get install nginx-light)");
+        skip("nginx not installed (apt-get install nginx-light)");
         return;
     };
     tokio::time::timeout(Duration::from_secs(120), async {

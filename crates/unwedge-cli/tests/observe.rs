@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     admin_addr, another_program, get, http, http_as, proc_state, python_has, run_split, run_to_end,
-    Sup, BIN, LONG,
+    skip, Sup, BIN, LONG,
 };
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -337,7 +337,7 @@ async fn status_json_matches_the_real_workers() {
     .await;
 }
 
-// ---- /metrics, parsed by Prometheus' own Python parser ----
+// ---- /metrics ----
 
 const PARSE_METRICS: &str = r#"
 import json, sys
@@ -350,11 +350,50 @@ for fam in text_string_to_metric_families(sys.stdin.read()):
 print(json.dumps(out))
 "#;
 
-fn have_prometheus_client() -> bool {
-    python_has("prometheus_client")
+/// `/metrics` in the Prometheus text format (what a client that does not ask for OpenMetrics
+/// gets): each sample line's series, as written there (`name{label="value",…}`, or `name`
+/// alone), → its value. Read without a parser: the tests of what the counters say run
+/// wherever the supervisor does; that the format parses is checked by its own tests.
+async fn samples(admin: SocketAddr) -> HashMap<String, f64> {
+    let (code, text) = get(admin, "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }
 
-/// `/metrics`, parsed: `name{label=value,…}` → value.
+/// Scrapes until [`samples`] satisfies `ok`; returns those samples.
+async fn samples_until(
+    admin: SocketAddr,
+    what: &str,
+    ok: impl Fn(&HashMap<String, f64>) -> bool,
+) -> HashMap<String, f64> {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let m = samples(admin).await;
+        if ok(&m) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics never showed {what}: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of `series` in samples `m`, which must have it.
+fn val(m: &HashMap<String, f64>, series: &str) -> f64 {
+    *m.get(series)
+        .unwrap_or_else(|| panic!("no sample {series} in {m:?}"))
+}
+
+/// `/metrics`, parsed by Prometheus' own Python parser (prometheus_client):
+/// `name{label=value,…}` → value.
 async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
     let (code, text) = get(admin, "/metrics").await;
     assert_eq!(code, 200);
@@ -381,47 +420,27 @@ async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-async fn scrape_until(
-    admin: SocketAddr,
-    what: &str,
-    ok: impl Fn(&HashMap<String, f64>) -> bool,
-) -> HashMap<String, f64> {
-    let deadline = Instant::now() + LONG;
-    loop {
-        let m = scrape(admin).await;
-        if ok(&m) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/metrics never showed {what}: {m:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn val(m: &HashMap<String, f64>, key: &str) -> f64 {
-    *m.get(key)
-        .unwrap_or_else(|| panic!("no sample {key} in {m:?}"))
-}
-
 #[tokio::test]
 async fn metrics_counters_move_after_a_crash_and_a_hang() {
-    if !have_prometheus_client() {
-        eprintln!("SKIPPED: python3 with prometheus_client is not installed (pip install prometheus-client)");
-        return;
-    }
     limited(async {
-        let sup = start("2", &["--watchdog", "1s", "--dump-grace", "100ms"]);
+        // 3 s: heartbeats every 1.5 s leave a loaded box room, so that the one hang counted
+        // is the one this test makes (how soon it is found is not the point here).
+        let sup = start("2", &["--watchdog", "3s", "--dump-grace", "100ms"]);
         let admin = admin_addr(&sup).await;
         sup.wait_ready(0, 2).await;
-        let m = scrape_until(admin, "2 ready workers", |m| {
-            m.get("unwedge_workers{state=ready}") == Some(&2.0)
+        let m = samples_until(admin, "2 ready workers", |m| {
+            m.get(r#"unwedge_workers{state="ready"}"#) == Some(&2.0)
         })
         .await;
-        assert_eq!(val(&m, "unwedge_restarts_total{reason=exit_code}"), 0.0);
-        assert_eq!(val(&m, "unwedge_hangs_detected_total{kind=watchdog}"), 0.0);
-        assert_eq!(val(&m, "unwedge_build_info{version=0.1.0}"), 1.0);
+        assert_eq!(
+            val(&m, r#"unwedge_restarts_total{reason="exit_code"}"#),
+            0.0
+        );
+        assert_eq!(
+            val(&m, r#"unwedge_hangs_detected_total{kind="watchdog"}"#),
+            0.0
+        );
+        assert_eq!(val(&m, r#"unwedge_build_info{version="0.1.0"}"#), 1.0);
 
         // A crash: a poisoned lock, a graceful crash with exit 70, a replacement.
         let from = sup.mark();
@@ -429,38 +448,38 @@ async fn metrics_counters_move_after_a_crash_and_a_hang() {
         sup.wait_line(from, &["exit status 70"]).await;
         let crash_restarts = |m: &HashMap<String, f64>| {
             // exit_code, or tainted when the supervisor saw STATUS=tainted first.
-            m.get("unwedge_restarts_total{reason=exit_code}")
+            m.get(r#"unwedge_restarts_total{reason="exit_code"}"#)
                 .unwrap_or(&0.0)
-                + m.get("unwedge_restarts_total{reason=tainted}")
+                + m.get(r#"unwedge_restarts_total{reason="tainted"}"#)
                     .unwrap_or(&0.0)
         };
-        let m = scrape_until(admin, "the crash counted", |m| {
+        let m = samples_until(admin, "the crash counted", |m| {
             crash_restarts(m) == 1.0
-                && m.get("unwedge_crash_to_ready_seconds_count{}") == Some(&1.0)
-                && m.get("unwedge_workers{state=ready}") == Some(&2.0)
+                && m.get("unwedge_crash_to_ready_seconds_count") == Some(&1.0)
+                && m.get(r#"unwedge_workers{state="ready"}"#) == Some(&2.0)
         })
         .await;
-        assert_eq!(val(&m, "unwedge_panics_total{route=/poison}"), 1.0);
+        assert_eq!(val(&m, r#"unwedge_panics_total{route="/poison"}"#), 1.0);
         assert_eq!(
-            val(&m, "unwedge_reports_written_total{}"),
+            val(&m, "unwedge_reports_written_total"),
             0.0,
             "no report dir"
         );
 
-        // A hang: SIGSTOP a worker; no heartbeat within 1 s.
+        // A hang: SIGSTOP a worker; no heartbeat within 3 s.
         let stopped = ready_pids(&status(admin).await)[0];
         let from = sup.mark();
         kill(Pid::from_raw(stopped), Signal::SIGSTOP).unwrap();
         sup.wait_line(from, &[&format!("pid {stopped} is hung")])
             .await;
-        let m = scrape_until(admin, "the hang counted", |m| {
-            m.get("unwedge_hangs_detected_total{kind=watchdog}") == Some(&1.0)
-                && m.get("unwedge_restarts_total{reason=hang}") == Some(&1.0)
-                && m.get("unwedge_crash_to_ready_seconds_count{}") == Some(&2.0)
+        let m = samples_until(admin, "the hang counted", |m| {
+            m.get(r#"unwedge_hangs_detected_total{kind="watchdog"}"#) == Some(&1.0)
+                && m.get(r#"unwedge_restarts_total{reason="hang"}"#) == Some(&1.0)
+                && m.get("unwedge_crash_to_ready_seconds_count") == Some(&2.0)
         })
         .await;
         assert_eq!(crash_restarts(&m), 1.0);
-        assert_eq!(val(&m, "unwedge_alerts_sent_total{sink=webhook}"), 0.0);
+        assert_eq!(val(&m, r#"unwedge_alerts_sent_total{sink="webhook"}"#), 0.0);
     })
     .await;
 }
@@ -472,11 +491,13 @@ async fn webhook_gets_exactly_one_alert_per_event() {
     limited(async {
         let hook = Receiver::start(false).await;
         let url = hook.url();
+        // 3 s: heartbeats every 1.5 s leave a loaded box room, so that the only worker_hung
+        // is the one this test makes (how soon it is found is not the point here).
         let mut sup = start(
             "2",
             &[
                 "--watchdog",
-                "1s",
+                "3s",
                 "--dump-grace",
                 "100ms",
                 "--alert-webhook",
@@ -554,8 +575,10 @@ async fn hanging_webhook_does_not_delay_the_replacement() {
                 .wait_line(from, &[" ready in ", "after the crash"])
                 .await;
             let ms = common::ms_before(&line, " after the crash");
-            // The usual bound for a replacement (restart delay 10 ms, then its start-up).
-            assert!(ms < 2000.0, "replacement took {ms} ms: {line}");
+            // Not held by the alert: a delivery attempt to this webhook blocks 5 s, and the
+            // replacement (restart delay 10 ms, then its start-up) needs far less than 4 s,
+            // even on a loaded box.
+            assert!(ms < 4000.0, "replacement took {ms} ms: {line}");
             // The alert did go out, and is stuck in the receiver that never answers.
             hook.wait_kind("worker_crashed", i + 1).await;
         }
@@ -597,11 +620,7 @@ async fn crash_loop(flags: &[&str], dir: &std::path::Path) -> (Sup, SocketAddr) 
 
 /// The value of `series` (`name{label="value"}`) in `/metrics`, 0 when absent.
 async fn sample(admin: SocketAddr, series: &str) -> f64 {
-    let (code, text) = get(admin, "/metrics").await;
-    assert_eq!(code, 200, "{text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    samples(admin).await.get(series).copied().unwrap_or(0.0)
 }
 
 /// A webhook that accepts and never answers holds its own delivery slots only: every crash of
@@ -1241,10 +1260,6 @@ async fn config_file_takes_the_observability_keys() {
 
 #[tokio::test]
 async fn a_crash_loop_alerts_once_and_alert_exec_gets_the_event() {
-    if !have_prometheus_client() {
-        eprintln!("SKIPPED: python3 with prometheus_client is not installed (pip install prometheus-client)");
-        return;
-    }
     limited(async {
         let hook = Receiver::start(false).await;
         let url = hook.url();
@@ -1262,8 +1277,8 @@ async fn a_crash_loop_alerts_once_and_alert_exec_gets_the_event() {
                 .await;
         }
         // The same event twice (`w1: killed by SIGKILL`) within the window: one alert.
-        scrape_until(admin, "the second crash de-duplicated", |m| {
-            m.get("unwedge_alerts_dropped_total{reason=duplicate}") == Some(&1.0)
+        samples_until(admin, "the second crash de-duplicated", |m| {
+            m.get(r#"unwedge_alerts_dropped_total{reason="duplicate"}"#) == Some(&1.0)
         })
         .await;
         sup.signal(Signal::SIGTERM);
@@ -1289,10 +1304,6 @@ async fn a_crash_loop_alerts_once_and_alert_exec_gets_the_event() {
 /// an orphan of the supervisor's own session: reaped once it exits, not left a zombie.
 #[tokio::test]
 async fn alert_exec_commands_keep_their_exit_status_and_leave_no_zombie() {
-    if !have_prometheus_client() {
-        eprintln!("SKIPPED: python3 with prometheus_client is not installed (pip install prometheus-client)");
-        return;
-    }
     limited(async {
         let tmp = tempfile::tempdir().unwrap();
         let count = tmp.path().join("count");
@@ -1318,12 +1329,12 @@ async fn alert_exec_commands_keep_their_exit_status_and_leave_no_zombie() {
             &["sh", "-c", &worker],
         );
         let admin = admin_addr(&sup).await;
-        let m = scrape_until(admin, "six alerts delivered", |m| {
-            m.get("unwedge_alerts_sent_total{sink=exec}") == Some(&6.0)
+        let m = samples_until(admin, "six alerts delivered", |m| {
+            m.get(r#"unwedge_alerts_sent_total{sink="exec"}"#) == Some(&6.0)
         })
         .await;
         assert_eq!(
-            m.get("unwedge_alerts_failed_total{sink=exec}"),
+            m.get(r#"unwedge_alerts_failed_total{sink="exec"}"#),
             Some(&0.0),
             "{}",
             sup.log()
@@ -1402,7 +1413,9 @@ async fn dump_dom(url: &str) -> String {
 #[tokio::test]
 async fn chromium_shows_the_real_crash_on_the_status_page() {
     if !std::path::Path::new(CHROMIUM).exists() {
-        eprintln!("SKIPPED: {CHROMIUM} not installed (apt-get install chromium)");
+        skip(&format!(
+            "{CHROMIUM} not installed (apt-get install chromium)"
+        ));
         return;
     }
     limited(async {
@@ -1441,10 +1454,6 @@ async fn chromium_shows_the_real_crash_on_the_status_page() {
 
 #[tokio::test]
 async fn reload_shows_the_new_generation_and_counts_its_restarts() {
-    if !have_prometheus_client() {
-        eprintln!("SKIPPED: python3 with prometheus_client is not installed (pip install prometheus-client)");
-        return;
-    }
     limited(async {
         let sup = start("2", &[]);
         let admin = admin_addr(&sup).await;
@@ -1462,11 +1471,14 @@ async fn reload_shows_the_new_generation_and_counts_its_restarts() {
         for pid in ready_pids(&s) {
             assert!(!old.contains(&pid), "old pid {pid} still listed: {s}");
         }
-        let m = scrape_until(admin, "two reload restarts", |m| {
-            m.get("unwedge_restarts_total{reason=reload}") == Some(&2.0)
+        let m = samples_until(admin, "two reload restarts", |m| {
+            m.get(r#"unwedge_restarts_total{reason="reload"}"#) == Some(&2.0)
         })
         .await;
-        assert_eq!(val(&m, "unwedge_restarts_total{reason=exit_code}"), 0.0);
+        assert_eq!(
+            val(&m, r#"unwedge_restarts_total{reason="exit_code"}"#),
+            0.0
+        );
         assert_eq!(
             s["reports"].as_array().unwrap().len(),
             0,
@@ -1539,10 +1551,6 @@ async fn reports_default_to_the_systemd_state_directory() {
 /// (its requests in flight were cut off; an operator needs to know).
 #[tokio::test]
 async fn a_worker_killed_at_the_stop_timeout_is_alerted_and_counted() {
-    if !have_prometheus_client() {
-        eprintln!("SKIPPED: python3 with prometheus_client is not installed (pip install prometheus-client)");
-        return;
-    }
     limited(async {
         let hook = Receiver::start(false).await;
         let url = hook.url();
@@ -1559,8 +1567,8 @@ async fn a_worker_killed_at_the_stop_timeout_is_alerted_and_counted() {
         );
         let admin = admin_addr(&sup).await;
         let old = sup.wait_ready(0, 1).await;
-        let m = scrape(admin).await;
-        assert_eq!(val(&m, "unwedge_stop_timeouts_total{}"), 0.0);
+        let m = samples(admin).await;
+        assert_eq!(val(&m, "unwedge_stop_timeouts_total"), 0.0);
 
         let from = sup.mark();
         sup.signal(Signal::SIGHUP);
@@ -1574,8 +1582,8 @@ async fn a_worker_killed_at_the_stop_timeout_is_alerted_and_counted() {
             .wait_line(from, &["did not stop within", "--stop-timeout"])
             .await;
         assert!(line.contains(&format!("pid {}", old[0])), "{line}");
-        scrape_until(admin, "the stop timeout counted", |m| {
-            m.get("unwedge_stop_timeouts_total{}") == Some(&1.0)
+        samples_until(admin, "the stop timeout counted", |m| {
+            m.get("unwedge_stop_timeouts_total") == Some(&1.0)
         })
         .await;
         // The new generation serves; the alert was the only one.
@@ -1973,7 +1981,7 @@ async fn promtool_parses(text: &str) -> bool {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let Ok(mut child) = cmd.spawn() else {
-        eprintln!("SKIPPED: promtool not found (apt-get install prometheus)");
+        skip("promtool not found (apt-get install prometheus)");
         return false;
     };
     let mut stdin = child.stdin.take().unwrap();
@@ -2018,7 +2026,7 @@ async fn a_panic_on_a_hostile_path_leaves_metrics_parseable() {
                 text.contains(r#"unwedge_panics_total{route="/files/a%22b%5Cc%0Ad%1B[2J"} 1"#),
                 "{text}"
             );
-            if have_prometheus_client() {
+            if python_has("prometheus_client") {
                 // prometheus_client's parser too (both formats, the strict OpenMetrics
                 // parser included: unwedge-admin's metrics_scrape).
                 let m = scrape(admin).await;
@@ -2027,9 +2035,11 @@ async fn a_panic_on_a_hostile_path_leaves_metrics_parseable() {
                     Some(&1.0),
                     "{m:?}"
                 );
-            } else if !checked {
-                eprintln!("SKIPPED: neither promtool nor prometheus_client to parse /metrics");
-                return;
+            } else {
+                skip("python3 cannot import prometheus_client (pip install prometheus-client)");
+                if !checked {
+                    return;
+                }
             }
         }
     })

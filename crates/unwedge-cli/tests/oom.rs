@@ -57,7 +57,10 @@ fn limited_cgroup() -> Option<Cgroup> {
     match Cgroup::new(200 << 20) {
         Ok(cg) => Some(cg),
         Err(why) => {
-            println!("SKIPPED: no memory cgroup to limit here ({why})");
+            skip(&format!(
+                "no memory cgroup to limit here ({why}): run the tests as root on a machine whose \
+                 memory cgroup (v1, or v2 with the memory controller) is writable"
+            ));
             None
         }
     }

@@ -117,7 +117,7 @@ async fn real_systemd_socket_activate_passes_its_socket_through() {
     ]
     .into_iter()
     .find(|p| std::path::Path::new(p).is_file()) else {
-        println!("SKIPPED: systemd-socket-activate not installed (apt-get install systemd)");
+        skip("systemd-socket-activate not installed (apt-get install systemd)");
         return;
     };
     tokio::time::timeout(Duration::from_secs(60), async {

@@ -17,7 +17,7 @@ fn root() -> bool {
     if Uid::effective().is_root() {
         return true;
     }
-    println!("SKIPPED: switching users needs the tests to run as root");
+    skip("switching users needs the tests to run as root (CI runs them as root)");
     false
 }
 

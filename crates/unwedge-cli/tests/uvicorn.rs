@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uvicorn_takes_the_socket_and_is_found_ready_by_its_event_loop() {
     if !python_has("uvicorn") {
-        println!("SKIPPED: uvicorn not installed (pip install uvicorn)");
+        skip("python3 cannot import uvicorn (pip install uvicorn)");
         return;
     }
     tokio::time::timeout(Duration::from_secs(120), async {

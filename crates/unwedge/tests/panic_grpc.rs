@@ -177,7 +177,13 @@ print(json.dumps(out))
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_grpcio {
-        eprintln!("skipped: Python's grpcio is not installed (`pip install grpcio`)");
+        let why = "Python's grpcio is not installed (`pip install grpcio`)";
+        let required = std::env::var_os("UNWEDGE_REQUIRE_PEERS").is_some_and(|v| v == "1");
+        assert!(
+            !required,
+            "UNWEDGE_REQUIRE_PEERS=1, and a peer is missing: {why}"
+        );
+        eprintln!("skipped: {why}");
         return;
     }
     within(async {

@@ -41,7 +41,7 @@ fn own_non_loopback_ip() -> Option<IpAddr> {
 fn livez_withholds_the_reason_from_clients_on_other_hosts() {
     maybe_worker();
     let Some(ip) = own_non_loopback_ip() else {
-        println!("SKIPPED: this machine has no non-loopback address");
+        println!("SKIPPED (this environment): this machine has no non-loopback address");
         return;
     };
     let mut w = Worker::start(

@@ -152,6 +152,24 @@ pub fn have(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
+/// Whether a missing peer fails the test instead of skipping it: `UNWEDGE_REQUIRE_PEERS=1`,
+/// which `.ci/run` exports (a CI that installed every peer must not go green on skipped tests).
+pub fn peers_required() -> bool {
+    std::env::var_os("UNWEDGE_REQUIRE_PEERS").is_some_and(|v| v == "1")
+}
+
+/// A peer this test drives is missing here (a program, a Python module…): `missing` says what
+/// and how to install it. Under `UNWEDGE_REQUIRE_PEERS=1` that fails the test; elsewhere it
+/// is said, and the caller returns (passing).
+#[track_caller]
+pub fn skip(missing: &str) {
+    assert!(
+        !peers_required(),
+        "UNWEDGE_REQUIRE_PEERS=1, and a peer of this test is missing: {missing}"
+    );
+    println!("SKIPPED: {missing}");
+}
+
 /// Runs `cmd` (stdin closed) and collects its output, killing it if it takes longer than
 /// [`LIMIT`].
 pub async fn output(

@@ -488,6 +488,30 @@ pub fn python_has(module: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether a missing peer fails the test instead of skipping it: `UNWEDGE_REQUIRE_PEERS=1`,
+/// which `.ci/run` exports (a CI that installed every peer must not go green on skipped tests).
+pub fn peers_required() -> bool {
+    std::env::var_os("UNWEDGE_REQUIRE_PEERS").is_some_and(|v| v == "1")
+}
+
+/// A peer this test drives is missing here (a program, a Python module, root, a memory
+/// cgroup…): `missing` says what and how to install it. Under `UNWEDGE_REQUIRE_PEERS=1` that
+/// fails the test; elsewhere it is said, and the caller returns (passing).
+#[track_caller]
+pub fn skip(missing: &str) {
+    assert!(
+        !peers_required(),
+        "UNWEDGE_REQUIRE_PEERS=1, and a peer of this test is missing: {missing}"
+    );
+    println!("SKIPPED: {missing}");
+}
+
+/// Skipped for a fact of this machine that CI does not promise either (said, never a
+/// failure, even under `UNWEDGE_REQUIRE_PEERS=1`).
+pub fn skip_env(why: &str) {
+    println!("SKIPPED (this environment): {why}");
+}
+
 /// A process left running by a test, SIGKILLed when dropped (if it still runs `program`: its
 /// pid may have been reused by then).
 pub struct Stray {
