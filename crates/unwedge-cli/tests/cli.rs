@@ -938,7 +938,7 @@ async fn reload_signals_pid_1_when_it_is_a_supervisor() {
         .await
         .is_ok_and(|s| s.is_ok_and(|s| s.success()));
     if !can {
-        skip(
+        skip_env(
             "`unshare -Urpf --mount-proc` is not allowed here (apt-get install util-linux; \
              run as root, or allow unprivileged user namespaces)",
         );

@@ -57,7 +57,7 @@ fn limited_cgroup() -> Option<Cgroup> {
     match Cgroup::new(200 << 20) {
         Ok(cg) => Some(cg),
         Err(why) => {
-            skip(&format!(
+            skip_env(&format!(
                 "no memory cgroup to limit here ({why}): run the tests as root on a machine whose \
                  memory cgroup (v1, or v2 with the memory controller) is writable"
             ));
