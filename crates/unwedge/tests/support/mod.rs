@@ -90,6 +90,7 @@ impl Worker {
             "UNWEDGE_ABORT_WHEN_WEDGED",
             "UNWEDGE_SHUTDOWN_TIMEOUT",
             "UNWEDGE_CRASH_TIMEOUT",
+            "UNWEDGE_IDLE_TIMEOUT",
         ] {
             cmd.env_remove(var);
         }
