@@ -268,8 +268,11 @@ async fn cancelled_wait_over_limit_clears_its_wedge() {
     .await;
 }
 
+/// The wait that closes the cycle finds it when it registers (synchronously, no timer), so
+/// the deadlock is reported long before any wait limit (10 s by default). The 5 s bound also
+/// covers spawning the two tasks and their barrier on a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ab_ba_deadlock_is_detected_within_a_second() {
+async fn ab_ba_deadlock_is_reported_before_any_wait_limit() {
     support::own_process();
     bounded(async {
         let x = Arc::new(Mutex::named("x", ()));
@@ -288,11 +291,11 @@ async fn ab_ba_deadlock_is_detected_within_a_second() {
         let (a_id, b_id) = (a.id(), b.id());
 
         let reason = tokio::time::timeout(
-            Duration::from_secs(1),
+            Duration::from_secs(5),
             health_becomes(HealthState::Wedged, |r| r.contains("deadlock")),
         )
         .await
-        .expect("deadlock not reported within 1 s");
+        .expect("deadlock not reported within 5 s");
         for needle in [
             format!("task {a_id}"),
             format!("task {b_id}"),
