@@ -1,6 +1,8 @@
 //! Connections that send nothing, trickle a request head (slowloris) or sit idle are closed
-//! after one to two idle periods instead of holding a task and a file descriptor forever; `0`
-//! turns the idle timeout off.
+//! after one to two idle periods instead of holding a task and a file descriptor forever.
+//! That `0` turns the idle timeout off is tested in `unwedge`'s `tests/serve_zero_limits.rs`,
+//! over a low builder value: the demo has only the 30 s default, which a few seconds' wait
+//! cannot tell from "off".
 
 mod support;
 
@@ -92,30 +94,6 @@ fn silent_trickling_and_idle_connections_are_closed_after_the_idle_timeout() {
             .expect("the idle keep-alive connection stayed open");
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    });
-}
-
-#[test]
-fn zero_turns_the_idle_timeout_off() {
-    run_test(Duration::from_secs(60), async {
-        let dir = tempfile::tempdir().unwrap();
-        let (_worker, addr) = worker(dir.path(), "0").await;
-        let mut silent = TcpStream::connect(addr).await.unwrap();
-        assert!(
-            closed_within(&mut silent, Duration::from_millis(1500))
-                .await
-                .is_none(),
-            "closed without a timeout"
-        );
-        // And it is still served when it finally speaks.
-        silent
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let (_, got) = closed_within(&mut silent, Duration::from_secs(10))
-            .await
-            .expect("no answer");
-        assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
     });
 }
 

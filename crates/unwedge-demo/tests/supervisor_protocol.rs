@@ -247,8 +247,9 @@ fn graceful_crash_with_nothing_in_flight_exits_promptly() {
         let took = sent.elapsed();
         assert_eq!(status.code(), Some(70), "stderr:\n{}", worker.stderr());
         eprintln!("FIGURE crash_exit_ms={:.2}", took.as_secs_f64() * 1e3);
-        // A generous bound: the deadline (5 s) must not have been waited out.
-        assert!(took < Duration::from_secs(2), "crash took {took:?}");
+        // Not the 5 s crash deadline waited out: that alternative takes 5 s or more, so 4 s
+        // tells the two apart with room for a loaded machine. (How fast is the FIGURE's.)
+        assert!(took < Duration::from_secs(4), "crash took {took:?}");
     });
 }
 

@@ -1,4 +1,10 @@
-//! Loom model of `Tx`'s writer lock and publish step: two writers and a reader.
+//! Loom model of `Tx`'s writer lock and of the protocol around its publish step (copy, update,
+//! publish or roll back, counters): two writers and a reader.
+//!
+//! What it does not check is the publish itself as it runs in a normal build: there the published
+//! pointer is an arc-swap `ArcSwap`, whose lock-free load and store loom cannot see inside;
+//! under this model it is a loom `RwLock<Arc<T>>` standing in for it (see the `facade` module
+//! in `src/state.rs`). arc-swap's own tests cover arc-swap.
 //!
 //! Run with (its own target dir, so the shared one is not rebuilt with other flags):
 //!
@@ -8,9 +14,8 @@
 //! ```
 //!
 //! Not `--cfg loom`: tokio, a dependency, changes (and fails to build) under that cfg.
-//! Under `unwedge_loom`, `Tx` uses loom's mutex, atomics and thread-locals, and its published
-//! pointer is a loom `RwLock<Arc<T>>` (see the `facade` module in `src/state.rs`); without
-//! the cfg this file compiles to nothing.
+//! Under `unwedge_loom`, `Tx` uses loom's mutex, atomics and thread-locals, and the `RwLock`
+//! above for its published pointer; without the cfg this file compiles to nothing.
 #![cfg(unwedge_loom)]
 
 use loom::sync::Arc;

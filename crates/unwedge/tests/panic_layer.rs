@@ -1,9 +1,13 @@
 //! PanicLayer over a real socket: catching, answering, reporting, deciding.
 //!
 //! Each test runs in its own process under `cargo nextest run`, so the process-wide health
-//! registry and crash signal start clean in each. The apps are axum routers that mount
-//! `unwedge::probe::router`: the file needs the (default) `axum` feature.
+//! registry and crash signal start clean in each; the tests that rely on that, or change the
+//! panic hook or the `tracing` subscriber, check it first (`support::own_process`). The apps
+//! are axum routers that mount `unwedge::probe::router`: the file needs the (default) `axum`
+//! feature.
 #![cfg(feature = "axum")]
+
+mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -147,6 +151,7 @@ fn comments_app(comments: Arc<Tx<Vec<String>>>, layer: PanicLayer) -> Router {
 
 #[tokio::test]
 async fn comments_out_of_range_panic_answers_500_and_rolls_back() {
+    support::own_process();
     within(async {
         let comments = Arc::new(Tx::named("comments", vec!["first".to_owned()]));
         let keep = Keep::default();
@@ -264,6 +269,7 @@ fn new_cache() -> Cache {
 
 #[tokio::test]
 async fn bytecache_burn_poisons_the_mutex_and_auto_requests_a_crash() {
+    support::own_process();
     within(async {
         let keep = Keep::default();
         let addr = start(cache_app(
@@ -305,6 +311,7 @@ async fn bytecache_burn_poisons_the_mutex_and_auto_requests_a_crash() {
 
 #[tokio::test]
 async fn bytecache_burn_under_recover_keeps_serving_and_lock_reports_poison() {
+    support::own_process();
     within(async {
         let cache = new_cache();
         let addr = start(cache_app(
@@ -339,6 +346,7 @@ async fn bytecache_burn_under_recover_keeps_serving_and_lock_reports_poison() {
 
 #[tokio::test]
 async fn six_panics_in_ten_seconds_under_auto_request_a_crash() {
+    support::own_process();
     within(async {
         // Untracked state: a std lock that unwedge cannot see.
         let hits = Arc::new(StdMutex::new(0u64));
@@ -374,6 +382,7 @@ async fn six_panics_in_ten_seconds_under_auto_request_a_crash() {
 
 #[tokio::test]
 async fn panic_after_an_await_is_caught_like_one_in_call() {
+    support::own_process();
     within(async {
         let keep = Keep::default();
         let app = Router::new()
@@ -507,6 +516,7 @@ impl std::io::Write for LogBuf {
 
 #[tokio::test]
 async fn authorization_and_cookies_never_reach_the_report_or_the_logs() {
+    support::own_process();
     let logs = LogBuf::default();
     let writer = logs.clone();
     tracing_subscriber::fmt()
@@ -627,6 +637,7 @@ async fn request_id_is_echoed_generated_or_replaced() {
 
 #[tokio::test]
 async fn crash_policy_requests_a_crash_even_when_the_state_rolled_back() {
+    support::own_process();
     within(async {
         let comments = Arc::new(Tx::named("comments", vec!["a".to_owned()]));
         let layer = PanicLayer::with_policy(Policy::Crash);
@@ -747,6 +758,7 @@ async fn a_report_carries_nothing_of_an_earlier_request() {
 /// `JoinError::into_panic` idiom and rayon re-raise panics).
 #[tokio::test]
 async fn a_resumed_panic_is_not_reported_with_an_earlier_caught_panics_details() {
+    support::own_process();
     use tower::ServiceExt;
     within(async {
         let stale = Tx::named("stale-tx", 0u32);
@@ -798,6 +810,7 @@ async fn a_resumed_panic_is_not_reported_with_an_earlier_caught_panics_details()
 /// installed before unwedge's (std's printing one by default) still sees a request's panic.
 #[tokio::test]
 async fn without_a_tracing_subscriber_the_previous_hook_still_sees_a_request_panic() {
+    support::own_process();
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::ServiceExt;
     static SEEN: AtomicUsize = AtomicUsize::new(0);
@@ -836,6 +849,7 @@ async fn without_a_tracing_subscriber_the_previous_hook_still_sees_a_request_pan
 /// so `Auto` still crashes.
 #[tokio::test]
 async fn a_panic_caught_inside_a_drop_while_unwinding_keeps_the_first_panics_report() {
+    support::own_process();
     use std::sync::atomic::{AtomicU32, Ordering};
     use tower::ServiceExt;
     static PANIC_LINE: AtomicU32 = AtomicU32::new(0);

@@ -1,5 +1,7 @@
 //! `/livez` and `/readyz` over a real socket, following the health registry.
 
+mod support;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -33,6 +35,7 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
 #[cfg(feature = "axum")]
 #[tokio::test]
 async fn axum_router_follows_health() {
+    support::own_process();
     within(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -71,6 +74,7 @@ async fn axum_router_follows_health() {
 
 #[tokio::test]
 async fn probes_service_with_a_hyper_server() {
+    support::own_process();
     within(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -2,14 +2,16 @@
 //! known before), `Server::shutdown_on` stops it as SIGTERM would: a request in flight
 //! finishes, the listener is closed, `serve()` returns `Outcome::Stopped`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use unwedge::serve::Outcome;
-use unwedge::Server;
+use unwedge::{HealthState, Server};
 
 /// `GET path` on a new connection: the whole response (30 s at most).
 async fn get_text(addr: std::net::SocketAddr, path: &str) -> String {
@@ -32,19 +34,24 @@ async fn a_server_on_a_given_listener_stops_when_asked_and_finishes_its_requests
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (started_tx, started) = tokio::sync::mpsc::channel::<()>(1);
+    // The slow request is held here until the drain has begun, however long the stop takes.
+    let gate = Arc::new(Semaphore::new(0));
     let app = Router::new().route("/", get(|| async { "hello" })).route(
         "/slow",
-        get(move || {
-            let started_tx = started_tx.clone();
-            async move {
-                started_tx.send(()).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                "slow done"
+        get({
+            let gate = gate.clone();
+            move || {
+                let (started_tx, gate) = (started_tx.clone(), gate.clone());
+                async move {
+                    started_tx.send(()).await.unwrap();
+                    gate.acquire().await.unwrap().forget();
+                    "slow done"
+                }
             }
         }),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
+    let mut server = tokio::spawn(
         Server::new()
             .listener(listener)
             // Ignored: the given listener wins.
@@ -63,18 +70,41 @@ async fn a_server_on_a_given_listener_stops_when_asked_and_finishes_its_requests
 
     let slow = tokio::spawn(get_text(addr, "/slow"));
     let mut started = started;
-    started.recv().await.expect("the slow request began");
+    tokio::time::timeout(Duration::from_secs(30), started.recv())
+        .await
+        .expect("the slow request began within 30 s")
+        .expect("the slow request began");
+    let mut health = unwedge::health::subscribe();
     stop.send(()).unwrap();
+
+    // The stop has begun: the listener is closed and the health is Draining, while the request
+    // is still held in its handler.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        health.wait_for(|(state, _)| *state == HealthState::Draining),
+    )
+    .await
+    .expect("no Draining within 30 s of the stop")
+    .expect("health sender lives forever");
+    let refused = TcpStream::connect(addr).await;
+    assert!(refused.is_err(), "still accepting while draining");
+    // A serve() that returned now would abandon the request: it must wait for it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut server)
+            .await
+            .is_err(),
+        "serve() returned with a request in flight"
+    );
+
+    gate.add_permits(1);
+    let res = slow.await.unwrap();
+    assert!(
+        res.starts_with("HTTP/1.1 200") && res.ends_with("slow done"),
+        "the request in flight was cut: {res}"
+    );
     let outcome = tokio::time::timeout(Duration::from_secs(30), server)
         .await
         .expect("serve() returned")
         .unwrap();
     assert!(matches!(outcome, Outcome::Stopped), "{outcome:?}");
-    let res = slow.await.unwrap();
-    assert!(
-        res.ends_with("slow done"),
-        "the request in flight was cut: {res}"
-    );
-    let refused = TcpStream::connect(addr).await;
-    assert!(refused.is_err(), "still accepting after serve() returned");
 }

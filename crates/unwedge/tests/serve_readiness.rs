@@ -16,6 +16,10 @@ use tokio::net::UnixStream;
 use tokio::sync::{Notify, Semaphore};
 use tower::{Layer, Service, ServiceBuilder};
 
+/// Hard upper bound for the whole test, and for each step of it.
+const LIMIT: Duration = Duration::from_secs(30);
+const STEP: Duration = Duration::from_secs(10);
+
 /// Counts `poll_ready` calls (each wakes `polled`): the test awaits "the request has asked
 /// for capacity" instead of guessing with a sleep.
 #[derive(Clone)]
@@ -66,6 +70,14 @@ async fn wait_listening(path: &PathBuf) {
 /// polled again, while the request ran on a clone queued behind it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waiting_for_a_concurrency_limit_is_answered_when_the_slot_frees() {
+    // Each step awaits an event (the slow request entered, the second one asked for the slot);
+    // if one never comes, the test fails here instead of hanging.
+    tokio::time::timeout(LIMIT, slot_frees())
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {LIMIT:?}"));
+}
+
+async fn slot_frees() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("app.sock");
     let gate = Arc::new(Semaphore::new(0));
@@ -106,24 +118,30 @@ async fn a_request_waiting_for_a_concurrency_limit_is_answered_when_the_slot_fre
         let sock = sock.clone();
         async move { get_over(&sock, "/slow").await }
     });
-    entered.notified().await;
+    tokio::time::timeout(STEP, entered.notified())
+        .await
+        .expect("the slow request never reached its handler");
     // The second request asks for the slot (and is told to wait) before the slot frees.
     let before = count.load(Ordering::SeqCst);
     let fast = tokio::spawn({
         let sock = sock.clone();
         async move { get_over(&sock, "/fast").await }
     });
-    while count.load(Ordering::SeqCst) == before {
-        let _ = tokio::time::timeout(Duration::from_millis(50), polled.notified()).await;
-    }
+    tokio::time::timeout(STEP, async {
+        while count.load(Ordering::SeqCst) == before {
+            let _ = tokio::time::timeout(Duration::from_millis(50), polled.notified()).await;
+        }
+    })
+    .await
+    .expect("the second request never asked for the slot");
     gate.add_permits(1);
 
-    let slow = tokio::time::timeout(Duration::from_secs(10), slow)
+    let slow = tokio::time::timeout(STEP, slow)
         .await
         .expect("the slow request is answered")
         .unwrap();
     assert!(slow.ends_with("slow"), "{slow}");
-    let fast = tokio::time::timeout(Duration::from_secs(10), fast)
+    let fast = tokio::time::timeout(STEP, fast)
         .await
         .expect("the waiting request is answered once the slot frees")
         .unwrap();

@@ -1,14 +1,16 @@
-//! Zero turns a watchdog limit off, in the environment and in the builder, as it does for the
-//! idle timeout: a zero stall limit used to make the process Wedged from startup, a zero hang
-//! limit wedged it 0.1 s into any request, and a zero `abort_when_wedged` exited 70 at the
-//! first wedge.
+//! Zero turns a watchdog limit off, in the environment and in the builder, and so it does for
+//! the idle timeout: a zero stall limit used to make the process Wedged from startup, a zero
+//! hang limit wedged it 0.1 s into any request, and a zero `abort_when_wedged` exited 70 at
+//! the first wedge.
 //!
 //! Each test runs this test binary as a real worker process (see `support`) on
-//! `127.0.0.1:0`, holds a request in flight past the limit that would otherwise apply, and
-//! probes `/livez` meanwhile.
+//! `127.0.0.1:0`, holds a request in flight (or, for the idle timeout, a silent connection
+//! open) past the limit that would otherwise apply, and probes `/livez` meanwhile.
 
 mod support;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +80,9 @@ fn app() -> Router {
         )
 }
 
+/// The idle timeout the builder sets in mode `low-idle`, far below the 30 s default.
+const LOW_IDLE: Duration = Duration::from_millis(300);
+
 /// The worker: the builder's limits are low (so that the default is not what is turned
 /// off), or zero in mode `zero`.
 fn maybe_worker() {
@@ -96,6 +101,7 @@ fn maybe_worker() {
             .stall_limit(Duration::ZERO)
             .hang_limit(Duration::ZERO)
             .abort_when_wedged(Duration::ZERO),
+        "low-idle" => Server::new().idle_timeout(LOW_IDLE),
         other => panic!("unknown mode {other}"),
     };
     support::run_worker(|| server.serve(app()))
@@ -204,5 +210,62 @@ fn zero_limits_in_the_builder_turn_the_checks_off() {
     assert!(probes.len() > 5, "{probes:?}");
     assert!(probes.iter().all(|s| *s == 200), "{probes:?}\n{}", w.log());
     assert!(!w.log().contains("wedged"), "{}", w.log());
+    stop(w);
+}
+
+/// Connects to the worker and sends nothing for up to `limit`: the connection, and whether
+/// the worker closed it meanwhile (end of file or reset).
+fn silent_for(w: &Worker, limit: Duration) -> (TcpStream, bool) {
+    let mut s = TcpStream::connect(w.addr.expect("listening")).expect("connect");
+    s.set_read_timeout(Some(limit)).unwrap();
+    let closed = match s.read(&mut [0u8; 64]) {
+        Ok(0) => true,
+        Ok(n) => panic!("the worker sent {n} bytes to a connection that sent nothing"),
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    (s, closed)
+}
+
+/// `UNWEDGE_IDLE_TIMEOUT=0` over a builder's 300 ms: a connection that sends nothing stays
+/// open for 3 s (ten builder periods), then is served when it speaks. Without the variable the
+/// builder's 300 ms closes such a connection, so a zero that were ignored, or that fell back
+/// to the builder's value, fails here. (One that fell back to the 30 s default would not:
+/// telling that apart takes over 30 s.)
+#[test]
+fn an_idle_timeout_of_zero_turns_the_idle_timeout_off() {
+    maybe_worker();
+    let test = "an_idle_timeout_of_zero_turns_the_idle_timeout_off";
+    let w = Worker::start(test, "low-idle", &[]);
+    let (_, closed) = silent_for(&w, Duration::from_secs(10));
+    assert!(
+        closed,
+        "the builder's idle timeout of {LOW_IDLE:?} left a silent connection open for 10 s"
+    );
+    drop(w);
+
+    let mut w = Worker::start(test, "low-idle", &[("UNWEDGE_IDLE_TIMEOUT", "0")]);
+    let (mut silent, closed) = silent_for(&w, Duration::from_secs(3));
+    assert!(
+        !closed,
+        "a silent connection was closed with UNWEDGE_IDLE_TIMEOUT=0\n{}",
+        w.log()
+    );
+    // Still served when it finally speaks.
+    silent
+        .write_all(b"GET /release HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = silent.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer:?}\n{}",
+        w.log()
+    );
     stop(w);
 }

@@ -1,5 +1,7 @@
 //! `unwedge::spawn`: supervised background tasks under the process-wide policy.
 
+mod support;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +41,7 @@ fn flaky(
 
 #[tokio::test]
 async fn a_panicking_task_is_restarted_and_the_restarts_counted() {
+    support::own_process();
     within(async {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let handle = unwedge::spawn("flaky", flaky(2, tx));
@@ -74,6 +77,7 @@ async fn a_task_that_returns_is_not_restarted() {
 
 #[tokio::test]
 async fn under_crash_a_task_panic_requests_a_crash() {
+    support::own_process();
     within(async {
         unwedge::panic::set_policy(Policy::Crash);
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -93,6 +97,7 @@ async fn under_crash_a_task_panic_requests_a_crash() {
 
 #[tokio::test]
 async fn a_task_that_poisons_a_mutex_escalates_under_auto() {
+    support::own_process();
     within(async {
         let m = Arc::new(unwedge::Mutex::named("jobs", Vec::<u32>::new()));
         let handle = unwedge::spawn("worker", {
@@ -119,6 +124,7 @@ async fn a_task_that_poisons_a_mutex_escalates_under_auto() {
 
 #[tokio::test]
 async fn a_one_shot_task_panic_is_reported_without_restart() {
+    support::own_process();
     within(async {
         let handle = unwedge::task::spawn_once("warmup", async { panic!("warmup failed") });
         assert_eq!(handle.await.unwrap(), TaskExit::Finished);

@@ -2,7 +2,8 @@
 //! `UNWEDGE_TEST_WORKER` set, and the child serves on `127.0.0.1:0`; the parent reads the
 //! port from the `serving` log line and talks HTTP/1.1 over real TCP.
 //!
-//! Each test file includes this with `mod support;` and uses the parts it needs.
+//! Each test file includes this with `mod support;` and uses the parts it needs; tests that
+//! change process-wide state call [`own_process`] first.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -10,6 +11,21 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// For a test that changes process-wide state (the health registry, the panic policy, the
+/// panic hook, the `tracing` subscriber) or needs it fresh: panics unless the test has its
+/// process to itself, as under `cargo nextest run`. Under `cargo test` the tests of a file
+/// share one process and would fail each other in confusing ways (a panic count of 7 for 6, a
+/// crash reason from another test).
+#[track_caller]
+pub fn own_process() {
+    let nextest = std::env::var_os("NEXTEST").is_some();
+    let mode = std::env::var("NEXTEST_EXECUTION_MODE");
+    assert!(
+        nextest && mode.as_deref() == Ok("process-per-test"),
+        "this test changes process-wide state; run it with `cargo nextest run` (one process per test)"
+    );
+}
 
 /// The variable that turns the test binary into a worker; its value selects the mode.
 pub const MODE: &str = "UNWEDGE_TEST_WORKER";
@@ -90,6 +106,7 @@ impl Worker {
             "UNWEDGE_ABORT_WHEN_WEDGED",
             "UNWEDGE_SHUTDOWN_TIMEOUT",
             "UNWEDGE_CRASH_TIMEOUT",
+            "UNWEDGE_IDLE_TIMEOUT",
         ] {
             cmd.env_remove(var);
         }
