@@ -2870,6 +2870,52 @@ async fn a_reload_queued_behind_a_rolling_reload_waits_for_the_old_workers_drain
     .await;
 }
 
+/// A worker that starts stopping on its own during a rolling reload (here: found hung, killed
+/// only after a long `--dump-grace`) is replaced as at any time and does not hold the reload
+/// up: the next slot waits for the old worker the reload replaced, not for every worker
+/// stopping (with a crash every second, such a reload would never go on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_hung_during_a_rolling_reload_does_not_hold_it_up() {
+    within(Duration::from_secs(120), async {
+        let sup = Sup::python(
+            &[
+                "--workers",
+                "2",
+                "--reload-mode",
+                "rolling",
+                "--watchdog",
+                "1s",
+                "--dump-grace",
+                "20s",
+                "--admin",
+                "off",
+            ],
+            // The old w1 takes 4 s to exit: w2 is found hung meanwhile, before its slot's turn.
+            &[("FIXTURE_DRAIN_MS", "4000")],
+        );
+        let w2 = sup.wait_line(0, &["w2 pid", "ready in"]).await;
+        let w2 = pid_in(&w2).unwrap();
+        sup.wait_ready(0, 2).await;
+        sup.wait_line(0, &[&format!("pid {w2} sends heartbeats")])
+            .await;
+        let m = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(m, &["reloading: starting generation 2 (rolling"])
+            .await;
+        kill(Pid::from_raw(w2), Signal::SIGSTOP).unwrap();
+        sup.wait_line(m, &[&format!("w2 pid {w2} is hung")]).await;
+        // Well before the hung worker's SIGKILL, 20 s after it was found.
+        sup.wait_line_within(m, &["generation 2 ready"], Duration::from_secs(15))
+            .await;
+        let log = sup.log_since(m);
+        assert!(
+            !log.contains(&format!("pid {w2} killed by SIGKILL")),
+            "the reload waited for the hung worker's end:\n{log}"
+        );
+    })
+    .await;
+}
+
 /// A daemon that appears during the stop (a worker's SIGTERM handler starts one) is stopped
 /// with the rest, not left for the stop deadline's SIGKILL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,8 +172,10 @@ pub enum ReloadMode {
     All,
     /// One slot at a time: a new worker starts, and once it is ready the old one of its slot
     /// is stopped and, once that one has exited, the next slot's new worker starts. At most one
-    /// worker more than usual runs, draining ones included: each new worker waits until no
-    /// worker is stopping (also the old ones a reload just before left draining). For workers
+    /// worker more than usual runs for the reload, draining ones included: each new worker
+    /// waits until the old ones the reload stopped, and those a reload just before left
+    /// draining, have exited (not for a worker stopping meanwhile on its own, a crash or a
+    /// hang, which is replaced as any time). For workers
     /// too big to run twice; generations are mixed while it lasts, and a failure puts the old
     /// generation back in the slots already switched.
     Rolling,

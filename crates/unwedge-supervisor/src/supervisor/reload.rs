@@ -156,6 +156,7 @@ impl Pool {
             let c = new_config.as_deref().unwrap_or(&self.config);
             self.slots.push(Slot::new(c));
         }
+        let held = if rolling { self.stopping() } else { Vec::new() };
         self.reload = Some(Reload {
             generation,
             requests,
@@ -163,6 +164,8 @@ impl Pool {
             rolling,
             next_slot: if rolling { 0 } else { workers },
             waiting_for: Vec::new(),
+            held,
+            replaced: Vec::new(),
         });
         if rolling {
             // The first slot once no worker is stopping, each next one once the one before is
@@ -190,54 +193,68 @@ impl Pool {
     /// A rolling reload's worker in `slot` is ready: the slot's old worker goes, and once it
     /// has exited, the next slot's new worker starts (see [`Pool::roll_next`]).
     pub(super) fn roll_on(&mut self, slot: usize, pid: i32, generation: u64) {
-        self.stop_replaced(slot, pid, &format!(" of generation {generation}"), |o| {
-            o.generation != generation && !o.stop_requested
-        });
+        let replaced =
+            self.stop_replaced(slot, pid, &format!(" of generation {generation}"), |o| {
+                o.generation != generation && !o.stop_requested
+            });
+        if let Some(r) = self.reload.as_mut() {
+            r.replaced.extend(replaced);
+        }
         self.roll_next();
     }
 
     /// The other workers of `slot` that `which` picks are replaced by `pid`, ready now: each
-    /// gets the stop signal (and SIGKILL after its `--stop-timeout`).
+    /// gets the stop signal (and SIGKILL after its `--stop-timeout`). Returns their pids.
     pub(super) fn stop_replaced(
         &mut self,
         slot: usize,
         pid: i32,
         by: &str,
         which: impl Fn(&Worker) -> bool,
-    ) {
+    ) -> Vec<i32> {
         let old: Vec<(i32, Duration)> = self
             .workers
             .values()
             .filter(|o| o.slot == slot && o.pid != pid && which(o))
             .map(|o| (o.pid, o.config.stop_timeout))
             .collect();
-        for (old, stop_timeout) in old {
+        for &(old, stop_timeout) in &old {
             tracing::info!(
                 "{} pid {old}: replaced by pid {pid}{by}; stopping it",
                 slot_id(slot)
             );
             self.terminate(old, stop_timeout);
         }
+        old.into_iter().map(|(pid, _)| pid).collect()
     }
 
-    /// A rolling reload's next slot: its new worker starts, if slots remain, once no worker is
-    /// stopping: none asked to stop still runs (the old worker the slot before replaced, those
-    /// a reload just before left draining, a hung or replaced one), nor anything an exited one
-    /// left running in its session (a shell wrapper without `exec` exits at SIGTERM while its
-    /// server still drains). Whatever came before the reload, at most one worker more than
-    /// usual runs, draining ones and their servers included. Until then the reload waits for
-    /// them ([`Pool::roll_after_exit`]); each is bounded by its SIGKILL deadline.
-    pub(super) fn roll_next(&mut self) {
-        let stopping: Vec<i32> = self
-            .workers
+    /// The workers asked to stop that still run, and the sessions exited ones left running.
+    fn stopping(&self) -> Vec<i32> {
+        self.workers
             .values()
             .filter(|w| w.stop_requested)
             .map(|w| w.pid)
             .chain(self.leftovers.iter().map(|l| l.sid))
-            .collect();
+            .collect()
+    }
+
+    /// A rolling reload's next slot: its new worker starts, if slots remain, once the workers
+    /// the reload is responsible for have stopped: those already stopping when it began (a
+    /// reload just before left them draining) and the old ones it replaced, each with anything
+    /// it left running in its session (a shell wrapper without `exec` exits at SIGTERM while
+    /// its server still drains). So the reload runs at most one worker more than usual,
+    /// draining ones and their servers included. A worker that starts stopping meanwhile for
+    /// its own reason (a graceful crash, a hang) is replaced as any time, and does not hold
+    /// the reload up: with a crash every second it would never go on. Until then the reload
+    /// waits for them ([`Pool::roll_after_exit`]); each is bounded by its SIGKILL deadline.
+    pub(super) fn roll_next(&mut self) {
+        let stopping = self.stopping();
         let Some(r) = self.reload.as_mut().filter(|r| r.rolling) else {
             return;
         };
+        r.held.retain(|p| stopping.contains(p));
+        r.replaced.retain(|p| stopping.contains(p));
+        let stopping: Vec<i32> = r.held.iter().chain(&r.replaced).copied().collect();
         let generation = r.generation;
         let wanted = r.config.as_ref().unwrap_or(&self.config).workers;
         let next = r.next_slot;
