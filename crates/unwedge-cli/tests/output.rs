@@ -57,7 +57,16 @@ threading.Event().wait(60)
     );
     let (mut reader, writer) = std::io::pipe().expect("a pipe");
     let child = Command::new(BIN)
-        .args(["run", "--listen", "127.0.0.1:0", "--", "python3", "-c"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--",
+            "python3",
+            "-c",
+        ])
         .arg(&worker)
         .env("UNWEDGE_LOG", "debug")
         .env_remove("NOTIFY_SOCKET")
@@ -121,5 +130,78 @@ threading.Event().wait(60)
     assert!(
         junk_lines > 0,
         "the supervisor logged while the worker wrote (else this test checks nothing)"
+    );
+}
+
+/// Stdout and stderr on two pipes, and nobody reading stdout (a stalled log collector for the
+/// workers' output): the supervisor's own log on stderr goes on (its lines about hangs and
+/// restarts must not wait for the workers' output).
+#[test]
+fn a_stalled_stdout_does_not_hold_up_the_supervisors_log_on_stderr() {
+    // Fills stdout's pipe, then sends junk notify lines, each a debug line of the log.
+    let worker = r#"
+import os, socket, sys, threading, time
+def junk():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for i in range(600):
+        s.sendto(b"junk line %d" % i, os.environ["NOTIFY_SOCKET"])
+        time.sleep(0.005)
+threading.Thread(target=junk, daemon=True).start()
+line = "x" * 1000 + "\n"
+while True:
+    sys.stdout.write(line)
+    sys.stdout.flush()
+"#;
+    let (_stalled, out_w) = std::io::pipe().expect("a pipe");
+    let (err_r, err_w) = std::io::pipe().expect("a pipe");
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--",
+            "python3",
+            "-c",
+            worker,
+        ])
+        .env("UNWEDGE_LOG", "debug")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdin(Stdio::null())
+        .stdout(out_w)
+        .stderr(err_w)
+        .spawn()
+        .expect("spawn unwedge");
+    let stop = StopOnDrop(child);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err_r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut junk = 0;
+    let mut log = Vec::new();
+    while junk < 100 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                junk += usize::from(line.contains("junk line"));
+                log.push(line);
+            }
+            Err(_) => break,
+        }
+    }
+    drop(stop);
+    assert!(
+        junk >= 100,
+        "the supervisor's log stopped with stdout stalled: {junk} junk lines in 30 s; log:\n{}",
+        log.join("\n")
     );
 }

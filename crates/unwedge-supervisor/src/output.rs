@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -65,23 +66,35 @@ fn writer() -> &'static mpsc::Sender<(Stream, String)> {
         std::thread::Builder::new()
             .name("unwedge-output".into())
             .spawn(move || {
+                // Our stdout and stderr are often one pipe (a journal stream, `2>&1`), where a
+                // long line is written in pieces as the reader frees room: then stderr's lock,
+                // which the supervisor's own log writer takes for each of its lines, is held
+                // for stdout's lines too, so that no log line lands inside one of them. (Not
+                // when they differ: a stalled stdout must not hold up the log on stderr.)
+                let one_file = same_file(std::io::stdout().as_fd(), std::io::stderr().as_fd());
                 while let Some((stream, line)) = rx.blocking_recv() {
-                    // One write per line keeps lines of different workers whole. Our stdout
-                    // and stderr are often one pipe (a journal stream, `2>&1`), where a long
-                    // line is written in pieces as the reader frees room: stderr's lock, which
-                    // the supervisor's own log writer takes for each of its lines, is held
-                    // for stdout's lines too, so that no log line lands inside one of them.
-                    let err = std::io::stderr();
-                    let mut err = err.lock();
+                    // One write per line keeps lines of different workers whole.
                     let _ = match stream {
-                        Stream::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
-                        Stream::Stderr => err.write_all(line.as_bytes()),
+                        Stream::Stdout => {
+                            let _log = one_file.then(|| std::io::stderr().lock());
+                            std::io::stdout().lock().write_all(line.as_bytes())
+                        }
+                        Stream::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
                     };
                 }
             })
             .expect("spawn the output thread");
         tx
     })
+}
+
+/// Whether two descriptors are the same open file (device and inode): stdout and stderr on
+/// one pipe, one journal socket or one log file.
+fn same_file(a: std::os::fd::BorrowedFd<'_>, b: std::os::fd::BorrowedFd<'_>) -> bool {
+    match (nix::sys::stat::fstat(a), nix::sys::stat::fstat(b)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    }
 }
 
 /// How many of a worker's last stderr lines are kept for its crash report.
