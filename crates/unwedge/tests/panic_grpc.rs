@@ -2,6 +2,8 @@
 //! real HTTP/2 connection on 127.0.0.1, read by hyper's HTTP/2 client and by a real gRPC
 //! client (Python's `grpcio`, the C-core implementation).
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -43,6 +45,10 @@ async fn handler(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, 
                 .body(StreamBody::new(frames).boxed_unsync())
                 .unwrap())
         }
+        "/test.Echo/Long" => {
+            tokio::task::yield_now().await;
+            panic!("{}", "é%".repeat(2000))
+        }
         _ => {
             tokio::task::yield_now().await;
             panic!("secret-detail in the handler")
@@ -52,50 +58,79 @@ async fn handler(req: Request<hyper::body::Incoming>) -> Result<Response<Body>, 
 
 /// An HTTP/2 (prior knowledge, as gRPC speaks it) server with the layer.
 async fn start() -> SocketAddr {
+    start_with(PanicLayer::with_policy(unwedge::Policy::Recover), false).await
+}
+
+/// A server with `layer`, speaking HTTP/1.1 if `http1`, else HTTP/2.
+async fn start_with(layer: PanicLayer, http1: bool) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let layer = PanicLayer::with_policy(unwedge::Policy::Recover);
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let svc = TowerToHyperService::new(layer.layer(tower::service_fn(handler)));
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc),
-            );
+            let io = TokioIo::new(stream);
+            if http1 {
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, svc));
+            } else {
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc),
+                );
+            }
         }
     });
     addr
 }
 
-/// A gRPC call's answer as hyper's HTTP/2 client gets it: the head, the data, the trailers.
-async fn call(
+/// A call's answer as hyper's client gets it: the head, the data, the trailers.
+type Answer = (http::response::Parts, Vec<Bytes>, Option<http::HeaderMap>);
+
+/// A gRPC call over HTTP/2.
+async fn call(addr: SocketAddr, path: &str, content_type: &str) -> Answer {
+    let (answer, broken) = call_with(addr, path, content_type, false).await;
+    assert!(!broken, "the HTTP/2 stream ended in an error");
+    answer
+}
+
+/// A call over HTTP/1.1 if `http1`, else HTTP/2; also whether the body ended in an error (a
+/// reset stream, a connection closed before the body's end) rather than cleanly.
+async fn call_with(
     addr: SocketAddr,
     path: &str,
     content_type: &str,
-) -> (http::response::Parts, Vec<Bytes>, Option<http::HeaderMap>) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    http1: bool,
+) -> (Answer, bool) {
+    let tcp = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     let req = Request::post(format!("http://{addr}{path}"))
         .header("content-type", content_type)
         .header("te", "trailers")
         .body(Full::new(grpc_message(b"")))
         .unwrap();
-    let res = send.send_request(req).await.unwrap();
+    let res = if http1 {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), tcp)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    };
     let (parts, mut body) = res.into_parts();
-    let (mut data, mut trailers) = (Vec::new(), None);
+    let (mut data, mut trailers, mut broken) = (Vec::new(), None, false);
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { break };
+        let Ok(frame) = frame else {
+            broken = true;
+            break;
+        };
         match frame.into_data() {
             Ok(d) => data.push(d),
             Err(f) => trailers = f.into_trailers().ok(),
         }
     }
-    (parts, data, trailers)
+    ((parts, data, trailers), broken)
 }
 
 async fn within<F: std::future::Future>(f: F) -> F::Output {
@@ -150,6 +185,55 @@ async fn a_grpc_stream_whose_body_panics_ends_with_grpc_status_in_its_trailers()
     .await
 }
 
+/// gRPC's content type over HTTP/1.1 (a bridge, a confused client): HTTP/1 cannot carry the
+/// trailers a gRPC status needs (hyper would drop them and end the body cleanly, a truncated
+/// answer that looks complete), so the answer is HTTP's: a `500`, and a body panic breaks the
+/// connection.
+#[tokio::test]
+async fn over_http1_a_grpc_content_type_gets_the_http_answer() {
+    within(async {
+        let layer = PanicLayer::with_policy(unwedge::Policy::Recover);
+        let addr = start_with(layer, true).await;
+        let ((head, _, _), _) = call_with(addr, "/test.Echo/Panic", "application/grpc", true).await;
+        assert_eq!(head.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!head.headers.contains_key("grpc-status"));
+        let ((head, data, trailers), broken) =
+            call_with(addr, "/test.Echo/Stream", "application/grpc", true).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(data.concat(), grpc_message(b"hi"));
+        assert!(trailers.is_none(), "{trailers:?}");
+        assert!(broken, "the body panicked: its end must not look complete");
+    })
+    .await
+}
+
+/// With `expose_details(true)` the panic message joins the `grpc-message`, percent-encoded
+/// (non-ASCII and `%`) and cut to its first KiB (gRPC clients refuse larger metadata); gRPC is
+/// known without captured headers too.
+#[tokio::test]
+async fn exposed_details_are_percent_encoded_and_cut_in_the_grpc_message() {
+    within(async {
+        let layer = PanicLayer::with_policy(unwedge::Policy::Recover)
+            .expose_details(true)
+            .capture_headers(false);
+        let addr = start_with(layer, false).await;
+        let (head, _, _) = call(addr, "/test.Echo/Long", "application/grpc").await;
+        assert_eq!(head.headers["grpc-status"], "13");
+        let message = head.headers["grpc-message"].to_str().unwrap();
+        let (_, detail) = message
+            .split_once("): ")
+            .expect("the detail follows the id");
+        assert!(detail.starts_with("%C3%A9%25%C3%A9%25"), "{detail}");
+        assert!(
+            detail.ends_with("%E2%80%A6"),
+            "cut, with an ellipsis: {detail}"
+        );
+        // 1 KiB of "é%" (3 bytes each), each byte encoded in 3 characters.
+        assert!(detail.len() <= 3 * (1024 + 3), "{}", detail.len());
+    })
+    .await
+}
+
 /// A real gRPC client: Python's `grpcio` (`pip install grpcio`; `.ci/run` installs it).
 #[tokio::test]
 async fn a_grpc_client_sees_internal_for_a_panicking_call_and_after_a_streams_messages() {
@@ -177,13 +261,7 @@ print(json.dumps(out))
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_grpcio {
-        let why = "Python's grpcio is not installed (`pip install grpcio`)";
-        let required = std::env::var_os("UNWEDGE_REQUIRE_PEERS").is_some_and(|v| v == "1");
-        assert!(
-            !required,
-            "UNWEDGE_REQUIRE_PEERS=1, and a peer is missing: {why}"
-        );
-        eprintln!("skipped: {why}");
+        support::skip("Python's grpcio is not installed (`pip install grpcio`)");
         return;
     }
     within(async {

@@ -324,8 +324,8 @@ pub struct ResponseContext<'a> {
     pub report: &'a PanicReport,
     /// The layer's [`expose_details`](PanicLayer::expose_details) setting.
     pub expose_details: bool,
-    /// The request was gRPC (`content-type: application/grpc…`, not gRPC-Web): its client
-    /// reads the outcome from `grpc-status`, not from the HTTP status (see
+    /// The request was gRPC (HTTP/2 with `content-type: application/grpc…`, not gRPC-Web):
+    /// its client reads the outcome from `grpc-status`, not from the HTTP status (see
     /// [`grpc_error_response`]).
     pub grpc: bool,
 }
@@ -404,13 +404,20 @@ pub fn grpc_error_response(ctx: &ResponseContext<'_>) -> Response<Bytes> {
 }
 
 /// `grpc-status: 13` (INTERNAL) and its `grpc-message`: `Internal Server Error (request ID)`,
-/// then `: DETAIL` if given, percent-encoded as gRPC wants (bytes outside printable ASCII, and
-/// `%`).
+/// then `: DETAIL` if given (its first [`MAX_GRPC_DETAIL`] bytes), percent-encoded as gRPC
+/// wants (bytes outside printable ASCII, and `%`).
 fn grpc_status(request_id: &str, detail: Option<&str>) -> http::HeaderMap {
     let mut text = format!("Internal Server Error (request {request_id})");
     if let Some(d) = detail {
+        let mut cut = d.len().min(MAX_GRPC_DETAIL);
+        while !d.is_char_boundary(cut) {
+            cut -= 1;
+        }
         text.push_str(": ");
-        text.push_str(d);
+        text.push_str(&d[..cut]);
+        if cut < d.len() {
+            text.push('…');
+        }
     }
     let mut encoded = String::with_capacity(text.len());
     for b in text.bytes() {
@@ -426,6 +433,11 @@ fn grpc_status(request_id: &str, detail: Option<&str>) -> http::HeaderMap {
     }
     h
 }
+
+/// Most bytes of a panic message in a `grpc-message` (with `expose_details`): percent-encoding
+/// may triple them, and gRPC clients refuse metadata past 8 to 16 KiB (RESOURCE_EXHAUSTED
+/// instead of the INTERNAL the call ended with).
+const MAX_GRPC_DETAIL: usize = 1024;
 
 /// The service [`PanicLayer`] wraps around an inner service. See [`PanicLayer`].
 #[derive(Clone)]
@@ -809,6 +821,9 @@ impl RequestCtx {
                 r.headers.grpc = all.get(CONTENT_TYPE).is_some_and(|v| is_grpc(v.as_bytes()));
                 all.get(X_REQUEST_ID)
             };
+            // gRPC runs over HTTP/2: an HTTP/1 exchange cannot carry its trailers (hyper drops
+            // them), so one with gRPC's content type is answered as any HTTP/1 request.
+            r.headers.grpc &= req.version() == http::Version::HTTP_2;
             r.id = match client_id {
                 Some(v) if is_sane_request_id(v.as_bytes()) => RequestId::Client(v.clone()),
                 _ => RequestId::Generated(next_request_number()),
