@@ -14,13 +14,9 @@ const ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
 #[test]
 fn serves_on_the_socket_from_systemd_socket_activate() {
     if !Path::new(ACTIVATE).exists() {
-        let why = format!("{ACTIVATE} is not installed (apt-get install systemd)");
-        let required = std::env::var_os("UNWEDGE_REQUIRE_PEERS").is_some_and(|v| v == "1");
-        assert!(
-            !required,
-            "UNWEDGE_REQUIRE_PEERS=1, and a peer is missing: {why}"
-        );
-        eprintln!("skipped: {why}");
+        skip(&format!(
+            "{ACTIVATE} is not installed (apt-get install systemd)"
+        ));
         return;
     }
     run_test(Duration::from_secs(60), async {

@@ -290,3 +290,14 @@ pub async fn wait_stats(addr: SocketAddr, what: &str, pred: impl Fn(&serde_json:
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A test whose peer (a program, a Python module) is missing says so and returns; under
+/// `UNWEDGE_REQUIRE_PEERS=1` (`.ci/run`, which installs every peer) it fails instead.
+pub fn skip(missing: &str) {
+    let required = std::env::var_os("UNWEDGE_REQUIRE_PEERS").is_some_and(|v| v == "1");
+    assert!(
+        !required,
+        "UNWEDGE_REQUIRE_PEERS=1, and a peer of this test is missing: {missing}"
+    );
+    println!("SKIPPED: {missing}");
+}
