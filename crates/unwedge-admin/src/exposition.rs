@@ -13,9 +13,10 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// ([`Metrics::encode_text`](crate::Metrics::encode_text)).
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Whether a scraper's `Accept` header asks for OpenMetrics (as Prometheus does:
-/// `application/openmetrics-text;version=1.0.0,…,text/plain;version=0.0.4;q=0.5,…`). Without
-/// it (`*/*`, `text/plain`, no header) the answer is the Prometheus text format.
+/// Whether a scraper's `Accept` header prefers OpenMetrics (as Prometheus's does:
+/// `application/openmetrics-text;version=1.0.0,…,text/plain;version=0.0.4;q=0.5,…`): it names
+/// it with a quality above zero and at least that of `text/plain` (or `*/*`, `text/*`).
+/// Otherwise (`*/*`, `text/plain`, no header) the answer is the Prometheus text format.
 ///
 /// ```
 /// use unwedge_admin::exposition::wants_openmetrics;
@@ -23,22 +24,34 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 ///                   version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 /// assert!(wants_openmetrics(Some(prometheus)));
 /// assert!(!wants_openmetrics(Some("*/*")));
-/// assert!(!wants_openmetrics(Some("application/openmetrics-text;q=0")));
+/// assert!(!wants_openmetrics(Some("application/openmetrics-text;Q=0")));
+/// assert!(!wants_openmetrics(Some("text/plain;q=1, application/openmetrics-text;q=0.1")));
 /// assert!(!wants_openmetrics(None));
 /// ```
 pub fn wants_openmetrics(accept: Option<&str>) -> bool {
-    accept.is_some_and(|accept| {
-        accept.split(',').any(|range| {
-            let mut parts = range.split(';').map(str::trim);
-            let kind = parts.next().unwrap_or("");
-            let refused = parts.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            kind.eq_ignore_ascii_case("application/openmetrics-text") && !refused
-        })
-    })
+    let Some(accept) = accept else {
+        return false;
+    };
+    // The best quality given to each format.
+    let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let kind = parts.next().unwrap_or("").to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("q")
+                    .then(|| v.trim().parse::<f32>().ok())?
+            })
+            .unwrap_or(1.0);
+        match kind.as_str() {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+            "text/plain" | "text/*" | "*/*" => text = text.max(q),
+            _ => {}
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= text
 }
 
 /// OpenMetrics text, as `prometheus-client` writes it, in the Prometheus text format: a

@@ -437,7 +437,19 @@ impl Record {
     }
 
     /// Redacts the credentials it may hold (see [`PanicRecord::redact`] and
-    /// [`ExitRecord::redact`]); returns whether anything was changed.
+    /// [`ExitRecord::redact`]); returns whether anything was changed. For records read back
+    /// from a file older than the redaction (`unwedge reports` does it).
+    ///
+    /// ```
+    /// use unwedge_admin::{ExitRecord, ExitStatus, Record};
+    ///
+    /// let mut exit = ExitRecord::new(Some("w1"), Some(42), ExitStatus { code: Some(1), signal: None });
+    /// exit.last_stderr_lines = vec!["Cookie: session=abc".into()];
+    /// let mut record = Record::Exit(exit);
+    /// assert!(record.redact());
+    /// let Record::Exit(exit) = record else { unreachable!() };
+    /// assert_eq!(exit.last_stderr_lines, ["Cookie: [redacted]"]);
+    /// ```
     pub fn redact(&mut self) -> bool {
         match self {
             Record::Panic(p) => p.redact(),
@@ -572,7 +584,7 @@ impl PanicRecord {
     /// (`{"Cookie": "…"}`, the `unwedge` library's form) or a list of `[name, value]` pairs;
     /// and cuts the user info (everything between `scheme://` and the last `@` before the
     /// first `/`, `?` or `#`, shown as `…@`), the query and the fragment off `request.path`,
-    /// a `Referer` header's value and any header value starting with `http://` or `https://`,
+    /// `request.route`, a `Referer` header's value and any header value starting with `http://` or `https://`,
     /// as the `unwedge` library reports them. Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
         let secret = |name: &str| {
@@ -592,8 +604,11 @@ impl PanicRecord {
         let Some(request) = self.report.get_mut("request") else {
             return false;
         };
-        if let Some(path) = request.get_mut("path") {
-            changed |= clean_url(path);
+        // The route template too: any worker may send one, and it is the metrics label.
+        for field in ["path", "route"] {
+            if let Some(v) = request.get_mut(field) {
+                changed |= clean_url(v);
+            }
         }
         let Some(headers) = request.get_mut("headers") else {
             return changed;
@@ -643,6 +658,10 @@ impl PanicRecord {
     /// let request = serde_json::json!({"path": "/users/42", "route": "/users/{id}"});
     /// let r = PanicRecord::new(None, serde_json::json!({ "request": request }));
     /// assert_eq!(r.route(), "/users/{id}");
+    /// // Cleaned as the path is: a worker's route is a label anyone scraping can read.
+    /// let request = serde_json::json!({"path": "/x", "route": "/reset?token=abc"});
+    /// let r = PanicRecord::new(None, serde_json::json!({ "request": request }));
+    /// assert_eq!(r.route(), "/reset");
     /// let r = PanicRecord::new(None, serde_json::json!({"task": "cleanup"}));
     /// assert_eq!(r.route(), "task:cleanup");
     /// ```
@@ -787,8 +806,10 @@ fn scrub_credentials(line: &str) -> Option<String> {
 }
 
 /// Where the value after a credential name is in `rest`, what follows the name: an optional
-/// closing quote, `:` or `=`, then a quoted string or the text up to the next `"`. `None`
-/// when no `:` or `=` follows, or the value is empty.
+/// closing quote, `:` or `=` (or `,` after a quoted name: a Python pair,
+/// `('authorization', 'Bearer x')`), then a quoted string (the first of a list, `["Bearer
+/// x"]` as Go's `http.Header` marshals, or a bytes literal `b'…'`) or the text up to the next
+/// `"`. `None` when no separator follows, or the value is empty.
 fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
     let skip_blanks = |mut i: usize| {
         while rest.get(i).is_some_and(|b| matches!(b, b' ' | b'\t')) {
@@ -802,11 +823,20 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
     } else if matches!(rest.first(), Some(b'"' | b'\'')) {
         i += 1;
     }
+    let quoted_name = i > 0;
     i = skip_blanks(i);
-    if !matches!(rest.get(i), Some(b':' | b'=')) {
-        return None;
+    match rest.get(i) {
+        Some(b':' | b'=') => {}
+        Some(b',') if quoted_name => {}
+        _ => return None,
     }
     i = skip_blanks(i + 1);
+    while matches!(rest.get(i), Some(b'[' | b'(')) {
+        i = skip_blanks(i + 1);
+    }
+    if rest.get(i) == Some(&b'b') && matches!(rest.get(i + 1), Some(b'"' | b'\'')) {
+        i += 1;
+    }
     let (start, end) = if rest[i..].starts_with(b"\\\"") {
         let start = i + 2;
         let end = find(&rest[start..], b"\\\"").map_or(rest.len(), |e| start + e);
@@ -953,7 +983,23 @@ mod tests {
                 "msg=\"got Authorization: Bearer x\" level=warn",
                 "msg=\"got Authorization: [redacted]\" level=warn",
             ),
-            ("map[Cookie:[a=1] Accept:[*/*]]", "map[Cookie:[redacted]"),
+            ("map[Cookie:[a=1] Accept:[*/*]]", "map[Cookie:[[redacted]"),
+            // Go's http.Header as JSON: a list of values.
+            (
+                r#"{"Authorization":["Bearer sk_live_x"],"Accept":["*/*"]}"#,
+                r#"{"Authorization":["[redacted]"],"Accept":["*/*"]}"#,
+            ),
+            // Python (and ASGI's bytes) header pairs.
+            (
+                "[('authorization', 'Bearer x'), ('host', 'h')]",
+                "[('authorization', '[redacted]'), ('host', 'h')]",
+            ),
+            (
+                "[(b'authorization', b'Bearer x'), (b'host', b'h')]",
+                "[(b'authorization', b'[redacted]'), (b'host', b'h')]",
+            ),
+            // A name in prose, not a pair: left alone.
+            ("no cookie, sorry", "no cookie, sorry"),
         ] {
             assert_eq!(scrubbed(line), want, "{line}");
         }

@@ -83,16 +83,17 @@ async fn parse((text, openmetrics): (String, String)) -> Option<Samples> {
         "prometheus_client rejected an exposition: {}\n{text}\n{openmetrics}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let parsed: HashMap<String, Vec<RawSample>> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(parsed.len(), 2, "both parsers ran");
-    let mut by_parser = parsed.into_values().map(|samples| {
-        samples
+    let mut parsed: HashMap<String, Vec<RawSample>> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut samples = |format: &str| {
+        parsed
+            .remove(format)
+            .unwrap_or_else(|| panic!("no {format} samples"))
             .into_iter()
             .map(|(name, labels, value)| ((name, labels), value))
             .collect::<Samples>()
-    });
-    let a = by_parser.next().unwrap();
-    let b = by_parser.next().unwrap();
+    };
+    // `a`: the text format's; `b`: OpenMetrics', which may have `_created` samples more.
+    let (a, b) = (samples("text"), samples("openmetrics"));
     // The two scrapes are moments apart: the supervisor's own process_* series (its CPU
     // time) may move between them; the unwedge_* ones only when something is recorded.
     for (k, v) in a.iter().filter(|(k, _)| k.0.starts_with("unwedge_")) {
