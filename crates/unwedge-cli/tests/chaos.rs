@@ -13,8 +13,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_unwedge");
 
 #[tokio::test]
 async fn chaos_short_soak_has_no_unexpected_failure() {
+    // The run keeps its working directory for the user to read: in one of the test's, removed
+    // with it.
+    let tmp = tempfile::tempdir().expect("a temporary directory");
     let child = Command::new(BIN)
         .args(["chaos", "--duration", "12s", "--every", "800ms", "--check"])
+        .env("TMPDIR", tmp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -11,8 +11,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_unwedge");
 
 /// Runs the binary with a hard timeout; returns (exit code, stdout, stderr).
 async fn run(args: &[&str], limit: Duration) -> (Option<i32>, String, String) {
+    // The demo keeps its working directory for the user to read: in one of the test's, removed
+    // with it.
+    let tmp = tempfile::tempdir().expect("a temporary directory");
     let child = Command::new(BIN)
         .args(args)
+        .env("TMPDIR", tmp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,8 +85,10 @@ async fn demo_short_check_passes_and_shows_the_comparison_corruption() {
 #[tokio::test]
 async fn demo_ctrl_c_stops_it_early_with_status_130_and_no_worker_left() {
     use tokio::io::{AsyncBufReadExt, BufReader};
+    let tmp = tempfile::tempdir().expect("a temporary directory");
     let mut child = Command::new(BIN)
         .args(["demo", "--duration", "60s"])
+        .env("TMPDIR", tmp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
