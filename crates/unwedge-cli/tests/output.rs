@@ -28,6 +28,23 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// `unwedge run -- python3 -c WORKER` (debug log: each junk notify line is a log line), its
+/// stdout and stderr to these pipes; stopped when dropped.
+fn supervise(worker: &str, stdout: std::io::PipeWriter, stderr: std::io::PipeWriter) -> StopOnDrop {
+    let child = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--admin", "off", "--"])
+        .args(["python3", "-c", worker])
+        .env("UNWEDGE_LOG", "debug")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn unwedge");
+    StopOnDrop(child)
+}
+
 /// A worker line this long is written by the supervisor in pieces once the pipe is full.
 const BIG: usize = 12_000;
 
@@ -56,27 +73,7 @@ threading.Event().wait(60)
 "#
     );
     let (mut reader, writer) = std::io::pipe().expect("a pipe");
-    let child = Command::new(BIN)
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-            "--",
-            "python3",
-            "-c",
-        ])
-        .arg(&worker)
-        .env("UNWEDGE_LOG", "debug")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
-        .stdin(Stdio::null())
-        .stdout(writer.try_clone().expect("dup the pipe"))
-        .stderr(writer)
-        .spawn()
-        .expect("spawn unwedge");
-    let _stop = StopOnDrop(child);
+    let _stop = supervise(&worker, writer.try_clone().expect("dup the pipe"), writer);
 
     // A slow reader, on a thread of its own (a read may block): the pipe stays full, so the
     // long lines are written in pieces. It reads on to the end after the test has what it
@@ -154,27 +151,7 @@ while True:
 "#;
     let (_stalled, out_w) = std::io::pipe().expect("a pipe");
     let (err_r, err_w) = std::io::pipe().expect("a pipe");
-    let child = Command::new(BIN)
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "off",
-            "--",
-            "python3",
-            "-c",
-            worker,
-        ])
-        .env("UNWEDGE_LOG", "debug")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
-        .stdin(Stdio::null())
-        .stdout(out_w)
-        .stderr(err_w)
-        .spawn()
-        .expect("spawn unwedge");
-    let stop = StopOnDrop(child);
+    let stop = supervise(worker, out_w, err_w);
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         use std::io::BufRead;

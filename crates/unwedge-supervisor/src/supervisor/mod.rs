@@ -614,15 +614,10 @@ struct Reload {
     rolling: bool,
     /// The next slot to start a new worker in.
     next_slot: usize,
-    /// The workers still stopping (pids; for one that exited and left processes running, its
-    /// session's id) whose exit the next slot waits for (rolling): those of `held` and
-    /// `replaced` still alive.
+    /// The workers the next slot waits for (rolling): those already stopping when the reload
+    /// began (a reload just before left them draining) and the old ones it stopped, while
+    /// they run (pids; for one that exited and left processes running, its session's id).
     waiting_for: Vec<i32>,
-    /// The workers already stopping when the reload began (a reload just before left them
-    /// draining), as `waiting_for` (rolling).
-    held: Vec<i32>,
-    /// The old workers this reload stopped, one per slot switched, as `waiting_for` (rolling).
-    replaced: Vec<i32>,
     /// The new generation's configuration, when it changed.
     config: Option<Arc<Config>>,
 }

@@ -156,20 +156,18 @@ impl Pool {
             let c = new_config.as_deref().unwrap_or(&self.config);
             self.slots.push(Slot::new(c));
         }
-        let held = if rolling { self.stopping() } else { Vec::new() };
+        let waiting_for = if rolling { self.stopping() } else { Vec::new() };
         self.reload = Some(Reload {
             generation,
             requests,
             config: new_config,
             rolling,
             next_slot: if rolling { 0 } else { workers },
-            waiting_for: Vec::new(),
-            held,
-            replaced: Vec::new(),
+            waiting_for,
         });
         if rolling {
-            // The first slot once no worker is stopping, each next one once the one before is
-            // ready and the old worker it replaced has exited.
+            // The first slot once the workers already stopping have exited, each next one
+            // once the one before is ready and the old worker it replaced has exited.
             self.roll_next();
             if let Some(r) = self.reload.as_ref().filter(|r| !r.waiting_for.is_empty()) {
                 tracing::info!(
@@ -198,7 +196,7 @@ impl Pool {
                 o.generation != generation && !o.stop_requested
             });
         if let Some(r) = self.reload.as_mut() {
-            r.replaced.extend(replaced);
+            r.waiting_for.extend(replaced);
         }
         self.roll_next();
     }
@@ -252,16 +250,13 @@ impl Pool {
         let Some(r) = self.reload.as_mut().filter(|r| r.rolling) else {
             return;
         };
-        r.held.retain(|p| stopping.contains(p));
-        r.replaced.retain(|p| stopping.contains(p));
-        let stopping: Vec<i32> = r.held.iter().chain(&r.replaced).copied().collect();
+        r.waiting_for.retain(|p| stopping.contains(p));
         let generation = r.generation;
         let wanted = r.config.as_ref().unwrap_or(&self.config).workers;
         let next = r.next_slot;
         if next >= wanted {
             return;
         }
-        r.waiting_for = stopping;
         if r.waiting_for.is_empty() {
             r.next_slot += 1;
             self.spawn(next, generation, None);
