@@ -3285,3 +3285,192 @@ async fn every_worker_of_a_large_pool_ending_once_does_not_give_up() {
     })
     .await;
 }
+
+/// A worker that needs longer than `--ready-timeout` to start (migrations, a cache to warm)
+/// says so as it would to systemd, `EXTEND_TIMEOUT_USEC=`, and is waited for instead of being
+/// taken for a failed start and replaced, again and again, at every `--ready-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_asks_for_more_time_to_start_gets_it() {
+    within(Duration::from_secs(60), async {
+        // It starts for 2.5 s (the scenario itself, not a wait for anything), 1 s allowed.
+        let worker = "import os, socket, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             to = os.environ['NOTIFY_SOCKET']\n\
+             s.sendto(b'EXTEND_TIMEOUT_USEC=30000000', to)\n\
+             time.sleep(2.5)\n\
+             s.sendto(b'READY=1', to)\n\
+             time.sleep(1000)\n";
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--ready",
+                "notify",
+                "--ready-timeout",
+                "1s",
+            ],
+            &["python3", "-c", worker],
+        );
+        let asked = sup
+            .wait_line(0, &["asked for more time for its start: 30.00s from now"])
+            .await;
+        let pid = pid_in(&asked).expect("a pid");
+        assert_eq!(sup.wait_ready(0, 1).await, [pid], "{}", sup.log());
+        let log = sup.log();
+        assert!(!log.contains("not ready after"), "{log}");
+        assert!(!log.contains("is hung"), "{log}");
+    })
+    .await;
+}
+
+/// The time a worker asked for runs out like `--ready-timeout` does: a worker that asked for
+/// 1.5 s and is still not ready then is a failed start, found then and not before, and the
+/// log says it asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_a_worker_asked_for_to_start_runs_out() {
+    within(Duration::from_secs(60), async {
+        let worker = "import os, socket, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             s.sendto(b'EXTEND_TIMEOUT_USEC=1500000', os.environ['NOTIFY_SOCKET'])\n\
+             time.sleep(1000)\n";
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--ready",
+                "notify",
+                "--ready-timeout",
+                "300ms",
+            ],
+            &["python3", "-c", worker],
+        );
+        let asked = sup
+            .wait_line(0, &["asked for more time for its start"])
+            .await;
+        let pid = pid_in(&asked).expect("a pid");
+        let hung = sup
+            .wait_line(
+                0,
+                &[&format!(
+                    "pid {pid} is hung (ready_timeout: not ready after"
+                )],
+            )
+            .await;
+        assert!(
+            hung.contains("past the time it asked for (EXTEND_TIMEOUT_USEC)"),
+            "{hung}"
+        );
+        // Measured from its start: at least the 1.5 s asked for, not the 300 ms configured.
+        let after = ms_after(&hung, "not ready after ");
+        assert!(after >= 1500.0, "{hung}");
+    })
+    .await;
+}
+
+/// A worker that stops slowly on SIGTERM asks for more time as it would of systemd
+/// (`EXTEND_TIMEOUT_USEC=`), and gets it: no SIGKILL at `--stop-timeout`, its requests are not
+/// cut off, and the supervisor's own stop waits for it and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_asks_for_more_time_to_stop_gets_it() {
+    within(Duration::from_secs(60), async {
+        let worker = "import os, signal, socket, sys, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             to = os.environ['NOTIFY_SOCKET']\n\
+             def drain(*_):\n\
+             \x20   s.sendto(b'STOPPING=1\\nEXTEND_TIMEOUT_USEC=30000000', to)\n\
+             \x20   time.sleep(2)\n\
+             \x20   sys.exit(0)\n\
+             signal.signal(signal.SIGTERM, drain)\n\
+             s.sendto(b'READY=1', to)\n\
+             while True: time.sleep(1000)\n";
+        let mut sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--ready",
+                "notify",
+                "--stop-timeout",
+                "500ms",
+            ],
+            &["python3", "-c", worker],
+        );
+        let pid = sup.wait_ready(0, 1).await[0];
+        sup.signal(Signal::SIGTERM);
+        sup.wait_line(
+            0,
+            &[&format!(
+                "pid {pid} asked for more time for its stop: 30.00s"
+            )],
+        )
+        .await;
+        let status = sup.wait_exit(LONG).await;
+        let log = sup.log();
+        assert_eq!(status.code(), Some(0), "{log}");
+        assert!(!log.contains("did not stop within"), "{log}");
+        assert!(!log.contains("SIGKILL"), "{log}");
+    })
+    .await;
+}
+
+/// `WATCHDOG=trigger`: a worker that finds itself broken asks to be handled as hung, and is at
+/// once (dump signal, then a replacement), as systemd handles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_says_watchdog_trigger_is_handled_as_hung() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let once = dir.path().join("triggered");
+        // The first worker triggers; its replacement sees the file and serves.
+        let worker = format!(
+            "import os, socket, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             to = os.environ['NOTIFY_SOCKET']\n\
+             s.sendto(b'READY=1', to)\n\
+             if not os.path.exists({once:?}):\n\
+             \x20   open({once:?}, 'w').close()\n\
+             \x20   s.sendto(b'WATCHDOG=trigger', to)\n\
+             time.sleep(1000)\n"
+        );
+        let sup = Sup::run(
+            &["--admin", "off", "--ready", "notify", "--watchdog", "0"],
+            &["python3", "-c", &worker],
+        );
+        let first = sup.wait_ready(0, 1).await[0];
+        let hung = sup
+            .wait_line(0, &[&format!("pid {first} is hung (watchdog: it asked")])
+            .await;
+        assert!(hung.contains("WATCHDOG=trigger"), "{hung}");
+        let from = sup.mark();
+        let next = sup.wait_ready(from, 1).await[0];
+        assert_ne!(next, first);
+    })
+    .await;
+}
+
+/// `WATCHDOG_USEC=`: a worker sets its own heartbeat limit, as systemd lets a service do; one
+/// that asks for 300 ms and falls silent is found hung long before the `--watchdog` of 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_sets_its_own_heartbeat_limit() {
+    within(Duration::from_secs(60), async {
+        let worker = "import os, socket, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             s.sendto(b'READY=1\\nWATCHDOG=1\\nWATCHDOG_USEC=300000', os.environ['NOTIFY_SOCKET'])\n\
+             time.sleep(1000)\n";
+        let sup = Sup::run(
+            &["--admin", "off", "--ready", "notify", "--watchdog", "60s"],
+            &["python3", "-c", worker],
+        );
+        let pid = sup.wait_ready(0, 1).await[0];
+        sup.wait_line(
+            0,
+            &[&format!(
+                "pid {pid} set its own heartbeat limit (WATCHDOG_USEC): hung if silent for 300.0ms"
+            )],
+        )
+        .await;
+        let hung = sup
+            .wait_line(0, &[&format!("pid {pid} is hung (watchdog: no WATCHDOG=1 for")])
+            .await;
+        assert!(ms_after(&hung, "no WATCHDOG=1 for ") < 60_000.0, "{hung}");
+    })
+    .await;
+}

@@ -109,6 +109,57 @@ async fn notifies_systemd_and_serves_its_socket() {
     .expect("test timed out");
 }
 
+/// A worker that asks the supervisor for more time to start (`EXTEND_TIMEOUT_USEC=`) while
+/// systemd waits for the supervisor's own `READY=1`: the supervisor asks systemd for as much,
+/// or systemd's `TimeoutStartSec=` would kill the whole service the worker was waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_request_for_more_time_reaches_systemd_while_it_waits() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let notify_path = dir.path().join("notify");
+        let sd = UnixDatagram::bind(&notify_path).unwrap();
+        sd.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let worker = "import os, socket, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             to = os.environ['NOTIFY_SOCKET']\n\
+             s.sendto(b'EXTEND_TIMEOUT_USEC=30000000', to)\n\
+             time.sleep(1.5)\n\
+             s.sendto(b'READY=1', to)\n\
+             time.sleep(1000)\n";
+        let sup = Sup::start_env(
+            &[
+                "run",
+                "--admin",
+                "off",
+                "--ready",
+                "notify",
+                "--ready-timeout",
+                "1s",
+                "--",
+                "python3",
+                "-c",
+                worker,
+            ],
+            &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+        );
+        let mut got = Vec::new();
+        recv_until(&sd, "EXTEND_TIMEOUT_USEC=30000000", &mut got);
+        recv_until(&sd, "READY=1", &mut got);
+        assert!(!sup.log().contains("not ready after"), "{}", sup.log());
+        // Once systemd has its READY=1, a worker's request is the supervisor's business only.
+        assert_eq!(
+            got.iter()
+                .filter(|m| m.contains("EXTEND_TIMEOUT_USEC"))
+                .count(),
+            1,
+            "{got:?}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_systemd_socket_activate_passes_its_socket_through() {
     let Some(activate) = [

@@ -282,7 +282,7 @@ pub struct Options {
 
     /// Heartbeat deadline: a worker that sent `WATCHDOG=1` once and then stays silent this
     /// long is hung. Passed to workers as `WATCHDOG_USEC`. `0` turns it off, as systemd's
-    /// `WatchdogSec=0` [default: off].
+    /// `WatchdogSec=0`; a worker may set its own with `WATCHDOG_USEC=` [default: off].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Hang detection")]
     #[serde(
         default,
@@ -347,7 +347,8 @@ pub struct Options {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reload_mode: Option<ReloadMode>,
 
-    /// Time a new worker has to become ready [default: 10s].
+    /// Time a new worker has to become ready; a worker may ask for more with
+    /// `EXTEND_TIMEOUT_USEC=` [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Workers")]
     #[serde(
         default,
@@ -365,8 +366,8 @@ pub struct Options {
     pub stop_signal: Option<String>,
 
     /// Time workers have to exit after the stop signal before SIGKILL; also the time a worker
-    /// that said STOPPING=1 on its own has to finish before the stop signal; more than 0
-    /// [default: 30s].
+    /// that said STOPPING=1 on its own has to finish before the stop signal; a worker may ask
+    /// for more with `EXTEND_TIMEOUT_USEC=`; more than 0 [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Workers")]
     #[serde(
         default,

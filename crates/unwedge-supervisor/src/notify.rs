@@ -101,9 +101,25 @@ pub enum NotifyMessage {
     Reloading,
     /// `UNWEDGE_REPORT=<json>`: a panic report from an `unwedge::serve` worker (raw JSON).
     Report(String),
+    /// `EXTEND_TIMEOUT_USEC=…`: the worker needs more time for what it is doing (starting or
+    /// stopping) and will say so again before this much time has passed. As systemd's, it
+    /// never shortens a timeout: the deadline becomes the later of the configured one and
+    /// now plus this. At most [`MAX_NOTIFY_DURATION`].
+    ExtendTimeout(std::time::Duration),
+    /// `WATCHDOG=trigger`: the worker found itself broken and asks to be handled as hung
+    /// (dump signal, SIGKILL, a replacement) now.
+    WatchdogTrigger,
+    /// `WATCHDOG_USEC=…`: the worker's own heartbeat limit from now on, in place of
+    /// `--watchdog` (`0` turns its heartbeat check off). At most [`MAX_NOTIFY_DURATION`].
+    WatchdogUsec(std::time::Duration),
     /// Any other `KEY=value` (ignored).
     Other(String),
 }
+
+/// The longest time `EXTEND_TIMEOUT_USEC` and `WATCHDOG_USEC` are taken to mean (30 days); a
+/// larger value counts as this much, so that no deadline overflows.
+pub const MAX_NOTIFY_DURATION: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 60 * 60);
 
 /// A datagram that is not an sd_notify message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,7 +177,10 @@ fn parse_line(line: &[u8]) -> Result<NotifyMessage, Malformed> {
         ("WATCHDOG", "1") => NotifyMessage::Watchdog,
         ("STOPPING", "1") => NotifyMessage::Stopping,
         ("RELOADING", "1") => NotifyMessage::Reloading,
+        ("WATCHDOG", "trigger") => NotifyMessage::WatchdogTrigger,
         ("STATUS", s) => NotifyMessage::Status(s.to_owned()),
+        ("EXTEND_TIMEOUT_USEC", usec) => NotifyMessage::ExtendTimeout(micros(key, usec)?),
+        ("WATCHDOG_USEC", usec) => NotifyMessage::WatchdogUsec(micros(key, usec)?),
         ("UNWEDGE_REPORT", json) => {
             serde_json::from_str::<serde_json::Value>(json)
                 .map_err(|e| Malformed(format!("UNWEDGE_REPORT is not JSON: {e}")))?;
@@ -169,6 +188,19 @@ fn parse_line(line: &[u8]) -> Result<NotifyMessage, Malformed> {
         }
         (k, _) => NotifyMessage::Other(k.to_owned()),
     })
+}
+
+/// A decimal number of microseconds, as systemd reads it (digits only), capped at
+/// [`MAX_NOTIFY_DURATION`].
+fn micros(key: &str, value: &str) -> Result<std::time::Duration, Malformed> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Malformed(format!(
+            "{key} is not a number of microseconds: {value:.40}"
+        )));
+    }
+    // All digits: only too many of them fails, and that is more than the cap anyway.
+    let usec = value.parse::<u64>().unwrap_or(u64::MAX);
+    Ok(std::time::Duration::from_micros(usec).min(MAX_NOTIFY_DURATION))
 }
 
 /// The first of `candidates` (values of `$RUNTIME_DIRECTORY`, `$XDG_RUNTIME_DIR`) that is a
@@ -478,6 +510,38 @@ mod tests {
         assert_eq!(base_dir(&[os(&gone), os(xdg.path())]), xdg.path());
         assert_eq!(base_dir(&[Some("".into()), None]), std::env::temp_dir());
         assert_eq!(base_dir(&[None, None]), std::env::temp_dir());
+    }
+
+    #[test]
+    fn parses_timeouts_in_microseconds_and_rejects_what_is_not_one() {
+        use std::time::Duration;
+        let m = parse(b"EXTEND_TIMEOUT_USEC=2500000\nWATCHDOG_USEC=0\nWATCHDOG=trigger").unwrap();
+        assert_eq!(
+            m,
+            [
+                NotifyMessage::ExtendTimeout(Duration::from_millis(2500)),
+                NotifyMessage::WatchdogUsec(Duration::ZERO),
+                NotifyMessage::WatchdogTrigger,
+            ]
+        );
+        // Absurd values are capped, never an overflow further on.
+        for huge in ["18446744073709551615", "99999999999999999999999999"] {
+            let line = format!("EXTEND_TIMEOUT_USEC={huge}");
+            assert_eq!(
+                parse(line.as_bytes()).unwrap(),
+                [NotifyMessage::ExtendTimeout(MAX_NOTIFY_DURATION)]
+            );
+        }
+        for bad in ["", "-1", "1.5", " 10", "10s", "0x10", "１２"] {
+            let line = format!("WATCHDOG_USEC={bad}");
+            let err = parse(line.as_bytes()).unwrap_err();
+            assert!(err.0.contains("WATCHDOG_USEC is not a number"), "{err}");
+        }
+        // Only `trigger` (and `1`) are heartbeats' words.
+        assert_eq!(
+            parse(b"WATCHDOG=triggered").unwrap(),
+            [NotifyMessage::Other("WATCHDOG".into())]
+        );
     }
 
     #[test]

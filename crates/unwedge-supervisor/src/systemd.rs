@@ -84,6 +84,13 @@ impl Systemd {
         self.send(&[NotifyState::Status(status)]);
     }
 
+    /// `EXTEND_TIMEOUT_USEC=…`: asks for `more` time for the start, reload or stop systemd
+    /// waits on (at most `u32::MAX` microseconds, about 71 minutes, per message).
+    pub fn extend_timeout(&self, more: Duration) {
+        let usec = u32::try_from(more.as_micros()).unwrap_or(u32::MAX);
+        self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
+    }
+
     /// `WATCHDOG=1`.
     pub fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);

@@ -23,7 +23,7 @@ impl Pool {
     pub(super) fn notify_check_interval(&self) -> Duration {
         self.workers
             .values()
-            .filter_map(|w| w.config.watchdog)
+            .filter_map(|w| w.watchdog)
             .chain(self.config.watchdog)
             .map(|limit| limit / 4)
             .min()
@@ -92,7 +92,7 @@ impl Pool {
             NotifyMessage::Ready => self.mark_ready(pid),
             NotifyMessage::Watchdog => {
                 if w.last_watchdog.is_none() {
-                    if let Some(limit) = w.config.watchdog {
+                    if let Some(limit) = w.watchdog {
                         tracing::info!(
                             "{id} pid {pid} sends heartbeats: hung if silent for {}",
                             fmt_dur(limit)
@@ -181,7 +181,74 @@ impl Pool {
                     json,
                 });
             }
+            NotifyMessage::ExtendTimeout(more) => self.extend_timeout(pid, more, now),
+            NotifyMessage::WatchdogTrigger => self.hung(
+                pid,
+                HangKind::Watchdog,
+                "it asked to be handled as hung: WATCHDOG=trigger",
+            ),
+            NotifyMessage::WatchdogUsec(limit) => {
+                w.watchdog = (!limit.is_zero()).then_some(limit);
+                match w.watchdog {
+                    Some(limit) => tracing::info!(
+                        "{id} pid {pid} set its own heartbeat limit (WATCHDOG_USEC): hung if \
+                         silent for {} after a WATCHDOG=1",
+                        fmt_dur(limit)
+                    ),
+                    None => tracing::info!(
+                        "{id} pid {pid} turned its heartbeat check off (WATCHDOG_USEC=0)"
+                    ),
+                }
+            }
             NotifyMessage::Reloading | NotifyMessage::Other(_) => {}
+        }
+    }
+
+    /// `EXTEND_TIMEOUT_USEC=`: as systemd's, it moves the deadline of what the worker is doing
+    /// (its start: `--ready-timeout`; its stop: `--stop-timeout`, and the supervisor's own
+    /// stop with it) to `more` from now, if that is later, never sooner; the worker must say it
+    /// again before then to get more. A hung worker's SIGKILL and a running worker have no
+    /// deadline it may move. systemd, if it waits on the supervisor (its start, a reload, its
+    /// stop), is asked for as much more time.
+    pub(super) fn extend_timeout(&mut self, pid: i32, more: Duration, now: Instant) {
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let id = slot_id(w.slot);
+        let until = now + more;
+        let later = |t: Option<Instant>| t.map(|t| t.max(until));
+        let what = if w.state == WorkerState::Hung {
+            None
+        } else if w.stop_requested {
+            if w.kill_at.is_none() && w.term_at.is_none() {
+                None
+            } else {
+                w.kill_at = later(w.kill_at);
+                w.term_at = later(w.term_at);
+                if self.stopping {
+                    self.stop_deadline = later(self.stop_deadline);
+                }
+                Some("its stop")
+            }
+        } else if w.ready_at.is_none() {
+            w.ready_extended = Some(w.ready_extended.map_or(until, |t| t.max(until)));
+            Some("its start")
+        } else {
+            None
+        };
+        let Some(what) = what else {
+            tracing::debug!(
+                "{id} pid {pid} asked for more time (EXTEND_TIMEOUT_USEC) with no deadline to \
+                 move; ignored"
+            );
+            return;
+        };
+        tracing::info!(
+            "{id} pid {pid} asked for more time for {what}: {} from now (EXTEND_TIMEOUT_USEC)",
+            fmt_dur(more)
+        );
+        if !self.first_ready || self.reload.is_some() || self.stopping {
+            self.systemd.extend_timeout(more);
         }
     }
 }

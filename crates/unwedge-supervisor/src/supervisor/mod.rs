@@ -556,11 +556,16 @@ struct Worker {
     /// It said STOPPING=1 on its own: replaced already, its restart reason is counted at exit.
     leaving: bool,
     last_watchdog: Option<Instant>,
+    /// Its heartbeat limit: `--watchdog`, or what it asked for (`WATCHDOG_USEC=`).
+    watchdog: Option<Duration>,
     probe_failures: u32,
     next_probe: Instant,
     probe_inflight: bool,
     /// When its `--ready-timeout` began: its start, or the end of a stall of the supervisor.
     ready_from: Instant,
+    /// Not ready before this is no failure yet: it asked for more time to start
+    /// (`EXTEND_TIMEOUT_USEC=`).
+    ready_extended: Option<Instant>,
     /// The log said it sent a malformed notify line.
     malformed_told: bool,
     port: Option<u16>,
@@ -581,6 +586,16 @@ struct Worker {
     last_pss: Option<u64>,
     /// When it has run its `--max-lifetime` (less up to 10 %, at random).
     retire_at: Option<Instant>,
+}
+
+impl Worker {
+    /// When, still not ready, it has failed to start: `--ready-timeout` after
+    /// [`ready_from`](Worker::ready_from), or later if it asked for more time.
+    fn ready_deadline(&self) -> Instant {
+        let configured = self.ready_from + self.config.ready_timeout;
+        self.ready_extended
+            .map_or(configured, |t| t.max(configured))
+    }
 }
 
 /// A reload's configuration being read on a thread of its own (see [`Pool::start_reload`]).

@@ -109,6 +109,7 @@ impl Pool {
         let now = Instant::now();
         let ready_now = config.ready == ReadyMode::None;
         let retire_at = config.max_lifetime.map(|l| now + jittered(l));
+        let watchdog = config.watchdog;
         self.workers.insert(
             pid,
             Worker {
@@ -124,10 +125,12 @@ impl Pool {
                 stop_since: None,
                 leaving: false,
                 last_watchdog: None,
+                watchdog,
                 probe_failures: 0,
                 next_probe: now + READY_POLL,
                 probe_inflight: false,
                 ready_from: now,
+                ready_extended: None,
                 malformed_told: false,
                 port,
                 status: None,

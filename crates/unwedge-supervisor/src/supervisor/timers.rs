@@ -108,8 +108,15 @@ impl Pool {
             }
             let c = &w.config;
             if w.ready_at.is_none() {
-                if now >= w.ready_from + c.ready_timeout {
-                    let msg = format!("not ready after {}", fmt_dur(c.ready_timeout));
+                if now >= w.ready_deadline() {
+                    let msg = match w.ready_extended {
+                        Some(_) => format!(
+                            "not ready after {}, past the time it asked for \
+                             (EXTEND_TIMEOUT_USEC)",
+                            fmt_dur(now - w.started)
+                        ),
+                        None => format!("not ready after {}", fmt_dur(c.ready_timeout)),
+                    };
                     if c.ready == ReadyMode::Auto && c.port_env.is_none() {
                         assume_ready.push((w.pid, c.ready_timeout));
                     } else {
@@ -128,7 +135,7 @@ impl Pool {
                 }
                 continue;
             }
-            if let (Some(limit), Some(last)) = (c.watchdog, w.last_watchdog) {
+            if let (Some(limit), Some(last)) = (w.watchdog, w.last_watchdog) {
                 if now >= last + limit {
                     hung.push((
                         w.pid,
@@ -212,6 +219,7 @@ impl Pool {
             }
             if w.ready_at.is_none() {
                 w.ready_from = later(w.ready_from);
+                w.ready_extended = w.ready_extended.map(|t| t + gap);
             }
             w.next_probe = w.next_probe.max(now);
         }
@@ -264,13 +272,13 @@ impl Pool {
             }
             let c = &w.config;
             if w.ready_at.is_none() {
-                at(w.ready_from + c.ready_timeout);
+                at(w.ready_deadline());
                 if (needs_poll(c) && !w.probe_inflight) || watches_for_accept(c, inodes) {
                     at(w.next_probe);
                 }
                 continue;
             }
-            if let (Some(limit), Some(last)) = (c.watchdog, w.last_watchdog) {
+            if let (Some(limit), Some(last)) = (w.watchdog, w.last_watchdog) {
                 at(last + limit);
             }
             if c.probe.is_some() && !w.probe_inflight {
