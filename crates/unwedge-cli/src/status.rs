@@ -25,10 +25,15 @@ pub(crate) fn parse_admin_target(s: &str) -> Result<SocketAddr, String> {
 
 /// `/status` of the admin endpoint at `admin`, parsed.
 pub(crate) async fn status_json(admin: SocketAddr) -> Result<Value, String> {
+    // Something else on the port (Prometheus's default is 9090, unwedge's too) answers, but
+    // not what unwedge would: say that it is not unwedge, not only what it answered.
+    let not_unwedge = "not an unwedge admin endpoint? give the address `unwedge run --admin` \
+                       uses (Prometheus listens on 9090 by default too)";
     match request(admin, "GET", "/status", b"", Duration::from_secs(5)).await {
-        Reply::Status(200, body) => serde_json::from_str(&body)
-            .map_err(|e| format!("{admin}/status is not the status JSON ({e})")),
-        Reply::Status(code, _) => Err(format!("{admin}/status answered {code}")),
+        Reply::Status(200, body) => serde_json::from_str(&body).map_err(|e| {
+            format!("{admin}/status is not the status JSON ({e}): {not_unwedge}")
+        }),
+        Reply::Status(code, _) => Err(format!("{admin}/status answered {code}: {not_unwedge}")),
         other => Err(format!(
             "cannot reach the admin endpoint at {admin} ({}); give the address `unwedge run --admin` uses",
             other.describe()
@@ -56,7 +61,8 @@ pub(crate) fn status(admin: SocketAddr, json: bool) -> ExitCode {
         Ok(v) => v,
         Err(e) => {
             crate::out::eprint_line(format_args!(
-                "unwedge: error: {admin}/status is not the status JSON ({e})"
+                "unwedge: error: {admin}/status is not the status JSON ({e}): not an unwedge \
+                 admin endpoint? give the address `unwedge run --admin` uses"
             ));
             return ExitCode::FAILURE;
         }

@@ -1129,3 +1129,41 @@ fn a_closed_stderr_keeps_the_exit_status() {
         assert_eq!(status.code(), Some(want), "unwedge {args:?}");
     }
 }
+
+/// `unwedge status` pointed at a port where another HTTP server answers (Prometheus has 9090,
+/// unwedge's default, too) says that it is not an unwedge admin endpoint and how to name the
+/// right one, in one line, exit 1; not only `answered 404`, which reads as unwedge's fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_against_another_server_says_it_is_not_unwedge() {
+    let dir = tempfile::tempdir().unwrap();
+    // A 200 that is not the status JSON, and a 404 for everything else.
+    std::fs::write(dir.path().join("status"), "up\n").unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    for (root, answer) in [
+        (empty.path(), "answered 404"),
+        (dir.path(), "is not the status JSON"),
+    ] {
+        let addr = free_loopback_addr();
+        let port = addr.port().to_string();
+        let mut server = tokio::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port])
+            .current_dir(root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3");
+        assert!(
+            accepted_within(addr.port(), LONG).await,
+            "http.server on {addr}"
+        );
+        let (code, out, err) = run_split(&["status", "--admin", &addr.to_string()]).await;
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(out.is_empty(), "{out}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(answer), "{err}");
+        assert!(err.contains("not an unwedge admin endpoint"), "{err}");
+        assert!(err.contains("unwedge run --admin"), "{err}");
+        server.kill().await.unwrap();
+    }
+}
