@@ -2627,7 +2627,8 @@ exec sleep 1000
             &["sh", "-c", &script],
         );
         let old = sup.wait_ready(0, 1).await[0];
-        sup.wait_line(0, &["] grown"]).await;
+        // Not waiting for the child's "grown": on a loaded machine the supervisor may find it
+        // over the limit, and stop it, while it still fills its memory, before it prints.
         assert!(
             unwedge_supervisor::memory::resident_bytes(old).unwrap() < 10 << 20,
             "the worker's own process is small"
@@ -2644,7 +2645,9 @@ exec sleep 1000
             .and_then(|r| r.split('M').next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0.0);
-        assert!(mib > 140.0, "{over}");
+        // The child's memory counted (the worker itself stays under 10M), maybe not all of it
+        // yet.
+        assert!(mib > 100.0, "{over}");
         let new = sup.wait_ready(0, 2).await[1];
         sup.wait_line(
             0,
