@@ -381,9 +381,17 @@ pub(crate) fn is_grpc(content_type: &[u8]) -> bool {
         .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
 }
 
-/// A header value that is a URL: the `Referer`, or any value starting with a scheme.
+/// A header value that is a URL: the `Referer`, or any value starting with a scheme and
+/// `://`, in any case (`HTTPS://`, `wss://`).
 fn is_url(name: &HeaderName, value: &str) -> bool {
-    name == REFERER || value.starts_with("https://") || value.starts_with("http://")
+    name == REFERER || value.split_once("://").is_some_and(|(s, _)| is_scheme(s))
+}
+
+/// RFC 3986's `scheme`: a letter, then letters, digits, `+`, `-` or `.`.
+fn is_scheme(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
 }
 
 /// A URL as a report shows it: without its query and fragment (where tokens, codes and
@@ -451,6 +459,26 @@ mod captured_tests {
         let map = c.to_map(classes.wanted());
         assert_eq!(map["referer"], "https://…@app.example/x@y");
         assert_eq!(map["x-return-to"], "http://…@h");
+    }
+
+    #[test]
+    fn a_url_password_is_hidden_whatever_the_schemes_case() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "user-agent",
+            HeaderValue::from_static("HTTPS://:s3cr3tPW@host.example/p"),
+        );
+        h.append(
+            "x-return-to",
+            HeaderValue::from_static("wss://u:pw@h/x?t=1"),
+        );
+        let wanted = [USER_AGENT, HeaderName::from_static("x-return-to")];
+        let classes = HeaderClasses::new(&wanted, &HeaderName::from_static("x-request-id"));
+        let mut c = CapturedHeaders::default();
+        c.capture(&h, &classes);
+        let map = c.to_map(classes.wanted());
+        assert_eq!(map["user-agent"], "HTTPS://…@host.example/p");
+        assert_eq!(map["x-return-to"], "wss://…@h/x");
     }
 
     #[test]
