@@ -105,11 +105,7 @@ impl Notifier {
 
     /// Queues one datagram; returns whether it was queued (not whether it was delivered).
     pub(crate) fn send(&self, states: &[NotifyState<'_>]) -> bool {
-        let mut msg = String::new();
-        for s in states {
-            let _ = writeln!(msg, "{s}");
-        }
-        self.queue_bytes(msg.into_bytes())
+        self.queue_bytes(datagram(states).into_bytes())
     }
 
     fn queue_bytes(&self, msg: Vec<u8>) -> bool {
@@ -263,9 +259,29 @@ pub(crate) fn current() -> Option<Arc<Notifier>> {
         .and_then(|s| s.read().unwrap_or_else(|p| p.into_inner()).clone())
 }
 
-/// Notify messages are newline-separated `KEY=value` lines: a value must be one line.
+/// One notify datagram: each state on a line of its own.
+fn datagram(states: &[NotifyState<'_>]) -> String {
+    let mut msg = String::new();
+    for s in states {
+        let _ = writeln!(msg, "{s}");
+    }
+    msg
+}
+
+/// Longest `STATUS=` value sent, in bytes (longer ones are cut, with `…`): systemd reads a
+/// notify datagram into 4 KiB and ignores a longer one whole, the `STOPPING=1` or `READY=1`
+/// sent with it included; and a reason can name a client's path (up to 64 KiB).
+pub(crate) const MAX_STATUS: usize = 1024;
+
+/// Notify messages are newline-separated `KEY=value` lines: a value must be one line, and a
+/// `STATUS=` value at most [`MAX_STATUS`] bytes.
 pub(crate) fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
+    let end = floor_char_boundary(s, MAX_STATUS);
+    let mut line = s[..end].replace(['\n', '\r'], " ");
+    if end < s.len() {
+        line.push('…');
+    }
+    line
 }
 
 /// Encodes a panic report as the one-line notify message `UNWEDGE_REPORT=<json>`.
@@ -453,6 +469,18 @@ mod tests {
         assert!(line.contains(r#""message":"boom""#));
     }
 
+    #[test]
+    fn a_crash_in_a_request_with_a_long_path_still_tells_systemd_it_stops() {
+        let reason = format!("panic in GET /{}: policy is crash", "p".repeat(65_000));
+        let status =
+            crate::watchdog::status_text(crate::HealthState::Tainted, Some(&reason), "127.0.0.1:1");
+        assert!(status.starts_with("tainted: panic in GET /ppp"), "{status}");
+        // As serve() sends a crash: its reason, then STOPPING=1, in one datagram.
+        let msg = datagram(&[NotifyState::Status(&status), NotifyState::Stopping]);
+        assert!(msg.len() <= 4096, "{} bytes", msg.len());
+        assert!(msg.ends_with("\nSTOPPING=1\n"));
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
@@ -529,6 +557,22 @@ mod tests {
                         prop_assert!(r.message.starts_with(kept));
                     }
                     _ => prop_assert_eq!(&back.message, &r.message),
+                }
+            }
+
+            /// Any status text (a health reason names a client's path): `STATUS=` gets one
+            /// line of at most `MAX_STATUS` bytes and `…`, the text's start.
+            #[test]
+            fn a_status_is_one_line_within_its_limit(s in text(MAX_STATUS)) {
+                let line = one_line(&s);
+                let whole = s.replace(['\n', '\r'], " ");
+                prop_assert!(!line.contains(['\n', '\r']));
+                if s.len() <= MAX_STATUS {
+                    prop_assert_eq!(line, whole);
+                } else {
+                    let kept = line.strip_suffix('…').expect("a cut is marked");
+                    prop_assert!(kept.len() <= MAX_STATUS && kept.len() > MAX_STATUS - 4);
+                    prop_assert!(whole.starts_with(kept));
                 }
             }
         }
