@@ -86,6 +86,7 @@ struct Case {
     grpc: bool,
     expose: bool,
     echo: bool,
+    capture: bool,
     at: Where,
     message: String,
 }
@@ -94,16 +95,17 @@ fn case() -> impl Strategy<Value = Case> {
     let at = prop::sample::select(vec![Where::Never, Where::Call, Where::Future, Where::Body]);
     (
         (method(), path(), request_id()),
-        (any::<bool>(), any::<bool>(), any::<bool>(), at, text()),
+        (any::<[bool; 4]>(), at, text()),
     )
         .prop_map(
-            |((method, path, id), (grpc, expose, echo, at, message))| Case {
+            |((method, path, id), ([grpc, expose, echo, capture], at, message))| Case {
                 method,
                 path,
                 id,
                 grpc,
                 expose,
                 echo,
+                capture,
                 at,
                 message: format!("{PANIC_TEXT}{message}"),
             },
@@ -217,6 +219,7 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
     let layer = PanicLayer::with_policy(Policy::Recover)
         .expose_details(c.expose)
         .echo_request_id(c.echo)
+        .capture_headers(c.capture)
         .sink(Arc::new(keep.clone()));
     let svc = layer.layer(app(c.at, c.message.clone()));
     let res = svc
