@@ -1212,4 +1212,88 @@ mod tests {
         assert!(!is_sane_request_id(b"<script>"));
         assert!(!is_sane_request_id(&[b'a'; MAX_REQUEST_ID_LEN + 1]));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Text that reaches the hard cases: multibyte UTF-8, `%`, quotes, backslashes,
+        /// control characters, sometimes after a run of `a`s that puts the next piece at and
+        /// around `limit`.
+        pub(crate) fn text(limit: usize) -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "a", "é", "日本", "🦀", "@", ":", "%", "%4", "%41", "\"", "\\", "/", " ", "\t",
+                "\n", "\r", "\0", "\u{7f}", "\u{85}", "\u{2028}", "…",
+            ]);
+            let pad = prop_oneof![Just(0), 1usize..8, limit.saturating_sub(4)..=limit + 4];
+            (pad, prop::collection::vec(piece, 0..10))
+                .prop_map(|(pad, pieces)| "a".repeat(pad) + &pieces.concat())
+        }
+
+        /// A request id the layer can hold: a client's sane one, or a generated one.
+        fn request_id() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[A-Za-z0-9._:/+=@-]{1,128}",
+                any::<u64>().prop_map(|n| String::from_utf8_lossy(&request_id_text(n)).into()),
+            ]
+        }
+
+        /// `%XX` decoded; `None` for a `%` not followed by two upper-case hex digits.
+        fn percent_decode(s: &str) -> Option<Vec<u8>> {
+            let mut out = Vec::new();
+            let mut bytes = s.bytes();
+            while let Some(b) = bytes.next() {
+                if b != b'%' {
+                    out.push(b);
+                    continue;
+                }
+                let hex = [bytes.next()?, bytes.next()?];
+                if !hex.iter().all(|h| matches!(h, b'0'..=b'9' | b'A'..=b'F')) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            Some(out)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 512,
+                rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+                ..ProptestConfig::default()
+            })]
+
+            /// Any panic message: `grpc-message` is there, printable ASCII, valid
+            /// percent-encoding that decodes to the id's text, then (only when given) at
+            /// most `MAX_GRPC_DETAIL` bytes from the start of the message, `…` if cut.
+            #[test]
+            fn grpc_message_is_valid_percent_encoding_of_a_bounded_prefix(
+                id in request_id(),
+                detail in proptest::option::of(text(MAX_GRPC_DETAIL)),
+            ) {
+                let h = grpc_status(&id, detail.as_deref());
+                prop_assert_eq!(h.get("grpc-status").map(HeaderValue::as_bytes), Some(&b"13"[..]));
+                let message = h.get("grpc-message").expect("grpc-message");
+                let message = message.to_str().expect("printable ASCII");
+                let decoded = percent_decode(message).expect("valid percent-encoding");
+                let decoded = String::from_utf8(decoded).expect("UTF-8 once decoded");
+                let head = format!("Internal Server Error (request {id})");
+                let rest = decoded.strip_prefix(&head).expect("starts with the id");
+                match &detail {
+                    None => prop_assert_eq!(rest, ""),
+                    Some(d) => {
+                        let shown = rest.strip_prefix(": ").expect("the detail follows");
+                        if d.len() <= MAX_GRPC_DETAIL {
+                            prop_assert_eq!(shown, d.as_str());
+                        } else {
+                            let kept = shown.strip_suffix('…').expect("a cut is marked");
+                            prop_assert!(d.starts_with(kept), "{kept:?} is not a prefix");
+                            // Cut at the last character boundary at or before the limit.
+                            prop_assert!((MAX_GRPC_DETAIL - 3..=MAX_GRPC_DETAIL).contains(&kept.len()));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

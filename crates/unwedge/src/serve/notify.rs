@@ -105,11 +105,7 @@ impl Notifier {
 
     /// Queues one datagram; returns whether it was queued (not whether it was delivered).
     pub(crate) fn send(&self, states: &[NotifyState<'_>]) -> bool {
-        let mut msg = String::new();
-        for s in states {
-            let _ = writeln!(msg, "{s}");
-        }
-        self.queue_bytes(msg.into_bytes())
+        self.queue_bytes(datagram(states).into_bytes())
     }
 
     fn queue_bytes(&self, msg: Vec<u8>) -> bool {
@@ -263,17 +259,39 @@ pub(crate) fn current() -> Option<Arc<Notifier>> {
         .and_then(|s| s.read().unwrap_or_else(|p| p.into_inner()).clone())
 }
 
-/// Notify messages are newline-separated `KEY=value` lines: a value must be one line.
+/// One notify datagram: each state on a line of its own.
+fn datagram(states: &[NotifyState<'_>]) -> String {
+    let mut msg = String::new();
+    for s in states {
+        let _ = writeln!(msg, "{s}");
+    }
+    msg
+}
+
+/// Longest `STATUS=` value sent, in bytes (longer ones are cut, with `…`): systemd reads a
+/// notify datagram into 4 KiB and ignores a longer one whole, the `STOPPING=1` or `READY=1`
+/// sent with it included; and a reason can name a client's path (up to 64 KiB).
+pub(crate) const MAX_STATUS: usize = 1024;
+
+/// Notify messages are newline-separated `KEY=value` lines: a value must be one line, and a
+/// `STATUS=` value at most [`MAX_STATUS`] bytes.
 pub(crate) fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
+    let end = floor_char_boundary(s, MAX_STATUS);
+    let mut line = s[..end].replace(['\n', '\r'], " ");
+    if end < s.len() {
+        line.push('…');
+    }
+    line
 }
 
 /// Encodes a panic report as the one-line notify message `UNWEDGE_REPORT=<json>`.
 ///
 /// The JSON is the [`PanicReport`] serialized with serde. When the message would exceed
 /// [`MAX_REPORT_BYTES`], fields are cut in this order until it fits: the backtrace, then the
-/// request headers, then the message (truncated on a character boundary). The JSON then
-/// carries `"truncated": [...]` naming what was cut, so a report is never dropped silently.
+/// request headers, then the request's method and path (each to its first KiB: a client's
+/// choice, a path up to 64 KiB), then the message (truncated on a character boundary). The
+/// JSON then carries `"truncated": [...]` naming what was cut, so a report is never dropped
+/// silently.
 ///
 /// ```
 /// # use unwedge::PanicReport;
@@ -286,6 +304,7 @@ pub(crate) fn one_line(s: &str) -> String {
 /// ```
 pub fn encode_report(report: &PanicReport) -> String {
     const PREFIX: &str = "UNWEDGE_REPORT=";
+    const MARK: &str = "…<truncated>";
     let budget = MAX_REPORT_BYTES - PREFIX.len();
     let mut value = match serde_json::to_value(report) {
         Ok(v) => v,
@@ -312,6 +331,18 @@ pub fn encode_report(report: &PanicReport) -> String {
         }
     }
     if !fits(&value) {
+        for (field, name) in [("method", "request.method"), ("path", "request.path")] {
+            if let Some(text) = value.get_mut("request").and_then(|r| r.get_mut(field)) {
+                if shorten(text, MAX_REQUEST_TEXT, MARK) {
+                    cut.push(name);
+                }
+            }
+        }
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("truncated".into(), serde_json::json!(cut));
+        }
+    }
+    if !fits(&value) {
         cut.push("message");
         let others = {
             let mut v = value.clone();
@@ -319,7 +350,6 @@ pub fn encode_report(report: &PanicReport) -> String {
             v["truncated"] = serde_json::json!(cut);
             serde_json::to_string(&v).map_or(0, |s| s.len())
         };
-        const MARK: &str = "…<truncated>";
         let room = budget.saturating_sub(others + MARK.len());
         let msg = value["message"].as_str().unwrap_or("").to_owned();
         // JSON escaping can grow text: shrink until the encoded form fits.
@@ -336,6 +366,22 @@ pub fn encode_report(report: &PanicReport) -> String {
     }
     let json = serde_json::to_string(&value).unwrap_or_else(|_| "{}".into());
     format!("{PREFIX}{json}")
+}
+
+/// Most bytes of a request's method or path kept in a report cut to fit (see
+/// [`encode_report`]).
+const MAX_REQUEST_TEXT: usize = 1024;
+
+/// Cuts a JSON string longer than `max` bytes to its first `max` (on a character boundary)
+/// and `mark`; returns whether it did.
+fn shorten(text: &mut serde_json::Value, max: usize, mark: &str) -> bool {
+    match text.as_str() {
+        Some(s) if s.len() > max => {
+            *text = format!("{}{mark}", &s[..floor_char_boundary(s, max)]).into();
+            true
+        }
+        _ => false,
+    }
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -395,5 +441,140 @@ mod tests {
             v["truncated"],
             serde_json::json!(["backtrace", "request.headers", "message"])
         );
+    }
+
+    #[test]
+    fn a_clients_long_path_or_method_is_cut_to_fit() {
+        let mut r = report("boom", None);
+        let req = r.request.as_mut().unwrap();
+        req.path = format!("/{}", "p".repeat(60_000));
+        let line = encode_report(&r);
+        assert!(line.len() <= MAX_REPORT_BYTES, "{}", line.len());
+        let v: serde_json::Value =
+            serde_json::from_str(line.strip_prefix("UNWEDGE_REPORT=").unwrap()).unwrap();
+        assert_eq!(v["message"], "boom");
+        assert!(v["request"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("…<truncated>"));
+        assert_eq!(
+            v["truncated"],
+            serde_json::json!(["request.headers", "request.path"])
+        );
+        let req = r.request.as_mut().unwrap();
+        req.path = "/x".into();
+        req.method = "M".repeat(70_000);
+        let line = encode_report(&r);
+        assert!(line.len() <= MAX_REPORT_BYTES, "{}", line.len());
+        assert!(line.contains(r#""message":"boom""#));
+    }
+
+    #[test]
+    fn a_crash_in_a_request_with_a_long_path_still_tells_systemd_it_stops() {
+        let reason = format!("panic in GET /{}: policy is crash", "p".repeat(65_000));
+        let status =
+            crate::watchdog::status_text(crate::HealthState::Tainted, Some(&reason), "127.0.0.1:1");
+        assert!(status.starts_with("tainted: panic in GET /ppp"), "{status}");
+        // As serve() sends a crash: its reason, then STOPPING=1, in one datagram.
+        let msg = datagram(&[NotifyState::Status(&status), NotifyState::Stopping]);
+        assert!(msg.len() <= 4096, "{} bytes", msg.len());
+        assert!(msg.ends_with("\nSTOPPING=1\n"));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Text with the hard cases (multibyte UTF-8, characters JSON escapes, control
+        /// characters, newlines), sometimes after a run of `a`s that puts the next piece at
+        /// and around `near`.
+        fn text(near: usize) -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "a", "é", "日本", "🦀", "\"", "\\", "%", "@", "\n", "\r", "\0", "\u{1f}", "\u{7f}",
+                "\u{2028}", "…",
+            ]);
+            let pad = prop_oneof![Just(0), 1usize..64, near.saturating_sub(64)..near + 64];
+            (pad, prop::collection::vec(piece, 0..10))
+                .prop_map(|(pad, pieces)| "a".repeat(pad) + &pieces.concat())
+        }
+
+        /// What a client can put in a request path: `http::Uri` takes up to 65 534 bytes of
+        /// visible ASCII, `"`, `{` and `}` included.
+        fn path() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec!["/", "a", "%E9", "\"", "{}", "@", ":"]);
+            let len = prop_oneof![Just(0usize), 1usize..64, 59_000usize..65_534];
+            (len, prop::collection::vec(piece, 0..6))
+                .prop_map(|(len, pieces)| format!("/{}{}", "p".repeat(len), pieces.concat()))
+        }
+
+        fn report() -> impl Strategy<Value = PanicReport> {
+            let headers = prop::collection::btree_map("[a-z-]{1,12}", text(1024), 0..8);
+            // hyper takes any token as a method, as long as its request head buffer.
+            let method = prop_oneof![
+                Just("GET".to_owned()),
+                "[A-Z]{1,64}",
+                (59_000usize..70_000).prop_map(|n| "M".repeat(n)),
+            ];
+            let request = (method, path(), headers).prop_map(|(method, path, headers)| {
+                serde_json::json!({"method": method, "path": path, "request_id": "r",
+                    "headers": headers})
+            });
+            (
+                text(MAX_REPORT_BYTES),
+                proptest::option::of(text(MAX_REPORT_BYTES)),
+                proptest::option::of(request),
+            )
+                .prop_map(|(message, backtrace, request)| {
+                    serde_json::from_value(serde_json::json!({"time": "t", "pid": 1,
+                        "message": message, "location": "src/x.rs:1:2", "thread": null,
+                        "backtrace": backtrace, "request": request, "task": null,
+                        "rolled_back": ["cache"], "poisoned": [], "decision": null}))
+                    .expect("a report")
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 256,
+                rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+                ..ProptestConfig::default()
+            })]
+
+            /// Any report whose text comes from clients or handlers: the notify message is
+            /// one line within `MAX_REPORT_BYTES`, its JSON parses back to a report, and the
+            /// message is the original or a start of it marked as cut.
+            #[test]
+            fn a_report_message_is_one_line_of_json_within_the_datagram_limit(
+                r in report(),
+            ) {
+                let line = encode_report(&r);
+                prop_assert!(line.len() <= MAX_REPORT_BYTES, "{} bytes", line.len());
+                prop_assert!(!line.contains(['\n', '\r']));
+                let json = line.strip_prefix("UNWEDGE_REPORT=").expect("prefix");
+                let back: PanicReport = serde_json::from_str(json).expect("parses back");
+                match back.message.strip_suffix("…<truncated>") {
+                    Some(kept) if back.message != r.message => {
+                        prop_assert!(r.message.starts_with(kept));
+                    }
+                    _ => prop_assert_eq!(&back.message, &r.message),
+                }
+            }
+
+            /// Any status text (a health reason names a client's path): `STATUS=` gets one
+            /// line of at most `MAX_STATUS` bytes and `…`, the text's start.
+            #[test]
+            fn a_status_is_one_line_within_its_limit(s in text(MAX_STATUS)) {
+                let line = one_line(&s);
+                let whole = s.replace(['\n', '\r'], " ");
+                prop_assert!(!line.contains(['\n', '\r']));
+                if s.len() <= MAX_STATUS {
+                    prop_assert_eq!(line, whole);
+                } else {
+                    let kept = line.strip_suffix('…').expect("a cut is marked");
+                    prop_assert!(kept.len() <= MAX_STATUS && kept.len() > MAX_STATUS - 4);
+                    prop_assert!(whole.starts_with(kept));
+                }
+            }
+        }
     }
 }
