@@ -39,6 +39,12 @@ pub const RECENT_REPORTS: usize = 16;
 /// the client's choice: the map must not grow with it).
 pub const MAX_PANIC_ROUTES: usize = 256;
 
+/// The longest key of [`Health::panics_by_route`], in bytes, `…` included: a longer route (a
+/// raw path, up to 64 KiB, is the client's choice) is cut at a character boundary and marked
+/// `…`, so that the map holds at most [`MAX_PANIC_ROUTES`] keys of this size. The `tracing`
+/// event of a panic carries the same cut route.
+pub const MAX_ROUTE_KEY: usize = 256;
+
 /// The key of [`Health::panics_by_route`] for routes beyond [`MAX_PANIC_ROUTES`].
 pub const OTHER_ROUTES: &str = "other";
 
@@ -264,6 +270,19 @@ pub fn clear_wedged(source: &str) {
     });
 }
 
+/// `route` as a key of [`Health::panics_by_route`]: at most [`MAX_ROUTE_KEY`] bytes, a longer
+/// one cut at a character boundary and ended with `…` (a route already cut stays as it is).
+pub(crate) fn route_key(route: &str) -> std::borrow::Cow<'_, str> {
+    if route.len() <= MAX_ROUTE_KEY {
+        return route.into();
+    }
+    let mut end = MAX_ROUTE_KEY - '…'.len_utf8();
+    while !route.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &route[..end]).into()
+}
+
 /// Records a caught panic: counts it by route and keeps the report among the recent ones.
 /// Called by [`PanicLayer`](crate::PanicLayer) and [`spawn`](crate::spawn).
 ///
@@ -275,6 +294,8 @@ pub fn clear_wedged(source: &str) {
 /// assert_eq!(unwedge::health().panics_by_route["GET /x"], 1);
 /// ```
 pub fn record_panic(route: &str, report: PanicReport) {
+    let route = route_key(route);
+    let route = route.as_ref();
     let mut inner = lock();
     inner.panics_total += 1;
     let routes = &mut inner.panics_by_route;
@@ -335,6 +356,36 @@ pub async fn crash_requested() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_route_is_counted_under_a_key_of_bounded_size() {
+        // Process-wide registry: a process of its own (nextest's), as the test below.
+        let report: PanicReport = serde_json::from_str(
+            r#"{"time":"t","pid":1,"message":"m","location":null,"thread":null,
+            "backtrace":null,"request":null,"task":null,"rolled_back":[],"poisoned":[],
+            "decision":null}"#,
+        )
+        .unwrap();
+        // 400 KiB of a client's path, with a multi-byte character across the cut.
+        let long = format!(
+            "GET /{}é{}",
+            "a".repeat(MAX_ROUTE_KEY - 6),
+            "b".repeat(400 << 10)
+        );
+        record_panic(&long, report.clone());
+        record_panic(&long, report);
+        let h = health();
+        let (key, count) = h
+            .panics_by_route
+            .iter()
+            .find(|(k, _)| k.starts_with("GET /aaa"))
+            .expect("counted");
+        assert_eq!(*count, 2);
+        assert!(key.len() <= MAX_ROUTE_KEY, "{}", key.len());
+        // Cut once: the cut key is its own key.
+        assert_eq!(route_key(key), key.as_str());
+        assert!(key.starts_with("GET /aaa") && key.ends_with('…'), "{key}");
+    }
 
     #[test]
     fn panics_by_route_stays_bounded_whatever_the_paths() {

@@ -63,6 +63,8 @@ pub fn add_sink(sink: Arc<dyn ReportSink>) {
 /// Sends `report` everywhere: the tracing event, the layer's `sinks`, the global sinks and
 /// the health registry (under `route`).
 pub(crate) fn emit(report: &PanicReport, sinks: &[Arc<dyn ReportSink>], route: &str) {
+    let route = crate::health::route_key(route);
+    let route = route.as_ref();
     trace_event(report, route);
     let global: Vec<Arc<dyn ReportSink>> =
         global().read().unwrap_or_else(|p| p.into_inner()).clone();
