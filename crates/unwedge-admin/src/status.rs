@@ -731,7 +731,8 @@ impl ExitRecord {
     ///
     /// A name counts in any case, not inside a longer word (`xcookie`), optionally quoted, when
     /// `:` or `=` follows it (spaces and a closing quote allowed before and spaces after). Its
-    /// value is the quoted string that follows (`"…"`, `'…'`, or `\"…\"` inside a JSON string),
+    /// value is the quoted string that follows (`"…"`, `'…'`, or `\"…\"` inside a JSON string;
+    /// in a list, `["a=1", "id=x"]`, every one of them),
     /// or else everything up to the next `"` or the end of the line: `,` and `;` do not end
     /// it, since cookies and some schemes hold them. Nothing else in the line is changed.
     ///
@@ -807,9 +808,9 @@ fn scrub_credentials(line: &str) -> Option<String> {
 
 /// Where the value after a credential name is in `rest`, what follows the name: an optional
 /// closing quote, `:` or `=` (or `,` after a quoted name: a Python pair,
-/// `('authorization', 'Bearer x')`), then a quoted string (the first of a list, `["Bearer
-/// x"]` as Go's `http.Header` marshals, or a bytes literal `b'…'`) or the text up to the next
-/// `"`. `None` when no separator follows, or the value is empty.
+/// `('authorization', 'Bearer x')`), then a quoted string (a bytes literal `b'…'` too; in a
+/// list, `["a=1", "id=x"]` as Go's `http.Header` marshals, every value of it) or the text up to
+/// the next `"`. `None` when no separator follows, or the value is empty.
 fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
     let skip_blanks = |mut i: usize| {
         while rest.get(i).is_some_and(|b| matches!(b, b' ' | b'\t')) {
@@ -831,26 +832,43 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
         _ => return None,
     }
     i = skip_blanks(i + 1);
-    while matches!(rest.get(i), Some(b'[' | b'(')) {
+    let mut list = false;
+    while let Some(&open @ (b'[' | b'(')) = rest.get(i) {
+        list |= open == b'[';
         i = skip_blanks(i + 1);
     }
+    let Some((start, mut end, mut next)) = quoted_at(rest, i) else {
+        let end = find(&rest[i..], b"\"").map_or(rest.len(), |e| i + e);
+        return (end > i).then_some((i, end));
+    };
+    // A list's other values: a `Set-Cookie` or `Cookie` may have several.
+    while list && rest.get(skip_blanks(next)) == Some(&b',') {
+        let Some((_, e, n)) = quoted_at(rest, skip_blanks(skip_blanks(next) + 1)) else {
+            break;
+        };
+        (end, next) = (e, n);
+    }
+    (end > start).then_some((start, end))
+}
+
+/// The quoted string at `i` of `rest` (`"…"`, `'…'`, `b'…'`, or `\"…\"` inside a JSON string):
+/// where its text starts and ends, and the index past its closing quote; `None` if none
+/// starts there. One not closed runs to the end.
+fn quoted_at(rest: &[u8], mut i: usize) -> Option<(usize, usize, usize)> {
     if rest.get(i) == Some(&b'b') && matches!(rest.get(i + 1), Some(b'"' | b'\'')) {
         i += 1;
     }
-    let (start, end) = if rest[i..].starts_with(b"\\\"") {
+    if rest.get(i..)?.starts_with(b"\\\"") {
         let start = i + 2;
         let end = find(&rest[start..], b"\\\"").map_or(rest.len(), |e| start + e);
-        (start, end)
-    } else if let Some(&quote @ (b'"' | b'\'')) = rest.get(i) {
-        let start = i + 1;
-        (
-            start,
-            closing_quote(&rest[start..], quote).map_or(rest.len(), |e| start + e),
-        )
-    } else {
-        (i, find(&rest[i..], b"\"").map_or(rest.len(), |e| i + e))
+        return Some((start, end, end + 2));
+    }
+    let &quote @ (b'"' | b'\'') = rest.get(i)? else {
+        return None;
     };
-    (end > start).then_some((start, end))
+    let start = i + 1;
+    let end = closing_quote(&rest[start..], quote).map_or(rest.len(), |e| start + e);
+    Some((start, end, end + 1))
 }
 
 /// The index of the first `quote` not escaped by a backslash.
@@ -989,6 +1007,16 @@ mod tests {
                 r#"{"Authorization":["Bearer sk_live_x"],"Accept":["*/*"]}"#,
                 r#"{"Authorization":["[redacted]"],"Accept":["*/*"]}"#,
             ),
+            // Every value of a list: Go's `Set-Cookie` often has several (found by
+            // `a_planted_credential_never_survives_the_scrubber`).
+            (
+                r#"{"authorization":["=", "Bearer Q~", "a"],"Accept":["*/*"]}"#,
+                r#"{"authorization":["[redacted]"],"Accept":["*/*"]}"#,
+            ),
+            (
+                "{'Set-Cookie': ['a=1; Path=/', 'id=s3cret']}",
+                "{'Set-Cookie': ['[redacted]']}",
+            ),
             // Python (and ASGI's bytes) header pairs.
             (
                 "[('authorization', 'Bearer x'), ('host', 'h')]",
@@ -1016,6 +1044,117 @@ mod tests {
             "",
         ] {
             assert_eq!(scrub_credentials(line), None, "{line}");
+        }
+    }
+
+    use proptest::prelude::*;
+
+    /// Text around a credential: multibyte characters (at every byte offset, since lengths
+    /// vary), the separators the scrubber reads, quotes, `\r`, NUL; never `Q`, which marks a
+    /// secret.
+    fn noise(max: usize) -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                3 => "[a-z0-9 ]",
+                1 => prop::sample::select(vec![
+                    "é", "日本", "🦀", "=", ":", "@", "\"", "'", "{", "}", "(", ")", "[", "]",
+                    ",", ";", "\\", "\r", "\0", "\t", "b'", "\\\"",
+                ])
+                .prop_map(str::to_owned),
+            ],
+            0..max,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    /// A secret as it may be written: `Q` and then token characters, some multibyte.
+    fn secret() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                4 => "[A-Za-z0-9_.~+/=-]",
+                1 => prop::sample::select(vec!["é", "日", "🦀"]).prop_map(str::to_owned),
+            ],
+            1..24,
+        )
+        .prop_map(|parts| format!("Q{}", parts.concat()))
+    }
+
+    /// One of the names, in any letter case.
+    fn credential_name() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(crate::page::REDACTED_HEADERS.to_vec()),
+            any::<u64>(),
+        )
+            .prop_map(|(name, case)| {
+                name.chars()
+                    .enumerate()
+                    .map(|(i, c)| match case >> (i % 64) & 1 {
+                        1 => c.to_ascii_uppercase(),
+                        _ => c,
+                    })
+                    .collect()
+            })
+    }
+
+    /// `secret` as the value of `name` in each shape a worker's stderr writes it.
+    fn planted(name: &str, secret: &str, shape: usize, others: &[String]) -> String {
+        let list = |q: &str| {
+            let mut values: Vec<String> = others.iter().map(|o| format!("{q}{o}{q}")).collect();
+            values.insert(others.len() / 2, format!("{q}Bearer {secret}{q}"));
+            values.join(", ")
+        };
+        match shape {
+            0 => format!(r#"{{"level":"error","{name}":"Bearer {secret}","path":"/x"}}"#),
+            1 => format!(r#"{{"{name}" : "Bearer {secret}"}}"#),
+            2 => format!("{name}: Bearer {secret}"),
+            3 => format!("request failed {name}={secret} user=bob"),
+            4 => format!("level=error {name}=\"Bearer {secret}\" took=3ms"),
+            5 => format!(r#"{{"{name}":[{}],"Accept":["*/*"]}}"#, list("\"")),
+            6 => format!("map[{name}:[Bearer {secret}] Accept:[*/*]]"),
+            7 => format!("[(b'{name}', b'Bearer {secret}'), (b'host', b'h')]"),
+            8 => format!("[('{name}', 'Bearer {secret}'), ('host', 'h')]"),
+            9 => format!("{{'{name}': 'Bearer {secret}', 'Host': 'h'}}"),
+            10 => format!(r#"{{"msg":"headers {{\"{name}\":\"Bearer {secret}\"}}"}}"#),
+            _ => format!("{{'{name}': [{}]}}", list("'")),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// A credential in any supported shape, any case, anywhere in a line, never reaches a
+        /// report, `/status` or an alert.
+        #[test]
+        fn a_planted_credential_never_survives_the_scrubber(
+            name in credential_name(),
+            secret in secret(),
+            shape in 0..12usize,
+            others in proptest::collection::vec("[a-z0-9=;]{1,8}", 0..3),
+            before in noise(12),
+            sep in prop::sample::select(vec!["", " ", "\t", ",", "{", "(", "\""]),
+            after in noise(12),
+        ) {
+            // A name right after a letter or digit is inside a word (`xcookie`): not a name.
+            let before = if before.ends_with(|c: char| c.is_ascii_alphanumeric()) && sep.is_empty() {
+                format!("{before} ")
+            } else {
+                format!("{before}{sep}")
+            };
+            let line = format!("{before}{}{after}", planted(&name, &secret, shape, &others));
+            let out = scrubbed(&line);
+            prop_assert!(!out.contains(&secret), "{line:?} gave {out:?}");
+        }
+
+        /// Any text: no panic, and a line that names no credential is left as written.
+        #[test]
+        fn the_scrubber_takes_any_line(line in noise(200), name in credential_name(), at in any::<prop::sample::Index>()) {
+            prop_assert_eq!(scrub_credentials(&line), None);
+            let mut cut = at.index(line.len() + 1);
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let with_name = format!("{}{name}{}", &line[..cut], &line[cut..]);
+            let _ = scrub_credentials(&with_name);
         }
     }
 }
