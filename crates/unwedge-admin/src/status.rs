@@ -585,7 +585,7 @@ impl PanicRecord {
     /// and cuts the user info (everything between `scheme://` and the last `@` before the
     /// first `/`, `?` or `#`, shown as `…@`), the query and the fragment off `request.path`,
     /// `request.route`, a `Referer` header's value and any header value starting with `http://` or `https://`,
-    /// as the `unwedge` library reports them. Returns whether anything was changed.
+    /// as the `unwedge` library reports them (each value of a list, as Go's `http.Header` has). Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
         let secret = |name: &str| {
             crate::page::REDACTED_HEADERS
@@ -614,11 +614,22 @@ impl PanicRecord {
             return changed;
         };
         let mut one = |name: &str, value: &mut serde_json::Value| {
-            if secret(name) && value.as_str() != Some(REDACTED) {
-                *value = redacted();
-                changed = true;
-            } else if is_url(name, value) {
-                changed |= clean_url(value);
+            if secret(name) {
+                if value.as_str() != Some(REDACTED) {
+                    *value = redacted();
+                    changed = true;
+                }
+                return;
+            }
+            // Go's `http.Header` holds a list of values for each name.
+            let values = match value {
+                serde_json::Value::Array(values) => values.iter_mut().collect(),
+                value => vec![value],
+            };
+            for value in values {
+                if is_url(name, value) {
+                    changed |= clean_url(value);
+                }
             }
         };
         match headers {
@@ -908,7 +919,7 @@ pub(crate) fn age(t: &str, now: SystemTime) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::clean_url;
+    use super::{clean_url, PanicRecord, Record, StatusView, SupervisorInfo};
 
     #[test]
     fn urls_lose_their_user_info_query_and_fragment() {
@@ -941,6 +952,21 @@ mod tests {
             assert!(!clean_url(&mut v), "{clean}");
             assert_eq!(v, clean);
         }
+    }
+
+    /// Go's `http.Header` as JSON: a list of values for each name (found by
+    /// `a_report_never_keeps_a_credential`).
+    #[test]
+    fn url_headers_in_lists_are_cleaned() {
+        let url = "https://user:Q$@0?token=Q$#Q$";
+        let report = serde_json::json!({"request": {"headers": {
+            "ReFERER": [url], "x-original-url": [url, "https://h/x"], "accept": ["*/*"]}}});
+        let r = PanicRecord::new(None, report);
+        assert_eq!(
+            r.report["request"]["headers"],
+            serde_json::json!({"ReFERER": ["https://…@0"],
+                "x-original-url": ["https://…@0", "https://h/x"], "accept": ["*/*"]})
+        );
     }
 
     use super::scrub_credentials;
@@ -1155,6 +1181,56 @@ mod tests {
             }
             let with_name = format!("{}{name}{}", &line[..cut], &line[cut..]);
             let _ = scrub_credentials(&with_name);
+        }
+    }
+
+    /// A URL holding `secret` as its password, in its query and in its fragment; `host` and
+    /// `path` may hold multibyte characters and `@` (in the path, which stays).
+    fn secret_url(scheme: &str, host: &str, path: &str, secret: &str) -> String {
+        format!("{scheme}user:{secret}@{host}{path}?token={secret}#{secret}")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A report's credentials (credential headers in any case, user info, query and
+        /// fragment of its path, route and URL headers), in every form a worker may send its
+        /// headers (an object of strings, Go's object of lists, a list of pairs), never reach
+        /// what is stored or shown.
+        #[test]
+        fn a_report_never_keeps_a_credential(
+            secret in "Q[A-Za-z0-9._~!$&'()*+,;=%-]{1,16}",
+            scheme in prop::sample::select(vec!["https://", "http://", "HTTPS://", ""]),
+            host in "[a-z0-9.-]{1,12}(:[0-9]{1,5})?",
+            path in "(/[a-z0-9._@é日-]{0,8}){0,3}",
+            name in credential_name(),
+            referer in "[Rr][Ee][Ff][Ee][Rr][Ee][Rr]",
+            form in 0..3usize,
+        ) {
+            let url = secret_url(scheme, &host, &path, &secret);
+            let http_url = secret_url("https://", &host, &path, &secret);
+            let headers = [
+                (name.as_str(), format!("Bearer {secret}")),
+                (referer.as_str(), url.clone()),
+                ("x-original-url", http_url),
+            ];
+            let headers = match form {
+                0 => serde_json::Value::Object(
+                    headers.iter().map(|(n, v)| (n.to_string(), v.as_str().into())).collect(),
+                ),
+                1 => serde_json::Value::Object(
+                    headers.iter().map(|(n, v)| (n.to_string(), serde_json::json!([v]))).collect(),
+                ),
+                _ => headers.iter().map(|(n, v)| serde_json::json!([n, v])).collect(),
+            };
+            let report = serde_json::json!({"message": "boom", "request": {
+                "method": "GET", "path": url, "route": url, "headers": headers}});
+            let record = Record::Panic(PanicRecord::new(Some("w1"), report));
+            let stored = serde_json::to_string(&record).unwrap();
+            prop_assert!(!stored.contains(&secret), "{stored}");
+            let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+            view.reports.push(record);
+            prop_assert!(!crate::render_page(&view).contains(&secret));
         }
     }
 }
