@@ -187,7 +187,8 @@ pub(crate) fn says_address_in_use(line: &str) -> bool {
 
 /// Copies `reader` to our stdout or stderr until EOF (keeping the tail of stderr).
 /// Longest line passed on whole; a longer one (a worker writing a blob without newlines) is
-/// passed on in pieces of this size, so the supervisor's memory does not grow with it.
+/// passed on in pieces of this size (give or take the 3 bytes of a character cut in two, which
+/// goes whole into the next piece), so the supervisor's memory does not grow with it.
 /// (journald's own limit, `LineMax=`, is 48 KiB.)
 pub const MAX_LINE: usize = 16 * 1024;
 
@@ -200,15 +201,21 @@ where
     tokio::spawn(async move {
         let mut r = BufReader::new(reader);
         let mut buf = Vec::with_capacity(256);
+        // The bytes of a character the last piece of a long line cut: they begin the next.
+        let mut carry = Vec::new();
         loop {
             buf.clear();
+            buf.append(&mut carry);
             match (&mut r)
                 .take(MAX_LINE as u64)
                 .read_until(b'\n', &mut buf)
                 .await
             {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {
+                Ok(n) => {
+                    if n == MAX_LINE && buf.last() != Some(&b'\n') {
+                        carry = buf.split_off(buf.len() - unfinished_char(&buf));
+                    }
                     while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                         buf.pop();
                     }
@@ -227,6 +234,17 @@ where
             t.closed.send_replace(Some(Instant::now()));
         }
     });
+}
+
+/// How many bytes at the end of `piece` begin a UTF-8 character they do not finish (0 to 3):
+/// a long line is passed on in pieces cut at a byte count, and a character cut in two would
+/// show as two U+FFFD, one at the end of a piece and one at the start of the next.
+fn unfinished_char(piece: &[u8]) -> usize {
+    (piece.len().saturating_sub(3)..piece.len())
+        .rev()
+        .find(|&i| piece[i] & 0xc0 != 0x80)
+        .filter(|&i| std::str::from_utf8(&piece[i..]).is_err_and(|e| e.error_len().is_none()))
+        .map_or(0, |i| piece.len() - i)
 }
 
 #[cfg(test)]
@@ -275,6 +293,81 @@ mod tests {
             .all(|l| l.len() == kept && !l.contains('\n')));
         assert_eq!(lines[5].len(), 100);
         assert_eq!(lines[6], "end");
+    }
+
+    /// The stderr tail kept of a worker that wrote `bytes` and exited.
+    async fn tail_of(bytes: Vec<u8>) -> Vec<String> {
+        // A pid of its own for each call: tails are kept by pid.
+        static NEXT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1000);
+        let pid = NEXT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let (mut w, r) = tokio::io::duplex(64 * 1024);
+        forward(r, "w9".into(), pid, Stream::Stderr, LogFormat::Text);
+        tokio::io::AsyncWriteExt::write_all(&mut w, &bytes)
+            .await
+            .unwrap();
+        drop(w);
+        last_stderr_lines(pid, Duration::from_secs(10)).await
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A line longer than MAX_LINE is passed on in pieces: a character a cut falls in goes
+    /// whole into the next piece (found by `long_lines_are_cut_between_characters`).
+    #[tokio::test]
+    async fn a_long_line_is_cut_between_characters() {
+        let line = format!("x{}\n", "é".repeat(10_000));
+        let lines = tail_of(line.into_bytes()).await;
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[1].starts_with("éé"), "{:?}", &lines[1][..8]);
+        assert!(!lines.concat().contains('\u{fffd}'));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A worker's long lines of text (multibyte characters placed at and around every
+        /// cut) reach the tail without a character broken into U+FFFD; each kept line is at
+        /// most TAIL_LINE_MAX bytes, on one line.
+        #[test]
+        fn long_lines_are_cut_between_characters(
+            ascii in 0..4usize,
+            c in proptest::sample::select(vec!["é", "日", "🦀", "a"]),
+            n in 0..(3 * MAX_LINE / 2),
+            rest in "[a-zé日🦀\r\n]{0,64}",
+        ) {
+            let text = format!("{}{}{rest}\n", "x".repeat(ascii), c.repeat(n / c.len()));
+            let lines = runtime().block_on(tail_of(text.into_bytes()));
+            for l in &lines {
+                proptest::prop_assert!(!l.contains('\u{fffd}'), "{:?}", l);
+                proptest::prop_assert!(l.len() <= TAIL_LINE_MAX && !l.contains('\n'));
+            }
+        }
+
+        /// Any bytes at all (not UTF-8, NUL, CR, very long lines): the tail keeps at most
+        /// STDERR_TAIL_LINES lines of at most TAIL_LINE_MAX bytes.
+        #[test]
+        fn any_output_gives_a_bounded_tail(
+            seed in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    &b"a"[..], b"\n", b"\r", b"\0", b"\xc3", b"\xe6\x97", b"\xf0\x9f\xa6",
+                    b"\xff", "é".as_bytes(), "日本".as_bytes(), "🦀".as_bytes(), &[b'x'; 100],
+                ]),
+                0..64,
+            ),
+            times in 1..200usize,
+        ) {
+            let bytes = seed.concat().repeat(times);
+            let lines = runtime().block_on(tail_of(bytes));
+            proptest::prop_assert!(lines.len() <= STDERR_TAIL_LINES);
+            for l in &lines {
+                proptest::prop_assert!(l.len() <= TAIL_LINE_MAX && !l.contains('\n'));
+            }
+        }
     }
 
     #[test]
