@@ -745,7 +745,9 @@ impl ExitRecord {
     /// value is the quoted string that follows (`"…"`, `'…'`, or `\"…\"` inside a JSON string;
     /// in a list, `["a=1", "id=x"]`, every one of them),
     /// or else everything up to the next `"` or the end of the line: `,` and `;` do not end
-    /// it, since cookies and some schemes hold them. Nothing else in the line is changed.
+    /// it, since cookies and some schemes hold them, nor does a quoted parameter in it (a `"`
+    /// right after `=`: Digest's `response="…"`, a cookie's `a="…"`). Nothing else in the
+    /// line is changed.
     ///
     /// ```
     /// use unwedge_admin::{ExitRecord, ExitStatus};
@@ -821,7 +823,8 @@ fn scrub_credentials(line: &str) -> Option<String> {
 /// closing quote, `:` or `=` (or `,` after a quoted name: a Python pair,
 /// `('authorization', 'Bearer x')`), then a quoted string (a bytes literal `b'…'` too; in a
 /// list, `["a=1", "id=x"]` as Go's `http.Header` marshals, every value of it) or the text up to
-/// the next `"`. `None` when no separator follows, or the value is empty.
+/// the next `"` (see [`unquoted_end`]). `None` when no separator follows, or the value is
+/// empty.
 fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
     let skip_blanks = |mut i: usize| {
         while rest.get(i).is_some_and(|b| matches!(b, b' ' | b'\t')) {
@@ -849,7 +852,7 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
         i = skip_blanks(i + 1);
     }
     let Some((start, mut end, mut next)) = quoted_at(rest, i) else {
-        let end = find(&rest[i..], b"\"").map_or(rest.len(), |e| i + e);
+        let end = i + unquoted_end(&rest[i..]);
         return (end > i).then_some((i, end));
     };
     // A list's other values: a `Set-Cookie` or `Cookie` may have several.
@@ -862,6 +865,30 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
     (end > start).then_some((start, end))
 }
 
+/// Where a value that is not quoted ends in `s`: at the first `"` (which closes the string the
+/// line quotes it in: `msg="got Authorization: Bearer x"`), or at the end; a `"` right after
+/// `=` opens a quoted parameter of the value instead (Digest's `response="…"`, a cookie's
+/// `a="…"`, or `=\"…\"` inside a JSON string), which is read to its closing quote.
+fn unquoted_end(s: &[u8]) -> usize {
+    let mut i = 0;
+    while i < s.len() {
+        let next = if s[i..].starts_with(b"=\\\"") {
+            closing_escaped_quote(&s[i + 3..]).map(|e| i + 3 + e + 2)
+        } else if s[i..].starts_with(b"=\"") {
+            closing_quote(&s[i + 2..], b'"').map(|e| i + 2 + e + 1)
+        } else if s[i] == b'"' {
+            return i;
+        } else {
+            Some(i + 1)
+        };
+        match next {
+            Some(n) => i = n,
+            None => return s.len(),
+        }
+    }
+    s.len()
+}
+
 /// The quoted string at `i` of `rest` (`"…"`, `'…'`, `b'…'`, or `\"…\"` inside a JSON string):
 /// where its text starts and ends, and the index past its closing quote; `None` if none
 /// starts there. One not closed runs to the end.
@@ -871,7 +898,7 @@ fn quoted_at(rest: &[u8], mut i: usize) -> Option<(usize, usize, usize)> {
     }
     if rest.get(i..)?.starts_with(b"\\\"") {
         let start = i + 2;
-        let end = find(&rest[start..], b"\\\"").map_or(rest.len(), |e| start + e);
+        let end = closing_escaped_quote(&rest[start..]).map_or(rest.len(), |e| start + e);
         return Some((start, end, end + 2));
     }
     let &quote @ (b'"' | b'\'') = rest.get(i)? else {
@@ -880,6 +907,27 @@ fn quoted_at(rest: &[u8], mut i: usize) -> Option<(usize, usize, usize)> {
     let start = i + 1;
     let end = closing_quote(&rest[start..], quote).map_or(rest.len(), |e| start + e);
     Some((start, end, end + 1))
+}
+
+/// The index of the `\"` that closes a string quoted inside a JSON string (`\"…\"`): there,
+/// `\\` is a backslash of the quoted text, which escapes the `\"` after it (`\\\"`: a quote
+/// inside the quoted string).
+fn closing_escaped_quote(s: &[u8]) -> Option<usize> {
+    let (mut i, mut escaped) = (0, false);
+    while i + 1 < s.len() {
+        match (s[i], s[i + 1]) {
+            (b'\\', b'"') if !escaped => return Some(i),
+            (b'\\', b'\\') => escaped = !escaped,
+            (b'\\', _) => escaped = false,
+            _ => {
+                escaped = false;
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    None
 }
 
 /// The index of the first `quote` not escaped by a backslash.
@@ -893,11 +941,6 @@ fn closing_quote(s: &[u8], quote: u8) -> Option<usize> {
         }
     }
     None
-}
-
-/// The index of the first `needle` in `s`.
-fn find(s: &[u8], needle: &[u8]) -> Option<usize> {
-    s.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Formats a time as RFC 3339 in UTC with milliseconds, like `PanicReport::time`.
@@ -1043,6 +1086,24 @@ mod tests {
                 "{'Set-Cookie': ['a=1; Path=/', 'id=s3cret']}",
                 "{'Set-Cookie': ['[redacted]']}",
             ),
+            // Quoted parameters inside a value (found by
+            // `a_planted_credential_never_survives_the_scrubber`).
+            (
+                r#"authorization: Digest username="bob", realm="a=b", response="QA""#,
+                "authorization: [redacted]",
+            ),
+            (
+                r#"Cookie: theme="dark"; session=s3cret"#,
+                "Cookie: [redacted]",
+            ),
+            (
+                r#"{"msg":"Cookie: theme=\"dark\"; session=s3cret","level":"warn"}"#,
+                r#"{"msg":"Cookie: [redacted]","level":"warn"}"#,
+            ),
+            (
+                r#"{"msg":"headers {\"authorization\":\"Digest username=\\\"bob\\\", response=\\\"QA\\\"\"}"}"#,
+                r#"{"msg":"headers {\"authorization\":\"[redacted]\"}"}"#,
+            ),
             // Python (and ASGI's bytes) header pairs.
             (
                 "[('authorization', 'Bearer x'), ('host', 'h')]",
@@ -1113,25 +1174,39 @@ mod tests {
     }
 
     /// `secret` as the value of `name` in each shape a worker's stderr writes it.
-    fn planted(name: &str, secret: &str, shape: usize, others: &[String]) -> String {
-        let list = |q: &str| {
+    ///
+    /// `scheme` is how the value begins: `Bearer S`, or with quoted parameters before the
+    /// secret, as Digest authorization and quoted cookie values have them (quotes escaped as
+    /// the shape escapes them).
+    fn planted(name: &str, secret: &str, shape: usize, scheme: usize, others: &[String]) -> String {
+        let value = match scheme {
+            0 => format!("Bearer {secret}"),
+            1 => format!(r#"Digest username="bob", realm="a=b", response="{secret}""#),
+            _ => format!(r#"theme="dark"; session={secret}"#),
+        };
+        let json = value.replace('"', r#"\""#);
+        let list = |q: &str, value: &str| {
             let mut values: Vec<String> = others.iter().map(|o| format!("{q}{o}{q}")).collect();
-            values.insert(others.len() / 2, format!("{q}Bearer {secret}{q}"));
+            values.insert(others.len() / 2, format!("{q}{value}{q}"));
             values.join(", ")
         };
         match shape {
-            0 => format!(r#"{{"level":"error","{name}":"Bearer {secret}","path":"/x"}}"#),
-            1 => format!(r#"{{"{name}" : "Bearer {secret}"}}"#),
-            2 => format!("{name}: Bearer {secret}"),
-            3 => format!("request failed {name}={secret} user=bob"),
-            4 => format!("level=error {name}=\"Bearer {secret}\" took=3ms"),
-            5 => format!(r#"{{"{name}":[{}],"Accept":["*/*"]}}"#, list("\"")),
-            6 => format!("map[{name}:[Bearer {secret}] Accept:[*/*]]"),
-            7 => format!("[(b'{name}', b'Bearer {secret}'), (b'host', b'h')]"),
-            8 => format!("[('{name}', 'Bearer {secret}'), ('host', 'h')]"),
-            9 => format!("{{'{name}': 'Bearer {secret}', 'Host': 'h'}}"),
-            10 => format!(r#"{{"msg":"headers {{\"{name}\":\"Bearer {secret}\"}}"}}"#),
-            _ => format!("{{'{name}': [{}]}}", list("'")),
+            0 => format!(r#"{{"level":"error","{name}":"{json}","path":"/x"}}"#),
+            1 => format!(r#"{{"{name}" : "{json}"}}"#),
+            2 => format!("{name}: {value}"),
+            3 => format!("request failed {name}={value} user=bob"),
+            4 => format!("level=error {name}=\"{json}\" took=3ms"),
+            5 => format!(r#"{{"{name}":[{}],"Accept":["*/*"]}}"#, list("\"", &json)),
+            6 => format!("map[{name}:[{value}] Accept:[*/*]]"),
+            7 => format!("[(b'{name}', b'{value}'), (b'host', b'h')]"),
+            8 => format!("[('{name}', '{value}'), ('host', 'h')]"),
+            9 => format!("{{'{name}': '{value}', 'Host': 'h'}}"),
+            // JSON in a JSON string: its quotes escaped once more.
+            10 => format!(
+                r#"{{"msg":"headers {{\"{name}\":\"{}\"}}"}}"#,
+                value.replace('"', r#"\\\""#)
+            ),
+            _ => format!("{{'{name}': [{}]}}", list("'", &value)),
         }
     }
 
@@ -1145,6 +1220,7 @@ mod tests {
             name in credential_name(),
             secret in secret(),
             shape in 0..12usize,
+            scheme in 0..3usize,
             others in proptest::collection::vec("[a-z0-9=;]{1,8}", 0..3),
             before in noise(12),
             sep in prop::sample::select(vec!["", " ", "\t", ",", "{", "(", "\""]),
@@ -1156,7 +1232,7 @@ mod tests {
             } else {
                 format!("{before}{sep}")
             };
-            let line = format!("{before}{}{after}", planted(&name, &secret, shape, &others));
+            let line = format!("{before}{}{after}", planted(&name, &secret, shape, scheme, &others));
             let out = scrubbed(&line);
             prop_assert!(!out.contains(&secret), "{line:?} gave {out:?}");
         }
