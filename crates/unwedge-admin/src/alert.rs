@@ -1040,4 +1040,21 @@ mod tests {
         let text = error_chain(&e, &uri);
         assert_eq!(text, "cannot reach http://h:1/…: connection refused");
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a summary quotes (a panic message, a path: the client's choice), the text
+        /// a chat receives has no `<` or `>` (`<!channel>` would notify everyone, `<url|x>`
+        /// make a link), and reads back as the summary.
+        #[test]
+        fn a_summary_never_makes_chat_markup(summary in "([<>&!|a-z ;]|&amp;|&lt;|é|日本|🦀|\r|\n)*") {
+            let text = AlertEvent::new(AlertKind::WorkerCrashed, summary.clone()).text();
+            prop_assert!(!text.contains(['<', '>']), "{text}");
+            let back = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&");
+            prop_assert_eq!(back.strip_prefix("unwedge: worker crashed: "), Some(summary.as_str()));
+        }
+    }
 }

@@ -183,4 +183,37 @@ mod tests {
             )
         );
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A label value holding what a route may (`{`, `}`, ` # `, `_created`, escaped
+        /// quotes and backslashes, multibyte characters): the sample is kept whole, its
+        /// exemplar left out.
+        #[test]
+        fn any_label_value_keeps_its_sample_whole(
+            value in proptest::collection::vec(
+                prop::sample::select(&[
+                    "a", " ", "{", "}", " # ", "#", "=", ",", "\\\"", "\\\\", "\\n", "_created", "é",
+                    "日本", "🦀",
+                ][..]),
+                0..16,
+            )
+            .prop_map(|p| p.concat()),
+            exemplar in any::<bool>(),
+        ) {
+            let sample = format!("req_total{{route=\"{value}\"}} 7");
+            let om = format!(
+                "# HELP req Requests.\n# TYPE req counter\n{sample}{}\nreq_created 1.7e9\n# EOF\n",
+                if exemplar { " # {trace_id=\"abc\"} 1.0" } else { "" },
+            );
+            let text = openmetrics_to_text(&om);
+            prop_assert_eq!(
+                text,
+                format!("# HELP req_total Requests.\n# TYPE req_total counter\n{sample}\n")
+            );
+        }
+    }
 }

@@ -707,4 +707,28 @@ mod tests {
         assert!(!text.contains("unwedge_worker_resident_bytes{"), "{text}");
         assert!(text.contains(r#"unwedge_workers{state="ready"} 1"#));
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Any route a worker reports (a raw path is the client's choice) becomes a label
+        /// value of at most MAX_ROUTE_LABEL_BYTES with no `"`, `\` or control character: it
+        /// cannot end its value early or break the scrape.
+        #[test]
+        fn any_route_is_a_safe_bounded_label(
+            route in proptest::collection::vec(
+                prop::sample::select(&[
+                    "a", "/", "{", "}", "%", "\"", "\\", "\n", "\r", "\0", "\u{1b}", "\u{85}", "é",
+                    "日本", "🦀",
+                ][..]),
+                0..260,
+            ),
+        ) {
+            let label = route_label(&route.concat());
+            prop_assert!(label.len() <= MAX_ROUTE_LABEL_BYTES, "{}", label.len());
+            prop_assert!(!label.contains(|c: char| c == '"' || c == '\\' || c.is_control()));
+        }
+    }
 }

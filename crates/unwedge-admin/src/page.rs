@@ -19,6 +19,8 @@ const PAGE_BUDGET: usize = 40 * 1024;
 const BACKTRACE_MAX: usize = 4 * 1024;
 /// Longest single string shown (messages, header values, stderr lines), in bytes.
 const FIELD_MAX: usize = 1024;
+/// Most entries of a report's list (`rolled_back`, `poisoned`) shown.
+const LIST_MAX: usize = 16;
 /// Most stderr lines shown per exit.
 const STDERR_LINES_MAX: usize = 20;
 /// The chart's window and bucket width.
@@ -315,15 +317,18 @@ fn panic_report(h: &mut String, p: &PanicRecord, now: SystemTime) {
         h.push_str("</div>");
     }
     let list = |name: &str| -> Vec<String> {
-        r.get(name)
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str())
-                    .map(|s| esc(&trunc(s, 128)))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let all = r.get(name).and_then(|v| v.as_array());
+        let all = all.map_or(&[][..], Vec::as_slice);
+        let mut shown: Vec<String> = all
+            .iter()
+            .filter_map(|v| v.as_str())
+            .take(LIST_MAX)
+            .map(|s| esc(&trunc(s, 128)))
+            .collect();
+        if all.len() > LIST_MAX {
+            shown.push(format!("… {} more", all.len() - LIST_MAX));
+        }
+        shown
     };
     let (rolled, poisoned) = (list("rolled_back"), list("poisoned"));
     if !rolled.is_empty() {
@@ -526,8 +531,143 @@ mod tests {
         assert!(html.contains("older reports left off"));
     }
 
+    /// Found by `long_lists_in_a_report_keep_the_page_small`.
+    #[test]
+    fn a_report_with_thousands_of_rolled_back_entries_is_shown_in_part() {
+        let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+        let report = serde_json::json!({"message": "m", "rolled_back": vec!["cart_total"; 5000],
+            "poisoned": vec!["sessions"; 5000]});
+        view.reports
+            .push(Record::Panic(PanicRecord::new(Some("w1"), report)));
+        let html = render_page(&view);
+        assert!(html.len() < 50 * 1024, "{} bytes", html.len());
+        assert!(html.contains("cart_total, … 4984 more"), "{html}");
+    }
+
     #[test]
     fn truncation_respects_char_boundaries() {
         assert_eq!(trunc("héllo", 2), "h… (5 bytes more)");
+    }
+
+    use crate::status::{ExitStatus, ReloadOutcome, WorkerView};
+    use proptest::prelude::*;
+
+    /// Text a worker may send: HTML's special characters, multibyte characters (so that the
+    /// cut lengths fall at and around them), line breaks, NUL.
+    fn worker_text(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
+        const PIECES: &[&str] = &[
+            "a", "b", "c", "x", " ", "<", ">", "\"", "&", "'", "é", "日本", "🦀", "\r", "\n", "\0",
+        ];
+        proptest::collection::vec(prop::sample::select(PIECES), len).prop_map(|p| p.concat())
+    }
+
+    /// A view in which every string a worker (or a supervisor of another version, through
+    /// `/status`) chose is one of `t`, each passed through `f`.
+    fn view_of(t: &[String], f: impl Fn(&str) -> String) -> StatusView {
+        let t: Vec<String> = t.iter().map(|s| f(s)).collect();
+        let mut info = SupervisorInfo::new(t[0].clone(), 1);
+        info.listen = vec![t[1].clone(), t[2].clone()];
+        info.gave_up = true;
+        info.gave_up_reason = Some(t[3].clone());
+        info.last_reload = Some(ReloadOutcome::now(2, Some(t[4].clone())));
+        // The same instants in every view made.
+        const T: &str = "2026-01-01T00:00:00.000Z";
+        if let Some(r) = info.last_reload.as_mut() {
+            r.at = T.into();
+        }
+        let mut view = StatusView::new(info);
+        view.generated_at = "2026-01-01T00:01:00.000Z".into();
+        let mut w = WorkerView::new(t[5].clone(), Some(2), WorkerState::Ready);
+        w.last_report = Some(t[6].clone());
+        view.workers.push(w);
+        let mut restart = RestartEvent::now(t[7].clone(), RestartReason::Hang);
+        restart.time = T.into();
+        view.restarts.push(restart);
+        let report = serde_json::json!({
+            "pid": 2, "message": t[8], "location": t[9], "thread": t[10],
+            "backtrace": t[11], "rolled_back": [t[12], t[13]], "poisoned": [t[14]],
+            "decision": {"action": t[15], "reason": t[16]},
+            "request": {"method": t[17], "path": t[18], "request_id": t[19],
+                // (Names sorted the same way whatever the text: an object keeps its keys sorted.)
+                "headers": {format!("a{}", t[20]): t[21], "b": t[22]}},
+        });
+        let mut panic = PanicRecord::new(Some(&t[23]), report);
+        panic.time = T.into();
+        view.reports.push(Record::Panic(panic));
+        let mut exit = ExitRecord::new(
+            Some(&t[24]),
+            Some(3),
+            ExitStatus {
+                code: Some(1),
+                signal: None,
+            },
+        );
+        exit.time = T.into();
+        exit.last_stderr_lines = vec![t[25].clone(), t[26].clone()];
+        view.reports.push(Record::Exit(exit));
+        view
+    }
+
+    /// `html` with each character reference `esc` writes read back as `x`.
+    fn unescaped_as_x(html: &str) -> String {
+        let mut out = String::with_capacity(html.len());
+        let mut rest = html;
+        while let Some(at) = rest.find('&') {
+            out.push_str(&rest[..at]);
+            let entity = ["&amp;", "&lt;", "&gt;", "&quot;", "&#39;"]
+                .into_iter()
+                .find(|e| rest[at..].starts_with(e));
+            match entity {
+                Some(e) => {
+                    out.push('x');
+                    rest = &rest[at + e.len()..];
+                }
+                None => {
+                    out.push('&');
+                    rest = &rest[at + 1..];
+                }
+            }
+        }
+        out + rest
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Every string a worker chose reaches the page escaped, once: the page is the one it
+        /// would be with `x` in place of each `<`, `>`, `"`, `&` and `'` (whose escapes are
+        /// read back as `x`), and nothing else differs. A special character that slipped
+        /// through, or one escaped twice, shows.
+        #[test]
+        fn worker_text_is_escaped_once_everywhere(
+            short in proptest::collection::vec(worker_text(0..80), 27),
+            medium in proptest::collection::vec(worker_text(250..330), 2),
+            long in worker_text(1000..1100),
+        ) {
+            let mut t = short;
+            // Around the cut lengths: 256 (location), 300 (a stderr line), 1024 (message).
+            t[9] = medium[0].clone();
+            t[25] = medium[1].clone();
+            t[8] = long;
+            let html = render_page(&view_of(&t, |s| s.to_owned()));
+            prop_assert!(!html.contains("older reports left off"), "over budget: adjust the lengths");
+            let plain = render_page(&view_of(&t, |s| s.replace(['<', '>', '"', '&', '\''], "x")));
+            prop_assert_eq!(unescaped_as_x(&html), plain);
+        }
+
+        /// However long the lists a report holds (`rolled_back`, `poisoned`: any worker may
+        /// send thousands of entries), the page stays under 50 KB.
+        #[test]
+        fn long_lists_in_a_report_keep_the_page_small(
+            (rolled, n) in (worker_text(1..12), 0..5000usize),
+            (poisoned, m) in (worker_text(1..12), 0..5000usize),
+        ) {
+            let (rolled, poisoned) = (vec![rolled; n], vec![poisoned; m]);
+            let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+            let report = serde_json::json!({"message": "m", "rolled_back": rolled, "poisoned": poisoned});
+            view.reports.push(Record::Panic(PanicRecord::new(Some("w1"), report)));
+            let html = render_page(&view);
+            prop_assert!(html.len() < 50 * 1024, "{} bytes", html.len());
+        }
     }
 }

@@ -47,8 +47,11 @@ fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
+/// `/proc/PID/stat` read as bytes: the command name in it is whatever the process chose, or
+/// its executable's name cut by the kernel at 15 bytes, also inside a UTF-8 character.
 fn read_stat(pid: &str) -> Option<Stat> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    let raw = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&String::from_utf8_lossy(&raw))
 }
 
 fn ticks_per_second() -> f64 {
@@ -264,6 +267,28 @@ mod tests {
         assert_eq!(s.vsize, 104_857_600);
         assert_eq!(s.rss_pages, 2560);
         assert_eq!(parse_stat("4242 (cut short) S 1"), None);
+    }
+
+    /// A worker named `srv-r` and the first byte of `é` (the kernel cuts a name at 15
+    /// bytes, also inside a character) is still counted.
+    #[test]
+    fn a_process_whose_name_is_not_utf8_is_read() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", r"printf 'srv-r\303' > /proc/$$/comm; echo named; exec >/dev/null 2>&1; while :; do sleep 1; done"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let stat = read_stat(&child.id().to_string());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(line, "named\n");
+        assert!(stat.is_some_and(|s| s.sid > 0), "{stat:?}");
     }
 
     /// `process_cpu_seconds_total` of this process, as the collector exports it.

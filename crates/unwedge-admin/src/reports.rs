@@ -579,4 +579,28 @@ mod tests {
             "{out}"
         );
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A line torn by a crash mid-write (any prefix of a record, cut inside a character
+        /// too) and the record written after it on the same line: the record is read back;
+        /// any bytes at all: no panic.
+        #[test]
+        fn a_record_after_a_torn_line_is_read(
+            message in "([a-z{}\":,]|\\\\|é|日本|🦀|\n){0,40}",
+            cut in any::<prop::sample::Index>(),
+            junk in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let report = serde_json::json!({"message": message, "pid": 7, "kind": {"kind": 1}});
+            let record = Record::Panic(PanicRecord::new(Some("w1"), report));
+            let line = serde_json::to_vec(&record).unwrap();
+            let mut torn = line[..cut.index(line.len())].to_vec();
+            torn.extend_from_slice(&line);
+            prop_assert_eq!(parse_line(&torn), Some(record));
+            let _ = parse_line(&junk);
+        }
+    }
 }

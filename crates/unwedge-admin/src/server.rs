@@ -734,4 +734,29 @@ mod tests {
             assert!(!names_this_machine(bad), "{bad}");
         }
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// A name anyone may register (labels, the last of them not `localhost`; or
+        /// `localhost` followed by more labels), in any case, with or without a port, is
+        /// refused: a page on it whose DNS answers 127.0.0.1 must not read the admin endpoint.
+        #[test]
+        fn a_name_anyone_can_register_is_refused(
+            labels in proptest::collection::vec("[a-zA-Z0-9-]{1,12}", 1..4),
+            tld in "[a-zA-Z][a-zA-Z0-9-]{0,8}",
+            localhost_first in any::<bool>(),
+            port in proptest::option::of("(:[0-9]{0,5})|(:)"),
+        ) {
+            prop_assume!(!tld.eq_ignore_ascii_case("localhost"));
+            let mut name = labels.join(".");
+            if localhost_first {
+                name = format!("localhost.{name}");
+            }
+            let host = format!("{name}.{tld}{}", port.unwrap_or_default());
+            prop_assert!(!names_this_machine(&host), "{host}");
+        }
+    }
 }

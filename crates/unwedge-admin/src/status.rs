@@ -585,7 +585,7 @@ impl PanicRecord {
     /// and cuts the user info (everything between `scheme://` and the last `@` before the
     /// first `/`, `?` or `#`, shown as `…@`), the query and the fragment off `request.path`,
     /// `request.route`, a `Referer` header's value and any header value starting with `http://` or `https://`,
-    /// as the `unwedge` library reports them. Returns whether anything was changed.
+    /// as the `unwedge` library reports them (each value of a list, as Go's `http.Header` has). Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
         let secret = |name: &str| {
             crate::page::REDACTED_HEADERS
@@ -614,11 +614,22 @@ impl PanicRecord {
             return changed;
         };
         let mut one = |name: &str, value: &mut serde_json::Value| {
-            if secret(name) && value.as_str() != Some(REDACTED) {
-                *value = redacted();
-                changed = true;
-            } else if is_url(name, value) {
-                changed |= clean_url(value);
+            if secret(name) {
+                if value.as_str() != Some(REDACTED) {
+                    *value = redacted();
+                    changed = true;
+                }
+                return;
+            }
+            // Go's `http.Header` holds a list of values for each name.
+            let values = match value {
+                serde_json::Value::Array(values) => values.iter_mut().collect(),
+                value => vec![value],
+            };
+            for value in values {
+                if is_url(name, value) {
+                    changed |= clean_url(value);
+                }
             }
         };
         match headers {
@@ -731,9 +742,12 @@ impl ExitRecord {
     ///
     /// A name counts in any case, not inside a longer word (`xcookie`), optionally quoted, when
     /// `:` or `=` follows it (spaces and a closing quote allowed before and spaces after). Its
-    /// value is the quoted string that follows (`"…"`, `'…'`, or `\"…\"` inside a JSON string),
+    /// value is the quoted string that follows (`"…"`, `'…'`, or `\"…\"` inside a JSON string;
+    /// in a list, `["a=1", "id=x"]`, every one of them),
     /// or else everything up to the next `"` or the end of the line: `,` and `;` do not end
-    /// it, since cookies and some schemes hold them. Nothing else in the line is changed.
+    /// it, since cookies and some schemes hold them, nor does a quoted parameter in it (a `"`
+    /// right after `=`: Digest's `response="…"`, a cookie's `a="…"`). Nothing else in the
+    /// line is changed.
     ///
     /// ```
     /// use unwedge_admin::{ExitRecord, ExitStatus};
@@ -807,9 +821,10 @@ fn scrub_credentials(line: &str) -> Option<String> {
 
 /// Where the value after a credential name is in `rest`, what follows the name: an optional
 /// closing quote, `:` or `=` (or `,` after a quoted name: a Python pair,
-/// `('authorization', 'Bearer x')`), then a quoted string (the first of a list, `["Bearer
-/// x"]` as Go's `http.Header` marshals, or a bytes literal `b'…'`) or the text up to the next
-/// `"`. `None` when no separator follows, or the value is empty.
+/// `('authorization', 'Bearer x')`), then a quoted string (a bytes literal `b'…'` too; in a
+/// list, `["a=1", "id=x"]` as Go's `http.Header` marshals, every value of it) or the text up to
+/// the next `"` (see [`unquoted_end`]). `None` when no separator follows, or the value is
+/// empty.
 fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
     let skip_blanks = |mut i: usize| {
         while rest.get(i).is_some_and(|b| matches!(b, b' ' | b'\t')) {
@@ -831,26 +846,88 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
         _ => return None,
     }
     i = skip_blanks(i + 1);
-    while matches!(rest.get(i), Some(b'[' | b'(')) {
+    let mut list = false;
+    while let Some(&open @ (b'[' | b'(')) = rest.get(i) {
+        list |= open == b'[';
         i = skip_blanks(i + 1);
     }
+    let Some((start, mut end, mut next)) = quoted_at(rest, i) else {
+        let end = i + unquoted_end(&rest[i..]);
+        return (end > i).then_some((i, end));
+    };
+    // A list's other values: a `Set-Cookie` or `Cookie` may have several.
+    while list && rest.get(skip_blanks(next)) == Some(&b',') {
+        let Some((_, e, n)) = quoted_at(rest, skip_blanks(skip_blanks(next) + 1)) else {
+            break;
+        };
+        (end, next) = (e, n);
+    }
+    (end > start).then_some((start, end))
+}
+
+/// Where a value that is not quoted ends in `s`: at the first `"` (which closes the string the
+/// line quotes it in: `msg="got Authorization: Bearer x"`), or at the end; a `"` right after
+/// `=` opens a quoted parameter of the value instead (Digest's `response="…"`, a cookie's
+/// `a="…"`, or `=\"…\"` inside a JSON string), which is read to its closing quote.
+fn unquoted_end(s: &[u8]) -> usize {
+    let mut i = 0;
+    while i < s.len() {
+        let next = if s[i..].starts_with(b"=\\\"") {
+            closing_escaped_quote(&s[i + 3..]).map(|e| i + 3 + e + 2)
+        } else if s[i..].starts_with(b"=\"") {
+            closing_quote(&s[i + 2..], b'"').map(|e| i + 2 + e + 1)
+        } else if s[i] == b'"' {
+            return i;
+        } else {
+            Some(i + 1)
+        };
+        match next {
+            Some(n) => i = n,
+            None => return s.len(),
+        }
+    }
+    s.len()
+}
+
+/// The quoted string at `i` of `rest` (`"…"`, `'…'`, `b'…'`, or `\"…\"` inside a JSON string):
+/// where its text starts and ends, and the index past its closing quote; `None` if none
+/// starts there. One not closed runs to the end.
+fn quoted_at(rest: &[u8], mut i: usize) -> Option<(usize, usize, usize)> {
     if rest.get(i) == Some(&b'b') && matches!(rest.get(i + 1), Some(b'"' | b'\'')) {
         i += 1;
     }
-    let (start, end) = if rest[i..].starts_with(b"\\\"") {
+    if rest.get(i..)?.starts_with(b"\\\"") {
         let start = i + 2;
-        let end = find(&rest[start..], b"\\\"").map_or(rest.len(), |e| start + e);
-        (start, end)
-    } else if let Some(&quote @ (b'"' | b'\'')) = rest.get(i) {
-        let start = i + 1;
-        (
-            start,
-            closing_quote(&rest[start..], quote).map_or(rest.len(), |e| start + e),
-        )
-    } else {
-        (i, find(&rest[i..], b"\"").map_or(rest.len(), |e| i + e))
+        let end = closing_escaped_quote(&rest[start..]).map_or(rest.len(), |e| start + e);
+        return Some((start, end, end + 2));
+    }
+    let &quote @ (b'"' | b'\'') = rest.get(i)? else {
+        return None;
     };
-    (end > start).then_some((start, end))
+    let start = i + 1;
+    let end = closing_quote(&rest[start..], quote).map_or(rest.len(), |e| start + e);
+    Some((start, end, end + 1))
+}
+
+/// The index of the `\"` that closes a string quoted inside a JSON string (`\"…\"`): there,
+/// `\\` is a backslash of the quoted text, which escapes the `\"` after it (`\\\"`: a quote
+/// inside the quoted string).
+fn closing_escaped_quote(s: &[u8]) -> Option<usize> {
+    let (mut i, mut escaped) = (0, false);
+    while i + 1 < s.len() {
+        match (s[i], s[i + 1]) {
+            (b'\\', b'"') if !escaped => return Some(i),
+            (b'\\', b'\\') => escaped = !escaped,
+            (b'\\', _) => escaped = false,
+            _ => {
+                escaped = false;
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    None
 }
 
 /// The index of the first `quote` not escaped by a backslash.
@@ -864,11 +941,6 @@ fn closing_quote(s: &[u8], quote: u8) -> Option<usize> {
         }
     }
     None
-}
-
-/// The index of the first `needle` in `s`.
-fn find(s: &[u8], needle: &[u8]) -> Option<usize> {
-    s.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Formats a time as RFC 3339 in UTC with milliseconds, like `PanicReport::time`.
@@ -890,7 +962,7 @@ pub(crate) fn age(t: &str, now: SystemTime) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::clean_url;
+    use super::{clean_url, PanicRecord, Record, StatusView, SupervisorInfo};
 
     #[test]
     fn urls_lose_their_user_info_query_and_fragment() {
@@ -923,6 +995,21 @@ mod tests {
             assert!(!clean_url(&mut v), "{clean}");
             assert_eq!(v, clean);
         }
+    }
+
+    /// Go's `http.Header` as JSON: a list of values for each name (found by
+    /// `a_report_never_keeps_a_credential`).
+    #[test]
+    fn url_headers_in_lists_are_cleaned() {
+        let url = "https://user:Q$@0?token=Q$#Q$";
+        let report = serde_json::json!({"request": {"headers": {
+            "ReFERER": [url], "x-original-url": [url, "https://h/x"], "accept": ["*/*"]}}});
+        let r = PanicRecord::new(None, report);
+        assert_eq!(
+            r.report["request"]["headers"],
+            serde_json::json!({"ReFERER": ["https://…@0"],
+                "x-original-url": ["https://…@0", "https://h/x"], "accept": ["*/*"]})
+        );
     }
 
     use super::scrub_credentials;
@@ -989,6 +1076,34 @@ mod tests {
                 r#"{"Authorization":["Bearer sk_live_x"],"Accept":["*/*"]}"#,
                 r#"{"Authorization":["[redacted]"],"Accept":["*/*"]}"#,
             ),
+            // Every value of a list: Go's `Set-Cookie` often has several (found by
+            // `a_planted_credential_never_survives_the_scrubber`).
+            (
+                r#"{"authorization":["=", "Bearer Q~", "a"],"Accept":["*/*"]}"#,
+                r#"{"authorization":["[redacted]"],"Accept":["*/*"]}"#,
+            ),
+            (
+                "{'Set-Cookie': ['a=1; Path=/', 'id=s3cret']}",
+                "{'Set-Cookie': ['[redacted]']}",
+            ),
+            // Quoted parameters inside a value (found by
+            // `a_planted_credential_never_survives_the_scrubber`).
+            (
+                r#"authorization: Digest username="bob", realm="a=b", response="QA""#,
+                "authorization: [redacted]",
+            ),
+            (
+                r#"Cookie: theme="dark"; session=s3cret"#,
+                "Cookie: [redacted]",
+            ),
+            (
+                r#"{"msg":"Cookie: theme=\"dark\"; session=s3cret","level":"warn"}"#,
+                r#"{"msg":"Cookie: [redacted]","level":"warn"}"#,
+            ),
+            (
+                r#"{"msg":"headers {\"authorization\":\"Digest username=\\\"bob\\\", response=\\\"QA\\\"\"}"}"#,
+                r#"{"msg":"headers {\"authorization\":\"[redacted]\"}"}"#,
+            ),
             // Python (and ASGI's bytes) header pairs.
             (
                 "[('authorization', 'Bearer x'), ('host', 'h')]",
@@ -1016,6 +1131,172 @@ mod tests {
             "",
         ] {
             assert_eq!(scrub_credentials(line), None, "{line}");
+        }
+    }
+
+    use proptest::prelude::*;
+
+    /// Text around a credential: multibyte characters (at every byte offset, since lengths
+    /// vary), the separators the scrubber reads, quotes, `\r`, NUL; never `Q`, which marks a
+    /// secret.
+    fn noise(max: usize) -> impl Strategy<Value = String> {
+        const PIECES: &[&str] = &[
+            "a", "k", "z", "0", "9", " ", " ", "é", "日本", "🦀", "=", ":", "@", "\"", "'", "{",
+            "}", "(", ")", "[", "]", ",", ";", "\\", "\r", "\0", "\t", "b'", "\\\"",
+        ];
+        proptest::collection::vec(prop::sample::select(PIECES), 0..max).prop_map(|p| p.concat())
+    }
+
+    /// A secret as it may be written: `Q` and then token characters, some multibyte.
+    fn secret() -> impl Strategy<Value = String> {
+        const PIECES: &[&str] = &[
+            "A", "z", "0", "_", ".", "~", "+", "/", "=", "-", "é", "日", "🦀",
+        ];
+        proptest::collection::vec(prop::sample::select(PIECES), 1..24)
+            .prop_map(|p| format!("Q{}", p.concat()))
+    }
+
+    /// One of the names, in any letter case.
+    fn credential_name() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(crate::page::REDACTED_HEADERS.to_vec()),
+            any::<u64>(),
+        )
+            .prop_map(|(name, case)| {
+                name.chars()
+                    .enumerate()
+                    .map(|(i, c)| match case >> (i % 64) & 1 {
+                        1 => c.to_ascii_uppercase(),
+                        _ => c,
+                    })
+                    .collect()
+            })
+    }
+
+    /// `secret` as the value of `name` in each shape a worker's stderr writes it.
+    ///
+    /// `scheme` is how the value begins: `Bearer S`, or with quoted parameters before the
+    /// secret, as Digest authorization and quoted cookie values have them (quotes escaped as
+    /// the shape escapes them).
+    fn planted(name: &str, secret: &str, shape: usize, scheme: usize, others: &[String]) -> String {
+        let value = match scheme {
+            0 => format!("Bearer {secret}"),
+            1 => format!(r#"Digest username="bob", realm="a=b", response="{secret}""#),
+            _ => format!(r#"theme="dark"; session={secret}"#),
+        };
+        let json = value.replace('"', r#"\""#);
+        let list = |q: &str, value: &str| {
+            let mut values: Vec<String> = others.iter().map(|o| format!("{q}{o}{q}")).collect();
+            values.insert(others.len() / 2, format!("{q}{value}{q}"));
+            values.join(", ")
+        };
+        match shape {
+            0 => format!(r#"{{"level":"error","{name}":"{json}","path":"/x"}}"#),
+            1 => format!(r#"{{"{name}" : "{json}"}}"#),
+            2 => format!("{name}: {value}"),
+            3 => format!("request failed {name}={value} user=bob"),
+            4 => format!("level=error {name}=\"{json}\" took=3ms"),
+            5 => format!(r#"{{"{name}":[{}],"Accept":["*/*"]}}"#, list("\"", &json)),
+            6 => format!("map[{name}:[{value}] Accept:[*/*]]"),
+            7 => format!("[(b'{name}', b'{value}'), (b'host', b'h')]"),
+            8 => format!("[('{name}', '{value}'), ('host', 'h')]"),
+            9 => format!("{{'{name}': '{value}', 'Host': 'h'}}"),
+            // JSON in a JSON string: its quotes escaped once more.
+            10 => format!(
+                r#"{{"msg":"headers {{\"{name}\":\"{}\"}}"}}"#,
+                value.replace('"', r#"\\\""#)
+            ),
+            _ => format!("{{'{name}': [{}]}}", list("'", &value)),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// A credential in any supported shape, any case, anywhere in a line, never reaches a
+        /// report, `/status` or an alert.
+        #[test]
+        fn a_planted_credential_never_survives_the_scrubber(
+            name in credential_name(),
+            secret in secret(),
+            shape in 0..12usize,
+            scheme in 0..3usize,
+            others in proptest::collection::vec("[a-z0-9=;]{1,8}", 0..3),
+            before in noise(12),
+            sep in prop::sample::select(vec!["", " ", "\t", ",", "{", "(", "\""]),
+            after in noise(12),
+        ) {
+            // A name right after a letter or digit is inside a word (`xcookie`): not a name.
+            let before = if before.ends_with(|c: char| c.is_ascii_alphanumeric()) && sep.is_empty() {
+                format!("{before} ")
+            } else {
+                format!("{before}{sep}")
+            };
+            let line = format!("{before}{}{after}", planted(&name, &secret, shape, scheme, &others));
+            let out = scrubbed(&line);
+            prop_assert!(!out.contains(&secret), "{line:?} gave {out:?}");
+        }
+
+        /// Any text: no panic, and a line that names no credential is left as written.
+        #[test]
+        fn the_scrubber_takes_any_line(line in noise(200), name in credential_name(), at in any::<prop::sample::Index>()) {
+            prop_assert_eq!(scrub_credentials(&line), None);
+            let mut cut = at.index(line.len() + 1);
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let with_name = format!("{}{name}{}", &line[..cut], &line[cut..]);
+            let _ = scrub_credentials(&with_name);
+        }
+    }
+
+    /// A URL holding `secret` as its password, in its query and in its fragment; `host` and
+    /// `path` may hold multibyte characters and `@` (in the path, which stays).
+    fn secret_url(scheme: &str, host: &str, path: &str, secret: &str) -> String {
+        format!("{scheme}user:{secret}@{host}{path}?token={secret}#{secret}")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A report's credentials (credential headers in any case, user info, query and
+        /// fragment of its path, route and URL headers), in every form a worker may send its
+        /// headers (an object of strings, Go's object of lists, a list of pairs), never reach
+        /// what is stored or shown.
+        #[test]
+        fn a_report_never_keeps_a_credential(
+            secret in "Q[A-Za-z0-9._~!$&'()*+,;=%-]{1,16}",
+            scheme in prop::sample::select(vec!["https://", "http://", "HTTPS://", ""]),
+            host in "[a-z0-9.-]{1,12}(:[0-9]{1,5})?",
+            path in "(/[a-z0-9._@é日-]{0,8}){0,3}",
+            name in credential_name(),
+            referer in "[Rr][Ee][Ff][Ee][Rr][Ee][Rr]",
+            form in 0..3usize,
+        ) {
+            let url = secret_url(scheme, &host, &path, &secret);
+            let http_url = secret_url("https://", &host, &path, &secret);
+            let headers = [
+                (name.as_str(), format!("Bearer {secret}")),
+                (referer.as_str(), url.clone()),
+                ("x-original-url", http_url),
+            ];
+            let headers = match form {
+                0 => serde_json::Value::Object(
+                    headers.iter().map(|(n, v)| (n.to_string(), v.as_str().into())).collect(),
+                ),
+                1 => serde_json::Value::Object(
+                    headers.iter().map(|(n, v)| (n.to_string(), serde_json::json!([v]))).collect(),
+                ),
+                _ => headers.iter().map(|(n, v)| serde_json::json!([n, v])).collect(),
+            };
+            let report = serde_json::json!({"message": "boom", "request": {
+                "method": "GET", "path": url, "route": url, "headers": headers}});
+            let record = Record::Panic(PanicRecord::new(Some("w1"), report));
+            let stored = serde_json::to_string(&record).unwrap();
+            prop_assert!(!stored.contains(&secret), "{stored}");
+            let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+            view.reports.push(record);
+            prop_assert!(!crate::render_page(&view).contains(&secret));
         }
     }
 }

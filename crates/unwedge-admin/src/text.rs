@@ -374,4 +374,42 @@ mod tests {
             "{text}"
         );
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a worker put in a field `unwedge status` prints (C0 and C1 controls, ESC
+        /// sequences, bidirectional controls, line breaks, multibyte characters), no control
+        /// character reaches the terminal and no line is added.
+        #[test]
+        fn no_worker_text_reaches_the_terminal_raw(
+            evil in proptest::collection::vec(
+                proptest::collection::vec(
+                    prop::sample::select(&[
+                        "a", " ", "\u{1b}", "\u{7}", "\u{7f}", "\u{85}", "\u{9b}", "\u{202e}",
+                        "\u{2066}", "\u{61c}", "\r", "\n", "\t", "\0", "é", "日本", "🦀",
+                    ][..]),
+                    0..40,
+                )
+                .prop_map(|p| p.concat()),
+                6,
+            ),
+        ) {
+            let mut v = view();
+            v.workers[1].last_report = Some(evil[0].clone());
+            v.workers[1].id = evil[1].clone();
+            v.supervisor.last_reload = Some(ReloadOutcome::now(2, Some(evil[2].clone())));
+            let report = serde_json::json!({
+                "time": evil[3], "pid": 4002, "message": evil[4],
+                "request": {"method": "GET", "path": format!("/{}", evil[5]), "request_id": "r1"},
+            });
+            v.reports.push(Record::Panic(PanicRecord::new(Some(&evil[3]), report)));
+            let text = render_text(&v);
+            let bidi = ['\u{202e}', '\u{2066}', '\u{61c}'];
+            prop_assert!(!text.chars().any(|c| c != '\n' && (c.is_control() || bidi.contains(&c))), "{text:?}");
+            prop_assert_eq!(text.lines().count(), render_text(&view()).lines().count() + 1);
+        }
+    }
 }

@@ -1862,4 +1862,102 @@ mod tests {
         assert_eq!(parse_signal("SIGABRT").unwrap(), Signal::SIGABRT);
         assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
     }
+
+    use proptest::prelude::*;
+
+    /// Text of a config file or a flag's value: TOML's and the parsers' separators, digits,
+    /// units, multibyte characters (at every offset), CR, NUL.
+    fn config_text(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
+        const PIECES: &[&str] = &[
+            "workers",
+            "stop-timeout",
+            "listen",
+            "a",
+            " ",
+            "=",
+            "\"",
+            "'",
+            "[",
+            "]",
+            "{",
+            "}",
+            ",",
+            ".",
+            ":",
+            "#",
+            "\n",
+            "\r\n",
+            "\r",
+            "\0",
+            "\\",
+            "0",
+            "1",
+            "9",
+            "99999999999999999999",
+            "1.5",
+            "e",
+            "-",
+            "s",
+            "ms",
+            "m",
+            "h",
+            "d",
+            "y",
+            "K",
+            "Mi",
+            "G",
+            "%",
+            "?",
+            "/",
+            "é",
+            "日本",
+            "🦀",
+        ];
+        proptest::collection::vec(prop::sample::select(PIECES), len).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A config file of any text: an error (or a configuration), never a panic; the
+        /// error is one line, and its position is in the file.
+        #[test]
+        fn any_config_file_gives_a_one_line_error(text in config_text(0..40)) {
+            if let Err((at, reason)) = Options::from_toml(&text) {
+                prop_assert!(!reason.contains('\n'), "{reason:?}");
+                if let Some(at) = at {
+                    prop_assert!(at.line >= 1 && at.line <= text.split('\n').count());
+                    prop_assert!(at.column >= 1);
+                    prop_assert!(at.key.is_none_or(|k| !k.contains('\n')));
+                }
+            }
+        }
+
+        /// Any flag value: a value or an error, never a panic; a duration is never over
+        /// MAX_DURATION (the clock's deadlines would overflow).
+        #[test]
+        fn any_flag_value_parses_or_is_refused(text in config_text(0..8)) {
+            if let Ok(d) = parse_duration(&text) {
+                prop_assert!(d <= MAX_DURATION, "{text:?}: {d:?}");
+            }
+            let _ = parse_size(&text);
+            let _ = parse_mode(&text);
+            let _ = parse_signal(&text);
+            let _ = text.parse::<MemoryLimit>();
+            let _ = text.parse::<Workers>();
+            let _ = check_probe_path(&text);
+        }
+
+        /// The percent-encoded path the error suggests for a `--probe` that cannot go into a
+        /// request line is one that can.
+        #[test]
+        fn a_suggested_probe_path_is_accepted(text in config_text(0..12)) {
+            let path = format!("/{}", text.replace('#', ""));
+            if let Err(e) = check_probe_path(&path) {
+                let suggested = e.split("give `").nth(1).and_then(|s| s.strip_suffix('`'));
+                let suggested = suggested.unwrap_or_else(|| panic!("no suggestion: {e}"));
+                prop_assert_eq!(check_probe_path(suggested), Ok(()));
+            }
+        }
+    }
 }

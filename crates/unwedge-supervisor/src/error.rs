@@ -183,3 +183,28 @@ impl StartError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any offset into any text (multibyte characters, CR, quotes, brackets): a position
+        /// in it, never a panic.
+        #[test]
+        fn any_offset_of_any_text_has_a_position(
+            text in "([a-z =\"'\\[\\]#\r\n.é日本🦀\0-]|\r\n){0,60}",
+            offset in 0..300usize,
+        ) {
+            let at = FilePosition::of(&text, offset);
+            prop_assert!(at.line >= 1 && at.line <= text.split('\n').count());
+            prop_assert!(at.column >= 1 && at.column <= text.chars().count() + 1);
+            if let Some(key) = at.key {
+                prop_assert!(text.contains(&key) && !key.contains('\n'), "{key:?}");
+            }
+        }
+    }
+}

@@ -82,7 +82,8 @@ pub fn next_measurement(now: std::time::Instant, cost: std::time::Duration) -> s
 /// assert_eq!(unwedge_supervisor::memory::resident_bytes(i32::MAX), None);
 /// ```
 pub fn resident_bytes(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    // Its `Name:` line is the process's choice of bytes.
+    let status = crate::procfs::read_lossy(&format!("/proc/{pid}/status"))?;
     kib_field(&status, "VmRSS:")
 }
 
@@ -126,6 +127,16 @@ mod tests {
         assert_eq!(kib_field(text, "Pss:"), Some(12 * 1024));
         assert_eq!(kib_field(text, "Bad:"), None);
         assert_eq!(kib_field(text, "Missing:"), None);
+    }
+
+    #[test]
+    fn the_memory_of_a_process_whose_name_is_not_utf8_is_read() {
+        let (mut child, line) = crate::procfs::named_in_cut_utf8();
+        assert_eq!(line.trim(), "named");
+        let rss = resident_bytes(child.id() as i32);
+        let _ = child.kill();
+        child.wait().unwrap();
+        assert!(rss.is_some_and(|b| b > 0), "{rss:?}");
     }
 
     #[test]

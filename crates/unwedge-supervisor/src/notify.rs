@@ -566,6 +566,57 @@ mod tests {
         assert_eq!(parse(b"READY=1\nlower=1").unwrap(), [NotifyMessage::Ready]);
     }
 
+    use proptest::prelude::*;
+
+    /// A line a worker (or anything that reaches the socket) may send: keys, `=`, JSON,
+    /// bytes that are not UTF-8, NUL, CR, multibyte characters; no line break.
+    fn notify_line() -> impl Strategy<Value = Vec<u8>> {
+        const PIECES: &[&[u8]] = &[
+            b"READY",
+            b"STATUS",
+            b"UNWEDGE_REPORT",
+            b"WATCHDOG",
+            b"x",
+            b"=",
+            b"1",
+            b"{",
+            b"}",
+            b"\"",
+            b":",
+            b" ",
+            b"\r",
+            b"\0",
+            b"\xff",
+            b"\xc3",
+            b"\xc3\xa9",
+            "日本".as_bytes(),
+            "🦀".as_bytes(),
+            &[b'A'; 300],
+        ];
+        proptest::collection::vec(prop::sample::select(PIECES), 0..24).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Whatever else a datagram holds, its `READY=1` line is taken; no panic; each line
+        /// left out is said why in a bounded reason (it goes to the log).
+        #[test]
+        fn bad_lines_never_cost_a_ready(
+            before in proptest::collection::vec(notify_line(), 0..4),
+            after in proptest::collection::vec(notify_line(), 0..4),
+        ) {
+            let mut datagram = before.join(&b"\n"[..]);
+            datagram.extend_from_slice(b"\nREADY=1\n");
+            datagram.extend_from_slice(&after.join(&b"\n"[..]));
+            let (msgs, bad) = parse_lines(&datagram);
+            prop_assert!(msgs.contains(&NotifyMessage::Ready), "{msgs:?}");
+            for Malformed(reason) in &bad {
+                prop_assert!(reason.chars().count() <= 120, "{reason:?}");
+            }
+        }
+    }
+
     #[test]
     fn status_words() {
         assert_eq!(unhealthy_status("Tainted: mutex poisoned"), Some("tainted"));

@@ -187,7 +187,8 @@ pub(crate) fn says_address_in_use(line: &str) -> bool {
 
 /// Copies `reader` to our stdout or stderr until EOF (keeping the tail of stderr).
 /// Longest line passed on whole; a longer one (a worker writing a blob without newlines) is
-/// passed on in pieces of this size, so the supervisor's memory does not grow with it.
+/// passed on in pieces of this size (give or take the 3 bytes of a character cut in two, which
+/// goes whole into the next piece), so the supervisor's memory does not grow with it.
 /// (journald's own limit, `LineMax=`, is 48 KiB.)
 pub const MAX_LINE: usize = 16 * 1024;
 
@@ -195,27 +196,51 @@ pub(crate) fn forward<R>(reader: R, worker: String, pid: i32, stream: Stream, fo
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
-    let out = writer().clone();
+    forward_to(writer().clone(), reader, worker, pid, stream, format);
+}
+
+/// [`forward`], each line sent to `out`.
+fn forward_to<R>(
+    out: mpsc::Sender<(Stream, String)>,
+    reader: R,
+    worker: String,
+    pid: i32,
+    stream: Stream,
+    format: LogFormat,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+{
     let tail = (stream == Stream::Stderr).then(|| new_tail(pid));
     tokio::spawn(async move {
         let mut r = BufReader::new(reader);
         let mut buf = Vec::with_capacity(256);
+        // The bytes of a character the last piece of a long line cut: they begin the next.
+        let mut carry = Vec::new();
+        // Whether this piece goes on with a line a piece before began: the tail keeps each
+        // line's beginning only, as a credential's value must stay with its name there.
+        let mut continued = false;
         loop {
             buf.clear();
+            buf.append(&mut carry);
             match (&mut r)
                 .take(MAX_LINE as u64)
                 .read_until(b'\n', &mut buf)
                 .await
             {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {
+                Ok(n) => {
+                    let cut = n == MAX_LINE && buf.last() != Some(&b'\n');
+                    if cut {
+                        carry = buf.split_off(buf.len() - unfinished_char(&buf));
+                    }
                     while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                         buf.pop();
                     }
                     let text = String::from_utf8_lossy(&buf);
-                    if let Some(t) = &tail {
+                    if let Some(t) = tail.as_ref().filter(|_| !continued) {
                         t.push(&text);
                     }
+                    continued = cut;
                     let line = format_line(format, &worker, pid, stream, &text);
                     if out.send((stream, line)).await.is_err() {
                         break;
@@ -227,6 +252,17 @@ where
             t.closed.send_replace(Some(Instant::now()));
         }
     });
+}
+
+/// How many bytes at the end of `piece` begin a UTF-8 character they do not finish (0 to 3):
+/// a long line is passed on in pieces cut at a byte count, and a character cut in two would
+/// show as two U+FFFD, one at the end of a piece and one at the start of the next.
+fn unfinished_char(piece: &[u8]) -> usize {
+    (piece.len().saturating_sub(3)..piece.len())
+        .rev()
+        .find(|&i| piece[i] & 0xc0 != 0x80)
+        .filter(|&i| std::str::from_utf8(&piece[i..]).is_err_and(|e| e.error_len().is_none()))
+        .map_or(0, |i| piece.len() - i)
 }
 
 #[cfg(test)]
@@ -258,23 +294,155 @@ mod tests {
     #[tokio::test]
     async fn a_line_without_end_is_passed_on_in_bounded_pieces() {
         let (mut w, r) = tokio::io::duplex(64 * 1024);
-        forward(r, "w9".into(), -43, Stream::Stderr, LogFormat::Text);
+        let (tx, mut rx) = mpsc::channel(16);
+        forward_to(tx, r, "w9".into(), -43, Stream::Stderr, LogFormat::Text);
         let blob = "x".repeat(5 * MAX_LINE + 100);
         let writer = tokio::spawn(async move {
             tokio::io::AsyncWriteExt::write_all(&mut w, format!("{blob}\nend\n").as_bytes())
                 .await
                 .unwrap();
         });
+        let mut pieces = Vec::new();
+        while let Some((_, line)) = rx.recv().await {
+            pieces.push(line);
+        }
         writer.await.unwrap();
-        let lines = last_stderr_lines(-43, Duration::from_secs(10)).await;
-        assert_eq!(lines.len(), 7, "5 whole pieces, the rest, and `end`");
-        // (The tail keeps the first TAIL_LINE_MAX bytes of each.)
-        let kept = MAX_LINE.min(TAIL_LINE_MAX);
-        assert!(lines[..5]
+        assert_eq!(pieces.len(), 7, "5 whole pieces, the rest, and `end`");
+        let prefix = "[w9 pid -43] ";
+        assert!(pieces[..5]
             .iter()
-            .all(|l| l.len() == kept && !l.contains('\n')));
-        assert_eq!(lines[5].len(), 100);
-        assert_eq!(lines[6], "end");
+            .all(|l| l.len() == prefix.len() + MAX_LINE + 1 && l.ends_with("x\n")));
+        assert_eq!(pieces[5].len(), prefix.len() + 101);
+        assert_eq!(pieces[6], "[w9 pid -43] end\n");
+        // The tail keeps the beginning of each line, not each piece (found by
+        // `a_credential_value_stays_with_its_name_in_the_tail`: a piece that began inside a
+        // credential's value kept it without its name, which the report's scrubber needs).
+        let lines = last_stderr_lines(-43, Duration::from_secs(10)).await;
+        assert_eq!(lines, ["x".repeat(TAIL_LINE_MAX), "end".into()]);
+    }
+
+    /// What a worker that wrote `bytes` to its stderr and exited gave: the text of each
+    /// line passed on (pieces of a long one), and the stderr tail kept.
+    async fn forwarded(bytes: Vec<u8>) -> (Vec<String>, Vec<String>) {
+        // A pid of its own for each call: tails are kept by pid.
+        static NEXT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1000);
+        let pid = NEXT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let (mut w, r) = tokio::io::duplex(64 * 1024);
+        let (tx, mut rx) = mpsc::channel(16);
+        forward_to(tx, r, "w9".into(), pid, Stream::Stderr, LogFormat::Text);
+        let writer = tokio::spawn(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut w, &bytes)
+                .await
+                .unwrap();
+        });
+        let prefix = format!("[w9 pid {pid}] ");
+        let mut passed = Vec::new();
+        while let Some((_, line)) = rx.recv().await {
+            let text = line
+                .strip_prefix(&prefix)
+                .and_then(|l| l.strip_suffix('\n'));
+            passed.push(text.unwrap_or_else(|| panic!("{line:?}")).to_owned());
+        }
+        writer.await.unwrap();
+        (
+            passed,
+            last_stderr_lines(pid, Duration::from_secs(10)).await,
+        )
+    }
+
+    /// The stderr tail kept of a worker that wrote `bytes` and exited.
+    async fn tail_of(bytes: Vec<u8>) -> Vec<String> {
+        forwarded(bytes).await.1
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Found by `a_credential_value_stays_with_its_name_in_the_tail`: the cut after 16 KiB
+    /// fell between a header's name and its value.
+    #[tokio::test]
+    async fn a_credential_cut_from_its_name_is_not_kept_alone() {
+        let line = format!(
+            "{}Authorization: Bearer QQQQQQQQ done\n",
+            "x".repeat(MAX_LINE - 20)
+        );
+        let (pieces, tail) = forwarded(line.into_bytes()).await;
+        assert_eq!(pieces[1], "r QQQQQQQQ done");
+        assert_eq!(tail, ["x".repeat(TAIL_LINE_MAX)]);
+    }
+
+    /// A line longer than MAX_LINE is passed on in pieces: a character a cut falls in goes
+    /// whole into the next piece (found by `long_lines_are_cut_between_characters`).
+    #[tokio::test]
+    async fn a_long_line_is_cut_between_characters() {
+        let line = format!("x{}", "é".repeat(10_000));
+        let (pieces, _) = forwarded(format!("{line}\n").into_bytes()).await;
+        assert_eq!(pieces.len(), 2, "{pieces:?}");
+        assert!(pieces[1].starts_with("éé"), "{:?}", &pieces[1][..8]);
+        assert_eq!(pieces.concat(), line);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A worker's long lines of text (multibyte characters placed at and around every
+        /// cut) are passed on in pieces that make the line again, no character broken into
+        /// U+FFFD; each line the tail keeps is at most TAIL_LINE_MAX bytes, on one line.
+        #[test]
+        fn long_lines_are_cut_between_characters(
+            ascii in 0..4usize,
+            c in proptest::sample::select(vec!["é", "日", "🦀", "a"]),
+            n in 0..(3 * MAX_LINE / 2),
+            rest in "[a-zé日🦀\n]{0,64}",
+        ) {
+            let text = format!("{}{}{rest}\n", "x".repeat(ascii), c.repeat(n / c.len()));
+            let (pieces, lines) = runtime().block_on(forwarded(text.clone().into_bytes()));
+            let whole: Vec<&str> = text.lines().collect();
+            proptest::prop_assert_eq!(pieces.concat(), whole.concat());
+            for l in &lines {
+                proptest::prop_assert!(!l.contains('\u{fffd}'), "{:?}", l);
+                proptest::prop_assert!(l.len() <= TAIL_LINE_MAX && !l.contains('\n'));
+            }
+        }
+
+        /// A credential in a line longer than MAX_LINE, wherever the cuts fall: a tail line
+        /// holding any of its value holds its name (the report's scrubber reads the value
+        /// after a name).
+        #[test]
+        fn a_credential_value_stays_with_its_name_in_the_tail(
+            (k, back) in (1..3usize, 0..90usize),
+        ) {
+            let line = format!("{}Authorization: Bearer QQQQQQQQ done\n", "x".repeat(k * MAX_LINE - back));
+            let lines = runtime().block_on(tail_of(line.into_bytes()));
+            for l in &lines {
+                proptest::prop_assert!(!l.contains('Q') || l.contains("Authorization"), "{:?}", l);
+            }
+        }
+
+        /// Any bytes at all (not UTF-8, NUL, CR, very long lines): the tail keeps at most
+        /// STDERR_TAIL_LINES lines of at most TAIL_LINE_MAX bytes.
+        #[test]
+        fn any_output_gives_a_bounded_tail(
+            seed in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    &b"a"[..], b"\n", b"\r", b"\0", b"\xc3", b"\xe6\x97", b"\xf0\x9f\xa6",
+                    b"\xff", "é".as_bytes(), "日本".as_bytes(), "🦀".as_bytes(), &[b'x'; 100],
+                ]),
+                0..64,
+            ),
+            times in 1..200usize,
+        ) {
+            let bytes = seed.concat().repeat(times);
+            let lines = runtime().block_on(tail_of(bytes));
+            proptest::prop_assert!(lines.len() <= STDERR_TAIL_LINES);
+            for l in &lines {
+                proptest::prop_assert!(l.len() <= TAIL_LINE_MAX && !l.contains('\n'));
+            }
+        }
     }
 
     #[test]

@@ -129,4 +129,41 @@ mod tests {
             Err(ProbeError::Timeout(_))
         ));
     }
+
+    /// What a worker's server answered `answer` to a probe gave.
+    fn probed(answer: Vec<u8>) -> Result<u16, ProbeError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+            theirs.write_all(&answer).await.unwrap();
+            drop(theirs);
+            exchange(ours, "localhost", "/healthz").await
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any answer (a status line cut inside a character, bytes that are not UTF-8, no
+        /// line break, megabytes): a status from 200 to 399 or an error, never a panic.
+        #[test]
+        fn any_answer_is_a_status_or_an_error(
+            head in proptest::sample::select(vec!["HTTP/1.1 ", "HTTP/1.0 2", "HTTP/1.", "http/1.1 ", ""]),
+            rest in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    &b"2"[..], b"0", b"5", b" ", b"OK", b"\r", b"\n", b"\0", b"\xff", b"\xc3",
+                    "é".as_bytes(), "日本".as_bytes(), &[b'x'; 1000],
+                ]),
+                0..12,
+            ),
+        ) {
+            let mut answer = head.as_bytes().to_vec();
+            answer.extend(rest.concat());
+            if let Ok(status) = probed(answer) {
+                proptest::prop_assert!((200..400).contains(&status));
+            }
+        }
+    }
 }

@@ -37,8 +37,16 @@ impl Stat {
 /// assert_eq!(unwedge_supervisor::procfs::stat(i32::MAX), None);
 /// ```
 pub fn stat(pid: i32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
+    parse_stat(&read_lossy(&format!("/proc/{pid}/stat"))?)
+}
+
+/// A `/proc` file that holds a process's name (`stat`, `status`), as text: the name is
+/// whatever bytes the process chose (`prctl(PR_SET_NAME)`, `/proc/PID/comm`), or its
+/// executable's name cut by the kernel at 15 bytes, also inside a UTF-8 character. Bytes that
+/// are not UTF-8 become U+FFFD; the numbers around them are read as written.
+pub(crate) fn read_lossy(path: &str) -> Option<String> {
+    let raw = std::fs::read(path).ok()?;
+    Some(String::from_utf8_lossy(&raw).into_owned())
 }
 
 /// `pid (comm) state ppid pgrp session …`: `comm` may hold spaces and parentheses, so the fields
@@ -460,6 +468,15 @@ pub(crate) fn sh_until_first_line(script: &str) -> (std::process::Child, String)
     until_first_line(std::process::Command::new("sh").args(["-c", script]))
 }
 
+/// For tests: `sh`, named `srv-r` and the first byte of `é` (as the kernel cuts a name at 15
+/// bytes, also inside a character), and the first line it printed.
+#[cfg(test)]
+pub(crate) fn named_in_cut_utf8() -> (std::process::Child, String) {
+    sh_until_first_line(
+        r"printf 'srv-r\303' > /proc/$$/comm; echo named; exec >/dev/null 2>&1; while :; do sleep 1; done",
+    )
+}
+
 /// For tests: `cmd` started, and the first line it printed.
 #[cfg(test)]
 pub(crate) fn until_first_line(cmd: &mut std::process::Command) -> (std::process::Child, String) {
@@ -493,6 +510,40 @@ mod tests {
         assert!(!parse_stat("43 (x) Z 1 43 43 0").unwrap().alive());
         assert_eq!(parse_stat("44 (x) S 1 44"), None);
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_process_whose_name_is_not_utf8_is_seen() {
+        let (mut child, line) = named_in_cut_utf8();
+        assert_eq!(line.trim(), "named");
+        let pid = child.id() as i32;
+        let seen = stat(pid);
+        let _ = child.kill();
+        child.wait().unwrap();
+        let me = stat(std::process::id() as i32).unwrap();
+        assert_eq!(
+            seen.map(|s| (s.ppid, s.sid)),
+            Some((std::process::id() as i32, me.sid))
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever bytes a process names itself with (parentheses, spaces, line breaks, bytes
+        /// that are not UTF-8), its fields are read.
+        #[test]
+        fn any_process_name_leaves_the_fields_readable(
+            name in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16),
+            (ppid, pgid, sid) in (1..i32::MAX, 1..i32::MAX, 0..i32::MAX),
+        ) {
+            let mut raw = b"42 (".to_vec();
+            raw.extend_from_slice(&name);
+            raw.extend_from_slice(format!(") S {ppid} {pgid} {sid} 0 -1 4194560\n").as_bytes());
+            let text = String::from_utf8_lossy(&raw);
+            let s = parse_stat(&text);
+            proptest::prop_assert_eq!(s, Some(Stat { state: 'S', ppid, pgid, sid }));
+        }
     }
 
     #[test]
