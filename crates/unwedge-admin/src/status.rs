@@ -584,7 +584,8 @@ impl PanicRecord {
     /// (`{"Cookie": "…"}`, the `unwedge` library's form) or a list of `[name, value]` pairs;
     /// and cuts the user info (everything between `scheme://` and the last `@` before the
     /// first `/`, `?` or `#`, shown as `…@`), the query and the fragment off `request.path`,
-    /// `request.route`, a `Referer` header's value and any header value starting with `http://` or `https://`,
+    /// `request.route`, a `Referer` header's value and any header value starting with a URL
+    /// scheme (`https://`, `HTTPS://`, `wss://`),
     /// as the `unwedge` library reports them (each value of a list, as Go's `http.Header` has). Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
         let secret = |name: &str| {
@@ -592,12 +593,13 @@ impl PanicRecord {
                 .iter()
                 .any(|h| h.eq_ignore_ascii_case(name.trim()))
         };
-        // As the `unwedge` library tells a URL header: the `Referer`, or a value with a scheme.
+        // As the `unwedge` library tells a URL header: the `Referer`, or a value with a scheme
+        // (any, in any case: `HTTPS://`, `wss://`).
         let is_url = |name: &str, value: &serde_json::Value| {
             name.trim().eq_ignore_ascii_case("referer")
                 || value
                     .as_str()
-                    .is_some_and(|v| v.starts_with("https://") || v.starts_with("http://"))
+                    .is_some_and(|v| !split_userinfo(v, UserInfoEnd::Authority).0.is_empty())
         };
         let redacted = || serde_json::Value::String(REDACTED.to_owned());
         let mut changed = false;
@@ -1009,6 +1011,20 @@ mod tests {
             r.report["request"]["headers"],
             serde_json::json!({"ReFERER": ["https://…@0"],
                 "x-original-url": ["https://…@0", "https://h/x"], "accept": ["*/*"]})
+        );
+    }
+
+    #[test]
+    fn url_headers_with_any_scheme_in_any_case_are_cleaned() {
+        let report = serde_json::json!({"request": {"headers": {
+            "x-origin": "HTTPS://u:S3cret@h/x?token=S3cret",
+            "x-upstream": ["wss://u:S3cret@h/ws"],
+            "x-note": "not a url: S3cret"}}});
+        let r = PanicRecord::new(None, report);
+        assert_eq!(
+            r.report["request"]["headers"],
+            serde_json::json!({"x-origin": "HTTPS://…@h/x",
+                "x-upstream": ["wss://…@h/ws"], "x-note": "not a url: S3cret"})
         );
     }
 
