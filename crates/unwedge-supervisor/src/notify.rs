@@ -178,7 +178,7 @@ fn parse_line(line: &[u8]) -> Result<NotifyMessage, Malformed> {
         ("STOPPING", "1") => NotifyMessage::Stopping,
         ("RELOADING", "1") => NotifyMessage::Reloading,
         ("WATCHDOG", "trigger") => NotifyMessage::WatchdogTrigger,
-        ("STATUS", s) => NotifyMessage::Status(s.to_owned()),
+        ("STATUS", s) => NotifyMessage::Status(status_text(s)),
         ("EXTEND_TIMEOUT_USEC", usec) => NotifyMessage::ExtendTimeout(micros(key, usec)?),
         ("WATCHDOG_USEC", usec) => NotifyMessage::WatchdogUsec(micros(key, usec)?),
         ("UNWEDGE_REPORT", json) => {
@@ -188,6 +188,22 @@ fn parse_line(line: &[u8]) -> Result<NotifyMessage, Malformed> {
         }
         (k, _) => NotifyMessage::Other(k.to_owned()),
     })
+}
+
+/// The longest `STATUS=` text kept, in bytes (`…` included): a worker's status goes into log
+/// lines, `/status`, the page and alert summaries, and a datagram may hold 256 KiB of it.
+pub const MAX_STATUS_BYTES: usize = 1024;
+
+/// `STATUS=` text cut to [`MAX_STATUS_BYTES`] at a character boundary, `…` marking a cut.
+fn status_text(s: &str) -> String {
+    if s.len() <= MAX_STATUS_BYTES {
+        return s.to_owned();
+    }
+    let mut end = MAX_STATUS_BYTES - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// A decimal number of microseconds, as systemd reads it (digits only), capped at
@@ -510,6 +526,21 @@ mod tests {
         assert_eq!(base_dir(&[os(&gone), os(xdg.path())]), xdg.path());
         assert_eq!(base_dir(&[Some("".into()), None]), std::env::temp_dir());
         assert_eq!(base_dir(&[None, None]), std::env::temp_dir());
+    }
+
+    #[test]
+    fn a_long_status_is_cut_between_characters() {
+        let long = format!("wedged: {}", "日本".repeat(100_000));
+        let m = parse(format!("STATUS={long}").as_bytes()).unwrap();
+        let [NotifyMessage::Status(s)] = &m[..] else {
+            panic!("{m:?}")
+        };
+        assert!(s.len() <= MAX_STATUS_BYTES, "{}", s.len());
+        assert!(s.ends_with('…') && long.starts_with(s.trim_end_matches('…')));
+        // Its meaning is kept: still a wedged worker.
+        assert_eq!(unhealthy_status(s), Some("wedged"));
+        let short = parse(b"STATUS=serving").unwrap();
+        assert_eq!(short, [NotifyMessage::Status("serving".into())]);
     }
 
     #[test]
