@@ -2647,7 +2647,7 @@ exec sleep 1000
             .unwrap_or(0.0);
         // The child's memory counted (the worker itself stays under 10M), maybe not all of it
         // yet.
-        assert!(mib > 100.0, "{over}");
+        assert!(mib >= 100.0, "{over}");
         let new = sup.wait_ready(0, 2).await[1];
         sup.wait_line(
             0,
@@ -3295,12 +3295,13 @@ async fn every_worker_of_a_large_pool_ending_once_does_not_give_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_asks_for_more_time_to_start_gets_it() {
     within(Duration::from_secs(60), async {
-        // It starts for 2.5 s (the scenario itself, not a wait for anything), 1 s allowed.
+        // It starts for 3.5 s (the scenario itself, not a wait for anything), 2 s allowed (a
+        // loaded machine's Python may take a while to send its first message).
         let worker = "import os, socket, time\n\
              s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
              to = os.environ['NOTIFY_SOCKET']\n\
              s.sendto(b'EXTEND_TIMEOUT_USEC=30000000', to)\n\
-             time.sleep(2.5)\n\
+             time.sleep(3.5)\n\
              s.sendto(b'READY=1', to)\n\
              time.sleep(1000)\n";
         let sup = Sup::run(
@@ -3310,7 +3311,7 @@ async fn a_worker_that_asks_for_more_time_to_start_gets_it() {
                 "--ready",
                 "notify",
                 "--ready-timeout",
-                "1s",
+                "2s",
             ],
             &["python3", "-c", worker],
         );
@@ -3327,14 +3328,14 @@ async fn a_worker_that_asks_for_more_time_to_start_gets_it() {
 }
 
 /// The time a worker asked for runs out like `--ready-timeout` does: a worker that asked for
-/// 1.5 s and is still not ready then is a failed start, found then and not before, and the
+/// 3 s and is still not ready then is a failed start, found then and not before, and the
 /// log says it asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_time_a_worker_asked_for_to_start_runs_out() {
     within(Duration::from_secs(60), async {
         let worker = "import os, socket, time\n\
              s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
-             s.sendto(b'EXTEND_TIMEOUT_USEC=1500000', os.environ['NOTIFY_SOCKET'])\n\
+             s.sendto(b'EXTEND_TIMEOUT_USEC=3000000', os.environ['NOTIFY_SOCKET'])\n\
              time.sleep(1000)\n";
         let sup = Sup::run(
             &[
@@ -3343,7 +3344,7 @@ async fn the_time_a_worker_asked_for_to_start_runs_out() {
                 "--ready",
                 "notify",
                 "--ready-timeout",
-                "300ms",
+                "1s",
             ],
             &["python3", "-c", worker],
         );
@@ -3363,9 +3364,9 @@ async fn the_time_a_worker_asked_for_to_start_runs_out() {
             hung.contains("past the time it asked for (EXTEND_TIMEOUT_USEC)"),
             "{hung}"
         );
-        // Measured from its start: at least the 1.5 s asked for, not the 300 ms configured.
+        // Measured from its start: at least the 3 s asked for, not the 1 s configured.
         let after = ms_after(&hung, "not ready after ");
-        assert!(after >= 1500.0, "{hung}");
+        assert!(after >= 3000.0, "{hung}");
     })
     .await;
 }
@@ -3438,11 +3439,12 @@ async fn a_worker_that_says_watchdog_trigger_is_handled_as_hung() {
             &["python3", "-c", &worker],
         );
         let first = sup.wait_ready(0, 1).await[0];
+        // Its replacement's ready line may come at once after the hang's.
+        let from = sup.mark();
         let hung = sup
             .wait_line(0, &[&format!("pid {first} is hung (watchdog: it asked")])
             .await;
         assert!(hung.contains("WATCHDOG=trigger"), "{hung}");
-        let from = sup.mark();
         let next = sup.wait_ready(from, 1).await[0];
         assert_ne!(next, first);
     })
@@ -3474,6 +3476,111 @@ async fn a_worker_sets_its_own_heartbeat_limit() {
             .wait_line(0, &[&format!("pid {pid} is hung (watchdog: no WATCHDOG=1 for")])
             .await;
         assert!(ms_after(&hung, "no WATCHDOG=1 for ") < 60_000.0, "{hung}");
+    })
+    .await;
+}
+
+/// `WATCHDOG_USEC=` starts the heartbeat timer again, as systemd's does: a worker silent for
+/// 4 s under `--watchdog 10s` that then sets 3 s and beats every 0.5 s is not hung (it was,
+/// at once, when the 3 s were counted from its last heartbeat, 4 s before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_heartbeat_limit_counts_from_when_it_is_set() {
+    within(Duration::from_secs(60), async {
+        let worker = "import os, socket, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             to = os.environ['NOTIFY_SOCKET']\n\
+             s.sendto(b'READY=1\\nWATCHDOG=1', to)\n\
+             time.sleep(4)\n\
+             s.sendto(b'WATCHDOG_USEC=3000000', to)\n\
+             for _ in range(6):\n\
+             \x20   time.sleep(0.5)\n\
+             \x20   s.sendto(b'WATCHDOG=1', to)\n\
+             print('beat 6 times', flush=True)\n\
+             time.sleep(1000)\n";
+        let sup = Sup::run(
+            &["--admin", "off", "--ready", "notify", "--watchdog", "10s"],
+            &["python3", "-c", worker],
+        );
+        let pid = sup.wait_ready(0, 1).await[0];
+        sup.wait_line(0, &[&format!("pid {pid}] beat 6 times")])
+            .await;
+        assert!(!sup.log().contains("is hung"), "{}", sup.log());
+    })
+    .await;
+}
+
+/// A worker that asks for more time while it serves is given it for its heartbeat, as
+/// systemd gives its watchdog: silent for 2.5 s under `--watchdog 1s` after asking for 4 s,
+/// it is not hung; its next `WATCHDOG=1` ends the extension, and 1 s of silence after it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_time_while_serving_holds_the_heartbeat_until_the_next_one() {
+    within(Duration::from_secs(60), async {
+        let worker = "import os, socket, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             to = os.environ['NOTIFY_SOCKET']\n\
+             s.sendto(b'READY=1\\nWATCHDOG=1\\nEXTEND_TIMEOUT_USEC=4000000', to)\n\
+             time.sleep(2.5)\n\
+             print('back', flush=True)\n\
+             s.sendto(b'WATCHDOG=1', to)\n\
+             time.sleep(1000)\n";
+        let sup = Sup::run(
+            &["--admin", "off", "--ready", "notify", "--watchdog", "1s"],
+            &["python3", "-c", worker],
+        );
+        let pid = sup.wait_ready(0, 1).await[0];
+        sup.wait_line(
+            0,
+            &[&format!("pid {pid} asked for more time for its heartbeat")],
+        )
+        .await;
+        let (_, back) = sup.wait_line_idx(0, &[&format!("pid {pid}] back")]).await;
+        let (hung, at) = sup
+            .wait_line_idx(
+                0,
+                &[&format!("pid {pid} is hung (watchdog: no WATCHDOG=1 for")],
+            )
+            .await;
+        assert!(at > back, "hung before its heartbeat came back: {hung}");
+        assert!(!hung.contains("asked for"), "{hung}");
+    })
+    .await;
+}
+
+/// Asking for more time does not hold off the stop signal of a worker that still serves: a
+/// tainted worker that does not leave by itself gets SIGTERM after `--dump-grace`, however
+/// often it asks (the stop is the supervisor's, not the worker's, until the worker stops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_worker_cannot_hold_off_its_stop_signal_by_asking() {
+    within(Duration::from_secs(60), async {
+        let worker = "import os, socket, time\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+             to = os.environ['NOTIFY_SOCKET']\n\
+             s.sendto(b'READY=1', to)\n\
+             s.sendto(b'STATUS=tainted: test', to)\n\
+             while True:\n\
+             \x20   s.sendto(b'EXTEND_TIMEOUT_USEC=60000000', to)\n\
+             \x20   time.sleep(0.2)\n";
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--ready",
+                "notify",
+                "--dump-grace",
+                "500ms",
+            ],
+            &["python3", "-c", worker],
+        );
+        let pid = sup.wait_ready(0, 1).await[0];
+        sup.wait_line(0, &[&format!("pid {pid} is tainted")]).await;
+        sup.wait_line(0, &[&format!("pid {pid}: still running; sending SIGTERM")])
+            .await;
+        assert!(gone_within(pid, LONG).await, "{}", sup.log());
+        assert!(
+            !sup.log().contains("asked for more time for its stop"),
+            "{}",
+            sup.log()
+        );
     })
     .await;
 }

@@ -17,7 +17,8 @@ impl Pool {
     }
 
     /// How often the notify socket's file is checked: every [`NOTIFY_CHECK_INTERVAL`], or a
-    /// quarter of the shortest `--watchdog` if sooner (no less than 10 ms; one `lstat` each),
+    /// quarter of the shortest heartbeat limit (`--watchdog`, or a worker's `WATCHDOG_USEC=`)
+    /// if sooner (no less than 10 ms; one `lstat` each),
     /// so that a socket removed and bound again costs a worker less than its watchdog's
     /// worth of heartbeats.
     pub(super) fn notify_check_interval(&self) -> Duration {
@@ -100,6 +101,8 @@ impl Pool {
                     }
                 }
                 w.last_watchdog = Some(now);
+                // As systemd's: a heartbeat restarts the timer, whatever was asked before.
+                w.heartbeat_extended = None;
             }
             NotifyMessage::Status(s) => {
                 w.status = Some(s.clone());
@@ -140,6 +143,7 @@ impl Pool {
             }
             NotifyMessage::Stopping if self.stopping => {}
             NotifyMessage::Stopping if w.stop_requested => {
+                w.said_stopping = true;
                 // Said tainted, now leaving on its own: its drain gets `--stop-timeout`, not
                 // the `--dump-grace` meant for a tainted worker that does not leave (a signal
                 // would cut an `unwedge::serve` worker's drain short).
@@ -155,6 +159,7 @@ impl Pool {
                 // `--stop-timeout` to go, then SIGTERM, then SIGKILL after another.
                 let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
                 w.stop_requested = true;
+                w.said_stopping = true;
                 w.stop_since.get_or_insert(now);
                 w.leaving = true;
                 w.state = WorkerState::Stopping;
@@ -188,7 +193,16 @@ impl Pool {
                 "it asked to be handled as hung: WATCHDOG=trigger",
             ),
             NotifyMessage::WatchdogUsec(limit) => {
-                w.watchdog = (!limit.is_zero()).then_some(limit);
+                let limit = (!limit.is_zero()).then_some(limit);
+                // As systemd's: the timer starts again from now, with the new limit.
+                if w.last_watchdog.is_some() {
+                    w.last_watchdog = Some(now);
+                }
+                w.heartbeat_extended = None;
+                if w.watchdog == limit {
+                    return;
+                }
+                w.watchdog = limit;
                 match w.watchdog {
                     Some(limit) => tracing::info!(
                         "{id} pid {pid} set its own heartbeat limit (WATCHDOG_USEC): hung if \
@@ -205,11 +219,14 @@ impl Pool {
     }
 
     /// `EXTEND_TIMEOUT_USEC=`: as systemd's, it moves the deadline of what the worker is doing
-    /// (its start: `--ready-timeout`; its stop: `--stop-timeout`, and the supervisor's own
-    /// stop with it) to `more` from now, if that is later, never sooner; the worker must say it
-    /// again before then to get more. A hung worker's SIGKILL and a running worker have no
-    /// deadline it may move. systemd, if it waits on the supervisor (its start, a reload, its
-    /// stop), is asked for as much more time.
+    /// to `more` from now, if that is later, never sooner; the worker must say it again before
+    /// then to get more. Its start: `--ready-timeout`. Its stop, once it is stopping (sent the
+    /// stop signal, or it said `STOPPING=1`): the stop signal's and SIGKILL's deadlines, and the
+    /// supervisor's own stop with them. While it serves: its heartbeat deadline (as systemd's
+    /// watchdog), until its next `WATCHDOG=1`. Nothing else: a hung worker's SIGKILL, and the
+    /// stop signal due to a worker that still serves (over `--max-memory`, past
+    /// `--max-lifetime`, tainted but not leaving), are the supervisor's. systemd, if it waits
+    /// on the supervisor (its start, a reload, its stop), is asked for as much more time.
     pub(super) fn extend_timeout(&mut self, pid: i32, more: Duration, now: Instant) {
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
@@ -220,34 +237,49 @@ impl Pool {
         let what = if w.state == WorkerState::Hung {
             None
         } else if w.stop_requested {
-            if w.kill_at.is_none() && w.term_at.is_none() {
-                None
-            } else {
+            let signalled = w.state == WorkerState::Stopping && w.kill_at.is_some();
+            let draining = w.said_stopping && w.term_at.is_some();
+            if signalled {
                 w.kill_at = later(w.kill_at);
-                w.term_at = later(w.term_at);
-                if self.stopping {
-                    self.stop_deadline = later(self.stop_deadline);
-                }
-                Some("its stop")
             }
+            if draining {
+                w.term_at = later(w.term_at);
+            }
+            if (signalled || draining) && self.stopping {
+                self.stop_deadline = later(self.stop_deadline);
+            }
+            (signalled || draining).then_some("its stop")
         } else if w.ready_at.is_none() {
-            w.ready_extended = Some(w.ready_extended.map_or(until, |t| t.max(until)));
+            w.ready_extended = Extension::renewed(w.ready_extended, now, until);
             Some("its start")
+        } else if w.heartbeat_deadline().is_some() {
+            w.heartbeat_extended = Extension::renewed(w.heartbeat_extended, now, until);
+            Some("its heartbeat")
         } else {
             None
         };
         let Some(what) = what else {
             tracing::debug!(
-                "{id} pid {pid} asked for more time (EXTEND_TIMEOUT_USEC) with no deadline to \
-                 move; ignored"
+                "{id} pid {pid} asked for more time (EXTEND_TIMEOUT_USEC) with no deadline of \
+                 its own to move; ignored"
             );
             return;
         };
-        tracing::info!(
-            "{id} pid {pid} asked for more time for {what}: {} from now (EXTEND_TIMEOUT_USEC)",
-            fmt_dur(more)
-        );
-        if !self.first_ready || self.reload.is_some() || self.stopping {
+        if w.extension_told == Some(what) {
+            tracing::debug!(
+                "{id} pid {pid} asked for more time for {what} again: {}",
+                fmt_dur(more)
+            );
+        } else {
+            w.extension_told = Some(what);
+            tracing::info!(
+                "{id} pid {pid} asked for more time for {what}: {} from now \
+                 (EXTEND_TIMEOUT_USEC; renewals are logged at debug)",
+                fmt_dur(more)
+            );
+        }
+        if what != "its heartbeat" && (!self.first_ready || self.reload.is_some() || self.stopping)
+        {
             self.systemd.extend_timeout(more);
         }
     }

@@ -563,9 +563,16 @@ struct Worker {
     probe_inflight: bool,
     /// When its `--ready-timeout` began: its start, or the end of a stall of the supervisor.
     ready_from: Instant,
-    /// Not ready before this is no failure yet: it asked for more time to start
-    /// (`EXTEND_TIMEOUT_USEC=`).
-    ready_extended: Option<Instant>,
+    /// It asked for more time to start (`EXTEND_TIMEOUT_USEC=`): not ready before then is no
+    /// failure yet.
+    ready_extended: Option<Extension>,
+    /// It asked for more time while it serves (`EXTEND_TIMEOUT_USEC=`): silent until then is
+    /// not hung yet, as systemd extends its watchdog; its next `WATCHDOG=1` ends it.
+    heartbeat_extended: Option<Extension>,
+    /// It said `STOPPING=1`: it leaves on its own, and may ask for more time to finish.
+    said_stopping: bool,
+    /// What it last asked more time for, said at `info` once a phase (renewals are `debug`).
+    extension_told: Option<&'static str>,
     /// The log said it sent a malformed notify line.
     malformed_told: bool,
     port: Option<u16>,
@@ -588,13 +595,56 @@ struct Worker {
     retire_at: Option<Instant>,
 }
 
+/// A deadline a worker moved with `EXTEND_TIMEOUT_USEC=`, and when it asked (a stall of the
+/// supervisor moves only what was asked before it).
+#[derive(Debug, Clone, Copy)]
+struct Extension {
+    asked: Instant,
+    until: Instant,
+}
+
+impl Extension {
+    /// `this` moved to `until` if that is later (a new request never shortens the old one).
+    fn renewed(this: Option<Extension>, now: Instant, until: Instant) -> Option<Extension> {
+        let until = this.map_or(until, |e| e.until.max(until));
+        Some(Extension { asked: now, until })
+    }
+
+    /// After a stall of the supervisor of `gap` that began at `began`: moved `gap` later if it
+    /// was asked before, as the deadlines it moves are.
+    fn after_stall(
+        this: Option<Extension>,
+        gap: Duration,
+        began: Option<Instant>,
+    ) -> Option<Extension> {
+        this.map(|e| match began {
+            Some(b) if e.asked >= b => e,
+            _ => Extension {
+                asked: e.asked,
+                until: e.until + gap,
+            },
+        })
+    }
+}
+
 impl Worker {
     /// When, still not ready, it has failed to start: `--ready-timeout` after
     /// [`ready_from`](Worker::ready_from), or later if it asked for more time.
     fn ready_deadline(&self) -> Instant {
         let configured = self.ready_from + self.config.ready_timeout;
         self.ready_extended
-            .map_or(configured, |t| t.max(configured))
+            .map_or(configured, |e| e.until.max(configured))
+    }
+
+    /// When, silent since its last `WATCHDOG=1`, it is hung: its heartbeat limit after that
+    /// one, or later if it asked for more time; `None` while its heartbeat is not watched.
+    fn heartbeat_deadline(&self) -> Option<Instant> {
+        let (limit, last) = (self.watchdog?, self.last_watchdog?);
+        let configured = last + limit;
+        Some(
+            self.heartbeat_extended
+                .map_or(configured, |e| e.until.max(configured)),
+        )
     }
 }
 
@@ -968,5 +1018,37 @@ fn fmt_dur(d: Duration) -> String {
         format!("{:.1}ms", d.as_secs_f64() * 1000.0)
     } else {
         format!("{:.2}s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_for_more_time_never_shortens_the_last_one() {
+        let now = Instant::now();
+        let long = Extension::renewed(None, now, now + Duration::from_secs(60));
+        let short = Extension::renewed(long, now, now + Duration::from_secs(1));
+        assert_eq!(short.unwrap().until, now + Duration::from_secs(60));
+        let longer = Extension::renewed(short, now, now + Duration::from_secs(90));
+        assert_eq!(longer.unwrap().until, now + Duration::from_secs(90));
+    }
+
+    /// A stall moves what was asked before it, like the deadlines it moves; what was asked
+    /// during it (read after it, before the stall is noticed) is not moved twice.
+    #[test]
+    fn a_stall_moves_only_what_was_asked_before_it() {
+        let began = Instant::now();
+        let gap = Duration::from_secs(3600);
+        let now = began + gap;
+        let five = Duration::from_secs(5);
+        let before = Extension::renewed(None, began - five, began + five);
+        let moved = Extension::after_stall(before, gap, Some(began)).unwrap();
+        assert_eq!(moved.until, began + five + gap);
+        let during = Extension::renewed(None, now, now + five);
+        let kept = Extension::after_stall(during, gap, Some(began)).unwrap();
+        assert_eq!(kept.until, now + five);
+        assert!(Extension::after_stall(None, gap, Some(began)).is_none());
     }
 }

@@ -135,12 +135,17 @@ impl Pool {
                 }
                 continue;
             }
-            if let (Some(limit), Some(last)) = (w.watchdog, w.last_watchdog) {
-                if now >= last + limit {
+            if let (Some(deadline), Some(last)) = (w.heartbeat_deadline(), w.last_watchdog) {
+                if now >= deadline {
+                    let asked = if w.heartbeat_extended.is_some() {
+                        ", past the time it asked for (EXTEND_TIMEOUT_USEC)"
+                    } else {
+                        ""
+                    };
                     hung.push((
                         w.pid,
                         HangKind::Watchdog,
-                        format!("no WATCHDOG=1 for {}", fmt_dur(now - last)),
+                        format!("no WATCHDOG=1 for {}{asked}", fmt_dur(now - last)),
                     ));
                     continue;
                 }
@@ -213,14 +218,17 @@ impl Pool {
     pub(super) fn after_stall(&mut self, gap: Duration, now: Instant) {
         self.stalled_until = Some(now);
         let later = |t: Instant| (t + gap).min(now);
+        // What a worker asked for during the stall was read after it: not moved again.
+        let began = now.checked_sub(gap);
         for w in self.workers.values_mut() {
             if let Some(last) = w.last_watchdog {
                 w.last_watchdog = Some(later(last));
             }
             if w.ready_at.is_none() {
                 w.ready_from = later(w.ready_from);
-                w.ready_extended = w.ready_extended.map(|t| t + gap);
+                w.ready_extended = Extension::after_stall(w.ready_extended, gap, began);
             }
+            w.heartbeat_extended = Extension::after_stall(w.heartbeat_extended, gap, began);
             w.next_probe = w.next_probe.max(now);
         }
         tracing::warn!(
@@ -278,8 +286,8 @@ impl Pool {
                 }
                 continue;
             }
-            if let (Some(limit), Some(last)) = (w.watchdog, w.last_watchdog) {
-                at(last + limit);
+            if let Some(deadline) = w.heartbeat_deadline() {
+                at(deadline);
             }
             if c.probe.is_some() && !w.probe_inflight {
                 at(w.next_probe);
