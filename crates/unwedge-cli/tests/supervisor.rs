@@ -3297,13 +3297,12 @@ async fn a_worker_that_asks_for_more_time_to_start_gets_it() {
     within(Duration::from_secs(60), async {
         // It starts for 3.5 s (the scenario itself, not a wait for anything), 2 s allowed (a
         // loaded machine's Python may take a while to send its first message).
-        let worker = "import os, socket, time\n\
-             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
-             to = os.environ['NOTIFY_SOCKET']\n\
-             s.sendto(b'EXTEND_TIMEOUT_USEC=30000000', to)\n\
+        let worker = notify_worker(
+            "s.sendto(b'EXTEND_TIMEOUT_USEC=30000000', to)\n\
              time.sleep(3.5)\n\
              s.sendto(b'READY=1', to)\n\
-             time.sleep(1000)\n";
+             time.sleep(1000)\n",
+        );
         let sup = Sup::run(
             &[
                 "--admin",
@@ -3313,7 +3312,7 @@ async fn a_worker_that_asks_for_more_time_to_start_gets_it() {
                 "--ready-timeout",
                 "2s",
             ],
-            &["python3", "-c", worker],
+            &["python3", "-c", &worker],
         );
         let asked = sup
             .wait_line(0, &["asked for more time for its start: 30.00s from now"])
@@ -3333,10 +3332,10 @@ async fn a_worker_that_asks_for_more_time_to_start_gets_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_time_a_worker_asked_for_to_start_runs_out() {
     within(Duration::from_secs(60), async {
-        let worker = "import os, socket, time\n\
-             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
-             s.sendto(b'EXTEND_TIMEOUT_USEC=3000000', os.environ['NOTIFY_SOCKET'])\n\
-             time.sleep(1000)\n";
+        let worker = notify_worker(
+            "s.sendto(b'EXTEND_TIMEOUT_USEC=3000000', to)\n\
+             time.sleep(1000)\n",
+        );
         let sup = Sup::run(
             &[
                 "--admin",
@@ -3346,7 +3345,7 @@ async fn the_time_a_worker_asked_for_to_start_runs_out() {
                 "--ready-timeout",
                 "1s",
             ],
-            &["python3", "-c", worker],
+            &["python3", "-c", &worker],
         );
         let asked = sup
             .wait_line(0, &["asked for more time for its start"])
@@ -3377,16 +3376,15 @@ async fn the_time_a_worker_asked_for_to_start_runs_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_asks_for_more_time_to_stop_gets_it() {
     within(Duration::from_secs(60), async {
-        let worker = "import os, signal, socket, sys, time\n\
-             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
-             to = os.environ['NOTIFY_SOCKET']\n\
-             def drain(*_):\n\
+        let worker = notify_worker(
+            "def drain(*_):\n\
              \x20   s.sendto(b'STOPPING=1\\nEXTEND_TIMEOUT_USEC=30000000', to)\n\
              \x20   time.sleep(2)\n\
              \x20   sys.exit(0)\n\
              signal.signal(signal.SIGTERM, drain)\n\
              s.sendto(b'READY=1', to)\n\
-             while True: time.sleep(1000)\n";
+             while True: time.sleep(1000)\n",
+        );
         let mut sup = Sup::run(
             &[
                 "--admin",
@@ -3396,7 +3394,7 @@ async fn a_worker_that_asks_for_more_time_to_stop_gets_it() {
                 "--stop-timeout",
                 "500ms",
             ],
-            &["python3", "-c", worker],
+            &["python3", "-c", &worker],
         );
         let pid = sup.wait_ready(0, 1).await[0];
         sup.signal(Signal::SIGTERM);
@@ -3424,16 +3422,13 @@ async fn a_worker_that_says_watchdog_trigger_is_handled_as_hung() {
         let dir = tempfile::tempdir().unwrap();
         let once = dir.path().join("triggered");
         // The first worker triggers; its replacement sees the file and serves.
-        let worker = format!(
-            "import os, socket, time\n\
-             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
-             to = os.environ['NOTIFY_SOCKET']\n\
-             s.sendto(b'READY=1', to)\n\
+        let worker = notify_worker(&format!(
+            "s.sendto(b'READY=1', to)\n\
              if not os.path.exists({once:?}):\n\
              \x20   open({once:?}, 'w').close()\n\
              \x20   s.sendto(b'WATCHDOG=trigger', to)\n\
              time.sleep(1000)\n"
-        );
+        ));
         let sup = Sup::run(
             &["--admin", "off", "--ready", "notify", "--watchdog", "0"],
             &["python3", "-c", &worker],
@@ -3456,13 +3451,13 @@ async fn a_worker_that_says_watchdog_trigger_is_handled_as_hung() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_sets_its_own_heartbeat_limit() {
     within(Duration::from_secs(60), async {
-        let worker = "import os, socket, time\n\
-             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
-             s.sendto(b'READY=1\\nWATCHDOG=1\\nWATCHDOG_USEC=300000', os.environ['NOTIFY_SOCKET'])\n\
-             time.sleep(1000)\n";
+        let worker = notify_worker(
+            "s.sendto(b'READY=1\\nWATCHDOG=1\\nWATCHDOG_USEC=300000', to)\n\
+             time.sleep(1000)\n",
+        );
         let sup = Sup::run(
             &["--admin", "off", "--ready", "notify", "--watchdog", "60s"],
-            &["python3", "-c", worker],
+            &["python3", "-c", &worker],
         );
         let pid = sup.wait_ready(0, 1).await[0];
         sup.wait_line(
@@ -3473,7 +3468,10 @@ async fn a_worker_sets_its_own_heartbeat_limit() {
         )
         .await;
         let hung = sup
-            .wait_line(0, &[&format!("pid {pid} is hung (watchdog: no WATCHDOG=1 for")])
+            .wait_line(
+                0,
+                &[&format!("pid {pid} is hung (watchdog: no WATCHDOG=1 for")],
+            )
             .await;
         assert!(ms_after(&hung, "no WATCHDOG=1 for ") < 60_000.0, "{hung}");
     })
@@ -3486,20 +3484,19 @@ async fn a_worker_sets_its_own_heartbeat_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_heartbeat_limit_counts_from_when_it_is_set() {
     within(Duration::from_secs(60), async {
-        let worker = "import os, socket, time\n\
-             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
-             to = os.environ['NOTIFY_SOCKET']\n\
-             s.sendto(b'READY=1\\nWATCHDOG=1', to)\n\
+        let worker = notify_worker(
+            "s.sendto(b'READY=1\\nWATCHDOG=1', to)\n\
              time.sleep(4)\n\
              s.sendto(b'WATCHDOG_USEC=3000000', to)\n\
              for _ in range(6):\n\
              \x20   time.sleep(0.5)\n\
              \x20   s.sendto(b'WATCHDOG=1', to)\n\
              print('beat 6 times', flush=True)\n\
-             time.sleep(1000)\n";
+             time.sleep(1000)\n",
+        );
         let sup = Sup::run(
             &["--admin", "off", "--ready", "notify", "--watchdog", "10s"],
-            &["python3", "-c", worker],
+            &["python3", "-c", &worker],
         );
         let pid = sup.wait_ready(0, 1).await[0];
         sup.wait_line(0, &[&format!("pid {pid}] beat 6 times")])
@@ -3515,17 +3512,16 @@ async fn a_new_heartbeat_limit_counts_from_when_it_is_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_time_while_serving_holds_the_heartbeat_until_the_next_one() {
     within(Duration::from_secs(60), async {
-        let worker = "import os, socket, time\n\
-             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
-             to = os.environ['NOTIFY_SOCKET']\n\
-             s.sendto(b'READY=1\\nWATCHDOG=1\\nEXTEND_TIMEOUT_USEC=4000000', to)\n\
+        let worker = notify_worker(
+            "s.sendto(b'READY=1\\nWATCHDOG=1\\nEXTEND_TIMEOUT_USEC=4000000', to)\n\
              time.sleep(2.5)\n\
              print('back', flush=True)\n\
              s.sendto(b'WATCHDOG=1', to)\n\
-             time.sleep(1000)\n";
+             time.sleep(1000)\n",
+        );
         let sup = Sup::run(
             &["--admin", "off", "--ready", "notify", "--watchdog", "1s"],
-            &["python3", "-c", worker],
+            &["python3", "-c", &worker],
         );
         let pid = sup.wait_ready(0, 1).await[0];
         sup.wait_line(
@@ -3552,14 +3548,13 @@ async fn more_time_while_serving_holds_the_heartbeat_until_the_next_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serving_worker_cannot_hold_off_its_stop_signal_by_asking() {
     within(Duration::from_secs(60), async {
-        let worker = "import os, socket, time\n\
-             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
-             to = os.environ['NOTIFY_SOCKET']\n\
-             s.sendto(b'READY=1', to)\n\
+        let worker = notify_worker(
+            "s.sendto(b'READY=1', to)\n\
              s.sendto(b'STATUS=tainted: test', to)\n\
              while True:\n\
              \x20   s.sendto(b'EXTEND_TIMEOUT_USEC=60000000', to)\n\
-             \x20   time.sleep(0.2)\n";
+             \x20   time.sleep(0.2)\n",
+        );
         let sup = Sup::run(
             &[
                 "--admin",
@@ -3569,7 +3564,7 @@ async fn a_serving_worker_cannot_hold_off_its_stop_signal_by_asking() {
                 "--dump-grace",
                 "500ms",
             ],
-            &["python3", "-c", worker],
+            &["python3", "-c", &worker],
         );
         let pid = sup.wait_ready(0, 1).await[0];
         sup.wait_line(0, &[&format!("pid {pid} is tainted")]).await;

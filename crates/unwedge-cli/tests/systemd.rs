@@ -120,13 +120,12 @@ async fn a_workers_request_for_more_time_reaches_systemd_while_it_waits() {
         let sd = UnixDatagram::bind(&notify_path).unwrap();
         sd.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        let worker = "import os, socket, time\n\
-             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
-             to = os.environ['NOTIFY_SOCKET']\n\
-             s.sendto(b'EXTEND_TIMEOUT_USEC=30000000', to)\n\
+        let worker = notify_worker(
+            "s.sendto(b'EXTEND_TIMEOUT_USEC=30000000', to)\n\
              time.sleep(1.5)\n\
              s.sendto(b'READY=1', to)\n\
-             time.sleep(1000)\n";
+             time.sleep(1000)\n",
+        );
         let sup = Sup::start_env(
             &[
                 "run",
@@ -139,7 +138,7 @@ async fn a_workers_request_for_more_time_reaches_systemd_while_it_waits() {
                 "--",
                 "python3",
                 "-c",
-                worker,
+                &worker,
             ],
             &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
         );

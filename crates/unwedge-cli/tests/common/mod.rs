@@ -258,6 +258,19 @@ impl Drop for Sup {
     }
 }
 
+/// A Python worker speaking sd_notify: `body` runs with `os`, `signal`, `socket`, `sys` and
+/// `time` imported, `s` a datagram socket and `to` the supervisor's `NOTIFY_SOCKET`
+/// (`s.sendto(b'READY=1', to)`). For `python3 -c`.
+#[allow(dead_code)] // Not every test binary uses it.
+pub fn notify_worker(body: &str) -> String {
+    format!(
+        "import os, signal, socket, sys, time\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         to = os.environ['NOTIFY_SOCKET']\n\
+         {body}"
+    )
+}
+
 /// The pid in a supervisor line such as `w1 pid 123 ready in …`.
 pub fn pid_in(line: &str) -> Option<i32> {
     let i = line.find(" pid ")?;
