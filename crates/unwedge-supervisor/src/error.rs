@@ -63,10 +63,7 @@ impl FilePosition {
     /// nearest line at or before it that sets one: an error inside a value that spans lines
     /// (an array) belongs to the key that opened it.
     pub fn of(text: &str, offset: usize) -> FilePosition {
-        let mut offset = offset.min(text.len());
-        while !text.is_char_boundary(offset) {
-            offset -= 1;
-        }
+        let offset = crate::text::floor_char_boundary(text, offset);
         let before = &text[..offset];
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);

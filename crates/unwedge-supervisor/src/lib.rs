@@ -44,6 +44,7 @@ pub mod shim;
 pub mod socket;
 mod supervisor;
 pub mod systemd;
+mod text;
 
 pub use config::{Config, ListenAddr, LogFormat, Options, ReadyMode, ReloadMode};
 pub use error::{ConfigError, StartError};

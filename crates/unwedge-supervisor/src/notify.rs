@@ -196,14 +196,7 @@ pub const MAX_STATUS_BYTES: usize = 1024;
 
 /// `STATUS=` text cut to [`MAX_STATUS_BYTES`] at a character boundary, `…` marking a cut.
 fn status_text(s: &str) -> String {
-    if s.len() <= MAX_STATUS_BYTES {
-        return s.to_owned();
-    }
-    let mut end = MAX_STATUS_BYTES - '…'.len_utf8();
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    crate::text::cut_marked(s, MAX_STATUS_BYTES).into_owned()
 }
 
 /// A decimal number of microseconds, as systemd reads it (digits only), capped at

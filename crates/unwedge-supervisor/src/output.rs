@@ -131,10 +131,7 @@ fn new_tail(pid: i32) -> Arc<Tail> {
 
 impl Tail {
     fn push(&self, line: &str) {
-        let mut cut = line.len().min(TAIL_LINE_MAX);
-        while !line.is_char_boundary(cut) {
-            cut -= 1;
-        }
+        let cut = crate::text::floor_char_boundary(line, TAIL_LINE_MAX);
         let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         if lines.len() == STDERR_TAIL_LINES {
             lines.pop_front();

@@ -273,14 +273,7 @@ pub fn clear_wedged(source: &str) {
 /// `route` as a key of [`Health::panics_by_route`]: at most [`MAX_ROUTE_KEY`] bytes, a longer
 /// one cut at a character boundary and ended with `…` (a route already cut stays as it is).
 pub(crate) fn route_key(route: &str) -> std::borrow::Cow<'_, str> {
-    if route.len() <= MAX_ROUTE_KEY {
-        return route.into();
-    }
-    let mut end = MAX_ROUTE_KEY - '…'.len_utf8();
-    while !route.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &route[..end]).into()
+    crate::text::cut_marked(route, MAX_ROUTE_KEY)
 }
 
 /// Records a caught panic: counts it by route and keeps the report among the recent ones.

@@ -44,6 +44,7 @@ pub mod serve;
 pub mod state;
 pub mod sync;
 pub mod task;
+mod text;
 pub mod watchdog;
 
 pub use health::{health, Health, HealthState};

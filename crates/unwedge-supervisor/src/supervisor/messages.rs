@@ -248,37 +248,39 @@ impl Pool {
             if (signalled || draining) && self.stopping {
                 self.stop_deadline = later(self.stop_deadline);
             }
-            (signalled || draining).then_some("its stop")
+            (signalled || draining).then_some(Phase::Stop)
         } else if w.ready_at.is_none() {
             w.ready_extended = Extension::renewed(w.ready_extended, now, until);
-            Some("its start")
+            Some(Phase::Start)
         } else if w.heartbeat_deadline().is_some() {
             w.heartbeat_extended = Extension::renewed(w.heartbeat_extended, now, until);
-            Some("its heartbeat")
+            Some(Phase::Heartbeat)
         } else {
             None
         };
-        let Some(what) = what else {
+        let Some(phase) = what else {
             tracing::debug!(
                 "{id} pid {pid} asked for more time (EXTEND_TIMEOUT_USEC) with no deadline of \
                  its own to move; ignored"
             );
             return;
         };
-        if w.extension_told == Some(what) {
+        let what = phase.as_str();
+        if w.extension_told == Some(phase) {
             tracing::debug!(
                 "{id} pid {pid} asked for more time for {what} again: {}",
                 fmt_dur(more)
             );
         } else {
-            w.extension_told = Some(what);
+            w.extension_told = Some(phase);
             tracing::info!(
                 "{id} pid {pid} asked for more time for {what}: {} from now \
                  (EXTEND_TIMEOUT_USEC; renewals are logged at debug)",
                 fmt_dur(more)
             );
         }
-        if what != "its heartbeat" && (!self.first_ready || self.reload.is_some() || self.stopping)
+        if phase != Phase::Heartbeat
+            && (!self.first_ready || self.reload.is_some() || self.stopping)
         {
             self.systemd.extend_timeout(more);
         }

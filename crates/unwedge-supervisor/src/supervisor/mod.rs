@@ -572,7 +572,7 @@ struct Worker {
     /// It said `STOPPING=1`: it leaves on its own, and may ask for more time to finish.
     said_stopping: bool,
     /// What it last asked more time for, said at `info` once a phase (renewals are `debug`).
-    extension_told: Option<&'static str>,
+    extension_told: Option<Phase>,
     /// The log said it sent a malformed notify line.
     malformed_told: bool,
     port: Option<u16>,
@@ -593,6 +593,24 @@ struct Worker {
     last_pss: Option<u64>,
     /// When it has run its `--max-lifetime` (less up to 10 %, at random).
     retire_at: Option<Instant>,
+}
+
+/// What a worker's `EXTEND_TIMEOUT_USEC=` gave it more time for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Start,
+    Stop,
+    Heartbeat,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Start => "its start",
+            Phase::Stop => "its stop",
+            Phase::Heartbeat => "its heartbeat",
+        }
+    }
 }
 
 /// A deadline a worker moved with `EXTEND_TIMEOUT_USEC=`, and when it asked (a stall of the

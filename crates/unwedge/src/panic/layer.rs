@@ -409,10 +409,7 @@ pub fn grpc_error_response(ctx: &ResponseContext<'_>) -> Response<Bytes> {
 fn grpc_status(request_id: &str, detail: Option<&str>) -> http::HeaderMap {
     let mut text = format!("Internal Server Error (request {request_id})");
     if let Some(d) = detail {
-        let mut cut = d.len().min(MAX_GRPC_DETAIL);
-        while !d.is_char_boundary(cut) {
-            cut -= 1;
-        }
+        let cut = crate::text::floor_char_boundary(d, MAX_GRPC_DETAIL);
         text.push_str(": ");
         text.push_str(&d[..cut]);
         if cut < d.len() {

@@ -276,7 +276,7 @@ pub(crate) const MAX_STATUS: usize = 1024;
 /// Notify messages are newline-separated `KEY=value` lines: a value must be one line, and a
 /// `STATUS=` value at most [`MAX_STATUS`] bytes.
 pub(crate) fn one_line(s: &str) -> String {
-    let end = floor_char_boundary(s, MAX_STATUS);
+    let end = crate::text::floor_char_boundary(s, MAX_STATUS);
     let mut line = s[..end].replace(['\n', '\r'], " ");
     if end < s.len() {
         line.push('…');
@@ -353,7 +353,7 @@ pub fn encode_report(report: &PanicReport) -> String {
         let room = budget.saturating_sub(others + MARK.len());
         let msg = value["message"].as_str().unwrap_or("").to_owned();
         // JSON escaping can grow text: shrink until the encoded form fits.
-        let mut end = floor_char_boundary(&msg, room);
+        let mut end = crate::text::floor_char_boundary(&msg, room);
         loop {
             let candidate = format!("{}{MARK}", &msg[..end]);
             value["message"] = serde_json::Value::String(candidate);
@@ -361,7 +361,7 @@ pub fn encode_report(report: &PanicReport) -> String {
             if fits(&value) || end == 0 {
                 break;
             }
-            end = floor_char_boundary(&msg, end.saturating_sub(end / 8 + 1));
+            end = crate::text::floor_char_boundary(&msg, end.saturating_sub(end / 8 + 1));
         }
     }
     let json = serde_json::to_string(&value).unwrap_or_else(|_| "{}".into());
@@ -377,21 +377,11 @@ const MAX_REQUEST_TEXT: usize = 1024;
 fn shorten(text: &mut serde_json::Value, max: usize, mark: &str) -> bool {
     match text.as_str() {
         Some(s) if s.len() > max => {
-            *text = format!("{}{mark}", &s[..floor_char_boundary(s, max)]).into();
+            *text = format!("{}{mark}", &s[..crate::text::floor_char_boundary(s, max)]).into();
             true
         }
         _ => false,
     }
-}
-
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    if i >= s.len() {
-        return s.len();
-    }
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
 }
 
 #[cfg(test)]
