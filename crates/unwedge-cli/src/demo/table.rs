@@ -28,6 +28,9 @@ pub(crate) struct Analysis {
     pub(crate) timeout_unattributed: u64,
     pub(crate) other_unattributed: u64,
     pub(crate) refused: u64,
+    /// When the failures outside every kill window happened, for the reader of a failed
+    /// `--check` to find them in the event log: `reset at 6.15–6.20s (load)`.
+    pub(crate) unattributed_at: Vec<String>,
     pub(crate) restarts: BTreeMap<&'static str, u64>,
     pub(crate) hang_latency: Vec<(Action, Duration)>,
     pub(crate) crash_to_ready: Vec<Duration>,
@@ -111,15 +114,53 @@ pub(crate) fn analyse(
         in_other += b.2.saturating_sub(a.2);
     }
     let in_window = |t: Instant| merged.iter().any(|(s, e)| t >= *s && t <= *e);
+    // The load client's failures are known per progress interval: an interval counts as
+    // a kill window's when it lies between the samples that bracket that window.
+    let secs = |t: Instant| t.saturating_duration_since(side.start).as_secs_f64();
+    let mut unattributed_at = Vec::new();
+    for pair in side.progress.windows(2) {
+        let ((s, before), (e, after)) = (&pair[0], &pair[1]);
+        let excused = merged.iter().any(|(ws, we)| {
+            let first = side.progress.iter().rev().find(|(t, _)| t <= ws);
+            let last = side.progress.iter().find(|(t, _)| t >= we);
+            first.is_none_or(|(t, _)| t <= s) && last.is_none_or(|(t, _)| t >= e)
+        });
+        if excused {
+            continue;
+        }
+        let (b, a) = (fails(before), fails(after));
+        for (kind, n) in [
+            ("reset", a.0.saturating_sub(b.0)),
+            ("timeout", a.1.saturating_sub(b.1)),
+            ("other failure", a.2.saturating_sub(b.2)),
+        ] {
+            if n > 0 {
+                unattributed_at.push(format!(
+                    "{n} {kind} at {:.2}–{:.2}s (load)",
+                    secs(*s),
+                    secs(*e)
+                ));
+            }
+        }
+    }
     let mut own_lost = 0;
     let (mut own_reset, mut own_timeout, mut own_other, mut own_refused) = (0, 0, 0, 0);
     for (t, r) in &side.own.failures {
         match r {
             Reply::Refused => own_refused += 1,
             _ if in_window(*t) => own_lost += 1,
-            Reply::Reset => own_reset += 1,
-            Reply::Timeout => own_timeout += 1,
-            _ => own_other += 1,
+            r => {
+                match r {
+                    Reply::Reset => own_reset += 1,
+                    Reply::Timeout => own_timeout += 1,
+                    _ => own_other += 1,
+                }
+                unattributed_at.push(format!(
+                    "{} at {:.2}s (own request)",
+                    r.describe(),
+                    secs(*t)
+                ));
+            }
         }
     }
     let crash_to_ready = log
@@ -175,6 +216,7 @@ pub(crate) fn analyse(
         timeout_unattributed: side.load.timeout - in_timeout + own_timeout,
         other_unattributed: side.load.other - in_other + own_other,
         refused: side.load.refused + own_refused,
+        unattributed_at,
         restarts,
         hang_latency,
         crash_to_ready,
@@ -610,6 +652,26 @@ pub(crate) fn problems(a: &Analysis, settled: bool) -> Vec<String> {
             a.timeout_unattributed, a.other_unattributed
         ));
     }
+    if !a.unattributed_at.is_empty() {
+        const SHOWN: usize = 8;
+        let mut when = a.unattributed_at[..a.unattributed_at.len().min(SHOWN)].join("; ");
+        if a.unattributed_at.len() > SHOWN {
+            let _ = write!(when, "; … {} more", a.unattributed_at.len() - SHOWN);
+        }
+        let samples: Vec<String> = a
+            .load
+            .samples
+            .iter()
+            .filter(|s| s.kind != "status")
+            .map(|s| format!("{} {}: {}", s.kind, s.request, s.message))
+            .collect();
+        if !samples.is_empty() {
+            let _ = write!(when, " (load client's examples: {})", samples.join("; "));
+        }
+        p.push(format!(
+            "failures outside kill windows, from the start of the run: {when}"
+        ));
+    }
     if a.own.violations > 0 {
         p.push(format!("{} invariant violation(s)", a.own.violations));
     }
@@ -814,6 +876,15 @@ mod tests {
                 .any(|m| m.contains("1 reset connection(s) outside any kill window")),
             "{p:?}"
         );
+        // And when, to find it in the event log.
+        assert!(
+            p.iter().any(|m| m.contains("1 reset at 3.00–3.10s (load)")),
+            "{p:?}"
+        );
+        // Inside the window, no time is listed.
+        assert!(analyse(&inside, &log, &Counters::default())
+            .unattributed_at
+            .is_empty());
 
         // No kill at all.
         let a = analyse(&side(t0, &[5.0], vec![]), &log, &Counters::default());
