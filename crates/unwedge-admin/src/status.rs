@@ -524,6 +524,42 @@ pub(crate) fn split_userinfo(url: &str, end: UserInfoEnd) -> (&str, Option<&str>
     }
 }
 
+/// `text` (a panic message, a line of stderr) with the user info of every URL in it cut as
+/// [`clean_url`] cuts a URL field's: `scheme://user:password@host` becomes `scheme://…@host`,
+/// the rest (query included) left as written; `None` when it holds no such URL. A URL is found
+/// by its `scheme://` (RFC 3986's scheme, in any case); its user info ends at the last `@`
+/// before the first `/`, `?` or `#` ([`UserInfoEnd::Authority`]), or before what no URL holds
+/// and so ends one in text: whitespace, a control character, `"`, `<`, `>`. (`'` and `)` may
+/// be in a password: they do not end it.)
+fn hide_userinfo_in_text(text: &str) -> Option<String> {
+    let mut out = String::new();
+    let (mut copied, mut from) = (0, 0);
+    while let Some(found) = text[from..].find("://") {
+        let before = &text[..from + found];
+        from = before.len() + "://".len();
+        let scheme_chars = before
+            .trim_end_matches(|c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            .len();
+        // A scheme starts with a letter (`1http://`: `http`).
+        let start = before[scheme_chars..]
+            .find(|c: char| c.is_ascii_alphabetic())
+            .map_or(before.len(), |i| scheme_chars + i);
+        let end = text[from..]
+            .find(|c: char| matches!(c, '"' | '<' | '>') || c.is_whitespace() || c.is_control())
+            .map_or(text.len(), |i| from + i);
+        match split_userinfo(&text[start..end], UserInfoEnd::Authority) {
+            // Cut already (`…`): left as it is.
+            (scheme, Some(user), _) if !scheme.is_empty() && user != "…" => {
+                out.push_str(&text[copied..from]);
+                out.push('…');
+                copied = from + user.len();
+            }
+            _ => {}
+        }
+    }
+    (copied > 0).then(|| out + &text[copied..])
+}
+
 /// A panic report a worker sent, as received but for its credentials.
 ///
 /// `report` is the worker's `PanicReport` JSON, kept as a raw value so that workers of another
@@ -533,10 +569,11 @@ pub(crate) fn split_userinfo(url: &str, end: UserInfoEnd) -> (&str, Option<&str>
 ///
 /// Any worker may send a report, and not every one redacts: [`new`](Self::new) replaces the
 /// values of the [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) in `request.headers` (names in
-/// any case) with [`REDACTED`], and cuts the user info, query and fragment off `request.path`
-/// and URL headers (`https://user:pw@host/x?token=…` becomes `https://…@host/x`), so
-/// that `/status`, the report directory, alerts and the `route` label of `/metrics` never hold
-/// them.
+/// any case) with [`REDACTED`], cuts the user info, query and fragment off `request.path`
+/// and URL headers (`https://user:pw@host/x?token=…` becomes `https://…@host/x`), and the user
+/// info off every URL in the `message` (`postgres://app:pw@db/x` becomes `postgres://…@db/x`),
+/// so that `/status`, the report directory, alerts and the `route` label of `/metrics` never
+/// hold them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PanicRecord {
@@ -568,6 +605,10 @@ impl PanicRecord {
     ///     "Referer": "https://alice:s3cret@shop.example/cart?token=s3cret"}}});
     /// let r = PanicRecord::new(None, report);
     /// assert_eq!(r.report["request"]["headers"]["Referer"], "https://…@shop.example/cart");
+    ///
+    /// let report = serde_json::json!({"message": "no DB at postgres://app:s3cret@db/app?x=1"});
+    /// let r = PanicRecord::new(None, report);
+    /// assert_eq!(r.report["message"], "no DB at postgres://…@db/app?x=1");
     /// ```
     pub fn new(worker: Option<&str>, report: serde_json::Value) -> Self {
         let mut r = PanicRecord {
@@ -586,7 +627,13 @@ impl PanicRecord {
     /// first `/`, `?` or `#`, shown as `…@`), the query and the fragment off `request.path`,
     /// `request.route`, a `Referer` header's value and any header value starting with a URL
     /// scheme (`https://`, `HTTPS://`, `wss://`),
-    /// as the `unwedge` library reports them (each value of a list, as Go's `http.Header` has). Returns whether anything was changed.
+    /// as the `unwedge` library reports them (each value of a list, as Go's `http.Header` has).
+    /// In the top-level `message` (free text: a worker's panic message may quote a URL it
+    /// failed to reach), it cuts the user info of every URL, as the `unwedge` library does:
+    /// a URL is found by its `scheme://` (any scheme, any case), its user info ends at the last
+    /// `@` before the first `/`, `?`, `#`, whitespace, control character, `"`, `<` or `>`, and
+    /// is shown `…`; the rest of the message, a URL's query included, is left as written.
+    /// Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
         let secret = |name: &str| {
             crate::page::REDACTED_HEADERS
@@ -603,8 +650,14 @@ impl PanicRecord {
         };
         let redacted = || serde_json::Value::String(REDACTED.to_owned());
         let mut changed = false;
+        if let Some(serde_json::Value::String(message)) = self.report.get_mut("message") {
+            if let Some(hidden) = hide_userinfo_in_text(message) {
+                *message = hidden;
+                changed = true;
+            }
+        }
         let Some(request) = self.report.get_mut("request") else {
-            return false;
+            return changed;
         };
         // The route template too: any worker may send one, and it is the metrics label.
         for field in ["path", "route"] {
@@ -748,8 +801,11 @@ impl ExitRecord {
     /// in a list, `["a=1", "id=x"]`, every one of them),
     /// or else everything up to the next `"` or the end of the line: `,` and `;` do not end
     /// it, since cookies and some schemes hold them, nor does a quoted parameter in it (a `"`
-    /// right after `=`: Digest's `response="…"`, a cookie's `a="…"`). Nothing else in the
-    /// line is changed.
+    /// right after `=`: Digest's `response="…"`, a cookie's `a="…"`).
+    ///
+    /// It also cuts the user info of every URL in a line, as in a report's `message` (see
+    /// [`PanicRecord::redact`]): `error: redis://:hunter2@cache:6379 refused` becomes
+    /// `error: redis://…@cache:6379 refused`. Nothing else in the line is changed.
     ///
     /// ```
     /// use unwedge_admin::{ExitRecord, ExitStatus};
@@ -758,12 +814,14 @@ impl ExitRecord {
     /// exit.last_stderr_lines = vec![
     ///     r#"{"level":"error","authorization": "Bearer sk_live_abc","path":"/pay"}"#.into(),
     ///     "Cookie: session=abc; theme=dark".into(),
+    ///     "error: redis://:hunter2@cache:6379 refused".into(),
     ///     "connection reset by peer".into(),
     /// ];
     /// assert!(exit.redact());
     /// assert_eq!(exit.last_stderr_lines, [
     ///     r#"{"level":"error","authorization": "[redacted]","path":"/pay"}"#,
     ///     "Cookie: [redacted]",
+    ///     "error: redis://…@cache:6379 refused",
     ///     "connection reset by peer",
     /// ]);
     /// ```
@@ -790,8 +848,8 @@ impl ExitRecord {
 /// What replaces a credential found in a line of text (a worker's stderr).
 const REDACTED_IN_TEXT: &str = "[redacted]";
 
-/// `line` with the value after each credential name replaced by [`REDACTED_IN_TEXT`] (the
-/// rules: [`ExitRecord::redact`]); `None` when it has none.
+/// `line` with the value after each credential name replaced by [`REDACTED_IN_TEXT`] and the
+/// user info of each URL cut (the rules: [`ExitRecord::redact`]); `None` when it has neither.
 fn scrub_credentials(line: &str) -> Option<String> {
     let lower = line.to_ascii_lowercase();
     let (bytes, lower) = (line.as_bytes(), lower.as_bytes());
@@ -818,7 +876,8 @@ fn scrub_credentials(line: &str) -> Option<String> {
         out.push_str(REDACTED_IN_TEXT);
         (copied, at) = (end, end);
     }
-    (copied > 0).then(|| out + &line[copied..])
+    let scrubbed = (copied > 0).then(|| out + &line[copied..]);
+    hide_userinfo_in_text(scrubbed.as_deref().unwrap_or(line)).or(scrubbed)
 }
 
 /// Where the value after a credential name is in `rest`, what follows the name: an optional
@@ -1028,10 +1087,90 @@ mod tests {
         );
     }
 
+    /// Messages with a URL's user info, as cut; those without, as written.
+    const MESSAGES: &[(&str, &str)] = &[
+        (
+            "failed to connect to postgres://app:s3cret@db/x",
+            "failed to connect to postgres://…@db/x",
+        ),
+        (
+            "error: redis://:hunter2@cache:6379 refused",
+            "error: redis://…@cache:6379 refused",
+        ),
+        (
+            "POSTGRES://App:s3cret@DB/x?sslmode=require",
+            "POSTGRES://…@DB/x?sslmode=require",
+        ),
+        // Several URLs, the last one at the very end of the text.
+        (
+            r#"tried https://a:s3cret@one/x, then ("wss://b:s3cret@two") and ftp://c:s3cret@three"#,
+            r#"tried https://…@one/x, then ("wss://…@two") and ftp://…@three"#,
+        ),
+        // The last `@` of the authority ends the user info; `:`, `'` and `)` may be in it.
+        ("amqp://u:p:a@ss@mq/vh", "amqp://…@mq/vh"),
+        (
+            "dsn='mysql://root:s'3)c:r@db:3306/app'",
+            "dsn='mysql://…@db:3306/app'",
+        ),
+        // Multibyte text around it, and in it.
+        (
+            "échec: postgres://é:日本s3cret@hôte/ü — réessayez",
+            "échec: postgres://…@hôte/ü — réessayez",
+        ),
+        ("日本postgres://u:s3cret@db", "日本postgres://…@db"),
+        // No user info: an `@` past the authority, an e-mail, no scheme, cut already.
+        (
+            "GET https://host/@alice?next=a@b#c@d failed",
+            "GET https://host/@alice?next=a@b#c@d failed",
+        ),
+        (
+            "see https://host/x, mail bob@example.com",
+            "see https://host/x, mail bob@example.com",
+        ),
+        ("1://u:p@h and ://u:p@h", "1://u:p@h and ://u:p@h"),
+        ("cut already: https://…@db/x", "cut already: https://…@db/x"),
+    ];
+
+    #[test]
+    fn a_url_password_in_a_reports_message_is_cut() {
+        for &(message, shown) in MESSAGES {
+            let mut r = PanicRecord::new(None, serde_json::json!({ "message": message }));
+            assert_eq!(r.report["message"], shown, "{message}");
+            assert!(!r.redact(), "a second redaction changes nothing: {message}");
+            let mut r = PanicRecord {
+                report: serde_json::json!({ "message": message }),
+                ..r
+            };
+            assert_eq!(r.redact(), message != shown, "{message}");
+        }
+        // Another report field holding text is not a message: left to its own rules.
+        let r = PanicRecord::new(
+            None,
+            serde_json::json!({"location": "a://u:p@h", "message": 7}),
+        );
+        assert_eq!(
+            r.report,
+            serde_json::json!({"location": "a://u:p@h", "message": 7})
+        );
+    }
+
     use super::scrub_credentials;
 
     fn scrubbed(line: &str) -> String {
         scrub_credentials(line).unwrap_or_else(|| line.to_owned())
+    }
+
+    #[test]
+    fn a_url_password_in_a_stderr_line_is_cut() {
+        for &(line, shown) in MESSAGES {
+            assert_eq!(scrubbed(line), shown, "{line}");
+            assert_eq!(scrub_credentials(line).is_some(), line != shown, "{line}");
+        }
+        // With a credential header in the same line.
+        assert_eq!(
+            scrubbed(r#"{"msg":"GET postgres://u:s3cret@db failed","authorization":"Basic x"}"#),
+            r#"{"msg":"GET postgres://…@db failed","authorization":"[redacted]"}"#
+        );
     }
 
     #[test]
@@ -1253,6 +1392,25 @@ mod tests {
             prop_assert!(!out.contains(&secret), "{line:?} gave {out:?}");
         }
 
+        /// A URL's password (`:`, `@`, `'`, `)`, `%`, multibyte characters in it) anywhere in
+        /// a line, in any scheme of any case, whatever text surrounds it, never reaches a
+        /// report, `/status` or an alert.
+        #[test]
+        fn a_planted_url_password_never_survives_the_scrubber(
+            before in noise(12),
+            sep in prop::sample::select(vec![" ", "\t", "(", "\"", "'", "<", "=", "é", "\\\""]),
+            scheme in "[A-PR-Za-z][A-PR-Za-z0-9+.-]{0,8}",
+            user in "[a-z0-9é]{0,6}",
+            secret in "Q[A-Za-z0-9._~!$&'()*+,;=%:@é日-]{1,16}",
+            host in "[a-z0-9.-]{1,12}(:[0-9]{1,5})?",
+            tail in "(/[a-z0-9._@é日-]{0,8}){0,2}(\\?[a-z=@&]{0,8})?",
+            after in noise(12),
+        ) {
+            let line = format!("{before}{sep}{scheme}://{user}:{secret}@{host}{tail}{after}");
+            let out = scrubbed(&line);
+            prop_assert!(!out.contains(&secret), "{line:?} gave {out:?}");
+        }
+
         /// Any text: no panic, and a line that names no credential is left as written.
         #[test]
         fn the_scrubber_takes_any_line(line in noise(200), name in credential_name(), at in any::<prop::sample::Index>()) {
@@ -1276,9 +1434,9 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
         /// A report's credentials (credential headers in any case, user info, query and
-        /// fragment of its path, route and URL headers), in every form a worker may send its
-        /// headers (an object of strings, Go's object of lists, a list of pairs), never reach
-        /// what is stored or shown.
+        /// fragment of its path, route and URL headers, the user info of a URL in its
+        /// message), in every form a worker may send its headers (an object of strings, Go's
+        /// object of lists, a list of pairs), never reach what is stored or shown.
         #[test]
         fn a_report_never_keeps_a_credential(
             secret in "Q[A-Za-z0-9._~!$&'()*+,;=%-]{1,16}",
@@ -1305,7 +1463,11 @@ mod tests {
                 ),
                 _ => headers.iter().map(|(n, v)| serde_json::json!([n, v])).collect(),
             };
-            let report = serde_json::json!({"message": "boom", "request": {
+            // In free text: its user info cut, its query left as written (the message here
+            // has none).
+            let scheme = if scheme.is_empty() { "postgres://" } else { scheme };
+            let message = format!("é failed: {scheme}user:{secret}@{host}{path} — retry");
+            let report = serde_json::json!({"message": message, "request": {
                 "method": "GET", "path": url, "route": url, "headers": headers}});
             let record = Record::Panic(PanicRecord::new(Some("w1"), report));
             let stored = serde_json::to_string(&record).unwrap();

@@ -576,6 +576,80 @@ async fn authorization_and_cookies_never_reach_the_report_or_the_logs() {
 }
 
 #[tokio::test]
+async fn a_url_password_in_a_panic_message_never_reaches_the_report_the_logs_or_the_client() {
+    support::own_process();
+    let logs = LogBuf::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+    within(async {
+        let keep = Keep::default();
+        let app = Router::new()
+            .route(
+                "/db",
+                get(|| async {
+                    let password = "s3cret-pg";
+                    if true {
+                        // A `String` payload.
+                        panic!("failed to connect to postgres://app:{password}@db:5432/app");
+                    }
+                }),
+            )
+            .route(
+                "/cache",
+                get(|| async {
+                    if true {
+                        // A `&str` payload.
+                        panic!("error: REDIS://:hunter2-cache@cache:6379 refused");
+                    }
+                }),
+            )
+            .layer(
+                PanicLayer::new()
+                    .expose_details(true)
+                    .sink(Arc::new(keep.clone())),
+            );
+        let addr = start(app).await;
+        let db = send(addr, "GET", "/db", &[("x-request-id", "url-1")], "").await;
+        let cache = send(addr, "GET", "/cache", &[], "").await;
+        assert_eq!(
+            assert_problem(&db)["detail"],
+            "failed to connect to postgres://…@db:5432/app"
+        );
+        assert_eq!(
+            assert_problem(&cache)["detail"],
+            "error: REDIS://…@cache:6379 refused"
+        );
+
+        let reports = keep.all();
+        assert_eq!(reports.len(), 2);
+        assert_eq!(
+            reports[0].message,
+            "failed to connect to postgres://…@db:5432/app"
+        );
+        assert_eq!(reports[1].message, "error: REDIS://…@cache:6379 refused");
+        let json = serde_json::to_string(&reports).unwrap();
+        let from_health = serde_json::to_string(&unwedge::health()).unwrap();
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged.contains("url-1"),
+            "the event must be logged: {logged}"
+        );
+        assert!(logged.contains("postgres://…@db:5432/app"), "{logged}");
+        for secret in ["s3cret-pg", "hunter2-cache"] {
+            assert!(!json.contains(secret), "{secret} in reports {json}");
+            assert!(!from_health.contains(secret), "{secret} in health");
+            assert!(!logged.contains(secret), "{secret} in logs {logged}");
+            assert!(!db.body.contains(secret) && !cache.body.contains(secret));
+        }
+    })
+    .await
+}
+
+#[tokio::test]
 async fn request_id_is_set_on_the_500_and_only_echoed_on_success_when_asked() {
     within(async {
         let comments = Arc::new(Tx::named("comments", vec!["a".to_owned()]));

@@ -2,7 +2,8 @@
 //! `x-request-id` and header bytes, gRPC or not, and a handler that panics with any text in
 //! `call`, in its future or in its response body (or does not panic). The answer is always
 //! well formed, the request id it carries is bounded, the panic text reaches the client only
-//! with `expose_details(true)`, and no secret reaches the report.
+//! with `expose_details(true)` (at most 1 KiB of it in a problem's `detail`), and no secret,
+//! a URL's password in the panic text included, reaches the report or the client.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -89,25 +90,38 @@ struct Case {
     capture: bool,
     at: Where,
     message: String,
+    /// `message` as a report shows it: a URL's password planted in it hidden.
+    shown: String,
 }
 
 fn case() -> impl Strategy<Value = Case> {
     let at = prop::sample::select(vec![Where::Never, Where::Call, Where::Future, Where::Body]);
     (
         (method(), path(), request_id()),
-        (any::<[bool; 4]>(), at, text()),
+        (any::<[bool; 5]>(), at, text()),
     )
         .prop_map(
-            |((method, path, id), ([grpc, expose, echo, capture], at, message))| Case {
-                method,
-                path,
-                id,
-                grpc,
-                expose,
-                echo,
-                capture,
-                at,
-                message: format!("{PANIC_TEXT}{message}"),
+            |((method, path, id), ([grpc, expose, echo, capture, url], at, message))| {
+                // A URL with a password, as in a failed connection's error.
+                let (url, url_shown) = match url {
+                    true => (
+                        format!(" postgres://app:{SECRET}@db/x "),
+                        " postgres://…@db/x ",
+                    ),
+                    false => (String::new(), ""),
+                };
+                Case {
+                    method,
+                    path,
+                    id,
+                    grpc,
+                    expose,
+                    echo,
+                    capture,
+                    at,
+                    message: format!("{PANIC_TEXT}{url}{message}"),
+                    shown: format!("{PANIC_TEXT}{url_shown}{message}"),
+                }
             },
         )
 }
@@ -211,6 +225,7 @@ fn check_grpc(c: &Case, h: &HeaderMap, id: &str) -> Result<(), TestCaseError> {
     prop_assert!(message.len() < 4 * 1024, "{} bytes", message.len());
     prop_assert!(message.contains(id), "{message}");
     prop_assert_eq!(message.contains(PANIC_TEXT), c.expose, "{}", message);
+    prop_assert!(!message.contains(SECRET), "{}", message);
     Ok(())
 }
 
@@ -260,9 +275,19 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
                     serde_json::from_slice(body).expect("problem+json parses");
                 prop_assert_eq!(v["request_id"].as_str(), Some(id.as_str()));
                 let detail = v.get("detail").and_then(|d| d.as_str());
-                let want = c.expose.then_some(c.message.as_str());
-                prop_assert_eq!(detail, want);
-                prop_assert_eq!(String::from_utf8_lossy(body).contains(PANIC_TEXT), c.expose);
+                prop_assert_eq!(detail.is_some(), c.expose);
+                if let Some(d) = detail {
+                    // The message as the report shows it, at most 1 KiB of it (`…` if cut).
+                    prop_assert!(d.len() <= 1024, "{} bytes", d.len());
+                    prop_assert_eq!(d == c.shown, c.shown.len() <= 1024);
+                    if d != c.shown {
+                        let kept = d.strip_suffix('…').expect("a cut is marked");
+                        prop_assert!(c.shown.starts_with(kept), "{kept:?} is not a prefix");
+                    }
+                }
+                let body = String::from_utf8_lossy(body);
+                prop_assert_eq!(body.contains(PANIC_TEXT), c.expose);
+                prop_assert!(!body.contains(SECRET), "{}", body);
             }
         }
     }
@@ -291,7 +316,7 @@ fn run(c: &Case) -> Result<(), TestCaseError> {
     let reports = keep.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
     prop_assert_eq!(reports.len(), usize::from(c.at != Where::Never));
     for r in &reports {
-        prop_assert_eq!(&r.message, &c.message);
+        prop_assert_eq!(&r.message, &c.shown);
         let json = serde_json::to_string(r).expect("a report serializes");
         prop_assert!(!json.contains(SECRET), "{}", json);
         let line = encode_report(r);
@@ -314,7 +339,8 @@ proptest! {
     /// `x-request-id` is the client's sane id or a generated one (never more than
     /// `MAX_REQUEST_ID_LEN` bytes of the client's), the panic text reaches the client only
     /// with `expose_details`, and the report (and its notify message, within its limit)
-    /// shows no credential, no URL password, no query.
+    /// and the answer show no credential, no URL password (in a header or the panic text),
+    /// no query.
     #[test]
     fn any_request_gets_a_well_formed_answer_and_a_report_without_secrets(c in case()) {
         // A subscriber that drops everything: the hook then prints no `thread panicked` line

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::layer::RequestScope;
+use super::report::hide_userinfo_in_text;
 
 /// What the hook and the state guards learned about the panic now unwinding on this thread.
 #[derive(Debug, Clone)]
@@ -268,13 +269,32 @@ pub(crate) fn take_for(payload: &(dyn std::any::Any + Send)) -> Captured {
     chosen
 }
 
-/// Extracts the message from a panic payload (`&str` or `String`; anything else is opaque).
+/// Extracts the message from a panic payload (`&str` or `String`; anything else is opaque),
+/// the user and password of every URL in it shown `…` (`postgres://…@db/app`, see
+/// [`hide_userinfo_in_text`]): the report, its log event, the notify message, a client's
+/// `detail`, a backtrace's label and a poisoned mutex's error all take the message from here.
 pub(crate) fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
+    let text = if let Some(s) = payload.downcast_ref::<&str>() {
+        *s
     } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
+        s.as_str()
     } else {
-        "Box<dyn Any>".to_owned()
+        return "Box<dyn Any>".to_owned();
+    };
+    hide_userinfo_in_text(text).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payloads_message_shows_no_url_password() {
+        let text = "failed to connect to postgres://app:s3cret@db:5432/app";
+        let shown = "failed to connect to postgres://…@db:5432/app";
+        assert_eq!(payload_message(&text), shown);
+        assert_eq!(payload_message(&text.to_owned()), shown);
+        assert_eq!(payload_message(&"boom"), "boom");
+        assert_eq!(payload_message(&42), "Box<dyn Any>");
     }
 }

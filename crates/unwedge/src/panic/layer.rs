@@ -83,7 +83,8 @@ pub(crate) struct Handled {
 ///   already sent, so the client sees a truncated response).
 /// - Answers `500` with `content-type: application/problem+json` and
 ///   `{"type":"about:blank","title":"Internal Server Error","status":500,"request_id":"…"}`.
-///   The panic message is added as `"detail"` only with [`expose_details(true)`](Self::expose_details);
+///   The panic message (its first KiB) is added as `"detail"` only with
+///   [`expose_details(true)`](Self::expose_details);
 ///   [`respond_with`](Self::respond_with) replaces the answer entirely.
 /// - The `500` carries `x-request-id` (and the problem its `request_id`): the client's, when
 ///   it sent a sane one (at most [`MAX_REQUEST_ID_LEN`] bytes of `A-Z a-z 0-9 - _ . : / + = @`),
@@ -192,7 +193,9 @@ impl PanicLayer {
     }
 
     /// Whether the panic message goes to the client as the problem's `"detail"` (default:
-    /// false; turn it on only where clients may see internals, e.g. in development).
+    /// false; turn it on only where clients may see internals, e.g. in development). The
+    /// detail is at most 1 KiB of the message (a `…` marks a cut), the user and password of
+    /// a URL in it shown `…@` as in the report.
     ///
     /// ```
     /// let dev = unwedge::PanicLayer::new().expose_details(cfg!(debug_assertions));
@@ -338,11 +341,12 @@ struct Problem<'a> {
     status: u16,
     request_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<&'a str>,
+    detail: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// The default answer to a panic: `500`, `application/problem+json` (RFC 9457), with
-/// `"detail"` (the panic message) only when `ctx.expose_details`. Handy inside a custom
+/// `"detail"` (the panic message: at most 1 KiB of it, a `…` marking a cut) only when
+/// `ctx.expose_details`. Handy inside a custom
 /// responder that only adds to it:
 ///
 /// ```
@@ -359,7 +363,9 @@ pub fn problem_response(ctx: &ResponseContext<'_>) -> Response<Bytes> {
         title: "Internal Server Error",
         status: 500,
         request_id: ctx.request_id,
-        detail: ctx.expose_details.then_some(ctx.report.message.as_str()),
+        detail: ctx
+            .expose_details
+            .then(|| crate::text::cut_marked(&ctx.report.message, MAX_PROBLEM_DETAIL)),
     };
     let body = serde_json::to_vec(&problem).expect("a struct of strings serializes");
     let mut res = Response::new(Bytes::from(body));
@@ -435,6 +441,11 @@ fn grpc_status(request_id: &str, detail: Option<&str>) -> http::HeaderMap {
 /// may triple them, and gRPC clients refuse metadata past 8 to 16 KiB (RESOURCE_EXHAUSTED
 /// instead of the INTERNAL the call ended with).
 const MAX_GRPC_DETAIL: usize = 1024;
+
+/// Most bytes of a panic message in a problem's `"detail"` (with `expose_details`), the `…`
+/// marking a cut included: a client gets what it needs to report the error, as from gRPC's
+/// [`MAX_GRPC_DETAIL`], not a whole dump a handler panicked with.
+const MAX_PROBLEM_DETAIL: usize = 1024;
 
 /// The service [`PanicLayer`] wraps around an inner service. See [`PanicLayer`].
 #[derive(Clone)]
@@ -1208,6 +1219,36 @@ mod tests {
         assert!(!is_sane_request_id(b"has space"));
         assert!(!is_sane_request_id(b"<script>"));
         assert!(!is_sane_request_id(&[b'a'; MAX_REQUEST_ID_LEN + 1]));
+    }
+
+    /// What [`problem_response`] answers for a panic with `message`.
+    fn problem(message: &str, expose_details: bool) -> serde_json::Value {
+        let report: PanicReport = serde_json::from_value(serde_json::json!({
+            "time": "t", "pid": 1, "message": message, "location": null, "thread": null,
+            "backtrace": null, "request": null, "task": null, "rolled_back": [],
+            "poisoned": [], "decision": null}))
+        .expect("a report");
+        let ctx = ResponseContext {
+            request_id: "r1",
+            report: &report,
+            expose_details,
+            grpc: false,
+        };
+        serde_json::from_slice(problem_response(&ctx).body()).expect("JSON")
+    }
+
+    #[test]
+    fn a_problems_detail_is_the_message_cut_to_a_kib() {
+        assert_eq!(problem("boom", true)["detail"], "boom");
+        assert!(problem("boom", false).get("detail").is_none());
+        let long = format!("{}日本{}", "a".repeat(1020), "b".repeat(5000));
+        let detail = problem(&long, true)["detail"]
+            .as_str()
+            .expect("detail")
+            .to_owned();
+        assert!(detail.len() <= MAX_PROBLEM_DETAIL, "{} bytes", detail.len());
+        let kept = detail.strip_suffix('…').expect("a cut is marked");
+        assert_eq!(kept, "a".repeat(1020));
     }
 
     mod props {

@@ -45,7 +45,8 @@ pub const REDACTED: &str = "<redacted>";
 ///
 /// Serialized with serde (JSON in logs, in the `UNWEDGE_REPORT=` notify message and in the
 /// supervisor's report directory). Header values of [`REDACTED_HEADERS`] are always replaced
-/// by [`REDACTED`].
+/// by [`REDACTED`], and URLs lose their user and password (`https://…@host`): in the request's
+/// headers and in the message.
 ///
 /// ```
 /// # use unwedge::PanicReport;
@@ -62,7 +63,9 @@ pub struct PanicReport {
     pub time: String,
     /// The process that panicked.
     pub pid: u32,
-    /// The panic message (`&str` or `String` payloads; `Box<dyn Any>` otherwise).
+    /// The panic message (`&str` or `String` payloads; `Box<dyn Any>` otherwise), the user and
+    /// password of every URL in it shown `…` (`postgres://app:pw@db/x` as
+    /// `postgres://…@db/x`).
     pub message: String,
     /// `file:line:column` of the panic.
     pub location: Option<String>,
@@ -417,6 +420,52 @@ fn url_shown(url: &str, cut: bool) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// `text` (a panic message) with the user and password of every URL in it hidden as
+/// [`url_shown`] hides them: `scheme://user:password@host` becomes `scheme://…@host`; the rest,
+/// query included, is left as written. A URL is found by its `scheme://` (RFC 3986's scheme, in
+/// any case); its user info ends at the last `@` before the first `/`, `?` or `#`, or before
+/// what no URL holds and so ends one in text: whitespace, a control character, `"`, `<`, `>`.
+/// (`'` and `)` may be in a password: they do not end it.) Borrowed when nothing is hidden.
+pub(crate) fn hide_userinfo_in_text(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::new();
+    let (mut copied, mut from) = (0, 0);
+    while let Some(found) = text[from..].find("://") {
+        let before = &text[..from + found];
+        let authority = before.len() + "://".len();
+        from = authority;
+        let scheme_chars = before
+            .trim_end_matches(|c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            .len();
+        // A scheme starts with a letter (`1http://`: `http`).
+        let scheme = before[scheme_chars..].trim_start_matches(|c: char| !c.is_ascii_alphabetic());
+        if !is_scheme(scheme) {
+            continue;
+        }
+        let rest = &text[authority..];
+        let end = rest
+            .find(|c: char| {
+                matches!(c, '/' | '?' | '#' | '"' | '<' | '>')
+                    || c.is_whitespace()
+                    || c.is_control()
+            })
+            .unwrap_or(rest.len());
+        match rest[..end].rfind('@') {
+            // Hidden already: left as it is.
+            Some(at) if &rest[..at] == "…" => {}
+            Some(at) => {
+                out.push_str(&text[copied..authority]);
+                out.push('…');
+                copied = authority + at;
+            }
+            None => {}
+        }
+    }
+    match copied {
+        0 => text.into(),
+        _ => (out + &text[copied..]).into(),
+    }
+}
+
 #[cfg(test)]
 mod captured_tests {
     use super::*;
@@ -572,6 +621,56 @@ mod captured_tests {
         assert_eq!(c.to_map(&wanted)["x-h70"], "first");
     }
 
+    #[test]
+    fn a_url_password_in_a_message_is_hidden_and_nothing_else() {
+        for (message, shown) in [
+            (
+                "failed to connect to postgres://app:s3cret@db/x",
+                "failed to connect to postgres://…@db/x",
+            ),
+            (
+                "error: redis://:hunter2@cache:6379 refused",
+                "error: redis://…@cache:6379 refused",
+            ),
+            ("POSTGRES://App:s3cret@DB/x?a=b", "POSTGRES://…@DB/x?a=b"),
+            ("x-db+v2.1://u:s3cret@h", "x-db+v2.1://…@h"),
+            // Several URLs, the last one at the very end of the text.
+            (
+                r#"to https://a:s3cret@one/x, ("wss://b:s3cret@two") or ftp://c:s3cret@three"#,
+                r#"to https://…@one/x, ("wss://…@two") or ftp://…@three"#,
+            ),
+            // The last `@` of the authority ends the user info; `:`, `'` and `)` may be in it.
+            ("amqp://u:p:a@ss@mq/vh", "amqp://…@mq/vh"),
+            (
+                "dsn='mysql://root:s'3)c:r@db:3306/app'",
+                "dsn='mysql://…@db:3306/app'",
+            ),
+            // Multibyte text around it, and in it.
+            (
+                "échec: postgres://é:日本s3cret@hôte/ü — réessayez",
+                "échec: postgres://…@hôte/ü — réessayez",
+            ),
+            ("日本postgres://u:s3cret@db", "日本postgres://…@db"),
+        ] {
+            assert_eq!(hide_userinfo_in_text(message), shown, "{message}");
+        }
+        // No user info: an `@` past the authority, an e-mail, no scheme, hidden already.
+        for message in [
+            "boom",
+            "GET https://host/@alice?next=a@b#c@d failed",
+            "see https://host/x then mail bob@example.com",
+            "http://host",
+            "1://u:p@h and ://u:p@h: no scheme",
+            "a URL hidden already: https://…@db/x",
+            "naïve café: ünïcode @ 日本",
+            "",
+        ] {
+            let shown = hide_userinfo_in_text(message);
+            assert!(matches!(shown, std::borrow::Cow::Borrowed(_)), "{message}");
+            assert_eq!(shown, message);
+        }
+    }
+
     mod props {
         use super::*;
         use proptest::prelude::*;
@@ -704,6 +803,40 @@ mod captured_tests {
                 };
                 let json = serde_json::to_string(&info).expect("serializes");
                 prop_assert!(!json.contains(SECRET), "{json}");
+            }
+
+            /// A URL's password anywhere in a panic message (any scheme spelling, text of
+            /// any kind around it, `@`, `:` and multibyte characters in the password) is
+            /// never in the message a report shows; the hosts stay, and hiding again
+            /// changes nothing.
+            #[test]
+            fn a_url_password_never_survives_in_a_message(
+                before in prop::collection::vec(piece(), 0..8),
+                urls in prop::collection::vec(url_with_password(), 1..3),
+                after in prop::collection::vec(piece(), 0..8),
+            ) {
+                let text = |pieces: Vec<Vec<u8>>| {
+                    String::from_utf8_lossy(&pieces.concat()).into_owned()
+                };
+                // A URL in text ends at whitespace, a control character, `"`, `<` or `>`.
+                let in_text = |url: Vec<u8>| {
+                    let url = String::from_utf8_lossy(&url).into_owned();
+                    let (user_info, rest) = url.split_once("@host.example").expect("planted");
+                    let user_info: String = user_info
+                        .chars()
+                        .filter(|c| !(c.is_whitespace() || c.is_control() || "\"<>".contains(*c)))
+                        .collect();
+                    format!("{user_info}@host.example{rest}")
+                };
+                let urls: Vec<String> = urls.into_iter().map(in_text).collect();
+                let message = format!("{} {} {}", text(before), urls.join(" "), text(after));
+                let shown = hide_userinfo_in_text(&message);
+                prop_assert!(!shown.contains(SECRET), "{message:?} gave {shown:?}");
+                prop_assert_eq!(
+                    shown.matches("@host.example/p").count(),
+                    message.matches("@host.example/p").count()
+                );
+                prop_assert_eq!(hide_userinfo_in_text(&shown), shown.clone(), "hidden once");
             }
         }
     }
