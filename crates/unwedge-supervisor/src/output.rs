@@ -131,13 +131,44 @@ fn new_tail(pid: i32) -> Arc<Tail> {
 
 impl Tail {
     fn push(&self, line: &str) {
-        let cut = crate::text::floor_char_boundary(line, TAIL_LINE_MAX);
+        let kept = tail_line(line);
         let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         if lines.len() == STDERR_TAIL_LINES {
             lines.pop_front();
         }
-        lines.push_back(line[..cut].to_owned());
+        lines.push_back(kept);
     }
+}
+
+/// `line` as the tail keeps it: its first [`TAIL_LINE_MAX`] bytes. When that cut falls inside
+/// a URL's authority (after `scheme://`, before its end), the kept part ends at `scheme://…`:
+/// the `@` that shows where a `user:password` ends is past the cut, so what follows
+/// `scheme://` may be the start of a password, which the report's scrubbing (it hides what
+/// comes before such an `@`) could not tell.
+fn tail_line(line: &str) -> String {
+    let cut = crate::text::floor_char_boundary(line, TAIL_LINE_MAX);
+    let kept = &line[..cut];
+    if cut < line.len() {
+        if let Some(i) = kept.rfind("://") {
+            let authority = &kept[i + 3..];
+            let ended = authority.contains(|c: char| {
+                matches!(c, '/' | '?' | '#' | '"' | '<' | '>')
+                    || c.is_whitespace()
+                    || c.is_control()
+            });
+            if !ended {
+                // `…` marks the cut, if it fits in what it replaces: the line stays within
+                // TAIL_LINE_MAX.
+                let mark = if authority.len() >= '…'.len_utf8() {
+                    "…"
+                } else {
+                    ""
+                };
+                return format!("{}{mark}", &kept[..i + 3]);
+            }
+        }
+    }
+    kept.to_owned()
 }
 
 /// The last (up to [`STDERR_TAIL_LINES`]) lines worker `pid` wrote to its stderr, for its
@@ -372,6 +403,23 @@ mod tests {
         assert_eq!(tail, ["x".repeat(TAIL_LINE_MAX)]);
     }
 
+    /// A URL whose `user:password@` the tail's cut falls in keeps no part of it (the `@`
+    /// that tells the report's scrubbing where the password ends is past the cut).
+    #[tokio::test]
+    async fn a_url_cut_inside_its_user_info_keeps_no_part_of_it() {
+        let before = "x".repeat(TAIL_LINE_MAX - 40);
+        let line = format!(
+            "{before} connect postgres://app:{}@db/x failed\n",
+            "S".repeat(100)
+        );
+        let tail = tail_of(line.into_bytes()).await;
+        assert_eq!(tail, [format!("{before} connect postgres://…")]);
+        // A URL whose authority ended before the cut is kept as it was cut.
+        let line = format!("{before} GET https://db.example/{}\n", "p".repeat(100));
+        let tail = tail_of(line.clone().into_bytes()).await;
+        assert_eq!(tail, [line[..TAIL_LINE_MAX].to_owned()]);
+    }
+
     /// A line longer than MAX_LINE is passed on in pieces: a character a cut falls in goes
     /// whole into the next piece (found by `long_lines_are_cut_between_characters`).
     #[tokio::test]
@@ -428,6 +476,7 @@ mod tests {
                 proptest::sample::select(vec![
                     &b"a"[..], b"\n", b"\r", b"\0", b"\xc3", b"\xe6\x97", b"\xf0\x9f\xa6",
                     b"\xff", "é".as_bytes(), "日本".as_bytes(), "🦀".as_bytes(), &[b'x'; 100],
+                    b"://", b"@",
                 ]),
                 0..64,
             ),
