@@ -2511,11 +2511,10 @@ async fn leftovers_of_an_old_generation_get_and_are_logged_with_its_own_stop_sig
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_supervisor_stops_leftover_processes_before_it_exits_and_frees_the_port() {
     within(Duration::from_secs(60), async {
-        let listen = free_loopback_addr().to_string();
         let mut sup = Sup::start(&[
             "run",
             "--listen",
-            &listen,
+            "127.0.0.1:0",
             "--admin",
             "off",
             "--ready",
@@ -2527,6 +2526,8 @@ async fn the_supervisor_stops_leftover_processes_before_it_exits_and_frees_the_p
             "-c",
             FORKING_WORKER,
         ]);
+        // Port 0: a port picked before the start could be taken by then.
+        let listen = sup.addr().await;
         sup.wait_ready(0, 1).await;
         let stubborn = printed_pid(&sup, 0, "stubborn").await;
         sup.signal(Signal::SIGTERM);
@@ -2553,11 +2554,10 @@ async fn the_supervisor_stops_leftover_processes_before_it_exits_and_frees_the_p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workers_child_in_a_group_of_its_own_is_stopped_with_it() {
     within(Duration::from_secs(60), async {
-        let listen = free_loopback_addr().to_string();
         let mut sup = Sup::start(&[
             "run",
             "--listen",
-            &listen,
+            "127.0.0.1:0",
             "--admin",
             "off",
             "--ready",
@@ -2569,6 +2569,8 @@ async fn a_workers_child_in_a_group_of_its_own_is_stopped_with_it() {
             "-c",
             "set -m; sleep 313 & set +m; echo \"background job $!\"; exec sleep 1000",
         ]);
+        // Port 0: a port picked before the start could be taken by then.
+        let listen = sup.addr().await;
         let worker = sup.wait_ready(0, 1).await[0];
         let job = printed_pid(&sup, 0, "background job").await;
         let s = unwedge_supervisor::procfs::stat(job).expect("the job runs");
