@@ -2541,7 +2541,7 @@ async fn the_supervisor_stops_leftover_processes_before_it_exits_and_frees_the_p
         assert_eq!(status.code(), Some(1), "{log}");
         assert!(gone_within(stubborn, LONG).await, "{}", sup.log());
         // Nothing holds the listening socket any more: a new supervisor could bind it.
-        std::net::TcpListener::bind(&listen)
+        std::net::TcpListener::bind(listen)
             .unwrap_or_else(|e| panic!("{listen} still bound after the stop: {e}\n{log}"));
     })
     .await;
@@ -2594,7 +2594,7 @@ async fn a_workers_child_in_a_group_of_its_own_is_stopped_with_it() {
         let log = sup.log();
         assert_eq!(status.code(), Some(0), "{log}");
         assert!(gone_within(job, Duration::from_secs(2)).await, "{log}");
-        std::net::TcpListener::bind(&listen)
+        std::net::TcpListener::bind(listen)
             .unwrap_or_else(|e| panic!("{listen} still bound after the stop: {e}\n{log}"));
     })
     .await;
