@@ -94,55 +94,53 @@ pub(crate) fn analyse(
             _ => merged.push(w),
         }
     }
-    let at = |t: Instant, before: bool| -> (u64, u64, u64) {
-        let p = if before {
-            side.progress.iter().rev().find(|(s, _)| *s <= t)
-        } else {
-            side.progress.iter().find(|(s, _)| *s >= t)
-        };
-        match p {
-            Some((_, p)) => fails(p),
-            None if before => (0, 0, 0),
-            None => (side.load.reset, side.load.timeout, side.load.other),
+    // The load client's failures are known per interval between two progress samples (every
+    // 50 ms), with the run's start (nothing failed yet) and its final totals as the first and
+    // last: an interval is a kill window's when it lies between the samples bracketing the
+    // window (the last one at or before its start, the first one at or after its end).
+    let mut samples: Vec<(Option<Instant>, (u64, u64, u64))> = vec![(None, (0, 0, 0))];
+    samples.extend(side.progress.iter().map(|(t, p)| (Some(*t), fails(p))));
+    let totals = (side.load.reset, side.load.timeout, side.load.other);
+    samples.push((None, totals));
+    let real = &side.progress;
+    let mut covered = vec![false; samples.len() - 1];
+    for (ws, we) in &merged {
+        // Indices into `samples` (1 + an index into `real`).
+        let first = real.partition_point(|(t, _)| t <= ws); // 0: the virtual start
+        let last = 1 + real.partition_point(|(t, _)| t < we); // past `real`: the totals
+        for c in &mut covered[first..last] {
+            *c = true;
         }
-    };
-    let (mut in_reset, mut in_timeout, mut in_other) = (0, 0, 0);
-    for (s, e) in &merged {
-        let (a, b) = (at(*s, true), at(*e, false));
-        in_reset += b.0.saturating_sub(a.0);
-        in_timeout += b.1.saturating_sub(a.1);
-        in_other += b.2.saturating_sub(a.2);
     }
-    let in_window = |t: Instant| merged.iter().any(|(s, e)| t >= *s && t <= *e);
-    // The load client's failures are known per progress interval: an interval counts as
-    // a kill window's when it lies between the samples that bracket that window.
     let secs = |t: Instant| t.saturating_duration_since(side.start).as_secs_f64();
+    let (mut in_reset, mut in_timeout, mut in_other) = (0, 0, 0);
+    let (mut out_reset, mut out_timeout, mut out_other) = (0, 0, 0);
     let mut unattributed_at = Vec::new();
-    for pair in side.progress.windows(2) {
-        let ((s, before), (e, after)) = (&pair[0], &pair[1]);
-        let excused = merged.iter().any(|(ws, we)| {
-            let first = side.progress.iter().rev().find(|(t, _)| t <= ws);
-            let last = side.progress.iter().find(|(t, _)| t >= we);
-            first.is_none_or(|(t, _)| t <= s) && last.is_none_or(|(t, _)| t >= e)
-        });
-        if excused {
+    for (i, pair) in samples.windows(2).enumerate() {
+        let ((s, b), (e, a)) = (pair[0], pair[1]);
+        let n = (
+            a.0.saturating_sub(b.0),
+            a.1.saturating_sub(b.1),
+            a.2.saturating_sub(b.2),
+        );
+        if covered[i] {
+            (in_reset, in_timeout, in_other) = (in_reset + n.0, in_timeout + n.1, in_other + n.2);
             continue;
         }
-        let (b, a) = (fails(before), fails(after));
-        for (kind, n) in [
-            ("reset", a.0.saturating_sub(b.0)),
-            ("timeout", a.1.saturating_sub(b.1)),
-            ("other failure", a.2.saturating_sub(b.2)),
-        ] {
+        (out_reset, out_timeout, out_other) = (out_reset + n.0, out_timeout + n.1, out_other + n.2);
+        let when = match (s, e) {
+            (Some(s), Some(e)) => format!("at {:.2}–{:.2}s", secs(s), secs(e)),
+            (None, Some(e)) => format!("before {:.2}s", secs(e)),
+            (Some(s), None) => format!("after {:.2}s", secs(s)),
+            (None, None) => "during the run".into(),
+        };
+        for (kind, n) in [("reset", n.0), ("timeout", n.1), ("other failure", n.2)] {
             if n > 0 {
-                unattributed_at.push(format!(
-                    "{n} {kind} at {:.2}–{:.2}s (load)",
-                    secs(*s),
-                    secs(*e)
-                ));
+                unattributed_at.push(format!("{n} {kind} {when} (load)"));
             }
         }
     }
+    let in_window = |t: Instant| merged.iter().any(|(s, e)| t >= *s && t <= *e);
     let mut own_lost = 0;
     let (mut own_reset, mut own_timeout, mut own_other, mut own_refused) = (0, 0, 0, 0);
     for (t, r) in &side.own.failures {
@@ -212,9 +210,9 @@ pub(crate) fn analyse(
         injected: side.injected.clone(),
         lost_to_kill: in_reset + in_timeout + in_other + own_lost + injected_lost,
         unanswered,
-        reset_unattributed: side.load.reset - in_reset + own_reset,
-        timeout_unattributed: side.load.timeout - in_timeout + own_timeout,
-        other_unattributed: side.load.other - in_other + own_other,
+        reset_unattributed: out_reset + own_reset,
+        timeout_unattributed: out_timeout + own_timeout,
+        other_unattributed: out_other + own_other,
         refused: side.load.refused + own_refused,
         unattributed_at,
         restarts,
@@ -666,10 +664,14 @@ pub(crate) fn problems(a: &Analysis, settled: bool) -> Vec<String> {
             .map(|s| format!("{} {}: {}", s.kind, s.request, s.message))
             .collect();
         if !samples.is_empty() {
-            let _ = write!(when, " (load client's examples: {})", samples.join("; "));
+            let _ = write!(
+                when,
+                " (the load client's first failures of each kind, in a window or not: {})",
+                samples.join("; ")
+            );
         }
         p.push(format!(
-            "failures outside kill windows, from the start of the run: {when}"
+            "failures outside kill windows, timed as the event lines above: {when}"
         ));
     }
     if a.own.violations > 0 {
@@ -889,6 +891,19 @@ mod tests {
         // No kill at all.
         let a = analyse(&side(t0, &[5.0], vec![]), &log, &Counters::default());
         assert_eq!(a.reset_unattributed, 1);
+
+        // After the last progress sample: in the final totals only, still listed.
+        let a = analyse(&side(t0, &[10.5], vec![]), &log, &Counters::default());
+        assert_eq!(a.reset_unattributed, 1);
+        assert_eq!(a.unattributed_at, ["1 reset after 10.00s (load)"]);
+
+        // Two windows with no sample between them (the first ends, margin included, at
+        // 2.32 s, the second begins at 2.35 s; samples at 2.3 and 2.4 s) share the interval
+        // between those samples: its reset is counted once, not once per window.
+        let close = side(t0, &[2.35], vec![kill9(t0, 2.01, 42), kill9(t0, 2.35, 43)]);
+        let exits = [exited(t0, 2.02, 42), exited(t0, 2.36, 43)];
+        let a = analyse(&close, &exits, &Counters::default());
+        assert_eq!((a.lost_to_kill, a.reset_unattributed), (1, 0));
     }
 
     #[test]
