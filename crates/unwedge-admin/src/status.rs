@@ -566,6 +566,34 @@ fn hide_userinfo_in_text(text: &str) -> Option<String> {
     (copied > 0).then(|| out + &text[copied..])
 }
 
+/// The marks of a cut: the `unwedge` library's for a report field cut to fit a notify
+/// datagram, and the plain ellipsis.
+const CUT_MARKS: [&str; 2] = ["…<truncated>", "…"];
+
+/// Stderr lines this long (or longer) may have been cut: the supervisor keeps the first KiB of
+/// a line (give or take the 3 bytes of a character cut in two).
+const CUT_LINE_MIN: usize = 1024 - 3;
+
+/// `text`, which was cut (at its end, before `marks`, if any), with a URL the cut fell in
+/// shown `scheme://…`: when the text ends inside a URL's authority, the `@` that shows where a
+/// `user:password` ends may be past the cut (or be one inside the password), so nothing of it
+/// is kept. `None` when the text does not end inside an authority.
+fn hide_cut_authority(text: &str) -> Option<String> {
+    let (body, mark) = CUT_MARKS
+        .iter()
+        .find_map(|m| text.strip_suffix(m).map(|b| (b, *m)))
+        .unwrap_or((text, ""));
+    let i = body.rfind("://")?;
+    let authority = &body[i + 3..];
+    let ended = authority.contains(|c: char| {
+        matches!(c, '/' | '?' | '#' | '"' | '<' | '>') || c.is_whitespace() || c.is_control()
+    });
+    if ended || authority.is_empty() || authority == "…" {
+        return None;
+    }
+    Some(format!("{}…{mark}", &body[..i + 3]))
+}
+
 /// A panic report a worker sent, as received but for its credentials.
 ///
 /// `report` is the worker's `PanicReport` JSON, kept as a raw value so that workers of another
@@ -639,7 +667,9 @@ impl PanicRecord {
     /// a URL is found by its `scheme://` (any scheme, any case), its user info ends at the last
     /// `@` before the first `/`, `?`, `#`, whitespace, control character, `"`, `<` or `>`, and
     /// is shown `…`; the rest of the message, a URL's query included, is left as written.
-    /// Returns whether anything was changed.
+    /// A message its worker cut (ending `…<truncated>` or `…`, or named in `truncated`) that
+    /// ends inside a URL's authority keeps only its `scheme://…`: the end of a password is
+    /// past the cut. Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
         let secret = |name: &str| {
             crate::page::REDACTED_HEADERS
@@ -656,7 +686,18 @@ impl PanicRecord {
         };
         let redacted = || serde_json::Value::String(REDACTED.to_owned());
         let mut changed = false;
+        // Cut by its worker (an older unwedge cut it before hiding anything), a message may
+        // end inside a URL's user info.
+        let message_cut = self.report.get("truncated").is_some_and(|t| {
+            t.as_array()
+                .is_some_and(|a| a.iter().any(|f| f.as_str() == Some("message")))
+        });
         if let Some(serde_json::Value::String(message)) = self.report.get_mut("message") {
+            let cut = CUT_MARKS.iter().any(|m| message.ends_with(m)) || message_cut;
+            if let Some(hidden) = cut.then(|| hide_cut_authority(message)).flatten() {
+                *message = hidden;
+                changed = true;
+            }
             if let Some(hidden) = hide_userinfo_in_text(message) {
                 *message = hidden;
                 changed = true;
@@ -811,7 +852,9 @@ impl ExitRecord {
     ///
     /// It also cuts the user info of every URL in a line, as in a report's `message` (see
     /// [`PanicRecord::redact`]): `error: redis://:hunter2@cache:6379 refused` becomes
-    /// `error: redis://…@cache:6379 refused`. Nothing else in the line is changed.
+    /// `error: redis://…@cache:6379 refused`; a line as long as the tail keeps (1 KiB, so
+    /// perhaps cut) that ends inside a URL's authority keeps only its `scheme://…`. Nothing
+    /// else in the line is changed.
     ///
     /// ```
     /// use unwedge_admin::{ExitRecord, ExitStatus};
@@ -834,6 +877,14 @@ impl ExitRecord {
     pub fn redact(&mut self) -> bool {
         let mut changed = false;
         for line in &mut self.last_stderr_lines {
+            // A line the tail cut may end inside a URL's user info (the supervisor now keeps
+            // none of it; a report file an older one wrote may).
+            if line.len() >= CUT_LINE_MIN {
+                if let Some(hidden) = hide_cut_authority(line) {
+                    *line = hidden;
+                    changed = true;
+                }
+            }
             if let Some(scrubbed) = scrub_credentials(line) {
                 *line = scrubbed;
                 changed = true;
@@ -1029,7 +1080,10 @@ pub(crate) fn age(t: &str, now: SystemTime) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::{clean_url, PanicRecord, Record, StatusView, SupervisorInfo};
+    use super::{
+        clean_url, ExitRecord, ExitStatus, PanicRecord, Record, StatusView, SupervisorInfo,
+        CUT_LINE_MIN,
+    };
 
     #[test]
     fn urls_lose_their_user_info_query_and_fragment() {
@@ -1178,6 +1232,63 @@ mod tests {
         assert!(!r.redact());
         // Linear: milliseconds; the quadratic scan took minutes in a debug build.
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    /// Found by review: a message its worker cut (an older unwedge cuts before it hides) or a
+    /// stderr line an older supervisor cut may end inside a URL's user info, with no `@` left
+    /// to tell where the password ends.
+    #[test]
+    fn a_url_cut_inside_its_user_info_keeps_none_of_it() {
+        for (report, shown) in [
+            (
+                serde_json::json!({"message": "no DB at postgres://app:S3CRET…<truncated>"}),
+                "no DB at postgres://……<truncated>",
+            ),
+            (
+                serde_json::json!({"message": "no DB at postgres://app:S3CRET…"}),
+                "no DB at postgres://……",
+            ),
+            // An `@` inside the password, the cut after it.
+            (
+                serde_json::json!({"message": "at amqp://u:S3C@RET", "truncated": ["message"]}),
+                "at amqp://…",
+            ),
+            // Not cut: the whole authority is there, its user info hidden as usual.
+            (
+                serde_json::json!({"message": "at amqp://u:S3C@RET"}),
+                "at amqp://…@RET",
+            ),
+            // Cut after the authority ended: left as it is.
+            (
+                serde_json::json!({"message": "GET https://db/x/y…<truncated>"}),
+                "GET https://db/x/y…<truncated>",
+            ),
+        ] {
+            let r = PanicRecord::new(None, report.clone());
+            assert_eq!(r.report["message"], shown, "{report}");
+        }
+        let before = "x".repeat(CUT_LINE_MIN - 30);
+        let mut exit = ExitRecord::new(
+            None,
+            None,
+            ExitStatus {
+                code: Some(1),
+                signal: None,
+            },
+        );
+        exit.last_stderr_lines = vec![
+            format!("{before} connect postgres://app:S3CRET"),
+            "short: postgres://app:S3CRET".into(),
+        ];
+        assert!(exit.redact());
+        assert_eq!(
+            exit.last_stderr_lines,
+            [
+                format!("{before} connect postgres://…"),
+                // A short line was not cut: no `@`, so no user info.
+                "short: postgres://app:S3CRET".into(),
+            ]
+        );
     }
 
     #[test]
