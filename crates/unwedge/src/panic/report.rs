@@ -63,9 +63,10 @@ pub struct PanicReport {
     pub time: String,
     /// The process that panicked.
     pub pid: u32,
-    /// The panic message (`&str` or `String` payloads; `Box<dyn Any>` otherwise), the user and
-    /// password of every URL in it shown `…` (`postgres://app:pw@db/x` as
-    /// `postgres://…@db/x`).
+    /// The panic message (`&str` or `String` payloads; `Box<dyn Any>` otherwise). In the
+    /// reports unwedge makes, the user and password of every URL in it are shown `…`
+    /// (`postgres://app:pw@db/x` as `postgres://…@db/x`); a report deserialized or built by
+    /// hand holds what it was given.
     pub message: String,
     /// `file:line:column` of the panic.
     pub location: Option<String>,
