@@ -504,6 +504,20 @@ use futures_util::StreamExt as _;
 #[derive(Clone, Default)]
 struct LogBuf(Arc<StdMutex<Vec<u8>>>);
 
+impl LogBuf {
+    /// Everything this test process logs (`tracing`, every level), from now on.
+    fn capture() -> LogBuf {
+        let logs = LogBuf::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .init();
+        logs
+    }
+}
+
 impl std::io::Write for LogBuf {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
@@ -517,13 +531,7 @@ impl std::io::Write for LogBuf {
 #[tokio::test]
 async fn authorization_and_cookies_never_reach_the_report_or_the_logs() {
     support::own_process();
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let logs = LogBuf::capture();
     within(async {
         let keep = Keep::default();
         let app = Router::new()
@@ -578,13 +586,7 @@ async fn authorization_and_cookies_never_reach_the_report_or_the_logs() {
 #[tokio::test]
 async fn a_url_password_in_a_panic_message_never_reaches_the_report_the_logs_or_the_client() {
     support::own_process();
-    let logs = LogBuf::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let logs = LogBuf::capture();
     within(async {
         let keep = Keep::default();
         let app = Router::new()
