@@ -516,6 +516,34 @@ impl LogBuf {
             .init();
         logs
     }
+
+    /// Asserts that the panic with request id `logged_id` was logged and that no secret is in
+    /// the reports' JSON, the health registry, the logs or the answers' bodies; returns the
+    /// logs.
+    fn assert_none_of(
+        &self,
+        secrets: &[&str],
+        reports: &str,
+        bodies: &[&str],
+        logged_id: &str,
+    ) -> String {
+        let from_health = serde_json::to_string(&unwedge::health()).unwrap();
+        let logged = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged.contains(logged_id),
+            "the event must be logged: {logged}"
+        );
+        for secret in secrets {
+            assert!(!reports.contains(secret), "{secret} in reports {reports}");
+            assert!(!from_health.contains(secret), "{secret} in health");
+            assert!(!logged.contains(secret), "{secret} in logs {logged}");
+            assert!(
+                !bodies.iter().any(|b| b.contains(secret)),
+                "{secret} in an answer"
+            );
+        }
+        logged
+    }
 }
 
 impl std::io::Write for LogBuf {
@@ -562,19 +590,9 @@ async fn authorization_and_cookies_never_reach_the_report_or_the_logs() {
 
         let report = &keep.all()[0];
         let json = serde_json::to_string(report).unwrap();
-        let from_health = serde_json::to_string(&unwedge::health()).unwrap();
-        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-        assert!(
-            logged.contains("redaction-1"),
-            "the event must be logged: {logged}"
-        );
+        let logged =
+            logs.assert_none_of(&["s3cr3t", "querysecret"], &json, &[&a.body], "redaction-1");
         assert!(logged.contains("denied"), "{logged}");
-        for secret in ["s3cr3t", "querysecret"] {
-            assert!(!json.contains(secret), "{secret} in report {json}");
-            assert!(!from_health.contains(secret), "{secret} in health");
-            assert!(!logged.contains(secret), "{secret} in logs {logged}");
-            assert!(!a.body.contains(secret));
-        }
         let headers = &report.request.as_ref().unwrap().headers;
         assert_eq!(headers["authorization"], unwedge::panic::REDACTED);
         assert_eq!(headers["cookie"], unwedge::panic::REDACTED);
@@ -634,19 +652,9 @@ async fn a_url_password_in_a_panic_message_never_reaches_the_report_the_logs_or_
         );
         assert_eq!(reports[1].message, "error: REDIS://…@cache:6379 refused");
         let json = serde_json::to_string(&reports).unwrap();
-        let from_health = serde_json::to_string(&unwedge::health()).unwrap();
-        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-        assert!(
-            logged.contains("url-1"),
-            "the event must be logged: {logged}"
-        );
+        let bodies = [db.body.as_str(), cache.body.as_str()];
+        let logged = logs.assert_none_of(&["s3cret-pg", "hunter2-cache"], &json, &bodies, "url-1");
         assert!(logged.contains("postgres://…@db:5432/app"), "{logged}");
-        for secret in ["s3cret-pg", "hunter2-cache"] {
-            assert!(!json.contains(secret), "{secret} in reports {json}");
-            assert!(!from_health.contains(secret), "{secret} in health");
-            assert!(!logged.contains(secret), "{secret} in logs {logged}");
-            assert!(!db.body.contains(secret) && !cache.body.contains(secret));
-        }
     })
     .await
 }
