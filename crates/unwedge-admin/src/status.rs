@@ -524,6 +524,12 @@ pub(crate) fn split_userinfo(url: &str, end: UserInfoEnd) -> (&str, Option<&str>
     }
 }
 
+/// Whether `c` ends a URL's authority in free text: `/`, `?`, `#` (as [`split_userinfo`]
+/// ends it), or what no URL holds: whitespace, a control character, `"`, `<`, `>`.
+fn ends_authority_in_text(c: char) -> bool {
+    matches!(c, '/' | '?' | '#' | '"' | '<' | '>') || c.is_whitespace() || c.is_control()
+}
+
 /// `text` (a panic message, a line of stderr) with the user info of every URL in it cut as
 /// [`clean_url`] cuts a URL field's: `scheme://user:password@host` becomes `scheme://…@host`,
 /// the rest (query included) left as written; `None` when it holds no such URL. A URL is found
@@ -544,14 +550,9 @@ fn hide_userinfo_in_text(text: &str) -> Option<String> {
         let start = before[scheme_chars..]
             .find(|c: char| c.is_ascii_alphabetic())
             .map_or(before.len(), |i| scheme_chars + i);
+        // Stopping at the authority's end keeps the scan linear in a text of many `://`.
         let end = text[from..]
-            // `/ ? #` end the authority (as `split_userinfo` ends it): stopping there keeps
-            // the scan linear in a text of many `://`.
-            .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | '"' | '<' | '>')
-                    || c.is_whitespace()
-                    || c.is_control()
-            })
+            .find(ends_authority_in_text)
             .map_or(text.len(), |i| from + i);
         match split_userinfo(&text[start..end], UserInfoEnd::Authority) {
             // Cut already (`…`): left as it is.
@@ -585,10 +586,7 @@ fn hide_cut_authority(text: &str) -> Option<String> {
         .unwrap_or((text, ""));
     let i = body.rfind("://")?;
     let authority = &body[i + 3..];
-    let ended = authority.contains(|c: char| {
-        matches!(c, '/' | '?' | '#' | '"' | '<' | '>') || c.is_whitespace() || c.is_control()
-    });
-    if ended || authority.is_empty() || authority == "…" {
+    if authority.contains(ends_authority_in_text) || authority.is_empty() || authority == "…" {
         return None;
     }
     Some(format!("{}…{mark}", &body[..i + 3]))

@@ -19,6 +19,17 @@ pub(crate) fn cut_marked(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     format!("{}…", &s[..end]).into()
 }
 
+/// For property tests: `cases` cases, drawn with XorShift (ChaCha, the default, is slow
+/// unoptimized and took most of a dev build's run).
+#[cfg(test)]
+pub(crate) fn proptest_config(cases: u32) -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig {
+        cases,
+        rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1295,11 +1295,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-                cases: 512,
-                rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
-                ..ProptestConfig::default()
-            })]
+            #![proptest_config(crate::text::proptest_config(512))]
 
             /// Any panic message: `grpc-message` is there, printable ASCII, valid
             /// percent-encoding that decodes to the id's text, then (only when given) at

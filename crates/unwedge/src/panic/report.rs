@@ -746,12 +746,7 @@ mod captured_tests {
         }
 
         proptest! {
-            // XorShift: ChaCha unoptimized (a dev build) took most of the run.
-            #![proptest_config(ProptestConfig {
-                cases: 512,
-                rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
-                ..ProptestConfig::default()
-            })]
+            #![proptest_config(crate::text::proptest_config(512))]
 
             /// Whatever a client sends: a redacted header's value and a URL's password
             /// never reach the serialized report, every value shown is at most the cut

@@ -524,11 +524,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig {
-                cases: 256,
-                rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
-                ..ProptestConfig::default()
-            })]
+            #![proptest_config(crate::text::proptest_config(256))]
 
             /// Any report whose text comes from clients or handlers: the notify message is
             /// one line within `MAX_REPORT_BYTES`, its JSON parses back to a report, and the
