@@ -87,7 +87,11 @@ different CPUs, and the slower thread's time is reported. Under that contention 
 forms a convoy: a waiter parks, the holder's release hands it the lock, and each hand-over
 costs a wake-up of microseconds. The writer of "read while a writer updates" runs on the
 other CPU: a "busy" one updates back to back, a "paced" one sleeps 10 µs between updates, a
-"1 µs" one spins 1 µs between them; the rate each reached is listed below.)
+"1 µs" one spins 1 µs between them; the rate each reached is listed below. The "floor" rows
+are the cost no reclamation scheme can go below: the reader takes the current version from a
+pool of versions never freed (no arc-swap, no debt, no epoch), borrowed or as an owned \`Arc\`
+clone, while the writer runs \`Tx::update\` back to back (the \`Tx\` rows' rate) and publishes
+the next version: what remains is the cache lines moving between the cores.)
 
 HEADER
   python3 bench/criterion_table.py --newer "$tmp/start" --ratios state target/criterion '^read' '^update$' '^mutex uncontended'

@@ -17,10 +17,18 @@
 //! the cores on every update), a "paced" one sleeps 10 µs between updates, a "1 µs" one spins
 //! 1 µs between updates. Each such row prints the rate at which the writer actually published
 //! during the timed reads.
+//!
+//! The "floor" rows measure what no reclamation scheme can go below: the reader takes the
+//! current version from a pool of versions that are never freed (no arc-swap, no debt, no
+//! epoch), either borrowing it or cloning its `Arc` as `Tx::read` must, while the writer runs
+//! `Tx::update` (so it publishes at the rate of the `Tx` rows) and then publishes the next
+//! pool version. What is left is the cache-line traffic of reading what another core keeps
+//! publishing.
 
 use std::cell::Cell;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::{Barrier, RwLock};
 use std::time::{Duration, Instant};
 
@@ -429,6 +437,7 @@ fn reads_under_writer(c: &mut Criterion) {
     );
     bench_under_writer(&mut g, "Tx::load, paced writer", paced, update, load);
     bench_under_writer(&mut g, "Tx::load, writer every 1us", spaced, update, load);
+    floor_under_writer(&mut g, &tx);
     let rw = RwLock::new(Small::default());
     bench_under_writer(
         &mut g,
@@ -440,6 +449,60 @@ fn reads_under_writer(c: &mut Criterion) {
         },
     );
     g.finish();
+}
+
+/// The floor under any `Tx` read while `Tx`'s busy writer publishes (see the module docs):
+/// versions in a pool that is never freed, the current one named by an index.
+fn floor_under_writer(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    tx: &Tx<Small>,
+) {
+    /// A version: its first field on the `Arc`'s cache line, as `Small`'s is.
+    #[derive(Default)]
+    struct Version {
+        hits: AtomicU64,
+    }
+    const VERSIONS: usize = 64;
+    let pool: Vec<Arc<Version>> = (0..VERSIONS).map(|_| Arc::default()).collect();
+    let current = AtomicUsize::new(0);
+    let next = AtomicUsize::new(1);
+    // The writer: `Tx`'s update (its rate), then a copy of the current version into the next
+    // one and the index published, as a publish of a new version.
+    let write = || {
+        tx.update(|s| s.hits += 1);
+        let from = current.load(Ordering::Relaxed);
+        let to = next.fetch_add(1, Ordering::Relaxed) % VERSIONS;
+        let hits = pool[from].hits.load(Ordering::Relaxed);
+        pool[to].hits.store(hits + 1, Ordering::Relaxed);
+        current.store(to, Ordering::Release);
+    };
+    let borrowed = || {
+        black_box(
+            pool[current.load(Ordering::Acquire)]
+                .hits
+                .load(Ordering::Relaxed),
+        );
+    };
+    let owned = || {
+        let v = Arc::clone(&pool[current.load(Ordering::Acquire)]);
+        black_box(v.hits.load(Ordering::Relaxed));
+    };
+    g.bench_function("floor borrowed, idle", |b| b.iter(borrowed));
+    bench_under_writer(
+        g,
+        "floor borrowed, busy writer",
+        Writer::BackToBack,
+        write,
+        borrowed,
+    );
+    g.bench_function("floor owned Arc, idle", |b| b.iter(owned));
+    bench_under_writer(
+        g,
+        "floor owned Arc, busy writer",
+        Writer::BackToBack,
+        write,
+        owned,
+    );
 }
 
 criterion_group!(
