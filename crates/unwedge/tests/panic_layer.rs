@@ -927,6 +927,57 @@ async fn without_a_tracing_subscriber_the_previous_hook_still_sees_a_request_pan
     .await
 }
 
+/// A subscriber whose filter leaves `unwedge` out (`my_app=info`, a common production
+/// filter) would drop the report's event: the previous hook (std's line) still sees the
+/// panic, so it is in the logs. With the filter letting `unwedge::panic` through, the report
+/// replaces that line.
+#[tokio::test]
+async fn a_tracing_filter_that_leaves_unwedge_out_still_gets_std_panic_line() {
+    support::own_process();
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+    within(async {
+        std::panic::set_hook(Box::new(|_| {
+            SEEN.fetch_add(1, Ordering::SeqCst);
+        }));
+        unwedge::install();
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if true {
+                        panic!("boom");
+                    }
+                }),
+            )
+            .layer(PanicLayer::with_policy(Policy::Recover));
+        let boom = || http::Request::get("/boom").body(Body::empty()).unwrap();
+        let subscriber = |filter: &str| {
+            tracing_subscriber::registry()
+                .with(tracing_subscriber::EnvFilter::new(filter))
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink))
+        };
+        // The current-thread runtime polls the handler on this thread, under this default.
+        let only_my_app = tracing::subscriber::set_default(subscriber("my_app=info"));
+        let res = app.clone().oneshot(boom()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(SEEN.load(Ordering::SeqCst), 1, "std's line was not printed");
+        drop(only_my_app);
+        let _with_unwedge =
+            tracing::subscriber::set_default(subscriber("my_app=info,unwedge=error"));
+        let res = app.oneshot(boom()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            SEEN.load(Ordering::SeqCst),
+            1,
+            "the report is logged: no std line"
+        );
+    })
+    .await
+}
+
 /// A value whose `Drop` runs code that panics and catches its own panic (a logging or cleanup
 /// library guarding itself): while the handler's panic unwinds, that second panic starts a
 /// capture of its own. The report is still the handler's panic, with the mutex it poisoned,

@@ -24,9 +24,10 @@ pub(crate) fn backtrace_mode() -> Mode {
 /// [`PanicReport`](crate::PanicReport). Inside a request or a task run by unwedge the report
 /// (a `tracing` event) replaces the bare `thread 'x' panicked at` line on stderr; anywhere
 /// else the hook that was installed before (by default, std's printing hook) runs as well, so
-/// nothing is lost. It also runs inside requests when no `tracing` subscriber is set (the
-/// report would be seen by nobody) and when the binary is built with `panic = "abort"` (no
-/// report follows: the process aborts).
+/// nothing is lost. It also runs inside requests when the report's event (target
+/// `unwedge::panic`, level ERROR) would be recorded by nobody: no `tracing` subscriber is set,
+/// or its filter leaves the event out (`RUST_LOG=my_app=info`); and when the binary is built
+/// with `panic = "abort"` (no report follows: the process aborts).
 ///
 /// Backtraces: the hook only walks the stack (microseconds). Turning the frames into function
 /// names and lines takes milliseconds per cold part of the binary (15–100 ms for a request's
@@ -67,11 +68,18 @@ pub fn install() {
                 scope: scope.clone(),
             });
             // Inside a request or task the report replaces std's line, unless it could not
-            // be seen: the process aborts on panic (nothing catches it), or no `tracing`
-            // subscriber is set (the report would go nowhere but the sinks).
-            if scope.is_none() || cfg!(panic = "abort") || !tracing::dispatcher::has_been_set() {
+            // be seen: the process aborts on panic (nothing catches it), or the report's
+            // event would be recorded by nobody: no `tracing` subscriber, or one whose filter
+            // leaves it out (`my_app=info`, a common production filter).
+            if scope.is_none() || cfg!(panic = "abort") || !report_event_enabled() {
                 previous(info);
             }
         }));
     });
+}
+
+/// Whether the report's `tracing` event (target `unwedge::panic`, level ERROR) would be
+/// recorded on this thread: the subscriber in effect here is the one the report goes to.
+fn report_event_enabled() -> bool {
+    tracing::enabled!(target: "unwedge::panic", tracing::Level::ERROR)
 }
