@@ -68,13 +68,9 @@ pub enum HangKind {
     Watchdog,
     /// Failed HTTP probes.
     Probe,
-    /// The worker reported its runtime stalled.
-    Stall,
-    /// The worker reported a lock wait over its limit.
-    Lock,
-    /// The worker reported a lock cycle.
-    Deadlock,
-    /// The worker reported itself wedged, cause unspecified (`STATUS=` said wedged).
+    /// The worker said it is wedged (`STATUS=wedged: …`): a stalled runtime, a lock wait
+    /// over its limit, a deadlock, stuck requests; its reason is in the log line and the
+    /// `worker_hung` alert.
     Wedged,
     /// The worker did not become ready within the ready timeout.
     ReadyTimeout,
@@ -82,12 +78,9 @@ pub enum HangKind {
 
 impl HangKind {
     /// Every kind.
-    pub const ALL: [HangKind; 7] = [
+    pub const ALL: [HangKind; 4] = [
         HangKind::Watchdog,
         HangKind::Probe,
-        HangKind::Stall,
-        HangKind::Lock,
-        HangKind::Deadlock,
         HangKind::Wedged,
         HangKind::ReadyTimeout,
     ];
@@ -97,9 +90,6 @@ impl HangKind {
         match self {
             HangKind::Watchdog => "watchdog",
             HangKind::Probe => "probe",
-            HangKind::Stall => "stall",
-            HangKind::Lock => "lock",
-            HangKind::Deadlock => "deadlock",
             HangKind::Wedged => "wedged",
             HangKind::ReadyTimeout => "ready_timeout",
         }

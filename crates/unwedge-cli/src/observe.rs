@@ -606,14 +606,10 @@ impl Ctx {
                 worker,
                 pid,
                 kind,
+                detail,
                 stopping,
             } => {
-                let kind = match kind {
-                    sup::HangKind::Watchdog => HangKind::Watchdog,
-                    sup::HangKind::Probe => HangKind::Probe,
-                    sup::HangKind::ReadyTimeout => HangKind::ReadyTimeout,
-                    _ => HangKind::Wedged,
-                };
+                let kind = metric_hang_kind(kind);
                 self.metrics.record_hang(kind);
                 {
                     let mut h = self.shared.history();
@@ -626,12 +622,23 @@ impl Ctx {
                     HangKind::ReadyTimeout => format!("{worker}: not ready within --ready-timeout"),
                     other => format!("{worker}: {}", other.as_str()),
                 };
+                // The worker's own words (a deadlock names both tasks and both locks) in the
+                // summary; repeats of the same kind on the same slot still merge into one
+                // alert within the dedupe window, whatever their reasons.
+                let key = format!("{}\n{summary}", AlertKind::WorkerHung);
+                let summary = match kind {
+                    HangKind::Wedged => format!("{summary}: {}", hang_reason(&detail, 160)),
+                    _ => summary,
+                };
                 self.alert(
                     AlertEvent::new(AlertKind::WorkerHung, summary)
+                        .with_key(key)
                         .with_worker(&worker, u32::try_from(pid).ok())
-                        .with_details(
-                            serde_json::json!({ "kind": kind.as_str(), "while_stopping": stopping }),
-                        ),
+                        .with_details(serde_json::json!({
+                            "kind": kind.as_str(),
+                            "reason": hang_reason(&detail, 1024),
+                            "while_stopping": stopping,
+                        })),
                 );
             }
             Event::Tainted {
@@ -870,6 +877,31 @@ fn panic_summary(r: &PanicRecord) -> String {
     s
 }
 
+/// The `kind` label of `unwedge_hangs_detected_total` for a hang the supervisor found.
+fn metric_hang_kind(kind: sup::HangKind) -> HangKind {
+    match kind {
+        sup::HangKind::Watchdog => HangKind::Watchdog,
+        sup::HangKind::Probe => HangKind::Probe,
+        sup::HangKind::ReadyTimeout => HangKind::ReadyTimeout,
+        _ => HangKind::Wedged,
+    }
+}
+
+/// Why a worker was found hung, for people: `detail` (the log line's) without the `wedged: `
+/// its `STATUS=` text starts with, on one line, cut to `max` characters (`…` marks a cut).
+pub(crate) fn hang_reason(detail: &str, max: usize) -> String {
+    let s = detail.strip_prefix("wedged: ").unwrap_or(detail);
+    let mut cut: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect();
+    if cut.len() < s.len() {
+        cut.push('…');
+    }
+    cut
+}
+
 #[cfg(test)]
 mod report_gate_tests {
     use super::ReportGate;
@@ -888,5 +920,43 @@ mod report_gate_tests {
         assert!(gate.admit());
         assert!(!gate.admit());
         assert_eq!(gate.taken(), 1);
+    }
+}
+
+#[cfg(test)]
+mod hang_tests {
+    use super::{hang_reason, metric_hang_kind, sup, HangKind};
+
+    /// Every `kind` exported is one the supervisor can find (a series that can never move
+    /// would be a dashboard's or an alert's silent blind spot), and every kind it finds has
+    /// a series of its own.
+    #[test]
+    fn every_exported_hang_kind_can_be_recorded() {
+        let found = [
+            sup::HangKind::Watchdog,
+            sup::HangKind::Probe,
+            sup::HangKind::ReadyTimeout,
+            sup::HangKind::Wedged,
+        ];
+        let recorded: std::collections::BTreeSet<_> = found
+            .iter()
+            .map(|k| metric_hang_kind(*k).as_str())
+            .collect();
+        let exported: std::collections::BTreeSet<_> =
+            HangKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(recorded, exported);
+        for k in found {
+            assert_eq!(metric_hang_kind(k).as_str(), k.as_str());
+        }
+    }
+
+    #[test]
+    fn a_hang_reason_is_one_line_without_the_status_prefix_and_cut() {
+        assert_eq!(
+            hang_reason("wedged: deadlock between\nA and B", 100),
+            "deadlock between A and B"
+        );
+        assert_eq!(hang_reason("probe: timed out", 100), "probe: timed out");
+        assert_eq!(hang_reason("wedged: ééé", 2), "éé…");
     }
 }

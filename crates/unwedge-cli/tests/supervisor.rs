@@ -1205,6 +1205,19 @@ async fn a_worker_wedged_while_a_reload_drains_it_is_dumped_and_killed_not_waite
         assert_eq!(event["pid"], old, "{event}");
         assert_eq!(event["details"]["kind"], "wedged", "{event}");
         assert_eq!(event["details"]["while_stopping"], true, "{event}");
+        // Why, in the worker's own words: which mutex, and how long it was waited for.
+        let summary = event["summary"].as_str().unwrap_or_default();
+        assert!(
+            summary.starts_with("w")
+                && summary.contains(": wedged: ")
+                && summary.contains("for mutex"),
+            "{event}"
+        );
+        let reason = event["details"]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("has waited") && reason.contains("for mutex"),
+            "{event}"
+        );
     })
     .await;
 }

@@ -267,6 +267,10 @@ pub enum Event {
         pid: i32,
         /// How it was found.
         kind: HangKind,
+        /// What was seen, as in the log line: the worker's own `STATUS=` text for
+        /// [`HangKind::Wedged`] (`wedged: deadlock between …`), the probe's error, how long
+        /// the heartbeats or the readiness were missed.
+        detail: String,
         /// It was stopping already (drained by a reload or a stop, or replaced): killed, not
         /// replaced again.
         stopping: bool,

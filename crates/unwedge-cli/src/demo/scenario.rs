@@ -701,7 +701,6 @@ fn restarts(handle: &Handle) -> u64 {
 /// Prints the supervisor's notable events as they happen.
 fn event_printer(handle: &Handle, screen: Arc<Screen>) -> tokio::task::JoinHandle<()> {
     let mut rx = handle.subscribe();
-    let handle_for_status = handle.clone();
     tokio::spawn(async move {
         loop {
             let e = match rx.recv().await {
@@ -714,26 +713,15 @@ fn event_printer(handle: &Handle, screen: Arc<Screen>) -> tokio::task::JoinHandl
                     worker,
                     pid,
                     kind,
+                    detail,
                     stopping,
                 } => {
                     // The worker's own STATUS= line says why (a deadlock names both tasks).
-                    let why = handle_for_status
-                        .snapshot()
-                        .workers
-                        .into_iter()
-                        .find(|w| w.pid == pid)
-                        .and_then(|w| w.status)
-                        // A frozen worker's last STATUS= is stale (it said it was healthy).
-                        .filter(|_| kind == unwedge_supervisor::HangKind::Wedged)
-                        .map(|s| {
-                            let s = s.strip_prefix("wedged: ").unwrap_or(&s);
-                            let mut cut: String = s.chars().take(160).collect();
-                            if cut.len() < s.len() {
-                                cut.push('…');
-                            }
-                            format!(": {cut}")
-                        })
-                        .unwrap_or_default();
+                    let why = if kind == unwedge_supervisor::HangKind::Wedged {
+                        format!(": {}", crate::observe::hang_reason(&detail, 160))
+                    } else {
+                        String::new()
+                    };
                     let what = if stopping {
                         "while stopping; killing it"
                     } else {

@@ -52,6 +52,7 @@ impl Pool {
             worker: id,
             pid,
             kind,
+            detail: detail.to_owned(),
             stopping: retiring,
         });
         if retiring {
