@@ -442,9 +442,11 @@ impl<'a, T: ?Sized> MutexGuard<'a, T> {
     /// example because the request's future was dropped at an `.await` while the data was
     /// half-updated.
     ///
-    /// A poisoned mutex is decided by the process-wide [policy](crate::panic::policy) as a
-    /// panic would be: under the default `Auto` (and `Crash`) it is a graceful restart of the
-    /// process. A section left uncommitted therefore costs the process, not only the request:
+    /// A poisoned mutex is decided as a panic would be, by the policy of the request's
+    /// [`PanicLayer`](crate::PanicLayer) when it was given one
+    /// ([`with_policy`](crate::PanicLayer::with_policy)), otherwise by the process-wide
+    /// [policy](crate::panic::policy): under the default `Auto` (and `Crash`) it is a
+    /// graceful restart of the process. A section left uncommitted therefore costs the process, not only the request:
     /// a client that disconnects while its request is inside the section, or a `?` that returns
     /// between the first write and `commit()`, restarts the worker. Keep the section short,
     /// do what can fail before `lock()` when the order allows, and prefer
@@ -624,7 +626,12 @@ impl<T: ?Sized> Drop for CommitGuard<'_, T> {
 /// 70); Recover leaves the mutex poisoned for the next `lock()` to repair.
 fn escalate_poison(name: &str, by: &str) {
     let poisoned = [name.to_owned()];
-    let decision = crate::panic::decide(crate::panic::policy(), &[], &poisoned, None);
+    // The policy of the request's layer when one was given to it, the process-wide one
+    // otherwise (a task, a layer made with `PanicLayer::new()`).
+    let policy = crate::panic::context::current_scope()
+        .and_then(|s| s.as_request().and_then(|r| r.policy()))
+        .unwrap_or_else(crate::panic::policy);
+    let decision = crate::panic::decide(policy, &[], &poisoned, None);
     if decision.action == crate::panic::Action::Crash {
         crate::health::request_crash(format!("mutex `{name}` poisoned by {by}"));
     }

@@ -341,6 +341,77 @@ async fn bytecache_burn_under_recover_keeps_serving_and_lock_reports_poison() {
     .await
 }
 
+type Ledger = Arc<unwedge::Mutex<[i64; 2]>>;
+
+/// A `commit_or_poison` section left by cancellation (the client disconnected mid-section):
+/// the app that runs it with `with_policy(policy)`; the section tells `entered` once it
+/// wrote, then waits for ever. Returns the mutex, once poisoned.
+async fn cancelled_section_app(layer: PanicLayer) -> Ledger {
+    let ledger = Arc::new(unwedge::Mutex::named("ledger", [100i64, 0]));
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let app = Router::new()
+        .route(
+            "/transfer",
+            post(
+                |State((l, entered)): State<(Ledger, Arc<tokio::sync::Notify>)>| async move {
+                    let mut section = l.lock().await.unwrap().commit_or_poison();
+                    section[0] -= 10;
+                    entered.notify_one();
+                    std::future::pending::<()>().await;
+                    section[1] += 10;
+                    drop(section.commit());
+                },
+            ),
+        )
+        .with_state((ledger.clone(), entered.clone()))
+        .layer(layer);
+    let addr = start(app).await;
+    // A client that sends the request and goes away once the section has begun.
+    use tokio::io::AsyncWriteExt;
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"POST /transfer HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    entered.notified().await;
+    drop(client);
+    while !ledger.is_poisoned() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ledger
+}
+
+/// The section's poison is decided by the layer's own policy, as a panic in that request
+/// would be: `Recover` keeps the process serving, the mutex poisoned for repair.
+#[tokio::test]
+async fn a_section_cancelled_under_a_recover_layer_leaves_the_process_serving() {
+    support::own_process();
+    within(async {
+        let ledger = cancelled_section_app(PanicLayer::with_policy(Policy::Recover)).await;
+        let Err(err) = ledger.lock().await else {
+            panic!("the section's mutex is not poisoned")
+        };
+        assert_eq!(**err.get_ref(), [90, 0]);
+        assert_eq!(unwedge::health::crash_reason(), None);
+        assert_eq!(unwedge::health().state, unwedge::HealthState::Healthy);
+    })
+    .await
+}
+
+/// With `PanicLayer::new()` (no policy given) the process-wide policy decides: `Auto`'s
+/// graceful crash for a poisoned mutex.
+#[tokio::test]
+async fn a_section_cancelled_under_a_default_layer_follows_the_process_policy() {
+    support::own_process();
+    within(async {
+        let ledger = cancelled_section_app(PanicLayer::new()).await;
+        assert!(ledger.is_poisoned());
+        let reason = unwedge::health::crash_requested().await;
+        assert!(reason.contains("`ledger` poisoned"), "{reason}");
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------
 // The panic budget.
 

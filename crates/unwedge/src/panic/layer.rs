@@ -526,6 +526,27 @@ pin_project! {
         state: State<F, B>,
         ctx: Option<RequestCtx>,
     }
+
+    impl<F, B> PinnedDrop for ResponseFuture<F, B> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            let polling = matches!(this.state.as_mut().project(), StateProj::Polling { .. });
+            let Some(ctx) = this.ctx.as_mut().filter(|_| polling) else {
+                return;
+            };
+            // Cancelled (the client went away, a timeout): the handler's future is dropped in
+            // the request's scope, as it is polled, so that what its drop does (a
+            // `CommitGuard` left uncommitted poisons its mutex) is the request's, decided by
+            // this layer's policy; and a panicking `Drop` stays in here.
+            let mut state = this.state;
+            let dropped = context::with_scope_in(&mut ctx.scope, || {
+                catch_unwind(AssertUnwindSafe(|| state.set(State::Done)))
+            });
+            if dropped.is_err() {
+                context::discard();
+            }
+        }
+    }
 }
 
 pin_project! {
@@ -613,6 +634,8 @@ where
 /// Everything is turned into text only when read (a panic report, a lock holder's name).
 #[derive(Debug)]
 pub(crate) struct RequestScope {
+    /// The policy given to the layer (`None`: `new()`'s default, the process-wide one).
+    policy: Option<Policy>,
     method: Method,
     path: RequestPath,
     id: RequestId,
@@ -622,6 +645,13 @@ pub(crate) struct RequestScope {
 }
 
 impl RequestScope {
+    /// The policy given to the layer the request runs under, if one was (see
+    /// [`PanicLayer::with_policy`]): what decides a poison that is not a panic, such as a
+    /// [`CommitGuard`](crate::CommitGuard) dropped uncommitted.
+    pub(crate) fn policy(&self) -> Option<Policy> {
+        self.policy
+    }
+
     fn request_id(&self) -> IdText<'_> {
         match &self.id {
             // Sane ids are ASCII.
@@ -804,6 +834,7 @@ impl RequestCtx {
         let mut scope = match SPARE_SCOPES.try_with(|s| s.try_borrow_mut().ok()?.pop()) {
             Ok(Some(scope)) => scope,
             _ => Scope::request(RequestScope {
+                policy: None,
                 method: Method::GET,
                 path: RequestPath::Inline {
                     len: 0,
@@ -816,6 +847,7 @@ impl RequestCtx {
             }),
         };
         if let Some(r) = Arc::get_mut(&mut scope).and_then(Scope::as_request_mut) {
+            r.policy = config.policy_given.then_some(config.policy);
             r.method = req.method().clone();
             r.path.set(req.uri().path());
             #[cfg(feature = "axum")]
