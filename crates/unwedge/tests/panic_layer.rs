@@ -476,7 +476,7 @@ async fn panic_after_an_await_is_caught_like_one_in_call() {
         assert!(r.location.as_deref().unwrap().contains("panic_layer.rs"));
         assert_eq!(
             r.decision.as_ref().unwrap().reason,
-            "no unwedge state touched"
+            "no unwedge state rolled back or poisoned"
         );
     })
     .await
@@ -955,7 +955,7 @@ async fn a_resumed_panic_is_not_reported_with_an_earlier_caught_panics_details()
         assert_eq!(r.decision.as_ref().unwrap().action, Action::Recover);
         assert_eq!(
             r.decision.as_ref().unwrap().reason,
-            "no unwedge state touched"
+            "no unwedge state rolled back or poisoned"
         );
     })
     .await

@@ -220,7 +220,10 @@ pub(crate) fn decide(
                     humantime::format_duration(b.window)
                 ),
             ),
-            _ if rolled_back.is_empty() => (Action::Recover, "no unwedge state touched".to_owned()),
+            _ if rolled_back.is_empty() => (
+                Action::Recover,
+                "no unwedge state rolled back or poisoned".to_owned(),
+            ),
             _ => (
                 Action::Recover,
                 format!("state rolled back: {}", names(rolled_back)),
