@@ -42,6 +42,9 @@ pub(crate) fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
             if let Err(e) = settings.check_environment() {
                 return fail(format!("{}: {e}", file.display()), 1);
             }
+            if let Some(warning) = Supervisor::memory_limit_warning(&c) {
+                crate::out::eprint_line(format_args!("unwedge: warning: {warning}"));
+            }
             // The addresses, bound and released at once: one of no interface here, a port
             // this user may not bind, a missing directory fail as `run` would; one in use is a
             // note (before a reload, the running supervisor holds them).

@@ -50,6 +50,26 @@ impl Cgroup {
     fn procs(&self) -> PathBuf {
         self.0.join("cgroup.procs")
     }
+
+    /// Changes the memory limit, as a pod resize or `systemctl set-property` does.
+    fn set_limit(&self, limit: u64) {
+        let v2 = self.0.join("memory.max").exists();
+        let file = if v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        if !v2 {
+            // v1 wants the memory+swap limit at least the memory limit: lower it after.
+            std::fs::write(self.0.join(file), limit.to_string()).unwrap();
+            let _ = std::fs::write(
+                self.0.join("memory.memsw.limit_in_bytes"),
+                limit.to_string(),
+            );
+        } else {
+            std::fs::write(self.0.join(file), limit.to_string()).unwrap();
+        }
+    }
 }
 
 /// A cgroup limited to 200 MiB, or `None` (after saying why) where none can be made.
@@ -225,6 +245,33 @@ async fn a_max_memory_the_cgroup_cannot_hold_is_pointed_out() {
     sup.signal(Signal::SIGTERM);
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
 
+    // check-config, run in the same cgroup, says it too (a deploy gate sees it).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unwedge.toml");
+    std::fs::write(
+        &file,
+        "workers = 2\nmax-memory = \"100M\"\ncommand = [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    let join = format!("echo $$ > {} && exec \"$@\"", cg.procs().display());
+    let mut check = tokio::process::Command::new("sh");
+    check.args([
+        "-c",
+        &join,
+        "sh",
+        BIN,
+        "check-config",
+        file.to_str().unwrap(),
+    ]);
+    let out = output_of(check).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("unwedge: warning: --max-memory 100M for 2 worker(s)")
+            && err.contains("set --max-memory at most 66.7M"),
+        "{err}"
+    );
+
     // 3 × 60M fits: nothing said.
     let mut sup = start("60M");
     sup.wait_ready(0, 2).await;
@@ -279,6 +326,16 @@ async fn max_memory_auto_shares_the_cgroup_limit_among_the_workers() {
         .await;
     sup.wait_ready(0, 2).await;
     assert!(!sup.log().contains("adds up to"), "{}", sup.log());
+    // The limit lowered to 100 MiB while it runs (a pod resized in place): auto follows, 30M.
+    let mark = sup.mark();
+    cg.set_limit(100 << 20);
+    let line = sup
+        .wait_line(
+            mark,
+            &["--max-memory auto: the cgroup's memory limit is now 100.0M"],
+        )
+        .await;
+    assert!(line.contains("30.0M per worker (was 60.0M)"), "{line}");
     sup.signal(Signal::SIGTERM);
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
     drop(cg);

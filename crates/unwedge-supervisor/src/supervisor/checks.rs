@@ -71,6 +71,7 @@ impl Pool {
         if self.reload.is_some() {
             return;
         }
+        self.follow_memory_limit();
         let active_gen = self.active_gen;
         let over: Vec<(i32, u64, u64)> = self
             .workers
@@ -85,6 +86,40 @@ impl Pool {
             .collect();
         for (pid, rss, limit) in over {
             self.over_memory(pid, rss, limit, now);
+        }
+    }
+
+    /// `--max-memory auto` follows the cgroup's memory limit when it changes (an in-place pod
+    /// resize, `systemctl set-property … MemoryMax=`): the share is computed again from the
+    /// limit now, for the serving workers and those started next.
+    fn follow_memory_limit(&mut self) {
+        if !self.config.max_memory_auto {
+            return;
+        }
+        let Some(limit) = self.oom.as_ref().and_then(|o| o.limit()) else {
+            return;
+        };
+        let Ok(each) = crate::config::auto_memory(
+            Some(limit),
+            u32::try_from(self.config.workers).unwrap_or(u32::MAX),
+        ) else {
+            return;
+        };
+        let Some(before) = self.config.max_memory.filter(|&b| b != each) else {
+            return;
+        };
+        tracing::info!(
+            "--max-memory auto: the cgroup's memory limit is now {}: {} per worker (was {})",
+            crate::config::human_size(limit),
+            crate::config::human_size(each),
+            crate::config::human_size(before)
+        );
+        let old = Arc::clone(&self.config);
+        Arc::make_mut(&mut self.config).max_memory = Some(each);
+        for w in self.workers.values_mut() {
+            if Arc::ptr_eq(&w.config, &old) {
+                w.config = Arc::clone(&self.config);
+            }
         }
     }
 

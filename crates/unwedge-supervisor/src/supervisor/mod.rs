@@ -215,6 +215,25 @@ impl Supervisor {
         })
     }
 
+    /// The warning `run` gives at start when `config`'s `--max-memory` for every worker, and
+    /// one more during a replacement, is over the memory limit of this process's cgroup (the
+    /// OOM killer would act before `--max-memory`); `None` when it fits or there is no limit.
+    /// For `check-config`, which runs the checks a start makes.
+    ///
+    /// ```
+    /// use unwedge_supervisor::{Config, Options, Supervisor};
+    ///
+    /// let config = Config::resolve(None, Options::default(), vec!["server".into()]).unwrap();
+    /// // No --max-memory: nothing to say.
+    /// assert_eq!(Supervisor::memory_limit_warning(&config), None);
+    /// ```
+    pub fn memory_limit_warning(config: &Config) -> Option<String> {
+        over_cgroup_limit(
+            config,
+            crate::oom::OomCounter::for_this_process().and_then(|c| c.limit()),
+        )
+    }
+
     /// The checks of [`Supervisor::new`] that bind, start and change nothing: the worker
     /// command can be run (found, a regular file, executable), and the workers' user can be
     /// switched to. The error is the one `new` would return; `unwedge check-config` runs them.
@@ -852,13 +871,20 @@ const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// the supervisor's cgroup (`limit`), so the kernel would kill a worker (cutting its requests)
 /// before any of them reached the limit that replaces it gracefully.
 fn warn_if_over_cgroup_limit(config: &Config, limit: Option<u64>) {
+    if let Some(warning) = over_cgroup_limit(config, limit) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// What [`warn_if_over_cgroup_limit`] says, if anything.
+fn over_cgroup_limit(config: &Config, limit: Option<u64>) -> Option<String> {
     let (Some(each), Some(limit)) = (config.max_memory, limit) else {
-        return;
+        return None;
     };
     let n = config.workers as u64 + 1;
     let total = each.saturating_mul(n);
-    if total > limit {
-        tracing::warn!(
+    (total > limit).then(|| {
+        format!(
             "--max-memory {} for {} worker(s), and one more during a replacement, adds up to {}, \
              over the memory limit of the supervisor's cgroup ({}): the kernel's OOM killer \
              would kill a worker before --max-memory replaces it gracefully; set --max-memory \
@@ -868,8 +894,8 @@ fn warn_if_over_cgroup_limit(config: &Config, limit: Option<u64>) {
             crate::config::human_size(total),
             crate::config::human_size(limit),
             crate::config::human_size(limit / n)
-        );
-    }
+        )
+    })
 }
 
 /// `lifetime` less up to 10 % of it, at random: workers started together (at start, at a
