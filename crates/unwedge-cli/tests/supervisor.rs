@@ -768,6 +768,57 @@ async fn a_broken_new_generation_leaves_the_old_one_serving() {
     .await;
 }
 
+/// A reload whose workers never become ready fails once: the first one found past its
+/// readiness deadline fails it and tears the others down, which are not found hung in their
+/// turn (one hang counted, not one per worker). The supervisor is paused across both
+/// deadlines, so that they pass in one tick of its loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_never_gets_ready_is_one_hang_not_one_per_worker() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("broken");
+        let script = format!(
+            "if [ -e {} ]; then exec sleep 100; fi; exec {BIN} demo-service",
+            marker.display()
+        );
+        let sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--ready",
+            "notify",
+            "--ready-timeout",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        sup.wait_ready(0, 2).await;
+        std::fs::write(&marker, "").unwrap();
+        let m = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        let (_, at) = sup
+            .wait_line_idx(m, &["w2 pid", "started (generation 2)"])
+            .await;
+        let started = Instant::now();
+        // Paused from 1.7 s to 2.4 s after the candidates started: less than the 1 s that
+        // would make the supervisor take itself for stalled and give fresh deadlines.
+        tokio::time::sleep_until((started + Duration::from_millis(1700)).into()).await;
+        sup.signal(Signal::SIGSTOP);
+        tokio::time::sleep_until((started + Duration::from_millis(2400)).into()).await;
+        sup.signal(Signal::SIGCONT);
+        sup.wait_line(at, &["reload failed: generation 2"]).await;
+        sup.wait_line(at, &["w1 pid", "killed by"]).await;
+        sup.wait_line(at, &["w2 pid", "killed by"]).await;
+        let log = sup.log();
+        assert_eq!(log.matches("is hung (ready_timeout").count(), 1, "{log}");
+    })
+    .await;
+}
+
 /// The pid file belongs to one supervisor: a second one started with it refuses to start
 /// (and leaves it alone); a stale one naming another program is taken over; it is removed
 /// when its supervisor stops, and only then.

@@ -179,6 +179,13 @@ impl Pool {
             self.mark_ready(pid);
         }
         for (pid, kind, msg) in hung {
+            // Its stop was decided meanwhile, by an earlier one of this list: a reload's
+            // candidates all reach their readiness deadline in one tick, and the first one
+            // found hung fails the reload and tears down the others. Not one more hang each.
+            let stopping = self.workers.get(&pid).is_some_and(|w| w.stop_requested);
+            if kind == HangKind::ReadyTimeout && stopping {
+                continue;
+            }
             if kind == HangKind::ReadyTimeout {
                 let tree = crate::procfs::descendants(pid, 64);
                 self.warn_if_it_listens_elsewhere(pid, &tree);
