@@ -492,7 +492,10 @@ fn clean_url(value: &mut serde_json::Value) -> bool {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum UserInfoEnd {
     /// The last `@` before the first `/`, `?` or `#`, where the authority of a URL that parses
-    /// ends: an `@` in the path or query (`/@alice`, `?next=a@b`) is left alone.
+    /// ends: an `@` in the path or query (`/@alice`, `?next=a@b`) is left alone. When there is
+    /// none there but what comes before that first `/ ? #` reads as `user:password`
+    /// ([`looks_like_password`]: a `:` not followed by a port), the last `@` of all: a
+    /// password with an unencoded `/`, `?` or `#` (`app:Ab3/x+Yz==@db`, base64's `/`).
     Authority,
     /// The last `@` anywhere: in a URL that may not parse, a password may hold `/`, `?` or
     /// `@`, so everything before it is taken for user info.
@@ -514,32 +517,80 @@ pub(crate) fn split_userinfo(url: &str, end: UserInfoEnd) -> (&str, Option<&str>
         Some((s, rest)) if is_scheme(s) => (&url[..s.len() + 3], rest),
         _ => ("", url),
     };
-    let searched = match end {
-        UserInfoEnd::Authority => &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())],
-        UserInfoEnd::LastAt => rest,
+    let at = match end {
+        UserInfoEnd::Authority => {
+            let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+            match authority.rfind('@') {
+                None if looks_like_password(authority) => rest.rfind('@'),
+                at => at,
+            }
+        }
+        UserInfoEnd::LastAt => rest.rfind('@'),
     };
-    match searched.rfind('@') {
+    match at {
         Some(at) => (scheme, Some(&rest[..at]), &rest[at + 1..]),
         None => (scheme, None, rest),
     }
 }
 
+/// Whether `authority`, what follows a URL's `scheme://` up to the first `/`, `?` or `#` and
+/// holding no `@`, reads as the start of a `user:password` whose password goes on past an
+/// unencoded `/`, `?` or `#` (`app:Ab3` of `postgres://app:Ab3/x+Yz==@db`, `:pw` of
+/// `redis://:pw/x@cache`) rather than a `host` or `host:port`: it has a `:` and what follows
+/// it is not a port (1 to 5 decimal digits, at most 65535); an IPv6 literal (`[::1]`,
+/// `[::1]:8080`) is a host. Only an `@` later in the URL makes it user info. The `unwedge`
+/// library and the supervisor's stderr tail read it the same way.
+fn looks_like_password(authority: &str) -> bool {
+    let after_host = match authority.strip_prefix('[') {
+        Some(literal) => match literal.find(']') {
+            Some(i) => &literal[i + 1..],
+            None => return authority.contains(':'),
+        },
+        None => match authority.find(':') {
+            Some(i) => &authority[i..],
+            None => return false,
+        },
+    };
+    let is_port = |s: &str| {
+        (1..=5).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && s.parse::<u16>().is_ok()
+    };
+    match after_host.strip_prefix(':') {
+        Some(port) => !is_port(port),
+        None => !after_host.is_empty(),
+    }
+}
+
+/// Whether `c` ends a URL in free text: no URL holds whitespace, a control character, `"`,
+/// `<` or `>`.
+fn ends_url_in_text(c: char) -> bool {
+    matches!(c, '"' | '<' | '>') || c.is_whitespace() || c.is_control()
+}
+
 /// Whether `c` ends a URL's authority in free text: `/`, `?`, `#` (as [`split_userinfo`]
-/// ends it), or what no URL holds: whitespace, a control character, `"`, `<`, `>`.
+/// ends it), or what ends the URL ([`ends_url_in_text`]).
 fn ends_authority_in_text(c: char) -> bool {
-    matches!(c, '/' | '?' | '#' | '"' | '<' | '>') || c.is_whitespace() || c.is_control()
+    matches!(c, '/' | '?' | '#') || ends_url_in_text(c)
 }
 
 /// `text` (a panic message, a line of stderr) with the user info of every URL in it cut as
 /// [`clean_url`] cuts a URL field's: `scheme://user:password@host` becomes `scheme://…@host`,
 /// the rest (query included) left as written; `None` when it holds no such URL. A URL is found
-/// by its `scheme://` (RFC 3986's scheme, in any case); its user info ends at the last `@`
-/// before the first `/`, `?` or `#` ([`UserInfoEnd::Authority`]), or before what no URL holds
-/// and so ends one in text: whitespace, a control character, `"`, `<`, `>`. (`'` and `)` may
-/// be in a password: they do not end it.)
+/// by its `scheme://` (RFC 3986's scheme, in any case) and ends before what no URL holds and so
+/// ends one in text: whitespace, a control character, `"`, `<`, `>`. Its user info ends at the
+/// last `@` before the first `/`, `?` or `#`; when there is none there but what comes before
+/// that first `/ ? #` reads as `user:password` ([`looks_like_password`]), at the last `@` of
+/// the URL ([`UserInfoEnd::Authority`]), so that a password with an unencoded `/`, `?` or `#`
+/// is cut too. (`'` and `)` may be in a password: they do not end it.) Linear in the length of
+/// `text`, however many `://` it holds.
 fn hide_userinfo_in_text(text: &str) -> Option<String> {
     let mut out = String::new();
     let (mut copied, mut from) = (0, 0);
+    // The end of the run of text without a character ending a URL last scanned for its last
+    // `@` (and that `@`): the `://` after it in the same run reuse it, so each run is scanned
+    // once.
+    let mut run: Option<(usize, Option<usize>)> = None;
     while let Some(found) = text[from..].find("://") {
         let before = &text[..from + found];
         from = before.len() + "://".len();
@@ -554,14 +605,32 @@ fn hide_userinfo_in_text(text: &str) -> Option<String> {
         let end = text[from..]
             .find(ends_authority_in_text)
             .map_or(text.len(), |i| from + i);
-        match split_userinfo(&text[start..end], UserInfoEnd::Authority) {
+        let user_end = match split_userinfo(&text[start..end], UserInfoEnd::Authority) {
+            ("", _, _) => None,
             // Cut already (`…`): left as it is.
-            (scheme, Some(user), _) if !scheme.is_empty() && user != "…" => {
-                out.push_str(&text[copied..from]);
-                out.push('…');
-                copied = from + user.len();
+            (_, Some(user), _) if user != "…" => Some(from + user.len()),
+            (_, None, _) if looks_like_password(&text[from..end]) => {
+                let (run_end, last_at) = match run {
+                    // Same run: no character ending a URL between its start and here.
+                    Some((run_end, last_at)) if from <= run_end => (run_end, last_at),
+                    _ => {
+                        let run_end = text[from..]
+                            .find(ends_url_in_text)
+                            .map_or(text.len(), |i| from + i);
+                        (run_end, text[from..run_end].rfind('@').map(|i| from + i))
+                    }
+                };
+                run = Some((run_end, last_at));
+                last_at.filter(|&at| at >= from)
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(at) = user_end {
+            out.push_str(&text[copied..from]);
+            out.push('…');
+            copied = at;
+            // A `://` in what was cut is part of the password.
+            from = at;
         }
     }
     (copied > 0).then(|| out + &text[copied..])
@@ -576,20 +645,24 @@ const CUT_MARKS: [&str; 2] = ["…<truncated>", "…"];
 const CUT_LINE_MIN: usize = 1024 - 3;
 
 /// `text`, which was cut (at its end, before `marks`, if any), with a URL the cut fell in
-/// shown `scheme://…`: when the text ends inside a URL's authority, the `@` that shows where a
-/// `user:password` ends may be past the cut (or be one inside the password), so nothing of it
-/// is kept. `None` when the text does not end inside an authority.
+/// shown `scheme://…`: when the text ends inside a URL's authority, or past the first `/`, `?`
+/// or `#` of a URL whose authority reads as `user:password` ([`looks_like_password`]), the
+/// `@` that shows where the password ends may be past the cut (or be one inside the
+/// password), so nothing of it is kept. `None` when the text does not end inside such a URL.
 fn hide_cut_authority(text: &str) -> Option<String> {
     let (body, mark) = CUT_MARKS
         .iter()
         .find_map(|m| text.strip_suffix(m).map(|b| (b, *m)))
         .unwrap_or((text, ""));
     let i = body.rfind("://")?;
-    let authority = &body[i + 3..];
-    if authority.contains(ends_authority_in_text) || authority.is_empty() || authority == "…" {
+    let url = &body[i + 3..];
+    if url.contains(ends_url_in_text) || url.is_empty() || url == "…" {
         return None;
     }
-    Some(format!("{}…{mark}", &body[..i + 3]))
+    match url.find(['/', '?', '#']) {
+        Some(end) if url[..end].contains('@') || !looks_like_password(&url[..end]) => None,
+        _ => Some(format!("{}…{mark}", &body[..i + 3])),
+    }
 }
 
 /// A panic report a worker sent, as received but for its credentials.
@@ -656,15 +729,19 @@ impl PanicRecord {
     /// `request.headers` with [`REDACTED`], whatever the case of its name: in a JSON object
     /// (`{"Cookie": "…"}`, the `unwedge` library's form) or a list of `[name, value]` pairs;
     /// and cuts the user info (everything between `scheme://` and the last `@` before the
-    /// first `/`, `?` or `#`, shown as `…@`), the query and the fragment off `request.path`,
+    /// first `/`, `?` or `#`, or the last `@` of all when what precedes that first `/ ? #`
+    /// reads as `user:password`: see [`UserInfoEnd::Authority`]; shown as `…@`), the query and
+    /// the fragment off `request.path`,
     /// `request.route`, a `Referer` header's value and any header value starting with a URL
     /// scheme (`https://`, `HTTPS://`, `wss://`),
     /// as the `unwedge` library reports them (each value of a list, as Go's `http.Header` has).
     /// In the top-level `message` (free text: a worker's panic message may quote a URL it
     /// failed to reach), it cuts the user info of every URL, as the `unwedge` library does:
     /// a URL is found by its `scheme://` (any scheme, any case), its user info ends at the last
-    /// `@` before the first `/`, `?`, `#`, whitespace, control character, `"`, `<` or `>`, and
-    /// is shown `…`; the rest of the message, a URL's query included, is left as written.
+    /// `@` before the first `/`, `?`, `#`, whitespace, control character, `"`, `<` or `>` (or,
+    /// for a password with an unencoded `/ ? #`, at the URL's last `@`: see
+    /// `hide_userinfo_in_text`), and is shown `…`; the rest of the message, a URL's query
+    /// included, is left as written.
     /// A message its worker cut (ending `…<truncated>` or `…`, or named in `truncated`) that
     /// ends inside a URL's authority keeps only its `scheme://…`: the end of a password is
     /// past the cut. Returns whether anything was changed.
@@ -1099,6 +1176,18 @@ mod tests {
                 "https://example.com/@alice?next=a@b",
                 "https://example.com/@alice",
             ),
+            // But a password with an unencoded `/`, `?` or `#` is: what precedes the first
+            // `/ ? #` reads as `user:password`, not `host:port`.
+            (
+                "https://app:Ab3/x+Yz9Q==@example.com/x?t=1",
+                "https://…@example.com/x",
+            ),
+            ("https://u:a?b#c@example.com/x#f", "https://…@example.com/x"),
+            ("wss://:pw/x@h", "wss://…@h"),
+            (
+                "https://example.com:8080/a@b?c=d",
+                "https://example.com:8080/a@b",
+            ),
         ] {
             let mut v = serde_json::Value::from(url);
             assert!(clean_url(&mut v), "{url}");
@@ -1108,6 +1197,9 @@ mod tests {
             "https://example.com/x",
             "/cart",
             "https://example.com/@alice",
+            "https://example.com/users/me@x.org",
+            "https://example.com:8080/a@b",
+            "http://[::1]/a@b",
             "",
         ] {
             let mut v = serde_json::Value::from(clean);
@@ -1176,7 +1268,40 @@ mod tests {
             "échec: postgres://…@hôte/ü — réessayez",
         ),
         ("日本postgres://u:s3cret@db", "日本postgres://…@db"),
-        // No user info: an `@` past the authority, an e-mail, no scheme, cut already.
+        // A password with an unencoded `/`, `?` or `#` (base64, a DSN built with `format!`):
+        // what precedes the first `/ ? #` reads as `user:password`, so the user info runs to
+        // the URL's last `@` (found by review: it was shown whole).
+        (
+            "connect postgres://app:Ab3/x+Yz9Q==@db:5432/app",
+            "connect postgres://…@db:5432/app",
+        ),
+        (
+            "mysql://u:a?b#c@db/x?y=1 failed",
+            "mysql://…@db/x?y=1 failed",
+        ),
+        ("redis://:pw/with/slash@cache:6379", "redis://…@cache:6379"),
+        ("amqp://u:/starts/with/slash@mq/vh", "amqp://…@mq/vh"),
+        ("amqp://u:a/b@c@mq/vh", "amqp://…@mq/vh"),
+        (
+            "(\"postgres://app:é/日本@db/x\", postgres://app:Ab3/x@db2)",
+            "(\"postgres://…@db/x\", postgres://…@db2)",
+        ),
+        // A `://` inside such a password is part of it.
+        ("ftp://u:a/b://c:d/e@h/x", "ftp://…@h/x"),
+        // No user info: an `@` past the authority (a host, a `host:port`, an IPv6 literal
+        // before the first `/`), an e-mail, no scheme, cut already.
+        (
+            "see https://example.com/users/me@x.org",
+            "see https://example.com/users/me@x.org",
+        ),
+        (
+            "https://example.com:8080/a@b and http://[::1]:8080/a@b, http://[::1]/a@b",
+            "https://example.com:8080/a@b and http://[::1]:8080/a@b, http://[::1]/a@b",
+        ),
+        (
+            "http://a:b/c, no `@` after it",
+            "http://a:b/c, no `@` after it",
+        ),
         (
             "GET https://host/@alice?next=a@b#c@d failed",
             "GET https://host/@alice?next=a@b#c@d failed",
@@ -1228,6 +1353,12 @@ mod tests {
         let message = r.report["message"].as_str().unwrap().to_owned();
         assert!(message.ends_with("a://…@h") && !message.contains("s3cret"));
         assert!(!r.redact());
+        // Each authority reads as `user:password` and the `@` that would end it is looked for
+        // once for the whole run, not once for each `://`.
+        let text = "a://b:c/".repeat(50_000) + " mail x@y";
+        let mut r = PanicRecord::new(None, serde_json::json!({ "message": text }));
+        assert_eq!(r.report["message"], text);
+        assert!(!r.redact());
         // Linear: milliseconds; the quadratic scan took minutes in a debug build.
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
@@ -1261,6 +1392,20 @@ mod tests {
                 serde_json::json!({"message": "GET https://db/x/y…<truncated>"}),
                 "GET https://db/x/y…<truncated>",
             ),
+            (
+                serde_json::json!({"message": "GET https://db:8080/x/y…<truncated>"}),
+                "GET https://db:8080/x/y…<truncated>",
+            ),
+            // Cut inside a password with a `/` (or after an `@` inside it): the authority
+            // reads as `user:password`.
+            (
+                serde_json::json!({"message": "no DB at postgres://app:Ab3/x+Y…<truncated>"}),
+                "no DB at postgres://……<truncated>",
+            ),
+            (
+                serde_json::json!({"message": "at amqp://u:a/b@c", "truncated": ["message"]}),
+                "at amqp://…",
+            ),
         ] {
             let r = PanicRecord::new(None, report.clone());
             assert_eq!(r.report["message"], shown, "{report}");
@@ -1276,12 +1421,14 @@ mod tests {
         );
         exit.last_stderr_lines = vec![
             format!("{before} connect postgres://app:S3CRET"),
+            format!("{before} connect postgres://app:Ab3/x+Y"),
             "short: postgres://app:S3CRET".into(),
         ];
         assert!(exit.redact());
         assert_eq!(
             exit.last_stderr_lines,
             [
+                format!("{before} connect postgres://…"),
                 format!("{before} connect postgres://…"),
                 // A short line was not cut: no `@`, so no user info.
                 "short: postgres://app:S3CRET".into(),
@@ -1530,7 +1677,7 @@ mod tests {
             sep in prop::sample::select(vec![" ", "\t", "(", "\"", "'", "<", "=", "é", "\\\""]),
             scheme in "[A-PR-Za-z][A-PR-Za-z0-9+.-]{0,8}",
             user in "[a-z0-9é]{0,6}",
-            secret in "Q[A-Za-z0-9._~!$&'()*+,;=%:@é日-]{1,16}",
+            secret in "Q[A-Za-z0-9._~!$&'()*+,;=%:@/?#é日-]{1,16}",
             host in "[a-z0-9.-]{1,12}(:[0-9]{1,5})?",
             tail in "(/[a-z0-9._@é日-]{0,8}){0,2}(\\?[a-z=@&]{0,8})?",
             after in noise(12),
@@ -1568,7 +1715,7 @@ mod tests {
         /// object of lists, a list of pairs), never reach what is stored or shown.
         #[test]
         fn a_report_never_keeps_a_credential(
-            secret in "Q[A-Za-z0-9._~!$&'()*+,;=%-]{1,16}",
+            secret in "Q[A-Za-z0-9._~!$&'()*+,;=%/?#-]{1,16}",
             scheme in prop::sample::select(vec!["https://", "http://", "HTTPS://", ""]),
             host in "[a-z0-9.-]{1,12}(:[0-9]{1,5})?",
             path in "(/[a-z0-9._@é日-]{0,8}){0,3}",

@@ -141,25 +141,27 @@ impl Tail {
 }
 
 /// `line` as the tail keeps it: its first [`TAIL_LINE_MAX`] bytes. When that cut falls inside
-/// a URL's authority (after `scheme://`, before its end), the kept part ends at `scheme://…`:
-/// the `@` that shows where a `user:password` ends is past the cut, so what follows
-/// `scheme://` may be the start of a password, which the report's scrubbing (it hides what
-/// comes before such an `@`) could not tell.
+/// a URL's authority (after `scheme://`, before its end), or past the first `/`, `?` or `#` of
+/// a URL whose authority reads as `user:password` ([`looks_like_password`]: a password with an
+/// unencoded `/`), the kept part ends at `scheme://…`: the `@` that shows where a
+/// `user:password` ends is past the cut, so what follows `scheme://` may be the start of a
+/// password, which the report's scrubbing (it hides what comes before such an `@`) could not
+/// tell.
 fn tail_line(line: &str) -> String {
     let cut = crate::text::floor_char_boundary(line, TAIL_LINE_MAX);
     let kept = &line[..cut];
     if cut < line.len() {
         if let Some(i) = kept.rfind("://") {
-            let authority = &kept[i + 3..];
-            let ended = authority.contains(|c: char| {
-                matches!(c, '/' | '?' | '#' | '"' | '<' | '>')
-                    || c.is_whitespace()
-                    || c.is_control()
-            });
+            let url = &kept[i + 3..];
+            let ended = url.contains(|c: char| {
+                matches!(c, '"' | '<' | '>') || c.is_whitespace() || c.is_control()
+            }) || url
+                .find(['/', '?', '#'])
+                .is_some_and(|end| url[..end].contains('@') || !looks_like_password(&url[..end]));
             if !ended {
                 // `…` marks the cut, if it fits in what it replaces: the line stays within
                 // TAIL_LINE_MAX.
-                let mark = if authority.len() >= '…'.len_utf8() {
+                let mark = if url.len() >= '…'.len_utf8() {
                     "…"
                 } else {
                     ""
@@ -169,6 +171,34 @@ fn tail_line(line: &str) -> String {
         }
     }
     kept.to_owned()
+}
+
+/// Whether `authority`, what follows a URL's `scheme://` up to the first `/`, `?` or `#` and
+/// holding no `@`, reads as the start of a `user:password` whose password goes on past an
+/// unencoded `/`, `?` or `#` (`app:Ab3` of `postgres://app:Ab3/x+Yz==@db`) rather than a
+/// `host` or `host:port`: it has a `:` and what follows it is not a port (1 to 5 decimal
+/// digits, at most 65535); an IPv6 literal (`[::1]`, `[::1]:8080`) is a host. As the reports'
+/// scrubbing (`unwedge-admin`) and the `unwedge` library read it.
+fn looks_like_password(authority: &str) -> bool {
+    let after_host = match authority.strip_prefix('[') {
+        Some(literal) => match literal.find(']') {
+            Some(i) => &literal[i + 1..],
+            None => return authority.contains(':'),
+        },
+        None => match authority.find(':') {
+            Some(i) => &authority[i..],
+            None => return false,
+        },
+    };
+    let is_port = |s: &str| {
+        (1..=5).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && s.parse::<u16>().is_ok()
+    };
+    match after_host.strip_prefix(':') {
+        Some(port) => !is_port(port),
+        None => !after_host.is_empty(),
+    }
 }
 
 /// The last (up to [`STDERR_TAIL_LINES`]) lines worker `pid` wrote to its stderr, for its
@@ -418,6 +448,17 @@ mod tests {
         let line = format!("{before} GET https://db.example/{}\n", "p".repeat(100));
         let tail = tail_of(line.clone().into_bytes()).await;
         assert_eq!(tail, [line[..TAIL_LINE_MAX].to_owned()]);
+        let line = format!("{before} GET https://db:8080/{}@x\n", "p".repeat(100));
+        let tail = tail_of(line.clone().into_bytes()).await;
+        assert_eq!(tail, [line[..TAIL_LINE_MAX].to_owned()]);
+        // A password with an unencoded `/` (base64): the authority before it reads as
+        // `user:password`, its end is past the cut.
+        let line = format!(
+            "{before} connect postgres://app:Ab3/x+{}@db/x failed\n",
+            "S".repeat(100)
+        );
+        let tail = tail_of(line.into_bytes()).await;
+        assert_eq!(tail, [format!("{before} connect postgres://…")]);
     }
 
     /// A line longer than MAX_LINE is passed on in pieces: a character a cut falls in goes

@@ -698,6 +698,16 @@ async fn a_url_password_in_a_panic_message_never_reaches_the_report_the_logs_or_
                     }
                 }),
             )
+            .route(
+                "/b64",
+                get(|| async {
+                    // A generated (base64) password, not percent-encoded: `/`, `+`, `=`.
+                    let password = "Ab3/x+Yz9Q==";
+                    if true {
+                        panic!("connect postgres://app:{password}@db:5432/app");
+                    }
+                }),
+            )
             .layer(
                 PanicLayer::new()
                     .expose_details(true)
@@ -706,6 +716,11 @@ async fn a_url_password_in_a_panic_message_never_reaches_the_report_the_logs_or_
         let addr = start(app).await;
         let db = send(addr, "GET", "/db", &[("x-request-id", "url-1")], "").await;
         let cache = send(addr, "GET", "/cache", &[], "").await;
+        let b64 = send(addr, "GET", "/b64", &[], "").await;
+        assert_eq!(
+            assert_problem(&b64)["detail"],
+            "connect postgres://…@db:5432/app"
+        );
         assert_eq!(
             assert_problem(&db)["detail"],
             "failed to connect to postgres://…@db:5432/app"
@@ -716,15 +731,21 @@ async fn a_url_password_in_a_panic_message_never_reaches_the_report_the_logs_or_
         );
 
         let reports = keep.all();
-        assert_eq!(reports.len(), 2);
+        assert_eq!(reports.len(), 3);
         assert_eq!(
             reports[0].message,
             "failed to connect to postgres://…@db:5432/app"
         );
         assert_eq!(reports[1].message, "error: REDIS://…@cache:6379 refused");
+        assert_eq!(reports[2].message, "connect postgres://…@db:5432/app");
         let json = serde_json::to_string(&reports).unwrap();
-        let bodies = [db.body.as_str(), cache.body.as_str()];
-        let logged = logs.assert_none_of(&["s3cret-pg", "hunter2-cache"], &json, &bodies, "url-1");
+        let bodies = [db.body.as_str(), cache.body.as_str(), b64.body.as_str()];
+        let logged = logs.assert_none_of(
+            &["s3cret-pg", "hunter2-cache", "Ab3/x+Yz9Q=="],
+            &json,
+            &bodies,
+            "url-1",
+        );
         assert!(logged.contains("postgres://…@db:5432/app"), "{logged}");
     })
     .await

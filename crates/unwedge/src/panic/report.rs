@@ -402,34 +402,96 @@ fn is_scheme(s: &str) -> bool {
 
 /// A URL as a report shows it: without its query and fragment (where tokens, codes and
 /// session ids travel), as the report keeps the request's path, and without the user and
-/// password of a `scheme://user:password@host` (shown `scheme://…@host`). `cut`: `url` is
-/// the start of a longer value, so an authority that runs to its end may have lost the `@`
-/// ending a user and password: it is shown `scheme://…`.
+/// password of a `scheme://user:password@host` (shown `scheme://…@host`). The user info ends
+/// at the last `@` before the first `/`, `?` or `#`; when there is none there but what comes
+/// before that first `/ ? #` reads as `user:password` ([`looks_like_password`]), at the last
+/// `@` of the value: a password with an unencoded `/`, `?` or `#` (`…:Ab3/x+Yz==@db`) is
+/// hidden too. `cut`: `url` is the start of a longer value, so an authority that runs to its
+/// end, or a `user:password` with no `@` left, may have lost the `@` ending it: it is shown
+/// `scheme://…`.
 fn url_shown(url: &str, cut: bool) -> std::borrow::Cow<'_, str> {
     let base = url.split(['?', '#']).next().unwrap_or("");
-    let Some((scheme, rest)) = base.split_once("://") else {
+    // The scheme is before any `?` or `#`; the user info may run past them.
+    let Some(i) = base.find("://") else {
         return base.into();
     };
-    let end = rest.find('/');
-    if cut && end.is_none() && base.len() == url.len() {
+    let (scheme, rest) = (&url[..i], &url[i + "://".len()..]);
+    let end = rest.find(['/', '?', '#']);
+    let authority = &rest[..end.unwrap_or(rest.len())];
+    let user_end = match authority.rfind('@') {
+        Some(at) => Some(at),
+        None if looks_like_password(authority) => match rest.rfind('@') {
+            Some(at) if !cut => Some(at),
+            // The `@` ending the password may be past the cut (or this one inside it).
+            _ if cut => return format!("{scheme}://…").into(),
+            _ => None,
+        },
+        None => None,
+    };
+    if cut && end.is_none() {
         return format!("{scheme}://…").into();
     }
-    let authority = &rest[..end.unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]).into(),
+    match user_end {
+        Some(at) => {
+            let host = &rest[at + 1..];
+            let host = host.split(['?', '#']).next().unwrap_or("");
+            format!("{scheme}://…@{host}").into()
+        }
         None => base.into(),
     }
+}
+
+/// Whether `authority`, what follows a URL's `scheme://` up to the first `/`, `?` or `#` and
+/// holding no `@`, reads as the start of a `user:password` whose password goes on past an
+/// unencoded `/`, `?` or `#` (`app:Ab3` of `postgres://app:Ab3/x+Yz==@db`, `:pw` of
+/// `redis://:pw/x@cache`) rather than a `host` or `host:port`: it has a `:` and what follows
+/// it is not a port (1 to 5 decimal digits, at most 65535); an IPv6 literal (`[::1]`,
+/// `[::1]:8080`) is a host. Only an `@` later in the URL makes it user info.
+fn looks_like_password(authority: &str) -> bool {
+    let after_host = match authority.strip_prefix('[') {
+        Some(literal) => match literal.find(']') {
+            Some(i) => &literal[i + 1..],
+            None => return authority.contains(':'),
+        },
+        None => match authority.find(':') {
+            Some(i) => &authority[i..],
+            None => return false,
+        },
+    };
+    match after_host.strip_prefix(':') {
+        Some(port) => !is_port(port),
+        None => !after_host.is_empty(),
+    }
+}
+
+/// A URL's port as a host's is written: 1 to 5 decimal digits, at most 65535.
+fn is_port(s: &str) -> bool {
+    (1..=5).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u16>().is_ok()
+}
+
+/// Whether `c` ends a URL in text: no URL holds whitespace, a control character, `"`, `<` or
+/// `>`.
+fn ends_url_in_text(c: char) -> bool {
+    matches!(c, '"' | '<' | '>') || c.is_whitespace() || c.is_control()
 }
 
 /// `text` (a panic message) with the user and password of every URL in it hidden as
 /// [`url_shown`] hides them: `scheme://user:password@host` becomes `scheme://…@host`; the rest,
 /// query included, is left as written. A URL is found by its `scheme://` (RFC 3986's scheme, in
-/// any case); its user info ends at the last `@` before the first `/`, `?` or `#`, or before
-/// what no URL holds and so ends one in text: whitespace, a control character, `"`, `<`, `>`.
-/// (`'` and `)` may be in a password: they do not end it.) Borrowed when nothing is hidden.
+/// any case) and ends before what no URL holds and so ends one in text: whitespace, a control
+/// character, `"`, `<`, `>`. Its user info ends at the last `@` before the first `/`, `?` or
+/// `#`; when there is none there but what comes before that first `/ ? #` reads as
+/// `user:password` ([`looks_like_password`]: a `:` not followed by a port), at the last `@`
+/// of the URL, so that a password with an unencoded `/`, `?` or `#` (base64's `/`) is hidden
+/// too. (`'` and `)` may be in a password: they do not end it.) Borrowed when nothing is
+/// hidden. Linear in the length of `text`, however many `://` it holds.
 pub(crate) fn hide_userinfo_in_text(text: &str) -> std::borrow::Cow<'_, str> {
     let mut out = String::new();
     let (mut copied, mut from) = (0, 0);
+    // The end of the run of text without a character ending a URL last scanned for its last
+    // `@` (and that `@`): the `://` after it in the same run reuse it, so each run is scanned
+    // once.
+    let mut run: Option<(usize, Option<usize>)> = None;
     while let Some(found) = text[from..].find("://") {
         let before = &text[..from + found];
         let authority = before.len() + "://".len();
@@ -444,21 +506,37 @@ pub(crate) fn hide_userinfo_in_text(text: &str) -> std::borrow::Cow<'_, str> {
         }
         let rest = &text[authority..];
         let end = rest
-            .find(|c: char| {
-                matches!(c, '/' | '?' | '#' | '"' | '<' | '>')
-                    || c.is_whitespace()
-                    || c.is_control()
-            })
+            .find(|c: char| matches!(c, '/' | '?' | '#') || ends_url_in_text(c))
             .unwrap_or(rest.len());
-        match rest[..end].rfind('@') {
+        let user_end = match rest[..end].rfind('@') {
             // Hidden already: left as it is.
-            Some(at) if &rest[..at] == "…" => {}
-            Some(at) => {
-                out.push_str(&text[copied..authority]);
-                out.push('…');
-                copied = authority + at;
+            Some(at) if &rest[..at] == "…" => None,
+            Some(at) => Some(authority + at),
+            None if looks_like_password(&rest[..end]) => {
+                let (run_end, last_at) = match run {
+                    // Same run: no character ending a URL between its start and here.
+                    Some((run_end, last_at)) if authority <= run_end => (run_end, last_at),
+                    _ => {
+                        let run_end = rest
+                            .find(ends_url_in_text)
+                            .map_or(text.len(), |i| authority + i);
+                        (
+                            run_end,
+                            text[authority..run_end].rfind('@').map(|i| authority + i),
+                        )
+                    }
+                };
+                run = Some((run_end, last_at));
+                last_at.filter(|&at| at >= authority)
             }
-            None => {}
+            None => None,
+        };
+        if let Some(at) = user_end {
+            out.push_str(&text[copied..authority]);
+            out.push('…');
+            copied = at;
+            // A `://` in what was hidden is part of the password.
+            from = at;
         }
     }
     match copied {
@@ -504,6 +582,10 @@ mod captured_tests {
         c.capture(&h, &classes);
         let map = c.to_map(classes.wanted());
         assert_eq!(map["referer"], "/login");
+        // A URL in a relative one's query is the query's: gone with it.
+        for url in ["/login?next=https://u:p@h/x", "/login?next=https://u:p/x@h"] {
+            assert_eq!(url_shown(url, false), "/login", "{url}");
+        }
         assert_eq!(map["x-return-to"], "http://a/b");
         // A user and password in the URL.
         let mut h = HeaderMap::new();
@@ -517,6 +599,49 @@ mod captured_tests {
         let map = c.to_map(classes.wanted());
         assert_eq!(map["referer"], "https://…@app.example/x@y");
         assert_eq!(map["x-return-to"], "http://…@h");
+    }
+
+    /// A password with an unencoded `/`, `?` or `#` in a URL header is hidden, not shown whole
+    /// (`/`) or in part (`?`, `#`: what precedes them was the URL shown); an `@` past a host's
+    /// authority leaves it.
+    #[test]
+    fn a_url_password_with_a_slash_or_a_query_mark_is_hidden() {
+        for (url, shown) in [
+            (
+                "https://app:Ab3/x+Yz9Q==@app.example/p?t=1",
+                "https://…@app.example/p",
+            ),
+            ("https://u:a?b#c@app.example/p#f", "https://…@app.example/p"),
+            ("wss://:pw/x@h", "wss://…@h"),
+            // Not user info: a host, a port, an IPv6 literal.
+            (
+                "https://example.com/users/me@x.org",
+                "https://example.com/users/me@x.org",
+            ),
+            (
+                "https://example.com:8080/a@b?c@d",
+                "https://example.com:8080/a@b",
+            ),
+            ("http://[::1]/a@b", "http://[::1]/a@b"),
+        ] {
+            assert_eq!(url_shown(url, false), shown, "{url}");
+        }
+        // Cut: the `@` ending such a password may be past the cut.
+        assert_eq!(url_shown("https://app:Ab3/x+Yz", true), "https://…");
+        assert_eq!(url_shown("https://app:Ab3/x@y", true), "https://…");
+        assert_eq!(url_shown("https://h:8080/x@y", true), "https://h:8080/x@y");
+        let mut h = HeaderMap::new();
+        h.append(
+            "referer",
+            HeaderValue::from_static("https://app:Ab3/x+Yz9Q==@app.example/p"),
+        );
+        let classes = HeaderClasses::new(&[REFERER], &HeaderName::from_static("x-request-id"));
+        let mut c = CapturedHeaders::default();
+        c.capture(&h, &classes);
+        assert_eq!(
+            c.to_map(classes.wanted())["referer"],
+            "https://…@app.example/p"
+        );
     }
 
     #[test]
@@ -652,15 +777,40 @@ mod captured_tests {
                 "échec: postgres://…@hôte/ü — réessayez",
             ),
             ("日本postgres://u:s3cret@db", "日本postgres://…@db"),
+            // A password with an unencoded `/`, `?` or `#` (base64, a DSN built with
+            // `format!`): what precedes the first `/ ? #` reads as `user:password`, so the
+            // user info runs to the URL's last `@` (found by review: it was shown whole).
+            (
+                "connect postgres://app:Ab3/x+Yz9Q==@db:5432/app",
+                "connect postgres://…@db:5432/app",
+            ),
+            (
+                "mysql://u:a?b#c@db/x?y=1 failed",
+                "mysql://…@db/x?y=1 failed",
+            ),
+            ("redis://:pw/with/slash@cache:6379", "redis://…@cache:6379"),
+            ("amqp://u:/starts/with/slash@mq/vh", "amqp://…@mq/vh"),
+            ("amqp://u:a/b@c@mq/vh", "amqp://…@mq/vh"),
+            (
+                "(\"postgres://app:é/日本@db/x\", postgres://app:Ab3/x@db2)",
+                "(\"postgres://…@db/x\", postgres://…@db2)",
+            ),
+            // A `://` inside such a password is part of it.
+            ("ftp://u:a/b://c:d/e@h/x", "ftp://…@h/x"),
         ] {
             assert_eq!(hide_userinfo_in_text(message), shown, "{message}");
         }
-        // No user info: an `@` past the authority, an e-mail, no scheme, hidden already.
+        // No user info: an `@` past the authority (a host, a `host:port`, an IPv6 literal
+        // before the first `/`), an e-mail, no scheme, hidden already.
         for message in [
             "boom",
             "GET https://host/@alice?next=a@b#c@d failed",
             "see https://host/x then mail bob@example.com",
+            "https://example.com/users/me@x.org",
+            "https://example.com:8080/a@b and http://[::1]:8080/a@b, http://[::1]/a@b",
+            "GET http://db:5432?next=a@b#c@d",
             "http://host",
+            "http://a:b/c, no `@` after it",
             "1://u:p@h and ://u:p@h: no scheme",
             "a URL hidden already: https://…@db/x",
             "naïve café: ünïcode @ 日本",
@@ -670,6 +820,21 @@ mod captured_tests {
             assert!(matches!(shown, std::borrow::Cow::Borrowed(_)), "{message}");
             assert_eq!(shown, message);
         }
+    }
+
+    /// Linear however many `://` a message holds: each authority is scanned once, and the
+    /// `@` that may end a `user:password` with a `/` once for each run of URL text.
+    #[test]
+    fn many_schemes_in_one_message_are_scanned_once() {
+        let started = std::time::Instant::now();
+        let text = "a://".repeat(50_000) + "u:s3cret@h";
+        let shown = hide_userinfo_in_text(&text);
+        assert!(shown.ends_with("a://…@h") && !shown.contains("s3cret"));
+        let text = "a://b:c/".repeat(50_000) + " mail x@y";
+        assert_eq!(hide_userinfo_in_text(&text), text);
+        let text = "a://b:c/x@".repeat(50_000);
+        assert_eq!(hide_userinfo_in_text(&text), "a://…@");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
     mod props {
@@ -724,13 +889,8 @@ mod captured_tests {
         fn url_with_password() -> impl Strategy<Value = Vec<u8>> {
             let scheme = prop::sample::select(vec!["http", "https", "HTTPS", "Http", "wss"]);
             let user = prop_oneof![Just(0usize), 1usize..4, 1000usize..1030];
-            // No `/`, `?` or `#` in a password: they end the authority (it is not one).
-            let rest = prop::collection::vec(piece(), 0..4).prop_map(|p| {
-                p.concat()
-                    .into_iter()
-                    .filter(|b| !b"/?#".contains(b))
-                    .collect::<Vec<u8>>()
-            });
+            // `/`, `?` and `#` among the pieces: a password may hold them unencoded.
+            let rest = prop::collection::vec(piece(), 0..4).prop_map(|p| p.concat());
             let tail = prop::collection::vec(piece(), 0..6);
             (scheme, user, rest, tail).prop_map(|(scheme, user, rest, tail)| {
                 let mut v = format!("{scheme}://{}:{SECRET}", "u".repeat(user)).into_bytes();
@@ -815,22 +975,29 @@ mod captured_tests {
                     String::from_utf8_lossy(&pieces.concat()).into_owned()
                 };
                 // A URL in text ends at whitespace, a control character, `"`, `<` or `>`.
+                let ends_url = |c: char| c.is_whitespace() || c.is_control() || "\"<>".contains(c);
+                // The URL, and whether its host stays: not when its password holds a `/ ? #`
+                // before any `@` and an `@` follows the host (the user info runs to it).
                 let in_text = |url: Vec<u8>| {
                     let url = String::from_utf8_lossy(&url).into_owned();
                     let (user_info, rest) = url.split_once("@host.example").expect("planted");
-                    let user_info: String = user_info
-                        .chars()
-                        .filter(|c| !(c.is_whitespace() || c.is_control() || "\"<>".contains(*c)))
-                        .collect();
-                    format!("{user_info}@host.example{rest}")
+                    let user_info: String = user_info.chars().filter(|&c| !ends_url(c)).collect();
+                    let after_scheme = &user_info[user_info.find("://").expect("planted") + 3..];
+                    let past_authority = after_scheme
+                        .split(['/', '?', '#'])
+                        .next()
+                        .is_some_and(|authority| authority.len() < after_scheme.len() && !authority.contains('@'));
+                    let at_after_host = rest.split(ends_url).next().is_some_and(|r| r.contains('@'));
+                    (format!("{user_info}@host.example{rest}"), !(past_authority && at_after_host))
                 };
-                let urls: Vec<String> = urls.into_iter().map(in_text).collect();
+                let (urls, kept): (Vec<String>, Vec<bool>) = urls.into_iter().map(in_text).unzip();
                 let message = format!("{} {} {}", text(before), urls.join(" "), text(after));
                 let shown = hide_userinfo_in_text(&message);
                 prop_assert!(!shown.contains(SECRET), "{message:?} gave {shown:?}");
                 prop_assert_eq!(
                     shown.matches("@host.example/p").count(),
-                    message.matches("@host.example/p").count()
+                    kept.iter().filter(|&&k| k).count(),
+                    "{:?} gave {:?}", message, shown
                 );
                 prop_assert_eq!(hide_userinfo_in_text(&shown), shown.clone(), "hidden once");
             }
