@@ -90,8 +90,9 @@ other CPU: a "busy" one updates back to back, a "paced" one sleeps 10 µs betwee
 "1 µs" one spins 1 µs between them; the rate each reached is listed below. The "floor" rows
 are the cost no reclamation scheme can go below: the reader takes the current version from a
 pool of versions never freed (no arc-swap, no debt, no epoch), borrowed or as an owned \`Arc\`
-clone, while the writer runs \`Tx::update\` back to back (the \`Tx\` rows' rate) and publishes
-the next version: what remains is the cache lines moving between the cores.)
+clone, while the writer runs \`Tx::update\` back to back and publishes the next version (faster
+than in the \`Tx\` rows, whose readers slow it down): what remains is the cache lines moving
+between the cores, and the time that adds to a read, not its ratio to an idle read, is the floor.)
 
 HEADER
   python3 bench/criterion_table.py --newer "$tmp/start" --ratios state target/criterion '^read' '^update$' '^mutex uncontended'

@@ -896,7 +896,7 @@ pub(crate) fn hang_reason(detail: &str, max: usize) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(max)
         .collect();
-    if cut.len() < s.len() {
+    if s.chars().nth(max).is_some() {
         cut.push('…');
     }
     cut
@@ -958,5 +958,7 @@ mod hang_tests {
         );
         assert_eq!(hang_reason("probe: timed out", 100), "probe: timed out");
         assert_eq!(hang_reason("wedged: ééé", 2), "éé…");
+        // A control character of two bytes shown as one space: nothing was cut.
+        assert_eq!(hang_reason("wedged: a\u{85}b", 3), "a b");
     }
 }

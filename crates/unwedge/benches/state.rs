@@ -21,9 +21,10 @@
 //! The "floor" rows measure what no reclamation scheme can go below: the reader takes the
 //! current version from a pool of versions that are never freed (no arc-swap, no debt, no
 //! epoch), either borrowing it or cloning its `Arc` as `Tx::read` must, while the writer runs
-//! `Tx::update` (so it publishes at the rate of the `Tx` rows) and then publishes the next
-//! pool version. What is left is the cache-line traffic of reading what another core keeps
-//! publishing.
+//! `Tx::update` back to back and then publishes the next pool version (faster than in the
+//! `Tx` rows, where the readers slow it down: the rates are printed). What is left is the
+//! cache-line traffic of reading what another core keeps publishing; the time it adds to a
+//! read, not its ratio to an idle read, is the floor.
 
 use std::cell::Cell;
 use std::hint::black_box;

@@ -412,6 +412,62 @@ async fn a_section_cancelled_under_a_default_layer_follows_the_process_policy() 
     .await
 }
 
+/// A cancelled request whose future's `Drop` panics while it holds a mutex: that panic is
+/// the request's, reported (message, poisoned mutex) and decided by the layer's policy:
+/// `Auto` crashes for the poisoned mutex. Nothing is lost for want of a response to answer.
+#[tokio::test]
+async fn a_panic_in_the_drop_of_a_cancelled_request_is_reported_and_decided() {
+    support::own_process();
+    struct Fails;
+    impl Drop for Fails {
+        fn drop(&mut self) {
+            panic!("cleanup of a cancelled request failed");
+        }
+    }
+    within(async {
+        let keep = Keep::default();
+        let m = Arc::new(unwedge::Mutex::named("drop-held", 0u32));
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let app = Router::new()
+            .route(
+                "/hold",
+                get(
+                    |State((m, entered)): State<(
+                        Arc<unwedge::Mutex<u32>>,
+                        Arc<tokio::sync::Notify>,
+                    )>| async move {
+                        let mut guard = m.lock().await.unwrap();
+                        // Dropped first (declared last): panics while the guard is held.
+                        let _fails = Fails;
+                        *guard += 1;
+                        entered.notify_one();
+                        std::future::pending::<()>().await;
+                    },
+                ),
+            )
+            .with_state((m.clone(), entered.clone()))
+            .layer(PanicLayer::new().sink(Arc::new(keep.clone())));
+        let addr = start(app).await;
+        use tokio::io::AsyncWriteExt;
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        entered.notified().await;
+        drop(client);
+        let reason = unwedge::health::crash_requested().await;
+        assert!(reason.contains("`drop-held` poisoned"), "{reason}");
+        assert!(m.is_poisoned());
+        let reports = keep.all();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].message, "cleanup of a cancelled request failed");
+        assert_eq!(reports[0].poisoned, ["drop-held"]);
+        assert_eq!(reports[0].request.as_ref().unwrap().path, "/hold");
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------
 // The panic budget.
 

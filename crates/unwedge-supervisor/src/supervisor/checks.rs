@@ -65,13 +65,20 @@ impl Pool {
         }
     }
 
-    /// Replaces the serving workers whose resident memory is above their `--max-memory`.
-    /// Not during a reload, which replaces them all anyway.
+    /// Replaces a serving worker whose resident memory is above its `--max-memory`, one at a
+    /// time. Not during a reload, which replaces them all anyway.
     pub(super) fn check_memory(&mut self, now: Instant) {
         if self.reload.is_some() {
             return;
         }
         self.follow_memory_limit();
+        // One replacement at a time, as `auto`'s share budgets for (the workers and one
+        // more): when a lower limit (or a common leak) puts every worker over at once,
+        // replacing them all together would double the memory in use, in a cgroup that may
+        // just have shrunk. The next one goes once the last one replaced has exited.
+        if self.workers.values().any(|w| w.retire_when_replaced) {
+            return;
+        }
         let active_gen = self.active_gen;
         let over: Vec<(i32, u64, u64)> = self
             .workers
@@ -84,7 +91,8 @@ impl Pool {
                 (bytes > limit).then_some((w.pid, bytes, limit))
             })
             .collect();
-        for (pid, rss, limit) in over {
+        // The one furthest over its limit first.
+        if let Some(&(pid, rss, limit)) = over.iter().max_by_key(|(_, rss, limit)| rss - limit) {
             self.over_memory(pid, rss, limit, now);
         }
     }

@@ -531,19 +531,25 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             let polling = matches!(this.state.as_mut().project(), StateProj::Polling { .. });
+            // Dropped while another panic unwinds (a sibling in a `join!`): plain drop, so
+            // that the capture of that panic stays for whoever catches it.
+            if std::thread::panicking() {
+                return;
+            }
             let Some(ctx) = this.ctx.as_mut().filter(|_| polling) else {
                 return;
             };
             // Cancelled (the client went away, a timeout): the handler's future is dropped in
             // the request's scope, as it is polled, so that what its drop does (a
             // `CommitGuard` left uncommitted poisons its mutex) is the request's, decided by
-            // this layer's policy; and a panicking `Drop` stays in here.
+            // this layer's policy. A `Drop` that panics there is that request's panic:
+            // reported and decided as one in a poll (nobody is left to answer).
             let mut state = this.state;
             let dropped = context::with_scope_in(&mut ctx.scope, || {
                 catch_unwind(AssertUnwindSafe(|| state.set(State::Done)))
             });
-            if dropped.is_err() {
-                context::discard();
+            if let Err(payload) = dropped {
+                let _ = ctx.report(payload);
             }
         }
     }
