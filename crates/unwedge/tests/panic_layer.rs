@@ -1038,6 +1038,25 @@ async fn a_resumed_panic_is_not_reported_with_an_earlier_caught_panics_details()
     .await
 }
 
+/// Sets a panic hook that counts the panics it sees in `seen`, installs unwedge's hook over it
+/// (unwedge's chains to it), and returns an app whose `/boom` panics under a `Recover` layer.
+fn boom_app_under_a_counting_hook(seen: &'static std::sync::atomic::AtomicUsize) -> Router {
+    std::panic::set_hook(Box::new(move |_| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
+    unwedge::install();
+    Router::new()
+        .route(
+            "/boom",
+            get(|| async {
+                if true {
+                    panic!("boom");
+                }
+            }),
+        )
+        .layer(PanicLayer::with_policy(Policy::Recover))
+}
+
 /// With no `tracing` subscriber the report (a `tracing` event) would reach nobody: the hook
 /// installed before unwedge's (std's printing one by default) still sees a request's panic.
 #[tokio::test]
@@ -1051,20 +1070,7 @@ async fn without_a_tracing_subscriber_the_previous_hook_still_sees_a_request_pan
             !tracing::dispatcher::has_been_set(),
             "this test needs no subscriber"
         );
-        std::panic::set_hook(Box::new(|_| {
-            SEEN.fetch_add(1, Ordering::SeqCst);
-        }));
-        unwedge::install();
-        let app = Router::new()
-            .route(
-                "/boom",
-                get(|| async {
-                    if true {
-                        panic!("boom");
-                    }
-                }),
-            )
-            .layer(PanicLayer::with_policy(Policy::Recover));
+        let app = boom_app_under_a_counting_hook(&SEEN);
         let res = app
             .oneshot(http::Request::get("/boom").body(Body::empty()).unwrap())
             .await
@@ -1087,20 +1093,7 @@ async fn a_tracing_filter_that_leaves_unwedge_out_still_gets_std_panic_line() {
     use tracing_subscriber::layer::SubscriberExt;
     static SEEN: AtomicUsize = AtomicUsize::new(0);
     within(async {
-        std::panic::set_hook(Box::new(|_| {
-            SEEN.fetch_add(1, Ordering::SeqCst);
-        }));
-        unwedge::install();
-        let app = Router::new()
-            .route(
-                "/boom",
-                get(|| async {
-                    if true {
-                        panic!("boom");
-                    }
-                }),
-            )
-            .layer(PanicLayer::with_policy(Policy::Recover));
+        let app = boom_app_under_a_counting_hook(&SEEN);
         let boom = || http::Request::get("/boom").body(Body::empty()).unwrap();
         let subscriber = |filter: &str| {
             tracing_subscriber::registry()

@@ -544,11 +544,7 @@ pin_project! {
             // `CommitGuard` left uncommitted poisons its mutex) is the request's, decided by
             // this layer's policy. A `Drop` that panics there is that request's panic:
             // reported and decided as one in a poll (nobody is left to answer).
-            let mut state = this.state;
-            let dropped = context::with_scope_in(&mut ctx.scope, || {
-                catch_unwind(AssertUnwindSafe(|| state.set(State::Done)))
-            });
-            if let Err(payload) = dropped {
+            if let Err(payload) = drop_in_scope(this.state, ctx) {
                 let _ = ctx.report(payload);
             }
         }
@@ -575,6 +571,17 @@ impl<F, B> ResponseFuture<F, B> {
             ctx: None,
         }
     }
+}
+
+/// Drops the inner future in the request's scope (what its `Drop` does, a mutex poisoned or a
+/// panic, is the request's), its panic caught.
+fn drop_in_scope<F, B>(
+    mut state: Pin<&mut State<F, B>>,
+    ctx: &mut RequestCtx,
+) -> Result<(), Box<dyn Any + Send>> {
+    context::with_scope_in(&mut ctx.scope, || {
+        catch_unwind(AssertUnwindSafe(|| state.set(State::Done)))
+    })
 }
 
 impl<F, B> fmt::Debug for ResponseFuture<F, B> {
@@ -613,11 +620,7 @@ where
                         let mut ctx = this.ctx.take().expect("checked above");
                         // Report first: dropping the future must not overwrite the capture.
                         let res = ctx.panic_response(payload);
-                        let mut state = this.state;
-                        let dropped = context::with_scope_in(&mut ctx.scope, || {
-                            catch_unwind(AssertUnwindSafe(|| state.set(State::Done)))
-                        });
-                        if dropped.is_err() {
+                        if drop_in_scope(this.state, &mut ctx).is_err() {
                             // A panicking `Drop`: leave no stale capture for the next panic.
                             context::discard();
                         }
