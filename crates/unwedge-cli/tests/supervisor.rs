@@ -2693,6 +2693,18 @@ exec sleep 1000
             &["sh", "-c", &script],
         );
         let old = sup.wait_ready(0, 1).await[0];
+        // With `--ready none` the worker counts as ready once spawned, maybe before its exec:
+        // until then it is a copy of the supervisor, as big as the supervisor. Wait for the
+        // exec (its name becomes `sh`, then `sleep`).
+        let deadline = Instant::now() + LONG;
+        loop {
+            let comm = std::fs::read_to_string(format!("/proc/{old}/comm")).unwrap_or_default();
+            if matches!(comm.trim(), "sh" | "dash" | "bash" | "sleep") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "pid {old} is still {comm:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         // Not waiting for the child's "grown": on a loaded machine the supervisor may find it
         // over the limit, and stop it, while it still fills its memory, before it prints.
         assert!(
