@@ -617,9 +617,15 @@ async fn check_config_prints_every_setting_and_reads_back_the_same() {
                 "{key} not in:\n{out}"
             );
         }
-        std::fs::write(&again, &out).unwrap();
-        let (code, back) = run_to_end_env(&["check-config", again.to_str().unwrap()], &env).await;
-        assert_eq!((code, back.as_str()), (0, out.as_str()), "read back");
+        // What it prints on stdout is a config file (its notes, e.g. that `:8080` is in use
+        // now, go to stderr), read back the same.
+        let (code, printed, notes) =
+            run_split_env(&["check-config", file.to_str().unwrap()], &env).await;
+        assert_eq!(code, 0, "{notes}");
+        std::fs::write(&again, &printed).unwrap();
+        let (code, back, notes) =
+            run_split_env(&["check-config", again.to_str().unwrap()], &env).await;
+        assert_eq!((code, back.as_str()), (0, printed.as_str()), "read back: {notes}");
     }
     assert!(!state.exists(), "nothing left behind");
 }
