@@ -625,7 +625,11 @@ async fn check_config_prints_every_setting_and_reads_back_the_same() {
         std::fs::write(&again, &printed).unwrap();
         let (code, back, notes) =
             run_split_env(&["check-config", again.to_str().unwrap()], &env).await;
-        assert_eq!((code, back.as_str()), (0, printed.as_str()), "read back: {notes}");
+        assert_eq!(
+            (code, back.as_str()),
+            (0, printed.as_str()),
+            "read back: {notes}"
+        );
     }
     assert!(!state.exists(), "nothing left behind");
 }
