@@ -84,7 +84,9 @@ pub fn render_page(view: &StatusView) -> String {
         esc(&sup.version),
         sup.pid,
         secs(sup.uptime_secs),
-        if sup.listen.is_empty() {
+        if sup.listen.is_empty() && view.workers.iter().any(|w| w.port.is_some()) {
+            "a port per worker".to_owned()
+        } else if sup.listen.is_empty() {
             "nothing".to_owned()
         } else {
             esc(&sup.listen.join(", "))
@@ -174,14 +176,23 @@ fn workers_table(h: &mut String, view: &StatusView) {
         })
         .collect();
     let _ = write!(h, "<p class=\"meta\">{}</p>", counts.join(" · "));
-    h.push_str(
-        "<table><thead><tr><th>worker</th><th>pid</th><th>generation</th><th>state</th>\
+    // The port column only in `--port-env` mode.
+    let ports = view.workers.iter().any(|w| w.port.is_some());
+    let _ = write!(
+        h,
+        "<table><thead><tr><th>worker</th><th>pid</th>{}<th>generation</th><th>state</th>\
          <th>uptime</th><th>memory</th><th>restarts</th><th>last exit</th><th>last report</th></tr></thead><tbody>",
+        if ports { "<th>port</th>" } else { "" },
     );
     for w in &view.workers {
+        let port = match (ports, w.port) {
+            (false, _) => String::new(),
+            (true, Some(p)) => format!("<td class=\"port\">{p}</td>"),
+            (true, None) => "<td class=\"port\">-</td>".to_owned(),
+        };
         let _ = write!(
             h,
-            "<tr class=\"worker\"><td>{}</td><td>{}</td><td>{}</td>\
+            "<tr class=\"worker\"><td>{}</td><td>{}</td>{port}<td>{}</td>\
              <td><span class=\"st {s}\">{s}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&trunc(&w.id, 64)),
             w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
@@ -471,6 +482,32 @@ mod tests {
         let html = render_page(&view);
         assert_eq!(html.matches("<circle").count(), 1);
         assert!(html.contains("1 restart in the last hour"));
+    }
+
+    /// `--port-env` mode: each worker's port in a column of its own, and no "listening on
+    /// nothing".
+    #[test]
+    fn workers_on_ports_of_their_own_show_them() {
+        use crate::status::{WorkerState, WorkerView};
+        let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+        let mut w1 = WorkerView::new("w1", Some(2), WorkerState::Ready);
+        w1.port = Some(34629);
+        view.workers = vec![w1, WorkerView::new("w2", None, WorkerState::Exited)];
+        let html = render_page(&view);
+        assert!(html.contains("listening on a port per worker"), "{html}");
+        assert!(html.contains("<th>pid</th><th>port</th>"), "{html}");
+        assert!(
+            html.contains("<td>2</td><td class=\"port\">34629</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td>-</td><td class=\"port\">-</td>"),
+            "{html}"
+        );
+        view.workers[0].port = None;
+        let html = render_page(&view);
+        assert!(!html.contains("<th>port</th>"), "{html}");
+        assert!(html.contains("listening on nothing"), "{html}");
     }
 
     #[test]

@@ -206,6 +206,12 @@ pub struct WorkerView {
     /// processes, the PSS of its process tree), in bytes, when it was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// The port of its own it was given (the supervisor's `--port-env` mode), where a balancer
+    /// in front sends its traffic. A restart of a crashed worker keeps its slot's port when it
+    /// is still free; a replacement that overlaps its predecessor (a reload, a hung or
+    /// tainted worker's) gets another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 impl WorkerView {
@@ -221,6 +227,7 @@ impl WorkerView {
             last_exit: None,
             last_report: None,
             memory_bytes: None,
+            port: None,
         }
     }
 }

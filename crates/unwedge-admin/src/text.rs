@@ -28,7 +28,10 @@ const REPORTS_SHOWN: usize = 5;
 pub fn render_text(view: &StatusView) -> String {
     let mut t = String::new();
     let s = &view.supervisor;
-    let listen = if s.listen.is_empty() {
+    let ports = view.workers.iter().any(|w| w.port.is_some());
+    let listen = if s.listen.is_empty() && ports {
+        "no shared socket: each worker on a port of its own".to_owned()
+    } else if s.listen.is_empty() {
         "no sockets of its own".to_owned()
     } else {
         format!("listening on {}", visible(&s.listen.join(", ")))
@@ -107,17 +110,37 @@ pub fn render_text(view: &StatusView) -> String {
         let _ = writeln!(t, "since the start: {}", stopped_hard.join("; "));
     }
     if !view.workers.is_empty() {
+        // The PORT column only in `--port-env` mode.
+        let port_cell = |p: Option<u16>| {
+            if ports {
+                format!(
+                    "{:>5}  ",
+                    p.map_or_else(|| "-".to_owned(), |p| p.to_string())
+                )
+            } else {
+                String::new()
+            }
+        };
         let _ = writeln!(
             t,
-            "{:<6}  {:>8}  {:>3}  {:<8}  {:>10}  {:>11}  {:>8}  {:<9}  LAST REPORT",
-            "ID", "PID", "GEN", "STATE", "UPTIME", "MEMORY", "RESTARTS", "LAST EXIT"
+            "{:<6}  {:>8}  {}{:>3}  {:<8}  {:>10}  {:>11}  {:>8}  {:<9}  LAST REPORT",
+            "ID",
+            "PID",
+            if ports { " PORT  " } else { "" },
+            "GEN",
+            "STATE",
+            "UPTIME",
+            "MEMORY",
+            "RESTARTS",
+            "LAST EXIT"
         );
         for w in &view.workers {
             let _ = writeln!(
                 t,
-                "{:<6}  {:>8}  {:>3}  {:<8}  {:>10}  {:>11}  {:>8}  {:<9}  {}",
+                "{:<6}  {:>8}  {}{:>3}  {:<8}  {:>10}  {:>11}  {:>8}  {:<9}  {}",
                 visible(&w.id),
                 w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                port_cell(w.port),
                 w.generation,
                 w.state.as_str(),
                 secs(w.uptime_secs),
@@ -298,6 +321,34 @@ mod tests {
             text.contains("\nsince the start: 1 worker(s) SIGKILLed at --stop-timeout; 3 leftover process(es) of exited workers stopped\n"),
             "{text}"
         );
+    }
+
+    /// `--port-env` mode: no shared socket, each worker's port in a column of its own.
+    #[test]
+    fn workers_on_ports_of_their_own_show_them() {
+        let mut v = view();
+        v.supervisor.listen.clear();
+        v.workers[0].port = Some(34629);
+        let text = render_text(&v);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].ends_with(", no shared socket: each worker on a port of its own"),
+            "{text}"
+        );
+        assert!(
+            lines[3].starts_with("ID           PID   PORT  GEN  STATE"),
+            "{text}"
+        );
+        assert!(
+            lines[4].starts_with("w1          4001  34629    2  ready"),
+            "{text}"
+        );
+        assert!(
+            lines[5].starts_with("w2          4002      -    1  draining"),
+            "{text}"
+        );
+        // Without ports, no column.
+        assert!(!render_text(&view()).contains(" PORT "));
     }
 
     #[test]

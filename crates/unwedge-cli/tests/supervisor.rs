@@ -1122,6 +1122,11 @@ async fn port_env_mode_gives_each_worker_its_own_port_and_probes_it() {
                 "/",
                 "--probe-interval",
                 "100ms",
+                "--admin",
+                "127.0.0.1:0",
+                // Time to take a dead worker's port before its restart.
+                "--restart-delay",
+                "1s",
                 "--",
                 "sh",
                 "-c",
@@ -1145,9 +1150,85 @@ async fn port_env_mode_gives_each_worker_its_own_port_and_probes_it() {
             .collect();
         assert_eq!(ports.len(), 2);
         assert_ne!(ports[0], ports[1]);
-        for p in ports {
-            assert_eq!(get(([127, 0, 0, 1], p).into(), "/").await.0, 200);
+        for p in &ports {
+            assert_eq!(get(([127, 0, 0, 1], *p).into(), "/").await.0, 200);
         }
+
+        // Where a balancer in front learns them: /status has each worker's port,
+        // `unwedge status` a column of them.
+        let admin = admin_addr(&sup).await;
+        let by_worker = |s: &serde_json::Value| -> Vec<(String, i64, Option<u64>)> {
+            let mut v: Vec<_> = s["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| {
+                    let id = w["id"].as_str().unwrap().to_owned();
+                    (id, w["pid"].as_i64().unwrap_or(0), w["port"].as_u64())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let (_, status) = get(admin, "/status").await;
+        let before = by_worker(&serde_json::from_str(&status).unwrap());
+        let mut shown: Vec<u16> = before.iter().map(|w| w.2.unwrap() as u16).collect();
+        shown.sort();
+        let mut logged = ports.clone();
+        logged.sort();
+        assert_eq!(shown, logged, "{status}");
+        let (code, text, err) = run_split(&["status", "--admin", &admin.to_string()]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(text.contains("each worker on a port of its own"), "{text}");
+        let w1_port = before[0].2.unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("w1") && l.contains(&format!(" {w1_port} "))),
+            "{text}"
+        );
+
+        // A crashed worker's replacement gets its port again (nothing else took it): the
+        // balancer's list stays right.
+        let (w1_pid, from) = (before[0].1 as i32, sup.mark());
+        kill(Pid::from_raw(w1_pid), Signal::SIGKILL).unwrap();
+        let new = sup.wait_ready(from, 1).await[0];
+        let line = sup
+            .wait_line(from, &[&format!("pid {new} ready in ")])
+            .await;
+        assert!(line.contains(&format!("port {w1_port})")), "{line}");
+        assert_eq!(
+            get(([127, 0, 0, 1], w1_port as u16).into(), "/").await.0,
+            200
+        );
+        let (_, status) = get(admin, "/status").await;
+        let after = by_worker(&serde_json::from_str(&status).unwrap());
+        assert_eq!(
+            after[0],
+            ("w1".into(), i64::from(new), Some(w1_port)),
+            "{status}"
+        );
+        assert_eq!(after[1], before[1], "w2 untouched: {status}");
+
+        // A port something else took while the worker was down is not handed out again:
+        // the next restart gets another.
+        let from = sup.mark();
+        kill(Pid::from_raw(new), Signal::SIGKILL).unwrap();
+        sup.wait_line(from, &[&format!("pid {new} killed by SIGKILL")])
+            .await;
+        let _thief = std::net::TcpListener::bind(("127.0.0.1", w1_port as u16))
+            .expect("the port is free while the restart waits its --restart-delay");
+        let newer = sup.wait_ready(from, 1).await[0];
+        let line = sup
+            .wait_line(from, &[&format!("pid {newer} ready in ")])
+            .await;
+        let port: u16 = line
+            .rsplit("port ")
+            .next()
+            .and_then(|r| r.split(')').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        assert_ne!(u64::from(port), w1_port, "{line}");
+        assert_eq!(get(([127, 0, 0, 1], port).into(), "/").await.0, 200);
     })
     .await;
 }

@@ -210,7 +210,9 @@ pub struct Options {
     pub listen: Vec<String>,
 
     /// Give each worker its own free port in this environment variable instead of passing
-    /// sockets (for servers that bind their own port; restarts are then not loss-free).
+    /// sockets (for servers that bind their own port; restarts are then not loss-free). The
+    /// ports are in `unwedge status` and `/status`; a crashed worker's restart keeps its port
+    /// when it is still free.
     #[arg(long, value_name = "NAME", help_heading = "Sockets")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port_env: Option<String>,

@@ -543,6 +543,9 @@ struct Slot {
     failed_starts: u32,
     last_exit: Option<ExitInfo>,
     pending: Option<Pending>,
+    /// The port its last worker was given (`--port-env`): its restart gets it again when it
+    /// is free, so a balancer's list of ports stays right across crashes.
+    port: Option<u16>,
 }
 
 impl Slot {
@@ -553,6 +556,7 @@ impl Slot {
             failed_starts: 0,
             last_exit: None,
             pending: None,
+            port: None,
         }
     }
 }

@@ -51,7 +51,7 @@ impl Pool {
             _ => self.config.clone(),
         };
         let port = match &config.port_env {
-            Some(_) => Some(socket::free_port()?),
+            Some(_) => Some(self.port_for(slot)?),
             None => None,
         };
         let command = &config.command;
@@ -160,6 +160,29 @@ impl Pool {
             self.mark_ready(pid);
         }
         Ok(())
+    }
+
+    /// The port for a new worker in `slot` (`--port-env`): the slot's last one when no worker
+    /// of ours has it and it can be bound (its worker crashed, and nothing else took it),
+    /// another free one otherwise (a replacement that overlaps its predecessor: a reload's, a
+    /// hung or tainted worker's).
+    fn port_for(&mut self, slot: usize) -> std::io::Result<u16> {
+        let ours = |p: u16| self.workers.values().any(|w| w.port == Some(p));
+        let last = self.slots[slot]
+            .port
+            .filter(|p| !ours(*p) && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok());
+        let port = match last {
+            Some(p) => p,
+            // Free now, and not one a worker was given that it may not have bound yet.
+            None => loop {
+                let p = socket::free_port()?;
+                if !ours(p) {
+                    break p;
+                }
+            },
+        };
+        self.slots[slot].port = Some(port);
+        Ok(port)
     }
 
     pub(super) fn mark_ready(&mut self, pid: i32) {
