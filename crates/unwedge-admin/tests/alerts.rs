@@ -225,7 +225,9 @@ async fn hanging_exec_is_killed_with_its_children() {
         "sleep 600 & echo $! > '{}'; wait",
         pidfile.display()
     ));
-    config.exec_timeout = Duration::from_millis(300);
+    // Time for a loaded machine's `sh` to start its `sleep` and write its pid (a kill before
+    // that leaves no pid to check), well under the 600 s the hook would take.
+    config.exec_timeout = Duration::from_secs(2);
     let alerter = Alerter::new(config, metrics.clone()).unwrap();
     let t = Instant::now();
     alerter.send(AlertEvent::new(

@@ -356,10 +356,12 @@ async fn tainted_worker_drains_and_is_replaced_with_zero_failed_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tainted_worker_finishes_its_slow_requests_before_it_exits() {
     within(Duration::from_secs(60), async {
-        let sup = Sup::demo(&["--dump-grace", "300ms"]);
+        // A grace a loaded machine cannot outrun between the two messages, well within the
+        // slow request (which a SIGTERM at its end would show).
+        let sup = Sup::demo(&["--dump-grace", "1s"]);
         let addr = sup.addr().await;
         let pid = sup.wait_ready(0, 1).await[0];
-        let slow = tokio::spawn(http(addr, "GET", "/slow?ms=2000"));
+        let slow = tokio::spawn(http(addr, "GET", "/slow?ms=3000"));
         // In its handler (the demo counts it) before the poisoning crash begins.
         let deadline = Instant::now() + LONG;
         loop {
@@ -379,7 +381,7 @@ async fn a_tainted_worker_finishes_its_slow_requests_before_it_exits() {
         assert_eq!(status, 500);
         // It says STATUS=tainted, then STOPPING=1 (one datagram).
         let (status, body) = slow.await.unwrap().expect("the slow request is answered");
-        assert_eq!((status, body.as_str()), (200, "slept 2000 ms\n"));
+        assert_eq!((status, body.as_str()), (200, "slept 3000 ms\n"));
         exits_70_unsignalled(&sup, m, pid).await;
     })
     .await;
@@ -402,14 +404,16 @@ async fn exits_70_unsignalled(sup: &Sup, from: usize, pid: i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tainted_worker_that_says_stopping_gets_no_signal_while_it_drains() {
     within(Duration::from_secs(60), async {
-        let sup = Sup::python(&["--dump-grace", "100ms"], &[]);
+        // The fixture sends STATUS=tainted and STOPPING=1 as two datagrams: a grace a loaded
+        // machine cannot outrun between them, well within the slow request.
+        let sup = Sup::python(&["--dump-grace", "1s"], &[]);
         let addr = sup.addr().await;
         let pid = sup.wait_ready(0, 1).await[0];
         let m = sup.mark();
-        let slow = tokio::spawn(http(addr, "GET", "/slow?ms=1500"));
+        let slow = tokio::spawn(http(addr, "GET", "/slow?ms=3000"));
         sup.wait_line(
             m,
-            &[&format!("pid {pid}]"), "slow request of 1500 ms begins"],
+            &[&format!("pid {pid}]"), "slow request of 3000 ms begins"],
         )
         .await;
         let (status, _) = http(addr, "GET", "/poison").await.unwrap();
@@ -1293,7 +1297,9 @@ async fn a_worker_wedged_while_a_reload_drains_it_is_dumped_and_killed_not_waite
                 "--alert-exec",
                 &exec,
             ],
-            &[("UNWEDGE_LOCK_TIMEOUT", "3s")],
+            // Longer than a loaded machine may take to make the reload's worker ready (it
+            // must be found wedged while stopping, not while it still serves).
+            &[("UNWEDGE_LOCK_TIMEOUT", "8s")],
         );
         let addr = sup.addr().await;
         let old = sup.wait_ready(0, 1).await[0];
@@ -1318,7 +1324,7 @@ async fn a_worker_wedged_while_a_reload_drains_it_is_dumped_and_killed_not_waite
             gone_within(old, Duration::from_secs(10)).await,
             "the wedged worker was left to its 30 s stop-timeout"
         );
-        assert!(started.elapsed() < Duration::from_secs(20));
+        assert!(started.elapsed() < Duration::from_secs(25));
         // Retired, not replaced: the reload's worker serves alone, no restart counted.
         assert_eq!(get(addr, "/").await.0, 200);
         let log = sup.log();
@@ -3051,8 +3057,11 @@ async fn a_worker_hung_during_a_rolling_reload_does_not_hold_it_up() {
                 "2",
                 "--reload-mode",
                 "rolling",
+                // Heartbeats every 250 ms: 2 s leaves a loaded machine slack (a new worker
+                // found hung would fail the reload), and still finds w2 hung while the old w1
+                // drains (4 s).
                 "--watchdog",
-                "1s",
+                "2s",
                 "--dump-grace",
                 "20s",
                 "--admin",

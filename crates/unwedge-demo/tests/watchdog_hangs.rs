@@ -81,9 +81,12 @@ fn blocked_runtime_thread_is_wedged_heartbeats_stop_livez_fails() {
             "FIGURE stall_detect_over_limit_ms={:.1}",
             (latency.as_secs_f64() - limit.as_secs_f64()) * 1e3
         );
-        // The canary checks in every 20 ms: it may fire up to one period before the limit.
+        // The canary checks in every 20 ms: it may fire up to one period before the limit,
+        // and a stall counts from its last check-in, which a loaded machine may have delayed
+        // before the request was sent: 300 ms of slack, still far from a watchdog that fires
+        // at half its limit.
         assert!(
-            latency + Duration::from_millis(50) >= limit,
+            latency + Duration::from_millis(300) >= limit,
             "wedged before the limit: {latency:?}"
         );
 
