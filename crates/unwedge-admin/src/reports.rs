@@ -304,14 +304,42 @@ fn create_dir_and_probe(dir: &Path) -> io::Result<()> {
 
 /// Opens `path` to append, creating it readable and writable by its owner only (`0600`):
 /// reports hold request paths, messages and headers.
+///
+/// Only a regular file of this process's user with no other name: in a report directory
+/// others may write to, a FIFO planted at its path would block every write (and with them
+/// the alerts and metrics of each event, and the supervisor's exit), a file of another user
+/// would receive the reports where that user reads them, a hard link would append them to
+/// another file. Opened without waiting (`O_NONBLOCK`, which does not change how a regular
+/// file is written).
 fn open_append(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
     // Readable too: `open` looks at the last byte.
-    no_follow()
+    let file = no_follow()
         .mode(0o600)
         .create(true)
         .read(true)
         .append(true)
-        .open(path)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let refuse = |why: String| Err(io::Error::other(why));
+    if !meta.file_type().is_file() {
+        return refuse("not a regular file (something else was put at its path)".into());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return refuse(format!(
+            "owned by uid {}, not this process's {me} (someone else's file at its path)",
+            meta.uid()
+        ));
+    }
+    if meta.nlink() > 1 {
+        return refuse(format!(
+            "it has {} names (a hard link to another file)",
+            meta.nlink()
+        ));
+    }
+    Ok(file)
 }
 
 /// Opens never through a symbolic link (`O_NOFOLLOW`): the supervisor often runs as root,

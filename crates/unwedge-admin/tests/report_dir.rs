@@ -152,6 +152,66 @@ fn table_and_json_output() {
     assert_eq!(back, read_reports(tmp.path(), None).unwrap());
 }
 
+/// What someone who may write to the report directory could put at `reports.jsonl`: a FIFO
+/// (every write would wait for a reader: alerts, metrics and the supervisor's exit with it),
+/// a hard link to another file (the reports appended to it), a file of another user (the
+/// reports where that user reads them). Each is a clear error at once, and nothing is
+/// written.
+#[test]
+fn a_fifo_a_hard_link_or_another_users_file_as_the_current_file_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let current = tmp.path().join("reports.jsonl");
+    let opened = |what: &str| {
+        let started = std::time::Instant::now();
+        let err = ReportDir::open(ReportDirConfig::new(tmp.path()))
+            .err()
+            .unwrap_or_else(|| panic!("{what} accepted"));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: waited"
+        );
+        err.to_string()
+    };
+
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &current,
+        rustix::fs::Mode::from_raw_mode(0o666),
+    )
+    .unwrap();
+    let msg = opened("a FIFO");
+    assert!(msg.contains("not a regular file"), "{msg}");
+    std::fs::remove_file(&current).unwrap();
+
+    let other = tmp.path().join("elsewhere");
+    std::fs::write(&other, "keep\n").unwrap();
+    std::fs::hard_link(&other, &current).unwrap();
+    let msg = opened("a hard link");
+    assert!(msg.contains("2 names"), "{msg}");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep\n");
+    std::fs::remove_file(&current).unwrap();
+
+    // Another user's file: only root can make one here.
+    if rustix::process::geteuid().is_root() {
+        std::fs::write(&current, "").unwrap();
+        rustix::fs::chown(
+            &current,
+            Some(rustix::fs::Uid::from_raw(65534)),
+            Some(rustix::fs::Gid::from_raw(65534)),
+        )
+        .unwrap();
+        let msg = opened("another user's file");
+        assert!(msg.contains("owned by uid 65534"), "{msg}");
+        assert_eq!(std::fs::metadata(&current).unwrap().len(), 0);
+        assert_eq!(std::fs::metadata(&current).unwrap().uid(), 65534);
+        std::fs::remove_file(&current).unwrap();
+    }
+
+    // A plain one is still fine.
+    ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
+}
+
 #[test]
 fn unwritable_dir_is_a_clear_error_at_open() {
     let tmp = tempfile::tempdir().unwrap();

@@ -239,7 +239,7 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
         .enable_all()
         .build()
         .into_diagnostic()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         // Report directory, alerts and admin endpoint before any worker starts: a bad
         // environment is one line and exit status 1.
         let (supervisor, observer) =
@@ -254,7 +254,12 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
             Ok(outcome) => Ok(ExitCode::from(outcome.exit_code())),
             Err(e) => fail(&e, e.exit_code()),
         }
-    })
+    });
+    // A report write that never returns (a hung network file system) was given up on by
+    // `finish`; dropping the runtime would wait for its thread for ever, and the exit status
+    // (3 after giving up, which an orchestrator acts on) with it.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
 }
 
 /// The most log lines waiting to be written; beyond, new ones are dropped.

@@ -16,12 +16,42 @@ use crate::error::StartError;
 /// assert!(unwedge_supervisor::pidfile::read(&file).unwrap_err().contains("not a pid"));
 /// ```
 pub fn read(path: &Path) -> Result<i32, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read pid file {}: {e}", path.display()))?;
+    let text =
+        read_small(path).map_err(|e| format!("cannot read pid file {}: {e}", path.display()))?;
     match text.trim().parse::<i32>() {
         Ok(p) if p > 0 => Ok(p),
         _ => Err(format!("{}: not a pid: {:?}", path.display(), text.trim())),
     }
+}
+
+/// The first bytes of the regular file at `path`, never through a symbolic link, and never
+/// waiting: a pid file is often in a directory others may write to (`/tmp`, a shared
+/// `/run/app`), where a FIFO planted at its path would block the supervisor's start (or a
+/// reload) for ever, and a link to `/dev/zero` would fill its memory.
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+        .map_err(
+            |e| match e.raw_os_error().map(nix::errno::Errno::from_raw) {
+                Some(nix::errno::Errno::ELOOP) => {
+                    std::io::Error::other("it is a symbolic link (not followed)")
+                }
+                _ => e,
+            },
+        )?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    // A pid and a newline; more is not a pid file.
+    let mut text = String::new();
+    file.take(64).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Whether process `pid` still runs (a zombie counts as gone).
@@ -176,5 +206,38 @@ mod tests {
         release(&file);
         assert!(!file.exists());
         assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep me\n");
+    }
+
+    /// What someone may plant at a pid file's path in a directory others may write to: a FIFO
+    /// (reading it would wait for a writer for ever), a link to an endless file (reading it
+    /// whole would fill the memory), a huge file. Each is an error at once, and a start
+    /// replaces it with the pid file.
+    #[test]
+    fn a_fifo_an_endless_link_or_a_huge_file_at_the_pid_file_path_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.pid");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+        let err = read(&fifo).unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        let zero = dir.path().join("zero.pid");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let err = read(&zero).unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        let huge = dir.path().join("huge.pid");
+        std::fs::write(&huge, "1".repeat(10 << 20)).unwrap();
+        let err = read(&huge).unwrap_err();
+        assert!(
+            err.contains("not a pid") && err.len() < 200,
+            "{}",
+            err.len()
+        );
+
+        let me = std::process::id() as i32;
+        for path in [&fifo, &zero] {
+            claim(path).unwrap();
+            assert_eq!(read(path), Ok(me));
+            release(path);
+            assert!(!path.exists());
+        }
     }
 }
