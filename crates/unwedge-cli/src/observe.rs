@@ -264,6 +264,13 @@ pub(crate) async fn start(
                 match server.spawn_thread() {
                     Ok(admin) => {
                         tracing::info!("admin listening on http://{addr}");
+                        if !addr.ip().to_canonical().is_loopback() {
+                            tracing::warn!(
+                                "the admin endpoint on {addr} is not on loopback: whoever reaches \
+                                 it reads panic messages, request paths and backtraces, without \
+                                 authentication; fence the port (a firewall, a NetworkPolicy)"
+                            );
+                        }
                         Some(admin)
                     }
                     Err(e) => {

@@ -2552,3 +2552,26 @@ async fn malformed_notify_lines_are_counted_on_metrics() {
     })
     .await;
 }
+
+/// An admin endpoint bound off loopback (`0.0.0.0:P` in a container) answers whoever reaches
+/// it, without authentication: the start says so, once; on loopback it does not.
+#[tokio::test]
+async fn an_admin_endpoint_off_loopback_is_warned_about() {
+    limited(async {
+        for (admin, warned) in [("0.0.0.0:0", true), ("127.0.0.1:0", false)] {
+            let sup = Sup::run(&["--admin", admin], &[BIN, "demo-service"]);
+            sup.wait_ready(0, 1).await;
+            let addr = admin_addr(&sup).await;
+            // The endpoint is up; the warning, when there is one, came right after that line.
+            assert_eq!(get(addr, "/livez").await.0, 200);
+            let log = sup.log();
+            assert_eq!(
+                log.matches("is not on loopback: whoever reaches it reads panic messages")
+                    .count(),
+                usize::from(warned),
+                "{admin}: {log}"
+            );
+        }
+    })
+    .await;
+}
