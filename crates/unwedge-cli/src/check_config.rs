@@ -39,6 +39,12 @@ pub(crate) fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
             if let Err(e) = Supervisor::preflight(&c) {
                 return fail(format!("{}: {e}", file.display()), e.exit_code());
             }
+            // Without `--listen`, sockets come only from systemd: `LISTEN_FDS` set here as
+            // in the unit that starts `run`.
+            let passed = std::env::var("LISTEN_FDS").is_ok_and(|n| n.trim() != "0");
+            if let Err(e) = Supervisor::preflight_sockets(&c, passed) {
+                return fail(format!("{}: {e}", file.display()), e.exit_code());
+            }
             if let Err(e) = settings.check_environment() {
                 return fail(format!("{}: {e}", file.display()), 1);
             }

@@ -283,6 +283,57 @@ async fn ready_accept_without_sockets_is_refused() {
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
 }
 
+/// `check-config` refuses what `run --config` refuses for want of sockets, with the same line
+/// and exit 2: `ready = "accept"` with nothing to watch, a probe with nowhere to go. It
+/// passed them (exit 0) and the start failed. With a `listen` address, or sockets that
+/// systemd passes (`LISTEN_FDS` set, as in the unit), they are fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_refuses_what_needs_sockets_when_none_can_come() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unwedge.toml");
+    let f = file.to_str().unwrap();
+    let cases = [
+        (
+            "ready = \"accept\"",
+            "--ready accept needs sockets to watch (--listen, or sockets passed by systemd)",
+        ),
+        (
+            "probe = \"/healthz\"",
+            "--probe needs --listen (a TCP or unix socket) or --port-env",
+        ),
+        (
+            "ready = \"probe\"",
+            "--ready probe needs --listen or --port-env",
+        ),
+    ];
+    for (setting, needle) in cases {
+        std::fs::write(
+            &file,
+            format!("admin = \"off\"\n{setting}\ncommand = [\"/bin/cat\"]\n"),
+        )
+        .unwrap();
+        let (code, out, err) = run_split(&["check-config", f]).await;
+        assert_clear(code, 2, &err, &format!("unwedge.toml: {needle}"));
+        assert_eq!(err.trim().lines().count(), 1, "one line:\n{err}");
+        assert!(out.is_empty(), "{out}");
+        // `run --config` says the same.
+        let (code, _, run_err) = run_split(&["run", "-c", f]).await;
+        assert_clear(code, 2, &run_err, needle);
+
+        let (code, out, err) = run_split_env(&["check-config", f], &[("LISTEN_FDS", "1")]).await;
+        assert_eq!(code, 0, "{setting} with LISTEN_FDS: {err}{out}");
+        std::fs::write(
+            &file,
+            format!(
+                "admin = \"off\"\nlisten = \"127.0.0.1:0\"\n{setting}\ncommand = [\"/bin/cat\"]\n"
+            ),
+        )
+        .unwrap();
+        let (code, out, err) = run_split(&["check-config", f]).await;
+        assert_eq!(code, 0, "{setting} with listen: {err}{out}");
+    }
+}
+
 #[tokio::test]
 async fn a_command_that_cannot_run_exits_1() {
     let dir = tempfile::tempdir().unwrap();
