@@ -2047,6 +2047,52 @@ async fn sighup_rereads_the_config_file() {
     .await;
 }
 
+/// A reload after only a setting that needs a restart changed (`admin`) warns about it and
+/// then says that nothing else changed: it said `configuration unchanged` right after the
+/// warning that something had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_only_a_fixed_setting_does_not_call_the_file_unchanged() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let write = |admin: &str| {
+            let c =
+                format!("admin = \"{admin}\"\nready = \"none\"\ncommand = [\"sleep\", \"100\"]\n");
+            std::fs::write(&file, c).unwrap();
+        };
+        write("off");
+        let mut sup = Sup::start(&["run", "-c", file.to_str().unwrap()]);
+        sup.wait_ready(0, 1).await;
+
+        write("127.0.0.1:0");
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(
+            from,
+            &["`admin` changed; it applies only when the supervisor restarts"],
+        )
+        .await;
+        sup.wait_line(from, &["reload: nothing else changed"]).await;
+        sup.wait_line(from, &["generation 2 ready"]).await;
+        assert!(
+            !sup.log_since(from).contains("configuration unchanged"),
+            "{}",
+            sup.log_since(from)
+        );
+
+        // The file as the supervisor runs it again: nothing changed at all, said so.
+        write("off");
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(from, &["reload: configuration unchanged"])
+            .await;
+        sup.wait_line(from, &["generation 3 ready"]).await;
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    })
+    .await;
+}
+
 /// A reload that lowers `stop-timeout` leaves the old generation its own: its slow request in
 /// flight completes (under the new 300 ms it was SIGKILLed); and the restarts counted before a
 /// reload that changes the restart policy stay counted, so a crash loop mixed with reloads still

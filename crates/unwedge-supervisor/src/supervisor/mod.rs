@@ -708,7 +708,7 @@ struct Preparing {
 }
 
 /// The new configuration a reload's thread read and checked, or why it could not.
-type Prepared = Result<(Config, Vec<&'static str>), String>;
+type Prepared = Result<reconfig::Prepared, String>;
 
 #[derive(Debug)]
 struct ProbeResult {
