@@ -1184,6 +1184,10 @@ async fn a_worker_reporting_wedged_is_replaced_even_while_heartbeating() {
         let stuck = tokio::spawn(async move { http(addr, "GET", "/stuck-lock").await });
         let hung = sup.wait_line(0, &["is hung (wedged"]).await;
         assert_eq!(pid_in(&hung), Some(pid));
+        // The worker's `STATUS=wedged: …` after the kind, without its `wedged: ` again (it
+        // said `is hung (wedged: wedged: …)`).
+        assert!(hung.contains("is hung (wedged: "), "{hung}");
+        assert!(!hung.contains("wedged: wedged"), "{hung}");
         let ready = sup.wait_line(0, &["after the crash"]).await;
         assert_ne!(pid_in(&ready), Some(pid));
         assert_eq!(get(addr, "/").await.0, 200);

@@ -39,8 +39,8 @@ impl Pool {
             }
         }
         tracing::warn!(
-            "{id} pid {pid} is hung ({}: {detail}){}; sending {}, SIGKILL in {}",
-            kind.as_str(),
+            "{id} pid {pid} is hung ({}){}; sending {}, SIGKILL in {}",
+            hang_text(kind, detail),
             if retiring { " while stopping" } else { "" },
             sig.as_str(),
             fmt_dur(kill_at.saturating_duration_since(now))
@@ -297,5 +297,37 @@ impl Pool {
                 outcome,
             });
         });
+    }
+}
+
+/// `kind: detail` for the log, without the kind twice: a wedged worker's `STATUS=` text starts
+/// with `wedged` itself (`wedged: deadlock between …`).
+fn hang_text(kind: HangKind, detail: &str) -> String {
+    let kind = kind.as_str();
+    let rest = match detail.strip_prefix(kind) {
+        Some(r) if r.is_empty() || r.starts_with([':', ' ']) => r.trim_start_matches(':').trim(),
+        _ => detail,
+    };
+    if rest.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {rest}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hang_text_names_the_kind_once() {
+        let wedged = |d| hang_text(HangKind::Wedged, d);
+        assert_eq!(wedged("wedged: deadlock"), "wedged: deadlock");
+        assert_eq!(wedged("wedged"), "wedged");
+        assert_eq!(wedged("wedgedness"), "wedged: wedgedness");
+        assert_eq!(
+            hang_text(HangKind::Probe, "connection refused"),
+            "probe: connection refused"
+        );
     }
 }
