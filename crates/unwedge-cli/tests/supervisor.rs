@@ -1152,6 +1152,56 @@ async fn port_env_mode_gives_each_worker_its_own_port_and_probes_it() {
     .await;
 }
 
+/// Through a shared socket with several workers a probe reaches whichever worker accepts, so
+/// its failures name the address, not a worker (`w2 pid N: probe failed (3/3)` was followed by
+/// "cannot tell which worker is hung"); with `--port-env` each probe is one worker's and
+/// names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_failures_through_a_shared_socket_blame_no_worker() {
+    within(Duration::from_secs(60), async {
+        let probe = [
+            "--admin",
+            "off",
+            "--workers",
+            "2",
+            "--probe",
+            "/missing",
+            "--probe-interval",
+            "100ms",
+        ];
+        let sup = Sup::demo(&probe);
+        let addr = sup.addr().await;
+        sup.wait_ready(0, 2).await;
+        sup.wait_line(0, &["cannot tell which worker is hung"])
+            .await;
+        let log = sup.log();
+        let failed: Vec<&str> = log.lines().filter(|l| l.contains("probe")).collect();
+        assert!(
+            failed
+                .iter()
+                .any(|l| l.contains(&format!("probe of {addr} failed (3/3): "))),
+            "{log}"
+        );
+        for l in failed {
+            assert!(!l.contains(" pid "), "names a worker: {l}\n{log}");
+        }
+        drop(sup);
+
+        let mut args = vec!["run", "--port-env", "UNWEDGE_LISTEN_PORT"];
+        args.extend_from_slice(&probe);
+        let cmd = format!("UNWEDGE_LISTEN=127.0.0.1:$UNWEDGE_LISTEN_PORT exec {BIN} demo-service");
+        args.extend(["--", "sh", "-c", &cmd]);
+        let sup = Sup::start(&args);
+        let pids = sup.wait_ready(0, 2).await;
+        let line = sup.wait_line(0, &["probe failed (1/3): "]).await;
+        assert!(
+            pids.iter().any(|p| line.contains(&format!(" pid {p}: "))),
+            "{line}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_format_wraps_worker_lines() {
     within(Duration::from_secs(60), async {

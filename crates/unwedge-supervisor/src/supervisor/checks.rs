@@ -213,6 +213,11 @@ impl Pool {
 
     pub(super) fn on_probe(&mut self, p: ProbeResult) {
         let shared_many = self.config.port_env.is_none() && self.config.workers > 1;
+        // Through a shared socket to several workers a probe is no one worker's.
+        let probed = match (&self.shared_probe, shared_many) {
+            (Some(target), true) => Some(format!("probe of {target}")),
+            _ => None,
+        };
         let before_stall = self.stalled_until.is_some_and(|s| p.started < s);
         let Some(w) = self.workers.get_mut(&p.pid) else {
             return;
@@ -241,7 +246,12 @@ impl Pool {
             Err(e) => {
                 w.probe_failures += 1;
                 let (n, id) = (w.probe_failures, slot_id(w.slot));
-                tracing::warn!("{id} pid {}: probe failed ({n}/{failures}): {e}", p.pid);
+                match &probed {
+                    Some(probe) => tracing::warn!("{probe} failed ({n}/{failures}): {e}"),
+                    None => {
+                        tracing::warn!("{id} pid {}: probe failed ({n}/{failures}): {e}", p.pid)
+                    }
+                }
                 if n >= failures {
                     if shared_many {
                         // Through a shared socket the probe cannot tell which worker failed.
