@@ -1779,6 +1779,35 @@ async fn unwedge_status_shows_the_workers_and_a_crash() {
     .await;
 }
 
+/// With no worker ready yet, `unwedge status` says the generation is starting: it said
+/// `generation 1 serving` over `workers: 0 ready of 1, 1 starting`.
+#[tokio::test]
+async fn unwedge_status_says_a_generation_with_no_ready_worker_is_starting() {
+    limited(async {
+        let sup = Sup::python(
+            &["--admin", "127.0.0.1:0", "--ready-timeout", "1m"],
+            &[("FIXTURE_NO_READY", "1")],
+        );
+        let admin = admin_addr(&sup).await;
+        status_until(&sup, admin, "a worker starting", |s| {
+            s["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["state"] == "starting" && !w["pid"].is_null())
+        })
+        .await;
+        let (_, out, err) = unwedge_status(admin, &[]).await;
+        assert!(out.contains("\ngeneration 1 starting\n"), "{out}{err}");
+        assert!(
+            out.contains("\nworkers: 0 ready of 1, 1 starting\n"),
+            "{out}{err}"
+        );
+        assert!(!out.contains("serving"), "{out}");
+    })
+    .await;
+}
+
 /// `unwedge reload --pid PID --wait --admin ADMIN`: (exit code, stdout, stderr).
 async fn reload_wait(pid: i32, admin: SocketAddr) -> (i32, String, String) {
     reload_wait_timeout(pid, admin, "2m").await
