@@ -421,6 +421,52 @@ async fn a_unix_socket_in_use_is_not_taken_over() {
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
 }
 
+/// A socket held by several processes (a server that forked) names them all, in one line
+/// that agrees with them: it said `pids 25367 (…), 25369 (…) listens on it`.
+#[tokio::test]
+async fn a_socket_several_processes_hold_names_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.sock");
+    let listen = format!("unix:{}", path.display());
+    // Binds and listens, forks, and both hold the socket until their stdin closes.
+    let script = "import os, socket, sys\n\
+                  s = socket.socket(socket.AF_UNIX)\n\
+                  s.bind(sys.argv[1])\n\
+                  s.listen()\n\
+                  os.fork()\n\
+                  print('holding', os.getpid(), flush=True)\n\
+                  sys.stdin.read()\n";
+    let mut holders = tokio::process::Command::new("python3")
+        .args(["-c", script, path.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        holders.stdout.take().unwrap(),
+    ));
+    let mut pids = Vec::new();
+    while pids.len() < 2 {
+        let line = tokio::time::timeout(LONG, lines.next_line())
+            .await
+            .expect("the holders started")
+            .unwrap()
+            .expect("a line");
+        pids.push(line.split_whitespace().nth(1).unwrap().to_owned());
+    }
+    let (code, out) = run_to_end(&["run", "--listen", &listen, "--", "true"]).await;
+    assert_clear(code, 1, &out, "a server accepts connections on it; pids ");
+    assert!(out.contains("`) listen on it"), "{out}");
+    for pid in &pids {
+        assert!(out.contains(&format!(" {pid} (`")), "{pid}: {out}");
+    }
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    // Their stdin closes: both end.
+    drop(holders.stdin.take());
+    let _ = tokio::time::timeout(LONG, holders.wait()).await;
+}
+
 #[tokio::test]
 async fn config_files_are_checked() {
     let dir = tempfile::tempdir().unwrap();
