@@ -54,7 +54,15 @@ pub fn render_text(view: &StatusView) -> String {
             "GAVE UP: {why}the supervisor is stopping every worker and exits 3"
         );
     }
-    let _ = write!(t, "generation {} serving", s.generation);
+    // Serving only once a worker is ready.
+    let serving = if view.ready_workers() > 0 {
+        "serving"
+    } else if view.count(WorkerState::Starting) > 0 {
+        "starting"
+    } else {
+        "not serving: no worker ready"
+    };
+    let _ = write!(t, "generation {} {serving}", s.generation);
     if s.reloading {
         let _ = write!(t, "; a reload is starting generation {}", s.generation + 1);
     }
@@ -358,11 +366,22 @@ mod tests {
         assert_eq!(
             text,
             "unwedge 0.1.0, pid 1, up 0s, no sockets of its own\n\
-             generation 1 serving\n\
+             generation 1 not serving: no worker ready\n\
              workers: 0 ready of 0\n\
              recent restarts: none\n\
              recent reports: none\n"
         );
+    }
+
+    /// Serving only once a worker is ready: starting before, not serving when every worker
+    /// is gone or going.
+    #[test]
+    fn a_generation_with_no_ready_worker_is_not_serving() {
+        let mut v = view();
+        v.workers[0].state = WorkerState::Starting;
+        assert!(render_text(&v).contains("\ngeneration 2 starting\n"));
+        v.workers[0].state = WorkerState::Exited;
+        assert!(render_text(&v).contains("\ngeneration 2 not serving: no worker ready\n"));
     }
 
     /// Escape sequences a worker put in a panic message, a path, its STATUS or a reload

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use unwedge_supervisor::socket::check_bindable;
-use unwedge_supervisor::{Config, ListenAddr, Options, Supervisor};
+use unwedge_supervisor::{ConfigError, ConfigFile, ListenAddr, Options, Supervisor};
 
 use crate::{fail, observe};
 
@@ -14,18 +14,18 @@ use crate::{fail, observe};
 /// holds its own), and prints the effective configuration; an error is one line, with `run`'s
 /// exit status (2 usage, 1 environment).
 pub(crate) fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
-    let opts = match Options::from_file(&file) {
-        Ok(o) => o,
+    let config_file = match ConfigFile::read(&file) {
+        Ok(f) => f,
         Err(e) => return fail(&e, e.exit_code()),
     };
     // The command may also be given to `unwedge run` after `--`.
-    let placeholder = opts.command.is_empty();
+    let placeholder = config_file.options().command.is_empty();
     let command = if placeholder {
         vec!["-".to_owned()]
     } else {
         Vec::new()
     };
-    match Config::resolve(Some(opts), Options::default(), command) {
+    match config_file.resolve(Options::default(), command) {
         Ok(mut c) => {
             let settings = match observe::Settings::from_config(&c) {
                 Ok(s) => s,
@@ -37,6 +37,12 @@ pub(crate) fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
             // What `run` and a reload refuse before they bind or start anything; the sockets
             // and the admin address are not bound (a running supervisor holds them).
             if let Err(e) = Supervisor::preflight(&c) {
+                return fail(format!("{}: {e}", file.display()), e.exit_code());
+            }
+            // Without `--listen`, sockets come only from systemd: `LISTEN_FDS` set here as
+            // in the unit that starts `run`.
+            let passed = std::env::var("LISTEN_FDS").is_ok_and(|n| n.trim() != "0");
+            if let Err(e) = Supervisor::preflight_sockets(&c, passed) {
                 return fail(format!("{}: {e}", file.display()), e.exit_code());
             }
             if let Err(e) = settings.check_environment() {
@@ -73,6 +79,8 @@ pub(crate) fn check_config(file: PathBuf) -> miette::Result<ExitCode> {
                 Err(e) => fail(e, 1),
             }
         }
+        // It names the file already.
+        Err(e @ ConfigError::Invalid { .. }) => fail(&e, e.exit_code()),
         Err(e) => fail(format!("{}: {e}", file.display()), e.exit_code()),
     }
 }

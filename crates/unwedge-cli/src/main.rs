@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use miette::IntoDiagnostic;
-use unwedge_supervisor::{Config, LogFormat, Options, Supervisor};
+use unwedge_supervisor::{Config, ConfigFile, LogFormat, Options, Supervisor};
 
 mod check_config;
 mod log_filter;
@@ -204,15 +204,19 @@ fn fail(msg: impl std::fmt::Display, code: u8) -> miette::Result<ExitCode> {
 
 fn run(a: RunArgs) -> miette::Result<ExitCode> {
     let file = match &a.config {
-        Some(p) => match Options::from_file(p) {
-            Ok(o) => Some(o),
+        Some(p) => match ConfigFile::read(p) {
+            Ok(f) => Some(f),
             Err(e) => return fail(&e, e.exit_code()),
         },
         None => None,
     };
     // Kept for reloads: the file is read again, under the same flags and command.
     let (flags, command) = (a.options.clone(), a.command.clone());
-    let config = match Config::resolve(file, a.options, a.command) {
+    let resolved = match file {
+        Some(f) => f.resolve(a.options, a.command),
+        None => Config::resolve(None, a.options, a.command),
+    };
+    let config = match resolved {
         Ok(c) => c,
         Err(e) => return fail(&e, e.exit_code()),
     };
@@ -229,8 +233,9 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
     if let Some(path) = a.config {
         // SIGHUP reads the file again: the new generation runs with what it says now.
         supervisor = supervisor.reload_config_with(move || {
-            let file = Options::from_file(&path).map_err(|e| e.to_string())?;
-            Config::resolve(Some(file), flags.clone(), command.clone()).map_err(|e| e.to_string())
+            let file = ConfigFile::read(&path).map_err(|e| e.to_string())?;
+            file.resolve(flags.clone(), command.clone())
+                .map_err(|e| e.to_string())
         });
     }
     // Kept to the end: dropping it flushes the queued log lines (for at most a second).

@@ -30,6 +30,8 @@ use unwedge_admin::{
 use unwedge_supervisor::{self as sup, Config, Event, Handle, Supervisor};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// SIGKILL's number, as exit statuses carry it.
+const SIGKILL: i32 = nix::sys::signal::Signal::SIGKILL as i32;
 /// How long an abnormal exit's record waits for the worker's stderr to close, so that the
 /// lines it wrote just before dying are in it.
 const STDERR_WAIT: Duration = Duration::from_millis(100);
@@ -184,6 +186,9 @@ struct History {
     /// Pids already alerted as hung or tainted: their exit is not a second alert.
     hung: HashSet<i32>,
     tainted: HashSet<i32>,
+    /// Pids the supervisor SIGKILLed at `--stop-timeout`: alerted as `stop_timed_out`, and
+    /// their SIGKILL exit is the supervisor's doing, not a crash to record.
+    stop_killed: HashSet<i32>,
     /// Pid → summary of the last panic it reported, for the crash alert.
     last_panic: HashMap<i32, String>,
     /// How the last reload ended.
@@ -761,6 +766,7 @@ impl Ctx {
                 waited,
             } => {
                 self.metrics.record_stop_timeout();
+                self.shared.history().stop_killed.insert(pid);
                 self.alert(
                     AlertEvent::new(
                         AlertKind::StopTimedOut,
@@ -792,15 +798,7 @@ impl Ctx {
         } = ended;
         let status = ExitStatus { code, signal };
         let stop_signal = by_stop_signal || matches!(signal, Some(15 | 2));
-        let abnormal = match (code, signal) {
-            (Some(0), _) => false,
-            (Some(_), _) => true,
-            // The stop signal (or SIGTERM/SIGINT) after we asked it to stop is an ordinary
-            // stop.
-            (None, Some(_)) => !(requested && stop_signal),
-            (None, None) => false,
-        };
-        let (already_alerted, panic) = {
+        let (already_alerted, panic, killed_at_stop_timeout) = {
             let mut h = self.shared.history();
             h.last_exit.insert(worker.clone(), status);
             h.last_cause.insert(
@@ -812,7 +810,19 @@ impl Ctx {
                 },
             );
             let alerted = h.hung.remove(&pid) | h.tainted.remove(&pid);
-            (alerted, h.last_panic.remove(&pid))
+            let stop_killed = h.stop_killed.remove(&pid);
+            (alerted, h.last_panic.remove(&pid), stop_killed)
+        };
+        let abnormal = match (code, signal) {
+            (Some(0), _) => false,
+            (Some(_), _) => true,
+            // The stop signal (or SIGTERM/SIGINT) after we asked it to stop is an ordinary
+            // stop; the SIGKILL we sent at --stop-timeout is ours too (its `stop_timed_out`
+            // alert tells), not a crash: a bare signal 9 in the reports reads as a `kill -9`.
+            (None, Some(s)) => {
+                !((requested && stop_signal) || (killed_at_stop_timeout && s == SIGKILL))
+            }
+            (None, None) => false,
         };
         if !abnormal {
             // Nobody will ask for its stderr: let it go.
@@ -828,7 +838,7 @@ impl Ctx {
         let details = serde_json::to_value(&rec).unwrap_or_default();
         self.record(Record::Exit(rec)).await;
         // A hung or tainted worker was alerted already; a signal after we asked it to stop
-        // (SIGKILL at the stop deadline) is no crash.
+        // (not ours: ours return above) is recorded, but no crash alert.
         if already_alerted || (requested && signal.is_some()) {
             return;
         }

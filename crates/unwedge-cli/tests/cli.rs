@@ -157,6 +157,8 @@ async fn a_stop_timeout_of_0_is_a_usage_error() {
         "--stop-timeout 0 would SIGKILL every worker as soon as it is asked to stop: give \
                   the time workers have to finish their requests, as `--stop-timeout 30s` \
                   (`stop-timeout = \"30s\"` in the config file)";
+    let in_file = "key stop-timeout: 0 would SIGKILL every worker as soon as it is asked to stop: \
+                   give the time workers have to finish their requests, as `stop-timeout = \"30s\"`";
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("u.toml");
     let f = file.to_str().unwrap();
@@ -170,11 +172,11 @@ async fn a_stop_timeout_of_0_is_a_usage_error() {
         )
         .unwrap();
         let (code, out) = run_to_end(&["check-config", f]).await;
-        assert_clear(code, 2, &out, needle);
+        assert_clear(code, 2, &out, in_file);
     }
     std::fs::write(&file, "stop-timeout = 0\ncommand = [\"sleep\"]\n").unwrap();
     let (code, out) = run_to_end(&["check-config", f]).await;
-    assert_clear(code, 2, &out, needle);
+    assert_clear(code, 2, &out, in_file);
 }
 
 /// `--probe-failures 0` was accepted and acted as 1: a usage error, from a flag and the file.
@@ -201,7 +203,9 @@ async fn probe_failures_of_0_is_a_usage_error() {
     let file = dir.path().join("u.toml");
     std::fs::write(&file, "probe-failures = 0\ncommand = [\"sleep\"]\n").unwrap();
     let (code, out) = run_to_end(&["check-config", file.to_str().unwrap()]).await;
-    assert_clear(code, 2, &out, needle);
+    let in_file = "line 1, column 18, key probe-failures: 0: give the number of failed probes in \
+                   a row that make a worker hung, at least 1, as `probe-failures = 3`";
+    assert_clear(code, 2, &out, in_file);
 }
 
 /// `--probe '/ü bad'` was accepted, every probe got 400 and healthy workers were killed every
@@ -242,7 +246,10 @@ async fn a_probe_path_that_cannot_go_in_a_request_line_is_a_usage_error() {
         let toml = format!("probe = {path:?}\ncommand = [\"sleep\"]\n");
         std::fs::write(&file, toml).unwrap();
         let (code, out) = run_to_end(&["check-config", f]).await;
-        assert_clear(code, 2, &out, needle);
+        assert_clear(code, 2, &out, "key probe: ");
+        let in_file = needle.strip_prefix("--probe ").unwrap_or(needle);
+        assert_clear(code, 2, &out, in_file);
+        assert!(!out.contains("--probe"), "in flag syntax: {out}");
     }
     std::fs::write(
         &file,
@@ -281,6 +288,57 @@ async fn ready_accept_without_sockets_is_refused() {
     assert!(running(pid), "the worker was stopped:\n{}", sup.log());
     sup.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}
+
+/// `check-config` refuses what `run --config` refuses for want of sockets, with the same line
+/// and exit 2: `ready = "accept"` with nothing to watch, a probe with nowhere to go. It
+/// passed them (exit 0) and the start failed. With a `listen` address, or sockets that
+/// systemd passes (`LISTEN_FDS` set, as in the unit), they are fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_refuses_what_needs_sockets_when_none_can_come() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unwedge.toml");
+    let f = file.to_str().unwrap();
+    let cases = [
+        (
+            "ready = \"accept\"",
+            "--ready accept needs sockets to watch (--listen, or sockets passed by systemd)",
+        ),
+        (
+            "probe = \"/healthz\"",
+            "--probe needs --listen (a TCP or unix socket) or --port-env",
+        ),
+        (
+            "ready = \"probe\"",
+            "--ready probe needs --listen or --port-env",
+        ),
+    ];
+    for (setting, needle) in cases {
+        std::fs::write(
+            &file,
+            format!("admin = \"off\"\n{setting}\ncommand = [\"/bin/cat\"]\n"),
+        )
+        .unwrap();
+        let (code, out, err) = run_split(&["check-config", f]).await;
+        assert_clear(code, 2, &err, &format!("unwedge.toml: {needle}"));
+        assert_eq!(err.trim().lines().count(), 1, "one line:\n{err}");
+        assert!(out.is_empty(), "{out}");
+        // `run --config` says the same.
+        let (code, _, run_err) = run_split(&["run", "-c", f]).await;
+        assert_clear(code, 2, &run_err, needle);
+
+        let (code, out, err) = run_split_env(&["check-config", f], &[("LISTEN_FDS", "1")]).await;
+        assert_eq!(code, 0, "{setting} with LISTEN_FDS: {err}{out}");
+        std::fs::write(
+            &file,
+            format!(
+                "admin = \"off\"\nlisten = \"127.0.0.1:0\"\n{setting}\ncommand = [\"/bin/cat\"]\n"
+            ),
+        )
+        .unwrap();
+        let (code, out, err) = run_split(&["check-config", f]).await;
+        assert_eq!(code, 0, "{setting} with listen: {err}{out}");
+    }
 }
 
 #[tokio::test]
@@ -363,6 +421,52 @@ async fn a_unix_socket_in_use_is_not_taken_over() {
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
 }
 
+/// A socket held by several processes (a server that forked) names them all, in one line
+/// that agrees with them: it said `pids 25367 (…), 25369 (…) listens on it`.
+#[tokio::test]
+async fn a_socket_several_processes_hold_names_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.sock");
+    let listen = format!("unix:{}", path.display());
+    // Binds and listens, forks, and both hold the socket until their stdin closes.
+    let script = "import os, socket, sys\n\
+                  s = socket.socket(socket.AF_UNIX)\n\
+                  s.bind(sys.argv[1])\n\
+                  s.listen()\n\
+                  os.fork()\n\
+                  print('holding', os.getpid(), flush=True)\n\
+                  sys.stdin.read()\n";
+    let mut holders = tokio::process::Command::new("python3")
+        .args(["-c", script, path.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        holders.stdout.take().unwrap(),
+    ));
+    let mut pids = Vec::new();
+    while pids.len() < 2 {
+        let line = tokio::time::timeout(LONG, lines.next_line())
+            .await
+            .expect("the holders started")
+            .unwrap()
+            .expect("a line");
+        pids.push(line.split_whitespace().nth(1).unwrap().to_owned());
+    }
+    let (code, out) = run_to_end(&["run", "--listen", &listen, "--", "true"]).await;
+    assert_clear(code, 1, &out, "a server accepts connections on it; pids ");
+    assert!(out.contains("`) listen on it"), "{out}");
+    for pid in &pids {
+        assert!(out.contains(&format!(" {pid} (`")), "{pid}: {out}");
+    }
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    // Their stdin closes: both end.
+    drop(holders.stdin.take());
+    let _ = tokio::time::timeout(LONG, holders.wait()).await;
+}
+
 #[tokio::test]
 async fn config_files_are_checked() {
     let dir = tempfile::tempdir().unwrap();
@@ -405,7 +509,7 @@ async fn config_files_are_checked() {
     let zero = dir.path().join("zero.toml");
     std::fs::write(&zero, "workers = 0\ncommand = [\"true\"]\n").unwrap();
     let (code, out) = run_to_end(&["check-config", zero.to_str().unwrap()]).await;
-    assert_clear(code, 2, &out, "--workers must be at least 1");
+    assert_clear(code, 2, &out, "key workers: must be at least 1");
 
     let many = dir.path().join("many.toml");
     std::fs::write(&many, "workers = \"many\"\ncommand = [\"true\"]\n").unwrap();
@@ -541,6 +645,66 @@ async fn config_file_errors_name_the_line_column_and_key() {
     assert!(running(pid), "the worker was stopped:\n{}", sup.log());
     sup.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}
+
+/// The checks of a value made once the file is read (a number of workers above the most, a
+/// stop timeout of 0, a lifetime too short, a probe path that cannot be sent) name the file,
+/// the line, column and key of that value, in the file's words: they said `v.toml: --workers
+/// 2000 is more than 1024…`, in flag syntax with no position (and `run -c` without the file's
+/// name). The same value given as a flag is still said as the flag.
+#[tokio::test]
+async fn config_file_value_checks_name_the_line_column_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("v.toml");
+    let f = file.to_str().unwrap();
+    let cases = [
+        (
+            "workers = 2000",
+            "line 2, column 11, key workers: 2000 is more than 1024, the most one supervisor runs",
+        ),
+        (
+            "workers = 0",
+            "line 2, column 11, key workers: must be at least 1",
+        ),
+        (
+            "stop-timeout = \"0s\"",
+            "line 2, column 16, key stop-timeout: 0 would SIGKILL every worker as soon as it is \
+             asked to stop: give the time workers have to finish their requests, as \
+             `stop-timeout = \"30s\"`",
+        ),
+        (
+            "max-lifetime = \"500ms\"",
+            "line 2, column 16, key max-lifetime: 500ms: too short (at least 1s): workers would \
+             be replaced as fast as they start",
+        ),
+        (
+            "  probe = \"/a b\"",
+            "line 2, column 11, key probe: `/a b` cannot go into an HTTP request line",
+        ),
+    ];
+    for (setting, want) in cases {
+        std::fs::write(
+            &file,
+            format!("command = [\"/bin/cat\"]\n{setting}\nlisten = \"127.0.0.1:0\"\n"),
+        )
+        .unwrap();
+        let want = format!("unwedge: error: invalid config file {f}, {want}");
+        for args in [vec!["check-config", f], vec!["run", "-c", f]] {
+            let (code, out) = run_to_end(&args).await;
+            assert_clear(code, 2, &out, &want);
+            assert_eq!(out.trim().lines().count(), 1, "{args:?}: one line: {out}");
+            assert!(!out.contains(" --"), "{args:?}: flag syntax: {out}");
+        }
+    }
+    // Given as a flag, over the file: said as the flag.
+    std::fs::write(&file, "command = [\"/bin/cat\"]\nworkers = 2\n").unwrap();
+    let (code, out) = run_to_end(&["run", "-c", f, "--workers", "2000"]).await;
+    assert_clear(
+        code,
+        2,
+        &out,
+        "unwedge: error: --workers 2000 is more than 1024, the most one supervisor runs",
+    );
 }
 
 /// `check-config` prints every setting of `unwedge run` with its effective value, normalised

@@ -1593,6 +1593,77 @@ async fn a_worker_killed_at_the_stop_timeout_is_alerted_and_counted() {
     .await;
 }
 
+/// The SIGKILL the supervisor sends at `--stop-timeout` is its own doing, not a crash: no `exit`
+/// record in the report directory, `/status` or `unwedge status` (a bare `signal 9` there reads
+/// as someone's `kill -9`); its `stop_timed_out` alert says what happened. A real SIGKILL of
+/// the next worker is still recorded, and as it comes later, it shows that the first exit was
+/// handled (events are handled in order).
+#[tokio::test]
+async fn a_worker_killed_at_the_stop_timeout_writes_no_crash_record() {
+    limited(async {
+        let dir = tempfile::tempdir().unwrap();
+        let reports = dir.path().join("reports");
+        let sup = Sup::python(
+            &[
+                "--admin",
+                "127.0.0.1:0",
+                "--stop-timeout",
+                "300ms",
+                "--report-dir",
+                reports.to_str().unwrap(),
+            ],
+            &[("FIXTURE_IGNORE_TERM", "1")],
+        );
+        let admin = admin_addr(&sup).await;
+        let old = sup.wait_ready(0, 1).await[0];
+
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        let line = sup
+            .wait_line(from, &["did not stop within", "--stop-timeout"])
+            .await;
+        assert!(line.contains(&format!("pid {old}")), "{line}");
+        sup.wait_line(from, &[&format!("pid {old} killed by SIGKILL")])
+            .await;
+        let new = status_until(&sup, admin, "the new generation ready", |s| {
+            s["supervisor"]["generation"] == 2 && ready_pids(s).len() == 1
+        })
+        .await;
+        let new = ready_pids(&new)[0];
+
+        // A crash nobody asked for after it: recorded.
+        kill(Pid::from_raw(new), Signal::SIGKILL).unwrap();
+        let s = status_until(
+            &sup,
+            admin,
+            "the crash recorded, its replacement ready",
+            |s| {
+                ready_pids(s).len() == 1
+                    && s["reports"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|r| r["kind"] == "exit" && r["pid"] == new)
+            },
+        )
+        .await;
+        let exits: Vec<&Value> = s["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == "exit")
+            .collect();
+        assert_eq!(exits.len(), 1, "only the real crash: {s}");
+        let on_disk = std::fs::read_to_string(reports.join("reports.jsonl")).unwrap();
+        assert_eq!(on_disk.lines().count(), 1, "{on_disk}");
+        assert!(on_disk.contains(&format!("\"pid\":{new}")), "{on_disk}");
+        let (code, out, err) = unwedge_status(admin, &[]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(!out.contains(&old.to_string()), "{out}");
+    })
+    .await;
+}
+
 // ---- unwedge reload --wait ----
 
 /// `unwedge run -c FILE` (FILE holding `config`) on a fresh socket with an admin endpoint, once
@@ -1704,6 +1775,35 @@ async fn unwedge_status_shows_the_workers_and_a_crash() {
             "{err}"
         );
         assert_eq!(err.lines().count(), 1, "{err}");
+    })
+    .await;
+}
+
+/// With no worker ready yet, `unwedge status` says the generation is starting: it said
+/// `generation 1 serving` over `workers: 0 ready of 1, 1 starting`.
+#[tokio::test]
+async fn unwedge_status_says_a_generation_with_no_ready_worker_is_starting() {
+    limited(async {
+        let sup = Sup::python(
+            &["--admin", "127.0.0.1:0", "--ready-timeout", "1m"],
+            &[("FIXTURE_NO_READY", "1")],
+        );
+        let admin = admin_addr(&sup).await;
+        status_until(&sup, admin, "a worker starting", |s| {
+            s["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["state"] == "starting" && !w["pid"].is_null())
+        })
+        .await;
+        let (_, out, err) = unwedge_status(admin, &[]).await;
+        assert!(out.contains("\ngeneration 1 starting\n"), "{out}{err}");
+        assert!(
+            out.contains("\nworkers: 0 ready of 1, 1 starting\n"),
+            "{out}{err}"
+        );
+        assert!(!out.contains("serving"), "{out}");
     })
     .await;
 }

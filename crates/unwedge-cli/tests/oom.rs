@@ -298,7 +298,7 @@ async fn max_memory_auto_shares_the_cgroup_limit_among_the_workers() {
         None => {
             assert_eq!(code, 2, "{out}");
             assert!(
-                out.contains("--max-memory auto: this process has no memory limit"),
+                out.contains("key max-memory: auto: this process has no memory limit"),
                 "{out}"
             );
         }

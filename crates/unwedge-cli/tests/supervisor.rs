@@ -1237,6 +1237,56 @@ async fn port_env_mode_gives_each_worker_its_own_port_and_probes_it() {
     .await;
 }
 
+/// Through a shared socket with several workers a probe reaches whichever worker accepts, so
+/// its failures name the address, not a worker (`w2 pid N: probe failed (3/3)` was followed by
+/// "cannot tell which worker is hung"); with `--port-env` each probe is one worker's and
+/// names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_failures_through_a_shared_socket_blame_no_worker() {
+    within(Duration::from_secs(60), async {
+        let probe = [
+            "--admin",
+            "off",
+            "--workers",
+            "2",
+            "--probe",
+            "/missing",
+            "--probe-interval",
+            "100ms",
+        ];
+        let sup = Sup::demo(&probe);
+        let addr = sup.addr().await;
+        sup.wait_ready(0, 2).await;
+        sup.wait_line(0, &["cannot tell which worker is hung"])
+            .await;
+        let log = sup.log();
+        let failed: Vec<&str> = log.lines().filter(|l| l.contains("probe")).collect();
+        assert!(
+            failed
+                .iter()
+                .any(|l| l.contains(&format!("probe of {addr} failed (3/3): "))),
+            "{log}"
+        );
+        for l in failed {
+            assert!(!l.contains(" pid "), "names a worker: {l}\n{log}");
+        }
+        drop(sup);
+
+        let mut args = vec!["run", "--port-env", "UNWEDGE_LISTEN_PORT"];
+        args.extend_from_slice(&probe);
+        let cmd = format!("UNWEDGE_LISTEN=127.0.0.1:$UNWEDGE_LISTEN_PORT exec {BIN} demo-service");
+        args.extend(["--", "sh", "-c", &cmd]);
+        let sup = Sup::start(&args);
+        let pids = sup.wait_ready(0, 2).await;
+        let line = sup.wait_line(0, &["probe failed (1/3): "]).await;
+        assert!(
+            pids.iter().any(|p| line.contains(&format!(" pid {p}: "))),
+            "{line}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_format_wraps_worker_lines() {
     within(Duration::from_secs(60), async {
@@ -1269,6 +1319,10 @@ async fn a_worker_reporting_wedged_is_replaced_even_while_heartbeating() {
         let stuck = tokio::spawn(async move { http(addr, "GET", "/stuck-lock").await });
         let hung = sup.wait_line(0, &["is hung (wedged"]).await;
         assert_eq!(pid_in(&hung), Some(pid));
+        // The worker's `STATUS=wedged: …` after the kind, without its `wedged: ` again (it
+        // said `is hung (wedged: wedged: …)`).
+        assert!(hung.contains("is hung (wedged: "), "{hung}");
+        assert!(!hung.contains("wedged: wedged"), "{hung}");
         let ready = sup.wait_line(0, &["after the crash"]).await;
         assert_ne!(pid_in(&ready), Some(pid));
         assert_eq!(get(addr, "/").await.0, 200);
@@ -2130,6 +2184,52 @@ async fn sighup_rereads_the_config_file() {
         assert!(!sup.log()[..].contains("admin listening"), "admin started");
         let (code, _) = get(addr, "/").await;
         assert_eq!(code, 200);
+    })
+    .await;
+}
+
+/// A reload after only a setting that needs a restart changed (`admin`) warns about it and
+/// then says that nothing else changed: it said `configuration unchanged` right after the
+/// warning that something had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_only_a_fixed_setting_does_not_call_the_file_unchanged() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let write = |admin: &str| {
+            let c =
+                format!("admin = \"{admin}\"\nready = \"none\"\ncommand = [\"sleep\", \"100\"]\n");
+            std::fs::write(&file, c).unwrap();
+        };
+        write("off");
+        let mut sup = Sup::start(&["run", "-c", file.to_str().unwrap()]);
+        sup.wait_ready(0, 1).await;
+
+        write("127.0.0.1:0");
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(
+            from,
+            &["`admin` changed; it applies only when the supervisor restarts"],
+        )
+        .await;
+        sup.wait_line(from, &["reload: nothing else changed"]).await;
+        sup.wait_line(from, &["generation 2 ready"]).await;
+        assert!(
+            !sup.log_since(from).contains("configuration unchanged"),
+            "{}",
+            sup.log_since(from)
+        );
+
+        // The file as the supervisor runs it again: nothing changed at all, said so.
+        write("off");
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(from, &["reload: configuration unchanged"])
+            .await;
+        sup.wait_line(from, &["generation 3 ready"]).await;
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
     })
     .await;
 }

@@ -135,7 +135,8 @@ impl<'de> Deserialize<'de> for Workers {
 
             fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Workers, E> {
                 if n < 1 {
-                    return Err(E::custom("--workers must be at least 1"));
+                    // In the file: its position names the key.
+                    return Err(E::custom("must be at least 1"));
                 }
                 // Above `MAX_WORKERS` is refused by `Config::resolve`, with the number.
                 Ok(Workers::Count(u32::try_from(n).unwrap_or(u32::MAX)))
@@ -146,7 +147,8 @@ impl<'de> Deserialize<'de> for Workers {
             }
 
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Workers, E> {
-                s.parse().map_err(E::custom)
+                s.parse()
+                    .map_err(|e: String| E::custom(in_file_words("workers", &e)))
             }
         }
         d.deserialize_any(Visitor)
@@ -824,27 +826,30 @@ impl Config {
         flags: Options,
         command: Vec<String>,
     ) -> Result<Config, ConfigError> {
-        let mut o = file.unwrap_or_default().overlay(flags);
-        if !command.is_empty() {
-            o.command = command;
-        }
-        Self::from_options(o)
+        Self::from_options(layered(file.unwrap_or_default(), flags, command)).map_err(|r| match r {
+            Refused::Setting { flag, .. } => ConfigError::Usage(flag),
+            Refused::Other(e) => e,
+        })
     }
 
-    fn from_options(o: Options) -> Result<Config, ConfigError> {
-        let usage = |m: String| ConfigError::Usage(m);
+    fn from_options(o: Options) -> Result<Config, Refused> {
+        let usage = |m: String| Refused::Other(ConfigError::Usage(m));
         if o.command.is_empty() {
             return Err(usage(
                 "no worker command: give it after `--`, as in `unwedge run -- ./server`".into(),
             ));
         }
         if o.workers == Some(Workers::Count(0)) {
-            return Err(usage("--workers must be at least 1".into()));
+            return Err(Refused::setting(
+                "workers",
+                "--workers must be at least 1".into(),
+            ));
         }
         if let Some(n) = o.workers.map(Workers::count).filter(|&n| n > MAX_WORKERS) {
-            return Err(usage(format!(
-                "--workers {n} is more than {MAX_WORKERS}, the most one supervisor runs"
-            )));
+            return Err(Refused::setting(
+                "workers",
+                format!("--workers {n} is more than {MAX_WORKERS}, the most one supervisor runs"),
+            ));
         }
         if o.port_env.is_some() && !o.listen.is_empty() {
             return Err(usage(
@@ -853,7 +858,10 @@ impl Config {
         }
         if let Some(name) = &o.port_env {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
-                return Err(usage(format!("--port-env `{name}` is not a variable name")));
+                return Err(Refused::setting(
+                    "port-env",
+                    format!("--port-env `{name}` is not a variable name"),
+                ));
             }
         }
         let listen = o
@@ -861,31 +869,37 @@ impl Config {
             .iter()
             .map(|s| {
                 s.parse::<ListenAddr>()
-                    .map_err(|e| usage(format!("--listen: {e}")))
+                    .map_err(|e| Refused::setting("listen", format!("--listen: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let dump_signal = match &o.dump_signal {
-            Some(s) => parse_signal(s).map_err(|e| usage(format!("--dump-signal: {e}")))?,
+            Some(s) => parse_signal(s)
+                .map_err(|e| Refused::setting("dump-signal", format!("--dump-signal: {e}")))?,
             None => Signal::SIGQUIT,
         };
         let stop_signal = match &o.stop_signal {
-            Some(s) => match parse_signal(s).map_err(|e| usage(format!("--stop-signal: {e}")))? {
+            Some(s) => match parse_signal(s)
+                .map_err(|e| Refused::setting("stop-signal", format!("--stop-signal: {e}")))?
+            {
                 sig @ (Signal::SIGSTOP
                 | Signal::SIGTSTP
                 | Signal::SIGTTIN
                 | Signal::SIGTTOU
                 | Signal::SIGCONT) => {
-                    return Err(usage(format!(
-                        "--stop-signal {}: pauses or resumes a process, never stops it",
-                        sig.as_str()
-                    )))
+                    return Err(Refused::setting(
+                        "stop-signal",
+                        format!(
+                            "--stop-signal {}: pauses or resumes a process, never stops it",
+                            sig.as_str()
+                        ),
+                    ))
                 }
                 sig => sig,
             },
             None => Signal::SIGTERM,
         };
         if let Some(p) = &o.probe {
-            check_probe_path(p).map_err(usage)?;
+            check_probe_path(p).map_err(|e| Refused::setting("probe", e))?;
         }
         let ready = o.ready.unwrap_or_default();
         if ready == ReadyMode::Port && o.port_env.is_none() {
@@ -904,19 +918,26 @@ impl Config {
                 "--restart-delay-max is smaller than --restart-delay".into(),
             ));
         }
-        let nonzero = |d: Option<Duration>, def: Duration, name: &str| match d {
-            Some(d) if d.is_zero() => Err(usage(format!("--{name} must be more than 0"))),
+        let nonzero = |d: Option<Duration>, def: Duration, name: &'static str| match d {
+            Some(d) if d.is_zero() => Err(Refused::setting(
+                name,
+                format!("--{name} must be more than 0"),
+            )),
             Some(d) => Ok(d),
             None => Ok(def),
         };
         if o.stop_timeout.is_some_and(|d| d.is_zero()) {
             // Not "off", as `--watchdog 0`: 0 would SIGKILL every worker on every stop.
-            return Err(usage(
-                "--stop-timeout 0 would SIGKILL every worker as soon as it is asked to stop: give \
-                 the time workers have to finish their requests, as `--stop-timeout 30s` \
-                 (`stop-timeout = \"30s\"` in the config file)"
-                    .into(),
-            ));
+            let why = "would SIGKILL every worker as soon as it is asked to stop: give the time \
+                       workers have to finish their requests, as";
+            return Err(Refused::Setting {
+                key: "stop-timeout",
+                flag: format!(
+                    "--stop-timeout 0 {why} `--stop-timeout 30s` (`stop-timeout = \"30s\"` in \
+                     the config file)"
+                ),
+                file: format!("0 {why} `stop-timeout = \"30s\"`"),
+            });
         }
         let watchdog = match o.watchdog {
             Some(d) if d.is_zero() => None,
@@ -926,13 +947,16 @@ impl Config {
             listen,
             port_env: o.port_env,
             socket_mode: match &o.socket_mode {
-                Some(m) => parse_mode(m).map_err(|e| usage(format!("--socket-mode {m}: {e}")))?,
+                Some(m) => parse_mode(m).map_err(|e| {
+                    Refused::setting("socket-mode", format!("--socket-mode {m}: {e}"))
+                })?,
                 None => DEFAULT_SOCKET_MODE,
             },
             socket_group: match o.socket_group {
                 Some(g) => {
-                    let gid = crate::run_as::lookup_group(&g)
-                        .map_err(|e| usage(e.replacen("--group", "--socket-group", 1)))?;
+                    let gid = crate::run_as::lookup_group(&g).map_err(|e| {
+                        Refused::setting("socket-group", e.replacen("--group", "--socket-group", 1))
+                    })?;
                     Some((g, gid))
                 }
                 None => None,
@@ -952,11 +976,15 @@ impl Config {
             probe_interval: nonzero(o.probe_interval, Duration::from_secs(1), "probe-interval")?,
             probe_failures: match o.probe_failures {
                 Some(0) => {
-                    return Err(usage(
-                        "--probe-failures 0: give the number of failed probes in a row that make \
-                         a worker hung, at least 1 (`probe-failures = 3` in the config file)"
-                            .into(),
-                    ))
+                    let why = "give the number of failed probes in a row that make a worker \
+                               hung, at least 1";
+                    return Err(Refused::Setting {
+                        key: "probe-failures",
+                        flag: format!(
+                            "--probe-failures 0: {why} (`probe-failures = 3` in the config file)"
+                        ),
+                        file: format!("0: {why}, as `probe-failures = 3`"),
+                    });
                 }
                 n => n.unwrap_or(3),
             },
@@ -970,13 +998,19 @@ impl Config {
             run_as: RunAs::resolve(o.user.as_deref(), o.group.as_deref()).map_err(usage)?,
             max_memory: match o.max_memory {
                 Some(MemoryLimit::Bytes(0)) => {
-                    return Err(usage("--max-memory must be more than 0".into()))
+                    return Err(Refused::setting(
+                        "max-memory",
+                        "--max-memory must be more than 0".into(),
+                    ))
                 }
                 Some(MemoryLimit::Bytes(b)) => Some(b),
                 Some(MemoryLimit::Auto) => {
                     let limit = crate::oom::OomCounter::for_this_process().and_then(|c| c.limit());
                     let workers = o.workers.map_or(1, Workers::count);
-                    Some(auto_memory(limit, workers).map_err(usage)?)
+                    Some(
+                        auto_memory(limit, workers)
+                            .map_err(|e| Refused::setting("max-memory", e))?,
+                    )
                 }
                 None => None,
             },
@@ -984,11 +1018,14 @@ impl Config {
             max_lifetime: match o.max_lifetime {
                 Some(d) if d.is_zero() => None,
                 Some(d) if d < MIN_LIFETIME => {
-                    return Err(usage(format!(
-                        "--max-lifetime {}: too short (at least 1s): workers would be replaced \
-                         as fast as they start",
-                        humantime::format_duration(d)
-                    )))
+                    return Err(Refused::setting(
+                        "max-lifetime",
+                        format!(
+                            "--max-lifetime {}: too short (at least 1s): workers would be \
+                             replaced as fast as they start",
+                            humantime::format_duration(d)
+                        ),
+                    ))
                 }
                 d => d,
             },
@@ -1055,6 +1092,125 @@ impl Config {
     pub fn to_toml(&self) -> String {
         self.to_options().to_toml()
     }
+}
+
+/// `flags` over `file`, with `command` (from after `--`) replacing the file's when not empty.
+fn layered(file: Options, flags: Options, command: Vec<String>) -> Options {
+    let mut o = file.overlay(flags);
+    if !command.is_empty() {
+        o.command = command;
+    }
+    o
+}
+
+/// Why [`Config::from_options`] refused: a value of one setting, named by its key so that a
+/// config file's value can be pointed at, or anything else (settings that do not go together).
+enum Refused {
+    /// One setting's value cannot be used.
+    Setting {
+        /// Its key in the file (the long flag without `--`).
+        key: &'static str,
+        /// Said of the flag: `--workers 2000 is more than 1024, …`.
+        flag: String,
+        /// Said of the file's value, whose position names the key: `2000 is more than …`.
+        file: String,
+    },
+    /// Anything else.
+    Other(ConfigError),
+}
+
+impl Refused {
+    /// `flag` (which starts `--KEY`) of setting `key`; said of the file without the `--KEY`.
+    fn setting(key: &'static str, flag: String) -> Refused {
+        Refused::Setting {
+            key,
+            file: in_file_words(key, &flag),
+            flag,
+        }
+    }
+}
+
+/// A message about flag `--KEY` said of the file's value instead (where the file position
+/// names the key): without its leading `--KEY` and `: `.
+fn in_file_words(key: &str, flag: &str) -> String {
+    match flag.strip_prefix("--").and_then(|m| m.strip_prefix(key)) {
+        Some(rest) if rest.starts_with([' ', ':']) => {
+            rest.trim_start_matches(':').trim_start().to_owned()
+        }
+        _ => flag.to_owned(),
+    }
+}
+
+/// A config file, read and parsed: its options, and its text, to say where in it a value
+/// that cannot be used is.
+///
+/// ```
+/// use unwedge_supervisor::config::{ConfigFile, Options};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("big.toml");
+/// std::fs::write(&path, "command = [\"srv\"]\nworkers = 2000\n").unwrap();
+/// let file = ConfigFile::read(&path).unwrap();
+/// let e = file.resolve(Options::default(), Vec::new()).unwrap_err().to_string();
+/// assert!(e.ends_with("big.toml, line 2, column 11, key workers: 2000 is more than 1024, \
+///                      the most one supervisor runs"), "{e}");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    path: PathBuf,
+    text: String,
+    options: Options,
+}
+
+impl ConfigFile {
+    /// Reads and parses the file at `path` (as [`Options::from_file`]).
+    pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let options = Options::from_toml(&text).map_err(|(at, reason)| ConfigError::Invalid {
+            path: path.to_owned(),
+            at,
+            reason,
+        })?;
+        Ok(ConfigFile {
+            path: path.to_owned(),
+            text,
+            options,
+        })
+    }
+
+    /// What the file sets.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// [`Config::resolve`] with this file under `flags`: a value of the file that cannot be
+    /// used is a [`ConfigError::Invalid`] naming its line, column and key (the same value
+    /// given as a flag is said as the flag).
+    pub fn resolve(self, flags: Options, command: Vec<String>) -> Result<Config, ConfigError> {
+        let flag_keys = toml::Table::try_from(&flags).unwrap_or_default();
+        Config::from_options(layered(self.options, flags, command)).map_err(|r| match r {
+            Refused::Setting { key, file, .. } if !flag_keys.contains_key(key) => {
+                ConfigError::Invalid {
+                    at: value_position(&self.text, key),
+                    path: self.path,
+                    reason: file,
+                }
+            }
+            Refused::Setting { flag, .. } => ConfigError::Usage(flag),
+            Refused::Other(e) => e,
+        })
+    }
+}
+
+/// Where the value of top-level `key` starts in config file `text`, if it is set there.
+fn value_position(text: &str, key: &str) -> Option<FilePosition> {
+    let table: std::collections::BTreeMap<String, toml::Spanned<toml::Value>> =
+        toml::from_str(text).ok()?;
+    let span = table.get(key)?.span();
+    Some(FilePosition::of(text, span.start))
 }
 
 /// Checks a `--probe` path, which goes as it is into the request line `GET PATH HTTP/1.1`: it

@@ -46,7 +46,7 @@ mod supervisor;
 pub mod systemd;
 mod text;
 
-pub use config::{Config, ListenAddr, LogFormat, Options, ReadyMode, ReloadMode};
+pub use config::{Config, ConfigFile, ListenAddr, LogFormat, Options, ReadyMode, ReloadMode};
 pub use error::{ConfigError, StartError};
 pub use events::{
     AlertHook, Counters, Event, ExitInfo, HangKind, RestartReason, Snapshot, WorkerInfo,

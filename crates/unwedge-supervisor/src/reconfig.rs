@@ -107,17 +107,30 @@ pub(crate) fn check_ready_accept(c: &Config, sockets: bool) -> Result<(), String
     Ok(())
 }
 
+/// A reload's new configuration, checked (see [`prepare`]).
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// The configuration, with the fixed settings put back.
+    pub(crate) config: Config,
+    /// The names of the settings that change.
+    pub(crate) changes: Vec<&'static str>,
+    /// The names of the fixed settings that changed, kept as they are until a restart.
+    pub(crate) kept: Vec<&'static str>,
+}
+
 /// The new configuration, checked against the running one: its command must be runnable, a
 /// probe must have somewhere to go (`probe_target`: the shared socket probes reach) and
 /// `--ready accept` sockets to watch (`sockets`: whether the supervisor passes any). Returns
-/// it with the fixed settings put back, and the names of the settings that change.
+/// it with the fixed settings put back, the names of the settings that change, and those of
+/// the fixed ones that changed.
 pub(crate) fn prepare(
     old: &Config,
     mut new: Config,
     probe_target: Option<&ListenAddr>,
     sockets: bool,
-) -> Result<(Config, Vec<&'static str>), String> {
-    for name in keep_fixed(old, &mut new) {
+) -> Result<Prepared, String> {
+    let kept = keep_fixed(old, &mut new);
+    for name in &kept {
         tracing::warn!(
             "reload: `{name}` changed; it applies only when the supervisor restarts (kept as it is)"
         );
@@ -126,7 +139,11 @@ pub(crate) fn prepare(
     check_probe_target(&new, probe_target)?;
     check_ready_accept(&new, sockets)?;
     let changes = changed(old, &new);
-    Ok((new, changes))
+    Ok(Prepared {
+        config: new,
+        changes,
+        kept,
+    })
 }
 
 #[cfg(test)]
@@ -152,7 +169,11 @@ mod tests {
              user = \"nobody\"\ncommand = [\"/bin/sh\", \"-c\", \"b\"]\n",
         );
         let target = old.listen[0].clone();
-        let (applied, changes) = prepare(&old, new, Some(&target), true).unwrap();
+        let Prepared {
+            config: applied,
+            changes,
+            ..
+        } = prepare(&old, new, Some(&target), true).unwrap();
         assert_eq!(changes, vec!["command", "workers", "watchdog"]);
         assert_eq!(applied.workers, 4);
         assert_eq!(applied.listen, old.listen, "sockets stay");

@@ -150,7 +150,8 @@ pub fn check_bindable(addr: &ListenAddr) -> Result<Option<String>, StartError> {
 }
 
 /// `e`, and for an address in use, what holds it (`Address already in use (os error 98);
-/// pid 4242 (`python3 app.py`) listens on it`): often a process a previous run left behind.
+/// pid 4242 (`python3 app.py`) listens on it`, or `pids 4242 (…), 4243 (…) listen on it`):
+/// often a process a previous run left behind.
 fn in_use_by(addr: &ListenAddr, e: std::io::Error) -> String {
     if e.kind() != std::io::ErrorKind::AddrInUse {
         return e.to_string();
@@ -162,7 +163,12 @@ fn in_use_by(addr: &ListenAddr, e: std::io::Error) -> String {
     if holders.is_empty() {
         return e.to_string();
     }
-    format!("{e}; {} listens on it", crate::procfs::describe(&holders))
+    let verb = if holders.len() == 1 {
+        "listens"
+    } else {
+        "listen"
+    };
+    format!("{e}; {} {verb} on it", crate::procfs::describe(&holders))
 }
 
 fn bind(addr: &ListenAddr, unix: UnixAccess) -> std::io::Result<OwnedFd> {

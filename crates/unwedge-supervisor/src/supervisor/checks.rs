@@ -39,8 +39,8 @@ impl Pool {
             }
         }
         tracing::warn!(
-            "{id} pid {pid} is hung ({}: {detail}){}; sending {}, SIGKILL in {}",
-            kind.as_str(),
+            "{id} pid {pid} is hung ({}){}; sending {}, SIGKILL in {}",
+            hang_text(kind, detail),
             if retiring { " while stopping" } else { "" },
             sig.as_str(),
             fmt_dur(kill_at.saturating_duration_since(now))
@@ -213,6 +213,11 @@ impl Pool {
 
     pub(super) fn on_probe(&mut self, p: ProbeResult) {
         let shared_many = self.config.port_env.is_none() && self.config.workers > 1;
+        // Through a shared socket to several workers a probe is no one worker's.
+        let probed = match (&self.shared_probe, shared_many) {
+            (Some(target), true) => Some(format!("probe of {target}")),
+            _ => None,
+        };
         let before_stall = self.stalled_until.is_some_and(|s| p.started < s);
         let Some(w) = self.workers.get_mut(&p.pid) else {
             return;
@@ -241,7 +246,12 @@ impl Pool {
             Err(e) => {
                 w.probe_failures += 1;
                 let (n, id) = (w.probe_failures, slot_id(w.slot));
-                tracing::warn!("{id} pid {}: probe failed ({n}/{failures}): {e}", p.pid);
+                match &probed {
+                    Some(probe) => tracing::warn!("{probe} failed ({n}/{failures}): {e}"),
+                    None => {
+                        tracing::warn!("{id} pid {}: probe failed ({n}/{failures}): {e}", p.pid)
+                    }
+                }
                 if n >= failures {
                     if shared_many {
                         // Through a shared socket the probe cannot tell which worker failed.
@@ -297,5 +307,37 @@ impl Pool {
                 outcome,
             });
         });
+    }
+}
+
+/// `kind: detail` for the log, without the kind twice: a wedged worker's `STATUS=` text starts
+/// with `wedged` itself (`wedged: deadlock between …`).
+fn hang_text(kind: HangKind, detail: &str) -> String {
+    let kind = kind.as_str();
+    let rest = match detail.strip_prefix(kind) {
+        Some(r) if r.is_empty() || r.starts_with([':', ' ']) => r.trim_start_matches(':').trim(),
+        _ => detail,
+    };
+    if rest.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {rest}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hang_text_names_the_kind_once() {
+        let wedged = |d| hang_text(HangKind::Wedged, d);
+        assert_eq!(wedged("wedged: deadlock"), "wedged: deadlock");
+        assert_eq!(wedged("wedged"), "wedged");
+        assert_eq!(wedged("wedgedness"), "wedged: wedgedness");
+        assert_eq!(
+            hang_text(HangKind::Probe, "connection refused"),
+            "probe: connection refused"
+        );
     }
 }

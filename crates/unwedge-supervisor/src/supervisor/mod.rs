@@ -261,6 +261,19 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The checks [`Supervisor::new`] makes once it has its sockets, made without them (for
+    /// `check-config`): `--ready accept` needs sockets to watch, and a probe (`--probe`,
+    /// `--ready probe`) somewhere to go. `passed`: whether sockets will be passed by systemd
+    /// (`LISTEN_FDS`); their addresses are not known here, so a probe is taken to reach one.
+    pub fn preflight_sockets(config: &Config, passed: bool) -> Result<(), StartError> {
+        if passed || !config.listen.is_empty() {
+            // Every socket bound for `--listen` has an address a probe can reach.
+            return Ok(());
+        }
+        reconfig::check_probe_target(config, None).map_err(StartError::Usage)?;
+        reconfig::check_ready_accept(config, false).map_err(StartError::Usage)
+    }
+
     /// Adds a hook that sees every event synchronously (alerts).
     pub fn with_alert_hook(mut self, hook: impl AlertHook) -> Self {
         self.hooks.push(Arc::new(hook));
@@ -699,7 +712,7 @@ struct Preparing {
 }
 
 /// The new configuration a reload's thread read and checked, or why it could not.
-type Prepared = Result<(Config, Vec<&'static str>), String>;
+type Prepared = Result<reconfig::Prepared, String>;
 
 #[derive(Debug)]
 struct ProbeResult {

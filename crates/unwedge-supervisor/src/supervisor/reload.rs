@@ -92,8 +92,8 @@ impl Pool {
             return;
         };
         match prepared {
-            Ok((new, changes)) => {
-                let new_config = self.adopt_config(new, changes);
+            Ok(new) => {
+                let new_config = self.adopt_config(new);
                 self.launch_reload(&p.why, p.requests, new_config);
             }
             Err(reason) => self.refuse_reload(&p.why, p.requests, reason),
@@ -101,9 +101,19 @@ impl Pool {
     }
 
     /// The new configuration, or `None` when nothing a reload applies changed.
-    fn adopt_config(&self, new: Config, changes: Vec<&'static str>) -> Option<Arc<Config>> {
+    fn adopt_config(&self, prepared: reconfig::Prepared) -> Option<Arc<Config>> {
+        let reconfig::Prepared {
+            config: new,
+            changes,
+            kept,
+        } = prepared;
         if changes.is_empty() {
-            tracing::info!("reload: configuration unchanged");
+            if kept.is_empty() {
+                tracing::info!("reload: configuration unchanged");
+            } else {
+                // After the warnings about what changed but waits for a restart.
+                tracing::info!("reload: nothing else changed");
+            }
             return None;
         }
         tracing::info!("reload: new configuration: {}", changes.join(", "));
