@@ -751,7 +751,14 @@ impl PanicRecord {
     /// included, is left as written.
     /// A message its worker cut (ending `…<truncated>` or `…`, or named in `truncated`) that
     /// ends inside a URL's authority keeps only its `scheme://…`: the end of a password is
-    /// past the cut. Returns whether anything was changed.
+    /// past the cut.
+    /// Every string of the report but the values of `request.headers` (the `message`,
+    /// `backtrace`, `location`, `thread`, `decision.reason`, a field unknown here) then has
+    /// the value after each `Authorization`, `Proxy-Authorization`, `Cookie` or `Set-Cookie`
+    /// name replaced by `[redacted]`, and the user info of each URL cut, as a stderr line
+    /// has (see [`ExitRecord::redact`]): a worker's `panic!("{req:?}")` quotes
+    /// `{"authorization": "Bearer …"}`.
+    /// Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
         let secret = |name: &str| {
             crate::page::REDACTED_HEADERS
@@ -785,6 +792,7 @@ impl PanicRecord {
                 changed = true;
             }
         }
+        changed |= scrub_report_strings(&mut self.report);
         let Some(request) = self.report.get_mut("request") else {
             return changed;
         };
@@ -986,6 +994,40 @@ impl ExitRecord {
 
 /// What replaces a credential found in a line of text (a worker's stderr).
 const REDACTED_IN_TEXT: &str = "[redacted]";
+
+/// Applies [`scrub_credentials`] to every string value of a report (keys are left as they
+/// are) but those of `request.headers`, which [`PanicRecord::redact`] handles by name: the
+/// `message` (a worker's `panic!("{req:?}")` prints its headers), `backtrace`, `location`,
+/// `thread`, `decision.reason`, and any field an unknown worker sends. Each string is scanned
+/// once; the walk uses its own stack (no recursion), so its cost is linear in the report's
+/// size whatever its depth. Returns whether anything was changed.
+fn scrub_report_strings(report: &mut serde_json::Value) -> bool {
+    // 0: the report; 1: its `request`; 2: anything else.
+    let mut changed = false;
+    let mut stack = vec![(report, 0u8)];
+    while let Some((value, level)) = stack.pop() {
+        match value {
+            serde_json::Value::String(s) => {
+                if let Some(scrubbed) = scrub_credentials(s) {
+                    *s = scrubbed;
+                    changed = true;
+                }
+            }
+            serde_json::Value::Array(values) => stack.extend(values.iter_mut().map(|v| (v, 2))),
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    match (level, key.as_str()) {
+                        (1, "headers") => {}
+                        (0, "request") => stack.push((v, 1)),
+                        _ => stack.push((v, 2)),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    changed
+}
 
 /// `line` with the value after each credential name replaced by [`REDACTED_IN_TEXT`] and the
 /// user info of each URL cut (the rules: [`ExitRecord::redact`]); `None` when it has neither.
@@ -1333,14 +1375,15 @@ mod tests {
             };
             assert_eq!(r.redact(), message != shown, "{message}");
         }
-        // Another report field holding text is not a message: left to its own rules.
+        // Any other field holding text has its URLs' user info cut too (as a stderr line's);
+        // a message that is not text is left as it is.
         let r = PanicRecord::new(
             None,
             serde_json::json!({"location": "a://u:p@h", "message": 7}),
         );
         assert_eq!(
             r.report,
-            serde_json::json!({"location": "a://u:p@h", "message": 7})
+            serde_json::json!({"location": "a://…@h", "message": 7})
         );
     }
 
@@ -1441,6 +1484,40 @@ mod tests {
                 "short: postgres://app:S3CRET".into(),
             ]
         );
+    }
+
+    #[test]
+    fn credentials_in_any_string_of_a_report_are_scrubbed() {
+        let report = serde_json::json!({
+            "message": r#"unexpected request Request { headers: {"authorization": "Bearer S1", "cookie": "sid=S2", "host": "h"} }"#,
+            "backtrace": "0: f\n  Authorization: Bearer S3\n1: main",
+            "location": "src/a.rs:1:2 cookie=S4",
+            "thread": "t Proxy-Authorization: Basic S5",
+            "decision": {"action": "crash", "reason": "Set-Cookie: id=S6"},
+            "extra": [{"deep": ["Authorization: Bearer S7"]}],
+            "request": {"path": "/x", "headers": {"User-Agent": "curl/8"}},
+        });
+        let r = PanicRecord::new(None, report);
+        assert_eq!(
+            r.report["message"],
+            r#"unexpected request Request { headers: {"authorization": "[redacted]", "cookie": "[redacted]", "host": "h"} }"#
+        );
+        assert_eq!(r.report["backtrace"], "0: f\n  Authorization: [redacted]");
+        assert_eq!(r.report["location"], "src/a.rs:1:2 cookie=[redacted]");
+        assert_eq!(r.report["thread"], "t Proxy-Authorization: [redacted]");
+        assert_eq!(r.report["decision"]["reason"], "Set-Cookie: [redacted]");
+        assert_eq!(r.report["decision"]["action"], "crash");
+        assert_eq!(r.report["extra"][0]["deep"][0], "Authorization: [redacted]");
+        assert_eq!(r.report["request"]["headers"]["User-Agent"], "curl/8");
+        let stored = serde_json::to_string(&r).unwrap();
+        for secret in ["S1", "S2", "S3", "S4", "S5", "S6", "S7"] {
+            assert!(!stored.contains(secret), "{secret}: {stored}");
+        }
+        // A report with none is left as it is.
+        let report = serde_json::json!({"message": "no cookie, sorry", "thread": "main"});
+        let mut r = PanicRecord::new(None, report.clone());
+        assert_eq!(r.report, report);
+        assert!(!r.redact());
     }
 
     #[test]
