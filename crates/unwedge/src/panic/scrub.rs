@@ -50,7 +50,9 @@ pub(crate) fn scrub_credentials(line: &str) -> Option<String> {
 }
 
 /// Where the value after a credential name is in `rest`, what follows the name: an optional
-/// closing quote, `:` or `=` (or `,` after a quoted name: a Python pair,
+/// closing quote (or `]`: PHP's `[HTTP_COOKIE] => …`), `:`, `=` or `=>` (Ruby's and PHP's;
+/// a CGI or Rack name, `HTTP_AUTHORIZATION`, `HTTP_COOKIE`, is the name after its `_`) (or
+/// `,` after a quoted name: a Python pair,
 /// `('authorization', 'Bearer x')`), then a quoted string (a bytes literal `b'…'` too; in a
 /// list, `["a=1", "id=x"]` as Go's `http.Header` marshals, every value of it) or the text up to
 /// the next `"` (see [`unquoted_end`]). `None` when no separator follows, or the value is
@@ -69,8 +71,14 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
         i += 1;
     }
     let quoted_name = i > 0;
+    // PHP's `print_r`: `[HTTP_COOKIE] => …`.
+    if i == 0 && rest.first() == Some(&b']') {
+        i += 1;
+    }
     i = skip_blanks(i);
     match rest.get(i) {
+        // Ruby's `=>` (a Rack env's `"HTTP_AUTHORIZATION"=>"…"`) and PHP's ` => `.
+        Some(b'=') if rest.get(i + 1) == Some(&b'>') => i += 1,
         Some(b':' | b'=') => {}
         Some(b',') if quoted_name => {}
         _ => return None,
@@ -98,14 +106,23 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
 /// Where a value that is not quoted ends in `s`: at the first `"` (which closes the string the
 /// line quotes it in: `msg="got Authorization: Bearer x"`), or at the end; a `"` right after
 /// `=` opens a quoted parameter of the value instead (Digest's `response="…"`, a cookie's
-/// `a="…"`, or `=\"…\"` inside a JSON string), which is read to its closing quote.
+/// `a="…"`, or `=\"…\"` inside a JSON string), and so does a `"` (or `\"`) right after a blank
+/// (a scheme's quoted credentials: `Basic "…" …`), which is read to its closing quote, the
+/// value going on after it. (A string that ends in a blank and then its closing quote,
+/// `msg="… Authorization: x "`, so has the rest of the line redacted: more than the value,
+/// never less.)
 fn unquoted_end(s: &[u8]) -> usize {
     let mut i = 0;
     while i < s.len() {
+        let after_blank = i > 0 && matches!(s[i - 1], b' ' | b'\t');
         let next = if s[i..].starts_with(b"=\\\"") {
             closing_escaped_quote(&s[i + 3..]).map(|e| i + 3 + e + 2)
         } else if s[i..].starts_with(b"=\"") {
             closing_quote(&s[i + 2..], b'"').map(|e| i + 2 + e + 1)
+        } else if after_blank && s[i..].starts_with(b"\\\"") {
+            closing_escaped_quote(&s[i + 2..]).map(|e| i + 2 + e + 2)
+        } else if after_blank && s[i] == b'"' {
+            closing_quote(&s[i + 1..], b'"').map(|e| i + 1 + e + 1)
         } else if s[i] == b'"' {
             return i;
         } else {
@@ -204,6 +221,20 @@ mod tests {
                 r#"authorization: Digest username="bob", response="S1""#,
                 "authorization: [redacted]",
             ),
+            // Ruby, PHP and CGI names, and a scheme's quoted credentials.
+            (
+                r#"{"HTTP_AUTHORIZATION"=>"Bearer S1", "PATH_INFO"=>"/"}"#,
+                r#"{"HTTP_AUTHORIZATION"=>"[redacted]", "PATH_INFO"=>"/"}"#,
+            ),
+            (
+                r#"{authorization => "S1", host => "h"}"#,
+                r#"{authorization => "[redacted]", host => "h"}"#,
+            ),
+            (
+                r#"Authorization: Basic "S1" S2"#,
+                "Authorization: [redacted]",
+            ),
+            ("    [HTTP_COOKIE] => S1", "    [HTTP_COOKIE] => [redacted]"),
         ] {
             assert_eq!(scrubbed(text), want, "{text}");
         }
