@@ -741,7 +741,9 @@ impl PanicRecord {
     /// the fragment off `request.path`,
     /// `request.route`, a `Referer` header's value and any header value starting with a URL
     /// scheme (`https://`, `HTTPS://`, `wss://`),
-    /// as the `unwedge` library reports them (each value of a list, as Go's `http.Header` has).
+    /// as the `unwedge` library reports them (each value of a list, as Go's `http.Header` has);
+    /// the user info of a URL anywhere in any other header value is cut as in the `message`
+    /// (`1.2.3.4, postgres://a:pw@db/x` becomes `1.2.3.4, postgres://…@db/x`).
     /// In the top-level `message` (free text: a worker's panic message may quote a URL it
     /// failed to reach), it cuts the user info of every URL, as the `unwedge` library does:
     /// a URL is found by its `scheme://` (any scheme, any case), its user info ends at the last
@@ -821,6 +823,21 @@ impl PanicRecord {
             for value in values {
                 if is_url(name, value) {
                     changed |= clean_url(value);
+                }
+                // A URL inside any value, not only at its start (`ua https://u:pw@x/`, an
+                // `X-Forwarded-For`'s `1.2.3.4, postgres://a:pw@db`), loses its user info as
+                // a message's does; one a cut value ends in keeps only its `scheme://…`.
+                if let serde_json::Value::String(text) = value {
+                    if CUT_MARKS.iter().any(|m| text.ends_with(m)) {
+                        if let Some(hidden) = hide_cut_authority(text) {
+                            *text = hidden;
+                            changed = true;
+                        }
+                    }
+                    if let Some(hidden) = hide_userinfo_in_text(text) {
+                        *text = hidden;
+                        changed = true;
+                    }
                 }
             }
         };
@@ -1286,6 +1303,29 @@ mod tests {
             r.report["request"]["headers"],
             serde_json::json!({"ReFERER": ["https://…@0"],
                 "x-original-url": ["https://…@0", "https://h/x"], "accept": ["*/*"]})
+        );
+    }
+
+    #[test]
+    fn a_url_password_inside_any_header_value_is_cut() {
+        let cut = format!("ua {} https://uu:CUTSECRET…", "a".repeat(990));
+        let report = serde_json::json!({"request": {"headers": {
+            "User-Agent": "ua https://uu:UASECRET@x.y/",
+            "X-Forwarded-For": "1.2.3.4, postgres://a:XFFSECRET@db/x",
+            "x-forwarded-list": ["1.2.3.4", "5.6.7.8, redis://:LISTSECRET@cache:6379"],
+            "Referer": "https://a.example/x https://u:REFSECRET@b/",
+            "x-cut": cut,
+            "x-plain": "ua https://x.y/@z and http://h:8080/a@b"}}});
+        let r = PanicRecord::new(None, report);
+        assert_eq!(
+            r.report["request"]["headers"],
+            serde_json::json!({
+                "User-Agent": "ua https://…@x.y/",
+                "X-Forwarded-For": "1.2.3.4, postgres://…@db/x",
+                "x-forwarded-list": ["1.2.3.4", "5.6.7.8, redis://…@cache:6379"],
+                "Referer": "https://a.example/x https://…@b/",
+                "x-cut": format!("ua {} https://……", "a".repeat(990)),
+                "x-plain": "ua https://x.y/@z and http://h:8080/a@b"})
         );
     }
 
