@@ -741,7 +741,9 @@ impl PanicRecord {
     /// the fragment off `request.path`,
     /// `request.route`, a `Referer` header's value and any header value starting with a URL
     /// scheme (`https://`, `HTTPS://`, `wss://`),
-    /// as the `unwedge` library reports them (each value of a list, as Go's `http.Header` has).
+    /// as the `unwedge` library reports them (each value of a list, as Go's `http.Header` has);
+    /// the user info of a URL anywhere in any other header value is cut as in the `message`
+    /// (`1.2.3.4, postgres://a:pw@db/x` becomes `1.2.3.4, postgres://…@db/x`).
     /// In the top-level `message` (free text: a worker's panic message may quote a URL it
     /// failed to reach), it cuts the user info of every URL, as the `unwedge` library does:
     /// a URL is found by its `scheme://` (any scheme, any case), its user info ends at the last
@@ -751,7 +753,14 @@ impl PanicRecord {
     /// included, is left as written.
     /// A message its worker cut (ending `…<truncated>` or `…`, or named in `truncated`) that
     /// ends inside a URL's authority keeps only its `scheme://…`: the end of a password is
-    /// past the cut. Returns whether anything was changed.
+    /// past the cut.
+    /// Every string of the report but the values of `request.headers` (the `message`,
+    /// `backtrace`, `location`, `thread`, `decision.reason`, a field unknown here) then has
+    /// the value after each `Authorization`, `Proxy-Authorization`, `Cookie` or `Set-Cookie`
+    /// name replaced by `[redacted]`, and the user info of each URL cut, as a stderr line
+    /// has (see [`ExitRecord::redact`]): a worker's `panic!("{req:?}")` quotes
+    /// `{"authorization": "Bearer …"}`.
+    /// Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
         let secret = |name: &str| {
             crate::page::REDACTED_HEADERS
@@ -785,6 +794,7 @@ impl PanicRecord {
                 changed = true;
             }
         }
+        changed |= scrub_report_strings(&mut self.report);
         let Some(request) = self.report.get_mut("request") else {
             return changed;
         };
@@ -813,6 +823,21 @@ impl PanicRecord {
             for value in values {
                 if is_url(name, value) {
                     changed |= clean_url(value);
+                }
+                // A URL inside any value, not only at its start (`ua https://u:pw@x/`, an
+                // `X-Forwarded-For`'s `1.2.3.4, postgres://a:pw@db`), loses its user info as
+                // a message's does; one a cut value ends in keeps only its `scheme://…`.
+                if let serde_json::Value::String(text) = value {
+                    if CUT_MARKS.iter().any(|m| text.ends_with(m)) {
+                        if let Some(hidden) = hide_cut_authority(text) {
+                            *text = hidden;
+                            changed = true;
+                        }
+                    }
+                    if let Some(hidden) = hide_userinfo_in_text(text) {
+                        *text = hidden;
+                        changed = true;
+                    }
                 }
             }
         };
@@ -987,6 +1012,40 @@ impl ExitRecord {
 /// What replaces a credential found in a line of text (a worker's stderr).
 const REDACTED_IN_TEXT: &str = "[redacted]";
 
+/// Applies [`scrub_credentials`] to every string value of a report (keys are left as they
+/// are) but those of `request.headers`, which [`PanicRecord::redact`] handles by name: the
+/// `message` (a worker's `panic!("{req:?}")` prints its headers), `backtrace`, `location`,
+/// `thread`, `decision.reason`, and any field an unknown worker sends. Each string is scanned
+/// once; the walk uses its own stack (no recursion), so its cost is linear in the report's
+/// size whatever its depth. Returns whether anything was changed.
+fn scrub_report_strings(report: &mut serde_json::Value) -> bool {
+    // 0: the report; 1: its `request`; 2: anything else.
+    let mut changed = false;
+    let mut stack = vec![(report, 0u8)];
+    while let Some((value, level)) = stack.pop() {
+        match value {
+            serde_json::Value::String(s) => {
+                if let Some(scrubbed) = scrub_credentials(s) {
+                    *s = scrubbed;
+                    changed = true;
+                }
+            }
+            serde_json::Value::Array(values) => stack.extend(values.iter_mut().map(|v| (v, 2))),
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    match (level, key.as_str()) {
+                        (1, "headers") => {}
+                        (0, "request") => stack.push((v, 1)),
+                        _ => stack.push((v, 2)),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    changed
+}
+
 /// `line` with the value after each credential name replaced by [`REDACTED_IN_TEXT`] and the
 /// user info of each URL cut (the rules: [`ExitRecord::redact`]); `None` when it has neither.
 fn scrub_credentials(line: &str) -> Option<String> {
@@ -1020,7 +1079,9 @@ fn scrub_credentials(line: &str) -> Option<String> {
 }
 
 /// Where the value after a credential name is in `rest`, what follows the name: an optional
-/// closing quote, `:` or `=` (or `,` after a quoted name: a Python pair,
+/// closing quote (or `]`: PHP's `[HTTP_COOKIE] => …`), `:`, `=` or `=>` (Ruby's and PHP's;
+/// a CGI or Rack name, `HTTP_AUTHORIZATION`, `HTTP_COOKIE`, is the name after its `_`) (or
+/// `,` after a quoted name: a Python pair,
 /// `('authorization', 'Bearer x')`), then a quoted string (a bytes literal `b'…'` too; in a
 /// list, `["a=1", "id=x"]` as Go's `http.Header` marshals, every value of it) or the text up to
 /// the next `"` (see [`unquoted_end`]). `None` when no separator follows, or the value is
@@ -1039,8 +1100,14 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
         i += 1;
     }
     let quoted_name = i > 0;
+    // PHP's `print_r`: `[HTTP_COOKIE] => …`.
+    if i == 0 && rest.first() == Some(&b']') {
+        i += 1;
+    }
     i = skip_blanks(i);
     match rest.get(i) {
+        // Ruby's `=>` (a Rack env's `"HTTP_AUTHORIZATION"=>"…"`) and PHP's ` => `.
+        Some(b'=') if rest.get(i + 1) == Some(&b'>') => i += 1,
         Some(b':' | b'=') => {}
         Some(b',') if quoted_name => {}
         _ => return None,
@@ -1068,14 +1135,23 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
 /// Where a value that is not quoted ends in `s`: at the first `"` (which closes the string the
 /// line quotes it in: `msg="got Authorization: Bearer x"`), or at the end; a `"` right after
 /// `=` opens a quoted parameter of the value instead (Digest's `response="…"`, a cookie's
-/// `a="…"`, or `=\"…\"` inside a JSON string), which is read to its closing quote.
+/// `a="…"`, or `=\"…\"` inside a JSON string), and so does a `"` (or `\"`) right after a blank
+/// (a scheme's quoted credentials: `Basic "…" …`), which is read to its closing quote, the
+/// value going on after it. (A string that ends in a blank and then its closing quote,
+/// `msg="… Authorization: x "`, so has the rest of the line redacted: more than the value,
+/// never less.)
 fn unquoted_end(s: &[u8]) -> usize {
     let mut i = 0;
     while i < s.len() {
+        let after_blank = i > 0 && matches!(s[i - 1], b' ' | b'\t');
         let next = if s[i..].starts_with(b"=\\\"") {
             closing_escaped_quote(&s[i + 3..]).map(|e| i + 3 + e + 2)
         } else if s[i..].starts_with(b"=\"") {
             closing_quote(&s[i + 2..], b'"').map(|e| i + 2 + e + 1)
+        } else if after_blank && s[i..].starts_with(b"\\\"") {
+            closing_escaped_quote(&s[i + 2..]).map(|e| i + 2 + e + 2)
+        } else if after_blank && s[i] == b'"' {
+            closing_quote(&s[i + 1..], b'"').map(|e| i + 1 + e + 1)
         } else if s[i] == b'"' {
             return i;
         } else {
@@ -1231,6 +1307,29 @@ mod tests {
     }
 
     #[test]
+    fn a_url_password_inside_any_header_value_is_cut() {
+        let cut = format!("ua {} https://uu:CUTSECRET…", "a".repeat(990));
+        let report = serde_json::json!({"request": {"headers": {
+            "User-Agent": "ua https://uu:UASECRET@x.y/",
+            "X-Forwarded-For": "1.2.3.4, postgres://a:XFFSECRET@db/x",
+            "x-forwarded-list": ["1.2.3.4", "5.6.7.8, redis://:LISTSECRET@cache:6379"],
+            "Referer": "https://a.example/x https://u:REFSECRET@b/",
+            "x-cut": cut,
+            "x-plain": "ua https://x.y/@z and http://h:8080/a@b"}}});
+        let r = PanicRecord::new(None, report);
+        assert_eq!(
+            r.report["request"]["headers"],
+            serde_json::json!({
+                "User-Agent": "ua https://…@x.y/",
+                "X-Forwarded-For": "1.2.3.4, postgres://…@db/x",
+                "x-forwarded-list": ["1.2.3.4", "5.6.7.8, redis://…@cache:6379"],
+                "Referer": "https://a.example/x https://…@b/",
+                "x-cut": format!("ua {} https://……", "a".repeat(990)),
+                "x-plain": "ua https://x.y/@z and http://h:8080/a@b"})
+        );
+    }
+
+    #[test]
     fn url_headers_with_any_scheme_in_any_case_are_cleaned() {
         let report = serde_json::json!({"request": {"headers": {
             "x-origin": "HTTPS://u:S3cret@h/x?token=S3cret",
@@ -1333,14 +1432,15 @@ mod tests {
             };
             assert_eq!(r.redact(), message != shown, "{message}");
         }
-        // Another report field holding text is not a message: left to its own rules.
+        // Any other field holding text has its URLs' user info cut too (as a stderr line's);
+        // a message that is not text is left as it is.
         let r = PanicRecord::new(
             None,
             serde_json::json!({"location": "a://u:p@h", "message": 7}),
         );
         assert_eq!(
             r.report,
-            serde_json::json!({"location": "a://u:p@h", "message": 7})
+            serde_json::json!({"location": "a://…@h", "message": 7})
         );
     }
 
@@ -1441,6 +1541,40 @@ mod tests {
                 "short: postgres://app:S3CRET".into(),
             ]
         );
+    }
+
+    #[test]
+    fn credentials_in_any_string_of_a_report_are_scrubbed() {
+        let report = serde_json::json!({
+            "message": r#"unexpected request Request { headers: {"authorization": "Bearer S1", "cookie": "sid=S2", "host": "h"} }"#,
+            "backtrace": "0: f\n  Authorization: Bearer S3\n1: main",
+            "location": "src/a.rs:1:2 cookie=S4",
+            "thread": "t Proxy-Authorization: Basic S5",
+            "decision": {"action": "crash", "reason": "Set-Cookie: id=S6"},
+            "extra": [{"deep": ["Authorization: Bearer S7"]}],
+            "request": {"path": "/x", "headers": {"User-Agent": "curl/8"}},
+        });
+        let r = PanicRecord::new(None, report);
+        assert_eq!(
+            r.report["message"],
+            r#"unexpected request Request { headers: {"authorization": "[redacted]", "cookie": "[redacted]", "host": "h"} }"#
+        );
+        assert_eq!(r.report["backtrace"], "0: f\n  Authorization: [redacted]");
+        assert_eq!(r.report["location"], "src/a.rs:1:2 cookie=[redacted]");
+        assert_eq!(r.report["thread"], "t Proxy-Authorization: [redacted]");
+        assert_eq!(r.report["decision"]["reason"], "Set-Cookie: [redacted]");
+        assert_eq!(r.report["decision"]["action"], "crash");
+        assert_eq!(r.report["extra"][0]["deep"][0], "Authorization: [redacted]");
+        assert_eq!(r.report["request"]["headers"]["User-Agent"], "curl/8");
+        let stored = serde_json::to_string(&r).unwrap();
+        for secret in ["S1", "S2", "S3", "S4", "S5", "S6", "S7"] {
+            assert!(!stored.contains(secret), "{secret}: {stored}");
+        }
+        // A report with none is left as it is.
+        let report = serde_json::json!({"message": "no cookie, sorry", "thread": "main"});
+        let mut r = PanicRecord::new(None, report.clone());
+        assert_eq!(r.report, report);
+        assert!(!r.redact());
     }
 
     #[test]
@@ -1551,6 +1685,30 @@ mod tests {
                 "[(b'authorization', b'Bearer x'), (b'host', b'h')]",
                 "[(b'authorization', b'[redacted]'), (b'host', b'h')]",
             ),
+            // Ruby (a Rack env, `inspect`), PHP (`print_r`) and CGI names, and a scheme's
+            // quoted credentials: each leaked (all or part of) its value.
+            (
+                r#"{"HTTP_AUTHORIZATION"=>"Bearer E8", "PATH_INFO"=>"/"}"#,
+                r#"{"HTTP_AUTHORIZATION"=>"[redacted]", "PATH_INFO"=>"/"}"#,
+            ),
+            (
+                r#"{authorization => "E11", host => "h"}"#,
+                r#"{authorization => "[redacted]", host => "h"}"#,
+            ),
+            (
+                r#"Authorization: Basic "E20" E20b"#,
+                "Authorization: [redacted]",
+            ),
+            (
+                r#"{"msg":"Authorization: Basic \"E20\" E20b","level":"warn"}"#,
+                r#"{"msg":"Authorization: [redacted]","level":"warn"}"#,
+            ),
+            ("    [HTTP_COOKIE] => E9", "    [HTTP_COOKIE] => [redacted]"),
+            (
+                "[HTTP_AUTHORIZATION]=>Bearer E10",
+                "[HTTP_AUTHORIZATION]=>[redacted]",
+            ),
+            ("HTTP_COOKIE=sid=E12 HTTP_HOST=h", "HTTP_COOKIE=[redacted]"),
             // A name in prose, not a pair: left alone.
             ("no cookie, sorry", "no cookie, sorry"),
         ] {
@@ -1644,7 +1802,14 @@ mod tests {
                 r#"{{"msg":"headers {{\"{name}\":\"{}\"}}"}}"#,
                 value.replace('"', r#"\\\""#)
             ),
-            _ => format!("{{'{name}': [{}]}}", list("'", &value)),
+            11 => format!("{{'{name}': [{}]}}", list("'", &value)),
+            // Ruby: a Rack env (CGI names), `inspect` of a hash with symbol keys.
+            12 => format!(r#"{{"HTTP_{name}"=>"{json}", "PATH_INFO"=>"/"}}"#),
+            13 => format!(r#"{{{name} => "{json}", host => "h"}}"#),
+            // PHP's `print_r`.
+            14 => format!("Array\n(\n    [HTTP_{name}] => {value}\n)"),
+            // A scheme's credentials quoted, and more after them.
+            _ => format!(r#"{name}: Basic "{secret}" {secret}"#),
         }
     }
 
@@ -1657,7 +1822,7 @@ mod tests {
         fn a_planted_credential_never_survives_the_scrubber(
             name in credential_name(),
             secret in secret(),
-            shape in 0..12usize,
+            shape in 0..16usize,
             scheme in 0..3usize,
             others in proptest::collection::vec("[a-z0-9=;]{1,8}", 0..3),
             before in noise(12),

@@ -2220,6 +2220,88 @@ async fn credentials_a_worker_sends_are_redacted_everywhere() {
     .await;
 }
 
+/// A worker that does not scrub its panic message sends one quoting a request's `{:?}`
+/// (`HeaderMap {"authorization": "Bearer …", "cookie": "…"}`), and a backtrace, a
+/// `decision.reason`, a `thread` and a field of its own with an `Authorization: Bearer …`
+/// line: no credential shows in the report file, `/status`, the page, `unwedge status`,
+/// `unwedge reports` (text and JSON) or the `worker_crashed` alert that quotes the panic.
+#[tokio::test]
+async fn credentials_in_a_workers_panic_message_and_backtrace_are_redacted_everywhere() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("reports");
+        let dir_s = dir.to_str().unwrap().to_owned();
+        let (sup, addr, admin) =
+            python_worker(&["--report-dir", &dir_s, "--alert-webhook", &url]).await;
+        let report = serde_json::json!({
+            "message": "unexpected request Request { method: GET, uri: /pay, headers: \
+                HeaderMap {\"authorization\": \"Bearer MSGSECRET\", \"cookie\": \"sid=COOKIESECRET\", \
+                \"host\": \"shop\"} }",
+            "location": "src/pay.rs:7:9",
+            "thread": "worker Authorization: Bearer THREADSECRET",
+            "backtrace": "0: pay::handle\n   headers: Authorization: Bearer BTSECRET\n1: main",
+            "decision": {"action": "crash", "reason": "saw Authorization: Bearer REASONSECRET"},
+            "extra": {"seen": ["Set-Cookie: id=EXTRASECRET"]},
+            "request": {"method": "GET", "path": "/pay", "request_id": "msg-creds-1",
+                "headers": {"User-Agent": "curl/8"}},
+        });
+        let s = send_report(&sup, addr, admin, &report).await;
+        let got = s["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["report"]["request"]["request_id"] == "msg-creds-1")
+            .unwrap()["report"]
+            .clone();
+        let message = got["message"].as_str().unwrap();
+        assert!(
+            message.contains(r#""authorization": "[redacted]", "cookie": "[redacted]""#),
+            "{message}"
+        );
+        assert!(message.contains(r#""host": "shop""#), "{message}");
+        assert_eq!(got["location"], "src/pay.rs:7:9");
+        let _ = http(addr, "GET", "/exit?code=70").await;
+        let alert = hook.wait_kind("worker_crashed", 1).await.body.to_string();
+        assert!(alert.contains("unexpected request"), "{alert}");
+        let (_, raw_status) = get(admin, "/status").await;
+        let (_, page) = get(admin, "/").await;
+        let file = std::fs::read_to_string(dir.join("reports.jsonl")).unwrap();
+        let admin_s = admin.to_string();
+        // Exit 1 while the crashed worker's replacement starts: the text is what matters.
+        let (_, status_text, err) = run_split(&["status", "--admin", &admin_s]).await;
+        assert!(status_text.contains("unexpected request"), "{status_text}{err}");
+        let (code, listed, err) = run_split(&["reports", "--dir", &dir_s]).await;
+        assert_eq!(code, 0, "{err}");
+        let (code, listed_json, err) = run_split(&["reports", "--dir", &dir_s, "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        for (what, text) in [
+            ("/status", &raw_status),
+            ("/", &page),
+            ("reports.jsonl", &file),
+            ("unwedge status", &status_text),
+            ("unwedge reports", &listed),
+            ("unwedge reports --json", &listed_json),
+            ("the alert", &alert),
+        ] {
+            assert!(
+                !text.contains("SECRET"),
+                "{what} shows a credential: {text}"
+            );
+        }
+        for (what, text) in [
+            ("/status", &raw_status),
+            ("reports.jsonl", &file),
+            ("unwedge reports --json", &listed_json),
+        ] {
+            assert!(text.contains("[redacted]"), "{what}: {text}");
+            assert!(text.contains("pay::handle"), "{what} lost the backtrace: {text}");
+        }
+    })
+    .await;
+}
+
 /// A worker that does not clean URLs sends a `Referer` with user info
 /// (`https://user:hunter2@example.com/x`), and another URL header with some: the password
 /// shows neither in `/status`, the page nor the report file, where the URL is

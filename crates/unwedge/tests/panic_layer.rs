@@ -729,6 +729,78 @@ async fn authorization_and_cookies_never_reach_the_report_or_the_logs() {
 }
 
 #[tokio::test]
+async fn credentials_a_panic_message_quotes_never_reach_the_report_the_logs_or_the_client() {
+    support::own_process();
+    let logs = LogBuf::capture();
+    within(async {
+        let keep = Keep::default();
+        let app = Router::new()
+            .route(
+                "/debug",
+                // The common `panic!("unexpected request {req:?}")`: `http::Request`'s `Debug`
+                // prints its `HeaderMap` as `{"authorization": "Bearer …", "cookie": "…"}`.
+                get(|req: http::Request<Body>| async move {
+                    let shown = format!("{req:?}");
+                    if true {
+                        panic!("unexpected request {shown}");
+                    }
+                }),
+            )
+            .route(
+                "/text",
+                get(|| async {
+                    if true {
+                        panic!("refused Authorization: Bearer LIBSECRET3 cookie=LIBCOOKIE3");
+                    }
+                }),
+            )
+            .layer(
+                PanicLayer::new()
+                    .expose_details(true)
+                    .sink(Arc::new(keep.clone())),
+            );
+        let addr = start(app).await;
+        let debug = send(
+            addr,
+            "GET",
+            "/debug",
+            &[
+                ("authorization", "Bearer LIBSECRET"),
+                ("cookie", "sid=LIBCOOKIE"),
+                ("x-request-id", "msg-cred-1"),
+            ],
+            "",
+        )
+        .await;
+        let text = send(addr, "GET", "/text", &[], "").await;
+        let detail = assert_problem(&debug)["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            detail.contains(r#""authorization": "[redacted]""#),
+            "{detail}"
+        );
+        assert!(detail.contains(r#""cookie": "[redacted]""#), "{detail}");
+        assert_eq!(
+            assert_problem(&text)["detail"],
+            "refused Authorization: [redacted]"
+        );
+
+        let reports = keep.all();
+        assert_eq!(reports.len(), 2);
+        assert!(reports[0]
+            .message
+            .starts_with("unexpected request Request {"));
+        let json = serde_json::to_string(&reports).unwrap();
+        let bodies = [debug.body.as_str(), text.body.as_str()];
+        let logged = logs.assert_none_of(&["LIBSECRET", "LIBCOOKIE"], &json, &bodies, "msg-cred-1");
+        assert!(logged.contains("unexpected request"), "{logged}");
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_url_password_in_a_panic_message_never_reaches_the_report_the_logs_or_the_client() {
     support::own_process();
     let logs = LogBuf::capture();

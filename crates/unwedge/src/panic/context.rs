@@ -271,7 +271,10 @@ pub(crate) fn take_for(payload: &(dyn std::any::Any + Send)) -> Captured {
 
 /// Extracts the message from a panic payload (`&str` or `String`; anything else is opaque),
 /// the user and password of every URL in it shown `…` (`postgres://…@db/app`, see
-/// [`hide_userinfo_in_text`]): the report, its log event, the notify message, a client's
+/// [`hide_userinfo_in_text`]) and the value after every `Authorization`,
+/// `Proxy-Authorization`, `Cookie` or `Set-Cookie` name shown `[redacted]` (a request's
+/// `{:?}`, whose headers print `{"authorization": "Bearer …"}`: see
+/// [`scrub_credentials`](super::scrub::scrub_credentials)): the report, its log event, the notify message, a client's
 /// `detail`, a backtrace's label and a poisoned mutex's error all take the message from here.
 pub(crate) fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
     let text = if let Some(s) = payload.downcast_ref::<&str>() {
@@ -281,7 +284,11 @@ pub(crate) fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
     } else {
         return "Box<dyn Any>".to_owned();
     };
-    hide_userinfo_in_text(text).into_owned()
+    let text = hide_userinfo_in_text(text);
+    match super::scrub::scrub_credentials(&text) {
+        Some(scrubbed) => scrubbed,
+        None => text.into_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -296,5 +303,12 @@ mod tests {
         assert_eq!(payload_message(&text.to_owned()), shown);
         assert_eq!(payload_message(&"boom"), "boom");
         assert_eq!(payload_message(&42), "Box<dyn Any>");
+        let text = r#"unexpected {"authorization": "Bearer s3cret", "cookie": "sid=c00kie"}"#;
+        let shown = r#"unexpected {"authorization": "[redacted]", "cookie": "[redacted]"}"#;
+        assert_eq!(payload_message(&text), shown);
+        assert_eq!(
+            payload_message(&"Authorization: Bearer s3cret at postgres://a:pw@db"),
+            "Authorization: [redacted]"
+        );
     }
 }

@@ -13,6 +13,7 @@ mod hook;
 mod layer;
 mod policy;
 mod report;
+mod scrub;
 mod sink;
 mod trace;
 

@@ -111,7 +111,8 @@ impl RequestInfo {
     /// Describes a request for a report as a [`PanicLayer`](crate::PanicLayer) does by
     /// default: the path without its query; of the headers, the first value of each of
     /// [`REPORTED_HEADERS`] (a URL's query and fragment cut off, e.g. a `Referer`'s
-    /// `?token=…`, and its `user:password@` shown `…@`) and the [`REDACTED_HEADERS`] present, shown as [`REDACTED`]. Other headers
+    /// `?token=…`, and its `user:password@` shown `…@`, as is that of a URL anywhere in any
+    /// value) and the [`REDACTED_HEADERS`] present, shown as [`REDACTED`]. Other headers
     /// (`x-api-key`, `x-csrf-token`, …) are left out: their values may be credentials.
     ///
     /// ```
@@ -364,10 +365,20 @@ impl CapturedHeaders {
                     .all(|&b| b == b'\t' || (b' '..0x7f).contains(&b));
                 let shown = match std::str::from_utf8(value) {
                     Ok(text) if visible => {
-                        match is_url(name, text).then(|| url_shown(text, !cut.is_empty())) {
-                            Some(shown) if shown != text => shown.into_owned(),
-                            _ => format!("{text}{cut}"),
-                        }
+                        let shown = match is_url(name, text)
+                            .then(|| url_shown(text, !cut.is_empty()))
+                        {
+                            Some(shown) if shown != text => shown,
+                            // A URL inside the value (`ua https://u:pw@x/`, an
+                            // `X-Forwarded-For`'s `1.2.3.4, postgres://a:pw@db`): its user
+                            // info hidden as a message's; one the cut fell in kept as
+                            // `scheme://…` (the `@` ending its password may be past the cut).
+                            _ => match (!cut.is_empty()).then(|| hide_cut_url(text)).flatten() {
+                                Some(hidden) => hidden.into(),
+                                None => format!("{text}{cut}").into(),
+                            },
+                        };
+                        hide_userinfo_in_text(&shown).into_owned()
                     }
                     _ => "<binary>".to_owned(),
                 };
@@ -467,6 +478,23 @@ fn looks_like_password(authority: &str) -> bool {
 /// A URL's port as a host's is written: 1 to 5 decimal digits, at most 65535.
 fn is_port(s: &str) -> bool {
     (1..=5).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u16>().is_ok()
+}
+
+/// `text`, the start of a longer value, with the URL its end falls in shown `scheme://…`, when
+/// that end is inside the URL's authority, or past the first `/`, `?` or `#` of one whose
+/// authority reads as `user:password` ([`looks_like_password`]) with no `@` yet: the `@`
+/// ending its password may be past the cut. `None` when the text does not end inside such a
+/// URL.
+fn hide_cut_url(text: &str) -> Option<String> {
+    let i = text.rfind("://")?;
+    let url = &text[i + "://".len()..];
+    if url.contains(ends_url_in_text) || url.is_empty() {
+        return None;
+    }
+    match url.find(['/', '?', '#']) {
+        Some(end) if url[..end].contains('@') || !looks_like_password(&url[..end]) => None,
+        _ => Some(format!("{}…", &text[..i + "://".len()])),
+    }
 }
 
 /// Whether `c` ends a URL in text: no URL holds whitespace, a control character, `"`, `<` or
@@ -662,6 +690,52 @@ mod captured_tests {
         let map = c.to_map(classes.wanted());
         assert_eq!(map["user-agent"], "HTTPS://…@host.example/p");
         assert_eq!(map["x-return-to"], "wss://…@h/x");
+    }
+
+    /// A URL anywhere in a header value, not only at its start, loses its user info.
+    #[test]
+    fn a_url_password_inside_any_header_value_is_hidden() {
+        let xff = HeaderName::from_static("x-forwarded-for");
+        for (name, value, shown) in [
+            (
+                USER_AGENT,
+                "ua https://uu:UASECRET@x.y/".to_owned(),
+                "ua https://…@x.y/".to_owned(),
+            ),
+            (
+                xff.clone(),
+                "1.2.3.4, postgres://a:XFFSECRET@db/x".to_owned(),
+                "1.2.3.4, postgres://…@db/x".to_owned(),
+            ),
+            (
+                REFERER,
+                "https://a.example/x https://u:REFSECRET@b/".to_owned(),
+                "https://a.example/x https://…@b/".to_owned(),
+            ),
+            (
+                USER_AGENT,
+                "ua https://x.y/@z and http://h:8080/a@b".to_owned(),
+                "ua https://x.y/@z and http://h:8080/a@b".to_owned(),
+            ),
+            // Cut inside a URL's user info, with no `@` left: the URL is kept as `scheme://…`.
+            (
+                USER_AGENT,
+                format!(
+                    "ua {} https://uu:CUTSECRET{}",
+                    "a".repeat(990),
+                    "s".repeat(40)
+                ),
+                format!("ua {} https://…", "a".repeat(990)),
+            ),
+        ] {
+            let mut h = HeaderMap::new();
+            h.append(&name, HeaderValue::from_str(&value).unwrap());
+            let wanted = [name.clone()];
+            let classes = HeaderClasses::new(&wanted, &HeaderName::from_static("x-request-id"));
+            let mut c = CapturedHeaders::default();
+            c.capture(&h, &classes);
+            assert_eq!(c.to_map(classes.wanted())[name.as_str()], shown, "{value}");
+        }
     }
 
     #[test]

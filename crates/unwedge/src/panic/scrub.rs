@@ -1,0 +1,251 @@
+//! Credentials in free text (a panic message): the value written after an `Authorization`,
+//! `Proxy-Authorization`, `Cookie` or `Set-Cookie` name is replaced by `[redacted]`, by the
+//! rules the supervisor (`unwedge-admin`'s `ExitRecord::redact`) applies to a worker's stderr
+//! lines, so that `panic!("unexpected request {req:?}")` (whose `HeaderMap` prints
+//! `{"authorization": "Bearer …", "cookie": "…"}`) or `Authorization: Bearer …` in a message
+//! puts no credential in a report, its log event or a client's `detail`.
+
+use super::report::REDACTED_HEADERS;
+
+/// What replaces a credential found in text.
+const REDACTED_IN_TEXT: &str = "[redacted]";
+
+/// `line` with the value after each credential name replaced by [`REDACTED_IN_TEXT`]; `None`
+/// when it names none with a value.
+///
+/// A name counts in any case, not inside a longer word (`xcookie`), optionally quoted, when
+/// `:` or `=` follows it (spaces and a closing quote allowed before and spaces after). Its
+/// value is the quoted string that follows (`"…"`, `'…'`, or `\"…\"` inside a JSON string;
+/// in a list, `["a=1", "id=x"]`, every one of them), or else everything up to the next `"` or
+/// the end of the text: `,` and `;` do not end it, since cookies and some schemes hold them,
+/// nor does a quoted parameter in it (a `"` right after `=`: Digest's `response="…"`).
+/// Linear in the length of `line`.
+pub(crate) fn scrub_credentials(line: &str) -> Option<String> {
+    let lower = line.to_ascii_lowercase();
+    let (bytes, lower) = (line.as_bytes(), lower.as_bytes());
+    let mut out = String::new();
+    let (mut copied, mut at) = (0, 0);
+    while at < bytes.len() {
+        let name = REDACTED_HEADERS
+            .iter()
+            .find(|n| lower[at..].starts_with(n.as_bytes()));
+        let inside_a_word = at > 0 && bytes[at - 1].is_ascii_alphanumeric();
+        let value = match name {
+            Some(n) if !inside_a_word => {
+                let after = at + n.len();
+                value_after(&bytes[after..]).map(|(start, end)| (after + start, after + end))
+            }
+            _ => None,
+        };
+        let Some((start, end)) = value else {
+            at += 1;
+            continue;
+        };
+        // Names, quotes and separators are ASCII: these are character boundaries.
+        out.push_str(&line[copied..start]);
+        out.push_str(REDACTED_IN_TEXT);
+        (copied, at) = (end, end);
+    }
+    (copied > 0).then(|| out + &line[copied..])
+}
+
+/// Where the value after a credential name is in `rest`, what follows the name: an optional
+/// closing quote (or `]`: PHP's `[HTTP_COOKIE] => …`), `:`, `=` or `=>` (Ruby's and PHP's;
+/// a CGI or Rack name, `HTTP_AUTHORIZATION`, `HTTP_COOKIE`, is the name after its `_`) (or
+/// `,` after a quoted name: a Python pair,
+/// `('authorization', 'Bearer x')`), then a quoted string (a bytes literal `b'…'` too; in a
+/// list, `["a=1", "id=x"]` as Go's `http.Header` marshals, every value of it) or the text up to
+/// the next `"` (see [`unquoted_end`]). `None` when no separator follows, or the value is
+/// empty.
+fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
+    let skip_blanks = |mut i: usize| {
+        while rest.get(i).is_some_and(|b| matches!(b, b' ' | b'\t')) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = 0;
+    if rest.starts_with(b"\\\"") {
+        i += 2;
+    } else if matches!(rest.first(), Some(b'"' | b'\'')) {
+        i += 1;
+    }
+    let quoted_name = i > 0;
+    // PHP's `print_r`: `[HTTP_COOKIE] => …`.
+    if i == 0 && rest.first() == Some(&b']') {
+        i += 1;
+    }
+    i = skip_blanks(i);
+    match rest.get(i) {
+        // Ruby's `=>` (a Rack env's `"HTTP_AUTHORIZATION"=>"…"`) and PHP's ` => `.
+        Some(b'=') if rest.get(i + 1) == Some(&b'>') => i += 1,
+        Some(b':' | b'=') => {}
+        Some(b',') if quoted_name => {}
+        _ => return None,
+    }
+    i = skip_blanks(i + 1);
+    let mut list = false;
+    while let Some(&open @ (b'[' | b'(')) = rest.get(i) {
+        list |= open == b'[';
+        i = skip_blanks(i + 1);
+    }
+    let Some((start, mut end, mut next)) = quoted_at(rest, i) else {
+        let end = i + unquoted_end(&rest[i..]);
+        return (end > i).then_some((i, end));
+    };
+    // A list's other values: a `Set-Cookie` or `Cookie` may have several.
+    while list && rest.get(skip_blanks(next)) == Some(&b',') {
+        let Some((_, e, n)) = quoted_at(rest, skip_blanks(skip_blanks(next) + 1)) else {
+            break;
+        };
+        (end, next) = (e, n);
+    }
+    (end > start).then_some((start, end))
+}
+
+/// Where a value that is not quoted ends in `s`: at the first `"` (which closes the string the
+/// line quotes it in: `msg="got Authorization: Bearer x"`), or at the end; a `"` right after
+/// `=` opens a quoted parameter of the value instead (Digest's `response="…"`, a cookie's
+/// `a="…"`, or `=\"…\"` inside a JSON string), and so does a `"` (or `\"`) right after a blank
+/// (a scheme's quoted credentials: `Basic "…" …`), which is read to its closing quote, the
+/// value going on after it. (A string that ends in a blank and then its closing quote,
+/// `msg="… Authorization: x "`, so has the rest of the line redacted: more than the value,
+/// never less.)
+fn unquoted_end(s: &[u8]) -> usize {
+    let mut i = 0;
+    while i < s.len() {
+        let after_blank = i > 0 && matches!(s[i - 1], b' ' | b'\t');
+        let next = if s[i..].starts_with(b"=\\\"") {
+            closing_escaped_quote(&s[i + 3..]).map(|e| i + 3 + e + 2)
+        } else if s[i..].starts_with(b"=\"") {
+            closing_quote(&s[i + 2..], b'"').map(|e| i + 2 + e + 1)
+        } else if after_blank && s[i..].starts_with(b"\\\"") {
+            closing_escaped_quote(&s[i + 2..]).map(|e| i + 2 + e + 2)
+        } else if after_blank && s[i] == b'"' {
+            closing_quote(&s[i + 1..], b'"').map(|e| i + 1 + e + 1)
+        } else if s[i] == b'"' {
+            return i;
+        } else {
+            Some(i + 1)
+        };
+        match next {
+            Some(n) => i = n,
+            None => return s.len(),
+        }
+    }
+    s.len()
+}
+
+/// The quoted string at `i` of `rest` (`"…"`, `'…'`, `b'…'`, or `\"…\"` inside a JSON string):
+/// where its text starts and ends, and the index past its closing quote; `None` if none
+/// starts there. One not closed runs to the end.
+fn quoted_at(rest: &[u8], mut i: usize) -> Option<(usize, usize, usize)> {
+    if rest.get(i) == Some(&b'b') && matches!(rest.get(i + 1), Some(b'"' | b'\'')) {
+        i += 1;
+    }
+    if rest.get(i..)?.starts_with(b"\\\"") {
+        let start = i + 2;
+        let end = closing_escaped_quote(&rest[start..]).map_or(rest.len(), |e| start + e);
+        return Some((start, end, end + 2));
+    }
+    let &quote @ (b'"' | b'\'') = rest.get(i)? else {
+        return None;
+    };
+    let start = i + 1;
+    let end = closing_quote(&rest[start..], quote).map_or(rest.len(), |e| start + e);
+    Some((start, end, end + 1))
+}
+
+/// The index of the `\"` that closes a string quoted inside a JSON string (`\"…\"`): there,
+/// `\\` is a backslash of the quoted text, which escapes the `\"` after it (`\\\"`: a quote
+/// inside the quoted string).
+fn closing_escaped_quote(s: &[u8]) -> Option<usize> {
+    let (mut i, mut escaped) = (0, false);
+    while i + 1 < s.len() {
+        match (s[i], s[i + 1]) {
+            (b'\\', b'"') if !escaped => return Some(i),
+            (b'\\', b'\\') => escaped = !escaped,
+            (b'\\', _) => escaped = false,
+            _ => {
+                escaped = false;
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    None
+}
+
+/// The index of the first `quote` not escaped by a backslash.
+fn closing_quote(s: &[u8], quote: u8) -> Option<usize> {
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'\\' => i += 2,
+            b if b == quote => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub_credentials;
+
+    fn scrubbed(text: &str) -> String {
+        scrub_credentials(text).unwrap_or_else(|| text.to_owned())
+    }
+
+    #[test]
+    fn credentials_in_a_message_are_scrubbed() {
+        for (text, want) in [
+            (
+                r#"unexpected request Request { method: GET, headers: {"authorization": "Bearer S1", "cookie": "sid=S2", "host": "h"} }"#,
+                r#"unexpected request Request { method: GET, headers: {"authorization": "[redacted]", "cookie": "[redacted]", "host": "h"} }"#,
+            ),
+            (
+                "bad Authorization: Bearer S1 cookie=S2",
+                "bad Authorization: [redacted]",
+            ),
+            (
+                r#"{"Set-Cookie":["a=S1", "b=S2"],"Accept":["*/*"]}"#,
+                r#"{"Set-Cookie":["[redacted]"],"Accept":["*/*"]}"#,
+            ),
+            (
+                "[('proxy-authorization', 'Basic S1'), ('host', 'h')]",
+                "[('proxy-authorization', '[redacted]'), ('host', 'h')]",
+            ),
+            (
+                r#"authorization: Digest username="bob", response="S1""#,
+                "authorization: [redacted]",
+            ),
+            // Ruby, PHP and CGI names, and a scheme's quoted credentials.
+            (
+                r#"{"HTTP_AUTHORIZATION"=>"Bearer S1", "PATH_INFO"=>"/"}"#,
+                r#"{"HTTP_AUTHORIZATION"=>"[redacted]", "PATH_INFO"=>"/"}"#,
+            ),
+            (
+                r#"{authorization => "S1", host => "h"}"#,
+                r#"{authorization => "[redacted]", host => "h"}"#,
+            ),
+            (
+                r#"Authorization: Basic "S1" S2"#,
+                "Authorization: [redacted]",
+            ),
+            ("    [HTTP_COOKIE] => S1", "    [HTTP_COOKIE] => [redacted]"),
+        ] {
+            assert_eq!(scrubbed(text), want, "{text}");
+        }
+        for text in [
+            "boom",
+            "no cookie, sorry",
+            "xcookie=1",
+            "Authorization:",
+            "",
+        ] {
+            assert_eq!(scrub_credentials(text), None, "{text}");
+        }
+    }
+}
