@@ -434,7 +434,7 @@ async fn a_socket_several_processes_hold_names_them_all() {
                   s.bind(sys.argv[1])\n\
                   s.listen()\n\
                   os.fork()\n\
-                  print('holding', os.getpid(), flush=True)\n\
+                  os.write(1, b'holding %d\\n' % os.getpid())\n\
                   sys.stdin.read()\n";
     let mut holders = tokio::process::Command::new("python3")
         .args(["-c", script, path.to_str().unwrap()])
@@ -453,7 +453,12 @@ async fn a_socket_several_processes_hold_names_them_all() {
             .expect("the holders started")
             .unwrap()
             .expect("a line");
-        pids.push(line.split_whitespace().nth(1).unwrap().to_owned());
+        // One write(2) each, so one line each; the words that are numbers, whatever else.
+        pids.extend(
+            line.split_whitespace()
+                .filter(|w| w.parse::<u32>().is_ok())
+                .map(str::to_owned),
+        );
     }
     let (code, out) = run_to_end(&["run", "--listen", &listen, "--", "true"]).await;
     assert_clear(code, 1, &out, "a server accepts connections on it; pids ");
