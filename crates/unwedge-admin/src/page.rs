@@ -6,12 +6,7 @@ use std::time::{Duration, SystemTime};
 use crate::status::{age, ExitRecord, PanicRecord, Record, StatusView, WorkerState};
 
 /// Header names whose values the page never shows, even if a worker forgot to redact them.
-pub const REDACTED_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-];
+pub const REDACTED_HEADERS: &[&str] = unwedge_redact::CREDENTIAL_HEADERS;
 
 /// The page stops adding reports once it is this large, so it stays under 50 KB.
 const PAGE_BUDGET: usize = 40 * 1024;

@@ -274,7 +274,7 @@ pub(crate) fn take_for(payload: &(dyn std::any::Any + Send)) -> Captured {
 /// [`hide_userinfo_in_text`]) and the value after every `Authorization`,
 /// `Proxy-Authorization`, `Cookie` or `Set-Cookie` name shown `[redacted]` (a request's
 /// `{:?}`, whose headers print `{"authorization": "Bearer …"}`: see
-/// [`scrub_credentials`](super::scrub::scrub_credentials)): the report, its log event, the notify message, a client's
+/// [`scrub_credentials`](unwedge_redact::scrub_credentials)): the report, its log event, the notify message, a client's
 /// `detail`, a backtrace's label and a poisoned mutex's error all take the message from here.
 pub(crate) fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
     let text = if let Some(s) = payload.downcast_ref::<&str>() {
@@ -285,7 +285,7 @@ pub(crate) fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
         return "Box<dyn Any>".to_owned();
     };
     let text = hide_userinfo_in_text(text);
-    match super::scrub::scrub_credentials(&text) {
+    match unwedge_redact::scrub_credentials(&text) {
         Some(scrubbed) => scrubbed,
         None => text.into_owned(),
     }

@@ -13,7 +13,6 @@ mod hook;
 mod layer;
 mod policy;
 mod report;
-mod scrub;
 mod sink;
 mod trace;
 

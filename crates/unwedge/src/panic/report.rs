@@ -13,12 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::context::Captured;
 
 /// Header names whose values never appear in a report, whatever the configuration says.
-pub const REDACTED_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-];
+pub const REDACTED_HEADERS: &[&str] = unwedge_redact::CREDENTIAL_HEADERS;
 
 /// [`REDACTED_HEADERS`] as header names, in the same order.
 static REDACTED_NAMES: [HeaderName; 4] = [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, SET_COOKIE];

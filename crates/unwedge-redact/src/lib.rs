@@ -1,11 +1,33 @@
-//! Credentials in free text (a panic message): the value written after an `Authorization`,
-//! `Proxy-Authorization`, `Cookie` or `Set-Cookie` name is replaced by `[redacted]`, by the
-//! rules the supervisor (`unwedge-admin`'s `ExitRecord::redact`) applies to a worker's stderr
-//! lines, so that `panic!("unexpected request {req:?}")` (whose `HeaderMap` prints
-//! `{"authorization": "Bearer …", "cookie": "…"}`) or `Authorization: Bearer …` in a message
-//! puts no credential in a report, its log event or a client's `detail`.
+//! Credentials in free text: the value written after an `Authorization`,
+//! `Proxy-Authorization`, `Cookie` or `Set-Cookie` name is replaced by `[redacted]`. One set
+//! of rules for the `unwedge` library (a panic message: `panic!("unexpected request {req:?}")`,
+//! whose `HeaderMap` prints `{"authorization": "Bearer …", "cookie": "…"}`, puts no credential
+//! in a report, its log event or a client's `detail`) and for the supervisor
+//! (`unwedge-admin`: a report's text fields and a worker's stderr lines).
+//!
+//! ```
+//! assert_eq!(
+//!     unwedge_redact::scrub_credentials("bad Authorization: Bearer s3cret").as_deref(),
+//!     Some("bad Authorization: [redacted]")
+//! );
+//! assert_eq!(unwedge_redact::scrub_credentials("no cookie, sorry"), None);
+//! ```
 
-use super::report::REDACTED_HEADERS;
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+/// Header names whose values are credentials: never shown in a report, and found in free text
+/// by [`scrub_credentials`].
+///
+/// ```
+/// assert!(unwedge_redact::CREDENTIAL_HEADERS.contains(&"cookie"));
+/// ```
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
 
 /// What replaces a credential found in text.
 const REDACTED_IN_TEXT: &str = "[redacted]";
@@ -20,13 +42,21 @@ const REDACTED_IN_TEXT: &str = "[redacted]";
 /// the end of the text: `,` and `;` do not end it, since cookies and some schemes hold them,
 /// nor does a quoted parameter in it (a `"` right after `=`: Digest's `response="…"`).
 /// Linear in the length of `line`.
-pub(crate) fn scrub_credentials(line: &str) -> Option<String> {
+///
+/// ```
+/// let line = r#"headers: {"authorization": "Bearer S1", "host": "h"}"#;
+/// assert_eq!(
+///     unwedge_redact::scrub_credentials(line).as_deref(),
+///     Some(r#"headers: {"authorization": "[redacted]", "host": "h"}"#)
+/// );
+/// ```
+pub fn scrub_credentials(line: &str) -> Option<String> {
     let lower = line.to_ascii_lowercase();
     let (bytes, lower) = (line.as_bytes(), lower.as_bytes());
     let mut out = String::new();
     let (mut copied, mut at) = (0, 0);
     while at < bytes.len() {
-        let name = REDACTED_HEADERS
+        let name = CREDENTIAL_HEADERS
             .iter()
             .find(|n| lower[at..].starts_with(n.as_bytes()));
         let inside_a_word = at > 0 && bytes[at - 1].is_ascii_alphanumeric();
