@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use unwedge_redact::{ends_url_in_text, looks_like_password};
 
 /// Everything the admin endpoint shows, at one instant.
 ///
@@ -538,41 +539,6 @@ pub(crate) fn split_userinfo(url: &str, end: UserInfoEnd) -> (&str, Option<&str>
         Some(at) => (scheme, Some(&rest[..at]), &rest[at + 1..]),
         None => (scheme, None, rest),
     }
-}
-
-/// Whether `authority`, what follows a URL's `scheme://` up to the first `/`, `?` or `#` and
-/// holding no `@`, reads as the start of a `user:password` whose password goes on past an
-/// unencoded `/`, `?` or `#` (`app:Ab3` of `postgres://app:Ab3/x+Yz==@db`, `:pw` of
-/// `redis://:pw/x@cache`) rather than a `host` or `host:port`: it has a `:` and what follows
-/// it is not a port (1 to 5 decimal digits, at most 65535); an IPv6 literal (`[::1]`,
-/// `[::1]:8080`) is a host. Only an `@` later in the URL makes it user info. The `unwedge`
-/// library and the supervisor's stderr tail read it the same way.
-fn looks_like_password(authority: &str) -> bool {
-    let after_host = match authority.strip_prefix('[') {
-        Some(literal) => match literal.find(']') {
-            Some(i) => &literal[i + 1..],
-            None => return authority.contains(':'),
-        },
-        None => match authority.find(':') {
-            Some(i) => &authority[i..],
-            None => return false,
-        },
-    };
-    let is_port = |s: &str| {
-        (1..=5).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_digit())
-            && s.parse::<u16>().is_ok()
-    };
-    match after_host.strip_prefix(':') {
-        Some(port) => !is_port(port),
-        None => !after_host.is_empty(),
-    }
-}
-
-/// Whether `c` ends a URL in free text: no URL holds whitespace, a control character, `"`,
-/// `<` or `>`.
-fn ends_url_in_text(c: char) -> bool {
-    matches!(c, '"' | '<' | '>') || c.is_whitespace() || c.is_control()
 }
 
 /// Whether `c` ends a URL's authority in free text: `/`, `?`, `#` (as [`split_userinfo`]

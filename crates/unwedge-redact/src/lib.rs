@@ -29,10 +29,59 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
     "set-cookie",
 ];
 
+/// Whether `authority`, what follows a URL's `scheme://` up to the first `/`, `?` or `#` and
+/// holding no `@`, reads as the start of a `user:password` whose password goes on past an
+/// unencoded `/`, `?` or `#` (`app:Ab3` of `postgres://app:Ab3/x+Yz==@db`, `:pw` of
+/// `redis://:pw/x@cache`) rather than a `host` or `host:port`: it has a `:` and what follows
+/// it is not a port (1 to 5 decimal digits, at most 65535); an IPv6 literal (`[::1]`,
+/// `[::1]:8080`) is a host. Only an `@` later in the URL makes it user info. The `unwedge`
+/// library, the reports' scrubbing (`unwedge-admin`) and the supervisor's stderr tail read it
+/// the same way.
+///
+/// ```
+/// use unwedge_redact::looks_like_password;
+/// assert!(looks_like_password("app:Ab3"));
+/// assert!(!looks_like_password("db:5432"));
+/// assert!(!looks_like_password("[::1]:8080"));
+/// assert!(!looks_like_password("db"));
+/// ```
+pub fn looks_like_password(authority: &str) -> bool {
+    let after_host = match authority.strip_prefix('[') {
+        Some(literal) => match literal.find(']') {
+            Some(i) => &literal[i + 1..],
+            None => return authority.contains(':'),
+        },
+        None => match authority.find(':') {
+            Some(i) => &authority[i..],
+            None => return false,
+        },
+    };
+    let is_port = |s: &str| {
+        (1..=5).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && s.parse::<u16>().is_ok()
+    };
+    match after_host.strip_prefix(':') {
+        Some(port) => !is_port(port),
+        None => !after_host.is_empty(),
+    }
+}
+
+/// Whether `c` ends a URL in free text: no URL holds whitespace, a control character, `"`,
+/// `<` or `>`.
+///
+/// ```
+/// assert!(unwedge_redact::ends_url_in_text('"'));
+/// assert!(!unwedge_redact::ends_url_in_text('@'));
+/// ```
+pub fn ends_url_in_text(c: char) -> bool {
+    matches!(c, '"' | '<' | '>') || c.is_whitespace() || c.is_control()
+}
+
 /// What replaces a credential found in text.
 const REDACTED_IN_TEXT: &str = "[redacted]";
 
-/// `line` with the value after each credential name replaced by [`REDACTED_IN_TEXT`]; `None`
+/// `line` with the value after each credential name replaced by `[redacted]`; `None`
 /// when it names none with a value.
 ///
 /// A name counts in any case, not inside a longer word (`xcookie`), optionally quoted, when

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
+use unwedge_redact::looks_like_password;
 
 use crate::config::LogFormat;
 
@@ -171,34 +172,6 @@ fn tail_line(line: &str) -> String {
         }
     }
     kept.to_owned()
-}
-
-/// Whether `authority`, what follows a URL's `scheme://` up to the first `/`, `?` or `#` and
-/// holding no `@`, reads as the start of a `user:password` whose password goes on past an
-/// unencoded `/`, `?` or `#` (`app:Ab3` of `postgres://app:Ab3/x+Yz==@db`) rather than a
-/// `host` or `host:port`: it has a `:` and what follows it is not a port (1 to 5 decimal
-/// digits, at most 65535); an IPv6 literal (`[::1]`, `[::1]:8080`) is a host. As the reports'
-/// scrubbing (`unwedge-admin`) and the `unwedge` library read it.
-fn looks_like_password(authority: &str) -> bool {
-    let after_host = match authority.strip_prefix('[') {
-        Some(literal) => match literal.find(']') {
-            Some(i) => &literal[i + 1..],
-            None => return authority.contains(':'),
-        },
-        None => match authority.find(':') {
-            Some(i) => &authority[i..],
-            None => return false,
-        },
-    };
-    let is_port = |s: &str| {
-        (1..=5).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_digit())
-            && s.parse::<u16>().is_ok()
-    };
-    match after_host.strip_prefix(':') {
-        Some(port) => !is_port(port),
-        None => !after_host.is_empty(),
-    }
 }
 
 /// The last (up to [`STDERR_TAIL_LINES`]) lines worker `pid` wrote to its stderr, for its

@@ -11,6 +11,7 @@ use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::context::Captured;
+use unwedge_redact::{ends_url_in_text, looks_like_password};
 
 /// Header names whose values never appear in a report, whatever the configuration says.
 pub const REDACTED_HEADERS: &[&str] = unwedge_redact::CREDENTIAL_HEADERS;
@@ -447,34 +448,6 @@ fn url_shown(url: &str, cut: bool) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Whether `authority`, what follows a URL's `scheme://` up to the first `/`, `?` or `#` and
-/// holding no `@`, reads as the start of a `user:password` whose password goes on past an
-/// unencoded `/`, `?` or `#` (`app:Ab3` of `postgres://app:Ab3/x+Yz==@db`, `:pw` of
-/// `redis://:pw/x@cache`) rather than a `host` or `host:port`: it has a `:` and what follows
-/// it is not a port (1 to 5 decimal digits, at most 65535); an IPv6 literal (`[::1]`,
-/// `[::1]:8080`) is a host. Only an `@` later in the URL makes it user info.
-fn looks_like_password(authority: &str) -> bool {
-    let after_host = match authority.strip_prefix('[') {
-        Some(literal) => match literal.find(']') {
-            Some(i) => &literal[i + 1..],
-            None => return authority.contains(':'),
-        },
-        None => match authority.find(':') {
-            Some(i) => &authority[i..],
-            None => return false,
-        },
-    };
-    match after_host.strip_prefix(':') {
-        Some(port) => !is_port(port),
-        None => !after_host.is_empty(),
-    }
-}
-
-/// A URL's port as a host's is written: 1 to 5 decimal digits, at most 65535.
-fn is_port(s: &str) -> bool {
-    (1..=5).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u16>().is_ok()
-}
-
 /// `text`, the start of a longer value, with the URL its end falls in shown `scheme://…`, when
 /// that end is inside the URL's authority, or past the first `/`, `?` or `#` of one whose
 /// authority reads as `user:password` ([`looks_like_password`]) with no `@` yet: the `@`
@@ -490,12 +463,6 @@ fn hide_cut_url(text: &str) -> Option<String> {
         Some(end) if url[..end].contains('@') || !looks_like_password(&url[..end]) => None,
         _ => Some(format!("{}…", &text[..i + "://".len()])),
     }
-}
-
-/// Whether `c` ends a URL in text: no URL holds whitespace, a control character, `"`, `<` or
-/// `>`.
-fn ends_url_in_text(c: char) -> bool {
-    matches!(c, '"' | '<' | '>') || c.is_whitespace() || c.is_control()
 }
 
 /// `text` (a panic message) with the user and password of every URL in it hidden as
