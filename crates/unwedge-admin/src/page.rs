@@ -36,8 +36,9 @@ svg{background:#fff;border:1px solid #ddd}";
 
 /// Renders the status page for `view`.
 ///
-/// Every string that came from a worker is HTML-escaped; values of [`REDACTED_HEADERS`] are
-/// never shown; long fields are truncated and old reports left off so the page stays under
+/// Every string that came from a worker is HTML-escaped; values of [`REDACTED_HEADERS`] and
+/// of the other credential headers ([`is_credential_name`](unwedge_redact::is_credential_name):
+/// `X-Api-Key`, …) are never shown; long fields are truncated and old reports left off so the page stays under
 /// 50 KB. It refreshes itself every 5 s with `<meta http-equiv="refresh">`.
 ///
 /// ```
@@ -364,7 +365,7 @@ fn panic_report(h: &mut String, p: &PanicRecord, now: SystemTime) {
     {
         h.push_str("<details><summary>request headers</summary><table>");
         for (name, value) in headers.iter().take(64) {
-            let value = if REDACTED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            let value = if unwedge_redact::is_credential_name(name.trim()) {
                 "<redacted>".to_owned()
             } else {
                 value
@@ -548,6 +549,23 @@ mod tests {
         let html = render_page(&view);
         assert!(!html.contains("hunter2"));
         assert!(html.contains("&lt;redacted&gt;"));
+    }
+
+    #[test]
+    fn credential_headers_are_hidden_even_in_a_record_not_redacted() {
+        let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+        let report = serde_json::json!({"message": "m", "request": {"method": "GET", "path": "/",
+            "headers": {"X-Api-Key": "KEYSECRET", "Authorization": "Bearer BEARERSECRET",
+            "accept": "*/*"}}});
+        view.reports.push(Record::Panic(PanicRecord {
+            time: "2026-01-01T00:00:00Z".into(),
+            worker: None,
+            report,
+        }));
+        let html = render_page(&view);
+        assert!(!html.contains("KEYSECRET"), "{html}");
+        assert!(!html.contains("BEARERSECRET"), "{html}");
+        assert!(html.contains("*/*"), "{html}");
     }
 
     #[test]

@@ -646,8 +646,10 @@ fn hide_cut_authority(text: &str) -> Option<String> {
 /// `task`, `rolled_back`, `poisoned`, `decision{action,reason}`.
 ///
 /// Any worker may send a report, and not every one redacts: [`new`](Self::new) replaces the
-/// values of the [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) in `request.headers` (names in
-/// any case) with [`REDACTED`], cuts the user info, query and fragment off `request.path`
+/// values of credential headers in `request.headers` (the
+/// [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) and the others
+/// [`is_credential_name`](unwedge_redact::is_credential_name) knows: `X-Api-Key`,
+/// `X-Auth-Token`, …; names in any case) with [`REDACTED`], cuts the user info, query and fragment off `request.path`
 /// and URL headers (`https://user:pw@host/x?token=…` becomes `https://…@host/x`), and the user
 /// info off every URL in the `message` (`postgres://app:pw@db/x` becomes `postgres://…@db/x`),
 /// so that `/status`, the report directory, alerts and the `route` label of `/metrics` never
@@ -698,8 +700,10 @@ impl PanicRecord {
         r
     }
 
-    /// Replaces the value of every [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) header in
-    /// `request.headers` with [`REDACTED`], whatever the case of its name: in a JSON object
+    /// Replaces the value of every credential header in `request.headers` (a
+    /// [`REDACTED_HEADERS`](crate::REDACTED_HEADERS) one, `X-Api-Key`, `X-Auth-Token`, …:
+    /// [`is_credential_name`](unwedge_redact::is_credential_name)) with [`REDACTED`], whatever
+    /// the case of its name: in a JSON object
     /// (`{"Cookie": "…"}`, the `unwedge` library's form) or a list of `[name, value]` pairs;
     /// and cuts the user info (everything between `scheme://` and the last `@` before the
     /// first `/`, `?` or `#`, or the last `@` of all when what precedes that first `/ ? #`
@@ -728,11 +732,7 @@ impl PanicRecord {
     /// `{"authorization": "Bearer …"}`.
     /// Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
-        let secret = |name: &str| {
-            crate::page::REDACTED_HEADERS
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(name.trim()))
-        };
+        let secret = |name: &str| unwedge_redact::is_credential_name(name.trim());
         // As the `unwedge` library tells a URL header: the `Referer`, or a value with a scheme
         // (any, in any case: `HTTPS://`, `wss://`).
         let is_url = |name: &str, value: &serde_json::Value| {
@@ -1100,6 +1100,21 @@ mod tests {
             r.report["request"]["headers"],
             serde_json::json!({"ReFERER": ["https://…@0"],
                 "x-original-url": ["https://…@0", "https://h/x"], "accept": ["*/*"]})
+        );
+    }
+
+    /// A worker in another language reports the headers it was given: API keys and tokens,
+    /// not only the four `unwedge` redacts, are hidden.
+    #[test]
+    fn api_key_and_token_headers_of_any_worker_are_redacted() {
+        let report = serde_json::json!({"request": {"headers": {
+            "X-Api-Key": "KEYSECRET1", "HTTP_X_AUTH_TOKEN": ["KEYSECRET2"],
+            "x-request-id": "r-1", "accept": "*/*"}}});
+        let r = PanicRecord::new(None, report);
+        assert_eq!(
+            r.report["request"]["headers"],
+            serde_json::json!({"X-Api-Key": super::REDACTED, "HTTP_X_AUTH_TOKEN": super::REDACTED,
+                "x-request-id": "r-1", "accept": "*/*"})
         );
     }
 
@@ -1552,7 +1567,7 @@ mod tests {
     /// One of the names, in any letter case.
     fn credential_name() -> impl Strategy<Value = String> {
         (
-            prop::sample::select(crate::page::REDACTED_HEADERS.to_vec()),
+            prop::sample::select(unwedge_redact::CREDENTIAL_NAMES.to_vec()),
             any::<u64>(),
         )
             .prop_map(|(name, case)| {

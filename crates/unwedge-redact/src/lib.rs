@@ -1,9 +1,10 @@
-//! Credentials in free text: the value written after an `Authorization`,
-//! `Proxy-Authorization`, `Cookie` or `Set-Cookie` name is replaced by `[redacted]`. One set
-//! of rules for the `unwedge` library (a panic message: `panic!("unexpected request {req:?}")`,
-//! whose `HeaderMap` prints `{"authorization": "Bearer …", "cookie": "…"}`, puts no credential
-//! in a report, its log event or a client's `detail`) and for the supervisor
-//! (`unwedge-admin`: a report's text fields and a worker's stderr lines).
+//! Credentials in free text: the value written after a credential's name (`Authorization`,
+//! `Cookie`, `X-Api-Key`, `password`, … : [`CREDENTIAL_NAMES`]), and a bare `Bearer` token, are
+//! replaced by `[redacted]`. One set of rules for the `unwedge` library (a panic message:
+//! `panic!("unexpected request {req:?}")`, whose `HeaderMap` prints
+//! `{"authorization": "Bearer …", "cookie": "…"}`, puts no credential in a report, its log
+//! event or a client's `detail`) and for the supervisor (`unwedge-admin`: a report's text
+//! fields and a worker's stderr lines).
 //!
 //! ```
 //! assert_eq!(
@@ -28,6 +29,70 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
     "cookie",
     "set-cookie",
 ];
+
+/// Names whose value, written after them in text (`name: value`, `name=value`,
+/// `"name": "value"`, …), is a credential: the [`CREDENTIAL_HEADERS`], the usual API-key and
+/// token headers and fields (`X-Api-Key`, `X-Auth-Token`, `access_token`, `client_secret`), and
+/// passwords. Found in any case, with `_` read as `-` (`HTTP_X_API_KEY`, `db_password`), and as
+/// the last part of a longer name (`x-api-key` is `api-key`'s, `client_secret` `secret`'s);
+/// see [`scrub_credentials`] and [`is_credential_name`]. Not `token` alone: it is a parser's
+/// word (`unexpected token: }`) as often as a credential's.
+///
+/// ```
+/// assert!(unwedge_redact::CREDENTIAL_NAMES.contains(&"api-key"));
+/// ```
+pub const CREDENTIAL_NAMES: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "api-key",
+    "apikey",
+    "auth-token",
+    "access-token",
+    "refresh-token",
+    "id-token",
+    "session-token",
+    "secret",
+    "password",
+    "passwd",
+    "private-key",
+];
+
+/// Whether a header or field called `name` holds a credential: it is one of the
+/// [`CREDENTIAL_NAMES`] or ends with one after a `-` or `_` (`X-Api-Key`, `HTTP_COOKIE`,
+/// `client_secret`), in any case.
+///
+/// ```
+/// use unwedge_redact::is_credential_name;
+/// assert!(is_credential_name("X-Api-Key"));
+/// assert!(is_credential_name("HTTP_AUTHORIZATION"));
+/// assert!(is_credential_name("client_secret"));
+/// assert!(!is_credential_name("user-agent"));
+/// assert!(!is_credential_name("secretary"));
+/// ```
+pub fn is_credential_name(name: &str) -> bool {
+    let name = name.as_bytes();
+    CREDENTIAL_NAMES.iter().any(|c| {
+        let c = c.as_bytes();
+        name.len() >= c.len() && {
+            let start = name.len() - c.len();
+            (start == 0 || matches!(name[start - 1], b'-' | b'_'))
+                && name[start..]
+                    .iter()
+                    .zip(c)
+                    .all(|(&n, &c)| normalized(n) == c)
+        }
+    })
+}
+
+/// `b` as names are compared: ASCII lower case, `_` as `-`.
+fn normalized(b: u8) -> u8 {
+    match b {
+        b'_' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
 
 /// Whether `authority`, what follows a URL's `scheme://` up to the first `/`, `?` or `#` and
 /// holding no `@`, reads as the start of a `user:password` whose password goes on past an
@@ -81,16 +146,19 @@ pub fn ends_url_in_text(c: char) -> bool {
 /// What replaces a credential found in text.
 const REDACTED_IN_TEXT: &str = "[redacted]";
 
-/// `line` with the value after each credential name replaced by `[redacted]`; `None`
-/// when it names none with a value.
+/// `line` with the value after each credential name, and each bare `Bearer` token, replaced
+/// by `[redacted]`; `None` when it holds none.
 ///
-/// A name counts in any case, not inside a longer word (`xcookie`), optionally quoted, when
-/// `:` or `=` follows it (spaces and a closing quote allowed before and spaces after). Its
-/// value is the quoted string that follows (`"…"`, `'…'`, or `\"…\"` inside a JSON string;
-/// in a list, `["a=1", "id=x"]`, every one of them), or else everything up to the next `"` or
-/// the end of the text: `,` and `;` do not end it, since cookies and some schemes hold them,
-/// nor does a quoted parameter in it (a `"` right after `=`: Digest's `response="…"`).
-/// Linear in the length of `line`.
+/// A name ([`CREDENTIAL_NAMES`]) counts in any case, `_` read as `-`, not inside a longer
+/// word (`xcookie`, `passwords`), optionally quoted, when `:` or `=` follows it (spaces and a
+/// closing quote allowed before and spaces after). Its value is the quoted string that
+/// follows (`"…"`, `'…'`, or `\"…\"` inside a JSON string; in a list, `["a=1", "id=x"]`,
+/// every one of them), or else everything up to the next `"` or the end of the text: `,` and
+/// `;` do not end it, since cookies and some schemes hold them, nor does a quoted parameter in
+/// it (a `"` right after `=`: Digest's `response="…"`). A `Bearer` (any case) with no name
+/// before it hides the token after it when that reads as one: 8 or more characters of a
+/// token (RFC 6750's `b64token`) with a digit or a `-._~+/` in it (`bearer credentials` is
+/// prose). Linear in the length of `line`.
 ///
 /// ```
 /// let line = r#"headers: {"authorization": "Bearer S1", "host": "h"}"#;
@@ -98,23 +166,28 @@ const REDACTED_IN_TEXT: &str = "[redacted]";
 ///     unwedge_redact::scrub_credentials(line).as_deref(),
 ///     Some(r#"headers: {"authorization": "[redacted]", "host": "h"}"#)
 /// );
+/// assert_eq!(
+///     unwedge_redact::scrub_credentials("rejected Bearer eyJhbGci.eyJzdWIi.c2ln for /x").as_deref(),
+///     Some("rejected Bearer [redacted] for /x")
+/// );
 /// ```
 pub fn scrub_credentials(line: &str) -> Option<String> {
-    let lower = line.to_ascii_lowercase();
-    let (bytes, lower) = (line.as_bytes(), lower.as_bytes());
+    let lower: Vec<u8> = line.bytes().map(normalized).collect();
+    let (bytes, lower) = (line.as_bytes(), &lower[..]);
     let mut out = String::new();
     let (mut copied, mut at) = (0, 0);
     while at < bytes.len() {
-        let name = CREDENTIAL_HEADERS
-            .iter()
-            .find(|n| lower[at..].starts_with(n.as_bytes()));
         let inside_a_word = at > 0 && bytes[at - 1].is_ascii_alphanumeric();
-        let value = match name {
-            Some(n) if !inside_a_word => {
-                let after = at + n.len();
-                value_after(&bytes[after..]).map(|(start, end)| (after + start, after + end))
-            }
-            _ => None,
+        let value = match inside_a_word {
+            true => None,
+            false => CREDENTIAL_NAMES
+                .iter()
+                .filter(|n| lower[at..].starts_with(n.as_bytes()))
+                .find_map(|n| {
+                    let after = at + n.len();
+                    value_after(&bytes[after..]).map(|(start, end)| (after + start, after + end))
+                })
+                .or_else(|| bearer_token(bytes, lower, at)),
         };
         let Some((start, end)) = value else {
             at += 1;
@@ -126,6 +199,28 @@ pub fn scrub_credentials(line: &str) -> Option<String> {
         (copied, at) = (end, end);
     }
     (copied > 0).then(|| out + &line[copied..])
+}
+
+/// Where the token of a `Bearer` at `at` of `bytes` (`lower`: the same, lower case) is, when
+/// one follows it: blanks, then 8 or more characters of RFC 6750's `b64token`
+/// (`A-Z a-z 0-9 - . _ ~ + /`, then `=`s) among which a digit or a `-._~+/`, ended by the end
+/// of the text or by a character no token holds.
+fn bearer_token(bytes: &[u8], lower: &[u8], at: usize) -> Option<(usize, usize)> {
+    const MIN_TOKEN: usize = 8;
+    let rest = lower[at..].strip_prefix(b"bearer")?;
+    let blanks = rest.iter().take_while(|&&b| b == b' ').count();
+    if blanks == 0 {
+        return None;
+    }
+    let start = at + "bearer".len() + blanks;
+    let is_token =
+        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+    let mut end = start + bytes[start..].iter().take_while(|b| is_token(b)).count();
+    let token = &bytes[start..end];
+    end += bytes[end..].iter().take_while(|&&b| b == b'=').count();
+    let ended = bytes.get(end).is_none_or(|&b| !b.is_ascii_alphanumeric());
+    let looks_like_one = token.iter().any(|&b| !b.is_ascii_alphabetic());
+    (token.len() >= MIN_TOKEN && looks_like_one && ended).then_some((start, end))
 }
 
 /// Where the value after a credential name is in `rest`, what follows the name: an optional
@@ -271,7 +366,38 @@ fn closing_quote(s: &[u8], quote: u8) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::scrub_credentials;
+    use super::{is_credential_name, scrub_credentials};
+
+    #[test]
+    fn credential_names_are_known_in_any_case_and_spelling() {
+        for name in [
+            "Authorization",
+            "proxy-authorization",
+            "HTTP_COOKIE",
+            "Set-Cookie",
+            "X-API-KEY",
+            "x-auth-token",
+            "X_Access_Token",
+            "client_secret",
+            "password",
+            "DB_PASSWD",
+            "apikey",
+        ] {
+            assert!(is_credential_name(name), "{name}");
+        }
+        for name in [
+            "host",
+            "user-agent",
+            "secretary",
+            "xcookie",
+            "cookies",
+            "x-request-id",
+            "token",
+            "",
+        ] {
+            assert!(!is_credential_name(name), "{name}");
+        }
+    }
 
     fn scrubbed(text: &str) -> String {
         scrub_credentials(text).unwrap_or_else(|| text.to_owned())
@@ -314,6 +440,35 @@ mod tests {
                 "Authorization: [redacted]",
             ),
             ("    [HTTP_COOKIE] => S1", "    [HTTP_COOKIE] => [redacted]"),
+            // API keys, tokens and passwords, `_` read as `-`, as the last part of a name.
+            (
+                r#"{"x-api-key": "S1", "X-Auth-Token": "S2", "host": "h"}"#,
+                r#"{"x-api-key": "[redacted]", "X-Auth-Token": "[redacted]", "host": "h"}"#,
+            ),
+            ("HTTP_X_API_KEY=S1 PATH_INFO=/", "HTTP_X_API_KEY=[redacted]"),
+            (
+                r#"Config { db_password: "S1", client_secret: "S2", port: 80 }"#,
+                r#"Config { db_password: "[redacted]", client_secret: "[redacted]", port: 80 }"#,
+            ),
+            (
+                "grant_type=refresh_token&refresh_token=S1",
+                "grant_type=refresh_token&refresh_token=[redacted]",
+            ),
+            // Go's `[][2]string` and a list of `[name, value]` pairs.
+            (
+                r#"[["authorization","Bearer S1"],["host","h"]]"#,
+                r#"[["authorization","[redacted]"],["host","h"]]"#,
+            ),
+            // A bare `Bearer` token: a JWT, an opaque one with a digit, base64 with `=`.
+            (
+                "rejected Bearer eyJhbGciOi.eyJzdWIi.S1sig for /x",
+                "rejected Bearer [redacted] for /x",
+            ),
+            (
+                "token (bearer 0123456789abcdef)",
+                "token (bearer [redacted])",
+            ),
+            ("BEARER  dGVzdDoxMjM0NTY3OA== at", "BEARER  [redacted] at"),
         ] {
             assert_eq!(scrubbed(text), want, "{text}");
         }
@@ -323,6 +478,15 @@ mod tests {
             "xcookie=1",
             "Authorization:",
             "",
+            // Not a pair, or a longer word.
+            "passwords: 3 attempts left",
+            "passwordless=true secretary=bob api_keys: 2",
+            "unexpected token: `}` at 3:4",
+            // Prose, a short word, or inside a word: not a token.
+            "only the bearer credentials holder",
+            "Bearer abc12",
+            "unbearer 0123456789abcdef",
+            "Bearer: ",
         ] {
             assert_eq!(scrub_credentials(text), None, "{text}");
         }

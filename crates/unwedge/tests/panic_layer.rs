@@ -729,6 +729,55 @@ async fn authorization_and_cookies_never_reach_the_report_or_the_logs() {
 }
 
 #[tokio::test]
+async fn an_api_key_header_listed_for_reports_is_shown_redacted() {
+    support::own_process();
+    let logs = LogBuf::capture();
+    within(async {
+        let keep = Keep::default();
+        let app = Router::new()
+            .route(
+                "/",
+                get(|| async {
+                    if true {
+                        panic!("denied");
+                    }
+                }),
+            )
+            .layer(
+                PanicLayer::new()
+                    .report_headers([
+                        http::header::HOST,
+                        http::HeaderName::from_static("x-api-key"),
+                        http::HeaderName::from_static("x-auth-token"),
+                    ])
+                    .sink(Arc::new(keep.clone())),
+            );
+        let addr = start(app).await;
+        let a = send(
+            addr,
+            "GET",
+            "/",
+            &[
+                ("x-api-key", "s3cr3t-key"),
+                ("x-auth-token", "s3cr3t-token"),
+                ("x-request-id", "api-key-1"),
+            ],
+            "",
+        )
+        .await;
+        assert_problem(&a);
+        let report = &keep.all()[0];
+        let json = serde_json::to_string(report).unwrap();
+        logs.assert_none_of(&["s3cr3t"], &json, &[&a.body], "api-key-1");
+        let headers = &report.request.as_ref().unwrap().headers;
+        assert_eq!(headers["x-api-key"], unwedge::panic::REDACTED);
+        assert_eq!(headers["x-auth-token"], unwedge::panic::REDACTED);
+        assert!(headers["host"].starts_with("127.0.0.1:"), "{headers:?}");
+    })
+    .await
+}
+
+#[tokio::test]
 async fn credentials_a_panic_message_quotes_never_reach_the_report_the_logs_or_the_client() {
     support::own_process();
     let logs = LogBuf::capture();
@@ -767,6 +816,7 @@ async fn credentials_a_panic_message_quotes_never_reach_the_report_the_logs_or_t
             &[
                 ("authorization", "Bearer LIBSECRET"),
                 ("cookie", "sid=LIBCOOKIE"),
+                ("x-api-key", "LIBAPIKEY"),
                 ("x-request-id", "msg-cred-1"),
             ],
             "",
@@ -782,6 +832,7 @@ async fn credentials_a_panic_message_quotes_never_reach_the_report_the_logs_or_t
             "{detail}"
         );
         assert!(detail.contains(r#""cookie": "[redacted]""#), "{detail}");
+        assert!(detail.contains(r#""x-api-key": "[redacted]""#), "{detail}");
         assert_eq!(
             assert_problem(&text)["detail"],
             "refused Authorization: [redacted]"
@@ -794,7 +845,12 @@ async fn credentials_a_panic_message_quotes_never_reach_the_report_the_logs_or_t
             .starts_with("unexpected request Request {"));
         let json = serde_json::to_string(&reports).unwrap();
         let bodies = [debug.body.as_str(), text.body.as_str()];
-        let logged = logs.assert_none_of(&["LIBSECRET", "LIBCOOKIE"], &json, &bodies, "msg-cred-1");
+        let logged = logs.assert_none_of(
+            &["LIBSECRET", "LIBCOOKIE", "LIBAPIKEY"],
+            &json,
+            &bodies,
+            "msg-cred-1",
+        );
         assert!(logged.contains("unexpected request"), "{logged}");
     })
     .await

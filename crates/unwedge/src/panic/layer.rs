@@ -243,9 +243,9 @@ impl PanicLayer {
 
     /// Whether reports include request headers (default: true): the values of the
     /// [`report_headers`](Self::report_headers), and the [`REDACTED_HEADERS`] the request
-    /// carried, each with the value [`REDACTED`]. Capturing costs a few header lookups per
-    /// request (and a reference count per value kept, no copy); turn it off when that
-    /// matters more than the headers of a rare panic.
+    /// carried, each with the value [`REDACTED`]. Capturing costs a look at each request
+    /// header's name and a copy of the values kept (into one buffer, on the stack while they
+    /// are short); turn it off when that matters more than the headers of a rare panic.
     ///
     /// [`REDACTED_HEADERS`]: crate::panic::REDACTED_HEADERS
     /// [`REDACTED`]: crate::panic::REDACTED
@@ -256,7 +256,9 @@ impl PanicLayer {
     /// The request headers whose values a report shows (the first value of each); default:
     /// [`REPORTED_HEADERS`](crate::panic::REPORTED_HEADERS). The
     /// [`REDACTED_HEADERS`](crate::panic::REDACTED_HEADERS) stay redacted even when listed
-    /// here. Each name costs one header lookup per request.
+    /// here, and so do the other names
+    /// [`unwedge_redact::is_credential_name`] knows (`x-api-key`, `x-auth-token`, …: listed,
+    /// they are shown as [`REDACTED`](crate::panic::REDACTED)).
     ///
     /// ```
     /// use http::header::{HeaderName, HOST, USER_AGENT};

@@ -352,6 +352,11 @@ impl CapturedHeaders {
         }
         for (i, value) in self.records() {
             if let Some(name) = wanted.get(i) {
+                // Listed by the user, a credential header (`x-api-key`) is still not shown.
+                if unwedge_redact::is_credential_name(name.as_str()) {
+                    map.insert(name.as_str().to_owned(), REDACTED.to_owned());
+                    continue;
+                }
                 let (value, cut) = match value.len() > MAX_CAPTURED_VALUE {
                     true => (&value[..MAX_CAPTURED_VALUE], "…"),
                     false => (value, ""),
