@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use unwedge_redact::{ends_url_in_text, looks_like_password};
+use unwedge_redact::looks_like_password;
 
 /// Everything the admin endpoint shows, at one instant.
 ///
@@ -541,72 +541,11 @@ pub(crate) fn split_userinfo(url: &str, end: UserInfoEnd) -> (&str, Option<&str>
     }
 }
 
-/// Whether `c` ends a URL's authority in free text: `/`, `?`, `#` (as [`split_userinfo`]
-/// ends it), or what ends the URL ([`ends_url_in_text`]).
-fn ends_authority_in_text(c: char) -> bool {
-    matches!(c, '/' | '?' | '#') || ends_url_in_text(c)
-}
-
 /// `text` (a panic message, a line of stderr) with the user info of every URL in it cut as
-/// [`clean_url`] cuts a URL field's: `scheme://user:password@host` becomes `scheme://…@host`,
-/// the rest (query included) left as written; `None` when it holds no such URL. A URL is found
-/// by its `scheme://` (RFC 3986's scheme, in any case) and ends before what no URL holds and so
-/// ends one in text: whitespace, a control character, `"`, `<`, `>`. Its user info ends at the
-/// last `@` before the first `/`, `?` or `#`; when there is none there but what comes before
-/// that first `/ ? #` reads as `user:password` ([`looks_like_password`]), at the last `@` of
-/// the URL ([`UserInfoEnd::Authority`]), so that a password with an unencoded `/`, `?` or `#`
-/// is cut too. (`'` and `)` may be in a password: they do not end it.) Linear in the length of
-/// `text`, however many `://` it holds.
+/// [`clean_url`] cuts a URL field's (`scheme://…@host`; the rules:
+/// [`unwedge_redact::hide_url_userinfo`]); `None` when it holds no such URL.
 fn hide_userinfo_in_text(text: &str) -> Option<String> {
-    let mut out = String::new();
-    let (mut copied, mut from) = (0, 0);
-    // The end of the run of text without a character ending a URL last scanned for its last
-    // `@` (and that `@`): the `://` after it in the same run reuse it, so each run is scanned
-    // once.
-    let mut run: Option<(usize, Option<usize>)> = None;
-    while let Some(found) = text[from..].find("://") {
-        let before = &text[..from + found];
-        from = before.len() + "://".len();
-        let scheme_chars = before
-            .trim_end_matches(|c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-            .len();
-        // A scheme starts with a letter (`1http://`: `http`).
-        let start = before[scheme_chars..]
-            .find(|c: char| c.is_ascii_alphabetic())
-            .map_or(before.len(), |i| scheme_chars + i);
-        // Stopping at the authority's end keeps the scan linear in a text of many `://`.
-        let end = text[from..]
-            .find(ends_authority_in_text)
-            .map_or(text.len(), |i| from + i);
-        let user_end = match split_userinfo(&text[start..end], UserInfoEnd::Authority) {
-            ("", _, _) => None,
-            // Cut already (`…`): left as it is.
-            (_, Some(user), _) if user != "…" => Some(from + user.len()),
-            (_, None, _) if looks_like_password(&text[from..end]) => {
-                let (run_end, last_at) = match run {
-                    // Same run: no character ending a URL between its start and here.
-                    Some((run_end, last_at)) if from <= run_end => (run_end, last_at),
-                    _ => {
-                        let run_end = text[from..]
-                            .find(ends_url_in_text)
-                            .map_or(text.len(), |i| from + i);
-                        (run_end, text[from..run_end].rfind('@').map(|i| from + i))
-                    }
-                };
-                run = Some((run_end, last_at));
-                last_at.filter(|&at| at >= from)
-            }
-            _ => None,
-        };
-        if let Some(at) = user_end {
-            out.push_str(&text[copied..from]);
-            out.push('…');
-            copied = at;
-            // A `://` in what was cut is part of the password.
-            from = at;
-        }
-    }
-    (copied > 0).then(|| out + &text[copied..])
+    unwedge_redact::hide_url_userinfo(text)
 }
 
 /// The marks of a cut: the `unwedge` library's for a report field cut to fit a notify
@@ -627,15 +566,9 @@ fn hide_cut_authority(text: &str) -> Option<String> {
         .iter()
         .find_map(|m| text.strip_suffix(m).map(|b| (b, *m)))
         .unwrap_or((text, ""));
-    let i = body.rfind("://")?;
-    let url = &body[i + 3..];
-    if url.contains(ends_url_in_text) || url.is_empty() || url == "…" {
-        return None;
-    }
-    match url.find(['/', '?', '#']) {
-        Some(end) if url[..end].contains('@') || !looks_like_password(&url[..end]) => None,
-        _ => Some(format!("{}…{mark}", &body[..i + 3])),
-    }
+    // Cut already (`scheme://…`): left as it is.
+    let i = unwedge_redact::cut_inside_url(body).filter(|&i| &body[i..] != "…")?;
+    Some(format!("{}…{mark}", &body[..i]))
 }
 
 /// A panic report a worker sent, as received but for its credentials.

@@ -143,6 +143,122 @@ pub fn ends_url_in_text(c: char) -> bool {
     matches!(c, '"' | '<' | '>') || c.is_whitespace() || c.is_control()
 }
 
+/// RFC 3986's `scheme`: a letter, then letters, digits, `+`, `-` or `.`.
+fn is_scheme(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+/// `text` (a panic message, a line of stderr, a header value) with the user and password of
+/// every URL in it shown `…`: `scheme://user:password@host` becomes `scheme://…@host`, the
+/// rest, query included, left as written; `None` when it holds no such URL. One rule for the
+/// `unwedge` library's reports, the supervisor's and its stderr tail.
+///
+/// A URL is found by its `scheme://` (RFC 3986's scheme, in any case) and ends before what no
+/// URL holds and so ends one in text ([`ends_url_in_text`]): whitespace, a control character,
+/// `"`, `<`, `>`. Its user info ends at the last `@` before the first `/`, `?` or `#`; when
+/// there is none there but what comes before that first `/ ? #` reads as `user:password`
+/// ([`looks_like_password`]: a `:` not followed by a port), at the last `@` of the URL, so
+/// that a password with an unencoded `/`, `?` or `#` (base64's `/`) is hidden too. (`'` and
+/// `)` may be in a password: they do not end it.) A user info shown `…` already is left as it
+/// is. Linear in the length of `text`, however many `://` it holds.
+///
+/// ```
+/// use unwedge_redact::hide_url_userinfo;
+/// assert_eq!(
+///     hide_url_userinfo("no DB at postgres://app:s3cret@db/app?x=1").as_deref(),
+///     Some("no DB at postgres://…@db/app?x=1")
+/// );
+/// assert_eq!(
+///     hide_url_userinfo("connect postgres://app:Ab3/x+Yz==@db:5432/app").as_deref(),
+///     Some("connect postgres://…@db:5432/app")
+/// );
+/// assert_eq!(hide_url_userinfo("GET https://example.com/@alice failed"), None);
+/// ```
+pub fn hide_url_userinfo(text: &str) -> Option<String> {
+    let mut out = String::new();
+    let (mut copied, mut from) = (0, 0);
+    // The end of the run of text without a character ending a URL last scanned for its last
+    // `@` (and that `@`): the `://` after it in the same run reuse it, so each run is scanned
+    // once.
+    let mut run: Option<(usize, Option<usize>)> = None;
+    while let Some(found) = text[from..].find("://") {
+        let before = &text[..from + found];
+        let authority = before.len() + "://".len();
+        from = authority;
+        let scheme_chars = before
+            .trim_end_matches(|c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            .len();
+        // A scheme starts with a letter (`1http://`: `http`).
+        let scheme = before[scheme_chars..].trim_start_matches(|c: char| !c.is_ascii_alphabetic());
+        if !is_scheme(scheme) {
+            continue;
+        }
+        let rest = &text[authority..];
+        let end = rest
+            .find(|c: char| matches!(c, '/' | '?' | '#') || ends_url_in_text(c))
+            .unwrap_or(rest.len());
+        let user_end = match rest[..end].rfind('@') {
+            // Hidden already: left as it is.
+            Some(at) if &rest[..at] == "…" => None,
+            Some(at) => Some(authority + at),
+            None if looks_like_password(&rest[..end]) => {
+                let (run_end, last_at) = match run {
+                    // Same run: no character ending a URL between its start and here.
+                    Some((run_end, last_at)) if authority <= run_end => (run_end, last_at),
+                    _ => {
+                        let run_end = rest
+                            .find(ends_url_in_text)
+                            .map_or(text.len(), |i| authority + i);
+                        (
+                            run_end,
+                            text[authority..run_end].rfind('@').map(|i| authority + i),
+                        )
+                    }
+                };
+                run = Some((run_end, last_at));
+                last_at.filter(|&at| at >= authority)
+            }
+            None => None,
+        };
+        if let Some(at) = user_end {
+            out.push_str(&text[copied..authority]);
+            out.push('…');
+            copied = at;
+            // A `://` in what was hidden is part of the password.
+            from = at;
+        }
+    }
+    (copied > 0).then(|| out + &text[copied..])
+}
+
+/// Where to cut `text`, the start of a longer text (a value or line cut to a length), so that
+/// it ends `scheme://` (for a `…` to follow): when its end falls inside a URL's authority, or
+/// past the first `/`, `?` or `#` of a URL whose authority reads as `user:password`
+/// ([`looks_like_password`]) with no `@` yet, the `@` that ends the password may be past the
+/// cut, or be one inside it, so nothing after `scheme://` may be shown. `None` when the end is
+/// not inside such a URL (it ended before, or its authority is a host).
+///
+/// ```
+/// use unwedge_redact::cut_inside_url;
+/// let cut = "failed: postgres://app:s3c";
+/// assert_eq!(cut_inside_url(cut), Some("failed: postgres://".len()));
+/// assert_eq!(cut_inside_url("see https://example.com/doc"), None);
+/// assert_eq!(cut_inside_url("postgres://app:pw@db/x"), None);
+/// ```
+pub fn cut_inside_url(text: &str) -> Option<usize> {
+    let i = text.rfind("://")? + "://".len();
+    let url = &text[i..];
+    if url.contains(ends_url_in_text) || url.is_empty() {
+        return None;
+    }
+    match url.find(['/', '?', '#']) {
+        Some(end) if url[..end].contains('@') || !looks_like_password(&url[..end]) => None,
+        _ => Some(i),
+    }
+}
+
 /// What replaces a credential found in text.
 const REDACTED_IN_TEXT: &str = "[redacted]";
 

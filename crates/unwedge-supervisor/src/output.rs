@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
-use unwedge_redact::looks_like_password;
 
 use crate::config::LogFormat;
 
@@ -143,7 +142,7 @@ impl Tail {
 
 /// `line` as the tail keeps it: its first [`TAIL_LINE_MAX`] bytes. When that cut falls inside
 /// a URL's authority (after `scheme://`, before its end), or past the first `/`, `?` or `#` of
-/// a URL whose authority reads as `user:password` ([`looks_like_password`]: a password with an
+/// a URL whose authority reads as `user:password` ([`looks_like_password`](unwedge_redact::looks_like_password): a password with an
 /// unencoded `/`), the kept part ends at `scheme://…`: the `@` that shows where a
 /// `user:password` ends is past the cut, so what follows `scheme://` may be the start of a
 /// password, which the report's scrubbing (it hides what comes before such an `@`) could not
@@ -152,23 +151,15 @@ fn tail_line(line: &str) -> String {
     let cut = crate::text::floor_char_boundary(line, TAIL_LINE_MAX);
     let kept = &line[..cut];
     if cut < line.len() {
-        if let Some(i) = kept.rfind("://") {
-            let url = &kept[i + 3..];
-            let ended = url.contains(|c: char| {
-                matches!(c, '"' | '<' | '>') || c.is_whitespace() || c.is_control()
-            }) || url
-                .find(['/', '?', '#'])
-                .is_some_and(|end| url[..end].contains('@') || !looks_like_password(&url[..end]));
-            if !ended {
-                // `…` marks the cut, if it fits in what it replaces: the line stays within
-                // TAIL_LINE_MAX.
-                let mark = if url.len() >= '…'.len_utf8() {
-                    "…"
-                } else {
-                    ""
-                };
-                return format!("{}{mark}", &kept[..i + 3]);
-            }
+        if let Some(i) = unwedge_redact::cut_inside_url(kept) {
+            // `…` marks the cut, if it fits in what it replaces: the line stays within
+            // TAIL_LINE_MAX.
+            let mark = if kept.len() - i >= '…'.len_utf8() {
+                "…"
+            } else {
+                ""
+            };
+            return format!("{}{mark}", &kept[..i]);
         }
     }
     kept.to_owned()

@@ -271,8 +271,8 @@ pub(crate) fn take_for(payload: &(dyn std::any::Any + Send)) -> Captured {
 
 /// Extracts the message from a panic payload (`&str` or `String`; anything else is opaque),
 /// the user and password of every URL in it shown `…` (`postgres://…@db/app`, see
-/// [`hide_userinfo_in_text`]) and the value after every `Authorization`,
-/// `Proxy-Authorization`, `Cookie` or `Set-Cookie` name shown `[redacted]` (a request's
+/// [`hide_userinfo_in_text`]) and the value after every credential name (`Authorization`,
+/// `Cookie`, `X-Api-Key`, `password`, …) shown `[redacted]` (a request's
 /// `{:?}`, whose headers print `{"authorization": "Bearer …"}`: see
 /// [`scrub_credentials`](unwedge_redact::scrub_credentials)): the report, its log event, the notify message, a client's
 /// `detail`, a backtrace's label and a poisoned mutex's error all take the message from here.

@@ -11,7 +11,7 @@ use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::context::Captured;
-use unwedge_redact::{ends_url_in_text, looks_like_password};
+use unwedge_redact::looks_like_password;
 
 /// Header names whose values never appear in a report, whatever the configuration says.
 pub const REDACTED_HEADERS: &[&str] = unwedge_redact::CREDENTIAL_HEADERS;
@@ -453,90 +453,19 @@ fn url_shown(url: &str, cut: bool) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// `text`, the start of a longer value, with the URL its end falls in shown `scheme://…`, when
-/// that end is inside the URL's authority, or past the first `/`, `?` or `#` of one whose
-/// authority reads as `user:password` ([`looks_like_password`]) with no `@` yet: the `@`
-/// ending its password may be past the cut. `None` when the text does not end inside such a
-/// URL.
+/// `text`, the start of a longer value, with the URL its end falls in shown `scheme://…`
+/// ([`unwedge_redact::cut_inside_url`]); `None` when the text does not end inside such a URL.
 fn hide_cut_url(text: &str) -> Option<String> {
-    let i = text.rfind("://")?;
-    let url = &text[i + "://".len()..];
-    if url.contains(ends_url_in_text) || url.is_empty() {
-        return None;
-    }
-    match url.find(['/', '?', '#']) {
-        Some(end) if url[..end].contains('@') || !looks_like_password(&url[..end]) => None,
-        _ => Some(format!("{}…", &text[..i + "://".len()])),
-    }
+    unwedge_redact::cut_inside_url(text).map(|i| format!("{}…", &text[..i]))
 }
 
 /// `text` (a panic message) with the user and password of every URL in it hidden as
-/// [`url_shown`] hides them: `scheme://user:password@host` becomes `scheme://…@host`; the rest,
-/// query included, is left as written. A URL is found by its `scheme://` (RFC 3986's scheme, in
-/// any case) and ends before what no URL holds and so ends one in text: whitespace, a control
-/// character, `"`, `<`, `>`. Its user info ends at the last `@` before the first `/`, `?` or
-/// `#`; when there is none there but what comes before that first `/ ? #` reads as
-/// `user:password` ([`looks_like_password`]: a `:` not followed by a port), at the last `@`
-/// of the URL, so that a password with an unencoded `/`, `?` or `#` (base64's `/`) is hidden
-/// too. (`'` and `)` may be in a password: they do not end it.) Borrowed when nothing is
-/// hidden. Linear in the length of `text`, however many `://` it holds.
+/// [`url_shown`] hides them (`scheme://…@host`; the rules:
+/// [`unwedge_redact::hide_url_userinfo`]); borrowed when nothing is hidden.
 pub(crate) fn hide_userinfo_in_text(text: &str) -> std::borrow::Cow<'_, str> {
-    let mut out = String::new();
-    let (mut copied, mut from) = (0, 0);
-    // The end of the run of text without a character ending a URL last scanned for its last
-    // `@` (and that `@`): the `://` after it in the same run reuse it, so each run is scanned
-    // once.
-    let mut run: Option<(usize, Option<usize>)> = None;
-    while let Some(found) = text[from..].find("://") {
-        let before = &text[..from + found];
-        let authority = before.len() + "://".len();
-        from = authority;
-        let scheme_chars = before
-            .trim_end_matches(|c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-            .len();
-        // A scheme starts with a letter (`1http://`: `http`).
-        let scheme = before[scheme_chars..].trim_start_matches(|c: char| !c.is_ascii_alphabetic());
-        if !is_scheme(scheme) {
-            continue;
-        }
-        let rest = &text[authority..];
-        let end = rest
-            .find(|c: char| matches!(c, '/' | '?' | '#') || ends_url_in_text(c))
-            .unwrap_or(rest.len());
-        let user_end = match rest[..end].rfind('@') {
-            // Hidden already: left as it is.
-            Some(at) if &rest[..at] == "…" => None,
-            Some(at) => Some(authority + at),
-            None if looks_like_password(&rest[..end]) => {
-                let (run_end, last_at) = match run {
-                    // Same run: no character ending a URL between its start and here.
-                    Some((run_end, last_at)) if authority <= run_end => (run_end, last_at),
-                    _ => {
-                        let run_end = rest
-                            .find(ends_url_in_text)
-                            .map_or(text.len(), |i| authority + i);
-                        (
-                            run_end,
-                            text[authority..run_end].rfind('@').map(|i| authority + i),
-                        )
-                    }
-                };
-                run = Some((run_end, last_at));
-                last_at.filter(|&at| at >= authority)
-            }
-            None => None,
-        };
-        if let Some(at) = user_end {
-            out.push_str(&text[copied..authority]);
-            out.push('…');
-            copied = at;
-            // A `://` in what was hidden is part of the password.
-            from = at;
-        }
-    }
-    match copied {
-        0 => text.into(),
-        _ => (out + &text[copied..]).into(),
+    match unwedge_redact::hide_url_userinfo(text) {
+        Some(hidden) => hidden.into(),
+        None => text.into(),
     }
 }
 
