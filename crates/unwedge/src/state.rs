@@ -170,8 +170,9 @@ pub struct Tx<T> {
     current: Published<T>,
     writer: Mutex<()>,
     /// Id of the thread inside `update` right now (0: none), to turn a nested update on the
-    /// same `Tx` into a clear panic instead of a self-deadlock.
-    writer_thread: AtomicU64,
+    /// same `Tx` into a clear panic instead of a self-deadlock. Shared with the register of
+    /// writers waiting ([`writer_waits`]), which follows it to find a cycle.
+    writer_thread: Arc<AtomicU64>,
     name: Arc<str>,
     updates: AtomicU64,
     rollbacks: AtomicU64,
@@ -212,7 +213,7 @@ impl<T> Tx<T> {
         Tx {
             current: Published::new(value),
             writer: Mutex::new(()),
-            writer_thread: AtomicU64::new(0),
+            writer_thread: Arc::new(AtomicU64::new(0)),
             name: name.into(),
             updates: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
@@ -285,7 +286,11 @@ impl<T: Clone> Tx<T> {
     ///
     /// Panics (with a message naming the `Tx`) when called from inside another `update` of
     /// the same `Tx` on the same thread: that would deadlock, and the inner update would be
-    /// overwritten by the outer one anyway. Re-raises any panic of `f` or of `T::clone`.
+    /// overwritten by the outer one anyway. Panics too, naming each `Tx` and thread, when it
+    /// would wait for a `Tx` whose writer waits, directly or through others, for a `Tx` this
+    /// thread is updating (two threads nesting the same two `Tx`s in opposite orders): the
+    /// update it is inside then rolls back and the other thread goes on. Re-raises any panic
+    /// of `f` or of `T::clone`.
     ///
     /// ```
     /// let tx = unwedge::Tx::new(1);
@@ -322,6 +327,13 @@ impl<T: Clone> Tx<T> {
         }
         // The writer lock guards no data (the state is in `current`), so its poison means
         // nothing: a panicking update published nothing.
+        #[cfg(not(unwedge_loom))]
+        let _writer = match self.writer.try_lock() {
+            Ok(writer) => writer,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => self.wait_for_writer(me),
+        };
+        #[cfg(unwedge_loom)]
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.writer_thread.store(me, Ordering::Relaxed);
         let mut attempt = Attempt {
@@ -341,6 +353,102 @@ impl<T: Clone> Tx<T> {
             }
         }
         out
+    }
+}
+
+#[cfg(not(unwedge_loom))]
+impl<T> Tx<T> {
+    /// Waits for the writer lock another thread holds, registered as waiting for it: when that
+    /// wait would close a cycle (this thread, inside an update of `A`, waits for `B`, whose
+    /// writer waits for `A`), panics instead, naming both, so that the update this thread is
+    /// inside rolls back and lets the other go on.
+    #[cold]
+    fn wait_for_writer(&self, me: u64) -> std::sync::MutexGuard<'_, ()> {
+        let _waiting = writer_waits::register(me, &self.writer_thread, &self.name);
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The threads waiting for a [`Tx`]'s writer lock, and for which: the graph a deadlock between
+/// `Tx`s (two updates nesting the same two `Tx`s in opposite orders) is a cycle of. Only
+/// writers that found the lock taken are in it, so an uncontended update never touches it.
+///
+/// Sound without stopping the other threads: it is read and changed under one lock; a thread
+/// in it is blocked in the writer lock (or has just got it and waits for this register's lock
+/// to leave it), so it releases none of the `Tx`s it holds meanwhile; and the thread that
+/// gets a writer lock marks the `Tx` as its own only after leaving the register, so a `Tx`
+/// just released reads as free (0), never as another thread's.
+#[cfg(not(unwedge_loom))]
+mod writer_waits {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    struct Waiting {
+        thread: u64,
+        thread_name: String,
+        /// The writer mark of the `Tx` it waits for.
+        holder: Arc<AtomicU64>,
+        tx: Arc<str>,
+    }
+
+    static WAITING: Mutex<Vec<Waiting>> = Mutex::new(Vec::new());
+
+    fn waiting() -> std::sync::MutexGuard<'static, Vec<Waiting>> {
+        WAITING.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leaves the register when dropped.
+    pub(super) struct Registered(u64);
+
+    impl Drop for Registered {
+        fn drop(&mut self) {
+            waiting().retain(|w| w.thread != self.0);
+        }
+    }
+
+    /// Registers thread `me` as waiting for the `Tx` named `tx` whose writer mark is
+    /// `holder`; panics, registering nothing, when that wait closes a cycle.
+    pub(super) fn register(me: u64, holder: &Arc<AtomicU64>, tx: &Arc<str>) -> Registered {
+        let thread = std::thread::current();
+        let thread_name = thread.name().unwrap_or("unnamed").to_owned();
+        let mut all = waiting();
+        // Follow the chain: who holds `tx`, what that thread waits for, who holds that, …
+        let mut chain: Vec<(&str, &str)> = Vec::new(); // (a Tx waited for, the thread holding it)
+        let (mut wanted, mut by) = (&**tx, holder.load(Ordering::Relaxed));
+        for _ in 0..=all.len() {
+            if by == 0 {
+                break;
+            }
+            if by == me {
+                let mut text = format!(
+                    "deadlock between Tx updates: this thread (`{thread_name}`) waits for `{tx}`"
+                );
+                for (i, (_, holder)) in chain.iter().enumerate() {
+                    let next = chain.get(i + 1).map_or(wanted, |c| c.0);
+                    text.push_str(&format!(
+                        ", held by thread `{holder}`, which waits for `{next}`"
+                    ));
+                }
+                text.push_str(
+                    ", held by this thread; this update panics (and rolls back) to break it. \
+                     Nest updates of several Tx in one order everywhere",
+                );
+                drop(all);
+                panic!("{text}");
+            }
+            let Some(w) = all.iter().find(|w| w.thread == by) else {
+                break;
+            };
+            chain.push((wanted, &w.thread_name));
+            (wanted, by) = (&w.tx, w.holder.load(Ordering::Relaxed));
+        }
+        all.push(Waiting {
+            thread: me,
+            thread_name,
+            holder: holder.clone(),
+            tx: tx.clone(),
+        });
+        Registered(me)
     }
 }
 

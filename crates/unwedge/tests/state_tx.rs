@@ -289,6 +289,103 @@ fn nested_update_panics_clearly_instead_of_deadlocking() {
     assert_eq!(*tx.read(), 5);
 }
 
+/// Two threads nest updates of the same two `Tx`s in opposite orders (`A` then `B`, `B` then
+/// `A`), each holding its first when it asks for its second: the wait that closes the cycle
+/// panics, naming both, its outer update rolls back, and the other thread's goes through.
+#[test]
+fn opposite_nested_updates_of_two_tx_panic_instead_of_deadlocking() {
+    silence_panics();
+    let a = Arc::new(Tx::named("accounts", 0u32));
+    let b = Arc::new(Tx::named("ledger", 0u32));
+    let both_hold = Arc::new(std::sync::Barrier::new(2));
+    let (done_tx, done_rx) = mpsc::channel();
+    for (name, first, second) in [("a-then-b", &a, &b), ("b-then-a", &b, &a)] {
+        let (first, second, both_hold, done) = (
+            first.clone(),
+            second.clone(),
+            both_hold.clone(),
+            done_tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    first.update(|n| {
+                        *n += 1;
+                        both_hold.wait();
+                        second.update(|m| *m += 10);
+                    })
+                }));
+                let _ = done.send((name, r.map_err(|p| *p.downcast::<String>().unwrap())));
+            })
+            .unwrap();
+    }
+    let mut outcomes: Vec<_> = (0..2)
+        .map(|_| {
+            done_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the two updates deadlocked")
+        })
+        .collect();
+    outcomes.sort_by_key(|(_, r)| r.is_ok());
+    let [(broken, Err(msg)), (went_on, Ok(()))] = &outcomes[..] else {
+        panic!("exactly one update must panic: {outcomes:?}");
+    };
+    assert!(msg.contains("deadlock"), "{msg}");
+    assert!(
+        msg.contains("`accounts`") && msg.contains("`ledger`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("`{broken}`")) && msg.contains(&format!("`{went_on}`")),
+        "{msg}"
+    );
+    // The panicking thread's outer update rolled back; the other's published both.
+    let (rolled_back, published) = match *broken {
+        "a-then-b" => (&a, &b),
+        _ => (&b, &a),
+    };
+    assert_eq!(
+        *rolled_back.read(),
+        10,
+        "only the other thread's inner update"
+    );
+    assert_eq!(*published.read(), 1, "the other thread's outer update");
+    assert_eq!(rolled_back.rollbacks(), 1);
+    // Neither is left locked.
+    a.update(|n| *n += 100);
+    b.update(|n| *n += 100);
+}
+
+/// Nesting the same two `Tx`s in one order from many threads at once waits, and never reads
+/// as a deadlock.
+#[test]
+fn nested_updates_in_one_order_from_many_threads_never_panic() {
+    let a = Arc::new(Tx::named("a", 0u64));
+    let b = Arc::new(Tx::named("b", 0u64));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (a, b) = (a.clone(), b.clone());
+            std::thread::spawn(move || {
+                for _ in 0..2_000 {
+                    a.update(|x| {
+                        *x += 1;
+                        b.update(|y| *y += 1);
+                    });
+                    // And `b` alone, so that a thread waits for `b` while another holds `a`
+                    // and waits for `b` too.
+                    b.update(|y| *y += 1);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("no update panics");
+    }
+    assert_eq!(*a.read(), 8_000);
+    assert_eq!(*b.read(), 16_000);
+}
+
 #[test]
 fn try_update_err_rolls_back() {
     let balance = Tx::named("balance", vec![10i64]);
