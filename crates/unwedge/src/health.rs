@@ -201,6 +201,15 @@ pub fn health() -> Health {
     }
 }
 
+/// The state, its reason and whether the process said it is ready: what a probe answers,
+/// without copying the recent reports [`health`] copies (a probe may come several times a
+/// second, from anyone who reaches the port).
+pub(crate) fn probe_state() -> (HealthState, Option<String>, bool) {
+    let inner = lock();
+    let (state, reason) = inner.state();
+    (state, reason, inner.ready)
+}
+
 /// Watches the overall state and its reason; the receiver sees every change.
 ///
 /// ```

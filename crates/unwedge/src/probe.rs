@@ -34,7 +34,7 @@ use http_body_util::Full;
 use serde::Serialize;
 use tower::Service;
 
-use crate::health::{health, HealthState};
+use crate::health::{probe_state, HealthState};
 
 #[derive(Serialize)]
 struct Answer<'a> {
@@ -49,13 +49,14 @@ struct Answer<'a> {
 pub(crate) const WITHHELD: &str =
     "withheld from clients on other hosts: ask from this host, or see the log and STATUS=";
 
-fn answer(pass: bool, reason_if_fail: Option<&str>, local: bool) -> Response<Full<Bytes>> {
-    let h = health();
+fn answer(
+    pass: bool,
+    (state, reason, ready): (HealthState, Option<String>, bool),
+    reason_if_fail: Option<&str>,
+    local: bool,
+) -> Response<Full<Bytes>> {
     // The health's reason names requests (method and path) and locks: for this host only.
-    let state_reason = h
-        .reason
-        .as_deref()
-        .map(|r| if local { r } else { WITHHELD });
+    let state_reason = reason.as_deref().map(|r| if local { r } else { WITHHELD });
     let reason = if pass {
         state_reason
     } else {
@@ -63,8 +64,8 @@ fn answer(pass: bool, reason_if_fail: Option<&str>, local: bool) -> Response<Ful
     };
     let body = serde_json::to_vec(&Answer {
         status: if pass { "ok" } else { "fail" },
-        state: h.state,
-        ready: h.ready,
+        state,
+        ready,
         reason,
     })
     .expect("a struct of strings serializes");
@@ -179,16 +180,16 @@ pub fn readyz() -> Response<Full<Bytes>> {
 /// /users/…`), the mutex a request poisoned, who holds a lock. `serve()`'s health routes
 /// answer so on its public port.
 pub(crate) fn livez_for(local: bool) -> Response<Full<Bytes>> {
-    let live = health().state.is_live();
-    answer(live, None, local)
+    let now = probe_state();
+    answer(now.0.is_live(), now, None, local)
 }
 
 /// [`readyz`] for a client on this host or not (see [`livez_for`]).
 pub(crate) fn readyz_for(local: bool) -> Response<Full<Bytes>> {
-    let h = health();
-    let ready = h.is_ready();
-    let why = (!h.ready && h.state == HealthState::Healthy).then_some("not ready yet");
-    answer(ready, why, local)
+    let now = probe_state();
+    let (state, _, ready) = now;
+    let why = (!ready && state == HealthState::Healthy).then_some("not ready yet");
+    answer(ready && state == HealthState::Healthy, now, why, local)
 }
 
 /// An axum `Router` answering `GET /livez` and `GET /readyz`; merge it into your app (or an

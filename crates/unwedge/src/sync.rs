@@ -394,7 +394,7 @@ impl<T: ?Sized> Mutex<T> {
     }
 
     fn poison(&self, info: PoisonInfo) {
-        tracing::error!(lock = %self.info.name, "{info}");
+        tracing::error!(lock = %self.info.name, "{}", crate::text::Escaped(&info.to_string()));
         *relock(&self.poison) = Some(Arc::new(info));
         self.poisoned.store(true, Ordering::Release);
     }

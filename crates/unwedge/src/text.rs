@@ -1,4 +1,5 @@
-//! Cutting text to a byte limit without splitting a character.
+//! Cutting text to a byte limit without splitting a character, and showing text from a
+//! panic in a log line.
 
 /// The largest index at most `i` (and at most `s.len()`) that is a character boundary of `s`:
 /// where `s` may be cut to at most `i` bytes (std's `str::floor_char_boundary` is not stable).
@@ -19,6 +20,32 @@ pub(crate) fn cut_marked(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     format!("{}…", &s[..end]).into()
 }
 
+/// Shows `self.0` with its control characters, and the Unicode marks that reorder text
+/// (`U+202A`–`U+202E`, `U+2066`–`U+2069`), escaped as Rust escapes them (`\n`, `\u{1b}`): a
+/// panic message (often built from a request) written to a log can then neither start a line
+/// of its own (a forged log entry) nor drive the reader's terminal.
+pub(crate) struct Escaped<'a>(pub(crate) &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let mut rest = self.0;
+        while let Some(i) = rest.find(needs_escape) {
+            f.write_str(&rest[..i])?;
+            let c = rest[i..].chars().next().expect("found at i");
+            for e in c.escape_default() {
+                f.write_char(e)?;
+            }
+            rest = &rest[i + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// For property tests: `cases` cases, drawn with XorShift (ChaCha, the default, is slow
 /// unoptimized and took most of a dev build's run).
 #[cfg(test)]
@@ -33,6 +60,16 @@ pub(crate) fn proptest_config(cases: u32) -> proptest::prelude::ProptestConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_what_would_break_a_log_line() {
+        let shown = Escaped("a\nb\r\x1b[31mred\u{7}\0 \u{202e}rtl naïve 日本 \"q\" \\").to_string();
+        assert_eq!(
+            shown,
+            r#"a\nb\r\u{1b}[31mred\u{7}\u{0} \u{202e}rtl naïve 日本 "q" \"#
+        );
+        assert_eq!(Escaped("plain").to_string(), "plain");
+    }
 
     #[test]
     fn cuts_between_characters_and_marks_the_cut() {

@@ -728,6 +728,72 @@ async fn authorization_and_cookies_never_reach_the_report_or_the_logs() {
     .await
 }
 
+/// A panic message built from a request can be anything: a megabyte is kept cut (8 KiB and a
+/// mark) in the report, the log and the health registry; a newline or an escape sequence in
+/// it is written escaped, so it cannot forge a log line or drive a terminal.
+#[tokio::test]
+async fn a_huge_or_multiline_panic_message_is_cut_and_logged_escaped() {
+    support::own_process();
+    let logs = LogBuf::capture();
+    within(async {
+        let keep = Keep::default();
+        let app = Router::new()
+            .route(
+                "/huge",
+                get(|| async {
+                    let huge = "A".repeat(1 << 20);
+                    if true {
+                        panic!("{huge}");
+                    }
+                }),
+            )
+            .route(
+                "/lines",
+                get(|| async {
+                    if true {
+                        panic!("bad input\nERROR forged entry \x1b[31mred\r");
+                    }
+                }),
+            )
+            .layer(PanicLayer::with_policy(unwedge::Policy::Recover).sink(Arc::new(keep.clone())));
+        let addr = start(app).await;
+        assert_problem(&send(addr, "GET", "/huge", &[], "").await);
+        assert_problem(&send(addr, "GET", "/lines", &[], "").await);
+
+        let reports = keep.all();
+        let huge = &reports[0].message;
+        assert!(huge.len() <= 8 * 1024 + 64, "{} bytes kept", huge.len());
+        assert!(huge.starts_with("AAAA") && huge.ends_with("…<truncated>"));
+        assert_eq!(
+            reports[1].message, "bad input\nERROR forged entry \x1b[31mred\r",
+            "the report keeps the message as written"
+        );
+        let registry = serde_json::to_string(&unwedge::health()).unwrap();
+        assert!(
+            !registry.contains(&"A".repeat(9 * 1024)),
+            "the registry keeps the cut message"
+        );
+
+        let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.len() < 200 * 1024, "{} bytes logged", logged.len());
+        assert!(
+            logged.contains(r"bad input\nERROR forged entry \u{1b}[31mred\r"),
+            "{logged}"
+        );
+        for line in logged.lines() {
+            assert!(
+                !line.starts_with("ERROR forged"),
+                "a forged log line: {logged}"
+            );
+        }
+        assert!(
+            !logged.contains('\x1b') && !logged.contains('\r'),
+            "{logged:?}"
+        );
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_api_key_header_listed_for_reports_is_shown_redacted() {
     support::own_process();

@@ -285,11 +285,26 @@ pub(crate) fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
         return "Box<dyn Any>".to_owned();
     };
     let text = hide_userinfo_in_text(text);
-    match unwedge_redact::scrub_credentials(&text) {
+    let mut text = match unwedge_redact::scrub_credentials(&text) {
         Some(scrubbed) => scrubbed,
         None => text.into_owned(),
+    };
+    // Cut after hiding: what was hidden in the whole message stays hidden in its start.
+    if text.len() > MAX_MESSAGE {
+        text.truncate(crate::text::floor_char_boundary(&text, MAX_MESSAGE));
+        text.push_str(CUT_MARK);
     }
+    text
 }
+
+/// Longest panic message kept (in bytes; a longer one is cut on a character boundary and
+/// [`CUT_MARK`] appended): a message is a line of a log and an entry of the health registry's
+/// recent reports, and a megabyte built from a request must not be copied into each.
+pub(crate) const MAX_MESSAGE: usize = 8 * 1024;
+
+/// What ends a message cut to [`MAX_MESSAGE`] (the mark a report cut to fit a notify datagram
+/// ends with, which the supervisor knows).
+pub(crate) const CUT_MARK: &str = "…<truncated>";
 
 #[cfg(test)]
 mod tests {

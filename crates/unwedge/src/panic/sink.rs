@@ -97,7 +97,7 @@ fn trace_event(report: &PanicReport, route: &str) {
     };
     tracing::error!(
         target: "unwedge::panic",
-        panic_message = %report.message,
+        panic_message = %crate::text::Escaped(&report.message),
         location = report.location.as_deref().unwrap_or(""),
         thread = report.thread.as_deref().unwrap_or(""),
         route,
