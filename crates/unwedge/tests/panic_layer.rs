@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -576,6 +576,58 @@ async fn panic_in_call_is_caught_with_a_hyper_server() {
         assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "ok"));
         // Successful responses pass through untouched by default.
         assert!(!a.headers.contains_key("x-request-id"), "{:?}", a.headers);
+    })
+    .await
+}
+
+/// A guard the response body owns panics when the body is dropped (after its last chunk was
+/// sent, or when the client goes away): reported like a panic while it is polled, and the
+/// server goes on.
+#[tokio::test]
+async fn a_panic_while_a_response_body_is_dropped_is_reported() {
+    struct PanicsOnDrop;
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("body guard dropped");
+        }
+    }
+    within(async {
+        let keep = Keep::default();
+        let app = Router::new()
+            .route(
+                "/guarded",
+                get(|| async {
+                    let guard = PanicsOnDrop;
+                    let chunks = futures_util::stream::iter(0..2).map(move |i| {
+                        let _owned = &guard;
+                        Ok::<_, Infallible>(Bytes::from(format!("chunk {i}\n")))
+                    });
+                    Body::from_stream(chunks)
+                }),
+            )
+            .route("/hello", get(|| async { "hello" }))
+            .layer(PanicLayer::with_policy(unwedge::Policy::Recover).sink(Arc::new(keep.clone())));
+        let addr = start(app).await;
+        let a = send(addr, "GET", "/guarded", &[("x-request-id", "drop-1")], "").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body, "chunk 0\nchunk 1\n");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while keep.all().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the panic in the body's drop was not reported"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let reports = keep.all();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].message, "body guard dropped");
+        let request = reports[0].request.as_ref().unwrap();
+        assert_eq!(
+            (request.path.as_str(), request.request_id.as_str()),
+            ("/guarded", "drop-1")
+        );
+        assert_eq!(send(addr, "GET", "/hello", &[], "").await.body, "hello");
     })
     .await
 }

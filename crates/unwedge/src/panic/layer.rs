@@ -80,7 +80,8 @@ pub(crate) struct Handled {
 ///
 /// - Catches panics in the inner service's `call`, while its response future is polled, and
 ///   while the response body is polled (the body then ends with an error: the status line is
-///   already sent, so the client sees a truncated response).
+///   already sent, so the client sees a truncated response) or dropped (a guard it owns:
+///   reported, the response already sent).
 /// - Answers `500` with `content-type: application/problem+json` and
 ///   `{"type":"about:blank","title":"Internal Server Error","status":500,"request_id":"…"}`.
 ///   The panic message (its first KiB) is added as `"detail"` only with
@@ -914,7 +915,7 @@ impl RequestCtx {
             parts.headers.insert(X_REQUEST_ID, self.id_header());
         }
         let body = CatchBody {
-            inner: body,
+            inner: Some(body),
             ctx: Some(self),
         };
         Response::from_parts(
@@ -1159,10 +1160,31 @@ where
 
 pin_project! {
     struct CatchBody<B> {
+        // `None` once dropped (see the `PinnedDrop`).
         #[pin]
-        inner: B,
+        inner: Option<B>,
         // None once the body has panicked: it is never polled again.
         ctx: Option<RequestCtx>,
+    }
+
+    // A body is dropped when it is done, or when the client went away mid-stream: a panic in
+    // its `Drop` (a guard it owns) is reported like one in `poll_frame`, instead of unwinding
+    // into the server's connection task unseen.
+    impl<B> PinnedDrop for CatchBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let Some(ctx) = this.ctx.as_mut() else {
+                return;
+            };
+            let mut inner = this.inner;
+            let dropped = context::with_scope_in(&mut ctx.scope, || {
+                catch_unwind(AssertUnwindSafe(|| inner.set(None)))
+            });
+            if let Err(payload) = dropped {
+                let ctx = this.ctx.take().expect("checked above");
+                ctx.report(payload);
+            }
+        }
     }
 }
 
@@ -1182,7 +1204,9 @@ where
         let Some(ctx) = this.ctx.as_mut() else {
             return Poll::Ready(None);
         };
-        let inner = this.inner;
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
         let polled = context::with_scope_in(&mut ctx.scope, || {
             catch_unwind(AssertUnwindSafe(|| inner.poll_frame(cx)))
         });
@@ -1210,15 +1234,17 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ctx.is_none()
-            || catch_unwind(AssertUnwindSafe(|| self.inner.is_end_stream())).unwrap_or(false)
+        let Some(inner) = self.inner.as_ref().filter(|_| self.ctx.is_some()) else {
+            return true;
+        };
+        catch_unwind(AssertUnwindSafe(|| inner.is_end_stream())).unwrap_or(false)
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.ctx.is_none() {
+        let Some(inner) = self.inner.as_ref().filter(|_| self.ctx.is_some()) else {
             return SizeHint::with_exact(0);
-        }
-        catch_unwind(AssertUnwindSafe(|| self.inner.size_hint())).unwrap_or_default()
+        };
+        catch_unwind(AssertUnwindSafe(|| inner.size_hint())).unwrap_or_default()
     }
 }
 
