@@ -25,7 +25,7 @@ use unwedge_admin::{
     parse_admin_addr, parse_webhook_url, AdminHandle, AdminServer, AlertConfig, AlertEvent,
     AlertKind, Alerter, ExitRecord, ExitStatus, HangKind, Metrics, PanicRecord, Record, ReportDir,
     ReportDirConfig, RestartEvent, RestartReason, StatusSource, StatusView, SupervisorInfo,
-    WorkerState, WorkerView, DEFAULT_ADMIN_ADDR,
+    WorkerState, WorkerView, ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_ADDR, MAX_ADMIN_CONNECTIONS,
 };
 use unwedge_supervisor::{self as sup, Config, Event, Handle, Supervisor};
 
@@ -56,6 +56,21 @@ pub(crate) struct Settings {
     /// `--report-max-bytes`, or its default.
     report_max_bytes: u64,
     alerts: AlertConfig,
+    /// `--workers`: what the workers' pipes and sockets take of the open-file limit.
+    workers: usize,
+}
+
+/// Admin connections served at once: [`MAX_ADMIN_CONNECTIONS`], or fewer when the open-file
+/// limit (`soft`) would not leave enough for `workers` (two pipes, a pidfd and a few sockets
+/// each while it starts) and the supervisor's own files: half of what remains after 64 + 8 per
+/// worker, at least 8. More connections wait in the listen queue, holding no descriptor, so
+/// that idle admin connections can never take the descriptors a worker's restart needs.
+pub(crate) fn admin_connections(soft: u64, workers: usize) -> usize {
+    let reserve = 64 + 8 * workers as u64;
+    let spare = soft.saturating_sub(reserve) / 2;
+    usize::try_from(spare)
+        .unwrap_or(usize::MAX)
+        .clamp(8, MAX_ADMIN_CONNECTIONS)
 }
 
 /// The default report directory: `$STATE_DIRECTORY/reports` (systemd's `StateDirectory=`,
@@ -121,6 +136,7 @@ impl Settings {
             reports,
             report_max_bytes,
             alerts,
+            workers: c.workers,
         })
     }
 }
@@ -266,6 +282,19 @@ pub(crate) async fn start(
             // a worker's memory never delays the event loop that reaps and restarts workers.
             Ok(server) => {
                 let addr = server.local_addr();
+                // The limit as raised at start (the supervisor takes the hard one).
+                let soft =
+                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                        .map_or(u64::MAX, |(soft, _)| soft);
+                let connections = admin_connections(soft, settings.workers);
+                if connections < MAX_ADMIN_CONNECTIONS {
+                    tracing::info!(
+                        "the admin endpoint serves {connections} connections at once (open-file \
+                         limit {soft} for {} workers); more wait their turn",
+                        settings.workers
+                    );
+                }
+                let server = server.connection_limits(connections, ADMIN_HEADER_TIMEOUT);
                 match server.spawn_thread() {
                     Ok(admin) => {
                         tracing::info!("admin listening on http://{addr}");

@@ -3853,3 +3853,115 @@ async fn a_serving_worker_cannot_hold_off_its_stop_signal_by_asking() {
     })
     .await;
 }
+
+/// Idle connections to the admin port cannot take the descriptors a worker's restart needs:
+/// with a low open-file limit the endpoint serves fewer connections at once (the rest wait in
+/// the listen queue), and the crashed worker is replaced while 200 connections are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_admin_connections_cannot_starve_a_workers_restart() {
+    within(Duration::from_secs(90), async {
+        // The supervisor's limit only (the test holds the connections).
+        let py = fixture("worker.py");
+        let mut sup = Sup::start_program(
+            "sh",
+            &[
+                "-c",
+                "ulimit -n 160 && exec \"$0\" \"$@\"",
+                BIN,
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--max-restarts",
+                "3",
+                "--",
+                py.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let first = sup.wait_ready(0, 1).await;
+        sup.wait_line(0, &["serves", "connections at once (open-file limit 160"])
+            .await;
+        let admin = admin_addr(&sup).await;
+        let mut held = Vec::new();
+        for _ in 0..200 {
+            let connect = tokio::net::TcpStream::connect(admin);
+            match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                Ok(Ok(c)) => held.push(c),
+                // The listen queue is full (the SYN is dropped, connect waits): enough.
+                _ => break,
+            }
+        }
+        assert!(held.len() > 100, "only {} connections", held.len());
+        let mark = sup.mark();
+        kill(Pid::from_raw(first[0]), Signal::SIGKILL).unwrap();
+        let replaced = sup.wait_ready(mark, 1).await;
+        assert_ne!(replaced, first);
+        let (status, _) = get(sup.addr().await, "/").await;
+        assert_eq!(status, 200, "{}", sup.log());
+        assert!(!sup.log().contains("giving up"), "{}", sup.log());
+        drop(held);
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    })
+    .await;
+}
+
+/// A worker the supervisor has no descriptors to start is its shortage, not the worker's:
+/// retried, never counted toward `--max-restarts`, so the workers that did start keep
+/// serving instead of the supervisor giving up on all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_is_retried_not_given_up_on() {
+    use nix::sys::resource::{setrlimit, Resource};
+    within(Duration::from_secs(90), async {
+        setrlimit(Resource::RLIMIT_NOFILE, 64, 64).unwrap();
+        let mut sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--workers",
+                "40",
+                "--ready",
+                "none",
+                "--max-restarts",
+                "2",
+                "--restart-delay",
+                "10ms",
+                "--restart-delay-max",
+                "100ms",
+            ],
+            &["sleep", "600"],
+        );
+        // More retries of one slot than --max-restarts allows failed starts.
+        let first = sup
+            .wait_line(
+                0,
+                &["cannot start worker: the supervisor is short of resources"],
+            )
+            .await;
+        let slot = first
+            .split(": cannot start worker")
+            .next()
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap()
+            .to_owned();
+        let mut from = 0;
+        for _ in 0..4 {
+            let (_, at) = sup
+                .wait_line_idx(
+                    from,
+                    &[&format!(
+                        "{slot}: cannot start worker: the supervisor is short"
+                    )],
+                )
+                .await;
+            from = at + 1;
+        }
+        assert!(running(sup.pid), "{}", sup.log());
+        assert!(!sup.log().contains("giving up"), "{}", sup.log());
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    })
+    .await;
+}

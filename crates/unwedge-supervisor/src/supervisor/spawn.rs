@@ -8,6 +8,24 @@ impl Pool {
     pub(super) fn spawn(&mut self, slot: usize, generation: u64, crash_at: Option<Instant>) {
         match self.try_spawn(slot, generation, crash_at) {
             Ok(()) => {}
+            // The supervisor's own shortage (its open files, memory, processes), not the
+            // worker's fault: retried with the backoff, never counted toward giving up, so a
+            // flood of connections to the admin port cannot make it stop the healthy workers.
+            Err(e) if is_our_shortage(&e) => {
+                let s = &mut self.slots[slot];
+                let delay = s.backoff.next_delay(Duration::ZERO).max(SHORTAGE_RETRY_MIN);
+                let at = Instant::now() + delay;
+                if s.pending.as_ref().is_none_or(|p| at < p.at) {
+                    s.pending = Some(Pending { at, crash_at });
+                }
+                tracing::error!(
+                    "{}: cannot start worker: the supervisor is short of resources ({e}); \
+                     retrying in {} (not counted as a failed start: raise `LimitNOFILE=` / \
+                     `ulimit -n`, or look for what holds the descriptors)",
+                    slot_id(slot),
+                    fmt_dur(delay)
+                );
+            }
             Err(e) => {
                 tracing::error!("{}: cannot start worker: {e}", slot_id(slot));
                 if self
@@ -343,6 +361,21 @@ impl Pool {
         self.gave_up = Some(reason);
         self.begin_stop("giving up");
     }
+}
+
+/// Shortest wait before trying again to start a worker the supervisor had no resources for.
+const SHORTAGE_RETRY_MIN: Duration = Duration::from_millis(100);
+
+/// Whether starting a worker failed for want of the supervisor's own resources: open files
+/// (`EMFILE`, `ENFILE`: the pipes, the pidfd), memory (`ENOMEM`) or processes (`EAGAIN` from
+/// `fork`, `RLIMIT_NPROC`), rather than anything about the worker's command.
+fn is_our_shortage(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error().is_some_and(|n| {
+        [Errno::EMFILE, Errno::ENFILE, Errno::ENOMEM, Errno::EAGAIN]
+            .iter()
+            .any(|&errno| errno as i32 == n)
+    })
 }
 
 /// Makes `listeners` inherited by the process `cmd` starts (the shim, then the worker) and by
