@@ -1369,6 +1369,59 @@ async fn a_tracing_filter_that_leaves_unwedge_out_still_gets_std_panic_line() {
 /// library guarding itself): while the handler's panic unwinds, that second panic starts a
 /// capture of its own. The report is still the handler's panic, with the mutex it poisoned,
 /// so `Auto` still crashes.
+/// A response of an inner `PanicLayer` (its body guarded) held by a handler that then panics
+/// with a mutex held: the body, dropped while that panic unwinds, leaves its report alone
+/// (the mutex poisoned, the location), so `Auto` still crashes.
+#[tokio::test(flavor = "current_thread")]
+async fn a_guarded_body_dropped_while_a_panic_unwinds_keeps_that_panics_report() {
+    support::own_process();
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tower::ServiceExt;
+    static PANIC_LINE: AtomicU32 = AtomicU32::new(0);
+    within(async {
+        let keep = Keep::default();
+        let cache = new_cache();
+        let inner = Router::new()
+            .route("/", get(|| async { "inner" }))
+            .layer(PanicLayer::with_policy(unwedge::Policy::Recover));
+        let app = Router::new()
+            .route(
+                "/burn",
+                get(|State(c): State<Cache>| async move {
+                    // Dropped last: after the guard below poisoned the mutex.
+                    let _held = inner
+                        .oneshot(http::Request::get("/").body(Body::empty()).unwrap())
+                        .await
+                        .unwrap();
+                    let mut guard = c.lock().await.unwrap();
+                    guard.curr_size += 1;
+                    if guard.curr_size > 0 {
+                        PANIC_LINE.store(line!() + 1, Ordering::Relaxed);
+                        panic!("the outer handler's panic");
+                    }
+                }),
+            )
+            .with_state(cache.clone())
+            .layer(PanicLayer::new().sink(Arc::new(keep.clone())));
+        let res = app
+            .oneshot(http::Request::get("/burn").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(cache.is_poisoned());
+        let reports = keep.all();
+        assert_eq!(reports.len(), 1);
+        let r = &reports[0];
+        assert_eq!(r.message, "the outer handler's panic");
+        assert_eq!(r.poisoned, ["bytecache"]);
+        let at = r.location.as_deref().unwrap_or("");
+        let line = format!("panic_layer.rs:{}:", PANIC_LINE.load(Ordering::Relaxed));
+        assert!(at.contains(&line), "{at}, not {line}");
+        assert_eq!(r.decision.as_ref().unwrap().action, Action::Crash);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_panic_caught_inside_a_drop_while_unwinding_keeps_the_first_panics_report() {
     support::own_process();

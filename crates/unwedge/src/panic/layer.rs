@@ -1172,6 +1172,12 @@ pin_project! {
     // into the server's connection task unseen.
     impl<B> PinnedDrop for CatchBody<B> {
         fn drop(this: Pin<&mut Self>) {
+            // Dropped while another panic unwinds (a handler outside this layer held the
+            // response): entering the scope would clear that panic's capture, and a second
+            // panic here aborts anyway. The body is dropped as it is.
+            if std::thread::panicking() {
+                return;
+            }
             let this = this.project();
             let Some(ctx) = this.ctx.as_mut() else {
                 return;
