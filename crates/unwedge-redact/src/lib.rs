@@ -33,8 +33,9 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
 /// Names whose value, written after them in text (`name: value`, `name=value`,
 /// `"name": "value"`, …), is a credential: the [`CREDENTIAL_HEADERS`], the usual API-key and
 /// token headers and fields (`X-Api-Key`, `X-Auth-Token`, `access_token`, `client_secret`), and
-/// passwords. Found in any case, with `_` read as `-` (`HTTP_X_API_KEY`, `db_password`), and as
-/// the last part of a longer name (`x-api-key` is `api-key`'s, `client_secret` `secret`'s);
+/// passwords. Found in any case, with `_` read as `-` (`HTTP_X_API_KEY`, `db_password`), as
+/// the last part of a longer name (`x-api-key` is `api-key`'s, `client_secret` `secret`'s,
+/// `dbPassword` `password`'s, `AWS_SECRET_ACCESS_KEY` `access-key`'s);
 /// see [`scrub_credentials`] and [`is_credential_name`]. Not `token` alone: it is a parser's
 /// word (`unexpected token: }`) as often as a credential's.
 ///
@@ -57,6 +58,18 @@ pub const CREDENTIAL_NAMES: &[&str] = &[
     "password",
     "passwd",
     "private-key",
+    "secret-key",
+    "access-key",
+    "private-token",
+    "api-token",
+    // As camelCase writes them (`accessToken`, `secretKey`): no `-` to read.
+    "authtoken",
+    "accesstoken",
+    "refreshtoken",
+    "sessiontoken",
+    "secretkey",
+    "accesskey",
+    "privatekey",
 ];
 
 /// Whether a header or field called `name` holds a credential: it is one of the
@@ -269,12 +282,14 @@ const REDACTED_IN_TEXT: &str = "[redacted]";
 /// word (`xcookie`, `passwords`), optionally quoted, when `:` or `=` follows it (spaces and a
 /// closing quote allowed before and spaces after). Its value is the quoted string that
 /// follows (`"…"`, `'…'`, or `\"…\"` inside a JSON string; in a list, `["a=1", "id=x"]`,
-/// every one of them), or else everything up to the next `"` or the end of the text: `,` and
-/// `;` do not end it, since cookies and some schemes hold them, nor does a quoted parameter in
-/// it (a `"` right after `=`: Digest's `response="…"`). A `Bearer` (any case) with no name
+/// every one of them; the one inside a Rust `Some("…")` or newtype `Secret("…")`), or else
+/// everything up to the next `"` or the end of the text: `,` and `;` do not end it, since
+/// cookies and some schemes hold them, nor does a quoted parameter in it (a `"` right after
+/// `=`: Digest's `response="…"`). A value that is `None`, `null`, `nil`, `true` or `false` is
+/// no credential and stays. A camelCase name counts from its capital (`dbPassword`). A `Bearer` (any case) with no name
 /// before it hides the token after it when that reads as one: 8 or more characters of a
-/// token (RFC 6750's `b64token`) with a digit or a `-._~+/` in it (`bearer credentials` is
-/// prose). Linear in the length of `line`.
+/// token (RFC 6750's `b64token`) with a digit or a `-._~+/` in it, or 20 or more letters
+/// (`bearer credentials` is prose). Linear in the length of `line`.
 ///
 /// ```
 /// let line = r#"headers: {"authorization": "Bearer S1", "host": "h"}"#;
@@ -293,7 +308,11 @@ pub fn scrub_credentials(line: &str) -> Option<String> {
     let mut out = String::new();
     let (mut copied, mut at) = (0, 0);
     while at < bytes.len() {
-        let inside_a_word = at > 0 && bytes[at - 1].is_ascii_alphanumeric();
+        // A camelCase name's part starts a word of its own (`dbPassword`).
+        let camel = at > 0
+            && bytes[at].is_ascii_uppercase()
+            && (bytes[at - 1].is_ascii_lowercase() || bytes[at - 1].is_ascii_digit());
+        let inside_a_word = at > 0 && bytes[at - 1].is_ascii_alphanumeric() && !camel;
         let value = match inside_a_word {
             true => None,
             false => CREDENTIAL_NAMES
@@ -318,13 +337,17 @@ pub fn scrub_credentials(line: &str) -> Option<String> {
 }
 
 /// Where the token of a `Bearer` at `at` of `bytes` (`lower`: the same, lower case) is, when
-/// one follows it: blanks, then 8 or more characters of RFC 6750's `b64token`
-/// (`A-Z a-z 0-9 - . _ ~ + /`, then `=`s) among which a digit or a `-._~+/`, ended by the end
-/// of the text or by a character no token holds.
+/// one follows it: blanks (spaces, tabs), then 8 or more characters of RFC 6750's `b64token`
+/// (`A-Z a-z 0-9 - . _ ~ + /`, then `=`s) among which a digit or a `-._~+/` (or 20 or more
+/// letters: too long for a word), ended by the end of the text or by a character no token
+/// holds.
 fn bearer_token(bytes: &[u8], lower: &[u8], at: usize) -> Option<(usize, usize)> {
     const MIN_TOKEN: usize = 8;
     let rest = lower[at..].strip_prefix(b"bearer")?;
-    let blanks = rest.iter().take_while(|&&b| b == b' ').count();
+    let blanks = rest
+        .iter()
+        .take_while(|&&b| matches!(b, b' ' | b'\t'))
+        .count();
     if blanks == 0 {
         return None;
     }
@@ -335,7 +358,8 @@ fn bearer_token(bytes: &[u8], lower: &[u8], at: usize) -> Option<(usize, usize)>
     let token = &bytes[start..end];
     end += bytes[end..].iter().take_while(|&&b| b == b'=').count();
     let ended = bytes.get(end).is_none_or(|&b| !b.is_ascii_alphanumeric());
-    let looks_like_one = token.iter().any(|&b| !b.is_ascii_alphabetic());
+    // Letters only: a word of prose, unless too long to be one.
+    let looks_like_one = token.len() >= 20 || token.iter().any(|&b| !b.is_ascii_alphabetic());
     (token.len() >= MIN_TOKEN && looks_like_one && ended).then_some((start, end))
 }
 
@@ -379,7 +403,36 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
         list |= open == b'[';
         i = skip_blanks(i + 1);
     }
+    // A Rust `Some("…")` or newtype `Secret("…")` (a `Debug` of a config): the quoted string
+    // inside is the value.
+    let mut wrapped = i;
+    while rest.get(wrapped).is_some_and(u8::is_ascii_alphabetic) {
+        let name = rest[wrapped..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':'))
+            .count();
+        match rest.get(wrapped + name) {
+            Some(b'(') => wrapped = skip_blanks(wrapped + name + 1),
+            _ => break,
+        }
+    }
+    if wrapped > i {
+        if let Some((start, end, _)) = quoted_at(rest, wrapped) {
+            return (end > start).then_some((start, end));
+        }
+    }
     let Some((start, mut end, mut next)) = quoted_at(rest, i) else {
+        // No credential: `password: None` (a `Debug` of an `Option`), `null`, `false`.
+        let word = rest[i..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .count();
+        if matches!(
+            &rest[i..i + word],
+            b"None" | b"null" | b"nil" | b"true" | b"false"
+        ) {
+            return None;
+        }
         let end = i + unquoted_end(&rest[i..]);
         return (end > i).then_some((i, end));
     };
@@ -404,7 +457,9 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
 fn unquoted_end(s: &[u8]) -> usize {
     let mut i = 0;
     while i < s.len() {
-        let after_blank = i > 0 && matches!(s[i - 1], b' ' | b'\t');
+        // (Or an opening bracket: `Some(SecretString("…"))` that the rule for `Ident("…")`
+        // did not take.)
+        let after_blank = i > 0 && matches!(s[i - 1], b' ' | b'\t' | b'(' | b'[');
         let next = if s[i..].starts_with(b"=\\\"") {
             closing_escaped_quote(&s[i + 3..]).map(|e| i + 3 + e + 2)
         } else if s[i..].starts_with(b"=\"") {
@@ -585,6 +640,38 @@ mod tests {
                 "token (bearer [redacted])",
             ),
             ("BEARER  dGVzdDoxMjM0NTY3OA== at", "BEARER  [redacted] at"),
+            ("Bearer\teyJhbGciOi.x1 at", "Bearer\t[redacted] at"),
+            (
+                "Bearer abcdefghijklmnopqrstuvwxyzABCDEFGHIJ",
+                "Bearer [redacted]",
+            ),
+            // A Rust `Debug`: `Some("…")`, a newtype, nested, and what is no credential.
+            (
+                r#"Config { db_password: Some("S1"), port: 5432 }"#,
+                r#"Config { db_password: Some("[redacted]"), port: 5432 }"#,
+            ),
+            (
+                r#"Keys { api_key: Secret("S1"), token: Some(Secret("x")), id_token: Some(Secret("S2")) }"#,
+                r#"Keys { api_key: Secret("[redacted]"), token: Some(Secret("x")), id_token: Some(Secret("[redacted]")) }"#,
+            ),
+            (
+                r#"Config { password: None, host: "db", secret: null }"#,
+                r#"Config { password: None, host: "db", secret: null }"#,
+            ),
+            (
+                r#"Opts { password: Some(SecretString { inner: "S1" }) }"#,
+                "Opts { password: [redacted]",
+            ),
+            // camelCase, and names whose last part is a credential's.
+            (
+                r#"{"dbPassword":"S1","clientSecret":"S2","accessToken":"S3","userName":"u"}"#,
+                r#"{"dbPassword":"[redacted]","clientSecret":"[redacted]","accessToken":"[redacted]","userName":"u"}"#,
+            ),
+            (
+                "SECRET_KEY=S1 AWS_SECRET_ACCESS_KEY=S2",
+                "SECRET_KEY=[redacted]",
+            ),
+            ("PRIVATE-TOKEN: S1", "PRIVATE-TOKEN: [redacted]"),
         ] {
             assert_eq!(scrubbed(text), want, "{text}");
         }
@@ -603,6 +690,7 @@ mod tests {
             "Bearer abc12",
             "unbearer 0123456789abcdef",
             "Bearer: ",
+            "passwordsLeft: 3 userSecretary: bob",
         ] {
             assert_eq!(scrub_credentials(text), None, "{text}");
         }
