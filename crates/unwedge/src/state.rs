@@ -410,7 +410,8 @@ mod writer_waits {
     /// `holder`; panics, registering nothing, when that wait closes a cycle.
     pub(super) fn register(me: u64, holder: &Arc<AtomicU64>, tx: &Arc<str>) -> Registered {
         let thread = std::thread::current();
-        let thread_name = thread.name().unwrap_or("unnamed").to_owned();
+        // Numbered: a runtime's threads share one name (`tokio-runtime-worker`).
+        let thread_name = format!("{} #{me}", thread.name().unwrap_or("unnamed"));
         let mut all = waiting();
         // Follow the chain: who holds `tx`, what that thread waits for, who holds that, …
         let mut chain: Vec<(&str, &str)> = Vec::new(); // (a Tx waited for, the thread holding it)

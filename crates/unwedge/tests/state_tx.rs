@@ -337,7 +337,7 @@ fn opposite_nested_updates_of_two_tx_panic_instead_of_deadlocking() {
         "{msg}"
     );
     assert!(
-        msg.contains(&format!("`{broken}`")) && msg.contains(&format!("`{went_on}`")),
+        msg.contains(&format!("`{broken} #")) && msg.contains(&format!("`{went_on} #")),
         "{msg}"
     );
     // The panicking thread's outer update rolled back; the other's published both.
