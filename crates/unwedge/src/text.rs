@@ -20,8 +20,9 @@ pub(crate) fn cut_marked(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     format!("{}…", &s[..end]).into()
 }
 
-/// Shows `self.0` with its control characters, and the Unicode marks that reorder text
-/// (`U+202A`–`U+202E`, `U+2066`–`U+2069`), escaped as Rust escapes them (`\n`, `\u{1b}`): a
+/// Shows `self.0` with its control characters, the Unicode line and paragraph separators
+/// (`U+2028`, `U+2029`) and the marks that reorder text (`U+202A`–`U+202E`,
+/// `U+2066`–`U+2069`) escaped as Rust escapes them (`\n`, `\u{1b}`): a
 /// panic message (often built from a request) written to a log can then neither start a line
 /// of its own (a forged log entry) nor drive the reader's terminal.
 pub(crate) struct Escaped<'a>(pub(crate) &'a str);
@@ -43,7 +44,7 @@ impl std::fmt::Display for Escaped<'_> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control() || matches!(c, '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{85}')
 }
 
 /// For property tests: `cases` cases, drawn with XorShift (ChaCha, the default, is slow
@@ -63,10 +64,11 @@ mod tests {
 
     #[test]
     fn escapes_what_would_break_a_log_line() {
-        let shown = Escaped("a\nb\r\x1b[31mred\u{7}\0 \u{202e}rtl naïve 日本 \"q\" \\").to_string();
+        let shown =
+            Escaped("a\nb\r\x1b[31mred\u{7}\0 \u{202e}rtl\u{2028} naïve 日本 \"q\" \\").to_string();
         assert_eq!(
             shown,
-            r#"a\nb\r\u{1b}[31mred\u{7}\u{0} \u{202e}rtl naïve 日本 "q" \"#
+            r#"a\nb\r\u{1b}[31mred\u{7}\u{0} \u{202e}rtl\u{2028} naïve 日本 "q" \"#
         );
         assert_eq!(Escaped("plain").to_string(), "plain");
     }
