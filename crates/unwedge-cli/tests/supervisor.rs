@@ -936,8 +936,28 @@ async fn forged_and_malformed_notify_messages_are_ignored() {
         let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
         s.send_to(b"STATUS=wedged: forged\nREADY=1", &path).unwrap();
         s.send_to(&[0xff, 0x00, 0x13], &path).unwrap();
-        let line = sup.wait_line(m, &["not a worker; ignored"]).await;
+        // Said once at `warn` (a daemonized helper's READY=1 must not vanish unseen), then at
+        // `debug` only: a flood of them must not flood the log.
+        let line = sup
+            .wait_line(m, &["which is not a worker, was ignored"])
+            .await;
         assert!(line.contains(&std::process::id().to_string()), "{line}");
+        assert!(line.contains("WARN"), "{line}");
+        for _ in 0..20 {
+            s.send_to(b"READY=1", &path).unwrap();
+        }
+        sup.wait_line(m, &["not a worker; ignored"]).await;
+        let deadline = Instant::now() + LONG;
+        while sup.log_since(m).matches("not a worker; ignored").count() < 20 {
+            assert!(Instant::now() < deadline, "{}", sup.log_since(m));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            sup.log_since(m).matches("which is not a worker").count(),
+            1,
+            "{}",
+            sup.log_since(m)
+        );
         assert_eq!(get(addr, "/").await.0, 200);
         assert!(
             !sup.log().contains("is hung"),
@@ -3566,6 +3586,39 @@ async fn every_worker_of_a_large_pool_ending_once_does_not_give_up() {
 /// A worker that needs longer than `--ready-timeout` to start (migrations, a cache to warm)
 /// says so as it would to systemd, `EXTEND_TIMEOUT_USEC=`, and is waited for instead of being
 /// taken for a failed start and replaced, again and again, at every `--ready-timeout`.
+/// A worker that keeps changing its own heartbeat limit (`WATCHDOG_USEC=`) is told about at
+/// `info` once; the changes after are `debug`, so it cannot flood the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_changing_its_heartbeat_limit_is_logged_once() {
+    within(Duration::from_secs(60), async {
+        let worker = notify_worker(
+            "s.sendto(b'READY=1', to)\n\
+             for i in range(20):\n\
+             \x20   s.sendto(b'WATCHDOG_USEC=%d' % (5000000 + i), to)\n\
+             time.sleep(1000)\n",
+        );
+        let sup = Sup::start_env(
+            &[
+                "run", "--admin", "off", "--ready", "notify", "--", "python3", "-c", &worker,
+            ],
+            &[("UNWEDGE_LOG", "debug")],
+        );
+        sup.wait_ready(0, 1).await;
+        let deadline = Instant::now() + LONG;
+        while sup.log().matches("changed its heartbeat limit").count() < 19 {
+            assert!(Instant::now() < deadline, "{}", sup.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            sup.log().matches("set its own heartbeat limit").count(),
+            1,
+            "{}",
+            sup.log()
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_asks_for_more_time_to_start_gets_it() {
     within(Duration::from_secs(60), async {

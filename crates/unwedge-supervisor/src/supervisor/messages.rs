@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How often at most the log warns of notify messages from processes that are no workers.
+const FORGED_WARN_EVERY: Duration = Duration::from_secs(60);
+
 impl Pool {
     pub(super) fn worker_for_sender(&self, pid: i32) -> Option<i32> {
         if self.workers.contains_key(&pid) {
@@ -51,7 +54,25 @@ impl Pool {
         };
         let Some(pid) = d.pid.and_then(|p| self.worker_for_sender(p)) else {
             self.counters.forged_notify += 1;
-            tracing::debug!("notify message from pid {:?}, not a worker; ignored", d.pid);
+            // At most once a minute: a process that floods the socket must not flood the log.
+            let now = Instant::now();
+            if self
+                .forged_told
+                .is_none_or(|at| now.duration_since(at) >= FORGED_WARN_EVERY)
+            {
+                self.forged_told = Some(now);
+                let from = d
+                    .pid
+                    .map_or_else(|| "an unknown pid".to_owned(), |p| format!("pid {p}"));
+                tracing::warn!(
+                    "a notify message from {from}, which is not a worker, was ignored (a \
+                     worker's child that daemonized? only a worker's own pid, or its \
+                     MAINPID=, counts); such messages are counted in \
+                     unwedge_notify_forged_total and told here at most once a minute"
+                );
+            } else {
+                tracing::debug!("notify message from pid {:?}, not a worker; ignored", d.pid);
+            }
             return;
         };
         // As systemd: the assignments are taken, the lines that are not are left out (one bad
@@ -203,6 +224,11 @@ impl Pool {
                     return;
                 }
                 w.watchdog = limit;
+                // Said once at `info`; a worker that keeps changing it must not flood the log.
+                if std::mem::replace(&mut w.watchdog_told, true) {
+                    tracing::debug!("{id} pid {pid} changed its heartbeat limit: {limit:?}");
+                    return;
+                }
                 match w.watchdog {
                     Some(limit) => tracing::info!(
                         "{id} pid {pid} set its own heartbeat limit (WATCHDOG_USEC): hung if \

@@ -363,6 +363,7 @@ impl Supervisor {
             handle: self.handle,
             workers: HashMap::new(),
             counters: Counters::default(),
+            forged_told: None,
             active_gen: 1,
             next_gen: 1,
             reload: None,
@@ -611,6 +612,8 @@ struct Worker {
     extension_told: Option<Phase>,
     /// The log said it sent a malformed notify line.
     malformed_told: bool,
+    /// The log said (at `info`) it set its own heartbeat limit; later changes are `debug`.
+    watchdog_told: bool,
     port: Option<u16>,
     status: Option<String>,
     last_report: Option<String>,
@@ -808,6 +811,8 @@ struct Pool {
     intensity: Intensity,
     workers: HashMap<i32, Worker>,
     counters: Counters,
+    /// When the log last warned of notify messages from a process that is no worker.
+    forged_told: Option<Instant>,
     active_gen: u64,
     next_gen: u64,
     reload: Option<Reload>,

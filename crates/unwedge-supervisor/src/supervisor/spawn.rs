@@ -153,6 +153,7 @@ impl Pool {
                 said_stopping: false,
                 extension_told: None,
                 malformed_told: false,
+                watchdog_told: false,
                 port,
                 status: None,
                 last_report: None,
