@@ -1257,6 +1257,53 @@ async fn port_env_mode_gives_each_worker_its_own_port_and_probes_it() {
     .await;
 }
 
+/// A probe of the shared socket that keeps failing is said once (and again a minute later if
+/// it goes on), not once per worker and interval: 2 workers probed every 50 ms logged 1 345
+/// lines in 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_probe_of_the_shared_socket_does_not_flood_the_log() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::demo_env(
+            &[
+                "--admin",
+                "off",
+                "--workers",
+                "2",
+                "--probe",
+                "/missing",
+                "--probe-interval",
+                "50ms",
+                "--probe-failures",
+                "2",
+            ],
+            &[("UNWEDGE_LOG", "debug")],
+        );
+        sup.wait_ready(0, 2).await;
+        let (_, at) = sup
+            .wait_line_idx(0, &["cannot tell which worker is hung"])
+            .await;
+        // Twenty more failed probes, told at debug only.
+        let deadline = Instant::now() + LONG;
+        while sup
+            .log_since(at + 1)
+            .lines()
+            .filter(|l| l.contains("DEBUG") && l.contains("probe failed ("))
+            .count()
+            < 20
+        {
+            assert!(Instant::now() < deadline, "{}", sup.log_since(at));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let after = sup.log_since(at + 1);
+        let told: Vec<&str> = after
+            .lines()
+            .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && l.contains("probe"))
+            .collect();
+        assert!(told.is_empty(), "{told:#?}");
+    })
+    .await;
+}
+
 /// Through a shared socket with several workers a probe reaches whichever worker accepts, so
 /// its failures name the address, not a worker (`w2 pid N: probe failed (3/3)` was followed by
 /// "cannot tell which worker is hung"); with `--port-env` each probe is one worker's and

@@ -212,6 +212,7 @@ impl Pool {
     }
 
     pub(super) fn on_probe(&mut self, p: ProbeResult) {
+        const SHARED_PROBE_TELL_EVERY: Duration = Duration::from_secs(60);
         let shared_many = self.config.port_env.is_none() && self.config.workers > 1;
         // Through a shared socket to several workers a probe is no one worker's.
         let probed = match (&self.shared_probe, shared_many) {
@@ -246,7 +247,15 @@ impl Pool {
             Err(e) => {
                 w.probe_failures += 1;
                 let (n, id) = (w.probe_failures, slot_id(w.slot));
+                // Each worker's probe of the shared socket fails alike: said at most once a
+                // minute, not once per worker and interval.
+                let now = Instant::now();
+                let quiet = probed.is_some()
+                    && self
+                        .shared_probe_told
+                        .is_some_and(|at| now.duration_since(at) < SHARED_PROBE_TELL_EVERY);
                 match &probed {
+                    _ if quiet => tracing::debug!("probe failed ({n}/{failures}): {e}"),
                     Some(probe) => tracing::warn!("{probe} failed ({n}/{failures}): {e}"),
                     None => {
                         tracing::warn!("{id} pid {}: probe failed ({n}/{failures}): {e}", p.pid)
@@ -256,10 +265,14 @@ impl Pool {
                     if shared_many {
                         // Through a shared socket the probe cannot tell which worker failed.
                         w.probe_failures = 0;
-                        tracing::error!(
-                            "probe through the shared socket failed {n} times in a row; cannot tell which \
-                             worker is hung (use --watchdog, or --port-env for per-worker probes)"
-                        );
+                        if !quiet {
+                            self.shared_probe_told = Some(now);
+                            tracing::error!(
+                                "probe through the shared socket failed {n} times in a row; cannot \
+                                 tell which worker is hung (use --watchdog, or --port-env for \
+                                 per-worker probes); said again in a minute if it goes on"
+                            );
+                        }
                     } else {
                         self.hung(p.pid, HangKind::Probe, &e);
                     }

@@ -364,6 +364,7 @@ impl Supervisor {
             workers: HashMap::new(),
             counters: Counters::default(),
             forged_told: None,
+            shared_probe_told: None,
             active_gen: 1,
             next_gen: 1,
             reload: None,
@@ -813,6 +814,8 @@ struct Pool {
     counters: Counters,
     /// When the log last warned of notify messages from a process that is no worker.
     forged_told: Option<Instant>,
+    /// When the log last said the probe through the shared socket keeps failing.
+    shared_probe_told: Option<Instant>,
     active_gen: u64,
     next_gen: u64,
     reload: Option<Reload>,
