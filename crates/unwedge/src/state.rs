@@ -385,7 +385,8 @@ mod writer_waits {
 
     struct Waiting {
         thread: u64,
-        thread_name: String,
+        /// For its name, read only to write a deadlock's message (a clone is a count).
+        handle: std::thread::Thread,
         /// The writer mark of the `Tx` it waits for.
         holder: Arc<AtomicU64>,
         tx: Arc<str>,
@@ -409,12 +410,15 @@ mod writer_waits {
     /// Registers thread `me` as waiting for the `Tx` named `tx` whose writer mark is
     /// `holder`; panics, registering nothing, when that wait closes a cycle.
     pub(super) fn register(me: u64, holder: &Arc<AtomicU64>, tx: &Arc<str>) -> Registered {
-        let thread = std::thread::current();
         // Numbered: a runtime's threads share one name (`tokio-runtime-worker`).
-        let thread_name = format!("{} #{me}", thread.name().unwrap_or("unnamed"));
+        let named = |t: &std::thread::Thread, token: u64| {
+            format!("{} #{token}", t.name().unwrap_or("unnamed"))
+        };
+        let handle = std::thread::current();
         let mut all = waiting();
         // Follow the chain: who holds `tx`, what that thread waits for, who holds that, …
-        let mut chain: Vec<(&str, &str)> = Vec::new(); // (a Tx waited for, the thread holding it)
+        // (a Tx waited for, the thread holding it)
+        let mut chain: Vec<(&str, &Waiting)> = Vec::new();
         let (mut wanted, mut by) = (&**tx, holder.load(Ordering::Relaxed));
         for _ in 0..=all.len() {
             if by == 0 {
@@ -422,12 +426,14 @@ mod writer_waits {
             }
             if by == me {
                 let mut text = format!(
-                    "deadlock between Tx updates: this thread (`{thread_name}`) waits for `{tx}`"
+                    "deadlock between Tx updates: this thread (`{}`) waits for `{tx}`",
+                    named(&handle, me)
                 );
                 for (i, (_, holder)) in chain.iter().enumerate() {
                     let next = chain.get(i + 1).map_or(wanted, |c| c.0);
                     text.push_str(&format!(
-                        ", held by thread `{holder}`, which waits for `{next}`"
+                        ", held by thread `{}`, which waits for `{next}`",
+                        named(&holder.handle, holder.thread)
                     ));
                 }
                 text.push_str(
@@ -440,12 +446,12 @@ mod writer_waits {
             let Some(w) = all.iter().find(|w| w.thread == by) else {
                 break;
             };
-            chain.push((wanted, &w.thread_name));
+            chain.push((wanted, w));
             (wanted, by) = (&w.tx, w.holder.load(Ordering::Relaxed));
         }
         all.push(Waiting {
             thread: me,
-            thread_name,
+            handle,
             holder: holder.clone(),
             tx: tx.clone(),
         });
