@@ -3310,10 +3310,12 @@ async fn a_worker_that_cannot_be_spawned_for_a_while_is_retried_while_the_others
         kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
         sup.wait_line(from, &["cannot start worker", "Too many open files"])
             .await;
+        // The supervisor's shortage, not the worker's: retried, not counted as a failed start.
         let retry = sup
-            .wait_line(from, &["could not be started: ", "restarting in"])
+            .wait_line(from, &["short of resources", "retrying in"])
             .await;
         assert!(retry.contains("Too many open files"), "{retry}");
+        assert!(retry.contains("not counted as a failed start"), "{retry}");
         // The other worker still answers on the shared socket.
         for _ in 0..5 {
             assert_eq!(get(addr, "/").await.0, 200, "log:\n{}", sup.log());
