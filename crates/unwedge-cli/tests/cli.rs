@@ -94,11 +94,16 @@ async fn usage_errors_exit_2() {
                 "--",
                 "true",
             ],
-            "is longer than a year",
+            "is too long: at most 365 days",
         ),
         (
             &["run", "--restart-delay-max", "1000000000d", "--", "true"],
-            "is longer than a year",
+            "is too long: at most 365 days",
+        ),
+        (
+            &["run", "--restart-delay", "1y", "--", "true"],
+            "invalid value '1y' for '--restart-delay <DURATION>': `1y` is too long: at most 365 \
+             days",
         ),
         (&["run", "--listen", "127.0.0.1:0"], "no worker command"),
         (
@@ -509,7 +514,7 @@ async fn config_files_are_checked() {
     let long = dir.path().join("long.toml");
     std::fs::write(&long, "stop-timeout = \"99999999999999999999s\"\n").unwrap();
     let (code, out) = run_to_end(&["check-config", long.to_str().unwrap()]).await;
-    assert_clear(code, 2, &out, "is longer than a year");
+    assert_clear(code, 2, &out, "is too long: at most 365 days");
 
     let zero = dir.path().join("zero.toml");
     std::fs::write(&zero, "workers = 0\ncommand = [\"true\"]\n").unwrap();

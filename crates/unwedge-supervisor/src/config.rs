@@ -1276,7 +1276,7 @@ pub fn check_probe_path(p: &str) -> Result<(), String> {
 /// assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
 /// assert_eq!(parse_duration("2m 30s"), Ok(Duration::from_secs(150)));
 /// assert!(parse_duration("soon").unwrap_err().contains("is not a duration"));
-/// assert!(parse_duration("18446744073709551615s").unwrap_err().contains("longer than a year"));
+/// assert!(parse_duration("18446744073709551615s").unwrap_err().contains("at most 365 days"));
 /// ```
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -1293,7 +1293,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     if d > MAX_DURATION {
         return Err(format!(
-            "`{s}` is longer than a year: a duration such as 10ms, 2s, 1m"
+            "`{s}` is too long: at most 365 days (a duration such as 10ms, 2s, 1m)"
         ));
     }
     Ok(d)
