@@ -105,6 +105,14 @@ async fn usage_errors_exit_2() {
             "invalid value '1y' for '--restart-delay <DURATION>': `1y` is too long: at most 365 \
              days",
         ),
+        (
+            &["run", "--watchdog", "500ns", "--", "true"],
+            "--watchdog 500ns is under 1ms, the shortest watchdog (0 turns it off)",
+        ),
+        (
+            &["run", "--watchdog", "999us", "--", "true"],
+            "--watchdog 999us is under 1ms",
+        ),
         (&["run", "--listen", "127.0.0.1:0"], "no worker command"),
         (
             &["run", "--listen", "not-an-address", "--", "true"],
@@ -151,6 +159,31 @@ async fn usage_errors_exit_2() {
     let (code, out, _) = run_split(&["--version"]).await;
     assert_eq!(code, 0);
     assert_eq!(out, format!("unwedge {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+/// A watchdog under 1 µs reached workers as `WATCHDOG_USEC=0`, which they refuse (a crash
+/// loop), and `check-config` passed it: under 1 ms is refused in the file as on the command
+/// line, naming where.
+#[tokio::test]
+async fn a_watchdog_under_1ms_in_the_config_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    let f = file.to_str().unwrap();
+    std::fs::write(&file, "command = [\"true\"]\nwatchdog = \"500ns\"\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_clear(
+        code,
+        2,
+        &out,
+        "line 2, column 12, key watchdog: 500ns is under 1ms, the shortest watchdog (0 turns it \
+         off)",
+    );
+    assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+    let (code, out) = run_to_end(&["run", "--config", f]).await;
+    assert_clear(code, 2, &out, "key watchdog: 500ns is under 1ms");
+    std::fs::write(&file, "command = [\"true\"]\nwatchdog = \"1ms\"\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "{out}");
 }
 
 /// `--stop-timeout 0` SIGKILLed every worker at once on every stop (exit 1, a `stop_timed_out`

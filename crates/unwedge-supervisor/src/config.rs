@@ -941,6 +941,17 @@ impl Config {
         }
         let watchdog = match o.watchdog {
             Some(d) if d.is_zero() => None,
+            // Workers get it in whole microseconds: under 1 µs it is `WATCHDOG_USEC=0`, which
+            // they refuse (a crash loop); under 1 ms no worker can keep up with it.
+            Some(d) if d < MIN_WATCHDOG => {
+                let why = "is under 1ms, the shortest watchdog (0 turns it off)";
+                let shown = humantime::format_duration(d);
+                return Err(Refused::Setting {
+                    key: "watchdog",
+                    flag: format!("--watchdog {shown} {why}"),
+                    file: format!("{shown} {why}"),
+                });
+            }
             d => d,
         };
         Ok(Config {
@@ -1298,6 +1309,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     Ok(d)
 }
+
+/// The shortest `--watchdog` (other than 0, off).
+pub const MIN_WATCHDOG: Duration = Duration::from_millis(1);
 
 /// The longest duration [`parse_duration`] takes: a longer one is a typo, not a timeout
 /// (and would overflow the clock's deadlines).
