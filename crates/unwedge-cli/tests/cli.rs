@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 
 fn assert_clear(code: i32, want: i32, out: &str, needle: &str) {
@@ -184,6 +186,27 @@ async fn a_watchdog_under_1ms_in_the_config_file_is_a_usage_error() {
     std::fs::write(&file, "command = [\"true\"]\nwatchdog = \"1ms\"\n").unwrap();
     let (code, out) = run_to_end(&["check-config", f]).await;
     assert_eq!(code, 0, "{out}");
+}
+
+/// `--config FIFO` and `check-config FIFO` waited for a writer for ever, without a word: a
+/// file that is not a regular one is refused at once.
+#[tokio::test]
+async fn a_config_file_that_is_a_fifo_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("u.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let f = fifo.to_str().unwrap();
+    let needle = format!("unwedge: error: config file {f} is a FIFO, not a regular file");
+    for args in [
+        &["check-config", f][..],
+        &["run", "--config", f, "--", "true"][..],
+    ] {
+        let (code, out) = tokio::time::timeout(Duration::from_secs(10), run_to_end(args))
+            .await
+            .unwrap_or_else(|_| panic!("{args:?} still waits for the FIFO"));
+        assert_clear(code, 2, &out, &needle);
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+    }
 }
 
 /// `--stop-timeout 0` SIGKILLed every worker at once on every stop (exit 1, a `stop_timed_out`

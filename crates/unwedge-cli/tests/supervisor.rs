@@ -2307,7 +2307,6 @@ async fn a_reload_waiting_for_its_config_file_holds_nothing_up() {
     within(Duration::from_secs(90), async {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("unwedge.toml");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let toml = |workers: u32| {
             format!("admin = \"off\"\nworkers = {workers}\ncommand = [{BIN:?}, \"demo-service\"]\n")
         };
@@ -2316,7 +2315,9 @@ async fn a_reload_waiting_for_its_config_file_holds_nothing_up() {
             let fifo = fifo.clone();
             std::thread::spawn(move || std::fs::write(fifo, text).unwrap())
         };
-        let start = feed(toml(1));
+        // A FIFO is refused at the start (it would block it); a reload reads what the path
+        // holds then.
+        std::fs::write(&fifo, toml(1)).unwrap();
         let mut sup = Sup::start(&[
             "run",
             "-c",
@@ -2325,8 +2326,9 @@ async fn a_reload_waiting_for_its_config_file_holds_nothing_up() {
             "127.0.0.1:0",
         ]);
         let first = sup.wait_ready(0, 1).await;
-        start.join().unwrap();
         let addr = sup.addr().await;
+        std::fs::remove_file(&fifo).unwrap();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
 
         let from = sup.mark();
         sup.signal(Signal::SIGHUP);

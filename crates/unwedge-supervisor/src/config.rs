@@ -1174,12 +1174,23 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    /// Reads and parses the file at `path` (as [`Options::from_file`]).
+    /// Reads and parses the file at `path` (as [`Options::from_file`]); a FIFO, device or
+    /// directory is refused at once (a usage error) rather than waited on.
     pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
+        Self::parse(path, read_config_text(path)?)
+    }
+
+    /// As [`ConfigFile::read`], but a file of any type is read, waiting as long as it takes
+    /// (a FIFO until it is written): for a reload, which reads on a thread of its own.
+    pub fn read_waiting(path: &Path) -> Result<ConfigFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
+        Self::parse(path, text)
+    }
+
+    fn parse(path: &Path, text: String) -> Result<ConfigFile, ConfigError> {
         let options = Options::from_toml(&text).map_err(|(at, reason)| ConfigError::Invalid {
             path: path.to_owned(),
             at,
@@ -1308,6 +1319,43 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// The text of the config file at `path`, refused at once (a usage error) when it is not a
+/// regular file: a FIFO would block `run` and `check-config` for ever, before a word is said
+/// (opened without waiting for a writer; the type is checked on the opened file).
+fn read_config_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let unreadable = |e: std::io::Error| ConfigError::Unreadable {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(unreadable)?;
+    let kind = file.metadata().map_err(unreadable)?.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(ConfigError::Usage(format!(
+            "config file {} is {what}, not a regular file",
+            path.display()
+        )));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(unreadable)?;
+    Ok(text)
 }
 
 /// The shortest `--watchdog` (other than 0, off).
