@@ -3480,6 +3480,33 @@ async fn stray_fatal_signals_are_logged_and_ignored() {
     .await;
 }
 
+/// `--restart-delay 0` makes the first restart immediate, not every one: a worker that keeps
+/// failing at once still backs off (it was restarted hundreds of times a second, as 0 doubled
+/// stays 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_delay_of_0_still_backs_off() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--restart-delay",
+                "0",
+                "--max-restarts",
+                "100000",
+            ],
+            &["/bin/false"],
+        );
+        let (_, first) = sup.wait_line_idx(0, &["restarting in"]).await;
+        // A measured window, not a wait for readiness: how many restarts fit in a second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let restarts = sup.log_since(first).matches("restarting in").count();
+        assert!(restarts < 30, "{restarts} restarts in 1s:\n{}", sup.log());
+        assert!(sup.log().contains("restarting in 10.0ms"), "{}", sup.log());
+    })
+    .await;
+}
+
 /// A notify datagram with one line that is not a `KEY=value` assignment (`Status-Detail=…`)
 /// still says `READY=1`: as systemd, the supervisor takes the assignments and leaves the other
 /// lines out, saying so once per worker (the whole datagram used to be dropped: the worker
