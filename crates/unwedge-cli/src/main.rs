@@ -233,7 +233,7 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
     if let Some(path) = a.config {
         // SIGHUP reads the file again: the new generation runs with what it says now.
         supervisor = supervisor.reload_config_with(move || {
-            let file = ConfigFile::read(&path).map_err(|e| e.to_string())?;
+            let file = ConfigFile::read_waiting(&path).map_err(|e| e.to_string())?;
             file.resolve(flags.clone(), command.clone())
                 .map_err(|e| e.to_string())
         });

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 
 fn assert_clear(code: i32, want: i32, out: &str, needle: &str) {
@@ -94,11 +96,24 @@ async fn usage_errors_exit_2() {
                 "--",
                 "true",
             ],
-            "is longer than a year",
+            "is too long: at most 365 days",
         ),
         (
             &["run", "--restart-delay-max", "1000000000d", "--", "true"],
-            "is longer than a year",
+            "is too long: at most 365 days",
+        ),
+        (
+            &["run", "--restart-delay", "1y", "--", "true"],
+            "invalid value '1y' for '--restart-delay <DURATION>': `1y` is too long: at most 365 \
+             days",
+        ),
+        (
+            &["run", "--watchdog", "500ns", "--", "true"],
+            "--watchdog 500ns is under 1ms, the shortest watchdog (0 turns it off)",
+        ),
+        (
+            &["run", "--watchdog", "999us", "--", "true"],
+            "--watchdog 999us is under 1ms",
         ),
         (&["run", "--listen", "127.0.0.1:0"], "no worker command"),
         (
@@ -146,6 +161,52 @@ async fn usage_errors_exit_2() {
     let (code, out, _) = run_split(&["--version"]).await;
     assert_eq!(code, 0);
     assert_eq!(out, format!("unwedge {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+/// A watchdog under 1 µs reached workers as `WATCHDOG_USEC=0`, which they refuse (a crash
+/// loop), and `check-config` passed it: under 1 ms is refused in the file as on the command
+/// line, naming where.
+#[tokio::test]
+async fn a_watchdog_under_1ms_in_the_config_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    let f = file.to_str().unwrap();
+    std::fs::write(&file, "command = [\"true\"]\nwatchdog = \"500ns\"\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_clear(
+        code,
+        2,
+        &out,
+        "line 2, column 12, key watchdog: 500ns is under 1ms, the shortest watchdog (0 turns it \
+         off)",
+    );
+    assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+    let (code, out) = run_to_end(&["run", "--config", f]).await;
+    assert_clear(code, 2, &out, "key watchdog: 500ns is under 1ms");
+    std::fs::write(&file, "command = [\"true\"]\nwatchdog = \"1ms\"\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "{out}");
+}
+
+/// `--config FIFO` and `check-config FIFO` waited for a writer for ever, without a word: a
+/// file that is not a regular one is refused at once.
+#[tokio::test]
+async fn a_config_file_that_is_a_fifo_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("u.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let f = fifo.to_str().unwrap();
+    let needle = format!("unwedge: error: config file {f} is a FIFO, not a regular file");
+    for args in [
+        &["check-config", f][..],
+        &["run", "--config", f, "--", "true"][..],
+    ] {
+        let (code, out) = tokio::time::timeout(Duration::from_secs(10), run_to_end(args))
+            .await
+            .unwrap_or_else(|_| panic!("{args:?} still waits for the FIFO"));
+        assert_clear(code, 2, &out, &needle);
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+    }
 }
 
 /// `--stop-timeout 0` SIGKILLed every worker at once on every stop (exit 1, a `stop_timed_out`
@@ -509,7 +570,7 @@ async fn config_files_are_checked() {
     let long = dir.path().join("long.toml");
     std::fs::write(&long, "stop-timeout = \"99999999999999999999s\"\n").unwrap();
     let (code, out) = run_to_end(&["check-config", long.to_str().unwrap()]).await;
-    assert_clear(code, 2, &out, "is longer than a year");
+    assert_clear(code, 2, &out, "is too long: at most 365 days");
 
     let zero = dir.path().join("zero.toml");
     std::fs::write(&zero, "workers = 0\ncommand = [\"true\"]\n").unwrap();

@@ -2374,7 +2374,6 @@ async fn a_reload_waiting_for_its_config_file_holds_nothing_up() {
     within(Duration::from_secs(90), async {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("unwedge.toml");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let toml = |workers: u32| {
             format!("admin = \"off\"\nworkers = {workers}\ncommand = [{BIN:?}, \"demo-service\"]\n")
         };
@@ -2383,7 +2382,9 @@ async fn a_reload_waiting_for_its_config_file_holds_nothing_up() {
             let fifo = fifo.clone();
             std::thread::spawn(move || std::fs::write(fifo, text).unwrap())
         };
-        let start = feed(toml(1));
+        // A FIFO is refused at the start (it would block it); a reload reads what the path
+        // holds then.
+        std::fs::write(&fifo, toml(1)).unwrap();
         let mut sup = Sup::start(&[
             "run",
             "-c",
@@ -2392,8 +2393,9 @@ async fn a_reload_waiting_for_its_config_file_holds_nothing_up() {
             "127.0.0.1:0",
         ]);
         let first = sup.wait_ready(0, 1).await;
-        start.join().unwrap();
         let addr = sup.addr().await;
+        std::fs::remove_file(&fifo).unwrap();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
 
         let from = sup.mark();
         sup.signal(Signal::SIGHUP);
@@ -3540,6 +3542,106 @@ async fn stray_fatal_signals_are_logged_and_ignored() {
         assert_eq!(
             sup.log().matches("received SIGALRM").count(),
             2,
+            "{}",
+            sup.log()
+        );
+    })
+    .await;
+}
+
+/// `--restart-delay 0` makes the first restart immediate, not every one: a worker that keeps
+/// failing at once still backs off (it was restarted hundreds of times a second, as 0 doubled
+/// stays 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_delay_of_0_still_backs_off() {
+    within(Duration::from_secs(60), async {
+        let sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--restart-delay",
+                "0",
+                "--max-restarts",
+                "100000",
+            ],
+            &["/bin/false"],
+        );
+        let (_, first) = sup.wait_line_idx(0, &["restarting in"]).await;
+        // A measured window, not a wait for readiness: how many restarts fit in a second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let restarts = sup.log_since(first).matches("restarting in").count();
+        assert!(restarts < 30, "{restarts} restarts in 1s:\n{}", sup.log());
+        assert!(sup.log().contains("restarting in 10.0ms"), "{}", sup.log());
+    })
+    .await;
+}
+
+/// SIGQUIT stops the supervisor gracefully, as SIGTERM (nginx's "graceful stop"); its default
+/// action ended it at once (exit 131) and its workers with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigquit_stops_gracefully_like_sigterm() {
+    within(Duration::from_secs(60), async {
+        let mut sup = Sup::python(&["--admin", "off"], &[]);
+        let pids = sup.wait_ready(0, 1).await;
+        let m = sup.mark();
+        sup.signal(Signal::SIGQUIT);
+        sup.wait_line(m, &["SIGQUIT: stopping 1 worker(s)"]).await;
+        let status = sup.wait_exit(LONG).await;
+        assert_eq!(status.code(), Some(0), "{}", sup.log());
+        assert!(gone_within(pids[0], LONG).await, "{}", sup.log());
+    })
+    .await;
+}
+
+/// kill(2) with a signal number (nix's `Signal` has no realtime signals).
+fn raw_kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) takes no pointers.
+    let r = unsafe { nix::libc::kill(pid, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig})");
+}
+
+/// Other signals whose default action ends a process and that the supervisor does not use
+/// (SIGPWR, SIGIO, SIGTRAP, SIGSYS, SIGSTKFLT, the realtime signals) are logged at most once a
+/// minute each and ignored: they ended the supervisor without a word, its workers with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_stray_signals_are_logged_once_and_ignored() {
+    use nix::libc;
+    within(Duration::from_secs(60), async {
+        let mut sup = Sup::python(&["--admin", "off"], &[]);
+        let addr = sup.addr().await;
+        let pids = sup.wait_ready(0, 1).await;
+        let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+        let logged = [
+            (libc::SIGPWR, "SIGPWR".to_owned()),
+            (libc::SIGIO, "SIGIO".to_owned()),
+            (libc::SIGTRAP, "SIGTRAP".to_owned()),
+            (libc::SIGSYS, "SIGSYS".to_owned()),
+            (libc::SIGSTKFLT, "SIGSTKFLT".to_owned()),
+            (rtmin, "SIGRTMIN+0".to_owned()),
+            (rtmin + 3, "SIGRTMIN+3".to_owned()),
+            (rtmax - 1, format!("SIGRTMIN+{}", rtmax - 1 - rtmin)),
+        ];
+        for (sig, name) in &logged {
+            let m = sup.mark();
+            raw_kill(sup.pid, *sig);
+            let needle = format!("received {name}, which the supervisor does not use; ignored");
+            sup.wait_line(m, &[&needle]).await;
+            assert_eq!(get(addr, "/").await.0, 200, "{}", sup.log());
+        }
+        // SIGRTMAX is ignored without a word; the second of each is not said again.
+        raw_kill(sup.pid, rtmax);
+        raw_kill(sup.pid, libc::SIGPWR);
+        let m = sup.mark();
+        sup.signal(Signal::SIGALRM);
+        sup.wait_line(m, &["received SIGALRM"]).await;
+        assert_eq!(get(addr, "/").await.0, 200, "{}", sup.log());
+        assert!(running(pids[0]), "{}", sup.log());
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_exit(LONG).await;
+        assert_eq!(status.code(), Some(0), "{}", sup.log());
+        assert_eq!(
+            sup.log().matches("received SIGPWR").count(),
+            1,
             "{}",
             sup.log()
         );

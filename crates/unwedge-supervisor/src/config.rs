@@ -941,6 +941,17 @@ impl Config {
         }
         let watchdog = match o.watchdog {
             Some(d) if d.is_zero() => None,
+            // Workers get it in whole microseconds: under 1 µs it is `WATCHDOG_USEC=0`, which
+            // they refuse (a crash loop); under 1 ms no worker can keep up with it.
+            Some(d) if d < MIN_WATCHDOG => {
+                let why = "is under 1ms, the shortest watchdog (0 turns it off)";
+                let shown = humantime::format_duration(d);
+                return Err(Refused::Setting {
+                    key: "watchdog",
+                    flag: format!("--watchdog {shown} {why}"),
+                    file: format!("{shown} {why}"),
+                });
+            }
             d => d,
         };
         Ok(Config {
@@ -1163,12 +1174,23 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    /// Reads and parses the file at `path` (as [`Options::from_file`]).
+    /// Reads and parses the file at `path` (as [`Options::from_file`]); a FIFO, device or
+    /// directory is refused at once (a usage error) rather than waited on.
     pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
+        Self::parse(path, read_config_text(path)?)
+    }
+
+    /// As [`ConfigFile::read`], but a file of any type is read, waiting as long as it takes
+    /// (a FIFO until it is written): for a reload, which reads on a thread of its own.
+    pub fn read_waiting(path: &Path) -> Result<ConfigFile, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
+        Self::parse(path, text)
+    }
+
+    fn parse(path: &Path, text: String) -> Result<ConfigFile, ConfigError> {
         let options = Options::from_toml(&text).map_err(|(at, reason)| ConfigError::Invalid {
             path: path.to_owned(),
             at,
@@ -1276,7 +1298,7 @@ pub fn check_probe_path(p: &str) -> Result<(), String> {
 /// assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
 /// assert_eq!(parse_duration("2m 30s"), Ok(Duration::from_secs(150)));
 /// assert!(parse_duration("soon").unwrap_err().contains("is not a duration"));
-/// assert!(parse_duration("18446744073709551615s").unwrap_err().contains("longer than a year"));
+/// assert!(parse_duration("18446744073709551615s").unwrap_err().contains("at most 365 days"));
 /// ```
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -1293,11 +1315,51 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     if d > MAX_DURATION {
         return Err(format!(
-            "`{s}` is longer than a year: a duration such as 10ms, 2s, 1m"
+            "`{s}` is too long: at most 365 days (a duration such as 10ms, 2s, 1m)"
         ));
     }
     Ok(d)
 }
+
+/// The text of the config file at `path`, refused at once (a usage error) when it is not a
+/// regular file: a FIFO would block `run` and `check-config` for ever, before a word is said
+/// (opened without waiting for a writer; the type is checked on the opened file).
+fn read_config_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let unreadable = |e: std::io::Error| ConfigError::Unreadable {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(unreadable)?;
+    let kind = file.metadata().map_err(unreadable)?.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(ConfigError::Usage(format!(
+            "config file {} is {what}, not a regular file",
+            path.display()
+        )));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(unreadable)?;
+    Ok(text)
+}
+
+/// The shortest `--watchdog` (other than 0, off).
+pub const MIN_WATCHDOG: Duration = Duration::from_millis(1);
 
 /// The longest duration [`parse_duration`] takes: a longer one is a typo, not a timeout
 /// (and would overflow the clock's deadlines).

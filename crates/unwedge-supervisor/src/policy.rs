@@ -22,6 +22,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// The least delay after a restart that came too soon, however small the initial delay.
+pub const MIN_STEP: Duration = Duration::from_millis(10);
+
 /// Exponential restart delay of one worker slot.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -32,7 +35,8 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Starts at `initial`, doubles up to `max`, resets after `stable_after` of uptime.
+    /// Starts at `initial`, doubles (at least to [`MIN_STEP`]) up to `max`, resets after
+    /// `stable_after` of uptime.
     pub fn new(initial: Duration, max: Duration, stable_after: Duration) -> Self {
         Backoff {
             initial,
@@ -48,7 +52,9 @@ impl Backoff {
             self.next = self.initial;
         }
         let d = self.next.min(self.max);
-        self.next = (d * 2).min(self.max).max(self.initial);
+        // A zero `initial` makes the first restart immediate, but not every one after it:
+        // doubling zero stays zero, so consecutive failures step up from MIN_STEP.
+        self.next = (d * 2).max(MIN_STEP).min(self.max).max(self.initial);
         d
     }
 
@@ -124,6 +130,23 @@ impl Intensity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_initial_delay_still_backs_off() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(0), ms(100), Duration::from_secs(30));
+        assert_eq!(b.next_delay(ms(1)), ms(0), "the first restart is immediate");
+        assert_eq!(b.next_delay(ms(1)), ms(10));
+        assert_eq!(b.next_delay(ms(1)), ms(20));
+        assert_eq!(b.next_delay(ms(1)), ms(40));
+        assert_eq!(b.next_delay(ms(1)), ms(80));
+        assert_eq!(b.next_delay(ms(1)), ms(100), "capped");
+        assert_eq!(
+            b.next_delay(Duration::from_secs(31)),
+            ms(0),
+            "stable: reset"
+        );
+    }
 
     #[test]
     fn window_slides() {

@@ -335,6 +335,7 @@ impl Supervisor {
         let mut sigchld = sig(SignalKind::child(), "SIGCHLD")?;
         let mut sigterm = sig(SignalKind::terminate(), "SIGTERM")?;
         let mut sigint = sig(SignalKind::interrupt(), "SIGINT")?;
+        let mut sigquit = sig(SignalKind::quit(), "SIGQUIT")?;
         let mut sighup = sig(SignalKind::hangup(), "SIGHUP")?;
         let mut sigusr1 = sig(SignalKind::user_defined1(), "SIGUSR1")?;
         let mut sigusr2 = sig(SignalKind::user_defined2(), "SIGUSR2")?;
@@ -465,6 +466,7 @@ impl Supervisor {
                 _ = sigchld.recv() => {}
                 _ = sigterm.recv() => pool.begin_stop("SIGTERM"),
                 _ = sigint.recv() => pool.begin_stop("SIGINT"),
+                _ = sigquit.recv() => pool.begin_stop("SIGQUIT"),
                 _ = sighup.recv() => pool.begin_reload("SIGHUP"),
                 _ = sigusr1.recv() => pool.forward(Signal::SIGUSR1),
                 _ = sigusr2.recv() => pool.forward(Signal::SIGUSR2),
@@ -979,32 +981,52 @@ fn worker_memory(w: &mut Worker, limit: u64, now: Instant) -> Option<u64> {
 
 /// Handles the signals whose default action would end the supervisor without a word (and its
 /// workers with it): timer signals nobody here asked for (SIGALRM, SIGVTALRM, SIGPROF: a stray
-/// `kill`, a library's timer) are logged and ignored; SIGXFSZ (a write over the file size
-/// limit, `RLIMIT_FSIZE`) and SIGXCPU (the CPU time limit's soft part, `RLIMIT_CPU`) are
-/// logged once and ignored, so the write fails with `EFBIG` where it is reported. Caught by
-/// tokio's handlers (never `SIG_IGN`: workers would inherit that), each read by a task of its
-/// own, aborted when the supervisor ends.
+/// `kill`, a library's timer) and other signals the supervisor does not use (SIGPWR, SIGIO,
+/// SIGTRAP, SIGSYS, SIGSTKFLT, the realtime signals SIGRTMIN..SIGRTMAX) are logged (the
+/// timer signals each time, the others at most once a minute each) and ignored; SIGXFSZ (a write over the file size limit,
+/// `RLIMIT_FSIZE`) and SIGXCPU (the CPU time limit's soft part, `RLIMIT_CPU`) are logged once
+/// and ignored, so the write fails with `EFBIG` where it is reported. Caught by tokio's
+/// handlers (never `SIG_IGN`: workers would inherit that), each read by a task of its own,
+/// aborted when the supervisor ends. SIGRTMAX itself is past the signals tokio can register:
+/// it gets a handler that does nothing (reset to the default in workers by `exec`, unlike
+/// `SIG_IGN`), unlogged.
 fn ignore_fatal_signals() -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
-    let signals = [
-        (Signal::SIGALRM, false),
-        (Signal::SIGVTALRM, false),
-        (Signal::SIGPROF, false),
-        (Signal::SIGXFSZ, true),
-        (Signal::SIGXCPU, true),
-    ];
+    use nix::libc;
+    // How often each is said at most: every time, once, at most once a minute.
+    let (every, once, minute) = (Duration::ZERO, Duration::MAX, Duration::from_secs(60));
+    let mut signals: Vec<(i32, String, Duration)> = [
+        (Signal::SIGALRM, every),
+        (Signal::SIGVTALRM, every),
+        (Signal::SIGPROF, every),
+        (Signal::SIGXFSZ, once),
+        (Signal::SIGXCPU, once),
+        (Signal::SIGPWR, minute),
+        (Signal::SIGIO, minute),
+        (Signal::SIGTRAP, minute),
+        (Signal::SIGSYS, minute),
+        (Signal::SIGSTKFLT, minute),
+    ]
+    .into_iter()
+    .map(|(sig, quiet)| (sig as i32, sig.as_str().to_owned(), quiet))
+    .collect();
+    let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    for n in rtmin..rtmax {
+        signals.push((n, format!("SIGRTMIN+{}", n - rtmin), minute));
+    }
+    ignore_rtmax(rtmax);
     let mut tasks = Vec::new();
-    for (sig, once) in signals {
-        let name = sig.as_str();
-        let mut stream = signal(SignalKind::from_raw(sig as i32))
+    for (num, name, quiet) in signals {
+        let mut stream = signal(SignalKind::from_raw(num))
             .map_err(|e| StartError::setup(format!("handle {name}"), e))?;
         tasks.push(tokio::spawn(async move {
-            let mut told = false;
+            let mut told: Option<Instant> = None;
             while stream.recv().await.is_some() {
-                if once && told {
+                let now = Instant::now();
+                if told.is_some_and(|t| now.saturating_duration_since(t) < quiet) {
                     continue;
                 }
-                told = true;
-                match name {
+                told = Some(now);
+                match name.as_str() {
                     "SIGXFSZ" => tracing::warn!(
                         "received SIGXFSZ: a write went over the file size limit (RLIMIT_FSIZE, \
                          `ulimit -f`); ignored: such writes fail instead (said once)"
@@ -1013,6 +1035,11 @@ fn ignore_fatal_signals() -> Result<Vec<tokio::task::JoinHandle<()>>, StartError
                         "received SIGXCPU: the supervisor used up its soft CPU time limit \
                          (RLIMIT_CPU, `ulimit -t`); ignored, but the kernel kills it at the hard \
                          limit (said once)"
+                    ),
+                    _ if quiet == minute => tracing::warn!(
+                        "received {name}, which the supervisor does not use; ignored (its \
+                         default action would have ended the supervisor and its workers; said \
+                         at most once a minute)"
                     ),
                     _ => tracing::warn!(
                         "received {name}, which the supervisor does not use; ignored (its \
@@ -1023,6 +1050,22 @@ fn ignore_fatal_signals() -> Result<Vec<tokio::task::JoinHandle<()>>, StartError
         }));
     }
     Ok(tasks)
+}
+
+/// A handler that does nothing for `SIGRTMAX` (tokio's handlers stop one short of it; nix's
+/// `Signal` has no realtime signals, hence libc).
+fn ignore_rtmax(rtmax: i32) {
+    use nix::libc;
+    extern "C" fn nothing(_: libc::c_int) {}
+    #[allow(unsafe_code)]
+    // SAFETY: installs a handler that touches nothing, for a signal nobody else handles.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = nothing as extern "C" fn(libc::c_int) as usize;
+        act.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(rtmax, &act, std::ptr::null_mut());
+    }
 }
 
 /// `12, 13, 14` (the first 8, then `…`).
