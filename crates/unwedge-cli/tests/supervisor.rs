@@ -3262,6 +3262,51 @@ async fn a_worker_hung_during_a_rolling_reload_does_not_hold_it_up() {
     .await;
 }
 
+/// Many processes going into the background are warned of once (then at `debug`): a worker
+/// that keeps starting helpers of their own session logged a 300-character warning for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_daemons_are_warned_of_once() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!(
+            r#"
+if [ ! -e {dir}/daemonized ]; then
+  touch {dir}/daemonized
+  for i in 1 2 3 4 5; do
+    setsid sleep 1000 &
+    while [ "$(cat /proc/$!/comm)" != sleep ]; do :; done
+    echo "daemon $!"
+  done
+  exit 0
+fi
+exec sleep 1000
+"#,
+            dir = dir.path().display()
+        );
+        let mut sup = Sup::start_env(
+            &[
+                "run", "--admin", "off", "--ready", "none", "--", "sh", "-c", &script,
+            ],
+            &[("UNWEDGE_LOG", "debug")],
+        );
+        sup.wait_ready(0, 2).await;
+        let deadline = Instant::now() + LONG;
+        while sup.log().matches("went into the background").count() < 5 {
+            assert!(Instant::now() < deadline, "{}", sup.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let log = sup.log();
+        let warned = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("went into the background"))
+            .count();
+        assert_eq!(warned, 1, "{log}");
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    })
+    .await;
+}
+
 /// A daemon that appears during the stop (a worker's SIGTERM handler starts one) is stopped
 /// with the rest, not left for the stop deadline's SIGKILL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,16 +51,19 @@ impl Backoff {
         if uptime >= self.stable_after {
             self.next = self.initial;
         }
-        let d = self.next.min(self.max);
+        // Nor may a zero `max` keep every delay at zero: consecutive failures wait MIN_STEP
+        // at least (the first restart, at `initial`, may still be immediate).
+        let cap = self.max.max(MIN_STEP);
+        let d = self.next.min(cap);
         // A zero `initial` makes the first restart immediate, but not every one after it:
         // doubling zero stays zero, so consecutive failures step up from MIN_STEP.
-        self.next = (d * 2).max(MIN_STEP).min(self.max).max(self.initial);
+        self.next = (d * 2).max(MIN_STEP).min(cap).max(self.initial);
         d
     }
 
     /// The delay the next restart would get (without advancing).
     pub fn peek(&self) -> Duration {
-        self.next.min(self.max)
+        self.next.min(self.max.max(MIN_STEP))
     }
 }
 
@@ -130,6 +133,16 @@ impl Intensity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_maximum_delay_still_spaces_a_crash_loop() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(0), ms(0), Duration::from_secs(30));
+        assert_eq!(b.next_delay(ms(1)), ms(0), "the first restart is immediate");
+        for _ in 0..5 {
+            assert_eq!(b.next_delay(ms(1)), MIN_STEP);
+        }
+    }
 
     #[test]
     fn a_zero_initial_delay_still_backs_off() {

@@ -142,12 +142,24 @@ impl Pool {
                 continue;
             }
             let command = crate::procfs::command_line(child).unwrap_or_default();
-            tracing::warn!(
-                "pid {child} (`{command}`) went into the background (a session of its own, \
-                 adopted by the supervisor): if a worker's command daemonizes, it cannot be \
-                 supervised; run it in the foreground (e.g. nginx's `daemon off;`, redis's \
-                 `--daemonize no`). It is stopped with the supervisor"
-            );
+            // Once a minute at most: a worker that keeps starting helpers of their own session
+            // must not flood the log.
+            let now = Instant::now();
+            if self
+                .daemon_told
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60))
+            {
+                self.daemon_told = Some(now);
+                tracing::warn!(
+                    "pid {child} (`{command}`) went into the background (a session of its own, \
+                     adopted by the supervisor): if a worker's command daemonizes, it cannot be \
+                     supervised; run it in the foreground (e.g. nginx's `daemon off;`, redis's \
+                     `--daemonize no`). It is stopped with the supervisor (said at most once a \
+                     minute; the others at debug)"
+                );
+            } else {
+                tracing::debug!("pid {child} (`{command}`) went into the background");
+            }
             if self.stopping {
                 // Found during the stop (the stop must not wait for it forever): the stop
                 // signal until the stop deadline, SIGKILL once it has passed.

@@ -366,6 +366,7 @@ impl Supervisor {
             counters: Counters::default(),
             forged_told: None,
             shared_probe_told: None,
+            daemon_told: None,
             active_gen: 1,
             next_gen: 1,
             reload: None,
@@ -818,6 +819,8 @@ struct Pool {
     forged_told: Option<Instant>,
     /// When the log last said the probe through the shared socket keeps failing.
     shared_probe_told: Option<Instant>,
+    /// When the log last warned of a process that went into the background.
+    daemon_told: Option<Instant>,
     active_gen: u64,
     next_gen: u64,
     reload: Option<Reload>,
