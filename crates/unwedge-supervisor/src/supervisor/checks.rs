@@ -212,7 +212,6 @@ impl Pool {
     }
 
     pub(super) fn on_probe(&mut self, p: ProbeResult) {
-        const SHARED_PROBE_TELL_EVERY: Duration = Duration::from_secs(60);
         let shared_many = self.config.port_env.is_none() && self.config.workers > 1;
         // Through a shared socket to several workers a probe is no one worker's.
         let probed = match (&self.shared_probe, shared_many) {
@@ -250,10 +249,7 @@ impl Pool {
                 // Each worker's probe of the shared socket fails alike: said at most once a
                 // minute, not once per worker and interval.
                 let now = Instant::now();
-                let quiet = probed.is_some()
-                    && self
-                        .shared_probe_told
-                        .is_some_and(|at| now.duration_since(at) < SHARED_PROBE_TELL_EVERY);
+                let quiet = probed.is_some() && self.shared_probe_told.is_quiet(now, TELL_EVERY);
                 match &probed {
                     _ if quiet => tracing::debug!("probe failed ({n}/{failures}): {e}"),
                     Some(probe) => tracing::warn!("{probe} failed ({n}/{failures}): {e}"),
@@ -265,8 +261,7 @@ impl Pool {
                     if shared_many {
                         // Through a shared socket the probe cannot tell which worker failed.
                         w.probe_failures = 0;
-                        if !quiet {
-                            self.shared_probe_told = Some(now);
+                        if self.shared_probe_told.due(now, TELL_EVERY) {
                             tracing::error!(
                                 "probe through the shared socket failed {n} times in a row; cannot \
                                  tell which worker is hung (use --watchdog, or --port-env for \

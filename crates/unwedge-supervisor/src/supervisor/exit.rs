@@ -144,12 +144,7 @@ impl Pool {
             let command = crate::procfs::command_line(child).unwrap_or_default();
             // Once a minute at most: a worker that keeps starting helpers of their own session
             // must not flood the log.
-            let now = Instant::now();
-            if self
-                .daemon_told
-                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60))
-            {
-                self.daemon_told = Some(now);
+            if self.daemon_told.due(Instant::now(), TELL_EVERY) {
                 tracing::warn!(
                     "pid {child} (`{command}`) went into the background (a session of its own, \
                      adopted by the supervisor): if a worker's command daemonizes, it cannot be \

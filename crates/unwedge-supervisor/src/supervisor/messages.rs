@@ -3,9 +3,6 @@
 
 use super::*;
 
-/// How often at most the log warns of notify messages from processes that are no workers.
-const FORGED_WARN_EVERY: Duration = Duration::from_secs(60);
-
 impl Pool {
     pub(super) fn worker_for_sender(&self, pid: i32) -> Option<i32> {
         if self.workers.contains_key(&pid) {
@@ -55,12 +52,7 @@ impl Pool {
         let Some(pid) = d.pid.and_then(|p| self.worker_for_sender(p)) else {
             self.counters.forged_notify += 1;
             // At most once a minute: a process that floods the socket must not flood the log.
-            let now = Instant::now();
-            if self
-                .forged_told
-                .is_none_or(|at| now.duration_since(at) >= FORGED_WARN_EVERY)
-            {
-                self.forged_told = Some(now);
+            if self.forged_told.due(Instant::now(), TELL_EVERY) {
                 let from = d
                     .pid
                     .map_or_else(|| "an unknown pid".to_owned(), |p| format!("pid {p}"));

@@ -364,9 +364,9 @@ impl Supervisor {
             handle: self.handle,
             workers: HashMap::new(),
             counters: Counters::default(),
-            forged_told: None,
-            shared_probe_told: None,
-            daemon_told: None,
+            forged_told: Told::default(),
+            shared_probe_told: Told::default(),
+            daemon_told: Told::default(),
             active_gen: 1,
             next_gen: 1,
             reload: None,
@@ -815,12 +815,12 @@ struct Pool {
     intensity: Intensity,
     workers: HashMap<i32, Worker>,
     counters: Counters,
-    /// When the log last warned of notify messages from a process that is no worker.
-    forged_told: Option<Instant>,
-    /// When the log last said the probe through the shared socket keeps failing.
-    shared_probe_told: Option<Instant>,
-    /// When the log last warned of a process that went into the background.
-    daemon_told: Option<Instant>,
+    /// The log's last warning of notify messages from a process that is no worker.
+    forged_told: Told,
+    /// The log's last word that the probe through the shared socket keeps failing.
+    shared_probe_told: Told,
+    /// The log's last warning of a process that went into the background.
+    daemon_told: Told,
     active_gen: u64,
     next_gen: u64,
     reload: Option<Reload>,
@@ -982,6 +982,31 @@ fn worker_memory(w: &mut Worker, limit: u64, now: Instant) -> Option<u64> {
     Some(bytes)
 }
 
+/// When the log last said something it says at most once an interval (a flood of the same
+/// event must not flood the log).
+#[derive(Debug, Default, Clone, Copy)]
+struct Told(Option<Instant>);
+
+/// How often at most the log repeats a warning about the same kind of event.
+const TELL_EVERY: Duration = Duration::from_secs(60);
+
+impl Told {
+    /// Whether it was said less than `every` before `now`.
+    fn is_quiet(self, now: Instant, every: Duration) -> bool {
+        self.0
+            .is_some_and(|at| now.saturating_duration_since(at) < every)
+    }
+
+    /// Whether to say it at `now`; if so, remembers that it was said.
+    fn due(&mut self, now: Instant, every: Duration) -> bool {
+        let due = !self.is_quiet(now, every);
+        if due {
+            self.0 = Some(now);
+        }
+        due
+    }
+}
+
 /// Handles the signals whose default action would end the supervisor without a word (and its
 /// workers with it): timer signals nobody here asked for (SIGALRM, SIGVTALRM, SIGPROF: a stray
 /// `kill`, a library's timer) and other signals the supervisor does not use (SIGPWR, SIGIO,
@@ -996,7 +1021,7 @@ fn worker_memory(w: &mut Worker, limit: u64, now: Instant) -> Option<u64> {
 fn ignore_fatal_signals() -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
     use nix::libc;
     // How often each is said at most: every time, once, at most once a minute.
-    let (every, once, minute) = (Duration::ZERO, Duration::MAX, Duration::from_secs(60));
+    let (every, once, minute) = (Duration::ZERO, Duration::MAX, TELL_EVERY);
     let mut signals: Vec<(i32, String, Duration)> = [
         (Signal::SIGALRM, every),
         (Signal::SIGVTALRM, every),
@@ -1022,13 +1047,11 @@ fn ignore_fatal_signals() -> Result<Vec<tokio::task::JoinHandle<()>>, StartError
         let mut stream = signal(SignalKind::from_raw(num))
             .map_err(|e| StartError::setup(format!("handle {name}"), e))?;
         tasks.push(tokio::spawn(async move {
-            let mut told: Option<Instant> = None;
+            let mut told = Told::default();
             while stream.recv().await.is_some() {
-                let now = Instant::now();
-                if told.is_some_and(|t| now.saturating_duration_since(t) < quiet) {
+                if !told.due(Instant::now(), quiet) {
                     continue;
                 }
-                told = Some(now);
                 match name.as_str() {
                     "SIGXFSZ" => tracing::warn!(
                         "received SIGXFSZ: a write went over the file size limit (RLIMIT_FSIZE, \

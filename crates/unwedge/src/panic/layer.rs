@@ -547,7 +547,7 @@ pin_project! {
             // `CommitGuard` left uncommitted poisons its mutex) is the request's, decided by
             // this layer's policy. A `Drop` that panics there is that request's panic:
             // reported and decided as one in a poll (nobody is left to answer).
-            if let Err(payload) = drop_in_scope(this.state, ctx) {
+            if let Err(payload) = set_in_scope(this.state, State::Done, ctx) {
                 let _ = ctx.report(payload);
             }
         }
@@ -576,14 +576,16 @@ impl<F, B> ResponseFuture<F, B> {
     }
 }
 
-/// Drops the inner future in the request's scope (what its `Drop` does, a mutex poisoned or a
-/// panic, is the request's), its panic caught.
-fn drop_in_scope<F, B>(
-    mut state: Pin<&mut State<F, B>>,
+/// Sets `place` to `to` in the request's scope, the old value's panic caught: what its `Drop`
+/// does (a mutex poisoned, a panic) is the request's. For the handler's future, dropped when
+/// cancelled, and for the response body, dropped when done.
+fn set_in_scope<T>(
+    mut place: Pin<&mut T>,
+    to: T,
     ctx: &mut RequestCtx,
 ) -> Result<(), Box<dyn Any + Send>> {
     context::with_scope_in(&mut ctx.scope, || {
-        catch_unwind(AssertUnwindSafe(|| state.set(State::Done)))
+        catch_unwind(AssertUnwindSafe(|| place.set(to)))
     })
 }
 
@@ -623,7 +625,7 @@ where
                         let mut ctx = this.ctx.take().expect("checked above");
                         // Report first: dropping the future must not overwrite the capture.
                         let res = ctx.panic_response(payload);
-                        if drop_in_scope(this.state, &mut ctx).is_err() {
+                        if set_in_scope(this.state, State::Done, &mut ctx).is_err() {
                             // A panicking `Drop`: leave no stale capture for the next panic.
                             context::discard();
                         }
@@ -1182,11 +1184,7 @@ pin_project! {
             let Some(ctx) = this.ctx.as_mut() else {
                 return;
             };
-            let mut inner = this.inner;
-            let dropped = context::with_scope_in(&mut ctx.scope, || {
-                catch_unwind(AssertUnwindSafe(|| inner.set(None)))
-            });
-            if let Err(payload) = dropped {
+            if let Err(payload) = set_in_scope(this.inner, None, ctx) {
                 let ctx = this.ctx.take().expect("checked above");
                 ctx.report(payload);
             }

@@ -304,7 +304,7 @@ pub(crate) fn one_line(s: &str) -> String {
 /// ```
 pub fn encode_report(report: &PanicReport) -> String {
     const PREFIX: &str = "UNWEDGE_REPORT=";
-    const MARK: &str = "…<truncated>";
+    const MARK: &str = crate::panic::context::CUT_MARK;
     let budget = MAX_REPORT_BYTES - PREFIX.len();
     let mut value = match serde_json::to_value(report) {
         Ok(v) => v,
