@@ -122,3 +122,43 @@ fn a_slow_request_outlives_the_idle_timeout() {
         );
     });
 }
+
+/// SIGTERM while a client trickles its first request head: the connection gets the first
+/// request's grace (500 ms), then is closed; it does not hold the drain until the shutdown
+/// deadline (hyper's graceful shutdown would wait for the whole head).
+#[test]
+fn a_trickled_first_head_does_not_hold_the_drain_until_its_deadline() {
+    use rustix::process::Signal;
+    run_test(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut worker, _notify, addr) =
+            sole_worker_with(dir.path(), &[("UNWEDGE_SHUTDOWN_TIMEOUT", "30s")]).await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        // Connections are accepted in order: once a later one is answered, the slow one is
+        // the worker's.
+        let mut later = served_once(addr).await;
+        let mut buf = [0u8; 64];
+        let n = later.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        drop(later);
+        let trickle = tokio::spawn(async move {
+            while slow.write_all(b"a").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let signalled = Instant::now();
+        worker.signal(Signal::TERM);
+        let status = worker.wait_exit(Duration::from_secs(40)).await;
+        let took = signalled.elapsed();
+        trickle.abort();
+        assert_eq!(status.code(), Some(0), "stderr:\n{}", worker.stderr());
+        assert!(
+            took < Duration::from_secs(10),
+            "the drain took {took:?} (deadline 30 s):\n{}",
+            worker.stderr()
+        );
+    });
+}

@@ -169,9 +169,12 @@ pub fn spawn_worker_fd(
     let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
     let mut cmd = tokio::process::Command::new("/usr/bin/bash");
     cmd.arg("-c");
-    // `UNWEDGE_TEST_ULIMIT=N` in `env`: the worker starts with a soft open-file limit of N.
+    // `UNWEDGE_TEST_ULIMIT=N` in `env`: the worker starts with a soft open-file limit of N;
+    // `UNWEDGE_TEST_NOFILE=N`: with soft and hard limits of N (it cannot raise it).
     let ulimit = if env.iter().any(|(k, _)| *k == "UNWEDGE_TEST_ULIMIT") {
         "ulimit -Sn \"$UNWEDGE_TEST_ULIMIT\" && "
+    } else if env.iter().any(|(k, _)| *k == "UNWEDGE_TEST_NOFILE") {
+        "ulimit -n \"$UNWEDGE_TEST_NOFILE\" && "
     } else {
         ""
     };

@@ -1246,6 +1246,9 @@ fn prepare_router<S: 'static>(app: &mut S) {
     }
 }
 
+/// At most one "accept failed" line per this long (see `accept_loop`).
+const ACCEPT_ERROR_EVERY: Duration = Duration::from_secs(10);
+
 /// How long a connection that has not sent its first request yet is still read after
 /// shutdown begins: it was accepted, so its request is probably on the wire already, and
 /// closing it now would reset it.
@@ -1278,7 +1281,10 @@ async fn accept_loop<S, RB>(
     RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
 {
-    let mut error_logged = false;
+    // Accept failures (EMFILE and friends) are said at most once per ACCEPT_ERROR_EVERY, with
+    // how many were not said: when the process is out of descriptors, every connection closed
+    // lets one accept succeed before the next fails, which must not write a line each.
+    let mut said: Option<(tokio::time::Instant, u64)> = None;
     let mut stopped = std::pin::pin!(stop.stopped());
     loop {
         let stream = tokio::select! {
@@ -1288,19 +1294,28 @@ async fn accept_loop<S, RB>(
         };
         match stream {
             Ok(Stream::Tcp(s, peer)) => {
-                error_logged = false;
                 spawn_connection(s, Some(peer), service.clone(), &conn, &stop, alive.clone());
             }
             Ok(Stream::Unix(s)) => {
-                error_logged = false;
                 spawn_connection(s, None, service.clone(), &conn, &stop, alive.clone());
             }
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                if !error_logged {
-                    tracing::warn!(addr = %listener, error = %e, "accept failed; retrying");
-                    error_logged = true;
+                let now = tokio::time::Instant::now();
+                match &mut said {
+                    Some((at, unsaid)) if now.duration_since(*at) < ACCEPT_ERROR_EVERY => {
+                        *unsaid += 1;
+                    }
+                    _ => {
+                        let unsaid = said.map_or(0, |(_, n)| n);
+                        tracing::warn!(
+                            addr = %listener,
+                            error = %e,
+                            "accept failed; retrying ({unsaid} more failures since the last such line)"
+                        );
+                        said = Some((now, 0));
+                    }
                 }
+                // Back off briefly instead of spinning.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -1379,6 +1394,10 @@ fn spawn_connection<I, S, RB>(
                 }
                 match finished {
                     Some(r) => r,
+                    // Still no whole request head after the grace (a client trickling one, or
+                    // silent): nothing to finish, and hyper's graceful shutdown would wait for
+                    // the head, holding the drain until its deadline.
+                    None if calls.count() == 0 => return,
                     None => {
                         conn.as_mut().graceful_shutdown();
                         conn.await
