@@ -958,6 +958,25 @@ async fn run_help_says_what_ready_auto_does_with_a_silent_worker() {
     );
 }
 
+/// `--watchdog` under 1 ms is a usage error (exit 2), and its help did not say so.
+#[tokio::test]
+async fn run_help_says_the_shortest_watchdog() {
+    let (code, out) = run_to_end(&["run", "--help"]).await;
+    assert_eq!(code, 0, "{out}");
+    let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    let watchdog = text
+        .split("--watchdog <DURATION>")
+        .nth(1)
+        .and_then(|t| t.split(" --").next())
+        .unwrap_or_else(|| panic!("no --watchdog in:\n{out}"));
+    assert!(
+        watchdog.contains("At least 1ms (a shorter one is a usage error)"),
+        "{watchdog}"
+    );
+    let (code, err) = run_to_end(&["run", "--watchdog", "500us", "--", "true"]).await;
+    assert_clear(code, 2, &err, "under 1ms, the shortest watchdog");
+}
+
 #[tokio::test]
 async fn reload_needs_a_live_pid() {
     let dir = tempfile::tempdir().unwrap();

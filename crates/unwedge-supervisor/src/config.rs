@@ -285,8 +285,9 @@ pub struct Options {
     pub within: Option<Duration>,
 
     /// Heartbeat deadline: a worker that sent `WATCHDOG=1` once and then stays silent this
-    /// long is hung. Passed to workers as `WATCHDOG_USEC`. `0` turns it off, as systemd's
-    /// `WatchdogSec=0`; a worker may set its own with `WATCHDOG_USEC=` [default: off].
+    /// long is hung. Passed to workers as `WATCHDOG_USEC`. At least 1ms (a shorter one is a
+    /// usage error); `0` turns it off, as systemd's `WatchdogSec=0`; a worker may set its own
+    /// with `WATCHDOG_USEC=` [default: off].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Hang detection")]
     #[serde(
         default,
