@@ -453,6 +453,48 @@ async fn a_port_in_use_exits_1_and_names_what_holds_it() {
     assert_eq!(out.trim().lines().count(), 1, "{out}");
 }
 
+/// A `TMPDIR` too long for a unix socket path under it failed the start with `cannot create
+/// the notify socket: path must be shorter than SUN_LEN`, naming neither the path nor what to
+/// do: the line names both.
+#[tokio::test]
+async fn a_tmpdir_too_long_for_the_notify_socket_says_which_path_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("d".repeat(60)).join("e".repeat(60));
+    std::fs::create_dir_all(&long).unwrap();
+    let tmp = long.to_str().unwrap();
+    let (code, out, err) = run_split_env(
+        &["run", "--admin", "off", "--report-dir", "off", "--", "true"],
+        // Empty, so that neither is taken before TMPDIR.
+        &[
+            ("TMPDIR", tmp),
+            ("RUNTIME_DIRECTORY", ""),
+            ("XDG_RUNTIME_DIR", ""),
+        ],
+    )
+    .await;
+    assert_clear(code, 1, &err, "");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "one line:\n{err}");
+    let line = err.trim_end();
+    let start = format!("unwedge: error: cannot create the notify socket: its path {tmp}/unwedge-");
+    assert!(line.starts_with(&start), "{line}");
+    let (path, rest) = line[start.len() - tmp.len() - "/unwedge-".len()..]
+        .split_once(' ')
+        .unwrap();
+    assert!(path.ends_with("/notify.sock"), "{line}");
+    assert_eq!(
+        rest,
+        format!(
+            "({} bytes, in $TMPDIR) is longer than a unix socket path may be (107 bytes): set \
+             TMPDIR (or RUNTIME_DIRECTORY) to a shorter directory",
+            path.len()
+        ),
+        "{line}"
+    );
+    // Nothing left behind in it.
+    assert_eq!(std::fs::read_dir(&long).unwrap().count(), 0, "{line}");
+}
+
 /// A unix socket a server still accepts on is in use, not replaced (replacing it would take
 /// that server's new connections); one nothing listens on any more is replaced.
 #[tokio::test]
@@ -956,6 +998,25 @@ async fn run_help_says_what_ready_auto_does_with_a_silent_worker() {
         ),
         "{auto}"
     );
+}
+
+/// `--watchdog` under 1 ms is a usage error (exit 2), and its help did not say so.
+#[tokio::test]
+async fn run_help_says_the_shortest_watchdog() {
+    let (code, out) = run_to_end(&["run", "--help"]).await;
+    assert_eq!(code, 0, "{out}");
+    let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    let watchdog = text
+        .split("--watchdog <DURATION>")
+        .nth(1)
+        .and_then(|t| t.split(" --").next())
+        .unwrap_or_else(|| panic!("no --watchdog in:\n{out}"));
+    assert!(
+        watchdog.contains("At least 1ms (a shorter one is a usage error)"),
+        "{watchdog}"
+    );
+    let (code, err) = run_to_end(&["run", "--watchdog", "500us", "--", "true"]).await;
+    assert_clear(code, 2, &err, "under 1ms, the shortest watchdog");
 }
 
 #[tokio::test]

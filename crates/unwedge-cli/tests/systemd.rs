@@ -166,6 +166,66 @@ async fn a_workers_request_for_more_time_reaches_systemd_while_it_waits() {
     .expect("test timed out");
 }
 
+/// `WATCHDOG_USEC=1` for the supervisor itself (`WatchdogSec=1us`, a typo) had it send
+/// `WATCHDOG=1` every half microsecond, which is every turn of its event loop: a spinning
+/// supervisor and a flood of datagrams to systemd. The interval has a floor (10 ms), with a
+/// warning saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_watchdog_usec_for_the_supervisor_does_not_flood_systemd() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let notify_path = dir.path().join("notify");
+        let sd = UnixDatagram::bind(&notify_path).unwrap();
+        sd.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let sup = Sup::start_env(
+            &[
+                "run",
+                "--admin",
+                "off",
+                "--listen",
+                "127.0.0.1:0",
+                "--",
+                BIN,
+                "demo-service",
+            ],
+            &[
+                ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+                ("WATCHDOG_USEC", "1"),
+            ],
+        );
+        let mut got = Vec::new();
+        recv_until(&sd, "READY=1", &mut got);
+        // Heartbeats go on (a worker is ready), at most one per 10 ms: 100 in a second, and
+        // three times that for slack. Sent every half microsecond, it was thousands.
+        let (mut heartbeats, mut buf) = (0, vec![0u8; 4096]);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(1) {
+            if let Ok(n) = sd.recv(&mut buf) {
+                heartbeats += String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .filter(|l| *l == "WATCHDOG=1")
+                    .count();
+            }
+        }
+        assert!(heartbeats >= 1, "no WATCHDOG=1 in a second");
+        assert!(heartbeats <= 300, "{heartbeats} WATCHDOG=1 in a second");
+        // Said once, at the start.
+        let warning = sup
+            .wait_line(
+                0,
+                &["WATCHDOG_USEC=1 (systemd's WatchdogSec= for this service)"],
+            )
+            .await;
+        assert!(
+            warning.contains("WATCHDOG=1 goes to systemd every 10ms"),
+            "{warning}"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_systemd_socket_activate_passes_its_socket_through() {
     let Some(activate) = [

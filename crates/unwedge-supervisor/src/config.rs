@@ -285,8 +285,9 @@ pub struct Options {
     pub within: Option<Duration>,
 
     /// Heartbeat deadline: a worker that sent `WATCHDOG=1` once and then stays silent this
-    /// long is hung. Passed to workers as `WATCHDOG_USEC`. `0` turns it off, as systemd's
-    /// `WatchdogSec=0`; a worker may set its own with `WATCHDOG_USEC=` [default: off].
+    /// long is hung. Passed to workers as `WATCHDOG_USEC`. At least 1ms (a shorter one is a
+    /// usage error); `0` turns it off, as systemd's `WatchdogSec=0`; a worker may set its own
+    /// with `WATCHDOG_USEC=` [default: off].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Hang detection")]
     #[serde(
         default,
@@ -470,12 +471,11 @@ pub struct Options {
 }
 
 impl Options {
-    /// Reads and parses a config file.
+    /// Reads and parses a config file. A file that is not a regular one (a FIFO, directory,
+    /// socket or device) is refused at once, a [`ConfigError::Usage`] naming it, rather than
+    /// waited on: a FIFO without a writer would block the caller for ever.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let text = read_config_text(path)?;
         Self::from_toml(&text).map_err(|(at, reason)| ConfigError::Invalid {
             path: path.to_owned(),
             at,
@@ -1331,13 +1331,7 @@ fn read_config_text(path: &Path) -> Result<String, ConfigError> {
         path: path.to_owned(),
         reason: e.to_string(),
     };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)
-        .map_err(unreadable)?;
-    let kind = file.metadata().map_err(unreadable)?.file_type();
-    if !kind.is_file() {
+    let not_regular = |kind: std::fs::FileType| {
         use std::os::unix::fs::FileTypeExt;
         let what = if kind.is_fifo() {
             "a FIFO"
@@ -1348,10 +1342,29 @@ fn read_config_text(path: &Path) -> Result<String, ConfigError> {
         } else {
             "a device"
         };
-        return Err(ConfigError::Usage(format!(
+        ConfigError::Usage(format!(
             "config file {} is {what}, not a regular file",
             path.display()
-        )));
+        ))
+    };
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+    {
+        Ok(file) => file,
+        // A unix socket cannot be opened at all (ENXIO, "No such device or address"): say
+        // what it is instead.
+        Err(e) => {
+            return Err(match std::fs::metadata(path) {
+                Ok(m) if !m.is_file() && !m.is_dir() => not_regular(m.file_type()),
+                _ => unreadable(e),
+            })
+        }
+    };
+    let kind = file.metadata().map_err(unreadable)?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(kind));
     }
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(unreadable)?;
@@ -1841,6 +1854,57 @@ mod tests {
         ));
         let e = toml::from_str::<Options>("max-memory = \"lots\"").unwrap_err();
         assert!(e.message().contains("invalid size \"lots\""), "{e}");
+    }
+
+    /// `Options::from_file` on a FIFO with no writer blocked for ever (the CLI refused FIFOs
+    /// before calling it, the public API did not): a FIFO, directory, socket or device is
+    /// refused at once, naming it.
+    #[test]
+    fn from_file_refuses_what_is_not_a_regular_file_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo: {made}");
+        let sock = dir.path().join("sock.toml");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let cases = [
+            (fifo, "a FIFO"),
+            (dir.path().to_owned(), "a directory"),
+            (sock, "a socket"),
+            ("/dev/null".into(), "a device"),
+        ];
+        for (path, what) in cases {
+            // On a thread of its own: without the fix the FIFO's read never returns, and the
+            // test fails rather than hangs.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let p = path.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(Options::from_file(&p).map(|_| ()));
+            });
+            let result = rx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("from_file({}) still waits", path.display()));
+            let e = result.unwrap_err();
+            assert!(matches!(e, ConfigError::Usage(_)), "{e:?}");
+            assert_eq!(e.exit_code(), 2);
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "config file {} is {what}, not a regular file",
+                    path.display()
+                )
+            );
+        }
+        // A regular file still reads.
+        let file = dir.path().join("u.toml");
+        std::fs::write(&file, "workers = 3\n").unwrap();
+        assert_eq!(
+            Options::from_file(&file).unwrap().workers,
+            Some(Workers::Count(3))
+        );
     }
 
     #[test]

@@ -212,20 +212,48 @@ fn micros(key: &str, value: &str) -> Result<std::time::Duration, Malformed> {
     Ok(std::time::Duration::from_micros(usec).min(MAX_NOTIFY_DURATION))
 }
 
-/// The first of `candidates` (values of `$RUNTIME_DIRECTORY`, `$XDG_RUNTIME_DIR`) that is a
-/// directory, else the temporary directory. systemd's `RUNTIME_DIRECTORY` may list several
+/// The first of `candidates` (variable names with their values: `$RUNTIME_DIRECTORY`,
+/// `$XDG_RUNTIME_DIR`) that is a directory, else the temporary directory (`TMPDIR`), with the
+/// name of the variable it came from. systemd's `RUNTIME_DIRECTORY` may list several
 /// directories separated by colons: the first is taken.
-fn base_dir(candidates: &[Option<std::ffi::OsString>]) -> PathBuf {
+fn base_dir(candidates: &[(&'static str, Option<std::ffi::OsString>)]) -> (PathBuf, &'static str) {
     candidates
         .iter()
-        .flatten()
-        .filter_map(|v| {
-            v.to_str()
+        .filter_map(|(name, v)| {
+            v.as_ref()?
+                .to_str()
                 .and_then(|v| v.split(':').next())
-                .map(PathBuf::from)
+                .map(|p| (PathBuf::from(p), *name))
         })
-        .find(|p| !p.as_os_str().is_empty() && p.is_dir())
-        .unwrap_or_else(std::env::temp_dir)
+        .find(|(p, _)| !p.as_os_str().is_empty() && p.is_dir())
+        .unwrap_or_else(|| (std::env::temp_dir(), "TMPDIR"))
+}
+
+/// The longest path a unix socket may be bound at, in bytes (`sun_path` holds 108, the
+/// terminating NUL included).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Refuses a socket `path` longer than a unix socket allows, saying which path it is and what
+/// to do (the directory came from the variable `from`), where `bind` would only say "path
+/// must be shorter than SUN_LEN".
+fn check_socket_path(path: &Path, from: &str) -> io::Result<()> {
+    let len = path.as_os_str().len();
+    if len <= MAX_SOCKET_PATH {
+        return Ok(());
+    }
+    let what = match from {
+        "TMPDIR" => "set TMPDIR (or RUNTIME_DIRECTORY) to a shorter directory",
+        "RUNTIME_DIRECTORY" => "set RUNTIME_DIRECTORY to a shorter directory",
+        _ => "set RUNTIME_DIRECTORY to a shorter directory (it is used first)",
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "its path {} ({len} bytes, in ${from}) is longer than a unix socket path may be \
+             ({MAX_SOCKET_PATH} bytes): {what}",
+            path.display()
+        ),
+    ))
 }
 
 /// Binds a datagram socket at `path`, readable and writable by this user only, with
@@ -300,20 +328,30 @@ impl NotifySocket {
     /// can reach the socket and nobody else can replace it. `$XDG_RUNTIME_DIR` is then passed
     /// over: it is the supervisor's user's own directory, which no other user can enter.
     pub fn bind_for(owner: Option<(u32, u32)>) -> io::Result<Self> {
-        let base = base_dir(&[
-            std::env::var_os("RUNTIME_DIRECTORY"),
-            owner
-                .is_none()
-                .then(|| std::env::var_os("XDG_RUNTIME_DIR"))
-                .flatten(),
+        let (base, from) = base_dir(&[
+            ("RUNTIME_DIRECTORY", std::env::var_os("RUNTIME_DIRECTORY")),
+            (
+                "XDG_RUNTIME_DIR",
+                owner
+                    .is_none()
+                    .then(|| std::env::var_os("XDG_RUNTIME_DIR"))
+                    .flatten(),
+            ),
         ]);
-        Self::bind_in(&base, owner)
+        Self::bind_from(&base, from, owner)
     }
 
+    #[cfg(test)]
     fn bind_in(base: &Path, owner: Option<(u32, u32)>) -> io::Result<Self> {
+        Self::bind_from(base, "TMPDIR", owner)
+    }
+
+    /// Binds in `base`, which came from the variable `from` (named when the path is too long).
+    fn bind_from(base: &Path, from: &str, owner: Option<(u32, u32)>) -> io::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
             .tempdir_in(base)?;
+        check_socket_path(&dir.path().join(SOCKET_NAME), from)?;
         open_dir_to(dir.path(), owner)?;
         let uid = std::fs::metadata(dir.path())?.uid();
         let removed = sweep_stale(base, uid);
@@ -511,14 +549,23 @@ mod tests {
         let run = tempfile::tempdir().unwrap();
         let xdg = tempfile::tempdir().unwrap();
         let os = |p: &Path| Some(p.as_os_str().to_owned());
+        let base = |a, b| base_dir(&[("RUNTIME_DIRECTORY", a), ("XDG_RUNTIME_DIR", b)]);
         let both = format!("{}:{}", run.path().display(), xdg.path().display());
-        assert_eq!(base_dir(&[os(run.path()), os(xdg.path())]), run.path());
-        assert_eq!(base_dir(&[Some(both.into()), None]), run.path());
-        assert_eq!(base_dir(&[None, os(xdg.path())]), xdg.path());
+        let (r, x) = ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR");
+        assert_eq!(
+            base(os(run.path()), os(xdg.path())),
+            (run.path().to_path_buf(), r)
+        );
+        assert_eq!(base(Some(both.into()), None), (run.path().to_path_buf(), r));
+        assert_eq!(base(None, os(xdg.path())), (xdg.path().to_path_buf(), x));
         let gone = run.path().join("gone");
-        assert_eq!(base_dir(&[os(&gone), os(xdg.path())]), xdg.path());
-        assert_eq!(base_dir(&[Some("".into()), None]), std::env::temp_dir());
-        assert_eq!(base_dir(&[None, None]), std::env::temp_dir());
+        assert_eq!(
+            base(os(&gone), os(xdg.path())),
+            (xdg.path().to_path_buf(), x)
+        );
+        let tmp = (std::env::temp_dir(), "TMPDIR");
+        assert_eq!(base(Some("".into()), None), tmp);
+        assert_eq!(base(None, None), tmp);
     }
 
     #[test]

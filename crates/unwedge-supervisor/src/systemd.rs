@@ -19,6 +19,12 @@ pub(crate) const SYSTEMD_VARS: &[&str] = &[
     "LISTEN_FDNAMES",
 ];
 
+/// The shortest interval at which the supervisor sends `WATCHDOG=1` to systemd. A
+/// `WATCHDOG_USEC` under twice this (`WatchdogSec=1us`, a typo) is no heartbeat any service
+/// can keep up with: sending every half of it kept the event loop spinning (a loop turn, and a
+/// datagram, every time the timer fired) for nothing.
+pub const MIN_WATCHDOG_INTERVAL: Duration = Duration::from_millis(10);
+
 /// The supervisor's own link to systemd (inactive when `NOTIFY_SOCKET` is unset).
 #[derive(Debug, Clone)]
 pub struct Systemd {
@@ -40,6 +46,16 @@ impl Systemd {
         let watchdog = usec
             .filter(|u| enabled && pid_ok && *u > 0)
             .map(Duration::from_micros);
+        if let Some(w) = watchdog.filter(|w| *w / 2 < MIN_WATCHDOG_INTERVAL) {
+            tracing::warn!(
+                "WATCHDOG_USEC={} (systemd's WatchdogSec= for this service) is under {}: \
+                 WATCHDOG=1 goes to systemd every {} instead of every half of it, and systemd \
+                 may take the supervisor for hung; give WatchdogSec= of a second or more",
+                w.as_micros(),
+                humantime::format_duration(MIN_WATCHDOG_INTERVAL * 2),
+                humantime::format_duration(MIN_WATCHDOG_INTERVAL),
+            );
+        }
         Systemd { enabled, watchdog }
     }
 
@@ -48,9 +64,10 @@ impl Systemd {
         self.enabled
     }
 
-    /// Interval at which to send `WATCHDOG=1` (half of systemd's `WatchdogSec`).
+    /// Interval at which to send `WATCHDOG=1`: half of systemd's `WatchdogSec` (as
+    /// sd_watchdog_enabled(3) recommends), but at least [`MIN_WATCHDOG_INTERVAL`].
     pub fn watchdog_interval(&self) -> Option<Duration> {
-        self.watchdog.map(|d| d / 2)
+        self.watchdog.map(|d| (d / 2).max(MIN_WATCHDOG_INTERVAL))
     }
 
     fn send(&self, states: &[NotifyState<'_>]) {
