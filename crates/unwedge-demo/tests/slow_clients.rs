@@ -162,3 +162,37 @@ fn a_trickled_first_head_does_not_hold_the_drain_until_its_deadline() {
         );
     });
 }
+
+/// A client that sends part of a `PUT` body and then nothing: the bytecache app bounds the
+/// whole body read (`BODY_TIMEOUT`, 5 s) below the watchdog's hang limit (10 s), so the client
+/// gets a `408` and the process stays healthy, instead of one stalled upload keeping a request
+/// in flight until the watchdog takes the quiet process for wedged (and it is replaced).
+#[test]
+fn a_stalled_upload_gets_408_before_the_hang_limit_and_the_process_stays_live() {
+    run_test(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (_worker, _notify, addr) = sole_worker(dir.path()).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let sent = Instant::now();
+        client
+            .write_all(
+                b"PUT /bytecache/cache/k HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc",
+            )
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(30), client.read(&mut buf))
+            .await
+            .expect("no answer to a stalled upload within 30 s")
+            .unwrap();
+        let took = sent.elapsed();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(
+            took < Duration::from_secs(10),
+            "answered after {took:?}, past the 10 s hang limit"
+        );
+        let (status, body) = http(addr, "GET", "/livez").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    });
+}

@@ -26,6 +26,15 @@
 //! A request counts as completed when its response head is ready (a streaming body is not
 //! watched). A request long on purpose (a long poll) calls [`long_request`]: the no-progress
 //! check leaves it out.
+//!
+//! A handler waiting for its request's body waits on the client, which the watchdog cannot
+//! tell from a handler waiting on itself (hyper's `Incoming` says nothing of it): one client
+//! that sends its body slowly, or stops half-way, keeps its request in flight, and on an
+//! otherwise quiet process turns it Wedged once that is older than the hang limit. Bound the
+//! whole body read below the hang limit, e.g. `tokio::time::timeout(d,
+//! axum::body::Bytes::from_request(req, &()))` answering `408` (as `examples/bytecache` does;
+//! tower-http's `RequestBodyTimeoutLayer` bounds each chunk, not the whole body), or call
+//! [`long_request`] in handlers that take large uploads on purpose.
 
 use std::cell::RefCell;
 use std::future::Future;

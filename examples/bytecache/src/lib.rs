@@ -7,7 +7,7 @@
 //!
 //! | route | does |
 //! | --- | --- |
-//! | `PUT /cache/{key}` (body: the bytes) | stores the entry: `201`, `409` if the key exists, `507` if it would not fit; the key `burn` panics mid-update |
+//! | `PUT /cache/{key}` (body: the bytes) | stores the entry: `201`, `409` if the key exists, `507` if it would not fit, `408` if the body takes longer than [`BODY_TIMEOUT`] to arrive; the key `burn` panics mid-update |
 //! | `GET /cache/{key}` | the bytes, or `404` |
 //! | `GET /stats` | `{"max_size":…,"curr_size":…,"actual_size":…,"entries":{"key":len,…}}` |
 
@@ -17,14 +17,22 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use unwedge::Tx;
+
+/// How long a `PUT`'s body may take to arrive: under the watchdog's hang limit (10 s by
+/// default), so that one client sending its body slowly, or stopping half-way, gets a `408`
+/// instead of keeping a request in flight until the watchdog takes a quiet process for
+/// wedged (it cannot tell a handler waiting on its client from one waiting on itself).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Cache size when none is configured, in bytes.
 pub const DEFAULT_MAX_SIZE: usize = 1024;
@@ -165,7 +173,14 @@ pub fn app_with_max_size(max_size: usize) -> Router {
         .with_state(cache)
 }
 
-async fn put_entry(State(cache): State<Cache>, Path(key): Path<String>, body: Bytes) -> Response {
+async fn put_entry(State(cache): State<Cache>, Path(key): Path<String>, req: Request) -> Response {
+    // The whole body within BODY_TIMEOUT, not just each chunk: a client trickling a byte now
+    // and then is bounded too. (Within it, the `Bytes` extractor as usual: its size limit.)
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, &())).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(rejection)) => return rejection.into_response(),
+        Err(_) => return (StatusCode::REQUEST_TIMEOUT, "body too slow\n").into_response(),
+    };
     // A panic inside the closure discards the copy: `curr_size` is never left bumped.
     match cache.update(|c| c.put(&key, body)) {
         Put::Stored => StatusCode::CREATED.into_response(),
