@@ -278,6 +278,15 @@ pub(crate) fn backtrace() -> Result<(), ServeError> {
         .ok_or_else(|| ServeError::bad_env(name, &v, "expected 1 (symbols within 2 ms), full or 0"))
 }
 
+/// A count from the environment (`UNWEDGE_MAX_CONNECTIONS`): a whole number, `0` included.
+pub(crate) fn count(name: &'static str) -> Result<Option<usize>, ServeError> {
+    let Some(v) = var(name)? else { return Ok(None) };
+    v.trim()
+        .parse::<usize>()
+        .map(Some)
+        .map_err(|_| ServeError::bad_env(name, &v, "expected a whole number (0 for no limit)"))
+}
+
 /// `UNWEDGE_HEALTH_ROUTES=0` turns the `/livez` `/readyz` routes off.
 pub(crate) fn flag(name: &'static str) -> Result<Option<bool>, ServeError> {
     let Some(v) = var(name)? else { return Ok(None) };

@@ -25,12 +25,34 @@ pub(crate) fn raise_nofile() -> Option<(u64, u64)> {
     Some((current, target))
 }
 
+/// [`Server::max_connections`](crate::Server::max_connections)'s default: seven eighths of the
+/// soft open-file limit, leaving the rest (at least 32 descriptors) to the app; `None` when
+/// there is no limit.
+pub(crate) fn default_max_connections() -> Option<usize> {
+    let soft = getrlimit(Resource::Nofile).current?;
+    Some(connections_for(soft))
+}
+
+/// The connections served at once under a soft open-file limit of `soft` (at least 1).
+fn connections_for(soft: u64) -> usize {
+    let left = (soft / 8).max(32);
+    usize::try_from(soft.saturating_sub(left).max(1)).unwrap_or(usize::MAX)
+}
+
 /// The highest soft limit set (the kernel's default `fs.nr_open` is 1 048 576).
 pub(crate) const MAX_NOFILE: u64 = 1 << 20;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_leave_an_eighth_of_the_descriptors_and_at_least_32_to_the_app() {
+        assert_eq!(connections_for(1 << 20), (1 << 20) - (1 << 17));
+        assert_eq!(connections_for(1024), 896);
+        assert_eq!(connections_for(64), 32);
+        assert_eq!(connections_for(20), 1);
+    }
 
     #[test]
     fn the_soft_limit_ends_at_the_hard_one() {

@@ -108,6 +108,7 @@
 //! | `UNWEDGE_ABORT_WHEN_WEDGED` | exit 70 after being wedged this long; `0` (or unset) for never |
 //! | `UNWEDGE_HEALTH_ROUTES` | `0` to leave `/livez` `/readyz` to the app |
 //! | `UNWEDGE_IDLE_TIMEOUT` | idle period after which a connection without requests is closed; `0` for none |
+//! | `UNWEDGE_MAX_CONNECTIONS` | connections served at once, more wait in the listen backlog (default: seven eighths of the open-file limit); `0` for no limit |
 //! | `UNWEDGE_BACKTRACE` | `1` (default: symbols within 2 ms, else raw frames), `full` or `0` (none) |
 //!
 //! The guide `docs/systemd-worker.md` shows unit files and the supervisor side.
@@ -328,6 +329,8 @@ pub struct Server {
     abort_when_wedged: Option<Duration>,
     exit_on_crash: bool,
     idle_timeout: Option<Duration>,
+    /// `None`: the default, from the open-file limit; `Some(None)`: no limit.
+    max_connections: Option<Option<usize>>,
     raise_fd_limit: bool,
     /// [`Server::before_exit`]'s hook.
     before_exit: Shared<ExitHook>,
@@ -406,6 +409,7 @@ impl Server {
             abort_when_wedged: None,
             exit_on_crash: true,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            max_connections: None,
             raise_fd_limit: true,
             before_exit: Shared::default(),
             connect_info: false,
@@ -671,6 +675,25 @@ impl Server {
         self
     }
 
+    /// How many connections are served at once (all listeners together); `None` (or zero)
+    /// for no limit. At the limit `serve()` stops accepting until a connection closes: new
+    /// ones wait in the kernel's listen backlog instead of taking the last file descriptors,
+    /// which the app needs for its own files and upstream connections (and whose lack fails
+    /// `accept` for everyone anyway). Reaching it is logged, at most once per 10 s.
+    ///
+    /// Default: seven eighths of the open-file limit (after
+    /// [`raise_fd_limit`](Self::raise_fd_limit)), leaving the rest, at least 32, to the app.
+    /// Environment: `UNWEDGE_MAX_CONNECTIONS` (`0` for no limit).
+    ///
+    /// ```
+    /// let server = unwedge::Server::new().max_connections(10_000);
+    /// # let _ = server;
+    /// ```
+    pub fn max_connections(mut self, limit: impl Into<Option<usize>>) -> Self {
+        self.max_connections = Some(limit.into().filter(|&n| n > 0));
+        self
+    }
+
     /// Whether `serve()` raises the process's soft open-file limit (`RLIMIT_NOFILE`) to its
     /// hard limit at start, as Go's runtime does (default: true). Every connection is a file
     /// descriptor, and the usual soft limit of 1024 fails `accept` long before the machine is
@@ -813,6 +836,9 @@ impl Server {
         config::backtrace()?;
         let idle_timeout =
             off_when_zero(config::duration("UNWEDGE_IDLE_TIMEOUT")?, self.idle_timeout);
+        let max_connections = config::count("UNWEDGE_MAX_CONNECTIONS")?
+            .map(|n| Some(n).filter(|&n| n > 0))
+            .or(self.max_connections);
 
         if let Some(hook) = self.before_exit.take() {
             set_before_exit(hook);
@@ -822,6 +848,11 @@ impl Server {
             if let Some((from, to)) = limits::raise_nofile() {
                 tracing::debug!(from, to, "raised the open-file limit");
             }
+        }
+        // After the raise: the default is a share of the limit the process ends up with.
+        let max_connections = max_connections.unwrap_or_else(limits::default_max_connections);
+        if let Some(n) = max_connections {
+            tracing::debug!(max_connections = n, "connection limit");
         }
 
         // Signals before anything can be ready, so an early SIGTERM is not lost.
@@ -889,6 +920,8 @@ impl Server {
         // Every connection task holds a clone of `alive`: the drain is over when all are gone.
         let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
         let mut accepting = tokio::task::JoinSet::new();
+        // One permit per connection served, shared by every listener.
+        let slots = max_connections.map(|n| (Arc::new(tokio::sync::Semaphore::new(n)), n));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // No hyper timer: its header read timeout re-arms a timer for every request (measured:
         // +1 650 instructions per request, +11 %); `Conn::idle_timeout` checks once a period.
@@ -900,6 +933,7 @@ impl Server {
                 Conn {
                     builder: builder.clone(),
                     idle_timeout,
+                    slots: slots.clone(),
                 },
                 alive.clone(),
                 stop.clone(),
@@ -1266,6 +1300,9 @@ struct Conn {
     builder: auto::Builder<TokioExecutor>,
     /// A connection that delivered no new request in one such period is closed gracefully.
     idle_timeout: Option<Duration>,
+    /// [`Server::max_connections`]: a permit per connection, and how many there are; `None`
+    /// for no limit.
+    slots: Option<(Arc<tokio::sync::Semaphore>, usize)>,
 }
 
 async fn accept_loop<S, RB>(
@@ -1285,8 +1322,31 @@ async fn accept_loop<S, RB>(
     // how many were not said: when the process is out of descriptors, every connection closed
     // lets one accept succeed before the next fails, which must not write a line each.
     let mut said: Option<(tokio::time::Instant, u64)> = None;
+    let mut full_said: Option<tokio::time::Instant> = None;
     let mut stopped = std::pin::pin!(stop.stopped());
     loop {
+        // A connection slot first: at the limit, new connections wait in the listen backlog.
+        let slot = match &conn.slots {
+            None => None,
+            Some((slots, n)) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    let now = tokio::time::Instant::now();
+                    if full_said.is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_EVERY) {
+                        tracing::warn!(
+                            addr = %listener,
+                            "at the connection limit ({n}): new connections wait in the listen backlog until one closes"
+                        );
+                        full_said = Some(now);
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = stopped.as_mut() => break,
+                        slot = slots.clone().acquire_owned() => slot.ok(),
+                    }
+                }
+            },
+        };
         let stream = tokio::select! {
             biased;
             _ = stopped.as_mut() => break,
@@ -1294,10 +1354,18 @@ async fn accept_loop<S, RB>(
         };
         match stream {
             Ok(Stream::Tcp(s, peer)) => {
-                spawn_connection(s, Some(peer), service.clone(), &conn, &stop, alive.clone());
+                let svc = service.clone();
+                spawn_connection(s, Some(peer), svc, &conn, &stop, (alive.clone(), slot));
             }
             Ok(Stream::Unix(s)) => {
-                spawn_connection(s, None, service.clone(), &conn, &stop, alive.clone());
+                spawn_connection(
+                    s,
+                    None,
+                    service.clone(),
+                    &conn,
+                    &stop,
+                    (alive.clone(), slot),
+                );
             }
             Err(e) => {
                 let now = tokio::time::Instant::now();
@@ -1334,7 +1402,11 @@ fn spawn_connection<I, S, RB>(
     service: Stack<S>,
     how: &Conn,
     stop: &stop::Stop,
-    alive: tokio::sync::mpsc::Sender<()>,
+    // Held while the connection lives: the drain's count, and its connection slot.
+    alive: (
+        tokio::sync::mpsc::Sender<()>,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ),
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<RB>> + Clone + Send + 'static,
