@@ -3011,6 +3011,88 @@ exec sleep 1000
     .await;
 }
 
+/// Kills, when dropped, the helpers whose pids a test's workers wrote to `file` (one a line):
+/// they run in sessions of their own, and would outlive a failed test.
+struct KillHelpers(std::path::PathBuf);
+
+impl Drop for KillHelpers {
+    fn drop(&mut self) {
+        let pids = std::fs::read_to_string(&self.0).unwrap_or_default();
+        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "sleep" {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The pipes a process holds open (`/proc/<pid>/fd` entries that are pipes).
+fn pipes_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("pipe:"))
+        .count()
+}
+
+/// A worker that starts a helper in a session of its own (`setsid`), which keeps the worker's
+/// stdout and stderr, and exits: the supervisor's read ends of those pipes (and the tasks
+/// reading them) were kept until the helper ended, 2 more descriptors at each restart (2 436
+/// open after 587 restarts) until no worker could be started (EMFILE). They are closed a
+/// moment after the worker exited: the supervisor's open pipes stay bounded over restarts,
+/// and the worker's last line is still passed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helpers_in_their_own_session_do_not_keep_the_output_pipes_open() {
+    within(Duration::from_secs(120), async {
+        let dir = tempfile::tempdir().unwrap();
+        let helpers = dir.path().join("helpers");
+        let _kill = KillHelpers(helpers.clone());
+        let script = format!(
+            "setsid sleep 600 & echo $! >> {}; sleep 0.2; echo \"last words\" >&2; exit 1",
+            helpers.display()
+        );
+        let mut sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--workers",
+                "2",
+                "--ready",
+                "none",
+                "--restart-delay",
+                "10ms",
+                "--restart-delay-max",
+                "20ms",
+                "--max-restarts",
+                "100000000",
+                "--within",
+                "1s",
+            ],
+            &["sh", "-c", &script],
+        );
+        // The first restarts fill the window of pipes still read (the last 2 s of exits).
+        let mut from = 0;
+        for _ in 0..30 {
+            from = sup.wait_line_idx(from, &["restarting in"]).await.1 + 1;
+        }
+        let before = pipes_of(sup.pid);
+        for _ in 0..50 {
+            from = sup.wait_line_idx(from, &["restarting in"]).await.1 + 1;
+        }
+        let after = pipes_of(sup.pid);
+        // Kept: 2 more for each restart (100 here); a bounded window of recent exits now.
+        assert!(
+            after <= before + 40,
+            "open pipes {before} -> {after} over 50 restarts"
+        );
+        assert!(sup.log().contains("] last words"), "{}", sup.log());
+        sup.signal(Signal::SIGTERM);
+        sup.wait_exit(LONG).await;
+    })
+    .await;
+}
+
 /// A command that daemonizes (its server goes into a session of its own and the command
 /// exits) is named plainly, and its daemon is stopped with the supervisor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,14 +214,67 @@ pub(crate) fn says_address_in_use(line: &str) -> bool {
 /// (journald's own limit, `LineMax=`, is 48 KiB.)
 pub const MAX_LINE: usize = 16 * 1024;
 
-pub(crate) fn forward<R>(reader: R, worker: String, pid: i32, stream: Stream, format: LogFormat)
-where
+pub(crate) fn forward<R>(
+    reader: R,
+    worker: String,
+    pid: i32,
+    stream: Stream,
+    format: LogFormat,
+    cutoff: &OutputCutoff,
+) where
     R: AsyncRead + Unpin + Send + 'static,
 {
-    forward_to(writer().clone(), reader, worker, pid, stream, format);
+    forward_to(
+        writer().clone(),
+        reader,
+        worker,
+        pid,
+        stream,
+        format,
+        cutoff.0.subscribe(),
+    );
 }
 
-/// [`forward`], each line sent to `out`.
+/// How long a worker's output is still read after it exited (and the processes of its session
+/// it left running ended): its last lines, which its crash record's stderr tail waits for, are
+/// in the pipe by then. A process that still holds the pipe after that (a helper that went
+/// into a session of its own, `setsid`) does not keep the supervisor's end of it, nor the task
+/// that reads it: they would pile up at each restart (two read ends and two tasks each) until
+/// the supervisor could not start a worker any more (EMFILE). The helper then gets EPIPE (or
+/// SIGPIPE) when it writes to it, as when its reader went away.
+pub(crate) const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// The end of the forwarding of one worker's output: when this is dropped (the worker exited,
+/// and what it left of its session ended), its stdout and stderr are read for
+/// [`OUTPUT_GRACE`] more, then closed.
+#[derive(Debug)]
+pub(crate) struct OutputCutoff(watch::Sender<Option<Instant>>);
+
+impl OutputCutoff {
+    pub(crate) fn new() -> Self {
+        OutputCutoff(watch::channel(None).0)
+    }
+}
+
+impl Drop for OutputCutoff {
+    fn drop(&mut self) {
+        self.0.send_replace(Some(Instant::now() + OUTPUT_GRACE));
+    }
+}
+
+/// Returns once the cutoff `rx` was given has passed (never, if it has none).
+async fn cut_off(rx: &mut watch::Receiver<Option<Instant>>) {
+    let at = match rx.wait_for(Option::is_some).await.map(|at| *at) {
+        Ok(at) => at,
+        Err(_) => *rx.borrow(),
+    };
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// [`forward`], each line sent to `out`, until EOF or the time `cutoff` gives.
 fn forward_to<R>(
     out: mpsc::Sender<(Stream, String)>,
     reader: R,
@@ -229,6 +282,7 @@ fn forward_to<R>(
     pid: i32,
     stream: Stream,
     format: LogFormat,
+    mut cutoff: watch::Receiver<Option<Instant>>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
 {
@@ -244,32 +298,38 @@ fn forward_to<R>(
         loop {
             buf.clear();
             buf.append(&mut carry);
-            match (&mut r)
-                .take(MAX_LINE as u64)
-                .read_until(b'\n', &mut buf)
-                .await
-            {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let cut = n == MAX_LINE && buf.last() != Some(&b'\n');
-                    if cut {
-                        carry = buf.split_off(buf.len() - unfinished_char(&buf));
-                    }
-                    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        buf.pop();
-                    }
-                    let text = String::from_utf8_lossy(&buf);
-                    if let Some(t) = tail.as_ref().filter(|_| !continued) {
-                        t.push(&text);
-                    }
-                    continued = cut;
-                    let line = format_line(format, &worker, pid, stream, &text);
-                    if out.send((stream, line)).await.is_err() {
-                        break;
-                    }
-                }
+            let mut piece = (&mut r).take(MAX_LINE as u64);
+            let read = tokio::select! {
+                read = piece.read_until(b'\n', &mut buf) => Some(read),
+                () = cut_off(&mut cutoff) => None,
+            };
+            // At the cutoff, a line begun and not ended (its bytes read into `buf`) is passed
+            // on as it is, the last one.
+            let (n, last) = match read {
+                Some(Ok(0) | Err(_)) => break,
+                Some(Ok(n)) => (n, false),
+                None if buf.is_empty() => break,
+                None => (0, true),
+            };
+            let cut = n == MAX_LINE && buf.last() != Some(&b'\n');
+            if cut {
+                carry = buf.split_off(buf.len() - unfinished_char(&buf));
+            }
+            while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                buf.pop();
+            }
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(t) = tail.as_ref().filter(|_| !continued) {
+                t.push(&text);
+            }
+            continued = cut;
+            let line = format_line(format, &worker, pid, stream, &text);
+            if out.send((stream, line)).await.is_err() || last {
+                break;
             }
         }
+        // The read end closes here (`r` dropped), at EOF or at the cutoff.
+        drop(r);
         if let Some(t) = &tail {
             t.closed.send_replace(Some(Instant::now()));
         }
@@ -294,7 +354,15 @@ mod tests {
     #[tokio::test]
     async fn stderr_tail_keeps_the_last_lines_until_asked() {
         let (mut w, r) = tokio::io::duplex(64 * 1024);
-        forward(r, "w9".into(), -42, Stream::Stderr, LogFormat::Text);
+        let cutoff = OutputCutoff::new();
+        forward(
+            r,
+            "w9".into(),
+            -42,
+            Stream::Stderr,
+            LogFormat::Text,
+            &cutoff,
+        );
         let mut text = String::new();
         for i in 0..(STDERR_TAIL_LINES + 5) {
             text.push_str(&format!("line {i}\n"));
@@ -313,11 +381,53 @@ mod tests {
         assert!(last_stderr_lines(-42, Duration::ZERO).await.is_empty());
     }
 
+    /// A pipe a helper of the worker keeps open (a process in a session of its own) is read
+    /// for OUTPUT_GRACE after the cutoff, then closed: the line begun is passed on, the tail
+    /// is closed, the writer sees its reader gone.
+    #[tokio::test]
+    async fn a_pipe_held_open_is_closed_after_the_cutoff() {
+        let (mut w, r) = tokio::io::duplex(64 * 1024);
+        let (tx, mut rx) = mpsc::channel(16);
+        let cutoff = OutputCutoff::new();
+        forward_to(
+            tx,
+            r,
+            "w9".into(),
+            -44,
+            Stream::Stderr,
+            LogFormat::Text,
+            cutoff.0.subscribe(),
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut w, b"last words\nno end")
+            .await
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap().1, "[w9 pid -44] last words\n");
+        drop(cutoff); // the worker exited; `w` stays open
+        let mut passed = Vec::new();
+        while let Some((_, line)) = rx.recv().await {
+            passed.push(line);
+        }
+        assert_eq!(passed, ["[w9 pid -44] no end\n"]);
+        let lines = last_stderr_lines(-44, Duration::ZERO).await;
+        assert_eq!(lines, ["last words", "no end"]);
+        let wrote = tokio::io::AsyncWriteExt::write_all(&mut w, b"more\n").await;
+        assert!(wrote.is_err(), "the reader is gone");
+    }
+
     #[tokio::test]
     async fn a_line_without_end_is_passed_on_in_bounded_pieces() {
         let (mut w, r) = tokio::io::duplex(64 * 1024);
         let (tx, mut rx) = mpsc::channel(16);
-        forward_to(tx, r, "w9".into(), -43, Stream::Stderr, LogFormat::Text);
+        let never = watch::channel(None).1;
+        forward_to(
+            tx,
+            r,
+            "w9".into(),
+            -43,
+            Stream::Stderr,
+            LogFormat::Text,
+            never,
+        );
         let blob = "x".repeat(5 * MAX_LINE + 100);
         let writer = tokio::spawn(async move {
             tokio::io::AsyncWriteExt::write_all(&mut w, format!("{blob}\nend\n").as_bytes())
@@ -351,7 +461,16 @@ mod tests {
         let pid = NEXT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let (mut w, r) = tokio::io::duplex(64 * 1024);
         let (tx, mut rx) = mpsc::channel(16);
-        forward_to(tx, r, "w9".into(), pid, Stream::Stderr, LogFormat::Text);
+        let never = watch::channel(None).1;
+        forward_to(
+            tx,
+            r,
+            "w9".into(),
+            pid,
+            Stream::Stderr,
+            LogFormat::Text,
+            never,
+        );
         let writer = tokio::spawn(async move {
             tokio::io::AsyncWriteExt::write_all(&mut w, &bytes)
                 .await

@@ -98,7 +98,7 @@ impl Pool {
     }
 
     pub(super) fn on_exit(&mut self, pid: i32, code: Option<i32>, signal: Option<i32>) {
-        let Some(w) = self.workers.remove(&pid) else {
+        let Some(mut w) = self.workers.remove(&pid) else {
             self.counters.orphans_reaped += 1;
             tracing::debug!("reaped orphan pid {pid}");
             // The last of a leftover group?
@@ -108,8 +108,11 @@ impl Pool {
         };
         let id = slot_id(w.slot);
         let config = w.config.clone();
+        // Read a moment more, then closed (see `output::OUTPUT_GRACE`): a helper in a session
+        // of its own that holds the pipes must not keep them, nor their tasks, open.
+        let output = w.output.take();
         self.worker_exited(w, pid, code, signal);
-        self.end_group(&id, pid, &config);
+        self.end_group(&id, pid, &config, output);
         self.find_daemons();
     }
 

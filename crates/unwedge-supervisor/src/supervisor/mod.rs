@@ -636,6 +636,10 @@ struct Worker {
     last_pss: Option<u64>,
     /// When it has run its `--max-lifetime` (less up to 10 %, at random).
     retire_at: Option<Instant>,
+    /// Its output is read until this is dropped (and [`output::OUTPUT_GRACE`] after): at its
+    /// exit, or, when it left processes of its session running, when they ended (they may
+    /// still write to it). Taken at its exit.
+    output: Option<output::OutputCutoff>,
 }
 
 /// What a worker's `EXTEND_TIMEOUT_USEC=` gave it more time for.
@@ -762,6 +766,9 @@ struct Leftover {
     /// The stop signal they were sent first (the exited worker's own, which a reload may
     /// since have changed for the others).
     signal: Signal,
+    /// The exited worker's output, still read while they run (they share its pipes): held,
+    /// never read; dropping it ends the reading.
+    _output: Option<output::OutputCutoff>,
 }
 
 /// Sends `sig` to worker `pid`'s process group; to the worker alone while it has no group of

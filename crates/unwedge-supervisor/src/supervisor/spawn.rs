@@ -115,13 +115,14 @@ impl Pool {
         let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
         let fmt = self.config.log_format;
+        let cutoff = output::OutputCutoff::new();
         if let Some(out) = child.stdout.take() {
             let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(out))?;
-            output::forward(rx, id.clone(), pid, Stream::Stdout, fmt);
+            output::forward(rx, id.clone(), pid, Stream::Stdout, fmt, &cutoff);
         }
         if let Some(err) = child.stderr.take() {
             let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(err))?;
-            output::forward(rx, id.clone(), pid, Stream::Stderr, fmt);
+            output::forward(rx, id.clone(), pid, Stream::Stderr, fmt, &cutoff);
         }
         drop(child); // reaped by `reap` (waitpid), not by std
         let now = Instant::now();
@@ -164,6 +165,7 @@ impl Pool {
                 next_pss: now,
                 last_pss: None,
                 retire_at,
+                output: Some(cutoff),
             },
         );
         tracing::debug!("{id} pid {pid} started (generation {generation})");

@@ -67,7 +67,16 @@ impl Pool {
     /// otherwise hold the listening sockets (accepting with the exited worker's code and state,
     /// keeping the port bound after the supervisor stops) and their memory. The signal and the
     /// timeout are the worker's own (`config`, the settings it was started with).
-    pub(super) fn end_group(&mut self, id: &str, pid: i32, config: &Config) {
+    ///
+    /// `output` (the exited worker's [`output::OutputCutoff`]) is kept with them while they
+    /// run, as they may still write to the worker's pipes; dropped here otherwise.
+    pub(super) fn end_group(
+        &mut self,
+        id: &str,
+        pid: i32,
+        config: &Config,
+        output: Option<output::OutputCutoff>,
+    ) {
         // Nothing left (the common case) costs a look at the supervisor's children; only a
         // session that may still have members costs a look at every process.
         if !session_may_live(pid) {
@@ -104,6 +113,7 @@ impl Pool {
             sid: pid,
             kill_at,
             signal: stop_signal,
+            _output: output,
         });
     }
 
