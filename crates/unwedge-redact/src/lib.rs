@@ -36,8 +36,10 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
 /// passwords. Found in any case, with `_` read as `-` (`HTTP_X_API_KEY`, `db_password`), as
 /// the last part of a longer name (`x-api-key` is `api-key`'s, `client_secret` `secret`'s,
 /// `dbPassword` `password`'s, `AWS_SECRET_ACCESS_KEY` `access-key`'s);
-/// see [`scrub_credentials`] and [`is_credential_name`]. Not `token` alone: it is a parser's
-/// word (`unexpected token: }`) as often as a credential's.
+/// see [`scrub_credentials`] and [`is_credential_name`]. And any name ending in `token` after
+/// a `-` or `_` that follows a letter or digit, or in a camelCase `Token` (`GITHUB_TOKEN`,
+/// `x-csrf-token`, `gitlabToken`): not `token` alone, nor after a blank, a parser's word
+/// (`unexpected token: }`, `invalid token at line 3`) as often as a credential's.
 ///
 /// ```
 /// assert!(unwedge_redact::CREDENTIAL_NAMES.contains(&"api-key"));
@@ -73,12 +75,16 @@ pub const CREDENTIAL_NAMES: &[&str] = &[
 ];
 
 /// Whether a header or field called `name` holds a credential: it is one of the
-/// [`CREDENTIAL_NAMES`] or ends with one after a `-` or `_` (`X-Api-Key`, `HTTP_COOKIE`,
-/// `client_secret`), in any case.
+/// [`CREDENTIAL_NAMES`] or ends with one after a `-` or `_` or as a camelCase part
+/// (`X-Api-Key`, `HTTP_COOKIE`, `client_secret`, `dbPassword`), in any case, or it ends in
+/// `token` after a `-` or `_` (`GITHUB_TOKEN`, `X-CSRF-Token`) or in a camelCase `Token`
+/// (`gitlabToken`): not `token` alone.
 ///
 /// ```
 /// use unwedge_redact::is_credential_name;
 /// assert!(is_credential_name("X-Api-Key"));
+/// assert!(is_credential_name("GITHUB_TOKEN"));
+/// assert!(!is_credential_name("token"));
 /// assert!(is_credential_name("HTTP_AUTHORIZATION"));
 /// assert!(is_credential_name("client_secret"));
 /// assert!(!is_credential_name("user-agent"));
@@ -86,17 +92,49 @@ pub const CREDENTIAL_NAMES: &[&str] = &[
 /// ```
 pub fn is_credential_name(name: &str) -> bool {
     let name = name.as_bytes();
+    let token = name.len().checked_sub(TOKEN.len());
+    if token.is_some_and(|at| {
+        name[at..].eq_ignore_ascii_case(TOKEN.as_bytes()) && ends_a_longer_name(name, at)
+    }) {
+        return true;
+    }
     CREDENTIAL_NAMES.iter().any(|c| {
         let c = c.as_bytes();
         name.len() >= c.len() && {
             let start = name.len() - c.len();
-            (start == 0 || matches!(name[start - 1], b'-' | b'_'))
+            (start == 0 || matches!(name[start - 1], b'-' | b'_') || starts_camel_part(name, start))
                 && name[start..]
                     .iter()
                     .zip(c)
                     .all(|(&n, &c)| normalized(n) == c)
         }
     })
+}
+
+/// The last part of a name that makes it a credential's, whatever comes before it
+/// (`GITHUB_TOKEN`, `x-csrf-token`, `gitlabToken`), when something does: `token` alone, or
+/// after a blank, is a parser's word (`unexpected token: }`, `invalid token at line 3`).
+const TOKEN: &str = "token";
+
+/// Whether the part of `name` starting at `at` ends a longer name (`TOKEN` of `GITHUB_TOKEN`,
+/// `Token` of `gitlabToken`): a `-` or `_` after a letter or digit is before it, or it is a
+/// camelCase capital after a lower-case letter or a digit.
+fn ends_a_longer_name(name: &[u8], at: usize) -> bool {
+    match at {
+        0 => false,
+        1 => starts_camel_part(name, at),
+        _ => {
+            (matches!(name[at - 1], b'-' | b'_') && name[at - 2].is_ascii_alphanumeric())
+                || starts_camel_part(name, at)
+        }
+    }
+}
+
+/// Whether a camelCase part starts at `at` (> 0) of `name`: a capital after a lower-case
+/// letter or a digit (`Password` of `dbPassword`).
+fn starts_camel_part(name: &[u8], at: usize) -> bool {
+    name[at].is_ascii_uppercase()
+        && (name[at - 1].is_ascii_lowercase() || name[at - 1].is_ascii_digit())
 }
 
 /// `b` as names are compared: ASCII lower case, `_` as `-`.
@@ -286,7 +324,10 @@ const REDACTED_IN_TEXT: &str = "[redacted]";
 /// everything up to the next `"` or the end of the text: `,` and `;` do not end it, since
 /// cookies and some schemes hold them, nor does a quoted parameter in it (a `"` right after
 /// `=`: Digest's `response="…"`). A value that is `None`, `null`, `nil`, `true` or `false` is
-/// no credential and stays. A camelCase name counts from its capital (`dbPassword`). A `Bearer` (any case) with no name
+/// no credential and stays. A camelCase name counts from its capital (`dbPassword`). A name
+/// ending in `token` after a `-` or `_` that follows a letter or digit, or in a camelCase
+/// `Token`, counts too (`GITHUB_TOKEN=…`, `"x-csrf-token": "…"`, `gitlabToken: …`), but not
+/// `token` alone or after a blank (`unexpected token: }`). A `Bearer` (any case) with no name
 /// before it hides the token after it when that reads as one: 8 or more characters of a
 /// token (RFC 6750's `b64token`) with a digit or a `-._~+/` in it, or 20 or more letters
 /// (`bearer credentials` is prose). Linear in the length of `line`.
@@ -309,9 +350,7 @@ pub fn scrub_credentials(line: &str) -> Option<String> {
     let (mut copied, mut at) = (0, 0);
     while at < bytes.len() {
         // A camelCase name's part starts a word of its own (`dbPassword`).
-        let camel = at > 0
-            && bytes[at].is_ascii_uppercase()
-            && (bytes[at - 1].is_ascii_lowercase() || bytes[at - 1].is_ascii_digit());
+        let camel = at > 0 && starts_camel_part(bytes, at);
         let inside_a_word = at > 0 && bytes[at - 1].is_ascii_alphanumeric() && !camel;
         let value = match inside_a_word {
             true => None,
@@ -322,6 +361,7 @@ pub fn scrub_credentials(line: &str) -> Option<String> {
                     let after = at + n.len();
                     value_after(&bytes[after..]).map(|(start, end)| (after + start, after + end))
                 })
+                .or_else(|| token_value(bytes, lower, at))
                 .or_else(|| bearer_token(bytes, lower, at)),
         };
         let Some((start, end)) = value else {
@@ -334,6 +374,17 @@ pub fn scrub_credentials(line: &str) -> Option<String> {
         (copied, at) = (end, end);
     }
     (copied > 0).then(|| out + &line[copied..])
+}
+
+/// Where the value after a `token` at `at` of `bytes` (`lower`: the same, lower case) is,
+/// when that `token` ends a longer name ([`ends_a_longer_name`]: `GITHUB_TOKEN=…`,
+/// `"x-csrf-token": "…"`, `gitlabToken: …`) and a value follows it ([`value_after`]).
+fn token_value(bytes: &[u8], lower: &[u8], at: usize) -> Option<(usize, usize)> {
+    if !lower[at..].starts_with(TOKEN.as_bytes()) || !ends_a_longer_name(bytes, at) {
+        return None;
+    }
+    let after = at + TOKEN.len();
+    value_after(&bytes[after..]).map(|(start, end)| (after + start, after + end))
 }
 
 /// Where the token of a `Bearer` at `at` of `bytes` (`lower`: the same, lower case) is, when
@@ -553,6 +604,15 @@ mod tests {
             "password",
             "DB_PASSWD",
             "apikey",
+            // Any name ending in a `token` part, and camelCase parts.
+            "GITHUB_TOKEN",
+            "slack_token",
+            "X-CSRF-Token",
+            "x-amz-security-token",
+            "gitlabToken",
+            "v2Token",
+            "dbPassword",
+            "clientSecret",
         ] {
             assert!(is_credential_name(name), "{name}");
         }
@@ -564,6 +624,16 @@ mod tests {
             "cookies",
             "x-request-id",
             "token",
+            "Token",
+            "TOKEN",
+            "_token",
+            "-token",
+            "tokens",
+            "x-tokens",
+            "sometoken",
+            "GITHUBTOKEN",
+            "dbpasswordx",
+            "userSecretary",
             "",
         ] {
             assert!(!is_credential_name(name), "{name}");
@@ -672,6 +742,23 @@ mod tests {
                 "SECRET_KEY=[redacted]",
             ),
             ("PRIVATE-TOKEN: S1", "PRIVATE-TOKEN: [redacted]"),
+            // Any name ending in a `token` part: `_`, `-` or camelCase.
+            (
+                "GITHUB_TOKEN=ghp_abc123S1 NPM_TOKEN=S2",
+                "GITHUB_TOKEN=[redacted]",
+            ),
+            (
+                "export SLACK_TOKEN='xoxb-S1' ok",
+                "export SLACK_TOKEN='[redacted]' ok",
+            ),
+            (
+                r#"{"x-csrf-token": "S1", "x-amz-security-token": "S2", "host": "h"}"#,
+                r#"{"x-csrf-token": "[redacted]", "x-amz-security-token": "[redacted]", "host": "h"}"#,
+            ),
+            (
+                r#"Cfg { gitlabToken: "S1", v2Token: Some("S2") }"#,
+                r#"Cfg { gitlabToken: "[redacted]", v2Token: Some("[redacted]") }"#,
+            ),
         ] {
             assert_eq!(scrubbed(text), want, "{text}");
         }
@@ -691,6 +778,12 @@ mod tests {
             "unbearer 0123456789abcdef",
             "Bearer: ",
             "passwordsLeft: 3 userSecretary: bob",
+            // `token` alone, or after a blank, is prose.
+            "unexpected token: foo",
+            "invalid token at line 3",
+            "parse error: expected token = `;`",
+            "Token: `}` unexpected",
+            "TOKEN=x _token=y tokens: 3 x_tokens=4 sometoken=5",
         ] {
             assert_eq!(scrub_credentials(text), None, "{text}");
         }
