@@ -289,7 +289,10 @@ pub fn hide_url_userinfo(text: &str) -> Option<String> {
 /// past the first `/`, `?` or `#` of a URL whose authority reads as `user:password`
 /// ([`looks_like_password`]) with no `@` yet, the `@` that ends the password may be past the
 /// cut, or be one inside it, so nothing after `scheme://` may be shown. `None` when the end is
-/// not inside such a URL (it ended before, or its authority is a host).
+/// not inside such a URL (it ended before, or its authority is a host). The cut is after the
+/// first `://` of the last run of text (no character ending a URL in it) whose user info the
+/// end may be in: a `://` after it is part of its password (`redis://u:pa://ss` is cut after
+/// `redis://`, not after `pa://`).
 ///
 /// ```
 /// use unwedge_redact::cut_inside_url;
@@ -299,15 +302,27 @@ pub fn hide_url_userinfo(text: &str) -> Option<String> {
 /// assert_eq!(cut_inside_url("postgres://app:pw@db/x"), None);
 /// ```
 pub fn cut_inside_url(text: &str) -> Option<usize> {
-    let i = text.rfind("://")? + "://".len();
-    let url = &text[i..];
-    if url.contains(ends_url_in_text) || url.is_empty() {
-        return None;
+    // A URL the end falls in starts in the last run of text without a character ending one.
+    let mut from = text
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| ends_url_in_text(c))
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    // The first `://` the end is inside the user info or authority of: a `://` after it is in
+    // what may be its password (`redis://u:pa://ss`), hidden with it.
+    while let Some(found) = text[from..].find("://") {
+        let i = from + found + "://".len();
+        from = i;
+        let url = &text[i..];
+        let inside = match url.find(['/', '?', '#']) {
+            Some(end) => !url[..end].contains('@') && looks_like_password(&url[..end]),
+            None => !url.is_empty(),
+        };
+        if inside {
+            return Some(i);
+        }
     }
-    match url.find(['/', '?', '#']) {
-        Some(end) if url[..end].contains('@') || !looks_like_password(&url[..end]) => None,
-        _ => Some(i),
-    }
+    None
 }
 
 /// What replaces a credential found in text.
@@ -588,7 +603,7 @@ fn closing_quote(s: &[u8], quote: u8) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_credential_name, scrub_credentials};
+    use super::{cut_inside_url, hide_url_userinfo, is_credential_name, scrub_credentials};
 
     #[test]
     fn credential_names_are_known_in_any_case_and_spelling() {
@@ -786,6 +801,42 @@ mod tests {
             "TOKEN=x _token=y tokens: 3 x_tokens=4 sometoken=5",
         ] {
             assert_eq!(scrub_credentials(text), None, "{text}");
+        }
+    }
+
+    /// Found by review: `cut_inside_url` took the last `://`, so a text cut inside a password
+    /// holding a `://` kept what came before it (`redis://u:pa://…`).
+    #[test]
+    fn a_cut_inside_a_password_holding_a_scheme_separator_keeps_none_of_it() {
+        for (text, want) in [
+            ("redis://u:pa://ss", Some("redis://".len())),
+            ("redis://u:pa://ss@ho", Some("redis://".len())),
+            ("at redis://:pw://x", Some("at redis://".len())),
+            ("ftp://u:a/b://c:d/e", Some("ftp://".len())),
+            ("ftp://u:a/b://c:d/e@h", Some("ftp://".len())),
+            // The first `://` whose user info the end may be in: one past a host is not.
+            (
+                "see https://a.example/x?next=https://u:p",
+                Some("see https://a.example/x?next=https://".len()),
+            ),
+            (
+                "a://h:8080/x b://u:pa://ss",
+                Some("a://h:8080/x b://".len()),
+            ),
+            ("see https://example.com/doc", None),
+            ("postgres://app:pw@db/x", None),
+            ("https://h:8080/x://", None),
+            ("https://", None),
+            ("redis://u:pa://ss@host/x done", None),
+        ] {
+            assert_eq!(cut_inside_url(text), want, "{text}");
+        }
+        for (text, want) in [
+            ("redis://u:pa://ss@host", Some("redis://…@host")),
+            ("x redis://u:pa://ss@host/0 y", Some("x redis://…@host/0 y")),
+            ("postgres://u:a://b/c@db/x", Some("postgres://…@db/x")),
+        ] {
+            assert_eq!(hide_url_userinfo(text).as_deref(), want, "{text}");
         }
     }
 }
