@@ -206,9 +206,11 @@ fn is_scheme(s: &str) -> bool {
 /// rest, query included, left as written; `None` when it holds no such URL. One rule for the
 /// `unwedge` library's reports, the supervisor's and its stderr tail.
 ///
-/// A URL is found by its `scheme://` (RFC 3986's scheme, in any case) and ends before what no
-/// URL holds and so ends one in text ([`ends_url_in_text`]): whitespace, a control character,
-/// `"`, `<`, `>`. Its user info ends at the last `@` before the first `/`, `?` or `#`; when
+/// A URL is found by its `scheme://` (RFC 3986's scheme, in any case; or `scheme:\/\/`, its
+/// slashes escaped as Go's and PHP's JSON encoders write them, where a `\` ends the authority
+/// as a `/` does: `"postgres:\/\/u:pw@db\/x"` becomes `"postgres:\/\/…@db\/x"`) and ends
+/// before what no URL holds and so ends one in text ([`ends_url_in_text`]): whitespace, a
+/// control character, `"`, `<`, `>`. Its user info ends at the last `@` before the first `/`, `?` or `#`; when
 /// there is none there but what comes before that first `/ ? #` reads as `user:password`
 /// ([`looks_like_password`]: a `:` not followed by a port), at the last `@` of the URL, so
 /// that a password with an unencoded `/`, `?` or `#` (base64's `/`) is hidden too. (`'` and
@@ -234,9 +236,9 @@ pub fn hide_url_userinfo(text: &str) -> Option<String> {
     // `@` (and that `@`): the `://` after it in the same run reuse it, so each run is scanned
     // once.
     let mut run: Option<(usize, Option<usize>)> = None;
-    while let Some(found) = text[from..].find("://") {
-        let before = &text[..from + found];
-        let authority = before.len() + "://".len();
+    while let Some((found, escaped)) = next_scheme_separator(text, from) {
+        let before = &text[..found];
+        let authority = found + separator_len(escaped);
         from = authority;
         let scheme_chars = before
             .trim_end_matches(|c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
@@ -248,7 +250,7 @@ pub fn hide_url_userinfo(text: &str) -> Option<String> {
         }
         let rest = &text[authority..];
         let end = rest
-            .find(|c: char| matches!(c, '/' | '?' | '#') || ends_url_in_text(c))
+            .find(|c: char| ends_authority(c, escaped) || ends_url_in_text(c))
             .unwrap_or(rest.len());
         let user_end = match rest[..end].rfind('@') {
             // Hidden already: left as it is.
@@ -284,12 +286,46 @@ pub fn hide_url_userinfo(text: &str) -> Option<String> {
     (copied > 0).then(|| out + &text[copied..])
 }
 
+/// Where the next `://` at or after `from` of `text` starts (its `:`), and whether it is
+/// written `:\/\/`, its slashes escaped as a JSON string may have them (Go's and PHP's JSON
+/// encoders write `"postgres:\/\/u:pw@db\/x"`).
+fn next_scheme_separator(text: &str, mut from: usize) -> Option<(usize, bool)> {
+    while let Some(i) = text[from..].find(':') {
+        let colon = from + i;
+        let after = &text.as_bytes()[colon + 1..];
+        if after.starts_with(b"//") {
+            return Some((colon, false));
+        }
+        if after.starts_with(br"\/\/") {
+            return Some((colon, true));
+        }
+        from = colon + 1;
+    }
+    None
+}
+
+/// The length of a `://`, `:\/\/` when `escaped`.
+fn separator_len(escaped: bool) -> usize {
+    if escaped {
+        r":\/\/".len()
+    } else {
+        "://".len()
+    }
+}
+
+/// Whether `c` ends a URL's authority: `/`, `?` or `#`, or the `\` of an escaped `\/` in a URL
+/// whose `://` was written `:\/\/`.
+fn ends_authority(c: char, escaped: bool) -> bool {
+    matches!(c, '/' | '?' | '#') || (escaped && c == '\\')
+}
+
 /// Where to cut `text`, the start of a longer text (a value or line cut to a length), so that
 /// it ends `scheme://` (for a `…` to follow): when its end falls inside a URL's authority, or
 /// past the first `/`, `?` or `#` of a URL whose authority reads as `user:password`
 /// ([`looks_like_password`]) with no `@` yet, the `@` that ends the password may be past the
 /// cut, or be one inside it, so nothing after `scheme://` may be shown. `None` when the end is
-/// not inside such a URL (it ended before, or its authority is a host). The cut is after the
+/// not inside such a URL (it ended before, or its authority is a host). A `scheme:\/\/` counts
+/// as in [`hide_url_userinfo`]. The cut is after the
 /// first `://` of the last run of text (no character ending a URL in it) whose user info the
 /// end may be in: a `://` after it is part of its password (`redis://u:pa://ss` is cut after
 /// `redis://`, not after `pa://`).
@@ -310,11 +346,11 @@ pub fn cut_inside_url(text: &str) -> Option<usize> {
         .map_or(0, |(i, c)| i + c.len_utf8());
     // The first `://` the end is inside the user info or authority of: a `://` after it is in
     // what may be its password (`redis://u:pa://ss`), hidden with it.
-    while let Some(found) = text[from..].find("://") {
-        let i = from + found + "://".len();
+    while let Some((found, escaped)) = next_scheme_separator(text, from) {
+        let i = found + separator_len(escaped);
         from = i;
         let url = &text[i..];
-        let inside = match url.find(['/', '?', '#']) {
+        let inside = match url.find(|c| ends_authority(c, escaped)) {
             Some(end) => !url[..end].contains('@') && looks_like_password(&url[..end]),
             None => !url.is_empty(),
         };
@@ -837,6 +873,54 @@ mod tests {
             ("postgres://u:a://b/c@db/x", Some("postgres://…@db/x")),
         ] {
             assert_eq!(hide_url_userinfo(text).as_deref(), want, "{text}");
+        }
+    }
+
+    /// Found by review: a URL whose slashes a JSON encoder escaped (`:\/\/`, as Go's and PHP's
+    /// write them) kept its password.
+    #[test]
+    fn a_json_escaped_urls_user_info_is_hidden() {
+        for (text, want) in [
+            (
+                r#"{"dsn":"postgres:\/\/user:hunter2@db\/x"}"#,
+                Some(r#"{"dsn":"postgres:\/\/…@db\/x"}"#),
+            ),
+            (
+                r#"{"msg":"dial redis:\/\/:S1@cache:6379: refused"}"#,
+                Some(r#"{"msg":"dial redis:\/\/…@cache:6379: refused"}"#),
+            ),
+            (
+                r#""postgres:\/\/app:Ab3\/x+Yz==@db:5432\/app""#,
+                Some(r#""postgres:\/\/…@db:5432\/app""#),
+            ),
+            (
+                r#"a https:\/\/u:S1@one\/x and https://u:S2@two/x"#,
+                Some(r#"a https:\/\/…@one\/x and https://…@two/x"#),
+            ),
+            // No user info: left as written.
+            (r#""https:\/\/example.com\/users\/me@x.org""#, None),
+            (r#""https:\/\/h:8080\/a@b""#, None),
+            (
+                r#""see https:\/\/host\/x", "mail": "bob@example.com""#,
+                None,
+            ),
+        ] {
+            assert_eq!(hide_url_userinfo(text).as_deref(), want, "{text}");
+        }
+        for (text, want) in [
+            (
+                r#"failed: postgres:\/\/app:s3c"#,
+                Some(r#"failed: postgres:\/\/"#.len()),
+            ),
+            (
+                r#"postgres:\/\/app:Ab3\/x+Y"#,
+                Some(r#"postgres:\/\/"#.len()),
+            ),
+            (r#"postgres:\/\/app:pw\"#, Some(r#"postgres:\/\/"#.len())),
+            (r#"postgres:\/\/db:5432\/x"#, None),
+            (r#"postgres:\/\/app:pw@db\/x"#, None),
+        ] {
+            assert_eq!(cut_inside_url(text), want, "{text}");
         }
     }
 }
