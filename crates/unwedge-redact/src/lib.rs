@@ -36,8 +36,10 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
 /// passwords. Found in any case, with `_` read as `-` (`HTTP_X_API_KEY`, `db_password`), as
 /// the last part of a longer name (`x-api-key` is `api-key`'s, `client_secret` `secret`'s,
 /// `dbPassword` `password`'s, `AWS_SECRET_ACCESS_KEY` `access-key`'s);
-/// see [`scrub_credentials`] and [`is_credential_name`]. Not `token` alone: it is a parser's
-/// word (`unexpected token: }`) as often as a credential's.
+/// see [`scrub_credentials`] and [`is_credential_name`]. And any name ending in `token` after
+/// a `-` or `_` that follows a letter or digit, or in a camelCase `Token` (`GITHUB_TOKEN`,
+/// `x-csrf-token`, `gitlabToken`): not `token` alone, nor after a blank, a parser's word
+/// (`unexpected token: }`, `invalid token at line 3`) as often as a credential's.
 ///
 /// ```
 /// assert!(unwedge_redact::CREDENTIAL_NAMES.contains(&"api-key"));
@@ -73,12 +75,16 @@ pub const CREDENTIAL_NAMES: &[&str] = &[
 ];
 
 /// Whether a header or field called `name` holds a credential: it is one of the
-/// [`CREDENTIAL_NAMES`] or ends with one after a `-` or `_` (`X-Api-Key`, `HTTP_COOKIE`,
-/// `client_secret`), in any case.
+/// [`CREDENTIAL_NAMES`] or ends with one after a `-` or `_` or as a camelCase part
+/// (`X-Api-Key`, `HTTP_COOKIE`, `client_secret`, `dbPassword`), in any case, or it ends in
+/// `token` after a `-` or `_` (`GITHUB_TOKEN`, `X-CSRF-Token`) or in a camelCase `Token`
+/// (`gitlabToken`): not `token` alone.
 ///
 /// ```
 /// use unwedge_redact::is_credential_name;
 /// assert!(is_credential_name("X-Api-Key"));
+/// assert!(is_credential_name("GITHUB_TOKEN"));
+/// assert!(!is_credential_name("token"));
 /// assert!(is_credential_name("HTTP_AUTHORIZATION"));
 /// assert!(is_credential_name("client_secret"));
 /// assert!(!is_credential_name("user-agent"));
@@ -86,17 +92,49 @@ pub const CREDENTIAL_NAMES: &[&str] = &[
 /// ```
 pub fn is_credential_name(name: &str) -> bool {
     let name = name.as_bytes();
+    let token = name.len().checked_sub(TOKEN.len());
+    if token.is_some_and(|at| {
+        name[at..].eq_ignore_ascii_case(TOKEN.as_bytes()) && ends_a_longer_name(name, at)
+    }) {
+        return true;
+    }
     CREDENTIAL_NAMES.iter().any(|c| {
         let c = c.as_bytes();
         name.len() >= c.len() && {
             let start = name.len() - c.len();
-            (start == 0 || matches!(name[start - 1], b'-' | b'_'))
+            (start == 0 || matches!(name[start - 1], b'-' | b'_') || starts_camel_part(name, start))
                 && name[start..]
                     .iter()
                     .zip(c)
                     .all(|(&n, &c)| normalized(n) == c)
         }
     })
+}
+
+/// The last part of a name that makes it a credential's, whatever comes before it
+/// (`GITHUB_TOKEN`, `x-csrf-token`, `gitlabToken`), when something does: `token` alone, or
+/// after a blank, is a parser's word (`unexpected token: }`, `invalid token at line 3`).
+const TOKEN: &str = "token";
+
+/// Whether the part of `name` starting at `at` ends a longer name (`TOKEN` of `GITHUB_TOKEN`,
+/// `Token` of `gitlabToken`): a `-` or `_` after a letter or digit is before it, or it is a
+/// camelCase capital after a lower-case letter or a digit.
+fn ends_a_longer_name(name: &[u8], at: usize) -> bool {
+    match at {
+        0 => false,
+        1 => starts_camel_part(name, at),
+        _ => {
+            (matches!(name[at - 1], b'-' | b'_') && name[at - 2].is_ascii_alphanumeric())
+                || starts_camel_part(name, at)
+        }
+    }
+}
+
+/// Whether a camelCase part starts at `at` (> 0) of `name`: a capital after a lower-case
+/// letter or a digit (`Password` of `dbPassword`).
+fn starts_camel_part(name: &[u8], at: usize) -> bool {
+    name[at].is_ascii_uppercase()
+        && (name[at - 1].is_ascii_lowercase() || name[at - 1].is_ascii_digit())
 }
 
 /// `b` as names are compared: ASCII lower case, `_` as `-`.
@@ -168,9 +206,11 @@ fn is_scheme(s: &str) -> bool {
 /// rest, query included, left as written; `None` when it holds no such URL. One rule for the
 /// `unwedge` library's reports, the supervisor's and its stderr tail.
 ///
-/// A URL is found by its `scheme://` (RFC 3986's scheme, in any case) and ends before what no
-/// URL holds and so ends one in text ([`ends_url_in_text`]): whitespace, a control character,
-/// `"`, `<`, `>`. Its user info ends at the last `@` before the first `/`, `?` or `#`; when
+/// A URL is found by its `scheme://` (RFC 3986's scheme, in any case; or `scheme:\/\/`, its
+/// slashes escaped as Go's and PHP's JSON encoders write them, where a `\` ends the authority
+/// as a `/` does: `"postgres:\/\/u:pw@db\/x"` becomes `"postgres:\/\/…@db\/x"`) and ends
+/// before what no URL holds and so ends one in text ([`ends_url_in_text`]): whitespace, a
+/// control character, `"`, `<`, `>`. Its user info ends at the last `@` before the first `/`, `?` or `#`; when
 /// there is none there but what comes before that first `/ ? #` reads as `user:password`
 /// ([`looks_like_password`]: a `:` not followed by a port), at the last `@` of the URL, so
 /// that a password with an unencoded `/`, `?` or `#` (base64's `/`) is hidden too. (`'` and
@@ -196,9 +236,9 @@ pub fn hide_url_userinfo(text: &str) -> Option<String> {
     // `@` (and that `@`): the `://` after it in the same run reuse it, so each run is scanned
     // once.
     let mut run: Option<(usize, Option<usize>)> = None;
-    while let Some(found) = text[from..].find("://") {
-        let before = &text[..from + found];
-        let authority = before.len() + "://".len();
+    while let Some((found, escaped)) = next_scheme_separator(text, from) {
+        let before = &text[..found];
+        let authority = found + separator_len(escaped);
         from = authority;
         let scheme_chars = before
             .trim_end_matches(|c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
@@ -210,7 +250,7 @@ pub fn hide_url_userinfo(text: &str) -> Option<String> {
         }
         let rest = &text[authority..];
         let end = rest
-            .find(|c: char| matches!(c, '/' | '?' | '#') || ends_url_in_text(c))
+            .find(|c: char| ends_authority(c, escaped) || ends_url_in_text(c))
             .unwrap_or(rest.len());
         let user_end = match rest[..end].rfind('@') {
             // Hidden already: left as it is.
@@ -246,12 +286,49 @@ pub fn hide_url_userinfo(text: &str) -> Option<String> {
     (copied > 0).then(|| out + &text[copied..])
 }
 
+/// Where the next `://` at or after `from` of `text` starts (its `:`), and whether it is
+/// written `:\/\/`, its slashes escaped as a JSON string may have them (Go's and PHP's JSON
+/// encoders write `"postgres:\/\/u:pw@db\/x"`).
+fn next_scheme_separator(text: &str, mut from: usize) -> Option<(usize, bool)> {
+    while let Some(i) = text[from..].find(':') {
+        let colon = from + i;
+        let after = &text.as_bytes()[colon + 1..];
+        if after.starts_with(b"//") {
+            return Some((colon, false));
+        }
+        if after.starts_with(br"\/\/") {
+            return Some((colon, true));
+        }
+        from = colon + 1;
+    }
+    None
+}
+
+/// The length of a `://`, `:\/\/` when `escaped`.
+fn separator_len(escaped: bool) -> usize {
+    if escaped {
+        r":\/\/".len()
+    } else {
+        "://".len()
+    }
+}
+
+/// Whether `c` ends a URL's authority: `/`, `?` or `#`, or the `\` of an escaped `\/` in a URL
+/// whose `://` was written `:\/\/`.
+fn ends_authority(c: char, escaped: bool) -> bool {
+    matches!(c, '/' | '?' | '#') || (escaped && c == '\\')
+}
+
 /// Where to cut `text`, the start of a longer text (a value or line cut to a length), so that
 /// it ends `scheme://` (for a `…` to follow): when its end falls inside a URL's authority, or
 /// past the first `/`, `?` or `#` of a URL whose authority reads as `user:password`
 /// ([`looks_like_password`]) with no `@` yet, the `@` that ends the password may be past the
 /// cut, or be one inside it, so nothing after `scheme://` may be shown. `None` when the end is
-/// not inside such a URL (it ended before, or its authority is a host).
+/// not inside such a URL (it ended before, or its authority is a host). A `scheme:\/\/` counts
+/// as in [`hide_url_userinfo`]. The cut is after the
+/// first `://` of the last run of text (no character ending a URL in it) whose user info the
+/// end may be in: a `://` after it is part of its password (`redis://u:pa://ss` is cut after
+/// `redis://`, not after `pa://`).
 ///
 /// ```
 /// use unwedge_redact::cut_inside_url;
@@ -261,15 +338,27 @@ pub fn hide_url_userinfo(text: &str) -> Option<String> {
 /// assert_eq!(cut_inside_url("postgres://app:pw@db/x"), None);
 /// ```
 pub fn cut_inside_url(text: &str) -> Option<usize> {
-    let i = text.rfind("://")? + "://".len();
-    let url = &text[i..];
-    if url.contains(ends_url_in_text) || url.is_empty() {
-        return None;
+    // A URL the end falls in starts in the last run of text without a character ending one.
+    let mut from = text
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| ends_url_in_text(c))
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    // The first `://` the end is inside the user info or authority of: a `://` after it is in
+    // what may be its password (`redis://u:pa://ss`), hidden with it.
+    while let Some((found, escaped)) = next_scheme_separator(text, from) {
+        let i = found + separator_len(escaped);
+        from = i;
+        let url = &text[i..];
+        let inside = match url.find(|c| ends_authority(c, escaped)) {
+            Some(end) => !url[..end].contains('@') && looks_like_password(&url[..end]),
+            None => !url.is_empty(),
+        };
+        if inside {
+            return Some(i);
+        }
     }
-    match url.find(['/', '?', '#']) {
-        Some(end) if url[..end].contains('@') || !looks_like_password(&url[..end]) => None,
-        _ => Some(i),
-    }
+    None
 }
 
 /// What replaces a credential found in text.
@@ -286,7 +375,10 @@ const REDACTED_IN_TEXT: &str = "[redacted]";
 /// everything up to the next `"` or the end of the text: `,` and `;` do not end it, since
 /// cookies and some schemes hold them, nor does a quoted parameter in it (a `"` right after
 /// `=`: Digest's `response="…"`). A value that is `None`, `null`, `nil`, `true` or `false` is
-/// no credential and stays. A camelCase name counts from its capital (`dbPassword`). A `Bearer` (any case) with no name
+/// no credential and stays. A camelCase name counts from its capital (`dbPassword`). A name
+/// ending in `token` after a `-` or `_` that follows a letter or digit, or in a camelCase
+/// `Token`, counts too (`GITHUB_TOKEN=…`, `"x-csrf-token": "…"`, `gitlabToken: …`), but not
+/// `token` alone or after a blank (`unexpected token: }`). A `Bearer` (any case) with no name
 /// before it hides the token after it when that reads as one: 8 or more characters of a
 /// token (RFC 6750's `b64token`) with a digit or a `-._~+/` in it, or 20 or more letters
 /// (`bearer credentials` is prose). Linear in the length of `line`.
@@ -309,9 +401,7 @@ pub fn scrub_credentials(line: &str) -> Option<String> {
     let (mut copied, mut at) = (0, 0);
     while at < bytes.len() {
         // A camelCase name's part starts a word of its own (`dbPassword`).
-        let camel = at > 0
-            && bytes[at].is_ascii_uppercase()
-            && (bytes[at - 1].is_ascii_lowercase() || bytes[at - 1].is_ascii_digit());
+        let camel = at > 0 && starts_camel_part(bytes, at);
         let inside_a_word = at > 0 && bytes[at - 1].is_ascii_alphanumeric() && !camel;
         let value = match inside_a_word {
             true => None,
@@ -322,6 +412,7 @@ pub fn scrub_credentials(line: &str) -> Option<String> {
                     let after = at + n.len();
                     value_after(&bytes[after..]).map(|(start, end)| (after + start, after + end))
                 })
+                .or_else(|| token_value(bytes, lower, at))
                 .or_else(|| bearer_token(bytes, lower, at)),
         };
         let Some((start, end)) = value else {
@@ -334,6 +425,17 @@ pub fn scrub_credentials(line: &str) -> Option<String> {
         (copied, at) = (end, end);
     }
     (copied > 0).then(|| out + &line[copied..])
+}
+
+/// Where the value after a `token` at `at` of `bytes` (`lower`: the same, lower case) is,
+/// when that `token` ends a longer name ([`ends_a_longer_name`]: `GITHUB_TOKEN=…`,
+/// `"x-csrf-token": "…"`, `gitlabToken: …`) and a value follows it ([`value_after`]).
+fn token_value(bytes: &[u8], lower: &[u8], at: usize) -> Option<(usize, usize)> {
+    if !lower[at..].starts_with(TOKEN.as_bytes()) || !ends_a_longer_name(bytes, at) {
+        return None;
+    }
+    let after = at + TOKEN.len();
+    value_after(&bytes[after..]).map(|(start, end)| (after + start, after + end))
 }
 
 /// Where the token of a `Bearer` at `at` of `bytes` (`lower`: the same, lower case) is, when
@@ -537,7 +639,7 @@ fn closing_quote(s: &[u8], quote: u8) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_credential_name, scrub_credentials};
+    use super::{cut_inside_url, hide_url_userinfo, is_credential_name, scrub_credentials};
 
     #[test]
     fn credential_names_are_known_in_any_case_and_spelling() {
@@ -553,6 +655,15 @@ mod tests {
             "password",
             "DB_PASSWD",
             "apikey",
+            // Any name ending in a `token` part, and camelCase parts.
+            "GITHUB_TOKEN",
+            "slack_token",
+            "X-CSRF-Token",
+            "x-amz-security-token",
+            "gitlabToken",
+            "v2Token",
+            "dbPassword",
+            "clientSecret",
         ] {
             assert!(is_credential_name(name), "{name}");
         }
@@ -564,6 +675,16 @@ mod tests {
             "cookies",
             "x-request-id",
             "token",
+            "Token",
+            "TOKEN",
+            "_token",
+            "-token",
+            "tokens",
+            "x-tokens",
+            "sometoken",
+            "GITHUBTOKEN",
+            "dbpasswordx",
+            "userSecretary",
             "",
         ] {
             assert!(!is_credential_name(name), "{name}");
@@ -672,6 +793,23 @@ mod tests {
                 "SECRET_KEY=[redacted]",
             ),
             ("PRIVATE-TOKEN: S1", "PRIVATE-TOKEN: [redacted]"),
+            // Any name ending in a `token` part: `_`, `-` or camelCase.
+            (
+                "GITHUB_TOKEN=ghp_abc123S1 NPM_TOKEN=S2",
+                "GITHUB_TOKEN=[redacted]",
+            ),
+            (
+                "export SLACK_TOKEN='xoxb-S1' ok",
+                "export SLACK_TOKEN='[redacted]' ok",
+            ),
+            (
+                r#"{"x-csrf-token": "S1", "x-amz-security-token": "S2", "host": "h"}"#,
+                r#"{"x-csrf-token": "[redacted]", "x-amz-security-token": "[redacted]", "host": "h"}"#,
+            ),
+            (
+                r#"Cfg { gitlabToken: "S1", v2Token: Some("S2") }"#,
+                r#"Cfg { gitlabToken: "[redacted]", v2Token: Some("[redacted]") }"#,
+            ),
         ] {
             assert_eq!(scrubbed(text), want, "{text}");
         }
@@ -691,8 +829,98 @@ mod tests {
             "unbearer 0123456789abcdef",
             "Bearer: ",
             "passwordsLeft: 3 userSecretary: bob",
+            // `token` alone, or after a blank, is prose.
+            "unexpected token: foo",
+            "invalid token at line 3",
+            "parse error: expected token = `;`",
+            "Token: `}` unexpected",
+            "TOKEN=x _token=y tokens: 3 x_tokens=4 sometoken=5",
         ] {
             assert_eq!(scrub_credentials(text), None, "{text}");
+        }
+    }
+
+    /// Found by review: `cut_inside_url` took the last `://`, so a text cut inside a password
+    /// holding a `://` kept what came before it (`redis://u:pa://…`).
+    #[test]
+    fn a_cut_inside_a_password_holding_a_scheme_separator_keeps_none_of_it() {
+        for (text, want) in [
+            ("redis://u:pa://ss", Some("redis://".len())),
+            ("redis://u:pa://ss@ho", Some("redis://".len())),
+            ("at redis://:pw://x", Some("at redis://".len())),
+            ("ftp://u:a/b://c:d/e", Some("ftp://".len())),
+            ("ftp://u:a/b://c:d/e@h", Some("ftp://".len())),
+            // The first `://` whose user info the end may be in: one past a host is not.
+            (
+                "see https://a.example/x?next=https://u:p",
+                Some("see https://a.example/x?next=https://".len()),
+            ),
+            (
+                "a://h:8080/x b://u:pa://ss",
+                Some("a://h:8080/x b://".len()),
+            ),
+            ("see https://example.com/doc", None),
+            ("postgres://app:pw@db/x", None),
+            ("https://h:8080/x://", None),
+            ("https://", None),
+            ("redis://u:pa://ss@host/x done", None),
+        ] {
+            assert_eq!(cut_inside_url(text), want, "{text}");
+        }
+        for (text, want) in [
+            ("redis://u:pa://ss@host", Some("redis://…@host")),
+            ("x redis://u:pa://ss@host/0 y", Some("x redis://…@host/0 y")),
+            ("postgres://u:a://b/c@db/x", Some("postgres://…@db/x")),
+        ] {
+            assert_eq!(hide_url_userinfo(text).as_deref(), want, "{text}");
+        }
+    }
+
+    /// Found by review: a URL whose slashes a JSON encoder escaped (`:\/\/`, as Go's and PHP's
+    /// write them) kept its password.
+    #[test]
+    fn a_json_escaped_urls_user_info_is_hidden() {
+        for (text, want) in [
+            (
+                r#"{"dsn":"postgres:\/\/user:hunter2@db\/x"}"#,
+                Some(r#"{"dsn":"postgres:\/\/…@db\/x"}"#),
+            ),
+            (
+                r#"{"msg":"dial redis:\/\/:S1@cache:6379: refused"}"#,
+                Some(r#"{"msg":"dial redis:\/\/…@cache:6379: refused"}"#),
+            ),
+            (
+                r#""postgres:\/\/app:Ab3\/x+Yz==@db:5432\/app""#,
+                Some(r#""postgres:\/\/…@db:5432\/app""#),
+            ),
+            (
+                r#"a https:\/\/u:S1@one\/x and https://u:S2@two/x"#,
+                Some(r#"a https:\/\/…@one\/x and https://…@two/x"#),
+            ),
+            // No user info: left as written.
+            (r#""https:\/\/example.com\/users\/me@x.org""#, None),
+            (r#""https:\/\/h:8080\/a@b""#, None),
+            (
+                r#""see https:\/\/host\/x", "mail": "bob@example.com""#,
+                None,
+            ),
+        ] {
+            assert_eq!(hide_url_userinfo(text).as_deref(), want, "{text}");
+        }
+        for (text, want) in [
+            (
+                r#"failed: postgres:\/\/app:s3c"#,
+                Some(r#"failed: postgres:\/\/"#.len()),
+            ),
+            (
+                r#"postgres:\/\/app:Ab3\/x+Y"#,
+                Some(r#"postgres:\/\/"#.len()),
+            ),
+            (r#"postgres:\/\/app:pw\"#, Some(r#"postgres:\/\/"#.len())),
+            (r#"postgres:\/\/db:5432\/x"#, None),
+            (r#"postgres:\/\/app:pw@db\/x"#, None),
+        ] {
+            assert_eq!(cut_inside_url(text), want, "{text}");
         }
     }
 }

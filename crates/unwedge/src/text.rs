@@ -22,7 +22,8 @@ pub(crate) fn cut_marked(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 
 /// Shows `self.0` with its control characters, the Unicode line and paragraph separators
 /// (`U+2028`, `U+2029`) and the marks that reorder text (`U+202A`–`U+202E`,
-/// `U+2066`–`U+2069`) escaped as Rust escapes them (`\n`, `\u{1b}`): a
+/// `U+2066`–`U+2069`) escaped as Rust escapes them (`\n`, `\u{1b}`), and a backslash shown
+/// `\\` (so that the two characters `\` `n` are not read as an escaped line break): a
 /// panic message (often built from a request) written to a log can then neither start a line
 /// of its own (a forged log entry) nor drive the reader's terminal.
 pub(crate) struct Escaped<'a>(pub(crate) &'a str);
@@ -44,7 +45,11 @@ impl std::fmt::Display for Escaped<'_> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{85}')
+    c.is_control()
+        || matches!(
+            c,
+            '\\' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{85}'
+        )
 }
 
 /// For property tests: `cases` cases, drawn with XorShift (ChaCha, the default, is slow
@@ -68,9 +73,24 @@ mod tests {
             Escaped("a\nb\r\x1b[31mred\u{7}\0 \u{202e}rtl\u{2028} naïve 日本 \"q\" \\").to_string();
         assert_eq!(
             shown,
-            r#"a\nb\r\u{1b}[31mred\u{7}\u{0} \u{202e}rtl\u{2028} naïve 日本 "q" \"#
+            r#"a\nb\r\u{1b}[31mred\u{7}\u{0} \u{202e}rtl\u{2028} naïve 日本 "q" \\"#
         );
         assert_eq!(Escaped("plain").to_string(), "plain");
+    }
+
+    /// Found by review: a backslash was left as is, so a message holding the two characters
+    /// `\` `n` was logged exactly as one holding a line break.
+    #[test]
+    fn a_backslash_is_escaped_so_it_reads_apart_from_an_escape() {
+        let (typed, broken) = (Escaped("a\\nb").to_string(), Escaped("a\nb").to_string());
+        assert_eq!(typed, r"a\\nb");
+        assert_eq!(broken, r"a\nb");
+        assert_ne!(typed, broken);
+        assert_eq!(Escaped(r"C:\x\u{1b}").to_string(), r"C:\\x\\u{1b}");
+        assert_ne!(
+            Escaped(r"\u{1b}").to_string(),
+            Escaped("\u{1b}").to_string()
+        );
     }
 
     #[test]
