@@ -381,6 +381,7 @@ impl<T: ?Sized> Mutex<T> {
             lock: self,
             guard,
             generation,
+            during_panic: std::thread::panicking(),
         };
         if self.poisoned.load(Ordering::Acquire) {
             let info = self.poison_info().unwrap_or_else(|| {
@@ -434,6 +435,9 @@ pub struct MutexGuard<'a, T: ?Sized> {
     guard: tokio::sync::MutexGuard<'a, T>,
     /// Which acquisition of `lock` this is (see `LockInfo::acquired`).
     generation: u64,
+    /// Taken while its thread was already panicking (a `Drop` cleaning up during unwinding):
+    /// released during that same unwinding, its section did not break off (as std's `Mutex`).
+    during_panic: bool,
 }
 
 impl<'a, T: ?Sized> MutexGuard<'a, T> {
@@ -507,7 +511,7 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         // Everything here happens before the `guard` field is dropped, i.e. before the lock
         // is released: the next holder sees the poison.
-        if std::thread::panicking() {
+        if !self.during_panic && std::thread::panicking() {
             let (message, location) = match context::peek_message() {
                 Some((m, l)) => (Some(m), l),
                 None => (None, None),
@@ -597,7 +601,9 @@ impl<T: ?Sized> Drop for CommitGuard<'_, T> {
     fn drop(&mut self) {
         let Some(guard) = &self.guard else { return };
         if std::thread::panicking() {
-            return; // the guard's own drop poisons, with the panic's message
+            // The guard's own drop poisons, with the panic's message (unless the section began
+            // during this unwinding, as a cleanup: then it ran to its end).
+            return;
         }
         let holder = guard.lock.info.holder_label(guard.generation);
         guard.lock.poison(PoisonInfo {

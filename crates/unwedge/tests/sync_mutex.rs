@@ -107,6 +107,46 @@ async fn normal_drop_does_not_poison() {
     assert_eq!(*m.lock().await.unwrap(), 2);
 }
 
+/// A lock taken and released by a `Drop` that cleans up while an unrelated panic unwinds (a
+/// registration removing itself from a shared registry): its section ran to its end, so the
+/// mutex is not poisoned, as std's `Mutex` is not, and the process is not asked to crash.
+/// A section the panic broke off, in the same unwinding, still poisons.
+#[tokio::test]
+async fn a_section_run_whole_during_another_panics_unwinding_does_not_poison() {
+    support::own_process();
+    struct Registration(Arc<Mutex<Vec<u32>>>, u32);
+    impl Drop for Registration {
+        fn drop(&mut self) {
+            if let Ok(mut list) = self.0.try_lock() {
+                list.retain(|x| *x != self.1);
+            }
+        }
+    }
+    let registry = Arc::new(Mutex::named("registry", vec![7]));
+    let r = registry.clone();
+    let joined = std::thread::spawn(move || {
+        let _registration = Registration(r, 7);
+        let v: Vec<u32> = Vec::new();
+        v[3] // an unrelated bug
+    })
+    .join();
+    assert!(joined.is_err());
+    assert!(!registry.is_poisoned(), "{:?}", registry.poison_info());
+    assert_eq!(*registry.try_lock().unwrap(), Vec::<u32>::new());
+    assert!(health::health().state.is_live(), "{:?}", health::health());
+
+    // Broken off by the panic: poisoned.
+    let held = Arc::new(Mutex::named("held", 0));
+    let h = held.clone();
+    let joined = std::thread::spawn(move || {
+        let _g = h.try_lock().unwrap();
+        panic!("inside the section");
+    })
+    .join();
+    assert!(joined.is_err());
+    assert!(held.is_poisoned());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_waiter_leaves_lock_free() {
     support::own_process();
