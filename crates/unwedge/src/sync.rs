@@ -630,7 +630,7 @@ impl<T: ?Sized> Drop for CommitGuard<'_, T> {
 /// [`policy`](crate::panic::policy) decides as it would for a caught panic. Auto and Crash ask
 /// for a graceful crash (the health turns Tainted, `/livez` fails, `serve()` drains and exits
 /// 70); Recover leaves the mutex poisoned for the next `lock()` to repair.
-fn escalate_poison(name: &str, by: &str) {
+pub(crate) fn escalate_poison(name: &str, by: &str) {
     let poisoned = [name.to_owned()];
     // The policy of the request's layer when one was given to it, the process-wide one
     // otherwise (a task, a layer made with `PanicLayer::new()`).

@@ -180,7 +180,11 @@ where
     };
     let outcome = poll_fn(|cx| {
         let polled = context::with_scope(scope, || {
-            catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
+            let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
+            if polled.is_ok() {
+                context::settle_caught();
+            }
+            polled
         });
         match polled {
             Ok(Poll::Ready(())) => Poll::Ready(Ok(())),

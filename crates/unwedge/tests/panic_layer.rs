@@ -267,6 +267,44 @@ fn new_cache() -> Cache {
     ))
 }
 
+/// tower-http's `CatchPanicLayer` inside the `PanicLayer` (or a handler's own `catch_unwind`)
+/// catches a panic that poisoned an `unwedge::Mutex`: the PanicLayer sees no panic, yet the
+/// mutex is poisoned, so the policy decides it as it would have decided the panic (under Auto,
+/// a crash) instead of leaving every later `lock()` an error on a process that looks healthy.
+#[tokio::test]
+async fn a_mutex_poisoned_by_a_panic_the_app_caught_itself_is_decided_by_the_policy() {
+    support::own_process();
+    within(async {
+        let m = Arc::new(unwedge::Mutex::named("inner", 0u32));
+        let app = Router::new()
+            .route(
+                "/inner",
+                post(|State(m): State<Arc<unwedge::Mutex<u32>>>| async move {
+                    let mut g = m.lock().await.unwrap();
+                    *g += 1;
+                    if *g > 0 {
+                        panic!("half-way through");
+                    }
+                    "unreachable"
+                }),
+            )
+            .with_state(m.clone())
+            .layer(tower_http::catch_panic::CatchPanicLayer::new())
+            .layer(PanicLayer::new());
+        let addr = start(app).await;
+        // CatchPanicLayer answered it.
+        assert_eq!(send(addr, "POST", "/inner", &[], "").await.status, 500);
+        let reason = unwedge::health::crash_requested().await;
+        assert_eq!(
+            reason,
+            "mutex `inner` poisoned by a panic the app caught itself"
+        );
+        assert!(m.is_poisoned());
+        assert_eq!(unwedge::health().state, unwedge::HealthState::Tainted);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn bytecache_burn_poisons_the_mutex_and_auto_requests_a_crash() {
     support::own_process();

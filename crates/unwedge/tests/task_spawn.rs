@@ -122,6 +122,38 @@ async fn a_task_that_poisons_a_mutex_escalates_under_auto() {
     .await
 }
 
+/// A task that catches its own panic, which poisoned a mutex: the task goes on (no panic
+/// reached `spawn`), and the poisoned mutex is decided by the policy all the same (Auto: a
+/// crash), not left poisoned on a healthy-looking process.
+#[tokio::test]
+async fn a_mutex_poisoned_by_a_panic_the_task_caught_itself_is_decided_by_the_policy() {
+    support::own_process();
+    within(async {
+        let m = Arc::new(unwedge::Mutex::named("caught", 0u32));
+        let handle = unwedge::task::spawn_once("job", {
+            let m = m.clone();
+            async move {
+                let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _g = m.try_lock().unwrap();
+                    panic!("boom inside the section");
+                }));
+                assert!(caught.is_err());
+            }
+        });
+        assert_eq!(handle.await.unwrap(), TaskExit::Finished);
+        assert!(m.is_poisoned());
+        let reason =
+            tokio::time::timeout(Duration::from_secs(5), unwedge::health::crash_requested())
+                .await
+                .expect("a crash is requested");
+        assert_eq!(
+            reason,
+            "mutex `caught` poisoned by a panic the app caught itself"
+        );
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_one_shot_task_panic_is_reported_without_restart() {
     support::own_process();

@@ -219,6 +219,34 @@ pub(crate) fn record_poison(name: &Arc<str>) {
     with_current(|c| c.poisoned.push(name.clone()));
 }
 
+/// After a poll (or `call`) of a request or task returned without a panic: a capture left on
+/// this thread is of a panic the app caught itself (`catch_unwind` in a handler, tower-http's
+/// `CatchPanicLayer` inside the [`PanicLayer`](crate::PanicLayer)), which no layer of ours will
+/// decide. A `Mutex` it poisoned would stay poisoned, every later `lock()` an error, while the
+/// process looked healthy: each is decided now, by the policy that decides the request's or
+/// task's panics. (Call it in the scope, after its `catch_unwind` returned `Ok`.)
+#[inline]
+pub(crate) fn settle_caught() {
+    let caught = CAPTURE
+        .try_with(|c| match c.try_borrow_mut() {
+            Ok(mut stack) if !stack.is_empty() => std::mem::take(&mut *stack),
+            _ => Vec::new(),
+        })
+        .unwrap_or_default();
+    settle(caught);
+}
+
+#[cold]
+fn settle(caught: Vec<Captured>) {
+    let mut seen: Vec<Arc<str>> = Vec::new();
+    for name in caught.into_iter().flat_map(|c| c.poisoned) {
+        if !seen.contains(&name) {
+            crate::sync::escalate_poison(&name, "a panic the app caught itself");
+            seen.push(name);
+        }
+    }
+}
+
 /// The message and location of the panic unwinding on this thread, if the hook saw it.
 pub(crate) fn peek_message() -> Option<(String, Option<String>)> {
     CAPTURE

@@ -486,7 +486,11 @@ where
         let mut ctx = RequestCtx::new(&self.config, &req);
         let inner = &mut self.inner;
         let called = context::with_scope_in(&mut ctx.scope, || {
-            catch_unwind(AssertUnwindSafe(move || inner.call(req)))
+            let called = catch_unwind(AssertUnwindSafe(move || inner.call(req)));
+            if called.is_ok() {
+                context::settle_caught();
+            }
+            called
         });
         match called {
             Ok(fut) => ResponseFuture {
@@ -510,7 +514,11 @@ impl PanicLayer {
     ) -> ResponseFuture<F, ResB> {
         let mut ctx = RequestCtx::new(&self.config, &req);
         let called = context::with_scope_in(&mut ctx.scope, || {
-            catch_unwind(AssertUnwindSafe(move || call(req)))
+            let called = catch_unwind(AssertUnwindSafe(move || call(req)));
+            if called.is_ok() {
+                context::settle_caught();
+            }
+            called
         });
         match called {
             Ok(fut) => ResponseFuture {
@@ -612,7 +620,11 @@ where
                     .as_mut()
                     .expect("ResponseFuture polled after completion");
                 let polled = context::with_scope_in(&mut ctx.scope, || {
-                    catch_unwind(AssertUnwindSafe(|| fut.poll(cx)))
+                    let polled = catch_unwind(AssertUnwindSafe(|| fut.poll(cx)));
+                    if polled.is_ok() {
+                        context::settle_caught();
+                    }
+                    polled
                 });
                 match polled {
                     Ok(Poll::Pending) => Poll::Pending,
