@@ -382,6 +382,7 @@ impl<T: ?Sized> Mutex<T> {
             guard,
             generation,
             during_panic: std::thread::panicking(),
+            panics_before: context::panics_started(),
         };
         if self.poisoned.load(Ordering::Acquire) {
             let info = self.poison_info().unwrap_or_else(|| {
@@ -438,6 +439,9 @@ pub struct MutexGuard<'a, T: ?Sized> {
     /// Taken while its thread was already panicking (a `Drop` cleaning up during unwinding):
     /// released during that same unwinding, its section did not break off (as std's `Mutex`).
     during_panic: bool,
+    /// [`context::panics_started`] when it was taken: the panic that breaks its section off
+    /// started later (an older capture on the thread is of a panic caught by someone else).
+    panics_before: u64,
 }
 
 impl<'a, T: ?Sized> MutexGuard<'a, T> {
@@ -512,7 +516,7 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
         // Everything here happens before the `guard` field is dropped, i.e. before the lock
         // is released: the next holder sees the poison.
         if !self.during_panic && std::thread::panicking() {
-            let (message, location) = match context::peek_message() {
+            let (message, location) = match context::peek_message_since(self.panics_before) {
                 Some((m, l)) => (Some(m), l),
                 None => (None, None),
             };

@@ -147,6 +147,31 @@ async fn a_section_run_whole_during_another_panics_unwinding_does_not_poison() {
     assert!(held.is_poisoned());
 }
 
+/// A panic caught earlier on the same thread by code of the app leaves what the hook learned
+/// of it behind; a later unwinding resumed with `resume_unwind` (as rayon and futures pass
+/// panics on; it skips the hook) poisons a mutex. The poison must not be blamed on the old,
+/// already handled panic: its message is unknown, not the old one's.
+#[tokio::test]
+async fn a_poison_is_not_blamed_on_an_earlier_panic_already_caught() {
+    support::own_process();
+    unwedge::install();
+    unwedge::panic::set_policy(unwedge::Policy::Recover);
+    let m = Arc::new(Mutex::named("resumed", 0));
+    let m2 = m.clone();
+    let joined = std::thread::spawn(move || {
+        let _ = std::panic::catch_unwind(|| panic!("first, already handled"));
+        let _g = m2.try_lock().unwrap();
+        std::panic::resume_unwind(Box::new("second, the real one"));
+    })
+    .join();
+    assert!(joined.is_err());
+    let info = m.poison_info().expect("poisoned");
+    assert!(
+        !info.to_string().contains("first, already handled"),
+        "{info}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_waiter_leaves_lock_free() {
     support::own_process();

@@ -14,6 +14,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -34,6 +35,9 @@ pub(crate) struct Captured {
     pub(crate) poisoned: Vec<Arc<str>>,
     /// The request or task that was running when the panic started.
     pub(crate) scope: Option<Arc<Scope>>,
+    /// Which panic of the process this is, from 1 in the order the hook saw them start (0:
+    /// one the hook did not see).
+    pub(crate) number: u64,
 }
 
 impl Captured {
@@ -47,6 +51,7 @@ impl Captured {
             rolled_back: Vec::new(),
             poisoned: Vec::new(),
             scope: current_scope(),
+            number: 0,
         }
     }
 }
@@ -184,9 +189,20 @@ pub(crate) fn current_scope() -> Option<Arc<Scope>> {
         .flatten()
 }
 
+/// Panics the hook has seen start, in the whole process: a capture is of a panic that started
+/// after a moment (a lock taken) when its number is higher than this count was then.
+static STARTED: AtomicU64 = AtomicU64::new(0);
+
+/// How many panics the hook has seen start so far (see [`peek_message_since`]).
+#[inline]
+pub(crate) fn panics_started() -> u64 {
+    STARTED.load(Ordering::Relaxed)
+}
+
 /// Called by the panic hook: starts a capture for the panic that is starting, on top of the
 /// one of a panic still unwinding, if any.
-pub(crate) fn begin(captured: Captured) {
+pub(crate) fn begin(mut captured: Captured) {
+    captured.number = STARTED.fetch_add(1, Ordering::Relaxed) + 1;
     let _ = CAPTURE.try_with(|c| {
         let mut stack = c.borrow_mut();
         if stack.len() >= MAX_NESTED {
@@ -247,12 +263,16 @@ fn settle(caught: Vec<Captured>) {
     }
 }
 
-/// The message and location of the panic unwinding on this thread, if the hook saw it.
-pub(crate) fn peek_message() -> Option<(String, Option<String>)> {
+/// The message and location of the panic unwinding on this thread, if the hook saw it start
+/// after [`panics_started`] returned `since`: a capture left from an earlier panic (caught by
+/// code of the app, its unwinding now resumed with `resume_unwind`, which skips the hook) is
+/// not this panic's.
+pub(crate) fn peek_message_since(since: u64) -> Option<(String, Option<String>)> {
     CAPTURE
         .try_with(|c| {
             c.borrow()
                 .last()
+                .filter(|c| c.number > since)
                 .map(|c| (c.message.clone(), c.location.clone()))
         })
         .ok()

@@ -66,6 +66,7 @@ pub fn install() {
                 rolled_back: Vec::new(),
                 poisoned: Vec::new(),
                 scope: scope.clone(),
+                number: 0, // numbered by `begin`
             });
             // Inside a request or task the report replaces std's line, unless it could not
             // be seen: the process aborts on panic (nothing catches it), or the report's
