@@ -1520,6 +1520,35 @@ async fn several_sockets_tcp_and_unix_reach_every_worker() {
     .await;
 }
 
+/// The socket file of a `--listen unix:` is removed when the supervisor stops (it was left
+/// behind for the next start to clear), but not one another process has bound at that path
+/// since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_file_is_removed_at_a_clean_stop() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let unix = format!("unix:{}", path.display());
+        let mut sup = Sup::start(&["run", "--listen", &unix, "--", BIN, "demo-service"]);
+        sup.wait_ready(0, 1).await;
+        assert!(path.exists());
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(Duration::from_secs(30)).await.code(), Some(0));
+        assert!(!path.exists(), "the socket file is left behind");
+
+        // Replaced meanwhile (another server bound the path): left alone.
+        let mut sup = Sup::start(&["run", "--listen", &unix, "--", BIN, "demo-service"]);
+        sup.wait_ready(0, 1).await;
+        std::fs::remove_file(&path).unwrap();
+        let other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(Duration::from_secs(30)).await.code(), Some(0));
+        assert!(path.exists(), "another server's socket file was removed");
+        drop(other);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_modes_for_a_worker_that_never_says_ready() {
     within(Duration::from_secs(60), async {

@@ -193,6 +193,48 @@ fn bind(addr: &ListenAddr, unix: UnixAccess) -> std::io::Result<OwnedFd> {
     Ok(sock.into())
 }
 
+/// The `unix:` socket files [`bind_all`] created, removed when this is dropped (the supervisor
+/// ends), each only if the file at its path is still the one bound: a socket file left behind
+/// is clutter for the next start to clear, and one another process has bound since (after
+/// clearing it as stale) is its, not ours.
+#[derive(Debug, Default)]
+pub(crate) struct OwnSocketFiles(Vec<(PathBuf, u64, u64)>);
+
+impl OwnSocketFiles {
+    /// The socket files of `listeners`, as they are now (call it right after [`bind_all`]).
+    pub(crate) fn of(listeners: &[Listener]) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        OwnSocketFiles(
+            listeners
+                .iter()
+                .filter_map(|l| match &l.local {
+                    Some(ListenAddr::Unix(path)) => {
+                        let m = std::fs::symlink_metadata(path).ok()?;
+                        Some((path.clone(), m.dev(), m.ino()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for OwnSocketFiles {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        for (path, dev, ino) in &self.0 {
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.dev() == *dev && m.ino() == *ino => {
+                    if let Err(e) = std::fs::remove_file(path) {
+                        tracing::debug!("cannot remove the socket file {}: {e}", path.display());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// A TCP socket bound to `a`, not listening yet: `SO_REUSEADDR` (a restart is not refused by
 /// the last run's TIME_WAIT), dual-stack for an IPv6 address.
 fn bound_tcp(a: SocketAddr) -> std::io::Result<Socket> {

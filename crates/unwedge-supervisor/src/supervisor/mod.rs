@@ -128,6 +128,8 @@ pub struct Supervisor {
     reload_source: Option<Arc<Mutex<ConfigSource>>>,
     /// The soft open-file limit the supervisor was started with, when it raised its own.
     nofile: Option<u64>,
+    /// The `unix:` socket files it bound, removed when it ends (not systemd's: its own).
+    _socket_files: socket::OwnSocketFiles,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -147,6 +149,7 @@ impl Supervisor {
         let inherited = socket::from_systemd();
         socket::forget_systemd_env();
         let inherited = inherited?;
+        let mut socket_files = socket::OwnSocketFiles::default();
         let listeners = if !inherited.is_empty() {
             if !config.listen.is_empty() {
                 tracing::warn!(
@@ -160,7 +163,9 @@ impl Supervisor {
                 mode: config.socket_mode,
                 gid: config.socket_group.as_ref().map(|&(_, gid)| gid),
             };
-            socket::bind_all(&config.listen, unix)?
+            let bound = socket::bind_all(&config.listen, unix)?;
+            socket_files = socket::OwnSocketFiles::of(&bound);
+            bound
         };
         if config.port_env.is_some() && !listeners.is_empty() {
             return Err(StartError::Usage(
@@ -212,6 +217,7 @@ impl Supervisor {
             control_rx,
             reload_source: None,
             nofile,
+            _socket_files: socket_files,
         })
     }
 
