@@ -61,7 +61,7 @@ pub use metrics::{HangKind, Metrics, CONTENT_TYPE, MAX_ROUTE_LABELS, MAX_ROUTE_L
 pub use page::{render_page, REDACTED_HEADERS};
 pub use reports::{print_reports, read_reports, ReportDir, ReportDirConfig, ReportError};
 pub use server::{
-    parse_admin_addr, AdminError, AdminHandle, AdminServer, StatusSource,
+    parse_admin_addr, AdminError, AdminHandle, AdminServer, Detail, StatusSource,
     ADMIN_CONNECTION_LIFETIME, ADMIN_HEADER_TIMEOUT, ADMIN_MAX_REQUESTS_PER_CONNECTION,
     DEFAULT_ADMIN_ADDR, MAX_ADMIN_CONNECTIONS,
 };
