@@ -61,12 +61,13 @@ pub use metrics::{HangKind, Metrics, CONTENT_TYPE, MAX_ROUTE_LABELS, MAX_ROUTE_L
 pub use page::{render_page, REDACTED_HEADERS};
 pub use reports::{print_reports, read_reports, ReportDir, ReportDirConfig, ReportError};
 pub use server::{
-    parse_admin_addr, AdminError, AdminHandle, AdminServer, StatusSource,
+    parse_admin_addr, AdminError, AdminHandle, AdminServer, Detail, StatusSource,
     ADMIN_CONNECTION_LIFETIME, ADMIN_HEADER_TIMEOUT, ADMIN_MAX_REQUESTS_PER_CONNECTION,
     DEFAULT_ADMIN_ADDR, MAX_ADMIN_CONNECTIONS,
 };
 pub use status::{
     rfc3339, ExitRecord, ExitStatus, PanicRecord, Record, ReloadOutcome, RestartEvent,
-    RestartReason, StatusView, SupervisorInfo, WorkerState, WorkerView, REDACTED,
+    RestartReason, StatusView, SupervisorInfo, WorkerState, WorkerView, MAX_REPORT_BACKTRACE,
+    MAX_REPORT_FRAMES, MAX_REPORT_ITEMS, MAX_REPORT_OTHER, MAX_REPORT_TEXT, REDACTED,
 };
 pub use text::render_text;

@@ -87,13 +87,45 @@ pub struct StatusSource(Source);
 
 #[derive(Clone)]
 enum Source {
-    Fn(Arc<dyn Fn() -> StatusView + Send + Sync>),
+    Fn(Arc<dyn Fn(Detail) -> StatusView + Send + Sync>),
     Watch(watch::Receiver<StatusView>),
+}
+
+/// What a request needs of the [`StatusView`] (see [`StatusSource::from_fn_detail`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Detail {
+    /// All of it: `/status` and the status page.
+    Full,
+    /// The supervisor and its workers, not the history of restarts and reports (`restarts`
+    /// and `reports` may be left empty): `/metrics`, `/livez` and `/readyz`, which a
+    /// scraper and a load balancer ask for every few seconds.
+    Brief,
 }
 
 impl StatusSource {
     /// Calls `f` on every request that needs the status (keep it cheap: clone a snapshot).
     pub fn from_fn(f: impl Fn() -> StatusView + Send + Sync + 'static) -> Self {
+        StatusSource(Source::Fn(Arc::new(move |_| f())))
+    }
+
+    /// Calls `f` on every request that needs the status, telling it what the request needs:
+    /// for [`Detail::Brief`] it need not copy the history of restarts and reports (up to some
+    /// megabytes of panic reports, which `/metrics`, `/livez` and `/readyz` never read).
+    ///
+    /// ```
+    /// use unwedge_admin::{Detail, StatusSource, StatusView, SupervisorInfo};
+    ///
+    /// let source = StatusSource::from_fn_detail(|detail| {
+    ///     let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+    ///     if detail == Detail::Full {
+    ///         // view.reports = history.reports.clone(); …
+    ///     }
+    ///     view
+    /// });
+    /// assert!(source.with_detail(Detail::Brief, |v| v.reports.is_empty()));
+    /// ```
+    pub fn from_fn_detail(f: impl Fn(Detail) -> StatusView + Send + Sync + 'static) -> Self {
         StatusSource(Source::Fn(Arc::new(f)))
     }
 
@@ -111,8 +143,15 @@ impl StatusSource {
     /// Runs `f` on the current status. With a `watch` channel the channel's read lock is held
     /// meanwhile: keep `f` short.
     pub fn with<R>(&self, f: impl FnOnce(&StatusView) -> R) -> R {
+        self.with_detail(Detail::Full, f)
+    }
+
+    /// Runs `f` on the current status, of which it needs `detail` (with
+    /// [`Detail::Brief`], `restarts` and `reports` may be empty). With a `watch` channel
+    /// the channel's read lock is held meanwhile: keep `f` short.
+    pub fn with_detail<R>(&self, detail: Detail, f: impl FnOnce(&StatusView) -> R) -> R {
         match &self.0 {
-            Source::Fn(get) => f(&get()),
+            Source::Fn(get) => f(&get(detail)),
             Source::Watch(rx) => f(&rx.borrow()),
         }
     }
@@ -636,7 +675,8 @@ const PRIVATE: [(header::HeaderName, &str); 2] = [
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the Prometheus text format.
 async fn metrics(State(s): State<AppState>, headers: header::HeaderMap) -> Response {
-    s.status.with(|view| s.metrics.observe_status(view));
+    s.status
+        .with_detail(Detail::Brief, |view| s.metrics.observe_status(view));
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let (kind, body) = match crate::exposition::wants_openmetrics(accept) {
         true => (CONTENT_TYPE, s.metrics.encode()),
@@ -659,9 +699,9 @@ async fn status(State(s): State<AppState>) -> Response {
 }
 
 async fn livez(State(s): State<AppState>) -> (StatusCode, String) {
-    let (live, reason) = s
-        .status
-        .with(|v| (v.is_live(), v.supervisor.gave_up_reason.clone()));
+    let (live, reason) = s.status.with_detail(Detail::Brief, |v| {
+        (v.is_live(), v.supervisor.gave_up_reason.clone())
+    });
     match (live, reason) {
         (true, _) => (StatusCode::OK, "ok\n".into()),
         (false, Some(reason)) => (
@@ -673,7 +713,9 @@ async fn livez(State(s): State<AppState>) -> (StatusCode, String) {
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
-    let (ready, total) = s.status.with(|v| (v.ready_workers(), v.workers.len()));
+    let (ready, total) = s
+        .status
+        .with_detail(Detail::Brief, |v| (v.ready_workers(), v.workers.len()));
     let msg = format!("{ready} of {total} workers ready\n");
     if ready > 0 {
         (StatusCode::OK, msg)

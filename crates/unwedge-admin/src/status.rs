@@ -550,7 +550,7 @@ fn hide_userinfo_in_text(text: &str) -> Option<String> {
 
 /// The marks of a cut: the `unwedge` library's for a report field cut to fit a notify
 /// datagram, and the plain ellipsis.
-const CUT_MARKS: [&str; 2] = ["…<truncated>", "…"];
+const CUT_MARKS: [&str; 2] = [unwedge_redact::CUT_MARK, "…"];
 
 /// Stderr lines this long (or longer) may have been cut: the supervisor keeps the first KiB of
 /// a line (give or take the 3 bytes of a character cut in two).
@@ -569,6 +569,193 @@ fn hide_cut_authority(text: &str) -> Option<String> {
     // Cut already (`scheme://…`): left as it is.
     let i = unwedge_redact::cut_inside_url(body).filter(|&i| &body[i..] != "…")?;
     Some(format!("{}…{mark}", &body[..i]))
+}
+
+/// Longest `backtrace` a stored report keeps, in bytes (its text, or the strings of a list of
+/// frames together): the `unwedge` library's fit its 60 000-byte reports.
+pub const MAX_REPORT_BACKTRACE: usize = 32 * 1024;
+
+/// Longest string a stored report keeps in a field other than `message` and `backtrace` (a
+/// header value, a path, a field unknown here), in bytes.
+pub const MAX_REPORT_TEXT: usize = 2 * 1024;
+
+/// Bytes of a stored report outside its `message` and `backtrace`: strings and names
+/// together, each value counted 16 bytes more. Past it, what is left of a
+/// report's fields (in the order of their names) is dropped.
+pub const MAX_REPORT_OTHER: usize = 24 * 1024;
+
+/// Most entries a list or object of a stored report keeps (a `backtrace`'s list of frames:
+/// [`MAX_REPORT_FRAMES`]).
+pub const MAX_REPORT_ITEMS: usize = 64;
+
+/// Most frames a `backtrace` sent as a list keeps (as many as the `unwedge` library captures).
+pub const MAX_REPORT_FRAMES: usize = 256;
+
+/// Longest name of an object's field a stored report keeps, in bytes.
+const MAX_REPORT_NAME: usize = 128;
+
+/// Deepest nesting a stored report keeps: a list or object deeper is shown as the cut mark.
+const MAX_REPORT_DEPTH: usize = 8;
+
+/// What a value counts against a budget besides its text.
+const NODE_COST: usize = 16;
+
+/// How a part of a report is cut.
+struct Bound {
+    /// Longest string.
+    text: usize,
+    /// Most entries of a list or object.
+    items: usize,
+}
+
+/// Cuts `report` (a worker's, its credentials hidden already) to a bounded size (see
+/// [`PanicRecord::new`]). Returns whether anything was cut.
+fn bound_report(report: &mut serde_json::Value) -> bool {
+    let other = Bound {
+        text: MAX_REPORT_TEXT,
+        items: MAX_REPORT_ITEMS,
+    };
+    let mut budget = MAX_REPORT_OTHER;
+    let serde_json::Value::Object(map) = report else {
+        // Not an object (a report that is not JSON is kept as its text): a message.
+        let whole = Bound {
+            text: unwedge_redact::MAX_MESSAGE,
+            items: MAX_REPORT_ITEMS,
+        };
+        return bound_value(report, &whole, &mut budget, 0);
+    };
+    let mut cut = false;
+    if let Some(message) = map.get_mut("message") {
+        let mut room = usize::MAX;
+        let bound = Bound {
+            text: unwedge_redact::MAX_MESSAGE,
+            items: MAX_REPORT_ITEMS,
+        };
+        // Text is what a message is: anything else gets the budget of the other fields.
+        let budget = match message {
+            serde_json::Value::String(_) => &mut room,
+            _ => &mut budget,
+        };
+        cut |= bound_value(message, &bound, budget, 1);
+    }
+    if let Some(backtrace) = map.get_mut("backtrace") {
+        let mut room = MAX_REPORT_BACKTRACE;
+        let bound = Bound {
+            text: MAX_REPORT_BACKTRACE,
+            items: MAX_REPORT_FRAMES,
+        };
+        cut |= bound_value(backtrace, &bound, &mut room, 1);
+    }
+    let fields = std::mem::take(map);
+    let mut kept = 0;
+    for (name, mut value) in fields {
+        if !matches!(name.as_str(), "message" | "backtrace") {
+            if kept >= other.items || budget == 0 {
+                cut = true;
+                continue;
+            }
+            kept += 1;
+            budget = budget.saturating_sub(name.len() + NODE_COST);
+            cut |= bound_value(&mut value, &other, &mut budget, 1);
+        }
+        let name = match cut_text(&name, MAX_REPORT_NAME) {
+            Some(short) => {
+                cut = true;
+                short
+            }
+            None => name,
+        };
+        map.entry(name).or_insert(value);
+    }
+    cut
+}
+
+/// Cuts `value` to `bound`, each string to what is left of `budget` too, taking what it keeps
+/// from `budget`. Returns whether anything was cut.
+fn bound_value(
+    value: &mut serde_json::Value,
+    bound: &Bound,
+    budget: &mut usize,
+    depth: usize,
+) -> bool {
+    let mark = || serde_json::Value::String(unwedge_redact::CUT_MARK.to_owned());
+    match value {
+        serde_json::Value::String(text) => {
+            let max = bound.text.min(budget.saturating_sub(NODE_COST));
+            let short = cut_text(text, max);
+            let cut = short.is_some();
+            if let Some(short) = short {
+                // Cut inside a URL's authority, it keeps only its `scheme://…`, as a field its
+                // worker cut does.
+                *text = hide_cut_authority(&short).unwrap_or(short);
+            }
+            *budget = budget.saturating_sub(text.len() + NODE_COST);
+            cut
+        }
+        serde_json::Value::Array(_) | serde_json::Value::Object(_) if depth >= MAX_REPORT_DEPTH => {
+            *value = mark();
+            *budget = budget.saturating_sub(NODE_COST);
+            true
+        }
+        serde_json::Value::Array(items) => {
+            *budget = budget.saturating_sub(NODE_COST);
+            let mut cut = false;
+            let mut kept = 0;
+            for item in items.iter_mut() {
+                if kept >= bound.items || *budget == 0 {
+                    break;
+                }
+                kept += 1;
+                cut |= bound_value(item, bound, budget, depth + 1);
+            }
+            if kept < items.len() {
+                items.truncate(kept);
+                cut = true;
+            }
+            cut
+        }
+        serde_json::Value::Object(map) => {
+            *budget = budget.saturating_sub(NODE_COST);
+            let fields = std::mem::take(map);
+            let mut cut = fields.len() > bound.items;
+            for (name, mut item) in fields.into_iter().take(bound.items) {
+                if *budget == 0 {
+                    cut = true;
+                    break;
+                }
+                let name = match cut_text(&name, MAX_REPORT_NAME) {
+                    Some(short) => {
+                        cut = true;
+                        short
+                    }
+                    None => name,
+                };
+                *budget = budget.saturating_sub(name.len() + NODE_COST);
+                cut |= bound_value(&mut item, bound, budget, depth + 1);
+                map.entry(name).or_insert(item);
+            }
+            cut
+        }
+        _ => {
+            *budget = budget.saturating_sub(NODE_COST);
+            false
+        }
+    }
+}
+
+/// `text` cut to `max` bytes on a character boundary, [`CUT_MARK`](unwedge_redact::CUT_MARK)
+/// appended; `None` when it is no longer, or is that long and ends with the mark already
+/// (cut by its worker: the `unwedge` library cuts a message to the same length).
+fn cut_text(text: &str, max: usize) -> Option<String> {
+    let mark = unwedge_redact::CUT_MARK;
+    if text.len() <= max || (text.ends_with(mark) && text.len() <= max + mark.len()) {
+        return None;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!("{}{mark}", &text[..end]))
 }
 
 /// A panic report a worker sent, as received but for its credentials.
@@ -600,7 +787,13 @@ pub struct PanicRecord {
 
 impl PanicRecord {
     /// A report from `worker`, received now, its credential headers redacted (see
-    /// [`redact`](Self::redact)).
+    /// [`redact`](Self::redact)) and then cut to a bounded size, whatever the worker sent (a
+    /// notify datagram may hold 256 KiB): the `message` to
+    /// [`MAX_MESSAGE`](unwedge_redact::MAX_MESSAGE) bytes, the `backtrace` to
+    /// [`MAX_REPORT_BACKTRACE`], every other string to [`MAX_REPORT_TEXT`], all of them
+    /// together to [`MAX_REPORT_OTHER`] and each list or object to [`MAX_REPORT_ITEMS`] entries
+    /// (a cut string ends with [`CUT_MARK`](unwedge_redact::CUT_MARK)): one stored report
+    /// is at most some 70 KiB, and the history, `/status` and the report directory hold 50.
     ///
     /// ```
     /// use unwedge_admin::PanicRecord;
@@ -630,6 +823,8 @@ impl PanicRecord {
             report,
         };
         r.redact();
+        // Cut after hiding: what was hidden in a whole field stays hidden in its start.
+        bound_report(&mut r.report);
         r
     }
 
@@ -973,6 +1168,60 @@ mod tests {
         CUT_LINE_MIN,
     };
 
+    const MARK: &str = unwedge_redact::CUT_MARK;
+
+    #[test]
+    fn a_report_is_cut_to_a_bounded_size_whatever_its_shape() {
+        // Deep, wide, long names, long strings, and a message that is a number.
+        let mut deep = serde_json::json!("x");
+        for _ in 0..100 {
+            deep = serde_json::json!([deep]);
+        }
+        let wide: serde_json::Map<String, serde_json::Value> = (0..10_000)
+            .map(|i| (format!("{i:0>300}"), serde_json::json!("y".repeat(100))))
+            .collect();
+        let report = serde_json::json!({
+            "message": 42, "deep": deep, "wide": wide,
+            "frames": vec!["z".repeat(1000); 1000],
+            "backtrace": vec![serde_json::json!({"fn": "f".repeat(500)}); 10_000],
+        });
+        assert!(serde_json::to_string(&report).unwrap().len() > 5_000_000);
+        let r = PanicRecord::new(None, report);
+        let kept = serde_json::to_string(&r.report).unwrap().len();
+        assert!(kept < 80_000, "{kept}");
+        assert_eq!(r.report["message"], 42);
+        assert!(r.report["backtrace"].as_array().unwrap().len() <= 256);
+        // A report that is text, not JSON, is a message.
+        let text = serde_json::Value::String("t".repeat(100_000));
+        let r = PanicRecord::new(None, text);
+        assert_eq!(r.report.as_str().unwrap().len(), 8 * 1024 + MARK.len());
+    }
+
+    #[test]
+    fn a_message_the_unwedge_library_cut_is_kept_as_it_is() {
+        let message = format!("{}{MARK}", "é".repeat(4 * 1024));
+        let r = PanicRecord::new(None, serde_json::json!({ "message": message }));
+        assert_eq!(r.report["message"], message.as_str());
+        // One byte more is cut, on a character boundary.
+        let message = format!("{}{MARK}", "é".repeat(4 * 1024 + 1));
+        let r = PanicRecord::new(None, serde_json::json!({ "message": message }));
+        let kept = r.report["message"].as_str().unwrap();
+        assert_eq!(kept, format!("{}{MARK}", "é".repeat(4 * 1024)));
+    }
+
+    #[test]
+    fn a_message_cut_inside_a_urls_authority_keeps_only_its_scheme() {
+        // Hidden first (`postgres://…@db`), then cut inside the host: nothing of it is kept.
+        let message = format!(
+            "{} postgres://app:s3cret@database/app",
+            "m".repeat(8 * 1024 - 16)
+        );
+        let r = PanicRecord::new(None, serde_json::json!({ "message": message }));
+        let kept = r.report["message"].as_str().unwrap();
+        assert!(!kept.contains("s3cret"), "{kept}");
+        assert!(kept.ends_with(&format!(" postgres://…{MARK}")), "{kept}");
+    }
+
     #[test]
     fn urls_lose_their_user_info_query_and_fragment() {
         for (url, cleaned) in [
@@ -1201,14 +1450,18 @@ mod tests {
     fn many_schemes_in_one_text_are_scanned_once() {
         let text = "a://".repeat(50_000) + "u:s3cret@h";
         let started = std::time::Instant::now();
-        let mut r = PanicRecord::new(None, serde_json::json!({ "message": text }));
+        // Redacted as a report read back from a file is (one received is cut to 8 KiB too).
+        let mut r = PanicRecord::new(None, serde_json::json!({}));
+        r.report = serde_json::json!({ "message": text });
+        assert!(r.redact());
         let message = r.report["message"].as_str().unwrap().to_owned();
         assert!(message.ends_with("a://…@h") && !message.contains("s3cret"));
         assert!(!r.redact());
         // Each authority reads as `user:password` and the `@` that would end it is looked for
         // once for the whole run, not once for each `://`.
         let text = "a://b:c/".repeat(50_000) + " mail x@y";
-        let mut r = PanicRecord::new(None, serde_json::json!({ "message": text }));
+        r.report = serde_json::json!({ "message": text });
+        assert!(!r.redact());
         assert_eq!(r.report["message"], text);
         assert!(!r.redact());
         // Linear: milliseconds; the quadratic scan took minutes in a debug build.

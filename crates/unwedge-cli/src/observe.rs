@@ -23,9 +23,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use unwedge_admin::{
     parse_admin_addr, parse_webhook_url, AdminHandle, AdminServer, AlertConfig, AlertEvent,
-    AlertKind, Alerter, ExitRecord, ExitStatus, HangKind, Metrics, PanicRecord, Record, ReportDir,
-    ReportDirConfig, RestartEvent, RestartReason, StatusSource, StatusView, SupervisorInfo,
-    WorkerState, WorkerView, ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_ADDR, MAX_ADMIN_CONNECTIONS,
+    AlertKind, Alerter, Detail, ExitRecord, ExitStatus, HangKind, Metrics, PanicRecord, Record,
+    ReportDir, ReportDirConfig, RestartEvent, RestartReason, StatusSource, StatusView,
+    SupervisorInfo, WorkerState, WorkerView, ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_ADDR,
+    MAX_ADMIN_CONNECTIONS,
 };
 use unwedge_supervisor::{self as sup, Config, Event, Handle, Supervisor};
 
@@ -435,7 +436,7 @@ fn status_source(
     let malformed_seen = AtomicU64::new(0);
     let dropped_seen = AtomicU64::new(0);
     let memory = MemoryGauge::default();
-    StatusSource::from_fn(move || {
+    StatusSource::from_fn_detail(move |detail| {
         let snap = handle.snapshot();
         // Before the history's lock: alerts must not wait for a measurement.
         let memory_of: HashMap<i32, Option<u64>> = snap
@@ -510,8 +511,12 @@ fn status_source(
             v.last_report = h.last_report.get(id).cloned();
             view.workers.push(v);
         }
-        view.restarts = h.restarts.iter().cloned().collect();
-        view.reports = h.reports.iter().cloned().collect();
+        // Up to 50 reports of some tens of KiB each: copied only for `/status` and the page,
+        // not for every scrape of `/metrics` and probe of `/livez` and `/readyz`.
+        if detail == Detail::Full {
+            view.restarts = h.restarts.iter().cloned().collect();
+            view.reports = h.reports.iter().cloned().collect();
+        }
         view
     })
 }

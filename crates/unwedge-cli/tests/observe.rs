@@ -2302,6 +2302,107 @@ async fn credentials_in_a_workers_panic_message_and_backtrace_are_redacted_every
     .await;
 }
 
+/// A worker sends a report as big as its notify socket sends (a 68 000-byte message, a
+/// 52 000-byte backtrace, a 20 000-byte header, 200 headers, a list of 1 000 numbers): the
+/// supervisor keeps the first 8 KiB of the message ending `…<truncated>` (as the `unwedge`
+/// library cuts its own), the first 32 KiB of the backtrace, the first 2 KiB of the header, 64
+/// of the headers and items, the whole report some tens of KiB, in `/status` and the report
+/// directory alike; the credentials written across the cuts show nowhere.
+#[tokio::test]
+async fn a_workers_huge_report_is_cut_to_a_bounded_size_after_its_credentials_are_hidden() {
+    const MARK: &str = "…<truncated>";
+    limited(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("reports");
+        let dir_s = dir.to_str().unwrap().to_owned();
+        let (sup, addr, admin) = python_worker(&["--report-dir", &dir_s]).await;
+        // A token written across the message's 8 KiB cut, a URL's password across the
+        // backtrace's 32 KiB one.
+        let message = format!(
+            "{} headers: {{\"authorization\": \"Bearer CUTSECRET-0123456789\"}} then Bearer \
+             CUTSECRET-0123456789 {}",
+            "a".repeat(8 * 1024 - 40),
+            "b".repeat(60_000)
+        );
+        let backtrace = format!(
+            "{}postgres://app:BTSECRET-0123456789@db/app {}",
+            "f".repeat(32 * 1024 - 20),
+            "g".repeat(20_000)
+        );
+        let mut headers = serde_json::Map::new();
+        headers.insert("User-Agent".into(), "curl/8".into());
+        headers.insert("X-Big".into(), "z".repeat(20_000).into());
+        for i in 0..200 {
+            headers.insert(format!("X-H-{i:03}"), "v".repeat(30).into());
+        }
+        let report = serde_json::json!({
+            "message": message, "backtrace": backtrace, "location": "src/x.rs:1:2",
+            "numbers": (0..1000).collect::<Vec<u32>>(),
+            "request": {"method": "GET", "path": "/big", "request_id": "huge-1",
+                "headers": headers},
+        });
+        assert!(serde_json::to_string(&report).unwrap().len() > 150_000);
+        let s = send_report(&sup, addr, admin, &report).await;
+        let got = s["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["report"]["request"]["request_id"] == "huge-1")
+            .unwrap()["report"]
+            .clone();
+        let (_, raw_status) = get(admin, "/status").await;
+        let file = std::fs::read_to_string(dir.join("reports.jsonl")).unwrap();
+        let (code, listed, err) = run_split(&["reports", "--dir", &dir_s, "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        for (what, text) in [
+            ("/status", &raw_status),
+            ("reports.jsonl", &file),
+            ("unwedge reports --json", &listed),
+        ] {
+            assert!(
+                !text.contains("SECRET"),
+                "{what} shows a credential: {text:.300}"
+            );
+            // 50 such reports are what the history keeps.
+            assert!(text.len() < 100_000, "{what} holds {} bytes", text.len());
+            assert!(text.contains(MARK), "{what}: {text:.300}");
+        }
+        let message = got["message"].as_str().unwrap();
+        assert!(message.len() <= 8 * 1024 + MARK.len(), "{}", message.len());
+        assert!(
+            message.ends_with(MARK),
+            "{:.100}",
+            &message[message.len() - 100..]
+        );
+        assert!(message.starts_with(&"a".repeat(8 * 1024 - 40)));
+        let shown = r#"headers: {"authorization": "[redacted]"#;
+        assert!(message.contains(shown), "{}", &message[8 * 1024 - 60..]);
+        let backtrace = got["backtrace"].as_str().unwrap();
+        assert!(
+            backtrace.len() <= 32 * 1024 + MARK.len(),
+            "{}",
+            backtrace.len()
+        );
+        assert!(backtrace.ends_with(MARK));
+        assert!(backtrace.starts_with(&"f".repeat(32 * 1024 - 20)));
+        let headers = got["request"]["headers"].as_object().unwrap();
+        assert!(headers.len() <= 64, "{}", headers.len());
+        assert_eq!(headers["User-Agent"], "curl/8");
+        let big = headers["X-Big"].as_str().unwrap();
+        assert!(
+            big.len() <= 2 * 1024 + MARK.len() && big.ends_with(MARK),
+            "{}",
+            big.len()
+        );
+        assert!(got["numbers"].as_array().unwrap().len() <= 64);
+        assert_eq!(got["location"], "src/x.rs:1:2");
+        assert_eq!(got["request"]["path"], "/big");
+        let stored = serde_json::to_string(&got).unwrap().len();
+        assert!(stored < 80_000, "{stored} bytes kept");
+    })
+    .await;
+}
+
 /// A worker that does not clean URLs sends a `Referer` with user info
 /// (`https://user:hunter2@example.com/x`), and another URL header with some: the password
 /// shows neither in `/status`, the page nor the report file, where the URL is

@@ -17,6 +17,23 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// Longest panic message a report keeps, in bytes (a longer one is cut on a character
+/// boundary, after its credentials are hidden, and [`CUT_MARK`] appended): the `unwedge`
+/// library cuts its own messages to this, and the supervisor cuts any worker's report to it.
+///
+/// ```
+/// assert_eq!(unwedge_redact::MAX_MESSAGE, 8 * 1024);
+/// ```
+pub const MAX_MESSAGE: usize = 8 * 1024;
+
+/// What ends a text cut short: a message cut to [`MAX_MESSAGE`], a report field cut to fit a
+/// notify datagram or to what the supervisor keeps of a worker's report.
+///
+/// ```
+/// assert_eq!(unwedge_redact::CUT_MARK, "…<truncated>");
+/// ```
+pub const CUT_MARK: &str = "…<truncated>";
+
 /// Header names whose values are credentials: never shown in a report, and found in free text
 /// by [`scrub_credentials`].
 ///

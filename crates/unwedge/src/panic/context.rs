@@ -348,11 +348,11 @@ pub(crate) fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Longest panic message kept (in bytes; a longer one is cut on a character boundary and
 /// [`CUT_MARK`] appended): a message is a line of a log and an entry of the health registry's
 /// recent reports, and a megabyte built from a request must not be copied into each.
-pub(crate) const MAX_MESSAGE: usize = 8 * 1024;
+pub(crate) const MAX_MESSAGE: usize = unwedge_redact::MAX_MESSAGE;
 
 /// What ends a message cut to [`MAX_MESSAGE`] (the mark a report cut to fit a notify datagram
 /// ends with, which the supervisor knows).
-pub(crate) const CUT_MARK: &str = "…<truncated>";
+pub(crate) const CUT_MARK: &str = unwedge_redact::CUT_MARK;
 
 #[cfg(test)]
 mod tests {
