@@ -517,6 +517,13 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
         _ => return None,
     }
     i = skip_blanks(i + 1);
+    // Already hidden (a report read back and scrubbed again): as it is, not `[[redacted]`.
+    let at_value = rest[i.min(rest.len())..]
+        .strip_prefix(b"\"".as_slice())
+        .unwrap_or(&rest[i.min(rest.len())..]);
+    if at_value.starts_with(REDACTED_IN_TEXT.as_bytes()) || at_value.starts_with(b"<redacted>") {
+        return None;
+    }
     let mut list = false;
     while let Some(&open @ (b'[' | b'(')) = rest.get(i) {
         list |= open == b'[';
@@ -710,6 +717,28 @@ mod tests {
 
     fn scrubbed(text: &str) -> String {
         scrub_credentials(text).unwrap_or_else(|| text.to_owned())
+    }
+
+    /// Scrubbing what was scrubbed changes nothing (reports read back from disk are scrubbed
+    /// again): `Authorization: [redacted]` did become `Authorization: [[redacted]`.
+    #[test]
+    fn scrubbing_is_idempotent() {
+        for text in [
+            "Authorization: Bearer s3cret-t0ken and more",
+            r#"{"authorization": "Bearer s3cret", "cookie": "sid=c00kie"}"#,
+            "password=hunter2 user=bob",
+            "db_password: Some(\"hunter2\")",
+            "GITHUB_TOKEN=ghp_abc123def456",
+            "headers: [(\"x-api-key\", \"k3y\")]",
+        ] {
+            let once = scrubbed(text);
+            assert_ne!(once, text, "nothing hidden in {text:?}");
+            assert_eq!(scrubbed(&once), once, "scrubbed again: {once:?}");
+        }
+        assert_eq!(
+            scrubbed("Authorization: <redacted>"),
+            "Authorization: <redacted>"
+        );
     }
 
     #[test]
