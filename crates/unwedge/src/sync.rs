@@ -604,9 +604,10 @@ impl<T: ?Sized> DerefMut for CommitGuard<'_, T> {
 impl<T: ?Sized> Drop for CommitGuard<'_, T> {
     fn drop(&mut self) {
         let Some(guard) = &self.guard else { return };
-        if std::thread::panicking() {
-            // The guard's own drop poisons, with the panic's message (unless the section began
-            // during this unwinding, as a cleanup: then it ran to its end).
+        if std::thread::panicking() && !guard.during_panic {
+            // The guard's own drop poisons, with the panic's message. (A section that began
+            // during this unwinding, a cleanup, is not broken off by it: left uncommitted, it
+            // poisons here as any other.)
             return;
         }
         let holder = guard.lock.info.holder_label(guard.generation);

@@ -135,6 +135,30 @@ async fn a_section_run_whole_during_another_panics_unwinding_does_not_poison() {
     assert_eq!(*registry.try_lock().unwrap(), Vec::<u32>::new());
     assert!(health::health().state.is_live(), "{:?}", health::health());
 
+    // A cleanup's all-or-nothing section left early, uncommitted: poisoned all the same.
+    struct Cleanup(Arc<Mutex<u32>>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let step = || -> Option<()> {
+                let mut section = self.0.try_lock().ok()?.commit_or_poison();
+                *section += 1;
+                None?; // leaves before commit()
+                drop(section.commit());
+                Some(())
+            };
+            let _ = step();
+        }
+    }
+    let counts = Arc::new(Mutex::named("counts", 0u32));
+    let c = counts.clone();
+    let joined = std::thread::spawn(move || {
+        let _cleanup = Cleanup(c);
+        panic!("an unrelated bug");
+    })
+    .join();
+    assert!(joined.is_err());
+    assert!(counts.is_poisoned(), "a half-done section was not poisoned");
+
     // Broken off by the panic: poisoned.
     let held = Arc::new(Mutex::named("held", 0));
     let h = held.clone();

@@ -243,13 +243,13 @@ pub(crate) fn record_poison(name: &Arc<str>) {
 /// task's panics. (Call it in the scope, after its `catch_unwind` returned `Ok`.)
 #[inline]
 pub(crate) fn settle_caught() {
-    let caught = CAPTURE
-        .try_with(|c| match c.try_borrow_mut() {
-            Ok(mut stack) if !stack.is_empty() => std::mem::take(&mut *stack),
-            _ => Vec::new(),
-        })
-        .unwrap_or_default();
-    settle(caught);
+    let caught = CAPTURE.try_with(|c| match c.try_borrow_mut() {
+        Ok(mut stack) if !stack.is_empty() => Some(std::mem::take(&mut *stack)),
+        _ => None,
+    });
+    if let Ok(Some(caught)) = caught {
+        settle(caught);
+    }
 }
 
 #[cold]
