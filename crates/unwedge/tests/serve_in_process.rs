@@ -108,3 +108,36 @@ async fn a_server_on_a_given_listener_stops_when_asked_and_finishes_its_requests
         .unwrap();
     assert!(matches!(outcome, Outcome::Stopped), "{outcome:?}");
 }
+
+/// `max_connections` is for all listeners together: a listener waiting in `accept` holds no
+/// slot, so with a limit of one and two listeners, each serves its client in turn (a slot
+/// held by the idle listener left the other serving nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_is_shared_by_the_listeners_not_held_by_an_idle_one() {
+    let one = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let two = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (one.local_addr().unwrap(), two.local_addr().unwrap());
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::new()
+            .listener(one)
+            .listener(two)
+            .max_connections(1)
+            .shutdown_on(async {
+                let _ = stopped.await;
+            })
+            .exit_on_crash(false)
+            .serve(app),
+    );
+    for addr in [a, b, a, b] {
+        let res = get_text(addr, "/").await;
+        assert!(res.ends_with("hello"), "{addr}: {res}");
+    }
+    stop.send(()).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("serve() returns")
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Stopped), "{outcome:?}");
+}

@@ -679,7 +679,10 @@ impl Server {
     /// for no limit. At the limit `serve()` stops accepting until a connection closes: new
     /// ones wait in the kernel's listen backlog instead of taking the last file descriptors,
     /// which the app needs for its own files and upstream connections (and whose lack fails
-    /// `accept` for everyone anyway). Reaching it is logged, at most once per 10 s.
+    /// `accept` for everyone anyway). Reaching it is logged, at most once per 10 s. A
+    /// connection upgraded to another protocol (a WebSocket: `101 Switching Protocols`) leaves
+    /// the count when it is upgraded: the app holds it from then on, and bounds such
+    /// connections itself.
     ///
     /// Default: seven eighths of the open-file limit (after
     /// [`raise_fd_limit`](Self::raise_fd_limit)), leaving the rest, at least 32, to the app.
@@ -1325,32 +1328,43 @@ async fn accept_loop<S, RB>(
     let mut full_said: Option<tokio::time::Instant> = None;
     let mut stopped = std::pin::pin!(stop.stopped());
     loop {
-        // A connection slot first: at the limit, new connections wait in the listen backlog.
-        let slot = match &conn.slots {
-            None => None,
-            Some((slots, n)) => match slots.clone().try_acquire_owned() {
-                Ok(slot) => Some(slot),
-                Err(_) => {
-                    let now = tokio::time::Instant::now();
-                    if full_said.is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_EVERY) {
-                        tracing::warn!(
-                            addr = %listener,
-                            "at the connection limit ({n}): new connections wait in the listen backlog until one closes"
-                        );
-                        full_said = Some(now);
-                    }
-                    tokio::select! {
-                        biased;
-                        _ = stopped.as_mut() => break,
-                        slot = slots.clone().acquire_owned() => slot.ok(),
-                    }
+        // At the limit, wait for a free slot before accepting: new connections wait in the
+        // listen backlog. The slot is taken once a connection is accepted, so that a listener
+        // idle in `accept` holds none (the limit is for all listeners together).
+        if let Some((slots, n)) = &conn.slots {
+            if slots.available_permits() == 0 {
+                let now = tokio::time::Instant::now();
+                if full_said.is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_EVERY) {
+                    tracing::warn!(
+                        addr = %listener,
+                        "at the connection limit ({n}): new connections wait in the listen backlog until one closes"
+                    );
+                    full_said = Some(now);
                 }
-            },
-        };
+                tokio::select! {
+                    biased;
+                    _ = stopped.as_mut() => break,
+                    free = slots.acquire() => drop(free),
+                }
+            }
+        }
         let stream = tokio::select! {
             biased;
             _ = stopped.as_mut() => break,
             r = listener.accept() => r,
+        };
+        // Its slot (another listener may have taken the one that was free: then this
+        // connection, accepted, waits for the next).
+        let slot = match (&stream, &conn.slots) {
+            (Ok(_), Some((slots, _))) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => tokio::select! {
+                    biased;
+                    _ = stopped.as_mut() => break,
+                    slot = slots.clone().acquire_owned() => slot.ok(),
+                },
+            },
+            _ => None,
         };
         match stream {
             Ok(Stream::Tcp(s, peer)) => {
