@@ -262,6 +262,10 @@ impl Drop for OutputCutoff {
     }
 }
 
+/// How much output is still passed on once the cutoff has passed, when the pipe still has
+/// some (a helper writing without end would otherwise keep it open): a pipe's capacity.
+const AFTER_CUTOFF: usize = 64 * 1024;
+
 /// Returns once the cutoff `rx` was given has passed (never, if it has none).
 async fn cut_off(rx: &mut watch::Receiver<Option<Instant>>) {
     let at = match rx.wait_for(Option::is_some).await.map(|at| *at) {
@@ -295,14 +299,25 @@ fn forward_to<R>(
         // Whether this piece goes on with a line a piece before began: the tail keeps each
         // line's beginning only, as a credential's value must stay with its name there.
         let mut continued = false;
+        // Bytes read after the cutoff's time passed: what is already in the pipe is still
+        // passed on (the forwarding may be behind, a slow stdout), up to this much.
+        let mut past_cutoff = 0usize;
         loop {
             buf.clear();
             buf.append(&mut carry);
             let mut piece = (&mut r).take(MAX_LINE as u64);
+            // Reading first: at the cutoff, only an empty pipe (or one written to without end,
+            // past AFTER_CUTOFF) ends the reading, never lines already in it.
             let read = tokio::select! {
+                biased;
                 read = piece.read_until(b'\n', &mut buf) => Some(read),
                 () = cut_off(&mut cutoff) => None,
             };
+            if let (Some(Ok(n)), Some(at)) = (&read, *cutoff.borrow()) {
+                if Instant::now() >= at {
+                    past_cutoff += n;
+                }
+            }
             // At the cutoff, a line begun and not ended (its bytes read into `buf`) is passed
             // on as it is, the last one.
             let (n, last) = match read {
@@ -324,7 +339,7 @@ fn forward_to<R>(
             }
             continued = cut;
             let line = format_line(format, &worker, pid, stream, &text);
-            if out.send((stream, line)).await.is_err() || last {
+            if out.send((stream, line)).await.is_err() || last || past_cutoff > AFTER_CUTOFF {
                 break;
             }
         }
@@ -412,6 +427,83 @@ mod tests {
         assert_eq!(lines, ["last words", "no end"]);
         let wrote = tokio::io::AsyncWriteExt::write_all(&mut w, b"more\n").await;
         assert!(wrote.is_err(), "the reader is gone");
+    }
+
+    /// The forwarding is behind (our stdout is slow: one line at a time here) when the cutoff
+    /// passes: the lines already in the pipe are all passed on, not cut at random.
+    #[tokio::test]
+    async fn lines_already_in_the_pipe_at_the_cutoff_are_all_passed_on() {
+        let (mut w, r) = tokio::io::duplex(64 * 1024);
+        let (tx, mut rx) = mpsc::channel(1);
+        let cutoff = OutputCutoff::new();
+        forward_to(
+            tx,
+            r,
+            "w9".into(),
+            -45,
+            Stream::Stdout,
+            LogFormat::Text,
+            cutoff.0.subscribe(),
+        );
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        tokio::io::AsyncWriteExt::write_all(&mut w, text.as_bytes())
+            .await
+            .unwrap();
+        drop(cutoff); // the worker exited; `w` (a helper) stays open
+        tokio::time::sleep(OUTPUT_GRACE + Duration::from_millis(500)).await;
+        let mut passed = 0;
+        while let Some((_, line)) = rx.recv().await {
+            assert_eq!(line, format!("[w9 pid -45] line {passed}\n"));
+            passed += 1;
+        }
+        assert_eq!(passed, 100);
+        drop(w);
+    }
+
+    /// A helper that writes without end does not keep the pipe read for ever: past the
+    /// cutoff, at most AFTER_CUTOFF more bytes are passed on, then the pipe is closed.
+    #[tokio::test]
+    async fn a_pipe_written_without_end_is_closed_after_the_cutoff_too() {
+        let (mut w, r) = tokio::io::duplex(64 * 1024);
+        let (tx, mut rx) = mpsc::channel(16);
+        let cutoff = OutputCutoff::new();
+        forward_to(
+            tx,
+            r,
+            "w9".into(),
+            -46,
+            Stream::Stdout,
+            LogFormat::Text,
+            cutoff.0.subscribe(),
+        );
+        let writer = tokio::spawn(async move {
+            let mut wrote = 0usize;
+            while tokio::io::AsyncWriteExt::write_all(&mut w, b"spam\n")
+                .await
+                .is_ok()
+            {
+                wrote += 5;
+                tokio::task::yield_now().await;
+            }
+            wrote
+        });
+        drop(cutoff);
+        let mut passed = 0usize;
+        let drained = tokio::time::timeout(Duration::from_secs(30), async {
+            while rx.recv().await.is_some() {
+                passed += 1;
+            }
+        })
+        .await;
+        assert!(
+            drained.is_ok(),
+            "still forwarding after 30 s ({passed} lines)"
+        );
+        let wrote = tokio::time::timeout(Duration::from_secs(30), writer)
+            .await
+            .expect("the writer sees its reader gone")
+            .unwrap();
+        assert!(wrote > 0);
     }
 
     #[tokio::test]
