@@ -447,12 +447,42 @@ pub fn scrub_credentials(line: &str) -> Option<String> {
 /// Where the value after a `token` at `at` of `bytes` (`lower`: the same, lower case) is,
 /// when that `token` ends a longer name ([`ends_a_longer_name`]: `GITHUB_TOKEN=…`,
 /// `"x-csrf-token": "…"`, `gitlabToken: …`) and a value follows it ([`value_after`]).
+///
+/// Not a name in a path of code (`lexer::expect_token: unexpected }`, a tracing target), and
+/// an unquoted value only when it looks like a token ([`looks_like_a_token`]:
+/// `prompt_token=12` or `cancel_token: CancellationToken {..}` are not secrets): `token` is
+/// a common word of code, unlike the listed names.
 fn token_value(bytes: &[u8], lower: &[u8], at: usize) -> Option<(usize, usize)> {
     if !lower[at..].starts_with(TOKEN.as_bytes()) || !ends_a_longer_name(bytes, at) {
         return None;
     }
+    let name_start = bytes[..at]
+        .iter()
+        .rposition(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')))
+        .map_or(0, |i| i + 1);
+    if bytes[..name_start].ends_with(b"::") {
+        return None;
+    }
     let after = at + TOKEN.len();
-    value_after(&bytes[after..]).map(|(start, end)| (after + start, after + end))
+    let (start, end) = value_after(&bytes[after..])?;
+    // A quoted value (JSON, a string field) is one; unquoted, it must look the part.
+    let quoted = matches!(bytes[after + start - 1], b'"' | b'\'');
+    (quoted || looks_like_a_token(&bytes[after + start..after + end]))
+        .then_some((after + start, after + end))
+}
+
+/// Whether `value` starts with what reads as a secret token: 8 or more characters of RFC
+/// 6750's `b64token` (`A-Z a-z 0-9 - . _ ~ + /`) among which a digit or a `-._~+/`, or 20 or
+/// more letters (too long for a word), as a `Bearer`'s ([`bearer_token`]).
+fn looks_like_a_token(value: &[u8]) -> bool {
+    let token: Vec<u8> = value
+        .iter()
+        .copied()
+        .take_while(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+        .collect();
+    token.len() >= 8 && (token.len() >= 20 || token.iter().any(|b| !b.is_ascii_alphabetic()))
 }
 
 /// Where the token of a `Bearer` at `at` of `bytes` (`lower`: the same, lower case) is, when
@@ -869,6 +899,10 @@ mod tests {
             "passwords: 3 attempts left",
             "passwordless=true secretary=bob api_keys: 2",
             "unexpected token: `}` at 3:4",
+            // Code, not credentials: a path, a count, a type.
+            "ERROR lexer::expect_token: unexpected } at line 3",
+            "usage prompt_token=12 completion_token=30",
+            "Ctx { cancel_token: CancellationToken {..}, user: \"bob\" }",
             // Prose, a short word, or inside a word: not a token.
             "only the bearer credentials holder",
             "Bearer abc12",
