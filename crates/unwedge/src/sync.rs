@@ -636,10 +636,15 @@ impl<T: ?Sized> Drop for CommitGuard<'_, T> {
 /// for a graceful crash (the health turns Tainted, `/livez` fails, `serve()` drains and exits
 /// 70); Recover leaves the mutex poisoned for the next `lock()` to repair.
 pub(crate) fn escalate_poison(name: &str, by: &str) {
+    escalate_poison_in(name, by, context::current_scope().as_deref());
+}
+
+/// [`escalate_poison`] for a poison in `scope` (the request or task it happened in).
+pub(crate) fn escalate_poison_in(name: &str, by: &str, scope: Option<&context::Scope>) {
     let poisoned = [name.to_owned()];
     // The policy of the request's layer when one was given to it, the process-wide one
     // otherwise (a task, a layer made with `PanicLayer::new()`).
-    let policy = crate::panic::context::current_scope()
+    let policy = scope
         .and_then(|s| s.as_request().and_then(|r| r.policy()))
         .unwrap_or_else(crate::panic::policy);
     let decision = crate::panic::decide(policy, &[], &poisoned, None);

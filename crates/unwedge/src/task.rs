@@ -180,14 +180,14 @@ where
     };
     let outcome = poll_fn(|cx| {
         let polled = context::with_scope(scope, || {
-            let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
-            if polled.is_ok() {
-                context::settle_caught();
-            }
-            polled
+            catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
         });
         match polled {
-            Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+            Ok(Poll::Ready(())) => {
+                // A poison by a panic the task caught itself: decided now.
+                context::settle_caught();
+                Poll::Ready(Ok(()))
+            }
             Ok(Poll::Pending) => Poll::Pending,
             // Take the capture now, before dropping the future can run more code.
             Err(payload) => Poll::Ready(Err((context::take_for(&*payload), payload))),

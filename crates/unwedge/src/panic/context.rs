@@ -164,16 +164,11 @@ pub(crate) fn with_scope_in<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -
     }
 }
 
-/// Drops a capture nobody took (see [`with_scope_in`]).
+/// Drops a capture nobody took (see [`with_scope_in`]), deciding the mutexes its panic
+/// poisoned first (see [`settle_caught`]).
 #[inline]
 fn clear_stale() {
-    let _ = CAPTURE.try_with(|c| {
-        if let Ok(mut slot) = c.try_borrow_mut() {
-            if !slot.is_empty() {
-                slot.clear();
-            }
-        }
-    });
+    settle_caught();
 }
 
 /// The scope running on this thread, if any.
@@ -235,12 +230,14 @@ pub(crate) fn record_poison(name: &Arc<str>) {
     with_current(|c| c.poisoned.push(name.clone()));
 }
 
-/// After a poll (or `call`) of a request or task returned without a panic: a capture left on
-/// this thread is of a panic the app caught itself (`catch_unwind` in a handler, tower-http's
-/// `CatchPanicLayer` inside the [`PanicLayer`](crate::PanicLayer)), which no layer of ours will
-/// decide. A `Mutex` it poisoned would stay poisoned, every later `lock()` an error, while the
-/// process looked healthy: each is decided now, by the policy that decides the request's or
-/// task's panics. (Call it in the scope, after its `catch_unwind` returned `Ok`.)
+/// When a request or task completed, and before a poll of one begins: a capture left on this
+/// thread is of a panic that someone else caught (the app itself: `catch_unwind` in a handler,
+/// tower-http's `CatchPanicLayer` inside the [`PanicLayer`](crate::PanicLayer); or tokio, for a
+/// plain task), which no layer of ours will decide. A `Mutex` it poisoned would stay
+/// poisoned, every later `lock()` an error, while the process looked healthy: each is decided
+/// now, by the policy that decides the panics of the request or task it happened in. Checked
+/// once per request (and per poll entry, where the stale capture was cleared anyway): the
+/// rest is out of line.
 #[inline]
 pub(crate) fn settle_caught() {
     let caught = CAPTURE.try_with(|c| match c.try_borrow_mut() {
@@ -255,10 +252,13 @@ pub(crate) fn settle_caught() {
 #[cold]
 fn settle(caught: Vec<Captured>) {
     let mut seen: Vec<Arc<str>> = Vec::new();
-    for name in caught.into_iter().flat_map(|c| c.poisoned) {
-        if !seen.contains(&name) {
-            crate::sync::escalate_poison(&name, "a panic the app caught itself");
-            seen.push(name);
+    for capture in caught {
+        for name in capture.poisoned {
+            if !seen.contains(&name) {
+                let by = "a panic the app caught itself";
+                crate::sync::escalate_poison_in(&name, by, capture.scope.as_deref());
+                seen.push(name);
+            }
         }
     }
 }

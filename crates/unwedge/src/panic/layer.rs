@@ -486,11 +486,7 @@ where
         let mut ctx = RequestCtx::new(&self.config, &req);
         let inner = &mut self.inner;
         let called = context::with_scope_in(&mut ctx.scope, || {
-            let called = catch_unwind(AssertUnwindSafe(move || inner.call(req)));
-            if called.is_ok() {
-                context::settle_caught();
-            }
-            called
+            catch_unwind(AssertUnwindSafe(move || inner.call(req)))
         });
         match called {
             Ok(fut) => ResponseFuture {
@@ -514,11 +510,7 @@ impl PanicLayer {
     ) -> ResponseFuture<F, ResB> {
         let mut ctx = RequestCtx::new(&self.config, &req);
         let called = context::with_scope_in(&mut ctx.scope, || {
-            let called = catch_unwind(AssertUnwindSafe(move || call(req)));
-            if called.is_ok() {
-                context::settle_caught();
-            }
-            called
+            catch_unwind(AssertUnwindSafe(move || call(req)))
         });
         match called {
             Ok(fut) => ResponseFuture {
@@ -620,15 +612,13 @@ where
                     .as_mut()
                     .expect("ResponseFuture polled after completion");
                 let polled = context::with_scope_in(&mut ctx.scope, || {
-                    let polled = catch_unwind(AssertUnwindSafe(|| fut.poll(cx)));
-                    if polled.is_ok() {
-                        context::settle_caught();
-                    }
-                    polled
+                    catch_unwind(AssertUnwindSafe(|| fut.poll(cx)))
                 });
                 match polled {
                     Ok(Poll::Pending) => Poll::Pending,
                     Ok(Poll::Ready(result)) => {
+                        // A poison by a panic the app caught itself: decided now.
+                        context::settle_caught();
                         this.state.set(State::Done);
                         let ctx = this.ctx.take().expect("checked above");
                         Poll::Ready(result.map(|res| ctx.finish(res)))
