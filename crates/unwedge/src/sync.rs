@@ -381,8 +381,7 @@ impl<T: ?Sized> Mutex<T> {
             lock: self,
             guard,
             generation,
-            during_panic: std::thread::panicking(),
-            panics_before: context::panics_started(),
+            taken: Taken::now(),
         };
         if self.poisoned.load(Ordering::Acquire) {
             let info = self.poison_info().unwrap_or_else(|| {
@@ -436,12 +435,39 @@ pub struct MutexGuard<'a, T: ?Sized> {
     guard: tokio::sync::MutexGuard<'a, T>,
     /// Which acquisition of `lock` this is (see `LockInfo::acquired`).
     generation: u64,
-    /// Taken while its thread was already panicking (a `Drop` cleaning up during unwinding):
-    /// released during that same unwinding, its section did not break off (as std's `Mutex`).
-    during_panic: bool,
-    /// [`context::panics_started`] when it was taken: the panic that breaks its section off
-    /// started later (an older capture on the thread is of a panic caught by someone else).
-    panics_before: u64,
+    /// What was going on when it was taken (see [`Taken`]).
+    taken: Taken,
+}
+
+/// When a guard was taken, in one word (a guard is moved through `lock()`'s future, and two
+/// fields of its own cost the uncontended lock ~8 ns): [`context::panics_started`] then, the
+/// panic that breaks its section off started later (an older capture on the thread is of a
+/// panic caught by someone else); and, in the top bit, whether its thread was already
+/// panicking (a `Drop` cleaning up during unwinding: released during that same unwinding, its
+/// section did not break off, as with std's `Mutex`).
+#[derive(Clone, Copy)]
+struct Taken(u64);
+
+impl Taken {
+    const DURING_PANIC: u64 = 1 << 63;
+
+    #[inline]
+    fn now() -> Self {
+        let during = if std::thread::panicking() {
+            Self::DURING_PANIC
+        } else {
+            0
+        };
+        Taken(context::panics_started() & !Self::DURING_PANIC | during)
+    }
+
+    fn during_panic(self) -> bool {
+        self.0 & Self::DURING_PANIC != 0
+    }
+
+    fn panics_before(self) -> u64 {
+        self.0 & !Self::DURING_PANIC
+    }
 }
 
 impl<'a, T: ?Sized> MutexGuard<'a, T> {
@@ -515,8 +541,9 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         // Everything here happens before the `guard` field is dropped, i.e. before the lock
         // is released: the next holder sees the poison.
-        if !self.during_panic && std::thread::panicking() {
-            let (message, location) = match context::peek_message_since(self.panics_before) {
+        if !self.taken.during_panic() && std::thread::panicking() {
+            let (message, location) = match context::peek_message_since(self.taken.panics_before())
+            {
                 Some((m, l)) => (Some(m), l),
                 None => (None, None),
             };
@@ -604,7 +631,7 @@ impl<T: ?Sized> DerefMut for CommitGuard<'_, T> {
 impl<T: ?Sized> Drop for CommitGuard<'_, T> {
     fn drop(&mut self) {
         let Some(guard) = &self.guard else { return };
-        if std::thread::panicking() && !guard.during_panic {
+        if std::thread::panicking() && !guard.taken.during_panic() {
             // The guard's own drop poisons, with the panic's message. (A section that began
             // during this unwinding, a cleanup, is not broken off by it: left uncommitted, it
             // poisons here as any other.)
