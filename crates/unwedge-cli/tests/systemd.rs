@@ -11,6 +11,16 @@ use common::*;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::signal::Signal;
 
+/// "systemd"'s notify socket in `dir`: its path (for `NOTIFY_SOCKET`) and the socket, read
+/// with a 100 ms timeout.
+fn systemd_notify_socket(dir: &std::path::Path) -> (std::path::PathBuf, UnixDatagram) {
+    let path = dir.join("notify");
+    let sd = UnixDatagram::bind(&path).unwrap();
+    sd.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    (path, sd)
+}
+
 fn recv_until(sock: &UnixDatagram, needle: &str, got: &mut Vec<String>) -> String {
     let deadline = Instant::now() + LONG;
     let mut buf = vec![0u8; 4096];
@@ -33,10 +43,7 @@ fn recv_until(sock: &UnixDatagram, needle: &str, got: &mut Vec<String>) -> Strin
 async fn notifies_systemd_and_serves_its_socket() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let dir = tempfile::tempdir().unwrap();
-        let notify_path = dir.path().join("notify");
-        let sd = UnixDatagram::bind(&notify_path).unwrap();
-        sd.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        let (notify_path, sd) = systemd_notify_socket(dir.path());
 
         // "systemd" binds the socket and activates the service with it: the exec shim plays
         // the part of systemd's fork+exec, setting LISTEN_FDS=1 and LISTEN_PID to the pid of
@@ -116,10 +123,7 @@ async fn notifies_systemd_and_serves_its_socket() {
 async fn a_workers_request_for_more_time_reaches_systemd_while_it_waits() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let dir = tempfile::tempdir().unwrap();
-        let notify_path = dir.path().join("notify");
-        let sd = UnixDatagram::bind(&notify_path).unwrap();
-        sd.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        let (notify_path, sd) = systemd_notify_socket(dir.path());
         // It starts for 3.5 s, 2 s allowed (a loaded machine's Python may take over a second
         // to send its first message: the worker before it is then replaced, as it should be).
         let worker = notify_worker(
@@ -174,10 +178,7 @@ async fn a_workers_request_for_more_time_reaches_systemd_while_it_waits() {
 async fn a_tiny_watchdog_usec_for_the_supervisor_does_not_flood_systemd() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let dir = tempfile::tempdir().unwrap();
-        let notify_path = dir.path().join("notify");
-        let sd = UnixDatagram::bind(&notify_path).unwrap();
-        sd.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        let (notify_path, sd) = systemd_notify_socket(dir.path());
         let sup = Sup::start_env(
             &[
                 "run",
