@@ -38,6 +38,10 @@ const SIGKILL: i32 = nix::sys::signal::Signal::SIGKILL as i32;
 const STDERR_WAIT: Duration = Duration::from_millis(100);
 /// Reports and restarts kept in memory for `/status` and the page.
 const KEEP_REPORTS: usize = 50;
+/// And at most this many bytes of reports (as JSON), the newest always: each `/status` answer
+/// holds a copy until its client has read it, and a worker can make each report as large as
+/// its cut allows (~70 KB), 50 of which in each of 256 unread answers would be ~900 MB.
+const KEEP_REPORT_BYTES: usize = 512 * 1024;
 const KEEP_RESTARTS: usize = 2000;
 /// Panic reports waiting for the event task (each up to 60 000 bytes, written one fsync at a
 /// time): past this, a worker panicking faster than the disk takes the reports has them
@@ -192,6 +196,9 @@ pub(crate) struct Observer {
 struct History {
     restarts: VecDeque<RestartEvent>,
     reports: VecDeque<Record>,
+    /// The size of each of `reports` (as JSON), and their sum.
+    report_sizes: VecDeque<usize>,
+    report_bytes: usize,
     /// Slot id → one-line summary of its last panic report.
     last_report: HashMap<String, String>,
     /// Slot id → restarts seen (for slots with no process right now).
@@ -598,11 +605,18 @@ impl Ctx {
             };
             self.metrics.record_report_written(ok);
         }
+        let size = serde_json::to_vec(&record).map_or(0, |json| json.len());
         let mut h = self.shared.history();
-        if h.reports.len() >= KEEP_REPORTS {
-            h.reports.pop_front();
-        }
         h.reports.push_back(record);
+        h.report_sizes.push_back(size);
+        h.report_bytes += size;
+        while h.reports.len() > KEEP_REPORTS
+            || (h.report_bytes > KEEP_REPORT_BYTES && h.reports.len() > 1)
+        {
+            h.reports.pop_front();
+            let gone = h.report_sizes.pop_front().unwrap_or(0);
+            h.report_bytes -= gone;
+        }
     }
 
     fn alert(&self, event: AlertEvent) {

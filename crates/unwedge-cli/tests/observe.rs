@@ -2302,6 +2302,39 @@ async fn credentials_in_a_workers_panic_message_and_backtrace_are_redacted_every
     .await;
 }
 
+/// Reports as large as their cut allows are kept for `/status` and the page within a byte
+/// budget (512 KiB, the newest always), not 50 of them whatever their size: each unread
+/// `/status` answer holds a copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_history_is_bounded_in_bytes_too() {
+    limited(async {
+        let (sup, addr, admin) = python_worker(&[]).await;
+        let mut last = Value::Null;
+        for i in 0..30 {
+            let report = serde_json::json!({
+                "message": "m".repeat(8 * 1024), "backtrace": "f".repeat(32 * 1024),
+                "request": {"method": "GET", "path": "/big", "request_id": format!("big-{i}")},
+            });
+            last = send_report(&sup, addr, admin, &report).await;
+        }
+        let reports = last["reports"].as_array().unwrap();
+        let bytes = serde_json::to_string(reports).unwrap().len();
+        assert!(
+            bytes <= 600 * 1024,
+            "{} reports, {bytes} bytes",
+            reports.len()
+        );
+        assert!(reports.len() < 30, "{} reports kept", reports.len());
+        assert!(
+            reports
+                .iter()
+                .any(|r| r["report"]["request"]["request_id"] == "big-29"),
+            "the newest report is kept"
+        );
+    })
+    .await;
+}
+
 /// A worker sends a report as big as its notify socket sends (a 68 000-byte message, a
 /// 52 000-byte backtrace, a 20 000-byte header, 200 headers, a list of 1 000 numbers): the
 /// supervisor keeps the first 8 KiB of the message ending `…<truncated>` (as the `unwedge`
