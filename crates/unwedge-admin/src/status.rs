@@ -1857,6 +1857,26 @@ mod tests {
             prop_assert!(!out.contains(&secret), "{line:?} gave {out:?}");
         }
 
+        /// The same, JSON-escaped as Go's and PHP's encoders write URLs (`postgres:\/\/user:
+        /// pw@db\/app`): the password never survives either.
+        #[test]
+        fn a_planted_json_escaped_url_password_never_survives_the_scrubber(
+            before in noise(12),
+            sep in prop::sample::select(vec![" ", "\t", "(", "\"", "'", "<", "=", "é", "\\\""]),
+            scheme in "[A-PR-Za-z][A-PR-Za-z0-9+.-]{0,8}",
+            user in "[a-z0-9é]{0,6}",
+            secret in "Q[A-Za-z0-9._~!$&'()*+,;=%:@/?#é日-]{1,16}",
+            host in "[a-z0-9.-]{1,12}(:[0-9]{1,5})?",
+            tail in "(/[a-z0-9._@é日-]{0,8}){0,2}(\\?[a-z=@&]{0,8})?",
+            after in noise(12),
+        ) {
+            let esc = |s: &str| s.replace('/', "\\/");
+            let secret = esc(&secret);
+            let line = format!("{before}{sep}{scheme}:\\/\\/{user}:{secret}@{host}{}{after}", esc(&tail));
+            let out = scrubbed(&line);
+            prop_assert!(!out.contains(&secret), "{line:?} gave {out:?}");
+        }
+
         /// Any text: no panic, and a line that names no credential is left as written.
         #[test]
         fn the_scrubber_takes_any_line(line in noise(200), name in credential_name(), at in any::<prop::sample::Index>()) {
