@@ -2059,6 +2059,21 @@ async fn python_worker(flags: &[&str]) -> (Sup, SocketAddr, SocketAddr) {
 
 /// Makes the Python worker send `report` as its `UNWEDGE_REPORT=` (as any worker may, redacted
 /// or not), and waits until `/status` lists it (by its `request_id`).
+/// Where a report is stored and shown: `/status`, the report directory's `reports.jsonl` and
+/// `unwedge reports --json` of it, each named.
+async fn stored_and_shown(admin: SocketAddr, dir: &std::path::Path) -> [(&'static str, String); 3] {
+    let (_, status) = get(admin, "/status").await;
+    let file = std::fs::read_to_string(dir.join("reports.jsonl")).unwrap();
+    let (code, listed, err) =
+        run_split(&["reports", "--dir", dir.to_str().unwrap(), "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    [
+        ("/status", status),
+        ("reports.jsonl", file),
+        ("unwedge reports --json", listed),
+    ]
+}
+
 async fn send_report(sup: &Sup, addr: SocketAddr, admin: SocketAddr, report: &Value) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("report.json");
@@ -2177,16 +2192,8 @@ async fn credentials_a_worker_sends_are_redacted_everywhere() {
             }},
         });
         let s = send_report(&sup, addr, admin, &report).await;
-        let (_, raw_status) = get(admin, "/status").await;
         let (_, metrics) = get(admin, "/metrics").await;
-        let file = std::fs::read_to_string(dir.join("reports.jsonl")).unwrap();
-        let (code, listed, err) = run_split(&["reports", "--dir", &dir_s, "--json"]).await;
-        assert_eq!(code, 0, "{err}");
-        for (what, text) in [
-            ("/status", &raw_status),
-            ("reports.jsonl", &file),
-            ("unwedge reports --json", &listed),
-        ] {
+        for (what, text) in &stored_and_shown(admin, &dir).await {
             assert!(
                 !text.contains("SECRET"),
                 "{what} shows a credential: {text}"
@@ -2383,15 +2390,7 @@ async fn a_workers_huge_report_is_cut_to_a_bounded_size_after_its_credentials_ar
             .find(|r| r["report"]["request"]["request_id"] == "huge-1")
             .unwrap()["report"]
             .clone();
-        let (_, raw_status) = get(admin, "/status").await;
-        let file = std::fs::read_to_string(dir.join("reports.jsonl")).unwrap();
-        let (code, listed, err) = run_split(&["reports", "--dir", &dir_s, "--json"]).await;
-        assert_eq!(code, 0, "{err}");
-        for (what, text) in [
-            ("/status", &raw_status),
-            ("reports.jsonl", &file),
-            ("unwedge reports --json", &listed),
-        ] {
+        for (what, text) in &stored_and_shown(admin, &dir).await {
             assert!(
                 !text.contains("SECRET"),
                 "{what} shows a credential: {text:.300}"

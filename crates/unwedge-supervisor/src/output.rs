@@ -396,23 +396,39 @@ mod tests {
         assert!(last_stderr_lines(-42, Duration::ZERO).await.is_empty());
     }
 
+    /// `w9`'s output (`pid`, `stream`) forwarded until `cutoff` says (and `OUTPUT_GRACE`
+    /// after): the write end, the lines passed on (`cap` at a time) and the cutoff.
+    fn forwarding(
+        pid: i32,
+        stream: Stream,
+        cap: usize,
+    ) -> (
+        tokio::io::DuplexStream,
+        mpsc::Receiver<(Stream, String)>,
+        OutputCutoff,
+    ) {
+        let (w, r) = tokio::io::duplex(64 * 1024);
+        let (tx, rx) = mpsc::channel(cap);
+        let cutoff = OutputCutoff::new();
+        let format = LogFormat::Text;
+        forward_to(
+            tx,
+            r,
+            "w9".into(),
+            pid,
+            stream,
+            format,
+            cutoff.0.subscribe(),
+        );
+        (w, rx, cutoff)
+    }
+
     /// A pipe a helper of the worker keeps open (a process in a session of its own) is read
     /// for OUTPUT_GRACE after the cutoff, then closed: the line begun is passed on, the tail
     /// is closed, the writer sees its reader gone.
     #[tokio::test]
     async fn a_pipe_held_open_is_closed_after_the_cutoff() {
-        let (mut w, r) = tokio::io::duplex(64 * 1024);
-        let (tx, mut rx) = mpsc::channel(16);
-        let cutoff = OutputCutoff::new();
-        forward_to(
-            tx,
-            r,
-            "w9".into(),
-            -44,
-            Stream::Stderr,
-            LogFormat::Text,
-            cutoff.0.subscribe(),
-        );
+        let (mut w, mut rx, cutoff) = forwarding(-44, Stream::Stderr, 16);
         tokio::io::AsyncWriteExt::write_all(&mut w, b"last words\nno end")
             .await
             .unwrap();
@@ -433,18 +449,7 @@ mod tests {
     /// passes: the lines already in the pipe are all passed on, not cut at random.
     #[tokio::test]
     async fn lines_already_in_the_pipe_at_the_cutoff_are_all_passed_on() {
-        let (mut w, r) = tokio::io::duplex(64 * 1024);
-        let (tx, mut rx) = mpsc::channel(1);
-        let cutoff = OutputCutoff::new();
-        forward_to(
-            tx,
-            r,
-            "w9".into(),
-            -45,
-            Stream::Stdout,
-            LogFormat::Text,
-            cutoff.0.subscribe(),
-        );
+        let (mut w, mut rx, cutoff) = forwarding(-45, Stream::Stdout, 1);
         let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
         tokio::io::AsyncWriteExt::write_all(&mut w, text.as_bytes())
             .await
@@ -464,18 +469,7 @@ mod tests {
     /// cutoff, at most AFTER_CUTOFF more bytes are passed on, then the pipe is closed.
     #[tokio::test]
     async fn a_pipe_written_without_end_is_closed_after_the_cutoff_too() {
-        let (mut w, r) = tokio::io::duplex(64 * 1024);
-        let (tx, mut rx) = mpsc::channel(16);
-        let cutoff = OutputCutoff::new();
-        forward_to(
-            tx,
-            r,
-            "w9".into(),
-            -46,
-            Stream::Stdout,
-            LogFormat::Text,
-            cutoff.0.subscribe(),
-        );
+        let (mut w, mut rx, cutoff) = forwarding(-46, Stream::Stdout, 16);
         let writer = tokio::spawn(async move {
             let mut wrote = 0usize;
             while tokio::io::AsyncWriteExt::write_all(&mut w, b"spam\n")
