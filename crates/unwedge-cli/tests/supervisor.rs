@@ -3058,10 +3058,9 @@ impl Drop for KillHelpers {
 
 /// The pipes a process holds open (`/proc/<pid>/fd` entries that are pipes).
 fn pipes_of(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|l| l.to_string_lossy().starts_with("pipe:"))
+    open_fds(pid)
+        .values()
+        .filter(|target| target.starts_with("pipe:"))
         .count()
 }
 

@@ -475,13 +475,23 @@ fn token_value(bytes: &[u8], lower: &[u8], at: usize) -> Option<(usize, usize)> 
 /// 6750's `b64token` (`A-Z a-z 0-9 - . _ ~ + /`) among which a digit or a `-._~+/`, or 20 or
 /// more letters (too long for a word), as a `Bearer`'s ([`bearer_token`]).
 fn looks_like_a_token(value: &[u8]) -> bool {
-    let token: Vec<u8> = value
+    reads_as_token(&value[..token_chars(value)])
+}
+
+/// How many characters of RFC 6750's `b64token` (`A-Z a-z 0-9 - . _ ~ + /`) `bytes` starts
+/// with.
+fn token_chars(bytes: &[u8]) -> usize {
+    bytes
         .iter()
-        .copied()
         .take_while(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
         })
-        .collect();
+        .count()
+}
+
+/// Whether `token` (`b64token` characters) reads as a secret rather than a word: 8 or more
+/// characters among which a digit or a `-._~+/`, or 20 or more letters (too long for a word).
+fn reads_as_token(token: &[u8]) -> bool {
     token.len() >= 8 && (token.len() >= 20 || token.iter().any(|b| !b.is_ascii_alphabetic()))
 }
 
@@ -491,7 +501,6 @@ fn looks_like_a_token(value: &[u8]) -> bool {
 /// letters: too long for a word), ended by the end of the text or by a character no token
 /// holds.
 fn bearer_token(bytes: &[u8], lower: &[u8], at: usize) -> Option<(usize, usize)> {
-    const MIN_TOKEN: usize = 8;
     let rest = lower[at..].strip_prefix(b"bearer")?;
     let blanks = rest
         .iter()
@@ -501,15 +510,11 @@ fn bearer_token(bytes: &[u8], lower: &[u8], at: usize) -> Option<(usize, usize)>
         return None;
     }
     let start = at + "bearer".len() + blanks;
-    let is_token =
-        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
-    let mut end = start + bytes[start..].iter().take_while(|b| is_token(b)).count();
+    let mut end = start + token_chars(&bytes[start..]);
     let token = &bytes[start..end];
     end += bytes[end..].iter().take_while(|&&b| b == b'=').count();
     let ended = bytes.get(end).is_none_or(|&b| !b.is_ascii_alphanumeric());
-    // Letters only: a word of prose, unless too long to be one.
-    let looks_like_one = token.len() >= 20 || token.iter().any(|&b| !b.is_ascii_alphabetic());
-    (token.len() >= MIN_TOKEN && looks_like_one && ended).then_some((start, end))
+    (reads_as_token(token) && ended).then_some((start, end))
 }
 
 /// Where the value after a credential name is in `rest`, what follows the name: an optional

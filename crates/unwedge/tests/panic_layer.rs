@@ -76,6 +76,20 @@ async fn send(
     }
 }
 
+/// `keep` got one report: of the panic `message` raised at line `line` of this file, which
+/// poisoned `bytecache` and was decided a crash.
+fn assert_sole_crash_report(keep: &Keep, message: &str, line: u32) {
+    let reports = keep.all();
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!(r.message, message);
+    assert_eq!(r.poisoned, ["bytecache"]);
+    let at = r.location.as_deref().unwrap_or("");
+    let line = format!("panic_layer.rs:{line}:");
+    assert!(at.contains(&line), "{at}, not {line}");
+    assert_eq!(r.decision.as_ref().unwrap().action, Action::Crash);
+}
+
 /// A sink that keeps every report.
 #[derive(Default, Clone)]
 struct Keep(Arc<StdMutex<Vec<PanicReport>>>);
@@ -1447,15 +1461,11 @@ async fn a_guarded_body_dropped_while_a_panic_unwinds_keeps_that_panics_report()
             .unwrap();
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(cache.is_poisoned());
-        let reports = keep.all();
-        assert_eq!(reports.len(), 1);
-        let r = &reports[0];
-        assert_eq!(r.message, "the outer handler's panic");
-        assert_eq!(r.poisoned, ["bytecache"]);
-        let at = r.location.as_deref().unwrap_or("");
-        let line = format!("panic_layer.rs:{}:", PANIC_LINE.load(Ordering::Relaxed));
-        assert!(at.contains(&line), "{at}, not {line}");
-        assert_eq!(r.decision.as_ref().unwrap().action, Action::Crash);
+        assert_sole_crash_report(
+            &keep,
+            "the outer handler's panic",
+            PANIC_LINE.load(Ordering::Relaxed),
+        );
     })
     .await
 }
@@ -1498,15 +1508,11 @@ async fn a_panic_caught_inside_a_drop_while_unwinding_keeps_the_first_panics_rep
             .unwrap();
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(cache.is_poisoned());
-        let reports = keep.all();
-        assert_eq!(reports.len(), 1);
-        let r = &reports[0];
-        assert_eq!(r.message, "the handler's own panic");
-        assert_eq!(r.poisoned, ["bytecache"]);
-        let at = r.location.as_deref().unwrap_or("");
-        let line = format!("panic_layer.rs:{}:", PANIC_LINE.load(Ordering::Relaxed));
-        assert!(at.contains(&line), "{at}, not {line}");
-        assert_eq!(r.decision.as_ref().unwrap().action, Action::Crash);
+        assert_sole_crash_report(
+            &keep,
+            "the handler's own panic",
+            PANIC_LINE.load(Ordering::Relaxed),
+        );
         let reason = unwedge::health::crash_requested().await;
         assert!(reason.contains("`bytecache` poisoned"), "{reason}");
     })

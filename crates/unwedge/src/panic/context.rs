@@ -151,8 +151,9 @@ pub(crate) fn with_scope_in<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -
     }
     // A capture left on this thread is stale: its panic was caught by someone else (tokio's
     // `JoinHandle`, a `catch_unwind` of the app's). A panic re-raised later with
-    // `resume_unwind` skips the hook, and would otherwise be reported with that capture.
-    clear_stale();
+    // `resume_unwind` skips the hook, and would otherwise be reported with that capture. It
+    // goes, the mutexes its panic poisoned decided first.
+    settle_caught();
     // The closure runs (and takes the scope out of `slot`) only while the thread-local lives.
     match SCOPE.try_with(|s| s.replace(slot.take())) {
         Ok(prev) => {
@@ -162,13 +163,6 @@ pub(crate) fn with_scope_in<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -
         // The thread is exiting: run without a scope.
         Err(_) => f(),
     }
-}
-
-/// Drops a capture nobody took (see [`with_scope_in`]), deciding the mutexes its panic
-/// poisoned first (see [`settle_caught`]).
-#[inline]
-fn clear_stale() {
-    settle_caught();
 }
 
 /// The scope running on this thread, if any.

@@ -1283,8 +1283,33 @@ fn prepare_router<S: 'static>(app: &mut S) {
     }
 }
 
-/// At most one "accept failed" line per this long (see `accept_loop`).
+/// At most one "accept failed" (or "at the connection limit") line per this long.
 const ACCEPT_ERROR_EVERY: Duration = Duration::from_secs(10);
+
+/// Something said at most once per [`ACCEPT_ERROR_EVERY`] (see `accept_loop`).
+#[derive(Default)]
+struct Seldom {
+    last: Option<tokio::time::Instant>,
+    /// Times it happened since it was last said.
+    unsaid: u64,
+}
+
+impl Seldom {
+    /// It happened: `Some(times not said since the last time)` when it is to be said now.
+    fn due(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        match self.last {
+            Some(at) if now.duration_since(at) < ACCEPT_ERROR_EVERY => {
+                self.unsaid += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.unsaid))
+            }
+        }
+    }
+}
 
 /// How long a connection that has not sent its first request yet is still read after
 /// shutdown begins: it was accepted, so its request is probably on the wire already, and
@@ -1321,11 +1346,10 @@ async fn accept_loop<S, RB>(
     RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
 {
-    // Accept failures (EMFILE and friends) are said at most once per ACCEPT_ERROR_EVERY, with
-    // how many were not said: when the process is out of descriptors, every connection closed
-    // lets one accept succeed before the next fails, which must not write a line each.
-    let mut said: Option<(tokio::time::Instant, u64)> = None;
-    let mut full_said: Option<tokio::time::Instant> = None;
+    // Accept failures (EMFILE and friends) and the connection limit are said seldom: when the
+    // process is out of descriptors or at its limit, every connection closed lets one accept
+    // succeed before the next fails or waits, which must not write a line each.
+    let (mut failures, mut at_limit) = (Seldom::default(), Seldom::default());
     let mut stopped = std::pin::pin!(stop.stopped());
     loop {
         // At the limit, wait for a free slot before accepting: new connections wait in the
@@ -1333,13 +1357,11 @@ async fn accept_loop<S, RB>(
         // idle in `accept` holds none (the limit is for all listeners together).
         if let Some((slots, n)) = &conn.slots {
             if slots.available_permits() == 0 {
-                let now = tokio::time::Instant::now();
-                if full_said.is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_EVERY) {
+                if at_limit.due().is_some() {
                     tracing::warn!(
                         addr = %listener,
                         "at the connection limit ({n}): new connections wait in the listen backlog until one closes"
                     );
-                    full_said = Some(now);
                 }
                 tokio::select! {
                     biased;
@@ -1382,20 +1404,12 @@ async fn accept_loop<S, RB>(
                 );
             }
             Err(e) => {
-                let now = tokio::time::Instant::now();
-                match &mut said {
-                    Some((at, unsaid)) if now.duration_since(*at) < ACCEPT_ERROR_EVERY => {
-                        *unsaid += 1;
-                    }
-                    _ => {
-                        let unsaid = said.map_or(0, |(_, n)| n);
-                        tracing::warn!(
-                            addr = %listener,
-                            error = %e,
-                            "accept failed; retrying ({unsaid} more failures since the last such line)"
-                        );
-                        said = Some((now, 0));
-                    }
+                if let Some(unsaid) = failures.due() {
+                    tracing::warn!(
+                        addr = %listener,
+                        error = %e,
+                        "accept failed; retrying ({unsaid} more failures since the last such line)"
+                    );
                 }
                 // Back off briefly instead of spinning.
                 tokio::time::sleep(Duration::from_millis(20)).await;
