@@ -164,9 +164,10 @@ fn a_trickled_first_head_does_not_hold_the_drain_until_its_deadline() {
 }
 
 /// A client that sends part of a `PUT` body and then nothing: the bytecache app bounds the
-/// whole body read (`BODY_TIMEOUT`, 5 s) below the watchdog's hang limit (10 s), so the client
-/// gets a `408` and the process stays healthy, instead of one stalled upload keeping a request
-/// in flight until the watchdog takes the quiet process for wedged (and it is replaced).
+/// whole body read (`BODY_TIMEOUT`, 5 s), so the client gets a `408` within the watchdog's hang
+/// limit (10 s) and the process stays live, instead of holding its request for as long as it
+/// likes. (`serve()`'s watchdog does not count a request waiting for its body as hung either:
+/// `unwedge/tests/serve_client_body.rs`.)
 #[test]
 fn a_stalled_upload_gets_408_before_the_hang_limit_and_the_process_stays_live() {
     run_test(Duration::from_secs(60), async {

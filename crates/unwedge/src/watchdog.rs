@@ -27,14 +27,14 @@
 //! watched). A request long on purpose (a long poll) calls [`long_request`]: the no-progress
 //! check leaves it out.
 //!
-//! A handler waiting for its request's body waits on the client, which the watchdog cannot
-//! tell from a handler waiting on itself (hyper's `Incoming` says nothing of it): one client
-//! that sends its body slowly, or stops half-way, keeps its request in flight, and on an
-//! otherwise quiet process turns it Wedged once that is older than the hang limit. Bound the
-//! whole body read below the hang limit, e.g. `tokio::time::timeout(d,
+//! A request whose handler waits for its body (the latest poll of the request polled the
+//! body, which had nothing yet) waits on its client, not on itself: the no-progress check
+//! leaves it out while it does ([`serve::Incoming`](crate::serve::Incoming)), so that one
+//! client sending its body slowly, or stopping half-way, never gets a quiet process declared
+//! wedged. Still bound the whole body read in time, e.g. `tokio::time::timeout(d,
 //! axum::body::Bytes::from_request(req, &()))` answering `408` (as `examples/bytecache` does;
-//! tower-http's `RequestBodyTimeoutLayer` bounds each chunk, not the whole body), or call
-//! [`long_request`] in handlers that take large uploads on purpose.
+//! tower-http's `RequestBodyTimeoutLayer` bounds each chunk, not the whole body): a client
+//! that stops sending holds its request and its connection until then.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -49,6 +49,7 @@ use sd_notify::NotifyState;
 use slab::Slab;
 
 use crate::health::{self, HealthState};
+use crate::serve::body::ClientWait;
 use crate::serve::notify::{one_line, Notifier};
 
 /// The default stall limit: a runtime that does not run the canary task (or a poll that does
@@ -319,11 +320,24 @@ impl ThreadSlot {
 struct Entry {
     started: u64,
     label: Label,
+    /// Whether it waits for its client's body (`None`: it has none to wait for).
+    client: Option<ClientWait>,
 }
 
-/// The pending request that began first.
+impl Entry {
+    /// It waits for its client's body now: not the app's to make progress on.
+    fn on_client(&self) -> bool {
+        self.client.as_ref().is_some_and(ClientWait::waiting)
+    }
+}
+
+/// The pending request that began first, of those not waiting for their client's body.
 fn first_pending(pending: &Slab<Entry>) -> Option<&Entry> {
-    pending.iter().map(|(_, e)| e).min_by_key(|e| e.started)
+    pending
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| !e.on_client())
+        .min_by_key(|e| e.started)
 }
 
 /// The live trackers, so that a thread polling a request for the first time can register its
@@ -458,9 +472,11 @@ impl Tracker {
 
     /// Counts `req` as begun and marks this thread as polling it: the caller runs the
     /// service's `call` under [`Req::call_begins`], which ends the mark, and polls the
-    /// response future with [`poll_tracked`].
-    pub(crate) fn begin<B>(&self, req: &Request<B>) -> Req {
+    /// response future with [`poll_tracked`]. `client` says when the request waits for its
+    /// body (`None` when it has none to wait for).
+    pub(crate) fn begin<B>(&self, req: &Request<B>, client: Option<ClientWait>) -> Req {
         let mut r = Req {
+            client,
             tracker: self.id,
             id: 0,
             tracked: false,
@@ -486,6 +502,8 @@ impl Tracker {
 /// One tracked request, owned by its response future.
 pub(crate) struct Req {
     tracker: u64,
+    /// Whether it waits for its client's body.
+    client: Option<ClientWait>,
     id: u64,
     /// Counted as begun (the tracker was alive) and its end not counted yet.
     tracked: bool,
@@ -543,6 +561,7 @@ impl Req {
         let entry = Entry {
             started: self.started,
             label: self.label,
+            client: self.client.clone(),
         };
         self.waiting = SLOTS
             .try_with(|slots| {
@@ -598,6 +617,9 @@ pub(crate) fn poll_tracked<F: Future>(
         return out;
     }
     r.poll_begins();
+    if let Some(c) = &r.client {
+        c.poll_begins();
+    }
     let ends = PollEnds(r.tracker);
     let out = fut.poll(cx);
     if out.is_ready() {
@@ -1123,7 +1145,7 @@ mod tests {
         }
 
         fn call(&mut self, req: Request<B>) -> Self::Future {
-            let tracked = self.tracker.begin(&req);
+            let tracked = self.tracker.begin(&req, None);
             let inner = {
                 let _ends = tracked.call_begins();
                 self.inner.call(req)

@@ -28,10 +28,10 @@ use axum::{Json, Router};
 use serde::Serialize;
 use unwedge::Tx;
 
-/// How long a `PUT`'s body may take to arrive: under the watchdog's hang limit (10 s by
-/// default), so that one client sending its body slowly, or stopping half-way, gets a `408`
-/// instead of keeping a request in flight until the watchdog takes a quiet process for
-/// wedged (it cannot tell a handler waiting on its client from one waiting on itself).
+/// How long a `PUT`'s body may take to arrive: a client sending its body slowly, or stopping
+/// half-way, gets a `408` instead of holding its request and its connection for as long as
+/// it likes. (Under `serve()` such a request does not wedge the process either: the watchdog
+/// sees that it waits on its client.)
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Cache size when none is configured, in bytes.

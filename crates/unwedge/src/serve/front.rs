@@ -19,11 +19,10 @@ use futures_util::future::{self, Either as FutEither};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::BoxError;
+use super::{BoxError, Incoming};
 use crate::panic::{PanicBody, ResponseFuture as PanicFuture};
 use crate::watchdog::{poll_tracked, Req, Tracker};
 use crate::{health, PanicLayer, Policy};
@@ -160,7 +159,7 @@ where
     }
 }
 
-impl<S, B> hyper::service::Service<Request<Incoming>> for Conn<S>
+impl<S, B> hyper::service::Service<Request<hyper::body::Incoming>> for Conn<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone,
     S::Error: Into<BoxError>,
@@ -171,7 +170,7 @@ where
     type Error = BoxError;
     type Future = ServeFuture<Called<S, Request<Incoming>>, B>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         let stopping = self.calls.mark();
         let close = match (req.version() <= http::Version::HTTP_11, stopping) {
             (false, _) => Close::Never, // HTTP/2: hyper's GOAWAY does it
@@ -202,13 +201,16 @@ where
                 _ => {}
             }
         }
+        let (parts, body) = req.into_parts();
+        let (body, client) = Incoming::watched(body);
+        let mut req = Request::from_parts(parts, body);
         if let Some(peer) = self.peer {
             let ext = req.extensions_mut();
             ext.insert(super::ClientAddr(peer));
             #[cfg(feature = "axum")]
             ext.insert(axum::extract::ConnectInfo(peer));
         }
-        let tracked = self.tracker.begin(&req);
+        let tracked = self.tracker.begin(&req, client);
         let _call_ends = tracked.call_begins();
         // Only this call borrows the app: hyper does not call again before it returns.
         let mut app = self.app.borrow_mut();

@@ -26,6 +26,9 @@
 //!   `GET /readyz` answered before the app ([`Server::without_health_routes`]); the
 //!   [`watchdog`] tracks every other request (a probe answered is no progress of the app:
 //!   probes must not hide a hang).
+//! - **Request bodies**: the app gets `Request<`[`Incoming`]`>`, hyper's body watched, so that
+//!   a handler waiting for its client's body is not taken for a hung one (an axum `Router`
+//!   takes it as it is; a hyper-style service names [`Incoming`] instead of hyper's).
 //! - **sd_notify** over `NOTIFY_SOCKET`: `READY=1` once accepting, `STATUS=` on every health
 //!   change, `WATCHDOG=1` with `READY=1` and then every half of `WATCHDOG_USEC` only while
 //!   Healthy or Draining,
@@ -113,6 +116,7 @@
 //!
 //! The guide `docs/systemd-worker.md` shows unit files and the supervisor side.
 
+pub(crate) mod body;
 mod config;
 mod dump;
 mod front;
@@ -131,13 +135,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tower::Service;
 
+pub use body::Incoming;
 pub use config::ListenAddr;
 
 /// The client's address, in the extensions of each request of a TCP connection when
