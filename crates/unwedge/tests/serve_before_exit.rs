@@ -166,3 +166,28 @@ fn a_graceful_shutdown_runs_the_before_exit_hook_before_serve_returns() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("graceful shutdown complete"), "{text}");
 }
+
+/// A start that fails (a malformed `UNWEDGE_HANG_LIMIT`: exit 2): `serve()` returns `Failed`,
+/// and the hook ran before it did, as the docs promise for every return.
+#[test]
+fn a_failed_start_runs_the_before_exit_hook_before_serve_returns() {
+    maybe_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let (mark, log) = (dir.path().join("mark"), dir.path().join("log"));
+    let mut w = Worker::spawn(
+        "a_failed_start_runs_the_before_exit_hook_before_serve_returns",
+        "stop",
+        &[
+            (MARK, mark.to_str().unwrap()),
+            (LOG, log.to_str().unwrap()),
+            ("UNWEDGE_HANG_LIMIT", "soon"),
+        ],
+    );
+    assert_eq!(w.wait_exit(Duration::from_secs(30)), 2, "{}", w.log());
+    assert_eq!(
+        std::fs::read_to_string(&mark).ok().as_deref(),
+        Some("hook ran"),
+        "{}",
+        w.log()
+    );
+}

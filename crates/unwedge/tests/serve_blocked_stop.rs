@@ -15,10 +15,11 @@ use axum::routing::get;
 use axum::Router;
 use support::Worker;
 
-/// The worker: serves `/block` (blocks a thread for two minutes) on `UNWEDGE_LISTEN`, on a
-/// runtime with `threads` worker threads (0: current-thread), and drops the runtime normally
-/// when `serve()` returns, as `#[tokio::main]` does.
-fn worker(threads: usize) -> ! {
+/// The worker: serves `/block` (blocks a thread for two minutes) and `/crash` (requests a
+/// graceful crash) on `UNWEDGE_LISTEN`, on a runtime with `threads` worker threads (0:
+/// current-thread), and drops the runtime normally when `serve()` returns, as `#[tokio::main]`
+/// does. With `exit_on_crash` off, a crash returns from `serve()` too.
+fn worker(threads: usize, exit_on_crash: bool) -> ! {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -33,23 +34,32 @@ fn worker(threads: usize) -> ! {
     .enable_all()
     .build()
     .unwrap();
-    let app = Router::new().route(
-        "/block",
-        get(move || async move {
-            eprintln!("TEST: blocking now");
-            if threads == 0 {
-                // The only runtime thread: nothing of the runtime runs any more.
-                std::thread::sleep(Duration::from_secs(120));
-            } else {
-                // The worker thread hands its work to another and blocks, as a synchronous
-                // call wrapped for async does: the runtime goes on (and `serve()` with it),
-                // but the request cannot be cancelled, and dropping the runtime waits for it.
-                tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(120)));
-            }
-            "done"
-        }),
-    );
-    let outcome = rt.block_on(unwedge::Server::new().serve(app));
+    let app = Router::new()
+        .route(
+            "/block",
+            get(move || async move {
+                eprintln!("TEST: blocking now");
+                if threads == 0 {
+                    // The only runtime thread: nothing of the runtime runs any more.
+                    std::thread::sleep(Duration::from_secs(120));
+                } else {
+                    // The worker thread hands its work to another and blocks, as a synchronous
+                    // call wrapped for async does: the runtime goes on (and `serve()` with it),
+                    // but the request cannot be cancelled, and dropping the runtime waits for it.
+                    tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(120)));
+                }
+                "done"
+            }),
+        )
+        .route(
+            "/crash",
+            get(|| async {
+                unwedge::health::request_crash("the test asked for a crash");
+                "crashing"
+            }),
+        );
+    let server = unwedge::Server::new().exit_on_crash(exit_on_crash);
+    let outcome = rt.block_on(server.serve(app));
     eprintln!("TEST: serve returned {outcome:?}");
     drop(rt);
     eprintln!("TEST: runtime dropped");
@@ -57,8 +67,10 @@ fn worker(threads: usize) -> ! {
 }
 
 fn maybe_worker() {
-    if let Some(mode) = support::worker_mode() {
-        worker(mode.parse().unwrap());
+    match support::worker_mode().as_deref() {
+        None => {}
+        Some("crash-returns") => worker(2, false),
+        Some(threads) => worker(threads.parse().unwrap(), true),
     }
 }
 
@@ -83,20 +95,32 @@ fn block_a_thread(sock: &Path) -> std::os::unix::net::UnixStream {
 /// Runs the worker of `test` with `threads`, blocks a thread with `GET /block`, sends SIGTERM
 /// and waits for the exit: its code and everything it logged.
 fn stop_while_blocked(test: &str, threads: usize) -> (i32, String) {
+    stop_while_blocked_by(test, &threads.to_string(), |_, w| w.sigterm())
+}
+
+/// Runs the worker of `test` in `mode`, blocks a thread with `GET /block`, stops it with
+/// `stop` (given the socket and the worker) and waits for the exit: its code and everything it
+/// logged.
+fn stop_while_blocked_by(
+    test: &str,
+    mode: &str,
+    stop: impl FnOnce(&Path, &Worker),
+) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("w.sock");
     let sock_text = sock.to_str().expect("a UTF-8 path");
     let mut w = Worker::spawn(
         test,
-        &threads.to_string(),
+        mode,
         &[
             ("UNWEDGE_LISTEN", sock_text),
             ("UNWEDGE_SHUTDOWN_TIMEOUT", "1s"),
+            ("UNWEDGE_CRASH_TIMEOUT", "1s"),
         ],
     );
     let _conn = block_a_thread(&sock);
     w.expect("TEST: blocking now", Duration::from_secs(20));
-    w.sigterm();
+    stop(&sock, &w);
     let code = w.wait_exit(Duration::from_secs(30));
     (code, w.seen.join("\n"))
 }
@@ -124,4 +148,30 @@ fn a_stop_with_every_runtime_thread_blocked_still_exits() {
     let (code, log) = stop_while_blocked("a_stop_with_every_runtime_thread_blocked_still_exits", 0);
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("graceful shutdown did not finish"), "{log}");
+}
+
+/// A graceful crash with `exit_on_crash(false)` while a request blocks its thread: `serve()`
+/// returns `Crashed` after the crash deadline (1 s), dropping the runtime would wait for ever,
+/// and the backstop ends the process with the crash's code, 70, never 0 (a service manager
+/// restarting on failure only would leave a tainted process down).
+#[test]
+fn a_crash_returned_to_main_with_a_handler_blocking_its_thread_exits_70() {
+    maybe_worker();
+    let (code, log) = stop_while_blocked_by(
+        "a_crash_returned_to_main_with_a_handler_blocking_its_thread_exits_70",
+        "crash-returns",
+        |sock, _| {
+            use std::io::{Read, Write};
+            let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+            s.write_all(b"GET /crash HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut res = String::new();
+            let _ = s.read_to_string(&mut res);
+            assert!(res.contains("crashing"), "{res}");
+        },
+    );
+    assert_eq!(code, 70, "{log}");
+    assert!(log.contains("TEST: serve returned Crashed"), "{log}");
+    assert!(log.contains("has blocked its thread for"), "{log}");
+    assert!(!log.contains("TEST: runtime dropped"), "{log}");
 }

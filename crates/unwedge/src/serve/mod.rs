@@ -801,6 +801,10 @@ impl Server {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        // The hook first: a start that fails returns through it too.
+        if let Some(hook) = self.before_exit.take() {
+            set_before_exit(hook);
+        }
         // Configuration first, so that a malformed variable fails before any side effect.
         let activation = config::activation()?;
         let notify_target = config::notify_socket()?;
@@ -846,10 +850,6 @@ impl Server {
         let max_connections = config::count("UNWEDGE_MAX_CONNECTIONS")?
             .map(|n| Some(n).filter(|&n| n > 0))
             .or(self.max_connections);
-
-        if let Some(hook) = self.before_exit.take() {
-            set_before_exit(hook);
-        }
 
         if self.raise_fd_limit {
             if let Some((from, to)) = limits::raise_nofile() {
@@ -1069,7 +1069,7 @@ impl Server {
         }
         watchdog.stop();
         if tracker.in_flight() > 0 {
-            exit_backstop(tracker.clone(), crash.is_some() && self.exit_on_crash);
+            exit_backstop(tracker.clone(), crash.is_some());
         }
 
         match crash {
