@@ -6,7 +6,7 @@
 //! | --- | --- | --- | --- |
 //! | [`Healthy`](HealthState::Healthy) | serving normally | ok | ok once ready |
 //! | [`Draining`](HealthState::Draining) | shutting down, finishing requests in flight | ok | fails |
-//! | [`Tainted`](HealthState::Tainted) | state may be corrupt (a poisoned [`Mutex`](crate::Mutex)); a graceful crash is pending | fails | fails |
+//! | [`Tainted`](HealthState::Tainted) | state may be corrupt (a poisoned [`Mutex`](crate::Mutex)); a graceful crash is pending when the panic policy asked for one ([`request_crash`]) | fails | fails |
 //! | [`Wedged`](HealthState::Wedged) | runtime stalled, a lock wait over its limit, a deadlock, or no request progress | fails | fails |
 //!
 //! Tainted is sticky: only a new process is clean. Wedged clears when its cause does (a lock
@@ -56,7 +56,8 @@ pub enum HealthState {
     Healthy,
     /// Shutting down gracefully: finishing requests in flight, taking no new ones.
     Draining,
-    /// State may be corrupt; a graceful crash is pending.
+    /// State may be corrupt; a graceful crash is pending when the panic policy asked for one
+    /// ([`request_crash`]; [`set_tainted`] alone does not).
     Tainted,
     /// The process cannot make progress (stall, lock wait, deadlock, stuck requests).
     Wedged,
@@ -210,7 +211,9 @@ pub(crate) fn probe_state() -> (HealthState, Option<String>, bool) {
     (state, reason, inner.ready)
 }
 
-/// Watches the overall state and its reason; the receiver sees every change.
+/// Watches the overall state and its reason: a [`watch`] receiver, which sees the latest
+/// value and is woken on each change (a change undone before it looks, a brief Wedged, may be
+/// missed; [`health()`] and the panic reports keep the history).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -240,7 +243,8 @@ pub fn set_draining() {
 }
 
 /// Marks the process tainted: some state may be corrupt. Sticky for the life of the process;
-/// the first reason is kept.
+/// the first reason is kept. `/livez` fails from then on, but nothing ends the process:
+/// [`request_crash`] taints it and asks [`serve`](crate::serve()) for a graceful crash.
 ///
 /// ```
 /// unwedge::health::set_tainted("mutex `cache` poisoned");

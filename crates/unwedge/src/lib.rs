@@ -10,7 +10,7 @@
 //!   the closure returns; a panic leaves the state exactly as it was.
 //! - [`Mutex`]: an async lock with robust-mutex semantics for state that cannot be copied: a
 //!   panic while it is held releases it and poisons it, waits are watched, deadlocks reported.
-//! - [`PanicLayer`]: tower middleware that answers `500`, records a [`PanicReport`] and applies
+//! - [`PanicLayer`]: tower middleware that answers `500` (gRPC: `grpc-status: 13`), records a [`PanicReport`] and applies
 //!   a [`Policy`]: keep serving when the state was rolled back, crash gracefully when it was
 //!   not.
 //! - [`health()`]: one process-wide view of whether this process is healthy, draining, tainted

@@ -5,8 +5,8 @@
 //! | [`Livez`] | Healthy or Draining | Tainted or Wedged: restart this process |
 //! | [`Readyz`] | ready ([`set_ready`](crate::health::set_ready)) and Healthy | not ready, Draining, Tainted or Wedged: send no traffic |
 //!
-//! Both answer `application/json`: `{"status":"ok","state":"healthy"}` or
-//! `{"status":"fail","state":"tainted","reason":"…"}`, whatever the method and path (mount
+//! Both answer `application/json`: `{"status":"ok","state":"healthy","ready":true}` or
+//! `{"status":"fail","state":"tainted","ready":true,"reason":"…"}`, whatever the method and path (mount
 //! them where you like); [`Probes`] dispatches `/livez` and `/readyz` itself for hyper users,
 //! and [`router`] (feature `axum`) gives an axum `Router` with both.
 //!

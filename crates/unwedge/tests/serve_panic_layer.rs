@@ -111,15 +111,16 @@ fn serve_answers_with_the_given_layer_and_the_environment_policy_on_top() {
     assert_eq!(w.wait_exit(Duration::from_secs(30)), 0, "{}", w.log());
 }
 
-/// Without `UNWEDGE_POLICY` or `Server::policy`, the given layer's policy decides: `Crash`,
-/// so a plain panic (which the default `Auto` recovers from) ends the worker with 70.
+/// Without `UNWEDGE_POLICY` (blank is unset, as for `Policy::from_env`) or `Server::policy`,
+/// the given layer's policy decides: `Crash`, so a plain panic (which the default `Auto`
+/// recovers from) ends the worker with 70.
 #[test]
 fn without_a_policy_setting_the_given_layers_policy_decides() {
     maybe_worker();
     let mut w = Worker::start(
         "without_a_policy_setting_the_given_layers_policy_decides",
         "given",
-        &[],
+        &[("UNWEDGE_POLICY", " ")],
     );
     assert!(w.log().contains("policy=\"crash\""), "{}", w.log());
     assert_eq!(w.get("/panic").0, 500);

@@ -84,6 +84,8 @@ pub(crate) struct Handled {
 ///   reported, the response already sent).
 /// - Answers `500` with `content-type: application/problem+json` and
 ///   `{"type":"about:blank","title":"Internal Server Error","status":500,"request_id":"…"}`.
+///   A gRPC request (HTTP/2 with `content-type: application/grpc…`) gets gRPC's answer
+///   instead, `grpc-status: 13` (INTERNAL) ([`grpc_error_response`]).
 ///   The panic message (its first KiB) is added as `"detail"` only with
 ///   [`expose_details(true)`](Self::expose_details);
 ///   [`respond_with`](Self::respond_with) replaces the answer entirely.

@@ -258,7 +258,8 @@ pub(crate) fn listen() -> Result<Vec<ListenAddr>, ServeError> {
 
 /// `UNWEDGE_POLICY`.
 pub(crate) fn policy() -> Result<Option<crate::Policy>, ServeError> {
-    let Some(v) = var("UNWEDGE_POLICY")? else {
+    // Blank is unset, as for `Policy::from_env`.
+    let Some(v) = var("UNWEDGE_POLICY")?.filter(|v| !v.trim().is_empty()) else {
         return Ok(None);
     };
     v.trim()

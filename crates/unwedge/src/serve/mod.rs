@@ -59,7 +59,7 @@
 //!   down gracefully (at once when idle, after its request in progress otherwise), so clients
 //!   that connect and send nothing, trickle a request head (slowloris) or keep idle keep-alive
 //!   connections hold them for one to two periods, not forever.
-//! - **Open-file limit**: the soft `RLIMIT_NOFILE` is raised to the hard one at start, as Go's
+//! - **Open-file limit**: the soft `RLIMIT_NOFILE` is raised to the hard one (at most 2²⁰) at start, as Go's
 //!   runtime does ([`Server::raise_fd_limit`]): the usual 1024 is too few connections.
 //!
 //! # How the process exits
@@ -108,7 +108,7 @@
 //! | `UNWEDGE_SHUTDOWN_TIMEOUT`, `UNWEDGE_CRASH_TIMEOUT` | drain deadlines (`30s`, `500ms`, or seconds) |
 //! | `UNWEDGE_STALL_LIMIT` | runtime-stall and blocked-poll limit of the [`watchdog`] (default 2 s); `0` turns both checks off |
 //! | `UNWEDGE_HANG_LIMIT` | no-progress limit of the [`watchdog`] (default 10 s); `0` turns the check off (requests that legitimately run longer) |
-//! | `UNWEDGE_ABORT_WHEN_WEDGED` | exit 70 after being wedged this long; `0` (or unset) for never |
+//! | `UNWEDGE_ABORT_WHEN_WEDGED` | exit 70 after being wedged this long; `0` for never; unset: [`Server::abort_when_wedged`] (never by default) |
 //! | `UNWEDGE_HEALTH_ROUTES` | `0` to leave `/livez` `/readyz` to the app |
 //! | `UNWEDGE_IDLE_TIMEOUT` | idle period after which a connection without requests is closed; `0` for none |
 //! | `UNWEDGE_MAX_CONNECTIONS` | connections served at once, more wait in the listen backlog (default: seven eighths of the open-file limit); `0` for no limit |
@@ -397,8 +397,9 @@ impl Default for Server {
 }
 
 impl Server {
-    /// The defaults: listen where the environment says (else `127.0.0.1:8080`), policy Auto,
-    /// health routes on, shutdown 30 s, crash 5 s, stall 2 s, hang 10 s.
+    /// The defaults: listen where the environment says (else `127.0.0.1:8080`), the policy
+    /// `UNWEDGE_POLICY` names, else the process-wide one (Auto unless
+    /// [`set_policy`](crate::panic::set_policy) changed it), health routes on, shutdown 30 s, crash 5 s, stall 2 s, hang 10 s.
     pub fn new() -> Self {
         Server {
             addrs: Vec::new(),
@@ -702,7 +703,7 @@ impl Server {
     }
 
     /// Whether `serve()` raises the process's soft open-file limit (`RLIMIT_NOFILE`) to its
-    /// hard limit at start, as Go's runtime does (default: true). Every connection is a file
+    /// hard limit (at most 2²⁰, 1 048 576) at start, as Go's runtime does (default: true). Every connection is a file
     /// descriptor, and the usual soft limit of 1024 fails `accept` long before the machine is
     /// short of anything. Child processes inherit the raised limit: turn this off if the
     /// service runs programs that use `select()`.

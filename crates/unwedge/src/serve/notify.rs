@@ -289,9 +289,10 @@ pub(crate) fn one_line(s: &str) -> String {
 /// The JSON is the [`PanicReport`] serialized with serde. When the message would exceed
 /// [`MAX_REPORT_BYTES`], fields are cut in this order until it fits: the backtrace, then the
 /// request headers, then the request's method and path (each to its first KiB: a client's
-/// choice, a path up to 64 KiB), then the message (truncated on a character boundary). The
-/// JSON then carries `"truncated": [...]` naming what was cut, so a report is never dropped
-/// silently.
+/// choice, a path up to 64 KiB), then the message (truncated on a character boundary, down to
+/// nothing if need be). The JSON then carries `"truncated": [...]` naming what was cut, so a
+/// report is never dropped silently. The other fields (location, thread and task names, the
+/// names of the states involved, the route, the request id) are short and never cut.
 ///
 /// ```
 /// # use unwedge::PanicReport;
