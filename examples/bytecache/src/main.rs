@@ -13,7 +13,7 @@
 //! ```
 //!
 //! `BYTECACHE_MAX_SIZE` (bytes, default 1024) sets the cache size. Without `UNWEDGE_LISTEN`
-//! it listens on 127.0.0.1:3000.
+//! it listens on `serve()`'s default, 127.0.0.1:8080.
 
 use std::process::ExitCode;
 

@@ -6,12 +6,15 @@
 //! ```text
 //! UNWEDGE_LISTEN=127.0.0.1:3000 cargo run -p example-comments
 //! curl -i -X POST -d stub http://127.0.0.1:3000/comments   # 500 (Go's server2.go: empty reply)
-//! curl -i http://127.0.0.1:3000/comments                   # 503 while draining (Go: hangs forever)
+//! curl -i http://127.0.0.1:3000/comments                   # refused: the process exited 70 (Go: hangs forever)
 //! ```
 //!
-//! The process then exits with code 70. Under the supervisor
+//! The poisoned mutex makes the process crash gracefully: it stops accepting, finishes the
+//! requests in flight (a request it had accepted already gets `503`), and exits with code 70
+//! (with nothing in flight, within milliseconds). Under the supervisor
 //! (`unwedge run --listen 127.0.0.1:3000 -- target/debug/example-comments`) a fresh worker
-//! takes over on the same socket. Without `UNWEDGE_LISTEN` it listens on 127.0.0.1:3000.
+//! takes over on the same socket, and the second `curl` gets `200`. Without `UNWEDGE_LISTEN`
+//! it listens on `serve()`'s default, 127.0.0.1:8080.
 
 #[tokio::main]
 async fn main() -> unwedge::serve::Outcome {
