@@ -49,6 +49,13 @@ pub const MAX_ROUTE_KEY: usize = 256;
 pub const OTHER_ROUTES: &str = "other";
 
 /// The health of this process. See the [module docs](self).
+///
+/// ```
+/// use unwedge::HealthState;
+/// assert_eq!(unwedge::health().state, HealthState::Healthy);
+/// unwedge::health::set_draining();
+/// assert_eq!(unwedge::health().state, HealthState::Draining);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthState {
@@ -65,6 +72,12 @@ pub enum HealthState {
 
 impl HealthState {
     /// Lower-case name, as used in `STATUS=` and JSON.
+    ///
+    /// ```
+    /// use unwedge::HealthState;
+    /// assert_eq!(HealthState::Wedged.as_str(), "wedged");
+    /// assert_eq!(HealthState::Draining.to_string(), "draining"); // `Display` says the same
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             HealthState::Healthy => "healthy",
@@ -75,6 +88,13 @@ impl HealthState {
     }
 
     /// Whether `/livez` should pass: not tainted and not wedged.
+    ///
+    /// ```
+    /// use unwedge::HealthState;
+    /// assert!(HealthState::Draining.is_live()); // still finishing requests
+    /// assert!(!HealthState::Tainted.is_live());
+    /// assert!(!HealthState::Wedged.is_live());
+    /// ```
     pub fn is_live(self) -> bool {
         matches!(self, HealthState::Healthy | HealthState::Draining)
     }
@@ -87,6 +107,13 @@ impl fmt::Display for HealthState {
 }
 
 /// A snapshot of the registry, returned by [`health()`].
+///
+/// ```
+/// let h = unwedge::health();
+/// assert_eq!(h.state, unwedge::HealthState::Healthy);
+/// assert_eq!(h.panics_total, 0);
+/// assert!(h.recent_reports.is_empty());
+/// ```
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct Health {
@@ -107,6 +134,14 @@ pub struct Health {
 
 impl Health {
     /// Whether `/readyz` should pass: ready, and healthy.
+    ///
+    /// ```
+    /// assert!(!unwedge::health().is_ready()); // not until the process says so
+    /// unwedge::health::set_ready(true);
+    /// assert!(unwedge::health().is_ready());
+    /// unwedge::health::set_draining();
+    /// assert!(!unwedge::health().is_ready()); // ready, but no longer healthy
+    /// ```
     pub fn is_ready(&self) -> bool {
         self.ready && self.state == HealthState::Healthy
     }
@@ -228,6 +263,13 @@ pub fn subscribe() -> watch::Receiver<(HealthState, Option<String>)> {
 
 /// Marks the process ready (or not) to take requests; `/readyz` follows it.
 /// [`serve`](crate::serve()) sets it once its listeners accept.
+///
+/// ```
+/// unwedge::health::set_ready(true);
+/// assert!(unwedge::health().ready);
+/// unwedge::health::set_ready(false); // e.g. while a cache warms up again
+/// assert!(!unwedge::health().is_ready());
+/// ```
 pub fn set_ready(ready: bool) {
     change(|i| i.ready = ready);
 }
@@ -340,6 +382,13 @@ pub fn request_crash(reason: impl Into<String>) {
 }
 
 /// The reason of the pending crash, if one was requested.
+///
+/// ```
+/// assert_eq!(unwedge::health::crash_reason(), None);
+/// unwedge::health::request_crash("mutex `cache` poisoned");
+/// unwedge::health::request_crash("a later reason"); // the first one wins
+/// assert_eq!(unwedge::health::crash_reason().as_deref(), Some("mutex `cache` poisoned"));
+/// ```
 pub fn crash_reason() -> Option<String> {
     registry().crash_tx.borrow().clone()
 }
@@ -350,6 +399,14 @@ pub fn crash_reason() -> Option<String> {
 ///
 /// # Cancel safety
 /// Cancel safe: dropping the future loses nothing; a later call sees the same request.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// tokio::spawn(async { unwedge::health::request_crash("state corrupt") });
+/// let reason = unwedge::health::crash_requested().await; // drain here, then exit 70
+/// assert_eq!(reason, "state corrupt");
+/// # }
+/// ```
 pub async fn crash_requested() -> String {
     let mut rx = registry().crash_tx.subscribe();
     let reason = rx

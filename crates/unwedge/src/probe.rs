@@ -112,6 +112,17 @@ pub struct Readyz;
 
 /// Answers `/livez` with [`Livez`], `/readyz` with [`Readyz`], and `404` elsewhere: mount it
 /// on an admin listener of a hyper server.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tower::ServiceExt;
+/// use unwedge::probe::Probes;
+/// let get = |path: &str| Probes.oneshot(http::Request::get(path).body(()).unwrap());
+/// assert_eq!(get("/livez").await.unwrap().status(), 200);
+/// assert_eq!(get("/readyz").await.unwrap().status(), 503); // nobody called set_ready(true)
+/// assert_eq!(get("/metrics").await.unwrap().status(), 404);
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Probes;
 
@@ -166,11 +177,31 @@ impl<B> Service<Request<B>> for Probes {
 }
 
 /// The `/livez` answer for the current health.
+///
+/// ```
+/// use futures_util::FutureExt;
+/// use http_body_util::BodyExt;
+/// unwedge::health::set_tainted("mutex `cache` poisoned");
+/// let res = unwedge::probe::livez();
+/// assert_eq!(res.status(), 503);
+/// let body = res.into_body().collect().now_or_never().unwrap().unwrap().to_bytes();
+/// let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+/// assert_eq!(json["state"], "tainted");
+/// assert_eq!(json["reason"], "mutex `cache` poisoned");
+/// ```
 pub fn livez() -> Response<Full<Bytes>> {
     livez_for(true)
 }
 
 /// The `/readyz` answer for the current health.
+///
+/// ```
+/// assert_eq!(unwedge::probe::readyz().status(), 503); // not ready yet
+/// unwedge::health::set_ready(true);
+/// let res = unwedge::probe::readyz();
+/// assert_eq!(res.status(), 200);
+/// assert_eq!(res.headers()["content-type"], "application/json");
+/// ```
 pub fn readyz() -> Response<Full<Bytes>> {
     readyz_for(true)
 }

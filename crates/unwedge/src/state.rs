@@ -221,6 +221,11 @@ impl<T> Tx<T> {
     }
 
     /// The name given at construction.
+    ///
+    /// ```
+    /// assert_eq!(unwedge::Tx::named("sessions", 0).name(), "sessions");
+    /// assert_eq!(unwedge::Tx::new(0).name(), "tx");
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -266,11 +271,27 @@ impl<T> Tx<T> {
     }
 
     /// Number of updates published so far.
+    ///
+    /// ```
+    /// let tx = unwedge::Tx::new(0);
+    /// tx.update(|n| *n += 1);
+    /// let _ = tx.try_update(|n| if *n > 0 { Err("too big") } else { Ok(()) });
+    /// assert_eq!(tx.updates(), 1); // the `Err` published nothing
+    /// ```
     pub fn updates(&self) -> u64 {
         self.updates.load(Ordering::Relaxed)
     }
 
     /// Number of updates discarded so far (by a panic or an `Err`).
+    ///
+    /// ```
+    /// let tx = unwedge::Tx::new(0);
+    /// let _ = tx.try_update(|_| Err::<(), _>("refused"));
+    /// let update = std::panic::AssertUnwindSafe(|| tx.update(|_| panic!("boom")));
+    /// assert!(std::panic::catch_unwind(update).is_err());
+    /// assert_eq!(tx.rollbacks(), 2);
+    /// assert_eq!(*tx.read(), 0);
+    /// ```
     pub fn rollbacks(&self) -> u64 {
         self.rollbacks.load(Ordering::Relaxed)
     }

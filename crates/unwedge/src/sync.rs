@@ -429,6 +429,21 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for Mutex<T> {
 /// Exclusive access to the data of a [`Mutex`]; the lock is released when it is dropped.
 ///
 /// Dropped while its thread panics, it poisons the mutex (and tells the panic's report).
+///
+/// # Examples
+///
+/// ```
+/// use std::panic::{catch_unwind, AssertUnwindSafe};
+/// let m = unwedge::Mutex::named("hits", 0);
+/// *m.try_lock().unwrap() += 1; // the guard is dropped at the `;`: unlocked
+/// assert_eq!(*m.try_lock().unwrap(), 1);
+///
+/// let _ = catch_unwind(AssertUnwindSafe(|| {
+///     let _hits = m.try_lock().unwrap();
+///     panic!("mid-section");
+/// }));
+/// assert!(m.is_poisoned()); // dropped while its thread panicked
+/// ```
 #[must_use = "if unused the Mutex will immediately unlock"]
 pub struct MutexGuard<'a, T: ?Sized> {
     lock: &'a Mutex<T>,
@@ -583,6 +598,24 @@ impl<T: ?Sized + fmt::Display> fmt::Display for MutexGuard<'_, T> {
 /// A [`MutexGuard`] whose section must end with [`commit`](CommitGuard::commit); dropped
 /// without it (cancelled at an `.await`, an early return, a panic), it poisons the mutex.
 /// Made by [`MutexGuard::commit_or_poison`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// let accounts = unwedge::Mutex::named("accounts", [100i64, 0]);
+/// let transfer = async {
+///     let mut section = accounts.lock().await.unwrap().commit_or_poison();
+///     section[0] -= 10;
+///     std::future::pending::<()>().await; // a slow call, cancelled by the timeout below
+///     section[1] += 10;
+///     section.commit();
+/// };
+/// assert!(tokio::time::timeout(Duration::from_millis(10), transfer).await.is_err());
+/// assert!(accounts.is_poisoned()); // the next `lock()` knows the data is half-updated
+/// # }
+/// ```
 #[must_use = "dropping a CommitGuard without commit() poisons the Mutex"]
 pub struct CommitGuard<'a, T: ?Sized> {
     guard: Option<MutexGuard<'a, T>>,
@@ -690,6 +723,19 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for CommitGuard<'_, T> {
 }
 
 /// Why a [`Mutex`] got poisoned.
+///
+/// # Examples
+///
+/// ```
+/// use std::panic::{catch_unwind, AssertUnwindSafe};
+/// use unwedge::sync::PoisonCause;
+/// let m = unwedge::Mutex::named("cache", 0);
+/// let _ = catch_unwind(AssertUnwindSafe(|| {
+///     let _guard = m.try_lock().unwrap();
+///     panic!("bug");
+/// }));
+/// assert_eq!(m.poison_info().unwrap().cause, PoisonCause::Panic);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PoisonCause {
@@ -702,6 +748,22 @@ pub enum PoisonCause {
 }
 
 /// What is known of the event that poisoned a [`Mutex`].
+///
+/// # Examples
+///
+/// ```
+/// use std::panic::{catch_unwind, AssertUnwindSafe};
+/// unwedge::install(); // the panic hook: it captures the message
+/// let m = unwedge::Mutex::named("cache", vec![0u8]);
+/// let _ = catch_unwind(AssertUnwindSafe(|| {
+///     let cache = m.try_lock().unwrap();
+///     let _second = cache[1]; // out of bounds: panics
+/// }));
+/// let info = m.poison_info().unwrap();
+/// assert_eq!(&*info.lock, "cache");
+/// assert!(info.message.as_deref().unwrap().contains("index out of bounds"));
+/// assert!(info.location.is_some());
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct PoisonInfo {
@@ -767,6 +829,20 @@ impl fmt::Display for PoisonInfo {
 ///
 /// The lock *is* held: [`into_inner`](PoisonError::into_inner) gives the guard to repair the
 /// data, then [`Mutex::clear_poison`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let orders = unwedge::Mutex::named("orders", vec![1, 2]);
+/// orders.lock().await.unwrap().commit_or_poison(); // dropped uncommitted: poisoned
+/// let err = orders.lock().await.unwrap_err();
+/// assert!(err.to_string().starts_with("mutex `orders` poisoned"));
+/// let mut list = err.into_inner(); // the lock is held all the same
+/// list.retain(|&n| n > 0); // repair
+/// orders.clear_poison();
+/// # }
+/// ```
 pub struct PoisonError<G> {
     guard: G,
     info: Arc<PoisonInfo>,
@@ -888,6 +964,17 @@ impl<G> fmt::Display for PoisonError<G> {
 impl<G> Error for PoisonError<G> {}
 
 /// The error of [`Mutex::try_lock`].
+///
+/// # Examples
+///
+/// ```
+/// use unwedge::sync::TryLockError;
+/// let m = unwedge::Mutex::new(0);
+/// let held = m.try_lock().unwrap();
+/// assert!(matches!(m.try_lock(), Err(TryLockError::WouldBlock))); // busy: come back later
+/// held.commit_or_poison(); // dropped uncommitted: poisoned
+/// assert!(matches!(m.try_lock(), Err(TryLockError::Poisoned(_))));
+/// ```
 #[non_exhaustive]
 pub enum TryLockError<G> {
     /// Acquired, but poisoned; holds the guard.
@@ -917,6 +1004,23 @@ impl<G> fmt::Display for TryLockError<G> {
 impl<G> Error for TryLockError<G> {}
 
 /// The error of [`Mutex::lock_timeout`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use unwedge::sync::LockError;
+/// let db = unwedge::Mutex::named("db", ());
+/// let _held = db.lock().await.unwrap();
+/// let status = match db.lock_timeout(Duration::from_millis(10)).await {
+///     Ok(_guard) => 200,
+///     Err(LockError::TimedOut(_)) => 503, // busy: the client may retry
+///     Err(_) => 500,
+/// };
+/// assert_eq!(status, 503);
+/// # }
+/// ```
 #[non_exhaustive]
 pub enum LockError<G> {
     /// Acquired, but poisoned; holds the guard.
@@ -950,6 +1054,22 @@ impl<G> fmt::Display for LockError<G> {
 impl<G> Error for LockError<G> {}
 
 /// [`Mutex::lock_timeout`] gave up: the lock was held for longer than the timeout.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use unwedge::sync::LockError;
+/// let db = unwedge::Mutex::named("db", ());
+/// let _held = db.lock().await.unwrap();
+/// let Err(LockError::TimedOut(t)) = db.lock_timeout(Duration::from_millis(10)).await else {
+///     unreachable!("held above")
+/// };
+/// assert_eq!((&*t.lock, t.waited), ("db", Duration::from_millis(10)));
+/// assert!(t.holder.is_some()); // who to blame, in the log
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct TimedOut {
@@ -990,6 +1110,21 @@ impl fmt::Display for TimedOut {
 impl Error for TimedOut {}
 
 /// [`Mutex::lock_timeout`] was given a timeout of zero or longer than a day.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use unwedge::sync::LockError;
+/// let db = unwedge::Mutex::named("db", ());
+/// let Err(LockError::InvalidTimeout(e)) = db.lock_timeout(Duration::ZERO).await else {
+///     unreachable!("a zero timeout is refused")
+/// };
+/// assert_eq!(e.timeout, Duration::ZERO);
+/// assert!(db.try_lock().is_ok()); // nothing was attempted
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct InvalidTimeout {

@@ -38,6 +38,17 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const STABLE_RUN: Duration = Duration::from_secs(10);
 
 /// How a supervised task ended.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use unwedge::task::TaskExit;
+/// unwedge::panic::set_policy(unwedge::Policy::Crash);
+/// let handle = unwedge::task::spawn_once("import", async { panic!("bad row") });
+/// let exit = handle.await.unwrap();
+/// assert!(matches!(&exit, TaskExit::Escalated(why) if why.starts_with("panic in task import")));
+/// assert!(unwedge::health::crash_reason().is_some());
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TaskExit {
@@ -224,6 +235,14 @@ fn on_panic(name: &str, captured: Captured, payload: Box<dyn Any + Send>) -> Opt
 
 /// A handle to a task started by [`spawn`]: its restart count, and a future resolving to how
 /// it ended.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let handle = unwedge::spawn("report", || async { /* send the daily report */ });
+/// assert_eq!(handle.name(), "report");
+/// assert_eq!(handle.await.unwrap(), unwedge::task::TaskExit::Finished);
+/// # }
+/// ```
 pub struct TaskHandle {
     name: Arc<str>,
     stats: Arc<Stats>,
@@ -232,26 +251,72 @@ pub struct TaskHandle {
 
 impl TaskHandle {
     /// The task's name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let handle = unwedge::spawn("cleanup", std::future::pending);
+    /// assert_eq!(handle.name(), "cleanup");
+    /// # }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// How many times the task was restarted after a panic.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let mut first = true;
+    /// let mut handle = unwedge::spawn("flaky", move || {
+    ///     let fail = std::mem::take(&mut first);
+    ///     async move { if fail { panic!("first run fails") } }
+    /// });
+    /// (&mut handle).await.unwrap(); // restarted once, then finished
+    /// assert_eq!(handle.restarts(), 1);
+    /// # }
+    /// ```
     pub fn restarts(&self) -> u64 {
         self.stats.restarts.load(Ordering::Relaxed)
     }
 
     /// How many times the task panicked.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let mut handle = unwedge::task::spawn_once("warmup", async { panic!("cache down") });
+    /// (&mut handle).await.unwrap();
+    /// assert_eq!(handle.panics(), 1);
+    /// assert_eq!(handle.restarts(), 0); // a one-shot task is not restarted
+    /// # }
+    /// ```
     pub fn panics(&self) -> u64 {
         self.stats.panics.load(Ordering::Relaxed)
     }
 
     /// Whether the task has ended.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let mut handle = unwedge::spawn("listener", std::future::pending);
+    /// assert!(!handle.is_finished());
+    /// handle.abort();
+    /// let _ = (&mut handle).await;
+    /// assert!(handle.is_finished());
+    /// # }
+    /// ```
     pub fn is_finished(&self) -> bool {
         self.join.is_finished()
     }
 
     /// Cancels the task (awaiting the handle then gives a cancelled `JoinError`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let handle = unwedge::spawn("poller", std::future::pending);
+    /// handle.abort();
+    /// assert!(handle.await.unwrap_err().is_cancelled());
+    /// # }
+    /// ```
     pub fn abort(&self) {
         self.join.abort();
     }

@@ -185,6 +185,12 @@ impl PanicLayer {
     }
 
     /// The policy this layer applies.
+    ///
+    /// ```
+    /// use unwedge::{PanicLayer, Policy};
+    /// assert_eq!(PanicLayer::new().policy(), Policy::Auto);
+    /// assert_eq!(PanicLayer::with_policy(Policy::Crash).policy(), Policy::Crash);
+    /// ```
     pub fn policy(&self) -> Policy {
         self.config.policy
     }
@@ -240,6 +246,28 @@ impl PanicLayer {
 
     /// Adds a sink that receives this layer's reports (besides the
     /// [process-wide sinks](crate::panic::add_sink)).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use futures_util::FutureExt;
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// let messages = Arc::new(Mutex::new(Vec::<String>::new()));
+    /// let sink = {
+    ///     let messages = messages.clone();
+    ///     move |r: &unwedge::PanicReport| messages.lock().unwrap().push(r.message.clone())
+    /// };
+    /// let svc = unwedge::PanicLayer::new().sink(Arc::new(sink)).layer(tower::service_fn(
+    ///     |req: http::Request<()>| async move {
+    ///         if req.uri().path() == "/boom" { panic!("boom") }
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    ///     },
+    /// ));
+    /// let req = http::Request::get("/boom").body(()).unwrap();
+    /// let res = svc.oneshot(req).now_or_never().unwrap().unwrap();
+    /// assert_eq!(res.status(), 500);
+    /// assert_eq!(*messages.lock().unwrap(), ["boom"]);
+    /// ```
     pub fn sink(self, sink: Arc<dyn ReportSink>) -> Self {
         self.edit(|c| c.sinks.push(sink))
     }
@@ -252,6 +280,28 @@ impl PanicLayer {
     ///
     /// [`REDACTED_HEADERS`]: crate::panic::REDACTED_HEADERS
     /// [`REDACTED`]: crate::panic::REDACTED
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use futures_util::FutureExt;
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// let headers = Arc::new(Mutex::new(None));
+    /// let sink = {
+    ///     let headers = headers.clone();
+    ///     move |r: &unwedge::PanicReport| {
+    ///         *headers.lock().unwrap() = r.request.as_ref().map(|req| req.headers.clone())
+    ///     }
+    /// };
+    /// let layer = unwedge::PanicLayer::new().capture_headers(false).sink(Arc::new(sink));
+    /// let svc = layer.layer(tower::service_fn(|req: http::Request<()>| async move {
+    ///     if req.uri().path() == "/boom" { panic!("boom") }
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// }));
+    /// let req = http::Request::get("/boom").header("user-agent", "curl/8").body(()).unwrap();
+    /// let _ = svc.oneshot(req).now_or_never().unwrap().unwrap();
+    /// assert_eq!(headers.lock().unwrap().as_ref().map(|h| h.len()), Some(0));
+    /// ```
     pub fn capture_headers(self, capture: bool) -> Self {
         self.edit(|c| c.capture_headers = capture)
     }
@@ -322,6 +372,30 @@ impl<S> Layer<S> for PanicLayer {
 }
 
 /// What a custom responder (see [`PanicLayer::respond_with`]) gets to build the answer from.
+///
+/// ```
+/// use futures_util::FutureExt;
+/// use http_body_util::BodyExt;
+/// use tower::{Layer, ServiceExt};
+/// use unwedge::panic::ResponseContext;
+///
+/// let layer = unwedge::PanicLayer::new().respond_with(|ctx: &ResponseContext<'_>| {
+///     let text = if ctx.expose_details {
+///         ctx.report.message.clone()
+///     } else {
+///         format!("request {} failed", ctx.request_id)
+///     };
+///     http::Response::builder().status(500).body(text.into()).unwrap()
+/// });
+/// let svc = layer.layer(tower::service_fn(|req: http::Request<()>| async move {
+///     if req.uri().path() == "/boom" { panic!("boom") }
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+/// }));
+/// let req = http::Request::get("/boom").header("x-request-id", "req-7").body(()).unwrap();
+/// let res = svc.oneshot(req).now_or_never().unwrap().unwrap();
+/// let body = res.into_body().collect().now_or_never().unwrap().unwrap().to_bytes();
+/// assert_eq!(body, "request req-7 failed");
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct ResponseContext<'a> {
@@ -453,6 +527,23 @@ const MAX_GRPC_DETAIL: usize = 1024;
 const MAX_PROBLEM_DETAIL: usize = 1024;
 
 /// The service [`PanicLayer`] wraps around an inner service. See [`PanicLayer`].
+///
+/// ```
+/// use futures_util::FutureExt;
+/// use tower::{Layer, ServiceExt};
+///
+/// let handler = tower::service_fn(|req: http::Request<()>| async move {
+///     if req.uri().path() == "/boom" { panic!("boom") }
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+/// });
+/// let svc: unwedge::panic::PanicService<_> = unwedge::PanicLayer::new().layer(handler);
+/// let req = http::Request::get("/boom").body(()).unwrap();
+/// let res = svc.clone().oneshot(req).now_or_never().unwrap().unwrap();
+/// assert_eq!(res.status(), 500);
+/// assert!(res.headers().contains_key("x-request-id"));
+/// let res = svc.oneshot(http::Request::new(())).now_or_never().unwrap().unwrap();
+/// assert_eq!(res.status(), 200); // the next request is served
+/// ```
 #[derive(Clone)]
 pub struct PanicService<S> {
     inner: S,
@@ -526,6 +617,25 @@ impl PanicLayer {
 
 pin_project! {
     /// The response future of [`PanicService`].
+    ///
+    /// A panic while it is polled (the handler's `async` body, after an `.await`) is caught
+    /// too:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use tower::{Layer, Service, ServiceExt};
+    ///
+    /// let handler = tower::service_fn(|req: http::Request<()>| async move {
+    ///     tokio::task::yield_now().await;
+    ///     if req.uri().path() == "/boom" { panic!("boom, after an await") }
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// });
+    /// let mut svc = unwedge::PanicLayer::new().layer(handler);
+    /// let req = http::Request::get("/boom").body(()).unwrap();
+    /// let fut: unwedge::panic::ResponseFuture<_, _> = svc.ready().await.unwrap().call(req);
+    /// assert_eq!(fut.await.unwrap().status(), 500);
+    /// # }
+    /// ```
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
@@ -1077,6 +1187,27 @@ fn generated_id_value(hex: &[u8; 16]) -> HeaderValue {
 }
 
 /// The error a response body ends with when polling it panicked.
+///
+/// ```
+/// use futures_util::{FutureExt, StreamExt};
+/// use http_body_util::{BodyExt, StreamBody};
+/// use tower::{Layer, ServiceExt};
+/// use unwedge::panic::BodyPanicked;
+///
+/// let handler = tower::service_fn(|_req: http::Request<()>| async {
+///     let frames = futures_util::stream::iter([()]).map(
+///         |()| -> Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible> {
+///             panic!("encoder bug")
+///         },
+///     );
+///     Ok::<_, std::convert::Infallible>(http::Response::new(StreamBody::new(frames)))
+/// });
+/// let svc = unwedge::PanicLayer::new().layer(handler);
+/// let res = svc.oneshot(http::Request::new(())).now_or_never().unwrap().unwrap();
+/// assert_eq!(res.status(), 200); // sent before the body panicked
+/// let err = res.into_body().collect().now_or_never().unwrap().unwrap_err();
+/// assert!(err.is::<BodyPanicked>());
+/// ```
 #[derive(Debug, Clone)]
 pub struct BodyPanicked {
     request_id: String,
@@ -1084,6 +1215,27 @@ pub struct BodyPanicked {
 
 impl BodyPanicked {
     /// The id of the request whose response body panicked.
+    ///
+    /// ```
+    /// use futures_util::{FutureExt, StreamExt};
+    /// use http_body_util::{BodyExt, StreamBody};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// let handler = tower::service_fn(|_req: http::Request<()>| async {
+    ///     let frames = futures_util::stream::iter([()]).map(
+    ///         |()| -> Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible> {
+    ///             panic!("encoder bug")
+    ///         },
+    ///     );
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(StreamBody::new(frames)))
+    /// });
+    /// let svc = unwedge::PanicLayer::new().layer(handler);
+    /// let req = http::Request::get("/export").header("x-request-id", "req-9").body(()).unwrap();
+    /// let res = svc.oneshot(req).now_or_never().unwrap().unwrap();
+    /// let err = res.into_body().collect().now_or_never().unwrap().unwrap_err();
+    /// let panicked = err.downcast_ref::<unwedge::panic::BodyPanicked>().unwrap();
+    /// assert_eq!(panicked.request_id(), "req-9"); // the id in the report, to find it
+    /// ```
     pub fn request_id(&self) -> &str {
         &self.request_id
     }

@@ -48,6 +48,12 @@ pub const POLICY_ENV: &str = "UNWEDGE_POLICY";
 
 impl Policy {
     /// The lower-case name: `recover`, `crash` or `auto`.
+    ///
+    /// ```
+    /// use unwedge::Policy;
+    /// assert_eq!(Policy::Crash.as_str(), "crash");
+    /// assert_eq!(Policy::Auto.as_str().parse::<Policy>(), Ok(Policy::Auto)); // round-trips
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Policy::Recover => "recover",
@@ -141,6 +147,13 @@ pub fn set_policy(policy: Policy) {
 }
 
 /// The process-wide policy set by [`set_policy`]; [`Policy::Auto`] until then.
+///
+/// ```
+/// use unwedge::{panic, Policy};
+/// assert_eq!(panic::policy(), Policy::Auto);
+/// panic::set_policy(Policy::Crash);
+/// assert_eq!(panic::policy(), Policy::Crash);
+/// ```
 pub fn policy() -> Policy {
     match PROCESS_POLICY.load(Ordering::Relaxed) {
         0 => Policy::Recover,

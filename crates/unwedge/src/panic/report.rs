@@ -84,6 +84,30 @@ pub struct PanicReport {
 }
 
 /// The request a panic interrupted.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use futures_util::FutureExt;
+/// use tower::{Layer, ServiceExt};
+/// use unwedge::panic::RequestInfo;
+///
+/// let seen = Arc::new(Mutex::new(None::<RequestInfo>));
+/// let sink = {
+///     let seen = seen.clone();
+///     move |r: &unwedge::PanicReport| *seen.lock().unwrap() = r.request.clone()
+/// };
+/// let svc = unwedge::PanicLayer::new().sink(Arc::new(sink)).layer(tower::service_fn(
+///     |req: http::Request<()>| async move {
+///         if req.uri().path().starts_with("/users/") { panic!("no such user") }
+///         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+///     },
+/// ));
+/// let req = http::Request::get("/users/42?full=1").header("x-request-id", "req-1");
+/// let _ = svc.oneshot(req.body(()).unwrap()).now_or_never().unwrap().unwrap();
+/// let info = seen.lock().unwrap().take().unwrap();
+/// assert_eq!((info.method.as_str(), info.path.as_str()), ("GET", "/users/42"));
+/// assert_eq!(info.request_id, "req-1");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RequestInfo {
@@ -976,6 +1000,27 @@ mod captured_tests {
 }
 
 /// What a [`Policy`](crate::Policy) decided about one panic.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::sync::{Arc, Mutex};
+/// use unwedge::panic::{Action, Decision};
+///
+/// let decisions = Arc::new(Mutex::new(Vec::<Decision>::new()));
+/// let seen = decisions.clone();
+/// unwedge::panic::add_sink(Arc::new(move |r: &unwedge::PanicReport| {
+///     seen.lock().unwrap().extend(r.decision.clone())
+/// }));
+/// let cart = unwedge::Tx::named("cart", 0);
+/// let task = unwedge::task::spawn_once("checkout", async move {
+///     cart.update(|n| { *n += 1; panic!("out of stock") })
+/// });
+/// task.await.unwrap();
+/// let decision = &decisions.lock().unwrap()[0];
+/// assert_eq!(decision.action, Action::Recover); // the state was rolled back: keep serving
+/// assert_eq!(decision.reason, "state rolled back: `cart`");
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Decision {
@@ -986,6 +1031,14 @@ pub struct Decision {
 }
 
 /// The two things a policy can do about a panic.
+///
+/// In a report's JSON, `"recover"` or `"crash"`:
+///
+/// ```
+/// use unwedge::panic::Action;
+/// assert_eq!(serde_json::to_string(&Action::Crash).unwrap(), r#""crash""#);
+/// assert_eq!(serde_json::from_str::<Action>(r#""recover""#).unwrap(), Action::Recover);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
@@ -1022,6 +1075,15 @@ impl PanicReport {
     }
 
     /// A short one-line summary: `"boom" at src/x.rs:1:2 (GET /path)`.
+    ///
+    /// ```
+    /// # use unwedge::PanicReport;
+    /// let json = r#"{"time":"2026-01-01T00:00:00.000Z","pid":7,"message":"boom",
+    ///   "location":"src/main.rs:1:1","thread":null,"backtrace":null,"request":null,
+    ///   "task":"cleanup","rolled_back":[],"poisoned":[],"decision":null}"#;
+    /// let report: PanicReport = serde_json::from_str(json).unwrap();
+    /// assert_eq!(report.summary(), r#""boom" at src/main.rs:1:1 (task cleanup)"#);
+    /// ```
     pub fn summary(&self) -> String {
         let mut s = format!("{:?}", self.message);
         if let Some(loc) = &self.location {

@@ -190,6 +190,17 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 
 /// Why [`serve`] could not start.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use unwedge::serve::{Outcome, ServeError};
+/// let app = axum::Router::new();
+/// match unwedge::Server::new().bind("unix:").serve(app).await {
+///     Outcome::Failed(ServeError::Usage(why)) => assert!(why.contains("needs a path"), "{why}"),
+///     other => panic!("{other:?}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ServeError {
@@ -223,6 +234,12 @@ impl ServeError {
     }
 
     /// The process exit code this error calls for: 2 for bad configuration, 1 otherwise.
+    ///
+    /// ```
+    /// use unwedge::serve::ServeError;
+    /// assert_eq!(ServeError::Usage("invalid Server::bind(\"8080\")".into()).exit_code(), 2);
+    /// assert_eq!(ServeError::Listen("address in use".into()).exit_code(), 1);
+    /// ```
     pub fn exit_code(&self) -> u8 {
         match self {
             ServeError::BadEnv { .. } | ServeError::Usage(_) => EXIT_USAGE,
@@ -244,6 +261,16 @@ impl std::error::Error for ServeError {}
 
 /// How [`serve`] ended. Return it from `main`: it is a [`Termination`] with the right exit
 /// code.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use unwedge::serve::Outcome;
+/// let app = axum::Router::new();
+/// let outcome = unwedge::Server::new().bind("8080").serve(app).await; // no host: bad usage
+/// assert!(matches!(outcome, Outcome::Failed(_)));
+/// assert_eq!(outcome.exit_code(), 2); // what `main` exits with when it returns it
+/// # }
+/// ```
 #[derive(Debug)]
 #[must_use = "return the Outcome from main, or use exit_code(), so the supervisor sees why the process ended"]
 #[non_exhaustive]
@@ -399,7 +426,13 @@ impl Default for Server {
 impl Server {
     /// The defaults: listen where the environment says (else `127.0.0.1:8080`), the policy
     /// `UNWEDGE_POLICY` names, else the process-wide one (Auto unless
-    /// [`set_policy`](crate::panic::set_policy) changed it), health routes on, shutdown 30 s, crash 5 s, stall 2 s, hang 10 s.
+    /// [`set_policy`](crate::panic::set_policy) changed it), health routes on, shutdown 30 s,
+    /// crash 5 s, stall 2 s, hang 10 s.
+    ///
+    /// ```
+    /// let server = unwedge::Server::new(); // the same as `Server::default()`
+    /// # let _ = server;
+    /// ```
     pub fn new() -> Self {
         Server {
             addrs: Vec::new(),
@@ -599,18 +632,38 @@ impl Server {
     }
 
     /// Leaves `/livez` and `/readyz` to the app.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// let app: Router = Router::new().route("/livez", get(|| async { "alive, as I see it" }));
+    /// let server = unwedge::Server::new().without_health_routes(); // the app's `/livez` answers
+    /// # let _ = (app, server);
+    /// ```
     pub fn without_health_routes(mut self) -> Self {
         self.health_routes = false;
         self
     }
 
     /// Deadline for finishing requests in flight after SIGTERM/SIGINT (default 30 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// // Below systemd's `TimeoutStopSec=` (90 s by default), which kills what is left.
+    /// let server = unwedge::Server::new().shutdown_timeout(Duration::from_secs(60));
+    /// # let _ = server;
+    /// ```
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
     }
 
     /// Deadline for finishing requests in flight in a graceful crash (default 5 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = unwedge::Server::new().crash_timeout(Duration::from_secs(2)); // exit 70 sooner
+    /// # let _ = server;
+    /// ```
     pub fn crash_timeout(mut self, timeout: Duration) -> Self {
         self.crash_timeout = timeout;
         self
@@ -772,6 +825,16 @@ impl Server {
     }
 
     /// Serves `app` until SIGTERM/SIGINT or a graceful crash; see the [module docs](self).
+    ///
+    /// ```no_run
+    /// use axum::{routing::get, Router};
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> unwedge::serve::Outcome {
+    ///     let app = Router::new().route("/", get(|| async { "hello" }));
+    ///     unwedge::Server::new().bind("127.0.0.1:3000").serve(app).await
+    /// }
+    /// ```
     pub async fn serve<S, B>(self, app: S) -> Outcome
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
