@@ -30,6 +30,7 @@ fn maybe_worker() {
         .route(
             "/upload",
             routing::put(|req: Request| async move {
+                eprintln!("TEST: upload began ({:?})", req.version());
                 match Bytes::from_request(req, &()).await {
                     Ok(b) => b.len().to_string(),
                     Err(e) => format!("error: {e}"),
@@ -85,6 +86,7 @@ fn a_slow_or_stalled_upload_does_not_wedge_a_quiet_process() {
     // A client trickling its body, a byte every 100 ms for 2 s (the only request in
     // flight, older than the hang limit for most of it): live throughout.
     let mut slow = begin_upload(addr, "/upload", b"a");
+    w.expect("TEST: upload began", Duration::from_secs(20));
     let mut sent = 1;
     while sent < 20 {
         std::thread::sleep(Duration::from_millis(100));
@@ -129,4 +131,69 @@ fn a_slow_or_stalled_upload_does_not_wedge_a_quiet_process() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(reason.contains("oldest PUT /abandon"), "{reason}");
+}
+
+/// The same over HTTP/2 (h2c, prior knowledge): a stream whose client sent part of its body
+/// and then nothing waits on its client, and the process stays live; the rest arrives and the
+/// request completes.
+#[test]
+fn a_stalled_http2_upload_does_not_wedge_a_quiet_process() {
+    maybe_worker();
+    support::own_process();
+    let mut w = Worker::start(
+        "a_stalled_http2_upload_does_not_wedge_a_quiet_process",
+        "body",
+        &[("UNWEDGE_HANG_LIMIT", HANG_LIMIT)],
+    );
+    let addr = w.addr.unwrap();
+    // The client's connection runs on the runtime's own thread meanwhile.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk)),
+            rx,
+        ))
+    });
+    let answer = rt.spawn(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::put(format!("http://{addr}/upload"))
+            .header("content-length", "1000")
+            .body(http_body_util::StreamBody::new(Box::pin(frames)))
+            .unwrap();
+        let res = send.send_request(req).await.unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    });
+    rt.block_on(tx.send(Bytes::from_static(b"abc"))).unwrap();
+    w.expect("TEST: upload began (HTTP/2.0)", Duration::from_secs(20));
+    // Stalled for 2 s (more than six hang limits), the only request in flight: still live.
+    let stalled = Instant::now();
+    while stalled.elapsed() < Duration::from_secs(2) {
+        assert_live(&mut w, "the HTTP/2 upload stalled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rt.block_on(tx.send(Bytes::from(vec![b'd'; 997]))).unwrap();
+    drop(tx);
+    let (status, body) = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), answer).await })
+        .expect("no answer within 30 s")
+        .unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(&body[..], b"1000");
+    assert_live(&mut w, "the HTTP/2 upload completed");
 }
