@@ -3469,10 +3469,11 @@ async fn a_worker_that_cannot_be_spawned_for_a_while_is_retried_while_the_others
             .await;
         // The supervisor's shortage, not the worker's: retried, not counted as a failed start.
         let retry = sup
-            .wait_line(from, &["short of resources", "retrying in"])
+            .wait_line(from, &["short of open files", "retrying in"])
             .await;
         assert!(retry.contains("Too many open files"), "{retry}");
         assert!(retry.contains("not counted as a failed start"), "{retry}");
+        assert!(retry.contains("LimitNOFILE="), "{retry}");
         // The other worker still answers on the shared socket.
         for _ in 0..5 {
             assert_eq!(get(addr, "/").await.0, 200, "log:\n{}", sup.log());
@@ -4296,7 +4297,7 @@ async fn running_out_of_descriptors_is_retried_not_given_up_on() {
         let first = sup
             .wait_line(
                 0,
-                &["cannot start worker: the supervisor is short of resources"],
+                &["cannot start worker: the supervisor is short of open files"],
             )
             .await;
         let slot = first

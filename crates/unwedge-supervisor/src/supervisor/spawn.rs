@@ -19,11 +19,12 @@ impl Pool {
                     s.pending = Some(Pending { at, crash_at });
                 }
                 tracing::error!(
-                    "{}: cannot start worker: the supervisor is short of resources ({e}); \
-                     retrying in {} (not counted as a failed start: raise `LimitNOFILE=` / \
-                     `ulimit -n`, or look for what holds the descriptors)",
+                    "{}: cannot start worker: the supervisor is short of {} ({e}); retrying in \
+                     {} (not counted as a failed start: {})",
                     slot_id(slot),
-                    fmt_dur(delay)
+                    shortage_of(&e).0,
+                    fmt_dur(delay),
+                    shortage_of(&e).1,
                 );
             }
             Err(e) => {
@@ -379,6 +380,27 @@ fn is_our_shortage(e: &std::io::Error) -> bool {
             .iter()
             .any(|&errno| errno as i32 == n)
     })
+}
+
+/// What the supervisor is short of, for one of [`is_our_shortage`]'s errors, and what to do.
+fn shortage_of(e: &std::io::Error) -> (&'static str, &'static str) {
+    use nix::errno::Errno;
+    match e.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::EAGAIN) => (
+            "processes",
+            "the process or thread limit is reached: raise `TasksMax=` (systemd), the pod's or \
+             cgroup's pid limit (`pids.max`) or `ulimit -u`, or look for what holds the processes",
+        ),
+        Some(Errno::ENOMEM) => (
+            "memory",
+            "raise `MemoryMax=` (systemd) or the pod's memory limit, or look for what holds the \
+             memory",
+        ),
+        _ => (
+            "open files",
+            "raise `LimitNOFILE=` / `ulimit -n`, or look for what holds the descriptors",
+        ),
+    }
 }
 
 /// Makes `listeners` inherited by the process `cmd` starts (the shim, then the worker) and by

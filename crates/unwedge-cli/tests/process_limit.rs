@@ -1,0 +1,149 @@
+//! The supervisor out of processes (its cgroup's `pids.max` reached: systemd's `TasksMax=`, a
+//! pod's pid limit): a worker it cannot start is retried, not counted as a failed start, and
+//! the log says what is short and what to raise. Needs root and a writable `pids` cgroup (v1,
+//! or v2 with the controller); elsewhere it says so and passes.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// A child `pids` cgroup of this process's, removed (its processes killed) when dropped.
+struct PidsCgroup(PathBuf);
+
+impl PidsCgroup {
+    /// A new cgroup with no limit yet, or why there cannot be one here.
+    fn new() -> Result<PidsCgroup, String> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err("needs root".into());
+        }
+        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+        // v1: `N:pids:/path`; v2: `0::/path` with the controller enabled there.
+        let parent = own
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+                ctl.split(',')
+                    .any(|c| c == "pids")
+                    .then(|| PathBuf::from(format!("/sys/fs/cgroup/pids{path}")))
+            })
+            .or_else(|| {
+                let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+                let dir = PathBuf::from(format!("/sys/fs/cgroup{path}"));
+                let ctl = std::fs::read_to_string(dir.join("cgroup.subtree_control")).ok()?;
+                ctl.split_whitespace().any(|c| c == "pids").then_some(dir)
+            })
+            .ok_or("no pids cgroup")?;
+        let dir = parent.join(format!("unwedge-pids-test-{}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let cg = PidsCgroup(dir);
+        cg.set_max("max")
+            .map_err(|e| format!("cannot set pids.max: {e}"))?;
+        Ok(cg)
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.0.join("cgroup.procs")
+    }
+
+    /// Sets `pids.max` (lower than the count in it: nothing new may start).
+    fn set_max(&self, max: &str) -> std::io::Result<()> {
+        std::fs::write(self.0.join("pids.max"), max)
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = self.set_max("max");
+        for _ in 0..100 {
+            let pids = std::fs::read_to_string(self.procs()).unwrap_or_default();
+            for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Two workers serve; the cgroup's process limit drops below what runs and one worker is
+/// killed: its replacement cannot be forked (`EAGAIN`). The supervisor says it is short of
+/// processes and names the limits to raise, retries without counting failed starts (so it
+/// does not give up: `--max-restarts 2`), the other worker is left running, and once the
+/// limit is raised the replacement starts, is ready, and the service answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_processes_is_retried_and_named() {
+    let cg = match PidsCgroup::new() {
+        Ok(cg) => cg,
+        Err(why) => {
+            skip_env(&format!(
+                "no pids cgroup to limit here ({why}): run the tests as root on a machine whose \
+                 pids cgroup (v1, or v2 with the pids controller) is writable"
+            ));
+            return;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let py = fixture("worker.py");
+        let join = format!("echo $$ > {} && exec \"$@\"", cg.procs().display());
+        let mut sup = Sup::start_program(
+            "sh",
+            &[
+                "-c",
+                &join,
+                "sh",
+                BIN,
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "off",
+                "--workers",
+                "2",
+                "--max-restarts",
+                "2",
+                "--restart-delay",
+                "10ms",
+                "--restart-delay-max",
+                "100ms",
+                "--",
+                py.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let pids = sup.wait_ready(0, 2).await;
+        let addr = sup.addr().await;
+        cg.set_max("1").unwrap();
+        let from = sup.mark();
+        kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+        let line = sup
+            .wait_line(from, &["cannot start worker", "short of processes"])
+            .await;
+        assert!(line.contains("TasksMax="), "{line}");
+        assert!(line.contains("pids.max"), "{line}");
+        assert!(line.contains("not counted as a failed start"), "{line}");
+        // More retries than --max-restarts allows failed starts, and no giving up.
+        for _ in 0..3 {
+            sup.wait_line(sup.mark(), &["short of processes"]).await;
+        }
+        assert!(!sup.log().contains("giving up"), "{}", sup.log());
+        // The other worker is left alone (it may not serve: a thread per request is a task
+        // the limit refuses it too).
+        kill(Pid::from_raw(pids[1]), None).expect("the other worker still runs");
+        let raised = sup.mark();
+        cg.set_max("max").unwrap();
+        sup.wait_ready(raised, 1).await;
+        assert_eq!(get(addr, "/").await.0, 200, "log:\n{}", sup.log());
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    })
+    .await
+    .expect("test timed out");
+}
