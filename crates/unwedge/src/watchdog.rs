@@ -27,11 +27,11 @@
 //! watched). A request long on purpose (a long poll) calls [`long_request`]: the no-progress
 //! check leaves it out.
 //!
-//! A request whose handler waits for its body (the latest poll of the request polled the
-//! body, which had nothing yet) waits on its client, not on itself: the no-progress check
-//! leaves it out while it does ([`serve::Incoming`](crate::serve::Incoming)), so that one
-//! client sending its body slowly, or stopping half-way, never gets a quiet process declared
-//! wedged. Still bound the whole body read in time, e.g. `tokio::time::timeout(d,
+//! A request whose handler waits for its body (it polled the body, which had nothing yet)
+//! waits on its client, not on itself: the no-progress check leaves it out while it does, and
+//! counts its age from the end of that wait ([`serve::Incoming`](crate::serve::Incoming) says
+//! which polls count), so that one client sending its body slowly, or stopping half-way, does
+//! not get a quiet process declared wedged. Still bound the whole body read in time, e.g. `tokio::time::timeout(d,
 //! axum::body::Bytes::from_request(req, &()))` answering `408` (as `examples/bytecache` does;
 //! tower-http's `RequestBodyTimeoutLayer` bounds each chunk, not the whole body): a client
 //! that stops sending holds its request and its connection until then.
@@ -329,15 +329,41 @@ impl Entry {
     fn on_client(&self) -> bool {
         self.client.as_ref().is_some_and(ClientWait::waiting)
     }
+
+    /// When it began, for the no-progress check: when it last stopped waiting for its
+    /// client's body, if it did since it began.
+    fn since(&self) -> u64 {
+        self.client
+            .as_ref()
+            .map_or(self.started, |c| self.started.max(c.resumed()))
+    }
 }
 
-/// The pending request that began first, of those not waiting for their client's body.
-fn first_pending(pending: &Slab<Entry>) -> Option<&Entry> {
+/// The pending request that began first (see [`Entry::since`]), of those not waiting for
+/// their client's body unless `all`: its start and label.
+fn first_pending(pending: &Slab<Entry>, all: bool) -> Option<(u64, Label)> {
     pending
         .iter()
         .map(|(_, e)| e)
-        .filter(|e| !e.on_client())
-        .min_by_key(|e| e.started)
+        .filter(|e| all || !e.on_client())
+        .map(|e| (e.since(), e.label))
+        .min_by_key(|(since, _)| *since)
+}
+
+/// Whether this thread is polling the tracked request `id` now (inside its response future's
+/// poll, or its service's `call`).
+pub(crate) fn polling(id: u64) -> bool {
+    id != 0
+        && SLOTS
+            .try_with(|slots| {
+                slots.try_borrow().is_ok_and(|slots| {
+                    slots.iter().any(|(_, s)| {
+                        s.polling_since.load(Ordering::Relaxed) != 0
+                            && s.polled_id.load(Ordering::Relaxed) == id
+                    })
+                })
+            })
+            .unwrap_or(false)
 }
 
 /// The live trackers, so that a thread polling a request for the first time can register its
@@ -492,6 +518,9 @@ impl Tracker {
             r.started = now;
             r.tracked = now != 0;
             if r.tracked {
+                if let Some(c) = &r.client {
+                    c.set_request(r.id);
+                }
                 r.publish(s);
             }
         });
@@ -535,8 +564,13 @@ impl Req {
             s.polled.store(&self.label);
             s.polled_id.store(self.id, Ordering::Relaxed);
         }
-        // A request let go is never older than another (see `Tracker::scan`).
-        let started = if self.let_go { u64::MAX } else { self.started };
+        // A request let go is never older than another (see `Tracker::scan`); one that waited
+        // for its client's body is as old as the time since it stopped waiting.
+        let started = match &self.client {
+            _ if self.let_go => u64::MAX,
+            Some(c) => self.started.max(c.resumed()),
+            None => self.started,
+        };
         s.polled_started.store(started, Ordering::Relaxed);
         // Release: a watchdog that reads this mark also sees the label stored above.
         s.polling_since
@@ -616,10 +650,11 @@ pub(crate) fn poll_tracked<F: Future>(
         }
         return out;
     }
-    r.poll_begins();
+    // The wait for the client first: this poll's start counts from its end.
     if let Some(c) = &r.client {
         c.poll_begins();
     }
+    r.poll_begins();
     let ends = PollEnds(r.tracker);
     let out = fut.poll(cx);
     if out.is_ready() {
@@ -788,10 +823,12 @@ impl Tracker {
             }
         }
         if look_for_oldest {
+            // A state dump names the oldest whatever it waits on.
+            let all = hang_ns == 0;
             for s in threads.iter() {
-                if let Some(e) = first_pending(&lock(&s.pending)) {
-                    if oldest.as_ref().is_none_or(|(o, _)| e.started < *o) {
-                        oldest = Some((e.started, e.label));
+                if let Some((since, label)) = first_pending(&lock(&s.pending), all) {
+                    if oldest.as_ref().is_none_or(|(o, _)| since < *o) {
+                        oldest = Some((since, label));
                     }
                 }
             }

@@ -37,6 +37,31 @@ fn maybe_worker() {
                 }
             }),
         )
+        // Reads the whole body, then works for a while: its length.
+        .route(
+            "/upload-then-work",
+            routing::put(|req: Request| async move {
+                eprintln!("TEST: upload began ({:?})", req.version());
+                let len = Bytes::from_request(req, &()).await.map_or(0, |b| b.len());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                len.to_string()
+            }),
+        )
+        // Gives its body to a task of its own to read, and wakes every 50 ms meanwhile.
+        .route(
+            "/spawned",
+            routing::put(|req: Request| async move {
+                eprintln!("TEST: upload began ({:?})", req.version());
+                let mut job = tokio::spawn(Bytes::from_request(req, &()));
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                loop {
+                    tokio::select! {
+                        r = &mut job => break r.unwrap().map_or(0, |b| b.len()).to_string(),
+                        _ = tick.tick() => {}
+                    }
+                }
+            }),
+        )
         // Waits for its body briefly, gives up on it, keeps it, and waits on itself for ever.
         .route(
             "/abandon",
@@ -196,4 +221,68 @@ fn a_stalled_http2_upload_does_not_wedge_a_quiet_process() {
     assert_eq!(status, 200, "{body:?}");
     assert_eq!(&body[..], b"1000");
     assert_live(&mut w, "the HTTP/2 upload completed");
+}
+
+/// Sends the rest of a 1000-byte body begun with `sent` bytes, and reads the answer: its
+/// status line and body.
+fn finish_upload(mut s: TcpStream, sent: usize) -> String {
+    s.write_all(&vec![b'z'; 1000 - sent]).unwrap();
+    let mut res = String::new();
+    let mut buf = [0u8; 512];
+    while !res.ends_with("1000") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed without the answer: {res:?}");
+        res.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    res
+}
+
+/// A request is as old as the time since it last waited for its client: an upload trickled
+/// for twice the hang limit (1 s), then 250 ms of work in the handler, never wedges the
+/// process (it would at the first tick after the body, the request counted from its start).
+#[test]
+fn work_after_a_slow_upload_is_timed_from_the_end_of_the_upload() {
+    maybe_worker();
+    support::own_process();
+    let mut w = Worker::start(
+        "work_after_a_slow_upload_is_timed_from_the_end_of_the_upload",
+        "body",
+        &[("UNWEDGE_HANG_LIMIT", "1s")],
+    );
+    let mut slow = begin_upload(w.addr.unwrap(), "/upload-then-work", b"a");
+    w.expect("TEST: upload began", Duration::from_secs(20));
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(100));
+        slow.write_all(b"b").unwrap();
+    }
+    let res = finish_upload(slow, 21);
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    assert_live(&mut w, "the upload and its work completed");
+    let log = w.log();
+    assert!(!log.contains("state=wedged"), "{log}");
+}
+
+/// A body read by a task the handler spawned, while the handler wakes every 50 ms: a stalled
+/// client still counts as one the request waits on (the handler's own polls do not undo what
+/// the reading task found), and the process stays live.
+#[test]
+fn a_body_read_by_another_task_still_waits_on_the_client() {
+    maybe_worker();
+    support::own_process();
+    let mut w = Worker::start(
+        "a_body_read_by_another_task_still_waits_on_the_client",
+        "body",
+        &[("UNWEDGE_HANG_LIMIT", HANG_LIMIT)],
+    );
+    let slow = begin_upload(w.addr.unwrap(), "/spawned", b"abc");
+    w.expect("TEST: upload began", Duration::from_secs(20));
+    let stalled = Instant::now();
+    while stalled.elapsed() < Duration::from_secs(2) {
+        assert_live(&mut w, "the upload read by another task stalled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let res = finish_upload(slow, 3);
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    let log = w.log();
+    assert!(!log.contains("state=wedged"), "{log}");
 }

@@ -30,8 +30,8 @@ use unwedge::Tx;
 
 /// How long a `PUT`'s body may take to arrive: a client sending its body slowly, or stopping
 /// half-way, gets a `408` instead of holding its request and its connection for as long as
-/// it likes. (Under `serve()` such a request does not wedge the process either: the watchdog
-/// sees that it waits on its client.)
+/// it likes. (Under `serve()` such a request does not get the process declared wedged
+/// either: the watchdog sees that it waits on its client.)
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Cache size when none is configured, in bytes.

@@ -6,7 +6,8 @@
 //! Not a chain of tower layers: each layer would move the request (264 bytes) and the app's
 //! response future (a few hundred bytes for axum's) into its own, and those copies were the
 //! largest part of `serve()`'s cost over `axum::serve`. Here the request is looked at by
-//! reference and moved once, into the app; the app's future is moved into this one.
+//! reference, rebuilt once around the watched body ([`Incoming`]) and moved into the app; the
+//! app's future is moved into this one.
 
 use std::cell::RefCell;
 use std::future::Future;
