@@ -31,10 +31,11 @@
 //! waits on its client, not on itself: the no-progress check leaves it out while it does, and
 //! counts its age from the end of that wait ([`serve::Incoming`](crate::serve::Incoming) says
 //! which polls count), so that one client sending its body slowly, or stopping half-way, does
-//! not get a quiet process declared wedged. Still bound the whole body read in time, e.g. `tokio::time::timeout(d,
-//! axum::body::Bytes::from_request(req, &()))` answering `408` (as `examples/bytecache` does;
-//! tower-http's `RequestBodyTimeoutLayer` bounds each chunk, not the whole body): a client
-//! that stops sending holds its request and its connection until then.
+//! not get a quiet process declared wedged. A client that sends nothing for the idle timeout
+//! loses its body ([`BodyError`](crate::serve::BodyError)); still bound the whole body read in
+//! time, e.g. `tokio::time::timeout(d, axum::body::Bytes::from_request(req, &()))` answering
+//! `408` (as `examples/bytecache` does): a client trickling bytes holds its request and its
+//! connection until then.
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -286,3 +286,44 @@ fn a_body_read_by_another_task_still_waits_on_the_client() {
     let log = w.log();
     assert!(!log.contains("state=wedged"), "{log}");
 }
+
+/// A client silent for the idle timeout (500 ms here) while the handler waits for its body:
+/// the body ends with an error naming it, the handler answers, and the connection is closed.
+/// One trickling a byte every 200 ms for 2 s (four timeouts in all) is not cut: each byte
+/// starts the timeout again.
+#[test]
+fn a_client_silent_for_the_idle_timeout_loses_its_upload() {
+    maybe_worker();
+    support::own_process();
+    let mut w = Worker::start(
+        "a_client_silent_for_the_idle_timeout_loses_its_upload",
+        "body",
+        &[("UNWEDGE_IDLE_TIMEOUT", "500ms")],
+    );
+    let addr = w.addr.unwrap();
+
+    let mut trickling = begin_upload(addr, "/upload", b"a");
+    w.expect("TEST: upload began", Duration::from_secs(20));
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        trickling.write_all(b"b").unwrap();
+    }
+    let res = finish_upload(trickling, 11);
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+
+    let mut stalled = begin_upload(addr, "/upload", b"abc");
+    let since = Instant::now();
+    let mut res = Vec::new();
+    stalled
+        .read_to_end(&mut res)
+        .expect("the connection closed within 30 s");
+    let took = since.elapsed();
+    let res = String::from_utf8_lossy(&res);
+    assert!(res.contains("error:"), "{res}");
+    assert!(
+        res.contains("no request body bytes for 500ms (the idle timeout)"),
+        "{res}"
+    );
+    assert!(took >= Duration::from_millis(400), "cut after {took:?}");
+    assert_live(&mut w, "after the stalled upload was cut");
+}

@@ -1,20 +1,23 @@
 //! The request body `serve()` hands the app: hyper's, watched for the watchdog.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 
 use crate::watchdog::now_ns;
 
 pin_project! {
     /// The body of a request that [`serve`](crate::serve()) hands the app: hyper's
-    /// [`Incoming`](hyper::body::Incoming), with the same frames and the same error type,
-    /// watched so that the [watchdog](crate::watchdog) can tell a handler waiting for its
+    /// [`Incoming`](hyper::body::Incoming), with the same frames (its errors in a
+    /// [`BodyError`]), watched so that the [watchdog](crate::watchdog) can tell a handler waiting for its
     /// client's body from a handler waiting on itself.
     ///
     /// While the request's handler waits for body bytes that the client has not sent yet, the
@@ -39,9 +42,14 @@ pin_project! {
     /// inner body with [`Incoming::into_inner`] (no longer watched). An axum `Router` takes
     /// any body: nothing to change.
     ///
-    /// Bound the time a handler gives a client for its body anyway
-    /// (`tokio::time::timeout` around the read, answering `408`): a client that stops
-    /// sending keeps its request, and its connection, until then.
+    /// A client that sends no body bytes for the idle timeout
+    /// ([`Server::idle_timeout`](crate::Server::idle_timeout), 30 s by default) while the
+    /// handler waits for them ends the body with an error ([`BodyError::is_timeout`]): the
+    /// request fails (axum's extractors answer `400`) and the connection is closed, so that
+    /// clients stalling uploads cannot hold connections, and the requests waiting on them,
+    /// for ever (nginx's `client_body_timeout`, tower-http's `RequestBodyTimeoutLayer`). A
+    /// client trickling bytes resets it with each one: bound the whole body read as well
+    /// (`tokio::time::timeout` around it, answering `408`) where that matters.
     ///
     /// # Examples
     ///
@@ -70,6 +78,70 @@ pin_project! {
         inner: hyper::body::Incoming,
         // `None` when the body was already complete (nothing to wait for).
         wait: Option<WaitMark>,
+    }
+}
+
+/// The error of an [`Incoming`] body: hyper's, or the client sent no body bytes for the
+/// idle timeout while the handler waited for them.
+///
+/// ```
+/// fn answer(e: &unwedge::serve::BodyError) -> http::StatusCode {
+///     if e.is_timeout() {
+///         http::StatusCode::REQUEST_TIMEOUT
+///     } else {
+///         http::StatusCode::BAD_REQUEST
+///     }
+/// }
+/// # let _ = answer;
+/// ```
+#[derive(Debug)]
+pub struct BodyError(BodyErrorKind);
+
+#[derive(Debug)]
+enum BodyErrorKind {
+    Hyper(hyper::Error),
+    TimedOut(Duration),
+}
+
+impl BodyError {
+    /// The client sent no body bytes for the idle timeout while the handler waited.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.0, BodyErrorKind::TimedOut(_))
+    }
+
+    /// hyper's error, when it is one (not a timeout).
+    pub fn into_hyper(self) -> Option<hyper::Error> {
+        match self.0 {
+            BodyErrorKind::Hyper(e) => Some(e),
+            BodyErrorKind::TimedOut(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            BodyErrorKind::Hyper(e) => e.fmt(f),
+            BodyErrorKind::TimedOut(d) => write!(
+                f,
+                "the client sent no request body bytes for {d:?} (the idle timeout)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            BodyErrorKind::Hyper(e) => e.source(),
+            BodyErrorKind::TimedOut(_) => None,
+        }
+    }
+}
+
+impl From<hyper::Error> for BodyError {
+    fn from(e: hyper::Error) -> Self {
+        BodyError(BodyErrorKind::Hyper(e))
     }
 }
 
@@ -103,14 +175,41 @@ impl Shared {
     }
 }
 
-/// The body's side: marks the waits; a body dropped waits no more.
+/// The body's side: marks the waits (a body dropped waits no more), and times them.
 #[derive(Debug)]
-struct WaitMark(Arc<Shared>);
+struct WaitMark {
+    shared: Arc<Shared>,
+    /// The idle timeout (`None`: off).
+    idle: Option<Duration>,
+    /// Armed at the first wait (boxed: only a body that waits pays for it), re-armed at the
+    /// first wait after each frame.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// A frame came since the timer was armed.
+    rearm: bool,
+}
+
+impl WaitMark {
+    /// The body's poll returned `Pending`: whether the client has now been silent for the
+    /// whole idle timeout (polls the timer, which wakes the task when it runs out).
+    fn silent_too_long(&mut self, cx: &mut Context<'_>) -> Option<Duration> {
+        let idle = self.idle?;
+        match &mut self.timer {
+            Some(t) if self.rearm => t.as_mut().reset(Instant::now() + idle),
+            Some(_) => {}
+            // Outside a runtime (a body moved to another executor) there is no timer.
+            None if tokio::runtime::Handle::try_current().is_err() => return None,
+            None => self.timer = Some(Box::pin(tokio::time::sleep(idle))),
+        }
+        self.rearm = false;
+        let timer = self.timer.as_mut()?;
+        timer.as_mut().poll(cx).is_ready().then_some(idle)
+    }
+}
 
 impl Drop for WaitMark {
     fn drop(&mut self) {
-        if self.0.state.load(Ordering::Relaxed) != NOT_WAITING {
-            self.0.wait_ends();
+        if self.shared.state.load(Ordering::Relaxed) != NOT_WAITING {
+            self.shared.wait_ends();
         }
     }
 }
@@ -160,7 +259,11 @@ impl ClientWait {
 impl Incoming {
     /// Wraps hyper's body; the [`ClientWait`] is `None` when the body is complete already (a
     /// `GET`: nothing to watch, no allocation).
-    pub(crate) fn watched(inner: hyper::body::Incoming) -> (Self, Option<ClientWait>) {
+    /// `idle`: the idle timeout (`None`: off).
+    pub(crate) fn watched(
+        inner: hyper::body::Incoming,
+        idle: Option<Duration>,
+    ) -> (Self, Option<ClientWait>) {
         if inner.is_end_stream() {
             return (Incoming { inner, wait: None }, None);
         }
@@ -173,7 +276,12 @@ impl Incoming {
         (
             Incoming {
                 inner,
-                wait: Some(WaitMark(shared)),
+                wait: Some(WaitMark {
+                    shared,
+                    idle,
+                    timer: None,
+                    rearm: false,
+                }),
             },
             Some(wait),
         )
@@ -210,25 +318,34 @@ impl From<hyper::body::Incoming> for Incoming {
 
 impl Body for Incoming {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
         let out = this.inner.poll_frame(cx);
-        if let Some(WaitMark(shared)) = this.wait {
+        if let Some(mark) = this.wait {
             if out.is_pending() {
+                if let Some(idle) = mark.silent_too_long(cx) {
+                    mark.shared.wait_ends();
+                    let e = BodyError(BodyErrorKind::TimedOut(idle));
+                    return Poll::Ready(Some(Err(e)));
+                }
+                let shared = &mark.shared;
                 let own = crate::watchdog::polling(shared.request.load(Ordering::Relaxed));
                 let state = if own { IN_OWN_POLL } else { ELSEWHERE };
                 shared.state.store(state, Ordering::Relaxed);
-            } else if shared.state.load(Ordering::Relaxed) != NOT_WAITING {
-                shared.wait_ends();
+            } else {
+                mark.rearm = true;
+                if mark.shared.state.load(Ordering::Relaxed) != NOT_WAITING {
+                    mark.shared.wait_ends();
+                }
             }
         }
-        out
+        out.map(|f| f.map(|f| f.map_err(BodyError::from)))
     }
 
     #[inline]

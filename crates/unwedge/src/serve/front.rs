@@ -39,6 +39,8 @@ pub(crate) struct Stack<S> {
     tracker: Arc<Tracker>,
     /// [`Server::connect_info`](super::Server::connect_info).
     connect_info: bool,
+    /// How long a request body may go without bytes while the handler waits for them.
+    body_idle: Option<std::time::Duration>,
 }
 
 impl<S> Stack<S> {
@@ -55,7 +57,15 @@ impl<S> Stack<S> {
             health_routes,
             tracker,
             connect_info: false,
+            body_idle: None,
         }
+    }
+
+    /// Ends a request body with an error when its client sends nothing for `idle` while the
+    /// handler waits for it (`None`: never).
+    pub(crate) fn with_body_idle_timeout(mut self, idle: Option<std::time::Duration>) -> Self {
+        self.body_idle = idle;
+        self
     }
 
     /// Gives each request the client's address ([`super::ClientAddr`], axum's
@@ -80,6 +90,7 @@ impl<S> Stack<S> {
             calls,
             local_client: peer.is_none_or(|p| is_loopback(p.ip())),
             peer: peer.filter(|_| self.connect_info),
+            body_idle: self.body_idle,
         }
     }
 }
@@ -100,6 +111,8 @@ pub(crate) struct Conn<S> {
     /// The client is on this host (loopback, or a `unix:` socket): the health routes say
     /// why they fail.
     local_client: bool,
+    /// See [`Stack::with_body_idle_timeout`].
+    body_idle: Option<std::time::Duration>,
 }
 
 /// The request came through a proxy (it says so in `Forwarded`, `X-Forwarded-For`,
@@ -203,7 +216,7 @@ where
             }
         }
         let (parts, body) = req.into_parts();
-        let (body, client) = Incoming::watched(body);
+        let (body, client) = Incoming::watched(body, self.body_idle);
         let mut req = Request::from_parts(parts, body);
         if let Some(peer) = self.peer {
             let ext = req.extensions_mut();

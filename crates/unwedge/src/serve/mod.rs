@@ -58,7 +58,9 @@
 //!   whole idle period (default 30 s, [`Server::idle_timeout`], `UNWEDGE_IDLE_TIMEOUT`) is shut
 //!   down gracefully (at once when idle, after its request in progress otherwise), so clients
 //!   that connect and send nothing, trickle a request head (slowloris) or keep idle keep-alive
-//!   connections hold them for one to two periods, not forever.
+//!   connections hold them for one to two periods, not forever; a request body whose client
+//!   sends nothing for a period while the handler waits for it ends with an error
+//!   ([`BodyError`]), so a stalled upload does not hold its request for ever either.
 //! - **Open-file limit**: the soft `RLIMIT_NOFILE` is raised to the hard one (at most 2²⁰) at start, as Go's
 //!   runtime does ([`Server::raise_fd_limit`]): the usual 1024 is too few connections.
 //!
@@ -141,7 +143,7 @@ use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tower::Service;
 
-pub use body::Incoming;
+pub use body::{BodyError, Incoming};
 pub use config::ListenAddr;
 
 /// The client's address, in the extensions of each request of a TCP connection when
@@ -719,7 +721,10 @@ impl Server {
     /// once per period: a connection that delivered no new request during a whole period is
     /// shut down gracefully, at once when idle, after its request in progress otherwise. So a
     /// client that connects and sends nothing, trickles a request head (slowloris) or keeps an
-    /// idle keep-alive connection holds it for 1 to 2 periods, not forever. `None` (or zero)
+    /// idle keep-alive connection holds it for 1 to 2 periods, not forever. The same period
+    /// bounds a request body: a client that sends no body bytes for that long while the
+    /// handler waits for them ends its body with an error ([`BodyError::is_timeout`]), so a
+    /// stalled upload holds its request and connection for one period. `None` (or zero)
     /// keeps connections as long as clients do, as `axum::serve` does: only behind a proxy
     /// that bounds them already.
     ///
@@ -960,7 +965,8 @@ impl Server {
                 .on_inner_panic(front::inner_layer_handled_a_panic)
         });
         let service = build_service(app, guard, health_routes, tracker.clone())
-            .with_connect_info(self.connect_info);
+            .with_connect_info(self.connect_info)
+            .with_body_idle_timeout(idle_timeout);
 
         if stall_limit.is_none() {
             tracing::info!(
