@@ -326,9 +326,9 @@ struct Entry {
 }
 
 impl Entry {
-    /// It waits for its client's body now: not the app's to make progress on.
-    fn on_client(&self) -> bool {
-        self.client.as_ref().is_some_and(ClientWait::waiting)
+    /// It waits for its client's body at `now`: not the app's to make progress on.
+    fn on_client(&self, now: u64) -> bool {
+        self.client.as_ref().is_some_and(|c| c.waiting(now))
     }
 
     /// When it began, for the no-progress check: when it last stopped waiting for its
@@ -340,15 +340,19 @@ impl Entry {
     }
 }
 
-/// The pending request that began first (see [`Entry::since`]), of those not waiting for
-/// their client's body unless `all`: its start and label.
-fn first_pending(pending: &Slab<Entry>, all: bool) -> Option<(u64, Label)> {
+/// For the no-progress check, the pending request that began first (see [`Entry::since`]) of
+/// those not waiting for their client's body; for a state dump (`dump`), the one that began
+/// first of all. Its start, label, and whether it waits for its client.
+fn first_pending(pending: &Slab<Entry>, now: u64, dump: bool) -> Option<(u64, Label, bool)> {
     pending
         .iter()
         .map(|(_, e)| e)
-        .filter(|e| all || !e.on_client())
-        .map(|e| (e.since(), e.label))
-        .min_by_key(|(since, _)| *since)
+        .map(|e| {
+            let start = if dump { e.started } else { e.since() };
+            (start, e.label, e.on_client(now))
+        })
+        .filter(|&(_, _, on_client)| dump || !on_client)
+        .min_by_key(|&(start, _, _)| start)
 }
 
 /// Whether this thread is polling the tracked request `id` now (inside its response future's
@@ -565,10 +569,13 @@ impl Req {
             s.polled.store(&self.label);
             s.polled_id.store(self.id, Ordering::Relaxed);
         }
-        // A request let go is never older than another (see `Tracker::scan`); one that waited
-        // for its client's body is as old as the time since it stopped waiting.
+        // A request let go is never older than another (see `Tracker::scan`), nor one whose
+        // body a task of its own waits for (the blocked-poll check still times this poll); one
+        // that waited for its client's body is as old as the time since it stopped waiting.
+        let clock = s.clock.load(Ordering::Relaxed);
         let started = match &self.client {
             _ if self.let_go => u64::MAX,
+            Some(c) if c.waiting(clock) => u64::MAX,
             Some(c) => self.started.max(c.resumed()),
             None => self.started,
         };
@@ -747,6 +754,8 @@ struct Scan {
     idle: u64,
     /// The oldest request in flight, when looked for: its age and label.
     oldest: Option<(u64, Label)>,
+    /// The oldest pending request waits for its client's body (for a state dump).
+    oldest_on_client: bool,
 }
 
 impl Tracker {
@@ -768,9 +777,14 @@ impl Tracker {
         }
         if let Some((age, label)) = scan.oldest {
             lines.push(format!(
-                "oldest request: {} for {:.1}s",
+                "oldest request: {} for {:.1}s{}",
                 label.text(),
-                secs(age)
+                secs(age),
+                if scan.oldest_on_client {
+                    " (waiting for its client's body)"
+                } else {
+                    ""
+                }
             ));
         }
         lines
@@ -825,11 +839,13 @@ impl Tracker {
         }
         if look_for_oldest {
             // A state dump names the oldest whatever it waits on.
-            let all = hang_ns == 0;
+            let dump = hang_ns == 0;
             for s in threads.iter() {
-                if let Some((since, label)) = first_pending(&lock(&s.pending), all) {
-                    if oldest.as_ref().is_none_or(|(o, _)| since < *o) {
-                        oldest = Some((since, label));
+                if let Some((start, label, on_client)) = first_pending(&lock(&s.pending), now, dump)
+                {
+                    if oldest.as_ref().is_none_or(|(o, _)| start < *o) {
+                        oldest = Some((start, label));
+                        scan.oldest_on_client = on_client;
                     }
                 }
             }

@@ -76,7 +76,46 @@ fn maybe_worker() {
                 drop(body);
                 "never"
             }),
-        );
+        )
+        // Gives up on its body in the very poll that found it empty (`timeout` polls the body
+        // first), keeps it, and waits on itself for ever.
+        .route(
+            "/give-up",
+            routing::put(|req: Request| async move {
+                let mut body: Body = req.into_body();
+                let _ = tokio::time::timeout(Duration::from_millis(50), body.frame()).await;
+                std::future::pending::<()>().await;
+                drop(body);
+                "never"
+            }),
+        )
+        // Gives its body to a task that gives up on it as `/give-up` does, keeps it, and
+        // waits on itself for ever; the handler waits for that task.
+        .route(
+            "/spawned-give-up",
+            routing::put(|req: Request| async move {
+                let mut body: Body = req.into_body();
+                let task = tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_millis(50), body.frame()).await;
+                    std::future::pending::<()>().await;
+                    drop(body);
+                });
+                let _ = task.await;
+                "never"
+            }),
+        )
+        // A task of its own reads the body; then the handler waits on itself for ever.
+        .route(
+            "/spawned-then-hang",
+            routing::put(|req: Request| async move {
+                let len = tokio::spawn(Bytes::from_request(req, &())).await;
+                eprintln!("TEST: body read: {:?}", len.map(|b| b.map(|b| b.len())));
+                std::future::pending::<()>().await;
+                "never"
+            }),
+        )
+        // Waits on itself for ever (no body): what the watchdog must find.
+        .route("/stuck", routing::get(std::future::pending::<&'static str>));
     support::run_worker(|| Server::new().serve(app))
 }
 
@@ -88,6 +127,31 @@ fn begin_upload(addr: SocketAddr, path: &str, first: &[u8]) -> TcpStream {
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(first).unwrap();
     s
+}
+
+/// `/livez` turns 503 naming `oldest` within 20 s: the watchdog finds a request hung on
+/// itself (the positive control of each test: its watchdog was watching all along).
+#[track_caller]
+fn assert_found(w: &mut Worker, oldest: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reason = loop {
+        let (status, res) = w.get("/livez");
+        if status == 503 {
+            break res;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{oldest}, waiting on itself, was never found: {res}\n{}",
+            w.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(reason.contains(&format!("oldest {oldest}")), "{reason}");
+}
+
+/// Sends `GET /stuck` on a connection of its own, kept open (its answer never comes).
+fn get_stuck(w: &Worker) -> std::thread::JoinHandle<(u16, String)> {
+    w.get_in_background("/stuck")
 }
 
 /// `/livez` answers 200 now.
@@ -142,20 +206,26 @@ fn a_slow_or_stalled_upload_does_not_wedge_a_quiet_process() {
     // A handler that stopped reading its body and waits on itself is wedged: the watchdog
     // still sees it (and this test's watchdog was watching all along).
     let _abandoned = begin_upload(addr, "/abandon", b"");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let reason = loop {
-        let (status, res) = w.get("/livez");
-        if status == 503 {
-            break res;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a handler waiting on itself was never found: {res}\n{}",
-            w.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(reason.contains("oldest PUT /abandon"), "{reason}");
+    assert_found(&mut w, "PUT /abandon");
+}
+
+/// A handler that gives up on its body in the very poll that found it empty, keeps it, and
+/// waits on itself: its request counts as waiting on the client until something wakes the
+/// handler (the body's idle timer, 1 s here, at the latest), then it is found.
+#[test]
+fn a_handler_giving_up_on_its_body_in_the_same_poll_is_found() {
+    maybe_worker();
+    support::own_process();
+    let mut w = Worker::start(
+        "a_handler_giving_up_on_its_body_in_the_same_poll_is_found",
+        "body",
+        &[
+            ("UNWEDGE_HANG_LIMIT", HANG_LIMIT),
+            ("UNWEDGE_IDLE_TIMEOUT", "1s"),
+        ],
+    );
+    let _given_up = begin_upload(w.addr.unwrap(), "/give-up", b"");
+    assert_found(&mut w, "PUT /give-up");
 }
 
 /// The same over HTTP/2 (h2c, prior knowledge): a stream whose client sent part of its body
@@ -221,6 +291,8 @@ fn a_stalled_http2_upload_does_not_wedge_a_quiet_process() {
     assert_eq!(status, 200, "{body:?}");
     assert_eq!(&body[..], b"1000");
     assert_live(&mut w, "the HTTP/2 upload completed");
+    let _stuck = get_stuck(&w);
+    assert_found(&mut w, "GET /stuck");
 }
 
 /// Sends the rest of a 1000-byte body begun with `sent` bytes, and reads the answer: its
@@ -260,6 +332,8 @@ fn work_after_a_slow_upload_is_timed_from_the_end_of_the_upload() {
     assert_live(&mut w, "the upload and its work completed");
     let log = w.log();
     assert!(!log.contains("state=wedged"), "{log}");
+    let _stuck = get_stuck(&w);
+    assert_found(&mut w, "GET /stuck");
 }
 
 /// A body read by a task the handler spawned, while the handler wakes every 50 ms: a stalled
@@ -285,6 +359,18 @@ fn a_body_read_by_another_task_still_waits_on_the_client() {
     assert!(res.starts_with("HTTP/1.1 200"), "{res}");
     let log = w.log();
     assert!(!log.contains("state=wedged"), "{log}");
+
+    // The task's wait ends when it gets the body: the handler, hung on itself after, is found.
+    let slow = begin_upload(w.addr.unwrap(), "/spawned-then-hang", b"abc");
+    let stalled = Instant::now();
+    while stalled.elapsed() < Duration::from_millis(500) {
+        assert_live(&mut w, "the upload read by another task stalled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut slow = slow;
+    slow.write_all(&[b'z'; 997]).unwrap();
+    w.expect("TEST: body read: Ok(Ok(1000))", Duration::from_secs(20));
+    assert_found(&mut w, "PUT /spawned-then-hang");
 }
 
 /// A client silent for the idle timeout (500 ms here) while the handler waits for its body:
@@ -326,4 +412,23 @@ fn a_client_silent_for_the_idle_timeout_loses_its_upload() {
     );
     assert!(took >= Duration::from_millis(400), "cut after {took:?}");
     assert_live(&mut w, "after the stalled upload was cut");
+}
+
+/// The same in a task the handler gave its body to: nothing polls the body again, so the mark
+/// it left stands; a wait older than twice the idle timeout (1 s here) is taken for one left
+/// behind, and the request is found.
+#[test]
+fn a_task_giving_up_on_the_body_it_was_given_is_found() {
+    maybe_worker();
+    support::own_process();
+    let mut w = Worker::start(
+        "a_task_giving_up_on_the_body_it_was_given_is_found",
+        "body",
+        &[
+            ("UNWEDGE_HANG_LIMIT", HANG_LIMIT),
+            ("UNWEDGE_IDLE_TIMEOUT", "1s"),
+        ],
+    );
+    let _given_up = begin_upload(w.addr.unwrap(), "/spawned-give-up", b"");
+    assert_found(&mut w, "PUT /spawned-give-up");
 }

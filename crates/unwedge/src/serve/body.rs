@@ -31,7 +31,11 @@ pin_project! {
     /// request's next poll, which says anew (a handler that polled the body, got nothing, and
     /// went on to wait for something else in a later poll is watched again); the body polled
     /// by a task the handler gave it to waits until that task gets a frame, whatever wakes
-    /// the handler meanwhile. Not told apart: a handler that polls its body *while* it works
+    /// the handler meanwhile. Drop the body when giving up on it (or read it into a future
+    /// of its own, `timeout(d, body.collect())`): one found empty in the very poll that gives
+    /// up on it (`timeout(d, body.frame())`, an unbiased `select!`), and kept, counts as
+    /// waiting until something wakes the handler, and a wait older than twice the idle
+    /// timeout is taken for one left behind. Not told apart: a handler that polls its body *while* it works
     /// (`select!` or `join!` over the body and its own work, readers that read ahead of what
     /// they return such as multipart parsers and decompressors, `tokio::io::copy` from the
     /// body) counts as waiting on its client while the client sends nothing, even if its own
@@ -164,14 +168,29 @@ struct Shared {
     resumed: AtomicU64,
     /// The tracked request's id (0: not tracked).
     request: AtomicU64,
+    /// When the current wait began ([`now_ns`]).
+    waiting_since: AtomicU64,
+    /// How long a wait may hide its request from the no-progress check, in ns: twice the idle
+    /// timeout (a body still polled would have timed out by then: the mark is one a handler
+    /// left behind when it gave up on its body without dropping it); `u64::MAX` without one.
+    stale_after: u64,
 }
 
 impl Shared {
-    /// The wait, if any, has ended now.
+    /// The wait has ended now. (`resumed` first: a watchdog that sees the wait over, with
+    /// acquire, sees when it ended.)
     fn wait_ends(&self) {
-        if self.state.swap(NOT_WAITING, Ordering::Relaxed) != NOT_WAITING {
-            self.resumed.store(now_ns(), Ordering::Relaxed);
+        self.resumed.store(now_ns(), Ordering::Relaxed);
+        self.state.store(NOT_WAITING, Ordering::Release);
+    }
+
+    /// The body's poll found nothing: the request waits on its client, found `state` (in its
+    /// own poll or elsewhere).
+    fn wait_begins(&self, state: u8) {
+        if self.state.load(Ordering::Relaxed) == NOT_WAITING {
+            self.waiting_since.store(now_ns(), Ordering::Relaxed);
         }
+        self.state.store(state, Ordering::Release);
     }
 }
 
@@ -220,9 +239,12 @@ impl Drop for WaitMark {
 pub(crate) struct ClientWait(Arc<Shared>);
 
 impl ClientWait {
-    /// The request's handler is waiting for body bytes now.
-    pub(crate) fn waiting(&self) -> bool {
-        self.0.state.load(Ordering::Relaxed) != NOT_WAITING
+    /// The request's handler is waiting for body bytes at `now` (a wait older than twice the
+    /// idle timeout is one left behind: not counted).
+    pub(crate) fn waiting(&self, now: u64) -> bool {
+        let s = &self.0;
+        s.state.load(Ordering::Acquire) != NOT_WAITING
+            && now.saturating_sub(s.waiting_since.load(Ordering::Relaxed)) <= s.stale_after
     }
 
     /// When the request last stopped waiting on its client (0: never waited).
@@ -241,17 +263,16 @@ impl ClientWait {
     #[inline]
     pub(crate) fn poll_begins(&self) {
         let s = &self.0;
-        if s.state.load(Ordering::Relaxed) == IN_OWN_POLL
-            && s.state
-                .compare_exchange(
-                    IN_OWN_POLL,
-                    NOT_WAITING,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
+        if s.state.load(Ordering::Relaxed) == IN_OWN_POLL {
+            // `resumed` first (see `Shared::wait_ends`); if the exchange fails (a task the
+            // body was given to found it empty meanwhile), the age is only a little younger.
             s.resumed.store(now_ns(), Ordering::Relaxed);
+            let _ = s.state.compare_exchange(
+                IN_OWN_POLL,
+                NOT_WAITING,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -267,10 +288,15 @@ impl Incoming {
         if inner.is_end_stream() {
             return (Incoming { inner, wait: None }, None);
         }
+        let stale_after = idle.map_or(u64::MAX, |d| {
+            u64::try_from(d.as_nanos().saturating_mul(2)).unwrap_or(u64::MAX)
+        });
         let shared = Arc::new(Shared {
             state: AtomicU8::new(NOT_WAITING),
             resumed: AtomicU64::new(0),
             request: AtomicU64::new(0),
+            waiting_since: AtomicU64::new(0),
+            stale_after,
         });
         let wait = ClientWait(shared.clone());
         (
@@ -336,8 +362,7 @@ impl Body for Incoming {
                 }
                 let shared = &mark.shared;
                 let own = crate::watchdog::polling(shared.request.load(Ordering::Relaxed));
-                let state = if own { IN_OWN_POLL } else { ELSEWHERE };
-                shared.state.store(state, Ordering::Relaxed);
+                shared.wait_begins(if own { IN_OWN_POLL } else { ELSEWHERE });
             } else {
                 mark.rearm = true;
                 if mark.shared.state.load(Ordering::Relaxed) != NOT_WAITING {
