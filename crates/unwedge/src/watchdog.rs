@@ -683,6 +683,9 @@ pub(crate) fn poll_tracked<F: Future>(
         });
         if asked == Some(true) && !r.let_go {
             r.let_go = true;
+            if let Some(c) = &r.client {
+                c.untime();
+            }
             if let Some((slot, key)) = r.waiting.take() {
                 lock(&slot.pending).try_remove(key);
             }
@@ -699,6 +702,10 @@ pub(crate) fn poll_tracked<F: Future>(
 /// that one such request on a quiet process does not turn it Wedged (and stop its
 /// `WATCHDOG=1` heartbeats) once it is older than the hang limit. Call it in the handler,
 /// before its first long `.await`; it lasts until the request ends.
+///
+/// It also turns off the idle timeout of the request's body under `serve()` (see
+/// [`serve::Incoming`](crate::serve::Incoming)): a streaming upload whose client may be quiet
+/// for minutes is not cut.
 ///
 /// The other checks still apply: a poll of it that blocks its thread is reported (blocking
 /// code in async is never fine), and so is a runtime that stalls. Requests that are not

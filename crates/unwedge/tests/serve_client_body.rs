@@ -114,6 +114,18 @@ fn maybe_worker() {
                 "never"
             }),
         )
+        // A streaming upload long on purpose: its client may be quiet for as long as it likes.
+        .route(
+            "/long-upload",
+            routing::put(|req: Request| async move {
+                assert!(unwedge::watchdog::long_request());
+                eprintln!("TEST: upload began ({:?})", req.version());
+                match Bytes::from_request(req, &()).await {
+                    Ok(b) => b.len().to_string(),
+                    Err(e) => format!("error: {e}"),
+                }
+            }),
+        )
         // Waits on itself for ever (no body): what the watchdog must find.
         .route("/stuck", routing::get(std::future::pending::<&'static str>));
     support::run_worker(|| Server::new().serve(app))
@@ -240,6 +252,25 @@ fn a_stalled_http2_upload_does_not_wedge_a_quiet_process() {
         "body",
         &[("UNWEDGE_HANG_LIMIT", HANG_LIMIT)],
     );
+    // Stalled for 2 s (more than six hang limits), the only request in flight: still live.
+    let (status, body) = http2_upload(&mut w, |w| {
+        let stalled = Instant::now();
+        while stalled.elapsed() < Duration::from_secs(2) {
+            assert_live(w, "the HTTP/2 upload stalled");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(&body[..], b"1000");
+    assert_live(&mut w, "the HTTP/2 upload completed");
+    let _stuck = get_stuck(&w);
+    assert_found(&mut w, "GET /stuck");
+}
+
+/// `PUT /upload` over HTTP/2 (h2c, prior knowledge, hyper's client) with a 1000-byte body:
+/// sends 3 bytes, runs `pause` once the worker has the request, then sends the rest; the
+/// answer's status and body.
+fn http2_upload(w: &mut Worker, pause: impl FnOnce(&mut Worker)) -> (http::StatusCode, Bytes) {
     let addr = w.addr.unwrap();
     // The client's connection runs on the runtime's own thread meanwhile.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -276,23 +307,12 @@ fn a_stalled_http2_upload_does_not_wedge_a_quiet_process() {
     });
     rt.block_on(tx.send(Bytes::from_static(b"abc"))).unwrap();
     w.expect("TEST: upload began (HTTP/2.0)", Duration::from_secs(20));
-    // Stalled for 2 s (more than six hang limits), the only request in flight: still live.
-    let stalled = Instant::now();
-    while stalled.elapsed() < Duration::from_secs(2) {
-        assert_live(&mut w, "the HTTP/2 upload stalled");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    pause(w);
     rt.block_on(tx.send(Bytes::from(vec![b'd'; 997]))).unwrap();
     drop(tx);
-    let (status, body) = rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(30), answer).await })
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), answer).await })
         .expect("no answer within 30 s")
-        .unwrap();
-    assert_eq!(status, 200, "{body:?}");
-    assert_eq!(&body[..], b"1000");
-    assert_live(&mut w, "the HTTP/2 upload completed");
-    let _stuck = get_stuck(&w);
-    assert_found(&mut w, "GET /stuck");
+        .unwrap()
 }
 
 /// Sends the rest of a 1000-byte body begun with `sent` bytes, and reads the answer: its
@@ -373,10 +393,10 @@ fn a_body_read_by_another_task_still_waits_on_the_client() {
     assert_found(&mut w, "PUT /spawned-then-hang");
 }
 
-/// A client silent for the idle timeout (500 ms here) while the handler waits for its body:
-/// the body ends with an error naming it, the handler answers, and the connection is closed.
-/// One trickling a byte every 200 ms for 2 s (four timeouts in all) is not cut: each byte
-/// starts the timeout again.
+/// A client silent for the idle timeout (1 s here) while the handler waits for its body: the
+/// body ends with an error naming it, the handler answers, and the connection is closed. One
+/// trickling a byte every 200 ms for 2 s (two timeouts in all) is not cut: each byte starts
+/// the timeout again.
 #[test]
 fn a_client_silent_for_the_idle_timeout_loses_its_upload() {
     maybe_worker();
@@ -384,7 +404,7 @@ fn a_client_silent_for_the_idle_timeout_loses_its_upload() {
     let mut w = Worker::start(
         "a_client_silent_for_the_idle_timeout_loses_its_upload",
         "body",
-        &[("UNWEDGE_IDLE_TIMEOUT", "500ms")],
+        &[("UNWEDGE_IDLE_TIMEOUT", "1s")],
     );
     let addr = w.addr.unwrap();
 
@@ -407,10 +427,10 @@ fn a_client_silent_for_the_idle_timeout_loses_its_upload() {
     let res = String::from_utf8_lossy(&res);
     assert!(res.contains("error:"), "{res}");
     assert!(
-        res.contains("no request body bytes for 500ms (the idle timeout)"),
+        res.contains("no request body bytes for 1s (the idle timeout)"),
         "{res}"
     );
-    assert!(took >= Duration::from_millis(400), "cut after {took:?}");
+    assert!(took >= Duration::from_millis(900), "cut after {took:?}");
     assert_live(&mut w, "after the stalled upload was cut");
 }
 
@@ -431,4 +451,28 @@ fn a_task_giving_up_on_the_body_it_was_given_is_found() {
     );
     let _given_up = begin_upload(w.addr.unwrap(), "/spawned-give-up", b"");
     assert_found(&mut w, "PUT /spawned-give-up");
+}
+
+/// Not cut by the idle timeout (500 ms here): the body of a request that called
+/// `long_request()`, its client silent for 1.5 s; and an HTTP/2 body, its client silent as
+/// long (over HTTP/2 the connection's flow control may be what holds a client back).
+#[test]
+fn a_long_request_and_http2_bodies_are_not_cut() {
+    maybe_worker();
+    support::own_process();
+    let mut w = Worker::start(
+        "a_long_request_and_http2_bodies_are_not_cut",
+        "body",
+        &[("UNWEDGE_IDLE_TIMEOUT", "500ms")],
+    );
+    let addr = w.addr.unwrap();
+    let slow = begin_upload(addr, "/long-upload", b"abc");
+    w.expect("TEST: upload began (HTTP/1.1)", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    let res = finish_upload(slow, 3);
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+
+    let (status, body) = http2_upload(&mut w, |_| std::thread::sleep(Duration::from_millis(1500)));
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(&body[..], b"1000");
 }

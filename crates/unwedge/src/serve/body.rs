@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -46,14 +46,21 @@ pin_project! {
     /// inner body with [`Incoming::into_inner`] (no longer watched). An axum `Router` takes
     /// any body: nothing to change.
     ///
-    /// A client that sends no body bytes for the idle timeout
+    /// Over HTTP/1, a client that sends no body bytes for the idle timeout
     /// ([`Server::idle_timeout`](crate::Server::idle_timeout), 30 s by default) while the
-    /// handler waits for them ends the body with an error ([`BodyError::is_timeout`]): the
-    /// request fails (axum's extractors answer `400`) and the connection is closed, so that
-    /// clients stalling uploads cannot hold connections, and the requests waiting on them,
-    /// for ever (nginx's `client_body_timeout`, tower-http's `RequestBodyTimeoutLayer`). A
-    /// client trickling bytes resets it with each one: bound the whole body read as well
-    /// (`tokio::time::timeout` around it, answering `408`) where that matters.
+    /// handler waits for them ends the body with an error ([`BodyError::is_timeout`], and the
+    /// same error on every later poll): the request fails (axum's extractors answer `400`)
+    /// and, once the handler drops the unfinished body, hyper closes the connection. So
+    /// clients stalling uploads cannot hold connections, and the requests reading from them,
+    /// for ever (nginx's `client_body_timeout`, tower-http's `RequestBodyTimeoutLayer`). Only
+    /// time the handler spends waiting for bytes counts: a handler that has not read its body
+    /// yet (it waits for a permit first) is not bounded by it. A client trickling bytes resets
+    /// it with each one: bound the whole body read as well (`tokio::time::timeout` around it,
+    /// answering `408`) where that matters. A request long on purpose (a streaming upload
+    /// whose client may be quiet for minutes) calls
+    /// [`long_request`](crate::watchdog::long_request), which turns it off for its body.
+    /// HTTP/2 bodies are not timed: the connection's flow-control window, which its streams
+    /// share, may be what holds a client back (another stream's handler not reading yet).
     ///
     /// # Examples
     ///
@@ -174,6 +181,9 @@ struct Shared {
     /// timeout (a body still polled would have timed out by then: the mark is one a handler
     /// left behind when it gave up on its body without dropping it); `u64::MAX` without one.
     stale_after: u64,
+    /// The request called [`long_request`](crate::watchdog::long_request): its body is not
+    /// timed (nor does its wait age out).
+    untimed: AtomicBool,
 }
 
 impl Shared {
@@ -198,30 +208,47 @@ impl Shared {
 #[derive(Debug)]
 struct WaitMark {
     shared: Arc<Shared>,
-    /// The idle timeout (`None`: off).
-    idle: Option<Duration>,
+    /// The idle timeout and the runtime of `serve()`, whose timers the body's uses wherever
+    /// it is polled (`None`: not timed).
+    idle: Option<(Duration, tokio::runtime::Handle)>,
     /// Armed at the first wait (boxed: only a body that waits pays for it), re-armed at the
     /// first wait after each frame.
     timer: Option<Pin<Box<Sleep>>>,
     /// A frame came since the timer was armed.
     rearm: bool,
+    /// The timer ran out: the body ends with that error, whatever comes later.
+    timed_out: bool,
 }
 
 impl WaitMark {
     /// The body's poll returned `Pending`: whether the client has now been silent for the
     /// whole idle timeout (polls the timer, which wakes the task when it runs out).
     fn silent_too_long(&mut self, cx: &mut Context<'_>) -> Option<Duration> {
-        let idle = self.idle?;
+        let (idle, handle) = self.idle.as_ref()?;
+        if self.shared.untimed.load(Ordering::Relaxed) {
+            self.timer = None;
+            return None;
+        }
         match &mut self.timer {
-            Some(t) if self.rearm => t.as_mut().reset(Instant::now() + idle),
+            Some(t) if self.rearm => {
+                // A timeout too long for the clock (`Duration::MAX` as "none") never runs out.
+                let at = Instant::now().checked_add(*idle)?;
+                t.as_mut().reset(at);
+            }
             Some(_) => {}
-            // Outside a runtime (a body moved to another executor) there is no timer.
-            None if tokio::runtime::Handle::try_current().is_err() => return None,
-            None => self.timer = Some(Box::pin(tokio::time::sleep(idle))),
+            None => {
+                let _runtime = handle.enter();
+                self.timer = Some(Box::pin(tokio::time::sleep(*idle)));
+            }
         }
         self.rearm = false;
         let timer = self.timer.as_mut()?;
-        timer.as_mut().poll(cx).is_ready().then_some(idle)
+        if timer.as_mut().poll(cx).is_ready() {
+            self.timed_out = true;
+            self.timer = None;
+            return Some(*idle);
+        }
+        None
     }
 }
 
@@ -244,7 +271,14 @@ impl ClientWait {
     pub(crate) fn waiting(&self, now: u64) -> bool {
         let s = &self.0;
         s.state.load(Ordering::Acquire) != NOT_WAITING
-            && now.saturating_sub(s.waiting_since.load(Ordering::Relaxed)) <= s.stale_after
+            && (now.saturating_sub(s.waiting_since.load(Ordering::Relaxed)) <= s.stale_after
+                || s.untimed.load(Ordering::Relaxed))
+    }
+
+    /// The request is long on purpose ([`long_request`](crate::watchdog::long_request)): its
+    /// client may be silent for as long as it likes.
+    pub(crate) fn untime(&self) {
+        self.0.untimed.store(true, Ordering::Relaxed);
     }
 
     /// When the request last stopped waiting on its client (0: never waited).
@@ -279,8 +313,8 @@ impl ClientWait {
 
 impl Incoming {
     /// Wraps hyper's body; the [`ClientWait`] is `None` when the body is complete already (a
-    /// `GET`: nothing to watch, no allocation).
-    /// `idle`: the idle timeout (`None`: off).
+    /// `GET`: nothing to watch, no allocation). `idle`: the idle timeout (`None`: not timed),
+    /// on the current runtime's timers.
     pub(crate) fn watched(
         inner: hyper::body::Incoming,
         idle: Option<Duration>,
@@ -288,7 +322,8 @@ impl Incoming {
         if inner.is_end_stream() {
             return (Incoming { inner, wait: None }, None);
         }
-        let stale_after = idle.map_or(u64::MAX, |d| {
+        let idle = idle.and_then(|d| Some((d, tokio::runtime::Handle::try_current().ok()?)));
+        let stale_after = idle.as_ref().map_or(u64::MAX, |(d, _)| {
             u64::try_from(d.as_nanos().saturating_mul(2)).unwrap_or(u64::MAX)
         });
         let shared = Arc::new(Shared {
@@ -297,6 +332,7 @@ impl Incoming {
             request: AtomicU64::new(0),
             waiting_since: AtomicU64::new(0),
             stale_after,
+            untimed: AtomicBool::new(false),
         });
         let wait = ClientWait(shared.clone());
         (
@@ -307,6 +343,7 @@ impl Incoming {
                     idle,
                     timer: None,
                     rearm: false,
+                    timed_out: false,
                 }),
             },
             Some(wait),
@@ -352,6 +389,10 @@ impl Body for Incoming {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
+        if let Some(mark) = this.wait.as_ref().filter(|m| m.timed_out) {
+            let idle = mark.idle.as_ref().map_or(Duration::ZERO, |(d, _)| *d);
+            return Poll::Ready(Some(Err(BodyError(BodyErrorKind::TimedOut(idle)))));
+        }
         let out = this.inner.poll_frame(cx);
         if let Some(mark) = this.wait {
             if out.is_pending() {
@@ -365,6 +406,9 @@ impl Body for Incoming {
                 shared.wait_begins(if own { IN_OWN_POLL } else { ELSEWHERE });
             } else {
                 mark.rearm = true;
+                if matches!(out, Poll::Ready(None)) {
+                    mark.timer = None; // the end: nothing to wake the task for
+                }
                 if mark.shared.state.load(Ordering::Relaxed) != NOT_WAITING {
                     mark.shared.wait_ends();
                 }

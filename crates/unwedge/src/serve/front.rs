@@ -216,7 +216,12 @@ where
             }
         }
         let (parts, body) = req.into_parts();
-        let (body, client) = Incoming::watched(body, self.body_idle);
+        // HTTP/1 only: over HTTP/2 the connection's flow-control window, shared by its
+        // streams, may be what holds a client back (another stream's handler not reading).
+        let idle = self
+            .body_idle
+            .filter(|_| parts.version <= http::Version::HTTP_11);
+        let (body, client) = Incoming::watched(body, idle);
         let mut req = Request::from_parts(parts, body);
         if let Some(peer) = self.peer {
             let ext = req.extensions_mut();

@@ -58,8 +58,8 @@
 //!   whole idle period (default 30 s, [`Server::idle_timeout`], `UNWEDGE_IDLE_TIMEOUT`) is shut
 //!   down gracefully (at once when idle, after its request in progress otherwise), so clients
 //!   that connect and send nothing, trickle a request head (slowloris) or keep idle keep-alive
-//!   connections hold them for one to two periods, not forever; a request body whose client
-//!   sends nothing for a period while the handler waits for it ends with an error
+//!   connections hold them for one to two periods, not forever; an HTTP/1 request body whose
+//!   client sends nothing for a period while the handler waits for it ends with an error
 //!   ([`BodyError`]), so a stalled upload does not hold its request for ever either.
 //! - **Open-file limit**: the soft `RLIMIT_NOFILE` is raised to the hard one (at most 2²⁰) at start, as Go's
 //!   runtime does ([`Server::raise_fd_limit`]): the usual 1024 is too few connections.
@@ -722,9 +722,9 @@ impl Server {
     /// shut down gracefully, at once when idle, after its request in progress otherwise. So a
     /// client that connects and sends nothing, trickles a request head (slowloris) or keeps an
     /// idle keep-alive connection holds it for 1 to 2 periods, not forever. The same period
-    /// bounds a request body: a client that sends no body bytes for that long while the
-    /// handler waits for them ends its body with an error ([`BodyError::is_timeout`]), so a
-    /// stalled upload holds its request and connection for one period. `None` (or zero)
+    /// bounds an HTTP/1 request body: a client that sends no body bytes for that long while
+    /// the handler waits for them ends its body with an error ([`BodyError::is_timeout`]; see
+    /// [`Incoming`] for what is and is not timed). `None` (or zero)
     /// keeps connections as long as clients do, as `axum::serve` does: only behind a proxy
     /// that bounds them already.
     ///
