@@ -131,6 +131,27 @@ fn maybe_worker() {
     support::run_worker(|| Server::new().serve(app))
 }
 
+/// The worker of the test `test` (this process, when it is the worker), with `env`.
+fn body_worker(test: &str, env: &[(&str, &str)]) -> Worker {
+    maybe_worker();
+    support::own_process();
+    Worker::start(test, "body", env)
+}
+
+/// `PUT path` with its client silent from the start, on a worker with an idle timeout of 1 s:
+/// its handler, which gives up on the body and hangs, is found.
+fn a_given_up_body_is_found(test: &str, path: &str) {
+    let mut w = body_worker(
+        test,
+        &[
+            ("UNWEDGE_HANG_LIMIT", HANG_LIMIT),
+            ("UNWEDGE_IDLE_TIMEOUT", "1s"),
+        ],
+    );
+    let _given_up = begin_upload(w.addr.unwrap(), path, b"");
+    assert_found(&mut w, &format!("PUT {path}"));
+}
+
 /// Sends the head of `PUT path` with a 1000-byte body, and `first` of it.
 fn begin_upload(addr: SocketAddr, path: &str, first: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -175,11 +196,8 @@ fn assert_live(w: &mut Worker, when: &str) {
 
 #[test]
 fn a_slow_or_stalled_upload_does_not_wedge_a_quiet_process() {
-    maybe_worker();
-    support::own_process();
-    let mut w = Worker::start(
+    let mut w = body_worker(
         "a_slow_or_stalled_upload_does_not_wedge_a_quiet_process",
-        "body",
         &[("UNWEDGE_HANG_LIMIT", HANG_LIMIT)],
     );
     let addr = w.addr.unwrap();
@@ -226,18 +244,10 @@ fn a_slow_or_stalled_upload_does_not_wedge_a_quiet_process() {
 /// handler (the body's idle timer, 1 s here, at the latest), then it is found.
 #[test]
 fn a_handler_giving_up_on_its_body_in_the_same_poll_is_found() {
-    maybe_worker();
-    support::own_process();
-    let mut w = Worker::start(
+    a_given_up_body_is_found(
         "a_handler_giving_up_on_its_body_in_the_same_poll_is_found",
-        "body",
-        &[
-            ("UNWEDGE_HANG_LIMIT", HANG_LIMIT),
-            ("UNWEDGE_IDLE_TIMEOUT", "1s"),
-        ],
+        "/give-up",
     );
-    let _given_up = begin_upload(w.addr.unwrap(), "/give-up", b"");
-    assert_found(&mut w, "PUT /give-up");
 }
 
 /// The same over HTTP/2 (h2c, prior knowledge): a stream whose client sent part of its body
@@ -245,11 +255,8 @@ fn a_handler_giving_up_on_its_body_in_the_same_poll_is_found() {
 /// request completes.
 #[test]
 fn a_stalled_http2_upload_does_not_wedge_a_quiet_process() {
-    maybe_worker();
-    support::own_process();
-    let mut w = Worker::start(
+    let mut w = body_worker(
         "a_stalled_http2_upload_does_not_wedge_a_quiet_process",
-        "body",
         &[("UNWEDGE_HANG_LIMIT", HANG_LIMIT)],
     );
     // Stalled for 2 s (more than six hang limits), the only request in flight: still live.
@@ -334,11 +341,8 @@ fn finish_upload(mut s: TcpStream, sent: usize) -> String {
 /// process (it would at the first tick after the body, the request counted from its start).
 #[test]
 fn work_after_a_slow_upload_is_timed_from_the_end_of_the_upload() {
-    maybe_worker();
-    support::own_process();
-    let mut w = Worker::start(
+    let mut w = body_worker(
         "work_after_a_slow_upload_is_timed_from_the_end_of_the_upload",
-        "body",
         &[("UNWEDGE_HANG_LIMIT", "1s")],
     );
     let mut slow = begin_upload(w.addr.unwrap(), "/upload-then-work", b"a");
@@ -361,11 +365,8 @@ fn work_after_a_slow_upload_is_timed_from_the_end_of_the_upload() {
 /// the reading task found), and the process stays live.
 #[test]
 fn a_body_read_by_another_task_still_waits_on_the_client() {
-    maybe_worker();
-    support::own_process();
-    let mut w = Worker::start(
+    let mut w = body_worker(
         "a_body_read_by_another_task_still_waits_on_the_client",
-        "body",
         &[("UNWEDGE_HANG_LIMIT", HANG_LIMIT)],
     );
     let slow = begin_upload(w.addr.unwrap(), "/spawned", b"abc");
@@ -399,11 +400,8 @@ fn a_body_read_by_another_task_still_waits_on_the_client() {
 /// the timeout again.
 #[test]
 fn a_client_silent_for_the_idle_timeout_loses_its_upload() {
-    maybe_worker();
-    support::own_process();
-    let mut w = Worker::start(
+    let mut w = body_worker(
         "a_client_silent_for_the_idle_timeout_loses_its_upload",
-        "body",
         &[("UNWEDGE_IDLE_TIMEOUT", "1s")],
     );
     let addr = w.addr.unwrap();
@@ -439,18 +437,10 @@ fn a_client_silent_for_the_idle_timeout_loses_its_upload() {
 /// behind, and the request is found.
 #[test]
 fn a_task_giving_up_on_the_body_it_was_given_is_found() {
-    maybe_worker();
-    support::own_process();
-    let mut w = Worker::start(
+    a_given_up_body_is_found(
         "a_task_giving_up_on_the_body_it_was_given_is_found",
-        "body",
-        &[
-            ("UNWEDGE_HANG_LIMIT", HANG_LIMIT),
-            ("UNWEDGE_IDLE_TIMEOUT", "1s"),
-        ],
+        "/spawned-give-up",
     );
-    let _given_up = begin_upload(w.addr.unwrap(), "/spawned-give-up", b"");
-    assert_found(&mut w, "PUT /spawned-give-up");
 }
 
 /// Not cut by the idle timeout (500 ms here): the body of a request that called
@@ -458,11 +448,8 @@ fn a_task_giving_up_on_the_body_it_was_given_is_found() {
 /// long (over HTTP/2 the connection's flow control may be what holds a client back).
 #[test]
 fn a_long_request_and_http2_bodies_are_not_cut() {
-    maybe_worker();
-    support::own_process();
-    let mut w = Worker::start(
+    let mut w = body_worker(
         "a_long_request_and_http2_bodies_are_not_cut",
-        "body",
         &[("UNWEDGE_IDLE_TIMEOUT", "500ms")],
     );
     let addr = w.addr.unwrap();
