@@ -319,6 +319,47 @@ async fn a_mutex_poisoned_by_a_panic_the_app_caught_itself_is_decided_by_the_pol
     .await
 }
 
+/// The same, but the handler repairs the mutex itself right after catching the panic
+/// (`into_inner`, fix, `clear_poison`) before it answers: nothing is left to decide, and no
+/// crash is requested.
+#[tokio::test]
+async fn a_mutex_the_app_repaired_after_catching_its_panic_is_not_decided() {
+    support::own_process();
+    within(async {
+        use futures_util::FutureExt;
+        let m = Arc::new(unwedge::Mutex::named("repaired", 0u32));
+        let app = Router::new()
+            .route(
+                "/inner",
+                post(|State(m): State<Arc<unwedge::Mutex<u32>>>| async move {
+                    let section = async {
+                        let mut g = m.lock().await.unwrap();
+                        *g += 1;
+                        if *g > 0 {
+                            panic!("half-way through");
+                        }
+                    };
+                    let caught = std::panic::AssertUnwindSafe(section).catch_unwind().await;
+                    assert!(caught.is_err());
+                    let mut g = m.lock().await.expect_err("poisoned").into_inner();
+                    *g = 0; // the invariant back
+                    m.clear_poison();
+                    drop(g);
+                    "repaired"
+                }),
+            )
+            .with_state(m.clone())
+            .layer(PanicLayer::new());
+        let addr = start(app).await;
+        let res = send(addr, "POST", "/inner", &[], "").await;
+        assert_eq!(res.status, 200);
+        assert!(!m.is_poisoned());
+        assert_eq!(unwedge::health::crash_reason(), None);
+        assert_eq!(unwedge::health().state, unwedge::HealthState::Healthy);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn bytecache_burn_poisons_the_mutex_and_auto_requests_a_crash() {
     support::own_process();

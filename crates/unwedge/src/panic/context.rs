@@ -15,7 +15,7 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use super::layer::RequestScope;
@@ -33,6 +33,10 @@ pub(crate) struct Captured {
     pub(crate) rolled_back: Vec<Arc<str>>,
     /// Names of the `Mutex`es this panic poisoned.
     pub(crate) poisoned: Vec<Arc<str>>,
+    /// The same `Mutex`es, in the same order, for [`settle_caught`]: a mutex the app has
+    /// repaired since (or dropped) is not decided. Only on the thread's stack: a capture
+    /// taken by [`take_for`] keeps the names only.
+    pub(crate) poisoned_locks: Vec<Weak<crate::sync::LockInfo>>,
     /// The request or task that was running when the panic started.
     pub(crate) scope: Option<Arc<Scope>>,
     /// Which panic of the process this is, from 1 in the order the hook saw them start (0:
@@ -50,6 +54,7 @@ impl Captured {
             at: SystemTime::now(),
             rolled_back: Vec::new(),
             poisoned: Vec::new(),
+            poisoned_locks: Vec::new(),
             scope: current_scope(),
             number: 0,
         }
@@ -220,8 +225,11 @@ pub(crate) fn record_rollback(name: &Arc<str>) {
 }
 
 /// Called by a `MutexGuard` dropped while its thread panics: the mutex is now poisoned.
-pub(crate) fn record_poison(name: &Arc<str>) {
-    with_current(|c| c.poisoned.push(name.clone()));
+pub(crate) fn record_poison(lock: &Arc<crate::sync::LockInfo>) {
+    with_current(|c| {
+        c.poisoned.push(lock.name().clone());
+        c.poisoned_locks.push(Arc::downgrade(lock));
+    });
 }
 
 /// When a request or task completed, and before a poll of one begins: a capture left on this
@@ -247,7 +255,11 @@ pub(crate) fn settle_caught() {
 fn settle(caught: Vec<Captured>) {
     let mut seen: Vec<Arc<str>> = Vec::new();
     for capture in caught {
-        for name in capture.poisoned {
+        for (name, lock) in capture.poisoned.into_iter().zip(&capture.poisoned_locks) {
+            // Repaired by the app since (`clear_poison`), or gone: nothing left to decide.
+            if !lock.upgrade().is_some_and(|l| l.is_poisoned()) {
+                continue;
+            }
             if !seen.contains(&name) {
                 let by = "a panic the app caught itself";
                 crate::sync::escalate_poison_in(&name, by, capture.scope.as_deref());

@@ -65,6 +65,7 @@ pub fn install() {
                 at: SystemTime::now(),
                 rolled_back: Vec::new(),
                 poisoned: Vec::new(),
+                poisoned_locks: Vec::new(),
                 scope: scope.clone(),
                 number: 0, // numbered by `begin`
             });

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex as StdMutex, MutexGuard as StdGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -151,8 +151,11 @@ fn now_nanos() -> u64 {
 /// (waiters, the watchdog) may see a mix of two holders at the instant of a hand-over, which
 /// is good enough for a report.
 #[derive(Debug)]
-pub(super) struct LockInfo {
+pub(crate) struct LockInfo {
     pub(super) name: Arc<str>,
+    /// The mutex is poisoned: a copy of the `Mutex`'s own flag, so that a panic's capture can
+    /// tell later whether the app has repaired it since (see `context::settle_caught`).
+    pub(super) poisoned: AtomicBool,
     /// Acquisitions so far; the holder fields belong to acquisition `generation`.
     generation: AtomicU64,
     /// The generation of the last release: the lock is held while `generation` is newer.
@@ -197,6 +200,7 @@ impl LockInfo {
     pub(super) fn new(name: Arc<str>) -> Self {
         LockInfo {
             name,
+            poisoned: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             released: AtomicU64::new(0),
             owner: AtomicU64::new(0),
@@ -206,6 +210,16 @@ impl LockInfo {
             scope: StdMutex::new(None),
             wait_limit_nanos: AtomicU64::new(0),
         }
+    }
+
+    /// The mutex's name.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Whether the mutex is poisoned now.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
     }
 
     pub(super) fn wait_limit(&self) -> Duration {
