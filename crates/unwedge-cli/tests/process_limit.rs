@@ -39,7 +39,11 @@ impl PidsCgroup {
                 ctl.split_whitespace().any(|c| c == "pids").then_some(dir)
             })
             .ok_or("no pids cgroup")?;
-        let dir = parent.join(format!("unwedge-pids-test-{}", std::process::id()));
+        // Unique even across PID namespaces (a pid repeats there), and across runs.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = parent.join(format!("unwedge-pids-test-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let cg = PidsCgroup(dir);
         cg.set_max("max")
@@ -92,13 +96,14 @@ async fn running_out_of_processes_is_retried_and_named() {
     };
     tokio::time::timeout(Duration::from_secs(90), async {
         let py = fixture("worker.py");
-        let join = format!("echo $$ > {} && exec \"$@\"", cg.procs().display());
+        // The shell joins the cgroup (its path as `$0`, quoted), then execs the supervisor.
+        let procs = cg.procs();
         let mut sup = Sup::start_program(
             "sh",
             &[
                 "-c",
-                &join,
-                "sh",
+                "echo $$ > \"$0\" && exec \"$@\"",
+                procs.to_str().expect("a UTF-8 cgroup path"),
                 BIN,
                 "run",
                 "--listen",

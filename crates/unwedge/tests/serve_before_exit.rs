@@ -52,6 +52,29 @@ fn maybe_worker() {
             drop(rt);
             std::process::exit(i32::from(outcome.exit_code()))
         }
+        // A retry: a first serve() that fails to start (its hook runs), then one that serves
+        // and crashes: its own hook runs before the exit.
+        "retry" => {
+            let first = PathBuf::from(format!("{}.first", mark.display()));
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .init();
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let failed = rt.block_on(
+                Server::new()
+                    .bind("unix:")
+                    .before_exit(move || std::fs::write(&first, "first hook ran").unwrap())
+                    .serve(app()),
+            );
+            assert_eq!(failed.exit_code(), 2, "{failed:?}");
+            let outcome = rt.block_on(
+                server
+                    .before_exit(move || std::fs::write(&mark, "hook ran").unwrap())
+                    .serve(app()),
+            );
+            panic!("serve() returned {outcome:?} instead of exiting");
+        }
         "hang" => support::run_worker(|| {
             server
                 .before_exit(move || {
@@ -184,6 +207,31 @@ fn a_failed_start_runs_the_before_exit_hook_before_serve_returns() {
         ],
     );
     assert_eq!(w.wait_exit(Duration::from_secs(30)), 2, "{}", w.log());
+    assert_eq!(
+        std::fs::read_to_string(&mark).ok().as_deref(),
+        Some("hook ran"),
+        "{}",
+        w.log()
+    );
+}
+
+/// A retry in one process: a first `serve()` fails to start and runs its hook; the second
+/// serves, crashes (exit 70), and its own hook runs before the exit (before, the first run
+/// spent the process's one run and the second hook never ran).
+#[test]
+fn a_serve_after_a_failed_one_runs_its_own_hook() {
+    maybe_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("mark");
+    let mut w = Worker::start(
+        "a_serve_after_a_failed_one_runs_its_own_hook",
+        "retry",
+        &[(MARK, mark.to_str().unwrap())],
+    );
+    assert_eq!(w.get("/panic").0, 500);
+    assert_eq!(w.wait_exit(Duration::from_secs(30)), 70, "{}", w.log());
+    let first = dir.path().join("mark.first");
+    assert_eq!(std::fs::read_to_string(first).unwrap(), "first hook ran");
     assert_eq!(
         std::fs::read_to_string(&mark).ok().as_deref(),
         Some("hook ran"),

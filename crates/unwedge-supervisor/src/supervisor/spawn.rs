@@ -117,13 +117,21 @@ impl Pool {
         let pid = child.id() as i32;
         let fmt = self.config.log_format;
         let cutoff = output::OutputCutoff::new();
-        if let Some(out) = child.stdout.take() {
-            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(out))?;
-            output::forward(rx, id.clone(), pid, Stream::Stdout, fmt, &cutoff);
-        }
-        if let Some(err) = child.stderr.take() {
-            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(err))?;
-            output::forward(rx, id.clone(), pid, Stream::Stderr, fmt, &cutoff);
+        let forward = |pipe: Option<OwnedFd>, stream| -> std::io::Result<()> {
+            if let Some(pipe) = pipe {
+                let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)?;
+                output::forward(rx, id.clone(), pid, stream, fmt, &cutoff);
+            }
+            Ok(())
+        };
+        let piped = forward(child.stdout.take().map(OwnedFd::from), Stream::Stdout)
+            .and_then(|()| forward(child.stderr.take().map(OwnedFd::from), Stream::Stderr));
+        if let Err(e) = piped {
+            // Started but not watched (no room to register its pipes): not left running
+            // untracked on the shared socket. Killed and reaped here, before `reap` sees it.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
         }
         drop(child); // reaped by `reap` (waitpid), not by std
         let now = Instant::now();
@@ -388,13 +396,15 @@ fn shortage_of(e: &std::io::Error) -> (&'static str, &'static str) {
     match e.raw_os_error().map(Errno::from_raw) {
         Some(Errno::EAGAIN) => (
             "processes",
-            "the process or thread limit is reached: raise `TasksMax=` (systemd), the pod's or \
-             cgroup's pid limit (`pids.max`) or `ulimit -u`, or look for what holds the processes",
+            "the process or thread limit is reached: raise `TasksMax=` or `LimitNPROC=` \
+             (systemd), the pod's or cgroup's pid limit (`pids.max`) or `ulimit -u`, or look \
+             for what holds the processes",
         ),
         Some(Errno::ENOMEM) => (
             "memory",
-            "raise `MemoryMax=` (systemd) or the pod's memory limit, or look for what holds the \
-             memory",
+            "the kernel refused to commit more memory (`vm.overcommit_memory=2` and its commit \
+             limit, or the machine is out of memory): look for what holds the memory, or raise \
+             the limit",
         ),
         _ => (
             "open files",

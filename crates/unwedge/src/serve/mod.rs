@@ -637,8 +637,12 @@ impl Server {
     ///
     /// ```
     /// use axum::{routing::get, Router};
-    /// let app: Router = Router::new().route("/livez", get(|| async { "alive, as I see it" }));
-    /// let server = unwedge::Server::new().without_health_routes(); // the app's `/livez` answers
+    /// // The app mounts unwedge's own probes where it likes (they fail when wedged or tainted;
+    /// // a `/livez` that always says "alive" would hide both).
+    /// let app: Router = Router::new()
+    ///     .route("/livez", get(|| async { unwedge::probe::livez() }))
+    ///     .route("/readyz", get(|| async { unwedge::probe::readyz() }));
+    /// let server = unwedge::Server::new().without_health_routes(); // the app's answer
     /// # let _ = (app, server);
     /// ```
     pub fn without_health_routes(mut self) -> Self {
@@ -809,9 +813,12 @@ impl Server {
     /// SIGTERM's graceful shutdown, [`exit_on_crash(false)`](Self::exit_on_crash), a start
     /// that failed) it runs just before: what it holds would otherwise never be dropped.
     ///
-    /// It runs once per process, on its own thread (the exit may come from the watchdog's thread while
+    /// It runs once, on its own thread (the exit may come from the watchdog's thread while
     /// runtime threads are blocked); the exit waits for it at most 5 s, so a hook that blocks
-    /// cannot keep a crashed process alive. A panic in it is logged and the exit goes on.
+    /// cannot keep a crashed process alive. A panic in it is logged and the exit goes on. A
+    /// `serve()` run after another returned (a retry after a failed start) runs its own hook
+    /// at its own end. After the hook ran, a backstop exit also writes its reason to stderr
+    /// directly (the hook may have shut the log writer down).
     ///
     /// ```no_run
     /// # async fn run() -> unwedge::serve::Outcome {
@@ -1198,11 +1205,16 @@ fn exit_backstop(tracker: Arc<Tracker>, crashing: bool) {
             let blocked_for = EXIT_BACKSTOP - Duration::from_millis(100);
             if let Some((d, label)) = tracker.polling_longer_than(blocked_for) {
                 let code = if crashing { EXIT_CRASH } else { 0 };
-                tracing::error!(
-                    request = %label,
+                let why = format!(
                     "{label} has blocked its thread for {:.1}s, past the drain deadline: the runtime cannot shut down; exiting with code {code}",
                     d.as_secs_f64()
                 );
+                tracing::error!(request = %label, "{why}");
+                // The before_exit hook ran when serve() returned: it may have shut the log
+                // writer down (its guard dropped), and this line is the only one that says why.
+                if BEFORE_EXIT_RAN.load(std::sync::atomic::Ordering::Relaxed) {
+                    eprintln!("unwedge: {}", crate::text::Escaped(&why));
+                }
                 exit_now(code);
             }
         });
@@ -1217,27 +1229,41 @@ const NOTIFY_FLUSH: Duration = Duration::from_secs(1);
 /// How long an exit waits for the [`Server::before_exit`] hook.
 const BEFORE_EXIT_LIMIT: Duration = Duration::from_secs(5);
 
-/// The hook of [`Server::before_exit`], for whichever thread exits.
-static BEFORE_EXIT: std::sync::Mutex<Option<ExitHook>> = std::sync::Mutex::new(None);
+/// The hooks of [`Server::before_exit`] not run yet (one per `serve()` that was given one),
+/// for whichever thread exits.
+static BEFORE_EXIT: std::sync::Mutex<Vec<ExitHook>> = std::sync::Mutex::new(Vec::new());
+
+/// A hook has run: what is logged after it may go nowhere (its log writer's guard dropped).
+static BEFORE_EXIT_RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn set_before_exit(hook: ExitHook) {
-    *BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    BEFORE_EXIT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(hook);
 }
 
-/// Runs the [`Server::before_exit`] hook once, on its own thread, waiting for it at most
-/// [`BEFORE_EXIT_LIMIT`]; a second exit (another thread's) waits for the first one's run.
+/// Runs the [`Server::before_exit`] hooks not run yet, in the order given, on a thread of
+/// their own, waiting for them at most [`BEFORE_EXIT_LIMIT`]; a second exit (another
+/// thread's) waits for the first one's run. A `serve()` that starts after another returned
+/// (a retry) has its hook run at its own end.
 fn run_before_exit() {
-    static RUN: std::sync::Once = std::sync::Once::new();
-    RUN.call_once(|| {
-        let Some(hook) = BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+    static RUNNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+    {
+        let hooks = std::mem::take(&mut *BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner()));
+        if hooks.is_empty() {
             return;
-        };
+        }
+        BEFORE_EXIT_RAN.store(true, std::sync::atomic::Ordering::Relaxed);
         let (done, finished) = std::sync::mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name("unwedge-before-exit".into())
             .spawn(move || {
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook)).is_err() {
-                    tracing::error!("the before_exit hook panicked");
+                for hook in hooks {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook)).is_err() {
+                        tracing::error!("the before_exit hook panicked");
+                    }
                 }
                 let _ = done.send(());
             });
@@ -1253,7 +1279,7 @@ fn run_before_exit() {
             }
             Err(e) => tracing::error!(error = %e, "cannot start the before_exit hook's thread"),
         }
-    });
+    }
 }
 
 /// Flushes what can be flushed (the notify queue, the [`Server::before_exit`] hook, stdout,
