@@ -572,10 +572,9 @@ impl Req {
         // A request let go is never older than another (see `Tracker::scan`), nor one whose
         // body a task of its own waits for (the blocked-poll check still times this poll); one
         // that waited for its client's body is as old as the time since it stopped waiting.
-        let clock = s.clock.load(Ordering::Relaxed);
         let started = match &self.client {
             _ if self.let_go => u64::MAX,
-            Some(c) if c.waiting(clock) => u64::MAX,
+            Some(c) if c.waiting(s.clock.load(Ordering::Relaxed)) => u64::MAX,
             Some(c) => self.started.max(c.resumed()),
             None => self.started,
         };

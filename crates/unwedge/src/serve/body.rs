@@ -88,7 +88,8 @@ pin_project! {
         #[pin]
         inner: hyper::body::Incoming,
         // `None` when the body was already complete (nothing to wait for).
-        wait: Option<WaitMark>,
+        // Boxed: a request without a body (most) moves a pointer, not the timer's state.
+        wait: Option<Box<WaitMark>>,
     }
 }
 
@@ -338,13 +339,13 @@ impl Incoming {
         (
             Incoming {
                 inner,
-                wait: Some(WaitMark {
+                wait: Some(Box::new(WaitMark {
                     shared,
                     idle,
                     timer: None,
                     rearm: false,
                     timed_out: false,
-                }),
+                })),
             },
             Some(wait),
         )

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use clap::Args;
 
@@ -66,9 +66,15 @@ pub(crate) struct ServeArgs {
     nodelay: bool,
 }
 
-/// The app every server serves: the smallest possible handler.
+/// The app every server serves: the smallest possible handler, and `POST /upload`, which
+/// reads the request body (its length).
 fn hello() -> Router {
-    Router::new().route("/", get(|| async { "Hello, World!" }))
+    Router::new()
+        .route("/", get(|| async { "Hello, World!" }))
+        .route(
+            "/upload",
+            post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        )
 }
 
 pub(crate) fn main(kind: Kind, args: ServeArgs) -> ExitCode {
