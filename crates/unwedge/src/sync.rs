@@ -401,7 +401,9 @@ impl<T: ?Sized> Mutex<T> {
 
     fn poison(&self, info: PoisonInfo) {
         tracing::error!(lock = %self.info.name, "{}", crate::text::Escaped(&info.to_string()));
-        *relock(&self.poison) = Some(Arc::new(info));
+        // Both flags under the lock, as `clear_poison` clears them: they never disagree.
+        let mut poison = relock(&self.poison);
+        *poison = Some(Arc::new(info));
         self.info.poisoned.store(true, Ordering::Release);
         self.poisoned.store(true, Ordering::Release);
     }

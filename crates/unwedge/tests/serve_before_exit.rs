@@ -75,6 +75,33 @@ fn maybe_worker() {
             );
             panic!("serve() returned {outcome:?} instead of exiting");
         }
+        // Two at once: B serves (its hook queued at its first poll) while A fails to start
+        // and returns: A's end must not run B's hook; B crashes, and its hook runs then.
+        "concurrent" => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .init();
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let b_mark = mark.clone();
+                let mut b = Box::pin(
+                    server
+                        .before_exit(move || std::fs::write(&b_mark, "hook ran").unwrap())
+                        .serve(app()),
+                );
+                assert!(futures_util::poll!(b.as_mut()).is_pending());
+                let a = Server::new()
+                    .bind("unix:")
+                    .before_exit(|| eprintln!("TEST: A's hook ran"))
+                    .serve(app())
+                    .await;
+                assert_eq!(a.exit_code(), 2, "{a:?}");
+                eprintln!("TEST: A returned; B's hook ran: {}", mark.exists());
+                let outcome = b.await;
+                panic!("serve() returned {outcome:?} instead of exiting");
+            })
+        }
         "hang" => support::run_worker(|| {
             server
                 .before_exit(move || {
@@ -232,6 +259,32 @@ fn a_serve_after_a_failed_one_runs_its_own_hook() {
     assert_eq!(w.wait_exit(Duration::from_secs(30)), 70, "{}", w.log());
     let first = dir.path().join("mark.first");
     assert_eq!(std::fs::read_to_string(first).unwrap(), "first hook ran");
+    assert_eq!(
+        std::fs::read_to_string(&mark).ok().as_deref(),
+        Some("hook ran"),
+        "{}",
+        w.log()
+    );
+}
+
+/// Two `serve()`s at once in one process: the one that fails to start runs its own hook,
+/// not the other's (which still serves, its log writer in use); the other crashes later and
+/// runs its own.
+#[test]
+fn a_serve_ending_runs_its_own_hook_not_another_running_ones() {
+    maybe_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("mark");
+    let mut w = Worker::start(
+        "a_serve_ending_runs_its_own_hook_not_another_running_ones",
+        "concurrent",
+        &[(MARK, mark.to_str().unwrap())],
+    );
+    w.expect("TEST: A's hook ran", Duration::from_secs(20));
+    let line = w.expect("TEST: A returned", Duration::from_secs(20));
+    assert!(line.ends_with("B's hook ran: false"), "{line}");
+    assert_eq!(w.get("/panic").0, 500);
+    assert_eq!(w.wait_exit(Duration::from_secs(30)), 70, "{}", w.log());
     assert_eq!(
         std::fs::read_to_string(&mark).ok().as_deref(),
         Some("hook ran"),

@@ -815,9 +815,9 @@ impl Server {
     ///
     /// It runs once, on its own thread (the exit may come from the watchdog's thread while
     /// runtime threads are blocked); the exit waits for it at most 5 s, so a hook that blocks
-    /// cannot keep a crashed process alive. A panic in it is logged and the exit goes on. A
-    /// `serve()` run after another returned (a retry after a failed start) runs its own hook
-    /// at its own end. After the hook ran, a backstop exit also writes its reason to stderr
+    /// cannot keep a crashed process alive. A panic in it is logged and the exit goes on. Each
+    /// `serve()` runs its own hook at its own end (a retry after a failed start; two servers
+    /// at once), and an exit runs every hook not run yet. After the hook ran, a backstop exit also writes its reason to stderr
     /// directly (the hook may have shut the log writer down).
     ///
     /// ```no_run
@@ -855,6 +855,8 @@ impl Server {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        // The hook first: a start that fails returns through it too.
+        let hook = self.before_exit.take().map(set_before_exit);
         let outcome = match self.run(app).await {
             Ok(outcome) => outcome,
             // Reported once, by `Outcome`'s `Termination` (or the caller).
@@ -864,8 +866,11 @@ impl Server {
             }
         };
         // The hook holds what `main` would have dropped (a log writer's guard): it runs now,
-        // not never (a static is not dropped when `main` returns).
-        run_before_exit();
+        // not never (a static is not dropped when `main` returns). Only this serve()'s: another
+        // one running meanwhile keeps its own until it ends.
+        if let Some(id) = hook {
+            run_before_exit(Some(id));
+        }
         outcome
     }
 
@@ -877,10 +882,6 @@ impl Server {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        // The hook first: a start that fails returns through it too.
-        if let Some(hook) = self.before_exit.take() {
-            set_before_exit(hook);
-        }
         // Configuration first, so that a malformed variable fails before any side effect.
         let activation = config::activation()?;
         let notify_target = config::notify_socket()?;
@@ -1229,29 +1230,40 @@ const NOTIFY_FLUSH: Duration = Duration::from_secs(1);
 /// How long an exit waits for the [`Server::before_exit`] hook.
 const BEFORE_EXIT_LIMIT: Duration = Duration::from_secs(5);
 
-/// The hooks of [`Server::before_exit`] not run yet (one per `serve()` that was given one),
-/// for whichever thread exits.
-static BEFORE_EXIT: std::sync::Mutex<Vec<ExitHook>> = std::sync::Mutex::new(Vec::new());
+/// The hooks of [`Server::before_exit`] not run yet (one per `serve()` that was given one,
+/// with its id), for whichever thread exits.
+static BEFORE_EXIT: std::sync::Mutex<Vec<(u64, ExitHook)>> = std::sync::Mutex::new(Vec::new());
 
 /// A hook has run: what is logged after it may go nowhere (its log writer's guard dropped).
 static BEFORE_EXIT_RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-fn set_before_exit(hook: ExitHook) {
+/// Queues `hook`; its id, for [`run_before_exit`].
+fn set_before_exit(hook: ExitHook) -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     BEFORE_EXIT
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(hook);
+        .push((id, hook));
+    id
 }
 
-/// Runs the [`Server::before_exit`] hooks not run yet, in the order given, on a thread of
-/// their own, waiting for them at most [`BEFORE_EXIT_LIMIT`]; a second exit (another
-/// thread's) waits for the first one's run. A `serve()` that starts after another returned
-/// (a retry) has its hook run at its own end.
-fn run_before_exit() {
+/// Runs the [`Server::before_exit`] hook `only` (the end of its `serve()`), or every hook not
+/// run yet (`None`: the process exits), in the order given, on a thread of their own, waiting
+/// for them at most [`BEFORE_EXIT_LIMIT`]; a second exit (another thread's) waits for the
+/// first one's run. Each hook runs once.
+fn run_before_exit(only: Option<u64>) {
     static RUNNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
     {
-        let hooks = std::mem::take(&mut *BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner()));
+        let hooks: Vec<ExitHook> = {
+            let mut queued = BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner());
+            let (run, keep) = std::mem::take(&mut *queued)
+                .into_iter()
+                .partition(|(id, _)| only.is_none_or(|only| *id == only));
+            *queued = keep;
+            run.into_iter().map(|(_, hook)| hook).collect()
+        };
         if hooks.is_empty() {
             return;
         }
@@ -1288,7 +1300,7 @@ pub(crate) fn exit_now(code: u8) -> ! {
     if let Some(n) = notify::current() {
         n.flush(NOTIFY_FLUSH);
     }
-    run_before_exit();
+    run_before_exit(None);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(i32::from(code))
