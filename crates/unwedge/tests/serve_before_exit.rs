@@ -56,11 +56,7 @@ fn maybe_worker() {
         // and crashes: its own hook runs before the exit.
         "retry" => {
             let first = PathBuf::from(format!("{}.first", mark.display()));
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_ansi(false)
-                .init();
-            let rt = tokio::runtime::Runtime::new().unwrap();
+            let rt = logging_to_stderr();
             let failed = rt.block_on(
                 Server::new()
                     .bind("unix:")
@@ -68,28 +64,15 @@ fn maybe_worker() {
                     .serve(app()),
             );
             assert_eq!(failed.exit_code(), 2, "{failed:?}");
-            let outcome = rt.block_on(
-                server
-                    .before_exit(move || std::fs::write(&mark, "hook ran").unwrap())
-                    .serve(app()),
-            );
+            let outcome = rt.block_on(server.before_exit(marks(mark)).serve(app()));
             panic!("serve() returned {outcome:?} instead of exiting");
         }
         // Two at once: B serves (its hook queued at its first poll) while A fails to start
         // and returns: A's end must not run B's hook; B crashes, and its hook runs then.
         "concurrent" => {
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_ansi(false)
-                .init();
-            let rt = tokio::runtime::Runtime::new().unwrap();
+            let rt = logging_to_stderr();
             rt.block_on(async move {
-                let b_mark = mark.clone();
-                let mut b = Box::pin(
-                    server
-                        .before_exit(move || std::fs::write(&b_mark, "hook ran").unwrap())
-                        .serve(app()),
-                );
+                let mut b = Box::pin(server.before_exit(marks(mark.clone())).serve(app()));
                 assert!(futures_util::poll!(b.as_mut()).is_pending());
                 let a = Server::new()
                     .bind("unix:")
@@ -112,6 +95,31 @@ fn maybe_worker() {
         }),
         other => panic!("unknown mode {other}"),
     }
+}
+
+/// Logs to stderr (the test reads it); the runtime to serve on.
+fn logging_to_stderr() -> tokio::runtime::Runtime {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+/// A hook that writes "hook ran" into `mark`.
+fn marks(mark: PathBuf) -> impl FnOnce() + Send + 'static {
+    move || std::fs::write(&mark, "hook ran").unwrap()
+}
+
+/// The worker's hook wrote "hook ran" into `mark`.
+#[track_caller]
+fn assert_hook_ran(w: &mut Worker, mark: &std::path::Path) {
+    assert_eq!(
+        std::fs::read_to_string(mark).ok().as_deref(),
+        Some("hook ran"),
+        "{}",
+        w.log()
+    );
 }
 
 /// Logs through `tracing_appender::non_blocking` into `$UNWEDGE_TEST_LOG`; `server`'s hook
@@ -234,12 +242,7 @@ fn a_failed_start_runs_the_before_exit_hook_before_serve_returns() {
         ],
     );
     assert_eq!(w.wait_exit(Duration::from_secs(30)), 2, "{}", w.log());
-    assert_eq!(
-        std::fs::read_to_string(&mark).ok().as_deref(),
-        Some("hook ran"),
-        "{}",
-        w.log()
-    );
+    assert_hook_ran(&mut w, &mark);
 }
 
 /// A retry in one process: a first `serve()` fails to start and runs its hook; the second
@@ -259,12 +262,7 @@ fn a_serve_after_a_failed_one_runs_its_own_hook() {
     assert_eq!(w.wait_exit(Duration::from_secs(30)), 70, "{}", w.log());
     let first = dir.path().join("mark.first");
     assert_eq!(std::fs::read_to_string(first).unwrap(), "first hook ran");
-    assert_eq!(
-        std::fs::read_to_string(&mark).ok().as_deref(),
-        Some("hook ran"),
-        "{}",
-        w.log()
-    );
+    assert_hook_ran(&mut w, &mark);
 }
 
 /// Two `serve()`s at once in one process: the one that fails to start runs its own hook,
@@ -285,10 +283,5 @@ fn a_serve_ending_runs_its_own_hook_not_another_running_ones() {
     assert!(line.ends_with("B's hook ran: false"), "{line}");
     assert_eq!(w.get("/panic").0, 500);
     assert_eq!(w.wait_exit(Duration::from_secs(30)), 70, "{}", w.log());
-    assert_eq!(
-        std::fs::read_to_string(&mark).ok().as_deref(),
-        Some("hook ran"),
-        "{}",
-        w.log()
-    );
+    assert_hook_ran(&mut w, &mark);
 }
