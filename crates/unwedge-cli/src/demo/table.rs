@@ -15,6 +15,12 @@ use super::scenario::{Action, Own, Record, SideResult};
 /// a hang) are lost: the margin after the worker's exit within which a failure counts so.
 const KILL_MARGIN: Duration = Duration::from_millis(300);
 
+/// How long before the demo saw the supervisor's hang verdict its kill may already have cut
+/// requests: the supervisor signals the worker and then publishes the event, which the demo's
+/// subscriber takes when its task next runs (tens of milliseconds later on a loaded machine:
+/// a request reset 10 ms "before" the verdict failed CI once).
+const HANG_EVENT_LAG: Duration = Duration::from_millis(200);
+
 /// One side's figures.
 #[derive(Debug, Clone)]
 pub(crate) struct Analysis {
@@ -72,7 +78,8 @@ pub(crate) fn analyse(
     for (t, e) in log {
         if let Event::Hung { pid, .. } = e {
             let end = exit_of(*pid, *t).unwrap_or(*t + Duration::from_secs(5));
-            windows.push((*t, end + KILL_MARGIN));
+            let start = t.checked_sub(HANG_EVENT_LAG).unwrap_or(*t);
+            windows.push((start, end + KILL_MARGIN));
         }
     }
     for r in &side.injected {
@@ -904,6 +911,35 @@ mod tests {
         let exits = [exited(t0, 2.02, 42), exited(t0, 2.36, 43)];
         let a = analyse(&close, &exits, &Counters::default());
         assert_eq!((a.lost_to_kill, a.reset_unattributed), (1, 0));
+    }
+
+    /// The supervisor kills a hung worker, then publishes its verdict, which the demo sees a
+    /// little later: a request cut by that kill just before the demo saw the verdict is lost
+    /// to it; one cut well before is not excused.
+    #[test]
+    fn a_reset_just_before_a_hang_verdict_is_seen_is_lost_to_the_kill() {
+        let t0 = Instant::now();
+        let hung = |at: f64| {
+            let e = Event::Hung {
+                worker: "w2".into(),
+                pid: 43,
+                kind: unwedge_supervisor::HangKind::Wedged,
+                detail: "deadlock".into(),
+                stopping: false,
+            };
+            (t0 + Duration::from_secs_f64(at), e)
+        };
+        let log = [hung(1.29), exited(t0, 1.30, 43)];
+        let mut run = side(t0, &[], vec![]);
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        run.own.failures = vec![(at(1.28), Reply::Reset)];
+        let a = analyse(&run, &log, &Counters::default());
+        assert!(a.unattributed_at.is_empty(), "{:?}", a.unattributed_at);
+        assert!(problems(&a, true).is_empty(), "{:?}", problems(&a, true));
+
+        run.own.failures = vec![(at(0.9), Reply::Reset)];
+        let a = analyse(&run, &log, &Counters::default());
+        assert_eq!(a.unattributed_at, ["reset at 0.90s (own request)"]);
     }
 
     #[test]
