@@ -166,19 +166,7 @@ fn begin_upload(addr: SocketAddr, path: &str, first: &[u8]) -> TcpStream {
 /// itself (the positive control of each test: its watchdog was watching all along).
 #[track_caller]
 fn assert_found(w: &mut Worker, oldest: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let reason = loop {
-        let (status, res) = w.get("/livez");
-        if status == 503 {
-            break res;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{oldest}, waiting on itself, was never found: {res}\n{}",
-            w.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let reason = w.wait_livez_fails(&format!("{oldest}, waiting on itself, was never found"));
     assert!(reason.contains(&format!("oldest {oldest}")), "{reason}");
 }
 

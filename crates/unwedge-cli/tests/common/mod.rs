@@ -525,6 +525,21 @@ pub fn skip_env(why: &str) {
     println!("SKIPPED (this environment): {why}");
 }
 
+/// Removes the cgroup directory `dir` a test made, SIGKILLing what is left in it first
+/// (retried for up to 2 s while its processes die).
+pub fn remove_cgroup(dir: &std::path::Path) {
+    for _ in 0..100 {
+        let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if std::fs::remove_dir(dir).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A process left running by a test, SIGKILLed when dropped (if it still runs `program`: its
 /// pid may have been reused by then).
 pub struct Stray {

@@ -218,7 +218,7 @@ struct WaitMark {
     /// A frame came since the timer was armed.
     rearm: bool,
     /// The timer ran out: the body ends with that error, whatever comes later.
-    timed_out: bool,
+    timed_out: Option<Duration>,
 }
 
 impl WaitMark {
@@ -245,7 +245,7 @@ impl WaitMark {
         self.rearm = false;
         let timer = self.timer.as_mut()?;
         if timer.as_mut().poll(cx).is_ready() {
-            self.timed_out = true;
+            self.timed_out = Some(*idle);
             self.timer = None;
             return Some(*idle);
         }
@@ -344,7 +344,7 @@ impl Incoming {
                     idle,
                     timer: None,
                     rearm: false,
-                    timed_out: false,
+                    timed_out: None,
                 })),
             },
             Some(wait),
@@ -390,8 +390,7 @@ impl Body for Incoming {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
-        if let Some(mark) = this.wait.as_ref().filter(|m| m.timed_out) {
-            let idle = mark.idle.as_ref().map_or(Duration::ZERO, |(d, _)| *d);
+        if let Some(idle) = this.wait.as_ref().and_then(|m| m.timed_out) {
             return Poll::Ready(Some(Err(BodyError(BodyErrorKind::TimedOut(idle)))));
         }
         let out = this.inner.poll_frame(cx);

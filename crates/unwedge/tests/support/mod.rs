@@ -193,6 +193,24 @@ impl Worker {
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     }
 
+    /// Polls `/livez` (every 50 ms, 20 s at most) until it fails: the 503 response.
+    #[track_caller]
+    pub fn wait_livez_fails(&mut self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, res) = self.get("/livez");
+            if status == 503 {
+                return res;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: /livez never failed: {res}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `GET path` on a new connection: the status and the whole response.
     pub fn get(&self, path: &str) -> (u16, String) {
         get(self.addr.expect("listening"), path)
