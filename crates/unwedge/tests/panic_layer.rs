@@ -2,7 +2,7 @@
 //!
 //! Each test runs in its own process under `cargo nextest run`, so the process-wide health
 //! registry and crash signal start clean in each; the tests that rely on that, or change the
-//! panic hook or the `tracing` subscriber, check it first (`support::own_process`). The apps
+//! panic hook or the `tracing` subscriber, check it first (`support::own_process!`). The apps
 //! are axum routers that mount `unwedge::probe::router`: the file needs the (default) `axum`
 //! feature.
 #![cfg(feature = "axum")]
@@ -165,7 +165,7 @@ fn comments_app(comments: Arc<Tx<Vec<String>>>, layer: PanicLayer) -> Router {
 
 #[tokio::test]
 async fn comments_out_of_range_panic_answers_500_and_rolls_back() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let comments = Arc::new(Tx::named("comments", vec!["first".to_owned()]));
         let keep = Keep::default();
@@ -287,7 +287,7 @@ fn new_cache() -> Cache {
 /// a crash) instead of leaving every later `lock()` an error on a process that looks healthy.
 #[tokio::test]
 async fn a_mutex_poisoned_by_a_panic_the_app_caught_itself_is_decided_by_the_policy() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let m = Arc::new(unwedge::Mutex::named("inner", 0u32));
         let app = Router::new()
@@ -324,7 +324,7 @@ async fn a_mutex_poisoned_by_a_panic_the_app_caught_itself_is_decided_by_the_pol
 /// crash is requested.
 #[tokio::test]
 async fn a_mutex_the_app_repaired_after_catching_its_panic_is_not_decided() {
-    support::own_process();
+    support::own_process!();
     within(async {
         use futures_util::FutureExt;
         let m = Arc::new(unwedge::Mutex::named("repaired", 0u32));
@@ -362,7 +362,7 @@ async fn a_mutex_the_app_repaired_after_catching_its_panic_is_not_decided() {
 
 #[tokio::test]
 async fn bytecache_burn_poisons_the_mutex_and_auto_requests_a_crash() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let keep = Keep::default();
         let addr = start(cache_app(
@@ -404,7 +404,7 @@ async fn bytecache_burn_poisons_the_mutex_and_auto_requests_a_crash() {
 
 #[tokio::test]
 async fn bytecache_burn_under_recover_keeps_serving_and_lock_reports_poison() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let cache = new_cache();
         let addr = start(cache_app(
@@ -478,7 +478,7 @@ async fn cancelled_section_app(layer: PanicLayer) -> Ledger {
 /// would be: `Recover` keeps the process serving, the mutex poisoned for repair.
 #[tokio::test]
 async fn a_section_cancelled_under_a_recover_layer_leaves_the_process_serving() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let ledger = cancelled_section_app(PanicLayer::with_policy(Policy::Recover)).await;
         let Err(err) = ledger.lock().await else {
@@ -495,7 +495,7 @@ async fn a_section_cancelled_under_a_recover_layer_leaves_the_process_serving() 
 /// graceful crash for a poisoned mutex.
 #[tokio::test]
 async fn a_section_cancelled_under_a_default_layer_follows_the_process_policy() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let ledger = cancelled_section_app(PanicLayer::new()).await;
         assert!(ledger.is_poisoned());
@@ -510,7 +510,7 @@ async fn a_section_cancelled_under_a_default_layer_follows_the_process_policy() 
 /// `Auto` crashes for the poisoned mutex. Nothing is lost for want of a response to answer.
 #[tokio::test]
 async fn a_panic_in_the_drop_of_a_cancelled_request_is_reported_and_decided() {
-    support::own_process();
+    support::own_process!();
     struct Fails;
     impl Drop for Fails {
         fn drop(&mut self) {
@@ -566,7 +566,7 @@ async fn a_panic_in_the_drop_of_a_cancelled_request_is_reported_and_decided() {
 
 #[tokio::test]
 async fn six_panics_in_ten_seconds_under_auto_request_a_crash() {
-    support::own_process();
+    support::own_process!();
     within(async {
         // Untracked state: a std lock that unwedge cannot see.
         let hits = Arc::new(StdMutex::new(0u64));
@@ -602,7 +602,7 @@ async fn six_panics_in_ten_seconds_under_auto_request_a_crash() {
 
 #[tokio::test]
 async fn panic_after_an_await_is_caught_like_one_in_call() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let keep = Keep::default();
         let app = Router::new()
@@ -830,7 +830,7 @@ impl std::io::Write for LogBuf {
 
 #[tokio::test]
 async fn authorization_and_cookies_never_reach_the_report_or_the_logs() {
-    support::own_process();
+    support::own_process!();
     let logs = LogBuf::capture();
     within(async {
         let keep = Keep::default();
@@ -878,7 +878,7 @@ async fn authorization_and_cookies_never_reach_the_report_or_the_logs() {
 /// it is written escaped, so it cannot forge a log line or drive a terminal.
 #[tokio::test]
 async fn a_huge_or_multiline_panic_message_is_cut_and_logged_escaped() {
-    support::own_process();
+    support::own_process!();
     let logs = LogBuf::capture();
     within(async {
         let keep = Keep::default();
@@ -941,7 +941,7 @@ async fn a_huge_or_multiline_panic_message_is_cut_and_logged_escaped() {
 
 #[tokio::test]
 async fn an_api_key_header_listed_for_reports_is_shown_redacted() {
-    support::own_process();
+    support::own_process!();
     let logs = LogBuf::capture();
     within(async {
         let keep = Keep::default();
@@ -990,7 +990,7 @@ async fn an_api_key_header_listed_for_reports_is_shown_redacted() {
 
 #[tokio::test]
 async fn credentials_a_panic_message_quotes_never_reach_the_report_the_logs_or_the_client() {
-    support::own_process();
+    support::own_process!();
     let logs = LogBuf::capture();
     within(async {
         let keep = Keep::default();
@@ -1069,7 +1069,7 @@ async fn credentials_a_panic_message_quotes_never_reach_the_report_the_logs_or_t
 
 #[tokio::test]
 async fn a_url_password_in_a_panic_message_never_reaches_the_report_the_logs_or_the_client() {
-    support::own_process();
+    support::own_process!();
     let logs = LogBuf::capture();
     within(async {
         let keep = Keep::default();
@@ -1208,7 +1208,7 @@ async fn request_id_is_echoed_generated_or_replaced() {
 
 #[tokio::test]
 async fn crash_policy_requests_a_crash_even_when_the_state_rolled_back() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let comments = Arc::new(Tx::named("comments", vec!["a".to_owned()]));
         let layer = PanicLayer::with_policy(Policy::Crash);
@@ -1329,7 +1329,7 @@ async fn a_report_carries_nothing_of_an_earlier_request() {
 /// `JoinError::into_panic` idiom and rayon re-raise panics).
 #[tokio::test]
 async fn a_resumed_panic_is_not_reported_with_an_earlier_caught_panics_details() {
-    support::own_process();
+    support::own_process!();
     use tower::ServiceExt;
     within(async {
         let stale = Tx::named("stale-tx", 0u32);
@@ -1400,7 +1400,7 @@ fn boom_app_under_a_counting_hook(seen: &'static std::sync::atomic::AtomicUsize)
 /// installed before unwedge's (std's printing one by default) still sees a request's panic.
 #[tokio::test]
 async fn without_a_tracing_subscriber_the_previous_hook_still_sees_a_request_panic() {
-    support::own_process();
+    support::own_process!();
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::ServiceExt;
     static SEEN: AtomicUsize = AtomicUsize::new(0);
@@ -1426,7 +1426,7 @@ async fn without_a_tracing_subscriber_the_previous_hook_still_sees_a_request_pan
 /// replaces that line.
 #[tokio::test]
 async fn a_tracing_filter_that_leaves_unwedge_out_still_gets_std_panic_line() {
-    support::own_process();
+    support::own_process!();
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::ServiceExt;
     use tracing_subscriber::layer::SubscriberExt;
@@ -1467,7 +1467,7 @@ async fn a_tracing_filter_that_leaves_unwedge_out_still_gets_std_panic_line() {
 /// (the mutex poisoned, the location), so `Auto` still crashes.
 #[tokio::test(flavor = "current_thread")]
 async fn a_guarded_body_dropped_while_a_panic_unwinds_keeps_that_panics_report() {
-    support::own_process();
+    support::own_process!();
     use std::sync::atomic::{AtomicU32, Ordering};
     use tower::ServiceExt;
     static PANIC_LINE: AtomicU32 = AtomicU32::new(0);
@@ -1513,7 +1513,7 @@ async fn a_guarded_body_dropped_while_a_panic_unwinds_keeps_that_panics_report()
 
 #[tokio::test]
 async fn a_panic_caught_inside_a_drop_while_unwinding_keeps_the_first_panics_report() {
-    support::own_process();
+    support::own_process!();
     use std::sync::atomic::{AtomicU32, Ordering};
     use tower::ServiceExt;
     static PANIC_LINE: AtomicU32 = AtomicU32::new(0);

@@ -35,7 +35,7 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
 #[cfg(feature = "axum")]
 #[tokio::test]
 async fn axum_router_follows_health() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -74,7 +74,7 @@ async fn axum_router_follows_health() {
 
 #[tokio::test]
 async fn probes_service_with_a_hyper_server() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -134,7 +134,6 @@ fn maybe_worker() {
 /// The worker of the test `test` (this process, when it is the worker), with `env`.
 fn body_worker(test: &str, env: &[(&str, &str)]) -> Worker {
     maybe_worker();
-    support::own_process();
     Worker::start(test, "body", env)
 }
 

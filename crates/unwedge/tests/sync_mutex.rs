@@ -1,7 +1,7 @@
 //! `unwedge::Mutex`: poisoning and repair, cancellation, timeouts, the wait watchdog, deadlock
 //! detection, bounds. Each test runs in its own process under nextest, so the process-wide
 //! health registry starts clean in each; the tests that rely on that check it first
-//! (`support::own_process`).
+//! (`support::own_process!`).
 
 mod support;
 
@@ -113,7 +113,7 @@ async fn normal_drop_does_not_poison() {
 /// A section the panic broke off, in the same unwinding, still poisons.
 #[tokio::test]
 async fn a_section_run_whole_during_another_panics_unwinding_does_not_poison() {
-    support::own_process();
+    support::own_process!();
     struct Registration(Arc<Mutex<Vec<u32>>>, u32);
     impl Drop for Registration {
         fn drop(&mut self) {
@@ -177,7 +177,7 @@ async fn a_section_run_whole_during_another_panics_unwinding_does_not_poison() {
 /// already handled panic: its message is unknown, not the old one's.
 #[tokio::test]
 async fn a_poison_is_not_blamed_on_an_earlier_panic_already_caught() {
-    support::own_process();
+    support::own_process!();
     unwedge::install();
     unwedge::panic::set_policy(unwedge::Policy::Recover);
     let m = Arc::new(Mutex::named("resumed", 0));
@@ -198,7 +198,7 @@ async fn a_poison_is_not_blamed_on_an_earlier_panic_already_caught() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_waiter_leaves_lock_free() {
-    support::own_process();
+    support::own_process!();
     bounded(async {
         let m = Arc::new(Mutex::named("queue", 0));
         let held = m.lock().await.unwrap();
@@ -301,7 +301,7 @@ fn zero_wait_limit_panics_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_over_limit_marks_wedged_naming_the_holder_then_clears() {
-    support::own_process();
+    support::own_process!();
     bounded(async {
         let m = Arc::new(Mutex::named("cache", 0).wait_limit(Duration::from_millis(200)));
         let (locked_tx, locked_rx) = oneshot::channel();
@@ -341,7 +341,7 @@ async fn wait_over_limit_marks_wedged_naming_the_holder_then_clears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_wait_over_limit_clears_its_wedge() {
-    support::own_process();
+    support::own_process!();
     bounded(async {
         let m = Arc::new(Mutex::named("cache", 0).wait_limit(Duration::from_millis(100)));
         let _held = m.lock().await.unwrap();
@@ -362,7 +362,7 @@ async fn cancelled_wait_over_limit_clears_its_wedge() {
 /// covers spawning the two tasks and their barrier on a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ab_ba_deadlock_is_reported_before_any_wait_limit() {
-    support::own_process();
+    support::own_process!();
     bounded(async {
         let x = Arc::new(Mutex::named("x", ()));
         let y = Arc::new(Mutex::named("y", ()));
@@ -406,7 +406,7 @@ async fn ab_ba_deadlock_is_reported_before_any_wait_limit() {
 
 #[tokio::test]
 async fn commit_guard_poisons_when_dropped_uncommitted() {
-    support::own_process();
+    support::own_process!();
     bounded(async {
         let m = Arc::new(Mutex::named("accounts", [100i64, 0]));
         // A section cancelled at an .await, between its two writes.
@@ -493,7 +493,7 @@ fn bounds() {
 /// to repair; the process stays healthy.
 #[tokio::test]
 async fn under_recover_an_uncommitted_section_only_poisons() {
-    support::own_process();
+    support::own_process!();
     bounded(async {
         unwedge::panic::set_policy(unwedge::Policy::Recover);
         let m = Mutex::named("ledger", 0);
@@ -509,7 +509,7 @@ async fn under_recover_an_uncommitted_section_only_poisons() {
 /// process-wide policy (Auto) asks for a graceful crash.
 #[tokio::test]
 async fn a_mutex_poisoned_by_a_panic_outside_any_request_requests_a_crash() {
-    support::own_process();
+    support::own_process!();
     bounded(async {
         let m = Arc::new(Mutex::named("outside", 0));
         let m2 = m.clone();
@@ -541,7 +541,7 @@ async fn a_mutex_poisoned_by_a_panic_outside_any_request_requests_a_crash() {
 /// stays healthy, and the second gets the lock.
 #[tokio::test]
 async fn joined_futures_of_one_task_taking_turns_are_not_a_deadlock() {
-    support::own_process();
+    support::own_process!();
     bounded(async {
         let m = Mutex::named("turns", 0);
         let (tx, rx) = oneshot::channel::<()>();

@@ -41,7 +41,7 @@ fn flaky(
 
 #[tokio::test]
 async fn a_panicking_task_is_restarted_and_the_restarts_counted() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let handle = unwedge::spawn("flaky", flaky(2, tx));
@@ -77,7 +77,7 @@ async fn a_task_that_returns_is_not_restarted() {
 
 #[tokio::test]
 async fn under_crash_a_task_panic_requests_a_crash() {
-    support::own_process();
+    support::own_process!();
     within(async {
         unwedge::panic::set_policy(Policy::Crash);
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -97,7 +97,7 @@ async fn under_crash_a_task_panic_requests_a_crash() {
 
 #[tokio::test]
 async fn a_task_that_poisons_a_mutex_escalates_under_auto() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let m = Arc::new(unwedge::Mutex::named("jobs", Vec::<u32>::new()));
         let handle = unwedge::spawn("worker", {
@@ -127,7 +127,7 @@ async fn a_task_that_poisons_a_mutex_escalates_under_auto() {
 /// crash), not left poisoned on a healthy-looking process.
 #[tokio::test]
 async fn a_mutex_poisoned_by_a_panic_the_task_caught_itself_is_decided_by_the_policy() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let m = Arc::new(unwedge::Mutex::named("caught", 0u32));
         let handle = unwedge::task::spawn_once("job", {
@@ -156,7 +156,7 @@ async fn a_mutex_poisoned_by_a_panic_the_task_caught_itself_is_decided_by_the_po
 
 #[tokio::test]
 async fn a_one_shot_task_panic_is_reported_without_restart() {
-    support::own_process();
+    support::own_process!();
     within(async {
         let handle = unwedge::task::spawn_once("warmup", async { panic!("warmup failed") });
         assert_eq!(handle.await.unwrap(), TaskExit::Finished);

@@ -3,7 +3,7 @@
 //! port from the `serving` log line and talks HTTP/1.1 over real TCP.
 //!
 //! Each test file includes this with `mod support;` and uses the parts it needs; tests that
-//! change process-wide state call [`own_process`] first.
+//! change process-wide state start with [`own_process!`].
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,18 +13,58 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// For a test that changes process-wide state (the health registry, the panic policy, the
-/// panic hook, the `tracing` subscriber) or needs it fresh: panics unless the test has its
-/// process to itself, as under `cargo nextest run`. Under `cargo test` the tests of a file
-/// share one process and would fail each other in confusing ways (a panic count of 7 for 6, a
-/// crash reason from another test).
+/// panic hook, the `tracing` subscriber) or needs it fresh, as its first statement: the test
+/// goes on only where it has its process to itself. Under `cargo nextest run` (one process per
+/// test) it always does. Under `cargo test` the tests of a file share one process and would
+/// fail each other in confusing ways (a panic count of 7 for 6, a crash reason from another
+/// test), so the test is run again alone, in a child process of this test binary, fails as
+/// that run failed, and otherwise returns here with its work done by the child.
+macro_rules! own_process {
+    () => {
+        if !$crate::support::alone() {
+            return;
+        }
+    };
+}
+pub(crate) use own_process;
+
+/// The variable a re-run of this binary for one test gets (see [`own_process!`]).
+const ALONE: &str = "UNWEDGE_TEST_ALONE";
+
+/// Whether the calling test has its process to itself; if it does not, runs it alone in a
+/// child process first (see [`own_process!`]).
 #[track_caller]
-pub fn own_process() {
-    let nextest = std::env::var_os("NEXTEST").is_some();
-    let mode = std::env::var("NEXTEST_EXECUTION_MODE");
+pub fn alone() -> bool {
+    let nextest = std::env::var_os("NEXTEST").is_some()
+        && std::env::var("NEXTEST_EXECUTION_MODE").as_deref() == Ok("process-per-test");
+    if nextest || std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    // libtest names each test's thread after the test.
+    let thread = std::thread::current();
+    let name = match thread.name() {
+        Some(name) if name != "main" => name,
+        _ => panic!(
+            "this test changes process-wide state and cannot tell its name to run alone: \
+             run it with `cargo nextest run` (one process per test)"
+        ),
+    };
+    let out = Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE, name)
+        .stdin(Stdio::null())
+        .output()
+        .expect("re-running the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // A name that matched no test would pass with nothing run.
     assert!(
-        nextest && mode.as_deref() == Ok("process-per-test"),
-        "this test changes process-wide state; run it with `cargo nextest run` (one process per test)"
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "`{name}` changes process-wide state and ran alone in a child process of the test \
+         binary, which failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
+    false
 }
 
 /// The variable that turns the test binary into a worker; its value selects the mode.
