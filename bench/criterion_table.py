@@ -58,6 +58,10 @@ STATE_RATIOS = [
     ("`Tx::read`, writer every 1 µs / idle", W + "Tx__read, writer every 1us",
      W + "Tx__read, idle", "≤ 2×"),
     ("`Tx::update` imbl 100k, 1 thread", "update/Tx__update imbl 100k/1", None, "< 2 µs"),
+    ("floor: imbl copy-on-write of the 100k map, no `Tx`, 1 thread",
+     "update/floor imbl copy-on-write, no Tx/1", None, "no target: no `Tx::update` goes below it"),
+    ("`Tx::update` imbl 100k / its floor, 1 thread", "update/Tx__update imbl 100k/1",
+     "update/floor imbl copy-on-write, no Tx/1", "the cost `Tx` adds"),
     ("`unwedge::Mutex` / tokio's, uncontended", "mutex uncontended lock+unlock/unwedge__Mutex",
      "mutex uncontended lock+unlock/tokio__sync__Mutex", "≤ 1.5×"),
 ]

@@ -299,6 +299,23 @@ fn updates(c: &mut Criterion) {
             },
         );
     }
+    // The floor of the 100k-entry update: the persistent map's own copy-on-write (an O(1)
+    // clone, the insert copying the path to the key, the old version's unshared nodes freed),
+    // with no `Tx` around it (no arc-swap, no writer lock, no rollback bookkeeping). No
+    // `Tx::update` of the map can cost less on this machine.
+    let mut floor_map = Arc::new(big_map());
+    g.bench_function(
+        BenchmarkId::new("floor imbl copy-on-write, no Tx", 1),
+        |b| {
+            b.iter_custom(|iters| {
+                timed(iters, &Barrier::new(1), |i| {
+                    let mut next = (*floor_map).clone();
+                    next.insert(i.wrapping_mul(7919) % 100_000, i);
+                    floor_map = Arc::new(next);
+                })
+            })
+        },
+    );
     g.finish();
 }
 
