@@ -360,6 +360,174 @@ async fn a_mutex_the_app_repaired_after_catching_its_panic_is_not_decided() {
     .await
 }
 
+/// A handler that catches a panic poisoning a mutex, then waits (an `.await` that pends: a
+/// log write, another lock) before it repairs the mutex: the repair comes before the request
+/// ends, so nothing is left to decide. A mutex another handler leaves poisoned after such a
+/// wait is decided when its request ends, by the policy (under Auto, a crash).
+#[tokio::test]
+async fn a_caught_poison_is_decided_when_the_request_ends_not_when_it_waits() {
+    support::own_process!();
+    within(async {
+        use futures_util::FutureExt;
+        type Locks = (Arc<unwedge::Mutex<u32>>, Arc<unwedge::Mutex<u32>>);
+        async fn poison_and_catch(m: &unwedge::Mutex<u32>) {
+            let section = async {
+                let mut g = m.lock().await.unwrap();
+                *g += 1;
+                if *g > 0 {
+                    panic!("half-way through");
+                }
+            };
+            let caught = std::panic::AssertUnwindSafe(section).catch_unwind().await;
+            assert!(caught.is_err());
+            // Pends: the request yields to the runtime before going on.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let repaired = Arc::new(unwedge::Mutex::named("repaired-later", 0u32));
+        let left = Arc::new(unwedge::Mutex::named("left-poisoned", 0u32));
+        let app = Router::new()
+            .route(
+                "/repair",
+                post(|State((m, _)): State<Locks>| async move {
+                    poison_and_catch(&m).await;
+                    let mut g = m.lock().await.expect_err("poisoned").into_inner();
+                    *g = 0; // the invariant back
+                    m.clear_poison();
+                    drop(g);
+                    "repaired"
+                }),
+            )
+            .route(
+                "/leave",
+                post(|State((_, m)): State<Locks>| async move {
+                    poison_and_catch(&m).await;
+                    "left"
+                }),
+            )
+            .with_state((repaired.clone(), left.clone()))
+            .layer(PanicLayer::new());
+        let addr = start(app).await;
+
+        let res = send(addr, "POST", "/repair", &[], "").await;
+        assert_eq!(res.status, 200, "{}", res.body);
+        assert!(!repaired.is_poisoned());
+        assert_eq!(unwedge::health::crash_reason(), None);
+        assert_eq!(unwedge::health().state, unwedge::HealthState::Healthy);
+
+        let res = send(addr, "POST", "/leave", &[], "").await;
+        assert_eq!(res.status, 200, "{}", res.body);
+        let reason = unwedge::health::crash_requested().await;
+        assert_eq!(
+            reason,
+            "mutex `left-poisoned` poisoned by a panic the app caught itself"
+        );
+        assert!(left.is_poisoned());
+        assert_eq!(unwedge::health().state, unwedge::HealthState::Tainted);
+    })
+    .await
+}
+
+/// A request whose handler caught a panic that poisoned a mutex and then waits for ever is
+/// cancelled by its client: the poison it left is decided when its future is dropped.
+#[tokio::test]
+async fn a_caught_poison_of_a_request_cancelled_while_it_waits_is_decided() {
+    support::own_process!();
+    within(async {
+        use futures_util::FutureExt;
+        let m = Arc::new(unwedge::Mutex::named("cancelled-holder", 0u32));
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let app = Router::new()
+            .route(
+                "/hang",
+                get(
+                    |State((m, entered)): State<(
+                        Arc<unwedge::Mutex<u32>>,
+                        Arc<tokio::sync::Notify>,
+                    )>| async move {
+                        let section = async {
+                            let _g = m.lock().await.unwrap();
+                            panic!("half-way through");
+                        };
+                        let caught = std::panic::AssertUnwindSafe(section).catch_unwind().await;
+                        assert!(caught.is_err());
+                        entered.notify_one();
+                        std::future::pending::<()>().await;
+                    },
+                ),
+            )
+            .with_state((m.clone(), entered.clone()))
+            .layer(PanicLayer::new());
+        let addr = start(app).await;
+        use tokio::io::AsyncWriteExt;
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        entered.notified().await;
+        // Still running: nothing decided yet.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(unwedge::health::crash_reason(), None);
+        drop(client);
+        let reason = unwedge::health::crash_requested().await;
+        assert_eq!(
+            reason,
+            "mutex `cancelled-holder` poisoned by a panic the app caught itself"
+        );
+        assert!(m.is_poisoned());
+    })
+    .await
+}
+
+/// A response body whose stream catches a panic that poisoned a mutex (its own
+/// `catch_unwind`, in a cleanup run when the body is dropped): no poll of anything follows on
+/// that thread, yet the poison is decided when the response ends.
+#[tokio::test]
+async fn a_caught_poison_while_the_body_streams_is_decided_when_the_response_ends() {
+    support::own_process!();
+    within(async {
+        use futures_util::StreamExt;
+        use std::panic::AssertUnwindSafe;
+        /// Cleans up when the body is dropped; the cleanup panics half-way and catches it.
+        struct Cleanup(Arc<unwedge::Mutex<u32>>);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    let _g = self.0.try_lock().unwrap();
+                    panic!("half-way through the cleanup");
+                }));
+                assert!(caught.is_err());
+            }
+        }
+        let m = Arc::new(unwedge::Mutex::named("streamed", 0u32));
+        let app = Router::new()
+            .route(
+                "/stream",
+                get(|State(m): State<Arc<unwedge::Mutex<u32>>>| async move {
+                    let cleanup = Cleanup(m);
+                    let chunks = futures_util::stream::iter(["one ", "two"]).map(move |chunk| {
+                        let _ = &cleanup;
+                        Ok::<_, Infallible>(chunk)
+                    });
+                    Body::from_stream(chunks)
+                }),
+            )
+            .with_state(m.clone())
+            .layer(PanicLayer::new());
+        let addr = start(app).await;
+        let res = send(addr, "GET", "/stream", &[], "").await;
+        assert_eq!(res.status, 200, "{}", res.body);
+        assert_eq!(res.body, "one two");
+        let reason = unwedge::health::crash_requested().await;
+        assert_eq!(
+            reason,
+            "mutex `streamed` poisoned by a panic the app caught itself"
+        );
+        assert!(m.is_poisoned());
+    })
+    .await
+}
+
 #[tokio::test]
 async fn bytecache_burn_poisons_the_mutex_and_auto_requests_a_crash() {
     support::own_process!();

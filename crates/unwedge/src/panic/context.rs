@@ -14,7 +14,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
@@ -68,6 +68,26 @@ pub(crate) struct Scope {
     /// Human-readable owner, e.g. `GET /comments (request 3f2a…)` or `task cleanup`; a
     /// request's label is formatted only when it is displayed.
     pub(crate) label: Label,
+    /// A request's `Mutex`es poisoned by panics the app caught itself, left to decide when the
+    /// request ends (see [`settle_caught`]): the app may repair one after an `.await`.
+    caught: std::sync::Mutex<Vec<PoisonedLock>>,
+    /// Whether `caught` may hold any: read without the lock on every request's end.
+    any_caught: AtomicBool,
+}
+
+/// A poisoned `Mutex`: its name, and a handle to tell later whether it was repaired.
+type PoisonedLock = (Arc<str>, Weak<crate::sync::LockInfo>);
+
+/// A request's caught poisons not decided at its end (a capture moved in afterwards, or in a
+/// race with the end) are decided when its scope goes.
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let caught = self.caught.get_mut().unwrap_or_else(|e| e.into_inner());
+        if !caught.is_empty() {
+            let caught = std::mem::take(caught);
+            decide_caught(caught, Some(self), &mut Vec::new());
+        }
+    }
 }
 
 /// A [`Scope`]'s label: the text itself, or the parts of a request it is made of.
@@ -95,12 +115,16 @@ impl Scope {
     pub(crate) fn new(label: impl Into<Arc<str>>) -> Arc<Self> {
         Arc::new(Scope {
             label: Label::Text(label.into()),
+            caught: Default::default(),
+            any_caught: AtomicBool::new(false),
         })
     }
 
     pub(crate) fn request(request: RequestScope) -> Arc<Self> {
         Arc::new(Scope {
             label: Label::Request(request),
+            caught: Default::default(),
+            any_caught: AtomicBool::new(false),
         })
     }
 
@@ -118,6 +142,34 @@ impl Scope {
             Label::Request(r) => Some(r),
             Label::Text(_) => None,
         }
+    }
+
+    /// Keeps the poisons of a panic the app caught while this request ran, to decide when
+    /// the request ends ([`Scope::settle_caught`]).
+    fn defer(&self, poisoned: impl Iterator<Item = PoisonedLock>) {
+        let mut caught = self.caught.lock().unwrap_or_else(|e| e.into_inner());
+        caught.extend(poisoned);
+        self.any_caught.store(true, Ordering::Release);
+    }
+
+    /// When the request ends (its response ready, or its future dropped): decides each
+    /// `Mutex` a panic the app caught while it ran left poisoned, unless the app repaired it
+    /// since. One load when there is none.
+    #[inline]
+    pub(crate) fn settle_caught(&self) {
+        if self.any_caught.load(Ordering::Acquire) {
+            self.settle_caught_slow();
+        }
+    }
+
+    #[cold]
+    fn settle_caught_slow(&self) {
+        let caught = {
+            let mut caught = self.caught.lock().unwrap_or_else(|e| e.into_inner());
+            self.any_caught.store(false, Ordering::Relaxed);
+            std::mem::take(&mut *caught)
+        };
+        decide_caught(caught, Some(self), &mut Vec::new());
     }
 }
 
@@ -237,9 +289,11 @@ pub(crate) fn record_poison(lock: &Arc<crate::sync::LockInfo>) {
 /// tower-http's `CatchPanicLayer` inside the [`PanicLayer`](crate::PanicLayer); or tokio, for a
 /// plain task), which no layer of ours will decide. A `Mutex` it poisoned would stay
 /// poisoned, every later `lock()` an error, while the process looked healthy: each is decided
-/// now, by the policy that decides the panics of the request or task it happened in. Checked
-/// once per request (and per poll entry, where the stale capture was cleared anyway): the
-/// rest is out of line.
+/// by the policy that decides the panics of the request or task it happened in. A request's
+/// are decided when the request ends ([`Scope::settle_caught`]), so that the app may repair
+/// the mutex after an `.await` first; a task's, or one outside any request, now. Checked once
+/// per request (and per poll entry, where the stale capture was cleared anyway): the rest is
+/// out of line.
 #[inline]
 pub(crate) fn settle_caught() {
     let caught = CAPTURE.try_with(|c| match c.try_borrow_mut() {
@@ -255,17 +309,30 @@ pub(crate) fn settle_caught() {
 fn settle(caught: Vec<Captured>) {
     let mut seen: Vec<Arc<str>> = Vec::new();
     for capture in caught {
-        for (name, lock) in capture.poisoned.into_iter().zip(&capture.poisoned_locks) {
-            // Repaired by the app since (`clear_poison`), or gone: nothing left to decide.
-            if !lock.upgrade().is_some_and(|l| l.is_poisoned()) {
-                continue;
-            }
-            if !seen.contains(&name) {
-                let by = "a panic the app caught itself";
-                crate::sync::escalate_poison_in(&name, by, capture.scope.as_deref());
-                seen.push(name);
-            }
+        if capture.poisoned_locks.is_empty() {
+            continue;
         }
+        let poisoned = capture.poisoned.into_iter().zip(capture.poisoned_locks);
+        match capture.scope {
+            Some(scope) if scope.as_request().is_some() => scope.defer(poisoned),
+            scope => decide_caught(poisoned, scope.as_deref(), &mut seen),
+        }
+    }
+}
+
+/// Decides each of `poisoned` still poisoned (not repaired by the app since, nor gone) and not
+/// in `seen`, by the policy of `scope`, the request or task it happened in.
+fn decide_caught(
+    poisoned: impl IntoIterator<Item = PoisonedLock>,
+    scope: Option<&Scope>,
+    seen: &mut Vec<Arc<str>>,
+) {
+    for (name, lock) in poisoned {
+        if !lock.upgrade().is_some_and(|l| l.is_poisoned()) || seen.contains(&name) {
+            continue;
+        }
+        crate::sync::escalate_poison_in(&name, "a panic the app caught itself", scope);
+        seen.push(name);
     }
 }
 

@@ -729,10 +729,13 @@ where
                 match polled {
                     Ok(Poll::Pending) => Poll::Pending,
                     Ok(Poll::Ready(result)) => {
-                        // A poison by a panic the app caught itself: decided now.
+                        // Poisons by panics the app caught itself: decided now.
                         context::settle_caught();
                         this.state.set(State::Done);
                         let ctx = this.ctx.take().expect("checked above");
+                        if let Some(scope) = &ctx.scope {
+                            scope.settle_caught();
+                        }
                         Poll::Ready(result.map(|res| ctx.finish(res)))
                     }
                     Err(payload) => {
@@ -931,6 +934,13 @@ impl Drop for RequestCtx {
         let Some(mut scope) = self.scope.take() else {
             return;
         };
+        // The request's end (also when it was cancelled): what it left to decide, now,
+        // with a capture its last poll left on this thread; not while a panic unwinds here
+        // (a response dropped by a handler that panics), whose capture that is.
+        if !std::thread::panicking() {
+            context::settle_caught();
+        }
+        scope.settle_caught();
         let Some(r) = Arc::get_mut(&mut scope).and_then(Scope::as_request_mut) else {
             return;
         };

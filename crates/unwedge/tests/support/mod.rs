@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 /// fail each other in confusing ways (a panic count of 7 for 6, a crash reason from another
 /// test), so the test is run again alone, in a child process of this test binary, fails as
 /// that run failed, and otherwise returns here with its work done by the child.
+#[allow(unused_macros)] // each test file includes this module, not all call it
 macro_rules! own_process {
     () => {
         if !$crate::support::alone() {
@@ -26,6 +27,7 @@ macro_rules! own_process {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use own_process;
 
 /// The variable a re-run of this binary for one test gets (see [`own_process!`]).
