@@ -528,6 +528,55 @@ async fn a_caught_poison_while_the_body_streams_is_decided_when_the_response_end
     .await
 }
 
+/// A `Mutex` remembers its holder (for reports of long waits and deadlocks), but not once the
+/// holder's request has ended: the request's id, a client's header shared with the server's
+/// read buffer (hyper's is the whole buffer of the connection), goes with the request.
+#[tokio::test]
+async fn a_mutex_does_not_keep_the_request_that_last_held_it() {
+    use tower::ServiceExt;
+    /// The bytes of the client's request id; `alive` counts who still holds them.
+    struct Buffer {
+        alive: Arc<()>,
+        bytes: Vec<u8>,
+    }
+    impl AsRef<[u8]> for Buffer {
+        fn as_ref(&self) -> &[u8] {
+            &self.bytes
+        }
+    }
+    let alive = Arc::new(());
+    let id = http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(Buffer {
+        alive: alive.clone(),
+        bytes: b"req-from-the-proxy".to_vec(),
+    }))
+    .unwrap();
+    let m = Arc::new(unwedge::Mutex::named("last-holder", 0u32));
+    let app = Router::new()
+        .route(
+            "/",
+            get(|State(m): State<Arc<unwedge::Mutex<u32>>>| async move {
+                *m.lock().await.unwrap() += 1;
+                "counted"
+            }),
+        )
+        .with_state(m.clone())
+        .layer(PanicLayer::new());
+    let req = http::Request::get("/")
+        .header("x-request-id", id)
+        .body(Body::empty())
+        .unwrap();
+    let res = within(app.oneshot(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    drop(res);
+    // Before anything else locks the mutex (the next holder would replace the last one).
+    assert_eq!(
+        Arc::strong_count(&alive),
+        1,
+        "the ended request's id (and the buffer it shares) is still held"
+    );
+    assert_eq!(*m.lock().await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn bytecache_burn_poisons_the_mutex_and_auto_requests_a_crash() {
     support::own_process!();

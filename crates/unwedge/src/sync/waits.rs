@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex as StdMutex, MutexGuard as StdGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex as StdMutex, MutexGuard as StdGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::health;
@@ -169,7 +169,10 @@ pub(crate) struct LockInfo {
     noticed: AtomicU64,
     /// Address of the scope in `scope` (0: none), to skip the lock when it is unchanged.
     scope_addr: AtomicUsize,
-    scope: StdMutex<Option<Arc<Scope>>>,
+    /// The scope (request or task) of the latest holder. Weak: a mutex must not keep a request
+    /// that has ended alive (its id and headers can pin a whole connection read buffer of the
+    /// server's), and a holder's scope lives while it holds the lock.
+    scope: StdMutex<Option<Weak<Scope>>>,
     /// Wait limit in nanoseconds; 0: the process-wide default.
     pub(super) wait_limit_nanos: AtomicU64,
 }
@@ -236,8 +239,10 @@ impl LockInfo {
         let scope = context::current_scope();
         let addr = scope.as_ref().map_or(0, |s| Arc::as_ptr(s) as usize);
         if self.scope_addr.load(Ordering::Relaxed) != addr {
-            // The slot keeps its scope alive, so an equal address is the same scope.
-            let previous = std::mem::replace(&mut *relock(&self.scope), scope);
+            // The slot keeps its scope's allocation (not its contents) alive, so an equal
+            // address is the same scope.
+            let weak = scope.as_ref().map(Arc::downgrade);
+            let previous = std::mem::replace(&mut *relock(&self.scope), weak);
             self.scope_addr.store(addr, Ordering::Relaxed);
             drop(previous);
         }
@@ -258,7 +263,9 @@ impl LockInfo {
 
     fn current_label(&self) -> String {
         let owner = OwnerKey(self.owner.load(Ordering::Relaxed));
-        label(owner, relock(&self.scope).as_deref())
+        // Upgraded apart: the scope may end (and run its drop) once the slot's lock is released.
+        let scope = relock(&self.scope).as_ref().and_then(Weak::upgrade);
+        label(owner, scope.as_deref())
     }
 
     /// The label of the holder of acquisition `generation`, while it still holds the lock.
