@@ -271,16 +271,32 @@ fn with_current(f: impl FnOnce(&mut Captured)) {
     });
 }
 
+/// Most `Tx`s, and most `Mutex`es, one capture lists. Without unwedge's hook (never installed,
+/// or replaced) the panics that roll back or poison have no capture of their own: on a thread
+/// no request or task of ours runs on, nothing takes the one they share, and it would grow
+/// with every such panic for the life of the thread.
+const MAX_NAMES: usize = 64;
+
 /// Called by `Tx` when a panic unwinds out of an update: the update was discarded.
 pub(crate) fn record_rollback(name: &Arc<str>) {
-    with_current(|c| c.rolled_back.push(name.clone()));
+    with_current(|c| {
+        if c.rolled_back.len() < MAX_NAMES && !c.rolled_back.contains(name) {
+            c.rolled_back.push(name.clone());
+        }
+    });
 }
 
 /// Called by a `MutexGuard` dropped while its thread panics: the mutex is now poisoned.
 pub(crate) fn record_poison(lock: &Arc<crate::sync::LockInfo>) {
     with_current(|c| {
-        c.poisoned.push(lock.name().clone());
-        c.poisoned_locks.push(Arc::downgrade(lock));
+        let known = c
+            .poisoned_locks
+            .iter()
+            .any(|l| std::ptr::eq(l.as_ptr(), Arc::as_ptr(lock)));
+        if c.poisoned.len() < MAX_NAMES && !known {
+            c.poisoned.push(lock.name().clone());
+            c.poisoned_locks.push(Arc::downgrade(lock));
+        }
     });
 }
 
