@@ -536,7 +536,7 @@ async fn a_mutex_does_not_keep_the_request_that_last_held_it() {
     use tower::ServiceExt;
     /// The bytes of the client's request id; `alive` counts who still holds them.
     struct Buffer {
-        alive: Arc<()>,
+        _alive: Arc<()>,
         bytes: Vec<u8>,
     }
     impl AsRef<[u8]> for Buffer {
@@ -546,7 +546,7 @@ async fn a_mutex_does_not_keep_the_request_that_last_held_it() {
     }
     let alive = Arc::new(());
     let id = http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(Buffer {
-        alive: alive.clone(),
+        _alive: alive.clone(),
         bytes: b"req-from-the-proxy".to_vec(),
     }))
     .unwrap();
