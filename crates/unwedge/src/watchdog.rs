@@ -885,7 +885,8 @@ pub(crate) struct Config {
     pub(crate) serving_on: String,
 }
 
-/// A running watchdog; [`Watchdog::stop`] ends its thread.
+/// A running watchdog; [`Watchdog::stop`] ends its thread, and so does dropping it (the
+/// `serve()` future dropped before it returned: a `select!`, a timeout), without waiting.
 #[derive(Debug)]
 pub(crate) struct Watchdog {
     stop: Arc<AtomicBool>,
@@ -928,14 +929,34 @@ impl Watchdog {
 
     /// Stops the canary and the thread, and waits for the thread.
     pub(crate) fn stop(mut self) {
+        let thread = self.thread.take();
+        self.signal_stop(thread.as_ref());
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+
+    /// Tells the canary and the thread to stop: the thread sees the flag as soon as it wakes,
+    /// unparked now (not a tick later).
+    fn signal_stop(&self, thread: Option<&std::thread::JoinHandle<()>>) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(canary) = &self.canary {
             canary.abort();
         }
-        if let Some(t) = self.thread.take() {
+        if let Some(t) = thread {
             t.thread().unpark();
-            let _ = t.join();
         }
+    }
+}
+
+impl Drop for Watchdog {
+    /// The `serve()` future was dropped before it returned (or [`Watchdog::stop`] ran, and
+    /// this does nothing more): stops the canary and the thread without waiting for the
+    /// thread, which may be inside an exit of its own, or sending a notify datagram; it ends
+    /// at its next wake-up, now.
+    fn drop(&mut self) {
+        let thread = self.thread.take();
+        self.signal_stop(thread.as_ref());
     }
 }
 

@@ -41,7 +41,9 @@
 //!   ends the drain at once. A request that blocks its thread cannot stop the stop: if one is
 //!   still inside one poll 2 s after `serve()` returned (dropping the runtime would wait for it
 //!   for ever), or if `serve()` cannot even run (every runtime thread blocked) one second past
-//!   the shutdown timeout, the process exits with 0 from a thread of its own.
+//!   the shutdown timeout, the process exits with 0 from a thread of its own. Dropping the
+//!   `serve()` future instead cancels it, without a drain ([`Server::serve`] says what ends
+//!   with it).
 //! - **Graceful crash** when the panic policy asks for one
 //!   ([`health::request_crash`]): close this process's listeners
 //!   at once (sibling workers sharing the socket take the new connections), finish the
@@ -313,7 +315,8 @@ impl Termination for Outcome {
 }
 
 /// Serves `app` with the defaults and the environment's configuration; see the
-/// [module docs](self). The same as `Server::new().serve(app)`.
+/// [module docs](self). The same as `Server::new().serve(app)` (and cancelled the same way
+/// when the future is dropped: see [`Server::serve`]).
 ///
 /// ```no_run
 /// # async fn run() -> unwedge::serve::Outcome {
@@ -811,7 +814,10 @@ impl Server {
     /// stop or a crash the runtime cannot finish (0 or 70). Flush buffered logs or telemetry
     /// here (drop a `tracing_appender` `WorkerGuard`). When `serve()` returns instead (a
     /// SIGTERM's graceful shutdown, [`exit_on_crash(false)`](Self::exit_on_crash), a start
-    /// that failed) it runs just before: what it holds would otherwise never be dropped.
+    /// that failed) it runs just before: what it holds would otherwise never be dropped. When
+    /// the `serve()` future is dropped before it returns (cancelled by a `select!` or a
+    /// timeout: neither `serve()` nor the process exited), the hook is dropped without
+    /// running, and what it holds with it (a `WorkerGuard` flushes when dropped anyway).
     ///
     /// It runs once, on its own thread (the exit may come from the watchdog's thread while
     /// runtime threads are blocked); the exit waits for it at most 5 s, so a hook that blocks
@@ -847,6 +853,17 @@ impl Server {
     ///     unwedge::Server::new().bind("127.0.0.1:3000").serve(app).await
     /// }
     /// ```
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future before it returns (a `tokio::select!` branch that lost, a
+    /// `tokio::time::timeout`) cancels it: no drain, no `STOPPING=1`, no [`Outcome`]. What it
+    /// started ends with it: its listeners close, its connections are told to stop as in a
+    /// drain (a request in progress is still answered), its watchdog thread and canary task
+    /// end, readiness goes back to false, and its [`before_exit`](Self::before_exit) hook is
+    /// dropped without running (dropping what it holds). Requests still in flight finish on
+    /// their own. To stop it gracefully and wait for the drain, use
+    /// [`shutdown_on`](Self::shutdown_on) instead.
     pub async fn serve<S, B>(self, app: S) -> Outcome
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -855,8 +872,9 @@ impl Server {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        // The hook first: a start that fails returns through it too.
-        let hook = self.before_exit.take().map(set_before_exit);
+        // The hook first: a start that fails returns through it too. Queued until this
+        // serve() returns or the process exits; dropped unrun with the future (see `Queued`).
+        let mut hook = Queued(self.before_exit.take().map(set_before_exit));
         let outcome = match self.run(app).await {
             Ok(outcome) => outcome,
             // Reported once, by `Outcome`'s `Termination` (or the caller).
@@ -868,7 +886,7 @@ impl Server {
         // The hook holds what `main` would have dropped (a log writer's guard): it runs now,
         // not never (a static is not dropped when `main` returns). Only this serve()'s: another
         // one running meanwhile keeps its own until it ends.
-        if let Some(id) = hook {
+        if let Some(id) = hook.0.take() {
             run_before_exit(Some(id));
         }
         outcome
@@ -1002,6 +1020,11 @@ impl Server {
         );
 
         let stop = stop::Stop::default();
+        // Undoes what a return below undoes when the future is dropped before it returns.
+        let mut cancelled = Cancelled {
+            stop: stop.clone(),
+            ready: false,
+        };
         // Every connection task holds a clone of `alive`: the drain is over when all are gone.
         let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
         let mut accepting = tokio::task::JoinSet::new();
@@ -1034,6 +1057,7 @@ impl Server {
             "serving"
         );
         health::set_ready(true);
+        cancelled.ready = true;
         let state = health::health().state;
         let status = watchdog::status_text(state, None, &serving_on);
         // With heartbeats expected, the first goes with READY=1 (the watchdog thread's first
@@ -1079,6 +1103,7 @@ impl Server {
         stop.stop(KEEP_ALIVE_GRACE);
         while accepting.join_next().await.is_some() {}
         health::set_ready(false);
+        cancelled.ready = false;
         if crash.is_none() {
             health::set_draining();
         }
@@ -1164,6 +1189,52 @@ impl Server {
                 notifier.flush(NOTIFY_FLUSH);
                 Ok(Outcome::Stopped)
             }
+        }
+    }
+}
+
+/// What `serve()`'s future undoes when it is dropped before it returns (a `select!`, a
+/// timeout: cancelled, not stopped), as a return would: the readiness it set goes back to
+/// false, and its connections are told to stop as in a drain (see [`spawn_connection`]),
+/// instead of being served until their clients leave. The accept loops (and their
+/// listeners) end with their `JoinSet`, the watchdog with its [`Watchdog`]'s drop, the
+/// signal flag with its own. Nothing waits: the requests still in flight finish on their
+/// own, and the health is not set Draining (the process is not shutting down).
+struct Cancelled {
+    stop: stop::Stop,
+    /// `serve()` said ready and has not said otherwise since.
+    ready: bool,
+}
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        // After a return: stopped already (a second stop changes nothing), and not ready.
+        self.stop.stop(KEEP_ALIVE_GRACE);
+        if self.ready {
+            health::set_ready(false);
+        }
+    }
+}
+
+/// The id of a `serve()`'s [`Server::before_exit`] hook while it is queued. Taken when
+/// `serve()` returns, to run the hook; dropped with the future before that (cancelled: the
+/// process did not exit, and neither did `serve()`), it takes the hook off the queue and
+/// drops it unrun, here, so that what it holds is dropped now, not at the next exit.
+struct Queued(Option<u64>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if let Some(id) = self.0.take() {
+            let hook = {
+                let mut queued = BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner());
+                queued
+                    .iter()
+                    .position(|(queued, _)| *queued == id)
+                    .map(|at| queued.remove(at))
+            };
+            // Outside the lock: what the hook holds may take its time to drop (a log writer's
+            // guard flushes).
+            drop(hook);
         }
     }
 }
