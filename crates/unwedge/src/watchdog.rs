@@ -519,7 +519,9 @@ impl Tracker {
         with_slot(self.id, |s| {
             let n = ThreadSlot::bump(&s.begun);
             let now = s.clock.load(Ordering::Relaxed);
-            r.id = s.ids | n;
+            // The count within the slot's 40 bits: past 2^40 requests on one thread (months
+            // of a busy one) it wraps there instead of carrying into another slot's ids.
+            r.id = s.ids | (n & ((1 << 40) - 1));
             r.started = now;
             r.tracked = now != 0;
             if r.tracked {
