@@ -13,8 +13,6 @@ use tokio::sync::Semaphore;
 use unwedge::serve::Outcome;
 use unwedge::{HealthState, Server};
 
-mod support;
-
 /// `GET path` on a new connection: the whole response (30 s at most).
 async fn get_text(addr: std::net::SocketAddr, path: &str) -> String {
     tokio::time::timeout(Duration::from_secs(30), get_text_now(addr, path))
@@ -142,61 +140,4 @@ async fn the_connection_limit_is_shared_by_the_listeners_not_held_by_an_idle_one
         .expect("serve() returns")
         .unwrap();
     assert!(matches!(outcome, Outcome::Stopped), "{outcome:?}");
-}
-
-/// `serve()`'s panic guard runs before the `Router` routes the request: panics are still
-/// counted and reported by the route they matched (`GET /boom/{id}`), not by the path a client
-/// chose (a key per id, the first 256 taking the slots for the life of the process).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn panics_under_serve_are_counted_by_route_not_by_path() {
-    support::own_process!();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new()
-        .route(
-            "/boom/{id}",
-            get(
-                |axum::extract::Path(id): axum::extract::Path<u32>| async move {
-                    if id > 0 {
-                        panic!("no item {id}");
-                    }
-                    "none"
-                },
-            ),
-        )
-        .route("/", get(|| async { "hello" }));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        Server::new()
-            .listener(listener)
-            .shutdown_on(async {
-                let _ = stopped.await;
-            })
-            .exit_on_crash(false)
-            .serve(app),
-    );
-    for id in [1, 2, 3] {
-        let res = get_text(addr, &format!("/boom/{id}")).await;
-        assert!(res.starts_with("HTTP/1.1 500"), "{res}");
-    }
-    assert!(get_text(addr, "/").await.ends_with("hello"));
-    let h = unwedge::health();
-    assert_eq!(
-        h.panics_by_route.get("GET /boom/{id}"),
-        Some(&3),
-        "{:?}",
-        h.panics_by_route
-    );
-    assert_eq!(h.panics_by_route.len(), 1, "{:?}", h.panics_by_route);
-    let request = h.recent_reports[2].request.as_ref().expect("a request's");
-    assert_eq!(request.route.as_deref(), Some("/boom/{id}"));
-    assert_eq!(request.path, "/boom/3");
-    stop.send(()).unwrap();
-    assert!(matches!(
-        tokio::time::timeout(Duration::from_secs(30), server)
-            .await
-            .expect("stopped within 30 s")
-            .unwrap(),
-        Outcome::Stopped
-    ));
 }

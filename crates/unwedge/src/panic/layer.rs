@@ -771,10 +771,8 @@ pub(crate) struct RequestScope {
     path: RequestPath,
     id: RequestId,
     headers: CapturedHeaders,
-    /// axum's matched route: from the request when the layer runs inside the `Router`, noted
-    /// by the `Router` when the layer runs outside it (`serve()`'s, see [`note_matched_path`]).
     #[cfg(feature = "axum")]
-    matched: OnceLock<axum::extract::MatchedPath>,
+    matched: Option<axum::extract::MatchedPath>,
 }
 
 impl RequestScope {
@@ -809,7 +807,7 @@ impl RequestScope {
     /// path otherwise.
     fn route(&self) -> String {
         #[cfg(feature = "axum")]
-        if let Some(m) = self.matched.get() {
+        if let Some(m) = &self.matched {
             return format!("{} {}", self.method, m.as_str());
         }
         format!("{} {}", self.method, self.path.as_str())
@@ -822,21 +820,9 @@ impl RequestScope {
             request_id: self.request_id().as_str().to_owned(),
             headers: self.headers.to_map(config.header_classes.wanted()),
             #[cfg(feature = "axum")]
-            route: self.matched.get().map(|m| m.as_str().to_owned()),
+            route: self.matched.as_ref().map(|m| m.as_str().to_owned()),
             #[cfg(not(feature = "axum"))]
             route: None,
-        }
-    }
-}
-
-/// Notes axum's matched route in the scope of the request running on this thread, for a
-/// layer outside the `Router` (`serve()`'s guard), which saw the request before it was routed:
-/// its panics are then counted and reported by route (`GET /items/{id}`), not by path.
-#[cfg(feature = "axum")]
-pub(crate) fn note_matched_path(matched: &axum::extract::MatchedPath) {
-    if let Some(scope) = context::current_scope() {
-        if let Some(r) = scope.as_request() {
-            let _ = r.matched.set(matched.clone());
         }
     }
 }
@@ -962,7 +948,7 @@ impl Drop for RequestCtx {
         r.headers.clear();
         #[cfg(feature = "axum")]
         {
-            r.matched = OnceLock::new();
+            r.matched = None;
         }
         let _ = SPARE_SCOPES.try_with(|s| {
             if let Ok(mut spare) = s.try_borrow_mut() {
@@ -995,7 +981,7 @@ impl RequestCtx {
                 id: RequestId::Generated(0),
                 headers: CapturedHeaders::default(),
                 #[cfg(feature = "axum")]
-                matched: OnceLock::new(),
+                matched: None,
             }),
         };
         if let Some(r) = Arc::get_mut(&mut scope).and_then(Scope::as_request_mut) {
@@ -1004,7 +990,7 @@ impl RequestCtx {
             r.path.set(req.uri().path());
             #[cfg(feature = "axum")]
             {
-                r.matched = matched.map_or_else(OnceLock::new, OnceLock::from);
+                r.matched = matched;
             }
             let all = req.headers();
             let client_id = if config.capture_headers {

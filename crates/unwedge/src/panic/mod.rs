@@ -17,8 +17,6 @@ mod sink;
 mod trace;
 
 pub use hook::install;
-#[cfg(feature = "axum")]
-pub(crate) use layer::note_matched_path;
 pub use layer::{
     grpc_error_response, problem_response, BodyPanicked, BoxError, PanicBody, PanicLayer,
     PanicService, ResponseContext, ResponseFuture, MAX_REQUEST_ID_LEN, X_REQUEST_ID,

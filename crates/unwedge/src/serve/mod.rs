@@ -1458,49 +1458,11 @@ fn build_service<S: 'static>(
 /// Prepares an axum `Router` for serving once, as `axum::serve` does (`with_state(())`):
 /// unprepared, a `Router` turns a handler into a route again for every request it routes to
 /// that handler (a clone of the boxed handler and an allocation each time).
-///
-/// Its routes also note the route each request matched for `serve()`'s panic guard, which saw
-/// the request before the `Router` routed it: panics are counted and reported by route
-/// (`GET /items/{id}`, bounded), not by path (as many keys as clients send paths).
 #[cfg(feature = "axum")]
 fn prepare_router<S: 'static>(app: &mut S) {
     if let Some(router) = (app as &mut dyn std::any::Any).downcast_mut::<axum::Router>() {
-        let mut prepared = std::mem::replace(router, axum::Router::new()).with_state(());
-        // axum refuses a route layer on a router without routes (a fallback only).
-        if prepared.has_routes() {
-            prepared = prepared.route_layer(tower::layer::layer_fn(NoteRoute));
-        }
-        *router = prepared;
-    }
-}
-
-/// A route of a `Router` served by `serve()` (see [`prepare_router`]): notes the route the
-/// request matched in the request's scope, then calls the route.
-#[cfg(feature = "axum")]
-#[derive(Clone)]
-struct NoteRoute<S>(S);
-
-#[cfg(feature = "axum")]
-impl<S, B> tower::Service<Request<B>> for NoteRoute<S>
-where
-    S: tower::Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> S::Future {
-        if let Some(matched) = req.extensions().get::<axum::extract::MatchedPath>() {
-            crate::panic::note_matched_path(matched);
-        }
-        self.0.call(req)
+        let unprepared = std::mem::replace(router, axum::Router::new());
+        *router = unprepared.with_state(());
     }
 }
 
