@@ -281,6 +281,31 @@ fn new_cache() -> Cache {
     ))
 }
 
+/// A section that poisons `m` half-way, its panic caught by the handler itself.
+async fn poison_and_catch(m: &unwedge::Mutex<u32>) {
+    use futures_util::FutureExt;
+    let section = async {
+        let mut g = m.lock().await.unwrap();
+        *g += 1;
+        if *g > 0 {
+            panic!("half-way through");
+        }
+    };
+    let caught = std::panic::AssertUnwindSafe(section).catch_unwind().await;
+    assert!(caught.is_err());
+}
+
+/// The poison of `m`, by a panic the app caught itself, was decided: a crash asked for.
+async fn assert_caught_poison_decided(m: &unwedge::Mutex<u32>, name: &str) {
+    let reason = unwedge::health::crash_requested().await;
+    assert_eq!(
+        reason,
+        format!("mutex `{name}` poisoned by a panic the app caught itself")
+    );
+    assert!(m.is_poisoned());
+    assert_eq!(unwedge::health().state, unwedge::HealthState::Tainted);
+}
+
 /// tower-http's `CatchPanicLayer` inside the `PanicLayer` (or a handler's own `catch_unwind`)
 /// catches a panic that poisoned an `unwedge::Mutex`: the PanicLayer sees no panic, yet the
 /// mutex is poisoned, so the policy decides it as it would have decided the panic (under Auto,
@@ -308,13 +333,7 @@ async fn a_mutex_poisoned_by_a_panic_the_app_caught_itself_is_decided_by_the_pol
         let addr = start(app).await;
         // CatchPanicLayer answered it.
         assert_eq!(send(addr, "POST", "/inner", &[], "").await.status, 500);
-        let reason = unwedge::health::crash_requested().await;
-        assert_eq!(
-            reason,
-            "mutex `inner` poisoned by a panic the app caught itself"
-        );
-        assert!(m.is_poisoned());
-        assert_eq!(unwedge::health().state, unwedge::HealthState::Tainted);
+        assert_caught_poison_decided(&m, "inner").await;
     })
     .await
 }
@@ -326,21 +345,12 @@ async fn a_mutex_poisoned_by_a_panic_the_app_caught_itself_is_decided_by_the_pol
 async fn a_mutex_the_app_repaired_after_catching_its_panic_is_not_decided() {
     support::own_process!();
     within(async {
-        use futures_util::FutureExt;
         let m = Arc::new(unwedge::Mutex::named("repaired", 0u32));
         let app = Router::new()
             .route(
                 "/inner",
                 post(|State(m): State<Arc<unwedge::Mutex<u32>>>| async move {
-                    let section = async {
-                        let mut g = m.lock().await.unwrap();
-                        *g += 1;
-                        if *g > 0 {
-                            panic!("half-way through");
-                        }
-                    };
-                    let caught = std::panic::AssertUnwindSafe(section).catch_unwind().await;
-                    assert!(caught.is_err());
+                    poison_and_catch(&m).await;
                     let mut g = m.lock().await.expect_err("poisoned").into_inner();
                     *g = 0; // the invariant back
                     m.clear_poison();
@@ -368,19 +378,10 @@ async fn a_mutex_the_app_repaired_after_catching_its_panic_is_not_decided() {
 async fn a_caught_poison_is_decided_when_the_request_ends_not_when_it_waits() {
     support::own_process!();
     within(async {
-        use futures_util::FutureExt;
         type Locks = (Arc<unwedge::Mutex<u32>>, Arc<unwedge::Mutex<u32>>);
-        async fn poison_and_catch(m: &unwedge::Mutex<u32>) {
-            let section = async {
-                let mut g = m.lock().await.unwrap();
-                *g += 1;
-                if *g > 0 {
-                    panic!("half-way through");
-                }
-            };
-            let caught = std::panic::AssertUnwindSafe(section).catch_unwind().await;
-            assert!(caught.is_err());
-            // Pends: the request yields to the runtime before going on.
+        /// Then waits: the request yields to the runtime before going on.
+        async fn poison_catch_and_wait(m: &unwedge::Mutex<u32>) {
+            poison_and_catch(m).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let repaired = Arc::new(unwedge::Mutex::named("repaired-later", 0u32));
@@ -389,7 +390,7 @@ async fn a_caught_poison_is_decided_when_the_request_ends_not_when_it_waits() {
             .route(
                 "/repair",
                 post(|State((m, _)): State<Locks>| async move {
-                    poison_and_catch(&m).await;
+                    poison_catch_and_wait(&m).await;
                     let mut g = m.lock().await.expect_err("poisoned").into_inner();
                     *g = 0; // the invariant back
                     m.clear_poison();
@@ -400,7 +401,7 @@ async fn a_caught_poison_is_decided_when_the_request_ends_not_when_it_waits() {
             .route(
                 "/leave",
                 post(|State((_, m)): State<Locks>| async move {
-                    poison_and_catch(&m).await;
+                    poison_catch_and_wait(&m).await;
                     "left"
                 }),
             )
@@ -416,13 +417,7 @@ async fn a_caught_poison_is_decided_when_the_request_ends_not_when_it_waits() {
 
         let res = send(addr, "POST", "/leave", &[], "").await;
         assert_eq!(res.status, 200, "{}", res.body);
-        let reason = unwedge::health::crash_requested().await;
-        assert_eq!(
-            reason,
-            "mutex `left-poisoned` poisoned by a panic the app caught itself"
-        );
-        assert!(left.is_poisoned());
-        assert_eq!(unwedge::health().state, unwedge::HealthState::Tainted);
+        assert_caught_poison_decided(&left, "left-poisoned").await;
     })
     .await
 }
@@ -433,7 +428,6 @@ async fn a_caught_poison_is_decided_when_the_request_ends_not_when_it_waits() {
 async fn a_caught_poison_of_a_request_cancelled_while_it_waits_is_decided() {
     support::own_process!();
     within(async {
-        use futures_util::FutureExt;
         let m = Arc::new(unwedge::Mutex::named("cancelled-holder", 0u32));
         let entered = Arc::new(tokio::sync::Notify::new());
         let app = Router::new()
@@ -444,12 +438,7 @@ async fn a_caught_poison_of_a_request_cancelled_while_it_waits_is_decided() {
                         Arc<unwedge::Mutex<u32>>,
                         Arc<tokio::sync::Notify>,
                     )>| async move {
-                        let section = async {
-                            let _g = m.lock().await.unwrap();
-                            panic!("half-way through");
-                        };
-                        let caught = std::panic::AssertUnwindSafe(section).catch_unwind().await;
-                        assert!(caught.is_err());
+                        poison_and_catch(&m).await;
                         entered.notify_one();
                         std::future::pending::<()>().await;
                     },
@@ -469,12 +458,7 @@ async fn a_caught_poison_of_a_request_cancelled_while_it_waits_is_decided() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(unwedge::health::crash_reason(), None);
         drop(client);
-        let reason = unwedge::health::crash_requested().await;
-        assert_eq!(
-            reason,
-            "mutex `cancelled-holder` poisoned by a panic the app caught itself"
-        );
-        assert!(m.is_poisoned());
+        assert_caught_poison_decided(&m, "cancelled-holder").await;
     })
     .await
 }
@@ -518,12 +502,7 @@ async fn a_caught_poison_while_the_body_streams_is_decided_when_the_response_end
         let res = send(addr, "GET", "/stream", &[], "").await;
         assert_eq!(res.status, 200, "{}", res.body);
         assert_eq!(res.body, "one two");
-        let reason = unwedge::health::crash_requested().await;
-        assert_eq!(
-            reason,
-            "mutex `streamed` poisoned by a panic the app caught itself"
-        );
-        assert!(m.is_poisoned());
+        assert_caught_poison_decided(&m, "streamed").await;
     })
     .await
 }
