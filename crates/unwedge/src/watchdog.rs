@@ -264,7 +264,8 @@ impl SharedLabel {
 /// thread (plain load and store, no read-modify-write); `clock` only by the watchdog thread.
 #[derive(Debug)]
 struct ThreadSlot {
-    /// Request ids of requests begun on this thread: `ids + begun` (unique per process).
+    /// Request ids of requests begun on this thread: `ids + begun` (unique per process until
+    /// 2^40 requests on one thread, where the count wraps within the slot).
     ids: u64,
     /// The coarse clock (nanoseconds, [`now_ns`]), stored by the watchdog every tick.
     clock: AtomicU64,
@@ -911,6 +912,7 @@ impl Watchdog {
                 loop {
                     tick.tick().await;
                     beat.store(now_ns(), Ordering::Relaxed);
+                    crate::panic::context::decide_overdue();
                 }
             })
         });

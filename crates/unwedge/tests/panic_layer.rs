@@ -382,7 +382,7 @@ async fn a_caught_poison_is_decided_when_the_request_ends_not_when_it_waits() {
         /// Then waits: the request yields to the runtime before going on.
         async fn poison_catch_and_wait(m: &unwedge::Mutex<u32>) {
             poison_and_catch(m).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let repaired = Arc::new(unwedge::Mutex::named("repaired-later", 0u32));
         let left = Arc::new(unwedge::Mutex::named("left-poisoned", 0u32));
@@ -454,11 +454,66 @@ async fn a_caught_poison_of_a_request_cancelled_while_it_waits_is_decided() {
             .await
             .unwrap();
         entered.notified().await;
-        // Still running: nothing decided yet.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(unwedge::health::crash_reason(), None);
         drop(client);
         assert_caught_poison_decided(&m, "cancelled-holder").await;
+    })
+    .await
+}
+
+/// A request that caught a panic poisoning a mutex and goes on for ever (a long poll, a
+/// stream) does not keep the poison undecided for its life: past the grace given for a
+/// repair, the next poll of any request decides it while the long one still runs.
+#[tokio::test]
+async fn a_caught_poison_of_a_request_that_goes_on_is_decided_after_the_grace() {
+    support::own_process!();
+    within(async {
+        let m = Arc::new(unwedge::Mutex::named("long-poll", 0u32));
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let app = Router::new()
+            .route(
+                "/long",
+                get(
+                    |State((m, entered)): State<(
+                        Arc<unwedge::Mutex<u32>>,
+                        Arc<tokio::sync::Notify>,
+                    )>| async move {
+                        poison_and_catch(&m).await;
+                        entered.notify_one();
+                        std::future::pending::<()>().await;
+                    },
+                ),
+            )
+            .route("/other", get(|| async { "other" }))
+            .with_state((m.clone(), entered.clone()))
+            .layer(PanicLayer::new());
+        let addr = start(app).await;
+        use tokio::io::AsyncWriteExt;
+        let mut long = tokio::net::TcpStream::connect(addr).await.unwrap();
+        long.write_all(b"GET /long HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        entered.notified().await;
+        let caught = Instant::now();
+        // Other requests go on being served; one of them, past the grace, decides.
+        while unwedge::health::crash_reason().is_none() {
+            assert_eq!(send(addr, "GET", "/other", &[], "").await.status, 200);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            caught.elapsed() >= Duration::from_millis(900),
+            "decided {:?} after the catch, before the grace for a repair",
+            caught.elapsed()
+        );
+        assert_caught_poison_decided(&m, "long-poll").await;
+        // The long request was not ended for it.
+        let mut byte = [0u8; 1];
+        use tokio::io::AsyncReadExt;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), long.read(&mut byte))
+                .await
+                .is_err(),
+            "the long request was answered"
+        );
     })
     .await
 }

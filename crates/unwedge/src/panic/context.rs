@@ -15,8 +15,8 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::layer::RequestScope;
 use super::report::hide_userinfo_in_text;
@@ -68,9 +68,10 @@ pub(crate) struct Scope {
     /// Human-readable owner, e.g. `GET /comments (request 3f2a…)` or `task cleanup`; a
     /// request's label is formatted only when it is displayed.
     pub(crate) label: Label,
-    /// A request's `Mutex`es poisoned by panics the app caught itself, left to decide when the
-    /// request ends (see [`settle_caught`]): the app may repair one after an `.await`.
-    caught: std::sync::Mutex<Vec<PoisonedLock>>,
+    /// A request's `Mutex`es poisoned while it ran, left to decide when the request ends or
+    /// [`CAUGHT_GRACE`] after, whichever comes first (see [`Scope::defer`]): the app may catch
+    /// the panic itself and repair the mutex, after an `.await` too.
+    caught: StdMutex<Vec<PoisonedLock>>,
     /// Whether `caught` may hold any: read without the lock on every request's end.
     any_caught: AtomicBool,
 }
@@ -78,15 +79,54 @@ pub(crate) struct Scope {
 /// A poisoned `Mutex`: its name, and a handle to tell later whether it was repaired.
 type PoisonedLock = (Arc<str>, Weak<crate::sync::LockInfo>);
 
-/// A request's caught poisons not decided at its end (a capture moved in afterwards, or in a
-/// race with the end) are decided when its scope goes.
+/// A request's poisons not decided at its end (recorded in a race with the end) are decided
+/// when its scope goes.
 impl Drop for Scope {
     fn drop(&mut self) {
-        let caught = self.caught.get_mut().unwrap_or_else(|e| e.into_inner());
-        if !caught.is_empty() {
-            let caught = std::mem::take(caught);
-            decide_caught(caught, Some(self), &mut Vec::new());
-        }
+        self.settle_caught_unique();
+    }
+}
+
+/// How long a poison recorded in a request may wait for the app's repair while the request
+/// goes on (a long poll, a streamed response): past it, the next poll of any request decides
+/// it, so that a mutex is not left poisoned for the life of a long request while the process
+/// looks healthy.
+pub(crate) const CAUGHT_GRACE: Duration = Duration::from_secs(1);
+
+/// Requests with poisons waiting (see [`Scope::defer`]), with when each was recorded.
+static WAITING: StdMutex<Vec<(Instant, Weak<Scope>)>> = StdMutex::new(Vec::new());
+/// Whether [`WAITING`] may hold any: read on every poll.
+static ANY_WAITING: AtomicBool = AtomicBool::new(false);
+
+/// At each poll's entry (and each tick of `serve()`'s canary, for a process with nothing else
+/// to poll): decides the poisons that have waited longer than [`CAUGHT_GRACE`]. One load when
+/// there are none.
+#[inline]
+pub(crate) fn decide_overdue() {
+    if ANY_WAITING.load(Ordering::Relaxed) {
+        decide_overdue_slow();
+    }
+}
+
+#[cold]
+fn decide_overdue_slow() {
+    let now = Instant::now();
+    let due: Vec<Arc<Scope>> = {
+        let mut waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due = Vec::new();
+        waiting.retain(|(at, scope)| {
+            if now.duration_since(*at) < CAUGHT_GRACE {
+                return true;
+            }
+            due.extend(scope.upgrade());
+            false
+        });
+        ANY_WAITING.store(!waiting.is_empty(), Ordering::Relaxed);
+        due
+    };
+    // Outside the lock: deciding (or the last handle's drop) asks for a crash.
+    for scope in due {
+        scope.settle_caught();
     }
 }
 
@@ -144,12 +184,28 @@ impl Scope {
         }
     }
 
-    /// Keeps the poisons of a panic the app caught while this request ran, to decide when
-    /// the request ends ([`Scope::settle_caught`]).
-    fn defer(&self, poisoned: impl Iterator<Item = PoisonedLock>) {
-        let mut caught = self.caught.lock().unwrap_or_else(|e| e.into_inner());
-        caught.extend(poisoned);
-        self.any_caught.store(true, Ordering::Release);
+    /// Keeps a poison recorded while this request ran, to decide when the request ends
+    /// ([`Scope::settle_caught`]) or [`CAUGHT_GRACE`] after, whichever comes first. Recorded
+    /// where the panic unwinds, it is the request's wherever the request goes on or ends (a
+    /// thread's capture is seen again only when that thread next polls). A panic the layer
+    /// catches is decided by the layer first, by the same policy: a second decision changes
+    /// nothing.
+    fn defer(self: &Arc<Self>, poisoned: PoisonedLock) {
+        let first = {
+            let mut caught = self.caught.lock().unwrap_or_else(|e| e.into_inner());
+            // Each mutex once: a request that poisons one again and again (a loop catching
+            // its panics) keeps one entry.
+            if !caught.iter().any(|(_, lock)| lock.ptr_eq(&poisoned.1)) {
+                caught.push(poisoned);
+            }
+            !self.any_caught.swap(true, Ordering::AcqRel)
+        };
+        // The request waits once, from its first poison not yet decided.
+        if first {
+            let mut waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+            waiting.push((Instant::now(), Arc::downgrade(self)));
+            ANY_WAITING.store(true, Ordering::Relaxed);
+        }
     }
 
     /// When the request ends (its response ready, or its future dropped): decides each
@@ -170,6 +226,17 @@ impl Scope {
             std::mem::take(&mut *caught)
         };
         decide_caught(caught, Some(self), &mut Vec::new());
+    }
+
+    /// [`Scope::settle_caught`] with the scope to itself (its last handle, before it is
+    /// dropped or reused for another request): no lock, no atomic operation.
+    pub(crate) fn settle_caught_unique(&mut self) {
+        *self.any_caught.get_mut() = false;
+        let caught = self.caught.get_mut().unwrap_or_else(|e| e.into_inner());
+        if !caught.is_empty() {
+            let caught = std::mem::take(caught);
+            decide_caught(caught, Some(self), &mut Vec::new());
+        }
     }
 }
 
@@ -211,6 +278,7 @@ pub(crate) fn with_scope_in<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -
     // `resume_unwind` skips the hook, and would otherwise be reported with that capture. It
     // goes, the mutexes its panic poisoned decided first.
     settle_caught();
+    decide_overdue();
     // The closure runs (and takes the scope out of `slot`) only while the thread-local lives.
     match SCOPE.try_with(|s| s.replace(slot.take())) {
         Ok(prev) => {
@@ -298,6 +366,11 @@ pub(crate) fn record_poison(lock: &Arc<crate::sync::LockInfo>) {
             c.poisoned_locks.push(Arc::downgrade(lock));
         }
     });
+    // In a request: the request's to decide (see `Scope::defer`), in case the app catches
+    // the panic itself.
+    if let Some(scope) = current_scope().filter(|s| s.as_request().is_some()) {
+        scope.defer((lock.name().clone(), Arc::downgrade(lock)));
+    }
 }
 
 /// When a request or task completed, and before a poll of one begins: a capture left on this
@@ -306,10 +379,11 @@ pub(crate) fn record_poison(lock: &Arc<crate::sync::LockInfo>) {
 /// plain task), which no layer of ours will decide. A `Mutex` it poisoned would stay
 /// poisoned, every later `lock()` an error, while the process looked healthy: each is decided
 /// by the policy that decides the panics of the request or task it happened in. A request's
-/// are decided when the request ends ([`Scope::settle_caught`]), so that the app may repair
-/// the mutex after an `.await` first; a task's, or one outside any request, now. Checked once
-/// per request (and per poll entry, where the stale capture was cleared anyway): the rest is
-/// out of line.
+/// were recorded in the request as they happened, to decide when it ends or
+/// [`CAUGHT_GRACE`] after ([`Scope::defer`]), so that the app may repair the mutex after an
+/// `.await` first; a task's, or one outside any request, are decided now. Checked once per
+/// request (and per poll entry, where the stale capture was cleared anyway): the rest is out
+/// of line.
 #[inline]
 pub(crate) fn settle_caught() {
     let caught = CAPTURE.try_with(|c| match c.try_borrow_mut() {
@@ -328,11 +402,16 @@ fn settle(caught: Vec<Captured>) {
         if capture.poisoned_locks.is_empty() {
             continue;
         }
-        let poisoned = capture.poisoned.into_iter().zip(capture.poisoned_locks);
-        match capture.scope {
-            Some(scope) if scope.as_request().is_some() => scope.defer(poisoned),
-            scope => decide_caught(poisoned, scope.as_deref(), &mut seen),
+        // A request's are its own to decide: recorded there as they happened.
+        if capture
+            .scope
+            .as_ref()
+            .is_some_and(|s| s.as_request().is_some())
+        {
+            continue;
         }
+        let poisoned = capture.poisoned.into_iter().zip(capture.poisoned_locks);
+        decide_caught(poisoned, capture.scope.as_deref(), &mut seen);
     }
 }
 

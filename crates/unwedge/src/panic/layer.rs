@@ -934,14 +934,14 @@ impl Drop for RequestCtx {
         let Some(mut scope) = self.scope.take() else {
             return;
         };
-        // The request's end (also when it was cancelled): what it left to decide, now,
-        // with a capture its last poll left on this thread; not while a panic unwinds here
-        // (a response dropped by a handler that panics), whose capture that is.
-        if !std::thread::panicking() {
-            context::settle_caught();
-        }
+        // The request's end (also when it was cancelled): what it left to decide, now.
         scope.settle_caught();
-        let Some(r) = Arc::get_mut(&mut scope).and_then(Scope::as_request_mut) else {
+        let Some(unique) = Arc::get_mut(&mut scope) else {
+            return;
+        };
+        // Recorded since, by a thread that let go of the scope in between.
+        unique.settle_caught_unique();
+        let Some(r) = unique.as_request_mut() else {
             return;
         };
         r.id = RequestId::Generated(0);

@@ -171,7 +171,9 @@ pub(crate) struct LockInfo {
     scope_addr: AtomicUsize,
     /// The scope (request or task) of the latest holder. Weak: a mutex must not keep a request
     /// that has ended alive (its id and headers can pin a whole connection read buffer of the
-    /// server's), and a holder's scope lives while it holds the lock.
+    /// server's). A holder's scope lives while it holds the lock, unless the guard was moved
+    /// out of its request (into a plain `tokio::spawn`, a static): reports then name the
+    /// holder's task or thread only.
     scope: StdMutex<Option<Weak<Scope>>>,
     /// Wait limit in nanoseconds; 0: the process-wide default.
     pub(super) wait_limit_nanos: AtomicU64,
