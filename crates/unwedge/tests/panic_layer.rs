@@ -518,6 +518,51 @@ async fn a_caught_poison_of_a_request_that_goes_on_is_decided_after_the_grace() 
     .await
 }
 
+/// The grace for a repair counts from each poison: a request that repaired a first one and
+/// poisons the mutex again later gets the whole grace for its second repair, however old the
+/// first poison is, while other requests are served meanwhile.
+#[tokio::test]
+async fn each_caught_poison_gets_its_own_grace() {
+    support::own_process!();
+    within(async {
+        let m = Arc::new(unwedge::Mutex::named("poisoned-twice", 0u32));
+        async fn repair(m: &unwedge::Mutex<u32>) {
+            let mut g = m.lock().await.expect_err("poisoned").into_inner();
+            *g = 0;
+            m.clear_poison();
+        }
+        let app = Router::new()
+            .route(
+                "/twice",
+                post(|State(m): State<Arc<unwedge::Mutex<u32>>>| async move {
+                    poison_and_catch(&m).await;
+                    repair(&m).await;
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    // 700 ms after the first poison: the second waits its own grace.
+                    poison_and_catch(&m).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    repair(&m).await;
+                    "repaired twice"
+                }),
+            )
+            .route("/other", get(|| async { "other" }))
+            .with_state(m.clone())
+            .layer(PanicLayer::new());
+        let addr = start(app).await;
+        let twice = tokio::spawn(async move { send(addr, "POST", "/twice", &[], "").await });
+        // Other requests polled all along: each looks for poisons past their grace.
+        while !twice.is_finished() {
+            assert_eq!(send(addr, "GET", "/other", &[], "").await.status, 200);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let res = twice.await.unwrap();
+        assert_eq!(res.status, 200, "{}", res.body);
+        assert_eq!(unwedge::health::crash_reason(), None);
+        assert!(!m.is_poisoned());
+    })
+    .await
+}
+
 /// A response body whose stream catches a panic that poisoned a mutex (its own
 /// `catch_unwind`, in a cleanup run when the body is dropped): no poll of anything follows on
 /// that thread, yet the poison is decided when the response ends.

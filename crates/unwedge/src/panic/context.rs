@@ -71,7 +71,7 @@ pub(crate) struct Scope {
     /// A request's `Mutex`es poisoned while it ran, left to decide when the request ends or
     /// [`CAUGHT_GRACE`] after, whichever comes first (see [`Scope::defer`]): the app may catch
     /// the panic itself and repair the mutex, after an `.await` too.
-    caught: StdMutex<Vec<PoisonedLock>>,
+    caught: StdMutex<Vec<(PoisonedLock, Instant)>>,
     /// Whether `caught` may hold any: read without the lock on every request's end.
     any_caught: AtomicBool,
 }
@@ -93,8 +93,10 @@ impl Drop for Scope {
 /// looks healthy.
 pub(crate) const CAUGHT_GRACE: Duration = Duration::from_secs(1);
 
-/// Requests with poisons waiting (see [`Scope::defer`]), with when each was recorded.
-static WAITING: StdMutex<Vec<(Instant, Weak<Scope>)>> = StdMutex::new(Vec::new());
+/// Requests with poisons waiting (see [`Scope::defer`]), by when their oldest was recorded,
+/// oldest first.
+static WAITING: StdMutex<std::collections::VecDeque<(Instant, Weak<Scope>)>> =
+    StdMutex::new(std::collections::VecDeque::new());
 /// Whether [`WAITING`] may hold any: read on every poll.
 static ANY_WAITING: AtomicBool = AtomicBool::new(false);
 
@@ -111,23 +113,34 @@ pub(crate) fn decide_overdue() {
 #[cold]
 fn decide_overdue_slow() {
     let now = Instant::now();
-    let due: Vec<Arc<Scope>> = {
-        let mut waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner());
-        let mut due = Vec::new();
-        waiting.retain(|(at, scope)| {
-            if now.duration_since(*at) < CAUGHT_GRACE {
-                return true;
-            }
-            due.extend(scope.upgrade());
-            false
-        });
-        ANY_WAITING.store(!waiting.is_empty(), Ordering::Relaxed);
-        due
+    // Another thread deciding, or recording: the next poll looks again.
+    let Ok(mut waiting) = WAITING.try_lock() else {
+        return;
     };
+    let mut due = Vec::new();
+    while let Some((at, _)) = waiting.front() {
+        if now.duration_since(*at) < CAUGHT_GRACE {
+            break;
+        }
+        due.extend(waiting.pop_front().and_then(|(_, scope)| scope.upgrade()));
+    }
+    ANY_WAITING.store(!waiting.is_empty(), Ordering::Relaxed);
+    drop(waiting);
     // Outside the lock: deciding (or the last handle's drop) asks for a crash.
     for scope in due {
-        scope.settle_caught();
+        if let Some(oldest) = scope.decide_due(now) {
+            // A poison recorded (or recorded again) since: it waits its own grace.
+            wait(oldest, &scope);
+        }
     }
+}
+
+/// Puts `scope` in [`WAITING`], due [`CAUGHT_GRACE`] after `since`.
+fn wait(since: Instant, scope: &Arc<Scope>) {
+    let mut waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner());
+    let at = waiting.partition_point(|(t, _)| *t <= since);
+    waiting.insert(at, (since, Arc::downgrade(scope)));
+    ANY_WAITING.store(true, Ordering::Relaxed);
 }
 
 /// A [`Scope`]'s label: the text itself, or the parts of a request it is made of.
@@ -191,21 +204,52 @@ impl Scope {
     /// catches is decided by the layer first, by the same policy: a second decision changes
     /// nothing.
     fn defer(self: &Arc<Self>, poisoned: PoisonedLock) {
+        let now = Instant::now();
         let first = {
             let mut caught = self.caught.lock().unwrap_or_else(|e| e.into_inner());
-            // Each mutex once: a request that poisons one again and again (a loop catching
-            // its panics) keeps one entry.
-            if !caught.iter().any(|(_, lock)| lock.ptr_eq(&poisoned.1)) {
-                caught.push(poisoned);
+            // Each mutex once: one poisoned again (a loop catching its panics) waits its
+            // grace from its latest poison.
+            match caught
+                .iter_mut()
+                .find(|((_, lock), _)| lock.ptr_eq(&poisoned.1))
+            {
+                Some((_, at)) => *at = now,
+                None => caught.push((poisoned, now)),
             }
             !self.any_caught.swap(true, Ordering::AcqRel)
         };
-        // The request waits once, from its first poison not yet decided.
+        // The request waits once at a time in `WAITING`: from its first poison not yet
+        // decided; when that is due, the request's later ones wait on (`decide_overdue`).
         if first {
-            let mut waiting = WAITING.lock().unwrap_or_else(|e| e.into_inner());
-            waiting.push((Instant::now(), Arc::downgrade(self)));
-            ANY_WAITING.store(true, Ordering::Relaxed);
+            wait(now, self);
         }
+    }
+
+    /// Decides the poisons recorded [`CAUGHT_GRACE`] or longer before `now`; returns when
+    /// the oldest of the rest was recorded.
+    fn decide_due(&self, now: Instant) -> Option<Instant> {
+        let (due, oldest) = {
+            let mut caught = self.caught.lock().unwrap_or_else(|e| e.into_inner());
+            let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *caught)
+                .into_iter()
+                .partition(|(_, at)| now.duration_since(*at) >= CAUGHT_GRACE);
+            let oldest = rest.iter().map(|(_, at)| *at).min();
+            *caught = rest;
+            self.any_caught.store(oldest.is_some(), Ordering::Relaxed);
+            (due, oldest)
+        };
+        decide_caught(due.into_iter().map(|(p, _)| p), Some(self), &mut Vec::new());
+        oldest
+    }
+
+    /// The layer decided these (a panic it caught itself, its report listing them): not
+    /// decided again at the request's end, with another reason.
+    pub(crate) fn forget_caught(&self, names: &[Arc<str>]) {
+        if names.is_empty() || !self.any_caught.load(Ordering::Acquire) {
+            return;
+        }
+        let mut caught = self.caught.lock().unwrap_or_else(|e| e.into_inner());
+        caught.retain(|((name, _), _)| !names.contains(name));
     }
 
     /// When the request ends (its response ready, or its future dropped): decides each
@@ -225,7 +269,11 @@ impl Scope {
             self.any_caught.store(false, Ordering::Relaxed);
             std::mem::take(&mut *caught)
         };
-        decide_caught(caught, Some(self), &mut Vec::new());
+        decide_caught(
+            caught.into_iter().map(|(p, _)| p),
+            Some(self),
+            &mut Vec::new(),
+        );
     }
 
     /// [`Scope::settle_caught`] with the scope to itself (its last handle, before it is
@@ -235,7 +283,11 @@ impl Scope {
         let caught = self.caught.get_mut().unwrap_or_else(|e| e.into_inner());
         if !caught.is_empty() {
             let caught = std::mem::take(caught);
-            decide_caught(caught, Some(self), &mut Vec::new());
+            decide_caught(
+                caught.into_iter().map(|(p, _)| p),
+                Some(self),
+                &mut Vec::new(),
+            );
         }
     }
 }

@@ -1055,6 +1055,10 @@ impl RequestCtx {
     /// Reports the panic just caught on this thread and applies the policy.
     fn report(&self, payload: Box<dyn Any + Send>) -> PanicReport {
         let captured = context::take_for(&*payload);
+        // Decided here, with this panic: not again at the request's end.
+        if let Some(scope) = &self.scope {
+            scope.forget_caught(&captured.poisoned);
+        }
         let ours = match (&captured.scope, &self.scope) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
