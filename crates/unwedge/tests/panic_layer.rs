@@ -422,38 +422,49 @@ async fn a_caught_poison_is_decided_when_the_request_ends_not_when_it_waits() {
     .await
 }
 
+/// Serves `GET /hang`, whose handler poisons the mutex `name` and catches the panic, then waits
+/// for ever, and `GET /other`; sends `GET /hang` and returns once the handler waits: the
+/// server's address, the mutex, and the connection `/hang` waits on.
+async fn start_caught_then_waiting(
+    name: &str,
+) -> (SocketAddr, Arc<unwedge::Mutex<u32>>, tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let m = Arc::new(unwedge::Mutex::named(name, 0u32));
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let app = Router::new()
+        .route(
+            "/hang",
+            get(
+                |State((m, entered)): State<(
+                    Arc<unwedge::Mutex<u32>>,
+                    Arc<tokio::sync::Notify>,
+                )>| async move {
+                    poison_and_catch(&m).await;
+                    entered.notify_one();
+                    std::future::pending::<()>().await;
+                },
+            ),
+        )
+        .route("/other", get(|| async { "other" }))
+        .with_state((m.clone(), entered.clone()))
+        .layer(PanicLayer::new());
+    let addr = start(app).await;
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    entered.notified().await;
+    (addr, m, client)
+}
+
 /// A request whose handler caught a panic that poisoned a mutex and then waits for ever is
 /// cancelled by its client: the poison it left is decided when its future is dropped.
 #[tokio::test]
 async fn a_caught_poison_of_a_request_cancelled_while_it_waits_is_decided() {
     support::own_process!();
     within(async {
-        let m = Arc::new(unwedge::Mutex::named("cancelled-holder", 0u32));
-        let entered = Arc::new(tokio::sync::Notify::new());
-        let app = Router::new()
-            .route(
-                "/hang",
-                get(
-                    |State((m, entered)): State<(
-                        Arc<unwedge::Mutex<u32>>,
-                        Arc<tokio::sync::Notify>,
-                    )>| async move {
-                        poison_and_catch(&m).await;
-                        entered.notify_one();
-                        std::future::pending::<()>().await;
-                    },
-                ),
-            )
-            .with_state((m.clone(), entered.clone()))
-            .layer(PanicLayer::new());
-        let addr = start(app).await;
-        use tokio::io::AsyncWriteExt;
-        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        client
-            .write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        entered.notified().await;
+        let (_, m, client) = start_caught_then_waiting("cancelled-holder").await;
         drop(client);
         assert_caught_poison_decided(&m, "cancelled-holder").await;
     })
@@ -467,32 +478,7 @@ async fn a_caught_poison_of_a_request_cancelled_while_it_waits_is_decided() {
 async fn a_caught_poison_of_a_request_that_goes_on_is_decided_after_the_grace() {
     support::own_process!();
     within(async {
-        let m = Arc::new(unwedge::Mutex::named("long-poll", 0u32));
-        let entered = Arc::new(tokio::sync::Notify::new());
-        let app = Router::new()
-            .route(
-                "/long",
-                get(
-                    |State((m, entered)): State<(
-                        Arc<unwedge::Mutex<u32>>,
-                        Arc<tokio::sync::Notify>,
-                    )>| async move {
-                        poison_and_catch(&m).await;
-                        entered.notify_one();
-                        std::future::pending::<()>().await;
-                    },
-                ),
-            )
-            .route("/other", get(|| async { "other" }))
-            .with_state((m.clone(), entered.clone()))
-            .layer(PanicLayer::new());
-        let addr = start(app).await;
-        use tokio::io::AsyncWriteExt;
-        let mut long = tokio::net::TcpStream::connect(addr).await.unwrap();
-        long.write_all(b"GET /long HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        entered.notified().await;
+        let (addr, m, mut long) = start_caught_then_waiting("long-poll").await;
         let caught = Instant::now();
         // Other requests go on being served; one of them, past the grace, decides.
         while unwedge::health::crash_reason().is_none() {
