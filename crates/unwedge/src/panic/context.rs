@@ -166,16 +166,16 @@ impl fmt::Display for Label {
 
 impl Scope {
     pub(crate) fn new(label: impl Into<Arc<str>>) -> Arc<Self> {
-        Arc::new(Scope {
-            label: Label::Text(label.into()),
-            caught: Default::default(),
-            any_caught: AtomicBool::new(false),
-        })
+        Self::labelled(Label::Text(label.into()))
     }
 
     pub(crate) fn request(request: RequestScope) -> Arc<Self> {
+        Self::labelled(Label::Request(request))
+    }
+
+    fn labelled(label: Label) -> Arc<Self> {
         Arc::new(Scope {
-            label: Label::Request(request),
+            label,
             caught: Default::default(),
             any_caught: AtomicBool::new(false),
         })
@@ -238,8 +238,17 @@ impl Scope {
             self.any_caught.store(oldest.is_some(), Ordering::Relaxed);
             (due, oldest)
         };
-        decide_caught(due.into_iter().map(|(p, _)| p), Some(self), &mut Vec::new());
+        self.decide(due);
         oldest
+    }
+
+    /// Decides `caught`, by this scope's policy.
+    fn decide(&self, caught: Vec<(PoisonedLock, Instant)>) {
+        decide_caught(
+            caught.into_iter().map(|(p, _)| p),
+            Some(self),
+            &mut Vec::new(),
+        );
     }
 
     /// The layer decided these (a panic it caught itself, its report listing them): not
@@ -269,11 +278,7 @@ impl Scope {
             self.any_caught.store(false, Ordering::Relaxed);
             std::mem::take(&mut *caught)
         };
-        decide_caught(
-            caught.into_iter().map(|(p, _)| p),
-            Some(self),
-            &mut Vec::new(),
-        );
+        self.decide(caught);
     }
 
     /// [`Scope::settle_caught`] with the scope to itself (its last handle, before it is
@@ -283,11 +288,7 @@ impl Scope {
         let caught = self.caught.get_mut().unwrap_or_else(|e| e.into_inner());
         if !caught.is_empty() {
             let caught = std::mem::take(caught);
-            decide_caught(
-                caught.into_iter().map(|(p, _)| p),
-                Some(self),
-                &mut Vec::new(),
-            );
+            self.decide(caught);
         }
     }
 }

@@ -934,12 +934,12 @@ impl Drop for RequestCtx {
         let Some(mut scope) = self.scope.take() else {
             return;
         };
-        // The request's end (also when it was cancelled): what it left to decide, now.
-        scope.settle_caught();
+        // The request's end (also when it was cancelled): what it left to decide, now; with
+        // the scope to itself (most requests), without a lock or an atomic operation.
         let Some(unique) = Arc::get_mut(&mut scope) else {
+            scope.settle_caught();
             return;
         };
-        // Recorded since, by a thread that let go of the scope in between.
         unique.settle_caught_unique();
         let Some(r) = unique.as_request_mut() else {
             return;

@@ -1225,16 +1225,9 @@ struct Queued(Option<u64>);
 impl Drop for Queued {
     fn drop(&mut self) {
         if let Some(id) = self.0.take() {
-            let hook = {
-                let mut queued = BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner());
-                queued
-                    .iter()
-                    .position(|(queued, _)| *queued == id)
-                    .map(|at| queued.remove(at))
-            };
-            // Outside the lock: what the hook holds may take its time to drop (a log writer's
-            // guard flushes).
-            drop(hook);
+            // Outside the queue's lock: what the hook holds may take its time to drop (a log
+            // writer's guard flushes).
+            drop(take_before_exit(Some(id)));
         }
     }
 }
@@ -1319,6 +1312,17 @@ fn set_before_exit(hook: ExitHook) -> u64 {
     id
 }
 
+/// Takes the [`Server::before_exit`] hook `only` off the queue, or every queued one (`None`),
+/// in the order they were queued.
+fn take_before_exit(only: Option<u64>) -> Vec<ExitHook> {
+    let mut queued = BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner());
+    let (taken, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *queued)
+        .into_iter()
+        .partition(|(id, _)| only.is_none_or(|only| *id == only));
+    *queued = keep;
+    taken.into_iter().map(|(_, hook)| hook).collect()
+}
+
 /// Runs the [`Server::before_exit`] hook `only` (the end of its `serve()`), or every hook not
 /// run yet (`None`: the process exits), in the order given, on a thread of their own, waiting
 /// for them at most [`BEFORE_EXIT_LIMIT`]; a second exit (another thread's) waits for the
@@ -1327,14 +1331,7 @@ fn run_before_exit(only: Option<u64>) {
     static RUNNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
     {
-        let hooks: Vec<ExitHook> = {
-            let mut queued = BEFORE_EXIT.lock().unwrap_or_else(|p| p.into_inner());
-            let (run, keep) = std::mem::take(&mut *queued)
-                .into_iter()
-                .partition(|(id, _)| only.is_none_or(|only| *id == only));
-            *queued = keep;
-            run.into_iter().map(|(_, hook)| hook).collect()
-        };
+        let hooks = take_before_exit(only);
         if hooks.is_empty() {
             return;
         }
