@@ -835,7 +835,7 @@ impl PanicRecord {
     /// (`{"Cookie": "…"}`, the `unwedge` library's form) or a list of `[name, value]` pairs;
     /// and cuts the user info (everything between `scheme://` and the last `@` before the
     /// first `/`, `?` or `#`, or the last `@` of all when what precedes that first `/ ? #`
-    /// reads as `user:password`: see [`UserInfoEnd::Authority`]; shown as `…@`), the query and
+    /// reads as `user:password`; shown as `…@`), the query and
     /// the fragment off `request.path`,
     /// `request.route`, a `Referer` header's value and any header value starting with a URL
     /// scheme (`https://`, `HTTPS://`, `wss://`),
@@ -961,7 +961,9 @@ impl PanicRecord {
     }
 
     /// The `route` label for `unwedge_panics_total`: the request's route template (`route`,
-    /// sent by a `PanicLayer` inside an axum `Router`), else its path; `task:NAME` for a
+    /// sent by a `PanicLayer` inside an axum `Router`), else its path with the identifiers in
+    /// it replaced by placeholders ([`unwedge_redact::route_template`]: one label per
+    /// handler, and no user's id in a label anyone scraping can read); `task:NAME` for a
     /// background task, or `unknown`.
     ///
     /// ```
@@ -969,6 +971,8 @@ impl PanicRecord {
     ///
     /// let r = PanicRecord::new(None, serde_json::json!({"request": {"path": "/cart"}}));
     /// assert_eq!(r.route(), "/cart");
+    /// let r = PanicRecord::new(None, serde_json::json!({"request": {"path": "/cart/917"}}));
+    /// assert_eq!(r.route(), "/cart/{int}");
     /// let request = serde_json::json!({"path": "/users/42", "route": "/users/{id}"});
     /// let r = PanicRecord::new(None, serde_json::json!({ "request": request }));
     /// assert_eq!(r.route(), "/users/{id}");
@@ -982,10 +986,12 @@ impl PanicRecord {
     pub fn route(&self) -> String {
         let request = self.report.get("request");
         // The route template a layer inside an axum `Router` saw (bounded), else the path.
-        for field in ["route", "path"] {
-            if let Some(s) = request.and_then(|r| r.get(field)).and_then(|p| p.as_str()) {
-                return s.to_owned();
-            }
+        let field = |name| request.and_then(|r| r.get(name)).and_then(|p| p.as_str());
+        if let Some(route) = field("route") {
+            return route.to_owned();
+        }
+        if let Some(path) = field("path") {
+            return unwedge_redact::route_template(path).into_owned();
         }
         match self.str_field("task") {
             Some(task) => format!("task:{task}"),

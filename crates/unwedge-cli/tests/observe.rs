@@ -2167,6 +2167,38 @@ async fn a_panic_on_a_hostile_path_leaves_metrics_parseable() {
     .await;
 }
 
+/// Reports without a route template (a worker whose layer sits outside its router, or not in
+/// Rust): panics on `/users/17/orders` and `/users/4242/orders` count under one `route` label
+/// with the id replaced, one on `/users/ann@example.com/orders` under another, and no id is
+/// a label anyone scraping can read.
+#[tokio::test]
+async fn panics_on_paths_with_ids_count_by_route_not_by_id() {
+    limited(async {
+        let (sup, addr, admin) = python_worker(&[]).await;
+        for (i, user) in ["17", "4242", "ann@example.com"].into_iter().enumerate() {
+            let report = serde_json::json!({
+                "message": "boom", "location": "src/users.rs:1:2",
+                "request": {"method": "GET", "path": format!("/users/{user}/orders"),
+                            "request_id": format!("user-{i}"), "headers": {}},
+            });
+            send_report(&sup, addr, admin, &report).await;
+        }
+        let (code, text) = get(admin, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(
+            text.contains(r#"unwedge_panics_total{route="/users/{int}/orders"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"unwedge_panics_total{route="/users/{param}/orders"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("/users/17"), "{text}");
+        assert!(!text.contains("ann@example.com"), "{text}");
+    })
+    .await;
+}
+
 /// A worker that does not redact sends `Cookie`, `authorization`, `Proxy-Authorization` and
 /// `SET-COOKIE` headers in its report, and a path and a `Referer` with a token in their query:
 /// none shows anywhere (`/status`, `/metrics`, the report file, `unwedge reports --json`), the

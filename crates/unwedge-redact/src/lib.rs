@@ -6,6 +6,9 @@
 //! event or a client's `detail`) and for the supervisor (`unwedge-admin`: a report's text
 //! fields and a worker's stderr lines).
 //!
+//! Identifiers in a request path (`/users/42`, a UUID, an e-mail address) become placeholders
+//! in a panic's route ([`route_template`]): one route per handler, not per user.
+//!
 //! ```
 //! assert_eq!(
 //!     unwedge_redact::scrub_credentials("bad Authorization: Bearer s3cret").as_deref(),
@@ -16,6 +19,10 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod route;
+
+pub use route::route_template;
 
 /// Longest panic message a report keeps, in bytes (a longer one is cut on a character
 /// boundary, after its credentials are hidden, and [`CUT_MARK`] appended): the `unwedge`

@@ -36,7 +36,8 @@ pub const RECENT_REPORTS: usize = 16;
 
 /// How many routes [`Health::panics_by_route`] counts apart; panics on further routes are
 /// counted under [`OTHER_ROUTES`] (a path that is not a matched route, e.g. outside axum, is
-/// the client's choice: the map must not grow with it).
+/// the client's choice: its identifiers become placeholders, `/users/{int}`, but a slug
+/// stays, and the map must not grow with it).
 pub const MAX_PANIC_ROUTES: usize = 256;
 
 /// The longest key of [`Health::panics_by_route`], in bytes, `…` included: a longer route (a
@@ -125,8 +126,11 @@ pub struct Health {
     pub ready: bool,
     /// Panics caught since the process started.
     pub panics_total: u64,
-    /// Panics by route (`METHOD /path`, or `task NAME`); at most [`MAX_PANIC_ROUTES`] routes,
-    /// the rest under [`OTHER_ROUTES`].
+    /// Panics by route (`METHOD /route`, or `task NAME`); at most [`MAX_PANIC_ROUTES`] routes,
+    /// the rest under [`OTHER_ROUTES`]. The route is axum's matched route template when the
+    /// layer sits inside a `Router`, otherwise the path with its identifiers (digits, UUIDs,
+    /// long hex or mixed ids, e-mail addresses) replaced by placeholders: `GET /users/{int}`
+    /// (see [`unwedge_redact::route_template`]).
     pub panics_by_route: BTreeMap<String, u64>,
     /// The last [`RECENT_REPORTS`] panic reports, oldest first.
     pub recent_reports: Vec<PanicReport>,

@@ -105,6 +105,18 @@ fn serve_answers_with_the_given_layer_and_the_environment_policy_on_top() {
     let (status, res) = w.get("/ok");
     assert_eq!(status, 200, "{res}");
     assert!(res.to_ascii_lowercase().contains("x-request-id:"), "{res}");
+    // serve()'s layer sits outside the Router, which matches routes: a panic's route is the
+    // path with its ids replaced, one route for both users, and neither id in it.
+    for user in ["17", "4242"] {
+        assert_eq!(w.get(&format!("/users/{user}")).0, 500);
+    }
+    let log = w.log();
+    assert_eq!(
+        log.matches("route=\"GET /users/{int}\"").count(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains("route=\"GET /users/17"), "{log}");
     assert_eq!(w.exited(), None, "{}", w.log());
     assert!(!w.log().contains(NESTED_WARNING), "{}", w.log());
     w.sigterm();

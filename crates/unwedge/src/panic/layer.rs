@@ -803,14 +803,16 @@ impl RequestScope {
         self.headers.grpc
     }
 
-    /// `METHOD /route`: axum's matched route when there is one (bounded cardinality), the
-    /// path otherwise.
+    /// `METHOD /route`: axum's matched route when there is one, the path with its identifiers
+    /// replaced by placeholders otherwise (`GET /users/{int}`; see
+    /// [`unwedge_redact::route_template`]).
     fn route(&self) -> String {
         #[cfg(feature = "axum")]
         if let Some(m) = &self.matched {
             return format!("{} {}", self.method, m.as_str());
         }
-        format!("{} {}", self.method, self.path.as_str())
+        let template = unwedge_redact::route_template(self.path.as_str());
+        format!("{} {template}", self.method)
     }
 
     fn info(&self, config: &Config) -> RequestInfo {

@@ -122,7 +122,9 @@ pub struct RequestInfo {
     /// The route the request matched, as its template (`/users/{id}`): axum's
     /// `MatchedPath`, when the layer that caught the panic sat inside the `Router`
     /// (`Router::layer`; the feature `axum`). Bounded where paths are not: the supervisor
-    /// counts panics by it (`unwedge_panics_total{route}`) when present, by `path` otherwise.
+    /// counts panics by it (`unwedge_panics_total{route}`) when present, otherwise by `path`
+    /// with its identifiers replaced by placeholders (`/users/{int}`, see
+    /// [`unwedge_redact::route_template`]), as the health registry does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
 }
