@@ -1,5 +1,8 @@
 //! The process-wide panic hook.
 
+use std::io::Write;
+use std::panic::PanicHookInfo;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
@@ -22,12 +25,18 @@ pub(crate) fn backtrace_mode() -> Mode {
 /// The hook records the message, location, thread name and a backtrace on the panicking
 /// thread, where the layer that catches the panic turns them into a
 /// [`PanicReport`](crate::PanicReport). Inside a request or a task run by unwedge the report
-/// (a `tracing` event) replaces the bare `thread 'x' panicked at` line on stderr; anywhere
-/// else the hook that was installed before (by default, std's printing hook) runs as well, so
-/// nothing is lost. It also runs inside requests when the report's event (target
-/// `unwedge::panic`, level ERROR) would be recorded by nobody: no `tracing` subscriber is set,
-/// or its filter leaves the event out (`RUST_LOG=my_app=info`); and when the binary is built
-/// with `panic = "abort"` (no report follows: the process aborts).
+/// (a `tracing` event) replaces std's `thread 'x' panicked at` line on stderr. Anywhere else,
+/// and inside requests when the report's event (target `unwedge::panic`, level ERROR) would
+/// be recorded by nobody (no `tracing` subscriber is set, or its filter leaves the event out:
+/// `RUST_LOG=my_app=info`) or the binary is built with `panic = "abort"` (no report follows),
+/// the hook prints that line itself, as std does (`RUST_BACKTRACE` included), but with the
+/// message's credentials hidden as in the report: `panic!("{req:?}")` puts no
+/// `Authorization` value on stderr. So a panic is never missing from the logs, and no secret
+/// reaches them.
+///
+/// A hook installed before this one that is not std's own (a crash reporter, a metrics
+/// counter) is chained: it runs after this one for every panic, inside requests and tasks
+/// too, and sees the panic as it was raised (what it prints or sends is its own business).
 ///
 /// Backtraces: the hook only walks the stack (microseconds). Turning the frames into function
 /// names and lines takes milliseconds per cold part of the binary (15–100 ms for a request's
@@ -52,11 +61,15 @@ pub fn install() {
             trace::warm_up();
         }
         let previous = std::panic::take_hook();
+        let previous = (!is_std_hook(&*previous)).then_some(previous);
         std::panic::set_hook(Box::new(move |info| {
             let scope = context::current_scope();
             let backtrace = (mode != Mode::Off).then(Trace::capture);
+            let message = context::payload_message(info.payload());
+            let printed = (scope.is_none() || cfg!(panic = "abort") || !report_event_enabled())
+                .then(|| message.clone());
             context::begin(Captured {
-                message: context::payload_message(info.payload()),
+                message,
                 location: info
                     .location()
                     .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
@@ -69,15 +82,70 @@ pub fn install() {
                 scope: scope.clone(),
                 number: 0, // numbered by `begin`
             });
-            // Inside a request or task the report replaces std's line, unless it could not
-            // be seen: the process aborts on panic (nothing catches it), or the report's
-            // event would be recorded by nobody: no `tracing` subscriber, or one whose filter
-            // leaves it out (`my_app=info`, a common production filter).
-            if scope.is_none() || cfg!(panic = "abort") || !report_event_enabled() {
-                previous(info);
+            match &previous {
+                // The application's own hook: it sees every panic, as raised.
+                Some(hook) => hook(info),
+                // Instead of std's printer. Inside a request or task the report replaces its
+                // line, unless the report could not be seen: the process aborts on panic
+                // (nothing catches it), or its event would be recorded by nobody (no
+                // `tracing` subscriber, or one whose filter leaves it out: `my_app=info`, a
+                // common production filter).
+                None => {
+                    if let Some(message) = printed {
+                        print_like_std(info, &message);
+                    }
+                }
             }
         }));
     });
+}
+
+type Hook = dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static;
+
+/// Whether `hook` (what `take_hook` returned) is std's own printing hook, the one in place
+/// when no hook was set. Takes the hook again, which gives std's, boxed anew by the same code
+/// (a zero-sized function item: the same address and the same vtable), and compares the two
+/// as wide pointers. Another hook differs at least in its vtable.
+fn is_std_hook(hook: &Hook) -> bool {
+    let std_hook = std::panic::take_hook();
+    std::ptr::eq(hook as *const Hook, &*std_hook as *const Hook)
+}
+
+/// std's panic line (`thread 'main' panicked at src/main.rs:2:5:` and the message), with
+/// `message` (its credentials hidden) for the panic's own; a backtrace when `RUST_BACKTRACE`
+/// asks for one (`full`: every frame), and std's note on how to get one after the first
+/// panic otherwise. Written with errors ignored, as std does: a closed stderr must not turn
+/// a panic into an abort.
+fn print_like_std(info: &PanicHookInfo<'_>, message: &str) {
+    static NOTED: AtomicBool = AtomicBool::new(false);
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("<unnamed>");
+    let mut out = match info.location() {
+        Some(l) => format!(
+            "\nthread '{name}' panicked at {}:{}:{}:\n{message}\n",
+            l.file(),
+            l.line(),
+            l.column()
+        ),
+        None => format!("\nthread '{name}' panicked:\n{message}\n"),
+    };
+    match std::env::var("RUST_BACKTRACE").as_deref() {
+        Ok("0") | Err(_) => {
+            if !NOTED.swap(true, Ordering::Relaxed) {
+                out.push_str(
+                    "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
+                );
+            }
+        }
+        Ok(style) => {
+            let backtrace = std::backtrace::Backtrace::force_capture();
+            match style {
+                "full" => out.push_str(&format!("stack backtrace:\n{backtrace:#}\n")),
+                _ => out.push_str(&format!("stack backtrace:\n{backtrace}\n")),
+            }
+        }
+    }
+    let _ = std::io::stderr().lock().write_all(out.as_bytes());
 }
 
 /// Whether the report's `tracing` event (target `unwedge::panic`, level ERROR) would be

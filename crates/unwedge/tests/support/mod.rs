@@ -84,7 +84,16 @@ pub fn run_worker<F>(serve: impl FnOnce() -> F) -> !
 where
     F: std::future::Future<Output = unwedge::serve::Outcome>,
 {
+    run_worker_logging("info", serve)
+}
+
+/// [`run_worker`], logging what `filter` (a `RUST_LOG`-style directive list) lets through.
+pub fn run_worker_logging<F>(filter: &str, serve: impl FnOnce() -> F) -> !
+where
+    F: std::future::Future<Output = unwedge::serve::Outcome>,
+{
     tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
