@@ -405,7 +405,10 @@ const REDACTED_IN_TEXT: &str = "[redacted]";
 /// `token` alone or after a blank (`unexpected token: }`). A `Bearer` (any case) with no name
 /// before it hides the token after it when that reads as one: 8 or more characters of a
 /// token (RFC 6750's `b64token`) with a digit or a `-._~+/` in it, or 20 or more letters
-/// (`bearer credentials` is prose). Linear in the length of `line`.
+/// (`bearer credentials` is prose). A query parameter's value, after a `?` or `&`, when its
+/// name is a credential's or one of a URL's own (`?token=…`, `&code=…`, `&sig=…`: see
+/// `QUERY_CREDENTIALS` in the source), and a JSON Web Token anywhere (`eyJ…` `.` `…` `.`
+/// `…`), are hidden too. Linear in the length of `line`.
 ///
 /// ```
 /// let line = r#"headers: {"authorization": "Bearer S1", "host": "h"}"#;
@@ -437,7 +440,9 @@ pub fn scrub_credentials(line: &str) -> Option<String> {
                     value_after(&bytes[after..]).map(|(start, end)| (after + start, after + end))
                 })
                 .or_else(|| token_value(bytes, lower, at))
-                .or_else(|| bearer_token(bytes, lower, at)),
+                .or_else(|| bearer_token(bytes, lower, at))
+                .or_else(|| query_credential(bytes, lower, at))
+                .or_else(|| jwt(bytes, at)),
         };
         let Some((start, end)) = value else {
             at += 1;
@@ -449,6 +454,99 @@ pub fn scrub_credentials(line: &str) -> Option<String> {
         (copied, at) = (end, end);
     }
     (copied > 0).then(|| out + &line[copied..])
+}
+
+/// Query parameters whose value is a credential in a URL, beyond [`CREDENTIAL_NAMES`]
+/// (lower case, `_` read as `-`): OAuth's `code`, a signed URL's `sig` or `signature`, a
+/// bare `token`, `key`, `jwt`, `session`, `sid`, `auth`, `ticket`, `otp`. Common words
+/// elsewhere in a message, so only found after a `?` or a `&`.
+const QUERY_CREDENTIALS: &[&str] = &[
+    "token",
+    "code",
+    "key",
+    "sig",
+    "signature",
+    "jwt",
+    "session",
+    "sessionid",
+    "session-id",
+    "sid",
+    "auth",
+    "ticket",
+    "otp",
+    "credential",
+];
+
+/// Where the value of a query parameter at `at` of `bytes` (`lower`: the same, lower case,
+/// `_` as `-`) is, when `at` follows a `?` or a `&` and the parameter's name is one of
+/// [`QUERY_CREDENTIALS`] (alone or after a `-` or `_`) or a credential's
+/// ([`is_credential_name`]): `?token=…`,
+/// `&code=…`, `&X-Amz-Signature=…`. The value ends at the next `&`, `#`, blank, quote or
+/// closing bracket; an empty one is none.
+fn query_credential(bytes: &[u8], lower: &[u8], at: usize) -> Option<(usize, usize)> {
+    if at == 0 || !matches!(bytes[at - 1], b'?' | b'&') {
+        return None;
+    }
+    let name_len = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        .count();
+    if name_len == 0 || bytes.get(at + name_len) != Some(&b'=') {
+        return None;
+    }
+    let name = &lower[at..at + name_len];
+    // Alone or ending a longer name: `X-Amz-Signature`, `x_session_id`.
+    let listed = QUERY_CREDENTIALS.iter().any(|q| {
+        let q = q.as_bytes();
+        name == q || (name.ends_with(q) && name[..name.len() - q.len()].ends_with(b"-"))
+    });
+    // ASCII: checked above.
+    let named = std::str::from_utf8(&bytes[at..at + name_len]).is_ok_and(is_credential_name);
+    if !(listed || named) {
+        return None;
+    }
+    let start = at + name_len + 1;
+    // Already hidden (a report scrubbed again).
+    if bytes[start..].starts_with(REDACTED_IN_TEXT.as_bytes()) {
+        return None;
+    }
+    let len = bytes[start..]
+        .iter()
+        .take_while(|b| {
+            !(b.is_ascii_whitespace()
+                || matches!(
+                    b,
+                    b'&' | b'#' | b'"' | b'\'' | b'\\' | b'>' | b')' | b']' | b'}'
+                ))
+        })
+        .count();
+    (len > 0).then_some((start, start + len))
+}
+
+/// Where a JSON Web Token starting at `at` of `bytes` ends, when one does: `eyJ` (a JSON
+/// object's `{"` in base64url) then 10 or more base64url characters in all, a `.`, 10 or
+/// more of the payload's, and a `.` with the signature's (none for an unsigned one).
+/// Found anywhere but inside a run of base64url characters: a JWT is a bearer credential
+/// wherever it is quoted (`{"jwt": "eyJ…"}`, a URL, a `Debug` of a struct). Only at the start
+/// of such a run, so that `eyJ-eyJ-eyJ…` is scanned once, not once per `eyJ`.
+fn jwt(bytes: &[u8], at: usize) -> Option<(usize, usize)> {
+    let b64url_char = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_');
+    if !bytes[at..].starts_with(b"eyJ") || at.checked_sub(1).is_some_and(|i| b64url_char(&bytes[i]))
+    {
+        return None;
+    }
+    let b64url = |from: usize| bytes[from..].iter().take_while(|b| b64url_char(b)).count();
+    let header = b64url(at);
+    let dot = at + header;
+    if header < 10 || bytes.get(dot) != Some(&b'.') {
+        return None;
+    }
+    let payload = b64url(dot + 1);
+    let end = dot + 1 + payload;
+    if payload < 10 || bytes.get(end) != Some(&b'.') {
+        return None;
+    }
+    Some((at, end + 1 + b64url(end + 1)))
 }
 
 /// Where the value after a `token` at `at` of `bytes` (`lower`: the same, lower case) is,
@@ -930,6 +1028,66 @@ mod tests {
         ] {
             assert_eq!(scrub_credentials(text), None, "{text}");
         }
+    }
+
+    /// Found by review: a URL's query token (`uri: /dbg?token=…`, OAuth's `?code=…`) and a
+    /// JWT quoted outside an `Authorization` (`{"jwt": "eyJ…"}`) reached reports and logs.
+    #[test]
+    fn query_credentials_and_jwts_are_hidden_wherever_they_are() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NSJ9.c2lnbmF0dXJlX2hlcmU";
+        for (text, want) in [
+            (
+                "uri: /dbg?token=S3cr3t&page=2",
+                "uri: /dbg?token=[redacted]&page=2",
+            ),
+            (
+                "GET /cb?state=x&code=4/0AX4XfWh#frag",
+                "GET /cb?state=x&code=[redacted]#frag",
+            ),
+            (
+                "fetch https://b.s3/o?X-Amz-Signature=abc123&X-Amz-Date=1",
+                "fetch https://b.s3/o?X-Amz-Signature=[redacted]&X-Amz-Date=1",
+            ),
+            (
+                r#""referer": "https://x/y?sid=SeSS10n""#,
+                r#""referer": "https://x/y?sid=[redacted]""#,
+            ),
+            (
+                &format!(r#"{{"jwt": "{jwt}"}}"#),
+                r#"{"jwt": "[redacted]"}"#,
+            ),
+            (
+                &format!("claims of {jwt} invalid"),
+                "claims of [redacted] invalid",
+            ),
+            (
+                &format!("/login?next=/&t={jwt}"),
+                "/login?next=/&t=[redacted]",
+            ),
+        ] {
+            assert_eq!(scrubbed(text), want, "{text}");
+            assert_eq!(scrubbed(want), want, "scrubbed again: {want}");
+        }
+        // Words elsewhere, and what is not a JWT: as they are.
+        for text in [
+            "unexpected code: 3 at key=value",
+            "GET /items?page=2&sort=name",
+            "GET /search?q=token&code=",
+            "eyJ short.eyJ.x",
+            "xeyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NSJ9.sig",
+        ] {
+            assert_eq!(scrub_credentials(text), None, "{text}");
+        }
+    }
+
+    /// Each `eyJ` of a run starts no scan of its own: linear, not quadratic, in the run.
+    #[test]
+    fn a_long_run_of_jwt_starts_is_scanned_once() {
+        let text = "eyJ-".repeat(250_000);
+        let started = std::time::Instant::now();
+        assert_eq!(scrub_credentials(&text), None);
+        // Quadratic would be ~10^10 steps (minutes); linear is milliseconds. Slack for CI.
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
     /// Found by review: `cut_inside_url` took the last `://`, so a text cut inside a password

@@ -405,7 +405,9 @@ impl CapturedHeaders {
                                 None => format!("{text}{cut}").into(),
                             },
                         };
-                        hide_userinfo_in_text(&shown).into_owned()
+                        // A credential quoted in another header's value (`ua … Bearer …`).
+                        let shown = hide_userinfo_in_text(&shown).into_owned();
+                        unwedge_redact::scrub_credentials(&shown).unwrap_or(shown)
                     }
                     _ => "<binary>".to_owned(),
                 };
@@ -638,6 +640,17 @@ mod captured_tests {
                 USER_AGENT,
                 "ua https://x.y/@z and http://h:8080/a@b".to_owned(),
                 "ua https://x.y/@z and http://h:8080/a@b".to_owned(),
+            ),
+            // A credential quoted in another header (review): hidden as in a message.
+            (
+                USER_AGENT,
+                "ua Bearer SECRETUA12xyz".to_owned(),
+                "ua Bearer [redacted]".to_owned(),
+            ),
+            (
+                xff.clone(),
+                "1.2.3.4, https://h/cb?code=XFFC0DE".to_owned(),
+                "1.2.3.4, https://h/cb?code=[redacted]".to_owned(),
             ),
             // Cut inside a URL's user info, with no `@` left: the URL is kept as `scheme://…`.
             (
