@@ -58,8 +58,10 @@ impl Pool {
                     .map_or_else(|| "an unknown pid".to_owned(), |p| format!("pid {p}"));
                 tracing::warn!(
                     "a notify message from {from}, which is not a worker, was ignored (a \
-                     worker's child that daemonized? only a worker's own pid, or its \
-                     MAINPID=, counts); such messages are counted in \
+                     worker's child that daemonized, or that exited before its message was \
+                     read? only a worker's own pid, or a process of its process group or \
+                     session still running when the message is read, counts; send it from \
+                     the worker itself); such messages are counted in \
                      unwedge_notify_forged_total and told here at most once a minute"
                 );
             } else {
