@@ -670,6 +670,43 @@ async fn a_command_that_never_starts_gives_up_however_slow_its_backoff() {
     .await;
 }
 
+/// A script whose `#!` interpreter is missing: the failed start names the interpreter, not
+/// the script, which exists (execve says only "No such file or directory").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_whose_interpreter_is_missing_is_named_for_it() {
+    use std::os::unix::fs::PermissionsExt;
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("server.sh");
+        std::fs::write(&script, "#!/nonexistent/interp -x\necho hi\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--restart-delay",
+            "10ms",
+            "--max-restarts",
+            "1",
+            "--",
+            script.to_str().unwrap(),
+        ]);
+        let status = sup.wait_exit(LONG).await;
+        let log = sup.log();
+        assert_eq!(status.code(), Some(3), "{log}");
+        assert!(
+            log.contains(&format!(
+                "cannot execute `{}`: its interpreter `/nonexistent/interp` (its `#!` line) does not exist",
+                script.display()
+            )),
+            "{log}"
+        );
+    })
+    .await;
+}
+
 async fn reload_rounds(sup: &Sup, l: &unwedge_load::Running, rounds: u64) {
     let mut old = sup.wait_ready(0, 2).await;
     load_progress(l, 100).await;

@@ -123,6 +123,14 @@ pub fn exec(command: &[String]) -> String {
         return "exec-shim: argument contains a NUL byte".into();
     };
     let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
+    if err == nix::errno::Errno::ENOENT {
+        if let Some(interpreter) = missing_interpreter(program) {
+            return format!(
+                "cannot execute `{program}`: its interpreter `{interpreter}` (its `#!` line) \
+                 does not exist"
+            );
+        }
+    }
     match switched {
         // The command, or a directory on its way, may be open to root only.
         true => format!(
@@ -132,6 +140,26 @@ pub fn exec(command: &[String]) -> String {
         ),
         false => format!("cannot execute `{program}`: {}", err.desc()),
     }
+}
+
+/// The interpreter a script's `#!` line names, when the script exists and that interpreter
+/// does not: `execvp` says only "No such file or directory" then, which reads as if the
+/// script were missing. `program` is found as `execvp` finds it (a name without `/` on
+/// `PATH`).
+fn missing_interpreter(program: &str) -> Option<String> {
+    use std::io::Read;
+    let script = match program.contains('/') {
+        true => std::path::PathBuf::from(program),
+        false => std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())?,
+    };
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(script).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let interpreter = std::str::from_utf8(line).ok()?.split_whitespace().next()?;
+    (!std::path::Path::new(interpreter).exists()).then(|| interpreter.to_owned())
 }
 
 /// Runs the worker as the user and groups in [`SHIM_CREDENTIALS_ENV`] (`--user`, `--group`),
