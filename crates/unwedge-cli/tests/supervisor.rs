@@ -3665,6 +3665,53 @@ async fn workers_killed_by_a_forwarded_signal_are_restarted_without_counting_as_
     .await;
 }
 
+/// A worker that signals its parent when it starts (`kill -USR1 $PPID`, as Xorg-style daemons
+/// do to say they are ready) kills every worker through the supervisor's forwarding, its own
+/// replacement included. Past a few such deaths they are restarts like any other: said once,
+/// backed off, counted toward `--max-restarts` (they were restarted at once and uncounted,
+/// ~140 a second, forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_signalling_the_supervisor_does_not_restart_in_a_loop() {
+    within(Duration::from_secs(60), async {
+        let mut sup = Sup::run(
+            &[
+                "--workers",
+                "2",
+                "--ready",
+                "none",
+                "--max-restarts",
+                "6",
+                "--admin",
+                "off",
+            ],
+            &["/bin/sh", "-c", "kill -USR1 $PPID; exec sleep 1000"],
+        );
+        let started = Instant::now();
+        let line = sup
+            .wait_line(
+                0,
+                &["a worker may be sending SIGUSR1 to the supervisor itself"],
+            )
+            .await;
+        assert!(line.contains("(said once)"), "{line}");
+        let status = sup.wait_exit(LONG).await;
+        let log = sup.log();
+        assert_eq!(status.code(), Some(3), "{log}");
+        assert!(log.contains("giving up: 7 restarts within"), "{log}");
+        assert_eq!(
+            log.matches("a worker may be sending SIGUSR1").count(),
+            1,
+            "{log}"
+        );
+        // Three uncounted deaths per slot, then the limit's 6 and the one over it: with room
+        // for deaths the stop itself sees.
+        let restarts = log.matches("ready in").count();
+        assert!(restarts < 30, "{restarts} workers started; {log}");
+        assert!(started.elapsed() < LONG, "{log}");
+    })
+    .await;
+}
+
 /// Signals whose default action ends a process (SIGALRM, SIGVTALRM, SIGPROF, SIGXFSZ) do not
 /// end the supervisor without a word, its workers with it: each is logged and ignored, and the
 /// workers keep serving.

@@ -399,6 +399,7 @@ impl Supervisor {
             stalled_until: None,
             forwarded: Vec::new(),
             forwarded_fatal: Vec::new(),
+            forwarded_loop_told: false,
         };
         pool.listener_inodes = pool
             .listeners
@@ -570,6 +571,9 @@ struct Slot {
     /// The port its last worker was given (`--port-env`): its restart gets it again when it
     /// is free, so a balancer's list of ports stays right across crashes.
     port: Option<u16>,
+    /// When its workers died of a signal the supervisor forwarded, within `--within`: past
+    /// [`FORWARDED_EXEMPT`] of them, such deaths are restarts like any other.
+    forwarded_deaths: std::collections::VecDeque<Instant>,
 }
 
 impl Slot {
@@ -581,6 +585,7 @@ impl Slot {
             last_exit: None,
             pending: None,
             port: None,
+            forwarded_deaths: std::collections::VecDeque::new(),
         }
     }
 }
@@ -881,6 +886,8 @@ struct Pool {
     forwarded: Vec<(Signal, Instant)>,
     /// The forwarded signals workers were found to die of (said once each).
     forwarded_fatal: Vec<Signal>,
+    /// Deaths of forwarded signals were found to repeat in a slot (said once).
+    forwarded_loop_told: bool,
 }
 
 /// Fast polling of a starting worker's port or probe (readiness).
@@ -897,6 +904,12 @@ const NOTIFY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// A worker killed by a signal the supervisor forwarded to it this recently died of it (it
 /// does not handle it), rather than crashed.
 const FORWARDED_WINDOW: Duration = Duration::from_secs(2);
+
+/// How many deaths of a forwarded signal a slot's workers may have within `--within` and still
+/// be restarted at once, uncounted: an operator's `kill -USR1` kills each worker once. More is
+/// a loop (a worker signalling the supervisor itself, which forwards it to every worker), and
+/// takes the backoff and counts toward giving up like any other restart.
+const FORWARDED_EXEMPT: usize = 3;
 
 /// How often daemons and the OOM kill count are looked for.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
