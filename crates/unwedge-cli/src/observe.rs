@@ -373,7 +373,8 @@ impl Observer {
     }
 
     /// After the supervisor ended: lets the event task write and send what is left, flushes
-    /// the alerts (the `gave_up` one included), stops the admin endpoint; all bounded.
+    /// the alerts (the `gave_up` one included), kills the `--alert-exec` commands still
+    /// running then, stops the admin endpoint; all bounded.
     pub(crate) async fn finish(self) {
         let deadline = Instant::now() + FLUSH_DEADLINE;
         // The hook (and its sender) went with the supervisor: the task ends once drained.
@@ -386,8 +387,11 @@ impl Observer {
             task.abort();
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if !self.alerter.flush(left).await {
-            tracing::warn!("alerts still being delivered at exit; giving up on them");
+        if !self.alerter.close(left).await {
+            tracing::warn!(
+                "alerts still being delivered at exit; giving up on them (--alert-exec \
+                 commands still running are killed)"
+            );
         }
         if let Some(admin) = self.admin {
             admin.shutdown().await;

@@ -212,6 +212,69 @@ async fn an_alert_hook_inherits_no_socket_passed_by_systemd_either() {
     .await;
 }
 
+/// An `--alert-exec` command gets no fd the supervisor inherited (a shell's `exec 7>file`),
+/// as workers get none; one still running when the supervisor exits is killed once the
+/// alerts' flush is over, not left behind re-parented to init (it was, with such fds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_command_inherits_no_stray_fd_and_is_killed_at_exit() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (stray, pids) = (dir.path().join("stray"), dir.path().join("pids"));
+        // `sh` waits for its `sleep` (the runtime's kill of the `sh` alone at exit missed it).
+        let hook = format!("sleep 31 & echo $! >> {}; wait", pids.display());
+        let script = format!(
+            "exec 7>{}; exec {BIN} run --listen 127.0.0.1:0 --admin off --max-restarts 1 \
+             --alert-exec '{hook}' -- /bin/false",
+            stray.display()
+        );
+        let mut sup = Sup::start_program("bash", &["-c", &script], &[]);
+        let deadline = Instant::now() + LONG;
+        let first: i32 = loop {
+            let text = std::fs::read_to_string(&pids).unwrap_or_default();
+            if let Some(p) = text.lines().next() {
+                break p.trim().parse().expect("a pid");
+            }
+            assert!(Instant::now() < deadline, "no alert ran: {}", sup.log());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let command = Stray {
+            pid: first,
+            program: b"sleep",
+        };
+        while !command.runs_program() {
+            assert!(
+                Instant::now() < deadline,
+                "the alert command never ran sleep"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let stray_name = stray.display().to_string();
+        let fds = open_fds(first);
+        assert!(!fds.values().any(|t| *t == stray_name), "{fds:?}");
+        // It still runs when the supervisor gave up: the 5 s flush waits for it, then it goes.
+        let status = sup.wait_exit(LONG).await;
+        assert_eq!(status.code(), Some(3), "{}", sup.log());
+        // Killed if the test fails.
+        let started: Vec<Stray> = std::fs::read_to_string(&pids)
+            .unwrap()
+            .lines()
+            .map(|l| Stray {
+                pid: l.trim().parse().expect("a pid"),
+                program: b"sleep",
+            })
+            .collect();
+        for command in &started {
+            assert!(
+                gone_within(command.pid, Duration::from_millis(200)).await,
+                "alert command pid {} outlived the supervisor; log:\n{}",
+                command.pid,
+                sup.log()
+            );
+        }
+    })
+    .await;
+}
+
 /// An `--alert-exec` hook that leaves `sleep 300` running in the background, its output
 /// away from the hook's pipes (so the hook itself ends at once), and writes its pid to
 /// `pidfile`.

@@ -148,6 +148,10 @@ impl Supervisor {
         let systemd = Systemd::from_env();
         let inherited = socket::from_systemd();
         socket::forget_systemd_env();
+        // Every fd the supervisor inherited (the sockets passed just taken, already
+        // close-on-exec) goes to no process it starts: workers get theirs through the shim,
+        // which marks the rest too; an `--alert-exec` command got them all.
+        crate::cloexec::cloexec_from(3);
         let inherited = inherited?;
         let mut socket_files = socket::OwnSocketFiles::default();
         let listeners = if !inherited.is_empty() {
