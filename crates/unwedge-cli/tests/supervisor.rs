@@ -3775,6 +3775,33 @@ async fn a_worker_signalling_the_supervisor_does_not_restart_in_a_loop() {
     .await;
 }
 
+/// A worker stopped (SIGSTOP) when the supervisor stops gets SIGCONT right after the stop
+/// signal, as systemd sends it: it drains and exits of its own SIGTERM handling, rather than
+/// waiting out `--stop-timeout` for a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_is_continued_and_drains_at_the_stop() {
+    within(Duration::from_secs(60), async {
+        let mut sup = Sup::python(&["--admin", "off", "--stop-timeout", "15s"], &[]);
+        let pid = sup.wait_ready(0, 1).await[0];
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+        let deadline = Instant::now() + LONG;
+        while proc_state(pid).map(|(state, _)| state) != Some('T') {
+            assert!(Instant::now() < deadline, "the worker never stopped");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let m = sup.mark();
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_exit(LONG).await;
+        let log = sup.log();
+        // Exit status 1 (and a SIGKILL) when a worker had to be killed at the stop timeout.
+        assert_eq!(status.code(), Some(0), "{log}");
+        sup.wait_line(m, &[&format!("w1 pid {pid} exit status 0")])
+            .await;
+        assert!(!log.contains("SIGKILL"), "{log}");
+    })
+    .await;
+}
+
 /// Signals whose default action ends a process (SIGALRM, SIGVTALRM, SIGPROF, SIGXFSZ) do not
 /// end the supervisor without a word, its workers with it: each is logged and ignored, and the
 /// workers keep serving.

@@ -795,6 +795,16 @@ fn signal_worker(pid: i32, sig: Signal) -> nix::Result<()> {
     }
 }
 
+/// Sends the stop signal `sig` to worker `pid` as [`signal_worker`] does, then SIGCONT, as
+/// systemd does after its stop signal: a stopped process (SIGSTOP, `kill -STOP` while
+/// debugging, a job stopped by a terminal) cannot act on the stop signal until continued, and
+/// would wait out `--stop-timeout` and be SIGKILLed instead of draining.
+fn send_stop_signal(pid: i32, sig: Signal) -> nix::Result<()> {
+    let sent = signal_worker(pid, sig);
+    let _ = signal_worker(pid, Signal::SIGCONT);
+    sent
+}
+
 /// Sends `sig` to every live process of session `sid`, group by group (a group lies in one
 /// session); returns their pids.
 fn signal_session(sid: i32, sig: Signal) -> Vec<i32> {
