@@ -24,8 +24,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
@@ -399,7 +399,7 @@ enum Msg {
 /// let metrics = Arc::new(Metrics::new("0.1.0"));
 /// let alerter = Alerter::new(AlertConfig::new().webhook("http://127.0.0.1:9000/hook"), metrics)?;
 /// alerter.send(AlertEvent::new(AlertKind::WorkerHung, "worker 1 missed 3 heartbeats"));
-/// alerter.flush(std::time::Duration::from_secs(5)).await; // before exiting
+/// alerter.close(std::time::Duration::from_secs(5)).await; // before exiting
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
@@ -408,7 +408,22 @@ pub struct Alerter {
     /// Urgent events: a queue of their own, taken first.
     urgent: mpsc::Sender<AlertEvent>,
     metrics: Arc<Metrics>,
+    commands: Arc<Commands>,
 }
+
+/// The `--alert-exec` commands: how many run, and the order to kill them (see
+/// [`Alerter::close`]).
+#[derive(Debug)]
+struct Commands {
+    /// Commands started and not yet reaped.
+    running: watch::Sender<usize>,
+    /// Set at the supervisor's exit: those running are killed, no more are started.
+    kill: watch::Sender<bool>,
+}
+
+/// How long [`Alerter::close`] waits for the commands it killed to be reaped (they are
+/// SIGKILLed: milliseconds).
+const KILLED_REAP_WAIT: Duration = Duration::from_millis(500);
 
 impl fmt::Debug for Msg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -438,18 +453,24 @@ impl Alerter {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (urgent, urgent_rx) = mpsc::channel(RESERVED_ALERT_SLOTS);
         let client = WebClient::new(webhook.as_ref())?;
+        let commands = Arc::new(Commands {
+            running: watch::Sender::new(0),
+            kill: watch::Sender::new(false),
+        });
         let sinks = Arc::new(Sinks {
             webhook,
             exec: config.exec.clone(),
             client,
             metrics: metrics.clone(),
             config: config.clone(),
+            commands: commands.clone(),
         });
         handle.spawn(Dispatcher::new(&handle, sinks, config).run(rx, urgent_rx));
         Ok(Alerter {
             tx,
             urgent,
             metrics,
+            commands,
         })
     }
 
@@ -476,7 +497,8 @@ impl Alerter {
     }
 
     /// Waits until every event sent before this call was delivered or failed, for at most
-    /// `timeout`. Returns `false` on timeout. Call it before the supervisor exits.
+    /// `timeout`. Returns `false` on timeout. Before the supervisor exits, call
+    /// [`close`](Self::close) instead.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let (done_tx, done_rx) = oneshot::channel();
         tokio::time::timeout(timeout, async {
@@ -488,6 +510,20 @@ impl Alerter {
         .await
         .unwrap_or(false)
     }
+
+    /// For the supervisor's exit: [`flush`](Self::flush) for at most `timeout`; then the
+    /// `--alert-exec` commands still running are killed (each one's process group) and reaped,
+    /// and no more are started, so that none is left behind, re-parented to init, once the
+    /// supervisor is gone. Returns `false` if alerts were still being delivered.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        if self.flush(timeout).await {
+            return true;
+        }
+        self.commands.kill.send_replace(true);
+        let mut running = self.commands.running.subscribe();
+        let _ = tokio::time::timeout(KILLED_REAP_WAIT, running.wait_for(|n| *n == 0)).await;
+        false
+    }
 }
 
 struct Sinks {
@@ -496,6 +532,7 @@ struct Sinks {
     client: WebClient,
     metrics: Arc<Metrics>,
     config: AlertConfig,
+    commands: Arc<Commands>,
 }
 
 /// A plain HTTP client, or (for `https://` webhooks) one with rustls and the system's roots.
@@ -840,7 +877,7 @@ impl Sinks {
 
     async fn deliver_exec(&self, event: &AlertEvent) {
         let cmd = self.exec.as_deref().expect("exec configured");
-        match run_exec(cmd, event, self.config.exec_timeout).await {
+        match run_exec(cmd, event, self.config.exec_timeout, &self.commands).await {
             Ok(()) => self.metrics.record_alert_sent("exec"),
             Err(e) => {
                 // Never the whole command: its arguments may hold a token.
@@ -899,8 +936,17 @@ fn error_chain(error: &(dyn std::error::Error + 'static), uri: &Uri) -> String {
 }
 
 /// Runs `sh -c CMD` in its own process group with the event on stdin; kills the group on
-/// timeout.
-async fn run_exec(cmd: &str, event: &AlertEvent, timeout: Duration) -> Result<(), String> {
+/// timeout, or when `commands` says the supervisor is exiting, and reaps it.
+async fn run_exec(
+    cmd: &str,
+    event: &AlertEvent,
+    timeout: Duration,
+    commands: &Commands,
+) -> Result<(), String> {
+    let mut kill = commands.kill.subscribe();
+    if *kill.borrow() {
+        return Err("not run: the supervisor is exiting".to_owned());
+    }
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
@@ -912,35 +958,59 @@ async fn run_exec(cmd: &str, event: &AlertEvent, timeout: Duration) -> Result<()
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start sh: {e}"))?;
+    commands.running.send_modify(|n| *n += 1);
+    // Counted down however this ends (a cancelled delivery too).
+    let _running = RunningCommand(&commands.running);
     let pid = child.id();
     let json = serde_json::to_vec(event).expect("event serializes");
     let mut stdin = child.stdin.take().expect("stdin piped");
-    let run = async move {
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let run = async {
         // A command that does not read its stdin is fine: ignore EPIPE.
         let _ = stdin.write_all(&json).await;
         drop(stdin);
-        child.wait_with_output().await
+        let mut err = Vec::new();
+        let (status, _) = tokio::join!(child.wait(), stderr.read_to_end(&mut err));
+        status.map(|s| (s, err))
     };
-    match tokio::time::timeout(timeout, run).await {
-        Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            Err(format!(
-                "{}: {}",
-                out.status,
-                stderr.lines().last().unwrap_or("").trim()
-            ))
+    // An alerter dropped without `close` kills nothing: that wait never ends.
+    let exiting = async {
+        if kill.wait_for(|k| *k).await.is_err() {
+            std::future::pending::<()>().await;
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => {
-            if let Some(pid) = pid
-                .and_then(|p| i32::try_from(p).ok())
-                .and_then(rustix::process::Pid::from_raw)
-            {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    };
+    let why = tokio::select! {
+        ended = tokio::time::timeout(timeout, run) => match ended {
+            Ok(Ok((status, _))) if status.success() => return Ok(()),
+            Ok(Ok((status, err))) => {
+                let stderr = String::from_utf8_lossy(&err);
+                return Err(format!(
+                    "{status}: {}",
+                    stderr.lines().last().unwrap_or("").trim()
+                ));
             }
-            Err(format!("timed out after {timeout:?}, killed"))
-        }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => format!("timed out after {timeout:?}, killed"),
+        },
+        () = exiting => "still running at the supervisor's exit, killed".to_owned(),
+    };
+    if let Some(pid) = pid
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    // Reaped here rather than left to the runtime: the supervisor may exit right after.
+    let _ = tokio::time::timeout(KILLED_REAP_WAIT, child.wait()).await;
+    Err(why)
+}
+
+/// One `--alert-exec` command running: counted in [`Commands::running`] until dropped.
+struct RunningCommand<'a>(&'a watch::Sender<usize>);
+
+impl Drop for RunningCommand<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 

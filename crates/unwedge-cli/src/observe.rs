@@ -47,6 +47,9 @@ const KEEP_RESTARTS: usize = 2000;
 /// time): past this, a worker panicking faster than the disk takes the reports has them
 /// dropped, counted as not written, instead of growing the supervisor's memory without bound.
 const MAX_QUEUED_REPORTS: usize = 256;
+/// Reports dropped (see [`MAX_QUEUED_REPORTS`]) are logged at most this often, summed: a
+/// worker flooding reports made one ERROR line per report taken, 1,500 in 4 s.
+const DROPS_TOLD_EVERY: Duration = Duration::from_secs(1);
 /// Bound on the wait for the last events and alerts when the supervisor ends.
 pub(crate) const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -350,6 +353,7 @@ pub(crate) async fn start(
     let ctx = Ctx {
         reports,
         gate,
+        drops: Mutex::default(),
         metrics,
         alerter: alerter.clone(),
         shared,
@@ -373,7 +377,8 @@ impl Observer {
     }
 
     /// After the supervisor ended: lets the event task write and send what is left, flushes
-    /// the alerts (the `gave_up` one included), stops the admin endpoint; all bounded.
+    /// the alerts (the `gave_up` one included), kills the `--alert-exec` commands still
+    /// running then, stops the admin endpoint; all bounded.
     pub(crate) async fn finish(self) {
         let deadline = Instant::now() + FLUSH_DEADLINE;
         // The hook (and its sender) went with the supervisor: the task ends once drained.
@@ -386,8 +391,11 @@ impl Observer {
             task.abort();
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if !self.alerter.flush(left).await {
-            tracing::warn!("alerts still being delivered at exit; giving up on them");
+        if !self.alerter.close(left).await {
+            tracing::warn!(
+                "alerts still being delivered at exit; giving up on them (--alert-exec \
+                 commands still running are killed)"
+            );
         }
         if let Some(admin) = self.admin {
             admin.shutdown().await;
@@ -564,6 +572,44 @@ impl ReportGate {
     }
 }
 
+/// The crash reports dropped and not yet logged, logged at most once per [`DROPS_TOLD_EVERY`].
+#[derive(Debug, Default)]
+struct DropsTold {
+    untold: u64,
+    last_told: Option<Instant>,
+}
+
+impl DropsTold {
+    /// Adds `dropped`; the drops to log at `now`, if any and if the last line is old enough.
+    fn add(&mut self, dropped: u64, now: Instant) -> Option<u64> {
+        self.untold += dropped;
+        let recent = self
+            .last_told
+            .is_some_and(|t| now.duration_since(t) < DROPS_TOLD_EVERY);
+        if self.untold == 0 || recent {
+            return None;
+        }
+        self.last_told = Some(now);
+        Some(std::mem::take(&mut self.untold))
+    }
+
+    /// When the drops held back may be logged (none: nothing held back).
+    fn due(&self) -> Option<Instant> {
+        (self.untold > 0).then(|| {
+            self.last_told
+                .map_or_else(Instant::now, |t| t + DROPS_TOLD_EVERY)
+        })
+    }
+}
+
+/// Logs `n` crash reports dropped (see [`DropsTold`]).
+fn report_drops(n: u64) {
+    tracing::error!(
+        "{n} crash report(s) dropped: {MAX_QUEUED_REPORTS} were waiting to be written (workers \
+         panic faster than the report directory takes them; said at most once a second)"
+    );
+}
+
 /// How far `total`, a count that only grows, moved since `seen` last saw it. `fetch_max`: two
 /// looks at once never move the mark back, so nothing is counted twice.
 fn grown(seen: &AtomicU64, total: u64) -> u64 {
@@ -573,6 +619,7 @@ fn grown(seen: &AtomicU64, total: u64) -> u64 {
 struct Ctx {
     reports: Option<Arc<ReportDir>>,
     gate: Arc<ReportGate>,
+    drops: Mutex<DropsTold>,
     metrics: Arc<Metrics>,
     alerter: Arc<Alerter>,
     shared: Arc<Shared>,
@@ -581,8 +628,39 @@ struct Ctx {
 
 impl Ctx {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Event>) {
-        while let Some(e) = rx.recv().await {
+        loop {
+            // Drops held back are logged once their second is over, even if no report follows.
+            let due = self.lock_drops().due();
+            let event = match due {
+                Some(at) => match tokio::time::timeout_at(at.into(), rx.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => {
+                        self.tell_drops(0);
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(e) = event else {
+                break;
+            };
             self.on_event(e).await;
+        }
+        let rest = std::mem::take(&mut self.lock_drops().untold);
+        if rest > 0 {
+            report_drops(rest);
+        }
+    }
+
+    fn lock_drops(&self) -> std::sync::MutexGuard<'_, DropsTold> {
+        self.drops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `dropped` crash reports to those to log, and logs them if it is time.
+    fn tell_drops(&self, dropped: u64) {
+        let told = self.lock_drops().add(dropped, Instant::now());
+        if let Some(n) = told {
+            report_drops(n);
         }
     }
 
@@ -628,10 +706,7 @@ impl Ctx {
             Event::Report { worker, pid, json } => {
                 let dropped = self.gate.taken();
                 if dropped > 0 {
-                    tracing::error!(
-                        "{dropped} crash report(s) dropped: {MAX_QUEUED_REPORTS} were waiting to be \
-                         written (workers panic faster than the report directory takes them)"
-                    );
+                    self.tell_drops(dropped);
                 }
                 let value = serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json));
                 // Redacts the credential headers (any worker may send a report, and not every
@@ -970,7 +1045,25 @@ pub(crate) fn hang_reason(detail: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod report_gate_tests {
-    use super::ReportGate;
+    use super::{DropsTold, ReportGate, DROPS_TOLD_EVERY};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn drops_are_told_at_most_once_a_second_summed() {
+        let mut drops = DropsTold::default();
+        let t0 = Instant::now();
+        assert_eq!(drops.add(0, t0), None);
+        assert_eq!(drops.due(), None);
+        assert_eq!(drops.add(3, t0), Some(3));
+        // Within the second: held back, summed.
+        let ms = Duration::from_millis;
+        for i in 1..=100 {
+            assert_eq!(drops.add(2, t0 + ms(i * 5)), None);
+        }
+        assert_eq!(drops.due(), Some(t0 + DROPS_TOLD_EVERY));
+        assert_eq!(drops.add(0, t0 + DROPS_TOLD_EVERY), Some(200));
+        assert_eq!(drops.due(), None);
+    }
 
     #[test]
     fn reports_past_the_limit_are_dropped_and_counted_until_the_queue_drains() {

@@ -2922,3 +2922,58 @@ async fn an_admin_endpoint_off_loopback_is_warned_about() {
     })
     .await;
 }
+
+/// A worker that sends crash reports faster than the report directory takes them has the
+/// excess dropped, and that is logged at most once a second, the drops summed (it was one
+/// ERROR line per report taken: 1,500 lines in 4 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_crash_reports_are_logged_at_most_once_a_second() {
+    limited(async {
+        let dir = tempfile::tempdir().unwrap();
+        let reports = dir.path().join("reports");
+        let flood = common::notify_worker(
+            "s.sendto(b'READY=1', to)\n\
+             end = time.time() + 3\n\
+             while time.time() < end:\n    \
+                 s.sendto(b'UNWEDGE_REPORT={\"message\":\"flood\"}', to)\n\
+             print('flood %s' % 'over', flush=True)\n\
+             time.sleep(1000)\n",
+        );
+        let mut sup = Sup::run(
+            &[
+                "--admin",
+                "off",
+                "--ready",
+                "notify",
+                "--report-dir",
+                reports.to_str().unwrap(),
+            ],
+            &["python3", "-c", &flood],
+        );
+        sup.wait_ready(0, 1).await;
+        let started = Instant::now();
+        sup.wait_line(0, &["flood over"]).await;
+        sup.signal(Signal::SIGTERM);
+        sup.wait_exit(LONG).await;
+        let elapsed = started.elapsed();
+        let log = sup.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("crash report(s) dropped"))
+            .collect();
+        if lines.is_empty() {
+            common::skip_env("no crash report dropped: the report directory kept up");
+            return;
+        }
+        // One a second, one when the flood began and one for the rest at the end.
+        let most = elapsed.as_secs() as usize + 2;
+        assert!(
+            lines.len() <= most,
+            "{} lines in {elapsed:?}:\n{}",
+            lines.len(),
+            lines.join("\n")
+        );
+        println!("{} drop line(s) in {elapsed:?}: {lines:?}", lines.len());
+    })
+    .await;
+}

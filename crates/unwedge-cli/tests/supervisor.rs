@@ -212,6 +212,69 @@ async fn an_alert_hook_inherits_no_socket_passed_by_systemd_either() {
     .await;
 }
 
+/// An `--alert-exec` command gets no fd the supervisor inherited (a shell's `exec 7>file`),
+/// as workers get none; one still running when the supervisor exits is killed once the
+/// alerts' flush is over, not left behind re-parented to init (it was, with such fds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_command_inherits_no_stray_fd_and_is_killed_at_exit() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (stray, pids) = (dir.path().join("stray"), dir.path().join("pids"));
+        // `sh` waits for its `sleep` (the runtime's kill of the `sh` alone at exit missed it).
+        let hook = format!("sleep 31 & echo $! >> {}; wait", pids.display());
+        let script = format!(
+            "exec 7>{}; exec {BIN} run --listen 127.0.0.1:0 --admin off --max-restarts 1 \
+             --alert-exec '{hook}' -- /bin/false",
+            stray.display()
+        );
+        let mut sup = Sup::start_program("bash", &["-c", &script], &[]);
+        let deadline = Instant::now() + LONG;
+        let first: i32 = loop {
+            let text = std::fs::read_to_string(&pids).unwrap_or_default();
+            if let Some(p) = text.lines().next() {
+                break p.trim().parse().expect("a pid");
+            }
+            assert!(Instant::now() < deadline, "no alert ran: {}", sup.log());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let command = Stray {
+            pid: first,
+            program: b"sleep",
+        };
+        while !command.runs_program() {
+            assert!(
+                Instant::now() < deadline,
+                "the alert command never ran sleep"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let stray_name = stray.display().to_string();
+        let fds = open_fds(first);
+        assert!(!fds.values().any(|t| *t == stray_name), "{fds:?}");
+        // It still runs when the supervisor gave up: the 5 s flush waits for it, then it goes.
+        let status = sup.wait_exit(LONG).await;
+        assert_eq!(status.code(), Some(3), "{}", sup.log());
+        // Killed if the test fails.
+        let started: Vec<Stray> = std::fs::read_to_string(&pids)
+            .unwrap()
+            .lines()
+            .map(|l| Stray {
+                pid: l.trim().parse().expect("a pid"),
+                program: b"sleep",
+            })
+            .collect();
+        for command in &started {
+            assert!(
+                gone_within(command.pid, Duration::from_millis(200)).await,
+                "alert command pid {} outlived the supervisor; log:\n{}",
+                command.pid,
+                sup.log()
+            );
+        }
+    })
+    .await;
+}
+
 /// An `--alert-exec` hook that leaves `sleep 300` running in the background, its output
 /// away from the hook's pipes (so the hook itself ends at once), and writes its pid to
 /// `pidfile`.
@@ -3698,6 +3761,80 @@ async fn workers_killed_by_a_forwarded_signal_are_restarted_without_counting_as_
             kill(Pid::from_raw(*pid), Signal::SIGKILL).unwrap();
         }
         sup.wait_line(m, &["giving up"]).await;
+    })
+    .await;
+}
+
+/// A worker that signals its parent when it starts (`kill -USR1 $PPID`, as Xorg-style daemons
+/// do to say they are ready) kills every worker through the supervisor's forwarding, its own
+/// replacement included. Past a few such deaths they are restarts like any other: said once,
+/// backed off, counted toward `--max-restarts` (they were restarted at once and uncounted,
+/// ~140 a second, forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_signalling_the_supervisor_does_not_restart_in_a_loop() {
+    within(Duration::from_secs(60), async {
+        let mut sup = Sup::run(
+            &[
+                "--workers",
+                "2",
+                "--ready",
+                "none",
+                "--max-restarts",
+                "6",
+                "--admin",
+                "off",
+            ],
+            &["/bin/sh", "-c", "kill -USR1 $PPID; exec sleep 1000"],
+        );
+        let started = Instant::now();
+        let line = sup
+            .wait_line(
+                0,
+                &["a worker may be sending SIGUSR1 to the supervisor itself"],
+            )
+            .await;
+        assert!(line.contains("(said once)"), "{line}");
+        let status = sup.wait_exit(LONG).await;
+        let log = sup.log();
+        assert_eq!(status.code(), Some(3), "{log}");
+        assert!(log.contains("giving up: 7 restarts within"), "{log}");
+        assert_eq!(
+            log.matches("a worker may be sending SIGUSR1").count(),
+            1,
+            "{log}"
+        );
+        // Three uncounted deaths per slot, then the limit's 6 and the one over it: with room
+        // for deaths the stop itself sees.
+        let restarts = log.matches("ready in").count();
+        assert!(restarts < 30, "{restarts} workers started; {log}");
+        assert!(started.elapsed() < LONG, "{log}");
+    })
+    .await;
+}
+
+/// A worker stopped (SIGSTOP) when the supervisor stops gets SIGCONT right after the stop
+/// signal, as systemd sends it: it drains and exits of its own SIGTERM handling, rather than
+/// waiting out `--stop-timeout` for a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_is_continued_and_drains_at_the_stop() {
+    within(Duration::from_secs(60), async {
+        let mut sup = Sup::python(&["--admin", "off", "--stop-timeout", "15s"], &[]);
+        let pid = sup.wait_ready(0, 1).await[0];
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+        let deadline = Instant::now() + LONG;
+        while proc_state(pid).map(|(state, _)| state) != Some('T') {
+            assert!(Instant::now() < deadline, "the worker never stopped");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let m = sup.mark();
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_exit(LONG).await;
+        let log = sup.log();
+        // Exit status 1 (and a SIGKILL) when a worker had to be killed at the stop timeout.
+        assert_eq!(status.code(), Some(0), "{log}");
+        sup.wait_line(m, &[&format!("w1 pid {pid} exit status 0")])
+            .await;
+        assert!(!log.contains("SIGKILL"), "{log}");
     })
     .await;
 }

@@ -27,6 +27,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod cloexec;
 pub mod config;
 pub mod error;
 pub mod events;

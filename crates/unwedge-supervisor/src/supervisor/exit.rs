@@ -188,7 +188,8 @@ impl Pool {
         // (on its operator's request), not a crash.
         let forwarded = (!w.stop_requested && !self.stopping)
             .then(|| self.died_of_forwarded(w.started, signal, now))
-            .flatten();
+            .flatten()
+            .filter(|&sig| self.forwarded_death_exempt(w.slot, w.pid, sig, now));
         let info = ExitInfo {
             code,
             signal,
@@ -269,11 +270,53 @@ impl Pool {
         self.schedule_restart(w.slot, reason, Some(now), uptime, &why);
     }
 
+    /// Whether the death of `slot`'s worker `pid` of `sig`, a signal the supervisor had just
+    /// forwarded to it, is still exempt from the restart policy (see
+    /// [`Self::restart_after_forwarded`]): at most [`FORWARDED_EXEMPT`] of them in a slot
+    /// within `--within`. More are a loop, most likely a worker that signals its parent (the
+    /// supervisor) when it starts, as Xorg-style daemons do to say they are ready: every such
+    /// signal is forwarded to every worker, which dies of it and is replaced by one that sends
+    /// it again. Those restarts back off and count toward giving up like any other (they were
+    /// done at once, hundreds a second, forever). Said once.
+    fn forwarded_death_exempt(&mut self, slot: usize, pid: i32, sig: Signal, now: Instant) -> bool {
+        let within = self.config.within;
+        let deaths = &mut self.slots[slot].forwarded_deaths;
+        while deaths
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= within)
+        {
+            deaths.pop_front();
+        }
+        deaths.push_back(now);
+        if deaths.len() <= FORWARDED_EXEMPT {
+            return true;
+        }
+        let count = deaths.len();
+        if !self.forwarded_loop_told {
+            self.forwarded_loop_told = true;
+            let name = sig.as_str();
+            tracing::warn!(
+                "{} pid {pid}: {count} workers of this slot killed by a {name} the supervisor \
+                 forwarded within {}: a worker may be sending {name} to the supervisor itself \
+                 (`kill -{} $PPID` when it starts, as Xorg-style daemons do to say they are \
+                 ready), and the supervisor forwards it to every worker; from now on these \
+                 deaths back off and count toward --max-restarts like any other; handle or \
+                 ignore {name} in the worker, or have it not signal its parent (--ready notify \
+                 says it is ready) (said once)",
+                slot_id(slot),
+                fmt_dur(within),
+                name.trim_start_matches("SIG"),
+            );
+        }
+        false
+    }
+
     /// Restarts `slot` at once after its worker `pid` died of `sig`, which the supervisor had
     /// just forwarded to it: the worker does not handle the signal (its default action ends
     /// it). Counted as a restart by signal, but not as a crash: it does not count toward
     /// `--max-restarts` (an operator's `kill -USR1` must not make the supervisor give up), nor
-    /// as a failed start, and it takes no backoff.
+    /// as a failed start, and it takes no backoff; unless they repeat (see
+    /// [`Self::forwarded_death_exempt`]).
     fn restart_after_forwarded(&mut self, slot: usize, pid: i32, sig: Signal, now: Instant) {
         let id = slot_id(slot);
         let name = sig.as_str();

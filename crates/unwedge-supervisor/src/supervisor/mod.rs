@@ -148,6 +148,10 @@ impl Supervisor {
         let systemd = Systemd::from_env();
         let inherited = socket::from_systemd();
         socket::forget_systemd_env();
+        // Every fd the supervisor inherited (the sockets passed just taken, already
+        // close-on-exec) goes to no process it starts: workers get theirs through the shim,
+        // which marks the rest too; an `--alert-exec` command got them all.
+        crate::cloexec::cloexec_from(3);
         let inherited = inherited?;
         let mut socket_files = socket::OwnSocketFiles::default();
         let listeners = if !inherited.is_empty() {
@@ -399,6 +403,7 @@ impl Supervisor {
             stalled_until: None,
             forwarded: Vec::new(),
             forwarded_fatal: Vec::new(),
+            forwarded_loop_told: false,
         };
         pool.listener_inodes = pool
             .listeners
@@ -570,6 +575,9 @@ struct Slot {
     /// The port its last worker was given (`--port-env`): its restart gets it again when it
     /// is free, so a balancer's list of ports stays right across crashes.
     port: Option<u16>,
+    /// When its workers died of a signal the supervisor forwarded, within `--within`: past
+    /// [`FORWARDED_EXEMPT`] of them, such deaths are restarts like any other.
+    forwarded_deaths: std::collections::VecDeque<Instant>,
 }
 
 impl Slot {
@@ -581,6 +589,7 @@ impl Slot {
             last_exit: None,
             pending: None,
             port: None,
+            forwarded_deaths: std::collections::VecDeque::new(),
         }
     }
 }
@@ -786,6 +795,16 @@ fn signal_worker(pid: i32, sig: Signal) -> nix::Result<()> {
     }
 }
 
+/// Sends the stop signal `sig` to worker `pid` as [`signal_worker`] does, then SIGCONT, as
+/// systemd does after its stop signal: a stopped process (SIGSTOP, `kill -STOP` while
+/// debugging, a job stopped by a terminal) cannot act on the stop signal until continued, and
+/// would wait out `--stop-timeout` and be SIGKILLed instead of draining.
+fn send_stop_signal(pid: i32, sig: Signal) -> nix::Result<()> {
+    let sent = signal_worker(pid, sig);
+    let _ = signal_worker(pid, Signal::SIGCONT);
+    sent
+}
+
 /// Sends `sig` to every live process of session `sid`, group by group (a group lies in one
 /// session); returns their pids.
 fn signal_session(sid: i32, sig: Signal) -> Vec<i32> {
@@ -881,6 +900,8 @@ struct Pool {
     forwarded: Vec<(Signal, Instant)>,
     /// The forwarded signals workers were found to die of (said once each).
     forwarded_fatal: Vec<Signal>,
+    /// Deaths of forwarded signals were found to repeat in a slot (said once).
+    forwarded_loop_told: bool,
 }
 
 /// Fast polling of a starting worker's port or probe (readiness).
@@ -897,6 +918,12 @@ const NOTIFY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// A worker killed by a signal the supervisor forwarded to it this recently died of it (it
 /// does not handle it), rather than crashed.
 const FORWARDED_WINDOW: Duration = Duration::from_secs(2);
+
+/// How many deaths of a forwarded signal a slot's workers may have within `--within` and still
+/// be restarted at once, uncounted: an operator's `kill -USR1` kills each worker once. More is
+/// a loop (a worker signalling the supervisor itself, which forwards it to every worker), and
+/// takes the backoff and counts toward giving up like any other restart.
+const FORWARDED_EXEMPT: usize = 3;
 
 /// How often daemons and the OOM kill count are looked for.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);

@@ -12,7 +12,7 @@ impl Pool {
             w.term_at = None;
             if w.state != WorkerState::Hung {
                 w.state = WorkerState::Stopping;
-                let _ = signal_worker(pid, w.config.stop_signal);
+                let _ = send_stop_signal(pid, w.config.stop_signal);
                 let at = now + timeout;
                 w.kill_at = Some(w.kill_at.map_or(at, |k| k.min(at)));
             }

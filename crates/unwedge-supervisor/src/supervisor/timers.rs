@@ -81,7 +81,7 @@ impl Pool {
                         w.config.stop_signal.as_str()
                     );
                     w.state = WorkerState::Stopping;
-                    let _ = signal_worker(w.pid, w.config.stop_signal);
+                    let _ = send_stop_signal(w.pid, w.config.stop_signal);
                     w.kill_at = Some(now + w.config.stop_timeout);
                 }
             }
