@@ -209,6 +209,52 @@ async fn a_config_file_that_is_a_fifo_is_refused_at_once() {
     }
 }
 
+/// A config file was read whole, however big: a 1 GiB file took `check-config` and `run` over
+/// 30 s and nearly 2 GB of memory before a word. More than 1 MiB is refused, before it is read
+/// (a usage error, one line); 1 MiB itself is read.
+#[tokio::test]
+async fn a_config_file_over_1_mib_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    let f = big.to_str().unwrap();
+    // Valid TOML all along: a command, then comments up to the size.
+    let with_size = |len: usize| {
+        let mut text = String::from("command = [\"true\"]\n");
+        while text.len() < len {
+            let line = "#".repeat((len - text.len()).min(80) - 1) + "\n";
+            text.push_str(&line);
+        }
+        std::fs::write(&big, text).unwrap();
+    };
+    let needle =
+        format!("unwedge: error: config file {f} is larger than 1 MiB (1048576 bytes), the most");
+    with_size(2 << 20);
+    for args in [
+        &["check-config", f][..],
+        &["run", "--config", f, "--", "true"][..],
+    ] {
+        let (code, out) = run_to_end(args).await;
+        assert_clear(code, 2, &out, &needle);
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+    }
+    with_size((1 << 20) + 1);
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_clear(code, 2, &out, &needle);
+    with_size(1 << 20);
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "{out}");
+    // 1 GiB (sparse: no disk taken) is refused by its size, at once.
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let (code, out) =
+        tokio::time::timeout(Duration::from_secs(10), run_to_end(&["check-config", f]))
+            .await
+            .expect("check-config still reads 1 GiB");
+    assert_clear(code, 2, &out, &needle);
+}
+
 /// `--stop-timeout 0` SIGKILLed every worker at once on every stop (exit 1, a `stop_timed_out`
 /// alert each time), though `--watchdog 0` and `--max-lifetime 0` mean off: a usage error,
 /// saying what to give, from a flag and from the file.

@@ -473,9 +473,10 @@ pub struct Options {
 impl Options {
     /// Reads and parses a config file. A file that is not a regular one (a FIFO, directory,
     /// socket or device) is refused at once, a [`ConfigError::Usage`] naming it, rather than
-    /// waited on: a FIFO without a writer would block the caller for ever.
+    /// waited on: a FIFO without a writer would block the caller for ever. So is one larger
+    /// than [`MAX_CONFIG_BYTES`] (1 MiB), before it is read.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_config_text(path)?;
+        let text = read_config_text(path, Fifo::Refuse)?;
         Self::from_toml(&text).map_err(|(at, reason)| ConfigError::Invalid {
             path: path.to_owned(),
             at,
@@ -1175,19 +1176,20 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     /// Reads and parses the file at `path` (as [`Options::from_file`]); a FIFO, device or
-    /// directory is refused at once (a usage error) rather than waited on.
+    /// directory is refused at once (a usage error) rather than waited on, and so is a file
+    /// larger than [`MAX_CONFIG_BYTES`] (1 MiB).
     pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
-        Self::parse(path, read_config_text(path)?)
+        Self::parse(path, read_config_text(path, Fifo::Refuse)?)
     }
 
-    /// As [`ConfigFile::read`], but a file of any type is read, waiting as long as it takes
-    /// (a FIFO until it is written): for a reload, which reads on a thread of its own.
+    /// As [`ConfigFile::read`], but a FIFO is read, waiting as long as it takes (until it is
+    /// written): for a reload, which reads on a thread of its own. A device, directory or
+    /// socket is refused as by [`ConfigFile::read`], and so is more than [`MAX_CONFIG_BYTES`]:
+    /// a config path switched to a link to `/dev/zero` before a SIGHUP had the reload's
+    /// thread read it into memory until the supervisor, and every worker with it, was killed
+    /// for want of memory.
     pub fn read_waiting(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        Self::parse(path, text)
+        Self::parse(path, read_config_text(path, Fifo::Wait)?)
     }
 
     fn parse(path: &Path, text: String) -> Result<ConfigFile, ConfigError> {
@@ -1321,18 +1323,38 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The text of the config file at `path`, refused at once (a usage error) when it is not a
-/// regular file: a FIFO would block `run` and `check-config` for ever, before a word is said
-/// (opened without waiting for a writer; the type is checked on the opened file).
-fn read_config_text(path: &Path) -> Result<String, ConfigError> {
+/// The largest config file read: 1 MiB. A config file is a few kilobytes; a bigger one is
+/// something else at that path (a log, an image, a link to `/dev/zero` switched in before a
+/// reload), and reading it whole took gigabytes of memory and tens of seconds before a word
+/// was said.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// What [`read_config_text`] does with a FIFO at the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fifo {
+    /// Refused at once: `run` and `check-config` would wait for a writer for ever, before a
+    /// word is said.
+    Refuse,
+    /// Read once written: a reload reads on a thread of its own, and waits as it would on a
+    /// network mount that hangs.
+    Wait,
+}
+
+/// The text of the config file at `path`: the one reading of it, at the start, by
+/// `check-config` and at a reload. A regular file (or, for a reload, a FIFO: see [`Fifo`])
+/// of at most [`MAX_CONFIG_BYTES`]; anything else is refused, a usage error naming it: a
+/// directory, socket or device (`/dev/zero` would be read for ever) by its type, checked on the
+/// opened file (opened without waiting for a FIFO's writer unless [`Fifo::Wait`]), and a
+/// larger file before it is read, or once that much was read from what grew or has no size.
+fn read_config_text(path: &Path, fifo: Fifo) -> Result<String, ConfigError> {
     use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
     use std::os::unix::fs::OpenOptionsExt;
     let unreadable = |e: std::io::Error| ConfigError::Unreadable {
         path: path.to_owned(),
         reason: e.to_string(),
     };
     let not_regular = |kind: std::fs::FileType| {
-        use std::os::unix::fs::FileTypeExt;
         let what = if kind.is_fifo() {
             "a FIFO"
         } else if kind.is_dir() {
@@ -1347,9 +1369,30 @@ fn read_config_text(path: &Path) -> Result<String, ConfigError> {
             path.display()
         ))
     };
-    let mut file = match std::fs::OpenOptions::new()
+    let too_big = || {
+        ConfigError::Usage(format!(
+            "config file {} is larger than 1 MiB ({MAX_CONFIG_BYTES} bytes), the most a config \
+             file may hold",
+            path.display()
+        ))
+    };
+    let allowed =
+        |kind: std::fs::FileType| kind.is_file() || (fifo == Fifo::Wait && kind.is_fifo());
+    // Waiting for a FIFO's writer, a device is not opened at all (its open may wait too).
+    if fifo == Fifo::Wait {
+        if let Ok(m) = std::fs::metadata(path) {
+            if !allowed(m.file_type()) {
+                return Err(not_regular(m.file_type()));
+            }
+        }
+    }
+    let flags = match fifo {
+        Fifo::Refuse => nix::fcntl::OFlag::O_NONBLOCK.bits(),
+        Fifo::Wait => 0,
+    };
+    let file = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .custom_flags(flags)
         .open(path)
     {
         Ok(file) => file,
@@ -1362,13 +1405,26 @@ fn read_config_text(path: &Path) -> Result<String, ConfigError> {
             })
         }
     };
-    let kind = file.metadata().map_err(unreadable)?.file_type();
-    if !kind.is_file() {
-        return Err(not_regular(kind));
+    let meta = file.metadata().map_err(unreadable)?;
+    if !allowed(meta.file_type()) {
+        return Err(not_regular(meta.file_type()));
     }
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(unreadable)?;
-    Ok(text)
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        unreadable(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
 }
 
 /// The shortest `--watchdog` (other than 0, off).
@@ -1854,6 +1910,42 @@ mod tests {
         ));
         let e = toml::from_str::<Options>("max-memory = \"lots\"").unwrap_err();
         assert!(e.message().contains("invalid size \"lots\""), "{e}");
+    }
+
+    /// Every reading of a config file is bounded: more than [`MAX_CONFIG_BYTES`] is refused
+    /// (a usage error) before it is read, and a reload's reading (which waits for a FIFO)
+    /// refuses a device such as `/dev/zero`, which it read until memory ran out.
+    #[test]
+    fn a_config_file_is_read_up_to_1_mib_and_never_from_a_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_CONFIG_BYTES + 1)
+            .unwrap();
+        let too_big = format!(
+            "config file {} is larger than 1 MiB (1048576 bytes), the most a config file may hold",
+            big.display()
+        );
+        for e in [
+            Options::from_file(&big).unwrap_err(),
+            ConfigFile::read(&big).unwrap_err(),
+            ConfigFile::read_waiting(&big).unwrap_err(),
+        ] {
+            assert!(matches!(e, ConfigError::Usage(_)), "{e:?}");
+            assert_eq!(e.to_string(), too_big);
+        }
+        let e = ConfigFile::read_waiting(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config file /dev/zero is a device, not a regular file"
+        );
+        std::fs::write(
+            &big,
+            format!("{}\n", "#".repeat(MAX_CONFIG_BYTES as usize - 1)),
+        )
+        .unwrap();
+        assert!(ConfigFile::read_waiting(&big).is_ok());
     }
 
     /// `Options::from_file` on a FIFO with no writer blocked for ever (the CLI refused FIFOs
