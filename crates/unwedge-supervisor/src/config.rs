@@ -214,7 +214,8 @@ pub struct Options {
     /// Give each worker its own free port in this environment variable instead of passing
     /// sockets (for servers that bind their own port; restarts are then not loss-free). The
     /// ports are in `unwedge status` and `/status`; a crashed worker's restart keeps its port
-    /// when it is still free.
+    /// when it is still free. Not a variable the supervisor sets for workers (`NOTIFY_SOCKET`,
+    /// `LISTEN_FDS`, `PATH`, …).
     #[arg(long, value_name = "NAME", help_heading = "Sockets")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port_env: Option<String>,
@@ -864,6 +865,15 @@ impl Config {
                     format!("--port-env `{name}` is not a variable name"),
                 ));
             }
+            if is_worker_var(name) {
+                return Err(Refused::setting(
+                    "port-env",
+                    format!(
+                        "--port-env {name} is a variable the supervisor sets (or needs) for \
+                         every worker; name another, as in `--port-env PORT`"
+                    ),
+                ));
+            }
         }
         let listen = o
             .listen
@@ -873,6 +883,17 @@ impl Config {
                     .map_err(|e| Refused::setting("listen", format!("--listen: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Bound twice, the second bind found the address taken by the supervisor itself (exit
+        // 1, naming it as the holder). Port 0 twice is two ports.
+        if let Some(twice) = listen.iter().enumerate().find_map(|(i, a)| {
+            let port_0 = matches!(a, ListenAddr::Tcp(t) if t.port() == 0);
+            (!port_0 && listen[..i].contains(a)).then_some(a)
+        }) {
+            return Err(Refused::setting(
+                "listen",
+                format!("--listen {twice} is given twice"),
+            ));
+        }
         let dump_signal = match &o.dump_signal {
             Some(s) => parse_signal(s)
                 .map_err(|e| Refused::setting("dump-signal", format!("--dump-signal: {e}")))?,
@@ -1042,7 +1063,17 @@ impl Config {
                 d => d,
             },
             log_format: o.log_format.unwrap_or_default(),
-            pidfile: o.pidfile,
+            pidfile: match o.pidfile {
+                // Refused from the command line by clap; from the file it passed check-config
+                // and failed `run` (exit 1).
+                Some(p) if p.as_os_str().is_empty() => {
+                    return Err(Refused::setting(
+                        "pidfile",
+                        "--pidfile: an empty path; give a file, or leave it out".into(),
+                    ))
+                }
+                p => p,
+            },
             admin: o.admin,
             report_dir: o.report_dir,
             report_max_bytes: o.report_max_bytes,
@@ -1323,6 +1354,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The variables the supervisor sets for every worker (or that the worker's start needs:
+/// `PATH` finds its command), which `--port-env` must not name: the port would replace them,
+/// or they the port.
+const WORKER_VARS: &[&str] = &[
+    "PATH",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "UNWEDGE_WORKER",
+    "UNWEDGE_GENERATION",
+    crate::shim::SHIM_FDS_ENV,
+    crate::shim::SHIM_PARENT_ENV,
+    crate::shim::SHIM_NOFILE_ENV,
+    crate::run_as::SHIM_CREDENTIALS_ENV,
+    // Set from the user's entry with `--user`.
+    "USER",
+    "LOGNAME",
+    "HOME",
+    "SHELL",
+];
+
+/// Whether `name` is one of [`WORKER_VARS`] (or systemd's, which workers never see).
+fn is_worker_var(name: &str) -> bool {
+    WORKER_VARS.contains(&name) || crate::systemd::SYSTEMD_VARS.contains(&name)
+}
+
 /// The largest config file read: 1 MiB. A config file is a few kilobytes; a bigger one is
 /// something else at that path (a log, an image, a link to `/dev/zero` switched in before a
 /// reload), and reading it whole took gigabytes of memory and tens of seconds before a word
@@ -1419,11 +1479,16 @@ fn read_config_text(path: &Path, fifo: Fifo) -> Result<String, ConfigError> {
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
         return Err(too_big());
     }
-    String::from_utf8(bytes).map_err(|_| {
-        unreadable(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "stream did not contain valid UTF-8",
-        ))
+    // Not UTF-8 is an invalid file (exit 2, as the docs say), not an unreadable one: said
+    // where, as for any other error in the file.
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let before = std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default();
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            at: Some(FilePosition::of(before, valid)),
+            reason: "not UTF-8 (a config file is TOML, which is UTF-8 text)".into(),
+        }
     })
 }
 
