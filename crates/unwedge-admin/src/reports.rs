@@ -37,6 +37,15 @@ pub enum ReportError {
         /// What the OS said.
         source: io::Error,
     },
+    /// A report file's path holds something else (a FIFO, whose read would wait for a
+    /// writer for ever; a device; a directory): `unwedge reports` refuses it.
+    #[error("cannot read {}: {what}, not a regular file (reports are regular files)", path.display())]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What it is: "a FIFO", "a device", …
+        what: &'static str,
+    },
 }
 
 /// Where to keep reports and how much.
@@ -351,6 +360,29 @@ fn no_follow() -> OpenOptions {
     o
 }
 
+/// Opens a report file to read without waiting (`O_NONBLOCK`): a FIFO at its path, which
+/// [`scan`] then refuses, would wait for a writer for ever.
+fn open_read(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+}
+
+/// "a FIFO", "a directory", … for [`ReportError::NotRegular`].
+fn kind_of(kind: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    }
+}
+
 fn rotated(dir: &Path, k: usize) -> PathBuf {
     dir.join(format!("reports.{k}.jsonl"))
 }
@@ -394,17 +426,38 @@ fn scan(dir: &Path, since: Option<Duration>) -> Result<(Vec<Record>, usize), Rep
     let mut out = Vec::new();
     let mut skipped = 0;
     for path in files {
-        let file = match File::open(&path) {
+        let file = match open_read(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(source) => {
-                return Err(ReportError::Io {
-                    what: "cannot read",
-                    path,
-                    source,
-                })
+                return Err(match fs::metadata(&path) {
+                    // A unix socket cannot be opened at all (ENXIO): say what it is.
+                    Ok(m) if !m.is_file() => ReportError::NotRegular {
+                        what: kind_of(m.file_type()),
+                        path,
+                    },
+                    _ => ReportError::Io {
+                        what: "cannot read",
+                        path,
+                        source,
+                    },
+                });
             }
         };
+        let kind = file
+            .metadata()
+            .map_err(|source| ReportError::Io {
+                what: "cannot read",
+                path: path.clone(),
+                source,
+            })?
+            .file_type();
+        if !kind.is_file() {
+            return Err(ReportError::NotRegular {
+                what: kind_of(kind),
+                path,
+            });
+        }
         // Raw bytes: a torn line may end inside a UTF-8 sequence, and must not fail the rest.
         for line in BufReader::new(file).split(b'\n') {
             let line = line.map_err(|source| ReportError::Io {

@@ -354,6 +354,8 @@ fn reports(
             }
             Ok(ExitCode::SUCCESS)
         }
+        // As a config file that is a FIFO: what `--dir` holds is no report file.
+        Err(e @ unwedge_admin::ReportError::NotRegular { .. }) => fail(e, 2),
         Err(e) => fail(e, 1),
     }
 }

@@ -209,6 +209,177 @@ async fn a_config_file_that_is_a_fifo_is_refused_at_once() {
     }
 }
 
+/// A config file was read whole, however big: a 1 GiB file took `check-config` and `run` over
+/// 30 s and nearly 2 GB of memory before a word. More than 1 MiB is refused, before it is read
+/// (a usage error, one line); 1 MiB itself is read.
+#[tokio::test]
+async fn a_config_file_over_1_mib_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    let f = big.to_str().unwrap();
+    // Valid TOML all along: a command, then comments up to the size.
+    let with_size = |len: usize| {
+        let mut text = String::from("command = [\"true\"]\n");
+        while text.len() < len {
+            let line = "#".repeat((len - text.len()).min(80) - 1) + "\n";
+            text.push_str(&line);
+        }
+        std::fs::write(&big, text).unwrap();
+    };
+    let needle =
+        format!("unwedge: error: config file {f} is larger than 1 MiB (1048576 bytes), the most");
+    with_size(2 << 20);
+    for args in [
+        &["check-config", f][..],
+        &["run", "--config", f, "--", "true"][..],
+    ] {
+        let (code, out) = run_to_end(args).await;
+        assert_clear(code, 2, &out, &needle);
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+    }
+    with_size((1 << 20) + 1);
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_clear(code, 2, &out, &needle);
+    with_size(1 << 20);
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "{out}");
+    // 1 GiB (sparse: no disk taken) is refused by its size, at once.
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let (code, out) =
+        tokio::time::timeout(Duration::from_secs(10), run_to_end(&["check-config", f]))
+            .await
+            .expect("check-config still reads 1 GiB");
+    assert_clear(code, 2, &out, &needle);
+}
+
+/// `--port-env` naming a variable the supervisor sets for every worker (or `PATH`, which
+/// finds its command) silently replaced it, or was replaced by it: refused, from the flag and
+/// from the file.
+#[tokio::test]
+async fn a_port_env_naming_a_variable_the_supervisor_sets_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    let f = file.to_str().unwrap();
+    for name in [
+        "NOTIFY_SOCKET",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "PATH",
+        "WATCHDOG_USEC",
+        "UNWEDGE_WORKER",
+        "UNWEDGE_GENERATION",
+        "UNWEDGE_SHIM_FDS",
+    ] {
+        let why = "is a variable the supervisor sets (or needs) for every worker; name another";
+        let (code, out) =
+            run_to_end(&["run", "--admin", "off", "--port-env", name, "--", "true"]).await;
+        assert_clear(
+            code,
+            2,
+            &out,
+            &format!("unwedge: error: --port-env {name} {why}"),
+        );
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+        std::fs::write(
+            &file,
+            format!("port-env = \"{name}\"\ncommand = [\"true\"]\n"),
+        )
+        .unwrap();
+        for args in [&["check-config", f][..], &["run", "--config", f][..]] {
+            let (code, out) = run_to_end(args).await;
+            assert_clear(code, 2, &out, &format!("key port-env: {name} {why}"));
+        }
+    }
+    std::fs::write(&file, "port-env = \"PORT\"\ncommand = [\"true\"]\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "{out}");
+}
+
+/// The same `--listen` address twice: the second bind found it taken by the supervisor
+/// itself, exit 1 naming it as the holder. A usage error now; port 0 twice is two ports.
+#[tokio::test]
+async fn the_same_listen_address_twice_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_loopback_addr().to_string();
+    let sock = format!("unix:{}", dir.path().join("s.sock").display());
+    for a in [addr.as_str(), sock.as_str()] {
+        let (code, out) = run_to_end(&[
+            "run", "--admin", "off", "--listen", a, "--listen", a, "--", "true",
+        ])
+        .await;
+        assert_clear(
+            code,
+            2,
+            &out,
+            &format!("unwedge: error: --listen {a} is given twice"),
+        );
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+    }
+    let file = dir.path().join("u.toml");
+    std::fs::write(
+        &file,
+        format!("listen = [\"{addr}\", \"{addr}\"]\ncommand = [\"true\"]\n"),
+    )
+    .unwrap();
+    let (code, out) = run_to_end(&["check-config", file.to_str().unwrap()]).await;
+    assert_clear(code, 2, &out, &format!("key listen: {addr} is given twice"));
+    std::fs::write(
+        &file,
+        "listen = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\ncommand = [\"true\"]\n",
+    )
+    .unwrap();
+    let (code, out) = run_to_end(&["check-config", file.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+}
+
+/// `pidfile = ""` in the file passed check-config, then `run` failed (exit 1): refused as
+/// `--pidfile ''` is, exit 2.
+#[tokio::test]
+async fn an_empty_pidfile_in_the_config_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    let f = file.to_str().unwrap();
+    std::fs::write(&file, "pidfile = \"\"\ncommand = [\"true\"]\n").unwrap();
+    for args in [
+        &["check-config", f][..],
+        &["run", "--admin", "off", "--config", f][..],
+    ] {
+        let (code, out) = run_to_end(args).await;
+        assert_clear(
+            code,
+            2,
+            &out,
+            &format!("unwedge: error: invalid config file {f}, line 1, column 11, key pidfile: an empty path"),
+        );
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+    }
+}
+
+/// A config file that is not UTF-8 was "cannot read config file" (exit 1), though an invalid
+/// config file is exit 2: it is one, said where, as any other.
+#[tokio::test]
+async fn a_config_file_that_is_not_utf8_is_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    let f = file.to_str().unwrap();
+    std::fs::write(&file, b"workers = 2\ncommand = [\"caf\xe9\"]\n").unwrap();
+    let needle = format!(
+        "unwedge: error: invalid config file {f}, line 2, column 16, key command: not UTF-8"
+    );
+    for args in [
+        &["check-config", f][..],
+        &["run", "--admin", "off", "--config", f][..],
+    ] {
+        let (code, out) = run_to_end(args).await;
+        assert_clear(code, 2, &out, &needle);
+        assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
+    }
+}
+
 /// `--stop-timeout 0` SIGKILLed every worker at once on every stop (exit 1, a `stop_timed_out`
 /// alert each time), though `--watchdog 0` and `--max-lifetime 0` mean off: a usage error,
 /// saying what to give, from a flag and from the file.

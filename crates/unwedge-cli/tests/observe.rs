@@ -2700,6 +2700,43 @@ async fn unwedge_reports_lists_around_unreadable_lines() {
     .await;
 }
 
+/// `unwedge reports --dir D` with `D/reports.jsonl` a FIFO waited for a writer for ever: a
+/// report file that is not a regular one (a FIFO, a link to a device) is refused, one line,
+/// exit 2.
+#[tokio::test]
+async fn unwedge_reports_refuses_a_report_file_that_is_not_a_regular_one() {
+    limited(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let current = tmp.path().join("reports.jsonl");
+        nix::unistd::mkfifo(&current, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let dir = tmp.path().to_str().unwrap();
+        let (code, out, err) = tokio::time::timeout(
+            Duration::from_secs(10),
+            run_split(&["reports", "--dir", dir]),
+        )
+        .await
+        .expect("unwedge reports still waits for the FIFO");
+        let want = format!(
+            "unwedge: error: cannot read {}: a FIFO, not a regular file",
+            current.display()
+        );
+        assert_eq!(code, 2, "{err}");
+        assert!(err.starts_with(&want), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert_eq!(out, "");
+        // A rotated file linked to /dev/zero (no newline, ever) is refused too.
+        std::fs::remove_file(&current).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", tmp.path().join("reports.1.jsonl")).unwrap();
+        let (code, _, err) = run_split(&["reports", "--dir", dir, "--json"]).await;
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("reports.1.jsonl: a device, not a regular file"),
+            "{err}"
+        );
+    })
+    .await;
+}
+
 /// A webhook that cannot be reached: the failure is logged with the webhook's origin and the
 /// cause (the connection was refused), never with its path, which for Slack-style hooks is
 /// the credential.

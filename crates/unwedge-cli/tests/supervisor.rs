@@ -2571,6 +2571,51 @@ async fn a_reload_waiting_for_its_config_file_holds_nothing_up() {
     .await;
 }
 
+/// A reload read the config path whole, whatever it was by then: switched to a link to
+/// `/dev/zero`, the reload's thread read zeros until the supervisor (and every worker with it)
+/// was killed for want of memory. A file over 1 MiB, or a device, is refused as any bad file
+/// is: the serving generation keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_refuses_a_config_path_that_became_huge_or_a_device() {
+    within(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.toml");
+        let link = dir.path().join("unwedge.toml");
+        std::fs::write(
+            &real,
+            format!("admin = \"off\"\ncommand = [{BIN:?}, \"demo-service\"]\n"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let l = link.to_str().unwrap();
+        let sup = Sup::start(&["run", "-c", l, "--listen", "127.0.0.1:0"]);
+        let first = sup.wait_ready(0, 1).await;
+        let addr = sup.addr().await;
+
+        // 2 MiB of valid TOML (comments after the same settings).
+        let huge = dir.path().join("huge.toml");
+        let mut text = std::fs::read_to_string(&real).unwrap();
+        text.push_str(&format!("{}\n", "#".repeat(79)).repeat((2 << 20) / 80));
+        std::fs::write(&huge, text).unwrap();
+        let zero = std::path::PathBuf::from("/dev/zero");
+        for (target, why) in [
+            (&huge, "is larger than 1 MiB (1048576 bytes)"),
+            (&zero, "is a device, not a regular file"),
+        ] {
+            std::fs::remove_file(&link).unwrap();
+            std::os::unix::fs::symlink(target, &link).unwrap();
+            let from = sup.mark();
+            sup.signal(Signal::SIGHUP);
+            let line = sup.wait_line(from, &["reload refused:"]).await;
+            assert!(line.contains(&format!("config file {l} {why}")), "{line}");
+            assert!(line.contains("generation 1 keeps serving"), "{line}");
+            assert_eq!(get(addr, "/").await.0, 200);
+            assert!(running(first[0]), "worker {} was stopped", first[0]);
+        }
+    })
+    .await;
+}
+
 /// (soft, hard) "Max open files" of a process, from /proc (`None`: unlimited).
 fn nofile(pid: i32) -> (Option<u64>, Option<u64>) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();

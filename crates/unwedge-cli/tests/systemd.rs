@@ -227,6 +227,73 @@ async fn a_tiny_watchdog_usec_for_the_supervisor_does_not_flood_systemd() {
     .expect("test timed out");
 }
 
+/// A `NOTIFY_SOCKET` whose receiver never reads (a stuck or stale process bound to it): its
+/// queue fills after `net.unix.max_dgram_qlen` datagrams (10 by default), and a blocking send
+/// of the next `WATCHDOG=1` froze the supervisor's event loop for good: a SIGKILLed worker
+/// was neither reaped nor replaced, SIGTERM went unheard. Messages that find no room are
+/// dropped now, with a warning; the supervisor goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_socket_nobody_reads_does_not_freeze_the_supervisor() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        // Bound, never read.
+        let (notify_path, _deaf) = systemd_notify_socket(dir.path());
+        let mut sup = Sup::demo_env(
+            &["--admin", "off"],
+            &[
+                ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+                // A heartbeat every 10 ms: the queue is full 0.1 s after the first worker is ready.
+                ("WATCHDOG_USEC", "20000"),
+            ],
+        );
+        let first = sup.wait_ready(0, 1).await[0];
+        // The drop is logged once the queue is full. A frozen supervisor logs nothing more:
+        // waited for at most 5 s (500 heartbeats), then the kill below shows what is wrong.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sup.log().contains("is not being read") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mark = sup.mark();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL).unwrap();
+        let replacement = sup.wait_ready(mark, 1).await[0];
+        assert_ne!(replacement, first);
+        let warning = sup
+            .wait_line(0, &["systemd's NOTIFY_SOCKET=", "is not being read"])
+            .await;
+        assert!(warning.contains("WATCHDOG=1"), "{warning}");
+        // Said at most once a minute, however many heartbeats were dropped.
+        assert_eq!(sup.log().matches("is not being read").count(), 1);
+
+        sup.signal(Signal::SIGTERM);
+        let status = sup.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(0), "{}", sup.log());
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// `NOTIFY_SOCKET=@name` is an abstract socket (sd_notify(3)), as systemd may give it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abstract_notify_socket_is_notified() {
+    use std::os::linux::net::SocketAddrExt;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let name = format!("unwedge-test-notify-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let sd = UnixDatagram::bind_addr(&addr).unwrap();
+        sd.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let _sup = Sup::demo_env(
+            &["--admin", "off"],
+            &[("NOTIFY_SOCKET", format!("@{name}").as_str())],
+        );
+        let mut got = Vec::new();
+        let ready = recv_until(&sd, "READY=1", &mut got);
+        assert!(ready.contains("STATUS=1/1 workers ready"), "{ready}");
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_systemd_socket_activate_passes_its_socket_through() {
     let Some(activate) = [

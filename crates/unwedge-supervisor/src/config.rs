@@ -214,7 +214,8 @@ pub struct Options {
     /// Give each worker its own free port in this environment variable instead of passing
     /// sockets (for servers that bind their own port; restarts are then not loss-free). The
     /// ports are in `unwedge status` and `/status`; a crashed worker's restart keeps its port
-    /// when it is still free.
+    /// when it is still free. Not a variable the supervisor sets for workers (`NOTIFY_SOCKET`,
+    /// `LISTEN_FDS`, `PATH`, …).
     #[arg(long, value_name = "NAME", help_heading = "Sockets")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port_env: Option<String>,
@@ -473,9 +474,10 @@ pub struct Options {
 impl Options {
     /// Reads and parses a config file. A file that is not a regular one (a FIFO, directory,
     /// socket or device) is refused at once, a [`ConfigError::Usage`] naming it, rather than
-    /// waited on: a FIFO without a writer would block the caller for ever.
+    /// waited on: a FIFO without a writer would block the caller for ever. So is one larger
+    /// than [`MAX_CONFIG_BYTES`] (1 MiB), before it is read.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_config_text(path)?;
+        let text = read_config_text(path, Fifo::Refuse)?;
         Self::from_toml(&text).map_err(|(at, reason)| ConfigError::Invalid {
             path: path.to_owned(),
             at,
@@ -863,6 +865,15 @@ impl Config {
                     format!("--port-env `{name}` is not a variable name"),
                 ));
             }
+            if is_worker_var(name) {
+                return Err(Refused::setting(
+                    "port-env",
+                    format!(
+                        "--port-env {name} is a variable the supervisor sets (or needs) for \
+                         every worker; name another, as in `--port-env PORT`"
+                    ),
+                ));
+            }
         }
         let listen = o
             .listen
@@ -872,6 +883,17 @@ impl Config {
                     .map_err(|e| Refused::setting("listen", format!("--listen: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Bound twice, the second bind found the address taken by the supervisor itself (exit
+        // 1, naming it as the holder). Port 0 twice is two ports.
+        if let Some(twice) = listen.iter().enumerate().find_map(|(i, a)| {
+            let port_0 = matches!(a, ListenAddr::Tcp(t) if t.port() == 0);
+            (!port_0 && listen[..i].contains(a)).then_some(a)
+        }) {
+            return Err(Refused::setting(
+                "listen",
+                format!("--listen {twice} is given twice"),
+            ));
+        }
         let dump_signal = match &o.dump_signal {
             Some(s) => parse_signal(s)
                 .map_err(|e| Refused::setting("dump-signal", format!("--dump-signal: {e}")))?,
@@ -1041,7 +1063,17 @@ impl Config {
                 d => d,
             },
             log_format: o.log_format.unwrap_or_default(),
-            pidfile: o.pidfile,
+            pidfile: match o.pidfile {
+                // Refused from the command line by clap; from the file it passed check-config
+                // and failed `run` (exit 1).
+                Some(p) if p.as_os_str().is_empty() => {
+                    return Err(Refused::setting(
+                        "pidfile",
+                        "--pidfile: an empty path; give a file, or leave it out".into(),
+                    ))
+                }
+                p => p,
+            },
             admin: o.admin,
             report_dir: o.report_dir,
             report_max_bytes: o.report_max_bytes,
@@ -1175,19 +1207,20 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     /// Reads and parses the file at `path` (as [`Options::from_file`]); a FIFO, device or
-    /// directory is refused at once (a usage error) rather than waited on.
+    /// directory is refused at once (a usage error) rather than waited on, and so is a file
+    /// larger than [`MAX_CONFIG_BYTES`] (1 MiB).
     pub fn read(path: &Path) -> Result<ConfigFile, ConfigError> {
-        Self::parse(path, read_config_text(path)?)
+        Self::parse(path, read_config_text(path, Fifo::Refuse)?)
     }
 
-    /// As [`ConfigFile::read`], but a file of any type is read, waiting as long as it takes
-    /// (a FIFO until it is written): for a reload, which reads on a thread of its own.
+    /// As [`ConfigFile::read`], but a FIFO is read, waiting as long as it takes (until it is
+    /// written): for a reload, which reads on a thread of its own. A device, directory or
+    /// socket is refused as by [`ConfigFile::read`], and so is more than [`MAX_CONFIG_BYTES`]:
+    /// a config path switched to a link to `/dev/zero` before a SIGHUP had the reload's
+    /// thread read it into memory until the supervisor, and every worker with it, was killed
+    /// for want of memory.
     pub fn read_waiting(path: &Path) -> Result<ConfigFile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        Self::parse(path, text)
+        Self::parse(path, read_config_text(path, Fifo::Wait)?)
     }
 
     fn parse(path: &Path, text: String) -> Result<ConfigFile, ConfigError> {
@@ -1321,18 +1354,67 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The text of the config file at `path`, refused at once (a usage error) when it is not a
-/// regular file: a FIFO would block `run` and `check-config` for ever, before a word is said
-/// (opened without waiting for a writer; the type is checked on the opened file).
-fn read_config_text(path: &Path) -> Result<String, ConfigError> {
+/// The variables the supervisor sets for every worker (or that the worker's start needs:
+/// `PATH` finds its command), which `--port-env` must not name: the port would replace them,
+/// or they the port.
+const WORKER_VARS: &[&str] = &[
+    "PATH",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "UNWEDGE_WORKER",
+    "UNWEDGE_GENERATION",
+    crate::shim::SHIM_FDS_ENV,
+    crate::shim::SHIM_PARENT_ENV,
+    crate::shim::SHIM_NOFILE_ENV,
+    crate::run_as::SHIM_CREDENTIALS_ENV,
+    // Set from the user's entry with `--user`.
+    "USER",
+    "LOGNAME",
+    "HOME",
+    "SHELL",
+];
+
+/// Whether `name` is one of [`WORKER_VARS`] (or systemd's, which workers never see).
+fn is_worker_var(name: &str) -> bool {
+    WORKER_VARS.contains(&name) || crate::systemd::SYSTEMD_VARS.contains(&name)
+}
+
+/// The largest config file read: 1 MiB. A config file is a few kilobytes; a bigger one is
+/// something else at that path (a log, an image, a link to `/dev/zero` switched in before a
+/// reload), and reading it whole took gigabytes of memory and tens of seconds before a word
+/// was said.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// What [`read_config_text`] does with a FIFO at the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fifo {
+    /// Refused at once: `run` and `check-config` would wait for a writer for ever, before a
+    /// word is said.
+    Refuse,
+    /// Read once written: a reload reads on a thread of its own, and waits as it would on a
+    /// network mount that hangs.
+    Wait,
+}
+
+/// The text of the config file at `path`: the one reading of it, at the start, by
+/// `check-config` and at a reload. A regular file (or, for a reload, a FIFO: see [`Fifo`])
+/// of at most [`MAX_CONFIG_BYTES`]; anything else is refused, a usage error naming it: a
+/// directory, socket or device (`/dev/zero` would be read for ever) by its type, checked on the
+/// opened file (opened without waiting for a FIFO's writer unless [`Fifo::Wait`]), and a
+/// larger file before it is read, or once that much was read from what grew or has no size.
+fn read_config_text(path: &Path, fifo: Fifo) -> Result<String, ConfigError> {
     use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
     use std::os::unix::fs::OpenOptionsExt;
     let unreadable = |e: std::io::Error| ConfigError::Unreadable {
         path: path.to_owned(),
         reason: e.to_string(),
     };
     let not_regular = |kind: std::fs::FileType| {
-        use std::os::unix::fs::FileTypeExt;
         let what = if kind.is_fifo() {
             "a FIFO"
         } else if kind.is_dir() {
@@ -1347,9 +1429,30 @@ fn read_config_text(path: &Path) -> Result<String, ConfigError> {
             path.display()
         ))
     };
-    let mut file = match std::fs::OpenOptions::new()
+    let too_big = || {
+        ConfigError::Usage(format!(
+            "config file {} is larger than 1 MiB ({MAX_CONFIG_BYTES} bytes), the most a config \
+             file may hold",
+            path.display()
+        ))
+    };
+    let allowed =
+        |kind: std::fs::FileType| kind.is_file() || (fifo == Fifo::Wait && kind.is_fifo());
+    // Waiting for a FIFO's writer, a device is not opened at all (its open may wait too).
+    if fifo == Fifo::Wait {
+        if let Ok(m) = std::fs::metadata(path) {
+            if !allowed(m.file_type()) {
+                return Err(not_regular(m.file_type()));
+            }
+        }
+    }
+    let flags = match fifo {
+        Fifo::Refuse => nix::fcntl::OFlag::O_NONBLOCK.bits(),
+        Fifo::Wait => 0,
+    };
+    let file = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .custom_flags(flags)
         .open(path)
     {
         Ok(file) => file,
@@ -1362,13 +1465,31 @@ fn read_config_text(path: &Path) -> Result<String, ConfigError> {
             })
         }
     };
-    let kind = file.metadata().map_err(unreadable)?.file_type();
-    if !kind.is_file() {
-        return Err(not_regular(kind));
+    let meta = file.metadata().map_err(unreadable)?;
+    if !allowed(meta.file_type()) {
+        return Err(not_regular(meta.file_type()));
     }
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(unreadable)?;
-    Ok(text)
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    // Not UTF-8 is an invalid file (exit 2, as the docs say), not an unreadable one: said
+    // where, as for any other error in the file.
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let before = std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default();
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            at: Some(FilePosition::of(before, valid)),
+            reason: "not UTF-8 (a config file is TOML, which is UTF-8 text)".into(),
+        }
+    })
 }
 
 /// The shortest `--watchdog` (other than 0, off).
@@ -1854,6 +1975,42 @@ mod tests {
         ));
         let e = toml::from_str::<Options>("max-memory = \"lots\"").unwrap_err();
         assert!(e.message().contains("invalid size \"lots\""), "{e}");
+    }
+
+    /// Every reading of a config file is bounded: more than [`MAX_CONFIG_BYTES`] is refused
+    /// (a usage error) before it is read, and a reload's reading (which waits for a FIFO)
+    /// refuses a device such as `/dev/zero`, which it read until memory ran out.
+    #[test]
+    fn a_config_file_is_read_up_to_1_mib_and_never_from_a_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_CONFIG_BYTES + 1)
+            .unwrap();
+        let too_big = format!(
+            "config file {} is larger than 1 MiB (1048576 bytes), the most a config file may hold",
+            big.display()
+        );
+        for e in [
+            Options::from_file(&big).unwrap_err(),
+            ConfigFile::read(&big).unwrap_err(),
+            ConfigFile::read_waiting(&big).unwrap_err(),
+        ] {
+            assert!(matches!(e, ConfigError::Usage(_)), "{e:?}");
+            assert_eq!(e.to_string(), too_big);
+        }
+        let e = ConfigFile::read_waiting(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config file /dev/zero is a device, not a regular file"
+        );
+        std::fs::write(
+            &big,
+            format!("{}\n", "#".repeat(MAX_CONFIG_BYTES as usize - 1)),
+        )
+        .unwrap();
+        assert!(ConfigFile::read_waiting(&big).is_ok());
     }
 
     /// `Options::from_file` on a FIFO with no writer blocked for ever (the CLI refused FIFOs

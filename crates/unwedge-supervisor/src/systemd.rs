@@ -4,8 +4,18 @@
 //!
 //! Workers never see systemd's variables: the supervisor removes them from each worker's
 //! environment and gives it its own `NOTIFY_SOCKET`.
+//!
+//! Every message is sent without blocking: a receiver that does not read (a stuck or stale
+//! process bound to the socket) fills its queue after `net.unix.max_dgram_qlen` datagrams (10
+//! by default), and a blocking send then froze the whole event loop: no worker reaped or
+//! replaced, SIGTERM unheard. A message that finds the queue full is dropped instead, with a
+//! warning at most once a minute.
 
-use std::time::Duration;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
@@ -25,17 +35,100 @@ pub(crate) const SYSTEMD_VARS: &[&str] = &[
 /// datagram, every time the timer fired) for nothing.
 pub const MIN_WATCHDOG_INTERVAL: Duration = Duration::from_millis(10);
 
+/// How often at most the log says that systemd's notify socket is not being read.
+const DROP_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// The supervisor's own link to systemd (inactive when `NOTIFY_SOCKET` is unset).
 #[derive(Debug, Clone)]
 pub struct Systemd {
-    enabled: bool,
+    link: Option<Arc<Link>>,
     watchdog: Option<Duration>,
+}
+
+/// A non-blocking socket to `NOTIFY_SOCKET`, and what was dropped for want of room there.
+#[derive(Debug)]
+struct Link {
+    sock: UnixDatagram,
+    to: SocketAddr,
+    shown: String,
+    drops: Mutex<Drops>,
+}
+
+#[derive(Debug, Default)]
+struct Drops {
+    /// Messages dropped since the last warning.
+    count: u64,
+    warned_at: Option<Instant>,
+}
+
+impl Link {
+    /// `NOTIFY_SOCKET`: a socket path, or `@name` for an abstract socket (sd_notify(3)).
+    fn new(var: &OsStr) -> std::io::Result<Link> {
+        let to = match var.as_bytes().strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                SocketAddr::from_abstract_name(name)?
+            }
+            None => SocketAddr::from_pathname(var)?,
+        };
+        let sock = UnixDatagram::unbound()?;
+        sock.set_nonblocking(true)?;
+        Ok(Link {
+            sock,
+            to,
+            shown: var.to_string_lossy().into_owned(),
+            drops: Mutex::new(Drops::default()),
+        })
+    }
+
+    /// Sends `msg` if the receiver has room for it now; drops it otherwise.
+    fn send(&self, msg: &[u8]) {
+        match self.sock.send_to_addr(msg, &self.to) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.dropped(msg),
+            // No receiver (systemd restarting, a socket that went away): as sd_notify(3),
+            // not the service's problem.
+            Err(e) => tracing::debug!("sd_notify to {} failed: {e}", self.shown),
+        }
+    }
+
+    fn dropped(&self, msg: &[u8]) {
+        let mut drops = self.drops.lock().unwrap_or_else(|e| e.into_inner());
+        drops.count += 1;
+        let now = Instant::now();
+        if drops
+            .warned_at
+            .is_some_and(|at| now.saturating_duration_since(at) < DROP_WARN_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            "systemd's NOTIFY_SOCKET={} is not being read (its queue is full): {} message(s) \
+             to it dropped (this one: {:?}), said at most once a minute; the supervisor goes \
+             on, but systemd may take it for hung without its WATCHDOG=1",
+            self.shown,
+            drops.count,
+            String::from_utf8_lossy(msg).lines().next().unwrap_or(""),
+        );
+        drops.count = 0;
+        drops.warned_at = Some(now);
+    }
 }
 
 impl Systemd {
     /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC`/`WATCHDOG_PID` (left in the environment).
     pub fn from_env() -> Self {
-        let enabled = std::env::var_os("NOTIFY_SOCKET").is_some();
+        let link = std::env::var_os("NOTIFY_SOCKET").and_then(|v| {
+            Link::new(&v)
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        "NOTIFY_SOCKET={}: {e}; nothing is sent to systemd",
+                        v.to_string_lossy()
+                    )
+                })
+                .ok()
+        });
+        let enabled = link.is_some();
         // As libsystemd's sd_watchdog_enabled: WATCHDOG_PID, when set, must be our pid.
         let usec = std::env::var("WATCHDOG_USEC")
             .ok()
@@ -56,12 +149,15 @@ impl Systemd {
                 humantime::format_duration(MIN_WATCHDOG_INTERVAL),
             );
         }
-        Systemd { enabled, watchdog }
+        Systemd {
+            link: link.map(Arc::new),
+            watchdog,
+        }
     }
 
     /// Whether systemd listens.
     pub fn enabled(&self) -> bool {
-        self.enabled
+        self.link.is_some()
     }
 
     /// Interval at which to send `WATCHDOG=1`: half of systemd's `WatchdogSec` (as
@@ -70,11 +166,11 @@ impl Systemd {
         self.watchdog.map(|d| (d / 2).max(MIN_WATCHDOG_INTERVAL))
     }
 
+    /// One datagram, one line per state (as sd_notify sends them), never waiting.
     fn send(&self, states: &[NotifyState<'_>]) {
-        if self.enabled {
-            if let Err(e) = sd_notify::notify(false, states) {
-                tracing::debug!("sd_notify failed: {e}");
-            }
+        if let Some(link) = &self.link {
+            let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
+            link.send(msg.as_bytes());
         }
     }
 
