@@ -1520,6 +1520,72 @@ async fn several_sockets_tcp_and_unix_reach_every_worker() {
     .await;
 }
 
+/// Waits until a request on a fresh connection to `addr` is answered 200 (a refused or reset
+/// connection is tried again); false after `limit`.
+async fn served_within(addr: std::net::SocketAddr, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if http(addr, "GET", "/")
+            .await
+            .is_ok_and(|(status, _)| status == 200)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A worker that shuts the shared socket down as it stops (`shutdown()`, as cpp-httplib's
+/// `Server::stop()` does on SIGTERM) takes it out of the listening state for every worker:
+/// the supervisor finds it (at the worker's exit) and makes it listen again, on the port it
+/// had (bound to port 0, the kernel would otherwise give it another), after a reload and
+/// after a restart alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_shuts_the_shared_socket_down_does_not_take_the_service_down() {
+    within(Duration::from_secs(90), async {
+        let sup = Sup::python(&["--workers", "2"], &[("FIXTURE_SHUTDOWN_LISTENER", "1")]);
+        let addr = sup.addr().await;
+        let old = sup.wait_ready(0, 2).await;
+        assert_eq!(get(addr, "/").await.0, 200);
+
+        // A reload: the old generation stops, and shuts the socket down as it does.
+        let m = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(m, &["generation 2 ready"]).await;
+        for p in &old {
+            sup.wait_line(m, &[&format!("pid {p} exit status 0")]).await;
+        }
+        assert!(
+            served_within(addr, Duration::from_secs(10)).await,
+            "refused after the reload; log:\n{}",
+            sup.log()
+        );
+        let line = sup
+            .wait_line(m, &["had stopped listening", "a worker shut it down"])
+            .await;
+        assert!(line.contains(&format!("socket {addr} ")), "{line}");
+        assert!(line.contains("it listens again"), "{line}");
+
+        // A restart: one worker told to stop on its own, replaced as any exit.
+        let m = sup.mark();
+        let pid = sup.ready_pids(0).last().copied().unwrap();
+        kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+        sup.wait_line(m, &[&format!("pid {pid} exit status 0")])
+            .await;
+        assert!(
+            served_within(addr, Duration::from_secs(10)).await,
+            "refused after a worker's exit; log:\n{}",
+            sup.log()
+        );
+        // Found at its exit, or by the check every second if that came between its
+        // shutdown() and its exit.
+        sup.wait_line(m, &["had stopped listening", "a worker shut it down"])
+            .await;
+    })
+    .await;
+}
+
 /// The socket file of a `--listen unix:` is removed when the supervisor stops (it was left
 /// behind for the next start to clear), but not one another process has bound at that path
 /// since.

@@ -113,6 +113,7 @@ impl Pool {
         let output = w.output.take();
         self.worker_exited(w, pid, code, signal);
         self.end_group(&id, pid, &config, output);
+        self.keep_listening(&format!("found after {id} pid {pid} exited"));
         self.find_daemons();
     }
 

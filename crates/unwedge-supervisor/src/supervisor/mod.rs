@@ -38,6 +38,7 @@ use crate::systemd::{Systemd, SYSTEMD_VARS};
 
 mod checks;
 mod exit;
+mod listeners;
 mod messages;
 mod reload;
 mod spawn;
@@ -373,6 +374,7 @@ impl Supervisor {
             forged_told: Told::default(),
             shared_probe_told: Told::default(),
             daemon_told: Told::default(),
+            relisten_told: Told::default(),
             active_gen: 1,
             next_gen: 1,
             reload: None,
@@ -494,6 +496,7 @@ impl Supervisor {
                 next_housekeeping = woke + HOUSEKEEPING_INTERVAL;
                 pool.find_daemons();
                 pool.tick_oom(Instant::now());
+                pool.keep_listening("found by the check every second");
             }
             if woke >= next_notify_check {
                 next_notify_check = woke + pool.notify_check_interval();
@@ -834,6 +837,8 @@ struct Pool {
     shared_probe_told: Told,
     /// The log's last warning of a process that went into the background.
     daemon_told: Told,
+    /// The log's last error about a listening socket that could not listen again.
+    relisten_told: Told,
     active_gen: u64,
     next_gen: u64,
     reload: Option<Reload>,
@@ -898,7 +903,7 @@ const NOTIFY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// does not handle it), rather than crashed.
 const FORWARDED_WINDOW: Duration = Duration::from_secs(2);
 
-/// How often daemons and the OOM kill count are looked for.
+/// How often daemons, the OOM kill count and the listening sockets are looked at.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How far behind its own schedule the event loop may fall before it takes itself for stalled
