@@ -2167,6 +2167,44 @@ async fn dropped_log_lines_are_counted() {
     .await;
 }
 
+/// A deploy that moves the `unwedge` binary away while the supervisor runs (`mv`) does not
+/// stop workers from starting: each is started through the binary the supervisor holds open
+/// (`/proc/self/fd/N`), not through its path, which names nothing any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_starts_after_the_unwedge_binary_was_moved_away() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("unwedge");
+        std::fs::copy(BIN, &copy).unwrap();
+        let py = fixture("worker.py");
+        let sup = Sup::start_program(
+            copy.to_str().unwrap(),
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-restarts",
+                "2",
+                "--",
+                py.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let addr = sup.addr().await;
+        let pid = sup.wait_ready(0, 1).await[0];
+        std::fs::rename(&copy, dir.path().join("unwedge.old")).unwrap();
+
+        let m = sup.mark();
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        let new = sup.wait_ready(m, 1).await[0];
+        assert_ne!(new, pid);
+        assert_eq!(get(addr, "/").await, (200, format!("ok {new}\n")));
+        let log = sup.log();
+        assert!(!log.contains("cannot start worker"), "{log}");
+    })
+    .await;
+}
+
 /// A SIGKILLed supervisor cannot remove its private notify socket directory; the next
 /// supervisor started in the same runtime directory does, and leaves a live one's alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

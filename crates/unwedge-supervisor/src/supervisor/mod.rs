@@ -121,7 +121,7 @@ pub struct Supervisor {
     config: Config,
     listeners: Vec<Listener>,
     shared_probe: Option<ListenAddr>,
-    shim: PathBuf,
+    shim: crate::shim::ShimBinary,
     systemd: Systemd,
     hooks: Vec<Arc<dyn AlertHook>>,
     handle: Handle,
@@ -179,8 +179,8 @@ impl Supervisor {
             .map(socket::probe_target);
         reconfig::check_probe_target(&config, shared_probe.as_ref()).map_err(StartError::Usage)?;
         reconfig::check_ready_accept(&config, !listeners.is_empty()).map_err(StartError::Usage)?;
-        let shim =
-            std::env::current_exe().map_err(|e| StartError::setup("find the unwedge binary", e))?;
+        let shim = crate::shim::ShimBinary::this_process()
+            .map_err(|e| StartError::setup("find the unwedge binary", e))?;
         // Two pipes per worker, the sockets, the admin's connections: more than the usual
         // 1024 with a few hundred workers. Workers get the original limit back (the shim).
         let nofile = crate::shim::raise_nofile();
@@ -822,7 +822,7 @@ struct Pool {
     nofile: Option<u64>,
     listeners: Vec<Listener>,
     shared_probe: Option<ListenAddr>,
-    shim: PathBuf,
+    shim: crate::shim::ShimBinary,
     notify_path: PathBuf,
     systemd: Systemd,
     hooks: Vec<Arc<dyn AlertHook>>,
