@@ -223,6 +223,7 @@ pub(crate) fn listen_again(l: &Listener) -> std::io::Result<Listening> {
     if sock.r#type()? != Type::STREAM || sock.is_listener()? {
         return Ok(Listening::Yes);
     }
+    clear_shutdown(l.fd.as_fd())?;
     match sock.bind(&SockAddr::from(addr)) {
         // Still bound to its address (a port asked for by number): listen() keeps it.
         Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {}
@@ -237,6 +238,32 @@ pub(crate) fn listen_again(l: &Listener) -> std::io::Result<Listening> {
             other.map_or_else(|| "another address".to_owned(), |a| a.to_string())
         ))),
     }
+}
+
+/// Clears what `shutdown()` left on a TCP socket it took out of the listening state, with
+/// `connect()` to an `AF_UNSPEC` address (the kernel's disconnect, which resets the socket as
+/// when new). Needed when another worker shut it down too, after the first: on the socket no
+/// longer listening, that `shutdown()` fails (`ENOTCONN`) but still marks it shut down both
+/// ways, and connections accepted once it listens again would inherit the mark: the kernel
+/// resets each as soon as its client sends anything.
+fn clear_shutdown(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::libc;
+    #[allow(unsafe_code)]
+    // SAFETY: `unspec` is a plain value, initialized (zeroed, then the family set), and its
+    // size is given; `fd` is open while borrowed.
+    let done = unsafe {
+        let mut unspec: libc::sockaddr = std::mem::zeroed();
+        unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        libc::connect(
+            fd.as_raw_fd(),
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if done == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The `unix:` socket files [`bind_all`] created, removed when this is dropped (the supervisor
