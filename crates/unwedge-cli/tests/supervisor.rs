@@ -1620,6 +1620,79 @@ async fn several_sockets_tcp_and_unix_reach_every_worker() {
     .await;
 }
 
+/// Waits until a request on a fresh connection to `addr` is answered 200 (a refused or reset
+/// connection is tried again); false after `limit`.
+async fn served_within(addr: std::net::SocketAddr, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if http(addr, "GET", "/")
+            .await
+            .is_ok_and(|(status, _)| status == 200)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A worker that shuts the shared socket down as it stops (`shutdown()`, as cpp-httplib's
+/// `Server::stop()` does on SIGTERM) takes it out of the listening state for every worker:
+/// the supervisor finds it (at the worker's exit) and makes it listen again, on the port it
+/// had (bound to port 0, the kernel would otherwise give it another), and without the mark
+/// a second worker's shutdown() left on it, after a reload and after a restart alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_shuts_the_shared_socket_down_does_not_take_the_service_down() {
+    within(Duration::from_secs(90), async {
+        // Both old workers shut it down before either exits (a drain of 300 ms after): the
+        // second one's shutdown() fails on the socket no longer listening, but marks it shut
+        // down, which connections accepted once it listens again would inherit.
+        let env = [
+            ("FIXTURE_SHUTDOWN_LISTENER", "1"),
+            ("FIXTURE_DRAIN_MS", "300"),
+        ];
+        let sup = Sup::python(&["--workers", "2"], &env);
+        let addr = sup.addr().await;
+        let old = sup.wait_ready(0, 2).await;
+        assert_eq!(get(addr, "/").await.0, 200);
+
+        // A reload: the old generation stops, and shuts the socket down as it does.
+        let m = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(m, &["generation 2 ready"]).await;
+        for p in &old {
+            sup.wait_line(m, &[&format!("pid {p} exit status 0")]).await;
+        }
+        assert!(
+            served_within(addr, Duration::from_secs(10)).await,
+            "not served after the reload (refused or reset); log:\n{}",
+            sup.log()
+        );
+        let line = sup
+            .wait_line(m, &["had stopped listening", "a worker shut it down"])
+            .await;
+        assert!(line.contains(&format!("socket {addr} ")), "{line}");
+        assert!(line.contains("it listens again"), "{line}");
+
+        // A restart: one worker told to stop on its own, replaced as any exit.
+        let m = sup.mark();
+        let pid = sup.ready_pids(0).last().copied().unwrap();
+        kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+        sup.wait_line(m, &[&format!("pid {pid} exit status 0")])
+            .await;
+        assert!(
+            served_within(addr, Duration::from_secs(10)).await,
+            "not served after a worker's exit (refused or reset); log:\n{}",
+            sup.log()
+        );
+        // Found at its exit, or by the check every second if that came between its
+        // shutdown() and its exit.
+        sup.wait_line(m, &["had stopped listening", "a worker shut it down"])
+            .await;
+    })
+    .await;
+}
+
 /// The socket file of a `--listen unix:` is removed when the supervisor stops (it was left
 /// behind for the next start to clear), but not one another process has bound at that path
 /// since.
@@ -2197,6 +2270,44 @@ async fn dropped_log_lines_are_counted() {
         assert_eq!(child.try_wait().unwrap(), None, "the supervisor exited");
         drop(child.stdout.take());
         drop(child.stderr.take());
+    })
+    .await;
+}
+
+/// A deploy that moves the `unwedge` binary away while the supervisor runs (`mv`) does not
+/// stop workers from starting: each is started through the binary the supervisor holds open
+/// (`/proc/self/fd/N`), not through its path, which names nothing any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_starts_after_the_unwedge_binary_was_moved_away() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("unwedge");
+        std::fs::copy(BIN, &copy).unwrap();
+        let py = fixture("worker.py");
+        let sup = Sup::start_program(
+            copy.to_str().unwrap(),
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-restarts",
+                "2",
+                "--",
+                py.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let addr = sup.addr().await;
+        let pid = sup.wait_ready(0, 1).await[0];
+        std::fs::rename(&copy, dir.path().join("unwedge.old")).unwrap();
+
+        let m = sup.mark();
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        let new = sup.wait_ready(m, 1).await[0];
+        assert_ne!(new, pid);
+        assert_eq!(get(addr, "/").await, (200, format!("ok {new}\n")));
+        let log = sup.log();
+        assert!(!log.contains("cannot start worker"), "{log}");
     })
     .await;
 }

@@ -176,6 +176,9 @@ pub struct Counters {
     /// Processes of the supervisor's cgroup that were not workers, killed by the kernel's OOM
     /// killer ([`Event::OomKilledOther`]).
     pub oom_killed_other: u64,
+    /// Times a listening TCP socket was found shut down by a worker (no longer listening)
+    /// and made to listen again.
+    pub listen_restored: u64,
     /// Reloads that completed.
     pub reloads: u64,
     /// Reloads whose new generation failed (old one kept serving).

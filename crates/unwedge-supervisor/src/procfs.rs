@@ -290,18 +290,74 @@ pub fn unix_listeners(path: &std::path::Path) -> Vec<i32> {
 /// assert!(found.iter().any(|(_, a)| *a == l.local_addr().unwrap()));
 /// ```
 pub fn tcp_listening(pids: &[i32]) -> Vec<(u64, std::net::SocketAddr)> {
-    let listening = tcp_listen_table();
-    let mut found: Vec<(u64, std::net::SocketAddr)> = pids
+    tcp_listening_besides(pids, &[])
+}
+
+/// [`tcp_listening`] but for the sockets `passed` (those the supervisor passed them): the
+/// tables of the whole network namespace (`/proc/net/tcp{,6}`, one line per socket of the
+/// host: tens of milliseconds to read with thousands of connections) are read only when the
+/// processes hold a socket of their own; a worker that holds only the sockets it was passed
+/// costs a look at its `/proc/PID/fd`.
+///
+/// ```
+/// use std::os::unix::fs::MetadataExt;
+/// let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+/// let inode = std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino();
+/// let me = std::process::id() as i32;
+/// let found = unwedge_supervisor::procfs::tcp_listening_besides(&[me], &[inode]);
+/// assert!(!found.iter().any(|(i, _)| *i == inode));
+/// ```
+pub fn tcp_listening_besides(pids: &[i32], passed: &[u64]) -> Vec<(u64, std::net::SocketAddr)> {
+    tcp_listening_of_each(&[pids], passed)
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`tcp_listening_besides`] for each group of processes in `groups` (workers and their
+/// descendants), with the tables read once for all of them, if at all.
+pub fn tcp_listening_of_each(
+    groups: &[&[i32]],
+    passed: &[u64],
+) -> Vec<Vec<(u64, std::net::SocketAddr)>> {
+    listening_among_own(groups, passed, tcp_listen_table)
+}
+
+/// The sockets of each group of processes in `groups`, but `passed`, found listening in
+/// `table` (read once, and only if a group has any).
+fn listening_among_own(
+    groups: &[&[i32]],
+    passed: &[u64],
+    table: impl FnOnce() -> std::collections::HashMap<u64, std::net::SocketAddr>,
+) -> Vec<Vec<(u64, std::net::SocketAddr)>> {
+    let own: Vec<Vec<u64>> = groups
         .iter()
-        .flat_map(|&pid| fd_targets(pid))
-        .filter_map(|(_, target)| {
-            let inode = socket_inode(&target)?;
-            Some((inode, *listening.get(&inode)?))
+        .map(|pids| {
+            let mut own: Vec<u64> = pids
+                .iter()
+                .flat_map(|&pid| fd_targets(pid))
+                .filter_map(|(_, target)| socket_inode(&target))
+                .filter(|inode| !passed.contains(inode))
+                .collect();
+            own.sort_unstable();
+            own.dedup();
+            own
         })
         .collect();
-    found.sort_unstable_by_key(|(inode, addr)| (*addr, *inode));
-    found.dedup();
-    found
+    if own.iter().all(Vec::is_empty) {
+        return own.iter().map(|_| Vec::new()).collect();
+    }
+    let listening = table();
+    own.into_iter()
+        .map(|inodes| {
+            let mut found: Vec<(u64, std::net::SocketAddr)> = inodes
+                .into_iter()
+                .filter_map(|inode| Some((inode, *listening.get(&inode)?)))
+                .collect();
+            found.sort_unstable_by_key(|(inode, addr)| (*addr, *inode));
+            found
+        })
+        .collect()
 }
 
 /// Whether one of processes `pids` has one of the sockets `inodes` in an epoll set: an event
@@ -559,6 +615,50 @@ mod tests {
         assert_eq!(a("0100007F"), None);
         assert_eq!(a("0100007G:1F90"), None);
         assert_eq!(a("01007F:1F90"), None);
+    }
+
+    /// Processes that hold only the socket they were passed: the tables of the whole host are
+    /// not read for them. With a listening socket of their own: read once for all, and that
+    /// one found for each.
+    #[test]
+    fn the_tcp_tables_are_read_only_for_a_process_with_a_socket_of_its_own() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let passed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let inode = |fd: i32| {
+            std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                .unwrap()
+                .ino()
+        };
+        let passed_inode = inode(passed.as_raw_fd());
+        // `sleep` with the socket as its stdin and nothing else that could be a socket.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::os::fd::OwnedFd::from(passed.try_clone().unwrap()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let reads = std::cell::Cell::new(0);
+        let table = || {
+            reads.set(reads.get() + 1);
+            tcp_listen_table()
+        };
+        let found = listening_among_own(&[&[pid], &[pid]], &[passed_inode], table);
+        assert_eq!(found, vec![Vec::new(), Vec::new()]);
+        assert_eq!(
+            reads.get(),
+            0,
+            "the tables were read for processes without a socket of their own"
+        );
+        // Not passed: its own, read once for both groups, and found in each.
+        let found = listening_among_own(&[&[pid], &[pid]], &[], table);
+        assert_eq!(reads.get(), 1);
+        let listening = vec![(passed_inode, passed.local_addr().unwrap())];
+        assert_eq!(found, vec![listening.clone(), listening]);
+        let _ = child.kill();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -34,6 +34,57 @@ pub const SHIM_PARENT_ENV: &str = "UNWEDGE_SHIM_PARENT";
 /// supervisor raises its own (it holds two pipes per worker), the worker gets this one back.
 pub const SHIM_NOFILE_ENV: &str = "UNWEDGE_SHIM_NOFILE";
 
+/// The supervisor's own binary, run as each worker's shim: held open for the supervisor's
+/// life and started through `/proc/self/fd/N`, so that a deploy that moves, deletes or replaces
+/// the file at its path while the supervisor runs (`mv`, `rm`, a package upgrade) neither
+/// stops workers from starting (the path resolved at start named nothing any more: every
+/// restart failed with `No such file or directory` until the supervisor gave up) nor runs
+/// another version's shim. The descriptor is close-on-exec: `execve` resolves the path before
+/// it closes the descriptors, and the binary is an ELF file, which needs no path after that
+/// (a script would: its interpreter opens it by name). Without `/proc` it is started by path.
+#[derive(Debug)]
+pub(crate) struct ShimBinary {
+    /// What is executed: `/proc/self/fd/N` (each child's own copy of the descriptor), or the
+    /// path without `/proc`.
+    exec: std::path::PathBuf,
+    /// The path it was started from: the shim's `argv[0]`, for `ps` and the log.
+    path: std::path::PathBuf,
+    /// Held open for `exec`.
+    _file: Option<std::fs::File>,
+}
+
+impl ShimBinary {
+    /// This process's binary, opened now.
+    pub(crate) fn this_process() -> std::io::Result<ShimBinary> {
+        use std::os::fd::AsRawFd;
+        let path = std::env::current_exe()?;
+        // Opened by std with O_CLOEXEC: no other process the supervisor starts inherits it.
+        let (exec, file) = match std::fs::File::open("/proc/self/exe") {
+            Ok(f) => (format!("/proc/self/fd/{}", f.as_raw_fd()).into(), Some(f)),
+            Err(e) => {
+                tracing::debug!(
+                    "cannot open /proc/self/exe ({e}): workers are started through {}",
+                    path.display()
+                );
+                (path.clone(), None)
+            }
+        };
+        Ok(ShimBinary {
+            exec,
+            path,
+            _file: file,
+        })
+    }
+
+    /// A command that runs the shim (its arguments to be added).
+    pub(crate) fn command(&self) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(&self.exec);
+        cmd.arg0(&self.path);
+        cmd
+    }
+}
+
 /// Raises this process's soft `RLIMIT_NOFILE` to the hard limit (at most 2^20), as Go's
 /// runtime does; returns the soft limit it had, for [`SHIM_NOFILE_ENV`], when it changed.
 pub fn raise_nofile() -> Option<u64> {

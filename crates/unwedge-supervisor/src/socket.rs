@@ -7,6 +7,9 @@
 //! behind its back: only a worker's process clears the flag, between fork and exec, and the
 //! exec shim ([`crate::shim`]) it runs moves the sockets to fds 3, 4, … and sets
 //! `LISTEN_FDS`/`LISTEN_PID`.
+//!
+//! A worker can break a shared TCP socket for all of them (`shutdown()` on it): the supervisor
+//! makes it listen again (`listen_again`).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -191,6 +194,76 @@ fn bind(addr: &ListenAddr, unix: UnixAccess) -> std::io::Result<OwnedFd> {
     };
     sock.listen(BACKLOG)?;
     Ok(sock.into())
+}
+
+/// What [`listen_again`] found of a TCP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listening {
+    /// It listens, as it should.
+    Yes,
+    /// It had stopped listening (a process holding it called `shutdown()` on it) and listens
+    /// again now.
+    Restored,
+}
+
+/// Makes TCP listener `l` listen again if it stopped. A worker that calls `shutdown()` on the
+/// socket it was passed (cpp-httplib's `Server::stop()` does, on SIGTERM) shuts it down for
+/// every process that holds it, the supervisor and the other workers included: the kernel
+/// takes it out of the listening state, every new connection is refused and no worker can
+/// accept again, for good. `listen()` on the same socket makes it listen again, for all of
+/// them (they share it). A socket bound to port 0 lost its port at the shutdown (the kernel
+/// keeps only a port asked for by number): it is bound to the port it had first. Only TCP:
+/// a `unix:` socket reports itself listening after a `shutdown()` (`SO_ACCEPTCONN` stays 1),
+/// so it cannot be told from a healthy one; nor a socket that never listened (datagrams).
+pub(crate) fn listen_again(l: &Listener) -> std::io::Result<Listening> {
+    let Some(ListenAddr::Tcp(addr)) = l.local else {
+        return Ok(Listening::Yes);
+    };
+    let sock = SockRef::from(&l.fd);
+    if sock.r#type()? != Type::STREAM || sock.is_listener()? {
+        return Ok(Listening::Yes);
+    }
+    clear_shutdown(l.fd.as_fd())?;
+    match sock.bind(&SockAddr::from(addr)) {
+        // Still bound to its address (a port asked for by number): listen() keeps it.
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {}
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
+    sock.listen(BACKLOG)?;
+    match sock.local_addr()?.as_socket() {
+        Some(now) if now == addr => Ok(Listening::Restored),
+        other => Err(std::io::Error::other(format!(
+            "listens on {} instead",
+            other.map_or_else(|| "another address".to_owned(), |a| a.to_string())
+        ))),
+    }
+}
+
+/// Clears what `shutdown()` left on a TCP socket it took out of the listening state, with
+/// `connect()` to an `AF_UNSPEC` address (the kernel's disconnect, which resets the socket as
+/// when new). Needed when another worker shut it down too, after the first: on the socket no
+/// longer listening, that `shutdown()` fails (`ENOTCONN`) but still marks it shut down both
+/// ways, and connections accepted once it listens again would inherit the mark: the kernel
+/// resets each as soon as its client sends anything.
+fn clear_shutdown(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::libc;
+    #[allow(unsafe_code)]
+    // SAFETY: `unspec` is a plain value, initialized (zeroed, then the family set), and its
+    // size is given; `fd` is open while borrowed.
+    let done = unsafe {
+        let mut unspec: libc::sockaddr = std::mem::zeroed();
+        unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        libc::connect(
+            fd.as_raw_fd(),
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if done == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The `unix:` socket files [`bind_all`] created, removed when this is dropped (the supervisor

@@ -113,6 +113,7 @@ impl Pool {
         let output = w.output.take();
         self.worker_exited(w, pid, code, signal);
         self.end_group(&id, pid, &config, output);
+        self.keep_listening(&format!("found after {id} pid {pid} exited"));
         self.find_daemons();
     }
 
@@ -440,31 +441,44 @@ impl Pool {
 
     /// A worker taken as ready without a word (or not ready in time), with sockets of its own
     /// listening, most likely ignores the socket it was passed: nothing accepts the
-    /// connections queued on it. Says so (one look at `/proc` per such worker). `tree` is the
-    /// worker and its descendants.
-    pub(super) fn warn_if_it_listens_elsewhere(&self, pid: i32, tree: &[i32]) {
-        if self.listeners.is_empty() {
+    /// connections queued on it. Says so for each of `workers`: (pid, the worker and its
+    /// descendants). Looked for off the event loop: a look at their `/proc/PID/fd`, and only
+    /// when one holds a socket besides the passed ones, one read of the host's TCP tables for
+    /// all of them, which takes tens of milliseconds with thousands of connections (it was
+    /// read on the loop for each worker: with many workers late at once, the loop stalled
+    /// for seconds and took itself for stopped).
+    pub(super) fn warn_if_they_listen_elsewhere(&self, workers: Vec<(i32, Vec<i32>)>) {
+        if self.listeners.is_empty() || workers.is_empty() {
             return;
         }
-        let own: Vec<String> = crate::procfs::tcp_listening(tree)
+        let named: Vec<(String, i32, Vec<i32>)> = workers
             .into_iter()
-            .filter(|(inode, _)| !self.listener_inodes.contains(inode))
-            .map(|(_, addr)| addr.to_string())
+            .map(|(pid, tree)| {
+                let id = self
+                    .workers
+                    .get(&pid)
+                    .map_or_else(String::new, |w| slot_id(w.slot));
+                (id, pid, tree)
+            })
             .collect();
-        if own.is_empty() {
-            return;
-        }
-        let id = self
-            .workers
-            .get(&pid)
-            .map_or_else(String::new, |w| slot_id(w.slot));
-        tracing::warn!(
-            "{id} pid {pid} listens on {} itself, not on the socket it was passed: \
-             connections to {} wait unanswered; make the command take the passed socket (see \
-             \"Taking the socket in your server\" in docs/supervisor.md), or give each worker \
-             a port of its own with --port-env",
-            own.join(", "),
-            self.socket_addrs().join(", ")
-        );
+        let passed = self.listener_inodes.clone();
+        let held = self.socket_addrs().join(", ");
+        tokio::task::spawn_blocking(move || {
+            let trees: Vec<&[i32]> = named.iter().map(|(_, _, t)| t.as_slice()).collect();
+            let found = crate::procfs::tcp_listening_of_each(&trees, &passed);
+            for ((id, pid, _), own) in named.iter().zip(found) {
+                if own.is_empty() {
+                    continue;
+                }
+                let own: Vec<String> = own.iter().map(|(_, addr)| addr.to_string()).collect();
+                tracing::warn!(
+                    "{id} pid {pid} listens on {} itself, not on the socket it was passed: \
+                     connections to {held} wait unanswered; make the command take the passed \
+                     socket (see \"Taking the socket in your server\" in docs/supervisor.md), or \
+                     give each worker a port of its own with --port-env",
+                    own.join(", "),
+                );
+            }
+        });
     }
 }

@@ -38,6 +38,7 @@ use crate::systemd::{Systemd, SYSTEMD_VARS};
 
 mod checks;
 mod exit;
+mod listeners;
 mod messages;
 mod reload;
 mod spawn;
@@ -120,7 +121,7 @@ pub struct Supervisor {
     config: Config,
     listeners: Vec<Listener>,
     shared_probe: Option<ListenAddr>,
-    shim: PathBuf,
+    shim: crate::shim::ShimBinary,
     systemd: Systemd,
     hooks: Vec<Arc<dyn AlertHook>>,
     handle: Handle,
@@ -182,8 +183,8 @@ impl Supervisor {
             .map(socket::probe_target);
         reconfig::check_probe_target(&config, shared_probe.as_ref()).map_err(StartError::Usage)?;
         reconfig::check_ready_accept(&config, !listeners.is_empty()).map_err(StartError::Usage)?;
-        let shim =
-            std::env::current_exe().map_err(|e| StartError::setup("find the unwedge binary", e))?;
+        let shim = crate::shim::ShimBinary::this_process()
+            .map_err(|e| StartError::setup("find the unwedge binary", e))?;
         // Two pipes per worker, the sockets, the admin's connections: more than the usual
         // 1024 with a few hundred workers. Workers get the original limit back (the shim).
         let nofile = crate::shim::raise_nofile();
@@ -377,6 +378,7 @@ impl Supervisor {
             forged_told: Told::default(),
             shared_probe_told: Told::default(),
             daemon_told: Told::default(),
+            relisten_told: Told::default(),
             active_gen: 1,
             next_gen: 1,
             reload: None,
@@ -499,6 +501,7 @@ impl Supervisor {
                 next_housekeeping = woke + HOUSEKEEPING_INTERVAL;
                 pool.find_daemons();
                 pool.tick_oom(Instant::now());
+                pool.keep_listening("found by the check every second");
             }
             if woke >= next_notify_check {
                 next_notify_check = woke + pool.notify_check_interval();
@@ -838,7 +841,7 @@ struct Pool {
     nofile: Option<u64>,
     listeners: Vec<Listener>,
     shared_probe: Option<ListenAddr>,
-    shim: PathBuf,
+    shim: crate::shim::ShimBinary,
     notify_path: PathBuf,
     systemd: Systemd,
     hooks: Vec<Arc<dyn AlertHook>>,
@@ -853,6 +856,8 @@ struct Pool {
     shared_probe_told: Told,
     /// The log's last warning of a process that went into the background.
     daemon_told: Told,
+    /// The log's last error about a listening socket that could not listen again.
+    relisten_told: Told,
     active_gen: u64,
     next_gen: u64,
     reload: Option<Reload>,
@@ -925,7 +930,7 @@ const FORWARDED_WINDOW: Duration = Duration::from_secs(2);
 /// takes the backoff and counts toward giving up like any other restart.
 const FORWARDED_EXEMPT: usize = 3;
 
-/// How often daemons and the OOM kill count are looked for.
+/// How often daemons, the OOM kill count and the listening sockets are looked at.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How far behind its own schedule the event loop may fall before it takes itself for stalled

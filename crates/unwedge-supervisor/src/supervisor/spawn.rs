@@ -76,7 +76,7 @@ impl Pool {
         let command = &config.command;
         // Every worker starts through the shim: it places the sockets and ties the worker's
         // life to ours.
-        let mut cmd = Command::new(&self.shim);
+        let mut cmd = self.shim.command();
         cmd.arg("exec-shim")
             .arg("--")
             .args(command)

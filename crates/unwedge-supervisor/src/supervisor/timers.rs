@@ -156,6 +156,8 @@ impl Pool {
                 probes.push((w.pid, false));
             }
         }
+        // Workers taken as ready without a word, or not ready in time: looked at together.
+        let mut listen_checks = Vec::new();
         for pid in accepting {
             self.mark_ready_because(pid, " (it waits for connections on the passed socket)");
         }
@@ -175,7 +177,7 @@ impl Pool {
                     fmt_dur(limit)
                 );
             }
-            self.warn_if_it_listens_elsewhere(pid, &tree);
+            listen_checks.push((pid, tree));
             self.mark_ready(pid);
         }
         for (pid, kind, msg) in hung {
@@ -187,11 +189,11 @@ impl Pool {
                 continue;
             }
             if kind == HangKind::ReadyTimeout {
-                let tree = crate::procfs::descendants(pid, 64);
-                self.warn_if_it_listens_elsewhere(pid, &tree);
+                listen_checks.push((pid, crate::procfs::descendants(pid, 64)));
             }
             self.hung(pid, kind, &msg);
         }
+        self.warn_if_they_listen_elsewhere(listen_checks);
         for (pid, ready_check) in probes {
             if let Some(w) = self.workers.get(&pid) {
                 self.start_probe(w, ready_check);
