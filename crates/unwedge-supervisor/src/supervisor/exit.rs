@@ -168,6 +168,7 @@ impl Pool {
                     Signal::SIGKILL
                 };
                 let _ = kill(Pid::from_raw(child), sig);
+                let _ = kill(Pid::from_raw(child), Signal::SIGCONT);
             }
             self.daemons.push(child);
         }

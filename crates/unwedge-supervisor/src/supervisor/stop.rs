@@ -56,6 +56,8 @@ impl Pool {
         // Our children (adopted), so their pids cannot be reused before we reap them.
         for d in &self.daemons {
             let _ = kill(Pid::from_raw(*d), self.config.stop_signal);
+            // As for the workers: a stopped process could not act on it.
+            let _ = kill(Pid::from_raw(*d), Signal::SIGCONT);
         }
         self.stop_deadline = Some(deadline);
     }
@@ -84,6 +86,7 @@ impl Pool {
         }
         let stop_signal = config.stop_signal;
         let members = signal_session(pid, stop_signal);
+        signal_session(pid, Signal::SIGCONT);
         if members.is_empty() {
             return;
         }
