@@ -1,2 +1,0 @@
-#!/nonexistent/interp
-echo hi
