@@ -14,7 +14,7 @@ use std::borrow::Cow;
 /// | `{int}` | ASCII digits only | `42`, `2026` |
 /// | `{uuid}` | a UUID, `8-4-4-4-12` hex digits | `3f2a9c1e-…` |
 /// | `{hex}` | 16 or more hex digits, at least one a decimal digit | a SHA-1, a MongoDB ObjectId |
-/// | `{param}` | 16 or more bytes with both a digit and a letter, or any segment with an `@` | a ULID, a base64 id, `usr_2x9Kq…`, an e-mail address |
+/// | `{param}` | 16 or more bytes with both a digit and a letter, or any segment with an `@` (or `%40`) | a ULID, a base64 id, `usr_2x9Kq…`, an e-mail address |
 ///
 /// Words, slugs without digits, version segments such as `v2` and file names are kept. The
 /// rules are a heuristic: a slug of 16 or more bytes with a digit in it (`release-2026-notes`)
@@ -64,7 +64,9 @@ fn placeholder(segment: &str) -> Option<&'static str> {
         return Some("{hex}");
     }
     let has_letter = segment.chars().any(char::is_alphabetic);
-    if (b.len() >= 16 && has_digit && has_letter) || b.contains(&b'@') {
+    // An `@` as sent, or percent-encoded (`encodeURIComponent`'s `%40`: paths keep it).
+    let at_sign = b.contains(&b'@') || b.windows(3).any(|w| w.eq_ignore_ascii_case(b"%40"));
+    if (b.len() >= 16 && has_digit && has_letter) || at_sign {
         return Some("{param}");
     }
     None
@@ -105,6 +107,9 @@ mod tests {
                 "/posts/a-long-title-without-digits",
             ),
             ("/x/ann@example.com", "/x/{param}"),
+            // Percent-encoded, as a browser's `encodeURIComponent` sends it (review).
+            ("/users/a%40b.io/orders", "/users/{param}/orders"),
+            ("/users/a%40B.io", "/users/{param}"),
             ("/日本語/42", "/日本語/{int}"),
         ];
         for (path, want) in cases {

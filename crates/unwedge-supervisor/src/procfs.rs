@@ -323,6 +323,38 @@ pub fn tcp_listening_of_each(
     listening_among_own(groups, passed, tcp_listen_table)
 }
 
+/// The sockets the processes `pids` hold, but `passed`, by inode: a look at each one's
+/// `/proc/PID/fd`, cheap, so that it can be taken at once, while they still run, and
+/// [`tcp_listening_among`] left for later, off an event loop.
+///
+/// ```
+/// let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let me = std::process::id() as i32;
+/// let own = unwedge_supervisor::procfs::own_socket_inodes(&[me], &[]);
+/// let found = unwedge_supervisor::procfs::tcp_listening_among(vec![own]);
+/// assert!(found[0].iter().any(|(_, a)| *a == l.local_addr().unwrap()));
+/// // Nothing to look for: the tables are not read.
+/// assert_eq!(unwedge_supervisor::procfs::tcp_listening_among(vec![vec![]]), vec![vec![]]);
+/// ```
+pub fn own_socket_inodes(pids: &[i32], passed: &[u64]) -> Vec<u64> {
+    let mut own: Vec<u64> = pids
+        .iter()
+        .flat_map(|&pid| fd_targets(pid))
+        .filter_map(|(_, target)| socket_inode(&target))
+        .filter(|inode| !passed.contains(inode))
+        .collect();
+    own.sort_unstable();
+    own.dedup();
+    own
+}
+
+/// For each list of socket inodes in `groups` (from [`own_socket_inodes`]), those listening
+/// on TCP, with their addresses: the host's tables read once for all, and only if a list
+/// has any. See [`own_socket_inodes`] for an example.
+pub fn tcp_listening_among(groups: Vec<Vec<u64>>) -> Vec<Vec<(u64, std::net::SocketAddr)>> {
+    listening_among(groups, tcp_listen_table)
+}
+
 /// The sockets of each group of processes in `groups`, but `passed`, found listening in
 /// `table` (read once, and only if a group has any).
 fn listening_among_own(
@@ -330,20 +362,19 @@ fn listening_among_own(
     passed: &[u64],
     table: impl FnOnce() -> std::collections::HashMap<u64, std::net::SocketAddr>,
 ) -> Vec<Vec<(u64, std::net::SocketAddr)>> {
-    let own: Vec<Vec<u64>> = groups
+    let own = groups
         .iter()
-        .map(|pids| {
-            let mut own: Vec<u64> = pids
-                .iter()
-                .flat_map(|&pid| fd_targets(pid))
-                .filter_map(|(_, target)| socket_inode(&target))
-                .filter(|inode| !passed.contains(inode))
-                .collect();
-            own.sort_unstable();
-            own.dedup();
-            own
-        })
+        .map(|pids| own_socket_inodes(pids, passed))
         .collect();
+    listening_among(own, table)
+}
+
+/// Those of each list of inodes in `own` found listening in `table` (read only if a list has
+/// any).
+fn listening_among(
+    own: Vec<Vec<u64>>,
+    table: impl FnOnce() -> std::collections::HashMap<u64, std::net::SocketAddr>,
+) -> Vec<Vec<(u64, std::net::SocketAddr)>> {
     if own.iter().all(Vec::is_empty) {
         return own.iter().map(|_| Vec::new()).collect();
     }

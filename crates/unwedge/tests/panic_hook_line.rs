@@ -75,6 +75,16 @@ fn maybe_worker() {
             }));
             support::run_worker(|| serve().serve(routes()))
         }
+        // A crash reporter set up after unwedge's hook, passing each panic on (Sentry's way).
+        "reporter-after" => {
+            unwedge::install();
+            let unwedges = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                eprintln!("REPORTER saw a panic");
+                unwedges(info);
+            }));
+            support::run_worker(|| serve().serve(routes()))
+        }
         other => panic!("unknown mode {other}"),
     }
 }
@@ -154,4 +164,29 @@ fn a_hook_set_before_unwedges_sees_request_and_task_panics() {
     w.expect("APP HOOK saw a panic", limit);
     w.expect("task's first run fails", limit);
     assert_eq!(w.exited(), None, "{}", w.log());
+}
+
+/// The documented order for a crash reporter: unwedge's hook first, the reporter's passing
+/// panics on to it. The reporter sees the request's panic, the report is logged, and no raw
+/// line with the secret reaches stderr; a panic outside requests gets the redacted line.
+#[test]
+fn a_reporter_installed_after_unwedge_leaks_nothing() {
+    maybe_worker();
+    let mut w = Worker::start(
+        "a_reporter_installed_after_unwedge_leaks_nothing",
+        "reporter-after",
+        &[],
+    );
+    let limit = Duration::from_secs(10);
+    assert_eq!(w.get("/secret").0, 500);
+    w.expect("REPORTER saw a panic", limit);
+    w.expect("panic caught", limit);
+    assert_eq!(w.get("/thread").0, 200);
+    w.expect("REPORTER saw a panic", limit);
+    let line = w.expect("panicked at", limit);
+    assert!(line.starts_with("thread 'side' panicked at"), "{line}");
+    w.expect("bad request: Authorization: [redacted]", limit);
+    let log = w.log();
+    assert_eq!(log.matches("panicked at").count(), 1, "{log}");
+    assert_no_secret(&log);
 }

@@ -442,32 +442,41 @@ impl Pool {
 
     /// A worker taken as ready without a word (or not ready in time), with sockets of its own
     /// listening, most likely ignores the socket it was passed: nothing accepts the
-    /// connections queued on it. Says so for each of `workers`: (pid, the worker and its
-    /// descendants). Looked for off the event loop: a look at their `/proc/PID/fd`, and only
-    /// when one holds a socket besides the passed ones, one read of the host's TCP tables for
-    /// all of them, which takes tens of milliseconds with thousands of connections (it was
-    /// read on the loop for each worker: with many workers late at once, the loop stalled
-    /// for seconds and took itself for stopped).
-    pub(super) fn warn_if_they_listen_elsewhere(&self, workers: Vec<(i32, Vec<i32>)>) {
-        if self.listeners.is_empty() || workers.is_empty() {
+    /// connections queued on it. Says so for each of `workers`: (pid, the sockets the worker
+    /// and its descendants hold besides the passed ones, from [`Pool::own_sockets`], taken
+    /// before a hung one was signalled: it may be gone by now). Looked for off the event
+    /// loop: only when one holds such a socket, one read of the host's TCP tables for all of
+    /// them, which takes tens of milliseconds with thousands of connections (it was read on
+    /// the loop for each worker: with many workers late at once, the loop stalled for seconds
+    /// and took itself for stopped).
+    /// The sockets `tree` (a worker and its descendants) holds besides the passed ones: for
+    /// [`Pool::warn_if_they_listen_elsewhere`], a look at their `/proc/PID/fd` (none when
+    /// nothing was passed).
+    pub(super) fn own_sockets(&self, tree: &[i32]) -> Vec<u64> {
+        match self.listeners.is_empty() {
+            true => Vec::new(),
+            false => crate::procfs::own_socket_inodes(tree, &self.listener_inodes),
+        }
+    }
+
+    pub(super) fn warn_if_they_listen_elsewhere(&self, workers: Vec<(i32, Vec<u64>)>) {
+        if self.listeners.is_empty() || workers.iter().all(|(_, own)| own.is_empty()) {
             return;
         }
-        let named: Vec<(String, i32, Vec<i32>)> = workers
+        let (named, own): (Vec<(String, i32)>, Vec<Vec<u64>>) = workers
             .into_iter()
-            .map(|(pid, tree)| {
+            .map(|(pid, own)| {
                 let id = self
                     .workers
                     .get(&pid)
                     .map_or_else(String::new, |w| slot_id(w.slot));
-                (id, pid, tree)
+                ((id, pid), own)
             })
-            .collect();
-        let passed = self.listener_inodes.clone();
+            .unzip();
         let held = self.socket_addrs().join(", ");
         tokio::task::spawn_blocking(move || {
-            let trees: Vec<&[i32]> = named.iter().map(|(_, _, t)| t.as_slice()).collect();
-            let found = crate::procfs::tcp_listening_of_each(&trees, &passed);
-            for ((id, pid, _), own) in named.iter().zip(found) {
+            let found = crate::procfs::tcp_listening_among(own);
+            for ((id, pid), own) in named.iter().zip(found) {
                 if own.is_empty() {
                     continue;
                 }

@@ -177,7 +177,7 @@ impl Pool {
                     fmt_dur(limit)
                 );
             }
-            listen_checks.push((pid, tree));
+            listen_checks.push((pid, self.own_sockets(&tree)));
             self.mark_ready(pid);
         }
         for (pid, kind, msg) in hung {
@@ -189,7 +189,9 @@ impl Pool {
                 continue;
             }
             if kind == HangKind::ReadyTimeout {
-                listen_checks.push((pid, crate::procfs::descendants(pid, 64)));
+                // Now: hung() signals it, and it may be gone by the time they are looked at.
+                let tree = crate::procfs::descendants(pid, 64);
+                listen_checks.push((pid, self.own_sockets(&tree)));
             }
             self.hung(pid, kind, &msg);
         }

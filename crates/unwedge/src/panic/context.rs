@@ -546,6 +546,12 @@ pub(crate) fn take_for(payload: &(dyn std::any::Any + Send)) -> Captured {
 /// [`scrub_credentials`](unwedge_redact::scrub_credentials)): the report, its log event, the notify message, a client's
 /// `detail`, a backtrace's label and a poisoned mutex's error all take the message from here.
 pub(crate) fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    cut_message(redacted_message(payload))
+}
+
+/// A panic's message as [`payload_message`] gives it, not cut: for std's line, which prints
+/// the whole message.
+pub(crate) fn redacted_message(payload: &(dyn std::any::Any + Send)) -> String {
     let text = if let Some(s) = payload.downcast_ref::<&str>() {
         *s
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -554,11 +560,15 @@ pub(crate) fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
         return "Box<dyn Any>".to_owned();
     };
     let text = hide_userinfo_in_text(text);
-    let mut text = match unwedge_redact::scrub_credentials(&text) {
+    match unwedge_redact::scrub_credentials(&text) {
         Some(scrubbed) => scrubbed,
         None => text.into_owned(),
-    };
-    // Cut after hiding: what was hidden in the whole message stays hidden in its start.
+    }
+}
+
+/// A redacted message cut to [`MAX_MESSAGE`]. Cut after hiding: what was hidden in the whole
+/// message stays hidden in its start.
+pub(crate) fn cut_message(mut text: String) -> String {
     if text.len() > MAX_MESSAGE {
         text.truncate(crate::text::floor_char_boundary(&text, MAX_MESSAGE));
         text.push_str(CUT_MARK);

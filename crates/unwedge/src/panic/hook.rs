@@ -31,12 +31,17 @@ pub(crate) fn backtrace_mode() -> Mode {
 /// `RUST_LOG=my_app=info`) or the binary is built with `panic = "abort"` (no report follows),
 /// the hook prints that line itself, as std does (`RUST_BACKTRACE` included), but with the
 /// message's credentials hidden as in the report: `panic!("{req:?}")` puts no
-/// `Authorization` value on stderr. So a panic is never missing from the logs, and no secret
-/// reaches them.
+/// `Authorization` value on stderr. So, with no hook of the application's before it (below),
+/// a panic is never missing from the logs, and no secret reaches them.
 ///
 /// A hook installed before this one that is not std's own (a crash reporter, a metrics
 /// counter) is chained: it runs after this one for every panic, inside requests and tasks
-/// too, and sees the panic as it was raised (what it prints or sends is its own business).
+/// too, and sees the panic as it was raised; what it prints or sends is its own, and this
+/// hook prints no line of its own then. Most crash reporters' hooks (Sentry's) pass each panic
+/// on to the hook they found, std's printer when they came first, which prints the message
+/// as raised, credentials included, beside the report. So install this hook first
+/// (`unwedge::install()` before the reporter's setup): the reporter's hook then passes
+/// panics on to this one, which prints only what no report covers, redacted.
 ///
 /// Backtraces: the hook only walks the stack (microseconds). Turning the frames into function
 /// names and lines takes milliseconds per cold part of the binary (15–100 ms for a request's
@@ -65,11 +70,11 @@ pub fn install() {
         std::panic::set_hook(Box::new(move |info| {
             let scope = context::current_scope();
             let backtrace = (mode != Mode::Off).then(Trace::capture);
-            let message = context::payload_message(info.payload());
+            let whole = context::redacted_message(info.payload());
             let printed = (scope.is_none() || cfg!(panic = "abort") || !report_event_enabled())
-                .then(|| message.clone());
+                .then(|| whole.clone());
             context::begin(Captured {
-                message,
+                message: context::cut_message(whole),
                 location: info
                     .location()
                     .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),

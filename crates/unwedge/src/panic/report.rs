@@ -407,7 +407,11 @@ impl CapturedHeaders {
                         };
                         // A credential quoted in another header's value (`ua … Bearer …`).
                         let shown = hide_userinfo_in_text(&shown).into_owned();
-                        unwedge_redact::scrub_credentials(&shown).unwrap_or(shown)
+                        let shown = unwedge_redact::scrub_credentials(&shown).unwrap_or(shown);
+                        match cut.is_empty() {
+                            true => shown,
+                            false => hide_cut_bearer(&shown),
+                        }
                     }
                     _ => "<binary>".to_owned(),
                 };
@@ -415,6 +419,28 @@ impl CapturedHeaders {
             }
         }
         map
+    }
+}
+
+/// `shown` (a header value cut short, ending with `…`) with a `Bearer` token the cut fell in
+/// hidden: cut, it may be too short to read as a token (`Bearer abcdefgh…`), and what the cut
+/// left of it is still a secret's start.
+fn hide_cut_bearer(shown: &str) -> String {
+    let text = shown.strip_suffix('…').unwrap_or(shown);
+    let token = text
+        .bytes()
+        .rev()
+        .take_while(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+        })
+        .count();
+    let before = text[..text.len() - token].trim_end_matches([' ', '\t']);
+    let bearer = before.len() >= 6
+        && before.len() < text.len() - token
+        && before[before.len() - 6..].eq_ignore_ascii_case("bearer");
+    match bearer && token > 0 {
+        true => format!("{}[redacted]…", &text[..text.len() - token]),
+        false => shown.to_owned(),
     }
 }
 
@@ -651,6 +677,15 @@ mod captured_tests {
                 xff.clone(),
                 "1.2.3.4, https://h/cb?code=XFFC0DE".to_owned(),
                 "1.2.3.4, https://h/cb?code=[redacted]".to_owned(),
+            ),
+            // A Bearer token the cut fell in, too short to read as one (review).
+            (
+                USER_AGENT,
+                format!(
+                    "{} Bearer abcdefghijklmnop1234567890SECRETTAIL",
+                    "x".repeat(1000)
+                ),
+                format!("{} Bearer [redacted]…", "x".repeat(1000)),
             ),
             // Cut inside a URL's user info, with no `@` left: the URL is kept as `scheme://…`.
             (
