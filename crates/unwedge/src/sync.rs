@@ -476,7 +476,7 @@ impl Taken {
 
     #[inline]
     fn now() -> Self {
-        let during = if std::thread::panicking() {
+        let during = if context::panicking() {
             Self::DURING_PANIC
         } else {
             0
@@ -564,7 +564,7 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
         // Everything here happens before the `guard` field is dropped, i.e. before the lock
         // is released: the next holder sees the poison.
-        if !self.taken.during_panic() && std::thread::panicking() {
+        if !self.taken.during_panic() && context::panicking() {
             let (message, location) = match context::peek_message_since(self.taken.panics_before())
             {
                 Some((m, l)) => (Some(m), l),
@@ -672,7 +672,7 @@ impl<T: ?Sized> DerefMut for CommitGuard<'_, T> {
 impl<T: ?Sized> Drop for CommitGuard<'_, T> {
     fn drop(&mut self) {
         let Some(guard) = &self.guard else { return };
-        if std::thread::panicking() && !guard.taken.during_panic() {
+        if context::panicking() && !guard.taken.during_panic() {
             // The guard's own drop poisons, with the panic's message. (A section that began
             // during this unwinding, a cleanup, is not broken off by it: left uncommitted, it
             // poisons here as any other.)

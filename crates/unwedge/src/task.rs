@@ -200,16 +200,33 @@ where
                 Poll::Ready(Ok(()))
             }
             Ok(Poll::Pending) => Poll::Pending,
-            // Take the capture now, before dropping the future can run more code.
-            Err(payload) => Poll::Ready(Err((context::take_for(&*payload), payload))),
+            Err(payload) => Poll::Ready(Err(payload)),
         }
     })
     .await;
     // A panicking `Drop` must not take the supervisor down with it.
-    if context::with_scope(scope, || catch_unwind(AssertUnwindSafe(move || drop(fut)))).is_err() {
-        context::discard();
+    let drop_fut =
+        move || context::with_scope(scope, || catch_unwind(AssertUnwindSafe(move || drop(fut))));
+    match outcome {
+        Ok(()) => {
+            if drop_fut().is_err() {
+                context::discard();
+            }
+            Ok(())
+        }
+        Err(payload) => {
+            // The future dropped first, as the unwinding would have (see
+            // `context::drop_after_panic`): a guard a hand-written one holds poisons its mutex,
+            // in this panic's capture. A `Drop` that panics adds a capture of its own, whose
+            // poisons `take_for` merges into this panic's.
+            let dropped = context::drop_after_panic(drop_fut);
+            let captured = context::take_for(&*payload);
+            if let Err(second) = dropped {
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(second)));
+            }
+            Err((captured, payload))
+        }
     }
-    outcome
 }
 
 /// Reports a task's panic and applies the process-wide policy; `Some(reason)` when it decided

@@ -14,7 +14,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -329,9 +329,12 @@ pub(crate) fn with_scope_in<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -
     // A capture left on this thread is stale: its panic was caught by someone else (tokio's
     // `JoinHandle`, a `catch_unwind` of the app's). A panic re-raised later with
     // `resume_unwind` skips the hook, and would otherwise be reported with that capture. It
-    // goes, the mutexes its panic poisoned decided first.
-    settle_caught();
-    decide_overdue();
+    // goes, the mutexes its panic poisoned decided first. (Not while dropping what a panic
+    // just caught left behind: that panic's capture is on the stack, to be reported next.)
+    if !after_panic_here() {
+        settle_caught();
+        decide_overdue();
+    }
     // The closure runs (and takes the scope out of `slot`) only while the thread-local lives.
     match SCOPE.try_with(|s| s.replace(slot.take())) {
         Ok(prev) => {
@@ -364,6 +367,54 @@ static STARTED: AtomicU64 = AtomicU64::new(0);
 #[inline]
 pub(crate) fn panics_started() -> u64 {
     STARTED.load(Ordering::Relaxed)
+}
+
+/// Threads now dropping what a caught panic left behind ([`drop_after_panic`]): zero but for
+/// those moments, so that taking and dropping a guard costs one relaxed load, not a lookup of
+/// a thread-local.
+static AFTER_PANIC: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static AFTER_PANIC_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, which drops what a panic just caught on this thread left behind (the handler's
+/// future, a response body, a task's future) before the panic is reported, as the panic's
+/// unwinding would have dropped it: a `MutexGuard` it holds poisons its mutex, listed in the
+/// panic's report. (An `async` block's state is dropped while the panic unwinds; a
+/// hand-written future, stream or body that holds a guard is dropped only once the panic was
+/// caught, with `std::thread::panicking()` false, and released the lock over half-updated data.)
+pub(crate) fn drop_after_panic<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let _ = AFTER_PANIC_HERE.try_with(|c| c.set(self.0));
+            AFTER_PANIC.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    AFTER_PANIC.fetch_add(1, Ordering::Relaxed);
+    let _reset = Reset(
+        AFTER_PANIC_HERE
+            .try_with(|c| c.replace(true))
+            .unwrap_or(false),
+    );
+    f()
+}
+
+/// Whether this thread is unwinding a panic, or dropping what a caught one left behind
+/// ([`drop_after_panic`]): a guard dropped now breaks its section off.
+#[inline]
+pub(crate) fn panicking() -> bool {
+    std::thread::panicking() || after_panic_here()
+}
+
+/// Whether this thread is in [`drop_after_panic`].
+#[inline]
+fn after_panic_here() -> bool {
+    AFTER_PANIC.load(Ordering::Relaxed) != 0
+        && AFTER_PANIC_HERE
+            .try_with(std::cell::Cell::get)
+            .unwrap_or(false)
 }
 
 /// Called by the panic hook: starts a capture for the panic that is starting, on top of the

@@ -740,11 +740,16 @@ where
                     }
                     Err(payload) => {
                         let mut ctx = this.ctx.take().expect("checked above");
-                        // Report first: dropping the future must not overwrite the capture.
+                        // Dropped first, as the unwinding would have: a guard a hand-written
+                        // future holds poisons its mutex, in this panic's report. A `Drop`
+                        // that panics adds a capture of its own, whose poisons the report
+                        // lists too (`take_for` picks this panic's by its message).
+                        let dropped = context::drop_after_panic(|| {
+                            set_in_scope(this.state, State::Done, &mut ctx)
+                        });
                         let res = ctx.panic_response(payload);
-                        if set_in_scope(this.state, State::Done, &mut ctx).is_err() {
-                            // A panicking `Drop`: leave no stale capture for the next panic.
-                            context::discard();
+                        if let Err(second) = dropped {
+                            let _ = catch_unwind(AssertUnwindSafe(move || drop(second)));
                         }
                         Poll::Ready(Ok(res))
                     }
@@ -1376,11 +1381,11 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
+        let mut this = self.project();
         let Some(ctx) = this.ctx.as_mut() else {
             return Poll::Ready(None);
         };
-        let Some(inner) = this.inner.as_pin_mut() else {
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
         let polled = context::with_scope_in(&mut ctx.scope, || {
@@ -1392,8 +1397,16 @@ where
             Ok(Poll::Ready(None)) => Poll::Ready(None),
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => {
+                // The body dropped first, as the unwinding would have (see
+                // `context::drop_after_panic`): a guard it holds poisons its mutex, in this
+                // panic's report.
+                let dropped =
+                    context::drop_after_panic(|| set_in_scope(this.inner.as_mut(), None, ctx));
                 let ctx = this.ctx.take().expect("checked above");
                 let report = ctx.report(payload);
+                if let Err(second) = dropped {
+                    let _ = catch_unwind(AssertUnwindSafe(move || drop(second)));
+                }
                 let request_id = ctx.request_id();
                 if ctx.request().is_some_and(RequestScope::grpc) {
                     // gRPC ends a call with its status in the trailers: the client gets
