@@ -404,6 +404,7 @@ impl<T: ?Sized> Mutex<T> {
         // Both flags under the lock, as `clear_poison` clears them: they never disagree.
         let mut poison = relock(&self.poison);
         *poison = Some(Arc::new(info));
+        self.info.poisonings.fetch_add(1, Ordering::AcqRel);
         self.info.poisoned.store(true, Ordering::Release);
         self.poisoned.store(true, Ordering::Release);
     }

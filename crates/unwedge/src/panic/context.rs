@@ -36,7 +36,7 @@ pub(crate) struct Captured {
     /// The same `Mutex`es, in the same order, for [`settle_caught`]: a mutex the app has
     /// repaired since (or dropped) is not decided. Only on the thread's stack: a capture
     /// taken by [`take_for`] keeps the names only.
-    pub(crate) poisoned_locks: Vec<Weak<crate::sync::LockInfo>>,
+    pub(crate) poisoned_locks: Vec<(Weak<crate::sync::LockInfo>, u64)>,
     /// The request or task that was running when the panic started.
     pub(crate) scope: Option<Arc<Scope>>,
     /// Which panic of the process this is, from 1 in the order the hook saw them start (0:
@@ -76,8 +76,10 @@ pub(crate) struct Scope {
     any_caught: AtomicBool,
 }
 
-/// A poisoned `Mutex`: its name, and a handle to tell later whether it was repaired.
-type PoisonedLock = (Arc<str>, Weak<crate::sync::LockInfo>);
+/// A poisoned `Mutex`: its name, a handle and the poisoning (`LockInfo::poisoning`) to
+/// tell later whether it was repaired since, or repaired and poisoned again by another panic
+/// (which decides its own).
+type PoisonedLock = (Arc<str>, Weak<crate::sync::LockInfo>, u64);
 
 /// A request's poisons not decided at its end (recorded in a race with the end) are decided
 /// when its scope goes.
@@ -211,9 +213,12 @@ impl Scope {
             // grace from its latest poison.
             match caught
                 .iter_mut()
-                .find(|((_, lock), _)| lock.ptr_eq(&poisoned.1))
+                .find(|((_, lock, _), _)| lock.ptr_eq(&poisoned.1))
             {
-                Some((_, at)) => *at = now,
+                Some((known, at)) => {
+                    known.2 = poisoned.2;
+                    *at = now;
+                }
                 None => caught.push((poisoned, now)),
             }
             !self.any_caught.swap(true, Ordering::AcqRel)
@@ -258,7 +263,7 @@ impl Scope {
             return;
         }
         let mut caught = self.caught.lock().unwrap_or_else(|e| e.into_inner());
-        caught.retain(|((name, _), _)| !names.contains(name));
+        caught.retain(|((name, _, _), _)| !names.contains(name));
     }
 
     /// When the request ends (its response ready, or its future dropped): decides each
@@ -460,20 +465,25 @@ pub(crate) fn record_rollback(name: &Arc<str>) {
 
 /// Called by a `MutexGuard` dropped while its thread panics: the mutex is now poisoned.
 pub(crate) fn record_poison(lock: &Arc<crate::sync::LockInfo>) {
+    let stamp = lock.poisoning();
     with_current(|c| {
         let known = c
             .poisoned_locks
-            .iter()
-            .any(|l| std::ptr::eq(l.as_ptr(), Arc::as_ptr(lock)));
-        if c.poisoned.len() < MAX_NAMES && !known {
-            c.poisoned.push(lock.name().clone());
-            c.poisoned_locks.push(Arc::downgrade(lock));
+            .iter_mut()
+            .find(|(l, _)| std::ptr::eq(l.as_ptr(), Arc::as_ptr(lock)));
+        match known {
+            Some((_, at)) => *at = stamp,
+            None if c.poisoned.len() < MAX_NAMES => {
+                c.poisoned.push(lock.name().clone());
+                c.poisoned_locks.push((Arc::downgrade(lock), stamp));
+            }
+            None => {}
         }
     });
     // In a request: the request's to decide (see `Scope::defer`), in case the app catches
     // the panic itself.
     if let Some(scope) = current_scope().filter(|s| s.as_request().is_some()) {
-        scope.defer((lock.name().clone(), Arc::downgrade(lock)));
+        scope.defer((lock.name().clone(), Arc::downgrade(lock), stamp));
     }
 }
 
@@ -514,20 +524,25 @@ fn settle(caught: Vec<Captured>) {
         {
             continue;
         }
-        let poisoned = capture.poisoned.into_iter().zip(capture.poisoned_locks);
+        let poisoned = capture
+            .poisoned
+            .into_iter()
+            .zip(capture.poisoned_locks)
+            .map(|(name, (lock, stamp))| (name, lock, stamp));
         decide_caught(poisoned, capture.scope.as_deref(), &mut seen);
     }
 }
 
-/// Decides each of `poisoned` still poisoned (not repaired by the app since, nor gone) and not
+/// Decides each of `poisoned` still poisoned by that poisoning (not repaired by the app since,
+/// nor repaired and poisoned again by another panic, which decides its own, nor gone) and not
 /// in `seen`, by the policy of `scope`, the request or task it happened in.
 fn decide_caught(
     poisoned: impl IntoIterator<Item = PoisonedLock>,
     scope: Option<&Scope>,
     seen: &mut Vec<Arc<str>>,
 ) {
-    for (name, lock) in poisoned {
-        if !lock.upgrade().is_some_and(|l| l.is_poisoned()) || seen.contains(&name) {
+    for (name, lock, stamp) in poisoned {
+        if !lock.upgrade().is_some_and(|l| l.still_poisoned_by(stamp)) || seen.contains(&name) {
             continue;
         }
         crate::sync::escalate_poison_in(&name, "a panic the app caught itself", scope);
@@ -580,8 +595,11 @@ pub(crate) fn take_for(payload: &(dyn std::any::Any + Send)) -> Captured {
                 chosen.rolled_back.push(name);
             }
         }
-        for name in other.poisoned {
-            if !chosen.poisoned.contains(&name) {
+        // Only those still poisoned by that panic: one the app caught and repaired before
+        // this panic (an older capture of the same poll) is no part of it.
+        for (name, (lock, stamp)) in other.poisoned.into_iter().zip(other.poisoned_locks) {
+            let poisoned = lock.upgrade().is_some_and(|l| l.still_poisoned_by(stamp));
+            if poisoned && !chosen.poisoned.contains(&name) {
                 chosen.poisoned.push(name);
             }
         }

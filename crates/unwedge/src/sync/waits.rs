@@ -156,6 +156,10 @@ pub(crate) struct LockInfo {
     /// The mutex is poisoned: a copy of the `Mutex`'s own flag, so that a panic's capture can
     /// tell later whether the app has repaired it since (see `context::settle_caught`).
     pub(super) poisoned: AtomicBool,
+    /// Poisonings so far (set under the `Mutex`'s poison lock): a poison recorded for a
+    /// panic is still that panic's while the mutex is poisoned and this has not moved on (the
+    /// app repaired it and another panic poisoned it again: that one decides its own).
+    pub(super) poisonings: AtomicU64,
     /// Acquisitions so far; the holder fields belong to acquisition `generation`.
     generation: AtomicU64,
     /// The generation of the last release: the lock is held while `generation` is newer.
@@ -206,6 +210,7 @@ impl LockInfo {
         LockInfo {
             name,
             poisoned: AtomicBool::new(false),
+            poisonings: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             released: AtomicU64::new(0),
             owner: AtomicU64::new(0),
@@ -225,6 +230,18 @@ impl LockInfo {
     /// Whether the mutex is poisoned now.
     pub(crate) fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Which poisoning the mutex is at (a count): with [`LockInfo::still_poisoned_by`], tells
+    /// a poison recorded now from a later one.
+    pub(crate) fn poisoning(&self) -> u64 {
+        self.poisonings.load(Ordering::Acquire)
+    }
+
+    /// Whether the mutex is still poisoned by the poisoning `stamp` ([`LockInfo::poisoning`]
+    /// when it was recorded): not repaired since, nor repaired and poisoned again.
+    pub(crate) fn still_poisoned_by(&self, stamp: u64) -> bool {
+        self.is_poisoned() && self.poisoning() == stamp
     }
 
     pub(super) fn wait_limit(&self) -> Duration {
