@@ -404,7 +404,11 @@ impl<T: ?Sized> Mutex<T> {
         // Both flags under the lock, as `clear_poison` clears them: they never disagree.
         let mut poison = relock(&self.poison);
         *poison = Some(Arc::new(info));
-        self.info.poisonings.fetch_add(1, Ordering::AcqRel);
+        // A new poisoning only from sound: one poisoned again before a repair is still the
+        // first one's to decide (review: counting it dropped that decision).
+        if !self.info.poisoned.load(Ordering::Acquire) {
+            self.info.poisonings.fetch_add(1, Ordering::AcqRel);
+        }
         self.info.poisoned.store(true, Ordering::Release);
         self.poisoned.store(true, Ordering::Release);
     }

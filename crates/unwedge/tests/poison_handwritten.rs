@@ -6,6 +6,7 @@
 mod support;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex as StdMutex};
 use std::task::{Context, Poll};
@@ -157,6 +158,53 @@ async fn a_guard_in_a_hand_written_task_poisons_and_auto_escalates() {
         let h = unwedge::health();
         let report = h.recent_reports.last().expect("a report");
         assert_eq!(report.poisoned, vec!["settle".to_owned()], "{report:?}");
+    })
+    .await
+}
+
+/// A hand-written middleware between two layers panics while the inner layer's request is
+/// pending, its handler holding a guard: the outer layer's drop of what the panic left behind
+/// drops the inner request too. Its poison is the outer panic's, decided once by the outer
+/// layer's policy (`Recover`), as when the middleware is an `async` block; not decided again
+/// by the inner layer's (`Auto`) as a cancellation (review).
+#[tokio::test(flavor = "current_thread")]
+async fn nested_layers_decide_a_hand_written_middlewares_panic_once() {
+    support::own_process!();
+    static M: LazyLock<Pair> = LazyLock::new(|| Pair::named("nested", (100, 0)));
+    within(async {
+        let inner = PanicLayer::with_policy(Policy::Auto).layer(tower::service_fn(
+            |_req: http::Request<()>| async {
+                let mut g = M.lock().await.unwrap();
+                g.0 -= 10;
+                std::future::pending::<()>().await;
+                drop(g);
+                Ok::<_, Infallible>(http::Response::new(String::new()))
+            },
+        ));
+        let middleware = tower::service_fn(move |req: http::Request<()>| {
+            let mut pending = Box::pin(inner.clone().oneshot(req));
+            let mut polled = false;
+            std::future::poll_fn(move |cx| {
+                if !polled {
+                    polled = true;
+                    assert!(pending.as_mut().poll(cx).is_pending());
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                panic!("middleware panics");
+                #[allow(unreachable_code)]
+                Poll::Ready(Ok::<_, Infallible>(http::Response::new(String::new())))
+            })
+        });
+        let (kept, outer) = reports();
+        let res = outer
+            .layer(middleware)
+            .oneshot(http::Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 500);
+        assert_poisoned(&M, &kept, "nested");
+        assert_eq!(unwedge::health::crash_reason(), None);
     })
     .await
 }

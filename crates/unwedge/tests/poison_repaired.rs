@@ -114,3 +114,52 @@ async fn one_requests_end_does_not_decide_anothers_poison() {
     })
     .await
 }
+
+/// R1 catches a poison of its own and leaves it unrepaired; meanwhile R2, under a `Recover`
+/// layer, takes the poisoned data and panics over it (poisoned again, not repaired between).
+/// R1's end still decides R1's poison by R1's policy, `Auto`: a crash (review: counting the
+/// second poisoning as a new one dropped R1's decision).
+#[tokio::test(flavor = "current_thread")]
+async fn a_poison_poisoned_again_before_a_repair_is_still_decided() {
+    support::own_process!();
+    static M: LazyLock<unwedge::Mutex<i32>> = LazyLock::new(|| unwedge::Mutex::named("ledger", 0));
+    within(async {
+        let go_on = Arc::new(Notify::new());
+        let wait = go_on.clone();
+        let r1 = PanicLayer::with_policy(unwedge::Policy::Auto).layer(tower::service_fn(
+            move |_req: http::Request<()>| {
+                let wait = wait.clone();
+                async move {
+                    poison_and_catch(&M);
+                    wait.notified().await;
+                    Ok::<_, Infallible>(http::Response::new(String::new()))
+                }
+            },
+        ));
+        let r2 = PanicLayer::with_policy(unwedge::Policy::Recover).layer(tower::service_fn(
+            |_req: http::Request<()>| async {
+                let _data = match M.try_lock() {
+                    Err(unwedge::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                    other => panic!("not poisoned: {:?}", other.is_ok()),
+                };
+                if true {
+                    panic!("over the poisoned data");
+                }
+                Ok::<_, Infallible>(http::Response::new(String::new()))
+            },
+        ));
+        let first = tokio::spawn(r1.oneshot(http::Request::new(())));
+        while !M.is_poisoned() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            r2.oneshot(http::Request::new(())).await.unwrap().status(),
+            500
+        );
+        go_on.notify_one();
+        assert_eq!(first.await.unwrap().unwrap().status(), 200);
+        let reason = unwedge::health::crash_reason().expect("R1's poison decided");
+        assert!(reason.contains("ledger"), "{reason}");
+    })
+    .await
+}

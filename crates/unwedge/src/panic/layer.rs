@@ -646,9 +646,10 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             let polling = matches!(this.state.as_mut().project(), StateProj::Polling { .. });
-            // Dropped while another panic unwinds (a sibling in a `join!`): plain drop, so
-            // that the capture of that panic stays for whoever catches it.
-            if std::thread::panicking() {
+            // Dropped while another panic unwinds (a sibling in a `join!`), or with what a
+            // caught one left behind (an outer layer's `drop_after_panic`): plain drop, so
+            // that the capture of that panic stays for whoever catches it, its poisons its.
+            if context::panicking() {
                 return;
             }
             let Some(ctx) = this.ctx.as_mut().filter(|_| polling) else {
@@ -1352,9 +1353,10 @@ pin_project! {
     impl<B> PinnedDrop for CatchBody<B> {
         fn drop(this: Pin<&mut Self>) {
             // Dropped while another panic unwinds (a handler outside this layer held the
-            // response): entering the scope would clear that panic's capture, and a second
-            // panic here aborts anyway. The body is dropped as it is.
-            if std::thread::panicking() {
+            // response, or an outer layer's `drop_after_panic` drops it): entering the scope
+            // would clear that panic's capture, and a second panic here aborts anyway. The
+            // body is dropped as it is.
+            if context::panicking() {
                 return;
             }
             let this = this.project();

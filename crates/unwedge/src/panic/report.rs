@@ -435,9 +435,11 @@ fn hide_cut_bearer(shown: &str) -> String {
         })
         .count();
     let before = text[..text.len() - token].trim_end_matches([' ', '\t']);
+    // Bytes, not a `str` slice: what precedes may end in a multi-byte `…` (review: a slice
+    // inside it panicked, in the layer, while it reported a panic).
     let bearer = before.len() >= 6
         && before.len() < text.len() - token
-        && before[before.len() - 6..].eq_ignore_ascii_case("bearer");
+        && before.as_bytes()[before.len() - 6..].eq_ignore_ascii_case(b"bearer");
     match bearer && token > 0 {
         true => format!("{}[redacted]…", &text[..text.len() - token]),
         false => shown.to_owned(),
@@ -686,6 +688,21 @@ mod captured_tests {
                     "x".repeat(1000)
                 ),
                 format!("{} Bearer [redacted]…", "x".repeat(1000)),
+            ),
+            // What precedes the cut token ends in the `…` of a URL's hidden user info: no
+            // slice inside it (review: the layer panicked while it reported a panic).
+            (
+                USER_AGENT,
+                format!(
+                    "{} https://u:p@host abcdefghij{}",
+                    "x".repeat(983),
+                    "k".repeat(60)
+                ),
+                format!(
+                    "{} https://…@host abcdefghij{}…",
+                    "x".repeat(983),
+                    "k".repeat(13)
+                ),
             ),
             // Cut inside a URL's user info, with no `@` left: the URL is kept as `scheme://…`.
             (
