@@ -1359,12 +1359,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// or they the port.
 const WORKER_VARS: &[&str] = &[
     "PATH",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
+    // NOTIFY_SOCKET, WATCHDOG_*, LISTEN_*: systemd's names, in `SYSTEMD_VARS` (below).
     "UNWEDGE_WORKER",
     "UNWEDGE_GENERATION",
     crate::shim::SHIM_FDS_ENV,
