@@ -94,7 +94,7 @@ clone, while the writer runs \`Tx::update\` back to back and publishes the next 
 than in the \`Tx\` rows, whose readers slow it down): what remains is the cache lines moving
 between the cores, and the time that adds to a read, not its ratio to an idle read, is the floor.)
 The update floor is imbl's own copy-on-write of the 100k-entry map (clone, insert, the old
-version freed) with no `Tx` around it: what no `Tx::update` of that map can go below on the
+version freed) with no \`Tx\` around it: what no \`Tx::update\` of that map can go below on the
 machine that ran it.
 
 HEADER
