@@ -241,13 +241,9 @@ async fn an_alert_command_inherits_no_stray_fd_and_is_killed_at_exit() {
             pid: first,
             program: b"sleep",
         };
-        while !command.runs_program() {
-            assert!(
-                Instant::now() < deadline,
-                "the alert command never ran sleep"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        command
+            .until_it_runs(deadline, "the alert command never ran sleep")
+            .await;
         let stray_name = stray.display().to_string();
         let fds = open_fds(first);
         assert!(!fds.values().any(|t| *t == stray_name), "{fds:?}");
@@ -311,13 +307,9 @@ async fn a_hooks_child_holds_no_socket(
         pid,
         program: b"sleep",
     };
-    while !hook_child.runs_program() {
-        assert!(
-            Instant::now() < deadline,
-            "the hook's child never ran sleep"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    hook_child
+        .until_it_runs(deadline, "the hook's child never ran sleep")
+        .await;
     let sockets: Vec<String> = open_fds(pid)
         .into_values()
         .filter(|t| t.starts_with("socket:"))

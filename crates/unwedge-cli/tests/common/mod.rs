@@ -552,6 +552,15 @@ impl Stray {
         std::fs::read(format!("/proc/{}/cmdline", self.pid))
             .is_ok_and(|c| c.starts_with(self.program))
     }
+
+    /// Waits until the process has exec'd its program (a `sh` that starts it has forked
+    /// first), failing with `what` at `deadline`.
+    pub async fn until_it_runs(&self, deadline: std::time::Instant, what: &str) {
+        while !self.runs_program() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
 }
 
 impl Drop for Stray {

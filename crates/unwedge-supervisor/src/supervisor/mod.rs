@@ -811,12 +811,20 @@ fn send_stop_signal(pid: i32, sig: Signal) -> nix::Result<()> {
 /// Sends `sig` to every live process of session `sid`, group by group (a group lies in one
 /// session); returns their pids.
 fn signal_session(sid: i32, sig: Signal) -> Vec<i32> {
+    signal_session_with(sid, &[sig])
+}
+
+/// [`signal_session`] with each of `sigs` in turn, from one look at the processes (the stop
+/// signal, then SIGCONT).
+fn signal_session_with(sid: i32, sigs: &[Signal]) -> Vec<i32> {
     let members = crate::procfs::session_members(sid);
     let mut groups: Vec<i32> = members.iter().map(|(_, s)| s.pgid).collect();
     groups.sort_unstable();
     groups.dedup();
     for g in groups {
-        let _ = killpg(Pid::from_raw(g), sig);
+        for &sig in sigs {
+            let _ = killpg(Pid::from_raw(g), sig);
+        }
     }
     members.into_iter().map(|(pid, _)| pid).collect()
 }

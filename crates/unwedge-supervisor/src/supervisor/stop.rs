@@ -85,8 +85,7 @@ impl Pool {
             return;
         }
         let stop_signal = config.stop_signal;
-        let members = signal_session(pid, stop_signal);
-        signal_session(pid, Signal::SIGCONT);
+        let members = signal_session_with(pid, &[stop_signal, Signal::SIGCONT]);
         if members.is_empty() {
             return;
         }
