@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -61,8 +62,8 @@ mod facade {
         pub(super) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
             f(&self.0.load())
         }
-        pub(super) fn store(&self, value: Arc<T>) {
-            self.0.store(value)
+        pub(super) fn swap(&self, value: Arc<T>) -> Arc<T> {
+            self.0.swap(value)
         }
     }
 
@@ -80,8 +81,8 @@ mod facade {
         pub(super) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
             f(&self.load_full())
         }
-        pub(super) fn store(&self, value: Arc<T>) {
-            *self.0.write().expect("never poisoned") = value;
+        pub(super) fn swap(&self, value: Arc<T>) -> Arc<T> {
+            std::mem::replace(&mut *self.0.write().expect("never poisoned"), value)
         }
     }
 }
@@ -301,7 +302,9 @@ impl<T: Clone> Tx<T> {
     /// Runs `f` on a private copy of the state and publishes the copy when `f` returns.
     ///
     /// If `f` panics the copy is dropped, the state is untouched, the rollback is recorded for
-    /// the panic's report, and the panic continues to unwind.
+    /// the panic's report, and the panic continues to unwind. The copy is dropped after the
+    /// unwind out of `f`, so a `Drop` of `T` that panics over the half-updated copy fails the
+    /// update with its own panic instead of aborting the process.
     ///
     /// # Panics
     ///
@@ -311,7 +314,8 @@ impl<T: Clone> Tx<T> {
     /// would wait for a `Tx` whose writer waits, directly or through others, for a `Tx` this
     /// thread is updating (two threads nesting the same two `Tx`s in opposite orders): the
     /// update it is inside then rolls back and the other thread goes on. Re-raises any panic
-    /// of `f` or of `T::clone`.
+    /// of `f` or of `T::clone`, and of `T`'s `Drop` of the copy (after `f` panicked) or of
+    /// the version replaced (after the update was published and counted).
     ///
     /// ```
     /// let tx = unwedge::Tx::new(1);
@@ -362,18 +366,36 @@ impl<T: Clone> Tx<T> {
             done: false,
         };
         let mut copy = self.current.with(T::clone);
-        let out = f(&mut copy);
-        attempt.done = true;
-        match &out {
-            Ok(_) => {
-                self.current.store(Arc::new(copy));
-                self.updates.fetch_add(1, Ordering::Relaxed);
+        // The dirty copy is dropped after the unwind out of `f`, not during it: a `T` whose
+        // `Drop` panics over a half-updated value then fails this update like `f`'s own panic
+        // would (the state untouched), where a panic in a destructor during unwinding aborts
+        // the process.
+        let out = match panic::catch_unwind(AssertUnwindSafe(|| f(&mut copy))) {
+            Ok(out) => out,
+            Err(payload) => {
+                drop(attempt); // records the rollback
+                drop(copy);
+                panic::resume_unwind(payload)
             }
-            Err(_) => {
+        };
+        attempt.done = true;
+        match out {
+            Ok(r) => {
+                let old = self.current.swap(Arc::new(copy));
+                self.updates.fetch_add(1, Ordering::Relaxed);
+                // The old version is dropped (if no reader holds it) once the update is
+                // committed, counted and its locks released: a `Drop` that panics there
+                // fails the request, not the commit.
+                drop(attempt);
+                drop(_writer);
+                drop(old);
+                Ok(r)
+            }
+            Err(e) => {
                 self.rollbacks.fetch_add(1, Ordering::Relaxed);
+                Err(e)
             }
         }
-        out
     }
 }
 

@@ -266,6 +266,100 @@ fn panicking_clone_leaves_state_untouched_and_counts_a_rollback() {
     assert_eq!(tx.read().value, 3);
 }
 
+/// A value whose `Drop` checks an invariant and panics when it does not hold, as a debug
+/// assertion in a destructor does.
+#[derive(Clone)]
+struct Checked {
+    /// Must be even between updates.
+    even: u64,
+    dropped_odd_ok: Arc<AtomicBool>,
+}
+
+impl Drop for Checked {
+    fn drop(&mut self) {
+        if self.even % 2 == 1 && !self.dropped_odd_ok.load(Ordering::SeqCst) {
+            panic!("Checked dropped with an odd value");
+        }
+    }
+}
+
+/// Runs the calling test again in a child process with `CHILD_VAR` set, for what would kill the
+/// test's own process if it went wrong; returns the child's exit status and stdout.
+fn in_child(test: &str) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("UNWEDGE_TEST_TX_CHILD", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("re-running the test binary");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_copy_whose_drop_panics_after_a_panicking_update_fails_the_update_not_the_process() {
+    const TEST: &str =
+        "a_copy_whose_drop_panics_after_a_panicking_update_fails_the_update_not_the_process";
+    if std::env::var_os("UNWEDGE_TEST_TX_CHILD").is_none() {
+        let (status, stdout) = in_child(TEST);
+        assert!(
+            status.success() && stdout.contains("survived both panics"),
+            "the process must survive a panicking Drop of the rolled-back copy: {status}, stdout:\n{stdout}"
+        );
+        return;
+    }
+    silence_panics();
+    let ok = Arc::new(AtomicBool::new(false));
+    let tx = Tx::named(
+        "checked",
+        Checked {
+            even: 0,
+            dropped_odd_ok: ok.clone(),
+        },
+    );
+    // The update leaves the copy odd, then panics: the copy's Drop panics as well.
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        tx.update(|c| {
+            c.even += 1;
+            panic!("the handler's panic");
+        })
+    }));
+    assert!(r.is_err());
+    assert_eq!(tx.read().even, 0, "the state is the one before the update");
+    assert_eq!(tx.rollbacks(), 1);
+    assert_eq!(tx.updates(), 0);
+    tx.update(|c| c.even += 2);
+    assert_eq!(tx.read().even, 2);
+    println!("survived both panics");
+    ok.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn an_old_version_whose_drop_panics_does_not_undo_or_uncount_the_commit() {
+    silence_panics();
+    let ok = Arc::new(AtomicBool::new(true));
+    let tx = Tx::named(
+        "checked",
+        Checked {
+            even: 1,
+            dropped_odd_ok: ok.clone(),
+        },
+    );
+    ok.store(false, Ordering::SeqCst);
+    // The old version (odd, not held by any reader) panics when the commit drops it.
+    let r = catch_unwind(AssertUnwindSafe(|| tx.update(|c| c.even = 4)));
+    assert!(r.is_err(), "the old version's Drop panics");
+    assert_eq!(tx.read().even, 4, "the update is committed");
+    assert_eq!(tx.updates(), 1, "and counted");
+    assert_eq!(tx.rollbacks(), 0, "and not counted as rolled back");
+    // Not left marked as inside an update: a later update neither panics as nested nor waits.
+    tx.update(|c| c.even = 6);
+    assert_eq!(tx.read().even, 6);
+    ok.store(true, Ordering::SeqCst);
+}
+
 #[test]
 fn nested_update_panics_clearly_instead_of_deadlocking() {
     silence_panics();
