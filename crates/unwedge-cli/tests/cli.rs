@@ -378,6 +378,15 @@ async fn a_config_file_that_is_not_utf8_is_invalid() {
         assert_clear(code, 2, &out, &needle);
         assert_eq!(out.trim().lines().count(), 1, "one line:\n{out}");
     }
+    // In a comment: no key named (the nearest one above, `workers`, has nothing to do with it).
+    std::fs::write(&file, b"workers = 2\n# caf\xe9\ncommand = [\"sleep\"]\n").unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_clear(
+        code,
+        2,
+        &out,
+        &format!("unwedge: error: invalid config file {f}, line 2, column 6: not UTF-8"),
+    );
 }
 
 /// `--stop-timeout 0` SIGKILLed every worker at once on every stop (exit 1, a `stop_timed_out`

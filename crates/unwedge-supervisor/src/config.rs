@@ -1479,9 +1479,15 @@ fn read_config_text(path: &Path, fifo: Fifo) -> Result<String, ConfigError> {
     String::from_utf8(bytes).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
         let before = std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default();
+        let mut at = FilePosition::of(before, valid);
+        // A bad byte in a comment belongs to no key (the nearest key above it would mislead).
+        let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+        if line.trim_start().starts_with('#') {
+            at.key = None;
+        }
         ConfigError::Invalid {
             path: path.to_owned(),
-            at: Some(FilePosition::of(before, valid)),
+            at: Some(at),
             reason: "not UTF-8 (a config file is TOML, which is UTF-8 text)".into(),
         }
     })
