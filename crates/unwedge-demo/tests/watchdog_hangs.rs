@@ -308,3 +308,46 @@ fn sigquit_dumps_the_state_then_dies_of_sigquit() {
         assert!(text.contains("oldest request: GET /block for"), "{text}");
     });
 }
+
+/// A drain takes no new requests, so a busy worker turns quiet at SIGTERM: its long request in
+/// flight must not read as "no progress", or a supervisor kills the worker mid-drain and cuts
+/// the very request the drain is for (review: `STATUS=wedged` 2 s into the drain, then SIGQUIT).
+#[test]
+fn a_drain_does_not_turn_a_busy_worker_wedged() {
+    run_test(Duration::from_secs(60), async {
+        let (_dir, mut notify, mut worker, addr) = start(&[("UNWEDGE_HANG_LIMIT", "1s")]).await;
+        // Busy: requests complete one after another until the drain refuses them.
+        let busy = tokio::spawn(async move {
+            let mut done = 0u32;
+            while let Ok((200, _)) = http(addr, "GET", "/").await {
+                done += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            done
+        });
+        let slow = tokio::spawn(async move { http(addr, "GET", "/slow?ms=5000").await });
+        // The slow request is older than the hang limit by the end of this, but others complete.
+        let before = notify.collect_for(Duration::from_millis(1500)).await;
+        assert!(
+            !before.iter().any(|(_, m)| m.lines().any(wedged)),
+            "wedged while busy, before the drain: {before:?}"
+        );
+        worker.signal(Signal::TERM);
+        // The slow request has ~3.5 s left; the drain finishes it, then the worker exits.
+        let during = notify.collect_for(Duration::from_secs(5)).await;
+        assert!(
+            !during.iter().any(|(_, m)| m.lines().any(wedged)),
+            "a drain turned the worker wedged: {during:?}"
+        );
+        let (code, _) = slow.await.unwrap().expect("the slow request is answered");
+        assert_eq!(code, 200);
+        assert_eq!(
+            worker.wait_exit(Duration::from_secs(10)).await.code(),
+            Some(0)
+        );
+        assert!(
+            busy.await.unwrap() > 5,
+            "the worker was not busy before the drain"
+        );
+    });
+}

@@ -288,6 +288,12 @@ pub fn set_draining() {
     change(|i| i.draining = true);
 }
 
+/// Whether a graceful shutdown has started ([`set_draining`]), whatever the state shows
+/// (a Tainted or Wedged process may be draining too).
+pub(crate) fn is_draining() -> bool {
+    lock().draining
+}
+
 /// Marks the process tainted: some state may be corrupt. Sticky for the life of the process;
 /// the first reason is kept. `/livez` fails from then on, but nothing ends the process:
 /// [`request_crash`] taints it and asks [`serve`](crate::serve()) for a graceful crash.

@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | runtime stall | a canary task on the runtime has not run for the stall limit (default 2 s) | `watchdog:stall` |
 //! | blocked poll | one poll of a request's future has run for the stall limit: the handler blocks its runtime thread (`std::thread::sleep`, a std lock) | `watchdog:blocked` |
-//! | no progress | requests are in flight, the oldest for longer than the hang limit (default 10 s), and none completed within it | `watchdog:no-progress` |
+//! | no progress | requests are in flight, the oldest for longer than the hang limit (default 10 s), and none completed within it; not raised once `serve()` is stopping (a drain takes no new requests, so a busy process turns quiet: its deadline bounds the requests left) | `watchdog:no-progress` |
 //! | lock wait | reported by [`Mutex`](crate::Mutex) itself | `lock:…` |
 //!
 //! Any of them turns the process [`Wedged`](crate::HealthState::Wedged) with a reason naming
@@ -1036,7 +1036,17 @@ fn run(
             })
         });
         set(&mut flags[1], SRC_BLOCKED, blocked);
-        set(&mut flags[2], SRC_NO_PROGRESS, stuck);
+        // Stopping (a drain, a graceful crash), no new request comes in, so a busy process
+        // turns quiet: its long requests in flight would read as no progress, and a supervisor
+        // would kill the process mid-drain, cutting the requests the drain is for. The drain's
+        // deadline bounds them instead (and the stall and blocked-poll checks go on). A wedge
+        // raised before the stop stands until its cause clears.
+        let stopping = cfg.stop_signal.load(Ordering::Relaxed)
+            || health::is_draining()
+            || health::crash_reason().is_some();
+        if !stopping || flags[2] {
+            set(&mut flags[2], SRC_NO_PROGRESS, stuck);
+        }
 
         // STATUS= on every change of state or reason.
         let (state, reason) = health_rx.borrow_and_update().clone();
