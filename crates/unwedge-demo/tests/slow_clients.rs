@@ -97,6 +97,45 @@ fn silent_trickling_and_idle_connections_are_closed_after_the_idle_timeout() {
     });
 }
 
+/// An HTTP/2 frame: 24-bit length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HTTP/2 client that makes one request and then answers nothing (no PING acknowledgement:
+/// a peer that vanished, or one holding connections on purpose) is closed after the idle
+/// timeout all the same. It was held for ever (review): the idle close is HTTP/2's graceful
+/// GOAWAY, which waits for the peer to acknowledge a PING, so such clients kept their
+/// connections, and their connection slots, until the process exited.
+#[test]
+fn an_http2_client_that_acknowledges_nothing_is_closed_after_the_idle_timeout() {
+    run_test(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (_worker, addr) = worker(dir.path(), "1s").await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(h2_frame(4, 0, 0, &[])); // SETTINGS, empty
+                                              // HEADERS, END_STREAM | END_HEADERS: GET http / with :authority "x" (HPACK).
+        hello.extend(h2_frame(1, 0x5, 1, &[0x82, 0x86, 0x84, 0x41, 0x01, b'x']));
+        client.write_all(&hello).await.unwrap();
+        let start = Instant::now();
+        let (at, got) = closed_within(&mut client, Duration::from_secs(20))
+            .await
+            .expect("a silent HTTP/2 connection stayed open 20 s with an idle timeout of 1 s");
+        // It was served first: a HEADERS frame (type 1) on stream 1 came back.
+        assert!(
+            got.windows(9)
+                .any(|w| w[3] == 1 && w[5..9] == 1u32.to_be_bytes()),
+            "no response HEADERS frame in {got:?}"
+        );
+        eprintln!("closed {:?} after the request", at - start);
+    });
+}
+
 /// A request that takes longer than several idle periods is answered in full: the idle timeout
 /// closes connections that deliver nothing, not slow requests.
 #[test]

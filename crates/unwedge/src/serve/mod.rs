@@ -1034,6 +1034,20 @@ impl Server {
         // No hyper timer: its header read timeout re-arms a timer for every request (measured:
         // +1 650 instructions per request, +11 %); `Conn::idle_timeout` checks once a period.
         builder.http1().header_read_timeout(None);
+        // HTTP/2 keep-alive PINGs, the one way to tell a peer that stopped answering (gone, or
+        // holding connections on purpose): the idle close and the drain shut an HTTP/2
+        // connection down gracefully, which waits for the peer to acknowledge a PING, and
+        // without these such a peer kept its connection (and its connection slot) for ever.
+        // A peer silent for a ping interval (the idle timeout, 30 s at most) that does not
+        // answer within the same time (20 s at most) is disconnected.
+        let ping = idle_timeout
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT)
+            .min(DEFAULT_IDLE_TIMEOUT);
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(ping)
+            .keep_alive_timeout(ping.min(Duration::from_secs(20)));
         for listener in listeners {
             accepting.spawn(accept_loop(
                 listener,
