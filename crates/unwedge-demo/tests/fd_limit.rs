@@ -161,3 +161,18 @@ fn a_malformed_max_connections_is_a_usage_error() {
         );
     });
 }
+
+/// A limit past what tokio's semaphore holds (`usize::MAX`, 2^61) is no limit: it made the
+/// worker panic at start (exit 101) with tokio's "a semaphore may not have more than
+/// MAX_PERMITS permits" (review).
+#[test]
+fn a_huge_max_connections_is_no_limit_not_a_panic() {
+    run_test(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = usize::MAX.to_string();
+        let (_worker, _notify, addr) =
+            sole_worker_with(dir.path(), &[("UNWEDGE_MAX_CONNECTIONS", huge.as_str())]).await;
+        let (code, _) = http(addr, "GET", "/").await.expect("GET /");
+        assert_eq!(code, 200);
+    });
+}

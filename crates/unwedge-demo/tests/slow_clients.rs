@@ -236,3 +236,74 @@ fn a_stalled_upload_gets_408_before_the_hang_limit_and_the_process_stays_live() 
         assert_eq!(status, 200, "{body}");
     });
 }
+
+/// Reads one HTTP/1 response (head, then a `Content-Length` body) from a kept-alive connection.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+            .await
+            .expect("no response within 20 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A request in progress when the drain begins, answered within the drain's keep-alive grace,
+/// says `Connection: close`: the connection closes right after the grace, and a client that
+/// reused it then got EOF (review). The close was decided when the request arrived.
+#[test]
+fn an_answer_given_after_the_drain_began_says_connection_close() {
+    use rustix::process::Signal;
+    run_test(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let (worker, mut notify, addr) =
+            sole_worker_with(dir.path(), &[("UNWEDGE_SHUTDOWN_TIMEOUT", "30s")]).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        // Served once, so the connection is established and read from.
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let first = read_response(&mut client).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(!first.to_ascii_lowercase().contains("connection: close"));
+        // In progress for 800 ms; the drain begins at once, its grace is 1 s.
+        client
+            .write_all(b"GET /slow?ms=800 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Not a wait for readiness: a request read only after the drain began is marked at its
+        // arrival, and passes either way. The pause makes the case under test, a request
+        // already running when the drain begins, the usual one.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        worker.signal(Signal::TERM);
+        notify
+            .expect("STOPPING=1", Duration::from_secs(10), |l| {
+                l.starts_with("STOPPING=1")
+            })
+            .await;
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "an answer given during the drain is kept alive:\n{answer}"
+        );
+    });
+}

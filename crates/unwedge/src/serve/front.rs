@@ -320,11 +320,10 @@ where
 enum Close {
     /// HTTP/2 (GOAWAY is hyper's), or a probe while `serve()` is not stopping.
     Never,
-    /// An HTTP/1 request that came while `serve()` was stopping (shutdown or a crash began;
-    /// a drain beginning later is hyper's graceful shutdown's to mark).
+    /// An HTTP/1 request that came while `serve()` was stopping (shutdown or a crash began).
     Always,
-    /// An HTTP/1 request: close if it is answered with an error once a crash is requested
-    /// (the panicking request's `500`).
+    /// An HTTP/1 request: close if it is answered once a `serve()` is stopping, or with an
+    /// error once a crash is requested (the panicking request's `500`).
     OnCrashError,
 }
 
@@ -333,8 +332,12 @@ impl Close {
         let close = match self {
             Close::Never => false,
             Close::Always => true,
+            // A drain that began while the request ran: the connection closes after its
+            // grace, so a client must not reuse it (hyper's graceful shutdown marks only the
+            // answers it sees after the grace).
             Close::OnCrashError => {
-                res.status().is_server_error() && health::crash_reason().is_some()
+                super::stop::any_stopping()
+                    || (res.status().is_server_error() && health::crash_reason().is_some())
             }
         };
         if close {

@@ -952,7 +952,11 @@ impl Server {
             }
         }
         // After the raise: the default is a share of the limit the process ends up with.
-        let max_connections = max_connections.unwrap_or_else(limits::default_max_connections);
+        // Past tokio's semaphore maximum (2^61 - 1, far beyond any descriptor limit) a limit
+        // is the same as none; tokio would panic on it.
+        let max_connections = max_connections
+            .unwrap_or_else(limits::default_max_connections)
+            .map(|n| n.min(tokio::sync::Semaphore::MAX_PERMITS));
         if let Some(n) = max_connections {
             tracing::debug!(max_connections = n, "connection limit");
         }

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -26,6 +26,24 @@ pub(crate) struct Stop {
 struct Inner {
     stopped: AtomicBool,
     wait: Mutex<Waiting>,
+}
+
+/// How many `serve()`s in this process are stopping (stopped, and not yet dropped).
+static STOPPING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a `serve()` of this process is stopping: an HTTP/1 answer then says
+/// `Connection: close`. Process-wide, as the health state is: one relaxed load per answer
+/// instead of a reference to its own stop signal kept by every request.
+pub(crate) fn any_stopping() -> bool {
+    STOPPING.load(Ordering::Relaxed) > 0
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if *self.stopped.get_mut() {
+            STOPPING.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The wakers of the futures waiting, with stable keys; and the grace the stop carries.
@@ -51,6 +69,7 @@ impl Stop {
             return;
         }
         wait.grace = grace;
+        STOPPING.fetch_add(1, Ordering::Relaxed);
         self.inner.stopped.store(true, Ordering::SeqCst);
         // No future registers after this (it sees the flag under the lock first).
         for waker in wait.wakers.drain() {
