@@ -20,6 +20,12 @@ use support::Worker;
 /// current-thread), and drops the runtime normally when `serve()` returns, as `#[tokio::main]`
 /// does. With `exit_on_crash` off, a crash returns from `serve()` too.
 fn worker(threads: usize, exit_on_crash: bool) -> ! {
+    worker_blocking(threads, exit_on_crash, false)
+}
+
+/// [`worker`], its `/block` handing the sleep to the blocking pool (`spawn_blocking`) when
+/// `pool` is set.
+fn worker_blocking(threads: usize, exit_on_crash: bool, pool: bool) -> ! {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -39,7 +45,13 @@ fn worker(threads: usize, exit_on_crash: bool) -> ! {
             "/block",
             get(move || async move {
                 eprintln!("TEST: blocking now");
-                if threads == 0 {
+                if pool {
+                    // No runtime thread blocks: the request waits in no poll, for a blocking-
+                    // pool thread, which dropping the runtime waits for.
+                    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_secs(120)))
+                        .await
+                        .unwrap();
+                } else if threads == 0 {
                     // The only runtime thread: nothing of the runtime runs any more.
                     std::thread::sleep(Duration::from_secs(120));
                 } else {
@@ -70,6 +82,7 @@ fn maybe_worker() {
     match support::worker_mode().as_deref() {
         None => {}
         Some("crash-returns") => worker(2, false),
+        Some("spawn-blocking") => worker_blocking(2, true, true),
         Some(threads) => worker(threads.parse().unwrap(), true),
     }
 }
@@ -136,6 +149,27 @@ fn a_stop_with_a_handler_blocking_its_thread_still_exits() {
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("TEST: serve returned Stopped"), "{log}");
     assert!(log.contains("has blocked its thread for"), "{log}");
+    assert!(!log.contains("TEST: runtime dropped"), "{log}");
+}
+
+/// A request waiting for `spawn_blocking` work (the way the docs recommend to block): no
+/// runtime thread blocks and no poll runs, so `serve()` returns at its deadline, and then
+/// dropping the runtime waits for the blocking-pool thread. The process exits all the same,
+/// with 0 (review: it stayed up, deaf to SIGTERM, until a SIGKILL).
+#[test]
+fn a_stop_with_a_handler_waiting_for_spawn_blocking_work_still_exits() {
+    maybe_worker();
+    let (code, log) = stop_while_blocked_by(
+        "a_stop_with_a_handler_waiting_for_spawn_blocking_work_still_exits",
+        "spawn-blocking",
+        |_, w| w.sigterm(),
+    );
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("TEST: serve returned Stopped"), "{log}");
+    assert!(
+        log.contains("waiting for blocking work (spawn_blocking)"),
+        "{log}"
+    );
     assert!(!log.contains("TEST: runtime dropped"), "{log}");
 }
 

@@ -40,8 +40,9 @@
 //!   `UNWEDGE_SHUTDOWN_TIMEOUT`), return [`Outcome::Stopped`] (exit code 0). A second signal
 //!   ends the drain at once. A request that blocks its thread cannot stop the stop: if one is
 //!   still inside one poll 2 s after `serve()` returned (dropping the runtime would wait for it
-//!   for ever), or if `serve()` cannot even run (every runtime thread blocked) one second past
-//!   the shutdown timeout, the process exits with 0 from a thread of its own. Dropping the
+//!   for ever), or if the runtime's drop has waited 2 s for `spawn_blocking` work of a request
+//!   abandoned at the deadline, or if `serve()` cannot even run (every runtime thread blocked)
+//!   one second past the shutdown timeout, the process exits with 0 from a thread of its own. Dropping the
 //!   `serve()` future instead cancels it, without a drain ([`Server::serve`] says what ends
 //!   with it).
 //! - **Graceful crash** when the panic policy asks for one
@@ -1274,7 +1275,24 @@ const EXIT_BACKSTOP: Duration = Duration::from_secs(2);
 /// request is still inside one poll [`EXIT_BACKSTOP`] after `serve()` returned, it says so
 /// and exits the process (0 after a stop, 70 after a crash). A process that exits normally
 /// meanwhile ends the thread with it.
+///
+/// A request waiting for work it handed to the blocking pool (`spawn_blocking`) is in no poll,
+/// yet dropping the runtime waits for that work too. So the thread then watches the runtime
+/// for up to [`RUNTIME_WATCH`]: once its drop has begun (a task spawned on it is cancelled at
+/// once) and the process still runs [`EXIT_BACKSTOP`] later, it exits the same way. A program
+/// that goes on after `serve()` returned, its runtime alive, is left alone.
 fn exit_backstop(tracker: Arc<Tracker>, crashing: bool) {
+    let runtime = tokio::runtime::Handle::current();
+    let code = if crashing { EXIT_CRASH } else { 0 };
+    let exit = move |why: String| -> ! {
+        tracing::error!("{why}");
+        // The before_exit hook ran when serve() returned: it may have shut the log writer
+        // down (its guard dropped), and this line is the only one that says why.
+        if BEFORE_EXIT_RAN.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("unwedge: {}", crate::text::Escaped(&why));
+        }
+        exit_now(code)
+    };
     let spawned = std::thread::Builder::new()
         .name("unwedge-exit-backstop".into())
         .spawn(move || {
@@ -1287,23 +1305,52 @@ fn exit_backstop(tracker: Arc<Tracker>, crashing: bool) {
             }
             let blocked_for = EXIT_BACKSTOP - Duration::from_millis(100);
             if let Some((d, label)) = tracker.polling_longer_than(blocked_for) {
-                let code = if crashing { EXIT_CRASH } else { 0 };
-                let why = format!(
+                exit(format!(
                     "{label} has blocked its thread for {:.1}s, past the drain deadline: the runtime cannot shut down; exiting with code {code}",
                     d.as_secs_f64()
-                );
-                tracing::error!(request = %label, "{why}");
-                // The before_exit hook ran when serve() returned: it may have shut the log
-                // writer down (its guard dropped), and this line is the only one that says why.
-                if BEFORE_EXIT_RAN.load(std::sync::atomic::Ordering::Relaxed) {
-                    eprintln!("unwedge: {}", crate::text::Escaped(&why));
+                ));
+            }
+            drop(tracker);
+            let watch_until = Instant::now() + RUNTIME_WATCH;
+            let mut dropping_since: Option<Instant> = None;
+            while Instant::now() < watch_until {
+                std::thread::sleep(Duration::from_millis(100));
+                if !runtime_shut_down(&runtime) {
+                    continue;
                 }
-                exit_now(code);
+                let since = *dropping_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= EXIT_BACKSTOP {
+                    exit(format!(
+                        "the runtime has been shutting down for {:.1}s, waiting for blocking work (spawn_blocking) of a request abandoned at the drain deadline; exiting with code {code}",
+                        since.elapsed().as_secs_f64()
+                    ));
+                }
             }
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the exit backstop thread");
     }
+}
+
+/// How long [`exit_backstop`] watches for a runtime whose drop waits for blocking work.
+const RUNTIME_WATCH: Duration = Duration::from_secs(60);
+
+/// Whether `runtime` is shut down or its drop has begun: a task spawned on it is then
+/// cancelled at once. (One that has not run within 50 ms: a live runtime, busy or blocked.)
+fn runtime_shut_down(runtime: &tokio::runtime::Handle) -> bool {
+    let probe = runtime.spawn(async {});
+    let until = Instant::now() + Duration::from_millis(50);
+    while !probe.is_finished() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if !probe.is_finished() {
+        probe.abort();
+        return false;
+    }
+    matches!(
+        futures_util::FutureExt::now_or_never(probe),
+        Some(Err(e)) if e.is_cancelled()
+    )
 }
 
 /// How long an exit waits for the notify messages still queued (a report, `STOPPING=1`).
