@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -52,6 +52,10 @@ const MAX_QUEUED_REPORTS: usize = 256;
 const DROPS_TOLD_EVERY: Duration = Duration::from_secs(1);
 /// Bound on the wait for the last events and alerts when the supervisor ends.
 pub(crate) const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long a crash report's write to the report directory is waited for: see
+/// [`Ctx::record`].
+const APPEND_LIMIT: Duration = Duration::from_secs(2);
 
 /// The observability options, checked: what `--admin`, `--report-dir`,
 /// `--report-max-bytes`, `--alert-webhook` and `--alert-exec` mean.
@@ -217,7 +221,8 @@ struct History {
     /// their SIGKILL exit is the supervisor's doing, not a crash to record.
     stop_killed: HashSet<i32>,
     /// Pid → summary of the last panic it reported, for the crash alert.
-    last_panic: HashMap<i32, String>,
+    /// Each worker's last panic: its summary, and its de-duplication key (see [`panic_key`]).
+    last_panic: HashMap<i32, (String, String)>,
     /// How the last reload ended.
     last_reload: Option<unwedge_admin::ReloadOutcome>,
     /// Slot id → the generations its latest processes were started for (a few). A slot a
@@ -352,6 +357,7 @@ pub(crate) async fn start(
     });
     let ctx = Ctx {
         reports,
+        append_pending: Arc::default(),
         gate,
         drops: Mutex::default(),
         metrics,
@@ -577,9 +583,26 @@ impl ReportGate {
 struct DropsTold {
     untold: u64,
     last_told: Option<Instant>,
+    /// Reports not written while the report directory had not finished an earlier write.
+    stalled: u64,
+    stalled_told: Option<Instant>,
 }
 
 impl DropsTold {
+    /// Counts a report not written behind a stalled write; the count so far, when it is time
+    /// to say it again (at most once a second).
+    fn stalled(&mut self, now: Instant) -> Option<u64> {
+        self.stalled += 1;
+        let recent = self
+            .stalled_told
+            .is_some_and(|t| now.duration_since(t) < DROPS_TOLD_EVERY);
+        if recent {
+            return None;
+        }
+        self.stalled_told = Some(now);
+        Some(self.stalled)
+    }
+
     /// Adds `dropped`; the drops to log at `now`, if any and if the last line is old enough.
     fn add(&mut self, dropped: u64, now: Instant) -> Option<u64> {
         self.untold += dropped;
@@ -618,6 +641,8 @@ fn grown(seen: &AtomicU64, total: u64) -> u64 {
 
 struct Ctx {
     reports: Option<Arc<ReportDir>>,
+    /// A write to `reports` has not returned yet (see [`Ctx::record`]).
+    append_pending: Arc<AtomicBool>,
     gate: Arc<ReportGate>,
     drops: Mutex<DropsTold>,
     metrics: Arc<Metrics>,
@@ -665,20 +690,45 @@ impl Ctx {
     }
 
     /// Appends to the report directory (durably) and keeps the record for the page.
+    ///
+    /// A directory that does not answer (a hung NFS mount, a frozen volume) holds up nothing
+    /// else: the write is waited for [`APPEND_LIMIT`], after which the events behind it (their
+    /// alerts, `gave_up`'s included) go on, and later reports are not written (counted as not
+    /// written) until that write has returned.
     async fn record(&self, record: Record) {
         if let Some(dir) = &self.reports {
-            let dir = dir.clone();
-            let r = record.clone();
-            let written = tokio::task::spawn_blocking(move || dir.append(&r)).await;
-            let ok = match written {
-                Ok(Ok(())) => true,
-                Ok(Err(e)) => {
-                    tracing::error!("crash report not written: {e}");
-                    false
+            let ok = if self.append_pending.load(Ordering::SeqCst) {
+                if let Some(n) = self.lock_drops().stalled(Instant::now()) {
+                    tracing::error!(
+                        "crash report not written: the report directory has not finished an earlier write ({n} reports not written so far)"
+                    );
                 }
-                Err(e) => {
-                    tracing::error!("crash report not written: {e}");
-                    false
+                false
+            } else {
+                self.append_pending.store(true, Ordering::SeqCst);
+                let pending = self.append_pending.clone();
+                let (dir, r) = (dir.clone(), record.clone());
+                let write = tokio::task::spawn_blocking(move || {
+                    let written = dir.append(&r);
+                    pending.store(false, Ordering::SeqCst);
+                    written
+                });
+                match tokio::time::timeout(APPEND_LIMIT, write).await {
+                    Ok(Ok(Ok(()))) => true,
+                    Ok(Ok(Err(e))) => {
+                        tracing::error!("crash report not written: {e}");
+                        false
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!("crash report not written: {e}");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::error!(
+                            "crash report not written in {APPEND_LIMIT:?}: the report directory does not answer (a hung mount?); not waiting for it, and no report is written until it does"
+                        );
+                        false
+                    }
                 }
             };
             self.metrics.record_report_written(ok);
@@ -714,11 +764,12 @@ impl Ctx {
                 let rec = PanicRecord::new(Some(&worker), value);
                 let route = rec.route();
                 let summary = panic_summary(&rec);
+                let key = panic_key(&rec, &route);
                 self.record(Record::Panic(rec)).await;
                 self.metrics.record_panic(&route);
                 let mut h = self.shared.history();
                 h.last_report.insert(worker, summary.clone());
-                h.last_panic.insert(pid, summary);
+                h.last_panic.insert(pid, (summary, key));
             }
             Event::WorkerExited {
                 worker,
@@ -783,8 +834,10 @@ impl Ctx {
                 status,
             } => {
                 self.shared.history().tainted.insert(pid);
+                let key = format!("{}\n{}", AlertKind::StateTainted, templated(&status));
                 self.alert(
                     AlertEvent::new(AlertKind::StateTainted, format!("{worker}: {status}"))
+                        .with_key(key)
                         .with_worker(&worker, u32::try_from(pid).ok())
                         .with_details(serde_json::json!({ "status": status })),
                 );
@@ -977,11 +1030,19 @@ impl Ctx {
             _ => "ended".to_owned(),
         };
         let summary = match &panic {
-            Some(p) => format!("{worker}: {how} after panic {p}"),
+            Some((p, _)) => format!("{worker}: {how} after panic {p}"),
             None => format!("{worker}: {how}"),
+        };
+        // One bug pages once per dedupe window, whichever worker hits it and on whichever
+        // id in the path: a panic's key leaves the slot out and has the route, not the path.
+        // Without a panic there is only the symptom: one key per slot, as the summary.
+        let key = match &panic {
+            Some((_, k)) => format!("{}\n{how}\n{k}", AlertKind::WorkerCrashed),
+            None => format!("{}\n{summary}", AlertKind::WorkerCrashed),
         };
         self.alert(
             AlertEvent::new(AlertKind::WorkerCrashed, summary)
+                .with_key(key)
                 .with_worker(&worker, u32::try_from(pid).ok())
                 .with_details(details),
         );
@@ -1016,6 +1077,43 @@ fn panic_summary(r: &PanicRecord) -> String {
         s.push_str(&format!(" (task {task})"));
     }
     s
+}
+
+/// What tells one panic from another for alerts: its message, location, method and route
+/// (the template, not the path: `/users/1001` and `/users/1002` are one bug).
+fn panic_key(r: &PanicRecord, route: &str) -> String {
+    let method = r
+        .report
+        .get("request")
+        .and_then(|q| q.get("method"))
+        .and_then(|m| m.as_str())
+        .unwrap_or("");
+    format!(
+        "{:?} at {} ({method} {route})",
+        r.str_field("message").unwrap_or("?"),
+        r.str_field("location").unwrap_or("?")
+    )
+}
+
+/// `text` with each path in it (a word starting with `/`) replaced by its route template, so
+/// that a worker's `STATUS=tainted: panic in POST /items/7: …` and the same for `/items/8`
+/// make one alert.
+fn templated(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            let path = word.trim_end_matches([':', ',', ';', ')']);
+            if path.starts_with('/') {
+                format!(
+                    "{}{}",
+                    unwedge_redact::route_template(path),
+                    &word[path.len()..]
+                )
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The `kind` label of `unwedge_hangs_detected_total` for a hang the supervisor found.
@@ -1119,5 +1217,27 @@ mod hang_tests {
         assert_eq!(hang_reason("wedged: ééé", 2), "éé…");
         // A control character of two bytes shown as one space: nothing was cut.
         assert_eq!(hang_reason("wedged: a\u{85}b", 3), "a b");
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::templated;
+
+    #[test]
+    fn a_tainted_status_is_keyed_by_route_not_by_id() {
+        let a = templated("tainted: panic in POST /items/7: mutex `items` poisoned");
+        let b = templated("tainted: panic in POST /items/8: mutex `items` poisoned");
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            "tainted: panic in POST /items/{int}: mutex `items` poisoned"
+        );
+        // Other routes, other keys; text without paths is kept.
+        assert_ne!(
+            a,
+            templated("tainted: panic in POST /orders/7: mutex `items` poisoned")
+        );
+        assert_eq!(templated("tainted: by hand"), "tainted: by hand");
     }
 }

@@ -791,6 +791,123 @@ fn rfc3339(t: &str) -> std::time::SystemTime {
 
 // ---- report directory ----
 
+/// A small ext4 image loop-mounted on a temporary directory, which the test can freeze
+/// (`fsfreeze`: every write into it waits, as on a hung NFS mount or a stalled volume). Thawed
+/// and unmounted when dropped.
+struct FrozenFs {
+    dir: tempfile::TempDir,
+    mnt: std::path::PathBuf,
+}
+
+impl FrozenFs {
+    /// `None` (said as a skip of this environment) without root, loop devices or the tools.
+    fn mount() -> Option<FrozenFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ok = std::fs::File::create(&img)
+            .and_then(|f| f.set_len(16 << 20))
+            .is_ok()
+            && run("mkfs.ext4", &["-q".as_ref(), img.as_os_str()])
+            && run(
+                "mount",
+                &[
+                    "-o".as_ref(),
+                    "loop".as_ref(),
+                    img.as_os_str(),
+                    mnt.as_os_str(),
+                ],
+            );
+        if !ok {
+            common::skip_env(
+                "cannot loop-mount an ext4 image (needs root, loop devices, mkfs.ext4)",
+            );
+            return None;
+        }
+        Some(FrozenFs { dir, mnt })
+    }
+
+    fn reports(&self) -> String {
+        self.mnt.join("reports").to_str().unwrap().to_owned()
+    }
+
+    fn freeze(&self, frozen: bool) {
+        let flag = if frozen { "-f" } else { "-u" };
+        let st = std::process::Command::new("fsfreeze")
+            .arg(flag)
+            .arg(&self.mnt)
+            .status()
+            .expect("fsfreeze");
+        assert!(st.success(), "fsfreeze {flag} failed");
+    }
+}
+
+impl Drop for FrozenFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("-u")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .status();
+        let _ = &self.dir;
+    }
+}
+
+/// A report directory that stops answering (here frozen with `fsfreeze`, as a hung NFS mount
+/// or a stalled volume would) holds back no alert: the crash's `worker_crashed` and the
+/// `gave_up` after it are delivered (review: none was, every alert waited behind the write of
+/// the crash's report, and `gave_up` was lost at exit).
+#[tokio::test]
+async fn a_report_directory_that_stops_answering_holds_back_no_alert() {
+    limited(async {
+        let Some(fs) = FrozenFs::mount() else {
+            return;
+        };
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let reports = fs.reports();
+        let mut sup = start(
+            "1",
+            &[
+                "--max-restarts",
+                "0",
+                "--alert-webhook",
+                &url,
+                "--report-dir",
+                &reports,
+            ],
+        );
+        let pids = sup.wait_ready(0, 1).await;
+        fs.freeze(true);
+        kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+        hook.wait_kind("worker_crashed", 1).await;
+        hook.wait_kind("gave_up", 1).await;
+        // The write still waits in the kernel: the supervisor's exit completes once it can.
+        fs.freeze(false);
+        let st = sup.wait_exit(LONG).await;
+        assert_eq!(st.code(), Some(3), "{}", sup.log());
+        assert!(
+            sup.log().contains("the report directory does not answer"),
+            "{}",
+            sup.log()
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn report_is_on_disk_when_the_supervisor_is_killed_right_after_a_crash() {
     limited(async {
@@ -1294,6 +1411,40 @@ async fn a_crash_loop_alerts_once_and_alert_exec_gets_the_event() {
         assert_eq!(events[0]["kind"], "worker_crashed");
         assert_eq!(events[0]["worker"], "w1");
         assert_eq!(events[0]["details"]["signal"], 9);
+    })
+    .await;
+}
+
+/// The same bug on two ids of one route (`/users/1001`, `/users/1002`) pages once: the alert's
+/// de-duplication key has the route template, not the raw path (review: one page per crash,
+/// ~20 a minute for ever, while `/metrics` already counted them as one route).
+#[tokio::test]
+async fn the_same_panic_on_two_ids_of_a_route_pages_once() {
+    limited(async {
+        let hook = Receiver::start(false).await;
+        let url = hook.url();
+        let (mut sup, addr, admin) = python_worker(&["--alert-webhook", &url]).await;
+        for (round, id) in [1001, 1002].into_iter().enumerate() {
+            if round > 0 {
+                sup.wait_ready(0, round + 1).await;
+            }
+            let report = serde_json::json!({
+                "message": "index out of bounds: the len is 3 but the index is 7",
+                "location": "src/users.rs:42:9",
+                "request": {"method": "GET", "path": format!("/users/{id}"), "request_id": format!("r{id}")},
+            });
+            send_report(&sup, addr, admin, &report).await;
+            let from = sup.mark();
+            let _ = get(addr, "/exit?code=70").await;
+            sup.wait_line(from, &[" ready in ", "after the crash"]).await;
+        }
+        samples_until(admin, "the second crash de-duplicated", |m| {
+            m.get(r#"unwedge_alerts_dropped_total{reason="duplicate"}"#) == Some(&1.0)
+        })
+        .await;
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+        assert_eq!(hook.kinds(), ["worker_crashed"]);
     })
     .await;
 }
