@@ -84,6 +84,20 @@ async fn demo_short_check_passes_and_shows_the_comparison_corruption() {
 
 #[tokio::test]
 async fn demo_ctrl_c_stops_it_early_with_status_130_and_no_worker_left() {
+    stopped_early_by(nix::sys::signal::Signal::SIGINT, 130, "interrupted").await;
+}
+
+/// SIGTERM (a cancelled CI job, `timeout`, `docker stop`) ends the run as Ctrl-C does, with
+/// 143: the demo went on driving load at the socket its stopped supervisor had closed, then
+/// printed a table blaming unwedge for thousands of refused connections (review).
+#[tokio::test]
+async fn demo_sigterm_stops_it_early_with_status_143_and_no_worker_left() {
+    stopped_early_by(nix::sys::signal::Signal::SIGTERM, 143, "terminated").await;
+}
+
+/// Starts `unwedge demo`, sends `signal` once the run has started; asserts exit `code`, `word`
+/// in the output, no table, and no worker left.
+async fn stopped_early_by(signal: nix::sys::signal::Signal, code: i32, word: &str) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let mut child = Command::new(BIN)
@@ -110,11 +124,7 @@ async fn demo_ctrl_c_stops_it_early_with_status_130_and_no_worker_left() {
         }
         let workers = children(pid);
         assert!(!workers.is_empty(), "no worker processes found\n{out}");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .expect("SIGINT");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal");
         while let Some(l) = lines.next_line().await.expect("read stdout") {
             out.push_str(&l);
             out.push('\n');
@@ -122,15 +132,16 @@ async fn demo_ctrl_c_stops_it_early_with_status_130_and_no_worker_left() {
         let status = child.wait().await.expect("wait");
         (status.code(), out, workers)
     };
+    let expected = code;
     let (code, out, workers) = match tokio::time::timeout(Duration::from_secs(40), test).await {
         Ok(r) => r,
         Err(_) => {
             kill_children(pid);
-            panic!("`unwedge demo` did not stop within 40 s of the start and Ctrl-C");
+            panic!("`unwedge demo` did not stop within 40 s of the start and {signal}");
         }
     };
-    assert_eq!(code, Some(130), "{out}");
-    assert!(out.contains("interrupted"), "{out}");
+    assert_eq!(code, Some(expected), "{out}");
+    assert!(out.contains(word), "{out}");
     // No table: the run was cut short.
     assert!(!out.contains("invariant samples"), "{out}");
     // The workers went with it (a zombie waiting for init counts as gone).

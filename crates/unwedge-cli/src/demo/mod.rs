@@ -265,8 +265,8 @@ async fn stop(
     observer.finish().await;
 }
 
-/// The run ended early: stops the supervisor; exit status 130 after Ctrl-C, else 1 with the
-/// error.
+/// The run ended early: stops the supervisor; exit status 130 after Ctrl-C, 143 after
+/// SIGTERM, else 1 with the error.
 async fn interrupted_or_fail(
     e: String,
     handle: &Handle,
@@ -275,14 +275,18 @@ async fn interrupted_or_fail(
     >,
     observer: crate::observe::Observer,
 ) -> ExitCode {
-    if e == scenario::INTERRUPTED {
-        out!("\ninterrupted: stopping the supervisor and its workers");
+    let signalled = match e.as_str() {
+        scenario::INTERRUPTED => Some(("interrupted", 130)),
+        scenario::TERMINATED => Some(("terminated", 143)),
+        _ => None,
+    };
+    if let Some((word, _)) = signalled {
+        out!("\n{word}: stopping the supervisor and its workers");
     }
     stop(handle, task, observer).await;
-    if e == scenario::INTERRUPTED {
-        ExitCode::from(130)
-    } else {
-        fail(e)
+    match signalled {
+        Some((_, code)) => ExitCode::from(code),
+        None => fail(e),
     }
 }
 

@@ -296,6 +296,9 @@ fn load_config(addr: SocketAddr, d: Duration, concurrency: usize) -> Result<Load
 /// What `run_demo` and `run_chaos` return when Ctrl-C stopped the run.
 pub(crate) const INTERRUPTED: &str = "interrupted (Ctrl-C)";
 
+/// What `run_demo` and `run_chaos` return when SIGTERM stopped the run.
+pub(crate) const TERMINATED: &str = "terminated (SIGTERM)";
+
 /// The live display on stdout: a bar over the run's duration and one status line per side
 /// (indicatif; drawn only when stdout is a terminal), and the event lines printed above it
 /// (always, terminal or not: they are part of the demo's output).
@@ -406,10 +409,25 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Resolves on Ctrl-C (never, if SIGINT cannot be watched).
-async fn ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
+/// Resolves on Ctrl-C (SIGINT) with [`INTERRUPTED`], on SIGTERM with [`TERMINATED`] (never
+/// for a signal that cannot be watched).
+async fn stop_signal() -> &'static str {
+    let int = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = int => INTERRUPTED,
+        () = term => TERMINATED,
     }
 }
 
@@ -788,7 +806,7 @@ fn clone_live(l: &Live) -> Live {
 }
 
 /// The demo: both sides at once, the same plan (`kill -9` only where there are workers).
-/// Ctrl-C ends it early with [`INTERRUPTED`].
+/// Ctrl-C or SIGTERM ends it early with [`INTERRUPTED`] or [`TERMINATED`].
 pub(crate) async fn run_demo(
     target: Target,
     compare: Option<SocketAddr>,
@@ -860,9 +878,9 @@ pub(crate) async fn run_demo(
     let both = async { tokio::join!(u, c) };
     let (u, c) = tokio::select! {
         r = both => r,
-        () = ctrl_c() => {
+        why = stop_signal() => {
             screen.finish();
-            return Err(INTERRUPTED.into());
+            return Err(why.into());
         }
     };
     screen.finish();
@@ -872,8 +890,8 @@ pub(crate) async fn run_demo(
     })
 }
 
-/// The soak: one side, the random plan, the bar on terminals. Ctrl-C ends it early with
-/// [`INTERRUPTED`].
+/// The soak: one side, the random plan, the bar on terminals. Ctrl-C or SIGTERM ends it early
+/// with [`INTERRUPTED`] or [`TERMINATED`].
 pub(crate) async fn run_chaos(
     target: Target,
     d: Duration,
@@ -910,7 +928,7 @@ pub(crate) async fn run_chaos(
     );
     let r = tokio::select! {
         r = side => r,
-        () = ctrl_c() => Err(INTERRUPTED.into()),
+        why = stop_signal() => Err(why.into()),
     };
     screen.finish();
     r
