@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::LoadError;
 
+/// The longest duration, timeout or interval between requests a run takes (365 days): a longer
+/// one is a typo, and would overflow the clock.
+pub const MAX_TIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Where the load goes: a loopback socket address plus the `Host` header to send.
 ///
 /// Only loopback targets exist: [`Target::from_addr`] and [`Target::parse_url`] refuse any
@@ -445,7 +448,8 @@ impl LoadConfig {
         &self.target
     }
 
-    /// Checks the config; [`crate::run`] and [`crate::start`] call this first.
+    /// Checks the config; [`crate::run`] and [`crate::start`] call this first. Durations
+    /// (the run's, the timeout, the rate's interval) are at most [`MAX_TIME`].
     pub fn validate(&self) -> Result<(), LoadError> {
         let bad = |reason: &str| Err(LoadError::Config(reason.to_owned()));
         if self.duration.is_none() && self.count.is_none() {
@@ -457,6 +461,9 @@ impl LoadConfig {
         if self.timeout.is_zero() {
             return bad("timeout must be greater than zero");
         }
+        if self.duration.is_some_and(|d| d > MAX_TIME) || self.timeout > MAX_TIME {
+            return bad("duration and timeout must be at most 365 days");
+        }
         match self.model {
             LoadModel::Concurrency(0) => return bad("concurrency must be at least 1"),
             LoadModel::Rate {
@@ -465,6 +472,9 @@ impl LoadConfig {
             } => {
                 if !(per_sec.is_finite() && per_sec > 0.0) {
                     return bad("rate must be a positive number of requests per second");
+                }
+                if Duration::try_from_secs_f64(1.0 / per_sec).map_or(true, |i| i > MAX_TIME) {
+                    return bad("rate must be at least one request per 365 days");
                 }
                 if max_in_flight == 0 {
                     return bad("max_in_flight must be at least 1");

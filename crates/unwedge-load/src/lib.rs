@@ -35,7 +35,9 @@ mod outcome;
 mod report;
 mod run;
 
-pub use config::{ConnectionMode, LoadConfig, LoadModel, RequestSpec, StatusClass, Target};
+pub use config::{
+    ConnectionMode, LoadConfig, LoadModel, RequestSpec, StatusClass, Target, MAX_TIME,
+};
 pub use outcome::{classify_error, FailureKind};
 pub use report::{fmt_us, LatencySummary, LoadReport, Progress, RequestCounts, Sample};
 pub use run::{run, start, Running};

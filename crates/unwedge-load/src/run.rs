@@ -94,7 +94,7 @@ pub fn start(config: LoadConfig) -> Result<Running, LoadError> {
         specs,
         order,
         started,
-        deadline: config.duration.map(|d| started + d),
+        deadline: config.duration.and_then(|d| started.checked_add(d)),
         count: config.count,
         issued: AtomicU64::new(0),
         stopped: AtomicBool::new(false),
@@ -464,11 +464,15 @@ async fn open(shared: &Arc<Shared>, per_sec: f64, max_in_flight: usize) {
     let mut set = JoinSet::new();
     let mut n: u32 = 0;
     loop {
-        let intended = shared.started + interval.saturating_mul(n);
+        let Some(intended) = shared.started.checked_add(interval.saturating_mul(n)) else {
+            break;
+        };
         n = n.saturating_add(1);
-        if intended > Instant::now() {
+        // Not past the deadline: no request starts after it, and the run ends at it.
+        let wake = shared.deadline.map_or(intended, |d| intended.min(d));
+        if wake > Instant::now() {
             tokio::select! {
-                _ = tokio::time::sleep_until(intended) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = shared.stop_notify.notified() => {}
             }
         }

@@ -98,6 +98,23 @@ async fn bad_input_exits_2_with_one_line() {
             vec!["load", "--url", "ftp://127.0.0.1/", "-n", "1"],
             vec!["load", "--url", "http://127.0.0.1:1/", "-c", "0", "-n", "1"],
             vec!["load", "--url", "http://127.0.0.1:1/", "--duration", "soon"],
+            // Out of the clock's range (review: panics, exit 101).
+            vec![
+                "load",
+                "--url",
+                "http://127.0.0.1:1/",
+                "-r",
+                "1e-300",
+                "-n",
+                "1",
+            ],
+            vec![
+                "load",
+                "--url",
+                "http://127.0.0.1:1/",
+                "-d",
+                "9223372036854775807s",
+            ],
             vec!["serve-bare", "--listen", "0.0.0.0:0"],
             // The flag parser's own errors too.
             vec!["load", "--bogus"],

@@ -246,6 +246,31 @@ async fn duration_bound_stops_the_run() {
     .await;
 }
 
+/// At the duration no request starts, and a run at a low rate ends then too: it slept until
+/// its next request was due, well past the duration (review: `-r 0.2 -d 1s` ran 5 s).
+#[tokio::test]
+async fn a_low_rate_run_ends_at_its_duration() {
+    within(async {
+        let (addr, _) = server().await;
+        let started = std::time::Instant::now();
+        let config = LoadConfig::from_addr(addr)
+            .unwrap()
+            .rate(0.2)
+            .duration(Duration::from_millis(500));
+        let report = unwedge_load::run(config).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(
+            report.total, 1,
+            "the one request due at the start: {report}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "ran {elapsed:?} for a 500 ms duration"
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn timeout_is_counted() {
     within(async {
