@@ -463,10 +463,7 @@ async fn open(shared: &Arc<Shared>, per_sec: f64, max_in_flight: usize) {
     let permits = Arc::new(Semaphore::new(max_in_flight));
     let mut set = JoinSet::new();
     let mut n: u32 = 0;
-    loop {
-        let Some(intended) = shared.started.checked_add(interval.saturating_mul(n)) else {
-            break;
-        };
+    while let Some(intended) = shared.started.checked_add(interval.saturating_mul(n)) {
         n = n.saturating_add(1);
         // Not past the deadline: no request starts after it, and the run ends at it.
         let wake = shared.deadline.map_or(intended, |d| intended.min(d));
