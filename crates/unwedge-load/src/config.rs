@@ -455,6 +455,9 @@ impl LoadConfig {
         if self.duration.is_none() && self.count.is_none() {
             return bad("a load run needs a bound: a duration, a count, or both");
         }
+        if self.count == Some(0) {
+            return bad("count must be at least 1");
+        }
         if self.duration == Some(Duration::ZERO) {
             return bad("duration must be greater than zero");
         }
@@ -481,6 +484,16 @@ impl LoadConfig {
                 }
             }
             LoadModel::Concurrency(_) => {}
+        }
+        if let Some(s) = self
+            .requests
+            .iter()
+            .flat_map(|r| &r.expected_failures)
+            .find(|s| !(100..=599).contains(*s))
+        {
+            return Err(LoadError::Config(format!(
+                "expected failure status {s} is not an HTTP status (100-599)"
+            )));
         }
         if !self.requests.is_empty() && self.requests.iter().all(|r| r.weight == 0) {
             return bad("every request in the mix has weight 0");

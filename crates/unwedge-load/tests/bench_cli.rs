@@ -115,6 +115,17 @@ async fn bad_input_exits_2_with_one_line() {
                 "-d",
                 "9223372036854775807s",
             ],
+            // Nothing to run; a status no response can have.
+            vec!["load", "--url", "http://127.0.0.1:1/", "-n", "0"],
+            vec![
+                "load",
+                "--url",
+                "http://127.0.0.1:1/",
+                "-n",
+                "1",
+                "--expect-failure",
+                "999",
+            ],
             vec!["serve-bare", "--listen", "0.0.0.0:0"],
             // The flag parser's own errors too.
             vec!["load", "--bogus"],

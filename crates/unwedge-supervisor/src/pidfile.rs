@@ -154,9 +154,18 @@ fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    // tempfile's error names the random file it tried: say the OS's error alone (the caller
+    // names `path`).
     let mut file = tempfile::Builder::new()
         .prefix(".unwedge-pid.")
-        .tempfile_in(dir)?;
+        .tempfile_in(dir)
+        .map_err(|e| {
+            let text = e.to_string();
+            match text.split_once(" at path ") {
+                Some((os, _)) => std::io::Error::new(e.kind(), os.to_owned()),
+                None => e,
+            }
+        })?;
     file.write_all(text.as_bytes())?;
     file.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))?;
@@ -176,6 +185,17 @@ pub(crate) fn release(path: &Path) {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_pid_file_in_a_missing_directory_is_an_error_without_a_random_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir").join("unwedge.pid");
+        let e = write_whole(&path, "1\n").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        let text = e.to_string();
+        assert!(!text.contains(".unwedge-pid."), "{text}");
+        assert_eq!(text, "No such file or directory (os error 2)");
+    }
 
     #[test]
     fn the_pid_file_is_written_whole_and_never_through_a_planted_link() {
