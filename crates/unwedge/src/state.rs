@@ -188,6 +188,8 @@ fn thread_token() -> u64 {
     TOKEN.with(|t| {
         if t.get() == 0 {
             t.set(NEXT.fetch_add(1, Ordering::Relaxed));
+            #[cfg(not(unwedge_loom))]
+            writer_waits::name_thread(t.get());
         }
         t.get()
     })
@@ -421,10 +423,18 @@ impl<T> Tx<T> {
 /// to leave it), so it releases none of the `Tx`s it holds meanwhile; and the thread that
 /// gets a writer lock marks the `Tx` as its own only after leaving the register, so a `Tx`
 /// just released reads as free (0), never as another thread's.
+///
+/// A wait longer than the mutexes' default wait limit
+/// ([`set_default_wait_limit`](crate::sync::set_default_wait_limit), 10 s) turns the process
+/// [`Wedged`](crate::HealthState::Wedged), naming the `Tx` and both threads, as a
+/// [`Mutex`](crate::Mutex) wait does (a writer stuck behind an update that never ends: one
+/// that waits for another thread updating the same `Tx`, say); the wedge clears when the wait
+/// ends. A thread of its own, started at the first wait, watches.
 #[cfg(not(unwedge_loom))]
 mod writer_waits {
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::{Arc, Condvar, Mutex, OnceLock};
+    use std::time::{Duration, Instant};
 
     struct Waiting {
         thread: u64,
@@ -433,12 +443,110 @@ mod writer_waits {
         /// The writer mark of the `Tx` it waits for.
         holder: Arc<AtomicU64>,
         tx: Arc<str>,
+        since: Instant,
+        /// The `health` wedge source, once the watch reported this wait as too long.
+        wedged: Option<String>,
     }
 
     static WAITING: Mutex<Vec<Waiting>> = Mutex::new(Vec::new());
+    /// Wakes the watch when a wait begins.
+    static BEGUN: Condvar = Condvar::new();
 
     fn waiting() -> std::sync::MutexGuard<'static, Vec<Waiting>> {
         WAITING.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `name #token`: a runtime's threads share one name (`tokio-runtime-worker`).
+    fn named(t: &std::thread::Thread, token: u64) -> String {
+        format!("{} #{token}", t.name().unwrap_or("unnamed"))
+    }
+
+    /// The names of the threads that have a token (those that ever updated a `Tx`), for the
+    /// message about a wait: the holder of a `Tx` is known by its token only.
+    static NAMES: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
+
+    fn names() -> std::sync::MutexGuard<'static, Vec<(u64, String)>> {
+        NAMES.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leaves [`NAMES`] when its thread exits.
+    struct Named(u64);
+
+    impl Drop for Named {
+        fn drop(&mut self) {
+            names().retain(|(t, _)| *t != self.0);
+        }
+    }
+
+    /// Records the calling thread's name under `token` (once per thread, at its first update).
+    pub(super) fn name_thread(token: u64) {
+        thread_local! { static NAMED: std::cell::OnceCell<Named> = const { std::cell::OnceCell::new() }; }
+        let _ = NAMED.try_with(|n| {
+            n.get_or_init(|| {
+                names().push((token, named(&std::thread::current(), token)));
+                Named(token)
+            });
+        });
+    }
+
+    fn ensure_watch() {
+        static STARTED: OnceLock<()> = OnceLock::new();
+        STARTED.get_or_init(|| {
+            let spawned = std::thread::Builder::new()
+                .name("unwedge-tx-watch".into())
+                .spawn(watch);
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the Tx writer-wait watch thread; long Tx waits will not be reported");
+            }
+        });
+    }
+
+    /// Reports each wait that passed the wait limit (once), sleeping until the next one is
+    /// due, or until a wait begins.
+    fn watch() {
+        let mut all = waiting();
+        loop {
+            let limit = crate::sync::default_wait_limit();
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            for w in all.iter_mut().filter(|w| w.wedged.is_none()) {
+                let due = w.since + limit;
+                if due > now {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                    continue;
+                }
+                let by = w.holder.load(Ordering::Relaxed);
+                let holder = names()
+                    .iter()
+                    .find(|(t, _)| *t == by)
+                    .map_or_else(|| format!("#{by}"), |(_, n)| n.clone());
+                let reason = format!(
+                    "thread `{}` has waited {} for Tx `{}` (limit {}), whose update in thread `{holder}` has not ended",
+                    named(&w.handle, w.thread),
+                    humantime::format_duration(crate::sync::round_ms(now - w.since)),
+                    w.tx,
+                    humantime::format_duration(limit)
+                );
+                tracing::warn!(tx = %w.tx, "{reason}");
+                let source = format!("tx:{}:{}", w.tx, w.thread);
+                // Under the register's lock, so that the wait's end cannot clear it first.
+                crate::health::set_wedged(source.clone(), reason);
+                w.wedged = Some(source);
+            }
+            // A wait begun wakes it; a limit changed meanwhile is seen within a second.
+            all = if all.is_empty() {
+                BEGUN.wait(all).unwrap_or_else(|p| p.into_inner())
+            } else {
+                let sleep = next.map_or(Duration::from_secs(1), |due| {
+                    due.saturating_duration_since(now)
+                        .min(Duration::from_secs(1))
+                });
+                BEGUN
+                    .wait_timeout(all, sleep)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            };
+        }
     }
 
     /// Leaves the register when dropped.
@@ -446,17 +554,21 @@ mod writer_waits {
 
     impl Drop for Registered {
         fn drop(&mut self) {
-            waiting().retain(|w| w.thread != self.0);
+            let mut all = waiting();
+            if let Some(i) = all.iter().position(|w| w.thread == self.0) {
+                let w = all.swap_remove(i);
+                if let Some(source) = w.wedged {
+                    tracing::info!(tx = %w.tx, "Tx writer wait over its limit has ended");
+                    crate::health::clear_wedged(&source);
+                }
+            }
         }
     }
 
     /// Registers thread `me` as waiting for the `Tx` named `tx` whose writer mark is
     /// `holder`; panics, registering nothing, when that wait closes a cycle.
     pub(super) fn register(me: u64, holder: &Arc<AtomicU64>, tx: &Arc<str>) -> Registered {
-        // Numbered: a runtime's threads share one name (`tokio-runtime-worker`).
-        let named = |t: &std::thread::Thread, token: u64| {
-            format!("{} #{token}", t.name().unwrap_or("unnamed"))
-        };
+        ensure_watch();
         let handle = std::thread::current();
         let mut all = waiting();
         // Follow the chain: who holds `tx`, what that thread waits for, who holds that, …
@@ -497,7 +609,11 @@ mod writer_waits {
             handle,
             holder: holder.clone(),
             tx: tx.clone(),
+            since: Instant::now(),
+            wedged: None,
         });
+        drop(all);
+        BEGUN.notify_all();
         Registered(me)
     }
 }

@@ -14,8 +14,8 @@ use crate::panic::context;
 
 mod waits;
 
-pub(crate) use waits::LockInfo;
 use waits::{check_limit, relock};
+pub(crate) use waits::{default_wait_limit, round_ms, LockInfo};
 
 /// An async mutual-exclusion lock that a panic cannot wedge, and that tells when it is stuck.
 ///
@@ -108,7 +108,8 @@ pub struct Mutex<T: ?Sized> {
 pub type LockResult<G> = Result<G, PoisonError<G>>;
 
 /// Sets the wait limit of every [`Mutex`] that has no limit of its own (see
-/// [`Mutex::wait_limit`]). The default is 10 seconds. Applies to waits in progress too.
+/// [`Mutex::wait_limit`]), and for a [`Tx`](crate::Tx) writer waiting for another's update.
+/// The default is 10 seconds. Applies to waits in progress too.
 ///
 /// # Panics
 ///

@@ -10,6 +10,7 @@
 //! | blocked poll | one poll of a request's future has run for the stall limit: the handler blocks its runtime thread (`std::thread::sleep`, a std lock) | `watchdog:blocked` |
 //! | no progress | requests are in flight, the oldest for longer than the hang limit (default 10 s), and none completed within it; not raised once `serve()` is stopping (a drain takes no new requests, so a busy process turns quiet: its deadline bounds the requests left) | `watchdog:no-progress` |
 //! | lock wait | reported by [`Mutex`](crate::Mutex) itself | `lock:…` |
+//! | `Tx` writer wait | reported by [`Tx`](crate::Tx) itself: a writer waiting past the default wait limit | `tx:…` |
 //!
 //! Any of them turns the process [`Wedged`](crate::HealthState::Wedged) with a reason naming
 //! the culprit; the wedge clears when its cause does. While the process is not Healthy or

@@ -794,3 +794,54 @@ fn rollbacks_recorded_without_the_hook_stay_bounded() {
     );
     assert_eq!(txs[7].rollbacks(), 3);
 }
+
+/// A writer waiting for an update that does not end (here the update waits for a channel; in
+/// the wild, for another thread updating the same `Tx`) turns the process wedged after the
+/// wait limit, naming the `Tx`, as a `Mutex` wait does; the wedge clears when the wait ends.
+/// It hung with the health `Healthy` before (review).
+#[test]
+fn a_tx_writer_waiting_past_the_limit_is_wedged_then_clears() {
+    support::own_process!();
+    unwedge::sync::set_default_wait_limit(Duration::from_millis(300));
+    let tx = Arc::new(Tx::named("ledger", 0u64));
+    let (release, released) = mpsc::channel::<()>();
+    let (inside, is_inside) = mpsc::channel::<()>();
+    let holder = {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("holder".into())
+            .spawn(move || {
+                tx.update(|n| {
+                    inside.send(()).unwrap();
+                    released.recv().unwrap();
+                    *n += 1;
+                })
+            })
+            .unwrap()
+    };
+    is_inside.recv().unwrap();
+    let waiter = {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("waiter".into())
+            .spawn(move || tx.update(|n| *n += 10))
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reason = loop {
+        let h = unwedge::health();
+        if h.state == unwedge::HealthState::Wedged {
+            break h.reason.unwrap_or_default();
+        }
+        assert!(Instant::now() < deadline, "never wedged: {h:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(reason.contains("Tx `ledger`"), "{reason}");
+    assert!(reason.contains("thread `waiter #"), "{reason}");
+    assert!(reason.contains("in thread `holder #"), "{reason}");
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    waiter.join().unwrap();
+    assert_eq!(*tx.read(), 11);
+    assert_eq!(unwedge::health().state, unwedge::HealthState::Healthy);
+}

@@ -322,7 +322,7 @@ impl LockInfo {
 
 static DEFAULT_WAIT_LIMIT_NANOS: AtomicU64 = AtomicU64::new(10_000_000_000);
 
-pub(super) fn default_wait_limit() -> Duration {
+pub(crate) fn default_wait_limit() -> Duration {
     Duration::from_nanos(DEFAULT_WAIT_LIMIT_NANOS.load(Ordering::Relaxed))
 }
 
@@ -545,7 +545,7 @@ fn describe_cycle(waiter: &str, cycle: &[Edge]) -> String {
     out
 }
 
-pub(super) fn round_ms(d: Duration) -> Duration {
+pub(crate) fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
