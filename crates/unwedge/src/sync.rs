@@ -15,7 +15,9 @@ use crate::panic::context;
 mod waits;
 
 use waits::{check_limit, relock};
-pub(crate) use waits::{default_wait_limit, round_ms, LockInfo};
+pub(crate) use waits::LockInfo;
+#[cfg(not(unwedge_loom))] // for `Tx`'s writer-wait watch
+pub(crate) use waits::{default_wait_limit, round_ms};
 
 /// An async mutual-exclusion lock that a panic cannot wedge, and that tells when it is stuck.
 ///
