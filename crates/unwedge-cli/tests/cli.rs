@@ -1174,7 +1174,9 @@ async fn run_help_says_what_ready_auto_does_with_a_silent_worker() {
     assert!(
         auto.contains(
             "A worker that said neither within `--ready-timeout`: with `--port-env`, a failed \
-             start; with shared sockets, if still running, taken as ready (with a warning)"
+             start; with shared sockets, if still running, taken as ready (with a warning) only \
+             while no worker has ever said `READY=1` (a failed start once one has), and a \
+             reload's worker only if the passed socket is in an epoll set of its processes"
         ),
         "{auto}"
     );

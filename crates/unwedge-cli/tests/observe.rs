@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    admin_addr, another_program, get, http, http_as, proc_state, python_has, run_split, run_to_end,
-    skip, Sup, BIN, LONG,
+    admin_addr, another_program, fixture, get, http, http_as, proc_state, python_has, run_split,
+    run_to_end, skip, Sup, BIN, LONG,
 };
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
@@ -2058,6 +2058,53 @@ async fn reload_wait_reports_the_outcome() {
             other.try_wait().unwrap().is_none(),
             "the other process got SIGHUP"
         );
+    })
+    .await;
+}
+
+/// A reload to a command whose workers say no READY=1 (a start that hangs, waiting for a
+/// database), after a generation that did, fails under the default `--ready auto` at
+/// `--ready-timeout`: `unwedge reload --wait` says so and exits 1, and the old workers keep
+/// serving. The new workers used to be taken as ready (they have the socket in an epoll set)
+/// and the old ones stopped, while `reload --wait` reported success.
+#[tokio::test]
+async fn a_reload_to_workers_that_never_say_ready_fails_after_ones_that_did() {
+    limited(async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let py = fixture("worker.py");
+        let py = py.to_str().unwrap();
+        // 3 s: each python worker must say READY=1 by then (over 0.3 s on a loaded machine).
+        let common = "workers = 2\nready-timeout = \"3s\"\ndump-grace = \"100ms\"\n";
+        let (sup, admin) =
+            supervisor_with_config(&file, &format!("{common}command = [{py:?}]\n")).await;
+        let old = sup.wait_ready(0, 2).await;
+        let addr = sup.addr().await;
+        std::fs::write(
+            &file,
+            format!("{common}command = [\"env\", \"FIXTURE_NO_READY=1\", {py:?}]\n"),
+        )
+        .unwrap();
+        let m = sup.mark();
+        let (code, out, err) = reload_wait(sup.pid, admin).await;
+        assert_eq!(code, 1, "{out}{err}\nlog:\n{}", sup.log());
+        assert!(err.contains("reload failed: generation 2"), "{err}");
+        assert!(err.contains("ready_timeout"), "{err}");
+        assert!(err.contains("generation 1 keeps serving"), "{err}");
+        let hung = sup.wait_line(m, &["is hung (ready_timeout"]).await;
+        assert!(
+            hung.contains("workers of this service said it before"),
+            "{hung}"
+        );
+        assert!(!sup.log_since(m).contains("taking it as ready"));
+        assert_eq!(status(admin).await["supervisor"]["generation"], 1);
+        // Past the ready timeout, the old workers answer.
+        for _ in 0..10 {
+            let (code, body) = get(addr, "/").await;
+            assert_eq!(code, 200, "{body}");
+            let pid: i32 = body.trim().trim_start_matches("ok ").parse().unwrap();
+            assert!(old.contains(&pid), "answered by {pid}, not by {old:?}");
+        }
     })
     .await;
 }

@@ -915,6 +915,124 @@ async fn a_reload_that_never_gets_ready_is_one_hang_not_one_per_worker() {
     .await;
 }
 
+/// Under the default `--ready auto`, a reload's worker that says no READY=1 is taken as ready
+/// only if it has the passed socket in an epoll set: a command that never even watches it
+/// (`sleep`, here after a first generation that did not speak sd_notify either) fails the
+/// reload at `--ready-timeout`, and the old generation keeps serving. It used to be taken as
+/// ready, and the old generation stopped: every request hung from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_workers_that_never_watch_the_socket_fails() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("sleep");
+        let py = fixture("worker.py");
+        let script = format!(
+            "if [ -e {} ]; then exec sleep 100; fi; exec {}",
+            marker.display(),
+            py.display()
+        );
+        // 2 s: the python worker must reach its event loop first (over 0.3 s on a loaded
+        // machine).
+        let sup = Sup::start_env(
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+                "--ready-timeout",
+                "2s",
+                "--dump-grace",
+                "100ms",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+            &[("FIXTURE_NO_READY", "1")],
+        );
+        let addr = sup.addr().await;
+        let old = sup.wait_ready(0, 2).await;
+        // What is known, said as such: the socket is in an epoll set of the worker.
+        let line = sup.wait_line(0, &["taking it as ready"]).await;
+        assert!(
+            line.contains("the passed socket is in an epoll set of its processes"),
+            "{line}"
+        );
+        std::fs::write(&marker, "").unwrap();
+        let m = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        let failed = sup.wait_line(m, &["reload failed: generation 2"]).await;
+        assert!(failed.contains("generation 1 keeps serving"), "{failed}");
+        let hung = sup.wait_line(m, &["is hung (ready_timeout"]).await;
+        assert!(hung.contains("in no epoll set"), "{hung}");
+        let log = sup.log_since(m);
+        assert!(!log.contains("taking it as ready"), "{log}");
+        assert!(!log.contains("generation 2 ready"), "{log}");
+        // Past the ready timeout, the old workers answer.
+        for _ in 0..10 {
+            let (status, body) = get(addr, "/").await;
+            assert_eq!(status, 200, "{body}");
+            let pid: i32 = body.trim().trim_start_matches("ok ").parse().unwrap();
+            assert!(old.contains(&pid), "answered by {pid}, not by {old:?}");
+        }
+    })
+    .await;
+}
+
+/// A worker whose predecessors said READY=1 and that says nothing in `--ready-timeout` (it
+/// hangs in its start, waiting for a database) is a failed start under the default `--ready
+/// auto`: hung, restarted with the backoff, and counted toward giving up. It used to be taken
+/// as ready; sending no WATCHDOG=1, it was then never watched, and its slot served nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_stays_silent_after_ready_workers_is_a_failed_start() {
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("hang");
+        let script = format!(
+            "if [ -e {} ]; then exec sleep 100; fi; exec {BIN} demo-service",
+            marker.display()
+        );
+        let mut sup = Sup::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-timeout",
+            "2s",
+            "--dump-grace",
+            "100ms",
+            "--max-restarts",
+            "2",
+            "--within",
+            "60s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        let first = sup.wait_ready(0, 1).await[0];
+        assert!(!sup.log().contains("taking it as ready"), "{}", sup.log());
+        std::fs::write(&marker, "").unwrap();
+        let m = sup.mark();
+        kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+        let hung = sup.wait_line(m, &["is hung (ready_timeout"]).await;
+        assert!(
+            hung.contains("workers of this service said it before"),
+            "{hung}"
+        );
+        // Restarted, hung again, and given up on: the crash and two failed starts are more
+        // than 2 restarts within 60 s.
+        let (_, at) = sup.wait_line_idx(m, &["hung; restarting in"]).await;
+        sup.wait_line(at + 1, &["is hung (ready_timeout"]).await;
+        sup.wait_line(m, &["giving up"]).await;
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(3));
+        let log = sup.log_since(m);
+        assert!(!log.contains("ready in"), "{log}");
+        assert!(!log.contains("taking it as ready"), "{log}");
+    })
+    .await;
+}
+
 /// The pid file belongs to one supervisor: a second one started with it refuses to start
 /// (and leaves it alone); a stale one naming another program is taken over; it is removed
 /// when its supervisor stops, and only then.

@@ -36,7 +36,9 @@ use crate::run_as::RunAs;
 pub enum ReadyMode {
     /// `READY=1` over `NOTIFY_SOCKET`; in `--port-env` mode also the worker's port accepting a
     /// connection. A worker that said neither within `--ready-timeout`: with `--port-env`, a
-    /// failed start; with shared sockets, if still running, taken as ready (with a warning).
+    /// failed start; with shared sockets, if still running, taken as ready (with a warning) only
+    /// while no worker has ever said `READY=1` (a failed start once one has), and a reload's
+    /// worker only if the passed socket is in an epoll set of its processes.
     #[default]
     Auto,
     /// Only `READY=1` counts; no `READY=1` within `--ready-timeout` is a failed start.

@@ -105,7 +105,10 @@ impl Pool {
         };
         let id = slot_id(w.slot);
         match m {
-            NotifyMessage::Ready => self.mark_ready(pid),
+            NotifyMessage::Ready => {
+                self.speaks_notify = true;
+                self.mark_ready(pid);
+            }
             NotifyMessage::Watchdog => {
                 if w.last_watchdog.is_none() {
                     if let Some(limit) = w.watchdog {

@@ -396,6 +396,7 @@ impl Supervisor {
             forced: false,
             gave_up: None,
             first_ready: false,
+            speaks_notify: false,
             probe_tx,
             next_sd_watchdog: None,
             last_sd_status: String::new(),
@@ -897,6 +898,13 @@ struct Pool {
     forced: bool,
     gave_up: Option<String>,
     first_ready: bool,
+    /// A worker said `READY=1`, at any time since the supervisor started (any generation,
+    /// any command): the service speaks sd_notify, so under `--ready auto` a worker silent
+    /// past its `--ready-timeout` has failed to start, rather than being taken as ready. Kept
+    /// across reloads, also one that changes the command: a new version of a service that
+    /// said READY=1 and now says nothing hangs far more often than it dropped sd_notify, and
+    /// the reload that fails leaves the old generation serving.
+    speaks_notify: bool,
     probe_tx: mpsc::UnboundedSender<ProbeResult>,
     next_sd_watchdog: Option<Instant>,
     last_sd_status: String,

@@ -102,6 +102,8 @@ impl Pool {
         let mut accepting = Vec::new();
         let mut probes = Vec::new();
         let inodes = &self.listener_inodes;
+        let candidates = self.reload.as_ref().map(|r| r.generation);
+        let speaks_notify = self.speaks_notify;
         for w in self.workers.values_mut() {
             if w.stop_requested {
                 continue;
@@ -117,8 +119,21 @@ impl Pool {
                         ),
                         None => format!("not ready after {}", fmt_dur(c.ready_timeout)),
                     };
-                    if c.ready == ReadyMode::Auto && c.port_env.is_none() {
-                        assume_ready.push((w.pid, c.ready_timeout));
+                    if c.ready == ReadyMode::Auto && c.port_env.is_none() && speaks_notify {
+                        // Its command speaks sd_notify: silence is a start that hangs (a
+                        // database it waits for), not a server that knows nothing of READY=1.
+                        hung.push((
+                            w.pid,
+                            HangKind::ReadyTimeout,
+                            format!(
+                                "{msg}: no READY=1, while workers of this service said it \
+                                 before (--ready auto takes silence for readiness only from \
+                                 a service that never said READY=1)"
+                            ),
+                        ));
+                    } else if c.ready == ReadyMode::Auto && c.port_env.is_none() {
+                        let candidate = candidates == Some(w.generation);
+                        assume_ready.push((w.pid, c.ready_timeout, candidate, msg));
                     } else {
                         hung.push((w.pid, HangKind::ReadyTimeout, msg));
                     }
@@ -161,24 +176,26 @@ impl Pool {
         for pid in accepting {
             self.mark_ready_because(pid, " (it waits for connections on the passed socket)");
         }
-        for (pid, limit) in assume_ready {
+        // Silent under --ready auto: taken as ready, but a reload's worker only if it has the
+        // passed socket in an epoll set (the old generation serves meanwhile: no evidence, no
+        // swap; `sh -c "sleep 100"` holds the socket too, but watches nothing).
+        let mut assumed = Vec::new();
+        for (pid, limit, candidate, msg) in assume_ready {
             let tree = crate::procfs::descendants(pid, 64);
-            if crate::procfs::epoll_watches_any(&tree, &self.listener_inodes) {
-                tracing::warn!(
-                    "pid {pid} sent no READY=1 within {}; taking it as ready: it waits for \
-                     connections on the passed socket, so --ready accept would have found it \
-                     ready then, without this wait",
-                    fmt_dur(limit)
-                );
+            let watching = crate::procfs::epoll_watches_any(&tree, &self.listener_inodes);
+            if candidate && !watching {
+                hung.push((
+                    pid,
+                    HangKind::ReadyTimeout,
+                    format!(
+                        "{msg}: no READY=1, and the passed socket is in no epoll set of its \
+                         processes (a reload's worker is taken as ready under --ready auto \
+                         only with one or the other)"
+                    ),
+                ));
             } else {
-                tracing::warn!(
-                    "pid {pid} sent no READY=1 within {}; taking it as ready (use --ready to \
-                     choose)",
-                    fmt_dur(limit)
-                );
+                assumed.push((pid, limit, watching, tree));
             }
-            listen_checks.push((pid, self.own_sockets(&tree)));
-            self.mark_ready(pid);
         }
         for (pid, kind, msg) in hung {
             // Its stop was decided meanwhile, by an earlier one of this list: a reload's
@@ -194,6 +211,28 @@ impl Pool {
                 listen_checks.push((pid, self.own_sockets(&tree)));
             }
             self.hung(pid, kind, &msg);
+        }
+        for (pid, limit, watching, tree) in assumed {
+            // Torn down meanwhile with a failed reload.
+            if self.workers.get(&pid).is_none_or(|w| w.stop_requested) {
+                continue;
+            }
+            if watching {
+                tracing::warn!(
+                    "pid {pid} sent no READY=1 within {}; taking it as ready: the passed \
+                     socket is in an epoll set of its processes, so --ready accept would have \
+                     found it ready then, without this wait",
+                    fmt_dur(limit)
+                );
+            } else {
+                tracing::warn!(
+                    "pid {pid} sent no READY=1 within {}; taking it as ready (use --ready to \
+                     choose)",
+                    fmt_dur(limit)
+                );
+            }
+            listen_checks.push((pid, self.own_sockets(&tree)));
+            self.mark_ready(pid);
         }
         self.warn_if_they_listen_elsewhere(listen_checks);
         for (pid, ready_check) in probes {
