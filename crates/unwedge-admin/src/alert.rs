@@ -847,8 +847,7 @@ impl Sinks {
                     .await
                     .map_err(|e| error_chain(&e, &uri))?;
                 let status = resp.status();
-                // Read the body so the connection can be reused.
-                let _ = resp.into_body().collect().await;
+                discard_answer(resp.into_body()).await;
                 Ok::<StatusCode, String>(status)
             })
             .await;
@@ -900,6 +899,65 @@ fn shown_command(cmd: &str) -> String {
         "…".to_owned()
     } else {
         format!("{first}{more}")
+    }
+}
+
+/// How much of a webhook's answer is read (and thrown away): only its status is used.
+const WEBHOOK_ANSWER_READ: usize = 16 * 1024;
+
+/// How much of an `--alert-exec` command's stderr is kept: its end, for the last line.
+const STDERR_KEPT: usize = 4 * 1024;
+
+/// Reads and drops a webhook's answer, at most [`WEBHOOK_ANSWER_READ`] bytes of it: a short
+/// answer is read to its end so that the connection can be reused; a longer one is left
+/// unread, and dropping `body` then closes the connection, so the supervisor never holds
+/// (nor waits for) a body of any size.
+async fn discard_answer(mut body: hyper::body::Incoming) {
+    let mut read = 0;
+    while read <= WEBHOOK_ANSWER_READ {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
+/// The end of a stream: the last `keep` bytes written to it.
+#[derive(Debug)]
+struct Tail {
+    buf: VecDeque<u8>,
+    keep: usize,
+}
+
+impl Tail {
+    fn new(keep: usize) -> Self {
+        Tail {
+            buf: VecDeque::with_capacity(keep),
+            keep,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let bytes = &bytes[bytes.len().saturating_sub(self.keep)..];
+        let over = (self.buf.len() + bytes.len()).saturating_sub(self.keep);
+        self.buf.drain(..over);
+        self.buf.extend(bytes);
+    }
+
+    /// Reads `from` to its end (or its first error), keeping the last bytes only: the
+    /// writer is never blocked on a full pipe, and no amount of output grows memory.
+    async fn drain(&mut self, mut from: impl tokio::io::AsyncRead + Unpin) {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n @ 1..) = from.read(&mut chunk).await {
+            self.push(&chunk[..n]);
+        }
+    }
+
+    /// The last line kept, trimmed.
+    fn last_line(&self) -> String {
+        let (a, b) = self.buf.as_slices();
+        let text = String::from_utf8_lossy(&[a, b].concat()).into_owned();
+        text.lines().last().unwrap_or("").trim().to_owned()
     }
 }
 
@@ -969,8 +1027,8 @@ async fn run_exec(
         // A command that does not read its stdin is fine: ignore EPIPE.
         let _ = stdin.write_all(&json).await;
         drop(stdin);
-        let mut err = Vec::new();
-        let (status, _) = tokio::join!(child.wait(), stderr.read_to_end(&mut err));
+        let mut err = Tail::new(STDERR_KEPT);
+        let (status, ()) = tokio::join!(child.wait(), err.drain(&mut stderr));
         status.map(|s| (s, err))
     };
     // An alerter dropped without `close` kills nothing: that wait never ends.
@@ -982,13 +1040,7 @@ async fn run_exec(
     let why = tokio::select! {
         ended = tokio::time::timeout(timeout, run) => match ended {
             Ok(Ok((status, _))) if status.success() => return Ok(()),
-            Ok(Ok((status, err))) => {
-                let stderr = String::from_utf8_lossy(&err);
-                return Err(format!(
-                    "{status}: {}",
-                    stderr.lines().last().unwrap_or("").trim()
-                ));
-            }
+            Ok(Ok((status, err))) => return Err(format!("{status}: {}", err.last_line())),
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => format!("timed out after {timeout:?}, killed"),
         },
@@ -1109,6 +1161,18 @@ mod tests {
         let e = Quoting(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         let text = error_chain(&e, &uri);
         assert_eq!(text, "cannot reach http://h:1/…: connection refused");
+    }
+
+    #[test]
+    fn a_tail_keeps_the_last_bytes_only() {
+        let mut tail = Tail::new(8);
+        tail.push(b"abc");
+        tail.push(b"defghij");
+        assert_eq!(tail.buf.iter().copied().collect::<Vec<_>>(), b"cdefghij");
+        tail.push(&[b'x'; 100]);
+        tail.push(b"\nlast\n");
+        assert_eq!(tail.buf.len(), 8);
+        assert_eq!(tail.last_line(), "last");
     }
 
     use proptest::prelude::*;

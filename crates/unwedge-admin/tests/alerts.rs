@@ -515,3 +515,117 @@ async fn urgent_alerts_get_through_a_spent_rate_limit_and_a_full_queue() {
         .unwrap();
     assert_eq!(got["event"]["kind"], "gave_up");
 }
+
+/// A webhook that answers 200 with a body of `cap` bytes and more announced; returns its URL
+/// and, once the connection is over, how many body bytes it got written before the client
+/// hung up (`cap` when the client read all of them).
+async fn endless_answer(cap: usize) -> (String, tokio::sync::oneshot::Receiver<usize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        // The request: its head, then the Content-Length it announced.
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        let body_start = loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            req.extend_from_slice(&buf[..n]);
+            if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&req[..body_start]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .expect("a Content-Length")
+            .trim()
+            .parse()
+            .unwrap();
+        while req.len() < body_start + length {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request body ended early");
+            req.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n")
+            .await
+            .unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut written = 0;
+        while written < cap {
+            match conn.write(&chunk).await {
+                Ok(n) if n > 0 => written += n,
+                _ => break,
+            }
+        }
+        let _ = tx.send(written.min(cap));
+    });
+    (url, rx)
+}
+
+/// Only a webhook answer's status is used: a huge body is not read, let alone held.
+#[tokio::test]
+async fn a_huge_webhook_answer_is_not_read() {
+    // Far more than a loopback connection's socket buffers can absorb.
+    const CAP: usize = 64 << 20;
+    let (url, written) = endless_answer(CAP).await;
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut config = AlertConfig::new().webhook(url);
+    config.webhook_timeout = Duration::from_secs(600);
+    config.retries = 0;
+    let alerter = Alerter::new(config, metrics.clone()).unwrap();
+    alerter.send(crash("worker 0 crashed"));
+    assert!(alerter.flush(LIMIT).await, "the delivery finished");
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_sent_total{sink="webhook"}"#),
+        1.0
+    );
+    let written = tokio::time::timeout(LIMIT, written)
+        .await
+        .expect("the receiver saw the client hang up")
+        .unwrap();
+    assert!(
+        written < CAP,
+        "the client read the whole {written}-byte answer"
+    );
+}
+
+/// The peak resident memory of this process (nextest runs each test in its own), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    kb * 1024
+}
+
+/// A command writing 100 MB to stderr: read to its end, its last line kept, none of it held.
+#[tokio::test]
+async fn a_command_writing_a_flood_to_stderr_is_read_in_bounded_memory() {
+    let before = peak_rss();
+    let metrics = Arc::new(Metrics::new("test"));
+    let alerter = Alerter::new(
+        AlertConfig::new().exec("head -c 100000000 /dev/zero >&2; echo done >&2; exit 4"),
+        metrics.clone(),
+    )
+    .unwrap();
+    let t = Instant::now();
+    alerter.send(crash("worker 0 crashed"));
+    assert!(alerter.flush(LIMIT).await);
+    assert!(
+        t.elapsed() < Duration::from_secs(9),
+        "the command's stderr was not drained: it hit the 10 s timeout"
+    );
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_failed_total{sink="exec"}"#),
+        1.0
+    );
+    let grew = peak_rss().saturating_sub(before);
+    assert!(grew < 32 << 20, "peak RSS grew by {grew} bytes");
+}
