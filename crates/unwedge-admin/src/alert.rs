@@ -253,7 +253,8 @@ pub struct AlertConfig {
     pub backoff: Duration,
     /// Timeout of one webhook attempt, response included (default 5 s).
     pub webhook_timeout: Duration,
-    /// The exec command is killed (its whole process group) after this (default 10 s).
+    /// The exec command is killed (its whole process group) if `sh` has not exited after this
+    /// (default 10 s). Jobs it left in the background when it exited are not waited for.
     pub exec_timeout: Duration,
     /// Events waiting for delivery, in the queue [`Alerter::send`] fills and then in each
     /// sink's backlog; more are dropped (default 64). Urgent events
@@ -514,7 +515,9 @@ impl Alerter {
     /// For the supervisor's exit: [`flush`](Self::flush) for at most `timeout`; then the
     /// `--alert-exec` commands still running are killed (each one's process group) and reaped,
     /// and no more are started, so that none is left behind, re-parented to init, once the
-    /// supervisor is gone. Returns `false` if alerts were still being delivered.
+    /// supervisor is gone. A command whose `sh` already exited is done: jobs it left in the
+    /// background on purpose (`curl … &`) are not killed. Returns `false` if alerts were still
+    /// being delivered.
     pub async fn close(&self, timeout: Duration) -> bool {
         if self.flush(timeout).await {
             return true;
@@ -905,6 +908,10 @@ fn shown_command(cmd: &str) -> String {
 /// How much of a webhook's answer is read (and thrown away): only its status is used.
 const WEBHOOK_ANSWER_READ: usize = 16 * 1024;
 
+/// How long an `--alert-exec` command's stderr is still read once `sh` exited: a job left
+/// in the background may hold it open for ever.
+const STDERR_GRACE: Duration = Duration::from_millis(200);
+
 /// How much of an `--alert-exec` command's stderr is kept: its end, for the last line.
 const STDERR_KEPT: usize = 4 * 1024;
 
@@ -994,7 +1001,9 @@ fn error_chain(error: &(dyn std::error::Error + 'static), uri: &Uri) -> String {
 }
 
 /// Runs `sh -c CMD` in its own process group with the event on stdin; kills the group on
-/// timeout, or when `commands` says the supervisor is exiting, and reaps it.
+/// timeout, or when `commands` says the supervisor is exiting, and reaps it. Once `sh`
+/// exited, its exit status is the result: jobs it left running in the background are left
+/// alone.
 async fn run_exec(
     cmd: &str,
     event: &AlertEvent,
@@ -1022,14 +1031,24 @@ async fn run_exec(
     let pid = child.id();
     let json = serde_json::to_vec(event).expect("event serializes");
     let mut stdin = child.stdin.take().expect("stdin piped");
-    let mut stderr = child.stderr.take().expect("stderr piped");
-    let run = async {
-        // A command that does not read its stdin is fine: ignore EPIPE.
+    let stderr = child.stderr.take().expect("stderr piped");
+    // A command that does not read its stdin is fine: ignore EPIPE.
+    let mut feed = Box::pin(async move {
         let _ = stdin.write_all(&json).await;
-        drop(stdin);
-        let mut err = Tail::new(STDERR_KEPT);
-        let (status, ()) = tokio::join!(child.wait(), err.drain(&mut stderr));
-        status.map(|s| (s, err))
+    });
+    let mut err = Tail::new(STDERR_KEPT);
+    let mut drain = Box::pin(err.drain(stderr));
+    let (mut fed, mut drained) = (false, false);
+    // Until `sh` exits, not until its stderr closes: a job it left in the background
+    // (`curl … &`) may hold stderr open long after.
+    let exited = async {
+        loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                () = &mut feed, if !fed => fed = true,
+                () = &mut drain, if !drained => drained = true,
+            }
+        }
     };
     // An alerter dropped without `close` kills nothing: that wait never ends.
     let exiting = async {
@@ -1037,24 +1056,39 @@ async fn run_exec(
             std::future::pending::<()>().await;
         }
     };
-    let why = tokio::select! {
-        ended = tokio::time::timeout(timeout, run) => match ended {
-            Ok(Ok((status, _))) if status.success() => return Ok(()),
-            Ok(Ok((status, err))) => return Err(format!("{status}: {}", err.last_line())),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => format!("timed out after {timeout:?}, killed"),
-        },
-        () = exiting => "still running at the supervisor's exit, killed".to_owned(),
+    let ended = tokio::select! {
+        ended = tokio::time::timeout(timeout, exited) => {
+            ended.map_err(|_| format!("timed out after {timeout:?}, killed"))
+        }
+        () = exiting => Err("still running at the supervisor's exit, killed".to_owned()),
     };
-    if let Some(pid) = pid
-        .and_then(|p| i32::try_from(p).ok())
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let status = match ended {
+        Ok(status) => status,
+        Err(why) => {
+            if let Some(pid) = pid
+                .and_then(|p| i32::try_from(p).ok())
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            // Reaped here rather than left to the runtime: the supervisor may exit right after.
+            let _ = tokio::time::timeout(KILLED_REAP_WAIT, child.wait()).await;
+            return Err(why);
+        }
+    };
+    drop(feed);
+    let status = status.map_err(|e| e.to_string())?;
+    // `sh` exited, its status decides: its stderr gets a moment to end (the last line of a
+    // failure), a background job holding it open is not waited for, nor killed.
+    if !drained {
+        let _ = tokio::time::timeout(STDERR_GRACE, &mut drain).await;
     }
-    // Reaped here rather than left to the runtime: the supervisor may exit right after.
-    let _ = tokio::time::timeout(KILLED_REAP_WAIT, child.wait()).await;
-    Err(why)
+    drop(drain);
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{status}: {}", err.last_line()))
+    }
 }
 
 /// One `--alert-exec` command running: counted in [`Commands::running`] until dropped.

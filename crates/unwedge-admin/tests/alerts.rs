@@ -629,3 +629,39 @@ async fn a_command_writing_a_flood_to_stderr_is_read_in_bounded_memory() {
     let grew = peak_rss().saturating_sub(before);
     assert!(grew < 32 << 20, "peak RSS grew by {grew} bytes");
 }
+
+/// A command that exits 0 leaving a job in the background, which keeps its stderr open: it
+/// succeeded when `sh` exited, and its job is not killed.
+#[tokio::test]
+async fn a_command_that_exits_leaving_a_background_job_succeeds_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut config =
+        AlertConfig::new().exec(format!("(sleep 4; touch '{}') & exit 0", done.display()));
+    config.exec_timeout = Duration::from_secs(3);
+    let alerter = Alerter::new(config, metrics.clone()).unwrap();
+    let t = Instant::now();
+    alerter.send(crash("worker 0 crashed"));
+    assert!(alerter.flush(LIMIT).await);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "waited {:?} for the background job's stderr",
+        t.elapsed()
+    );
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_sent_total{sink="exec"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_failed_total{sink="exec"}"#),
+        0.0
+    );
+    // Nor is the job killed at the exit.
+    assert!(alerter.close(Duration::from_secs(1)).await);
+    let deadline = Instant::now() + LIMIT;
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "the background job was killed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
