@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
+use http::{HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -234,7 +234,15 @@ pub enum AlertError {
 }
 
 /// Where alerts go and how hard to try.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows the webhook and the command as logs do, without what may be a
+/// credential:
+///
+/// ```
+/// let c = unwedge_admin::AlertConfig::new().webhook("https://bob:s3cr3t@h/s3cr3t");
+/// assert!(!format!("{c:?}").contains("s3cr3t"));
+/// ```
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct AlertConfig {
     /// `--alert-webhook URL`: POST the JSON event (`https://` needs the `https` feature).
@@ -280,6 +288,24 @@ impl Default for AlertConfig {
             queue: 64,
             max_in_flight: 4,
         }
+    }
+}
+
+impl fmt::Debug for AlertConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertConfig")
+            .field("webhook", &self.webhook.as_deref().map(shown_url))
+            .field("exec", &self.exec.as_deref().map(shown_command))
+            .field("dedupe_window", &self.dedupe_window)
+            .field("rate_limit", &self.rate_limit)
+            .field("rate_period", &self.rate_period)
+            .field("retries", &self.retries)
+            .field("backoff", &self.backoff)
+            .field("webhook_timeout", &self.webhook_timeout)
+            .field("exec_timeout", &self.exec_timeout)
+            .field("queue", &self.queue)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
     }
 }
 
@@ -365,6 +391,76 @@ pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
     Ok(uri)
 }
 
+/// `uri` without its user info, and the `Authorization: Basic base64(user:password)` header
+/// value its user info makes (percent-decoded, as curl sends it; marked sensitive), if it has
+/// some.
+fn basic_auth(uri: &Uri) -> (Uri, Option<HeaderValue>) {
+    let Some((userinfo, host_port)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@'))
+    else {
+        return (uri.clone(), None);
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let mut credentials = percent_decode(user);
+    credentials.push(b':');
+    credentials.extend(percent_decode(password));
+    let mut value = HeaderValue::try_from(format!("Basic {}", base64(&credentials)))
+        .expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    let mut parts = uri.clone().into_parts();
+    parts.authority = Some(
+        host_port
+            .parse()
+            .expect("the host and port of a valid authority are one"),
+    );
+    let uri = Uri::from_parts(parts).expect("the same URI without its user info is valid");
+    (uri, Some(value))
+}
+
+/// `text` with each `%XX` replaced by the byte it stands for (one not followed by two hex
+/// digits is kept as it is).
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match escaped {
+            Some((high, low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64 (RFC 4648, padded), as `Basic` credentials are written.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// What an error may quote of webhook URL `url`, which may not parse: its scheme, host and
 /// port; user info, path, query and fragment are each replaced by `…`. In a URL that does not
 /// parse, user info may hold any character (`/`, `?`, `@`): everything up to the last `@` is
@@ -445,6 +541,11 @@ impl Alerter {
             .as_deref()
             .map(parse_webhook_url)
             .transpose()?;
+        // hyper's client sends no user info: it becomes an `Authorization` header.
+        let (webhook, webhook_auth) = match webhook.map(|uri| basic_auth(&uri)) {
+            Some((uri, auth)) => (Some(uri), auth),
+            None => (None, None),
+        };
         if let Some(cmd) = &config.exec {
             if cmd.trim().is_empty() {
                 return Err(AlertError::EmptyExec);
@@ -460,6 +561,7 @@ impl Alerter {
         });
         let sinks = Arc::new(Sinks {
             webhook,
+            webhook_auth,
             exec: config.exec.clone(),
             client,
             metrics: metrics.clone(),
@@ -530,7 +632,10 @@ impl Alerter {
 }
 
 struct Sinks {
+    /// The webhook's URL, without its user info.
     webhook: Option<Uri>,
+    /// `Authorization: Basic …` made of the webhook URL's user info, if it had some.
+    webhook_auth: Option<HeaderValue>,
     exec: Option<String>,
     client: WebClient,
     metrics: Arc<Metrics>,
@@ -835,7 +940,11 @@ impl Sinks {
                 tokio::time::sleep(delay).await;
                 delay = delay.saturating_mul(2);
             }
-            let req = Request::post(uri.clone())
+            let mut req = Request::post(uri.clone());
+            if let Some(auth) = &self.webhook_auth {
+                req = req.header(http::header::AUTHORIZATION, auth.clone());
+            }
+            let req = req
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header(
                     http::header::USER_AGENT,
@@ -1195,6 +1304,36 @@ mod tests {
         let e = Quoting(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         let text = error_chain(&e, &uri);
         assert_eq!(text, "cannot reach http://h:1/…: connection refused");
+    }
+
+    #[test]
+    fn a_webhook_urls_user_info_becomes_basic_credentials() {
+        for (url, bare, auth) in [
+            (
+                "http://alice:s3cret@h:1/x?y",
+                "http://h:1/x?y",
+                Some("Basic YWxpY2U6czNjcmV0"),
+            ),
+            // Percent-decoded, as curl does: `s3/c:r@t`.
+            (
+                "https://al%69ce:s3%2Fc%3Ar%40t@h/",
+                "https://h/",
+                Some("Basic YWxpY2U6czMvYzpyQHQ="),
+            ),
+            ("http://bob@h/", "http://h/", Some("Basic Ym9iOg==")),
+            ("http://h:1/x", "http://h:1/x", None),
+        ] {
+            let (uri, header) = basic_auth(&parse_webhook_url(url).unwrap());
+            assert_eq!(uri.to_string(), bare, "{url}");
+            assert_eq!(header.as_ref().map(|h| h.to_str().unwrap()), auth, "{url}");
+            assert!(header.is_none_or(|h| h.is_sensitive()));
+        }
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0xff, 0xfe, 0xfd, 0]), "//79AA==");
+        assert_eq!(percent_decode("%zz%4"), b"%zz%4");
     }
 
     #[test]

@@ -665,3 +665,51 @@ async fn a_command_that_exits_leaving_a_background_job_succeeds_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A webhook URL's `user:password@` is sent as `Authorization: Basic …` (hyper's client
+/// drops user info: every alert was refused 401), and the request names no user info.
+#[tokio::test]
+async fn a_webhook_urls_user_info_is_sent_as_basic_credentials() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(tx): State<mpsc::UnboundedSender<(String, String)>>,
+                 headers: axum::http::HeaderMap| async move {
+                    let header = |name| {
+                        headers
+                            .get(name)
+                            .map_or("", |v| v.to_str().unwrap())
+                            .to_owned()
+                    };
+                    let (auth, host) = (header("authorization"), header("host"));
+                    let ok = auth == "Basic YWxpY2U6czMvY3JldA==";
+                    let _ = tx.send((auth, host));
+                    if ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::UNAUTHORIZED
+                    }
+                },
+            ),
+        )
+        .with_state(tx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let metrics = Arc::new(Metrics::new("test"));
+    // `alice:s3/cret`, its `/` percent-encoded.
+    let url = format!("http://alice:s3%2Fcret@{addr}/hook");
+    let alerter = Alerter::new(AlertConfig::new().webhook(url), metrics.clone()).unwrap();
+    alerter.send(crash("worker 0 crashed"));
+    assert!(alerter.flush(LIMIT).await);
+    let (auth, host) = rx.try_recv().expect("the alert reached the receiver");
+    assert_eq!(auth, "Basic YWxpY2U6czMvY3JldA==");
+    assert_eq!(host, addr.to_string());
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_sent_total{sink="webhook"}"#),
+        1.0
+    );
+}
