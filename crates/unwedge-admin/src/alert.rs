@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
+use http::{HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -234,7 +234,15 @@ pub enum AlertError {
 }
 
 /// Where alerts go and how hard to try.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows the webhook and the command as logs do, without what may be a
+/// credential:
+///
+/// ```
+/// let c = unwedge_admin::AlertConfig::new().webhook("https://bob:s3cr3t@h/s3cr3t");
+/// assert!(!format!("{c:?}").contains("s3cr3t"));
+/// ```
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct AlertConfig {
     /// `--alert-webhook URL`: POST the JSON event (`https://` needs the `https` feature).
@@ -253,7 +261,8 @@ pub struct AlertConfig {
     pub backoff: Duration,
     /// Timeout of one webhook attempt, response included (default 5 s).
     pub webhook_timeout: Duration,
-    /// The exec command is killed (its whole process group) after this (default 10 s).
+    /// The exec command is killed (its whole process group) if `sh` has not exited after this
+    /// (default 10 s). Jobs it left in the background when it exited are not waited for.
     pub exec_timeout: Duration,
     /// Events waiting for delivery, in the queue [`Alerter::send`] fills and then in each
     /// sink's backlog; more are dropped (default 64). Urgent events
@@ -279,6 +288,24 @@ impl Default for AlertConfig {
             queue: 64,
             max_in_flight: 4,
         }
+    }
+}
+
+impl fmt::Debug for AlertConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertConfig")
+            .field("webhook", &self.webhook.as_deref().map(shown_url))
+            .field("exec", &self.exec.as_deref().map(shown_command))
+            .field("dedupe_window", &self.dedupe_window)
+            .field("rate_limit", &self.rate_limit)
+            .field("rate_period", &self.rate_period)
+            .field("retries", &self.retries)
+            .field("backoff", &self.backoff)
+            .field("webhook_timeout", &self.webhook_timeout)
+            .field("exec_timeout", &self.exec_timeout)
+            .field("queue", &self.queue)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
     }
 }
 
@@ -364,6 +391,76 @@ pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
     Ok(uri)
 }
 
+/// `uri` without its user info, and the `Authorization: Basic base64(user:password)` header
+/// value its user info makes (percent-decoded, as curl sends it; marked sensitive), if it has
+/// some.
+fn basic_auth(uri: &Uri) -> (Uri, Option<HeaderValue>) {
+    let Some((userinfo, host_port)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@'))
+    else {
+        return (uri.clone(), None);
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let mut credentials = percent_decode(user);
+    credentials.push(b':');
+    credentials.extend(percent_decode(password));
+    let mut value = HeaderValue::try_from(format!("Basic {}", base64(&credentials)))
+        .expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    let mut parts = uri.clone().into_parts();
+    parts.authority = Some(
+        host_port
+            .parse()
+            .expect("the host and port of a valid authority are one"),
+    );
+    let uri = Uri::from_parts(parts).expect("the same URI without its user info is valid");
+    (uri, Some(value))
+}
+
+/// `text` with each `%XX` replaced by the byte it stands for (one not followed by two hex
+/// digits is kept as it is).
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
+            .flatten();
+        match escaped {
+            Some((high, low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64 (RFC 4648, padded), as `Basic` credentials are written.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// What an error may quote of webhook URL `url`, which may not parse: its scheme, host and
 /// port; user info, path, query and fragment are each replaced by `…`. In a URL that does not
 /// parse, user info may hold any character (`/`, `?`, `@`): everything up to the last `@` is
@@ -444,6 +541,11 @@ impl Alerter {
             .as_deref()
             .map(parse_webhook_url)
             .transpose()?;
+        // hyper's client sends no user info: it becomes an `Authorization` header.
+        let (webhook, webhook_auth) = match webhook.map(|uri| basic_auth(&uri)) {
+            Some((uri, auth)) => (Some(uri), auth),
+            None => (None, None),
+        };
         if let Some(cmd) = &config.exec {
             if cmd.trim().is_empty() {
                 return Err(AlertError::EmptyExec);
@@ -459,6 +561,7 @@ impl Alerter {
         });
         let sinks = Arc::new(Sinks {
             webhook,
+            webhook_auth,
             exec: config.exec.clone(),
             client,
             metrics: metrics.clone(),
@@ -514,7 +617,9 @@ impl Alerter {
     /// For the supervisor's exit: [`flush`](Self::flush) for at most `timeout`; then the
     /// `--alert-exec` commands still running are killed (each one's process group) and reaped,
     /// and no more are started, so that none is left behind, re-parented to init, once the
-    /// supervisor is gone. Returns `false` if alerts were still being delivered.
+    /// supervisor is gone. A command whose `sh` already exited is done: jobs it left in the
+    /// background on purpose (`curl … &`) are not killed. Returns `false` if alerts were still
+    /// being delivered.
     pub async fn close(&self, timeout: Duration) -> bool {
         if self.flush(timeout).await {
             return true;
@@ -527,7 +632,10 @@ impl Alerter {
 }
 
 struct Sinks {
+    /// The webhook's URL, without its user info.
     webhook: Option<Uri>,
+    /// `Authorization: Basic …` made of the webhook URL's user info, if it had some.
+    webhook_auth: Option<HeaderValue>,
     exec: Option<String>,
     client: WebClient,
     metrics: Arc<Metrics>,
@@ -832,7 +940,11 @@ impl Sinks {
                 tokio::time::sleep(delay).await;
                 delay = delay.saturating_mul(2);
             }
-            let req = Request::post(uri.clone())
+            let mut req = Request::post(uri.clone());
+            if let Some(auth) = &self.webhook_auth {
+                req = req.header(http::header::AUTHORIZATION, auth.clone());
+            }
+            let req = req
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .header(
                     http::header::USER_AGENT,
@@ -847,8 +959,7 @@ impl Sinks {
                     .await
                     .map_err(|e| error_chain(&e, &uri))?;
                 let status = resp.status();
-                // Read the body so the connection can be reused.
-                let _ = resp.into_body().collect().await;
+                discard_answer(resp.into_body()).await;
                 Ok::<StatusCode, String>(status)
             })
             .await;
@@ -903,6 +1014,69 @@ fn shown_command(cmd: &str) -> String {
     }
 }
 
+/// How much of a webhook's answer is read (and thrown away): only its status is used.
+const WEBHOOK_ANSWER_READ: usize = 16 * 1024;
+
+/// How long an `--alert-exec` command's stderr is still read once `sh` exited: a job left
+/// in the background may hold it open for ever.
+const STDERR_GRACE: Duration = Duration::from_millis(200);
+
+/// How much of an `--alert-exec` command's stderr is kept: its end, for the last line.
+const STDERR_KEPT: usize = 4 * 1024;
+
+/// Reads and drops a webhook's answer, at most [`WEBHOOK_ANSWER_READ`] bytes of it: a short
+/// answer is read to its end so that the connection can be reused; a longer one is left
+/// unread, and dropping `body` then closes the connection, so the supervisor never holds
+/// (nor waits for) a body of any size.
+async fn discard_answer(mut body: hyper::body::Incoming) {
+    let mut read = 0;
+    while read <= WEBHOOK_ANSWER_READ {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
+/// The end of a stream: the last `keep` bytes written to it.
+#[derive(Debug)]
+struct Tail {
+    buf: VecDeque<u8>,
+    keep: usize,
+}
+
+impl Tail {
+    fn new(keep: usize) -> Self {
+        Tail {
+            buf: VecDeque::with_capacity(keep),
+            keep,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let bytes = &bytes[bytes.len().saturating_sub(self.keep)..];
+        let over = (self.buf.len() + bytes.len()).saturating_sub(self.keep);
+        self.buf.drain(..over);
+        self.buf.extend(bytes);
+    }
+
+    /// Reads `from` to its end (or its first error), keeping the last bytes only: the
+    /// writer is never blocked on a full pipe, and no amount of output grows memory.
+    async fn drain(&mut self, mut from: impl tokio::io::AsyncRead + Unpin) {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n @ 1..) = from.read(&mut chunk).await {
+            self.push(&chunk[..n]);
+        }
+    }
+
+    /// The last line kept, trimmed.
+    fn last_line(&self) -> String {
+        let (a, b) = self.buf.as_slices();
+        let text = String::from_utf8_lossy(&[a, b].concat()).into_owned();
+        text.lines().last().unwrap_or("").trim().to_owned()
+    }
+}
+
 /// `scheme://host:port` of a webhook URL, what logs may show of it: its path and query (for
 /// Slack-style hooks, the credential) and any user info are left out.
 fn origin(uri: &Uri) -> String {
@@ -936,7 +1110,9 @@ fn error_chain(error: &(dyn std::error::Error + 'static), uri: &Uri) -> String {
 }
 
 /// Runs `sh -c CMD` in its own process group with the event on stdin; kills the group on
-/// timeout, or when `commands` says the supervisor is exiting, and reaps it.
+/// timeout, or when `commands` says the supervisor is exiting, and reaps it. Once `sh`
+/// exited, its exit status is the result: jobs it left running in the background are left
+/// alone.
 async fn run_exec(
     cmd: &str,
     event: &AlertEvent,
@@ -964,14 +1140,24 @@ async fn run_exec(
     let pid = child.id();
     let json = serde_json::to_vec(event).expect("event serializes");
     let mut stdin = child.stdin.take().expect("stdin piped");
-    let mut stderr = child.stderr.take().expect("stderr piped");
-    let run = async {
-        // A command that does not read its stdin is fine: ignore EPIPE.
+    let stderr = child.stderr.take().expect("stderr piped");
+    // A command that does not read its stdin is fine: ignore EPIPE.
+    let mut feed = Box::pin(async move {
         let _ = stdin.write_all(&json).await;
-        drop(stdin);
-        let mut err = Vec::new();
-        let (status, _) = tokio::join!(child.wait(), stderr.read_to_end(&mut err));
-        status.map(|s| (s, err))
+    });
+    let mut err = Tail::new(STDERR_KEPT);
+    let mut drain = Box::pin(err.drain(stderr));
+    let (mut fed, mut drained) = (false, false);
+    // Until `sh` exits, not until its stderr closes: a job it left in the background
+    // (`curl … &`) may hold stderr open long after.
+    let exited = async {
+        loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                () = &mut feed, if !fed => fed = true,
+                () = &mut drain, if !drained => drained = true,
+            }
+        }
     };
     // An alerter dropped without `close` kills nothing: that wait never ends.
     let exiting = async {
@@ -979,30 +1165,39 @@ async fn run_exec(
             std::future::pending::<()>().await;
         }
     };
-    let why = tokio::select! {
-        ended = tokio::time::timeout(timeout, run) => match ended {
-            Ok(Ok((status, _))) if status.success() => return Ok(()),
-            Ok(Ok((status, err))) => {
-                let stderr = String::from_utf8_lossy(&err);
-                return Err(format!(
-                    "{status}: {}",
-                    stderr.lines().last().unwrap_or("").trim()
-                ));
-            }
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => format!("timed out after {timeout:?}, killed"),
-        },
-        () = exiting => "still running at the supervisor's exit, killed".to_owned(),
+    let ended = tokio::select! {
+        ended = tokio::time::timeout(timeout, exited) => {
+            ended.map_err(|_| format!("timed out after {timeout:?}, killed"))
+        }
+        () = exiting => Err("still running at the supervisor's exit, killed".to_owned()),
     };
-    if let Some(pid) = pid
-        .and_then(|p| i32::try_from(p).ok())
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let status = match ended {
+        Ok(status) => status,
+        Err(why) => {
+            if let Some(pid) = pid
+                .and_then(|p| i32::try_from(p).ok())
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            // Reaped here rather than left to the runtime: the supervisor may exit right after.
+            let _ = tokio::time::timeout(KILLED_REAP_WAIT, child.wait()).await;
+            return Err(why);
+        }
+    };
+    drop(feed);
+    let status = status.map_err(|e| e.to_string())?;
+    // `sh` exited, its status decides: its stderr gets a moment to end (the last line of a
+    // failure), a background job holding it open is not waited for, nor killed.
+    if !drained {
+        let _ = tokio::time::timeout(STDERR_GRACE, &mut drain).await;
     }
-    // Reaped here rather than left to the runtime: the supervisor may exit right after.
-    let _ = tokio::time::timeout(KILLED_REAP_WAIT, child.wait()).await;
-    Err(why)
+    drop(drain);
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{status}: {}", err.last_line()))
+    }
 }
 
 /// One `--alert-exec` command running: counted in [`Commands::running`] until dropped.
@@ -1109,6 +1304,48 @@ mod tests {
         let e = Quoting(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         let text = error_chain(&e, &uri);
         assert_eq!(text, "cannot reach http://h:1/…: connection refused");
+    }
+
+    #[test]
+    fn a_webhook_urls_user_info_becomes_basic_credentials() {
+        for (url, bare, auth) in [
+            (
+                "http://alice:s3cret@h:1/x?y",
+                "http://h:1/x?y",
+                Some("Basic YWxpY2U6czNjcmV0"),
+            ),
+            // Percent-decoded, as curl does: `s3/c:r@t`.
+            (
+                "https://al%69ce:s3%2Fc%3Ar%40t@h/",
+                "https://h/",
+                Some("Basic YWxpY2U6czMvYzpyQHQ="),
+            ),
+            ("http://bob@h/", "http://h/", Some("Basic Ym9iOg==")),
+            ("http://h:1/x", "http://h:1/x", None),
+        ] {
+            let (uri, header) = basic_auth(&parse_webhook_url(url).unwrap());
+            assert_eq!(uri.to_string(), bare, "{url}");
+            assert_eq!(header.as_ref().map(|h| h.to_str().unwrap()), auth, "{url}");
+            assert!(header.is_none_or(|h| h.is_sensitive()));
+        }
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0xff, 0xfe, 0xfd, 0]), "//79AA==");
+        assert_eq!(percent_decode("%zz%4"), b"%zz%4");
+    }
+
+    #[test]
+    fn a_tail_keeps_the_last_bytes_only() {
+        let mut tail = Tail::new(8);
+        tail.push(b"abc");
+        tail.push(b"defghij");
+        assert_eq!(tail.buf.iter().copied().collect::<Vec<_>>(), b"cdefghij");
+        tail.push(&[b'x'; 100]);
+        tail.push(b"\nlast\n");
+        assert_eq!(tail.buf.len(), 8);
+        assert_eq!(tail.last_line(), "last");
     }
 
     use proptest::prelude::*;

@@ -852,8 +852,13 @@ impl PanicRecord {
     /// A message its worker cut (ending `…<truncated>` or `…`, or named in `truncated`) that
     /// ends inside a URL's authority keeps only its `scheme://…`: the end of a password is
     /// past the cut.
-    /// Every string of the report but the values of `request.headers` (the `message`,
-    /// `backtrace`, `location`, `thread`, `decision.reason`, a field unknown here) then has
+    /// `request.headers` may also be a list of `[name, value]` pairs or of
+    /// `{"name": …, "value": …}` objects (HAR, OpenTelemetry).
+    /// Anywhere in the report, at any depth, the value of a key that is a credential's name
+    /// (Go's `request.header`, `{"db": {"password": …}}`) and the `value` of an object whose
+    /// `name` or `key` is one become `<redacted>`, whatever their type but `null` and
+    /// booleans. Every other string of the report, header values included (the `message`,
+    /// `backtrace`, `location`, `thread`, `decision.reason`, a field unknown here), then has
     /// the value after each `Authorization`, `Proxy-Authorization`, `Cookie` or `Set-Cookie`
     /// name replaced by `[redacted]`, and the user info of each URL cut, as a stderr line
     /// has (see [`ExitRecord::redact`]): a worker's `panic!("{req:?}")` quotes
@@ -943,10 +948,20 @@ impl PanicRecord {
             }
             serde_json::Value::Array(pairs) => {
                 for pair in pairs.iter_mut() {
-                    if let Some([name, value, ..]) = pair.as_array_mut().map(Vec::as_mut_slice) {
-                        if let Some(name) = name.as_str() {
-                            one(name, value);
+                    match pair {
+                        serde_json::Value::Array(pair) => {
+                            if let [serde_json::Value::String(name), value, ..] = &mut pair[..] {
+                                one(name, value);
+                            }
                         }
+                        // HAR's and OpenTelemetry's `{"name": …, "value": …}`.
+                        serde_json::Value::Object(pair) => {
+                            let name = pair_name(pair).map(str::to_owned);
+                            if let (Some(name), Some(value)) = (name, pair_value(pair)) {
+                                one(&name, value);
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1109,17 +1124,22 @@ impl ExitRecord {
     }
 }
 
-/// Applies [`scrub_credentials`] to every string value of a report (keys are left as they
-/// are) but those of `request.headers`, which [`PanicRecord::redact`] handles by name: the
-/// `message` (a worker's `panic!("{req:?}")` prints its headers), `backtrace`, `location`,
-/// `thread`, `decision.reason`, and any field an unknown worker sends. Each string is scanned
-/// once; the walk uses its own stack (no recursion), so its cost is linear in the report's
-/// size whatever its depth. Returns whether anything was changed.
+/// Hides the credentials anywhere in a report, at any depth: the value of every key that is a
+/// credential's name ([`unwedge_redact::is_credential_name`]: `authorization`, `cookie`,
+/// `x-api-key`, `client_secret`, …), whatever its type (a string, Go's list of values, an
+/// object), becomes [`REDACTED`]; so does the `value` of an object that names a credential
+/// under `name` or `key` (a header as HAR and OpenTelemetry write it,
+/// `{"name": "Authorization", "value": "…"}`); and every other string (keys are left as they
+/// are) has [`scrub_credentials`] applied: the `message` (a worker's `panic!("{req:?}")`
+/// prints its headers), `backtrace`, `location`, `thread`, `decision.reason`, the values of
+/// `request.headers`, and any field an unknown worker sends. `null` and booleans are left:
+/// they are no credential. Each string is scanned once; the walk uses its own stack (no
+/// recursion), so its cost is linear in the report's size whatever its depth. Returns whether
+/// anything was changed.
 fn scrub_report_strings(report: &mut serde_json::Value) -> bool {
-    // 0: the report; 1: its `request`; 2: anything else.
     let mut changed = false;
-    let mut stack = vec![(report, 0u8)];
-    while let Some((value, level)) = stack.pop() {
+    let mut stack = vec![report];
+    while let Some(value) = stack.pop() {
         match value {
             serde_json::Value::String(s) => {
                 if let Some(scrubbed) = scrub_credentials(s) {
@@ -1127,13 +1147,17 @@ fn scrub_report_strings(report: &mut serde_json::Value) -> bool {
                     changed = true;
                 }
             }
-            serde_json::Value::Array(values) => stack.extend(values.iter_mut().map(|v| (v, 2))),
+            serde_json::Value::Array(values) => stack.extend(values.iter_mut()),
             serde_json::Value::Object(map) => {
+                let named_secret =
+                    pair_name(map).is_some_and(|n| unwedge_redact::is_credential_name(n.trim()));
                 for (key, v) in map.iter_mut() {
-                    match (level, key.as_str()) {
-                        (1, "headers") => {}
-                        (0, "request") => stack.push((v, 1)),
-                        _ => stack.push((v, 2)),
+                    let secret = unwedge_redact::is_credential_name(key.trim())
+                        || (named_secret && key.eq_ignore_ascii_case("value"));
+                    if secret {
+                        changed |= hide_value(v);
+                    } else {
+                        stack.push(v);
                     }
                 }
             }
@@ -1141,6 +1165,36 @@ fn scrub_report_strings(report: &mut serde_json::Value) -> bool {
         }
     }
     changed
+}
+
+/// The header name of an object that holds one header under keys of its own (`name` or
+/// `key`, any case, beside a `value`), as HAR and OpenTelemetry write headers.
+fn pair_name(pair: &serde_json::Map<String, serde_json::Value>) -> Option<&str> {
+    pair.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("name") || k.eq_ignore_ascii_case("key"))
+        .and_then(|(_, v)| v.as_str())
+}
+
+/// The `value` (any case) of a header object (see [`pair_name`]).
+fn pair_value(
+    pair: &mut serde_json::Map<String, serde_json::Value>,
+) -> Option<&mut serde_json::Value> {
+    pair.iter_mut()
+        .find(|(k, _)| k.eq_ignore_ascii_case("value"))
+        .map(|(_, v)| v)
+}
+
+/// Replaces a credential's value, whatever its type but `null` and booleans, by
+/// [`REDACTED`]; returns whether it changed.
+fn hide_value(value: &mut serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null | serde_json::Value::Bool(_) => false,
+        serde_json::Value::String(s) if s == REDACTED || s == "[redacted]" => false,
+        _ => {
+            *value = serde_json::Value::String(REDACTED.to_owned());
+            true
+        }
+    }
 }
 
 /// `line` with the value after each credential name replaced by `[redacted]`
@@ -1274,6 +1328,59 @@ mod tests {
             assert!(!clean_url(&mut v), "{clean}");
             assert_eq!(v, clean);
         }
+    }
+
+    /// Review: a report's headers in shapes other than `request.headers` {name: value} kept
+    /// their credentials: HAR's and OpenTelemetry's list of `{name, value}` objects, Go's
+    /// `request.header` field, a credential key deeper in any field, and a credential quoted
+    /// inside another header's value.
+    #[test]
+    fn credentials_in_every_header_shape_of_a_report_are_redacted() {
+        let report = serde_json::json!({
+            "message": "boom",
+            "request": {
+                "method": "GET", "path": "/a",
+                "headers": [
+                    {"name": "Authorization", "value": "Bearer LEAK1"},
+                    {"Name": "cookie", "Value": ["sid=LEAK2"]},
+                    {"name": "X-Thing", "value": "Authorization: Bearer LEAK6"},
+                    {"name": "accept", "value": "*/*"},
+                ],
+                "header": {"Authorization": ["Bearer LEAK3"], "Cookie": ["sid=LEAK4"],
+                    "Accept": ["*/*"]},
+            },
+            "context": {"db": {"password": "LEAK7", "user": "app", "tls": true},
+                "upstream": [{"key": "X-Api-Key", "value": "LEAK8"}],
+                "session": {"Set-Cookie": {"sid": "LEAK9"}, "client_secret": 12345},
+                "token_expired": false, "csrf_token": null},
+        });
+        let r = PanicRecord::new(None, report);
+        let text = serde_json::to_string(&r.report).unwrap();
+        assert!(!text.contains("LEAK"), "{text}");
+        assert_eq!(
+            r.report["request"]["headers"],
+            serde_json::json!([
+                {"name": "Authorization", "value": "<redacted>"},
+                {"Name": "cookie", "Value": "<redacted>"},
+                {"name": "X-Thing", "value": "Authorization: [redacted]"},
+                {"name": "accept", "value": "*/*"},
+            ])
+        );
+        assert_eq!(
+            r.report["request"]["header"],
+            serde_json::json!({"Authorization": "<redacted>", "Cookie": "<redacted>",
+                "Accept": ["*/*"]})
+        );
+        assert_eq!(
+            r.report["context"],
+            serde_json::json!({"db": {"password": "<redacted>", "user": "app", "tls": true},
+                "upstream": [{"key": "X-Api-Key", "value": "<redacted>"}],
+                "session": {"Set-Cookie": "<redacted>", "client_secret": "<redacted>"},
+                "token_expired": false, "csrf_token": null})
+        );
+        // Read back and redacted again: as it is.
+        let mut again = r.clone();
+        assert!(!again.redact());
     }
 
     /// Go's `http.Header` as JSON: a list of values for each name (found by
@@ -1628,6 +1735,40 @@ mod tests {
     #[test]
     fn credentials_in_header_lines_and_key_value_logs_are_scrubbed() {
         for (line, want) in [
+            // Review: a header as an object (the key `value` was hidden, not the cookie), a
+            // Rust `Debug` of one, tab- and blank-separated dumps.
+            (
+                r#"{"name":"Cookie","value":"sid=S12"}"#,
+                r#"{"name":"Cookie","value":"[redacted]"}"#,
+            ),
+            (
+                r#"[{"name": "Authorization", "value": "Bearer S1"}, {"name": "host", "value": "h"}]"#,
+                r#"[{"name": "Authorization", "value": "[redacted]"}, {"name": "host", "value": "h"}]"#,
+            ),
+            (
+                r#"{"msg":"h {\"name\":\"cookie\",\"value\":\"sid=S\"}"}"#,
+                r#"{"msg":"h {\"name\":\"cookie\",\"value\":\"[redacted]\"}"}"#,
+            ),
+            (
+                r#"Header { name: "authorization", value: "Bearer S11" }"#,
+                r#"Header { name: "authorization", value: "[redacted]" }"#,
+            ),
+            ("authorization\tBearer S15", "authorization\t[redacted]"),
+            ("cookie\tsid=S", "cookie\t[redacted]"),
+            (
+                "request: Authorization Bearer S08",
+                "request: Authorization [redacted]",
+            ),
+            (
+                "proxy-authorization basic dXNlcjpw",
+                "proxy-authorization [redacted]",
+            ),
+            // Prose stays.
+            (
+                "missing authorization header",
+                "missing authorization header",
+            ),
+            ("the cookie jar is empty", "the cookie jar is empty"),
             (
                 "Authorization: Bearer sk_live_abc",
                 "Authorization: [redacted]",

@@ -515,3 +515,201 @@ async fn urgent_alerts_get_through_a_spent_rate_limit_and_a_full_queue() {
         .unwrap();
     assert_eq!(got["event"]["kind"], "gave_up");
 }
+
+/// A webhook that answers 200 with a body of `cap` bytes and more announced; returns its URL
+/// and, once the connection is over, how many body bytes it got written before the client
+/// hung up (`cap` when the client read all of them).
+async fn endless_answer(cap: usize) -> (String, tokio::sync::oneshot::Receiver<usize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        // The request: its head, then the Content-Length it announced.
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        let body_start = loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended early");
+            req.extend_from_slice(&buf[..n]);
+            if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&req[..body_start]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .expect("a Content-Length")
+            .trim()
+            .parse()
+            .unwrap();
+        while req.len() < body_start + length {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request body ended early");
+            req.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n")
+            .await
+            .unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut written = 0;
+        while written < cap {
+            match conn.write(&chunk).await {
+                Ok(n) if n > 0 => written += n,
+                _ => break,
+            }
+        }
+        let _ = tx.send(written.min(cap));
+    });
+    (url, rx)
+}
+
+/// Only a webhook answer's status is used: a huge body is not read, let alone held.
+#[tokio::test]
+async fn a_huge_webhook_answer_is_not_read() {
+    // Far more than a loopback connection's socket buffers can absorb.
+    const CAP: usize = 64 << 20;
+    let (url, written) = endless_answer(CAP).await;
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut config = AlertConfig::new().webhook(url);
+    config.webhook_timeout = Duration::from_secs(600);
+    config.retries = 0;
+    let alerter = Alerter::new(config, metrics.clone()).unwrap();
+    alerter.send(crash("worker 0 crashed"));
+    assert!(alerter.flush(LIMIT).await, "the delivery finished");
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_sent_total{sink="webhook"}"#),
+        1.0
+    );
+    let written = tokio::time::timeout(LIMIT, written)
+        .await
+        .expect("the receiver saw the client hang up")
+        .unwrap();
+    assert!(
+        written < CAP,
+        "the client read the whole {written}-byte answer"
+    );
+}
+
+/// The peak resident memory of this process (nextest runs each test in its own), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    kb * 1024
+}
+
+/// A command writing 100 MB to stderr: read to its end, its last line kept, none of it held.
+#[tokio::test]
+async fn a_command_writing_a_flood_to_stderr_is_read_in_bounded_memory() {
+    let before = peak_rss();
+    let metrics = Arc::new(Metrics::new("test"));
+    let alerter = Alerter::new(
+        AlertConfig::new().exec("head -c 100000000 /dev/zero >&2; echo done >&2; exit 4"),
+        metrics.clone(),
+    )
+    .unwrap();
+    let t = Instant::now();
+    alerter.send(crash("worker 0 crashed"));
+    assert!(alerter.flush(LIMIT).await);
+    assert!(
+        t.elapsed() < Duration::from_secs(9),
+        "the command's stderr was not drained: it hit the 10 s timeout"
+    );
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_failed_total{sink="exec"}"#),
+        1.0
+    );
+    let grew = peak_rss().saturating_sub(before);
+    assert!(grew < 32 << 20, "peak RSS grew by {grew} bytes");
+}
+
+/// A command that exits 0 leaving a job in the background, which keeps its stderr open: it
+/// succeeded when `sh` exited, and its job is not killed.
+#[tokio::test]
+async fn a_command_that_exits_leaving_a_background_job_succeeds_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut config =
+        AlertConfig::new().exec(format!("(sleep 4; touch '{}') & exit 0", done.display()));
+    config.exec_timeout = Duration::from_secs(3);
+    let alerter = Alerter::new(config, metrics.clone()).unwrap();
+    let t = Instant::now();
+    alerter.send(crash("worker 0 crashed"));
+    assert!(alerter.flush(LIMIT).await);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "waited {:?} for the background job's stderr",
+        t.elapsed()
+    );
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_sent_total{sink="exec"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_failed_total{sink="exec"}"#),
+        0.0
+    );
+    // Nor is the job killed at the exit.
+    assert!(alerter.close(Duration::from_secs(1)).await);
+    let deadline = Instant::now() + LIMIT;
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "the background job was killed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A webhook URL's `user:password@` is sent as `Authorization: Basic …` (hyper's client
+/// drops user info: every alert was refused 401), and the request names no user info.
+#[tokio::test]
+async fn a_webhook_urls_user_info_is_sent_as_basic_credentials() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State(tx): State<mpsc::UnboundedSender<(String, String)>>,
+                 headers: axum::http::HeaderMap| async move {
+                    let header = |name| {
+                        headers
+                            .get(name)
+                            .map_or("", |v| v.to_str().unwrap())
+                            .to_owned()
+                    };
+                    let (auth, host) = (header("authorization"), header("host"));
+                    let ok = auth == "Basic YWxpY2U6czMvY3JldA==";
+                    let _ = tx.send((auth, host));
+                    if ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::UNAUTHORIZED
+                    }
+                },
+            ),
+        )
+        .with_state(tx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let metrics = Arc::new(Metrics::new("test"));
+    // `alice:s3/cret`, its `/` percent-encoded.
+    let url = format!("http://alice:s3%2Fcret@{addr}/hook");
+    let alerter = Alerter::new(AlertConfig::new().webhook(url), metrics.clone()).unwrap();
+    alerter.send(crash("worker 0 crashed"));
+    assert!(alerter.flush(LIMIT).await);
+    let (auth, host) = rx.try_recv().expect("the alert reached the receiver");
+    assert_eq!(auth, "Basic YWxpY2U6czMvY3JldA==");
+    assert_eq!(host, addr.to_string());
+    assert_eq!(
+        metric(&metrics, r#"unwedge_alerts_sent_total{sink="webhook"}"#),
+        1.0
+    );
+}

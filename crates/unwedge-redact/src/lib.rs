@@ -625,8 +625,10 @@ fn bearer_token(bytes: &[u8], lower: &[u8], at: usize) -> Option<(usize, usize)>
 /// Where the value after a credential name is in `rest`, what follows the name: an optional
 /// closing quote (or `]`: PHP's `[HTTP_COOKIE] => …`), `:`, `=` or `=>` (Ruby's and PHP's;
 /// a CGI or Rack name, `HTTP_AUTHORIZATION`, `HTTP_COOKIE`, is the name after its `_`) (or
-/// `,` after a quoted name: a Python pair,
-/// `('authorization', 'Bearer x')`), then a quoted string (a bytes literal `b'…'` too; in a
+/// `,` after a quoted name: a Python pair, `('authorization', 'Bearer x')`, or a header
+/// object, `{"name":"Cookie","value":"…"}`, where the value is after the key that follows;
+/// or blanks holding a tab, or before an authorization scheme: `authorization<TAB>…`,
+/// `Authorization Bearer …`), then a quoted string (a bytes literal `b'…'` too; in a
 /// list, `["a=1", "id=x"]` as Go's `http.Header` marshals, every value of it) or the text up to
 /// the next `"` (see [`unquoted_end`]). `None` when no separator follows, or the value is
 /// empty.
@@ -648,15 +650,24 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
     if i == 0 && rest.first() == Some(&b']') {
         i += 1;
     }
+    let blanks = i;
     i = skip_blanks(i);
+    // Blanks alone separate the value when they hold a tab (a tab-separated dump,
+    // `authorization<TAB>Bearer …`) or an authorization scheme follows them
+    // (`Authorization Bearer …`).
+    let blank_separated =
+        i > blanks && (rest[blanks..i].contains(&b'\t') || starts_with_auth_scheme(&rest[i..]));
     match rest.get(i) {
         // Ruby's `=>` (a Rack env's `"HTTP_AUTHORIZATION"=>"…"`) and PHP's ` => `.
-        Some(b'=') if rest.get(i + 1) == Some(&b'>') => i += 1,
-        Some(b':' | b'=') => {}
-        Some(b',') if quoted_name => {}
+        Some(b'=') if rest.get(i + 1) == Some(&b'>') => i = skip_blanks(i + 2),
+        Some(b':' | b'=') => i = skip_blanks(i + 1),
+        // A pair: `("authorization", "…")`, or a header as an object with the name and the
+        // value each under a key of its own (`{"name":"Cookie","value":"…"}`, Rust's
+        // `Header { name: "cookie", value: "…" }`): then the value is after that key.
+        Some(b',') if quoted_name => i = after_key(rest, skip_blanks(i + 1)),
+        Some(_) if blank_separated => {}
         _ => return None,
     }
-    i = skip_blanks(i + 1);
     // Already hidden (a report read back and scrubbed again): as it is, not `[[redacted]`.
     let at_value = rest[i.min(rest.len())..]
         .strip_prefix(b"\"".as_slice())
@@ -710,6 +721,49 @@ fn value_after(rest: &[u8]) -> Option<(usize, usize)> {
         (end, next) = (e, n);
     }
     (end > start).then_some((start, end))
+}
+
+/// Whether `s` starts with an HTTP authorization scheme (any case) and a blank, then more.
+fn starts_with_auth_scheme(s: &[u8]) -> bool {
+    ["bearer", "basic", "digest", "negotiate", "ntlm", "token"]
+        .iter()
+        .any(|scheme| {
+            s.len() > scheme.len() + 1
+                && s[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+                && matches!(s[scheme.len()], b' ' | b'\t')
+                && !matches!(s[scheme.len() + 1], b' ' | b'\t')
+        })
+}
+
+/// `i`, or past the key at `i` of `rest` and its `:`, `=` or `=>` (and blanks) when a key is
+/// there: a quoted string or a word followed by one of those.
+fn after_key(rest: &[u8], i: usize) -> usize {
+    let end = match quoted_at(rest, i) {
+        Some((_, _, next)) => next,
+        None => {
+            i + rest[i..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                .count()
+        }
+    };
+    if end == i {
+        return i;
+    }
+    let k = end
+        + rest[end.min(rest.len())..]
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+    let past = match rest.get(k) {
+        Some(b'=') if rest.get(k + 1) == Some(&b'>') => k + 2,
+        Some(b':' | b'=') => k + 1,
+        _ => return i,
+    };
+    past + rest[past.min(rest.len())..]
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count()
 }
 
 /// Where a value that is not quoted ends in `s`: at the first `"` (which closes the string the
