@@ -375,8 +375,11 @@ impl<T: Clone> Tx<T> {
         let out = match panic::catch_unwind(AssertUnwindSafe(|| f(&mut copy))) {
             Ok(out) => out,
             Err(payload) => {
-                drop(attempt); // records the rollback
+                // The copy first, while this thread still marks the `Tx` as its own: a `Drop`
+                // that updates the same `Tx` then panics as a nested update (it would wait for
+                // this very update otherwise). The attempt records the rollback either way.
                 drop(copy);
+                drop(attempt);
                 panic::resume_unwind(payload)
             }
         };
@@ -571,6 +574,7 @@ mod writer_waits {
         ensure_watch();
         let handle = std::thread::current();
         let mut all = waiting();
+        let was_empty = all.is_empty();
         // Follow the chain: who holds `tx`, what that thread waits for, who holds that, …
         // (a Tx waited for, the thread holding it)
         let mut chain: Vec<(&str, &Waiting)> = Vec::new();
@@ -613,7 +617,10 @@ mod writer_waits {
             wedged: None,
         });
         drop(all);
-        BEGUN.notify_all();
+        // The watch sleeps without a timeout only while nothing waits.
+        if was_empty {
+            BEGUN.notify_all();
+        }
         Registered(me)
     }
 }

@@ -14,8 +14,8 @@ use crate::panic::context;
 
 mod waits;
 
-use waits::{check_limit, relock};
 pub(crate) use waits::LockInfo;
+use waits::{check_limit, relock};
 #[cfg(not(unwedge_loom))] // for `Tx`'s writer-wait watch
 pub(crate) use waits::{default_wait_limit, round_ms};
 

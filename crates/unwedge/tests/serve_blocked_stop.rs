@@ -83,6 +83,7 @@ fn maybe_worker() {
         None => {}
         Some("crash-returns") => worker(2, false),
         Some("spawn-blocking") => worker_blocking(2, true, true),
+        Some("carry-on") => carry_on(),
         Some(threads) => worker(threads.parse().unwrap(), true),
     }
 }
@@ -171,6 +172,53 @@ fn a_stop_with_a_handler_waiting_for_spawn_blocking_work_still_exits() {
         "{log}"
     );
     assert!(!log.contains("TEST: runtime dropped"), "{log}");
+}
+
+/// The worker of [`a_program_going_on_after_dropping_its_runtime_is_left_alone`]: `/block`
+/// awaits for two minutes (cancellable), and after `serve()` returns the program drops its
+/// runtime and goes on for 7 s, then exits with 3.
+fn carry_on() -> ! {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let app = Router::new().route(
+        "/block",
+        get(|| async {
+            eprintln!("TEST: blocking now");
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            "done"
+        }),
+    );
+    let outcome = rt.block_on(unwedge::Server::new().serve(app));
+    eprintln!("TEST: serve returned {outcome:?}");
+    drop(rt);
+    eprintln!("TEST: runtime dropped");
+    // Past the backstop's 2 s after `serve()` returned, and its 2 s of watching after that.
+    std::thread::sleep(Duration::from_secs(7));
+    eprintln!("TEST: went on");
+    std::process::exit(3)
+}
+
+/// Requests abandoned at the drain deadline, then a program that drops its runtime (at once:
+/// nothing blocks it) and goes on: the exit backstop leaves it alone (review: it took the
+/// finished drop for one stuck on blocking work and exited 0 two seconds later).
+#[test]
+fn a_program_going_on_after_dropping_its_runtime_is_left_alone() {
+    maybe_worker();
+    let (code, log) = stop_while_blocked_by(
+        "a_program_going_on_after_dropping_its_runtime_is_left_alone",
+        "carry-on",
+        |_, w| w.sigterm(),
+    );
+    assert_eq!(code, 3, "{log}");
+    assert!(log.contains("TEST: runtime dropped"), "{log}");
+    assert!(log.contains("TEST: went on"), "{log}");
 }
 
 /// The only runtime thread blocked: `serve()` never even sees the signal. The watchdog

@@ -141,3 +141,81 @@ async fn the_connection_limit_is_shared_by_the_listeners_not_held_by_an_idle_one
         .unwrap();
     assert!(matches!(outcome, Outcome::Stopped), "{outcome:?}");
 }
+
+/// Two servers in one process: stopping one leaves the other's answers kept alive (review: a
+/// process-wide count of stopping servers made every HTTP/1 answer of the other say
+/// `Connection: close`, for good when the stopped one left a connection behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_one_server_leaves_the_others_answers_kept_alive() {
+    let la = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lb = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    // A's request in flight holds A's drain until released.
+    let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let hold = Arc::new(std::sync::Mutex::new(Some((entered_tx, released))));
+    let app_a = Router::new().route(
+        "/hold",
+        get(move || {
+            let hold = hold.lock().unwrap().take();
+            async move {
+                let (entered, released) = hold.expect("one /hold");
+                entered.send(()).unwrap();
+                let _ = released.await;
+                "held"
+            }
+        }),
+    );
+    let app_b = Router::new().route("/", get(|| async { "hello" }));
+    let (stop_a, stopped_a) = tokio::sync::oneshot::channel::<()>();
+    let (stop_b, stopped_b) = tokio::sync::oneshot::channel::<()>();
+    let server = |l, stopped: tokio::sync::oneshot::Receiver<()>| {
+        Server::new()
+            .listener(l)
+            .shutdown_on(async {
+                let _ = stopped.await;
+            })
+            .exit_on_crash(false)
+    };
+    let server_a = tokio::spawn(server(la, stopped_a).serve(app_a));
+    let server_b = tokio::spawn(server(lb, stopped_b).serve(app_b));
+    let held = tokio::spawn(get_text(a, "/hold"));
+    entered.await.unwrap();
+    stop_a.send(()).unwrap();
+    // A is draining (it stops, then says so).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while unwedge::health().state != HealthState::Draining {
+        assert!(std::time::Instant::now() < deadline, "A never drained");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // B's answer on a kept-alive connection, while A drains.
+    let mut s = TcpStream::connect(b).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"hello") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("B answers")
+            .unwrap();
+        assert!(n > 0, "B closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(
+        !text.contains("connection: close"),
+        "stopping A closed B's connection:\n{text}"
+    );
+    release.send(()).unwrap();
+    assert!(held.await.unwrap().ends_with("held"));
+    let outcome = tokio::time::timeout(Duration::from_secs(30), server_a)
+        .await
+        .expect("A returns")
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Stopped), "{outcome:?}");
+    stop_b.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(30), server_b).await;
+}

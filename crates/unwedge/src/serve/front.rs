@@ -189,7 +189,7 @@ where
         let close = match (req.version() <= http::Version::HTTP_11, stopping) {
             (false, _) => Close::Never, // HTTP/2: hyper's GOAWAY does it
             (true, true) => Close::Always,
-            (true, false) => Close::OnCrashError,
+            (true, false) => Close::OnCrashError(self.calls.stop.id()),
         };
         if self.health_routes && matches!(*req.method(), http::Method::GET | http::Method::HEAD) {
             // A proxy on this host connects from loopback for clients anywhere: a request it
@@ -322,9 +322,10 @@ enum Close {
     Never,
     /// An HTTP/1 request that came while `serve()` was stopping (shutdown or a crash began).
     Always,
-    /// An HTTP/1 request: close if it is answered once a `serve()` is stopping, or with an
-    /// error once a crash is requested (the panicking request's `500`).
-    OnCrashError,
+    /// An HTTP/1 request: close if it is answered once its `serve()` (the one whose stop
+    /// signal has this id) is stopping, or with an error once a crash is requested (the
+    /// panicking request's `500`).
+    OnCrashError(u64),
 }
 
 impl Close {
@@ -335,8 +336,8 @@ impl Close {
             // A drain that began while the request ran: the connection closes after its
             // grace, so a client must not reuse it (hyper's graceful shutdown marks only the
             // answers it sees after the grace).
-            Close::OnCrashError => {
-                super::stop::any_stopping()
+            Close::OnCrashError(serve) => {
+                super::stop::is_stopping(serve)
                     || (res.status().is_server_error() && health::crash_reason().is_some())
             }
         };

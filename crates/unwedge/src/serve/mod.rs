@@ -1043,11 +1043,11 @@ impl Server {
         // holding connections on purpose): the idle close and the drain shut an HTTP/2
         // connection down gracefully, which waits for the peer to acknowledge a PING, and
         // without these such a peer kept its connection (and its connection slot) for ever.
-        // A peer silent for a ping interval (the idle timeout, 30 s at most) that does not
-        // answer within the same time (20 s at most) is disconnected.
+        // A peer silent for a ping interval (the idle timeout, between 1 s and 30 s) that does
+        // not answer within the same time (20 s at most) is disconnected.
         let ping = idle_timeout
             .unwrap_or(DEFAULT_IDLE_TIMEOUT)
-            .min(DEFAULT_IDLE_TIMEOUT);
+            .clamp(Duration::from_secs(1), DEFAULT_IDLE_TIMEOUT);
         builder
             .http2()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -1279,8 +1279,9 @@ const EXIT_BACKSTOP: Duration = Duration::from_secs(2);
 /// A request waiting for work it handed to the blocking pool (`spawn_blocking`) is in no poll,
 /// yet dropping the runtime waits for that work too. So the thread then watches the runtime
 /// for up to [`RUNTIME_WATCH`]: once its drop has begun (a task spawned on it is cancelled at
-/// once) and the process still runs [`EXIT_BACKSTOP`] later, it exits the same way. A program
-/// that goes on after `serve()` returned, its runtime alive, is left alone.
+/// once) and has not finished (threads of the runtime, known by tokio's default thread name,
+/// still run) [`EXIT_BACKSTOP`] later, it exits the same way. A program that goes on after
+/// `serve()` returned, with its runtime alive or after dropping it, is left alone.
 fn exit_backstop(tracker: Arc<Tracker>, crashing: bool) {
     let runtime = tokio::runtime::Handle::current();
     let code = if crashing { EXIT_CRASH } else { 0 };
@@ -1315,7 +1316,10 @@ fn exit_backstop(tracker: Arc<Tracker>, crashing: bool) {
             let mut dropping_since: Option<Instant> = None;
             while Instant::now() < watch_until {
                 std::thread::sleep(Duration::from_millis(100));
-                if !runtime_shut_down(&runtime) {
+                // Shut down, and not done: a finished drop has joined the runtime's threads (a
+                // program going on after it is left alone).
+                if !(runtime_shut_down(&runtime) && threads_named(&RUNTIME_THREADS)) {
+                    dropping_since = None;
                     continue;
                 }
                 let since = *dropping_since.get_or_insert_with(Instant::now);
@@ -1334,6 +1338,27 @@ fn exit_backstop(tracker: Arc<Tracker>, crashing: bool) {
 
 /// How long [`exit_backstop`] watches for a runtime whose drop waits for blocking work.
 const RUNTIME_WATCH: Duration = Duration::from_secs(60);
+
+/// The names the kernel shows (`comm`, cut to 15 bytes) for the threads of a tokio runtime
+/// built with the default thread name (`#[tokio::main]`'s; `tokio-rt-worker` now,
+/// `tokio-runtime-worker` before tokio 1.44): its workers and its blocking pool, the
+/// `spawn_blocking` work included. (The thread that called `block_on` may be any; a runtime
+/// given another name is never taken for one whose drop is stuck.)
+const RUNTIME_THREADS: [&str; 2] = ["tokio-rt-worker", "tokio-runtime-w"];
+
+/// Whether a thread of this process other than the calling one has one of the kernel names
+/// `comms`.
+fn threads_named(comms: &[&str]) -> bool {
+    let me = rustix::thread::gettid().as_raw_nonzero().get().to_string();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        t.file_name().to_str() != Some(me.as_str())
+            && std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| comms.contains(&c.trim_end()))
+    })
+}
 
 /// Whether `runtime` is shut down or its drop has begun: a task spawned on it is then
 /// cancelled at once. (One that has not run within 50 ms: a live runtime, busy or blocked.)

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -22,26 +22,47 @@ pub(crate) struct Stop {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
+    /// Tells this stop signal (its `serve()`) from others in the process.
+    id: u64,
     stopped: AtomicBool,
     wait: Mutex<Waiting>,
 }
 
-/// How many `serve()`s in this process are stopping (stopped, and not yet dropped).
-static STOPPING: AtomicUsize = AtomicUsize::new(0);
+impl Default for Inner {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Inner {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            stopped: AtomicBool::default(),
+            wait: Mutex::default(),
+        }
+    }
+}
 
-/// Whether a `serve()` of this process is stopping: an HTTP/1 answer then says
-/// `Connection: close`. Process-wide, as the health state is: one relaxed load per answer
-/// instead of a reference to its own stop signal kept by every request.
-pub(crate) fn any_stopping() -> bool {
-    STOPPING.load(Ordering::Relaxed) > 0
+/// How many `serve()`s in this process are stopping (stopped, and not yet dropped), and
+/// which: an answer looks at the list only when the count says some are.
+static STOPPING: AtomicUsize = AtomicUsize::new(0);
+static STOPPING_IDS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+fn stopping_ids() -> MutexGuard<'static, Vec<u64>> {
+    STOPPING_IDS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether the `serve()` whose stop signal has `id` ([`StopFlag::id`]) is stopping: its HTTP/1
+/// answers then say `Connection: close`. One relaxed load per answer while no `serve()` of the
+/// process is stopping, instead of a reference to its own signal kept by every request.
+pub(crate) fn is_stopping(id: u64) -> bool {
+    STOPPING.load(Ordering::Relaxed) > 0 && stopping_ids().contains(&id)
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if *self.stopped.get_mut() {
-            STOPPING.fetch_sub(1, Ordering::Relaxed);
+            let mut ids = stopping_ids();
+            ids.retain(|i| *i != self.id);
+            STOPPING.store(ids.len(), Ordering::Relaxed);
         }
     }
 }
@@ -69,7 +90,11 @@ impl Stop {
             return;
         }
         wait.grace = grace;
-        STOPPING.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut ids = stopping_ids();
+            ids.push(self.inner.id);
+            STOPPING.store(ids.len(), Ordering::Relaxed);
+        }
         self.inner.stopped.store(true, Ordering::SeqCst);
         // No future registers after this (it sees the flag under the lock first).
         for waker in wait.wakers.drain() {
@@ -101,6 +126,11 @@ pub(crate) struct StopFlag {
 }
 
 impl StopFlag {
+    /// Which stop signal this is (see [`is_stopping`]).
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
+    }
+
     /// Whether [`Stop::stop`] was called (a load).
     pub(crate) fn is_set(&self) -> bool {
         self.inner.stopped.load(Ordering::SeqCst)
