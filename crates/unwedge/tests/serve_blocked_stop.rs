@@ -178,15 +178,7 @@ fn a_stop_with_a_handler_waiting_for_spawn_blocking_work_still_exits() {
 /// awaits for two minutes (cancellable), and after `serve()` returns the program drops its
 /// runtime and goes on for 7 s, then exits with 3.
 fn carry_on() -> ! {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::worker_runtime("info");
     let app = Router::new().route(
         "/block",
         get(|| async {

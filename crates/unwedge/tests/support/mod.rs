@@ -92,22 +92,28 @@ pub fn run_worker_logging<F>(filter: &str, serve: impl FnOnce() -> F) -> !
 where
     F: std::future::Future<Output = unwedge::serve::Outcome>,
 {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = worker_runtime(filter);
     let outcome = rt.block_on(serve());
     eprintln!("TEST: serve returned {outcome:?}");
     drop(rt);
     let code = outcome.exit_code();
     let _ = std::process::Termination::report(outcome);
     std::process::exit(i32::from(code))
+}
+
+/// Worker side: logs what `filter` lets through to stderr (no colours) and builds a runtime
+/// with two worker threads, for a worker that does more than [`run_worker`] around `serve()`.
+pub fn worker_runtime(filter: &str) -> tokio::runtime::Runtime {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// A worker process and its stderr, line by line.
