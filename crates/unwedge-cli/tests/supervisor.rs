@@ -3547,7 +3547,7 @@ async fn a_rolling_reload_waits_for_the_server_a_shell_wrapper_left_draining() {
 sh -c 'trap "sleep 1.5; exit 0" TERM; echo "server $$"; while :; do sleep 0.1; done' &
 wait
 "#;
-        let sup = Sup::run(
+        let mut sup = Sup::run(
             &[
                 "--admin",
                 "off",
@@ -3584,6 +3584,20 @@ wait
             .wait_line_idx(m, &[&format!("w2 pid {} ready in", new[1])])
             .await;
         assert!(second_ready_at > drained_at, "{}", sup.log());
+        // Stopped, not dropped: a SIGKILLed supervisor leaves its workers' own children (the
+        // servers, looping for ever) behind.
+        let servers: Vec<i32> = new
+            .iter()
+            .flat_map(|p| unwedge_supervisor::procfs::children(*p))
+            .collect();
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+        for server in servers {
+            assert!(
+                gone_within(server, LONG).await,
+                "server {server} left running"
+            );
+        }
     })
     .await;
 }
