@@ -18,6 +18,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -400,11 +401,13 @@ fn basic_auth(uri: &Uri) -> (Uri, Option<HeaderValue>) {
         return (uri.clone(), None);
     };
     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-    let mut credentials = percent_decode(user);
+    let decoded = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+    let mut credentials = decoded(user);
     credentials.push(b':');
-    credentials.extend(percent_decode(password));
-    let mut value = HeaderValue::try_from(format!("Basic {}", base64(&credentials)))
-        .expect("base64 is a valid header value");
+    credentials.extend(decoded(password));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&credentials);
+    let mut value =
+        HeaderValue::try_from(format!("Basic {encoded}")).expect("base64 is a valid header value");
     value.set_sensitive(true);
     let mut parts = uri.clone().into_parts();
     parts.authority = Some(
@@ -414,51 +417,6 @@ fn basic_auth(uri: &Uri) -> (Uri, Option<HeaderValue>) {
     );
     let uri = Uri::from_parts(parts).expect("the same URI without its user info is valid");
     (uri, Some(value))
-}
-
-/// `text` with each `%XX` replaced by the byte it stands for (one not followed by two hex
-/// digits is kept as it is).
-fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let hex = |b: u8| char::from(b).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| Some((hex(*bytes.get(i + 1)?)?, hex(*bytes.get(i + 2)?)?)))
-            .flatten();
-        match escaped {
-            Some((high, low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-/// Standard base64 (RFC 4648, padded), as `Basic` credentials are written.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// What an error may quote of webhook URL `url`, which may not parse: its scheme, host and
@@ -1328,12 +1286,6 @@ mod tests {
             assert_eq!(header.as_ref().map(|h| h.to_str().unwrap()), auth, "{url}");
             assert!(header.is_none_or(|h| h.is_sensitive()));
         }
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(&[0xff, 0xfe, 0xfd, 0]), "//79AA==");
-        assert_eq!(percent_decode("%zz%4"), b"%zz%4");
     }
 
     #[test]
