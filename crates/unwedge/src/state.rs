@@ -1,6 +1,5 @@
 //! [`Tx<T>`]: transactional state that a panic cannot leave half-updated.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
@@ -179,17 +178,21 @@ pub struct Tx<T> {
     rollbacks: AtomicU64,
 }
 
+/// The calling thread's key (never 0), the same as the mutexes' wait register's, so that its
+/// name is known by key for a wait's or a deadlock's message.
+#[cfg(not(unwedge_loom))]
 fn thread_token() -> u64 {
+    crate::sync::current_thread_key()
+}
+
+#[cfg(unwedge_loom)]
+fn thread_token() -> u64 {
+    use std::cell::Cell;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    #[cfg(not(unwedge_loom))]
-    thread_local! { static TOKEN: Cell<u64> = const { Cell::new(0) }; }
-    #[cfg(unwedge_loom)]
     loom::thread_local! { static TOKEN: Cell<u64> = Cell::new(0); }
     TOKEN.with(|t| {
         if t.get() == 0 {
             t.set(NEXT.fetch_add(1, Ordering::Relaxed));
-            #[cfg(not(unwedge_loom))]
-            writer_waits::name_thread(t.get());
         }
         t.get()
     })
@@ -439,10 +442,10 @@ mod writer_waits {
     use std::sync::{Arc, Condvar, Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
+    use crate::sync::thread_label;
+
     struct Waiting {
         thread: u64,
-        /// For its name, read only to write a deadlock's message (a clone is a count).
-        handle: std::thread::Thread,
         /// The writer mark of the `Tx` it waits for.
         holder: Arc<AtomicU64>,
         tx: Arc<str>,
@@ -457,39 +460,6 @@ mod writer_waits {
 
     fn waiting() -> std::sync::MutexGuard<'static, Vec<Waiting>> {
         WAITING.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// `name #token`: a runtime's threads share one name (`tokio-runtime-worker`).
-    fn named(t: &std::thread::Thread, token: u64) -> String {
-        format!("{} #{token}", t.name().unwrap_or("unnamed"))
-    }
-
-    /// The names of the threads that have a token (those that ever updated a `Tx`), for the
-    /// message about a wait: the holder of a `Tx` is known by its token only.
-    static NAMES: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
-
-    fn names() -> std::sync::MutexGuard<'static, Vec<(u64, String)>> {
-        NAMES.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Leaves [`NAMES`] when its thread exits.
-    struct Named(u64);
-
-    impl Drop for Named {
-        fn drop(&mut self) {
-            names().retain(|(t, _)| *t != self.0);
-        }
-    }
-
-    /// Records the calling thread's name under `token` (once per thread, at its first update).
-    pub(super) fn name_thread(token: u64) {
-        thread_local! { static NAMED: std::cell::OnceCell<Named> = const { std::cell::OnceCell::new() }; }
-        let _ = NAMED.try_with(|n| {
-            n.get_or_init(|| {
-                names().push((token, named(&std::thread::current(), token)));
-                Named(token)
-            });
-        });
     }
 
     fn ensure_watch() {
@@ -519,13 +489,10 @@ mod writer_waits {
                     continue;
                 }
                 let by = w.holder.load(Ordering::Relaxed);
-                let holder = names()
-                    .iter()
-                    .find(|(t, _)| *t == by)
-                    .map_or_else(|| format!("#{by}"), |(_, n)| n.clone());
+                let holder = thread_label(by);
                 let reason = format!(
                     "thread `{}` has waited {} for Tx `{}` (limit {}), whose update in thread `{holder}` has not ended",
-                    named(&w.handle, w.thread),
+                    thread_label(w.thread),
                     humantime::format_duration(crate::sync::round_ms(now - w.since)),
                     w.tx,
                     humantime::format_duration(limit)
@@ -572,7 +539,6 @@ mod writer_waits {
     /// `holder`; panics, registering nothing, when that wait closes a cycle.
     pub(super) fn register(me: u64, holder: &Arc<AtomicU64>, tx: &Arc<str>) -> Registered {
         ensure_watch();
-        let handle = std::thread::current();
         let mut all = waiting();
         let was_empty = all.is_empty();
         // Follow the chain: who holds `tx`, what that thread waits for, who holds that, …
@@ -586,13 +552,13 @@ mod writer_waits {
             if by == me {
                 let mut text = format!(
                     "deadlock between Tx updates: this thread (`{}`) waits for `{tx}`",
-                    named(&handle, me)
+                    thread_label(me)
                 );
                 for (i, (_, holder)) in chain.iter().enumerate() {
                     let next = chain.get(i + 1).map_or(wanted, |c| c.0);
                     text.push_str(&format!(
                         ", held by thread `{}`, which waits for `{next}`",
-                        named(&holder.handle, holder.thread)
+                        thread_label(holder.thread)
                     ));
                 }
                 text.push_str(
@@ -610,7 +576,6 @@ mod writer_waits {
         }
         all.push(Waiting {
             thread: me,
-            handle,
             holder: holder.clone(),
             tx: tx.clone(),
             since: Instant::now(),

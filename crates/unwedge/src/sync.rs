@@ -17,7 +17,7 @@ mod waits;
 pub(crate) use waits::LockInfo;
 use waits::{check_limit, relock};
 #[cfg(not(unwedge_loom))] // for `Tx`'s writer-wait watch
-pub(crate) use waits::{default_wait_limit, round_ms};
+pub(crate) use waits::{current_thread_key, default_wait_limit, round_ms, thread_label};
 
 /// An async mutual-exclusion lock that a panic cannot wedge, and that tells when it is stuck.
 ///

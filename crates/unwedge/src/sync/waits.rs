@@ -102,16 +102,34 @@ impl Drop for ThreadKey {
     }
 }
 
+thread_local! { static THREAD: ThreadKey = ThreadKey::register(); }
+
+/// The calling thread's key (never 0), its name registered for [`thread_label`] while it
+/// lives: what an [`OwnerKey`] outside tasks holds, and what marks a `Tx` as being updated
+/// by this thread.
+pub(crate) fn current_thread_key() -> u64 {
+    THREAD
+        .try_with(|t| t.0)
+        .unwrap_or_else(|_| THREAD_BIT | raw_id(&std::thread::current().id()))
+}
+
+#[cfg(not(unwedge_loom))] // for `Tx`'s messages
+/// `name #n` for the thread whose [`current_thread_key`] is `key` (`unnamed #n` for a thread
+/// without a name or gone): numbered, since a runtime's threads share one name.
+pub(crate) fn thread_label(key: u64) -> String {
+    let name = relock(thread_names()).get(&key).cloned();
+    format!(
+        "{} #{}",
+        name.as_deref().unwrap_or("unnamed"),
+        key & !THREAD_BIT
+    )
+}
+
 impl OwnerKey {
     pub(super) fn current() -> OwnerKey {
-        thread_local! { static THREAD: ThreadKey = ThreadKey::register(); }
         match tokio::task::try_id() {
             Some(id) => OwnerKey(raw_id(&id) & !THREAD_BIT),
-            None => OwnerKey(
-                THREAD
-                    .try_with(|t| t.0)
-                    .unwrap_or_else(|_| THREAD_BIT | raw_id(&std::thread::current().id())),
-            ),
+            None => OwnerKey(current_thread_key()),
         }
     }
 }
