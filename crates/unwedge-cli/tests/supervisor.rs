@@ -1227,6 +1227,68 @@ async fn a_notify_message_with_an_fd_is_read_and_the_fd_closed() {
     .await;
 }
 
+/// A shell worker says `READY=1` with systemd's own `systemd-notify`, which sends its message
+/// and then a barrier (`BARRIER=1` with an fd) and waits until the barrier is answered: the
+/// worker is ready, its `STATUS=` shows, the helper exits at once (its barrier is answered,
+/// not left to its 5 s timeout), and the barrier is not mistaken for an fd store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_worker_is_ready_by_systemd_notify() {
+    let Some(helper) = which("systemd-notify") else {
+        skip("systemd-notify (Debian package systemd)");
+        return;
+    };
+    within(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let took = dir.path().join("took");
+        let worker = format!(
+            "t0=$(date +%s%N)\n\
+             {helper} --ready --status='warmed up' || exit 9\n\
+             echo $(( ($(date +%s%N) - t0) / 1000000 )) > {took}\n\
+             exec sleep 600\n",
+            helper = helper.display(),
+            took = took.display(),
+        );
+        let sup = Sup::run(
+            &[
+                "--ready",
+                "notify",
+                "--ready-timeout",
+                "20s",
+                "--admin",
+                "127.0.0.1:0",
+            ],
+            &["sh", "-c", &worker],
+        );
+        let admin = admin_addr(&sup).await;
+        sup.wait_ready(0, 1).await;
+        let deadline = Instant::now() + LONG;
+        let status = loop {
+            let (_, body) = get(admin, "/status").await;
+            if body.contains("warmed up") || Instant::now() > deadline {
+                break body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.contains(r#""status":"warmed up""#), "{status}");
+        let deadline = Instant::now() + LONG;
+        while !took.exists() {
+            assert!(Instant::now() < deadline, "systemd-notify never returned");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ms: u64 = std::fs::read_to_string(&took)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Its barrier waits 5 s for an answer that does not come.
+        assert!(ms < 4_000, "systemd-notify waited {ms} ms for its barrier");
+        let log = sup.log();
+        assert!(!log.contains("file descriptor store"), "{log}");
+        assert!(!log.contains("not a worker"), "{log}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_cleanly_and_a_stubborn_worker_is_killed() {
     within(Duration::from_secs(60), async {

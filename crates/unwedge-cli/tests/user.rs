@@ -325,3 +325,41 @@ async fn unix_sockets_are_open_to_the_users_their_mode_and_group_allow() {
     sup.signal(Signal::SIGTERM);
     assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
 }
+
+/// Workers run as `nobody` say `READY=1` with `systemd-notify`, which, unprivileged, sends
+/// from its own pid (root's may name its parent instead) and then waits on a barrier: the
+/// message is the worker's (the helper is in its session, alive until the barrier is
+/// answered), for every worker of a pool started at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprivileged_workers_are_ready_by_systemd_notify() {
+    if !root() {
+        return;
+    }
+    let Some(helper) = which("systemd-notify") else {
+        skip("systemd-notify (Debian package systemd)");
+        return;
+    };
+    let worker = format!(
+        "{} --ready --status=\"as $(id -un)\" || exit 9; exec sleep 600",
+        helper.display()
+    );
+    let mut sup = Sup::run(
+        &[
+            "--user",
+            "nobody",
+            "--ready",
+            "notify",
+            "--ready-timeout",
+            "20s",
+            "--workers",
+            "4",
+        ],
+        &["sh", "-c", &worker],
+    );
+    sup.wait_ready(0, 4).await;
+    let log = sup.log();
+    assert!(!log.contains("not a worker"), "{log}");
+    assert!(!log.contains("file descriptor store"), "{log}");
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}

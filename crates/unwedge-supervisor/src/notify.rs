@@ -308,6 +308,20 @@ pub struct Datagram {
     pub pid: Option<i32>,
     /// The bytes (`None` if truncated: larger than the receive buffer).
     pub bytes: Option<Vec<u8>>,
+    /// The fd a `BARRIER=1` message carries (`sd_notify_barrier`, which `systemd-notify`
+    /// sends after its message and then waits on): kept until this datagram is dropped, that
+    /// is after every message received before it was handled, as systemd does. The sender
+    /// then sees its end hang up. Closing it on receipt answered the barrier before an
+    /// earlier `READY=1` read in the same batch was handled, and the helper could exit first
+    /// and leave that `READY=1` to no worker.
+    barrier: Option<OwnedFd>,
+}
+
+impl Datagram {
+    /// Whether this datagram is a barrier (`BARRIER=1` with one fd), answered when dropped.
+    pub fn is_barrier(&self) -> bool {
+        self.barrier.is_some()
+    }
 }
 
 impl NotifySocket {
@@ -487,7 +501,7 @@ fn recv_with_pid(fd: i32, buf: &mut [u8]) -> io::Result<Datagram> {
     )
     .map_err(io::Error::from)?;
     let mut pid = None;
-    let mut fds = 0;
+    let mut fds: Vec<OwnedFd> = Vec::new();
     // Cut short all the same (control data of another kind): not safe to read, so no sender
     // pid, and the message is ignored as forged, but the rest of the queue is read.
     if let Ok(cmsgs) = msg.cmsgs() {
@@ -496,32 +510,44 @@ fn recv_with_pid(fd: i32, buf: &mut [u8]) -> io::Result<Datagram> {
                 ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
                 ControlMessageOwned::ScmRights(received) => {
                     for raw in received {
-                        fds += 1;
                         #[allow(unsafe_code)]
                         // SAFETY: the kernel just installed this fd for us (SCM_RIGHTS) and
                         // nothing else knows of it: owning it once, to close it, is sound.
-                        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                        drop(owned);
+                        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
                     }
                 }
                 _ => {}
             }
         }
     }
-    if fds > 0 && !FDS_TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::info!(
-            "pid {} sent {fds} file descriptor(s) with a notify message (sd_notify_with_fds, \
-             FDSTORE=1): unwedge keeps no file descriptor store, so they are closed; the \
-             message itself is read as usual (said once)",
-            pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
-        );
-    }
     let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
     let len = msg.bytes;
+    let bytes = (!truncated).then(|| buf[..len].to_vec());
+    let barrier = match (bytes.as_deref(), fds.len()) {
+        (Some(b), 1) if is_barrier(b) => fds.pop(),
+        _ => None,
+    };
+    if !fds.is_empty() && !FDS_TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(
+            "pid {} sent {} file descriptor(s) with a notify message (sd_notify_with_fds, \
+             FDSTORE=1): unwedge keeps no file descriptor store, so they are closed; the \
+             message itself is read as usual (said once)",
+            pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+            fds.len()
+        );
+    }
+    drop(fds);
     Ok(Datagram {
         pid,
-        bytes: (!truncated).then(|| buf[..len].to_vec()),
+        bytes,
+        barrier,
     })
+}
+
+/// Whether a message is `BARRIER=1` alone (a trailing newline allowed), as
+/// `sd_notify_barrier` sends it.
+fn is_barrier(bytes: &[u8]) -> bool {
+    bytes.strip_suffix(b"\n").unwrap_or(bytes) == b"BARRIER=1"
 }
 
 /// Whether a `STATUS=` text says the worker is tainted or wedged, and which. `unwedge::serve`
@@ -716,6 +742,73 @@ mod tests {
         let d = n.recv(&mut buf).await.unwrap();
         assert_eq!(d.pid, Some(std::process::id() as i32));
         assert_eq!(d.bytes.as_deref(), Some(&b"READY=1"[..]));
+    }
+
+    /// `sd_notify_barrier` (what `systemd-notify` does after its message): the barrier's fd
+    /// hangs up only once the datagram is dropped, that is after the messages read before it
+    /// were handled, not when it is read.
+    #[tokio::test]
+    async fn a_barrier_is_answered_when_handled_not_when_read() {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let n = NotifySocket::bind().unwrap();
+        let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        c.send_to(b"READY=1", n.path()).unwrap();
+        let (mut theirs, ours) = std::io::pipe().unwrap();
+        let addr = UnixAddr::new(n.path()).unwrap();
+        let fds = [ours.as_raw_fd()];
+        sendmsg(
+            c.as_raw_fd(),
+            &[std::io::IoSlice::new(b"BARRIER=1")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .unwrap();
+        drop(ours);
+        let mut buf = vec![0; 1024];
+        let got = n.drain_queued(&mut buf, 8);
+        assert_eq!(got.len(), 2);
+        assert!(!got[0].is_barrier());
+        assert!(got[1].is_barrier());
+        // Read, not handled yet: the sender still waits.
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        fcntl(&theirs, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+        let mut byte = [0u8; 1];
+        let e = theirs.read(&mut byte).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "answered when read");
+        drop(got);
+        // Handled: its end hung up.
+        assert_eq!(theirs.read(&mut byte).unwrap(), 0);
+    }
+
+    /// Other fds (`FDSTORE=1`, `sd_notify_with_fds`) are closed at once: no fd store here.
+    #[tokio::test]
+    async fn fds_sent_with_other_messages_are_closed_at_once() {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let n = NotifySocket::bind().unwrap();
+        let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let (mut theirs, ours) = std::io::pipe().unwrap();
+        let addr = UnixAddr::new(n.path()).unwrap();
+        let fds = [ours.as_raw_fd()];
+        sendmsg(
+            c.as_raw_fd(),
+            &[std::io::IoSlice::new(b"FDSTORE=1")],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .unwrap();
+        drop(ours);
+        let mut buf = vec![0; 1024];
+        let got = n.recv(&mut buf).await.unwrap();
+        assert!(!got.is_barrier());
+        let mut rest = Vec::new();
+        assert_eq!(theirs.read_to_end(&mut rest).unwrap(), 0);
+        assert_eq!(got.bytes.as_deref(), Some(&b"FDSTORE=1"[..]));
     }
 
     #[tokio::test]

@@ -570,3 +570,14 @@ impl Drop for Stray {
         }
     }
 }
+
+/// `program`'s path on `PATH`, if it is there and executable.
+#[allow(dead_code)] // Not every test binary uses it.
+pub fn which(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
