@@ -177,11 +177,14 @@ fn workers_table(h: &mut String, view: &StatusView) {
     let _ = write!(h, "<p class=\"meta\">{}</p>", counts.join(" · "));
     // The port column only in `--port-env` mode.
     let ports = view.workers.iter().any(|w| w.port.is_some());
+    // The status column only when a worker said one (`STATUS=`).
+    let statuses = view.workers.iter().any(|w| w.status.is_some());
     let _ = write!(
         h,
         "<table><thead><tr><th>worker</th><th>pid</th>{}<th>generation</th><th>state</th>\
-         <th>uptime</th><th>memory</th><th>restarts</th><th>last exit</th><th>last report</th></tr></thead><tbody>",
+         <th>uptime</th><th>memory</th><th>restarts</th><th>last exit</th>{}<th>last report</th></tr></thead><tbody>",
         if ports { "<th>port</th>" } else { "" },
+        if statuses { "<th>status</th>" } else { "" },
     );
     for w in &view.workers {
         let port = match (ports, w.port) {
@@ -189,10 +192,15 @@ fn workers_table(h: &mut String, view: &StatusView) {
             (true, Some(p)) => format!("<td class=\"port\">{p}</td>"),
             (true, None) => "<td class=\"port\">-</td>".to_owned(),
         };
+        let status = match (statuses, w.status.as_deref()) {
+            (false, _) => String::new(),
+            (true, Some(t)) => format!("<td class=\"status\">{}</td>", esc_trunc(t, 120)),
+            (true, None) => "<td class=\"status\">-</td>".to_owned(),
+        };
         let _ = write!(
             h,
             "<tr class=\"worker\"><td>{}</td><td>{}</td>{port}<td>{}</td>\
-             <td><span class=\"st {s}\">{s}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td><span class=\"st {s}\">{s}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{status}<td>{}</td></tr>",
             esc_trunc(&w.id, 64),
             w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
             w.generation,
@@ -540,6 +548,32 @@ mod tests {
         let html = render_page(&view);
         assert!(!html.contains("<th>port</th>"), "{html}");
         assert!(html.contains("listening on nothing"), "{html}");
+    }
+
+    /// A worker's `STATUS=` text in a column of its own, escaped and cut; no column while no
+    /// worker said one.
+    #[test]
+    fn what_workers_say_of_themselves_is_shown_escaped() {
+        use crate::status::{WorkerState, WorkerView};
+        let mut view = StatusView::new(SupervisorInfo::new("0.1.0", 1));
+        let mut w1 = WorkerView::new("w1", Some(2), WorkerState::Ready);
+        w1.status = Some("warming <caches> 40%".into());
+        let mut w2 = WorkerView::new("w2", Some(3), WorkerState::Ready);
+        w2.status = Some("x".repeat(500));
+        view.workers = vec![w1, w2, WorkerView::new("w3", None, WorkerState::Exited)];
+        let html = render_page(&view);
+        assert!(html.contains("<th>last exit</th><th>status</th>"), "{html}");
+        assert!(
+            html.contains("<td class=\"status\">warming &lt;caches&gt; 40%</td>"),
+            "{html}"
+        );
+        assert!(html.contains("<td class=\"status\">-</td>"), "{html}");
+        assert!(!html.contains(&"x".repeat(200)), "not cut: {html}");
+        for w in &mut view.workers {
+            w.status = None;
+        }
+        let html = render_page(&view);
+        assert!(!html.contains("<th>status</th>"), "{html}");
     }
 
     #[test]

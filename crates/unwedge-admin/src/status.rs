@@ -213,6 +213,12 @@ pub struct WorkerView {
     /// tainted worker's) gets another one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The last `STATUS=` text the process sent over the notify socket, as `systemctl
+    /// status` shows a service's: an `unwedge::serve` worker's health (`healthy`,
+    /// `tainted: …`), or whatever a server says of itself (`warming caches 40%`). `None`
+    /// until it sends one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 impl WorkerView {
@@ -229,6 +235,7 @@ impl WorkerView {
             last_report: None,
             memory_bytes: None,
             port: None,
+            status: None,
         }
     }
 }

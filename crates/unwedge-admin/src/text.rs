@@ -8,6 +8,9 @@ use std::time::Duration;
 use crate::reports::{cut, visible, write_records};
 use crate::status::{StatusView, WorkerState};
 
+/// Width of the STATUS column (a longer `STATUS=` text is cut, marked with `…`).
+const STATUS_WIDTH: usize = 24;
+
 /// Reports listed at the end, the most recent ones.
 const REPORTS_SHOWN: usize = 5;
 
@@ -129,9 +132,21 @@ pub fn render_text(view: &StatusView) -> String {
                 String::new()
             }
         };
+        // The STATUS column only when a worker said one (`STATUS=`).
+        let statuses = view.workers.iter().any(|w| w.status.is_some());
+        let status_cell = |s: Option<&str>| {
+            if statuses {
+                format!(
+                    "{:<STATUS_WIDTH$}  ",
+                    s.map_or_else(|| "-".to_owned(), |s| cut(&visible(s), STATUS_WIDTH))
+                )
+            } else {
+                String::new()
+            }
+        };
         let _ = writeln!(
             t,
-            "{:<6}  {:>8}  {}{:>3}  {:<8}  {:>10}  {:>11}  {:>8}  {:<9}  LAST REPORT",
+            "{:<6}  {:>8}  {}{:>3}  {:<8}  {:>10}  {:>11}  {:>8}  {:<9}  {}LAST REPORT",
             "ID",
             "PID",
             if ports { " PORT  " } else { "" },
@@ -140,12 +155,17 @@ pub fn render_text(view: &StatusView) -> String {
             "UPTIME",
             "MEMORY",
             "RESTARTS",
-            "LAST EXIT"
+            "LAST EXIT",
+            if statuses {
+                format!("{:<STATUS_WIDTH$}  ", "STATUS")
+            } else {
+                String::new()
+            },
         );
         for w in &view.workers {
             let _ = writeln!(
                 t,
-                "{:<6}  {:>8}  {}{:>3}  {:<8}  {:>10}  {:>11}  {:>8}  {:<9}  {}",
+                "{:<6}  {:>8}  {}{:>3}  {:<8}  {:>10}  {:>11}  {:>8}  {:<9}  {}{}",
                 visible(&w.id),
                 w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
                 port_cell(w.port),
@@ -156,6 +176,7 @@ pub fn render_text(view: &StatusView) -> String {
                 w.restarts,
                 w.last_exit
                     .map_or_else(|| "-".to_owned(), |e| e.to_string()),
+                status_cell(w.status.as_deref()),
                 w.last_report
                     .as_deref()
                     .map_or_else(|| "-".to_owned(), |r| cut(&visible(r), 100)),
@@ -299,6 +320,31 @@ mod tests {
         assert!(lines[9].ends_with("cart total overflowed"), "{text}");
         assert!(lines[10].ends_with("signal 9"), "{text}");
         assert_eq!(lines.len(), 11, "{text}");
+    }
+
+    /// A worker's `STATUS=` text in a column of its own, cut to its width; no column while no
+    /// worker said one.
+    #[test]
+    fn what_workers_say_of_themselves_is_a_column() {
+        let mut v = view();
+        v.workers[0].status = Some("warming caches 40%".into());
+        v.workers[1].status = Some("a status far longer than the column is wide".into());
+        let text = render_text(&v);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[3].ends_with("LAST EXIT  STATUS                    LAST REPORT"),
+            "{text}"
+        );
+        assert!(
+            lines[4].ends_with("  -          warming caches 40%        -"),
+            "{text}"
+        );
+        assert!(
+            lines[5].contains("exit 70    a status far longer tha…  \"cart"),
+            "{text}"
+        );
+        let plain = render_text(&view());
+        assert!(!plain.contains("STATUS"), "{plain}");
     }
 
     #[test]

@@ -508,6 +508,7 @@ fn status_source(
             v.last_report = h.last_report.get(&w.id).cloned();
             v.memory_bytes = memory_of.get(&w.pid).copied().flatten();
             v.port = w.port;
+            v.status = w.status.clone();
             view.workers.push(v);
         }
         // Slots waiting for their replacement still show, as exited; slots a reload removed
