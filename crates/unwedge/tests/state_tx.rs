@@ -336,6 +336,65 @@ fn a_copy_whose_drop_panics_after_a_panicking_update_fails_the_update_not_the_pr
     ok.store(true, Ordering::SeqCst);
 }
 
+/// A value whose `Drop` updates its own `Tx` (a cache that records its own evictions, say),
+/// once armed.
+#[derive(Clone)]
+struct SelfUpdating {
+    n: i64,
+    armed: bool,
+}
+
+static SELF_UPDATING: std::sync::OnceLock<Tx<SelfUpdating>> = std::sync::OnceLock::new();
+
+impl Drop for SelfUpdating {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(tx) = SELF_UPDATING.get() {
+                tx.update(|s| s.n += 100);
+            }
+        }
+    }
+}
+
+/// The half-updated copy of a panicking update is dropped while its thread still holds the
+/// `Tx`: a `Drop` that updates the same `Tx` panics as a nested update (the update fails, the
+/// state is untouched, the next update runs) instead of waiting forever for the update it is
+/// part of.
+#[test]
+fn a_copy_whose_drop_updates_its_own_tx_fails_as_a_nested_update_not_a_hang() {
+    silence_panics();
+    let tx = SELF_UPDATING
+        .get_or_init(|| Tx::named("self-updating", SelfUpdating { n: 0, armed: false }));
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            tx.update(|s| {
+                s.n += 1;
+                s.armed = true;
+                panic!("the handler's panic");
+            })
+        }));
+        let message = r.err().and_then(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        });
+        done.send(message).unwrap();
+    });
+    let message = finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the update waited for itself: a copy's Drop updating its Tx hung");
+    let message = message.expect("the update must fail with a panic");
+    assert!(
+        message.contains("nested Tx::update on `self-updating`"),
+        "{message}"
+    );
+    assert_eq!(tx.read().n, 0, "the state is the one before the update");
+    assert_eq!(tx.rollbacks(), 1);
+    tx.update(|s| s.n += 2);
+    assert_eq!(tx.read().n, 2);
+}
+
 #[test]
 fn an_old_version_whose_drop_panics_does_not_undo_or_uncount_the_commit() {
     silence_panics();
