@@ -99,7 +99,7 @@ pub fn start(config: LoadConfig) -> Result<Running, LoadError> {
         issued: AtomicU64::new(0),
         stopped: AtomicBool::new(false),
         stop_notify: Notify::new(),
-        by_status: (0..600).map(|_| AtomicU64::new(0)).collect(),
+        by_status: (0..1000).map(|_| AtomicU64::new(0)).collect(),
         failures: Default::default(),
         finished: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
@@ -151,7 +151,7 @@ struct Shared {
     issued: AtomicU64,
     stopped: AtomicBool,
     stop_notify: Notify,
-    /// Responses by status code (index = code; codes ≥ 600 land on 599's neighbour 0).
+    /// Responses by status code (index = code: every code hyper reads, 100–999).
     by_status: Vec<AtomicU64>,
     /// ok, expected, unexpected status, then one per [`FailureKind`].
     failures: [AtomicU64; 7],
@@ -291,7 +291,7 @@ impl Shared {
         counts.total.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Outcome::Response(status) => {
-                self.by_status[usize::from(status).min(599)].fetch_add(1, Ordering::Relaxed);
+                self.by_status[usize::from(status).min(999)].fetch_add(1, Ordering::Relaxed);
                 let micros = u64::try_from(latency.as_micros())
                     .unwrap_or(u64::MAX)
                     .max(1);

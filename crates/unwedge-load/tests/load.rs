@@ -148,6 +148,31 @@ async fn reset_when_the_server_closes_without_answering() {
     .await;
 }
 
+/// A status past 599 (hyper reads 100–999; a broken upstream or a custom server sends them)
+/// is counted under its own code, not folded into another, and is an unexpected status.
+#[tokio::test]
+async fn a_status_past_599_is_counted_as_itself() {
+    within(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route(
+            "/",
+            get(|| async { axum::http::StatusCode::from_u16(799).unwrap() }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = LoadConfig::from_addr(addr)
+            .unwrap()
+            .concurrency(2)
+            .count(20);
+        let report = unwedge_load::run(config).await.unwrap();
+        assert_eq!(report.status(799), 20, "{report}");
+        assert_eq!(report.status(599), 0, "{report}");
+        assert_eq!(report.ok, 0, "{report}");
+        assert_eq!(report.unexpected_failures(), 20, "{report}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn keep_alive_reuses_connections_and_fresh_does_not() {
     within(async {
