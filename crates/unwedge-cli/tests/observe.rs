@@ -2109,6 +2109,51 @@ async fn a_reload_to_workers_that_never_say_ready_fails_after_ones_that_did() {
     .await;
 }
 
+/// The same under `--reload-mode rolling`: the first slot's silent replacement fails the
+/// reload at `--ready-timeout` before any old worker is stopped, so both old workers still
+/// serve, and `reload --wait` says the reload failed.
+#[tokio::test]
+async fn a_rolling_reload_to_workers_that_never_say_ready_fails_after_ones_that_did() {
+    limited(async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let py = fixture("worker.py");
+        let py = py.to_str().unwrap();
+        let common = "workers = 2\nreload-mode = \"rolling\"\nready-timeout = \"3s\"\n\
+                      dump-grace = \"100ms\"\n";
+        let (sup, admin) =
+            supervisor_with_config(&file, &format!("{common}command = [{py:?}]\n")).await;
+        let old = sup.wait_ready(0, 2).await;
+        let addr = sup.addr().await;
+        std::fs::write(
+            &file,
+            format!("{common}command = [\"env\", \"FIXTURE_NO_READY=1\", {py:?}]\n"),
+        )
+        .unwrap();
+        let m = sup.mark();
+        let (code, out, err) = reload_wait(sup.pid, admin).await;
+        assert_eq!(code, 1, "{out}{err}\nlog:\n{}", sup.log());
+        assert!(err.contains("reload failed: generation 2"), "{err}");
+        assert!(err.contains("ready_timeout"), "{err}");
+        assert!(!sup.log_since(m).contains("taking it as ready"));
+        assert_eq!(status(admin).await["supervisor"]["generation"], 1);
+        for pid in &old {
+            assert!(
+                common::running(*pid),
+                "old worker {pid} was stopped:\n{}",
+                sup.log()
+            );
+        }
+        for _ in 0..20 {
+            let (code, body) = get(addr, "/").await;
+            assert_eq!(code, 200, "{body}");
+            let pid: i32 = body.trim().trim_start_matches("ok ").parse().unwrap();
+            assert!(old.contains(&pid), "answered by {pid}, not by {old:?}");
+        }
+    })
+    .await;
+}
+
 /// A reload requested while another is still starting is not lost: one more reload follows
 /// the first, with the configuration as it is then, and `reload --wait` reports that one, not
 /// the outcome of the reload that started before its signal (which runs the older settings).
