@@ -375,6 +375,74 @@ async fn poisoned_worker_is_replaced_with_no_refused_or_reset_connections() {
     .await;
 }
 
+/// A client that keeps retrying a request which poisons state, against the default single
+/// worker: each tainted worker, having served, is replaced at once, not after the slot's
+/// crash backoff (which doubled with each taint and left the service with no worker for up
+/// to `--restart-delay-max` per retry), and the replacements do not count toward giving up.
+/// Here the backoff starts at 2 s and the limit is 2 restarts: before, the first taint left
+/// no worker for 2 s and the third gave up (exit 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_poisoning_request_replaces_the_one_worker_at_once_each_time() {
+    within(Duration::from_secs(120), async {
+        let mut sup = Sup::demo(&["--restart-delay", "2s", "--max-restarts", "2"]);
+        let addr = sup.addr().await;
+        let mut pid = sup.wait_ready(0, 1).await[0];
+        let l = load(addr, 4);
+        load_progress(&l, 50).await;
+        for _ in 0..4 {
+            // A taint within 1 s of READY=1 is taken as the worker's own doing at start (a
+            // crash loop, backed off): the retry comes later, as a client's would.
+            tokio::time::sleep(Duration::from_millis(1_200)).await;
+            let m = sup.mark();
+            let (status, _) = http(addr, "POST", "/poison").await.unwrap();
+            assert_eq!(status, 500);
+            sup.wait_line(m, &["is tainted", "starting its replacement now"])
+                .await;
+            let new = sup.wait_ready(m, 1).await;
+            assert!(!new.contains(&pid), "{}", sup.log());
+            pid = new[0];
+            load_progress(&l, 20).await;
+        }
+        l.stop();
+        let r = l.finish().await;
+        let log = sup.log();
+        assert!(!log.contains("restarting in"), "{log}");
+        assert!(!log.contains("giving up"), "{log}");
+        assert_eq!(
+            (r.refused, r.reset, r.unexpected_failures()),
+            (0, 0, 0),
+            "{r}"
+        );
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{log}");
+    })
+    .await;
+}
+
+/// A worker that says it is tainted as soon as it is ready (its own doing, no request's) is a
+/// crash loop: it backs off and gives up as one, not replaced at once forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_tainted_as_it_becomes_ready_backs_off_and_gives_up() {
+    within(Duration::from_secs(60), async {
+        let worker = notify_worker(
+            "s.sendto(b'READY=1', to)\n\
+             s.sendto(b'STATUS=tainted: startup check failed\\nSTOPPING=1', to)\n\
+             time.sleep(0.2)\n\
+             sys.exit(70)\n",
+        );
+        let mut sup = Sup::run(
+            &["--ready", "notify", "--max-restarts", "2", "--admin", "off"],
+            &["python3", "-c", &worker],
+        );
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(3), "{}", sup.log());
+        let log = sup.log();
+        assert!(log.contains("is tainted; restarting in"), "{log}");
+        assert!(!log.contains("starting its replacement now"), "{log}");
+        assert!(log.contains("giving up"), "{log}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tainted_worker_drains_and_is_replaced_with_zero_failed_requests() {
     within(Duration::from_secs(90), async {

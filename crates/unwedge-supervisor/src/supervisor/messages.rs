@@ -130,6 +130,9 @@ impl Pool {
                     Some("wedged") => self.hung(pid, HangKind::Wedged, &s),
                     Some(_) if !w.stop_requested => {
                         let (slot, uptime, generation) = (w.slot, now - w.started, w.generation);
+                        let served = w.ready_at.is_some_and(|t| {
+                            now.saturating_duration_since(t) >= spawn::SERVED_BEFORE_TAINT
+                        });
                         // An unwedge worker crashes gracefully by itself, and a signal would
                         // cut its drain short: SIGTERM only if it is still there later.
                         // It is leaving: no longer counted or shown as ready.
@@ -146,6 +149,8 @@ impl Pool {
                         });
                         if self.is_candidate(generation) {
                             self.reload_failed("a new worker is tainted".into());
+                        } else if generation == self.active_gen && served {
+                            self.replace_tainted_at_once(slot, "is tainted");
                         } else if generation == self.active_gen {
                             self.schedule_restart(
                                 slot,

@@ -353,6 +353,37 @@ impl Pool {
         });
     }
 
+    /// The replacement of a worker that served and was then tainted by what it served
+    /// (`STATUS=tainted`: a request poisoned a lock or spent the panic budget), ready for at
+    /// least [`SERVED_BEFORE_TAINT`]: it starts now, while the tainted worker drains. That
+    /// is not a crash loop (the worker ran), so the slot's backoff is neither waited for nor
+    /// advanced, and the restart is not counted toward the restart intensity, as a
+    /// `--max-memory` or `--max-lifetime` replacement is not: a client that retries a
+    /// request which poisons state must not leave a one-worker service with no worker for up
+    /// to `--restart-delay-max` per retry, nor make it give up. A worker tainted sooner after
+    /// it became ready is restarted as a crash ([`Pool::schedule_restart`]), so one that
+    /// taints itself as it starts still backs off and gives up.
+    pub(super) fn replace_tainted_at_once(&mut self, slot: usize, why: &str) {
+        if self.stopping {
+            return;
+        }
+        let now = Instant::now();
+        let s = &mut self.slots[slot];
+        s.restarts += 1;
+        if s.pending.as_ref().is_none_or(|p| now < p.at) {
+            s.pending = Some(Pending {
+                at: now,
+                crash_at: Some(now),
+            });
+        }
+        tracing::warn!("{} {why}; starting its replacement now", slot_id(slot));
+        self.emit(Event::RestartScheduled {
+            worker: slot_id(slot),
+            reason: RestartReason::Tainted,
+            delay: Duration::ZERO,
+        });
+    }
+
     pub(super) fn count_restart(&mut self, reason: RestartReason) {
         *self.counters.restarts.entry(reason).or_insert(0) += 1;
     }
@@ -374,6 +405,10 @@ impl Pool {
         self.begin_stop("giving up");
     }
 }
+
+/// How long a worker must have been ready for its taint to be a request's doing, replaced at
+/// once ([`Pool::replace_tainted_at_once`]), rather than its own at start, restarted as a crash.
+pub(super) const SERVED_BEFORE_TAINT: Duration = Duration::from_secs(1);
 
 /// Shortest wait before trying again to start a worker the supervisor had no resources for.
 const SHORTAGE_RETRY_MIN: Duration = Duration::from_millis(100);
