@@ -234,8 +234,15 @@ fn run(a: RunArgs) -> miette::Result<ExitCode> {
         // SIGHUP reads the file again: the new generation runs with what it says now.
         supervisor = supervisor.reload_config_with(move || {
             let file = ConfigFile::read_waiting(&path).map_err(|e| e.to_string())?;
-            file.resolve(flags.clone(), command.clone())
-                .map_err(|e| e.to_string())
+            let config = file
+                .resolve(flags.clone(), command.clone())
+                .map_err(|e| e.to_string())?;
+            // The settings only a restart applies (admin, reports, alerts) are checked all the
+            // same: the next start (a crash, a reboot) reads this file and would refuse it,
+            // with the service down.
+            observe::Settings::from_config(&config)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(config)
         });
     }
     // Kept to the end: dropping it flushes the queued log lines (for at most a second).

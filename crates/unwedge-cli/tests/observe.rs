@@ -2109,6 +2109,60 @@ async fn a_reload_to_workers_that_never_say_ready_fails_after_ones_that_did() {
     .await;
 }
 
+/// A reload is refused, the running generation kept, when the file asks for what a reload
+/// cannot do or the next start would refuse: `ready = "port"` with a `port-env` that only a
+/// restart applies (its port probe would reach the shared socket, which always answers, and
+/// take a worker that serves nothing for ready: every request then hung while `reload --wait`
+/// said success), and settings only a restart applies that are invalid (the next start, a
+/// crash or a reboot, would exit 2 with the service down).
+#[tokio::test]
+async fn a_reload_to_what_it_cannot_apply_or_a_start_would_refuse_is_refused() {
+    limited(async {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unwedge.toml");
+        let demo = format!("command = [{BIN:?}, \"demo-service\"]\n");
+        std::fs::write(&file, format!("listen = [\"127.0.0.1:0\"]\n{demo}")).unwrap();
+        let sup = Sup::start(&[
+            "run",
+            "-c",
+            file.to_str().unwrap(),
+            "--admin",
+            "127.0.0.1:0",
+        ]);
+        let admin = admin_addr(&sup).await;
+        let old = sup.wait_ready(0, 1).await;
+        let addr = sup.addr().await;
+        for (what, config) in [
+            (
+                "`ready = \"port\"` needs `port-env`",
+                "port-env = \"PORT\"\nready = \"port\"\ncommand = [\"sleep\", \"1000\"]\n"
+                    .to_owned(),
+            ),
+            (
+                "--report-max-bytes",
+                format!("listen = [\"127.0.0.1:0\"]\nreport-max-bytes = \"lots\"\n{demo}"),
+            ),
+            (
+                "ftp://nope",
+                format!("listen = [\"127.0.0.1:0\"]\nalert-webhook = \"ftp://nope\"\n{demo}"),
+            ),
+        ] {
+            std::fs::write(&file, config).unwrap();
+            let (code, out, err) = reload_wait(sup.pid, admin).await;
+            assert_eq!(code, 1, "{what}: {out}{err}\nlog:\n{}", sup.log());
+            assert!(err.contains("refused"), "{what}: {err}");
+            assert!(err.contains(what), "{what}: {err}");
+            assert!(err.contains("generation 1 keeps serving"), "{err}");
+            assert_eq!(status(admin).await["supervisor"]["generation"], 1);
+            let (code, body) = get(addr, "/").await;
+            assert_eq!(code, 200, "{what}: {body}");
+        }
+        let s = status(admin).await;
+        assert_eq!(s["workers"][0]["pid"], old[0], "{s}");
+    })
+    .await;
+}
+
 /// The same under `--reload-mode rolling`: the first slot's silent replacement fails the
 /// reload at `--ready-timeout` before any old worker is stopped, so both old workers still
 /// serve, and `reload --wait` says the reload failed.

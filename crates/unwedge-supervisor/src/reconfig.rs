@@ -107,6 +107,22 @@ pub(crate) fn check_ready_accept(c: &Config, sockets: bool) -> Result<(), String
     Ok(())
 }
 
+/// `--ready port` connects to each worker's own port (`--port-env`): with the fixed `listen`
+/// and `port-env` put back by a reload, a new `ready = "port"` may have no such port, and a
+/// connection to the shared socket (which the supervisor holds, so it always succeeds) would
+/// take any worker for ready, one that serves nothing too. Checked on reload; a start refuses
+/// the same as a usage error.
+pub(crate) fn check_ready_port(c: &Config) -> Result<(), String> {
+    if c.ready == ReadyMode::Port && c.port_env.is_none() {
+        return Err(
+            "`ready = \"port\"` needs `port-env`, which a reload cannot turn on (it applies \
+             only when the supervisor restarts)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// A reload's new configuration, checked (see [`prepare`]).
 #[derive(Debug)]
 pub(crate) struct Prepared {
@@ -136,6 +152,7 @@ pub(crate) fn prepare(
         );
     }
     socket::check_command(&new.command[0]).map_err(|e| e.to_string())?;
+    check_ready_port(&new)?;
     check_probe_target(&new, probe_target)?;
     check_ready_accept(&new, sockets)?;
     let changes = changed(old, &new);
@@ -195,5 +212,21 @@ mod tests {
         let e = prepare(&old, accept.clone(), None, false).unwrap_err();
         assert!(e.contains("--ready accept needs sockets"), "{e}");
         assert!(prepare(&old, accept, None, true).is_ok());
+    }
+
+    /// Sockets at start, then a file that asks for `port-env` and `ready = "port"`: the
+    /// sockets stay, so `ready = "port"` would probe the shared socket (always answered, by
+    /// the supervisor's backlog) and take any worker for ready. Refused.
+    #[test]
+    fn ready_port_without_the_port_env_a_reload_keeps_is_refused() {
+        let old = config("listen = [\"127.0.0.1:8080\"]\ncommand = [\"/bin/sh\"]\n");
+        let new = config("port-env = \"PORT\"\nready = \"port\"\ncommand = [\"/bin/sh\"]\n");
+        let target = old.listen[0].clone();
+        let e = prepare(&old, new, Some(&target), true).unwrap_err();
+        assert!(e.contains("`ready = \"port\"` needs `port-env`"), "{e}");
+        // With port-env from the start, it may change to `port`.
+        let old = config("port-env = \"PORT\"\ncommand = [\"/bin/sh\"]\n");
+        let new = config("port-env = \"PORT\"\nready = \"port\"\ncommand = [\"/bin/sh\"]\n");
+        assert!(prepare(&old, new, None, false).is_ok());
     }
 }
