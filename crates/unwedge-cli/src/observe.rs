@@ -105,6 +105,21 @@ impl Settings {
             None => (Some(DEFAULT_ADMIN_ADDR), false),
             Some(s) => (parse_admin_addr(s).map_err(|e| e.to_string())?, true),
         };
+        // The admin endpoint on a listening socket's port: its bind failed after the sockets
+        // were bound, naming the supervisor itself as the holder. (The default address, when
+        // taken, is only a warning at start.)
+        if let (Some(a), true) = (admin, admin_explicit) {
+            let clash = c.listen.iter().find_map(|l| match l {
+                sup::config::ListenAddr::Tcp(t) if sup::config::overlaps(&a, t) => Some(t),
+                _ => None,
+            });
+            if let Some(l) = clash {
+                return Err(format!(
+                    "--admin {a} overlaps --listen {l} (the same port): give the admin \
+                     endpoint a port of its own"
+                ));
+            }
+        }
         let dir = match &c.report_dir {
             Some(p) if p.as_os_str() == "off" => None,
             Some(p) if p.as_os_str().is_empty() => {

@@ -886,6 +886,67 @@ async fn check_config_refuses_what_a_start_refuses() {
     assert_eq!(left, ["reports.jsonl"], "nothing left behind");
 }
 
+/// Addresses that overlap (the same port on all interfaces and on one, or the admin endpoint on
+/// a listening socket's port) are a usage error for `check-config` and `run` alike, before
+/// anything is bound: `check-config` approved them, and `run` then failed its second bind
+/// with exit 1, naming its own pid as the process holding the port.
+#[tokio::test]
+async fn overlapping_addresses_are_a_usage_error_for_check_config_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.toml");
+    let f = file.to_str().unwrap();
+    let port = free_loopback_addr().port();
+    let cases = [
+        (
+            format!("listen = [\":{port}\", \"127.0.0.1:{port}\"]\nadmin = \"off\"\n"),
+            format!("key listen: 0.0.0.0:{port} and 127.0.0.1:{port} overlap"),
+        ),
+        (
+            format!("listen = [\"[::]:{port}\", \"127.0.0.1:{port}\"]\nadmin = \"off\"\n"),
+            format!("key listen: [::]:{port} and 127.0.0.1:{port} overlap"),
+        ),
+        (
+            format!("listen = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{port}\"\n"),
+            format!("--admin 127.0.0.1:{port} overlaps --listen 127.0.0.1:{port}"),
+        ),
+        (
+            format!("listen = [\":{port}\"]\nadmin = \"{port}\"\n"),
+            format!("--admin 127.0.0.1:{port} overlaps --listen 0.0.0.0:{port}"),
+        ),
+    ];
+    for (text, needle) in cases {
+        std::fs::write(&file, format!("{text}command = [\"sleep\", \"100\"]\n")).unwrap();
+        let (code, out) = run_to_end(&["check-config", f]).await;
+        assert_clear(code, 2, &out, &needle);
+        let (code, out) = run_to_end(&["run", "-c", f]).await;
+        assert_clear(code, 2, &out, &needle);
+        assert!(!out.contains("listens on it"), "{out}");
+    }
+    // As flags.
+    let (l1, l2) = (format!(":{port}"), format!("127.0.0.1:{port}"));
+    let (code, out) = run_to_end(&[
+        "run", "--admin", "off", "--listen", &l1, "--listen", &l2, "--", "sleep", "100",
+    ])
+    .await;
+    assert_clear(
+        code,
+        2,
+        &out,
+        &format!("--listen 0.0.0.0:{port} and --listen 127.0.0.1:{port} overlap"),
+    );
+    // Different hosts on one port, and port 0 twice, are fine.
+    std::fs::write(
+        &file,
+        format!(
+            "listen = [\"127.0.0.1:{port}\", \"127.0.0.2:{port}\", \"127.0.0.1:0\", \
+             \"127.0.0.1:0\"]\nadmin = \"off\"\ncommand = [\"sleep\", \"100\"]\n"
+        ),
+    )
+    .unwrap();
+    let (code, out) = run_to_end(&["check-config", f]).await;
+    assert_eq!(code, 0, "{out}");
+}
+
 /// A config file's error is one line naming the file, the line, the column and the key, for
 /// `check-config`, `run --config` and a refused reload alike; `listen` takes one address too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

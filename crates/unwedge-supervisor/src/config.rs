@@ -704,6 +704,26 @@ pub enum ListenAddr {
     Unix(PathBuf),
 }
 
+/// Whether TCP addresses `a` and `b` cannot both be bound: the same port (not 0, which
+/// picks a free one) on the same address, or on all interfaces and any one of them (`[::]`
+/// takes IPv4 too: the supervisor's IPv6 sockets are dual-stack).
+///
+/// ```
+/// use unwedge_supervisor::config::overlaps;
+/// let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+/// assert!(overlaps(&a("0.0.0.0:8080"), &a("127.0.0.1:8080")));
+/// assert!(overlaps(&a("[::]:8080"), &a("127.0.0.1:8080")));
+/// assert!(!overlaps(&a("127.0.0.1:8080"), &a("127.0.0.2:8080")));
+/// assert!(!overlaps(&a("0.0.0.0:8080"), &a("[::1]:8080")));
+/// assert!(!overlaps(&a("127.0.0.1:0"), &a("127.0.0.1:0")));
+/// ```
+pub fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+    // All interfaces of `x`'s family (IPv6's covers IPv4's as well) take `y`.
+    let covers =
+        |x: &SocketAddr, y: &SocketAddr| x.ip().is_unspecified() && (x.is_ipv6() || y.is_ipv4());
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
 impl FromStr for ListenAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -895,6 +915,24 @@ impl Config {
                 "listen",
                 format!("--listen {twice} is given twice"),
             ));
+        }
+        // Overlapping: the same port on all interfaces and on one of them (`:8080` and
+        // `127.0.0.1:8080`). The second bind failed the same way.
+        for (i, a) in listen.iter().enumerate() {
+            let ListenAddr::Tcp(a) = a else { continue };
+            for b in &listen[..i] {
+                if let ListenAddr::Tcp(b) = b {
+                    if overlaps(a, b) {
+                        let why = "overlap (the same port, and one of them on all interfaces): \
+                                   list only one";
+                        return Err(Refused::Setting {
+                            key: "listen",
+                            flag: format!("--listen {b} and --listen {a} {why}"),
+                            file: format!("{b} and {a} {why}"),
+                        });
+                    }
+                }
+            }
         }
         let dump_signal = match &o.dump_signal {
             Some(s) => parse_signal(s)

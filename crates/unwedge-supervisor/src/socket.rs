@@ -166,6 +166,14 @@ fn in_use_by(addr: &ListenAddr, e: std::io::Error) -> String {
     if holders.is_empty() {
         return e.to_string();
     }
+    // Not a process left behind: this one, whose addresses overlap (which the configuration
+    // checks refuse; an address in another form, say).
+    let me = std::process::id() as i32;
+    if holders.contains(&me) {
+        return format!(
+            "{e}; this supervisor listens on it already (two of its addresses overlap)"
+        );
+    }
     let verb = if holders.len() == 1 {
         "listens"
     } else {
