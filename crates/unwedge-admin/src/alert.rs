@@ -385,7 +385,14 @@ pub fn parse_webhook_url(url: &str) -> Result<Uri, AlertError> {
         .rsplit_once(':')
         .filter(|_| !host_port.ends_with(']'))
     {
-        if !port.is_empty() && port.parse::<u16>().is_err() {
+        // `host:` with nothing after: port 80 by the URL rules, but far more often a port
+        // variable that was not set (`http://$HOST:$PORT/`), and every alert would go astray.
+        if port.is_empty() {
+            return Err(bad(
+                "empty port (an unset variable?): give the port, or no `:` for the scheme's",
+            ));
+        }
+        if port.parse::<u16>().is_err() {
             return Err(bad("invalid port"));
         }
     }
@@ -1194,7 +1201,6 @@ mod tests {
         for ok in [
             "http://h:8080/x",
             "http://h/x",
-            "http://h:/x",
             "http://[::1]:8080/x",
             "http://[::1]/x",
             "http://u:p@h:1/x",
@@ -1208,6 +1214,13 @@ mod tests {
         ] {
             let err = parse_webhook_url(bad).unwrap_err().to_string();
             assert!(err.ends_with(": invalid port"), "{bad}: {err}");
+        }
+        for empty in ["http://h:/x", "http://127.0.0.1:/x", "http://u:p@h:/x"] {
+            let err = parse_webhook_url(empty).unwrap_err().to_string();
+            assert!(
+                err.contains("empty port (an unset variable?)"),
+                "{empty}: {err}"
+            );
         }
     }
 

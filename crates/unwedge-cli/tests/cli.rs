@@ -115,6 +115,22 @@ async fn usage_errors_exit_2() {
             &["run", "--watchdog", "999us", "--", "true"],
             "--watchdog 999us is under 1ms",
         ),
+        (
+            &[
+                "run",
+                "--probe",
+                "/",
+                "--probe-interval",
+                "1ns",
+                "--",
+                "true",
+            ],
+            "--probe-interval 1ns is under 10ms, the shortest probe interval",
+        ),
+        (
+            &["run", "--probe", "/", "--probe-interval", "0", "--", "true"],
+            "--probe-interval 0s is under 10ms",
+        ),
         (&["run", "--listen", "127.0.0.1:0"], "no worker command"),
         (
             &["run", "--listen", "not-an-address", "--", "true"],

@@ -315,7 +315,7 @@ pub struct Options {
     )]
     pub probe_timeout: Option<Duration>,
 
-    /// Time between probes of one worker [default: 1s].
+    /// Time between probes of one worker, at least 10ms [default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Hang detection")]
     #[serde(
         default,
@@ -1046,7 +1046,20 @@ impl Config {
             watchdog,
             probe: o.probe,
             probe_timeout: nonzero(o.probe_timeout, Duration::from_secs(1), "probe-timeout")?,
-            probe_interval: nonzero(o.probe_interval, Duration::from_secs(1), "probe-interval")?,
+            probe_interval: match o.probe_interval {
+                // Back to back, a probe costs the supervisor and an idle worker a core's fifth
+                // each: no health check needs that.
+                Some(d) if d < MIN_PROBE_INTERVAL => {
+                    let why = "is under 10ms, the shortest probe interval";
+                    let shown = humantime::format_duration(d);
+                    return Err(Refused::Setting {
+                        key: "probe-interval",
+                        flag: format!("--probe-interval {shown} {why}"),
+                        file: format!("{shown} {why}"),
+                    });
+                }
+                d => d.unwrap_or(Duration::from_secs(1)),
+            },
             probe_failures: match o.probe_failures {
                 Some(0) => {
                     let why = "give the number of failed probes in a row that make a worker \
@@ -1532,6 +1545,9 @@ fn read_config_text(path: &Path, fifo: Fifo) -> Result<String, ConfigError> {
         }
     })
 }
+
+/// The shortest `--probe-interval`.
+pub const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The shortest `--watchdog` (other than 0, off).
 pub const MIN_WATCHDOG: Duration = Duration::from_millis(1);

@@ -7,6 +7,7 @@ impl Pool {
     /// A reload request: a reload now, or, during one, another one right after it.
     pub(super) fn begin_reload(&mut self, why: &str) {
         if self.stopping {
+            tracing::warn!("{why}: no reload, the supervisor is stopping");
             return;
         }
         self.reload_requests += 1;
@@ -124,7 +125,10 @@ impl Pool {
     }
 
     fn refuse_reload(&mut self, why: &str, requests: u64, reason: String) {
-        let generation = self.next_gen.max(self.active_gen) + 1;
+        // Its number is its own: the next reload's outcome must not be told under the same
+        // generation as this refusal (`/status`, alerts, `reload --wait`).
+        self.next_gen = self.next_gen.max(self.active_gen) + 1;
+        let generation = self.next_gen;
         tracing::error!(
             "{why}: reload refused: {reason}; generation {} keeps serving",
             self.active_gen

@@ -226,8 +226,9 @@ impl Pool {
                 );
             } else {
                 tracing::warn!(
-                    "pid {pid} sent no READY=1 within {}; taking it as ready (use --ready to \
-                     choose)",
+                    "pid {pid} sent no READY=1 within {}; taking it as ready: the passed \
+                     socket is in no epoll set of its processes (it may wait in a blocking \
+                     accept(), or not use the socket at all; use --ready to choose)",
                     fmt_dur(limit)
                 );
             }
