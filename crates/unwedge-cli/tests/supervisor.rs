@@ -2724,7 +2724,8 @@ async fn sighup_rereads_the_config_file() {
             &["`admin` changed; it applies only when the supervisor restarts"],
         )
         .await;
-        sup.wait_line(from, &["generation 3 ready; stopping 3 old worker(s)"])
+        // Generation 4: the refused reload had 3.
+        sup.wait_line(from, &["generation 4 ready; stopping 3 old worker(s)"])
             .await;
         let third = sup.wait_ready(from, 2).await;
         assert_eq!(third.len(), 2, "{}", sup.log());
