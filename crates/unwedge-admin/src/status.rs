@@ -112,6 +112,10 @@ pub struct SupervisorInfo {
     /// forked children), and stopped by the supervisor.
     #[serde(default)]
     pub leftover_processes: u64,
+    /// Whether the supervisor is stopping (SIGTERM, SIGINT, giving up): it takes no reload,
+    /// and exits once its workers have.
+    #[serde(default)]
+    pub stopping: bool,
 }
 
 /// How a reload ended.
@@ -179,6 +183,7 @@ impl SupervisorInfo {
             reload_requests: 0,
             stop_timeouts: 0,
             leftover_processes: 0,
+            stopping: false,
         }
     }
 }

@@ -493,6 +493,7 @@ fn status_source(
         info.listen = listen.clone();
         info.generation = snap.generation;
         info.reloading = snap.reloading;
+        info.stopping = snap.stopping;
         info.reload_requests = snap.reload_requests;
         info.stop_timeouts = snap.counters.stop_timeouts;
         info.leftover_processes = snap.counters.leftover_processes;

@@ -123,6 +123,13 @@ async fn reload_and_wait(
             1,
         ));
     }
+    // A supervisor that is stopping takes no reload: said now, not after its drain.
+    if before["stopping"] == true {
+        return Err((
+            format!("the supervisor (pid {pid}) is stopping; it takes no reload"),
+            1,
+        ));
+    }
     // The outcome to wait for: that of the first reload that started after this signal. A
     // reload already in progress may run an older command or configuration; the supervisor
     // follows it with another, which answers every request made meanwhile.
@@ -167,6 +174,12 @@ async fn reload_and_wait(
                         1,
                     ))
                 };
+            }
+            Ok(now) if now["stopping"] == true => {
+                return Err((
+                    format!("the supervisor (pid {pid}) began to stop before the reload finished"),
+                    1,
+                ));
             }
             Ok(_) => {}
             // Too busy to answer for now, or gone (checked below).

@@ -2164,6 +2164,50 @@ async fn a_reload_to_what_it_cannot_apply_or_a_start_would_refuse_is_refused() {
     .await;
 }
 
+/// `reload --wait` to a supervisor that is stopping says so at once (exit 1), instead of
+/// waiting out the drain and then saying the supervisor exited; the SIGHUP is logged, not
+/// silently dropped. `/status` says `stopping`.
+#[tokio::test]
+async fn a_reload_asked_of_a_stopping_supervisor_fails_at_once() {
+    limited(async {
+        let py = fixture("worker.py");
+        let mut sup = Sup::start_env(
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--",
+                py.to_str().unwrap(),
+            ],
+            &[("FIXTURE_DRAIN_MS", "20000")],
+        );
+        let admin = admin_addr(&sup).await;
+        let worker = sup.wait_ready(0, 1).await[0];
+        assert_eq!(status(admin).await["supervisor"]["stopping"], false);
+        sup.signal(Signal::SIGTERM);
+        status_until(&sup, admin, "stopping", |s| {
+            s["supervisor"]["stopping"] == true
+        })
+        .await;
+        let m = sup.mark();
+        let (code, out, err) = reload_wait(sup.pid, admin).await;
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(err.contains("is stopping; it takes no reload"), "{err}");
+        // Said while the drain still runs.
+        assert!(common::running(sup.pid), "{}", sup.log());
+        // A bare SIGHUP is logged.
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(m, &["SIGHUP: no reload, the supervisor is stopping"])
+            .await;
+        // The drain cut short: the supervisor ends with its worker, leaving nothing behind.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+        assert!(sup.wait_exit(LONG).await.code().is_some(), "{}", sup.log());
+    })
+    .await;
+}
+
 /// The same under `--reload-mode rolling`: the first slot's silent replacement fails the
 /// reload at `--ready-timeout` before any old worker is stopped, so both old workers still
 /// serve, and `reload --wait` says the reload failed.
