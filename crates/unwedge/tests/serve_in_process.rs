@@ -219,3 +219,96 @@ async fn stopping_one_server_leaves_the_others_answers_kept_alive() {
     stop_b.send(()).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(30), server_b).await;
 }
+
+/// A stream for `GET /export`: a first part, then (`fail`) a panic half-way, or the rest.
+fn export(fail: bool) -> axum::body::Body {
+    let parts = futures_util::stream::unfold(0u8, move |n| async move {
+        match n {
+            0 => Some((Ok::<_, std::io::Error>(bytes::Bytes::from("part one\n")), 1)),
+            1 => {
+                // Flushed first: the client has the head and the first part.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(!fail, "the export failed half-way");
+                Some((Ok(bytes::Bytes::from("part two\n")), 2))
+            }
+            _ => None,
+        }
+    });
+    axum::body::Body::from_stream(parts)
+}
+
+/// Reads `conn` to its end: what came, and whether it ended with a reset rather than a close.
+async fn read_to_end_or_reset(conn: &mut TcpStream) -> (String, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), conn.read(&mut buf))
+            .await
+            .expect("the connection ended within 30 s")
+        {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), false),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (String::from_utf8_lossy(&got).into_owned(), true)
+            }
+            Err(e) => panic!("reading: {e}"),
+        }
+    }
+}
+
+/// An HTTP/1.0 client gets a streamed body delimited by the close of the connection: when
+/// the stream panics half-way, the connection is reset, so that the truncated answer is an
+/// error (nginx in front speaks HTTP/1.0 to its upstreams by default), where a plain close
+/// made it look whole. A whole stream still ends with a plain close, and HTTP/1.1 keeps its
+/// own sign (no last chunk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_stream_that_panics_half_way_resets_the_connection() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route("/export", get(|| async { export(true) }))
+        .route("/whole", get(|| async { export(false) }));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::new()
+            .listener(listener)
+            .policy(unwedge::Policy::Recover)
+            .shutdown_on(async {
+                let _ = stopped.await;
+            })
+            .exit_on_crash(false)
+            .serve(app),
+    );
+    for (version, path) in [("1.0", "/export"), ("1.0", "/whole"), ("1.1", "/export")] {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/{version}\r\nHost: x\r\nConnection: close\r\n\r\n");
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let (got, reset) = read_to_end_or_reset(&mut conn).await;
+        assert!(got.contains(" 200 OK\r\n"), "{version} {path}: {got}");
+        assert!(got.contains("part one"), "{version} {path}: {got}");
+        match (version, path) {
+            ("1.0", "/export") => {
+                assert!(
+                    reset,
+                    "a truncated HTTP/1.0 answer ended like a whole one: {got}"
+                );
+                assert!(!got.contains("part two"), "{got}");
+            }
+            ("1.0", _) => {
+                assert!(!reset, "a whole HTTP/1.0 answer was reset: {got}");
+                assert!(got.ends_with("part one\npart two\n"), "{got}");
+            }
+            _ => {
+                // Chunked: the last chunk (`0\r\n\r\n`) is missing, whatever ends it.
+                assert!(got.contains("transfer-encoding: chunked"), "{got}");
+                assert!(!got.ends_with("0\r\n\r\n"), "{got}");
+            }
+        }
+    }
+    stop.send(()).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("serve() returned")
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Stopped), "{outcome:?}");
+}

@@ -186,6 +186,12 @@ where
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         let stopping = self.calls.mark();
+        if req.version() <= http::Version::HTTP_10 {
+            // Its answer's body, when a stream, ends with the close (see `socket`).
+            self.calls
+                .http10
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let close = match (req.version() <= http::Version::HTTP_11, stopping) {
             (false, _) => Close::Never, // HTTP/2: hyper's GOAWAY does it
             (true, true) => Close::Always,

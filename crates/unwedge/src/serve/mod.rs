@@ -129,6 +129,7 @@ pub(crate) mod notify;
 
 mod limits;
 mod listeners;
+mod socket;
 mod stop;
 
 use std::fmt;
@@ -1706,7 +1707,7 @@ fn spawn_connection<I, S, RB>(
         Option<tokio::sync::OwnedSemaphorePermit>,
     ),
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsFd + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError> + Send + 'static,
@@ -1718,7 +1719,7 @@ fn spawn_connection<I, S, RB>(
     let svc = service.connection(calls.clone(), peer);
     let conn = how
         .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .serve_connection_with_upgrades(TokioIo::new(socket::Socket::new(io, calls.clone())), svc)
         .into_owned();
     let idle_timeout = how.idle_timeout;
     tokio::spawn(async move {
@@ -1776,8 +1777,13 @@ fn spawn_connection<I, S, RB>(
             }
         };
         if let Err(e) = result {
-            tracing::debug!(error = %e, "connection ended with an error");
+            if calls.reset_on_close(&*e) {
+                tracing::debug!(error = %e, "an HTTP/1.0 answer failed in its body: resetting the connection");
+            } else {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
         }
+        // `conn`, and the socket with it, dropped here: reset if said above.
     });
 }
 
@@ -1828,6 +1834,11 @@ struct Calls {
     notify: tokio::sync::Notify,
     /// `serve()`'s stop signal, set before any connection task sees it.
     stop: stop::StopFlag,
+    /// An HTTP/1.0 request came on the connection: its answer's body, when a stream, ends
+    /// with the connection's close (see [`socket`]).
+    http10: std::sync::atomic::AtomicBool,
+    /// Reset the socket when it is dropped ([`Calls::reset_on_close`]).
+    reset: std::sync::atomic::AtomicBool,
 }
 
 impl Calls {
@@ -1836,7 +1847,27 @@ impl Calls {
             count: Default::default(),
             notify: Default::default(),
             stop,
+            http10: Default::default(),
+            reset: Default::default(),
         }
+    }
+
+    /// After the connection ended with `error`: whether its socket is reset rather than
+    /// closed. So when an answer to an HTTP/1.0 request failed in its body (a panic, a
+    /// stream's error): that body is delimited by the close, and a plain close would make
+    /// the truncated answer look whole (see [`socket`]).
+    fn reset_on_close(&self, error: &(dyn std::error::Error + 'static)) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let body_failed = std::iter::successors(Some(error), |e| e.source()).any(|e| {
+            e.is::<crate::panic::BodyPanicked>()
+                || e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_user)
+        });
+        let reset = body_failed && self.http10.load(Relaxed);
+        if reset {
+            self.reset.store(true, Relaxed);
+        }
+        reset
     }
 
     fn count(&self) -> u64 {
