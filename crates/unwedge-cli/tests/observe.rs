@@ -2601,6 +2601,60 @@ async fn credentials_a_worker_sends_are_redacted_everywhere() {
     .await;
 }
 
+/// A worker's `STATUS=` text quoting a credential (`Authorization: Bearer …`, a URL's
+/// `user:password@`, a `?token=`): redacted in the log, `/status`, the status page and
+/// `unwedge status`, as a report is. It was shown as sent.
+#[tokio::test]
+async fn credentials_in_a_workers_status_text_are_redacted_everywhere() {
+    limited(async {
+        let worker = common::notify_worker(
+            "s.sendto(b'READY=1', to)\n\
+             s.sendto(b'STATUS=serving; upstream said Authorization: Bearer SECRET-AUTH via \
+             https://bob:SECRET-PW@db.example/x?token=SECRET-QUERY', to)\n\
+             time.sleep(600)\n",
+        );
+        let sup = Sup::run(
+            &["--ready", "notify", "--admin", "127.0.0.1:0"],
+            &["python3", "-c", &worker],
+        );
+        let admin = admin_addr(&sup).await;
+        sup.wait_ready(0, 1).await;
+        let s = status_until(&sup, admin, "the worker's status", |s| {
+            s["workers"][0]["status"].is_string()
+        })
+        .await;
+        let shown = s["workers"][0]["status"].as_str().unwrap().to_owned();
+        assert!(shown.starts_with("serving; upstream said"), "{shown}");
+        let (_, page) = get(admin, "/").await;
+        assert!(page.contains("serving; upstream said"), "{page}");
+        let admin_s = admin.to_string();
+        let (code, text, err) = run_split(&["status", "--admin", &admin_s]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(text.contains("STATUS"), "{text}");
+        for (what, shown) in [
+            ("/status", s.to_string()),
+            ("the page", page),
+            ("unwedge status", text),
+            // But for the command's own lines (`starting 1 worker(s): python3 -c …`), which
+            // hold the secrets it sends.
+            (
+                "the log",
+                sup.log()
+                    .lines()
+                    .filter(|l| !l.contains("s.sendto("))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+        ] {
+            assert!(
+                !shown.contains("SECRET"),
+                "{what} shows a credential: {shown}"
+            );
+        }
+    })
+    .await;
+}
+
 /// A worker that does not scrub its panic message sends one quoting a request's `{:?}`
 /// (`HeaderMap {"authorization": "Bearer …", "cookie": "…"}`), and a backtrace, a
 /// `decision.reason`, a `thread` and a field of its own with an `Authorization: Bearer …`

@@ -196,6 +196,13 @@ pub const MAX_STATUS_BYTES: usize = 1024;
 
 /// `STATUS=` text cut to [`MAX_STATUS_BYTES`] at a character boundary, `…` marking a cut.
 fn status_text(s: &str) -> String {
+    // Redacted as a worker's report and stderr are: any worker may send one, not every one
+    // redacts, and it goes to the log, `/status`, the status page and alerts. Before the
+    // cut, which then can only cut what is redacted already.
+    let scrubbed = unwedge_redact::scrub_credentials(s);
+    let s = scrubbed.as_deref().unwrap_or(s);
+    let hidden = unwedge_redact::hide_url_userinfo(s);
+    let s = hidden.as_deref().unwrap_or(s);
     crate::text::cut_marked(s, MAX_STATUS_BYTES).into_owned()
 }
 
@@ -592,6 +599,27 @@ mod tests {
         let tmp = (std::env::temp_dir(), "TMPDIR");
         assert_eq!(base(Some("".into()), None), tmp);
         assert_eq!(base(None, None), tmp);
+    }
+
+    /// Any worker may send one, and it is shown in the log, `/status`, the page and alerts.
+    #[test]
+    fn a_status_is_redacted_as_a_report_is() {
+        let said = "STATUS=tainted: upstream rejected Authorization: Bearer STATUSAUTH1 via \
+                    https://bob:STATUSPW1@db/x?token=STATUSQ1 and password=hunter2";
+        let [NotifyMessage::Status(shown)] = &parse(said.as_bytes()).unwrap()[..] else {
+            panic!("not one STATUS");
+        };
+        for secret in ["STATUSAUTH1", "STATUSPW1", "STATUSQ1", "hunter2"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.starts_with("tainted: upstream rejected"), "{shown}");
+        assert_eq!(unhealthy_status(shown), Some("tainted"));
+        // Nothing to redact: as it was.
+        let [NotifyMessage::Status(plain)] = &parse(b"STATUS=warming caches 40%").unwrap()[..]
+        else {
+            panic!("not one STATUS");
+        };
+        assert_eq!(plain, "warming caches 40%");
     }
 
     #[test]
