@@ -15,7 +15,7 @@
 //! `BYTECACHE_MAX_SIZE` (bytes, default 1024) sets the cache size. Without `UNWEDGE_LISTEN`
 //! it listens on `serve()`'s default, 127.0.0.1:8080.
 
-use std::process::ExitCode;
+use std::process::{ExitCode, Termination};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -32,5 +32,8 @@ async fn main() -> ExitCode {
         },
     };
     let outcome = unwedge::serve(example_bytecache::app_with_max_size(max_size)).await;
-    ExitCode::from(outcome.exit_code())
+    // As returning it from `main` would: says why `serve()` failed to start (a bad
+    // environment variable, a port in use), then the exit code. (`exit_code()` alone says
+    // nothing.)
+    outcome.report()
 }

@@ -278,7 +278,7 @@ impl std::error::Error for ServeError {}
 /// # }
 /// ```
 #[derive(Debug)]
-#[must_use = "return the Outcome from main, or use exit_code(), so the supervisor sees why the process ended"]
+#[must_use = "return the Outcome from main, or call `std::process::Termination::report` on it (which prints why serve() failed), so the supervisor sees why the process ended"]
 #[non_exhaustive]
 pub enum Outcome {
     /// Graceful shutdown after SIGTERM/SIGINT (exit code 0).
@@ -293,7 +293,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The process exit code for this outcome: 0, 70, 2 or 1.
+    /// The process exit code for this outcome: 0, 70, 2 or 1. It prints nothing: a
+    /// [`Failed`](Outcome::Failed) outcome's reason is printed (on stderr) by returning the
+    /// `Outcome` from `main`, or by [`Termination::report`], which then gives this code.
     ///
     /// ```
     /// assert_eq!(unwedge::serve::Outcome::Stopped.exit_code(), 0);
