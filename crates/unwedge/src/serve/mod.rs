@@ -591,6 +591,10 @@ impl Server {
     /// `UNWEDGE_POLICY` then still sets the process-wide policy (tasks), not your layer's:
     /// build it with [`Policy::from_env`] to follow the variable.
     ///
+    /// Your layer must wrap every route: axum's `Router::layer` wraps only the routes added
+    /// before it, so call it last. A panic in a route it does not wrap reaches hyper's task
+    /// for the connection: the client gets no answer, and no report or policy decision follows.
+    ///
     /// ```no_run
     /// use axum::{routing::get, Router};
     /// use unwedge::{PanicLayer, Policy};
