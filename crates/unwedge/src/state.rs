@@ -94,7 +94,8 @@ mod facade {
 ///   collections such as [`imbl`](https://docs.rs/imbl)'s `HashMap` whose clone is O(1) and
 ///   whose updates are O(log n)). A panic inside [`update`](Tx::update) drops the private copy:
 ///   the state is exactly as before (copy-then-swap, C++'s *strong guarantee*), so the
-///   [`PanicLayer`](crate::PanicLayer) can keep serving.
+///   [`PanicLayer`](crate::PanicLayer) can keep serving. That holds only for data `T` owns:
+///   a shared handle inside it is not rolled back (see *Shared handles* below).
 /// - **[`Mutex<T>`](crate::Mutex)** when the state cannot be copied (a connection, a file, a
 ///   huge buffer). A panic inside the critical section poisons it and the process is crashed
 ///   gracefully under the default policy, because the data may be half-updated.
@@ -109,7 +110,7 @@ mod facade {
 ///   when the closure returns. If the closure (or `T::clone`) panics, nothing is published,
 ///   the panic keeps unwinding, and the rollback is recorded in the panic's
 ///   [`PanicReport`](crate::PanicReport) (`rolled_back`), which tells the policy the state is
-///   clean.
+///   clean (what `T` owns is; what it shares through a handle is not rolled back).
 /// - **Writers are serialized**: concurrent updates run one after another on a short internal
 ///   lock, each on the latest state, so no update is ever lost and each closure runs exactly
 ///   once. Side effects inside the closure (sending a message, writing a file) are therefore
@@ -117,6 +118,20 @@ mod facade {
 ///   them after it returns. The closure is synchronous on purpose: no `.await`, so neither a
 ///   cancelled future nor a slow client can stop it halfway. It blocks the calling thread
 ///   while it runs, like a `std::sync::Mutex` critical section would: keep it short.
+///
+/// # Shared handles are not rolled back
+///
+/// `update` copies the state with `T::clone` and the closure changes the copy. A field that
+/// is a shared handle (an `Arc<std::sync::Mutex<_>>`, an `Arc<AtomicU64>`, a `DashMap`, a
+/// channel, a connection pool, a file) is shared by the copy, not copied: a write through it
+/// goes straight into the published state, readers see it while the update is still running,
+/// and a panic does not undo it. The panic's report still names the `Tx` in `rolled_back`,
+/// and the `Auto` policy keeps serving over state that is half-updated.
+///
+/// So `T` must own its data: its `Clone` copies it deeply, or copy-on-write does (`imbl`
+/// collections, an `Arc<U>` field changed only through [`Arc::make_mut`]). Keep shared
+/// handles, atomics, pools and channels outside the `Tx`, next to it; state that lives behind
+/// such a handle belongs in an [`unwedge::Mutex`](crate::Mutex), which a panic poisons.
 ///
 /// # Reading: `load()` or `read()`?
 ///

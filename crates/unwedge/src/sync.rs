@@ -512,7 +512,8 @@ impl<'a, T: ?Sized> MutexGuard<'a, T> {
     /// ([`with_policy`](crate::PanicLayer::with_policy)), otherwise by the process-wide
     /// [policy](crate::panic::policy): under the default `Auto` (and `Crash`) it is a
     /// graceful restart of the process. A section left uncommitted therefore costs the process, not only the request:
-    /// a client that disconnects while its request is inside the section, or a `?` that returns
+    /// a client that disconnects while its request is inside the section, a timeout that drops
+    /// the handler's future there (tower-http's `TimeoutLayer`), or a `?` that returns
     /// between the first write and `commit()`, restarts the worker. Keep the section short,
     /// do what can fail before `lock()` when the order allows, and prefer
     /// [`Tx::update`](crate::Tx::update) for updates that need no `.await`. Under `Recover` the

@@ -5,7 +5,7 @@
 //! ```text
 //! UNWEDGE_LISTEN=127.0.0.1:3000 cargo run -p example-hello --release
 //! curl http://127.0.0.1:3000/        # hello
-//! curl http://127.0.0.1:3000/livez   # ok
+//! curl http://127.0.0.1:3000/livez   # {"status":"ok","state":"healthy","ready":true}
 //! ```
 //!
 //! Without `UNWEDGE_LISTEN` it listens on 127.0.0.1:3000; under socket activation

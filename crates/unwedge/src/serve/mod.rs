@@ -110,7 +110,7 @@
 //! | `NOTIFY_SOCKET` | the supervisor's notify socket (an absolute path) |
 //! | `WATCHDOG_USEC`, `WATCHDOG_PID` | heartbeat interval expected by the supervisor |
 //! | `UNWEDGE_POLICY` | `recover`, `crash` or `auto` |
-//! | `UNWEDGE_SHUTDOWN_TIMEOUT`, `UNWEDGE_CRASH_TIMEOUT` | drain deadlines (`30s`, `500ms`, or seconds) |
+//! | `UNWEDGE_SHUTDOWN_TIMEOUT`, `UNWEDGE_CRASH_TIMEOUT` | drain deadlines (`30s`, `500ms`, or seconds); `0` is not off but a zero-length drain: the requests in flight are abandoned at once |
 //! | `UNWEDGE_STALL_LIMIT` | runtime-stall and blocked-poll limit of the [`watchdog`] (default 2 s); `0` turns both checks off |
 //! | `UNWEDGE_HANG_LIMIT` | no-progress limit of the [`watchdog`] (default 10 s); `0` turns the check off (requests that legitimately run longer) |
 //! | `UNWEDGE_ABORT_WHEN_WEDGED` | exit 70 after being wedged this long; `0` for never; unset: [`Server::abort_when_wedged`] (never by default) |
@@ -594,6 +594,10 @@ impl Server {
     /// `UNWEDGE_POLICY` then still sets the process-wide policy (tasks), not your layer's:
     /// build it with [`Policy::from_env`] to follow the variable.
     ///
+    /// Your layer must wrap every route: axum's `Router::layer` wraps only the routes added
+    /// before it, so call it last. A panic in a route it does not wrap reaches hyper's task
+    /// for the connection: the client gets no answer, and no report or policy decision follows.
+    ///
     /// ```no_run
     /// use axum::{routing::get, Router};
     /// use unwedge::{PanicLayer, Policy};
@@ -657,7 +661,8 @@ impl Server {
         self
     }
 
-    /// Deadline for finishing requests in flight after SIGTERM/SIGINT (default 30 s).
+    /// Deadline for finishing requests in flight after SIGTERM/SIGINT (default 30 s). Zero is
+    /// a zero-length drain, not "no deadline": the requests in flight are abandoned at once.
     ///
     /// ```
     /// use std::time::Duration;
@@ -670,7 +675,8 @@ impl Server {
         self
     }
 
-    /// Deadline for finishing requests in flight in a graceful crash (default 5 s).
+    /// Deadline for finishing requests in flight in a graceful crash (default 5 s). Zero is a
+    /// zero-length drain: the requests in flight are abandoned and the process exits at once.
     ///
     /// ```
     /// use std::time::Duration;
