@@ -294,20 +294,26 @@ fn sync_dir(dir: &Path) {
 
 /// Creates `dir` if needed (`0700`: reports hold request data, only the supervisor's user may
 /// read them), and checks that a file can be created in it (rotation creates files), with a
-/// probe file removed at once.
+/// probe file removed at once: a new file (`O_EXCL`, mode `0600`) under a random name, so
+/// that nothing planted in a directory others may write to (a link to another file, which a
+/// truncating open of a name known in advance would empty) is opened, and nothing planted
+/// can make the check fail either.
 fn create_dir_and_probe(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let probe = dir.join(format!(".unwedge-probe-{}", std::process::id()));
-    no_follow()
-        .mode(0o600)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&probe)?;
-    let _ = fs::remove_file(&probe);
+    // Removed when dropped. Its error without the random name (tempfile adds the path): the
+    // operating system's, as the directory's own.
+    tempfile::Builder::new()
+        .prefix(".unwedge-probe-")
+        .tempfile_in(dir)
+        .map_err(|e| {
+            let os = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<io::Error>())
+                .and_then(io::Error::raw_os_error);
+            os.map_or(e, io::Error::from_raw_os_error)
+        })?;
     Ok(())
 }
 

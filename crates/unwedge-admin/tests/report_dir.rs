@@ -212,6 +212,30 @@ fn a_fifo_a_hard_link_or_another_users_file_as_the_current_file_is_refused() {
     ReportDir::open(ReportDirConfig::new(tmp.path())).unwrap();
 }
 
+/// The check that a file can be created in the directory creates a new file under a random
+/// name: a link planted under the name it once used (`.unwedge-probe-<pid>`, known in
+/// advance) to another file, in a directory others may write to, is neither opened nor
+/// emptied, and nothing is left behind.
+#[test]
+fn the_write_check_touches_no_file_planted_in_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("reports");
+    std::fs::create_dir(&dir).unwrap();
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    let planted = dir.join(format!(".unwedge-probe-{}", std::process::id()));
+    std::fs::hard_link(&victim, &planted).unwrap();
+    ReportDir::open(ReportDirConfig::new(&dir)).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    let mut left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".unwedge-probe-"))
+        .collect();
+    left.sort();
+    assert_eq!(left, [planted.file_name().unwrap().to_str().unwrap()]);
+}
+
 #[test]
 fn unwritable_dir_is_a_clear_error_at_open() {
     let tmp = tempfile::tempdir().unwrap();
