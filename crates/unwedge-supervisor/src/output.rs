@@ -30,6 +30,26 @@ struct JsonLine<'a> {
     line: &'a str,
 }
 
+/// `line` with its control characters escaped (`\x1b`, `\x0d`, `\u{9b}`), tabs kept: a
+/// worker's output must not drive the terminal its log is read on (clear it, retitle it), nor
+/// pass for the supervisor's own lines (a `\r` that returns over its `[w1 pid …]` prefix), as
+/// the supervisor's own lines do not (tracing escapes them). JSON escapes them by itself.
+fn shown(line: &str) -> std::borrow::Cow<'_, str> {
+    let control = |c: char| (c.is_control() && c != '\t');
+    if !line.chars().any(control) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        match c {
+            c if !control(c) => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Formats one line of worker output (without the trailing newline) for the log.
 pub(crate) fn format_line(
     format: LogFormat,
@@ -39,7 +59,7 @@ pub(crate) fn format_line(
     line: &str,
 ) -> String {
     match format {
-        LogFormat::Text => format!("[{worker} pid {pid}] {line}\n"),
+        LogFormat::Text => format!("[{worker} pid {pid}] {}\n", shown(line)),
         LogFormat::Json => {
             let j = JsonLine {
                 timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now())
@@ -715,6 +735,37 @@ mod tests {
         }
         assert!(!says_address_in_use("listening on 127.0.0.1:8080"));
         assert!(!says_address_in_use("GET /address 200"));
+    }
+
+    /// A worker's escape sequences and carriage returns are shown, not obeyed: they could
+    /// clear the operator's terminal or pass for a line of the supervisor's own.
+    #[test]
+    fn control_characters_of_a_worker_line_are_escaped_in_text() {
+        let line =
+            "hello \x1b]0;TITLE\x07 \x1b[2J clear\r2026-01-01T00:00:00Z  INFO fake\u{9b}31m\tend";
+        let shown = format_line(LogFormat::Text, "w1", 7, Stream::Stdout, line);
+        assert_eq!(
+            shown,
+            "[w1 pid 7] hello \\x1b]0;TITLE\\x07 \\x1b[2J clear\\x0d2026-01-01T00:00:00Z  \
+             INFO fake\\u{9b}31m\tend\n"
+        );
+        assert!(!shown[..shown.len() - 1]
+            .chars()
+            .any(|c| c.is_control() && c != '\t'));
+        // JSON keeps the line as it was (escaped by JSON itself).
+        let j: serde_json::Value =
+            serde_json::from_str(&format_line(LogFormat::Json, "w1", 7, Stream::Stdout, line))
+                .unwrap();
+        assert_eq!(j["line"], line);
+        // Plain text is borrowed as it is.
+        assert!(matches!(
+            shown_of("plain ünïcode\tline"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    fn shown_of(line: &str) -> std::borrow::Cow<'_, str> {
+        super::shown(line)
     }
 
     #[test]
