@@ -35,7 +35,7 @@ struct JsonLine<'a> {
 /// pass for the supervisor's own lines (a `\r` that returns over its `[w1 pid …]` prefix), as
 /// the supervisor's own lines do not (tracing escapes them). JSON escapes them by itself.
 fn shown(line: &str) -> std::borrow::Cow<'_, str> {
-    let control = |c: char| (c.is_control() && c != '\t');
+    let control = |c: char| c.is_control() && c != '\t';
     if !line.chars().any(control) {
         return std::borrow::Cow::Borrowed(line);
     }
