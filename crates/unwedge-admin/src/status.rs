@@ -877,7 +877,7 @@ impl PanicRecord {
     /// `{"authorization": "Bearer …"}`.
     /// Returns whether anything was changed.
     pub fn redact(&mut self) -> bool {
-        let secret = |name: &str| unwedge_redact::is_credential_name(name.trim());
+        let secret = |name: &str| unwedge_redact::is_credential_name(name_only(name));
         // As the `unwedge` library tells a URL header: the `Referer`, or a value with a scheme
         // (any, in any case: `HTTPS://`, `wss://`).
         let is_url = |name: &str, value: &serde_json::Value| {
@@ -1161,10 +1161,10 @@ fn scrub_report_strings(report: &mut serde_json::Value) -> bool {
             }
             serde_json::Value::Array(values) => stack.extend(values.iter_mut()),
             serde_json::Value::Object(map) => {
-                let named_secret =
-                    pair_name(map).is_some_and(|n| unwedge_redact::is_credential_name(n.trim()));
+                let named_secret = pair_name(map)
+                    .is_some_and(|n| unwedge_redact::is_credential_name(name_only(n)));
                 for (key, v) in map.iter_mut() {
-                    let secret = unwedge_redact::is_credential_name(key.trim())
+                    let secret = unwedge_redact::is_credential_name(name_only(key))
                         || (named_secret && key.eq_ignore_ascii_case("value"));
                     if secret {
                         changed |= hide_value(v);
@@ -1211,6 +1211,13 @@ fn hide_value(value: &mut serde_json::Value) -> bool {
 
 /// `line` with the value after each credential name replaced by `[redacted]`
 /// ([`unwedge_redact::scrub_credentials`]) and the user info of each URL cut (the rules: [`ExitRecord::redact`]); `None` when it has neither.
+/// A header or field name as a credential check reads it: without the blanks and control
+/// characters around it (`"Authorization\u{0}"`, which a crafted report may send, is still
+/// `Authorization`).
+fn name_only(name: &str) -> &str {
+    name.trim_matches(|c: char| c.is_whitespace() || c.is_control())
+}
+
 fn scrub_credentials(line: &str) -> Option<String> {
     let scrubbed = unwedge_redact::scrub_credentials(line);
     hide_userinfo_in_text(scrubbed.as_deref().unwrap_or(line)).or(scrubbed)
@@ -1423,6 +1430,22 @@ mod tests {
             serde_json::json!({"X-Api-Key": super::REDACTED, "HTTP_X_AUTH_TOKEN": super::REDACTED,
                 "x-request-id": "r-1", "accept": "*/*"})
         );
+    }
+
+    /// Django's and Angular's CSRF tokens, session ids, DPoP proofs, and a credential's name
+    /// with a control character stuck to it (a crafted report) are hidden too.
+    #[test]
+    fn session_csrf_and_disguised_credential_headers_are_redacted() {
+        let report = serde_json::json!({"request": {"headers": {
+            "X-CSRFToken": "S1", "X-XSRF-TOKEN": "S2", "X-Session-Id": "S3", "sessionid": "S4",
+            "DPoP": "S5", "Authorization\u{0}": "Bearer S6", " cookie\t": "S7",
+            "x-request-id": "r-1"}}});
+        let r = PanicRecord::new(None, report);
+        let headers = &r.report["request"]["headers"];
+        for (name, value) in headers.as_object().unwrap() {
+            let hidden = name != "x-request-id";
+            assert_eq!(value == super::REDACTED, hidden, "{name}: {value}");
+        }
     }
 
     #[test]

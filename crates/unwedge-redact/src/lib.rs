@@ -88,6 +88,13 @@ pub const CREDENTIAL_NAMES: &[&str] = &[
     "access-key",
     "private-token",
     "api-token",
+    // Django's `X-CSRFToken`, Angular's `X-XSRF-TOKEN` is caught by its `-token`.
+    "csrftoken",
+    "xsrftoken",
+    "session-id",
+    "sessionid",
+    // OAuth's proof of possession (RFC 9449): a signed token.
+    "dpop",
     // As camelCase writes them (`accessToken`, `secretKey`): no `-` to read.
     "authtoken",
     "accesstoken",
@@ -113,6 +120,9 @@ pub const CREDENTIAL_NAMES: &[&str] = &[
 /// assert!(is_credential_name("client_secret"));
 /// assert!(!is_credential_name("user-agent"));
 /// assert!(!is_credential_name("secretary"));
+/// assert!(is_credential_name("X-CSRFToken"));
+/// assert!(is_credential_name("X-Session-Id"));
+/// assert!(is_credential_name("DPoP"));
 /// ```
 pub fn is_credential_name(name: &str) -> bool {
     let name = name.as_bytes();
