@@ -76,6 +76,7 @@ fn malformed_variables_are_usage_errors_naming_variable_and_value() {
             ("UNWEDGE_IDLE_TIMEOUT", "forever", &[]),
             ("WATCHDOG_USEC", "18446744073709551615", &[]),
             ("UNWEDGE_BACKTRACE", "yes", &[]),
+            ("UNWEDGE_HEALTH_ROUTES", "maybe", &[]),
         ];
         for (var, value, extra) in cases {
             let mut env: Vec<(&str, &str)> = extra.to_vec();

@@ -294,7 +294,11 @@ pub(crate) fn flag(name: &'static str) -> Result<Option<bool>, ServeError> {
     match v.trim() {
         "1" | "true" | "yes" | "on" => Ok(Some(true)),
         "0" | "false" | "no" | "off" => Ok(Some(false)),
-        _ => Err(ServeError::bad_env(name, &v, "expected 1 or 0")),
+        _ => Err(ServeError::bad_env(
+            name,
+            &v,
+            "expected 1, true, yes or on, or 0, false, no or off",
+        )),
     }
 }
 
