@@ -19,6 +19,16 @@ use std::process::{ExitCode, Termination};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The decisions (recover, crash), the reports and why the process exits (`graceful crash:
+    // exiting with code 70`) are `tracing` events: without a subscriber only the panic hook's
+    // line would show. `RUST_LOG` filters (default: info).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
     let max_size = match std::env::var("BYTECACHE_MAX_SIZE") {
         Err(_) => example_bytecache::DEFAULT_MAX_SIZE,
         Ok(v) => match v.trim().parse::<usize>() {

@@ -21,6 +21,16 @@ fn app() -> Router {
 
 #[tokio::main]
 async fn main() -> unwedge::serve::Outcome {
+    // The decisions (recover, crash), the reports and why the process exits (`graceful crash:
+    // exiting with code 70`) are `tracing` events: without a subscriber only the panic hook's
+    // line would show. `RUST_LOG` filters (default: info).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
     unwedge::Server::new()
         .bind("127.0.0.1:3000")
         .serve(app())
