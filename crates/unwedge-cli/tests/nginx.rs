@@ -168,3 +168,91 @@ async fn nginx_takes_the_socket_and_drains_across_a_reload_with_stop_signal_sigq
     .await
     .expect("test timed out");
 }
+
+/// A directory for nginx as a reverse proxy on `port` to `upstream`, with nginx's defaults
+/// for it: `proxy_http_version 1.0`, buffering on.
+fn proxy_site(port: u16, upstream: std::net::SocketAddr) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = format!(
+        "daemon off;\n\
+         worker_processes 1;\n\
+         pid {d}/nginx.pid;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n\
+           access_log off;\n\
+           client_body_temp_path {d}/body;\n\
+           proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n\
+           uwsgi_temp_path {d}/uwsgi;\n\
+           scgi_temp_path {d}/scgi;\n\
+           server {{\n\
+             listen 127.0.0.1:{port};\n\
+             location / {{ proxy_pass http://{upstream}; }}\n\
+           }}\n\
+         }}\n",
+        d = d.display(),
+    );
+    std::fs::write(d.join("nginx.conf"), conf).unwrap();
+    dir
+}
+
+/// `GET path` through `addr` with HTTP/1.1: the whole answer, as read until the close.
+async fn get_raw(addr: &str, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    // A reset ends it as well as a close: what came before counts.
+    let _ = tokio::time::timeout(LONG, s.read_to_end(&mut got))
+        .await
+        .expect("an answer within the time limit");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// nginx in front, as configured by default (HTTP/1.0 to its upstream, so a streamed body is
+/// delimited by the upstream's close): an `unwedge::serve` worker's stream that panics half-way
+/// reaches the client as a broken answer (no last chunk), not as a whole one. nginx used to
+/// read the worker's plain close as the end of the body and end its own with the last chunk:
+/// a truncated export, looking complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_panics_behind_nginx_reaches_the_client_broken() {
+    let Some(nginx) = nginx() else {
+        skip("nginx not installed (apt-get install nginx-light)");
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let app = Sup::demo(&["--admin", "off"]);
+        let upstream = app.addr().await;
+        app.wait_ready(0, 1).await;
+        let front = free_loopback_addr();
+        let dir = proxy_site(front.port(), upstream);
+        let addr = front.to_string();
+        let proxy = supervise(&nginx, dir.path(), &addr, Some("SIGQUIT"));
+        proxy.wait_ready(0, 1).await;
+
+        let whole = get_raw(&addr, "/export?whole=1").await;
+        assert!(whole.starts_with("HTTP/1.1 200"), "{whole}");
+        assert!(whole.contains("row 3\n"), "{whole}");
+        assert!(
+            whole.ends_with("\r\n0\r\n\r\n"),
+            "a whole export must end: {whole:?}"
+        );
+
+        let broken = get_raw(&addr, "/export").await;
+        assert!(broken.starts_with("HTTP/1.1 200"), "{broken}");
+        assert!(!broken.contains("row 3"), "{broken}");
+        assert!(
+            !broken.ends_with("0\r\n\r\n"),
+            "nginx ended a truncated export as a whole one: {broken:?}\nworker:\n{}",
+            app.log()
+        );
+        // The worker recovered (no state touched) and serves on.
+        let (status, _) = http(upstream, "GET", "/").await.unwrap();
+        assert_eq!(status, 200);
+    })
+    .await
+    .expect("test timed out");
+}

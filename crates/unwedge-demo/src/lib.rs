@@ -9,6 +9,7 @@
 //! | `POST /panic` | panics, touching no state: recovered under `Auto` |
 //! | `POST /tx-panic` | panics inside a [`Tx`] update: rolled back, recovered under `Auto` |
 //! | `POST /poison` | panics while holding an [`unwedge::Mutex`]: poisoned, graceful crash under `Auto` |
+//! | `GET /export` | a streamed body (rows 20 ms apart) that panics after its second row, once the head and the first rows are sent: the client sees an error, never a whole-looking answer; with `?whole=1` it ends after its third row |
 //! | `GET /block?ms=N` | `std::thread::sleep` inside async: blocks a runtime thread (watchdog: stall) |
 //! | `GET /stuck-lock` | waits on a `Mutex` that a task holds forever (watchdog: lock wait, names the holder) |
 //! | `GET /deadlock` | A then B here, B then A in a task: a deadlock between two `Mutex`es |
@@ -78,6 +79,7 @@ pub fn app() -> Router {
         .route("/panic", post(panic_plain))
         .route("/tx-panic", post(tx_panic))
         .route("/poison", post(poison))
+        .route("/export", get(export))
         .route("/block", get(block))
         .route("/stuck-lock", get(stuck_lock))
         .route("/deadlock", get(deadlock))
@@ -159,6 +161,24 @@ async fn slow(
     tokio::time::sleep(Duration::from_millis(ms)).await;
     demo.counter.update(|c| c.slow_in_flight -= 1);
     Ok(format!("slept {ms} ms\n"))
+}
+
+/// `GET /export`: rows streamed 20 ms apart; the stream panics after its second row
+/// (`?whole=1`: three rows, then the end).
+async fn export(Query(q): Query<HashMap<String, String>>) -> axum::body::Body {
+    let whole = q.get("whole").is_some_and(|v| v == "1");
+    let rows = futures_util::stream::unfold(1u32, move |n| async move {
+        if n > 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match n {
+            1 | 2 => Some((Ok::<_, std::io::Error>(format!("row {n}\n")), n + 1)),
+            3 if whole => Some((Ok(format!("row {n}\n")), n + 1)),
+            3 => panic!("demo: the export failed half-way"),
+            _ => None,
+        }
+    });
+    axum::body::Body::from_stream(rows)
 }
 
 async fn panic_plain() -> &'static str {
