@@ -378,13 +378,13 @@ async fn poisoned_worker_is_replaced_with_no_refused_or_reset_connections() {
 /// A client that keeps retrying a request which poisons state, against the default single
 /// worker: each tainted worker, having served, is replaced at once, not after the slot's
 /// crash backoff (which doubled with each taint and left the service with no worker for up
-/// to `--restart-delay-max` per retry), and the replacements do not count toward giving up.
-/// Here the backoff starts at 2 s and the limit is 2 restarts: before, the first taint left
-/// no worker for 2 s and the third gave up (exit 3).
+/// to `--restart-delay-max` per retry), and the replacements do not count toward giving up
+/// (up to `--max-restarts` of them within `--within`: see the next test). Here the backoff
+/// starts at 2 s: before, each taint left no worker for 2 s or more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_poisoning_request_replaces_the_one_worker_at_once_each_time() {
     within(Duration::from_secs(120), async {
-        let mut sup = Sup::demo(&["--restart-delay", "2s", "--max-restarts", "2"]);
+        let mut sup = Sup::demo(&["--restart-delay", "2s", "--max-restarts", "4"]);
         let addr = sup.addr().await;
         let mut pid = sup.wait_ready(0, 1).await[0];
         let l = load(addr, 4);
@@ -415,6 +415,42 @@ async fn a_retried_poisoning_request_replaces_the_one_worker_at_once_each_time()
         );
         sup.signal(Signal::SIGTERM);
         assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{log}");
+    })
+    .await;
+}
+
+/// A worker that taints itself a while after every start (a task that poisons a lock seconds
+/// in, not a request) is replaced at once `--max-restarts` times within `--within`, then
+/// restarted as a crash: it backs off and gives up (exit 3), where it used to be replaced at
+/// once for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_taints_itself_after_every_start_still_gives_up() {
+    within(Duration::from_secs(90), async {
+        let worker = notify_worker(
+            "s.sendto(b'READY=1', to)\n\
+             time.sleep(1.3)\n\
+             s.sendto(b'STATUS=tainted: mutex poisoned by a task\\nSTOPPING=1', to)\n\
+             time.sleep(0.1)\n\
+             sys.exit(70)\n",
+        );
+        let mut sup = Sup::run(
+            &["--ready", "notify", "--max-restarts", "2", "--admin", "off"],
+            &["python3", "-c", &worker],
+        );
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(3), "{}", sup.log());
+        let log = sup.log();
+        assert_eq!(
+            log.matches("is tainted; starting its replacement now")
+                .count(),
+            2,
+            "{log}"
+        );
+        assert!(
+            log.contains("from now on a taint restarts as a crash"),
+            "{log}"
+        );
+        assert!(log.contains("is tainted; restarting in"), "{log}");
+        assert!(log.contains("giving up"), "{log}");
     })
     .await;
 }

@@ -149,7 +149,10 @@ impl Pool {
                         });
                         if self.is_candidate(generation) {
                             self.reload_failed("a new worker is tainted".into());
-                        } else if generation == self.active_gen && served {
+                        } else if generation == self.active_gen
+                            && served
+                            && self.may_replace_at_once(slot, pid, now)
+                        {
                             self.replace_tainted_at_once(slot, "is tainted");
                         } else if generation == self.active_gen {
                             self.schedule_restart(

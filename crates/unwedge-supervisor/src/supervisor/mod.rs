@@ -407,6 +407,7 @@ impl Supervisor {
             forwarded: Vec::new(),
             forwarded_fatal: Vec::new(),
             forwarded_loop_told: false,
+            taint_loop_told: false,
         };
         pool.listener_inodes = pool
             .listeners
@@ -582,6 +583,9 @@ struct Slot {
     /// When its workers died of a signal the supervisor forwarded, within `--within`: past
     /// [`FORWARDED_EXEMPT`] of them, such deaths are restarts like any other.
     forwarded_deaths: std::collections::VecDeque<Instant>,
+    /// When its tainted workers were replaced at once, within `--within`: past
+    /// `--max-restarts` of them, a taint restarts as a crash.
+    replaced_at_once: std::collections::VecDeque<Instant>,
 }
 
 impl Slot {
@@ -594,6 +598,7 @@ impl Slot {
             pending: None,
             port: None,
             forwarded_deaths: std::collections::VecDeque::new(),
+            replaced_at_once: std::collections::VecDeque::new(),
         }
     }
 }
@@ -923,6 +928,8 @@ struct Pool {
     forwarded_fatal: Vec<Signal>,
     /// Deaths of forwarded signals were found to repeat in a slot (said once).
     forwarded_loop_told: bool,
+    /// The log said a slot's taints came too often to be replaced at once.
+    taint_loop_told: bool,
 }
 
 /// Fast polling of a starting worker's port or probe (readiness).

@@ -353,6 +353,39 @@ impl Pool {
         });
     }
 
+    /// Whether the tainted worker `pid` of `slot`, which served (ready for at least
+    /// [`SERVED_BEFORE_TAINT`]), is replaced at once ([`Pool::replace_tainted_at_once`]): at
+    /// most `--max-restarts` such replacements of a slot within `--within`. More are a loop
+    /// that a request does not explain, or not only (a task that poisons a lock seconds after
+    /// every start, a probe whose handler spends the panic budget): those taints restart as
+    /// crashes, backing off and counting toward giving up, so that systemd or Kubernetes may
+    /// take over. Said once.
+    pub(super) fn may_replace_at_once(&mut self, slot: usize, pid: i32, now: Instant) -> bool {
+        let (within, limit) = (self.config.within, self.config.max_restarts as usize);
+        let times = &mut self.slots[slot].replaced_at_once;
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= within)
+        {
+            times.pop_front();
+        }
+        if times.len() < limit {
+            times.push_back(now);
+            return true;
+        }
+        if !std::mem::replace(&mut self.taint_loop_told, true) {
+            tracing::warn!(
+                "{} pid {pid}: {} workers of this slot were tainted and replaced at once \
+                 within {} (--max-restarts {limit}); from now on a taint restarts as a crash, \
+                 with the restart delay, and counts toward giving up (said once)",
+                slot_id(slot),
+                times.len() + 1,
+                fmt_dur(within),
+            );
+        }
+        false
+    }
+
     /// The replacement of a worker that served and was then tainted by what it served
     /// (`STATUS=tainted`: a request poisoned a lock or spent the panic budget), ready for at
     /// least [`SERVED_BEFORE_TAINT`]: it starts now, while the tainted worker drains. That
@@ -360,9 +393,10 @@ impl Pool {
     /// advanced, and the restart is not counted toward the restart intensity, as a
     /// `--max-memory` or `--max-lifetime` replacement is not: a client that retries a
     /// request which poisons state must not leave a one-worker service with no worker for up
-    /// to `--restart-delay-max` per retry, nor make it give up. A worker tainted sooner after
-    /// it became ready is restarted as a crash ([`Pool::schedule_restart`]), so one that
-    /// taints itself as it starts still backs off and gives up.
+    /// to `--restart-delay-max` per retry, nor make it give up. Bounded by
+    /// [`Pool::may_replace_at_once`]. A worker tainted sooner after it became ready is
+    /// restarted as a crash ([`Pool::schedule_restart`]), so one that taints itself as it
+    /// starts still backs off and gives up.
     pub(super) fn replace_tainted_at_once(&mut self, slot: usize, why: &str) {
         if self.stopping {
             return;
