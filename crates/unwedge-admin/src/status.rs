@@ -1209,8 +1209,6 @@ fn hide_value(value: &mut serde_json::Value) -> bool {
     }
 }
 
-/// `line` with the value after each credential name replaced by `[redacted]`
-/// ([`unwedge_redact::scrub_credentials`]) and the user info of each URL cut (the rules: [`ExitRecord::redact`]); `None` when it has neither.
 /// A header or field name as a credential check reads it: without the blanks and control
 /// characters around it (`"Authorization\u{0}"`, which a crafted report may send, is still
 /// `Authorization`).
@@ -1218,6 +1216,8 @@ fn name_only(name: &str) -> &str {
     name.trim_matches(|c: char| c.is_whitespace() || c.is_control())
 }
 
+/// `line` with the value after each credential name replaced by `[redacted]`
+/// ([`unwedge_redact::scrub_credentials`]) and the user info of each URL cut (the rules: [`ExitRecord::redact`]); `None` when it has neither.
 fn scrub_credentials(line: &str) -> Option<String> {
     let scrubbed = unwedge_redact::scrub_credentials(line);
     hide_userinfo_in_text(scrubbed.as_deref().unwrap_or(line)).or(scrubbed)

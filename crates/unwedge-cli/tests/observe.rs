@@ -2208,7 +2208,8 @@ async fn a_reload_asked_of_a_stopping_supervisor_fails_at_once() {
     .await;
 }
 
-/// The same under `--reload-mode rolling`: the first slot's silent replacement fails the
+/// `a_reload_to_workers_that_never_say_ready_fails_after_ones_that_did` under
+/// `--reload-mode rolling`: the first slot's silent replacement fails the
 /// reload at `--ready-timeout` before any old worker is stopped, so both old workers still
 /// serve, and `reload --wait` says the reload failed.
 #[tokio::test]
@@ -2607,12 +2608,18 @@ async fn credentials_a_worker_sends_are_redacted_everywhere() {
 #[tokio::test]
 async fn credentials_in_a_workers_status_text_are_redacted_everywhere() {
     limited(async {
-        let worker = common::notify_worker(
+        let dir = tempfile::tempdir().unwrap();
+        let go = dir.path().join("taint");
+        // Then, once `go` exists, a tainted status (which the supervisor logs) with a secret.
+        let worker = common::notify_worker(&format!(
             "s.sendto(b'READY=1', to)\n\
              s.sendto(b'STATUS=serving; upstream said Authorization: Bearer SECRET-AUTH via \
              https://bob:SECRET-PW@db.example/x?token=SECRET-QUERY', to)\n\
+             while not os.path.exists({go:?}): time.sleep(0.02)\n\
+             s.sendto(b'STATUS=tainted: Cookie: session=SECRET-COOKIE', to)\n\
              time.sleep(600)\n",
-        );
+            go = go.display().to_string(),
+        ));
         let sup = Sup::run(
             &["--ready", "notify", "--admin", "127.0.0.1:0"],
             &["python3", "-c", &worker],
@@ -2631,6 +2638,9 @@ async fn credentials_in_a_workers_status_text_are_redacted_everywhere() {
         let (code, text, err) = run_split(&["status", "--admin", &admin_s]).await;
         assert_eq!(code, 0, "{err}");
         assert!(text.contains("STATUS"), "{text}");
+        std::fs::write(&go, "").unwrap();
+        let tainted = sup.wait_line(0, &["is tainted (tainted: Cookie:"]).await;
+        assert!(!tainted.contains("SECRET"), "{tainted}");
         for (what, shown) in [
             ("/status", s.to_string()),
             ("the page", page),

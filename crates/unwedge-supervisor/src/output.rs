@@ -33,7 +33,8 @@ struct JsonLine<'a> {
 /// `line` with its control characters escaped (`\x1b`, `\x0d`, `\u{9b}`), tabs kept: a
 /// worker's output must not drive the terminal its log is read on (clear it, retitle it), nor
 /// pass for the supervisor's own lines (a `\r` that returns over its `[w1 pid …]` prefix), as
-/// the supervisor's own lines do not (tracing escapes them). JSON escapes them by itself.
+/// the supervisor's own lines do not (tracing escapes them). JSON escapes those below U+0020
+/// by itself (not DEL nor the C1 controls, which a JSON log keeps as the worker wrote them).
 fn shown(line: &str) -> std::borrow::Cow<'_, str> {
     let control = |c: char| c.is_control() && c != '\t';
     if !line.chars().any(control) {
