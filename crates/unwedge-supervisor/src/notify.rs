@@ -772,37 +772,47 @@ mod tests {
         assert_eq!(d.bytes.as_deref(), Some(&b"READY=1"[..]));
     }
 
+    /// Sends `message` to `n` from `c` with the write end of a fresh pipe attached, as
+    /// `sd_notify_with_fds` does; returns the read end, not blocking: it reads end-of-file
+    /// once every copy of the write end is closed, `WouldBlock` while one is open.
+    fn send_with_fd(
+        n: &NotifySocket,
+        c: &std::os::unix::net::UnixDatagram,
+        message: &[u8],
+    ) -> std::io::PipeReader {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+        use std::os::fd::AsRawFd;
+        let (theirs, ours) = std::io::pipe().unwrap();
+        fcntl(&theirs, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+        let addr = UnixAddr::new(n.path()).unwrap();
+        sendmsg(
+            c.as_raw_fd(),
+            &[std::io::IoSlice::new(message)],
+            &[ControlMessage::ScmRights(&[ours.as_raw_fd()])],
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .unwrap();
+        theirs
+    }
+
     /// `sd_notify_barrier` (what `systemd-notify` does after its message): the barrier's fd
     /// hangs up only once the datagram is dropped, that is after the messages read before it
     /// were handled, not when it is read.
     #[tokio::test]
     async fn a_barrier_is_answered_when_handled_not_when_read() {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
         use std::io::Read;
-        use std::os::fd::AsRawFd;
         let n = NotifySocket::bind().unwrap();
         let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
         c.send_to(b"READY=1", n.path()).unwrap();
-        let (mut theirs, ours) = std::io::pipe().unwrap();
-        let addr = UnixAddr::new(n.path()).unwrap();
-        let fds = [ours.as_raw_fd()];
-        sendmsg(
-            c.as_raw_fd(),
-            &[std::io::IoSlice::new(b"BARRIER=1")],
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
-            Some(&addr),
-        )
-        .unwrap();
-        drop(ours);
+        let mut theirs = send_with_fd(&n, &c, b"BARRIER=1");
         let mut buf = vec![0; 1024];
         let got = n.drain_queued(&mut buf, 8);
         assert_eq!(got.len(), 2);
         assert!(!got[0].is_barrier());
         assert!(got[1].is_barrier());
         // Read, not handled yet: the sender still waits.
-        use nix::fcntl::{fcntl, FcntlArg, OFlag};
-        fcntl(&theirs, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
         let mut byte = [0u8; 1];
         let e = theirs.read(&mut byte).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "answered when read");
@@ -814,29 +824,13 @@ mod tests {
     /// Other fds (`FDSTORE=1`, `sd_notify_with_fds`) are closed at once: no fd store here.
     #[tokio::test]
     async fn fds_sent_with_other_messages_are_closed_at_once() {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
         use std::io::Read;
-        use std::os::fd::AsRawFd;
         let n = NotifySocket::bind().unwrap();
         let c = std::os::unix::net::UnixDatagram::unbound().unwrap();
-        let (mut theirs, ours) = std::io::pipe().unwrap();
-        let addr = UnixAddr::new(n.path()).unwrap();
-        let fds = [ours.as_raw_fd()];
-        sendmsg(
-            c.as_raw_fd(),
-            &[std::io::IoSlice::new(b"FDSTORE=1")],
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
-            Some(&addr),
-        )
-        .unwrap();
-        drop(ours);
+        let mut theirs = send_with_fd(&n, &c, b"FDSTORE=1");
         let mut buf = vec![0; 1024];
         let got = n.recv(&mut buf).await.unwrap();
         assert!(!got.is_barrier());
-        // Not blocking: an fd kept open fails the test instead of hanging it.
-        use nix::fcntl::{fcntl, FcntlArg, OFlag};
-        fcntl(&theirs, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
         let mut byte = [0u8; 1];
         assert_eq!(theirs.read(&mut byte).unwrap(), 0, "the fd was kept");
         assert_eq!(got.bytes.as_deref(), Some(&b"FDSTORE=1"[..]));

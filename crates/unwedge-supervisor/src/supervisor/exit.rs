@@ -323,14 +323,7 @@ impl Pool {
         let id = slot_id(slot);
         let name = sig.as_str();
         self.count_restart(RestartReason::Signal);
-        let s = &mut self.slots[slot];
-        s.restarts += 1;
-        if s.pending.as_ref().is_none_or(|p| now < p.at) {
-            s.pending = Some(Pending {
-                at: now,
-                crash_at: Some(now),
-            });
-        }
+        self.slots[slot].restart_now(now);
         tracing::warn!(
             "{id} pid {pid} was killed by {name}, which the supervisor forwarded: it does not \
              handle it; restarting it now (not counted as a crash nor toward --max-restarts)"

@@ -589,6 +589,18 @@ struct Slot {
 }
 
 impl Slot {
+    /// Counts a restart and has the slot start a worker now (a start already due sooner
+    /// stays): a replacement that takes no backoff.
+    fn restart_now(&mut self, now: Instant) {
+        self.restarts += 1;
+        if self.pending.as_ref().is_none_or(|p| now < p.at) {
+            self.pending = Some(Pending {
+                at: now,
+                crash_at: Some(now),
+            });
+        }
+    }
+
     fn new(c: &Config) -> Slot {
         Slot {
             backoff: Backoff::new(c.restart_delay, c.restart_delay_max, c.stable_after),

@@ -401,15 +401,7 @@ impl Pool {
         if self.stopping {
             return;
         }
-        let now = Instant::now();
-        let s = &mut self.slots[slot];
-        s.restarts += 1;
-        if s.pending.as_ref().is_none_or(|p| now < p.at) {
-            s.pending = Some(Pending {
-                at: now,
-                crash_at: Some(now),
-            });
-        }
+        self.slots[slot].restart_now(Instant::now());
         tracing::warn!("{} {why}; starting its replacement now", slot_id(slot));
         self.emit(Event::RestartScheduled {
             worker: slot_id(slot),
