@@ -1216,11 +1216,11 @@ fn name_only(name: &str) -> &str {
     name.trim_matches(|c: char| c.is_whitespace() || c.is_control())
 }
 
-/// `line` with the value after each credential name replaced by `[redacted]`
-/// ([`unwedge_redact::scrub_credentials`]) and the user info of each URL cut (the rules: [`ExitRecord::redact`]); `None` when it has neither.
+/// `line` with the value after each credential name replaced by `[redacted]` and the user
+/// info of each URL cut ([`unwedge_redact::redact_text`]; the rules: [`ExitRecord::redact`]);
+/// `None` when it has neither.
 fn scrub_credentials(line: &str) -> Option<String> {
-    let scrubbed = unwedge_redact::scrub_credentials(line);
-    hide_userinfo_in_text(scrubbed.as_deref().unwrap_or(line)).or(scrubbed)
+    unwedge_redact::redact_text(line)
 }
 
 /// Formats a time as RFC 3339 in UTC with milliseconds, like `PanicReport::time`.

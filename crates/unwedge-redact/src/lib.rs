@@ -105,6 +105,23 @@ pub const CREDENTIAL_NAMES: &[&str] = &[
     "privatekey",
 ];
 
+/// `text` (a line of a program's output, a status it says of itself) with both redactions
+/// free text gets: the value after each credential name hidden ([`scrub_credentials`]) and
+/// the user info of every URL cut ([`hide_url_userinfo`]); `None` when neither changed
+/// anything.
+///
+/// ```
+/// use unwedge_redact::redact_text;
+/// let said = "upstream: Authorization: Bearer S1 via https://bob:S2@db/x";
+/// let shown = redact_text(said).unwrap();
+/// assert!(!shown.contains("S1") && !shown.contains("S2"), "{shown}");
+/// assert_eq!(redact_text("warming caches 40%"), None);
+/// ```
+pub fn redact_text(text: &str) -> Option<String> {
+    let scrubbed = scrub_credentials(text);
+    hide_url_userinfo(scrubbed.as_deref().unwrap_or(text)).or(scrubbed)
+}
+
 /// Whether a header or field called `name` holds a credential: it is one of the
 /// [`CREDENTIAL_NAMES`] or ends with one after a `-` or `_` or as a camelCase part
 /// (`X-Api-Key`, `HTTP_COOKIE`, `client_secret`, `dbPassword`), in any case, or it ends in

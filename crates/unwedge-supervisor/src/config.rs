@@ -918,21 +918,23 @@ impl Config {
         }
         // Overlapping: the same port on all interfaces and on one of them (`:8080` and
         // `127.0.0.1:8080`). The second bind failed the same way.
-        for (i, a) in listen.iter().enumerate() {
-            let ListenAddr::Tcp(a) = a else { continue };
-            for b in &listen[..i] {
-                if let ListenAddr::Tcp(b) = b {
-                    if overlaps(a, b) {
-                        let why = "overlap (the same port, and one of them on all interfaces): \
-                                   list only one";
-                        return Err(Refused::Setting {
-                            key: "listen",
-                            flag: format!("--listen {b} and --listen {a} {why}"),
-                            file: format!("{b} and {a} {why}"),
-                        });
-                    }
-                }
-            }
+        let tcp: Vec<&SocketAddr> = listen
+            .iter()
+            .filter_map(|l| match l {
+                ListenAddr::Tcp(a) => Some(a),
+                ListenAddr::Unix(_) => None,
+            })
+            .collect();
+        if let Some((b, a)) = tcp.iter().enumerate().find_map(|(i, a)| {
+            let b = tcp[..i].iter().find(|b| overlaps(a, b))?;
+            Some((b, a))
+        }) {
+            let why = "overlap (the same port, and one of them on all interfaces): list only one";
+            return Err(Refused::Setting {
+                key: "listen",
+                flag: format!("--listen {b} and --listen {a} {why}"),
+                file: format!("{b} and {a} {why}"),
+            });
         }
         let dump_signal = match &o.dump_signal {
             Some(s) => parse_signal(s)

@@ -199,11 +199,8 @@ fn status_text(s: &str) -> String {
     // Redacted as a worker's report and stderr are: any worker may send one, not every one
     // redacts, and it goes to the log, `/status`, the status page and alerts. Before the
     // cut, which then can only cut what is redacted already.
-    let scrubbed = unwedge_redact::scrub_credentials(s);
-    let s = scrubbed.as_deref().unwrap_or(s);
-    let hidden = unwedge_redact::hide_url_userinfo(s);
-    let s = hidden.as_deref().unwrap_or(s);
-    crate::text::cut_marked(s, MAX_STATUS_BYTES).into_owned()
+    let redacted = unwedge_redact::redact_text(s);
+    crate::text::cut_marked(redacted.as_deref().unwrap_or(s), MAX_STATUS_BYTES).into_owned()
 }
 
 /// A decimal number of microseconds, as systemd reads it (digits only), capped at

@@ -583,9 +583,9 @@ struct Slot {
     /// When its workers died of a signal the supervisor forwarded, within `--within`: past
     /// [`FORWARDED_EXEMPT`] of them, such deaths are restarts like any other.
     forwarded_deaths: std::collections::VecDeque<Instant>,
-    /// When its tainted workers were replaced at once, within `--within`: past
-    /// `--max-restarts` of them, a taint restarts as a crash.
-    replaced_at_once: std::collections::VecDeque<Instant>,
+    /// Its tainted workers replaced at once, counted as restarts are (`--max-restarts`
+    /// within `--within`): past the limit, a taint restarts as a crash.
+    replaced_at_once: Intensity,
 }
 
 impl Slot {
@@ -610,7 +610,7 @@ impl Slot {
             pending: None,
             port: None,
             forwarded_deaths: std::collections::VecDeque::new(),
-            replaced_at_once: std::collections::VecDeque::new(),
+            replaced_at_once: Intensity::new(c.max_restarts, c.within),
         }
     }
 }

@@ -124,11 +124,15 @@ impl Pool {
         Some(Arc::new(new))
     }
 
-    fn refuse_reload(&mut self, why: &str, requests: u64, reason: String) {
-        // Its number is its own: the next reload's outcome must not be told under the same
-        // generation as this refusal (`/status`, alerts, `reload --wait`).
+    /// The number of the next reload, refused or started: each has its own, so that no two
+    /// outcomes are told under one generation (`/status`, alerts, `reload --wait`).
+    fn take_generation(&mut self) -> u64 {
         self.next_gen = self.next_gen.max(self.active_gen) + 1;
-        let generation = self.next_gen;
+        self.next_gen
+    }
+
+    fn refuse_reload(&mut self, why: &str, requests: u64, reason: String) {
+        let generation = self.take_generation();
         tracing::error!(
             "{why}: reload refused: {reason}; generation {} keeps serving",
             self.active_gen
@@ -151,8 +155,7 @@ impl Pool {
 
     /// Starts the new generation (with `new_config`, or the running configuration).
     fn launch_reload(&mut self, why: &str, requests: u64, new_config: Option<Arc<Config>>) {
-        self.next_gen = self.next_gen.max(self.active_gen) + 1;
-        let generation = self.next_gen;
+        let generation = self.take_generation();
         let workers = new_config
             .as_ref()
             .map_or(self.config.workers, |c| c.workers);
@@ -297,6 +300,7 @@ impl Pool {
             // timeouts, the number of workers replaced on a crash.
             for s in &mut self.slots {
                 s.backoff = Backoff::new(c.restart_delay, c.restart_delay_max, c.stable_after);
+                s.replaced_at_once = s.replaced_at_once.reconfigured(c.max_restarts, c.within);
             }
             // The restarts already counted stay counted: a crash loop mixed with reloads
             // must still give up.

@@ -361,26 +361,18 @@ impl Pool {
     /// crashes, backing off and counting toward giving up, so that systemd or Kubernetes may
     /// take over. Said once.
     pub(super) fn may_replace_at_once(&mut self, slot: usize, pid: i32, now: Instant) -> bool {
-        let (within, limit) = (self.config.within, self.config.max_restarts as usize);
-        let times = &mut self.slots[slot].replaced_at_once;
-        while times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= within)
-        {
-            times.pop_front();
-        }
-        if times.len() < limit {
-            times.push_back(now);
+        let Err(e) = self.slots[slot].replaced_at_once.record(now) else {
             return true;
-        }
+        };
         if !std::mem::replace(&mut self.taint_loop_told, true) {
             tracing::warn!(
                 "{} pid {pid}: {} workers of this slot were tainted and replaced at once \
-                 within {} (--max-restarts {limit}); from now on a taint restarts as a crash, \
+                 within {} (--max-restarts {}); from now on a taint restarts as a crash, \
                  with the restart delay, and counts toward giving up (said once)",
                 slot_id(slot),
-                times.len() + 1,
-                fmt_dur(within),
+                e.count,
+                fmt_dur(e.within),
+                e.limit,
             );
         }
         false
