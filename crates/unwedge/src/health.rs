@@ -203,23 +203,27 @@ fn change(f: impl FnOnce(&mut Inner)) {
     let mut inner = lock();
     f(&mut inner);
     let now = inner.state();
-    drop(inner);
+    // Published (and logged) under the registry's lock: two changes on two threads publish in
+    // the order they changed it, and the last state published is the registry's. Released
+    // first, a change computed earlier could be published last and stay, stale, for the
+    // watchdog (heartbeats stopped, `STATUS=` wrong) until the next change. A watch send
+    // never waits for its receivers.
     registry().state_tx.send_if_modified(|cur| {
-        if *cur != now {
-            match now.0 {
-                HealthState::Healthy => tracing::info!(state = %now.0, "health changed"),
-                _ => tracing::warn!(
-                    state = %now.0,
-                    reason = now.1.as_deref().unwrap_or(""),
-                    "health changed"
-                ),
-            }
-            *cur = now;
-            true
-        } else {
-            false
+        if *cur == now {
+            return false;
         }
+        match now.0 {
+            HealthState::Healthy => tracing::info!(state = %now.0, "health changed"),
+            _ => tracing::warn!(
+                state = %now.0,
+                reason = now.1.as_deref().unwrap_or(""),
+                "health changed"
+            ),
+        }
+        *cur = now;
+        true
     });
+    drop(inner);
 }
 
 /// A snapshot of this process's health.

@@ -10,7 +10,8 @@
 //! them where you like); [`Probes`] dispatches `/livez` and `/readyz` itself for hyper users,
 //! and [`router`] (feature `axum`) gives an axum `Router` with both.
 //!
-//! The reason names requests (method and path) and locks. The health routes of
+//! The reason names requests (method and route: the path with its identifiers replaced by
+//! placeholders, `GET /orders/{int}`) and locks. The health routes of
 //! [`serve`](crate::serve()) give it to clients on this host only (loopback, `unix:`
 //! sockets); a client on another host reads that it is withheld. These services, mounted by
 //! you, give it to whoever reaches them: mount them where only your probes do.
@@ -55,7 +56,7 @@ fn answer(
     reason_if_fail: Option<&str>,
     local: bool,
 ) -> Response<Full<Bytes>> {
-    // The health's reason names requests (method and path) and locks: for this host only.
+    // The health's reason names requests (method and route) and locks: for this host only.
     let state_reason = reason.as_deref().map(|r| if local { r } else { WITHHELD });
     let reason = if pass {
         state_reason
@@ -208,7 +209,7 @@ pub fn readyz() -> Response<Full<Bytes>> {
 
 /// [`livez`] for a client on this host (`local`), or on another, which gets the state without
 /// the reason: the reason names other clients' requests (`no progress: … oldest GET
-/// /users/…`), the mutex a request poisoned, who holds a lock. `serve()`'s health routes
+/// /users/{int}`), the mutex a request poisoned, who holds a lock. `serve()`'s health routes
 /// answer so on its public port.
 pub(crate) fn livez_for(local: bool) -> Response<Full<Bytes>> {
     let now = probe_state();

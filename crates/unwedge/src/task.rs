@@ -153,8 +153,18 @@ where
             let mut backoff = MIN_BACKOFF;
             loop {
                 let started = Instant::now();
-                let Err((captured, payload)) = run_once(&scope, &mut make).await else {
-                    return TaskExit::Finished;
+                let (captured, payload) = match run_once(&scope, &mut make).await {
+                    Ran::Finished => return TaskExit::Finished,
+                    // Its work is done: not run again, but its drop's panic is reported and
+                    // decided as any other of the task's.
+                    Ran::DropPanicked((captured, payload)) => {
+                        stats.panics.fetch_add(1, Ordering::Relaxed);
+                        return match on_panic(&name, captured, payload) {
+                            Some(reason) => TaskExit::Escalated(reason),
+                            None => TaskExit::Finished,
+                        };
+                    }
+                    Ran::Panicked(caught) => caught,
                 };
                 stats.panics.fetch_add(1, Ordering::Relaxed);
                 if let Some(reason) = on_panic(&name, captured, payload) {
@@ -178,8 +188,17 @@ where
 
 type Caught = (Captured, Box<dyn Any + Send>);
 
-/// Creates and runs the future once, catching a panic in `make` or in any poll.
-async fn run_once<F, Fut>(scope: &Arc<Scope>, make: &mut F) -> Result<(), Caught>
+/// How one run of a task's future ended.
+enum Ran {
+    Finished,
+    /// It returned, and then its drop panicked (a hand-written future's field).
+    DropPanicked(Caught),
+    /// `make` or a poll panicked.
+    Panicked(Caught),
+}
+
+/// Creates and runs the future once, catching a panic in `make`, in any poll or in its drop.
+async fn run_once<F, Fut>(scope: &Arc<Scope>, make: &mut F) -> Ran
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,
@@ -187,7 +206,7 @@ where
     let made = context::with_scope(scope, || catch_unwind(AssertUnwindSafe(&mut *make)));
     let mut fut = match made {
         Ok(fut) => Box::pin(fut),
-        Err(payload) => return Err((context::take_for(&*payload), payload)),
+        Err(payload) => return Ran::Panicked((context::take_for(&*payload), payload)),
     };
     let outcome = poll_fn(|cx| {
         let polled = context::with_scope(scope, || {
@@ -208,12 +227,10 @@ where
     let drop_fut =
         move || context::with_scope(scope, || catch_unwind(AssertUnwindSafe(move || drop(fut))));
     match outcome {
-        Ok(()) => {
-            if drop_fut().is_err() {
-                context::discard();
-            }
-            Ok(())
-        }
+        Ok(()) => match drop_fut() {
+            Ok(()) => Ran::Finished,
+            Err(payload) => Ran::DropPanicked((context::take_for(&*payload), payload)),
+        },
         Err(payload) => {
             // The future dropped first, as the unwinding would have (see
             // `context::drop_after_panic`): a guard a hand-written one holds poisons its mutex,
@@ -224,7 +241,7 @@ where
             if let Err(second) = dropped {
                 let _ = catch_unwind(AssertUnwindSafe(move || drop(second)));
             }
-            Err((captured, payload))
+            Ran::Panicked((captured, payload))
         }
     }
 }

@@ -13,7 +13,9 @@
 //! | `Tx` writer wait | reported by [`Tx`](crate::Tx) itself: a writer waiting past the default wait limit | `tx:…` |
 //!
 //! Any of them turns the process [`Wedged`](crate::HealthState::Wedged) with a reason naming
-//! the culprit; the wedge clears when its cause does. While the process is not Healthy or
+//! the culprit; the wedge clears when its cause does, or when its watchdog stops (its
+//! `serve()` returned or was dropped). A second `serve()` running at the same time has its
+//! watchdog's sources numbered: `watchdog#2:stall`. While the process is not Healthy or
 //! Draining the watchdog stops the `WATCHDOG=1` heartbeats, and it sends `STATUS=` on every
 //! change of the health state. With [`Server::abort_when_wedged`](crate::Server::abort_when_wedged)
 //! it exits the process with code 70 once it has been wedged that long.
@@ -81,9 +83,70 @@ fn tick_for(cfg: &Config) -> Duration {
     t.clamp(MIN_TICK, MAX_TICK)
 }
 
-const SRC_STALL: &str = "watchdog:stall";
-const SRC_BLOCKED: &str = "watchdog:blocked";
-const SRC_NO_PROGRESS: &str = "watchdog:no-progress";
+/// The health sources of one watchdog: its stall, blocked-poll and no-progress wedges, each
+/// with whether it set it. `watchdog:stall`, `watchdog:blocked`, `watchdog:no-progress` for
+/// the first running in the process; `watchdog#2:stall` and so on for a second `serve()` at
+/// the same time, so that neither clears a wedge of the other's. What it set is cleared when
+/// it stops: nothing would clear it after (a drain cut by its deadline while wedged, a
+/// `serve()` future dropped), and the process would read Wedged for good.
+struct Sources {
+    /// Its number among the watchdogs running (the lowest free, from 1).
+    number: u32,
+    names: [String; 3],
+    raised: [bool; 3],
+}
+
+const STALL: usize = 0;
+const BLOCKED: usize = 1;
+const NO_PROGRESS: usize = 2;
+
+/// The numbers of the watchdogs running.
+static RUNNING: Mutex<std::collections::BTreeSet<u32>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+impl Sources {
+    fn claim() -> Self {
+        let mut running = lock(&RUNNING);
+        let number = (1..).find(|n| !running.contains(n)).expect("a free number");
+        running.insert(number);
+        let prefix = match number {
+            1 => "watchdog".to_owned(),
+            n => format!("watchdog#{n}"),
+        };
+        Sources {
+            number,
+            names: ["stall", "blocked", "no-progress"].map(|kind| format!("{prefix}:{kind}")),
+            raised: [false; 3],
+        }
+    }
+
+    /// Raises or clears `which`: the first reason stands until the cause clears (no
+    /// `STATUS=` storm of growing ages).
+    fn set(&mut self, which: usize, reason: Option<String>) {
+        let (raised, name) = (&mut self.raised[which], &self.names[which]);
+        match reason {
+            Some(r) if !*raised => {
+                health::set_wedged(name.as_str(), r);
+                *raised = true;
+            }
+            Some(_) => {}
+            None if *raised => {
+                health::clear_wedged(name);
+                *raised = false;
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Sources {
+    fn drop(&mut self) {
+        for which in [STALL, BLOCKED, NO_PROGRESS] {
+            self.set(which, None);
+        }
+        lock(&RUNNING).remove(&self.number);
+    }
+}
 
 /// Nanoseconds since a process-wide base instant; never 0 (0 means "not set").
 pub(crate) fn now_ns() -> u64 {
@@ -204,6 +267,11 @@ impl Label {
         Label(words)
     }
 
+    /// `METHOD path` with the path's identifiers replaced by placeholders
+    /// ([`route_template`](unwedge_redact::route_template): `GET /orders/{int}`, not the
+    /// order's number or a user's e-mail address), as panic reports name a request's route:
+    /// the text goes to the log, `STATUS=` and from there to the supervisor's status and its
+    /// alerts. Computed only when a reason is written, never per request.
     fn text(&self) -> String {
         let mut bytes = [0u8; LABEL_WORDS * 8];
         for (chunk, w) in bytes.chunks_exact_mut(8).zip(self.0) {
@@ -212,6 +280,7 @@ impl Label {
         let len = usize::from(bytes[1] & 0x7f).min(LABEL_PATH);
         // Cut at a character boundary by `new`.
         let text = std::str::from_utf8(&bytes[2..2 + len]).unwrap_or_default();
+        let text = unwedge_redact::route_template(text);
         let cut = if bytes[1] & 0x80 != 0 { "…" } else { "" };
         match METHODS.get(usize::from(bytes[0])) {
             Some(method) => format!("{method} {text}{cut}"),
@@ -991,16 +1060,15 @@ fn run(
     let mut wedged_since: Option<Instant> = None;
     let mut crash_since: Option<Instant> = None;
     let mut stop_since: Option<Instant> = None;
-    let mut flags = [false; 3];
+    let mut sources = Sources::claim();
 
     while !stop.load(Ordering::Relaxed) {
         let now = now_ns();
 
         // 1. Runtime stall: the canary did not run.
         let silent = now.saturating_sub(beat.load(Ordering::Relaxed));
-        set(
-            &mut flags[0],
-            SRC_STALL,
+        sources.set(
+            STALL,
             (silent > stall_ns).then(|| {
                 format!(
                     "runtime stalled: the canary task has not run for {:.1}s (limit {:?})",
@@ -1036,7 +1104,7 @@ fn run(
                 )
             })
         });
-        set(&mut flags[1], SRC_BLOCKED, blocked);
+        sources.set(BLOCKED, blocked);
         // Stopping (a drain, a graceful crash), no new request comes in, so a busy process
         // turns quiet: its long requests in flight would read as no progress, and a supervisor
         // would kill the process mid-drain, cutting the requests the drain is for. The drain's
@@ -1045,8 +1113,8 @@ fn run(
         let stopping = cfg.stop_signal.load(Ordering::Relaxed)
             || health::is_draining()
             || health::crash_reason().is_some();
-        if !stopping || flags[2] {
-            set(&mut flags[2], SRC_NO_PROGRESS, stuck);
+        if !stopping || sources.raised[NO_PROGRESS] {
+            sources.set(NO_PROGRESS, stuck);
         }
 
         // STATUS= on every change of state or reason.
@@ -1124,22 +1192,6 @@ fn run(
     }
 }
 
-fn set(flag: &mut bool, source: &str, reason: Option<String>) {
-    match reason {
-        // The first reason stands until the cause clears: no STATUS= storm of growing ages.
-        Some(r) if !*flag => {
-            health::set_wedged(source, r);
-            *flag = true;
-        }
-        Some(_) => {}
-        None if *flag => {
-            health::clear_wedged(source);
-            *flag = false;
-        }
-        None => {}
-    }
-}
-
 /// The `STATUS=` text for a health state.
 pub(crate) fn status_text(state: HealthState, reason: Option<&str>, serving_on: &str) -> String {
     one_line(&match (state, reason) {
@@ -1169,6 +1221,14 @@ mod tests {
         }
         let propfind = Method::from_bytes(b"PROPFIND").unwrap();
         assert_eq!(Label::new(&propfind, "/dav/x").text(), "PROPFIND /dav/x");
+        assert_eq!(
+            Label::new(&propfind, "/dav/ann@example.com/7").text(),
+            "PROPFIND /dav/{param}/{int}"
+        );
+        assert_eq!(
+            Label::new(&Method::GET, "/orders/42").text(),
+            "GET /orders/{int}"
+        );
         let fits = format!("/{}", "a".repeat(LABEL_PATH - 1));
         assert_eq!(
             Label::new(&Method::DELETE, &fits).text(),

@@ -208,3 +208,98 @@ async fn nested_layers_decide_a_hand_written_middlewares_panic_once() {
     })
     .await
 }
+
+/// A hand-written future that answers while it still holds a section left uncommitted (its
+/// `CommitGuard` dropped with the future, after the answer): the poison is the request's,
+/// decided by its layer's policy (`Recover`: no crash), as when the future is cancelled or
+/// panics. Before, the finished future was dropped outside the request's scope, and the
+/// process-wide policy (`Auto`) asked for a crash the layer was told not to make.
+#[tokio::test(flavor = "current_thread")]
+async fn a_finished_hand_written_futures_leftover_section_is_decided_by_its_layer() {
+    support::own_process!();
+    static M: LazyLock<Pair> = LazyLock::new(|| Pair::named("drafts", (100, 0)));
+    within(async {
+        let (_kept, layer) = reports();
+        let svc = layer.layer(tower::service_fn(|_req: http::Request<()>| {
+            // Kept by the future, dropped with it.
+            let mut held = Vec::new();
+            std::future::poll_fn(move |_cx| {
+                let mut s = M.try_lock().unwrap().commit_or_poison();
+                s.0 -= 10; // half-way, never committed
+                held.push(s);
+                Poll::Ready(Ok::<_, Infallible>(http::Response::new(String::new())))
+            })
+        }));
+        let res = svc.oneshot(http::Request::new(())).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(
+            M.is_poisoned(),
+            "the section left uncommitted did not poison"
+        );
+        assert_eq!(
+            unwedge::health::crash_reason(),
+            None,
+            "the process-wide policy decided, not the layer's Recover"
+        );
+    })
+    .await
+}
+
+/// A hand-written future that returns, and whose drop then panics: that panic is the task's,
+/// reported (with the mutex its drop poisoned) and decided by the policy (`Auto`: a crash),
+/// and the task, its work done, is not run again. Before, the panic was caught and thrown
+/// away: no report, no decision, the mutex poisoned and nobody told.
+#[tokio::test(flavor = "current_thread")]
+async fn a_task_whose_finished_future_panics_in_its_drop_is_reported_and_decided() {
+    support::own_process!();
+    static M: LazyLock<Pair> = LazyLock::new(|| Pair::named("ledger-close", (100, 0)));
+
+    struct Closing {
+        guard: Option<unwedge::MutexGuard<'static, (i64, i64)>>,
+    }
+    impl Future for Closing {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+            let g = self.guard.get_or_insert_with(|| M.try_lock().unwrap());
+            g.0 -= 10; // half-moved, finished in drop
+            Poll::Ready(())
+        }
+    }
+    impl Drop for Closing {
+        fn drop(&mut self) {
+            panic!("closing the ledger failed");
+        }
+    }
+
+    within(async {
+        unwedge::install();
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = unwedge::spawn("close", {
+            let runs = runs.clone();
+            move || {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Closing { guard: None }
+            }
+        });
+        let exit = task.await.unwrap();
+        assert!(
+            matches!(&exit, TaskExit::Escalated(why) if why.contains("ledger-close")),
+            "{exit:?}"
+        );
+        assert_eq!(
+            runs.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "run again"
+        );
+        assert!(M.is_poisoned());
+        let h = unwedge::health();
+        let report = h.recent_reports.last().expect("a report");
+        assert_eq!(report.message, "closing the ledger failed", "{report:?}");
+        assert_eq!(
+            report.poisoned,
+            vec!["ledger-close".to_owned()],
+            "{report:?}"
+        );
+    })
+    .await
+}

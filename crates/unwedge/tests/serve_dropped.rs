@@ -150,3 +150,65 @@ async fn a_dropped_serve_future_leaves_no_thread_task_hook_or_readiness_behind()
     let metrics = tokio::runtime::Handle::current().metrics();
     eventually("serve()'s tasks end", || metrics.num_alive_tasks() == 0).await;
 }
+
+/// A wedge raised by a `serve()`'s watchdog ends with that watchdog. Before, a `serve()`
+/// dropped (or stopped at its drain's deadline) while a request hung left
+/// `watchdog:no-progress` in the process's health for good: Wedged, `/livez` failing and no
+/// heartbeats, after the request ended and for every later `serve()` of the process. And two
+/// `serve()`s at once have sources of their own: one clearing its wedge leaves the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedge_does_not_outlive_the_serve_whose_watchdog_raised_it() {
+    support::own_process!();
+    let hanging = |path: &'static str| {
+        let app = Router::new().route(
+            path,
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "late"
+            }),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serve = Server::new()
+            .listener(listener)
+            .hang_limit(Duration::from_millis(300))
+            .exit_on_crash(false)
+            .serve(app);
+        (addr, tokio::spawn(serve))
+    };
+    let hang = |addr, path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        async move {
+            let mut conn = TcpStream::connect(addr).await.unwrap();
+            conn.write_all(req.as_bytes()).await.unwrap();
+            conn
+        }
+    };
+    let reason = || unwedge::health().reason.unwrap_or_default();
+    let wedged = || unwedge::health().state == unwedge::HealthState::Wedged;
+
+    // Two at once, each wedged by a request of its own that hangs. (The reason shown is the
+    // second's once it has one: its source, `watchdog#2:no-progress`, sorts first.)
+    let (a, serve_a) = hanging("/hang-a");
+    let _conn_a = hang(a, "/hang-a").await;
+    eventually("A raises its wedge", || reason().contains("GET /hang-a")).await;
+    let (b, serve_b) = hanging("/hang-b");
+    let _conn_b = hang(b, "/hang-b").await;
+    eventually("B raises its wedge", || reason().contains("GET /hang-b")).await;
+    eventually("both watchdogs run", || watchdog_threads() == 2).await;
+    // A dropped: its wedge goes with its watchdog; B's stays.
+    serve_a.abort();
+    let _ = serve_a.await;
+    eventually("A's watchdog ends", || watchdog_threads() == 1).await;
+    assert!(wedged(), "B's wedge went with A's: {:?}", unwedge::health());
+    assert!(reason().contains("GET /hang-b"), "{}", reason());
+    // B dropped too: nothing watches any more, and nothing is wedged.
+    serve_b.abort();
+    let _ = serve_b.await;
+    eventually("the watchdog threads end", || watchdog_threads() == 0).await;
+    assert!(
+        !wedged(),
+        "a wedge outlived its watchdog: {:?}",
+        unwedge::health()
+    );
+}

@@ -566,11 +566,6 @@ pub(crate) fn peek_message_since(since: u64) -> Option<(String, Option<String>)>
         .flatten()
 }
 
-/// Forgets what is known of the panics on this thread (one was caught and is not reported).
-pub(crate) fn discard() {
-    let _ = CAPTURE.try_with(|c| c.borrow_mut().clear());
-}
-
 /// Takes what is known of the panic that was just caught on this thread, whose payload is
 /// `payload`: the innermost capture with its message (the innermost if none has it, a stub if
 /// the hook saw none), with the `Tx`s rolled back and `Mutex`es poisoned by every panic of

@@ -719,20 +719,31 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         match this.state.as_mut().project() {
-            StateProj::Polling { fut } => {
+            StateProj::Polling { .. } => {
                 let ctx = this
                     .ctx
                     .as_mut()
                     .expect("ResponseFuture polled after completion");
+                let mut state = this.state.as_mut();
                 let polled = context::with_scope_in(&mut ctx.scope, || {
-                    catch_unwind(AssertUnwindSafe(|| fut.poll(cx)))
+                    catch_unwind(AssertUnwindSafe(|| {
+                        let StateProj::Polling { fut } = state.as_mut().project() else {
+                            unreachable!("matched above")
+                        };
+                        let result = std::task::ready!(fut.poll(cx));
+                        // Done, the future is dropped in the request's scope too, as when it
+                        // is cancelled or panics: what it still holds (a `CommitGuard` left
+                        // uncommitted, in a hand-written future) is the request's, decided by
+                        // this layer's policy, and a `Drop` that panics is its panic.
+                        state.set(State::Done);
+                        Poll::Ready(result)
+                    }))
                 });
                 match polled {
                     Ok(Poll::Pending) => Poll::Pending,
                     Ok(Poll::Ready(result)) => {
                         // Poisons by panics the app caught itself: decided now.
                         context::settle_caught();
-                        this.state.set(State::Done);
                         let ctx = this.ctx.take().expect("checked above");
                         if let Some(scope) = &ctx.scope {
                             scope.settle_caught();
