@@ -532,6 +532,7 @@ impl Alerter {
             metrics: metrics.clone(),
             config: config.clone(),
             commands: commands.clone(),
+            sent: std::sync::Mutex::new(HashMap::new()),
         });
         handle.spawn(Dispatcher::new(&handle, sinks, config).run(rx, urgent_rx));
         Ok(Alerter {
@@ -606,6 +607,10 @@ struct Sinks {
     metrics: Arc<Metrics>,
     config: AlertConfig,
     commands: Arc<Commands>,
+    /// When each sink was last given an alert of each key (see [`AlertEvent::key`]): the
+    /// same alert is not given to it again within the dedupe window. Forgotten when that
+    /// delivery fails: an alert that did not arrive silences nothing.
+    sent: std::sync::Mutex<HashMap<(Sink, String), Instant>>,
 }
 
 /// A plain HTTP client, or (for `https://` webhooks) one with rustls and the system's roots.
@@ -662,7 +667,6 @@ struct Dispatcher {
     sinks: Arc<Sinks>,
     config: AlertConfig,
     urgent_tasks: JoinSet<()>,
-    last_sent: HashMap<String, Instant>,
     recent: VecDeque<Instant>,
 }
 
@@ -758,7 +762,6 @@ impl Dispatcher {
             lanes,
             sinks,
             urgent_tasks: JoinSet::new(),
-            last_sent: HashMap::new(),
             recent: VecDeque::new(),
             config,
         }
@@ -831,10 +834,17 @@ impl Dispatcher {
     fn routine(&mut self, event: AlertEvent) {
         let now = Instant::now();
         let window = self.config.dedupe_window;
-        self.last_sent
-            .retain(|_, t| now.duration_since(*t) < window);
         let key = event.key();
-        if self.last_sent.contains_key(&key) {
+        // The sinks that were not given this alert within the window (or whose delivery of
+        // it failed since).
+        let due: Vec<usize> = {
+            let mut sent = self.sinks.lock_sent();
+            sent.retain(|_, t| now.duration_since(*t) < window);
+            (0..self.lanes.len())
+                .filter(|&i| !sent.contains_key(&(self.lanes[i].sink, key.clone())))
+                .collect()
+        };
+        if due.is_empty() {
             tracing::debug!(kind = %event.kind, "duplicate alert suppressed");
             self.sinks.metrics.record_alert_dropped("duplicate");
             return;
@@ -845,20 +855,21 @@ impl Dispatcher {
             self.sinks.metrics.record_alert_dropped("rate_limited");
             return;
         }
-        self.last_sent.insert(key, now);
         self.recent.push_back(now);
         let event = Arc::new(event);
-        for lane in &self.lanes {
+        for lane in due.into_iter().map(|i| &self.lanes[i]) {
+            self.sinks.lock_sent().insert((lane.sink, key.clone()), now);
             if !lane.push(&event) {
                 tracing::warn!(sink = lane.sink.as_str(), kind = %event.kind, "alert dropped: this sink's deliveries are backed up");
                 self.sinks.metrics.record_alert_dropped("queue_full");
+                self.sinks.forget(lane.sink, &key);
             }
         }
     }
 }
 
 /// Where an alert goes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Sink {
     Webhook,
     Exec,
@@ -875,6 +886,19 @@ impl Sink {
 }
 
 impl Sinks {
+    fn lock_sent(&self) -> std::sync::MutexGuard<'_, HashMap<(Sink, String), Instant>> {
+        // Inserts and removes only: poison carries no meaning.
+        self.sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `sink` did not get the alert of `key` (its delivery failed, or it was dropped before):
+    /// the next such alert goes to it, within the dedupe window or not.
+    fn forget(&self, sink: Sink, key: &str) {
+        self.lock_sent().remove(&(sink, key.to_owned()));
+    }
+
     /// The sinks configured.
     fn for_event(&self) -> Vec<Sink> {
         let mut sinks = Vec::with_capacity(2);
@@ -949,6 +973,7 @@ impl Sinks {
         // Never the path: for Slack-style hooks it is the credential.
         tracing::warn!(webhook = %origin(&uri), kind = %event.kind, error = %last_error, "alert webhook failed");
         self.metrics.record_alert_failed("webhook");
+        self.forget(Sink::Webhook, &event.key());
     }
 
     async fn deliver_exec(&self, event: &AlertEvent) {
@@ -959,6 +984,7 @@ impl Sinks {
                 // Never the whole command: its arguments may hold a token.
                 tracing::warn!(command = %shown_command(cmd), kind = %event.kind, error = %e, "alert command failed");
                 self.metrics.record_alert_failed("exec");
+                self.forget(Sink::Exec, &event.key());
             }
         }
     }

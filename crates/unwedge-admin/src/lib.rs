@@ -67,7 +67,8 @@ pub use server::{
 };
 pub use status::{
     rfc3339, ExitRecord, ExitStatus, PanicRecord, Record, ReloadOutcome, RestartEvent,
-    RestartReason, StatusView, SupervisorInfo, WorkerState, WorkerView, MAX_REPORT_BACKTRACE,
-    MAX_REPORT_FRAMES, MAX_REPORT_ITEMS, MAX_REPORT_OTHER, MAX_REPORT_TEXT, REDACTED,
+    RestartReason, StatusView, SupervisorInfo, WorkerState, WorkerView, LOOP_STALL_LIMIT,
+    MAX_REPORT_BACKTRACE, MAX_REPORT_FRAMES, MAX_REPORT_ITEMS, MAX_REPORT_OTHER, MAX_REPORT_TEXT,
+    REDACTED,
 };
 pub use text::render_text;

@@ -1,5 +1,5 @@
 //! [`AdminServer`]: `/metrics`, `/status`, `/livez`, `/readyz` and the status page on one
-//! address, loopback unless told otherwise; on loopback, only to requests addressed to this
+//! address, loopback unless told otherwise; over loopback, only to requests addressed to this
 //! machine (a DNS rebinding guard).
 
 use std::fmt;
@@ -185,11 +185,12 @@ struct AppState {
 /// | `GET /readyz` | 200 while at least one worker is ready, else 503 |
 /// | `GET /` | the status page (HTML, refreshes every 5 s) |
 ///
-/// Bound to a loopback address, it answers `421 Misdirected Request` to a request whose `Host`
-/// is neither an IP address nor `localhost` (or a name under `.localhost`): a web page whose
-/// name an attacker rebinds to 127.0.0.1 (DNS rebinding) cannot have a browser on this machine
-/// read the status. Bound to any other address (`0.0.0.0` in a container, where Prometheus
-/// scrapes the pod's IP and anything may name it), any `Host` is answered: fence that port.
+/// Over loopback (a connection to 127.0.0.1 or `[::1]`, also to an endpoint bound to
+/// `0.0.0.0`), it answers `421 Misdirected Request` to a request whose `Host` is neither an
+/// IP address nor `localhost` (or a name under `.localhost`): a web page whose name an
+/// attacker rebinds to 127.0.0.1 (DNS rebinding) cannot have a browser on this machine read
+/// the status. A connection to another address (the pod's IP in a container, where Prometheus
+/// scrapes it and anything may name it) is answered whatever its `Host`: fence that port.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), unwedge_admin::AdminError> {
@@ -255,6 +256,23 @@ impl fmt::Debug for AppStateDebug {
     }
 }
 
+/// A non-blocking listening socket on `addr`: `SO_REUSEADDR` (as std's), and for an IPv6
+/// address dual-stack whatever `net.ipv6.bindv6only` says, as the supervisor's own sockets
+/// are: `--admin [::]:9090` answers on IPv4 too, as its address-overlap check assumes.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // As the supervisor's: a kernel that refuses still binds IPv6 (only).
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 impl AdminServer {
     /// Binds `addr` (port 0 picks a free port; see [`local_addr`](Self::local_addr)).
     pub async fn bind(
@@ -264,9 +282,7 @@ impl AdminServer {
     ) -> Result<Self, AdminError> {
         // A std socket: it is registered with a runtime only where it is served (this task's
         // runtime, or the thread of its own of `spawn_thread`).
-        let listener = std::net::TcpListener::bind(addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|source| AdminError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| AdminError::Bind { addr, source })?;
         let addr = listener
             .local_addr()
             .map_err(|source| AdminError::Bind { addr, source })?;
@@ -352,7 +368,7 @@ impl AdminServer {
     /// [`spawn_thread`](Self::spawn_thread) instead.
     pub fn spawn(self) -> AdminHandle {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let app = served_app(self.addr, self.state.0);
+        let app = served_app(self.state.0);
         let (listener, limits) = (self.listener, self.limits);
         let task = tokio::spawn(async move {
             match TcpListener::from_std(listener) {
@@ -393,7 +409,7 @@ impl AdminServer {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
         let (done_tx, done_rx) = oneshot::channel::<()>();
-        let app = served_app(self.addr, self.state.0);
+        let app = served_app(self.state.0);
         let (listener, limits) = (self.listener, self.limits);
         std::thread::Builder::new()
             .name("unwedge-admin".into())
@@ -534,6 +550,10 @@ async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: oneshot
             inner: TowerToHyperService::new(app.clone()),
             served: AtomicUsize::new(0),
             max: limits.max_requests,
+            // Unknown: guarded, as over loopback.
+            loopback: stream
+                .local_addr()
+                .map_or(true, |a| a.ip().to_canonical().is_loopback()),
         };
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let mut closing = closing_rx.clone();
@@ -571,12 +591,19 @@ async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: oneshot
 }
 
 /// The app, counting the requests of one connection: the last one allowed is answered with
-/// `Connection: close`, which makes hyper close the connection after it.
+/// `Connection: close`, which makes hyper close the connection after it. Each request of a
+/// connection made over loopback carries [`OverLoopback`].
 struct Counted {
     inner: TowerToHyperService<Router>,
     served: AtomicUsize,
     max: usize,
+    loopback: bool,
 }
+
+/// A request's extension: its connection was made to a loopback address (see
+/// [`loopback_host_only`]).
+#[derive(Clone, Copy)]
+struct OverLoopback;
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Counted {
     type Response = Response;
@@ -584,8 +611,11 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Counted {
     type Future =
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
 
-    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let last = self.served.fetch_add(1, Ordering::Relaxed) + 1 >= self.max;
+        if self.loopback {
+            req.extensions_mut().insert(OverLoopback);
+        }
         let answer = self.inner.call(req);
         Box::pin(async move {
             let mut resp = answer.await?;
@@ -610,26 +640,23 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// [`router`] as a server bound to `addr` serves it: on a loopback address, only to requests
-/// addressed to this machine ([`loopback_host_only`]).
-fn served_app(addr: SocketAddr, state: AppState) -> Router {
-    let app = router(state);
-    if addr.ip().to_canonical().is_loopback() {
-        app.layer(axum::middleware::from_fn(loopback_host_only))
-    } else {
-        app
-    }
+/// [`router`] as a server serves it: over loopback, only to requests addressed to this
+/// machine ([`loopback_host_only`]).
+fn served_app(state: AppState) -> Router {
+    router(state).layer(axum::middleware::from_fn(loopback_host_only))
 }
 
-/// Answers `421 Misdirected Request` to a request with a `Host` that [`names_this_machine`]
-/// refuses. A page on `rebind.attacker.example` whose name is made to resolve to 127.0.0.1
-/// reaches a loopback admin from the operator's browser, but its requests still say
+/// Over loopback ([`OverLoopback`]), answers `421 Misdirected Request` to a request with a
+/// `Host` that [`names_this_machine`] refuses. A page on `rebind.attacker.example` whose name
+/// is made to resolve to 127.0.0.1 reaches the admin from the operator's browser (bound to
+/// 127.0.0.1, or to `0.0.0.0`, which takes 127.0.0.1 too), but its requests still say
 /// `Host: rebind.attacker.example`. A request without `Host` (HTTP/1.0) is answered.
 async fn loopback_host_only(req: Request, next: Next) -> Response {
     let hosts = req.headers().get_all(header::HOST);
-    if hosts
-        .iter()
-        .all(|h| h.to_str().is_ok_and(names_this_machine))
+    if req.extensions().get::<OverLoopback>().is_none()
+        || hosts
+            .iter()
+            .all(|h| h.to_str().is_ok_and(names_this_machine))
     {
         return next.run(req).await;
     }
@@ -698,24 +725,52 @@ async fn status(State(s): State<AppState>) -> Response {
     (PRIVATE, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// What `/livez` and `/readyz` say of a stuck event loop: the workers may be gone by now, and
+/// nothing would replace them.
+fn stuck(age: f64) -> (StatusCode, String) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "the supervisor's event loop has not run for {age:.1}s: it restarts no worker and \
+             detects no hang\n"
+        ),
+    )
+}
+
 async fn livez(State(s): State<AppState>) -> (StatusCode, String) {
-    let (live, reason) = s.status.with_detail(Detail::Brief, |v| {
-        (v.is_live(), v.supervisor.gave_up_reason.clone())
+    let (gave_up, reason, stuck_for) = s.status.with_detail(Detail::Brief, |v| {
+        let stuck_for = v
+            .supervisor
+            .loop_stuck()
+            .then_some(v.supervisor.loop_age_secs);
+        (
+            v.supervisor.gave_up,
+            v.supervisor.gave_up_reason.clone(),
+            stuck_for,
+        )
     });
-    match (live, reason) {
-        (true, _) => (StatusCode::OK, "ok\n".into()),
-        (false, Some(reason)) => (
+    match (gave_up, reason, stuck_for) {
+        (true, Some(reason), _) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("gave up: {reason}\n"),
         ),
-        (false, None) => (StatusCode::SERVICE_UNAVAILABLE, "gave up\n".into()),
+        (true, None, _) => (StatusCode::SERVICE_UNAVAILABLE, "gave up\n".into()),
+        (false, _, Some(age)) => stuck(age),
+        (false, _, None) => (StatusCode::OK, "ok\n".into()),
     }
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
-    let (ready, total) = s
-        .status
-        .with_detail(Detail::Brief, |v| (v.ready_workers(), v.workers.len()));
+    let (ready, total, stuck_for) = s.status.with_detail(Detail::Brief, |v| {
+        let stuck_for = v
+            .supervisor
+            .loop_stuck()
+            .then_some(v.supervisor.loop_age_secs);
+        (v.ready_workers(), v.workers.len(), stuck_for)
+    });
+    if let Some(age) = stuck_for {
+        return stuck(age);
+    }
     let msg = format!("{ready} of {total} workers ready\n");
     if ready > 0 {
         (StatusCode::OK, msg)

@@ -54,9 +54,10 @@ impl StatusView {
         self.ready_workers() > 0
     }
 
-    /// `false` only when the supervisor has given up: what `/livez` answers.
+    /// `false` when the supervisor has given up, or its event loop is stuck
+    /// ([`SupervisorInfo::loop_stuck`]): what `/livez` answers.
     pub fn is_live(&self) -> bool {
-        !self.supervisor.gave_up
+        !self.supervisor.gave_up && !self.supervisor.loop_stuck()
     }
 
     /// How many workers are ready.
@@ -116,7 +117,16 @@ pub struct SupervisorInfo {
     /// and exits once its workers have.
     #[serde(default)]
     pub stopping: bool,
+    /// Seconds since the supervisor's event loop last ran (it runs at least once a second).
+    /// Past [`LOOP_STALL_LIMIT`] the loop is stuck: nothing restarts workers or detects hangs,
+    /// and the rest of this view is that old; `/livez` and `/readyz` fail.
+    #[serde(default)]
+    pub loop_age_secs: f64,
 }
+
+/// How long the supervisor's event loop may go without running before `/livez` fails: ten
+/// times the longest it waits between two runs.
+pub const LOOP_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How a reload ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,7 +194,13 @@ impl SupervisorInfo {
             stop_timeouts: 0,
             leftover_processes: 0,
             stopping: false,
+            loop_age_secs: 0.0,
         }
+    }
+
+    /// Whether the event loop has not run for [`LOOP_STALL_LIMIT`].
+    pub fn loop_stuck(&self) -> bool {
+        self.loop_age_secs > LOOP_STALL_LIMIT.as_secs_f64()
     }
 }
 

@@ -158,6 +158,68 @@ async fn webhook_answering_500_is_retried_then_counted_as_failed() {
     );
 }
 
+/// An alert whose delivery failed (the webhook down) silences nothing: the same alert later,
+/// within the dedupe window, is delivered once the webhook is back; only then do repeats
+/// count as duplicates. Before, the window began when the alert was queued: a crash loop
+/// that began while the webhook was down paged nobody until the window ran out.
+#[tokio::test]
+async fn a_failed_alert_silences_no_later_one() {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let (tx, mut rx) = mpsc::unbounded_channel::<u16>();
+    let status = Arc::new(AtomicU16::new(500));
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(
+                |State((tx, status)): State<(mpsc::UnboundedSender<u16>, Arc<AtomicU16>)>| async move {
+                    let now = status.load(Ordering::SeqCst);
+                    let _ = tx.send(now);
+                    StatusCode::from_u16(now).unwrap()
+                },
+            ),
+        )
+        .with_state((tx, status.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut config = AlertConfig::new().webhook(url);
+    config.retries = 0;
+    let alerter = Alerter::new(config, metrics.clone()).unwrap();
+    let sent = |name: &str| {
+        metric(
+            &metrics,
+            &format!("unwedge_alerts_{name}{{sink=\"webhook\"}}"),
+        )
+    };
+
+    assert!(alerter.send(crash("worker 0 crashed")));
+    assert!(alerter.flush(LIMIT).await);
+    assert_eq!(rx.recv().await, Some(500));
+    assert_eq!(sent("failed_total"), 1.0);
+
+    status.store(200, Ordering::SeqCst);
+    assert!(alerter.send(crash("worker 0 crashed")));
+    assert!(alerter.flush(LIMIT).await);
+    assert_eq!(
+        sent("sent_total"),
+        1.0,
+        "the alert after a failed one was not sent"
+    );
+    assert_eq!(rx.recv().await, Some(200));
+    // Delivered: now the same alert is a duplicate.
+    assert!(alerter.send(crash("worker 0 crashed")));
+    assert!(alerter.flush(LIMIT).await);
+    assert_eq!(sent("sent_total"), 1.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"unwedge_alerts_dropped_total{reason="duplicate"}"#
+        ),
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn hanging_webhook_never_blocks_send() {
     let url = black_hole().await;

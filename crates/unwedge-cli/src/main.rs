@@ -203,6 +203,11 @@ fn fail(msg: impl std::fmt::Display, code: u8) -> miette::Result<ExitCode> {
 }
 
 fn run(a: RunArgs) -> miette::Result<ExitCode> {
+    // First: until a handler exists, a SIGHUP (a reload asked for as the service starts)
+    // would end the supervisor.
+    if let Err(e) = unwedge_supervisor::catch_signals_early() {
+        return fail(format_args!("cannot handle SIGHUP: {e}"), 1);
+    }
     let file = match &a.config {
         Some(p) => match ConfigFile::read(p) {
             Ok(f) => Some(f),

@@ -497,6 +497,7 @@ fn status_source(
         info.reload_requests = snap.reload_requests;
         info.stop_timeouts = snap.counters.stop_timeouts;
         info.leftover_processes = snap.counters.leftover_processes;
+        info.loop_age_secs = snap.published.elapsed().as_secs_f64();
         let h = shared.history();
         info.last_reload = h.last_reload.clone();
         let mut view = StatusView::new(info);
@@ -725,19 +726,34 @@ impl Ctx {
                 self.append_pending.store(true, Ordering::SeqCst);
                 let pending = self.append_pending.clone();
                 let (dir, r) = (dir.clone(), record.clone());
-                let write = tokio::task::spawn_blocking(move || {
-                    let written = dir.append(&r);
-                    pending.store(false, Ordering::SeqCst);
-                    written
-                });
-                match tokio::time::timeout(APPEND_LIMIT, write).await {
+                let (done, written) = tokio::sync::oneshot::channel();
+                // A thread of its own, whose start may fail: tokio's `spawn_blocking` panics
+                // when no thread can be made (the process or thread limit reached, when a
+                // crash is likely), and this task would end, writing and alerting nothing
+                // for the rest of the supervisor's life.
+                let started = std::thread::Builder::new()
+                    .name("unwedge-report".into())
+                    .spawn(move || {
+                        let result = dir.append(&r);
+                        pending.store(false, Ordering::SeqCst);
+                        let _ = done.send(result);
+                    });
+                if let Err(e) = started {
+                    self.append_pending.store(false, Ordering::SeqCst);
+                    tracing::error!(
+                        "crash report not written: cannot start a thread to write it ({e})"
+                    );
+                    self.metrics.record_report_written(false);
+                    return self.keep(record);
+                }
+                match tokio::time::timeout(APPEND_LIMIT, written).await {
                     Ok(Ok(Ok(()))) => true,
                     Ok(Ok(Err(e))) => {
                         tracing::error!("crash report not written: {e}");
                         false
                     }
-                    Ok(Err(e)) => {
-                        tracing::error!("crash report not written: {e}");
+                    Ok(Err(_)) => {
+                        tracing::error!("crash report not written: its writer ended unfinished");
                         false
                     }
                     Err(_) => {
@@ -750,6 +766,11 @@ impl Ctx {
             };
             self.metrics.record_report_written(ok);
         }
+        self.keep(record);
+    }
+
+    /// Keeps `record` among the last reports shown by `/status` (within their count and size).
+    fn keep(&self, record: Record) {
         let size = serde_json::to_vec(&record).map_or(0, |json| json.len());
         let mut h = self.shared.history();
         h.reports.push_back(record);

@@ -1025,6 +1025,115 @@ async fn admin_binds_loopback_unless_told() {
     .await;
 }
 
+/// The supervisor's event loop stuck (its thread frozen: here by ptrace, in life a bug or a
+/// blocking call) while the admin endpoint, on a thread of its own, still answers: `/livez`
+/// and `/readyz` fail, saying so, instead of answering from the last state the loop
+/// published (a worker killed meanwhile still "ready", and nothing to replace it), and pass
+/// again once the loop runs. This is what makes `/livez` the backstop for a stuck
+/// supervisor (docs/kubernetes.md).
+#[tokio::test]
+async fn a_stuck_event_loop_fails_livez_and_readyz() {
+    limited(async {
+        let sup = start("1", &[]);
+        let admin = admin_addr(&sup).await;
+        let _ = status_until(&sup, admin, "1 ready", |s| ready_pids(s).len() == 1).await;
+        assert_eq!(get(admin, "/livez").await.0, 200);
+        // Frozen with PTRACE_SEIZE + PTRACE_INTERRUPT: the main thread only (the loop's), for
+        // 20 s; the admin's thread goes on.
+        let freeze = "import ctypes, os, sys, time\n\
+            libc = ctypes.CDLL(None, use_errno=True)\n\
+            libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]\n\
+            tid = int(sys.argv[1])\n\
+            if libc.ptrace(0x4206, tid, None, None) or libc.ptrace(0x4207, tid, None, None):\n\
+            \x20   sys.exit('ptrace: ' + os.strerror(ctypes.get_errno()))\n\
+            os.waitpid(tid, 0x40000000)\n\
+            print('frozen', flush=True)\n\
+            time.sleep(20)\n\
+            libc.ptrace(17, tid, None, None)";
+        let mut frozen = tokio::process::Command::new("python3")
+            .args(["-c", freeze, &sup.pid.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let out = frozen.stdout.take().unwrap();
+        let said = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out))
+            .next_line()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if !said.contains("frozen") {
+            let mut err = String::new();
+            let _ = frozen.stderr.take().unwrap().read_to_string(&mut err).await;
+            return common::skip_env(&format!("cannot freeze a thread here: {err}"));
+        }
+        let until = Instant::now() + Duration::from_secs(18);
+        let (code, body) = loop {
+            let (code, body) = get(admin, "/livez").await;
+            if code != 200 || Instant::now() > until {
+                break (code, body);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(code, 503, "/livez while the loop is frozen: {body}");
+        assert!(body.contains("event loop has not run"), "{body}");
+        let (code, body) = get(admin, "/readyz").await;
+        assert_eq!(code, 503, "/readyz while the loop is frozen: {body}");
+        let _ = frozen.wait().await;
+        let _ = status_until(&sup, admin, "live again", |s| {
+            s["supervisor"]["loop_age_secs"].as_f64().is_some_and(|a| a < 5.0)
+        })
+        .await;
+        assert_eq!(get(admin, "/livez").await.0, 200);
+    })
+    .await;
+}
+
+/// `--admin [::]:P` answers on IPv4 too, whatever `net.ipv6.bindv6only` says: as the
+/// supervisor's listening sockets do, and as the check that refuses `--listen 0.0.0.0:P`
+/// beside it assumes. Run in a network namespace of its own, with the setting on.
+#[tokio::test]
+async fn an_admin_endpoint_on_every_ipv6_address_answers_on_ipv4_too() {
+    limited(async {
+        for tool in ["unshare", "nsenter", "ip"] {
+            if common::which(tool).is_none() {
+                return skip(&format!("{tool} (apt-get install util-linux iproute2)"));
+            }
+        }
+        let own_net = std::process::Command::new("unshare")
+            .args(["--net", "true"])
+            .stderr(Stdio::null())
+            .status();
+        if !own_net.is_ok_and(|s| s.success()) {
+            return common::skip_env("no network namespace of its own (needs root)");
+        }
+        let script = format!(
+            "echo 1 >/proc/sys/net/ipv6/bindv6only && ip link set lo up && exec {BIN} run \
+             --listen 127.0.0.1:8080 --admin '[::]:9090' --ready none -- sleep 1000"
+        );
+        let sup = Sup::start_program("unshare", &["--net", "sh", "-c", &script], &[]);
+        sup.wait_ready(0, 1).await;
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", sup.pid))
+            .args(["python3", "-c"])
+            .arg("import urllib.request as u; print(u.urlopen('http://127.0.0.1:9090/status', timeout=10).read().decode())")
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            sup.log()
+        );
+        let status: Value = serde_json::from_str(&body).expect(&body);
+        assert_eq!(status["workers"].as_array().map(Vec::len), Some(1), "{body}");
+    })
+    .await;
+}
+
 /// DNS rebinding, through the real supervisor: a page whose name an attacker resolves to
 /// 127.0.0.1 makes a browser on this machine ask the loopback admin for `/status` with that
 /// name as `Host`; it is refused with 421 on `/`, `/status` and `/metrics`, while requests for

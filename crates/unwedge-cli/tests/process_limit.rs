@@ -68,6 +68,47 @@ impl Drop for PidsCgroup {
     }
 }
 
+/// A new cgroup, or `None` after saying why there is none here.
+fn cgroup_or_skip() -> Option<PidsCgroup> {
+    PidsCgroup::new()
+        .map_err(|why| {
+            skip_env(&format!(
+                "no pids cgroup to limit here ({why}): run the tests as root on a machine whose \
+                 pids cgroup (v1, or v2 with the pids controller) is writable"
+            ))
+        })
+        .ok()
+}
+
+/// `unwedge run --workers 2 … <extra> -- worker.py` in `cg`.
+fn two_workers_in(cg: &PidsCgroup, extra: &[&str]) -> Sup {
+    let py = fixture("worker.py");
+    // The shell joins the cgroup (its path as `$0`, quoted), then execs the supervisor.
+    let procs = cg.procs();
+    let mut args = vec![
+        "-c",
+        "echo $$ > \"$0\" && exec \"$@\"",
+        procs.to_str().expect("a UTF-8 cgroup path"),
+        BIN,
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--workers",
+        "2",
+        "--max-restarts",
+        "2",
+        "--restart-delay",
+        "10ms",
+        "--restart-delay-max",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(["--", py.to_str().unwrap()]);
+    Sup::start_program("sh", &args, &[])
+}
+
 /// Two workers serve; the cgroup's process limit drops below what runs and one worker is
 /// killed: its replacement cannot be forked (`EAGAIN`). The supervisor says it is short of
 /// processes and names the limits to raise, retries without counting failed starts (so it
@@ -75,45 +116,9 @@ impl Drop for PidsCgroup {
 /// limit is raised the replacement starts, is ready, and the service answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_processes_is_retried_and_named() {
-    let cg = match PidsCgroup::new() {
-        Ok(cg) => cg,
-        Err(why) => {
-            skip_env(&format!(
-                "no pids cgroup to limit here ({why}): run the tests as root on a machine whose \
-                 pids cgroup (v1, or v2 with the pids controller) is writable"
-            ));
-            return;
-        }
-    };
+    let Some(cg) = cgroup_or_skip() else { return };
     tokio::time::timeout(Duration::from_secs(90), async {
-        let py = fixture("worker.py");
-        // The shell joins the cgroup (its path as `$0`, quoted), then execs the supervisor.
-        let procs = cg.procs();
-        let mut sup = Sup::start_program(
-            "sh",
-            &[
-                "-c",
-                "echo $$ > \"$0\" && exec \"$@\"",
-                procs.to_str().expect("a UTF-8 cgroup path"),
-                BIN,
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "off",
-                "--workers",
-                "2",
-                "--max-restarts",
-                "2",
-                "--restart-delay",
-                "10ms",
-                "--restart-delay-max",
-                "100ms",
-                "--",
-                py.to_str().unwrap(),
-            ],
-            &[],
-        );
+        let mut sup = two_workers_in(&cg, &[]);
         let pids = sup.wait_ready(0, 2).await;
         let addr = sup.addr().await;
         cg.set_max("1").unwrap();
@@ -137,6 +142,89 @@ async fn running_out_of_processes_is_retried_and_named() {
         cg.set_max("max").unwrap();
         sup.wait_ready(raised, 1).await;
         assert_eq!(get(addr, "/").await.0, 200, "log:\n{}", sup.log());
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A reload whose new workers cannot be forked (the limit fits the serving generation, not a
+/// second one beside it) fails, naming the shortage; the serving generation goes on, alone,
+/// and a reload once the limit is raised succeeds. Before, each start was retried as a worker
+/// of the *serving* generation: a third and fourth old worker ran, the reload never ended
+/// nor failed, and every later reload only queued behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_short_of_processes_fails_and_the_serving_generation_goes_on() {
+    let Some(cg) = cgroup_or_skip() else { return };
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let mut sup = two_workers_in(&cg, &[]);
+        let pids = sup.wait_ready(0, 2).await;
+        let addr = sup.addr().await;
+        cg.set_max("1").unwrap();
+        let from = sup.mark();
+        sup.signal(Signal::SIGHUP);
+        let line = sup.wait_line(from, &["reload failed"]).await;
+        assert!(line.contains("short of processes"), "{line}");
+        assert!(line.contains("generation 1 keeps serving"), "{line}");
+        for pid in &pids {
+            kill(Pid::from_raw(*pid), None).expect("a worker of the serving generation ended");
+        }
+        let raised = sup.mark();
+        cg.set_max("max").unwrap();
+        sup.signal(Signal::SIGHUP);
+        sup.wait_line(raised, &["generation 3 ready"]).await;
+        let new = sup.wait_ready(raised, 2).await;
+        assert!(new.iter().all(|p| !pids.contains(p)), "{}", sup.log());
+        assert_eq!(get(addr, "/").await.0, 200, "log:\n{}", sup.log());
+        // Two workers, not the four of a reload that never ended.
+        let log = sup.log_since(from);
+        assert_eq!(log.matches(" ready in ").count(), 2, "{log}");
+        sup.signal(Signal::SIGTERM);
+        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A crash while the supervisor cannot start a thread (its process limit reached) has no
+/// report written, and the log says why; the crashes after it are recorded as before. Before,
+/// the writing thread came from tokio's blocking pool, which panics when it cannot start one:
+/// the task that writes reports and sends alerts ended, and nothing was recorded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_cannot_get_a_thread_stops_no_later_one() {
+    let Some(cg) = cgroup_or_skip() else { return };
+    tokio::time::timeout(Duration::from_secs(90), async {
+        let dir = tempfile::tempdir().unwrap();
+        let dir_s = dir.path().to_str().unwrap().to_owned();
+        let mut sup = two_workers_in(&cg, &["--report-dir", &dir_s]);
+        let pids = sup.wait_ready(0, 2).await;
+        cg.set_max("1").unwrap();
+        let from = sup.mark();
+        kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+        let line = sup.wait_line(from, &["crash report not written"]).await;
+        assert!(line.contains("cannot start a thread"), "{line}");
+        let raised = sup.mark();
+        cg.set_max("max").unwrap();
+        sup.wait_ready(raised, 1).await;
+        kill(Pid::from_raw(pids[1]), Signal::SIGKILL).unwrap();
+        let deadline = std::time::Instant::now() + LONG;
+        loop {
+            let (code, out) = run_to_end(&["reports", "--dir", &dir_s, "--json"]).await;
+            assert_eq!(code, 0, "{out}");
+            let recorded = out.lines().any(|l| {
+                l.contains("\"kind\":\"exit\"") && l.contains(&format!("\"pid\":{}", pids[1]))
+            });
+            if recorded {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no report of the crash after the shortage: {out}\n{}",
+                sup.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         sup.signal(Signal::SIGTERM);
         assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
     })

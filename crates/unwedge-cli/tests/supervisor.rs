@@ -894,6 +894,47 @@ async fn sighup_reload_under_load_fails_no_request() {
     .await;
 }
 
+/// A SIGHUP that reaches the supervisor before it handles signals (a reload asked for as the
+/// service starts) is one reload once it runs, not its end (exit status 129). Made certain
+/// here: the program that execs the supervisor blocks SIGHUP and SIGCHLD, a mask exec keeps,
+/// and has a SIGHUP pending. That much also happens to a supervisor started from a thread that
+/// blocks signals: it must unblock them, or it never reloads and never sees a worker exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_sent_as_the_supervisor_starts_is_a_reload_not_its_end() {
+    within(Duration::from_secs(60), async {
+        let exec_blocked = "import os, signal, sys\n\
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGCHLD})\n\
+            os.kill(os.getpid(), signal.SIGHUP)\n\
+            os.execv(sys.argv[1], sys.argv[1:])";
+        let py = fixture("worker.py");
+        let args = [
+            "-c",
+            exec_blocked,
+            BIN,
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--",
+            py.to_str().expect("a UTF-8 path"),
+        ];
+        let sup = Sup::start_program("python3", &args, &[]);
+        sup.wait_line(0, &["SIGHUP (received while starting)"])
+            .await;
+        let (_, m) = sup.wait_line_idx(0, &["generation 2 ready"]).await;
+        let worker = *sup.wait_ready(0, 1).await.last().unwrap();
+        // SIGCHLD unblocked: a worker's end is seen, and the worker replaced.
+        kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+        sup.wait_line(m, &[&format!("pid {worker} killed by SIGKILL")])
+            .await;
+        sup.wait_line(m, &["after the crash"]).await;
+        // One signal, one reload.
+        assert!(!sup.log().contains("generation 3"), "{}", sup.log());
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reload_of_the_demo_fails_no_request() {
     within(Duration::from_secs(90), async {
@@ -1671,6 +1712,66 @@ async fn a_failing_probe_of_the_shared_socket_does_not_flood_the_log() {
             .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && l.contains("probe"))
             .collect();
         assert!(told.is_empty(), "{told:#?}");
+    })
+    .await;
+}
+
+/// A probe the supervisor cannot make (it is out of descriptors: its soft `RLIMIT_NOFILE`
+/// lowered under what it holds) is its own shortage, not the worker's failure: the worker is
+/// not taken for hung, and once the limit is back the same worker still serves. Before, each
+/// probe counted as failed (`Too many open files`), the healthy worker was killed as hung, and
+/// its replacement could not start for the same shortage: no worker from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_the_supervisor_cannot_make_is_not_the_workers_failure() {
+    if common::which("prlimit").is_none() {
+        return skip("prlimit (apt-get install util-linux)");
+    }
+    within(Duration::from_secs(60), async {
+        let sup = Sup::python(
+            &[
+                "--admin",
+                "off",
+                "--probe",
+                "/",
+                "--probe-interval",
+                "50ms",
+                "--probe-failures",
+                "2",
+            ],
+            &[],
+        );
+        let pid = sup.wait_ready(0, 1).await[0];
+        let addr = sup.addr().await;
+        let prlimit = |nofile: &str| {
+            let st = std::process::Command::new("prlimit")
+                .args([
+                    "--pid",
+                    &sup.pid.to_string(),
+                    &format!("--nofile={nofile}:"),
+                ])
+                .status()
+                .unwrap();
+            assert!(st.success(), "prlimit --nofile={nofile}:");
+        };
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", sup.pid)).unwrap();
+        let soft = limits
+            .lines()
+            .find_map(|l| l.strip_prefix("Max open files"))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("a soft limit of open files")
+            .to_owned();
+        let from = sup.mark();
+        prlimit("3");
+        sup.wait_line(from, &["cannot probe it", "not counted against it"])
+            .await;
+        // Not a wait for an event: time for ten times the failures that would make it hung.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        prlimit(&soft);
+        let log = sup.log_since(from);
+        assert!(!log.contains("is hung"), "{log}");
+        assert!(!log.contains("probe failed"), "{log}");
+        assert_eq!(get(addr, "/").await.0, 200, "{}", sup.log());
+        kill(Pid::from_raw(pid), None).expect("the worker was killed");
     })
     .await;
 }

@@ -214,6 +214,10 @@ pub struct Snapshot {
     pub counters: Counters,
     /// When the supervisor started.
     pub started_at: SystemTime,
+    /// When the event loop published this snapshot: it does at least once a second while it
+    /// runs, so an old one means the loop is stuck (what the admin's `/livez` looks at).
+    #[serde(skip)]
+    pub published: std::time::Instant,
 }
 
 /// Something that happened, broadcast to subscribers in order.

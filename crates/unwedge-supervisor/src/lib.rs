@@ -29,6 +29,7 @@
 
 mod cloexec;
 pub mod config;
+mod early_signals;
 pub mod error;
 pub mod events;
 pub mod memory;
@@ -48,6 +49,7 @@ pub mod systemd;
 mod text;
 
 pub use config::{Config, ConfigFile, ListenAddr, LogFormat, Options, ReadyMode, ReloadMode};
+pub use early_signals::catch_signals_early;
 pub use error::{ConfigError, StartError};
 pub use events::{
     AlertHook, Counters, Event, ExitInfo, HangKind, RestartReason, Snapshot, WorkerInfo,

@@ -34,7 +34,7 @@ struct JsonLine<'a> {
 /// worker's output must not drive the terminal its log is read on (clear it, retitle it), nor
 /// pass for the supervisor's own lines (a `\r` that returns over its `[w1 pid …]` prefix), as
 /// the supervisor's own lines do not (tracing escapes them). JSON escapes those below U+0020
-/// by itself (not DEL nor the C1 controls, which a JSON log keeps as the worker wrote them).
+/// by itself, and [`json_escaped`] the rest.
 fn shown(line: &str) -> std::borrow::Cow<'_, str> {
     let control = |c: char| c.is_control() && c != '\t';
     if !line.chars().any(control) {
@@ -49,6 +49,25 @@ fn shown(line: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// `json` with DEL and the C1 controls (U+007F to U+009F, which JSON allows raw in a string)
+/// written as `\u` escapes: the same value to a JSON reader, and no terminal control (U+009B
+/// is CSI) to an operator who reads the log with `cat` or `tail`. They can only be in a string
+/// (the keys are the supervisor's own), where an escape means the same character.
+fn json_escaped(json: String) -> String {
+    let raw = |c: char| ('\u{7f}'..='\u{9f}').contains(&c);
+    if !json.chars().any(raw) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        match c {
+            c if raw(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Formats one line of worker output (without the trailing newline) for the log.
@@ -70,7 +89,7 @@ pub(crate) fn format_line(
                 stream,
                 line,
             };
-            let mut s = serde_json::to_string(&j).unwrap_or_default();
+            let mut s = json_escaped(serde_json::to_string(&j).unwrap_or_default());
             s.push('\n');
             s
         }
@@ -753,11 +772,14 @@ mod tests {
         assert!(!shown[..shown.len() - 1]
             .chars()
             .any(|c| c.is_control() && c != '\t'));
-        // JSON keeps the line as it was (escaped by JSON itself).
-        let j: serde_json::Value =
-            serde_json::from_str(&format_line(LogFormat::Json, "w1", 7, Stream::Stdout, line))
-                .unwrap();
+        // JSON keeps the line as it was, every control character written as an escape.
+        let json = format_line(LogFormat::Json, "w1", 7, Stream::Stdout, line);
+        assert!(!json.trim_end().chars().any(char::is_control), "{json}");
+        assert!(json.contains(r"fake\u009b31m"), "{json}");
+        let j: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(j["line"], line);
+        let del = format_line(LogFormat::Json, "w1", 7, Stream::Stdout, "a\u{7f}b");
+        assert!(del.contains(r"a\u007fb"), "{del}");
         // Plain text is borrowed as it is.
         assert!(matches!(
             shown_of("plain ünïcode\tline"),

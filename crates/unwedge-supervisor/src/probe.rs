@@ -21,6 +21,31 @@ pub enum ProbeError {
     /// The answer was not HTTP, or not 2xx/3xx.
     #[error("bad answer: {0}")]
     Status(String),
+    /// The supervisor could not make the probe: it is short of descriptors (`EMFILE`,
+    /// `ENFILE`), memory or buffers (`ENOMEM`, `ENOBUFS`) or local ports (`EADDRNOTAVAIL`).
+    /// Its own shortage, which says nothing of the worker.
+    #[error("cannot probe: {0}")]
+    Unable(String),
+}
+
+impl ProbeError {
+    /// A connection's error, [`Unable`](Self::Unable) when it is the supervisor's shortage.
+    fn connecting(e: std::io::Error) -> Self {
+        use nix::errno::Errno;
+        let ours = [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOMEM,
+            Errno::ENOBUFS,
+            Errno::EADDRNOTAVAIL,
+        ];
+        match e.raw_os_error() {
+            Some(n) if ours.iter().any(|&errno| errno as i32 == n) => {
+                ProbeError::Unable(format!("the supervisor is short of resources ({e})"))
+            }
+            _ => ProbeError::Io(e.to_string()),
+        }
+    }
 }
 
 /// GETs `path` at `target`; `Ok(status)` for 2xx/3xx.
@@ -32,25 +57,31 @@ pub async fn probe(target: &ListenAddr, path: &str, timeout: Duration) -> Result
 }
 
 /// Whether a TCP/unix connection to `target` succeeds within `timeout`.
-pub async fn connects(target: &ListenAddr, timeout: Duration) -> bool {
+pub async fn connects(target: &ListenAddr, timeout: Duration) -> Result<(), ProbeError> {
     let fut = async {
         match target {
             ListenAddr::Tcp(a) => tokio::net::TcpStream::connect(a).await.map(drop),
             ListenAddr::Unix(p) => tokio::net::UnixStream::connect(p).await.map(drop),
         }
     };
-    matches!(tokio::time::timeout(timeout, fut).await, Ok(Ok(())))
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(ProbeError::connecting),
+        Err(_) => Err(ProbeError::Timeout(timeout)),
+    }
 }
 
 async fn probe_inner(target: &ListenAddr, path: &str) -> Result<u16, ProbeError> {
-    let io = |e: std::io::Error| ProbeError::Io(e.to_string());
     match target {
         ListenAddr::Tcp(a) => {
-            let s = tokio::net::TcpStream::connect(a).await.map_err(io)?;
+            let s = tokio::net::TcpStream::connect(a)
+                .await
+                .map_err(ProbeError::connecting)?;
             exchange(s, &a.to_string(), path).await
         }
         ListenAddr::Unix(p) => {
-            let s = tokio::net::UnixStream::connect(p).await.map_err(io)?;
+            let s = tokio::net::UnixStream::connect(p)
+                .await
+                .map_err(ProbeError::connecting)?;
             exchange(s, "localhost", path).await
         }
     }

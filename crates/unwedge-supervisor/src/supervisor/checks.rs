@@ -1,6 +1,7 @@
 //! Health checks of running workers: hangs (heartbeat, probe), `--max-memory`, `--max-lifetime`.
 
 use super::*;
+use crate::probe::ProbeError;
 
 impl Pool {
     /// A hung worker: dump signal now, SIGKILL after `--dump-grace`, replacement scheduled.
@@ -235,6 +236,24 @@ impl Pool {
             );
             return;
         }
+        if let Err(ProbeError::Unable(why)) = &p.outcome {
+            // The supervisor's shortage: neither a failure of the worker's nor a success, and
+            // no time of its start (a poll that could not be made moves its ready deadline by
+            // as much).
+            if w.ready_at.is_none() {
+                let lost = p.started.elapsed() + READY_POLL;
+                w.ready_from = (w.ready_from + lost).min(Instant::now());
+            }
+            let id = slot_id(w.slot);
+            if self.probe_unable_told.due(Instant::now(), TELL_EVERY) {
+                tracing::warn!(
+                    "{id} pid {}: cannot probe it: {why}; not counted against it (said again in \
+                     a minute if it goes on)",
+                    p.pid
+                );
+            }
+            return;
+        }
         if p.ready_check {
             if p.outcome.is_ok() {
                 self.mark_ready(p.pid);
@@ -269,7 +288,7 @@ impl Pool {
                             );
                         }
                     } else {
-                        self.hung(p.pid, HangKind::Probe, &e);
+                        self.hung(p.pid, HangKind::Probe, &e.to_string());
                     }
                 }
             }
@@ -297,16 +316,9 @@ impl Pool {
         let port_only = ready_check && matches!(c.ready, ReadyMode::Port | ReadyMode::Auto);
         tokio::spawn(async move {
             let outcome = if port_only || !use_http {
-                if probe::connects(&target, timeout).await {
-                    Ok(())
-                } else {
-                    Err("not accepting connections".to_owned())
-                }
+                probe::connects(&target, timeout).await
             } else {
-                probe::probe(&target, &path, timeout)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                probe::probe(&target, &path, timeout).await.map(drop)
             };
             let _ = tx.send(ProbeResult {
                 pid,

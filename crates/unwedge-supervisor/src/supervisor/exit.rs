@@ -467,21 +467,29 @@ impl Pool {
             })
             .unzip();
         let held = self.socket_addrs().join(", ");
-        tokio::task::spawn_blocking(move || {
-            let found = crate::procfs::tcp_listening_among(own);
-            for ((id, pid), own) in named.iter().zip(found) {
-                if own.is_empty() {
-                    continue;
-                }
-                let own: Vec<String> = own.iter().map(|(_, addr)| addr.to_string()).collect();
-                tracing::warn!(
-                    "{id} pid {pid} listens on {} itself, not on the socket it was passed: \
+        // A thread whose start may fail, not `spawn_blocking`, which panics (on the event
+        // loop: the supervisor, and its workers with it) when the process or thread limit is
+        // reached: then this diagnosis is skipped.
+        let started = std::thread::Builder::new()
+            .name("unwedge-listens".into())
+            .spawn(move || {
+                let found = crate::procfs::tcp_listening_among(own);
+                for ((id, pid), own) in named.iter().zip(found) {
+                    if own.is_empty() {
+                        continue;
+                    }
+                    let own: Vec<String> = own.iter().map(|(_, addr)| addr.to_string()).collect();
+                    tracing::warn!(
+                        "{id} pid {pid} listens on {} itself, not on the socket it was passed: \
                      connections to {held} wait unanswered; make the command take the passed \
                      socket (see \"Taking the socket in your server\" in docs/supervisor.md), or \
                      give each worker a port of its own with --port-env",
-                    own.join(", "),
-                );
-            }
-        });
+                        own.join(", "),
+                    );
+                }
+            });
+        if let Err(e) = started {
+            tracing::debug!("not checked whether workers listen elsewhere: no thread ({e})");
+        }
     }
 }

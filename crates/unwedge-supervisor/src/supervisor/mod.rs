@@ -144,7 +144,13 @@ impl std::fmt::Debug for Supervisor {
 impl Supervisor {
     /// Checks the command, takes systemd's sockets or binds `--listen`, and registers as
     /// child subreaper. Call it before starting any thread (it edits the environment).
+    ///
+    /// From here on, a SIGHUP that arrives before [`run`](Self::run) is a reload once `run`
+    /// starts, not the end of the process ([`catch_signals_early`](crate::catch_signals_early),
+    /// which `main` can call earlier still).
     pub fn new(config: Config) -> Result<Self, StartError> {
+        crate::early_signals::catch_signals_early()
+            .map_err(|e| StartError::setup("handle SIGHUP", e))?;
         Self::preflight(&config)?;
         let systemd = Systemd::from_env();
         let inherited = socket::from_systemd();
@@ -206,6 +212,7 @@ impl Supervisor {
             workers: Vec::new(),
             counters: Counters::default(),
             started_at: SystemTime::now(),
+            published: Instant::now(),
         }));
         Ok(Supervisor {
             config,
@@ -350,6 +357,9 @@ impl Supervisor {
         let mut sighup = sig(SignalKind::hangup(), "SIGHUP")?;
         let mut sigusr1 = sig(SignalKind::user_defined1(), "SIGUSR1")?;
         let mut sigusr2 = sig(SignalKind::user_defined2(), "SIGUSR2")?;
+        // After the handlers above: what arrived before them (a `kill -HUP` while the
+        // configuration was read or the sockets bound) is acted on below.
+        let early = crate::early_signals::take();
         let quiet_signals = ignore_fatal_signals()?;
         if let Some(p) = &self.config.pidfile {
             crate::pidfile::claim(p)?;
@@ -377,6 +387,7 @@ impl Supervisor {
             counters: Counters::default(),
             forged_told: Told::default(),
             shared_probe_told: Told::default(),
+            probe_unable_told: Told::default(),
             daemon_told: Told::default(),
             relisten_told: Told::default(),
             active_gen: 1,
@@ -463,6 +474,14 @@ impl Supervisor {
         }
         for slot in 0..n {
             pool.spawn(slot, 1, None);
+        }
+        if early.hup {
+            pool.begin_reload("SIGHUP (received while starting)");
+        }
+        for (caught, name) in [(early.usr1, "SIGUSR1"), (early.usr2, "SIGUSR2")] {
+            if caught {
+                tracing::warn!("{name} received while starting, before any worker ran: dropped");
+            }
         }
         let mut buf = vec![0u8; 256 * 1024];
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
@@ -768,7 +787,7 @@ struct ProbeResult {
     /// the worker's.
     started: Instant,
     ready_check: bool,
-    outcome: Result<(), String>,
+    outcome: Result<(), crate::probe::ProbeError>,
 }
 
 #[derive(Debug)]
@@ -880,6 +899,8 @@ struct Pool {
     forged_told: Told,
     /// The log's last word that the probe through the shared socket keeps failing.
     shared_probe_told: Told,
+    /// A probe could not be made for the supervisor's own shortage (said once a minute).
+    probe_unable_told: Told,
     /// The log's last warning of a process that went into the background.
     daemon_told: Told,
     /// The log's last error about a listening socket that could not listen again.

@@ -11,6 +11,19 @@ impl Pool {
             // The supervisor's own shortage (its open files, memory, processes), not the
             // worker's fault: retried with the backoff, never counted toward giving up, so a
             // flood of connections to the admin port cannot make it stop the healthy workers.
+            // A reload's worker is not retried: the retry would start the serving generation
+            // (a second worker of it in the slot), and the reload would wait for ever. The
+            // reload fails instead, said with the shortage (a reload that starts a second
+            // set of workers is when a limit on processes is reached); the serving
+            // generation goes on.
+            Err(e) if is_our_shortage(&e) && self.is_candidate(generation) => {
+                tracing::error!("{}: cannot start worker: {e}", slot_id(slot));
+                self.reload_failed(format!(
+                    "cannot start worker: the supervisor is short of {} ({e}): {}",
+                    shortage_of(&e).0,
+                    shortage_of(&e).1
+                ));
+            }
             Err(e) if is_our_shortage(&e) => {
                 let s = &mut self.slots[slot];
                 let delay = s.backoff.next_delay(Duration::ZERO).max(SHORTAGE_RETRY_MIN);

@@ -407,6 +407,7 @@ impl Pool {
                 .lock()
                 .map(|s| s.started_at)
                 .unwrap_or_else(|_| SystemTime::now()),
+            published: Instant::now(),
         };
         *self
             .handle
