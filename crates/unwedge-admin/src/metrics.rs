@@ -14,7 +14,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::process::{ProcessCollector, WorkerCpu};
-use crate::status::{RestartReason, StatusView, WorkerState};
+use crate::status::{RestartReason, StatusView, WorkerState, WorkerView};
 
 /// The content type of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus
 /// scrapes natively); [`Metrics::encode_text`]'s is
@@ -425,7 +425,8 @@ impl Metrics {
         self.log_lines_dropped.inc_by(n);
     }
 
-    /// Sets the workers-by-state, per-worker and uptime gauges from `view`.
+    /// Sets the workers-by-state, per-worker and uptime gauges from `view`. The per-worker
+    /// series are one per slot: of its process that serves ([`serving_per_slot`]).
     pub fn observe_status(&self, view: &StatusView) {
         for state in WorkerState::ALL {
             let n = i64::try_from(view.count(state)).unwrap_or(i64::MAX);
@@ -445,7 +446,8 @@ impl Metrics {
         }
         *seen = current;
         drop(seen);
-        for w in &view.workers {
+        let shown = serving_per_slot(&view.workers);
+        for w in &shown {
             let labels = vec![("worker", w.id.clone())];
             self.worker_uptime.get_or_create(&labels).set(w.uptime_secs);
             self.worker_restarts
@@ -463,7 +465,7 @@ impl Metrics {
             }
         }
         self.worker_cpu.observe(
-            view.workers
+            shown
                 .iter()
                 .filter_map(|w| Some((w.id.clone(), w.pid?)))
                 .collect(),
@@ -493,6 +495,30 @@ impl Metrics {
     pub fn encode_text(&self) -> String {
         crate::exposition::openmetrics_to_text(&self.encode())
     }
+}
+
+/// One process per worker slot, for the series labelled by slot: the one that serves (ready),
+/// else the newest (latest generation, then started last). Two processes share a slot while
+/// one replaces the other (a reload, a `--max-memory` or `--max-lifetime` rotation, a tainted
+/// or hung worker): both would write the same series, a duplicate in the exposition, and the
+/// gauges would show whichever came last, the replacement still starting rather than the
+/// worker over its memory limit.
+fn serving_per_slot(workers: &[WorkerView]) -> Vec<&WorkerView> {
+    let rank = |w: &WorkerView| (w.state == WorkerState::Ready, w.generation);
+    let mut by_slot: std::collections::BTreeMap<&str, &WorkerView> = Default::default();
+    for w in workers {
+        by_slot
+            .entry(w.id.as_str())
+            .and_modify(|kept| {
+                let newer = rank(w) > rank(kept)
+                    || (rank(w) == rank(kept) && w.uptime_secs < kept.uptime_secs);
+                if newer {
+                    *kept = w;
+                }
+            })
+            .or_insert(w);
+    }
+    by_slot.into_values().collect()
 }
 
 #[cfg(test)]

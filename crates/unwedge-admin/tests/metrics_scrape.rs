@@ -251,3 +251,76 @@ async fn livez_and_readyz_follow_the_status() {
     assert_eq!(get(addr, "/nope").await.status, 404);
     server.shutdown().await;
 }
+
+/// Two processes in one slot, as while one replaces the other (a reload, a memory or lifetime
+/// rotation): the per-worker series are the serving one's, once each. Before, each process
+/// wrote `unwedge_worker_cpu_seconds_total{worker="w1"}` (a duplicate series, one of them
+/// dropped by a parser), and the gauges showed whichever came last: the replacement still
+/// starting, not the worker over its memory limit.
+#[tokio::test]
+async fn a_slot_with_two_processes_has_one_series_of_the_serving_one() {
+    // Session leaders, as workers are: their CPU is their session's. Killed when dropped.
+    struct Session(std::process::Child);
+    impl Drop for Session {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let session = || {
+        Session(
+            std::process::Command::new("setsid")
+                .args(["sleep", "30"])
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let (old, new) = (session(), session());
+    let mut view = StatusView::new(unwedge_admin::SupervisorInfo::new("t", std::process::id()));
+    let mut serving = unwedge_admin::WorkerView::new("w1", Some(old.0.id()), WorkerState::Ready);
+    serving.generation = 1;
+    serving.uptime_secs = 600.0;
+    serving.memory_bytes = Some(900_000_000);
+    let mut starting =
+        unwedge_admin::WorkerView::new("w1", Some(new.0.id()), WorkerState::Starting);
+    starting.generation = 2;
+    starting.uptime_secs = 0.5;
+    starting.memory_bytes = Some(20_000_000);
+    // Whatever the order: the snapshot's is by generation, the replacement last.
+    for workers in [
+        vec![serving.clone(), starting.clone()],
+        vec![starting.clone(), serving.clone()],
+    ] {
+        view.workers = workers;
+        let metrics = Metrics::new("t");
+        metrics.observe_status(&view);
+        let text = metrics.encode();
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+            assert!(seen.insert(series.to_owned()), "{series} twice:\n{text}");
+        }
+        let sample = |series: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(series)?
+                        .strip_prefix(' ')?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("no {series}:\n{text}"))
+        };
+        assert_eq!(
+            sample(r#"unwedge_worker_resident_bytes{worker="w1"}"#),
+            900_000_000.0
+        );
+        assert_eq!(
+            sample(r#"unwedge_worker_uptime_seconds{worker="w1"}"#),
+            600.0
+        );
+        assert!(
+            text.contains(r#"unwedge_worker_cpu_seconds_total{worker="w1"}"#),
+            "{text}"
+        );
+    }
+}

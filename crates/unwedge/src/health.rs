@@ -12,6 +12,12 @@
 //! Tainted is sticky: only a new process is clean. Wedged clears when its cause does (a lock
 //! wait that finally succeeds, a runtime that schedules again).
 //!
+//! Being one per process, it speaks for every [`serve`](crate::serve()) of the process: when
+//! one of several stops (its drain, its return), the process reads Draining and not ready,
+//! and the others' watchdogs take it for stopping (no no-progress check) for the rest of its
+//! life. A process that runs several servers stops them together, or runs the one that
+//! outlives the others outside `serve()`.
+//!
 //! ```
 //! use unwedge::{health, HealthState};
 //! unwedge::health::set_ready(true);
