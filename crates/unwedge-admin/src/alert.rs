@@ -250,7 +250,8 @@ pub struct AlertConfig {
     pub webhook: Option<String>,
     /// `--alert-exec CMD`: run with `sh -c`, the event JSON on stdin.
     pub exec: Option<String>,
-    /// Events with the same key within this window make one alert (default 5 min).
+    /// Events with the same key within this window make one alert (default 5 min), to each
+    /// sink that was given it: one whose delivery failed or was dropped silences nothing.
     pub dedupe_window: Duration,
     /// At most this many alerts per [`rate_period`](Self::rate_period) (default 20).
     pub rate_limit: u32,
@@ -683,7 +684,8 @@ struct Lane {
 }
 
 enum LaneMsg {
-    Event(Arc<AlertEvent>, OwnedSemaphorePermit),
+    /// An event, its place in the backlog, and when it was queued (its dedupe entry's time).
+    Event(Arc<AlertEvent>, OwnedSemaphorePermit, Instant),
     /// Answered once every event before it was delivered or failed.
     Flush(oneshot::Sender<()>),
 }
@@ -718,14 +720,23 @@ impl Lane {
         let in_flight = Arc::new(Semaphore::new(permits as usize));
         while let Some(msg) = rx.recv().await {
             match msg {
-                LaneMsg::Event(event, place) => {
+                LaneMsg::Event(event, place, queued) => {
                     let Ok(slot) = in_flight.clone().acquire_owned().await else {
                         return;
                     };
                     drop(place);
                     let sinks = sinks.clone();
                     tokio::spawn(async move {
-                        sinks.deliver(sink, &event).await;
+                        // Forgotten unless delivered: also when the delivery panics.
+                        let mut pending = Undelivered {
+                            sinks: &sinks,
+                            sink,
+                            key: event.key(),
+                            queued,
+                            delivered: false,
+                        };
+                        pending.delivered = sinks.deliver(sink, &event).await;
+                        drop(pending);
                         drop(slot);
                     });
                 }
@@ -740,13 +751,14 @@ impl Lane {
         }
     }
 
-    /// Queues a routine delivery of `event`; `false` when the backlog is full.
-    fn push(&self, event: &Arc<AlertEvent>) -> bool {
+    /// Queues a routine delivery of `event`, queued at `queued`; `false` when the backlog is
+    /// full.
+    fn push(&self, event: &Arc<AlertEvent>, queued: Instant) -> bool {
         let Ok(place) = self.backlog.clone().try_acquire_owned() else {
             return false;
         };
         // The task ends only with the dispatcher, which owns `tx`.
-        let _ = self.tx.send(LaneMsg::Event(event.clone(), place));
+        let _ = self.tx.send(LaneMsg::Event(event.clone(), place, queued));
         true
     }
 }
@@ -859,11 +871,29 @@ impl Dispatcher {
         let event = Arc::new(event);
         for lane in due.into_iter().map(|i| &self.lanes[i]) {
             self.sinks.lock_sent().insert((lane.sink, key.clone()), now);
-            if !lane.push(&event) {
+            if !lane.push(&event, now) {
                 tracing::warn!(sink = lane.sink.as_str(), kind = %event.kind, "alert dropped: this sink's deliveries are backed up");
                 self.sinks.metrics.record_alert_dropped("queue_full");
-                self.sinks.forget(lane.sink, &key);
+                self.sinks.forget(lane.sink, &key, now);
             }
+        }
+    }
+}
+
+/// A routine delivery under way: forgets its dedupe entry when dropped undelivered (failed,
+/// or its task panicked or was cancelled), so that it silences nothing.
+struct Undelivered<'a> {
+    sinks: &'a Sinks,
+    sink: Sink,
+    key: String,
+    queued: Instant,
+    delivered: bool,
+}
+
+impl Drop for Undelivered<'_> {
+    fn drop(&mut self) {
+        if !self.delivered {
+            self.sinks.forget(self.sink, &self.key, self.queued);
         }
     }
 }
@@ -893,10 +923,15 @@ impl Sinks {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `sink` did not get the alert of `key` (its delivery failed, or it was dropped before):
-    /// the next such alert goes to it, within the dedupe window or not.
-    fn forget(&self, sink: Sink, key: &str) {
-        self.lock_sent().remove(&(sink, key.to_owned()));
+    /// `sink` did not get the alert of `key` queued at `queued` (its delivery failed, or it was
+    /// dropped before): the next such alert goes to it, within the dedupe window or not. An
+    /// entry of a later alert of that key stays.
+    fn forget(&self, sink: Sink, key: &str, queued: Instant) {
+        let mut sent = self.lock_sent();
+        let entry = (sink, key.to_owned());
+        if sent.get(&entry) == Some(&queued) {
+            sent.remove(&entry);
+        }
     }
 
     /// The sinks configured.
@@ -911,14 +946,15 @@ impl Sinks {
         sinks
     }
 
-    async fn deliver(&self, sink: Sink, event: &AlertEvent) {
+    /// Delivers `event` to `sink`; whether it was.
+    async fn deliver(&self, sink: Sink, event: &AlertEvent) -> bool {
         match sink {
             Sink::Webhook => self.deliver_webhook(event).await,
             Sink::Exec => self.deliver_exec(event).await,
         }
     }
 
-    async fn deliver_webhook(&self, event: &AlertEvent) {
+    async fn deliver_webhook(&self, event: &AlertEvent) -> bool {
         let uri = self.webhook.clone().expect("webhook configured");
         let body =
             Bytes::from(serde_json::to_vec(&event.webhook_body()).expect("event serializes"));
@@ -955,7 +991,7 @@ impl Sinks {
             match attempt_result {
                 Ok(Ok(status)) if status.is_success() => {
                     self.metrics.record_alert_sent("webhook");
-                    return;
+                    return true;
                 }
                 Ok(Ok(status)) => {
                     last_error = format!("HTTP {status}");
@@ -973,18 +1009,21 @@ impl Sinks {
         // Never the path: for Slack-style hooks it is the credential.
         tracing::warn!(webhook = %origin(&uri), kind = %event.kind, error = %last_error, "alert webhook failed");
         self.metrics.record_alert_failed("webhook");
-        self.forget(Sink::Webhook, &event.key());
+        false
     }
 
-    async fn deliver_exec(&self, event: &AlertEvent) {
+    async fn deliver_exec(&self, event: &AlertEvent) -> bool {
         let cmd = self.exec.as_deref().expect("exec configured");
         match run_exec(cmd, event, self.config.exec_timeout, &self.commands).await {
-            Ok(()) => self.metrics.record_alert_sent("exec"),
+            Ok(()) => {
+                self.metrics.record_alert_sent("exec");
+                true
+            }
             Err(e) => {
                 // Never the whole command: its arguments may hold a token.
                 tracing::warn!(command = %shown_command(cmd), kind = %event.kind, error = %e, "alert command failed");
                 self.metrics.record_alert_failed("exec");
-                self.forget(Sink::Exec, &event.key());
+                false
             }
         }
     }

@@ -426,7 +426,7 @@ impl Metrics {
     }
 
     /// Sets the workers-by-state, per-worker and uptime gauges from `view`. The per-worker
-    /// series are one per slot: of its process that serves ([`serving_per_slot`]).
+    /// series are one per slot: of its process that serves (the ready one, else the newest).
     pub fn observe_status(&self, view: &StatusView) {
         for state in WorkerState::ALL {
             let n = i64::try_from(view.count(state)).unwrap_or(i64::MAX);

@@ -181,8 +181,8 @@ struct AppState {
 /// |---|---|
 /// | `GET /metrics` | Prometheus: OpenMetrics text when asked (`Accept`), else the text format 0.0.4 |
 /// | `GET /status` | the [`StatusView`] as JSON |
-/// | `GET /livez` | 200, or 503 once the supervisor gave up |
-/// | `GET /readyz` | 200 while at least one worker is ready, else 503 |
+/// | `GET /livez` | 200, or 503 once the supervisor gave up or while its event loop is stuck |
+/// | `GET /readyz` | 200 while at least one worker is ready, else 503 (also while the loop is stuck) |
 /// | `GET /` | the status page (HTML, refreshes every 5 s) |
 ///
 /// Over loopback (a connection to 127.0.0.1 or `[::1]`, also to an endpoint bound to
@@ -355,8 +355,8 @@ impl AdminServer {
     }
 
     /// The routes, for embedding in another server or for tests with `tower::ServiceExt::oneshot`.
-    /// They answer any `Host`: the check a loopback [`AdminServer`] makes depends on the address
-    /// it is bound to, which the embedding server knows.
+    /// They answer any `Host`: the check an [`AdminServer`] makes depends on the local address
+    /// of each connection (loopback or not), which the embedding server knows.
     pub fn router(status: StatusSource, metrics: Arc<Metrics>) -> Router {
         router(AppState { status, metrics })
     }
@@ -663,8 +663,8 @@ async fn loopback_host_only(req: Request, next: Next) -> Response {
     (
         StatusCode::MISDIRECTED_REQUEST,
         [(header::CACHE_CONTROL, "no-store")],
-        "misdirected request: this admin endpoint listens on loopback and answers only requests \
-         for an IP address or localhost (a guard against DNS rebinding)\n",
+        "misdirected request: over loopback this admin endpoint answers only requests for an IP \
+         address or localhost (a guard against DNS rebinding)\n",
     )
         .into_response()
 }

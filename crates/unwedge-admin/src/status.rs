@@ -49,9 +49,10 @@ impl StatusView {
         }
     }
 
-    /// `true` when at least one worker is [`WorkerState::Ready`]: what `/readyz` answers.
+    /// `true` when at least one worker is [`WorkerState::Ready`] and the event loop is not
+    /// stuck ([`SupervisorInfo::loop_stuck`]: the view is that old): what `/readyz` answers.
     pub fn is_ready(&self) -> bool {
-        self.ready_workers() > 0
+        self.ready_workers() > 0 && !self.supervisor.loop_stuck()
     }
 
     /// `false` when the supervisor has given up, or its event loop is stuck
@@ -124,8 +125,12 @@ pub struct SupervisorInfo {
     pub loop_age_secs: f64,
 }
 
-/// How long the supervisor's event loop may go without running before `/livez` fails: ten
-/// times the longest it waits between two runs.
+/// How long the supervisor's event loop may go without running before `/livez` and
+/// `/readyz` fail: ten times the longest it waits between two runs.
+///
+/// ```
+/// assert_eq!(unwedge_admin::LOOP_STALL_LIMIT.as_secs(), 10);
+/// ```
 pub const LOOP_STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How a reload ended.
@@ -199,6 +204,14 @@ impl SupervisorInfo {
     }
 
     /// Whether the event loop has not run for [`LOOP_STALL_LIMIT`].
+    ///
+    /// ```
+    /// let mut info = unwedge_admin::SupervisorInfo::new("0.1.0", 1);
+    /// info.loop_age_secs = 0.4;
+    /// assert!(!info.loop_stuck());
+    /// info.loop_age_secs = unwedge_admin::LOOP_STALL_LIMIT.as_secs_f64() + 1.0;
+    /// assert!(info.loop_stuck());
+    /// ```
     pub fn loop_stuck(&self) -> bool {
         self.loop_age_secs > LOOP_STALL_LIMIT.as_secs_f64()
     }

@@ -68,6 +68,12 @@ impl Drop for PidsCgroup {
     }
 }
 
+/// SIGTERM, and the supervisor exits 0: nothing left behind by the shortage.
+async fn stops_cleanly(sup: &mut Sup) {
+    sup.signal(Signal::SIGTERM);
+    assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+}
+
 /// A new cgroup, or `None` after saying why there is none here.
 fn cgroup_or_skip() -> Option<PidsCgroup> {
     PidsCgroup::new()
@@ -142,8 +148,7 @@ async fn running_out_of_processes_is_retried_and_named() {
         cg.set_max("max").unwrap();
         sup.wait_ready(raised, 1).await;
         assert_eq!(get(addr, "/").await.0, 200, "log:\n{}", sup.log());
-        sup.signal(Signal::SIGTERM);
-        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+        stops_cleanly(&mut sup).await;
     })
     .await
     .expect("test timed out");
@@ -180,8 +185,7 @@ async fn a_reload_short_of_processes_fails_and_the_serving_generation_goes_on() 
         // Two workers, not the four of a reload that never ended.
         let log = sup.log_since(from);
         assert_eq!(log.matches(" ready in ").count(), 2, "{log}");
-        sup.signal(Signal::SIGTERM);
-        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+        stops_cleanly(&mut sup).await;
     })
     .await
     .expect("test timed out");
@@ -225,8 +229,7 @@ async fn a_report_that_cannot_get_a_thread_stops_no_later_one() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        sup.signal(Signal::SIGTERM);
-        assert_eq!(sup.wait_exit(LONG).await.code(), Some(0), "{}", sup.log());
+        stops_cleanly(&mut sup).await;
     })
     .await
     .expect("test timed out");

@@ -192,6 +192,7 @@ pub struct Counters {
 
 /// A consistent copy of the supervisor's state.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// The serving generation.
     pub generation: u64,

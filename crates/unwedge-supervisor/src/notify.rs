@@ -200,7 +200,10 @@ fn status_text(s: &str) -> String {
     // redacts, and it goes to the log, `/status`, the status page and alerts. Before the
     // cut, which then can only cut what is redacted already.
     let redacted = unwedge_redact::redact_text(s);
-    crate::text::cut_marked(redacted.as_deref().unwrap_or(s), MAX_STATUS_BYTES).into_owned()
+    // Its control characters escaped: the supervisor's own log lines quote it, and a JSON
+    // log keeps DEL and the C1 controls (U+009B is CSI) as they are.
+    let shown = crate::text::escape_controls(redacted.as_deref().unwrap_or(s));
+    crate::text::cut_marked(&shown, MAX_STATUS_BYTES).into_owned()
 }
 
 /// A decimal number of microseconds, as systemd reads it (digits only), capped at
@@ -617,6 +620,18 @@ mod tests {
             panic!("not one STATUS");
         };
         assert_eq!(plain, "warming caches 40%");
+    }
+
+    /// The supervisor's own log lines quote a worker's `STATUS=` text (`w1 pid 7 is tainted
+    /// (…)`), also as JSON, which keeps DEL and the C1 controls raw: they are escaped here.
+    #[test]
+    fn a_status_has_its_control_characters_escaped() {
+        let said = "STATUS=tainted: \u{9b}2J\x1b]0;TITLE\x07 gone\u{7f}";
+        let [NotifyMessage::Status(shown)] = &parse(said.as_bytes()).unwrap()[..] else {
+            panic!("not one STATUS");
+        };
+        assert_eq!(shown, r"tainted: \u{9b}2J\x1b]0;TITLE\x07 gone\x7f");
+        assert_eq!(unhealthy_status(shown), Some("tainted"));
     }
 
     #[test]

@@ -30,25 +30,13 @@ struct JsonLine<'a> {
     line: &'a str,
 }
 
-/// `line` with its control characters escaped (`\x1b`, `\x0d`, `\u{9b}`), tabs kept: a
-/// worker's output must not drive the terminal its log is read on (clear it, retitle it), nor
-/// pass for the supervisor's own lines (a `\r` that returns over its `[w1 pid …]` prefix), as
-/// the supervisor's own lines do not (tracing escapes them). JSON escapes those below U+0020
-/// by itself, and [`json_escaped`] the rest.
+/// `line` with its control characters escaped ([`escape_controls`]): a worker's output must
+/// not drive the terminal its log is read on (clear it, retitle it), nor pass for the
+/// supervisor's own lines (a `\r` that returns over its `[w1 pid …]` prefix), as the
+/// supervisor's own lines do not. JSON escapes those below U+0020 by itself, and
+/// [`json_escaped`] the rest.
 fn shown(line: &str) -> std::borrow::Cow<'_, str> {
-    let control = |c: char| c.is_control() && c != '\t';
-    if !line.chars().any(control) {
-        return std::borrow::Cow::Borrowed(line);
-    }
-    let mut out = String::with_capacity(line.len() + 8);
-    for c in line.chars() {
-        match c {
-            c if !control(c) => out.push(c),
-            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-        }
-    }
-    std::borrow::Cow::Owned(out)
+    crate::text::escape_controls(line)
 }
 
 /// `json` with DEL and the C1 controls (U+007F to U+009F, which JSON allows raw in a string)

@@ -56,7 +56,21 @@ pub async fn probe(target: &ListenAddr, path: &str, timeout: Duration) -> Result
     }
 }
 
-/// Whether a TCP/unix connection to `target` succeeds within `timeout`.
+/// Connects to `target` (TCP or unix) and closes: `Ok` when it connects within `timeout`;
+/// [`ProbeError::Unable`] when the supervisor could not even try (its own shortage),
+/// [`ProbeError::Io`] (refused, unreachable) or [`ProbeError::Timeout`] otherwise.
+///
+/// ```no_run
+/// # async fn f() {
+/// use unwedge_supervisor::probe::{connects, ProbeError};
+/// let target = "127.0.0.1:8080".parse().unwrap();
+/// match connects(&target, std::time::Duration::from_secs(1)).await {
+///     Ok(()) => println!("accepting"),
+///     Err(ProbeError::Unable(why)) => println!("cannot tell: {why}"),
+///     Err(e) => println!("not accepting: {e}"),
+/// }
+/// # }
+/// ```
 pub async fn connects(target: &ListenAddr, timeout: Duration) -> Result<(), ProbeError> {
     let fut = async {
         match target {

@@ -1,4 +1,5 @@
-//! Cutting text to a byte limit without splitting a character.
+//! Cutting text to a byte limit without splitting a character, and showing what a worker
+//! wrote without its control characters.
 
 /// The largest index at most `i` (and at most `s.len()`) that is a character boundary of `s`:
 /// where `s` may be cut to at most `i` bytes (std's `str::floor_char_boundary` is not stable).
@@ -17,6 +18,25 @@ pub(crate) fn cut_marked(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
     let end = floor_char_boundary(s, max.saturating_sub('…'.len_utf8()));
     format!("{}…", &s[..end]).into()
+}
+
+/// `text` with its control characters escaped (`\x1b`, `\x0d`, `\u{9b}`), tabs kept: what a
+/// worker wrote (its output, its `STATUS=` text) shown in the supervisor's log, in text or
+/// JSON, cannot drive the terminal it is read on. `text` itself when it has none.
+pub(crate) fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let control = |c: char| c.is_control() && c != '\t';
+    if !text.chars().any(control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if !control(c) => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]

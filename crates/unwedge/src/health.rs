@@ -30,6 +30,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use serde::Serialize;
@@ -166,6 +167,8 @@ struct Inner {
     panics_total: u64,
     panics_by_route: BTreeMap<String, u64>,
     recent: VecDeque<PanicReport>,
+    /// Changes so far: the order in which their states are published (see [`change`]).
+    version: u64,
 }
 
 impl Inner {
@@ -206,18 +209,29 @@ fn lock() -> MutexGuard<'static, Inner> {
 }
 
 fn change(f: impl FnOnce(&mut Inner)) {
-    let mut inner = lock();
-    f(&mut inner);
-    let now = inner.state();
-    // Published (and logged) under the registry's lock: two changes on two threads publish in
-    // the order they changed it, and the last state published is the registry's. Released
-    // first, a change computed earlier could be published last and stay, stale, for the
-    // watchdog (heartbeats stopped, `STATUS=` wrong) until the next change. A watch send
-    // never waits for its receivers.
-    registry().state_tx.send_if_modified(|cur| {
+    let (now, version) = {
+        let mut inner = lock();
+        f(&mut inner);
+        inner.version += 1;
+        (inner.state(), inner.version)
+    };
+    // Published after the registry's lock is released (a receiver holding a `borrow()` may
+    // read `health()`, which takes that lock: holding both here would deadlock it), in the
+    // order of the changes: under the watch's own lock, a state computed before the one
+    // published last is not published over it. The last state published is the registry's.
+    static PUBLISHED: AtomicU64 = AtomicU64::new(0);
+    let changed = registry().state_tx.send_if_modified(|cur| {
+        if PUBLISHED.load(Ordering::Relaxed) > version {
+            return false;
+        }
+        PUBLISHED.store(version, Ordering::Relaxed);
         if *cur == now {
             return false;
         }
+        cur.clone_from(&now);
+        true
+    });
+    if changed {
         match now.0 {
             HealthState::Healthy => tracing::info!(state = %now.0, "health changed"),
             _ => tracing::warn!(
@@ -226,10 +240,7 @@ fn change(f: impl FnOnce(&mut Inner)) {
                 "health changed"
             ),
         }
-        *cur = now;
-        true
-    });
-    drop(inner);
+    }
 }
 
 /// A snapshot of this process's health.

@@ -358,8 +358,9 @@ impl Supervisor {
         let mut sigusr1 = sig(SignalKind::user_defined1(), "SIGUSR1")?;
         let mut sigusr2 = sig(SignalKind::user_defined2(), "SIGUSR2")?;
         // After the handlers above: what arrived before them (a `kill -HUP` while the
-        // configuration was read or the sockets bound) is acted on below.
-        let early = crate::early_signals::take();
+        // configuration was read or the sockets bound) is acted on below, and a signal their
+        // streams report counts once its flag says so (see `Flags`).
+        let flags = crate::early_signals::Flags::registered();
         let quiet_signals = ignore_fatal_signals()?;
         if let Some(p) = &self.config.pidfile {
             crate::pidfile::claim(p)?;
@@ -475,12 +476,15 @@ impl Supervisor {
         for slot in 0..n {
             pool.spawn(slot, 1, None);
         }
-        if early.hup {
+        if flags.arrived_early(Signal::SIGHUP) {
             pool.begin_reload("SIGHUP (received while starting)");
         }
-        for (caught, name) in [(early.usr1, "SIGUSR1"), (early.usr2, "SIGUSR2")] {
-            if caught {
-                tracing::warn!("{name} received while starting, before any worker ran: dropped");
+        for signal in [Signal::SIGUSR1, Signal::SIGUSR2] {
+            if flags.arrived_early(signal) {
+                tracing::warn!(
+                    "{} received while starting, before any worker ran: dropped",
+                    signal.as_str()
+                );
             }
         }
         let mut buf = vec![0u8; 256 * 1024];
@@ -502,9 +506,15 @@ impl Supervisor {
                 _ = sigterm.recv() => pool.begin_stop("SIGTERM"),
                 _ = sigint.recv() => pool.begin_stop("SIGINT"),
                 _ = sigquit.recv() => pool.begin_stop("SIGQUIT"),
-                _ = sighup.recv() => pool.begin_reload("SIGHUP"),
-                _ = sigusr1.recv() => pool.forward(Signal::SIGUSR1),
-                _ = sigusr2.recv() => pool.forward(Signal::SIGUSR2),
+                _ = sighup.recv() => if flags.take(Signal::SIGHUP) {
+                    pool.begin_reload("SIGHUP");
+                },
+                _ = sigusr1.recv() => if flags.take(Signal::SIGUSR1) {
+                    pool.forward(Signal::SIGUSR1);
+                },
+                _ = sigusr2.recv() => if flags.take(Signal::SIGUSR2) {
+                    pool.forward(Signal::SIGUSR2);
+                },
                 Some(c) = control_rx.recv() => match c {
                     Control::Reload => pool.begin_reload("request"),
                     Control::Stop => pool.begin_stop("request"),

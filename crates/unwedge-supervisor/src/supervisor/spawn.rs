@@ -17,11 +17,10 @@ impl Pool {
             // set of workers is when a limit on processes is reached); the serving
             // generation goes on.
             Err(e) if is_our_shortage(&e) && self.is_candidate(generation) => {
-                tracing::error!("{}: cannot start worker: {e}", slot_id(slot));
+                let (what, hint) = shortage_of(&e);
                 self.reload_failed(format!(
-                    "cannot start worker: the supervisor is short of {} ({e}): {}",
-                    shortage_of(&e).0,
-                    shortage_of(&e).1
+                    "cannot start worker {}: the supervisor is short of {what} ({e}): {hint}",
+                    slot_id(slot)
                 ));
             }
             Err(e) if is_our_shortage(&e) => {
@@ -42,11 +41,7 @@ impl Pool {
             }
             Err(e) => {
                 tracing::error!("{}: cannot start worker: {e}", slot_id(slot));
-                if self
-                    .reload
-                    .as_ref()
-                    .is_some_and(|r| r.generation == generation)
-                {
+                if self.is_candidate(generation) {
                     self.reload_failed(format!("cannot start worker: {e}"));
                 } else {
                     self.counters
