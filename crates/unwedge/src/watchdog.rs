@@ -1258,26 +1258,40 @@ mod tests {
         let b = Label::new(&Method::POST, &format!("/{}", "b".repeat(60)));
         shared.store(&a);
         let stop = Arc::new(AtomicBool::new(false));
+        let stores = Arc::new(AtomicU64::new(0));
         let writer = {
-            let (shared, stop) = (shared.clone(), stop.clone());
+            let (shared, stop, stores) = (shared.clone(), stop.clone(), stores.clone());
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     shared.store(if n.is_multiple_of(2) { &b } else { &a });
                     n += 1;
+                    stores.store(n, Ordering::Relaxed);
                 }
             })
         };
-        let mut seen = 0;
-        for _ in 0..200_000 {
+        // Reads while the writer stores (it has begun), until both labels were read whole.
+        while stores.load(Ordering::Relaxed) < 1000 {
+            std::hint::spin_loop();
+        }
+        let (mut seen_a, mut seen_b) = (0u64, 0u64);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while seen_a < 1000 || seen_b < 1000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "read {seen_a} a and {seen_b} b in 30 s"
+            );
             if let Some(l) = shared.load() {
                 assert!(l == a || l == b, "torn label: {}", l.text());
-                seen += 1;
+                if l == a {
+                    seen_a += 1;
+                } else {
+                    seen_b += 1;
+                }
             }
         }
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap();
-        assert!(seen > 0, "no read ever completed");
         assert_eq!(shared.load(), Some(shared.load().unwrap()));
     }
 
