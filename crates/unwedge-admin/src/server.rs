@@ -739,14 +739,10 @@ fn stuck(age: f64) -> (StatusCode, String) {
 
 async fn livez(State(s): State<AppState>) -> (StatusCode, String) {
     let (gave_up, reason, stuck_for) = s.status.with_detail(Detail::Brief, |v| {
-        let stuck_for = v
-            .supervisor
-            .loop_stuck()
-            .then_some(v.supervisor.loop_age_secs);
         (
             v.supervisor.gave_up,
             v.supervisor.gave_up_reason.clone(),
-            stuck_for,
+            v.supervisor.stuck_for(),
         )
     });
     match (gave_up, reason, stuck_for) {
@@ -762,11 +758,7 @@ async fn livez(State(s): State<AppState>) -> (StatusCode, String) {
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
     let (ready, total, stuck_for) = s.status.with_detail(Detail::Brief, |v| {
-        let stuck_for = v
-            .supervisor
-            .loop_stuck()
-            .then_some(v.supervisor.loop_age_secs);
-        (v.ready_workers(), v.workers.len(), stuck_for)
+        (v.ready_workers(), v.workers.len(), v.supervisor.stuck_for())
     });
     if let Some(age) = stuck_for {
         return stuck(age);

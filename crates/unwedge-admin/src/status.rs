@@ -213,7 +213,12 @@ impl SupervisorInfo {
     /// assert!(info.loop_stuck());
     /// ```
     pub fn loop_stuck(&self) -> bool {
-        self.loop_age_secs > LOOP_STALL_LIMIT.as_secs_f64()
+        self.stuck_for().is_some()
+    }
+
+    /// How long the event loop has not run, when that makes it stuck ([`Self::loop_stuck`]).
+    pub(crate) fn stuck_for(&self) -> Option<f64> {
+        (self.loop_age_secs > LOOP_STALL_LIMIT.as_secs_f64()).then_some(self.loop_age_secs)
     }
 }
 

@@ -30,15 +30,6 @@ struct JsonLine<'a> {
     line: &'a str,
 }
 
-/// `line` with its control characters escaped ([`escape_controls`]): a worker's output must
-/// not drive the terminal its log is read on (clear it, retitle it), nor pass for the
-/// supervisor's own lines (a `\r` that returns over its `[w1 pid …]` prefix), as the
-/// supervisor's own lines do not. JSON escapes those below U+0020 by itself, and
-/// [`json_escaped`] the rest.
-fn shown(line: &str) -> std::borrow::Cow<'_, str> {
-    crate::text::escape_controls(line)
-}
-
 /// `json` with DEL and the C1 controls (U+007F to U+009F, which JSON allows raw in a string)
 /// written as `\u` escapes: the same value to a JSON reader, and no terminal control (U+009B
 /// is CSI) to an operator who reads the log with `cat` or `tail`. They can only be in a string
@@ -67,7 +58,14 @@ pub(crate) fn format_line(
     line: &str,
 ) -> String {
     match format {
-        LogFormat::Text => format!("[{worker} pid {pid}] {}\n", shown(line)),
+        // Its control characters escaped: a worker's output must not drive the terminal its
+        // log is read on (clear it, retitle it), nor pass for the supervisor's own lines (a
+        // `\r` that returns over its `[w1 pid …]` prefix). JSON escapes those below U+0020 by
+        // itself, and `json_escaped` the rest.
+        LogFormat::Text => format!(
+            "[{worker} pid {pid}] {}\n",
+            crate::text::escape_controls(line)
+        ),
         LogFormat::Json => {
             let j = JsonLine {
                 timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now())
@@ -776,7 +774,7 @@ mod tests {
     }
 
     fn shown_of(line: &str) -> std::borrow::Cow<'_, str> {
-        super::shown(line)
+        crate::text::escape_controls(line)
     }
 
     #[test]
